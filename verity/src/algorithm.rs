@@ -1,0 +1,235 @@
+//! Hash algorithms and the salted block hash of both dm-verity formats.
+
+use crate::error::{Error, Result};
+use crate::params::HashType;
+use sha2::Digest;
+
+/// A digest algorithm for the hash tree, named as veritysetup and the kernel name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HashAlgorithm {
+    /// SHA-1 (20-byte digests).
+    Sha1,
+    /// SHA-224 (28-byte digests).
+    Sha224,
+    /// SHA-256 (32-byte digests), veritysetup's default.
+    Sha256,
+    /// SHA-384 (48-byte digests).
+    Sha384,
+    /// SHA-512 (64-byte digests).
+    Sha512,
+}
+
+/// The largest digest of any supported algorithm.
+pub const MAX_DIGEST_SIZE: usize = 64;
+
+impl HashAlgorithm {
+    /// Every supported algorithm.
+    pub const ALL: [HashAlgorithm; 5] = [
+        HashAlgorithm::Sha1,
+        HashAlgorithm::Sha224,
+        HashAlgorithm::Sha256,
+        HashAlgorithm::Sha384,
+        HashAlgorithm::Sha512,
+    ];
+
+    /// The name used by veritysetup, the superblock and the kernel table.
+    pub fn name(self) -> &'static str {
+        match self {
+            HashAlgorithm::Sha1 => "sha1",
+            HashAlgorithm::Sha224 => "sha224",
+            HashAlgorithm::Sha256 => "sha256",
+            HashAlgorithm::Sha384 => "sha384",
+            HashAlgorithm::Sha512 => "sha512",
+        }
+    }
+
+    /// Parse a name as veritysetup accepts it (case-insensitive).
+    pub fn from_name(name: &str) -> Result<Self> {
+        let lower = name.to_ascii_lowercase();
+        HashAlgorithm::ALL
+            .into_iter()
+            .find(|a| a.name() == lower)
+            .ok_or_else(|| Error::UnsupportedAlgorithm {
+                name: name.to_string(),
+            })
+    }
+
+    /// Digest size in bytes.
+    pub fn digest_size(self) -> usize {
+        match self {
+            HashAlgorithm::Sha1 => 20,
+            HashAlgorithm::Sha224 => 28,
+            HashAlgorithm::Sha256 => 32,
+            HashAlgorithm::Sha384 => 48,
+            HashAlgorithm::Sha512 => 64,
+        }
+    }
+
+    /// Plain digest of `data` (no salt), into a fixed buffer.
+    pub fn digest(self, data: &[u8]) -> Digest64 {
+        let mut out = Digest64::new(self.digest_size());
+        match self {
+            HashAlgorithm::Sha1 => out.fill(&sha1::Sha1::digest(data)),
+            HashAlgorithm::Sha224 => out.fill(&sha2::Sha224::digest(data)),
+            HashAlgorithm::Sha256 => out.fill(&sha2::Sha256::digest(data)),
+            HashAlgorithm::Sha384 => out.fill(&sha2::Sha384::digest(data)),
+            HashAlgorithm::Sha512 => out.fill(&sha2::Sha512::digest(data)),
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for HashAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for HashAlgorithm {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        HashAlgorithm::from_name(s)
+    }
+}
+
+/// A digest of up to 64 bytes held without allocation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Digest64 {
+    bytes: [u8; MAX_DIGEST_SIZE],
+    len: usize,
+}
+
+impl Digest64 {
+    fn new(len: usize) -> Self {
+        Digest64 {
+            bytes: [0; MAX_DIGEST_SIZE],
+            len,
+        }
+    }
+
+    fn fill(&mut self, d: &[u8]) {
+        self.bytes[..self.len].copy_from_slice(d);
+    }
+
+    /// A digest from its bytes; `None` if longer than 64 bytes.
+    pub fn from_slice(d: &[u8]) -> Option<Self> {
+        if d.len() > MAX_DIGEST_SIZE {
+            return None;
+        }
+        let mut out = Digest64::new(d.len());
+        out.fill(d);
+        Some(out)
+    }
+
+    /// The digest bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl std::fmt::Debug for Digest64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Digest64({})", hex::encode(self.as_bytes()))
+    }
+}
+
+impl AsRef<[u8]> for Digest64 {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+/// The salted block hash of a tree: `H(salt || block)` for format 1, `H(block || salt)` for
+/// format 0. The salt prefix is absorbed once; each block clones that state, so there is no
+/// per-block context set-up or allocation.
+#[derive(Clone, Debug)]
+pub(crate) enum SaltedHasher {
+    Sha1(Salted<sha1::Sha1>),
+    Sha224(Salted<sha2::Sha224>),
+    Sha256(Salted<sha2::Sha256>),
+    Sha384(Salted<sha2::Sha384>),
+    Sha512(Salted<sha2::Sha512>),
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Salted<D> {
+    base: D,
+    suffix: Vec<u8>,
+}
+
+impl<D: Digest + Clone> Salted<D> {
+    fn new(hash_type: HashType, salt: &[u8]) -> Self {
+        match hash_type {
+            HashType::Normal => Salted {
+                base: D::new_with_prefix(salt),
+                suffix: Vec::new(),
+            },
+            HashType::ChromeOs => Salted {
+                base: D::new(),
+                suffix: salt.to_vec(),
+            },
+        }
+    }
+
+    #[inline]
+    fn hash_into(&self, block: &[u8], out: &mut [u8]) {
+        let mut h = self.base.clone();
+        h.update(block);
+        if !self.suffix.is_empty() {
+            h.update(&self.suffix);
+        }
+        out.copy_from_slice(&h.finalize());
+    }
+
+    /// Hash consecutive blocks of `input`, writing digest `i` at `out[i * stride..]`.
+    #[inline]
+    fn hash_many(&self, input: &[u8], block_size: usize, out: &mut [u8], stride: usize) {
+        let ds = <D as Digest>::output_size();
+        for (block, slot) in input.chunks_exact(block_size).zip(out.chunks_mut(stride)) {
+            self.hash_into(block, &mut slot[..ds]);
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            SaltedHasher::Sha1($s) => $e,
+            SaltedHasher::Sha224($s) => $e,
+            SaltedHasher::Sha256($s) => $e,
+            SaltedHasher::Sha384($s) => $e,
+            SaltedHasher::Sha512($s) => $e,
+        }
+    };
+}
+
+impl SaltedHasher {
+    pub(crate) fn new(algorithm: HashAlgorithm, hash_type: HashType, salt: &[u8]) -> Self {
+        match algorithm {
+            HashAlgorithm::Sha1 => SaltedHasher::Sha1(Salted::new(hash_type, salt)),
+            HashAlgorithm::Sha224 => SaltedHasher::Sha224(Salted::new(hash_type, salt)),
+            HashAlgorithm::Sha256 => SaltedHasher::Sha256(Salted::new(hash_type, salt)),
+            HashAlgorithm::Sha384 => SaltedHasher::Sha384(Salted::new(hash_type, salt)),
+            HashAlgorithm::Sha512 => SaltedHasher::Sha512(Salted::new(hash_type, salt)),
+        }
+    }
+
+    /// Salted digest of one block; `out` must be exactly the digest size.
+    pub(crate) fn hash_into(&self, block: &[u8], out: &mut [u8]) {
+        dispatch!(self, s => s.hash_into(block, out))
+    }
+
+    /// Salted digest of one block, returned by value.
+    pub(crate) fn hash(&self, block: &[u8], digest_size: usize) -> Digest64 {
+        let mut d = Digest64::new(digest_size);
+        self.hash_into(block, &mut d.bytes[..digest_size]);
+        d
+    }
+
+    /// Hash `input.len() / block_size` blocks into slots of `stride` bytes in `out`;
+    /// the algorithm is dispatched once for the whole run.
+    pub(crate) fn hash_many(&self, input: &[u8], block_size: usize, out: &mut [u8], stride: usize) {
+        dispatch!(self, s => s.hash_many(input, block_size, out, stride))
+    }
+}

@@ -1,0 +1,101 @@
+//! `veritysetup format` and reading an existing hash device's superblock.
+
+use crate::error::{Error, Result};
+use crate::geometry::TreeGeometry;
+use crate::io::{ReadAt, WriteAt};
+use crate::params::VerityParams;
+use crate::superblock::{Superblock, SUPERBLOCK_SIZE};
+use crate::tree::{BuildOptions, HashTree};
+
+/// Where and how the tree is written on its hash device.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FormatOptions<'a> {
+    /// `--hash-offset`: byte offset of the hash area (a multiple of 512). Use it to put
+    /// the tree on the data device after the data, or at an offset in a hash file.
+    pub hash_offset: u64,
+    /// The superblock UUID; `None` writes no superblock (`--no-superblock`). Use
+    /// [`crate::random_uuid`] for veritysetup's default.
+    pub superblock: Option<[u8; 16]>,
+    /// Threads and progress.
+    pub build: BuildOptions<'a>,
+}
+
+/// The result of [`format`].
+#[derive(Clone, Debug)]
+pub struct Formatted {
+    /// The root hash.
+    pub root_hash: Vec<u8>,
+    /// Where the tree was written.
+    pub geometry: TreeGeometry,
+    /// The superblock written, if any.
+    pub superblock: Option<Superblock>,
+}
+
+/// Build the tree of `data` and write it, with a superblock unless disabled, to `hash`:
+/// the same bytes as `veritysetup format`. The hash device is synced before returning.
+///
+/// `data` and `hash` may be the same file (the tree after the data, at `hash_offset`);
+/// the caller must then choose `hash_offset` past the data.
+pub fn format<D, H>(
+    params: &VerityParams,
+    data: &D,
+    hash: &mut H,
+    opts: &FormatOptions<'_>,
+) -> Result<Formatted>
+where
+    D: ReadAt + ?Sized,
+    H: WriteAt + ?Sized,
+{
+    let geometry = TreeGeometry::new(params, opts.hash_offset, opts.superblock.is_some())?;
+    let tree = HashTree::build_with(params, data, &opts.build)?;
+    let superblock = opts.superblock.map(|uuid| Superblock {
+        params: params.clone(),
+        uuid,
+    });
+    if let Some(sb) = &superblock {
+        hash.write_all_at(&sb.to_bytes(), opts.hash_offset)
+            .map_err(|e| Error::io("writing the superblock", e))?;
+        // The rest of the superblock's hash block(s) is zero, as veritysetup leaves it.
+        let gap_start = opts.hash_offset + SUPERBLOCK_SIZE as u64;
+        let gap = usize::try_from(geometry.tree_offset() - gap_start)
+            .map_err(|_| Error::param("hash offset", "gap too large"))?;
+        if gap > 0 {
+            hash.write_all_at(&vec![0u8; gap], gap_start)
+                .map_err(|e| Error::io("zeroing the superblock block", e))?;
+        }
+    }
+    hash.write_all_at(tree.as_bytes(), geometry.tree_offset())
+        .map_err(|e| Error::io("writing the hash tree", e))?;
+    hash.sync()
+        .map_err(|e| Error::io("syncing the hash device", e))?;
+    Ok(Formatted {
+        root_hash: tree.root_hash().to_vec(),
+        geometry,
+        superblock,
+    })
+}
+
+/// Read and check the superblock at `hash_offset` of a hash device, and lay out its tree:
+/// what `veritysetup verify` and `dump` do before anything else.
+pub fn open_hash_device<H: ReadAt + ?Sized>(
+    hash: &H,
+    hash_offset: u64,
+) -> Result<(Superblock, TreeGeometry)> {
+    let size = hash
+        .size()
+        .map_err(|e| Error::io("reading the hash device size", e))?;
+    let end = hash_offset.saturating_add(SUPERBLOCK_SIZE as u64);
+    if size < end {
+        return Err(Error::TooSmall {
+            what: "hash device (superblock)",
+            needed: end,
+            found: size,
+        });
+    }
+    let mut b = [0u8; SUPERBLOCK_SIZE];
+    hash.read_exact_at(&mut b, hash_offset)
+        .map_err(|e| Error::io("reading the superblock", e))?;
+    let sb = Superblock::parse(&b)?;
+    let geometry = TreeGeometry::new(&sb.params, hash_offset, true)?;
+    Ok((sb, geometry))
+}

@@ -1,0 +1,146 @@
+//! Positioned I/O over files, block devices and memory, and progress reporting.
+//!
+//! The tree is built by several threads reading different parts of the data device at
+//! once, so sources are read by offset (`pread`) through a shared reference.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+
+/// A device or buffer read by offset, shareable between threads.
+pub trait ReadAt: Sync {
+    /// Fill `buf` from `offset`; an error (`UnexpectedEof`) if the source ends first.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Size in bytes.
+    fn size(&self) -> io::Result<u64>;
+    /// The whole content, when it is already in memory (lets hashing skip the copy).
+    fn as_slice(&self) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// A device or buffer written by offset.
+pub trait WriteAt {
+    /// Write all of `buf` at `offset`, extending the target if needed.
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make what was written durable (`fdatasync` for files; nothing for memory).
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn file_size(f: &File) -> io::Result<u64> {
+    let meta = f.metadata()?;
+    if meta.is_file() {
+        Ok(meta.len())
+    } else {
+        // Block devices report 0 in metadata; their end is their size.
+        let mut handle = f;
+        handle.seek(SeekFrom::End(0))
+    }
+}
+
+impl ReadAt for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+    fn size(&self) -> io::Result<u64> {
+        file_size(self)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.get(o..)?.get(..buf.len()))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of buffer"))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+    fn as_slice(&self) -> Option<&[u8]> {
+        Some(self)
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.as_slice().read_exact_at(buf, offset)
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+    fn as_slice(&self) -> Option<&[u8]> {
+        Some(self)
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_exact_at(buf, offset)
+    }
+    fn size(&self) -> io::Result<u64> {
+        (**self).size()
+    }
+    fn as_slice(&self) -> Option<&[u8]> {
+        (**self).as_slice()
+    }
+}
+
+impl WriteAt for &File {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(*self, buf, offset)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+impl WriteAt for File {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+impl WriteAt for Vec<u8> {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let start = usize::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        let end = start
+            .checked_add(buf.len())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        if self.len() < end {
+            self.resize(end, 0);
+        }
+        self[start..end].copy_from_slice(buf);
+        Ok(())
+    }
+}
+
+impl<T: WriteAt + ?Sized> WriteAt for &mut T {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_all_at(buf, offset)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        (**self).sync()
+    }
+}
+
+/// Receives progress of a long operation: bytes done out of a total. Called from worker
+/// threads, in increasing order of `done`.
+pub trait Progress: Sync {
+    /// `done` of `total` bytes processed.
+    fn progress(&self, done: u64, total: u64);
+}
+
+impl<F: Fn(u64, u64) + Sync> Progress for F {
+    fn progress(&self, done: u64, total: u64) {
+        self(done, total)
+    }
+}

@@ -1,0 +1,571 @@
+//! Ed25519-signed root hashes.
+//!
+//! A root hash alone proves nothing without the parameters it was computed with: the same
+//! root with another salt, block size or block count describes other data (or a shorter
+//! prefix of it). Keel therefore signs a *root descriptor* that binds the root hash to
+//! every parameter, and verifies the signature over the exact descriptor bytes before it
+//! parses them.
+//!
+//! # Root descriptor, version 1 (396 bytes, integers little-endian)
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `"KEELVRTY"` |
+//! | 8 | 4 | descriptor version, 1 |
+//! | 12 | 4 | hash type (veritysetup `--format`): 0 or 1 |
+//! | 16 | 32 | algorithm name, lower case ASCII, NUL padded (`"sha256"`) |
+//! | 48 | 4 | data block size |
+//! | 52 | 4 | hash block size |
+//! | 56 | 8 | data blocks |
+//! | 64 | 8 | data size in bytes, = data blocks x data block size |
+//! | 72 | 2 | salt size, 0 to 256 |
+//! | 74 | 2 | root hash size, = the algorithm's digest size |
+//! | 76 | 256 | salt, zero padded |
+//! | 332 | 64 | root hash, zero padded |
+//!
+//! Every byte is checked on parse: padding must be zero and sizes consistent.
+//!
+//! # Signed root (492 bytes)
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 396 | root descriptor |
+//! | 396 | 32 | key id of the signing key |
+//! | 428 | 64 | Ed25519 signature (RFC 8032, pure) over bytes 0..396 |
+//!
+//! The signature is the one `openssl pkeyutl -sign -rawin -inkey KEY.pem -in DESCRIPTOR`
+//! makes. The key id is the SHA-256 of the public key's DER `SubjectPublicKeyInfo`, the
+//! same as `openssl pkey -in KEY.pem -pubout -outform DER | sha256sum`.
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{Signature, Signer};
+use sha2::Digest;
+
+use crate::algorithm::HashAlgorithm;
+use crate::error::{Error, Result};
+use crate::params::{HashType, VerityParams, MAX_SALT_SIZE};
+
+/// Size of a version 1 root descriptor.
+pub const DESCRIPTOR_SIZE: usize = 396;
+/// Size of a signed root.
+pub const SIGNED_ROOT_SIZE: usize = DESCRIPTOR_SIZE + 32 + 64;
+/// The descriptor's magic.
+pub const DESCRIPTOR_MAGIC: [u8; 8] = *b"KEELVRTY";
+
+mod off {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 8;
+    pub const HASH_TYPE: usize = 12;
+    pub const ALGORITHM: usize = 16;
+    pub const DATA_BLOCK_SIZE: usize = 48;
+    pub const HASH_BLOCK_SIZE: usize = 52;
+    pub const DATA_BLOCKS: usize = 56;
+    pub const DATA_SIZE: usize = 64;
+    pub const SALT_SIZE: usize = 72;
+    pub const ROOT_SIZE: usize = 74;
+    pub const SALT: usize = 76;
+    pub const ROOT: usize = 332;
+}
+
+/// A root hash bound to the parameters of its tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootDescriptor {
+    params: VerityParams,
+    root_hash: Vec<u8>,
+}
+
+fn bad(field: &'static str, offset: usize, reason: impl Into<String>) -> Error {
+    Error::BadField {
+        structure: "root descriptor",
+        field,
+        offset,
+        reason: reason.into(),
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+fn u16_at(b: &[u8], at: usize) -> usize {
+    usize::from(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+impl RootDescriptor {
+    /// Bind `root_hash` to `params`.
+    pub fn new(params: VerityParams, root_hash: &[u8]) -> Result<Self> {
+        let ds = params.algorithm().digest_size();
+        if root_hash.len() != ds {
+            return Err(Error::param(
+                "root hash",
+                format!("{} bytes, {} has {ds}-byte digests", root_hash.len(), params.algorithm()),
+            ));
+        }
+        Ok(RootDescriptor {
+            params,
+            root_hash: root_hash.to_vec(),
+        })
+    }
+
+    /// The tree parameters.
+    pub fn params(&self) -> &VerityParams {
+        &self.params
+    }
+
+    /// The root hash.
+    pub fn root_hash(&self) -> &[u8] {
+        &self.root_hash
+    }
+
+    /// The exact bytes that are signed.
+    pub fn to_bytes(&self) -> [u8; DESCRIPTOR_SIZE] {
+        let p = &self.params;
+        let mut b = [0u8; DESCRIPTOR_SIZE];
+        b[off::MAGIC..off::MAGIC + 8].copy_from_slice(&DESCRIPTOR_MAGIC);
+        b[off::VERSION..off::VERSION + 4].copy_from_slice(&1u32.to_le_bytes());
+        b[off::HASH_TYPE..off::HASH_TYPE + 4].copy_from_slice(&p.hash_type().as_u32().to_le_bytes());
+        let name = p.algorithm().name().as_bytes();
+        b[off::ALGORITHM..off::ALGORITHM + name.len()].copy_from_slice(name);
+        b[off::DATA_BLOCK_SIZE..off::DATA_BLOCK_SIZE + 4].copy_from_slice(&p.data_block_size().to_le_bytes());
+        b[off::HASH_BLOCK_SIZE..off::HASH_BLOCK_SIZE + 4].copy_from_slice(&p.hash_block_size().to_le_bytes());
+        b[off::DATA_BLOCKS..off::DATA_BLOCKS + 8].copy_from_slice(&p.data_blocks().to_le_bytes());
+        b[off::DATA_SIZE..off::DATA_SIZE + 8].copy_from_slice(&p.data_size().to_le_bytes());
+        b[off::SALT_SIZE..off::SALT_SIZE + 2].copy_from_slice(&(p.salt().len() as u16).to_le_bytes());
+        b[off::ROOT_SIZE..off::ROOT_SIZE + 2].copy_from_slice(&(self.root_hash.len() as u16).to_le_bytes());
+        b[off::SALT..off::SALT + p.salt().len()].copy_from_slice(p.salt());
+        b[off::ROOT..off::ROOT + self.root_hash.len()].copy_from_slice(&self.root_hash);
+        b
+    }
+
+    /// Decode and check every byte. Only call this on bytes whose signature has been
+    /// verified ([`Keyring::verify`] does both).
+    pub fn parse(b: &[u8]) -> Result<Self> {
+        if b.len() != DESCRIPTOR_SIZE {
+            return Err(bad(
+                "length",
+                0,
+                format!("expected {DESCRIPTOR_SIZE} bytes, found {}", b.len()),
+            ));
+        }
+        if b[..8] != DESCRIPTOR_MAGIC {
+            return Err(bad("magic", off::MAGIC, "expected \"KEELVRTY\""));
+        }
+        let version = u32_at(b, off::VERSION);
+        if version != 1 {
+            return Err(bad("version", off::VERSION, format!("expected 1, found {version}")));
+        }
+        let ht = u32_at(b, off::HASH_TYPE);
+        let hash_type = HashType::from_u32(ht)
+            .ok_or_else(|| bad("hash_type", off::HASH_TYPE, format!("expected 0 or 1, found {ht}")))?;
+        let name_field = &b[off::ALGORITHM..off::ALGORITHM + 32];
+        let len = name_field.iter().position(|&c| c == 0).unwrap_or(32);
+        if len == 0 || len == 32 || name_field[len..].iter().any(|&c| c != 0) {
+            return Err(bad("algorithm", off::ALGORITHM, "expected a NUL-padded name of 1 to 31 bytes"));
+        }
+        let name = std::str::from_utf8(&name_field[..len])
+            .map_err(|_| bad("algorithm", off::ALGORITHM, "name is not ASCII"))?;
+        let algorithm = HashAlgorithm::from_name(name)
+            .map_err(|e| bad("algorithm", off::ALGORITHM, e.to_string()))?;
+        if algorithm.name() != name {
+            return Err(bad("algorithm", off::ALGORITHM, "name is not in canonical lower case"));
+        }
+        let salt_size = u16_at(b, off::SALT_SIZE);
+        if salt_size > MAX_SALT_SIZE {
+            return Err(bad("salt_size", off::SALT_SIZE, format!("{salt_size} is over {MAX_SALT_SIZE}")));
+        }
+        let root_size = u16_at(b, off::ROOT_SIZE);
+        if root_size != algorithm.digest_size() {
+            return Err(bad(
+                "root_hash_size",
+                off::ROOT_SIZE,
+                format!("expected {} for {algorithm}, found {root_size}", algorithm.digest_size()),
+            ));
+        }
+        if b[off::SALT + salt_size..off::ROOT].iter().any(|&c| c != 0) {
+            return Err(bad("salt", off::SALT + salt_size, "bytes past salt_size are not zero"));
+        }
+        if b[off::ROOT + root_size..].iter().any(|&c| c != 0) {
+            return Err(bad("root_hash", off::ROOT + root_size, "bytes past the digest are not zero"));
+        }
+        let params = VerityParams::new(
+            hash_type,
+            algorithm,
+            u32_at(b, off::DATA_BLOCK_SIZE),
+            u32_at(b, off::HASH_BLOCK_SIZE),
+            u64_at(b, off::DATA_BLOCKS),
+            b[off::SALT..off::SALT + salt_size].to_vec(),
+        )
+        .map_err(|e| bad("parameters", off::DATA_BLOCK_SIZE, e.to_string()))?;
+        let data_size = u64_at(b, off::DATA_SIZE);
+        if data_size != params.data_size() {
+            return Err(bad(
+                "data_size",
+                off::DATA_SIZE,
+                format!("expected data blocks x block size = {}, found {data_size}", params.data_size()),
+            ));
+        }
+        Ok(RootDescriptor {
+            params,
+            root_hash: b[off::ROOT..off::ROOT + root_size].to_vec(),
+        })
+    }
+}
+
+/// Identifies a public key: SHA-256 of its DER `SubjectPublicKeyInfo`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub [u8; 32]);
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+/// An Ed25519 public key that may verify signed roots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKey {
+    key: ed25519_dalek::VerifyingKey,
+    id: KeyId,
+}
+
+impl PublicKey {
+    fn from_dalek(key: ed25519_dalek::VerifyingKey) -> Result<Self> {
+        let der = key
+            .to_public_key_der()
+            .map_err(|e| Error::Key(format!("encoding the public key: {e}")))?;
+        let id = KeyId(sha2::Sha256::digest(der.as_bytes()).into());
+        Ok(PublicKey { key, id })
+    }
+
+    /// From a PEM `PUBLIC KEY` (SubjectPublicKeyInfo), as `openssl pkey -pubout` writes.
+    pub fn from_pem(pem: &str) -> Result<Self> {
+        let key = ed25519_dalek::VerifyingKey::from_public_key_pem(pem)
+            .map_err(|e| Error::Key(format!("reading an Ed25519 public key PEM: {e}")))?;
+        Self::from_dalek(key)
+    }
+
+    /// From the 32 raw key bytes.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self> {
+        let key = ed25519_dalek::VerifyingKey::from_bytes(bytes)
+            .map_err(|e| Error::Key(format!("not an Ed25519 public key: {e}")))?;
+        Self::from_dalek(key)
+    }
+
+    /// As PEM `PUBLIC KEY`.
+    pub fn to_pem(&self) -> Result<String> {
+        self.key
+            .to_public_key_pem(Default::default())
+            .map_err(|e| Error::Key(format!("encoding the public key: {e}")))
+    }
+
+    /// The key id.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// Verify a raw Ed25519 signature over `message` (strict: no malleable encodings).
+    pub fn verify_raw(&self, message: &[u8], signature: &[u8; 64]) -> Result<()> {
+        let sig = Signature::from_bytes(signature);
+        self.key
+            .verify_strict(message, &sig)
+            .map_err(|_| Error::Signature(format!("signature does not verify with key {}", self.id)))
+    }
+}
+
+/// An Ed25519 private key.
+pub struct SigningKey {
+    key: ed25519_dalek::SigningKey,
+    public: PublicKey,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey").field("id", &self.public.id).finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    fn from_dalek(key: ed25519_dalek::SigningKey) -> Result<Self> {
+        let public = PublicKey::from_dalek(key.verifying_key())?;
+        Ok(SigningKey { key, public })
+    }
+
+    /// A new key from the operating system's random source.
+    pub fn generate() -> Result<Self> {
+        let seed = crate::params::random_bytes::<32>()?;
+        Self::from_dalek(ed25519_dalek::SigningKey::from_bytes(&seed))
+    }
+
+    /// From PEM PKCS#8 `PRIVATE KEY`, as `openssl genpkey -algorithm ed25519` writes.
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self> {
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
+            .map_err(|e| Error::Key(format!("reading an Ed25519 PKCS#8 private key PEM: {e}")))?;
+        Self::from_dalek(key)
+    }
+
+    /// As PEM PKCS#8 `PRIVATE KEY`.
+    pub fn to_pkcs8_pem(&self) -> Result<String> {
+        self.key
+            .to_pkcs8_pem(Default::default())
+            .map(|s| s.to_string())
+            .map_err(|e| Error::Key(format!("encoding the private key: {e}")))
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// Sign a root descriptor.
+    pub fn sign(&self, descriptor: &RootDescriptor) -> SignedRoot {
+        let bytes = descriptor.to_bytes();
+        let sig = self.key.sign(&bytes).to_bytes();
+        SignedRoot {
+            descriptor: bytes,
+            key_id: self.public.id,
+            signature: sig,
+        }
+    }
+}
+
+/// A root descriptor with the id of its signer and the signature, as stored in a file.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SignedRoot {
+    descriptor: [u8; DESCRIPTOR_SIZE],
+    key_id: KeyId,
+    signature: [u8; 64],
+}
+
+impl std::fmt::Debug for SignedRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedRoot").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+impl SignedRoot {
+    /// Assemble from descriptor bytes and a signature made elsewhere (an HSM, `openssl
+    /// pkeyutl`). Nothing is checked until [`Keyring::verify`].
+    pub fn from_parts(descriptor: [u8; DESCRIPTOR_SIZE], key_id: KeyId, signature: [u8; 64]) -> Self {
+        SignedRoot {
+            descriptor,
+            key_id,
+            signature,
+        }
+    }
+
+    /// Split a stored signed root into its parts; only the length is checked here.
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        if b.len() != SIGNED_ROOT_SIZE {
+            return Err(Error::BadField {
+                structure: "signed root",
+                field: "length",
+                offset: 0,
+                reason: format!("expected {SIGNED_ROOT_SIZE} bytes, found {}", b.len()),
+            });
+        }
+        let mut descriptor = [0u8; DESCRIPTOR_SIZE];
+        descriptor.copy_from_slice(&b[..DESCRIPTOR_SIZE]);
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&b[DESCRIPTOR_SIZE..DESCRIPTOR_SIZE + 32]);
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(&b[DESCRIPTOR_SIZE + 32..]);
+        Ok(SignedRoot {
+            descriptor,
+            key_id: KeyId(id),
+            signature,
+        })
+    }
+
+    /// The stored form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(SIGNED_ROOT_SIZE);
+        v.extend_from_slice(&self.descriptor);
+        v.extend_from_slice(&self.key_id.0);
+        v.extend_from_slice(&self.signature);
+        v
+    }
+
+    /// The signer's key id as claimed (not yet verified).
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    /// The signed bytes.
+    pub fn descriptor_bytes(&self) -> &[u8; DESCRIPTOR_SIZE] {
+        &self.descriptor
+    }
+
+    /// The raw signature.
+    pub fn signature(&self) -> &[u8; 64] {
+        &self.signature
+    }
+}
+
+/// A root descriptor whose signature verified, with the key that signed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedRoot {
+    /// The descriptor.
+    pub descriptor: RootDescriptor,
+    /// The key that signed it.
+    pub key_id: KeyId,
+}
+
+/// The set of trusted public keys. Several may be trusted at once, so a new signing key
+/// can be rolled out before the old one is retired.
+#[derive(Clone, Debug, Default)]
+pub struct Keyring {
+    keys: Vec<PublicKey>,
+}
+
+impl Keyring {
+    /// An empty keyring.
+    pub fn new() -> Self {
+        Keyring::default()
+    }
+
+    /// Trust `key`. Adding a key already present is an error (a configuration mistake).
+    pub fn add(&mut self, key: PublicKey) -> Result<()> {
+        if self.keys.iter().any(|k| k.id == key.id) {
+            return Err(Error::Key(format!("key {} is already in the keyring", key.id)));
+        }
+        self.keys.push(key);
+        Ok(())
+    }
+
+    /// Stop trusting the key with `id`; true if it was present.
+    pub fn remove(&mut self, id: &KeyId) -> bool {
+        let before = self.keys.len();
+        self.keys.retain(|k| k.id != *id);
+        before != self.keys.len()
+    }
+
+    /// The trusted keys.
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+
+    /// Verify a stored signed root: its length, that its key is trusted, and the signature
+    /// over the exact descriptor bytes; only then parse and check the descriptor.
+    pub fn verify(&self, signed: &[u8]) -> Result<VerifiedRoot> {
+        let s = SignedRoot::from_bytes(signed)?;
+        self.verify_signed(&s)
+    }
+
+    /// As [`verify`](Self::verify), for an already split signed root.
+    pub fn verify_signed(&self, s: &SignedRoot) -> Result<VerifiedRoot> {
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == s.key_id)
+            .ok_or_else(|| Error::Signature(format!("key {} is not trusted", s.key_id)))?;
+        key.verify_raw(&s.descriptor, &s.signature)?;
+        let descriptor = RootDescriptor::parse(&s.descriptor)?;
+        Ok(VerifiedRoot {
+            descriptor,
+            key_id: key.id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn descriptor() -> RootDescriptor {
+        let p = VerityParams::new(HashType::Normal, HashAlgorithm::Sha256, 4096, 4096, 10, vec![1, 2, 3]).unwrap();
+        RootDescriptor::new(p, &[9u8; 32]).unwrap()
+    }
+
+    #[test]
+    fn descriptor_offsets_are_pinned() {
+        let b = descriptor().to_bytes();
+        assert_eq!(&b[0..8], b"KEELVRTY");
+        assert_eq!(u32_at(&b, 8), 1);
+        assert_eq!(u32_at(&b, 12), 1);
+        assert_eq!(&b[16..22], b"sha256");
+        assert_eq!(u32_at(&b, 48), 4096);
+        assert_eq!(u32_at(&b, 52), 4096);
+        assert_eq!(u64_at(&b, 56), 10);
+        assert_eq!(u64_at(&b, 64), 40960);
+        assert_eq!(u16_at(&b, 72), 3);
+        assert_eq!(u16_at(&b, 74), 32);
+        assert_eq!(&b[76..79], &[1, 2, 3]);
+        assert_eq!(&b[332..364], &[9u8; 32]);
+        assert!(b[364..].iter().all(|&c| c == 0));
+        assert_eq!(RootDescriptor::parse(&b).unwrap(), descriptor());
+    }
+
+    #[test]
+    fn every_descriptor_field_is_checked() {
+        let good = descriptor().to_bytes();
+        for (at, val, field) in [
+            (0usize, b'X', "magic"),
+            (8, 2, "version"),
+            (12, 7, "hash_type"),
+            (16, b'x', "algorithm"),
+            (30, b'x', "algorithm"),
+            (65, 1, "data_size"),
+            (73, 2, "salt_size"),
+            (74, 20, "root_hash_size"),
+            (80, 1, "salt"),
+            (370, 1, "root_hash"),
+            (49, 3, "parameters"),
+        ] {
+            let mut b = good;
+            b[at] = val;
+            match RootDescriptor::parse(&b) {
+                Err(Error::BadField { field: f, .. }) => assert_eq!(f, field, "byte {at}"),
+                other => panic!("byte {at}: expected {field} error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn sign_verify_and_rotation() {
+        let k1 = SigningKey::generate().unwrap();
+        let k2 = SigningKey::generate().unwrap();
+        let signed = k2.sign(&descriptor()).to_bytes();
+        let mut ring = Keyring::new();
+        ring.add(k1.public_key().clone()).unwrap();
+        assert!(matches!(ring.verify(&signed), Err(Error::Signature(_))));
+        ring.add(k2.public_key().clone()).unwrap();
+        assert!(ring.add(k2.public_key().clone()).is_err());
+        let v = ring.verify(&signed).unwrap();
+        assert_eq!(v.descriptor, descriptor());
+        assert_eq!(v.key_id, k2.public_key().id());
+        // Any change to the signed bytes is refused before parsing.
+        for at in [0usize, 56, 80, 340, 395, 430, 491] {
+            let mut t = signed.clone();
+            t[at] ^= 1;
+            assert!(ring.verify(&t).is_err(), "byte {at}");
+        }
+        assert!(ring.remove(&k2.public_key().id()));
+        assert!(ring.verify(&signed).is_err());
+    }
+
+    #[test]
+    fn pem_round_trip() {
+        let k = SigningKey::generate().unwrap();
+        let pem = k.to_pkcs8_pem().unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        let k2 = SigningKey::from_pkcs8_pem(&pem).unwrap();
+        assert_eq!(k2.public_key(), k.public_key());
+        let pubpem = k.public_key().to_pem().unwrap();
+        assert_eq!(PublicKey::from_pem(&pubpem).unwrap(), *k.public_key());
+        assert!(SigningKey::from_pkcs8_pem("garbage").is_err());
+    }
+}

@@ -1,0 +1,316 @@
+//! The veritysetup superblock (cryptsetup `struct verity_sb`).
+//!
+//! 512 bytes, little-endian, at the hash offset of the hash device:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | signature `"verity\0\0"` |
+//! | 8 | 4 | version, 1 |
+//! | 12 | 4 | hash_type: 0 Chrome OS, 1 normal |
+//! | 16 | 16 | uuid (binary) |
+//! | 32 | 32 | algorithm name, lower case, NUL padded |
+//! | 64 | 4 | data_block_size |
+//! | 68 | 4 | hash_block_size |
+//! | 72 | 8 | data_blocks |
+//! | 80 | 2 | salt_size (at most 256) |
+//! | 82 | 6 | zero |
+//! | 88 | 256 | salt, zero padded |
+//! | 344 | 168 | zero |
+
+use crate::algorithm::HashAlgorithm;
+use crate::error::{Error, Result};
+use crate::params::{check_block_size, HashType, VerityParams, MAX_SALT_SIZE};
+
+/// Size of the superblock in bytes.
+pub const SUPERBLOCK_SIZE: usize = 512;
+/// The superblock's signature.
+pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"verity\0\0";
+
+/// Field offsets, pinned by a test.
+pub(crate) mod off {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 8;
+    pub const HASH_TYPE: usize = 12;
+    pub const UUID: usize = 16;
+    pub const ALGORITHM: usize = 32;
+    pub const DATA_BLOCK_SIZE: usize = 64;
+    pub const HASH_BLOCK_SIZE: usize = 68;
+    pub const DATA_BLOCKS: usize = 72;
+    pub const SALT_SIZE: usize = 80;
+    pub const PAD1: usize = 82;
+    pub const SALT: usize = 88;
+    pub const PAD2: usize = 344;
+}
+
+/// A decoded superblock: the tree parameters plus the UUID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    /// The tree parameters.
+    pub params: VerityParams,
+    /// The UUID, binary.
+    pub uuid: [u8; 16],
+}
+
+fn bad(field: &'static str, offset: usize, reason: impl Into<String>) -> Error {
+    Error::BadField {
+        structure: "verity superblock",
+        field,
+        offset,
+        reason: reason.into(),
+    }
+}
+
+fn le_u32(b: &[u8; SUPERBLOCK_SIZE], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+
+fn le_u64(b: &[u8; SUPERBLOCK_SIZE], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+impl Superblock {
+    /// The parameters this superblock describes.
+    pub fn params(&self) -> &VerityParams {
+        &self.params
+    }
+
+    /// Decode and check every field. `bytes` must hold at least 512 bytes; only the
+    /// first 512 are read.
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        let b: &[u8; SUPERBLOCK_SIZE] = bytes
+            .get(..SUPERBLOCK_SIZE)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(Error::TooSmall {
+                what: "verity superblock",
+                needed: SUPERBLOCK_SIZE as u64,
+                found: bytes.len() as u64,
+            })?;
+        if b[off::MAGIC..off::MAGIC + 8] != SUPERBLOCK_MAGIC {
+            return Err(bad(
+                "signature",
+                off::MAGIC,
+                format!(
+                    "expected \"verity\\0\\0\", found {:?}",
+                    String::from_utf8_lossy(&b[..8])
+                ),
+            ));
+        }
+        let version = le_u32(b, off::VERSION);
+        if version != 1 {
+            return Err(bad(
+                "version",
+                off::VERSION,
+                format!("expected 1, found {version}"),
+            ));
+        }
+        let ht = le_u32(b, off::HASH_TYPE);
+        let hash_type = HashType::from_u32(ht).ok_or_else(|| {
+            bad(
+                "hash_type",
+                off::HASH_TYPE,
+                format!("expected 0 or 1, found {ht}"),
+            )
+        })?;
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(&b[off::UUID..off::UUID + 16]);
+
+        let alg_field = &b[off::ALGORITHM..off::ALGORITHM + 32];
+        let name_len = alg_field.iter().position(|&c| c == 0).unwrap_or(32);
+        if name_len == 0 || name_len == 32 || alg_field[name_len..].iter().any(|&c| c != 0) {
+            return Err(bad(
+                "algorithm",
+                off::ALGORITHM,
+                "expected a NUL-terminated, NUL-padded name of 1 to 31 bytes",
+            ));
+        }
+        let name = std::str::from_utf8(&alg_field[..name_len])
+            .map_err(|_| bad("algorithm", off::ALGORITHM, "name is not ASCII"))?;
+        let algorithm = HashAlgorithm::from_name(name)?;
+
+        let dbs = le_u32(b, off::DATA_BLOCK_SIZE);
+        check_block_size("data block size", dbs)
+            .map_err(|e| bad("data_block_size", off::DATA_BLOCK_SIZE, e.to_string()))?;
+        let hbs = le_u32(b, off::HASH_BLOCK_SIZE);
+        check_block_size("hash block size", hbs)
+            .map_err(|e| bad("hash_block_size", off::HASH_BLOCK_SIZE, e.to_string()))?;
+        let data_blocks = le_u64(b, off::DATA_BLOCKS);
+        let salt_size = usize::from(u16::from_le_bytes([b[off::SALT_SIZE], b[off::SALT_SIZE + 1]]));
+        if salt_size > MAX_SALT_SIZE {
+            return Err(bad(
+                "salt_size",
+                off::SALT_SIZE,
+                format!("{salt_size} is over the maximum of {MAX_SALT_SIZE}"),
+            ));
+        }
+        if b[off::PAD1..off::SALT].iter().any(|&c| c != 0) {
+            return Err(bad("padding", off::PAD1, "reserved bytes are not zero"));
+        }
+        if b[off::SALT + salt_size..off::PAD2].iter().any(|&c| c != 0) {
+            return Err(bad(
+                "salt",
+                off::SALT + salt_size,
+                "bytes past salt_size are not zero",
+            ));
+        }
+        if b[off::PAD2..].iter().any(|&c| c != 0) {
+            return Err(bad("padding", off::PAD2, "reserved bytes are not zero"));
+        }
+        let salt = b[off::SALT..off::SALT + salt_size].to_vec();
+        let params = VerityParams::new(hash_type, algorithm, dbs, hbs, data_blocks, salt)
+            .map_err(|e| bad("data_blocks", off::DATA_BLOCKS, e.to_string()))?;
+        Ok(Superblock { params, uuid })
+    }
+
+    /// Encode as veritysetup writes it.
+    pub fn to_bytes(&self) -> [u8; SUPERBLOCK_SIZE] {
+        let p = &self.params;
+        let mut b = [0u8; SUPERBLOCK_SIZE];
+        b[off::MAGIC..off::MAGIC + 8].copy_from_slice(&SUPERBLOCK_MAGIC);
+        b[off::VERSION..off::VERSION + 4].copy_from_slice(&1u32.to_le_bytes());
+        b[off::HASH_TYPE..off::HASH_TYPE + 4].copy_from_slice(&p.hash_type().as_u32().to_le_bytes());
+        b[off::UUID..off::UUID + 16].copy_from_slice(&self.uuid);
+        let name = p.algorithm().name().as_bytes();
+        b[off::ALGORITHM..off::ALGORITHM + name.len()].copy_from_slice(name);
+        b[off::DATA_BLOCK_SIZE..off::DATA_BLOCK_SIZE + 4]
+            .copy_from_slice(&p.data_block_size().to_le_bytes());
+        b[off::HASH_BLOCK_SIZE..off::HASH_BLOCK_SIZE + 4]
+            .copy_from_slice(&p.hash_block_size().to_le_bytes());
+        b[off::DATA_BLOCKS..off::DATA_BLOCKS + 8].copy_from_slice(&p.data_blocks().to_le_bytes());
+        // The salt is at most 256 bytes, so its length fits the u16 field.
+        b[off::SALT_SIZE..off::SALT_SIZE + 2].copy_from_slice(&(p.salt().len() as u16).to_le_bytes());
+        b[off::SALT..off::SALT + p.salt().len()].copy_from_slice(p.salt());
+        b
+    }
+}
+
+/// A UUID in its text form (`8-4-4-4-12` hex digits), as veritysetup's `--uuid` takes it.
+pub fn parse_uuid(text: &str) -> Result<[u8; 16]> {
+    let groups: Vec<&str> = text.split('-').collect();
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    if lens != [8, 4, 4, 4, 12] {
+        return Err(Error::param(
+            "uuid",
+            format!("{text:?} is not of the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"),
+        ));
+    }
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(groups.concat(), &mut out)
+        .map_err(|e| Error::param("uuid", format!("{text:?}: {e}")))?;
+    Ok(out)
+}
+
+/// Format a binary UUID as text, lower case.
+pub fn format_uuid(uuid: &[u8; 16]) -> String {
+    let h = hex::encode(uuid);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// A random (version 4) UUID, as veritysetup makes when none is given.
+pub fn random_uuid() -> Result<[u8; 16]> {
+    let mut u = crate::params::random_bytes::<16>()?;
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    Ok(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Superblock {
+        Superblock {
+            params: VerityParams::new(
+                HashType::Normal,
+                HashAlgorithm::Sha256,
+                4096,
+                512,
+                129,
+                vec![0xaa; 5],
+            )
+            .unwrap(),
+            uuid: [7; 16],
+        }
+    }
+
+    #[test]
+    fn field_offsets_are_pinned() {
+        let b = sample().to_bytes();
+        assert_eq!(&b[0..8], b"verity\0\0");
+        assert_eq!(&b[8..12], &1u32.to_le_bytes());
+        assert_eq!(&b[12..16], &1u32.to_le_bytes());
+        assert_eq!(&b[16..32], &[7u8; 16]);
+        assert_eq!(&b[32..38], b"sha256");
+        assert!(b[38..64].iter().all(|&c| c == 0));
+        assert_eq!(&b[64..68], &4096u32.to_le_bytes());
+        assert_eq!(&b[68..72], &512u32.to_le_bytes());
+        assert_eq!(&b[72..80], &129u64.to_le_bytes());
+        assert_eq!(&b[80..82], &5u16.to_le_bytes());
+        assert_eq!(&b[88..93], &[0xaa; 5]);
+        assert!(b[93..].iter().all(|&c| c == 0));
+    }
+
+    #[test]
+    fn round_trip() {
+        let s = sample();
+        assert_eq!(Superblock::parse(&s.to_bytes()).unwrap(), s);
+    }
+
+    fn corrupt(at: usize, val: u8) -> Error {
+        let mut b = sample().to_bytes();
+        b[at] = val;
+        Superblock::parse(&b).unwrap_err()
+    }
+
+    fn field_of(e: &Error) -> (&'static str, usize) {
+        match e {
+            Error::BadField { field, offset, .. } => (field, *offset),
+            other => panic!("expected BadField, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_field_is_checked() {
+        assert_eq!(field_of(&corrupt(3, b'X')), ("signature", 0));
+        assert_eq!(field_of(&corrupt(8, 2)), ("version", 8));
+        assert_eq!(field_of(&corrupt(12, 2)), ("hash_type", 12));
+        assert_eq!(field_of(&corrupt(40, b'x')), ("algorithm", 32));
+        assert!(matches!(
+            corrupt(35, b'x'),
+            Error::UnsupportedAlgorithm { .. }
+        ));
+        assert_eq!(field_of(&corrupt(65, 0x11)), ("data_block_size", 64));
+        assert_eq!(field_of(&corrupt(70, 0x80)), ("hash_block_size", 68));
+        assert_eq!(field_of(&corrupt(81, 1)), ("salt_size", 80));
+        assert_eq!(field_of(&corrupt(84, 1)), ("padding", 82));
+        assert_eq!(field_of(&corrupt(100, 1)), ("salt", 93));
+        assert_eq!(field_of(&corrupt(400, 1)), ("padding", 344));
+        let mut b = sample().to_bytes();
+        b[72..80].copy_from_slice(&0u64.to_le_bytes());
+        assert_eq!(field_of(&Superblock::parse(&b).unwrap_err()), ("data_blocks", 72));
+        assert!(matches!(
+            Superblock::parse(&b[..100]),
+            Err(Error::TooSmall { .. })
+        ));
+    }
+
+    #[test]
+    fn uuid_text_round_trip() {
+        let u = parse_uuid("11111111-2222-3333-4444-555555555555").unwrap();
+        assert_eq!(format_uuid(&u), "11111111-2222-3333-4444-555555555555");
+        assert!(parse_uuid("1111-2222").is_err());
+        assert!(parse_uuid("1111111g-2222-3333-4444-555555555555").is_err());
+        let r = random_uuid().unwrap();
+        assert_eq!(r[6] >> 4, 4);
+    }
+}

@@ -1,0 +1,308 @@
+//! Building a hash tree in memory, on all cores.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use crate::algorithm::{Digest64, SaltedHasher};
+use crate::error::{Error, Result};
+use crate::geometry::TreeGeometry;
+use crate::io::{Progress, ReadAt};
+use crate::params::VerityParams;
+
+/// Bytes each worker reads at a time: large enough to amortise the system call, small
+/// enough to stay in cache.
+const READ_BUFFER: usize = 1 << 20;
+/// Data handed to a worker per unit of work, so two cores finish close together.
+const UNIT_BYTES: u64 = 4 << 20;
+/// Below this much input one thread does the whole level: spawning costs more.
+const PARALLEL_MIN_BYTES: u64 = 8 << 20;
+
+/// How to run a build or verification.
+#[derive(Clone, Copy, Default)]
+pub struct BuildOptions<'a> {
+    /// Worker threads; `None` uses every core the process may run on.
+    pub threads: Option<NonZeroUsize>,
+    /// Receives data bytes hashed so far.
+    pub progress: Option<&'a dyn Progress>,
+}
+
+impl std::fmt::Debug for BuildOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildOptions")
+            .field("threads", &self.threads)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+impl BuildOptions<'_> {
+    pub(crate) fn thread_count(&self) -> usize {
+        self.threads
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, NonZeroUsize::get)
+    }
+}
+
+/// A complete hash tree held in memory in on-disk order (top level first, leaves last),
+/// with its root hash.
+#[derive(Clone, Debug)]
+pub struct HashTree {
+    params: VerityParams,
+    geometry: TreeGeometry,
+    tree: Vec<u8>,
+    root: Digest64,
+}
+
+impl HashTree {
+    /// Build the tree of `data` with every core.
+    pub fn build<D: ReadAt + ?Sized>(params: &VerityParams, data: &D) -> Result<Self> {
+        Self::build_with(params, data, &BuildOptions::default())
+    }
+
+    /// Build the tree of `data`. The data device is read once, front to back in units
+    /// shared among the workers; memory is the tree plus one read buffer per worker.
+    pub fn build_with<D: ReadAt + ?Sized>(
+        params: &VerityParams,
+        data: &D,
+        opts: &BuildOptions<'_>,
+    ) -> Result<Self> {
+        let geometry = TreeGeometry::new(params, 0, false)?;
+        check_data_size(params, data)?;
+        let tree_len = usize::try_from(geometry.tree_size())
+            .map_err(|_| Error::param("data blocks", "the tree does not fit in memory"))?;
+        let mut tree = vec![0u8; tree_len];
+        let hasher = SaltedHasher::new(params.algorithm(), params.hash_type(), params.salt());
+        let digest_size = geometry.digest_size();
+        let levels = geometry.levels().len();
+        if levels == 0 {
+            let mut block = vec![0u8; params.data_block_size() as usize];
+            data.read_exact_at(&mut block, 0)
+                .map_err(|e| Error::io("reading data block 0", e))?;
+            let root = hasher.hash(&block, digest_size);
+            report(opts, params.data_size(), params.data_size());
+            return Ok(HashTree {
+                params: params.clone(),
+                geometry,
+                tree,
+                root,
+            });
+        }
+        let leaf_off = geometry.level_offset_in_tree(0);
+        hash_level(
+            &hasher,
+            &geometry,
+            data,
+            params.data_block_size() as usize,
+            params.data_blocks(),
+            &mut tree[leaf_off..],
+            opts,
+            true,
+        )?;
+        for level in 1..levels {
+            let (upper, lower) = tree.split_at_mut(geometry.level_offset_in_tree(level - 1));
+            let out = &mut upper[geometry.level_offset_in_tree(level)..];
+            let below = geometry.levels()[level - 1].blocks;
+            hash_level(
+                &hasher,
+                &geometry,
+                &*lower,
+                geometry.hash_block_size() as usize,
+                below,
+                out,
+                opts,
+                false,
+            )?;
+        }
+        let hbs = geometry.hash_block_size() as usize;
+        let root = hasher.hash(&tree[..hbs], digest_size);
+        Ok(HashTree {
+            params: params.clone(),
+            geometry,
+            tree,
+            root,
+        })
+    }
+
+    /// The root hash.
+    pub fn root_hash(&self) -> &[u8] {
+        self.root.as_bytes()
+    }
+
+    /// The tree bytes in on-disk order; empty when there is a single data block.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.tree
+    }
+
+    /// The parameters the tree was built with.
+    pub fn params(&self) -> &VerityParams {
+        &self.params
+    }
+
+    /// The layout of the tree (as if it started at hash block 0 without a superblock).
+    pub fn geometry(&self) -> &TreeGeometry {
+        &self.geometry
+    }
+}
+
+pub(crate) fn check_data_size<D: ReadAt + ?Sized>(params: &VerityParams, data: &D) -> Result<()> {
+    let size = data
+        .size()
+        .map_err(|e| Error::io("reading the data device size", e))?;
+    if size < params.data_size() {
+        return Err(Error::TooSmall {
+            what: "data device",
+            needed: params.data_size(),
+            found: size,
+        });
+    }
+    Ok(())
+}
+
+fn report(opts: &BuildOptions<'_>, done: u64, total: u64) {
+    if let Some(p) = opts.progress {
+        p.progress(done, total);
+    }
+}
+
+/// Hash `items` consecutive items of `item_size` bytes from `src` into hash blocks laid
+/// out contiguously in `out` (one level of the tree). With `count_progress`, the bytes
+/// hashed are reported to the observer.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn hash_level<S: ReadAt + ?Sized>(
+    hasher: &SaltedHasher,
+    geometry: &TreeGeometry,
+    src: &S,
+    item_size: usize,
+    items: u64,
+    out: &mut [u8],
+    opts: &BuildOptions<'_>,
+    count_progress: bool,
+) -> Result<()> {
+    let hbs = geometry.hash_block_size() as usize;
+    let per_block = geometry.digests_per_block();
+    let total_bytes = items * item_size as u64;
+    // A unit is a whole number of output hash blocks, so units write disjoint slices.
+    let blocks_per_unit = (UNIT_BYTES / (per_block * item_size as u64)).max(1);
+    let unit_items = blocks_per_unit * per_block;
+    let out_blocks = items.div_ceil(per_block) as usize;
+    let out = &mut out[..out_blocks * hbs];
+
+    let threads = if total_bytes < PARALLEL_MIN_BYTES {
+        1
+    } else {
+        opts.thread_count().min(out_blocks.div_ceil(blocks_per_unit as usize))
+    };
+    let units = Mutex::new(out.chunks_mut(blocks_per_unit as usize * hbs).enumerate());
+    let progress = Mutex::new(0u64);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+
+    let worker = || {
+        let mut buf = Vec::new();
+        loop {
+            if failed.load(Ordering::Relaxed) {
+                return;
+            }
+            let next = match units.lock() {
+                Ok(mut it) => it.next(),
+                Err(_) => return,
+            };
+            let Some((unit, unit_out)) = next else { return };
+            let first = unit as u64 * unit_items;
+            let count = unit_items.min(items - first);
+            if let Err(e) = hash_unit(
+                hasher, geometry, src, item_size, first, count, unit_out, &mut buf,
+            ) {
+                failed.store(true, Ordering::Relaxed);
+                if let Ok(mut slot) = first_error.lock() {
+                    slot.get_or_insert(e);
+                }
+                return;
+            }
+            if count_progress && opts.progress.is_some() {
+                if let Ok(mut done) = progress.lock() {
+                    *done += count * item_size as u64;
+                    report(opts, *done, total_bytes);
+                }
+            }
+        }
+    };
+
+    if threads <= 1 {
+        worker();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 1..threads {
+                s.spawn(worker);
+            }
+            worker();
+        });
+    }
+    match first_error.into_inner() {
+        Ok(Some(e)) => Err(e),
+        Ok(None) => Ok(()),
+        Err(_) => Err(Error::io(
+            "hashing",
+            std::io::Error::other("a worker thread panicked"),
+        )),
+    }
+}
+
+/// Hash items `first..first + count` into `out`, which starts at the hash block holding
+/// the digest of item `first`.
+#[allow(clippy::too_many_arguments)]
+fn hash_unit<S: ReadAt + ?Sized>(
+    hasher: &SaltedHasher,
+    geometry: &TreeGeometry,
+    src: &S,
+    item_size: usize,
+    first: u64,
+    count: u64,
+    out: &mut [u8],
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    let hbs = geometry.hash_block_size() as usize;
+    let per_block = geometry.digests_per_block() as usize;
+    let slot = geometry.slot_size();
+    let batch_items = (READ_BUFFER / item_size).max(1);
+    let mut done = 0u64;
+    while done < count {
+        let n = (batch_items as u64).min(count - done) as usize;
+        let item = first + done;
+        let offset = item * item_size as u64;
+        let input: &[u8] = match src.as_slice() {
+            Some(all) => all
+                .get(offset as usize..offset as usize + n * item_size)
+                .ok_or_else(|| Error::TooSmall {
+                    what: "hash level",
+                    needed: offset + (n * item_size) as u64,
+                    found: all.len() as u64,
+                })?,
+            None => {
+                buf.resize(n * item_size, 0);
+                src.read_exact_at(buf, offset).map_err(|e| {
+                    Error::io(format!("reading block {item} at byte offset {offset}"), e)
+                })?;
+                buf
+            }
+        };
+        // Runs of items whose digests share a hash block.
+        let mut i = 0usize;
+        while i < n {
+            let rel = (done as usize) + i;
+            let in_block = rel % per_block;
+            let run = (per_block - in_block).min(n - i);
+            let at = (rel / per_block) * hbs + in_block * slot;
+            hasher.hash_many(
+                &input[i * item_size..(i + run) * item_size],
+                item_size,
+                &mut out[at..at + run * slot],
+                slot,
+            );
+            i += run;
+        }
+        done += n as u64;
+    }
+    Ok(())
+}

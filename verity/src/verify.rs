@@ -1,0 +1,352 @@
+//! Verification: a whole device against its root hash, or one data block on demand.
+
+use std::collections::HashMap;
+
+use crate::algorithm::{Digest64, SaltedHasher};
+use crate::error::{Error, Result};
+use crate::geometry::TreeGeometry;
+use crate::io::ReadAt;
+use crate::params::VerityParams;
+use crate::tree::{check_data_size, hash_level, BuildOptions};
+
+fn check_inputs(params: &VerityParams, geometry: &TreeGeometry, root: &[u8]) -> Result<()> {
+    let expected = TreeGeometry::new(params, geometry.hash_offset(), geometry.has_superblock())?;
+    if expected != *geometry {
+        return Err(Error::param(
+            "geometry",
+            "was not laid out for these parameters",
+        ));
+    }
+    let ds = params.algorithm().digest_size();
+    if root.len() != ds {
+        return Err(Error::param(
+            "root hash",
+            format!("{} bytes, {} has {ds}-byte digests", root.len(), params.algorithm()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_hash_size<H: ReadAt + ?Sized>(geometry: &TreeGeometry, hash: &H) -> Result<()> {
+    let size = hash
+        .size()
+        .map_err(|e| Error::io("reading the hash device size", e))?;
+    if size < geometry.hash_device_size() {
+        return Err(Error::TooSmall {
+            what: "hash device",
+            needed: geometry.hash_device_size(),
+            found: size,
+        });
+    }
+    Ok(())
+}
+
+fn root_mismatch(expected: &[u8], found: &[u8]) -> Error {
+    Error::RootHashMismatch {
+        expected: hex::encode(expected),
+        found: hex::encode(found),
+    }
+}
+
+/// Verify the whole data device and the whole tree against `root`, as
+/// `veritysetup verify` does.
+///
+/// The tree is checked from the top down, then every data block is hashed (on all cores)
+/// and compared with its leaf digest. The error names the first problem found:
+/// [`Error::RootHashMismatch`] when the top of the tree does not give `root`,
+/// [`Error::HashBlockCorrupt`] for the highest damaged hash block (or one whose unused
+/// bytes are not zero), [`Error::DataBlockCorrupt`] for the first bad data block and the
+/// count of bad blocks. Memory: the tree plus one level of it.
+pub fn verify<D, H>(
+    params: &VerityParams,
+    geometry: &TreeGeometry,
+    data: &D,
+    hash: &H,
+    root: &[u8],
+    opts: &BuildOptions<'_>,
+) -> Result<()>
+where
+    D: ReadAt + ?Sized,
+    H: ReadAt + ?Sized,
+{
+    check_inputs(params, geometry, root)?;
+    check_data_size(params, data)?;
+    let hasher = SaltedHasher::new(params.algorithm(), params.hash_type(), params.salt());
+    let ds = geometry.digest_size();
+    let levels = geometry.levels();
+    if levels.is_empty() {
+        let mut block = vec![0u8; params.data_block_size() as usize];
+        data.read_exact_at(&mut block, 0)
+            .map_err(|e| Error::io("reading data block 0", e))?;
+        let found = hasher.hash(&block, ds);
+        if found.as_bytes() != root {
+            return Err(root_mismatch(root, found.as_bytes()));
+        }
+        return Ok(());
+    }
+    check_hash_size(geometry, hash)?;
+    // Bounded by the device size just checked.
+    let mut tree = vec![0u8; geometry.tree_size() as usize];
+    hash.read_exact_at(&mut tree, geometry.tree_offset())
+        .map_err(|e| Error::io("reading the hash tree", e))?;
+    let hbs = geometry.hash_block_size() as usize;
+    let top = hasher.hash(&tree[..hbs], ds);
+    if top.as_bytes() != root {
+        return Err(root_mismatch(root, top.as_bytes()));
+    }
+    let level_bytes = |level: usize| {
+        let off = geometry.level_offset_in_tree(level);
+        &tree[off..off + levels[level].blocks as usize * hbs]
+    };
+    let mut fresh = Vec::new();
+    // Each level, once vouched for by the one above, vouches for the one below.
+    for level in (1..levels.len()).rev() {
+        let below = levels[level - 1].blocks;
+        fresh.clear();
+        fresh.resize(levels[level].blocks as usize * hbs, 0);
+        hash_level(&hasher, geometry, level_bytes(level - 1), hbs, below, &mut fresh, opts, false)?;
+        let bad = compare_level(geometry, level, &fresh, level_bytes(level), below);
+        if let Some(first) = bad.first_child {
+            return Err(Error::HashBlockCorrupt {
+                level: level - 1,
+                index: first,
+                offset: geometry.block_offset(level - 1, first),
+                detail: format!(": does not match its digest in level {level}"),
+            });
+        }
+        if let Some(block) = bad.spare_block {
+            return Err(spare_error(geometry, level, block));
+        }
+    }
+    fresh.clear();
+    fresh.resize(levels[0].blocks as usize * hbs, 0);
+    hash_level(
+        &hasher,
+        geometry,
+        data,
+        params.data_block_size() as usize,
+        params.data_blocks(),
+        &mut fresh,
+        opts,
+        true,
+    )?;
+    let bad = compare_level(geometry, 0, &fresh, level_bytes(0), params.data_blocks());
+    if let Some(first) = bad.first_child {
+        return Err(Error::DataBlockCorrupt {
+            block: first,
+            offset: first * u64::from(params.data_block_size()),
+            count: bad.children,
+        });
+    }
+    if let Some(block) = bad.spare_block {
+        return Err(spare_error(geometry, 0, block));
+    }
+    Ok(())
+}
+
+fn spare_error(geometry: &TreeGeometry, level: usize, block: u64) -> Error {
+    Error::HashBlockCorrupt {
+        level,
+        index: block,
+        offset: geometry.block_offset(level, block),
+        detail: ": unused bytes are not zero".to_string(),
+    }
+}
+
+#[derive(Default)]
+struct Mismatch {
+    first_child: Option<u64>,
+    children: u64,
+    spare_block: Option<u64>,
+}
+
+/// Compare a freshly computed level with the one on disk: which children's digests differ,
+/// and the first block whose padding differs.
+fn compare_level(
+    geometry: &TreeGeometry,
+    _level: usize,
+    fresh: &[u8],
+    disk: &[u8],
+    children: u64,
+) -> Mismatch {
+    let hbs = geometry.hash_block_size() as usize;
+    let per = geometry.digests_per_block();
+    let slot = geometry.slot_size();
+    let ds = geometry.digest_size();
+    let mut m = Mismatch::default();
+    for (j, (f, d)) in fresh.chunks(hbs).zip(disk.chunks(hbs)).enumerate() {
+        if f == d {
+            continue;
+        }
+        let mut digest_differs = false;
+        for s in 0..per {
+            let child = j as u64 * per + s;
+            if child >= children {
+                break;
+            }
+            let at = s as usize * slot;
+            if f[at..at + ds] != d[at..at + ds] {
+                digest_differs = true;
+                m.children += 1;
+                m.first_child.get_or_insert(child);
+            }
+        }
+        if !digest_differs {
+            m.spare_block.get_or_insert(j as u64);
+        }
+    }
+    m
+}
+
+/// Verifies single data blocks on demand, reading only the hash blocks on each block's
+/// path to the root (as the kernel does), for agents that verify lazily.
+///
+/// Verified hash blocks are kept in a small cache, so neighbouring blocks share the reads
+/// of their common ancestors.
+#[derive(Debug)]
+pub struct BlockVerifier<H> {
+    hash: H,
+    params: VerityParams,
+    geometry: TreeGeometry,
+    hasher: SaltedHasher,
+    root: Digest64,
+    cache: HashMap<(usize, u64), Vec<u8>>,
+    cache_limit: usize,
+    hash_reads: u64,
+}
+
+/// Verified hash blocks a [`BlockVerifier`] keeps by default.
+pub const DEFAULT_CACHE_BLOCKS: usize = 256;
+
+impl<H: ReadAt> BlockVerifier<H> {
+    /// A verifier for the tree laid out by `geometry` on `hash`, trusting only `root`.
+    pub fn new(params: &VerityParams, geometry: &TreeGeometry, hash: H, root: &[u8]) -> Result<Self> {
+        check_inputs(params, geometry, root)?;
+        check_hash_size(geometry, &hash)?;
+        let hasher = SaltedHasher::new(params.algorithm(), params.hash_type(), params.salt());
+        let root = Digest64::from_slice(root).ok_or_else(|| Error::param("root hash", "too long"))?;
+        Ok(BlockVerifier {
+            hash,
+            params: params.clone(),
+            geometry: geometry.clone(),
+            hasher,
+            root,
+            cache: HashMap::new(),
+            cache_limit: DEFAULT_CACHE_BLOCKS,
+            hash_reads: 0,
+        })
+    }
+
+    /// Keep at most `blocks` verified hash blocks (0 disables the cache).
+    pub fn with_cache_limit(mut self, blocks: usize) -> Self {
+        self.cache_limit = blocks;
+        self.cache.clear();
+        self
+    }
+
+    /// Hash blocks read from the hash device so far.
+    pub fn hash_blocks_read(&self) -> u64 {
+        self.hash_reads
+    }
+
+    /// Check that `block` is the content of data block `index`.
+    pub fn verify_block(&mut self, index: u64, block: &[u8]) -> Result<()> {
+        let dbs = self.params.data_block_size() as usize;
+        if index >= self.params.data_blocks() {
+            return Err(Error::param(
+                "data block",
+                format!("{index} is past the last block {}", self.params.data_blocks() - 1),
+            ));
+        }
+        if block.len() != dbs {
+            return Err(Error::param(
+                "data block",
+                format!("{} bytes given, the block size is {dbs}", block.len()),
+            ));
+        }
+        let ds = self.geometry.digest_size();
+        let bits = self.geometry.per_block_bits();
+        let n_levels = self.geometry.levels().len();
+        let mut expected = self.root;
+        for level in (0..n_levels).rev() {
+            let shift = (level as u32 + 1) * bits;
+            let bi = if shift >= 64 { 0 } else { index >> shift };
+            let child = index >> (level as u32 * bits);
+            let (_, at) = self.geometry.parent_entry(child);
+            expected = self.child_digest(level, bi, &expected, at)?;
+        }
+        let found = self.hasher.hash(block, ds);
+        if found != expected {
+            if n_levels == 0 {
+                return Err(root_mismatch(self.root.as_bytes(), found.as_bytes()));
+            }
+            return Err(Error::DataBlockCorrupt {
+                block: index,
+                offset: index * dbs as u64,
+                count: 1,
+            });
+        }
+        Ok(())
+    }
+
+    /// Read data block `index` from `data` into `buf` (one block long) and verify it.
+    pub fn read_block<D: ReadAt + ?Sized>(&mut self, data: &D, index: u64, buf: &mut [u8]) -> Result<()> {
+        let dbs = u64::from(self.params.data_block_size());
+        let offset = index
+            .checked_mul(dbs)
+            .ok_or_else(|| Error::param("data block", format!("{index} is out of range")))?;
+        if buf.len() as u64 != dbs {
+            return Err(Error::param(
+                "buffer",
+                format!("{} bytes, the block size is {dbs}", buf.len()),
+            ));
+        }
+        data.read_exact_at(buf, offset)
+            .map_err(|e| Error::io(format!("reading data block {index}"), e))?;
+        self.verify_block(index, buf)
+    }
+
+    /// The digest at byte `at` of hash block `index` of `level`, after checking that block
+    /// against `expected` (or finding it in the cache of blocks already checked).
+    fn child_digest(&mut self, level: usize, index: u64, expected: &Digest64, at: usize) -> Result<Digest64> {
+        let ds = self.geometry.digest_size();
+        let key = (level, index);
+        if let Some(b) = self.cache.get(&key) {
+            return digest_at(b, at, ds);
+        }
+        let hbs = self.geometry.hash_block_size() as usize;
+        let offset = self.geometry.block_offset(level, index);
+        let mut b = vec![0u8; hbs];
+        self.hash
+            .read_exact_at(&mut b, offset)
+            .map_err(|e| Error::io(format!("reading hash block at byte offset {offset}"), e))?;
+        self.hash_reads += 1;
+        let found = self.hasher.hash(&b, ds);
+        if found != *expected {
+            if level + 1 == self.geometry.levels().len() {
+                return Err(root_mismatch(expected.as_bytes(), found.as_bytes()));
+            }
+            return Err(Error::HashBlockCorrupt {
+                level,
+                index,
+                offset,
+                detail: format!(": does not match its digest in level {}", level + 1),
+            });
+        }
+        let d = digest_at(&b, at, ds)?;
+        if self.cache_limit > 0 {
+            if self.cache.len() >= self.cache_limit {
+                self.cache.clear();
+            }
+            self.cache.insert(key, b);
+        }
+        Ok(d)
+    }
+}
+
+fn digest_at(block: &[u8], at: usize, ds: usize) -> Result<Digest64> {
+    block
+        .get(at..at + ds)
+        .and_then(Digest64::from_slice)
+        .ok_or_else(|| Error::param("digest", "entry outside its hash block"))
+}
