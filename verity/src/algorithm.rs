@@ -147,7 +147,7 @@ impl AsRef<[u8]> for Digest64 {
 pub(crate) enum SaltedHasher {
     Sha1(Salted<sha1::Sha1>),
     Sha224(Salted<sha2::Sha224>),
-    Sha256(Salted<sha2::Sha256>),
+    Sha256(Salted<sha2::Sha256>, Option<Sha256Pairs>),
     Sha384(Salted<sha2::Sha384>),
     Sha512(Salted<sha2::Sha512>),
 }
@@ -197,7 +197,7 @@ macro_rules! dispatch {
         match $self {
             SaltedHasher::Sha1($s) => $e,
             SaltedHasher::Sha224($s) => $e,
-            SaltedHasher::Sha256($s) => $e,
+            SaltedHasher::Sha256($s, _) => $e,
             SaltedHasher::Sha384($s) => $e,
             SaltedHasher::Sha512($s) => $e,
         }
@@ -209,7 +209,10 @@ impl SaltedHasher {
         match algorithm {
             HashAlgorithm::Sha1 => SaltedHasher::Sha1(Salted::new(hash_type, salt)),
             HashAlgorithm::Sha224 => SaltedHasher::Sha224(Salted::new(hash_type, salt)),
-            HashAlgorithm::Sha256 => SaltedHasher::Sha256(Salted::new(hash_type, salt)),
+            HashAlgorithm::Sha256 => SaltedHasher::Sha256(
+                Salted::new(hash_type, salt),
+                Sha256Pairs::new(hash_type, salt),
+            ),
             HashAlgorithm::Sha384 => SaltedHasher::Sha384(Salted::new(hash_type, salt)),
             HashAlgorithm::Sha512 => SaltedHasher::Sha512(Salted::new(hash_type, salt)),
         }
@@ -230,6 +233,78 @@ impl SaltedHasher {
     /// Hash `input.len() / block_size` blocks into slots of `stride` bytes in `out`;
     /// the algorithm is dispatched once for the whole run.
     pub(crate) fn hash_many(&self, input: &[u8], block_size: usize, out: &mut [u8], stride: usize) {
+        if let SaltedHasher::Sha256(one, Some(pairs)) = self {
+            return pairs.hash_many(one, input, block_size, out, stride);
+        }
         dispatch!(self, s => s.hash_many(input, block_size, out, stride))
+    }
+}
+
+/// Salted SHA-256 of blocks two at a time on CPUs with the SHA extensions
+/// (see [`crate::sha256x2`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Sha256Pairs {
+    /// State after the whole 64-byte chunks of a leading salt.
+    state: [u32; 8],
+    absorbed: u64,
+    /// The rest of a leading salt (format 1).
+    prefix: Vec<u8>,
+    /// A trailing salt (format 0).
+    suffix: Vec<u8>,
+}
+
+impl Sha256Pairs {
+    fn new(hash_type: HashType, salt: &[u8]) -> Option<Self> {
+        if !crate::sha256x2::available() {
+            return None;
+        }
+        let mut state = crate::sha256x2::IV;
+        Some(match hash_type {
+            HashType::Normal => {
+                let (whole, rest) = salt.as_chunks::<64>();
+                crate::sha256x2::compress_one(&mut state, whole);
+                Sha256Pairs {
+                    state,
+                    absorbed: (whole.len() * 64) as u64,
+                    prefix: rest.to_vec(),
+                    suffix: Vec::new(),
+                }
+            }
+            HashType::ChromeOs => Sha256Pairs {
+                state,
+                absorbed: 0,
+                prefix: Vec::new(),
+                suffix: salt.to_vec(),
+            },
+        })
+    }
+
+    fn hash_many(&self, one: &Salted<sha2::Sha256>, input: &[u8], block_size: usize, out: &mut [u8], stride: usize) {
+        let mut blocks = input.chunks_exact(block_size);
+        let mut slots = out.chunks_mut(stride);
+        loop {
+            match (blocks.next(), blocks.next()) {
+                (Some(a), Some(b)) => {
+                    let (Some(sa), Some(sb)) = (slots.next(), slots.next()) else { return };
+                    crate::sha256x2::hash2(
+                        &self.state,
+                        self.absorbed,
+                        &self.prefix,
+                        &self.suffix,
+                        a,
+                        b,
+                        &mut sa[..32],
+                        &mut sb[..32],
+                    );
+                }
+                (Some(a), None) => {
+                    if let Some(sa) = slots.next() {
+                        one.hash_into(a, &mut sa[..32]);
+                    }
+                    return;
+                }
+                _ => return,
+            }
+        }
     }
 }

@@ -317,10 +317,14 @@ impl SigningKey {
         Self::from_dalek(key)
     }
 
-    /// As PEM PKCS#8 `PRIVATE KEY`.
+    /// As PEM PKCS#8 `PRIVATE KEY`, the v1 form `openssl genpkey` writes (OpenSSL 3.0
+    /// cannot read the v2 form that embeds the public key).
     pub fn to_pkcs8_pem(&self) -> Result<String> {
-        self.key
-            .to_pkcs8_pem(Default::default())
+        let pair = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        };
+        pair.to_pkcs8_pem(Default::default())
             .map(|s| s.to_string())
             .map_err(|e| Error::Key(format!("encoding the private key: {e}")))
     }

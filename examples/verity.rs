@@ -1,0 +1,408 @@
+//! `verity`: a veritysetup-like tool on keel-verity, plus signed root hashes.
+//!
+//! ```text
+//! cargo run --release --example verity -- format DATA HASH [options]
+//! cargo run --release --example verity -- verify DATA HASH ROOT_HEX [options]
+//! cargo run --release --example verity -- dump HASH [--hash-offset N]
+//! cargo run --release --example verity -- keygen KEY.pem [--public PUB.pem]
+//! cargo run --release --example verity -- sign HASH ROOT_HEX --key KEY.pem --out ROOT.sig
+//! cargo run --release --example verity -- verify-signature ROOT.sig --key PUB.pem [--data DATA --hash HASH]
+//! ```
+//!
+//! Options and output follow veritysetup: `--hash`, `--data-block-size`,
+//! `--hash-block-size`, `--salt HEX|-`, `--format 0|1`, `--no-superblock`, `--hash-offset`,
+//! `--data-blocks`, `--uuid`; `Root hash:` is printed as veritysetup prints it, and verify
+//! exits 0 when all is well, 1 on a root hash mismatch (or any other error), 2 on
+//! corrupted data or hash blocks.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use keel::verity::{
+    format, format_uuid, open_hash_device, parse_uuid, random_uuid, verify, BuildOptions, Error,
+    FormatOptions, HashAlgorithm, HashType, Keyring, PublicKey, ReadAt, RootDescriptor,
+    SigningKey, TreeGeometry, VerityParams,
+};
+
+#[derive(Parser)]
+#[command(name = "verity", about = "dm-verity hash trees, compatible with veritysetup")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the hash tree of DATA and write it to HASH.
+    Format {
+        data: PathBuf,
+        hash: PathBuf,
+        #[command(flatten)]
+        opts: TreeOpts,
+        /// Superblock UUID (default: random).
+        #[arg(long)]
+        uuid: Option<String>,
+        /// Write the root hash, hex, to this file too.
+        #[arg(long)]
+        root_hash_file: Option<PathBuf>,
+    },
+    /// Verify DATA and HASH against ROOT_HEX.
+    Verify {
+        data: PathBuf,
+        hash: PathBuf,
+        root_hex: String,
+        #[command(flatten)]
+        opts: TreeOpts,
+    },
+    /// Print the superblock of HASH.
+    Dump {
+        hash: PathBuf,
+        /// Byte offset of the superblock.
+        #[arg(long, default_value_t = 0)]
+        hash_offset: u64,
+    },
+    /// Create an Ed25519 signing key (PKCS#8 PEM, as openssl genpkey writes).
+    Keygen {
+        key: PathBuf,
+        /// Also write the public key (PEM) here.
+        #[arg(long)]
+        public: Option<PathBuf>,
+    },
+    /// Sign ROOT_HEX together with the tree parameters of HASH.
+    Sign {
+        hash: PathBuf,
+        root_hex: String,
+        /// Private key, PKCS#8 PEM.
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the signed root.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        opts: TreeOpts,
+    },
+    /// Check a signed root against trusted keys; with --data and --hash, verify the device too.
+    VerifySignature {
+        signed_root: PathBuf,
+        /// A trusted public key (PEM); repeat for several.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long, requires = "hash")]
+        data: Option<PathBuf>,
+        #[arg(long, requires = "data")]
+        hash: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        hash_offset: u64,
+        /// The hash device has no superblock.
+        #[arg(long)]
+        no_superblock: bool,
+    },
+}
+
+#[derive(Args)]
+struct TreeOpts {
+    /// Hash algorithm.
+    #[arg(long = "hash", default_value = "sha256")]
+    algorithm: String,
+    #[arg(long, default_value_t = 4096)]
+    data_block_size: u32,
+    #[arg(long, default_value_t = 4096)]
+    hash_block_size: u32,
+    /// Salt in hex, or - for none (default: 32 random bytes).
+    #[arg(long, allow_hyphen_values = true)]
+    salt: Option<String>,
+    /// Hash format: 1 (normal) or 0 (Chrome OS).
+    #[arg(long, default_value_t = 1)]
+    format: u32,
+    /// Do not write or read a superblock.
+    #[arg(long)]
+    no_superblock: bool,
+    /// Byte offset of the hash area on the hash device.
+    #[arg(long, default_value_t = 0)]
+    hash_offset: u64,
+    /// Number of data blocks (default: all whole blocks of DATA).
+    #[arg(long)]
+    data_blocks: Option<u64>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<std::num::NonZeroUsize>,
+}
+
+impl TreeOpts {
+    fn params(&self, data_size: u64) -> Result<VerityParams, String> {
+        let hash_type = HashType::from_u32(self.format)
+            .ok_or_else(|| format!("--format {}: must be 0 or 1", self.format))?;
+        let mut b = VerityParams::builder()
+            .algorithm(HashAlgorithm::from_name(&self.algorithm).map_err(|e| e.to_string())?)
+            .hash_type(hash_type)
+            .data_block_size(self.data_block_size)
+            .hash_block_size(self.hash_block_size)
+            .data_blocks_for(data_size);
+        if let Some(n) = self.data_blocks {
+            b = b.data_blocks(n);
+        }
+        match self.salt.as_deref() {
+            None => {}
+            Some("-") => b = b.salt(Vec::new()),
+            Some(h) => b = b.salt(hex::decode(h).map_err(|e| format!("--salt: {e}"))?),
+        }
+        b.build().map_err(|e| e.to_string())
+    }
+
+    /// The parameters and layout of an existing tree: from its superblock, or from the
+    /// options with --no-superblock.
+    fn existing(&self, hash: &File, data_size: Option<u64>) -> Result<(VerityParams, TreeGeometry), String> {
+        if self.no_superblock {
+            if self.salt.is_none() {
+                return Err("--no-superblock needs --salt (HEX or -)".into());
+            }
+            let size = match (self.data_blocks, data_size) {
+                (Some(_), _) => 0,
+                (None, Some(s)) => s,
+                (None, None) => return Err("--no-superblock needs --data-blocks".into()),
+            };
+            let p = self.params(size)?;
+            let g = TreeGeometry::new(&p, self.hash_offset, false).map_err(|e| e.to_string())?;
+            Ok((p, g))
+        } else {
+            let (sb, g) = open_hash_device(hash, self.hash_offset).map_err(|e| e.to_string())?;
+            Ok((sb.params, g))
+        }
+    }
+
+    fn build_options<'a>(&self, progress: Option<&'a dyn keel::verity::Progress>) -> BuildOptions<'a> {
+        BuildOptions {
+            threads: self.threads,
+            progress,
+        }
+    }
+}
+
+fn open_read(p: &Path) -> Result<File, String> {
+    File::open(p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+fn same_file(a: &File, b: &File) -> bool {
+    match (a.metadata(), b.metadata()) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino() && x.rdev() == y.rdev(),
+        _ => false,
+    }
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+fn print_header(hash: &Path, uuid: Option<[u8; 16]>, p: &VerityParams, g: &TreeGeometry) {
+    println!("VERITY header information for {}", hash.display());
+    println!("UUID:            \t{}", uuid.map(|u| format_uuid(&u)).unwrap_or_default());
+    println!("Hash type:       \t{}", p.hash_type().as_u32());
+    println!("Data blocks:     \t{}", p.data_blocks());
+    println!("Data block size: \t{}", p.data_block_size());
+    println!("Hash blocks:     \t{}", g.tree_blocks());
+    println!("Hash block size: \t{}", p.hash_block_size());
+    println!("Hash algorithm:  \t{}", p.algorithm());
+    let salt = if p.salt().is_empty() { "-".to_string() } else { hex::encode(p.salt()) };
+    println!("Salt:            \t{salt}");
+}
+
+fn cmd_format(data: &Path, hash: &Path, opts: &TreeOpts, uuid: Option<&str>, root_file: Option<&Path>) -> Result<(), String> {
+    let data_f = open_read(data)?;
+    let data_size = data_f.size().map_err(|e| format!("{}: {e}", data.display()))?;
+    let params = opts.params(data_size)?;
+    let superblock = if opts.no_superblock {
+        None
+    } else {
+        Some(match uuid {
+            Some(u) => parse_uuid(u).map_err(|e| e.to_string())?,
+            None => random_uuid().map_err(|e| e.to_string())?,
+        })
+    };
+    let hash_f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(hash)
+        .map_err(|e| format!("{}: {e}", hash.display()))?;
+    if same_file(&data_f, &hash_f) && opts.hash_offset < params.data_size() {
+        return Err(format!(
+            "--hash-offset {} would overwrite the data (which ends at byte {}); give a larger offset or --data-blocks",
+            opts.hash_offset,
+            params.data_size()
+        ));
+    }
+    let pb = progress_bar(params.data_size());
+    let observer = |done: u64, _total: u64| pb.set_position(done);
+    let fopts = FormatOptions {
+        hash_offset: opts.hash_offset,
+        superblock,
+        build: opts.build_options(Some(&observer)),
+    };
+    let out = format(&params, &data_f, &mut &hash_f, &fopts).map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    print_header(hash, superblock, &params, &out.geometry);
+    let root = hex::encode(&out.root_hash);
+    println!("Root hash:      \t{root}");
+    println!("Hash device size: \t{} [bytes]", out.geometry.hash_device_size());
+    if let Some(f) = root_file {
+        std::fs::write(f, format!("{root}\n")).map_err(|e| format!("{}: {e}", f.display()))?;
+    }
+    Ok(())
+}
+
+/// veritysetup's verify exit status: 1 for a root mismatch or any other error, 2 for
+/// corrupted blocks.
+fn cmd_verify(data: &Path, hash: &Path, root_hex: &str, opts: &TreeOpts) -> ExitCode {
+    let run = || -> Result<(), (u8, String)> {
+        let root = hex::decode(root_hex).map_err(|_| (1, "Invalid root hash string specified.".to_string()))?;
+        let data_f = open_read(data).map_err(|e| (1, e))?;
+        let hash_f = open_read(hash).map_err(|e| (1, e))?;
+        let size = data_f.size().map_err(|e| (1, e.to_string()))?;
+        let (params, geometry) = opts.existing(&hash_f, Some(size)).map_err(|e| (1, e))?;
+        let pb = progress_bar(params.data_size());
+        let observer = |done: u64, _t: u64| pb.set_position(done);
+        let r = verify(&params, &geometry, &data_f, &hash_f, &root, &opts.build_options(Some(&observer)));
+        pb.finish_and_clear();
+        r.map_err(|e| match e {
+            Error::HashBlockCorrupt { .. } | Error::DataBlockCorrupt { .. } => (2, e.to_string()),
+            e => (1, e.to_string()),
+        })
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("Verification failed: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn cmd_dump(hash: &Path, hash_offset: u64) -> Result<(), String> {
+    let f = open_read(hash)?;
+    let (sb, g) = open_hash_device(&f, hash_offset).map_err(|e| e.to_string())?;
+    print_header(hash, Some(sb.uuid), &sb.params, &g);
+    println!("Hash device size: \t{} [bytes]", g.hash_device_size());
+    Ok(())
+}
+
+fn write_new(path: &Path, content: &str, mode: u32) -> Result<(), String> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(content.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn cmd_keygen(key: &Path, public: Option<&Path>) -> Result<(), String> {
+    let k = SigningKey::generate().map_err(|e| e.to_string())?;
+    write_new(key, &k.to_pkcs8_pem().map_err(|e| e.to_string())?, 0o600)?;
+    if let Some(p) = public {
+        write_new(p, &k.public_key().to_pem().map_err(|e| e.to_string())?, 0o644)?;
+    }
+    println!("Key id: {}", k.public_key().id());
+    Ok(())
+}
+
+fn cmd_sign(hash: &Path, root_hex: &str, key: &Path, out: &Path, opts: &TreeOpts) -> Result<(), String> {
+    let hash_f = open_read(hash)?;
+    let (params, _) = opts.existing(&hash_f, None)?;
+    let root = hex::decode(root_hex).map_err(|e| format!("root hash: {e}"))?;
+    let desc = RootDescriptor::new(params, &root).map_err(|e| e.to_string())?;
+    let pem = std::fs::read_to_string(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let k = SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
+    std::fs::write(out, k.sign(&desc).to_bytes()).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("Signed root hash {root_hex} with key {}", k.public_key().id());
+    Ok(())
+}
+
+fn cmd_verify_signature(
+    signed: &Path,
+    keys: &[PathBuf],
+    device: Option<(&Path, &Path)>,
+    hash_offset: u64,
+    no_superblock: bool,
+) -> ExitCode {
+    let run = || -> Result<(), (u8, String)> {
+        let mut ring = Keyring::new();
+        for k in keys {
+            let pem = std::fs::read_to_string(k).map_err(|e| (1, format!("{}: {e}", k.display())))?;
+            ring.add(PublicKey::from_pem(&pem).map_err(|e| (1, e.to_string()))?)
+                .map_err(|e| (1, e.to_string()))?;
+        }
+        let bytes = std::fs::read(signed).map_err(|e| (1, format!("{}: {e}", signed.display())))?;
+        let v = ring.verify(&bytes).map_err(|e| (1, e.to_string()))?;
+        let d = &v.descriptor;
+        let p = d.params();
+        println!("Signature:       \tgood, key {}", v.key_id);
+        println!("Root hash:      \t{}", hex::encode(d.root_hash()));
+        println!("Hash type:       \t{}", p.hash_type().as_u32());
+        println!("Hash algorithm:  \t{}", p.algorithm());
+        println!("Data blocks:     \t{}", p.data_blocks());
+        println!("Data block size: \t{}", p.data_block_size());
+        println!("Hash block size: \t{}", p.hash_block_size());
+        println!("Salt:            \t{}", if p.salt().is_empty() { "-".into() } else { hex::encode(p.salt()) });
+        if let Some((data, hash)) = device {
+            let data_f = open_read(data).map_err(|e| (1, e))?;
+            let hash_f = open_read(hash).map_err(|e| (1, e))?;
+            if !no_superblock {
+                let (sb, _) = open_hash_device(&hash_f, hash_offset).map_err(|e| (1, e.to_string()))?;
+                if sb.params != *p {
+                    return Err((1, "the superblock's parameters differ from the signed ones".into()));
+                }
+            }
+            let g = TreeGeometry::new(p, hash_offset, !no_superblock).map_err(|e| (1, e.to_string()))?;
+            verify(p, &g, &data_f, &hash_f, d.root_hash(), &BuildOptions::default()).map_err(|e| match e {
+                Error::HashBlockCorrupt { .. } | Error::DataBlockCorrupt { .. } => (2, e.to_string()),
+                e => (1, e.to_string()),
+            })?;
+            println!("Device:          \tverified against the signed root hash");
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("Verification failed: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match &cli.cmd {
+        Cmd::Format { data, hash, opts, uuid, root_hash_file } => {
+            cmd_format(data, hash, opts, uuid.as_deref(), root_hash_file.as_deref())
+        }
+        Cmd::Verify { data, hash, root_hex, opts } => return cmd_verify(data, hash, root_hex, opts),
+        Cmd::Dump { hash, hash_offset } => cmd_dump(hash, *hash_offset),
+        Cmd::Keygen { key, public } => cmd_keygen(key, public.as_deref()),
+        Cmd::Sign { hash, root_hex, key, out, opts } => cmd_sign(hash, root_hex, key, out, opts),
+        Cmd::VerifySignature { signed_root, keys, data, hash, hash_offset, no_superblock } => {
+            let device = data.as_deref().zip(hash.as_deref());
+            return cmd_verify_signature(signed_root, keys, device, *hash_offset, *no_superblock);
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("verity: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

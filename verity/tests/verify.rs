@@ -1,0 +1,364 @@
+//! Verification outcomes, lazy single-block verification, and clear errors on bad input.
+
+mod common;
+
+use common::seeded_bytes;
+use keel_verity::{
+    format, open_hash_device, verify, BlockVerifier, BuildOptions, Error, FormatOptions,
+    HashAlgorithm, HashTree, HashType, ReadAt, TreeGeometry, VerityParams,
+};
+use proptest::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+fn params(blocks: u64, dbs: u32, hbs: u32, alg: HashAlgorithm, ht: HashType, salt: usize) -> VerityParams {
+    VerityParams::builder()
+        .data_blocks(blocks)
+        .data_block_size(dbs)
+        .hash_block_size(hbs)
+        .algorithm(alg)
+        .hash_type(ht)
+        .salt(seeded_bytes(99, salt))
+        .build()
+        .unwrap()
+}
+
+/// A formatted device in memory: (params, geometry, data, hash device, root).
+fn formatted(p: &VerityParams, superblock: bool, seed: u64) -> (TreeGeometry, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let data = seeded_bytes(seed, p.data_size() as usize);
+    let mut hash = Vec::new();
+    let opts = FormatOptions { superblock: superblock.then_some([3; 16]), ..Default::default() };
+    let f = format(p, &data, &mut hash, &opts).unwrap();
+    (f.geometry, data, hash, f.root_hash)
+}
+
+fn opts() -> BuildOptions<'static> {
+    BuildOptions::default()
+}
+
+#[test]
+fn thread_count_does_not_change_the_tree() {
+    // 40 MiB: large enough that the leaf level is split between workers.
+    let p = params(10240, 4096, 4096, HashAlgorithm::Sha256, HashType::Normal, 32);
+    let data = seeded_bytes(5, p.data_size() as usize);
+    let one = HashTree::build_with(&p, &data, &BuildOptions { threads: std::num::NonZeroUsize::new(1), progress: None }).unwrap();
+    let done = AtomicU64::new(0);
+    let calls = AtomicU64::new(0);
+    let observer = |d: u64, t: u64| {
+        assert_eq!(t, p.data_size());
+        assert!(d >= done.swap(d, Ordering::SeqCst), "progress went backwards");
+        calls.fetch_add(1, Ordering::SeqCst);
+    };
+    let four = HashTree::build_with(
+        &p,
+        &data,
+        &BuildOptions { threads: std::num::NonZeroUsize::new(4), progress: Some(&observer) },
+    )
+    .unwrap();
+    assert_eq!(one.root_hash(), four.root_hash());
+    assert_eq!(one.as_bytes(), four.as_bytes());
+    assert_eq!(done.load(Ordering::SeqCst), p.data_size());
+    assert!(calls.load(Ordering::SeqCst) > 1);
+}
+
+#[test]
+fn damaged_hash_blocks_are_located() {
+    let p = params(20000, 512, 512, HashAlgorithm::Sha256, HashType::Normal, 8);
+    let (g, data, hash, root) = formatted(&p, true, 1);
+    assert_eq!(g.levels().len(), 4);
+    verify(&p, &g, &data, &hash, &root, &opts()).unwrap();
+    for level in 0..g.levels().len() - 1 {
+        let index = g.levels()[level].blocks / 2;
+        let at = g.block_offset(level, index) as usize + 3;
+        let mut h = hash.clone();
+        h[at] ^= 0x80;
+        match verify(&p, &g, &data, &h, &root, &opts()) {
+            Err(Error::HashBlockCorrupt { level: l, index: i, offset, .. }) => {
+                assert_eq!((l, i), (level, index));
+                assert_eq!(offset, g.block_offset(level, index));
+            }
+            other => panic!("level {level}: {other:?}"),
+        }
+    }
+    // The top block: nothing above it but the root.
+    let top = g.levels().len() - 1;
+    let mut h = hash.clone();
+    h[g.block_offset(top, 0) as usize] ^= 1;
+    assert!(matches!(verify(&p, &g, &data, &h, &root, &opts()), Err(Error::RootHashMismatch { .. })));
+}
+
+/// A tree whose digests are all consistent but whose unused bytes are not zero (as a
+/// careless foreign tool might write) is refused, as veritysetup refuses it.
+#[test]
+fn nonzero_unused_bytes_are_refused() {
+    use sha1::Digest;
+    // 1000 sha1 leaves, 128 to a block: the last of 8 leaf blocks holds 104 digests.
+    let p = params(1000, 4096, 4096, HashAlgorithm::Sha1, HashType::Normal, 0);
+    let (g, data, mut hash, _) = formatted(&p, false, 8);
+    assert_eq!(g.levels().len(), 2);
+    let leaf = g.block_offset(0, 7) as usize;
+    hash[leaf + 4095] = 0xee;
+    // Re-seal: the top block's digest of leaf 7, then the root.
+    let d = sha1::Sha1::digest(&hash[leaf..leaf + 4096]);
+    let top = g.block_offset(1, 0) as usize;
+    hash[top + 7 * 32..top + 7 * 32 + 20].copy_from_slice(&d);
+    let root = sha1::Sha1::digest(&hash[top..top + 4096]).to_vec();
+    match verify(&p, &g, &data, &hash, &root, &opts()) {
+        Err(Error::HashBlockCorrupt { level: 0, index: 7, detail, .. }) => assert!(detail.contains("not zero")),
+        other => panic!("{other:?}"),
+    }
+    // The padding of a digest slot (sha1 digests take 20 of 32 bytes) in the top block.
+    let (_, _, mut hash, _) = formatted(&p, false, 8);
+    hash[top + 25] = 1;
+    let root = sha1::Sha1::digest(&hash[top..top + 4096]).to_vec();
+    match verify(&p, &g, &data, &hash, &root, &opts()) {
+        Err(Error::HashBlockCorrupt { level: 1, index: 0, detail, .. }) => assert!(detail.contains("not zero")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn all_bad_data_blocks_are_counted() {
+    let p = params(1000, 4096, 4096, HashAlgorithm::Sha1, HashType::ChromeOs, 0);
+    let (g, mut data, hash, root) = formatted(&p, false, 2);
+    for b in [17u64, 500, 999] {
+        data[(b * 4096 + 100) as usize] ^= 4;
+    }
+    let e = verify(&p, &g, &data, &hash, &root, &opts()).unwrap_err();
+    assert!(matches!(e, Error::DataBlockCorrupt { block: 17, offset: 69632, count: 3 }), "{e}");
+    assert!(e.is_corruption());
+    assert!(e.to_string().contains("data block 17"));
+}
+
+/// Counts the reads a lazy verifier makes of the hash device.
+struct Counting<'a> {
+    inner: &'a [u8],
+    reads: AtomicU64,
+}
+impl ReadAt for Counting<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.inner.len() as u64)
+    }
+}
+
+#[test]
+fn lazy_verification_reads_only_the_path() {
+    let p = params(5000, 1024, 1024, HashAlgorithm::Sha256, HashType::Normal, 16);
+    let (g, data, hash, root) = formatted(&p, true, 3);
+    let levels = g.levels().len() as u64;
+    assert_eq!(levels, 3);
+    let dev = Counting { inner: &hash, reads: AtomicU64::new(0) };
+    let mut v = BlockVerifier::new(&p, &g, &dev, &root).unwrap().with_cache_limit(0);
+    let mut buf = vec![0u8; 1024];
+    for (n, b) in [0u64, 4999, 2500, 31, 32].into_iter().enumerate() {
+        v.read_block(&data, b, &mut buf).unwrap();
+        assert_eq!(v.hash_blocks_read(), levels * (n as u64 + 1), "block {b}");
+    }
+    assert_eq!(dev.reads.load(Ordering::SeqCst), levels * 5);
+    // With the cache, a neighbour costs only the leaf block it does not share.
+    let mut v = BlockVerifier::new(&p, &g, &hash[..], &root).unwrap();
+    v.read_block(&data, 100, &mut buf).unwrap();
+    v.read_block(&data, 101, &mut buf).unwrap();
+    assert_eq!(v.hash_blocks_read(), levels);
+    v.read_block(&data, 4000, &mut buf).unwrap();
+    assert_eq!(v.hash_blocks_read(), levels + 2);
+
+    // Corruption of the block itself, of a hash block on its path, and a wrong root.
+    let mut bad = data.clone();
+    bad[2500 * 1024 + 5] ^= 1;
+    let mut v = BlockVerifier::new(&p, &g, &hash[..], &root).unwrap();
+    assert!(matches!(
+        v.read_block(&bad, 2500, &mut buf),
+        Err(Error::DataBlockCorrupt { block: 2500, offset: 2_560_000, count: 1 })
+    ));
+    v.read_block(&bad, 2499, &mut buf).unwrap();
+    let mut h = hash.clone();
+    let leaf = 2500 / g.digests_per_block();
+    h[g.block_offset(0, leaf) as usize + 9] ^= 1;
+    let mut v = BlockVerifier::new(&p, &g, &h[..], &root).unwrap();
+    assert!(matches!(
+        v.read_block(&data, 2500, &mut buf),
+        Err(Error::HashBlockCorrupt { level: 0, index, .. }) if index == leaf
+    ));
+    let mut wrong = root.clone();
+    wrong[5] ^= 1;
+    let mut v = BlockVerifier::new(&p, &g, &hash[..], &wrong).unwrap();
+    assert!(matches!(v.read_block(&data, 0, &mut buf), Err(Error::RootHashMismatch { .. })));
+    assert!(v.read_block(&data, 5000, &mut buf).is_err());
+}
+
+#[test]
+fn single_block_device() {
+    let p = params(1, 4096, 4096, HashAlgorithm::Sha256, HashType::Normal, 4);
+    let (g, data, hash, root) = formatted(&p, true, 4);
+    assert_eq!(g.tree_blocks(), 0);
+    assert_eq!(hash.len(), 4096);
+    verify(&p, &g, &data, &hash, &root, &opts()).unwrap();
+    let mut bad = data.clone();
+    bad[0] ^= 1;
+    assert!(verify(&p, &g, &bad, &hash, &root, &opts()).unwrap_err().is_corruption());
+    let mut v = BlockVerifier::new(&p, &g, &hash[..], &root).unwrap();
+    v.verify_block(0, &data).unwrap();
+    assert!(v.verify_block(0, &bad).is_err());
+}
+
+fn param_error(r: Result<VerityParams, Error>) -> (&'static str, String) {
+    match r {
+        Err(Error::InvalidParameter { field, reason }) => (field, reason),
+        other => panic!("expected InvalidParameter, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_parameters_are_refused_with_the_field_named() {
+    for bs in [0u32, 256, 1000, 4097, 1 << 20] {
+        let (f, _) = param_error(VerityParams::builder().data_block_size(bs).data_blocks(1).salt(vec![]).build());
+        assert_eq!(f, "data block size");
+        let (f, _) = param_error(VerityParams::builder().hash_block_size(bs).data_blocks(1).salt(vec![]).build());
+        assert_eq!(f, "hash block size");
+    }
+    let (f, r) = param_error(VerityParams::builder().salt(vec![0; 257]).data_blocks(1).build());
+    assert_eq!(f, "salt");
+    assert!(r.contains("257"));
+    let (f, _) = param_error(VerityParams::builder().data_blocks(0).salt(vec![]).build());
+    assert_eq!(f, "data blocks");
+    let (f, _) = param_error(VerityParams::builder().data_blocks(u64::MAX / 2).salt(vec![]).build());
+    assert_eq!(f, "data blocks");
+    // Data smaller than one block.
+    match VerityParams::builder().data_blocks_for(4095).build() {
+        Err(Error::TooSmall { needed: 4096, found: 4095, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    // A data device shorter than the blocks it should cover.
+    let p = params(10, 4096, 4096, HashAlgorithm::Sha256, HashType::Normal, 0);
+    let short = vec![0u8; 4096 * 9 + 100];
+    assert!(matches!(
+        HashTree::build(&p, &short),
+        Err(Error::TooSmall { what: "data device", needed: 40960, .. })
+    ));
+    // Hash offsets.
+    for off in [1u64, 100, 511, 4097] {
+        let e = TreeGeometry::new(&p, off, true).unwrap_err();
+        assert!(matches!(e, Error::InvalidParameter { field: "hash offset", .. }), "{e}");
+    }
+    let e = TreeGeometry::new(&p, 512, false).unwrap_err();
+    assert!(e.to_string().contains("hash block size"), "{e}");
+    TreeGeometry::new(&p, 512, true).unwrap();
+    // A root hash of the wrong length.
+    let (g, data, hash, _) = formatted(&p, false, 6);
+    let e = verify(&p, &g, &data, &hash, &[0u8; 20], &opts()).unwrap_err();
+    assert!(matches!(e, Error::InvalidParameter { field: "root hash", .. }), "{e}");
+    // A geometry made for other parameters.
+    let other = params(11, 4096, 4096, HashAlgorithm::Sha256, HashType::Normal, 0);
+    let g2 = TreeGeometry::new(&other, 0, false).unwrap();
+    assert!(verify(&p, &g2, &data, &hash, &[0u8; 32], &opts()).is_err());
+}
+
+#[test]
+fn bad_hash_devices_are_refused() {
+    let p = params(300, 4096, 4096, HashAlgorithm::Sha256, HashType::Normal, 32);
+    let (g, data, hash, root) = formatted(&p, true, 7);
+    // Truncated: the superblock survives, the tree does not.
+    let truncated = &hash[..hash.len() - 1];
+    let (sb, g2) = open_hash_device(truncated, 0).unwrap();
+    let e = verify(sb.params(), &g2, &data, truncated, &root, &opts()).unwrap_err();
+    assert!(
+        matches!(e, Error::TooSmall { what: "hash device", needed, found } if needed == hash.len() as u64 && found == needed - 1),
+        "{e}"
+    );
+    assert!(BlockVerifier::new(&p, &g, truncated, &root).is_err());
+    // Too short even for the superblock.
+    assert!(matches!(open_hash_device(&hash[..100], 0), Err(Error::TooSmall { .. })));
+    assert!(matches!(open_hash_device(&hash[..], 4096 * 400), Err(Error::TooSmall { .. })));
+    // Bad magic, version, salt size, block size, algorithm.
+    for (at, val, field) in [
+        (0usize, b'V', "signature"),
+        (8, 0, "version"),
+        (81, 0x02, "salt_size"),
+        (81, 0x01, "salt_size"),
+        (64, 0x01, "data_block_size"),
+        (69, 0x00, "hash_block_size"),
+    ] {
+        let mut h = hash.clone();
+        h[at] = val;
+        match open_hash_device(&h[..], 0) {
+            Err(Error::BadField { field: f, offset, .. }) => {
+                assert_eq!(f, field, "byte {at}");
+                assert!(offset <= at);
+            }
+            other => panic!("byte {at}: {other:?}"),
+        }
+    }
+    let mut h = hash.clone();
+    h[32..38].copy_from_slice(b"md5\0\0\0");
+    let e = open_hash_device(&h[..], 0).unwrap_err();
+    assert!(matches!(e, Error::UnsupportedAlgorithm { ref name } if name == "md5"), "{e}");
+    // A superblock claiming far more data than exists is refused before allocation.
+    let mut h = hash.clone();
+    h[72..80].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let (sb, g3) = open_hash_device(&h[..], 0).unwrap();
+    let e = verify(sb.params(), &g3, &data, &h[..], &root, &opts()).unwrap_err();
+    assert!(matches!(e, Error::TooSmall { what: "data device", .. }), "{e}");
+    assert!(matches!(
+        BlockVerifier::new(sb.params(), &g3, &h[..], &root),
+        Err(Error::TooSmall { what: "hash device", .. })
+    ));
+}
+
+fn arb_params() -> impl Strategy<Value = VerityParams> {
+    (
+        1u64..400,
+        prop::sample::select(vec![512u32, 1024, 4096]),
+        prop::sample::select(vec![512u32, 1024, 4096]),
+        prop::sample::select(HashAlgorithm::ALL.to_vec()),
+        prop::bool::ANY,
+        0usize..80,
+    )
+        .prop_map(|(blocks, dbs, hbs, alg, t, salt)| {
+            let ht = if t { HashType::Normal } else { HashType::ChromeOs };
+            params(blocks, dbs, hbs, alg, ht, salt)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any single flipped bit in the data or the tree is detected, by full and by lazy
+    /// verification.
+    #[test]
+    fn any_flipped_bit_is_detected(p in arb_params(), seed in any::<u64>(), pick in any::<u64>(), bit in 0u8..8, in_tree in any::<bool>()) {
+        let (g, mut data, mut hash, root) = formatted(&p, false, seed);
+        let lazy_ok = |data: &[u8], hash: &[u8]| -> bool {
+            let Ok(mut v) = BlockVerifier::new(&p, &g, hash, &root) else { return false };
+            let dbs = p.data_block_size() as usize;
+            (0..p.data_blocks()).all(|b| v.verify_block(b, &data[b as usize * dbs..(b as usize + 1) * dbs]).is_ok())
+        };
+        prop_assert!(verify(&p, &g, &data, &hash, &root, &opts()).is_ok());
+        prop_assert!(lazy_ok(&data, &hash));
+        if in_tree && !hash.is_empty() {
+            let i = (pick % hash.len() as u64) as usize;
+            hash[i] ^= 1 << bit;
+            let r = verify(&p, &g, &data, &hash, &root, &opts());
+            prop_assert!(r.as_ref().is_err_and(|e| e.is_corruption()), "{:?}", r);
+            // Every hash block lies on the path of some data block.
+            prop_assert!(!lazy_ok(&data, &hash));
+        } else {
+            let i = (pick % data.len() as u64) as usize;
+            data[i] ^= 1 << bit;
+            let r = verify(&p, &g, &data, &hash, &root, &opts());
+            prop_assert!(r.as_ref().is_err_and(|e| e.is_corruption()), "{:?}", r);
+            prop_assert!(!lazy_ok(&data, &hash));
+            if g.levels().is_empty() {
+                let is_root_mismatch = matches!(r, Err(Error::RootHashMismatch { .. }));
+                prop_assert!(is_root_mismatch);
+            } else {
+                let block = i as u64 / u64::from(p.data_block_size());
+                let expected_block = matches!(r, Err(Error::DataBlockCorrupt { block: b, count: 1, .. }) if b == block);
+                prop_assert!(expected_block, "{:?}", r);
+            }
+        }
+    }
+}
