@@ -147,7 +147,7 @@ impl AsRef<[u8]> for Digest64 {
 pub(crate) enum SaltedHasher {
     Sha1(Salted<sha1::Sha1>),
     Sha224(Salted<sha2::Sha224>),
-    Sha256(Salted<sha2::Sha256>, Option<Sha256Pairs>),
+    Sha256(Salted<sha2::Sha256>, Option<Sha256Multi>),
     Sha384(Salted<sha2::Sha384>),
     Sha512(Salted<sha2::Sha512>),
 }
@@ -211,7 +211,7 @@ impl SaltedHasher {
             HashAlgorithm::Sha224 => SaltedHasher::Sha224(Salted::new(hash_type, salt)),
             HashAlgorithm::Sha256 => SaltedHasher::Sha256(
                 Salted::new(hash_type, salt),
-                Sha256Pairs::new(hash_type, salt),
+                Sha256Multi::new(hash_type, salt),
             ),
             HashAlgorithm::Sha384 => SaltedHasher::Sha384(Salted::new(hash_type, salt)),
             HashAlgorithm::Sha512 => SaltedHasher::Sha512(Salted::new(hash_type, salt)),
@@ -240,10 +240,10 @@ impl SaltedHasher {
     }
 }
 
-/// Salted SHA-256 of blocks two at a time on CPUs with the SHA extensions
-/// (see [`crate::sha256x2`]).
+/// Salted SHA-256 of many blocks at once: sixteen with AVX-512 ([`crate::sha256x16`]), two
+/// with the SHA extensions ([`crate::sha256x2`]).
 #[derive(Clone, Debug)]
-pub(crate) struct Sha256Pairs {
+pub(crate) struct Sha256Multi {
     /// State after the whole 64-byte chunks of a leading salt.
     state: [u32; 8],
     absorbed: u64,
@@ -251,60 +251,73 @@ pub(crate) struct Sha256Pairs {
     prefix: Vec<u8>,
     /// A trailing salt (format 0).
     suffix: Vec<u8>,
+    avx512: bool,
+    shani: bool,
 }
 
-impl Sha256Pairs {
+impl Sha256Multi {
     fn new(hash_type: HashType, salt: &[u8]) -> Option<Self> {
-        if !crate::sha256x2::available() {
+        let avx512 = crate::sha256x16::available();
+        let shani = crate::sha256x2::available();
+        if !avx512 && !shani {
             return None;
         }
         let mut state = crate::sha256x2::IV;
-        Some(match hash_type {
+        let (absorbed, prefix, suffix) = match hash_type {
             HashType::Normal => {
                 let (whole, rest) = salt.as_chunks::<64>();
                 crate::sha256x2::compress_one(&mut state, whole);
-                Sha256Pairs {
-                    state,
-                    absorbed: (whole.len() * 64) as u64,
-                    prefix: rest.to_vec(),
-                    suffix: Vec::new(),
-                }
+                ((whole.len() * 64) as u64, rest.to_vec(), Vec::new())
             }
-            HashType::ChromeOs => Sha256Pairs {
-                state,
-                absorbed: 0,
-                prefix: Vec::new(),
-                suffix: salt.to_vec(),
-            },
+            HashType::ChromeOs => (0, Vec::new(), salt.to_vec()),
+        };
+        Some(Sha256Multi {
+            state,
+            absorbed,
+            prefix,
+            suffix,
+            avx512,
+            shani,
         })
     }
 
     fn hash_many(&self, one: &Salted<sha2::Sha256>, input: &[u8], block_size: usize, out: &mut [u8], stride: usize) {
-        let mut blocks = input.chunks_exact(block_size);
-        let mut slots = out.chunks_mut(stride);
-        loop {
-            match (blocks.next(), blocks.next()) {
-                (Some(a), Some(b)) => {
-                    let (Some(sa), Some(sb)) = (slots.next(), slots.next()) else { return };
-                    crate::sha256x2::hash2(
-                        &self.state,
-                        self.absorbed,
-                        &self.prefix,
-                        &self.suffix,
-                        a,
-                        b,
-                        &mut sa[..32],
-                        &mut sb[..32],
-                    );
+        let count = (input.len() / block_size).min(out.len().div_ceil(stride));
+        let mut i = 0;
+        if self.avx512 {
+            while count - i >= crate::sha256x16::LANES {
+                let done = crate::sha256x16::hash16(
+                    &self.state,
+                    self.absorbed,
+                    &self.prefix,
+                    &self.suffix,
+                    &input[i * block_size..],
+                    block_size,
+                    &mut out[i * stride..],
+                    stride,
+                );
+                if !done {
+                    break;
                 }
-                (Some(a), None) => {
-                    if let Some(sa) = slots.next() {
-                        one.hash_into(a, &mut sa[..32]);
-                    }
-                    return;
-                }
-                _ => return,
+                i += crate::sha256x16::LANES;
             }
+        }
+        while self.shani && count - i >= 2 {
+            let (sa, sb) = out[i * stride..].split_at_mut(stride);
+            crate::sha256x2::hash2(
+                &self.state,
+                self.absorbed,
+                &self.prefix,
+                &self.suffix,
+                &input[i * block_size..(i + 1) * block_size],
+                &input[(i + 1) * block_size..(i + 2) * block_size],
+                &mut sa[..32],
+                &mut sb[..32],
+            );
+            i += 2;
+        }
+        for j in i..count {
+            one.hash_into(&input[j * block_size..(j + 1) * block_size], &mut out[j * stride..j * stride + 32]);
         }
     }
 }

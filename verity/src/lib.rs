@@ -32,6 +32,7 @@ mod format;
 mod geometry;
 mod io;
 mod params;
+mod sha256x16;
 mod sha256x2;
 pub mod sign;
 mod superblock;

@@ -14,7 +14,7 @@
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
 
-const K: [u32; 64] = [
+pub(crate) const K: [u32; 64] = [
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
     0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
     0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
@@ -234,7 +234,7 @@ pub(crate) fn hash2(
 
 /// Chunk `c` of `prefix || x || suffix || padding`.
 #[allow(clippy::too_many_arguments)]
-fn fill_chunk(buf: &mut [u8; 64], c: usize, prefix: &[u8], x: &[u8], suffix: &[u8], total: usize, bits: u64, chunks: usize) {
+pub(crate) fn fill_chunk(buf: &mut [u8; 64], c: usize, prefix: &[u8], x: &[u8], suffix: &[u8], total: usize, bits: u64, chunks: usize) {
     let lo = c * 64;
     let hi = lo + 64;
     buf.fill(0);
