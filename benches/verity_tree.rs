@@ -3,11 +3,15 @@
 
 use std::num::NonZeroUsize;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use keel::verity::{BlockVerifier, BuildOptions, HashAlgorithm, HashTree, TreeGeometry, VerityParams};
+use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
+use keel::verity::{
+    BlockVerifier, BuildOptions, HashAlgorithm, HashTree, TreeGeometry, VerityParams,
+};
 
 fn data(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()
+    (0..len)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect()
 }
 
 fn build(c: &mut Criterion) {
@@ -15,7 +19,11 @@ fn build(c: &mut Criterion) {
     let mut g = c.benchmark_group("tree-build-64MiB");
     g.throughput(Throughput::Bytes(image.len() as u64));
     g.sample_size(10);
-    for alg in [HashAlgorithm::Sha256, HashAlgorithm::Sha512, HashAlgorithm::Sha1] {
+    for alg in [
+        HashAlgorithm::Sha256,
+        HashAlgorithm::Sha512,
+        HashAlgorithm::Sha1,
+    ] {
         let p = VerityParams::builder()
             .algorithm(alg)
             .salt(vec![7; 32])
@@ -23,10 +31,15 @@ fn build(c: &mut Criterion) {
             .build()
             .unwrap();
         for threads in [1usize, 2] {
-            let opts = BuildOptions { threads: NonZeroUsize::new(threads), progress: None };
-            g.bench_with_input(BenchmarkId::new(alg.name(), format!("{threads}-thread")), &opts, |b, o| {
-                b.iter(|| HashTree::build_with(&p, &image, o).unwrap())
-            });
+            let opts = BuildOptions {
+                threads: NonZeroUsize::new(threads),
+                progress: None,
+            };
+            g.bench_with_input(
+                BenchmarkId::new(alg.name(), format!("{threads}-thread")),
+                &opts,
+                |b, o| b.iter(|| HashTree::build_with(&p, &image, o).unwrap()),
+            );
         }
     }
     g.finish();
@@ -34,7 +47,11 @@ fn build(c: &mut Criterion) {
 
 fn lazy(c: &mut Criterion) {
     let image = data(64 << 20);
-    let p = VerityParams::builder().salt(vec![7; 32]).data_blocks_for(image.len() as u64).build().unwrap();
+    let p = VerityParams::builder()
+        .salt(vec![7; 32])
+        .data_blocks_for(image.len() as u64)
+        .build()
+        .unwrap();
     let tree = HashTree::build(&p, &image).unwrap();
     let g = TreeGeometry::new(&p, 0, false).unwrap();
     let mut group = c.benchmark_group("lazy-verify");
@@ -51,5 +68,8 @@ fn lazy(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, build, lazy);
-criterion_main!(benches);
+mod group {
+    #![allow(missing_docs)]
+    criterion::criterion_group!(benches, super::build, super::lazy);
+}
+criterion_main!(group::benches);

@@ -21,7 +21,10 @@ const SALT: &str = "4f2a9c1be07d35a8c6e1f0b2d4a69587c3e2b1a0f9e8d7c6b5a493827160
 const UUID: &str = "4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6";
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn write_data(path: &Path, size: u64) {
@@ -57,7 +60,13 @@ fn best<F: FnMut()>(runs: u64, mut f: F) -> Duration {
 fn keel_format(data: &Path, hash: &Path, threads: Option<usize>) -> Vec<u8> {
     let _ = fs::remove_file(hash);
     let d = File::open(data).unwrap();
-    let h = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(hash).unwrap();
+    let h = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(hash)
+        .unwrap();
     let params = VerityParams::builder()
         .salt(hex::decode(SALT).unwrap())
         .data_blocks_for(d.metadata().unwrap().len())
@@ -66,7 +75,10 @@ fn keel_format(data: &Path, hash: &Path, threads: Option<usize>) -> Vec<u8> {
     let opts = FormatOptions {
         hash_offset: 0,
         superblock: Some(parse_uuid(UUID).unwrap()),
-        build: BuildOptions { threads: threads.and_then(NonZeroUsize::new), progress: None },
+        build: BuildOptions {
+            threads: threads.and_then(NonZeroUsize::new),
+            progress: None,
+        },
     };
     format(&params, &d, &mut &h, &opts).unwrap().root_hash
 }
@@ -74,12 +86,18 @@ fn keel_format(data: &Path, hash: &Path, threads: Option<usize>) -> Vec<u8> {
 fn main() {
     let size = env_u64("KEEL_BENCH_SIZE_MIB", 1024) << 20;
     let runs = env_u64("KEEL_BENCH_RUNS", 3).max(1);
-    let base = std::env::var_os("KEEL_BENCH_DIR").map(Into::into).unwrap_or_else(std::env::temp_dir);
+    let base = std::env::var_os("KEEL_BENCH_DIR")
+        .map(Into::into)
+        .unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::tempdir_in(base).unwrap();
     let data = dir.path().join("data.img");
     let vs_hash = dir.path().join("vs.hash");
     let keel_hash = dir.path().join("keel.hash");
-    eprintln!("writing {} MiB of test data to {}", size >> 20, data.display());
+    eprintln!(
+        "writing {} MiB of test data to {}",
+        size >> 20,
+        data.display()
+    );
     write_data(&data, size);
     // Warm the page cache so both tools read from memory.
     let _ = fs::read(&data).map(|v| v.len());
@@ -93,15 +111,35 @@ fn main() {
     });
     let root = hex::encode(keel_format(&data, &keel_hash, None));
 
-    let veritysetup = ["/usr/sbin/veritysetup", "/sbin/veritysetup", "/usr/bin/veritysetup"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    println!("dm-verity format, {} MiB, sha256 4096/4096, format 1, superblock", size >> 20);
-    println!("{:<32} {:>10} {:>10} {:>14}", "tool", "seconds", "GB/s", "vs veritysetup");
+    let veritysetup = [
+        "/usr/sbin/veritysetup",
+        "/sbin/veritysetup",
+        "/usr/bin/veritysetup",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists());
+    println!(
+        "dm-verity format, {} MiB, sha256 4096/4096, format 1, superblock",
+        size >> 20
+    );
+    println!(
+        "{:<32} {:>10} {:>10} {:>14}",
+        "tool", "seconds", "GB/s", "vs veritysetup"
+    );
     let gbps = |d: Duration| size as f64 / d.as_secs_f64() / 1e9;
     let Some(vs) = veritysetup else {
-        println!("{:<32} {:>10.3} {:>10.2}", format!("keel ({cores} threads)"), keel_all.as_secs_f64(), gbps(keel_all));
-        println!("{:<32} {:>10.3} {:>10.2}", "keel (1 thread)", keel_one.as_secs_f64(), gbps(keel_one));
+        println!(
+            "{:<32} {:>10.3} {:>10.2}",
+            format!("keel ({cores} threads)"),
+            keel_all.as_secs_f64(),
+            gbps(keel_all)
+        );
+        println!(
+            "{:<32} {:>10.3} {:>10.2}",
+            "keel (1 thread)",
+            keel_one.as_secs_f64(),
+            gbps(keel_one)
+        );
         println!("veritysetup not installed (apt-get install cryptsetup-bin): no comparison");
         return;
     };
@@ -114,14 +152,24 @@ fn main() {
             .arg(format!("--uuid={UUID}"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         vs_root = String::from_utf8_lossy(&out.stdout)
             .lines()
             .find_map(|l| l.strip_prefix("Root hash:").map(|r| r.trim().to_string()))
             .unwrap();
     });
     let ratio = |d: Duration| vs_time.as_secs_f64() / d.as_secs_f64();
-    println!("{:<32} {:>10.3} {:>10.2} {:>13.2}x", "veritysetup format", vs_time.as_secs_f64(), gbps(vs_time), 1.0);
+    println!(
+        "{:<32} {:>10.3} {:>10.2} {:>13.2}x",
+        "veritysetup format",
+        vs_time.as_secs_f64(),
+        gbps(vs_time),
+        1.0
+    );
     println!(
         "{:<32} {:>10.3} {:>10.2} {:>13.2}x",
         format!("keel format ({cores} threads)"),
@@ -137,7 +185,10 @@ fn main() {
         ratio(keel_one)
     );
     let same = fs::read(&vs_hash).unwrap() == fs::read(&keel_hash).unwrap();
-    println!("root hashes equal: {}; hash devices byte-identical: {same}", root == vs_root);
+    println!(
+        "root hashes equal: {}; hash devices byte-identical: {same}",
+        root == vs_root
+    );
     if root != vs_root || !same {
         std::process::exit(1);
     }

@@ -7,6 +7,7 @@
 //! cargo run --release --example verity -- keygen KEY.pem [--public PUB.pem]
 //! cargo run --release --example verity -- sign HASH ROOT_HEX --key KEY.pem --out ROOT.sig
 //! cargo run --release --example verity -- verify-signature ROOT.sig --key PUB.pem [--data DATA --hash HASH]
+//! cargo run --release --example verity -- demo      # the whole cycle in a temporary directory
 //! ```
 //!
 //! Options and output follow veritysetup: `--hash`, `--data-block-size`,
@@ -25,12 +26,15 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel::verity::{
     format, format_uuid, open_hash_device, parse_uuid, random_uuid, verify, BuildOptions, Error,
-    FormatOptions, HashAlgorithm, HashType, Keyring, PublicKey, ReadAt, RootDescriptor,
-    SigningKey, TreeGeometry, VerityParams,
+    FormatOptions, HashAlgorithm, HashType, Keyring, PublicKey, ReadAt, RootDescriptor, SigningKey,
+    TreeGeometry, VerityParams,
 };
 
 #[derive(Parser)]
-#[command(name = "verity", about = "dm-verity hash trees, compatible with veritysetup")]
+#[command(
+    name = "verity",
+    about = "dm-verity hash trees, compatible with veritysetup"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -102,6 +106,12 @@ enum Cmd {
         #[arg(long)]
         no_superblock: bool,
     },
+    /// Run the whole cycle on a generated image in a temporary directory, narrating.
+    Demo {
+        /// Image size in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+    },
 }
 
 #[derive(Args)]
@@ -156,7 +166,11 @@ impl TreeOpts {
 
     /// The parameters and layout of an existing tree: from its superblock, or from the
     /// options with --no-superblock.
-    fn existing(&self, hash: &File, data_size: Option<u64>) -> Result<(VerityParams, TreeGeometry), String> {
+    fn existing(
+        &self,
+        hash: &File,
+        data_size: Option<u64>,
+    ) -> Result<(VerityParams, TreeGeometry), String> {
         if self.no_superblock {
             if self.salt.is_none() {
                 return Err("--no-superblock needs --salt (HEX or -)".into());
@@ -175,7 +189,10 @@ impl TreeOpts {
         }
     }
 
-    fn build_options<'a>(&self, progress: Option<&'a dyn keel::verity::Progress>) -> BuildOptions<'a> {
+    fn build_options<'a>(
+        &self,
+        progress: Option<&'a dyn keel::verity::Progress>,
+    ) -> BuildOptions<'a> {
         BuildOptions {
             threads: self.threads,
             progress,
@@ -197,29 +214,46 @@ fn same_file(a: &File, b: &File) -> bool {
 fn progress_bar(total: u64) -> ProgressBar {
     let pb = ProgressBar::new(total);
     pb.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     pb
 }
 
 fn print_header(hash: &Path, uuid: Option<[u8; 16]>, p: &VerityParams, g: &TreeGeometry) {
     println!("VERITY header information for {}", hash.display());
-    println!("UUID:            \t{}", uuid.map(|u| format_uuid(&u)).unwrap_or_default());
+    println!(
+        "UUID:            \t{}",
+        uuid.map(|u| format_uuid(&u)).unwrap_or_default()
+    );
     println!("Hash type:       \t{}", p.hash_type().as_u32());
     println!("Data blocks:     \t{}", p.data_blocks());
     println!("Data block size: \t{}", p.data_block_size());
     println!("Hash blocks:     \t{}", g.tree_blocks());
     println!("Hash block size: \t{}", p.hash_block_size());
     println!("Hash algorithm:  \t{}", p.algorithm());
-    let salt = if p.salt().is_empty() { "-".to_string() } else { hex::encode(p.salt()) };
+    let salt = if p.salt().is_empty() {
+        "-".to_string()
+    } else {
+        hex::encode(p.salt())
+    };
     println!("Salt:            \t{salt}");
 }
 
-fn cmd_format(data: &Path, hash: &Path, opts: &TreeOpts, uuid: Option<&str>, root_file: Option<&Path>) -> Result<(), String> {
+fn cmd_format(
+    data: &Path,
+    hash: &Path,
+    opts: &TreeOpts,
+    uuid: Option<&str>,
+    root_file: Option<&Path>,
+) -> Result<(), String> {
     let data_f = open_read(data)?;
-    let data_size = data_f.size().map_err(|e| format!("{}: {e}", data.display()))?;
+    let data_size = data_f
+        .size()
+        .map_err(|e| format!("{}: {e}", data.display()))?;
     let params = opts.params(data_size)?;
     let superblock = if opts.no_superblock {
         None
@@ -256,7 +290,10 @@ fn cmd_format(data: &Path, hash: &Path, opts: &TreeOpts, uuid: Option<&str>, roo
     print_header(hash, superblock, &params, &out.geometry);
     let root = hex::encode(&out.root_hash);
     println!("Root hash:      \t{root}");
-    println!("Hash device size: \t{} [bytes]", out.geometry.hash_device_size());
+    println!(
+        "Hash device size: \t{} [bytes]",
+        out.geometry.hash_device_size()
+    );
     if let Some(f) = root_file {
         std::fs::write(f, format!("{root}\n")).map_err(|e| format!("{}: {e}", f.display()))?;
     }
@@ -267,14 +304,22 @@ fn cmd_format(data: &Path, hash: &Path, opts: &TreeOpts, uuid: Option<&str>, roo
 /// corrupted blocks.
 fn cmd_verify(data: &Path, hash: &Path, root_hex: &str, opts: &TreeOpts) -> ExitCode {
     let run = || -> Result<(), (u8, String)> {
-        let root = hex::decode(root_hex).map_err(|_| (1, "Invalid root hash string specified.".to_string()))?;
+        let root = hex::decode(root_hex)
+            .map_err(|_| (1, "Invalid root hash string specified.".to_string()))?;
         let data_f = open_read(data).map_err(|e| (1, e))?;
         let hash_f = open_read(hash).map_err(|e| (1, e))?;
         let size = data_f.size().map_err(|e| (1, e.to_string()))?;
         let (params, geometry) = opts.existing(&hash_f, Some(size)).map_err(|e| (1, e))?;
         let pb = progress_bar(params.data_size());
         let observer = |done: u64, _t: u64| pb.set_position(done);
-        let r = verify(&params, &geometry, &data_f, &hash_f, &root, &opts.build_options(Some(&observer)));
+        let r = verify(
+            &params,
+            &geometry,
+            &data_f,
+            &hash_f,
+            &root,
+            &opts.build_options(Some(&observer)),
+        );
         pb.finish_and_clear();
         r.map_err(|e| match e {
             Error::HashBlockCorrupt { .. } | Error::DataBlockCorrupt { .. } => (2, e.to_string()),
@@ -305,20 +350,31 @@ fn write_new(path: &Path, content: &str, mode: u32) -> Result<(), String> {
         .mode(mode)
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(content.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+    f.write_all(content.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn cmd_keygen(key: &Path, public: Option<&Path>) -> Result<(), String> {
     let k = SigningKey::generate().map_err(|e| e.to_string())?;
     write_new(key, &k.to_pkcs8_pem().map_err(|e| e.to_string())?, 0o600)?;
     if let Some(p) = public {
-        write_new(p, &k.public_key().to_pem().map_err(|e| e.to_string())?, 0o644)?;
+        write_new(
+            p,
+            &k.public_key().to_pem().map_err(|e| e.to_string())?,
+            0o644,
+        )?;
     }
     println!("Key id: {}", k.public_key().id());
     Ok(())
 }
 
-fn cmd_sign(hash: &Path, root_hex: &str, key: &Path, out: &Path, opts: &TreeOpts) -> Result<(), String> {
+fn cmd_sign(
+    hash: &Path,
+    root_hex: &str,
+    key: &Path,
+    out: &Path,
+    opts: &TreeOpts,
+) -> Result<(), String> {
     let hash_f = open_read(hash)?;
     let (params, _) = opts.existing(&hash_f, None)?;
     let root = hex::decode(root_hex).map_err(|e| format!("root hash: {e}"))?;
@@ -326,7 +382,10 @@ fn cmd_sign(hash: &Path, root_hex: &str, key: &Path, out: &Path, opts: &TreeOpts
     let pem = std::fs::read_to_string(key).map_err(|e| format!("{}: {e}", key.display()))?;
     let k = SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
     std::fs::write(out, k.sign(&desc).to_bytes()).map_err(|e| format!("{}: {e}", out.display()))?;
-    println!("Signed root hash {root_hex} with key {}", k.public_key().id());
+    println!(
+        "Signed root hash {root_hex} with key {}",
+        k.public_key().id()
+    );
     Ok(())
 }
 
@@ -340,7 +399,8 @@ fn cmd_verify_signature(
     let run = || -> Result<(), (u8, String)> {
         let mut ring = Keyring::new();
         for k in keys {
-            let pem = std::fs::read_to_string(k).map_err(|e| (1, format!("{}: {e}", k.display())))?;
+            let pem =
+                std::fs::read_to_string(k).map_err(|e| (1, format!("{}: {e}", k.display())))?;
             ring.add(PublicKey::from_pem(&pem).map_err(|e| (1, e.to_string()))?)
                 .map_err(|e| (1, e.to_string()))?;
         }
@@ -355,19 +415,41 @@ fn cmd_verify_signature(
         println!("Data blocks:     \t{}", p.data_blocks());
         println!("Data block size: \t{}", p.data_block_size());
         println!("Hash block size: \t{}", p.hash_block_size());
-        println!("Salt:            \t{}", if p.salt().is_empty() { "-".into() } else { hex::encode(p.salt()) });
+        println!(
+            "Salt:            \t{}",
+            if p.salt().is_empty() {
+                "-".into()
+            } else {
+                hex::encode(p.salt())
+            }
+        );
         if let Some((data, hash)) = device {
             let data_f = open_read(data).map_err(|e| (1, e))?;
             let hash_f = open_read(hash).map_err(|e| (1, e))?;
             if !no_superblock {
-                let (sb, _) = open_hash_device(&hash_f, hash_offset).map_err(|e| (1, e.to_string()))?;
+                let (sb, _) =
+                    open_hash_device(&hash_f, hash_offset).map_err(|e| (1, e.to_string()))?;
                 if sb.params != *p {
-                    return Err((1, "the superblock's parameters differ from the signed ones".into()));
+                    return Err((
+                        1,
+                        "the superblock's parameters differ from the signed ones".into(),
+                    ));
                 }
             }
-            let g = TreeGeometry::new(p, hash_offset, !no_superblock).map_err(|e| (1, e.to_string()))?;
-            verify(p, &g, &data_f, &hash_f, d.root_hash(), &BuildOptions::default()).map_err(|e| match e {
-                Error::HashBlockCorrupt { .. } | Error::DataBlockCorrupt { .. } => (2, e.to_string()),
+            let g = TreeGeometry::new(p, hash_offset, !no_superblock)
+                .map_err(|e| (1, e.to_string()))?;
+            verify(
+                p,
+                &g,
+                &data_f,
+                &hash_f,
+                d.root_hash(),
+                &BuildOptions::default(),
+            )
+            .map_err(|e| match e {
+                Error::HashBlockCorrupt { .. } | Error::DataBlockCorrupt { .. } => {
+                    (2, e.to_string())
+                }
                 e => (1, e.to_string()),
             })?;
             println!("Device:          \tverified against the signed root hash");
@@ -383,20 +465,144 @@ fn cmd_verify_signature(
     }
 }
 
+/// format -> verify -> corrupt -> detect -> sign -> verify the signature, on a generated image.
+fn cmd_demo(size_mib: u64) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("keel-verity-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let result = demo_in(&dir, size_mib);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn demo_in(dir: &Path, size_mib: u64) -> Result<(), String> {
+    let err = |e: Error| e.to_string();
+    let data_path = dir.join("rootfs.img");
+    let hash_path = dir.join("rootfs.verity");
+    println!(
+        "1. Writing a {size_mib} MiB root filesystem image (generated content) to {}",
+        data_path.display()
+    );
+    let mut image = vec![0u8; (size_mib << 20) as usize];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for w in image.chunks_exact_mut(8) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        w.copy_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    std::fs::write(&data_path, &image).map_err(|e| e.to_string())?;
+    drop(image);
+
+    println!("2. Building its dm-verity tree (veritysetup defaults: sha256, 4096-byte blocks, random salt and UUID)");
+    let data_f = open_read(&data_path)?;
+    let params = VerityParams::builder()
+        .data_blocks_for(data_f.size().map_err(|e| e.to_string())?)
+        .build()
+        .map_err(err)?;
+    let hash_f = File::create(&hash_path).map_err(|e| e.to_string())?;
+    let uuid = random_uuid().map_err(err)?;
+    let start = std::time::Instant::now();
+    let opts = FormatOptions {
+        superblock: Some(uuid),
+        ..Default::default()
+    };
+    let formatted = format(&params, &data_f, &mut &hash_f, &opts).map_err(err)?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "   Root hash: {}  ({} hash blocks, {:.2} s, {:.2} GB/s)",
+        hex::encode(&formatted.root_hash),
+        formatted.geometry.tree_blocks(),
+        secs,
+        params.data_size() as f64 / secs / 1e9
+    );
+
+    println!("3. Verifying the image against the root hash, parameters read from the superblock");
+    let hash_r = open_read(&hash_path)?;
+    let (sb, geometry) = open_hash_device(&hash_r, 0).map_err(err)?;
+    verify(
+        &sb.params,
+        &geometry,
+        &data_f,
+        &hash_r,
+        &formatted.root_hash,
+        &BuildOptions::default(),
+    )
+    .map_err(err)?;
+    println!("   OK");
+
+    println!("4. Signing the root hash, bound to every tree parameter, with a new Ed25519 key");
+    let key = SigningKey::generate().map_err(err)?;
+    let signed =
+        key.sign(&RootDescriptor::new(sb.params.clone(), &formatted.root_hash).map_err(err)?);
+    let mut ring = Keyring::new();
+    ring.add(key.public_key().clone()).map_err(err)?;
+    let verified = ring.verify(&signed.to_bytes()).map_err(err)?;
+    println!("   Signature good, key {}", verified.key_id);
+
+    println!("5. Flipping one bit in data block 12345 and verifying again");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&data_path)
+        .map_err(|e| e.to_string())?;
+    let mut byte = [0u8; 1];
+    let at = 12345 * 4096 + 100;
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, at).map_err(|e| e.to_string())?;
+    byte[0] ^= 0x20;
+    std::os::unix::fs::FileExt::write_all_at(&f, &byte, at).map_err(|e| e.to_string())?;
+    match verify(
+        &sb.params,
+        &geometry,
+        &data_f,
+        &hash_r,
+        verified.descriptor.root_hash(),
+        &BuildOptions::default(),
+    ) {
+        Err(e @ Error::DataBlockCorrupt { block: 12345, .. }) => println!("   Detected: {e}"),
+        Err(e) => return Err(format!("unexpected result: {e}")),
+        Ok(()) => return Err("the corruption was not detected".into()),
+    }
+    println!("Done: the image, its tree and the signed root hash behave as dm-verity expects.");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match &cli.cmd {
-        Cmd::Format { data, hash, opts, uuid, root_hash_file } => {
-            cmd_format(data, hash, opts, uuid.as_deref(), root_hash_file.as_deref())
-        }
-        Cmd::Verify { data, hash, root_hex, opts } => return cmd_verify(data, hash, root_hex, opts),
+        Cmd::Format {
+            data,
+            hash,
+            opts,
+            uuid,
+            root_hash_file,
+        } => cmd_format(data, hash, opts, uuid.as_deref(), root_hash_file.as_deref()),
+        Cmd::Verify {
+            data,
+            hash,
+            root_hex,
+            opts,
+        } => return cmd_verify(data, hash, root_hex, opts),
         Cmd::Dump { hash, hash_offset } => cmd_dump(hash, *hash_offset),
         Cmd::Keygen { key, public } => cmd_keygen(key, public.as_deref()),
-        Cmd::Sign { hash, root_hex, key, out, opts } => cmd_sign(hash, root_hex, key, out, opts),
-        Cmd::VerifySignature { signed_root, keys, data, hash, hash_offset, no_superblock } => {
+        Cmd::Sign {
+            hash,
+            root_hex,
+            key,
+            out,
+            opts,
+        } => cmd_sign(hash, root_hex, key, out, opts),
+        Cmd::VerifySignature {
+            signed_root,
+            keys,
+            data,
+            hash,
+            hash_offset,
+            no_superblock,
+        } => {
             let device = data.as_deref().zip(hash.as_deref());
             return cmd_verify_signature(signed_root, keys, device, *hash_offset, *no_superblock);
         }
+        Cmd::Demo { size_mib } => cmd_demo(*size_mib),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -281,7 +281,14 @@ impl Sha256Multi {
         })
     }
 
-    fn hash_many(&self, one: &Salted<sha2::Sha256>, input: &[u8], block_size: usize, out: &mut [u8], stride: usize) {
+    fn hash_many(
+        &self,
+        one: &Salted<sha2::Sha256>,
+        input: &[u8],
+        block_size: usize,
+        out: &mut [u8],
+        stride: usize,
+    ) {
         let count = (input.len() / block_size).min(out.len().div_ceil(stride));
         let mut i = 0;
         if self.avx512 {
@@ -317,7 +324,10 @@ impl Sha256Multi {
             i += 2;
         }
         for j in i..count {
-            one.hash_into(&input[j * block_size..(j + 1) * block_size], &mut out[j * stride..j * stride + 32]);
+            one.hash_into(
+                &input[j * block_size..(j + 1) * block_size],
+                &mut out[j * stride..j * stride + 32],
+            );
         }
     }
 }

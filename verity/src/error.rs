@@ -30,7 +30,9 @@ pub enum Error {
     },
 
     /// A hash algorithm that Keel does not implement.
-    #[error("unsupported hash algorithm {name:?} (supported: sha1, sha224, sha256, sha384, sha512)")]
+    #[error(
+        "unsupported hash algorithm {name:?} (supported: sha1, sha224, sha256, sha384, sha512)"
+    )]
     UnsupportedAlgorithm {
         /// The name as given or as found on disk.
         name: String,

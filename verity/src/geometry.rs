@@ -43,7 +43,7 @@ impl TreeGeometry {
     /// superblock, a multiple of the hash block size: veritysetup then rounds the offset
     /// down and writes the tree in front of the requested offset, which Keel refuses.
     pub fn new(params: &VerityParams, hash_offset: u64, superblock: bool) -> Result<Self> {
-        if hash_offset % 512 != 0 {
+        if !hash_offset.is_multiple_of(512) {
             return Err(Error::param(
                 "hash offset",
                 format!("{hash_offset} is not a multiple of 512"),
@@ -56,7 +56,7 @@ impl TreeGeometry {
                 .map(|end| end / hbs)
                 .ok_or_else(|| Error::param("hash offset", "overflows"))?
         } else {
-            if hash_offset % hbs != 0 {
+            if !hash_offset.is_multiple_of(hbs) {
                 return Err(Error::param(
                     "hash offset",
                     format!(

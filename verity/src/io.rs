@@ -54,7 +54,9 @@ impl ReadAt for [u8] {
         let src = usize::try_from(offset)
             .ok()
             .and_then(|o| self.get(o..)?.get(..buf.len()))
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of buffer"))?;
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of buffer")
+            })?;
         buf.copy_from_slice(src);
         Ok(())
     }

@@ -26,6 +26,11 @@
 //! 512 KiB, salts up to 256 bytes, hash offsets, `--data-blocks`); CI checks this against
 //! veritysetup in both directions.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 mod algorithm;
 mod error;
 mod format;
@@ -45,10 +50,12 @@ pub use format::{format, open_hash_device, FormatOptions, Formatted};
 pub use geometry::{Level, TreeGeometry, MAX_LEVELS};
 pub use io::{Progress, ReadAt, WriteAt};
 pub use params::{
-    HashType, VerityParams, VerityParamsBuilder, DEFAULT_SALT_SIZE, MAX_BLOCK_SIZE,
-    MAX_SALT_SIZE, MIN_BLOCK_SIZE,
+    HashType, VerityParams, VerityParamsBuilder, DEFAULT_SALT_SIZE, MAX_BLOCK_SIZE, MAX_SALT_SIZE,
+    MIN_BLOCK_SIZE,
 };
-pub use sign::{Keyring, KeyId, PublicKey, RootDescriptor, SignedRoot, SigningKey, VerifiedRoot};
-pub use superblock::{format_uuid, parse_uuid, random_uuid, Superblock, SUPERBLOCK_MAGIC, SUPERBLOCK_SIZE};
+pub use sign::{KeyId, Keyring, PublicKey, RootDescriptor, SignedRoot, SigningKey, VerifiedRoot};
+pub use superblock::{
+    format_uuid, parse_uuid, random_uuid, Superblock, SUPERBLOCK_MAGIC, SUPERBLOCK_SIZE,
+};
 pub use tree::{BuildOptions, HashTree};
 pub use verify::{verify, BlockVerifier, DEFAULT_CACHE_BLOCKS};

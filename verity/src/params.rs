@@ -91,7 +91,9 @@ impl VerityParams {
         if data_blocks == 0 {
             return Err(Error::param("data blocks", "must be at least 1"));
         }
-        if data_blocks.checked_mul(u64::from(data_block_size)).is_none()
+        if data_blocks
+            .checked_mul(u64::from(data_block_size))
+            .is_none()
             || data_blocks > i64::MAX as u64 / u64::from(data_block_size)
         {
             return Err(Error::param(

@@ -93,8 +93,22 @@ unsafe fn hash16_avx512(
     }
     let lane_index = |step: i32| {
         _mm512_set_epi32(
-            15 * step, 14 * step, 13 * step, 12 * step, 11 * step, 10 * step, 9 * step, 8 * step,
-            7 * step, 6 * step, 5 * step, 4 * step, 3 * step, 2 * step, step, 0,
+            15 * step,
+            14 * step,
+            13 * step,
+            12 * step,
+            11 * step,
+            10 * step,
+            9 * step,
+            8 * step,
+            7 * step,
+            6 * step,
+            5 * step,
+            4 * step,
+            3 * step,
+            2 * step,
+            step,
+            0,
         )
     };
     let in_place = lane_index(n as i32);
@@ -112,7 +126,16 @@ unsafe fn hash16_avx512(
             continue;
         }
         for (lane, b) in buf.iter_mut().enumerate() {
-            fill_chunk(b, c, prefix, &input[lane * n..(lane + 1) * n], suffix, total, bits, chunks);
+            fill_chunk(
+                b,
+                c,
+                prefix,
+                &input[lane * n..(lane + 1) * n],
+                suffix,
+                total,
+                bits,
+                chunks,
+            );
         }
         // Lane i reads buf[i], 64 bytes.
         compress_run(&mut st, buf.as_ptr() as *const u8, buffered, 1);
@@ -152,13 +175,16 @@ unsafe fn compress_run(st: &mut [__m512i; 8], base: *const u8, index: __m512i, r
         let ptr = base.add(chunk * 64);
         let mut w = [_mm512_setzero_si512(); 16];
         for (t, wt) in w.iter_mut().enumerate() {
-            *wt = _mm512_shuffle_epi8(_mm512_i32gather_epi32::<1>(index, ptr.add(4 * t) as *const i32), bswap);
+            *wt = _mm512_shuffle_epi8(
+                _mm512_i32gather_epi32::<1>(index, ptr.add(4 * t) as *const i32),
+                bswap,
+            );
         }
         let (sa, sb, sc, sd, se, sf, sg, sh) = (a, b, c, d, e, f, g, h);
         macro_rules! round {
             ($t:expr) => {{
                 let wt = if $t < 16 {
-                    w[$t]
+                    w[$t & 15]
                 } else {
                     let w15 = w[($t + 1) & 15];
                     let w2 = w[($t + 14) & 15];
@@ -267,7 +293,16 @@ mod tests {
             let mut state = crate::sha256x2::IV;
             crate::sha256x2::compress_one(&mut state, lead.as_chunks::<64>().0);
             let mut out = vec![0u8; LANES * 40];
-            assert!(hash16(&state, lead.len() as u64, &prefix, &suffix, &input, n, &mut out, 40));
+            assert!(hash16(
+                &state,
+                lead.len() as u64,
+                &prefix,
+                &suffix,
+                &input,
+                n,
+                &mut out,
+                40
+            ));
             for lane in 0..LANES {
                 let want = sha2::Sha256::new()
                     .chain_update(&lead)
@@ -275,7 +310,11 @@ mod tests {
                     .chain_update(&input[lane * n..(lane + 1) * n])
                     .chain_update(&suffix)
                     .finalize();
-                assert_eq!(out[lane * 40..lane * 40 + 32], want[..], "lane {lane} p={p} n={n} s={s}");
+                assert_eq!(
+                    out[lane * 40..lane * 40 + 32],
+                    want[..],
+                    "lane {lane} p={p} n={n} s={s}"
+                );
             }
         }
     }

@@ -65,7 +65,10 @@ pub(crate) fn compress_one(state: &mut [u32; 8], blocks: &[[u8; 64]]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
 unsafe fn digest2(sa: &mut [u32; 8], a: &[[u8; 64]], sb: &mut [u32; 8], b: &[[u8; 64]]) {
-    let mask = _mm_set_epi64x(0x0C0D_0E0F_0809_0A0Bu64 as i64, 0x0405_0607_0001_0203u64 as i64);
+    let mask = _mm_set_epi64x(
+        0x0C0D_0E0F_0809_0A0Bu64 as i64,
+        0x0405_0607_0001_0203u64 as i64,
+    );
 
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
     #[inline]
@@ -74,7 +77,10 @@ unsafe fn digest2(sa: &mut [u32; 8], a: &[[u8; 64]], sb: &mut [u32; 8], b: &[[u8
         let efgh = _mm_set_epi32(s[7] as i32, s[6] as i32, s[5] as i32, s[4] as i32);
         let cdab = _mm_shuffle_epi32(dcba, 0xB1);
         let efgh = _mm_shuffle_epi32(efgh, 0x1B);
-        (_mm_alignr_epi8(cdab, efgh, 8), _mm_blend_epi16(efgh, cdab, 0xF0))
+        (
+            _mm_alignr_epi8(cdab, efgh, 8),
+            _mm_blend_epi16(efgh, cdab, 0xF0),
+        )
     }
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
     #[inline]
@@ -112,7 +118,12 @@ unsafe fn digest2(sa: &mut [u32; 8], a: &[[u8; 64]], sb: &mut [u32; 8], b: &[[u8
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
     #[inline]
     fn k4(i: usize) -> __m128i {
-        _mm_set_epi32(K[4 * i + 3] as i32, K[4 * i + 2] as i32, K[4 * i + 1] as i32, K[4 * i] as i32)
+        _mm_set_epi32(
+            K[4 * i + 3] as i32,
+            K[4 * i + 2] as i32,
+            K[4 * i + 1] as i32,
+            K[4 * i] as i32,
+        )
     }
 
     let (mut abef_a, mut cdgh_a) = load_state(sa);
@@ -234,7 +245,16 @@ pub(crate) fn hash2(
 
 /// Chunk `c` of `prefix || x || suffix || padding`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn fill_chunk(buf: &mut [u8; 64], c: usize, prefix: &[u8], x: &[u8], suffix: &[u8], total: usize, bits: u64, chunks: usize) {
+pub(crate) fn fill_chunk(
+    buf: &mut [u8; 64],
+    c: usize,
+    prefix: &[u8],
+    x: &[u8],
+    suffix: &[u8],
+    total: usize,
+    bits: u64,
+    chunks: usize,
+) {
     let lo = c * 64;
     let hi = lo + 64;
     buf.fill(0);
@@ -293,7 +313,16 @@ mod tests {
             let (lead_chunks, _) = lead.as_chunks::<64>();
             compress_one(&mut state, lead_chunks);
             let (mut oa, mut ob) = ([0u8; 32], [0u8; 32]);
-            hash2(&state, lead.len() as u64, &prefix, &suffix, &xa, &xb, &mut oa, &mut ob);
+            hash2(
+                &state,
+                lead.len() as u64,
+                &prefix,
+                &suffix,
+                &xa,
+                &xb,
+                &mut oa,
+                &mut ob,
+            );
             for (x, o) in [(&xa, oa), (&xb, ob)] {
                 let want = sha2::Sha256::new()
                     .chain_update(&lead)
@@ -306,4 +335,3 @@ mod tests {
         }
     }
 }
-

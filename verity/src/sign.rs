@@ -106,7 +106,11 @@ impl RootDescriptor {
         if root_hash.len() != ds {
             return Err(Error::param(
                 "root hash",
-                format!("{} bytes, {} has {ds}-byte digests", root_hash.len(), params.algorithm()),
+                format!(
+                    "{} bytes, {} has {ds}-byte digests",
+                    root_hash.len(),
+                    params.algorithm()
+                ),
             ));
         }
         Ok(RootDescriptor {
@@ -131,15 +135,20 @@ impl RootDescriptor {
         let mut b = [0u8; DESCRIPTOR_SIZE];
         b[off::MAGIC..off::MAGIC + 8].copy_from_slice(&DESCRIPTOR_MAGIC);
         b[off::VERSION..off::VERSION + 4].copy_from_slice(&1u32.to_le_bytes());
-        b[off::HASH_TYPE..off::HASH_TYPE + 4].copy_from_slice(&p.hash_type().as_u32().to_le_bytes());
+        b[off::HASH_TYPE..off::HASH_TYPE + 4]
+            .copy_from_slice(&p.hash_type().as_u32().to_le_bytes());
         let name = p.algorithm().name().as_bytes();
         b[off::ALGORITHM..off::ALGORITHM + name.len()].copy_from_slice(name);
-        b[off::DATA_BLOCK_SIZE..off::DATA_BLOCK_SIZE + 4].copy_from_slice(&p.data_block_size().to_le_bytes());
-        b[off::HASH_BLOCK_SIZE..off::HASH_BLOCK_SIZE + 4].copy_from_slice(&p.hash_block_size().to_le_bytes());
+        b[off::DATA_BLOCK_SIZE..off::DATA_BLOCK_SIZE + 4]
+            .copy_from_slice(&p.data_block_size().to_le_bytes());
+        b[off::HASH_BLOCK_SIZE..off::HASH_BLOCK_SIZE + 4]
+            .copy_from_slice(&p.hash_block_size().to_le_bytes());
         b[off::DATA_BLOCKS..off::DATA_BLOCKS + 8].copy_from_slice(&p.data_blocks().to_le_bytes());
         b[off::DATA_SIZE..off::DATA_SIZE + 8].copy_from_slice(&p.data_size().to_le_bytes());
-        b[off::SALT_SIZE..off::SALT_SIZE + 2].copy_from_slice(&(p.salt().len() as u16).to_le_bytes());
-        b[off::ROOT_SIZE..off::ROOT_SIZE + 2].copy_from_slice(&(self.root_hash.len() as u16).to_le_bytes());
+        b[off::SALT_SIZE..off::SALT_SIZE + 2]
+            .copy_from_slice(&(p.salt().len() as u16).to_le_bytes());
+        b[off::ROOT_SIZE..off::ROOT_SIZE + 2]
+            .copy_from_slice(&(self.root_hash.len() as u16).to_le_bytes());
         b[off::SALT..off::SALT + p.salt().len()].copy_from_slice(p.salt());
         b[off::ROOT..off::ROOT + self.root_hash.len()].copy_from_slice(&self.root_hash);
         b
@@ -160,40 +169,72 @@ impl RootDescriptor {
         }
         let version = u32_at(b, off::VERSION);
         if version != 1 {
-            return Err(bad("version", off::VERSION, format!("expected 1, found {version}")));
+            return Err(bad(
+                "version",
+                off::VERSION,
+                format!("expected 1, found {version}"),
+            ));
         }
         let ht = u32_at(b, off::HASH_TYPE);
-        let hash_type = HashType::from_u32(ht)
-            .ok_or_else(|| bad("hash_type", off::HASH_TYPE, format!("expected 0 or 1, found {ht}")))?;
+        let hash_type = HashType::from_u32(ht).ok_or_else(|| {
+            bad(
+                "hash_type",
+                off::HASH_TYPE,
+                format!("expected 0 or 1, found {ht}"),
+            )
+        })?;
         let name_field = &b[off::ALGORITHM..off::ALGORITHM + 32];
         let len = name_field.iter().position(|&c| c == 0).unwrap_or(32);
         if len == 0 || len == 32 || name_field[len..].iter().any(|&c| c != 0) {
-            return Err(bad("algorithm", off::ALGORITHM, "expected a NUL-padded name of 1 to 31 bytes"));
+            return Err(bad(
+                "algorithm",
+                off::ALGORITHM,
+                "expected a NUL-padded name of 1 to 31 bytes",
+            ));
         }
         let name = std::str::from_utf8(&name_field[..len])
             .map_err(|_| bad("algorithm", off::ALGORITHM, "name is not ASCII"))?;
         let algorithm = HashAlgorithm::from_name(name)
             .map_err(|e| bad("algorithm", off::ALGORITHM, e.to_string()))?;
         if algorithm.name() != name {
-            return Err(bad("algorithm", off::ALGORITHM, "name is not in canonical lower case"));
+            return Err(bad(
+                "algorithm",
+                off::ALGORITHM,
+                "name is not in canonical lower case",
+            ));
         }
         let salt_size = u16_at(b, off::SALT_SIZE);
         if salt_size > MAX_SALT_SIZE {
-            return Err(bad("salt_size", off::SALT_SIZE, format!("{salt_size} is over {MAX_SALT_SIZE}")));
+            return Err(bad(
+                "salt_size",
+                off::SALT_SIZE,
+                format!("{salt_size} is over {MAX_SALT_SIZE}"),
+            ));
         }
         let root_size = u16_at(b, off::ROOT_SIZE);
         if root_size != algorithm.digest_size() {
             return Err(bad(
                 "root_hash_size",
                 off::ROOT_SIZE,
-                format!("expected {} for {algorithm}, found {root_size}", algorithm.digest_size()),
+                format!(
+                    "expected {} for {algorithm}, found {root_size}",
+                    algorithm.digest_size()
+                ),
             ));
         }
         if b[off::SALT + salt_size..off::ROOT].iter().any(|&c| c != 0) {
-            return Err(bad("salt", off::SALT + salt_size, "bytes past salt_size are not zero"));
+            return Err(bad(
+                "salt",
+                off::SALT + salt_size,
+                "bytes past salt_size are not zero",
+            ));
         }
         if b[off::ROOT + root_size..].iter().any(|&c| c != 0) {
-            return Err(bad("root_hash", off::ROOT + root_size, "bytes past the digest are not zero"));
+            return Err(bad(
+                "root_hash",
+                off::ROOT + root_size,
+                "bytes past the digest are not zero",
+            ));
         }
         let params = VerityParams::new(
             hash_type,
@@ -209,7 +250,10 @@ impl RootDescriptor {
             return Err(bad(
                 "data_size",
                 off::DATA_SIZE,
-                format!("expected data blocks x block size = {}, found {data_size}", params.data_size()),
+                format!(
+                    "expected data blocks x block size = {}, found {data_size}",
+                    params.data_size()
+                ),
             ));
         }
         Ok(RootDescriptor {
@@ -280,9 +324,9 @@ impl PublicKey {
     /// Verify a raw Ed25519 signature over `message` (strict: no malleable encodings).
     pub fn verify_raw(&self, message: &[u8], signature: &[u8; 64]) -> Result<()> {
         let sig = Signature::from_bytes(signature);
-        self.key
-            .verify_strict(message, &sig)
-            .map_err(|_| Error::Signature(format!("signature does not verify with key {}", self.id)))
+        self.key.verify_strict(message, &sig).map_err(|_| {
+            Error::Signature(format!("signature does not verify with key {}", self.id))
+        })
     }
 }
 
@@ -294,7 +338,9 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("id", &self.public.id).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("id", &self.public.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -356,14 +402,20 @@ pub struct SignedRoot {
 
 impl std::fmt::Debug for SignedRoot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SignedRoot").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("SignedRoot")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl SignedRoot {
     /// Assemble from descriptor bytes and a signature made elsewhere (an HSM, `openssl
     /// pkeyutl`). Nothing is checked until [`Keyring::verify`].
-    pub fn from_parts(descriptor: [u8; DESCRIPTOR_SIZE], key_id: KeyId, signature: [u8; 64]) -> Self {
+    pub fn from_parts(
+        descriptor: [u8; DESCRIPTOR_SIZE],
+        key_id: KeyId,
+        signature: [u8; 64],
+    ) -> Self {
         SignedRoot {
             descriptor,
             key_id,
@@ -444,7 +496,10 @@ impl Keyring {
     /// Trust `key`. Adding a key already present is an error (a configuration mistake).
     pub fn add(&mut self, key: PublicKey) -> Result<()> {
         if self.keys.iter().any(|k| k.id == key.id) {
-            return Err(Error::Key(format!("key {} is already in the keyring", key.id)));
+            return Err(Error::Key(format!(
+                "key {} is already in the keyring",
+                key.id
+            )));
         }
         self.keys.push(key);
         Ok(())
@@ -490,7 +545,15 @@ mod tests {
     use super::*;
 
     fn descriptor() -> RootDescriptor {
-        let p = VerityParams::new(HashType::Normal, HashAlgorithm::Sha256, 4096, 4096, 10, vec![1, 2, 3]).unwrap();
+        let p = VerityParams::new(
+            HashType::Normal,
+            HashAlgorithm::Sha256,
+            4096,
+            4096,
+            10,
+            vec![1, 2, 3],
+        )
+        .unwrap();
         RootDescriptor::new(p, &[9u8; 32]).unwrap()
     }
 

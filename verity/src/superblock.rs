@@ -138,7 +138,10 @@ impl Superblock {
         check_block_size("hash block size", hbs)
             .map_err(|e| bad("hash_block_size", off::HASH_BLOCK_SIZE, e.to_string()))?;
         let data_blocks = le_u64(b, off::DATA_BLOCKS);
-        let salt_size = usize::from(u16::from_le_bytes([b[off::SALT_SIZE], b[off::SALT_SIZE + 1]]));
+        let salt_size = usize::from(u16::from_le_bytes([
+            b[off::SALT_SIZE],
+            b[off::SALT_SIZE + 1],
+        ]));
         if salt_size > MAX_SALT_SIZE {
             return Err(bad(
                 "salt_size",
@@ -171,7 +174,8 @@ impl Superblock {
         let mut b = [0u8; SUPERBLOCK_SIZE];
         b[off::MAGIC..off::MAGIC + 8].copy_from_slice(&SUPERBLOCK_MAGIC);
         b[off::VERSION..off::VERSION + 4].copy_from_slice(&1u32.to_le_bytes());
-        b[off::HASH_TYPE..off::HASH_TYPE + 4].copy_from_slice(&p.hash_type().as_u32().to_le_bytes());
+        b[off::HASH_TYPE..off::HASH_TYPE + 4]
+            .copy_from_slice(&p.hash_type().as_u32().to_le_bytes());
         b[off::UUID..off::UUID + 16].copy_from_slice(&self.uuid);
         let name = p.algorithm().name().as_bytes();
         b[off::ALGORITHM..off::ALGORITHM + name.len()].copy_from_slice(name);
@@ -181,7 +185,8 @@ impl Superblock {
             .copy_from_slice(&p.hash_block_size().to_le_bytes());
         b[off::DATA_BLOCKS..off::DATA_BLOCKS + 8].copy_from_slice(&p.data_blocks().to_le_bytes());
         // The salt is at most 256 bytes, so its length fits the u16 field.
-        b[off::SALT_SIZE..off::SALT_SIZE + 2].copy_from_slice(&(p.salt().len() as u16).to_le_bytes());
+        b[off::SALT_SIZE..off::SALT_SIZE + 2]
+            .copy_from_slice(&(p.salt().len() as u16).to_le_bytes());
         b[off::SALT..off::SALT + p.salt().len()].copy_from_slice(p.salt());
         b
     }
@@ -297,7 +302,10 @@ mod tests {
         assert_eq!(field_of(&corrupt(400, 1)), ("padding", 344));
         let mut b = sample().to_bytes();
         b[72..80].copy_from_slice(&0u64.to_le_bytes());
-        assert_eq!(field_of(&Superblock::parse(&b).unwrap_err()), ("data_blocks", 72));
+        assert_eq!(
+            field_of(&Superblock::parse(&b).unwrap_err()),
+            ("data_blocks", 72)
+        );
         assert!(matches!(
             Superblock::parse(&b[..100]),
             Err(Error::TooSmall { .. })

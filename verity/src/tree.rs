@@ -191,7 +191,8 @@ pub(crate) fn hash_level<S: ReadAt + ?Sized>(
     let threads = if total_bytes < PARALLEL_MIN_BYTES {
         1
     } else {
-        opts.thread_count().min(out_blocks.div_ceil(blocks_per_unit as usize))
+        opts.thread_count()
+            .min(out_blocks.div_ceil(blocks_per_unit as usize))
     };
     let units = Mutex::new(out.chunks_mut(blocks_per_unit as usize * hbs).enumerate());
     let progress = Mutex::new(0u64);

@@ -21,7 +21,11 @@ fn check_inputs(params: &VerityParams, geometry: &TreeGeometry, root: &[u8]) -> 
     if root.len() != ds {
         return Err(Error::param(
             "root hash",
-            format!("{} bytes, {} has {ds}-byte digests", root.len(), params.algorithm()),
+            format!(
+                "{} bytes, {} has {ds}-byte digests",
+                root.len(),
+                params.algorithm()
+            ),
         ));
     }
     Ok(())
@@ -104,7 +108,16 @@ where
         let below = levels[level - 1].blocks;
         fresh.clear();
         fresh.resize(levels[level].blocks as usize * hbs, 0);
-        hash_level(&hasher, geometry, level_bytes(level - 1), hbs, below, &mut fresh, opts, false)?;
+        hash_level(
+            &hasher,
+            geometry,
+            level_bytes(level - 1),
+            hbs,
+            below,
+            &mut fresh,
+            opts,
+            false,
+        )?;
         let bad = compare_level(geometry, level, &fresh, level_bytes(level), below);
         if let Some(first) = bad.first_child {
             return Err(Error::HashBlockCorrupt {
@@ -220,11 +233,17 @@ pub const DEFAULT_CACHE_BLOCKS: usize = 256;
 
 impl<H: ReadAt> BlockVerifier<H> {
     /// A verifier for the tree laid out by `geometry` on `hash`, trusting only `root`.
-    pub fn new(params: &VerityParams, geometry: &TreeGeometry, hash: H, root: &[u8]) -> Result<Self> {
+    pub fn new(
+        params: &VerityParams,
+        geometry: &TreeGeometry,
+        hash: H,
+        root: &[u8],
+    ) -> Result<Self> {
         check_inputs(params, geometry, root)?;
         check_hash_size(geometry, &hash)?;
         let hasher = SaltedHasher::new(params.algorithm(), params.hash_type(), params.salt());
-        let root = Digest64::from_slice(root).ok_or_else(|| Error::param("root hash", "too long"))?;
+        let root =
+            Digest64::from_slice(root).ok_or_else(|| Error::param("root hash", "too long"))?;
         Ok(BlockVerifier {
             hash,
             params: params.clone(),
@@ -255,7 +274,10 @@ impl<H: ReadAt> BlockVerifier<H> {
         if index >= self.params.data_blocks() {
             return Err(Error::param(
                 "data block",
-                format!("{index} is past the last block {}", self.params.data_blocks() - 1),
+                format!(
+                    "{index} is past the last block {}",
+                    self.params.data_blocks() - 1
+                ),
             ));
         }
         if block.len() != dbs {
@@ -290,7 +312,12 @@ impl<H: ReadAt> BlockVerifier<H> {
     }
 
     /// Read data block `index` from `data` into `buf` (one block long) and verify it.
-    pub fn read_block<D: ReadAt + ?Sized>(&mut self, data: &D, index: u64, buf: &mut [u8]) -> Result<()> {
+    pub fn read_block<D: ReadAt + ?Sized>(
+        &mut self,
+        data: &D,
+        index: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
         let dbs = u64::from(self.params.data_block_size());
         let offset = index
             .checked_mul(dbs)
@@ -308,7 +335,13 @@ impl<H: ReadAt> BlockVerifier<H> {
 
     /// The digest at byte `at` of hash block `index` of `level`, after checking that block
     /// against `expected` (or finding it in the cache of blocks already checked).
-    fn child_digest(&mut self, level: usize, index: u64, expected: &Digest64, at: usize) -> Result<Digest64> {
+    fn child_digest(
+        &mut self,
+        level: usize,
+        index: u64,
+        expected: &Digest64,
+        at: usize,
+    ) -> Result<Digest64> {
         let ds = self.geometry.digest_size();
         let key = (level, index);
         if let Some(b) = self.cache.get(&key) {

@@ -14,13 +14,23 @@ use keel_verity::{
 use sha2::Digest;
 
 fn descriptor() -> RootDescriptor {
-    let p = VerityParams::new(HashType::Normal, HashAlgorithm::Sha256, 4096, 4096, 262144, vec![0xab; 32]).unwrap();
+    let p = VerityParams::new(
+        HashType::Normal,
+        HashAlgorithm::Sha256,
+        4096,
+        4096,
+        262144,
+        vec![0xab; 32],
+    )
+    .unwrap();
     RootDescriptor::new(p, &common::seeded_bytes(1, 32)).unwrap()
 }
 
 #[test]
 fn openssl_keys_and_signatures_verify_in_keel() {
-    let Some(openssl) = tool("openssl", "openssl") else { return };
+    let Some(openssl) = tool("openssl", "openssl") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("key.pem");
     let ks = key.to_str().unwrap();
@@ -29,11 +39,33 @@ fn openssl_keys_and_signatures_verify_in_keel() {
 
     // The key id is the SHA-256 of the DER public key as openssl prints it.
     let der = dir.path().join("pub.der");
-    run_ok(&openssl, &["pkey", "-in", ks, "-pubout", "-outform", "DER", "-out", der.to_str().unwrap()]);
+    run_ok(
+        &openssl,
+        &[
+            "pkey",
+            "-in",
+            ks,
+            "-pubout",
+            "-outform",
+            "DER",
+            "-out",
+            der.to_str().unwrap(),
+        ],
+    );
     let id: [u8; 32] = sha2::Sha256::digest(fs::read(&der).unwrap()).into();
     assert_eq!(signer.public_key().id(), KeyId(id));
     let pubpem = dir.path().join("pub.pem");
-    run_ok(&openssl, &["pkey", "-in", ks, "-pubout", "-out", pubpem.to_str().unwrap()]);
+    run_ok(
+        &openssl,
+        &[
+            "pkey",
+            "-in",
+            ks,
+            "-pubout",
+            "-out",
+            pubpem.to_str().unwrap(),
+        ],
+    );
     let public = PublicKey::from_pem(&fs::read_to_string(&pubpem).unwrap()).unwrap();
     assert_eq!(&public, signer.public_key());
 
@@ -43,7 +75,17 @@ fn openssl_keys_and_signatures_verify_in_keel() {
     let sig_path = dir.path().join("sig.bin");
     run_ok(
         &openssl,
-        &["pkeyutl", "-sign", "-rawin", "-inkey", ks, "-in", desc_path.to_str().unwrap(), "-out", sig_path.to_str().unwrap()],
+        &[
+            "pkeyutl",
+            "-sign",
+            "-rawin",
+            "-inkey",
+            ks,
+            "-in",
+            desc_path.to_str().unwrap(),
+            "-out",
+            sig_path.to_str().unwrap(),
+        ],
     );
     let sig: [u8; 64] = fs::read(&sig_path).unwrap().try_into().unwrap();
     // Ed25519 is deterministic: Keel's own signature is the same bytes.
@@ -63,7 +105,9 @@ fn openssl_keys_and_signatures_verify_in_keel() {
 
 #[test]
 fn keel_keys_and_signatures_verify_in_openssl() {
-    let Some(openssl) = tool("openssl", "openssl") else { return };
+    let Some(openssl) = tool("openssl", "openssl") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let signer = SigningKey::generate().unwrap();
     let key = dir.path().join("keel.pem");
@@ -81,9 +125,16 @@ fn keel_keys_and_signatures_verify_in_openssl() {
     fs::write(&sig_path, signed.signature()).unwrap();
     let args = |d: &str| {
         vec![
-            "pkeyutl".to_string(), "-verify".into(), "-pubin".into(), "-inkey".into(),
-            pubpem.to_str().unwrap().into(), "-rawin".into(), "-in".into(), d.to_string(),
-            "-sigfile".into(), sig_path.to_str().unwrap().into(),
+            "pkeyutl".to_string(),
+            "-verify".into(),
+            "-pubin".into(),
+            "-inkey".into(),
+            pubpem.to_str().unwrap().into(),
+            "-rawin".into(),
+            "-in".into(),
+            d.to_string(),
+            "-sigfile".into(),
+            sig_path.to_str().unwrap().into(),
         ]
     };
     let a = args(desc_path.to_str().unwrap());

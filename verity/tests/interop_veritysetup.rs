@@ -80,7 +80,11 @@ impl Case {
             format!("--hash-block-size={}", self.hbs),
             format!(
                 "--salt={}",
-                if self.salt_len == 0 { "-".to_string() } else { hex::encode(self.salt()) }
+                if self.salt_len == 0 {
+                    "-".to_string()
+                } else {
+                    hex::encode(self.salt())
+                }
             ),
         ];
         if self.superblock {
@@ -106,7 +110,13 @@ fn root_from_output(out: &str) -> String {
 }
 
 fn open_rw(p: &Path) -> File {
-    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(p).unwrap()
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(p)
+        .unwrap()
 }
 
 /// Run one case in both directions; returns the directory for further checks.
@@ -145,7 +155,11 @@ fn check_case(vs: &Path, case: &Case, seed: u64) -> tempfile::TempDir {
     let keel_root = hex::encode(keel_root);
 
     // veritysetup writes.
-    let vs_data = if case.same_device { vs_hash.clone() } else { data_path.clone() };
+    let vs_data = if case.same_device {
+        vs_hash.clone()
+    } else {
+        data_path.clone()
+    };
     let mut args: Vec<String> = vec![
         "format".into(),
         vs_data.to_str().unwrap().into(),
@@ -158,20 +172,32 @@ fn check_case(vs: &Path, case: &Case, seed: u64) -> tempfile::TempDir {
     assert_eq!(keel_root, vs_root, "root hash differs for {case:?}");
     let kb = fs::read(&keel_hash).unwrap();
     let vb = fs::read(&vs_hash).unwrap();
-    assert_eq!(kb.len(), vb.len(), "hash device length differs for {case:?}");
+    assert_eq!(
+        kb.len(),
+        vb.len(),
+        "hash device length differs for {case:?}"
+    );
     if let Some(i) = kb.iter().zip(&vb).position(|(a, b)| a != b) {
         panic!("hash device differs at byte {i} for {case:?}");
     }
 
     // veritysetup reads what Keel wrote.
-    let keel_data = if case.same_device { keel_hash.clone() } else { data_path.clone() };
+    let keel_data = if case.same_device {
+        keel_hash.clone()
+    } else {
+        data_path.clone()
+    };
     let mut args: Vec<String> = vec![
         "verify".into(),
         keel_data.to_str().unwrap().into(),
         keel_hash.to_str().unwrap().into(),
         keel_root.clone(),
     ];
-    args.extend(case.veritysetup_args().into_iter().filter(|a| !a.starts_with("--uuid")));
+    args.extend(
+        case.veritysetup_args()
+            .into_iter()
+            .filter(|a| !a.starts_with("--uuid")),
+    );
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     run_ok(vs, &argv);
 
@@ -189,7 +215,15 @@ fn check_case(vs: &Path, case: &Case, seed: u64) -> tempfile::TempDir {
     };
     assert_eq!(params, case.params(), "superblock parameters for {case:?}");
     let root = hex::decode(&vs_root).unwrap();
-    verify(&params, &geometry, &data_f, &hash_f, &root, &BuildOptions::default()).unwrap();
+    verify(
+        &params,
+        &geometry,
+        &data_f,
+        &hash_f,
+        &root,
+        &BuildOptions::default(),
+    )
+    .unwrap();
     // Lazy verification of the first and last blocks.
     let mut bv = BlockVerifier::new(&params, &geometry, &hash_f, &root).unwrap();
     let mut buf = vec![0u8; case.dbs as usize];
@@ -208,7 +242,11 @@ fn algorithms_and_formats() {
     let Some(vs) = veritysetup() else { return };
     for (i, alg) in HashAlgorithm::ALL.into_iter().enumerate() {
         for ht in [HashType::Normal, HashType::ChromeOs] {
-            let case = Case { alg, hash_type: ht, ..Case::default() };
+            let case = Case {
+                alg,
+                hash_type: ht,
+                ..Case::default()
+            };
             check_case(&vs, &case, i as u64);
         }
     }
@@ -231,13 +269,25 @@ fn block_sizes() {
     for (dbs, hbs, blocks) in sizes {
         for ht in [HashType::Normal, HashType::ChromeOs] {
             for alg in [HashAlgorithm::Sha1, HashAlgorithm::Sha512] {
-                let case = Case { dbs, hbs, blocks, hash_type: ht, alg, ..Case::default() };
+                let case = Case {
+                    dbs,
+                    hbs,
+                    blocks,
+                    hash_type: ht,
+                    alg,
+                    ..Case::default()
+                };
                 check_case(&vs, &case, u64::from(dbs ^ hbs));
             }
         }
     }
     // The largest block size, both sides.
-    let case = Case { dbs: 524288, hbs: 524288, blocks: 2, ..Case::default() };
+    let case = Case {
+        dbs: 524288,
+        hbs: 524288,
+        blocks: 2,
+        ..Case::default()
+    };
     check_case(&vs, &case, 7);
 }
 
@@ -246,7 +296,12 @@ fn salts() {
     let Some(vs) = veritysetup() else { return };
     for salt_len in [0usize, 1, 31, 63, 64, 65, 127, 128, 129, 200, 256] {
         for ht in [HashType::Normal, HashType::ChromeOs] {
-            let case = Case { salt_len, hash_type: ht, blocks: 20, ..Case::default() };
+            let case = Case {
+                salt_len,
+                hash_type: ht,
+                blocks: 20,
+                ..Case::default()
+            };
             check_case(&vs, &case, salt_len as u64);
         }
     }
@@ -257,13 +312,22 @@ fn block_counts() {
     let Some(vs) = veritysetup() else { return };
     for blocks in [1u64, 2, 127, 128, 129, 16384, 16385] {
         for superblock in [true, false] {
-            let case = Case { blocks, superblock, ..Case::default() };
+            let case = Case {
+                blocks,
+                superblock,
+                ..Case::default()
+            };
             check_case(&vs, &case, blocks);
         }
     }
     // Format 0 with packed sha1 digests at the level boundaries too.
     for blocks in [1u64, 127, 128, 129] {
-        let case = Case { blocks, hash_type: HashType::ChromeOs, alg: HashAlgorithm::Sha1, ..Case::default() };
+        let case = Case {
+            blocks,
+            hash_type: HashType::ChromeOs,
+            alg: HashAlgorithm::Sha1,
+            ..Case::default()
+        };
         check_case(&vs, &case, blocks + 1);
     }
 }
@@ -273,18 +337,59 @@ fn offsets_superblock_and_data_blocks() {
     let Some(vs) = veritysetup() else { return };
     let cases = [
         // Separate hash file with the hash area at an offset.
-        Case { hash_offset: 4096, ..Case::default() },
-        Case { hash_offset: 1536, ..Case::default() },
-        Case { hash_offset: 8192, superblock: false, ..Case::default() },
-        Case { hash_offset: 1024, hbs: 512, superblock: false, ..Case::default() },
+        Case {
+            hash_offset: 4096,
+            ..Case::default()
+        },
+        Case {
+            hash_offset: 1536,
+            ..Case::default()
+        },
+        Case {
+            hash_offset: 8192,
+            superblock: false,
+            ..Case::default()
+        },
+        Case {
+            hash_offset: 1024,
+            hbs: 512,
+            superblock: false,
+            ..Case::default()
+        },
         // Tree on the data device after the data.
-        Case { same_device: true, hash_offset: 129 * 4096, ..Case::default() },
-        Case { same_device: true, hash_offset: 129 * 4096 + 512, ..Case::default() },
-        Case { same_device: true, hash_offset: 129 * 4096, superblock: false, ..Case::default() },
+        Case {
+            same_device: true,
+            hash_offset: 129 * 4096,
+            ..Case::default()
+        },
+        Case {
+            same_device: true,
+            hash_offset: 129 * 4096 + 512,
+            ..Case::default()
+        },
+        Case {
+            same_device: true,
+            hash_offset: 129 * 4096,
+            superblock: false,
+            ..Case::default()
+        },
         // --data-blocks smaller than the device, and a trailing partial block.
-        Case { data_blocks: Some(100), ..Case::default() },
-        Case { tail: 1000, ..Case::default() },
-        Case { tail: 300, dbs: 512, hbs: 512, blocks: 33, superblock: false, ..Case::default() },
+        Case {
+            data_blocks: Some(100),
+            ..Case::default()
+        },
+        Case {
+            tail: 1000,
+            ..Case::default()
+        },
+        Case {
+            tail: 300,
+            dbs: 512,
+            hbs: 512,
+            blocks: 33,
+            superblock: false,
+            ..Case::default()
+        },
     ];
     for (i, case) in cases.iter().enumerate() {
         check_case(&vs, case, 100 + i as u64);
@@ -297,24 +402,45 @@ fn offsets_superblock_and_data_blocks() {
 #[test]
 fn corruption_is_reported_like_veritysetup() {
     let Some(vs) = veritysetup() else { return };
-    let case = Case { blocks: 300, ..Case::default() };
+    let case = Case {
+        blocks: 300,
+        ..Case::default()
+    };
     let dir = check_case(&vs, &case, 42);
     let data_path = dir.path().join("data");
     let hash_path = dir.path().join("keel-hash");
     let hash_f = File::open(&hash_path).unwrap();
     let (sb, geometry) = open_hash_device(&hash_f, 0).unwrap();
     let data0 = fs::read(&data_path).unwrap();
-    let root = keel_verity::HashTree::build(&sb.params, &data0).unwrap().root_hash().to_vec();
+    let root = keel_verity::HashTree::build(&sb.params, &data0)
+        .unwrap()
+        .root_hash()
+        .to_vec();
     let root_hex = hex::encode(&root);
 
     let mut data = data0.clone();
     data[4096 * 201 + 17] ^= 0x10;
     fs::write(&data_path, &data).unwrap();
-    let out = run(&vs, &["verify", data_path.to_str().unwrap(), hash_path.to_str().unwrap(), &root_hex]);
+    let out = run(
+        &vs,
+        &[
+            "verify",
+            data_path.to_str().unwrap(),
+            hash_path.to_str().unwrap(),
+            &root_hex,
+        ],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("position {}", 4096 * 201)));
-    let e = verify(sb.params(), &geometry, &File::open(&data_path).unwrap(), &hash_f, &root, &BuildOptions::default())
-        .unwrap_err();
+    let e = verify(
+        sb.params(),
+        &geometry,
+        &File::open(&data_path).unwrap(),
+        &hash_f,
+        &root,
+        &BuildOptions::default(),
+    )
+    .unwrap_err();
     assert!(
         matches!(e, Error::DataBlockCorrupt { block: 201, offset, count: 1 } if offset == 4096 * 201),
         "{e}"
@@ -323,9 +449,24 @@ fn corruption_is_reported_like_veritysetup() {
     fs::write(&data_path, &data0).unwrap();
     let mut wrong = root.clone();
     wrong[0] ^= 1;
-    let out = run(&vs, &["verify", data_path.to_str().unwrap(), hash_path.to_str().unwrap(), &hex::encode(&wrong)]);
+    let out = run(
+        &vs,
+        &[
+            "verify",
+            data_path.to_str().unwrap(),
+            hash_path.to_str().unwrap(),
+            &hex::encode(&wrong),
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
-    let e = verify(sb.params(), &geometry, &File::open(&data_path).unwrap(), &hash_f, &wrong, &BuildOptions::default())
-        .unwrap_err();
+    let e = verify(
+        sb.params(),
+        &geometry,
+        &File::open(&data_path).unwrap(),
+        &hash_f,
+        &wrong,
+        &BuildOptions::default(),
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::RootHashMismatch { .. }), "{e}");
 }

@@ -10,7 +10,14 @@ use keel_verity::{
 use proptest::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-fn params(blocks: u64, dbs: u32, hbs: u32, alg: HashAlgorithm, ht: HashType, salt: usize) -> VerityParams {
+fn params(
+    blocks: u64,
+    dbs: u32,
+    hbs: u32,
+    alg: HashAlgorithm,
+    ht: HashType,
+    salt: usize,
+) -> VerityParams {
     VerityParams::builder()
         .data_blocks(blocks)
         .data_block_size(dbs)
@@ -23,10 +30,17 @@ fn params(blocks: u64, dbs: u32, hbs: u32, alg: HashAlgorithm, ht: HashType, sal
 }
 
 /// A formatted device in memory: (params, geometry, data, hash device, root).
-fn formatted(p: &VerityParams, superblock: bool, seed: u64) -> (TreeGeometry, Vec<u8>, Vec<u8>, Vec<u8>) {
+fn formatted(
+    p: &VerityParams,
+    superblock: bool,
+    seed: u64,
+) -> (TreeGeometry, Vec<u8>, Vec<u8>, Vec<u8>) {
     let data = seeded_bytes(seed, p.data_size() as usize);
     let mut hash = Vec::new();
-    let opts = FormatOptions { superblock: superblock.then_some([3; 16]), ..Default::default() };
+    let opts = FormatOptions {
+        superblock: superblock.then_some([3; 16]),
+        ..Default::default()
+    };
     let f = format(p, &data, &mut hash, &opts).unwrap();
     (f.geometry, data, hash, f.root_hash)
 }
@@ -38,20 +52,41 @@ fn opts() -> BuildOptions<'static> {
 #[test]
 fn thread_count_does_not_change_the_tree() {
     // 40 MiB: large enough that the leaf level is split between workers.
-    let p = params(10240, 4096, 4096, HashAlgorithm::Sha256, HashType::Normal, 32);
+    let p = params(
+        10240,
+        4096,
+        4096,
+        HashAlgorithm::Sha256,
+        HashType::Normal,
+        32,
+    );
     let data = seeded_bytes(5, p.data_size() as usize);
-    let one = HashTree::build_with(&p, &data, &BuildOptions { threads: std::num::NonZeroUsize::new(1), progress: None }).unwrap();
+    let one = HashTree::build_with(
+        &p,
+        &data,
+        &BuildOptions {
+            threads: std::num::NonZeroUsize::new(1),
+            progress: None,
+        },
+    )
+    .unwrap();
     let done = AtomicU64::new(0);
     let calls = AtomicU64::new(0);
     let observer = |d: u64, t: u64| {
         assert_eq!(t, p.data_size());
-        assert!(d >= done.swap(d, Ordering::SeqCst), "progress went backwards");
+        assert!(
+            d >= done.swap(d, Ordering::SeqCst),
+            "progress went backwards"
+        );
         calls.fetch_add(1, Ordering::SeqCst);
     };
     let four = HashTree::build_with(
         &p,
         &data,
-        &BuildOptions { threads: std::num::NonZeroUsize::new(4), progress: Some(&observer) },
+        &BuildOptions {
+            threads: std::num::NonZeroUsize::new(4),
+            progress: Some(&observer),
+        },
     )
     .unwrap();
     assert_eq!(one.root_hash(), four.root_hash());
@@ -72,7 +107,12 @@ fn damaged_hash_blocks_are_located() {
         let mut h = hash.clone();
         h[at] ^= 0x80;
         match verify(&p, &g, &data, &h, &root, &opts()) {
-            Err(Error::HashBlockCorrupt { level: l, index: i, offset, .. }) => {
+            Err(Error::HashBlockCorrupt {
+                level: l,
+                index: i,
+                offset,
+                ..
+            }) => {
                 assert_eq!((l, i), (level, index));
                 assert_eq!(offset, g.block_offset(level, index));
             }
@@ -83,7 +123,10 @@ fn damaged_hash_blocks_are_located() {
     let top = g.levels().len() - 1;
     let mut h = hash.clone();
     h[g.block_offset(top, 0) as usize] ^= 1;
-    assert!(matches!(verify(&p, &g, &data, &h, &root, &opts()), Err(Error::RootHashMismatch { .. })));
+    assert!(matches!(
+        verify(&p, &g, &data, &h, &root, &opts()),
+        Err(Error::RootHashMismatch { .. })
+    ));
 }
 
 /// A tree whose digests are all consistent but whose unused bytes are not zero (as a
@@ -103,7 +146,12 @@ fn nonzero_unused_bytes_are_refused() {
     hash[top + 7 * 32..top + 7 * 32 + 20].copy_from_slice(&d);
     let root = sha1::Sha1::digest(&hash[top..top + 4096]).to_vec();
     match verify(&p, &g, &data, &hash, &root, &opts()) {
-        Err(Error::HashBlockCorrupt { level: 0, index: 7, detail, .. }) => assert!(detail.contains("not zero")),
+        Err(Error::HashBlockCorrupt {
+            level: 0,
+            index: 7,
+            detail,
+            ..
+        }) => assert!(detail.contains("not zero")),
         other => panic!("{other:?}"),
     }
     // The padding of a digest slot (sha1 digests take 20 of 32 bytes) in the top block.
@@ -111,7 +159,12 @@ fn nonzero_unused_bytes_are_refused() {
     hash[top + 25] = 1;
     let root = sha1::Sha1::digest(&hash[top..top + 4096]).to_vec();
     match verify(&p, &g, &data, &hash, &root, &opts()) {
-        Err(Error::HashBlockCorrupt { level: 1, index: 0, detail, .. }) => assert!(detail.contains("not zero")),
+        Err(Error::HashBlockCorrupt {
+            level: 1,
+            index: 0,
+            detail,
+            ..
+        }) => assert!(detail.contains("not zero")),
         other => panic!("{other:?}"),
     }
 }
@@ -124,7 +177,17 @@ fn all_bad_data_blocks_are_counted() {
         data[(b * 4096 + 100) as usize] ^= 4;
     }
     let e = verify(&p, &g, &data, &hash, &root, &opts()).unwrap_err();
-    assert!(matches!(e, Error::DataBlockCorrupt { block: 17, offset: 69632, count: 3 }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::DataBlockCorrupt {
+                block: 17,
+                offset: 69632,
+                count: 3
+            }
+        ),
+        "{e}"
+    );
     assert!(e.is_corruption());
     assert!(e.to_string().contains("data block 17"));
 }
@@ -146,12 +209,24 @@ impl ReadAt for Counting<'_> {
 
 #[test]
 fn lazy_verification_reads_only_the_path() {
-    let p = params(5000, 1024, 1024, HashAlgorithm::Sha256, HashType::Normal, 16);
+    let p = params(
+        5000,
+        1024,
+        1024,
+        HashAlgorithm::Sha256,
+        HashType::Normal,
+        16,
+    );
     let (g, data, hash, root) = formatted(&p, true, 3);
     let levels = g.levels().len() as u64;
     assert_eq!(levels, 3);
-    let dev = Counting { inner: &hash, reads: AtomicU64::new(0) };
-    let mut v = BlockVerifier::new(&p, &g, &dev, &root).unwrap().with_cache_limit(0);
+    let dev = Counting {
+        inner: &hash,
+        reads: AtomicU64::new(0),
+    };
+    let mut v = BlockVerifier::new(&p, &g, &dev, &root)
+        .unwrap()
+        .with_cache_limit(0);
     let mut buf = vec![0u8; 1024];
     for (n, b) in [0u64, 4999, 2500, 31, 32].into_iter().enumerate() {
         v.read_block(&data, b, &mut buf).unwrap();
@@ -172,7 +247,11 @@ fn lazy_verification_reads_only_the_path() {
     let mut v = BlockVerifier::new(&p, &g, &hash[..], &root).unwrap();
     assert!(matches!(
         v.read_block(&bad, 2500, &mut buf),
-        Err(Error::DataBlockCorrupt { block: 2500, offset: 2_560_000, count: 1 })
+        Err(Error::DataBlockCorrupt {
+            block: 2500,
+            offset: 2_560_000,
+            count: 1
+        })
     ));
     v.read_block(&bad, 2499, &mut buf).unwrap();
     let mut h = hash.clone();
@@ -186,7 +265,10 @@ fn lazy_verification_reads_only_the_path() {
     let mut wrong = root.clone();
     wrong[5] ^= 1;
     let mut v = BlockVerifier::new(&p, &g, &hash[..], &wrong).unwrap();
-    assert!(matches!(v.read_block(&data, 0, &mut buf), Err(Error::RootHashMismatch { .. })));
+    assert!(matches!(
+        v.read_block(&data, 0, &mut buf),
+        Err(Error::RootHashMismatch { .. })
+    ));
     assert!(v.read_block(&data, 5000, &mut buf).is_err());
 }
 
@@ -199,7 +281,9 @@ fn single_block_device() {
     verify(&p, &g, &data, &hash, &root, &opts()).unwrap();
     let mut bad = data.clone();
     bad[0] ^= 1;
-    assert!(verify(&p, &g, &bad, &hash, &root, &opts()).unwrap_err().is_corruption());
+    assert!(verify(&p, &g, &bad, &hash, &root, &opts())
+        .unwrap_err()
+        .is_corruption());
     let mut v = BlockVerifier::new(&p, &g, &hash[..], &root).unwrap();
     v.verify_block(0, &data).unwrap();
     assert!(v.verify_block(0, &bad).is_err());
@@ -215,21 +299,47 @@ fn param_error(r: Result<VerityParams, Error>) -> (&'static str, String) {
 #[test]
 fn bad_parameters_are_refused_with_the_field_named() {
     for bs in [0u32, 256, 1000, 4097, 1 << 20] {
-        let (f, _) = param_error(VerityParams::builder().data_block_size(bs).data_blocks(1).salt(vec![]).build());
+        let (f, _) = param_error(
+            VerityParams::builder()
+                .data_block_size(bs)
+                .data_blocks(1)
+                .salt(vec![])
+                .build(),
+        );
         assert_eq!(f, "data block size");
-        let (f, _) = param_error(VerityParams::builder().hash_block_size(bs).data_blocks(1).salt(vec![]).build());
+        let (f, _) = param_error(
+            VerityParams::builder()
+                .hash_block_size(bs)
+                .data_blocks(1)
+                .salt(vec![])
+                .build(),
+        );
         assert_eq!(f, "hash block size");
     }
-    let (f, r) = param_error(VerityParams::builder().salt(vec![0; 257]).data_blocks(1).build());
+    let (f, r) = param_error(
+        VerityParams::builder()
+            .salt(vec![0; 257])
+            .data_blocks(1)
+            .build(),
+    );
     assert_eq!(f, "salt");
     assert!(r.contains("257"));
     let (f, _) = param_error(VerityParams::builder().data_blocks(0).salt(vec![]).build());
     assert_eq!(f, "data blocks");
-    let (f, _) = param_error(VerityParams::builder().data_blocks(u64::MAX / 2).salt(vec![]).build());
+    let (f, _) = param_error(
+        VerityParams::builder()
+            .data_blocks(u64::MAX / 2)
+            .salt(vec![])
+            .build(),
+    );
     assert_eq!(f, "data blocks");
     // Data smaller than one block.
     match VerityParams::builder().data_blocks_for(4095).build() {
-        Err(Error::TooSmall { needed: 4096, found: 4095, .. }) => {}
+        Err(Error::TooSmall {
+            needed: 4096,
+            found: 4095,
+            ..
+        }) => {}
         other => panic!("{other:?}"),
     }
     // A data device shorter than the blocks it should cover.
@@ -237,12 +347,25 @@ fn bad_parameters_are_refused_with_the_field_named() {
     let short = vec![0u8; 4096 * 9 + 100];
     assert!(matches!(
         HashTree::build(&p, &short),
-        Err(Error::TooSmall { what: "data device", needed: 40960, .. })
+        Err(Error::TooSmall {
+            what: "data device",
+            needed: 40960,
+            ..
+        })
     ));
     // Hash offsets.
     for off in [1u64, 100, 511, 4097] {
         let e = TreeGeometry::new(&p, off, true).unwrap_err();
-        assert!(matches!(e, Error::InvalidParameter { field: "hash offset", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::InvalidParameter {
+                    field: "hash offset",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
     let e = TreeGeometry::new(&p, 512, false).unwrap_err();
     assert!(e.to_string().contains("hash block size"), "{e}");
@@ -250,7 +373,16 @@ fn bad_parameters_are_refused_with_the_field_named() {
     // A root hash of the wrong length.
     let (g, data, hash, _) = formatted(&p, false, 6);
     let e = verify(&p, &g, &data, &hash, &[0u8; 20], &opts()).unwrap_err();
-    assert!(matches!(e, Error::InvalidParameter { field: "root hash", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::InvalidParameter {
+                field: "root hash",
+                ..
+            }
+        ),
+        "{e}"
+    );
     // A geometry made for other parameters.
     let other = params(11, 4096, 4096, HashAlgorithm::Sha256, HashType::Normal, 0);
     let g2 = TreeGeometry::new(&other, 0, false).unwrap();
@@ -271,8 +403,14 @@ fn bad_hash_devices_are_refused() {
     );
     assert!(BlockVerifier::new(&p, &g, truncated, &root).is_err());
     // Too short even for the superblock.
-    assert!(matches!(open_hash_device(&hash[..100], 0), Err(Error::TooSmall { .. })));
-    assert!(matches!(open_hash_device(&hash[..], 4096 * 400), Err(Error::TooSmall { .. })));
+    assert!(matches!(
+        open_hash_device(&hash[..100], 0),
+        Err(Error::TooSmall { .. })
+    ));
+    assert!(matches!(
+        open_hash_device(&hash[..], 4096 * 400),
+        Err(Error::TooSmall { .. })
+    ));
     // Bad magic, version, salt size, block size, algorithm.
     for (at, val, field) in [
         (0usize, b'V', "signature"),
@@ -285,7 +423,9 @@ fn bad_hash_devices_are_refused() {
         let mut h = hash.clone();
         h[at] = val;
         match open_hash_device(&h[..], 0) {
-            Err(Error::BadField { field: f, offset, .. }) => {
+            Err(Error::BadField {
+                field: f, offset, ..
+            }) => {
                 assert_eq!(f, field, "byte {at}");
                 assert!(offset <= at);
             }
@@ -295,16 +435,31 @@ fn bad_hash_devices_are_refused() {
     let mut h = hash.clone();
     h[32..38].copy_from_slice(b"md5\0\0\0");
     let e = open_hash_device(&h[..], 0).unwrap_err();
-    assert!(matches!(e, Error::UnsupportedAlgorithm { ref name } if name == "md5"), "{e}");
+    assert!(
+        matches!(e, Error::UnsupportedAlgorithm { ref name } if name == "md5"),
+        "{e}"
+    );
     // A superblock claiming far more data than exists is refused before allocation.
     let mut h = hash.clone();
     h[72..80].copy_from_slice(&(1u64 << 40).to_le_bytes());
     let (sb, g3) = open_hash_device(&h[..], 0).unwrap();
     let e = verify(sb.params(), &g3, &data, &h[..], &root, &opts()).unwrap_err();
-    assert!(matches!(e, Error::TooSmall { what: "data device", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::TooSmall {
+                what: "data device",
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(matches!(
         BlockVerifier::new(sb.params(), &g3, &h[..], &root),
-        Err(Error::TooSmall { what: "hash device", .. })
+        Err(Error::TooSmall {
+            what: "hash device",
+            ..
+        })
     ));
 }
 
@@ -318,7 +473,11 @@ fn arb_params() -> impl Strategy<Value = VerityParams> {
         0usize..80,
     )
         .prop_map(|(blocks, dbs, hbs, alg, t, salt)| {
-            let ht = if t { HashType::Normal } else { HashType::ChromeOs };
+            let ht = if t {
+                HashType::Normal
+            } else {
+                HashType::ChromeOs
+            };
             params(blocks, dbs, hbs, alg, ht, salt)
         })
 }

@@ -1,0 +1,314 @@
+//! The `verity` example as a veritysetup user runs it: same options, same `Root hash:`
+//! line, same exit statuses, and devices that veritysetup accepts.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn example() -> PathBuf {
+    // target/<profile>/deps/<this test> -> target/<profile>/examples/verity
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let p = profile_dir.join("examples").join("verity");
+    if !p.exists() {
+        // `cargo test` builds examples; `cargo test --test example_verity` does not.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--example", "verity"]);
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        assert!(
+            cmd.status().unwrap().success(),
+            "building the verity example failed"
+        );
+    }
+    p
+}
+
+fn veritysetup() -> Option<PathBuf> {
+    let found = [
+        "/usr/sbin/veritysetup",
+        "/sbin/veritysetup",
+        "/usr/bin/veritysetup",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists());
+    if found.is_none() {
+        assert_ne!(
+            std::env::var("KEEL_REQUIRE_INTEROP").as_deref(),
+            Ok("1"),
+            "veritysetup is missing and KEEL_REQUIRE_INTEROP=1: apt-get install cryptsetup-bin"
+        );
+        eprintln!("SKIPPED: veritysetup not installed (apt-get install cryptsetup-bin)");
+    }
+    found
+}
+
+fn run(cmd: &Path, args: &[&str]) -> Output {
+    Command::new(cmd).args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn root_of(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    stdout(o)
+        .lines()
+        .find_map(|l| l.strip_prefix("Root hash:"))
+        .map(|r| r.trim().to_string())
+        .expect("Root hash: line")
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect()
+}
+
+#[test]
+fn format_verify_dump_like_veritysetup() {
+    let Some(vs) = veritysetup() else { return };
+    let ex = example();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    fs::write(&d, data(4096 * 300 + 77)).unwrap();
+    let (ds, h) = (d.to_str().unwrap(), dir.path().join("hash"));
+    let hs = h.to_str().unwrap();
+    let opts = [
+        "--hash",
+        "sha512",
+        "--data-block-size",
+        "1024",
+        "--hash-block-size",
+        "4096",
+        "--salt",
+        "00ff",
+        "--uuid",
+        "4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6",
+    ];
+    let mut args = vec!["format", ds, hs];
+    args.extend(opts);
+    let root = root_of(&run(&ex, &args));
+    // veritysetup reads Keel's device and agrees on the root.
+    assert!(run(&vs, &["verify", ds, hs, &root]).status.success());
+    let v = dir.path().join("vs-hash");
+    let mut vargs = vec!["format".to_string(), ds.into(), v.to_str().unwrap().into()];
+    vargs.extend(
+        [
+            "--hash=sha512",
+            "--data-block-size=1024",
+            "--hash-block-size=4096",
+            "--salt=00ff",
+            "--uuid=4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6",
+        ]
+        .map(String::from),
+    );
+    let vs_root = root_of(&run(
+        &vs,
+        &vargs.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert_eq!(root, vs_root);
+    assert_eq!(fs::read(&h).unwrap(), fs::read(&v).unwrap());
+
+    // Exit statuses as veritysetup's: 0 good, 1 wrong root, 2 corrupted data.
+    assert_eq!(
+        run(&ex, &["verify", ds, v.to_str().unwrap(), &root])
+            .status
+            .code(),
+        Some(0)
+    );
+    let mut wrong = root.clone().into_bytes();
+    wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    assert_eq!(run(&ex, &["verify", ds, hs, &wrong]).status.code(), Some(1));
+    assert_eq!(run(&vs, &["verify", ds, hs, &wrong]).status.code(), Some(1));
+    let mut bad = fs::read(&d).unwrap();
+    bad[1024 * 77 + 3] ^= 1;
+    fs::write(&d, &bad).unwrap();
+    let o = run(&ex, &["verify", ds, hs, &root]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("data block 77"));
+    assert_eq!(run(&vs, &["verify", ds, hs, &root]).status.code(), Some(2));
+
+    let dump = stdout(&run(&ex, &["dump", hs]));
+    for line in [
+        "UUID:            \t4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6",
+        "Hash algorithm:  \tsha512",
+        "Data block size: \t1024",
+        "Data blocks:     \t1200",
+        "Salt:            \t00ff",
+    ] {
+        assert!(dump.contains(line), "{line:?} missing from\n{dump}");
+    }
+}
+
+#[test]
+fn no_superblock_offset_and_empty_salt() {
+    let Some(vs) = veritysetup() else { return };
+    let ex = example();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("dev");
+    fs::write(&d, data(4096 * 64)).unwrap();
+    let ds = d.to_str().unwrap();
+    // The tree on the data device itself, after 60 blocks of data.
+    let args = [
+        "format",
+        ds,
+        ds,
+        "--no-superblock",
+        "--salt",
+        "-",
+        "--data-blocks",
+        "60",
+        "--hash-offset",
+        "245760",
+    ];
+    let root = root_of(&run(&ex, &args));
+    let o = run(
+        &vs,
+        &[
+            "verify",
+            ds,
+            ds,
+            &root,
+            "--no-superblock",
+            "--salt=-",
+            "--data-blocks=60",
+            "--hash-offset=245760",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(
+        &ex,
+        &[
+            "verify",
+            ds,
+            ds,
+            &root,
+            "--no-superblock",
+            "--salt",
+            "-",
+            "--data-blocks",
+            "60",
+            "--hash-offset",
+            "245760",
+        ],
+    );
+    assert!(o.status.success());
+    // An offset inside the data is refused rather than overwriting it.
+    let o = run(&ex, &["format", ds, ds, "--hash-offset", "4096"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("overwrite"));
+}
+
+#[test]
+fn keygen_sign_verify_signature() {
+    let ex = example();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    fs::write(p("data"), data(4096 * 40)).unwrap();
+    let root = root_of(&run(&ex, &["format", &p("data"), &p("hash")]));
+    for k in ["a", "b"] {
+        let o = run(
+            &ex,
+            &[
+                "keygen",
+                &p(&format!("{k}.pem")),
+                "--public",
+                &p(&format!("{k}.pub")),
+            ],
+        );
+        assert!(o.status.success());
+    }
+    // keygen never overwrites a key.
+    assert!(!run(&ex, &["keygen", &p("a.pem")]).status.success());
+    assert!(run(
+        &ex,
+        &[
+            "sign",
+            &p("hash"),
+            &root,
+            "--key",
+            &p("a.pem"),
+            "--out",
+            &p("root.sig")
+        ]
+    )
+    .status
+    .success());
+    let ok = run(
+        &ex,
+        &[
+            "verify-signature",
+            &p("root.sig"),
+            "--key",
+            &p("b.pub"),
+            "--key",
+            &p("a.pub"),
+            "--data",
+            &p("data"),
+            "--hash",
+            &p("hash"),
+        ],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout(&ok).contains(&root));
+    assert_eq!(
+        run(
+            &ex,
+            &["verify-signature", &p("root.sig"), "--key", &p("b.pub")]
+        )
+        .status
+        .code(),
+        Some(1)
+    );
+    let mut sig = fs::read(p("root.sig")).unwrap();
+    sig[56] ^= 1; // data blocks
+    fs::write(p("bad.sig"), &sig).unwrap();
+    assert_eq!(
+        run(
+            &ex,
+            &["verify-signature", &p("bad.sig"), "--key", &p("a.pub")]
+        )
+        .status
+        .code(),
+        Some(1)
+    );
+    let mut d = fs::read(p("data")).unwrap();
+    d[4096 * 39] ^= 1;
+    fs::write(p("data"), &d).unwrap();
+    let o = run(
+        &ex,
+        &[
+            "verify-signature",
+            &p("root.sig"),
+            "--key",
+            &p("a.pub"),
+            "--data",
+            &p("data"),
+            "--hash",
+            &p("hash"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn demo_runs_the_whole_cycle() {
+    let o = run(&example(), &["demo", "--size-mib", "64"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = stdout(&o);
+    assert!(
+        out.contains("Detected: data block 12345 corrupted"),
+        "{out}"
+    );
+    assert!(out.contains("Signature good"), "{out}");
+}
