@@ -1,0 +1,499 @@
+//! RAUC's boot-selection variables with the rules of RAUC's reference boot scripts:
+//! [`RaucGrub`] over a GRUB environment (`ORDER`, `A_OK`, `A_TRY`, ...) and [`RaucUboot`]
+//! over a U-Boot environment (`BOOT_ORDER`, `BOOT_A_LEFT`, ...).
+//!
+//! Both keep every other variable of their environment untouched, and every agent
+//! operation changes all the variables it concerns in one write of the environment
+//! (RAUC's own U-Boot backend makes two writes for set-primary).
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use alloc::{format, vec};
+
+use crate::error::{Error, Result};
+use crate::grubenv::GrubEnv;
+use crate::model::{check_slot, AbControl, Slot, SlotState, MAX_SLOTS};
+use crate::ubootenv::UbootEnv;
+
+fn parse_order(name: &str, text: &str, count: usize) -> Result<Vec<Slot>> {
+    let mut order = Vec::new();
+    for word in text.split_whitespace() {
+        let slot = (word.len() == 1)
+            .then(|| word.chars().next().and_then(Slot::from_letter))
+            .flatten()
+            .filter(|s| s.index() < count && word.chars().all(|c| c.is_ascii_uppercase()))
+            .ok_or_else(|| Error::BadVariable {
+                name: name.to_string(),
+                reason: format!(
+                    "{word:?} is not a slot name (A to {})",
+                    Slot::all(count).last().map_or('A', |s| s.letter())
+                ),
+            })?;
+        if order.contains(&slot) {
+            return Err(Error::BadVariable {
+                name: name.to_string(),
+                reason: format!("slot {slot} appears twice in {text:?}"),
+            });
+        }
+        order.push(slot);
+    }
+    Ok(order)
+}
+
+fn order_text(order: &[Slot]) -> String {
+    let mut s = String::new();
+    for (i, slot) in order.iter().enumerate() {
+        if i > 0 {
+            s.push(' ');
+        }
+        s.push(slot.letter());
+    }
+    s
+}
+
+fn check_count(count: usize) -> Result<()> {
+    if !(1..=MAX_SLOTS).contains(&count) {
+        return Err(Error::Invalid(format!(
+            "{count} slots: 1 to {MAX_SLOTS} supported"
+        )));
+    }
+    Ok(())
+}
+
+fn flag(name: &str, value: Option<&str>) -> Result<bool> {
+    match value {
+        None | Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(v) => Err(Error::BadVariable {
+            name: name.to_string(),
+            reason: format!("expected 0 or 1, found {v:?}"),
+        }),
+    }
+}
+
+/// Priority in the common view from a position in the boot order.
+fn order_priority(order: &[Slot], slot: Slot) -> u8 {
+    order
+        .iter()
+        .position(|&s| s == slot)
+        .map_or(0, |i| (MAX_SLOTS - i) as u8)
+}
+
+fn put_first(order: &mut Vec<Slot>, slot: Slot) {
+    order.retain(|&s| s != slot);
+    order.insert(0, slot);
+}
+
+/// RAUC with GRUB: `ORDER="A B"`, `A_OK`, `A_TRY`, `B_OK`, `B_TRY` (0 or 1).
+///
+/// The boot script (RAUC's integration documentation): for each slot in `ORDER`, set its
+/// TRY to 1 and boot the first whose OK was 1 and TRY was 0; if there is none, reset TRY to
+/// 0 for every OK slot and boot menu entry 0 (slot A). An armed slot therefore gets one try,
+/// and a good slot must be marked good again after every boot. Unset variables take the
+/// script's defaults (`ORDER="A B"`, 0).
+///
+/// Common view: priority from the position in ORDER (0 if absent), tries 1 when OK and not
+/// TRY, successful = OK.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaucGrub {
+    env: GrubEnv,
+    count: usize,
+    order: Vec<Slot>,
+    ok: [bool; MAX_SLOTS],
+    tried: [bool; MAX_SLOTS],
+}
+
+impl RaucGrub {
+    /// Read RAUC's variables for `count` slots from `env`, strictly.
+    pub fn from_env(env: GrubEnv, count: usize) -> Result<Self> {
+        check_count(count)?;
+        let order = match env.get("ORDER") {
+            Some(o) => parse_order("ORDER", o, count)?,
+            None => Slot::all(count.min(2)).collect(),
+        };
+        let mut ok = [false; MAX_SLOTS];
+        let mut tried = [false; MAX_SLOTS];
+        for s in Slot::all(count) {
+            let (okn, tryn) = (format!("{s}_OK"), format!("{s}_TRY"));
+            ok[s.index()] = flag(&okn, env.get(&okn))?;
+            tried[s.index()] = flag(&tryn, env.get(&tryn))?;
+        }
+        Ok(RaucGrub {
+            env,
+            count,
+            order,
+            ok,
+            tried,
+        })
+    }
+
+    /// A fresh environment: `ORDER` of all slots, `good` OK, the others not.
+    pub fn init(count: usize, good: Slot) -> Result<Self> {
+        check_count(count)?;
+        check_slot(good, count)?;
+        let mut order: Vec<Slot> = Slot::all(count).collect();
+        put_first(&mut order, good);
+        let mut ok = [false; MAX_SLOTS];
+        ok[good.index()] = true;
+        Ok(RaucGrub {
+            env: GrubEnv::new(),
+            count,
+            order,
+            ok,
+            tried: [false; MAX_SLOTS],
+        })
+    }
+
+    /// The environment with RAUC's variables written, every one in the same block.
+    pub fn to_env(&self) -> Result<GrubEnv> {
+        let mut env = self.env.clone();
+        let mut vars: Vec<(String, String)> = vec![("ORDER".to_string(), order_text(&self.order))];
+        for s in Slot::all(self.count) {
+            vars.push((format!("{s}_OK"), u8::from(self.ok[s.index()]).to_string()));
+            vars.push((
+                format!("{s}_TRY"),
+                u8::from(self.tried[s.index()]).to_string(),
+            ));
+        }
+        env.set_all(vars.iter().map(|(n, v)| (n.as_str(), v.as_str())))?;
+        Ok(env)
+    }
+
+    /// The boot order.
+    pub fn order(&self) -> &[Slot] {
+        &self.order
+    }
+}
+
+impl AbControl for RaucGrub {
+    fn slot_count(&self) -> usize {
+        self.count
+    }
+
+    fn state(&self, slot: Slot) -> Result<SlotState> {
+        check_slot(slot, self.count)?;
+        let i = slot.index();
+        Ok(SlotState {
+            priority: order_priority(&self.order, slot),
+            tries: u8::from(self.ok[i] && !self.tried[i]),
+            successful: self.ok[i],
+        })
+    }
+
+    /// OK and in ORDER: the script's reset brings a tried OK slot back.
+    fn is_bootable(&self, slot: Slot) -> Result<bool> {
+        check_slot(slot, self.count)?;
+        Ok(self.ok[slot.index()] && self.order.contains(&slot))
+    }
+
+    fn boot(&mut self) -> Option<Slot> {
+        for &s in &self.order {
+            let i = s.index();
+            let was_tried = self.tried[i];
+            self.tried[i] = true;
+            if self.ok[i] && !was_tried {
+                return Some(s);
+            }
+        }
+        for i in 0..self.count {
+            if self.ok[i] && self.tried[i] {
+                self.tried[i] = false;
+            }
+        }
+        Some(Slot::A)
+    }
+
+    /// RAUC `set-primary`: first in ORDER, OK=1, TRY=0. GRUB gives one try; `tries` must
+    /// be unset or 1.
+    fn set_active(&mut self, slot: Slot, tries: Option<u8>) -> Result<()> {
+        check_slot(slot, self.count)?;
+        if tries.is_some_and(|t| t != 1) {
+            return Err(Error::Invalid(
+                "RAUC's GRUB script gives exactly one try".to_string(),
+            ));
+        }
+        put_first(&mut self.order, slot);
+        self.ok[slot.index()] = true;
+        self.tried[slot.index()] = false;
+        Ok(())
+    }
+
+    /// RAUC `mark-good`: OK=1, TRY=0.
+    fn mark_good(&mut self, slot: Slot) -> Result<()> {
+        check_slot(slot, self.count)?;
+        self.ok[slot.index()] = true;
+        self.tried[slot.index()] = false;
+        Ok(())
+    }
+
+    /// RAUC `mark-bad`: OK=0, TRY=0.
+    fn mark_bad(&mut self, slot: Slot) -> Result<()> {
+        check_slot(slot, self.count)?;
+        self.ok[slot.index()] = false;
+        self.tried[slot.index()] = false;
+        Ok(())
+    }
+}
+
+/// RAUC's default boot attempts for U-Boot.
+pub const UBOOT_DEFAULT_ATTEMPTS: u32 = 3;
+
+/// RAUC with U-Boot: `BOOT_ORDER="A B"`, `BOOT_A_LEFT`, `BOOT_B_LEFT` (hexadecimal, as
+/// `setexpr` writes them).
+///
+/// The boot script (RAUC's reference `boot.cmd`): the first slot in `BOOT_ORDER` with LEFT
+/// above 0 loses one and boots; if there is none, every LEFT is reset to 3 and the board
+/// resets (folded into the same call of [`AbControl::boot`] here). Unset variables take the
+/// script's defaults (`BOOT_ORDER="A B"`, 3).
+///
+/// Common view: priority from the position in BOOT_ORDER (0 if absent), tries = LEFT
+/// (at most 255), successful never (U-Boot keeps no such state).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaucUboot {
+    env: UbootEnv,
+    count: usize,
+    order: Vec<Slot>,
+    left: [u32; MAX_SLOTS],
+}
+
+fn parse_left(name: &str, v: &str) -> Result<u32> {
+    let digits = v
+        .strip_prefix("0x")
+        .or_else(|| v.strip_prefix("0X"))
+        .unwrap_or(v);
+    if digits.is_empty() || digits.len() > 8 {
+        return Err(Error::BadVariable {
+            name: name.to_string(),
+            reason: format!("expected a hexadecimal count, found {v:?}"),
+        });
+    }
+    u32::from_str_radix(digits, 16).map_err(|_| Error::BadVariable {
+        name: name.to_string(),
+        reason: format!("expected a hexadecimal count, found {v:?}"),
+    })
+}
+
+impl RaucUboot {
+    /// Read RAUC's variables for `count` slots from `env`, strictly.
+    pub fn from_env(env: UbootEnv, count: usize) -> Result<Self> {
+        check_count(count)?;
+        let order = match env.get("BOOT_ORDER") {
+            Some(o) => parse_order("BOOT_ORDER", o, count)?,
+            None => Slot::all(count.min(2)).collect(),
+        };
+        let mut left = [UBOOT_DEFAULT_ATTEMPTS; MAX_SLOTS];
+        for s in Slot::all(count) {
+            let n = format!("BOOT_{s}_LEFT");
+            if let Some(v) = env.get(&n) {
+                left[s.index()] = parse_left(&n, v)?;
+            }
+        }
+        Ok(RaucUboot {
+            env,
+            count,
+            order,
+            left,
+        })
+    }
+
+    /// A fresh environment: `good` first in BOOT_ORDER with 3 attempts, the others out of
+    /// the order with none.
+    pub fn init(count: usize, good: Slot) -> Result<Self> {
+        check_count(count)?;
+        check_slot(good, count)?;
+        let mut left = [0; MAX_SLOTS];
+        left[good.index()] = UBOOT_DEFAULT_ATTEMPTS;
+        Ok(RaucUboot {
+            env: UbootEnv::new(),
+            count,
+            order: vec![good],
+            left,
+        })
+    }
+
+    /// The environment with RAUC's variables written.
+    pub fn to_env(&self) -> Result<UbootEnv> {
+        let mut env = self.env.clone();
+        env.set("BOOT_ORDER", &order_text(&self.order))?;
+        for s in Slot::all(self.count) {
+            env.set(
+                &format!("BOOT_{s}_LEFT"),
+                &format!("{:x}", self.left[s.index()]),
+            )?;
+        }
+        Ok(env)
+    }
+
+    /// The boot order.
+    pub fn order(&self) -> &[Slot] {
+        &self.order
+    }
+
+    /// Boot attempts left for `slot`.
+    pub fn left(&self, slot: Slot) -> u32 {
+        self.left.get(slot.index()).copied().unwrap_or(0)
+    }
+
+    fn select(&mut self) -> Option<Slot> {
+        let slot = *self.order.iter().find(|s| self.left[s.index()] > 0)?;
+        self.left[slot.index()] -= 1;
+        Some(slot)
+    }
+}
+
+impl AbControl for RaucUboot {
+    fn slot_count(&self) -> usize {
+        self.count
+    }
+
+    fn state(&self, slot: Slot) -> Result<SlotState> {
+        check_slot(slot, self.count)?;
+        Ok(SlotState {
+            priority: order_priority(&self.order, slot),
+            tries: self.left[slot.index()].min(255) as u8,
+            successful: false,
+        })
+    }
+
+    /// In BOOT_ORDER: the script's reset refills an exhausted slot.
+    fn is_bootable(&self, slot: Slot) -> Result<bool> {
+        check_slot(slot, self.count)?;
+        Ok(self.order.contains(&slot))
+    }
+
+    fn boot(&mut self) -> Option<Slot> {
+        if let Some(s) = self.select() {
+            return Some(s);
+        }
+        // "No valid RAUC slot found. Resetting tries to 3", saveenv, reset.
+        for l in self.left.iter_mut().take(self.count) {
+            *l = UBOOT_DEFAULT_ATTEMPTS;
+        }
+        self.select()
+    }
+
+    /// RAUC `set-primary` in one write: first in BOOT_ORDER with `tries` attempts
+    /// (default 3).
+    fn set_active(&mut self, slot: Slot, tries: Option<u8>) -> Result<()> {
+        check_slot(slot, self.count)?;
+        let tries = u32::from(tries.unwrap_or(UBOOT_DEFAULT_ATTEMPTS as u8));
+        if tries == 0 {
+            return Err(Error::Invalid("tries 0: at least 1 needed".to_string()));
+        }
+        put_first(&mut self.order, slot);
+        self.left[slot.index()] = tries;
+        Ok(())
+    }
+
+    /// RAUC `mark-good`: attempts back to 3; the slot joins BOOT_ORDER if it had left it.
+    fn mark_good(&mut self, slot: Slot) -> Result<()> {
+        check_slot(slot, self.count)?;
+        self.left[slot.index()] = UBOOT_DEFAULT_ATTEMPTS;
+        if !self.order.contains(&slot) {
+            self.order.push(slot);
+        }
+        Ok(())
+    }
+
+    /// RAUC `mark-bad`: out of BOOT_ORDER, no attempts.
+    fn mark_bad(&mut self, slot: Slot) -> Result<()> {
+        check_slot(slot, self.count)?;
+        self.order.retain(|&s| s != slot);
+        self.left[slot.index()] = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grub_script_rules() {
+        let mut g = RaucGrub::init(2, Slot::A).unwrap();
+        g.mark_bad(Slot::B).unwrap();
+        g.set_active(Slot::B, None).unwrap();
+        assert_eq!(g.order(), &[Slot::B, Slot::A]);
+        assert_eq!(g.boot(), Some(Slot::B));
+        // B did not mark itself good: skipped, A boots.
+        assert_eq!(g.boot(), Some(Slot::A));
+        g.mark_good(Slot::A).unwrap();
+        assert_eq!(g.boot(), Some(Slot::A));
+        // A not marked good this time: both tried, reset, entry 0 (A) boots, and B,
+        // being OK, is reset too and gets another try: RAUC's rule.
+        assert_eq!(g.boot(), Some(Slot::A));
+        assert_eq!(g.boot(), Some(Slot::B));
+        assert!(g.set_active(Slot::B, Some(3)).is_err());
+        let env = g.to_env().unwrap();
+        assert_eq!(env.get("ORDER"), Some("B A"));
+        let back = RaucGrub::from_env(env.clone(), 2).unwrap();
+        assert_eq!(back.status(), g.status());
+        assert_eq!(back.to_env().unwrap(), env);
+    }
+
+    #[test]
+    fn grub_variables_are_checked() {
+        let mut env = GrubEnv::new();
+        env.set("A_OK", "yes").unwrap();
+        assert!(
+            matches!(RaucGrub::from_env(env, 2), Err(Error::BadVariable { name, .. }) if name == "A_OK")
+        );
+        for order in ["A A", "A C", "a B", "AB"] {
+            let mut env = GrubEnv::new();
+            env.set("ORDER", order).unwrap();
+            assert!(
+                matches!(RaucGrub::from_env(env, 2), Err(Error::BadVariable { .. })),
+                "{order}"
+            );
+        }
+        // Unset variables: the script's defaults; other variables are kept.
+        let mut env = GrubEnv::new();
+        env.set("saved_entry", "x").unwrap();
+        let g = RaucGrub::from_env(env, 2).unwrap();
+        assert_eq!(g.order(), &[Slot::A, Slot::B]);
+        assert_eq!(g.to_env().unwrap().get("saved_entry"), Some("x"));
+    }
+
+    #[test]
+    fn uboot_script_rules() {
+        let mut u = RaucUboot::init(2, Slot::A).unwrap();
+        u.set_active(Slot::B, None).unwrap();
+        for left in [2, 1, 0] {
+            assert_eq!(u.boot(), Some(Slot::B));
+            assert_eq!(u.left(Slot::B), left);
+        }
+        assert_eq!(u.boot(), Some(Slot::A));
+        u.mark_bad(Slot::B).unwrap();
+        assert_eq!(u.order(), &[Slot::A]);
+        // A exhausted without mark-good: the script resets every counter.
+        assert_eq!(u.boot(), Some(Slot::A));
+        assert_eq!(u.boot(), Some(Slot::A));
+        assert_eq!(u.boot(), Some(Slot::A));
+        assert_eq!(u.left(Slot::A), 2);
+        let env = u.to_env().unwrap();
+        assert_eq!(env.get("BOOT_ORDER"), Some("A"));
+        // The reset refilled B too, but B stays out of the order.
+        assert_eq!(env.get("BOOT_B_LEFT"), Some("3"));
+        assert!(!u.is_bootable(Slot::B).unwrap());
+        let back = RaucUboot::from_env(env.clone(), 2).unwrap();
+        assert_eq!(back.status(), u.status());
+        assert_eq!(back.to_env().unwrap(), env);
+    }
+
+    #[test]
+    fn uboot_counts_are_hex() {
+        let mut env = UbootEnv::new();
+        env.set("BOOT_A_LEFT", "a").unwrap();
+        env.set("BOOT_B_LEFT", "0x10").unwrap();
+        let mut u = RaucUboot::from_env(env, 2).unwrap();
+        assert_eq!((u.left(Slot::A), u.left(Slot::B)), (10, 16));
+        u.set_active(Slot::A, Some(12)).unwrap();
+        assert_eq!(u.to_env().unwrap().get("BOOT_A_LEFT"), Some("c"));
+        let mut env = UbootEnv::new();
+        env.set("BOOT_A_LEFT", "three").unwrap();
+        assert!(matches!(
+            RaucUboot::from_env(env, 2),
+            Err(Error::BadVariable { .. })
+        ));
+    }
+}

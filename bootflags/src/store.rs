@@ -1,0 +1,289 @@
+//! Boot-state stores in files (or block devices), each change written in one crash-safe
+//! step: a GRUB environment replaced atomically (written beside, synced, renamed); a
+//! redundant U-Boot environment written to its older copy; an Android misc block written
+//! as one 32-byte sector-aligned write.
+
+use alloc::string::{String, ToString};
+use alloc::vec;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::android::{self, BootloaderControl};
+use crate::error::{Error, Result};
+use crate::grubenv::{GrubEnv, BLOCK_SIZE};
+use crate::model::{AbControl, Slot, SlotState};
+use crate::rauc::{RaucGrub, RaucUboot};
+use crate::ubootenv::{Layout, Redundant, UbootEnv};
+
+fn io(context: impl Into<String>, e: std::io::Error) -> Error {
+    Error::Io {
+        context: context.into(),
+        message: e.to_string(),
+    }
+}
+
+/// Where a store lives and how it is encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A GRUB environment block file with RAUC's variables.
+    GrubEnv,
+    /// A U-Boot environment with RAUC's variables: `size` bytes a copy; with `redundant`,
+    /// a second copy right after the first.
+    Uboot {
+        /// Bytes per copy.
+        size: usize,
+        /// Two copies.
+        redundant: bool,
+    },
+    /// An Android misc partition (or image), `bootloader_control` at byte 2048.
+    AndroidMisc,
+}
+
+#[derive(Clone, Debug)]
+enum State {
+    Grub(RaucGrub),
+    Uboot(RaucUboot, Option<Redundant>),
+    Android(BootloaderControl),
+}
+
+/// An opened store: the model in memory, [`save`](FileStore::save) writes it back.
+#[derive(Clone, Debug)]
+pub struct FileStore {
+    path: PathBuf,
+    backend: Backend,
+    state: State,
+}
+
+fn read_at(path: &Path, offset: u64, len: usize) -> Result<vec::Vec<u8>> {
+    let f = File::open(path).map_err(|e| io(alloc::format!("opening {}", path.display()), e))?;
+    let size = f.metadata().map_err(|e| io("reading the size", e))?.len();
+    let end = offset + len as u64;
+    if size < end && f.metadata().map(|m| m.is_file()).unwrap_or(true) {
+        return Err(Error::Size {
+            what: "store file",
+            expected: end as usize,
+            found: size as usize,
+        });
+    }
+    let mut b = vec![0u8; len];
+    f.read_exact_at(&mut b, offset)
+        .map_err(|e| io(alloc::format!("reading {}", path.display()), e))?;
+    Ok(b)
+}
+
+fn write_at(path: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io(alloc::format!("opening {} for writing", path.display()), e))?;
+    f.write_all_at(bytes, offset)
+        .map_err(|e| io(alloc::format!("writing {}", path.display()), e))?;
+    f.sync_data().map_err(|e| io("syncing", e))
+}
+
+/// Replace `path` with `bytes` atomically: a temporary file beside it, synced, renamed
+/// over it, the directory synced.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(alloc::format!(".{name}.keel-tmp"));
+    let mut f =
+        File::create(&tmp).map_err(|e| io(alloc::format!("creating {}", tmp.display()), e))?;
+    f.write_all(bytes)
+        .map_err(|e| io(alloc::format!("writing {}", tmp.display()), e))?;
+    f.sync_all().map_err(|e| io("syncing", e))?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+        .map_err(|e| io(alloc::format!("renaming over {}", path.display()), e))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+impl FileStore {
+    /// Create a fresh store for `slots` slots with `good` as the good, booted slot.
+    /// A GRUB or U-Boot file is created; an Android misc file must exist (at least
+    /// 2080 bytes) and only its 32-byte block is written.
+    pub fn init(backend: Backend, path: &Path, slots: usize, good: Slot) -> Result<Self> {
+        let state = match &backend {
+            Backend::GrubEnv => State::Grub(RaucGrub::init(slots, good)?),
+            Backend::Uboot { redundant, .. } => {
+                let r = redundant.then(|| Redundant {
+                    env: UbootEnv::new(),
+                    current: 1,
+                    flags: 0,
+                });
+                State::Uboot(RaucUboot::init(slots, good)?, r)
+            }
+            Backend::AndroidMisc => {
+                let n = u8::try_from(slots)
+                    .map_err(|_| Error::Invalid("too many slots".to_string()))?;
+                let _ = size_of_misc(path)?;
+                State::Android(BootloaderControl::new(n, good)?)
+            }
+        };
+        let mut s = FileStore {
+            path: path.to_path_buf(),
+            backend,
+            state,
+        };
+        if let (
+            Backend::Uboot {
+                size,
+                redundant: true,
+            },
+            State::Uboot(..),
+        ) = (&s.backend, &s.state)
+        {
+            // Both copies start valid so tools that need one (fw_setenv) accept the file.
+            let env = UbootEnv::new().to_copy(
+                Layout {
+                    size: *size,
+                    redundant: true,
+                },
+                0,
+            )?;
+            let mut both = env.clone();
+            both.extend_from_slice(&env);
+            replace_file(path, &both)?;
+        }
+        s.save()?;
+        Ok(s)
+    }
+
+    /// Open an existing store.
+    pub fn open(backend: Backend, path: &Path, slots: usize) -> Result<Self> {
+        let state = match &backend {
+            Backend::GrubEnv => {
+                let b = std::fs::read(path)
+                    .map_err(|e| io(alloc::format!("reading {}", path.display()), e))?;
+                State::Grub(RaucGrub::from_env(GrubEnv::parse(&b)?, slots)?)
+            }
+            Backend::Uboot {
+                size,
+                redundant: false,
+            } => {
+                let b = read_at(path, 0, *size)?;
+                let c = UbootEnv::parse_copy(
+                    &b,
+                    Layout {
+                        size: *size,
+                        redundant: false,
+                    },
+                )?;
+                State::Uboot(RaucUboot::from_env(c.env, slots)?, None)
+            }
+            Backend::Uboot {
+                size,
+                redundant: true,
+            } => {
+                let l = Layout {
+                    size: *size,
+                    redundant: true,
+                };
+                let c0 = read_at(path, 0, *size).and_then(|b| UbootEnv::parse_copy(&b, l));
+                let c1 =
+                    read_at(path, *size as u64, *size).and_then(|b| UbootEnv::parse_copy(&b, l));
+                let r = Redundant::from_copies(c0, c1)?;
+                State::Uboot(RaucUboot::from_env(r.env.clone(), slots)?, Some(r))
+            }
+            Backend::AndroidMisc => {
+                let b = read_at(path, android::MISC_OFFSET, android::SIZE)?;
+                State::Android(BootloaderControl::parse(&b)?)
+            }
+        };
+        Ok(FileStore {
+            path: path.to_path_buf(),
+            backend,
+            state,
+        })
+    }
+
+    /// Write the model back, in one crash-safe step.
+    pub fn save(&mut self) -> Result<()> {
+        match (&self.backend, &mut self.state) {
+            (Backend::GrubEnv, State::Grub(g)) => {
+                let block = g.to_env()?.to_bytes()?;
+                debug_assert_eq!(block.len(), BLOCK_SIZE);
+                replace_file(&self.path, &block)
+            }
+            (Backend::Uboot { size, .. }, State::Uboot(u, None)) => {
+                let bytes = u.to_env()?.to_copy(
+                    Layout {
+                        size: *size,
+                        redundant: false,
+                    },
+                    0,
+                )?;
+                if self.path.exists() {
+                    write_at(&self.path, 0, &bytes)
+                } else {
+                    replace_file(&self.path, &bytes)
+                }
+            }
+            (Backend::Uboot { size, .. }, State::Uboot(u, Some(r))) => {
+                let env = u.to_env()?;
+                let (copy, bytes) = r.next_write(&env, *size)?;
+                write_at(&self.path, (copy * *size) as u64, &bytes)?;
+                r.committed(env);
+                Ok(())
+            }
+            (Backend::AndroidMisc, State::Android(c)) => {
+                write_at(&self.path, android::MISC_OFFSET, &c.to_bytes())
+            }
+            _ => Err(Error::Invalid(
+                "store state does not match its backend".to_string(),
+            )),
+        }
+    }
+
+    /// The model, for reading and changing.
+    pub fn control(&mut self) -> &mut dyn AbControl {
+        match &mut self.state {
+            State::Grub(g) => g,
+            State::Uboot(u, _) => u,
+            State::Android(c) => c,
+        }
+    }
+
+    /// The state of every slot.
+    pub fn status(&self) -> vec::Vec<SlotState> {
+        match &self.state {
+            State::Grub(g) => g.status(),
+            State::Uboot(u, _) => u.status(),
+            State::Android(c) => c.status(),
+        }
+    }
+
+    /// The slot the boot loader would choose next.
+    pub fn next_boot(&self) -> Option<Slot> {
+        match &self.state {
+            State::Grub(g) => g.next_boot(),
+            State::Uboot(u, _) => u.next_boot(),
+            State::Android(c) => c.next_boot(),
+        }
+    }
+}
+
+fn size_of_misc(path: &Path) -> Result<u64> {
+    let m =
+        std::fs::metadata(path).map_err(|e| io(alloc::format!("opening {}", path.display()), e))?;
+    let need = android::MISC_OFFSET + android::SIZE as u64;
+    if m.is_file() && m.len() < need {
+        return Err(Error::Size {
+            what: "android misc",
+            expected: need as usize,
+            found: m.len() as usize,
+        });
+    }
+    Ok(m.len())
+}
