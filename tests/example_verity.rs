@@ -2,56 +2,19 @@
 //! line, same exit statuses, and devices that veritysetup accepts.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
+
+mod common;
+
+use common::{run, stdout};
 
 fn example() -> PathBuf {
-    // target/<profile>/deps/<this test> -> target/<profile>/examples/verity
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let p = profile_dir.join("examples").join("verity");
-    if !p.exists() {
-        // `cargo test` builds examples; `cargo test --test example_verity` does not.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--example", "verity"]);
-        if profile_dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(
-            cmd.status().unwrap().success(),
-            "building the verity example failed"
-        );
-    }
-    p
+    common::example("verity")
 }
 
 fn veritysetup() -> Option<PathBuf> {
-    let found = [
-        "/usr/sbin/veritysetup",
-        "/sbin/veritysetup",
-        "/usr/bin/veritysetup",
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists());
-    if found.is_none() {
-        assert_ne!(
-            std::env::var("KEEL_REQUIRE_INTEROP").as_deref(),
-            Ok("1"),
-            "veritysetup is missing and KEEL_REQUIRE_INTEROP=1: apt-get install cryptsetup-bin"
-        );
-        eprintln!("SKIPPED: veritysetup not installed (apt-get install cryptsetup-bin)");
-    }
-    found
-}
-
-fn run(cmd: &Path, args: &[&str]) -> Output {
-    Command::new(cmd).args(args).output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    common::tool("veritysetup", "cryptsetup-bin")
 }
 
 fn root_of(o: &Output) -> String {

@@ -14,10 +14,12 @@ use crate::error::{Error, Result};
 
 const WHAT: &str = "u-boot environment";
 
-/// A decoded environment: its variables, in order.
+/// A decoded environment: its variables, in order, and the byte that fills the data area
+/// after them (0 as U-Boot writes it, 0xff as `mkenvimage` does), kept on rewrite.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UbootEnv {
     vars: Vec<(String, String)>,
+    fill: u8,
 }
 
 /// Which layout a copy has.
@@ -102,6 +104,7 @@ impl UbootEnv {
         }
         let flags = if layout.redundant { bytes[4] } else { 0 };
         let mut vars: Vec<(String, String)> = Vec::new();
+        let fill;
         let mut pos = 0;
         loop {
             let at = layout.header() + pos;
@@ -112,6 +115,7 @@ impl UbootEnv {
                 reason: "no terminating empty entry (\\0\\0)".to_string(),
             })?;
             if end == 0 {
+                fill = rest.get(1).copied().unwrap_or(0);
                 break;
             }
             let entry = core::str::from_utf8(&rest[..end]).map_err(|_| Error::Syntax {
@@ -137,7 +141,7 @@ impl UbootEnv {
             pos += end + 1;
         }
         Ok(Copy {
-            env: UbootEnv { vars },
+            env: UbootEnv { vars, fill },
             flags,
         })
     }
@@ -154,10 +158,6 @@ impl UbootEnv {
         }
         data.push(0);
         let room = layout.size - layout.header();
-        // An empty environment is a single terminating NUL; U-Boot writes two.
-        if data.len() == 1 {
-            data.push(0);
-        }
         if data.len() > room {
             return Err(Error::Overflow {
                 what: WHAT,
@@ -165,7 +165,7 @@ impl UbootEnv {
                 capacity: layout.size,
             });
         }
-        data.resize(room, 0);
+        data.resize(room, self.fill);
         let mut out = Vec::with_capacity(layout.size);
         out.extend_from_slice(&crc32fast::hash(&data).to_le_bytes());
         if layout.redundant {
@@ -332,6 +332,33 @@ mod tests {
             UbootEnv::parse_copy(&bad, l)
         )
         .is_err());
+    }
+
+    #[test]
+    fn the_fill_byte_is_kept() {
+        // Found by fuzzing: an empty environment whose fill is not zero.
+        let l = Layout {
+            size: 8,
+            redundant: false,
+        };
+        let data = [0u8, 0x0a, 0x0a, 0x0a];
+        let mut b = crc32fast::hash(&data).to_le_bytes().to_vec();
+        b.extend_from_slice(&data);
+        let c = UbootEnv::parse_copy(&b, l).unwrap();
+        assert_eq!(c.env.to_copy(l, 0).unwrap(), b);
+        // mkenvimage fills with 0xff, U-Boot with 0.
+        let e = env(&[("a", "1")]);
+        assert_eq!(
+            e.to_copy(
+                Layout {
+                    size: 16,
+                    redundant: false
+                },
+                0
+            )
+            .unwrap()[8..],
+            [0u8; 8]
+        );
     }
 
     #[test]

@@ -1,0 +1,73 @@
+//! The file stores survive a write cut short: the old state stays readable.
+
+use std::fs;
+
+use keel_bootflags::store::{Backend, FileStore};
+use keel_bootflags::Slot;
+
+#[test]
+fn torn_redundant_uboot_write_leaves_the_old_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("env");
+    let size = 0x1000;
+    let backend = Backend::Uboot {
+        size,
+        redundant: true,
+    };
+    let mut s = FileStore::init(backend.clone(), &f, 2, Slot::A).unwrap();
+    let old = s.status();
+    let before = fs::read(&f).unwrap();
+    s.control().set_active(Slot::B, None).unwrap();
+    s.save().unwrap();
+    let after = fs::read(&f).unwrap();
+    let new = FileStore::open(backend.clone(), &f, 2).unwrap().status();
+    assert_ne!(new, old);
+    // Cut the write after every possible prefix of the copy it changed.
+    let changed: Vec<usize> = (0..after.len())
+        .filter(|&i| after[i] != before[i])
+        .collect();
+    let (lo, hi) = (changed[0], changed[changed.len() - 1]);
+    assert!(hi - lo < size, "one copy written");
+    for cut in [lo, lo + 1, (lo + hi) / 2, hi] {
+        let mut torn = before.clone();
+        torn[lo..cut].copy_from_slice(&after[lo..cut]);
+        fs::write(&f, &torn).unwrap();
+        let got = FileStore::open(backend.clone(), &f, 2).unwrap().status();
+        assert_eq!(got, old, "cut at {cut}");
+    }
+}
+
+#[test]
+fn grubenv_is_replaced_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("grubenv");
+    let mut s = FileStore::init(Backend::GrubEnv, &f, 2, Slot::A).unwrap();
+    let old = fs::read(&f).unwrap();
+    s.control().set_active(Slot::B, None).unwrap();
+    s.save().unwrap();
+    assert_ne!(fs::read(&f).unwrap(), old);
+    assert_eq!(fs::read(&f).unwrap().len(), 1024);
+    // No temporary file is left behind.
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn android_misc_keeps_the_rest_of_the_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("misc");
+    let misc: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    fs::write(&f, &misc).unwrap();
+    let mut s = FileStore::init(Backend::AndroidMisc, &f, 2, Slot::A).unwrap();
+    s.control().mark_bad(Slot::B).unwrap();
+    s.control().set_active(Slot::B, None).unwrap();
+    s.save().unwrap();
+    let after = fs::read(&f).unwrap();
+    assert_eq!(after[..2048], misc[..2048]);
+    assert_eq!(after[2080..], misc[2080..]);
+    let s = FileStore::open(Backend::AndroidMisc, &f, 2).unwrap();
+    assert_eq!(s.next_boot(), Some(Slot::B));
+    // A misc image too small for the block is refused with its size.
+    fs::write(&f, vec![0u8; 2000]).unwrap();
+    let e = FileStore::init(Backend::AndroidMisc, &f, 2, Slot::A).unwrap_err();
+    assert!(e.to_string().contains("2000"), "{e}");
+}

@@ -1,0 +1,147 @@
+//! `bootstate`: read and change A/B boot state in a GRUB environment, a U-Boot
+//! environment or an Android misc partition, with the boot loaders' own rules.
+//!
+//! ```text
+//! cargo run --example bootstate -- BACKEND FILE COMMAND
+//!   BACKEND: grubenv | uboot [--env-size N] [--redundant] | android-misc
+//!   COMMAND: init [--slots N] | show | set-active SLOT [--tries N] | mark-good SLOT
+//!            | mark-bad SLOT | boot
+//! ```
+//! `boot` acts as the boot loader: it prints the slot it chooses and stores the counter
+//! change it makes. Every change is one crash-safe write.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use keel::bootflags::store::{Backend, FileStore};
+use keel::bootflags::Slot;
+
+#[derive(Parser)]
+#[command(
+    name = "bootstate",
+    about = "A/B boot state with the boot loaders' own rules"
+)]
+struct Cli {
+    /// Where the state lives.
+    backend: BackendArg,
+    /// The environment file, or misc partition / image.
+    file: PathBuf,
+    /// U-Boot: bytes per environment copy.
+    #[arg(long, default_value_t = 0x4000, value_parser = parse_size)]
+    env_size: usize,
+    /// U-Boot: two copies, the second right after the first.
+    #[arg(long)]
+    redundant: bool,
+    /// Number of slots.
+    #[arg(long, default_value_t = 2)]
+    slots: usize,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Grubenv,
+    Uboot,
+    AndroidMisc,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a fresh store with slot A good and booted.
+    Init,
+    /// Print every slot's state and the slot that boots next.
+    Show,
+    /// Arm SLOT to boot next.
+    SetActive {
+        slot: String,
+        #[arg(long)]
+        tries: Option<u8>,
+    },
+    /// The booted SLOT came up healthy.
+    MarkGood { slot: String },
+    /// Never boot SLOT until it is armed again.
+    MarkBad { slot: String },
+    /// Act as the boot loader: choose a slot and apply its counter change.
+    Boot,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let r = match s.strip_prefix("0x") {
+        Some(h) => usize::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| format!("{s}: {e}"))
+}
+
+fn slot(s: &str) -> Result<Slot, String> {
+    let mut chars = s.chars();
+    match (chars.next().and_then(Slot::from_letter), chars.next()) {
+        (Some(slot), None) => Ok(slot),
+        _ => Err(format!("{s:?} is not a slot (A, B, C or D)")),
+    }
+}
+
+fn show(store: &FileStore) {
+    println!("slot  priority  tries  successful");
+    for (i, st) in store.status().iter().enumerate() {
+        let s = Slot::new(i).map_or('?', |s| s.letter());
+        println!(
+            "{s:>4}  {:>8}  {:>5}  {}",
+            st.priority,
+            st.tries,
+            if st.successful { "yes" } else { "no" }
+        );
+    }
+    match store.next_boot() {
+        Some(s) => println!("next boot: {s}"),
+        None => println!("next boot: none (no bootable slot)"),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let backend = match cli.backend {
+        BackendArg::Grubenv => Backend::GrubEnv,
+        BackendArg::Uboot => Backend::Uboot {
+            size: cli.env_size,
+            redundant: cli.redundant,
+        },
+        BackendArg::AndroidMisc => Backend::AndroidMisc,
+    };
+    let e = |e: keel::bootflags::Error| format!("{}: {e}", cli.file.display());
+    if let Cmd::Init = cli.cmd {
+        let store = FileStore::init(backend, &cli.file, cli.slots, Slot::A).map_err(e)?;
+        show(&store);
+        return Ok(());
+    }
+    let mut store = FileStore::open(backend, &cli.file, cli.slots).map_err(e)?;
+    match &cli.cmd {
+        Cmd::Init | Cmd::Show => {
+            show(&store);
+            return Ok(());
+        }
+        Cmd::SetActive { slot: s, tries } => {
+            store.control().set_active(slot(s)?, *tries).map_err(e)?
+        }
+        Cmd::MarkGood { slot: s } => store.control().mark_good(slot(s)?).map_err(e)?,
+        Cmd::MarkBad { slot: s } => store.control().mark_bad(slot(s)?).map_err(e)?,
+        Cmd::Boot => match store.control().boot() {
+            Some(s) => println!("booting slot {s}"),
+            None => println!("no bootable slot"),
+        },
+    }
+    store.save().map_err(e)?;
+    show(&store);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bootstate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
