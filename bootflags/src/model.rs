@@ -196,11 +196,11 @@ impl PriorityPolicy {
     }
 }
 
-/// `cgpt prioritize`: give `slot` the highest priority, keep the relative order of the
-/// others, renumber the groups downward from the top (`max`, or the number of groups if
-/// smaller), never raise a priority 0 and never lower a non-zero one to 0.
-pub fn prioritize(slots: &mut [SlotState], slot: Slot, max: u8) {
-    let target = slot.index();
+/// `cgpt prioritize`: give entry `target` the highest priority, keep the relative order of
+/// the others, renumber the groups downward from the top (`max`, or the number of groups if
+/// smaller), never raise a priority 0 and never lower a non-zero one to 0. Works on any
+/// number of entries (cgpt applies it to every partition of a type).
+pub fn prioritize(slots: &mut [SlotState], target: usize, max: u8) {
     // Distinct non-zero priorities of the other slots, highest first.
     let mut groups: Vec<u8> = slots
         .iter()
@@ -289,7 +289,7 @@ impl AbControl for PrioritySlots {
         if !s.successful {
             s.tries = tries;
         }
-        prioritize(&mut self.slots, slot, MAX_PRIORITY);
+        prioritize(&mut self.slots, slot.index(), MAX_PRIORITY);
         Ok(())
     }
 
@@ -298,7 +298,7 @@ impl AbControl for PrioritySlots {
         let s = &mut self.slots[slot.index()];
         s.successful = true;
         s.tries = 0;
-        prioritize(&mut self.slots, slot, MAX_PRIORITY);
+        prioritize(&mut self.slots, slot.index(), MAX_PRIORITY);
         Ok(())
     }
 
@@ -357,7 +357,7 @@ mod tests {
             st(3, 0, true),
             st(1, 0, false),
         ];
-        prioritize(&mut s, Slot::D, 15);
+        prioritize(&mut s, 3, 15);
         assert_eq!(
             [s[0].priority, s[1].priority, s[2].priority, s[3].priority],
             [2, 1, 1, 3]
@@ -369,17 +369,17 @@ mod tests {
             st(1, 0, false),
             st(3, 0, true),
         ];
-        prioritize(&mut s, Slot::B, 15);
+        prioritize(&mut s, 1, 15);
         assert_eq!(
             [s[0].priority, s[1].priority, s[2].priority, s[3].priority],
             [3, 4, 1, 2]
         );
         // Priority 0 stays 0; the top is capped at max.
         let mut s = [st(0, 0, false), st(9, 0, true)];
-        prioritize(&mut s, Slot::B, 15);
+        prioritize(&mut s, 1, 15);
         assert_eq!([s[0].priority, s[1].priority], [0, 1]);
         let mut s = [st(2, 0, true), st(1, 0, true)];
-        prioritize(&mut s, Slot::B, 1);
+        prioritize(&mut s, 1, 1);
         assert_eq!([s[0].priority, s[1].priority], [1, 1]);
     }
 }

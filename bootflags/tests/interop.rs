@@ -5,7 +5,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use keel_bootflags::android::BootloaderControl;
 use keel_bootflags::grubenv::GrubEnv;
@@ -14,38 +14,9 @@ use keel_bootflags::store::{Backend, FileStore};
 use keel_bootflags::ubootenv::{Layout, Redundant, UbootEnv};
 use keel_bootflags::{AbControl, Slot, SlotState};
 
-fn tool(name: &str, package: &str) -> Option<PathBuf> {
-    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert_ne!(
-            std::env::var("KEEL_REQUIRE_INTEROP").as_deref(),
-            Ok("1"),
-            "{name} is missing and KEEL_REQUIRE_INTEROP=1: apt-get install {package}"
-        );
-        eprintln!(
-            "SKIPPED: {name} not installed (apt-get install {package}); interop check not run"
-        );
-    }
-    found
-}
-
-fn run(cmd: &Path, args: &[&str]) -> Output {
-    Command::new(cmd).args(args).output().unwrap()
-}
-
-fn ok(cmd: &Path, args: &[&str]) -> String {
-    let o = run(cmd, args);
-    assert!(
-        o.status.success(),
-        "{} {args:?}: {}",
-        cmd.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
+#[path = "../../testsupport/tools.rs"]
+mod tools;
+use tools::{run_ok as ok, tool};
 
 const TRICKY: [(&str, &str); 5] = [
     ("plain", "value"),

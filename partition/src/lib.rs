@@ -1,5 +1,47 @@
-//! keel-partition: GPT A/B slots on disks and image files, crash-safe boot-flag updates,
-//! and A/B layout creation for image builders.
+//! keel-partition: GPT A/B slots on disks and image files, boot-flag updates that survive
+//! a power cut, repair, and A/B layout creation for image builders.
 //!
-//! Not built yet: this crate is an empty placeholder so the workspace layout is in
-//! place. The work is tracked in the project's keel-partition issue.
+//! ```
+//! use keel_partition::{create_layout, AbDisk, GptDisk, Layout, SlotSelector};
+//! use keel_bootflags::{PriorityPolicy, Slot};
+//!
+//! // An image builder lays out a 300 MiB disk: ESP, USR-A (good) and USR-B.
+//! let mut image = vec![0u8; 300 << 20];
+//! create_layout(&mut image, &Layout::flatcar(100 << 20))?;
+//!
+//! // An update agent writes B, arms it, and the boot loader tries it.
+//! let disk = GptDisk::open(image, None)?;
+//! let mut ab = AbDisk::new(disk, &SlotSelector::Auto, PriorityPolicy::Flatcar)?;
+//! ab.mark_bad(Slot::B)?;
+//! ab.set_active(Slot::B, Some(1))?;
+//! assert_eq!(ab.boot()?, Some(Slot::B));
+//! assert_eq!(ab.boot()?, Some(Slot::A)); // B never came up: back to A.
+//! # Ok::<(), keel_partition::Error>(())
+//! ```
+//!
+//! Keel parses the table itself rather than through the `gpt` crate: that crate
+//! renumbers partitions on write, rewrites both entry arrays before either header, does
+//! not fall back to the backup and panics on entry sizes other than 128. Here a damaged
+//! primary is read from the backup, partition numbers never change, and an attribute
+//! change writes the backup (entries, header, sync) before the primary (entries, header,
+//! sync), so a power cut at any write leaves a valid table with the old or the new state.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod create;
+mod device;
+mod disk;
+mod error;
+pub mod gpt;
+mod guid;
+mod slots;
+mod sys;
+
+pub use create::{create_layout, protective_mbr, ExtraPartition, Layout, ALIGN, ENTRIES};
+pub use device::{Device, FileDevice};
+pub use disk::{CopyState, GptDisk, Health};
+pub use error::{Error, Result};
+pub use guid::{types, Guid};
+pub use slots::{find_slots, prioritize_partition, AbDisk, SlotInfo, SlotSelector};

@@ -1,8 +1,12 @@
 //! Helpers for the tests that run the examples.
 #![allow(dead_code)]
 
+#[path = "../../testsupport/tools.rs"]
+mod tools;
+pub use tools::*;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
 /// The built example `name` (built on demand: `cargo test --test X` does not build
 /// examples, `cargo test` does).
@@ -24,33 +28,4 @@ pub fn example(name: &str) -> PathBuf {
         );
     }
     p
-}
-
-/// A real tool, or `None` after a skip notice; a failure with `KEEL_REQUIRE_INTEROP=1`.
-pub fn tool(name: &str, package: &str) -> Option<PathBuf> {
-    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert_ne!(
-            std::env::var("KEEL_REQUIRE_INTEROP").as_deref(),
-            Ok("1"),
-            "{name} is missing and KEEL_REQUIRE_INTEROP=1: apt-get install {package}"
-        );
-        eprintln!(
-            "SKIPPED: {name} not installed (apt-get install {package}); interop check not run"
-        );
-    }
-    found
-}
-
-/// Run a program with arguments.
-pub fn run(cmd: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(cmd).args(args).output().unwrap()
-}
-
-/// Its standard output as text.
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -1,0 +1,283 @@
+//! A/B slot pairs on a GPT disk and the boot-flag operations on them.
+
+use keel_bootflags::gpt::GptAttributes;
+use keel_bootflags::{prioritize, AbControl, PriorityPolicy, PrioritySlots, Slot, SlotState};
+
+use crate::device::Device;
+use crate::disk::GptDisk;
+use crate::error::{Error, Result};
+use crate::gpt::Partition;
+use crate::guid::{types, Guid};
+
+/// How to find the two slots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotSelector {
+    /// Try the known label pairs (`USR-A`/`USR-B`, `root-a`/`root-b`, `ROOT-A`/`ROOT-B`,
+    /// `KERN-A`/`KERN-B`), then exactly two partitions of the CoreOS USR or a
+    /// Discoverable-Partitions root or usr type.
+    Auto,
+    /// By labels.
+    Labels(String, String),
+    /// The two partitions of this type (there must be exactly two).
+    Type(Guid),
+    /// By partition numbers.
+    Numbers(u32, u32),
+}
+
+/// One slot as found on the disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// A or B.
+    pub slot: Slot,
+    /// The partition.
+    pub partition: Partition,
+    /// Its boot state, decoded from the attribute bits.
+    pub state: SlotState,
+}
+
+impl SlotInfo {
+    /// Size in bytes.
+    pub fn size_bytes(&self, sector_size: u64) -> u64 {
+        self.partition.sectors() * sector_size
+    }
+}
+
+const LABEL_PAIRS: [(&str, &str); 4] = [
+    ("USR-A", "USR-B"),
+    ("root-a", "root-b"),
+    ("ROOT-A", "ROOT-B"),
+    ("KERN-A", "KERN-B"),
+];
+
+fn by_label<'a>(parts: &'a [Partition], label: &str) -> Result<Option<&'a Partition>> {
+    let found: Vec<&Partition> = parts.iter().filter(|p| p.name == label).collect();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(Some(found[0])),
+        n => Err(Error::Slots(format!(
+            "{n} partitions are labelled {label:?}"
+        ))),
+    }
+}
+
+/// Find the A/B pair in `parts`.
+pub fn find_slots(parts: &[Partition], selector: &SlotSelector) -> Result<[Partition; 2]> {
+    let pair = |a: &Partition, b: &Partition| [a.clone(), b.clone()];
+    match selector {
+        SlotSelector::Labels(a, b) => match (by_label(parts, a)?, by_label(parts, b)?) {
+            (Some(x), Some(y)) => Ok(pair(x, y)),
+            _ => Err(Error::Slots(format!(
+                "no partitions labelled {a:?} and {b:?}"
+            ))),
+        },
+        SlotSelector::Numbers(a, b) => {
+            let get = |n: u32| {
+                parts
+                    .iter()
+                    .find(|p| p.number == n)
+                    .ok_or_else(|| Error::Slots(format!("partition {n} does not exist")))
+            };
+            if a == b {
+                return Err(Error::Slots(
+                    "the two slots must be different partitions".into(),
+                ));
+            }
+            Ok(pair(get(*a)?, get(*b)?))
+        }
+        SlotSelector::Type(t) => {
+            let found: Vec<&Partition> = parts.iter().filter(|p| p.type_guid == *t).collect();
+            match found.as_slice() {
+                [x, y] => Ok(pair(x, y)),
+                other => Err(Error::Slots(format!(
+                    "{} partitions of type {t}, exactly 2 needed",
+                    other.len()
+                ))),
+            }
+        }
+        SlotSelector::Auto => {
+            for (a, b) in LABEL_PAIRS {
+                if let (Some(x), Some(y)) = (by_label(parts, a)?, by_label(parts, b)?) {
+                    return Ok(pair(x, y));
+                }
+            }
+            for t in [
+                types::coreos_usr(),
+                types::root_x86_64(),
+                types::root_aarch64(),
+                types::usr_x86_64(),
+                types::chromeos_kernel(),
+            ] {
+                if let Ok(p) = find_slots(parts, &SlotSelector::Type(t)) {
+                    return Ok(p);
+                }
+            }
+            Err(Error::Slots(
+                "no A/B pair found: no USR-A/USR-B, root-a/root-b, ROOT-A/ROOT-B or KERN-A/KERN-B labels, and no type with exactly two partitions; name the slots".into(),
+            ))
+        }
+    }
+}
+
+/// A/B slots on a GPT disk with a boot loader's rules. Every operation is one crash-safe
+/// attribute update ([`GptDisk::set_attributes`]).
+#[derive(Debug)]
+pub struct AbDisk<D> {
+    disk: GptDisk<D>,
+    numbers: [u32; 2],
+    policy: PriorityPolicy,
+}
+
+impl<D: Device> AbDisk<D> {
+    /// Find the slots on `disk`.
+    pub fn new(disk: GptDisk<D>, selector: &SlotSelector, policy: PriorityPolicy) -> Result<Self> {
+        let [a, b] = find_slots(&disk.partitions(), selector)?;
+        Ok(AbDisk {
+            disk,
+            numbers: [a.number, b.number],
+            policy,
+        })
+    }
+
+    /// The disk.
+    pub fn disk(&self) -> &GptDisk<D> {
+        &self.disk
+    }
+
+    /// Take the disk back.
+    pub fn into_disk(self) -> GptDisk<D> {
+        self.disk
+    }
+
+    /// Both slots with their partitions and states.
+    pub fn slots(&self) -> Result<[SlotInfo; 2]> {
+        let info = |slot: Slot, n: u32| -> Result<SlotInfo> {
+            let p = self
+                .disk
+                .partition(n)
+                .ok_or_else(|| Error::Slots(format!("partition {n} disappeared")))?;
+            let state = GptAttributes(p.attributes).state();
+            Ok(SlotInfo {
+                slot,
+                partition: p,
+                state,
+            })
+        };
+        Ok([
+            info(Slot::A, self.numbers[0])?,
+            info(Slot::B, self.numbers[1])?,
+        ])
+    }
+
+    /// The slot a partition number or letter names.
+    pub fn slot_of(&self, name: &str) -> Result<Slot> {
+        if let Some(s) = name
+            .chars()
+            .next()
+            .filter(|_| name.len() == 1)
+            .and_then(Slot::from_letter)
+            .filter(|s| s.index() < 2)
+        {
+            return Ok(s);
+        }
+        let n: u32 = name
+            .parse()
+            .map_err(|_| Error::Slots(format!("{name:?} is not A, B or a partition number")))?;
+        self.numbers
+            .iter()
+            .position(|&x| x == n)
+            .and_then(Slot::new)
+            .ok_or_else(|| {
+                Error::Slots(format!(
+                    "partition {n} is not one of the slots ({} and {})",
+                    self.numbers[0], self.numbers[1]
+                ))
+            })
+    }
+
+    fn model(&self) -> Result<PrioritySlots> {
+        let [a, b] = self.slots()?;
+        Ok(PrioritySlots::new(vec![a.state, b.state], self.policy)?)
+    }
+
+    fn apply(&mut self, m: &PrioritySlots) -> Result<()> {
+        let [a, b] = self.slots()?;
+        let mut changes = Vec::new();
+        for (info, st) in [(a, m.slots[0]), (b, m.slots[1])] {
+            let new = GptAttributes(info.partition.attributes).with_state(st).0;
+            if new != info.partition.attributes {
+                changes.push((info.partition.number, new));
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.disk.set_attributes(&changes)
+    }
+
+    fn op(
+        &mut self,
+        f: impl FnOnce(&mut PrioritySlots) -> keel_bootflags::Result<()>,
+    ) -> Result<()> {
+        let mut m = self.model()?;
+        f(&mut m)?;
+        self.apply(&m)
+    }
+
+    /// Arm `slot` with `tries` (default: the policy's) and give it the top priority.
+    pub fn set_active(&mut self, slot: Slot, tries: Option<u8>) -> Result<()> {
+        self.op(|m| m.set_active(slot, tries))
+    }
+
+    /// The booted slot came up: successful, no tries, top priority.
+    pub fn mark_good(&mut self, slot: Slot) -> Result<()> {
+        self.op(|m| m.mark_good(slot))
+    }
+
+    /// Never boot `slot` until armed again: priority, tries and successful cleared.
+    pub fn mark_bad(&mut self, slot: Slot) -> Result<()> {
+        self.op(|m| m.mark_bad(slot))
+    }
+
+    /// Act as the boot loader: choose and store its counter change.
+    pub fn boot(&mut self) -> Result<Option<Slot>> {
+        let mut m = self.model()?;
+        let chosen = m.boot();
+        self.apply(&m)?;
+        Ok(chosen)
+    }
+
+    /// The slot the boot loader would choose, without changing anything.
+    pub fn next_boot(&self) -> Result<Option<Slot>> {
+        Ok(self.policy.choose(&self.model()?.slots))
+    }
+}
+
+/// `cgpt prioritize -i N`: partition `number` gets the top priority among all partitions of
+/// its type, the others keep their order; one crash-safe update.
+pub fn prioritize_partition<D: Device>(disk: &mut GptDisk<D>, number: u32, max: u8) -> Result<()> {
+    let parts = disk.partitions();
+    let target = parts
+        .iter()
+        .find(|p| p.number == number)
+        .ok_or_else(|| Error::Invalid(format!("partition {number} does not exist")))?;
+    let group: Vec<&Partition> = parts
+        .iter()
+        .filter(|p| p.type_guid == target.type_guid)
+        .collect();
+    let mut states: Vec<SlotState> = group
+        .iter()
+        .map(|p| GptAttributes(p.attributes).state())
+        .collect();
+    let index = group.iter().position(|p| p.number == number).unwrap_or(0);
+    prioritize(&mut states, index, max);
+    let changes: Vec<(u32, u64)> = group
+        .iter()
+        .zip(&states)
+        .map(|(p, st)| (p.number, GptAttributes(p.attributes).with_state(*st).0))
+        .filter(|(n, a)| parts.iter().any(|p| p.number == *n && p.attributes != *a))
+        .collect();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    disk.set_attributes(&changes)
+}

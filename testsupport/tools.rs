@@ -1,0 +1,68 @@
+//! Test support shared by every crate's tests (included with `#[path]`, so no crate depends
+//! on it): finding the real tools and running them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The path of a real tool, or `None` after printing a skip notice. With
+/// `KEEL_REQUIRE_INTEROP=1` a missing tool fails the test instead.
+pub fn tool(name: &str, package: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert_ne!(
+            std::env::var("KEEL_REQUIRE_INTEROP").as_deref(),
+            Ok("1"),
+            "{name} is missing and KEEL_REQUIRE_INTEROP=1: apt-get install {package}"
+        );
+        eprintln!(
+            "SKIPPED: {name} not installed (apt-get install {package}); interop check not run"
+        );
+    }
+    found
+}
+
+/// Run a command, returning its output; panics only if it cannot be started.
+pub fn run(cmd: &Path, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cmd.display()))
+}
+
+/// Run a command that must succeed; returns its standard output.
+pub fn run_ok(cmd: &Path, args: &[&str]) -> String {
+    let out = run(cmd, args);
+    assert!(
+        out.status.success(),
+        "{} {:?} failed: {}\n{}",
+        cmd.display(),
+        args,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Its standard output as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so test data is generated, not stored.
+pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
