@@ -1,5 +1,5 @@
 //! A/B disk layouts for image builders: protective MBR, GPT, an ESP, two slots and any
-//! further partitions, aligned to 1 MiB.
+//! further partitions, starting and ending on 1 MiB boundaries (sizes round up).
 
 use keel_bootflags::gpt::GptAttributes;
 use keel_bootflags::SlotState;
@@ -156,7 +156,8 @@ pub fn create_layout<D: Device>(dev: &mut D, layout: &Layout) -> Result<Vec<Part
         let first = next;
         let last = match size {
             Some(0) => return Err(Error::Invalid(format!("partition {label:?} has size 0"))),
-            Some(bytes) => first + bytes.div_ceil(ss) - 1,
+            // Sizes round up to the alignment so every partition also ends on a boundary.
+            Some(bytes) => first + align_up(bytes.div_ceil(ss), align) - 1,
             // The rest of the disk, ending on an alignment boundary too.
             None => ((last_usable + 1) / align * align)
                 .saturating_sub(1)
@@ -201,7 +202,7 @@ pub fn create_layout<D: Device>(dev: &mut D, layout: &Layout) -> Result<Vec<Part
         entry_size: 128,
         entries_crc: crc32fast::hash(&entries),
     };
-    let backup = mirror_header(&primary, ss);
+    let backup = mirror_header(&primary, ss)?;
     let w = |dev: &mut D, what: &str, bytes: &[u8], lba: u64| {
         dev.write_all_at(bytes, lba * ss)
             .map_err(|e| Error::io(format!("writing the {what}"), e))

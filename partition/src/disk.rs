@@ -237,14 +237,28 @@ impl<D: Device> GptDisk<D> {
         };
         let (primary, backup) = match self.in_force {
             Copy::Primary => {
-                let b = mirror_header(&base, ss);
+                let b = mirror_header(&base, ss)?;
                 (base, b)
             }
             Copy::Backup => {
-                let p = mirror_header(&base, ss);
+                let p = mirror_header(&base, ss)?;
                 (p, base)
             }
         };
+        // The crash-safety argument needs the two copies in disjoint sectors.
+        let span = |h: &Header| {
+            let n = h.entries_bytes().div_ceil(ss);
+            [(h.my_lba, h.my_lba + 1), (h.entries_lba, h.entries_lba + n)]
+        };
+        for (a0, a1) in span(&primary) {
+            for (b0, b1) in span(&backup) {
+                if a0 < b1 && b0 < a1 {
+                    return Err(Error::Invalid(format!(
+                        "the primary table (LBA {a0}..{a1}) and the backup table (LBA {b0}..{b1}) would overlap"
+                    )));
+                }
+            }
+        }
         for (h, what) in [(&backup, Copy::Backup), (&primary, Copy::Primary)] {
             self.dev
                 .write_all_at(&entries, h.entries_lba * ss)

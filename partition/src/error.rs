@@ -46,7 +46,7 @@ pub enum Error {
     #[error("boot state: {0}")]
     BootFlags(#[from] keel_bootflags::Error),
     /// The kernel could not re-read the partition table because a partition is in use.
-    #[error("the kernel did not re-read the partition table: the device is busy (a partition is mounted or open); the new table takes effect at the next boot")]
+    #[error("the kernel did not re-read the partition table: the device is busy (it or a partition is mounted or open); the new table takes effect at the next boot")]
     Busy,
 }
 

@@ -405,15 +405,27 @@ pub fn read_copy<D: Device + ?Sized>(
 }
 
 /// The other copy's header for the same table: positions swapped, entry array placed as
-/// the standard layout puts it (after LBA 1, or right before the backup header).
-pub fn mirror_header(h: &Header, sector_size: u64) -> Header {
+/// the standard layout puts it (after LBA 1, or right before the backup header). An error
+/// if that array would run into the usable area.
+pub fn mirror_header(h: &Header, sector_size: u64) -> Result<Header> {
     let entry_sectors = h.entries_bytes().div_ceil(sector_size);
     let (my, alt) = (h.alternate_lba, h.my_lba);
-    let entries_lba = if my == 1 { 2 } else { my - entry_sectors };
-    Header {
+    let (entries_lba, fits) = if my == 1 {
+        (2, 2 + entry_sectors <= h.first_usable_lba)
+    } else {
+        let e = my.saturating_sub(entry_sectors);
+        (e, e > h.last_usable_lba)
+    };
+    if !fits {
+        return Err(Error::Invalid(format!(
+            "no room for the {} entry array ({entry_sectors} sectors) outside the usable area",
+            if my == 1 { "primary" } else { "backup" }
+        )));
+    }
+    Ok(Header {
         my_lba: my,
         alternate_lba: alt,
         entries_lba,
         ..h.clone()
-    }
+    })
 }

@@ -145,3 +145,18 @@ fn a_table_beyond_the_disk_is_refused() {
     assert!(b.contains("signature") || b.contains("backup"), "{b}");
     assert!(GptDisk::open(vec![0u8; 1024], None).is_err());
 }
+
+#[test]
+fn copies_that_would_overlap_are_not_written() {
+    // A primary whose entry array sits where the backup's goes (found by fuzzing): valid
+    // to read, but an update would write one copy over the other, so it is refused.
+    let mut d = disk();
+    let backup_entries_lba = (LAST / 512 - 32) as u64;
+    d[512 + 72..512 + 80].copy_from_slice(&backup_entries_lba.to_le_bytes());
+    refix_header_crc(&mut d, 512);
+    let mut g = GptDisk::open(d, None).unwrap();
+    assert_eq!(g.health().primary, CopyState::Good);
+    let p = g.partitions()[0].clone();
+    let e = g.set_attributes(&[(p.number, 1)]).unwrap_err();
+    assert!(e.to_string().contains("overlap"), "{e}");
+}

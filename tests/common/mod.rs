@@ -8,17 +8,18 @@ pub use tools::*;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The built example `name` (built on demand: `cargo test --test X` does not build
-/// examples, `cargo test` does).
+/// The example `name`, built first so it is never stale (`cargo test` builds examples,
+/// `cargo test --test X` does not).
 pub fn example(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     // target/<profile>/deps/<this test> -> target/<profile>/examples/<name>
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let p = profile_dir.join("examples").join(name);
-    if !p.exists() {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--example", name]);
+        cmd.args(["build", "--quiet", "--example", name]);
         if profile_dir.ends_with("release") {
             cmd.arg("--release");
         }
@@ -26,6 +27,7 @@ pub fn example(name: &str) -> PathBuf {
             cmd.status().unwrap().success(),
             "building the {name} example failed"
         );
+        built.push(name.to_string());
     }
-    p
+    profile_dir.join("examples").join(name)
 }

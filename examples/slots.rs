@@ -1,0 +1,265 @@
+//! `slots`: A/B slots in the GPT of a disk or image, with crash-safe flag updates.
+//!
+//! ```text
+//! cargo run --example slots -- DISK show
+//! cargo run --example slots -- DISK create --slot-size BYTES [--esp-size BYTES]
+//!         [--labels A_LABEL,B_LABEL] [--type usr|root-x86-64|GUID] [--sector-size 512|4096]
+//! cargo run --example slots -- DISK set-active SLOT [--tries N]
+//! cargo run --example slots -- DISK mark-good SLOT | mark-bad SLOT
+//! cargo run --example slots -- DISK boot [--policy chromeos|flatcar]
+//! cargo run --example slots -- DISK repair
+//! ```
+//! SLOT is A, B or a partition number. Slots are found by their labels (USR-A/USR-B,
+//! root-a/root-b, ...) or type unless `--slots A_LABEL,B_LABEL` or `--slot-numbers N,M`
+//! names them. `create` makes DISK (an image) if it does not exist: give `--disk-size`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use keel::bootflags::PriorityPolicy;
+use keel::partition::{
+    create_layout, types, AbDisk, CopyState, FileDevice, GptDisk, Guid, Layout, SlotSelector,
+};
+
+#[derive(Parser)]
+#[command(name = "slots", about = "A/B slots in a GPT, crash-safe")]
+struct Cli {
+    /// Disk image or block device.
+    disk: PathBuf,
+    /// The slots' labels, `A_LABEL,B_LABEL`, if not a known pair.
+    #[arg(long)]
+    slots: Option<String>,
+    /// The slots' partition numbers, `N,M`.
+    #[arg(long)]
+    slot_numbers: Option<String>,
+    /// Boot loader rules.
+    #[arg(long, value_enum, default_value_t = PolicyArg::Flatcar, global = true)]
+    policy: PolicyArg,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PolicyArg {
+    Chromeos,
+    Flatcar,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The table's health and both slots.
+    Show,
+    /// Lay out an A/B disk: protective MBR, GPT, ESP, two slots.
+    Create {
+        #[arg(long)]
+        slot_size: u64,
+        #[arg(long, default_value_t = 64 << 20)]
+        esp_size: u64,
+        /// `A_LABEL,B_LABEL`.
+        #[arg(long, default_value = "USR-A,USR-B")]
+        labels: String,
+        /// usr, root-x86-64, or a type GUID.
+        #[arg(long = "type", default_value = "usr")]
+        type_: String,
+        #[arg(long, default_value_t = 512)]
+        sector_size: u64,
+        /// Create the image file with this size first.
+        #[arg(long)]
+        disk_size: Option<u64>,
+    },
+    /// Arm SLOT with N tries and give it the top priority.
+    SetActive {
+        slot: String,
+        #[arg(long)]
+        tries: Option<u8>,
+    },
+    /// The booted SLOT came up: successful, no tries, top priority.
+    MarkGood { slot: String },
+    /// Never boot SLOT until armed again.
+    MarkBad { slot: String },
+    /// Act as the boot loader: choose a slot and store its counter change.
+    Boot,
+    /// Rewrite a damaged or diverged copy of the table from the one in force.
+    Repair,
+}
+
+fn open(disk: &Path, writable: bool) -> Result<GptDisk<FileDevice>, String> {
+    let dev = FileDevice::open(disk, writable).map_err(|e| e.to_string())?;
+    GptDisk::open(dev, None).map_err(|e| e.to_string())
+}
+
+fn show(ab: &AbDisk<FileDevice>) -> Result<(), String> {
+    let disk = ab.disk();
+    let h = disk.health();
+    let state = |c: &CopyState| match c {
+        CopyState::Good => "good".to_string(),
+        CopyState::Bad(why) => format!("DAMAGED ({why})"),
+    };
+    println!(
+        "table: primary {}, backup {}{}",
+        state(&h.primary),
+        state(&h.backup),
+        if h.diverged { ", DIVERGED" } else { "" }
+    );
+    println!(
+        "sector size {} bytes, {} sectors",
+        disk.sector_size(),
+        disk.disk_sectors()
+    );
+    println!("slot  part  label             partuuid                              first LBA   last LBA       size  P  T  S");
+    for s in ab.slots().map_err(|e| e.to_string())? {
+        let p = &s.partition;
+        println!(
+            "{:>4}  {:>4}  {:<16}  {}  {:>9}  {:>9}  {:>9}  {:>1}  {:>1}  {}",
+            s.slot.letter(),
+            p.number,
+            p.name,
+            p.guid,
+            p.first_lba,
+            p.last_lba,
+            human(s.size_bytes(disk.sector_size())),
+            s.state.priority,
+            s.state.tries,
+            u8::from(s.state.successful)
+        );
+    }
+    match ab.next_boot().map_err(|e| e.to_string())? {
+        Some(s) => println!("next boot: {s}"),
+        None => println!("next boot: none"),
+    }
+    Ok(())
+}
+
+fn pair(what: &str, s: &str) -> Result<(String, String), String> {
+    match s.split_once(',') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(',') => {
+            Ok((a.to_string(), b.to_string()))
+        }
+        _ => Err(format!(
+            "{what}: expected two values separated by a comma, found {s:?}"
+        )),
+    }
+}
+
+fn human(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.1}G", b as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{}M", b >> 20)
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let policy = match cli.policy {
+        PolicyArg::Chromeos => PriorityPolicy::ChromeOs,
+        PolicyArg::Flatcar => PriorityPolicy::Flatcar,
+    };
+    let selector = match (&cli.slots, &cli.slot_numbers) {
+        (Some(l), _) => {
+            let (a, b) = pair("--slots", l)?;
+            SlotSelector::Labels(a, b)
+        }
+        (None, Some(n)) => {
+            let (a, b) = pair("--slot-numbers", n)?;
+            let num = |x: &str| {
+                x.parse::<u32>()
+                    .map_err(|_| format!("--slot-numbers: {x:?} is not a number"))
+            };
+            SlotSelector::Numbers(num(&a)?, num(&b)?)
+        }
+        (None, None) => SlotSelector::Auto,
+    };
+    if let Cmd::Create {
+        slot_size,
+        esp_size,
+        labels,
+        type_,
+        sector_size,
+        disk_size,
+    } = &cli.cmd
+    {
+        if let Some(size) = disk_size {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&cli.disk)
+                .map_err(|e| e.to_string())?;
+            f.set_len(*size).map_err(|e| e.to_string())?;
+        }
+        let slot_type = match type_.as_str() {
+            "usr" => types::coreos_usr(),
+            "root-x86-64" => types::root_x86_64(),
+            g => g.parse::<Guid>().map_err(|e| e.to_string())?,
+        };
+        let mut layout = Layout::flatcar(*slot_size);
+        layout.esp_size = *esp_size;
+        layout.labels = pair("--labels", labels)?;
+        layout.slot_type = slot_type;
+        layout.sector_size = *sector_size;
+        let mut dev = FileDevice::open(&cli.disk, true).map_err(|e| e.to_string())?;
+        create_layout(&mut dev, &layout).map_err(|e| e.to_string())?;
+        let selector = SlotSelector::Labels(layout.labels.0.clone(), layout.labels.1.clone());
+        let ab =
+            AbDisk::new(open(&cli.disk, false)?, &selector, policy).map_err(|e| e.to_string())?;
+        return show(&ab);
+    }
+    let writable = !matches!(cli.cmd, Cmd::Show);
+    let disk = open(&cli.disk, writable)?;
+    if let Cmd::Repair = cli.cmd {
+        let mut disk = disk;
+        let changed = disk.repair().map_err(|e| e.to_string())?;
+        println!(
+            "{}",
+            if changed {
+                "repaired: both copies rewritten"
+            } else {
+                "nothing to repair"
+            }
+        );
+        let ab = AbDisk::new(disk, &selector, policy).map_err(|e| e.to_string())?;
+        return show(&ab);
+    }
+    let mut ab = AbDisk::new(disk, &selector, policy).map_err(|e| e.to_string())?;
+    let e = |e: keel::partition::Error| e.to_string();
+    match &cli.cmd {
+        Cmd::Show | Cmd::Create { .. } | Cmd::Repair => {}
+        Cmd::SetActive { slot, tries } => {
+            let s = ab.slot_of(slot).map_err(e)?;
+            ab.set_active(s, *tries).map_err(e)?;
+        }
+        Cmd::MarkGood { slot } => {
+            let s = ab.slot_of(slot).map_err(e)?;
+            ab.mark_good(s).map_err(e)?;
+        }
+        Cmd::MarkBad { slot } => {
+            let s = ab.slot_of(slot).map_err(e)?;
+            ab.mark_bad(s).map_err(e)?;
+        }
+        Cmd::Boot => match ab.boot().map_err(e)? {
+            Some(s) => println!("booting slot {s}"),
+            None => println!("no bootable slot"),
+        },
+    }
+    if writable {
+        match ab.disk().device().reread_partitions() {
+            Ok(()) => {}
+            Err(keel::partition::Error::Busy) => {
+                eprintln!("note: {}", keel::partition::Error::Busy)
+            }
+            Err(err) => return Err(err.to_string()),
+        }
+    }
+    show(&ab)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("slots: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
