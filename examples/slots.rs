@@ -107,14 +107,15 @@ fn show(ab: &AbDisk<FileDevice>) -> Result<(), String> {
         disk.sector_size(),
         disk.disk_sectors()
     );
-    println!("slot  part  label             partuuid                              first LBA   last LBA       size  P  T  S");
+    println!("slot  part  label             type                                  partuuid                              first LBA   last LBA       size  P  T  S");
     for s in ab.slots().map_err(|e| e.to_string())? {
         let p = &s.partition;
         println!(
-            "{:>4}  {:>4}  {:<16}  {}  {:>9}  {:>9}  {:>9}  {:>1}  {:>1}  {}",
+            "{:>4}  {:>4}  {:<16}  {}  {}  {:>9}  {:>9}  {:>9}  {:>1}  {:>1}  {}",
             s.slot.letter(),
             p.number,
             p.name,
+            p.type_guid,
             p.guid,
             p.first_lba,
             p.last_lba,

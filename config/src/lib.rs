@@ -1,5 +1,61 @@
-//! keel-config: a versioned, strictly validated system description (TOML), shared by
-//! image builders and update agents.
+//! keel-config: a versioned, strictly validated system description shared by image
+//! builders and update agents: which slots exist, how the boot loader keeps its A/B state,
+//! the dm-verity parameters and trusted keys, and the update policy.
 //!
-//! Not built yet: this crate is an empty placeholder so the workspace layout is in
-//! place. The work is tracked in the project's keel-config issue.
+//! ```
+//! let text = r#"
+//! version = "1"
+//! compatible = "acme-gateway-x86_64"
+//!
+//! [boot]
+//! backend = "gpt-flatcar"
+//!
+//! [[slot]]
+//! name = "usr.a"
+//! class = "usr"
+//! device = "PARTLABEL=USR-A"
+//!
+//! [[slot]]
+//! name = "usr.b"
+//! class = "usr"
+//! device = "PARTLABEL=USR-B"
+//! "#;
+//! let loaded = keel_config::load_sources(&[("system.toml".into(), text.into())]);
+//! for f in &loaded.findings {
+//!     println!("{f}"); // system.toml:LINE:COL: warning: ...
+//! }
+//! let config = loaded.config.expect("no errors");
+//! assert_eq!(config.update.tries, None); // the backend's default applies
+//! assert_eq!(keel_config::effective_tries(&config), 1);
+//! ```
+//!
+//! Strictness follows the anchors' good parts: unknown keys are errors (RAUC), every finding
+//! carries its file, line, column and path and all are reported at once (Ignition), and
+//! nothing broken passes silently (unlike cloud-init). Drop-ins are merged in lexical order
+//! (zincati, systemd): tables merge key by key, `[[slot]]` entries by `name` and
+//! `[[trust.key]]` entries by `id`, anything else is replaced; each finding points at the
+//! file its setting came from. The same model reads and writes JSON (serde_json).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod load;
+mod model;
+mod validate;
+
+pub use load::{load_files, load_json, load_sources, Finding, Loaded, Severity};
+pub use model::{
+    Backend, Boot, Config, HashTreeLocation, SlotConfig, TrustedKey, Update, Verity, SCHEMA_MAJOR,
+};
+pub use validate::effective_tries;
+
+/// The configuration as TOML.
+pub fn to_toml(c: &Config) -> Result<String, toml::ser::Error> {
+    toml::to_string(c)
+}
+
+/// The configuration as JSON, for machine exchange.
+pub fn to_json(c: &Config) -> serde_json::Result<String> {
+    serde_json::to_string_pretty(c)
+}

@@ -1,0 +1,306 @@
+//! The system description.
+//!
+//! Every field below is listed with its TOML key, type, default and the tool whose setting
+//! it follows. Unknown keys are errors (RAUC's `system.conf` rejects them too), and so is a
+//! setting that belongs to another boot backend.
+
+use serde::{Deserialize, Serialize};
+
+/// The schema major version this crate reads.
+pub const SCHEMA_MAJOR: u64 = 1;
+
+/// The whole system description.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// `version`, string, required: the schema version, `"MAJOR"` or `"MAJOR.MINOR"`; the
+    /// major must be 1 (Ignition's `ignition.version`).
+    pub version: String,
+    /// `compatible`, string, required: the system's compatible string; an update for
+    /// another string is refused (RAUC's `compatible`).
+    pub compatible: String,
+    /// `[boot]`, required: where the boot loader keeps its A/B state.
+    pub boot: Boot,
+    /// `[[slot]]`: the slots, at least one A/B pair (RAUC's `[slot.CLASS.N]`).
+    #[serde(default, rename = "slot")]
+    pub slots: Vec<SlotConfig>,
+    /// `[verity]`, optional: dm-verity parameters of the slots' images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<Verity>,
+    /// `[trust]`: keys that may sign updates, and the minimum version.
+    #[serde(default)]
+    pub trust: Trust,
+    /// `[update]`: update policy.
+    #[serde(default)]
+    pub update: Update,
+}
+
+/// Boot-state backends (keel-bootflags encodings and rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// GPT attribute bits with ChromeOS firmware's rules.
+    GptChromeos,
+    /// GPT attribute bits with Flatcar GRUB's `gptprio` rules.
+    GptFlatcar,
+    /// A GRUB environment block with RAUC's variables.
+    Grubenv,
+    /// A U-Boot environment with RAUC's variables.
+    Uboot,
+    /// Android's `bootloader_control` in the misc partition.
+    AndroidMisc,
+    /// systemd-boot entries with boot counting.
+    SystemdBoot,
+}
+
+impl Backend {
+    /// The name as written in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::GptChromeos => "gpt-chromeos",
+            Backend::GptFlatcar => "gpt-flatcar",
+            Backend::Grubenv => "grubenv",
+            Backend::Uboot => "uboot",
+            Backend::AndroidMisc => "android-misc",
+            Backend::SystemdBoot => "systemd-boot",
+        }
+    }
+
+    /// The boot loader's default attempts for a new slot.
+    pub fn default_attempts(self) -> u8 {
+        match self {
+            Backend::GptChromeos | Backend::AndroidMisc => 6,
+            Backend::GptFlatcar | Backend::Grubenv => 1,
+            Backend::Uboot | Backend::SystemdBoot => 3,
+        }
+    }
+}
+
+/// `[boot]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Boot {
+    /// `backend`, required: `gpt-chromeos`, `gpt-flatcar`, `grubenv`, `uboot`,
+    /// `android-misc` or `systemd-boot`.
+    pub backend: Backend,
+    /// `disk`, string, gpt-* only, default: the disk holding the booted slot: the disk whose
+    /// GPT holds the slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    /// `grubenv`, path, grubenv only, default `/boot/grub/grubenv` (RAUC's `grubenv`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grubenv: Option<String>,
+    /// `env-file`, path, uboot only, required for uboot: the environment file or device
+    /// (a line of `fw_env.config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<String>,
+    /// `env-size`, integer bytes, uboot only, default 0x4000 (`fw_env.config` SIZE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_size: Option<u64>,
+    /// `redundant`, boolean, uboot only, default false: two copies, the second after the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redundant: Option<bool>,
+    /// `misc-device`, string, android-misc only, required for it: the misc partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misc_device: Option<String>,
+    /// `entries-dir`, path, systemd-boot only, default `/boot/loader/entries`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries_dir: Option<String>,
+    /// `attempts`, integer 1-15, default: the boot loader's (ChromeOS and Android 6, Flatcar
+    /// and GRUB 1, U-Boot and systemd-boot 3); GRUB only allows 1 (RAUC's
+    /// `boot-attempts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u8>,
+}
+
+/// `[[slot]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SlotConfig {
+    /// `name`, string, required, unique: `rootfs.0`.
+    pub name: String,
+    /// `class`, string, required: slots of one class form an A/B pair (RAUC's slot class).
+    pub class: String,
+    /// `device`, string, required: a path (`/dev/sda3`), `PARTLABEL=USR-A` or
+    /// `PARTUUID=...` (systemd-sysupdate's `MatchPattern` and fstab's forms).
+    pub device: String,
+    /// `bootname`, `A` to `D`, default: A for the first slot of the class, B for the
+    /// second (RAUC's `bootname`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootname: Option<String>,
+    /// `partition-type`, `usr`, `root-x86-64`, `root-aarch64` or a GUID, optional: checked
+    /// before writing (systemd-sysupdate's `PartitionType`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_type: Option<String>,
+    /// `read-only`, boolean, default true: mounted read-only (RAUC's `readonly`).
+    #[serde(default = "yes")]
+    pub read_only: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where the verity hash tree lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HashTreeLocation {
+    /// On the slot, after the data (`--hash-offset`).
+    AfterData,
+    /// On a separate partition or file (`hash-device`).
+    Separate,
+}
+
+/// `[verity]`, with veritysetup's names and defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Verity {
+    /// `algorithm`: sha1, sha224, sha256, sha384 or sha512; default sha256 (`--hash`).
+    #[serde(default = "sha256")]
+    pub algorithm: String,
+    /// `data-block-size`, power of two 512 to 524288, default 4096.
+    #[serde(default = "four_k")]
+    pub data_block_size: u32,
+    /// `hash-block-size`, power of two 512 to 524288, default 4096.
+    #[serde(default = "four_k")]
+    pub hash_block_size: u32,
+    /// `salt`, hex, at most 256 bytes; default: random per image (`--salt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// `format`, 0 (Chrome OS) or 1, default 1 (`--format`).
+    #[serde(default = "one")]
+    pub format: u8,
+    /// `fec-roots`, 2 to 24, optional: Reed-Solomon parity (`--fec-roots`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fec_roots: Option<u8>,
+    /// `hash-tree`: `after-data` (default) or `separate`.
+    #[serde(default = "after_data")]
+    pub hash_tree: HashTreeLocation,
+    /// `hash-device`, required with `hash-tree = "separate"`, refused otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_device: Option<String>,
+}
+
+fn sha256() -> String {
+    "sha256".into()
+}
+fn four_k() -> u32 {
+    4096
+}
+fn one() -> u8 {
+    1
+}
+fn after_data() -> HashTreeLocation {
+    HashTreeLocation::AfterData
+}
+
+/// `[trust]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Trust {
+    /// `minimum-version`, dotted numbers, optional: updates below it are refused
+    /// (update_engine's minimum version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_version: Option<String>,
+    /// `[[trust.key]]`: the keys, several for rotation (RAUC's keyring).
+    #[serde(default, rename = "key")]
+    pub keys: Vec<TrustedKey>,
+}
+
+/// `[[trust.key]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TrustedKey {
+    /// `id`, string, required, unique.
+    pub id: String,
+    /// `ed25519`, 64 hex digits: the raw public key (keel-verity's key format).
+    pub ed25519: String,
+    /// `not-after`, `YYYY-MM-DD`, optional: the key is not trusted after this day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+}
+
+/// `[update]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Update {
+    /// `tries`, 1 to 15, default: `boot.attempts` or the backend's: boots a new slot gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tries: Option<u8>,
+    /// `protect-booted-slot`, boolean, default true: never write the running slot (RAUC
+    /// refuses to write the booted slot too).
+    #[serde(default = "yes")]
+    pub protect_booted_slot: bool,
+    /// `max-resumes`, integer, default 10: how often an interrupted apply resumes before
+    /// starting over.
+    #[serde(default = "ten")]
+    pub max_resumes: u32,
+    /// `allow-downgrade`, boolean, default false.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+}
+
+fn ten() -> u32 {
+    10
+}
+
+impl Default for Update {
+    fn default() -> Self {
+        Update {
+            tries: None,
+            protect_booted_slot: true,
+            max_resumes: 10,
+            allow_downgrade: false,
+        }
+    }
+}
+
+/// The keys each table allows, for reporting every unknown key at once.
+pub(crate) mod keys {
+    pub const TOP: &[&str] = &[
+        "version",
+        "compatible",
+        "boot",
+        "slot",
+        "verity",
+        "trust",
+        "update",
+    ];
+    pub const BOOT: &[&str] = &[
+        "backend",
+        "disk",
+        "grubenv",
+        "env-file",
+        "env-size",
+        "redundant",
+        "misc-device",
+        "entries-dir",
+        "attempts",
+    ];
+    pub const SLOT: &[&str] = &[
+        "name",
+        "class",
+        "device",
+        "bootname",
+        "partition-type",
+        "read-only",
+    ];
+    pub const VERITY: &[&str] = &[
+        "algorithm",
+        "data-block-size",
+        "hash-block-size",
+        "salt",
+        "format",
+        "fec-roots",
+        "hash-tree",
+        "hash-device",
+    ];
+    pub const TRUST: &[&str] = &["minimum-version", "key"];
+    pub const KEY: &[&str] = &["id", "ed25519", "not-after"];
+    pub const UPDATE: &[&str] = &[
+        "tries",
+        "protect-booted-slot",
+        "max-resumes",
+        "allow-downgrade",
+    ];
+}

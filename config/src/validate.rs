@@ -1,0 +1,355 @@
+//! Cross-field checks: everything serde's types cannot say.
+
+use std::collections::HashMap;
+
+use crate::load::{path, with_index, Raw};
+use crate::model::{Backend, Config, HashTreeLocation, SCHEMA_MAJOR};
+
+/// Tries a new slot gets: `update.tries`, else `boot.attempts`, else the backend's default.
+pub fn effective_tries(c: &Config) -> u8 {
+    c.update
+        .tries
+        .or(c.boot.attempts)
+        .unwrap_or(c.boot.backend.default_attempts())
+}
+
+fn is_hex(s: &str) -> bool {
+    !s.is_empty() && s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && parts
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn valid_date(s: &str) -> bool {
+    let p: Vec<&str> = s.split('-').collect();
+    let [y, m, d] = p.as_slice() else {
+        return false;
+    };
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return false;
+    }
+    let (Ok(y), Ok(m), Ok(d)) = (y.parse::<u32>(), m.parse::<u32>(), d.parse::<u32>()) else {
+        return false;
+    };
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=days).contains(&d)
+}
+
+fn dotted(s: &str) -> Option<Vec<u64>> {
+    s.split('.').map(|p| p.parse().ok()).collect()
+}
+
+fn block_size(v: u32) -> bool {
+    v.is_power_of_two() && (512..=512 * 1024).contains(&v)
+}
+
+/// Which backend a boot setting belongs to.
+fn owner(key: &str) -> &'static [Backend] {
+    match key {
+        "disk" => &[Backend::GptChromeos, Backend::GptFlatcar],
+        "grubenv" => &[Backend::Grubenv],
+        "env-file" | "env-size" | "redundant" => &[Backend::Uboot],
+        "misc-device" => &[Backend::AndroidMisc],
+        "entries-dir" => &[Backend::SystemdBoot],
+        _ => &[],
+    }
+}
+
+/// Every cross-field finding.
+pub(crate) fn validate(c: &Config) -> Vec<Raw> {
+    let mut out = Vec::new();
+    macro_rules! err {
+        ($p:expr, $m:expr $(,)?) => {
+            out.push(Raw::error($p, $m))
+        };
+    }
+
+    match c
+        .version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        Some(SCHEMA_MAJOR) if dotted(&c.version).is_some_and(|v| v.len() <= 2) => {}
+        Some(m) if dotted(&c.version).is_some() => err!(
+            path(&["version"]),
+            format!("schema version {m} is not supported: this reader knows {SCHEMA_MAJOR}"),
+        ),
+        _ => err!(
+            path(&["version"]),
+            format!("{:?} is not a version (\"1\" or \"1.0\")", c.version)
+        ),
+    }
+    if c.compatible.trim().is_empty() {
+        err!(path(&["compatible"]), "must not be empty");
+    }
+
+    // [boot]
+    let b = &c.boot;
+    let set: [(&str, bool); 7] = [
+        ("disk", b.disk.is_some()),
+        ("grubenv", b.grubenv.is_some()),
+        ("env-file", b.env_file.is_some()),
+        ("env-size", b.env_size.is_some()),
+        ("redundant", b.redundant.is_some()),
+        ("misc-device", b.misc_device.is_some()),
+        ("entries-dir", b.entries_dir.is_some()),
+    ];
+    for (key, present) in set {
+        if present && !owner(key).contains(&b.backend) {
+            let names: Vec<&str> = owner(key).iter().map(|b| b.name()).collect();
+            err!(
+                path(&["boot", key]),
+                format!(
+                    "`{key}` belongs to the {} backend, not {}",
+                    names.join(" or "),
+                    b.backend.name()
+                ),
+            );
+        }
+    }
+    if b.backend == Backend::Uboot && b.env_file.is_none() {
+        err!(
+            path(&["boot", "backend"]),
+            "the uboot backend needs `env-file`"
+        );
+    }
+    if b.backend == Backend::AndroidMisc && b.misc_device.is_none() {
+        err!(
+            path(&["boot", "backend"]),
+            "the android-misc backend needs `misc-device`"
+        );
+    }
+    if let Some(size) = b.env_size {
+        if !(16..=1 << 24).contains(&size) {
+            err!(
+                path(&["boot", "env-size"]),
+                format!("{size} bytes: expected 16 to 16 MiB")
+            );
+        }
+    }
+    let max_tries = match b.backend {
+        Backend::Grubenv => 1,
+        Backend::AndroidMisc => 7,
+        _ => 15,
+    };
+    for (p, t) in [
+        (path(&["boot", "attempts"]), b.attempts),
+        (path(&["update", "tries"]), c.update.tries),
+    ] {
+        if let Some(t) = t {
+            if t == 0 || t > max_tries {
+                err!(
+                    p,
+                    format!(
+                        "{t}: the {} backend allows 1 to {max_tries}",
+                        b.backend.name()
+                    )
+                );
+            }
+        }
+    }
+
+    // [[slot]]
+    if c.slots.len() < 2 {
+        err!(
+            path(&["slot"]),
+            format!("{} slot(s): at least one A/B pair is needed", c.slots.len())
+        );
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut classes: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, s) in c.slots.iter().enumerate() {
+        let at = |k: &str| with_index(path(&["slot"]), i, k);
+        if let Some(first) = names.insert(&s.name, i) {
+            err!(
+                at("name"),
+                format!("slot name {:?} is already used by slot[{first}]", s.name)
+            );
+        }
+        classes.entry(&s.class).or_default().push(i);
+        let dev_ok = s.device.starts_with('/')
+            || s.device
+                .strip_prefix("PARTLABEL=")
+                .is_some_and(|l| !l.is_empty())
+            || s.device.strip_prefix("PARTUUID=").is_some_and(is_guid);
+        if !dev_ok {
+            err!(
+                at("device"),
+                format!(
+                    "{:?}: expected a path, PARTLABEL=LABEL or PARTUUID=GUID",
+                    s.device
+                )
+            );
+        }
+        if let Some(t) = &s.partition_type {
+            if !["usr", "root-x86-64", "root-aarch64"].contains(&t.as_str()) && !is_guid(t) {
+                err!(
+                    at("partition-type"),
+                    format!("{t:?}: expected usr, root-x86-64, root-aarch64 or a GUID")
+                );
+            }
+        }
+        if let Some(bn) = &s.bootname {
+            if !["A", "B", "C", "D"].contains(&bn.as_str()) {
+                err!(at("bootname"), format!("{bn:?}: expected A, B, C or D"));
+            }
+        }
+        if !s.read_only {
+            out.push(Raw::warning(
+                at("read-only"),
+                "an A/B slot is normally read-only; dm-verity needs it".to_string(),
+            ));
+        }
+    }
+    let mut classes: Vec<(&str, Vec<usize>)> = classes.into_iter().collect();
+    classes.sort_by_key(|(_, v)| v[0]);
+    for (class, members) in &classes {
+        if members.len() != 2 {
+            out.push(Raw::error(
+                with_index(path(&["slot"]), members[0], "class"),
+                format!(
+                    "class {class:?} has {} slot(s): A/B slots come in pairs",
+                    members.len()
+                ),
+            ));
+        }
+        // Explicit bootnames, else A, B, ... by position in the class.
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (pos, &i) in members.iter().enumerate() {
+            let bn = c.slots[i]
+                .bootname
+                .clone()
+                .unwrap_or_else(|| ["A", "B", "C", "D"].get(pos).unwrap_or(&"?").to_string());
+            if let Some(j) = seen.insert(bn.clone(), i) {
+                out.push(Raw::error(
+                    with_index(path(&["slot"]), i, "bootname"),
+                    format!("bootname {bn} is already used by slot[{j}] of class {class:?}"),
+                ));
+            }
+        }
+    }
+
+    // [verity]
+    if let Some(v) = &c.verity {
+        let mut err = |k: &str, m: String| out.push(Raw::error(path(&["verity", k]), m));
+        if !["sha1", "sha224", "sha256", "sha384", "sha512"].contains(&v.algorithm.as_str()) {
+            err(
+                "algorithm",
+                format!(
+                    "{:?}: expected sha1, sha224, sha256, sha384 or sha512",
+                    v.algorithm
+                ),
+            );
+        }
+        for (k, size) in [
+            ("data-block-size", v.data_block_size),
+            ("hash-block-size", v.hash_block_size),
+        ] {
+            if !block_size(size) {
+                err(
+                    k,
+                    format!("{size}: expected a power of two from 512 to 524288"),
+                );
+            }
+        }
+        if let Some(salt) = &v.salt {
+            if !salt.is_empty() && !is_hex(salt) {
+                err("salt", "expected an even number of hex digits".into());
+            } else if salt.len() / 2 > 256 {
+                err("salt", format!("{} bytes: at most 256", salt.len() / 2));
+            }
+        }
+        if v.format > 1 {
+            err("format", format!("{}: expected 0 or 1", v.format));
+        }
+        if let Some(r) = v.fec_roots {
+            if !(2..=24).contains(&r) {
+                err("fec-roots", format!("{r}: expected 2 to 24"));
+            } else if v.data_block_size != v.hash_block_size {
+                err(
+                    "fec-roots",
+                    "FEC needs equal data and hash block sizes".into(),
+                );
+            }
+        }
+        match (v.hash_tree, &v.hash_device) {
+            (HashTreeLocation::Separate, None) => err(
+                "hash-tree",
+                "a separate hash tree needs `hash-device`".into(),
+            ),
+            (HashTreeLocation::AfterData, Some(_)) => err(
+                "hash-device",
+                "only used with hash-tree = \"separate\"".into(),
+            ),
+            _ => {}
+        }
+    }
+
+    // [trust]
+    if let Some(mv) = &c.trust.minimum_version {
+        if dotted(mv).is_none() {
+            out.push(Raw::error(
+                path(&["trust", "minimum-version"]),
+                format!("{mv:?}: expected dotted numbers (1.2.3)"),
+            ));
+        }
+    }
+    if c.trust.keys.is_empty() {
+        out.push(Raw::warning(
+            path(&["trust"]),
+            "no trusted keys: no update can be verified".to_string(),
+        ));
+    }
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    for (i, k) in c.trust.keys.iter().enumerate() {
+        let at = |f: &str| with_index(path(&["trust", "key"]), i, f);
+        if let Some(j) = ids.insert(&k.id, i) {
+            out.push(Raw::error(
+                at("id"),
+                format!("key id {:?} is already used by trust.key[{j}]", k.id),
+            ));
+        }
+        if !(k.ed25519.len() == 64 && is_hex(&k.ed25519)) {
+            out.push(Raw::error(
+                at("ed25519"),
+                "expected 64 hex digits (a raw Ed25519 public key)".to_string(),
+            ));
+        }
+        if let Some(d) = &k.not_after {
+            if !valid_date(d) {
+                out.push(Raw::error(
+                    at("not-after"),
+                    format!("{d:?}: expected a date YYYY-MM-DD"),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert!(valid_date("2024-02-29"));
+        assert!(!valid_date("2023-02-29"));
+        assert!(!valid_date("2024-13-01"));
+        assert!(!valid_date("24-01-01"));
+        assert!(valid_date("2000-02-29") && !valid_date("1900-02-29"));
+    }
+}
