@@ -4,6 +4,7 @@
 //! cargo run --release --example verity -- format DATA HASH [options]
 //! cargo run --release --example verity -- verify DATA HASH ROOT_HEX [options]
 //! cargo run --release --example verity -- dump HASH [--hash-offset N]
+//! cargo run --release --example verity -- table HASH ROOT_HEX --data-device DEV [--hash-device DEV]
 //! cargo run --release --example verity -- keygen KEY.pem [--public PUB.pem]
 //! cargo run --release --example verity -- sign HASH ROOT_HEX --key KEY.pem --out ROOT.sig
 //! cargo run --release --example verity -- verify-signature ROOT.sig --key PUB.pem [--data DATA --hash HASH]
@@ -60,6 +61,25 @@ enum Cmd {
         data: PathBuf,
         hash: PathBuf,
         root_hex: String,
+        #[command(flatten)]
+        opts: TreeOpts,
+    },
+    /// Print the dm-verity table line and the dm-mod.create= kernel parameter for a tree.
+    Table {
+        hash: PathBuf,
+        root_hex: String,
+        /// The data device as the kernel names it.
+        #[arg(long)]
+        data_device: String,
+        /// The hash device as the kernel names it (default: HASH).
+        #[arg(long)]
+        hash_device: Option<String>,
+        /// Device-mapper name for dm-mod.create.
+        #[arg(long, default_value = "vroot")]
+        name: String,
+        /// Read blocks of zeros without verifying them.
+        #[arg(long)]
+        ignore_zero_blocks: bool,
         #[command(flatten)]
         opts: TreeOpts,
     },
@@ -335,6 +355,35 @@ fn cmd_verify(data: &Path, hash: &Path, root_hex: &str, opts: &TreeOpts) -> Exit
     }
 }
 
+fn cmd_table(
+    hash: &Path,
+    root_hex: &str,
+    data_dev: &str,
+    hash_dev: Option<&str>,
+    name: &str,
+    izb: bool,
+    opts: &TreeOpts,
+) -> Result<(), String> {
+    let hash_f = open_read(hash)?;
+    let (params, geometry) = opts.existing(&hash_f, None)?;
+    let root = hex::decode(root_hex).map_err(|e| format!("root hash: {e}"))?;
+    let hash_name = hash_dev
+        .map(str::to_string)
+        .unwrap_or_else(|| hash.display().to_string());
+    let topts = keel::verity::TableOptions {
+        ignore_zero_blocks: izb,
+        ..Default::default()
+    };
+    let line = keel::verity::dm_table(&params, &geometry, &root, data_dev, &hash_name, &topts)
+        .map_err(|e| e.to_string())?;
+    println!("{line}");
+    println!(
+        "{}",
+        keel::verity::dm_mod_create(name, &line).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
 fn cmd_dump(hash: &Path, hash_offset: u64) -> Result<(), String> {
     let f = open_read(hash)?;
     let (sb, g) = open_hash_device(&f, hash_offset).map_err(|e| e.to_string())?;
@@ -583,6 +632,23 @@ fn main() -> ExitCode {
             opts,
         } => return cmd_verify(data, hash, root_hex, opts),
         Cmd::Dump { hash, hash_offset } => cmd_dump(hash, *hash_offset),
+        Cmd::Table {
+            hash,
+            root_hex,
+            data_device,
+            hash_device,
+            name,
+            ignore_zero_blocks,
+            opts,
+        } => cmd_table(
+            hash,
+            root_hex,
+            data_device,
+            hash_device.as_deref(),
+            name,
+            *ignore_zero_blocks,
+            opts,
+        ),
         Cmd::Keygen { key, public } => cmd_keygen(key, public.as_deref()),
         Cmd::Sign {
             hash,

@@ -41,6 +41,7 @@ mod sha256x16;
 mod sha256x2;
 pub mod sign;
 mod superblock;
+mod table;
 mod tree;
 mod verify;
 
@@ -57,5 +58,6 @@ pub use sign::{KeyId, Keyring, PublicKey, RootDescriptor, SignedRoot, SigningKey
 pub use superblock::{
     format_uuid, parse_uuid, random_uuid, Superblock, SUPERBLOCK_MAGIC, SUPERBLOCK_SIZE,
 };
+pub use table::{dm_mod_create, dm_table, TableOptions};
 pub use tree::{BuildOptions, HashTree};
 pub use verify::{verify, BlockVerifier, DEFAULT_CACHE_BLOCKS};

@@ -1,0 +1,162 @@
+//! The device-mapper table that activates a tree: what `veritysetup open` hands the kernel.
+//!
+//! ```text
+//! 0 <sectors> verity <format> <data_dev> <hash_dev> <data_block_size> <hash_block_size>
+//!   <data_blocks> <hash_start_block> <algorithm> <root_hex> <salt_hex or -> [<count> <options>...]
+//! ```
+//! (Linux `Documentation/admin-guide/device-mapper/verity.rst`.)
+
+use crate::error::{Error, Result};
+use crate::geometry::TreeGeometry;
+use crate::params::VerityParams;
+
+/// Optional table arguments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableOptions {
+    /// `ignore_zero_blocks`: blocks of zeros are not verified and read as zeros.
+    pub ignore_zero_blocks: bool,
+    /// `check_at_most_once`: each data block is verified only on its first read.
+    pub check_at_most_once: bool,
+    /// `restart_on_corruption` (else the default: I/O errors).
+    pub restart_on_corruption: bool,
+}
+
+/// The table line for `params` laid out as `geometry`, with `root`, on the named devices.
+pub fn dm_table(
+    params: &VerityParams,
+    geometry: &TreeGeometry,
+    root: &[u8],
+    data_dev: &str,
+    hash_dev: &str,
+    opts: &TableOptions,
+) -> Result<String> {
+    if root.len() != params.algorithm().digest_size() {
+        return Err(Error::param(
+            "root hash",
+            format!(
+                "{} bytes, {} has {}",
+                root.len(),
+                params.algorithm(),
+                params.algorithm().digest_size()
+            ),
+        ));
+    }
+    for (what, dev) in [("data device", data_dev), ("hash device", hash_dev)] {
+        if dev.is_empty() || dev.contains(char::is_whitespace) || dev.contains(',') {
+            return Err(Error::param(
+                what,
+                format!("{dev:?} is empty or holds spaces or commas"),
+            ));
+        }
+    }
+    let sectors = params.data_size() / 512;
+    let salt = if params.salt().is_empty() {
+        "-".to_string()
+    } else {
+        hex::encode(params.salt())
+    };
+    let mut line = format!(
+        "0 {sectors} verity {} {data_dev} {hash_dev} {} {} {} {} {} {} {salt}",
+        params.hash_type().as_u32(),
+        params.data_block_size(),
+        params.hash_block_size(),
+        params.data_blocks(),
+        geometry.hash_start_block(),
+        params.algorithm(),
+        hex::encode(root),
+    );
+    let mut extra: Vec<&str> = Vec::new();
+    if opts.ignore_zero_blocks {
+        extra.push("ignore_zero_blocks");
+    }
+    if opts.check_at_most_once {
+        extra.push("check_at_most_once");
+    }
+    if opts.restart_on_corruption {
+        extra.push("restart_on_corruption");
+    }
+    if !extra.is_empty() {
+        line.push_str(&format!(" {} {}", extra.len(), extra.join(" ")));
+    }
+    Ok(line)
+}
+
+/// The kernel command-line form that creates the device at boot without an initramfs
+/// (`CONFIG_DM_INIT`): `dm-mod.create="NAME,,,ro,TABLE"`.
+pub fn dm_mod_create(name: &str, table: &str) -> Result<String> {
+    if name.is_empty() || name.contains([',', '"', ' ']) {
+        return Err(Error::param(
+            "device name",
+            format!("{name:?} is empty or holds a comma, quote or space"),
+        ));
+    }
+    Ok(format!("dm-mod.create=\"{name},,,ro,{table}\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{HashAlgorithm, HashType};
+
+    #[test]
+    fn table_line() {
+        let p = VerityParams::new(
+            HashType::Normal,
+            HashAlgorithm::Sha256,
+            4096,
+            4096,
+            256,
+            vec![0xab, 0xcd],
+        )
+        .unwrap();
+        let g = TreeGeometry::new(&p, 0, true).unwrap();
+        let root = [0x11u8; 32];
+        let t = dm_table(
+            &p,
+            &g,
+            &root,
+            "/dev/vda",
+            "/dev/vdb",
+            &TableOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            t,
+            format!(
+                "0 2048 verity 1 /dev/vda /dev/vdb 4096 4096 256 1 sha256 {} abcd",
+                "11".repeat(32)
+            )
+        );
+        let p0 = VerityParams::new(
+            HashType::ChromeOs,
+            HashAlgorithm::Sha1,
+            4096,
+            4096,
+            256,
+            vec![],
+        )
+        .unwrap();
+        let g0 = TreeGeometry::new(&p0, 1 << 20, false).unwrap();
+        let o = TableOptions {
+            ignore_zero_blocks: true,
+            check_at_most_once: true,
+            ..Default::default()
+        };
+        let t = dm_table(&p0, &g0, &[0u8; 20], "/dev/vda", "/dev/vda", &o).unwrap();
+        assert!(
+            t.starts_with("0 2048 verity 0 /dev/vda /dev/vda 4096 4096 256 256 sha1 "),
+            "{t}"
+        );
+        assert!(
+            t.ends_with(" - 2 ignore_zero_blocks check_at_most_once"),
+            "{t}"
+        );
+        assert_eq!(
+            dm_mod_create("vroot", "0 8 verity").unwrap(),
+            "dm-mod.create=\"vroot,,,ro,0 8 verity\""
+        );
+        assert!(dm_mod_create("a,b", "x").is_err());
+        assert!(dm_table(&p, &g, &root[..20], "/dev/vda", "/dev/vdb", &o).is_err());
+        assert!(dm_table(&p, &g, &root, "/dev/v da", "/dev/vdb", &o).is_err());
+    }
+}

@@ -1,0 +1,600 @@
+//! Proof by the Linux kernel: Debian's kernel, booted under qemu (software emulation), maps
+//! Keel's trees with dm-verity using the table line Keel produces, reads every block, and
+//! accepts good trees and refuses damaged ones with its own error messages.
+//!
+//! One boot runs every case: the images go in as virtio disks, a cached initramfs holds
+//! busybox, dmsetup with its libraries and the device-mapper modules, and the cases come
+//! as a second cpio archive appended to it. Run alone with
+//! `cargo test -p keel-verity --test kernel -- --nocapture`; it needs qemu-system-x86,
+//! linux-image-amd64, busybox-static, dmsetup and cpio, and skips without them (fails with
+//! `KEEL_REQUIRE_INTEROP=1`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{seeded_bytes, tool};
+use keel_verity::{
+    dm_table, format, FormatOptions, HashAlgorithm, HashType, TableOptions, TreeGeometry,
+    VerityParams,
+};
+
+struct Kernel {
+    qemu: PathBuf,
+    vmlinuz: PathBuf,
+    modules: PathBuf,
+    busybox: PathBuf,
+    dmsetup: PathBuf,
+    cpio: PathBuf,
+}
+
+fn kernel() -> Option<Kernel> {
+    let qemu = tool("qemu-system-x86_64", "qemu-system-x86")?;
+    let busybox = tool("busybox", "busybox-static")?;
+    let dmsetup = tool("dmsetup", "dmsetup")?;
+    let cpio = tool("cpio", "cpio")?;
+    let mut kernels: Vec<PathBuf> = fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .collect();
+    kernels.sort();
+    let Some(vmlinuz) = kernels.pop() else {
+        // The package is what provides the kernel: report it as the missing tool.
+        tool("/boot/vmlinuz-*", "linux-image-amd64");
+        return None;
+    };
+    let version = vmlinuz
+        .file_name()?
+        .to_string_lossy()
+        .trim_start_matches("vmlinuz-")
+        .to_string();
+    let modules = PathBuf::from("/lib/modules").join(&version);
+    if !modules.join("modules.dep").exists() {
+        tool(&format!("/lib/modules/{version}"), "linux-image-amd64");
+        return None;
+    }
+    Some(Kernel {
+        qemu,
+        vmlinuz,
+        modules,
+        busybox,
+        dmsetup,
+        cpio,
+    })
+}
+
+/// Modules with their dependencies, dependencies first (modules.dep order).
+fn module_order(modules: &Path, wanted: &[&str]) -> Vec<PathBuf> {
+    let dep = fs::read_to_string(modules.join("modules.dep")).unwrap();
+    let deps: Vec<(String, Vec<String>)> = dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, d)| {
+            (
+                m.to_string(),
+                d.split_whitespace().map(str::to_string).collect(),
+            )
+        })
+        .collect();
+    let find = |name: &str| {
+        deps.iter().find(|(m, _)| {
+            Path::new(m)
+                .file_stem()
+                .is_some_and(|s| s.to_string_lossy().replace('_', "-") == name.replace('_', "-"))
+        })
+    };
+    let mut out: Vec<String> = Vec::new();
+    fn add(m: &str, deps: &[(String, Vec<String>)], out: &mut Vec<String>) {
+        if out.iter().any(|o| o == m) {
+            return;
+        }
+        if let Some((_, d)) = deps.iter().find(|(x, _)| x == m) {
+            // modules.dep lists dependencies so that the last must load first.
+            for x in d.iter().rev() {
+                add(x, deps, out);
+            }
+        }
+        out.push(m.to_string());
+    }
+    for w in wanted {
+        let (m, _) = find(w).unwrap_or_else(|| panic!("module {w} not in modules.dep"));
+        add(m, &deps, &mut out);
+    }
+    out.into_iter().map(|m| modules.join(m)).collect()
+}
+
+fn shared_libraries(bin: &Path) -> BTreeSet<PathBuf> {
+    let out = Command::new("ldd").arg(bin).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn cpio_of(k: &Kernel, root: &Path, out: &Path) {
+    let list: Vec<String> = walk(root)
+        .into_iter()
+        .map(|p| p.strip_prefix(root).unwrap().display().to_string())
+        .collect();
+    let mut child = Command::new(&k.cpio)
+        .args(["-o", "-H", "newc", "--quiet"])
+        .current_dir(root)
+        .stdin(Stdio::piped())
+        .stdout(fs::File::create(out).unwrap())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(list.join("\n").as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut v = vec![dir.to_path_buf()];
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() && !p.is_symlink() {
+            v.extend(walk(&p));
+        } else {
+            v.push(p);
+        }
+    }
+    v
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /modules.order); do insmod /lib/modules/$m || echo "KEEL insmod $m failed"; done
+export DM_DISABLE_UDEV=1
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+dmesg -c > /dev/null
+. /cases.sh
+echo "KEEL done"
+poweroff -f
+"#;
+
+/// Build (or reuse) the initramfs for this kernel.
+fn initramfs(k: &Kernel) -> PathBuf {
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("keel-kernel");
+    fs::create_dir_all(&cache).unwrap();
+    let version = k.modules.file_name().unwrap().to_string_lossy().to_string();
+    let out = cache.join(format!("initramfs-{version}.cpio"));
+    if out.exists() {
+        return out;
+    }
+    let root = cache.join(format!("root-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    for d in ["bin", "sbin", "proc", "sys", "dev", "lib/modules", "tmp"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::copy(&k.busybox, root.join("bin/busybox")).unwrap();
+    fs::copy(&k.dmsetup, root.join("sbin/dmsetup")).unwrap();
+    for lib in shared_libraries(&k.dmsetup) {
+        let dest = root.join(lib.strip_prefix("/").unwrap());
+        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        fs::copy(fs::canonicalize(&lib).unwrap(), &dest).unwrap();
+    }
+    let wanted = [
+        "virtio_pci",
+        "virtio_blk",
+        "dm-mod",
+        "dm-bufio",
+        "dm-verity",
+        "sha512_generic",
+    ];
+    let mut order = String::new();
+    for m in module_order(&k.modules, &wanted) {
+        let name = m.file_name().unwrap().to_string_lossy().to_string();
+        fs::copy(&m, root.join("lib/modules").join(&name)).unwrap();
+        writeln!(order, "{name}").unwrap();
+    }
+    fs::write(root.join("modules.order"), order).unwrap();
+    fs::write(root.join("init"), INIT).unwrap();
+    fs::set_permissions(
+        root.join("init"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let tmp = cache.join(format!("initramfs-{}.tmp", std::process::id()));
+    cpio_of(k, &root, &tmp);
+    fs::rename(&tmp, &out).unwrap();
+    let _ = fs::remove_dir_all(&root);
+    out
+}
+
+/// One mapping to try.
+struct Case {
+    name: &'static str,
+    table: String,
+    expect_ok: bool,
+    /// Text the kernel must print for a refused case.
+    kernel_says: String,
+}
+
+#[derive(Default)]
+struct Disks {
+    files: Vec<PathBuf>,
+}
+
+impl Disks {
+    /// Add an image; returns its device name in the guest.
+    fn add(&mut self, path: PathBuf) -> String {
+        self.files.push(path);
+        format!("/dev/vd{}", (b'a' + self.files.len() as u8 - 1) as char)
+    }
+}
+
+struct Tree {
+    params: VerityParams,
+    geometry: TreeGeometry,
+    root: Vec<u8>,
+    data: PathBuf,
+    hash: PathBuf,
+}
+
+fn make_tree(
+    dir: &Path,
+    name: &str,
+    params: VerityParams,
+    superblock: bool,
+    hash_offset: u64,
+    same_device: bool,
+    seed: u64,
+) -> Tree {
+    let data = dir.join(format!("{name}.data"));
+    let bytes = seeded_bytes(seed, params.data_size() as usize);
+    fs::write(&data, &bytes).unwrap();
+    let hash = if same_device {
+        data.clone()
+    } else {
+        dir.join(format!("{name}.hash"))
+    };
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&hash)
+        .unwrap();
+    let d = fs::File::open(&data).unwrap();
+    let opts = FormatOptions {
+        hash_offset,
+        superblock: superblock.then_some([9; 16]),
+        ..Default::default()
+    };
+    let out = format(&params, &d, &mut &f, &opts).unwrap();
+    // A disk is a whole number of 512-byte sectors.
+    let len = f.metadata().unwrap().len();
+    f.set_len(len.div_ceil(512) * 512).unwrap();
+    Tree {
+        params,
+        geometry: out.geometry,
+        root: out.root_hash,
+        data,
+        hash,
+    }
+}
+
+fn params(alg: HashAlgorithm, ht: HashType, dbs: u32, blocks: u64) -> VerityParams {
+    VerityParams::builder()
+        .algorithm(alg)
+        .hash_type(ht)
+        .data_block_size(dbs)
+        .data_blocks(blocks)
+        .salt(seeded_bytes(3, 32))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn the_kernel_maps_keel_trees() {
+    let Some(k) = kernel() else { return };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let mut disks = Disks::default();
+    let mut cases = Vec::new();
+    let mut add = |name: &'static str,
+                   t: &Tree,
+                   disks: &mut Disks,
+                   root: Option<Vec<u8>>,
+                   expect_ok: bool,
+                   kernel_says: String| {
+        let dd = disks.add(t.data.clone());
+        let hd = if t.hash == t.data {
+            dd.clone()
+        } else {
+            disks.add(t.hash.clone())
+        };
+        let root = root.unwrap_or_else(|| t.root.clone());
+        let table = dm_table(
+            &t.params,
+            &t.geometry,
+            &root,
+            &dd,
+            &hd,
+            &TableOptions::default(),
+        )
+        .unwrap();
+        cases.push(Case {
+            name,
+            table,
+            expect_ok,
+            kernel_says,
+        });
+    };
+    let d = dir.path();
+
+    // Accepted: the default tree, format 0, sha512 with 1 KiB blocks, and no superblock with
+    // the tree on the data device after the data.
+    let default = make_tree(
+        d,
+        "default",
+        params(HashAlgorithm::Sha256, HashType::Normal, 4096, 2048),
+        true,
+        0,
+        false,
+        1,
+    );
+    add("default", &default, &mut disks, None, true, String::new());
+    let f0 = make_tree(
+        d,
+        "format0",
+        params(HashAlgorithm::Sha1, HashType::ChromeOs, 4096, 1500),
+        true,
+        0,
+        false,
+        2,
+    );
+    add("format0", &f0, &mut disks, None, true, String::new());
+    let s512 = make_tree(
+        d,
+        "sha512",
+        params(HashAlgorithm::Sha512, HashType::Normal, 1024, 5000),
+        true,
+        0,
+        false,
+        3,
+    );
+    add("sha512-1k", &s512, &mut disks, None, true, String::new());
+    let p = params(HashAlgorithm::Sha256, HashType::Normal, 4096, 1000);
+    let offset = p.data_size();
+    let inline = make_tree(d, "inline", p, false, offset, true, 4);
+    add(
+        "no-superblock-same-device",
+        &inline,
+        &mut disks,
+        None,
+        true,
+        String::new(),
+    );
+
+    // Refused: a flipped data byte, a damaged hash block, a wrong root, a short hash device.
+    let flip = make_tree(
+        d,
+        "flip",
+        params(HashAlgorithm::Sha256, HashType::Normal, 4096, 1024),
+        true,
+        0,
+        false,
+        5,
+    );
+    let mut b = fs::read(&flip.data).unwrap();
+    b[4096 * 700 + 9] ^= 1;
+    fs::write(&flip.data, b).unwrap();
+    add(
+        "flipped-data-byte",
+        &flip,
+        &mut disks,
+        None,
+        false,
+        "data block 700 is corrupted".into(),
+    );
+    let dmg = make_tree(
+        d,
+        "hashdmg",
+        params(HashAlgorithm::Sha256, HashType::Normal, 4096, 1024),
+        true,
+        0,
+        false,
+        6,
+    );
+    let mut h = fs::read(&dmg.hash).unwrap();
+    let leaf = dmg.geometry.block_offset(0, 3) as usize;
+    h[leaf + 40] ^= 1;
+    fs::write(&dmg.hash, h).unwrap();
+    // The kernel names the hash block by its number on the hash device.
+    let bad_block = dmg.geometry.levels()[0].first_block + 3;
+    add(
+        "damaged-hash-block",
+        &dmg,
+        &mut disks,
+        None,
+        false,
+        format!("metadata block {bad_block} is corrupted"),
+    );
+    let wrong = make_tree(
+        d,
+        "wrongroot",
+        params(HashAlgorithm::Sha256, HashType::Normal, 4096, 1024),
+        true,
+        0,
+        false,
+        7,
+    );
+    let mut r = wrong.root.clone();
+    r[0] ^= 1;
+    let top = wrong.geometry.levels().last().unwrap().first_block;
+    add(
+        "wrong-root",
+        &wrong,
+        &mut disks,
+        Some(r),
+        false,
+        format!("metadata block {top} is corrupted"),
+    );
+    let short = make_tree(
+        d,
+        "short",
+        params(HashAlgorithm::Sha256, HashType::Normal, 4096, 4096),
+        true,
+        0,
+        false,
+        8,
+    );
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&short.hash)
+        .unwrap();
+    f.set_len(8192).unwrap();
+    add(
+        "short-hash-device",
+        &short,
+        &mut disks,
+        None,
+        false,
+        "Hash device is too small".into(),
+    );
+
+    // The cases, as a second archive appended to the cached one.
+    let mut script = String::new();
+    for c in &cases {
+        writeln!(
+            script,
+            "echo 'KEEL case {n}'\n\
+             if dmsetup create --noudevsync --readonly kv --table '{t}'; then\n\
+               if dd if=/dev/mapper/kv of=/dev/null bs=65536 2>/dev/null; then echo 'KEEL result {n} read-ok'; else echo 'KEEL result {n} read-error'; fi\n\
+               dmsetup remove --noudevsync kv\n\
+             else echo 'KEEL result {n} create-refused'; fi\n\
+             dmesg -c | sed 's/^/KEEL kernel {n}: /'",
+            n = c.name,
+            t = c.table
+        )
+        .unwrap();
+    }
+    let base = initramfs(&k);
+    let extra = d.join("cases");
+    fs::create_dir_all(&extra).unwrap();
+    fs::write(extra.join("cases.sh"), script).unwrap();
+    let extra_cpio = d.join("cases.cpio");
+    cpio_of(&k, &extra, &extra_cpio);
+    let initrd = d.join("initrd.cpio");
+    let mut all = fs::read(&base).unwrap();
+    all.extend(fs::read(&extra_cpio).unwrap());
+    fs::write(&initrd, all).unwrap();
+
+    let mut cmd = Command::new(&k.qemu);
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "512",
+        "-nodefaults",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+    ])
+    .arg("-kernel")
+    .arg(&k.vmlinuz)
+    .arg("-initrd")
+    .arg(&initrd)
+    .args(["-append", "console=ttyS0 panic=-1 loglevel=4"]);
+    for f in &disks.files {
+        cmd.arg("-drive").arg(format!(
+            "file={},format=raw,if=virtio,readonly=on",
+            f.display()
+        ));
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    out.push_str(&reader.join().unwrap());
+    let lines: Vec<&str> = out
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| l.starts_with("KEEL"))
+        .collect();
+    println!("{}", lines.join("\n"));
+    assert!(
+        lines.contains(&"KEEL done"),
+        "the guest did not finish:\n{out}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("insmod")),
+        "a module failed to load:\n{}",
+        lines.join("\n")
+    );
+    for c in &cases {
+        let result = lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("KEEL result {} ", c.name)))
+            .unwrap_or_else(|| panic!("no result for {}:\n{}", c.name, lines.join("\n")));
+        let kernel_lines: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(&format!("KEEL kernel {}: ", c.name)))
+            .collect();
+        if c.expect_ok {
+            assert_eq!(result, "read-ok", "{}: {}", c.name, kernel_lines.join("\n"));
+            assert!(
+                !kernel_lines.iter().any(|l| l.contains("corrupted")),
+                "{}: {:?}",
+                c.name,
+                kernel_lines
+            );
+        } else {
+            assert_ne!(result, "read-ok", "{} was accepted", c.name);
+            assert!(
+                kernel_lines.iter().any(|l| l.contains(&c.kernel_says)),
+                "{}: expected the kernel to say {:?}, it said:\n{}",
+                c.name,
+                c.kernel_says,
+                kernel_lines.join("\n")
+            );
+        }
+    }
+    println!(
+        "kernel suite: {} cases in {:.1} s",
+        cases.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
