@@ -1,5 +1,43 @@
-//! keel-payload: signed delta update payloads: generate, inspect, apply (streaming and
-//! resumable after power loss) and verify.
+//! keel-payload: signed delta update payloads that turn the running slot's image into the
+//! next one on the other slot: generate, inspect, apply (read once from any reader, memory
+//! bounded by one operation, resumable after power loss), verify.
 //!
-//! Not built yet: this crate is an empty placeholder so the workspace layout is in
-//! place. The work is tracked in the project's keel-payload issue.
+//! ```
+//! use keel_payload::{apply, generate, ApplyOptions, GenerateOptions};
+//! use keel_verity::{Keyring, SigningKey};
+//!
+//! let old: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+//! let mut new = old.clone();
+//! new[300_000..300_100].fill(7); // a small change
+//! let key = SigningKey::generate()?;
+//! let payload = generate(Some(&old), &new, &key, &GenerateOptions::new("acme", "2.0"))?;
+//! assert!(payload.len() < 2048);
+//!
+//! let mut ring = Keyring::new();
+//! ring.add(key.public_key().clone())?;
+//! let mut slot_b = vec![0u8; new.len()];
+//! let opts = ApplyOptions { keyring: Some(&ring), compatible: Some("acme"), ..Default::default() };
+//! apply(&payload[..], Some(&old), &mut slot_b, &opts)?;
+//! assert_eq!(slot_b, new);
+//! # Ok::<(), keel_payload::Error>(())
+//! ```
+//!
+//! The format is documented byte by byte in [`format`]. The applier checks the signature
+//! over header and manifest before it parses the manifest, the source image, compatible
+//! string and version before it writes, each blob's hash before decoding it and each
+//! operation's source blocks before using them ([`Error::SourceModified`] tells the caller to
+//! fetch a full payload), and the whole target at the end.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod apply;
+mod error;
+pub mod format;
+mod generate;
+
+pub use apply::{apply, apply_files, read_manifest, same_file, Applied, ApplyOptions, MAX_RESUMES};
+pub use error::{Error, Result};
+pub use format::{Extent, Manifest, OpType, Operation};
+pub use generate::{assemble, generate, GenerateOptions};

@@ -380,6 +380,12 @@ impl SigningKey {
         &self.public
     }
 
+    /// Sign arbitrary bytes (what `openssl pkeyutl -sign -rawin` does), for other signed
+    /// formats built on the same keys.
+    pub fn sign_raw(&self, message: &[u8]) -> [u8; 64] {
+        self.key.sign(message).to_bytes()
+    }
+
     /// Sign a root descriptor.
     pub fn sign(&self, descriptor: &RootDescriptor) -> SignedRoot {
         let bytes = descriptor.to_bytes();
@@ -510,6 +516,11 @@ impl Keyring {
         let before = self.keys.len();
         self.keys.retain(|k| k.id != *id);
         before != self.keys.len()
+    }
+
+    /// The trusted key with this id.
+    pub fn get(&self, id: &KeyId) -> Option<&PublicKey> {
+        self.keys.iter().find(|k| k.id == *id)
     }
 
     /// The trusted keys.

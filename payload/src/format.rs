@@ -1,0 +1,520 @@
+//! The payload format, version 1. All integers little-endian.
+//!
+//! ```text
+//! header     64 bytes
+//!   0   8  magic "KEELPAYL"
+//!   8   4  format version, 1
+//!   12  4  reserved, 0
+//!   16  8  manifest length M (at most 64 MiB)
+//!   24  8  data length D (the blobs)
+//!   32  32 key id of the signer (keel-verity KeyId)
+//! manifest   M bytes
+//! signature  64 bytes: Ed25519 over header || manifest
+//! data       D bytes: the blobs, in operation order, back to back
+//! ```
+//!
+//! Manifest:
+//!
+//! ```text
+//! u32 block size (4096)
+//! u8  has source; if 1: u64 source size, [32] source sha256
+//! u64 target size, [32] target sha256
+//! u16 verity descriptor length (0 or 396), then a keel-verity root descriptor of the target
+//! u16 compatible length (1..=256), compatible (UTF-8)
+//! u16 version length (1..=64), version (dotted numbers)
+//! u32 operation count, then each operation:
+//!   u8  type: 0 ZERO, 1 COPY, 2 REPLACE (zstd), 3 PATCH (zstd with the source extents as prefix)
+//!   u32 target extent count, then (u64 first block, u64 blocks) each
+//!   u32 source extent count, then extents
+//!   u64 data offset (in the data area), u64 data length
+//!   [32] sha256 of the data (zero if none)
+//!   [32] sha256 of the source extents' bytes (zero if none)
+//! ```
+//!
+//! Every count and length is checked against the bytes present before anything is
+//! allocated; the operations' data must follow each other from offset 0 and end at D.
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The magic.
+pub const MAGIC: [u8; 8] = *b"KEELPAYL";
+/// The format version this crate writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Header size.
+pub const HEADER_SIZE: usize = 64;
+/// Signature size.
+pub const SIGNATURE_SIZE: usize = 64;
+/// Block size of all extents.
+pub const BLOCK_SIZE: u64 = 4096;
+/// Largest manifest accepted.
+pub const MAX_MANIFEST: u64 = 64 << 20;
+/// Largest target (or source) range of one operation: bounds the applier's memory.
+pub const MAX_OP_BYTES: u64 = 8 << 20;
+/// Largest blob of one operation.
+pub const MAX_BLOB: u64 = 12 << 20;
+
+/// An operation type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpType {
+    /// Write zeros.
+    Zero = 0,
+    /// Copy source blocks.
+    Copy = 1,
+    /// zstd-compressed new data.
+    Replace = 2,
+    /// zstd with the operation's source extents as reference prefix.
+    Patch = 3,
+}
+
+impl OpType {
+    fn from_u8(v: u8) -> Option<OpType> {
+        Some(match v {
+            0 => OpType::Zero,
+            1 => OpType::Copy,
+            2 => OpType::Replace,
+            3 => OpType::Patch,
+            _ => return None,
+        })
+    }
+
+    /// Name, as `inspect` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpType::Zero => "ZERO",
+            OpType::Copy => "COPY",
+            OpType::Replace => "REPLACE",
+            OpType::Patch => "PATCH",
+        }
+    }
+}
+
+/// A run of blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Extent {
+    /// First block.
+    pub start: u64,
+    /// Number of blocks.
+    pub blocks: u64,
+}
+
+/// One operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operation {
+    /// What it does.
+    pub op: OpType,
+    /// Blocks of the target it writes, in order.
+    pub target: Vec<Extent>,
+    /// Blocks of the source it reads (COPY, PATCH).
+    pub source: Vec<Extent>,
+    /// Offset of its blob in the data area.
+    pub data_offset: u64,
+    /// Length of its blob.
+    pub data_length: u64,
+    /// sha256 of the blob.
+    pub data_sha256: [u8; 32],
+    /// sha256 of the source extents' bytes.
+    pub source_sha256: [u8; 32],
+}
+
+fn blocks(e: &[Extent]) -> u64 {
+    e.iter().map(|x| x.blocks).sum()
+}
+
+impl Operation {
+    /// Target blocks written.
+    pub fn target_blocks(&self) -> u64 {
+        blocks(&self.target)
+    }
+    /// Source blocks read.
+    pub fn source_blocks(&self) -> u64 {
+        blocks(&self.source)
+    }
+}
+
+/// An image's identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageId {
+    /// Size in bytes.
+    pub size: u64,
+    /// sha256 of its bytes.
+    pub sha256: [u8; 32],
+}
+
+/// What the payload turns into what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// The source image, `None` for a full payload.
+    pub source: Option<ImageId>,
+    /// The target image.
+    pub target: ImageId,
+    /// The target's dm-verity root descriptor bytes, if given.
+    pub verity: Option<Vec<u8>>,
+    /// The system the payload is for.
+    pub compatible: String,
+    /// The target's version (dotted numbers).
+    pub version: String,
+    /// The operations, in order.
+    pub operations: Vec<Operation>,
+}
+
+/// The fixed header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Manifest length.
+    pub manifest_len: u64,
+    /// Data length.
+    pub data_len: u64,
+    /// The signer's key id.
+    pub key_id: [u8; 32],
+}
+
+impl Header {
+    /// Encode.
+    pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
+        let mut b = [0u8; HEADER_SIZE];
+        b[..8].copy_from_slice(&MAGIC);
+        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[16..24].copy_from_slice(&self.manifest_len.to_le_bytes());
+        b[24..32].copy_from_slice(&self.data_len.to_le_bytes());
+        b[32..64].copy_from_slice(&self.key_id);
+        b
+    }
+
+    /// Decode and check.
+    pub fn parse(b: &[u8; HEADER_SIZE]) -> Result<Header> {
+        let bad = |field: &'static str, offset: u64, reason: String| Error::BadField {
+            field,
+            offset,
+            reason,
+        };
+        if b[..8] != MAGIC {
+            return Err(bad("magic", 0, "expected \"KEELPAYL\"".into()));
+        }
+        let v = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        if v != FORMAT_VERSION {
+            return Err(bad(
+                "format version",
+                8,
+                format!("expected {FORMAT_VERSION}, found {v}"),
+            ));
+        }
+        if b[12..16] != [0; 4] {
+            return Err(bad("reserved", 12, "not zero".into()));
+        }
+        let manifest_len = u64::from_le_bytes(b[16..24].try_into().unwrap_or_default());
+        if manifest_len == 0 || manifest_len > MAX_MANIFEST {
+            return Err(bad(
+                "manifest length",
+                16,
+                format!("{manifest_len}: expected 1 to {MAX_MANIFEST}"),
+            ));
+        }
+        let data_len = u64::from_le_bytes(b[24..32].try_into().unwrap_or_default());
+        let mut key_id = [0u8; 32];
+        key_id.copy_from_slice(&b[32..64]);
+        Ok(Header {
+            manifest_len,
+            data_len,
+            key_id,
+        })
+    }
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+    fn extents(&mut self, e: &[Extent]) {
+        self.u32(e.len() as u32);
+        for x in e {
+            self.u64(x.start);
+            self.u64(x.blocks);
+        }
+    }
+}
+
+/// The manifest's bytes.
+pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
+    let mut w = Writer(Vec::new());
+    w.u32(BLOCK_SIZE as u32);
+    match &m.source {
+        Some(s) => {
+            w.u8(1);
+            w.u64(s.size);
+            w.bytes(&s.sha256);
+        }
+        None => w.u8(0),
+    }
+    w.u64(m.target.size);
+    w.bytes(&m.target.sha256);
+    let v = m.verity.as_deref().unwrap_or_default();
+    w.u16(v.len() as u16);
+    w.bytes(v);
+    w.u16(m.compatible.len() as u16);
+    w.bytes(m.compatible.as_bytes());
+    w.u16(m.version.len() as u16);
+    w.bytes(m.version.as_bytes());
+    w.u32(m.operations.len() as u32);
+    for op in &m.operations {
+        w.u8(op.op as u8);
+        w.extents(&op.target);
+        w.extents(&op.source);
+        w.u64(op.data_offset);
+        w.u64(op.data_length);
+        w.bytes(&op.data_sha256);
+        w.bytes(&op.source_sha256);
+    }
+    w.0
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+    base: u64,
+}
+
+impl<'a> Reader<'a> {
+    fn err(&self, field: &'static str, reason: impl Into<String>) -> Error {
+        Error::BadField {
+            field,
+            offset: self.base + self.pos as u64,
+            reason: reason.into(),
+        }
+    }
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8]> {
+        let s = self
+            .b
+            .get(self.pos..)
+            .and_then(|r| r.get(..n))
+            .ok_or_else(|| {
+                self.err(
+                    field,
+                    format!(
+                        "needs {n} bytes, {} left in the manifest",
+                        self.b.len().saturating_sub(self.pos)
+                    ),
+                )
+            })?;
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self, f: &'static str) -> Result<u8> {
+        Ok(self.take(1, f)?[0])
+    }
+    fn u16(&mut self, f: &'static str) -> Result<u16> {
+        let s = self.take(2, f)?;
+        Ok(u16::from_le_bytes([s[0], s[1]]))
+    }
+    fn u32(&mut self, f: &'static str) -> Result<u32> {
+        let s = self.take(4, f)?;
+        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+    fn u64(&mut self, f: &'static str) -> Result<u64> {
+        let s = self.take(8, f)?;
+        let mut x = [0u8; 8];
+        x.copy_from_slice(s);
+        Ok(u64::from_le_bytes(x))
+    }
+    fn hash(&mut self, f: &'static str) -> Result<[u8; 32]> {
+        let mut h = [0u8; 32];
+        h.copy_from_slice(self.take(32, f)?);
+        Ok(h)
+    }
+    fn count(&mut self, f: &'static str, min_each: usize) -> Result<usize> {
+        let n = self.u32(f)? as usize;
+        let left = self.b.len() - self.pos;
+        if n.checked_mul(min_each).is_none_or(|need| need > left) {
+            return Err(self.err(
+                f,
+                format!("{n} entries cannot fit in the {left} bytes left"),
+            ));
+        }
+        Ok(n)
+    }
+    fn extents(&mut self, f: &'static str) -> Result<Vec<Extent>> {
+        let n = self.count(f, 16)?;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = self.u64(f)?;
+            let blocks = self.u64(f)?;
+            if blocks == 0 || start.checked_add(blocks).is_none() {
+                return Err(self.err(f, format!("extent {start}+{blocks} is empty or overflows")));
+            }
+            v.push(Extent { start, blocks });
+        }
+        Ok(v)
+    }
+    fn text(&mut self, f: &'static str, max: usize) -> Result<String> {
+        let n = self.u16(f)? as usize;
+        if n == 0 || n > max {
+            return Err(self.err(f, format!("length {n}: expected 1 to {max}")));
+        }
+        let s = self.take(n, f)?;
+        String::from_utf8(s.to_vec()).map_err(|_| self.err(f, "not UTF-8"))
+    }
+}
+
+/// Parse manifest bytes (whose signature has been checked) against the header's data
+/// length: every field, every extent inside its image, every blob inside the data area
+/// and in order.
+pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
+    let mut r = Reader {
+        b,
+        pos: 0,
+        base: HEADER_SIZE as u64,
+    };
+    let bs = r.u32("block size")?;
+    if u64::from(bs) != BLOCK_SIZE {
+        return Err(r.err("block size", format!("{bs}: expected {BLOCK_SIZE}")));
+    }
+    let source = match r.u8("has source")? {
+        0 => None,
+        1 => Some(ImageId {
+            size: r.u64("source size")?,
+            sha256: r.hash("source sha256")?,
+        }),
+        v => return Err(r.err("has source", format!("{v}: expected 0 or 1"))),
+    };
+    let target = ImageId {
+        size: r.u64("target size")?,
+        sha256: r.hash("target sha256")?,
+    };
+    let vlen = r.u16("verity descriptor length")? as usize;
+    let verity = match vlen {
+        0 => None,
+        keel_verity::sign::DESCRIPTOR_SIZE => Some(r.take(vlen, "verity descriptor")?.to_vec()),
+        n => {
+            return Err(r.err(
+                "verity descriptor length",
+                format!("{n}: expected 0 or {}", keel_verity::sign::DESCRIPTOR_SIZE),
+            ))
+        }
+    };
+    let compatible = r.text("compatible", 256)?;
+    let version = r.text("version", 64)?;
+    if version.split('.').any(|p| p.parse::<u64>().is_err()) {
+        return Err(r.err("version", format!("{version:?}: expected dotted numbers")));
+    }
+    let n = r.count("operation count", 1 + 4 + 4 + 16 + 64)?;
+    let target_blocks = target.size.div_ceil(BLOCK_SIZE);
+    let source_blocks = source.map_or(0, |s| s.size.div_ceil(BLOCK_SIZE));
+    let mut ops = Vec::with_capacity(n);
+    let mut next_data = 0u64;
+    for i in 0..n {
+        let t = r.u8("operation type")?;
+        let op = OpType::from_u8(t)
+            .ok_or_else(|| r.err("operation type", format!("operation {i}: unknown type {t}")))?;
+        let tgt = r.extents("target extents")?;
+        let src = r.extents("source extents")?;
+        let data_offset = r.u64("data offset")?;
+        let data_length = r.u64("data length")?;
+        let data_sha256 = r.hash("data sha256")?;
+        let source_sha256 = r.hash("source sha256")?;
+        let o = Operation {
+            op,
+            target: tgt,
+            source: src,
+            data_offset,
+            data_length,
+            data_sha256,
+            source_sha256,
+        };
+        let bad = |why: String| r.err("operation", format!("operation {i}: {why}"));
+        if o.target.is_empty() || o.target_blocks() * BLOCK_SIZE > MAX_OP_BYTES {
+            return Err(bad(format!(
+                "{} target blocks: expected 1 to {}",
+                o.target_blocks(),
+                MAX_OP_BYTES / BLOCK_SIZE
+            )));
+        }
+        if o.target.iter().any(|e| e.start + e.blocks > target_blocks) {
+            return Err(bad("a target extent lies past the target image".into()));
+        }
+        if o.source_blocks() * BLOCK_SIZE > MAX_OP_BYTES
+            || o.source.iter().any(|e| e.start + e.blocks > source_blocks)
+        {
+            return Err(bad(
+                "a source extent lies past the source image or is too large".into(),
+            ));
+        }
+        let (needs_source, needs_data) = match op {
+            OpType::Zero => (false, false),
+            OpType::Copy => (true, false),
+            OpType::Replace => (false, true),
+            OpType::Patch => (true, true),
+        };
+        if needs_source == o.source.is_empty() || (needs_data != (o.data_length > 0)) {
+            return Err(bad(format!(
+                "{} with {} source extents and {} data bytes",
+                op.name(),
+                o.source.len(),
+                o.data_length
+            )));
+        }
+        if op == OpType::Copy && o.source_blocks() != o.target_blocks() {
+            return Err(bad(
+                "COPY reads and writes different numbers of blocks".into()
+            ));
+        }
+        if o.data_length > MAX_BLOB || (o.data_length > 0 && o.data_offset != next_data) {
+            return Err(bad(format!(
+                "blob at {} (+{}) is not the next one (at {next_data}) or too large",
+                o.data_offset, o.data_length
+            )));
+        }
+        next_data += o.data_length;
+        ops.push(o);
+    }
+    if next_data != data_len {
+        return Err(r.err(
+            "data length",
+            format!("the operations use {next_data} bytes, the header says {data_len}"),
+        ));
+    }
+    if r.pos != b.len() {
+        return Err(r.err("manifest", format!("{} bytes left over", b.len() - r.pos)));
+    }
+    Ok(Manifest {
+        source,
+        target,
+        verity,
+        compatible,
+        version,
+        operations: ops,
+    })
+}
+
+/// sha256 of some bytes.
+pub fn sha256(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+/// Compare dotted versions numerically.
+pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let parse = |s: &str| -> Vec<u64> { s.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    let (x, y) = (parse(a), parse(b));
+    let n = x.len().max(y.len());
+    for i in 0..n {
+        let c = x.get(i).unwrap_or(&0).cmp(y.get(i).unwrap_or(&0));
+        if c != std::cmp::Ordering::Equal {
+            return c;
+        }
+    }
+    std::cmp::Ordering::Equal
+}

@@ -1,0 +1,431 @@
+//! Generate and apply: exact targets for random edits, resume after a cut at every write,
+//! and refusal of every kind of bad payload.
+
+#[path = "../../testsupport/tools.rs"]
+mod tools;
+
+use std::io;
+
+use keel_payload::{apply, apply_files, generate, ApplyOptions, Error, GenerateOptions, OpType};
+use keel_verity::{Keyring, ReadAt, SigningKey, WriteAt};
+use proptest::prelude::*;
+use tools::seeded_bytes;
+
+fn opts() -> GenerateOptions {
+    let mut o = GenerateOptions::new("acme-test", "2.0");
+    o.level = 3;
+    o
+}
+
+fn ring(key: &SigningKey) -> Keyring {
+    let mut r = Keyring::new();
+    r.add(key.public_key().clone()).unwrap();
+    r
+}
+
+fn apply_vec(
+    payload: &[u8],
+    source: Option<&[u8]>,
+    size: usize,
+    ring: &Keyring,
+) -> Result<Vec<u8>, Error> {
+    let mut t = vec![0u8; size];
+    let o = ApplyOptions {
+        keyring: Some(ring),
+        compatible: Some("acme-test"),
+        installed_version: Some("1.0"),
+        ..Default::default()
+    };
+    apply(payload, source, &mut t, &o)?;
+    Ok(t)
+}
+
+#[derive(Clone, Debug)]
+enum Edit {
+    Insert(usize, Vec<u8>),
+    Delete(usize, usize),
+    Zero(usize, usize),
+    Duplicate(usize, usize, usize),
+}
+
+fn edited(src: &[u8], edits: &[Edit]) -> Vec<u8> {
+    let mut v = src.to_vec();
+    for e in edits {
+        let n = v.len();
+        match e {
+            Edit::Insert(at, bytes) => {
+                let at = if n == 0 { 0 } else { at % n };
+                v.splice(at..at, bytes.iter().copied());
+            }
+            Edit::Delete(at, len) if n > 0 => {
+                let at = at % n;
+                let end = (at + len).min(n);
+                v.drain(at..end);
+            }
+            Edit::Zero(at, len) if n > 0 => {
+                let at = at % n;
+                let end = (at + len).min(n);
+                v[at..end].fill(0);
+            }
+            Edit::Duplicate(from, to, len) if n > 0 => {
+                let (from, to) = (from % n, to % n);
+                let len = (*len).min(n - from).min(n - to);
+                let chunk = v[from..from + len].to_vec();
+                v[to..to + len].copy_from_slice(&chunk);
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..9000))
+            .prop_map(|(a, b)| Edit::Insert(a, b)),
+        (any::<usize>(), 1usize..20000).prop_map(|(a, l)| Edit::Delete(a, l)),
+        (any::<usize>(), 1usize..40000).prop_map(|(a, l)| Edit::Zero(a, l)),
+        (any::<usize>(), any::<usize>(), 1usize..30000)
+            .prop_map(|(a, b, l)| Edit::Duplicate(a, b, l)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+
+    /// Whatever the edits (shifting inserts and deletes, zeroed ranges, duplicated blocks,
+    /// none at all, empty images), applying the generated payload gives the target exactly.
+    #[test]
+    fn apply_gives_the_target_exactly(len in 0usize..200_000, seed in any::<u64>(), edits in prop::collection::vec(edit(), 0..5)) {
+        let src = seeded_bytes(seed, len);
+        let tgt = edited(&src, &edits);
+        let key = SigningKey::generate().unwrap();
+        let p = generate(Some(&src), &tgt, &key, &opts()).unwrap();
+        let got = apply_vec(&p, Some(&src), tgt.len(), &ring(&key)).unwrap();
+        prop_assert_eq!(got, tgt);
+    }
+}
+
+#[test]
+fn full_payload_and_operation_kinds() {
+    let src = seeded_bytes(1, 1 << 20);
+    let mut tgt = src.clone();
+    tgt[100_000..300_000].fill(0);
+    tgt.splice(500_000..500_000, seeded_bytes(2, 70_000));
+    let key = SigningKey::generate().unwrap();
+    let p = generate(Some(&src), &tgt, &key, &opts()).unwrap();
+    let (_, m, _) = keel_payload::read_manifest(&mut &p[..], &ring(&key)).unwrap();
+    let kinds: std::collections::HashSet<OpType> = m.operations.iter().map(|o| o.op).collect();
+    assert!(
+        kinds.contains(&OpType::Zero) && kinds.contains(&OpType::Copy),
+        "{kinds:?}"
+    );
+    assert!(
+        p.len() < 120_000,
+        "delta of a 70 KB insert is {} bytes",
+        p.len()
+    );
+    assert_eq!(
+        apply_vec(&p, Some(&src), tgt.len(), &ring(&key)).unwrap(),
+        tgt
+    );
+    let full = generate(None, &tgt, &key, &opts()).unwrap();
+    assert_eq!(apply_vec(&full, None, tgt.len(), &ring(&key)).unwrap(), tgt);
+}
+
+/// A target that loses power at its `fail_at`-th write (1-based): that write lands half.
+struct Cut {
+    disk: Vec<u8>,
+    writes: usize,
+    fail_at: usize,
+}
+
+impl ReadAt for Cut {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.disk.read_exact_at(buf, offset)
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.disk.len() as u64)
+    }
+}
+
+impl WriteAt for Cut {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.writes += 1;
+        if self.writes == self.fail_at {
+            self.disk.write_all_at(&buf[..buf.len() / 2], offset)?;
+            return Err(io::Error::other("power cut"));
+        }
+        if self.writes > self.fail_at {
+            return Err(io::Error::other("power cut"));
+        }
+        self.disk.write_all_at(buf, offset)
+    }
+}
+
+/// Cut at every write (up to `samples` of them, evenly spread) and resume.
+fn resume_case(src: &[u8], tgt: &[u8], samples: usize) {
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    let p = generate(Some(src), tgt, &key, &opts()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let o = ApplyOptions {
+        keyring: Some(&r),
+        state: Some(&state),
+        checkpoint_bytes: Some(8192),
+        ..Default::default()
+    };
+    let mut clean = Cut {
+        disk: vec![0u8; tgt.len()],
+        writes: 0,
+        fail_at: usize::MAX,
+    };
+    apply(&p[..], Some(src), &mut clean, &o).unwrap();
+    let total = clean.writes;
+    let step = total.div_ceil(samples).max(1);
+    let mut resumed_somewhere = false;
+    for k in (1..=total).step_by(step) {
+        let _ = std::fs::remove_file(&state);
+        let mut t = Cut {
+            disk: vec![0xeeu8; tgt.len()],
+            writes: 0,
+            fail_at: k,
+        };
+        assert!(
+            apply(&p[..], Some(src), &mut t, &o).is_err(),
+            "cut at write {k}"
+        );
+        let mut again = Cut {
+            disk: t.disk,
+            writes: 0,
+            fail_at: usize::MAX,
+        };
+        let done = apply(&p[..], Some(src), &mut again, &o).unwrap();
+        resumed_somewhere |= done.resumed_at > 0;
+        assert_eq!(again.disk, tgt, "after a cut at write {k} of {total}");
+        assert!(!state.exists(), "the record is removed after success");
+    }
+    assert!(resumed_somewhere, "no run resumed from its record");
+}
+
+#[test]
+fn a_cut_at_every_write_resumes_to_the_same_target() {
+    let src = seeded_bytes(3, 300_000);
+    let mut tgt = src.clone();
+    tgt[10_000..40_000].fill(0);
+    tgt[150_000..160_000].copy_from_slice(&seeded_bytes(4, 10_000));
+    resume_case(&src, &tgt, usize::MAX);
+}
+
+#[test]
+fn sampled_cuts_in_a_larger_image() {
+    let src = seeded_bytes(5, 24 << 20);
+    let mut tgt = src.clone();
+    for i in 0..40 {
+        let at = i * 600_000 + 1000;
+        tgt[at..at + 5000].copy_from_slice(&seeded_bytes(100 + i as u64, 5000));
+    }
+    tgt[8 << 20..10 << 20].fill(0);
+    resume_case(&src, &tgt, 25);
+}
+
+#[test]
+fn a_record_from_another_payload_is_ignored() {
+    let src = seeded_bytes(6, 200_000);
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let o = ApplyOptions {
+        keyring: Some(&r),
+        state: Some(&state),
+        checkpoint_bytes: Some(4096),
+        ..Default::default()
+    };
+    let t1 = edited(&src, &[Edit::Zero(5000, 50_000)]);
+    let p1 = generate(Some(&src), &t1, &key, &opts()).unwrap();
+    let mut t = Cut {
+        disk: vec![0u8; t1.len()],
+        writes: 0,
+        fail_at: 5,
+    };
+    assert!(apply(&p1[..], Some(&src), &mut t, &o).is_err());
+    assert!(state.exists());
+    let t2 = edited(&src, &[Edit::Insert(7000, vec![9; 3000])]);
+    let p2 = generate(Some(&src), &t2, &key, &opts()).unwrap();
+    let mut out = vec![0u8; t2.len()];
+    let done = apply(&p2[..], Some(&src), &mut out, &o).unwrap();
+    assert_eq!(done.resumed_at, 0);
+    assert_eq!(out, t2);
+    // A damaged record is ignored too.
+    let mut t = Cut {
+        disk: vec![0u8; t1.len()],
+        writes: 0,
+        fail_at: 5,
+    };
+    assert!(apply(&p1[..], Some(&src), &mut t, &o).is_err());
+    let mut rec = std::fs::read(&state).unwrap();
+    rec[45] ^= 1;
+    std::fs::write(&state, rec).unwrap();
+    let mut again = Cut {
+        disk: t.disk,
+        writes: 0,
+        fail_at: usize::MAX,
+    };
+    assert_eq!(
+        apply(&p1[..], Some(&src), &mut again, &o)
+            .unwrap()
+            .resumed_at,
+        0
+    );
+    assert_eq!(again.disk, t1);
+}
+
+#[test]
+fn every_flipped_byte_is_refused() {
+    let src = seeded_bytes(7, 150_000);
+    let tgt = edited(
+        &src,
+        &[
+            Edit::Insert(20_000, seeded_bytes(8, 12_000)),
+            Edit::Zero(90_000, 20_000),
+        ],
+    );
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    let p = generate(Some(&src), &tgt, &key, &opts()).unwrap();
+    for at in (0..p.len()).step_by(7).chain([p.len() - 1]) {
+        let mut bad = p.clone();
+        bad[at] ^= 0x40;
+        let res = apply_vec(&bad, Some(&src), tgt.len(), &r);
+        assert!(
+            res.is_err(),
+            "flipped byte {at} of {} was accepted",
+            p.len()
+        );
+    }
+    // Truncated anywhere.
+    for cut in [0, 10, 63, 64, 100, p.len() - 65, p.len() - 1] {
+        let e = apply_vec(&p[..cut], Some(&src), tgt.len(), &r).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Truncated(_) | Error::Signature(_) | Error::BadField { .. }
+            ),
+            "cut {cut}: {e}"
+        );
+    }
+}
+
+#[test]
+fn wrong_source_system_version_key_and_target_are_refused() {
+    let src = seeded_bytes(9, 100_000);
+    let tgt = edited(&src, &[Edit::Zero(1000, 9000)]);
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    let p = generate(Some(&src), &tgt, &key, &opts()).unwrap();
+    let mut other = src.clone();
+    other[50_000] ^= 1;
+    assert!(matches!(
+        apply_vec(&p, Some(&other), tgt.len(), &r),
+        Err(Error::SourceModified(_))
+    ));
+    assert!(matches!(
+        apply_vec(&p, None, tgt.len(), &r),
+        Err(Error::SourceModified(_))
+    ));
+    let mut t = vec![0u8; tgt.len()];
+    let o = ApplyOptions {
+        keyring: Some(&r),
+        compatible: Some("other-system"),
+        ..Default::default()
+    };
+    assert!(matches!(
+        apply(&p[..], Some(&src), &mut t, &o),
+        Err(Error::Incompatible { .. })
+    ));
+    let o = ApplyOptions {
+        keyring: Some(&r),
+        installed_version: Some("2.1"),
+        ..Default::default()
+    };
+    assert!(matches!(
+        apply(&p[..], Some(&src), &mut t, &o),
+        Err(Error::Downgrade { .. })
+    ));
+    let o = ApplyOptions {
+        keyring: Some(&r),
+        installed_version: Some("2.1"),
+        allow_downgrade: true,
+        ..Default::default()
+    };
+    apply(&p[..], Some(&src), &mut t, &o).unwrap();
+    let stranger = ring(&SigningKey::generate().unwrap());
+    assert!(matches!(
+        apply_vec(&p, Some(&src), tgt.len(), &stranger),
+        Err(Error::Signature(_))
+    ));
+    // The running slot as target.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("slot");
+    std::fs::write(&f, &src).unwrap();
+    let s = std::fs::File::open(&f).unwrap();
+    let mut same = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&f)
+        .unwrap();
+    let o = ApplyOptions {
+        keyring: Some(&r),
+        ..Default::default()
+    };
+    assert!(matches!(
+        apply_files(&p[..], Some(&s), &mut same, &o),
+        Err(Error::TargetIsSource)
+    ));
+}
+
+/// A source that changes under the applier after its identity was checked.
+struct Changing {
+    data: Vec<u8>,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl ReadAt for Changing {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let n = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.data.read_exact_at(buf, offset)?;
+        // The first reads hash the whole image; later ones see a modified block.
+        if n > 0 && !buf.is_empty() && buf.len() <= 8 << 20 && offset > 0 {
+            buf[0] ^= 1;
+        }
+        Ok(())
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.data.len() as u64)
+    }
+}
+
+#[test]
+fn source_blocks_changed_during_apply_are_caught() {
+    let src = seeded_bytes(10, 512 * 1024);
+    let tgt = edited(&src, &[Edit::Zero(0, 8192)]);
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    let p = generate(Some(&src), &tgt, &key, &opts()).unwrap();
+    let changing = Changing {
+        data: src.clone(),
+        reads: Default::default(),
+    };
+    let mut t = vec![0u8; tgt.len()];
+    let o = ApplyOptions {
+        keyring: Some(&r),
+        ..Default::default()
+    };
+    let e = apply(&p[..], Some(&changing), &mut t, &o).unwrap_err();
+    assert!(
+        matches!(&e, Error::SourceModified(m) if m.contains("operation")),
+        "{e}"
+    );
+}
