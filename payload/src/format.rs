@@ -119,7 +119,7 @@ pub struct Operation {
 }
 
 fn blocks(e: &[Extent]) -> u64 {
-    e.iter().map(|x| x.blocks).sum()
+    e.iter().fold(0u64, |a, x| a.saturating_add(x.blocks))
 }
 
 impl Operation {
@@ -436,7 +436,8 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
             source_sha256,
         };
         let bad = |why: String| r.err("operation", format!("operation {i}: {why}"));
-        if o.target.is_empty() || o.target_blocks() * BLOCK_SIZE > MAX_OP_BYTES {
+        let max_blocks = MAX_OP_BYTES / BLOCK_SIZE;
+        if o.target.is_empty() || o.target_blocks() > max_blocks {
             return Err(bad(format!(
                 "{} target blocks: expected 1 to {}",
                 o.target_blocks(),
@@ -446,7 +447,7 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
         if o.target.iter().any(|e| e.start + e.blocks > target_blocks) {
             return Err(bad("a target extent lies past the target image".into()));
         }
-        if o.source_blocks() * BLOCK_SIZE > MAX_OP_BYTES
+        if o.source_blocks() > max_blocks
             || o.source.iter().any(|e| e.start + e.blocks > source_blocks)
         {
             return Err(bad(
@@ -478,7 +479,7 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
                 o.data_offset, o.data_length
             )));
         }
-        next_data += o.data_length;
+        next_data = next_data.saturating_add(o.data_length);
         ops.push(o);
     }
     if next_data != data_len {

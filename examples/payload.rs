@@ -1,0 +1,260 @@
+//! `payload`: signed delta update payloads.
+//!
+//! ```text
+//! cargo run --release --example payload -- generate --source OLD --target NEW --key SECRET.pem -o OUT [--full]
+//!         [--compatible STR] [--version V]
+//! cargo run --release --example payload -- inspect PAYLOAD --pubkey PUBLIC.pem
+//! cargo run --release --example payload -- apply --source OLD --target OUT --pubkey PUBLIC.pem [--state FILE] PAYLOAD|-
+//! ```
+//! `apply` draws a progress bar, reads the payload from stdin with `-`, and with `--state`
+//! resumes an interrupted apply where it stopped.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use keel::payload::{apply_files, generate, read_manifest, ApplyOptions, GenerateOptions, OpType};
+use keel::verity::{Keyring, PublicKey, SigningKey};
+
+#[derive(Parser)]
+#[command(name = "payload", about = "Signed delta update payloads")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make a payload that turns SOURCE into TARGET.
+    Generate {
+        #[arg(long, required_unless_present = "full")]
+        source: Option<PathBuf>,
+        #[arg(long)]
+        target: PathBuf,
+        /// Ed25519 private key, PKCS#8 PEM.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// A full payload (no source).
+        #[arg(long)]
+        full: bool,
+        #[arg(long, default_value = "keel-example")]
+        compatible: String,
+        #[arg(long, default_value = "1.0")]
+        version: String,
+        /// zstd level.
+        #[arg(long, default_value_t = 19)]
+        level: i32,
+    },
+    /// Print the manifest: images, and operations by type with their bytes.
+    Inspect {
+        payload: PathBuf,
+        #[arg(long = "pubkey", required = true)]
+        pubkeys: Vec<PathBuf>,
+    },
+    /// Apply PAYLOAD (or - for stdin) to TARGET.
+    Apply {
+        #[arg(long)]
+        source: Option<PathBuf>,
+        #[arg(long)]
+        target: PathBuf,
+        #[arg(long = "pubkey", required = true)]
+        pubkeys: Vec<PathBuf>,
+        /// Resume record.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// This system's compatible string (default: not checked).
+        #[arg(long)]
+        compatible: Option<String>,
+        /// The installed version; older payloads are refused.
+        #[arg(long)]
+        installed_version: Option<String>,
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Checkpoint the resume record after this many MiB written.
+        #[arg(long, default_value_t = 64)]
+        checkpoint_mib: u64,
+        payload: String,
+    },
+}
+
+fn keyring(paths: &[PathBuf]) -> Result<Keyring, String> {
+    let mut r = Keyring::new();
+    for p in paths {
+        let pem = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        r.add(PublicKey::from_pem(&pem).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(r)
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.cmd {
+        Cmd::Generate {
+            source,
+            target,
+            key,
+            output,
+            full,
+            compatible,
+            version,
+            level,
+        } => {
+            let pem =
+                std::fs::read_to_string(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+            let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
+            let tgt = std::fs::read(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+            let src = match (&source, full) {
+                (Some(s), false) => {
+                    Some(std::fs::read(s).map_err(|e| format!("{}: {e}", s.display()))?)
+                }
+                _ => None,
+            };
+            let mut opts = GenerateOptions::new(&compatible, &version);
+            opts.level = level;
+            let t = std::time::Instant::now();
+            let p = generate(src.as_deref(), &tgt, &key, &opts).map_err(|e| e.to_string())?;
+            std::fs::write(&output, &p).map_err(|e| format!("{}: {e}", output.display()))?;
+            println!(
+                "{}: {} bytes for a {} byte target ({:.2}%), {:.1} s",
+                output.display(),
+                p.len(),
+                tgt.len(),
+                100.0 * p.len() as f64 / tgt.len().max(1) as f64,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Cmd::Inspect { payload, pubkeys } => {
+            let ring = keyring(&pubkeys)?;
+            let mut f = File::open(&payload).map_err(|e| format!("{}: {e}", payload.display()))?;
+            let (h, m, id) = read_manifest(&mut f, &ring).map_err(|e| e.to_string())?;
+            println!("payload id:   {}", hex::encode(id));
+            println!("signed by:    {}", hex::encode(h.key_id));
+            println!("compatible:   {}", m.compatible);
+            println!("version:      {}", m.version);
+            match m.source {
+                Some(s) => println!(
+                    "source:       {} bytes, sha256 {}",
+                    s.size,
+                    hex::encode(s.sha256)
+                ),
+                None => println!("source:       none (full payload)"),
+            }
+            println!(
+                "target:       {} bytes, sha256 {}",
+                m.target.size,
+                hex::encode(m.target.sha256)
+            );
+            println!(
+                "verity:       {}",
+                if m.verity.is_some() {
+                    "signed root descriptor included"
+                } else {
+                    "none"
+                }
+            );
+            println!(
+                "{:<8} {:>8} {:>14} {:>14} {:>8}",
+                "type", "ops", "target bytes", "data bytes", "ratio"
+            );
+            for t in [OpType::Zero, OpType::Copy, OpType::Replace, OpType::Patch] {
+                let ops: Vec<_> = m.operations.iter().filter(|o| o.op == t).collect();
+                let tb: u64 = ops.iter().map(|o| o.target_blocks() * 4096).sum();
+                let db: u64 = ops.iter().map(|o| o.data_length).sum();
+                println!(
+                    "{:<8} {:>8} {:>14} {:>14} {:>7.2}%",
+                    t.name(),
+                    ops.len(),
+                    tb,
+                    db,
+                    100.0 * db as f64 / tb.max(1) as f64
+                );
+            }
+            println!(
+                "manifest:     {} bytes, data {} bytes",
+                h.manifest_len, h.data_len
+            );
+        }
+        Cmd::Apply {
+            source,
+            target,
+            pubkeys,
+            state,
+            compatible,
+            installed_version,
+            allow_downgrade,
+            checkpoint_mib,
+            payload,
+        } => {
+            let ring = keyring(&pubkeys)?;
+            let src = source
+                .as_ref()
+                .map(|s| File::open(s).map_err(|e| format!("{}: {e}", s.display())))
+                .transpose()?;
+            let mut tgt = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&target)
+                .map_err(|e| format!("{}: {e}", target.display()))?;
+            let reader: Box<dyn Read> = if payload == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(File::open(&payload).map_err(|e| format!("{payload}: {e}"))?)
+            };
+            let pb = ProgressBar::new(0);
+            pb.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            let observer = |done: u64, total: u64| {
+                pb.set_length(total);
+                pb.set_position(done);
+            };
+            let opts = ApplyOptions {
+                keyring: Some(&ring),
+                compatible: compatible.as_deref(),
+                installed_version: installed_version.as_deref(),
+                allow_downgrade,
+                state: state.as_deref(),
+                progress: Some(&observer),
+                checkpoint_bytes: Some(checkpoint_mib.max(1) << 20),
+            };
+            let done = apply_files(
+                std::io::BufReader::new(reader),
+                src.as_ref(),
+                &mut tgt,
+                &opts,
+            )
+            .map_err(|e| e.to_string())?;
+            pb.finish_and_clear();
+            if done.resumed_at > 0 {
+                println!("resumed at operation {}", done.resumed_at);
+            }
+            println!(
+                "applied: {} ({} bytes, sha256 verified)",
+                target.display(),
+                done.manifest.target.size
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("payload: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The applier on payloads whose manifest and data are arbitrary but correctly signed (the
+//! fuzzer plays a trusted but buggy or hostile generator): never a panic; a success means
+//! the target is exactly what the manifest promised.
+#![no_main]
+
+use keel_payload::format::{Header, HEADER_SIZE};
+use keel_payload::{apply, ApplyOptions};
+use keel_verity::{Keyring, SigningKey};
+use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+
+fn key() -> &'static SigningKey {
+    static KEY: OnceLock<SigningKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
+        SigningKey::from_pkcs8_pem(pem).expect("test key")
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((len, rest)) = data.split_first_chunk::<2>() else { return };
+    let mlen = (u16::from_le_bytes(*len) as usize).min(rest.len());
+    let (manifest, blobs) = rest.split_at(mlen);
+    if manifest.is_empty() {
+        return;
+    }
+    let header = Header { manifest_len: manifest.len() as u64, data_len: blobs.len() as u64, key_id: key().public_key().id().0 };
+    let mut signed = header.to_bytes().to_vec();
+    signed.extend_from_slice(manifest);
+    let sig = key().sign_raw(&signed);
+    let mut payload = signed;
+    payload.extend_from_slice(&sig);
+    payload.extend_from_slice(blobs);
+    assert_eq!(payload.len(), HEADER_SIZE + manifest.len() + 64 + blobs.len());
+    let mut ring = Keyring::new();
+    ring.add(key().public_key().clone()).expect("one key");
+    let source: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut target = vec![0u8; 64 * 1024];
+    let opts = ApplyOptions { keyring: Some(&ring), ..Default::default() };
+    if let Ok(done) = apply(&payload[..], Some(&source), &mut target, &opts) {
+        assert_eq!(keel_payload::format::sha256(&target[..done.manifest.target.size as usize]), done.manifest.target.sha256);
+    }
+});

@@ -1,0 +1,162 @@
+//! The `payload` example: generate, inspect, apply from a pipe, and a real process killed
+//! with SIGKILL mid-apply, then resumed.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{example, run, seeded_bytes, stdout};
+
+fn ok(args: &[&str]) -> String {
+    let o = run(&example("payload"), args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout(&o)
+}
+
+#[test]
+fn generate_inspect_apply_and_resume_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let key = keel::verity::SigningKey::generate().unwrap();
+    std::fs::write(p("key.pem"), key.to_pkcs8_pem().unwrap()).unwrap();
+    std::fs::write(p("pub.pem"), key.public_key().to_pem().unwrap()).unwrap();
+    // 24 MiB: half unchanged, a quarter zeroed, a quarter new (incompressible) data.
+    let old = seeded_bytes(1, 24 << 20);
+    let mut new = old.clone();
+    new[6 << 20..12 << 20].fill(0);
+    new[12 << 20..18 << 20].copy_from_slice(&seeded_bytes(2, 6 << 20));
+    std::fs::write(p("old"), &old).unwrap();
+    std::fs::write(p("new"), &new).unwrap();
+    let out = ok(&[
+        "generate",
+        "--source",
+        &p("old"),
+        "--target",
+        &p("new"),
+        "--key",
+        &p("key.pem"),
+        "-o",
+        &p("payload"),
+        "--level",
+        "3",
+        "--compatible",
+        "acme",
+        "--version",
+        "2.0",
+    ]);
+    assert!(out.contains("bytes for a 25165824 byte target"), "{out}");
+    let shown = ok(&["inspect", &p("payload"), "--pubkey", &p("pub.pem")]);
+    assert!(
+        shown.contains("compatible:   acme") && shown.contains("COPY") && shown.contains("ZERO"),
+        "{shown}"
+    );
+
+    // Apply from a pipe that stalls half way; kill the process once it has checkpointed.
+    let payload = std::fs::read(p("payload")).unwrap();
+    let mut child = Command::new(example("payload"))
+        .args([
+            "apply",
+            "--source",
+            &p("old"),
+            "--target",
+            &p("slot-b"),
+            "--pubkey",
+            &p("pub.pem"),
+            "--state",
+            &p("state"),
+            "--checkpoint-mib",
+            "1",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&payload[..payload.len() * 3 / 4]).unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::path::Path::new(&p("state")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        std::path::Path::new(&p("state")).exists(),
+        "no checkpoint before the kill"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    drop(stdin);
+    assert_ne!(std::fs::read(p("slot-b")).unwrap_or_default(), new);
+
+    // Run again with the same record: it continues and ends with the identical target.
+    let out = ok(&[
+        "apply",
+        "--source",
+        &p("old"),
+        "--target",
+        &p("slot-b"),
+        "--pubkey",
+        &p("pub.pem"),
+        "--state",
+        &p("state"),
+        &p("payload"),
+    ]);
+    assert!(out.contains("resumed at operation"), "{out}");
+    assert_eq!(std::fs::read(p("slot-b")).unwrap(), new);
+
+    // Refusals: the running slot as target, a downgrade, another system.
+    let o = run(
+        &example("payload"),
+        &[
+            "apply",
+            "--source",
+            &p("old"),
+            "--target",
+            &p("old"),
+            "--pubkey",
+            &p("pub.pem"),
+            &p("payload"),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("running slot"));
+    let o = run(
+        &example("payload"),
+        &[
+            "apply",
+            "--source",
+            &p("old"),
+            "--target",
+            &p("t2"),
+            "--pubkey",
+            &p("pub.pem"),
+            "--installed-version",
+            "3.0",
+            &p("payload"),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("downgrade"));
+    let o = run(
+        &example("payload"),
+        &[
+            "apply",
+            "--source",
+            &p("old"),
+            "--target",
+            &p("t3"),
+            "--pubkey",
+            &p("pub.pem"),
+            "--compatible",
+            "other",
+            &p("payload"),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("\"acme\""));
+}
