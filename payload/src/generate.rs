@@ -21,6 +21,8 @@ const BS: usize = BLOCK_SIZE as usize;
 const NEW_CHUNK_BLOCKS: u64 = 512;
 /// Source bytes on each side of the predicted position used as patch reference.
 const REF_MARGIN: u64 = 2 << 20;
+/// zstd level at which candidate encodings are compared.
+const PROBE_LEVEL: i32 = 6;
 
 /// What to put in the manifest and how hard to compress.
 #[derive(Clone, Debug)]
@@ -269,11 +271,13 @@ pub fn generate(
                 }
                 _ => {
                     let tbytes = range(target, t.start, t.blocks);
+                    // Candidates are compared at a fast level; only the winner is compressed at
+                    // the requested one.
+                    let probe = level.min(PROBE_LEVEL);
                     let mut best = (
                         OpType::Replace,
-                        zstd_plain(&tbytes, level)?,
+                        zstd_plain(&tbytes, probe)?.len(),
                         Vec::new(),
-                        [0u8; 32],
                     );
                     if let Some(src_img) = source.filter(|s| !s.is_empty()) {
                         let sblocks = (src_img.len() as u64).div_ceil(BLOCK_SIZE);
@@ -293,14 +297,23 @@ pub fn generate(
                                 continue;
                             }
                             let ext = vec![Extent { start: lo, blocks }];
-                            let reference = extents_bytes(src_img, &ext);
-                            let patched = zstd_patch(&tbytes, &reference, level)?;
+                            let patched =
+                                zstd_patch(&tbytes, &extents_bytes(src_img, &ext), probe)?.len();
                             // A source extent and its hash cost 48 bytes of manifest.
-                            if patched.len() + 48 < best.1.len() {
-                                best = (OpType::Patch, patched, ext, sha256(&reference));
+                            if patched + 48 < best.1 {
+                                best = (OpType::Patch, patched, ext);
                             }
                         }
                     }
+                    let (op, _, source_ext) = best;
+                    let (data, source_sha256) = match op {
+                        OpType::Patch => {
+                            let reference = extents_bytes(source.unwrap_or_default(), &source_ext);
+                            (zstd_patch(&tbytes, &reference, level)?, sha256(&reference))
+                        }
+                        _ => (zstd_plain(&tbytes, level)?, [0u8; 32]),
+                    };
+                    let best = (op, data, source_ext, source_sha256);
                     let (op, data, source, source_sha256) = best;
                     let o = Operation {
                         op,

@@ -22,7 +22,7 @@
 //! # Ok::<(), keel_payload::Error>(())
 //! ```
 //!
-//! The format is documented byte by byte in [`format`]. The applier checks the signature
+//! The format is documented byte by byte in [`format`](mod@format). The applier checks the signature
 //! over header and manifest before it parses the manifest, the source image, compatible
 //! string and version before it writes, each blob's hash before decoding it and each
 //! operation's source blocks before using them ([`Error::SourceModified`] tells the caller to

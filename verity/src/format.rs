@@ -20,7 +20,7 @@ pub struct FormatOptions<'a> {
     pub build: BuildOptions<'a>,
 }
 
-/// The result of [`format`].
+/// The result of [`format()`].
 #[derive(Clone, Debug)]
 pub struct Formatted {
     /// The root hash.

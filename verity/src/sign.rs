@@ -309,6 +309,11 @@ impl PublicKey {
         Self::from_dalek(key)
     }
 
+    /// The 32 raw key bytes.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
     /// As PEM `PUBLIC KEY`.
     pub fn to_pem(&self) -> Result<String> {
         self.key

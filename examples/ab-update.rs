@@ -1,0 +1,601 @@
+//! `ab-update`: a whole A/B update cycle in a temporary directory, narrated. The main job.
+//!
+//! ```text
+//! cargo run --release --example ab-update [-- --keep DIR] [--policy chromeos|flatcar]
+//!     [--interrupt] [--slot-mib N]
+//! ```
+//! It lays out a GPT disk with an ESP and two slots (keel-partition) and describes the
+//! system (keel-config); writes version 1 of a root filesystem to slot A with its dm-verity
+//! tree and a signed root hash (keel-verity); builds version 2 and a signed delta payload
+//! 1 -> 2 (keel-payload), applies it to slot B from slot A and verifies B against its signed
+//! root; arms B and simulates boots (keel-bootflags through keel-partition): B fails until
+//! its tries run out and the boot loader falls back to A; re-armed, B comes up, is marked
+//! good and stays. Every step is checked; any failed check exits non-zero.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use keel::bootflags::{PriorityPolicy, Slot};
+use keel::partition::{create_layout, AbDisk, FileDevice, GptDisk, Layout, SlotSelector};
+use keel::payload::{apply, generate, ApplyOptions, GenerateOptions};
+use keel::verity::{
+    format, verify, BuildOptions, FormatOptions, Keyring, ReadAt, RootDescriptor, SigningKey,
+    VerityParams, WriteAt,
+};
+
+#[derive(Parser)]
+#[command(name = "ab-update", about = "A whole A/B update cycle, narrated")]
+struct Cli {
+    /// Keep the artifacts in DIR instead of a temporary directory.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// The boot loader's rules.
+    #[arg(long, value_enum, default_value_t = PolicyArg::Flatcar)]
+    policy: PolicyArg,
+    /// Cut the apply off half way (a power cut) and resume it.
+    #[arg(long)]
+    interrupt: bool,
+    /// Slot size in MiB.
+    #[arg(long, default_value_t = 96)]
+    slot_mib: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PolicyArg {
+    Chromeos,
+    Flatcar,
+}
+
+type Res<T> = Result<T, String>;
+
+fn check(cond: bool, what: &str) -> Res<()> {
+    if cond {
+        println!("   check: {what}");
+        Ok(())
+    } else {
+        Err(format!("check failed: {what}"))
+    }
+}
+
+/// A partition of the disk image, read and written by offset.
+struct Region {
+    file: File,
+    start: u64,
+    len: u64,
+}
+
+impl ReadAt for Region {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if offset + buf.len() as u64 > self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "past the partition",
+            ));
+        }
+        FileExt::read_exact_at(&self.file, buf, self.start + offset)
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.len)
+    }
+}
+
+impl WriteAt for Region {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if offset + buf.len() as u64 > self.len {
+            return Err(io::Error::other("write past the partition"));
+        }
+        FileExt::write_all_at(&self.file, buf, self.start + offset)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+/// A region that loses power after `left` writes.
+struct PowerCut<'a> {
+    inner: &'a mut Region,
+    left: usize,
+}
+
+impl ReadAt for PowerCut<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+}
+
+impl WriteAt for PowerCut<'_> {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.left == 0 {
+            return Err(io::Error::other("power cut"));
+        }
+        self.left -= 1;
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.inner.sync()
+    }
+}
+
+fn seeded(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        // Text-like bytes compress like real files do.
+        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        out.extend(
+            v.to_le_bytes()
+                .iter()
+                .map(|b| b"abcdefghij klmnop\n"[(*b % 18) as usize]),
+        );
+    }
+    out.truncate(len);
+    out
+}
+
+/// The root filesystem tree of a version: version 2 changes some files, adds and removes others.
+fn make_tree(dir: &Path, version: u32) -> Res<()> {
+    let e = |e: io::Error| e.to_string();
+    for d in ["usr/bin", "usr/lib", "usr/share/doc", "etc"] {
+        fs::create_dir_all(dir.join(d)).map_err(e)?;
+    }
+    for i in 0..120u64 {
+        let changed = version >= 2 && i % 10 == 3;
+        let seed = if changed { 10_000 + i } else { i };
+        let size = 4096 + (i as usize * 7919) % 150_000;
+        fs::write(dir.join(format!("usr/lib/lib{i}.so")), seeded(seed, size)).map_err(e)?;
+    }
+    for i in 0..40u64 {
+        if version >= 2 && i % 8 == 0 {
+            continue;
+        }
+        fs::write(
+            dir.join(format!("usr/bin/tool{i}")),
+            seeded(500 + i, 20_000 + i as usize * 1000),
+        )
+        .map_err(e)?;
+    }
+    if version >= 2 {
+        for i in 0..6u64 {
+            fs::write(
+                dir.join(format!("usr/share/doc/new{i}.txt")),
+                seeded(900 + i, 60_000),
+            )
+            .map_err(e)?;
+        }
+    }
+    fs::write(
+        dir.join("etc/os-release"),
+        format!("NAME=KeelOS\nVERSION_ID={version}.0\n"),
+    )
+    .map_err(e)?;
+    Ok(())
+}
+
+/// An image of `size` bytes: ext4 from the tree when mkfs.ext4 is there, else the tree's
+/// files laid end to end.
+fn make_image(tree: &Path, out: &Path, size: u64) -> Res<&'static str> {
+    let mkfs = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    if let Some(mkfs) = mkfs {
+        let _ = fs::remove_file(out);
+        let st = Command::new(mkfs)
+            .args([
+                "-q",
+                "-F",
+                "-b",
+                "4096",
+                "-L",
+                "keel-root",
+                "-U",
+                "4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6",
+            ])
+            .args(["-E", "hash_seed=0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "-d"])
+            .arg(tree)
+            .arg(out)
+            .arg(format!("{}k", size / 1024))
+            .env("E2FSPROGS_FAKE_TIME", "1700000000")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| e.to_string())?;
+        if st.success() {
+            return Ok("ext4 (mkfs.ext4 -d)");
+        }
+    }
+    let mut img = Vec::new();
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut stack = vec![tree.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).map_err(|e| e.to_string())? {
+            let p = e.map_err(|e| e.to_string())?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    for f in files {
+        img.extend(fs::read(&f).map_err(|e| e.to_string())?);
+        img.resize(img.len().div_ceil(4096) * 4096, 0);
+    }
+    img.resize(size as usize, 0);
+    fs::write(out, img).map_err(|e| e.to_string())?;
+    Ok("generated content (mkfs.ext4 not installed)")
+}
+
+fn show(ab: &AbDisk<FileDevice>, title: &str) -> Res<()> {
+    println!("   slot table ({title}):");
+    for s in ab.slots().map_err(|e| e.to_string())? {
+        println!(
+            "     {}  partition {}  {:<6} priority {:>2}  tries {:>2}  successful {}",
+            s.slot,
+            s.partition.number,
+            s.partition.name,
+            s.state.priority,
+            s.state.tries,
+            if s.state.successful { "yes" } else { "no" }
+        );
+    }
+    let next = ab.next_boot().map_err(|e| e.to_string())?;
+    println!(
+        "     next boot: {}",
+        next.map_or("none".to_string(), |s| s.to_string())
+    );
+    Ok(())
+}
+
+fn open_ab(disk: &Path, policy: PriorityPolicy) -> Res<AbDisk<FileDevice>> {
+    let dev = FileDevice::open(disk, true).map_err(|e| e.to_string())?;
+    let g = GptDisk::open(dev, None).map_err(|e| e.to_string())?;
+    AbDisk::new(g, &SlotSelector::Auto, policy).map_err(|e| e.to_string())
+}
+
+fn region(disk: &Path, ab: &AbDisk<FileDevice>, slot: Slot) -> Res<Region> {
+    let ss = ab.disk().sector_size();
+    let info = ab
+        .slots()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|s| s.slot == slot)
+        .ok_or("no such slot")?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .map_err(|e| e.to_string())?;
+    Ok(Region {
+        file,
+        start: info.partition.first_lba * ss,
+        len: info.size_bytes(ss),
+    })
+}
+
+fn run(cli: &Cli, dir: &Path) -> Res<()> {
+    let started = Instant::now();
+    let policy = match cli.policy {
+        PolicyArg::Chromeos => PriorityPolicy::ChromeOs,
+        PolicyArg::Flatcar => PriorityPolicy::Flatcar,
+    };
+    let slot_bytes = cli.slot_mib << 20;
+    // The filesystem takes 7/8 of the slot; its dm-verity tree follows it in the slot.
+    let image_bytes = (slot_bytes / 8 * 7) / 4096 * 4096;
+    let disk = dir.join("disk.img");
+
+    println!(
+        "1. Lay out a GPT disk: ESP and two {} MiB slots (keel-partition)",
+        cli.slot_mib
+    );
+    let f = File::create(&disk).map_err(|e| e.to_string())?;
+    f.set_len(2 * slot_bytes + (10 << 20))
+        .map_err(|e| e.to_string())?;
+    let mut layout = Layout::flatcar(slot_bytes);
+    layout.esp_size = 8 << 20;
+    create_layout(
+        &mut FileDevice::open(&disk, true).map_err(|e| e.to_string())?,
+        &layout,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut ab = open_ab(&disk, policy)?;
+    check(ab.disk().health().is_clean(), "both GPT copies valid")?;
+    show(&ab, "new disk")?;
+
+    println!("2. Describe the system (keel-config) and make the release key (keel-verity)");
+    let key = SigningKey::generate().map_err(|e| e.to_string())?;
+    let mut ring = Keyring::new();
+    ring.add(key.public_key().clone())
+        .map_err(|e| e.to_string())?;
+    let backend = match cli.policy {
+        PolicyArg::Chromeos => "gpt-chromeos",
+        PolicyArg::Flatcar => "gpt-flatcar",
+    };
+    let config = format!(
+        "version = \"1\"\ncompatible = \"keel-demo\"\n\n[boot]\nbackend = \"{backend}\"\ndisk = \"{}\"\n\n\
+         [[slot]]\nname = \"usr.a\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-A\"\n\n\
+         [[slot]]\nname = \"usr.b\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-B\"\n\n\
+         [verity]\nalgorithm = \"sha256\"\n\n[[trust.key]]\nid = \"release\"\ned25519 = \"{}\"\n\n[update]\ntries = 2\n",
+        disk.display(),
+        hex::encode(key.public_key().to_bytes())
+    );
+    fs::write(dir.join("system.toml"), &config).map_err(|e| e.to_string())?;
+    let loaded =
+        keel::config::load_sources(&[(dir.join("system.toml").display().to_string(), config)]);
+    for f in &loaded.findings {
+        println!("   {f}");
+    }
+    let cfg = loaded.config.ok_or("the system description has errors")?;
+    check(
+        cfg.slots.len() == 2,
+        "system description valid: two slots, one class",
+    )?;
+    let tries = keel::config::effective_tries(&cfg);
+
+    println!("3. Build version 1 and write it to slot A with its dm-verity tree and signed root");
+    let t1 = dir.join("rootfs-v1");
+    make_tree(&t1, 1)?;
+    let kind = make_image(&t1, &dir.join("v1.img"), image_bytes)?;
+    println!("   image: {kind}, {} MiB", image_bytes >> 20);
+    let v1 = fs::read(dir.join("v1.img")).map_err(|e| e.to_string())?;
+    let mut slot_a = region(&disk, &ab, Slot::A)?;
+    slot_a.write_all_at(&v1, 0).map_err(|e| e.to_string())?;
+    let params = VerityParams::builder()
+        .data_blocks_for(image_bytes)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let opts = FormatOptions {
+        hash_offset: image_bytes,
+        superblock: Some([7; 16]),
+        ..Default::default()
+    };
+    let data = Region {
+        file: slot_a.file.try_clone().map_err(|e| e.to_string())?,
+        start: slot_a.start,
+        len: image_bytes,
+    };
+    let f1 = format(&params, &data, &mut slot_a, &opts).map_err(|e| e.to_string())?;
+    let signed1 =
+        key.sign(&RootDescriptor::new(params.clone(), &f1.root_hash).map_err(|e| e.to_string())?);
+    fs::write(dir.join("v1.root.sig"), signed1.to_bytes()).map_err(|e| e.to_string())?;
+    println!("   root hash {}", hex::encode(&f1.root_hash));
+    let d1 = ring
+        .verify(&signed1.to_bytes())
+        .map_err(|e| e.to_string())?;
+    verify(
+        d1.descriptor.params(),
+        &f1.geometry,
+        &data,
+        &slot_a,
+        d1.descriptor.root_hash(),
+        &BuildOptions::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    check(true, "slot A verifies against its signed root hash")?;
+
+    println!("4. Build version 2 and a signed delta payload 1 -> 2 (keel-payload)");
+    let t2 = dir.join("rootfs-v2");
+    make_tree(&t2, 2)?;
+    make_image(&t2, &dir.join("v2.img"), image_bytes)?;
+    let v2 = fs::read(dir.join("v2.img")).map_err(|e| e.to_string())?;
+    let (_, f2root) = {
+        let tree = keel::verity::HashTree::build(&params, &v2).map_err(|e| e.to_string())?;
+        ((), tree.root_hash().to_vec())
+    };
+    let desc2 = RootDescriptor::new(params.clone(), &f2root).map_err(|e| e.to_string())?;
+    fs::write(dir.join("v2.root.sig"), key.sign(&desc2).to_bytes()).map_err(|e| e.to_string())?;
+    let mut gopts = GenerateOptions::new("keel-demo", "2.0");
+    gopts.verity = Some(desc2.clone());
+    gopts.level = 9;
+    let t = Instant::now();
+    let payload = generate(Some(&v1), &v2, &key, &gopts).map_err(|e| e.to_string())?;
+    fs::write(dir.join("update-1-to-2.payload"), &payload).map_err(|e| e.to_string())?;
+    println!(
+        "   payload: {} bytes for a {} MiB image ({:.2}%), {:.1} s",
+        payload.len(),
+        image_bytes >> 20,
+        100.0 * payload.len() as f64 / image_bytes as f64,
+        t.elapsed().as_secs_f64()
+    );
+    drop(v1);
+
+    println!("5. Apply it to slot B, reading slot A, then write and check B's verity tree");
+    ab.mark_bad(Slot::B).map_err(|e| e.to_string())?;
+    let source = Region {
+        file: slot_a.file.try_clone().map_err(|e| e.to_string())?,
+        start: slot_a.start,
+        len: image_bytes,
+    };
+    let mut slot_b = region(&disk, &ab, Slot::B)?;
+    let mut target = Region {
+        file: slot_b.file.try_clone().map_err(|e| e.to_string())?,
+        start: slot_b.start,
+        len: image_bytes,
+    };
+    let state = dir.join("apply.state");
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template("   [{bar:40}] {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let observer = |done: u64, total: u64| {
+        pb.set_length(total);
+        pb.set_position(done);
+    };
+    let aopts = ApplyOptions {
+        keyring: Some(&ring),
+        compatible: Some("keel-demo"),
+        installed_version: Some("1.0"),
+        state: Some(&state),
+        progress: Some(&observer),
+        checkpoint_bytes: Some(1 << 20),
+        ..Default::default()
+    };
+    if cli.interrupt {
+        let ops = keel::payload::read_manifest(&mut &payload[..], &ring)
+            .map_err(|e| e.to_string())?
+            .1
+            .operations
+            .len();
+        let mut cut = PowerCut {
+            inner: &mut target,
+            left: ops / 2,
+        };
+        let r = apply(&payload[..], Some(&source), &mut cut, &aopts);
+        pb.finish_and_clear();
+        check(
+            r.is_err(),
+            &format!("power cut after {} of {ops} operations", ops / 2),
+        )?;
+        check(state.exists(), "the resume record survived the cut")?;
+    }
+    let applied =
+        apply(&payload[..], Some(&source), &mut target, &aopts).map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    if cli.interrupt {
+        check(
+            applied.resumed_at > 0,
+            &format!("resumed at operation {}", applied.resumed_at),
+        )?;
+    }
+    check(
+        true,
+        "slot B holds version 2 (sha256 and dm-verity root checked by the applier)",
+    )?;
+    let data_b = Region {
+        file: slot_b.file.try_clone().map_err(|e| e.to_string())?,
+        start: slot_b.start,
+        len: image_bytes,
+    };
+    // The device computes the tree itself: the payload does not carry it.
+    let fb = format(&params, &data_b, &mut slot_b, &opts).map_err(|e| e.to_string())?;
+    let signed2 = fs::read(dir.join("v2.root.sig")).map_err(|e| e.to_string())?;
+    let d2 = ring.verify(&signed2).map_err(|e| e.to_string())?;
+    verify(
+        d2.descriptor.params(),
+        &fb.geometry,
+        &data_b,
+        &slot_b,
+        d2.descriptor.root_hash(),
+        &BuildOptions::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    check(
+        fb.root_hash == f2root,
+        "slot B verifies against the signed root hash of version 2",
+    )?;
+    show(&ab, "after the apply, before arming")?;
+
+    println!("6. Arm B with {tries} tries; B fails to come up healthy every time");
+    ab.set_active(Slot::B, Some(tries))
+        .map_err(|e| e.to_string())?;
+    show(&ab, "B armed")?;
+    let mut boots_of_b = 0;
+    for n in 1..=u32::from(tries) + 2 {
+        let chosen = ab
+            .boot()
+            .map_err(|e| e.to_string())?
+            .ok_or("no bootable slot")?;
+        println!(
+            "   boot {n}: the boot loader chooses {chosen}{}",
+            if chosen == Slot::B {
+                "; it does not come up healthy"
+            } else {
+                "; it comes up healthy"
+            }
+        );
+        if chosen == Slot::B {
+            boots_of_b += 1;
+        } else {
+            ab.mark_good(Slot::A).map_err(|e| e.to_string())?;
+            break;
+        }
+    }
+    show(&ab, "after the failed tries")?;
+    check(
+        boots_of_b == u32::from(tries),
+        &format!("B was tried exactly {tries} times"),
+    )?;
+    check(
+        ab.next_boot().map_err(|e| e.to_string())? == Some(Slot::A),
+        "the boot loader fell back to A and stays there",
+    )?;
+
+    println!("7. Re-arm B; this time it comes up healthy and is marked good");
+    ab.set_active(Slot::B, Some(tries))
+        .map_err(|e| e.to_string())?;
+    let chosen = ab.boot().map_err(|e| e.to_string())?;
+    check(chosen == Some(Slot::B), "the boot loader chooses B")?;
+    verify(
+        &params,
+        &fb.geometry,
+        &data_b,
+        &slot_b,
+        &fb.root_hash,
+        &BuildOptions::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    ab.mark_good(Slot::B).map_err(|e| e.to_string())?;
+    for n in 1..=3 {
+        let c = ab.boot().map_err(|e| e.to_string())?;
+        check(c == Some(Slot::B), &format!("boot {n} after mark-good: B"))?;
+    }
+    show(&ab, "B good")?;
+    let g = GptDisk::open(
+        FileDevice::open(&disk, false).map_err(|e| e.to_string())?,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    check(
+        g.health().is_clean(),
+        "both GPT copies still valid after every flag update",
+    )?;
+    println!(
+        "Done in {:.1} s: version 2 runs from slot B; slot A keeps version 1 as the fallback.",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (dir, temp) = match &cli.keep {
+        Some(d) => {
+            if let Err(e) = fs::create_dir_all(d) {
+                eprintln!("ab-update: {}: {e}", d.display());
+                return ExitCode::FAILURE;
+            }
+            (d.clone(), None)
+        }
+        None => {
+            let d = std::env::temp_dir().join(format!("keel-ab-update-{}", std::process::id()));
+            (d.clone(), Some(d))
+        }
+    };
+    let _ = fs::create_dir_all(&dir);
+    let r = run(&cli, &dir);
+    if let Some(t) = temp {
+        let _ = fs::remove_dir_all(t);
+    } else {
+        println!("artifacts kept in {}", dir.display());
+    }
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ab-update: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
