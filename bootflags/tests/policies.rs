@@ -22,7 +22,7 @@ trait Store: AbControl + Clone + std::fmt::Debug {
     /// Encode and decode again; must give an equal store with identical bytes.
     fn reencode(&self) -> Self;
     /// Boots an armed slot gets when armed with `tries` (`None`: the default).
-    fn budget(tries: Option<u8>) -> u32;
+    fn budget(&self, tries: Option<u8>) -> u32;
     /// Whether the old slot is reached within the budget even if a healthy slot sometimes
     /// fails to mark itself good (false where the boot loader's own rules retry the armed
     /// slot then: RAUC's scripts reset their counters when every slot was tried).
@@ -72,45 +72,8 @@ impl Store for Gpt {
             .collect();
         Gpt(PrioritySlots::new(slots, self.0.policy).unwrap())
     }
-    fn budget(tries: Option<u8>) -> u32 {
-        u32::from(tries.unwrap_or(6))
-    }
-    const STRONG: bool = true;
-}
-
-#[derive(Clone, Debug)]
-struct Flatcar(Gpt);
-
-impl AbControl for Flatcar {
-    fn slot_count(&self) -> usize {
-        self.0.slot_count()
-    }
-    fn state(&self, s: Slot) -> keel_bootflags::Result<SlotState> {
-        self.0.state(s)
-    }
-    fn is_bootable(&self, s: Slot) -> keel_bootflags::Result<bool> {
-        self.0.is_bootable(s)
-    }
-    fn boot(&mut self) -> Option<Slot> {
-        self.0.boot()
-    }
-    fn set_active(&mut self, s: Slot, t: Option<u8>) -> keel_bootflags::Result<()> {
-        self.0.set_active(s, t)
-    }
-    fn mark_good(&mut self, s: Slot) -> keel_bootflags::Result<()> {
-        self.0.mark_good(s)
-    }
-    fn mark_bad(&mut self, s: Slot) -> keel_bootflags::Result<()> {
-        self.0.mark_bad(s)
-    }
-}
-
-impl Store for Flatcar {
-    fn reencode(&self) -> Self {
-        Flatcar(self.0.reencode())
-    }
-    fn budget(tries: Option<u8>) -> u32 {
-        u32::from(tries.unwrap_or(1))
+    fn budget(&self, tries: Option<u8>) -> u32 {
+        u32::from(tries.unwrap_or(self.0.policy.default_tries()))
     }
     const STRONG: bool = true;
 }
@@ -122,7 +85,7 @@ impl Store for BootloaderControl {
         assert_eq!(back.to_bytes(), b);
         back
     }
-    fn budget(tries: Option<u8>) -> u32 {
+    fn budget(&self, tries: Option<u8>) -> u32 {
         u32::from(tries.unwrap_or(6))
     }
     const STRONG: bool = true;
@@ -135,7 +98,7 @@ impl Store for RaucGrub {
         assert_eq!(back.to_env().unwrap().to_bytes().unwrap(), block);
         back
     }
-    fn budget(_: Option<u8>) -> u32 {
+    fn budget(&self, _: Option<u8>) -> u32 {
         1
     }
     const STRONG: bool = false;
@@ -158,7 +121,7 @@ impl Store for RaucUboot {
         }
         unreachable!()
     }
-    fn budget(tries: Option<u8>) -> u32 {
+    fn budget(&self, tries: Option<u8>) -> u32 {
         u32::from(tries.unwrap_or(3))
     }
     const STRONG: bool = false;
@@ -174,7 +137,7 @@ impl Store for SystemdBoot {
         }
         self.clone()
     }
-    fn budget(tries: Option<u8>) -> u32 {
+    fn budget(&self, tries: Option<u8>) -> u32 {
         u32::from(tries.unwrap_or(3))
     }
     const STRONG: bool = true;
@@ -269,9 +232,9 @@ fn run<S: Store>(mut store: S, ops: &[Op], strong: bool) {
                 if store.set_active(target, tries).is_err() {
                     // RAUC's GRUB script only gives one try; arm it that way.
                     store.set_active(target, None).unwrap();
-                    armed[target.index()] = (!g).then_some((S::budget(None), 0));
+                    armed[target.index()] = (!g).then_some((store.budget(None), 0));
                 } else {
-                    armed[target.index()] = (!g).then_some((S::budget(tries), 0));
+                    armed[target.index()] = (!g).then_some((store.budget(tries), 0));
                 }
             }
             Op::Reactivate { slot, tries } => {
@@ -286,7 +249,7 @@ fn run<S: Store>(mut store: S, ops: &[Op], strong: bool) {
                 };
                 // Re-activation gives broken content another round of tries.
                 if !content_good[s.index()] && !good[s.index()] {
-                    armed[s.index()] = Some((S::budget(used), 0));
+                    armed[s.index()] = Some((store.budget(used), 0));
                 }
             }
             Op::MarkBad { slot } => {
@@ -353,7 +316,7 @@ fn systemd(n: usize) -> SystemdBoot {
 
 fn all_stores(ops: &[Op], strong: bool, n: usize) {
     run(Gpt(gpt(PriorityPolicy::ChromeOs, n)), ops, strong);
-    run(Flatcar(Gpt(gpt(PriorityPolicy::Flatcar, n))), ops, strong);
+    run(Gpt(gpt(PriorityPolicy::Flatcar, n)), ops, strong);
     run(android(n as u8), ops, strong);
     run(RaucGrub::init(n, Slot::A).unwrap(), ops, strong);
     run(RaucUboot::init(n, Slot::A).unwrap(), ops, strong);
@@ -417,7 +380,7 @@ fn the_budget_check_catches_a_broken_policy() {
         fn reencode(&self) -> Self {
             self.clone()
         }
-        fn budget(t: Option<u8>) -> u32 {
+        fn budget(&self, t: Option<u8>) -> u32 {
             u32::from(t.unwrap_or(6))
         }
         const STRONG: bool = true;

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let mut bytes = rest.to_vec();
     let header = if redundant { 5 } else { 4 };
     if mode & 2 == 2 && size > header {
-        let crc = crc32(&bytes[header..]);
+        let crc = crc32fast::hash(&bytes[header..]);
         bytes[..4].copy_from_slice(&crc.to_le_bytes());
     }
     let Ok(copy) = UbootEnv::parse_copy(&bytes, layout) else { return };
@@ -34,13 +34,3 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}

@@ -31,3 +31,14 @@ pub fn example(name: &str) -> PathBuf {
     }
     profile_dir.join("examples").join(name)
 }
+
+/// Run an example that must succeed; returns its standard output.
+pub fn ok(name: &str, args: &[&str]) -> String {
+    let o = run(&example(name), args);
+    assert!(
+        o.status.success(),
+        "{name} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout(&o)
+}

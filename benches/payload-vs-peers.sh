@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Delta payloads side by side on the same image pair, one table: Keel, zstd --patch-from,
+# xdelta3 (default, and -B over the whole image) and bsdiff (with a time limit).
+#
+#   benches/payload-vs-peers.sh [OLD NEW]
+#
+# Without arguments it uses the ext4 pair of the measurement corpus, building it first
+# (shared/corpus/build-corpus.sh; needs root and about 5 minutes). Needs zstd, xdelta3,
+# bsdiff and GNU time (apt-get install zstd xdelta3 bsdiff time).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CORPUS=${KEEL_CORPUS:-/tmp/keel-corpus}
+if [ $# -ge 2 ]; then OLD=$1 NEW=$2; else
+  OLD=$CORPUS/img_A.ext4 NEW=$CORPUS/img_B.ext4
+  [ -f "$OLD" ] || bash ../shared/corpus/build-corpus.sh "$CORPUS"
+fi
+BSDIFF_LIMIT=${BSDIFF_LIMIT:-420}
+W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
+cargo build -q --release --example payload
+PAYLOAD=target/release/examples/payload
+openssl genpkey -algorithm ed25519 -out "$W/k.pem" 2>/dev/null
+openssl pkey -in "$W/k.pem" -pubout -out "$W/k.pub"
+
+# measure NAME GEN_CMD APPLY_CMD OUT RESULT: runs both under GNU time.
+rows=()
+measure() {
+  local name=$1 gen=$2 app=$3 out=$4 result=$5
+  local g a
+  if ! g=$( { /usr/bin/time -f "%e %M" bash -c "$gen" >/dev/null 2>"$W/err"; } 2>&1 | tail -1); then
+    rows+=("$name|failed or timed out|||||"); return; fi
+  rm -f "$result"
+  a=$( { /usr/bin/time -f "%e %M" bash -c "$app" >/dev/null 2>"$W/err"; } 2>&1 | tail -1)
+  cmp -s "$result" "$NEW" || { rows+=("$name|WRONG RESULT|||||"); return; }
+  rows+=("$name|$(stat -c %s "$out")|${g% *}|$(( ${g#* } / 1024 ))|${a% *}|$(( ${a#* } / 1024 ))")
+}
+
+measure "keel (zstd -19 per chunk)" \
+  "$PAYLOAD generate --source $OLD --target $NEW --key $W/k.pem -o $W/keel.p" \
+  "$PAYLOAD apply --source $OLD --target $W/keel.out --pubkey $W/k.pub $W/keel.p" "$W/keel.p" "$W/keel.out"
+measure "zstd --patch-from -19 --long=31" \
+  "zstd -q -f -19 --long=31 --patch-from=$OLD $NEW -o $W/z.p" \
+  "zstd -q -f -d --long=31 --patch-from=$OLD $W/z.p -o $W/z.out" "$W/z.p" "$W/z.out"
+measure "xdelta3 (default)" \
+  "xdelta3 -f -e -s $OLD $NEW $W/x.p" "xdelta3 -f -d -s $OLD $W/x.p $W/x.out" "$W/x.p" "$W/x.out"
+measure "xdelta3 -9 -S djw -B whole image" \
+  "xdelta3 -f -9 -S djw -B $(stat -c %s "$OLD") -e -s $OLD $NEW $W/xb.p" \
+  "xdelta3 -f -B $(stat -c %s "$OLD") -d -s $OLD $W/xb.p $W/xb.out" "$W/xb.p" "$W/xb.out"
+measure "bsdiff (limit ${BSDIFF_LIMIT}s)" \
+  "timeout $BSDIFF_LIMIT bsdiff $OLD $NEW $W/b.p" "bspatch $OLD $W/b.out $W/b.p" "$W/b.p" "$W/b.out"
+
+printf '%-34s %12s %8s %9s %8s %9s\n' method bytes "gen s" "gen MiB" "apply s" "apply MiB"
+best=0
+for r in "${rows[@]}"; do
+  IFS='|' read -r n b gs gm as am <<<"$r"
+  printf '%-34s %12s %8s %9s %8s %9s\n' "$n" "$b" "$gs" "$gm" "$as" "$am"
+  if [[ $n != keel* && $b =~ ^[0-9]+$ ]] && { [ "$best" = 0 ] || [ "$b" -lt "$best" ]; }; then best=$b; fi
+done
+keel=$(stat -c %s "$W/keel.p" 2>/dev/null || echo 0)
+[ "$best" -gt 0 ] && awk -v k="$keel" -v b="$best" 'BEGIN { printf "keel bytes / best peer bytes: %.3f\n", k / b }'
