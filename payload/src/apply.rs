@@ -184,17 +184,17 @@ fn hash_prefix<S: ReadAt + ?Sized>(dev: &S, size: u64, what: &str) -> Result<[u8
 }
 
 fn read_extents<S: ReadAt + ?Sized>(src: &S, ext: &[Extent], size: u64) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
+    let total: u64 = ext.iter().map(|e| e.blocks * BLOCK_SIZE).sum();
+    let mut out = vec![0u8; total as usize];
+    let mut at = 0usize;
     for e in ext {
-        for b in e.start..e.start + e.blocks {
-            let off = b * BLOCK_SIZE;
-            let mut blk = vec![0u8; BLOCK_SIZE as usize];
-            // The last block of an image may be partial: the rest reads as zeros.
-            let n = (size.saturating_sub(off)).min(BLOCK_SIZE) as usize;
-            src.read_exact_at(&mut blk[..n], off)
-                .map_err(|e| Error::io("reading source blocks", e))?;
-            out.extend_from_slice(&blk);
-        }
+        let off = e.start * BLOCK_SIZE;
+        let len = (e.blocks * BLOCK_SIZE) as usize;
+        // One read per extent; the image's last block may be partial and reads as zeros.
+        let n = (size.saturating_sub(off)).min(len as u64) as usize;
+        src.read_exact_at(&mut out[at..at + n], off)
+            .map_err(|e| Error::io("reading source blocks", e))?;
+        at += len;
     }
     Ok(out)
 }

@@ -194,11 +194,9 @@ impl TreeGeometry {
         (self.levels[level].first_block + index) * self.hash_block_size
     }
 
-    /// For item `index` of a level (or data block `index`): the block of the level above
-    /// that holds its digest, and the byte offset of the digest within that block.
-    pub(crate) fn parent_entry(&self, index: u64) -> (u64, usize) {
-        let block = index >> self.per_block_bits;
-        let slot = (index & ((1u64 << self.per_block_bits) - 1)) as usize;
-        (block, slot * self.slot_size)
+    /// Byte offset, within its hash block of the level above, of the digest of item
+    /// `index` of a level (or of data block `index`).
+    pub(crate) fn entry_offset(&self, index: u64) -> usize {
+        (index & ((1u64 << self.per_block_bits) - 1)) as usize * self.slot_size
     }
 }

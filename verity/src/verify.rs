@@ -118,7 +118,7 @@ where
             opts,
             false,
         )?;
-        let bad = compare_level(geometry, level, &fresh, level_bytes(level), below);
+        let bad = compare_level(geometry, &fresh, level_bytes(level), below);
         if let Some(first) = bad.first_child {
             return Err(Error::HashBlockCorrupt {
                 level: level - 1,
@@ -143,7 +143,7 @@ where
         opts,
         true,
     )?;
-    let bad = compare_level(geometry, 0, &fresh, level_bytes(0), params.data_blocks());
+    let bad = compare_level(geometry, &fresh, level_bytes(0), params.data_blocks());
     if let Some(first) = bad.first_child {
         return Err(Error::DataBlockCorrupt {
             block: first,
@@ -175,13 +175,7 @@ struct Mismatch {
 
 /// Compare a freshly computed level with the one on disk: which children's digests differ,
 /// and the first block whose padding differs.
-fn compare_level(
-    geometry: &TreeGeometry,
-    _level: usize,
-    fresh: &[u8],
-    disk: &[u8],
-    children: u64,
-) -> Mismatch {
+fn compare_level(geometry: &TreeGeometry, fresh: &[u8], disk: &[u8], children: u64) -> Mismatch {
     let hbs = geometry.hash_block_size() as usize;
     let per = geometry.digests_per_block();
     let slot = geometry.slot_size();
@@ -294,7 +288,7 @@ impl<H: ReadAt> BlockVerifier<H> {
             let shift = (level as u32 + 1) * bits;
             let bi = if shift >= 64 { 0 } else { index >> shift };
             let child = index >> (level as u32 * bits);
-            let (_, at) = self.geometry.parent_entry(child);
+            let at = self.geometry.entry_offset(child);
             expected = self.child_digest(level, bi, &expected, at)?;
         }
         let found = self.hasher.hash(block, ds);
