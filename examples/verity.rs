@@ -8,6 +8,7 @@
 //! cargo run --release --example verity -- keygen KEY.pem [--public PUB.pem]
 //! cargo run --release --example verity -- sign HASH ROOT_HEX --key KEY.pem --out ROOT.sig
 //! cargo run --release --example verity -- verify-signature ROOT.sig --key PUB.pem [--data DATA --hash HASH]
+//! cargo run --release --example verity -- fsverity-digest FILE [--hash-alg sha256|sha512] [--block-size N] [--salt HEX]
 //! cargo run --release --example verity -- demo      # the whole cycle in a temporary directory
 //! ```
 //!
@@ -82,6 +83,18 @@ enum Cmd {
         ignore_zero_blocks: bool,
         #[command(flatten)]
         opts: TreeOpts,
+    },
+    /// Print the fs-verity digest of FILE, as `fsverity digest` does.
+    FsverityDigest {
+        file: PathBuf,
+        /// sha256 or sha512.
+        #[arg(long = "hash-alg", default_value = "sha256")]
+        hash_alg: String,
+        #[arg(long, default_value_t = 4096)]
+        block_size: u32,
+        /// Salt in hex.
+        #[arg(long)]
+        salt: Option<String>,
     },
     /// Print the superblock of HASH.
     Dump {
@@ -632,6 +645,26 @@ fn main() -> ExitCode {
             opts,
         } => return cmd_verify(data, hash, root_hex, opts),
         Cmd::Dump { hash, hash_offset } => cmd_dump(hash, *hash_offset),
+        Cmd::FsverityDigest {
+            file,
+            hash_alg,
+            block_size,
+            salt,
+        } => (|| {
+            let alg = HashAlgorithm::from_name(hash_alg).map_err(|e| e.to_string())?;
+            let salt =
+                hex::decode(salt.as_deref().unwrap_or("")).map_err(|e| format!("--salt: {e}"))?;
+            let f = open_read(file)?;
+            let d = keel::verity::fsverity_digest(&f, alg, *block_size, &salt)
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{}:{} {}",
+                alg.name(),
+                hex::encode(&d.digest),
+                file.display()
+            );
+            Ok(())
+        })(),
         Cmd::Table {
             hash,
             root_hex,

@@ -34,6 +34,7 @@
 mod algorithm;
 mod error;
 mod format;
+mod fsverity;
 mod geometry;
 mod io;
 mod params;
@@ -48,6 +49,7 @@ mod verify;
 pub use algorithm::{Digest64, HashAlgorithm, MAX_DIGEST_SIZE};
 pub use error::{Error, Result};
 pub use format::{format, open_hash_device, FormatOptions, Formatted};
+pub use fsverity::{fsverity_digest, FsVerity, FSVERITY_DESCRIPTOR_SIZE};
 pub use geometry::{Level, TreeGeometry, MAX_LEVELS};
 pub use io::{Progress, ReadAt, WriteAt};
 pub use params::{
