@@ -26,10 +26,12 @@ rows=()
 measure() {
   local name=$1 gen=$2 app=$3 out=$4 result=$5
   local g a
-  if ! g=$( { /usr/bin/time -f "%e %M" bash -c "$gen" >/dev/null 2>"$W/err"; } 2>&1 | tail -1); then
+  if ! /usr/bin/time -f "%e %M" -o "$W/t" bash -c "$gen" >/dev/null 2>"$W/err"; then
     rows+=("$name|failed or timed out|||||"); return; fi
+  g=$(tail -1 "$W/t")
   rm -f "$result"
-  a=$( { /usr/bin/time -f "%e %M" bash -c "$app" >/dev/null 2>"$W/err"; } 2>&1 | tail -1)
+  /usr/bin/time -f "%e %M" -o "$W/t" bash -c "$app" >/dev/null 2>"$W/err" || true
+  a=$(tail -1 "$W/t")
   cmp -s "$result" "$NEW" || { rows+=("$name|WRONG RESULT|||||"); return; }
   rows+=("$name|$(stat -c %s "$out")|${g% *}|$(( ${g#* } / 1024 ))|${a% *}|$(( ${a#* } / 1024 ))")
 }

@@ -68,8 +68,36 @@ fn lazy(c: &mut Criterion) {
     group.finish();
 }
 
+fn incremental(c: &mut Criterion) {
+    let mut image = data(64 << 20);
+    let p = VerityParams::builder()
+        .salt(vec![7; 32])
+        .data_blocks_for(image.len() as u64)
+        .build()
+        .unwrap();
+    let mut tree = HashTree::build(&p, &image).unwrap();
+    let mut g = c.benchmark_group("update-after-one-changed-block-64MiB");
+    g.sample_size(10);
+    g.bench_function("incremental", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = (i + 4099) % image.len();
+            image[i] ^= 1;
+            let changed = std::ops::Range {
+                start: i as u64,
+                end: i as u64 + 1,
+            };
+            tree.update(&image, std::slice::from_ref(&changed)).unwrap();
+        })
+    });
+    g.bench_function("full-rebuild", |b| {
+        b.iter(|| HashTree::build(&p, &image).unwrap())
+    });
+    g.finish();
+}
+
 mod group {
     #![allow(missing_docs)]
-    criterion::criterion_group!(benches, super::build, super::lazy);
+    criterion::criterion_group!(benches, super::build, super::lazy, super::incremental);
 }
 criterion_main!(group::benches);

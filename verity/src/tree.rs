@@ -124,6 +124,73 @@ impl HashTree {
         })
     }
 
+    /// Bring the tree up to date after the bytes in `changed` (byte ranges of the data
+    /// device) were rewritten: only the touched leaves and their ancestors are rehashed,
+    /// reading only the touched data blocks. The result equals a full rebuild.
+    pub fn update<D: ReadAt + ?Sized>(
+        &mut self,
+        data: &D,
+        changed: &[std::ops::Range<u64>],
+    ) -> Result<()> {
+        check_data_size(&self.params, data)?;
+        let dbs = u64::from(self.params.data_block_size());
+        let n = self.params.data_blocks();
+        let mut blocks: Vec<u64> = Vec::new();
+        for r in changed {
+            if r.start >= r.end || r.start >= n * dbs {
+                continue;
+            }
+            let first = r.start / dbs;
+            let last = (r.end.min(n * dbs) - 1) / dbs;
+            blocks.extend(first..=last);
+        }
+        blocks.sort_unstable();
+        blocks.dedup();
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let hasher = SaltedHasher::new(
+            self.params.algorithm(),
+            self.params.hash_type(),
+            self.params.salt(),
+        );
+        let ds = self.geometry.digest_size();
+        let hbs = self.geometry.hash_block_size() as usize;
+        let mut buf = vec![0u8; dbs as usize];
+        if self.geometry.levels().is_empty() {
+            data.read_exact_at(&mut buf, 0)
+                .map_err(|e| Error::io("reading data block 0", e))?;
+            self.root = hasher.hash(&buf, ds);
+            return Ok(());
+        }
+        let bits = self.geometry.per_block_bits();
+        // Leaves: the digests of the changed data blocks.
+        let leaf_off = self.geometry.level_offset_in_tree(0);
+        for &b in &blocks {
+            data.read_exact_at(&mut buf, b * dbs)
+                .map_err(|e| Error::io(format!("reading data block {b}"), e))?;
+            let at = leaf_off + (b >> bits) as usize * hbs + self.geometry.entry_offset(b);
+            hasher.hash_into(&buf, &mut self.tree[at..at + ds]);
+        }
+        // Each level up: the blocks whose children changed.
+        let mut changed_blocks: Vec<u64> = blocks.iter().map(|b| b >> bits).collect();
+        changed_blocks.dedup();
+        for level in 1..self.geometry.levels().len() {
+            let below = self.geometry.level_offset_in_tree(level - 1);
+            let here = self.geometry.level_offset_in_tree(level);
+            for &c in &changed_blocks {
+                let child = below + c as usize * hbs;
+                let d = hasher.hash(&self.tree[child..child + hbs], ds);
+                let at = here + (c >> bits) as usize * hbs + self.geometry.entry_offset(c);
+                self.tree[at..at + ds].copy_from_slice(d.as_bytes());
+            }
+            changed_blocks = changed_blocks.iter().map(|c| c >> bits).collect();
+            changed_blocks.dedup();
+        }
+        self.root = hasher.hash(&self.tree[..hbs], ds);
+        Ok(())
+    }
+
     /// The root hash.
     pub fn root_hash(&self) -> &[u8] {
         self.root.as_bytes()
