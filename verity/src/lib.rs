@@ -32,6 +32,7 @@
 )]
 
 mod algorithm;
+mod avb;
 mod error;
 mod format;
 mod fsverity;
@@ -47,6 +48,7 @@ mod tree;
 mod verify;
 
 pub use algorithm::{Digest64, HashAlgorithm, MAX_DIGEST_SIZE};
+pub use avb::{avb_hashtree, AvbHashtree, AVB_HASHTREE_DESCRIPTOR_SIZE};
 pub use error::{Error, Result};
 pub use format::{format, open_hash_device, FormatOptions, Formatted};
 pub use fsverity::{fsverity_digest, FsVerity, FSVERITY_DESCRIPTOR_SIZE};

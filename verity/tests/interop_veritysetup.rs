@@ -470,3 +470,46 @@ fn corruption_is_reported_like_veritysetup() {
     .unwrap_err();
     assert!(matches!(e, Error::RootHashMismatch { .. }), "{e}");
 }
+
+/// The AVB hashtree equals the tree veritysetup builds for the zero-padded image.
+#[test]
+fn avb_hashtree_matches_veritysetup_on_the_padded_image() {
+    let Some(vs) = veritysetup() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for (size, bs, alg) in [
+        (10_000usize, 4096u32, HashAlgorithm::Sha1),
+        (1 << 20, 4096, HashAlgorithm::Sha256),
+        (300_001, 1024, HashAlgorithm::Sha256),
+    ] {
+        let image = seeded_bytes(size as u64, size);
+        let salt = seeded_bytes(5, alg.digest_size());
+        let avb = keel_verity::avb_hashtree(&image, alg, bs, &salt, "system").unwrap();
+        let padded = dir.path().join("padded");
+        let mut p = image.clone();
+        p.resize(avb.image_size as usize, 0);
+        fs::write(&padded, &p).unwrap();
+        let hash = dir.path().join("tree");
+        let _ = fs::remove_file(&hash);
+        let out = run_ok(
+            &vs,
+            &[
+                "format",
+                padded.to_str().unwrap(),
+                hash.to_str().unwrap(),
+                "--no-superblock",
+                &format!("--hash={}", alg.name()),
+                &format!("--data-block-size={bs}"),
+                &format!("--hash-block-size={bs}"),
+                &format!("--salt={}", hex::encode(&salt)),
+            ],
+        );
+        assert_eq!(
+            root_from_output(&out),
+            hex::encode(&avb.root_digest),
+            "size {size}"
+        );
+        assert_eq!(fs::read(&hash).unwrap(), avb.tree, "size {size}");
+        assert_eq!(avb.image_size % u64::from(bs), 0);
+        assert!(avb.image_size >= size as u64 && avb.image_size < size as u64 + u64::from(bs));
+    }
+}
