@@ -26,11 +26,9 @@
 //! | 116 | 4 | flags |
 //! | 120 | 60 | reserved |
 
-use std::io;
-
 use crate::algorithm::HashAlgorithm;
 use crate::error::{Error, Result};
-use crate::io::ReadAt;
+use crate::io::{ReadAt, ZeroPadded};
 use crate::params::{HashType, VerityParams};
 use crate::tree::HashTree;
 
@@ -50,30 +48,6 @@ pub struct AvbHashtree {
     pub descriptor: Vec<u8>,
     /// The dm-verity parameters of the padded image.
     pub params: VerityParams,
-}
-
-struct Padded<'a, D: ?Sized> {
-    inner: &'a D,
-    size: u64,
-    padded: u64,
-}
-
-impl<D: ReadAt + ?Sized> ReadAt for Padded<'_, D> {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        if offset + buf.len() as u64 > self.padded {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "past the padded image",
-            ));
-        }
-        let real = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
-        self.inner.read_exact_at(&mut buf[..real], offset)?;
-        buf[real..].fill(0);
-        Ok(())
-    }
-    fn size(&self) -> io::Result<u64> {
-        Ok(self.padded)
-    }
 }
 
 /// Build the AVB hashtree and descriptor of `image` for partition `name`.
@@ -104,7 +78,7 @@ pub fn avb_hashtree<D: ReadAt + ?Sized>(
         blocks,
         salt.to_vec(),
     )?;
-    let padded = Padded {
+    let padded = ZeroPadded {
         inner: image,
         size,
         padded: blocks * bs,

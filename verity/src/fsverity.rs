@@ -17,11 +17,9 @@
 //! | 80 | 32 | salt, zero padded |
 //! | 112 | 144 | reserved, 0 |
 
-use std::io;
-
 use crate::algorithm::HashAlgorithm;
 use crate::error::{Error, Result};
-use crate::io::ReadAt;
+use crate::io::{ReadAt, ZeroPadded};
 use crate::params::{HashType, VerityParams};
 use crate::tree::{BuildOptions, HashTree};
 
@@ -42,31 +40,6 @@ pub struct FsVerity {
 }
 
 /// The file zero-padded to whole blocks.
-struct Padded<'a, D: ?Sized> {
-    inner: &'a D,
-    size: u64,
-    padded: u64,
-}
-
-impl<D: ReadAt + ?Sized> ReadAt for Padded<'_, D> {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let end = offset + buf.len() as u64;
-        if end > self.padded {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "past the padded file",
-            ));
-        }
-        let real = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
-        self.inner.read_exact_at(&mut buf[..real], offset)?;
-        buf[real..].fill(0);
-        Ok(())
-    }
-    fn size(&self) -> io::Result<u64> {
-        Ok(self.padded)
-    }
-}
-
 /// Compute the fs-verity digest of `data` with sha256 or sha512, a block size of 1 KiB to
 /// 64 KiB, and a salt of at most 32 bytes.
 pub fn fsverity_digest<D: ReadAt + ?Sized>(
@@ -125,7 +98,7 @@ pub fn fsverity_digest<D: ReadAt + ?Sized>(
             blocks,
             padded_salt,
         )?;
-        let file = Padded {
+        let file = ZeroPadded {
             inner: data,
             size,
             padded: blocks * bs,

@@ -134,6 +134,32 @@ impl<T: WriteAt + ?Sized> WriteAt for &mut T {
     }
 }
 
+/// A device read as if zero-padded from its size up to `padded` bytes (fs-verity and AVB
+/// hash the last partial block padded with zeros).
+pub(crate) struct ZeroPadded<'a, D: ?Sized> {
+    pub inner: &'a D,
+    pub size: u64,
+    pub padded: u64,
+}
+
+impl<D: ReadAt + ?Sized> ReadAt for ZeroPadded<'_, D> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if offset + buf.len() as u64 > self.padded {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the padded end",
+            ));
+        }
+        let real = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        self.inner.read_exact_at(&mut buf[..real], offset)?;
+        buf[real..].fill(0);
+        Ok(())
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.padded)
+    }
+}
+
 /// Receives progress of a long operation: bytes done out of a total. Called from worker
 /// threads, in increasing order of `done`.
 pub trait Progress: Sync {
