@@ -34,11 +34,14 @@
 mod algorithm;
 mod avb;
 mod error;
+mod fec;
 mod format;
 mod fsverity;
 mod geometry;
+mod gfmul;
 mod io;
 mod params;
+mod rs;
 mod sha256x16;
 mod sha256x2;
 pub mod sign;
@@ -50,6 +53,10 @@ mod verify;
 pub use algorithm::{Digest64, HashAlgorithm, MAX_DIGEST_SIZE};
 pub use avb::{avb_hashtree, AvbHashtree, AVB_HASHTREE_DESCRIPTOR_SIZE};
 pub use error::{Error, Result};
+pub use fec::{
+    android_fec_header, fec_encode, fec_repair, fec_verify, AndroidFecHeader, FecGeometry,
+    FecReport, RepairReport, RepairTarget, FEC_DEFAULT_ROOTS, FEC_MAX_ROOTS, FEC_MIN_ROOTS,
+};
 pub use format::{format, open_hash_device, FormatOptions, Formatted};
 pub use fsverity::{fsverity_digest, FsVerity, FSVERITY_DESCRIPTOR_SIZE};
 pub use geometry::{Level, TreeGeometry, MAX_LEVELS};
@@ -62,6 +69,6 @@ pub use sign::{KeyId, Keyring, PublicKey, RootDescriptor, SignedRoot, SigningKey
 pub use superblock::{
     format_uuid, parse_uuid, random_uuid, Superblock, SUPERBLOCK_MAGIC, SUPERBLOCK_SIZE,
 };
-pub use table::{dm_mod_create, dm_table, TableOptions};
+pub use table::{dm_mod_create, dm_table, FecTable, TableOptions};
 pub use tree::{BuildOptions, HashTree};
 pub use verify::{verify, BlockVerifier, DEFAULT_CACHE_BLOCKS};

@@ -7,6 +7,7 @@
 //! (Linux `Documentation/admin-guide/device-mapper/verity.rst`.)
 
 use crate::error::{Error, Result};
+use crate::fec::FecGeometry;
 use crate::geometry::TreeGeometry;
 use crate::params::VerityParams;
 
@@ -19,6 +20,18 @@ pub struct TableOptions {
     pub check_at_most_once: bool,
     /// `restart_on_corruption` (else the default: I/O errors).
     pub restart_on_corruption: bool,
+    /// `use_fec_from_device`: correct blocks that fail verification with this parity.
+    pub fec: Option<FecTable>,
+}
+
+/// The FEC arguments of a table: the device holding the parity, as the kernel names it,
+/// and the parity's geometry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FecTable {
+    /// The FEC device (may be the hash device).
+    pub device: String,
+    /// Roots, covered blocks and parity start.
+    pub geometry: FecGeometry,
 }
 
 /// The table line for `params` laid out as `geometry`, with `root`, on the named devices.
@@ -41,14 +54,8 @@ pub fn dm_table(
             ),
         ));
     }
-    for (what, dev) in [("data device", data_dev), ("hash device", hash_dev)] {
-        if dev.is_empty() || dev.contains(char::is_whitespace) || dev.contains(',') {
-            return Err(Error::param(
-                what,
-                format!("{dev:?} is empty or holds spaces or commas"),
-            ));
-        }
-    }
+    check_device("data device", data_dev)?;
+    check_device("hash device", hash_dev)?;
     let sectors = params.data_size() / 512;
     let salt = if params.salt().is_empty() {
         "-".to_string()
@@ -65,20 +72,54 @@ pub fn dm_table(
         params.algorithm(),
         hex::encode(root),
     );
-    let mut extra: Vec<&str> = Vec::new();
+    let mut extra: Vec<String> = Vec::new();
     if opts.ignore_zero_blocks {
-        extra.push("ignore_zero_blocks");
+        extra.push("ignore_zero_blocks".into());
     }
     if opts.check_at_most_once {
-        extra.push("check_at_most_once");
+        extra.push("check_at_most_once".into());
     }
     if opts.restart_on_corruption {
-        extra.push("restart_on_corruption");
+        extra.push("restart_on_corruption".into());
+    }
+    if let Some(fec) = &opts.fec {
+        check_device("FEC device", &fec.device)?;
+        let g = &fec.geometry;
+        if g.block_size() != u64::from(params.data_block_size())
+            || g.data_blocks() != params.data_blocks()
+            || g.hash_area_offset() != geometry.tree_offset()
+        {
+            return Err(Error::param(
+                "fec",
+                "the FEC geometry was not made for this tree",
+            ));
+        }
+        // Counted as eight arguments, as the kernel parses them.
+        extra.extend([
+            "use_fec_from_device".into(),
+            fec.device.clone(),
+            "fec_roots".into(),
+            g.roots().to_string(),
+            "fec_blocks".into(),
+            g.covered_blocks().to_string(),
+            "fec_start".into(),
+            g.fec_start_block().to_string(),
+        ]);
     }
     if !extra.is_empty() {
         line.push_str(&format!(" {} {}", extra.len(), extra.join(" ")));
     }
     Ok(line)
+}
+
+fn check_device(what: &'static str, dev: &str) -> Result<()> {
+    if dev.is_empty() || dev.contains(char::is_whitespace) || dev.contains(',') {
+        return Err(Error::param(
+            what,
+            format!("{dev:?} is empty or holds spaces or commas"),
+        ));
+    }
+    Ok(())
 }
 
 /// The kernel command-line form that creates the device at boot without an initramfs

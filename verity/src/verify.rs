@@ -377,3 +377,113 @@ fn digest_at(block: &[u8], at: usize, ds: usize) -> Result<Digest64> {
         .and_then(Digest64::from_slice)
         .ok_or_else(|| Error::param("digest", "entry outside its hash block"))
 }
+
+/// Blocks that do not match what the root hash vouches for, found top-down.
+#[derive(Debug, Default)]
+pub(crate) struct Damage {
+    /// Data blocks whose digest differs from the one in a trusted leaf hash block.
+    pub bad_data: Vec<u64>,
+    /// Hash blocks (numbered on the hash device, in hash blocks) that differ from their
+    /// trusted parent's digest; the top block when it does not give the root.
+    pub bad_hash: Vec<u64>,
+    /// Data blocks below a damaged hash block: nothing vouches for them either way.
+    pub unknown_data: Vec<u64>,
+    /// Hash blocks (on the hash device) below a damaged hash block.
+    pub unknown_hash: Vec<u64>,
+}
+
+/// Every damaged block, not just the first: each level is checked only where the level
+/// above it is trusted, so a block reported bad is bad (or its whole subtree is unknown).
+pub(crate) fn find_damage<D, H>(
+    params: &VerityParams,
+    geometry: &TreeGeometry,
+    data: &D,
+    hash: &H,
+    root: &[u8],
+    opts: &BuildOptions<'_>,
+) -> Result<Damage>
+where
+    D: ReadAt + ?Sized,
+    H: ReadAt + ?Sized,
+{
+    check_inputs(params, geometry, root)?;
+    check_data_size(params, data)?;
+    let hasher = SaltedHasher::new(params.algorithm(), params.hash_type(), params.salt());
+    let ds = geometry.digest_size();
+    let levels = geometry.levels();
+    let mut damage = Damage::default();
+    if levels.is_empty() {
+        let mut block = vec![0u8; params.data_block_size() as usize];
+        data.read_exact_at(&mut block, 0)
+            .map_err(|e| Error::io("reading data block 0", e))?;
+        if hasher.hash(&block, ds).as_bytes() != root {
+            damage.bad_data.push(0);
+        }
+        return Ok(damage);
+    }
+    check_hash_size(geometry, hash)?;
+    let mut tree = vec![0u8; geometry.tree_size() as usize];
+    hash.read_exact_at(&mut tree, geometry.tree_offset())
+        .map_err(|e| Error::io("reading the hash tree", e))?;
+    let hbs = geometry.hash_block_size() as usize;
+    let per = geometry.digests_per_block();
+    let top = levels.len() - 1;
+    // trusted[b] for the blocks of the level being walked, top first.
+    let mut trusted = vec![hasher.hash(&tree[..hbs], ds).as_bytes() == root];
+    if !trusted[0] {
+        damage.bad_hash.push(levels[top].first_block);
+    }
+    let mut fresh = Vec::new();
+    for level in (0..=top).rev() {
+        let off = geometry.level_offset_in_tree(level);
+        let parents = &tree[off..off + levels[level].blocks as usize * hbs];
+        let (children, is_data) = if level == 0 {
+            (params.data_blocks(), true)
+        } else {
+            (levels[level - 1].blocks, false)
+        };
+        fresh.clear();
+        fresh.resize(levels[level].blocks as usize * hbs, 0);
+        if is_data {
+            hash_level(
+                &hasher,
+                geometry,
+                data,
+                params.data_block_size() as usize,
+                children,
+                &mut fresh,
+                opts,
+                false,
+            )?;
+        } else {
+            let coff = geometry.level_offset_in_tree(level - 1);
+            let below = &tree[coff..coff + children as usize * hbs];
+            hash_level(
+                &hasher, geometry, below, hbs, children, &mut fresh, opts, false,
+            )?;
+        }
+        let mut next = vec![false; children as usize];
+        for (c, t) in next.iter_mut().enumerate() {
+            let c = c as u64;
+            let parent = (c / per) as usize;
+            if !trusted[parent] {
+                if is_data {
+                    damage.unknown_data.push(c);
+                } else {
+                    damage.unknown_hash.push(levels[level - 1].first_block + c);
+                }
+                continue;
+            }
+            let at = parent * hbs + geometry.entry_offset(c);
+            if fresh[at..at + ds] == parents[at..at + ds] {
+                *t = true;
+            } else if is_data {
+                damage.bad_data.push(c);
+            } else {
+                damage.bad_hash.push(levels[level - 1].first_block + c);
+            }
+        }
+        trusted = next;
+    }
+    Ok(damage)
+}
