@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use common::{seeded_bytes, tool};
 use keel_verity::{
-    dm_table, format, FormatOptions, HashAlgorithm, HashType, TableOptions, TreeGeometry,
-    VerityParams,
+    dm_table, fec_encode, format, BuildOptions, FecGeometry, FecTable, FormatOptions,
+    HashAlgorithm, HashType, TableOptions, TreeGeometry, VerityParams,
 };
+use sha2::{Digest, Sha256};
 
 struct Kernel {
     qemu: PathBuf,
@@ -227,6 +228,8 @@ struct Case {
     name: &'static str,
     table: String,
     expect_ok: bool,
+    /// SHA-256 the mapped device must read as (FEC cases: the repaired content).
+    sha256: Option<String>,
     /// Text the kernel must print for a refused case.
     kernel_says: String,
 }
@@ -339,6 +342,7 @@ fn the_kernel_maps_keel_trees() {
             name,
             table,
             expect_ok,
+            sha256: None,
             kernel_says,
         });
     };
@@ -475,6 +479,126 @@ fn the_kernel_maps_keel_trees() {
         "Hash device is too small".into(),
     );
 
+    // FEC: the kernel corrects what Keel's parity covers, in data and in hash blocks, and
+    // refuses what exceeds it.
+    let fec_case = |name: &'static str,
+                    seed: u64,
+                    on_hash_device: bool,
+                    damage: &dyn Fn(&Tree, &FecGeometry),
+                    disks: &mut Disks|
+     -> Case {
+        let t = make_tree(
+            d,
+            name,
+            params(HashAlgorithm::Sha256, HashType::Normal, 4096, 3000),
+            true,
+            0,
+            false,
+            seed,
+        );
+        let original = hex::encode(Sha256::digest(fs::read(&t.data).unwrap()));
+        let hash_len = fs::metadata(&t.hash).unwrap().len();
+        let (g, fec_path) = if on_hash_device {
+            let off = hash_len.div_ceil(4096) * 4096 + 8192;
+            let g = FecGeometry::on_hash_device(&t.params, &t.geometry, 4, off).unwrap();
+            (g, t.hash.clone())
+        } else {
+            let g = FecGeometry::separate(&t.params, &t.geometry, 2, hash_len, 0).unwrap();
+            (g, d.join(format!("{name}.fec")))
+        };
+        let (data_f, hash_f) = (
+            fs::File::open(&t.data).unwrap(),
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&t.hash)
+                .unwrap(),
+        );
+        if on_hash_device {
+            hash_f.set_len(g.fec_offset()).unwrap();
+        }
+        let fec_f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&fec_path)
+            .unwrap();
+        fec_encode(&g, &data_f, &hash_f, &mut &fec_f, &BuildOptions::default()).unwrap();
+        let len = fec_f.metadata().unwrap().len();
+        fec_f.set_len(len.div_ceil(512) * 512).unwrap();
+        damage(&t, &g);
+        let dd = disks.add(t.data.clone());
+        let hd = disks.add(t.hash.clone());
+        let fd = if on_hash_device {
+            hd.clone()
+        } else {
+            disks.add(fec_path)
+        };
+        let opts = TableOptions {
+            fec: Some(FecTable {
+                device: fd,
+                geometry: g,
+            }),
+            ..Default::default()
+        };
+        Case {
+            name,
+            table: dm_table(&t.params, &t.geometry, &t.root, &dd, &hd, &opts).unwrap(),
+            expect_ok: true,
+            sha256: Some(original),
+            kernel_says: "corrected".into(),
+        }
+    };
+    let xor_at = |path: &Path, at: u64, x: u8| {
+        let mut b = fs::read(path).unwrap();
+        b[at as usize] ^= x;
+        fs::write(path, b).unwrap();
+    };
+    // One byte in each of two data blocks of different codewords.
+    cases.push(fec_case(
+        "fec-data",
+        11,
+        false,
+        &|t, _| {
+            xor_at(&t.data, 4096 * 5 + 100, 0x5a);
+            xor_at(&t.data, 4096 * 2900 + 7, 0x01);
+        },
+        &mut disks,
+    ));
+    // Parity on the hash device; two bytes of a leaf hash block and two bytes of one
+    // data block (roots 4 corrects two per codeword).
+    cases.push(fec_case(
+        "fec-hash-device",
+        12,
+        true,
+        &|t, _| {
+            let leaf = t.geometry.block_offset(0, 1);
+            xor_at(&t.hash, leaf + 10, 0xff);
+            xor_at(&t.hash, leaf + 11, 0xff);
+            xor_at(&t.data, 4096 * 77 + 5, 0x10);
+            xor_at(&t.data, 4096 * 77 + 4000, 0x20);
+        },
+        &mut disks,
+    ));
+    // Three data blocks of one round at roots 2: more than even erasure decoding (which the
+    // kernel does with the blocks that fail their own hash) can restore.
+    let mut beyond = fec_case(
+        "fec-beyond",
+        13,
+        false,
+        &|t, g| {
+            for i in [3u64, 4, 5] {
+                xor_at(&t.data, (i * g.rounds() + 1) * 4096 + 50, 0x77);
+            }
+        },
+        &mut disks,
+    );
+    beyond.expect_ok = false;
+    beyond.sha256 = None;
+    beyond.kernel_says = "failed to correct".into();
+    cases.push(beyond);
+
     // The cases, as a second archive appended to the cached one.
     let mut script = String::new();
     for c in &cases {
@@ -482,7 +606,7 @@ fn the_kernel_maps_keel_trees() {
             script,
             "echo 'KEEL case {n}'\n\
              if dmsetup create --noudevsync --readonly kv --table '{t}'; then\n\
-               if dd if=/dev/mapper/kv of=/dev/null bs=65536 2>/dev/null; then echo 'KEEL result {n} read-ok'; else echo 'KEEL result {n} read-error'; fi\n\
+               if dd if=/dev/mapper/kv of=/dev/null bs=65536 2>/dev/null; then echo 'KEEL result {n} read-ok'; echo \"KEEL sha256 {n} $(sha256sum /dev/mapper/kv)\"; else echo 'KEEL result {n} read-error'; fi\n\
                dmsetup remove --noudevsync kv\n\
              else echo 'KEEL result {n} create-refused'; fi\n\
              dmesg -c | sed 's/^/KEEL kernel {n}: /'",
@@ -573,7 +697,25 @@ fn the_kernel_maps_keel_trees() {
             .iter()
             .filter_map(|l| l.strip_prefix(&format!("KEEL kernel {}: ", c.name)))
             .collect();
-        if c.expect_ok {
+        if let Some(want) = &c.sha256 {
+            assert_eq!(result, "read-ok", "{}: {}", c.name, kernel_lines.join("\n"));
+            let got = lines
+                .iter()
+                .find_map(|l| l.strip_prefix(&format!("KEEL sha256 {} ", c.name)))
+                .unwrap_or_default();
+            assert!(
+                got.starts_with(want.as_str()),
+                "{}: the kernel read {got}, the original is {want}",
+                c.name
+            );
+            assert!(
+                kernel_lines.iter().any(|l| l.contains(&c.kernel_says)),
+                "{}: expected the kernel to say {:?}, it said:\n{}",
+                c.name,
+                c.kernel_says,
+                kernel_lines.join("\n")
+            );
+        } else if c.expect_ok {
             assert_eq!(result, "read-ok", "{}: {}", c.name, kernel_lines.join("\n"));
             assert!(
                 !kernel_lines.iter().any(|l| l.contains("corrupted")),
