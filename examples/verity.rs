@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example verity -- format DATA HASH [options]
 //! cargo run --release --example verity -- verify DATA HASH ROOT_HEX [options]
+//! cargo run --release --example verity -- repair DATA HASH ROOT_HEX --fec-device FEC [--output-dir DIR] [options]
 //! cargo run --release --example verity -- dump HASH [--hash-offset N]
 //! cargo run --release --example verity -- table HASH ROOT_HEX --data-device DEV [--hash-device DEV]
 //! cargo run --release --example verity -- keygen KEY.pem [--public PUB.pem]
@@ -14,9 +15,14 @@
 //!
 //! Options and output follow veritysetup: `--hash`, `--data-block-size`,
 //! `--hash-block-size`, `--salt HEX|-`, `--format 0|1`, `--no-superblock`, `--hash-offset`,
-//! `--data-blocks`, `--uuid`; `Root hash:` is printed as veritysetup prints it, and verify
+//! `--data-blocks`, `--uuid`, and for forward error correction `--fec-device`, `--fec-roots`
+//! (2 to 24), `--fec-offset` (on format, verify, repair and table); `Root hash:` is printed as veritysetup prints it, and verify
 //! exits 0 when all is well, 1 on a root hash mismatch (or any other error), 2 on
-//! corrupted data or hash blocks.
+//! corrupted data or hash blocks. With `--fec-device`, verify also reports what the parity
+//! can repair ("Found N repairable errors", as veritysetup words it) but, unlike
+//! veritysetup, still exits 2 while the data is damaged: `repair` fixes it, in place or in
+//! copies under `--output-dir`, writing only blocks that then match the tree, and exits 2
+//! if anything stays damaged.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -27,9 +33,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel::verity::{
-    format, format_uuid, open_hash_device, parse_uuid, random_uuid, verify, BuildOptions, Error,
-    FormatOptions, HashAlgorithm, HashType, Keyring, PublicKey, ReadAt, RootDescriptor, SigningKey,
-    TreeGeometry, VerityParams,
+    android_fec_header, fec_encode, fec_repair, fec_verify, format, format_uuid, open_hash_device,
+    parse_uuid, random_uuid, verify, BuildOptions, Error, FecGeometry, FormatOptions,
+    HashAlgorithm, HashType, Keyring, PublicKey, ReadAt, RepairTarget, RootDescriptor, SigningKey,
+    TreeGeometry, VerityParams, WriteAt,
 };
 
 #[derive(Parser)]
@@ -50,6 +57,8 @@ enum Cmd {
         hash: PathBuf,
         #[command(flatten)]
         opts: TreeOpts,
+        #[command(flatten)]
+        fec: FecOpts,
         /// Superblock UUID (default: random).
         #[arg(long)]
         uuid: Option<String>,
@@ -57,13 +66,28 @@ enum Cmd {
         #[arg(long)]
         root_hash_file: Option<PathBuf>,
     },
-    /// Verify DATA and HASH against ROOT_HEX.
+    /// Verify DATA and HASH against ROOT_HEX (and check the parity with --fec-device).
     Verify {
         data: PathBuf,
         hash: PathBuf,
         root_hex: String,
         #[command(flatten)]
         opts: TreeOpts,
+        #[command(flatten)]
+        fec: FecOpts,
+    },
+    /// Repair DATA, HASH and the parity with the parity, checked against ROOT_HEX.
+    Repair {
+        data: PathBuf,
+        hash: PathBuf,
+        root_hex: String,
+        #[command(flatten)]
+        opts: TreeOpts,
+        #[command(flatten)]
+        fec: FecOpts,
+        /// Repair copies of the three files in this directory, leaving the originals.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
     },
     /// Print the dm-verity table line and the dm-mod.create= kernel parameter for a tree.
     Table {
@@ -83,6 +107,11 @@ enum Cmd {
         ignore_zero_blocks: bool,
         #[command(flatten)]
         opts: TreeOpts,
+        #[command(flatten)]
+        fec: FecOpts,
+        /// The FEC device as the kernel names it (default: the --fec-device path).
+        #[arg(long, requires = "fec_device")]
+        fec_kernel_device: Option<String>,
     },
     /// Print the fs-verity digest of FILE, as `fsverity digest` does.
     FsverityDigest {
@@ -174,6 +203,43 @@ struct TreeOpts {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<std::num::NonZeroUsize>,
+}
+
+#[derive(Args)]
+struct FecOpts {
+    /// Reed-Solomon parity file or device (may be HASH, with --fec-offset past the tree).
+    #[arg(long)]
+    fec_device: Option<PathBuf>,
+    /// Parity bytes per 255-byte codeword, 2 to 24.
+    #[arg(long, default_value_t = keel::verity::FEC_DEFAULT_ROOTS)]
+    fec_roots: u8,
+    /// Byte offset of the parity on the FEC device.
+    #[arg(long, default_value_t = 0)]
+    fec_offset: u64,
+    /// After the parity, append Android's 4 KiB FEC header block (format only).
+    #[arg(long)]
+    android_header: bool,
+}
+
+impl FecOpts {
+    /// The parity geometry for a tree whose hash device is `hash` (veritysetup's rule: the
+    /// hash area runs to the end of the hash device, or to the FEC offset when the parity is
+    /// on the hash device).
+    fn geometry(
+        &self,
+        hash: &File,
+        fec: &File,
+        params: &VerityParams,
+        tree: &TreeGeometry,
+    ) -> Result<FecGeometry, String> {
+        let g = if same_file(hash, fec) {
+            FecGeometry::on_hash_device(params, tree, self.fec_roots, self.fec_offset)
+        } else {
+            let size = hash.size().map_err(|e| e.to_string())?;
+            FecGeometry::separate(params, tree, self.fec_roots, size, self.fec_offset)
+        };
+        g.map_err(|e| e.to_string())
+    }
 }
 
 impl TreeOpts {
@@ -280,6 +346,7 @@ fn cmd_format(
     data: &Path,
     hash: &Path,
     opts: &TreeOpts,
+    fec: &FecOpts,
     uuid: Option<&str>,
     root_file: Option<&Path>,
 ) -> Result<(), String> {
@@ -327,15 +394,158 @@ fn cmd_format(
         "Hash device size: \t{} [bytes]",
         out.geometry.hash_device_size()
     );
+    if let Some(fec_path) = &fec.fec_device {
+        let fec_f = open_rw(fec_path, true)?;
+        let g = fec.geometry(&hash_f, &fec_f, &params, &out.geometry)?;
+        let pb = progress_bar(g.rounds() * g.rs_n() * g.block_size());
+        let observer = |done: u64, _total: u64| pb.set_position(done);
+        fec_encode(
+            &g,
+            &data_f,
+            &hash_f,
+            &mut &fec_f,
+            &opts.build_options(Some(&observer)),
+        )
+        .map_err(|e| e.to_string())?;
+        pb.finish_and_clear();
+        let mut end = g.fec_device_size();
+        if fec.android_header {
+            let header = android_fec_header(&g, &fec_f).map_err(|e| e.to_string())?;
+            (&fec_f)
+                .write_all_at(&header.to_block(), end)
+                .and_then(|()| (&fec_f).sync())
+                .map_err(|e| format!("{}: {e}", fec_path.display()))?;
+            end += header.to_block().len() as u64;
+        }
+        println!("FEC device size: \t{} [bytes]", end - g.fec_offset());
+    }
     if let Some(f) = root_file {
         std::fs::write(f, format!("{root}\n")).map_err(|e| format!("{}: {e}", f.display()))?;
     }
     Ok(())
 }
 
+fn open_rw(p: &Path, create: bool) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .mode(0o600)
+        .open(p)
+        .map_err(|e| format!("{}: {e}", p.display()))
+}
+
+fn print_fec_report(r: &keel::verity::FecReport) {
+    if r.is_clean() {
+        println!("FEC: parity consistent ({} codewords)", r.codewords);
+        return;
+    }
+    println!(
+        "Found {} repairable errors with FEC device.",
+        r.corrected_symbols
+    );
+    println!(
+        "FEC: {} damaged codewords of {}, {} beyond the parity; damaged data blocks {:?}, hash blocks {:?}, parity bytes {}",
+        r.damaged_codewords,
+        r.codewords,
+        r.unrepairable_codewords,
+        r.data_blocks,
+        r.hash_blocks,
+        r.parity_bytes
+    );
+}
+
+fn cmd_repair(
+    data: &Path,
+    hash: &Path,
+    root_hex: &str,
+    opts: &TreeOpts,
+    fec: &FecOpts,
+    output_dir: Option<&Path>,
+) -> Result<bool, String> {
+    let root = hex::decode(root_hex).map_err(|_| "Invalid root hash string specified.")?;
+    let Some(fec_path) = fec.fec_device.as_deref() else {
+        return Err("repair needs --fec-device".into());
+    };
+    // Into copies: the three roles copied once each (the parity may live on HASH).
+    let (data, hash, fec_path) = match output_dir {
+        None => (
+            data.to_path_buf(),
+            hash.to_path_buf(),
+            fec_path.to_path_buf(),
+        ),
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let copy = |p: &Path| -> Result<PathBuf, String> {
+                let name = p
+                    .file_name()
+                    .ok_or_else(|| format!("{}: no file name", p.display()))?;
+                let to = dir.join(name);
+                std::fs::copy(p, &to)
+                    .map_err(|e| format!("{} -> {}: {e}", p.display(), to.display()))?;
+                Ok(to)
+            };
+            let same_hf = same_file(&open_read(hash)?, &open_read(fec_path)?);
+            let d = copy(data)?;
+            let h = copy(hash)?;
+            let f = if same_hf { h.clone() } else { copy(fec_path)? };
+            (d, h, f)
+        }
+    };
+    let data_f = open_rw(&data, false)?;
+    let hash_f = open_rw(&hash, false)?;
+    let fec_f = open_rw(&fec_path, false)?;
+    let size = data_f.size().map_err(|e| e.to_string())?;
+    let (params, tree) = opts.existing(&hash_f, Some(size))?;
+    let g = fec.geometry(&hash_f, &fec_f, &params, &tree)?;
+    let target = RepairTarget {
+        params: &params,
+        tree: &tree,
+        root: &root,
+    };
+    let r = fec_repair(
+        &g,
+        &target,
+        &mut &data_f,
+        &mut &hash_f,
+        &mut &fec_f,
+        &opts.build_options(None),
+    )
+    .map_err(|e| e.to_string())?;
+    print_fec_report(&r.scan);
+    println!(
+        "Repaired: data blocks {:?}, hash blocks {:?}, parity bytes {}",
+        r.repaired_data_blocks, r.repaired_hash_blocks, r.repaired_parity_bytes
+    );
+    if !r.is_complete() {
+        println!(
+            "Unrepairable (left as they were): data blocks {:?}, hash blocks {:?}; {} blocks unverifiable below damaged hash blocks",
+            r.unrepairable_data_blocks, r.unrepairable_hash_blocks, r.unverifiable_blocks
+        );
+    } else {
+        println!("The data and the tree now verify against the root hash.");
+    }
+    if output_dir.is_some() {
+        println!(
+            "Repaired copies: {} {} {}",
+            data.display(),
+            hash.display(),
+            fec_path.display()
+        );
+    }
+    Ok(r.is_complete())
+}
+
 /// veritysetup's verify exit status: 1 for a root mismatch or any other error, 2 for
 /// corrupted blocks.
-fn cmd_verify(data: &Path, hash: &Path, root_hex: &str, opts: &TreeOpts) -> ExitCode {
+fn cmd_verify(
+    data: &Path,
+    hash: &Path,
+    root_hex: &str,
+    opts: &TreeOpts,
+    fec: &FecOpts,
+) -> ExitCode {
     let run = || -> Result<(), (u8, String)> {
         let root = hex::decode(root_hex)
             .map_err(|_| (1, "Invalid root hash string specified.".to_string()))?;
@@ -354,6 +564,15 @@ fn cmd_verify(data: &Path, hash: &Path, root_hex: &str, opts: &TreeOpts) -> Exit
             &opts.build_options(Some(&observer)),
         );
         pb.finish_and_clear();
+        if let Some(fec_path) = &fec.fec_device {
+            let fec_f = open_read(fec_path).map_err(|e| (1, e))?;
+            let g = fec
+                .geometry(&hash_f, &fec_f, &params, &geometry)
+                .map_err(|e| (1, e))?;
+            let report = fec_verify(&g, &data_f, &hash_f, &fec_f, &opts.build_options(None))
+                .map_err(|e| (1, e.to_string()))?;
+            print_fec_report(&report);
+        }
         r.map_err(|e| match e {
             Error::HashBlockCorrupt { .. } | Error::DataBlockCorrupt { .. } => (2, e.to_string()),
             e => (1, e.to_string()),
@@ -368,6 +587,7 @@ fn cmd_verify(data: &Path, hash: &Path, root_hex: &str, opts: &TreeOpts) -> Exit
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn cmd_table(
     hash: &Path,
     root_hex: &str,
@@ -376,15 +596,30 @@ fn cmd_table(
     name: &str,
     izb: bool,
     opts: &TreeOpts,
+    fec: &FecOpts,
+    fec_kernel_device: Option<&str>,
 ) -> Result<(), String> {
     let hash_f = open_read(hash)?;
     let (params, geometry) = opts.existing(&hash_f, None)?;
+    let fec_table = match &fec.fec_device {
+        None => None,
+        Some(p) => {
+            let fec_f = open_read(p)?;
+            Some(keel::verity::FecTable {
+                device: fec_kernel_device
+                    .map(str::to_string)
+                    .unwrap_or_else(|| p.display().to_string()),
+                geometry: fec.geometry(&hash_f, &fec_f, &params, &geometry)?,
+            })
+        }
+    };
     let root = hex::decode(root_hex).map_err(|e| format!("root hash: {e}"))?;
     let hash_name = hash_dev
         .map(str::to_string)
         .unwrap_or_else(|| hash.display().to_string());
     let topts = keel::verity::TableOptions {
         ignore_zero_blocks: izb,
+        fec: fec_table,
         ..Default::default()
     };
     let line = keel::verity::dm_table(&params, &geometry, &root, data_dev, &hash_name, &topts)
@@ -635,15 +870,41 @@ fn main() -> ExitCode {
             data,
             hash,
             opts,
+            fec,
             uuid,
             root_hash_file,
-        } => cmd_format(data, hash, opts, uuid.as_deref(), root_hash_file.as_deref()),
+        } => cmd_format(
+            data,
+            hash,
+            opts,
+            fec,
+            uuid.as_deref(),
+            root_hash_file.as_deref(),
+        ),
         Cmd::Verify {
             data,
             hash,
             root_hex,
             opts,
-        } => return cmd_verify(data, hash, root_hex, opts),
+            fec,
+        } => return cmd_verify(data, hash, root_hex, opts, fec),
+        Cmd::Repair {
+            data,
+            hash,
+            root_hex,
+            opts,
+            fec,
+            output_dir,
+        } => {
+            return match cmd_repair(data, hash, root_hex, opts, fec, output_dir.as_deref()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(2),
+                Err(e) => {
+                    eprintln!("verity: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Dump { hash, hash_offset } => cmd_dump(hash, *hash_offset),
         Cmd::FsverityDigest {
             file,
@@ -673,6 +934,8 @@ fn main() -> ExitCode {
             name,
             ignore_zero_blocks,
             opts,
+            fec,
+            fec_kernel_device,
         } => cmd_table(
             hash,
             root_hex,
@@ -681,6 +944,8 @@ fn main() -> ExitCode {
             name,
             *ignore_zero_blocks,
             opts,
+            fec,
+            fec_kernel_device.as_deref(),
         ),
         Cmd::Keygen { key, public } => cmd_keygen(key, public.as_deref()),
         Cmd::Sign {

@@ -275,3 +275,121 @@ fn demo_runs_the_whole_cycle() {
     );
     assert!(out.contains("Signature good"), "{out}");
 }
+
+#[test]
+fn fec_format_verify_repair_and_table() {
+    let Some(vs) = veritysetup() else { return };
+    let ex = example();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let (d, h, f) = (p("data"), p("hash"), p("fec"));
+    let original = data(4096 * 3000);
+    fs::write(&d, &original).unwrap();
+    let common = [
+        "--salt",
+        "00ff",
+        "--uuid",
+        "4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6",
+        "--fec-roots",
+        "6",
+    ];
+    let mut args = vec!["format", &d, &h, "--fec-device", &f];
+    args.extend(common);
+    let out = run(&ex, &args);
+    let root = root_of(&out);
+    assert!(stdout(&out).contains("FEC device size:"));
+    // Byte-identical to veritysetup's parity, and veritysetup accepts it.
+    let (vh, vf) = (p("vhash"), p("vfec"));
+    let mut vargs = vec!["format", &d, &vh];
+    let vfec = format!("--fec-device={vf}");
+    vargs.push(&vfec);
+    vargs.extend(common);
+    assert_eq!(root_of(&run(&vs, &vargs)), root);
+    assert!(fs::read(&vf).unwrap() == fs::read(&f).unwrap());
+
+    // Damage three bytes of two blocks: verify reports them (exit 2), repair into a copy
+    // leaves the original alone and restores the copy exactly.
+    let mut bad = original.clone();
+    bad[4096 * 10 + 1] ^= 0x10;
+    bad[4096 * 10 + 2] ^= 0x20;
+    bad[4096 * 2000 + 3000] ^= 0x40;
+    fs::write(&d, &bad).unwrap();
+    let fec_args = ["--fec-device", f.as_str(), "--fec-roots", "6"];
+    let mut v = vec!["verify", &d, &h, &root];
+    v.extend(fec_args);
+    let o = run(&ex, &v);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stdout(&o).contains("Found 3 repairable errors with FEC device."),
+        "{}",
+        stdout(&o)
+    );
+    let copies = p("copies");
+    let mut r = vec!["repair", &d, &h, &root, "--output-dir", &copies];
+    r.extend(fec_args);
+    let o = run(&ex, &r);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("Repaired: data blocks [10, 2000]"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(fs::read(&d).unwrap(), bad, "the original is left alone");
+    assert!(fs::read(dir.path().join("copies/data")).unwrap() == original);
+    // In place.
+    let mut r = vec!["repair", &d, &h, &root];
+    r.extend(fec_args);
+    assert_eq!(run(&ex, &r).status.code(), Some(0));
+    assert!(fs::read(&d).unwrap() == original);
+    assert!(run(&vs, &["verify", &d, &h, &root]).status.success());
+
+    // Too much damage in one round: exit 2, nothing written wrong.
+    let g_rounds = (3000u64 + 25).div_ceil(255 - 6);
+    let mut wrecked = original.clone();
+    for i in 0..8u64 {
+        let at = ((i * g_rounds) * 4096) as usize;
+        wrecked[at..at + 4096].fill(0xa5);
+    }
+    fs::write(&d, &wrecked).unwrap();
+    let o = run(&ex, &r);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stdout(&o).contains("Unrepairable"), "{}", stdout(&o));
+    assert!(fs::read(&d).unwrap() == wrecked);
+
+    // The kernel table names the parity.
+    let t = run(
+        &ex,
+        &[
+            "table",
+            &h,
+            &root,
+            "--data-device",
+            "/dev/vda",
+            "--hash-device",
+            "/dev/vdb",
+            "--fec-device",
+            &f,
+            "--fec-roots",
+            "6",
+            "--fec-kernel-device",
+            "/dev/vdc",
+        ],
+    );
+    let line = stdout(&t);
+    assert!(
+        line.contains(" 8 use_fec_from_device /dev/vdc fec_roots 6 fec_blocks 3025 fec_start 0"),
+        "{line}"
+    );
+
+    // Android's header block after the parity.
+    let af = p("android.fec");
+    let mut a = vec!["format", &d, &h, "--fec-device", &af, "--android-header"];
+    a.extend(common);
+    fs::write(&d, &original).unwrap();
+    assert!(run(&ex, &a).status.success());
+    let bytes = fs::read(&af).unwrap();
+    let block = &bytes[bytes.len() - 4096..];
+    let header = keel::verity::AndroidFecHeader::parse_block(block).unwrap();
+    assert_eq!(header.roots, 6);
+    assert_eq!(header.fec_size as usize, bytes.len() - 4096);
+}
