@@ -8,54 +8,21 @@
 //! Each tool runs `KEEL_BENCH_RUNS` times (default 3) on a warm page cache; the best time
 //! counts. The file lives in `KEEL_BENCH_DIR` (default: the system temp dir).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use support::{best, env_u64, root_line, veritysetup, write_data};
 
 use keel::verity::{format, parse_uuid, BuildOptions, FormatOptions, VerityParams};
 
 const SALT: &str = "4f2a9c1be07d35a8c6e1f0b2d4a69587c3e2b1a0f9e8d7c6b5a4938271605f4e";
 const UUID: &str = "4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6";
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn write_data(path: &Path, size: u64) {
-    let mut f = File::create(path).unwrap();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        for w in buf.chunks_exact_mut(8) {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            w.copy_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n]).unwrap();
-        left -= n as u64;
-    }
-    f.sync_all().unwrap();
-}
-
-fn best<F: FnMut()>(runs: u64, mut f: F) -> Duration {
-    (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .min()
-        .unwrap()
-}
 
 fn keel_format(data: &Path, hash: &Path, threads: Option<usize>) -> Vec<u8> {
     let _ = fs::remove_file(hash);
@@ -111,13 +78,7 @@ fn main() {
     });
     let root = hex::encode(keel_format(&data, &keel_hash, None));
 
-    let veritysetup = [
-        "/usr/sbin/veritysetup",
-        "/sbin/veritysetup",
-        "/usr/bin/veritysetup",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists());
+    let veritysetup = veritysetup();
     println!(
         "dm-verity format, {} MiB, sha256 4096/4096, format 1, superblock",
         size >> 20
@@ -146,7 +107,7 @@ fn main() {
     let mut vs_root = String::new();
     let vs_time = best(runs, || {
         let _ = fs::remove_file(&vs_hash);
-        let out = Command::new(vs)
+        let out = Command::new(&vs)
             .args(["format", data.to_str().unwrap(), vs_hash.to_str().unwrap()])
             .arg(format!("--salt={SALT}"))
             .arg(format!("--uuid={UUID}"))
@@ -157,10 +118,7 @@ fn main() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        vs_root = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("Root hash:").map(|r| r.trim().to_string()))
-            .unwrap();
+        vs_root = root_line(&out.stdout);
     });
     let ratio = |d: Duration| vs_time.as_secs_f64() / d.as_secs_f64();
     println!(

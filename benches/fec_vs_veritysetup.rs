@@ -1,0 +1,230 @@
+//! Side by side: `veritysetup format --fec-device --fec-roots N` and keel-verity's
+//! `format` + `fec_encode` on the same file, in one run; prints times, the ratio, and
+//! checks that the hash devices and the parity are byte-identical.
+//!
+//! ```text
+//! cargo bench --bench fec_vs_veritysetup                    # 1 GiB, roots 2 and 24
+//! KEEL_BENCH_SIZE_MIB=256 KEEL_BENCH_ROOTS=2,8 cargo bench --bench fec_vs_veritysetup
+//! ```
+//! Keel runs `KEEL_BENCH_RUNS` times (default 3, best counts); veritysetup, at about
+//! 30 MB/s, once. Warm page cache; files in `KEEL_BENCH_DIR` (default: the temp dir).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::fs::{self, File, OpenOptions};
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use keel::verity::{
+    fec_encode, format, BuildOptions, FecGeometry, FormatOptions, Formatted, VerityParams,
+};
+use support::{best, env_u64, root_line, veritysetup, write_data};
+
+const SALT: &str = "4f2a9c1be07d35a8c6e1f0b2d4a69587c3e2b1a0f9e8d7c6b5a4938271605f4e";
+
+fn params(size: u64) -> VerityParams {
+    VerityParams::builder()
+        .salt(hex::decode(SALT).unwrap())
+        .data_blocks_for(size)
+        .build()
+        .unwrap()
+}
+
+fn create(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap()
+}
+
+/// Keel's whole job (tree, then parity), timing the parity part too.
+fn keel(
+    data: &Path,
+    hash: &Path,
+    fec: &Path,
+    roots: u8,
+    threads: Option<usize>,
+) -> (Duration, Formatted) {
+    let d = File::open(data).unwrap();
+    let h = create(hash);
+    let f = create(fec);
+    let params = params(d.metadata().unwrap().len());
+    let build = BuildOptions {
+        threads: threads.and_then(NonZeroUsize::new),
+        progress: None,
+    };
+    let opts = FormatOptions {
+        superblock: None,
+        build,
+        ..Default::default()
+    };
+    let formatted = format(&params, &d, &mut &h, &opts).unwrap();
+    let t = Instant::now();
+    let g = FecGeometry::separate(
+        &params,
+        &formatted.geometry,
+        roots,
+        h.metadata().unwrap().len(),
+        0,
+    )
+    .unwrap();
+    fec_encode(&g, &d, &h, &mut &f, &build).unwrap();
+    (t.elapsed(), formatted)
+}
+
+fn main() {
+    let size = env_u64("KEEL_BENCH_SIZE_MIB", 1024) << 20;
+    let runs = env_u64("KEEL_BENCH_RUNS", 3).max(1);
+    let roots_list: Vec<u8> = std::env::var("KEEL_BENCH_ROOTS")
+        .unwrap_or_else(|_| "2,24".into())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+    let base = std::env::var_os("KEEL_BENCH_DIR")
+        .map(Into::into)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let data = dir.path().join("data.img");
+    eprintln!(
+        "writing {} MiB of test data to {}",
+        size >> 20,
+        data.display()
+    );
+    write_data(&data, size);
+    let _ = fs::read(&data).map(|v| v.len());
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let vs = veritysetup();
+    let gbps = |d: Duration| size as f64 / d.as_secs_f64() / 1e9;
+    println!(
+        "dm-verity format with FEC, {} MiB, sha256 4096, no superblock",
+        size >> 20
+    );
+    println!(
+        "{:<44} {:>9} {:>9} {:>15}",
+        "tool", "seconds", "GB/s", "vs veritysetup"
+    );
+    let mut identical = true;
+    // veritysetup's tree alone, to tell its parity time from its total.
+    let vs_tree = vs.as_ref().map(|vs| {
+        let vh = dir.path().join("v0.hash");
+        let t = Instant::now();
+        let out = Command::new(vs)
+            .args(["format", "--no-superblock"])
+            .arg(&data)
+            .arg(&vh)
+            .arg(format!("--salt={SALT}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let t = t.elapsed();
+        println!(
+            "{:<44} {:>9.3} {:>9.3}",
+            "veritysetup format (no FEC)",
+            t.as_secs_f64(),
+            gbps(t)
+        );
+        t
+    });
+    for roots in roots_list {
+        let (kh, kf) = (dir.path().join("k.hash"), dir.path().join("k.fec"));
+        let mut fec_only = Duration::MAX;
+        let total = best(runs, || {
+            let (t, _) = keel(&data, &kh, &kf, roots, None);
+            fec_only = fec_only.min(t);
+        });
+        let mut fec_one = Duration::MAX;
+        let total_one = best(runs, || {
+            let (t, _) = keel(&data, &kh, &kf, roots, Some(1));
+            fec_one = fec_one.min(t);
+        });
+        let (_, formatted) = keel(&data, &kh, &kf, roots, None);
+        let vs_time = vs.as_ref().map(|vs| {
+            let (vh, vf) = (dir.path().join("v.hash"), dir.path().join("v.fec"));
+            let _ = (fs::remove_file(&vh), fs::remove_file(&vf));
+            let t = Instant::now();
+            let out = Command::new(vs)
+                .args(["format", "--no-superblock"])
+                .arg(&data)
+                .arg(&vh)
+                .arg(format!("--salt={SALT}"))
+                .arg(format!("--fec-device={}", vf.display()))
+                .arg(format!("--fec-roots={roots}"))
+                .output()
+                .unwrap();
+            let t = t.elapsed();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let same = root_line(&out.stdout) == hex::encode(&formatted.root_hash)
+                && fs::read(&vh).unwrap() == fs::read(&kh).unwrap()
+                && fs::read(&vf).unwrap() == fs::read(&kf).unwrap();
+            identical &= same;
+            println!(
+                "{:<44} {:>9.3} {:>9.3} {:>14.2}x   (outputs identical: {same})",
+                format!("veritysetup format --fec-roots={roots}"),
+                t.as_secs_f64(),
+                gbps(t),
+                1.0
+            );
+            t
+        });
+        // Parity rows compare with veritysetup's parity share: its total minus its tree.
+        let vs_parity = vs_time.zip(vs_tree).map(|(a, b)| a.saturating_sub(b));
+        if let Some(p) = vs_parity {
+            println!(
+                "{:<44} {:>9.3} {:>9.3} {:>15}",
+                format!("veritysetup parity share, roots {roots}"),
+                p.as_secs_f64(),
+                gbps(p),
+                "1.00x"
+            );
+        }
+        let row = |name: String, d: Duration| {
+            let against = if name.contains("parity only") {
+                vs_parity
+            } else {
+                vs_time
+            };
+            let ratio = against.map_or(String::from("-"), |v| {
+                format!("{:.1}x", v.as_secs_f64() / d.as_secs_f64())
+            });
+            println!(
+                "{:<44} {:>9.3} {:>9.3} {:>15}",
+                name,
+                d.as_secs_f64(),
+                gbps(d),
+                ratio
+            );
+        };
+        row(
+            format!("keel tree + parity, roots {roots}, {cores} threads"),
+            total,
+        );
+        row(
+            format!("keel parity only, roots {roots}, {cores} threads"),
+            fec_only,
+        );
+        row(
+            format!("keel tree + parity, roots {roots}, 1 thread"),
+            total_one,
+        );
+        row(
+            format!("keel parity only, roots {roots}, 1 thread"),
+            fec_one,
+        );
+    }
+    if vs.is_none() {
+        println!("veritysetup not installed (apt-get install cryptsetup-bin): no comparison");
+    }
+    if !identical {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,67 @@
+//! Helpers shared by the side-by-side benches (included with `#[path]`).
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// An environment variable as a number, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `size` bytes of seeded pseudo-random data, synced.
+pub fn write_data(path: &Path, size: u64) {
+    let mut f = File::create(path).unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for w in buf.chunks_exact_mut(8) {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            w.copy_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.sync_all().unwrap();
+}
+
+/// The fastest of `runs` runs of `f`.
+pub fn best<F: FnMut()>(runs: u64, mut f: F) -> Duration {
+    (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .min()
+        .unwrap()
+}
+
+/// veritysetup, where Debian puts it.
+pub fn veritysetup() -> Option<PathBuf> {
+    [
+        "/usr/sbin/veritysetup",
+        "/sbin/veritysetup",
+        "/usr/bin/veritysetup",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// The `Root hash:` line of veritysetup's output.
+pub fn root_line(stdout: &[u8]) -> String {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Root hash:").map(|r| r.trim().to_string()))
+        .unwrap_or_default()
+}
