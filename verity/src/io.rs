@@ -27,6 +27,43 @@ pub trait WriteAt {
     fn sync(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// Write `len` zero bytes at `offset`. Files and block devices override this to let
+    /// the kernel zero the range (`fallocate` with `FALLOC_FL_ZERO_RANGE`) instead of
+    /// copying zeros in.
+    fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        write_zeros_by_copy(self, offset, len)
+    }
+}
+
+fn write_zeros_by_copy<W: WriteAt + ?Sized>(w: &mut W, offset: u64, len: u64) -> io::Result<()> {
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        w.write_all_at(&zeros[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Zero a range of a file or block device in the kernel; falls back to writing zeros
+/// where the file system or device cannot.
+fn zero_range(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range too large",
+        ));
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    match fallocate(f.as_raw_fd(), FallocateFlags::FALLOC_FL_ZERO_RANGE, off, n) {
+        Ok(()) => Ok(()),
+        Err(_) => write_zeros_by_copy(&mut &*f, offset, len),
+    }
 }
 
 fn file_size(f: &File) -> io::Result<u64> {
@@ -99,6 +136,9 @@ impl WriteAt for &File {
     fn sync(&mut self) -> io::Result<()> {
         self.sync_data()
     }
+    fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        zero_range(self, offset, len)
+    }
 }
 
 impl WriteAt for File {
@@ -107,6 +147,9 @@ impl WriteAt for File {
     }
     fn sync(&mut self) -> io::Result<()> {
         self.sync_data()
+    }
+    fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        zero_range(self, offset, len)
     }
 }
 
@@ -131,6 +174,9 @@ impl<T: WriteAt + ?Sized> WriteAt for &mut T {
     }
     fn sync(&mut self) -> io::Result<()> {
         (**self).sync()
+    }
+    fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).write_zeros(offset, len)
     }
 }
 
