@@ -138,16 +138,16 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("version:      {}", m.version);
             match m.source {
                 Some(s) => println!(
-                    "source:       {} bytes, sha256 {}",
+                    "source:       {} bytes, digest {}",
                     s.size,
-                    hex::encode(s.sha256)
+                    hex::encode(s.digest)
                 ),
                 None => println!("source:       none (full payload)"),
             }
             println!(
-                "target:       {} bytes, sha256 {}",
+                "target:       {} bytes, digest {}",
                 m.target.size,
-                hex::encode(m.target.sha256)
+                hex::encode(m.target.digest)
             );
             println!(
                 "verity:       {}",
@@ -161,7 +161,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 "{:<8} {:>8} {:>14} {:>14} {:>8}",
                 "type", "ops", "target bytes", "data bytes", "ratio"
             );
-            for t in [OpType::Zero, OpType::Copy, OpType::Replace, OpType::Patch] {
+            for t in [
+                OpType::Zero,
+                OpType::Copy,
+                OpType::Replace,
+                OpType::Patch,
+                OpType::Chain,
+            ] {
                 let ops: Vec<_> = m.operations.iter().filter(|o| o.op == t).collect();
                 let tb: u64 = ops.iter().map(|o| o.target_blocks() * 4096).sum();
                 let db: u64 = ops.iter().map(|o| o.data_length).sum();
@@ -240,7 +246,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("resumed at operation {}", done.resumed_at);
             }
             println!(
-                "applied: {} ({} bytes, sha256 verified)",
+                "applied: {} ({} bytes, digest verified)",
                 target.display(),
                 done.manifest.target.size
             );

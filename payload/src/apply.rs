@@ -8,8 +8,8 @@ use keel_verity::{HashTree, KeyId, Keyring, Progress, ReadAt, RootDescriptor, Wr
 
 use crate::error::{Error, Result};
 use crate::format::{
-    parse_manifest, sha256, version_cmp, Extent, Header, Manifest, OpType, BLOCK_SIZE, HEADER_SIZE,
-    SIGNATURE_SIZE,
+    image_digest, parse_manifest, sha256, unpack_manifest, version_cmp, Extent, Header, Manifest,
+    OpType, BLOCK_SIZE, HEADER_SIZE, SIGNATURE_SIZE,
 };
 
 /// How to apply.
@@ -156,12 +156,11 @@ pub fn read_manifest<R: Read>(
     signed.extend_from_slice(&m);
     key.verify_raw(&signed, &sig)
         .map_err(|e| Error::Signature(e.to_string()))?;
-    let manifest = parse_manifest(&m, header.data_len)?;
+    let manifest = parse_manifest(&unpack_manifest(&m)?, header.data_len)?;
     Ok((header, manifest, sha256(&signed)))
 }
 
 fn hash_prefix<S: ReadAt + ?Sized>(dev: &S, size: u64, what: &str) -> Result<[u8; 32]> {
-    use sha2::Digest;
     let have = dev
         .size()
         .map_err(|e| Error::io(format!("{what} size"), e))?;
@@ -170,17 +169,7 @@ fn hash_prefix<S: ReadAt + ?Sized>(dev: &S, size: u64, what: &str) -> Result<[u8
             "{what} holds {have} bytes, the image has {size}"
         )));
     }
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    while off < size {
-        let n = (size - off).min(buf.len() as u64) as usize;
-        dev.read_exact_at(&mut buf[..n], off)
-            .map_err(|e| Error::io(format!("reading the {what}"), e))?;
-        h.update(&buf[..n]);
-        off += n as u64;
-    }
-    Ok(h.finalize().into())
+    image_digest(dev, size).map_err(|e| Error::io(format!("reading the {what}"), e))
 }
 
 fn read_extents<S: ReadAt + ?Sized>(src: &S, ext: &[Extent], size: u64) -> Result<Vec<u8>> {
@@ -221,7 +210,7 @@ fn decode(op: OpType, blob: &[u8], reference: &[u8], expected: usize) -> io::Res
 
 /// Apply `payload` (read once, front to back) to `target`, reading `source` (required for a
 /// delta payload). On success the target holds exactly the target image, checked by its
-/// sha256 (and its dm-verity root when the manifest has one).
+/// digest (and its dm-verity root when the manifest has one).
 pub fn apply<R, S, T>(
     mut payload: R,
     source: Option<&S>,
@@ -261,11 +250,11 @@ where
         })?;
         let h = hash_prefix(src, id.size, "source")
             .map_err(|e| Error::SourceModified(e.to_string()))?;
-        if h != id.sha256 {
+        if h != id.digest {
             return Err(Error::SourceModified(format!(
-                "the source's sha256 is {}, the payload needs {}",
+                "the source's digest is {}, the payload needs {}",
                 hex::encode(h),
-                hex::encode(id.sha256)
+                hex::encode(id.digest)
             )));
         }
     }
@@ -315,9 +304,19 @@ where
         if op.data_length > 0 && sha256(&blob) != op.data_sha256 {
             return Err(Error::BlobMismatch { op: i });
         }
-        let src_bytes = match (op.source.is_empty(), source, manifest.source) {
-            (true, _, _) => Vec::new(),
-            (false, Some(src), Some(id)) => {
+        let src_bytes = match (op.op, op.source.is_empty(), source, manifest.source) {
+            (_, true, _, _) => Vec::new(),
+            (OpType::Chain, false, _, _) => {
+                // Blocks earlier operations wrote (durable before any resume point).
+                let b = read_extents(&*target, &op.source, target_size)?;
+                if sha256(&b) != op.source_sha256 {
+                    return Err(Error::TargetMismatch(format!(
+                        "operation {i}: the target blocks it builds on changed"
+                    )));
+                }
+                b
+            }
+            (_, false, Some(src), Some(id)) => {
                 let b = read_extents(src, &op.source, id.size)?;
                 if sha256(&b) != op.source_sha256 {
                     return Err(Error::SourceModified(format!(
@@ -333,11 +332,21 @@ where
             }
         };
         let len = (op.target_blocks() * BLOCK_SIZE) as usize;
+        if op.op == OpType::Zero {
+            // The kernel zeroes the range (no copying zeros in) where it can.
+            for e in &op.target {
+                let off = e.start * BLOCK_SIZE;
+                let keep = (target_size.saturating_sub(off)).min(e.blocks * BLOCK_SIZE);
+                target
+                    .write_zeros(off, keep)
+                    .map_err(|e| Error::io(format!("operation {i}: zeroing the target"), e))?;
+            }
+        }
         let out = match op.op {
-            OpType::Zero => vec![0u8; len],
+            OpType::Zero => Vec::new(),
             OpType::Copy => src_bytes,
-            OpType::Replace | OpType::Patch => {
-                let reference = if op.op == OpType::Patch {
+            OpType::Replace | OpType::Patch | OpType::Chain => {
+                let reference = if op.op != OpType::Replace {
                     &src_bytes[..]
                 } else {
                     empty
@@ -347,7 +356,7 @@ where
             }
         };
         let mut at = 0usize;
-        for e in &op.target {
+        for e in op.target.iter().filter(|_| op.op != OpType::Zero) {
             let off = e.start * BLOCK_SIZE;
             let n = (e.blocks * BLOCK_SIZE) as usize;
             // Nothing past the image's end is written (its last block may be partial).
@@ -380,11 +389,11 @@ where
         .sync()
         .map_err(|e| Error::io("syncing the target", e))?;
     let h = hash_prefix(&*target, target_size, "target")?;
-    if h != manifest.target.sha256 {
+    if h != manifest.target.digest {
         return Err(Error::TargetMismatch(format!(
-            "the written target's sha256 is {}, expected {}",
+            "the written target's digest is {}, expected {}",
             hex::encode(h),
-            hex::encode(manifest.target.sha256)
+            hex::encode(manifest.target.digest)
         )));
     }
     if let Some(v) = &manifest.verity {

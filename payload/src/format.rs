@@ -1,15 +1,15 @@
-//! The payload format, version 1. All integers little-endian.
+//! The payload format, version 2. All integers little-endian.
 //!
 //! ```text
 //! header     64 bytes
 //!   0   8  magic "KEELPAYL"
-//!   8   4  format version, 1
+//!   8   4  format version, 2
 //!   12  4  reserved, 0
 //!   16  8  manifest length M (at most 64 MiB)
 //!   24  8  data length D (the blobs)
 //!   32  32 key id of the signer (keel-verity KeyId)
-//! manifest   M bytes
-//! signature  64 bytes: Ed25519 over header || manifest
+//! manifest   M bytes: one zstd frame holding the manifest below (at most 64 MiB)
+//! signature  64 bytes: Ed25519 over header || the M manifest bytes as stored
 //! data       D bytes: the blobs, in operation order, back to back
 //! ```
 //!
@@ -17,15 +17,17 @@
 //!
 //! ```text
 //! u32 block size (4096)
-//! u8  has source; if 1: u64 source size, [32] source sha256
-//! u64 target size, [32] target sha256
+//! u8  has source; if 1: u64 source size, [32] source digest
+//! u64 target size, [32] target digest
+//!     (digest: sha256 over the sha256 of each 1 MiB chunk, see [`image_digest`])
 //! u16 verity descriptor length (0 or 396), then a keel-verity root descriptor of the target
 //! u16 compatible length (1..=256), compatible (UTF-8)
 //! u16 version length (1..=64), version (dotted numbers)
 //! u32 operation count, then each operation:
-//!   u8  type: 0 ZERO, 1 COPY, 2 REPLACE (zstd), 3 PATCH (zstd with the source extents as prefix)
+//!   u8  type: 0 ZERO, 1 COPY, 2 REPLACE (zstd), 3 PATCH (zstd with the source extents as prefix),
+//!       4 CHAIN (zstd with target blocks that earlier operations wrote as prefix)
 //!   u32 target extent count, then (u64 first block, u64 blocks) each
-//!   u32 source extent count, then extents
+//!   u32 source extent count, then extents (in the target image for CHAIN)
 //!   u64 data offset (in the data area), u64 data length
 //!   [32] sha256 of the data (zero if none)
 //!   [32] sha256 of the source extents' bytes (zero if none)
@@ -33,6 +35,11 @@
 //!
 //! Every count and length is checked against the bytes present before anything is
 //! allocated; the operations' data must follow each other from offset 0 and end at D.
+//!
+//! The manifest is compressed because its extents and counts are mostly small numbers:
+//! on a 512 MiB root filesystem pair it shrinks from 186 to 68 KB. The signature covers
+//! the compressed bytes, so nothing is decompressed before it is verified, and
+//! decompression stops at 64 MiB.
 
 use sha2::{Digest, Sha256};
 
@@ -41,7 +48,7 @@ use crate::error::{Error, Result};
 /// The magic.
 pub const MAGIC: [u8; 8] = *b"KEELPAYL";
 /// The format version this crate writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Header size.
 pub const HEADER_SIZE: usize = 64;
 /// Signature size.
@@ -66,6 +73,10 @@ pub enum OpType {
     Replace = 2,
     /// zstd with the operation's source extents as reference prefix.
     Patch = 3,
+    /// zstd with blocks of the target, written by earlier operations, as reference prefix:
+    /// new content that resembles new content elsewhere in the image (no old version to
+    /// patch from) gets that context without a larger operation.
+    Chain = 4,
 }
 
 impl OpType {
@@ -75,6 +86,7 @@ impl OpType {
             1 => OpType::Copy,
             2 => OpType::Replace,
             3 => OpType::Patch,
+            4 => OpType::Chain,
             _ => return None,
         })
     }
@@ -86,6 +98,7 @@ impl OpType {
             OpType::Copy => "COPY",
             OpType::Replace => "REPLACE",
             OpType::Patch => "PATCH",
+            OpType::Chain => "CHAIN",
         }
     }
 }
@@ -138,8 +151,68 @@ impl Operation {
 pub struct ImageId {
     /// Size in bytes.
     pub size: u64,
-    /// sha256 of its bytes.
-    pub sha256: [u8; 32],
+    /// Its [`image_digest`].
+    pub digest: [u8; 32],
+}
+
+/// Chunk size of [`image_digest`].
+pub const DIGEST_CHUNK: u64 = 1 << 20;
+
+/// An image's identity: sha256 over the concatenated sha256 digests of its 1 MiB chunks
+/// (the last one may be shorter; an empty image has no chunks).
+///
+/// A plain sha256 of the whole image runs on one core at the speed of the SHA extensions
+/// (about 1.1 GB/s here); the chunk digests split over every core, so checking the source
+/// before and the target after an update costs half as much. Memory: 32 bytes per MiB.
+pub fn image_digest<R: keel_verity::ReadAt + ?Sized>(
+    dev: &R,
+    size: u64,
+) -> std::io::Result<[u8; 32]> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let chunks = size.div_ceil(DIGEST_CHUNK);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(chunks.max(1) as usize);
+    let next = AtomicU64::new(0);
+    type Part = std::io::Result<Vec<(u64, [u8; 32])>>;
+    let digests: Vec<Part> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    let mut buf = vec![0u8; DIGEST_CHUNK as usize];
+                    loop {
+                        let c = next.fetch_add(1, Ordering::Relaxed);
+                        if c >= chunks {
+                            return Ok(out);
+                        }
+                        let off = c * DIGEST_CHUNK;
+                        let n = (size - off).min(DIGEST_CHUNK) as usize;
+                        dev.read_exact_at(&mut buf[..n], off)?;
+                        out.push((c, sha256(&buf[..n])));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(std::io::Error::other("an image digest worker panicked"))
+                })
+            })
+            .collect()
+    });
+    let mut all = Vec::with_capacity(chunks as usize);
+    for d in digests {
+        all.extend(d?);
+    }
+    all.sort_unstable_by_key(|d| d.0);
+    let mut h = Sha256::new();
+    for (_, d) in &all {
+        h.update(d);
+    }
+    Ok(h.finalize().into())
 }
 
 /// What the payload turns into what.
@@ -257,12 +330,12 @@ pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
         Some(s) => {
             w.u8(1);
             w.u64(s.size);
-            w.bytes(&s.sha256);
+            w.bytes(&s.digest);
         }
         None => w.u8(0),
     }
     w.u64(m.target.size);
-    w.bytes(&m.target.sha256);
+    w.bytes(&m.target.digest);
     let v = m.verity.as_deref().unwrap_or_default();
     w.u16(v.len() as u16);
     w.bytes(v);
@@ -370,6 +443,68 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Target blocks written by the operations so far, as disjoint merged intervals.
+#[derive(Default)]
+struct Written(std::collections::BTreeMap<u64, u64>);
+
+impl Written {
+    fn insert(&mut self, e: &Extent) {
+        let (mut a, mut b) = (e.start, e.start + e.blocks);
+        // Merge with every interval that overlaps or touches [a, b).
+        let mut absorbed = Vec::new();
+        if let Some((&s, &t)) = self.0.range(..=a).next_back() {
+            if t >= a {
+                a = s;
+                b = b.max(t);
+                absorbed.push(s);
+            }
+        }
+        for (&s, &t) in self.0.range(a..=b) {
+            b = b.max(t);
+            absorbed.push(s);
+        }
+        for s in absorbed {
+            self.0.remove(&s);
+        }
+        self.0.insert(a, b);
+    }
+
+    fn covers(&self, e: &Extent) -> bool {
+        self.0
+            .range(..=e.start)
+            .next_back()
+            .is_some_and(|(_, &t)| t >= e.start + e.blocks)
+    }
+}
+
+/// The manifest as stored: `raw` (from [`encode_manifest`]) in one zstd frame.
+pub fn pack_manifest(raw: &[u8]) -> Result<Vec<u8>> {
+    zstd::bulk::compress(raw, 19).map_err(|e| Error::io("compressing the manifest", e))
+}
+
+/// The manifest bytes from their stored form (whose signature has been checked), at most
+/// [`MAX_MANIFEST`] of them.
+pub fn unpack_manifest(packed: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let bad = |reason: String| Error::BadField {
+        field: "manifest",
+        offset: HEADER_SIZE as u64,
+        reason,
+    };
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(packed)
+        .map_err(|e| bad(format!("not a zstd frame: {e}")))?
+        .take(MAX_MANIFEST + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad(format!("does not decompress: {e}")))?;
+    if out.len() as u64 > MAX_MANIFEST {
+        return Err(bad(format!(
+            "decompresses to more than {MAX_MANIFEST} bytes"
+        )));
+    }
+    Ok(out)
+}
+
 /// Parse manifest bytes (whose signature has been checked) against the header's data
 /// length: every field, every extent inside its image, every blob inside the data area
 /// and in order.
@@ -387,13 +522,13 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
         0 => None,
         1 => Some(ImageId {
             size: r.u64("source size")?,
-            sha256: r.hash("source sha256")?,
+            digest: r.hash("source digest")?,
         }),
         v => return Err(r.err("has source", format!("{v}: expected 0 or 1"))),
     };
     let target = ImageId {
         size: r.u64("target size")?,
-        sha256: r.hash("target sha256")?,
+        digest: r.hash("target digest")?,
     };
     let vlen = r.u16("verity descriptor length")? as usize;
     let verity = match vlen {
@@ -416,6 +551,7 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
     let source_blocks = source.map_or(0, |s| s.size.div_ceil(BLOCK_SIZE));
     let mut ops = Vec::with_capacity(n);
     let mut next_data = 0u64;
+    let mut written = Written::default();
     for i in 0..n {
         let t = r.u8("operation type")?;
         let op = OpType::from_u8(t)
@@ -447,7 +583,14 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
         if o.target.iter().any(|e| e.start + e.blocks > target_blocks) {
             return Err(bad("a target extent lies past the target image".into()));
         }
-        if o.source_blocks() > max_blocks
+        if op == OpType::Chain {
+            // Its reference must be complete before it runs, and stay so across a resume.
+            if o.source_blocks() > max_blocks || !o.source.iter().all(|e| written.covers(e)) {
+                return Err(bad(
+                    "CHAIN refers to target blocks no earlier operation wrote".into(),
+                ));
+            }
+        } else if o.source_blocks() > max_blocks
             || o.source.iter().any(|e| e.start + e.blocks > source_blocks)
         {
             return Err(bad(
@@ -458,7 +601,7 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
             OpType::Zero => (false, false),
             OpType::Copy => (true, false),
             OpType::Replace => (false, true),
-            OpType::Patch => (true, true),
+            OpType::Patch | OpType::Chain => (true, true),
         };
         if needs_source == o.source.is_empty() || (needs_data != (o.data_length > 0)) {
             return Err(bad(format!(
@@ -480,6 +623,9 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
             )));
         }
         next_data = next_data.saturating_add(o.data_length);
+        for e in &o.target {
+            written.insert(e);
+        }
         ops.push(o);
     }
     if next_data != data_len {
@@ -518,4 +664,36 @@ pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
         }
     }
     std::cmp::Ordering::Equal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_digest_is_the_sha256_of_the_chunk_digests() {
+        let img: Vec<u8> = (0..(7u64 << 19) + 5)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        for size in [
+            0u64,
+            1,
+            DIGEST_CHUNK - 1,
+            DIGEST_CHUNK,
+            DIGEST_CHUNK + 1,
+            img.len() as u64,
+        ] {
+            let mut list = Vec::new();
+            for c in img[..size as usize].chunks(DIGEST_CHUNK as usize) {
+                list.extend_from_slice(&sha256(c));
+            }
+            assert_eq!(
+                image_digest(&img[..], size).unwrap(),
+                sha256(&list),
+                "size {size}"
+            );
+        }
+        // A short device is an error, not a digest of less.
+        assert!(image_digest(&img[..10], 11).is_err());
+    }
 }

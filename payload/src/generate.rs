@@ -1,6 +1,14 @@
 //! Making a payload: every source block hashed, target blocks found anywhere in the source
-//! copied, zero blocks zeroed, and the new blocks encoded per chunk as whichever is smaller
-//! of plain zstd and zstd with nearby source blocks as reference (patch-from), on all cores.
+//! copied, zero blocks zeroed; then the new blocks, on all cores, each operation keeping
+//! the smallest of its candidate encodings:
+//!
+//! - in ext4 images, each changed file with the part of its previous version (same path)
+//!   around the change as reference (PATCH), small files grouped;
+//! - new files grouped by extension and name, each group chained to the group before it
+//!   (CHAIN: the target blocks an earlier operation wrote as reference), which gives zstd
+//!   the long context of one stream in operations of bounded size;
+//! - the rest (file system metadata) in groups of nearby runs, patched against the source
+//!   around the position the neighbouring copies predict, or plain zstd.
 //!
 //! Memory: both images plus 40 bytes per source block and the payload itself (the peers
 //! need 1.6 to 4.6 GB for a 512 MiB pair).
@@ -12,13 +20,18 @@ use keel_verity::{RootDescriptor, SigningKey};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    encode_manifest, sha256, Extent, Header, ImageId, Manifest, OpType, Operation, BLOCK_SIZE,
-    MAX_OP_BYTES,
+    encode_manifest, image_digest, pack_manifest, sha256, Extent, Header, ImageId, Manifest,
+    OpType, Operation, BLOCK_SIZE, MAX_OP_BYTES,
 };
 
 const BS: usize = BLOCK_SIZE as usize;
 /// Blocks of new data encoded together.
 const NEW_CHUNK_BLOCKS: u64 = 512;
+/// An operation to encode: type, target extents, source extents.
+type Plan = (OpType, Vec<Extent>, Vec<Extent>);
+
+/// New runs at most this far apart are encoded together.
+const MERGE_GAP_BLOCKS: u64 = 256;
 /// Source bytes on each side of the predicted position used as patch reference.
 const REF_MARGIN: u64 = 2 << 20;
 /// zstd level at which candidate encodings are compared.
@@ -37,6 +50,9 @@ pub struct GenerateOptions {
     pub level: i32,
     /// Worker threads (default: every core).
     pub threads: Option<usize>,
+    /// Pair changed files with their old versions through the ext4 layout of both images
+    /// (on by default; images that are not ext4 with 4 KiB blocks are unaffected).
+    pub file_pairing: bool,
 }
 
 impl GenerateOptions {
@@ -48,6 +64,7 @@ impl GenerateOptions {
             verity: None,
             level: 19,
             threads: None,
+            file_pairing: true,
         }
     }
 }
@@ -145,6 +162,228 @@ enum Kind {
     Zero,
     Copy(u64),
     New,
+    /// New, and encoded with its file (see [`plan_files`]).
+    InFile,
+}
+
+/// Target blocks of one group of files with old versions (the reference gives context).
+const PAIRED_GROUP_BLOCKS: u64 = 256;
+/// Target blocks of one group of new files.
+const NEW_GROUP_BLOCKS: u64 = 2048;
+/// Blocks of earlier new files a group of new files builds on.
+const CHAIN_BLOCKS: u64 = 2048;
+/// Most changed blocks of one file encoded as one piece.
+const PIECE_BLOCKS: u64 = 1024;
+/// Changed blocks of a file this far apart (or closer) form one piece.
+const RUN_GAP_BLOCKS: u64 = 32;
+/// Old-version blocks on each side of a piece's expected place, besides the size change.
+const REF_MARGIN_BLOCKS: u64 = 64;
+
+fn push_extent(v: &mut Vec<Extent>, start: u64, blocks: u64) {
+    match v.last_mut() {
+        Some(e) if e.start + e.blocks == start => e.blocks += blocks,
+        _ => v.push(Extent { start, blocks }),
+    }
+}
+
+fn extents_total(v: &[Extent]) -> u64 {
+    v.iter().map(|e| e.blocks).sum()
+}
+
+/// Blocks `from..to` (in file order) of a file given as extents.
+fn file_slice(ext: &[(u64, u64)], from: u64, to: u64) -> Vec<Extent> {
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    for &(s, l) in ext {
+        let (a, b) = (pos.max(from), (pos + l).min(to));
+        if a < b {
+            push_extent(&mut out, s + (a - pos), b - a);
+        }
+        pos += l;
+        if pos >= to {
+            break;
+        }
+    }
+    out
+}
+
+/// Pack pieces (target extents, source extents) into groups of at most `target_max`
+/// target and `source_max` source blocks.
+fn group(
+    pieces: Vec<(PieceKey, Vec<Extent>, Vec<Extent>)>,
+    target_max: u64,
+    source_max: u64,
+) -> Vec<(Vec<Extent>, Vec<Extent>)> {
+    let mut groups: Vec<(Vec<Extent>, Vec<Extent>)> = Vec::new();
+    for (_, tgt, src) in pieces {
+        let fits = groups.last().is_some_and(|(t, s)| {
+            extents_total(t) + extents_total(&tgt) <= target_max
+                && extents_total(s) + extents_total(&src) <= source_max
+        });
+        match groups.last_mut() {
+            Some((t, s)) if fits => {
+                for e in tgt {
+                    push_extent(t, e.start, e.blocks);
+                }
+                for e in src {
+                    push_extent(s, e.start, e.blocks);
+                }
+            }
+            _ => groups.push((tgt, src)),
+        }
+    }
+    groups
+}
+
+/// Order of pieces: (extension, file name, first target block) for new files, the
+/// first target block alone for files with an old version.
+type PieceKey = (String, String, u64);
+
+/// Pair the target's changed files with the source's files of the same path (both ext4):
+/// groups of target extents, in file order, with the old versions as their reference, as
+/// update_engine does. Marks the blocks it takes as [`Kind::InFile`].
+fn plan_files(source: &[u8], target: &[u8], kinds: &mut [Kind]) -> Vec<Plan> {
+    let new_files = crate::ext4::files(target);
+    if new_files.is_empty() {
+        return Vec::new();
+    }
+    let old_files = crate::ext4::files(source);
+    let old: HashMap<&str, &crate::ext4::File> =
+        old_files.iter().map(|f| (f.path.as_str(), f)).collect();
+    let max = MAX_OP_BYTES / BLOCK_SIZE;
+    // Each file's changed blocks in file order, keyed by where the first one lies.
+    let mut pieces: Vec<(PieceKey, Vec<Extent>, Vec<Extent>)> = Vec::new();
+    for f in &new_files {
+        let total: u64 = f.extents.iter().map(|e| e.1).sum();
+        // The file's changed blocks: (position in the file, block in the image).
+        let mut changed: Vec<(u64, u64)> = Vec::new();
+        let mut pos = 0u64;
+        for &(start, len) in &f.extents {
+            for b in start..start + len {
+                if kinds.get(b as usize) == Some(&Kind::New) {
+                    kinds[b as usize] = Kind::InFile;
+                    changed.push((pos, b));
+                }
+                pos += 1;
+            }
+        }
+        if changed.is_empty() {
+            continue;
+        }
+        let old_f = old.get(f.path.as_str());
+        // Runs of changed blocks close together in the file, at most PIECE_BLOCKS each.
+        let mut runs: Vec<&[(u64, u64)]> = Vec::new();
+        let mut first = 0;
+        for i in 1..=changed.len() {
+            let split = i == changed.len()
+                || changed[i].0 - changed[i - 1].0 > RUN_GAP_BLOCKS
+                || (i - first) as u64 >= PIECE_BLOCKS;
+            if split {
+                runs.push(&changed[first..i]);
+                first = i;
+            }
+        }
+        let name = f.path.rsplit('/').next().unwrap_or_default();
+        let ext = name.rsplit_once('.').map_or("", |(_, e)| e);
+        let mut last_ref: Option<(u64, u64)> = None;
+        for run in runs {
+            let mut tgt = Vec::new();
+            for &(_, b) in run {
+                push_extent(&mut tgt, b, 1);
+            }
+            let (a, z) = (run[0].0, run[run.len() - 1].0 + 1);
+            let Some(o) = old_f else {
+                pieces.push((
+                    (ext.to_string(), name.to_string(), tgt[0].start),
+                    tgt,
+                    Vec::new(),
+                ));
+                continue;
+            };
+            // The old version around the same place: positions scale with the size change,
+            // and the margin covers what an insertion or deletion shifts.
+            let old_total: u64 = o.extents.iter().map(|e| e.1).sum();
+            let margin = REF_MARGIN_BLOCKS + old_total.abs_diff(total).min(max / 4);
+            let lo = (a * old_total / total.max(1)).saturating_sub(margin);
+            let hi = (z * old_total / total.max(1) + margin)
+                .min(old_total)
+                .min(lo + max);
+            // Neighbouring runs of one file share their reference instead of repeating it.
+            let merged = match (last_ref, pieces.last_mut()) {
+                (Some((plo, phi)), Some((_, pt, ps)))
+                    if lo <= phi
+                        && extents_total(pt) + extents_total(&tgt) <= PIECE_BLOCKS
+                        && hi.max(phi) - plo.min(lo) <= max =>
+                {
+                    let (nlo, nhi) = (plo.min(lo), hi.max(phi));
+                    for e in tgt.iter() {
+                        push_extent(pt, e.start, e.blocks);
+                    }
+                    *ps = file_slice(&o.extents, nlo, nhi);
+                    last_ref = Some((nlo, nhi));
+                    true
+                }
+                _ => false,
+            };
+            if !merged && lo < hi {
+                let src = file_slice(&o.extents, lo, hi);
+                pieces.push(((String::new(), String::new(), tgt[0].start), tgt, src));
+                last_ref = Some((lo, hi));
+            } else if !merged {
+                pieces.push((
+                    (ext.to_string(), name.to_string(), tgt[0].start),
+                    tgt,
+                    Vec::new(),
+                ));
+                last_ref = None;
+            }
+        }
+    }
+    // Files with an old version go in disk order, with their old versions as reference.
+    // New files go by extension and name: like with like gives zstd more to match.
+    let (mut paired, mut fresh): (Vec<_>, Vec<_>) =
+        pieces.into_iter().partition(|p| !p.2.is_empty());
+    paired.sort_by(|a, b| a.0.cmp(&b.0));
+    fresh.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut plans: Vec<(OpType, Vec<Extent>, Vec<Extent>)> =
+        group(paired, PAIRED_GROUP_BLOCKS, max)
+            .into_iter()
+            .map(|(t, s)| (OpType::Patch, t, s))
+            .collect();
+    // Each group of new files may build on the one before it, already in the target: the
+    // context zstd would have in one long stream, in operations of bounded size.
+    let mut before: Vec<Extent> = Vec::new();
+    for (t, _) in group(fresh, NEW_GROUP_BLOCKS, max) {
+        if before.is_empty() {
+            plans.push((OpType::Replace, t.clone(), Vec::new()));
+        } else {
+            plans.push((OpType::Chain, t.clone(), tail(&before, CHAIN_BLOCKS)));
+        }
+        before.extend(t);
+        before = tail(&before, CHAIN_BLOCKS);
+    }
+    plans
+}
+
+/// The last `blocks` blocks of a list of extents.
+fn tail(ext: &[Extent], blocks: u64) -> Vec<Extent> {
+    let total = extents_total(ext);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    for e in ext {
+        let skip = total
+            .saturating_sub(blocks)
+            .saturating_sub(pos)
+            .min(e.blocks);
+        if skip < e.blocks {
+            out.push(Extent {
+                start: e.start + skip,
+                blocks: e.blocks - skip,
+            });
+        }
+        pos += e.blocks;
+    }
+    out
 }
 
 /// Generate a payload turning `source` (or nothing, for a full payload) into `target`,
@@ -169,7 +408,7 @@ pub fn generate(
             index.entry(h).or_insert(i as u64);
         }
     }
-    let kinds: Vec<Kind> = thash
+    let mut kinds: Vec<Kind> = thash
         .iter()
         .map(|h| {
             if *h == zero_hash {
@@ -182,9 +421,14 @@ pub fn generate(
         })
         .collect();
 
+    let file_groups = match source {
+        Some(src) if opts.file_pairing => plan_files(src, target, &mut kinds),
+        _ => Vec::new(),
+    };
+
     // Runs of one kind (a COPY run continues while the source continues too).
     let max_blocks = MAX_OP_BYTES / BLOCK_SIZE;
-    let mut plans: Vec<(OpType, Extent, Vec<Extent>)> = Vec::new();
+    let mut plans: Vec<Plan> = Vec::new();
     let mut i = 0u64;
     while i < tblocks {
         let k = kinds[i as usize];
@@ -196,7 +440,10 @@ pub fn generate(
         while j < tblocks && j - i < cap {
             let same = matches!(
                 (k, kinds[j as usize]),
-                (Kind::Zero, Kind::Zero) | (Kind::New, Kind::New) | (Kind::Copy(_), Kind::Copy(_))
+                (Kind::Zero, Kind::Zero)
+                    | (Kind::New, Kind::New)
+                    | (Kind::Copy(_), Kind::Copy(_))
+                    | (Kind::InFile, Kind::InFile)
             );
             if !same {
                 break;
@@ -208,8 +455,9 @@ pub fn generate(
             blocks: j - i,
         };
         match k {
-            Kind::Zero => plans.push((OpType::Zero, t, Vec::new())),
-            Kind::New => plans.push((OpType::Replace, t, Vec::new())),
+            Kind::InFile => {}
+            Kind::Zero => plans.push((OpType::Zero, vec![t], Vec::new())),
+            Kind::New => plans.push((OpType::Replace, vec![t], Vec::new())),
             Kind::Copy(_) => {
                 // Source extents: break where the source is not consecutive.
                 let mut src: Vec<Extent> = Vec::new();
@@ -225,7 +473,7 @@ pub fn generate(
                         }),
                     }
                 }
-                plans.push((OpType::Copy, t, src));
+                plans.push((OpType::Copy, vec![t], src));
             }
         }
         i = j;
@@ -237,23 +485,47 @@ pub fn generate(
     let mut last: Option<i128> = None;
     for (op, t, src) in &plans {
         if *op == OpType::Copy {
-            if let Some(e) = src.last() {
+            if let (Some(e), Some(t)) = (src.last(), t.last()) {
                 last = Some(i128::from(t.start + t.blocks) - i128::from(e.start + e.blocks));
             }
         }
         predicted.push(last);
     }
+    // File groups: their reference is given, not predicted.
+    // Small runs of new blocks close together (metadata: inode tables, directories,
+    // bitmaps) travel together: fewer operations, more context for zstd.
+    let mut merged: Vec<(Plan, Option<i128>)> = Vec::new();
+    let mut open: Option<usize> = None;
+    for (plan, pred) in plans.into_iter().zip(predicted) {
+        if plan.0 == OpType::Replace {
+            if let Some(((_, gt, _), _)) = open.and_then(|g| merged.get_mut(g)) {
+                let end = gt.last().map_or(0, |e| e.start + e.blocks);
+                let start = plan.1.first().map_or(0, |e| e.start);
+                if start.saturating_sub(end) <= MERGE_GAP_BLOCKS
+                    && extents_total(gt) + extents_total(&plan.1) <= NEW_CHUNK_BLOCKS
+                {
+                    for e in plan.1 {
+                        push_extent(gt, e.start, e.blocks);
+                    }
+                    continue;
+                }
+            }
+            open = Some(merged.len());
+        }
+        merged.push((plan, pred));
+    }
+    for (op, t, s) in file_groups {
+        merged.push(((op, t, s), None));
+    }
 
     let level = opts.level;
-    let encoded: Vec<Result<(Operation, Vec<u8>)>> = par_map(
-        plans.into_iter().zip(predicted).collect(),
-        threads,
-        |((op, t, src), pred)| {
+    let encoded: Vec<Result<(Operation, Vec<u8>)>> =
+        par_map(merged, threads, |((op, t, src), pred)| {
             let none = |op, source: Vec<Extent>, source_sha256| {
                 Ok((
                     Operation {
                         op,
-                        target: vec![t],
+                        target: t.clone(),
                         source,
                         data_offset: 0,
                         data_length: 0,
@@ -270,7 +542,10 @@ pub fn generate(
                     none(op, src, sha256(&s))
                 }
                 _ => {
-                    let tbytes = range(target, t.start, t.blocks);
+                    let tbytes = extents_bytes(target, &t);
+                    let tstart = t.first().map_or(0, |e| e.start);
+                    let tblocks_op = extents_total(&t);
+                    let tspan = t.last().map_or(0, |e| e.start + e.blocks) - tstart;
                     // Candidates are compared at a fast level; only the winner is compressed at
                     // the requested one.
                     let probe = level.min(PROBE_LEVEL);
@@ -279,18 +554,35 @@ pub fn generate(
                         zstd_plain(&tbytes, probe)?.len(),
                         Vec::new(),
                     );
-                    if let Some(src_img) = source.filter(|s| !s.is_empty()) {
+                    if op == OpType::Chain {
+                        // New files after the group before them.
+                        let reference = extents_bytes(target, &src);
+                        let patched = zstd_patch(&tbytes, &reference, probe)?.len();
+                        if patched + 16 * src.len() < best.1 {
+                            best = (OpType::Chain, patched, src.clone());
+                        }
+                    } else if op == OpType::Patch && !src.is_empty() {
+                        // A file group: its old versions are the reference.
+                        let reference = extents_bytes(source.unwrap_or_default(), &src);
+                        let patched = zstd_patch(&tbytes, &reference, probe)?.len();
+                        if patched + 48 * src.len() < best.1 {
+                            best = (OpType::Patch, patched, src.clone());
+                        }
+                    } else if let Some(src_img) =
+                        source.filter(|s| !s.is_empty() && tspan <= 4 * NEW_CHUNK_BLOCKS)
+                    {
                         let sblocks = (src_img.len() as u64).div_ceil(BLOCK_SIZE);
-                        let margin = REF_MARGIN / BLOCK_SIZE;
-                        let mut centers = vec![i128::from(t.start)];
+                        // A small run (an inode table block, a bitmap) changed in place; a
+                        // large one may have moved further.
+                        let margin = (tblocks_op * 4).clamp(16, REF_MARGIN / BLOCK_SIZE);
+                        let mut centers = vec![i128::from(tstart)];
                         if let Some(d) = pred {
-                            centers.insert(0, i128::from(t.start) - d);
+                            centers.insert(0, i128::from(tstart) - d);
                         }
                         centers.dedup();
                         for c in centers {
                             let lo = (c - i128::from(margin)).clamp(0, i128::from(sblocks)) as u64;
-                            let hi = (c + i128::from(t.blocks + margin))
-                                .clamp(0, i128::from(sblocks))
+                            let hi = (c + i128::from(tspan + margin)).clamp(0, i128::from(sblocks))
                                 as u64;
                             let blocks = (hi - lo).min(MAX_OP_BYTES / BLOCK_SIZE);
                             if blocks == 0 {
@@ -311,13 +603,17 @@ pub fn generate(
                             let reference = extents_bytes(source.unwrap_or_default(), &source_ext);
                             (zstd_patch(&tbytes, &reference, level)?, sha256(&reference))
                         }
+                        OpType::Chain => {
+                            let reference = extents_bytes(target, &source_ext);
+                            (zstd_patch(&tbytes, &reference, level)?, sha256(&reference))
+                        }
                         _ => (zstd_plain(&tbytes, level)?, [0u8; 32]),
                     };
                     let best = (op, data, source_ext, source_sha256);
                     let (op, data, source, source_sha256) = best;
                     let o = Operation {
                         op,
-                        target: vec![t],
+                        target: t,
                         source,
                         data_offset: 0,
                         data_length: data.len() as u64,
@@ -327,8 +623,7 @@ pub fn generate(
                     Ok((o, data))
                 }
             }
-        },
-    );
+        });
     let mut operations = Vec::with_capacity(encoded.len());
     let mut data = Vec::new();
     for r in encoded {
@@ -342,13 +637,18 @@ pub fn generate(
         operations.push(o);
     }
     let manifest = Manifest {
-        source: source.map(|s| ImageId {
-            size: s.len() as u64,
-            sha256: sha256(s),
-        }),
+        source: match source {
+            Some(s) => Some(ImageId {
+                size: s.len() as u64,
+                digest: image_digest(s, s.len() as u64)
+                    .map_err(|e| Error::io("hashing the source", e))?,
+            }),
+            None => None,
+        },
         target: ImageId {
             size: target.len() as u64,
-            sha256: sha256(target),
+            digest: image_digest(target, target.len() as u64)
+                .map_err(|e| Error::io("hashing the target", e))?,
         },
         verity: opts.verity.as_ref().map(|d| d.to_bytes().to_vec()),
         compatible: opts.compatible.clone(),
@@ -375,7 +675,7 @@ pub fn assemble(manifest: &Manifest, data: &[u8], key: &SigningKey) -> Result<Ve
             manifest.version
         )));
     }
-    let m = encode_manifest(manifest);
+    let m = pack_manifest(&encode_manifest(manifest))?;
     let header = Header {
         manifest_len: m.len() as u64,
         data_len: data.len() as u64,

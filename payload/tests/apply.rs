@@ -1,15 +1,18 @@
-//! Generate and apply: exact targets for random edits, resume after a cut at every write,
+//! Generate and apply: exact targets for random edits and for ext4 images (files paired
+//! with their old versions, new files chained), resume after a cut at every write,
 //! and refusal of every kind of bad payload.
 
 #[path = "../../testsupport/tools.rs"]
 mod tools;
 
+use std::fs;
 use std::io;
+use std::path::Path;
 
 use keel_payload::{apply, apply_files, generate, ApplyOptions, Error, GenerateOptions, OpType};
 use keel_verity::{Keyring, ReadAt, SigningKey, WriteAt};
 use proptest::prelude::*;
-use tools::seeded_bytes;
+use tools::{run_ok, seeded_bytes, tool};
 
 fn opts() -> GenerateOptions {
     let mut o = GenerateOptions::new("acme-test", "2.0");
@@ -428,4 +431,169 @@ fn source_blocks_changed_during_apply_are_caught() {
         matches!(&e, Error::SourceModified(m) if m.contains("operation")),
         "{e}"
     );
+}
+
+fn text(seed: u64, len: usize) -> Vec<u8> {
+    // Compressible but not trivial: words from a seeded vocabulary.
+    let words: Vec<String> = (0..500)
+        .map(|i| {
+            format!(
+                "w{:x}",
+                seeded_bytes(seed ^ i, 4)
+                    .iter()
+                    .map(|&b| b as u32)
+                    .sum::<u32>()
+                    * 7919
+                    + i as u32
+            )
+        })
+        .collect();
+    let pick = seeded_bytes(seed, len);
+    let mut out = Vec::with_capacity(len + 16);
+    let mut i = 0;
+    while out.len() < len {
+        out.extend_from_slice(words[pick[i % pick.len()] as usize % words.len()].as_bytes());
+        out.push(b' ');
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+fn write(root: &Path, rel: &str, content: &[u8]) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, content).unwrap();
+}
+
+fn mkfs(mkfs: &Path, root: &Path, img: &Path) -> Vec<u8> {
+    run_ok(
+        mkfs,
+        &[
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-T",
+            "default",
+            "-O",
+            "^has_journal",
+            "-E",
+            "root_owner=0:0,lazy_itable_init=0",
+            "-U",
+            "4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6",
+            "-d",
+            root.to_str().unwrap(),
+            img.to_str().unwrap(),
+            "48M",
+        ],
+    );
+    fs::read(img).unwrap()
+}
+
+/// Two ext4 images (mkfs.ext4 -d) of a tree whose files change, move on disk, appear and
+/// disappear; None (after a skip notice) without mkfs.ext4.
+fn ext4_pair() -> Option<(Vec<u8>, Vec<u8>)> {
+    let mk = tool("mkfs.ext4", "e2fsprogs")?;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    // Version A.
+    for i in 0..60u64 {
+        write(
+            &a,
+            &format!("usr/lib/mod{i:02}.txt"),
+            &text(i, 20_000 + 3000 * i as usize),
+        );
+    }
+    write(&a, "usr/bin/tool", &text(1000, 3 << 20));
+    write(&a, "etc/gone", &text(1001, 50_000));
+    // Version B: a new file first, so every later file lands elsewhere on disk; most files
+    // change a little; the big one changes in the middle; one file goes, one arrives.
+    write(&b, "aaa/new-first", &text(2000, 900_000));
+    for i in 0..60u64 {
+        let mut c = text(i, 20_000 + 3000 * i as usize);
+        if i % 3 != 0 {
+            let at = c.len() / 2;
+            c.splice(at..at, format!("patched in version B, file {i}").bytes());
+        }
+        write(&b, &format!("usr/lib/mod{i:02}.txt"), &c);
+    }
+    let mut big = text(1000, 3 << 20);
+    big[1 << 20..(1 << 20) + 5000].copy_from_slice(&text(3000, 5000));
+    write(&b, "usr/bin/tool", &big);
+    write(&b, "etc/arrived", &text(1002, 70_000));
+    // Enough new files that they take two groups, the second built on the first.
+    for i in 0..4u64 {
+        write(
+            &b,
+            &format!("opt/new/part{i}.txt"),
+            &text(4000 + i, 3 << 20),
+        );
+    }
+
+    let src = mkfs(&mk, &a, &dir.path().join("a.img"));
+    let tgt = mkfs(&mk, &b, &dir.path().join("b.img"));
+    Some((src, tgt))
+}
+
+#[test]
+fn ext4_changed_files_are_paired_with_their_old_versions() {
+    let Some((src, tgt)) = ext4_pair() else {
+        return;
+    };
+    let key = SigningKey::generate().unwrap();
+    let mut o = GenerateOptions::new("acme-test", "2.0");
+    o.level = 9;
+    let paired = generate(Some(&src), &tgt, &key, &o).unwrap();
+    o.file_pairing = false;
+    let unpaired = generate(Some(&src), &tgt, &key, &o).unwrap();
+
+    let mut ring = Keyring::new();
+    ring.add(key.public_key().clone()).unwrap();
+    let ao = ApplyOptions {
+        keyring: Some(&ring),
+        ..Default::default()
+    };
+    for p in [&paired, &unpaired] {
+        let mut out = vec![0u8; tgt.len()];
+        let done = apply(&p[..], Some(&src), &mut out, &ao).unwrap();
+        assert!(out == tgt, "the target is exact");
+        let _ = done;
+    }
+    let mut out = vec![0u8; tgt.len()];
+    let done = apply(&paired[..], Some(&src), &mut out, &ao).unwrap();
+    // Groups of files: PATCH operations whose target and source are several extents.
+    let multi = done
+        .manifest
+        .operations
+        .iter()
+        .filter(|op| op.op == OpType::Patch && op.target.len() > 1 && op.source.len() > 1)
+        .count();
+    assert!(multi > 0, "no file groups in the payload");
+    assert!(
+        done.manifest
+            .operations
+            .iter()
+            .any(|op| op.op == OpType::Chain),
+        "the second group of new files does not build on the first"
+    );
+    println!(
+        "paired {} bytes, unpaired {} bytes",
+        paired.len(),
+        unpaired.len()
+    );
+    assert!(
+        paired.len() < unpaired.len(),
+        "pairing gave {} bytes, without {}",
+        paired.len(),
+        unpaired.len()
+    );
+}
+
+#[test]
+fn ext4_pairs_and_chains_survive_cuts() {
+    let Some((src, tgt)) = ext4_pair() else {
+        return;
+    };
+    resume_case(&src, &tgt, 12);
 }
