@@ -36,7 +36,7 @@ measure() {
   rows+=("$name|$(stat -c %s "$out")|${g% *}|$(( ${g#* } / 1024 ))|${a% *}|$(( ${a#* } / 1024 ))")
 }
 
-measure "keel (zstd -19 per chunk)" \
+measure "keel (ext4 pairing, zstd -19)" \
   "$PAYLOAD generate --source $OLD --target $NEW --key $W/k.pem -o $W/keel.p" \
   "$PAYLOAD apply --source $OLD --target $W/keel.out --pubkey $W/k.pub $W/keel.p" "$W/keel.p" "$W/keel.out"
 measure "zstd --patch-from -19 --long=31" \
@@ -51,11 +51,16 @@ measure "bsdiff (limit ${BSDIFF_LIMIT}s)" \
   "timeout $BSDIFF_LIMIT bsdiff $OLD $NEW $W/b.p" "bspatch $OLD $W/b.out $W/b.p" "$W/b.p" "$W/b.out"
 
 printf '%-34s %12s %8s %9s %8s %9s\n' method bytes "gen s" "gen MiB" "apply s" "apply MiB"
-best=0
 for r in "${rows[@]}"; do
   IFS='|' read -r n b gs gm as am <<<"$r"
   printf '%-34s %12s %8s %9s %8s %9s\n' "$n" "$b" "$gs" "$gm" "$as" "$am"
-  if [[ $n != keel* && $b =~ ^[0-9]+$ ]] && { [ "$best" = 0 ] || [ "$b" -lt "$best" ]; }; then best=$b; fi
 done
-keel=$(stat -c %s "$W/keel.p" 2>/dev/null || echo 0)
-[ "$best" -gt 0 ] && awk -v k="$keel" -v b="$best" 'BEGIN { printf "keel bytes / best peer bytes: %.3f\n", k / b }'
+# Keel against the best peer in each column (smaller is better; below 1 Keel wins).
+printf '%s\n' "${rows[@]}" | awk -F'|' '
+  $2 ~ /^[0-9]+$/ { for (c = 2; c <= 6; c++) {
+      if ($1 ~ /^keel/) k[c] = $c
+      else if (!(c in best) || $c + 0 < best[c] + 0) best[c] = $c } }
+  END { split("bytes gen-s gen-MiB apply-s apply-MiB", name, " ")
+        printf "keel / best peer:"
+        for (c = 2; c <= 6; c++) if (best[c] > 0) printf " %s %.3f", name[c - 1], k[c] / best[c]
+        printf "\n" }'
