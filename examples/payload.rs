@@ -167,6 +167,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 OpType::Replace,
                 OpType::Patch,
                 OpType::Chain,
+                OpType::Bsdiff,
             ] {
                 let ops: Vec<_> = m.operations.iter().filter(|o| o.op == t).collect();
                 let tb: u64 = ops.iter().map(|o| o.target_blocks() * 4096).sum();

@@ -8,8 +8,8 @@ use keel_verity::{HashTree, KeyId, Keyring, Progress, ReadAt, RootDescriptor, Wr
 
 use crate::error::{Error, Result};
 use crate::format::{
-    image_digest, parse_manifest, sha256, unpack_manifest, version_cmp, Extent, Header, Manifest,
-    OpType, BLOCK_SIZE, HEADER_SIZE, SIGNATURE_SIZE,
+    bspatch, image_digest, parse_manifest, sha256, unpack_manifest, version_cmp, Extent, Header,
+    Manifest, OpType, BLOCK_SIZE, HEADER_SIZE, SIGNATURE_SIZE,
 };
 
 /// How to apply.
@@ -189,6 +189,9 @@ fn read_extents<S: ReadAt + ?Sized>(src: &S, ext: &[Extent], size: u64) -> Resul
 }
 
 fn decode(op: OpType, blob: &[u8], reference: &[u8], expected: usize) -> io::Result<Vec<u8>> {
+    if op == OpType::Bsdiff {
+        return bspatch(reference, zstd::stream::read::Decoder::new(blob)?, expected);
+    }
     let mut out = Vec::with_capacity(expected);
     let mut dec: Box<dyn Read> = match op {
         OpType::Replace => Box::new(zstd::stream::read::Decoder::new(blob)?),
@@ -345,7 +348,7 @@ where
         let out = match op.op {
             OpType::Zero => Vec::new(),
             OpType::Copy => src_bytes,
-            OpType::Replace | OpType::Patch | OpType::Chain => {
+            OpType::Replace | OpType::Patch | OpType::Chain | OpType::Bsdiff => {
                 let reference = if op.op != OpType::Replace {
                     &src_bytes[..]
                 } else {

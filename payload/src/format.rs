@@ -25,7 +25,8 @@
 //! u16 version length (1..=64), version (dotted numbers)
 //! u32 operation count, then each operation:
 //!   u8  type: 0 ZERO, 1 COPY, 2 REPLACE (zstd), 3 PATCH (zstd with the source extents as prefix),
-//!       4 CHAIN (zstd with target blocks that earlier operations wrote as prefix)
+//!       4 CHAIN (zstd with target blocks that earlier operations wrote as prefix),
+//!       5 BSDIFF (zstd of a bsdiff patch against the source extents, see [`bspatch`])
 //!   u32 target extent count, then (u64 first block, u64 blocks) each
 //!   u32 source extent count, then extents (in the target image for CHAIN)
 //!   u64 data offset (in the data area), u64 data length
@@ -77,6 +78,10 @@ pub enum OpType {
     /// new content that resembles new content elsewhere in the image (no old version to
     /// patch from) gets that context without a larger operation.
     Chain = 4,
+    /// bsdiff against the source extents (control triples, added differences, extra bytes;
+    /// see [`bspatch`]), zstd-compressed: wins on executables, whose code shifts and whose
+    /// addresses change by constant amounts.
+    Bsdiff = 5,
 }
 
 impl OpType {
@@ -87,6 +92,7 @@ impl OpType {
             2 => OpType::Replace,
             3 => OpType::Patch,
             4 => OpType::Chain,
+            5 => OpType::Bsdiff,
             _ => return None,
         })
     }
@@ -99,6 +105,7 @@ impl OpType {
             OpType::Replace => "REPLACE",
             OpType::Patch => "PATCH",
             OpType::Chain => "CHAIN",
+            OpType::Bsdiff => "BSDIFF",
         }
     }
 }
@@ -443,6 +450,81 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Rebuild `expected` bytes from `old` and a bsdiff patch stream (Colin Percival's
+/// algorithm; the uncompressed stream of the `bsdiff` crate): until the stream ends, a
+/// control triple of little-endian u64 `add`, u64 `copy` and sign-magnitude i64 `seek`,
+/// then `add` bytes added bytewise to `old` from the current position, then `copy` bytes
+/// taken as they are; the old position then moves by `add + seek`.
+///
+/// Every length is checked against `expected` and every old position against `old`
+/// before use: a bad stream is an error, never a panic or an allocation past `expected`.
+pub fn bspatch<R: std::io::Read>(
+    old: &[u8],
+    mut patch: R,
+    expected: usize,
+) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error as E, ErrorKind, Read};
+    let bad = |why: &str| E::new(ErrorKind::InvalidData, format!("bsdiff stream: {why}"));
+    let mut out = Vec::with_capacity(expected);
+    let mut oldpos: i64 = 0;
+    loop {
+        let mut ctl = [0u8; 24];
+        let mut got = 0;
+        while got < 24 {
+            match patch.read(&mut ctl[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if got == 0 {
+            break;
+        }
+        if got < 24 {
+            return Err(bad("ends inside a control triple"));
+        }
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&ctl[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        let room = (expected - out.len()) as u64;
+        let (add, copy) = (word(0), word(1));
+        if add > room || copy > room - add {
+            return Err(bad("writes past the expected length"));
+        }
+        let s = word(2);
+        let seek = if s >> 63 == 0 {
+            s as i64
+        } else {
+            -((s & !(1 << 63)) as i64)
+        };
+        let start = out.len();
+        let n = (add + copy) as usize;
+        (&mut patch).take(n as u64).read_to_end(&mut out)?;
+        if out.len() != start + n {
+            return Err(bad("ends inside its data"));
+        }
+        let from = usize::try_from(oldpos).map_err(|_| bad("seeks before the start"))?;
+        let old_part = from
+            .checked_add(add as usize)
+            .and_then(|end| old.get(from..end))
+            .ok_or_else(|| bad("reads past the old data"))?;
+        for (n, o) in out[start..start + add as usize].iter_mut().zip(old_part) {
+            *n = n.wrapping_add(*o);
+        }
+        oldpos = oldpos
+            .checked_add(add as i64)
+            .and_then(|p| p.checked_add(seek))
+            .ok_or_else(|| bad("seek overflows"))?;
+    }
+    if out.len() != expected {
+        return Err(bad("shorter than expected"));
+    }
+    Ok(out)
+}
+
 /// Target blocks written by the operations so far, as disjoint merged intervals.
 #[derive(Default)]
 struct Written(std::collections::BTreeMap<u64, u64>);
@@ -601,7 +683,7 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
             OpType::Zero => (false, false),
             OpType::Copy => (true, false),
             OpType::Replace => (false, true),
-            OpType::Patch | OpType::Chain => (true, true),
+            OpType::Patch | OpType::Chain | OpType::Bsdiff => (true, true),
         };
         if needs_source == o.source.is_empty() || (needs_data != (o.data_length > 0)) {
             return Err(bad(format!(
@@ -669,6 +751,46 @@ pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bspatch_inverts_bsdiff_and_refuses_bad_streams() {
+        let old: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i * 7).to_le_bytes())
+            .collect();
+        // Addresses shifted by a constant, and a few bytes inserted: what bsdiff is for.
+        let mut new: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i * 7 + 4096).to_le_bytes())
+            .collect();
+        new.splice(1000..1000, *b"inserted");
+        let mut stream = Vec::new();
+        bsdiff::diff(&old, &new, &mut stream).unwrap();
+        assert_eq!(bspatch(&old, &stream[..], new.len()).unwrap(), new);
+        // Truncations, a wrong expected length, and forged control words.
+        for cut in [1usize, 23, 24, 100, stream.len() - 1] {
+            assert!(
+                bspatch(&old, &stream[..cut], new.len()).is_err(),
+                "cut at {cut}"
+            );
+        }
+        assert!(bspatch(&old, &stream[..], new.len() - 1).is_err());
+        assert!(bspatch(&old, &stream[..], new.len() + 1).is_err());
+        let ctl = |add: u64, copy: u64, seek: u64| {
+            let mut c = add.to_le_bytes().to_vec();
+            c.extend_from_slice(&copy.to_le_bytes());
+            c.extend_from_slice(&seek.to_le_bytes());
+            c
+        };
+        let huge = ctl(u64::MAX, 1, 0);
+        assert!(bspatch(&old, &huge[..], 10).is_err());
+        let mut past_old = ctl(10, 0, 0);
+        past_old.extend_from_slice(&[0; 10]);
+        assert!(bspatch(&old[..5], &past_old[..], 10).is_err());
+        let mut before = ctl(0, 0, 1 << 63 | 5);
+        before.extend(ctl(1, 0, 0));
+        before.push(0);
+        assert!(bspatch(&old, &before[..], 1).is_err());
+        assert_eq!(bspatch(&old, &[][..], 0).unwrap(), Vec::<u8>::new());
+    }
 
     #[test]
     fn image_digest_is_the_sha256_of_the_chunk_digests() {

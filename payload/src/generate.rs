@@ -3,7 +3,8 @@
 //! the smallest of its candidate encodings:
 //!
 //! - in ext4 images, each changed file with the part of its previous version (same path)
-//!   around the change as reference (PATCH), small files grouped;
+//!   around the change as reference (PATCH, or BSDIFF where bsdiff wins: executables),
+//!   small files grouped;
 //! - new files grouped by extension and name, each group chained to the group before it
 //!   (CHAIN: the target blocks an earlier operation wrote as reference), which gives zstd
 //!   the long context of one stream in operations of bounded size;
@@ -546,6 +547,7 @@ pub fn generate(
                     let tstart = t.first().map_or(0, |e| e.start);
                     let tblocks_op = extents_total(&t);
                     let tspan = t.last().map_or(0, |e| e.start + e.blocks) - tstart;
+                    let mut bsdiff_stream: Option<Vec<u8>> = None;
                     // Candidates are compared at a fast level; only the winner is compressed at
                     // the requested one.
                     let probe = level.min(PROBE_LEVEL);
@@ -562,11 +564,20 @@ pub fn generate(
                             best = (OpType::Chain, patched, src.clone());
                         }
                     } else if op == OpType::Patch && !src.is_empty() {
-                        // A file group: its old versions are the reference.
+                        // A file group: its old versions are the reference, for zstd or
+                        // for bsdiff (which wins on executables).
                         let reference = extents_bytes(source.unwrap_or_default(), &src);
                         let patched = zstd_patch(&tbytes, &reference, probe)?.len();
                         if patched + 48 * src.len() < best.1 {
                             best = (OpType::Patch, patched, src.clone());
+                        }
+                        let mut stream = Vec::new();
+                        bsdiff::diff(&reference, &tbytes, &mut stream)
+                            .map_err(|e| Error::io("bsdiff", e))?;
+                        let diffed = zstd_plain(&stream, probe)?.len();
+                        if diffed + 48 * src.len() < best.1 {
+                            best = (OpType::Bsdiff, diffed, src.clone());
+                            bsdiff_stream = Some(stream);
                         }
                     } else if let Some(src_img) =
                         source.filter(|s| !s.is_empty() && tspan <= 4 * NEW_CHUNK_BLOCKS)
@@ -606,6 +617,11 @@ pub fn generate(
                         OpType::Chain => {
                             let reference = extents_bytes(target, &source_ext);
                             (zstd_patch(&tbytes, &reference, level)?, sha256(&reference))
+                        }
+                        OpType::Bsdiff => {
+                            let reference = extents_bytes(source.unwrap_or_default(), &source_ext);
+                            let stream = bsdiff_stream.take().unwrap_or_default();
+                            (zstd_plain(&stream, level)?, sha256(&reference))
                         }
                         _ => (zstd_plain(&tbytes, level)?, [0u8; 32]),
                     };

@@ -518,6 +518,16 @@ fn ext4_pair() -> Option<(Vec<u8>, Vec<u8>)> {
         }
         write(&b, &format!("usr/lib/mod{i:02}.txt"), &c);
     }
+    // An executable whose addresses all move: bsdiff's case.
+    let words = |shift: u32| -> Vec<u8> {
+        (0..300_000u32)
+            .flat_map(|i| (i.wrapping_mul(2_654_435_761) % 100_000 + shift).to_le_bytes())
+            .collect()
+    };
+    write(&a, "usr/bin/exe", &words(0));
+    let mut exe = words(0x2000);
+    exe.splice(5000..5000, *b"new code");
+    write(&b, "usr/bin/exe", &exe);
     let mut big = text(1000, 3 << 20);
     big[1 << 20..(1 << 20) + 5000].copy_from_slice(&text(3000, 5000));
     write(&b, "usr/bin/tool", &big);
@@ -567,7 +577,11 @@ fn ext4_changed_files_are_paired_with_their_old_versions() {
         .manifest
         .operations
         .iter()
-        .filter(|op| op.op == OpType::Patch && op.target.len() > 1 && op.source.len() > 1)
+        .filter(|op| {
+            matches!(op.op, OpType::Patch | OpType::Bsdiff)
+                && op.target.len() > 1
+                && op.source.len() > 1
+        })
         .count();
     assert!(multi > 0, "no file groups in the payload");
     assert!(
