@@ -15,7 +15,8 @@ use std::collections::HashSet;
 
 /// One regular file: its path and its data blocks (4 KiB, image-relative) in file order.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct File {
+pub struct File {
+    /// Absolute path, `/`-separated (names that are not UTF-8 are converted lossily).
     pub path: String,
     /// Size in bytes.
     pub size: u64,
@@ -188,7 +189,7 @@ impl<'a> Fs<'a> {
 
 /// Regular files of an ext4 image with 4 KiB blocks; empty if `img` is not one (or is
 /// damaged where it matters).
-pub(crate) fn files(img: &[u8]) -> Vec<File> {
+pub fn files(img: &[u8]) -> Vec<File> {
     let Some(mut fs) = Fs::open(img) else {
         return Vec::new();
     };

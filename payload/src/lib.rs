@@ -34,7 +34,7 @@
 
 mod apply;
 mod error;
-mod ext4;
+pub mod ext4;
 pub mod format;
 mod generate;
 
