@@ -64,7 +64,7 @@ const BATCH_INPUT_BYTES: u64 = 8 << 20;
 /// Most single-byte corrections kept in memory by a scan (16 bytes each).
 const MAX_FIXES: usize = 4 << 20;
 /// Most repaired blocks held in memory before they are checked and written.
-const MAX_REPAIR_BYTES: u64 = 256 << 20;
+const MAX_REPAIR_BYTES: u64 = 64 << 20;
 
 /// Where the parity goes and what it covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -730,20 +730,29 @@ impl RepairReport {
     }
 }
 
-/// The covered blocks with repairs applied in memory, seen as the data or the hash device.
+/// A device seen with the repairs so far applied: device blocks `first..first + count`
+/// are covered blocks `covered_first..`, looked up in the repairs by covered number.
 struct Patched<'a, T: ?Sized> {
     inner: &'a T,
-    /// Device block number to content.
     blocks: &'a BTreeMap<u64, Vec<u8>>,
     bs: u64,
+    first: u64,
+    count: u64,
+    covered_first: u64,
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Patched<'_, T> {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         self.inner.read_exact_at(buf, offset)?;
         let end = offset + buf.len() as u64;
-        for (&blk, content) in self.blocks.range(offset / self.bs..end.div_ceil(self.bs)) {
-            let bstart = blk * self.bs;
+        let lo = (offset / self.bs).max(self.first);
+        let hi = end.div_ceil(self.bs).min(self.first + self.count);
+        if lo >= hi {
+            return Ok(());
+        }
+        let to_covered = |d: u64| d - self.first + self.covered_first;
+        for (&c, content) in self.blocks.range(to_covered(lo)..to_covered(hi)) {
+            let bstart = (c - self.covered_first + self.first) * self.bs;
             let from = offset.max(bstart);
             let to = end.min(bstart + self.bs);
             if from < to {
@@ -779,6 +788,9 @@ pub struct RepairTarget<'a> {
 /// corrects up to `roots` blocks per round; this repeats as repaired hash blocks make the
 /// blocks below them checkable. To repair into a copy, copy the devices first and pass the
 /// copies. When data, hash or parity share a file, pass a handle per role.
+///
+/// Memory: the tree, the repaired blocks (at most 64 MiB; more damage is refused with an
+/// error before anything is written) and one round of blocks while erasure decoding.
 #[allow(clippy::too_many_arguments)]
 pub fn fec_repair<D, H, F>(
     g: &FecGeometry,
@@ -1003,29 +1015,22 @@ where
     D: ReadAt + ?Sized,
     H: ReadAt + ?Sized,
 {
-    let mut data_fix = BTreeMap::new();
-    let mut hash_fix = BTreeMap::new();
-    for (&b, c) in blocks {
-        match g.locate(b) {
-            Place::Data(d) => {
-                data_fix.insert(d, c.clone());
-            }
-            Place::Hash(h) => {
-                hash_fix.insert(h, c.clone());
-            }
-            Place::Padding => {}
-        }
-    }
     let bs = g.block_size;
     let dv = Patched {
         inner: data,
-        blocks: &data_fix,
+        blocks,
         bs,
+        first: 0,
+        count: g.data_blocks,
+        covered_first: 0,
     };
     let hv = Patched {
         inner: hash,
-        blocks: &hash_fix,
+        blocks,
         bs,
+        first: g.hash_area_offset / bs,
+        count: g.hash_blocks,
+        covered_first: g.data_blocks,
     };
     find_damage(target.params, target.tree, &dv, &hv, target.root, opts)
 }
