@@ -359,7 +359,13 @@ where
             }
         };
         let mut at = 0usize;
-        for e in op.target.iter().filter(|_| op.op != OpType::Zero) {
+        // ZERO ranges were zeroed above; every other operation writes its output.
+        let written = if op.op == OpType::Zero {
+            &[][..]
+        } else {
+            &op.target[..]
+        };
+        for e in written {
             let off = e.start * BLOCK_SIZE;
             let n = (e.blocks * BLOCK_SIZE) as usize;
             // Nothing past the image's end is written (its last block may be partial).

@@ -466,13 +466,7 @@ pub fn generate(
                     let Kind::Copy(s) = kinds[b as usize] else {
                         continue;
                     };
-                    match src.last_mut() {
-                        Some(e) if e.start + e.blocks == s => e.blocks += 1,
-                        _ => src.push(Extent {
-                            start: s,
-                            blocks: 1,
-                        }),
-                    }
+                    push_extent(&mut src, s, 1);
                 }
                 plans.push((OpType::Copy, vec![t], src));
             }

@@ -1066,6 +1066,9 @@ where
     let mut changed = false;
     let mut round_blocks = vec![0u8; k * bs];
     let mut round_parity = vec![0u8; bs * roots];
+    // The round before decoding: what a decoded block or parity byte is compared with.
+    let mut before = vec![0u8; k * bs];
+    let mut stored = vec![0u8; bs * roots];
     for (round, erasures) in by_round {
         if erasures.len() > roots {
             continue;
@@ -1079,11 +1082,13 @@ where
                 None => input.read(blk, dst)?,
             }
         }
+        before.copy_from_slice(&round_blocks);
         let off = g.fec_offset + round * (bs * roots) as u64;
-        fec.read_exact_at(&mut round_parity, off)
+        fec.read_exact_at(&mut stored, off)
             .map_err(|e| Error::io(format!("reading parity at FEC device byte {off}"), e))?;
         // The stored parity, not earlier errors-only fixes of it: those may come from the
         // same decoder that went astray in this round.
+        round_parity.copy_from_slice(&stored);
         let mut cw = [0u8; NN];
         let mut decoded_all = true;
         for b in 0..bs {
@@ -1122,15 +1127,7 @@ where
                 continue;
             }
             let new = &round_blocks[i * bs..(i + 1) * bs];
-            let old_differs = match blocks.get(&blk) {
-                Some(c) => c.as_slice() != new,
-                None => {
-                    let mut cur = vec![0u8; bs];
-                    input.read(blk, &mut cur)?;
-                    cur != new
-                }
-            };
-            if old_differs {
+            if new != &before[i * bs..(i + 1) * bs] {
                 if !blocks.contains_key(&blk) && blocks.len() >= limit {
                     return Err(too_much_damage());
                 }
@@ -1146,9 +1143,6 @@ where
         for o in stale {
             parity.remove(&o);
         }
-        let mut stored = vec![0u8; bs * roots];
-        fec.read_exact_at(&mut stored, off)
-            .map_err(|e| Error::io(format!("reading parity at FEC device byte {off}"), e))?;
         for (o, (&n, &s)) in round_parity.iter().zip(&stored).enumerate() {
             if n != s {
                 parity.insert(base + o as u64, n);
