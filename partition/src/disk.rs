@@ -196,10 +196,12 @@ impl<D: Device> GptDisk<D> {
         self.dev
     }
 
-    /// Set the attribute fields of some partitions, changing nothing else: the backup entry
-    /// array and header are written first and synced, then the primary ones and synced, so
-    /// a power cut at any point leaves a valid table with either the old or the new
-    /// attributes. A damaged copy is rewritten from the one in force on the way.
+    /// Set the attribute fields of some partitions, changing nothing else (reserved header
+    /// bytes included): the copy that is not in force (the backup on a healthy disk, the
+    /// primary when only the backup is valid) is written first, entries then header, and
+    /// synced; then the copy in force, and synced. A power cut at any point leaves a valid
+    /// table with either the old or the new attributes, also on a disk that had a damaged
+    /// copy, which is rewritten from the one in force on the way.
     pub fn set_attributes(&mut self, changes: &[(u32, u64)]) -> Result<()> {
         let es = self.table.header.entry_size as usize;
         let mut entries = self.table.entries.clone();
@@ -217,8 +219,8 @@ impl<D: Device> GptDisk<D> {
         self.write_both(entries)
     }
 
-    /// Rewrite both copies from the copy in force (backup first), after which both are
-    /// valid and equal. Nothing is written when the table is already clean.
+    /// Rewrite both copies from the copy in force (the other copy first), after which both
+    /// are valid and equal. Nothing is written when the table is already clean.
     pub fn repair(&mut self) -> Result<bool> {
         if self.health.is_clean() {
             return Ok(false);
@@ -231,27 +233,18 @@ impl<D: Device> GptDisk<D> {
     fn write_both(&mut self, entries: Vec<u8>) -> Result<()> {
         let ss = self.sector_size;
         let crc = crc32fast::hash(&entries);
-        let base = Header {
+        let current = Header {
             entries_crc: crc,
             ..self.table.header.clone()
         };
-        let (primary, backup) = match self.in_force {
-            Copy::Primary => {
-                let b = mirror_header(&base, ss)?;
-                (base, b)
-            }
-            Copy::Backup => {
-                let p = mirror_header(&base, ss)?;
-                (p, base)
-            }
-        };
+        let mirrored = mirror_header(&current, ss)?;
         // The crash-safety argument needs the two copies in disjoint sectors.
         let span = |h: &Header| {
             let n = h.entries_bytes().div_ceil(ss);
             [(h.my_lba, h.my_lba + 1), (h.entries_lba, h.entries_lba + n)]
         };
-        for (a0, a1) in span(&primary) {
-            for (b0, b1) in span(&backup) {
+        for (a0, a1) in span(&current) {
+            for (b0, b1) in span(&mirrored) {
                 if a0 < b1 && b0 < a1 {
                     return Err(Error::Invalid(format!(
                         "the primary table (LBA {a0}..{a1}) and the backup table (LBA {b0}..{b1}) would overlap"
@@ -259,19 +252,39 @@ impl<D: Device> GptDisk<D> {
                 }
             }
         }
-        for (h, what) in [(&backup, Copy::Backup), (&primary, Copy::Primary)] {
+        // Both sectors start from the one in force, so reserved bytes travel unchanged.
+        let raw = &self.table.header_sector;
+        let (current_sector, mirrored_sector) =
+            (current.encode_over(raw), mirrored.encode_over(raw));
+        let other = match self.in_force {
+            Copy::Primary => Copy::Backup,
+            Copy::Backup => Copy::Primary,
+        };
+        // The copy that is not in force goes first: until its header is durable the copy
+        // in force still holds the old table, and once it is, it holds the new table by
+        // itself; only then is the copy in force overwritten. Writing the copy in force
+        // first would leave no valid copy if the cut came inside it.
+        for (h, sector, what) in [
+            (&mirrored, &mirrored_sector, other),
+            (&current, &current_sector, self.in_force),
+        ] {
             self.dev
                 .write_all_at(&entries, h.entries_lba * ss)
                 .map_err(|e| Error::io(format!("writing the {what} partition entries"), e))?;
             self.dev
-                .write_all_at(&h.to_sector(ss as usize), h.my_lba * ss)
+                .write_all_at(sector, h.my_lba * ss)
                 .map_err(|e| Error::io(format!("writing the {what} GPT header"), e))?;
             self.dev
                 .sync()
                 .map_err(|e| Error::io(format!("syncing the {what} GPT"), e))?;
         }
+        let (header, header_sector) = match self.in_force {
+            Copy::Primary => (current, current_sector),
+            Copy::Backup => (mirrored, mirrored_sector),
+        };
         self.table = TableCopy {
-            header: primary,
+            header,
+            header_sector,
             entries,
         };
         self.in_force = Copy::Primary;

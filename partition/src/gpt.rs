@@ -96,9 +96,16 @@ impl Header {
         u64::from(self.num_entries) * u64::from(self.entry_size)
     }
 
-    /// Encode into one sector.
+    /// Encode into one new sector (reserved bytes zero).
     pub fn to_sector(&self, sector_size: usize) -> Vec<u8> {
-        let mut b = vec![0u8; sector_size];
+        self.encode_over(&vec![0u8; sector_size])
+    }
+
+    /// Encode over a header sector as read from the disk: the fields are replaced, while
+    /// the reserved bytes (20..24) and whatever follows byte 92 stay as they were (a
+    /// header larger than 92 bytes covers them with its CRC, so they travel with it).
+    pub fn encode_over(&self, sector: &[u8]) -> Vec<u8> {
+        let mut b = sector.to_vec();
         b[0..8].copy_from_slice(&SIGNATURE);
         b[8..12].copy_from_slice(&REVISION.to_le_bytes());
         b[12..16].copy_from_slice(&self.header_size.to_le_bytes());
@@ -111,7 +118,9 @@ impl Header {
         b[80..84].copy_from_slice(&self.num_entries.to_le_bytes());
         b[84..88].copy_from_slice(&self.entry_size.to_le_bytes());
         b[88..92].copy_from_slice(&self.entries_crc.to_le_bytes());
-        let crc = crc32fast::hash(&b[..self.header_size as usize]);
+        b[16..20].fill(0);
+        let end = (self.header_size as usize).clamp(HEADER_SIZE as usize, b.len());
+        let crc = crc32fast::hash(&b[..end]);
         b[16..20].copy_from_slice(&crc.to_le_bytes());
         b
     }
@@ -188,6 +197,18 @@ impl Header {
                 "my LBA",
                 24,
                 format!("expected {lba}, found {}", h.my_lba),
+            ));
+        }
+        // A backup names the primary's place; a mirror of it written anywhere but LBA 1
+        // would not be found by anything that reads GPTs.
+        if copy == Copy::Backup && h.alternate_lba != 1 {
+            return Err(bad(
+                "alternate LBA",
+                32,
+                format!(
+                    "a backup header must point at LBA 1, found {}",
+                    h.alternate_lba
+                ),
             ));
         }
         if h.alternate_lba >= disk_sectors || h.alternate_lba == lba {
@@ -368,6 +389,9 @@ pub fn encode_entry(p: &Partition, entry_size: usize) -> Result<Vec<u8>> {
 pub struct TableCopy {
     /// Its header.
     pub header: Header,
+    /// Its header sector exactly as on disk (reserved bytes and the rest of the sector
+    /// are written back as they were).
+    pub header_sector: Vec<u8>,
     /// Its entry array, exactly as on disk.
     pub entries: Vec<u8>,
 }
@@ -384,6 +408,7 @@ pub fn read_copy<D: Device + ?Sized>(
     dev.read_exact_at(&mut sector, lba * sector_size)
         .map_err(|e| Error::io(format!("reading the {copy} GPT header at LBA {lba}"), e))?;
     let header = Header::parse(&sector, copy, lba, disk_sectors)?;
+    let header_sector = sector;
     // Bounded by MAX_ENTRY_ARRAY and inside the disk (checked by parse).
     let mut entries = vec![0u8; header.entries_bytes() as usize];
     dev.read_exact_at(&mut entries, header.entries_lba * sector_size)
@@ -401,7 +426,11 @@ pub fn read_copy<D: Device + ?Sized>(
         });
     }
     parse_entries(&header, &entries, copy, sector_size)?;
-    Ok(TableCopy { header, entries })
+    Ok(TableCopy {
+        header,
+        header_sector,
+        entries,
+    })
 }
 
 /// The other copy's header for the same table: positions swapped, entry array placed as

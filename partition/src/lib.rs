@@ -23,8 +23,10 @@
 //! renumbers partitions on write, rewrites both entry arrays before either header, does
 //! not fall back to the backup and panics on entry sizes other than 128. Here a damaged
 //! primary is read from the backup, partition numbers never change, and an attribute
-//! change writes the backup (entries, header, sync) before the primary (entries, header,
-//! sync), so a power cut at any write leaves a valid table with the old or the new state.
+//! change writes the copy that is not in force (entries, header, sync) before the one in
+//! force (entries, header, sync): the backup first on a healthy disk, the primary first
+//! when only the backup is valid. A power cut at any write leaves a valid table with the
+//! old or the new state.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)

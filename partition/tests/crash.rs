@@ -96,13 +96,20 @@ fn check_with_tools(img: &[u8], dir: &std::path::Path, label: &str) {
     );
 }
 
-#[test]
-fn every_cut_leaves_the_old_or_the_new_state() {
+/// A 8 MiB Flatcar-style disk: ESP, A, B.
+fn fresh_disk() -> Vec<u8> {
     let mut disk = vec![0u8; 8 << 20];
     let mut layout = Layout::flatcar(2 << 20);
     layout.esp_size = 1 << 20;
     create_layout(&mut disk, &layout).unwrap();
-    let old = states(disk.clone());
+    disk
+}
+
+/// Arm B on `disk` with a power cut after every write (and inside the next one); after
+/// each cut Keel opens a valid table with the old or the new state, and the real tools
+/// agree.
+fn cut_every_write(disk: &[u8], start: &str) {
+    let old = states(disk.to_vec());
 
     // The change: arm B, one update of both slots' attributes.
     let change = |dev: &mut PowerCut| -> keel_partition::Result<()> {
@@ -114,7 +121,7 @@ fn every_cut_leaves_the_old_or_the_new_state() {
         ab.set_active(Slot::B, Some(4))
     };
     let mut full = PowerCut {
-        disk: disk.clone(),
+        disk: disk.to_vec(),
         allowed: usize::MAX,
         torn: 0,
         writes: 0,
@@ -123,7 +130,7 @@ fn every_cut_leaves_the_old_or_the_new_state() {
     let total = full.writes;
     assert_eq!(
         total, 4,
-        "backup entries, backup header, primary entries, primary header"
+        "{start}: the other copy's entries and header, then the copy in force's"
     );
     let new = states(full.disk.clone());
     assert_ne!(old, new);
@@ -132,15 +139,17 @@ fn every_cut_leaves_the_old_or_the_new_state() {
     for allowed in 0..=total {
         for torn in [0usize, 1, 100, 8192] {
             let mut dev = PowerCut {
-                disk: disk.clone(),
+                disk: disk.to_vec(),
                 allowed,
                 torn,
                 writes: 0,
             };
             let r = change(&mut dev);
             assert_eq!(r.is_ok(), allowed == total, "cut after {allowed} writes");
-            let label = format!("cut after {allowed} writes, {torn} bytes of the next");
-            let got = states(dev.disk.clone());
+            let label = format!("{start}: cut after {allowed} writes, {torn} bytes of the next");
+            let got = GptDisk::open(dev.disk.clone(), None)
+                .map(|_| states(dev.disk.clone()))
+                .unwrap_or_else(|e| panic!("{label}: no valid table: {e}"));
             assert!(got == old || got == new, "{label}: mixed state {got:?}");
             if allowed == total {
                 assert_eq!(got, new);
@@ -148,4 +157,33 @@ fn every_cut_leaves_the_old_or_the_new_state() {
             check_with_tools(&dev.disk, dir.path(), &label);
         }
     }
+}
+
+#[test]
+fn every_cut_leaves_the_old_or_the_new_state() {
+    cut_every_write(&fresh_disk(), "healthy disk");
+}
+
+#[test]
+fn every_cut_from_a_damaged_primary_leaves_the_old_or_the_new_state() {
+    // The backup is the only valid copy: it must not be the first one overwritten.
+    let mut disk = fresh_disk();
+    disk[512..1024].fill(0);
+    assert_eq!(
+        GptDisk::open(disk.clone(), None).unwrap().in_force(),
+        keel_partition::gpt::Copy::Backup
+    );
+    cut_every_write(&disk, "primary header zeroed");
+
+    let mut disk = fresh_disk();
+    disk[1024 + 40] ^= 0xff; // primary entries damaged, header intact
+    cut_every_write(&disk, "primary entries damaged");
+}
+
+#[test]
+fn every_cut_from_a_damaged_backup_leaves_the_old_or_the_new_state() {
+    let mut disk = fresh_disk();
+    let n = disk.len();
+    disk[n - 512..].fill(0);
+    cut_every_write(&disk, "backup header zeroed");
 }

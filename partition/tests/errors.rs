@@ -160,3 +160,52 @@ fn copies_that_would_overlap_are_not_written() {
     let e = g.set_attributes(&[(p.number, 1)]).unwrap_err();
     assert!(e.to_string().contains("overlap"), "{e}");
 }
+
+#[test]
+fn a_backup_that_does_not_point_at_lba_1_is_refused() {
+    // Primary gone, backup names LBA 2 as the primary's place: a repair following it would
+    // write the "primary" where nothing reads it and claim success.
+    let mut d = disk();
+    d[512..1024].fill(0);
+    d[LAST + 32..LAST + 40].copy_from_slice(&2u64.to_le_bytes());
+    refix_header_crc(&mut d, LAST);
+    let (_, backup) = both_bad(d);
+    assert!(
+        backup.contains("alternate LBA") && backup.contains("must point at LBA 1"),
+        "{backup}"
+    );
+}
+
+#[test]
+fn attribute_updates_and_repair_keep_reserved_header_bytes() {
+    use keel_partition::{AbDisk, SlotSelector};
+    for damaged_primary in [false, true] {
+        let mut d = disk();
+        // Reserved bytes at 20..24 and bytes past the 92-byte header, in both copies.
+        for at in [512usize, LAST] {
+            d[at + 20..at + 24].copy_from_slice(&[1, 2, 3, 4]);
+            d[at + 100..at + 104].copy_from_slice(b"keep");
+            refix_header_crc(&mut d, at);
+        }
+        if damaged_primary {
+            d[512 + 40] ^= 1;
+        }
+        let mut ab = AbDisk::new(
+            GptDisk::open(d, None).unwrap(),
+            &SlotSelector::Auto,
+            keel_bootflags::PriorityPolicy::ChromeOs,
+        )
+        .unwrap();
+        ab.set_active(keel_bootflags::Slot::B, Some(3)).unwrap();
+        let d = ab.into_disk().into_device();
+        for at in [512usize, LAST] {
+            assert_eq!(
+                &d[at + 20..at + 24],
+                &[1, 2, 3, 4],
+                "damaged {damaged_primary}"
+            );
+            assert_eq!(&d[at + 100..at + 104], b"keep", "damaged {damaged_primary}");
+        }
+        assert!(GptDisk::open(d, None).unwrap().health().is_clean());
+    }
+}
