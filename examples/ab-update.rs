@@ -23,7 +23,7 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel::bootflags::{PriorityPolicy, Slot};
 use keel::partition::{create_layout, AbDisk, FileDevice, GptDisk, Layout, SlotSelector};
-use keel::payload::{apply, generate, ApplyOptions, GenerateOptions};
+use keel::payload::{apply, generate, ApplyOptions, GenerateOptions, VersionCheck};
 use keel::verity::{
     format, verify, BuildOptions, FormatOptions, Keyring, ReadAt, RootDescriptor, SigningKey,
     VerityParams, WriteAt,
@@ -435,13 +435,11 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
         pb.set_position(done);
     };
     let aopts = ApplyOptions {
-        keyring: Some(&ring),
         compatible: Some("keel-demo"),
-        installed_version: Some("1.0"),
         state: Some(&state),
         progress: Some(&observer),
         checkpoint_bytes: Some(1 << 20),
-        ..Default::default()
+        ..ApplyOptions::new(&ring, VersionCheck::Installed("1.0"))
     };
     if cli.interrupt {
         let ops = keel::payload::read_manifest(&mut &payload[..], &ring)

@@ -4,7 +4,8 @@
 //! cargo run --release --example payload -- generate --source OLD --target NEW --key SECRET.pem -o OUT [--full]
 //!         [--compatible STR] [--version V]
 //! cargo run --release --example payload -- inspect PAYLOAD --pubkey PUBLIC.pem
-//! cargo run --release --example payload -- apply --source OLD --target OUT --pubkey PUBLIC.pem [--state FILE] PAYLOAD|-
+//! cargo run --release --example payload -- apply --source OLD --target OUT --pubkey PUBLIC.pem
+//!         (--installed-version V | --no-version-check) [--state FILE] PAYLOAD|-
 //! ```
 //! `apply` draws a progress bar, reads the payload from stdin with `-`, and with `--state`
 //! resumes an interrupted apply where it stopped.
@@ -16,7 +17,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use keel::payload::{apply_files, generate, read_manifest, ApplyOptions, GenerateOptions, OpType};
+use keel::payload::{
+    apply_files, generate, read_manifest, ApplyOptions, GenerateOptions, OpType, VersionCheck,
+};
 use keel::verity::{Keyring, PublicKey, SigningKey};
 
 #[derive(Parser)]
@@ -70,16 +73,46 @@ enum Cmd {
         /// This system's compatible string (default: not checked).
         #[arg(long)]
         compatible: Option<String>,
-        /// The installed version; older payloads are refused.
-        #[arg(long)]
+        /// The installed version: an older payload is refused, and the same version unless
+        /// --allow-reinstall. Required unless --no-version-check.
+        #[arg(long, required_unless_present = "no_version_check")]
         installed_version: Option<String>,
+        /// Apply without comparing versions (a first install).
+        #[arg(long, conflicts_with = "installed_version")]
+        no_version_check: bool,
+        /// Accept a payload older than the installed version.
         #[arg(long)]
         allow_downgrade: bool,
+        /// Accept a payload of the installed version.
+        #[arg(long)]
+        allow_reinstall: bool,
         /// Checkpoint the resume record after this many MiB written.
         #[arg(long, default_value_t = 64)]
         checkpoint_mib: u64,
         payload: String,
     },
+}
+
+/// A file this run created: removed when the run fails, unless a resume record that
+/// needs it was left.
+struct RemoveOnDrop {
+    path: PathBuf,
+    unless: Option<PathBuf>,
+    armed: bool,
+}
+
+impl RemoveOnDrop {
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if self.armed && !self.unless.as_ref().is_some_and(|p| p.exists()) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 fn keyring(paths: &[PathBuf]) -> Result<Keyring, String> {
@@ -193,7 +226,9 @@ fn run(cli: Cli) -> Result<(), String> {
             state,
             compatible,
             installed_version,
+            no_version_check: _,
             allow_downgrade,
+            allow_reinstall,
             checkpoint_mib,
             payload,
         } => {
@@ -202,17 +237,29 @@ fn run(cli: Cli) -> Result<(), String> {
                 .as_ref()
                 .map(|s| File::open(s).map_err(|e| format!("{}: {e}", s.display())))
                 .transpose()?;
-            let mut tgt = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&target)
-                .map_err(|e| format!("{}: {e}", target.display()))?;
             let reader: Box<dyn Read> = if payload == "-" {
                 Box::new(std::io::stdin().lock())
             } else {
                 Box::new(File::open(&payload).map_err(|e| format!("{payload}: {e}"))?)
+            };
+            // A target this run creates is removed again if the apply fails; one that was
+            // there (a slot, a half-written image to resume) is left as it is.
+            let (mut tgt, created) = match OpenOptions::new().read(true).write(true).open(&target) {
+                Ok(f) => (f, None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .open(&target)
+                        .map_err(|e| format!("{}: {e}", target.display()))?,
+                    Some(RemoveOnDrop {
+                        path: target.clone(),
+                        unless: state.clone(),
+                        armed: true,
+                    }),
+                ),
+                Err(e) => return Err(format!("{}: {e}", target.display())),
             };
             let pb = ProgressBar::new(0);
             pb.set_style(
@@ -226,14 +273,18 @@ fn run(cli: Cli) -> Result<(), String> {
                 pb.set_length(total);
                 pb.set_position(done);
             };
+            let version = match &installed_version {
+                Some(v) => VersionCheck::Installed(v),
+                None => VersionCheck::Unchecked,
+            };
             let opts = ApplyOptions {
-                keyring: Some(&ring),
                 compatible: compatible.as_deref(),
-                installed_version: installed_version.as_deref(),
                 allow_downgrade,
+                allow_reinstall,
                 state: state.as_deref(),
                 progress: Some(&observer),
                 checkpoint_bytes: Some(checkpoint_mib.max(1) << 20),
+                ..ApplyOptions::new(&ring, version)
             };
             let done = apply_files(
                 std::io::BufReader::new(reader),
@@ -243,6 +294,12 @@ fn run(cli: Cli) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
             pb.finish_and_clear();
+            if let Some(c) = created {
+                c.keep();
+            }
+            if let Some(why) = &done.discarded {
+                println!("started over from the first operation: {why}");
+            }
             if done.resumed_at > 0 {
                 println!("resumed at operation {}", done.resumed_at);
             }

@@ -72,6 +72,8 @@ fn generate_inspect_apply_and_resume_after_sigkill() {
             &p("state"),
             "--checkpoint-mib",
             "1",
+            "--installed-version",
+            "1.0",
             "-",
         ])
         .stdin(Stdio::piped())
@@ -106,6 +108,8 @@ fn generate_inspect_apply_and_resume_after_sigkill() {
         &p("pub.pem"),
         "--state",
         &p("state"),
+        "--installed-version",
+        "1.0",
         &p("payload"),
     ]);
     assert!(out.contains("resumed at operation"), "{out}");
@@ -122,6 +126,7 @@ fn generate_inspect_apply_and_resume_after_sigkill() {
             &p("old"),
             "--pubkey",
             &p("pub.pem"),
+            "--no-version-check",
             &p("payload"),
         ],
     );
@@ -155,8 +160,102 @@ fn generate_inspect_apply_and_resume_after_sigkill() {
             &p("pub.pem"),
             "--compatible",
             "other",
+            "--installed-version",
+            "1.0",
             &p("payload"),
         ],
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("\"acme\""));
+    // Refused runs leave no target behind.
+    for t in ["t2", "t3"] {
+        assert!(!dir.path().join(t).exists(), "{t} was left behind");
+    }
+}
+
+fn apply_args<'a>(p: &'a dyn Fn(&str) -> String, extra: &[&'a str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "apply",
+        "--target",
+        &p("slot-b"),
+        "--pubkey",
+        &p("pub.pem"),
+        "--state",
+        &p("st"),
+        "--checkpoint-mib",
+        "1",
+        "--installed-version",
+        "1.0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// The repro of a resume that failed forever: a truncated apply leaves a record, the
+/// target is damaged behind its back, and the complete payload is applied again with the
+/// same record. The applier sees that the target no longer holds what the record promises,
+/// says so, starts over in the same run and completes.
+#[test]
+fn a_resume_over_a_changed_target_starts_over_and_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let key = keel::verity::SigningKey::generate().unwrap();
+    std::fs::write(p("key.pem"), key.to_pkcs8_pem().unwrap()).unwrap();
+    std::fs::write(p("pub.pem"), key.public_key().to_pem().unwrap()).unwrap();
+    let image = seeded_bytes(7, 16 << 20);
+    std::fs::write(p("image"), &image).unwrap();
+    ok(&[
+        "generate",
+        "--full",
+        "--target",
+        &p("image"),
+        "--key",
+        &p("key.pem"),
+        "-o",
+        &p("full"),
+        "--level",
+        "1",
+        "--version",
+        "2.0",
+    ]);
+    let full = std::fs::read(p("full")).unwrap();
+    std::fs::write(p("cut"), &full[..full.len() * 3 / 4]).unwrap();
+    let o = run(
+        &example("payload"),
+        &apply_args(&p, &[&p("cut")])
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+    );
+    assert!(!o.status.success());
+    assert!(dir.path().join("st").exists(), "the cut run left no record");
+    assert!(
+        dir.path().join("slot-b").exists(),
+        "the cut run removed the target its record needs"
+    );
+    // Damage the first MiB the record says was written.
+    let mut t = std::fs::read(p("slot-b")).unwrap();
+    t[..1 << 20].fill(0xa5);
+    std::fs::write(p("slot-b"), &t).unwrap();
+    for run_no in 0..3 {
+        let out = ok(&apply_args(&p, &[&p("full")])
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>());
+        if run_no == 0 {
+            assert!(
+                out.contains("started over from the first operation: the target no longer holds"),
+                "{out}"
+            );
+        }
+        assert_eq!(std::fs::read(p("slot-b")).unwrap(), image, "run {run_no}");
+        assert!(
+            !dir.path().join("st").exists(),
+            "the record outlived a complete apply"
+        );
+        // The next run finds no record, and the same version refused as a reinstall.
+        std::fs::remove_file(p("slot-b")).unwrap();
+    }
 }

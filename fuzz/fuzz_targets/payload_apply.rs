@@ -4,7 +4,7 @@
 #![no_main]
 
 use keel_payload::format::{Header, HEADER_SIZE};
-use keel_payload::{apply, ApplyOptions};
+use keel_payload::{apply, ApplyOptions, VersionCheck};
 use keel_verity::{Keyring, SigningKey};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     ring.add(key().public_key().clone()).expect("one key");
     let source: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
     let mut target = vec![0u8; 64 * 1024];
-    let opts = ApplyOptions { keyring: Some(&ring), ..Default::default() };
+    let opts = ApplyOptions::new(&ring, VersionCheck::Unchecked);
     if let Ok(done) = apply(&payload[..], Some(&source), &mut target, &opts) {
         let size = done.manifest.target.size;
         assert_eq!(keel_payload::format::image_digest(&target[..], size).expect("in memory"), done.manifest.target.digest);

@@ -9,34 +9,107 @@ use keel_verity::{HashTree, KeyId, Keyring, Progress, ReadAt, RootDescriptor, Wr
 use crate::error::{Error, Result};
 use crate::format::{
     bspatch, image_digest, parse_manifest, sha256, unpack_manifest, version_cmp, Extent, Header,
-    Manifest, OpType, BLOCK_SIZE, HEADER_SIZE, SIGNATURE_SIZE,
+    Manifest, OpType, Operation, BLOCK_SIZE, HEADER_SIZE, SIGNATURE_SIZE,
 };
 
-/// How to apply.
-#[derive(Clone, Copy, Default)]
+/// What the payload's version is checked against before anything is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VersionCheck<'a> {
+    /// The version installed now: an older payload is refused (unless
+    /// [`ApplyOptions::allow_downgrade`]), and so is the same version (unless
+    /// [`ApplyOptions::allow_reinstall`]). A version that does not parse is an error.
+    Installed(&'a str),
+    /// No check: the caller says explicitly that there is no installed version to
+    /// protect (a factory install, a recovery image).
+    Unchecked,
+}
+
+/// How to apply. Made by [`ApplyOptions::new`]: the keyring and the version check have no
+/// default a caller could forget.
+#[derive(Clone, Copy)]
 pub struct ApplyOptions<'a> {
     /// The keys that may sign payloads.
-    pub keyring: Option<&'a Keyring>,
+    pub keyring: &'a Keyring,
+    /// What the payload's version is checked against.
+    pub version: VersionCheck<'a>,
     /// This system's compatible string; `None` skips the check.
     pub compatible: Option<&'a str>,
-    /// The installed version; a payload for an older one is refused.
-    pub installed_version: Option<&'a str>,
-    /// Accept a downgrade.
+    /// Accept a payload older than the installed version.
     pub allow_downgrade: bool,
+    /// Accept a payload of the installed version.
+    pub allow_reinstall: bool,
     /// Where to keep the resume record; `None` for no resume.
     pub state: Option<&'a Path>,
+    /// Resumes of one payload before the applier starts over from the first operation
+    /// (default [`MAX_RESUMES`]).
+    pub max_resumes: u32,
     /// Receives target bytes written so far.
     pub progress: Option<&'a dyn Progress>,
     /// Checkpoint after this many target bytes (default 64 MiB).
     pub checkpoint_bytes: Option<u64>,
 }
 
+impl<'a> ApplyOptions<'a> {
+    /// Options with the keys that may sign and the version check; everything else off.
+    pub fn new(keyring: &'a Keyring, version: VersionCheck<'a>) -> Self {
+        ApplyOptions {
+            keyring,
+            version,
+            compatible: None,
+            allow_downgrade: false,
+            allow_reinstall: false,
+            state: None,
+            max_resumes: MAX_RESUMES,
+            progress: None,
+            checkpoint_bytes: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for ApplyOptions<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApplyOptions")
+            .field("version", &self.version)
             .field("compatible", &self.compatible)
             .field("state", &self.state)
             .finish_non_exhaustive()
+    }
+}
+
+/// Why a resume record was not used and the apply started from the first operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordDiscarded {
+    /// The record does not parse or its checksum fails.
+    Unreadable,
+    /// It belongs to another payload.
+    OtherPayload,
+    /// It belongs to another target (device and inode, or size).
+    OtherTarget,
+    /// The payload was resumed this many times already.
+    ResumesSpent(u32),
+    /// The blocks the record says were written are not on the target any more.
+    TargetChanged,
+}
+
+impl std::fmt::Display for RecordDiscarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordDiscarded::Unreadable => f.write_str("the resume record is damaged"),
+            RecordDiscarded::OtherPayload => {
+                f.write_str("the resume record belongs to another payload")
+            }
+            RecordDiscarded::OtherTarget => {
+                f.write_str("the resume record belongs to another target")
+            }
+            RecordDiscarded::ResumesSpent(n) => {
+                write!(f, "the payload was resumed {n} times already")
+            }
+            RecordDiscarded::TargetChanged => f.write_str(
+                "the target no longer holds what the operations before the resume point wrote",
+            ),
+        }
     }
 }
 
@@ -47,18 +120,42 @@ pub struct Applied {
     pub manifest: Manifest,
     /// The operation it started from (non-zero after a resume).
     pub resumed_at: usize,
+    /// A resume record that was there but not used, and why: the apply started over.
+    pub discarded: Option<RecordDiscarded>,
 }
 
-const STATE_MAGIC: &[u8; 8] = b"KEELRSM1";
-const STATE_SIZE: usize = 8 + 32 + 8 + 8 + 4;
+const STATE_MAGIC: &[u8; 8] = b"KEELRSM2";
+const STATE_SIZE: usize = 8 + 32 + 8 + 8 + 8 + 8 + 4 + 32;
 
-/// The resume record: which payload, the next operation and its data offset.
+/// The resume record (little-endian, then a sha256 of those bytes):
+///
+/// ```text
+/// 0   8  magic "KEELRSM2"
+/// 8   32 payload id (sha256 of the signed header and manifest)
+/// 40  8  target device, 48 8 target inode (0 when the target is not a file)
+/// 56  8  target size
+/// 64  8  next operation
+/// 72  4  resumes so far
+/// 76  32 written digest: what operations 0..next wrote (see `chain_digest`)
+/// ```
+///
+/// The payload offset is not stored: it follows from the operation index and the
+/// signed manifest, so a damaged or forged record cannot make the applier skip data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct State {
     payload_id: [u8; 32],
+    target: TargetId,
     next_op: u64,
-    data_offset: u64,
     resumes: u32,
+    written: [u8; 32],
+}
+
+/// The target a record belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+struct TargetId {
+    dev: u64,
+    ino: u64,
+    size: u64,
 }
 
 impl State {
@@ -66,17 +163,35 @@ impl State {
         let mut b = Vec::with_capacity(STATE_SIZE + 32);
         b.extend_from_slice(STATE_MAGIC);
         b.extend_from_slice(&self.payload_id);
+        b.extend_from_slice(&self.target.dev.to_le_bytes());
+        b.extend_from_slice(&self.target.ino.to_le_bytes());
+        b.extend_from_slice(&self.target.size.to_le_bytes());
         b.extend_from_slice(&self.next_op.to_le_bytes());
-        b.extend_from_slice(&self.data_offset.to_le_bytes());
         b.extend_from_slice(&self.resumes.to_le_bytes());
+        b.extend_from_slice(&self.written);
         let h = sha256(&b);
         b.extend_from_slice(&h);
         b
     }
 
-    /// A record that does not parse or check is ignored, never trusted.
-    fn read(path: &Path) -> Option<State> {
-        let b = std::fs::read(path).ok()?;
+    /// The record at `path`: `Ok(None)` when there is none, `Err` when one is there but
+    /// does not parse (it is then ignored, never trusted). At most one record's bytes
+    /// are read, whatever the file is.
+    pub(crate) fn read(path: &Path) -> std::result::Result<Option<State>, ()> {
+        let f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(_) => return Err(()),
+        };
+        let mut b = Vec::new();
+        f.take(STATE_SIZE as u64 + 33)
+            .read_to_end(&mut b)
+            .map_err(|_| ())?;
+        State::parse(&b).map(Some).ok_or(())
+    }
+
+    /// Decode a record's bytes; `None` unless they are exactly one record that checks.
+    pub(crate) fn parse(b: &[u8]) -> Option<State> {
         if b.len() != STATE_SIZE + 32
             || &b[..8] != STATE_MAGIC
             || sha256(&b[..STATE_SIZE])[..] != b[STATE_SIZE..]
@@ -86,11 +201,18 @@ impl State {
         let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
         let mut id = [0u8; 32];
         id.copy_from_slice(&b[8..40]);
+        let mut written = [0u8; 32];
+        written.copy_from_slice(&b[76..108]);
         Some(State {
             payload_id: id,
-            next_op: u64_at(40),
-            data_offset: u64_at(48),
-            resumes: u32::from_le_bytes(b[56..60].try_into().unwrap_or_default()),
+            target: TargetId {
+                dev: u64_at(40),
+                ino: u64_at(48),
+                size: u64_at(56),
+            },
+            next_op: u64_at(64),
+            resumes: u32::from_le_bytes(b[72..76].try_into().unwrap_or_default()),
+            written,
         })
     }
 
@@ -103,17 +225,40 @@ impl State {
         f.sync_all()
             .map_err(|e| Error::io("syncing the resume record", e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io("replacing the resume record", e))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        sync_parent(path);
         Ok(())
+    }
+
+    fn remove(path: &Path) -> Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => {
+                sync_parent(path);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(
+                format!("removing the resume record {}", path.display()),
+                e,
+            )),
+        }
+    }
+}
+
+fn sync_parent(path: &Path) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
     }
 }
 
 /// Most resumes of one payload before the applier starts over.
 pub const MAX_RESUMES: u32 = 10;
+
+/// zstd window the decoders accept: an operation's reference (at most 8 MiB) plus its
+/// output (at most 8 MiB), all any generator needs; a frame asking for more is refused
+/// instead of allocating its window.
+const MAX_WINDOW_LOG: u32 = 24;
 
 fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<()> {
     r.read_exact(buf).map_err(|e| match e.kind() {
@@ -137,7 +282,8 @@ fn read_vec<R: Read>(r: &mut R, len: u64, what: &str) -> Result<Vec<u8>> {
     Ok(v)
 }
 
-/// Read, check the signature of, and parse a payload's header and manifest. Nothing of the
+/// Read, check the signature of, and parse a payload's header and manifest. The signer's
+/// key id is checked against the keyring before the manifest is read, and nothing of the
 /// manifest is parsed before its signature is verified.
 pub fn read_manifest<R: Read>(
     r: &mut R,
@@ -146,12 +292,12 @@ pub fn read_manifest<R: Read>(
     let mut hb = [0u8; HEADER_SIZE];
     read_exact(r, &mut hb, "header")?;
     let header = Header::parse(&hb)?;
-    let m = read_vec(r, header.manifest_len, "manifest")?;
-    let mut sig = [0u8; SIGNATURE_SIZE];
-    read_exact(r, &mut sig, "signature")?;
     let key = keyring.get(&KeyId(header.key_id)).ok_or_else(|| {
         Error::Signature(format!("key {} is not trusted", hex::encode(header.key_id)))
     })?;
+    let m = read_vec(r, header.manifest_len, "manifest")?;
+    let mut sig = [0u8; SIGNATURE_SIZE];
+    read_exact(r, &mut sig, "signature")?;
     let mut signed = hb.to_vec();
     signed.extend_from_slice(&m);
     key.verify_raw(&signed, &sig)
@@ -172,33 +318,47 @@ fn hash_prefix<S: ReadAt + ?Sized>(dev: &S, size: u64, what: &str) -> Result<[u8
     image_digest(dev, size).map_err(|e| Error::io(format!("reading the {what}"), e))
 }
 
-fn read_extents<S: ReadAt + ?Sized>(src: &S, ext: &[Extent], size: u64) -> Result<Vec<u8>> {
+fn read_extents<S: ReadAt + ?Sized>(
+    src: &S,
+    ext: &[Extent],
+    size: u64,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
     let total: u64 = ext.iter().map(|e| e.blocks * BLOCK_SIZE).sum();
-    let mut out = vec![0u8; total as usize];
+    out.clear();
+    out.resize(total as usize, 0);
     let mut at = 0usize;
     for e in ext {
         let off = e.start * BLOCK_SIZE;
         let len = (e.blocks * BLOCK_SIZE) as usize;
         // One read per extent; the image's last block may be partial and reads as zeros.
         let n = (size.saturating_sub(off)).min(len as u64) as usize;
-        src.read_exact_at(&mut out[at..at + n], off)
-            .map_err(|e| Error::io("reading source blocks", e))?;
+        src.read_exact_at(&mut out[at..at + n], off)?;
         at += len;
     }
-    Ok(out)
+    Ok(())
+}
+
+fn zstd_decoder<'b, R: io::BufRead + 'b>(
+    blob: R,
+    reference: Option<&'b [u8]>,
+) -> io::Result<zstd::stream::read::Decoder<'b, R>> {
+    let mut d = match reference {
+        Some(r) => zstd::stream::read::Decoder::with_ref_prefix(blob, r)?,
+        None => zstd::stream::read::Decoder::with_buffer(blob)?,
+    };
+    d.window_log_max(MAX_WINDOW_LOG)?;
+    Ok(d)
 }
 
 fn decode(op: OpType, blob: &[u8], reference: &[u8], expected: usize) -> io::Result<Vec<u8>> {
     if op == OpType::Bsdiff {
-        return bspatch(reference, zstd::stream::read::Decoder::new(blob)?, expected);
+        return bspatch(reference, zstd_decoder(blob, None)?, expected);
     }
     let mut out = Vec::with_capacity(expected);
-    let mut dec: Box<dyn Read> = match op {
-        OpType::Replace => Box::new(zstd::stream::read::Decoder::new(blob)?),
-        _ => Box::new(zstd::stream::read::Decoder::with_ref_prefix(
-            io::BufReader::new(blob),
-            reference,
-        )?),
+    let mut dec = match op {
+        OpType::Replace => zstd_decoder(blob, None)?,
+        _ => zstd_decoder(blob, Some(reference))?,
     };
     // One byte more than expected exposes a blob that decodes too long.
     (&mut dec).take(expected as u64 + 1).read_to_end(&mut out)?;
@@ -211,11 +371,189 @@ fn decode(op: OpType, blob: &[u8], reference: &[u8], expected: usize) -> io::Res
     Ok(out)
 }
 
+/// Chain the digest of what operation `i` left in the target: `bytes` is the operation's
+/// output laid out over its target extents (full blocks; nothing past the image's end
+/// counts), `None` for a ZERO operation.
+fn chain_digest(
+    prev: &[u8; 32],
+    i: usize,
+    op: &Operation,
+    bytes: Option<&[u8]>,
+    size: u64,
+) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(prev);
+    h.update((i as u64).to_le_bytes());
+    if let Some(bytes) = bytes {
+        let mut at = 0usize;
+        for e in &op.target {
+            let n = (e.blocks * BLOCK_SIZE) as usize;
+            let keep = (size.saturating_sub(e.start * BLOCK_SIZE)).min(n as u64) as usize;
+            h.update(&bytes[at..at + keep]);
+            at += n;
+        }
+    } else {
+        h.update(b"zero");
+    }
+    h.finalize().into()
+}
+
+/// Whether the target still holds what operations `0..next` wrote, as chained in
+/// `expected`. Reads each operation's target blocks once (one operation's bytes at a time).
+fn check_written<T: ReadAt + ?Sized>(
+    target: &T,
+    ops: &[Operation],
+    size: u64,
+    expected: &[u8; 32],
+) -> Result<bool> {
+    let mut d = [0u8; 32];
+    let mut buf = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        if let Err(e) = read_extents(target, &op.target, size, &mut buf) {
+            return match e.kind() {
+                io::ErrorKind::UnexpectedEof => Ok(false),
+                _ => Err(Error::io("reading the target to check a resume", e)),
+            };
+        }
+        d = if op.op == OpType::Zero {
+            if buf.iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            chain_digest(&d, i, op, None, size)
+        } else {
+            chain_digest(&d, i, op, Some(&buf), size)
+        };
+    }
+    Ok(d == *expected)
+}
+
+/// Check compatible string and version, before anything is written.
+fn check_release(manifest: &Manifest, opts: &ApplyOptions<'_>) -> Result<()> {
+    if let Some(system) = opts.compatible {
+        if system != manifest.compatible {
+            return Err(Error::Incompatible {
+                payload: manifest.compatible.clone(),
+                system: system.to_string(),
+            });
+        }
+    }
+    let VersionCheck::Installed(installed) = opts.version else {
+        return Ok(());
+    };
+    crate::format::parse_version(installed).map_err(|reason| Error::BadVersion {
+        what: "installed version",
+        version: installed.to_string(),
+        reason,
+    })?;
+    let order = version_cmp(&manifest.version, installed).map_err(|reason| Error::BadVersion {
+        what: "payload version",
+        version: manifest.version.clone(),
+        reason,
+    })?;
+    match order {
+        std::cmp::Ordering::Less if !opts.allow_downgrade => Err(Error::Downgrade {
+            installed: installed.to_string(),
+            payload: manifest.version.clone(),
+        }),
+        std::cmp::Ordering::Equal if !opts.allow_reinstall => {
+            Err(Error::SameVersion(installed.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Check the source is the image the payload was made for.
+fn check_source<S: ReadAt + ?Sized>(manifest: &Manifest, source: Option<&S>) -> Result<()> {
+    let Some(id) = manifest.source else {
+        return Ok(());
+    };
+    let src = source
+        .ok_or_else(|| Error::SourceModified("a delta payload needs its source image".into()))?;
+    let have = src.size().map_err(|e| Error::io("source size", e))?;
+    if have < id.size {
+        return Err(Error::SourceModified(format!(
+            "the source holds {have} bytes, the payload needs {}",
+            id.size
+        )));
+    }
+    // An I/O error stays an I/O error: only a digest that differs means another source.
+    let h = image_digest(src, id.size).map_err(|e| Error::io("reading the source", e))?;
+    if h != id.digest {
+        return Err(Error::SourceModified(format!(
+            "the source's digest is {}, the payload needs {}",
+            hex::encode(h),
+            hex::encode(id.digest)
+        )));
+    }
+    Ok(())
+}
+
+/// Decide where to start: a record of this payload and target whose promised blocks are
+/// still on the target, or operation 0. The raised resume count is made durable before
+/// anything else happens, so a resume that keeps failing runs out.
+fn resume_point<T: ReadAt + ?Sized>(
+    path: &Path,
+    fresh: State,
+    manifest: &Manifest,
+    target: &T,
+    max_resumes: u32,
+) -> Result<(State, Option<RecordDiscarded>)> {
+    let s = match State::read(path) {
+        Ok(None) => return Ok((fresh, None)),
+        Err(()) => return Ok((fresh, Some(RecordDiscarded::Unreadable))),
+        Ok(Some(s)) => s,
+    };
+    let discard = |why| -> Result<(State, Option<RecordDiscarded>)> {
+        State::remove(path)?;
+        Ok((fresh, Some(why)))
+    };
+    if s.payload_id != fresh.payload_id {
+        return discard(RecordDiscarded::OtherPayload);
+    }
+    if s.target != fresh.target {
+        return discard(RecordDiscarded::OtherTarget);
+    }
+    let next = s.next_op as usize;
+    if next > manifest.operations.len() {
+        return discard(RecordDiscarded::Unreadable);
+    }
+    if s.resumes >= max_resumes {
+        return discard(RecordDiscarded::ResumesSpent(s.resumes));
+    }
+    let s = State {
+        resumes: s.resumes + 1,
+        ..s
+    };
+    s.write(path)?;
+    if check_written(
+        target,
+        &manifest.operations[..next],
+        manifest.target.size,
+        &s.written,
+    )? {
+        Ok((s, None))
+    } else {
+        discard(RecordDiscarded::TargetChanged)
+    }
+}
+
 /// Apply `payload` (read once, front to back) to `target`, reading `source` (required for a
 /// delta payload). On success the target holds exactly the target image, checked by its
 /// digest (and its dm-verity root when the manifest has one).
+///
+/// The target must already be at least as large as the image (a slot, or a file the
+/// caller sized; [`apply_files`] sizes a regular file after checking the free space).
+///
+/// With [`ApplyOptions::state`], a record of the progress is kept after each checkpoint
+/// (the target synced first). A later run of the same payload on the same target resumes
+/// after the last checkpoint if the target still holds every block the record says was
+/// written; otherwise, after [`ApplyOptions::max_resumes`] resumes, or for a record of
+/// another payload or target, it starts over from the first operation in the same run
+/// and says why in [`Applied::discarded`]. A failed final check removes the record, so
+/// the next run starts over.
 pub fn apply<R, S, T>(
-    mut payload: R,
+    payload: R,
     source: Option<&S>,
     target: &mut T,
     opts: &ApplyOptions<'_>,
@@ -225,66 +563,63 @@ where
     S: ReadAt + ?Sized,
     T: ReadAt + WriteAt,
 {
-    let keyring = opts
-        .keyring
-        .ok_or_else(|| Error::Signature("no keyring given".into()))?;
-    let (_header, manifest, payload_id) = read_manifest(&mut payload, keyring)?;
-    if let Some(system) = opts.compatible {
-        if system != manifest.compatible {
-            return Err(Error::Incompatible {
-                payload: manifest.compatible.clone(),
-                system: system.to_string(),
-            });
-        }
-    }
-    if let Some(installed) = opts.installed_version {
-        if !opts.allow_downgrade
-            && version_cmp(&manifest.version, installed) == std::cmp::Ordering::Less
-        {
-            return Err(Error::Downgrade {
-                installed: installed.to_string(),
-                payload: manifest.version.clone(),
-            });
-        }
-    }
-    if let Some(id) = manifest.source {
-        let src = source.ok_or_else(|| {
-            Error::SourceModified("a delta payload needs its source image".into())
-        })?;
-        let h = hash_prefix(src, id.size, "source")
-            .map_err(|e| Error::SourceModified(e.to_string()))?;
-        if h != id.digest {
-            return Err(Error::SourceModified(format!(
-                "the source's digest is {}, the payload needs {}",
-                hex::encode(h),
-                hex::encode(id.digest)
-            )));
-        }
-    }
-    let target_size = manifest.target.size;
+    apply_to(payload, source, target, opts, (0, 0), |t: &mut T, _| {
+        t.size().map_err(|e| Error::io("target size", e))
+    })
+}
 
-    // Resume where a previous run of this payload left off.
-    let mut state = State {
-        payload_id,
-        next_op: 0,
-        data_offset: 0,
-        resumes: 0,
-    };
-    if let Some(path) = opts.state {
-        if let Some(s) =
-            State::read(path).filter(|s| s.payload_id == payload_id && s.resumes < MAX_RESUMES)
-        {
-            state = State {
-                resumes: s.resumes + 1,
-                ..s
-            };
-        }
+/// [`apply`], with the target's identity for the resume record and a step that returns
+/// the target's size once the image's is known (and may grow a file to it).
+fn apply_to<R, S, T>(
+    mut payload: R,
+    source: Option<&S>,
+    target: &mut T,
+    opts: &ApplyOptions<'_>,
+    target_inode: (u64, u64),
+    size_target: impl FnOnce(&mut T, u64) -> Result<u64>,
+) -> Result<Applied>
+where
+    R: Read,
+    S: ReadAt + ?Sized,
+    T: ReadAt + WriteAt,
+{
+    let (_header, manifest, payload_id) = read_manifest(&mut payload, opts.keyring)?;
+    check_release(&manifest, opts)?;
+    let target_size = manifest.target.size;
+    check_source(&manifest, source)?;
+    let have = size_target(target, target_size)?;
+    if have < target_size {
+        return Err(Error::TargetTooSmall {
+            have,
+            need: target_size,
+        });
     }
+
+    let fresh = State {
+        payload_id,
+        target: TargetId {
+            dev: target_inode.0,
+            ino: target_inode.1,
+            size: have,
+        },
+        next_op: 0,
+        resumes: 0,
+        written: [0u8; 32],
+    };
+    let (mut state, discarded) = match opts.state {
+        Some(path) => resume_point(path, fresh, &manifest, &*target, opts.max_resumes)?,
+        None => (fresh, None),
+    };
     let resumed_at = state.next_op as usize;
-    if state.data_offset > 0 {
-        let skipped = io::copy(&mut (&mut payload).take(state.data_offset), &mut io::sink())
+    // Where the resume point's data starts follows from the signed manifest.
+    let skip: u64 = manifest.operations[..resumed_at]
+        .iter()
+        .map(|o| o.data_length)
+        .sum();
+    if skip > 0 {
+        let skipped = io::copy(&mut (&mut payload).take(skip), &mut io::sink())
             .map_err(|e| Error::io("skipping applied data", e))?;
-        if skipped < state.data_offset {
+        if skipped < skip {
             return Err(Error::Truncated("ends before the resume point".into()));
         }
     }
@@ -293,93 +628,36 @@ where
         .iter()
         .map(|o| o.target_blocks() * BLOCK_SIZE)
         .sum();
-    let mut done: u64 = manifest.operations[..resumed_at.min(manifest.operations.len())]
+    let mut done: u64 = manifest.operations[..resumed_at]
         .iter()
         .map(|o| o.target_blocks() * BLOCK_SIZE)
         .sum();
     let checkpoint = opts.checkpoint_bytes.unwrap_or(64 << 20).max(1);
     let mut since_checkpoint = 0u64;
-    let mut data_pos = state.data_offset;
-    let empty: &[u8] = &[];
+    let mut reference = Vec::new();
 
     for (i, op) in manifest.operations.iter().enumerate().skip(resumed_at) {
         let blob = read_vec(&mut payload, op.data_length, "operation data")?;
         if op.data_length > 0 && sha256(&blob) != op.data_sha256 {
             return Err(Error::BlobMismatch { op: i });
         }
-        let src_bytes = match (op.op, op.source.is_empty(), source, manifest.source) {
-            (_, true, _, _) => Vec::new(),
-            (OpType::Chain, false, _, _) => {
-                // Blocks earlier operations wrote (durable before any resume point).
-                let b = read_extents(&*target, &op.source, target_size)?;
-                if sha256(&b) != op.source_sha256 {
-                    return Err(Error::TargetMismatch(format!(
-                        "operation {i}: the target blocks it builds on changed"
-                    )));
-                }
-                b
-            }
-            (_, false, Some(src), Some(id)) => {
-                let b = read_extents(src, &op.source, id.size)?;
-                if sha256(&b) != op.source_sha256 {
-                    return Err(Error::SourceModified(format!(
-                        "operation {i}: its source blocks changed"
-                    )));
-                }
-                b
-            }
-            _ => {
-                return Err(Error::SourceModified(format!(
-                    "operation {i} reads a source that is not there"
-                )))
-            }
-        };
+        read_reference(i, op, &manifest, source, &*target, &mut reference)?;
         let len = (op.target_blocks() * BLOCK_SIZE) as usize;
-        if op.op == OpType::Zero {
-            // The kernel zeroes the range (no copying zeros in) where it can.
-            for e in &op.target {
-                let off = e.start * BLOCK_SIZE;
-                let keep = (target_size.saturating_sub(off)).min(e.blocks * BLOCK_SIZE);
-                target
-                    .write_zeros(off, keep)
-                    .map_err(|e| Error::io(format!("operation {i}: zeroing the target"), e))?;
-            }
-        }
         let out = match op.op {
-            OpType::Zero => Vec::new(),
-            OpType::Copy => src_bytes,
-            OpType::Replace | OpType::Patch | OpType::Chain | OpType::Bsdiff => {
-                let reference = if op.op != OpType::Replace {
-                    &src_bytes[..]
-                } else {
-                    empty
-                };
-                decode(op.op, &blob, reference, len)
-                    .map_err(|e| Error::Invalid(format!("operation {i}: {e}")))?
-            }
+            OpType::Zero => None,
+            OpType::Copy => Some(std::mem::take(&mut reference)),
+            OpType::Replace | OpType::Patch | OpType::Chain | OpType::Bsdiff => Some(
+                decode(op.op, &blob, &reference, len)
+                    .map_err(|e| Error::Invalid(format!("operation {i}: {e}")))?,
+            ),
         };
-        let mut at = 0usize;
-        // ZERO ranges were zeroed above; every other operation writes its output.
-        let written = if op.op == OpType::Zero {
-            &[][..]
-        } else {
-            &op.target[..]
-        };
-        for e in written {
-            let off = e.start * BLOCK_SIZE;
-            let n = (e.blocks * BLOCK_SIZE) as usize;
-            // Nothing past the image's end is written (its last block may be partial).
-            let keep = (target_size.saturating_sub(off)).min(n as u64) as usize;
-            target
-                .write_all_at(&out[at..at + keep], off)
-                .map_err(|e| Error::io(format!("operation {i}: writing the target"), e))?;
-            at += n;
+        write_op(i, op, out.as_deref(), target, target_size)?;
+        if opts.state.is_some() {
+            state.written = chain_digest(&state.written, i, op, out.as_deref(), target_size);
         }
         done += len as u64;
         since_checkpoint += len as u64;
-        data_pos += op.data_length;
         state.next_op = i as u64 + 1;
-        state.data_offset = data_pos;
         if let Some(p) = opts.progress {
             p.progress(done, total);
         }
@@ -397,7 +675,94 @@ where
     target
         .sync()
         .map_err(|e| Error::io("syncing the target", e))?;
-    let h = hash_prefix(&*target, target_size, "target")?;
+    if let Err(e) = check_target(&manifest, &*target) {
+        // What was written cannot be trusted as a resume point: the next run starts over.
+        if let Some(path) = opts.state {
+            State::remove(path)?;
+        }
+        return Err(e);
+    }
+    if let Some(path) = opts.state {
+        State::remove(path)?;
+    }
+    Ok(Applied {
+        manifest,
+        resumed_at,
+        discarded,
+    })
+}
+
+/// The bytes operation `i` builds on, into `out`: source blocks, or for CHAIN target
+/// blocks earlier operations wrote, each checked against the signed hash.
+fn read_reference<S: ReadAt + ?Sized, T: ReadAt + ?Sized>(
+    i: usize,
+    op: &Operation,
+    manifest: &Manifest,
+    source: Option<&S>,
+    target: &T,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    out.clear();
+    if op.source.is_empty() {
+        return Ok(());
+    }
+    if op.op == OpType::Chain {
+        // Blocks earlier operations wrote (durable before any resume point).
+        read_extents(target, &op.source, manifest.target.size, out)
+            .map_err(|e| Error::io("reading target blocks", e))?;
+        if sha256(out) != op.source_sha256 {
+            return Err(Error::TargetMismatch(format!(
+                "operation {i}: the target blocks it builds on changed"
+            )));
+        }
+        return Ok(());
+    }
+    let (Some(src), Some(id)) = (source, manifest.source) else {
+        return Err(Error::SourceModified(format!(
+            "operation {i} reads a source that is not there"
+        )));
+    };
+    read_extents(src, &op.source, id.size, out)
+        .map_err(|e| Error::io("reading source blocks", e))?;
+    if sha256(out) != op.source_sha256 {
+        return Err(Error::SourceModified(format!(
+            "operation {i}: its source blocks changed"
+        )));
+    }
+    Ok(())
+}
+
+/// Write operation `i`'s output over its target extents (zero them for ZERO); nothing
+/// past the image's end is written (its last block may be partial).
+fn write_op<T: WriteAt + ?Sized>(
+    i: usize,
+    op: &Operation,
+    out: Option<&[u8]>,
+    target: &mut T,
+    target_size: u64,
+) -> Result<()> {
+    let mut at = 0usize;
+    for e in &op.target {
+        let off = e.start * BLOCK_SIZE;
+        let n = (e.blocks * BLOCK_SIZE) as usize;
+        let keep = (target_size.saturating_sub(off)).min(n as u64);
+        match out {
+            // The kernel zeroes the range (no copying zeros in) where it can.
+            None => target
+                .write_zeros(off, keep)
+                .map_err(|e| Error::io(format!("operation {i}: zeroing the target"), e))?,
+            Some(out) => target
+                .write_all_at(&out[at..at + keep as usize], off)
+                .map_err(|e| Error::io(format!("operation {i}: writing the target"), e))?,
+        }
+        at += n;
+    }
+    Ok(())
+}
+
+/// The whole written target against the manifest: digest, and dm-verity root if signed.
+fn check_target<T: ReadAt + ?Sized>(manifest: &Manifest, target: &T) -> Result<()> {
+    let h = hash_prefix(target, manifest.target.size, "target")?;
     if h != manifest.target.digest {
         return Err(Error::TargetMismatch(format!(
             "the written target's digest is {}, expected {}",
@@ -407,20 +772,14 @@ where
     }
     if let Some(v) = &manifest.verity {
         let d = RootDescriptor::parse(v)?;
-        let tree = HashTree::build(d.params(), &*target)?;
+        let tree = HashTree::build(d.params(), target)?;
         if tree.root_hash() != d.root_hash() {
             return Err(Error::TargetMismatch(
                 "the target's dm-verity root differs from the signed one".into(),
             ));
         }
     }
-    if let Some(path) = opts.state {
-        let _ = std::fs::remove_file(path);
-    }
-    Ok(Applied {
-        manifest,
-        resumed_at,
-    })
+    Ok(())
 }
 
 /// Whether two open files are the same file or device.
@@ -432,17 +791,58 @@ pub fn same_file(a: &std::fs::File, b: &std::fs::File) -> bool {
     }
 }
 
-/// [`apply`] between files: refuses a target that is the source.
+/// [`apply`] between files: refuses a target that is the source, ties the resume record
+/// to the target's device and inode, and grows a regular target file to the image's size
+/// once the signed manifest gives it, if the file system has the room (a block device
+/// must already be large enough).
 pub fn apply_files<R: Read>(
     payload: R,
     source: Option<&std::fs::File>,
     target: &mut std::fs::File,
     opts: &ApplyOptions<'_>,
 ) -> Result<Applied> {
+    use std::os::unix::fs::MetadataExt;
     if let Some(s) = source {
         if same_file(s, target) {
             return Err(Error::TargetIsSource);
         }
     }
-    apply(payload, source, target, opts)
+    let meta = target
+        .metadata()
+        .map_err(|e| Error::io("inspecting the target", e))?;
+    let ft = meta.file_type();
+    if !ft.is_file() && !std::os::unix::fs::FileTypeExt::is_block_device(&ft) {
+        return Err(Error::Invalid(
+            "the target is neither a regular file nor a block device".into(),
+        ));
+    }
+    let id = if ft.is_file() {
+        (meta.dev(), meta.ino())
+    } else {
+        (meta.rdev(), 0)
+    };
+    apply_to(
+        payload,
+        source,
+        target,
+        opts,
+        id,
+        |f: &mut std::fs::File, need| {
+            let have = ReadAt::size(f).map_err(|e| Error::io("target size", e))?;
+            if have >= need || !ft.is_file() {
+                return Ok(have);
+            }
+            let free = nix::sys::statvfs::fstatvfs(&*f)
+                .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
+                .map_err(|e| Error::io("checking the free space for the target", e.into()))?;
+            if free < need - have {
+                return Err(Error::Invalid(format!(
+                    "the target file needs {need} bytes, its file system has {free} bytes free"
+                )));
+            }
+            f.set_len(need)
+                .map_err(|e| Error::io("growing the target file", e))?;
+            Ok(need)
+        },
+    )
 }

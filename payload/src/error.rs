@@ -48,6 +48,27 @@ pub enum Error {
         /// This system's.
         system: String,
     },
+    /// A version that cannot be compared.
+    #[error("{what} {version:?}: {reason}")]
+    BadVersion {
+        /// Which version: "installed version" or "payload version".
+        what: &'static str,
+        /// The text given.
+        version: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The payload is for the version already installed.
+    #[error("version {0} is already installed (reinstalling it was not asked for)")]
+    SameVersion(String),
+    /// The target cannot hold the image.
+    #[error("the target holds {have} bytes, the image needs {need}")]
+    TargetTooSmall {
+        /// The target's size.
+        have: u64,
+        /// The image's size.
+        need: u64,
+    },
     /// The payload's version is older than the installed one.
     #[error("downgrade from {installed} to {payload} refused")]
     Downgrade {

@@ -467,6 +467,9 @@ pub fn bspatch<R: std::io::Read>(
     let bad = |why: &str| E::new(ErrorKind::InvalidData, format!("bsdiff stream: {why}"));
     let mut out = Vec::with_capacity(expected);
     let mut oldpos: i64 = 0;
+    // A triple that adds and copies nothing only seeks: a stream of them (zeros compress
+    // without end) would keep the applier busy, so their number is bounded by the output.
+    let mut idle = 0usize;
     loop {
         let mut ctl = [0u8; 24];
         let mut got = 0;
@@ -500,6 +503,12 @@ pub fn bspatch<R: std::io::Read>(
         } else {
             -((s & !(1 << 63)) as i64)
         };
+        if add == 0 && copy == 0 {
+            idle += 1;
+            if idle > expected / 2 + 16 {
+                return Err(bad("too many control triples that write nothing"));
+            }
+        }
         let start = out.len();
         let n = (add + copy) as usize;
         (&mut patch).take(n as u64).read_to_end(&mut out)?;
@@ -549,6 +558,14 @@ impl Written {
             self.0.remove(&s);
         }
         self.0.insert(a, b);
+    }
+
+    fn overlaps(&self, e: &Extent) -> bool {
+        // The last interval starting before the extent's end is the only candidate.
+        self.0
+            .range(..e.start + e.blocks)
+            .next_back()
+            .is_some_and(|(_, &t)| t > e.start)
     }
 
     fn covers(&self, e: &Extent) -> bool {
@@ -625,8 +642,8 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
     };
     let compatible = r.text("compatible", 256)?;
     let version = r.text("version", 64)?;
-    if version.split('.').any(|p| p.parse::<u64>().is_err()) {
-        return Err(r.err("version", format!("{version:?}: expected dotted numbers")));
+    if let Err(why) = parse_version(&version) {
+        return Err(r.err("version", format!("{version:?}: {why}")));
     }
     let n = r.count("operation count", 1 + 4 + 4 + 16 + 64)?;
     let target_blocks = target.size.div_ceil(BLOCK_SIZE);
@@ -664,6 +681,20 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
         }
         if o.target.iter().any(|e| e.start + e.blocks > target_blocks) {
             return Err(bad("a target extent lies past the target image".into()));
+        }
+        // Each target block is written once: a resumed apply checks what earlier
+        // operations wrote by reading it back, and a CHAIN's reference stays as it was
+        // read, so no operation may overwrite another's blocks (nor its own).
+        let mut own = Written::default();
+        for e in &o.target {
+            if written.overlaps(e) || own.overlaps(e) {
+                return Err(bad(format!(
+                    "target blocks {}..{} are written twice",
+                    e.start,
+                    e.start + e.blocks
+                )));
+            }
+            own.insert(e);
         }
         if op == OpType::Chain {
             // Its reference must be complete before it runs, and stay so across a resume.
@@ -734,18 +765,49 @@ pub fn sha256(b: &[u8]) -> [u8; 32] {
     Sha256::digest(b).into()
 }
 
-/// Compare dotted versions numerically.
-pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    let parse = |s: &str| -> Vec<u64> { s.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
-    let (x, y) = (parse(a), parse(b));
+/// Most dotted parts a version may have.
+pub const MAX_VERSION_PARTS: usize = 16;
+
+/// Parse a version of dotted whole numbers (`2`, `1.10.3`): every part ASCII digits that
+/// fit a u64, at most [`MAX_VERSION_PARTS`] parts. Anything else is an error with the
+/// reason, never a guess: a version that cannot be compared cannot pass a downgrade check.
+pub fn parse_version(v: &str) -> std::result::Result<Vec<u64>, String> {
+    let parts: Vec<&str> = v.split('.').collect();
+    if parts.len() > MAX_VERSION_PARTS {
+        return Err(format!(
+            "{} dotted parts, at most {MAX_VERSION_PARTS}",
+            parts.len()
+        ));
+    }
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if p.is_empty() || !p.bytes().all(|c| c.is_ascii_digit()) {
+                return Err(format!(
+                    "part {} ({p:?}) is not a whole number: expected dotted numbers such as 1.2.3",
+                    i + 1
+                ));
+            }
+            p.parse::<u64>()
+                .map_err(|_| format!("part {} ({p}) is too large", i + 1))
+        })
+        .collect()
+}
+
+/// Compare two versions of dotted numbers numerically (missing parts count as 0, so `2`
+/// equals `2.0`); an error names the version that does not parse.
+pub fn version_cmp(a: &str, b: &str) -> std::result::Result<std::cmp::Ordering, String> {
+    let x = parse_version(a).map_err(|e| format!("{a:?}: {e}"))?;
+    let y = parse_version(b).map_err(|e| format!("{b:?}: {e}"))?;
     let n = x.len().max(y.len());
     for i in 0..n {
         let c = x.get(i).unwrap_or(&0).cmp(y.get(i).unwrap_or(&0));
         if c != std::cmp::Ordering::Equal {
-            return c;
+            return Ok(c);
         }
     }
-    std::cmp::Ordering::Equal
+    Ok(std::cmp::Ordering::Equal)
 }
 
 #[cfg(test)]

@@ -673,18 +673,17 @@ pub fn assemble(manifest: &Manifest, data: &[u8], key: &SigningKey) -> Result<Ve
     if manifest.compatible.is_empty() || manifest.compatible.len() > 256 {
         return Err(Error::Invalid("compatible: 1 to 256 bytes".into()));
     }
-    if manifest.version.is_empty()
-        || manifest.version.len() > 64
-        || manifest
-            .version
-            .split('.')
-            .any(|p| p.parse::<u64>().is_err())
-    {
+    if manifest.version.len() > 64 {
         return Err(Error::Invalid(format!(
-            "version {:?}: dotted numbers expected",
+            "version {:?}: at most 64 bytes",
             manifest.version
         )));
     }
+    crate::format::parse_version(&manifest.version).map_err(|reason| Error::BadVersion {
+        what: "payload version",
+        version: manifest.version.clone(),
+        reason,
+    })?;
     let m = pack_manifest(&encode_manifest(manifest))?;
     let header = Header {
         manifest_len: m.len() as u64,

@@ -3,7 +3,7 @@
 //! bounded by one operation, resumable after power loss), verify.
 //!
 //! ```
-//! use keel_payload::{apply, generate, ApplyOptions, GenerateOptions};
+//! use keel_payload::{apply, generate, ApplyOptions, GenerateOptions, VersionCheck};
 //! use keel_verity::{Keyring, SigningKey};
 //!
 //! let old: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
@@ -16,7 +16,8 @@
 //! let mut ring = Keyring::new();
 //! ring.add(key.public_key().clone())?;
 //! let mut slot_b = vec![0u8; new.len()];
-//! let opts = ApplyOptions { keyring: Some(&ring), compatible: Some("acme"), ..Default::default() };
+//! let mut opts = ApplyOptions::new(&ring, VersionCheck::Installed("1.0"));
+//! opts.compatible = Some("acme");
 //! apply(&payload[..], Some(&old), &mut slot_b, &opts)?;
 //! assert_eq!(slot_b, new);
 //! # Ok::<(), keel_payload::Error>(())
@@ -38,7 +39,10 @@ pub mod ext4;
 pub mod format;
 mod generate;
 
-pub use apply::{apply, apply_files, read_manifest, same_file, Applied, ApplyOptions, MAX_RESUMES};
+pub use apply::{
+    apply, apply_files, read_manifest, same_file, Applied, ApplyOptions, RecordDiscarded,
+    VersionCheck, MAX_RESUMES,
+};
 pub use error::{Error, Result};
 pub use format::{Extent, Manifest, OpType, Operation};
 pub use generate::{assemble, generate, GenerateOptions};

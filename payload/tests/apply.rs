@@ -9,7 +9,9 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use keel_payload::{apply, apply_files, generate, ApplyOptions, Error, GenerateOptions, OpType};
+use keel_payload::{
+    apply, apply_files, generate, ApplyOptions, Error, GenerateOptions, OpType, VersionCheck,
+};
 use keel_verity::{Keyring, ReadAt, SigningKey, WriteAt};
 use proptest::prelude::*;
 use tools::{run_ok, seeded_bytes, tool};
@@ -34,10 +36,8 @@ fn apply_vec(
 ) -> Result<Vec<u8>, Error> {
     let mut t = vec![0u8; size];
     let o = ApplyOptions {
-        keyring: Some(ring),
         compatible: Some("acme-test"),
-        installed_version: Some("1.0"),
-        ..Default::default()
+        ..ApplyOptions::new(ring, VersionCheck::Installed("1.0"))
     };
     apply(payload, source, &mut t, &o)?;
     Ok(t)
@@ -174,10 +174,9 @@ fn resume_case(src: &[u8], tgt: &[u8], samples: usize) {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let o = ApplyOptions {
-        keyring: Some(&r),
         state: Some(&state),
         checkpoint_bytes: Some(8192),
-        ..Default::default()
+        ..ApplyOptions::new(&r, VersionCheck::Unchecked)
     };
     let mut clean = Cut {
         disk: vec![0u8; tgt.len()],
@@ -241,10 +240,9 @@ fn a_record_from_another_payload_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let o = ApplyOptions {
-        keyring: Some(&r),
         state: Some(&state),
         checkpoint_bytes: Some(4096),
-        ..Default::default()
+        ..ApplyOptions::new(&r, VersionCheck::Unchecked)
     };
     let t1 = edited(&src, &[Edit::Zero(5000, 50_000)]);
     let p1 = generate(Some(&src), &t1, &key, &opts()).unwrap();
@@ -340,28 +338,21 @@ fn wrong_source_system_version_key_and_target_are_refused() {
     ));
     let mut t = vec![0u8; tgt.len()];
     let o = ApplyOptions {
-        keyring: Some(&r),
         compatible: Some("other-system"),
-        ..Default::default()
+        ..ApplyOptions::new(&r, VersionCheck::Unchecked)
     };
     assert!(matches!(
         apply(&p[..], Some(&src), &mut t, &o),
         Err(Error::Incompatible { .. })
     ));
-    let o = ApplyOptions {
-        keyring: Some(&r),
-        installed_version: Some("2.1"),
-        ..Default::default()
-    };
+    let o = ApplyOptions::new(&r, VersionCheck::Installed("2.1"));
     assert!(matches!(
         apply(&p[..], Some(&src), &mut t, &o),
         Err(Error::Downgrade { .. })
     ));
     let o = ApplyOptions {
-        keyring: Some(&r),
-        installed_version: Some("2.1"),
         allow_downgrade: true,
-        ..Default::default()
+        ..ApplyOptions::new(&r, VersionCheck::Installed("2.1"))
     };
     apply(&p[..], Some(&src), &mut t, &o).unwrap();
     let stranger = ring(&SigningKey::generate().unwrap());
@@ -379,10 +370,7 @@ fn wrong_source_system_version_key_and_target_are_refused() {
         .write(true)
         .open(&f)
         .unwrap();
-    let o = ApplyOptions {
-        keyring: Some(&r),
-        ..Default::default()
-    };
+    let o = ApplyOptions::new(&r, VersionCheck::Unchecked);
     assert!(matches!(
         apply_files(&p[..], Some(&s), &mut same, &o),
         Err(Error::TargetIsSource)
@@ -422,10 +410,7 @@ fn source_blocks_changed_during_apply_are_caught() {
         reads: Default::default(),
     };
     let mut t = vec![0u8; tgt.len()];
-    let o = ApplyOptions {
-        keyring: Some(&r),
-        ..Default::default()
-    };
+    let o = ApplyOptions::new(&r, VersionCheck::Unchecked);
     let e = apply(&p[..], Some(&changing), &mut t, &o).unwrap_err();
     assert!(
         matches!(&e, Error::SourceModified(m) if m.contains("operation")),
@@ -560,10 +545,7 @@ fn ext4_changed_files_are_paired_with_their_old_versions() {
 
     let mut ring = Keyring::new();
     ring.add(key.public_key().clone()).unwrap();
-    let ao = ApplyOptions {
-        keyring: Some(&ring),
-        ..Default::default()
-    };
+    let ao = ApplyOptions::new(&ring, VersionCheck::Unchecked);
     for p in [&paired, &unpaired] {
         let mut out = vec![0u8; tgt.len()];
         let done = apply(&p[..], Some(&src), &mut out, &ao).unwrap();

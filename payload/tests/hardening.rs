@@ -1,0 +1,417 @@
+//! Faults an outside review found in the applier, each shown failing before its fix:
+//! resumes that could fail forever, versions that slipped past the downgrade check, a
+//! target grown by a lying size, blocks written twice, and decoders without bounds.
+
+#[path = "../../testsupport/tools.rs"]
+mod tools;
+
+use std::io;
+
+use keel_payload::format::{
+    bspatch, image_digest, Extent, ImageId, Operation, BLOCK_SIZE, HEADER_SIZE,
+};
+use keel_payload::{
+    apply, assemble, generate, ApplyOptions, Error, GenerateOptions, Manifest, OpType,
+    RecordDiscarded, VersionCheck, MAX_RESUMES,
+};
+use keel_verity::{Keyring, ReadAt, SigningKey, WriteAt};
+use tools::seeded_bytes;
+
+const NO_SOURCE: Option<&[u8]> = None;
+
+fn ring(key: &SigningKey) -> Keyring {
+    let mut r = Keyring::new();
+    r.add(key.public_key().clone()).unwrap();
+    r
+}
+
+fn full_payload(key: &SigningKey, image: &[u8], version: &str) -> Vec<u8> {
+    let mut o = GenerateOptions::new("acme", version);
+    o.level = 1;
+    generate(None, image, key, &o).unwrap()
+}
+
+/// A target that fails every write after the first `allowed` (a power cut).
+struct Cut {
+    disk: Vec<u8>,
+    writes: usize,
+    allowed: usize,
+}
+
+impl ReadAt for Cut {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.disk.read_exact_at(buf, offset)
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.disk.len() as u64)
+    }
+}
+
+impl WriteAt for Cut {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.writes += 1;
+        if self.writes > self.allowed {
+            return Err(io::Error::other("power cut"));
+        }
+        self.disk.write_all_at(buf, offset)
+    }
+}
+
+fn cut(disk: Vec<u8>, allowed: usize) -> Cut {
+    Cut {
+        disk,
+        writes: 0,
+        allowed,
+    }
+}
+
+#[test]
+fn a_resume_over_a_changed_target_starts_over_in_the_same_run() {
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    let image = seeded_bytes(1, 4 << 20);
+    let full = full_payload(&key, &image, "2.0");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let o = ApplyOptions {
+        state: Some(&state),
+        checkpoint_bytes: Some(1 << 20),
+        ..ApplyOptions::new(&r, VersionCheck::Installed("1.0"))
+    };
+    // A truncated payload: applied until the data runs out, checkpoints on the way.
+    let mut t = vec![0u8; image.len()];
+    let e = apply(&full[..full.len() * 3 / 4], NO_SOURCE, &mut t, &o).unwrap_err();
+    assert!(matches!(e, Error::Truncated(_)), "{e}");
+    assert!(state.exists());
+    // The first MiB, which the record says is written, is overwritten behind its back.
+    t[..1 << 20].fill(0xa5);
+    for run in 0..12 {
+        let mut again = t.clone();
+        let done = apply(&full[..], NO_SOURCE, &mut again, &o)
+            .unwrap_or_else(|e| panic!("run {run}: {e}"));
+        assert_eq!(done.discarded, Some(RecordDiscarded::TargetChanged));
+        assert_eq!(done.resumed_at, 0);
+        assert_eq!(again, image, "run {run}");
+        assert!(!state.exists());
+        // Put the same situation back for the next run.
+        let mut t2 = vec![0u8; image.len()];
+        let _ = apply(&full[..full.len() * 3 / 4], NO_SOURCE, &mut t2, &o);
+        t2[..1 << 20].fill(0xa5);
+        t = t2;
+    }
+}
+
+#[test]
+fn the_resume_count_is_kept_before_resuming_and_runs_out() {
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    let image = seeded_bytes(2, 8 << 20);
+    let full = full_payload(&key, &image, "2.0");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let o = ApplyOptions {
+        state: Some(&state),
+        checkpoint_bytes: Some(1 << 20),
+        max_resumes: 3,
+        ..ApplyOptions::new(&r, VersionCheck::Unchecked)
+    };
+    // Cut after the first checkpoint: a record at some operation.
+    let mut first = cut(vec![0u8; image.len()], usize::MAX);
+    let e = apply(&full[..full.len() / 2], NO_SOURCE, &mut first, &o).unwrap_err();
+    assert!(matches!(e, Error::Truncated(_)));
+    assert!(state.exists());
+    // Every resume dies at its first write, before any checkpoint of its own: the count
+    // must still grow, or this would go on for ever.
+    let mut disk = first.disk;
+    for n in 0..3 {
+        let mut t = cut(disk, 0);
+        assert!(
+            apply(&full[..], NO_SOURCE, &mut t, &o).is_err(),
+            "resume {n}"
+        );
+        disk = t.disk;
+        assert!(state.exists());
+    }
+    let mut t = cut(disk, usize::MAX);
+    let done = apply(&full[..], NO_SOURCE, &mut t, &o).unwrap();
+    assert_eq!(done.discarded, Some(RecordDiscarded::ResumesSpent(3)));
+    assert_eq!(done.resumed_at, 0);
+    assert_eq!(t.disk, image);
+    assert!(MAX_RESUMES >= 3);
+}
+
+#[test]
+fn a_record_for_another_target_is_not_used() {
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    let image = seeded_bytes(3, 8 << 20);
+    let full = full_payload(&key, &image, "2.0");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let o = ApplyOptions {
+        state: Some(&state),
+        checkpoint_bytes: Some(1 << 20),
+        ..ApplyOptions::new(&r, VersionCheck::Unchecked)
+    };
+    let mut t = vec![0u8; image.len()];
+    assert!(apply(&full[..full.len() / 2], NO_SOURCE, &mut t, &o).is_err());
+    assert!(state.exists());
+    // A larger target (another slot): the record is not for it.
+    let mut other = vec![0u8; image.len() + 4096];
+    let done = apply(&full[..], NO_SOURCE, &mut other, &o).unwrap();
+    assert_eq!(done.discarded, Some(RecordDiscarded::OtherTarget));
+    assert_eq!(&other[..image.len()], &image[..]);
+}
+
+#[test]
+fn a_record_file_that_is_huge_or_a_directory_is_ignored() {
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    let image = seeded_bytes(4, 1 << 20);
+    let full = full_payload(&key, &image, "2.0");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::write(&state, vec![7u8; 10 << 20]).unwrap();
+    let o = ApplyOptions {
+        state: Some(&state),
+        ..ApplyOptions::new(&r, VersionCheck::Unchecked)
+    };
+    let mut t = vec![0u8; image.len()];
+    let done = apply(&full[..], NO_SOURCE, &mut t, &o).unwrap();
+    assert_eq!(done.discarded, Some(RecordDiscarded::Unreadable));
+    assert_eq!(t, image);
+}
+
+#[test]
+fn versions_are_parsed_strictly_and_equal_ones_refused() {
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    let image = seeded_bytes(5, 64 << 10);
+    let p1 = full_payload(&key, &image, "1.0");
+    let mut t = vec![0u8; image.len()];
+    // "v2.0" used to count as 0.0 and let 1.0 through.
+    for bad in [
+        "v2.0",
+        "2.0-rc1",
+        "",
+        "2..0",
+        "+2",
+        "1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16.17",
+    ] {
+        let o = ApplyOptions::new(&r, VersionCheck::Installed(bad));
+        let e = apply(&p1[..], NO_SOURCE, &mut t, &o).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::BadVersion {
+                    what: "installed version",
+                    ..
+                }
+            ),
+            "{bad:?}: {e}"
+        );
+    }
+    let o = ApplyOptions::new(&r, VersionCheck::Installed("1.0"));
+    assert!(matches!(
+        apply(&p1[..], NO_SOURCE, &mut t, &o),
+        Err(Error::SameVersion(_))
+    ));
+    let o = ApplyOptions::new(&r, VersionCheck::Installed("1"));
+    assert!(matches!(
+        apply(&p1[..], NO_SOURCE, &mut t, &o),
+        Err(Error::SameVersion(_))
+    ));
+    let o = ApplyOptions::new(&r, VersionCheck::Installed("1.0.1"));
+    assert!(matches!(
+        apply(&p1[..], NO_SOURCE, &mut t, &o),
+        Err(Error::Downgrade { .. })
+    ));
+    assert!(t.iter().all(|&b| b == 0), "a refused payload wrote nothing");
+    let o = ApplyOptions {
+        allow_reinstall: true,
+        ..ApplyOptions::new(&r, VersionCheck::Installed("1.0"))
+    };
+    apply(&p1[..], NO_SOURCE, &mut t, &o).unwrap();
+    assert_eq!(t, image);
+    // The generator refuses what the applier could not compare.
+    let o = GenerateOptions::new("acme", "v3");
+    assert!(matches!(
+        generate(None, &image, &key, &o),
+        Err(Error::BadVersion { .. })
+    ));
+}
+
+/// A manifest signed by a trusted key, straight from its parts.
+fn signed(key: &SigningKey, target_size: u64, ops: Vec<(Operation, Vec<u8>)>) -> Vec<u8> {
+    let data: Vec<u8> = ops.iter().flat_map(|(_, d)| d.clone()).collect();
+    let mut at = 0u64;
+    let operations = ops
+        .into_iter()
+        .map(|(mut o, d)| {
+            o.data_offset = at;
+            o.data_length = d.len() as u64;
+            o.data_sha256 = if d.is_empty() {
+                [0; 32]
+            } else {
+                keel_payload::format::sha256(&d)
+            };
+            at += d.len() as u64;
+            o
+        })
+        .collect();
+    let m = Manifest {
+        source: None,
+        target: ImageId {
+            size: target_size,
+            digest: [0; 32],
+        },
+        verity: None,
+        compatible: "acme".into(),
+        version: "2.0".into(),
+        operations,
+    };
+    assemble(&m, &data, key).unwrap()
+}
+
+fn op(kind: OpType, target: &[(u64, u64)], source: &[(u64, u64)]) -> Operation {
+    let ext = |v: &[(u64, u64)]| {
+        v.iter()
+            .map(|&(start, blocks)| Extent { start, blocks })
+            .collect()
+    };
+    Operation {
+        op: kind,
+        target: ext(target),
+        source: ext(source),
+        data_offset: 0,
+        data_length: 0,
+        data_sha256: [0; 32],
+        source_sha256: [0; 32],
+    }
+}
+
+#[test]
+fn a_huge_signed_size_is_refused_before_any_write() {
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    // One ZERO op at the end of a 1 TiB image: it used to grow the target to 1 TiB.
+    let blocks = (1u64 << 40) / BLOCK_SIZE;
+    let p = signed(
+        &key,
+        1 << 40,
+        vec![(op(OpType::Zero, &[(blocks - 1, 1)], &[]), vec![])],
+    );
+    let mut t: Vec<u8> = Vec::new();
+    let e = apply(
+        &p[..],
+        NO_SOURCE,
+        &mut t,
+        &ApplyOptions::new(&r, VersionCheck::Unchecked),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::TargetTooSmall { have: 0, need } if need == 1 << 40),
+        "{e}"
+    );
+    assert!(t.is_empty());
+}
+
+#[test]
+fn a_block_written_twice_is_refused() {
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    let block = vec![1u8; 4096];
+    let blob = zstd::bulk::compress(&block, 1).unwrap();
+    // A CHAIN reads block 0, then a later op overwrites it: a resume after the second
+    // would rebuild the CHAIN from other bytes.
+    let chain_blob = zstd::bulk::compress(&block, 1).unwrap();
+    let cases = vec![
+        vec![
+            (op(OpType::Replace, &[(0, 1)], &[]), blob.clone()),
+            (op(OpType::Chain, &[(1, 1)], &[(0, 1)]), chain_blob),
+            (op(OpType::Zero, &[(0, 1)], &[]), vec![]),
+        ],
+        vec![(op(OpType::Zero, &[(0, 2), (1, 1)], &[]), vec![])],
+        vec![
+            (op(OpType::Zero, &[(2, 2)], &[]), vec![]),
+            (op(OpType::Replace, &[(3, 1)], &[]), blob),
+        ],
+    ];
+    for (n, ops) in cases.into_iter().enumerate() {
+        let p = signed(&key, 4 * 4096, ops);
+        let mut t = vec![0u8; 4 * 4096];
+        let e = apply(
+            &p[..],
+            NO_SOURCE,
+            &mut t,
+            &ApplyOptions::new(&r, VersionCheck::Unchecked),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::BadField { .. }) && e.to_string().contains("written twice"),
+            "case {n}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_zstd_frame_asking_for_a_large_window_is_refused() {
+    use std::io::Write;
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    let block = seeded_bytes(9, 4096);
+    // A frame without its content size and with a 128 MiB window: decoding it would
+    // allocate the window, far past one operation's bound.
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+    enc.window_log(27).unwrap();
+    enc.include_contentsize(false).unwrap();
+    enc.write_all(&block).unwrap();
+    let blob = enc.finish().unwrap();
+    assert_eq!(zstd::decode_all(&blob[..]).unwrap(), block, "a valid frame");
+    let p = signed(
+        &key,
+        4096,
+        vec![(op(OpType::Replace, &[(0, 1)], &[]), blob)],
+    );
+    let mut t = vec![0u8; 4096];
+    let e = apply(
+        &p[..],
+        NO_SOURCE,
+        &mut t,
+        &ApplyOptions::new(&r, VersionCheck::Unchecked),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("operation 0"), "{e}");
+}
+
+#[test]
+fn bspatch_stops_on_a_stream_of_idle_control_triples() {
+    // Zeros decompress without end: (add 0, copy 0, seek 0) again and again.
+    let zeros = zstd::bulk::compress(&vec![0u8; 24 << 20], 1).unwrap();
+    let dec = zstd::stream::read::Decoder::new(&zeros[..]).unwrap();
+    let e = bspatch(&[0u8; 4096], dec, 4096).unwrap_err();
+    assert!(e.to_string().contains("write nothing"), "{e}");
+}
+
+#[test]
+fn an_untrusted_key_is_refused_before_the_manifest_is_read() {
+    let key = SigningKey::generate().unwrap();
+    let stranger = ring(&SigningKey::generate().unwrap());
+    let image = seeded_bytes(6, 8192);
+    let p = full_payload(&key, &image, "2.0");
+    // Only the header: a reader that has to fetch 64 MiB of manifest first would report
+    // a truncated payload instead.
+    let mut t = vec![0u8; image.len()];
+    let e = apply(
+        &p[..HEADER_SIZE],
+        NO_SOURCE,
+        &mut t,
+        &ApplyOptions::new(&stranger, VersionCheck::Unchecked),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, Error::Signature(m) if m.contains("not trusted")),
+        "{e}"
+    );
+    let _ = image_digest(&image[..], image.len() as u64).unwrap();
+}
