@@ -51,6 +51,7 @@ use crate::params::VerityParams;
 use crate::rs::{Code, Decoded, NN};
 use crate::tree::BuildOptions;
 use crate::verify::find_damage;
+use crate::verify::in_runs;
 
 /// Fewest parity bytes per codeword veritysetup accepts (RS(255, 253)).
 pub const FEC_MIN_ROOTS: u8 = 2;
@@ -719,6 +720,11 @@ pub struct RepairReport {
     pub unrepairable_hash_blocks: Vec<u64>,
     /// Blocks that could not be checked because a hash block above them stayed damaged.
     pub unverifiable_blocks: u64,
+    /// Covered hash-device blocks outside the tree (the rest of a separate hash device,
+    /// or the gap before parity on the same device) that the parity says differ. No tree
+    /// can check them, so they are left as they were, and the parity is not re-encoded
+    /// over them.
+    pub unchecked_hash_blocks: Vec<u64>,
 }
 
 impl RepairReport {
@@ -893,33 +899,38 @@ where
         }
         damage = judge(g, target, &*data, &*hash, &blocks, opts)?;
     }
-    // Only what the tree accepts is written; blocks it rejects, or cannot check because
-    // a hash block above them is still damaged, keep their old content.
-    let unchecked: BTreeSet<u64> = damage
-        .bad_data
-        .iter()
-        .chain(&damage.unknown_data)
-        .copied()
-        .chain(
-            damage
-                .bad_hash
-                .iter()
-                .chain(&damage.unknown_hash)
-                .map(to_covered),
-        )
-        .collect();
+    // Only what the tree accepts is written; blocks it rejects, cannot check because a
+    // hash block above them is still damaged, or cannot check at all (outside the tree)
+    // keep their old content. Lookups go through sorted lists and runs, so the memory
+    // stays that of the damage found, not of the device.
+    let mut bad_data = damage.bad_data.clone();
+    bad_data.sort_unstable();
+    let mut bad_hash = damage.bad_hash.clone();
+    bad_hash.sort_unstable();
+    let tree_blocks =
+        target.tree.hash_start_block()..target.tree.hash_start_block() + target.tree.tree_blocks();
+    let mut unchecked_any =
+        !bad_data.is_empty() || !bad_hash.is_empty() || damage.unknown_count() > 0;
     for (&block, content) in &blocks {
-        if unchecked.contains(&block) {
-            continue;
-        }
         match g.locate(block) {
             Place::Data(d) => {
+                if bad_data.binary_search(&d).is_ok() || in_runs(&damage.unknown_data, d) {
+                    continue;
+                }
                 let off = d * bs;
                 data.write_all_at(content, off)
                     .map_err(|e| Error::io(format!("writing data device byte {off}"), e))?;
                 report.repaired_data_blocks.push(d);
             }
             Place::Hash(h) => {
+                if !tree_blocks.contains(&h) {
+                    report.unchecked_hash_blocks.push(h);
+                    unchecked_any = true;
+                    continue;
+                }
+                if bad_hash.binary_search(&h).is_ok() || in_runs(&damage.unknown_hash, h) {
+                    continue;
+                }
                 let off = h * bs;
                 hash.write_all_at(content, off)
                     .map_err(|e| Error::io(format!("writing hash device byte {off}"), e))?;
@@ -928,7 +939,7 @@ where
             Place::Padding => {}
         }
     }
-    if unchecked.is_empty() {
+    if !unchecked_any {
         // With data and tree whole and checked, the parity is what they encode to: the
         // rounds where decoding touched the parity are encoded afresh rather than trusting
         // the decoder's parity bytes.
@@ -952,9 +963,9 @@ where
         .map_err(|e| Error::io("syncing the hash device", e))?;
     fec.sync()
         .map_err(|e| Error::io("syncing the FEC device", e))?;
+    report.unverifiable_blocks = damage.unknown_count();
     report.unrepairable_data_blocks = damage.bad_data;
     report.unrepairable_hash_blocks = damage.bad_hash;
-    report.unverifiable_blocks = (damage.unknown_data.len() + damage.unknown_hash.len()) as u64;
     Ok(report)
 }
 
@@ -1250,12 +1261,14 @@ impl AndroidFecHeader {
             return Err(field("roots", 12, format!("{roots}, not 1 to 254")));
         }
         let fec_size = u32_at(16);
-        if !fec_size.is_multiple_of(roots) || !(fec_size as usize).is_multiple_of(Self::BLOCK_SIZE)
+        if fec_size == 0
+            || !fec_size.is_multiple_of(roots)
+            || !(fec_size as usize).is_multiple_of(Self::BLOCK_SIZE)
         {
             return Err(field(
                 "fec_size",
                 16,
-                format!("{fec_size} is not a multiple of roots and of 4096"),
+                format!("{fec_size} is not a positive multiple of roots and of 4096"),
             ));
         }
         let mut inp = [0u8; 8];
@@ -1269,7 +1282,12 @@ impl AndroidFecHeader {
             ));
         }
         let rounds = (inp_size / Self::BLOCK_SIZE as u64).div_ceil(255 - u64::from(roots));
-        if rounds * u64::from(roots) * Self::BLOCK_SIZE as u64 != u64::from(fec_size) {
+        // An input size from the header can make this product overflow: checked, and an
+        // overflow is a mismatch like any other.
+        let parity = rounds
+            .checked_mul(u64::from(roots))
+            .and_then(|p| p.checked_mul(Self::BLOCK_SIZE as u64));
+        if parity != Some(u64::from(fec_size)) {
             return Err(field(
                 "fec_size",
                 16,

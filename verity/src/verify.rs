@@ -386,10 +386,37 @@ pub(crate) struct Damage {
     /// Hash blocks (numbered on the hash device, in hash blocks) that differ from their
     /// trusted parent's digest; the top block when it does not give the root.
     pub bad_hash: Vec<u64>,
-    /// Data blocks below a damaged hash block: nothing vouches for them either way.
-    pub unknown_data: Vec<u64>,
-    /// Hash blocks (on the hash device) below a damaged hash block.
-    pub unknown_hash: Vec<u64>,
+    /// Data blocks below a damaged hash block, as merged runs `start..end`: nothing
+    /// vouches for them either way. Runs, not blocks, so a damaged top block over a
+    /// large device costs a few bytes rather than some per block.
+    pub unknown_data: Vec<std::ops::Range<u64>>,
+    /// Hash blocks (on the hash device) below a damaged hash block, as merged runs.
+    pub unknown_hash: Vec<std::ops::Range<u64>>,
+}
+
+impl Damage {
+    /// Blocks in the unknown runs.
+    pub fn unknown_count(&self) -> u64 {
+        self.unknown_data
+            .iter()
+            .chain(&self.unknown_hash)
+            .map(|r| r.end - r.start)
+            .sum()
+    }
+}
+
+/// Add block `b` to sorted, merged runs (blocks arrive in increasing order).
+fn push_run(runs: &mut Vec<std::ops::Range<u64>>, b: u64) {
+    match runs.last_mut() {
+        Some(r) if r.end == b => r.end += 1,
+        _ => runs.push(b..b + 1),
+    }
+}
+
+/// Whether `b` lies in one of the sorted runs.
+pub(crate) fn in_runs(runs: &[std::ops::Range<u64>], b: u64) -> bool {
+    let i = runs.partition_point(|r| r.end <= b);
+    runs.get(i).is_some_and(|r| r.contains(&b))
 }
 
 /// Every damaged block, not just the first: each level is checked only where the level
@@ -462,21 +489,23 @@ where
                 &hasher, geometry, below, hbs, children, &mut fresh, opts, false,
             )?;
         }
-        let mut next = vec![false; children as usize];
-        for (c, t) in next.iter_mut().enumerate() {
-            let c = c as u64;
+        // Which children are trusted matters only for the level below: none for data.
+        let mut next = vec![false; if is_data { 0 } else { children as usize }];
+        for c in 0..children {
             let parent = (c / per) as usize;
             if !trusted[parent] {
                 if is_data {
-                    damage.unknown_data.push(c);
+                    push_run(&mut damage.unknown_data, c);
                 } else {
-                    damage.unknown_hash.push(levels[level - 1].first_block + c);
+                    push_run(&mut damage.unknown_hash, levels[level - 1].first_block + c);
                 }
                 continue;
             }
             let at = parent * hbs + geometry.entry_offset(c);
             if fresh[at..at + ds] == parents[at..at + ds] {
-                *t = true;
+                if let Some(t) = next.get_mut(c as usize) {
+                    *t = true;
+                }
             } else if is_data {
                 damage.bad_data.push(c);
             } else {
@@ -486,4 +515,46 @@ where
         trusted = next;
     }
     Ok(damage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{format, FormatOptions};
+
+    #[test]
+    fn blocks_under_a_damaged_top_block_are_one_run() {
+        // 512-byte blocks: 40,000 data blocks below a top hash block. Listing them one by
+        // one cost memory in proportion to the device; as a run it is one entry.
+        let params = VerityParams::builder()
+            .data_block_size(512)
+            .hash_block_size(512)
+            .data_blocks(40_000)
+            .build()
+            .unwrap();
+        let data: Vec<u8> = (0..40_000u32 * 512).map(|i| (i * 7 / 5) as u8).collect();
+        let mut hash = Vec::new();
+        let f = format(&params, &data, &mut hash, &FormatOptions::default()).unwrap();
+        let top_block = hash.len() - f.geometry.tree_size() as usize;
+        assert_eq!(top_block, 0, "no superblock: the top block is the first");
+        hash[10] ^= 1;
+        let d = find_damage(
+            &params,
+            &f.geometry,
+            &data,
+            &hash,
+            &f.root_hash,
+            &BuildOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            d.bad_hash,
+            vec![f.geometry.levels().last().unwrap().first_block]
+        );
+        assert_eq!(d.unknown_data, vec![0..40_000]);
+        assert_eq!(d.unknown_hash.len(), 1, "{:?}", d.unknown_hash);
+        assert!(d.unknown_count() > 40_000);
+        assert!(in_runs(&d.unknown_data, 0) && in_runs(&d.unknown_data, 39_999));
+        assert!(!in_runs(&d.unknown_data, 40_000));
+    }
 }

@@ -508,4 +508,108 @@ fn android_header_round_trips_and_rejects_bad_fields() {
         }
     }
     assert!(AndroidFecHeader::parse(&block[..59]).is_err());
+    // Sizes whose parity product overflows u64, and an empty parity: errors, not panics.
+    for (fec_size, inp_size) in [
+        (4096 * 2u32, u64::MAX - 4095),
+        (4096 * 2, (u64::MAX / 4096) / 2 * 4096),
+        (0, 4096),
+    ] {
+        let mut bad = h.to_bytes();
+        bad[16..20].copy_from_slice(&fec_size.to_le_bytes());
+        bad[20..28].copy_from_slice(&inp_size.to_le_bytes());
+        match AndroidFecHeader::parse(&bad) {
+            Err(Error::BadField { field, .. }) => assert_eq!(field, "fec_size"),
+            other => panic!("{fec_size} {inp_size}: {other:?}"),
+        }
+    }
+}
+
+/// Covered blocks outside the tree (the rest of a larger hash device, the gap before
+/// parity on the hash device) cannot be checked by any tree: a repair leaves them as they
+/// are and reports them, never writing what the decoder alone suggests.
+#[test]
+fn repair_never_writes_covered_blocks_the_tree_cannot_check() {
+    let bs = 4096u32;
+    let blocks = 600u64;
+    let data = seeded_bytes(41, (blocks * u64::from(bs)) as usize);
+    let params = params(bs, blocks);
+    let mut tree_only = Vec::new();
+    let formatted = format(&params, &data, &mut tree_only, &FormatOptions::default()).unwrap();
+    let extra = seeded_bytes(42, 4 * bs as usize);
+    for parity_on_hash_device in [false, true] {
+        // The hash device: the tree, then four foreign blocks (then the parity, if there).
+        let mut hash = tree_only.clone();
+        hash.extend_from_slice(&extra);
+        let end = hash.len() as u64;
+        let g = if parity_on_hash_device {
+            FecGeometry::on_hash_device(&params, &formatted.geometry, 2, end).unwrap()
+        } else {
+            FecGeometry::separate(&params, &formatted.geometry, 2, end, 0).unwrap()
+        };
+        // The parity goes at the geometry's offset: after the hash area on the hash device.
+        let mut fec = if parity_on_hash_device {
+            hash.clone()
+        } else {
+            Vec::new()
+        };
+        fec_encode(&g, &data, &hash, &mut fec, &BuildOptions::default()).unwrap();
+        // One byte of the first foreign block flipped: within what the parity corrects.
+        let foreign = tree_only.len() + 10;
+        hash[foreign] ^= 0x5a;
+        if parity_on_hash_device {
+            fec[foreign] ^= 0x5a;
+        }
+        let before = (data.clone(), hash.clone(), fec.clone());
+        let target = RepairTarget {
+            params: &params,
+            tree: &formatted.geometry,
+            root: &formatted.root_hash,
+        };
+        let (mut d, mut h) = (data.clone(), hash.clone());
+        let r = if parity_on_hash_device {
+            // The hash device and the FEC device are one file: two handles on its bytes.
+            let (mut hdev, mut fdev) = (fec.clone(), fec.clone());
+            let r = fec_repair(
+                &g,
+                &target,
+                &mut d,
+                &mut hdev,
+                &mut fdev,
+                &BuildOptions::default(),
+            )
+            .unwrap();
+            assert_eq!(fdev[..hash.len()], hdev[..hash.len()]);
+            h = hdev[..hash.len()].to_vec();
+            fec = fdev;
+            r
+        } else {
+            fec_repair(
+                &g,
+                &target,
+                &mut d,
+                &mut h,
+                &mut fec,
+                &BuildOptions::default(),
+            )
+            .unwrap()
+        };
+        let label = if parity_on_hash_device {
+            "on hash device"
+        } else {
+            "separate"
+        };
+        let first_foreign = tree_only.len() as u64 / u64::from(bs);
+        assert_eq!(r.unchecked_hash_blocks, vec![first_foreign], "{label}");
+        assert!(
+            r.repaired_hash_blocks.is_empty() && r.repaired_data_blocks.is_empty(),
+            "{label}"
+        );
+        assert_eq!(
+            r.repaired_parity_bytes, 0,
+            "{label}: parity re-encoded over unchecked bytes"
+        );
+        assert_eq!(d, before.0, "{label}");
+        assert_eq!(h, before.1, "{label}: the foreign block was written");
+        assert_eq!(fec, before.2, "{label}");
+    }
 }
