@@ -7,6 +7,17 @@ use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
+/// A zeroed buffer of `len` bytes, or an error naming `what` when it cannot be had
+/// (sizes come from devices and headers: an allocation failure must not abort).
+pub(crate) fn zeroed(len: u64, what: &'static str) -> crate::Result<Vec<u8>> {
+    let too_big = || crate::Error::param(what, format!("{len} bytes do not fit in memory"));
+    let n = usize::try_from(len).map_err(|_| too_big())?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| too_big())?;
+    v.resize(n, 0);
+    Ok(v)
+}
+
 /// A device or buffer read by offset, shareable between threads.
 pub trait ReadAt: Sync {
     /// Fill `buf` from `offset`; an error (`UnexpectedEof`) if the source ends first.
@@ -67,9 +78,17 @@ fn zero_range(f: &File, offset: u64, len: u64) -> io::Result<()> {
 }
 
 fn file_size(f: &File) -> io::Result<u64> {
+    use std::os::unix::fs::FileTypeExt;
     let meta = f.metadata()?;
+    let ft = meta.file_type();
     if meta.is_file() {
         Ok(meta.len())
+    } else if !ft.is_block_device() {
+        // A directory seeks to i64::MAX and /dev/zero to 0: neither is a size to build on.
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file or block device",
+        ))
     } else {
         // Block devices report 0 in metadata; their end is their size.
         let mut handle = f;

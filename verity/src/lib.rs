@@ -71,4 +71,4 @@ pub use superblock::{
 };
 pub use table::{dm_mod_create, dm_table, FecTable, TableOptions};
 pub use tree::{BuildOptions, HashTree};
-pub use verify::{verify, BlockVerifier, DEFAULT_CACHE_BLOCKS};
+pub use verify::{check_root, verify, BlockVerifier, DEFAULT_CACHE_BLOCKS};

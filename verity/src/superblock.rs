@@ -130,6 +130,18 @@ impl Superblock {
         let name = std::str::from_utf8(&alg_field[..name_len])
             .map_err(|_| bad("algorithm", off::ALGORITHM, "name is not ASCII"))?;
         let algorithm = HashAlgorithm::from_name(name)?;
+        // veritysetup writes the name in lower case; any other spelling would be written
+        // back differently, so it is refused rather than silently normalised.
+        if algorithm.name() != name {
+            return Err(bad(
+                "algorithm",
+                off::ALGORITHM,
+                format!(
+                    "{name:?}: expected the lower-case name {:?}",
+                    algorithm.name()
+                ),
+            ));
+        }
 
         let dbs = le_u32(b, off::DATA_BLOCK_SIZE);
         check_block_size("data block size", dbs)
@@ -294,6 +306,13 @@ mod tests {
             corrupt(35, b'x'),
             Error::UnsupportedAlgorithm { .. }
         ));
+        // "SHA256" names a known algorithm but would be written back as "sha256".
+        let mut b = sample().to_bytes();
+        b[32..38].copy_from_slice(b"SHA256");
+        assert_eq!(
+            field_of(&Superblock::parse(&b).unwrap_err()),
+            ("algorithm", 32)
+        );
         assert_eq!(field_of(&corrupt(65, 0x11)), ("data_block_size", 64));
         assert_eq!(field_of(&corrupt(70, 0x80)), ("hash_block_size", 68));
         assert_eq!(field_of(&corrupt(81, 1)), ("salt_size", 80));

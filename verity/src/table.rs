@@ -112,11 +112,17 @@ pub fn dm_table(
     Ok(line)
 }
 
+/// Characters that would end a field of the table, a device of `dm-mod.create`, or the
+/// quoted kernel argument itself (letting the rest of a name become kernel arguments).
+fn breaks_out(c: char) -> bool {
+    c.is_whitespace() || c.is_control() || matches!(c, ',' | '"' | ';' | '\\')
+}
+
 fn check_device(what: &'static str, dev: &str) -> Result<()> {
-    if dev.is_empty() || dev.contains(char::is_whitespace) || dev.contains(',') {
+    if dev.is_empty() || dev.contains(breaks_out) {
         return Err(Error::param(
             what,
-            format!("{dev:?} is empty or holds spaces or commas"),
+            format!("{dev:?} is empty or holds a space, control character, comma, quote, semicolon or backslash"),
         ));
     }
     Ok(())
@@ -125,10 +131,17 @@ fn check_device(what: &'static str, dev: &str) -> Result<()> {
 /// The kernel command-line form that creates the device at boot without an initramfs
 /// (`CONFIG_DM_INIT`): `dm-mod.create="NAME,,,ro,TABLE"`.
 pub fn dm_mod_create(name: &str, table: &str) -> Result<String> {
-    if name.is_empty() || name.contains([',', '"', ' ']) {
+    if name.is_empty() || name.contains(breaks_out) {
         return Err(Error::param(
             "device name",
-            format!("{name:?} is empty or holds a comma, quote or space"),
+            format!("{name:?} is empty or holds a space, control character, comma, quote, semicolon or backslash"),
+        ));
+    }
+    // The table's fields are separated by spaces; nothing else may end the argument.
+    if table.contains(|c: char| c != ' ' && breaks_out(c) && c != ',') {
+        return Err(Error::param(
+            "table",
+            format!("{table:?} holds a quote, semicolon, backslash or control character"),
         ));
     }
     Ok(format!("dm-mod.create=\"{name},,,ro,{table}\""))
@@ -197,6 +210,27 @@ mod tests {
             "dm-mod.create=\"vroot,,,ro,0 8 verity\""
         );
         assert!(dm_mod_create("a,b", "x").is_err());
+        // Quotes, control characters and separators cannot escape the argument.
+        for name in ["v\"init=/bin/sh", "v\ninit", "a;b", "v\\"] {
+            assert!(dm_mod_create(name, "0 8 verity").is_err(), "{name:?}");
+        }
+        assert!(dm_mod_create("v", "0 8 verity\" init=/bin/sh").is_err());
+        assert!(dm_mod_create("v", "0 8 verity\n").is_err());
+        for dev in [
+            "/dev/vda\"init=/bin/sh",
+            "/dev/vda\t",
+            "/dev/vda;x",
+            "/dev/\u{7f}",
+        ] {
+            assert!(
+                dm_table(&p, &g, &root, dev, "/dev/vdb", &o).is_err(),
+                "{dev:?}"
+            );
+            assert!(
+                dm_table(&p, &g, &root, "/dev/vda", dev, &o).is_err(),
+                "{dev:?}"
+            );
+        }
         assert!(dm_table(&p, &g, &root[..20], "/dev/vda", "/dev/vdb", &o).is_err());
         assert!(dm_table(&p, &g, &root, "/dev/v da", "/dev/vdb", &o).is_err());
     }

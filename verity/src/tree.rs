@@ -69,9 +69,7 @@ impl HashTree {
     ) -> Result<Self> {
         let geometry = TreeGeometry::new(params, 0, false)?;
         check_data_size(params, data)?;
-        let tree_len = usize::try_from(geometry.tree_size())
-            .map_err(|_| Error::param("data blocks", "the tree does not fit in memory"))?;
-        let mut tree = vec![0u8; tree_len];
+        let mut tree = crate::io::zeroed(geometry.tree_size(), "hash tree")?;
         let hasher = SaltedHasher::new(params.algorithm(), params.hash_type(), params.salt());
         let digest_size = geometry.digest_size();
         let levels = geometry.levels().len();

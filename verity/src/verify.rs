@@ -52,6 +52,36 @@ fn root_mismatch(expected: &[u8], found: &[u8]) -> Error {
     }
 }
 
+/// Check that the tree on `hash` gives `root`: its top hash block is read and hashed, and
+/// nothing else. What a signer or a table writer checks before vouching for a root (a
+/// root the tree does not give can never be mapped). A tree of one data block has no
+/// hash blocks; its root is the hash of the data itself, and [`verify`] checks it.
+pub fn check_root<H: ReadAt + ?Sized>(
+    params: &VerityParams,
+    geometry: &TreeGeometry,
+    hash: &H,
+    root: &[u8],
+) -> Result<()> {
+    check_inputs(params, geometry, root)?;
+    if geometry.levels().is_empty() {
+        return Err(Error::param(
+            "root hash",
+            "a one-block image has no hash tree: its root can only be checked against the data",
+        ));
+    }
+    check_hash_size(geometry, hash)?;
+    let hbs = geometry.hash_block_size() as usize;
+    let mut top = crate::io::zeroed(hbs as u64, "hash block")?;
+    hash.read_exact_at(&mut top, geometry.tree_offset())
+        .map_err(|e| Error::io("reading the top hash block", e))?;
+    let hasher = SaltedHasher::new(params.algorithm(), params.hash_type(), params.salt());
+    let found = hasher.hash(&top, geometry.digest_size());
+    if found.as_bytes() != root {
+        return Err(root_mismatch(root, found.as_bytes()));
+    }
+    Ok(())
+}
+
 /// Verify the whole data device and the whole tree against `root`, as
 /// `veritysetup verify` does.
 ///
@@ -89,8 +119,8 @@ where
         return Ok(());
     }
     check_hash_size(geometry, hash)?;
-    // Bounded by the device size just checked.
-    let mut tree = vec![0u8; geometry.tree_size() as usize];
+    // Bounded by the device size just checked, and allocated without aborting.
+    let mut tree = crate::io::zeroed(geometry.tree_size(), "hash tree")?;
     hash.read_exact_at(&mut tree, geometry.tree_offset())
         .map_err(|e| Error::io("reading the hash tree", e))?;
     let hbs = geometry.hash_block_size() as usize;
@@ -449,7 +479,7 @@ where
         return Ok(damage);
     }
     check_hash_size(geometry, hash)?;
-    let mut tree = vec![0u8; geometry.tree_size() as usize];
+    let mut tree = crate::io::zeroed(geometry.tree_size(), "hash tree")?;
     hash.read_exact_at(&mut tree, geometry.tree_offset())
         .map_err(|e| Error::io("reading the hash tree", e))?;
     let hbs = geometry.hash_block_size() as usize;
