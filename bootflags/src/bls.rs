@@ -63,6 +63,17 @@ impl EntryName {
             counter: None,
         };
         if let Some((id, tail)) = stem.rsplit_once('+') {
+            // systemd writes counters without leading zeros; one with them would be read
+            // as a number here and written back differently, so it is refused, not guessed.
+            let leading_zero = |d: &str| d.len() > 1 && d.starts_with('0');
+            let parts: Vec<&str> = tail.splitn(2, '-').collect();
+            if parts.iter().all(|p| digits(p).is_some()) && parts.iter().any(|p| leading_zero(p)) {
+                return Err(Error::Syntax {
+                    what: "boot entry name",
+                    offset: id.len() + 1,
+                    reason: format!("{file_name:?}: the boot counter {tail:?} has a leading zero"),
+                });
+            }
             let counter = match tail.split_once('-') {
                 Some((l, d)) => digits(l).zip(digits(d)).map(|(left, done)| Counter {
                     left,
@@ -291,6 +302,14 @@ mod tests {
         }
         for f in ["a.txt", "+3.conf", "dir/a.conf", ".conf"] {
             assert!(EntryName::parse(f).is_err(), "{f}");
+        }
+        // Leading zeros would print back differently ("+01" as "+1"): refused. A single
+        // zero is a counter.
+        for f in ["a+01.conf", "a+1-02.conf", "a+00-1.efi"] {
+            assert!(EntryName::parse(f).is_err(), "{f}");
+        }
+        for f in ["a+0.conf", "a+0-0.conf", "a+10-20.conf"] {
+            assert_eq!(EntryName::parse(f).unwrap().file_name(), f);
         }
     }
 

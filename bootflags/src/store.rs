@@ -6,7 +6,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -41,6 +41,21 @@ pub enum Backend {
     AndroidMisc,
 }
 
+impl Backend {
+    /// Refuse settings no store can have (an environment size past
+    /// [`ubootenv::MAX_ENV_SIZE`](crate::ubootenv::MAX_ENV_SIZE), say) before any I/O.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Backend::Uboot { size, redundant } => crate::ubootenv::Layout {
+                size: *size,
+                redundant: *redundant,
+            }
+            .check(),
+            Backend::GrubEnv | Backend::AndroidMisc => Ok(()),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum State {
     Grub(RaucGrub),
@@ -59,7 +74,7 @@ pub struct FileStore {
 fn read_at(path: &Path, offset: u64, len: usize) -> Result<vec::Vec<u8>> {
     let f = File::open(path).map_err(|e| io(alloc::format!("opening {}", path.display()), e))?;
     let size = f.metadata().map_err(|e| io("reading the size", e))?.len();
-    let end = offset + len as u64;
+    let end = offset.saturating_add(len as u64);
     if size < end && f.metadata().map(|m| m.is_file()).unwrap_or(true) {
         return Err(Error::Size {
             what: "store file",
@@ -109,11 +124,15 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The largest GRUB environment file read (grub-editenv writes 1 KiB).
+pub const MAX_GRUBENV: usize = 64 << 10;
+
 impl FileStore {
     /// Create a fresh store for `slots` slots with `good` as the good, booted slot.
     /// A GRUB or U-Boot file is created; an Android misc file must exist (at least
     /// 2080 bytes) and only its 32-byte block is written.
     pub fn init(backend: Backend, path: &Path, slots: usize, good: Slot) -> Result<Self> {
+        backend.check()?;
         let state = match &backend {
             Backend::GrubEnv => State::Grub(RaucGrub::init(slots, good)?),
             Backend::Uboot { redundant, .. } => {
@@ -162,10 +181,24 @@ impl FileStore {
 
     /// Open an existing store.
     pub fn open(backend: Backend, path: &Path, slots: usize) -> Result<Self> {
+        backend.check()?;
         let state = match &backend {
             Backend::GrubEnv => {
-                let b = std::fs::read(path)
+                // A GRUB environment block is 1 KiB; a file much larger (or /dev/zero) is
+                // not one, and is not read to its end.
+                let f = File::open(path)
+                    .map_err(|e| io(alloc::format!("opening {}", path.display()), e))?;
+                let mut b = vec::Vec::new();
+                f.take(MAX_GRUBENV as u64 + 1)
+                    .read_to_end(&mut b)
                     .map_err(|e| io(alloc::format!("reading {}", path.display()), e))?;
+                if b.len() > MAX_GRUBENV {
+                    return Err(Error::Size {
+                        what: "GRUB environment file",
+                        expected: MAX_GRUBENV,
+                        found: b.len(),
+                    });
+                }
                 State::Grub(RaucGrub::from_env(GrubEnv::parse(&b)?, slots)?)
             }
             Backend::Uboot {

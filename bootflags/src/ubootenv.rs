@@ -14,6 +14,9 @@ use crate::error::{Error, Result};
 
 const WHAT: &str = "u-boot environment";
 
+/// The largest environment copy Keel reads or writes (16 MiB; real ones are 4 to 256 KiB).
+pub const MAX_ENV_SIZE: usize = 16 << 20;
+
 /// A decoded environment: its variables, in order, and the byte that fills the data area
 /// after them (0 as U-Boot writes it, 0xff as `mkenvimage` does), kept on rewrite.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,11 +43,14 @@ impl Layout {
         }
     }
 
-    fn check(self) -> Result<()> {
-        if self.size < self.header() + 2 {
+    /// Sizes an environment may have: U-Boot's are a few KiB to a few hundred; the bound
+    /// keeps a mistyped size from becoming an allocation.
+    pub fn check(self) -> Result<()> {
+        if self.size < self.header() + 2 || self.size > MAX_ENV_SIZE {
             return Err(Error::Invalid(alloc::format!(
-                "environment size {} is too small",
-                self.size
+                "environment size {}: expected {} to {MAX_ENV_SIZE} bytes",
+                self.size,
+                self.header() + 2
             )));
         }
         Ok(())

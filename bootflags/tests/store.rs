@@ -71,3 +71,23 @@ fn android_misc_keeps_the_rest_of_the_partition() {
     let e = FileStore::init(Backend::AndroidMisc, &f, 2, Slot::A).unwrap_err();
     assert!(e.to_string().contains("2000"), "{e}");
 }
+
+#[test]
+fn impossible_sizes_and_endless_files_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("env");
+    for size in [usize::MAX, (16 << 20) + 1, 3] {
+        for redundant in [false, true] {
+            let b = Backend::Uboot { size, redundant };
+            let e = FileStore::init(b.clone(), &f, 2, Slot::A).unwrap_err();
+            assert!(e.to_string().contains("environment size"), "{size}: {e}");
+            assert!(FileStore::open(b, &f, 2).is_err());
+            assert!(!f.exists(), "nothing written for size {size}");
+        }
+    }
+    // /dev/zero is no GRUB environment, and is not read to its end.
+    let e = FileStore::open(Backend::GrubEnv, std::path::Path::new("/dev/zero"), 2).unwrap_err();
+    assert!(e.to_string().contains("GRUB environment file"), "{e}");
+    let e = FileStore::open(Backend::GrubEnv, dir.path(), 2).unwrap_err();
+    assert!(!e.to_string().is_empty());
+}

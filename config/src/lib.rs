@@ -44,7 +44,9 @@ mod load;
 mod model;
 mod validate;
 
-pub use load::{load_files, load_json, load_sources, Finding, Loaded, Severity};
+pub use load::{
+    load_files, load_json, load_sources, read_source, Finding, Loaded, Severity, MAX_CONFIG_SIZE,
+};
 pub use model::{
     Backend, Boot, Config, HashTreeLocation, SlotConfig, TrustedKey, Update, Verity, SCHEMA_MAJOR,
 };

@@ -317,6 +317,19 @@ fn span_of(
 /// Load a configuration from named sources: the base first, then the drop-ins (applied in
 /// the order given; [`load_files`] sorts them lexically).
 pub fn load_sources(sources: &[(String, String)]) -> Loaded {
+    if sources.is_empty() {
+        return Loaded {
+            config: None,
+            findings: vec![Finding {
+                severity: Severity::Error,
+                file: String::new(),
+                line: 1,
+                column: 1,
+                path: String::new(),
+                message: "no configuration file was given".to_string(),
+            }],
+        };
+    }
     let mut srcs: Vec<Source> = Vec::new();
     let mut findings = Vec::new();
     let mut tables = Vec::new();
@@ -528,6 +541,35 @@ fn unknown_keys(t: &Table) -> Vec<Raw> {
     out
 }
 
+/// The largest configuration file read (a description is a few KiB).
+pub const MAX_CONFIG_SIZE: u64 = 4 << 20;
+
+/// Read one configuration file as text, at most [`MAX_CONFIG_SIZE`] bytes: a device such
+/// as /dev/zero, or a file that is not text, is an error naming the file, never a read
+/// without end.
+pub fn read_source(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let named =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let f = std::fs::File::open(path).map_err(named)?;
+    let mut b = Vec::new();
+    f.take(MAX_CONFIG_SIZE + 1)
+        .read_to_end(&mut b)
+        .map_err(named)?;
+    if b.len() as u64 > MAX_CONFIG_SIZE {
+        return Err(named(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_CONFIG_SIZE} bytes: not a configuration file"),
+        )));
+    }
+    String::from_utf8(b).map_err(|_| {
+        named(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not UTF-8 text",
+        ))
+    })
+}
+
 /// Load a base file and drop-ins (applied in lexical order of their file names).
 pub fn load_files(
     base: &std::path::Path,
@@ -539,9 +581,7 @@ pub fn load_files(
     files.extend(d);
     let mut sources = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(&f)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", f.display())))?;
-        sources.push((f.display().to_string(), text));
+        sources.push((f.display().to_string(), read_source(&f)?));
     }
     Ok(load_sources(&sources))
 }

@@ -525,3 +525,22 @@ fn key_lists_match_the_model() {
     }
     assert!(unknown("[update]\nnope = 1\n"));
 }
+
+#[test]
+fn no_sources_and_unbounded_files_are_errors_not_panics() {
+    let l = keel_config::load_sources(&[]);
+    assert!(l.has_errors() && l.config.is_none());
+    assert!(
+        l.findings[0].message.contains("no configuration"),
+        "{:?}",
+        l.findings
+    );
+    let e = keel_config::load_files(std::path::Path::new("/dev/zero"), &[]).unwrap_err();
+    assert!(e.to_string().contains("/dev/zero"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let e = keel_config::read_source(dir.path()).unwrap_err();
+    assert!(
+        e.to_string().contains(&dir.path().display().to_string()),
+        "{e}"
+    );
+}
