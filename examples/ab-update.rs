@@ -12,6 +12,10 @@
 //! its tries run out and the boot loader falls back to A; re-armed, B comes up, is marked
 //! good and stays. Every step is checked; any failed check exits non-zero.
 
+#[macro_use]
+#[path = "support/cli.rs"]
+mod cli;
+
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;

@@ -10,6 +10,10 @@
 //! `boot` acts as the boot loader: it prints the slot it chooses and stores the counter
 //! change it makes. Every change is one crash-safe write.
 
+#[macro_use]
+#[path = "support/cli.rs"]
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -7,6 +7,10 @@
 //! Findings print compiler-style, `FILE:LINE:COL: error: PATH: MESSAGE`; the exit status
 //! is 1 when there is an error. A `.json` file is read as the JSON form.
 
+#[macro_use]
+#[path = "support/cli.rs"]
+mod cli;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -39,7 +43,7 @@ enum Cmd {
 
 fn load(file: &Path, dropins: &[PathBuf]) -> Result<Loaded, String> {
     if file.extension().is_some_and(|e| e == "json") {
-        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let text = keel::config::read_source(file).map_err(|e| e.to_string())?;
         return Ok(load_json(&file.display().to_string(), &text));
     }
     load_files(file, dropins).map_err(|e| e.to_string())

@@ -10,7 +10,11 @@
 //! `apply` draws a progress bar, reads the payload from stdin with `-`, and with `--state`
 //! resumes an interrupted apply where it stopped.
 
-use std::fs::{File, OpenOptions};
+#[macro_use]
+#[path = "support/cli.rs"]
+mod cli;
+
+use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -93,28 +97,6 @@ enum Cmd {
     },
 }
 
-/// A file this run created: removed when the run fails, unless a resume record that
-/// needs it was left.
-struct RemoveOnDrop {
-    path: PathBuf,
-    unless: Option<PathBuf>,
-    armed: bool,
-}
-
-impl RemoveOnDrop {
-    fn keep(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if self.armed && !self.unless.as_ref().is_some_and(|p| p.exists()) {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
 fn keyring(paths: &[PathBuf]) -> Result<Keyring, String> {
     let mut r = Keyring::new();
     for p in paths {
@@ -151,7 +133,10 @@ fn run(cli: Cli) -> Result<(), String> {
             opts.level = level;
             let t = std::time::Instant::now();
             let p = generate(src.as_deref(), &tgt, &key, &opts).map_err(|e| e.to_string())?;
-            std::fs::write(&output, &p).map_err(|e| format!("{}: {e}", output.display()))?;
+            std::fs::write(&output, &p).map_err(|e| {
+                let _ = std::fs::remove_file(&output);
+                format!("{}: {e}", output.display())
+            })?;
             println!(
                 "{}: {} bytes for a {} byte target ({:.2}%), {:.1} s",
                 output.display(),
@@ -165,6 +150,25 @@ fn run(cli: Cli) -> Result<(), String> {
             let ring = keyring(&pubkeys)?;
             let mut f = File::open(&payload).map_err(|e| format!("{}: {e}", payload.display()))?;
             let (h, m, id) = read_manifest(&mut f, &ring).map_err(|e| e.to_string())?;
+            // The data area must be there, whole and alone, before its size is reported.
+            let present = std::io::copy(
+                &mut (&mut f).take(h.data_len.saturating_add(1)),
+                &mut std::io::sink(),
+            )
+            .map_err(|e| format!("{}: {e}", payload.display()))?;
+            if present != h.data_len {
+                return Err(format!(
+                    "{}: the header announces {} data bytes, the file holds {}{}",
+                    payload.display(),
+                    h.data_len,
+                    present.min(h.data_len),
+                    if present > h.data_len {
+                        " and more after them"
+                    } else {
+                        " (truncated)"
+                    }
+                ));
+            }
             println!("payload id:   {}", hex::encode(id));
             println!("signed by:    {}", hex::encode(h.key_id));
             println!("compatible:   {}", m.compatible);
@@ -242,25 +246,11 @@ fn run(cli: Cli) -> Result<(), String> {
             } else {
                 Box::new(File::open(&payload).map_err(|e| format!("{payload}: {e}"))?)
             };
-            // A target this run creates is removed again if the apply fails; one that was
-            // there (a slot, a half-written image to resume) is left as it is.
-            let (mut tgt, created) = match OpenOptions::new().read(true).write(true).open(&target) {
-                Ok(f) => (f, None),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
-                    OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create_new(true)
-                        .open(&target)
-                        .map_err(|e| format!("{}: {e}", target.display()))?,
-                    Some(RemoveOnDrop {
-                        path: target.clone(),
-                        unless: state.clone(),
-                        armed: true,
-                    }),
-                ),
-                Err(e) => return Err(format!("{}: {e}", target.display())),
-            };
+            // A target this run creates is removed again if the apply fails (unless a
+            // resume record needs it); one that was there (a slot, a half-written image to
+            // resume) is left as it is.
+            let mut created = cli::Created::unless(state.clone());
+            let mut tgt = cli::open_or_create(&target, 0o644, &mut created)?;
             let pb = ProgressBar::new(0);
             pb.set_style(
                 ProgressStyle::with_template(
@@ -294,9 +284,7 @@ fn run(cli: Cli) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
             pb.finish_and_clear();
-            if let Some(c) = created {
-                c.keep();
-            }
+            created.keep();
             if let Some(why) = &done.discarded {
                 println!("started over from the first operation: {why}");
             }

@@ -11,7 +11,12 @@
 //! ```
 //! SLOT is A, B or a partition number. Slots are found by their labels (USR-A/USR-B,
 //! root-a/root-b, ...) or type unless `--slots A_LABEL,B_LABEL` or `--slot-numbers N,M`
-//! names them. `create` makes DISK (an image) if it does not exist: give `--disk-size`.
+//! names them. `create` makes DISK (an image) if it does not exist: give `--disk-size`. It
+//! refuses a disk that already holds a GPT or an MBR with partitions unless `--force`.
+
+#[macro_use]
+#[path = "support/cli.rs"]
+mod cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,7 +24,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use keel::bootflags::PriorityPolicy;
 use keel::partition::{
-    create_layout, types, AbDisk, CopyState, FileDevice, GptDisk, Guid, Layout, SlotSelector,
+    create_layout, existing_table, types, AbDisk, CopyState, FileDevice, GptDisk, Guid, Layout,
+    SlotSelector,
 };
 
 #[derive(Parser)]
@@ -64,9 +70,13 @@ enum Cmd {
         type_: String,
         #[arg(long, default_value_t = 512)]
         sector_size: u64,
-        /// Create the image file with this size first.
+        /// Create the image file with this size first (DISK must not exist).
         #[arg(long)]
         disk_size: Option<u64>,
+        /// Overwrite a partition table that is already there (and let --disk-size resize
+        /// an existing image).
+        #[arg(long)]
+        force: bool,
     },
     /// Arm SLOT with N tries and give it the top priority.
     SetActive {
@@ -178,17 +188,10 @@ fn run(cli: Cli) -> Result<(), String> {
         type_,
         sector_size,
         disk_size,
+        force,
     } = &cli.cmd
     {
-        if let Some(size) = disk_size {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&cli.disk)
-                .map_err(|e| e.to_string())?;
-            f.set_len(*size).map_err(|e| e.to_string())?;
-        }
+        // Everything given is checked before the disk is touched or created.
         let slot_type = match type_.as_str() {
             "usr" => types::coreos_usr(),
             "root-x86-64" => types::root_x86_64(),
@@ -199,8 +202,42 @@ fn run(cli: Cli) -> Result<(), String> {
         layout.labels = pair("--labels", labels)?;
         layout.slot_type = slot_type;
         layout.sector_size = *sector_size;
+        let mut created = cli::Created::default();
+        let exists = cli.disk.exists();
+        match (exists, disk_size) {
+            (false, None) => {
+                return Err(format!(
+                    "{} does not exist: give --disk-size to create an image",
+                    cli.disk.display()
+                ))
+            }
+            (true, Some(_)) if !force => {
+                return Err(format!(
+                    "{} exists: --disk-size would resize it (--force to do so)",
+                    cli.disk.display()
+                ))
+            }
+            _ => {}
+        }
+        if exists {
+            let mut dev = FileDevice::open(&cli.disk, false).map_err(|e| e.to_string())?;
+            if let Some(what) = existing_table(&mut dev).map_err(|e| e.to_string())? {
+                if !force {
+                    return Err(format!(
+                        "{} already holds {what}: refusing to replace it (--force to do so)",
+                        cli.disk.display()
+                    ));
+                }
+            }
+        }
+        if let Some(size) = disk_size {
+            let f = cli::open_or_create(&cli.disk, 0o644, &mut created)?;
+            f.set_len(*size)
+                .map_err(|e| format!("{}: {e}", cli.disk.display()))?;
+        }
         let mut dev = FileDevice::open(&cli.disk, true).map_err(|e| e.to_string())?;
         create_layout(&mut dev, &layout).map_err(|e| e.to_string())?;
+        created.keep();
         let selector = SlotSelector::Labels(layout.labels.0.clone(), layout.labels.1.clone());
         let ab =
             AbDisk::new(open(&cli.disk, false)?, &selector, policy).map_err(|e| e.to_string())?;

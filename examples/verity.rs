@@ -24,8 +24,12 @@
 //! copies under `--output-dir`, writing only blocks that then match the tree, and exits 2
 //! if anything stays damaged.
 
+#[macro_use]
+#[path = "support/cli.rs"]
+mod cli;
+
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,10 +37,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel::verity::{
-    android_fec_header, fec_encode, fec_repair, fec_verify, format, format_uuid, open_hash_device,
-    parse_uuid, random_uuid, verify, BuildOptions, Error, FecGeometry, FormatOptions,
-    HashAlgorithm, HashType, Keyring, PublicKey, ReadAt, RepairTarget, RootDescriptor, SigningKey,
-    TreeGeometry, VerityParams, WriteAt,
+    android_fec_header, check_root, fec_encode, fec_repair, fec_verify, format, format_uuid,
+    open_hash_device, parse_uuid, random_uuid, verify, BuildOptions, Error, FecGeometry,
+    FormatOptions, HashAlgorithm, HashType, Keyring, PublicKey, ReadAt, RepairTarget,
+    RootDescriptor, SigningKey, TreeGeometry, VerityParams, WriteAt,
 };
 
 #[derive(Parser)]
@@ -112,6 +116,9 @@ enum Cmd {
         /// The FEC device as the kernel names it (default: the --fec-device path).
         #[arg(long, requires = "fec_device")]
         fec_kernel_device: Option<String>,
+        /// Print the table without checking ROOT_HEX against the tree on HASH.
+        #[arg(long)]
+        unchecked: bool,
     },
     /// Print the fs-verity digest of FILE, as `fsverity digest` does.
     FsverityDigest {
@@ -149,6 +156,10 @@ enum Cmd {
         /// Where to write the signed root.
         #[arg(long)]
         out: PathBuf,
+        /// Sign ROOT_HEX without checking it against the tree on HASH (offline signing of
+        /// a root computed elsewhere).
+        #[arg(long)]
+        unchecked: bool,
         #[command(flatten)]
         opts: TreeOpts,
     },
@@ -170,7 +181,7 @@ enum Cmd {
     },
     /// Run the whole cycle on a generated image in a temporary directory, narrating.
     Demo {
-        /// Image size in MiB.
+        /// Image size in MiB (1 to 4096; the image is generated in memory).
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
     },
@@ -350,6 +361,8 @@ fn cmd_format(
     uuid: Option<&str>,
     root_file: Option<&Path>,
 ) -> Result<(), String> {
+    // Every input is checked before anything is created; what this run creates is
+    // removed again if it fails.
     let data_f = open_read(data)?;
     let data_size = data_f
         .size()
@@ -363,14 +376,13 @@ fn cmd_format(
             None => random_uuid().map_err(|e| e.to_string())?,
         })
     };
-    let hash_f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(hash)
-        .map_err(|e| format!("{}: {e}", hash.display()))?;
+    if let Some(fec_path) = &fec.fec_device {
+        if let Ok(existing) = File::open(fec_path) {
+            check_fec_not_data(&data_f, &existing, fec.fec_offset, params.data_size())?;
+        }
+    }
+    let mut created = cli::Created::default();
+    let hash_f = cli::open_or_create(hash, 0o600, &mut created)?;
     if same_file(&data_f, &hash_f) && opts.hash_offset < params.data_size() {
         return Err(format!(
             "--hash-offset {} would overwrite the data (which ends at byte {}); give a larger offset or --data-blocks",
@@ -395,7 +407,7 @@ fn cmd_format(
         out.geometry.hash_device_size()
     );
     if let Some(fec_path) = &fec.fec_device {
-        let fec_f = open_rw(fec_path, true)?;
+        let fec_f = cli::open_or_create(fec_path, 0o600, &mut created)?;
         let g = fec.geometry(&hash_f, &fec_f, &params, &out.geometry)?;
         let pb = progress_bar(g.rounds() * g.rs_n() * g.block_size());
         let observer = |done: u64, _total: u64| pb.set_position(done);
@@ -422,15 +434,30 @@ fn cmd_format(
     if let Some(f) = root_file {
         std::fs::write(f, format!("{root}\n")).map_err(|e| format!("{}: {e}", f.display()))?;
     }
+    created.keep();
     Ok(())
 }
 
-fn open_rw(p: &Path, create: bool) -> Result<File, String> {
+/// The parity must not land on the data: a FEC device that is the data device is refused
+/// unless the parity starts past the data.
+fn check_fec_not_data(
+    data: &File,
+    fec: &File,
+    fec_offset: u64,
+    data_size: u64,
+) -> Result<(), String> {
+    if same_file(data, fec) && fec_offset < data_size {
+        return Err(format!(
+            "the FEC device is the data device and --fec-offset {fec_offset} lies inside the data (which ends at byte {data_size}): the parity would overwrite it"
+        ));
+    }
+    Ok(())
+}
+
+fn open_rw(p: &Path) -> Result<File, String> {
     OpenOptions::new()
         .read(true)
         .write(true)
-        .create(create)
-        .truncate(false)
         .mode(0o600)
         .open(p)
         .map_err(|e| format!("{}: {e}", p.display()))
@@ -493,11 +520,12 @@ fn cmd_repair(
             (d, h, f)
         }
     };
-    let data_f = open_rw(&data, false)?;
-    let hash_f = open_rw(&hash, false)?;
-    let fec_f = open_rw(&fec_path, false)?;
+    let data_f = open_rw(&data)?;
+    let hash_f = open_rw(&hash)?;
+    let fec_f = open_rw(&fec_path)?;
     let size = data_f.size().map_err(|e| e.to_string())?;
     let (params, tree) = opts.existing(&hash_f, Some(size))?;
+    check_fec_not_data(&data_f, &fec_f, fec.fec_offset, params.data_size())?;
     let g = fec.geometry(&hash_f, &fec_f, &params, &tree)?;
     let target = RepairTarget {
         params: &params,
@@ -566,6 +594,8 @@ fn cmd_verify(
         pb.finish_and_clear();
         if let Some(fec_path) = &fec.fec_device {
             let fec_f = open_read(fec_path).map_err(|e| (1, e))?;
+            check_fec_not_data(&data_f, &fec_f, fec.fec_offset, params.data_size())
+                .map_err(|e| (1, e))?;
             let g = fec
                 .geometry(&hash_f, &fec_f, &params, &geometry)
                 .map_err(|e| (1, e))?;
@@ -598,9 +628,19 @@ fn cmd_table(
     opts: &TreeOpts,
     fec: &FecOpts,
     fec_kernel_device: Option<&str>,
+    unchecked: bool,
 ) -> Result<(), String> {
     let hash_f = open_read(hash)?;
     let (params, geometry) = opts.existing(&hash_f, None)?;
+    let root = hex::decode(root_hex).map_err(|e| format!("root hash: {e}"))?;
+    if !unchecked {
+        check_root(&params, &geometry, &hash_f, &root).map_err(|e| {
+            format!(
+                "{e} (the tree on {} does not give this root; --unchecked to print it anyway)",
+                hash.display()
+            )
+        })?;
+    }
     let fec_table = match &fec.fec_device {
         None => None,
         Some(p) => {
@@ -613,7 +653,6 @@ fn cmd_table(
             })
         }
     };
-    let root = hex::decode(root_hex).map_err(|e| format!("root hash: {e}"))?;
     let hash_name = hash_dev
         .map(str::to_string)
         .unwrap_or_else(|| hash.display().to_string());
@@ -670,11 +709,20 @@ fn cmd_sign(
     root_hex: &str,
     key: &Path,
     out: &Path,
+    unchecked: bool,
     opts: &TreeOpts,
 ) -> Result<(), String> {
     let hash_f = open_read(hash)?;
-    let (params, _) = opts.existing(&hash_f, None)?;
+    let (params, geometry) = opts.existing(&hash_f, None)?;
     let root = hex::decode(root_hex).map_err(|e| format!("root hash: {e}"))?;
+    if !unchecked {
+        check_root(&params, &geometry, &hash_f, &root).map_err(|e| {
+            format!(
+                "{e} (the tree on {} does not give this root; --unchecked to sign it anyway)",
+                hash.display()
+            )
+        })?;
+    }
     let desc = RootDescriptor::new(params, &root).map_err(|e| e.to_string())?;
     let pem = std::fs::read_to_string(key).map_err(|e| format!("{}: {e}", key.display()))?;
     let k = SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
@@ -701,7 +749,13 @@ fn cmd_verify_signature(
             ring.add(PublicKey::from_pem(&pem).map_err(|e| (1, e.to_string()))?)
                 .map_err(|e| (1, e.to_string()))?;
         }
-        let bytes = std::fs::read(signed).map_err(|e| (1, format!("{}: {e}", signed.display())))?;
+        // A signed root has a fixed size: read no more than one byte past it.
+        let mut bytes = Vec::new();
+        open_read(signed)
+            .map_err(|e| (1, e))?
+            .take(keel::verity::sign::SIGNED_ROOT_SIZE as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| (1, format!("{}: {e}", signed.display())))?;
         let v = ring.verify(&bytes).map_err(|e| (1, e.to_string()))?;
         let d = &v.descriptor;
         let p = d.params();
@@ -764,6 +818,11 @@ fn cmd_verify_signature(
 
 /// format -> verify -> corrupt -> detect -> sign -> verify the signature, on a generated image.
 fn cmd_demo(size_mib: u64) -> Result<(), String> {
+    if !(1..=4096).contains(&size_mib) {
+        return Err(format!(
+            "--size-mib {size_mib}: the demo image is made in memory, 1 to 4096 MiB"
+        ));
+    }
     let dir = std::env::temp_dir().join(format!("keel-verity-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let result = demo_in(&dir, size_mib);
@@ -936,6 +995,7 @@ fn main() -> ExitCode {
             opts,
             fec,
             fec_kernel_device,
+            unchecked,
         } => cmd_table(
             hash,
             root_hex,
@@ -946,6 +1006,7 @@ fn main() -> ExitCode {
             opts,
             fec,
             fec_kernel_device.as_deref(),
+            *unchecked,
         ),
         Cmd::Keygen { key, public } => cmd_keygen(key, public.as_deref()),
         Cmd::Sign {
@@ -953,8 +1014,9 @@ fn main() -> ExitCode {
             root_hex,
             key,
             out,
+            unchecked,
             opts,
-        } => cmd_sign(hash, root_hex, key, out, opts),
+        } => cmd_sign(hash, root_hex, key, out, *unchecked, opts),
         Cmd::VerifySignature {
             signed_root,
             keys,

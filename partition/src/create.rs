@@ -27,6 +27,34 @@ pub struct ExtraPartition {
     pub guid: Option<Guid>,
 }
 
+/// The partition table a device already holds, if any, in words for a person: a GPT
+/// (either copy valid, with its partition count) or an MBR with partitions. An image
+/// builder calls this before [`create_layout`] to refuse overwriting a disk in use.
+pub fn existing_table<D: Device>(dev: &mut D) -> Result<Option<String>> {
+    if let Ok(g) = crate::disk::GptDisk::open(&mut *dev, None) {
+        return Ok(Some(format!(
+            "a GPT with {} partitions ({} copy valid)",
+            g.partitions().len(),
+            g.in_force()
+        )));
+    }
+    let size = dev
+        .size()
+        .map_err(|e| Error::io("reading the disk size", e))?;
+    if size < 512 {
+        return Ok(None);
+    }
+    let mut mbr = [0u8; 512];
+    dev.read_exact_at(&mut mbr, 0)
+        .map_err(|e| Error::io("reading the MBR", e))?;
+    if mbr[510..512] != [0x55, 0xaa] {
+        return Ok(None);
+    }
+    // Entries at 446, 16 bytes each, the type at byte 4 of an entry; 0 is unused.
+    let used = (0..4).filter(|i| mbr[446 + 16 * i + 4] != 0).count();
+    Ok((used > 0).then(|| format!("an MBR with {used} partitions")))
+}
+
 /// What to lay out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {

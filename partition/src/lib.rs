@@ -41,7 +41,9 @@ mod guid;
 mod slots;
 mod sys;
 
-pub use create::{create_layout, protective_mbr, ExtraPartition, Layout, ALIGN, ENTRIES};
+pub use create::{
+    create_layout, existing_table, protective_mbr, ExtraPartition, Layout, ALIGN, ENTRIES,
+};
 pub use device::{Device, FileDevice};
 pub use disk::{CopyState, GptDisk, Health};
 pub use error::{Error, Result};

@@ -1,0 +1,106 @@
+//! What every example needs as a command-line tool: output that ends quietly when its
+//! reader has gone (`| head`, `| true`), and files it created removed when it fails.
+//! Included with `#[macro_use] #[path = "support/cli.rs"] mod cli;`.
+#![allow(dead_code, unused_macros)]
+
+use std::path::PathBuf;
+
+/// Standard output written so that a closed pipe ends the program with status 0 (as a
+/// reader that stops early means "enough", not an error), and another write error with
+/// status 1 and a message, instead of a panic.
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error writing to standard output: {e}");
+    std::process::exit(1);
+}
+
+/// `println!` that does not panic on a closed standard output (shadows std's).
+macro_rules! println {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($t)*) {
+            $crate::cli::stdout_failed(e)
+        }
+    }};
+}
+
+/// `print!` likewise.
+macro_rules! print {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = write!(out, $($t)*).and_then(|()| out.flush()) {
+            $crate::cli::stdout_failed(e)
+        }
+    }};
+}
+
+/// Files this run created: removed when the guard is dropped without [`Created::keep`]
+/// (the run failed), so a failed command leaves nothing behind. Files that existed before
+/// are never listed, so never removed.
+#[derive(Default)]
+pub struct Created {
+    paths: Vec<PathBuf>,
+    /// Kept if this file exists when the run fails (a resume record that needs them).
+    unless: Option<PathBuf>,
+}
+
+impl Created {
+    /// A guard that keeps the files if `unless` exists at the end of a failed run.
+    pub fn unless(path: Option<PathBuf>) -> Self {
+        Created {
+            paths: Vec::new(),
+            unless: path,
+        }
+    }
+
+    /// Remember `path` as created by this run.
+    pub fn add(&mut self, path: impl Into<PathBuf>) {
+        self.paths.push(path.into());
+    }
+
+    /// The run succeeded: keep everything.
+    pub fn keep(mut self) {
+        self.paths.clear();
+    }
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if self.unless.as_ref().is_some_and(|p| p.exists()) {
+            return;
+        }
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Open `path` read-write, creating it if it is not there; a created file is added to
+/// `created`.
+pub fn open_or_create(
+    path: &std::path::Path,
+    mode: u32,
+    created: &mut Created,
+) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |create: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(create)
+            .mode(mode)
+            .open(path)
+    };
+    match open(false) {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let f = open(true).map_err(|e| format!("{}: {e}", path.display()))?;
+            created.add(path);
+            Ok(f)
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
