@@ -28,6 +28,12 @@ const MAX_FILES: usize = 1 << 20;
 const MAX_EXTENTS: usize = 1 << 22;
 const MAX_DIR_BYTES: u64 = 64 << 20;
 const MAX_DEPTH: usize = 64;
+/// Extent-tree index blocks read in all, over the whole image: a crafted tree whose index
+/// entries all point at the same blocks would otherwise be walked an exponential number
+/// of times (340 entries per node, five levels).
+const MAX_INDEX_NODES: usize = 1 << 20;
+/// Directories waiting to be read.
+const MAX_PENDING_DIRS: usize = 1 << 20;
 
 fn le16(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from(u16::from_le_bytes(
@@ -51,6 +57,8 @@ struct Fs<'a> {
     gdt_offset: u64,
     groups: u64,
     extents_seen: usize,
+    index_nodes_seen: usize,
+    dirs_queued: usize,
 }
 
 impl<'a> Fs<'a> {
@@ -101,6 +109,8 @@ impl<'a> Fs<'a> {
             gdt_offset: (first_data_block + 1) * bs,
             groups,
             extents_seen: 0,
+            index_nodes_seen: 0,
+            dirs_queued: 0,
         })
     }
 
@@ -142,18 +152,31 @@ impl<'a> Fs<'a> {
         }
         let root = inode.get(0x28..0x28 + 60)?;
         let mut out = Vec::new();
-        self.walk(root, 0, &mut out)?;
+        let depth = le16(root, 6)?;
+        let mut visited = HashSet::new();
+        self.walk(root, depth, &mut visited, &mut out)?;
         out.sort_unstable();
         Some(out)
     }
 
-    /// (logical block, physical block, count) of the extent (sub)tree in `node`.
-    fn walk(&mut self, node: &[u8], level: usize, out: &mut Vec<(u64, u64, u64)>) -> Option<()> {
-        if le16(node, 0)? != 0xf30a || level > 5 {
+    /// (logical block, physical block, count) of the extent (sub)tree in `node`, which
+    /// must have the depth its parent promised: depths fall by one per level (at most 5
+    /// levels, as ext4 allows), and no index block is read twice in one tree.
+    fn walk(
+        &mut self,
+        node: &[u8],
+        expected_depth: u64,
+        visited: &mut HashSet<u64>,
+        out: &mut Vec<(u64, u64, u64)>,
+    ) -> Option<()> {
+        if le16(node, 0)? != 0xf30a {
             return None;
         }
         let entries = le16(node, 2)? as usize;
         let depth = le16(node, 6)?;
+        if depth != expected_depth || depth > 5 {
+            return None;
+        }
         for e in 0..entries {
             let at = 12 + e * 12;
             let entry = node.get(at..at + 12)?;
@@ -175,8 +198,12 @@ impl<'a> Fs<'a> {
                 }
             } else {
                 let child = le16(entry, 8)? << 32 | le32(entry, 4)?;
+                self.index_nodes_seen += 1;
+                if self.index_nodes_seen > MAX_INDEX_NODES || !visited.insert(child) {
+                    return None;
+                }
                 let block = self.block(child)?;
-                self.walk(block, level + 1, out)?;
+                self.walk(block, depth - 1, visited, out)?;
             }
         }
         Some(())
@@ -190,14 +217,20 @@ impl<'a> Fs<'a> {
 /// Regular files of an ext4 image with 4 KiB blocks; empty if `img` is not one (or is
 /// damaged where it matters).
 pub fn files(img: &[u8]) -> Vec<File> {
-    let Some(mut fs) = Fs::open(img) else {
-        return Vec::new();
-    };
+    match Fs::open(img) {
+        Some(mut fs) => walk_files(&mut fs),
+        None => Vec::new(),
+    }
+}
+
+fn walk_files(fs: &mut Fs<'_>) -> Vec<File> {
     let mut out = Vec::new();
-    let mut visited = HashSet::new();
+    // A directory is marked when it is queued, so entries naming one directory many
+    // times queue it once.
+    let mut visited = HashSet::from([2u64]);
     let mut stack = vec![(2u64, String::new(), 0usize)];
     while let Some((dir, path, depth)) = stack.pop() {
-        if depth > MAX_DEPTH || !visited.insert(dir) {
+        if depth > MAX_DEPTH {
             continue;
         }
         let Some(inode) = fs.inode(dir) else { continue };
@@ -233,12 +266,17 @@ pub fn files(img: &[u8]) -> Vec<File> {
                             let name = String::from_utf8_lossy(name);
                             let child = format!("{path}/{name}");
                             match ftype {
-                                2 => stack.push((ino, child, depth + 1)),
+                                2 => {
+                                    if stack.len() < MAX_PENDING_DIRS && visited.insert(ino) {
+                                        fs.dirs_queued += 1;
+                                        stack.push((ino, child, depth + 1));
+                                    }
+                                }
                                 1 => {
                                     if out.len() >= MAX_FILES {
                                         return out;
                                     }
-                                    if let Some(f) = file(&mut fs, ino, child) {
+                                    if let Some(f) = file(fs, ino, child) {
                                         out.push(f);
                                     }
                                 }
@@ -338,6 +376,118 @@ mod tests {
             got.truncate(want.len());
             assert!(got == *want, "{}", f.path);
         }
+    }
+
+    /// A 4 KiB-block image of `blocks` blocks: superblock, one group descriptor (inode
+    /// table at block 2), 256-byte inodes.
+    fn skeleton(blocks: usize) -> Vec<u8> {
+        let mut img = vec![0u8; blocks * 4096];
+        let sb = 1024;
+        img[sb..sb + 4].copy_from_slice(&64u32.to_le_bytes()); // inodes
+        img[sb + 4..sb + 8].copy_from_slice(&(blocks as u32).to_le_bytes());
+        img[sb + 0x18..sb + 0x1c].copy_from_slice(&2u32.to_le_bytes()); // 4 KiB
+        img[sb + 0x20..sb + 0x24].copy_from_slice(&32768u32.to_le_bytes());
+        img[sb + 0x28..sb + 0x2c].copy_from_slice(&64u32.to_le_bytes());
+        img[sb + 0x38..sb + 0x3a].copy_from_slice(&0xef53u16.to_le_bytes());
+        img[sb + 0x4c..sb + 0x50].copy_from_slice(&1u32.to_le_bytes());
+        img[sb + 0x58..sb + 0x5a].copy_from_slice(&256u16.to_le_bytes());
+        img[4096 + 8..4096 + 12].copy_from_slice(&2u32.to_le_bytes()); // inode table
+        img
+    }
+
+    fn inode_at(ino: usize) -> usize {
+        2 * 4096 + (ino - 1) * 256
+    }
+
+    /// An extent node header at `at`: entries, depth.
+    fn header(img: &mut [u8], at: usize, entries: u16, depth: u16) {
+        img[at..at + 2].copy_from_slice(&0xf30au16.to_le_bytes());
+        img[at + 2..at + 4].copy_from_slice(&entries.to_le_bytes());
+        img[at + 4..at + 6].copy_from_slice(&entries.to_le_bytes());
+        img[at + 6..at + 8].copy_from_slice(&depth.to_le_bytes());
+    }
+
+    fn index(img: &mut [u8], at: usize, child: u32) {
+        img[at + 4..at + 8].copy_from_slice(&child.to_le_bytes());
+    }
+
+    #[test]
+    fn an_extent_tree_pointing_at_the_same_blocks_is_read_once() {
+        // Five index levels, each node's 340 entries all naming the one node below: read
+        // naively, 4 x 340^4 (5e10) leaf visits. Blocks 10..14 hold levels 4..0.
+        let mut img = skeleton(32);
+        let ino = inode_at(2);
+        img[ino + 0x20..ino + 0x24].copy_from_slice(&0x8_0000u32.to_le_bytes());
+        header(&mut img, ino + 0x28, 4, 5);
+        for e in 0..4 {
+            index(&mut img, ino + 0x28 + 12 + e * 12, 10);
+        }
+        for level in 0..5u16 {
+            let at = (10 + level as usize) * 4096;
+            let depth = 4 - level;
+            header(&mut img, at, 340, depth);
+            for e in 0..340 {
+                let entry = at + 12 + e * 12;
+                if depth == 0 {
+                    img[entry + 4..entry + 6].copy_from_slice(&1u16.to_le_bytes());
+                    img[entry + 8..entry + 12].copy_from_slice(&20u32.to_le_bytes());
+                } else {
+                    index(&mut img, entry, 11 + u32::from(level));
+                }
+            }
+        }
+        let mut fs = Fs::open(&img).unwrap();
+        let inode = fs.inode(2).unwrap();
+        assert_eq!(
+            fs.extents(inode),
+            None,
+            "a tree that repeats a block is refused"
+        );
+        assert!(
+            fs.index_nodes_seen <= 6,
+            "{} index nodes read",
+            fs.index_nodes_seen
+        );
+        // A child whose depth is not its parent's minus one is refused too.
+        let mut img2 = img.clone();
+        img2[11 * 4096 + 6] = 7;
+        let mut fs = Fs::open(&img2).unwrap();
+        let inode = fs.inode(2).unwrap();
+        assert_eq!(fs.extents(inode), None);
+    }
+
+    #[test]
+    fn a_directory_naming_one_subdirectory_many_times_queues_it_once() {
+        // Root (inode 2) has one directory block (block 10) of 340 entries, all naming
+        // directory inode 3 (an empty directory).
+        let mut img = skeleton(16);
+        for ino in [2usize, 3] {
+            let at = inode_at(ino);
+            img[at + 0x20..at + 0x24].copy_from_slice(&0x8_0000u32.to_le_bytes());
+            img[at + 4..at + 8].copy_from_slice(&4096u32.to_le_bytes());
+            header(&mut img, at + 0x28, 1, 0);
+            let leaf = at + 0x28 + 12;
+            img[leaf + 4..leaf + 6].copy_from_slice(&1u16.to_le_bytes());
+            let block = if ino == 2 { 10u32 } else { 11 };
+            img[leaf + 8..leaf + 12].copy_from_slice(&block.to_le_bytes());
+        }
+        let dir = 10 * 4096;
+        for e in 0..340 {
+            let at = dir + e * 12;
+            img[at..at + 4].copy_from_slice(&3u32.to_le_bytes());
+            let rec: u16 = if e == 339 {
+                (4096 - 339 * 12) as u16
+            } else {
+                12
+            };
+            img[at + 4..at + 6].copy_from_slice(&rec.to_le_bytes());
+            img[at + 6] = 1;
+            img[at + 7] = 2;
+            img[at + 8] = b'd';
+        }
+        let mut fs = Fs::open(&img).unwrap();
+        assert!(walk_files(&mut fs).is_empty());
+        assert_eq!(fs.dirs_queued, 1);
     }
 
     #[test]

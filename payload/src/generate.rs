@@ -167,6 +167,12 @@ enum Kind {
     InFile,
 }
 
+/// `x * num / den` without overflow (sizes come from untrusted images), saturating.
+fn scale(x: u64, num: u64, den: u64) -> u64 {
+    let v = u128::from(x) * u128::from(num) / u128::from(den.max(1));
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
 /// Target blocks of one group of files with old versions (the reference gives context).
 const PAIRED_GROUP_BLOCKS: u64 = 256;
 /// Target blocks of one group of new files.
@@ -305,8 +311,9 @@ fn plan_files(source: &[u8], target: &[u8], kinds: &mut [Kind]) -> Vec<Plan> {
             // and the margin covers what an insertion or deletion shifts.
             let old_total: u64 = o.extents.iter().map(|e| e.1).sum();
             let margin = REF_MARGIN_BLOCKS + old_total.abs_diff(total).min(max / 4);
-            let lo = (a * old_total / total.max(1)).saturating_sub(margin);
-            let hi = (z * old_total / total.max(1) + margin)
+            let lo = scale(a, old_total, total).saturating_sub(margin);
+            let hi = scale(z, old_total, total)
+                .saturating_add(margin)
                 .min(old_total)
                 .min(lo + max);
             // Neighbouring runs of one file share their reference instead of repeating it.
@@ -699,4 +706,18 @@ pub fn assemble(manifest: &Manifest, data: &[u8], key: &SigningKey) -> Result<Ve
     out.extend_from_slice(&sig);
     out.extend_from_slice(data);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scale;
+
+    #[test]
+    fn reference_positions_scale_without_overflow() {
+        assert_eq!(scale(3, 4, 2), 6);
+        assert_eq!(scale(5, 0, 0), 0);
+        // Block positions and file sizes from a crafted image: the product overflows u64.
+        assert_eq!(scale(1 << 40, 1 << 40, 1 << 41), 1 << 39);
+        assert_eq!(scale(u64::MAX, u64::MAX, 1), u64::MAX);
+    }
 }
