@@ -266,11 +266,9 @@ fn walk_files(fs: &mut Fs<'_>) -> Vec<File> {
                             let name = String::from_utf8_lossy(name);
                             let child = format!("{path}/{name}");
                             match ftype {
-                                2 => {
-                                    if stack.len() < MAX_PENDING_DIRS && visited.insert(ino) {
-                                        fs.dirs_queued += 1;
-                                        stack.push((ino, child, depth + 1));
-                                    }
+                                2 if stack.len() < MAX_PENDING_DIRS && visited.insert(ino) => {
+                                    fs.dirs_queued += 1;
+                                    stack.push((ino, child, depth + 1));
                                 }
                                 1 => {
                                     if out.len() >= MAX_FILES {

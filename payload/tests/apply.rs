@@ -2,6 +2,7 @@
 //! with their old versions, new files chained), resume after a cut at every write,
 //! and refusal of every kind of bad payload.
 
+mod support;
 #[path = "../../testsupport/tools.rs"]
 mod tools;
 
@@ -12,8 +13,9 @@ use std::path::Path;
 use keel_payload::{
     apply, apply_files, generate, ApplyOptions, Error, GenerateOptions, OpType, VersionCheck,
 };
-use keel_verity::{Keyring, ReadAt, SigningKey, WriteAt};
+use keel_verity::{Keyring, ReadAt, SigningKey};
 use proptest::prelude::*;
+use support::Cut;
 use tools::{run_ok, seeded_bytes, tool};
 
 fn opts() -> GenerateOptions {
@@ -134,36 +136,6 @@ fn full_payload_and_operation_kinds() {
     );
     let full = generate(None, &tgt, &key, &opts()).unwrap();
     assert_eq!(apply_vec(&full, None, tgt.len(), &ring(&key)).unwrap(), tgt);
-}
-
-/// A target that loses power at its `fail_at`-th write (1-based): that write lands half.
-struct Cut {
-    disk: Vec<u8>,
-    writes: usize,
-    fail_at: usize,
-}
-
-impl ReadAt for Cut {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.disk.read_exact_at(buf, offset)
-    }
-    fn size(&self) -> io::Result<u64> {
-        Ok(self.disk.len() as u64)
-    }
-}
-
-impl WriteAt for Cut {
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.writes += 1;
-        if self.writes == self.fail_at {
-            self.disk.write_all_at(&buf[..buf.len() / 2], offset)?;
-            return Err(io::Error::other("power cut"));
-        }
-        if self.writes > self.fail_at {
-            return Err(io::Error::other("power cut"));
-        }
-        self.disk.write_all_at(buf, offset)
-    }
 }
 
 /// Cut at every write (up to `samples` of them, evenly spread) and resume.

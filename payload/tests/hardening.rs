@@ -2,10 +2,9 @@
 //! resumes that could fail forever, versions that slipped past the downgrade check, a
 //! target grown by a lying size, blocks written twice, and decoders without bounds.
 
+mod support;
 #[path = "../../testsupport/tools.rs"]
 mod tools;
-
-use std::io;
 
 use keel_payload::format::{
     bspatch, image_digest, Extent, ImageId, Operation, BLOCK_SIZE, HEADER_SIZE,
@@ -14,7 +13,8 @@ use keel_payload::{
     apply, assemble, generate, ApplyOptions, Error, GenerateOptions, Manifest, OpType,
     RecordDiscarded, VersionCheck,
 };
-use keel_verity::{Keyring, ReadAt, SigningKey, WriteAt};
+use keel_verity::{Keyring, SigningKey};
+use support::Cut;
 use tools::seeded_bytes;
 
 const NO_SOURCE: Option<&[u8]> = None;
@@ -31,154 +31,124 @@ fn full_payload(key: &SigningKey, image: &[u8], version: &str) -> Vec<u8> {
     generate(None, image, key, &o).unwrap()
 }
 
-/// A target that fails every write after the first `allowed` (a power cut).
-struct Cut {
-    disk: Vec<u8>,
-    writes: usize,
-    allowed: usize,
+/// A signed full payload of a seeded image, its keyring, and a place for a resume record.
+struct Fixture {
+    ring: Keyring,
+    image: Vec<u8>,
+    full: Vec<u8>,
+    _dir: tempfile::TempDir,
+    state: std::path::PathBuf,
 }
 
-impl ReadAt for Cut {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.disk.read_exact_at(buf, offset)
-    }
-    fn size(&self) -> io::Result<u64> {
-        Ok(self.disk.len() as u64)
+fn fixture(seed: u64, size: usize) -> Fixture {
+    let key = SigningKey::generate().unwrap();
+    let image = seeded_bytes(seed, size);
+    let full = full_payload(&key, &image, "2.0");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    Fixture {
+        ring: ring(&key),
+        image,
+        full,
+        _dir: dir,
+        state,
     }
 }
 
-impl WriteAt for Cut {
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.writes += 1;
-        if self.writes > self.allowed {
-            return Err(io::Error::other("power cut"));
+impl Fixture {
+    /// Options with the record and 1 MiB checkpoints.
+    fn opts(&self) -> ApplyOptions<'_> {
+        ApplyOptions {
+            state: Some(&self.state),
+            checkpoint_bytes: Some(1 << 20),
+            ..ApplyOptions::new(&self.ring, VersionCheck::Installed("1.0"))
         }
-        self.disk.write_all_at(buf, offset)
     }
-}
 
-fn cut(disk: Vec<u8>, allowed: usize) -> Cut {
-    Cut {
-        disk,
-        writes: 0,
-        allowed,
+    /// The payload cut to `num / den` of its length.
+    fn cut(&self, num: usize, den: usize) -> &[u8] {
+        &self.full[..self.full.len() * num / den]
     }
 }
 
 #[test]
 fn a_resume_over_a_changed_target_starts_over_in_the_same_run() {
-    let key = SigningKey::generate().unwrap();
-    let r = ring(&key);
-    let image = seeded_bytes(1, 4 << 20);
-    let full = full_payload(&key, &image, "2.0");
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let o = ApplyOptions {
-        state: Some(&state),
-        checkpoint_bytes: Some(1 << 20),
-        ..ApplyOptions::new(&r, VersionCheck::Installed("1.0"))
-    };
-    // A truncated payload: applied until the data runs out, checkpoints on the way.
-    let mut t = vec![0u8; image.len()];
-    let e = apply(&full[..full.len() * 3 / 4], NO_SOURCE, &mut t, &o).unwrap_err();
-    assert!(matches!(e, Error::Truncated(_)), "{e}");
-    assert!(state.exists());
-    // The first MiB, which the record says is written, is overwritten behind its back.
-    t[..1 << 20].fill(0xa5);
+    let f = fixture(1, 4 << 20);
+    let o = f.opts();
     for run in 0..12 {
-        let mut again = t.clone();
-        let done = apply(&full[..], NO_SOURCE, &mut again, &o)
-            .unwrap_or_else(|e| panic!("run {run}: {e}"));
+        // A truncated payload, applied until its data runs out, checkpoints on the way.
+        let mut t = vec![0u8; f.image.len()];
+        let e = apply(f.cut(3, 4), NO_SOURCE, &mut t, &o).unwrap_err();
+        assert!(matches!(e, Error::Truncated(_)), "{e}");
+        assert!(f.state.exists());
+        // The first MiB, which the record says is written, is overwritten behind its back.
+        t[..1 << 20].fill(0xa5);
+        let done =
+            apply(&f.full[..], NO_SOURCE, &mut t, &o).unwrap_or_else(|e| panic!("run {run}: {e}"));
         assert_eq!(done.discarded, Some(RecordDiscarded::TargetChanged));
         assert_eq!(done.resumed_at, 0);
-        assert_eq!(again, image, "run {run}");
-        assert!(!state.exists());
-        // Put the same situation back for the next run.
-        let mut t2 = vec![0u8; image.len()];
-        let _ = apply(&full[..full.len() * 3 / 4], NO_SOURCE, &mut t2, &o);
-        t2[..1 << 20].fill(0xa5);
-        t = t2;
+        assert_eq!(t, f.image, "run {run}");
+        assert!(!f.state.exists());
     }
 }
 
 #[test]
 fn the_resume_count_is_kept_before_resuming_and_runs_out() {
-    let key = SigningKey::generate().unwrap();
-    let r = ring(&key);
-    let image = seeded_bytes(2, 8 << 20);
-    let full = full_payload(&key, &image, "2.0");
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    let f = fixture(2, 8 << 20);
     let o = ApplyOptions {
-        state: Some(&state),
-        checkpoint_bytes: Some(1 << 20),
         max_resumes: 3,
-        ..ApplyOptions::new(&r, VersionCheck::Unchecked)
+        ..f.opts()
     };
     // Cut after the first checkpoint: a record at some operation.
-    let mut first = cut(vec![0u8; image.len()], usize::MAX);
-    let e = apply(&full[..full.len() / 2], NO_SOURCE, &mut first, &o).unwrap_err();
+    let mut first = Cut::new(vec![0u8; f.image.len()], usize::MAX);
+    let e = apply(f.cut(1, 2), NO_SOURCE, &mut first, &o).unwrap_err();
     assert!(matches!(e, Error::Truncated(_)));
-    assert!(state.exists());
+    assert!(f.state.exists());
     // Every resume dies at its first write, before any checkpoint of its own: the count
     // must still grow, or this would go on for ever.
     let mut disk = first.disk;
     for n in 0..3 {
-        let mut t = cut(disk, 0);
+        let mut t = Cut::new(disk, 1);
         assert!(
-            apply(&full[..], NO_SOURCE, &mut t, &o).is_err(),
+            apply(&f.full[..], NO_SOURCE, &mut t, &o).is_err(),
             "resume {n}"
         );
         disk = t.disk;
-        assert!(state.exists());
+        assert!(f.state.exists());
     }
-    let mut t = cut(disk, usize::MAX);
-    let done = apply(&full[..], NO_SOURCE, &mut t, &o).unwrap();
+    let mut t = Cut::new(disk, usize::MAX);
+    let done = apply(&f.full[..], NO_SOURCE, &mut t, &o).unwrap();
     assert_eq!(done.discarded, Some(RecordDiscarded::ResumesSpent(3)));
     assert_eq!(done.resumed_at, 0);
-    assert_eq!(t.disk, image);
+    assert_eq!(t.disk, f.image);
 }
 
 #[test]
 fn a_record_for_another_target_is_not_used() {
-    let key = SigningKey::generate().unwrap();
-    let r = ring(&key);
-    let image = seeded_bytes(3, 8 << 20);
-    let full = full_payload(&key, &image, "2.0");
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let o = ApplyOptions {
-        state: Some(&state),
-        checkpoint_bytes: Some(1 << 20),
-        ..ApplyOptions::new(&r, VersionCheck::Unchecked)
-    };
-    let mut t = vec![0u8; image.len()];
-    assert!(apply(&full[..full.len() / 2], NO_SOURCE, &mut t, &o).is_err());
-    assert!(state.exists());
+    let f = fixture(3, 8 << 20);
+    let o = f.opts();
+    let mut t = vec![0u8; f.image.len()];
+    assert!(apply(f.cut(1, 2), NO_SOURCE, &mut t, &o).is_err());
+    assert!(f.state.exists());
     // A larger target (another slot): the record is not for it.
-    let mut other = vec![0u8; image.len() + 4096];
-    let done = apply(&full[..], NO_SOURCE, &mut other, &o).unwrap();
+    let mut other = vec![0u8; f.image.len() + 4096];
+    let done = apply(&f.full[..], NO_SOURCE, &mut other, &o).unwrap();
     assert_eq!(done.discarded, Some(RecordDiscarded::OtherTarget));
-    assert_eq!(&other[..image.len()], &image[..]);
+    assert_eq!(&other[..f.image.len()], &f.image[..]);
 }
 
 #[test]
-fn a_record_file_that_is_huge_or_a_directory_is_ignored() {
-    let key = SigningKey::generate().unwrap();
-    let r = ring(&key);
-    let image = seeded_bytes(4, 1 << 20);
-    let full = full_payload(&key, &image, "2.0");
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::write(&state, vec![7u8; 10 << 20]).unwrap();
-    let o = ApplyOptions {
-        state: Some(&state),
-        ..ApplyOptions::new(&r, VersionCheck::Unchecked)
-    };
-    let mut t = vec![0u8; image.len()];
-    let done = apply(&full[..], NO_SOURCE, &mut t, &o).unwrap();
+fn a_huge_record_is_ignored_and_a_directory_in_its_place_is_a_clear_error() {
+    let f = fixture(4, 1 << 20);
+    std::fs::write(&f.state, vec![7u8; 10 << 20]).unwrap();
+    let mut t = vec![0u8; f.image.len()];
+    let done = apply(&f.full[..], NO_SOURCE, &mut t, &f.opts()).unwrap();
     assert_eq!(done.discarded, Some(RecordDiscarded::Unreadable));
-    assert_eq!(t, image);
+    assert_eq!(t, f.image);
+    std::fs::create_dir(&f.state).unwrap();
+    let e = apply(&f.full[..], NO_SOURCE, &mut t, &f.opts()).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    assert!(f.state.is_dir(), "the directory is left as it was");
 }
 
 #[test]
@@ -272,6 +242,17 @@ fn signed(key: &SigningKey, target_size: u64, ops: Vec<(Operation, Vec<u8>)>) ->
     assemble(&m, &data, key).unwrap()
 }
 
+/// Apply `p` to `t` with no version check, expecting a refusal.
+fn refusal(p: &[u8], t: &mut Vec<u8>, r: &Keyring) -> Error {
+    apply(
+        p,
+        NO_SOURCE,
+        t,
+        &ApplyOptions::new(r, VersionCheck::Unchecked),
+    )
+    .unwrap_err()
+}
+
 fn op(kind: OpType, target: &[(u64, u64)], source: &[(u64, u64)]) -> Operation {
     let ext = |v: &[(u64, u64)]| {
         v.iter()
@@ -301,13 +282,7 @@ fn a_huge_signed_size_is_refused_before_any_write() {
         vec![(op(OpType::Zero, &[(blocks - 1, 1)], &[]), vec![])],
     );
     let mut t: Vec<u8> = Vec::new();
-    let e = apply(
-        &p[..],
-        NO_SOURCE,
-        &mut t,
-        &ApplyOptions::new(&r, VersionCheck::Unchecked),
-    )
-    .unwrap_err();
+    let e = refusal(&p, &mut t, &r);
     assert!(
         matches!(e, Error::TargetTooSmall { have: 0, need } if need == 1 << 40),
         "{e}"
@@ -339,13 +314,7 @@ fn a_block_written_twice_is_refused() {
     for (n, ops) in cases.into_iter().enumerate() {
         let p = signed(&key, 4 * 4096, ops);
         let mut t = vec![0u8; 4 * 4096];
-        let e = apply(
-            &p[..],
-            NO_SOURCE,
-            &mut t,
-            &ApplyOptions::new(&r, VersionCheck::Unchecked),
-        )
-        .unwrap_err();
+        let e = refusal(&p, &mut t, &r);
         assert!(
             matches!(&e, Error::BadField { .. }) && e.to_string().contains("written twice"),
             "case {n}: {e}"
@@ -373,13 +342,7 @@ fn a_zstd_frame_asking_for_a_large_window_is_refused() {
         vec![(op(OpType::Replace, &[(0, 1)], &[]), blob)],
     );
     let mut t = vec![0u8; 4096];
-    let e = apply(
-        &p[..],
-        NO_SOURCE,
-        &mut t,
-        &ApplyOptions::new(&r, VersionCheck::Unchecked),
-    )
-    .unwrap_err();
+    let e = refusal(&p, &mut t, &r);
     assert!(e.to_string().contains("operation 0"), "{e}");
 }
 
@@ -401,13 +364,7 @@ fn an_untrusted_key_is_refused_before_the_manifest_is_read() {
     // Only the header: a reader that has to fetch 64 MiB of manifest first would report
     // a truncated payload instead.
     let mut t = vec![0u8; image.len()];
-    let e = apply(
-        &p[..HEADER_SIZE],
-        NO_SOURCE,
-        &mut t,
-        &ApplyOptions::new(&stranger, VersionCheck::Unchecked),
-    )
-    .unwrap_err();
+    let e = refusal(&p[..HEADER_SIZE], &mut t, &stranger);
     assert!(
         matches!(&e, Error::Signature(m) if m.contains("not trusted")),
         "{e}"
