@@ -16,21 +16,22 @@
 #[path = "support/cli.rs"]
 mod cli;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use keel::bootflags::{PriorityPolicy, Slot};
-use keel::partition::{create_layout, AbDisk, FileDevice, GptDisk, Layout, SlotSelector};
+use keel::bootflags::{BootControl, PriorityPolicy, Slot};
+use keel::io::testing::PowerCut;
+use keel::io::Region;
+use keel::partition::{create_layout, open_disk, AbDisk, GptDisk, Layout, SlotSelector};
 use keel::payload::{apply, generate, ApplyOptions, GenerateOptions, VersionCheck};
 use keel::verity::{
-    format, verify, BuildOptions, FormatOptions, Keyring, ReadAt, RootDescriptor, SigningKey,
-    VerityParams, WriteAt,
+    format, verify, BuildOptions, FormatOptions, Keyring, RootDescriptor, SigningKey, VerityParams,
+    WriteAt,
 };
 
 #[derive(Parser)]
@@ -64,68 +65,6 @@ fn check(cond: bool, what: &str) -> Res<()> {
         Ok(())
     } else {
         Err(format!("check failed: {what}"))
-    }
-}
-
-/// A partition of the disk image, read and written by offset.
-struct Region {
-    file: File,
-    start: u64,
-    len: u64,
-}
-
-impl ReadAt for Region {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        if offset + buf.len() as u64 > self.len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "past the partition",
-            ));
-        }
-        FileExt::read_exact_at(&self.file, buf, self.start + offset)
-    }
-    fn size(&self) -> io::Result<u64> {
-        Ok(self.len)
-    }
-}
-
-impl WriteAt for Region {
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if offset + buf.len() as u64 > self.len {
-            return Err(io::Error::other("write past the partition"));
-        }
-        FileExt::write_all_at(&self.file, buf, self.start + offset)
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-}
-
-/// A region that loses power after `left` writes.
-struct PowerCut<'a> {
-    inner: &'a mut Region,
-    left: usize,
-}
-
-impl ReadAt for PowerCut<'_> {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_exact_at(buf, offset)
-    }
-    fn size(&self) -> io::Result<u64> {
-        self.inner.size()
-    }
-}
-
-impl WriteAt for PowerCut<'_> {
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.left == 0 {
-            return Err(io::Error::other("power cut"));
-        }
-        self.left -= 1;
-        self.inner.write_all_at(buf, offset)
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        self.inner.sync()
     }
 }
 
@@ -241,51 +180,27 @@ fn make_image(tree: &Path, out: &Path, size: u64) -> Res<&'static str> {
     Ok("generated content (mkfs.ext4 not installed)")
 }
 
-fn show(ab: &AbDisk<FileDevice>, title: &str) -> Res<()> {
+/// The slots' partitions: number and label, A first.
+type Partitions = Vec<(u32, String)>;
+
+fn show(boot: &dyn BootControl, parts: &Partitions, title: &str) -> Res<()> {
     println!("   slot table ({title}):");
-    for s in ab.slots().map_err(|e| e.to_string())? {
+    let states = boot.status().map_err(|e| e.to_string())?;
+    for (i, (st, (number, label))) in states.iter().zip(parts).enumerate() {
         println!(
-            "     {}  partition {}  {:<6} priority {:>2}  tries {:>2}  successful {}",
-            s.slot,
-            s.partition.number,
-            s.partition.name,
-            s.state.priority,
-            s.state.tries,
-            if s.state.successful { "yes" } else { "no" }
+            "     {}  partition {number}  {label:<6} priority {:>2}  tries {:>2}  successful {}",
+            Slot::new(i).map_or('?', Slot::letter),
+            st.priority,
+            st.tries,
+            if st.successful { "yes" } else { "no" }
         );
     }
-    let next = ab.next_boot().map_err(|e| e.to_string())?;
+    let next = boot.next_boot().map_err(|e| e.to_string())?;
     println!(
         "     next boot: {}",
         next.map_or("none".to_string(), |s| s.to_string())
     );
     Ok(())
-}
-
-fn open_ab(disk: &Path, policy: PriorityPolicy) -> Res<AbDisk<FileDevice>> {
-    let dev = FileDevice::open(disk, true).map_err(|e| e.to_string())?;
-    let g = GptDisk::open(dev, None).map_err(|e| e.to_string())?;
-    AbDisk::new(g, &SlotSelector::Auto, policy).map_err(|e| e.to_string())
-}
-
-fn region(disk: &Path, ab: &AbDisk<FileDevice>, slot: Slot) -> Res<Region> {
-    let ss = ab.disk().sector_size();
-    let info = ab
-        .slots()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .find(|s| s.slot == slot)
-        .ok_or("no such slot")?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(disk)
-        .map_err(|e| e.to_string())?;
-    Ok(Region {
-        file,
-        start: info.partition.first_lba * ss,
-        len: info.size_bytes(ss),
-    })
 }
 
 fn run(cli: &Cli, dir: &Path) -> Res<()> {
@@ -308,14 +223,29 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
         .map_err(|e| e.to_string())?;
     let mut layout = Layout::flatcar(slot_bytes);
     layout.esp_size = 8 << 20;
-    create_layout(
-        &mut FileDevice::open(&disk, true).map_err(|e| e.to_string())?,
-        &layout,
+    let disk_f = open_disk(&disk, true).map_err(|e| e.to_string())?;
+    create_layout(&mut &disk_f, &layout).map_err(|e| e.to_string())?;
+    let ab = AbDisk::new(
+        GptDisk::open(&disk_f, None).map_err(|e| e.to_string())?,
+        &SlotSelector::Auto,
+        policy,
     )
     .map_err(|e| e.to_string())?;
-    let mut ab = open_ab(&disk, policy)?;
     check(ab.disk().health().is_clean(), "both GPT copies valid")?;
-    show(&ab, "new disk")?;
+    // Each slot as a device of its own: nothing written through it leaves the partition.
+    let range = |slot| ab.slot_range(slot).map_err(|e| e.to_string());
+    let ((a_start, a_len), (b_start, b_len)) = (range(Slot::A)?, range(Slot::B)?);
+    let region = |start, len| Region::new(&disk_f, start, len).map_err(|e| e.to_string());
+    let parts: Partitions = ab
+        .slots()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|s| (s.partition.number, s.partition.name))
+        .collect();
+    // From here on the agent holds one boot-control value, whatever the backend.
+    let mut boot: Box<dyn BootControl + '_> = Box::new(ab);
+    println!("   boot loader rules: {}", boot.rules());
+    show(&*boot, &parts, "new disk")?;
 
     println!("2. Describe the system (keel-config) and make the release key (keel-verity)");
     let key = SigningKey::generate().map_err(|e| e.to_string())?;
@@ -353,7 +283,7 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
     let kind = make_image(&t1, &dir.join("v1.img"), image_bytes)?;
     println!("   image: {kind}, {} MiB", image_bytes >> 20);
     let v1 = fs::read(dir.join("v1.img")).map_err(|e| e.to_string())?;
-    let mut slot_a = region(&disk, &ab, Slot::A)?;
+    let mut slot_a = region(a_start, a_len)?;
     slot_a.write_all_at(&v1, 0).map_err(|e| e.to_string())?;
     let params = VerityParams::builder()
         .data_blocks_for(image_bytes)
@@ -364,11 +294,7 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
         superblock: Some([7; 16]),
         ..Default::default()
     };
-    let data = Region {
-        file: slot_a.file.try_clone().map_err(|e| e.to_string())?,
-        start: slot_a.start,
-        len: image_bytes,
-    };
+    let data = region(a_start, image_bytes)?;
     let f1 = format(&params, &data, &mut slot_a, &opts).map_err(|e| e.to_string())?;
     let signed1 =
         key.sign(&RootDescriptor::new(params.clone(), &f1.root_hash).map_err(|e| e.to_string())?);
@@ -415,18 +341,10 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
     drop(v1);
 
     println!("5. Apply it to slot B, reading slot A, then write and check B's verity tree");
-    ab.mark_bad(Slot::B).map_err(|e| e.to_string())?;
-    let source = Region {
-        file: slot_a.file.try_clone().map_err(|e| e.to_string())?,
-        start: slot_a.start,
-        len: image_bytes,
-    };
-    let mut slot_b = region(&disk, &ab, Slot::B)?;
-    let mut target = Region {
-        file: slot_b.file.try_clone().map_err(|e| e.to_string())?,
-        start: slot_b.start,
-        len: image_bytes,
-    };
+    boot.mark_bad(Slot::B).map_err(|e| e.to_string())?;
+    let source = region(a_start, image_bytes)?;
+    let mut slot_b = region(b_start, b_len)?;
+    let mut target = region(b_start, image_bytes)?;
     let state = dir.join("apply.state");
     let pb = ProgressBar::new(0);
     pb.set_style(
@@ -451,10 +369,7 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
             .1
             .operations
             .len();
-        let mut cut = PowerCut {
-            inner: &mut target,
-            left: ops / 2,
-        };
+        let mut cut = PowerCut::new(&mut target, ops / 2, 0);
         let r = apply(&payload[..], Some(&source), &mut cut, &aopts);
         pb.finish_and_clear();
         check(
@@ -476,11 +391,7 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
         true,
         "slot B holds version 2 (sha256 and dm-verity root checked by the applier)",
     )?;
-    let data_b = Region {
-        file: slot_b.file.try_clone().map_err(|e| e.to_string())?,
-        start: slot_b.start,
-        len: image_bytes,
-    };
+    let data_b = region(b_start, image_bytes)?;
     // The device computes the tree itself: the payload does not carry it.
     let fb = format(&params, &data_b, &mut slot_b, &opts).map_err(|e| e.to_string())?;
     let signed2 = fs::read(dir.join("v2.root.sig")).map_err(|e| e.to_string())?;
@@ -498,15 +409,15 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
         fb.root_hash == f2root,
         "slot B verifies against the signed root hash of version 2",
     )?;
-    show(&ab, "after the apply, before arming")?;
+    show(&*boot, &parts, "after the apply, before arming")?;
 
     println!("6. Arm B with {tries} tries; B fails to come up healthy every time");
-    ab.set_active(Slot::B, Some(tries))
+    boot.set_active(Slot::B, Some(tries))
         .map_err(|e| e.to_string())?;
-    show(&ab, "B armed")?;
+    show(&*boot, &parts, "B armed")?;
     let mut boots_of_b = 0;
     for n in 1..=u32::from(tries) + 2 {
-        let chosen = ab
+        let chosen = boot
             .boot()
             .map_err(|e| e.to_string())?
             .ok_or("no bootable slot")?;
@@ -521,24 +432,24 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
         if chosen == Slot::B {
             boots_of_b += 1;
         } else {
-            ab.mark_good(Slot::A).map_err(|e| e.to_string())?;
+            boot.mark_good(Slot::A).map_err(|e| e.to_string())?;
             break;
         }
     }
-    show(&ab, "after the failed tries")?;
+    show(&*boot, &parts, "after the failed tries")?;
     check(
         boots_of_b == u32::from(tries),
         &format!("B was tried exactly {tries} times"),
     )?;
     check(
-        ab.next_boot().map_err(|e| e.to_string())? == Some(Slot::A),
+        boot.next_boot().map_err(|e| e.to_string())? == Some(Slot::A),
         "the boot loader fell back to A and stays there",
     )?;
 
     println!("7. Re-arm B; this time it comes up healthy and is marked good");
-    ab.set_active(Slot::B, Some(tries))
+    boot.set_active(Slot::B, Some(tries))
         .map_err(|e| e.to_string())?;
-    let chosen = ab.boot().map_err(|e| e.to_string())?;
+    let chosen = boot.boot().map_err(|e| e.to_string())?;
     check(chosen == Some(Slot::B), "the boot loader chooses B")?;
     verify(
         &params,
@@ -549,17 +460,14 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
         &BuildOptions::default(),
     )
     .map_err(|e| e.to_string())?;
-    ab.mark_good(Slot::B).map_err(|e| e.to_string())?;
+    boot.mark_good(Slot::B).map_err(|e| e.to_string())?;
     for n in 1..=3 {
-        let c = ab.boot().map_err(|e| e.to_string())?;
+        let c = boot.boot().map_err(|e| e.to_string())?;
         check(c == Some(Slot::B), &format!("boot {n} after mark-good: B"))?;
     }
-    show(&ab, "B good")?;
-    let g = GptDisk::open(
-        FileDevice::open(&disk, false).map_err(|e| e.to_string())?,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
+    show(&*boot, &parts, "B good")?;
+    let g = GptDisk::open(open_disk(&disk, false).map_err(|e| e.to_string())?, None)
+        .map_err(|e| e.to_string())?;
     check(
         g.health().is_clean(),
         "both GPT copies still valid after every flag update",

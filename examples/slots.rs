@@ -18,14 +18,15 @@
 #[path = "support/cli.rs"]
 mod cli;
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keel::bootflags::PriorityPolicy;
 use keel::partition::{
-    create_layout, existing_table, types, AbDisk, CopyState, FileDevice, GptDisk, Guid, Layout,
-    SlotSelector,
+    create_layout, existing_table, open_disk, reread_partitions, types, AbDisk, CopyState, GptDisk,
+    Guid, Layout, SlotSelector,
 };
 
 #[derive(Parser)]
@@ -94,12 +95,12 @@ enum Cmd {
     Repair,
 }
 
-fn open(disk: &Path, writable: bool) -> Result<GptDisk<FileDevice>, String> {
-    let dev = FileDevice::open(disk, writable).map_err(|e| e.to_string())?;
+fn open(disk: &Path, writable: bool) -> Result<GptDisk<File>, String> {
+    let dev = open_disk(disk, writable).map_err(|e| e.to_string())?;
     GptDisk::open(dev, None).map_err(|e| e.to_string())
 }
 
-fn show(ab: &AbDisk<FileDevice>) -> Result<(), String> {
+fn show(ab: &AbDisk<File>) -> Result<(), String> {
     let disk = ab.disk();
     let h = disk.health();
     let state = |c: &CopyState| match c {
@@ -220,7 +221,7 @@ fn run(cli: Cli) -> Result<(), String> {
             _ => {}
         }
         if exists {
-            let mut dev = FileDevice::open(&cli.disk, false).map_err(|e| e.to_string())?;
+            let mut dev = open_disk(&cli.disk, false).map_err(|e| e.to_string())?;
             if let Some(what) = existing_table(&mut dev).map_err(|e| e.to_string())? {
                 if !force {
                     return Err(format!(
@@ -235,7 +236,7 @@ fn run(cli: Cli) -> Result<(), String> {
             f.set_len(*size)
                 .map_err(|e| format!("{}: {e}", cli.disk.display()))?;
         }
-        let mut dev = FileDevice::open(&cli.disk, true).map_err(|e| e.to_string())?;
+        let mut dev = open_disk(&cli.disk, true).map_err(|e| e.to_string())?;
         create_layout(&mut dev, &layout).map_err(|e| e.to_string())?;
         created.keep();
         let selector = SlotSelector::Labels(layout.labels.0.clone(), layout.labels.1.clone());
@@ -281,7 +282,7 @@ fn run(cli: Cli) -> Result<(), String> {
         },
     }
     if writable {
-        match ab.disk().device().reread_partitions() {
+        match reread_partitions(ab.disk().device()) {
             Ok(()) => {}
             Err(keel::partition::Error::Busy) => {
                 eprintln!("note: {}", keel::partition::Error::Busy)

@@ -4,7 +4,7 @@ use alloc::string::String;
 
 /// Everything that can go wrong in keel-bootflags. Each parse error names what was wrong
 /// and where (field, byte offset or variable).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A structure is shorter or longer than its format requires.
@@ -78,14 +78,25 @@ pub enum Error {
     /// An operation that is not valid in the current state.
     #[error("{0}")]
     Invalid(String),
-    /// An I/O error (with the `std` feature).
+    /// An I/O error (with the `std` feature), its kind and source kept.
     #[cfg(feature = "std")]
-    #[error("{context}: {message}")]
+    #[error("{context}: {source}")]
     Io {
         /// What was being done.
         context: String,
         /// The error.
-        message: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An error of a store implemented outside this crate (the GPT slots of
+    /// keel-partition), behind [`BootControl`](crate::BootControl).
+    #[error("{store}: {source}")]
+    Backend {
+        /// The kind of store.
+        store: &'static str,
+        /// Its error.
+        #[source]
+        source: alloc::boxed::Box<dyn core::error::Error + Send + Sync>,
     },
 }
 

@@ -50,6 +50,6 @@ pub mod ubootenv;
 
 pub use error::{Error, Result};
 pub use model::{
-    prioritize, AbControl, PriorityPolicy, PrioritySlots, Slot, SlotState, MAX_PRIORITY, MAX_SLOTS,
-    MAX_TRIES,
+    prioritize, AbControl, BootControl, PriorityPolicy, PrioritySlots, Slot, SlotState,
+    MAX_PRIORITY, MAX_SLOTS, MAX_TRIES,
 };

@@ -79,6 +79,34 @@ impl SlotState {
     }
 }
 
+/// A persistent A/B boot-state store: the one interface an update agent holds for every
+/// backend (`Box<dyn BootControl>`): GPT attribute bits (keel-partition's `AbDisk`), GRUB
+/// and U-Boot environments and Android's misc partition ([`store::FileStore`]
+/// (crate::store::FileStore), with `std`).
+///
+/// Each operation applies one boot loader's rules and writes the change crash-safely
+/// before it returns; when it fails, nothing changed (on disk or in the value).
+pub trait BootControl {
+    /// Number of slots.
+    fn slot_count(&self) -> usize;
+    /// Which boot loader's rules and which encoding, in words for a person.
+    fn rules(&self) -> &'static str;
+    /// The state of every slot, A first.
+    fn status(&self) -> Result<Vec<SlotState>>;
+    /// The slot the boot loader would choose next, without changing anything.
+    fn next_boot(&self) -> Result<Option<Slot>>;
+    /// Arm `slot` to boot next with `tries` attempts (`None`: the boot loader's default);
+    /// see [`AbControl::set_active`].
+    fn set_active(&mut self, slot: Slot, tries: Option<u8>) -> Result<()>;
+    /// The booted slot came up healthy: keep booting it.
+    fn mark_good(&mut self, slot: Slot) -> Result<()>;
+    /// Never boot `slot` again until it is armed anew.
+    fn mark_bad(&mut self, slot: Slot) -> Result<()>;
+    /// Act as the boot loader: choose the slot to boot and store the counter change it
+    /// makes before booting it (for simulations and tests; a real boot loader does this).
+    fn boot(&mut self) -> Result<Option<Slot>>;
+}
+
 /// The operations on an A/B store: what an update agent does, and what the boot loader
 /// does at each boot, with the exact rules of one boot loader.
 ///

@@ -6,7 +6,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -20,7 +20,7 @@ use crate::ubootenv::{Layout, Redundant, UbootEnv};
 fn io(context: impl Into<String>, e: std::io::Error) -> Error {
     Error::Io {
         context: context.into(),
-        message: e.to_string(),
+        source: e,
     }
 }
 
@@ -98,30 +98,10 @@ fn write_at(path: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
     f.sync_data().map_err(|e| io("syncing", e))
 }
 
-/// Replace `path` with `bytes` atomically: a temporary file beside it, synced, renamed
-/// over it, the directory synced.
-pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(alloc::format!(".{name}.keel-tmp"));
-    let mut f =
-        File::create(&tmp).map_err(|e| io(alloc::format!("creating {}", tmp.display()), e))?;
-    f.write_all(bytes)
-        .map_err(|e| io(alloc::format!("writing {}", tmp.display()), e))?;
-    f.sync_all().map_err(|e| io("syncing", e))?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-        .map_err(|e| io(alloc::format!("renaming over {}", path.display()), e))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+/// Replace `path` with `bytes` atomically ([`keel_io::replace_file`]).
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    keel_io::replace_file(path, bytes)
+        .map_err(|e| io(alloc::format!("replacing {}", path.display()), e))
 }
 
 /// The largest GRUB environment file read (grub-editenv writes 1 KiB).
@@ -304,6 +284,52 @@ impl FileStore {
             State::Uboot(u, _) => u.next_boot(),
             State::Android(c) => c.next_boot(),
         }
+    }
+
+    /// Change the model with `f` and write it back; if either fails, the store in memory
+    /// stays as it was on disk.
+    fn transact<T>(&mut self, f: impl FnOnce(&mut dyn AbControl) -> Result<T>) -> Result<T> {
+        let before = self.state.clone();
+        let r = f(self.control()).and_then(|v| self.save().map(|()| v));
+        if r.is_err() {
+            self.state = before;
+        }
+        r
+    }
+}
+
+impl crate::BootControl for FileStore {
+    fn slot_count(&self) -> usize {
+        match &self.state {
+            State::Grub(g) => g.slot_count(),
+            State::Uboot(u, _) => u.slot_count(),
+            State::Android(c) => c.slot_count(),
+        }
+    }
+    fn rules(&self) -> &'static str {
+        match self.backend {
+            Backend::GrubEnv => "RAUC's GRUB script over a GRUB environment block",
+            Backend::Uboot { .. } => "RAUC's U-Boot script over a U-Boot environment",
+            Backend::AndroidMisc => "Android's boot_control HAL over the misc partition",
+        }
+    }
+    fn status(&self) -> Result<vec::Vec<SlotState>> {
+        Ok(FileStore::status(self))
+    }
+    fn next_boot(&self) -> Result<Option<Slot>> {
+        Ok(FileStore::next_boot(self))
+    }
+    fn set_active(&mut self, slot: Slot, tries: Option<u8>) -> Result<()> {
+        self.transact(|c| c.set_active(slot, tries))
+    }
+    fn mark_good(&mut self, slot: Slot) -> Result<()> {
+        self.transact(|c| c.mark_good(slot))
+    }
+    fn mark_bad(&mut self, slot: Slot) -> Result<()> {
+        self.transact(|c| c.mark_bad(slot))
+    }
+    fn boot(&mut self) -> Result<Option<Slot>> {
+        self.transact(|c| Ok(c.boot()))
     }
 }
 

@@ -91,3 +91,44 @@ fn impossible_sizes_and_endless_files_are_errors() {
     let e = FileStore::open(Backend::GrubEnv, dir.path(), 2).unwrap_err();
     assert!(!e.to_string().is_empty());
 }
+
+#[test]
+fn every_backend_is_one_boot_control_and_a_failed_write_changes_nothing() {
+    use keel_bootflags::BootControl;
+    let dir = tempfile::tempdir().unwrap();
+    let misc = dir.path().join("misc");
+    fs::write(&misc, vec![0u8; 4096]).unwrap();
+    let stores: Vec<(Backend, std::path::PathBuf)> = vec![
+        (Backend::GrubEnv, dir.path().join("grubenv")),
+        (
+            Backend::Uboot {
+                size: 0x2000,
+                redundant: true,
+            },
+            dir.path().join("uboot"),
+        ),
+        (Backend::AndroidMisc, misc),
+    ];
+    for (backend, path) in stores {
+        FileStore::init(backend.clone(), &path, 2, Slot::A).unwrap();
+        let mut bc: Box<dyn BootControl> =
+            Box::new(FileStore::open(backend.clone(), &path, 2).unwrap());
+        assert!(!bc.rules().is_empty());
+        bc.mark_bad(Slot::B).unwrap();
+        bc.set_active(Slot::B, Some(1)).unwrap();
+        assert_eq!(bc.next_boot().unwrap(), Some(Slot::B), "{backend:?}");
+        assert_eq!(bc.boot().unwrap(), Some(Slot::B));
+        // Every change is on disk before the call returns.
+        let reopened = FileStore::open(backend.clone(), &path, 2).unwrap();
+        assert_eq!(reopened.status(), bc.status().unwrap(), "{backend:?}");
+        // A write that fails leaves the value as the disk has it.
+        let before = bc.status().unwrap();
+        let moved = path.with_extension("away");
+        fs::rename(&path, &moved).unwrap();
+        fs::create_dir(&path).unwrap();
+        assert!(bc.mark_good(Slot::B).is_err(), "{backend:?}");
+        assert_eq!(bc.status().unwrap(), before, "{backend:?}");
+        fs::remove_dir(&path).unwrap();
+        fs::rename(&moved, &path).unwrap();
+    }
+}

@@ -3,13 +3,13 @@
 //! mirrored from the primary at the last LBA with its own CRCs (so backup-in-force paths
 //! are reached); bit 2 zeroes the primary header afterwards. Never a panic; what opens
 //! can be listed, repaired and updated, and reopens with the same partitions; an update
-//! cut off after any write (byte 1 of the input picks which) leaves a table that opens
+//! cut off after any write and torn anywhere (byte 1 of the input picks where) leaves a table that opens
 //! with the old or the new attributes.
 #![no_main]
 
-use keel_partition::{Device, GptDisk, SlotSelector};
+use keel_io::testing::PowerCut;
+use keel_partition::{GptDisk, SlotSelector};
 use libfuzzer_sys::fuzz_target;
-use std::io;
 
 const SECTORS: usize = 96;
 const SS: usize = 512;
@@ -46,7 +46,8 @@ fn mirror(disk: &mut [u8]) {
     let len = n.saturating_mul(es).min(32 * SS);
     let sectors = len.div_ceil(SS);
     let backup_entries = last.saturating_sub(sectors);
-    if let Some(src) = lba.checked_mul(SS).and_then(|s| disk.get(s..s + len)).map(<[u8]>::to_vec) {
+    let span = lba.checked_mul(SS).and_then(|s| Some(s..s.checked_add(len)?));
+    if let Some(src) = span.and_then(|r| disk.get(r)).map(<[u8]>::to_vec) {
         disk[backup_entries * SS..backup_entries * SS + len].copy_from_slice(&src);
     }
     let header: Vec<u8> = disk[SS..2 * SS].to_vec();
@@ -56,35 +57,6 @@ fn mirror(disk: &mut [u8]) {
     disk[at + 32..at + 40].copy_from_slice(&1u64.to_le_bytes());
     disk[at + 72..at + 80].copy_from_slice(&(backup_entries as u64).to_le_bytes());
     fix_crcs(disk, at);
-}
-
-/// A disk that fails every write after the first `allowed`, the failing one torn.
-struct Cut {
-    disk: Vec<u8>,
-    allowed: usize,
-    writes: usize,
-}
-
-impl Device for Cut {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.disk.read_exact_at(buf, offset)
-    }
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.writes += 1;
-        if self.writes > self.allowed {
-            if self.writes == self.allowed + 1 {
-                self.disk.write_all_at(&buf[..buf.len() / 2], offset)?;
-            }
-            return Err(io::Error::other("power cut"));
-        }
-        self.disk.write_all_at(buf, offset)
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-    fn size(&self) -> io::Result<u64> {
-        Ok(self.disk.len() as u64)
-    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -109,10 +81,11 @@ fuzz_target!(|data: &[u8]| {
     // A cut update: the old or the new attributes, from whichever copy was in force.
     if let Some(p) = parts.first() {
         let flipped = p.attributes ^ (1 << 56);
-        let mut dev = Cut { disk: disk.clone(), allowed: usize::from(cut % 5), writes: 0 };
+        // Low bits: after how many writes; high bits: how much of the next one lands.
+        let mut dev = PowerCut::new(disk.clone(), usize::from(cut % 5), usize::from(cut / 5) * 200);
         let r = GptDisk::open(&mut dev, None).and_then(|mut g| g.set_attributes(&[(p.number, flipped)]));
         if r.is_ok() || dev.writes > 0 {
-            let after = GptDisk::open(dev.disk, None).expect("a cut update leaves a valid table");
+            let after = GptDisk::open(dev.inner, None).expect("a cut update leaves a valid table");
             let a = after.partition(p.number).map(|q| q.attributes);
             assert!(a == Some(p.attributes) || a == Some(flipped), "{a:?}");
         }

@@ -4,10 +4,10 @@
 use keel_bootflags::gpt::GptAttributes;
 use keel_bootflags::SlotState;
 
-use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::gpt::{encode_entry, mirror_header, Header, Partition, HEADER_SIZE};
 use crate::guid::{types, Guid};
+use keel_io::{ReadAt, WriteAt};
 
 /// Partition alignment.
 pub const ALIGN: u64 = 1 << 20;
@@ -30,7 +30,7 @@ pub struct ExtraPartition {
 /// The partition table a device already holds, if any, in words for a person: a GPT
 /// (either copy valid, with its partition count) or an MBR with partitions. An image
 /// builder calls this before [`create_layout`] to refuse overwriting a disk in use.
-pub fn existing_table<D: Device>(dev: &mut D) -> Result<Option<String>> {
+pub fn existing_table<D: ReadAt + WriteAt>(dev: &mut D) -> Result<Option<String>> {
     if let Ok(g) = crate::disk::GptDisk::open(&mut *dev, None) {
         return Ok(Some(format!(
             "a GPT with {} partitions ({} copy valid)",
@@ -121,7 +121,7 @@ pub fn protective_mbr(disk_sectors: u64, sector_size: u64) -> Vec<u8> {
 }
 
 /// Write a fresh table with the layout over the whole device; returns the partitions.
-pub fn create_layout<D: Device>(dev: &mut D, layout: &Layout) -> Result<Vec<Partition>> {
+pub fn create_layout<D: ReadAt + WriteAt>(dev: &mut D, layout: &Layout) -> Result<Vec<Partition>> {
     let ss = layout.sector_size;
     if ss != 512 && ss != 4096 {
         return Err(Error::Invalid(format!(

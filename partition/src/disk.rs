@@ -1,11 +1,11 @@
 //! A disk with a GPT: open (falling back to the backup), inspect, change attributes
 //! crash-safely, repair.
 
-use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::gpt::{
     mirror_header, parse_entries, read_copy, Copy, Header, Partition, TableCopy, SIGNATURE,
 };
+use keel_io::{ReadAt, WriteAt};
 
 /// The state of the two copies.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub struct GptDisk<D> {
     health: Health,
 }
 
-fn probe_sector_size<D: Device + ?Sized>(dev: &D) -> Result<u64> {
+fn probe_sector_size<D: ReadAt + ?Sized>(dev: &D) -> Result<u64> {
     if let Some(s) = dev.logical_sector_size() {
         return Ok(u64::from(s));
     }
@@ -82,7 +82,7 @@ fn same_table(a: &TableCopy, b: &TableCopy) -> bool {
     a.entries == b.entries && norm(&a.header) == norm(&b.header)
 }
 
-impl<D: Device> GptDisk<D> {
+impl<D: ReadAt + WriteAt> GptDisk<D> {
     /// Open a disk: the sector size from the kernel for a block device, else where the
     /// header is found (512 or 4096), or as given.
     pub fn open(dev: D, sector_size: Option<u64>) -> Result<Self> {

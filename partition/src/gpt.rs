@@ -24,9 +24,9 @@
 //! name UTF-16LE (56, 72 bytes). Partition numbers are entry positions + 1 and are never
 //! changed.
 
-use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::guid::Guid;
+use keel_io::ReadAt;
 
 /// The header signature.
 pub const SIGNATURE: [u8; 8] = *b"EFI PART";
@@ -397,7 +397,7 @@ pub struct TableCopy {
 }
 
 /// Read and check one copy: header at `lba`, then its entry array and CRC.
-pub fn read_copy<D: Device + ?Sized>(
+pub fn read_copy<D: ReadAt + ?Sized>(
     dev: &D,
     copy: Copy,
     lba: u64,

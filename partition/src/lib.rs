@@ -33,19 +33,19 @@
 )]
 
 mod create;
-mod device;
 mod disk;
 mod error;
+mod file;
 pub mod gpt;
 mod guid;
 mod slots;
-mod sys;
 
 pub use create::{
     create_layout, existing_table, protective_mbr, ExtraPartition, Layout, ALIGN, ENTRIES,
 };
-pub use device::{Device, FileDevice};
 pub use disk::{CopyState, GptDisk, Health};
 pub use error::{Error, Result};
+pub use file::{open_disk, reread_partitions};
 pub use guid::{types, Guid};
+pub use keel_io::{ReadAt, Region, WriteAt};
 pub use slots::{find_slots, prioritize_partition, AbDisk, SlotInfo, SlotSelector};

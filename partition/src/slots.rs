@@ -1,13 +1,15 @@
 //! A/B slot pairs on a GPT disk and the boot-flag operations on them.
 
 use keel_bootflags::gpt::GptAttributes;
-use keel_bootflags::{prioritize, AbControl, PriorityPolicy, PrioritySlots, Slot, SlotState};
+use keel_bootflags::{
+    prioritize, AbControl, BootControl, PriorityPolicy, PrioritySlots, Slot, SlotState,
+};
 
-use crate::device::Device;
 use crate::disk::GptDisk;
 use crate::error::{Error, Result};
 use crate::gpt::Partition;
 use crate::guid::{types, Guid};
+use keel_io::{ReadAt, Region, WriteAt};
 
 /// How to find the two slots.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,7 +129,7 @@ pub struct AbDisk<D> {
     policy: PriorityPolicy,
 }
 
-impl<D: Device> AbDisk<D> {
+impl<D: ReadAt + WriteAt> AbDisk<D> {
     /// Find the slots on `disk`.
     pub fn new(disk: GptDisk<D>, selector: &SlotSelector, policy: PriorityPolicy) -> Result<Self> {
         let [a, b] = find_slots(&disk.partitions(), selector)?;
@@ -166,6 +168,26 @@ impl<D: Device> AbDisk<D> {
             info(Slot::A, self.numbers[0])?,
             info(Slot::B, self.numbers[1])?,
         ])
+    }
+
+    /// Where `slot` lies on the disk: its first byte and its length.
+    pub fn slot_range(&self, slot: Slot) -> Result<(u64, u64)> {
+        let ss = self.disk.sector_size();
+        let info = self
+            .slots()?
+            .into_iter()
+            .find(|s| s.slot == slot)
+            .ok_or_else(|| Error::Slots(format!("no slot {slot}")))?;
+        let p = &info.partition;
+        Ok((p.first_lba * ss, p.sectors() * ss))
+    }
+
+    /// `slot` as a device of its own: reads and writes stay inside its partition. Payload
+    /// apply and verity format and verify take it directly.
+    pub fn slot_region(&self, slot: Slot) -> Result<Region<&D>> {
+        let (start, len) = self.slot_range(slot)?;
+        Region::new(self.disk.device(), start, len)
+            .map_err(|e| Error::io(format!("slot {slot}"), e))
     }
 
     /// The slot a partition number or letter names.
@@ -252,9 +274,56 @@ impl<D: Device> AbDisk<D> {
     }
 }
 
+fn to_boot_error(e: Error) -> keel_bootflags::Error {
+    match e {
+        Error::BootFlags(b) => b,
+        e => keel_bootflags::Error::Backend {
+            store: "GPT",
+            source: Box::new(e),
+        },
+    }
+}
+
+/// The GPT slots as the one boot-control interface: every operation is one crash-safe
+/// attribute update.
+impl<D: ReadAt + WriteAt> BootControl for AbDisk<D> {
+    fn slot_count(&self) -> usize {
+        2
+    }
+    fn rules(&self) -> &'static str {
+        match self.policy {
+            PriorityPolicy::ChromeOs => "ChromeOS firmware over GPT attribute bits",
+            PriorityPolicy::Flatcar => "Flatcar's GRUB gptprio over GPT attribute bits",
+        }
+    }
+    fn status(&self) -> keel_bootflags::Result<Vec<SlotState>> {
+        let [a, b] = self.slots().map_err(to_boot_error)?;
+        Ok(vec![a.state, b.state])
+    }
+    fn next_boot(&self) -> keel_bootflags::Result<Option<Slot>> {
+        AbDisk::next_boot(self).map_err(to_boot_error)
+    }
+    fn set_active(&mut self, slot: Slot, tries: Option<u8>) -> keel_bootflags::Result<()> {
+        AbDisk::set_active(self, slot, tries).map_err(to_boot_error)
+    }
+    fn mark_good(&mut self, slot: Slot) -> keel_bootflags::Result<()> {
+        AbDisk::mark_good(self, slot).map_err(to_boot_error)
+    }
+    fn mark_bad(&mut self, slot: Slot) -> keel_bootflags::Result<()> {
+        AbDisk::mark_bad(self, slot).map_err(to_boot_error)
+    }
+    fn boot(&mut self) -> keel_bootflags::Result<Option<Slot>> {
+        AbDisk::boot(self).map_err(to_boot_error)
+    }
+}
+
 /// `cgpt prioritize -i N`: partition `number` gets the top priority among all partitions of
 /// its type, the others keep their order; one crash-safe update.
-pub fn prioritize_partition<D: Device>(disk: &mut GptDisk<D>, number: u32, max: u8) -> Result<()> {
+pub fn prioritize_partition<D: ReadAt + WriteAt>(
+    disk: &mut GptDisk<D>,
+    number: u32,
+    max: u8,
+) -> Result<()> {
     let parts = disk.partitions();
     let target = parts
         .iter()

@@ -6,46 +6,11 @@
 #[path = "../../testsupport/tools.rs"]
 mod tools;
 
-use std::io;
-
 use keel_bootflags::{PriorityPolicy, Slot, SlotState};
-use keel_partition::{create_layout, AbDisk, Device, GptDisk, Layout, SlotSelector};
+use keel_partition::{create_layout, AbDisk, GptDisk, Layout, SlotSelector};
 use tools::{run, stdout, tool};
 
-/// A disk that loses power: after `allowed` writes every write fails, the failing one
-/// landing only its first `torn` bytes.
-struct PowerCut {
-    disk: Vec<u8>,
-    allowed: usize,
-    torn: usize,
-    writes: usize,
-}
-
-impl Device for PowerCut {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.disk.read_exact_at(buf, offset)
-    }
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.writes += 1;
-        if self.writes > self.allowed {
-            if self.writes == self.allowed + 1 {
-                let n = self.torn.min(buf.len());
-                self.disk.write_all_at(&buf[..n], offset)?;
-            }
-            return Err(io::Error::other("power cut"));
-        }
-        self.disk.write_all_at(buf, offset)
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        if self.writes > self.allowed {
-            return Err(io::Error::other("power cut"));
-        }
-        Ok(())
-    }
-    fn size(&self) -> io::Result<u64> {
-        Ok(self.disk.len() as u64)
-    }
-}
+type PowerCut = keel_io::testing::PowerCut<Vec<u8>>;
 
 fn states(disk: Vec<u8>) -> [SlotState; 2] {
     let ab = AbDisk::new(
@@ -85,8 +50,7 @@ fn check_with_tools(img: &[u8], dir: &std::path::Path, label: &str) {
         );
     }
     // Keel's repair leaves nothing for sgdisk to warn about.
-    let mut disk =
-        GptDisk::open(keel_partition::FileDevice::open(&f, true).unwrap(), None).unwrap();
+    let mut disk = GptDisk::open(keel_partition::open_disk(&f, true).unwrap(), None).unwrap();
     disk.repair().unwrap();
     let o = run(&sgdisk, &["-v", s]);
     let all = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
@@ -120,41 +84,31 @@ fn cut_every_write(disk: &[u8], start: &str) {
         )?;
         ab.set_active(Slot::B, Some(4))
     };
-    let mut full = PowerCut {
-        disk: disk.to_vec(),
-        allowed: usize::MAX,
-        torn: 0,
-        writes: 0,
-    };
+    let mut full = PowerCut::new(disk.to_vec(), usize::MAX, 0);
     change(&mut full).unwrap();
     let total = full.writes;
     assert_eq!(
         total, 4,
         "{start}: the other copy's entries and header, then the copy in force's"
     );
-    let new = states(full.disk.clone());
+    let new = states(full.inner.clone());
     assert_ne!(old, new);
 
     let dir = tempfile::tempdir().unwrap();
     for allowed in 0..=total {
         for torn in [0usize, 1, 100, 8192] {
-            let mut dev = PowerCut {
-                disk: disk.to_vec(),
-                allowed,
-                torn,
-                writes: 0,
-            };
+            let mut dev = PowerCut::new(disk.to_vec(), allowed, torn);
             let r = change(&mut dev);
             assert_eq!(r.is_ok(), allowed == total, "cut after {allowed} writes");
             let label = format!("{start}: cut after {allowed} writes, {torn} bytes of the next");
-            let got = GptDisk::open(dev.disk.clone(), None)
-                .map(|_| states(dev.disk.clone()))
+            let got = GptDisk::open(dev.inner.clone(), None)
+                .map(|_| states(dev.inner.clone()))
                 .unwrap_or_else(|e| panic!("{label}: no valid table: {e}"));
             assert!(got == old || got == new, "{label}: mixed state {got:?}");
             if allowed == total {
                 assert_eq!(got, new);
             }
-            check_with_tools(&dev.disk, dir.path(), &label);
+            check_with_tools(&dev.inner, dir.path(), &label);
         }
     }
 }

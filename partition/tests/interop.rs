@@ -8,7 +8,7 @@ use std::path::Path;
 
 use keel_bootflags::{PriorityPolicy, Slot, SlotState};
 use keel_partition::{
-    create_layout, prioritize_partition, types, AbDisk, FileDevice, GptDisk, Layout, SlotSelector,
+    create_layout, open_disk, prioritize_partition, types, AbDisk, GptDisk, Layout, SlotSelector,
 };
 use tools::{run, run_ok, seeded_bytes, tool};
 
@@ -19,8 +19,8 @@ fn image(dir: &Path, mib: u64) -> std::path::PathBuf {
     p
 }
 
-fn open_rw(p: &Path) -> GptDisk<FileDevice> {
-    GptDisk::open(FileDevice::open(p, true).unwrap(), None).unwrap()
+fn open_rw(p: &Path) -> GptDisk<std::fs::File> {
+    GptDisk::open(open_disk(p, true).unwrap(), None).unwrap()
 }
 
 fn cgpt_state(cgpt: &Path, img: &Path, n: u32) -> SlotState {
@@ -74,7 +74,7 @@ fn keel_layout_and_flag_updates_read_by_cgpt_and_sgdisk() {
         size: None,
         guid: None,
     });
-    create_layout(&mut FileDevice::open(&img, true).unwrap(), &layout).unwrap();
+    create_layout(&mut open_disk(&img, true).unwrap(), &layout).unwrap();
     sgdisk_clean(&sgdisk, &img);
     let info = run_ok(&sgdisk, &["-i", "3", img.to_str().unwrap()]);
     assert!(

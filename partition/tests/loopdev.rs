@@ -9,7 +9,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use keel_bootflags::{PriorityPolicy, Slot};
-use keel_partition::{create_layout, AbDisk, Error, FileDevice, GptDisk, Layout, SlotSelector};
+use keel_partition::{
+    create_layout, open_disk, reread_partitions, AbDisk, Error, GptDisk, Layout, SlotSelector,
+};
 use tools::{run, run_ok, tool};
 
 struct Loop {
@@ -58,7 +60,7 @@ fn make_image(dir: &Path, sector_size: u64) -> PathBuf {
     let mut layout = Layout::flatcar(16 << 20);
     layout.sector_size = sector_size;
     layout.esp_size = 8 << 20;
-    create_layout(&mut FileDevice::open(&img, true).unwrap(), &layout).unwrap();
+    create_layout(&mut open_disk(&img, true).unwrap(), &layout).unwrap();
     img
 }
 
@@ -67,14 +69,16 @@ fn flag_updates_and_reread_on_a_loop_device() {
     let dir = tempfile::tempdir().unwrap();
     let img = make_image(dir.path(), 512);
     let Some(lo) = attach(&img, 512) else { return };
-    let dev = FileDevice::open(Path::new(&lo.dev), true).unwrap();
-    assert!(dev.is_block_device());
+    let dev = open_disk(Path::new(&lo.dev), true).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_block_device(
+        &dev.metadata().unwrap().file_type()
+    ));
     let disk = GptDisk::open(dev, None).unwrap();
     assert_eq!(disk.sector_size(), 512);
     let mut ab = AbDisk::new(disk, &SlotSelector::Auto, PriorityPolicy::Flatcar).unwrap();
     ab.set_active(Slot::B, Some(1)).unwrap();
     let disk = ab.into_disk();
-    disk.device().reread_partitions().unwrap();
+    reread_partitions(disk.device()).unwrap();
     // Where the kernel parses GPTs, it now knows the partitions.
     let sys = format!("/sys/block/{0}/{0}p3", lo.dev.trim_start_matches("/dev/"));
     eprintln!("kernel partition 3 present: {}", Path::new(&sys).exists());
@@ -85,15 +89,15 @@ fn flag_updates_and_reread_on_a_loop_device() {
         .custom_flags(nix::libc::O_EXCL)
         .open(&lo.dev)
         .unwrap();
-    match disk.device().reread_partitions() {
+    match reread_partitions(disk.device()) {
         Err(Error::Busy) => {}
         other => panic!("expected Busy with the device claimed, got {other:?}"),
     }
     drop(held);
-    disk.device().reread_partitions().unwrap();
+    reread_partitions(disk.device()).unwrap();
     // The change is on the image behind the device.
     let again = AbDisk::new(
-        GptDisk::open(FileDevice::open(&img, false).unwrap(), None).unwrap(),
+        GptDisk::open(open_disk(&img, false).unwrap(), None).unwrap(),
         &SlotSelector::Auto,
         PriorityPolicy::Flatcar,
     )
@@ -106,7 +110,7 @@ fn four_kib_sectors_on_a_loop_device() {
     let dir = tempfile::tempdir().unwrap();
     let img = make_image(dir.path(), 4096);
     let Some(lo) = attach(&img, 4096) else { return };
-    let disk = GptDisk::open(FileDevice::open(Path::new(&lo.dev), true).unwrap(), None).unwrap();
+    let disk = GptDisk::open(open_disk(Path::new(&lo.dev), true).unwrap(), None).unwrap();
     assert_eq!(disk.sector_size(), 4096);
     assert!(disk.health().is_clean());
     assert_eq!(disk.partitions().len(), 3);
@@ -120,6 +124,6 @@ fn four_kib_sectors_on_a_loop_device() {
         );
     }
     // The image file alone: the 4096-byte header is found by probing.
-    let file_disk = GptDisk::open(FileDevice::open(&img, false).unwrap(), None).unwrap();
+    let file_disk = GptDisk::open(open_disk(&img, false).unwrap(), None).unwrap();
     assert_eq!(file_disk.sector_size(), 4096);
 }

@@ -1,0 +1,156 @@
+//! Files and block devices: opening only what has a size, size checks, identity, and
+//! crash-safe replacement of small files.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+/// What an opened device is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// An image file.
+    RegularFile,
+    /// A block device (`/dev/sda`, `/dev/loop0p3`).
+    BlockDevice,
+}
+
+/// The kind of `f`, or an `InvalidInput` error for anything else (a directory, a
+/// character device such as /dev/zero, a pipe): none of them has a size to build on.
+pub(crate) fn kind(f: &File) -> io::Result<DeviceKind> {
+    let ft = f.metadata()?.file_type();
+    if ft.is_file() {
+        Ok(DeviceKind::RegularFile)
+    } else if ft.is_block_device() {
+        Ok(DeviceKind::BlockDevice)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file or block device",
+        ))
+    }
+}
+
+/// The size of a regular file or block device.
+pub(crate) fn size_of(f: &File) -> io::Result<u64> {
+    match kind(f)? {
+        DeviceKind::RegularFile => Ok(f.metadata()?.len()),
+        // Block devices report 0 in metadata; their end is their size.
+        DeviceKind::BlockDevice => (&mut &*f).seek(SeekFrom::End(0)),
+    }
+}
+
+/// Open a regular file or block device, read-only or writable, and say which it is. Any
+/// other kind of file is refused with an error naming `path`.
+pub fn open_device(path: &Path, writable: bool) -> io::Result<(File, DeviceKind)> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let f = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .map_err(named)?;
+    let k = kind(&f).map_err(named)?;
+    Ok((f, k))
+}
+
+/// An error unless `dev` holds at least `need` bytes; `what` names it in the message.
+pub fn require_size<D: crate::ReadAt + ?Sized>(dev: &D, need: u64, what: &str) -> io::Result<()> {
+    let have = dev.size()?;
+    if have < need {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} holds {have} bytes, {need} are needed"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether two open files are the same file or device (the running slot as a target).
+pub fn same_file(a: &File, b: &File) -> bool {
+    match (a.metadata(), b.metadata()) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino() && x.rdev() == y.rdev(),
+        _ => false,
+    }
+}
+
+/// Replace `path` with `bytes` atomically: a temporary file beside it, written and
+/// synced, renamed over it, the directory synced. After a crash at any point the file
+/// holds the old or the new bytes, never a mix.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: not a file name", path.display()),
+            )
+        })?;
+    let tmp = dir.join(format!(".{name}.keel-tmp"));
+    let named = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
+    let write = || -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(named(&tmp, e));
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(named(path, e));
+    }
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ReadAt;
+
+    #[test]
+    fn only_files_and_block_devices_have_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = open_device(dir.path(), false).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let e = open_device(Path::new("/dev/zero"), false).unwrap_err();
+        assert!(e.to_string().contains("/dev/zero"), "{e}");
+        assert!(File::open(dir.path()).unwrap().size().is_err());
+        let p = dir.path().join("f");
+        std::fs::write(&p, [1u8; 10]).unwrap();
+        let (f, k) = open_device(&p, false).unwrap();
+        assert_eq!((k, f.size().unwrap()), (DeviceKind::RegularFile, 10));
+        assert!(require_size(&f, 11, "the slot")
+            .unwrap_err()
+            .to_string()
+            .contains("the slot holds 10 bytes"));
+        assert!(same_file(&f, &File::open(&p).unwrap()));
+    }
+
+    #[test]
+    fn replace_file_leaves_no_temporary_and_refuses_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("env");
+        replace_file(&p, b"one").unwrap();
+        replace_file(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("x"), b"").unwrap();
+        assert!(replace_file(&sub, b"x").is_err());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no temporary left"
+        );
+    }
+}

@@ -1,0 +1,46 @@
+//! keel-io: the bottom floor of Keel. Everything that reads or writes a disk goes through
+//! these few types, so the crates above compose without adapters.
+//!
+//! - [`ReadAt`] / [`WriteAt`]: positioned I/O over files, block devices and memory,
+//!   shareable between threads for reading; [`WriteAt::write_zeros`] lets the kernel zero
+//!   ranges; [`ReadAt::logical_sector_size`] reports a block device's sector size.
+//! - [`Region`]: a window of a device (a slot partition of a disk), itself a device.
+//! - [`open_device`], [`require_size`], [`same_file`], [`replace_file`]: opening only
+//!   regular files and block devices, size checks, "is this the running slot", and
+//!   crash-safe replacement of small files.
+//! - [`Progress`] and [`Cancel`]: long work reports bytes done and can be stopped.
+//! - [`Cursor`]: a bounded little-endian reader for on-disk structures, whose errors name
+//!   the field and its byte offset.
+//! - [`sys`]: the block-device ioctls, the only `unsafe` code for I/O in Keel.
+//!
+//! ```
+//! use keel_io::{ReadAt, Region, WriteAt};
+//!
+//! // A 1 MiB "disk" in memory; slot B is the window from 256 KiB, 128 KiB long.
+//! let mut disk = vec![0u8; 1 << 20];
+//! let mut slot_b = Region::new(&mut disk, 256 << 10, 128 << 10)?;
+//! slot_b.write_all_at(b"v2", 0)?;
+//! assert!(slot_b.write_all_at(b"x", 128 << 10).is_err()); // nothing past the slot
+//! assert_eq!(slot_b.size()?, 128 << 10);
+//! assert_eq!(&disk[256 << 10..(256 << 10) + 2], b"v2");
+//! # Ok::<(), std::io::Error>(())
+//! ```
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod cursor;
+mod device;
+mod file;
+mod progress;
+mod region;
+pub mod sys;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use cursor::{Cursor, CursorError};
+pub use device::{ReadAt, WriteAt};
+pub use file::{open_device, replace_file, require_size, same_file, DeviceKind};
+pub use progress::{Cancel, Cancelled, Progress};
+pub use region::Region;
