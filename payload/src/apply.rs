@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use keel_verity::{HashTree, KeyId, Keyring, Progress, ReadAt, RootDescriptor, WriteAt};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Section, TargetCheck};
 use crate::format::{
     bspatch, image_digest, parse_manifest, sha256, unpack_manifest, version_cmp, Extent, Header,
     Manifest, OpType, Operation, BLOCK_SIZE, HEADER_SIZE, SIGNATURE_SIZE,
@@ -260,24 +260,24 @@ pub const MAX_RESUMES: u32 = 10;
 /// instead of allocating its window.
 const MAX_WINDOW_LOG: u32 = 24;
 
-fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<()> {
-    r.read_exact(buf).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => Error::Truncated(format!("ends inside the {what}")),
-        _ => Error::io(format!("reading the {what}"), e),
-    })
+fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], section: Section) -> Result<()> {
+    let v = read_vec(r, buf.len() as u64, section)?;
+    buf.copy_from_slice(&v);
+    Ok(())
 }
 
-fn read_vec<R: Read>(r: &mut R, len: u64, what: &str) -> Result<Vec<u8>> {
+fn read_vec<R: Read>(r: &mut R, len: u64, section: Section) -> Result<Vec<u8>> {
     // Grows only as bytes arrive: a lying length cannot make a large allocation.
     let mut v = Vec::new();
     r.take(len)
         .read_to_end(&mut v)
-        .map_err(|e| Error::io(format!("reading the {what}"), e))?;
+        .map_err(|e| Error::io(format!("reading the {section}"), e))?;
     if (v.len() as u64) < len {
-        return Err(Error::Truncated(format!(
-            "ends inside the {what} ({} of {len} bytes)",
-            v.len()
-        )));
+        return Err(Error::Truncated {
+            section,
+            got: v.len() as u64,
+            expected: len,
+        });
     }
     Ok(v)
 }
@@ -290,32 +290,22 @@ pub fn read_manifest<R: Read>(
     keyring: &Keyring,
 ) -> Result<(Header, Manifest, [u8; 32])> {
     let mut hb = [0u8; HEADER_SIZE];
-    read_exact(r, &mut hb, "header")?;
+    read_exact(r, &mut hb, Section::Header)?;
     let header = Header::parse(&hb)?;
-    let key = keyring.get(&KeyId(header.key_id)).ok_or_else(|| {
-        Error::Signature(format!("key {} is not trusted", hex::encode(header.key_id)))
-    })?;
-    let m = read_vec(r, header.manifest_len, "manifest")?;
+    let key = keyring
+        .get(&KeyId(header.key_id))
+        .ok_or(Error::UntrustedKey {
+            key_id: header.key_id,
+        })?;
+    let m = read_vec(r, header.manifest_len, Section::Manifest)?;
     let mut sig = [0u8; SIGNATURE_SIZE];
-    read_exact(r, &mut sig, "signature")?;
+    read_exact(r, &mut sig, Section::Signature)?;
     let mut signed = hb.to_vec();
     signed.extend_from_slice(&m);
     key.verify_raw(&signed, &sig)
-        .map_err(|e| Error::Signature(e.to_string()))?;
+        .map_err(|_| Error::BadSignature)?;
     let manifest = parse_manifest(&unpack_manifest(&m)?, header.data_len)?;
     Ok((header, manifest, sha256(&signed)))
-}
-
-fn hash_prefix<S: ReadAt + ?Sized>(dev: &S, size: u64, what: &str) -> Result<[u8; 32]> {
-    let have = dev
-        .size()
-        .map_err(|e| Error::io(format!("{what} size"), e))?;
-    if have < size {
-        return Err(Error::TargetMismatch(format!(
-            "{what} holds {have} bytes, the image has {size}"
-        )));
-    }
-    image_digest(dev, size).map_err(|e| Error::io(format!("reading the {what}"), e))
 }
 
 fn read_extents<S: ReadAt + ?Sized>(
@@ -468,11 +458,10 @@ fn check_source<S: ReadAt + ?Sized>(manifest: &Manifest, source: Option<&S>) -> 
     let Some(id) = manifest.source else {
         return Ok(());
     };
-    let src = source
-        .ok_or_else(|| Error::SourceModified("a delta payload needs its source image".into()))?;
+    let src = source.ok_or_else(|| Error::MissingSource("none was given".into()))?;
     let have = src.size().map_err(|e| Error::io("source size", e))?;
     if have < id.size {
-        return Err(Error::SourceModified(format!(
+        return Err(Error::MissingSource(format!(
             "the source holds {have} bytes, the payload needs {}",
             id.size
         )));
@@ -480,11 +469,7 @@ fn check_source<S: ReadAt + ?Sized>(manifest: &Manifest, source: Option<&S>) -> 
     // An I/O error stays an I/O error: only a digest that differs means another source.
     let h = image_digest(src, id.size).map_err(|e| Error::io("reading the source", e))?;
     if h != id.digest {
-        return Err(Error::SourceModified(format!(
-            "the source's digest is {}, the payload needs {}",
-            hex::encode(h),
-            hex::encode(id.digest)
-        )));
+        return Err(Error::SourceModified { op: None });
     }
     Ok(())
 }
@@ -620,7 +605,11 @@ where
         let skipped = io::copy(&mut (&mut payload).take(skip), &mut io::sink())
             .map_err(|e| Error::io("skipping applied data", e))?;
         if skipped < skip {
-            return Err(Error::Truncated("ends before the resume point".into()));
+            return Err(Error::Truncated {
+                section: Section::ResumePoint,
+                got: skipped,
+                expected: skip,
+            });
         }
     }
     let total: u64 = manifest
@@ -637,7 +626,18 @@ where
     let mut reference = Vec::new();
 
     for (i, op) in manifest.operations.iter().enumerate().skip(resumed_at) {
-        let blob = read_vec(&mut payload, op.data_length, "operation data")?;
+        if opts.progress.is_some_and(|p| p.cancelled()) {
+            // Stop at an operation boundary with everything so far durable and recorded,
+            // so the next run resumes here.
+            target
+                .sync()
+                .map_err(|e| Error::io("syncing the target", e))?;
+            if let Some(path) = opts.state {
+                state.write(path)?;
+            }
+            return Err(Error::Cancelled);
+        }
+        let blob = read_vec(&mut payload, op.data_length, Section::Data)?;
         if op.data_length > 0 && sha256(&blob) != op.data_sha256 {
             return Err(Error::BlobMismatch { op: i });
         }
@@ -647,8 +647,10 @@ where
             OpType::Zero => None,
             OpType::Copy => Some(std::mem::take(&mut reference)),
             OpType::Replace | OpType::Patch | OpType::Chain | OpType::Bsdiff => Some(
-                decode(op.op, &blob, &reference, len)
-                    .map_err(|e| Error::Invalid(format!("operation {i}: {e}")))?,
+                decode(op.op, &blob, &reference, len).map_err(|e| Error::Decode {
+                    op: i,
+                    reason: e.to_string(),
+                })?,
             ),
         };
         write_op(i, op, out.as_deref(), target, target_size)?;
@@ -711,23 +713,19 @@ fn read_reference<S: ReadAt + ?Sized, T: ReadAt + ?Sized>(
         read_extents(target, &op.source, manifest.target.size, out)
             .map_err(|e| Error::io("reading target blocks", e))?;
         if sha256(out) != op.source_sha256 {
-            return Err(Error::TargetMismatch(format!(
-                "operation {i}: the target blocks it builds on changed"
-            )));
+            return Err(Error::TargetMismatch(TargetCheck::ChainReference { op: i }));
         }
         return Ok(());
     }
     let (Some(src), Some(id)) = (source, manifest.source) else {
-        return Err(Error::SourceModified(format!(
+        return Err(Error::MissingSource(format!(
             "operation {i} reads a source that is not there"
         )));
     };
     read_extents(src, &op.source, id.size, out)
         .map_err(|e| Error::io("reading source blocks", e))?;
     if sha256(out) != op.source_sha256 {
-        return Err(Error::SourceModified(format!(
-            "operation {i}: its source blocks changed"
-        )));
+        return Err(Error::SourceModified { op: Some(i) });
     }
     Ok(())
 }
@@ -762,21 +760,19 @@ fn write_op<T: WriteAt + ?Sized>(
 
 /// The whole written target against the manifest: digest, and dm-verity root if signed.
 fn check_target<T: ReadAt + ?Sized>(manifest: &Manifest, target: &T) -> Result<()> {
-    let h = hash_prefix(target, manifest.target.size, "target")?;
+    let h = image_digest(target, manifest.target.size)
+        .map_err(|e| Error::io("reading the target", e))?;
     if h != manifest.target.digest {
-        return Err(Error::TargetMismatch(format!(
-            "the written target's digest is {}, expected {}",
-            hex::encode(h),
-            hex::encode(manifest.target.digest)
-        )));
+        return Err(Error::TargetMismatch(TargetCheck::Digest {
+            found: h,
+            expected: manifest.target.digest,
+        }));
     }
     if let Some(v) = &manifest.verity {
         let d = RootDescriptor::parse(v)?;
         let tree = HashTree::build(d.params(), target)?;
         if tree.root_hash() != d.root_hash() {
-            return Err(Error::TargetMismatch(
-                "the target's dm-verity root differs from the signed one".into(),
-            ));
+            return Err(Error::TargetMismatch(TargetCheck::VerityRoot));
         }
     }
     Ok(())

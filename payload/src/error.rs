@@ -1,12 +1,82 @@
-//! The crate's error type.
+//! The crate's error type: typed, so an update agent can act on it without reading
+//! messages ([`Error::needs_full_payload`], [`Error::is_retryable`],
+//! [`Error::is_corruption`]).
 
 use std::io;
+
+/// Which part of the payload a stream ended inside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Section {
+    /// The 64-byte header.
+    Header,
+    /// The manifest.
+    Manifest,
+    /// The signature.
+    Signature,
+    /// An operation's blob.
+    Data,
+    /// The data before a resume point.
+    ResumePoint,
+}
+
+impl std::fmt::Display for Section {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Section::Header => "header",
+            Section::Manifest => "manifest",
+            Section::Signature => "signature",
+            Section::Data => "operation data",
+            Section::ResumePoint => "data before the resume point",
+        })
+    }
+}
+
+/// What of the written target does not match the signed manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TargetCheck {
+    /// The image digest: found, then expected.
+    Digest {
+        /// What the target gives.
+        found: [u8; 32],
+        /// What the manifest promises.
+        expected: [u8; 32],
+    },
+    /// The dm-verity root of the target differs from the signed descriptor's.
+    VerityRoot,
+    /// Target blocks that CHAIN operation `op` builds on are not what earlier operations
+    /// wrote (changed during the apply).
+    ChainReference {
+        /// The operation.
+        op: usize,
+    },
+}
+
+impl std::fmt::Display for TargetCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetCheck::Digest { found, expected } => write!(
+                f,
+                "the written target's digest is {}, expected {}",
+                hex::encode(found),
+                hex::encode(expected)
+            ),
+            TargetCheck::VerityRoot => {
+                f.write_str("the target's dm-verity root differs from the signed one")
+            }
+            TargetCheck::ChainReference { op } => {
+                write!(f, "operation {op}: the target blocks it builds on changed")
+            }
+        }
+    }
+}
 
 /// Everything that can go wrong in keel-payload.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An I/O error, with what was being done.
+    /// An I/O error, with what was being done (never reported as a modified source).
     #[error("{context}: {source}")]
     Io {
         /// What Keel was doing.
@@ -26,20 +96,47 @@ pub enum Error {
         reason: String,
     },
     /// The payload ends early.
-    #[error("payload truncated: {0}")]
-    Truncated(String),
-    /// The signature does not verify or the key is not trusted.
-    #[error("payload signature: {0}")]
-    Signature(String),
+    #[error("payload truncated: it ends inside the {section} ({got} of {expected} bytes)")]
+    Truncated {
+        /// Where it ends.
+        section: Section,
+        /// Bytes of that section present.
+        got: u64,
+        /// Bytes of that section needed.
+        expected: u64,
+    },
+    /// The payload is signed by a key the keyring does not hold.
+    #[error("payload signature: key {} is not trusted", hex::encode(key_id))]
+    UntrustedKey {
+        /// The signer's key id (sha256 of its public key's DER).
+        key_id: [u8; 32],
+    },
+    /// The signature does not verify under the trusted key.
+    #[error("payload signature does not verify: the header or manifest was changed")]
+    BadSignature,
     /// A blob does not match its hash.
     #[error("operation {op}: data does not match its sha256")]
     BlobMismatch {
         /// Operation index.
         op: usize,
     },
+    /// A blob that matches its hash does not decode to the operation's output.
+    #[error("operation {op}: {reason}")]
+    Decode {
+        /// Operation index.
+        op: usize,
+        /// What went wrong.
+        reason: String,
+    },
     /// The source is not the image the payload was made for: apply a full payload.
-    #[error("source modified: {0} (a full payload is needed)")]
-    SourceModified(String),
+    #[error("source modified: {} (a full payload is needed)", match op { Some(i) => format!("operation {i}: its source blocks changed"), None => "the source's digest differs from the one the payload was made for".to_string() })]
+    SourceModified {
+        /// The operation whose source blocks differ; `None` for the whole image.
+        op: Option<usize>,
+    },
+    /// A delta payload was given no source (or one smaller than its image).
+    #[error("a delta payload needs its source image ({0})")]
+    MissingSource(String),
     /// The payload is for another system.
     #[error("payload is for {payload:?}, this system is {system:?}")]
     Incompatible {
@@ -61,14 +158,6 @@ pub enum Error {
     /// The payload is for the version already installed.
     #[error("version {0} is already installed (reinstalling it was not asked for)")]
     SameVersion(String),
-    /// The target cannot hold the image.
-    #[error("the target holds {have} bytes, the image needs {need}")]
-    TargetTooSmall {
-        /// The target's size.
-        have: u64,
-        /// The image's size.
-        need: u64,
-    },
     /// The payload's version is older than the installed one.
     #[error("downgrade from {installed} to {payload} refused")]
     Downgrade {
@@ -80,9 +169,21 @@ pub enum Error {
     /// The target would be the source.
     #[error("the target is the source image: refusing to write the running slot")]
     TargetIsSource,
+    /// The target cannot hold the image.
+    #[error("the target holds {have} bytes, the image needs {need}")]
+    TargetTooSmall {
+        /// The target's size.
+        have: u64,
+        /// The image's size.
+        need: u64,
+    },
     /// The written target does not match the manifest.
     #[error("target check failed: {0}")]
-    TargetMismatch(String),
+    TargetMismatch(TargetCheck),
+    /// The caller stopped the apply through its progress observer; the target was synced
+    /// and the resume record written first, so running again continues.
+    #[error("cancelled (the apply can be resumed)")]
+    Cancelled,
     /// A request that cannot be satisfied.
     #[error("{0}")]
     Invalid(String),
@@ -97,6 +198,43 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+
+    /// The running slot is not the image this delta was made for: fetch and apply the
+    /// full payload instead (retrying the delta cannot succeed).
+    pub fn needs_full_payload(&self) -> bool {
+        matches!(self, Error::SourceModified { .. } | Error::MissingSource(_))
+    }
+
+    /// Trying again may succeed: the stream ended early, an I/O error of a passing kind,
+    /// or the caller cancelled. A resumed apply continues from its record.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Truncated { .. } | Error::Cancelled => true,
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::Interrupted
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::WouldBlock
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
+
+    /// The payload's bytes are damaged or forged (fetch it again from a trusted place;
+    /// applying the same bytes again will fail the same way).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Error::BadField { .. }
+                | Error::BadSignature
+                | Error::BlobMismatch { .. }
+                | Error::Decode { .. }
+        )
     }
 }
 

@@ -43,6 +43,6 @@ pub use apply::{
     apply, apply_files, read_manifest, same_file, Applied, ApplyOptions, RecordDiscarded,
     VersionCheck, MAX_RESUMES,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Result, Section, TargetCheck};
 pub use format::{Extent, Manifest, OpType, Operation};
 pub use generate::{assemble, generate, GenerateOptions};

@@ -284,7 +284,7 @@ fn every_flipped_byte_is_refused() {
         assert!(
             matches!(
                 e,
-                Error::Truncated(_) | Error::Signature(_) | Error::BadField { .. }
+                Error::Truncated { .. } | Error::BadSignature | Error::BadField { .. }
             ),
             "cut {cut}: {e}"
         );
@@ -300,14 +300,14 @@ fn wrong_source_system_version_key_and_target_are_refused() {
     let p = generate(Some(&src), &tgt, &key, &opts()).unwrap();
     let mut other = src.clone();
     other[50_000] ^= 1;
-    assert!(matches!(
-        apply_vec(&p, Some(&other), tgt.len(), &r),
-        Err(Error::SourceModified(_))
-    ));
-    assert!(matches!(
-        apply_vec(&p, None, tgt.len(), &r),
-        Err(Error::SourceModified(_))
-    ));
+    let e = apply_vec(&p, Some(&other), tgt.len(), &r).unwrap_err();
+    assert!(matches!(e, Error::SourceModified { op: None }), "{e}");
+    assert!(e.needs_full_payload() && !e.is_retryable() && !e.is_corruption());
+    let e = apply_vec(&p, None, tgt.len(), &r).unwrap_err();
+    assert!(
+        matches!(e, Error::MissingSource(_)) && e.needs_full_payload(),
+        "{e}"
+    );
     let mut t = vec![0u8; tgt.len()];
     let o = ApplyOptions {
         compatible: Some("other-system"),
@@ -330,7 +330,7 @@ fn wrong_source_system_version_key_and_target_are_refused() {
     let stranger = ring(&SigningKey::generate().unwrap());
     assert!(matches!(
         apply_vec(&p, Some(&src), tgt.len(), &stranger),
-        Err(Error::Signature(_))
+        Err(Error::UntrustedKey { .. })
     ));
     // The running slot as target.
     let dir = tempfile::tempdir().unwrap();
@@ -385,7 +385,7 @@ fn source_blocks_changed_during_apply_are_caught() {
     let o = ApplyOptions::new(&r, VersionCheck::Unchecked);
     let e = apply(&p[..], Some(&changing), &mut t, &o).unwrap_err();
     assert!(
-        matches!(&e, Error::SourceModified(m) if m.contains("operation")),
+        matches!(&e, Error::SourceModified { op: Some(_) }) && e.needs_full_payload(),
         "{e}"
     );
 }
