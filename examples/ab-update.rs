@@ -30,8 +30,8 @@ use keel::io::Region;
 use keel::partition::{create_layout, open_disk, AbDisk, GptDisk, Layout, SlotSelector};
 use keel::payload::{apply, generate, ApplyOptions, GenerateOptions, VersionCheck};
 use keel::verity::{
-    format, verify, BuildOptions, FormatOptions, Keyring, RootDescriptor, SigningKey, VerityParams,
-    WriteAt,
+    format, verify, BuildOptions, FormatOptions, Keyring, RootDescriptor, SignRoot, SigningKey,
+    VerifyRoot, VerityParams, WriteAt,
 };
 
 #[derive(Parser)]
@@ -296,12 +296,13 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
     };
     let data = region(a_start, image_bytes)?;
     let f1 = format(&params, &data, &mut slot_a, &opts).map_err(|e| e.to_string())?;
-    let signed1 =
-        key.sign(&RootDescriptor::new(params.clone(), &f1.root_hash).map_err(|e| e.to_string())?);
+    let signed1 = key
+        .sign_root(&RootDescriptor::new(params.clone(), &f1.root_hash).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
     fs::write(dir.join("v1.root.sig"), signed1.to_bytes()).map_err(|e| e.to_string())?;
     println!("   root hash {}", hex::encode(&f1.root_hash));
     let d1 = ring
-        .verify(&signed1.to_bytes())
+        .verify_root(&signed1.to_bytes())
         .map_err(|e| e.to_string())?;
     verify(
         d1.descriptor.params(),
@@ -324,7 +325,8 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
         ((), tree.root_hash().to_vec())
     };
     let desc2 = RootDescriptor::new(params.clone(), &f2root).map_err(|e| e.to_string())?;
-    fs::write(dir.join("v2.root.sig"), key.sign(&desc2).to_bytes()).map_err(|e| e.to_string())?;
+    let signed2 = key.sign_root(&desc2).map_err(|e| e.to_string())?;
+    fs::write(dir.join("v2.root.sig"), signed2.to_bytes()).map_err(|e| e.to_string())?;
     let mut gopts = GenerateOptions::new("keel-demo", "2.0");
     gopts.verity = Some(desc2.clone());
     gopts.level = 9;
@@ -395,7 +397,7 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
     // The device computes the tree itself: the payload does not carry it.
     let fb = format(&params, &data_b, &mut slot_b, &opts).map_err(|e| e.to_string())?;
     let signed2 = fs::read(dir.join("v2.root.sig")).map_err(|e| e.to_string())?;
-    let d2 = ring.verify(&signed2).map_err(|e| e.to_string())?;
+    let d2 = ring.verify_root(&signed2).map_err(|e| e.to_string())?;
     verify(
         d2.descriptor.params(),
         &fb.geometry,

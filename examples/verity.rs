@@ -40,7 +40,7 @@ use keel::verity::{
     android_fec_header, check_root, fec_encode, fec_repair, fec_verify, format, format_uuid,
     open_hash_device, parse_uuid, random_uuid, verify, BuildOptions, Error, FecGeometry,
     FormatOptions, HashAlgorithm, HashType, Keyring, PublicKey, ReadAt, RepairTarget,
-    RootDescriptor, SigningKey, TreeGeometry, VerityParams, WriteAt,
+    RootDescriptor, SignRoot, SigningKey, TreeGeometry, VerifyRoot, VerityParams, WriteAt,
 };
 
 #[derive(Parser)]
@@ -726,7 +726,8 @@ fn cmd_sign(
     let desc = RootDescriptor::new(params, &root).map_err(|e| e.to_string())?;
     let pem = std::fs::read_to_string(key).map_err(|e| format!("{}: {e}", key.display()))?;
     let k = SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
-    std::fs::write(out, k.sign(&desc).to_bytes()).map_err(|e| format!("{}: {e}", out.display()))?;
+    let signed = k.sign_root(&desc).map_err(|e| e.to_string())?;
+    std::fs::write(out, signed.to_bytes()).map_err(|e| format!("{}: {e}", out.display()))?;
     println!(
         "Signed root hash {root_hex} with key {}",
         k.public_key().id()
@@ -756,7 +757,7 @@ fn cmd_verify_signature(
             .take(keel::verity::sign::SIGNED_ROOT_SIZE as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| (1, format!("{}: {e}", signed.display())))?;
-        let v = ring.verify(&bytes).map_err(|e| (1, e.to_string()))?;
+        let v = ring.verify_root(&bytes).map_err(|e| (1, e.to_string()))?;
         let d = &v.descriptor;
         let p = d.params();
         println!("Signature:       \tgood, key {}", v.key_id);
@@ -887,12 +888,14 @@ fn demo_in(dir: &Path, size_mib: u64) -> Result<(), String> {
     println!("   OK");
 
     println!("4. Signing the root hash, bound to every tree parameter, with a new Ed25519 key");
-    let key = SigningKey::generate().map_err(err)?;
-    let signed =
-        key.sign(&RootDescriptor::new(sb.params.clone(), &formatted.root_hash).map_err(err)?);
+    let key = SigningKey::generate().map_err(|e| e.to_string())?;
+    let signed = key
+        .sign_root(&RootDescriptor::new(sb.params.clone(), &formatted.root_hash).map_err(err)?)
+        .map_err(err)?;
     let mut ring = Keyring::new();
-    ring.add(key.public_key().clone()).map_err(err)?;
-    let verified = ring.verify(&signed.to_bytes()).map_err(err)?;
+    ring.add(key.public_key().clone())
+        .map_err(|e| e.to_string())?;
+    let verified = ring.verify_root(&signed.to_bytes()).map_err(err)?;
     println!("   Signature good, key {}", verified.key_id);
 
     println!("5. Flipping one bit in data block 12345 and verifying again");

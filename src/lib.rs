@@ -18,4 +18,5 @@ pub use keel_config as config;
 pub use keel_io as io;
 pub use keel_partition as partition;
 pub use keel_payload as payload;
+pub use keel_trust as trust;
 pub use keel_verity as verity;

@@ -8,7 +8,7 @@
 
 use keel_payload::format::{image_digest, sha256, Extent, Header, ImageId, Operation, HEADER_SIZE};
 use keel_payload::{apply, assemble, ApplyOptions, Error, Manifest, OpType, TargetCheck, VersionCheck};
-use keel_verity::{Keyring, SigningKey};
+use keel_verity::{Context, Keyring, Signer, SigningKey};
 use libfuzzer_sys::fuzz_target;
 use std::io::Write;
 use std::sync::OnceLock;
@@ -162,7 +162,7 @@ fn raw_manifest(rest: &[u8]) {
     let header = Header { manifest_len: manifest.len() as u64, data_len: blobs.len() as u64, key_id: key().public_key().id().0 };
     let mut p = header.to_bytes().to_vec();
     p.extend_from_slice(manifest);
-    let sig = key().sign_raw(&p);
+    let sig = key().sign(Context::Payload, &p).expect("sign");
     p.extend_from_slice(&sig);
     p.extend_from_slice(blobs);
     assert_eq!(p.len(), HEADER_SIZE + manifest.len() + 64 + blobs.len());

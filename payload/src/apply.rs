@@ -4,7 +4,8 @@
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use keel_verity::{HashTree, KeyId, Keyring, Progress, ReadAt, RootDescriptor, WriteAt};
+use keel_trust::{Context, KeyId, Keyring};
+use keel_verity::{HashTree, Progress, ReadAt, RootDescriptor, WriteAt};
 
 use crate::error::{Error, Result, Section, TargetCheck};
 use crate::format::{
@@ -48,6 +49,9 @@ pub struct ApplyOptions<'a> {
     pub progress: Option<&'a dyn Progress>,
     /// Checkpoint after this many target bytes (default 64 MiB).
     pub checkpoint_bytes: Option<u64>,
+    /// The time the keys' not-after dates are checked against, seconds since the epoch
+    /// (default: the clock now).
+    pub now: Option<u64>,
 }
 
 impl<'a> ApplyOptions<'a> {
@@ -63,6 +67,7 @@ impl<'a> ApplyOptions<'a> {
             max_resumes: MAX_RESUMES,
             progress: None,
             checkpoint_bytes: None,
+            now: None,
         }
     }
 }
@@ -282,28 +287,35 @@ fn read_vec<R: Read>(r: &mut R, len: u64, section: Section) -> Result<Vec<u8>> {
     Ok(v)
 }
 
-/// Read, check the signature of, and parse a payload's header and manifest. The signer's
-/// key id is checked against the keyring before the manifest is read, and nothing of the
-/// manifest is parsed before its signature is verified.
+/// Read, check the signature of, and parse a payload's header and manifest, with the
+/// keys' not-after dates checked against the clock now.
 pub fn read_manifest<R: Read>(
     r: &mut R,
     keyring: &Keyring,
 ) -> Result<(Header, Manifest, [u8; 32])> {
+    read_manifest_at(r, keyring, keel_trust::unix_now())
+}
+
+/// [`read_manifest`] at the time `now` (seconds since the epoch). The signer's key is
+/// checked against the keyring (and its not-after date) before the manifest is read, and
+/// nothing of the manifest is parsed before its signature, in the payload context, is
+/// verified.
+pub fn read_manifest_at<R: Read>(
+    r: &mut R,
+    keyring: &Keyring,
+    now: u64,
+) -> Result<(Header, Manifest, [u8; 32])> {
     let mut hb = [0u8; HEADER_SIZE];
     read_exact(r, &mut hb, Section::Header)?;
     let header = Header::parse(&hb)?;
-    let key = keyring
-        .get(&KeyId(header.key_id))
-        .ok_or(Error::UntrustedKey {
-            key_id: header.key_id,
-        })?;
+    let key_id = KeyId(header.key_id);
+    keyring.trusted(&key_id, now)?;
     let m = read_vec(r, header.manifest_len, Section::Manifest)?;
     let mut sig = [0u8; SIGNATURE_SIZE];
     read_exact(r, &mut sig, Section::Signature)?;
     let mut signed = hb.to_vec();
     signed.extend_from_slice(&m);
-    key.verify_raw(&signed, &sig)
-        .map_err(|_| Error::BadSignature)?;
+    keyring.verify(&key_id, Context::Payload, &signed, &sig, now)?;
     let manifest = parse_manifest(&unpack_manifest(&m)?, header.data_len)?;
     Ok((header, manifest, sha256(&signed)))
 }
@@ -568,7 +580,8 @@ where
     S: ReadAt + ?Sized,
     T: ReadAt + WriteAt,
 {
-    let (_header, manifest, payload_id) = read_manifest(&mut payload, opts.keyring)?;
+    let now = opts.now.unwrap_or_else(keel_trust::unix_now);
+    let (_header, manifest, payload_id) = read_manifest_at(&mut payload, opts.keyring, now)?;
     check_release(&manifest, opts)?;
     let target_size = manifest.target.size;
     check_source(&manifest, source)?;

@@ -190,6 +190,20 @@ pub enum Error {
     /// A verity error.
     #[error(transparent)]
     Verity(#[from] keel_verity::Error),
+    /// A key problem other than an untrusted key or a bad signature: an expired key, a
+    /// signer that failed while generating.
+    #[error(transparent)]
+    Trust(keel_trust::Error),
+}
+
+impl From<keel_trust::Error> for Error {
+    fn from(e: keel_trust::Error) -> Self {
+        match e {
+            keel_trust::Error::Untrusted(id) => Error::UntrustedKey { key_id: id.0 },
+            keel_trust::Error::BadSignature(_) => Error::BadSignature,
+            e => Error::Trust(e),
+        }
+    }
 }
 
 impl Error {

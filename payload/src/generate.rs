@@ -17,7 +17,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use keel_verity::{RootDescriptor, SigningKey};
+use keel_trust::{Context, Signer};
+use keel_verity::RootDescriptor;
 
 use crate::error::{Error, Result};
 use crate::format::{
@@ -395,11 +396,11 @@ fn tail(ext: &[Extent], blocks: u64) -> Vec<Extent> {
 }
 
 /// Generate a payload turning `source` (or nothing, for a full payload) into `target`,
-/// signed with `key`.
-pub fn generate(
+/// signed by `signer` (a key in memory, an HSM callback, openssl as a process).
+pub fn generate<S: Signer + ?Sized>(
     source: Option<&[u8]>,
     target: &[u8],
-    key: &SigningKey,
+    signer: &S,
     opts: &GenerateOptions,
 ) -> Result<Vec<u8>> {
     let threads = opts
@@ -672,11 +673,16 @@ pub fn generate(
         version: opts.version.clone(),
         operations,
     };
-    assemble(&manifest, &data, key)
+    assemble(&manifest, &data, signer)
 }
 
-/// Put a payload together: header, manifest, signature over both, data.
-pub fn assemble(manifest: &Manifest, data: &[u8], key: &SigningKey) -> Result<Vec<u8>> {
+/// Put a payload together: header, manifest, signature over both (in the payload
+/// context), data.
+pub fn assemble<S: Signer + ?Sized>(
+    manifest: &Manifest,
+    data: &[u8],
+    signer: &S,
+) -> Result<Vec<u8>> {
     if manifest.compatible.is_empty() || manifest.compatible.len() > 256 {
         return Err(Error::Invalid("compatible: 1 to 256 bytes".into()));
     }
@@ -695,13 +701,13 @@ pub fn assemble(manifest: &Manifest, data: &[u8], key: &SigningKey) -> Result<Ve
     let header = Header {
         manifest_len: m.len() as u64,
         data_len: data.len() as u64,
-        key_id: key.public_key().id().0,
+        key_id: signer.key_id().0,
     };
     let h = header.to_bytes();
     let mut signed = Vec::with_capacity(h.len() + m.len());
     signed.extend_from_slice(&h);
     signed.extend_from_slice(&m);
-    let sig = key.sign_raw(&signed);
+    let sig = signer.sign(Context::Payload, &signed)?;
     let mut out = signed;
     out.extend_from_slice(&sig);
     out.extend_from_slice(data);

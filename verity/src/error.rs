@@ -97,13 +97,10 @@ pub enum Error {
         count: u64,
     },
 
-    /// A key could not be read or written.
-    #[error("key: {0}")]
-    Key(String),
-
-    /// A signature did not verify, or no trusted key matched.
-    #[error("signature: {0}")]
-    Signature(String),
+    /// A key or signature problem: an untrusted or expired key, a signature that does
+    /// not verify, a signer that failed.
+    #[error(transparent)]
+    Trust(#[from] keel_trust::Error),
 }
 
 impl Error {

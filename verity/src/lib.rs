@@ -61,11 +61,12 @@ pub use format::{format, open_hash_device, FormatOptions, Formatted};
 pub use fsverity::{fsverity_digest, FsVerity, FSVERITY_DESCRIPTOR_SIZE};
 pub use geometry::{Level, TreeGeometry, MAX_LEVELS};
 pub use io::{Progress, ReadAt, WriteAt};
+pub use keel_trust::{Context, KeyId, Keyring, PublicKey, Signer, SigningKey};
 pub use params::{
     HashType, VerityParams, VerityParamsBuilder, DEFAULT_SALT_SIZE, MAX_BLOCK_SIZE, MAX_SALT_SIZE,
     MIN_BLOCK_SIZE,
 };
-pub use sign::{KeyId, Keyring, PublicKey, RootDescriptor, SignedRoot, SigningKey, VerifiedRoot};
+pub use sign::{RootDescriptor, SignRoot, SignedRoot, VerifiedRoot, VerifyRoot};
 pub use superblock::{
     format_uuid, parse_uuid, random_uuid, Superblock, SUPERBLOCK_MAGIC, SUPERBLOCK_SIZE,
 };

@@ -31,15 +31,16 @@
 //! |---|---|---|
 //! | 0 | 396 | root descriptor |
 //! | 396 | 32 | key id of the signing key |
-//! | 428 | 64 | Ed25519 signature (RFC 8032, pure) over bytes 0..396 |
+//! | 428 | 64 | Ed25519 signature (RFC 8032, pure) over the context tag, then bytes 0..396 |
 //!
-//! The signature is the one `openssl pkeyutl -sign -rawin -inkey KEY.pem -in DESCRIPTOR`
-//! makes. The key id is the SHA-256 of the public key's DER `SubjectPublicKeyInfo`, the
-//! same as `openssl pkey -in KEY.pem -pubout -outform DER | sha256sum`.
+//! The signed message is keel-trust's [`Context::RootDescriptor`] tag
+//! (`"keel signature v1\0root descriptor\0"`) followed by the descriptor, so no other
+//! kind of Keel signature can pass for a root's; `openssl pkeyutl -sign -rawin -inkey
+//! KEY.pem -in MESSAGE` makes the same signature over that message. The key id is the
+//! SHA-256 of the public key's DER `SubjectPublicKeyInfo`, the same as `openssl pkey -in
+//! KEY.pem -pubout -outform DER | sha256sum`.
 
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{Signature, Signer};
-use sha2::Digest;
+use keel_trust::{Context, KeyId, Keyring, Signer};
 
 use crate::algorithm::HashAlgorithm;
 use crate::error::{Error, Result};
@@ -263,146 +264,6 @@ impl RootDescriptor {
     }
 }
 
-/// Identifies a public key: SHA-256 of its DER `SubjectPublicKeyInfo`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(pub [u8; 32]);
-
-impl std::fmt::Display for KeyId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl std::fmt::Debug for KeyId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeyId({self})")
-    }
-}
-
-/// An Ed25519 public key that may verify signed roots.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PublicKey {
-    key: ed25519_dalek::VerifyingKey,
-    id: KeyId,
-}
-
-impl PublicKey {
-    fn from_dalek(key: ed25519_dalek::VerifyingKey) -> Result<Self> {
-        let der = key
-            .to_public_key_der()
-            .map_err(|e| Error::Key(format!("encoding the public key: {e}")))?;
-        let id = KeyId(sha2::Sha256::digest(der.as_bytes()).into());
-        Ok(PublicKey { key, id })
-    }
-
-    /// From a PEM `PUBLIC KEY` (SubjectPublicKeyInfo), as `openssl pkey -pubout` writes.
-    pub fn from_pem(pem: &str) -> Result<Self> {
-        let key = ed25519_dalek::VerifyingKey::from_public_key_pem(pem)
-            .map_err(|e| Error::Key(format!("reading an Ed25519 public key PEM: {e}")))?;
-        Self::from_dalek(key)
-    }
-
-    /// From the 32 raw key bytes.
-    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self> {
-        let key = ed25519_dalek::VerifyingKey::from_bytes(bytes)
-            .map_err(|e| Error::Key(format!("not an Ed25519 public key: {e}")))?;
-        Self::from_dalek(key)
-    }
-
-    /// The 32 raw key bytes.
-    pub fn to_bytes(&self) -> [u8; 32] {
-        self.key.to_bytes()
-    }
-
-    /// As PEM `PUBLIC KEY`.
-    pub fn to_pem(&self) -> Result<String> {
-        self.key
-            .to_public_key_pem(Default::default())
-            .map_err(|e| Error::Key(format!("encoding the public key: {e}")))
-    }
-
-    /// The key id.
-    pub fn id(&self) -> KeyId {
-        self.id
-    }
-
-    /// Verify a raw Ed25519 signature over `message` (strict: no malleable encodings).
-    pub fn verify_raw(&self, message: &[u8], signature: &[u8; 64]) -> Result<()> {
-        let sig = Signature::from_bytes(signature);
-        self.key.verify_strict(message, &sig).map_err(|_| {
-            Error::Signature(format!("signature does not verify with key {}", self.id))
-        })
-    }
-}
-
-/// An Ed25519 private key.
-pub struct SigningKey {
-    key: ed25519_dalek::SigningKey,
-    public: PublicKey,
-}
-
-impl std::fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("id", &self.public.id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SigningKey {
-    fn from_dalek(key: ed25519_dalek::SigningKey) -> Result<Self> {
-        let public = PublicKey::from_dalek(key.verifying_key())?;
-        Ok(SigningKey { key, public })
-    }
-
-    /// A new key from the operating system's random source.
-    pub fn generate() -> Result<Self> {
-        let seed = crate::params::random_bytes::<32>()?;
-        Self::from_dalek(ed25519_dalek::SigningKey::from_bytes(&seed))
-    }
-
-    /// From PEM PKCS#8 `PRIVATE KEY`, as `openssl genpkey -algorithm ed25519` writes.
-    pub fn from_pkcs8_pem(pem: &str) -> Result<Self> {
-        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
-            .map_err(|e| Error::Key(format!("reading an Ed25519 PKCS#8 private key PEM: {e}")))?;
-        Self::from_dalek(key)
-    }
-
-    /// As PEM PKCS#8 `PRIVATE KEY`, the v1 form `openssl genpkey` writes (OpenSSL 3.0
-    /// cannot read the v2 form that embeds the public key).
-    pub fn to_pkcs8_pem(&self) -> Result<String> {
-        let pair = ed25519_dalek::pkcs8::KeypairBytes {
-            secret_key: self.key.to_bytes(),
-            public_key: None,
-        };
-        pair.to_pkcs8_pem(Default::default())
-            .map(|s| s.to_string())
-            .map_err(|e| Error::Key(format!("encoding the private key: {e}")))
-    }
-
-    /// The public half.
-    pub fn public_key(&self) -> &PublicKey {
-        &self.public
-    }
-
-    /// Sign arbitrary bytes (what `openssl pkeyutl -sign -rawin` does), for other signed
-    /// formats built on the same keys.
-    pub fn sign_raw(&self, message: &[u8]) -> [u8; 64] {
-        self.key.sign(message).to_bytes()
-    }
-
-    /// Sign a root descriptor.
-    pub fn sign(&self, descriptor: &RootDescriptor) -> SignedRoot {
-        let bytes = descriptor.to_bytes();
-        let sig = self.key.sign(&bytes).to_bytes();
-        SignedRoot {
-            descriptor: bytes,
-            key_id: self.public.id,
-            signature: sig,
-        }
-    }
-}
-
 /// A root descriptor with the id of its signer and the signature, as stored in a file.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SignedRoot {
@@ -491,67 +352,52 @@ pub struct VerifiedRoot {
     pub key_id: KeyId,
 }
 
-/// The set of trusted public keys. Several may be trusted at once, so a new signing key
-/// can be rolled out before the old one is retired.
-#[derive(Clone, Debug, Default)]
-pub struct Keyring {
-    keys: Vec<PublicKey>,
+/// Signing root descriptors, for every [`Signer`] (a key in memory, an HSM callback,
+/// openssl as a process).
+pub trait SignRoot {
+    /// Sign `descriptor` in the [`Context::RootDescriptor`] context.
+    fn sign_root(&self, descriptor: &RootDescriptor) -> Result<SignedRoot>;
 }
 
-impl Keyring {
-    /// An empty keyring.
-    pub fn new() -> Self {
-        Keyring::default()
+impl<S: Signer + ?Sized> SignRoot for S {
+    fn sign_root(&self, descriptor: &RootDescriptor) -> Result<SignedRoot> {
+        let bytes = descriptor.to_bytes();
+        let signature = self.sign(Context::RootDescriptor, &bytes)?;
+        Ok(SignedRoot {
+            descriptor: bytes,
+            key_id: self.key_id(),
+            signature,
+        })
     }
+}
 
-    /// Trust `key`. Adding a key already present is an error (a configuration mistake).
-    pub fn add(&mut self, key: PublicKey) -> Result<()> {
-        if self.keys.iter().any(|k| k.id == key.id) {
-            return Err(Error::Key(format!(
-                "key {} is already in the keyring",
-                key.id
-            )));
-        }
-        self.keys.push(key);
-        Ok(())
+/// Verifying signed roots against a [`Keyring`].
+pub trait VerifyRoot {
+    /// Verify a stored signed root now: its length, that its key is trusted (and not
+    /// expired), and the signature over the exact descriptor bytes; only then parse and
+    /// check the descriptor.
+    fn verify_root(&self, signed: &[u8]) -> Result<VerifiedRoot> {
+        self.verify_root_at(signed, keel_trust::unix_now())
     }
+    /// As [`verify_root`](Self::verify_root), with the time of the check (seconds since
+    /// the epoch) for the keys' not-after dates.
+    fn verify_root_at(&self, signed: &[u8], now: u64) -> Result<VerifiedRoot>;
+}
 
-    /// Stop trusting the key with `id`; true if it was present.
-    pub fn remove(&mut self, id: &KeyId) -> bool {
-        let before = self.keys.len();
-        self.keys.retain(|k| k.id != *id);
-        before != self.keys.len()
-    }
-
-    /// The trusted key with this id.
-    pub fn get(&self, id: &KeyId) -> Option<&PublicKey> {
-        self.keys.iter().find(|k| k.id == *id)
-    }
-
-    /// The trusted keys.
-    pub fn keys(&self) -> &[PublicKey] {
-        &self.keys
-    }
-
-    /// Verify a stored signed root: its length, that its key is trusted, and the signature
-    /// over the exact descriptor bytes; only then parse and check the descriptor.
-    pub fn verify(&self, signed: &[u8]) -> Result<VerifiedRoot> {
+impl VerifyRoot for Keyring {
+    fn verify_root_at(&self, signed: &[u8], now: u64) -> Result<VerifiedRoot> {
         let s = SignedRoot::from_bytes(signed)?;
-        self.verify_signed(&s)
-    }
-
-    /// As [`verify`](Self::verify), for an already split signed root.
-    pub fn verify_signed(&self, s: &SignedRoot) -> Result<VerifiedRoot> {
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id == s.key_id)
-            .ok_or_else(|| Error::Signature(format!("key {} is not trusted", s.key_id)))?;
-        key.verify_raw(&s.descriptor, &s.signature)?;
+        self.verify(
+            &s.key_id,
+            Context::RootDescriptor,
+            &s.descriptor,
+            &s.signature,
+            now,
+        )?;
         let descriptor = RootDescriptor::parse(&s.descriptor)?;
         Ok(VerifiedRoot {
             descriptor,
-            key_id: key.id,
+            key_id: s.key_id,
         })
     }
 }
@@ -619,36 +465,36 @@ mod tests {
 
     #[test]
     fn sign_verify_and_rotation() {
+        use keel_trust::SigningKey;
         let k1 = SigningKey::generate().unwrap();
         let k2 = SigningKey::generate().unwrap();
-        let signed = k2.sign(&descriptor()).to_bytes();
+        let signed = k2.sign_root(&descriptor()).unwrap().to_bytes();
         let mut ring = Keyring::new();
         ring.add(k1.public_key().clone()).unwrap();
-        assert!(matches!(ring.verify(&signed), Err(Error::Signature(_))));
+        assert!(matches!(
+            ring.verify_root(&signed),
+            Err(Error::Trust(keel_trust::Error::Untrusted(_)))
+        ));
         ring.add(k2.public_key().clone()).unwrap();
-        assert!(ring.add(k2.public_key().clone()).is_err());
-        let v = ring.verify(&signed).unwrap();
+        let v = ring.verify_root(&signed).unwrap();
         assert_eq!(v.descriptor, descriptor());
         assert_eq!(v.key_id, k2.public_key().id());
         // Any change to the signed bytes is refused before parsing.
         for at in [0usize, 56, 80, 340, 395, 430, 491] {
             let mut t = signed.clone();
             t[at] ^= 1;
-            assert!(ring.verify(&t).is_err(), "byte {at}");
+            assert!(ring.verify_root(&t).is_err(), "byte {at}");
         }
+        // A signature over the bare descriptor (no context) is not a root signature.
+        let mut bare = signed.clone();
+        let sig = k2.sign_raw(&descriptor().to_bytes());
+        bare[DESCRIPTOR_SIZE + 32..].copy_from_slice(&sig);
+        assert!(ring.verify_root(&bare).is_err());
+        // Nor is one made for a payload over the same bytes.
+        let sig = k2.sign(Context::Payload, &descriptor().to_bytes()).unwrap();
+        bare[DESCRIPTOR_SIZE + 32..].copy_from_slice(&sig);
+        assert!(ring.verify_root(&bare).is_err());
         assert!(ring.remove(&k2.public_key().id()));
-        assert!(ring.verify(&signed).is_err());
-    }
-
-    #[test]
-    fn pem_round_trip() {
-        let k = SigningKey::generate().unwrap();
-        let pem = k.to_pkcs8_pem().unwrap();
-        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
-        let k2 = SigningKey::from_pkcs8_pem(&pem).unwrap();
-        assert_eq!(k2.public_key(), k.public_key());
-        let pubpem = k.public_key().to_pem().unwrap();
-        assert_eq!(PublicKey::from_pem(&pubpem).unwrap(), *k.public_key());
-        assert!(SigningKey::from_pkcs8_pem("garbage").is_err());
+        assert!(ring.verify_root(&signed).is_err());
     }
 }

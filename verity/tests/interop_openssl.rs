@@ -1,5 +1,6 @@
 //! Signed root descriptors against OpenSSL: keys from `openssl genpkey`, signatures made
-//! by `openssl pkeyutl -sign -rawin` verify in Keel, and Keel's verify in OpenSSL.
+//! by `openssl pkeyutl -sign -rawin` over the root-descriptor context and the descriptor
+//! verify in Keel, and Keel's verify in OpenSSL.
 
 mod common;
 
@@ -8,8 +9,8 @@ use std::fs;
 use common::{run, run_ok, tool};
 use keel_verity::sign::DESCRIPTOR_SIZE;
 use keel_verity::{
-    HashAlgorithm, HashType, KeyId, Keyring, PublicKey, RootDescriptor, SignedRoot, SigningKey,
-    VerityParams,
+    Context, HashAlgorithm, HashType, KeyId, Keyring, PublicKey, RootDescriptor, SignRoot,
+    SignedRoot, SigningKey, VerifyRoot, VerityParams,
 };
 use sha2::Digest;
 
@@ -70,8 +71,13 @@ fn openssl_keys_and_signatures_verify_in_keel() {
     assert_eq!(&public, signer.public_key());
 
     let desc = descriptor();
+    // What is signed: the root-descriptor context tag, then the descriptor.
     let desc_path = dir.path().join("desc.bin");
-    fs::write(&desc_path, desc.to_bytes()).unwrap();
+    fs::write(
+        &desc_path,
+        Context::RootDescriptor.message(&desc.to_bytes()),
+    )
+    .unwrap();
     let sig_path = dir.path().join("sig.bin");
     run_ok(
         &openssl,
@@ -89,18 +95,18 @@ fn openssl_keys_and_signatures_verify_in_keel() {
     );
     let sig: [u8; 64] = fs::read(&sig_path).unwrap().try_into().unwrap();
     // Ed25519 is deterministic: Keel's own signature is the same bytes.
-    assert_eq!(signer.sign(&desc).signature(), &sig);
+    assert_eq!(signer.sign_root(&desc).unwrap().signature(), &sig);
 
     let mut ring = Keyring::new();
     ring.add(public).unwrap();
     let signed = SignedRoot::from_parts(desc.to_bytes(), KeyId(id), sig);
-    let v = ring.verify(&signed.to_bytes()).unwrap();
+    let v = ring.verify_root(&signed.to_bytes()).unwrap();
     assert_eq!(v.descriptor, desc);
 
     let mut tampered: [u8; DESCRIPTOR_SIZE] = desc.to_bytes();
     tampered[60] ^= 1;
     let bad = SignedRoot::from_parts(tampered, KeyId(id), sig);
-    assert!(ring.verify(&bad.to_bytes()).is_err());
+    assert!(ring.verify_root(&bad.to_bytes()).is_err());
 }
 
 #[test]
@@ -118,9 +124,13 @@ fn keel_keys_and_signatures_verify_in_openssl() {
     let derived = run_ok(&openssl, &["pkey", "-in", key.to_str().unwrap(), "-pubout"]);
     assert_eq!(derived, fs::read_to_string(&pubpem).unwrap());
 
-    let signed = signer.sign(&descriptor());
+    let signed = signer.sign_root(&descriptor()).unwrap();
     let desc_path = dir.path().join("desc.bin");
-    fs::write(&desc_path, signed.descriptor_bytes()).unwrap();
+    fs::write(
+        &desc_path,
+        Context::RootDescriptor.message(signed.descriptor_bytes()),
+    )
+    .unwrap();
     let sig_path = dir.path().join("sig.bin");
     fs::write(&sig_path, signed.signature()).unwrap();
     let args = |d: &str| {
@@ -141,7 +151,7 @@ fn keel_keys_and_signatures_verify_in_openssl() {
     let out = run_ok(&openssl, &a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.contains("Signature Verified Successfully"), "{out}");
     // And openssl refuses a changed descriptor: the check above can fail.
-    let mut t = signed.descriptor_bytes().to_vec();
+    let mut t = Context::RootDescriptor.message(signed.descriptor_bytes());
     t[100] ^= 1;
     let bad = dir.path().join("bad.bin");
     fs::write(&bad, t).unwrap();
