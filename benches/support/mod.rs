@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// An environment variable as a number, or `default`.
-pub fn env_u64(name: &str, default: u64) -> u64 {
+pub(crate) fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -15,7 +15,7 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 /// `size` bytes of seeded pseudo-random data, synced.
-pub fn write_data(path: &Path, size: u64) {
+pub(crate) fn write_data(path: &Path, size: u64) {
     let mut f = File::create(path).unwrap();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut buf = vec![0u8; 1 << 20];
@@ -35,7 +35,7 @@ pub fn write_data(path: &Path, size: u64) {
 }
 
 /// The fastest of `runs` runs of `f`.
-pub fn best<F: FnMut()>(runs: u64, mut f: F) -> Duration {
+pub(crate) fn best<F: FnMut()>(runs: u64, mut f: F) -> Duration {
     (0..runs)
         .map(|_| {
             let t = Instant::now();
@@ -47,7 +47,7 @@ pub fn best<F: FnMut()>(runs: u64, mut f: F) -> Duration {
 }
 
 /// veritysetup, where Debian puts it.
-pub fn veritysetup() -> Option<PathBuf> {
+pub(crate) fn veritysetup() -> Option<PathBuf> {
     [
         "/usr/sbin/veritysetup",
         "/sbin/veritysetup",
@@ -59,7 +59,7 @@ pub fn veritysetup() -> Option<PathBuf> {
 }
 
 /// The `Root hash:` line of veritysetup's output.
-pub fn root_line(stdout: &[u8]) -> String {
+pub(crate) fn root_line(stdout: &[u8]) -> String {
     String::from_utf8_lossy(stdout)
         .lines()
         .find_map(|l| l.strip_prefix("Root hash:").map(|r| r.trim().to_string()))

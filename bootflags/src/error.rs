@@ -80,6 +80,7 @@ pub enum Error {
     Invalid(String),
     /// An I/O error (with the `std` feature), its kind and source kept.
     #[cfg(feature = "std")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "std")))]
     #[error("{context}: {source}")]
     Io {
         /// What was being done.

@@ -28,6 +28,7 @@
 //! # Ok::<(), keel_bootflags::Error>(())
 //! ```
 #![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -45,6 +46,7 @@ pub mod grubenv;
 mod model;
 pub mod rauc;
 #[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub mod store;
 pub mod ubootenv;
 

@@ -81,8 +81,8 @@ impl SlotState {
 
 /// A persistent A/B boot-state store: the one interface an update agent holds for every
 /// backend (`Box<dyn BootControl>`): GPT attribute bits (keel-partition's `AbDisk`), GRUB
-/// and U-Boot environments and Android's misc partition ([`store::FileStore`]
-/// (crate::store::FileStore), with `std`).
+/// and U-Boot environments and Android's misc partition (`store::FileStore`, with the
+/// `std` feature).
 ///
 /// Each operation applies one boot loader's rules and writes the change crash-safely
 /// before it returns; when it fails, nothing changed (on disk or in the value).

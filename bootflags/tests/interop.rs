@@ -14,8 +14,7 @@ use keel_bootflags::store::{Backend, FileStore};
 use keel_bootflags::ubootenv::{Layout, Redundant, UbootEnv};
 use keel_bootflags::{AbControl, Slot, SlotState};
 
-#[path = "../../testsupport/tools.rs"]
-mod tools;
+use keel_testsupport as tools;
 use tools::{run_ok as ok, tool};
 
 const TRICKY: [(&str, &str); 5] = [

@@ -70,7 +70,7 @@ pub(crate) struct Raw {
 }
 
 impl Raw {
-    pub fn error(path: Vec<Seg>, message: impl Into<String>) -> Raw {
+    pub(crate) fn error(path: Vec<Seg>, message: impl Into<String>) -> Raw {
         Raw {
             severity: Severity::Error,
             path,
@@ -78,7 +78,7 @@ impl Raw {
             message: message.into(),
         }
     }
-    pub fn warning(path: Vec<Seg>, message: impl Into<String>) -> Raw {
+    pub(crate) fn warning(path: Vec<Seg>, message: impl Into<String>) -> Raw {
         Raw {
             severity: Severity::Warning,
             path,

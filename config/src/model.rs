@@ -257,7 +257,7 @@ impl Default for Update {
 
 /// The keys each table allows, for reporting every unknown key at once.
 pub(crate) mod keys {
-    pub const TOP: &[&str] = &[
+    pub(crate) const TOP: &[&str] = &[
         "version",
         "compatible",
         "boot",
@@ -266,7 +266,7 @@ pub(crate) mod keys {
         "trust",
         "update",
     ];
-    pub const BOOT: &[&str] = &[
+    pub(crate) const BOOT: &[&str] = &[
         "backend",
         "disk",
         "grubenv",
@@ -277,7 +277,7 @@ pub(crate) mod keys {
         "entries-dir",
         "attempts",
     ];
-    pub const SLOT: &[&str] = &[
+    pub(crate) const SLOT: &[&str] = &[
         "name",
         "class",
         "device",
@@ -285,7 +285,7 @@ pub(crate) mod keys {
         "partition-type",
         "read-only",
     ];
-    pub const VERITY: &[&str] = &[
+    pub(crate) const VERITY: &[&str] = &[
         "algorithm",
         "data-block-size",
         "hash-block-size",
@@ -295,9 +295,9 @@ pub(crate) mod keys {
         "hash-tree",
         "hash-device",
     ];
-    pub const TRUST: &[&str] = &["minimum-version", "key"];
-    pub const KEY: &[&str] = &["id", "ed25519", "not-after"];
-    pub const UPDATE: &[&str] = &[
+    pub(crate) const TRUST: &[&str] = &["minimum-version", "key"];
+    pub(crate) const KEY: &[&str] = &["id", "ed25519", "not-after"];
+    pub(crate) const UPDATE: &[&str] = &[
         "tries",
         "protect-booted-slot",
         "max-resumes",

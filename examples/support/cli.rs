@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// Standard output written so that a closed pipe ends the program with status 0 (as a
 /// reader that stops early means "enough", not an error), and another write error with
 /// status 1 and a message, instead of a panic.
-pub fn stdout_failed(e: std::io::Error) -> ! {
+pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         std::process::exit(0);
     }
@@ -41,7 +41,7 @@ macro_rules! print {
 /// (the run failed), so a failed command leaves nothing behind. Files that existed before
 /// are never listed, so never removed.
 #[derive(Default)]
-pub struct Created {
+pub(crate) struct Created {
     paths: Vec<PathBuf>,
     /// Kept if this file exists when the run fails (a resume record that needs them).
     unless: Option<PathBuf>,
@@ -49,7 +49,7 @@ pub struct Created {
 
 impl Created {
     /// A guard that keeps the files if `unless` exists at the end of a failed run.
-    pub fn unless(path: Option<PathBuf>) -> Self {
+    pub(crate) fn unless(path: Option<PathBuf>) -> Self {
         Created {
             paths: Vec::new(),
             unless: path,
@@ -57,12 +57,12 @@ impl Created {
     }
 
     /// Remember `path` as created by this run.
-    pub fn add(&mut self, path: impl Into<PathBuf>) {
+    pub(crate) fn add(&mut self, path: impl Into<PathBuf>) {
         self.paths.push(path.into());
     }
 
     /// The run succeeded: keep everything.
-    pub fn keep(mut self) {
+    pub(crate) fn keep(mut self) {
         self.paths.clear();
     }
 }
@@ -80,7 +80,7 @@ impl Drop for Created {
 
 /// Open `path` read-write, creating it if it is not there; a created file is added to
 /// `created`.
-pub fn open_or_create(
+pub(crate) fn open_or_create(
     path: &std::path::Path,
     mode: u32,
     created: &mut Created,

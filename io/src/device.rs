@@ -27,8 +27,8 @@ pub trait ReadAt: Sync {
 
 /// A device or buffer written by offset.
 pub trait WriteAt {
-    /// Write all of `buf` at `offset`. Files and vectors grow if needed; a [`Region`]
-    /// (crate::Region) or a block device refuses what lies past its end.
+    /// Write all of `buf` at `offset`. Files and vectors grow if needed; a
+    /// [`Region`](crate::Region) or a block device refuses what lies past its end.
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Make what was written durable (`fdatasync` for files; nothing for memory).
     fn sync(&mut self) -> io::Result<()> {

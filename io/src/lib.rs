@@ -25,6 +25,7 @@
 //! assert_eq!(&disk[256 << 10..(256 << 10) + 2], b"v2");
 //! # Ok::<(), std::io::Error>(())
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -37,6 +38,7 @@ mod progress;
 mod region;
 pub mod sys;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
 pub use cursor::{Cursor, CursorError};

@@ -3,8 +3,7 @@
 //! finds nothing that repair cannot fix, and the slots read back in the old or the new
 //! state, never a mix.
 
-#[path = "../../testsupport/tools.rs"]
-mod tools;
+use keel_testsupport as tools;
 
 use keel_bootflags::{PriorityPolicy, Slot, SlotState};
 use keel_partition::{create_layout, AbDisk, GptDisk, Layout, SlotSelector};

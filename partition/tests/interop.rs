@@ -1,7 +1,6 @@
 //! keel-partition against cgpt and sgdisk, both directions.
 
-#[path = "../../testsupport/tools.rs"]
-mod tools;
+use keel_testsupport as tools;
 
 use std::fs;
 use std::path::Path;

@@ -2,8 +2,7 @@
 //! the kernel, changes are made in place, and the kernel re-reads the table (BLKRRPART),
 //! or says it is busy when a partition is open.
 
-#[path = "../../testsupport/tools.rs"]
-mod tools;
+use keel_testsupport as tools;
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};

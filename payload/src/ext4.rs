@@ -308,15 +308,11 @@ fn file(fs: &mut Fs<'_>, ino: u64, path: String) -> Option<File> {
 }
 
 #[cfg(test)]
-#[path = "../../testsupport/tools.rs"]
-mod test_tools;
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    use super::test_tools as tools;
+    use keel_testsupport as tools;
 
     /// mkfs.ext4 -d on a tree with small, large, sparse and fragmented files and a hashed
     /// directory: every file is found, and its extents read back its content.

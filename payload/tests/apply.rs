@@ -3,8 +3,7 @@
 //! and refusal of every kind of bad payload.
 
 mod support;
-#[path = "../../testsupport/tools.rs"]
-mod tools;
+use keel_testsupport as tools;
 
 use std::fs;
 use std::io;

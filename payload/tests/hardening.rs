@@ -3,8 +3,7 @@
 //! target grown by a lying size, blocks written twice, and decoders without bounds.
 
 mod support;
-#[path = "../../testsupport/tools.rs"]
-mod tools;
+use keel_testsupport as tools;
 
 use keel_payload::format::{
     bspatch, image_digest, Extent, ImageId, Operation, BLOCK_SIZE, HEADER_SIZE,

@@ -1,8 +1,7 @@
 //! A build pipeline signs payloads without holding the key: openssl run as a process, or
 //! a callback standing for an HSM; the applier accepts both, and refuses an expired key.
 
-#[path = "../../testsupport/tools.rs"]
-mod tools;
+use keel_testsupport as tools;
 
 use keel_payload::{apply, generate, ApplyOptions, Error, GenerateOptions, VersionCheck};
 use keel_trust::{CallbackSigner, Keyring, OpensslSigner, PublicKey, SigningKey};

@@ -1,16 +1,14 @@
 //! Helpers for the tests that run the examples.
 #![allow(dead_code)]
 
-#[path = "../../testsupport/tools.rs"]
-mod tools;
-pub use tools::*;
+pub(crate) use keel_testsupport::*;
 
 use std::path::PathBuf;
 use std::process::Command;
 
 /// The example `name`, built first so it is never stale (`cargo test` builds examples,
 /// `cargo test --test X` does not).
-pub fn example(name: &str) -> PathBuf {
+pub(crate) fn example(name: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     // target/<profile>/deps/<this test> -> target/<profile>/examples/<name>
     let exe = std::env::current_exe().unwrap();
@@ -33,7 +31,7 @@ pub fn example(name: &str) -> PathBuf {
 }
 
 /// Run an example that must succeed; returns its standard output.
-pub fn ok(name: &str, args: &[&str]) -> String {
+pub(crate) fn ok(name: &str, args: &[&str]) -> String {
     let o = run(&example(name), args);
     assert!(
         o.status.success(),

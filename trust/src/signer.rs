@@ -82,7 +82,7 @@ impl<S: Signer + ?Sized> Signer for &S {
 
 /// The signing function of a [`CallbackSigner`]: the message in, the 64-byte signature
 /// or a reason out.
-pub type SignFn = dyn Fn(&[u8]) -> std::result::Result<[u8; 64], String> + Send + Sync;
+pub(crate) type SignFn = dyn Fn(&[u8]) -> std::result::Result<[u8; 64], String> + Send + Sync;
 
 /// A signer whose key lives elsewhere (an HSM through PKCS#11, a cloud KMS): a function
 /// gets the message and returns the signature.

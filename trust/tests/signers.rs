@@ -2,8 +2,7 @@
 //! openssl run as a process (with a key openssl made), a callback, a key in memory;
 //! expired and unknown keys are refused.
 
-#[path = "../../testsupport/tools.rs"]
-mod tools;
+use keel_testsupport as tools;
 
 use keel_trust::{
     CallbackSigner, Context, Error, Keyring, OpensslSigner, PublicKey, Signer, SigningKey,

@@ -207,6 +207,12 @@ macro_rules! by_group {
     };
 }
 
+/// The parity planes of `inputs` with GFNI, 64 bytes a step.
+///
+/// # Safety
+///
+/// The CPU must have AVX-512F, AVX-512BW and GFNI; every input must hold `vec_len` bytes
+/// (a multiple of 64) and `planes` `roots * len` bytes with `vec_len <= len`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,gfni")]
 unsafe fn dot_gfni(
@@ -231,6 +237,11 @@ unsafe fn dot_gfni(
     }
 }
 
+/// Planes `j0..j0 + G` of one 64-byte step at `off`.
+///
+/// # Safety
+///
+/// As [`dot_gfni`], with `off + 64 <= vec_len` and `j0 + G <= roots`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,gfni")]
 #[allow(clippy::too_many_arguments)]
@@ -246,7 +257,7 @@ unsafe fn group_gfni<const G: usize>(
     let mut acc = [_mm512_setzero_si512(); G];
     for (i, input) in inputs.iter().enumerate() {
         // SAFETY: the caller guarantees off + 64 <= input.len().
-        let x = unsafe { _mm512_loadu_si512(input.as_ptr().add(off).cast()) };
+        let x = unsafe { _mm512_loadu_si512(input.as_ptr().wrapping_add(off).cast()) };
         let row = &m[i * roots + j0..i * roots + j0 + G];
         for (a, &c) in acc.iter_mut().zip(row) {
             let mat = _mm512_set1_epi64(c as i64);
@@ -256,10 +267,15 @@ unsafe fn group_gfni<const G: usize>(
     for (g, a) in acc.iter().enumerate() {
         let at = (j0 + g) * len + off;
         // SAFETY: the caller guarantees (j0 + g) * len + off + 64 <= planes.len().
-        unsafe { _mm512_storeu_si512(planes.as_mut_ptr().add(at).cast(), *a) };
+        unsafe { _mm512_storeu_si512(planes.as_mut_ptr().wrapping_add(at).cast(), *a) };
     }
 }
 
+/// The parity planes of `inputs` with AVX2 nibble tables, 64 bytes a step.
+///
+/// # Safety
+///
+/// The CPU must have AVX2; the lengths as for [`dot_gfni`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn dot_avx2(
@@ -275,17 +291,21 @@ unsafe fn dot_avx2(
         let g = (roots - j0).min(8);
         let mut off = 0;
         while off < vec_len {
-            // SAFETY: as in dot_gfni, for two 32-byte halves of each 64-byte step.
-            unsafe {
-                by_group!(g, group_avx2, t, roots, inputs, off, j0, len, planes);
-                by_group!(g, group_avx2, t, roots, inputs, off + 32, j0, len, planes);
-            }
+            // SAFETY: as in dot_gfni, for the first 32-byte half of the 64-byte step.
+            unsafe { by_group!(g, group_avx2, t, roots, inputs, off, j0, len, planes) };
+            // SAFETY: as in dot_gfni, for the second half (off + 64 <= vec_len).
+            unsafe { by_group!(g, group_avx2, t, roots, inputs, off + 32, j0, len, planes) };
             off += 64;
         }
         j0 += g;
     }
 }
 
+/// Planes `j0..j0 + G` of one 32-byte step at `off`.
+///
+/// # Safety
+///
+/// As [`dot_avx2`], with `off + 32 <= vec_len` and `j0 + G <= roots`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
@@ -302,18 +322,18 @@ unsafe fn group_avx2<const G: usize>(
     let low = _mm256_set1_epi8(0x0f);
     for (i, input) in inputs.iter().enumerate() {
         // SAFETY: the caller guarantees off + 32 <= input.len().
-        let x = unsafe { _mm256_loadu_si256(input.as_ptr().add(off).cast()) };
+        let x = unsafe { _mm256_loadu_si256(input.as_ptr().wrapping_add(off).cast()) };
         let lo = _mm256_and_si256(x, low);
         let hi = _mm256_and_si256(_mm256_srli_epi64::<4>(x), low);
         let row = &t[i * roots + j0..i * roots + j0 + G];
         for (a, tab) in acc.iter_mut().zip(row) {
-            // SAFETY: each table is 32 bytes; the 16-byte halves are broadcast to both lanes.
-            let (tl, th) = unsafe {
-                (
-                    _mm256_broadcastsi128_si256(_mm_loadu_si128(tab.as_ptr().cast())),
-                    _mm256_broadcastsi128_si256(_mm_loadu_si128(tab.as_ptr().add(16).cast())),
-                )
-            };
+            let (lo_half, hi_half) = tab.split_at(16);
+            // SAFETY: each half of the 32-byte table is 16 bytes, what the load reads.
+            let tl =
+                _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(lo_half.as_ptr().cast()) });
+            // SAFETY: as above, for the high half.
+            let th =
+                _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(hi_half.as_ptr().cast()) });
             let p = _mm256_xor_si256(_mm256_shuffle_epi8(tl, lo), _mm256_shuffle_epi8(th, hi));
             *a = _mm256_xor_si256(*a, p);
         }
@@ -321,7 +341,7 @@ unsafe fn group_avx2<const G: usize>(
     for (g, a) in acc.iter().enumerate() {
         let at = (j0 + g) * len + off;
         // SAFETY: the caller guarantees (j0 + g) * len + off + 32 <= planes.len().
-        unsafe { _mm256_storeu_si256(planes.as_mut_ptr().add(at).cast(), *a) };
+        unsafe { _mm256_storeu_si256(planes.as_mut_ptr().wrapping_add(at).cast(), *a) };
     }
 }
 

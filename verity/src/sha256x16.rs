@@ -67,6 +67,14 @@ pub(crate) fn hash16(
     false
 }
 
+/// Sixteen SHA-256 digests at once: lane `i` hashes `prefix`, body `i` of `input` (`n`
+/// bytes at `i * n`) and `suffix`, continuing `state` after `absorbed` bytes; digest `i`
+/// goes to `out[i * stride..]`.
+///
+/// # Safety
+///
+/// The CPU must have AVX-512F and AVX-512BW; `input` must hold 16 bodies of `n` bytes and
+/// `out` 16 digests at `stride`.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw")]
@@ -119,9 +127,11 @@ unsafe fn hash16_avx512(
         if c >= first_inner && c < end_inner {
             let run = end_inner - c;
             let start = c * 64 - p;
-            // Lane i reads input[i * n + start .. i * n + start + run * 64], inside body i
-            // because (c + run) * 64 - p <= n.
-            compress_run(&mut st, input.as_ptr().add(start), in_place, run);
+            let base = input[start..].as_ptr();
+            // SAFETY: AVX-512F/BW are enabled for this function. Lane i reads
+            // input[i * n + start .. i * n + start + run * 64], inside body i because
+            // (c + run) * 64 - p <= n, and the caller checked input holds 16 bodies of n.
+            unsafe { compress_run(&mut st, base, in_place, run) };
             c = end_inner;
             continue;
         }
@@ -137,13 +147,15 @@ unsafe fn hash16_avx512(
                 chunks,
             );
         }
-        // Lane i reads buf[i], 64 bytes.
-        compress_run(&mut st, buf.as_ptr() as *const u8, buffered, 1);
+        // SAFETY: AVX-512F/BW are enabled for this function; lane i reads buf[i], 64 bytes
+        // at index 64 * i of the 16 x 64-byte buffer.
+        unsafe { compress_run(&mut st, buf.as_ptr().cast::<u8>(), buffered, 1) };
         c += 1;
     }
     let mut words = [[0u32; LANES]; 8];
     for (w, v) in words.iter_mut().zip(st) {
-        _mm512_storeu_si512(w.as_mut_ptr() as *mut __m512i, v);
+        // SAFETY: `w` is 16 u32s, exactly the 64 bytes an unaligned store writes.
+        unsafe { _mm512_storeu_si512(w.as_mut_ptr().cast::<__m512i>(), v) };
     }
     for lane in 0..LANES {
         let o = &mut out[lane * stride..lane * stride + 32];
@@ -155,6 +167,11 @@ unsafe fn hash16_avx512(
 
 /// Compress `run` consecutive 64-byte chunks in each of the sixteen lanes; lane `i`'s
 /// chunks start at `base + index[i]`.
+///
+/// # Safety
+///
+/// The CPU must have AVX-512F and AVX-512BW, and for every lane `i` the `run * 64` bytes
+/// at `base + index[i]` must be readable.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 #[allow(unused_assignments)] // the last rounds schedule words no later round reads
@@ -172,13 +189,14 @@ unsafe fn compress_run(st: &mut [__m512i; 8], base: *const u8, index: __m512i, r
     );
     let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *st;
     for chunk in 0..run {
-        let ptr = base.add(chunk * 64);
+        let ptr = base.wrapping_add(chunk * 64);
         let mut w = [_mm512_setzero_si512(); 16];
         for (t, wt) in w.iter_mut().enumerate() {
-            *wt = _mm512_shuffle_epi8(
-                _mm512_i32gather_epi32::<1>(index, ptr.add(4 * t) as *const i32),
-                bswap,
-            );
+            let at = ptr.wrapping_add(4 * t).cast::<i32>();
+            // SAFETY: the caller guarantees that for every lane i the `run` chunks of 64
+            // bytes at base + index[i] are readable; `at` + index[i] lies in chunk `chunk`.
+            let words = unsafe { _mm512_i32gather_epi32::<1>(index, at) };
+            *wt = _mm512_shuffle_epi8(words, bswap);
         }
         let (sa, sb, sc, sd, se, sf, sg, sh) = (a, b, c, d, e, f, g, h);
         macro_rules! round {

@@ -62,6 +62,11 @@ pub(crate) fn compress_one(state: &mut [u32; 8], blocks: &[[u8; 64]]) {
     }
 }
 
+/// Two SHA-256 compressions interleaved: `a` into `sa` and `b` into `sb`, block by block.
+///
+/// # Safety
+///
+/// The CPU must have the SHA extensions, SSE2, SSSE3 and SSE4.1.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
 unsafe fn digest2(sa: &mut [u32; 8], a: &[[u8; 64]], sb: &mut [u32; 8], b: &[[u8; 64]]) {
@@ -131,26 +136,17 @@ unsafe fn digest2(sa: &mut [u32; 8], a: &[[u8; 64]], sb: &mut [u32; 8], b: &[[u8
 
     for (ba, bb) in a.iter().zip(b) {
         let save = (abef_a, cdgh_a, abef_b, cdgh_b);
-        let pa = ba.as_ptr() as *const __m128i;
-        let pb = bb.as_ptr() as *const __m128i;
-        // SAFETY: each block is 64 bytes, so the four 16-byte unaligned loads stay inside it.
-        let mut wa = unsafe {
-            [
-                _mm_shuffle_epi8(_mm_loadu_si128(pa), mask),
-                _mm_shuffle_epi8(_mm_loadu_si128(pa.add(1)), mask),
-                _mm_shuffle_epi8(_mm_loadu_si128(pa.add(2)), mask),
-                _mm_shuffle_epi8(_mm_loadu_si128(pa.add(3)), mask),
-            ]
-        };
-        // SAFETY: as above.
-        let mut wb = unsafe {
-            [
-                _mm_shuffle_epi8(_mm_loadu_si128(pb), mask),
-                _mm_shuffle_epi8(_mm_loadu_si128(pb.add(1)), mask),
-                _mm_shuffle_epi8(_mm_loadu_si128(pb.add(2)), mask),
-                _mm_shuffle_epi8(_mm_loadu_si128(pb.add(3)), mask),
-            ]
-        };
+        // One message word group: 16 bytes of a 64-byte block, as big-endian words.
+        macro_rules! words {
+            ($block:expr, $i:expr) => {{
+                let part = &$block[16 * $i..16 * $i + 16];
+                // SAFETY: `part` is 16 bytes, what the unaligned load reads.
+                let v = unsafe { _mm_loadu_si128(part.as_ptr().cast::<__m128i>()) };
+                _mm_shuffle_epi8(v, mask)
+            }};
+        }
+        let mut wa = [words!(ba, 0), words!(ba, 1), words!(ba, 2), words!(ba, 3)];
+        let mut wb = [words!(bb, 0), words!(bb, 1), words!(bb, 2), words!(bb, 3)];
         // Sixteen groups of four rounds; from group 4 on, the message word group is
         // scheduled from the previous four (kept in a ring of four registers).
         macro_rules! group {

@@ -54,18 +54,18 @@ pub const SIGNED_ROOT_SIZE: usize = DESCRIPTOR_SIZE + 32 + 64;
 pub const DESCRIPTOR_MAGIC: [u8; 8] = *b"KEELVRTY";
 
 mod off {
-    pub const MAGIC: usize = 0;
-    pub const VERSION: usize = 8;
-    pub const HASH_TYPE: usize = 12;
-    pub const ALGORITHM: usize = 16;
-    pub const DATA_BLOCK_SIZE: usize = 48;
-    pub const HASH_BLOCK_SIZE: usize = 52;
-    pub const DATA_BLOCKS: usize = 56;
-    pub const DATA_SIZE: usize = 64;
-    pub const SALT_SIZE: usize = 72;
-    pub const ROOT_SIZE: usize = 74;
-    pub const SALT: usize = 76;
-    pub const ROOT: usize = 332;
+    pub(crate) const MAGIC: usize = 0;
+    pub(crate) const VERSION: usize = 8;
+    pub(crate) const HASH_TYPE: usize = 12;
+    pub(crate) const ALGORITHM: usize = 16;
+    pub(crate) const DATA_BLOCK_SIZE: usize = 48;
+    pub(crate) const HASH_BLOCK_SIZE: usize = 52;
+    pub(crate) const DATA_BLOCKS: usize = 56;
+    pub(crate) const DATA_SIZE: usize = 64;
+    pub(crate) const SALT_SIZE: usize = 72;
+    pub(crate) const ROOT_SIZE: usize = 74;
+    pub(crate) const SALT: usize = 76;
+    pub(crate) const ROOT: usize = 332;
 }
 
 /// A root hash bound to the parameters of its tree.

@@ -28,18 +28,18 @@ pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"verity\0\0";
 
 /// Field offsets, pinned by a test.
 pub(crate) mod off {
-    pub const MAGIC: usize = 0;
-    pub const VERSION: usize = 8;
-    pub const HASH_TYPE: usize = 12;
-    pub const UUID: usize = 16;
-    pub const ALGORITHM: usize = 32;
-    pub const DATA_BLOCK_SIZE: usize = 64;
-    pub const HASH_BLOCK_SIZE: usize = 68;
-    pub const DATA_BLOCKS: usize = 72;
-    pub const SALT_SIZE: usize = 80;
-    pub const PAD1: usize = 82;
-    pub const SALT: usize = 88;
-    pub const PAD2: usize = 344;
+    pub(crate) const MAGIC: usize = 0;
+    pub(crate) const VERSION: usize = 8;
+    pub(crate) const HASH_TYPE: usize = 12;
+    pub(crate) const UUID: usize = 16;
+    pub(crate) const ALGORITHM: usize = 32;
+    pub(crate) const DATA_BLOCK_SIZE: usize = 64;
+    pub(crate) const HASH_BLOCK_SIZE: usize = 68;
+    pub(crate) const DATA_BLOCKS: usize = 72;
+    pub(crate) const SALT_SIZE: usize = 80;
+    pub(crate) const PAD1: usize = 82;
+    pub(crate) const SALT: usize = 88;
+    pub(crate) const PAD2: usize = 344;
 }
 
 /// A decoded superblock: the tree parameters plus the UUID.

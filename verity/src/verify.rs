@@ -426,7 +426,7 @@ pub(crate) struct Damage {
 
 impl Damage {
     /// Blocks in the unknown runs.
-    pub fn unknown_count(&self) -> u64 {
+    pub(crate) fn unknown_count(&self) -> u64 {
         self.unknown_data
             .iter()
             .chain(&self.unknown_hash)

@@ -6,7 +6,7 @@ use std::io;
 use keel_verity::{ReadAt, WriteAt};
 
 /// A target that loses power at its `fail_at`-th write (1-based): that write lands half.
-pub struct Cut {
+pub(crate) struct Cut {
     pub disk: Vec<u8>,
     pub writes: usize,
     pub fail_at: usize,
@@ -37,7 +37,7 @@ impl WriteAt for Cut {
 
 impl Cut {
     /// A target of `disk` whose write number `fail_at` is cut (`usize::MAX`: never).
-    pub fn new(disk: Vec<u8>, fail_at: usize) -> Self {
+    pub(crate) fn new(disk: Vec<u8>, fail_at: usize) -> Self {
         Cut {
             disk,
             writes: 0,

@@ -1,4 +1,2 @@
 //! Helpers shared by the integration tests.
-#[path = "../../../testsupport/tools.rs"]
-mod tools;
-pub use tools::*;
+pub(crate) use keel_testsupport::*;

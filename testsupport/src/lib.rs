@@ -1,6 +1,6 @@
-//! Test support shared by every crate's tests (included with `#[path]`, so no crate depends
-//! on it): finding the real tools and running them.
-#![allow(dead_code)]
+//! Test support for the Keel crates (a dev-dependency, never published): finding the real
+//! tools (a missing one is a visible skip, or a failure with `KEEL_REQUIRE_INTEROP=1`),
+//! running them, and seeded test data.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
