@@ -39,6 +39,113 @@ pub enum Backend {
     },
     /// An Android misc partition (or image), `bootloader_control` at byte 2048.
     AndroidMisc,
+    /// A U-Boot environment with RAUC's variables where an `fw_env.config` puts it: one
+    /// or two copies, each at its own offset of a file or block device. The path given
+    /// to [`FileStore::open`] only names the store in messages.
+    FwEnv(FwEnvConfig),
+}
+
+/// Where U-Boot's environment copies live, as `fw_env.config` (libubootenv,
+/// u-boot-tools) says: a line per copy, `DEVICE OFFSET ENV_SIZE [SECTOR_SIZE [SECTORS]]`
+/// (numbers decimal or `0x` hex), `#` comments. Two lines make a redundant environment;
+/// both copies have the first line's size. Sector fields matter for erasing MTD flash
+/// and are ignored for files and block devices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FwEnvConfig {
+    /// Each copy: device or file, and byte offset.
+    pub copies: vec::Vec<(PathBuf, u64)>,
+    /// Bytes per copy.
+    pub size: usize,
+}
+
+fn config_number(field: &str, text: &str, line: usize) -> Result<u64> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| Error::Syntax {
+        what: "fw_env.config",
+        offset: line,
+        reason: alloc::format!("line {line}: {field} {text:?} is not a number"),
+    })
+}
+
+impl FwEnvConfig {
+    /// Parse the text of an `fw_env.config`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut copies = vec::Vec::new();
+        let mut size = None;
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let n = i + 1;
+            let f: vec::Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 3 {
+                return Err(Error::Syntax {
+                    what: "fw_env.config",
+                    offset: n,
+                    reason: alloc::format!(
+                        "line {n}: expected DEVICE OFFSET ENV_SIZE, found {line:?}"
+                    ),
+                });
+            }
+            if copies.len() == 2 {
+                return Err(Error::Syntax {
+                    what: "fw_env.config",
+                    offset: n,
+                    reason: alloc::format!("line {n}: more than two environment copies"),
+                });
+            }
+            let offset = config_number("offset", f[1], n)?;
+            let this = usize::try_from(config_number("size", f[2], n)?).unwrap_or(usize::MAX);
+            match size {
+                None => size = Some(this),
+                Some(s) if s != this => {
+                    return Err(Error::Syntax {
+                        what: "fw_env.config",
+                        offset: n,
+                        reason: alloc::format!(
+                            "line {n}: the copies differ in size ({s} and {this} bytes)"
+                        ),
+                    })
+                }
+                Some(_) => {}
+            }
+            copies.push((PathBuf::from(f[0]), offset));
+        }
+        let size = size.ok_or_else(|| Error::Syntax {
+            what: "fw_env.config",
+            offset: 0,
+            reason: "no environment copy is configured".to_string(),
+        })?;
+        let cfg = FwEnvConfig { copies, size };
+        cfg.layout().check()?;
+        Ok(cfg)
+    }
+
+    /// Read and parse an `fw_env.config` file (at most 64 KiB).
+    pub fn read(path: &Path) -> Result<Self> {
+        let f = File::open(path).map_err(|e| io(alloc::format!("opening {}", path.display()), e))?;
+        let mut text = String::new();
+        f.take(64 << 10)
+            .read_to_string(&mut text)
+            .map_err(|e| io(alloc::format!("reading {}", path.display()), e))?;
+        Self::parse(&text)
+    }
+
+    fn layout(&self) -> Layout {
+        Layout {
+            size: self.size,
+            redundant: self.copies.len() == 2,
+        }
+    }
+
+    fn read_copy(&self, i: usize) -> Result<crate::ubootenv::Copy> {
+        let (path, offset) = &self.copies[i];
+        read_at(path, *offset, self.size).and_then(|b| UbootEnv::parse_copy(&b, self.layout()))
+    }
 }
 
 impl Backend {
@@ -51,6 +158,7 @@ impl Backend {
                 redundant: *redundant,
             }
             .check(),
+            Backend::FwEnv(c) => c.layout().check(),
             Backend::GrubEnv | Backend::AndroidMisc => Ok(()),
         }
     }
@@ -128,6 +236,21 @@ impl FileStore {
                     .map_err(|_| Error::Invalid("too many slots".to_string()))?;
                 let _ = size_of_misc(path)?;
                 State::Android(BootloaderControl::new(n, good)?)
+            }
+            Backend::FwEnv(c) => {
+                // Both copies start valid, so tools that need one (fw_setenv) accept them.
+                let r = (c.copies.len() == 2).then(|| Redundant {
+                    env: UbootEnv::new(),
+                    current: 1,
+                    flags: 0,
+                });
+                if r.is_some() {
+                    let empty = UbootEnv::new().to_copy(c.layout(), 0)?;
+                    for (p, off) in &c.copies {
+                        write_at(p, *off, &empty)?;
+                    }
+                }
+                State::Uboot(RaucUboot::init(slots, good)?, r)
             }
         };
         let mut s = FileStore {
@@ -213,6 +336,11 @@ impl FileStore {
                 let b = read_at(path, android::MISC_OFFSET, android::SIZE)?;
                 State::Android(BootloaderControl::parse(&b)?)
             }
+            Backend::FwEnv(c) if c.copies.len() == 2 => {
+                let r = Redundant::from_copies(c.read_copy(0), c.read_copy(1))?;
+                State::Uboot(RaucUboot::from_env(r.env.clone(), slots)?, Some(r))
+            }
+            Backend::FwEnv(c) => State::Uboot(RaucUboot::from_env(c.read_copy(0)?.env, slots)?, None),
         };
         Ok(FileStore {
             path: path.to_path_buf(),
@@ -247,6 +375,21 @@ impl FileStore {
                 let env = u.to_env()?;
                 let (copy, bytes) = r.next_write(&env, *size)?;
                 write_at(&self.path, (copy * *size) as u64, &bytes)?;
+                r.committed(env);
+                Ok(())
+            }
+            (Backend::FwEnv(c), State::Uboot(u, None)) => {
+                let bytes = u.to_env()?.to_copy(c.layout(), 0)?;
+                let (p, off) = &c.copies[0];
+                write_at(p, *off, &bytes)
+            }
+            (Backend::FwEnv(c), State::Uboot(u, Some(r))) => {
+                let env = u.to_env()?;
+                let (copy, bytes) = r.next_write(&env, c.size)?;
+                let (p, off) = c.copies.get(copy).ok_or_else(|| {
+                    Error::Invalid("the redundant environment has no such copy".to_string())
+                })?;
+                write_at(p, *off, &bytes)?;
                 r.committed(env);
                 Ok(())
             }
@@ -311,6 +454,7 @@ impl crate::BootControl for FileStore {
             Backend::GrubEnv => "RAUC's GRUB script over a GRUB environment block",
             Backend::Uboot { .. } => "RAUC's U-Boot script over a U-Boot environment",
             Backend::AndroidMisc => "Android's boot_control HAL over the misc partition",
+            Backend::FwEnv(_) => "RAUC's U-Boot script over the environment fw_env.config names",
         }
     }
     fn status(&self) -> Result<vec::Vec<SlotState>> {

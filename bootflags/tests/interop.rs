@@ -495,3 +495,63 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// The environment where an fw_env.config puts it: two copies at their own offsets, one
+/// in the middle of a disk image and one in another file, read and written by Keel and
+/// by libubootenv's tools through the same config.
+#[test]
+fn uboot_where_fw_env_config_says_both_directions() {
+    use keel_bootflags::store::FwEnvConfig;
+    use keel_bootflags::BootControl;
+    let (Some(pr), Some(set)) = (
+        tool("fw_printenv", "libubootenv-tool"),
+        tool("fw_setenv", "libubootenv-tool"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    let other = dir.path().join("env2.bin");
+    fs::write(&disk, vec![0x5au8; 1 << 20]).unwrap();
+    fs::write(&other, vec![0xa5u8; 64 << 10]).unwrap();
+    let cfg = dir.path().join("fw_env.config");
+    fs::write(
+        &cfg,
+        format!(
+            "# device offset size\n{} 0x40000 0x2000\n{}\t8192   0x2000 0x1000 2 # second copy\n",
+            disk.display(),
+            other.display()
+        ),
+    )
+    .unwrap();
+    let parsed = FwEnvConfig::read(&cfg).unwrap();
+    assert_eq!(parsed.size, 0x2000);
+    assert_eq!(parsed.copies, vec![(disk.clone(), 0x40000), (other.clone(), 8192)]);
+    let backend = Backend::FwEnv(parsed);
+    let mut s = FileStore::init(backend.clone(), &cfg, 2, Slot::A).unwrap();
+    // Nothing outside the two copies changed.
+    let d = fs::read(&disk).unwrap();
+    assert!(d[..0x40000].iter().chain(&d[0x42000..]).all(|&b| b == 0x5a));
+    let vars = printenv(&pr, &cfg);
+    assert!(vars.contains(&("BOOT_ORDER".into(), "A".into())), "{vars:?}");
+    // Keel arms B; fw_printenv sees it.
+    BootControl::mark_bad(&mut s, Slot::B).unwrap();
+    BootControl::set_active(&mut s, Slot::B, Some(2)).unwrap();
+    let vars = printenv(&pr, &cfg);
+    assert!(vars.contains(&("BOOT_ORDER".into(), "B A".into())), "{vars:?}");
+    // fw_setenv changes it back; Keel reads the change.
+    ok(&set, &["-c", cfg.to_str().unwrap(), "BOOT_ORDER", "A B"]);
+    let s = FileStore::open(backend, &cfg, 2).unwrap();
+    assert_eq!(s.next_boot(), Some(Slot::A));
+    // Bad configurations are named by line.
+    for (text, needle) in [
+        ("", "no environment copy"),
+        ("/dev/mtd0 0x0\n", "line 1"),
+        ("a 0 0x2000\nb 0 0x4000\n", "differ in size"),
+        ("a 0 0x2000\nb 0 0x2000\nc 0 0x2000\n", "more than two"),
+        ("a zero 0x2000\n", "offset"),
+    ] {
+        let e = FwEnvConfig::parse(text).unwrap_err();
+        assert!(e.to_string().contains(needle), "{text:?}: {e}");
+    }
+}
