@@ -182,6 +182,11 @@ impl SystemdBoot {
         self.entries.get(slot.index())
     }
 
+    /// The agent's order (before exhausted entries are moved last).
+    pub fn menu_order(&self) -> &[Slot] {
+        &self.order
+    }
+
     /// The menu order: bootable entries first in the agent's order, exhausted ones last.
     pub fn menu(&self) -> Vec<Slot> {
         let (mut good, bad): (Vec<Slot>, Vec<Slot>) = self

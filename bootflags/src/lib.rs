@@ -40,6 +40,9 @@ extern crate std;
 
 pub mod android;
 pub mod bls;
+#[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
+pub mod blsdir;
 mod error;
 pub mod gpt;
 pub mod grubenv;

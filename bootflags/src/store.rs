@@ -127,7 +127,8 @@ impl FwEnvConfig {
 
     /// Read and parse an `fw_env.config` file (at most 64 KiB).
     pub fn read(path: &Path) -> Result<Self> {
-        let f = File::open(path).map_err(|e| io(alloc::format!("opening {}", path.display()), e))?;
+        let f =
+            File::open(path).map_err(|e| io(alloc::format!("opening {}", path.display()), e))?;
         let mut text = String::new();
         f.take(64 << 10)
             .read_to_string(&mut text)
@@ -340,7 +341,9 @@ impl FileStore {
                 let r = Redundant::from_copies(c.read_copy(0), c.read_copy(1))?;
                 State::Uboot(RaucUboot::from_env(r.env.clone(), slots)?, Some(r))
             }
-            Backend::FwEnv(c) => State::Uboot(RaucUboot::from_env(c.read_copy(0)?.env, slots)?, None),
+            Backend::FwEnv(c) => {
+                State::Uboot(RaucUboot::from_env(c.read_copy(0)?.env, slots)?, None)
+            }
         };
         Ok(FileStore {
             path: path.to_path_buf(),

@@ -526,19 +526,28 @@ fn uboot_where_fw_env_config_says_both_directions() {
     .unwrap();
     let parsed = FwEnvConfig::read(&cfg).unwrap();
     assert_eq!(parsed.size, 0x2000);
-    assert_eq!(parsed.copies, vec![(disk.clone(), 0x40000), (other.clone(), 8192)]);
+    assert_eq!(
+        parsed.copies,
+        vec![(disk.clone(), 0x40000), (other.clone(), 8192)]
+    );
     let backend = Backend::FwEnv(parsed);
     let mut s = FileStore::init(backend.clone(), &cfg, 2, Slot::A).unwrap();
     // Nothing outside the two copies changed.
     let d = fs::read(&disk).unwrap();
     assert!(d[..0x40000].iter().chain(&d[0x42000..]).all(|&b| b == 0x5a));
     let vars = printenv(&pr, &cfg);
-    assert!(vars.contains(&("BOOT_ORDER".into(), "A".into())), "{vars:?}");
+    assert!(
+        vars.contains(&("BOOT_ORDER".into(), "A".into())),
+        "{vars:?}"
+    );
     // Keel arms B; fw_printenv sees it.
     BootControl::mark_bad(&mut s, Slot::B).unwrap();
     BootControl::set_active(&mut s, Slot::B, Some(2)).unwrap();
     let vars = printenv(&pr, &cfg);
-    assert!(vars.contains(&("BOOT_ORDER".into(), "B A".into())), "{vars:?}");
+    assert!(
+        vars.contains(&("BOOT_ORDER".into(), "B A".into())),
+        "{vars:?}"
+    );
     // fw_setenv changes it back; Keel reads the change.
     ok(&set, &["-c", cfg.to_str().unwrap(), "BOOT_ORDER", "A B"]);
     let s = FileStore::open(backend, &cfg, 2).unwrap();

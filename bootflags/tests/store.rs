@@ -132,3 +132,67 @@ fn every_backend_is_one_boot_control_and_a_failed_write_changes_nothing() {
         fs::rename(&moved, &path).unwrap();
     }
 }
+
+#[test]
+fn systemd_boot_entries_on_an_esp_are_renamed_as_systemd_does() {
+    use keel_bootflags::blsdir::BlsDir;
+    use keel_bootflags::BootControl;
+    let esp = tempfile::tempdir().unwrap();
+    let entries = esp.path().join("loader/entries");
+    fs::create_dir_all(&entries).unwrap();
+    for id in ["os-a", "os-b"] {
+        fs::write(
+            entries.join(format!("{id}.conf")),
+            format!("title {id}\nlinux /vmlinuz\noptions root=PARTLABEL={id}\n"),
+        )
+        .unwrap();
+    }
+    fs::write(
+        esp.path().join("loader/loader.conf"),
+        "timeout 3\ndefault os-a.conf\n",
+    )
+    .unwrap();
+    let names = || {
+        let mut v: Vec<String> = fs::read_dir(&entries)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut s = BlsDir::open(esp.path(), &["os-a", "os-b"]).unwrap();
+    assert_eq!(s.next_boot().unwrap(), Some(Slot::A));
+    // New content in B: systemd-bless-boot's "bad", then armed with 2 tries.
+    s.mark_bad(Slot::B).unwrap();
+    assert_eq!(names(), ["os-a.conf", "os-b+0.conf"]);
+    s.set_active(Slot::B, Some(2)).unwrap();
+    assert_eq!(names(), ["os-a.conf", "os-b+2-0.conf"]);
+    let conf = fs::read_to_string(esp.path().join("loader/loader.conf")).unwrap();
+    assert_eq!(
+        conf, "timeout 3\ndefault os-b.conf\n",
+        "other settings kept"
+    );
+    // Each try renames the entry as systemd-boot does; exhausted, it sorts last.
+    assert_eq!(s.boot().unwrap(), Some(Slot::B));
+    assert_eq!(names(), ["os-a.conf", "os-b+1-1.conf"]);
+    assert_eq!(s.boot().unwrap(), Some(Slot::B));
+    assert_eq!(names(), ["os-a.conf", "os-b+0-2.conf"]);
+    assert_eq!(s.boot().unwrap(), Some(Slot::A));
+    // Everything is on the ESP: a fresh open agrees.
+    let again = BlsDir::open(esp.path(), &["os-a", "os-b"]).unwrap();
+    assert_eq!(again.status().unwrap(), s.status().unwrap());
+    // Re-armed and healthy: blessed, the counter gone.
+    s.set_active(Slot::B, Some(3)).unwrap();
+    assert_eq!(s.boot().unwrap(), Some(Slot::B));
+    s.mark_good(Slot::B).unwrap();
+    assert_eq!(names(), ["os-a.conf", "os-b.conf"]);
+    assert_eq!(s.next_boot().unwrap(), Some(Slot::B));
+    // The file's content travels with its name.
+    assert!(fs::read_to_string(entries.join("os-b.conf"))
+        .unwrap()
+        .contains("PARTLABEL=os-b"));
+    // An id with two entry files is refused.
+    fs::write(entries.join("os-b+1.conf"), "").unwrap();
+    let e = BlsDir::open(esp.path(), &["os-a", "os-b"]).unwrap_err();
+    assert!(e.to_string().contains("names 2 entry files"), "{e}");
+}
