@@ -4,14 +4,9 @@ mod common;
 
 use common::{example, run, stdout, tool};
 
+/// Run the bootstate example; it must succeed.
 fn ok(args: &[&str]) -> String {
-    let o = run(&example("bootstate"), args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    stdout(&o)
+    common::ok("bootstate", args)
 }
 
 #[test]

@@ -7,16 +7,11 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{example, run, seeded_bytes, stdout};
+use common::{example, run, seeded_bytes};
 
+/// Run the payload example; it must succeed.
 fn ok(args: &[&str]) -> String {
-    let o = run(&example("payload"), args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    stdout(&o)
+    common::ok("payload", args)
 }
 
 #[test]

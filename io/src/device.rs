@@ -122,35 +122,27 @@ impl ReadAt for Vec<u8> {
     }
 }
 
-impl<T: ReadAt + ?Sized> ReadAt for &T {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        (**self).read_exact_at(buf, offset)
-    }
-    fn size(&self) -> io::Result<u64> {
-        (**self).size()
-    }
-    fn as_slice(&self) -> Option<&[u8]> {
-        (**self).as_slice()
-    }
-    fn logical_sector_size(&self) -> Option<u32> {
-        (**self).logical_sector_size()
-    }
+/// References read through to what they refer to.
+macro_rules! read_through {
+    ($($r:ty),*) => {$(
+        impl<T: ReadAt + ?Sized> ReadAt for $r {
+            fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+                (**self).read_exact_at(buf, offset)
+            }
+            fn size(&self) -> io::Result<u64> {
+                (**self).size()
+            }
+            fn as_slice(&self) -> Option<&[u8]> {
+                (**self).as_slice()
+            }
+            fn logical_sector_size(&self) -> Option<u32> {
+                (**self).logical_sector_size()
+            }
+        }
+    )*};
 }
 
-impl<T: ReadAt + ?Sized> ReadAt for &mut T {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        (**self).read_exact_at(buf, offset)
-    }
-    fn size(&self) -> io::Result<u64> {
-        (**self).size()
-    }
-    fn as_slice(&self) -> Option<&[u8]> {
-        (**self).as_slice()
-    }
-    fn logical_sector_size(&self) -> Option<u32> {
-        (**self).logical_sector_size()
-    }
-}
+read_through!(&T, &mut T);
 
 impl WriteAt for &File {
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {

@@ -55,6 +55,28 @@ impl HashAlgorithm {
             })
     }
 
+    /// The algorithm a 32-byte name field names (veritysetup's superblock, Keel's root
+    /// descriptor): 1 to 31 bytes, NUL-terminated and NUL-padded, in the lower case
+    /// veritysetup writes (any other spelling would be written back differently).
+    pub(crate) fn from_name_field(field: &[u8]) -> std::result::Result<Self, NameFieldError> {
+        let len = field.iter().position(|&c| c == 0).unwrap_or(field.len());
+        if len == 0 || len >= field.len() || field[len..].iter().any(|&c| c != 0) {
+            return Err(NameFieldError::Malformed(
+                "expected a NUL-terminated, NUL-padded name of 1 to 31 bytes".into(),
+            ));
+        }
+        let name = std::str::from_utf8(&field[..len])
+            .map_err(|_| NameFieldError::Malformed("name is not ASCII".into()))?;
+        let algorithm = HashAlgorithm::from_name(name).map_err(NameFieldError::Unknown)?;
+        if algorithm.name() != name {
+            return Err(NameFieldError::Malformed(format!(
+                "{name:?}: expected the lower-case name {:?}",
+                algorithm.name()
+            )));
+        }
+        Ok(algorithm)
+    }
+
     /// Digest size in bytes.
     pub fn digest_size(self) -> usize {
         match self {
@@ -330,4 +352,13 @@ impl Sha256Multi {
             );
         }
     }
+}
+
+/// Why a name field does not give an algorithm.
+#[derive(Debug)]
+pub(crate) enum NameFieldError {
+    /// The field's bytes are not a canonical name.
+    Malformed(String),
+    /// A well-formed name of an algorithm Keel does not support.
+    Unknown(Error),
 }

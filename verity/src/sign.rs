@@ -42,7 +42,7 @@
 
 use keel_trust::{Context, KeyId, Keyring, Signer};
 
-use crate::algorithm::HashAlgorithm;
+use crate::algorithm::{HashAlgorithm, NameFieldError};
 use crate::error::{Error, Result};
 use crate::params::{HashType, VerityParams, MAX_SALT_SIZE};
 
@@ -184,26 +184,11 @@ impl RootDescriptor {
                 format!("expected 0 or 1, found {ht}"),
             )
         })?;
-        let name_field = &b[off::ALGORITHM..off::ALGORITHM + 32];
-        let len = name_field.iter().position(|&c| c == 0).unwrap_or(32);
-        if len == 0 || len == 32 || name_field[len..].iter().any(|&c| c != 0) {
-            return Err(bad(
-                "algorithm",
-                off::ALGORITHM,
-                "expected a NUL-padded name of 1 to 31 bytes",
-            ));
-        }
-        let name = std::str::from_utf8(&name_field[..len])
-            .map_err(|_| bad("algorithm", off::ALGORITHM, "name is not ASCII"))?;
-        let algorithm = HashAlgorithm::from_name(name)
-            .map_err(|e| bad("algorithm", off::ALGORITHM, e.to_string()))?;
-        if algorithm.name() != name {
-            return Err(bad(
-                "algorithm",
-                off::ALGORITHM,
-                "name is not in canonical lower case",
-            ));
-        }
+        let algorithm = HashAlgorithm::from_name_field(&b[off::ALGORITHM..off::ALGORITHM + 32])
+            .map_err(|e| match e {
+                NameFieldError::Malformed(reason) => bad("algorithm", off::ALGORITHM, reason),
+                NameFieldError::Unknown(e) => bad("algorithm", off::ALGORITHM, e.to_string()),
+            })?;
         let salt_size = u16_at(b, off::SALT_SIZE);
         if salt_size > MAX_SALT_SIZE {
             return Err(bad(

@@ -17,7 +17,7 @@
 //! | 88 | 256 | salt, zero padded |
 //! | 344 | 168 | zero |
 
-use crate::algorithm::HashAlgorithm;
+use crate::algorithm::{HashAlgorithm, NameFieldError};
 use crate::error::{Error, Result};
 use crate::params::{check_block_size, HashType, VerityParams, MAX_SALT_SIZE};
 
@@ -118,30 +118,11 @@ impl Superblock {
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&b[off::UUID..off::UUID + 16]);
 
-        let alg_field = &b[off::ALGORITHM..off::ALGORITHM + 32];
-        let name_len = alg_field.iter().position(|&c| c == 0).unwrap_or(32);
-        if name_len == 0 || name_len == 32 || alg_field[name_len..].iter().any(|&c| c != 0) {
-            return Err(bad(
-                "algorithm",
-                off::ALGORITHM,
-                "expected a NUL-terminated, NUL-padded name of 1 to 31 bytes",
-            ));
-        }
-        let name = std::str::from_utf8(&alg_field[..name_len])
-            .map_err(|_| bad("algorithm", off::ALGORITHM, "name is not ASCII"))?;
-        let algorithm = HashAlgorithm::from_name(name)?;
-        // veritysetup writes the name in lower case; any other spelling would be written
-        // back differently, so it is refused rather than silently normalised.
-        if algorithm.name() != name {
-            return Err(bad(
-                "algorithm",
-                off::ALGORITHM,
-                format!(
-                    "{name:?}: expected the lower-case name {:?}",
-                    algorithm.name()
-                ),
-            ));
-        }
+        let algorithm = HashAlgorithm::from_name_field(&b[off::ALGORITHM..off::ALGORITHM + 32])
+            .map_err(|e| match e {
+                NameFieldError::Malformed(reason) => bad("algorithm", off::ALGORITHM, reason),
+                NameFieldError::Unknown(e) => e,
+            })?;
 
         let dbs = le_u32(b, off::DATA_BLOCK_SIZE);
         check_block_size("data block size", dbs)

@@ -45,6 +45,29 @@ fn check_hash_size<H: ReadAt + ?Sized>(geometry: &TreeGeometry, hash: &H) -> Res
     Ok(())
 }
 
+/// The root of a one-block image: the hash of its only data block (there is no tree).
+fn single_block_root<D: ReadAt + ?Sized>(
+    params: &VerityParams,
+    data: &D,
+    hasher: &SaltedHasher,
+    ds: usize,
+) -> Result<crate::algorithm::Digest64> {
+    let mut block = vec![0u8; params.data_block_size() as usize];
+    data.read_exact_at(&mut block, 0)
+        .map_err(|e| Error::io("reading data block 0", e))?;
+    Ok(hasher.hash(&block, ds))
+}
+
+/// The whole tree, read once; bounded by the hash device's size (checked first) and
+/// allocated without aborting.
+fn read_tree<H: ReadAt + ?Sized>(geometry: &TreeGeometry, hash: &H) -> Result<Vec<u8>> {
+    check_hash_size(geometry, hash)?;
+    let mut tree = crate::io::zeroed(geometry.tree_size(), "hash tree")?;
+    hash.read_exact_at(&mut tree, geometry.tree_offset())
+        .map_err(|e| Error::io("reading the hash tree", e))?;
+    Ok(tree)
+}
+
 fn root_mismatch(expected: &[u8], found: &[u8]) -> Error {
     Error::RootHashMismatch {
         expected: hex::encode(expected),
@@ -109,20 +132,13 @@ where
     let ds = geometry.digest_size();
     let levels = geometry.levels();
     if levels.is_empty() {
-        let mut block = vec![0u8; params.data_block_size() as usize];
-        data.read_exact_at(&mut block, 0)
-            .map_err(|e| Error::io("reading data block 0", e))?;
-        let found = hasher.hash(&block, ds);
+        let found = single_block_root(params, data, &hasher, ds)?;
         if found.as_bytes() != root {
             return Err(root_mismatch(root, found.as_bytes()));
         }
         return Ok(());
     }
-    check_hash_size(geometry, hash)?;
-    // Bounded by the device size just checked, and allocated without aborting.
-    let mut tree = crate::io::zeroed(geometry.tree_size(), "hash tree")?;
-    hash.read_exact_at(&mut tree, geometry.tree_offset())
-        .map_err(|e| Error::io("reading the hash tree", e))?;
+    let tree = read_tree(geometry, hash)?;
     let hbs = geometry.hash_block_size() as usize;
     let top = hasher.hash(&tree[..hbs], ds);
     if top.as_bytes() != root {
@@ -470,18 +486,12 @@ where
     let levels = geometry.levels();
     let mut damage = Damage::default();
     if levels.is_empty() {
-        let mut block = vec![0u8; params.data_block_size() as usize];
-        data.read_exact_at(&mut block, 0)
-            .map_err(|e| Error::io("reading data block 0", e))?;
-        if hasher.hash(&block, ds).as_bytes() != root {
+        if single_block_root(params, data, &hasher, ds)?.as_bytes() != root {
             damage.bad_data.push(0);
         }
         return Ok(damage);
     }
-    check_hash_size(geometry, hash)?;
-    let mut tree = crate::io::zeroed(geometry.tree_size(), "hash tree")?;
-    hash.read_exact_at(&mut tree, geometry.tree_offset())
-        .map_err(|e| Error::io("reading the hash tree", e))?;
+    let tree = read_tree(geometry, hash)?;
     let hbs = geometry.hash_block_size() as usize;
     let per = geometry.digests_per_block();
     let top = levels.len() - 1;
