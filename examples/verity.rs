@@ -30,16 +30,17 @@ mod cli;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use keel::io::same_file;
 use keel::verity::{
-    android_fec_header, check_root, fec_encode, fec_repair, fec_verify, format, format_uuid,
-    open_hash_device, parse_uuid, random_uuid, verify, BuildOptions, Error, FecGeometry,
-    FormatOptions, HashAlgorithm, HashType, Keyring, PublicKey, ReadAt, RepairTarget,
+    android_fec_header, check_root, existing_tree, fec_encode, fec_repair, fec_verify, format,
+    format_uuid, open_hash_device, parse_uuid, random_uuid, verify, BuildOptions, Error,
+    FecGeometry, FormatOptions, HashAlgorithm, HashType, Keyring, PublicKey, ReadAt, RepairTarget,
     RootDescriptor, SignRoot, SigningKey, TreeGeometry, VerifyRoot, VerityParams, WriteAt,
 };
 
@@ -243,13 +244,8 @@ impl FecOpts {
         params: &VerityParams,
         tree: &TreeGeometry,
     ) -> Result<FecGeometry, String> {
-        let g = if same_file(hash, fec) {
-            FecGeometry::on_hash_device(params, tree, self.fec_roots, self.fec_offset)
-        } else {
-            let size = hash.size().map_err(|e| e.to_string())?;
-            FecGeometry::separate(params, tree, self.fec_roots, size, self.fec_offset)
-        };
-        g.map_err(|e| e.to_string())
+        FecGeometry::for_files(params, tree, self.fec_roots, hash, fec, self.fec_offset)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -281,7 +277,7 @@ impl TreeOpts {
         hash: &File,
         data_size: Option<u64>,
     ) -> Result<(VerityParams, TreeGeometry), String> {
-        if self.no_superblock {
+        let explicit = if self.no_superblock {
             if self.salt.is_none() {
                 return Err("--no-superblock needs --salt (HEX or -)".into());
             }
@@ -290,13 +286,11 @@ impl TreeOpts {
                 (None, Some(s)) => s,
                 (None, None) => return Err("--no-superblock needs --data-blocks".into()),
             };
-            let p = self.params(size)?;
-            let g = TreeGeometry::new(&p, self.hash_offset, false).map_err(|e| e.to_string())?;
-            Ok((p, g))
+            Some(self.params(size)?)
         } else {
-            let (sb, g) = open_hash_device(hash, self.hash_offset).map_err(|e| e.to_string())?;
-            Ok((sb.params, g))
-        }
+            None
+        };
+        existing_tree(hash, self.hash_offset, explicit).map_err(|e| e.to_string())
     }
 
     fn build_options<'a>(
@@ -312,13 +306,6 @@ impl TreeOpts {
 
 fn open_read(p: &Path) -> Result<File, String> {
     File::open(p).map_err(|e| format!("{}: {e}", p.display()))
-}
-
-fn same_file(a: &File, b: &File) -> bool {
-    match (a.metadata(), b.metadata()) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino() && x.rdev() == y.rdev(),
-        _ => false,
-    }
 }
 
 fn progress_bar(total: u64) -> ProgressBar {

@@ -791,14 +791,8 @@ fn check_target<T: ReadAt + ?Sized>(manifest: &Manifest, target: &T) -> Result<(
     Ok(())
 }
 
-/// Whether two open files are the same file or device.
-pub fn same_file(a: &std::fs::File, b: &std::fs::File) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (a.metadata(), b.metadata()) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino() && x.rdev() == y.rdev(),
-        _ => false,
-    }
-}
+/// Whether two open files are the same file or device ([`keel_io::same_file`]).
+pub use keel_io::same_file;
 
 /// [`apply`] between files: refuses a target that is the source, ties the resume record
 /// to the target's device and inode, and grows a regular target file to the image's size

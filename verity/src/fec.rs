@@ -173,6 +173,27 @@ impl FecGeometry {
         Self::new(params, tree, roots, fec_offset, fec_offset)
     }
 
+    /// veritysetup's rule for open files: the parity on the hash device itself (same file
+    /// or device) at `fec_offset`, with the hash area running to that offset; otherwise
+    /// on a device of its own, with the hash area running to the end of the hash device.
+    pub fn for_files(
+        params: &VerityParams,
+        tree: &TreeGeometry,
+        roots: u8,
+        hash: &std::fs::File,
+        fec: &std::fs::File,
+        fec_offset: u64,
+    ) -> Result<Self> {
+        if keel_io::same_file(hash, fec) {
+            Self::on_hash_device(params, tree, roots, fec_offset)
+        } else {
+            let size = hash
+                .size()
+                .map_err(|e| Error::io("reading the hash device size", e))?;
+            Self::separate(params, tree, roots, size, fec_offset)
+        }
+    }
+
     /// Parity bytes per codeword.
     pub fn roots(&self) -> u8 {
         self.roots

@@ -75,6 +75,27 @@ where
     })
 }
 
+/// The parameters and layout of an existing tree, as veritysetup takes them: from the
+/// superblock at `hash_offset` of the hash device, or, for a tree without superblock
+/// (`--no-superblock`), from `explicit`, laid out from `hash_offset` on. What a superblock
+/// says wins; options it covers are not consulted.
+pub fn existing_tree<H: ReadAt + ?Sized>(
+    hash: &H,
+    hash_offset: u64,
+    explicit: Option<VerityParams>,
+) -> Result<(VerityParams, TreeGeometry)> {
+    match explicit {
+        Some(p) => {
+            let g = TreeGeometry::new(&p, hash_offset, false)?;
+            Ok((p, g))
+        }
+        None => {
+            let (sb, g) = open_hash_device(hash, hash_offset)?;
+            Ok((sb.params, g))
+        }
+    }
+}
+
 /// Read and check the superblock at `hash_offset` of a hash device, and lay out its tree:
 /// what `veritysetup verify` and `dump` do before anything else.
 pub fn open_hash_device<H: ReadAt + ?Sized>(

@@ -57,7 +57,7 @@ pub use fec::{
     android_fec_header, fec_encode, fec_repair, fec_verify, AndroidFecHeader, FecGeometry,
     FecReport, RepairReport, RepairTarget, FEC_DEFAULT_ROOTS, FEC_MAX_ROOTS, FEC_MIN_ROOTS,
 };
-pub use format::{format, open_hash_device, FormatOptions, Formatted};
+pub use format::{existing_tree, format, open_hash_device, FormatOptions, Formatted};
 pub use fsverity::{fsverity_digest, FsVerity, FSVERITY_DESCRIPTOR_SIZE};
 pub use geometry::{Level, TreeGeometry, MAX_LEVELS};
 pub use io::{Progress, ReadAt, WriteAt};
