@@ -5,7 +5,7 @@
 //!
 //! Symbol 0 of a codeword is the coefficient of the highest power, x^254; the parity follows
 //! the data. The scalar encoder here is the reference; the fast encoder in
-//! [`crate::gfmul`] multiplies whole blocks by the columns of [`Code::parity_matrix`].
+//! [`crate::fec::gfmul`] multiplies whole blocks by the columns of [`Code::parity_matrix`].
 
 /// Symbols per codeword.
 pub(crate) const NN: usize = 255;

@@ -18,7 +18,7 @@
 use core::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use crate::rs::GF;
+use crate::fec::rs::GF;
 
 /// Which implementation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -348,7 +348,7 @@ unsafe fn group_avx2<const G: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rs::Code;
+    use crate::fec::rs::Code;
 
     #[test]
     fn every_kernel_matches_the_lfsr() {

@@ -1,0 +1,474 @@
+//! Repairing data, hash and parity with the tree as the judge.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::error::{Error, Result};
+use crate::geometry::TreeGeometry;
+use crate::io::{ReadAt, WriteAt};
+use crate::params::VerityParams;
+use crate::tree::BuildOptions;
+use crate::verify::{find_damage, in_runs};
+
+use super::gfmul::Kernel;
+use super::rs::{Code, Decoded, NN};
+use super::*;
+
+/// What [`fec_repair`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// The parity check before repair.
+    pub scan: FecReport,
+    /// Data blocks rewritten, each now matching the tree.
+    pub repaired_data_blocks: Vec<u64>,
+    /// Hash-device blocks rewritten, each now matching the tree.
+    pub repaired_hash_blocks: Vec<u64>,
+    /// Parity bytes rewritten.
+    pub repaired_parity_bytes: u64,
+    /// Data blocks that still do not match the tree (left as they were).
+    pub unrepairable_data_blocks: Vec<u64>,
+    /// Hash-device blocks that still do not match the tree (left as they were).
+    pub unrepairable_hash_blocks: Vec<u64>,
+    /// Blocks that could not be checked because a hash block above them stayed damaged.
+    pub unverifiable_blocks: u64,
+    /// Covered hash-device blocks outside the tree (the rest of a separate hash device,
+    /// or the gap before parity on the same device) that the parity says differ. No tree
+    /// can check them, so they are left as they were, and the parity is not re-encoded
+    /// over them.
+    pub unchecked_hash_blocks: Vec<u64>,
+}
+
+impl RepairReport {
+    /// True when the devices now verify against the root hash.
+    pub fn is_complete(&self) -> bool {
+        self.unrepairable_data_blocks.is_empty()
+            && self.unrepairable_hash_blocks.is_empty()
+            && self.unverifiable_blocks == 0
+    }
+}
+
+/// A device seen with the repairs so far applied: device blocks `first..first + count`
+/// are covered blocks `covered_first..`, looked up in the repairs by covered number.
+pub(crate) struct Patched<'a, T: ?Sized> {
+    pub(crate) inner: &'a T,
+    pub(crate) blocks: &'a BTreeMap<u64, Vec<u8>>,
+    pub(crate) bs: u64,
+    pub(crate) first: u64,
+    pub(crate) count: u64,
+    pub(crate) covered_first: u64,
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for Patched<'_, T> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_exact_at(buf, offset)?;
+        let end = offset + buf.len() as u64;
+        let lo = (offset / self.bs).max(self.first);
+        let hi = end.div_ceil(self.bs).min(self.first + self.count);
+        if lo >= hi {
+            return Ok(());
+        }
+        let to_covered = |d: u64| d - self.first + self.covered_first;
+        for (&c, content) in self.blocks.range(to_covered(lo)..to_covered(hi)) {
+            let bstart = (c - self.covered_first + self.first) * self.bs;
+            let from = offset.max(bstart);
+            let to = end.min(bstart + self.bs);
+            if from < to {
+                buf[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&content[(from - bstart) as usize..(to - bstart) as usize]);
+            }
+        }
+        Ok(())
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+}
+
+/// The dm-verity side of a repair: what the corrected devices must hash to.
+#[derive(Clone, Copy, Debug)]
+pub struct RepairTarget<'a> {
+    /// The verity parameters.
+    pub params: &'a VerityParams,
+    /// The tree's layout on the hash device.
+    pub tree: &'a TreeGeometry,
+    /// The trusted root hash.
+    pub root: &'a [u8],
+}
+
+/// Repair damaged data and hash blocks in place with the parity, and damaged parity bytes
+/// with the data: every block is written only once the whole tree above it verifies
+/// against `target.root`, so a repair is never wrong; what cannot be repaired is reported
+/// and left untouched.
+///
+/// First each damaged codeword is decoded errors-only (up to roots / 2 bytes). Blocks the
+/// tree still rejects are then treated as erasures, whose positions are known, which
+/// corrects up to `roots` blocks per round; this repeats as repaired hash blocks make the
+/// blocks below them checkable. To repair into a copy, copy the devices first and pass the
+/// copies. When data, hash or parity share a file, pass a handle per role.
+///
+/// Memory: the tree, the repaired blocks (at most 64 MiB; more damage is refused with an
+/// error before anything is written) and one round of blocks while erasure decoding.
+#[allow(clippy::too_many_arguments)]
+pub fn fec_repair<D, H, F>(
+    g: &FecGeometry,
+    target: &RepairTarget<'_>,
+    data: &mut D,
+    hash: &mut H,
+    fec: &mut F,
+    opts: &BuildOptions<'_>,
+) -> Result<RepairReport>
+where
+    D: ReadAt + WriteAt + ?Sized,
+    H: ReadAt + WriteAt + ?Sized,
+    F: ReadAt + WriteAt + ?Sized,
+{
+    let bs = g.block_size;
+    if u64::from(target.params.data_block_size()) != bs
+        || target.tree.data_blocks() != g.data_blocks
+        || target.tree.hash_start_block() * bs != g.hash_area_offset
+    {
+        return Err(Error::param(
+            "fec",
+            "the FEC geometry was not made for these verity parameters",
+        ));
+    }
+    let (scan_report, fixes, failed_rounds) = scan(g, &*data, &*hash, &*fec, opts)?;
+    let mut report = RepairReport {
+        scan: scan_report,
+        ..Default::default()
+    };
+    // Covered block -> repaired content; parity offset -> byte.
+    let mut blocks: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut parity: BTreeMap<u64, u8> = BTreeMap::new();
+    let input = Input {
+        g,
+        data: &*data,
+        hash: &*hash,
+    };
+    let limit = (MAX_REPAIR_BYTES / bs) as usize;
+    for f in &fixes {
+        match *f {
+            Fix::Input {
+                block,
+                offset,
+                value,
+            } => {
+                if !blocks.contains_key(&block) {
+                    if blocks.len() >= limit {
+                        return Err(too_much_damage());
+                    }
+                    let mut content = vec![0u8; bs as usize];
+                    input.read(block, &mut content)?;
+                    blocks.insert(block, content);
+                }
+                if let Some(c) = blocks.get_mut(&block) {
+                    c[offset as usize] = value;
+                }
+            }
+            Fix::Parity { offset, value } => {
+                parity.insert(offset, value);
+            }
+        }
+    }
+    let code = Code::new(g.roots as usize);
+    let to_covered = |h: &u64| h - g.hash_area_offset / bs + g.data_blocks;
+    // Each pass reverts the repairs the tree rejects (a decoder gone astray: back to the
+    // stored bytes) and decodes again with every rejected block as an erasure; repaired
+    // hash blocks make the blocks below them checkable in the next pass. Decoding passes
+    // are bounded; reverting only shrinks the set, so the loop ends.
+    let mut budget = 4 * (target.tree.levels().len() + 2);
+    let mut damage = judge(g, target, &*data, &*hash, &blocks, opts)?;
+    loop {
+        let bad: Vec<u64> = damage
+            .bad_data
+            .iter()
+            .copied()
+            .chain(damage.bad_hash.iter().map(to_covered))
+            .collect();
+        if bad.is_empty() {
+            break;
+        }
+        let mut changed = false;
+        for b in &bad {
+            changed |= blocks.remove(b).is_some();
+        }
+        if budget > 0 {
+            budget -= 1;
+            changed |= erasure_pass(
+                g,
+                &code,
+                &input,
+                &*fec,
+                &bad,
+                &mut blocks,
+                &mut parity,
+                limit,
+            )?;
+        }
+        if !changed {
+            break;
+        }
+        damage = judge(g, target, &*data, &*hash, &blocks, opts)?;
+    }
+    // Only what the tree accepts is written; blocks it rejects, cannot check because a
+    // hash block above them is still damaged, or cannot check at all (outside the tree)
+    // keep their old content. Lookups go through sorted lists and runs, so the memory
+    // stays that of the damage found, not of the device.
+    let mut bad_data = damage.bad_data.clone();
+    bad_data.sort_unstable();
+    let mut bad_hash = damage.bad_hash.clone();
+    bad_hash.sort_unstable();
+    let tree_blocks =
+        target.tree.hash_start_block()..target.tree.hash_start_block() + target.tree.tree_blocks();
+    let mut unchecked_any =
+        !bad_data.is_empty() || !bad_hash.is_empty() || damage.unknown_count() > 0;
+    for (&block, content) in &blocks {
+        match g.locate(block) {
+            Place::Data(d) => {
+                if bad_data.binary_search(&d).is_ok() || in_runs(&damage.unknown_data, d) {
+                    continue;
+                }
+                let off = d * bs;
+                data.write_all_at(content, off)
+                    .map_err(|e| Error::io(format!("writing data device byte {off}"), e))?;
+                report.repaired_data_blocks.push(d);
+            }
+            Place::Hash(h) => {
+                if !tree_blocks.contains(&h) {
+                    report.unchecked_hash_blocks.push(h);
+                    unchecked_any = true;
+                    continue;
+                }
+                if bad_hash.binary_search(&h).is_ok() || in_runs(&damage.unknown_hash, h) {
+                    continue;
+                }
+                let off = h * bs;
+                hash.write_all_at(content, off)
+                    .map_err(|e| Error::io(format!("writing hash device byte {off}"), e))?;
+                report.repaired_hash_blocks.push(h);
+            }
+            Place::Padding => {}
+        }
+    }
+    if !unchecked_any {
+        // With data and tree whole and checked, the parity is what they encode to: the
+        // rounds where decoding touched the parity are encoded afresh rather than trusting
+        // the decoder's parity bytes.
+        let mut rounds: BTreeSet<u64> = parity.keys().map(|o| o / (bs * g.roots as u64)).collect();
+        rounds.extend(&failed_rounds);
+        let input = Input {
+            g,
+            data: &*data,
+            hash: &*hash,
+        };
+        let fixes = fresh_parity(g, &input, &*fec, &rounds)?;
+        for (off, value) in fixes {
+            fec.write_all_at(&[value], off)
+                .map_err(|e| Error::io(format!("writing FEC device byte {off}"), e))?;
+            report.repaired_parity_bytes += 1;
+        }
+    }
+    data.sync()
+        .map_err(|e| Error::io("syncing the data device", e))?;
+    hash.sync()
+        .map_err(|e| Error::io("syncing the hash device", e))?;
+    fec.sync()
+        .map_err(|e| Error::io("syncing the FEC device", e))?;
+    report.unverifiable_blocks = damage.unknown_count();
+    report.unrepairable_data_blocks = damage.bad_data;
+    report.unrepairable_hash_blocks = damage.bad_hash;
+    Ok(report)
+}
+
+/// FEC-device offsets and values of the parity bytes of `rounds` that differ from what the
+/// input encodes to.
+pub(crate) fn fresh_parity<D, H, F>(
+    g: &FecGeometry,
+    input: &Input<'_, D, H>,
+    fec: &F,
+    rounds: &BTreeSet<u64>,
+) -> Result<Vec<(u64, u8)>>
+where
+    D: ReadAt + ?Sized,
+    H: ReadAt + ?Sized,
+    F: ReadAt + ?Sized,
+{
+    let (_, coeffs) = code_and_coeffs(g.roots);
+    let mut batch = Batch::new(g, &coeffs, Kernel::best());
+    let len = g.block_size as usize * g.roots as usize;
+    let mut fresh = vec![0u8; len];
+    let mut stored = vec![0u8; len];
+    let mut out = Vec::new();
+    for &round in rounds {
+        batch.load(input, round, 1)?;
+        batch.encode_round(0, &mut fresh)?;
+        let off = g.fec_offset + round * len as u64;
+        fec.read_exact_at(&mut stored, off)
+            .map_err(|e| Error::io(format!("reading parity at FEC device byte {off}"), e))?;
+        for (j, (&n, &s)) in fresh.iter().zip(&stored).enumerate() {
+            if n != s {
+                out.push((off + j as u64, n));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn too_much_damage() -> Error {
+    Error::param(
+        "fec",
+        format!(
+            "more than {} MiB of damaged blocks; too much damage to repair in memory",
+            MAX_REPAIR_BYTES >> 20
+        ),
+    )
+}
+
+/// Check the devices with the repairs applied against the tree.
+pub(crate) fn judge<D, H>(
+    g: &FecGeometry,
+    target: &RepairTarget<'_>,
+    data: &D,
+    hash: &H,
+    blocks: &BTreeMap<u64, Vec<u8>>,
+    opts: &BuildOptions<'_>,
+) -> Result<crate::verify::Damage>
+where
+    D: ReadAt + ?Sized,
+    H: ReadAt + ?Sized,
+{
+    let bs = g.block_size;
+    let dv = Patched {
+        inner: data,
+        blocks,
+        bs,
+        first: 0,
+        count: g.data_blocks,
+        covered_first: 0,
+    };
+    let hv = Patched {
+        inner: hash,
+        blocks,
+        bs,
+        first: g.hash_area_offset / bs,
+        count: g.hash_blocks,
+        covered_first: g.data_blocks,
+    };
+    find_damage(target.params, target.tree, &dv, &hv, target.root, opts)
+}
+
+/// Decode, with the known-bad covered blocks as erasures, every round that holds at most
+/// `roots` of them. Returns whether anything changed.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn erasure_pass<D, H, F>(
+    g: &FecGeometry,
+    code: &Code,
+    input: &Input<'_, D, H>,
+    fec: &F,
+    bad: &[u64],
+    blocks: &mut BTreeMap<u64, Vec<u8>>,
+    parity: &mut BTreeMap<u64, u8>,
+    limit: usize,
+) -> Result<bool>
+where
+    D: ReadAt + ?Sized,
+    H: ReadAt + ?Sized,
+    F: ReadAt + ?Sized,
+{
+    let bs = g.block_size as usize;
+    let roots = g.roots as usize;
+    let k = g.k();
+    let mut by_round: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for &b in bad {
+        by_round
+            .entry(b % g.rounds)
+            .or_default()
+            .push((b / g.rounds) as usize);
+    }
+    let mut changed = false;
+    let mut round_blocks = vec![0u8; k * bs];
+    let mut round_parity = vec![0u8; bs * roots];
+    // The round before decoding: what a decoded block or parity byte is compared with.
+    let mut before = vec![0u8; k * bs];
+    let mut stored = vec![0u8; bs * roots];
+    for (round, erasures) in by_round {
+        if erasures.len() > roots {
+            continue;
+        }
+        // The round as it stands with the repairs so far.
+        for i in 0..k {
+            let blk = i as u64 * g.rounds + round;
+            let dst = &mut round_blocks[i * bs..(i + 1) * bs];
+            match blocks.get(&blk) {
+                Some(c) => dst.copy_from_slice(c),
+                None => input.read(blk, dst)?,
+            }
+        }
+        before.copy_from_slice(&round_blocks);
+        let off = g.fec_offset + round * (bs * roots) as u64;
+        fec.read_exact_at(&mut stored, off)
+            .map_err(|e| Error::io(format!("reading parity at FEC device byte {off}"), e))?;
+        // The stored parity, not earlier errors-only fixes of it: those may come from the
+        // same decoder that went astray in this round.
+        round_parity.copy_from_slice(&stored);
+        let mut cw = [0u8; NN];
+        let mut decoded_all = true;
+        for b in 0..bs {
+            for i in 0..k {
+                cw[i] = round_blocks[i * bs + b];
+            }
+            cw[k..].copy_from_slice(&round_parity[b * roots..(b + 1) * roots]);
+            match code.decode(&mut cw, &erasures) {
+                Decoded::Clean => {}
+                Decoded::Corrected(_) => {
+                    for i in 0..k {
+                        round_blocks[i * bs + b] = cw[i];
+                    }
+                    round_parity[b * roots..(b + 1) * roots].copy_from_slice(&cw[k..]);
+                }
+                Decoded::Failed => {
+                    decoded_all = false;
+                    break;
+                }
+            }
+        }
+        if !decoded_all {
+            continue;
+        }
+        // A decoding that changes the unstored zeros past the end is not a real repair.
+        let padding_changed = (0..k).any(|i| {
+            g.locate(i as u64 * g.rounds + round) == Place::Padding
+                && round_blocks[i * bs..(i + 1) * bs].iter().any(|&x| x != 0)
+        });
+        if padding_changed {
+            continue;
+        }
+        for i in 0..k {
+            let blk = i as u64 * g.rounds + round;
+            if g.locate(blk) == Place::Padding {
+                continue;
+            }
+            let new = &round_blocks[i * bs..(i + 1) * bs];
+            if new != &before[i * bs..(i + 1) * bs] {
+                if !blocks.contains_key(&blk) && blocks.len() >= limit {
+                    return Err(too_much_damage());
+                }
+                blocks.insert(blk, new.to_vec());
+                changed = true;
+            }
+        }
+        let base = round * (bs * roots) as u64;
+        let stale: Vec<u64> = parity
+            .range(base..base + (bs * roots) as u64)
+            .map(|(&o, _)| o)
+            .collect();
+        for o in stale {
+            parity.remove(&o);
+        }
+        for (o, (&n, &s)) in round_parity.iter().zip(&stored).enumerate() {
+            if n != s {
+                parity.insert(base + o as u64, n);
+            }
+        }
+    }
+    Ok(changed)
+}
