@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpt::{
-    mirror_header, parse_entries, read_copy, Copy, Header, Partition, TableCopy, SIGNATURE,
+    mirror_header, parse_entries, read_copy, GptCopy, Header, Partition, TableCopy, SIGNATURE,
 };
 use keel_io::{ReadAt, WriteAt};
 
@@ -42,7 +42,7 @@ pub struct GptDisk<D> {
     disk_sectors: u64,
     /// The copy in force: the primary if valid (as firmware reads it), else the backup.
     table: TableCopy,
-    in_force: Copy,
+    in_force: GptCopy,
     health: Health,
 }
 
@@ -104,12 +104,12 @@ impl<D: ReadAt + WriteAt> GptDisk<D> {
                 "a disk of {size} bytes cannot hold a GPT"
             )));
         }
-        let primary = read_copy(&dev, Copy::Primary, 1, ss, disk_sectors);
+        let primary = read_copy(&dev, GptCopy::Primary, 1, ss, disk_sectors);
         let backup_lba = match &primary {
             Ok(p) => p.header.alternate_lba,
             Err(_) => disk_sectors - 1,
         };
-        let backup = read_copy(&dev, Copy::Backup, backup_lba, ss, disk_sectors);
+        let backup = read_copy(&dev, GptCopy::Backup, backup_lba, ss, disk_sectors);
         let state = |r: &Result<TableCopy>| match r {
             Ok(_) => CopyState::Good,
             Err(e) => CopyState::Bad(e.to_string()),
@@ -121,8 +121,8 @@ impl<D: ReadAt + WriteAt> GptDisk<D> {
             diverged,
         };
         let (table, in_force) = match (primary, backup) {
-            (Ok(p), _) => (p, Copy::Primary),
-            (Err(_), Ok(b)) => (b, Copy::Backup),
+            (Ok(p), _) => (p, GptCopy::Primary),
+            (Err(_), Ok(b)) => (b, GptCopy::Backup),
             (Err(p), Err(b)) => {
                 return Err(Error::NoValidTable {
                     primary: Box::new(p),
@@ -146,7 +146,7 @@ impl<D: ReadAt + WriteAt> GptDisk<D> {
     }
 
     /// Which copy the partitions were read from.
-    pub fn in_force(&self) -> Copy {
+    pub fn in_force(&self) -> GptCopy {
         self.in_force
     }
 
@@ -257,8 +257,8 @@ impl<D: ReadAt + WriteAt> GptDisk<D> {
         let (current_sector, mirrored_sector) =
             (current.encode_over(raw), mirrored.encode_over(raw));
         let other = match self.in_force {
-            Copy::Primary => Copy::Backup,
-            Copy::Backup => Copy::Primary,
+            GptCopy::Primary => GptCopy::Backup,
+            GptCopy::Backup => GptCopy::Primary,
         };
         // The copy that is not in force goes first: until its header is durable the copy
         // in force still holds the old table, and once it is, it holds the new table by
@@ -279,15 +279,15 @@ impl<D: ReadAt + WriteAt> GptDisk<D> {
                 .map_err(|e| Error::io(format!("syncing the {what} GPT"), e))?;
         }
         let (header, header_sector) = match self.in_force {
-            Copy::Primary => (current, current_sector),
-            Copy::Backup => (mirrored, mirrored_sector),
+            GptCopy::Primary => (current, current_sector),
+            GptCopy::Backup => (mirrored, mirrored_sector),
         };
         self.table = TableCopy {
             header,
             header_sector,
             entries,
         };
-        self.in_force = Copy::Primary;
+        self.in_force = GptCopy::Primary;
         self.health = Health {
             primary: CopyState::Good,
             backup: CopyState::Good,

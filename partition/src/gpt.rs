@@ -39,18 +39,18 @@ pub const MAX_ENTRY_ARRAY: u64 = 1 << 20;
 
 /// Which copy of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Copy {
+pub enum GptCopy {
     /// At LBA 1.
     Primary,
     /// At the last LBA.
     Backup,
 }
 
-impl std::fmt::Display for Copy {
+impl std::fmt::Display for GptCopy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Copy::Primary => "primary",
-            Copy::Backup => "backup",
+            GptCopy::Primary => "primary",
+            GptCopy::Backup => "backup",
         })
     }
 }
@@ -126,7 +126,7 @@ impl Header {
     }
 
     /// Decode and check a header sector read from `lba` of a disk of `disk_sectors`.
-    pub fn parse(b: &[u8], copy: Copy, lba: u64, disk_sectors: u64) -> Result<Header> {
+    pub fn parse(b: &[u8], copy: GptCopy, lba: u64, disk_sectors: u64) -> Result<Header> {
         let ss = b.len() as u64;
         let base = lba * ss;
         let what = format!("{copy} GPT header");
@@ -201,7 +201,7 @@ impl Header {
         }
         // A backup names the primary's place; a mirror of it written anywhere but LBA 1
         // would not be found by anything that reads GPTs.
-        if copy == Copy::Backup && h.alternate_lba != 1 {
+        if copy == GptCopy::Backup && h.alternate_lba != 1 {
             return Err(bad(
                 "alternate LBA",
                 32,
@@ -300,7 +300,7 @@ impl Partition {
 pub fn parse_entries(
     header: &Header,
     array: &[u8],
-    copy: Copy,
+    copy: GptCopy,
     sector_size: u64,
 ) -> Result<Vec<Partition>> {
     let es = header.entry_size as usize;
@@ -399,7 +399,7 @@ pub struct TableCopy {
 /// Read and check one copy: header at `lba`, then its entry array and CRC.
 pub fn read_copy<D: ReadAt + ?Sized>(
     dev: &D,
-    copy: Copy,
+    copy: GptCopy,
     lba: u64,
     sector_size: u64,
     disk_sectors: u64,

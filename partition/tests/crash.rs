@@ -124,7 +124,7 @@ fn every_cut_from_a_damaged_primary_leaves_the_old_or_the_new_state() {
     disk[512..1024].fill(0);
     assert_eq!(
         GptDisk::open(disk.clone(), None).unwrap().in_force(),
-        keel_partition::gpt::Copy::Backup
+        keel_partition::gpt::GptCopy::Backup
     );
     cut_every_write(&disk, "primary header zeroed");
 
