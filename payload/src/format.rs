@@ -42,8 +42,6 @@
 //! the compressed bytes, so nothing is decompressed before it is verified, and
 //! decompression stops at 64 MiB.
 
-use sha2::{Digest, Sha256};
-
 use crate::error::{Error, Result};
 
 /// The magic.
@@ -160,66 +158,6 @@ pub struct ImageId {
     pub size: u64,
     /// Its [`image_digest`].
     pub digest: [u8; 32],
-}
-
-/// Chunk size of [`image_digest`].
-pub const DIGEST_CHUNK: u64 = 1 << 20;
-
-/// An image's identity: sha256 over the concatenated sha256 digests of its 1 MiB chunks
-/// (the last one may be shorter; an empty image has no chunks).
-///
-/// A plain sha256 of the whole image runs on one core at the speed of the SHA extensions
-/// (about 1.1 GB/s here); the chunk digests split over every core, so checking the source
-/// before and the target after an update costs half as much. Memory: 32 bytes per MiB.
-pub fn image_digest<R: keel_verity::ReadAt + ?Sized>(
-    dev: &R,
-    size: u64,
-) -> std::io::Result<[u8; 32]> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let chunks = size.div_ceil(DIGEST_CHUNK);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(chunks.max(1) as usize);
-    let next = AtomicU64::new(0);
-    type Part = std::io::Result<Vec<(u64, [u8; 32])>>;
-    let digests: Vec<Part> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    let mut buf = vec![0u8; DIGEST_CHUNK as usize];
-                    loop {
-                        let c = next.fetch_add(1, Ordering::Relaxed);
-                        if c >= chunks {
-                            return Ok(out);
-                        }
-                        let off = c * DIGEST_CHUNK;
-                        let n = (size - off).min(DIGEST_CHUNK) as usize;
-                        dev.read_exact_at(&mut buf[..n], off)?;
-                        out.push((c, sha256(&buf[..n])));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join().unwrap_or_else(|_| {
-                    Err(std::io::Error::other("an image digest worker panicked"))
-                })
-            })
-            .collect()
-    });
-    let mut all = Vec::with_capacity(chunks as usize);
-    for d in digests {
-        all.extend(d?);
-    }
-    all.sort_unstable_by_key(|d| d.0);
-    let mut h = Sha256::new();
-    for (_, d) in &all {
-        h.update(d);
-    }
-    Ok(h.finalize().into())
 }
 
 /// What the payload turns into what.
@@ -363,62 +301,51 @@ pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
     w.0
 }
 
+/// The manifest read through keel-io's bounded cursor; a short read names the field and
+/// its payload offset.
 struct Reader<'a> {
-    b: &'a [u8],
-    pos: usize,
-    base: u64,
+    c: keel_io::Cursor<'a>,
+}
+
+impl From<keel_io::CursorError> for Error {
+    fn from(e: keel_io::CursorError) -> Self {
+        Error::BadField {
+            field: e.field,
+            offset: e.offset,
+            reason: format!("needs {} bytes, {} left in the manifest", e.needed, e.left),
+        }
+    }
 }
 
 impl<'a> Reader<'a> {
     fn err(&self, field: &'static str, reason: impl Into<String>) -> Error {
         Error::BadField {
             field,
-            offset: self.base + self.pos as u64,
+            offset: self.c.offset(),
             reason: reason.into(),
         }
     }
     fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8]> {
-        let s = self
-            .b
-            .get(self.pos..)
-            .and_then(|r| r.get(..n))
-            .ok_or_else(|| {
-                self.err(
-                    field,
-                    format!(
-                        "needs {n} bytes, {} left in the manifest",
-                        self.b.len().saturating_sub(self.pos)
-                    ),
-                )
-            })?;
-        self.pos += n;
-        Ok(s)
+        Ok(self.c.take(n, field)?)
     }
     fn u8(&mut self, f: &'static str) -> Result<u8> {
-        Ok(self.take(1, f)?[0])
+        Ok(self.c.u8(f)?)
     }
     fn u16(&mut self, f: &'static str) -> Result<u16> {
-        let s = self.take(2, f)?;
-        Ok(u16::from_le_bytes([s[0], s[1]]))
+        Ok(self.c.u16(f)?)
     }
     fn u32(&mut self, f: &'static str) -> Result<u32> {
-        let s = self.take(4, f)?;
-        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        Ok(self.c.u32(f)?)
     }
     fn u64(&mut self, f: &'static str) -> Result<u64> {
-        let s = self.take(8, f)?;
-        let mut x = [0u8; 8];
-        x.copy_from_slice(s);
-        Ok(u64::from_le_bytes(x))
+        Ok(self.c.u64(f)?)
     }
     fn hash(&mut self, f: &'static str) -> Result<[u8; 32]> {
-        let mut h = [0u8; 32];
-        h.copy_from_slice(self.take(32, f)?);
-        Ok(h)
+        Ok(self.c.array(f)?)
     }
     fn count(&mut self, f: &'static str, min_each: usize) -> Result<usize> {
         let n = self.u32(f)? as usize;
-        let left = self.b.len() - self.pos;
+        let left = self.c.remaining();
         if n.checked_mul(min_each).is_none_or(|need| need > left) {
             return Err(self.err(
                 f,
@@ -447,132 +374,6 @@ impl<'a> Reader<'a> {
         }
         let s = self.take(n, f)?;
         String::from_utf8(s.to_vec()).map_err(|_| self.err(f, "not UTF-8"))
-    }
-}
-
-/// Rebuild `expected` bytes from `old` and a bsdiff patch stream (Colin Percival's
-/// algorithm; the uncompressed stream of the `bsdiff` crate): until the stream ends, a
-/// control triple of little-endian u64 `add`, u64 `copy` and sign-magnitude i64 `seek`,
-/// then `add` bytes added bytewise to `old` from the current position, then `copy` bytes
-/// taken as they are; the old position then moves by `add + seek`.
-///
-/// Every length is checked against `expected` and every old position against `old`
-/// before use: a bad stream is an error, never a panic or an allocation past `expected`.
-pub fn bspatch<R: std::io::Read>(
-    old: &[u8],
-    mut patch: R,
-    expected: usize,
-) -> std::io::Result<Vec<u8>> {
-    use std::io::{Error as E, ErrorKind, Read};
-    let bad = |why: &str| E::new(ErrorKind::InvalidData, format!("bsdiff stream: {why}"));
-    let mut out = Vec::with_capacity(expected);
-    let mut oldpos: i64 = 0;
-    // A triple that adds and copies nothing only seeks: a stream of them (zeros compress
-    // without end) would keep the applier busy, so their number is bounded by the output.
-    let mut idle = 0usize;
-    loop {
-        let mut ctl = [0u8; 24];
-        let mut got = 0;
-        while got < 24 {
-            match patch.read(&mut ctl[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if got == 0 {
-            break;
-        }
-        if got < 24 {
-            return Err(bad("ends inside a control triple"));
-        }
-        let word = |i: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&ctl[i * 8..i * 8 + 8]);
-            u64::from_le_bytes(w)
-        };
-        let room = (expected - out.len()) as u64;
-        let (add, copy) = (word(0), word(1));
-        if add > room || copy > room - add {
-            return Err(bad("writes past the expected length"));
-        }
-        let s = word(2);
-        let seek = if s >> 63 == 0 {
-            s as i64
-        } else {
-            -((s & !(1 << 63)) as i64)
-        };
-        if add == 0 && copy == 0 {
-            idle += 1;
-            if idle > expected / 2 + 16 {
-                return Err(bad("too many control triples that write nothing"));
-            }
-        }
-        let start = out.len();
-        let n = (add + copy) as usize;
-        (&mut patch).take(n as u64).read_to_end(&mut out)?;
-        if out.len() != start + n {
-            return Err(bad("ends inside its data"));
-        }
-        let from = usize::try_from(oldpos).map_err(|_| bad("seeks before the start"))?;
-        let old_part = from
-            .checked_add(add as usize)
-            .and_then(|end| old.get(from..end))
-            .ok_or_else(|| bad("reads past the old data"))?;
-        for (n, o) in out[start..start + add as usize].iter_mut().zip(old_part) {
-            *n = n.wrapping_add(*o);
-        }
-        oldpos = oldpos
-            .checked_add(add as i64)
-            .and_then(|p| p.checked_add(seek))
-            .ok_or_else(|| bad("seek overflows"))?;
-    }
-    if out.len() != expected {
-        return Err(bad("shorter than expected"));
-    }
-    Ok(out)
-}
-
-/// Target blocks written by the operations so far, as disjoint merged intervals.
-#[derive(Default)]
-struct Written(std::collections::BTreeMap<u64, u64>);
-
-impl Written {
-    fn insert(&mut self, e: &Extent) {
-        let (mut a, mut b) = (e.start, e.start + e.blocks);
-        // Merge with every interval that overlaps or touches [a, b).
-        let mut absorbed = Vec::new();
-        if let Some((&s, &t)) = self.0.range(..=a).next_back() {
-            if t >= a {
-                a = s;
-                b = b.max(t);
-                absorbed.push(s);
-            }
-        }
-        for (&s, &t) in self.0.range(a..=b) {
-            b = b.max(t);
-            absorbed.push(s);
-        }
-        for s in absorbed {
-            self.0.remove(&s);
-        }
-        self.0.insert(a, b);
-    }
-
-    fn overlaps(&self, e: &Extent) -> bool {
-        // The last interval starting before the extent's end is the only candidate.
-        self.0
-            .range(..e.start + e.blocks)
-            .next_back()
-            .is_some_and(|(_, &t)| t > e.start)
-    }
-
-    fn covers(&self, e: &Extent) -> bool {
-        self.0
-            .range(..=e.start)
-            .next_back()
-            .is_some_and(|(_, &t)| t >= e.start + e.blocks)
     }
 }
 
@@ -609,9 +410,7 @@ pub fn unpack_manifest(packed: &[u8]) -> Result<Vec<u8>> {
 /// and in order.
 pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
     let mut r = Reader {
-        b,
-        pos: 0,
-        base: HEADER_SIZE as u64,
+        c: keel_io::Cursor::new(b, HEADER_SIZE as u64),
     };
     let bs = r.u32("block size")?;
     if u64::from(bs) != BLOCK_SIZE {
@@ -747,8 +546,8 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
             format!("the operations use {next_data} bytes, the header says {data_len}"),
         ));
     }
-    if r.pos != b.len() {
-        return Err(r.err("manifest", format!("{} bytes left over", b.len() - r.pos)));
+    if r.c.remaining() != 0 {
+        return Err(r.err("manifest", format!("{} bytes left over", r.c.remaining())));
     }
     Ok(Manifest {
         source,
@@ -760,124 +559,7 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
     })
 }
 
-/// sha256 of some bytes.
-pub fn sha256(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
-}
-
-/// Most dotted parts a version may have.
-pub const MAX_VERSION_PARTS: usize = 16;
-
-/// Parse a version of dotted whole numbers (`2`, `1.10.3`): every part ASCII digits that
-/// fit a u64, at most [`MAX_VERSION_PARTS`] parts. Anything else is an error with the
-/// reason, never a guess: a version that cannot be compared cannot pass a downgrade check.
-pub fn parse_version(v: &str) -> std::result::Result<Vec<u64>, String> {
-    let parts: Vec<&str> = v.split('.').collect();
-    if parts.len() > MAX_VERSION_PARTS {
-        return Err(format!(
-            "{} dotted parts, at most {MAX_VERSION_PARTS}",
-            parts.len()
-        ));
-    }
-    parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            if p.is_empty() || !p.bytes().all(|c| c.is_ascii_digit()) {
-                return Err(format!(
-                    "part {} ({p:?}) is not a whole number: expected dotted numbers such as 1.2.3",
-                    i + 1
-                ));
-            }
-            p.parse::<u64>()
-                .map_err(|_| format!("part {} ({p}) is too large", i + 1))
-        })
-        .collect()
-}
-
-/// Compare two versions of dotted numbers numerically (missing parts count as 0, so `2`
-/// equals `2.0`); an error names the version that does not parse.
-pub fn version_cmp(a: &str, b: &str) -> std::result::Result<std::cmp::Ordering, String> {
-    let x = parse_version(a).map_err(|e| format!("{a:?}: {e}"))?;
-    let y = parse_version(b).map_err(|e| format!("{b:?}: {e}"))?;
-    let n = x.len().max(y.len());
-    for i in 0..n {
-        let c = x.get(i).unwrap_or(&0).cmp(y.get(i).unwrap_or(&0));
-        if c != std::cmp::Ordering::Equal {
-            return Ok(c);
-        }
-    }
-    Ok(std::cmp::Ordering::Equal)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bspatch_inverts_bsdiff_and_refuses_bad_streams() {
-        let old: Vec<u8> = (0..200_000u32)
-            .flat_map(|i| (i * 7).to_le_bytes())
-            .collect();
-        // Addresses shifted by a constant, and a few bytes inserted: what bsdiff is for.
-        let mut new: Vec<u8> = (0..200_000u32)
-            .flat_map(|i| (i * 7 + 4096).to_le_bytes())
-            .collect();
-        new.splice(1000..1000, *b"inserted");
-        let mut stream = Vec::new();
-        bsdiff::diff(&old, &new, &mut stream).unwrap();
-        assert_eq!(bspatch(&old, &stream[..], new.len()).unwrap(), new);
-        // Truncations, a wrong expected length, and forged control words.
-        for cut in [1usize, 23, 24, 100, stream.len() - 1] {
-            assert!(
-                bspatch(&old, &stream[..cut], new.len()).is_err(),
-                "cut at {cut}"
-            );
-        }
-        assert!(bspatch(&old, &stream[..], new.len() - 1).is_err());
-        assert!(bspatch(&old, &stream[..], new.len() + 1).is_err());
-        let ctl = |add: u64, copy: u64, seek: u64| {
-            let mut c = add.to_le_bytes().to_vec();
-            c.extend_from_slice(&copy.to_le_bytes());
-            c.extend_from_slice(&seek.to_le_bytes());
-            c
-        };
-        let huge = ctl(u64::MAX, 1, 0);
-        assert!(bspatch(&old, &huge[..], 10).is_err());
-        let mut past_old = ctl(10, 0, 0);
-        past_old.extend_from_slice(&[0; 10]);
-        assert!(bspatch(&old[..5], &past_old[..], 10).is_err());
-        let mut before = ctl(0, 0, 1 << 63 | 5);
-        before.extend(ctl(1, 0, 0));
-        before.push(0);
-        assert!(bspatch(&old, &before[..], 1).is_err());
-        assert_eq!(bspatch(&old, &[][..], 0).unwrap(), Vec::<u8>::new());
-    }
-
-    #[test]
-    fn image_digest_is_the_sha256_of_the_chunk_digests() {
-        let img: Vec<u8> = (0..(7u64 << 19) + 5)
-            .map(|i| (i * 31 % 251) as u8)
-            .collect();
-        for size in [
-            0u64,
-            1,
-            DIGEST_CHUNK - 1,
-            DIGEST_CHUNK,
-            DIGEST_CHUNK + 1,
-            img.len() as u64,
-        ] {
-            let mut list = Vec::new();
-            for c in img[..size as usize].chunks(DIGEST_CHUNK as usize) {
-                list.extend_from_slice(&sha256(c));
-            }
-            assert_eq!(
-                image_digest(&img[..], size).unwrap(),
-                sha256(&list),
-                "size {size}"
-            );
-        }
-        // A short device is an error, not a digest of less.
-        assert!(image_digest(&img[..10], 11).is_err());
-    }
-}
+pub use crate::bspatch::bspatch;
+pub use crate::digest::{image_digest, sha256, DIGEST_CHUNK};
+use crate::intervals::Written;
+pub use crate::version::{parse_version, version_cmp, MAX_VERSION_PARTS};

@@ -34,10 +34,14 @@
 )]
 
 mod apply;
+mod bspatch;
+mod digest;
 mod error;
 pub mod ext4;
 pub mod format;
 mod generate;
+mod intervals;
+mod version;
 
 pub use apply::{
     apply, apply_files, read_manifest, read_manifest_at, same_file, Applied, ApplyOptions,
