@@ -169,6 +169,7 @@ pub(crate) fn check_slot(slot: Slot, count: usize) -> Result<()> {
 
 /// The boot loaders that keep priority / tries / successful per slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum PriorityPolicy {
     /// ChromeOS firmware (vboot cgptlib): a tie goes to the lowest slot; a try of an
     /// unsuccessful slot with one try left makes it bad (priority and tries 0).

@@ -26,6 +26,7 @@ fn io(context: impl Into<String>, e: std::io::Error) -> Error {
 
 /// Where a store lives and how it is encoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Backend {
     /// A GRUB environment block file with RAUC's variables.
     GrubEnv,

@@ -294,6 +294,7 @@ impl<D: ReadAt + WriteAt> BootControl for AbDisk<D> {
         match self.policy {
             PriorityPolicy::ChromeOs => "ChromeOS firmware over GPT attribute bits",
             PriorityPolicy::Flatcar => "Flatcar's GRUB gptprio over GPT attribute bits",
+            _ => "GPT attribute bits",
         }
     }
     fn status(&self) -> keel_bootflags::Result<Vec<SlotState>> {

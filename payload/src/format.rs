@@ -63,6 +63,7 @@ pub const MAX_BLOB: u64 = 12 << 20;
 
 /// An operation type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum OpType {
     /// Write zeros.
     Zero = 0,
