@@ -97,6 +97,10 @@ pub enum Error {
         count: u64,
     },
 
+    /// The caller stopped the work through its progress observer.
+    #[error("cancelled")]
+    Cancelled,
+
     /// A key or signature problem: an untrusted or expired key, a signature that does
     /// not verify, a signer that failed.
     #[error(transparent)]

@@ -270,6 +270,14 @@ pub(crate) fn hash_level<S: ReadAt + ?Sized>(
             if failed.load(Ordering::Relaxed) {
                 return;
             }
+            // The caller may stop long work between units (nothing is written here).
+            if opts.progress.is_some_and(|p| p.cancelled()) {
+                failed.store(true, Ordering::Relaxed);
+                if let Ok(mut slot) = first_error.lock() {
+                    slot.get_or_insert(Error::Cancelled);
+                }
+                return;
+            }
             let next = match units.lock() {
                 Ok(mut it) => it.next(),
                 Err(_) => return,

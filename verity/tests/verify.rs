@@ -521,3 +521,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn building_a_tree_can_be_cancelled() {
+    use keel_verity::{BuildOptions, HashTree, Progress};
+    let params = keel_verity::VerityParams::builder()
+        .data_blocks(4096)
+        .build()
+        .unwrap();
+    let data = vec![1u8; 4096 * 4096];
+    let cancel = keel_io::Cancel::new();
+    cancel.cancel();
+    let opts = BuildOptions {
+        threads: None,
+        progress: Some(&cancel as &dyn Progress),
+    };
+    assert!(matches!(
+        HashTree::build_with(&params, &data[..], &opts),
+        Err(keel_verity::Error::Cancelled)
+    ));
+    let fine = keel_io::Cancel::new();
+    let opts = BuildOptions {
+        threads: None,
+        progress: Some(&fine as &dyn Progress),
+    };
+    assert!(HashTree::build_with(&params, &data[..], &opts).is_ok());
+}
