@@ -266,8 +266,9 @@ impl std::fmt::Debug for SignedRoot {
 }
 
 impl SignedRoot {
-    /// Assemble from descriptor bytes and a signature made elsewhere (an HSM, `openssl
-    /// pkeyutl`). Nothing is checked until [`Keyring::verify`].
+    /// Assemble from descriptor bytes and a signature made elsewhere over
+    /// `Context::RootDescriptor.message(descriptor)` (an HSM, `openssl pkeyutl`). Nothing
+    /// is checked until [`VerifyRoot::verify_root`].
     pub fn from_parts(
         descriptor: [u8; DESCRIPTOR_SIZE],
         key_id: KeyId,
