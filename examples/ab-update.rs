@@ -68,23 +68,12 @@ fn check(cond: bool, what: &str) -> Res<()> {
     }
 }
 
+/// Text-like bytes (they compress like real files do) from a seed.
 fn seeded(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        // Text-like bytes compress like real files do.
-        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        out.extend(
-            v.to_le_bytes()
-                .iter()
-                .map(|b| b"abcdefghij klmnop\n"[(*b % 18) as usize]),
-        );
-    }
-    out.truncate(len);
-    out
+    keel_testsupport::seeded_bytes(seed, len)
+        .into_iter()
+        .map(|b| b"abcdefghij klmnop\n"[(b % 18) as usize])
+        .collect()
 }
 
 /// The root filesystem tree of a version: version 2 changes some files, adds and removes others.
