@@ -38,7 +38,7 @@ measure() {
 
 measure "keel (ext4 pairing, zstd -19)" \
   "$PAYLOAD generate --source $OLD --target $NEW --key $W/k.pem -o $W/keel.p" \
-  "$PAYLOAD apply --source $OLD --target $W/keel.out --pubkey $W/k.pub $W/keel.p" "$W/keel.p" "$W/keel.out"
+  "$PAYLOAD apply --source $OLD --target $W/keel.out --pubkey $W/k.pub --no-version-check $W/keel.p" "$W/keel.p" "$W/keel.out"
 measure "zstd --patch-from -19 --long=31" \
   "zstd -q -f -19 --long=31 --patch-from=$OLD $NEW -o $W/z.p" \
   "zstd -q -f -d --long=31 --patch-from=$OLD $W/z.p -o $W/z.out" "$W/z.p" "$W/z.out"
