@@ -10,6 +10,10 @@ use std::process::{Command, Output, Stdio};
 
 use common::{example, ok, run, seeded_bytes, stdout, tool};
 
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -93,45 +97,23 @@ fn verity_refuses_fec_over_data_and_roots_the_tree_does_not_give() {
         .to_string();
     ok("verity", &["keygen", &p("k.pem"), "--public", &p("k.pub")]);
     let wrong = "ab".repeat(32);
+    let (h, key) = (p("h"), p("k.pem"));
+    let sign = |root: &str, out: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["sign", &h, root, "--key", &key, "--out", out]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
     refused(
         "verity",
-        &[
-            "sign",
-            &p("h"),
-            &wrong,
-            "--key",
-            &p("k.pem"),
-            "--out",
-            &p("s"),
-        ],
+        &strs(&sign(&wrong, &p("s"), &[])),
         "does not give this root",
     );
     assert!(!Path::new(&p("s")).exists());
-    ok(
-        "verity",
-        &[
-            "sign",
-            &p("h"),
-            &root,
-            "--key",
-            &p("k.pem"),
-            "--out",
-            &p("s"),
-        ],
-    );
-    ok(
-        "verity",
-        &[
-            "sign",
-            &p("h"),
-            &wrong,
-            "--key",
-            &p("k.pem"),
-            "--out",
-            &p("s2"),
-            "--unchecked",
-        ],
-    );
+    ok("verity", &strs(&sign(&root, &p("s"), &[])));
+    ok("verity", &strs(&sign(&wrong, &p("s2"), &["--unchecked"])));
     refused(
         "verity",
         &["table", &p("h"), &wrong, "--data-device", "/dev/vda"],
