@@ -111,6 +111,22 @@ fn fw_config(dir: &Path, file: &Path, size: usize, redundant: bool) -> PathBuf {
     cfg
 }
 
+/// fw_printenv and fw_setenv, or a visible skip when they are missing.
+fn fw_tools() -> Option<(PathBuf, PathBuf)> {
+    Some((
+        tool("fw_printenv", "libubootenv-tool")?,
+        tool("fw_setenv", "libubootenv-tool")?,
+    ))
+}
+
+#[track_caller]
+fn has(vars: &[(String, String)], name: &str, value: &str) {
+    assert!(
+        vars.iter().any(|(n, v)| n == name && v == value),
+        "{name}={value:?} not in {vars:?}"
+    );
+}
+
 fn printenv(fw: &Path, cfg: &Path) -> Vec<(String, String)> {
     ok(fw, &["-c", cfg.to_str().unwrap()])
         .lines()
@@ -123,10 +139,7 @@ fn printenv(fw: &Path, cfg: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn uboot_single_copy_both_directions() {
-    let (Some(pr), Some(set)) = (
-        tool("fw_printenv", "libubootenv-tool"),
-        tool("fw_setenv", "libubootenv-tool"),
-    ) else {
+    let Some((pr, set)) = fw_tools() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -141,18 +154,9 @@ fn uboot_single_copy_both_directions() {
     s.control().set_active(Slot::B, Some(10)).unwrap();
     s.save().unwrap();
     let vars = printenv(&pr, &cfg);
-    assert!(
-        vars.contains(&("BOOT_ORDER".into(), "B A".into())),
-        "{vars:?}"
-    );
-    assert!(
-        vars.contains(&("BOOT_B_LEFT".into(), "a".into())),
-        "{vars:?}"
-    );
-    assert!(
-        vars.contains(&("BOOT_A_LEFT".into(), "3".into())),
-        "{vars:?}"
-    );
+    has(&vars, "BOOT_ORDER", "B A");
+    has(&vars, "BOOT_B_LEFT", "a");
+    has(&vars, "BOOT_A_LEFT", "3");
     // fw_setenv changes it; Keel reads the change and keeps the unknown variable.
     ok(&set, &["-c", cfg.to_str().unwrap(), "BOOT_B_LEFT", "1"]);
     ok(
@@ -176,22 +180,13 @@ fn uboot_single_copy_both_directions() {
     s.control().boot();
     s.save().unwrap();
     let vars = printenv(&pr, &cfg);
-    assert!(
-        vars.contains(&("BOOT_B_LEFT".into(), "0".into())),
-        "{vars:?}"
-    );
-    assert!(
-        vars.contains(&("bootargs".into(), "console=ttyS0 quiet".into())),
-        "{vars:?}"
-    );
+    has(&vars, "BOOT_B_LEFT", "0");
+    has(&vars, "bootargs", "console=ttyS0 quiet");
 }
 
 #[test]
 fn uboot_redundant_both_directions_and_writes_to_the_older_copy() {
-    let (Some(pr), Some(set)) = (
-        tool("fw_printenv", "libubootenv-tool"),
-        tool("fw_setenv", "libubootenv-tool"),
-    ) else {
+    let Some((pr, set)) = fw_tools() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -204,10 +199,7 @@ fn uboot_redundant_both_directions_and_writes_to_the_older_copy() {
     };
     FileStore::init(backend.clone(), &f, 2, Slot::A).unwrap();
     let vars = printenv(&pr, &cfg);
-    assert!(
-        vars.contains(&("BOOT_ORDER".into(), "A".into())),
-        "{vars:?}"
-    );
+    has(&vars, "BOOT_ORDER", "A");
     // fw_setenv writes the older copy (two variables in one write); Keel then reads the
     // newer one.
     let script = dir.path().join("script");
@@ -241,14 +233,8 @@ fn uboot_redundant_both_directions_and_writes_to_the_older_copy() {
     assert_eq!(after[kept.clone()], before[kept]);
     assert_ne!(after[written.clone()], before[written]);
     let vars = printenv(&pr, &cfg);
-    assert!(
-        vars.contains(&("BOOT_ORDER".into(), "A".into())),
-        "{vars:?}"
-    );
-    assert!(
-        vars.contains(&("BOOT_B_LEFT".into(), "0".into())),
-        "{vars:?}"
-    );
+    has(&vars, "BOOT_ORDER", "A");
+    has(&vars, "BOOT_B_LEFT", "0");
 }
 
 #[test]
@@ -503,10 +489,7 @@ fn crc32(data: &[u8]) -> u32 {
 fn uboot_where_fw_env_config_says_both_directions() {
     use keel_bootflags::store::FwEnvConfig;
     use keel_bootflags::BootControl;
-    let (Some(pr), Some(set)) = (
-        tool("fw_printenv", "libubootenv-tool"),
-        tool("fw_setenv", "libubootenv-tool"),
-    ) else {
+    let Some((pr, set)) = fw_tools() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -536,18 +519,12 @@ fn uboot_where_fw_env_config_says_both_directions() {
     let d = fs::read(&disk).unwrap();
     assert!(d[..0x40000].iter().chain(&d[0x42000..]).all(|&b| b == 0x5a));
     let vars = printenv(&pr, &cfg);
-    assert!(
-        vars.contains(&("BOOT_ORDER".into(), "A".into())),
-        "{vars:?}"
-    );
+    has(&vars, "BOOT_ORDER", "A");
     // Keel arms B; fw_printenv sees it.
     BootControl::mark_bad(&mut s, Slot::B).unwrap();
     BootControl::set_active(&mut s, Slot::B, Some(2)).unwrap();
     let vars = printenv(&pr, &cfg);
-    assert!(
-        vars.contains(&("BOOT_ORDER".into(), "B A".into())),
-        "{vars:?}"
-    );
+    has(&vars, "BOOT_ORDER", "B A");
     // fw_setenv changes it back; Keel reads the change.
     ok(&set, &["-c", cfg.to_str().unwrap(), "BOOT_ORDER", "A B"]);
     let s = FileStore::open(backend, &cfg, 2).unwrap();

@@ -35,7 +35,7 @@ pub struct Cursor<'a> {
 }
 
 macro_rules! ints {
-    ($($le:ident $be:ident $t:ty),*) => {$(
+    ($($le:ident $be:ident $at:ident $t:ty),*) => {$(
         #[doc = concat!("A little-endian `", stringify!($t), "`.")]
         pub fn $le(&mut self, field: &'static str) -> Result<$t, CursorError> {
             Ok(<$t>::from_le_bytes(self.array(field)?))
@@ -43,6 +43,20 @@ macro_rules! ints {
         #[doc = concat!("A big-endian `", stringify!($t), "`.")]
         pub fn $be(&mut self, field: &'static str) -> Result<$t, CursorError> {
             Ok(<$t>::from_be_bytes(self.array(field)?))
+        }
+        #[doc = concat!("A little-endian `", stringify!($t), "` at byte `at` of the whole ")]
+        #[doc = "slice, without moving: for formats read by offset rather than in order."]
+        pub fn $at(&self, at: usize, field: &'static str) -> Result<$t, CursorError> {
+            const N: usize = std::mem::size_of::<$t>();
+            let b = self.bytes.get(at..).and_then(|r| r.get(..N)).ok_or(CursorError {
+                field,
+                offset: self.base.saturating_add(at as u64),
+                needed: N,
+                left: self.bytes.len().saturating_sub(at),
+            })?;
+            let mut a = [0u8; N];
+            a.copy_from_slice(b);
+            Ok(<$t>::from_le_bytes(a))
         }
     )*};
 }
@@ -106,7 +120,7 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1, field)?[0])
     }
 
-    ints!(u16 u16_be u16, u32 u32_be u32, u64 u64_be u64);
+    ints!(u16 u16_be u16_at u16, u32 u32_be u32_at u32, u64 u64_be u64_at u64);
 }
 
 #[cfg(test)]
@@ -127,5 +141,10 @@ mod tests {
         let mut c = Cursor::new(&b, 0);
         assert!(c.take(usize::MAX, "huge").is_err());
         assert_eq!(c.position(), 0, "a failed read consumes nothing");
+        assert_eq!(c.u32_at(4, "b").unwrap(), 2);
+        assert_eq!(c.u16_at(12, "c").unwrap(), 0xcdab);
+        let e = c.u64_at(8, "d").unwrap_err();
+        assert_eq!((e.field, e.offset, e.needed, e.left), ("d", 8, 8, 6));
+        assert!(c.u16_at(usize::MAX, "far").is_err());
     }
 }

@@ -26,7 +26,7 @@
 
 use crate::error::{Error, Result};
 use crate::guid::Guid;
-use keel_io::ReadAt;
+use keel_io::{Cursor, CursorError, ReadAt};
 
 /// The header signature.
 pub const SIGNATURE: [u8; 8] = *b"EFI PART";
@@ -78,16 +78,6 @@ pub struct Header {
     pub entry_size: u32,
     /// CRC-32 of the entry array.
     pub entries_crc: u32,
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
 }
 
 impl Header {
@@ -143,17 +133,22 @@ impl Header {
                 format!("{} bytes, at least 512 needed", b.len()),
             ));
         }
-        if b[..8] != SIGNATURE {
+        // Front to back in layout order; the sector holds at least 512 bytes, so a short
+        // read cannot happen (and would be reported like any bad field).
+        let mut c = Cursor::new(b, 0);
+        let short = |e: CursorError| bad(e.field, e.offset, e.to_string());
+        let sig = c.take(8, "signature").map_err(short)?;
+        if sig != SIGNATURE {
             return Err(bad(
                 "signature",
                 0,
                 format!(
                     "expected \"EFI PART\", found {:?}",
-                    String::from_utf8_lossy(&b[..8])
+                    String::from_utf8_lossy(sig)
                 ),
             ));
         }
-        let rev = le32(b, 8);
+        let rev = c.u32("revision").map_err(short)?;
         if rev != REVISION {
             return Err(bad(
                 "revision",
@@ -161,7 +156,7 @@ impl Header {
                 format!("expected {REVISION:#010x}, found {rev:#010x}"),
             ));
         }
-        let hs = le32(b, 12);
+        let hs = c.u32("header size").map_err(short)?;
         if hs < HEADER_SIZE || u64::from(hs) > ss {
             return Err(bad(
                 "header size",
@@ -169,7 +164,7 @@ impl Header {
                 format!("{hs}: expected 92 to the sector size {ss}"),
             ));
         }
-        let stored = le32(b, 16);
+        let stored = c.u32("header CRC").map_err(short)?;
         let mut copy_b = b[..hs as usize].to_vec();
         copy_b[16..20].fill(0);
         let computed = crc32fast::hash(&copy_b);
@@ -180,17 +175,18 @@ impl Header {
                 format!("stored {stored:#010x}, computed {computed:#010x}"),
             ));
         }
+        c.skip(4, "reserved").map_err(short)?;
         let h = Header {
             header_size: hs,
-            my_lba: le64(b, 24),
-            alternate_lba: le64(b, 32),
-            first_usable_lba: le64(b, 40),
-            last_usable_lba: le64(b, 48),
-            disk_guid: Guid(b[56..72].try_into().unwrap_or_default()),
-            entries_lba: le64(b, 72),
-            num_entries: le32(b, 80),
-            entry_size: le32(b, 84),
-            entries_crc: le32(b, 88),
+            my_lba: c.u64("my LBA").map_err(short)?,
+            alternate_lba: c.u64("alternate LBA").map_err(short)?,
+            first_usable_lba: c.u64("first usable LBA").map_err(short)?,
+            last_usable_lba: c.u64("last usable LBA").map_err(short)?,
+            disk_guid: Guid(c.array("disk GUID").map_err(short)?),
+            entries_lba: c.u64("entries LBA").map_err(short)?,
+            num_entries: c.u32("number of entries").map_err(short)?,
+            entry_size: c.u32("entry size").map_err(short)?,
+            entries_crc: c.u32("entries CRC").map_err(short)?,
         };
         if h.my_lba != lba {
             return Err(bad(
@@ -307,10 +303,6 @@ pub fn parse_entries(
     let base = header.entries_lba * sector_size;
     let mut parts: Vec<Partition> = Vec::new();
     for (i, e) in array.chunks_exact(es).enumerate() {
-        let type_guid = Guid(e[0..16].try_into().unwrap_or_default());
-        if type_guid.is_nil() {
-            continue;
-        }
         let number = i as u32 + 1;
         let at = base + (i * es) as u64;
         let bad = |field: &'static str, off: u64, reason: String| Error::BadField {
@@ -319,7 +311,18 @@ pub fn parse_entries(
             offset: at + off,
             reason,
         };
-        let (first, last) = (le64(e, 32), le64(e, 40));
+        // In layout order; an entry is at least 128 bytes (checked with the header).
+        let mut c = Cursor::new(e, 0);
+        let short = |e: CursorError| bad(e.field, e.offset, e.to_string());
+        let type_guid = Guid(c.array("type GUID").map_err(short)?);
+        if type_guid.is_nil() {
+            continue;
+        }
+        let guid = Guid(c.array("partition GUID").map_err(short)?);
+        let first = c.u64("first LBA").map_err(short)?;
+        let last = c.u64("last LBA").map_err(short)?;
+        let attributes = c.u64("attributes").map_err(short)?;
+        let name_field = c.take(72, "name").map_err(short)?;
         if first > last || first < header.first_usable_lba || last > header.last_usable_lba {
             return Err(bad(
                 "LBA range",
@@ -343,7 +346,7 @@ pub fn parse_entries(
                 ),
             ));
         }
-        let units: Vec<u16> = e[56..128]
+        let units: Vec<u16> = name_field
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .take_while(|&u| u != 0)
@@ -353,10 +356,10 @@ pub fn parse_entries(
         parts.push(Partition {
             number,
             type_guid,
-            guid: Guid(e[16..32].try_into().unwrap_or_default()),
+            guid,
             first_lba: first,
             last_lba: last,
-            attributes: le64(e, 48),
+            attributes,
             name,
         });
     }

@@ -11,6 +11,7 @@
 //! kernel's `Documentation/filesystems/ext4/` (superblock, group descriptors, inodes,
 //! extent tree, linear and hashed directories).
 
+use keel_io::Cursor;
 use std::collections::HashSet;
 
 /// One regular file: its path and its data blocks (4 KiB, image-relative) in file order.
@@ -35,16 +36,14 @@ const MAX_INDEX_NODES: usize = 1 << 20;
 /// Directories waiting to be read.
 const MAX_PENDING_DIRS: usize = 1 << 20;
 
+// A best-effort reader: any field out of bounds means "not an ext4 image Keel can read",
+// so the cursor's error becomes `None`.
 fn le16(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from(u16::from_le_bytes(
-        b.get(at..at + 2)?.try_into().ok()?,
-    )))
+    Cursor::new(b, 0).u16_at(at, "ext4").ok().map(u64::from)
 }
 
 fn le32(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from(u32::from_le_bytes(
-        b.get(at..at + 4)?.try_into().ok()?,
-    )))
+    Cursor::new(b, 0).u32_at(at, "ext4").ok().map(u64::from)
 }
 
 struct Fs<'a> {

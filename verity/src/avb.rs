@@ -27,9 +27,10 @@
 //! | 120 | 60 | reserved |
 
 use crate::algorithm::HashAlgorithm;
+use crate::algorithm::HashType;
 use crate::error::{Error, Result};
 use crate::io::{ReadAt, ZeroPadded};
-use crate::params::{HashType, VerityParams};
+use crate::params::VerityParams;
 use crate::tree::HashTree;
 
 /// Size of the fixed part of the descriptor.

@@ -18,9 +18,10 @@
 //! | 112 | 144 | reserved, 0 |
 
 use crate::algorithm::HashAlgorithm;
+use crate::algorithm::HashType;
 use crate::error::{Error, Result};
 use crate::io::{ReadAt, ZeroPadded};
-use crate::params::{HashType, VerityParams};
+use crate::params::VerityParams;
 use crate::tree::{BuildOptions, HashTree};
 
 /// Size of the fs-verity descriptor.

@@ -1,7 +1,8 @@
 //! Where each level of the tree lives on the hash device (cryptsetup `hash_levels`).
 
+use crate::algorithm::HashType;
 use crate::error::{Error, Result};
-use crate::params::{HashType, VerityParams};
+use crate::params::VerityParams;
 use crate::superblock::SUPERBLOCK_SIZE;
 
 /// The most levels veritysetup and the kernel allow.

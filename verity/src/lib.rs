@@ -39,6 +39,7 @@ mod format;
 mod fsverity;
 mod geometry;
 mod io;
+mod layout;
 mod params;
 mod sha256x16;
 mod sha256x2;
@@ -48,7 +49,7 @@ mod table;
 mod tree;
 mod verify;
 
-pub use algorithm::{Digest64, HashAlgorithm, MAX_DIGEST_SIZE};
+pub use algorithm::{Digest64, HashAlgorithm, HashType, MAX_DIGEST_SIZE};
 pub use avb::{avb_hashtree, AvbHashtree, AVB_HASHTREE_DESCRIPTOR_SIZE};
 pub use error::{Error, Result};
 pub use fec::{
@@ -61,7 +62,7 @@ pub use geometry::{Level, TreeGeometry, MAX_LEVELS};
 pub use io::{Progress, ReadAt, WriteAt};
 pub use keel_trust::{Context, KeyId, Keyring, PublicKey, Signer, SigningKey};
 pub use params::{
-    HashType, VerityParams, VerityParamsBuilder, DEFAULT_SALT_SIZE, MAX_BLOCK_SIZE, MAX_SALT_SIZE,
+    VerityParams, VerityParamsBuilder, DEFAULT_SALT_SIZE, MAX_BLOCK_SIZE, MAX_SALT_SIZE,
     MIN_BLOCK_SIZE,
 };
 pub use sign::{RootDescriptor, SignRoot, SignedRoot, VerifiedRoot, VerifyRoot};

@@ -1,32 +1,7 @@
 //! Tree parameters: what veritysetup takes as options and stores in its superblock.
 
-use crate::algorithm::HashAlgorithm;
+use crate::algorithm::{HashAlgorithm, HashType};
 use crate::error::{Error, Result};
-
-/// The on-disk hash format (veritysetup `--format`, the kernel table's version field).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum HashType {
-    /// Format 0, the original Chrome OS layout: `H(block || salt)`, digests packed.
-    ChromeOs = 0,
-    /// Format 1, the default: `H(salt || block)`, each digest padded to a power of two.
-    Normal = 1,
-}
-
-impl HashType {
-    /// The number veritysetup and the kernel use.
-    pub fn as_u32(self) -> u32 {
-        self as u32
-    }
-
-    /// From veritysetup's number.
-    pub fn from_u32(v: u32) -> Option<Self> {
-        match v {
-            0 => Some(HashType::ChromeOs),
-            1 => Some(HashType::Normal),
-            _ => None,
-        }
-    }
-}
 
 /// Smallest block size veritysetup accepts.
 pub const MIN_BLOCK_SIZE: u32 = 512;

@@ -285,7 +285,7 @@ unsafe fn compress_run(st: &mut [__m512i; 8], base: *const u8, index: __m512i, r
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha2::Digest;
+    use crate::sha256x2::tests::layouts;
 
     #[test]
     fn matches_sha2_for_every_layout() {
@@ -293,46 +293,23 @@ mod tests {
             eprintln!("SKIPPED: no AVX-512 on this CPU");
             return;
         }
-        for (p, n, s, lead_chunks) in [
-            (0usize, 4096usize, 0usize, 0usize),
-            (32, 4096, 0, 0),
-            (0, 4096, 32, 0),
-            (63, 512, 0, 1),
-            (1, 55, 0, 0),
-            (0, 56, 0, 0),
-            (0, 64, 200, 2),
-            (17, 100, 256, 0),
-            (0, 0, 0, 0),
-        ] {
-            let lead: Vec<u8> = (0..lead_chunks * 64).map(|i| i as u8).collect();
-            let prefix: Vec<u8> = (0..p).map(|i| (i * 7) as u8).collect();
-            let suffix: Vec<u8> = (0..s).map(|i| (i * 3 + 1) as u8).collect();
+        for l in layouts() {
+            let n = l.n;
             let input: Vec<u8> = (0..n * LANES).map(|i| (i * 13 + i / 7) as u8).collect();
-            let mut state = crate::sha256x2::IV;
-            crate::sha256x2::compress_one(&mut state, lead.as_chunks::<64>().0);
             let mut out = vec![0u8; LANES * 40];
             assert!(hash16(
-                &state,
-                lead.len() as u64,
-                &prefix,
-                &suffix,
+                &l.state,
+                l.lead.len() as u64,
+                &l.prefix,
+                &l.suffix,
                 &input,
                 n,
                 &mut out,
                 40
             ));
             for lane in 0..LANES {
-                let want = sha2::Sha256::new()
-                    .chain_update(&lead)
-                    .chain_update(&prefix)
-                    .chain_update(&input[lane * n..(lane + 1) * n])
-                    .chain_update(&suffix)
-                    .finalize();
-                assert_eq!(
-                    out[lane * 40..lane * 40 + 32],
-                    want[..],
-                    "lane {lane} p={p} n={n} s={s}"
-                );
+                let want = l.want(&input[lane * n..(lane + 1) * n]);
+                assert_eq!(out[lane * 40..lane * 40 + 32], want, "lane {lane} n={n}");
             }
         }
     }

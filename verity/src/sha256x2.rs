@@ -283,13 +283,37 @@ pub(crate) const IV: [u32; 8] = [
 ];
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sha2::Digest;
 
-    #[test]
-    fn matches_sha2_for_every_layout() {
-        for (p, n, s, absorbed_chunks) in [
+    /// One test layout: the leading bytes already absorbed into the state, the prefix and
+    /// the suffix around each body, the body length, and the state after the lead.
+    pub(crate) struct Layout {
+        pub(crate) lead: Vec<u8>,
+        pub(crate) prefix: Vec<u8>,
+        pub(crate) suffix: Vec<u8>,
+        pub(crate) n: usize,
+        pub(crate) state: [u32; 8],
+    }
+
+    impl Layout {
+        /// SHA-256 of `lead || prefix || body || suffix`, computed by the `sha2` crate.
+        pub(crate) fn want(&self, body: &[u8]) -> [u8; 32] {
+            sha2::Sha256::new()
+                .chain_update(&self.lead)
+                .chain_update(&self.prefix)
+                .chain_update(body)
+                .chain_update(&self.suffix)
+                .finalize()
+                .into()
+        }
+    }
+
+    /// Prefixes short and long, bodies across the padding boundary (55/56 bytes), suffixes
+    /// spanning blocks, with and without absorbed leading blocks, and the empty case.
+    pub(crate) fn layouts() -> impl Iterator<Item = Layout> {
+        [
             (0usize, 4096usize, 0usize, 0usize),
             (32, 4096, 0, 0),
             (0, 4096, 32, 0),
@@ -299,34 +323,47 @@ mod tests {
             (0, 64, 200, 2),
             (17, 100, 256, 0),
             (0, 0, 0, 0),
-        ] {
-            let lead: Vec<u8> = (0..absorbed_chunks * 64).map(|i| i as u8).collect();
-            let prefix: Vec<u8> = (0..p).map(|i| (i * 7) as u8).collect();
-            let suffix: Vec<u8> = (0..s).map(|i| (i * 3 + 1) as u8).collect();
+        ]
+        .into_iter()
+        .map(|(p, n, s, lead_chunks)| {
+            let lead: Vec<u8> = (0..lead_chunks * 64).map(|i| i as u8).collect();
+            let mut state = IV;
+            compress_one(&mut state, lead.as_chunks::<64>().0);
+            Layout {
+                prefix: (0..p).map(|i| (i * 7) as u8).collect(),
+                suffix: (0..s).map(|i| (i * 3 + 1) as u8).collect(),
+                lead,
+                n,
+                state,
+            }
+        })
+    }
+
+    #[test]
+    fn matches_sha2_for_every_layout() {
+        for l in layouts() {
+            let n = l.n;
             let xa: Vec<u8> = (0..n).map(|i| (i * 13 + 5) as u8).collect();
             let xb: Vec<u8> = (0..n).map(|i| (i * 31 + 9) as u8).collect();
-            let mut state = IV;
-            let (lead_chunks, _) = lead.as_chunks::<64>();
-            compress_one(&mut state, lead_chunks);
             let (mut oa, mut ob) = ([0u8; 32], [0u8; 32]);
             hash2(
-                &state,
-                lead.len() as u64,
-                &prefix,
-                &suffix,
+                &l.state,
+                l.lead.len() as u64,
+                &l.prefix,
+                &l.suffix,
                 &xa,
                 &xb,
                 &mut oa,
                 &mut ob,
             );
             for (x, o) in [(&xa, oa), (&xb, ob)] {
-                let want = sha2::Sha256::new()
-                    .chain_update(&lead)
-                    .chain_update(&prefix)
-                    .chain_update(x)
-                    .chain_update(&suffix)
-                    .finalize();
-                assert_eq!(o[..], want[..], "p={p} n={n} s={s} lead={absorbed_chunks}");
+                assert_eq!(
+                    o,
+                    l.want(x),
+                    "n={n} prefix={} lead={}",
+                    l.prefix.len(),
+                    l.lead.len()
+                );
             }
         }
     }

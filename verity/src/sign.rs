@@ -42,9 +42,9 @@
 
 use keel_trust::{Context, KeyId, Keyring, Signer};
 
-use crate::algorithm::{HashAlgorithm, NameFieldError};
 use crate::error::{Error, Result};
-use crate::params::{HashType, VerityParams, MAX_SALT_SIZE};
+use crate::layout::{Fields, UnknownAlgorithm};
+use crate::params::VerityParams;
 
 /// Size of a version 1 root descriptor.
 pub const DESCRIPTOR_SIZE: usize = 396;
@@ -73,31 +73,6 @@ mod off {
 pub struct RootDescriptor {
     params: VerityParams,
     root_hash: Vec<u8>,
-}
-
-fn bad(field: &'static str, offset: usize, reason: impl Into<String>) -> Error {
-    Error::BadField {
-        structure: "root descriptor",
-        field,
-        offset,
-        reason: reason.into(),
-    }
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut x = [0u8; 4];
-    x.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(x)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
-}
-
-fn u16_at(b: &[u8], at: usize) -> usize {
-    usize::from(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
 impl RootDescriptor {
@@ -158,48 +133,27 @@ impl RootDescriptor {
     /// Decode and check every byte. Only call this on bytes whose signature has been
     /// verified ([`Keyring::verify`] does both).
     pub fn parse(b: &[u8]) -> Result<Self> {
+        let mut f = Fields::new(b, "root descriptor");
         if b.len() != DESCRIPTOR_SIZE {
-            return Err(bad(
+            return Err(f.bad(
                 "length",
                 0,
                 format!("expected {DESCRIPTOR_SIZE} bytes, found {}", b.len()),
             ));
         }
-        if b[..8] != DESCRIPTOR_MAGIC {
-            return Err(bad("magic", off::MAGIC, "expected \"KEELVRTY\""));
-        }
-        let version = u32_at(b, off::VERSION);
-        if version != 1 {
-            return Err(bad(
-                "version",
-                off::VERSION,
-                format!("expected 1, found {version}"),
-            ));
-        }
-        let ht = u32_at(b, off::HASH_TYPE);
-        let hash_type = HashType::from_u32(ht).ok_or_else(|| {
-            bad(
-                "hash_type",
-                off::HASH_TYPE,
-                format!("expected 0 or 1, found {ht}"),
-            )
-        })?;
-        let algorithm = HashAlgorithm::from_name_field(&b[off::ALGORITHM..off::ALGORITHM + 32])
-            .map_err(|e| match e {
-                NameFieldError::Malformed(reason) => bad("algorithm", off::ALGORITHM, reason),
-                NameFieldError::Unknown(e) => bad("algorithm", off::ALGORITHM, e.to_string()),
-            })?;
-        let salt_size = u16_at(b, off::SALT_SIZE);
-        if salt_size > MAX_SALT_SIZE {
-            return Err(bad(
-                "salt_size",
-                off::SALT_SIZE,
-                format!("{salt_size} is over {MAX_SALT_SIZE}"),
-            ));
-        }
-        let root_size = u16_at(b, off::ROOT_SIZE);
+        // Read in the order of the table at the top of this file.
+        f.magic("magic", &DESCRIPTOR_MAGIC, "\"KEELVRTY\"")?;
+        f.expect_u32("version", 1)?;
+        let hash_type = f.hash_type()?;
+        let algorithm = f.algorithm(UnknownAlgorithm::BadField)?;
+        let dbs = f.u32("data_block_size")?;
+        let hbs = f.u32("hash_block_size")?;
+        let data_blocks = f.u64("data_blocks")?;
+        let data_size = f.u64("data_size")?;
+        let salt_size = f.salt_size()?;
+        let root_size = usize::from(f.u16("root_hash_size")?);
         if root_size != algorithm.digest_size() {
-            return Err(bad(
+            return Err(f.bad(
                 "root_hash_size",
                 off::ROOT_SIZE,
                 format!(
@@ -208,32 +162,22 @@ impl RootDescriptor {
                 ),
             ));
         }
-        if b[off::SALT + salt_size..off::ROOT].iter().any(|&c| c != 0) {
-            return Err(bad(
-                "salt",
-                off::SALT + salt_size,
-                "bytes past salt_size are not zero",
-            ));
-        }
-        if b[off::ROOT + root_size..].iter().any(|&c| c != 0) {
-            return Err(bad(
-                "root_hash",
-                off::ROOT + root_size,
-                "bytes past the digest are not zero",
-            ));
-        }
-        let params = VerityParams::new(
-            hash_type,
-            algorithm,
-            u32_at(b, off::DATA_BLOCK_SIZE),
-            u32_at(b, off::HASH_BLOCK_SIZE),
-            u64_at(b, off::DATA_BLOCKS),
-            b[off::SALT..off::SALT + salt_size].to_vec(),
-        )
-        .map_err(|e| bad("parameters", off::DATA_BLOCK_SIZE, e.to_string()))?;
-        let data_size = u64_at(b, off::DATA_SIZE);
+        let salt = f.padded(
+            off::ROOT - off::SALT,
+            salt_size,
+            "salt",
+            "bytes past salt_size are not zero",
+        )?;
+        let root = f.padded(
+            DESCRIPTOR_SIZE - off::ROOT,
+            root_size,
+            "root_hash",
+            "bytes past the digest are not zero",
+        )?;
+        let params = VerityParams::new(hash_type, algorithm, dbs, hbs, data_blocks, salt.to_vec())
+            .map_err(|e| f.bad("parameters", off::DATA_BLOCK_SIZE, e.to_string()))?;
         if data_size != params.data_size() {
-            return Err(bad(
+            return Err(f.bad(
                 "data_size",
                 off::DATA_SIZE,
                 format!(
@@ -244,7 +188,7 @@ impl RootDescriptor {
         }
         Ok(RootDescriptor {
             params,
-            root_hash: b[off::ROOT..off::ROOT + root_size].to_vec(),
+            root_hash: root.to_vec(),
         })
     }
 }
@@ -391,6 +335,7 @@ impl VerifyRoot for Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{HashAlgorithm, HashType};
 
     fn descriptor() -> RootDescriptor {
         let p = VerityParams::new(
@@ -408,6 +353,10 @@ mod tests {
     #[test]
     fn descriptor_offsets_are_pinned() {
         let b = descriptor().to_bytes();
+        let c = keel_io::Cursor::new(&b, 0);
+        let u32_at = |_: &[u8], at| c.u32_at(at, "").unwrap();
+        let u64_at = |_: &[u8], at| c.u64_at(at, "").unwrap();
+        let u16_at = |_: &[u8], at| c.u16_at(at, "").unwrap();
         assert_eq!(&b[0..8], b"KEELVRTY");
         assert_eq!(u32_at(&b, 8), 1);
         assert_eq!(u32_at(&b, 12), 1);

@@ -17,9 +17,9 @@
 //! | 88 | 256 | salt, zero padded |
 //! | 344 | 168 | zero |
 
-use crate::algorithm::{HashAlgorithm, NameFieldError};
 use crate::error::{Error, Result};
-use crate::params::{check_block_size, HashType, VerityParams, MAX_SALT_SIZE};
+use crate::layout::{Fields, UnknownAlgorithm};
+use crate::params::{check_block_size, VerityParams};
 
 /// Size of the superblock in bytes.
 pub const SUPERBLOCK_SIZE: usize = 512;
@@ -51,27 +51,6 @@ pub struct Superblock {
     pub uuid: [u8; 16],
 }
 
-fn bad(field: &'static str, offset: usize, reason: impl Into<String>) -> Error {
-    Error::BadField {
-        structure: "verity superblock",
-        field,
-        offset,
-        reason: reason.into(),
-    }
-}
-
-fn le_u32(b: &[u8; SUPERBLOCK_SIZE], at: usize) -> u32 {
-    let mut x = [0u8; 4];
-    x.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(x)
-}
-
-fn le_u64(b: &[u8; SUPERBLOCK_SIZE], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
-}
-
 impl Superblock {
     /// The parameters this superblock describes.
     pub fn params(&self) -> &VerityParams {
@@ -81,83 +60,38 @@ impl Superblock {
     /// Decode and check every field. `bytes` must hold at least 512 bytes; only the
     /// first 512 are read.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let b: &[u8; SUPERBLOCK_SIZE] = bytes
-            .get(..SUPERBLOCK_SIZE)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(Error::TooSmall {
-                what: "verity superblock",
-                needed: SUPERBLOCK_SIZE as u64,
-                found: bytes.len() as u64,
-            })?;
-        if b[off::MAGIC..off::MAGIC + 8] != SUPERBLOCK_MAGIC {
-            return Err(bad(
-                "signature",
-                off::MAGIC,
-                format!(
-                    "expected \"verity\\0\\0\", found {:?}",
-                    String::from_utf8_lossy(&b[..8])
-                ),
-            ));
-        }
-        let version = le_u32(b, off::VERSION);
-        if version != 1 {
-            return Err(bad(
-                "version",
-                off::VERSION,
-                format!("expected 1, found {version}"),
-            ));
-        }
-        let ht = le_u32(b, off::HASH_TYPE);
-        let hash_type = HashType::from_u32(ht).ok_or_else(|| {
-            bad(
-                "hash_type",
-                off::HASH_TYPE,
-                format!("expected 0 or 1, found {ht}"),
-            )
+        let b = bytes.get(..SUPERBLOCK_SIZE).ok_or(Error::TooSmall {
+            what: "verity superblock",
+            needed: SUPERBLOCK_SIZE as u64,
+            found: bytes.len() as u64,
         })?;
-        let mut uuid = [0u8; 16];
-        uuid.copy_from_slice(&b[off::UUID..off::UUID + 16]);
-
-        let algorithm = HashAlgorithm::from_name_field(&b[off::ALGORITHM..off::ALGORITHM + 32])
-            .map_err(|e| match e {
-                NameFieldError::Malformed(reason) => bad("algorithm", off::ALGORITHM, reason),
-                NameFieldError::Unknown(e) => e,
-            })?;
-
-        let dbs = le_u32(b, off::DATA_BLOCK_SIZE);
+        // Read in the order of the table at the top of this file.
+        let mut f = Fields::new(b, "verity superblock");
+        f.magic("signature", &SUPERBLOCK_MAGIC, "\"verity\\0\\0\"")?;
+        f.expect_u32("version", 1)?;
+        let hash_type = f.hash_type()?;
+        let uuid = f.array::<16>("uuid")?;
+        let algorithm = f.algorithm(UnknownAlgorithm::Unsupported)?;
+        let dbs = f.u32("data_block_size")?;
         check_block_size("data block size", dbs)
-            .map_err(|e| bad("data_block_size", off::DATA_BLOCK_SIZE, e.to_string()))?;
-        let hbs = le_u32(b, off::HASH_BLOCK_SIZE);
+            .map_err(|e| f.bad("data_block_size", off::DATA_BLOCK_SIZE, e.to_string()))?;
+        let hbs = f.u32("hash_block_size")?;
         check_block_size("hash block size", hbs)
-            .map_err(|e| bad("hash_block_size", off::HASH_BLOCK_SIZE, e.to_string()))?;
-        let data_blocks = le_u64(b, off::DATA_BLOCKS);
-        let salt_size = usize::from(u16::from_le_bytes([
-            b[off::SALT_SIZE],
-            b[off::SALT_SIZE + 1],
-        ]));
-        if salt_size > MAX_SALT_SIZE {
-            return Err(bad(
-                "salt_size",
-                off::SALT_SIZE,
-                format!("{salt_size} is over the maximum of {MAX_SALT_SIZE}"),
-            ));
-        }
-        if b[off::PAD1..off::SALT].iter().any(|&c| c != 0) {
-            return Err(bad("padding", off::PAD1, "reserved bytes are not zero"));
-        }
-        if b[off::SALT + salt_size..off::PAD2].iter().any(|&c| c != 0) {
-            return Err(bad(
+            .map_err(|e| f.bad("hash_block_size", off::HASH_BLOCK_SIZE, e.to_string()))?;
+        let data_blocks = f.u64("data_blocks")?;
+        let salt_size = f.salt_size()?;
+        f.zeros(off::SALT - off::PAD1, "padding")?;
+        let salt = f
+            .padded(
+                off::PAD2 - off::SALT,
+                salt_size,
                 "salt",
-                off::SALT + salt_size,
                 "bytes past salt_size are not zero",
-            ));
-        }
-        if b[off::PAD2..].iter().any(|&c| c != 0) {
-            return Err(bad("padding", off::PAD2, "reserved bytes are not zero"));
-        }
-        let salt = b[off::SALT..off::SALT + salt_size].to_vec();
+            )?
+            .to_vec();
+        f.zeros(SUPERBLOCK_SIZE - off::PAD2, "padding")?;
         let params = VerityParams::new(hash_type, algorithm, dbs, hbs, data_blocks, salt)
-            .map_err(|e| bad("data_blocks", off::DATA_BLOCKS, e.to_string()))?;
+            .map_err(|e| f.bad("data_blocks", off::DATA_BLOCKS, e.to_string()))?;
         Ok(Superblock { params, uuid })
     }
 
@@ -225,6 +159,7 @@ pub fn random_uuid() -> Result<[u8; 16]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{HashAlgorithm, HashType};
 
     fn sample() -> Superblock {
         Superblock {

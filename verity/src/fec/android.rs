@@ -4,6 +4,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::io::ReadAt;
+use crate::layout::Fields;
 
 use super::*;
 
@@ -74,57 +75,42 @@ impl AndroidFecHeader {
 
     /// Parse 60 header bytes, checking every field libfec checks.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        const S: &str = "Android FEC header";
         let b = bytes.get(..Self::SIZE).ok_or(Error::TooSmall {
             what: "Android FEC header",
             needed: Self::SIZE as u64,
             found: bytes.len() as u64,
         })?;
-        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        let field = |field: &'static str, offset: usize, reason: String| Error::BadField {
-            structure: S,
-            field,
-            offset,
-            reason,
-        };
-        if u32_at(0) != Self::MAGIC {
-            return Err(field(
-                "magic",
-                0,
-                format!("{:#010x}, not 0xfecfecfe", u32_at(0)),
-            ));
+        let mut f = Fields::new(b, "Android FEC header");
+        let magic = f.u32("magic")?;
+        if magic != Self::MAGIC {
+            return Err(f.bad("magic", 0, format!("{magic:#010x}, not 0xfecfecfe")));
         }
-        if u32_at(4) != Self::VERSION {
-            return Err(field("version", 4, format!("{}, not 0", u32_at(4))));
-        }
-        if u32_at(8) != Self::SIZE as u32 {
-            return Err(field("size", 8, format!("{}, not 60", u32_at(8))));
-        }
-        let roots = u32_at(12);
+        f.expect_u32("version", Self::VERSION)?;
+        f.expect_u32("size", Self::SIZE as u32)?;
+        let roots = f.u32("roots")?;
         if !(1..255).contains(&roots) {
-            return Err(field("roots", 12, format!("{roots}, not 1 to 254")));
+            return Err(f.bad("roots", 12, format!("{roots}, not 1 to 254")));
         }
-        let fec_size = u32_at(16);
+        let fec_size = f.u32("fec_size")?;
         if fec_size == 0
             || !fec_size.is_multiple_of(roots)
             || !(fec_size as usize).is_multiple_of(Self::BLOCK_SIZE)
         {
-            return Err(field(
+            return Err(f.bad(
                 "fec_size",
                 16,
                 format!("{fec_size} is not a positive multiple of roots and of 4096"),
             ));
         }
-        let mut inp = [0u8; 8];
-        inp.copy_from_slice(&b[20..28]);
-        let inp_size = u64::from_le_bytes(inp);
+        let inp_size = f.u64("inp_size")?;
         if inp_size == 0 || !inp_size.is_multiple_of(Self::BLOCK_SIZE as u64) {
-            return Err(field(
+            return Err(f.bad(
                 "inp_size",
                 20,
                 format!("{inp_size} is not a positive multiple of 4096"),
             ));
         }
+        let hash = f.array::<32>("hash")?;
         let rounds = (inp_size / Self::BLOCK_SIZE as u64).div_ceil(255 - u64::from(roots));
         // An input size from the header can make this product overflow: checked, and an
         // overflow is a mismatch like any other.
@@ -132,14 +118,12 @@ impl AndroidFecHeader {
             .checked_mul(u64::from(roots))
             .and_then(|p| p.checked_mul(Self::BLOCK_SIZE as u64));
         if parity != Some(u64::from(fec_size)) {
-            return Err(field(
+            return Err(f.bad(
                 "fec_size",
                 16,
                 format!("{fec_size} does not match {inp_size} input bytes at {roots} roots"),
             ));
         }
-        let mut hash = [0u8; 32];
-        hash.copy_from_slice(&b[28..60]);
         Ok(AndroidFecHeader {
             roots,
             fec_size,
