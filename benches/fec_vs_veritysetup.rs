@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use keel::verity::{
     fec_encode, format, BuildOptions, FecGeometry, FormatOptions, Formatted, VerityParams,
 };
-use support::{best, env_u64, root_line, veritysetup, write_data};
+use support::{bench_data, best, env_u64, root_line, veritysetup};
 
 const SALT: &str = "4f2a9c1be07d35a8c6e1f0b2d4a69587c3e2b1a0f9e8d7c6b5a4938271605f4e";
 
@@ -78,6 +78,18 @@ fn keel(
     (t.elapsed(), formatted)
 }
 
+/// `veritysetup format --no-superblock DATA HASH --salt=SALT EXTRA...`.
+fn vs_format(vs: &Path, data: &Path, hash: &Path, extra: &[String]) -> std::process::Output {
+    Command::new(vs)
+        .args(["format", "--no-superblock"])
+        .arg(data)
+        .arg(hash)
+        .arg(format!("--salt={SALT}"))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 fn main() {
     let size = env_u64("KEEL_BENCH_SIZE_MIB", 1024) << 20;
     let runs = env_u64("KEEL_BENCH_RUNS", 3).max(1);
@@ -86,18 +98,7 @@ fn main() {
         .split(',')
         .filter_map(|r| r.trim().parse().ok())
         .collect();
-    let base = std::env::var_os("KEEL_BENCH_DIR")
-        .map(Into::into)
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::tempdir_in(base).unwrap();
-    let data = dir.path().join("data.img");
-    eprintln!(
-        "writing {} MiB of test data to {}",
-        size >> 20,
-        data.display()
-    );
-    write_data(&data, size);
-    let _ = fs::read(&data).map(|v| v.len());
+    let (dir, data) = bench_data(size);
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     let vs = veritysetup();
     let gbps = |d: Duration| size as f64 / d.as_secs_f64() / 1e9;
@@ -114,13 +115,7 @@ fn main() {
     let vs_tree = vs.as_ref().map(|vs| {
         let vh = dir.path().join("v0.hash");
         let t = Instant::now();
-        let out = Command::new(vs)
-            .args(["format", "--no-superblock"])
-            .arg(&data)
-            .arg(&vh)
-            .arg(format!("--salt={SALT}"))
-            .output()
-            .unwrap();
+        let out = vs_format(vs, &data, &vh, &[]);
         assert!(out.status.success());
         let t = t.elapsed();
         println!(
@@ -148,15 +143,15 @@ fn main() {
             let (vh, vf) = (dir.path().join("v.hash"), dir.path().join("v.fec"));
             let _ = (fs::remove_file(&vh), fs::remove_file(&vf));
             let t = Instant::now();
-            let out = Command::new(vs)
-                .args(["format", "--no-superblock"])
-                .arg(&data)
-                .arg(&vh)
-                .arg(format!("--salt={SALT}"))
-                .arg(format!("--fec-device={}", vf.display()))
-                .arg(format!("--fec-roots={roots}"))
-                .output()
-                .unwrap();
+            let out = vs_format(
+                vs,
+                &data,
+                &vh,
+                &[
+                    format!("--fec-device={}", vf.display()),
+                    format!("--fec-roots={roots}"),
+                ],
+            );
             let t = t.elapsed();
             assert!(
                 out.status.success(),

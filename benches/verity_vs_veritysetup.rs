@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{best, env_u64, root_line, veritysetup, write_data};
+use support::{bench_data, best, env_u64, root_line, veritysetup};
 
 use keel::verity::{format, parse_uuid, BuildOptions, FormatOptions, VerityParams};
 
@@ -53,21 +53,9 @@ fn keel_format(data: &Path, hash: &Path, threads: Option<usize>) -> Vec<u8> {
 fn main() {
     let size = env_u64("KEEL_BENCH_SIZE_MIB", 1024) << 20;
     let runs = env_u64("KEEL_BENCH_RUNS", 3).max(1);
-    let base = std::env::var_os("KEEL_BENCH_DIR")
-        .map(Into::into)
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::tempdir_in(base).unwrap();
-    let data = dir.path().join("data.img");
+    let (dir, data) = bench_data(size);
     let vs_hash = dir.path().join("vs.hash");
     let keel_hash = dir.path().join("keel.hash");
-    eprintln!(
-        "writing {} MiB of test data to {}",
-        size >> 20,
-        data.display()
-    );
-    write_data(&data, size);
-    // Warm the page cache so both tools read from memory.
-    let _ = fs::read(&data).map(|v| v.len());
 
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     let keel_all = best(runs, || {

@@ -13,10 +13,13 @@
 #[macro_use]
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/boot.rs"]
+mod boot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use boot::BootCmd;
 use clap::{Parser, Subcommand, ValueEnum};
 use keel::bootflags::store::{Backend, FileStore};
 use keel::bootflags::Slot;
@@ -57,18 +60,8 @@ enum Cmd {
     Init,
     /// Print every slot's state and the slot that boots next.
     Show,
-    /// Arm SLOT to boot next.
-    SetActive {
-        slot: String,
-        #[arg(long)]
-        tries: Option<u8>,
-    },
-    /// The booted SLOT came up healthy.
-    MarkGood { slot: String },
-    /// Never boot SLOT until it is armed again.
-    MarkBad { slot: String },
-    /// Act as the boot loader: choose a slot and apply its counter change.
-    Boot,
+    #[command(flatten)]
+    Change(BootCmd),
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -120,22 +113,11 @@ fn run(cli: Cli) -> Result<(), String> {
         return Ok(());
     }
     let mut store = FileStore::open(backend, &cli.file, cli.slots).map_err(e)?;
-    match &cli.cmd {
-        Cmd::Init | Cmd::Show => {
-            show(&store);
-            return Ok(());
-        }
-        Cmd::SetActive { slot: s, tries } => {
-            store.control().set_active(slot(s)?, *tries).map_err(e)?
-        }
-        Cmd::MarkGood { slot: s } => store.control().mark_good(slot(s)?).map_err(e)?,
-        Cmd::MarkBad { slot: s } => store.control().mark_bad(slot(s)?).map_err(e)?,
-        Cmd::Boot => match store.control().boot() {
-            Some(s) => println!("booting slot {s}"),
-            None => println!("no bootable slot"),
-        },
+    if let Cmd::Change(change) = &cli.cmd {
+        change
+            .run(&mut store, |_, s| slot(s))
+            .map_err(|m| format!("{}: {m}", cli.file.display()))?;
     }
-    store.save().map_err(e)?;
     show(&store);
     Ok(())
 }

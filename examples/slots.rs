@@ -17,11 +17,14 @@
 #[macro_use]
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/boot.rs"]
+mod boot;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use boot::BootCmd;
 use clap::{Parser, Subcommand, ValueEnum};
 use keel::bootflags::PriorityPolicy;
 use keel::partition::{
@@ -79,18 +82,8 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
-    /// Arm SLOT with N tries and give it the top priority.
-    SetActive {
-        slot: String,
-        #[arg(long)]
-        tries: Option<u8>,
-    },
-    /// The booted SLOT came up: successful, no tries, top priority.
-    MarkGood { slot: String },
-    /// Never boot SLOT until armed again.
-    MarkBad { slot: String },
-    /// Act as the boot loader: choose a slot and store its counter change.
-    Boot,
+    #[command(flatten)]
+    Change(BootCmd),
     /// Rewrite a damaged or diverged copy of the table from the one in force.
     Repair,
 }
@@ -261,25 +254,8 @@ fn run(cli: Cli) -> Result<(), String> {
         return show(&ab);
     }
     let mut ab = AbDisk::new(disk, &selector, policy).map_err(|e| e.to_string())?;
-    let e = |e: keel::partition::Error| e.to_string();
-    match &cli.cmd {
-        Cmd::Show | Cmd::Create { .. } | Cmd::Repair => {}
-        Cmd::SetActive { slot, tries } => {
-            let s = ab.slot_of(slot).map_err(e)?;
-            ab.set_active(s, *tries).map_err(e)?;
-        }
-        Cmd::MarkGood { slot } => {
-            let s = ab.slot_of(slot).map_err(e)?;
-            ab.mark_good(s).map_err(e)?;
-        }
-        Cmd::MarkBad { slot } => {
-            let s = ab.slot_of(slot).map_err(e)?;
-            ab.mark_bad(s).map_err(e)?;
-        }
-        Cmd::Boot => match ab.boot().map_err(e)? {
-            Some(s) => println!("booting slot {s}"),
-            None => println!("no bootable slot"),
-        },
+    if let Cmd::Change(change) = &cli.cmd {
+        change.run(&mut ab, |ab, s| ab.slot_of(s).map_err(|e| e.to_string()))?;
     }
     if writable {
         match reread_partitions(ab.disk().device()) {

@@ -617,17 +617,7 @@ fn cmd_table(
     fec_kernel_device: Option<&str>,
     unchecked: bool,
 ) -> Result<(), String> {
-    let hash_f = open_read(hash)?;
-    let (params, geometry) = opts.existing(&hash_f, None)?;
-    let root = hex::decode(root_hex).map_err(|e| format!("root hash: {e}"))?;
-    if !unchecked {
-        check_root(&params, &geometry, &hash_f, &root).map_err(|e| {
-            format!(
-                "{e} (the tree on {} does not give this root; --unchecked to print it anyway)",
-                hash.display()
-            )
-        })?;
-    }
+    let (hash_f, params, geometry, root) = checked_root(hash, root_hex, opts, unchecked, "print")?;
     let fec_table = match &fec.fec_device {
         None => None,
         Some(p) => {
@@ -699,17 +689,7 @@ fn cmd_sign(
     unchecked: bool,
     opts: &TreeOpts,
 ) -> Result<(), String> {
-    let hash_f = open_read(hash)?;
-    let (params, geometry) = opts.existing(&hash_f, None)?;
-    let root = hex::decode(root_hex).map_err(|e| format!("root hash: {e}"))?;
-    if !unchecked {
-        check_root(&params, &geometry, &hash_f, &root).map_err(|e| {
-            format!(
-                "{e} (the tree on {} does not give this root; --unchecked to sign it anyway)",
-                hash.display()
-            )
-        })?;
-    }
+    let (_, params, _, root) = checked_root(hash, root_hex, opts, unchecked, "sign")?;
     let desc = RootDescriptor::new(params, &root).map_err(|e| e.to_string())?;
     let pem = std::fs::read_to_string(key).map_err(|e| format!("{}: {e}", key.display()))?;
     let k = SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
@@ -1027,4 +1007,28 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The hash device, its tree's parameters and geometry, and `root_hex` decoded, after
+/// checking that the tree gives that root (unless `unchecked`; `verb` is what the user
+/// asked to do with it, for the hint).
+fn checked_root(
+    hash: &Path,
+    root_hex: &str,
+    opts: &TreeOpts,
+    unchecked: bool,
+    verb: &str,
+) -> Result<(File, VerityParams, TreeGeometry, Vec<u8>), String> {
+    let hash_f = open_read(hash)?;
+    let (params, geometry) = opts.existing(&hash_f, None)?;
+    let root = hex::decode(root_hex).map_err(|e| format!("root hash: {e}"))?;
+    if !unchecked {
+        check_root(&params, &geometry, &hash_f, &root).map_err(|e| {
+            format!(
+                "{e} (the tree on {} does not give this root; --unchecked to {verb} it anyway)",
+                hash.display()
+            )
+        })?;
+    }
+    Ok((hash_f, params, geometry, root))
 }

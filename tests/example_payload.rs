@@ -14,13 +14,21 @@ fn ok(args: &[&str]) -> String {
     common::ok("payload", args)
 }
 
+/// A temporary directory holding a new signing key (`key.pem`) and its public key
+/// (`pub.pem`).
+fn keyed_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keel::verity::SigningKey::generate().unwrap();
+    std::fs::write(dir.path().join("key.pem"), key.to_pkcs8_pem().unwrap()).unwrap();
+    let public = key.public_key().to_pem().unwrap();
+    std::fs::write(dir.path().join("pub.pem"), public).unwrap();
+    dir
+}
+
 #[test]
 fn generate_inspect_apply_and_resume_after_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = keyed_dir();
     let p = |n: &str| dir.path().join(n).display().to_string();
-    let key = keel::verity::SigningKey::generate().unwrap();
-    std::fs::write(p("key.pem"), key.to_pkcs8_pem().unwrap()).unwrap();
-    std::fs::write(p("pub.pem"), key.public_key().to_pem().unwrap()).unwrap();
     // 24 MiB: half unchanged, a quarter zeroed, a quarter new (incompressible) data.
     let old = seeded_bytes(1, 24 << 20);
     let mut new = old.clone();
@@ -55,22 +63,19 @@ fn generate_inspect_apply_and_resume_after_sigkill() {
     // Apply from a pipe that stalls half way; kill the process once it has checkpointed.
     let payload = std::fs::read(p("payload")).unwrap();
     let mut child = Command::new(example("payload"))
-        .args([
-            "apply",
-            "--source",
-            &p("old"),
-            "--target",
-            &p("slot-b"),
-            "--pubkey",
-            &p("pub.pem"),
-            "--state",
-            &p("state"),
-            "--checkpoint-mib",
-            "1",
-            "--installed-version",
-            "1.0",
-            "-",
-        ])
+        .args(from_old(
+            &p,
+            "slot-b",
+            &[
+                "--state",
+                &p("state"),
+                "--checkpoint-mib",
+                "1",
+                "--installed-version",
+                "1.0",
+                "-",
+            ],
+        ))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -93,78 +98,74 @@ fn generate_inspect_apply_and_resume_after_sigkill() {
     assert_ne!(std::fs::read(p("slot-b")).unwrap_or_default(), new);
 
     // Run again with the same record: it continues and ends with the identical target.
-    let out = ok(&[
-        "apply",
-        "--source",
-        &p("old"),
-        "--target",
-        &p("slot-b"),
-        "--pubkey",
-        &p("pub.pem"),
-        "--state",
-        &p("state"),
-        "--installed-version",
-        "1.0",
-        &p("payload"),
-    ]);
+    let out = ok(&strs(&from_old(
+        &p,
+        "slot-b",
+        &[
+            "--state",
+            &p("state"),
+            "--installed-version",
+            "1.0",
+            &p("payload"),
+        ],
+    )));
     assert!(out.contains("resumed at operation"), "{out}");
     assert_eq!(std::fs::read(p("slot-b")).unwrap(), new);
 
     // Refusals: the running slot as target, a downgrade, another system.
     let o = run(
         &example("payload"),
-        &[
-            "apply",
-            "--source",
-            &p("old"),
-            "--target",
-            &p("old"),
-            "--pubkey",
-            &p("pub.pem"),
-            "--no-version-check",
-            &p("payload"),
-        ],
+        &strs(&from_old(&p, "old", &["--no-version-check", &p("payload")])),
     );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("running slot"));
     let o = run(
         &example("payload"),
-        &[
-            "apply",
-            "--source",
-            &p("old"),
-            "--target",
-            &p("t2"),
-            "--pubkey",
-            &p("pub.pem"),
-            "--installed-version",
-            "3.0",
-            &p("payload"),
-        ],
+        &strs(&from_old(
+            &p,
+            "t2",
+            &["--installed-version", "3.0", &p("payload")],
+        )),
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("downgrade"));
     let o = run(
         &example("payload"),
-        &[
-            "apply",
-            "--source",
-            &p("old"),
-            "--target",
-            &p("t3"),
-            "--pubkey",
-            &p("pub.pem"),
-            "--compatible",
-            "other",
-            "--installed-version",
-            "1.0",
-            &p("payload"),
-        ],
+        &strs(&from_old(
+            &p,
+            "t3",
+            &[
+                "--compatible",
+                "other",
+                "--installed-version",
+                "1.0",
+                &p("payload"),
+            ],
+        )),
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("\"acme\""));
     // Refused runs leave no target behind.
     for t in ["t2", "t3"] {
         assert!(!dir.path().join(t).exists(), "{t} was left behind");
     }
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// `apply --source old --target TARGET --pubkey pub.pem` and then `extra`.
+fn from_old(p: &dyn Fn(&str) -> String, target: &str, extra: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "apply".to_string(),
+        "--source".into(),
+        p("old"),
+        "--target".into(),
+        p(target),
+        "--pubkey".into(),
+        p("pub.pem"),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
 }
 
 fn apply_args<'a>(p: &'a dyn Fn(&str) -> String, extra: &[&'a str]) -> Vec<String> {
@@ -194,11 +195,8 @@ fn apply_args<'a>(p: &'a dyn Fn(&str) -> String, extra: &[&'a str]) -> Vec<Strin
 /// says so, starts over in the same run and completes.
 #[test]
 fn a_resume_over_a_changed_target_starts_over_and_completes() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = keyed_dir();
     let p = |n: &str| dir.path().join(n).display().to_string();
-    let key = keel::verity::SigningKey::generate().unwrap();
-    std::fs::write(p("key.pem"), key.to_pkcs8_pem().unwrap()).unwrap();
-    std::fs::write(p("pub.pem"), key.public_key().to_pem().unwrap()).unwrap();
     let image = seeded_bytes(7, 16 << 20);
     std::fs::write(p("image"), &image).unwrap();
     ok(&[
@@ -217,13 +215,7 @@ fn a_resume_over_a_changed_target_starts_over_and_completes() {
     ]);
     let full = std::fs::read(p("full")).unwrap();
     std::fs::write(p("cut"), &full[..full.len() * 3 / 4]).unwrap();
-    let o = run(
-        &example("payload"),
-        &apply_args(&p, &[&p("cut")])
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>(),
-    );
+    let o = run(&example("payload"), &strs(&apply_args(&p, &[&p("cut")])));
     assert!(!o.status.success());
     assert!(dir.path().join("st").exists(), "the cut run left no record");
     assert!(
@@ -235,10 +227,7 @@ fn a_resume_over_a_changed_target_starts_over_and_completes() {
     t[..1 << 20].fill(0xa5);
     std::fs::write(p("slot-b"), &t).unwrap();
     for run_no in 0..3 {
-        let out = ok(&apply_args(&p, &[&p("full")])
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>());
+        let out = ok(&strs(&apply_args(&p, &[&p("full")])));
         if run_no == 0 {
             assert!(
                 out.contains("started over from the first operation: the target no longer holds"),

@@ -65,3 +65,21 @@ pub(crate) fn root_line(stdout: &[u8]) -> String {
         .find_map(|l| l.strip_prefix("Root hash:").map(|r| r.trim().to_string()))
         .unwrap_or_default()
 }
+
+/// A temporary directory (under `KEEL_BENCH_DIR` if set) holding `data.img`: `size`
+/// bytes of seeded data, read once so every tool starts from the page cache.
+pub(crate) fn bench_data(size: u64) -> (tempfile::TempDir, PathBuf) {
+    let base = std::env::var_os("KEEL_BENCH_DIR")
+        .map(Into::into)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let data = dir.path().join("data.img");
+    eprintln!(
+        "writing {} MiB of test data to {}",
+        size >> 20,
+        data.display()
+    );
+    write_data(&data, size);
+    let _ = std::fs::read(&data).map(|v| v.len());
+    (dir, data)
+}

@@ -32,29 +32,38 @@ trait Store: AbControl + Clone + std::fmt::Debug {
 #[derive(Clone, Debug)]
 struct Gpt(PrioritySlots);
 
-impl AbControl for Gpt {
-    fn slot_count(&self) -> usize {
-        self.0.slot_count()
-    }
-    fn state(&self, s: Slot) -> keel_bootflags::Result<SlotState> {
-        self.0.state(s)
-    }
-    fn is_bootable(&self, s: Slot) -> keel_bootflags::Result<bool> {
-        self.0.is_bootable(s)
-    }
-    fn boot(&mut self) -> Option<Slot> {
-        self.0.boot()
-    }
-    fn set_active(&mut self, s: Slot, t: Option<u8>) -> keel_bootflags::Result<()> {
-        self.0.set_active(s, t)
-    }
-    fn mark_good(&mut self, s: Slot) -> keel_bootflags::Result<()> {
-        self.0.mark_good(s)
-    }
-    fn mark_bad(&mut self, s: Slot) -> keel_bootflags::Result<()> {
-        self.0.mark_bad(s)
-    }
+/// `AbControl` for a newtype over `PrioritySlots`: every rule from the inner value, and
+/// the boot decision from `$boot` (so a test can break just that rule).
+macro_rules! delegate_ab_control {
+    ($t:ty, $boot:expr) => {
+        impl AbControl for $t {
+            fn slot_count(&self) -> usize {
+                self.0.slot_count()
+            }
+            fn state(&self, s: Slot) -> keel_bootflags::Result<SlotState> {
+                self.0.state(s)
+            }
+            fn is_bootable(&self, s: Slot) -> keel_bootflags::Result<bool> {
+                self.0.is_bootable(s)
+            }
+            fn boot(&mut self) -> Option<Slot> {
+                let boot: fn(&mut PrioritySlots) -> Option<Slot> = $boot;
+                boot(&mut self.0)
+            }
+            fn set_active(&mut self, s: Slot, t: Option<u8>) -> keel_bootflags::Result<()> {
+                self.0.set_active(s, t)
+            }
+            fn mark_good(&mut self, s: Slot) -> keel_bootflags::Result<()> {
+                self.0.mark_good(s)
+            }
+            fn mark_bad(&mut self, s: Slot) -> keel_bootflags::Result<()> {
+                self.0.mark_bad(s)
+            }
+        }
+    };
 }
+
+delegate_ab_control!(Gpt, |p| p.boot());
 
 impl Store for Gpt {
     fn reencode(&self) -> Self {
@@ -353,29 +362,8 @@ proptest! {
 fn the_budget_check_catches_a_broken_policy() {
     #[derive(Clone, Debug)]
     struct NeverDecrements(PrioritySlots);
-    impl AbControl for NeverDecrements {
-        fn slot_count(&self) -> usize {
-            self.0.slot_count()
-        }
-        fn state(&self, s: Slot) -> keel_bootflags::Result<SlotState> {
-            self.0.state(s)
-        }
-        fn is_bootable(&self, s: Slot) -> keel_bootflags::Result<bool> {
-            self.0.is_bootable(s)
-        }
-        fn boot(&mut self) -> Option<Slot> {
-            PriorityPolicy::ChromeOs.choose(&self.0.slots)
-        }
-        fn set_active(&mut self, s: Slot, t: Option<u8>) -> keel_bootflags::Result<()> {
-            self.0.set_active(s, t)
-        }
-        fn mark_good(&mut self, s: Slot) -> keel_bootflags::Result<()> {
-            self.0.mark_good(s)
-        }
-        fn mark_bad(&mut self, s: Slot) -> keel_bootflags::Result<()> {
-            self.0.mark_bad(s)
-        }
-    }
+    delegate_ab_control!(NeverDecrements, |p| PriorityPolicy::ChromeOs
+        .choose(&p.slots));
     impl Store for NeverDecrements {
         fn reencode(&self) -> Self {
             self.clone()

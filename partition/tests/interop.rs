@@ -86,53 +86,18 @@ fn keel_layout_and_flag_updates_read_by_cgpt_and_sgdisk() {
         "1 MiB aligned: {info}"
     );
     run_ok(&cgpt, &["show", img.to_str().unwrap()]);
-    assert_eq!(
-        cgpt_state(&cgpt, &img, 2),
-        SlotState {
-            priority: 1,
-            tries: 0,
-            successful: true
-        }
-    );
+    assert_eq!(cgpt_state(&cgpt, &img, 2), st(1, 0, true));
 
     let mut ab = AbDisk::new(open_rw(&img), &SlotSelector::Auto, PriorityPolicy::Flatcar).unwrap();
     ab.set_active(Slot::B, Some(3)).unwrap();
-    assert_eq!(
-        cgpt_state(&cgpt, &img, 3),
-        SlotState {
-            priority: 2,
-            tries: 3,
-            successful: false
-        }
-    );
-    assert_eq!(
-        cgpt_state(&cgpt, &img, 2),
-        SlotState {
-            priority: 1,
-            tries: 0,
-            successful: true
-        }
-    );
+    assert_eq!(cgpt_state(&cgpt, &img, 3), st(2, 3, false));
+    assert_eq!(cgpt_state(&cgpt, &img, 2), st(1, 0, true));
     ab.boot().unwrap();
     assert_eq!(cgpt_state(&cgpt, &img, 3).tries, 2);
     ab.mark_good(Slot::B).unwrap();
-    assert_eq!(
-        cgpt_state(&cgpt, &img, 3),
-        SlotState {
-            priority: 2,
-            tries: 0,
-            successful: true
-        }
-    );
+    assert_eq!(cgpt_state(&cgpt, &img, 3), st(2, 0, true));
     ab.mark_bad(Slot::A).unwrap();
-    assert_eq!(
-        cgpt_state(&cgpt, &img, 2),
-        SlotState {
-            priority: 0,
-            tries: 0,
-            successful: false
-        }
-    );
+    assert_eq!(cgpt_state(&cgpt, &img, 2), st(0, 0, false));
     sgdisk_clean(&sgdisk, &img);
 }
 
@@ -201,22 +166,8 @@ fn keel_reads_what_cgpt_writes_and_keeps_numbers_and_other_bits() {
     let ab = AbDisk::new(open_rw(&img), &SlotSelector::Auto, PriorityPolicy::ChromeOs).unwrap();
     let [a, b] = ab.slots().unwrap();
     assert_eq!((a.partition.number, b.partition.number), (2, 4));
-    assert_eq!(
-        a.state,
-        SlotState {
-            priority: 2,
-            tries: 0,
-            successful: true
-        }
-    );
-    assert_eq!(
-        b.state,
-        SlotState {
-            priority: 1,
-            tries: 5,
-            successful: false
-        }
-    );
+    assert_eq!(a.state, st(2, 0, true));
+    assert_eq!(b.state, st(1, 5, false));
     let mut ab = ab;
     ab.set_active(Slot::B, Some(1)).unwrap();
     // Numbers kept (no partition 3 appears), other bits kept, cgpt agrees.
@@ -230,22 +181,8 @@ fn keel_reads_what_cgpt_writes_and_keeps_numbers_and_other_bits() {
     );
     let attrs = ab.disk().partition(4).unwrap().attributes;
     assert_eq!(attrs & ((1 << 2) | (1 << 60)), (1 << 2) | (1 << 60));
-    assert_eq!(
-        cgpt_state(&cgpt, &img, 4),
-        SlotState {
-            priority: 2,
-            tries: 1,
-            successful: false
-        }
-    );
-    assert_eq!(
-        cgpt_state(&cgpt, &img, 2),
-        SlotState {
-            priority: 1,
-            tries: 0,
-            successful: true
-        }
-    );
+    assert_eq!(cgpt_state(&cgpt, &img, 4), st(2, 1, false));
+    assert_eq!(cgpt_state(&cgpt, &img, 2), st(1, 0, true));
     sgdisk_clean(&sgdisk, &img);
 }
 
@@ -303,5 +240,14 @@ fn prioritize_agrees_with_cgpt() {
                 "round {round}, partition {i} of {n}, prioritize {target}"
             );
         }
+    }
+}
+
+/// A slot's state, briefly.
+fn st(priority: u8, tries: u8, successful: bool) -> SlotState {
+    SlotState {
+        priority,
+        tries,
+        successful,
     }
 }

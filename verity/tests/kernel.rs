@@ -350,36 +350,39 @@ fn the_kernel_maps_keel_trees() {
 
     // Accepted: the default tree, format 0, sha512 with 1 KiB blocks, and no superblock with
     // the tree on the data device after the data.
-    let default = make_tree(
-        d,
-        "default",
-        params(HashAlgorithm::Sha256, HashType::Normal, 4096, 2048),
-        true,
-        0,
-        false,
-        1,
-    );
-    add("default", &default, &mut disks, None, true, String::new());
-    let f0 = make_tree(
-        d,
-        "format0",
-        params(HashAlgorithm::Sha1, HashType::ChromeOs, 4096, 1500),
-        true,
-        0,
-        false,
-        2,
-    );
-    add("format0", &f0, &mut disks, None, true, String::new());
-    let s512 = make_tree(
-        d,
-        "sha512",
-        params(HashAlgorithm::Sha512, HashType::Normal, 1024, 5000),
-        true,
-        0,
-        false,
-        3,
-    );
-    add("sha512-1k", &s512, &mut disks, None, true, String::new());
+    for (name, file, algorithm, hash_type, block_size, blocks, seed) in [
+        (
+            "default",
+            "default",
+            HashAlgorithm::Sha256,
+            HashType::Normal,
+            4096,
+            2048,
+            1,
+        ),
+        (
+            "format0",
+            "format0",
+            HashAlgorithm::Sha1,
+            HashType::ChromeOs,
+            4096,
+            1500,
+            2,
+        ),
+        (
+            "sha512-1k",
+            "sha512",
+            HashAlgorithm::Sha512,
+            HashType::Normal,
+            1024,
+            5000,
+            3,
+        ),
+    ] {
+        let p = params(algorithm, hash_type, block_size, blocks);
+        let tree = make_tree(d, file, p, true, 0, false, seed);
+        add(name, &tree, &mut disks, None, true, String::new());
+    }
     let p = params(HashAlgorithm::Sha256, HashType::Normal, 4096, 1000);
     let offset = p.data_size();
     let inline = make_tree(d, "inline", p, false, offset, true, 4);
@@ -393,15 +396,11 @@ fn the_kernel_maps_keel_trees() {
     );
 
     // Refused: a flipped data byte, a damaged hash block, a wrong root, a short hash device.
-    let flip = make_tree(
-        d,
-        "flip",
-        params(HashAlgorithm::Sha256, HashType::Normal, 4096, 1024),
-        true,
-        0,
-        false,
-        5,
-    );
+    let plain = |file: &str, blocks: u64, seed: u64| {
+        let p = params(HashAlgorithm::Sha256, HashType::Normal, 4096, blocks);
+        make_tree(d, file, p, true, 0, false, seed)
+    };
+    let flip = plain("flip", 1024, 5);
     let mut b = fs::read(&flip.data).unwrap();
     b[4096 * 700 + 9] ^= 1;
     fs::write(&flip.data, b).unwrap();
@@ -413,15 +412,7 @@ fn the_kernel_maps_keel_trees() {
         false,
         "data block 700 is corrupted".into(),
     );
-    let dmg = make_tree(
-        d,
-        "hashdmg",
-        params(HashAlgorithm::Sha256, HashType::Normal, 4096, 1024),
-        true,
-        0,
-        false,
-        6,
-    );
+    let dmg = plain("hashdmg", 1024, 6);
     let mut h = fs::read(&dmg.hash).unwrap();
     let leaf = dmg.geometry.block_offset(0, 3) as usize;
     h[leaf + 40] ^= 1;
@@ -436,15 +427,7 @@ fn the_kernel_maps_keel_trees() {
         false,
         format!("metadata block {bad_block} is corrupted"),
     );
-    let wrong = make_tree(
-        d,
-        "wrongroot",
-        params(HashAlgorithm::Sha256, HashType::Normal, 4096, 1024),
-        true,
-        0,
-        false,
-        7,
-    );
+    let wrong = plain("wrongroot", 1024, 7);
     let mut r = wrong.root.clone();
     r[0] ^= 1;
     let top = wrong.geometry.levels().last().unwrap().first_block;
@@ -456,15 +439,7 @@ fn the_kernel_maps_keel_trees() {
         false,
         format!("metadata block {top} is corrupted"),
     );
-    let short = make_tree(
-        d,
-        "short",
-        params(HashAlgorithm::Sha256, HashType::Normal, 4096, 4096),
-        true,
-        0,
-        false,
-        8,
-    );
+    let short = plain("short", 4096, 8);
     let f = fs::OpenOptions::new()
         .write(true)
         .open(&short.hash)
