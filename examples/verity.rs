@@ -54,6 +54,18 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// DATA and HASH, checked against ROOT_HEX (verify and repair take the same).
+#[derive(Args)]
+struct Checked {
+    data: PathBuf,
+    hash: PathBuf,
+    root_hex: String,
+    #[command(flatten)]
+    opts: TreeOpts,
+    #[command(flatten)]
+    fec: FecOpts,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Build the hash tree of DATA and write it to HASH.
@@ -72,24 +84,11 @@ enum Cmd {
         root_hash_file: Option<PathBuf>,
     },
     /// Verify DATA and HASH against ROOT_HEX (and check the parity with --fec-device).
-    Verify {
-        data: PathBuf,
-        hash: PathBuf,
-        root_hex: String,
-        #[command(flatten)]
-        opts: TreeOpts,
-        #[command(flatten)]
-        fec: FecOpts,
-    },
+    Verify(Checked),
     /// Repair DATA, HASH and the parity with the parity, checked against ROOT_HEX.
     Repair {
-        data: PathBuf,
-        hash: PathBuf,
-        root_hex: String,
         #[command(flatten)]
-        opts: TreeOpts,
-        #[command(flatten)]
-        fec: FecOpts,
+        checked: Checked,
         /// Repair copies of the three files in this directory, leaving the originals.
         #[arg(long)]
         output_dir: Option<PathBuf>,
@@ -470,14 +469,8 @@ fn print_fec_report(r: &keel::verity::FecReport) {
     );
 }
 
-fn cmd_repair(
-    data: &Path,
-    hash: &Path,
-    root_hex: &str,
-    opts: &TreeOpts,
-    fec: &FecOpts,
-    output_dir: Option<&Path>,
-) -> Result<bool, String> {
+fn cmd_repair(c: &Checked, output_dir: Option<&Path>) -> Result<bool, String> {
+    let (data, hash, root_hex, opts, fec) = (&c.data, &c.hash, &c.root_hex, &c.opts, &c.fec);
     let root = hex::decode(root_hex).map_err(|_| "Invalid root hash string specified.")?;
     let Some(fec_path) = fec.fec_device.as_deref() else {
         return Err("repair needs --fec-device".into());
@@ -554,13 +547,8 @@ fn cmd_repair(
 
 /// veritysetup's verify exit status: 1 for a root mismatch or any other error, 2 for
 /// corrupted blocks.
-fn cmd_verify(
-    data: &Path,
-    hash: &Path,
-    root_hex: &str,
-    opts: &TreeOpts,
-    fec: &FecOpts,
-) -> ExitCode {
+fn cmd_verify(c: &Checked) -> ExitCode {
+    let (data, hash, root_hex, opts, fec) = (&c.data, &c.hash, &c.root_hex, &c.opts, &c.fec);
     let run = || -> Result<(), (u8, String)> {
         let root = hex::decode(root_hex)
             .map_err(|_| (1, "Invalid root hash string specified.".to_string()))?;
@@ -910,22 +898,12 @@ fn main() -> ExitCode {
             uuid.as_deref(),
             root_hash_file.as_deref(),
         ),
-        Cmd::Verify {
-            data,
-            hash,
-            root_hex,
-            opts,
-            fec,
-        } => return cmd_verify(data, hash, root_hex, opts, fec),
+        Cmd::Verify(checked) => return cmd_verify(checked),
         Cmd::Repair {
-            data,
-            hash,
-            root_hex,
-            opts,
-            fec,
+            checked,
             output_dir,
         } => {
-            return match cmd_repair(data, hash, root_hex, opts, fec, output_dir.as_deref()) {
+            return match cmd_repair(checked, output_dir.as_deref()) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(2),
                 Err(e) => {

@@ -143,18 +143,7 @@ fn slots_create_refuses_an_existing_table_and_leaves_no_image_when_it_fails() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("d.img");
     let s = img.to_str().unwrap();
-    let create = |extra: &[&str]| {
-        let mut a = vec![
-            s,
-            "create",
-            "--slot-size",
-            "2097152",
-            "--esp-size",
-            "1048576",
-        ];
-        a.extend_from_slice(extra);
-        run(&example("slots"), &a)
-    };
+    let create = |extra: &[&str]| run(&example("slots"), &create_args(s, extra));
     // A disk too small for the layout: an error, and the image it created is gone.
     let o = create(&["--disk-size", "4194304"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
@@ -186,17 +175,7 @@ fn slots_create_refuses_an_existing_table_and_leaves_no_image_when_it_fails() {
     b[510] = 0x55;
     b[511] = 0xaa;
     std::fs::write(&mbr, &b).unwrap();
-    let o = run(
-        &example("slots"),
-        &[
-            mbr.to_str().unwrap(),
-            "create",
-            "--slot-size",
-            "2097152",
-            "--esp-size",
-            "1048576",
-        ],
-    );
+    let o = run(&example("slots"), &create_args(mbr.to_str().unwrap(), &[]));
     assert!(
         stderr(&o).contains("an MBR with 1 partitions"),
         "{}",
@@ -255,23 +234,22 @@ fn with_closed_stdout(name: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `slots DISK create` with a 1 MiB ESP and two 2 MiB slots, then `extra`.
+fn create_args<'a>(disk: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let layout = ["--slot-size", "2097152", "--esp-size", "1048576"];
+    [&[disk, "create"][..], &layout, extra].concat()
+}
+
+/// An 8 MiB image with the layout of [`create_args`], made by the slots example.
+fn small_disk(path: &str) {
+    ok("slots", &create_args(path, &["--disk-size", "8388608"]));
+}
+
 #[test]
 fn a_closed_stdout_ends_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).display().to_string();
-    ok(
-        "slots",
-        &[
-            &p("d.img"),
-            "create",
-            "--slot-size",
-            "2097152",
-            "--esp-size",
-            "1048576",
-            "--disk-size",
-            "8388608",
-        ],
-    );
+    small_disk(&p("d.img"));
     std::fs::write(p("d"), seeded_bytes(5, 1 << 20)).unwrap();
     ok("verity", &["format", &p("d"), &p("h")]);
     ok("bootstate", &["grubenv", &p("env"), "init"]);
@@ -305,19 +283,7 @@ fn a_failed_write_on_a_disk_with_a_damaged_primary_keeps_a_valid_table() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("d.img");
     let s = img.to_str().unwrap();
-    ok(
-        "slots",
-        &[
-            s,
-            "create",
-            "--slot-size",
-            "2097152",
-            "--esp-size",
-            "1048576",
-            "--disk-size",
-            "8388608",
-        ],
-    );
+    small_disk(s);
     let mut b = std::fs::read(&img).unwrap();
     b[512..1024].fill(0);
     std::fs::write(&img, &b).unwrap();

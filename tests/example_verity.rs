@@ -118,10 +118,7 @@ fn no_superblock_offset_and_empty_salt() {
     fs::write(&d, data(4096 * 64)).unwrap();
     let ds = d.to_str().unwrap();
     // The tree on the data device itself, after 60 blocks of data.
-    let args = [
-        "format",
-        ds,
-        ds,
+    let inline = [
         "--no-superblock",
         "--salt",
         "-",
@@ -130,7 +127,7 @@ fn no_superblock_offset_and_empty_salt() {
         "--hash-offset",
         "245760",
     ];
-    let root = root_of(&run(&ex, &args));
+    let root = root_of(&run(&ex, &[&["format", ds, ds][..], &inline].concat()));
     let o = run(
         &vs,
         &[
@@ -145,22 +142,7 @@ fn no_superblock_offset_and_empty_salt() {
         ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = run(
-        &ex,
-        &[
-            "verify",
-            ds,
-            ds,
-            &root,
-            "--no-superblock",
-            "--salt",
-            "-",
-            "--data-blocks",
-            "60",
-            "--hash-offset",
-            "245760",
-        ],
-    );
+    let o = run(&ex, &[&["verify", ds, ds, &root][..], &inline].concat());
     assert!(o.status.success());
     // An offset inside the data is refused rather than overwriting it.
     let o = run(&ex, &["format", ds, ds, "--hash-offset", "4096"]);

@@ -3,7 +3,6 @@
 //! U-Boot environments, and gcc's layout of AOSP's `struct bootloader_control`.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -439,17 +438,8 @@ fn android_block_matches_the_aosp_c_layout() {
         let parsed = BootloaderControl::parse(&with_crc).unwrap();
         assert_eq!(parsed, keel);
         // And the C program decodes Keel's bytes to the same fields.
-        let mut child = Command::new(&exe)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&keel.to_bytes())
-            .unwrap();
+        let child =
+            tools::spawn_with_input(Command::new(&exe).stdout(Stdio::piped()), &keel.to_bytes());
         let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
         let expect: Vec<String> = args[1..].to_vec();
         assert_eq!(

@@ -2,8 +2,9 @@
 //! tools (a missing one is a visible skip, or a failure with `KEEL_REQUIRE_INTEROP=1`),
 //! running them, and seeded test data.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The path of a real tool, or `None` after printing a skip notice. With
 /// `KEEL_REQUIRE_INTEROP=1` a missing tool fails the test instead.
@@ -79,4 +80,13 @@ pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// Start `cmd` with `input` as its whole standard input (written, then closed).
+pub fn spawn_with_input(cmd: &mut Command, input: &[u8]) -> Child {
+    let mut child = cmd.stdin(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    child
 }

@@ -27,7 +27,6 @@
 //! | 120 | 60 | reserved |
 
 use crate::algorithm::HashAlgorithm;
-use crate::algorithm::HashType;
 use crate::error::{Error, Result};
 use crate::io::{ReadAt, ZeroPadded};
 use crate::params::VerityParams;
@@ -71,14 +70,7 @@ pub fn avb_hashtree<D: ReadAt + ?Sized>(
             found: 0,
         });
     }
-    let params = VerityParams::new(
-        HashType::Normal,
-        algorithm,
-        block_size,
-        block_size,
-        blocks,
-        salt.to_vec(),
-    )?;
+    let params = VerityParams::format1(algorithm, block_size, blocks, salt.to_vec())?;
     let padded = ZeroPadded {
         inner: image,
         size,

@@ -18,7 +18,6 @@
 //! | 112 | 144 | reserved, 0 |
 
 use crate::algorithm::HashAlgorithm;
-use crate::algorithm::HashType;
 use crate::error::{Error, Result};
 use crate::io::{ReadAt, ZeroPadded};
 use crate::params::VerityParams;
@@ -91,14 +90,7 @@ pub fn fsverity_digest<D: ReadAt + ?Sized>(
             };
             padded_salt.resize(salt.len().div_ceil(hbs) * hbs, 0);
         }
-        let params = VerityParams::new(
-            HashType::Normal,
-            algorithm,
-            block_size,
-            block_size,
-            blocks,
-            padded_salt,
-        )?;
+        let params = VerityParams::format1(algorithm, block_size, blocks, padded_salt)?;
         let file = ZeroPadded {
             inner: data,
             size,

@@ -7,7 +7,7 @@ use keel_io::Cursor;
 
 use crate::algorithm::{HashAlgorithm, HashType, NameFieldError};
 use crate::error::{Error, Result};
-use crate::params::MAX_SALT_SIZE;
+use crate::params::{check_block_size, MAX_SALT_SIZE};
 
 /// What to make of a well-formed algorithm name Keel does not implement.
 #[derive(Clone, Copy)]
@@ -122,6 +122,14 @@ impl<'a> Fields<'a> {
         })
     }
 
+    /// A block size: a power of two from 512 B to 512 KiB, as veritysetup requires.
+    pub(crate) fn block_size(&mut self, field: &'static str) -> Result<u32> {
+        let at = self.offset();
+        let v = self.u32(field)?;
+        check_block_size(field, v).map_err(|e| self.bad(field, at, e.to_string()))?;
+        Ok(v)
+    }
+
     /// A `u16` salt size, at most [`MAX_SALT_SIZE`].
     pub(crate) fn salt_size(&mut self) -> Result<usize> {
         let at = self.offset();
@@ -159,5 +167,48 @@ impl<'a> Fields<'a> {
             return Err(self.bad(field, at + value.len(), reason));
         }
         Ok(value)
+    }
+}
+
+/// The writing side: fields put front to back into a zeroed buffer of the structure's
+/// size, in the order of its layout table.
+pub(crate) struct Put<'a> {
+    b: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> Put<'a> {
+    pub(crate) fn new(b: &'a mut [u8]) -> Self {
+        Put { b, pos: 0 }
+    }
+
+    pub(crate) fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.b[self.pos..self.pos + v.len()].copy_from_slice(v);
+        self.pos += v.len();
+        self
+    }
+
+    pub(crate) fn u16(&mut self, v: u16) -> &mut Self {
+        self.bytes(&v.to_le_bytes())
+    }
+
+    pub(crate) fn u32(&mut self, v: u32) -> &mut Self {
+        self.bytes(&v.to_le_bytes())
+    }
+
+    pub(crate) fn u64(&mut self, v: u64) -> &mut Self {
+        self.bytes(&v.to_le_bytes())
+    }
+
+    /// `v`, then zeros up to `width` bytes (the buffer starts zeroed).
+    pub(crate) fn padded(&mut self, v: &[u8], width: usize) -> &mut Self {
+        self.bytes(v);
+        self.pos += width - v.len();
+        self
+    }
+
+    /// The bytes written so far, for a layout test.
+    pub(crate) fn position(&self) -> usize {
+        self.pos
     }
 }

@@ -46,6 +46,23 @@ impl VerityParams {
         VerityParamsBuilder::default()
     }
 
+    /// Format 1 with one block size for data and tree: the trees AVB and fs-verity build.
+    pub(crate) fn format1(
+        algorithm: HashAlgorithm,
+        block_size: u32,
+        data_blocks: u64,
+        salt: Vec<u8>,
+    ) -> Result<Self> {
+        Self::new(
+            HashType::Normal,
+            algorithm,
+            block_size,
+            block_size,
+            data_blocks,
+            salt,
+        )
+    }
+
     /// Create and validate parameters from every field.
     pub fn new(
         hash_type: HashType,

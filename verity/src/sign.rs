@@ -42,9 +42,10 @@
 
 use keel_trust::{Context, KeyId, Keyring, Signer};
 
+use crate::algorithm::MAX_DIGEST_SIZE;
 use crate::error::{Error, Result};
-use crate::layout::{Fields, UnknownAlgorithm};
-use crate::params::VerityParams;
+use crate::layout::{Fields, Put, UnknownAlgorithm};
+use crate::params::{VerityParams, MAX_SALT_SIZE};
 
 /// Size of a version 1 root descriptor.
 pub const DESCRIPTOR_SIZE: usize = 396;
@@ -52,21 +53,6 @@ pub const DESCRIPTOR_SIZE: usize = 396;
 pub const SIGNED_ROOT_SIZE: usize = DESCRIPTOR_SIZE + 32 + 64;
 /// The descriptor's magic.
 pub const DESCRIPTOR_MAGIC: [u8; 8] = *b"KEELVRTY";
-
-mod off {
-    pub(crate) const MAGIC: usize = 0;
-    pub(crate) const VERSION: usize = 8;
-    pub(crate) const HASH_TYPE: usize = 12;
-    pub(crate) const ALGORITHM: usize = 16;
-    pub(crate) const DATA_BLOCK_SIZE: usize = 48;
-    pub(crate) const HASH_BLOCK_SIZE: usize = 52;
-    pub(crate) const DATA_BLOCKS: usize = 56;
-    pub(crate) const DATA_SIZE: usize = 64;
-    pub(crate) const SALT_SIZE: usize = 72;
-    pub(crate) const ROOT_SIZE: usize = 74;
-    pub(crate) const SALT: usize = 76;
-    pub(crate) const ROOT: usize = 332;
-}
 
 /// A root hash bound to the parameters of its tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,24 +95,21 @@ impl RootDescriptor {
     pub fn to_bytes(&self) -> [u8; DESCRIPTOR_SIZE] {
         let p = &self.params;
         let mut b = [0u8; DESCRIPTOR_SIZE];
-        b[off::MAGIC..off::MAGIC + 8].copy_from_slice(&DESCRIPTOR_MAGIC);
-        b[off::VERSION..off::VERSION + 4].copy_from_slice(&1u32.to_le_bytes());
-        b[off::HASH_TYPE..off::HASH_TYPE + 4]
-            .copy_from_slice(&p.hash_type().as_u32().to_le_bytes());
-        let name = p.algorithm().name().as_bytes();
-        b[off::ALGORITHM..off::ALGORITHM + name.len()].copy_from_slice(name);
-        b[off::DATA_BLOCK_SIZE..off::DATA_BLOCK_SIZE + 4]
-            .copy_from_slice(&p.data_block_size().to_le_bytes());
-        b[off::HASH_BLOCK_SIZE..off::HASH_BLOCK_SIZE + 4]
-            .copy_from_slice(&p.hash_block_size().to_le_bytes());
-        b[off::DATA_BLOCKS..off::DATA_BLOCKS + 8].copy_from_slice(&p.data_blocks().to_le_bytes());
-        b[off::DATA_SIZE..off::DATA_SIZE + 8].copy_from_slice(&p.data_size().to_le_bytes());
-        b[off::SALT_SIZE..off::SALT_SIZE + 2]
-            .copy_from_slice(&(p.salt().len() as u16).to_le_bytes());
-        b[off::ROOT_SIZE..off::ROOT_SIZE + 2]
-            .copy_from_slice(&(self.root_hash.len() as u16).to_le_bytes());
-        b[off::SALT..off::SALT + p.salt().len()].copy_from_slice(p.salt());
-        b[off::ROOT..off::ROOT + self.root_hash.len()].copy_from_slice(&self.root_hash);
+        let mut w = Put::new(&mut b);
+        w.bytes(&DESCRIPTOR_MAGIC)
+            .u32(1)
+            .u32(p.hash_type().as_u32())
+            .padded(p.algorithm().name().as_bytes(), 32)
+            .u32(p.data_block_size())
+            .u32(p.hash_block_size())
+            .u64(p.data_blocks())
+            .u64(p.data_size())
+            // At most 256 and 64 bytes, so both lengths fit their u16 fields.
+            .u16(p.salt().len() as u16)
+            .u16(self.root_hash.len() as u16)
+            .padded(p.salt(), MAX_SALT_SIZE)
+            .padded(&self.root_hash, MAX_DIGEST_SIZE);
+        debug_assert_eq!(w.position(), DESCRIPTOR_SIZE);
         b
     }
 
@@ -146,16 +129,19 @@ impl RootDescriptor {
         f.expect_u32("version", 1)?;
         let hash_type = f.hash_type()?;
         let algorithm = f.algorithm(UnknownAlgorithm::BadField)?;
+        let params_at = f.offset();
         let dbs = f.u32("data_block_size")?;
         let hbs = f.u32("hash_block_size")?;
         let data_blocks = f.u64("data_blocks")?;
+        let size_at = f.offset();
         let data_size = f.u64("data_size")?;
         let salt_size = f.salt_size()?;
+        let root_at = f.offset();
         let root_size = usize::from(f.u16("root_hash_size")?);
         if root_size != algorithm.digest_size() {
             return Err(f.bad(
                 "root_hash_size",
-                off::ROOT_SIZE,
+                root_at,
                 format!(
                     "expected {} for {algorithm}, found {root_size}",
                     algorithm.digest_size()
@@ -163,23 +149,23 @@ impl RootDescriptor {
             ));
         }
         let salt = f.padded(
-            off::ROOT - off::SALT,
+            MAX_SALT_SIZE,
             salt_size,
             "salt",
             "bytes past salt_size are not zero",
         )?;
         let root = f.padded(
-            DESCRIPTOR_SIZE - off::ROOT,
+            MAX_DIGEST_SIZE,
             root_size,
             "root_hash",
             "bytes past the digest are not zero",
         )?;
         let params = VerityParams::new(hash_type, algorithm, dbs, hbs, data_blocks, salt.to_vec())
-            .map_err(|e| f.bad("parameters", off::DATA_BLOCK_SIZE, e.to_string()))?;
+            .map_err(|e| f.bad("parameters", params_at, e.to_string()))?;
         if data_size != params.data_size() {
             return Err(f.bad(
                 "data_size",
-                off::DATA_SIZE,
+                size_at,
                 format!(
                     "expected data blocks x block size = {}, found {data_size}",
                     params.data_size()

@@ -18,29 +18,15 @@
 //! | 344 | 168 | zero |
 
 use crate::error::{Error, Result};
-use crate::layout::{Fields, UnknownAlgorithm};
-use crate::params::{check_block_size, VerityParams};
+use crate::layout::{Fields, Put, UnknownAlgorithm};
+use crate::params::{VerityParams, MAX_SALT_SIZE};
 
 /// Size of the superblock in bytes.
 pub const SUPERBLOCK_SIZE: usize = 512;
+/// Zero bytes after the salt field.
+const TAIL_PADDING: usize = 168;
 /// The superblock's signature.
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"verity\0\0";
-
-/// Field offsets, pinned by a test.
-pub(crate) mod off {
-    pub(crate) const MAGIC: usize = 0;
-    pub(crate) const VERSION: usize = 8;
-    pub(crate) const HASH_TYPE: usize = 12;
-    pub(crate) const UUID: usize = 16;
-    pub(crate) const ALGORITHM: usize = 32;
-    pub(crate) const DATA_BLOCK_SIZE: usize = 64;
-    pub(crate) const HASH_BLOCK_SIZE: usize = 68;
-    pub(crate) const DATA_BLOCKS: usize = 72;
-    pub(crate) const SALT_SIZE: usize = 80;
-    pub(crate) const PAD1: usize = 82;
-    pub(crate) const SALT: usize = 88;
-    pub(crate) const PAD2: usize = 344;
-}
 
 /// A decoded superblock: the tree parameters plus the UUID.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,26 +58,23 @@ impl Superblock {
         let hash_type = f.hash_type()?;
         let uuid = f.array::<16>("uuid")?;
         let algorithm = f.algorithm(UnknownAlgorithm::Unsupported)?;
-        let dbs = f.u32("data_block_size")?;
-        check_block_size("data block size", dbs)
-            .map_err(|e| f.bad("data_block_size", off::DATA_BLOCK_SIZE, e.to_string()))?;
-        let hbs = f.u32("hash_block_size")?;
-        check_block_size("hash block size", hbs)
-            .map_err(|e| f.bad("hash_block_size", off::HASH_BLOCK_SIZE, e.to_string()))?;
+        let dbs = f.block_size("data_block_size")?;
+        let hbs = f.block_size("hash_block_size")?;
+        let blocks_at = f.offset();
         let data_blocks = f.u64("data_blocks")?;
         let salt_size = f.salt_size()?;
-        f.zeros(off::SALT - off::PAD1, "padding")?;
+        f.zeros(6, "padding")?;
         let salt = f
             .padded(
-                off::PAD2 - off::SALT,
+                MAX_SALT_SIZE,
                 salt_size,
                 "salt",
                 "bytes past salt_size are not zero",
             )?
             .to_vec();
-        f.zeros(SUPERBLOCK_SIZE - off::PAD2, "padding")?;
+        f.zeros(TAIL_PADDING, "padding")?;
         let params = VerityParams::new(hash_type, algorithm, dbs, hbs, data_blocks, salt)
-            .map_err(|e| f.bad("data_blocks", off::DATA_BLOCKS, e.to_string()))?;
+            .map_err(|e| f.bad("data_blocks", blocks_at, e.to_string()))?;
         Ok(Superblock { params, uuid })
     }
 
@@ -99,22 +82,21 @@ impl Superblock {
     pub fn to_bytes(&self) -> [u8; SUPERBLOCK_SIZE] {
         let p = &self.params;
         let mut b = [0u8; SUPERBLOCK_SIZE];
-        b[off::MAGIC..off::MAGIC + 8].copy_from_slice(&SUPERBLOCK_MAGIC);
-        b[off::VERSION..off::VERSION + 4].copy_from_slice(&1u32.to_le_bytes());
-        b[off::HASH_TYPE..off::HASH_TYPE + 4]
-            .copy_from_slice(&p.hash_type().as_u32().to_le_bytes());
-        b[off::UUID..off::UUID + 16].copy_from_slice(&self.uuid);
-        let name = p.algorithm().name().as_bytes();
-        b[off::ALGORITHM..off::ALGORITHM + name.len()].copy_from_slice(name);
-        b[off::DATA_BLOCK_SIZE..off::DATA_BLOCK_SIZE + 4]
-            .copy_from_slice(&p.data_block_size().to_le_bytes());
-        b[off::HASH_BLOCK_SIZE..off::HASH_BLOCK_SIZE + 4]
-            .copy_from_slice(&p.hash_block_size().to_le_bytes());
-        b[off::DATA_BLOCKS..off::DATA_BLOCKS + 8].copy_from_slice(&p.data_blocks().to_le_bytes());
-        // The salt is at most 256 bytes, so its length fits the u16 field.
-        b[off::SALT_SIZE..off::SALT_SIZE + 2]
-            .copy_from_slice(&(p.salt().len() as u16).to_le_bytes());
-        b[off::SALT..off::SALT + p.salt().len()].copy_from_slice(p.salt());
+        let mut w = Put::new(&mut b);
+        w.bytes(&SUPERBLOCK_MAGIC)
+            .u32(1)
+            .u32(p.hash_type().as_u32())
+            .bytes(&self.uuid)
+            .padded(p.algorithm().name().as_bytes(), 32)
+            .u32(p.data_block_size())
+            .u32(p.hash_block_size())
+            .u64(p.data_blocks())
+            // The salt is at most 256 bytes, so its length fits the u16 field.
+            .u16(p.salt().len() as u16)
+            .padded(&[], 6)
+            .padded(p.salt(), MAX_SALT_SIZE)
+            .padded(&[], TAIL_PADDING);
+        debug_assert_eq!(w.position(), SUPERBLOCK_SIZE);
         b
     }
 }

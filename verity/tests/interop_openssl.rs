@@ -39,34 +39,21 @@ fn openssl_keys_and_signatures_verify_in_keel() {
     let signer = SigningKey::from_pkcs8_pem(&fs::read_to_string(&key).unwrap()).unwrap();
 
     // The key id is the SHA-256 of the DER public key as openssl prints it.
-    let der = dir.path().join("pub.der");
-    run_ok(
-        &openssl,
-        &[
-            "pkey",
-            "-in",
-            ks,
-            "-pubout",
-            "-outform",
-            "DER",
-            "-out",
-            der.to_str().unwrap(),
-        ],
-    );
+    // `openssl pkey -in KEY -pubout [FORMAT...] -out FILE`
+    let pubout = |name: &str, format: &[&str]| {
+        let out = dir.path().join(name);
+        let args = [
+            &["pkey", "-in", ks, "-pubout"][..],
+            format,
+            &["-out", out.to_str().unwrap()],
+        ];
+        run_ok(&openssl, &args.concat());
+        out
+    };
+    let der = pubout("pub.der", &["-outform", "DER"]);
     let id: [u8; 32] = sha2::Sha256::digest(fs::read(&der).unwrap()).into();
     assert_eq!(signer.public_key().id(), KeyId(id));
-    let pubpem = dir.path().join("pub.pem");
-    run_ok(
-        &openssl,
-        &[
-            "pkey",
-            "-in",
-            ks,
-            "-pubout",
-            "-out",
-            pubpem.to_str().unwrap(),
-        ],
-    );
+    let pubpem = pubout("pub.pem", &[]);
     let public = PublicKey::from_pem(&fs::read_to_string(&pubpem).unwrap()).unwrap();
     assert_eq!(&public, signer.public_key());
 

@@ -129,20 +129,13 @@ fn cpio_of(k: &Kernel, root: &Path, out: &Path) {
         .into_iter()
         .map(|p| p.strip_prefix(root).unwrap().display().to_string())
         .collect();
-    let mut child = Command::new(&k.cpio)
-        .args(["-o", "-H", "newc", "--quiet"])
-        .current_dir(root)
-        .stdin(Stdio::piped())
-        .stdout(fs::File::create(out).unwrap())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(list.join("\n").as_bytes())
-        .unwrap();
+    let mut child = keel_testsupport::spawn_with_input(
+        Command::new(&k.cpio)
+            .args(["-o", "-H", "newc", "--quiet"])
+            .current_dir(root)
+            .stdout(fs::File::create(out).unwrap()),
+        list.join("\n").as_bytes(),
+    );
     assert!(child.wait().unwrap().success());
 }
 
@@ -672,6 +665,15 @@ fn the_kernel_maps_keel_trees() {
             .iter()
             .filter_map(|l| l.strip_prefix(&format!("KEEL kernel {}: ", c.name)))
             .collect();
+        let kernel_said = |c: &Case| {
+            assert!(
+                kernel_lines.iter().any(|l| l.contains(&c.kernel_says)),
+                "{}: expected the kernel to say {:?}, it said:\n{}",
+                c.name,
+                c.kernel_says,
+                kernel_lines.join("\n")
+            );
+        };
         if let Some(want) = &c.sha256 {
             assert_eq!(result, "read-ok", "{}: {}", c.name, kernel_lines.join("\n"));
             let got = lines
@@ -683,13 +685,7 @@ fn the_kernel_maps_keel_trees() {
                 "{}: the kernel read {got}, the original is {want}",
                 c.name
             );
-            assert!(
-                kernel_lines.iter().any(|l| l.contains(&c.kernel_says)),
-                "{}: expected the kernel to say {:?}, it said:\n{}",
-                c.name,
-                c.kernel_says,
-                kernel_lines.join("\n")
-            );
+            kernel_said(c);
         } else if c.expect_ok {
             assert_eq!(result, "read-ok", "{}: {}", c.name, kernel_lines.join("\n"));
             assert!(
@@ -700,13 +696,7 @@ fn the_kernel_maps_keel_trees() {
             );
         } else {
             assert_ne!(result, "read-ok", "{} was accepted", c.name);
-            assert!(
-                kernel_lines.iter().any(|l| l.contains(&c.kernel_says)),
-                "{}: expected the kernel to say {:?}, it said:\n{}",
-                c.name,
-                c.kernel_says,
-                kernel_lines.join("\n")
-            );
+            kernel_said(c);
         }
     }
     println!(
