@@ -13,13 +13,12 @@
 mod support;
 
 use std::fs::{self, File, OpenOptions};
-use std::num::NonZeroUsize;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use keel::verity::{
-    fec_encode, format, BuildOptions, FecGeometry, FormatOptions, Formatted, VerityParams,
+    fec_encode, format, BuildOptions, FecGeometry, FormatOptions, Formatted, Threads, VerityParams,
 };
 use support::{bench_data, best, env_u64, root_line, veritysetup};
 
@@ -55,15 +54,9 @@ fn keel(
     let h = create(hash);
     let f = create(fec);
     let params = params(d.metadata().unwrap().len());
-    let build = BuildOptions {
-        threads: threads.and_then(NonZeroUsize::new),
-        progress: None,
-    };
-    let opts = FormatOptions {
-        superblock: None,
-        build,
-        ..Default::default()
-    };
+    let threads = threads.map_or(Threads::AllCores, Threads::exactly);
+    let build = BuildOptions::default().threads(threads);
+    let opts = FormatOptions::default().build(build);
     let formatted = format(&params, &d, &mut &h, &opts).unwrap();
     let t = Instant::now();
     let g = FecGeometry::separate(
@@ -99,7 +92,7 @@ fn main() {
         .filter_map(|r| r.trim().parse().ok())
         .collect();
     let (dir, data) = bench_data(size);
-    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let cores = Threads::AllCores.count();
     let vs = veritysetup();
     let gbps = |d: Duration| size as f64 / d.as_secs_f64() / 1e9;
     println!(

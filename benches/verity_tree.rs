@@ -1,11 +1,9 @@
 //! Criterion benches of keel-verity's hot paths: building a tree in memory on one and on
 //! all cores, and verifying single blocks lazily.
 
-use std::num::NonZeroUsize;
-
 use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
 use keel::verity::{
-    BlockVerifier, BuildOptions, HashAlgorithm, HashTree, TreeGeometry, VerityParams,
+    BlockVerifier, BuildOptions, HashAlgorithm, HashTree, Threads, TreeGeometry, VerityParams,
 };
 
 fn data(len: usize) -> Vec<u8> {
@@ -31,10 +29,7 @@ fn build(c: &mut Criterion) {
             .build()
             .unwrap();
         for threads in [1usize, 2] {
-            let opts = BuildOptions {
-                threads: NonZeroUsize::new(threads),
-                progress: None,
-            };
+            let opts = BuildOptions::default().threads(Threads::exactly(threads));
             g.bench_with_input(
                 BenchmarkId::new(alg.name(), format!("{threads}-thread")),
                 &opts,

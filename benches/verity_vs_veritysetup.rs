@@ -12,14 +12,13 @@
 mod support;
 
 use std::fs::{self, File, OpenOptions};
-use std::num::NonZeroUsize;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use support::{bench_data, best, env_u64, root_line, veritysetup};
 
-use keel::verity::{format, parse_uuid, BuildOptions, FormatOptions, VerityParams};
+use keel::verity::{format, parse_uuid, BuildOptions, FormatOptions, Threads, VerityParams};
 
 const SALT: &str = "4f2a9c1be07d35a8c6e1f0b2d4a69587c3e2b1a0f9e8d7c6b5a4938271605f4e";
 const UUID: &str = "4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6";
@@ -39,14 +38,10 @@ fn keel_format(data: &Path, hash: &Path, threads: Option<usize>) -> Vec<u8> {
         .data_blocks_for(d.metadata().unwrap().len())
         .build()
         .unwrap();
-    let opts = FormatOptions {
-        hash_offset: 0,
-        superblock: Some(parse_uuid(UUID).unwrap()),
-        build: BuildOptions {
-            threads: threads.and_then(NonZeroUsize::new),
-            progress: None,
-        },
-    };
+    let threads = threads.map_or(Threads::AllCores, Threads::exactly);
+    let opts = FormatOptions::default()
+        .superblock(parse_uuid(UUID).unwrap())
+        .build(BuildOptions::default().threads(threads));
     format(&params, &d, &mut &h, &opts).unwrap().root_hash
 }
 
@@ -57,7 +52,7 @@ fn main() {
     let vs_hash = dir.path().join("vs.hash");
     let keel_hash = dir.path().join("keel.hash");
 
-    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let cores = Threads::AllCores.count();
     let keel_all = best(runs, || {
         keel_format(&data, &keel_hash, None);
     });

@@ -278,11 +278,9 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
         .data_blocks_for(image_bytes)
         .build()
         .map_err(|e| e.to_string())?;
-    let opts = FormatOptions {
-        hash_offset: image_bytes,
-        superblock: Some([7; 16]),
-        ..Default::default()
-    };
+    let opts = FormatOptions::default()
+        .hash_offset(image_bytes)
+        .superblock([7; 16]);
     let data = region(a_start, image_bytes)?;
     let f1 = format(&params, &data, &mut slot_a, &opts).map_err(|e| e.to_string())?;
     let signed1 = key
@@ -309,16 +307,14 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
     make_tree(&t2, 2)?;
     make_image(&t2, &dir.join("v2.img"), image_bytes)?;
     let v2 = fs::read(dir.join("v2.img")).map_err(|e| e.to_string())?;
-    let (_, f2root) = {
-        let tree = keel::verity::HashTree::build(&params, &v2).map_err(|e| e.to_string())?;
-        ((), tree.root_hash().to_vec())
-    };
+    let tree2 = keel::verity::HashTree::build(&params, &v2).map_err(|e| e.to_string())?;
+    let f2root = tree2.root_hash().to_vec();
     let desc2 = RootDescriptor::new(params.clone(), &f2root).map_err(|e| e.to_string())?;
     let signed2 = key.sign_root(&desc2).map_err(|e| e.to_string())?;
     fs::write(dir.join("v2.root.sig"), signed2.to_bytes()).map_err(|e| e.to_string())?;
-    let mut gopts = GenerateOptions::new("keel-demo", "2.0");
-    gopts.verity = Some(desc2.clone());
-    gopts.level = 9;
+    let gopts = GenerateOptions::new("keel-demo", "2.0")
+        .verity(desc2.clone())
+        .level(9);
     let t = Instant::now();
     let payload = generate(Some(&v1), &v2, &key, &gopts).map_err(|e| e.to_string())?;
     fs::write(dir.join("update-1-to-2.payload"), &payload).map_err(|e| e.to_string())?;
@@ -347,13 +343,11 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
         pb.set_length(total);
         pb.set_position(done);
     };
-    let aopts = ApplyOptions {
-        compatible: Some("keel-demo"),
-        state: Some(&state),
-        progress: Some(&observer),
-        checkpoint_bytes: Some(1 << 20),
-        ..ApplyOptions::new(&ring, VersionCheck::Installed("1.0"))
-    };
+    let aopts = ApplyOptions::new(&ring, VersionCheck::Installed("1.0"))
+        .compatible("keel-demo")
+        .state(&state)
+        .progress(&observer)
+        .checkpoint_bytes(1 << 20);
     if cli.interrupt {
         let ops = keel::payload::read_manifest(&mut &payload[..], &ring)
             .map_err(|e| e.to_string())?

@@ -129,8 +129,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
                 _ => None,
             };
-            let mut opts = GenerateOptions::new(&compatible, &version);
-            opts.level = level;
+            let opts = GenerateOptions::new(&compatible, &version).level(level);
             let t = std::time::Instant::now();
             let p = generate(src.as_deref(), &tgt, &key, &opts).map_err(|e| e.to_string())?;
             std::fs::write(&output, &p).map_err(|e| {
@@ -267,15 +266,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 Some(v) => VersionCheck::Installed(v),
                 None => VersionCheck::Unchecked,
             };
-            let opts = ApplyOptions {
-                compatible: compatible.as_deref(),
-                allow_downgrade,
-                allow_reinstall,
-                state: state.as_deref(),
-                progress: Some(&observer),
-                checkpoint_bytes: Some(checkpoint_mib.max(1) << 20),
-                ..ApplyOptions::new(&ring, version)
-            };
+            let mut opts = ApplyOptions::new(&ring, version)
+                .allow_downgrade(allow_downgrade)
+                .allow_reinstall(allow_reinstall)
+                .progress(&observer)
+                .checkpoint_bytes(checkpoint_mib.max(1) << 20)
+                .compatible(compatible.as_deref());
+            opts.state = state.as_deref();
             let done = apply_files(
                 std::io::BufReader::new(reader),
                 src.as_ref(),

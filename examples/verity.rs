@@ -41,7 +41,7 @@ use keel::verity::{
     android_fec_header, check_root, existing_tree, fec_encode, fec_repair, fec_verify, format,
     format_uuid, open_hash_device, parse_uuid, random_uuid, verify, BuildOptions, Error,
     FecGeometry, FormatOptions, HashAlgorithm, HashType, Keyring, PublicKey, ReadAt, RepairTarget,
-    RootDescriptor, SignRoot, SigningKey, TreeGeometry, VerifyRoot, VerityParams, WriteAt,
+    RootDescriptor, SignRoot, SigningKey, Threads, TreeGeometry, VerifyRoot, VerityParams, WriteAt,
 };
 
 #[derive(Parser)]
@@ -296,9 +296,11 @@ impl TreeOpts {
         &self,
         progress: Option<&'a dyn keel::verity::Progress>,
     ) -> BuildOptions<'a> {
-        BuildOptions {
-            threads: self.threads,
-            progress,
+        let build =
+            BuildOptions::default().threads(self.threads.map_or(Threads::AllCores, Threads::from));
+        match progress {
+            Some(p) => build.progress(p),
+            None => build,
         }
     }
 }
@@ -378,11 +380,10 @@ fn cmd_format(
     }
     let pb = progress_bar(params.data_size());
     let observer = |done: u64, _total: u64| pb.set_position(done);
-    let fopts = FormatOptions {
-        hash_offset: opts.hash_offset,
-        superblock,
-        build: opts.build_options(Some(&observer)),
-    };
+    let fopts = FormatOptions::default()
+        .hash_offset(opts.hash_offset)
+        .superblock(superblock)
+        .build(opts.build_options(Some(&observer)));
     let out = format(&params, &data_f, &mut &hash_f, &fopts).map_err(|e| e.to_string())?;
     pb.finish_and_clear();
     print_header(hash, superblock, &params, &out.geometry);
@@ -621,11 +622,9 @@ fn cmd_table(
     let hash_name = hash_dev
         .map(str::to_string)
         .unwrap_or_else(|| hash.display().to_string());
-    let topts = keel::verity::TableOptions {
-        ignore_zero_blocks: izb,
-        fec: fec_table,
-        ..Default::default()
-    };
+    let topts = keel::verity::TableOptions::default()
+        .ignore_zero_blocks(izb)
+        .fec(fec_table);
     let line = keel::verity::dm_table(&params, &geometry, &root, data_dev, &hash_name, &topts)
         .map_err(|e| e.to_string())?;
     println!("{line}");
@@ -814,10 +813,7 @@ fn demo_in(dir: &Path, size_mib: u64) -> Result<(), String> {
     let hash_f = File::create(&hash_path).map_err(|e| e.to_string())?;
     let uuid = random_uuid().map_err(err)?;
     let start = std::time::Instant::now();
-    let opts = FormatOptions {
-        superblock: Some(uuid),
-        ..Default::default()
-    };
+    let opts = FormatOptions::default().superblock(uuid);
     let formatted = format(&params, &data_f, &mut &hash_f, &opts).map_err(err)?;
     let secs = start.elapsed().as_secs_f64();
     println!(

@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
     let c = case();
     let state = c.dir.join("state");
     std::fs::write(&state, data).expect("write record");
-    let opts = ApplyOptions { state: Some(&state), ..ApplyOptions::new(&c.ring, VersionCheck::Unchecked) };
+    let opts = ApplyOptions::new(&c.ring, VersionCheck::Unchecked).state(&state);
     // The target as a half-done earlier run could have left it: the fuzzer's bytes decide.
     let mut t = vec![0u8; c.target.len()];
     if let Some(&b) = data.first() {

@@ -52,7 +52,7 @@ fuzz_target!(|input: &[u8]| {
     let mut hash = Vec::new();
     let f = format(&params, &data, &mut hash, &FormatOptions::default()).unwrap();
     let tree_end = hash.len();
-    let opts = BuildOptions { threads: std::num::NonZeroUsize::new(1), progress: None };
+    let opts = BuildOptions::default().threads(keel_verity::Threads::exactly(1));
     let (g, mut parity) = if on_hash {
         hash.extend((0..2 * BS).map(|i| (i * 7) as u8));
         let g = FecGeometry::on_hash_device(&params, &f.geometry, roots, hash.len() as u64).unwrap();

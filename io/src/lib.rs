@@ -9,6 +9,7 @@
 //!   regular files and block devices, size checks, "is this the running slot", and
 //!   crash-safe replacement of small files.
 //! - [`Progress`] and [`Cancel`]: long work reports bytes done and can be stopped.
+//! - [`Threads`]: how many workers a long job may use, the same type in every crate.
 //! - [`Cursor`]: a bounded little-endian reader for on-disk structures, whose errors name
 //!   the field and its byte offset.
 //! - [`sys`]: the block-device ioctls, the only `unsafe` code for I/O in Keel.
@@ -40,9 +41,11 @@ pub mod sys;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+mod threads;
 
 pub use cursor::{Cursor, CursorError};
 pub use device::{ReadAt, WriteAt};
 pub use file::{open_device, replace_file, require_size, same_file, DeviceKind};
 pub use progress::{Cancel, Cancelled, Progress};
 pub use region::Region;
+pub use threads::Threads;

@@ -28,7 +28,18 @@ pub enum VersionCheck<'a> {
 
 /// How to apply. Made by [`ApplyOptions::new`]: the keyring and the version check have no
 /// default a caller could forget.
+///
+/// ```
+/// use keel_payload::{ApplyOptions, VersionCheck};
+/// use keel_trust::Keyring;
+/// let keys = Keyring::new();
+/// let opts = ApplyOptions::new(&keys, VersionCheck::Installed("2.0"))
+///     .compatible("acme-os")
+///     .checkpoint_bytes(16 << 20);
+/// assert_eq!(opts.compatible, Some("acme-os"));
+/// ```
 #[derive(Clone, Copy)]
+#[non_exhaustive]
 pub struct ApplyOptions<'a> {
     /// The keys that may sign payloads.
     pub keyring: &'a Keyring,
@@ -69,6 +80,54 @@ impl<'a> ApplyOptions<'a> {
             checkpoint_bytes: None,
             now: None,
         }
+    }
+
+    /// Check the payload is for this system ([`ApplyOptions::compatible`]).
+    pub fn compatible(mut self, compatible: impl Into<Option<&'a str>>) -> Self {
+        self.compatible = compatible.into();
+        self
+    }
+
+    /// Set [`ApplyOptions::allow_downgrade`].
+    pub fn allow_downgrade(mut self, on: bool) -> Self {
+        self.allow_downgrade = on;
+        self
+    }
+
+    /// Set [`ApplyOptions::allow_reinstall`].
+    pub fn allow_reinstall(mut self, on: bool) -> Self {
+        self.allow_reinstall = on;
+        self
+    }
+
+    /// Keep a resume record at `path` ([`ApplyOptions::state`]).
+    pub fn state<P: AsRef<Path> + ?Sized>(mut self, path: &'a P) -> Self {
+        self.state = Some(path.as_ref());
+        self
+    }
+
+    /// Set [`ApplyOptions::max_resumes`].
+    pub fn max_resumes(mut self, n: u32) -> Self {
+        self.max_resumes = n;
+        self
+    }
+
+    /// Report progress to, and take cancellation from, `progress`.
+    pub fn progress(mut self, progress: &'a dyn Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// Checkpoint after this many target bytes ([`ApplyOptions::checkpoint_bytes`]).
+    pub fn checkpoint_bytes(mut self, bytes: u64) -> Self {
+        self.checkpoint_bytes = Some(bytes);
+        self
+    }
+
+    /// Check key dates against this time ([`ApplyOptions::now`]).
+    pub fn now(mut self, unix_seconds: u64) -> Self {
+        self.now = Some(unix_seconds);
+        self
     }
 }
 

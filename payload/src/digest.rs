@@ -17,8 +17,8 @@ pub fn image_digest<R: keel_verity::ReadAt + ?Sized>(
 ) -> std::io::Result<[u8; 32]> {
     use std::sync::atomic::{AtomicU64, Ordering};
     let chunks = size.div_ceil(DIGEST_CHUNK);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
+    let threads = keel_io::Threads::AllCores
+        .count()
         .min(chunks.max(1) as usize);
     let next = AtomicU64::new(0);
     type Part = std::io::Result<Vec<(u64, [u8; 32])>>;

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use keel_io::Threads;
 use keel_trust::{Context, Signer};
 use keel_verity::RootDescriptor;
 
@@ -40,7 +41,15 @@ const REF_MARGIN: u64 = 2 << 20;
 const PROBE_LEVEL: i32 = 6;
 
 /// What to put in the manifest and how hard to compress.
+///
+/// ```
+/// use keel_payload::GenerateOptions;
+/// use keel_io::Threads;
+/// let opts = GenerateOptions::new("acme-os", "2.1").level(9).threads(Threads::exactly(2));
+/// assert_eq!((opts.level, opts.version.as_str()), (9, "2.1"));
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct GenerateOptions {
     /// The system the payload is for.
     pub compatible: String,
@@ -51,23 +60,47 @@ pub struct GenerateOptions {
     /// zstd level (19 by default).
     pub level: i32,
     /// Worker threads (default: every core).
-    pub threads: Option<usize>,
+    pub threads: Threads,
     /// Pair changed files with their old versions through the ext4 layout of both images
     /// (on by default; images that are not ext4 with 4 KiB blocks are unaffected).
     pub file_pairing: bool,
 }
 
 impl GenerateOptions {
-    /// Defaults: level 19, all cores, no verity.
+    /// Defaults: level 19, all cores, no verity, file pairing on.
     pub fn new(compatible: &str, version: &str) -> Self {
         GenerateOptions {
             compatible: compatible.into(),
             version: version.into(),
             verity: None,
             level: 19,
-            threads: None,
+            threads: Threads::AllCores,
             file_pairing: true,
         }
+    }
+
+    /// Bind the target's dm-verity root ([`GenerateOptions::verity`]).
+    pub fn verity(mut self, root: RootDescriptor) -> Self {
+        self.verity = Some(root);
+        self
+    }
+
+    /// Set [`GenerateOptions::level`].
+    pub fn level(mut self, level: i32) -> Self {
+        self.level = level;
+        self
+    }
+
+    /// Set [`GenerateOptions::threads`].
+    pub fn threads(mut self, threads: Threads) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Set [`GenerateOptions::file_pairing`].
+    pub fn file_pairing(mut self, on: bool) -> Self {
+        self.file_pairing = on;
+        self
     }
 }
 
@@ -403,10 +436,7 @@ pub fn generate<S: Signer + ?Sized>(
     signer: &S,
     opts: &GenerateOptions,
 ) -> Result<Vec<u8>> {
-    let threads = opts
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let threads = opts.threads.count();
     let tblocks = (target.len() as u64).div_ceil(BLOCK_SIZE);
     let zero_hash = sha256(&[0u8; BS]);
     let thash = hashes(target, tblocks, threads);

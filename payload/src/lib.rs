@@ -16,8 +16,7 @@
 //! let mut ring = Keyring::new();
 //! ring.add(key.public_key().clone())?;
 //! let mut slot_b = vec![0u8; new.len()];
-//! let mut opts = ApplyOptions::new(&ring, VersionCheck::Installed("1.0"));
-//! opts.compatible = Some("acme");
+//! let opts = ApplyOptions::new(&ring, VersionCheck::Installed("1.0")).compatible("acme");
 //! apply(&payload[..], Some(&old), &mut slot_b, &opts)?;
 //! assert_eq!(slot_b, new);
 //! # Ok::<(), keel_payload::Error>(())
@@ -50,3 +49,4 @@ pub use apply::{
 pub use error::{Error, Result, Section, TargetCheck};
 pub use format::{Extent, Manifest, OpType, Operation};
 pub use generate::{assemble, generate, GenerateOptions};
+pub use keel_io::{Cancel, Cancelled, Progress, Threads};

@@ -36,10 +36,7 @@ fn apply_vec(
     ring: &Keyring,
 ) -> Result<Vec<u8>, Error> {
     let mut t = vec![0u8; size];
-    let o = ApplyOptions {
-        compatible: Some("acme-test"),
-        ..ApplyOptions::new(ring, VersionCheck::Installed("1.0"))
-    };
+    let o = ApplyOptions::new(ring, VersionCheck::Installed("1.0")).compatible("acme-test");
     apply(payload, source, &mut t, &o)?;
     Ok(t)
 }
@@ -144,11 +141,9 @@ fn resume_case(src: &[u8], tgt: &[u8], samples: usize) {
     let p = generate(Some(src), tgt, &key, &opts()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let o = ApplyOptions {
-        state: Some(&state),
-        checkpoint_bytes: Some(8192),
-        ..ApplyOptions::new(&r, VersionCheck::Unchecked)
-    };
+    let o = ApplyOptions::new(&r, VersionCheck::Unchecked)
+        .state(&state)
+        .checkpoint_bytes(8192);
     let mut clean = Cut {
         disk: vec![0u8; tgt.len()],
         writes: 0,
@@ -210,11 +205,9 @@ fn a_record_from_another_payload_is_ignored() {
     let r = ring(&key);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let o = ApplyOptions {
-        state: Some(&state),
-        checkpoint_bytes: Some(4096),
-        ..ApplyOptions::new(&r, VersionCheck::Unchecked)
-    };
+    let o = ApplyOptions::new(&r, VersionCheck::Unchecked)
+        .state(&state)
+        .checkpoint_bytes(4096);
     let t1 = edited(&src, &[Edit::Zero(5000, 50_000)]);
     let p1 = generate(Some(&src), &t1, &key, &opts()).unwrap();
     let mut t = Cut {
@@ -308,10 +301,7 @@ fn wrong_source_system_version_key_and_target_are_refused() {
         "{e}"
     );
     let mut t = vec![0u8; tgt.len()];
-    let o = ApplyOptions {
-        compatible: Some("other-system"),
-        ..ApplyOptions::new(&r, VersionCheck::Unchecked)
-    };
+    let o = ApplyOptions::new(&r, VersionCheck::Unchecked).compatible("other-system");
     assert!(matches!(
         apply(&p[..], Some(&src), &mut t, &o),
         Err(Error::Incompatible { .. })
@@ -321,10 +311,7 @@ fn wrong_source_system_version_key_and_target_are_refused() {
         apply(&p[..], Some(&src), &mut t, &o),
         Err(Error::Downgrade { .. })
     ));
-    let o = ApplyOptions {
-        allow_downgrade: true,
-        ..ApplyOptions::new(&r, VersionCheck::Installed("2.1"))
-    };
+    let o = ApplyOptions::new(&r, VersionCheck::Installed("2.1")).allow_downgrade(true);
     apply(&p[..], Some(&src), &mut t, &o).unwrap();
     let stranger = ring(&SigningKey::generate().unwrap());
     assert!(matches!(

@@ -57,11 +57,9 @@ fn fixture(seed: u64, size: usize) -> Fixture {
 impl Fixture {
     /// Options with the record and 1 MiB checkpoints.
     fn opts(&self) -> ApplyOptions<'_> {
-        ApplyOptions {
-            state: Some(&self.state),
-            checkpoint_bytes: Some(1 << 20),
-            ..ApplyOptions::new(&self.ring, VersionCheck::Installed("1.0"))
-        }
+        ApplyOptions::new(&self.ring, VersionCheck::Installed("1.0"))
+            .state(&self.state)
+            .checkpoint_bytes(1 << 20)
     }
 
     /// The payload cut to `num / den` of its length.
@@ -97,10 +95,7 @@ fn a_resume_over_a_changed_target_starts_over_in_the_same_run() {
 #[test]
 fn the_resume_count_is_kept_before_resuming_and_runs_out() {
     let f = fixture(2, 8 << 20);
-    let o = ApplyOptions {
-        max_resumes: 3,
-        ..f.opts()
-    };
+    let o = f.opts().max_resumes(3);
     // Cut after the first checkpoint: a record at some operation.
     let mut first = Cut::new(vec![0u8; f.image.len()], usize::MAX);
     let e = apply(f.cut(1, 2), NO_SOURCE, &mut first, &o).unwrap_err();
@@ -198,10 +193,7 @@ fn versions_are_parsed_strictly_and_equal_ones_refused() {
         Err(Error::Downgrade { .. })
     ));
     assert!(t.iter().all(|&b| b == 0), "a refused payload wrote nothing");
-    let o = ApplyOptions {
-        allow_reinstall: true,
-        ..ApplyOptions::new(&r, VersionCheck::Installed("1.0"))
-    };
+    let o = ApplyOptions::new(&r, VersionCheck::Installed("1.0")).allow_reinstall(true);
     apply(&p1[..], NO_SOURCE, &mut t, &o).unwrap();
     assert_eq!(t, image);
     // The generator refuses what the applier could not compare.
@@ -428,10 +420,7 @@ fn a_cancelled_apply_stops_at_an_operation_and_resumes() {
     }
     let f = fixture(12, 6 << 20);
     let stop = StopSoon(AtomicUsize::new(0));
-    let o = ApplyOptions {
-        progress: Some(&stop),
-        ..f.opts()
-    };
+    let o = f.opts().progress(&stop);
     let mut t = vec![0u8; f.image.len()];
     let e = apply(&f.full[..], NO_SOURCE, &mut t, &o).unwrap_err();
     assert!(matches!(e, Error::Cancelled) && e.is_retryable(), "{e}");

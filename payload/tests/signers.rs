@@ -61,15 +61,9 @@ fn a_callback_signer_and_an_expired_key() {
     ring.add_until(public, Some(1_000)).unwrap();
     let mut t = vec![0u8; image.len()];
     let src: Option<&[u8]> = None;
-    let o = ApplyOptions {
-        now: Some(1_000),
-        ..ApplyOptions::new(&ring, VersionCheck::Unchecked)
-    };
+    let o = ApplyOptions::new(&ring, VersionCheck::Unchecked).now(1_000);
     apply(&p[..], src, &mut t, &o).unwrap();
-    let o = ApplyOptions {
-        now: Some(1_001),
-        ..ApplyOptions::new(&ring, VersionCheck::Unchecked)
-    };
+    let o = ApplyOptions::new(&ring, VersionCheck::Unchecked).now(1_001);
     let e = apply(&p[..], src, &mut t, &o).unwrap_err();
     assert!(
         matches!(&e, Error::Trust(keel_trust::Error::Expired { .. })),

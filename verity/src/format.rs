@@ -8,16 +8,43 @@ use crate::superblock::{Superblock, SUPERBLOCK_SIZE};
 use crate::tree::{BuildOptions, HashTree};
 
 /// Where and how the tree is written on its hash device.
+///
+/// ```
+/// use keel_verity::{random_uuid, FormatOptions};
+/// let opts = FormatOptions::default().superblock(random_uuid()?).hash_offset(1 << 20);
+/// # Ok::<(), keel_verity::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
 pub struct FormatOptions<'a> {
     /// `--hash-offset`: byte offset of the hash area (a multiple of 512). Use it to put
     /// the tree on the data device after the data, or at an offset in a hash file.
     pub hash_offset: u64,
-    /// The superblock UUID; `None` writes no superblock (`--no-superblock`). Use
-    /// [`crate::random_uuid`] for veritysetup's default.
+    /// The superblock UUID; `None` (the default) writes no superblock
+    /// (`--no-superblock`). Use [`crate::random_uuid`] for veritysetup's default.
     pub superblock: Option<[u8; 16]>,
     /// Threads and progress.
     pub build: BuildOptions<'a>,
+}
+
+impl<'a> FormatOptions<'a> {
+    /// Set [`FormatOptions::hash_offset`].
+    pub fn hash_offset(mut self, offset: u64) -> Self {
+        self.hash_offset = offset;
+        self
+    }
+
+    /// Write a superblock with this UUID, or none ([`FormatOptions::superblock`]).
+    pub fn superblock(mut self, uuid: impl Into<Option<[u8; 16]>>) -> Self {
+        self.superblock = uuid.into();
+        self
+    }
+
+    /// Set [`FormatOptions::build`].
+    pub fn build(mut self, build: BuildOptions<'a>) -> Self {
+        self.build = build;
+        self
+    }
 }
 
 /// The result of [`format()`].

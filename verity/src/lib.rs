@@ -12,7 +12,7 @@
 //!     .build()?;
 //! let uuid = keel_verity::parse_uuid("11111111-2222-3333-4444-555555555555")?;
 //! let mut hash_dev = Vec::new();
-//! let opts = FormatOptions { superblock: Some(uuid), ..Default::default() };
+//! let opts = FormatOptions::default().superblock(uuid);
 //! let formatted = format(&params, &data, &mut hash_dev, &opts)?;
 //!
 //! // Later, as `veritysetup verify`: parameters come from the superblock.
@@ -60,6 +60,7 @@ pub use format::{existing_tree, format, open_hash_device, FormatOptions, Formatt
 pub use fsverity::{fsverity_digest, FsVerity, FSVERITY_DESCRIPTOR_SIZE};
 pub use geometry::{Level, TreeGeometry, MAX_LEVELS};
 pub use io::{Progress, ReadAt, WriteAt};
+pub use keel_io::{Cancel, Cancelled, Threads};
 pub use keel_trust::{Context, KeyId, Keyring, PublicKey, Signer, SigningKey};
 pub use params::{
     VerityParams, VerityParamsBuilder, DEFAULT_SALT_SIZE, MAX_BLOCK_SIZE, MAX_SALT_SIZE,

@@ -13,6 +13,7 @@ use crate::params::VerityParams;
 
 /// Optional table arguments.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TableOptions {
     /// `ignore_zero_blocks`: blocks of zeros are not verified and read as zeros.
     pub ignore_zero_blocks: bool,
@@ -22,6 +23,32 @@ pub struct TableOptions {
     pub restart_on_corruption: bool,
     /// `use_fec_from_device`: correct blocks that fail verification with this parity.
     pub fec: Option<FecTable>,
+}
+
+impl TableOptions {
+    /// Set [`TableOptions::ignore_zero_blocks`].
+    pub fn ignore_zero_blocks(mut self, on: bool) -> Self {
+        self.ignore_zero_blocks = on;
+        self
+    }
+
+    /// Set [`TableOptions::check_at_most_once`].
+    pub fn check_at_most_once(mut self, on: bool) -> Self {
+        self.check_at_most_once = on;
+        self
+    }
+
+    /// Set [`TableOptions::restart_on_corruption`].
+    pub fn restart_on_corruption(mut self, on: bool) -> Self {
+        self.restart_on_corruption = on;
+        self
+    }
+
+    /// Correct with this parity, or not ([`TableOptions::fec`]).
+    pub fn fec(mut self, fec: impl Into<Option<FecTable>>) -> Self {
+        self.fec = fec.into();
+        self
+    }
 }
 
 /// The FEC arguments of a table: the device holding the parity, as the kernel names it,

@@ -1,6 +1,5 @@
 //! Building a hash tree in memory, on all cores.
 
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -9,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::geometry::TreeGeometry;
 use crate::io::{Progress, ReadAt};
 use crate::params::VerityParams;
+use keel_io::Threads;
 
 /// Bytes each worker reads at a time: large enough to amortise the system call, small
 /// enough to stay in cache.
@@ -19,11 +19,18 @@ const UNIT_BYTES: u64 = 4 << 20;
 const PARALLEL_MIN_BYTES: u64 = 8 << 20;
 
 /// How to run a build or verification.
+///
+/// ```
+/// use keel_verity::{BuildOptions, Threads};
+/// let opts = BuildOptions::default().threads(Threads::exactly(2));
+/// assert_eq!(opts.threads, Threads::exactly(2));
+/// ```
 #[derive(Clone, Copy, Default)]
+#[non_exhaustive]
 pub struct BuildOptions<'a> {
-    /// Worker threads; `None` uses every core the process may run on.
-    pub threads: Option<NonZeroUsize>,
-    /// Receives data bytes hashed so far.
+    /// Worker threads (default: every core the process may run on).
+    pub threads: Threads,
+    /// Receives data bytes hashed so far, and can cancel the work.
     pub progress: Option<&'a dyn Progress>,
 }
 
@@ -36,11 +43,21 @@ impl std::fmt::Debug for BuildOptions<'_> {
     }
 }
 
-impl BuildOptions<'_> {
+impl<'a> BuildOptions<'a> {
+    /// Set [`BuildOptions::threads`].
+    pub fn threads(mut self, threads: Threads) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Set [`BuildOptions::progress`].
+    pub fn progress(mut self, progress: &'a dyn Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
     pub(crate) fn thread_count(&self) -> usize {
-        self.threads
-            .or_else(|| std::thread::available_parallelism().ok())
-            .map_or(1, NonZeroUsize::get)
+        self.threads.count()
     }
 }
 

@@ -57,10 +57,7 @@ fn keel_setup(bs: u32, blocks: u64, roots: u8, superblock: bool, seed: u64) -> S
     fs::write(dir.path().join("data"), &data).unwrap();
     let params = params(bs, blocks);
     let mut hash = Vec::new();
-    let opts = FormatOptions {
-        superblock: superblock.then_some([7u8; 16]),
-        ..Default::default()
-    };
+    let opts = FormatOptions::default().superblock(superblock.then_some([7u8; 16]));
     let formatted = format(&params, &data, &mut hash, &opts).unwrap();
     fs::write(dir.path().join("hash"), &hash).unwrap();
     let fec =
@@ -165,16 +162,7 @@ fn parity_on_the_hash_device_at_an_offset_matches_veritysetup() {
     // are covered too.
     let fec_offset = 64 * u64::from(bs);
     let mut hash = seeded_bytes(6, fec_offset as usize);
-    let formatted = format(
-        &params,
-        &data,
-        &mut hash,
-        &FormatOptions {
-            superblock: None,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let formatted = format(&params, &data, &mut hash, &FormatOptions::default()).unwrap();
     let g = FecGeometry::on_hash_device(&params, &formatted.geometry, 4, fec_offset).unwrap();
     assert_eq!(g.hash_blocks(), 64);
     let mut parity_dev = hash.clone();

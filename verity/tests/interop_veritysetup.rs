@@ -139,11 +139,9 @@ fn check_case(vs: &Path, case: &Case, seed: u64) -> tempfile::TempDir {
     // Keel writes.
     let params = case.params();
     let uuid = keel_verity::parse_uuid(UUID).unwrap();
-    let opts = FormatOptions {
-        hash_offset: case.hash_offset,
-        superblock: case.superblock.then_some(uuid),
-        build: BuildOptions::default(),
-    };
+    let opts = FormatOptions::default()
+        .hash_offset(case.hash_offset)
+        .superblock(case.superblock.then_some(uuid));
     let keel_root = if case.same_device {
         let f = open_rw(&keel_hash);
         format(&params, &f, &mut &f, &opts).unwrap().root_hash

@@ -273,11 +273,9 @@ fn make_tree(
         .open(&hash)
         .unwrap();
     let d = fs::File::open(&data).unwrap();
-    let opts = FormatOptions {
-        hash_offset,
-        superblock: superblock.then_some([9; 16]),
-        ..Default::default()
-    };
+    let opts = FormatOptions::default()
+        .hash_offset(hash_offset)
+        .superblock(superblock.then_some([9; 16]));
     let out = format(&params, &d, &mut &f, &opts).unwrap();
     // A disk is a whole number of 512-byte sectors.
     let len = f.metadata().unwrap().len();
@@ -503,13 +501,10 @@ fn the_kernel_maps_keel_trees() {
         } else {
             disks.add(fec_path)
         };
-        let opts = TableOptions {
-            fec: Some(FecTable {
-                device: fd,
-                geometry: g,
-            }),
-            ..Default::default()
-        };
+        let opts = TableOptions::default().fec(FecTable {
+            device: fd,
+            geometry: g,
+        });
         Case {
             name,
             table: dm_table(&t.params, &t.geometry, &t.root, &dd, &hd, &opts).unwrap(),

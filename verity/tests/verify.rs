@@ -5,7 +5,7 @@ mod common;
 use common::seeded_bytes;
 use keel_verity::{
     format, open_hash_device, verify, BlockVerifier, BuildOptions, Error, FormatOptions,
-    HashAlgorithm, HashTree, HashType, ReadAt, TreeGeometry, VerityParams,
+    HashAlgorithm, HashTree, HashType, ReadAt, Threads, TreeGeometry, VerityParams,
 };
 use proptest::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,10 +37,7 @@ fn formatted(
 ) -> (TreeGeometry, Vec<u8>, Vec<u8>, Vec<u8>) {
     let data = seeded_bytes(seed, p.data_size() as usize);
     let mut hash = Vec::new();
-    let opts = FormatOptions {
-        superblock: superblock.then_some([3; 16]),
-        ..Default::default()
-    };
+    let opts = FormatOptions::default().superblock(superblock.then_some([3; 16]));
     let f = format(p, &data, &mut hash, &opts).unwrap();
     (f.geometry, data, hash, f.root_hash)
 }
@@ -64,10 +61,7 @@ fn thread_count_does_not_change_the_tree() {
     let one = HashTree::build_with(
         &p,
         &data,
-        &BuildOptions {
-            threads: std::num::NonZeroUsize::new(1),
-            progress: None,
-        },
+        &BuildOptions::default().threads(Threads::exactly(1)),
     )
     .unwrap();
     let done = AtomicU64::new(0);
@@ -83,10 +77,9 @@ fn thread_count_does_not_change_the_tree() {
     let four = HashTree::build_with(
         &p,
         &data,
-        &BuildOptions {
-            threads: std::num::NonZeroUsize::new(4),
-            progress: Some(&observer),
-        },
+        &BuildOptions::default()
+            .threads(Threads::exactly(4))
+            .progress(&observer),
     )
     .unwrap();
     assert_eq!(one.root_hash(), four.root_hash());
@@ -524,7 +517,7 @@ proptest! {
 
 #[test]
 fn building_a_tree_can_be_cancelled() {
-    use keel_verity::{BuildOptions, HashTree, Progress};
+    use keel_verity::{BuildOptions, HashTree};
     let params = keel_verity::VerityParams::builder()
         .data_blocks(4096)
         .build()
@@ -532,18 +525,72 @@ fn building_a_tree_can_be_cancelled() {
     let data = vec![1u8; 4096 * 4096];
     let cancel = keel_io::Cancel::new();
     cancel.cancel();
-    let opts = BuildOptions {
-        threads: None,
-        progress: Some(&cancel as &dyn Progress),
-    };
+    let opts = BuildOptions::default().progress(&cancel);
     assert!(matches!(
         HashTree::build_with(&params, &data[..], &opts),
         Err(keel_verity::Error::Cancelled)
     ));
     let fine = keel_io::Cancel::new();
-    let opts = BuildOptions {
-        threads: None,
-        progress: Some(&fine as &dyn Progress),
-    };
+    let opts = BuildOptions::default().progress(&fine);
     assert!(HashTree::build_with(&params, &data[..], &opts).is_ok());
+}
+
+/// FEC encoding, checking and repair stop when asked: `Cancelled`, and a cancelled repair
+/// has written nothing (the damage is still there, and a second run repairs it).
+#[test]
+fn fec_work_can_be_cancelled_and_a_cancelled_repair_writes_nothing() {
+    use keel_verity::{fec_encode, fec_repair, fec_verify, FecGeometry, RepairTarget};
+    let p = params(600, 4096, 4096, HashAlgorithm::Sha256, HashType::Normal, 32);
+    let (geometry, mut data, mut hash, root) = formatted(&p, false, 8);
+    let g = FecGeometry::separate(&p, &geometry, 2, hash.len() as u64, 0).unwrap();
+    let cancel = keel_io::Cancel::new();
+    cancel.cancel();
+    let stop = BuildOptions::default().progress(&cancel);
+    let mut parity = Vec::new();
+    let e = fec_encode(&g, &data, &hash, &mut parity, &stop).unwrap_err();
+    assert!(matches!(e, Error::Cancelled), "{e}");
+    fec_encode(&g, &data, &hash, &mut parity, &BuildOptions::default()).unwrap();
+    let e = fec_verify(&g, &data, &hash, &parity, &stop).unwrap_err();
+    assert!(matches!(e, Error::Cancelled), "{e}");
+
+    data[4096 * 17 + 5] ^= 0xff;
+    let damaged = data.clone();
+    let target = RepairTarget {
+        params: &p,
+        tree: &geometry,
+        root: &root,
+    };
+    // Cancelled after the scan, before the first write: nothing changes.
+    let late = LateCancel(std::sync::atomic::AtomicU64::new(0));
+    let opts = BuildOptions::default().progress(&late);
+    let e = fec_repair(&g, &target, &mut data, &mut hash, &mut parity, &opts).unwrap_err();
+    assert!(matches!(e, Error::Cancelled), "{e}");
+    assert!(
+        late.0.load(Ordering::SeqCst) > 0,
+        "the scan ran before the stop"
+    );
+    assert_eq!(data, damaged, "a cancelled repair wrote to the data device");
+    let r = fec_repair(
+        &g,
+        &target,
+        &mut data,
+        &mut hash,
+        &mut parity,
+        &BuildOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(r.repaired_data_blocks, vec![17]);
+    assert!(r.is_complete());
+}
+
+/// Lets work run, then asks it to stop once any progress has been reported.
+struct LateCancel(std::sync::atomic::AtomicU64);
+
+impl keel_verity::Progress for LateCancel {
+    fn progress(&self, done: u64, _total: u64) {
+        self.0.store(done, Ordering::SeqCst);
+    }
+    fn cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
 }

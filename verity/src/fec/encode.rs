@@ -83,7 +83,9 @@ pub(crate) fn code_and_coeffs(roots: u8) -> (Code, Coeffs) {
 }
 
 /// Run `work` over every batch of rounds on the worker threads, handing each result to
-/// `sink` on this thread in completion order. Stops at the first error.
+/// `sink` on this thread in completion order. Stops at the first error, and with
+/// [`Error::Cancelled`] once `opts.progress` asks (checked before every batch, so a stop
+/// takes effect within one batch per worker).
 pub(crate) fn for_each_batch<T, W, S>(
     g: &FecGeometry,
     opts: &BuildOptions<'_>,
@@ -111,6 +113,10 @@ where
             s.spawn(move || {
                 let mut batch = Batch::new(g, coeffs, kernel);
                 loop {
+                    if opts.progress.is_some_and(|p| p.cancelled()) {
+                        let _ = tx.send(Err(Error::Cancelled));
+                        break;
+                    }
                     let b = next.fetch_add(1, Ordering::Relaxed);
                     if b >= batches || stop.load(Ordering::Relaxed) {
                         break;

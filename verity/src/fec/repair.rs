@@ -107,7 +107,9 @@ pub struct RepairTarget<'a> {
 ///
 /// Memory: the tree, the repaired blocks (at most 64 MiB; more damage is refused with an
 /// error before anything is written) and one round of blocks while erasure decoding.
-#[allow(clippy::too_many_arguments)]
+///
+/// Cancellation through `opts.progress` is honoured during the parity scan and once more
+/// before the first write: a cancelled repair has written nothing.
 pub fn fec_repair<D, H, F>(
     g: &FecGeometry,
     target: &RepairTarget<'_>,
@@ -121,6 +123,55 @@ where
     H: ReadAt + WriteAt + ?Sized,
     F: ReadAt + WriteAt + ?Sized,
 {
+    check_target(g, target)?;
+    let (scan_report, fixes, failed_rounds) = scan(g, &*data, &*hash, &*fec, opts)?;
+    let mut report = RepairReport {
+        scan: scan_report,
+        ..Default::default()
+    };
+    let input = Input {
+        g,
+        data: &*data,
+        hash: &*hash,
+    };
+    let (mut blocks, mut parity) = collect_fixes(g, &input, &fixes)?;
+    let damage = settle(g, target, &input, &*fec, &mut blocks, &mut parity, opts)?;
+    if opts.progress.is_some_and(|p| p.cancelled()) {
+        return Err(Error::Cancelled);
+    }
+    let all_checked = write_accepted(g, target, data, hash, &blocks, &damage, &mut report)?;
+    if all_checked {
+        // With data and tree whole and checked, the parity is what they encode to: the
+        // rounds where decoding touched the parity are encoded afresh rather than trusting
+        // the decoder's parity bytes.
+        let bs = g.block_size;
+        let mut rounds: BTreeSet<u64> = parity.keys().map(|o| o / (bs * g.roots as u64)).collect();
+        rounds.extend(&failed_rounds);
+        let input = Input {
+            g,
+            data: &*data,
+            hash: &*hash,
+        };
+        for (off, value) in fresh_parity(g, &input, &*fec, &rounds)? {
+            fec.write_all_at(&[value], off)
+                .map_err(|e| Error::io(format!("writing FEC device byte {off}"), e))?;
+            report.repaired_parity_bytes += 1;
+        }
+    }
+    data.sync()
+        .map_err(|e| Error::io("syncing the data device", e))?;
+    hash.sync()
+        .map_err(|e| Error::io("syncing the hash device", e))?;
+    fec.sync()
+        .map_err(|e| Error::io("syncing the FEC device", e))?;
+    report.unverifiable_blocks = damage.unknown_count();
+    report.unrepairable_data_blocks = damage.bad_data;
+    report.unrepairable_hash_blocks = damage.bad_hash;
+    Ok(report)
+}
+
+/// The geometry must be the one made for the target's tree.
+fn check_target(g: &FecGeometry, target: &RepairTarget<'_>) -> Result<()> {
     let bs = g.block_size;
     if u64::from(target.params.data_block_size()) != bs
         || target.tree.data_blocks() != g.data_blocks
@@ -131,21 +182,23 @@ where
             "the FEC geometry was not made for these verity parameters",
         ));
     }
-    let (scan_report, fixes, failed_rounds) = scan(g, &*data, &*hash, &*fec, opts)?;
-    let mut report = RepairReport {
-        scan: scan_report,
-        ..Default::default()
-    };
-    // Covered block -> repaired content; parity offset -> byte.
+    Ok(())
+}
+
+/// Repaired block contents by covered block, and parity bytes by FEC-device offset, from
+/// the byte fixes the errors-only decoder found (bounded by [`MAX_REPAIR_BYTES`]).
+type Repairs = (BTreeMap<u64, Vec<u8>>, BTreeMap<u64, u8>);
+
+fn collect_fixes<D, H>(g: &FecGeometry, input: &Input<'_, D, H>, fixes: &[Fix]) -> Result<Repairs>
+where
+    D: ReadAt + ?Sized,
+    H: ReadAt + ?Sized,
+{
+    let bs = g.block_size;
+    let limit = (MAX_REPAIR_BYTES / bs) as usize;
     let mut blocks: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut parity: BTreeMap<u64, u8> = BTreeMap::new();
-    let input = Input {
-        g,
-        data: &*data,
-        hash: &*hash,
-    };
-    let limit = (MAX_REPAIR_BYTES / bs) as usize;
-    for f in &fixes {
+    for f in fixes {
         match *f {
             Fix::Input {
                 block,
@@ -169,14 +222,34 @@ where
             }
         }
     }
+    Ok((blocks, parity))
+}
+
+/// Judge the repairs against the tree until nothing changes: each pass reverts the
+/// repairs the tree rejects (a decoder gone astray: back to the stored bytes) and decodes
+/// again with every rejected block as an erasure; repaired hash blocks make the blocks
+/// below them checkable in the next pass. Decoding passes are bounded; reverting only
+/// shrinks the set, so the loop ends. Returns the damage that remains.
+fn settle<D, H, F>(
+    g: &FecGeometry,
+    target: &RepairTarget<'_>,
+    input: &Input<'_, D, H>,
+    fec: &F,
+    blocks: &mut BTreeMap<u64, Vec<u8>>,
+    parity: &mut BTreeMap<u64, u8>,
+    opts: &BuildOptions<'_>,
+) -> Result<crate::verify::Damage>
+where
+    D: ReadAt + ?Sized,
+    H: ReadAt + ?Sized,
+    F: ReadAt + ?Sized,
+{
+    let bs = g.block_size;
+    let limit = (MAX_REPAIR_BYTES / bs) as usize;
     let code = Code::new(g.roots as usize);
     let to_covered = |h: &u64| h - g.hash_area_offset / bs + g.data_blocks;
-    // Each pass reverts the repairs the tree rejects (a decoder gone astray: back to the
-    // stored bytes) and decodes again with every rejected block as an erasure; repaired
-    // hash blocks make the blocks below them checkable in the next pass. Decoding passes
-    // are bounded; reverting only shrinks the set, so the loop ends.
     let mut budget = 4 * (target.tree.levels().len() + 2);
-    let mut damage = judge(g, target, &*data, &*hash, &blocks, opts)?;
+    let mut damage = judge(g, target, input.data, input.hash, blocks, opts)?;
     loop {
         let bad: Vec<u64> = damage
             .bad_data
@@ -185,7 +258,7 @@ where
             .chain(damage.bad_hash.iter().map(to_covered))
             .collect();
         if bad.is_empty() {
-            break;
+            return Ok(damage);
         }
         let mut changed = false;
         for b in &bad {
@@ -193,26 +266,34 @@ where
         }
         if budget > 0 {
             budget -= 1;
-            changed |= erasure_pass(
-                g,
-                &code,
-                &input,
-                &*fec,
-                &bad,
-                &mut blocks,
-                &mut parity,
-                limit,
-            )?;
+            changed |= erasure_pass(g, &code, input, fec, &bad, blocks, parity, limit)?;
         }
         if !changed {
-            break;
+            return Ok(damage);
         }
-        damage = judge(g, target, &*data, &*hash, &blocks, opts)?;
+        damage = judge(g, target, input.data, input.hash, blocks, opts)?;
     }
-    // Only what the tree accepts is written; blocks it rejects, cannot check because a
-    // hash block above them is still damaged, or cannot check at all (outside the tree)
-    // keep their old content. Lookups go through sorted lists and runs, so the memory
-    // stays that of the damage found, not of the device.
+}
+
+/// Write the repaired blocks the tree accepts. Blocks it rejects, cannot check because a
+/// hash block above them is still damaged, or cannot check at all (outside the tree) keep
+/// their old content. Lookups go through sorted lists and runs, so the memory stays that
+/// of the damage found, not of the device. Returns whether everything was checked (then
+/// the parity may be re-encoded from the data and tree).
+fn write_accepted<D, H>(
+    g: &FecGeometry,
+    target: &RepairTarget<'_>,
+    data: &mut D,
+    hash: &mut H,
+    blocks: &BTreeMap<u64, Vec<u8>>,
+    damage: &crate::verify::Damage,
+    report: &mut RepairReport,
+) -> Result<bool>
+where
+    D: WriteAt + ?Sized,
+    H: WriteAt + ?Sized,
+{
+    let bs = g.block_size;
     let mut bad_data = damage.bad_data.clone();
     bad_data.sort_unstable();
     let mut bad_hash = damage.bad_hash.clone();
@@ -221,7 +302,7 @@ where
         target.tree.hash_start_block()..target.tree.hash_start_block() + target.tree.tree_blocks();
     let mut unchecked_any =
         !bad_data.is_empty() || !bad_hash.is_empty() || damage.unknown_count() > 0;
-    for (&block, content) in &blocks {
+    for (&block, content) in blocks {
         match g.locate(block) {
             Place::Data(d) => {
                 if bad_data.binary_search(&d).is_ok() || in_runs(&damage.unknown_data, d) {
@@ -249,34 +330,7 @@ where
             Place::Padding => {}
         }
     }
-    if !unchecked_any {
-        // With data and tree whole and checked, the parity is what they encode to: the
-        // rounds where decoding touched the parity are encoded afresh rather than trusting
-        // the decoder's parity bytes.
-        let mut rounds: BTreeSet<u64> = parity.keys().map(|o| o / (bs * g.roots as u64)).collect();
-        rounds.extend(&failed_rounds);
-        let input = Input {
-            g,
-            data: &*data,
-            hash: &*hash,
-        };
-        let fixes = fresh_parity(g, &input, &*fec, &rounds)?;
-        for (off, value) in fixes {
-            fec.write_all_at(&[value], off)
-                .map_err(|e| Error::io(format!("writing FEC device byte {off}"), e))?;
-            report.repaired_parity_bytes += 1;
-        }
-    }
-    data.sync()
-        .map_err(|e| Error::io("syncing the data device", e))?;
-    hash.sync()
-        .map_err(|e| Error::io("syncing the hash device", e))?;
-    fec.sync()
-        .map_err(|e| Error::io("syncing the FEC device", e))?;
-    report.unverifiable_blocks = damage.unknown_count();
-    report.unrepairable_data_blocks = damage.bad_data;
-    report.unrepairable_hash_blocks = damage.bad_hash;
-    Ok(report)
+    Ok(!unchecked_any)
 }
 
 /// FEC-device offsets and values of the parity bytes of `rounds` that differ from what the
