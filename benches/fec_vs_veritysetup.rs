@@ -8,6 +8,7 @@
 //! ```
 //! Keel runs `KEEL_BENCH_RUNS` times (default 3, best counts); veritysetup, at about
 //! 30 MB/s, once. Warm page cache; files in `KEEL_BENCH_DIR` (default: the temp dir).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench stops on any failure
 
 #[path = "support/mod.rs"]
 mod support;

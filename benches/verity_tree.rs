@@ -1,5 +1,6 @@
 //! Criterion benches of keel-verity's hot paths: building a tree in memory on one and on
 //! all cores, and verifying single blocks lazily.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench stops on any failure
 
 use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
 use keel::verity::{

@@ -7,6 +7,7 @@
 //! ```
 //! Each tool runs `KEEL_BENCH_RUNS` times (default 3) on a warm page cache; the best time
 //! counts. The file lives in `KEEL_BENCH_DIR` (default: the system temp dir).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench stops on any failure
 
 #[path = "support/mod.rs"]
 mod support;

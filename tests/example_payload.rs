@@ -1,5 +1,6 @@
 //! The `payload` example: generate, inspect, apply from a pipe, and a real process killed
 //! with SIGKILL mid-apply, then resumed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
 
 mod common;
 

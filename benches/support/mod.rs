@@ -1,5 +1,6 @@
 //! Helpers shared by the side-by-side benches (included with `#[path]`).
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench stops on any failure
 
 use std::fs::File;
 use std::io::Write;

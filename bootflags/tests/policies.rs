@@ -7,6 +7,7 @@
 //! - no sequence without an explicit mark-bad leaves no bootable slot;
 //! - after every step the store survives its encoding: parse(serialize(x)) == x, and
 //!   serializing again gives the same bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
 
 use keel_bootflags::android::BootloaderControl;
 use keel_bootflags::bls::{EntryName, SystemdBoot};

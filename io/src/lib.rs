@@ -27,10 +27,6 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
 
 mod cursor;
 mod device;

@@ -27,10 +27,6 @@
 //! force (entries, header, sync): the backup first on a healthy disk, the primary first
 //! when only the backup is valid. A power cut at any write leaves a valid table with the
 //! old or the new state.
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
 
 mod create;
 mod disk;

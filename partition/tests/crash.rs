@@ -2,6 +2,7 @@
 //! in the middle of each write); every time the table opens, in Keel and in cgpt, sgdisk
 //! finds nothing that repair cannot fix, and the slots read back in the old or the new
 //! state, never a mix.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
 
 use keel_testsupport as tools;
 

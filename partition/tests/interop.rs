@@ -1,4 +1,5 @@
 //! keel-partition against cgpt and sgdisk, both directions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
 
 use keel_testsupport as tools;
 

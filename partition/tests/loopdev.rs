@@ -1,6 +1,7 @@
 //! On a real block device (a loop device, as root): the size and sector size come from
 //! the kernel, changes are made in place, and the kernel re-reads the table (BLKRRPART),
 //! or says it is busy when a partition is open.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
 
 use keel_testsupport as tools;
 

@@ -27,10 +27,6 @@
 //! string and version before it writes, each blob's hash before decoding it and each
 //! operation's source blocks before using them ([`Error::SourceModified`] tells the caller to
 //! fetch a full payload), and the whole target at the end.
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
 
 mod apply;
 mod bspatch;

@@ -1,6 +1,7 @@
 //! Generate and apply: exact targets for random edits and for ext4 images (files paired
 //! with their old versions, new files chained), resume after a cut at every write,
 //! and refusal of every kind of bad payload.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
 
 mod support;
 use keel_testsupport as tools;

@@ -1,5 +1,6 @@
 //! A build pipeline signs payloads without holding the key: openssl run as a process, or
 //! a callback standing for an HSM; the applier accepts both, and refuses an expired key.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
 
 use keel_testsupport as tools;
 

@@ -1,5 +1,6 @@
 //! Helpers for the tests that run the examples.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
 
 pub(crate) use keel_testsupport::*;
 

@@ -2,6 +2,9 @@
 //! tools (a missing one is a visible skip, or a failure with `KEEL_REQUIRE_INTEROP=1`),
 //! running them, and seeded test data.
 
+// Test support: a failed unwrap here is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

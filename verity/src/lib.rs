@@ -26,11 +26,6 @@
 //! 512 KiB, salts up to 256 bytes, hash offsets, `--data-blocks`); CI checks this against
 //! veritysetup in both directions.
 
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
-
 mod algorithm;
 mod avb;
 mod error;

@@ -2,6 +2,7 @@
 //! `veritysetup format --fec-device`, veritysetup's verify counts the same repairable
 //! errors in Keel's parity as Keel does, and Keel's repair restores exactly what was there
 //! or reports what it cannot, never writing a wrong block.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
 
 mod common;
 

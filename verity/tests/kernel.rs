@@ -8,6 +8,7 @@
 //! `cargo test -p keel-verity --test kernel -- --nocapture`; it needs qemu-system-x86,
 //! linux-image-amd64, busybox-static, dmsetup and cpio, and skips without them (fails with
 //! `KEEL_REQUIRE_INTEROP=1`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
 
 mod common;
 
