@@ -36,13 +36,13 @@
 //! `[[trust.key]]` entries by `id`, anything else is replaced; each finding points at the
 //! file its setting came from. The same model reads and writes JSON (serde_json).
 
+mod finding;
 mod load;
 mod model;
 mod validate;
 
-pub use load::{
-    load_files, load_json, load_sources, read_source, Finding, Loaded, Severity, MAX_CONFIG_SIZE,
-};
+pub use finding::{Finding, Severity};
+pub use load::{load_files, load_json, load_sources, read_source, Loaded, MAX_CONFIG_SIZE};
 pub use model::{
     Backend, Boot, Config, HashTreeLocation, SlotConfig, TrustedKey, Update, Verity, SCHEMA_MAJOR,
 };

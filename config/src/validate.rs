@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::load::{path, with_index, Raw};
+use crate::finding::{path, with_index, Raw};
 use crate::model::{Backend, Config, HashTreeLocation, SCHEMA_MAJOR};
 
 /// Tries a new slot gets: `update.tries`, else `boot.attempts`, else the backend's default.
