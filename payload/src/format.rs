@@ -118,6 +118,13 @@ pub struct Extent {
     pub blocks: u64,
 }
 
+impl Extent {
+    /// The block numbers it covers, `start..start + blocks` (saturating).
+    pub fn range(&self) -> std::ops::Range<u64> {
+        self.start..self.start.saturating_add(self.blocks)
+    }
+}
+
 /// One operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Operation {
@@ -487,18 +494,19 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
         // read, so no operation may overwrite another's blocks (nor its own).
         let mut own = Written::default();
         for e in &o.target {
-            if written.overlaps(e) || own.overlaps(e) {
+            if written.overlaps(e.range()) || own.overlaps(e.range()) {
                 return Err(bad(format!(
                     "target blocks {}..{} are written twice",
                     e.start,
                     e.start + e.blocks
                 )));
             }
-            own.insert(e);
+            own.insert(e.range());
         }
         if op == OpType::Chain {
             // Its reference must be complete before it runs, and stay so across a resume.
-            if o.source_blocks() > max_blocks || !o.source.iter().all(|e| written.covers(e)) {
+            if o.source_blocks() > max_blocks || !o.source.iter().all(|e| written.covers(e.range()))
+            {
                 return Err(bad(
                     "CHAIN refers to target blocks no earlier operation wrote".into(),
                 ));
@@ -537,7 +545,7 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
         }
         next_data = next_data.saturating_add(o.data_length);
         for e in &o.target {
-            written.insert(e);
+            written.insert(e.range());
         }
         ops.push(o);
     }

@@ -1,14 +1,15 @@
 //! Sets of target blocks as merged intervals (which operation wrote what).
 
-use crate::format::Extent;
+use std::ops::Range;
 
-/// Target blocks written by the operations so far, as disjoint merged intervals.
+/// Target blocks written by the operations so far, as disjoint merged intervals of block
+/// numbers (half-open ranges, as [`Extent::range`](crate::Extent::range) gives them).
 #[derive(Default)]
 pub(crate) struct Written(std::collections::BTreeMap<u64, u64>);
 
 impl Written {
-    pub(crate) fn insert(&mut self, e: &Extent) {
-        let (mut a, mut b) = (e.start, e.start + e.blocks);
+    pub(crate) fn insert(&mut self, e: Range<u64>) {
+        let (mut a, mut b) = (e.start, e.end);
         // Merge with every interval that overlaps or touches [a, b).
         let mut absorbed = Vec::new();
         if let Some((&s, &t)) = self.0.range(..=a).next_back() {
@@ -28,18 +29,18 @@ impl Written {
         self.0.insert(a, b);
     }
 
-    pub(crate) fn overlaps(&self, e: &Extent) -> bool {
+    pub(crate) fn overlaps(&self, e: Range<u64>) -> bool {
         // The last interval starting before the extent's end is the only candidate.
         self.0
-            .range(..e.start + e.blocks)
+            .range(..e.end)
             .next_back()
             .is_some_and(|(_, &t)| t > e.start)
     }
 
-    pub(crate) fn covers(&self, e: &Extent) -> bool {
+    pub(crate) fn covers(&self, e: Range<u64>) -> bool {
         self.0
             .range(..=e.start)
             .next_back()
-            .is_some_and(|(_, &t)| t >= e.start + e.blocks)
+            .is_some_and(|(_, &t)| t >= e.end)
     }
 }

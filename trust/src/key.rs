@@ -5,7 +5,6 @@ use ed25519_dalek::{Signature, Signer as _};
 use sha2::Digest;
 
 use crate::error::{Error, Result};
-use crate::signer::Signer;
 
 /// Identifies a public key: SHA-256 of its DER `SubjectPublicKeyInfo`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -136,17 +135,8 @@ impl SigningKey {
     }
 
     /// Sign exactly `message` (what `openssl pkeyutl -sign -rawin` does). Keel's own
-    /// documents are signed through [`Signer::sign`] with a [`Context`](crate::Context).
+    /// documents are signed through [`Signer::sign`](crate::Signer::sign) with a [`Context`](crate::Context).
     pub fn sign_raw(&self, message: &[u8]) -> [u8; 64] {
         self.key.sign(message).to_bytes()
-    }
-}
-
-impl Signer for SigningKey {
-    fn public_key(&self) -> &PublicKey {
-        &self.public
-    }
-    fn sign_message(&self, message: &[u8]) -> Result<[u8; 64]> {
-        Ok(self.sign_raw(message))
     }
 }

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::key::{KeyId, PublicKey};
+use crate::key::{KeyId, PublicKey, SigningKey};
 
 /// The kind of document a signature is for. The signed message is a fixed tag naming the
 /// context, then the document's bytes, so a signature over one kind of document never
@@ -206,5 +206,15 @@ impl Signer for OpensslSigner {
                 out.stdout.len()
             ))
         })
+    }
+}
+
+/// A key in memory signs directly.
+impl Signer for SigningKey {
+    fn public_key(&self) -> &PublicKey {
+        SigningKey::public_key(self)
+    }
+    fn sign_message(&self, message: &[u8]) -> Result<[u8; 64]> {
+        Ok(self.sign_raw(message))
     }
 }
