@@ -430,6 +430,12 @@ fn tail(ext: &[Extent], blocks: u64) -> Vec<Extent> {
 
 /// Generate a payload turning `source` (or nothing, for a full payload) into `target`,
 /// signed by `signer` (a key in memory, an HSM callback, openssl as a process).
+///
+/// The phases: classify every target block (zero, copy of a source block, new); pair
+/// changed files through both images' ext4 layout; cut the blocks into runs of one kind;
+/// merge nearby small runs of new blocks; encode each run on the worker threads, choosing
+/// the smallest of plain zstd, zstd against a reference, and bsdiff; lay the blobs out and
+/// sign the manifest.
 pub fn generate<S: Signer + ?Sized>(
     source: Option<&[u8]>,
     target: &[u8],
@@ -437,9 +443,46 @@ pub fn generate<S: Signer + ?Sized>(
     opts: &GenerateOptions,
 ) -> Result<Vec<u8>> {
     let threads = opts.threads.count();
+    let mut kinds = classify(source, target, threads);
+    let file_groups = match source {
+        Some(src) if opts.file_pairing => plan_files(src, target, &mut kinds),
+        _ => Vec::new(),
+    };
+    let plans = runs(&kinds);
+    let predicted = predict_offsets(&plans);
+    let mut merged = merge_new_runs(plans, predicted);
+    // File groups: their reference is given, not predicted.
+    merged.extend(file_groups.into_iter().map(|plan| (plan, None)));
+    let images = Images { source, target };
+    let encoded = par_map(merged, threads, |(plan, pred)| {
+        images.encode(plan, pred, opts.level)
+    });
+    let (operations, data) = lay_out(encoded)?;
+    let manifest = Manifest {
+        source: source
+            .map(|s| image_id(s, "hashing the source"))
+            .transpose()?,
+        target: image_id(target, "hashing the target")?,
+        verity: opts.verity.as_ref().map(|d| d.to_bytes().to_vec()),
+        compatible: opts.compatible.clone(),
+        version: opts.version.clone(),
+        operations,
+    };
+    assemble(&manifest, &data, signer)
+}
+
+/// Size and digest of a whole image.
+fn image_id(img: &[u8], doing: &'static str) -> Result<ImageId> {
+    Ok(ImageId {
+        size: img.len() as u64,
+        digest: image_digest(img, img.len() as u64).map_err(|e| Error::io(doing, e))?,
+    })
+}
+
+/// What each target block is: zeros, a copy of some source block, or new.
+fn classify(source: Option<&[u8]>, target: &[u8], threads: usize) -> Vec<Kind> {
     let tblocks = (target.len() as u64).div_ceil(BLOCK_SIZE);
     let zero_hash = sha256(&[0u8; BS]);
-    let thash = hashes(target, tblocks, threads);
     let mut index: HashMap<[u8; 32], u64> = HashMap::new();
     if let Some(src) = source {
         let sblocks = (src.len() as u64).div_ceil(BLOCK_SIZE);
@@ -447,7 +490,7 @@ pub fn generate<S: Signer + ?Sized>(
             index.entry(h).or_insert(i as u64);
         }
     }
-    let mut kinds: Vec<Kind> = thash
+    hashes(target, tblocks, threads)
         .iter()
         .map(|h| {
             if *h == zero_hash {
@@ -458,14 +501,14 @@ pub fn generate<S: Signer + ?Sized>(
                 Kind::New
             }
         })
-        .collect();
+        .collect()
+}
 
-    let file_groups = match source {
-        Some(src) if opts.file_pairing => plan_files(src, target, &mut kinds),
-        _ => Vec::new(),
-    };
-
-    // Runs of one kind (a COPY run continues while the source continues too).
+/// Runs of one kind, each an operation (a COPY run continues while the source continues
+/// too; new runs are cut into chunks zstd handles well; blocks in file groups are left
+/// to their group).
+fn runs(kinds: &[Kind]) -> Vec<Plan> {
+    let tblocks = kinds.len() as u64;
     let max_blocks = MAX_OP_BYTES / BLOCK_SIZE;
     let mut plans: Vec<Plan> = Vec::new();
     let mut i = 0u64;
@@ -511,12 +554,15 @@ pub fn generate<S: Signer + ?Sized>(
         }
         i = j;
     }
+    plans
+}
 
-    // The offset between target and source of the nearest COPY before each op predicts
-    // where a new chunk's old version lies.
-    let mut predicted: Vec<Option<i128>> = Vec::with_capacity(plans.len());
+/// For each plan, the offset between target and source of the nearest COPY before it:
+/// where a new chunk's old version probably lies.
+fn predict_offsets(plans: &[Plan]) -> Vec<Option<i128>> {
+    let mut predicted = Vec::with_capacity(plans.len());
     let mut last: Option<i128> = None;
-    for (op, t, src) in &plans {
+    for (op, t, src) in plans {
         if *op == OpType::Copy {
             if let (Some(e), Some(t)) = (src.last(), t.last()) {
                 last = Some(i128::from(t.start + t.blocks) - i128::from(e.start + e.blocks));
@@ -524,9 +570,12 @@ pub fn generate<S: Signer + ?Sized>(
         }
         predicted.push(last);
     }
-    // File groups: their reference is given, not predicted.
-    // Small runs of new blocks close together (metadata: inode tables, directories,
-    // bitmaps) travel together: fewer operations, more context for zstd.
+    predicted
+}
+
+/// Small runs of new blocks close together (metadata: inode tables, directories,
+/// bitmaps) travel together: fewer operations, more context for zstd.
+fn merge_new_runs(plans: Vec<Plan>, predicted: Vec<Option<i128>>) -> Vec<(Plan, Option<i128>)> {
     let mut merged: Vec<(Plan, Option<i128>)> = Vec::new();
     let mut open: Option<usize> = None;
     for (plan, pred) in plans.into_iter().zip(predicted) {
@@ -547,131 +596,11 @@ pub fn generate<S: Signer + ?Sized>(
         }
         merged.push((plan, pred));
     }
-    for (op, t, s) in file_groups {
-        merged.push(((op, t, s), None));
-    }
+    merged
+}
 
-    let level = opts.level;
-    let encoded: Vec<Result<(Operation, Vec<u8>)>> =
-        par_map(merged, threads, |((op, t, src), pred)| {
-            let none = |op, source: Vec<Extent>, source_sha256| {
-                Ok((
-                    Operation {
-                        op,
-                        target: t.clone(),
-                        source,
-                        data_offset: 0,
-                        data_length: 0,
-                        data_sha256: [0; 32],
-                        source_sha256,
-                    },
-                    Vec::new(),
-                ))
-            };
-            match op {
-                OpType::Zero => none(op, vec![], [0; 32]),
-                OpType::Copy => {
-                    let s = extents_bytes(source.unwrap_or_default(), &src);
-                    none(op, src, sha256(&s))
-                }
-                _ => {
-                    let tbytes = extents_bytes(target, &t);
-                    let tstart = t.first().map_or(0, |e| e.start);
-                    let tblocks_op = extents_total(&t);
-                    let tspan = t.last().map_or(0, |e| e.start + e.blocks) - tstart;
-                    let mut bsdiff_stream: Option<Vec<u8>> = None;
-                    // Candidates are compared at a fast level; only the winner is compressed at
-                    // the requested one.
-                    let probe = level.min(PROBE_LEVEL);
-                    let mut best = (
-                        OpType::Replace,
-                        zstd_plain(&tbytes, probe)?.len(),
-                        Vec::new(),
-                    );
-                    if op == OpType::Chain {
-                        // New files after the group before them.
-                        let reference = extents_bytes(target, &src);
-                        let patched = zstd_patch(&tbytes, &reference, probe)?.len();
-                        if patched + 16 * src.len() < best.1 {
-                            best = (OpType::Chain, patched, src.clone());
-                        }
-                    } else if op == OpType::Patch && !src.is_empty() {
-                        // A file group: its old versions are the reference, for zstd or
-                        // for bsdiff (which wins on executables).
-                        let reference = extents_bytes(source.unwrap_or_default(), &src);
-                        let patched = zstd_patch(&tbytes, &reference, probe)?.len();
-                        if patched + 48 * src.len() < best.1 {
-                            best = (OpType::Patch, patched, src.clone());
-                        }
-                        let mut stream = Vec::new();
-                        bsdiff::diff(&reference, &tbytes, &mut stream)
-                            .map_err(|e| Error::io("bsdiff", e))?;
-                        let diffed = zstd_plain(&stream, probe)?.len();
-                        if diffed + 48 * src.len() < best.1 {
-                            best = (OpType::Bsdiff, diffed, src.clone());
-                            bsdiff_stream = Some(stream);
-                        }
-                    } else if let Some(src_img) =
-                        source.filter(|s| !s.is_empty() && tspan <= 4 * NEW_CHUNK_BLOCKS)
-                    {
-                        let sblocks = (src_img.len() as u64).div_ceil(BLOCK_SIZE);
-                        // A small run (an inode table block, a bitmap) changed in place; a
-                        // large one may have moved further.
-                        let margin = (tblocks_op * 4).clamp(16, REF_MARGIN / BLOCK_SIZE);
-                        let mut centers = vec![i128::from(tstart)];
-                        if let Some(d) = pred {
-                            centers.insert(0, i128::from(tstart) - d);
-                        }
-                        centers.dedup();
-                        for c in centers {
-                            let lo = (c - i128::from(margin)).clamp(0, i128::from(sblocks)) as u64;
-                            let hi = (c + i128::from(tspan + margin)).clamp(0, i128::from(sblocks))
-                                as u64;
-                            let blocks = (hi - lo).min(MAX_OP_BYTES / BLOCK_SIZE);
-                            if blocks == 0 {
-                                continue;
-                            }
-                            let ext = vec![Extent { start: lo, blocks }];
-                            let patched =
-                                zstd_patch(&tbytes, &extents_bytes(src_img, &ext), probe)?.len();
-                            // A source extent and its hash cost 48 bytes of manifest.
-                            if patched + 48 < best.1 {
-                                best = (OpType::Patch, patched, ext);
-                            }
-                        }
-                    }
-                    let (op, _, source_ext) = best;
-                    let (data, source_sha256) = match op {
-                        OpType::Patch => {
-                            let reference = extents_bytes(source.unwrap_or_default(), &source_ext);
-                            (zstd_patch(&tbytes, &reference, level)?, sha256(&reference))
-                        }
-                        OpType::Chain => {
-                            let reference = extents_bytes(target, &source_ext);
-                            (zstd_patch(&tbytes, &reference, level)?, sha256(&reference))
-                        }
-                        OpType::Bsdiff => {
-                            let reference = extents_bytes(source.unwrap_or_default(), &source_ext);
-                            let stream = bsdiff_stream.take().unwrap_or_default();
-                            (zstd_plain(&stream, level)?, sha256(&reference))
-                        }
-                        _ => (zstd_plain(&tbytes, level)?, [0u8; 32]),
-                    };
-                    let best = (op, data, source_ext, source_sha256);
-                    let (op, data, source, source_sha256) = best;
-                    let o = Operation {
-                        op,
-                        target: t,
-                        source,
-                        data_offset: 0,
-                        data_length: data.len() as u64,
-                        data_sha256: sha256(&data),
-                        source_sha256,
-                    };
-                    Ok((o, data))
-                }
-            }
-        });
+/// The operations with their blobs placed one after another in the data section.
+fn lay_out(encoded: Vec<Result<(Operation, Vec<u8>)>>) -> Result<(Vec<Operation>, Vec<u8>)> {
     let mut operations = Vec::with_capacity(encoded.len());
     let mut data = Vec::new();
     for r in encoded {
@@ -684,26 +613,163 @@ pub fn generate<S: Signer + ?Sized>(
         data.extend_from_slice(&blob);
         operations.push(o);
     }
-    let manifest = Manifest {
-        source: match source {
-            Some(s) => Some(ImageId {
-                size: s.len() as u64,
-                digest: image_digest(s, s.len() as u64)
-                    .map_err(|e| Error::io("hashing the source", e))?,
-            }),
-            None => None,
-        },
-        target: ImageId {
-            size: target.len() as u64,
-            digest: image_digest(target, target.len() as u64)
-                .map_err(|e| Error::io("hashing the target", e))?,
-        },
-        verity: opts.verity.as_ref().map(|d| d.to_bytes().to_vec()),
-        compatible: opts.compatible.clone(),
-        version: opts.version.clone(),
-        operations,
-    };
-    assemble(&manifest, &data, signer)
+    Ok((operations, data))
+}
+
+/// The two images an operation is encoded from.
+#[derive(Clone, Copy)]
+struct Images<'a> {
+    source: Option<&'a [u8]>,
+    target: &'a [u8],
+}
+
+/// A reference for a delta: the operation to use and its estimated size, the reference
+/// extents, and the bsdiff stream if bsdiff won.
+struct Candidate {
+    op: OpType,
+    size: usize,
+    source: Vec<Extent>,
+    bsdiff: Option<Vec<u8>>,
+}
+
+impl Images<'_> {
+    fn source(&self) -> &[u8] {
+        self.source.unwrap_or_default()
+    }
+
+    /// One operation and its blob.
+    fn encode(&self, plan: Plan, pred: Option<i128>, level: i32) -> Result<(Operation, Vec<u8>)> {
+        let (op, t, src) = plan;
+        let (op, source, data, source_sha256) = match op {
+            OpType::Zero => (op, Vec::new(), Vec::new(), [0; 32]),
+            OpType::Copy => {
+                let hash = sha256(&extents_bytes(self.source(), &src));
+                (op, src, Vec::new(), hash)
+            }
+            _ => {
+                let tbytes = extents_bytes(self.target, &t);
+                let best = self.best_candidate(op, &t, &tbytes, src, pred, level)?;
+                let (data, hash) = self.compress(&best, &tbytes, level)?;
+                (best.op, best.source, data, hash)
+            }
+        };
+        let (data_length, data_sha256) = if data.is_empty() {
+            (0, [0; 32])
+        } else {
+            (data.len() as u64, sha256(&data))
+        };
+        Ok((
+            Operation {
+                op,
+                target: t,
+                source,
+                data_offset: 0,
+                data_length,
+                data_sha256,
+                source_sha256,
+            },
+            data,
+        ))
+    }
+
+    /// The smallest encoding of `tbytes`, compared at a fast level (only the winner is
+    /// compressed at the requested one): plain zstd; for a chain, zstd against the group
+    /// before it; for a file group, zstd or bsdiff against the old versions (bsdiff wins
+    /// on executables); otherwise zstd against the source around where the run was or
+    /// probably moved from.
+    fn best_candidate(
+        &self,
+        op: OpType,
+        t: &[Extent],
+        tbytes: &[u8],
+        src: Vec<Extent>,
+        pred: Option<i128>,
+        level: i32,
+    ) -> Result<Candidate> {
+        let probe = level.min(PROBE_LEVEL);
+        let mut best = Candidate {
+            op: OpType::Replace,
+            size: zstd_plain(tbytes, probe)?.len(),
+            source: Vec::new(),
+            bsdiff: None,
+        };
+        // Like the original rule: a candidate wins when its size plus its manifest cost
+        // (source extents and hashes) is below the best size so far.
+        let mut consider = |op, size, overhead: usize, source: &[Extent], bsdiff| {
+            if size + overhead < best.size {
+                best = Candidate {
+                    op,
+                    size,
+                    source: source.to_vec(),
+                    bsdiff,
+                };
+            }
+        };
+        if op == OpType::Chain {
+            let reference = extents_bytes(self.target, &src);
+            let patched = zstd_patch(tbytes, &reference, probe)?.len();
+            consider(OpType::Chain, patched, 16 * src.len(), &src, None);
+        } else if op == OpType::Patch && !src.is_empty() {
+            let reference = extents_bytes(self.source(), &src);
+            let patched = zstd_patch(tbytes, &reference, probe)?.len();
+            consider(OpType::Patch, patched, 48 * src.len(), &src, None);
+            let mut stream = Vec::new();
+            bsdiff::diff(&reference, tbytes, &mut stream).map_err(|e| Error::io("bsdiff", e))?;
+            let diffed = zstd_plain(&stream, probe)?.len();
+            consider(OpType::Bsdiff, diffed, 48 * src.len(), &src, Some(stream));
+        } else {
+            let tstart = t.first().map_or(0, |e| e.start);
+            let tspan = t.last().map_or(0, |e| e.start + e.blocks) - tstart;
+            let Some(src_img) = self
+                .source
+                .filter(|s| !s.is_empty() && tspan <= 4 * NEW_CHUNK_BLOCKS)
+            else {
+                return Ok(best);
+            };
+            let sblocks = (src_img.len() as u64).div_ceil(BLOCK_SIZE);
+            // A small run (an inode table block, a bitmap) changed in place; a large one
+            // may have moved further.
+            let margin = (extents_total(t) * 4).clamp(16, REF_MARGIN / BLOCK_SIZE);
+            let mut centers = vec![i128::from(tstart)];
+            if let Some(d) = pred {
+                centers.insert(0, i128::from(tstart) - d);
+            }
+            centers.dedup();
+            for c in centers {
+                let lo = (c - i128::from(margin)).clamp(0, i128::from(sblocks)) as u64;
+                let hi = (c + i128::from(tspan + margin)).clamp(0, i128::from(sblocks)) as u64;
+                let blocks = (hi - lo).min(MAX_OP_BYTES / BLOCK_SIZE);
+                if blocks == 0 {
+                    continue;
+                }
+                let ext = [Extent { start: lo, blocks }];
+                let patched = zstd_patch(tbytes, &extents_bytes(src_img, &ext), probe)?.len();
+                // A source extent and its hash cost 48 bytes of manifest.
+                consider(OpType::Patch, patched, 48, &ext, None);
+            }
+        }
+        Ok(best)
+    }
+
+    /// The winning candidate's blob at the requested level, and its reference's digest.
+    fn compress(&self, c: &Candidate, tbytes: &[u8], level: i32) -> Result<(Vec<u8>, [u8; 32])> {
+        Ok(match c.op {
+            OpType::Patch => {
+                let reference = extents_bytes(self.source(), &c.source);
+                (zstd_patch(tbytes, &reference, level)?, sha256(&reference))
+            }
+            OpType::Chain => {
+                let reference = extents_bytes(self.target, &c.source);
+                (zstd_patch(tbytes, &reference, level)?, sha256(&reference))
+            }
+            OpType::Bsdiff => {
+                let reference = extents_bytes(self.source(), &c.source);
+                let stream = c.bsdiff.as_deref().unwrap_or_default();
+                (zstd_plain(stream, level)?, sha256(&reference))
+            }
+            _ => (zstd_plain(tbytes, level)?, [0u8; 32]),
+        })
+    }
 }
 
 /// Put a payload together: header, manifest, signature over both (in the payload
