@@ -668,22 +668,7 @@ where
         None => (fresh, None),
     };
     let resumed_at = state.next_op as usize;
-    // Where the resume point's data starts follows from the signed manifest.
-    let skip: u64 = manifest.operations[..resumed_at]
-        .iter()
-        .map(|o| o.data_length)
-        .sum();
-    if skip > 0 {
-        let skipped = io::copy(&mut (&mut payload).take(skip), &mut io::sink())
-            .map_err(|e| Error::io("skipping applied data", e))?;
-        if skipped < skip {
-            return Err(Error::Truncated {
-                section: Section::ResumePoint,
-                got: skipped,
-                expected: skip,
-            });
-        }
-    }
+    skip_applied_data(&mut payload, &manifest, resumed_at)?;
     let total: u64 = manifest
         .operations
         .iter()
@@ -709,22 +694,8 @@ where
             }
             return Err(Error::Cancelled);
         }
-        let blob = read_vec(&mut payload, op.data_length, Section::Data)?;
-        if op.data_length > 0 && sha256(&blob) != op.data_sha256 {
-            return Err(Error::BlobMismatch { op: i });
-        }
-        read_reference(i, op, &manifest, source, &*target, &mut reference)?;
+        let out = build_op(&mut payload, i, &manifest, source, &*target, &mut reference)?;
         let len = (op.target_blocks() * BLOCK_SIZE) as usize;
-        let out = match op.op {
-            OpType::Zero => None,
-            OpType::Copy => Some(std::mem::take(&mut reference)),
-            OpType::Replace | OpType::Patch | OpType::Chain | OpType::Bsdiff => Some(
-                decode(op.op, &blob, &reference, len).map_err(|e| Error::Decode {
-                    op: i,
-                    reason: e.to_string(),
-                })?,
-            ),
-        };
         write_op(i, op, out.as_deref(), target, target_size)?;
         if opts.state.is_some() {
             state.written = chain_digest(&state.written, i, op, out.as_deref(), target_size);
@@ -763,6 +734,65 @@ where
         manifest,
         resumed_at,
         discarded,
+    })
+}
+
+/// Read past the data of the operations a resumed run does not repeat. Where the resume
+/// point's data starts follows from the signed manifest, not from the record.
+fn skip_applied_data<R: Read>(
+    payload: &mut R,
+    manifest: &Manifest,
+    resumed_at: usize,
+) -> Result<()> {
+    let skip: u64 = manifest.operations[..resumed_at]
+        .iter()
+        .map(|o| o.data_length)
+        .sum();
+    if skip > 0 {
+        let skipped = io::copy(&mut payload.take(skip), &mut io::sink())
+            .map_err(|e| Error::io("skipping applied data", e))?;
+        if skipped < skip {
+            return Err(Error::Truncated {
+                section: Section::ResumePoint,
+                got: skipped,
+                expected: skip,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What operation `i` writes (`None` for zeros): its blob read from the stream and
+/// checked against the signed hash, its reference read and checked, then decoded.
+fn build_op<R, S, T>(
+    payload: &mut R,
+    i: usize,
+    manifest: &Manifest,
+    source: Option<&S>,
+    target: &T,
+    reference: &mut Vec<u8>,
+) -> Result<Option<Vec<u8>>>
+where
+    R: Read,
+    S: ReadAt + ?Sized,
+    T: ReadAt + ?Sized,
+{
+    let op = &manifest.operations[i];
+    let blob = read_vec(payload, op.data_length, Section::Data)?;
+    if op.data_length > 0 && sha256(&blob) != op.data_sha256 {
+        return Err(Error::BlobMismatch { op: i });
+    }
+    read_reference(i, op, manifest, source, target, reference)?;
+    let len = (op.target_blocks() * BLOCK_SIZE) as usize;
+    Ok(match op.op {
+        OpType::Zero => None,
+        OpType::Copy => Some(std::mem::take(reference)),
+        OpType::Replace | OpType::Patch | OpType::Chain | OpType::Bsdiff => Some(
+            decode(op.op, &blob, reference, len).map_err(|e| Error::Decode {
+                op: i,
+                reason: e.to_string(),
+            })?,
+        ),
     })
 }
 
