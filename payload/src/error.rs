@@ -86,7 +86,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A header or manifest field is not allowed.
-    #[error("payload: field {field} at byte {offset}: {reason}")]
+    #[error("field {field} at byte {offset} of the payload: {reason}")]
     BadField {
         /// The field.
         field: &'static str,
