@@ -302,7 +302,9 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("payload: {e}");
+            // The library's messages already say "payload ..." where it helps; a
+            // "payload:" program prefix would repeat it.
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
