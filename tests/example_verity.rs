@@ -33,13 +33,21 @@ fn data(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// veritysetup, the example, and a temporary directory holding `len` bytes of test data
+/// in the file `name`; `None` (a visible skip) without veritysetup.
+fn with_data(name: &str, len: usize) -> Option<(PathBuf, PathBuf, tempfile::TempDir, PathBuf)> {
+    let vs = veritysetup()?;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join(name);
+    fs::write(&d, data(len)).unwrap();
+    Some((vs, example(), dir, d))
+}
+
 #[test]
 fn format_verify_dump_like_veritysetup() {
-    let Some(vs) = veritysetup() else { return };
-    let ex = example();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().join("data");
-    fs::write(&d, data(4096 * 300 + 77)).unwrap();
+    let Some((vs, ex, dir, d)) = with_data("data", 4096 * 300 + 77) else {
+        return;
+    };
     let (ds, h) = (d.to_str().unwrap(), dir.path().join("hash"));
     let hs = h.to_str().unwrap();
     let opts = [
@@ -112,11 +120,9 @@ fn format_verify_dump_like_veritysetup() {
 
 #[test]
 fn no_superblock_offset_and_empty_salt() {
-    let Some(vs) = veritysetup() else { return };
-    let ex = example();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().join("dev");
-    fs::write(&d, data(4096 * 64)).unwrap();
+    let Some((vs, ex, _dir, d)) = with_data("dev", 4096 * 64) else {
+        return;
+    };
     let ds = d.to_str().unwrap();
     // The tree on the data device itself, after 60 blocks of data.
     let inline = [

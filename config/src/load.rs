@@ -219,45 +219,36 @@ pub fn load_sources(sources: &[(String, String)]) -> Loaded {
     let mut findings = Vec::new();
     let mut tables = Vec::new();
     for (name, text) in sources {
-        match toml_edit::Document::parse(text.clone()) {
+        // A syntax error, located where the parser stopped.
+        let syntax = |span: Option<std::ops::Range<usize>>, message: &str| {
+            let (line, column) = span.map_or((1, 1), |s| line_col(text, s.start));
+            Finding {
+                severity: Severity::Error,
+                file: name.clone(),
+                line,
+                column,
+                path: String::new(),
+                message: message.trim().to_string(),
+            }
+        };
+        let doc = match toml_edit::Document::parse(text.clone()) {
             Ok(doc) => {
                 match toml::from_str::<Table>(text) {
                     Ok(t) => tables.push(t),
-                    Err(e) => {
-                        let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
-                        findings.push(Finding {
-                            severity: Severity::Error,
-                            file: name.clone(),
-                            line,
-                            column,
-                            path: String::new(),
-                            message: e.message().to_string(),
-                        });
-                    }
+                    Err(e) => findings.push(syntax(e.span(), e.message())),
                 }
-                srcs.push(Source {
-                    name: name.clone(),
-                    text: text.clone(),
-                    doc: Some(doc),
-                });
+                Some(doc)
             }
             Err(e) => {
-                let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
-                findings.push(Finding {
-                    severity: Severity::Error,
-                    file: name.clone(),
-                    line,
-                    column,
-                    path: String::new(),
-                    message: e.message().trim().to_string(),
-                });
-                srcs.push(Source {
-                    name: name.clone(),
-                    text: text.clone(),
-                    doc: None,
-                });
+                findings.push(syntax(e.span(), e.message()));
+                None
             }
-        }
+        };
+        srcs.push(Source {
+            name: name.clone(),
+            text: text.clone(),
+            doc,
+        });
     }
     if !findings.is_empty() {
         return Loaded {

@@ -321,18 +321,13 @@ impl VerifyRoot for Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{HashAlgorithm, HashType};
 
     fn descriptor() -> RootDescriptor {
-        let p = VerityParams::new(
-            HashType::Normal,
-            HashAlgorithm::Sha256,
-            4096,
-            4096,
-            10,
-            vec![1, 2, 3],
-        )
-        .unwrap();
+        let p = VerityParams::builder()
+            .data_blocks(10)
+            .salt(vec![1, 2, 3])
+            .build()
+            .unwrap();
         RootDescriptor::new(p, &[9u8; 32]).unwrap()
     }
 
