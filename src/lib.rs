@@ -54,4 +54,5 @@ pub use keel_io as io;
 pub use keel_partition as partition;
 pub use keel_payload as payload;
 pub use keel_trust as trust;
+pub use keel_update as update;
 pub use keel_verity as verity;

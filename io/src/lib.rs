@@ -4,7 +4,8 @@
 //! - [`ReadAt`] / [`WriteAt`]: positioned I/O over files, block devices and memory,
 //!   shareable between threads for reading; [`WriteAt::write_zeros`] lets the kernel zero
 //!   ranges; [`ReadAt::logical_sector_size`] reports a block device's sector size.
-//! - [`Region`]: a window of a device (a slot partition of a disk), itself a device.
+//! - [`Region`]: a window of a device (a slot partition of a disk), itself a device;
+//!   [`Shared`] lets several regions and a partition table write one device.
 //! - [`open_device`], [`require_size`], [`same_file`], [`replace_file`]: opening only
 //!   regular files and block devices, size checks, "is this the running slot", and
 //!   crash-safe replacement of small files.
@@ -33,6 +34,7 @@ mod device;
 mod file;
 mod progress;
 mod region;
+mod shared;
 pub mod sys;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -44,4 +46,5 @@ pub use device::{ReadAt, WriteAt};
 pub use file::{open_device, replace_file, require_size, same_file, DeviceKind};
 pub use progress::{Cancel, Cancelled, Progress};
 pub use region::Region;
+pub use shared::Shared;
 pub use threads::Threads;

@@ -12,44 +12,8 @@ use keel_bootflags::{PriorityPolicy, Slot};
 use keel_partition::{
     create_layout, open_disk, reread_partitions, AbDisk, Error, GptDisk, Layout, SlotSelector,
 };
-use tools::{run, run_ok, tool};
-
-struct Loop {
-    losetup: PathBuf,
-    dev: String,
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = run(&self.losetup, &["-d", &self.dev]);
-    }
-}
-
-fn attach(img: &Path, sector_size: u32) -> Option<Loop> {
-    let running_as_root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
-    if !running_as_root {
-        eprintln!("SKIPPED: loop-device test needs root");
-        return None;
-    }
-    let losetup = tool("losetup", "mount")?;
-    let ss = sector_size.to_string();
-    let dev = run_ok(
-        &losetup,
-        &[
-            "-f",
-            "--show",
-            "-P",
-            "--sector-size",
-            &ss,
-            img.to_str().unwrap(),
-        ],
-    )
-    .trim()
-    .to_string();
-    Some(Loop { losetup, dev })
-}
+use tools::loopdev::attach;
+use tools::{run_ok, tool};
 
 fn make_image(dir: &Path, sector_size: u64) -> PathBuf {
     let img = dir.join(format!("disk{sector_size}.img"));

@@ -1,0 +1,722 @@
+//! The agent: install into the other slot, arm it, commit it after a healthy boot.
+
+use std::io::{Cursor, Read};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use keel_bootflags::{BootControl, Slot, SlotState};
+use keel_io::{Progress, ReadAt, Region, WriteAt};
+use keel_partition::gpt::Partition;
+use keel_partition::{AbDisk, GptDisk, SlotSelector};
+use keel_payload::{ApplyOptions, Manifest, VersionCheck};
+use keel_verity::{BuildOptions, FecGeometry, FormatOptions, RootDescriptor, TableOptions};
+use serde::Serialize;
+
+use crate::booted::{clues, Clue};
+use crate::error::{Error, Result};
+use crate::record::{self, SlotRecord};
+use crate::system::{BootBackend, SlotDevice, System};
+
+/// An update agent for one system on one disk. `disk` is the disk whose GPT holds the
+/// slots: `&File` of an image or a block device, or `&Shared<_>` of anything else.
+#[derive(Debug)]
+pub struct Agent<'d, D> {
+    system: System,
+    disk: &'d D,
+    root: PathBuf,
+    state_dir: PathBuf,
+    booted: Option<Slot>,
+}
+
+/// What [`Agent::install`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Installed {
+    /// The slot written and armed.
+    pub slot: Slot,
+    /// The version now in it.
+    pub version: String,
+    /// The payload operation the apply resumed at (0: from the start).
+    pub resumed_at: usize,
+    /// The slot's verified dm-verity root hash, if it has a tree.
+    pub root_hash: Option<Vec<u8>>,
+}
+
+/// A check that the booted system is healthy, run by [`Agent::commit`].
+pub enum HealthCheck {
+    /// A command that must exit 0 within the time limit (killed after it).
+    Command {
+        /// Shown in reports.
+        name: String,
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// Time limit.
+        timeout: Duration,
+    },
+    /// A function that returns `Err(reason)` when unhealthy.
+    Func {
+        /// Shown in reports.
+        name: String,
+        /// The check.
+        check: Box<dyn Fn() -> std::result::Result<(), String>>,
+    },
+}
+
+impl std::fmt::Debug for HealthCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HealthCheck::Command {
+                name,
+                argv,
+                timeout,
+            } => f
+                .debug_struct("Command")
+                .field("name", name)
+                .field("argv", argv)
+                .field("timeout", timeout)
+                .finish(),
+            HealthCheck::Func { name, .. } => f
+                .debug_struct("Func")
+                .field("name", name)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl HealthCheck {
+    fn name(&self) -> &str {
+        match self {
+            HealthCheck::Command { name, .. } | HealthCheck::Func { name, .. } => name,
+        }
+    }
+
+    fn run(&self) -> std::result::Result<(), String> {
+        match self {
+            HealthCheck::Func { check, .. } => check(),
+            HealthCheck::Command { argv, timeout, .. } => {
+                let (prog, args) = argv.split_first().ok_or("no command")?;
+                let mut child = Command::new(prog)
+                    .args(args)
+                    .spawn()
+                    .map_err(|e| format!("{prog}: {e}"))?;
+                let deadline = Instant::now() + *timeout;
+                loop {
+                    match child.try_wait().map_err(|e| e.to_string())? {
+                        Some(s) if s.success() => return Ok(()),
+                        Some(s) => return Err(format!("{prog} exited with {s}")),
+                        None if Instant::now() >= deadline => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            return Err(format!("{prog} ran past its {timeout:?} limit"));
+                        }
+                        None => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What [`Agent::commit`] decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Commit {
+    /// The booted slot passed its checks and is now marked good.
+    Committed(Slot),
+    /// The booted slot was already good: nothing to do.
+    AlreadyGood(Slot),
+    /// A check failed: the booted slot is marked bad; reboot to fall back.
+    RebootNeeded {
+        /// The slot marked bad.
+        slot: Slot,
+        /// The check that failed.
+        check: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One slot in [`Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct SlotStatus {
+    /// The slot's name in the description.
+    pub name: String,
+    /// A or B.
+    pub slot: String,
+    /// Whether the running system booted from it.
+    pub booted: bool,
+    /// Whether the boot loader will choose it next.
+    pub next_boot: bool,
+    /// Boot priority.
+    pub priority: u8,
+    /// Tries left.
+    pub tries: u8,
+    /// Marked good.
+    pub successful: bool,
+    /// The version installed, if known.
+    pub version: Option<String>,
+    /// The dm-verity root hash, if known.
+    pub root_hash: Option<String>,
+}
+
+/// Both slots and the last install error, for `status --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Status {
+    /// The boot loader's rules.
+    pub rules: String,
+    /// The slots.
+    pub slots: Vec<SlotStatus>,
+    /// The last install's error, if it failed.
+    pub last_error: Option<String>,
+}
+
+impl<'d, D> Agent<'d, D>
+where
+    D: ReadAt,
+    &'d D: WriteAt,
+{
+    /// An agent for `system` on `disk`, reading /proc and /sys under `/` and keeping its
+    /// records in `/var/lib/keel`.
+    pub fn new(system: System, disk: &'d D) -> Self {
+        Agent {
+            system,
+            disk,
+            root: PathBuf::from("/"),
+            state_dir: PathBuf::from("/var/lib/keel"),
+            booted: None,
+        }
+    }
+
+    /// Read /proc, /sys and /etc under `root` (a test's fake tree, an image being built).
+    pub fn root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.root = root.into();
+        self
+    }
+
+    /// Keep the slot records and resume state here.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = dir.into();
+        self
+    }
+
+    /// Take `slot` as the booted slot instead of detecting it (an installer running from
+    /// other media, a test).
+    pub fn booted(mut self, slot: Slot) -> Self {
+        self.booted = Some(slot);
+        self
+    }
+
+    /// The system.
+    pub fn system(&self) -> &System {
+        &self.system
+    }
+
+    fn gpt(&self) -> Result<GptDisk<&'d D>> {
+        Ok(GptDisk::open(self.disk, None)?)
+    }
+
+    /// The partitions of the pair, in the order of [`System::slots`], each checked
+    /// against its expected type.
+    pub fn partitions(&self) -> Result<[Partition; 2]> {
+        let parts = self.gpt()?.partitions();
+        let find = |i: usize| -> Result<Partition> {
+            let spec = &self.system.slots[i];
+            let hit = parts.iter().find(|p| match &spec.device {
+                SlotDevice::PartLabel(l) => &p.name == l,
+                SlotDevice::PartUuid(g) => p.guid == *g,
+                SlotDevice::Path(dev) => self.partition_number(dev) == Some(p.number),
+            });
+            let p = hit.cloned().ok_or_else(|| Error::Device {
+                slot: spec.name.clone(),
+                reason: format!("{:?} is not a partition of the boot disk", spec.device),
+            })?;
+            if let Some(t) = spec.partition_type {
+                if p.type_guid != t {
+                    return Err(Error::Device {
+                        slot: spec.name.clone(),
+                        reason: format!(
+                            "partition {} has type {}, expected {t}",
+                            p.number, p.type_guid
+                        ),
+                    });
+                }
+            }
+            Ok(p)
+        };
+        Ok([find(0)?, find(1)?])
+    }
+
+    fn partition_number(&self, dev: &Path) -> Option<u32> {
+        let name = dev.file_name()?;
+        let p = self
+            .root
+            .join("sys/class/block")
+            .join(name)
+            .join("partition");
+        std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    }
+
+    fn partition_of(&self, slot: Slot) -> Result<Partition> {
+        let parts = self.partitions()?;
+        let i = usize::from(self.system.slots[1].slot == slot);
+        Ok(parts[i].clone())
+    }
+
+    /// The slot's partition as a device of its own.
+    fn region(&self, slot: Slot) -> Result<Region<&'d D>> {
+        let p = self.partition_of(slot)?;
+        let ss = self.gpt()?.sector_size();
+        Region::new(self.disk, p.first_lba * ss, p.sectors() * ss)
+            .map_err(|e| Error::io("the slot's region", e))
+    }
+
+    /// The boot-state backend of the description, opened.
+    pub fn boot_control(&self) -> Result<Box<dyn BootControl + 'd>> {
+        let root = |p: &Path| self.root.join(p.strip_prefix("/").unwrap_or(p));
+        use keel_bootflags::store::{Backend, FileStore};
+        Ok(match &self.system.backend {
+            BootBackend::Gpt(policy) => {
+                let [a, b] = self.partitions()?;
+                let (a, b) = if self.system.slots[0].slot == Slot::A {
+                    (a, b)
+                } else {
+                    (b, a)
+                };
+                let sel = SlotSelector::Numbers(a.number, b.number);
+                Box::new(AbDisk::new(self.gpt()?, &sel, *policy)?)
+            }
+            BootBackend::GrubEnv(p) => Box::new(FileStore::open(Backend::GrubEnv, &root(p), 2)?),
+            BootBackend::Uboot {
+                path,
+                size,
+                redundant,
+            } => Box::new(FileStore::open(
+                Backend::Uboot {
+                    size: *size,
+                    redundant: *redundant,
+                },
+                &root(path),
+                2,
+            )?),
+            BootBackend::AndroidMisc(p) => {
+                Box::new(FileStore::open(Backend::AndroidMisc, &root(p), 2)?)
+            }
+            BootBackend::SystemdBoot(entries) => {
+                // The ESP is two levels above loader/entries; entry ids are the slot names.
+                let entries = root(entries);
+                let esp = entries.parent().and_then(Path::parent).ok_or_else(|| {
+                    Error::config("boot.entries-dir", "expected ESP/loader/entries")
+                })?;
+                let ids: Vec<&str> = self.system.slots.iter().map(|s| s.name.as_str()).collect();
+                Box::new(keel_bootflags::blsdir::BlsDir::open(esp, &ids)?)
+            }
+        })
+    }
+
+    /// The slot the running system booted from: as set with [`Agent::booted`], else
+    /// from the kernel command line and /sys under the root directory.
+    pub fn booted_slot(&self) -> Result<Slot> {
+        if let Some(s) = self.booted {
+            return Ok(s);
+        }
+        let found = clues(&self.root)?;
+        if found.is_empty() {
+            return Err(Error::BootedSlot(
+                "the kernel command line names no root, usr or verity root hash".into(),
+            ));
+        }
+        let parts = self.partitions()?;
+        let mut hits = Vec::new();
+        for (i, spec) in self.system.slots.iter().enumerate() {
+            let p = &parts[i];
+            let rec = record::read(&self.state_dir, spec.slot)?;
+            let hash = rec
+                .and_then(|r| r.root_hash)
+                .and_then(|h| hex::decode(h).ok());
+            let matches = found.iter().any(|c| match c {
+                Clue::PartUuid(g) => p.guid == *g,
+                Clue::PartLabel(l) => &p.name == l,
+                Clue::Partition(n) => p.number == *n,
+                Clue::RootHash(h) => hash.as_deref() == Some(h.as_slice()),
+            });
+            if matches {
+                hits.push(spec.slot);
+            }
+        }
+        match hits[..] {
+            [s] => Ok(s),
+            [] => Err(Error::BootedSlot(format!(
+                "the kernel command line points at neither slot ({found:?})"
+            ))),
+            _ => Err(Error::BootedSlot(format!(
+                "the kernel command line points at both slots ({found:?})"
+            ))),
+        }
+    }
+
+    /// The version in `slot`: its record, or for the booted slot the running system's
+    /// `VERSION_ID` (a slot written by the image builder has no record).
+    fn installed_version(&self, slot: Slot, booted: bool) -> Result<Option<String>> {
+        if let Some(r) = record::read(&self.state_dir, slot)? {
+            return Ok(Some(r.version));
+        }
+        if !booted {
+            return Ok(None);
+        }
+        let os = record::read_small(&self.root.join("etc/os-release"))?;
+        Ok(os.and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VERSION_ID="))
+                .map(|v| v.trim_matches('"').to_string())
+        }))
+    }
+
+    /// Install a payload into the slot that is not running and arm it. In order: the
+    /// signature, compatible string, version (against the booted slot's and the
+    /// minimum) and dm-verity requirement are checked before anything is written; the
+    /// target slot is marked unbootable; the payload is applied (a delta from the booted
+    /// slot, or full), resumably; the dm-verity tree (and parity) is written after the
+    /// data and the slot verified against the signed root; the slot's record is stored;
+    /// the slot is armed with the configured tries.
+    ///
+    /// Interrupted at any point (a crash, a power cut, [`Progress::cancelled`]), the same
+    /// call with the same payload converges to the same armed slot.
+    pub fn install<R: Read>(
+        &self,
+        payload: R,
+        progress: Option<&dyn Progress>,
+    ) -> Result<Installed> {
+        let r = self.install_inner(payload, progress);
+        let last = record::error_path(&self.state_dir);
+        match &r {
+            Ok(_) => record::remove(&last)?,
+            Err(e) => {
+                let _ = record::replace(&last, e.to_string().as_bytes());
+            }
+        }
+        r
+    }
+
+    fn install_inner<R: Read>(
+        &self,
+        mut payload: R,
+        progress: Option<&dyn Progress>,
+    ) -> Result<Installed> {
+        let booted = match self.booted_slot() {
+            Ok(s) => Some(s),
+            Err(e) if self.system.protect_booted_slot => {
+                return Err(Error::Refused(format!(
+                    "{e}; protect-booted-slot forbids writing a slot that may be the running one"
+                )))
+            }
+            Err(_) => None,
+        };
+        let mut boot = self.boot_control()?;
+        let target = match booted {
+            Some(b) => self.system.other(b),
+            // Unprotected and unknown: the slot the boot loader would not choose.
+            None => match boot.next_boot()? {
+                Some(n) => self.system.other(n),
+                None => self.system.slots[1].slot,
+            },
+        };
+        // The signed header and manifest, kept to replay into the applier.
+        let mut head = Tee {
+            inner: &mut payload,
+            seen: Vec::new(),
+        };
+        let (_, manifest, _) = keel_payload::read_manifest(&mut head, &self.system.keyring)?;
+        let head = head.seen;
+        let installed = match booted {
+            Some(b) => self.installed_version(b, true)?,
+            None => None,
+        };
+        self.check_release(&manifest, installed.as_deref())?;
+        let descriptor = self.check_verity(&manifest)?;
+        if manifest.source.is_some() && booted.is_none() {
+            return Err(Error::Refused(
+                "a delta payload needs the booted slot as its source".into(),
+            ));
+        }
+
+        // From here on the target is written: first make sure it is never booted half done.
+        boot.mark_bad(target)?;
+        record::remove(&record::path(&self.state_dir, target))?;
+        let resume = record::resume_path(&self.state_dir, target);
+        std::fs::create_dir_all(&self.state_dir)
+            .map_err(|e| Error::io(format!("creating {}", self.state_dir.display()), e))?;
+        let version = match &installed {
+            Some(v) => VersionCheck::Installed(v),
+            None => VersionCheck::Unchecked,
+        };
+        let mut opts = ApplyOptions::new(&self.system.keyring, version)
+            .compatible(self.system.compatible.as_str())
+            .allow_downgrade(self.system.allow_downgrade)
+            .allow_reinstall(true)
+            .max_resumes(self.system.max_resumes)
+            .state(&resume);
+        if let Some(p) = progress {
+            opts = opts.progress(p);
+        }
+        let mut region = self.region(target)?;
+        let applied = match booted.filter(|_| manifest.source.is_some()) {
+            Some(b) => {
+                let source = self.region(b)?;
+                keel_payload::apply(
+                    Cursor::new(head).chain(payload),
+                    Some(&source),
+                    &mut region,
+                    &opts,
+                )?
+            }
+            None => keel_payload::apply::<_, Region<&D>, _>(
+                Cursor::new(head).chain(payload),
+                None,
+                &mut region,
+                &opts,
+            )?,
+        };
+        let (root_hash, kernel_argument) = match &descriptor {
+            Some(d) => {
+                let arg = self.write_tree(target, d, &mut region, progress)?;
+                (Some(d.root_hash().to_vec()), Some(arg))
+            }
+            None => (None, None),
+        };
+        record::write(
+            &self.state_dir,
+            target,
+            &SlotRecord {
+                version: manifest.version.clone(),
+                root_hash: root_hash.as_deref().map(hex::encode),
+                kernel_argument,
+            },
+        )?;
+        boot.set_active(target, Some(self.system.tries))?;
+        Ok(Installed {
+            slot: target,
+            version: manifest.version,
+            resumed_at: applied.resumed_at,
+            root_hash,
+        })
+    }
+
+    fn check_release(&self, m: &Manifest, installed: Option<&str>) -> Result<()> {
+        if m.compatible != self.system.compatible {
+            return Err(Error::Refused(format!(
+                "the payload is for {:?}, this system is {:?}",
+                m.compatible, self.system.compatible
+            )));
+        }
+        if let Some(min) = &self.system.minimum_version {
+            let below = keel_payload::format::version_cmp(&m.version, min)
+                .map_err(|e| Error::Refused(format!("version {:?}: {e}", m.version)))?
+                .is_lt();
+            if below {
+                return Err(Error::Refused(format!(
+                    "version {} is below the minimum version {min}",
+                    m.version
+                )));
+            }
+        }
+        if installed.is_none() && !self.system.allow_downgrade {
+            return Err(Error::Refused(
+                "the booted slot's version is unknown (no slot record, no VERSION_ID in \
+                 /etc/os-release), so a downgrade could not be told; allow-downgrade to install anyway"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The payload's signed root, which the description's dm-verity settings require and
+    /// must agree with.
+    fn check_verity(&self, m: &Manifest) -> Result<Option<RootDescriptor>> {
+        let Some(v) = &self.system.verity else {
+            return Ok(None);
+        };
+        let bytes = m.verity.as_deref().ok_or_else(|| {
+            Error::Refused(
+                "the system requires dm-verity; the payload carries no signed root".into(),
+            )
+        })?;
+        let d = RootDescriptor::parse(bytes)?;
+        let p = d.params();
+        let agree = p.algorithm() == v.algorithm
+            && p.data_block_size() == v.data_block_size
+            && p.hash_block_size() == v.hash_block_size
+            && p.hash_type() == v.hash_type
+            && v.salt.as_deref().is_none_or(|s| s == p.salt());
+        if !agree {
+            return Err(Error::Refused(format!(
+                "the payload's verity parameters ({} {}/{} format {}) are not the system's",
+                p.algorithm(),
+                p.data_block_size(),
+                p.hash_block_size(),
+                p.hash_type().as_u32()
+            )));
+        }
+        if !v.after_data {
+            return Err(Error::Refused(
+                "hash-tree = \"separate\" is not written by this version of keel-update".into(),
+            ));
+        }
+        if p.data_size() != m.target.size {
+            return Err(Error::Refused(format!(
+                "the signed root covers {} bytes, the image is {}",
+                p.data_size(),
+                m.target.size
+            )));
+        }
+        Ok(Some(d))
+    }
+
+    /// Write the tree (and parity) after the data in the slot, check it gives the signed
+    /// root, and return the kernel argument that maps the slot.
+    fn write_tree(
+        &self,
+        target: Slot,
+        d: &RootDescriptor,
+        region: &mut Region<&'d D>,
+        progress: Option<&dyn Progress>,
+    ) -> Result<String> {
+        let params = d.params();
+        let mut build = BuildOptions::default();
+        if let Some(p) = progress {
+            build = build.progress(p);
+        }
+        let data = Region::new(self.disk, region.start(), params.data_size())
+            .map_err(|e| Error::io("the slot's data", e))?;
+        let opts = FormatOptions::default()
+            .hash_offset(params.data_size())
+            .build(build);
+        let formatted = keel_verity::format(params, &data, region, &opts)?;
+        if formatted.root_hash != d.root_hash() {
+            return Err(Error::Verity(keel_verity::Error::RootHashMismatch {
+                expected: hex::encode(d.root_hash()),
+                found: hex::encode(&formatted.root_hash),
+            }));
+        }
+        let mut table_opts = TableOptions::default();
+        if let Some(roots) = self.system.verity.as_ref().and_then(|v| v.fec_roots) {
+            let end = formatted.geometry.tree_offset() + formatted.geometry.tree_size();
+            let g = FecGeometry::on_hash_device(params, &formatted.geometry, roots, end)?;
+            let mut fec = Region::new(self.disk, region.start(), region.len())
+                .map_err(|e| Error::io("the slot's parity", e))?;
+            keel_verity::fec_encode(&g, &data, &*region, &mut fec, &build)?;
+            table_opts = table_opts.fec(keel_verity::FecTable {
+                device: self.kernel_device(target)?,
+                geometry: g,
+            });
+        }
+        // Read back: what the kernel will map must verify against the signed root.
+        keel_verity::verify(
+            params,
+            &formatted.geometry,
+            &data,
+            &*region,
+            d.root_hash(),
+            &build,
+        )?;
+        let dev = self.kernel_device(target)?;
+        let table = keel_verity::dm_table(
+            params,
+            &formatted.geometry,
+            d.root_hash(),
+            &dev,
+            &dev,
+            &table_opts,
+        )?;
+        let name = format!("keel-{}", target.letter().to_ascii_lowercase());
+        Ok(keel_verity::dm_mod_create(&name, &table)?)
+    }
+
+    /// How the kernel names the slot's partition.
+    fn kernel_device(&self, slot: Slot) -> Result<String> {
+        Ok(format!("PARTUUID={}", self.partition_of(slot)?.guid))
+    }
+
+    /// Commit the booted slot after a boot: if it is not yet marked good, run `checks`;
+    /// all pass: mark it good; one fails: mark it bad (the boot loader falls back on the
+    /// next boot) and say a reboot is needed.
+    pub fn commit(&self, checks: &[HealthCheck]) -> Result<Commit> {
+        let booted = self.booted_slot()?;
+        let mut boot = self.boot_control()?;
+        let states = boot.status()?;
+        let state = states.get(booted.index()).copied().unwrap_or(SlotState {
+            priority: 0,
+            tries: 0,
+            successful: false,
+        });
+        if state.successful {
+            return Ok(Commit::AlreadyGood(booted));
+        }
+        for c in checks {
+            if let Err(reason) = c.run() {
+                boot.mark_bad(booted)?;
+                return Ok(Commit::RebootNeeded {
+                    slot: booted,
+                    check: c.name().to_string(),
+                    reason,
+                });
+            }
+        }
+        boot.mark_good(booted)?;
+        Ok(Commit::Committed(booted))
+    }
+
+    /// Both slots: boot state, version, root hash, which one is booted and which boots
+    /// next; and the last install error.
+    pub fn status(&self) -> Result<Status> {
+        let boot = self.boot_control()?;
+        let states = boot.status()?;
+        let next = boot.next_boot()?;
+        let booted = self.booted_slot().ok();
+        let mut slots = Vec::new();
+        for spec in &self.system.slots {
+            let st = states.get(spec.slot.index()).copied().unwrap_or(SlotState {
+                priority: 0,
+                tries: 0,
+                successful: false,
+            });
+            let rec = record::read(&self.state_dir, spec.slot)?;
+            let version = match &rec {
+                Some(r) => Some(r.version.clone()),
+                None => self.installed_version(spec.slot, booted == Some(spec.slot))?,
+            };
+            slots.push(SlotStatus {
+                name: spec.name.clone(),
+                slot: spec.slot.to_string(),
+                booted: booted == Some(spec.slot),
+                next_boot: next == Some(spec.slot),
+                priority: st.priority,
+                tries: st.tries,
+                successful: st.successful,
+                version,
+                root_hash: rec.and_then(|r| r.root_hash),
+            });
+        }
+        Ok(Status {
+            rules: boot.rules().to_string(),
+            slots,
+            last_error: record::read_small(&record::error_path(&self.state_dir))?,
+        })
+    }
+}
+
+/// A reader that keeps what it read.
+struct Tee<'a, R> {
+    inner: &'a mut R,
+    seen: Vec<u8>,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.seen.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}

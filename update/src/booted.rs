@@ -1,0 +1,179 @@
+//! Which slot the running system booted from, told by what the kernel was given (the
+//! command line) and what /sys says about the devices, read under a root directory so
+//! tests can point it at a fake /proc and /sys.
+
+use std::path::{Path, PathBuf};
+
+use keel_partition::Guid;
+
+use crate::error::{Error, Result};
+
+/// One thing the kernel command line says about the booted root (or `/usr`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Clue {
+    /// The partition with this unique GUID.
+    PartUuid(Guid),
+    /// The partition with this label.
+    PartLabel(String),
+    /// Partition number `n` of the disk (from /sys).
+    Partition(u32),
+    /// A dm-verity root hash (`roothash=`, `usrhash=`, `verity.usrhash=`, a table's root).
+    RootHash(Vec<u8>),
+}
+
+/// Every clue in `root`/proc/cmdline, in order.
+pub fn clues(root: &Path) -> Result<Vec<Clue>> {
+    let path = root.join("proc/cmdline");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let mut out = Vec::new();
+    for arg in split_cmdline(&text) {
+        let Some((key, value)) = arg.split_once('=') else {
+            continue;
+        };
+        match key {
+            "root"
+            | "usr"
+            | "mount.usr"
+            | "systemd.verity_root_data"
+            | "systemd.verity_usr_data" => {
+                out.extend(device_clue(root, value));
+            }
+            "roothash" | "usrhash" | "verity.usrhash" | "systemd.verity_root_hash" => {
+                if let Ok(h) = hex::decode(value) {
+                    out.push(Clue::RootHash(h));
+                }
+            }
+            "dm-mod.create" => out.extend(dm_mod_create_clues(root, value)),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Split as the kernel does: on spaces, except inside double quotes (which are dropped).
+fn split_cmdline(text: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in text.trim().chars() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !cur.is_empty() {
+                    args.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        args.push(cur);
+    }
+    args
+}
+
+/// What a device named on the command line is.
+fn device_clue(root: &Path, dev: &str) -> Vec<Clue> {
+    if let Some(u) = dev
+        .strip_prefix("PARTUUID=")
+        .or_else(|| dev.strip_prefix("/dev/disk/by-partuuid/"))
+    {
+        return u.parse().map(Clue::PartUuid).into_iter().collect();
+    }
+    if let Some(l) = dev
+        .strip_prefix("PARTLABEL=")
+        .or_else(|| dev.strip_prefix("/dev/disk/by-partlabel/"))
+    {
+        return vec![Clue::PartLabel(l.to_string())];
+    }
+    if let Some((major, minor)) = dev.split_once(':').filter(|(a, b)| {
+        !a.is_empty() && !b.is_empty() && (a.bytes().chain(b.bytes())).all(|c| c.is_ascii_digit())
+    }) {
+        return sys_partition(&root.join(format!("sys/dev/block/{major}:{minor}")));
+    }
+    if let Some(name) = dev.strip_prefix("/dev/mapper/") {
+        return mapped(root, |dm| {
+            read_trim(&dm.join("dm/name")).as_deref() == Some(name)
+        });
+    }
+    if let Some(name) = dev.strip_prefix("/dev/").filter(|n| n.starts_with("dm-")) {
+        return mapped(root, |dm| {
+            dm.file_name().and_then(|f| f.to_str()) == Some(name)
+        });
+    }
+    if let Some(name) = dev.strip_prefix("/dev/") {
+        return sys_partition(&root.join("sys/class/block").join(name));
+    }
+    Vec::new()
+}
+
+/// The partition number /sys gives a block device.
+fn sys_partition(dir: &Path) -> Vec<Clue> {
+    read_trim(&dir.join("partition"))
+        .and_then(|n| n.parse().ok())
+        .map(Clue::Partition)
+        .into_iter()
+        .collect()
+}
+
+/// The partitions under the device-mapper devices `which` picks (their `slaves`).
+fn mapped(root: &Path, which: impl Fn(&Path) -> bool) -> Vec<Clue> {
+    let mut out = Vec::new();
+    let Ok(list) = std::fs::read_dir(root.join("sys/block")) else {
+        return out;
+    };
+    let mut dms: Vec<PathBuf> = list.flatten().map(|e| e.path()).collect();
+    dms.sort();
+    for dm in dms.iter().filter(|d| which(d)) {
+        let Ok(slaves) = std::fs::read_dir(dm.join("slaves")) else {
+            continue;
+        };
+        let mut names: Vec<_> = slaves.flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        for s in names {
+            out.extend(sys_partition(&root.join("sys/class/block").join(s)));
+        }
+    }
+    out
+}
+
+/// `dm-mod.create="name,uuid,minor,flags,table[,table...][;device...]"`: for each verity
+/// table, its data device and root hash.
+fn dm_mod_create_clues(root: &Path, value: &str) -> Vec<Clue> {
+    let mut out = Vec::new();
+    for device in value.split(';') {
+        // The first four fields are name, uuid, minor and flags; tables follow.
+        for table in device.splitn(5, ',').nth(4).unwrap_or("").split(',') {
+            let words: Vec<&str> = table.split_whitespace().collect();
+            // start length verity version data hash dbs hbs blocks hash_start alg root salt
+            if words.get(2) == Some(&"verity") && words.len() >= 13 {
+                out.extend(device_clue(root, words[4]));
+                if let Ok(h) = hex::decode(words[11]) {
+                    out.push(Clue::RootHash(h));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn read_trim(p: &Path) -> Option<String> {
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_group_and_vanish() {
+        assert_eq!(
+            split_cmdline("a=1  dm-mod.create=\"x,,,ro,0 8 verity 1\" b\n"),
+            vec!["a=1", "dm-mod.create=x,,,ro,0 8 verity 1", "b"]
+        );
+    }
+}

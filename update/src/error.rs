@@ -1,0 +1,102 @@
+//! The crate's error type.
+
+use std::io;
+
+/// Everything that can go wrong in keel-update. The crates below keep their typed errors
+/// (an agent can still ask a payload error [`needs_full_payload`](keel_payload::Error::needs_full_payload)).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting of the description cannot be used; `field` is its TOML path.
+    #[error("{field}: {reason}")]
+    Config {
+        /// The setting, as `slot[1].device`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The description has errors (each finding located in its file).
+    #[error("the system description has errors:\n{0}")]
+    Description(String),
+    /// A slot's device cannot be found or opened.
+    #[error("slot {slot}: {reason}")]
+    Device {
+        /// The slot's name in the description.
+        slot: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The booted slot cannot be told from the kernel command line and /sys.
+    #[error("cannot tell the booted slot: {0}")]
+    BootedSlot(String),
+    /// The update is refused before anything is written.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// A health check failed after boot; the slot was marked bad.
+    #[error("health check {check:?} failed: {reason}")]
+    HealthCheck {
+        /// The check's name.
+        check: String,
+        /// Why.
+        reason: String,
+    },
+    /// The payload (with its own typed reasons).
+    #[error(transparent)]
+    Payload(#[from] keel_payload::Error),
+    /// dm-verity.
+    #[error(transparent)]
+    Verity(#[from] keel_verity::Error),
+    /// The partition table.
+    #[error(transparent)]
+    Partition(#[from] keel_partition::Error),
+    /// The boot state.
+    #[error(transparent)]
+    Boot(#[from] keel_bootflags::Error),
+    /// Keys.
+    #[error(transparent)]
+    Trust(#[from] keel_trust::Error),
+    /// An I/O error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What Keel was doing.
+        context: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether running the same install again can succeed (an interrupted or cancelled
+    /// install resumes).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Payload(e) => e.is_retryable(),
+            Error::Verity(keel_verity::Error::Cancelled) => true,
+            Error::Io { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the agent should fetch the full payload instead of this delta.
+    pub fn needs_full_payload(&self) -> bool {
+        matches!(self, Error::Payload(e) if e.needs_full_payload())
+    }
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,43 @@
+//! keel-update: the A/B update agent as a library.
+//!
+//! An agent's whole cycle: load the system description, build the [`System`], open the
+//! boot disk, [`Agent::install`] a payload (checked, applied into the slot that is not
+//! running, its dm-verity tree written and verified against the signed root, armed),
+//! reboot, [`Agent::commit`] after health checks.
+//!
+//! ```no_run
+//! use keel_update::{Agent, HealthCheck, System};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let loaded = keel_config::load_files("/etc/keel/system.toml".as_ref(), &[])?;
+//! let config = loaded.config.ok_or("the description has errors")?;
+//! let system = System::from_config(&config)?;
+//! let disk = std::fs::OpenOptions::new().read(true).write(true).open("/dev/vda")?;
+//! let agent = Agent::new(system, &disk);
+//! agent.install(std::fs::File::open("update.payload")?, None)?;
+//! // ... reboot; then, in the new slot:
+//! let checks = [HealthCheck::Command {
+//!     name: "network".into(),
+//!     argv: vec!["/usr/bin/ping".into(), "-c1".into(), "gateway".into()],
+//!     timeout: std::time::Duration::from_secs(30),
+//! }];
+//! agent.commit(&checks)?;
+//! # Ok(()) }
+//! ```
+//!
+//! The slots are partitions of one disk with a GPT, named in the description by label,
+//! unique GUID or device path. The booted slot is told from the kernel command line
+//! (`root=`/`usr=`/`mount.usr=` by PARTUUID, PARTLABEL, device, major:minor or
+//! device-mapper name; `roothash=`, `usrhash=`, `verity.usrhash=`; `dm-mod.create=`) and
+//! /sys, under a root directory tests can point elsewhere.
+
+mod agent;
+mod booted;
+mod error;
+mod record;
+mod system;
+
+pub use agent::{Agent, Commit, HealthCheck, Installed, SlotStatus, Status};
+pub use booted::{clues, Clue};
+pub use error::{Error, Result};
+pub use record::SlotRecord;
+pub use system::{BootBackend, SlotDevice, SlotSpec, System, VeritySpec};

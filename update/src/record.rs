@@ -1,0 +1,90 @@
+//! What the agent keeps about each slot in its state directory: the version installed
+//! there, its dm-verity root and the kernel argument that maps it. Each record is
+//! replaced atomically.
+
+use std::path::{Path, PathBuf};
+
+use keel_bootflags::Slot;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The record of one slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SlotRecord {
+    /// The version installed.
+    pub version: String,
+    /// The dm-verity root hash, hex, if the slot has a tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_hash: Option<String>,
+    /// The `dm-mod.create=` argument that maps the slot, if it has a tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_argument: Option<String>,
+}
+
+/// Records are small; anything larger is not one of ours.
+const MAX_RECORD: u64 = 64 << 10;
+
+pub(crate) fn path(dir: &Path, slot: Slot) -> PathBuf {
+    dir.join(format!("slot-{}.json", slot.letter()))
+}
+
+pub(crate) fn resume_path(dir: &Path, slot: Slot) -> PathBuf {
+    dir.join(format!("resume-{}", slot.letter()))
+}
+
+pub(crate) fn error_path(dir: &Path) -> PathBuf {
+    dir.join("last-error")
+}
+
+/// The record of `slot`, if there is one.
+pub(crate) fn read(dir: &Path, slot: Slot) -> Result<Option<SlotRecord>> {
+    read_json(&path(dir, slot))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>> {
+    let text = match read_small(p)? {
+        Some(t) => t,
+        None => return Ok(None),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::io(format!("reading {}", p.display()), std::io::Error::other(e)))
+}
+
+pub(crate) fn read_small(p: &Path) -> Result<Option<String>> {
+    use std::io::Read;
+    let f = match std::fs::File::open(p) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("opening {}", p.display()), e)),
+    };
+    let mut s = String::new();
+    f.take(MAX_RECORD)
+        .read_to_string(&mut s)
+        .map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
+    Ok(Some(s))
+}
+
+pub(crate) fn write(dir: &Path, slot: Slot, r: &SlotRecord) -> Result<()> {
+    let text = serde_json::to_vec_pretty(r)
+        .map_err(|e| Error::io("encoding a slot record", std::io::Error::other(e)))?;
+    replace(&path(dir, slot), &text)
+}
+
+pub(crate) fn replace(p: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d)
+            .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+    }
+    keel_io::replace_file(p, bytes).map_err(|e| Error::io(format!("writing {}", p.display()), e))
+}
+
+pub(crate) fn remove(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", p.display()), e)),
+    }
+}

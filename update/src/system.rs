@@ -1,0 +1,363 @@
+//! The system description turned into the other crates' types, each string through the
+//! owning crate's own parser.
+
+use std::path::PathBuf;
+
+use keel_bootflags::{PriorityPolicy, Slot};
+use keel_config::{Backend, Config, HashTreeLocation};
+use keel_partition::{types, Guid};
+use keel_trust::{Keyring, PublicKey};
+use keel_verity::{HashAlgorithm, HashType};
+
+use crate::error::{Error, Result};
+
+/// Where the A/B boot state lives, with everything needed to open it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BootBackend {
+    /// GPT attribute bits of the slots, with these rules.
+    Gpt(PriorityPolicy),
+    /// A GRUB environment block (RAUC's variables).
+    GrubEnv(PathBuf),
+    /// A U-Boot environment (RAUC's variables).
+    Uboot {
+        /// The environment file or device.
+        path: PathBuf,
+        /// Its size.
+        size: usize,
+        /// Two copies.
+        redundant: bool,
+    },
+    /// Android's misc partition.
+    AndroidMisc(PathBuf),
+    /// systemd-boot entries in this directory (the ESP's `loader/entries`).
+    SystemdBoot(PathBuf),
+}
+
+/// How a slot's partition is named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotDevice {
+    /// `PARTLABEL=...`.
+    PartLabel(String),
+    /// `PARTUUID=...`.
+    PartUuid(Guid),
+    /// A device path (`/dev/sda3`), a partition of the boot disk.
+    Path(PathBuf),
+}
+
+impl SlotDevice {
+    fn parse(field: &str, s: &str) -> Result<Self> {
+        if let Some(label) = s.strip_prefix("PARTLABEL=") {
+            return Ok(SlotDevice::PartLabel(label.to_string()));
+        }
+        if let Some(uuid) = s.strip_prefix("PARTUUID=") {
+            let g: Guid = uuid
+                .parse()
+                .map_err(|e| Error::config(field, format!("{uuid:?}: {e}")))?;
+            return Ok(SlotDevice::PartUuid(g));
+        }
+        if s.starts_with('/') {
+            return Ok(SlotDevice::Path(PathBuf::from(s)));
+        }
+        Err(Error::config(
+            field,
+            format!("{s:?}: expected a path, PARTLABEL=... or PARTUUID=..."),
+        ))
+    }
+}
+
+/// One slot of the updated pair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotSpec {
+    /// Its name in the description (`usr.b`).
+    pub name: String,
+    /// Its boot name.
+    pub slot: Slot,
+    /// Its partition.
+    pub device: SlotDevice,
+    /// The partition type it must have, checked before writing.
+    pub partition_type: Option<Guid>,
+}
+
+/// dm-verity as the description asks for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VeritySpec {
+    /// Hash algorithm.
+    pub algorithm: HashAlgorithm,
+    /// Data block size.
+    pub data_block_size: u32,
+    /// Hash block size.
+    pub hash_block_size: u32,
+    /// Format 0 or 1.
+    pub hash_type: HashType,
+    /// A fixed salt, if given.
+    pub salt: Option<Vec<u8>>,
+    /// Reed-Solomon parity roots after the tree, if asked for.
+    pub fec_roots: Option<u8>,
+    /// Whether the tree follows the data in the slot (else on a separate device, which
+    /// this version does not write: see the crate docs).
+    pub after_data: bool,
+}
+
+/// The description, parsed: what an agent needs to install, arm and commit.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct System {
+    /// Updates for another compatible string are refused.
+    pub compatible: String,
+    /// The boot-state backend.
+    pub backend: BootBackend,
+    /// The disk whose GPT holds the slots (`boot.disk`), if given.
+    pub disk: Option<PathBuf>,
+    /// The updated A/B pair: the first slot class of the description.
+    pub slots: [SlotSpec; 2],
+    /// dm-verity, if the description asks for it.
+    pub verity: Option<VeritySpec>,
+    /// The keys that may sign updates, with their not-after dates.
+    pub keyring: Keyring,
+    /// Updates below this version are refused.
+    pub minimum_version: Option<String>,
+    /// Boots a new slot gets.
+    pub tries: u8,
+    /// Never write the booted slot.
+    pub protect_booted_slot: bool,
+    /// Resumes of one payload before an apply starts over.
+    pub max_resumes: u32,
+    /// Accept older versions.
+    pub allow_downgrade: bool,
+}
+
+impl System {
+    /// Turn a validated description into typed values. Every setting is carried over;
+    /// anything this crate cannot act on is an error, not silently ignored.
+    pub fn from_config(c: &Config) -> Result<System> {
+        let backend = backend(c)?;
+        let slots = slot_pair(c)?;
+        let verity = c.verity.as_ref().map(verity).transpose()?;
+        let mut keyring = Keyring::new();
+        for (i, k) in c.trust.keys.iter().enumerate() {
+            let field = format!("trust.key[{i}]");
+            let mut raw = [0u8; 32];
+            hex::decode_to_slice(&k.ed25519, &mut raw)
+                .map_err(|e| Error::config(format!("{field}.ed25519"), e.to_string()))?;
+            let key = PublicKey::from_bytes(&raw)
+                .map_err(|e| Error::config(format!("{field}.ed25519"), e.to_string()))?;
+            let not_after = k
+                .not_after
+                .as_deref()
+                .map(|d| end_of_day(d).map_err(|r| Error::config(format!("{field}.not-after"), r)))
+                .transpose()?;
+            keyring.add_until(key, not_after)?;
+        }
+        if let Some(v) = &c.trust.minimum_version {
+            keel_payload::format::parse_version(v)
+                .map_err(|r| Error::config("trust.minimum-version", r))?;
+        }
+        let tries = c
+            .update
+            .tries
+            .or(c.boot.attempts)
+            .unwrap_or_else(|| c.boot.backend.default_attempts());
+        Ok(System {
+            compatible: c.compatible.clone(),
+            backend,
+            disk: c.boot.disk.as_ref().map(PathBuf::from),
+            slots,
+            verity,
+            keyring,
+            minimum_version: c.trust.minimum_version.clone(),
+            tries,
+            protect_booted_slot: c.update.protect_booted_slot,
+            max_resumes: c.update.max_resumes,
+            allow_downgrade: c.update.allow_downgrade,
+        })
+    }
+
+    /// The spec of `slot`.
+    pub fn slot(&self, slot: Slot) -> &SlotSpec {
+        if self.slots[0].slot == slot {
+            &self.slots[0]
+        } else {
+            &self.slots[1]
+        }
+    }
+
+    /// The other slot of the pair.
+    pub fn other(&self, slot: Slot) -> Slot {
+        if self.slots[0].slot == slot {
+            self.slots[1].slot
+        } else {
+            self.slots[0].slot
+        }
+    }
+}
+
+fn backend(c: &Config) -> Result<BootBackend> {
+    let b = &c.boot;
+    let path = |v: &Option<String>, default: &str| PathBuf::from(v.as_deref().unwrap_or(default));
+    Ok(match b.backend {
+        Backend::GptChromeos => BootBackend::Gpt(PriorityPolicy::ChromeOs),
+        Backend::GptFlatcar => BootBackend::Gpt(PriorityPolicy::Flatcar),
+        Backend::Grubenv => BootBackend::GrubEnv(path(&b.grubenv, "/boot/grub/grubenv")),
+        Backend::Uboot => BootBackend::Uboot {
+            path: PathBuf::from(
+                b.env_file
+                    .as_deref()
+                    .ok_or_else(|| Error::config("boot.env-file", "required for uboot"))?,
+            ),
+            size: usize::try_from(b.env_size.unwrap_or(0x4000))
+                .map_err(|_| Error::config("boot.env-size", "too large"))?,
+            redundant: b.redundant.unwrap_or(false),
+        },
+        Backend::AndroidMisc => BootBackend::AndroidMisc(PathBuf::from(
+            b.misc_device
+                .as_deref()
+                .ok_or_else(|| Error::config("boot.misc-device", "required for android-misc"))?,
+        )),
+        Backend::SystemdBoot => {
+            BootBackend::SystemdBoot(path(&b.entries_dir, "/boot/loader/entries"))
+        }
+    })
+}
+
+/// The first slot class of the description, with its two slots.
+fn slot_pair(c: &Config) -> Result<[SlotSpec; 2]> {
+    let class = c
+        .slots
+        .first()
+        .map(|s| s.class.clone())
+        .ok_or_else(|| Error::config("slot", "no slots"))?;
+    let mut specs = Vec::new();
+    for (i, s) in c.slots.iter().enumerate().filter(|(_, s)| s.class == class) {
+        let field = |k: &str| format!("slot[{i}].{k}");
+        let slot = match &s.bootname {
+            Some(b) => {
+                let mut ch = b.chars();
+                match (ch.next().and_then(Slot::from_letter), ch.next()) {
+                    (Some(s), None) => s,
+                    _ => return Err(Error::config(field("bootname"), format!("{b:?}: A to D"))),
+                }
+            }
+            None => Slot::new(specs.len())
+                .ok_or_else(|| Error::config(field("class"), "more than two slots"))?,
+        };
+        let partition_type = s
+            .partition_type
+            .as_deref()
+            .map(|t| partition_type(&field("partition-type"), t))
+            .transpose()?;
+        specs.push(SlotSpec {
+            name: s.name.clone(),
+            slot,
+            device: SlotDevice::parse(&field("device"), &s.device)?,
+            partition_type,
+        });
+    }
+    match <[SlotSpec; 2]>::try_from(specs) {
+        Ok(pair) if pair[0].slot != pair[1].slot => Ok(pair),
+        Ok(_) => Err(Error::config(
+            "slot",
+            format!("class {class:?}: both slots have one bootname"),
+        )),
+        Err(v) => Err(Error::config(
+            "slot",
+            format!(
+                "class {class:?} has {} slots; an A/B pair needs two",
+                v.len()
+            ),
+        )),
+    }
+}
+
+/// A partition type: a name systemd-sysupdate knows, or a GUID.
+fn partition_type(field: &str, t: &str) -> Result<Guid> {
+    Ok(match t {
+        "usr" => types::coreos_usr(),
+        "root-x86-64" => types::root_x86_64(),
+        "root-aarch64" => types::root_aarch64(),
+        "usr-x86-64" => types::usr_x86_64(),
+        other => other
+            .parse()
+            .map_err(|e| Error::config(field, format!("{other:?}: {e}")))?,
+    })
+}
+
+fn verity(v: &keel_config::Verity) -> Result<VeritySpec> {
+    let algorithm = HashAlgorithm::from_name(&v.algorithm)
+        .map_err(|e| Error::config("verity.algorithm", e.to_string()))?;
+    // The block sizes through keel-verity's own rule.
+    let builder = keel_verity::VerityParams::builder()
+        .algorithm(algorithm)
+        .data_block_size(v.data_block_size)
+        .hash_block_size(v.hash_block_size)
+        .data_blocks(1)
+        .salt(Vec::new());
+    builder
+        .build()
+        .map_err(|e| Error::config("verity", e.to_string()))?;
+    let hash_type = HashType::from_u32(u32::from(v.format))
+        .ok_or_else(|| Error::config("verity.format", format!("{}: 0 or 1", v.format)))?;
+    let salt = v
+        .salt
+        .as_deref()
+        .filter(|s| *s != "-")
+        .map(|s| hex::decode(s).map_err(|e| Error::config("verity.salt", e.to_string())))
+        .transpose()?;
+    Ok(VeritySpec {
+        algorithm,
+        data_block_size: v.data_block_size,
+        hash_block_size: v.hash_block_size,
+        hash_type,
+        salt,
+        fec_roots: v.fec_roots,
+        after_data: v.hash_tree == HashTreeLocation::AfterData,
+    })
+}
+
+/// The last second of day `YYYY-MM-DD` (UTC), as seconds since the epoch.
+fn end_of_day(d: &str) -> std::result::Result<u64, String> {
+    let bad = || format!("{d:?} is not a date YYYY-MM-DD");
+    let mut parts = d.split('-');
+    let mut num = |len: usize| {
+        parts
+            .next()
+            .filter(|p| p.len() == len && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<i64>().ok())
+            .ok_or_else(bad)
+    };
+    let (y, m, day) = (num(4)?, num(2)?, num(2)?);
+    if parts.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return Err(bad());
+    }
+    // Howard Hinnant's days_from_civil.
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from((days + 1) * 86_400 - 1).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_end_at_the_last_second_of_the_day() {
+        assert_eq!(end_of_day("1970-01-01"), Ok(86_399));
+        assert_eq!(end_of_day("2000-03-01"), Ok(951_955_199));
+        assert_eq!(end_of_day("2026-11-29"), Ok(1_795_996_799));
+        for bad in [
+            "2026-13-01",
+            "26-01-01",
+            "2026-1-01",
+            "2026-01-01x",
+            "",
+            "2026-01",
+        ] {
+            assert!(end_of_day(bad).is_err(), "{bad}");
+        }
+    }
+}
