@@ -27,6 +27,7 @@ pub struct Agent<'d, D> {
     root: PathBuf,
     state_dir: PathBuf,
     booted: Option<Slot>,
+    checkpoint_bytes: Option<u64>,
 }
 
 /// What [`Agent::install`] did.
@@ -187,6 +188,7 @@ where
             root: PathBuf::from("/"),
             state_dir: PathBuf::from("/var/lib/keel"),
             booted: None,
+            checkpoint_bytes: None,
         }
     }
 
@@ -206,6 +208,13 @@ where
     /// other media, a test).
     pub fn booted(mut self, slot: Slot) -> Self {
         self.booted = Some(slot);
+        self
+    }
+
+    /// Make the apply durable and record its resume point after this many bytes
+    /// (default: keel-payload's 64 MiB). Smaller: less work repeated after a power cut.
+    pub fn checkpoint_bytes(mut self, bytes: u64) -> Self {
+        self.checkpoint_bytes = Some(bytes);
         self
     }
 
@@ -460,6 +469,9 @@ where
             .state(&resume);
         if let Some(p) = progress {
             opts = opts.progress(p);
+        }
+        if let Some(n) = self.checkpoint_bytes {
+            opts = opts.checkpoint_bytes(n);
         }
         let mut region = self.region(target)?;
         let applied = match booted.filter(|_| manifest.source.is_some()) {

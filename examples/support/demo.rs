@@ -1,0 +1,224 @@
+//! The demonstration's image builder, shared by `ab-update` and `update demo`: seeded
+//! root filesystems as ext4 images, a GPT disk with version 1 in slot A (its dm-verity
+//! tree after it), a signed delta payload to version 2, the system description, and the
+//! slot table as the examples print it. Included with `#[path = "support/demo.rs"] mod demo;`.
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use keel::bootflags::{BootControl, Slot};
+use keel::io::{Region, WriteAt};
+use keel::partition::gpt::Partition;
+use keel::partition::{create_layout, GptDisk, Layout};
+use keel::payload::{generate, GenerateOptions};
+use keel::verity::{format, FormatOptions, RootDescriptor, SignRoot, SigningKey, VerityParams};
+
+pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Version `v` of a root filesystem as an ext4 image of `size` bytes: version 2 changes
+/// some libraries, drops some tools and adds documents.
+pub(crate) fn make_image(dir: &Path, v: u64, size: u64) -> Res<Vec<u8>> {
+    let tree = dir.join(format!("rootfs-v{v}"));
+    let text = |seed, len| -> Vec<u8> {
+        let b = keel_testsupport::seeded_bytes(seed, len);
+        b.iter()
+            .map(|x| b"abcdefghij klmnop\n"[(x % 18) as usize])
+            .collect()
+    };
+    let mut files = vec![(
+        "etc/os-release".to_string(),
+        format!("VERSION_ID={v}.0\n").into_bytes(),
+    )];
+    for i in 0..120u64 {
+        let seed = if v >= 2 && i % 10 == 3 { 10_000 + i } else { i };
+        files.push((
+            format!("usr/lib/lib{i}.so"),
+            text(seed, 4096 + (i as usize * 7919) % 150_000),
+        ));
+    }
+    for i in (0..40u64).filter(|i| v < 2 || i % 8 != 0) {
+        files.push((
+            format!("usr/bin/tool{i}"),
+            text(500 + i, 20_000 + i as usize * 1000),
+        ));
+    }
+    for i in (0..6u64).filter(|_| v >= 2) {
+        files.push((format!("usr/share/doc/new{i}.txt"), text(900 + i, 60_000)));
+    }
+    for (name, bytes) in files {
+        let p = tree.join(name);
+        fs::create_dir_all(p.parent().ok_or("no parent")?)?;
+        fs::write(p, bytes)?;
+    }
+    let out = dir.join(format!("v{v}.img"));
+    let _ = fs::remove_file(&out);
+    let st = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-U",
+            "4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6",
+        ])
+        .args(["-E", "hash_seed=0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "-d"])
+        .arg(&tree)
+        .arg(&out)
+        .arg(format!("{}k", size / 1024))
+        .env("E2FSPROGS_FAKE_TIME", "1700000000")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|err| format!("mkfs.ext4 (e2fsprogs, see .ci/packages): {err}"))?;
+    if !st.success() {
+        return Err(format!("mkfs.ext4 failed for version {v}").into());
+    }
+    println!("   version {v}: ext4 image by mkfs.ext4 -d");
+    Ok(fs::read(out)?)
+}
+
+pub(crate) fn show(boot: &dyn BootControl, parts: &[(u32, String)], title: &str) -> Res<()> {
+    println!("   slot table ({title}):");
+    for (i, (st, (number, label))) in boot.status()?.iter().zip(parts).enumerate() {
+        println!(
+            "     {}  partition {number}  {label:<6} priority {:>2}  tries {:>2}  successful {}",
+            Slot::new(i).map_or('?', Slot::letter),
+            st.priority,
+            st.tries,
+            if st.successful { "yes" } else { "no" }
+        );
+    }
+    let next = boot.next_boot()?;
+    println!(
+        "     next boot: {}",
+        next.map_or("none".into(), |s| s.to_string())
+    );
+    Ok(())
+}
+
+/// What [`build`] made.
+pub(crate) struct Demo {
+    /// The disk image.
+    pub(crate) disk: PathBuf,
+    /// The two slots' partitions, A first.
+    pub(crate) slots: Vec<Partition>,
+    /// The release key.
+    pub(crate) key: SigningKey,
+    /// The system description (also written to `system.toml`).
+    pub(crate) description: String,
+    /// The delta payload 1 -> 2 (also written to `update-1-to-2.payload`).
+    pub(crate) payload: Vec<u8>,
+    /// Version 2's dm-verity root hash.
+    pub(crate) root2: Vec<u8>,
+    /// Version 1's signed root (also in `v1.root.sig`).
+    pub(crate) signed1: Vec<u8>,
+}
+
+/// In `dir`: a GPT disk with an ESP and two slots of `slot_bytes` (USR-A, USR-B) with
+/// version 1 and its dm-verity tree in A, its signed root, version 2's signed root, the
+/// signed delta payload 1 -> 2, and the description for `backend`. Each step narrated.
+pub(crate) fn build(dir: &Path, slot_bytes: u64, backend: &str) -> Res<Demo> {
+    // The filesystem takes 7/8 of the slot; its dm-verity tree follows it in the slot.
+    let image_bytes = (slot_bytes / 8 * 7) / 4096 * 4096;
+    let disk = dir.join("disk.img");
+    let disk_f = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&disk)?;
+    disk_f.set_len(2 * slot_bytes + (10 << 20))?;
+    let mut layout = Layout::flatcar(slot_bytes);
+    layout.esp_size = 8 << 20;
+    create_layout(&mut &disk_f, &layout)?;
+    let gpt = GptDisk::open(&disk_f, None)?;
+    let slots: Vec<_> = gpt
+        .partitions()
+        .into_iter()
+        .filter(|p| p.name.starts_with("USR-"))
+        .collect();
+    println!(
+        "   disk: GPT, ESP and two {} MiB slots; both copies valid: {}",
+        slot_bytes >> 20,
+        gpt.health().is_clean()
+    );
+
+    let key = SigningKey::generate()?;
+    let description = format!(
+        "version = \"1\"\ncompatible = \"keel-demo\"\n\n[boot]\nbackend = \"{backend}\"\ndisk = \"{}\"\n\n\
+         [[slot]]\nname = \"usr.a\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-A\"\n\n\
+         [[slot]]\nname = \"usr.b\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-B\"\n\n\
+         [verity]\nalgorithm = \"sha256\"\n\n[[trust.key]]\nid = \"release\"\ned25519 = \"{}\"\n\n[update]\ntries = 2\n",
+        disk.display(),
+        hex::encode(key.public_key().to_bytes())
+    );
+    fs::write(dir.join("system.toml"), &description)?;
+
+    // Version 1 in slot A, its tree after it, as the image builder ships the disk.
+    let v1 = make_image(dir, 1, image_bytes)?;
+    let (a, ss) = (&slots[0], gpt.sector_size());
+    let mut slot_a = Region::new(&disk_f, a.first_lba * ss, a.sectors() * ss)?;
+    slot_a.write_all_at(&v1, 0)?;
+    let params = VerityParams::builder()
+        .data_blocks_for(image_bytes)
+        .build()?;
+    let data = Region::new(&disk_f, a.first_lba * ss, image_bytes)?;
+    let f1 = format(
+        &params,
+        &data,
+        &mut slot_a,
+        &FormatOptions::default().hash_offset(image_bytes),
+    )?;
+    let signed1 = key
+        .sign_root(&RootDescriptor::new(params.clone(), &f1.root_hash)?)?
+        .to_bytes();
+    fs::write(dir.join("v1.root.sig"), &signed1)?;
+    println!(
+        "   slot A: version 1, root hash {}",
+        hex::encode(&f1.root_hash)
+    );
+
+    // Version 2 and the delta, its signed root inside the signed payload.
+    let v2 = make_image(dir, 2, image_bytes)?;
+    let root2 = keel::verity::HashTree::build(&params, &v2)?
+        .root_hash()
+        .to_vec();
+    let desc2 = RootDescriptor::new(params, &root2)?;
+    fs::write(dir.join("v2.root.sig"), key.sign_root(&desc2)?.to_bytes())?;
+    let gopts = GenerateOptions::new("keel-demo", "2.0")
+        .verity(desc2)
+        .level(9);
+    let payload = generate(Some(&v1), &v2, &key, &gopts)?;
+    fs::write(dir.join("update-1-to-2.payload"), &payload)?;
+    let pct = 100.0 * payload.len() as f64 / image_bytes as f64;
+    println!(
+        "   payload: {} bytes for a {} MiB image ({pct:.2}%)",
+        payload.len(),
+        image_bytes >> 20
+    );
+    Ok(Demo {
+        disk,
+        slots,
+        key,
+        description,
+        payload,
+        root2,
+        signed1,
+    })
+}
+
+/// A device's view of itself under `root`: /proc/cmdline saying `/usr` is `slot`'s
+/// partition, and /etc/os-release at version 1.0.
+pub(crate) fn boot_from(root: &Path, slot: &Partition) -> Res<()> {
+    fs::create_dir_all(root.join("proc"))?;
+    fs::create_dir_all(root.join("etc"))?;
+    if !root.join("etc/os-release").exists() {
+        fs::write(root.join("etc/os-release"), "VERSION_ID=1.0\n")?;
+    }
+    fs::write(
+        root.join("proc/cmdline"),
+        format!("ro mount.usr=PARTUUID={}\n", slot.guid),
+    )?;
+    Ok(())
+}

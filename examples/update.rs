@@ -1,0 +1,211 @@
+//! `update`: the update agent (keel-update) as a command.
+//!
+//! ```text
+//! cargo run --example update -- --config SYSTEM.toml [--root DIR] [--state DIR] COMMAND
+//!   install PAYLOAD|-   check, apply into the slot not running, verify, arm
+//!   commit [--check CMD]... [--timeout SECS]
+//!                        after a boot: run the checks, then mark the booted slot good
+//!                        (or bad, exit status 2: reboot to fall back)
+//!   status [--json]      both slots: boot state, version, root hash; the last error
+//! cargo run --example update -- demo DIR [--slot-mib N]
+//!                        an image builder's output to try the others on: DIR/disk.img
+//!                        (version 1 in slot A), DIR/system.toml, DIR/update-1-to-2.payload
+//!                        and DIR/root, a device root whose kernel booted slot A
+//! ```
+//! The disk is the description's `boot.disk` (an image file or a block device). `--root`
+//! is where /proc, /sys and /etc are read (default `/`), `--state` where the agent keeps
+//! its records (default `/var/lib/keel`).
+
+#[macro_use]
+#[path = "support/cli.rs"]
+mod cli;
+#[path = "support/demo.rs"]
+mod demo;
+
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use keel::update::{Agent, Commit, HealthCheck, System};
+
+#[derive(Parser)]
+#[command(
+    name = "update",
+    about = "Install, commit and report A/B updates (keel-update)"
+)]
+struct Cli {
+    /// The system description.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Read /proc, /sys and /etc under this directory.
+    #[arg(long, global = true, default_value = "/")]
+    root: PathBuf,
+    /// Keep the agent's records here.
+    #[arg(long, global = true, default_value = "/var/lib/keel")]
+    state: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install PAYLOAD (a file, or - for standard input) into the slot not running.
+    Install {
+        payload: String,
+        /// Checkpoint (durable, resumable) every N MiB.
+        #[arg(long, default_value_t = 64)]
+        checkpoint_mib: u64,
+    },
+    /// After a boot: run the health checks; mark the booted slot good, or bad.
+    Commit {
+        /// A command that must exit 0 (run by sh -c); repeatable.
+        #[arg(long = "check")]
+        checks: Vec<String>,
+        /// Time limit of each check, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Both slots and the last install error.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a demonstration disk, description and payload in DIR.
+    Demo {
+        dir: PathBuf,
+        /// Slot size in MiB.
+        #[arg(long, default_value_t = 64)]
+        slot_mib: u64,
+    },
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn run(cli: Cli) -> Res<ExitCode> {
+    if let Cmd::Demo { dir, slot_mib } = &cli.cmd {
+        std::fs::create_dir_all(dir)?;
+        let d = demo::build(dir, slot_mib << 20, "gpt-flatcar")?;
+        demo::boot_from(&dir.join("root"), &d.slots[0])?;
+        println!(
+            "made {}: disk.img, system.toml, update-1-to-2.payload, root/",
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = cli.config.as_deref().ok_or("--config is required")?;
+    let loaded =
+        keel::config::load_files(config, &[]).map_err(|e| format!("{}: {e}", config.display()))?;
+    for f in &loaded.findings {
+        eprintln!("{f}");
+    }
+    let system = System::from_config(loaded.config.as_ref().ok_or("the description has errors")?)?;
+    let disk_path = system
+        .disk
+        .clone()
+        .ok_or("the description names no boot.disk")?;
+    let writable = !matches!(cli.cmd, Cmd::Status { .. });
+    let disk = File::options()
+        .read(true)
+        .write(writable)
+        .open(&disk_path)
+        .map_err(|e| format!("{}: {e}", disk_path.display()))?;
+    let agent = Agent::new(system, &disk)
+        .root(&cli.root)
+        .state_dir(&cli.state);
+    match cli.cmd {
+        Cmd::Install {
+            payload,
+            checkpoint_mib,
+        } => {
+            let input: Box<dyn Read> = match payload.as_str() {
+                "-" => Box::new(std::io::stdin().lock()),
+                p => Box::new(File::open(p).map_err(|e| format!("{p}: {e}"))?),
+            };
+            let pb = ProgressBar::new(0).with_style(
+                ProgressStyle::with_template("[{bar:40}] {bytes}/{total_bytes}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let observer = |done: u64, total: u64| {
+                pb.set_length(total);
+                pb.set_position(done);
+            };
+            let agent = agent.checkpoint_bytes(checkpoint_mib.max(1) << 20);
+            let done = agent.install(std::io::BufReader::new(input), Some(&observer));
+            pb.finish_and_clear();
+            let done = done?;
+            println!(
+                "installed version {} into slot {}{}; it boots next",
+                done.version,
+                done.slot,
+                match done.resumed_at {
+                    0 => String::new(),
+                    n => format!(" (resumed at operation {n})"),
+                }
+            );
+        }
+        Cmd::Commit { checks, timeout } => {
+            let checks: Vec<HealthCheck> = checks
+                .into_iter()
+                .map(|c| HealthCheck::Command {
+                    name: c.clone(),
+                    argv: vec!["sh".into(), "-c".into(), c],
+                    timeout: Duration::from_secs(timeout),
+                })
+                .collect();
+            match agent.commit(&checks)? {
+                Commit::Committed(s) => println!("slot {s} passed its checks and is marked good"),
+                Commit::AlreadyGood(s) => println!("slot {s} was already marked good"),
+                Commit::RebootNeeded {
+                    slot,
+                    check,
+                    reason,
+                } => {
+                    println!("check {check:?} failed: {reason}; slot {slot} is marked bad: reboot to fall back");
+                    return Ok(ExitCode::from(2));
+                }
+                other => println!("{other:?}"),
+            }
+        }
+        Cmd::Status { json } => {
+            let st = agent.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                println!("rules: {}", st.rules);
+                for s in &st.slots {
+                    println!(
+                        "{} {:<8} priority {:>2} tries {:>2} {:<10} version {:<8} {}{}",
+                        s.slot,
+                        s.name,
+                        s.priority,
+                        s.tries,
+                        if s.successful { "good" } else { "not good" },
+                        s.version.as_deref().unwrap_or("?"),
+                        if s.booted { "booted " } else { "" },
+                        if s.next_boot { "next" } else { "" },
+                    );
+                }
+                if let Some(e) = &st.last_error {
+                    println!("last install error: {e}");
+                }
+            }
+        }
+        Cmd::Demo { .. } => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("update: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

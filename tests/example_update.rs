@@ -1,0 +1,156 @@
+//! The `update` example: the agent's commands on the demo disk, with the `slots` example
+//! as the boot loader.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::path::Path;
+
+use common::{example, ok, run, stdout};
+use keel::partition::GptDisk;
+
+fn update(dir: &Path, args: &[&str]) -> std::process::Output {
+    let config = dir.join("system.toml");
+    let (root, state) = (dir.join("root"), dir.join("state"));
+    let mut a = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+    ];
+    a.extend_from_slice(args);
+    run(&example("update"), &a)
+}
+
+fn partuuid(disk: &Path, label: &str) -> String {
+    let g = GptDisk::open(std::fs::read(disk).unwrap(), None).unwrap();
+    let p = g
+        .partitions()
+        .into_iter()
+        .find(|p| p.name == label)
+        .unwrap();
+    p.guid.to_string()
+}
+
+#[test]
+fn install_boot_commit_and_status_through_the_example() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    ok(
+        "update",
+        &["demo", dir.to_str().unwrap(), "--slot-mib", "24"],
+    );
+    let disk = dir.join("disk.img");
+    let payload = dir.join("update-1-to-2.payload");
+
+    // A payload for another system: refused, the disk untouched.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let text = std::fs::read_to_string(dir.join("system.toml")).unwrap();
+    std::fs::write(
+        other.join("system.toml"),
+        text.replace("keel-demo", "acme-os"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(other.join("root")).unwrap();
+    copy_dir(&dir.join("root"), &other.join("root"));
+    let before = std::fs::read(&disk).unwrap();
+    let o = update(&other, &["install", payload.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("\"keel-demo\""),
+        "{o:?}"
+    );
+    assert!(
+        std::fs::read(&disk).unwrap() == before,
+        "a refused install wrote the disk"
+    );
+
+    // Installed from standard input.
+    let o = std::process::Command::new(example("update"))
+        .args(["--config", dir.join("system.toml").to_str().unwrap()])
+        .args(["--root", dir.join("root").to_str().unwrap()])
+        .args(["--state", dir.join("state").to_str().unwrap()])
+        .args(["install", "-"])
+        .stdin(std::fs::File::open(&payload).unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout(&o).contains("installed version 2.0 into slot B"),
+        "{}",
+        stdout(&o)
+    );
+    let st: serde_json::Value =
+        serde_json::from_str(&stdout(&update(&dir, &["status", "--json"]))).unwrap();
+    assert_eq!(st["slots"][1]["next_boot"], true, "{st}");
+    assert_eq!(st["slots"][1]["version"], "2.0", "{st}");
+    assert_eq!(st["slots"][0]["booted"], true, "{st}");
+
+    // The boot loader (the slots example) boots B; the kernel is told /usr is B.
+    let boot = ok(
+        "slots",
+        &[disk.to_str().unwrap(), "boot", "--policy", "flatcar"],
+    );
+    assert!(boot.contains("booting slot B"), "{boot}");
+    std::fs::write(
+        dir.join("root/proc/cmdline"),
+        format!("mount.usr=PARTUUID={}\n", partuuid(&disk, "USR-B")),
+    )
+    .unwrap();
+    let o = update(&dir, &["commit", "--check", "true", "--check", "test -d /"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout(&o).contains("slot B passed its checks"),
+        "{}",
+        stdout(&o)
+    );
+    let o = update(&dir, &["status"]);
+    assert!(stdout(&o).contains("booted"), "{}", stdout(&o));
+}
+
+#[test]
+fn a_failing_check_exits_2_and_the_boot_loader_falls_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    ok(
+        "update",
+        &["demo", dir.to_str().unwrap(), "--slot-mib", "24"],
+    );
+    let disk = dir.join("disk.img");
+    let payload = dir.join("update-1-to-2.payload");
+    let o = update(&dir, &["install", payload.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(
+        "slots",
+        &[disk.to_str().unwrap(), "boot", "--policy", "flatcar"],
+    );
+    std::fs::write(
+        dir.join("root/proc/cmdline"),
+        format!("mount.usr=PARTUUID={}\n", partuuid(&disk, "USR-B")),
+    )
+    .unwrap();
+    let o = update(&dir, &["commit", "--check", "exit 3"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stdout(&o).contains("reboot to fall back"), "{}", stdout(&o));
+    let boot = ok(
+        "slots",
+        &[disk.to_str().unwrap(), "boot", "--policy", "flatcar"],
+    );
+    assert!(boot.contains("booting slot A"), "{boot}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
