@@ -47,6 +47,9 @@ struct Cli {
     /// Keep the agent's records here.
     #[arg(long, global = true, default_value = "/var/lib/keel")]
     state: PathBuf,
+    /// The disk holding the slots, if the description's backend has no `boot.disk`.
+    #[arg(long, global = true)]
+    disk: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }

@@ -144,6 +144,20 @@ impl RaucGrub {
         })
     }
 
+    /// Set a variable of the environment besides RAUC's (a kernel argument for a slot's
+    /// menu entry); it is written with the next block. RAUC's own names are refused.
+    pub fn set_var(&mut self, name: &str, value: &str) -> Result<()> {
+        if name == "ORDER" || rauc_slot_var(name, "", &["_OK", "_TRY"]) {
+            return Err(Error::Invalid(format!("{name} is one of RAUC's variables")));
+        }
+        self.env.set(name, value)
+    }
+
+    /// A variable of the environment.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.env.get(name)
+    }
+
     /// The environment with RAUC's variables written, every one in the same block.
     pub fn to_env(&self) -> Result<GrubEnv> {
         let mut env = self.env.clone();
@@ -256,6 +270,16 @@ pub struct RaucUboot {
     left: [u32; MAX_SLOTS],
 }
 
+/// `PREFIX` + a slot letter + one of `suffixes`: a per-slot variable of RAUC's scripts.
+fn rauc_slot_var(name: &str, prefix: &str, suffixes: &[&str]) -> bool {
+    let Some(rest) = name.strip_prefix(prefix) else {
+        return false;
+    };
+    let mut chars = rest.chars();
+    chars.next().is_some_and(|c| Slot::from_letter(c).is_some())
+        && suffixes.contains(&chars.as_str())
+}
+
 fn parse_left(name: &str, v: &str) -> Result<u32> {
     let digits = v
         .strip_prefix("0x")
@@ -309,6 +333,20 @@ impl RaucUboot {
             order: vec![good],
             left,
         })
+    }
+
+    /// Set a variable of the environment besides RAUC's (a kernel argument for a slot);
+    /// it is written with the next environment. RAUC's own names are refused.
+    pub fn set_var(&mut self, name: &str, value: &str) -> Result<()> {
+        if name == "BOOT_ORDER" || rauc_slot_var(name, "BOOT_", &["_LEFT"]) {
+            return Err(Error::Invalid(format!("{name} is one of RAUC's variables")));
+        }
+        self.env.set(name, value)
+    }
+
+    /// A variable of the environment.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.env.get(name)
     }
 
     /// The environment with RAUC's variables written.
@@ -407,6 +445,23 @@ impl AbControl for RaucUboot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_variables_are_kept_and_raucs_own_names_refused() {
+        let mut g = RaucGrub::init(2, Slot::A).unwrap();
+        g.set_var("KEEL_B_ARGS", "roothash=ab").unwrap();
+        for name in ["ORDER", "A_OK", "B_TRY"] {
+            assert!(g.set_var(name, "x").is_err(), "{name}");
+        }
+        assert!(g.set_var("AB_OK", "x").is_ok(), "not a slot's variable");
+        assert_eq!(g.to_env().unwrap().get("KEEL_B_ARGS"), Some("roothash=ab"));
+        let mut u = RaucUboot::init(2, Slot::A).unwrap();
+        u.set_var("KEEL_B_ARGS", "roothash=ab").unwrap();
+        for name in ["BOOT_ORDER", "BOOT_A_LEFT", "BOOT_B_LEFT"] {
+            assert!(u.set_var(name, "x").is_err(), "{name}");
+        }
+        assert_eq!(u.to_env().unwrap().get("KEEL_B_ARGS"), Some("roothash=ab"));
+    }
 
     #[test]
     fn grub_script_rules() {

@@ -406,6 +406,36 @@ impl FileStore {
         }
     }
 
+    /// Set a variable of a GRUB or U-Boot environment besides the boot state (a slot's
+    /// kernel arguments) and write it crash-safely, as [`save`](FileStore::save) does;
+    /// on failure the store is as it was. An Android misc partition holds no variables.
+    pub fn set_variable(&mut self, name: &str, value: &str) -> Result<()> {
+        let before = self.state.clone();
+        match &mut self.state {
+            State::Grub(g) => g.set_var(name, value)?,
+            State::Uboot(u, _) => u.set_var(name, value)?,
+            State::Android(_) => {
+                return Err(Error::Invalid(
+                    "an Android misc partition holds no variables".to_string(),
+                ))
+            }
+        }
+        let r = self.save();
+        if r.is_err() {
+            self.state = before;
+        }
+        r
+    }
+
+    /// A variable of a GRUB or U-Boot environment.
+    pub fn variable(&self, name: &str) -> Option<&str> {
+        match &self.state {
+            State::Grub(g) => g.var(name),
+            State::Uboot(u, _) => u.var(name),
+            State::Android(_) => None,
+        }
+    }
+
     /// The model, for reading and changing.
     pub fn control(&mut self) -> &mut dyn AbControl {
         match &mut self.state {

@@ -498,6 +498,9 @@ where
             }
             None => (None, None),
         };
+        if let Some(arg) = &kernel_argument {
+            self.write_boot_arguments(target, arg)?;
+        }
         record::write(
             &self.state_dir,
             target,
@@ -507,7 +510,10 @@ where
                 kernel_argument,
             },
         )?;
-        boot.set_active(target, Some(self.system.tries))?;
+        // Opened afresh: the boot arguments may have been written to the same store.
+        drop(boot);
+        self.boot_control()?
+            .set_active(target, Some(self.system.tries))?;
         Ok(Installed {
             slot: target,
             version: manifest.version,
@@ -646,6 +652,51 @@ where
         Ok(keel_verity::dm_mod_create(&name, &table)?)
     }
 
+    /// Put the argument that maps `slot` where its boot loader passes it to the kernel,
+    /// crash-safely: the slot's systemd-boot entry's `options` line, or the variable
+    /// `KEEL_<SLOT>_ARGS` of a GRUB or U-Boot environment (for the menu entry to expand).
+    /// GPT-flag and Android systems take the root from elsewhere (the kernel partition,
+    /// vbmeta); the slot record holds the argument for them.
+    fn write_boot_arguments(&self, slot: Slot, arg: &str) -> Result<()> {
+        use keel_bootflags::store::{Backend, FileStore};
+        let root = |p: &Path| self.root.join(p.strip_prefix("/").unwrap_or(p));
+        let var = format!("KEEL_{}_ARGS", slot.letter());
+        match &self.system.backend {
+            BootBackend::GrubEnv(p) => {
+                FileStore::open(Backend::GrubEnv, &root(p), 2)?.set_variable(&var, arg)?
+            }
+            BootBackend::Uboot {
+                path,
+                size,
+                redundant,
+            } => {
+                let backend = Backend::Uboot {
+                    size: *size,
+                    redundant: *redundant,
+                };
+                FileStore::open(backend, &root(path), 2)?.set_variable(&var, arg)?
+            }
+            BootBackend::SystemdBoot(entries) => {
+                let entries = root(entries);
+                let esp = entries.parent().and_then(Path::parent).ok_or_else(|| {
+                    Error::config("boot.entries-dir", "expected ESP/loader/entries")
+                })?;
+                let ids: Vec<&str> = self.system.slots.iter().map(|s| s.name.as_str()).collect();
+                let bls = keel_bootflags::blsdir::BlsDir::open(esp, &ids)?;
+                let name = bls
+                    .entry(slot)
+                    .ok_or_else(|| Error::Refused(format!("no boot entry for slot {slot}")))?
+                    .file_name();
+                let path = entries.join(name);
+                let text = record::read_small(&path)?
+                    .ok_or_else(|| Error::Refused(format!("{} is gone", path.display())))?;
+                record::replace(&path, with_root_argument(&text, arg).as_bytes())?;
+            }
+            BootBackend::Gpt(_) | BootBackend::AndroidMisc(_) => {}
+        }
+        Ok(())
+    }
+
     /// How the kernel names the slot's partition.
     fn kernel_device(&self, slot: Slot) -> Result<String> {
         Ok(format!("PARTUUID={}", self.partition_of(slot)?.guid))
@@ -663,7 +714,13 @@ where
             tries: 0,
             successful: false,
         });
-        if state.successful {
+        // RAUC's GRUB and U-Boot variables cannot tell a committed slot from one being
+        // tried (RAUC marks good on every boot): there the checks always run.
+        let rauc = matches!(
+            self.system.backend,
+            BootBackend::GrubEnv(_) | BootBackend::Uboot { .. }
+        );
+        if state.successful && !rauc {
             return Ok(Commit::AlreadyGood(booted));
         }
         for c in checks {
@@ -730,5 +787,69 @@ impl<R: Read> Read for Tee<'_, R> {
         let n = self.inner.read(buf)?;
         self.seen.extend_from_slice(&buf[..n]);
         Ok(n)
+    }
+}
+
+/// Kernel arguments that say where the verity-mapped root is; an entry keeps only the
+/// newest.
+const ROOT_ARGUMENTS: [&str; 6] = [
+    "dm-mod.create",
+    "verity.usrhash",
+    "roothash",
+    "usrhash",
+    "systemd.verity_root_hash",
+    "systemd.verity_usr_hash",
+];
+
+/// A BLS entry with `arg` in place of any earlier root argument on its `options` line
+/// (one is added if it has none); every other line and argument is kept.
+pub(crate) fn with_root_argument(entry: &str, arg: &str) -> String {
+    let mut out = String::new();
+    let mut done = false;
+    for line in entry.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("options").filter(|_| !done) else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let mut args: Vec<String> = crate::booted::split_cmdline(rest)
+            .into_iter()
+            .filter(|a| !ROOT_ARGUMENTS.contains(&a.split_once('=').map_or(a.as_str(), |(k, _)| k)))
+            .map(|a| match a.split_once('=') {
+                // Quoting was dropped by the split; values with spaces need it back.
+                Some((k, v)) if v.contains(' ') => format!("{k}=\"{v}\""),
+                _ => a,
+            })
+            .collect();
+        args.push(arg.to_string());
+        out.push_str("options ");
+        out.push_str(&args.join(" "));
+        out.push('\n');
+        done = true;
+    }
+    if !done {
+        out.push_str("options ");
+        out.push_str(arg);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_argument_replaces_the_old_one_and_keeps_the_rest() {
+        let entry = "title Keel B\nlinux /vmlinuz\noptions quiet dm-mod.create=\"old,,,ro,0 8 verity 1\" rw\n";
+        let new = with_root_argument(entry, "dm-mod.create=\"keel-b,,,ro,0 16 verity 1\"");
+        assert_eq!(
+            new,
+            "title Keel B\nlinux /vmlinuz\noptions quiet rw dm-mod.create=\"keel-b,,,ro,0 16 verity 1\"\n"
+        );
+        assert_eq!(
+            with_root_argument("title x\n", "roothash=ab"),
+            "title x\noptions roothash=ab\n"
+        );
     }
 }

@@ -53,7 +53,7 @@ pub fn clues(root: &Path) -> Result<Vec<Clue>> {
 }
 
 /// Split as the kernel does: on spaces, except inside double quotes (which are dropped).
-fn split_cmdline(text: &str) -> Vec<String> {
+pub(crate) fn split_cmdline(text: &str) -> Vec<String> {
     let mut args = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;

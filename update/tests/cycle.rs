@@ -112,13 +112,17 @@ impl Fixture {
 
     /// The description, with `extra` appended (more settings of the tables at its end).
     fn description(&self, disk: &Path, update: &str, trust: &str) -> String {
+        let boot = format!("backend = \"gpt-flatcar\"\ndisk = \"{}\"", disk.display());
+        self.description_for(&boot, update, trust)
+    }
+
+    /// The description with `boot` as the body of its `[boot]` table.
+    fn description_for(&self, boot: &str, update: &str, trust: &str) -> String {
         format!(
-            "version = \"1\"\ncompatible = \"acme-os\"\n\n[boot]\nbackend = \"gpt-flatcar\"\n\
-             disk = \"{}\"\n\n[[slot]]\nname = \"usr.a\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-A\"\n\
+            "version = \"1\"\ncompatible = \"acme-os\"\n\n[boot]\n{boot}\n\n[[slot]]\nname = \"usr.a\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-A\"\n\
              partition-type = \"usr\"\n\n[[slot]]\nname = \"usr.b\"\nclass = \"usr\"\n\
              device = \"PARTUUID={}\"\n\n[verity]\nsalt = \"{SALT}\"\n\n[trust]\n{trust}\n\
              [[trust.key]]\nid = \"release\"\ned25519 = \"{}\"\n\n[update]\ntries = 2\n{update}",
-            disk.display(),
             self.partuuid("USR-B"),
             hex::encode(self.key.public_key().to_bytes())
         )
@@ -621,4 +625,129 @@ fn install_and_commit_on_loop_devices() {
         let name = format!("{} partition {number}", lo.dev);
         assert!(got == f.v2, "{sector}: {name} does not hold version 2");
     }
+}
+
+fn system_from(text: String) -> System {
+    let loaded = keel_config::load_sources(&[("system.toml".into(), text)]);
+    let config = loaded
+        .config
+        .unwrap_or_else(|| panic!("{:?}", loaded.findings));
+    System::from_config(&config).unwrap()
+}
+
+/// With a GRUB environment as the boot state: the armed slot's kernel argument lands in
+/// `KEEL_B_ARGS`, which grub-editenv reads back, next to RAUC's variables.
+#[test]
+fn grubenv_systems_get_the_kernel_argument_in_the_environment() {
+    let Some(ge) = keel_testsupport::tool("grub-editenv", "grub-common") else {
+        return;
+    };
+    let f = Fixture::new();
+    let env = f.root().join("boot/grub/grubenv");
+    fs::create_dir_all(env.parent().unwrap()).unwrap();
+    let store = keel_bootflags::store::FileStore::init(
+        keel_bootflags::store::Backend::GrubEnv,
+        &env,
+        2,
+        Slot::A,
+    );
+    drop(store.unwrap());
+    // RAUC's GRUB script tries a slot once.
+    let text = f.description_for(
+        "backend = \"grubenv\"\ngrubenv = \"/boot/grub/grubenv\"",
+        "",
+        "",
+    );
+    let system = system_from(text.replace("tries = 2", "tries = 1"));
+    let disk = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(f.disk())
+        .unwrap();
+    let a = agent(&f, system, &disk);
+    a.install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
+        .unwrap();
+    let listed = keel_testsupport::run_ok(&ge, &[env.to_str().unwrap(), "list"]);
+    let root = hex::encode(f.descriptor(&f.v2).root_hash());
+    assert!(listed.contains("ORDER=B A"), "{listed}");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("KEEL_B_ARGS=dm-mod.create=") && l.contains(&root)),
+        "{listed}"
+    );
+    assert_eq!(a.boot_control().unwrap().boot().unwrap(), Some(Slot::B));
+    f.boot_from("USR-B");
+    assert_eq!(a.commit(&[]).unwrap(), Commit::Committed(Slot::B));
+    let listed = keel_testsupport::run_ok(&ge, &[env.to_str().unwrap(), "list"]);
+    assert!(
+        listed.contains("B_OK=1") && listed.contains("KEEL_B_ARGS="),
+        "{listed}"
+    );
+}
+
+/// With systemd-boot: the slot's entry gets the argument on its `options` line (the old
+/// one replaced, the rest kept), and boot counting runs through the entry names.
+#[test]
+fn systemd_boot_entries_get_the_kernel_argument_on_their_options_line() {
+    let f = Fixture::new();
+    let entries = f.root().join("efi/loader/entries");
+    fs::create_dir_all(&entries).unwrap();
+    for id in ["usr.a", "usr.b"] {
+        fs::write(
+            entries.join(format!("{id}.conf")),
+            format!("title Keel {id}\nlinux /vmlinuz\noptions quiet roothash=00ff rw\n"),
+        )
+        .unwrap();
+    }
+    let system = system_from(f.description_for(
+        "backend = \"systemd-boot\"\nentries-dir = \"/efi/loader/entries\"",
+        "",
+        "",
+    ));
+    let disk = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(f.disk())
+        .unwrap();
+    let a = agent(&f, system, &disk);
+    a.install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
+        .unwrap();
+    let b: Vec<_> = fs::read_dir(&entries)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("usr.b"))
+        .collect();
+    assert_eq!(
+        b,
+        vec!["usr.b+2-0.conf".to_string()],
+        "armed with two tries"
+    );
+    let text = fs::read_to_string(entries.join(&b[0])).unwrap();
+    let root = hex::encode(f.descriptor(&f.v2).root_hash());
+    let options = text.lines().find(|l| l.starts_with("options ")).unwrap();
+    assert!(
+        options.starts_with("options quiet rw dm-mod.create=\"keel-b,"),
+        "{text}"
+    );
+    assert!(
+        options.contains(&root) && !options.contains("roothash=00ff"),
+        "{text}"
+    );
+    assert!(
+        text.starts_with("title Keel usr.b\nlinux /vmlinuz\n"),
+        "{text}"
+    );
+    let a_text = fs::read_to_string(entries.join("usr.a.conf")).unwrap();
+    assert!(
+        a_text.contains("roothash=00ff"),
+        "slot A's entry was changed: {a_text}"
+    );
+    assert_eq!(a.boot_control().unwrap().boot().unwrap(), Some(Slot::B));
+    f.boot_from("USR-B");
+    assert_eq!(a.commit(&[]).unwrap(), Commit::Committed(Slot::B));
+    assert!(
+        entries.join("usr.b.conf").exists(),
+        "a good entry has no counter"
+    );
 }
