@@ -17,42 +17,17 @@ fn is_hex(s: &str) -> bool {
     !s.is_empty() && s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn is_guid(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
-        && parts
-            .iter()
-            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
-}
+// The values below are checked by the parsers of the crates that use them, so the
+// description accepts exactly what they accept.
 
-fn valid_date(s: &str) -> bool {
-    let p: Vec<&str> = s.split('-').collect();
-    let [y, m, d] = p.as_slice() else {
-        return false;
-    };
-    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
-        return false;
-    }
-    let (Ok(y), Ok(m), Ok(d)) = (y.parse::<u32>(), m.parse::<u32>(), d.parse::<u32>()) else {
-        return false;
-    };
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days = match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return false,
-    };
-    (1..=days).contains(&d)
+fn guid_error(s: &str) -> Option<String> {
+    s.parse::<keel_partition::Guid>()
+        .err()
+        .map(|e| e.to_string())
 }
 
 fn dotted(s: &str) -> Option<Vec<u64>> {
     s.split('.').map(|p| p.parse().ok()).collect()
-}
-
-fn block_size(v: u32) -> bool {
-    v.is_power_of_two() && (512..=512 * 1024).contains(&v)
 }
 
 /// Which backend a boot setting belongs to.
@@ -184,7 +159,9 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
             || s.device
                 .strip_prefix("PARTLABEL=")
                 .is_some_and(|l| !l.is_empty())
-            || s.device.strip_prefix("PARTUUID=").is_some_and(is_guid);
+            || s.device
+                .strip_prefix("PARTUUID=")
+                .is_some_and(|g| guid_error(g).is_none());
         if !dev_ok {
             err!(
                 at("device"),
@@ -195,7 +172,9 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
             );
         }
         if let Some(t) = &s.partition_type {
-            if !["usr", "root-x86-64", "root-aarch64"].contains(&t.as_str()) && !is_guid(t) {
+            if !["usr", "root-x86-64", "root-aarch64"].contains(&t.as_str())
+                && guid_error(t).is_some()
+            {
                 err!(
                     at("partition-type"),
                     format!("{t:?}: expected usr, root-x86-64, root-aarch64 or a GUID")
@@ -245,24 +224,15 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
     // [verity]
     if let Some(v) = &c.verity {
         let mut err = |k: &str, m: String| out.push(Raw::error(path(&["verity", k]), m));
-        if !["sha1", "sha224", "sha256", "sha384", "sha512"].contains(&v.algorithm.as_str()) {
-            err(
-                "algorithm",
-                format!(
-                    "{:?}: expected sha1, sha224, sha256, sha384 or sha512",
-                    v.algorithm
-                ),
-            );
+        if let Err(e) = keel_verity::HashAlgorithm::from_name(&v.algorithm) {
+            err("algorithm", e.to_string());
         }
         for (k, size) in [
             ("data-block-size", v.data_block_size),
             ("hash-block-size", v.hash_block_size),
         ] {
-            if !block_size(size) {
-                err(
-                    k,
-                    format!("{size}: expected a power of two from 512 to 524288"),
-                );
+            if let Err(e) = keel_verity::check_block_size("block size", size) {
+                err(k, e.to_string());
             }
         }
         if let Some(salt) = &v.salt {
@@ -300,10 +270,10 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
 
     // [trust]
     if let Some(mv) = &c.trust.minimum_version {
-        if dotted(mv).is_none() {
+        if let Err(e) = keel_payload::format::parse_version(mv) {
             out.push(Raw::error(
                 path(&["trust", "minimum-version"]),
-                format!("{mv:?}: expected dotted numbers (1.2.3)"),
+                format!("{mv:?}: {e}"),
             ));
         }
     }
@@ -322,34 +292,20 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
                 format!("key id {:?} is already used by trust.key[{j}]", k.id),
             ));
         }
-        if !(k.ed25519.len() == 64 && is_hex(&k.ed25519)) {
+        let mut raw = [0u8; 32];
+        if hex::decode_to_slice(&k.ed25519, &mut raw).is_err() {
             out.push(Raw::error(
                 at("ed25519"),
                 "expected 64 hex digits (a raw Ed25519 public key)".to_string(),
             ));
+        } else if let Err(e) = keel_trust::PublicKey::from_bytes(&raw) {
+            out.push(Raw::error(at("ed25519"), e.to_string()));
         }
         if let Some(d) = &k.not_after {
-            if !valid_date(d) {
-                out.push(Raw::error(
-                    at("not-after"),
-                    format!("{d:?}: expected a date YYYY-MM-DD"),
-                ));
+            if let Err(e) = keel_trust::end_of_day(d) {
+                out.push(Raw::error(at("not-after"), e.to_string()));
             }
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates() {
-        assert!(valid_date("2024-02-29"));
-        assert!(!valid_date("2023-02-29"));
-        assert!(!valid_date("2024-13-01"));
-        assert!(!valid_date("24-01-01"));
-        assert!(valid_date("2000-02-29") && !valid_date("1900-02-29"));
-    }
 }

@@ -232,7 +232,7 @@ fn every_rule_has_a_failing_case() {
         "verity.algorithm",
         18,
         13,
-        "expected sha1",
+        "supported: sha1, sha224, sha256, sha384, sha512",
     );
     expect(
         "algorithm = \"sha256\"",
@@ -304,7 +304,7 @@ fn every_rule_has_a_failing_case() {
         "trust.key[0].not-after",
         22,
         13,
-        "YYYY-MM-DD",
+        "is not a date YYYY-MM-DD",
     );
     expect(
         "ed25519 = \"d75a",
@@ -313,6 +313,20 @@ fn every_rule_has_a_failing_case() {
         22,
         11,
         "64 hex digits",
+    );
+    // 64 hex digits that are no point of the curve: keel-trust's own check says so.
+    let base_key = BASE
+        .lines()
+        .find_map(|l| l.strip_prefix("ed25519 = \""))
+        .unwrap()
+        .trim_end_matches('"');
+    expect(
+        base_key,
+        &format!("02{}", "00".repeat(31)),
+        "trust.key[0].ed25519",
+        22,
+        11,
+        "not an Ed25519 public key",
     );
     let dup = format!(
         "{BASE}\n[[trust.key]]\nid = \"k1\"\ned25519 = \"{}\"\n",

@@ -26,6 +26,9 @@ pub enum Error {
     /// The signature does not verify with the key it names.
     #[error("the signature does not verify with key {0}")]
     BadSignature(crate::KeyId),
+    /// A not-after date that is not a calendar date `YYYY-MM-DD`.
+    #[error("{0:?} is not a date YYYY-MM-DD")]
+    Date(String),
     /// A signer (a callback, a process) failed or gave a signature its key does not
     /// verify.
     #[error("signer: {0}")]

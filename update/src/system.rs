@@ -145,7 +145,10 @@ impl System {
             let not_after = k
                 .not_after
                 .as_deref()
-                .map(|d| end_of_day(d).map_err(|r| Error::config(format!("{field}.not-after"), r)))
+                .map(|d| {
+                    keel_trust::end_of_day(d)
+                        .map_err(|e| Error::config(format!("{field}.not-after"), e.to_string()))
+                })
                 .transpose()?;
             keyring.add_until(key, not_after)?;
         }
@@ -153,11 +156,7 @@ impl System {
             keel_payload::format::parse_version(v)
                 .map_err(|r| Error::config("trust.minimum-version", r))?;
         }
-        let tries = c
-            .update
-            .tries
-            .or(c.boot.attempts)
-            .unwrap_or_else(|| c.boot.backend.default_attempts());
+        let tries = keel_config::effective_tries(c);
         Ok(System {
             compatible: c.compatible.clone(),
             backend,
@@ -312,52 +311,4 @@ fn verity(v: &keel_config::Verity) -> Result<VeritySpec> {
         fec_roots: v.fec_roots,
         after_data: v.hash_tree == HashTreeLocation::AfterData,
     })
-}
-
-/// The last second of day `YYYY-MM-DD` (UTC), as seconds since the epoch.
-fn end_of_day(d: &str) -> std::result::Result<u64, String> {
-    let bad = || format!("{d:?} is not a date YYYY-MM-DD");
-    let mut parts = d.split('-');
-    let mut num = |len: usize| {
-        parts
-            .next()
-            .filter(|p| p.len() == len && p.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|p| p.parse::<i64>().ok())
-            .ok_or_else(bad)
-    };
-    let (y, m, day) = (num(4)?, num(2)?, num(2)?);
-    if parts.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
-        return Err(bad());
-    }
-    // Howard Hinnant's days_from_civil.
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from((days + 1) * 86_400 - 1).map_err(|_| bad())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_end_at_the_last_second_of_the_day() {
-        assert_eq!(end_of_day("1970-01-01"), Ok(86_399));
-        assert_eq!(end_of_day("2000-03-01"), Ok(951_955_199));
-        assert_eq!(end_of_day("2026-11-29"), Ok(1_795_996_799));
-        for bad in [
-            "2026-13-01",
-            "26-01-01",
-            "2026-1-01",
-            "2026-01-01x",
-            "",
-            "2026-01",
-        ] {
-            assert!(end_of_day(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -58,8 +58,8 @@ pub use io::{Progress, ReadAt, WriteAt};
 pub use keel_io::{Cancel, Cancelled, Threads};
 pub use keel_trust::{Context, KeyId, Keyring, PublicKey, Signer, SigningKey};
 pub use params::{
-    VerityParams, VerityParamsBuilder, DEFAULT_SALT_SIZE, MAX_BLOCK_SIZE, MAX_SALT_SIZE,
-    MIN_BLOCK_SIZE,
+    check_block_size, VerityParams, VerityParamsBuilder, DEFAULT_SALT_SIZE, MAX_BLOCK_SIZE,
+    MAX_SALT_SIZE, MIN_BLOCK_SIZE,
 };
 pub use sign::{RootDescriptor, SignRoot, SignedRoot, VerifiedRoot, VerifyRoot};
 pub use superblock::{

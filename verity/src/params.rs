@@ -13,7 +13,7 @@ pub const MAX_SALT_SIZE: usize = 256;
 pub const DEFAULT_SALT_SIZE: usize = 32;
 
 /// Check a block size the way veritysetup does: a power of two from 512 B to 512 KiB.
-pub(crate) fn check_block_size(field: &'static str, size: u32) -> Result<()> {
+pub fn check_block_size(field: &'static str, size: u32) -> Result<()> {
     if !size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&size) {
         return Err(Error::param(
             field,
