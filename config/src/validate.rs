@@ -284,6 +284,7 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
         ));
     }
     let mut ids: HashMap<&str, usize> = HashMap::new();
+    let mut material: HashMap<String, usize> = HashMap::new();
     for (i, k) in c.trust.keys.iter().enumerate() {
         let at = |f: &str| with_index(path(&["trust", "key"]), i, f);
         if let Some(j) = ids.insert(&k.id, i) {
@@ -300,6 +301,12 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
             ));
         } else if let Err(e) = keel_trust::PublicKey::from_bytes(&raw) {
             out.push(Raw::error(at("ed25519"), e.to_string()));
+        } else if let Some(j) = material.insert(k.ed25519.to_ascii_lowercase(), i) {
+            // A keyring holds a key once: two ids for one key is a rotation mistake.
+            out.push(Raw::error(
+                at("ed25519"),
+                format!("the same key as trust.key[{j}]"),
+            ));
         }
         if let Some(d) = &k.not_after {
             if let Err(e) = keel_trust::end_of_day(d) {

@@ -339,6 +339,20 @@ fn every_rule_has_a_failing_case() {
         .find(|f| f.path == "trust.key[1].id")
         .unwrap();
     assert_eq!((f.line, f.column), (25, 6), "{f}");
+    // The same key under a second id.
+    let key = BASE
+        .lines()
+        .find_map(|l| l.strip_prefix("ed25519 = \""))
+        .unwrap()
+        .trim_end_matches('"');
+    let twice = format!("{BASE}\n[[trust.key]]\nid = \"k2\"\ned25519 = \"{key}\"\n");
+    let l = one(&twice);
+    let f = l
+        .findings
+        .iter()
+        .find(|f| f.path == "trust.key[1].ed25519")
+        .unwrap_or_else(|| panic!("{:?}", l.findings));
+    assert!(f.message.contains("the same key as trust.key[0]"), "{f}");
     expect(
         "[[trust.key]]",
         "[trust]\nminimum-version = \"1.x\"\n\n[[trust.key]]",

@@ -1,0 +1,22 @@
+//! keel-update's two readers of outside text: a description that keel-config accepts is
+//! one keel-update can act on (the rules live once, so they cannot disagree), and any
+//! kernel command line gives clues without a panic.
+#![no_main]
+
+use keel_config::load_sources;
+use keel_update::{clues, System};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data).into_owned();
+    let l = load_sources(&[("system.toml".to_string(), text.clone())]);
+    if let Some(c) = l.config {
+        if let Err(e) = System::from_config(&c) {
+            panic!("keel-config accepted what keel-update refuses: {e}");
+        }
+    }
+    let root = std::env::temp_dir().join(format!("keel-fuzz-cmdline-{}", std::process::id()));
+    std::fs::create_dir_all(root.join("proc")).expect("temp dir");
+    std::fs::write(root.join("proc/cmdline"), data).expect("write");
+    let _ = clues(&root);
+});
