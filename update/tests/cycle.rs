@@ -751,3 +751,102 @@ fn systemd_boot_entries_get_the_kernel_argument_on_their_options_line() {
         "a good entry has no counter"
     );
 }
+
+/// A cancelled install stops with a retryable error and leaves nothing armed; the same
+/// install again completes.
+#[test]
+fn a_cancelled_install_is_retryable_and_completes_when_run_again() {
+    let f = Fixture::new();
+    let disk = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(f.disk())
+        .unwrap();
+    let a = agent(&f, f.system(), &disk).checkpoint_bytes(64 << 10);
+    let payload = f.payload(true, &f.v2, "2.0", "acme-os");
+    let stop = keel_io::Cancel::new();
+    stop.cancel();
+    let e = a.install(&payload[..], Some(&stop)).unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    let st = a.status().unwrap();
+    assert!(!st.slots[1].next_boot && st.last_error.is_some(), "{st:?}");
+    let done = a.install(&payload[..], None).unwrap();
+    assert_eq!(done.slot, Slot::B);
+    assert!(a.status().unwrap().slots[1].next_boot);
+}
+
+/// `fec-roots`: parity is written after the tree and the kernel argument tells the
+/// kernel to correct from it; a payload whose signed root has another salt than the
+/// description's is refused.
+#[test]
+fn fec_roots_and_salt_take_effect() {
+    let f = Fixture::new();
+    let text = f
+        .description(&f.disk(), "", "")
+        .replace("salt = \"5a17\"", "salt = \"5a17\"\nfec-roots = 2");
+    let system = system_from(text);
+    assert_eq!(system.verity.as_ref().unwrap().fec_roots, Some(2));
+    let disk = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(f.disk())
+        .unwrap();
+    let a = agent(&f, system, &disk);
+    a.install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
+        .unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.state().join("slot-B.json")).unwrap()).unwrap();
+    let arg = record["kernel_argument"].as_str().unwrap();
+    assert!(
+        arg.contains("use_fec_from_device") && arg.contains("fec_roots 2"),
+        "{arg}"
+    );
+    // The parity after the tree is what veritysetup's parity for this data and tree is:
+    // it repairs a damaged data block of slot B.
+    let params = f.descriptor(&f.v2).params().clone();
+    let geometry = keel_verity::TreeGeometry::new(&params, params.data_size(), false).unwrap();
+    let end = geometry.tree_offset() + geometry.tree_size();
+    let g = keel_verity::FecGeometry::on_hash_device(&params, &geometry, 2, end).unwrap();
+    let (b_off, b_len) = f.slot_range(fs::read(f.disk()).unwrap(), "USR-B");
+    let mut slot = vec![0u8; b_len as usize];
+    disk.read_exact_at(&mut slot, b_off).unwrap();
+    slot[4096 * 7 + 3] ^= 0xff;
+    let mut data = slot[..IMAGE].to_vec();
+    let (mut hash, mut fec) = (slot.clone(), slot.clone());
+    let desc = f.descriptor(&f.v2);
+    let target = keel_verity::RepairTarget {
+        params: &params,
+        tree: &geometry,
+        root: desc.root_hash(),
+    };
+    let r = keel_verity::fec_repair(
+        &g,
+        &target,
+        &mut data,
+        &mut hash,
+        &mut fec,
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(r.repaired_data_blocks, vec![7]);
+    assert!(data == f.v2);
+
+    // Another salt than the description's: refused before writing.
+    let other = VerityParams::builder()
+        .salt(vec![1, 2, 3])
+        .data_blocks(IMAGE as u64 / 4096)
+        .build()
+        .unwrap();
+    let root = HashTree::build(&other, &f.v2[..])
+        .unwrap()
+        .root_hash()
+        .to_vec();
+    let opts = GenerateOptions::new("acme-os", "3.0")
+        .level(3)
+        .verity(RootDescriptor::new(other, &root).unwrap());
+    let p = generate(None, &f.v2, &f.key, &opts).unwrap();
+    let e = agent(&f, f.system(), &disk)
+        .install(&p[..], None)
+        .unwrap_err();
+    assert!(e.to_string().contains("verity parameters"), "{e}");
+}
