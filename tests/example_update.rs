@@ -24,6 +24,17 @@ fn update(dir: &Path, args: &[&str]) -> std::process::Output {
     run(&example("update"), &a)
 }
 
+/// `update demo` in a temporary directory: (the directory, `DIR/demo`).
+fn demo() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    ok(
+        "update",
+        &["demo", dir.to_str().unwrap(), "--slot-mib", "24"],
+    );
+    (tmp, dir)
+}
+
 fn partuuid(disk: &Path, label: &str) -> String {
     let g = GptDisk::open(std::fs::read(disk).unwrap(), None).unwrap();
     let p = g
@@ -36,14 +47,8 @@ fn partuuid(disk: &Path, label: &str) -> String {
 
 #[test]
 fn install_boot_commit_and_status_through_the_example() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("demo");
-    ok(
-        "update",
-        &["demo", dir.to_str().unwrap(), "--slot-mib", "24"],
-    );
-    let disk = dir.join("disk.img");
-    let payload = dir.join("update-1-to-2.payload");
+    let (tmp, dir) = demo();
+    let (disk, payload) = (dir.join("disk.img"), dir.join("update-1-to-2.payload"));
 
     // A payload for another system: refused, the disk untouched.
     let other = tmp.path().join("other");
@@ -113,14 +118,8 @@ fn install_boot_commit_and_status_through_the_example() {
 
 #[test]
 fn a_failing_check_exits_2_and_the_boot_loader_falls_back() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("demo");
-    ok(
-        "update",
-        &["demo", dir.to_str().unwrap(), "--slot-mib", "24"],
-    );
-    let disk = dir.join("disk.img");
-    let payload = dir.join("update-1-to-2.payload");
+    let (_tmp, dir) = demo();
+    let (disk, payload) = (dir.join("disk.img"), dir.join("update-1-to-2.payload"));
     let o = update(&dir, &["install", payload.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     ok(

@@ -282,9 +282,27 @@ where
             .map_err(|e| Error::io("the slot's region", e))
     }
 
+    /// `p` (absolute, on the running system) under the root directory.
+    fn under_root(&self, p: &Path) -> PathBuf {
+        self.root.join(p.strip_prefix("/").unwrap_or(p))
+    }
+
+    /// The systemd-boot entries of the slots: the ESP is two levels above
+    /// `loader/entries`, and the entry ids are the slots' names.
+    fn bls_dir(&self, entries: &Path) -> Result<(PathBuf, keel_bootflags::blsdir::BlsDir)> {
+        let entries = self.under_root(entries);
+        let esp = entries
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(|| Error::config("boot.entries-dir", "expected ESP/loader/entries"))?;
+        let ids: Vec<&str> = self.system.slots.iter().map(|s| s.name.as_str()).collect();
+        let bls = keel_bootflags::blsdir::BlsDir::open(esp, &ids)?;
+        Ok((entries, bls))
+    }
+
     /// The boot-state backend of the description, opened.
     pub fn boot_control(&self) -> Result<Box<dyn BootControl + 'd>> {
-        let root = |p: &Path| self.root.join(p.strip_prefix("/").unwrap_or(p));
+        let root = |p: &Path| self.under_root(p);
         use keel_bootflags::store::{Backend, FileStore};
         Ok(match &self.system.backend {
             BootBackend::Gpt(policy) => {
@@ -313,15 +331,7 @@ where
             BootBackend::AndroidMisc(p) => {
                 Box::new(FileStore::open(Backend::AndroidMisc, &root(p), 2)?)
             }
-            BootBackend::SystemdBoot(entries) => {
-                // The ESP is two levels above loader/entries; entry ids are the slot names.
-                let entries = root(entries);
-                let esp = entries.parent().and_then(Path::parent).ok_or_else(|| {
-                    Error::config("boot.entries-dir", "expected ESP/loader/entries")
-                })?;
-                let ids: Vec<&str> = self.system.slots.iter().map(|s| s.name.as_str()).collect();
-                Box::new(keel_bootflags::blsdir::BlsDir::open(esp, &ids)?)
-            }
+            BootBackend::SystemdBoot(entries) => Box::new(self.bls_dir(entries)?.1),
         })
     }
 
@@ -659,7 +669,7 @@ where
     /// vbmeta); the slot record holds the argument for them.
     fn write_boot_arguments(&self, slot: Slot, arg: &str) -> Result<()> {
         use keel_bootflags::store::{Backend, FileStore};
-        let root = |p: &Path| self.root.join(p.strip_prefix("/").unwrap_or(p));
+        let root = |p: &Path| self.under_root(p);
         let var = format!("KEEL_{}_ARGS", slot.letter());
         match &self.system.backend {
             BootBackend::GrubEnv(p) => {
@@ -677,12 +687,7 @@ where
                 FileStore::open(backend, &root(path), 2)?.set_variable(&var, arg)?
             }
             BootBackend::SystemdBoot(entries) => {
-                let entries = root(entries);
-                let esp = entries.parent().and_then(Path::parent).ok_or_else(|| {
-                    Error::config("boot.entries-dir", "expected ESP/loader/entries")
-                })?;
-                let ids: Vec<&str> = self.system.slots.iter().map(|s| s.name.as_str()).collect();
-                let bls = keel_bootflags::blsdir::BlsDir::open(esp, &ids)?;
+                let (entries, bls) = self.bls_dir(entries)?;
                 let name = bls
                     .entry(slot)
                     .ok_or_else(|| Error::Refused(format!("no boot entry for slot {slot}")))?

@@ -49,18 +49,24 @@ impl Fixture {
             "ID=keel\nVERSION_ID=\"1.0\"\n",
         )
         .unwrap();
-        let disk = fs::File::create(f.disk()).unwrap();
-        disk.set_len(2 * SLOT + (4 << 20)).unwrap();
+        f.lay_out(512);
+        f
+    }
+
+    /// A new disk with `sector_size`-byte sectors, version 1 in slot A, booted from A.
+    fn lay_out(&self, sector_size: u64) {
+        let disk = fs::File::create(self.disk()).unwrap();
+        disk.set_len(2 * SLOT + (8 << 20)).unwrap();
         let mut layout = Layout::flatcar(SLOT);
         layout.esp_size = 1 << 20;
+        layout.sector_size = sector_size;
         create_layout(&mut &disk, &layout).unwrap();
-        let a = f.slot_range(fs::read(f.disk()).unwrap(), "USR-A");
+        let a = self.slot_range(fs::read(self.disk()).unwrap(), "USR-A");
         Region::new(&disk, a.0, a.1)
             .unwrap()
-            .write_all_at(&f.v1, 0)
+            .write_all_at(&self.v1, 0)
             .unwrap();
-        f.boot_from("USR-A");
-        f
+        self.boot_from("USR-A");
     }
 
     fn p(&self, name: &str) -> PathBuf {
@@ -164,6 +170,14 @@ impl Fixture {
     }
 }
 
+fn open_rw(path: &Path) -> fs::File {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
 fn agent<'d, D: ReadAt>(f: &Fixture, system: System, disk: &'d D) -> Agent<'d, D>
 where
     &'d D: WriteAt,
@@ -174,11 +188,7 @@ where
 #[test]
 fn install_boot_commit_on_an_image() {
     let f = Fixture::new();
-    let disk = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(f.disk())
-        .unwrap();
+    let disk = open_rw(&f.disk());
     let a = agent(&f, f.system(), &disk);
     assert_eq!(a.booted_slot().unwrap(), Slot::A);
     let payload = f.payload(true, &f.v2, "2.0", "acme-os");
@@ -266,11 +276,7 @@ fn install_boot_commit_on_an_image() {
 #[test]
 fn a_failed_health_check_marks_the_new_slot_bad_and_the_old_one_boots() {
     let f = Fixture::new();
-    let disk = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(f.disk())
-        .unwrap();
+    let disk = open_rw(&f.disk());
     let a = agent(&f, f.system(), &disk);
     a.install(&f.payload(false, &f.v2, "2.0", "acme-os")[..], None)
         .unwrap();
@@ -302,11 +308,7 @@ fn a_failed_health_check_marks_the_new_slot_bad_and_the_old_one_boots() {
 
     // A failing command is a failed check too.
     let f2 = Fixture::new();
-    let disk2 = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(f2.disk())
-        .unwrap();
+    let disk2 = open_rw(&f2.disk());
     let a2 = agent(&f2, f2.system(), &disk2);
     a2.install(&f2.payload(false, &f2.v2, "2.0", "acme-os")[..], None)
         .unwrap();
@@ -333,11 +335,7 @@ fn a_failed_health_check_marks_the_new_slot_bad_and_the_old_one_boots() {
 fn refusals_come_before_any_write() {
     let f = Fixture::new();
     let before = fs::read(f.disk()).unwrap();
-    let disk = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(f.disk())
-        .unwrap();
+    let disk = open_rw(&f.disk());
     let full = |version: &str, compatible: &str| f.payload(false, &f.v2, version, compatible);
     let cases: Vec<(System, Vec<u8>, &str)> = vec![
         (f.system(), full("2.0", "other-os"), "\"other-os\""),
@@ -416,11 +414,7 @@ fn description_settings_take_effect() {
     assert_eq!(s.compatible, "acme-os");
     let v = s.verity.clone().unwrap();
     assert_eq!((v.salt, v.data_block_size), (Some(vec![0x5a, 0x17]), 4096));
-    let disk = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(f.disk())
-        .unwrap();
+    let disk = open_rw(&f.disk());
     // allow-downgrade: 0.9 over 1.0 installs. protect-booted-slot off: with the booted
     // slot unknown, the slot the boot loader would not choose (B) is written.
     f.cmdline("quiet");
@@ -575,21 +569,7 @@ fn an_install_cut_at_every_write_converges_when_run_again() {
 fn install_and_commit_on_loop_devices() {
     for sector in [512u32, 4096] {
         let f = Fixture::new();
-        if sector == 4096 {
-            // Lay the disk out again with 4 KiB sectors.
-            let disk = fs::File::create(f.disk()).unwrap();
-            disk.set_len(2 * SLOT + (8 << 20)).unwrap();
-            let mut layout = Layout::flatcar(SLOT);
-            layout.esp_size = 1 << 20;
-            layout.sector_size = 4096;
-            create_layout(&mut &disk, &layout).unwrap();
-            let a = f.slot_range(fs::read(f.disk()).unwrap(), "USR-A");
-            Region::new(&disk, a.0, a.1)
-                .unwrap()
-                .write_all_at(&f.v1, 0)
-                .unwrap();
-            f.boot_from("USR-A");
-        }
+        f.lay_out(u64::from(sector));
         let Some(lo) = keel_testsupport::loopdev::attach(&f.disk(), sector) else {
             return;
         };
@@ -659,11 +639,7 @@ fn grubenv_systems_get_the_kernel_argument_in_the_environment() {
         "",
     );
     let system = system_from(text.replace("tries = 2", "tries = 1"));
-    let disk = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(f.disk())
-        .unwrap();
+    let disk = open_rw(&f.disk());
     let a = agent(&f, system, &disk);
     a.install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
         .unwrap();
@@ -705,11 +681,7 @@ fn systemd_boot_entries_get_the_kernel_argument_on_their_options_line() {
         "",
         "",
     ));
-    let disk = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(f.disk())
-        .unwrap();
+    let disk = open_rw(&f.disk());
     let a = agent(&f, system, &disk);
     a.install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
         .unwrap();
@@ -757,11 +729,7 @@ fn systemd_boot_entries_get_the_kernel_argument_on_their_options_line() {
 #[test]
 fn a_cancelled_install_is_retryable_and_completes_when_run_again() {
     let f = Fixture::new();
-    let disk = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(f.disk())
-        .unwrap();
+    let disk = open_rw(&f.disk());
     let a = agent(&f, f.system(), &disk).checkpoint_bytes(64 << 10);
     let payload = f.payload(true, &f.v2, "2.0", "acme-os");
     let stop = keel_io::Cancel::new();
@@ -786,11 +754,7 @@ fn fec_roots_and_salt_take_effect() {
         .replace("salt = \"5a17\"", "salt = \"5a17\"\nfec-roots = 2");
     let system = system_from(text);
     assert_eq!(system.verity.as_ref().unwrap().fec_roots, Some(2));
-    let disk = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(f.disk())
-        .unwrap();
+    let disk = open_rw(&f.disk());
     let a = agent(&f, system, &disk);
     a.install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
         .unwrap();
