@@ -52,6 +52,99 @@ pub fn clues(root: &Path) -> Result<Vec<Clue>> {
     Ok(out)
 }
 
+/// The disk the running system booted from, as a path under `root`: the whole-disk
+/// device of the partition the kernel command line names for `/` or `/usr`, found through
+/// `/dev/disk/by-partuuid`, `/dev/disk/by-partlabel`, device-mapper slaves and /sys. For
+/// descriptions without `boot.disk`.
+pub fn boot_disk(root: &Path) -> Result<PathBuf> {
+    let path = root.join("proc/cmdline");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let mut devices = Vec::new();
+    for arg in split_cmdline(&text) {
+        match arg.split_once('=') {
+            Some(("root" | "usr" | "mount.usr", v)) => devices.push(v.to_string()),
+            Some(("dm-mod.create", v)) => devices.extend(
+                v.split(';')
+                    .filter_map(|d| d.splitn(5, ',').nth(4))
+                    .flat_map(|t| t.split(','))
+                    .filter_map(|t| {
+                        let w: Vec<&str> = t.split_whitespace().collect();
+                        (w.get(2) == Some(&"verity")).then(|| w.get(4).map(|d| d.to_string()))?
+                    }),
+            ),
+            _ => {}
+        }
+    }
+    for dev in &devices {
+        for part in partition_names(root, dev) {
+            if let Some(disk) = disk_of(root, &part) {
+                return Ok(root.join("dev").join(disk));
+            }
+        }
+    }
+    Err(Error::BootedSlot(format!(
+        "no partition of a disk behind {devices:?} (set boot.disk)"
+    )))
+}
+
+/// The kernel names (`vda3`) of the partitions behind a device named on the command line.
+fn partition_names(root: &Path, dev: &str) -> Vec<String> {
+    let link = |dir: &str, name: &str| {
+        std::fs::read_link(root.join("dev/disk").join(dir).join(name))
+            .ok()
+            .and_then(|t| t.file_name().and_then(|n| n.to_str()).map(str::to_string))
+    };
+    if let Some(u) = dev.strip_prefix("PARTUUID=") {
+        return link("by-partuuid", &u.to_ascii_lowercase())
+            .into_iter()
+            .collect();
+    }
+    if let Some(l) = dev.strip_prefix("PARTLABEL=") {
+        return link("by-partlabel", l).into_iter().collect();
+    }
+    let dm = |which: &dyn Fn(&Path) -> bool| -> Vec<String> {
+        let Ok(list) = std::fs::read_dir(root.join("sys/block")) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = list
+            .flatten()
+            .map(|e| e.path())
+            .filter(|d| which(d))
+            .filter_map(|d| std::fs::read_dir(d.join("slaves")).ok())
+            .flat_map(|l| l.flatten().filter_map(|e| e.file_name().into_string().ok()))
+            .collect();
+        out.sort();
+        out
+    };
+    if let Some(name) = dev.strip_prefix("/dev/mapper/") {
+        return dm(&|d| read_trim(&d.join("dm/name")).as_deref() == Some(name));
+    }
+    if let Some(name) = dev.strip_prefix("/dev/").filter(|n| n.starts_with("dm-")) {
+        return dm(&|d| d.file_name().and_then(|f| f.to_str()) == Some(name));
+    }
+    if let Some(rest) = dev.strip_prefix("/dev/disk/by-partuuid/") {
+        return link("by-partuuid", rest).into_iter().collect();
+    }
+    if let Some(rest) = dev.strip_prefix("/dev/disk/by-partlabel/") {
+        return link("by-partlabel", rest).into_iter().collect();
+    }
+    dev.strip_prefix("/dev/")
+        .map(str::to_string)
+        .into_iter()
+        .collect()
+}
+
+/// The disk holding partition `part`: the parent of its /sys directory, when that is a
+/// block device itself (it has a `dev` file).
+fn disk_of(root: &Path, part: &str) -> Option<String> {
+    let dir = std::fs::canonicalize(root.join("sys/class/block").join(part)).ok()?;
+    dir.join("partition").exists().then_some(())?;
+    let parent = dir.parent()?;
+    parent.join("dev").exists().then_some(())?;
+    parent.file_name()?.to_str().map(str::to_string)
+}
+
 /// Split as the kernel does: on spaces, except inside double quotes (which are dropped).
 pub(crate) fn split_cmdline(text: &str) -> Vec<String> {
     let mut args = Vec::new();

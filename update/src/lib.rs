@@ -37,7 +37,7 @@ mod record;
 mod system;
 
 pub use agent::{Agent, Commit, HealthCheck, Installed, SlotStatus, Status};
-pub use booted::{clues, Clue};
+pub use booted::{boot_disk, clues, Clue};
 pub use error::{Error, Result};
 pub use record::SlotRecord;
 pub use system::{BootBackend, SlotDevice, SlotSpec, System, VeritySpec};

@@ -814,3 +814,66 @@ fn fec_roots_and_salt_take_effect() {
         .unwrap_err();
     assert!(e.to_string().contains("verity parameters"), "{e}");
 }
+
+/// Without `boot.disk`, the disk is the one holding the partition the kernel booted:
+/// found through /dev/disk/by-partuuid and /sys, then used like any other.
+#[test]
+fn the_boot_disk_is_found_from_the_kernel_command_line() {
+    use std::os::unix::fs::symlink;
+    let f = Fixture::new();
+    let r = f.root();
+    let mk = |p: &str| fs::create_dir_all(r.join(p)).unwrap();
+    mk("dev/disk/by-partuuid");
+    mk("dev/disk/by-partlabel");
+    mk("sys/devices/virtual/block/vda/vda2");
+    mk("sys/devices/virtual/block/vda/vda3");
+    mk("sys/class/block");
+    mk("sys/block/dm-0/dm");
+    mk("sys/block/dm-0/slaves");
+    fs::write(r.join("sys/devices/virtual/block/vda/dev"), "254:0\n").unwrap();
+    for (part, n, label) in [("vda2", 2, "USR-A"), ("vda3", 3, "USR-B")] {
+        let dir = format!("sys/devices/virtual/block/vda/{part}");
+        fs::write(r.join(&dir).join("partition"), format!("{n}\n")).unwrap();
+        fs::write(r.join(&dir).join("dev"), format!("254:{n}\n")).unwrap();
+        symlink(
+            format!("../../devices/virtual/block/vda/{part}"),
+            r.join("sys/class/block").join(part),
+        )
+        .unwrap();
+        symlink(
+            format!("../../{part}"),
+            r.join("dev/disk/by-partuuid").join(f.partuuid(label)),
+        )
+        .unwrap();
+        symlink(
+            format!("../../{part}"),
+            r.join("dev/disk/by-partlabel").join(label),
+        )
+        .unwrap();
+    }
+    fs::write(r.join("sys/block/dm-0/dm/name"), "usr\n").unwrap();
+    fs::write(r.join("sys/block/dm-0/slaves/vda3"), "").unwrap();
+    // /dev/vda of this fake system is the test's disk image.
+    symlink(f.disk(), r.join("dev/vda")).unwrap();
+    for cmdline in [
+        format!("mount.usr=PARTUUID={}", f.partuuid("USR-A").to_uppercase()),
+        "root=PARTLABEL=USR-B".to_string(),
+        "root=/dev/vda2".to_string(),
+        "mount.usr=/dev/mapper/usr".to_string(),
+    ] {
+        f.cmdline(&cmdline);
+        assert_eq!(
+            keel_update::boot_disk(&r).unwrap(),
+            r.join("dev/vda"),
+            "{cmdline}"
+        );
+    }
+    // The description without boot.disk; the agent on the disk found.
+    let system = system_from(f.description_for("backend = \"gpt-flatcar\"", "", ""));
+    assert_eq!(system.disk, None);
+    let disk = open_rw(&keel_update::boot_disk(&r).unwrap());
+    assert_eq!(agent(&f, system, &disk).booted_slot().unwrap(), Slot::B);
+    f.cmdline("quiet");
+    let e = keel_update::boot_disk(&r).unwrap_err();
+    assert!(e.to_string().contains("set boot.disk"), "{e}");
+}
