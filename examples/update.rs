@@ -12,7 +12,8 @@
 //!                        (version 1 in slot A), DIR/system.toml, DIR/update-1-to-2.payload
 //!                        and DIR/root, a device root whose kernel booted slot A
 //! ```
-//! The disk is the description's `boot.disk` (an image file or a block device). `--root`
+//! The disk is `--disk`, else the description's `boot.disk` (an image file or a block
+//! device), else the disk holding the partition the kernel booted from. `--root`
 //! is where /proc, /sys and /etc are read (default `/`), `--state` where the agent keeps
 //! its records (default `/var/lib/keel`).
 
@@ -47,7 +48,8 @@ struct Cli {
     /// Keep the agent's records here.
     #[arg(long, global = true, default_value = "/var/lib/keel")]
     state: PathBuf,
-    /// The disk holding the slots, if the description's backend has no `boot.disk`.
+    /// The disk holding the slots (default: `boot.disk`, else the disk the kernel booted
+    /// from).
     #[arg(long, global = true)]
     disk: Option<PathBuf>,
     #[command(subcommand)]
@@ -107,10 +109,11 @@ fn run(cli: Cli) -> Res<ExitCode> {
         eprintln!("{f}");
     }
     let system = System::from_config(loaded.config.as_ref().ok_or("the description has errors")?)?;
-    let disk_path = system
-        .disk
-        .clone()
-        .ok_or("the description names no boot.disk")?;
+    // --disk, else the description's boot.disk, else the disk the kernel booted from.
+    let disk_path = match cli.disk.clone().or_else(|| system.disk.clone()) {
+        Some(p) => p,
+        None => keel::update::boot_disk(&cli.root)?,
+    };
     let writable = !matches!(cli.cmd, Cmd::Status { .. });
     let disk = File::options()
         .read(true)
