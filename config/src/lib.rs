@@ -39,6 +39,7 @@
 mod finding;
 mod load;
 mod model;
+mod schema;
 mod validate;
 
 pub use finding::{Finding, Severity};

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use toml::{Table, Value};
 
-use crate::finding::{path, path_text, with_index, Finding, Raw, Seg, Severity};
-use crate::model::{keys, Config};
+use crate::finding::{path_text, with_index, Finding, Raw, Seg, Severity};
+use crate::model::Config;
 use crate::validate::validate;
 
 /// A source file.
@@ -267,23 +267,28 @@ pub fn load_sources(sources: &[(String, String)]) -> Loaded {
         }
     }
 
-    let mut raws = unknown_keys(&merged);
-    // Report the rest too: check the configuration without its unknown keys.
+    // The shape first, all of it: unknown keys, missing fields, wrong types.
+    let mut raws = crate::schema::check(&merged);
+    let missing = raws.iter().any(|r| r.message.starts_with("missing `"));
+    // Then the rules, on the description without the keys and values already reported
+    // (optional ones fall back to their defaults), unless a required field is missing.
     let mut known = merged.clone();
     for r in &raws {
         remove_path(&mut known, &r.path);
     }
     let mut config = None;
-    {
+    if !missing {
         match serde_path_to_error::deserialize::<_, Config>(Value::Table(known)) {
             Ok(c) => {
                 raws.extend(validate(&c));
                 config = Some(c);
             }
-            Err(e) => {
+            // The schema check let it through; report what serde says rather than lose it.
+            Err(e) if raws.is_empty() => {
                 let p = parse_serde_path(&e.path().to_string());
                 raws.push(Raw::error(p, e.inner().message().trim().to_string()));
             }
+            Err(_) => {}
         }
     }
     let mut findings: Vec<Finding> = raws
@@ -357,60 +362,6 @@ fn parse_serde_path(s: &str) -> Vec<Seg> {
         for idx in rest.split('[') {
             if let Ok(i) = idx.trim_end_matches(']').parse() {
                 out.push(Seg::Index(i));
-            }
-        }
-    }
-    out
-}
-
-fn unknown_in(t: &Table, allowed: &[&str], at: &[Seg], out: &mut Vec<Raw>) {
-    for k in t.keys() {
-        if !allowed.contains(&k.as_str()) {
-            let mut p = at.to_vec();
-            p.push(Seg::Key(k.clone()));
-            out.push(Raw {
-                severity: crate::Severity::Error,
-                path: p,
-                at_key: true,
-                message: format!("unknown key `{k}` (allowed here: {})", allowed.join(", ")),
-            });
-        }
-    }
-}
-
-/// Every key the schema does not know, reported at once.
-fn unknown_keys(t: &Table) -> Vec<Raw> {
-    let mut out = Vec::new();
-    unknown_in(t, keys::TOP, &[], &mut out);
-    let sub = |name: &str| t.get(name).and_then(Value::as_table);
-    if let Some(b) = sub("boot") {
-        unknown_in(b, keys::BOOT, &path(&["boot"]), &mut out);
-    }
-    if let Some(v) = sub("verity") {
-        unknown_in(v, keys::VERITY, &path(&["verity"]), &mut out);
-    }
-    if let Some(u) = sub("update") {
-        unknown_in(u, keys::UPDATE, &path(&["update"]), &mut out);
-    }
-    if let Some(Value::Array(slots)) = t.get("slot") {
-        for (i, s) in slots.iter().enumerate() {
-            if let Value::Table(s) = s {
-                unknown_in(s, keys::SLOT, &with_index(path(&["slot"]), i, ""), &mut out);
-            }
-        }
-    }
-    if let Some(tr) = sub("trust") {
-        unknown_in(tr, keys::TRUST, &path(&["trust"]), &mut out);
-        if let Some(Value::Array(ks)) = tr.get("key") {
-            for (i, k) in ks.iter().enumerate() {
-                if let Value::Table(k) = k {
-                    unknown_in(
-                        k,
-                        keys::KEY,
-                        &with_index(path(&["trust", "key"]), i, ""),
-                        &mut out,
-                    );
-                }
             }
         }
     }

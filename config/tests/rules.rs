@@ -112,7 +112,7 @@ fn every_rule_has_a_failing_case() {
         "boot.backend",
         5,
         11,
-        "unknown variant",
+        "expected one of gpt-chromeos, gpt-flatcar, grubenv",
     );
     expect(
         "backend = \"gpt-flatcar\"",
@@ -160,7 +160,7 @@ fn every_rule_has_a_failing_case() {
         "boot.attempts",
         6,
         12,
-        "invalid type",
+        "expected a whole number from 0 to 255, found the string \"three\"",
     );
     expect(
         "name = \"usr.b\"",
@@ -572,4 +572,96 @@ fn no_sources_and_unbounded_files_are_errors_not_panics() {
         e.to_string().contains(&dir.path().display().to_string()),
         "{e}"
     );
+}
+
+/// A file with ten mixed mistakes (missing fields, wrong types, numbers out of range,
+/// unknown keys) gets ten findings in one run, each at the line and column of its value
+/// (a missing field: at its table's header), worded for a person.
+#[test]
+fn ten_mixed_errors_give_ten_findings_in_one_run() {
+    let text = r#"version = "1"
+colour = "blue"
+
+[boot]
+backend = "gpt-flatcar"
+attempts = "one"
+env-size = 1.5
+
+[[slot]]
+name = "usr.a"
+class = "usr"
+
+[[slot]]
+name = "usr.b"
+class = "usr"
+device = "PARTLABEL=USR-B"
+read-only = "yes"
+
+[verity]
+data-block-size = -5
+
+[[trust.key]]
+id = "k1"
+
+[update]
+tries = 300
+allow-downgrade = "no"
+"#;
+    let l = one(text);
+    let got: Vec<(usize, usize, &str, &str)> = l
+        .findings
+        .iter()
+        .map(|f| (f.line, f.column, f.path.as_str(), f.message.as_str()))
+        .collect();
+    let want = [
+        (1, 1, "", "missing `compatible`: a string"),
+        (2, 1, "colour", "unknown key `colour`"),
+        (
+            6,
+            12,
+            "boot.attempts",
+            "expected a whole number from 0 to 255, found the string \"one\"",
+        ),
+        (
+            7,
+            12,
+            "boot.env-size",
+            "expected a whole number from 0, found the number 1.5",
+        ),
+        (9, 1, "slot[0]", "missing `device`: a string"),
+        (
+            17,
+            13,
+            "slot[1].read-only",
+            "expected true or false, found the string \"yes\"",
+        ),
+        (
+            20,
+            19,
+            "verity.data-block-size",
+            "expected a whole number from 0 to 4294967295, found -5",
+        ),
+        (22, 1, "trust.key[0]", "missing `ed25519`: a string"),
+        (
+            26,
+            9,
+            "update.tries",
+            "expected a whole number from 0 to 255, found 300",
+        ),
+        (
+            27,
+            19,
+            "update.allow-downgrade",
+            "expected true or false, found the string \"no\"",
+        ),
+    ];
+    assert_eq!(got.len(), 10, "{got:#?}");
+    for w in want {
+        assert!(
+            got.iter()
+                .any(|g| (g.0, g.1, g.2) == (w.0, w.1, w.2) && g.3.starts_with(w.3)),
+            "{w:?} not in {got:#?}"
+        );
+    }
+    assert!(l.config.is_none());
 }

@@ -1,0 +1,203 @@
+//! The description's shape, checked on the TOML value tree before it is deserialised, so
+//! that every unknown key, every missing field and every value of the wrong type is
+//! reported in one run, in words a person uses.
+
+use toml::{Table, Value};
+
+use crate::finding::{Raw, Seg};
+
+/// What a value must be.
+#[derive(Clone, Copy)]
+enum Ty {
+    Str,
+    Bool,
+    /// A whole number in `min..=max`.
+    Int(i64, i64),
+    /// One of these strings.
+    OneOf(&'static [&'static str]),
+    Table(&'static [Field]),
+    /// An array of tables (`[[name]]`).
+    Tables(&'static [Field]),
+}
+
+struct Field {
+    key: &'static str,
+    ty: Ty,
+    required: bool,
+}
+
+const fn req(key: &'static str, ty: Ty) -> Field {
+    Field {
+        key,
+        ty,
+        required: true,
+    }
+}
+
+const fn opt(key: &'static str, ty: Ty) -> Field {
+    Field {
+        key,
+        ty,
+        required: false,
+    }
+}
+
+const U8: Ty = Ty::Int(0, u8::MAX as i64);
+const U32: Ty = Ty::Int(0, u32::MAX as i64);
+const U64: Ty = Ty::Int(0, i64::MAX);
+
+const BOOT: &[Field] = &[
+    req(
+        "backend",
+        Ty::OneOf(&[
+            "gpt-chromeos",
+            "gpt-flatcar",
+            "grubenv",
+            "uboot",
+            "android-misc",
+            "systemd-boot",
+        ]),
+    ),
+    opt("disk", Ty::Str),
+    opt("grubenv", Ty::Str),
+    opt("env-file", Ty::Str),
+    opt("env-size", U64),
+    opt("redundant", Ty::Bool),
+    opt("misc-device", Ty::Str),
+    opt("entries-dir", Ty::Str),
+    opt("attempts", U8),
+];
+
+const SLOT: &[Field] = &[
+    req("name", Ty::Str),
+    req("class", Ty::Str),
+    req("device", Ty::Str),
+    opt("bootname", Ty::Str),
+    opt("partition-type", Ty::Str),
+    opt("read-only", Ty::Bool),
+];
+
+const VERITY: &[Field] = &[
+    opt("algorithm", Ty::Str),
+    opt("data-block-size", U32),
+    opt("hash-block-size", U32),
+    opt("salt", Ty::Str),
+    opt("format", U8),
+    opt("fec-roots", U8),
+    opt("hash-tree", Ty::OneOf(&["after-data", "separate"])),
+    opt("hash-device", Ty::Str),
+];
+
+const KEY: &[Field] = &[
+    req("id", Ty::Str),
+    req("ed25519", Ty::Str),
+    opt("not-after", Ty::Str),
+];
+
+const TRUST: &[Field] = &[opt("minimum-version", Ty::Str), opt("key", Ty::Tables(KEY))];
+
+const UPDATE: &[Field] = &[
+    opt("tries", U8),
+    opt("protect-booted-slot", Ty::Bool),
+    opt("max-resumes", U32),
+    opt("allow-downgrade", Ty::Bool),
+];
+
+const TOP: &[Field] = &[
+    req("version", Ty::Str),
+    req("compatible", Ty::Str),
+    req("boot", Ty::Table(BOOT)),
+    opt("slot", Ty::Tables(SLOT)),
+    opt("verity", Ty::Table(VERITY)),
+    opt("trust", Ty::Table(TRUST)),
+    opt("update", Ty::Table(UPDATE)),
+];
+
+/// Every shape error of the merged description at once: unknown keys, missing fields,
+/// values of the wrong type.
+pub(crate) fn check(t: &Table) -> Vec<Raw> {
+    let mut out = Vec::new();
+    table(t, TOP, &[], &mut out);
+    out
+}
+
+fn table(t: &Table, fields: &[Field], at: &[Seg], out: &mut Vec<Raw>) {
+    let here = |k: &str| {
+        let mut p = at.to_vec();
+        p.push(Seg::Key(k.to_string()));
+        p
+    };
+    for k in t.keys() {
+        if !fields.iter().any(|f| f.key == k) {
+            let allowed: Vec<&str> = fields.iter().map(|f| f.key).collect();
+            out.push(Raw {
+                at_key: true,
+                ..Raw::error(
+                    here(k),
+                    format!("unknown key `{k}` (allowed here: {})", allowed.join(", ")),
+                )
+            });
+        }
+    }
+    for f in fields {
+        match t.get(f.key) {
+            None if f.required => out.push(Raw::error(
+                at.to_vec(),
+                format!("missing `{}`: {}", f.key, describe(f.ty)),
+            )),
+            None => {}
+            Some(v) => value(v, f.ty, &here(f.key), out),
+        }
+    }
+}
+
+fn value(v: &Value, ty: Ty, at: &[Seg], out: &mut Vec<Raw>) {
+    let ok = match (ty, v) {
+        (Ty::Str, Value::String(_)) | (Ty::Bool, Value::Boolean(_)) => true,
+        (Ty::Int(min, max), Value::Integer(i)) => (min..=max).contains(i),
+        (Ty::OneOf(names), Value::String(s)) => names.contains(&s.as_str()),
+        (Ty::Table(fields), Value::Table(t)) => {
+            table(t, fields, at, out);
+            true
+        }
+        (Ty::Tables(fields), Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let mut p = at.to_vec();
+                p.push(Seg::Index(i));
+                value(item, Ty::Table(fields), &p, out);
+            }
+            true
+        }
+        _ => false,
+    };
+    if !ok {
+        out.push(Raw::error(
+            at.to_vec(),
+            format!("expected {}, found {}", describe(ty), found(v)),
+        ));
+    }
+}
+
+fn describe(ty: Ty) -> String {
+    match ty {
+        Ty::Str => "a string".into(),
+        Ty::Bool => "true or false".into(),
+        Ty::Int(min, max) if max == i64::MAX => format!("a whole number from {min}"),
+        Ty::Int(min, max) => format!("a whole number from {min} to {max}"),
+        Ty::OneOf(names) => format!("one of {}", names.join(", ")),
+        Ty::Table(_) => "a table".into(),
+        Ty::Tables(_) => "an array of tables ([[...]])".into(),
+    }
+}
+
+fn found(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Integer(i) => format!("{i}"),
+        Value::Float(f) => format!("the number {f}"),
+        Value::Boolean(b) => format!("{b}"),
+        Value::Datetime(d) => format!("the date {d}"),
+        Value::Array(_) => "an array".into(),
+        Value::Table(_) => "a table".into(),
+    }
+}
