@@ -142,7 +142,11 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
     if cli.interrupt {
         check(
             done.resumed_at > 0,
-            &format!("resumed at operation {}", done.resumed_at),
+            &format!(
+                "resumed at operation {}: the last checkpoint before the cut (everything \
+                 before it was durable and recorded)",
+                done.resumed_at
+            ),
         )?;
     }
     check(
@@ -150,6 +154,7 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
         "slot B verifies against the signed root hash of version 2",
     )?;
     let mut boot = agent.boot_control()?;
+    println!("   the simulated boot loader follows {}", boot.rules());
     show(&*boot, &parts, "B installed and armed")?;
 
     println!("6. B fails to come up healthy every time it is tried");
@@ -158,7 +163,10 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
         boots_of_b += 1;
         println!("   boot {boots_of_b}: the boot loader chooses B; it does not come up healthy");
     }
-    println!("   then the boot loader chooses A; it comes up healthy");
+    println!(
+        "   B has no tries left: the boot loader chooses A; it comes up healthy (A is still \
+         marked good from before, so nothing about A changes)"
+    );
     show(&*boot, &parts, "after the failed tries")?;
     check(boots_of_b == 2, "B was tried exactly 2 times")?;
     check(
@@ -199,6 +207,13 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
         "both GPT copies still valid after every flag update",
     )?;
     println!("Done: version 2 runs from slot B; slot A keeps version 1 as the fallback.");
+    println!("Try next:");
+    println!("   --keep DIR: keep the disk, description, payload, signed roots and release key");
+    println!("   --interrupt: cut the power half way through the install; the rerun resumes");
+    println!("   --policy chromeos: ChromeOS firmware's rules instead of Flatcar's GRUB");
+    println!("   cargo run --example update -- demo DIR: the agent as a command (install, commit,");
+    println!("      status --json) on a disk of your own; the verity, payload, slots and");
+    println!("      bootstate examples for each piece (README, Examples)");
     Ok(())
 }
 

@@ -40,6 +40,8 @@ fn flatcar_cycle_with_a_power_cut() {
         "check: boot 3 after mark-good: B",
         "B  partition 3  USR-B  priority  2  tries  0  successful yes",
         "check: both GPT copies still valid after every flag update",
+        "the simulated boot loader follows Flatcar's GRUB gptprio over GPT attribute bits",
+        "Try next:",
     ] {
         has(&out, line);
     }
@@ -67,7 +69,21 @@ fn chromeos_cycle_keeps_artifacts() {
         "update-1-to-2.payload",
         "v1.root.sig",
         "v2.root.sig",
+        "release-key.pem",
+        "release-key.pub",
     ] {
         assert!(keep.join(f).exists(), "{f} kept");
     }
+}
+
+/// A slot too small for the image is reported as that, with what to do.
+#[test]
+fn a_slot_too_small_says_so() {
+    let o = run(&example("ab-update"), &["--slot-mib", "8"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("does not fit") && err.contains("--slot-mib"),
+        "{err}"
+    );
 }

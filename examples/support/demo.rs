@@ -72,7 +72,13 @@ pub(crate) fn make_image(dir: &Path, v: u64, size: u64) -> Res<Vec<u8>> {
         .status()
         .map_err(|err| format!("mkfs.ext4 (e2fsprogs, see .ci/packages): {err}"))?;
     if !st.success() {
-        return Err(format!("mkfs.ext4 failed for version {v}").into());
+        // mkfs.ext4 -d fails this way when the files do not fit.
+        return Err(format!(
+            "version {v}'s root filesystem (about 12 MiB of files) does not fit a {} MiB \
+             image: give a larger --slot-mib (the image takes 7/8 of a slot)",
+            size >> 20
+        )
+        .into());
     }
     println!("   version {v}: ext4 image by mkfs.ext4 -d");
     Ok(fs::read(out)?)
@@ -145,6 +151,12 @@ pub(crate) fn build(dir: &Path, slot_bytes: u64, backend: &str) -> Res<Demo> {
     );
 
     let key = SigningKey::generate()?;
+    // Kept with the other artifacts, so that they can be inspected and signed again.
+    fs::write(dir.join("release-key.pem"), key.to_pkcs8_pem()?.as_bytes())?;
+    fs::write(
+        dir.join("release-key.pub"),
+        key.public_key().to_pem()?.as_bytes(),
+    )?;
     let description = format!(
         "version = \"1\"\ncompatible = \"keel-demo\"\n\n[boot]\nbackend = \"{backend}\"\ndisk = \"{}\"\n\n\
          [[slot]]\nname = \"usr.a\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-A\"\n\n\
