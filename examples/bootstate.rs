@@ -80,16 +80,33 @@ fn slot(s: &str) -> Result<Slot, String> {
     }
 }
 
-fn show(store: &FileStore) {
+/// The size a misc partition usually has (AOSP devices reserve 1 MiB or more).
+const MISC_SIZE: u64 = 1 << 20;
+
+fn show(store: &FileStore, backend: BackendArg) {
+    use keel::bootflags::BootControl;
+    println!("rules: {}", BootControl::rules(store));
     println!("slot  priority  tries  successful");
     for (i, st) in store.status().iter().enumerate() {
         let s = Slot::new(i).map_or('?', |s| s.letter());
-        println!(
-            "{s:>4}  {:>8}  {:>5}  {}",
-            st.priority,
-            st.tries,
-            if st.successful { "yes" } else { "no" }
-        );
+        // RAUC's U-Boot script keeps no such flag: a slot is good while it has tries.
+        let successful = match backend {
+            BackendArg::Uboot => "-",
+            _ if st.successful => "yes",
+            _ => "no",
+        };
+        println!("{s:>4}  {:>8}  {:>5}  {successful}", st.priority, st.tries);
+    }
+    match backend {
+        BackendArg::Uboot => println!(
+            "(U-Boot with RAUC's script: no successful flag; the good slot has its tries, \
+             which the system refills after each good boot)"
+        ),
+        BackendArg::AndroidMisc => println!(
+            "(Android: AOSP's initial block gives every slot priority 7 and 7 tries; the \
+             good slot is the one marked successful)"
+        ),
+        BackendArg::Grubenv => {}
     }
     match store.next_boot() {
         Some(s) => println!("next boot: {s}"),
@@ -108,8 +125,17 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     let e = |e: keel::bootflags::Error| format!("{}: {e}", cli.file.display());
     if let Cmd::Init = cli.cmd {
+        // A misc partition is a device that exists; as a file, make one of its usual size
+        // (removed again if the init fails).
+        let mut created = cli::Created::default();
+        if matches!(cli.backend, BackendArg::AndroidMisc) && !cli.file.exists() {
+            let f = cli::open_or_create(&cli.file, 0o644, &mut created)?;
+            f.set_len(MISC_SIZE)
+                .map_err(|err| format!("{}: {err}", cli.file.display()))?;
+        }
         let store = FileStore::init(backend, &cli.file, cli.slots, Slot::A).map_err(e)?;
-        show(&store);
+        created.keep();
+        show(&store, cli.backend);
         return Ok(());
     }
     let mut store = FileStore::open(backend, &cli.file, cli.slots).map_err(e)?;
@@ -118,7 +144,7 @@ fn run(cli: Cli) -> Result<(), String> {
             .run(&mut store, |_, s| slot(s))
             .map_err(|m| format!("{}: {m}", cli.file.display()))?;
     }
-    show(&store);
+    show(&store, cli.backend);
     Ok(())
 }
 

@@ -43,9 +43,10 @@ struct Cli {
     /// The slots' partition numbers, `N,M`.
     #[arg(long)]
     slot_numbers: Option<String>,
-    /// Boot loader rules.
-    #[arg(long, value_enum, default_value_t = PolicyArg::Flatcar, global = true)]
-    policy: PolicyArg,
+    /// Boot loader rules (default: ChromeOS firmware's when the slots have ChromeOS
+    /// partition types, else Flatcar GRUB's; the command says which it used).
+    #[arg(long, value_enum, global = true)]
+    policy: Option<PolicyArg>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -155,11 +156,45 @@ fn human(b: u64) -> String {
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    let policy = match cli.policy {
-        PolicyArg::Chromeos => PriorityPolicy::ChromeOs,
-        PolicyArg::Flatcar => PriorityPolicy::Flatcar,
+/// The rules to apply: `--policy`, else what the slots' partition type says; printed
+/// with the reason, so nobody has to guess which boot loader was simulated.
+fn rules(
+    given: Option<PolicyArg>,
+    parts: &[keel::partition::gpt::Partition],
+    selector: &SlotSelector,
+) -> PriorityPolicy {
+    let (policy, why) = match given {
+        Some(PolicyArg::Chromeos) => (PriorityPolicy::ChromeOs, "--policy chromeos"),
+        Some(PolicyArg::Flatcar) => (PriorityPolicy::Flatcar, "--policy flatcar"),
+        None => {
+            let chromeos = keel::partition::find_slots(parts, selector).is_ok_and(|s| {
+                s.iter().any(|p| {
+                    p.type_guid == types::chromeos_kernel()
+                        || p.type_guid == types::chromeos_rootfs()
+                })
+            });
+            if chromeos {
+                (
+                    PriorityPolicy::ChromeOs,
+                    "the slots have ChromeOS partition types",
+                )
+            } else {
+                (
+                    PriorityPolicy::Flatcar,
+                    "assumed: the slots' type is not ChromeOS's; --policy chromeos to change",
+                )
+            }
+        }
     };
+    let name = match policy {
+        PriorityPolicy::ChromeOs => "ChromeOS firmware",
+        _ => "Flatcar GRUB gptprio",
+    };
+    println!("rules: {name} ({why})");
+    policy
+}
+
+fn run(cli: Cli) -> Result<(), String> {
     let selector = match (&cli.slots, &cli.slot_numbers) {
         (Some(l), _) => {
             let (a, b) = pair("--slots", l)?;
@@ -233,12 +268,14 @@ fn run(cli: Cli) -> Result<(), String> {
         create_layout(&mut dev, &layout).map_err(|e| e.to_string())?;
         created.keep();
         let selector = SlotSelector::Labels(layout.labels.0.clone(), layout.labels.1.clone());
-        let ab =
-            AbDisk::new(open(&cli.disk, false)?, &selector, policy).map_err(|e| e.to_string())?;
+        let disk = open(&cli.disk, false)?;
+        let policy = rules(cli.policy, &disk.partitions(), &selector);
+        let ab = AbDisk::new(disk, &selector, policy).map_err(|e| e.to_string())?;
         return show(&ab);
     }
     let writable = !matches!(cli.cmd, Cmd::Show);
     let disk = open(&cli.disk, writable)?;
+    let policy = rules(cli.policy, &disk.partitions(), &selector);
     if let Cmd::Repair = cli.cmd {
         let mut disk = disk;
         let changed = disk.repair().map_err(|e| e.to_string())?;

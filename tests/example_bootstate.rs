@@ -83,3 +83,44 @@ fn android_misc_cycle() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("CRC"));
 }
+
+/// `init` works the same for every backend: the store exists afterwards (an Android misc
+/// file is created at the usual partition size), slot A is the good slot that boots, and
+/// the output says which rules apply. A failed init leaves no file behind.
+#[test]
+fn init_makes_slot_a_good_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    for backend in ["grubenv", "uboot", "android-misc"] {
+        let f = dir.path().join(backend);
+        let shown = ok(&[backend, f.to_str().unwrap(), "init"]);
+        assert!(
+            shown.contains("rules: ") && shown.contains("next boot: A"),
+            "{backend}: {shown}"
+        );
+        let a = shown
+            .lines()
+            .find(|l| l.trim_start().starts_with("A "))
+            .unwrap();
+        assert!(
+            a.ends_with("yes") || (backend == "uboot" && a.ends_with('-')),
+            "{backend}: {a}"
+        );
+        assert!(f.exists(), "{backend}: no store");
+    }
+    let misc = dir.path().join("android-misc");
+    assert_eq!(std::fs::metadata(&misc).unwrap().len(), 1 << 20);
+    // Refused (too many slots for a misc block): the file it would have made is not left.
+    let bad = dir.path().join("bad-misc");
+    let o = run(
+        &example("bootstate"),
+        &[
+            "android-misc",
+            bad.to_str().unwrap(),
+            "init",
+            "--slots",
+            "9",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(!bad.exists(), "a failed init left its file");
+}

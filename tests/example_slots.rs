@@ -58,3 +58,44 @@ fn create_arm_boot_and_repair() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not one of the slots"));
 }
+
+/// Every command says which boot loader's rules it applies, and why: the slots' partition
+/// type (ChromeOS kernel partitions: ChromeOS firmware), `--policy`, or an assumption.
+#[test]
+fn the_rules_applied_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let create = |name: &str, extra: &[&str]| {
+        let img = dir.path().join(name);
+        let mut a = vec![
+            img.to_str().unwrap().to_string(),
+            "create".into(),
+            "--slot-size".into(),
+            "4194304".into(),
+            "--esp-size".into(),
+            "1048576".into(),
+            "--disk-size".into(),
+            "16777216".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = a.iter().map(String::as_str).collect();
+        (img.display().to_string(), ok(&args))
+    };
+    let (usr, shown) = create("usr.img", &[]);
+    assert!(
+        shown.contains("rules: Flatcar GRUB gptprio (assumed:"),
+        "{shown}"
+    );
+    let shown = ok(&["--policy", "chromeos", &usr, "show"]);
+    assert!(
+        shown.contains("rules: ChromeOS firmware (--policy chromeos)"),
+        "{shown}"
+    );
+    let kern = "fe3a2a5d-4f32-41a7-b725-accc3285a309";
+    let (cros, shown) = create("cros.img", &["--labels", "KERN-A,KERN-B", "--type", kern]);
+    assert!(
+        shown.contains("rules: ChromeOS firmware (the slots have ChromeOS"),
+        "{shown}"
+    );
+    let shown = ok(&[&cros, "boot"]);
+    assert!(shown.contains("rules: ChromeOS firmware"), "{shown}");
+}
