@@ -22,7 +22,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel::payload::{
-    apply_files, generate, read_manifest, ApplyOptions, GenerateOptions, OpType, VersionCheck,
+    apply_files, generate_observed, read_manifest, ApplyOptions, GenerateOptions, OpType,
+    VersionCheck,
 };
 use keel::verity::{Keyring, PublicKey, SigningKey};
 
@@ -119,6 +120,8 @@ fn run(cli: Cli) -> Result<(), String> {
             version,
             level,
         } => {
+            // The time reported is the whole run's: reading, hashing, encoding, writing.
+            let t = std::time::Instant::now();
             let pem =
                 std::fs::read_to_string(&key).map_err(|e| format!("{}: {e}", key.display()))?;
             let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
@@ -130,8 +133,19 @@ fn run(cli: Cli) -> Result<(), String> {
                 _ => None,
             };
             let opts = GenerateOptions::new(&compatible, &version).level(level);
-            let t = std::time::Instant::now();
-            let p = generate(src.as_deref(), &tgt, &key, &opts).map_err(|e| e.to_string())?;
+            let pb = ProgressBar::new(0).with_style(
+                ProgressStyle::with_template(
+                    "hashing and encoding [{bar:40}] {bytes}/{total_bytes}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let observer = |done: u64, total: u64| {
+                pb.set_length(total);
+                pb.set_position(done);
+            };
+            let p = generate_observed(src.as_deref(), &tgt, &key, &opts, Some(&observer));
+            pb.finish_and_clear();
+            let p = p.map_err(|e| e.to_string())?;
             std::fs::write(&output, &p).map_err(|e| {
                 let _ = std::fs::remove_file(&output);
                 format!("{}: {e}", output.display())

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use keel_io::Threads;
+use keel_io::{Progress, Threads};
 use keel_trust::{Context, Signer};
 use keel_verity::RootDescriptor;
 
@@ -44,7 +44,7 @@ const PROBE_LEVEL: i32 = 6;
 ///
 /// ```
 /// use keel_payload::GenerateOptions;
-/// use keel_io::Threads;
+/// use keel_io::{Progress, Threads};
 /// let opts = GenerateOptions::new("acme-os", "2.1").level(9).threads(Threads::exactly(2));
 /// assert_eq!((opts.level, opts.version.as_str()), (9, "2.1"));
 /// ```
@@ -442,8 +442,35 @@ pub fn generate<S: Signer + ?Sized>(
     signer: &S,
     opts: &GenerateOptions,
 ) -> Result<Vec<u8>> {
+    generate_observed(source, target, signer, opts, None)
+}
+
+/// [`generate`], reporting progress to `progress` (bytes of the source and target hashed,
+/// then target bytes encoded, out of source + 2 x target) and stopping with
+/// [`Error::Cancelled`] when it asks.
+pub fn generate_observed<S: Signer + ?Sized>(
+    source: Option<&[u8]>,
+    target: &[u8],
+    signer: &S,
+    opts: &GenerateOptions,
+    progress: Option<&dyn Progress>,
+) -> Result<Vec<u8>> {
     let threads = opts.threads.count();
+    let (src_len, tgt_len) = (source.map_or(0, <[u8]>::len) as u64, target.len() as u64);
+    let total = src_len + 2 * tgt_len;
+    let report = |done: u64| -> Result<()> {
+        match progress {
+            Some(p) if p.cancelled() => Err(Error::Cancelled),
+            Some(p) => {
+                p.progress(done, total);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    };
+    report(0)?;
     let mut kinds = classify(source, target, threads);
+    report(src_len + tgt_len)?;
     let file_groups = match source {
         Some(src) if opts.file_pairing => plan_files(src, target, &mut kinds),
         _ => Vec::new(),
@@ -454,8 +481,17 @@ pub fn generate<S: Signer + ?Sized>(
     // File groups: their reference is given, not predicted.
     merged.extend(file_groups.into_iter().map(|plan| (plan, None)));
     let images = Images { source, target };
+    // Reported under the lock, so observers see `done` increase as the trait promises.
+    let encoded_bytes = Mutex::new(src_len + tgt_len);
     let encoded = par_map(merged, threads, |(plan, pred)| {
-        images.encode(plan, pred, opts.level)
+        if progress.is_some_and(|p| p.cancelled()) {
+            return Err(Error::Cancelled);
+        }
+        let bytes = extents_total(&plan.1) * BLOCK_SIZE;
+        let r = images.encode(plan, pred, opts.level);
+        let mut done = encoded_bytes.lock().unwrap_or_else(|e| e.into_inner());
+        *done += bytes;
+        r.and_then(|o| report((*done).min(total)).map(|()| o))
     });
     let (operations, data) = lay_out(encoded)?;
     let manifest = Manifest {

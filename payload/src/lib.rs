@@ -44,5 +44,5 @@ pub use apply::{
 };
 pub use error::{Error, Result, Section, TargetCheck};
 pub use format::{Extent, Manifest, OpType, Operation};
-pub use generate::{assemble, generate, GenerateOptions};
+pub use generate::{assemble, generate, generate_observed, GenerateOptions};
 pub use keel_io::{Cancel, Cancelled, Progress, Threads};

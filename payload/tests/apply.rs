@@ -552,3 +552,27 @@ fn ext4_pairs_and_chains_survive_cuts() {
     };
     resume_case(&src, &tgt, 12);
 }
+
+/// Generating reports its progress (increasing, ending at source + 2 x target bytes) and
+/// stops when asked; an observed run makes the same payload as an unobserved one.
+#[test]
+fn generate_reports_progress_and_can_be_cancelled() {
+    let key = SigningKey::generate().unwrap();
+    let src = seeded_bytes(31, 3 << 20);
+    let tgt = edited(&src, &[Edit::Zero(100_000, 500_000)]);
+    let seen = std::sync::Mutex::new(Vec::new());
+    let observer = |done: u64, total: u64| seen.lock().unwrap().push((done, total));
+    let observed =
+        keel_payload::generate_observed(Some(&src), &tgt, &key, &opts(), Some(&observer)).unwrap();
+    assert_eq!(observed, generate(Some(&src), &tgt, &key, &opts()).unwrap());
+    let seen = seen.into_inner().unwrap();
+    let total = (src.len() + 2 * tgt.len()) as u64;
+    assert!(seen.iter().all(|&(_, t)| t == total), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "not increasing: {seen:?}");
+    assert_eq!(seen.last().map(|s| s.0), Some(total), "{seen:?}");
+    let stop = keel_io::Cancel::new();
+    stop.cancel();
+    let e = keel_payload::generate_observed(Some(&src), &tgt, &key, &opts(), Some(&stop))
+        .unwrap_err();
+    assert!(matches!(e, keel_payload::Error::Cancelled), "{e}");
+}
