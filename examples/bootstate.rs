@@ -35,7 +35,7 @@ struct Cli {
     /// The environment file, or misc partition / image.
     file: PathBuf,
     /// U-Boot: bytes per environment copy.
-    #[arg(long, default_value_t = 0x4000, value_parser = parse_size)]
+    #[arg(long, default_value = "0x4000", value_parser = cli::parse_size_usize)]
     env_size: usize,
     /// U-Boot: two copies, the second right after the first.
     #[arg(long)]
@@ -62,14 +62,6 @@ enum Cmd {
     Show,
     #[command(flatten)]
     Change(BootCmd),
-}
-
-fn parse_size(s: &str) -> Result<usize, String> {
-    let r = match s.strip_prefix("0x") {
-        Some(h) => usize::from_str_radix(h, 16),
-        None => s.parse(),
-    };
-    r.map_err(|e| format!("{s}: {e}"))
 }
 
 fn slot(s: &str) -> Result<Slot, String> {

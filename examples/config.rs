@@ -28,12 +28,15 @@ struct Cli {
 enum Cmd {
     /// Check each file; print every finding.
     Check {
+        /// Description files (each checked on its own).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
     /// Print the merged, defaulted configuration of FILE and its drop-ins.
     Show {
+        /// The base description.
         file: PathBuf,
+        /// Drop-ins, applied in file-name order.
         dropins: Vec<PathBuf>,
         /// As JSON instead of TOML.
         #[arg(long)]

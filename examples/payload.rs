@@ -38,20 +38,25 @@ struct Cli {
 enum Cmd {
     /// Make a payload that turns SOURCE into TARGET.
     Generate {
+        /// The image the device runs now (the delta's base).
         #[arg(long, required_unless_present = "full")]
         source: Option<PathBuf>,
+        /// The new image.
         #[arg(long)]
         target: PathBuf,
         /// Ed25519 private key, PKCS#8 PEM.
         #[arg(long)]
         key: PathBuf,
+        /// Where to write the payload.
         #[arg(short = 'o', long)]
         output: PathBuf,
         /// A full payload (no source).
         #[arg(long)]
         full: bool,
+        /// The system the payload is for (devices check it against their own).
         #[arg(long, default_value = "keel-example")]
         compatible: String,
+        /// The new image's version (dotted numbers).
         #[arg(long, default_value = "1.0")]
         version: String,
         /// zstd level.
@@ -60,16 +65,21 @@ enum Cmd {
     },
     /// Print the manifest: images, and operations by type with their bytes.
     Inspect {
+        /// The payload file.
         payload: PathBuf,
+        /// A trusted public key (PEM); repeat for several.
         #[arg(long = "pubkey", required = true)]
         pubkeys: Vec<PathBuf>,
     },
     /// Apply PAYLOAD (or - for stdin) to TARGET.
     Apply {
+        /// The running image the delta reads from (not needed for a full payload).
         #[arg(long)]
         source: Option<PathBuf>,
+        /// The slot or file to write the new image into.
         #[arg(long)]
         target: PathBuf,
+        /// A trusted public key (PEM); repeat for several.
         #[arg(long = "pubkey", required = true)]
         pubkeys: Vec<PathBuf>,
         /// Resume record.
@@ -94,6 +104,7 @@ enum Cmd {
         /// Checkpoint the resume record after this many MiB written.
         #[arg(long, default_value_t = 64)]
         checkpoint_mib: u64,
+        /// The payload file, or - for standard input.
         payload: String,
     },
 }

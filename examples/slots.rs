@@ -63,9 +63,11 @@ enum Cmd {
     Show,
     /// Lay out an A/B disk: protective MBR, GPT, ESP, two slots.
     Create {
-        #[arg(long)]
+        /// Each slot's size in bytes (size suffixes: 512M, 2G).
+        #[arg(long, value_parser = cli::parse_size)]
         slot_size: u64,
-        #[arg(long, default_value_t = 64 << 20)]
+        /// The ESP's size in bytes; 0 for none (size suffixes: 64M).
+        #[arg(long, default_value = "64M", value_parser = cli::parse_size)]
         esp_size: u64,
         /// `A_LABEL,B_LABEL`.
         #[arg(long, default_value = "USR-A,USR-B")]
@@ -73,10 +75,12 @@ enum Cmd {
         /// usr, root-x86-64, or a type GUID.
         #[arg(long = "type", default_value = "usr")]
         type_: String,
+        /// Logical sector size of an image: 512 or 4096 (a block device's own is used).
         #[arg(long, default_value_t = 512)]
         sector_size: u64,
-        /// Create the image file with this size first (DISK must not exist).
-        #[arg(long)]
+        /// Create the image file with this size first (DISK must not exist; size suffixes:
+        /// 8G).
+        #[arg(long, value_parser = cli::parse_size)]
         disk_size: Option<u64>,
         /// Overwrite a partition table that is already there (and let --disk-size resize
         /// an existing image).

@@ -60,6 +60,7 @@ struct Cli {
 enum Cmd {
     /// Install PAYLOAD (a file, or - for standard input) into the slot not running.
     Install {
+        /// The payload file, or - for standard input.
         payload: String,
         /// Checkpoint (durable, resumable) every N MiB.
         #[arg(long, default_value_t = 64)]
@@ -82,6 +83,7 @@ enum Cmd {
     },
     /// Build a demonstration disk, description and payload in DIR.
     Demo {
+        /// The directory to make (the disk, description and payload go in it).
         dir: PathBuf,
         /// Slot size in MiB.
         #[arg(long, default_value_t = 64)]

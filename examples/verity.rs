@@ -8,7 +8,7 @@
 //! cargo run --release --example verity -- table HASH ROOT_HEX --data-device DEV [--hash-device DEV]
 //! cargo run --release --example verity -- keygen KEY.pem [--public PUB.pem]
 //! cargo run --release --example verity -- sign HASH ROOT_HEX --key KEY.pem --out ROOT.sig
-//! cargo run --release --example verity -- verify-signature ROOT.sig --key PUB.pem [--data DATA --hash HASH]
+//! cargo run --release --example verity -- verify-signature ROOT.sig --pubkey PUB.pem [--data-device DATA --hash-device HASH]
 //! cargo run --release --example verity -- fsverity-digest FILE [--hash-alg sha256|sha512] [--block-size N] [--salt HEX]
 //! cargo run --release --example verity -- demo      # the whole cycle in a temporary directory
 //! ```
@@ -57,8 +57,11 @@ struct Cli {
 /// DATA and HASH, checked against ROOT_HEX (verify and repair take the same).
 #[derive(Args)]
 struct Checked {
+    /// The data device or image file.
     data: PathBuf,
+    /// The hash device or file (the tree, with its superblock unless --no-superblock).
     hash: PathBuf,
+    /// The expected root hash, hex.
     root_hex: String,
     #[command(flatten)]
     opts: TreeOpts,
@@ -70,7 +73,10 @@ struct Checked {
 enum Cmd {
     /// Build the hash tree of DATA and write it to HASH.
     Format {
+        /// The data device or image file.
         data: PathBuf,
+        /// Where to write the tree (a file is created; may be DATA, with --hash-offset past
+        /// the data).
         hash: PathBuf,
         #[command(flatten)]
         opts: TreeOpts,
@@ -79,6 +85,9 @@ enum Cmd {
         /// Superblock UUID (default: random).
         #[arg(long)]
         uuid: Option<String>,
+        /// After the parity, append Android's 4 KiB FEC header block.
+        #[arg(long, requires = "fec_device")]
+        android_header: bool,
         /// Write the root hash, hex, to this file too.
         #[arg(long)]
         root_hash_file: Option<PathBuf>,
@@ -95,7 +104,9 @@ enum Cmd {
     },
     /// Print the dm-verity table line and the dm-mod.create= kernel parameter for a tree.
     Table {
+        /// The hash device or file.
         hash: PathBuf,
+        /// The root hash, hex.
         root_hex: String,
         /// The data device as the kernel names it.
         #[arg(long)]
@@ -122,25 +133,29 @@ enum Cmd {
     },
     /// Print the fs-verity digest of FILE, as `fsverity digest` does.
     FsverityDigest {
+        /// The file to digest.
         file: PathBuf,
         /// sha256 or sha512.
         #[arg(long = "hash-alg", default_value = "sha256")]
         hash_alg: String,
+        /// Merkle tree block size, a power of two (fsverity's --block-size).
         #[arg(long, default_value_t = 4096)]
         block_size: u32,
-        /// Salt in hex.
+        /// Salt in hex (fs-verity's salt, prepended to every block; default: none).
         #[arg(long)]
         salt: Option<String>,
     },
     /// Print the superblock of HASH.
     Dump {
+        /// The hash device or file.
         hash: PathBuf,
-        /// Byte offset of the superblock.
-        #[arg(long, default_value_t = 0)]
+        /// Byte offset of the hash area, where the superblock is (size suffixes: 4K, 1M).
+        #[arg(long, default_value = "0", value_parser = cli::parse_size)]
         hash_offset: u64,
     },
     /// Create an Ed25519 signing key (PKCS#8 PEM, as openssl genpkey writes).
     Keygen {
+        /// Where to write the private key (PKCS#8 PEM); an existing file is never replaced.
         key: PathBuf,
         /// Also write the public key (PEM) here.
         #[arg(long)]
@@ -148,7 +163,9 @@ enum Cmd {
     },
     /// Sign ROOT_HEX together with the tree parameters of HASH.
     Sign {
+        /// The hash device or file whose tree the root belongs to.
         hash: PathBuf,
+        /// The root hash, hex.
         root_hex: String,
         /// Private key, PKCS#8 PEM.
         #[arg(long)]
@@ -163,19 +180,24 @@ enum Cmd {
         #[command(flatten)]
         opts: TreeOpts,
     },
-    /// Check a signed root against trusted keys; with --data and --hash, verify the device too.
+    /// Check a signed root against trusted keys; with --data-device and --hash-device,
+    /// verify the devices against it too.
     VerifySignature {
+        /// The signed root (as `sign` writes it).
         signed_root: PathBuf,
         /// A trusted public key (PEM); repeat for several.
-        #[arg(long = "key", required = true)]
+        #[arg(long = "pubkey", required = true)]
         keys: Vec<PathBuf>,
-        #[arg(long, requires = "hash")]
-        data: Option<PathBuf>,
-        #[arg(long, requires = "data")]
-        hash: Option<PathBuf>,
-        #[arg(long, default_value_t = 0)]
+        /// The data device or image to verify.
+        #[arg(long, requires = "hash_device")]
+        data_device: Option<PathBuf>,
+        /// Its hash device or file.
+        #[arg(long, requires = "data_device")]
+        hash_device: Option<PathBuf>,
+        /// Byte offset of the hash area on the hash device (size suffixes: 4K, 1M).
+        #[arg(long, default_value = "0", value_parser = cli::parse_size)]
         hash_offset: u64,
-        /// The hash device has no superblock.
+        /// Do not write or read a superblock.
         #[arg(long)]
         no_superblock: bool,
     },
@@ -187,28 +209,35 @@ enum Cmd {
     },
 }
 
+/// The tree's parameters, with veritysetup's names. Where HASH has a superblock (verify,
+/// repair, table, sign without --no-superblock), the superblock's values are used and
+/// these are ignored.
 #[derive(Args)]
 struct TreeOpts {
-    /// Hash algorithm.
+    /// Hash algorithm (a superblock's overrides it).
     #[arg(long = "hash", default_value = "sha256")]
     algorithm: String,
-    #[arg(long, default_value_t = 4096)]
+    /// Data block size, a power of two from 512 to 512K (a superblock's overrides it).
+    #[arg(long, default_value = "4096", value_parser = cli::parse_size_u32)]
     data_block_size: u32,
-    #[arg(long, default_value_t = 4096)]
+    /// Hash block size, a power of two from 512 to 512K (a superblock's overrides it).
+    #[arg(long, default_value = "4096", value_parser = cli::parse_size_u32)]
     hash_block_size: u32,
-    /// Salt in hex, or - for none (default: 32 random bytes).
+    /// Salt in hex, or - for none; format's default is 32 random bytes, the others need it
+    /// with --no-superblock (a superblock's overrides it).
     #[arg(long, allow_hyphen_values = true)]
     salt: Option<String>,
-    /// Hash format: 1 (normal) or 0 (Chrome OS).
+    /// Hash format: 1 (normal) or 0 (Chrome OS) (a superblock's overrides it).
     #[arg(long, default_value_t = 1)]
     format: u32,
     /// Do not write or read a superblock.
     #[arg(long)]
     no_superblock: bool,
-    /// Byte offset of the hash area on the hash device.
-    #[arg(long, default_value_t = 0)]
+    /// Byte offset of the hash area on the hash device (size suffixes: 4K, 1M).
+    #[arg(long, default_value = "0", value_parser = cli::parse_size)]
     hash_offset: u64,
-    /// Number of data blocks (default: all whole blocks of DATA).
+    /// Number of data blocks (default: all whole blocks of DATA; a superblock's overrides
+    /// it).
     #[arg(long)]
     data_blocks: Option<u64>,
     /// Worker threads (default: all cores).
@@ -224,12 +253,9 @@ struct FecOpts {
     /// Parity bytes per 255-byte codeword, 2 to 24.
     #[arg(long, default_value_t = keel::verity::FEC_DEFAULT_ROOTS)]
     fec_roots: u8,
-    /// Byte offset of the parity on the FEC device.
-    #[arg(long, default_value_t = 0)]
+    /// Byte offset of the parity on the FEC device (size suffixes: 4K, 1M).
+    #[arg(long, default_value = "0", value_parser = cli::parse_size)]
     fec_offset: u64,
-    /// After the parity, append Android's 4 KiB FEC header block (format only).
-    #[arg(long)]
-    android_header: bool,
 }
 
 impl FecOpts {
@@ -348,6 +374,7 @@ fn cmd_format(
     fec: &FecOpts,
     uuid: Option<&str>,
     root_file: Option<&Path>,
+    android_header: bool,
 ) -> Result<(), String> {
     // Every input is checked before anything is created; what this run creates is
     // removed again if it fails.
@@ -408,7 +435,7 @@ fn cmd_format(
         .map_err(|e| e.to_string())?;
         pb.finish_and_clear();
         let mut end = g.fec_device_size();
-        if fec.android_header {
+        if android_header {
             let header = android_fec_header(&g, &fec_f).map_err(|e| e.to_string())?;
             (&fec_f)
                 .write_all_at(&header.to_block(), end)
@@ -886,6 +913,7 @@ fn main() -> ExitCode {
             fec,
             uuid,
             root_hash_file,
+            android_header,
         } => cmd_format(
             data,
             hash,
@@ -893,6 +921,7 @@ fn main() -> ExitCode {
             fec,
             uuid.as_deref(),
             root_hash_file.as_deref(),
+            *android_header,
         ),
         Cmd::Verify(checked) => return cmd_verify(checked),
         Cmd::Repair {
@@ -964,12 +993,12 @@ fn main() -> ExitCode {
         Cmd::VerifySignature {
             signed_root,
             keys,
-            data,
-            hash,
+            data_device,
+            hash_device,
             hash_offset,
             no_superblock,
         } => {
-            let device = data.as_deref().zip(hash.as_deref());
+            let device = data_device.as_deref().zip(hash_device.as_deref());
             return cmd_verify_signature(signed_root, keys, device, *hash_offset, *no_superblock);
         }
         Cmd::Demo { size_mib } => cmd_demo(*size_mib),

@@ -53,7 +53,7 @@ fn bad_inputs_are_clear_errors_not_panics_or_endless_reads() {
     ok("verity", &["keygen", &p("k.pem"), "--public", &p("k.pub")]);
     refused(
         "verity",
-        &["verify-signature", "/dev/zero", "--key", &p("k.pub")],
+        &["verify-signature", "/dev/zero", "--pubkey", &p("k.pub")],
         "Verification failed",
     );
     refused("verity", &["demo", "--size-mib", "1000000"], "1 to 4096");

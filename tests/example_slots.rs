@@ -69,12 +69,13 @@ fn the_rules_applied_are_named() {
         let mut a = vec![
             img.to_str().unwrap().to_string(),
             "create".into(),
+            // Sizes as a person writes them.
             "--slot-size".into(),
-            "4194304".into(),
+            "4M".into(),
             "--esp-size".into(),
-            "1048576".into(),
+            "1MiB".into(),
             "--disk-size".into(),
-            "16777216".into(),
+            "0x1000000".into(),
         ];
         a.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = a.iter().map(String::as_str).collect();
@@ -98,4 +99,20 @@ fn the_rules_applied_are_named() {
     );
     let shown = ok(&[&cros, "boot"]);
     assert!(shown.contains("rules: ChromeOS firmware"), "{shown}");
+    let shown = ok(&[&usr, "show"]);
+    assert!(
+        shown.contains("4M") && shown.contains("sector size 512"),
+        "{shown}"
+    );
+    let o = run(
+        &example("slots"),
+        &[
+            &dir.path().join("x.img").display().to_string(),
+            "create",
+            "--slot-size",
+            "4X",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unknown size suffix \"X\""), "{err}");
 }

@@ -197,13 +197,13 @@ fn keygen_sign_verify_signature() {
         &[
             "verify-signature",
             &p("root.sig"),
-            "--key",
+            "--pubkey",
             &p("b.pub"),
-            "--key",
+            "--pubkey",
             &p("a.pub"),
-            "--data",
+            "--data-device",
             &p("data"),
-            "--hash",
+            "--hash-device",
             &p("hash"),
         ],
     );
@@ -215,7 +215,7 @@ fn keygen_sign_verify_signature() {
     assert!(stdout(&ok).contains(&root));
     // Exit status 1: not signed by a trusted key, or not the bytes that were signed.
     let verify_sig = |sig: &str, key: &str| {
-        run(&ex, &["verify-signature", &p(sig), "--key", &p(key)])
+        run(&ex, &["verify-signature", &p(sig), "--pubkey", &p(key)])
             .status
             .code()
     };
@@ -232,11 +232,11 @@ fn keygen_sign_verify_signature() {
         &[
             "verify-signature",
             &p("root.sig"),
-            "--key",
+            "--pubkey",
             &p("a.pub"),
-            "--data",
+            "--data-device",
             &p("data"),
-            "--hash",
+            "--hash-device",
             &p("hash"),
         ],
     );

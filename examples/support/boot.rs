@@ -10,14 +10,22 @@ use keel::bootflags::{BootControl, Slot};
 pub(crate) enum BootCmd {
     /// Arm SLOT to boot next, with N tries (the rules' default if not given).
     SetActive {
+        /// The slot: A, B (or, for a disk, its partition number).
         slot: String,
+        /// Boots it gets before the boot loader falls back (default: the rules' own).
         #[arg(long)]
         tries: Option<u8>,
     },
     /// The booted SLOT came up healthy: it stops counting tries.
-    MarkGood { slot: String },
+    MarkGood {
+        /// The slot: A, B (or, for a disk, its partition number).
+        slot: String,
+    },
     /// Never boot SLOT until it is armed again.
-    MarkBad { slot: String },
+    MarkBad {
+        /// The slot: A, B (or, for a disk, its partition number).
+        slot: String,
+    },
     /// Act as the boot loader: choose a slot and store its counter change.
     Boot,
 }

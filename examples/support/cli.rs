@@ -104,3 +104,41 @@ pub(crate) fn open_or_create(
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
+
+/// A byte count as a person writes it: `4096`, `0x1000`, or with a binary suffix `K`, `M`,
+/// `G`, `T` (also `KiB`, `MiB`...): `64M` is 64 MiB. For clap's `value_parser`.
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).map_err(|e| format!("{s:?}: {e}"));
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, suffix) = t.split_at(split);
+    let shift = match suffix.trim_end_matches("iB").trim_end_matches('B') {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown size suffix {other:?} (K, M, G or T, powers of 1024)"
+            ))
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a byte count such as 4096, 64M or 2G"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?}: too large"))
+}
+
+/// [`parse_size`] for values that must fit 32 bits (block sizes).
+pub(crate) fn parse_size_u32(s: &str) -> Result<u32, String> {
+    u32::try_from(parse_size(s)?).map_err(|_| format!("{s:?}: too large"))
+}
+
+/// [`parse_size`] for in-memory sizes.
+pub(crate) fn parse_size_usize(s: &str) -> Result<usize, String> {
+    usize::try_from(parse_size(s)?).map_err(|_| format!("{s:?}: too large"))
+}

@@ -568,11 +568,14 @@ fn generate_reports_progress_and_can_be_cancelled() {
     let seen = seen.into_inner().unwrap();
     let total = (src.len() + 2 * tgt.len()) as u64;
     assert!(seen.iter().all(|&(_, t)| t == total), "{seen:?}");
-    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "not increasing: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 <= w[1].0),
+        "not increasing: {seen:?}"
+    );
     assert_eq!(seen.last().map(|s| s.0), Some(total), "{seen:?}");
     let stop = keel_io::Cancel::new();
     stop.cancel();
-    let e = keel_payload::generate_observed(Some(&src), &tgt, &key, &opts(), Some(&stop))
-        .unwrap_err();
+    let e =
+        keel_payload::generate_observed(Some(&src), &tgt, &key, &opts(), Some(&stop)).unwrap_err();
     assert!(matches!(e, keel_payload::Error::Cancelled), "{e}");
 }
