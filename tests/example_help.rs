@@ -107,3 +107,51 @@ fn every_argument_and_option_is_described() {
         missing.join("\n")
     );
 }
+
+/// The README names every example subcommand a user would reach for, and no file that is
+/// not in the repository.
+#[test]
+fn the_readme_documents_the_examples_and_points_only_inside_the_repository() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for ex in EXAMPLES {
+        let top = stdout(&run(&example(ex), &["--help"]));
+        for sub in subcommands(&top) {
+            assert!(
+                readme.contains(&format!("--example {ex} -- {sub}"))
+                    || readme.contains(&format!("| {sub}"))
+                    || readme.contains(&format!("{sub} "))
+                        && readme.contains(&format!("--example {ex}")),
+                "README does not show `{ex} {sub}`"
+            );
+        }
+    }
+    for named in [
+        "verity -- repair",
+        "verity -- demo",
+        "--fec-device",
+        "--root-hash-file",
+        "--slot-mib",
+    ] {
+        assert!(readme.contains(named), "README does not mention {named}");
+    }
+    // Paths in backticks that look like repository files must exist.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for word in readme.split('`').skip(1).step_by(2) {
+        let path = word.split_whitespace().next().unwrap_or("");
+        let looks_like_file = path.contains('/')
+            && !path.starts_with('/')
+            && !path.contains("://")
+            && !path.starts_with("..")
+            && (path.ends_with(".rs")
+                || path.ends_with(".sh")
+                || path.ends_with(".md")
+                || path.ends_with('/'));
+        if looks_like_file {
+            assert!(
+                root.join(path).exists(),
+                "README points to {path}, which is not in the repository"
+            );
+        }
+    }
+}
