@@ -619,9 +619,78 @@ where
     S: ReadAt + ?Sized,
     T: ReadAt + WriteAt,
 {
-    apply_to(payload, source, target, opts, (0, 0), |t: &mut T, _| {
-        t.size().map_err(|e| Error::io("target size", e))
-    })
+    apply_to(
+        Stream(payload),
+        source,
+        target,
+        opts,
+        (0, 0),
+        |t: &mut T, _| t.size().map_err(|e| Error::io("target size", e)),
+    )
+}
+
+/// [`apply`] from a payload that can move forward without reading (a file, an HTTP
+/// client that makes a range request): a resumed apply jumps over the data of the
+/// operations it already applied instead of reading it, so nothing applied is fetched
+/// again. Reads start at the payload's first byte (the stream's position when called).
+pub fn apply_seekable<R, S, T>(
+    payload: R,
+    source: Option<&S>,
+    target: &mut T,
+    opts: &ApplyOptions<'_>,
+) -> Result<Applied>
+where
+    R: Read + io::Seek,
+    S: ReadAt + ?Sized,
+    T: ReadAt + WriteAt,
+{
+    apply_to(
+        Seekable(payload),
+        source,
+        target,
+        opts,
+        (0, 0),
+        |t: &mut T, _| t.size().map_err(|e| Error::io("target size", e)),
+    )
+}
+
+/// A payload stream that can be moved forward past applied data.
+trait PayloadSource: Read {
+    /// Move `n` bytes forward; the bytes moved (fewer only at the end of the payload).
+    fn skip(&mut self, n: u64) -> io::Result<u64>;
+}
+
+/// A stream read front to back: skipping reads and drops.
+struct Stream<R>(R);
+
+impl<R: Read> Read for Stream<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read> PayloadSource for Stream<R> {
+    fn skip(&mut self, n: u64) -> io::Result<u64> {
+        io::copy(&mut (&mut self.0).take(n), &mut io::sink())
+    }
+}
+
+/// A stream that seeks: skipping moves the position (the end is found by the next read).
+struct Seekable<R>(R);
+
+impl<R: Read> Read for Seekable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read + io::Seek> PayloadSource for Seekable<R> {
+    fn skip(&mut self, n: u64) -> io::Result<u64> {
+        let delta = i64::try_from(n)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "skip too large"))?;
+        self.0.seek(io::SeekFrom::Current(delta))?;
+        Ok(n)
+    }
 }
 
 /// [`apply`], with the target's identity for the resume record and a step that returns
@@ -635,7 +704,7 @@ fn apply_to<R, S, T>(
     size_target: impl FnOnce(&mut T, u64) -> Result<u64>,
 ) -> Result<Applied>
 where
-    R: Read,
+    R: PayloadSource,
     S: ReadAt + ?Sized,
     T: ReadAt + WriteAt,
 {
@@ -739,7 +808,7 @@ where
 
 /// Read past the data of the operations a resumed run does not repeat. Where the resume
 /// point's data starts follows from the signed manifest, not from the record.
-fn skip_applied_data<R: Read>(
+fn skip_applied_data<R: PayloadSource>(
     payload: &mut R,
     manifest: &Manifest,
     resumed_at: usize,
@@ -749,7 +818,8 @@ fn skip_applied_data<R: Read>(
         .map(|o| o.data_length)
         .sum();
     if skip > 0 {
-        let skipped = io::copy(&mut payload.take(skip), &mut io::sink())
+        let skipped = payload
+            .skip(skip)
             .map_err(|e| Error::io("skipping applied data", e))?;
         if skipped < skip {
             return Err(Error::Truncated {
@@ -914,7 +984,7 @@ pub fn apply_files<R: Read>(
         (meta.rdev(), 0)
     };
     apply_to(
-        payload,
+        Stream(payload),
         source,
         target,
         opts,

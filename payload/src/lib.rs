@@ -39,8 +39,8 @@ mod intervals;
 mod version;
 
 pub use apply::{
-    apply, apply_files, read_manifest, read_manifest_at, same_file, Applied, ApplyOptions,
-    RecordDiscarded, VersionCheck, MAX_RESUMES,
+    apply, apply_files, apply_seekable, read_manifest, read_manifest_at, same_file, Applied,
+    ApplyOptions, RecordDiscarded, VersionCheck, MAX_RESUMES,
 };
 pub use error::{Error, Result, Section, TargetCheck};
 pub use format::{Extent, Manifest, OpType, Operation};

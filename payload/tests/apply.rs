@@ -579,3 +579,76 @@ fn generate_reports_progress_and_can_be_cancelled() {
         keel_payload::generate_observed(Some(&src), &tgt, &key, &opts(), Some(&stop)).unwrap_err();
     assert!(matches!(e, keel_payload::Error::Cancelled), "{e}");
 }
+
+/// A payload source that can seek: a resumed apply jumps over the applied operations'
+/// data instead of reading it, and ends with the same target.
+#[test]
+fn a_seekable_payload_is_not_read_again_on_resume() {
+    struct Counting {
+        inner: io::Cursor<Vec<u8>>,
+        read: u64,
+    }
+    impl io::Read for Counting {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+    impl io::Seek for Counting {
+        fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+            self.inner.seek(to)
+        }
+    }
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    let src = seeded_bytes(41, 8 << 20);
+    let tgt = seeded_bytes(42, 8 << 20); // all new: the data is most of the payload
+    let p = generate(Some(&src), &tgt, &key, &opts()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let o = ApplyOptions::new(&r, VersionCheck::Unchecked)
+        .state(&state)
+        .checkpoint_bytes(64 << 10);
+    let mut clean = Cut {
+        disk: vec![0u8; tgt.len()],
+        writes: 0,
+        fail_at: usize::MAX,
+    };
+    apply(
+        &p[..],
+        Some(&src[..]),
+        &mut clean,
+        &ApplyOptions::new(&r, VersionCheck::Unchecked),
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(&state);
+    let mut t = Cut {
+        disk: vec![0u8; tgt.len()],
+        writes: 0,
+        fail_at: clean.writes * 3 / 4,
+    };
+    assert!(apply(&p[..], Some(&src[..]), &mut t, &o).is_err());
+    let mut again = Cut {
+        disk: t.disk,
+        writes: 0,
+        fail_at: usize::MAX,
+    };
+    let mut payload = Counting {
+        inner: io::Cursor::new(p.clone()),
+        read: 0,
+    };
+    let done = keel_payload::apply_seekable(&mut payload, Some(&src[..]), &mut again, &o).unwrap();
+    assert!(done.resumed_at > 0);
+    assert_eq!(again.disk, tgt);
+    let skipped: u64 = done.manifest.operations[..done.resumed_at]
+        .iter()
+        .map(|o| o.data_length)
+        .sum();
+    assert!(skipped > 0);
+    assert_eq!(
+        payload.read,
+        p.len() as u64 - skipped,
+        "applied data was read again"
+    );
+}
