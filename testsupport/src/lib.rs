@@ -132,3 +132,154 @@ pub mod loopdev {
         Some(Loop { losetup, dev })
     }
 }
+
+/// A real nginx serving a directory on 127.0.0.1, started and stopped by the test.
+pub mod nginx {
+    use super::tool;
+    use std::net::{TcpListener, TcpStream};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A running nginx; stopped when dropped.
+    #[derive(Debug)]
+    pub struct Nginx {
+        child: Child,
+        /// `http://127.0.0.1:PORT`.
+        pub base: String,
+        /// The port.
+        pub port: u16,
+    }
+
+    impl Drop for Nginx {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Serve `root` (static files, with ETags and range requests as nginx does), keeping
+    /// nginx's own files in `work`. `None` (a visible skip) without nginx.
+    pub fn serve(root: &Path, work: &Path) -> Option<Nginx> {
+        let nginx = tool("nginx", "nginx")?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let w = |p: &str| -> PathBuf { work.join(p) };
+        std::fs::create_dir_all(w("tmp")).unwrap();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\npid {pid};\nerror_log {err} info;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
+               fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
+               default_type application/octet-stream;\n\
+               server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
+            pid = w("nginx.pid").display(),
+            err = w("error.log").display(),
+            tmp = w("tmp").display(),
+            root = root.display(),
+        );
+        std::fs::write(w("nginx.conf"), conf).unwrap();
+        let child = Command::new(nginx)
+            .arg("-c")
+            .arg(w("nginx.conf"))
+            .arg("-p")
+            .arg(work)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start: see {}",
+                w("error.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Nginx {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+        })
+    }
+}
+
+/// A TCP proxy in front of a server that cuts connections: each response is cut after a
+/// number of bytes drawn from a seeded generator, so a download meets dropped connections
+/// at random offsets, as a flaky network gives them.
+pub mod faults {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    /// A running proxy (its thread ends with the test process).
+    #[derive(Debug)]
+    pub struct CuttingProxy {
+        /// `http://127.0.0.1:PORT`.
+        pub base: String,
+        /// Connections cut so far.
+        pub cuts: Arc<AtomicU64>,
+    }
+
+    /// Forward 127.0.0.1:(new port) to `upstream_port`; each connection's response is cut
+    /// after `1..=max_bytes` bytes (drawn from `seed`), or passes whole when the draw
+    /// falls past its end.
+    pub fn cutting_proxy(upstream_port: u16, seed: u64, max_bytes: u64) -> CuttingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cuts = Arc::new(AtomicU64::new(0));
+        let counted = cuts.clone();
+        std::thread::spawn(move || {
+            let mut x = seed | 1;
+            for client in listener.incoming().flatten() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let limit = 1 + x % max_bytes.max(1);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
+                    continue;
+                };
+                let counted = counted.clone();
+                std::thread::spawn(move || relay(client, server, limit, &counted));
+            }
+        });
+        CuttingProxy {
+            base: format!("http://127.0.0.1:{port}"),
+            cuts,
+        }
+    }
+
+    fn relay(mut client: TcpStream, mut server: TcpStream, limit: u64, cuts: &AtomicU64) {
+        let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else {
+            return;
+        };
+        // Requests go through whole.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut c2, &mut s2);
+            let _ = s2.shutdown(Shutdown::Write);
+        });
+        let mut sent = 0u64;
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            let n = match server.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let room = (limit - sent).min(n as u64) as usize;
+            if client.write_all(&buf[..room]).is_err() {
+                break;
+            }
+            sent += room as u64;
+            if sent >= limit {
+                cuts.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = server.shutdown(Shutdown::Both);
+    }
+}

@@ -1,0 +1,442 @@
+//! keel-fetch: payloads streamed over HTTP(S), resumed with range requests.
+//!
+//! [`HttpReader`] is a `Read + Seek` over a URL. Give it to keel-payload's
+//! `apply_seekable` (or keel-update's install) and a dropped connection, a stall or a
+//! server error costs a reconnect, not the download: the reader asks for `Range:
+//! bytes=N-` from where it stopped, checks the `206` and its `Content-Range`, and sends
+//! `If-Range` with the first response's validator (ETag, else Last-Modified), so a payload
+//! replaced on the server is an error ([`Error::Changed`]) rather than two files spliced
+//! together. After a process restart the applier resumes from its record and seeks over
+//! what it applied, so nothing applied is fetched again. Retries back off exponentially
+//! with jitter up to a limit of attempts in a row; [`Stats`] counts requests and bytes.
+//!
+//! ```no_run
+//! use keel_fetch::{FetchOptions, HttpReader};
+//! let mut payload = HttpReader::new("https://updates.example.com/os/2.0.payload", FetchOptions::default())?;
+//! let mut bytes = Vec::new();
+//! std::io::Read::read_to_end(&mut payload, &mut bytes)?;
+//! println!("{} requests", payload.stats().requests);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::io::{self, Read, Seek, SeekFrom};
+use std::time::{Duration, Instant};
+
+use keel_io::Progress;
+
+/// What can go wrong fetching.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server answered with a status that retrying will not change (404, 403...).
+    #[error("{url}: HTTP {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status code.
+        status: u16,
+    },
+    /// The payload on the server is not the one the download started with (its ETag or
+    /// Last-Modified changed): start over with the new one.
+    #[error("{url}: the file changed on the server during the download")]
+    Changed {
+        /// The URL.
+        url: String,
+    },
+    /// The server does not answer range requests as it must (no 206, a wrong
+    /// Content-Range).
+    #[error("{url}: {reason}")]
+    BadRange {
+        /// The URL.
+        url: String,
+        /// What the server did.
+        reason: String,
+    },
+    /// Every attempt in a row failed; the last error.
+    #[error("{url}: gave up after {attempts} attempts in a row: {last}")]
+    GaveUp {
+        /// The URL.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// Stopped through [`Progress::cancelled`].
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        let kind = match e {
+            Error::Cancelled => io::ErrorKind::Interrupted,
+            Error::Status { status: 404, .. } => io::ErrorKind::NotFound,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// How to fetch.
+#[derive(Clone, Copy)]
+#[non_exhaustive]
+pub struct FetchOptions<'a> {
+    /// Time to connect (default 10 s).
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes before the connection counts as stalled and is
+    /// made again (default 30 s).
+    pub read_timeout: Duration,
+    /// Failed attempts in a row before giving up (default 10); a success resets it.
+    pub max_attempts: u32,
+    /// First retry delay, doubled each time up to `max_delay` (default 200 ms), with
+    /// jitter.
+    pub initial_delay: Duration,
+    /// Longest retry delay (default 10 s).
+    pub max_delay: Duration,
+    /// Receives bytes delivered so far (and the length once known); can cancel.
+    pub progress: Option<&'a dyn Progress>,
+}
+
+impl Default for FetchOptions<'_> {
+    fn default() -> Self {
+        FetchOptions {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            max_attempts: 10,
+            initial_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+            progress: None,
+        }
+    }
+}
+
+impl<'a> FetchOptions<'a> {
+    /// Set [`FetchOptions::read_timeout`].
+    pub fn read_timeout(mut self, t: Duration) -> Self {
+        self.read_timeout = t;
+        self
+    }
+    /// Set [`FetchOptions::max_attempts`].
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+    /// Set [`FetchOptions::initial_delay`] and [`FetchOptions::max_delay`].
+    pub fn delays(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_delay = initial;
+        self.max_delay = max;
+        self
+    }
+    /// Report to and take cancellation from `p`.
+    pub fn progress(mut self, p: &'a dyn Progress) -> Self {
+        self.progress = Some(p);
+        self
+    }
+}
+
+impl std::fmt::Debug for FetchOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a download cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// HTTP requests made.
+    pub requests: u64,
+    /// Body bytes received.
+    pub bytes: u64,
+    /// Reconnections after a failure (a cut, a stall, a 5xx).
+    pub retries: u64,
+}
+
+/// A URL read as a seekable stream, reconnecting with range requests.
+pub struct HttpReader<'a> {
+    agent: ureq::Agent,
+    url: String,
+    opts: FetchOptions<'a>,
+    pos: u64,
+    len: Option<u64>,
+    validator: Option<(&'static str, String)>,
+    body: Option<Box<dyn Read + Send + Sync>>,
+    stats: Stats,
+    rng: u64,
+}
+
+impl std::fmt::Debug for HttpReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpReader")
+            .field("url", &self.url)
+            .field("pos", &self.pos)
+            .field("len", &self.len)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> HttpReader<'a> {
+    /// A reader of `url` (http or https; proxies from the environment, `HTTPS_PROXY`,
+    /// `NO_PROXY`...). Nothing is fetched until the first read.
+    pub fn new(url: &str, opts: FetchOptions<'a>) -> Result<Self, Error> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(opts.connect_timeout)
+            .timeout_read(opts.read_timeout)
+            .try_proxy_from_env(true)
+            .build();
+        // Jitter needs no cryptographic randomness: the clock seeds it.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        Ok(HttpReader {
+            agent,
+            url: url.to_string(),
+            opts,
+            pos: 0,
+            len: None,
+            validator: None,
+            body: None,
+            stats: Stats::default(),
+            rng: seed,
+        })
+    }
+
+    /// What the download cost so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The payload's length, once a response said it.
+    pub fn len(&self) -> Option<u64> {
+        self.len
+    }
+
+    /// Whether the payload is known to be empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == Some(0)
+    }
+
+    /// One request from the current position. `Ok(false)`: the position is the end.
+    fn connect(&mut self) -> Result<bool, Attempt> {
+        self.stats.requests += 1;
+        let mut req = self.agent.get(&self.url);
+        if self.pos > 0 || self.validator.is_some() {
+            req = req.set("Range", &format!("bytes={}-", self.pos));
+            if let Some((_, v)) = &self.validator {
+                req = req.set("If-Range", v);
+            }
+        }
+        let resp = match req.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(416, _)) if self.len == Some(self.pos) => return Ok(false),
+            Err(ureq::Error::Status(code, _)) if code == 429 || code >= 500 => {
+                return Err(Attempt::Retry(format!("HTTP {code}")))
+            }
+            Err(ureq::Error::Status(code, _)) => {
+                return Err(Attempt::Fatal(Error::Status {
+                    url: self.url.clone(),
+                    status: code,
+                }))
+            }
+            Err(e) => return Err(Attempt::Retry(e.to_string())),
+        };
+        let validator = resp
+            .header("ETag")
+            .map(|v| ("ETag", v.to_string()))
+            .or_else(|| {
+                resp.header("Last-Modified")
+                    .map(|v| ("Last-Modified", v.to_string()))
+            });
+        match resp.status() {
+            206 => {
+                let (start, total) =
+                    content_range(resp.header("Content-Range")).ok_or_else(|| {
+                        Attempt::Fatal(Error::BadRange {
+                            url: self.url.clone(),
+                            reason: format!(
+                                "206 with Content-Range {:?}",
+                                resp.header("Content-Range")
+                            ),
+                        })
+                    })?;
+                if start != self.pos || self.len.is_some_and(|l| l != total) {
+                    return Err(Attempt::Fatal(Error::BadRange {
+                        url: self.url.clone(),
+                        reason: format!(
+                            "asked from byte {}, got bytes from {start} of {total}",
+                            self.pos
+                        ),
+                    }));
+                }
+                if let (Some((_, old)), Some((_, new))) = (&self.validator, &validator) {
+                    if old != new {
+                        return Err(Attempt::Fatal(Error::Changed {
+                            url: self.url.clone(),
+                        }));
+                    }
+                }
+                self.len = Some(total);
+            }
+            200 if self.pos == 0 && self.validator.is_none() => {
+                self.len = resp.header("Content-Length").and_then(|l| l.parse().ok());
+            }
+            // A full answer to a range request with If-Range: the validator no longer
+            // matches, the file was replaced.
+            200 if self.validator.is_some() => {
+                return Err(Attempt::Fatal(Error::Changed {
+                    url: self.url.clone(),
+                }))
+            }
+            status => {
+                return Err(Attempt::Fatal(Error::BadRange {
+                    url: self.url.clone(),
+                    reason: format!("HTTP {status} to a range request (ranges not supported?)"),
+                }))
+            }
+        }
+        if self.validator.is_none() {
+            self.validator = validator;
+        }
+        self.body = Some(Box::new(resp.into_reader()));
+        Ok(true)
+    }
+
+    /// Wait before the next attempt: exponential backoff with jitter.
+    fn back_off(&mut self, attempt: u32) {
+        let base = self
+            .opts
+            .initial_delay
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.opts.max_delay);
+        // xorshift: a jitter of 50-100% of the delay spreads a fleet's retries.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let frac = 0.5 + (self.rng % 1000) as f64 / 2000.0;
+        std::thread::sleep(base.mul_f64(frac));
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        let mut failures = 0u32;
+        let mut last = String::new();
+        loop {
+            if self.opts.progress.is_some_and(|p| p.cancelled()) {
+                return Err(Error::Cancelled);
+            }
+            if failures >= self.opts.max_attempts {
+                return Err(Error::GaveUp {
+                    url: self.url.clone(),
+                    attempts: failures,
+                    last,
+                });
+            }
+            if self.len.is_some_and(|l| self.pos >= l) {
+                return Ok(0);
+            }
+            if self.body.is_none() {
+                match self.connect() {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(0),
+                    Err(Attempt::Fatal(e)) => return Err(e),
+                    Err(Attempt::Retry(why)) => {
+                        failures += 1;
+                        self.stats.retries += 1;
+                        last = why;
+                        self.back_off(failures);
+                        continue;
+                    }
+                }
+            }
+            let started = Instant::now();
+            let r = match self.body.as_mut() {
+                Some(b) => b.read(buf),
+                None => continue,
+            };
+            match r {
+                Ok(n) if n > 0 => {
+                    self.pos += n as u64;
+                    self.stats.bytes += n as u64;
+                    if let Some(p) = self.opts.progress {
+                        p.progress(self.pos, self.len.unwrap_or(self.pos));
+                    }
+                    return Ok(n);
+                }
+                // The body ended: the end of the payload, or a connection cut short.
+                Ok(_) if self.len.is_none_or(|l| self.pos >= l) => return Ok(0),
+                Ok(_) => last = format!("connection closed at byte {}", self.pos),
+                Err(e) => last = format!("{e} after {:?} at byte {}", started.elapsed(), self.pos),
+            }
+            self.body = None;
+            failures += 1;
+            self.stats.retries += 1;
+            self.back_off(failures);
+        }
+    }
+}
+
+enum Attempt {
+    Retry(String),
+    Fatal(Error),
+}
+
+/// `bytes START-END/TOTAL` → (START, TOTAL).
+fn content_range(h: Option<&str>) -> Option<(u64, u64)> {
+    let rest = h?.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let (start, end, total): (u64, u64, u64) =
+        (start.parse().ok()?, end.parse().ok()?, total.parse().ok()?);
+    (start <= end && end < total).then_some((start, total))
+}
+
+impl Read for HttpReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.fill(buf).map_err(io::Error::from)
+    }
+}
+
+impl Seek for HttpReader<'_> {
+    /// Moving drops the connection; the next read asks for the range from there.
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.len.and_then(|l| l.checked_add_signed(d)),
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek outside the payload"))?;
+        if target != self.pos {
+            self.body = None;
+            self.pos = target;
+        }
+        Ok(self.pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges_are_read_strictly() {
+        assert_eq!(content_range(Some("bytes 100-199/1000")), Some((100, 1000)));
+        for bad in [
+            "bytes 100-99/1000",
+            "bytes 0-1000/1000",
+            "bytes */1000",
+            "100-199/1000",
+            "bytes 1-2",
+        ] {
+            assert_eq!(content_range(Some(bad)), None, "{bad}");
+        }
+        assert_eq!(content_range(None), None);
+    }
+}

@@ -1,0 +1,156 @@
+//! keel-fetch against a real nginx on 127.0.0.1, through a proxy that cuts connections at
+//! random offsets: payloads stream into the applier and end as the identical target;
+//! a process restart fetches only what was not applied; a payload replaced on the server
+//! is noticed; errors are clear.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
+
+use std::io::Read;
+use std::time::Duration;
+
+use keel_fetch::{Error, FetchOptions, HttpReader};
+use keel_payload::{apply_seekable, generate, ApplyOptions, GenerateOptions, VersionCheck};
+use keel_testsupport::{faults::cutting_proxy, nginx, seeded_bytes};
+use keel_trust::{Keyring, SigningKey};
+
+fn quick<'a>() -> FetchOptions<'a> {
+    FetchOptions::default()
+        .delays(Duration::from_millis(1), Duration::from_millis(5))
+        .read_timeout(Duration::from_secs(5))
+        .max_attempts(50)
+}
+
+struct Site {
+    _dir: tempfile::TempDir,
+    www: std::path::PathBuf,
+    server: nginx::Nginx,
+}
+
+fn site() -> Option<Site> {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let server = nginx::serve(&www, &dir.path().join("nginx"))?;
+    Some(Site {
+        _dir: dir,
+        www,
+        server,
+    })
+}
+
+/// 200 connections cut at random offsets: the reader reconnects each time from where it
+/// stopped and delivers exactly the file, fetching each byte once.
+#[test]
+fn a_download_cut_two_hundred_times_is_whole() {
+    let Some(s) = site() else { return };
+    let body = seeded_bytes(1, 8 << 20);
+    std::fs::write(s.www.join("big.bin"), &body).unwrap();
+    // Cuts every ~40 KiB on average over 8 MiB: about 200 of them.
+    let proxy = cutting_proxy(s.server.port, 7, 80 << 10);
+    let mut r = HttpReader::new(&format!("{}/big.bin", proxy.base), quick()).unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert!(got == body, "the download differs from the file");
+    let st = r.stats();
+    let cuts = proxy.cuts.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(cuts >= 150, "only {cuts} cuts");
+    assert_eq!(st.bytes, body.len() as u64, "bytes fetched twice: {st:?}");
+    assert!(st.requests > cuts, "{st:?}");
+}
+
+/// A payload streamed from nginx into the applier, the connection cut at random places;
+/// then a "process restart" (a new reader and a new apply after a power cut of the
+/// target) fetches only what the applier had not applied.
+#[test]
+fn a_payload_streams_into_the_applier_and_resumes_without_fetching_again() {
+    let Some(s) = site() else { return };
+    let key = SigningKey::generate().unwrap();
+    let mut keys = Keyring::new();
+    keys.add(key.public_key().clone()).unwrap();
+    let src = seeded_bytes(2, 6 << 20);
+    let tgt = seeded_bytes(3, 6 << 20);
+    let opts = GenerateOptions::new("acme", "2.0").level(1);
+    let payload = generate(Some(&src), &tgt, &key, &opts).unwrap();
+    std::fs::write(s.www.join("update.payload"), &payload).unwrap();
+    let proxy = cutting_proxy(s.server.port, 11, 256 << 10);
+    let url = format!("{}/update.payload", proxy.base);
+    let state = s.www.parent().unwrap().join("resume");
+    let aopts = ApplyOptions::new(&keys, VersionCheck::Unchecked)
+        .state(&state)
+        .checkpoint_bytes(256 << 10);
+
+    // The first run stops half way (the applier is cancelled, as by a shutdown).
+    struct HalfWay(std::sync::atomic::AtomicBool);
+    impl keel_io::Progress for HalfWay {
+        fn progress(&self, done: u64, total: u64) {
+            if done * 2 >= total {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        fn cancelled(&self) -> bool {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+    let half = HalfWay(Default::default());
+    let stopping = aopts.progress(&half);
+    let mut target = vec![0u8; tgt.len()];
+    let mut first = HttpReader::new(&url, quick()).unwrap();
+    let e = apply_seekable(&mut first, Some(&src[..]), &mut target, &stopping).unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+
+    // The next run resumes from the record and asks only for the rest.
+    let mut second = HttpReader::new(&url, quick()).unwrap();
+    let done = apply_seekable(&mut second, Some(&src[..]), &mut target, &aopts).unwrap();
+    assert!(target == tgt, "the target differs");
+    assert!(done.resumed_at > 0);
+    let skipped: u64 = done.manifest.operations[..done.resumed_at]
+        .iter()
+        .map(|o| o.data_length)
+        .sum();
+    let fetched = first.stats().bytes + second.stats().bytes;
+    // Everything once, plus at most one checkpoint interval of data fetched again, plus
+    // the header and manifest read again by the second run.
+    let header_and_manifest = payload.len() as u64
+        - done
+            .manifest
+            .operations
+            .iter()
+            .map(|o| o.data_length)
+            .sum::<u64>();
+    assert!(
+        fetched <= payload.len() as u64 + (256 << 10) + header_and_manifest,
+        "fetched {fetched} bytes for a {} byte payload",
+        payload.len()
+    );
+    assert!(second.stats().bytes <= payload.len() as u64 - skipped + header_and_manifest);
+}
+
+/// The file replaced on the server between two connections: the reader says so instead
+/// of splicing two files.
+#[test]
+fn a_payload_replaced_on_the_server_is_noticed() {
+    let Some(s) = site() else { return };
+    let path = s.www.join("p.bin");
+    std::fs::write(&path, seeded_bytes(4, 1 << 20)).unwrap();
+    let url = format!("{}/p.bin", s.server.base);
+    let mut r = HttpReader::new(&url, quick()).unwrap();
+    let mut head = vec![0u8; 100_000];
+    r.read_exact(&mut head).unwrap();
+    // A new file (new ETag), then the reader must reconnect: a seek drops the connection.
+    std::thread::sleep(Duration::from_millis(1100)); // a different Last-Modified second too
+    std::fs::write(&path, seeded_bytes(5, 1 << 20)).unwrap();
+    std::io::Seek::seek(&mut r, std::io::SeekFrom::Current(10)).unwrap();
+    let e = r.read(&mut head).unwrap_err();
+    let inner = e.into_inner().unwrap().downcast::<Error>().unwrap();
+    assert!(matches!(*inner, Error::Changed { .. }), "{inner}");
+}
+
+/// A missing file is a clear error at once, not a retry loop.
+#[test]
+fn not_found_is_an_error_at_once() {
+    let Some(s) = site() else { return };
+    let mut r = HttpReader::new(&format!("{}/missing.payload", s.server.base), quick()).unwrap();
+    let e = r.read(&mut [0u8; 10]).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+    assert!(e.to_string().contains("HTTP 404"), "{e}");
+    assert_eq!(r.stats().requests, 1);
+}
