@@ -19,6 +19,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod index;
+
 use std::io::{self, Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
 

@@ -20,6 +20,8 @@ pub enum Context {
     Payload,
     /// A release index (keel-fetch).
     ReleaseIndex,
+    /// A trust root: the keys and threshold that sign release indexes (keel-fetch).
+    TrustRoot,
 }
 
 impl Context {
@@ -29,6 +31,7 @@ impl Context {
             Context::RootDescriptor => b"keel signature v1\0root descriptor\0",
             Context::Payload => b"keel signature v1\0payload\0",
             Context::ReleaseIndex => b"keel signature v1\0release index\0",
+            Context::TrustRoot => b"keel signature v1\0trust root\0",
         }
     }
 
