@@ -89,11 +89,74 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         slot_mib: u64,
     },
+    /// Stream a payload from URL into TARGET with range resume (keel-fetch).
+    FetchApply {
+        /// The payload's http:// or https:// URL.
+        url: String,
+        /// The running image the delta reads from (not needed for a full payload).
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// The slot or file to write the new image into.
+        #[arg(long)]
+        target: PathBuf,
+        /// A trusted public key (PEM); repeat for several.
+        #[arg(long = "pubkey", required = true)]
+        pubkeys: Vec<PathBuf>,
+        /// Resume record: a rerun after a stop fetches only what was not applied.
+        #[arg(long = "record")]
+        record: Option<PathBuf>,
+        /// The installed version (required unless --no-version-check).
+        #[arg(long, required_unless_present = "no_version_check")]
+        installed_version: Option<String>,
+        /// Apply without comparing versions (a first install).
+        #[arg(long)]
+        no_version_check: bool,
+    },
+    /// Fetch and verify a release index, and print the release this machine would take.
+    Check {
+        /// The index's URL.
+        index_url: String,
+        /// The trusted root (an envelope as `sign --kind root` writes it).
+        #[arg(long = "trust-root")]
+        trust_root: PathBuf,
+        /// This system's compatible string.
+        #[arg(long)]
+        compatible: String,
+        /// The installed version.
+        #[arg(long)]
+        installed: String,
+        /// This machine's id, for staged rollouts (default: /etc/machine-id under --root).
+        #[arg(long)]
+        machine_id: Option<String>,
+        /// Where the last accepted serial is kept (an older index is refused).
+        #[arg(long = "serial-file")]
+        serial_file: Option<PathBuf>,
+    },
+    /// Sign a trust root or release index document (JSON) into an envelope.
+    Sign {
+        /// `root` or `index`.
+        #[arg(long, value_parser = ["root", "index"])]
+        kind: String,
+        /// The document (JSON).
+        document: PathBuf,
+        /// A private key (PKCS#8 PEM); repeat for a threshold.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Where to write the envelope.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn run(cli: Cli) -> Res<ExitCode> {
+    match &cli.cmd {
+        Cmd::FetchApply { .. } => return fetch_apply(&cli.cmd),
+        Cmd::Check { .. } => return check(&cli.cmd, &cli.root),
+        Cmd::Sign { .. } => return sign(&cli.cmd),
+        _ => {}
+    }
     if let Cmd::Demo { dir, slot_mib } = &cli.cmd {
         std::fs::create_dir_all(dir)?;
         let d = demo::build(dir, slot_mib << 20, "gpt-flatcar")?;
@@ -203,8 +266,158 @@ fn run(cli: Cli) -> Res<ExitCode> {
                 }
             }
         }
-        Cmd::Demo { .. } => {}
+        Cmd::Demo { .. } | Cmd::FetchApply { .. } | Cmd::Check { .. } | Cmd::Sign { .. } => {}
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keyring(paths: &[PathBuf]) -> Res<keel::trust::Keyring> {
+    let mut ring = keel::trust::Keyring::new();
+    for p in paths {
+        let pem = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        ring.add(keel::trust::PublicKey::from_pem(&pem)?)?;
+    }
+    Ok(ring)
+}
+
+fn fetch_apply(cmd: &Cmd) -> Res<ExitCode> {
+    let Cmd::FetchApply {
+        url,
+        source,
+        target,
+        pubkeys,
+        record,
+        installed_version,
+        ..
+    } = cmd
+    else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let ring = keyring(pubkeys)?;
+    let version = match installed_version {
+        Some(v) => keel::payload::VersionCheck::Installed(v),
+        None => keel::payload::VersionCheck::Unchecked,
+    };
+    let pb = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("[{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let observer = |done: u64, total: u64| {
+        pb.set_length(total);
+        pb.set_position(done);
+    };
+    let mut opts = keel::payload::ApplyOptions::new(&ring, version).progress(&observer);
+    opts.state = record.as_deref();
+    let src = source
+        .as_deref()
+        .map(|p| File::open(p).map_err(|e| format!("{}: {e}", p.display())))
+        .transpose()?;
+    let mut tgt = File::options()
+        .read(true)
+        .write(true)
+        .open(target)
+        .map_err(|e| format!("{}: {e}", target.display()))?;
+    let mut reader = keel::fetch::HttpReader::new(url, keel::fetch::FetchOptions::default())?;
+    let done = keel::payload::apply_seekable(&mut reader, src.as_ref(), &mut tgt, &opts);
+    pb.finish_and_clear();
+    let done = done?;
+    let st = reader.stats();
+    println!(
+        "applied version {} ({} operations, resumed at {}); {} bytes in {} requests, {} retries",
+        done.manifest.version,
+        done.manifest.operations.len(),
+        done.resumed_at,
+        st.bytes,
+        st.requests,
+        st.retries
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(cmd: &Cmd, root_dir: &std::path::Path) -> Res<ExitCode> {
+    use keel::fetch::index::TrustedRoot;
+    let Cmd::Check {
+        index_url,
+        trust_root,
+        compatible,
+        installed,
+        machine_id,
+        serial_file,
+    } = cmd
+    else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let now = keel::trust::unix_now();
+    let root_bytes =
+        std::fs::read(trust_root).map_err(|e| format!("{}: {e}", trust_root.display()))?;
+    let root = TrustedRoot::initial(&root_bytes, now)?;
+    let last = match serial_file {
+        Some(f) if f.exists() => Some(std::fs::read_to_string(f)?.trim().parse::<u64>()?),
+        _ => None,
+    };
+    let mut bytes = Vec::new();
+    keel::fetch::HttpReader::new(index_url, keel::fetch::FetchOptions::default())?
+        .read_to_end(&mut bytes)?;
+    let index = root.verify_index(&bytes, last, now)?;
+    if let Some(f) = serial_file {
+        keel::io::replace_file(f, format!("{}\n", index.serial).as_bytes())?;
+    }
+    let machine = match machine_id {
+        Some(m) => m.clone(),
+        None => std::fs::read_to_string(root_dir.join("etc/machine-id"))
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    };
+    match index.choose(compatible, installed, None, &machine, false) {
+        Some(c) => println!(
+            "index serial {}: take {} {} ({} bytes) from {}",
+            index.serial,
+            c.version,
+            if c.delta { "delta" } else { "full payload" },
+            c.artifact.size,
+            c.artifact.url
+        ),
+        None => println!(
+            "index serial {}: nothing newer for {compatible} {installed}",
+            index.serial
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign(cmd: &Cmd) -> Res<ExitCode> {
+    let Cmd::Sign {
+        kind,
+        document,
+        keys,
+        output,
+    } = cmd
+    else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let doc = std::fs::read(document).map_err(|e| format!("{}: {e}", document.display()))?;
+    let mut signers = Vec::new();
+    for k in keys {
+        let pem = std::fs::read_to_string(k).map_err(|e| format!("{}: {e}", k.display()))?;
+        signers.push(keel::trust::SigningKey::from_pkcs8_pem(&pem)?);
+    }
+    let context = match kind.as_str() {
+        "root" => keel::trust::Context::TrustRoot,
+        _ => keel::trust::Context::ReleaseIndex,
+    };
+    let refs: Vec<&dyn keel::trust::Signer> = signers
+        .iter()
+        .map(|s| s as &dyn keel::trust::Signer)
+        .collect();
+    let env = keel::fetch::index::sign_envelope(&doc, context, &refs)?;
+    std::fs::write(output, env).map_err(|e| format!("{}: {e}", output.display()))?;
+    println!(
+        "signed {} by {} key(s): {}",
+        document.display(),
+        refs.len(),
+        output.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

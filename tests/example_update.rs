@@ -153,3 +153,114 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The network side through the example: a payload streamed from nginx (through a proxy
+/// that cuts connections) into a target; a root and an index signed by the example,
+/// served, verified and followed; the same index again is a rollback.
+#[test]
+fn fetch_apply_sign_and_check_against_nginx() {
+    let (_tmp, dir) = demo();
+    let Some(server) = keel_testsupport::nginx::serve(&dir, &dir.join("nginx")) else {
+        return;
+    };
+    let proxy = keel_testsupport::faults::cutting_proxy(server.port, 5, 300 << 10);
+    let target = dir.join("slot-b.img");
+    let v2 = std::fs::read(dir.join("v2.img")).unwrap();
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(v2.len() as u64)
+        .unwrap();
+    let url = format!("{}/update-1-to-2.payload", proxy.base);
+    let p = |n: &str| dir.join(n).display().to_string();
+    let out = ok(
+        "update",
+        &[
+            "fetch-apply",
+            &url,
+            "--source",
+            &p("v1.img"),
+            "--target",
+            &p("slot-b.img"),
+            "--pubkey",
+            &p("release-key.pub"),
+            "--installed-version",
+            "1.0",
+        ],
+    );
+    assert!(out.contains("applied version 2.0"), "{out}");
+    assert!(
+        std::fs::read(&target).unwrap() == v2,
+        "the fetched update differs"
+    );
+
+    // A root (threshold 1) and an index, signed with the example.
+    let key_hex = {
+        let pem = std::fs::read_to_string(dir.join("release-key.pub")).unwrap();
+        hex::encode(keel::trust::PublicKey::from_pem(&pem).unwrap().to_bytes())
+    };
+    std::fs::write(
+        dir.join("root-doc.json"),
+        format!("{{\"type\":\"keel-root\",\"version\":1,\"expires\":4102444800,\"threshold\":1,\"keys\":[\"{key_hex}\"]}}"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("index-doc.json"),
+        "{\"type\":\"keel-index\",\"serial\":3,\"expires\":4102444800,\"releases\":[{\"version\":\"2.0\",\
+         \"compatible\":\"keel-demo\",\"full\":{\"url\":\"update-1-to-2.payload\",\"size\":1,\"sha256\":\"00\"}}]}",
+    )
+    .unwrap();
+    for (kind, doc, out) in [
+        ("root", "root-doc.json", "root.json"),
+        ("index", "index-doc.json", "index.json"),
+    ] {
+        ok(
+            "update",
+            &[
+                "sign",
+                "--kind",
+                kind,
+                &p(doc),
+                "--key",
+                &p("release-key.pem"),
+                "-o",
+                &p(out),
+            ],
+        );
+    }
+    let check = |serial_file: &str| {
+        run(
+            &example("update"),
+            &[
+                "check",
+                &format!("{}/index.json", server.base),
+                "--trust-root",
+                &p("root.json"),
+                "--compatible",
+                "keel-demo",
+                "--installed",
+                "1.0",
+                "--machine-id",
+                "m1",
+                "--serial-file",
+                &p(serial_file),
+            ],
+        )
+    };
+    let o = check("serial");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout(&o).contains("take 2.0 full payload"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("serial")).unwrap().trim(),
+        "3"
+    );
+    let o = check("serial");
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("rollback"),
+        "{o:?}"
+    );
+}
