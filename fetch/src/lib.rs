@@ -67,6 +67,37 @@ pub enum Error {
     /// Stopped through [`Progress::cancelled`].
     #[error("cancelled")]
     Cancelled,
+    /// TLS: the server's certificate is not trusted, or the CA given does not parse.
+    #[error("{url}: TLS: {reason}")]
+    Tls {
+        /// The URL (or "CA certificates").
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// rustls with the web's roots and the CA certificates in `pem`.
+fn tls_config(pem: &[u8]) -> Result<rustls::ClientConfig, Error> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |reason: String| Error::Tls {
+        url: "CA certificates".into(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut added = 0;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| bad(e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(bad("no certificate in the PEM given".into()));
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 impl From<Error> for io::Error {
@@ -98,6 +129,9 @@ pub struct FetchOptions<'a> {
     pub max_delay: Duration,
     /// Receives bytes delivered so far (and the length once known); can cancel.
     pub progress: Option<&'a dyn Progress>,
+    /// More certificate authorities to trust besides the web's (PEM): a private update
+    /// server's CA.
+    pub ca_certificates: Option<&'a [u8]>,
 }
 
 impl Default for FetchOptions<'_> {
@@ -109,6 +143,7 @@ impl Default for FetchOptions<'_> {
             initial_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(10),
             progress: None,
+            ca_certificates: None,
         }
     }
 }
@@ -133,6 +168,11 @@ impl<'a> FetchOptions<'a> {
     /// Report to and take cancellation from `p`.
     pub fn progress(mut self, p: &'a dyn Progress) -> Self {
         self.progress = Some(p);
+        self
+    }
+    /// Trust these CA certificates (PEM) too ([`FetchOptions::ca_certificates`]).
+    pub fn ca_certificates(mut self, pem: &'a [u8]) -> Self {
+        self.ca_certificates = Some(pem);
         self
     }
 }
@@ -186,11 +226,14 @@ impl<'a> HttpReader<'a> {
     /// A reader of `url` (http or https; proxies from the environment, `HTTPS_PROXY`,
     /// `NO_PROXY`...). Nothing is fetched until the first read.
     pub fn new(url: &str, opts: FetchOptions<'a>) -> Result<Self, Error> {
-        let agent = ureq::AgentBuilder::new()
+        let mut builder = ureq::AgentBuilder::new()
             .timeout_connect(opts.connect_timeout)
             .timeout_read(opts.read_timeout)
-            .try_proxy_from_env(true)
-            .build();
+            .try_proxy_from_env(true);
+        if let Some(pem) = opts.ca_certificates {
+            builder = builder.tls_config(std::sync::Arc::new(tls_config(pem)?));
+        }
+        let agent = builder.build();
         // Jitter needs no cryptographic randomness: the clock seeds it.
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -244,6 +287,13 @@ impl<'a> HttpReader<'a> {
                 return Err(Attempt::Fatal(Error::Status {
                     url: self.url.clone(),
                     status: code,
+                }))
+            }
+            // A certificate the client does not trust will not become trusted by retrying.
+            Err(e) if e.to_string().contains("certificate") => {
+                return Err(Attempt::Fatal(Error::Tls {
+                    url: self.url.clone(),
+                    reason: e.to_string(),
                 }))
             }
             Err(e) => return Err(Attempt::Retry(e.to_string())),

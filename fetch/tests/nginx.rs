@@ -154,3 +154,31 @@ fn not_found_is_an_error_at_once() {
     assert!(e.to_string().contains("HTTP 404"), "{e}");
     assert_eq!(r.stats().requests, 1);
 }
+
+/// Over HTTPS with a private CA: trusted when the CA is given, a clear TLS error (at
+/// once, not after retries) when it is not.
+#[test]
+fn https_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let Some((server, ca)) = nginx::serve_tls(&www, &dir.path().join("nginx")) else {
+        return;
+    };
+    let body = seeded_bytes(9, 3 << 20);
+    std::fs::write(www.join("p.bin"), &body).unwrap();
+    let url = format!("{}/p.bin", server.base);
+    assert!(url.starts_with("https://"));
+    let mut r = HttpReader::new(&url, quick().ca_certificates(&ca)).unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert!(got == body);
+    let mut untrusted = HttpReader::new(&url, quick()).unwrap();
+    let e = untrusted.read(&mut [0u8; 10]).unwrap_err();
+    assert!(e.to_string().contains("TLS"), "{e}");
+    assert_eq!(
+        untrusted.stats().requests,
+        1,
+        "retried an untrusted certificate"
+    );
+}

@@ -161,6 +161,72 @@ pub mod nginx {
     /// Serve `root` (static files, with ETags and range requests as nginx does), keeping
     /// nginx's own files in `work`. `None` (a visible skip) without nginx.
     pub fn serve(root: &Path, work: &Path) -> Option<Nginx> {
+        serve_with(root, work, None)
+    }
+
+    /// As [`serve`], over HTTPS with a certificate for 127.0.0.1 signed by a test CA made
+    /// with openssl; returns the server and the CA certificate (PEM) a client must trust.
+    pub fn serve_tls(root: &Path, work: &Path) -> Option<(Nginx, Vec<u8>)> {
+        let openssl = tool("openssl", "openssl")?;
+        std::fs::create_dir_all(work).unwrap();
+        let w = |p: &str| work.join(p).display().to_string();
+        let run = |args: &[&str]| {
+            super::run_ok(&openssl, args);
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=keel test CA",
+            "-keyout",
+            &w("ca.key"),
+            "-out",
+            &w("ca.pem"),
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &w("srv.key"),
+            "-out",
+            &w("srv.csr"),
+        ]);
+        std::fs::write(work.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &w("srv.csr"),
+            "-CA",
+            &w("ca.pem"),
+            "-CAkey",
+            &w("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &w("ext"),
+            "-out",
+            &w("srv.pem"),
+        ]);
+        let server = serve_with(
+            root,
+            work,
+            Some((work.join("srv.pem"), work.join("srv.key"))),
+        )?;
+        Some((server, std::fs::read(work.join("ca.pem")).unwrap()))
+    }
+
+    fn serve_with(root: &Path, work: &Path, tls: Option<(PathBuf, PathBuf)>) -> Option<Nginx> {
         let nginx = tool("nginx", "nginx")?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -174,11 +240,17 @@ pub mod nginx {
              http {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
                fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
                default_type application/octet-stream;\n\
-               server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
+               server {{ listen 127.0.0.1:{port}{ssl}; root {root}; {certs} }}\n}}\n",
             pid = w("nginx.pid").display(),
             err = w("error.log").display(),
             tmp = w("tmp").display(),
             root = root.display(),
+            ssl = if tls.is_some() { " ssl" } else { "" },
+            certs = tls.as_ref().map_or(String::new(), |(c, k)| format!(
+                "ssl_certificate {}; ssl_certificate_key {};",
+                c.display(),
+                k.display()
+            )),
         );
         std::fs::write(w("nginx.conf"), conf).unwrap();
         let child = Command::new(nginx)
@@ -199,9 +271,10 @@ pub mod nginx {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Some(Nginx {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("{scheme}://127.0.0.1:{port}"),
             port,
         })
     }
