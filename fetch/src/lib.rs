@@ -359,8 +359,13 @@ impl<'a> HttpReader<'a> {
         Ok(true)
     }
 
-    /// Wait before the next attempt: exponential backoff with jitter.
+    /// Wait before the next attempt: none before the first (a connection that was
+    /// delivering and dropped is made again at once), then exponential backoff with
+    /// jitter.
     fn back_off(&mut self, attempt: u32) {
+        if attempt <= 1 {
+            return;
+        }
         let base = self
             .opts
             .initial_delay
