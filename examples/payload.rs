@@ -25,7 +25,7 @@ use keel::payload::{
     apply_files, generate_observed, read_manifest, ApplyOptions, GenerateOptions, OpType,
     VersionCheck,
 };
-use keel::verity::{Keyring, PublicKey, SigningKey};
+use keel::verity::SigningKey;
 
 #[derive(Parser)]
 #[command(name = "payload", about = "Signed delta update payloads")]
@@ -109,16 +109,6 @@ enum Cmd {
     },
 }
 
-fn keyring(paths: &[PathBuf]) -> Result<Keyring, String> {
-    let mut r = Keyring::new();
-    for p in paths {
-        let pem = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        r.add(PublicKey::from_pem(&pem).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(r)
-}
-
 fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Generate {
@@ -171,7 +161,7 @@ fn run(cli: Cli) -> Result<(), String> {
             );
         }
         Cmd::Inspect { payload, pubkeys } => {
-            let ring = keyring(&pubkeys)?;
+            let ring = cli::load_keyring(&pubkeys)?;
             let mut f = File::open(&payload).map_err(|e| format!("{}: {e}", payload.display()))?;
             let (h, m, id) = read_manifest(&mut f, &ring).map_err(|e| e.to_string())?;
             // The data area must be there, whole and alone, before its size is reported.
@@ -260,7 +250,7 @@ fn run(cli: Cli) -> Result<(), String> {
             checkpoint_mib,
             payload,
         } => {
-            let ring = keyring(&pubkeys)?;
+            let ring = cli::load_keyring(&pubkeys)?;
             let src = source
                 .as_ref()
                 .map(|s| File::open(s).map_err(|e| format!("{}: {e}", s.display())))

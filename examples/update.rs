@@ -271,15 +271,6 @@ fn run(cli: Cli) -> Res<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn keyring(paths: &[PathBuf]) -> Res<keel::trust::Keyring> {
-    let mut ring = keel::trust::Keyring::new();
-    for p in paths {
-        let pem = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        ring.add(keel::trust::PublicKey::from_pem(&pem)?)?;
-    }
-    Ok(ring)
-}
-
 fn fetch_apply(cmd: &Cmd) -> Res<ExitCode> {
     let Cmd::FetchApply {
         url,
@@ -293,7 +284,7 @@ fn fetch_apply(cmd: &Cmd) -> Res<ExitCode> {
     else {
         return Ok(ExitCode::FAILURE);
     };
-    let ring = keyring(pubkeys)?;
+    let ring = cli::load_keyring(pubkeys)?;
     let version = match installed_version {
         Some(v) => keel::payload::VersionCheck::Installed(v),
         None => keel::payload::VersionCheck::Unchecked,

@@ -142,3 +142,15 @@ pub(crate) fn parse_size_u32(s: &str) -> Result<u32, String> {
 pub(crate) fn parse_size_usize(s: &str) -> Result<usize, String> {
     usize::try_from(parse_size(s)?).map_err(|_| format!("{s:?}: too large"))
 }
+
+/// A keyring of the public keys (PEM) in `paths`; an error names the file.
+pub(crate) fn load_keyring(paths: &[PathBuf]) -> Result<keel::trust::Keyring, String> {
+    let mut ring = keel::trust::Keyring::new();
+    for p in paths {
+        let pem = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let key =
+            keel::trust::PublicKey::from_pem(&pem).map_err(|e| format!("{}: {e}", p.display()))?;
+        ring.add(key).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(ring)
+}

@@ -311,20 +311,9 @@ impl TrustedRoot {
     /// The root shipped with the system: signed by its own threshold, not expired.
     pub fn initial(envelope: &[u8], now: u64) -> Result<TrustedRoot> {
         let (doc, sigs) = open_envelope(envelope)?;
-        // The keys are in the document: parse it to learn them, then require their
-        // threshold before trusting anything else in it.
-        let root: Root = parse(&doc, "trust root")?;
-        let keys = root_keys(&root)?;
-        check_threshold(
-            "trust root",
-            &keys,
-            root.threshold,
-            Context::TrustRoot,
-            &doc,
-            &sigs,
-        )?;
-        check_expiry("trust root", root.expires, now)?;
-        Ok(TrustedRoot { root, keys })
+        // The keys are in the document: it is parsed to learn them, then nothing in it
+        // is trusted before their threshold has signed it.
+        accept(&doc, &sigs, now)
     }
 
     /// Move to a new root: the next version, signed by this root's threshold of its keys
@@ -332,32 +321,23 @@ impl TrustedRoot {
     pub fn rotate(&self, envelope: &[u8], now: u64) -> Result<TrustedRoot> {
         let (doc, sigs) = open_envelope(envelope)?;
         // The old keys vouch for the bytes before they are parsed.
+        let (keys, threshold) = (&self.keys, self.root.threshold);
         check_threshold(
             "trust root",
-            &self.keys,
-            self.root.threshold,
+            keys,
+            threshold,
             Context::TrustRoot,
             &doc,
             &sigs,
         )?;
-        let root: Root = parse(&doc, "trust root")?;
-        if root.version != self.root.version + 1 {
+        let new = accept(&doc, &sigs, now)?;
+        if new.root.version != self.root.version + 1 {
             return Err(IndexError::RootVersion {
-                found: root.version,
+                found: new.root.version,
                 expected: self.root.version + 1,
             });
         }
-        let keys = root_keys(&root)?;
-        check_threshold(
-            "trust root",
-            &keys,
-            root.threshold,
-            Context::TrustRoot,
-            &doc,
-            &sigs,
-        )?;
-        check_expiry("trust root", root.expires, now)?;
-        Ok(TrustedRoot { root, keys })
+        Ok(new)
     }
 
     /// The root document.
@@ -400,6 +380,22 @@ impl TrustedRoot {
         check_expiry("release index", index.expires, now)?;
         Ok(index)
     }
+}
+
+/// A root document signed by its own threshold and not expired.
+fn accept(doc: &[u8], sigs: &Signatures, now: u64) -> Result<TrustedRoot> {
+    let root: Root = parse(doc, "trust root")?;
+    let keys = root_keys(&root)?;
+    check_threshold(
+        "trust root",
+        &keys,
+        root.threshold,
+        Context::TrustRoot,
+        doc,
+        sigs,
+    )?;
+    check_expiry("trust root", root.expires, now)?;
+    Ok(TrustedRoot { root, keys })
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(doc: &[u8], what: &'static str) -> Result<T> {
