@@ -182,3 +182,22 @@ fn https_with_a_private_ca() {
         "retried an untrusted certificate"
     );
 }
+
+/// Connections that stall (open, silent) are given up after the read timeout and made
+/// again from where they stopped.
+#[test]
+fn stalled_connections_are_made_again() {
+    let Some(s) = site() else { return };
+    let body = seeded_bytes(12, 2 << 20);
+    std::fs::write(s.www.join("s.bin"), &body).unwrap();
+    let proxy = keel_testsupport::faults::stalling_proxy(s.server.port, 3, 512 << 10);
+    let opts = quick().read_timeout(Duration::from_millis(300));
+    let mut r = HttpReader::new(&format!("{}/s.bin", proxy.base), opts).unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert!(got == body);
+    let stalls = proxy.cuts.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(stalls >= 2, "only {stalls} stalls");
+    assert!(r.stats().retries >= stalls, "{:?}", r.stats());
+    assert_eq!(r.stats().bytes, body.len() as u64);
+}

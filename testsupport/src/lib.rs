@@ -302,6 +302,16 @@ pub mod faults {
     /// after `1..=max_bytes` bytes (drawn from `seed`), or passes whole when the draw
     /// falls past its end.
     pub fn cutting_proxy(upstream_port: u16, seed: u64, max_bytes: u64) -> CuttingProxy {
+        proxy(upstream_port, seed, max_bytes, false)
+    }
+
+    /// As [`cutting_proxy`], but at the drawn offset the connection stalls (stays open,
+    /// sends nothing more) instead of closing: what a client's read timeout is for.
+    pub fn stalling_proxy(upstream_port: u16, seed: u64, max_bytes: u64) -> CuttingProxy {
+        proxy(upstream_port, seed, max_bytes, true)
+    }
+
+    fn proxy(upstream_port: u16, seed: u64, max_bytes: u64, stall: bool) -> CuttingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let cuts = Arc::new(AtomicU64::new(0));
@@ -317,7 +327,7 @@ pub mod faults {
                     continue;
                 };
                 let counted = counted.clone();
-                std::thread::spawn(move || relay(client, server, limit, &counted));
+                std::thread::spawn(move || relay(client, server, limit, &counted, stall));
             }
         });
         CuttingProxy {
@@ -326,7 +336,13 @@ pub mod faults {
         }
     }
 
-    fn relay(mut client: TcpStream, mut server: TcpStream, limit: u64, cuts: &AtomicU64) {
+    fn relay(
+        mut client: TcpStream,
+        mut server: TcpStream,
+        limit: u64,
+        cuts: &AtomicU64,
+        stall: bool,
+    ) {
         let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else {
             return;
         };
@@ -349,6 +365,12 @@ pub mod faults {
             sent += room as u64;
             if sent >= limit {
                 cuts.fetch_add(1, Ordering::Relaxed);
+                if stall {
+                    // Hold the connection open, silent, until the client gives up on it.
+                    let mut probe = [0u8; 1];
+                    let _ = client.set_read_timeout(Some(std::time::Duration::from_secs(60)));
+                    let _ = client.read(&mut probe);
+                }
                 break;
             }
         }
