@@ -31,8 +31,8 @@
 //! { "type": "keel-index", "serial": 42, "expires": 1767225600,
 //!   "releases": [ { "version": "2.1", "compatible": "acme-os",
 //!       "full": { "url": "...", "size": 123, "sha256": "<hex>" },
-//!       "deltas": [ { "from_version": "2.0", "source_digest": "<hex>", "url": "...",
-//!                     "size": 45, "sha256": "<hex>" } ],
+//!       "deltas": [ { "from_version": "2.0", "source_digest": "<hex>", "source_size": 123,
+//!                     "url": "...", "size": 45, "sha256": "<hex>" } ],
 //!       "rollout_percent": 100 } ] }
 //! ```
 //!
@@ -152,6 +152,8 @@ pub struct Delta {
     pub from_version: String,
     /// The digest of the image it starts from (keel-payload's image digest), hex.
     pub source_digest: String,
+    /// The size of that image in bytes (the digest covers exactly these bytes).
+    pub source_size: u64,
     /// The payload.
     #[serde(flatten)]
     pub artifact: Artifact,
@@ -492,4 +494,16 @@ pub fn in_rollout(machine_id: &str, version: &str, percent: u8) -> bool {
         .chain_update(version.as_bytes())
         .finalize();
     u16::from_be_bytes([h[0], h[1]]) % 100 < u16::from(percent)
+}
+
+/// `url` as given, or relative to the index's URL (`payloads/x` next to
+/// `https://host/os/index.json` is `https://host/os/payloads/x`).
+pub fn resolve(index_url: &str, url: &str) -> String {
+    if url.contains("://") {
+        return url.to_string();
+    }
+    match index_url.rfind('/') {
+        Some(i) => format!("{}/{}", &index_url[..i], url.trim_start_matches('/')),
+        None => url.to_string(),
+    }
 }

@@ -55,6 +55,7 @@ fn index_doc(serial: u64, expires: u64) -> Vec<u8> {
                 deltas: vec![Delta {
                     from_version: "1.0".into(),
                     source_digest: "ab".repeat(32),
+                    source_size: 1 << 20,
                     artifact: artifact("1.0-2.0.delta"),
                 }],
                 rollout_percent: 100,
@@ -263,6 +264,19 @@ fn the_choice_is_the_delta_from_the_booted_image_else_the_full_payload() {
         "2.0"
     );
     assert_eq!(i.choose("nobody-os", "1.0", None, "m", false), None);
+}
+
+#[test]
+fn artifact_urls_resolve_against_the_index() {
+    use keel_fetch::index::resolve;
+    assert_eq!(
+        resolve("https://h/os/index.json", "p/x.payload"),
+        "https://h/os/p/x.payload"
+    );
+    assert_eq!(
+        resolve("https://h/os/index.json", "https://cdn/x"),
+        "https://cdn/x"
+    );
 }
 
 #[test]

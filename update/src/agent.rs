@@ -707,6 +707,85 @@ where
         Ok(format!("PARTUUID={}", self.partition_of(slot)?.guid))
     }
 
+    /// Check for an update and install it: fetch the release index at `index_url`,
+    /// verify it under `root` (threshold, a serial above the last one this agent accepted,
+    /// not expired; the serial is then kept in the state directory), choose the release
+    /// for this system (the description's compatible string, the booted slot's version,
+    /// this machine's rollout by `/etc/machine-id`), and install it streamed over HTTP(S):
+    /// the delta from the booted image when the index has one for it, else, or when the
+    /// delta turns out not to fit ([`Error::needs_full_payload`]), the full payload.
+    /// `Ok(None)`: nothing newer.
+    pub fn install_from_index(
+        &self,
+        index_url: &str,
+        root: &keel_fetch::index::TrustedRoot,
+        fetch: keel_fetch::FetchOptions<'_>,
+        progress: Option<&dyn Progress>,
+    ) -> Result<Option<Installed>> {
+        use keel_fetch::index::{resolve, MAX_ENVELOPE};
+        let mut bytes = Vec::new();
+        keel_fetch::HttpReader::new(index_url, fetch)?
+            .take(MAX_ENVELOPE as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(format!("fetching {index_url}"), e))?;
+        let serial_path = self.state_dir.join("index-serial");
+        let last = record::read_small(&serial_path)?
+            .map(|t| {
+                t.trim().parse::<u64>().map_err(|_| {
+                    Error::io(
+                        format!("reading {}", serial_path.display()),
+                        std::io::Error::other("not a serial"),
+                    )
+                })
+            })
+            .transpose()?;
+        let index = root.verify_index(&bytes, last, keel_trust::unix_now())?;
+        record::replace(&serial_path, format!("{}\n", index.serial).as_bytes())?;
+
+        let booted = self.booted_slot()?;
+        let installed = self.installed_version(booted, true)?.ok_or_else(|| {
+            Error::Refused("the booted slot's version is unknown: no release can be chosen".into())
+        })?;
+        // The booted image's digest, over the size a delta from this version starts from.
+        let source_size = index
+            .releases
+            .iter()
+            .flat_map(|r| &r.deltas)
+            .find(|d| d.from_version == installed)
+            .map(|d| d.source_size);
+        let digest = match source_size {
+            Some(size) => Some(
+                keel_payload::format::image_digest(&self.region(booted)?, size)
+                    .map_err(|e| Error::io("hashing the booted slot", e))?,
+            ),
+            None => None,
+        };
+        let machine = record::read_small(&self.root.join("etc/machine-id"))?.unwrap_or_default();
+        let Some(choice) = index.choose(
+            &self.system.compatible,
+            &installed,
+            digest.as_ref(),
+            machine.trim(),
+            self.system.allow_downgrade,
+        ) else {
+            return Ok(None);
+        };
+        let url = resolve(index_url, &choice.artifact.url);
+        match self.install(keel_fetch::HttpReader::new(&url, fetch)?, progress) {
+            Err(e) if choice.delta && e.needs_full_payload() => {
+                let full = index
+                    .releases
+                    .iter()
+                    .find(|r| r.version == choice.version && r.compatible == self.system.compatible)
+                    .map(|r| resolve(index_url, &r.full.url))
+                    .ok_or(e)?;
+                self.install(keel_fetch::HttpReader::new(&full, fetch)?, progress)
+                    .map(Some)
+            }
+            r => r.map(Some),
+        }
+    }
+
     /// Commit the booted slot after a boot: if it is not yet marked good, run `checks`;
     /// all pass: mark it good; one fails: mark it bad (the boot loader falls back on the
     /// next boot) and say a reboot is needed.

@@ -55,6 +55,12 @@ pub enum Error {
     /// Keys.
     #[error(transparent)]
     Trust(#[from] keel_trust::Error),
+    /// The release index (below threshold, rollback, freeze...).
+    #[error(transparent)]
+    Index(#[from] keel_fetch::index::IndexError),
+    /// Fetching.
+    #[error(transparent)]
+    Fetch(#[from] keel_fetch::Error),
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {

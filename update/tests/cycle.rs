@@ -877,3 +877,129 @@ fn the_boot_disk_is_found_from_the_kernel_command_line() {
     let e = keel_update::boot_disk(&r).unwrap_err();
     assert!(e.to_string().contains("set boot.disk"), "{e}");
 }
+
+/// Publish in `www` a full payload and a delta of `f.v2` (the delta's bytes given), an
+/// index listing them under `serial` (the delta claiming to start from `f.v1`), and a trust
+/// root of `f`'s key. Returns the root.
+fn publish_index(
+    f: &Fixture,
+    www: &Path,
+    delta: &[u8],
+    serial: u64,
+) -> keel_fetch::index::TrustedRoot {
+    use keel_fetch::index::{sign_envelope, Artifact, Delta, Index, Release, Root, TrustedRoot};
+    use keel_trust::{Context, Signer};
+    fs::write(
+        www.join("full.payload"),
+        f.payload(false, &f.v2, "2.0", "acme-os"),
+    )
+    .unwrap();
+    fs::write(www.join("delta.payload"), delta).unwrap();
+    let art = |name: &str| Artifact {
+        url: name.into(),
+        size: fs::metadata(www.join(name)).unwrap().len(),
+        sha256: String::new(),
+    };
+    let v1_digest = keel_payload::format::image_digest(&f.v1[..], IMAGE as u64).unwrap();
+    let index = Index {
+        kind: "keel-index".into(),
+        serial,
+        expires: u64::MAX / 2,
+        releases: vec![Release {
+            version: "2.0".into(),
+            compatible: "acme-os".into(),
+            full: art("full.payload"),
+            deltas: vec![Delta {
+                from_version: "1.0".into(),
+                source_digest: hex::encode(v1_digest),
+                source_size: IMAGE as u64,
+                artifact: art("delta.payload"),
+            }],
+            rollout_percent: 100,
+        }],
+    };
+    let signers: [&dyn Signer; 1] = [&f.key];
+    let env = sign_envelope(
+        &serde_json::to_vec(&index).unwrap(),
+        Context::ReleaseIndex,
+        &signers,
+    )
+    .unwrap();
+    fs::write(www.join("index.json"), env).unwrap();
+    let root = Root {
+        kind: "keel-root".into(),
+        version: 1,
+        expires: u64::MAX / 2,
+        threshold: 1,
+        keys: vec![hex::encode(f.key.public_key().to_bytes())],
+    };
+    let env = sign_envelope(
+        &serde_json::to_vec(&root).unwrap(),
+        Context::TrustRoot,
+        &signers,
+    )
+    .unwrap();
+    TrustedRoot::initial(&env, keel_trust::unix_now()).unwrap()
+}
+
+/// The agent checks a signed index served by nginx and installs what it chooses: the
+/// delta from the booted image; when a delta does not fit the booted image after all, the
+/// full payload; an index it has seen is not taken again (rollback).
+#[test]
+fn install_from_a_signed_index_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    fs::create_dir_all(&www).unwrap();
+    let Some(server) = keel_testsupport::nginx::serve(&www, &dir.path().join("nginx")) else {
+        return;
+    };
+    let url = format!("{}/index.json", server.base);
+    let fetch = keel_fetch::FetchOptions::default();
+
+    // The delta fits: it is what is fetched and installed.
+    let f = Fixture::new();
+    let root = publish_index(&f, &www, &f.payload(true, &f.v2, "2.0", "acme-os"), 1);
+    let disk = open_rw(&f.disk());
+    let a = agent(&f, f.system(), &disk);
+    let done = a
+        .install_from_index(&url, &root, fetch, None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (done.slot, done.version.as_str(), done.resumed_at),
+        (Slot::B, "2.0", 0)
+    );
+    assert_eq!(
+        fs::read_to_string(f.state().join("index-serial"))
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    // The same index again: refused as a rollback.
+    let e = a.install_from_index(&url, &root, fetch, None).unwrap_err();
+    assert!(
+        matches!(e, Error::Index(_)) && e.to_string().contains("rollback"),
+        "{e}"
+    );
+
+    // A delta made from another image, listed as if it started from the booted one: the
+    // applier says it does not fit, and the full payload is installed instead.
+    let g = Fixture::new();
+    let mut other = g.v1.clone();
+    other[..4096].fill(0x77);
+    let opts = GenerateOptions::new("acme-os", "2.0")
+        .level(3)
+        .verity(g.descriptor(&g.v2));
+    let wrong = generate(Some(&other), &g.v2, &g.key, &opts).unwrap();
+    let root = publish_index(&g, &www, &wrong, 1);
+    let disk = open_rw(&g.disk());
+    let done = agent(&g, g.system(), &disk)
+        .install_from_index(&url, &root, fetch, None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.slot, Slot::B);
+    let (b_off, _) = g.slot_range(fs::read(g.disk()).unwrap(), "USR-B");
+    let mut got = vec![0u8; IMAGE];
+    disk.read_exact_at(&mut got, b_off).unwrap();
+    assert!(got == g.v2, "the full payload was not installed");
+}
