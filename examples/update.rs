@@ -314,12 +314,13 @@ fn fetch_apply(cmd: &Cmd) -> Res<ExitCode> {
     let done = done?;
     let st = reader.stats();
     println!(
-        "applied version {} ({} operations, resumed at {}); {} bytes in {} requests, {} retries",
+        "applied version {} ({} operations, resumed at {}); {} bytes in {} requests ({:.1} per GiB), {} retries",
         done.manifest.version,
         done.manifest.operations.len(),
         done.resumed_at,
         st.bytes,
         st.requests,
+        st.requests_per_gib(),
         st.retries
     );
     Ok(ExitCode::SUCCESS)

@@ -198,6 +198,14 @@ pub struct Stats {
     pub retries: u64,
 }
 
+impl Stats {
+    /// Requests per GiB delivered: what a CDN that limits range requests per object
+    /// (hawkBit's per-action cap) would count.
+    pub fn requests_per_gib(&self) -> f64 {
+        self.requests as f64 / (self.bytes.max(1) as f64 / f64::from(1u32 << 30))
+    }
+}
+
 /// A URL read as a seekable stream, reconnecting with range requests.
 pub struct HttpReader<'a> {
     agent: ureq::Agent,
