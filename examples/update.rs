@@ -168,8 +168,8 @@ fn run(cli: Cli) -> Res<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let config = cli.config.as_deref().ok_or("--config is required")?;
-    let loaded =
-        keel::config::load_files(config, &[]).map_err(|e| format!("{}: {e}", config.display()))?;
+    // The error names the file already.
+    let loaded = keel::config::load_files(config, &[])?;
     for f in &loaded.findings {
         eprintln!("{f}");
     }
@@ -195,7 +195,8 @@ fn run(cli: Cli) -> Res<ExitCode> {
         } => {
             let input: Box<dyn Read> = match payload.as_str() {
                 "-" => Box::new(std::io::stdin().lock()),
-                p => Box::new(File::open(p).map_err(|e| format!("{p}: {e}"))?),
+                // A regular file or a device: a directory is an error naming it.
+                p => Box::new(keel::io::open_device(std::path::Path::new(p), false)?.0),
             };
             let pb = ProgressBar::new(0).with_style(
                 ProgressStyle::with_template("[{bar:40}] {bytes}/{total_bytes}")

@@ -314,3 +314,50 @@ fn a_failed_write_on_a_disk_with_a_damaged_primary_keeps_a_valid_table() {
         let _ = stdout(&o);
     }
 }
+
+/// A command that makes files finishes them even when its reader has gone (`| head`):
+/// the narration goes quiet, the work does not stop half way. Wrong inputs to the agent
+/// example are clear errors naming the file.
+#[test]
+fn a_closed_stdout_does_not_leave_work_half_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let o = with_closed_stdout(
+        "update",
+        &["demo", demo.to_str().unwrap(), "--slot-mib", "24"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for made in [
+        "disk.img",
+        "system.toml",
+        "update-1-to-2.payload",
+        "root/proc/cmdline",
+    ] {
+        assert!(demo.join(made).exists(), "{made} was not made");
+    }
+    let config = demo.join("system.toml");
+    let base = [
+        "--config",
+        config.to_str().unwrap(),
+        "--root",
+        "/nonexistent",
+        "install",
+    ];
+    let o = run(
+        &example("update"),
+        &[&base[..], &[dir.path().to_str().unwrap()]].concat(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not a regular file or block device"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&example("update"), &["--config", "/dev/zero", "status"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("/dev/zero: larger than"),
+        "{}",
+        stderr(&o)
+    );
+}

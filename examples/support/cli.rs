@@ -1,16 +1,24 @@
-//! What every example needs as a command-line tool: output that ends quietly when its
-//! reader has gone (`| head`, `| true`), and files it created removed when it fails.
+//! What every example needs as a command-line tool: output that goes quiet when its
+//! reader has gone (`| head`, `| true`) while the work completes, and files it created
+//! removed when it fails.
 //! Included with `#[macro_use] #[path = "support/cli.rs"] mod cli;`.
 #![allow(dead_code, unused_macros)]
 
 use std::path::PathBuf;
 
-/// Standard output written so that a closed pipe ends the program with status 0 (as a
-/// reader that stops early means "enough", not an error), and another write error with
-/// status 1 and a message, instead of a panic.
-pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
+/// Set once standard output's reader has gone.
+pub(crate) static STDOUT_GONE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Standard output written so that a closed pipe (a reader that stopped early: "enough",
+/// not an error) silences the rest of the output while the command finishes its work
+/// (a command that makes files must not leave them half made because of `| head`); it
+/// still ends with its own status. Another write error ends the program with status 1
+/// and a message, instead of a panic.
+pub(crate) fn stdout_failed(e: std::io::Error) {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
+        STDOUT_GONE.store(true, std::sync::atomic::Ordering::Relaxed);
+        return;
     }
     eprintln!("error writing to standard output: {e}");
     std::process::exit(1);
@@ -20,8 +28,10 @@ pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
 macro_rules! println {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout().lock(), $($t)*) {
-            $crate::cli::stdout_failed(e)
+        if !$crate::cli::STDOUT_GONE.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Err(e) = writeln!(std::io::stdout().lock(), $($t)*) {
+                $crate::cli::stdout_failed(e)
+            }
         }
     }};
 }
@@ -30,9 +40,11 @@ macro_rules! println {
 macro_rules! print {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        if let Err(e) = write!(out, $($t)*).and_then(|()| out.flush()) {
-            $crate::cli::stdout_failed(e)
+        if !$crate::cli::STDOUT_GONE.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = write!(out, $($t)*).and_then(|()| out.flush()) {
+                $crate::cli::stdout_failed(e)
+            }
         }
     }};
 }
