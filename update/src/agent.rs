@@ -1,6 +1,6 @@
 //! The agent: install into the other slot, arm it, commit it after a healthy boot.
 
-use std::io::{Cursor, Read};
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -408,20 +408,45 @@ where
         payload: R,
         progress: Option<&dyn Progress>,
     ) -> Result<Installed> {
-        let r = self.install_inner(payload, progress);
+        let r = self.install_inner(
+            Replay {
+                r: payload,
+                head: Vec::new(),
+            },
+            progress,
+        );
+        self.record_outcome(&r)?;
+        r
+    }
+
+    /// [`Agent::install`] from a payload that can seek (a file, keel-fetch's
+    /// `HttpReader`): an install resumed after an interruption moves past the data it
+    /// already applied instead of reading (or downloading) it again.
+    pub fn install_seekable<R: Read + Seek>(
+        &self,
+        payload: R,
+        progress: Option<&dyn Progress>,
+    ) -> Result<Installed> {
+        let r = self.install_inner(SeekInput { r: payload }, progress);
+        self.record_outcome(&r)?;
+        r
+    }
+
+    /// The last install's error for [`Agent::status`], or none after a success.
+    fn record_outcome(&self, r: &Result<Installed>) -> Result<()> {
         let last = record::error_path(&self.state_dir);
-        match &r {
+        match r {
             Ok(_) => record::remove(&last)?,
             Err(e) => {
                 let _ = record::replace(&last, e.to_string().as_bytes());
             }
         }
-        r
+        Ok(())
     }
 
-    fn install_inner<R: Read>(
+    fn install_inner<P: PayloadInput>(
         &self,
-        mut payload: R,
+        mut payload: P,
         progress: Option<&dyn Progress>,
     ) -> Result<Installed> {
         let booted = match self.booted_slot() {
@@ -442,13 +467,7 @@ where
                 None => self.system.slots[1].slot,
             },
         };
-        // The signed header and manifest, kept to replay into the applier.
-        let mut head = Tee {
-            inner: &mut payload,
-            seen: Vec::new(),
-        };
-        let (_, manifest, _) = keel_payload::read_manifest(&mut head, &self.system.keyring)?;
-        let head = head.seen;
+        let manifest = payload.manifest(&self.system.keyring)?;
         let installed = match booted {
             Some(b) => self.installed_version(b, true)?,
             None => None,
@@ -485,21 +504,8 @@ where
         }
         let mut region = self.region(target)?;
         let applied = match booted.filter(|_| manifest.source.is_some()) {
-            Some(b) => {
-                let source = self.region(b)?;
-                keel_payload::apply(
-                    Cursor::new(head).chain(payload),
-                    Some(&source),
-                    &mut region,
-                    &opts,
-                )?
-            }
-            None => keel_payload::apply::<_, Region<&D>, _>(
-                Cursor::new(head).chain(payload),
-                None,
-                &mut region,
-                &opts,
-            )?,
+            Some(b) => payload.apply(Some(&self.region(b)?), &mut region, &opts)?,
+            None => payload.apply::<Region<&D>, _>(None, &mut region, &opts)?,
         };
         let (root_hash, kernel_argument) = match &descriptor {
             Some(d) => {
@@ -771,7 +777,7 @@ where
             return Ok(None);
         };
         let url = resolve(index_url, &choice.artifact.url);
-        match self.install(keel_fetch::HttpReader::new(&url, fetch)?, progress) {
+        match self.install_seekable(keel_fetch::HttpReader::new(&url, fetch)?, progress) {
             Err(e) if choice.delta && e.needs_full_payload() => {
                 let full = index
                     .releases
@@ -779,7 +785,7 @@ where
                     .find(|r| r.version == choice.version && r.compatible == self.system.compatible)
                     .map(|r| resolve(index_url, &r.full.url))
                     .ok_or(e)?;
-                self.install(keel_fetch::HttpReader::new(&full, fetch)?, progress)
+                self.install_seekable(keel_fetch::HttpReader::new(&full, fetch)?, progress)
                     .map(Some)
             }
             r => r.map(Some),
@@ -857,6 +863,78 @@ where
             slots,
             last_error: record::read_small(&record::error_path(&self.state_dir))?,
         })
+    }
+}
+
+/// How the payload reaches the agent: its signed header and manifest are read first (for
+/// the checks made before anything is written), then it is applied from its first byte.
+trait PayloadInput {
+    fn manifest(&mut self, keyring: &keel_trust::Keyring) -> Result<Manifest>;
+    fn apply<S, T>(
+        self,
+        source: Option<&S>,
+        target: &mut T,
+        opts: &ApplyOptions<'_>,
+    ) -> keel_payload::Result<keel_payload::Applied>
+    where
+        S: ReadAt + ?Sized,
+        T: ReadAt + WriteAt;
+}
+
+/// A stream that can seek: read from the start again (a resumed apply seeks on).
+struct SeekInput<R> {
+    r: R,
+}
+
+/// A stream: what the manifest read took is kept and replayed into the applier.
+struct Replay<R> {
+    r: R,
+    head: Vec<u8>,
+}
+
+impl<R: Read> PayloadInput for Replay<R> {
+    fn manifest(&mut self, keyring: &keel_trust::Keyring) -> Result<Manifest> {
+        let mut tee = Tee {
+            inner: &mut self.r,
+            seen: Vec::new(),
+        };
+        let (_, m, _) = keel_payload::read_manifest(&mut tee, keyring)?;
+        self.head = tee.seen;
+        Ok(m)
+    }
+    fn apply<S, T>(
+        self,
+        source: Option<&S>,
+        target: &mut T,
+        opts: &ApplyOptions<'_>,
+    ) -> keel_payload::Result<keel_payload::Applied>
+    where
+        S: ReadAt + ?Sized,
+        T: ReadAt + WriteAt,
+    {
+        keel_payload::apply(Cursor::new(self.head).chain(self.r), source, target, opts)
+    }
+}
+
+impl<R: Read + Seek> PayloadInput for SeekInput<R> {
+    fn manifest(&mut self, keyring: &keel_trust::Keyring) -> Result<Manifest> {
+        let (_, m, _) = keel_payload::read_manifest(&mut self.r, keyring)?;
+        self.r
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io("returning to the payload's start", e))?;
+        Ok(m)
+    }
+    fn apply<S, T>(
+        self,
+        source: Option<&S>,
+        target: &mut T,
+        opts: &ApplyOptions<'_>,
+    ) -> keel_payload::Result<keel_payload::Applied>
+    where
+        S: ReadAt + ?Sized,
+        T: ReadAt + WriteAt,
+    {
+        keel_payload::apply_seekable(self.r, source, target, opts)
     }
 }
 

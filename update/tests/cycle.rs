@@ -1003,3 +1003,58 @@ fn install_from_a_signed_index_over_http() {
     disk.read_exact_at(&mut got, b_off).unwrap();
     assert!(got == g.v2, "the full payload was not installed");
 }
+
+/// `install_seekable`: an install resumed after a stop does not read again the data it
+/// already applied (a payload over HTTP is not downloaded twice).
+#[test]
+fn a_resumed_seekable_install_skips_what_it_applied() {
+    struct Counting {
+        inner: std::io::Cursor<Vec<u8>>,
+        read: u64,
+    }
+    impl std::io::Read for Counting {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+    impl std::io::Seek for Counting {
+        fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+            self.inner.seek(to)
+        }
+    }
+    struct HalfWay(std::sync::atomic::AtomicBool);
+    impl keel_io::Progress for HalfWay {
+        fn progress(&self, done: u64, total: u64) {
+            if done * 2 >= total {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        fn cancelled(&self) -> bool {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+    let f = Fixture::new();
+    let disk = open_rw(&f.disk());
+    let a = agent(&f, f.system(), &disk).checkpoint_bytes(64 << 10);
+    // A full payload: several operations of new data, stopped between two of them.
+    let payload = f.payload(false, &f.v2, "2.0", "acme-os");
+    let half = HalfWay(Default::default());
+    assert!(a
+        .install(&payload[..], Some(&half))
+        .unwrap_err()
+        .is_retryable());
+    let mut counted = Counting {
+        inner: std::io::Cursor::new(payload.clone()),
+        read: 0,
+    };
+    let done = a.install_seekable(&mut counted, None).unwrap();
+    assert!(done.resumed_at > 0, "{done:?}");
+    assert!(
+        counted.read < payload.len() as u64,
+        "read {} of {} bytes",
+        counted.read,
+        payload.len()
+    );
+}
