@@ -24,6 +24,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Over the network, [`Agent::install_from_index`] fetches and verifies a signed release
+//! index (keel-fetch), keeps its serial against rollback, chooses the delta from the
+//! booted image or the full payload, and streams it in with range resume
+//! ([`Agent::install_seekable`]: an interrupted install does not fetch again what it
+//! applied).
+//!
 //! The slots are partitions of one disk with a GPT, named in the description by label,
 //! unique GUID or device path. The booted slot is told from the kernel command line
 //! (`root=`/`usr=`/`mount.usr=` by PARTUUID, PARTLABEL, device, major:minor or
