@@ -257,6 +257,9 @@ fn fetch_apply_sign_and_check_against_nginx() {
         std::fs::read_to_string(dir.join("serial")).unwrap().trim(),
         "3"
     );
+    // The same index again is fine; a device that has accepted serial 4 refuses it.
+    assert!(check("serial").status.success());
+    std::fs::write(dir.join("serial"), "4\n").unwrap();
     let o = check("serial");
     assert!(!o.status.success());
     assert!(

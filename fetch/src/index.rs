@@ -37,7 +37,8 @@
 //! ```
 //!
 //! [`TrustedRoot::verify_index`] refuses an index signed below the root's threshold, one
-//! whose serial is not above the last accepted (rollback), and one past its expiry
+//! whose serial is below the last accepted (rollback; the same index again is fine, so a
+//! failed install can be retried), and one past its expiry
 //! (freeze). [`Index::choose`] picks the newest release for the system: the delta from
 //! the booted slot's image when there is one, else the full payload; a downgrade only
 //! when allowed; a staged release only on the machines its rollout includes.
@@ -70,8 +71,8 @@ pub enum IndexError {
         /// The threshold.
         threshold: usize,
     },
-    /// The serial is not above the last accepted one: an old index replayed.
-    #[error("release index serial {serial} is not above the last accepted {last} (rollback)")]
+    /// The serial is below the last accepted one: an old index replayed.
+    #[error("release index serial {serial} is below the last accepted {last} (rollback)")]
     Rollback {
         /// This index's serial.
         serial: u64,
@@ -348,7 +349,7 @@ impl TrustedRoot {
     }
 
     /// Verify an index: the threshold of this root's keys signed exactly these bytes, its
-    /// serial is above `last_serial` (the last one this device accepted), it has not
+    /// serial is not below `last_serial` (the last one this device accepted), it has not
     /// expired. The caller stores the serial of the index it accepts.
     pub fn verify_index(
         &self,
@@ -373,7 +374,7 @@ impl TrustedRoot {
                 reason: format!("type {:?}, expected \"keel-index\"", index.kind),
             });
         }
-        if let Some(last) = last_serial.filter(|&l| index.serial <= l) {
+        if let Some(last) = last_serial.filter(|&l| index.serial < l) {
             return Err(IndexError::Rollback {
                 serial: index.serial,
                 last,

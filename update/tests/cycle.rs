@@ -975,7 +975,8 @@ fn install_from_a_signed_index_over_http() {
             .trim(),
         "1"
     );
-    // The same index again: refused as a rollback.
+    // An older index than the one accepted: refused as a rollback.
+    fs::write(f.state().join("index-serial"), "2\n").unwrap();
     let e = a.install_from_index(&url, &root, fetch, None).unwrap_err();
     assert!(
         matches!(e, Error::Index(_)) && e.to_string().contains("rollback"),
