@@ -37,12 +37,7 @@ fn demo() -> (tempfile::TempDir, std::path::PathBuf) {
 
 fn partuuid(disk: &Path, label: &str) -> String {
     let g = GptDisk::open(std::fs::read(disk).unwrap(), None).unwrap();
-    let p = g
-        .partitions()
-        .into_iter()
-        .find(|p| p.name == label)
-        .unwrap();
-    p.guid.to_string()
+    g.partition_by_label(label).unwrap().guid.to_string()
 }
 
 #[test]

@@ -79,18 +79,7 @@ fn a_payload_streams_into_the_applier_and_resumes_without_fetching_again() {
         .checkpoint_bytes(256 << 10);
 
     // The first run stops half way (the applier is cancelled, as by a shutdown).
-    struct HalfWay(std::sync::atomic::AtomicBool);
-    impl keel_io::Progress for HalfWay {
-        fn progress(&self, done: u64, total: u64) {
-            if done * 2 >= total {
-                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        fn cancelled(&self) -> bool {
-            self.0.load(std::sync::atomic::Ordering::Relaxed)
-        }
-    }
-    let half = HalfWay(Default::default());
+    let half = keel_io::testing::StopHalfWay::default();
     let stopping = aopts.progress(&half);
     let mut target = vec![0u8; tgt.len()];
     let mut first = HttpReader::new(&url, quick()).unwrap();

@@ -71,3 +71,19 @@ impl<D: WriteAt> WriteAt for PowerCut<D> {
         self.inner.write_zeros(offset, len)
     }
 }
+
+/// A progress observer that asks the work to stop once half of it is done: an
+/// interruption at a point that is neither the start nor the end.
+#[derive(Debug, Default)]
+pub struct StopHalfWay(std::sync::atomic::AtomicBool);
+
+impl crate::Progress for StopHalfWay {
+    fn progress(&self, done: u64, total: u64) {
+        if done.saturating_mul(2) >= total {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    fn cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

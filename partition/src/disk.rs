@@ -181,6 +181,11 @@ impl<D: ReadAt + WriteAt> GptDisk<D> {
         self.partitions().into_iter().find(|p| p.number == number)
     }
 
+    /// The first partition labelled `label` (PARTLABEL).
+    pub fn partition_by_label(&self, label: &str) -> Option<Partition> {
+        self.partitions().into_iter().find(|p| p.name == label)
+    }
+
     /// The device.
     pub fn device(&self) -> &D {
         &self.dev

@@ -505,7 +505,7 @@ where
         let mut region = self.region(target)?;
         let applied = match booted.filter(|_| manifest.source.is_some()) {
             Some(b) => payload.apply(Some(&self.region(b)?), &mut region, &opts)?,
-            None => payload.apply::<Region<&D>, _>(None, &mut region, &opts)?,
+            None => payload.apply(None, &mut region, &opts)?,
         };
         let (root_hash, kernel_argument) = match &descriptor {
             Some(d) => {
@@ -867,24 +867,15 @@ where
 }
 
 /// How the payload reaches the agent: its signed header and manifest are read first (for
-/// the checks made before anything is written), then it is applied from its first byte.
+/// the checks made before anything is written), then it is applied from its first byte
+/// (the booted slot as the source, the other slot as the target).
 trait PayloadInput {
     fn manifest(&mut self, keyring: &keel_trust::Keyring) -> Result<Manifest>;
-    fn apply<S, T>(
-        self,
-        source: Option<&S>,
-        target: &mut T,
-        opts: &ApplyOptions<'_>,
-    ) -> keel_payload::Result<keel_payload::Applied>
-    where
-        S: ReadAt + ?Sized,
-        T: ReadAt + WriteAt;
+    fn apply<T: ReadAt + WriteAt>(self, src: Option<&T>, dst: &mut T, o: &Opts) -> Applied;
 }
 
-/// A stream that can seek: read from the start again (a resumed apply seeks on).
-struct SeekInput<R> {
-    r: R,
-}
+type Opts<'a> = ApplyOptions<'a>;
+type Applied = keel_payload::Result<keel_payload::Applied>;
 
 /// A stream: what the manifest read took is kept and replayed into the applier.
 struct Replay<R> {
@@ -902,18 +893,14 @@ impl<R: Read> PayloadInput for Replay<R> {
         self.head = tee.seen;
         Ok(m)
     }
-    fn apply<S, T>(
-        self,
-        source: Option<&S>,
-        target: &mut T,
-        opts: &ApplyOptions<'_>,
-    ) -> keel_payload::Result<keel_payload::Applied>
-    where
-        S: ReadAt + ?Sized,
-        T: ReadAt + WriteAt,
-    {
-        keel_payload::apply(Cursor::new(self.head).chain(self.r), source, target, opts)
+    fn apply<T: ReadAt + WriteAt>(self, src: Option<&T>, dst: &mut T, o: &Opts) -> Applied {
+        keel_payload::apply(Cursor::new(self.head).chain(self.r), src, dst, o)
     }
+}
+
+/// A stream that can seek: read from the start again (a resumed apply seeks on).
+struct SeekInput<R> {
+    r: R,
 }
 
 impl<R: Read + Seek> PayloadInput for SeekInput<R> {
@@ -924,17 +911,8 @@ impl<R: Read + Seek> PayloadInput for SeekInput<R> {
             .map_err(|e| Error::io("returning to the payload's start", e))?;
         Ok(m)
     }
-    fn apply<S, T>(
-        self,
-        source: Option<&S>,
-        target: &mut T,
-        opts: &ApplyOptions<'_>,
-    ) -> keel_payload::Result<keel_payload::Applied>
-    where
-        S: ReadAt + ?Sized,
-        T: ReadAt + WriteAt,
-    {
-        keel_payload::apply_seekable(self.r, source, target, opts)
+    fn apply<T: ReadAt + WriteAt>(self, src: Option<&T>, dst: &mut T, o: &Opts) -> Applied {
+        keel_payload::apply_seekable(self.r, src, dst, o)
     }
 }
 

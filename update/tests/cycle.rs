@@ -86,22 +86,13 @@ impl Fixture {
     fn slot_range(&self, disk: Vec<u8>, label: &str) -> (u64, u64) {
         let g = GptDisk::open(disk, None).unwrap();
         let ss = g.sector_size();
-        let p = g
-            .partitions()
-            .into_iter()
-            .find(|p| p.name == label)
-            .unwrap();
+        let p = g.partition_by_label(label).unwrap();
         (p.first_lba * ss, p.sectors() * ss)
     }
 
     fn partuuid(&self, label: &str) -> String {
         let g = GptDisk::open(fs::read(self.disk()).unwrap(), None).unwrap();
-        let p = g
-            .partitions()
-            .into_iter()
-            .find(|p| p.name == label)
-            .unwrap();
-        p.guid.to_string()
+        g.partition_by_label(label).unwrap().guid.to_string()
     }
 
     /// The kernel was told to mount `/usr` from the partition labelled `label`.
@@ -1025,23 +1016,12 @@ fn a_resumed_seekable_install_skips_what_it_applied() {
             self.inner.seek(to)
         }
     }
-    struct HalfWay(std::sync::atomic::AtomicBool);
-    impl keel_io::Progress for HalfWay {
-        fn progress(&self, done: u64, total: u64) {
-            if done * 2 >= total {
-                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        fn cancelled(&self) -> bool {
-            self.0.load(std::sync::atomic::Ordering::Relaxed)
-        }
-    }
     let f = Fixture::new();
     let disk = open_rw(&f.disk());
     let a = agent(&f, f.system(), &disk).checkpoint_bytes(64 << 10);
     // A full payload: several operations of new data, stopped between two of them.
     let payload = f.payload(false, &f.v2, "2.0", "acme-os");
-    let half = HalfWay(Default::default());
+    let half = keel_io::testing::StopHalfWay::default();
     assert!(a
         .install(&payload[..], Some(&half))
         .unwrap_err()
