@@ -51,6 +51,7 @@
 pub use keel_bootflags as bootflags;
 pub use keel_config as config;
 pub use keel_fetch as fetch;
+pub use keel_fleet as fleet;
 pub use keel_io as io;
 pub use keel_partition as partition;
 pub use keel_payload as payload;

@@ -1,0 +1,453 @@
+//! `fleet`: rolling reboots on etcd (keel-fleet) as a command.
+//!
+//! ```text
+//! cargo run --example fleet -- --endpoints URLS [--group G] [--id ID] COMMAND
+//!   lock [--slots N] [--ttl SECS] [--hold SECS] [--wait SECS] [--window W]...
+//!                   take a slot of the group (waiting for one), bound to a lease
+//!   unlock          free this node's slot
+//!   status [--json] the holders, since when, how long their lease has left; the pause
+//!   pause --reason TEXT | resume
+//!                   stop the roll (no node takes a slot), or let it go on
+//!   slots N         set the group's number of slots
+//!   roll --config SYSTEM.toml --root DIR --state DIR --payload FILE [--check CMD]...
+//!                   one node's rolling update with keel-update: free a slot held from
+//!                   before, stage, lock, reboot (simulated by the boot loader's rules),
+//!                   commit and free; a failed check falls back and pauses the group
+//! ```
+//! The group's semaphore is airlock's (`com.coreos.airlock/groups/G/v1/semaphore`), so
+//! airlock, Zincati (through the `fleetlock` example) and these nodes can share a group.
+
+#[macro_use]
+#[path = "support/cli.rs"]
+mod cli;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use keel::bootflags::Slot;
+use keel::fleet::{Binding, Error as FleetError, Etcd, Group, Lease, Node, Wait, Windows};
+use keel::update::{Agent, Commit, HealthCheck, System};
+
+#[derive(Parser)]
+#[command(
+    name = "fleet",
+    about = "Rolling reboots coordinated through etcd (keel-fleet)"
+)]
+struct Cli {
+    /// The etcd members' client URLs, comma-separated (http://host:2379,...).
+    #[arg(long, global = true, default_value = "http://127.0.0.1:2379")]
+    endpoints: String,
+    /// The reboot group.
+    #[arg(long, global = true, default_value = "default")]
+    group: String,
+    /// This node's id (default: /etc/machine-id, else the host name).
+    #[arg(long, global = true)]
+    id: Option<String>,
+    /// Slots of a group this node creates (an existing group keeps its own number).
+    #[arg(long, global = true, default_value_t = 1)]
+    slots: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Take a slot of the group, waiting for one; bound to a lease renewed while this runs.
+    Lock {
+        /// Lease TTL in seconds: how long the slot outlives this command without `unlock`.
+        #[arg(long, default_value_t = 300)]
+        ttl: u64,
+        /// Keep the slot this many seconds (fractions allowed), renewing the lease, then
+        /// free it; without it the slot stays held until `unlock` or the lease's end.
+        #[arg(long)]
+        hold: Option<f64>,
+        /// Give up after this many seconds of waiting (default: wait as long as it takes).
+        #[arg(long)]
+        wait: Option<f64>,
+        /// Take a slot only inside this reboot window (`Mon-Fri 02:00-04:00`, UTC);
+        /// repeatable; none: any time.
+        #[arg(long = "window")]
+        windows: Vec<String>,
+    },
+    /// Free this node's slot.
+    Unlock,
+    /// The group's holders and pause switch.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the roll: no node takes a slot until `resume`.
+    Pause {
+        /// Why (shown by `status`).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Let the roll go on.
+    Resume,
+    /// Set the group's number of slots.
+    Slots {
+        /// How many nodes may reboot at once.
+        count: u64,
+    },
+    /// One node's rolling update with keel-update (see the module documentation).
+    Roll {
+        /// The system description.
+        #[arg(long)]
+        config: PathBuf,
+        /// Read /proc and /etc under this directory (the simulated boot writes its
+        /// /proc/cmdline).
+        #[arg(long)]
+        root: PathBuf,
+        /// keel-update's record directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// The update payload.
+        #[arg(long)]
+        payload: PathBuf,
+        /// A health check command (run by sh -c) the new version must pass; repeatable.
+        #[arg(long = "check")]
+        checks: Vec<String>,
+        /// Lease TTL in seconds: the longest a reboot may take before the slot is freed.
+        #[arg(long, default_value_t = 300)]
+        ttl: u64,
+        /// Give up after this many seconds of waiting for a slot.
+        #[arg(long)]
+        wait: Option<f64>,
+        /// Reboot only inside this window (UTC); repeatable.
+        #[arg(long = "window")]
+        windows: Vec<String>,
+    },
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn node_id(id: Option<String>) -> Res<String> {
+    if let Some(id) = id {
+        return Ok(id);
+    }
+    let from_file = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    from_file("/etc/machine-id")
+        .or_else(|| from_file("/etc/hostname"))
+        .ok_or_else(|| {
+            "no --id, and neither /etc/machine-id nor /etc/hostname names this node".into()
+        })
+}
+
+fn seconds(what: &str, s: f64) -> Res<Duration> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| format!("--{what}: {s} is not a number of seconds").into())
+}
+
+fn wait_until(wait: Option<f64>) -> Res<Option<Instant>> {
+    wait.map(|w| seconds("wait", w).map(|d| Instant::now() + d))
+        .transpose()
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn run(cli: Cli) -> Res<ExitCode> {
+    let etcd = Arc::new(Etcd::new(&[&cli.endpoints])?);
+    let group = Group::new(&etcd, &cli.group, cli.slots)?;
+    match cli.cmd {
+        Cmd::Lock {
+            ttl,
+            hold,
+            wait,
+            windows,
+        } => {
+            let id = node_id(cli.id)?;
+            let node = Node::new(&group, &id, Windows::parse(&windows)?);
+            let hold = hold.map(|h| seconds("hold", h)).transpose()?;
+            let lease = Lease::grant(&etcd, Duration::from_secs(ttl))?;
+            let wait = Wait {
+                deadline: wait_until(wait)?,
+                ..Wait::default()
+            };
+            match node.pre_reboot(&lease, &wait) {
+                Ok(()) => {}
+                Err(e @ (FleetError::Paused { .. } | FleetError::Stopped { .. })) => {
+                    let _ = lease.revoke();
+                    println!("{id}: no slot: {e}");
+                    return Ok(ExitCode::from(3));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            println!(
+                "{id} holds a slot of group {:?} (lease {:x}, TTL {} s)",
+                cli.group,
+                lease.id(),
+                lease.ttl()
+            );
+            match hold {
+                Some(h) => {
+                    std::thread::sleep(h);
+                    if lease.is_lost() {
+                        return Err(format!("{id}: the lease ended while holding the slot").into());
+                    }
+                    group.release(&id)?;
+                    lease.revoke()?;
+                    println!("{id} freed its slot");
+                }
+                None => println!(
+                    "  held until `fleet unlock --id {id}`, or {} s after this node stops renewing",
+                    lease.ttl()
+                ),
+            }
+        }
+        Cmd::Unlock => {
+            let id = node_id(cli.id)?;
+            if group.release(&id)? {
+                println!("{id} freed its slot of group {:?}", cli.group);
+            } else {
+                println!("{id} held no slot of group {:?}", cli.group);
+            }
+        }
+        Cmd::Status { json } => {
+            let st = group.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                println!(
+                    "group {:?}: {} of {} slots held (etcd revision {})",
+                    st.group,
+                    st.holders.len(),
+                    st.total_slots,
+                    st.revision
+                );
+                if let Some(p) = &st.paused {
+                    println!(
+                        "  PAUSED by {:?} {} s ago: {}",
+                        p.by,
+                        now_unix().saturating_sub(p.since),
+                        p.reason
+                    );
+                }
+                for h in &st.holders {
+                    let since = h.acquired.map_or("since ?".into(), |a| {
+                        format!("for {} s", now_unix().saturating_sub(a))
+                    });
+                    let binding = match h.binding {
+                        Binding::Lease { id, ttl_left } => {
+                            format!("lease {id:x}, {ttl_left} s left")
+                        }
+                        Binding::Expired => "lease ended: freed by the next client".into(),
+                        Binding::Unleased => "no lease (airlock's): held until released".into(),
+                    };
+                    println!("  {:<24} {since:<12} {binding}", h.id);
+                }
+            }
+        }
+        Cmd::Pause { reason } => {
+            let by = node_id(cli.id).unwrap_or_else(|_| "operator".into());
+            let p = group.pause(&by, &reason)?;
+            println!("group {:?} paused by {:?}: {}", cli.group, p.by, p.reason);
+        }
+        Cmd::Resume => {
+            group.resume()?;
+            println!("group {:?} resumed", cli.group);
+        }
+        Cmd::Slots { count } => {
+            group.set_slots(count)?;
+            println!("group {:?} has {count} slots", cli.group);
+        }
+        Cmd::Roll {
+            config,
+            root,
+            state,
+            payload,
+            checks,
+            ttl,
+            wait,
+            windows,
+        } => {
+            let id = node_id(cli.id)?;
+            let node = Node::new(&group, &id, Windows::parse(&windows)?);
+            let roll = Roll {
+                etcd: &etcd,
+                node: &node,
+                root: &root,
+                ttl: Duration::from_secs(ttl),
+                deadline: wait_until(wait)?,
+            };
+            return roll.run(&config, &state, &payload, &checks);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Roll<'a> {
+    etcd: &'a Arc<Etcd>,
+    node: &'a Node<'a>,
+    root: &'a Path,
+    ttl: Duration,
+    deadline: Option<Instant>,
+}
+
+/// The line a rolling test reads: what happened to this node.
+fn summary(id: &str, version: &str, reboots: u32, held: Duration, outcome: &str) {
+    println!(
+        "summary: {}",
+        serde_json::json!({"node": id, "version": version, "reboots": reboots,
+            "held_ms": held.as_millis() as u64, "outcome": outcome})
+    );
+}
+
+impl Roll<'_> {
+    fn run(&self, config: &Path, state: &Path, payload: &Path, checks: &[String]) -> Res<ExitCode> {
+        let id = self.node.id();
+        let loaded = keel::config::load_files(config, &[])?;
+        let system =
+            System::from_config(loaded.config.as_ref().ok_or("the description has errors")?)?;
+        let disk_path = system
+            .disk
+            .clone()
+            .ok_or("the description names no boot.disk")?;
+        let disk = File::options()
+            .read(true)
+            .write(true)
+            .open(&disk_path)
+            .map_err(|e| format!("{}: {e}", disk_path.display()))?;
+        let agent = Agent::new(system, &disk).root(self.root).state_dir(state);
+        let version = |agent: &Agent<'_, File>| -> Res<String> {
+            let st = agent.status()?;
+            Ok(st
+                .slots
+                .iter()
+                .find(|s| s.booted)
+                .and_then(|s| s.version.clone())
+                .unwrap_or_else(|| "?".into()))
+        };
+
+        // Booted and steady: a slot held from before the last boot goes back first.
+        if self.node.steady_state()? {
+            println!("{id}: freed the slot held from before the last boot");
+        }
+        let before = version(&agent)?;
+        if let Some(p) = self.node_group_paused()? {
+            println!(
+                "{id}: the roll is paused by {:?} ({}); staying on {before}",
+                p.by, p.reason
+            );
+            summary(id, &before, 0, Duration::ZERO, "paused");
+            return Ok(ExitCode::from(3));
+        }
+
+        // Stage: keel-update installs into the slot not running and arms it.
+        let input = std::io::BufReader::new(
+            File::open(payload).map_err(|e| format!("{}: {e}", payload.display()))?,
+        );
+        let done = agent.install(input, None)?;
+        println!(
+            "{id}: staged version {} in slot {}",
+            done.version, done.slot
+        );
+
+        // Lock: a reboot window, an unpaused group, a free slot.
+        let lease = Lease::grant(self.etcd, self.ttl)?;
+        let wait = Wait {
+            deadline: self.deadline,
+            ..Wait::default()
+        };
+        match self.node.pre_reboot(&lease, &wait) {
+            Ok(()) => {}
+            Err(e @ (FleetError::Paused { .. } | FleetError::Stopped { .. })) => {
+                let _ = lease.revoke();
+                println!("{id}: not rebooting: {e}; staying on {before}");
+                summary(id, &before, 0, Duration::ZERO, "paused");
+                return Ok(ExitCode::from(3));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let locked = Instant::now();
+        println!("{id}: holds a slot; rebooting");
+
+        // Reboot. The lease is not renewed while the machine is down; after the boot the
+        // agent takes it up again by id, as a real agent does from its state directory.
+        let lease_id = lease.id();
+        drop(lease);
+        let mut reboots = 1;
+        let booted = self.reboot(&agent)?;
+        let lease = Lease::resume(self.etcd, lease_id)?;
+        println!("{id}: booted slot {booted}");
+
+        let checks: Vec<HealthCheck> = checks
+            .iter()
+            .map(|c| HealthCheck::Command {
+                name: c.clone(),
+                argv: vec!["sh".into(), "-c".into(), c.clone()],
+                timeout: Duration::from_secs(60),
+            })
+            .collect();
+        match agent.commit(&checks)? {
+            Commit::Committed(_) | Commit::AlreadyGood(_) => {
+                self.node.steady_state()?;
+                lease.revoke()?;
+                let now = version(&agent)?;
+                println!("{id}: committed {now}, freed the slot");
+                summary(id, &now, reboots, locked.elapsed(), "committed");
+                Ok(ExitCode::SUCCESS)
+            }
+            Commit::RebootNeeded { reason, check, .. } => {
+                // The boot loader falls back; this node then stops the roll for everyone.
+                reboots += 1;
+                let back = self.reboot(&agent)?;
+                let why = format!("{id}: check {check:?} failed on the new version: {reason}");
+                self.node.report_failure(&why)?;
+                lease.revoke()?;
+                let now = version(&agent)?;
+                println!("{id}: fell back to slot {back} ({now}) and paused the roll: {why}");
+                summary(id, &now, reboots, locked.elapsed(), "fell-back");
+                Ok(ExitCode::from(2))
+            }
+            other => Err(format!("{id}: unexpected commit result {other:?}").into()),
+        }
+    }
+
+    fn node_group_paused(&self) -> Res<Option<keel::fleet::Pause>> {
+        Ok(self.node_group().status()?.paused)
+    }
+
+    fn node_group(&self) -> &Group {
+        self.node.group()
+    }
+
+    /// A simulated reboot: the boot loader's own rules choose the slot (counting a try),
+    /// and the kernel command line under the root names it, as the real one would.
+    fn reboot(&self, agent: &Agent<'_, File>) -> Res<Slot> {
+        let slot = agent
+            .boot_control()?
+            .boot()?
+            .ok_or("the boot loader found no bootable slot")?;
+        let part = &agent.partitions()?[slot.index()];
+        std::fs::create_dir_all(self.root.join("proc"))?;
+        std::fs::write(
+            self.root.join("proc/cmdline"),
+            format!("ro mount.usr=PARTUUID={}\n", part.guid),
+        )?;
+        Ok(slot)
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fleet: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! `fleetlock`: a FleetLock server (Zincati's reboot manager protocol) over keel-fleet's
+//! etcd semaphore, so Fedora CoreOS / Flatcar nodes running Zincati share groups with
+//! Keel nodes and airlock.
+//!
+//! ```text
+//! cargo run --example fleetlock -- --endpoints URLS --listen 127.0.0.1:3333 \
+//!     --group default=1 [--group workers=3]... [--lease-ttl SECS]
+//! ```
+//! Each slot it grants is bound to a lease of `--lease-ttl` seconds (the longest a
+//! reboot may take): a node that never comes back to call `/v1/steady-state` frees its
+//! slot when the lease ends. It prints `listening on ADDR` once it accepts requests.
+
+#[macro_use]
+#[path = "support/cli.rs"]
+mod cli;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use keel::fleet::fleetlock::Server;
+use keel::fleet::Etcd;
+use keel::io::Cancel;
+
+#[derive(Parser)]
+#[command(
+    name = "fleetlock",
+    about = "A FleetLock server over etcd (keel-fleet)"
+)]
+struct Cli {
+    /// The etcd members' client URLs, comma-separated.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    endpoints: String,
+    /// Address to listen on (port 0: any free port, printed).
+    #[arg(long, default_value = "127.0.0.1:3333")]
+    listen: String,
+    /// A group and its slots, as NAME=SLOTS; repeatable. Requests for other groups are
+    /// refused (as airlock does).
+    #[arg(long = "group", value_parser = group, required = true)]
+    groups: Vec<(String, u64)>,
+    /// Lease TTL in seconds of each granted slot.
+    #[arg(long, default_value_t = 3600)]
+    lease_ttl: u64,
+}
+
+fn group(s: &str) -> Result<(String, u64), String> {
+    let (name, slots) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=SLOTS, as default=1"))?;
+    match slots.parse::<u64>() {
+        Ok(n) if n > 0 && !name.is_empty() => Ok((name.to_string(), n)),
+        _ => Err(format!(
+            "{s:?}: SLOTS is a whole number from 1 up, NAME is not empty"
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let run = || -> Result<(), Box<dyn std::error::Error>> {
+        let etcd = Arc::new(Etcd::new(&[&cli.endpoints])?);
+        let groups: BTreeMap<String, u64> = cli.groups.iter().cloned().collect();
+        let listener =
+            TcpListener::bind(&cli.listen).map_err(|e| format!("--listen {}: {e}", cli.listen))?;
+        println!("listening on {}", listener.local_addr()?);
+        let server = Arc::new(Server::new(
+            etcd,
+            groups,
+            Duration::from_secs(cli.lease_ttl),
+        ));
+        server.serve(&listener, &Cancel::new())?;
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleetlock: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
