@@ -50,6 +50,10 @@ struct Cli {
     /// Slots of a group this node creates (an existing group keeps its own number).
     #[arg(long, global = true, default_value_t = 1)]
     slots: u64,
+    /// Seconds one etcd operation keeps trying the members (through an election) before
+    /// it fails.
+    #[arg(long, global = true, default_value_t = 15)]
+    timeout: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -160,7 +164,7 @@ fn now_unix() -> u64 {
 }
 
 fn run(cli: Cli) -> Res<ExitCode> {
-    let etcd = Arc::new(Etcd::new(&[&cli.endpoints])?);
+    let etcd = Arc::new(Etcd::new(&[&cli.endpoints])?.op_timeout(Duration::from_secs(cli.timeout)));
     let group = Group::new(&etcd, &cli.group, cli.slots)?;
     match cli.cmd {
         Cmd::Lock {
@@ -347,9 +351,8 @@ impl Roll<'_> {
         }
 
         // Stage: keel-update installs into the slot not running and arms it.
-        let input = std::io::BufReader::new(
-            File::open(payload).map_err(|e| format!("{}: {e}", payload.display()))?,
-        );
+        // A regular file or a device: a directory is an error naming it.
+        let input = std::io::BufReader::new(keel::io::open_device(payload, false)?.0);
         let done = agent.install(input, None)?;
         println!(
             "{id}: staged version {} in slot {}",

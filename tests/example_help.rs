@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use common::{example, run, stdout};
 
-const EXAMPLES: [&str; 7] = [
+const EXAMPLES: [&str; 9] = [
     "verity",
     "slots",
     "bootstate",
@@ -16,6 +16,8 @@ const EXAMPLES: [&str; 7] = [
     "config",
     "update",
     "ab-update",
+    "fleet",
+    "fleetlock",
 ];
 
 /// The subcommands `help` lists.

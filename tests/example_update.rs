@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{example, ok, run, stdout};
+use common::{copy_dir, example, ok, run, stdout};
 use keel::partition::GptDisk;
 
 fn update(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -134,19 +134,6 @@ fn a_failing_check_exits_2_and_the_boot_loader_falls_back() {
         &[disk.to_str().unwrap(), "boot", "--policy", "flatcar"],
     );
     assert!(boot.contains("booting slot A"), "{boot}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.path().is_dir() {
-            std::fs::create_dir_all(&dest).unwrap();
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
 }
 
 /// The network side through the example: a payload streamed from nginx (through a proxy

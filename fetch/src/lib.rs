@@ -237,6 +237,9 @@ impl<'a> HttpReader<'a> {
         let mut builder = ureq::AgentBuilder::new()
             .timeout_connect(opts.connect_timeout)
             .timeout_read(opts.read_timeout)
+            // ureq 2 drops the read timeout from a connection it returns to its pool: a
+            // request on a pooled connection to a server that stalls would wait forever.
+            .max_idle_connections(0)
             .try_proxy_from_env(true);
         if let Some(pem) = opts.ca_certificates {
             builder = builder.tls_config(std::sync::Arc::new(tls_config(pem)?));

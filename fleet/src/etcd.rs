@@ -23,11 +23,16 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 
+/// The longest one request to one member may take: longer than an election (about a
+/// second here, a few in slow networks), so a healthy member is never given up on.
+const CALL_LIMIT: Duration = Duration::from_secs(3);
+
 /// A client of an etcd cluster.
 #[derive(Debug)]
 pub struct Etcd {
     endpoints: Vec<String>,
     agent: ureq::Agent,
+    watch_agent: ureq::Agent,
     /// The member that answered last; requests go there first.
     preferred: AtomicUsize,
     op_timeout: Duration,
@@ -217,14 +222,22 @@ impl Etcd {
             }
         }
         // A member that stopped mid-request must not hold a call longer than an election
-        // takes: the request moves on to the next member.
+        // takes: the request moves on to the next member. ureq 2 drops a read timeout from
+        // a connection it returns to its pool, so the limit is set per request (a deadline
+        // for the whole call) and watches, whose streams are long, use connections of
+        // their own that are never pooled.
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(2))
+            .build();
+        let watch_agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(2))
             .timeout_read(Duration::from_secs(3))
+            .max_idle_connections(0)
             .build();
         Ok(Etcd {
             endpoints,
             agent,
+            watch_agent,
             preferred: AtomicUsize::new(0),
             op_timeout: Duration::from_secs(30),
         })
@@ -250,7 +263,8 @@ impl Etcd {
         loop {
             let index = (self.preferred.load(Ordering::Relaxed) + attempt) % n;
             let url = format!("{}{}", self.endpoints[index], path);
-            let failure = match self.agent.post(&url).send_json(body) {
+            let request = self.agent.post(&url).timeout(CALL_LIMIT);
+            let failure = match request.send_json(body) {
                 Ok(resp) => {
                     let v: Value = resp.into_json().map_err(|e| Error::Malformed {
                         request: path,
@@ -278,7 +292,8 @@ impl Etcd {
                     }
                     format!("{url}: HTTP {code}: {message}")
                 }
-                Err(e) => format!("{url}: {e}"),
+                // ureq's message names the URL.
+                Err(e) => e.to_string(),
             };
             attempt += 1;
             if Instant::now() >= deadline {
@@ -404,6 +419,7 @@ impl Etcd {
         let v: Value = self
             .agent
             .post(&url)
+            .timeout(CALL_LIMIT)
             .send_json(json!({}))
             .map_err(|e| Error::Unavailable {
                 endpoints: endpoint.to_string(),
@@ -450,7 +466,7 @@ impl Etcd {
             }
             let url = format!("{}{REQ}", self.endpoints[member % self.endpoints.len()]);
             let reader = match self
-                .agent
+                .watch_agent
                 .post(&url)
                 .send_json(json!({"create_request": create}))
             {

@@ -6,7 +6,15 @@
 
 use crate::error::{Error, Result};
 
-const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+const DAYS: [&str; 7] = [
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
 
 /// One reboot window.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +40,9 @@ fn invalid(text: &str, reason: &str) -> Error {
 
 fn day(text: &str, name: &str) -> Result<u32> {
     let lower = name.to_ascii_lowercase();
+    // Mon or Monday.
     DAYS.iter()
-        .position(|d| lower.len() >= 3 && d.starts_with(&lower[..3]) && lower.len() <= 9)
+        .position(|d| lower == *d || lower.len() == 3 && d.starts_with(&lower))
         .map(|i| i as u32)
         .ok_or_else(|| invalid(text, &format!("{name:?} is not a day (Mon..Sun)")))
 }

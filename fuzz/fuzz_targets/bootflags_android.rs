@@ -15,11 +15,12 @@ fuzz_target!(|data: &[u8]| {
             b[28..].copy_from_slice(&crc.to_le_bytes());
         }
     }
-    let Ok(mut c) = BootloaderControl::parse(&b) else { return };
+    let Ok(mut c) = BootloaderControl::parse(&b) else {
+        return;
+    };
     assert_eq!(&c.to_bytes()[..], &b[..]);
     let _ = c.boot();
     let _ = c.set_active(Slot::B, None);
     let _ = c.mark_good(Slot::A);
     assert!(BootloaderControl::parse(&c.to_bytes()).is_ok());
 });
-

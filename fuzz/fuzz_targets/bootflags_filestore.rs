@@ -6,11 +6,19 @@ use keel_bootflags::store::{Backend, FileStore};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, content)) = data.split_first() else { return };
+    let Some((&mode, content)) = data.split_first() else {
+        return;
+    };
     let backend = match mode % 4 {
         0 => Backend::GrubEnv,
-        1 => Backend::Uboot { size: 256 + usize::from(mode >> 2) * 16, redundant: false },
-        2 => Backend::Uboot { size: 256 + usize::from(mode >> 2) * 16, redundant: true },
+        1 => Backend::Uboot {
+            size: 256 + usize::from(mode >> 2) * 16,
+            redundant: false,
+        },
+        2 => Backend::Uboot {
+            size: 256 + usize::from(mode >> 2) * 16,
+            redundant: true,
+        },
         _ => Backend::AndroidMisc,
     };
     let path = std::env::temp_dir().join(format!("keel-fuzz-store-{}", std::process::id()));

@@ -16,7 +16,9 @@ fuzz_target!(|data: &[u8]| {
     if data.first() == Some(&b'!') {
         block[..sig.len()].copy_from_slice(sig);
     }
-    let Ok(env) = GrubEnv::parse(&block) else { return };
+    let Ok(env) = GrubEnv::parse(&block) else {
+        return;
+    };
     let again = env.to_bytes().expect("a parsed block fits");
     assert_eq!(GrubEnv::parse(&again).ok().as_ref(), Some(&env));
     if let Ok(mut g) = RaucGrub::from_env(env, 2) {

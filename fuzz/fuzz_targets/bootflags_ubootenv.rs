@@ -8,7 +8,9 @@ use keel_bootflags::AbControl;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let redundant = mode & 1 == 1;
     let size = rest.len();
     let layout = Layout { size, redundant };
@@ -19,11 +21,20 @@ fuzz_target!(|data: &[u8]| {
         let crc = crc32fast::hash(&bytes[header..]);
         bytes[..4].copy_from_slice(&crc.to_le_bytes());
     }
-    let Ok(copy) = UbootEnv::parse_copy(&bytes, layout) else { return };
-    let again = copy.env.to_copy(layout, copy.flags).expect("a parsed copy fits");
-    assert_eq!(UbootEnv::parse_copy(&again, layout).map(|c| c.env).ok(), Some(copy.env.clone()));
+    let Ok(copy) = UbootEnv::parse_copy(&bytes, layout) else {
+        return;
+    };
+    let again = copy
+        .env
+        .to_copy(layout, copy.flags)
+        .expect("a parsed copy fits");
+    assert_eq!(
+        UbootEnv::parse_copy(&again, layout).map(|c| c.env).ok(),
+        Some(copy.env.clone())
+    );
     if redundant {
-        let r = Redundant::from_copies(Ok(copy.clone()), UbootEnv::parse_copy(&again, layout)).expect("valid");
+        let r = Redundant::from_copies(Ok(copy.clone()), UbootEnv::parse_copy(&again, layout))
+            .expect("valid");
         let _ = r.next_write(&copy.env, size);
     }
     if let Ok(mut u) = RaucUboot::from_env(copy.env, 2) {
@@ -33,4 +44,3 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
-

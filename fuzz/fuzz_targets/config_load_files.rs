@@ -14,10 +14,16 @@ fuzz_target!(|data: &[u8]| {
         std::fs::write(&p, part).expect("write");
         paths.push(p);
     }
-    let Some((base, dropins)) = paths.split_first() else { return };
+    let Some((base, dropins)) = paths.split_first() else {
+        return;
+    };
     if let Ok(l) = keel_config::load_files(base, dropins) {
         for f in &l.findings {
-            assert!(paths.iter().any(|p| p.display().to_string() == f.file), "{}", f.file);
+            assert!(
+                paths.iter().any(|p| p.display().to_string() == f.file),
+                "{}",
+                f.file
+            );
         }
     }
 });

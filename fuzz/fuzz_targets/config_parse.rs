@@ -8,12 +8,29 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data).into_owned();
-    let (a, b) = text.split_at(text.char_indices().nth(text.chars().count() / 2).map_or(0, |(i, _)| i));
-    for sources in [vec![("a".to_string(), text.clone())], vec![("a".to_string(), a.to_string()), ("b".to_string(), b.to_string())]] {
+    let (a, b) = text.split_at(
+        text.char_indices()
+            .nth(text.chars().count() / 2)
+            .map_or(0, |(i, _)| i),
+    );
+    for sources in [
+        vec![("a".to_string(), text.clone())],
+        vec![
+            ("a".to_string(), a.to_string()),
+            ("b".to_string(), b.to_string()),
+        ],
+    ] {
         let l = load_sources(&sources);
         for f in &l.findings {
-            let src = &sources.iter().find(|(n, _)| *n == f.file).expect("finding names a source").1;
-            assert!(f.line >= 1 && f.line <= src.lines().count().max(1) + 1, "{f}");
+            let src = &sources
+                .iter()
+                .find(|(n, _)| *n == f.file)
+                .expect("finding names a source")
+                .1;
+            assert!(
+                f.line >= 1 && f.line <= src.lines().count().max(1) + 1,
+                "{f}"
+            );
         }
         if let Some(c) = l.config {
             let again = load_sources(&[("r".to_string(), to_toml(&c).expect("serializable"))]);

@@ -23,7 +23,13 @@ fn root() -> &'static TrustedRoot {
 }
 
 fuzz_target!(|data: &[u8]| {
-    assert!(root().verify_index(data, None, 1_800_000_000).is_err(), "an unsigned index passed");
-    assert!(root().rotate(data, 1_800_000_000).is_err(), "an unsigned root passed");
+    assert!(
+        root().verify_index(data, None, 1_800_000_000).is_err(),
+        "an unsigned index passed"
+    );
+    assert!(
+        root().rotate(data, 1_800_000_000).is_err(),
+        "an unsigned root passed"
+    );
     let _ = TrustedRoot::initial(data, 1_800_000_000);
 });

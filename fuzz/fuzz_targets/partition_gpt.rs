@@ -19,7 +19,11 @@ fn le32(b: &[u8], at: usize) -> usize {
 }
 
 fn fix_crcs(disk: &mut [u8], header_at: usize) {
-    let entries_lba = u64::from_le_bytes(disk[header_at + 72..header_at + 80].try_into().unwrap_or_default()) as usize;
+    let entries_lba = u64::from_le_bytes(
+        disk[header_at + 72..header_at + 80]
+            .try_into()
+            .unwrap_or_default(),
+    ) as usize;
     let n = le32(disk, header_at + 80);
     let es = le32(disk, header_at + 84);
     let start = entries_lba.saturating_mul(SS);
@@ -46,7 +50,9 @@ fn mirror(disk: &mut [u8]) {
     let len = n.saturating_mul(es).min(32 * SS);
     let sectors = len.div_ceil(SS);
     let backup_entries = last.saturating_sub(sectors);
-    let span = lba.checked_mul(SS).and_then(|s| Some(s..s.checked_add(len)?));
+    let span = lba
+        .checked_mul(SS)
+        .and_then(|s| Some(s..s.checked_add(len)?));
     if let Some(src) = span.and_then(|r| disk.get(r)).map(<[u8]>::to_vec) {
         disk[backup_entries * SS..backup_entries * SS + len].copy_from_slice(&src);
     }
@@ -60,7 +66,9 @@ fn mirror(disk: &mut [u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&[mode, cut], rest)) = data.split_first_chunk::<2>() else { return };
+    let Some((&[mode, cut], rest)) = data.split_first_chunk::<2>() else {
+        return;
+    };
     let mut disk = vec![0u8; SECTORS * SS];
     let n = rest.len().min(disk.len() - 2 * SS);
     disk[SS..SS + n].copy_from_slice(&rest[..n]);
@@ -74,7 +82,9 @@ fuzz_target!(|data: &[u8]| {
     if mode & 4 == 4 {
         disk[SS..2 * SS].fill(0);
     }
-    let Ok(g) = GptDisk::open(disk.clone(), None) else { return };
+    let Ok(g) = GptDisk::open(disk.clone(), None) else {
+        return;
+    };
     let parts = g.partitions();
     let _ = keel_partition::find_slots(&parts, &SlotSelector::Auto);
 
@@ -82,8 +92,13 @@ fuzz_target!(|data: &[u8]| {
     if let Some(p) = parts.first() {
         let flipped = p.attributes ^ (1 << 56);
         // Low bits: after how many writes; high bits: how much of the next one lands.
-        let mut dev = PowerCut::new(disk.clone(), usize::from(cut % 5), usize::from(cut / 5) * 200);
-        let r = GptDisk::open(&mut dev, None).and_then(|mut g| g.set_attributes(&[(p.number, flipped)]));
+        let mut dev = PowerCut::new(
+            disk.clone(),
+            usize::from(cut % 5),
+            usize::from(cut / 5) * 200,
+        );
+        let r = GptDisk::open(&mut dev, None)
+            .and_then(|mut g| g.set_attributes(&[(p.number, flipped)]));
         if r.is_ok() || dev.writes > 0 {
             let after = GptDisk::open(dev.inner, None).expect("a cut update leaves a valid table");
             let a = after.partition(p.number).map(|q| q.attributes);
@@ -100,10 +115,15 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(p) = parts.first() {
         // Refused only for a table whose copies would overlap; otherwise it lands.
-        if g.set_attributes(&[(p.number, p.attributes ^ (1 << 56))]).is_err() {
+        if g.set_attributes(&[(p.number, p.attributes ^ (1 << 56))])
+            .is_err()
+        {
             return;
         }
         let again = GptDisk::open(g.into_device(), None).expect("an updated table opens");
-        assert_eq!(again.partition(p.number).map(|q| q.attributes), Some(p.attributes ^ (1 << 56)));
+        assert_eq!(
+            again.partition(p.number).map(|q| q.attributes),
+            Some(p.attributes ^ (1 << 56))
+        );
     }
 });

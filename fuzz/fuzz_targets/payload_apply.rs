@@ -7,7 +7,9 @@
 #![no_main]
 
 use keel_payload::format::{image_digest, sha256, Extent, Header, ImageId, Operation, HEADER_SIZE};
-use keel_payload::{apply, assemble, ApplyOptions, Error, Manifest, OpType, TargetCheck, VersionCheck};
+use keel_payload::{
+    apply, assemble, ApplyOptions, Error, Manifest, OpType, TargetCheck, VersionCheck,
+};
 use keel_verity::{Context, Keyring, Signer, SigningKey};
 use libfuzzer_sys::fuzz_target;
 use std::io::Write;
@@ -31,7 +33,9 @@ fn ring() -> Keyring {
 }
 
 fn source() -> Vec<u8> {
-    (0..BLOCKS as usize * BS).map(|i| (i % 251) as u8 ^ (i / 4096) as u8).collect()
+    (0..BLOCKS as usize * BS)
+        .map(|i| (i % 251) as u8 ^ (i / 4096) as u8)
+        .collect()
 }
 
 fn bytes_of(img: &[u8], ext: &[Extent]) -> Vec<u8> {
@@ -41,7 +45,8 @@ fn bytes_of(img: &[u8], ext: &[Extent]) -> Vec<u8> {
 }
 
 fn patch(data: &[u8], reference: &[u8]) -> Vec<u8> {
-    let mut enc = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, reference).expect("zstd");
+    let mut enc =
+        zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, reference).expect("zstd");
     enc.write_all(data).expect("zstd");
     enc.finish().expect("zstd")
 }
@@ -58,28 +63,66 @@ fn build(input: &[u8], src: &[u8]) -> Vec<(Operation, Vec<u8>)> {
         let n = usize::from(h[5]).min(tail.len());
         let (content, tail) = tail.split_at(n);
         rest = tail;
-        let t = Extent { start: u64::from(h[1]) % BLOCKS, blocks: 1 + u64::from(h[2]) % 3 };
-        if t.start + t.blocks > BLOCKS || used[t.start as usize..(t.start + t.blocks) as usize].iter().any(|&u| u) {
+        let t = Extent {
+            start: u64::from(h[1]) % BLOCKS,
+            blocks: 1 + u64::from(h[2]) % 3,
+        };
+        if t.start + t.blocks > BLOCKS
+            || used[t.start as usize..(t.start + t.blocks) as usize]
+                .iter()
+                .any(|&u| u)
+        {
             continue;
         }
         let len = t.blocks as usize * BS;
-        let s = Extent { start: u64::from(h[3]) % BLOCKS, blocks: 1 + u64::from(h[4]) % 3 };
-        let s = Extent { blocks: s.blocks.min(BLOCKS - s.start), ..s };
-        let out: Vec<u8> = if content.is_empty() { vec![0; len] } else { content.iter().copied().cycle().take(len).collect() };
+        let s = Extent {
+            start: u64::from(h[3]) % BLOCKS,
+            blocks: 1 + u64::from(h[4]) % 3,
+        };
+        let s = Extent {
+            blocks: s.blocks.min(BLOCKS - s.start),
+            ..s
+        };
+        let out: Vec<u8> = if content.is_empty() {
+            vec![0; len]
+        } else {
+            content.iter().copied().cycle().take(len).collect()
+        };
         let raw = h[0] & 0x80 != 0;
         let (kind, source, blob, reference) = match h[0] % 6 {
             0 => (OpType::Zero, vec![], vec![], vec![]),
             1 => {
-                let s = Extent { blocks: t.blocks.min(BLOCKS - s.start), ..s };
+                let s = Extent {
+                    blocks: t.blocks.min(BLOCKS - s.start),
+                    ..s
+                };
                 if s.blocks != t.blocks {
                     continue;
                 }
                 (OpType::Copy, vec![s], vec![], bytes_of(src, &[s]))
             }
-            2 => (OpType::Replace, vec![], if raw { content.to_vec() } else { zstd::bulk::compress(&out, 3).expect("zstd") }, vec![]),
+            2 => (
+                OpType::Replace,
+                vec![],
+                if raw {
+                    content.to_vec()
+                } else {
+                    zstd::bulk::compress(&out, 3).expect("zstd")
+                },
+                vec![],
+            ),
             3 => {
                 let r = bytes_of(src, &[s]);
-                (OpType::Patch, vec![s], if raw { content.to_vec() } else { patch(&out, &r) }, r)
+                (
+                    OpType::Patch,
+                    vec![s],
+                    if raw {
+                        content.to_vec()
+                    } else {
+                        patch(&out, &r)
+                    },
+                    r,
+                )
             }
             4 => {
                 let r = bytes_of(src, &[s]);
@@ -89,15 +132,39 @@ fn build(input: &[u8], src: &[u8]) -> Vec<(Operation, Vec<u8>)> {
                 } else {
                     bsdiff::diff(&r, &out, &mut diff).expect("bsdiff");
                 }
-                (OpType::Bsdiff, vec![s], zstd::bulk::compress(&diff, 3).expect("zstd"), r)
+                (
+                    OpType::Bsdiff,
+                    vec![s],
+                    zstd::bulk::compress(&diff, 3).expect("zstd"),
+                    r,
+                )
             }
             _ => {
                 // CHAIN on the blocks of an earlier operation.
-                let Some((e, bytes)) = written.get(usize::from(h[3]) % written.len().max(1)).cloned() else { continue };
-                (OpType::Chain, vec![e], if raw { content.to_vec() } else { patch(&out, &bytes) }, bytes)
+                let Some((e, bytes)) = written
+                    .get(usize::from(h[3]) % written.len().max(1))
+                    .cloned()
+                else {
+                    continue;
+                };
+                (
+                    OpType::Chain,
+                    vec![e],
+                    if raw {
+                        content.to_vec()
+                    } else {
+                        patch(&out, &bytes)
+                    },
+                    bytes,
+                )
             }
         };
-        if blob.is_empty() && matches!(kind, OpType::Replace | OpType::Patch | OpType::Bsdiff | OpType::Chain) {
+        if blob.is_empty()
+            && matches!(
+                kind,
+                OpType::Replace | OpType::Patch | OpType::Bsdiff | OpType::Chain
+            )
+        {
             continue;
         }
         for b in t.start..t.start + t.blocks {
@@ -112,7 +179,11 @@ fn build(input: &[u8], src: &[u8]) -> Vec<(Operation, Vec<u8>)> {
         let o = Operation {
             op: kind,
             target: vec![t],
-            source_sha256: if source.is_empty() { [0; 32] } else { sha256(&reference) },
+            source_sha256: if source.is_empty() {
+                [0; 32]
+            } else {
+                sha256(&reference)
+            },
             source,
             data_offset: 0,
             data_length: 0,
@@ -132,7 +203,11 @@ fn payload(ops: &[(Operation, Vec<u8>)], digest: [u8; 32], src: &[u8]) -> Option
             let o = Operation {
                 data_offset: at,
                 data_length: blob.len() as u64,
-                data_sha256: if blob.is_empty() { [0; 32] } else { sha256(blob) },
+                data_sha256: if blob.is_empty() {
+                    [0; 32]
+                } else {
+                    sha256(blob)
+                },
                 ..o.clone()
             };
             at += blob.len() as u64;
@@ -141,8 +216,14 @@ fn payload(ops: &[(Operation, Vec<u8>)], digest: [u8; 32], src: &[u8]) -> Option
         })
         .collect();
     let m = Manifest {
-        source: Some(ImageId { size: src.len() as u64, digest: image_digest(src, src.len() as u64).ok()? }),
-        target: ImageId { size: BLOCKS * BS as u64, digest },
+        source: Some(ImageId {
+            size: src.len() as u64,
+            digest: image_digest(src, src.len() as u64).ok()?,
+        }),
+        target: ImageId {
+            size: BLOCKS * BS as u64,
+            digest,
+        },
         verity: None,
         compatible: "fuzz".into(),
         version: "1".into(),
@@ -152,14 +233,20 @@ fn payload(ops: &[(Operation, Vec<u8>)], digest: [u8; 32], src: &[u8]) -> Option
 }
 
 fn raw_manifest(rest: &[u8]) {
-    let Some((len, rest)) = rest.split_first_chunk::<2>() else { return };
+    let Some((len, rest)) = rest.split_first_chunk::<2>() else {
+        return;
+    };
     let mlen = (u16::from_le_bytes(*len) as usize).min(rest.len());
     let (raw, blobs) = rest.split_at(mlen);
     if raw.is_empty() {
         return;
     }
     let manifest = &keel_payload::format::pack_manifest(raw).expect("zstd")[..];
-    let header = Header { manifest_len: manifest.len() as u64, data_len: blobs.len() as u64, key_id: key().public_key().id().0 };
+    let header = Header {
+        manifest_len: manifest.len() as u64,
+        data_len: blobs.len() as u64,
+        key_id: key().public_key().id().0,
+    };
     let mut p = header.to_bytes().to_vec();
     p.extend_from_slice(manifest);
     let sig = key().sign(Context::Payload, &p).expect("sign");
@@ -169,14 +256,24 @@ fn raw_manifest(rest: &[u8]) {
     let src = source();
     let mut target = vec![0u8; BLOCKS as usize * BS];
     let ring = ring();
-    if let Ok(done) = apply(&p[..], Some(&src), &mut target, &ApplyOptions::new(&ring, VersionCheck::Unchecked)) {
+    if let Ok(done) = apply(
+        &p[..],
+        Some(&src),
+        &mut target,
+        &ApplyOptions::new(&ring, VersionCheck::Unchecked),
+    ) {
         let size = done.manifest.target.size;
-        assert_eq!(image_digest(&target[..], size).expect("in memory"), done.manifest.target.digest);
+        assert_eq!(
+            image_digest(&target[..], size).expect("in memory"),
+            done.manifest.target.digest
+        );
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     if mode & 1 == 1 {
         return raw_manifest(rest);
     }
@@ -187,7 +284,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let ring = ring();
     let opts = ApplyOptions::new(&ring, VersionCheck::Unchecked);
-    let Some(first) = payload(&ops, [0; 32], &src) else { return };
+    let Some(first) = payload(&ops, [0; 32], &src) else {
+        return;
+    };
     let mut target = vec![0u8; BLOCKS as usize * BS];
     match apply(&first[..], Some(&src), &mut target, &opts) {
         // Every operation ran; only the digest, unknown until now, differs.
@@ -199,6 +298,7 @@ fuzz_target!(|data: &[u8]| {
     let second = payload(&ops, digest, &src).expect("assembles again");
     // Blocks no operation writes keep what the target had: both runs start from zeros.
     let mut again = vec![0u8; BLOCKS as usize * BS];
-    apply(&second[..], Some(&src), &mut again, &opts).expect("the same payload with its digest applies");
+    apply(&second[..], Some(&src), &mut again, &opts)
+        .expect("the same payload with its digest applies");
     assert_eq!(again, target);
 });

@@ -13,8 +13,10 @@ const BS: usize = 4096;
 fn base() -> Vec<u8> {
     let mut img = vec![0u8; 16 * BS];
     let sb = 1024;
-    let put32 = |img: &mut Vec<u8>, at: usize, v: u32| img[at..at + 4].copy_from_slice(&v.to_le_bytes());
-    let put16 = |img: &mut Vec<u8>, at: usize, v: u16| img[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let put32 =
+        |img: &mut Vec<u8>, at: usize, v: u32| img[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let put16 =
+        |img: &mut Vec<u8>, at: usize, v: u16| img[at..at + 2].copy_from_slice(&v.to_le_bytes());
     put32(&mut img, sb, 32); // inodes
     put32(&mut img, sb + 4, 16); // blocks
     put32(&mut img, sb + 0x18, 2); // 4 KiB
@@ -28,17 +30,18 @@ fn base() -> Vec<u8> {
     // Group descriptor in block 1: inode table at block 2.
     put32(&mut img, BS + 8, 2);
     let inode = |n: usize| 2 * BS + (n - 1) * 256;
-    let extent_inode = |img: &mut Vec<u8>, at: usize, mode: u16, size: u32, block: u32, len: u16| {
-        img[at..at + 2].copy_from_slice(&mode.to_le_bytes());
-        img[at + 4..at + 8].copy_from_slice(&size.to_le_bytes());
-        img[at + 0x20..at + 0x24].copy_from_slice(&0x8_0000u32.to_le_bytes());
-        let e = at + 0x28;
-        img[e..e + 2].copy_from_slice(&0xf30au16.to_le_bytes());
-        img[e + 2..e + 4].copy_from_slice(&1u16.to_le_bytes());
-        img[e + 4..e + 6].copy_from_slice(&4u16.to_le_bytes());
-        img[e + 16..e + 18].copy_from_slice(&len.to_le_bytes());
-        img[e + 20..e + 24].copy_from_slice(&block.to_le_bytes());
-    };
+    let extent_inode =
+        |img: &mut Vec<u8>, at: usize, mode: u16, size: u32, block: u32, len: u16| {
+            img[at..at + 2].copy_from_slice(&mode.to_le_bytes());
+            img[at + 4..at + 8].copy_from_slice(&size.to_le_bytes());
+            img[at + 0x20..at + 0x24].copy_from_slice(&0x8_0000u32.to_le_bytes());
+            let e = at + 0x28;
+            img[e..e + 2].copy_from_slice(&0xf30au16.to_le_bytes());
+            img[e + 2..e + 4].copy_from_slice(&1u16.to_le_bytes());
+            img[e + 4..e + 6].copy_from_slice(&4u16.to_le_bytes());
+            img[e + 16..e + 18].copy_from_slice(&len.to_le_bytes());
+            img[e + 20..e + 24].copy_from_slice(&block.to_le_bytes());
+        };
     extent_inode(&mut img, inode(2), 0x41ed, BS as u32, 10, 1);
     extent_inode(&mut img, inode(12), 0x81a4, 2 * BS as u32, 12, 2);
     // Directory block 10: "." "..", then "file" -> 12, covering the rest of the block.
@@ -62,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
         // The undamaged base is read right, or the fuzzing would prove little.
         let f = files(&img);
         assert_eq!(f.len(), 1);
-        assert_eq!((f[0].path.as_str(), f[0].size, f[0].extents.clone()), ("/file", 8192, vec![(12, 2)]));
+        assert_eq!(
+            (f[0].path.as_str(), f[0].size, f[0].extents.clone()),
+            ("/file", 8192, vec![(12, 2)])
+        );
     }
     // Pairs of (offset, byte) patches, so damage lands in the structures.
     for p in data.chunks_exact(3) {
@@ -72,7 +78,11 @@ fuzz_target!(|data: &[u8]| {
     let blocks = (img.len() / BS) as u64;
     for f in files(&img) {
         for &(start, len) in &f.extents {
-            assert!(start + len <= blocks, "{} extent {start}+{len} outside", f.path);
+            assert!(
+                start + len <= blocks,
+                "{} extent {start}+{len} outside",
+                f.path
+            );
         }
     }
 });

@@ -6,7 +6,9 @@ use keel_payload::format::{encode_manifest, parse_manifest, unpack_manifest, MAX
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((len, rest)) = data.split_first_chunk::<8>() else { return };
+    let Some((len, rest)) = data.split_first_chunk::<8>() else {
+        return;
+    };
     let data_len = u64::from_le_bytes(*len) % (1 << 30);
     if let Ok(m) = parse_manifest(rest, data_len) {
         assert_eq!(encode_manifest(&m), rest);

@@ -7,7 +7,9 @@ use keel_verity::{format_uuid, parse_uuid};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(g) = text.parse::<Guid>() {
         assert_eq!(g.to_string().parse::<Guid>().ok(), Some(g));
     }

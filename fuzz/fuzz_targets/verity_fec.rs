@@ -8,8 +8,8 @@ use keel_verity::{
     fec_encode, fec_repair, format, AndroidFecHeader, BuildOptions, FecGeometry, FormatOptions,
     ReadAt, RepairTarget, VerityParams, WriteAt,
 };
-use std::sync::Mutex;
 use libfuzzer_sys::fuzz_target;
+use std::sync::Mutex;
 
 const BS: usize = 512;
 const BLOCKS: usize = 300;
@@ -36,7 +36,9 @@ fuzz_target!(|input: &[u8]| {
     if let Ok(h) = AndroidFecHeader::parse(input) {
         assert_eq!(AndroidFecHeader::parse(&h.to_bytes()).ok(), Some(h));
     }
-    let Some((&head, damage)) = input.split_first() else { return };
+    let Some((&head, damage)) = input.split_first() else {
+        return;
+    };
     let roots = 2 + (head & 0x7f) % 23;
     // High bit: the parity on the hash device, after the tree and two foreign blocks
     // (covered by the parity, checked by no tree).
@@ -55,7 +57,8 @@ fuzz_target!(|input: &[u8]| {
     let opts = BuildOptions::default().threads(keel_verity::Threads::exactly(1));
     let (g, mut parity) = if on_hash {
         hash.extend((0..2 * BS).map(|i| (i * 7) as u8));
-        let g = FecGeometry::on_hash_device(&params, &f.geometry, roots, hash.len() as u64).unwrap();
+        let g =
+            FecGeometry::on_hash_device(&params, &f.geometry, roots, hash.len() as u64).unwrap();
         let mut dev = hash.clone();
         fec_encode(&g, &data, &hash, &mut dev, &opts).unwrap();
         (g, dev[hash.len()..].to_vec())
@@ -82,12 +85,24 @@ fuzz_target!(|input: &[u8]| {
     }
     let damaged = d.clone();
     let damaged_gap = h[tree_end..].to_vec();
-    let target = RepairTarget { params: &params, tree: &f.geometry, root: &f.root_hash };
+    let target = RepairTarget {
+        params: &params,
+        tree: &f.geometry,
+        root: &f.root_hash,
+    };
     let (h, p, r) = if on_hash {
         let mut all = h.clone();
         all.extend_from_slice(&parity);
         let dev = Mutex::new(all);
-        let r = fec_repair(&g, &target, &mut d, &mut Shared(&dev), &mut Shared(&dev), &opts).unwrap();
+        let r = fec_repair(
+            &g,
+            &target,
+            &mut d,
+            &mut Shared(&dev),
+            &mut Shared(&dev),
+            &opts,
+        )
+        .unwrap();
         let all = dev.into_inner().unwrap();
         let (h, p) = all.split_at(clean_h.len());
         (h.to_vec(), p.to_vec(), r)
@@ -97,15 +112,30 @@ fuzz_target!(|input: &[u8]| {
         (h, parity, r)
     };
     // Blocks outside the tree are never written, whatever the parity says.
-    assert_eq!(h[tree_end..], damaged_gap[..], "a block no tree checks was written");
+    assert_eq!(
+        h[tree_end..],
+        damaged_gap[..],
+        "a block no tree checks was written"
+    );
     if r.is_complete() {
-        assert!(d == clean_d && h[..tree_end] == clean_h[..tree_end], "complete repair differs");
+        assert!(
+            d == clean_d && h[..tree_end] == clean_h[..tree_end],
+            "complete repair differs"
+        );
         if r.unchecked_hash_blocks.is_empty() && damaged_gap == clean_h[tree_end..] {
             assert!(p == clean_p, "complete repair left parity differing");
         }
     }
-    for (i, ((a, c), x)) in d.chunks(BS).zip(clean_d.chunks(BS)).zip(damaged.chunks(BS)).enumerate() {
-        assert!(a == c || a == x, "block {i} is neither original nor as damaged");
+    for (i, ((a, c), x)) in d
+        .chunks(BS)
+        .zip(clean_d.chunks(BS))
+        .zip(damaged.chunks(BS))
+        .enumerate()
+    {
+        assert!(
+            a == c || a == x,
+            "block {i} is neither original nor as damaged"
+        );
         if a != c {
             assert!(r.unrepairable_data_blocks.contains(&(i as u64)) || r.unverifiable_blocks > 0);
         }

@@ -4,7 +4,7 @@
 
 pub(crate) use keel_testsupport::*;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The example `name`, built first so it is never stale (`cargo test` builds examples,
@@ -40,4 +40,18 @@ pub(crate) fn ok(name: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     stdout(&o)
+}
+
+/// Copy a directory tree.
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
 }

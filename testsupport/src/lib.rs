@@ -422,6 +422,7 @@ pub mod etcd {
     /// its health check. `None` (a visible skip) without etcd.
     pub fn cluster(work: &Path, n: usize) -> Option<Cluster> {
         let etcd = tool("etcd", "etcd-server")?;
+        std::fs::create_dir_all(work).unwrap();
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 child: None,

@@ -1,0 +1,425 @@
+//! The `fleet` and `fleetlock` examples against a real three-member etcd cluster: thirty
+//! node processes contending for two slots, a holder killed with SIGKILL, and a rolling
+//! update of five nodes (each its own disk and keel-update agent) that stops at the first
+//! node whose new version fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use keel::fleet::{Etcd, Group};
+use keel::io::Cancel;
+
+fn fleet(endpoints: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(example("fleet"));
+    cmd.args(["--endpoints", endpoints]).args(args);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+fn finish(child: Child) -> Output {
+    child.wait_with_output().unwrap()
+}
+
+fn semaphore_holders(value: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(value).unwrap();
+    v["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn thirty_nodes_contend_for_two_slots_and_all_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cluster) = etcd::cluster(dir.path(), 3) else {
+        return;
+    };
+    let endpoints = cluster.endpoints();
+    let client = Arc::new(Etcd::new(&[&endpoints]).unwrap());
+    let group = Group::new(&client, "contend", 2).unwrap();
+    let key = group.semaphore_key().into_bytes();
+    let start = client.range(b"/", false, None).unwrap().revision + 1;
+
+    // A watcher sees every change of the semaphore as it happens.
+    let seen = Arc::new(Mutex::new((0usize, BTreeSet::new(), 0i64)));
+    let stop = Arc::new(Cancel::new());
+    let watcher = {
+        let (client, seen, stop, key) = (
+            Arc::clone(&client),
+            Arc::clone(&seen),
+            Arc::clone(&stop),
+            key.clone(),
+        );
+        std::thread::spawn(move || {
+            client.watch(&key, false, start, &stop, |e| {
+                let mut s = seen.lock().unwrap();
+                let holders = semaphore_holders(&e.kv.value);
+                s.0 = s.0.max(holders.len());
+                s.1.extend(holders);
+                s.2 = e.kv.mod_revision;
+                true
+            })
+        })
+    };
+
+    let nodes: Vec<Child> = (0..30)
+        .map(|i| {
+            let id = format!("node-{i:02}");
+            fleet(
+                &endpoints,
+                &[
+                    "--group", "contend", "--id", &id, "--slots", "2", "lock", "--ttl", "10",
+                    "--hold", "0.2", "--wait", "180",
+                ],
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for (i, node) in nodes.into_iter().enumerate() {
+        let out = finish(node);
+        assert!(
+            out.status.success(),
+            "node {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout(&out).contains("freed its slot"), "{}", stdout(&out));
+    }
+    let end = client.get(&key).unwrap().unwrap().mod_revision;
+
+    // The revision history: at no revision did more than two hold a slot, and every
+    // node held one at some revision.
+    let mut everyone = BTreeSet::new();
+    let mut changes = 0;
+    for rev in start..=end {
+        let at = client.range(&key, false, Some(rev)).unwrap();
+        let Some(kv) = at.kvs.first() else { continue };
+        if kv.mod_revision != rev {
+            continue; // another key changed at this revision
+        }
+        changes += 1;
+        let holders = semaphore_holders(&kv.value);
+        assert!(holders.len() <= 2, "revision {rev}: {holders:?}");
+        everyone.extend(holders);
+    }
+    assert_eq!(everyone.len(), 30, "{everyone:?}");
+    assert!(
+        changes >= 60,
+        "each node took and freed a slot: {changes} changes"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().2 < end && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.cancel();
+    let (max, ids, last) = seen.lock().unwrap().clone();
+    assert_eq!(last, end, "the watcher saw the last change");
+    assert!(max <= 2 && max > 0, "the watcher saw {max} holders at once");
+    assert_eq!(ids.len(), 30);
+    assert!(group.status().unwrap().holders.is_empty());
+    drop(cluster); // ends the watch's connection
+    let _ = watcher.join();
+}
+
+#[test]
+fn a_killed_holder_frees_its_slot_within_its_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cluster) = etcd::cluster(dir.path(), 3) else {
+        return;
+    };
+    let endpoints = cluster.endpoints();
+    let client = Arc::new(Etcd::new(&[&endpoints]).unwrap());
+    let group = Group::new(&client, "kill", 1).unwrap();
+    let mut holder = fleet(
+        &endpoints,
+        &[
+            "--group", "kill", "--id", "holder", "lock", "--ttl", "3", "--hold", "600",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while group.status().unwrap().holders.is_empty() {
+        assert!(Instant::now() < deadline, "the holder never took its slot");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let waiter = fleet(
+        &endpoints,
+        &[
+            "--group", "kill", "--id", "waiter", "lock", "--ttl", "30", "--wait", "60",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = Instant::now();
+    holder.kill().unwrap(); // SIGKILL: no release, no revoke
+    holder.wait().unwrap();
+    let out = finish(waiter);
+    let took = killed.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("waiter holds a slot"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        took <= Duration::from_secs(3 + 2),
+        "the slot was freed {took:?} after the kill"
+    );
+    let ids: Vec<_> = group
+        .status()
+        .unwrap()
+        .holders
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids, ["waiter"]);
+
+    // status names the holder and its lease; unlock frees it.
+    let out = fleet(&endpoints, &["--group", "kill", "status"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("1 of 1 slots held") && text.contains("waiter") && text.contains("s left"),
+        "{text}"
+    );
+    let out = fleet(&endpoints, &["--group", "kill", "--id", "waiter", "unlock"])
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("waiter freed its slot"));
+}
+
+/// What `fleet roll` reported for one node.
+fn summary(out: &Output) -> serde_json::Value {
+    let text = stdout(out);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("summary: "))
+        .unwrap_or_else(|| {
+            panic!(
+                "no summary: {text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(line).unwrap()
+}
+
+fn roll(endpoints: &str, node: &Path, id: &str, check: &str) -> Child {
+    let p = |name: &str| node.join(name).display().to_string();
+    fleet(
+        endpoints,
+        &[
+            "--group",
+            "roll",
+            "--slots",
+            "2",
+            "--id",
+            id,
+            "roll",
+            "--config",
+            &p("system.toml"),
+            "--root",
+            &p("root"),
+            "--state",
+            &p("state"),
+            "--payload",
+            &p("update-1-to-2.payload"),
+            "--check",
+            check,
+            "--ttl",
+            "30",
+            "--wait",
+            "120",
+        ],
+    )
+    .spawn()
+    .unwrap()
+}
+
+#[test]
+fn a_rolling_update_stops_at_the_first_node_whose_new_version_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cluster) = etcd::cluster(&dir.path().join("etcd"), 3) else {
+        return;
+    };
+    let endpoints = cluster.endpoints();
+    let nodes: Vec<_> = (0..5)
+        .map(|i| dir.path().join(format!("node-{i}")))
+        .collect();
+    // One image builder's output, copied to each node (its description names its disk).
+    ok(
+        "update",
+        &["demo", nodes[0].to_str().unwrap(), "--slot-mib", "24"],
+    );
+    let description = std::fs::read_to_string(nodes[0].join("system.toml")).unwrap();
+    for n in &nodes[1..] {
+        std::fs::create_dir_all(n).unwrap();
+        copy_dir(&nodes[0], n);
+        let own = description.replace(nodes[0].to_str().unwrap(), n.to_str().unwrap());
+        assert_ne!(own, description);
+        std::fs::write(n.join("system.toml"), own).unwrap();
+    }
+    // Two healthy nodes roll together; then a node whose version 2 fails its check; then
+    // two more, which find the roll paused.
+    let first: Vec<Child> = (0..2)
+        .map(|i| roll(&endpoints, &nodes[i], &format!("node-{i}"), "true"))
+        .collect();
+    let mut results: Vec<(Output, &str)> = first.into_iter().map(|c| (finish(c), "0")).collect();
+    results.push((finish(roll(&endpoints, &nodes[2], "node-2", "false")), "2"));
+    let last: Vec<Child> = (3..5)
+        .map(|i| roll(&endpoints, &nodes[i], &format!("node-{i}"), "true"))
+        .collect();
+    results.extend(last.into_iter().map(|c| (finish(c), "3")));
+
+    println!(
+        "{:<8} {:<8} {:>7} {:>10}  outcome",
+        "node", "version", "reboots", "lock ms"
+    );
+    let mut table = Vec::new();
+    for (i, (out, code)) in results.iter().enumerate() {
+        assert_eq!(
+            out.status.code().map(|c| c.to_string()).as_deref(),
+            Some(*code),
+            "node {i}: {}\n{}",
+            stdout(out),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = summary(out);
+        let (reboots, held) = (
+            s["reboots"].as_u64().unwrap(),
+            s["held_ms"].as_u64().unwrap(),
+        );
+        println!(
+            "{:<8} {:<8} {reboots:>7} {held:>10}  {}",
+            s["node"].as_str().unwrap(),
+            s["version"].as_str().unwrap(),
+            s["outcome"].as_str().unwrap()
+        );
+        table.push((
+            s["version"].as_str().unwrap().to_string(),
+            s["reboots"].as_u64().unwrap(),
+            s["outcome"].as_str().unwrap().to_string(),
+        ));
+    }
+    let expect = |v: &str, r: u64, o: &str| (v.to_string(), r, o.to_string());
+    assert_eq!(
+        table,
+        [
+            expect("2.0", 1, "committed"),
+            expect("2.0", 1, "committed"),
+            expect("1.0", 2, "fell-back"),
+            expect("1.0", 0, "paused"),
+            expect("1.0", 0, "paused"),
+        ]
+    );
+
+    // Each disk agrees: the committed nodes boot B (good), the failed one A, the paused
+    // ones never left A.
+    for (i, n) in nodes.iter().enumerate() {
+        let p = |name: &str| n.join(name).display().to_string();
+        let status = ok(
+            "update",
+            &[
+                "--config",
+                &p("system.toml"),
+                "--root",
+                &p("root"),
+                "--state",
+                &p("state"),
+                "status",
+                "--json",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let booted = v["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|s| s["booted"] == true);
+        assert_eq!(booted, Some(usize::from(i < 2)), "node {i}: {status}");
+        assert_eq!(
+            v["slots"][booted.unwrap()]["successful"],
+            true,
+            "node {i} runs a good slot: {status}"
+        );
+    }
+    let client = Arc::new(Etcd::new(&[&endpoints]).unwrap());
+    let st = Group::new(&client, "roll", 2).unwrap().status().unwrap();
+    assert!(st.holders.is_empty(), "{st:?}");
+    let pause = st.paused.unwrap();
+    assert_eq!(pause.by, "node-2");
+    assert!(pause.reason.contains("\"false\""), "{}", pause.reason);
+}
+
+#[test]
+fn fleetlock_example_serves_zincati_style_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cluster) = etcd::cluster(dir.path(), 3) else {
+        return;
+    };
+    let endpoints = cluster.endpoints();
+    let mut server = Command::new(example("fleetlock"))
+        .args([
+            "--endpoints",
+            &endpoints,
+            "--listen",
+            "127.0.0.1:0",
+            "--group",
+            "default=1",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let client = keel::fleet::fleetlock::Client::new(&format!("http://{addr}"));
+    client.pre_reboot("default", "zincati-a").unwrap();
+    let e = client
+        .pre_reboot("default", "zincati-b")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("failed_lock"), "{e}");
+    // A Keel node sees the Zincati node in the same group, bound to the server's lease.
+    let out = fleet(&endpoints, &["--group", "default", "status", "--json"])
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(st["holders"][0]["id"], "zincati-a");
+    assert!(st["holders"][0]["binding"]["lease"].is_object(), "{st}");
+    client.steady_state("default", "zincati-a").unwrap();
+    client.pre_reboot("default", "zincati-b").unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    // Bad arguments are named.
+    let out = run(&example("fleetlock"), &["--group", "default"]);
+    assert!(!out.status.success());
+    let out = run(
+        &example("fleetlock"),
+        &["--group", "nonumber", "--endpoints", &endpoints],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=SLOTS"));
+}
