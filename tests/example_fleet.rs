@@ -85,6 +85,19 @@ fn thirty_nodes_contend_for_two_slots_and_all_finish() {
             .unwrap()
         })
         .collect();
+    // While they contend: the leader stops for longer than an election takes, then a
+    // follower is killed and restarted on its data.
+    let mut cluster = cluster;
+    std::thread::sleep(Duration::from_secs(2));
+    let leader = cluster.leader();
+    cluster.signal(leader, "STOP");
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.signal(leader, "CONT");
+    let victim = (cluster.leader() + 1) % 3;
+    cluster.kill(victim);
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.start(victim);
+    cluster.wait_healthy();
     for (i, node) in nodes.into_iter().enumerate() {
         let out = finish(node);
         assert!(
