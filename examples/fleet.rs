@@ -1,7 +1,8 @@
 //! `fleet`: rolling reboots on etcd (keel-fleet) as a command.
 //!
 //! ```text
-//! cargo run --example fleet -- --endpoints URLS [--group G] [--id ID] COMMAND
+//! cargo run --example fleet -- --endpoints URLS [--cacert CA --cert CERT --key KEY]
+//!     [--group G] [--id ID] COMMAND
 //!   lock [--slots N] [--ttl SECS] [--hold SECS] [--wait SECS] [--window W]...
 //!                   take a slot of the group (waiting for one), bound to a lease
 //!   unlock          free this node's slot
@@ -20,6 +21,8 @@
 #[macro_use]
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/etcd.rs"]
+mod etcd;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -38,9 +41,8 @@ use keel::update::{Agent, Commit, HealthCheck, System};
     about = "Rolling reboots coordinated through etcd (keel-fleet)"
 )]
 struct Cli {
-    /// The etcd members' client URLs, comma-separated (http://host:2379,...).
-    #[arg(long, global = true, default_value = "http://127.0.0.1:2379")]
-    endpoints: String,
+    #[command(flatten)]
+    etcd: etcd::EtcdArgs,
     /// The reboot group.
     #[arg(long, global = true, default_value = "default")]
     group: String,
@@ -50,10 +52,6 @@ struct Cli {
     /// Slots of a group this node creates (an existing group keeps its own number).
     #[arg(long, global = true, default_value_t = 1)]
     slots: u64,
-    /// Seconds one etcd operation keeps trying the members (through an election) before
-    /// it fails.
-    #[arg(long, global = true, default_value_t = 15)]
-    timeout: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -164,7 +162,7 @@ fn now_unix() -> u64 {
 }
 
 fn run(cli: Cli) -> Res<ExitCode> {
-    let etcd = Arc::new(Etcd::new(&[&cli.endpoints])?.op_timeout(Duration::from_secs(cli.timeout)));
+    let etcd = cli.etcd.connect()?;
     let group = Group::new(&etcd, &cli.group, cli.slots)?;
     match cli.cmd {
         Cmd::Lock {

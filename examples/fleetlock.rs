@@ -3,7 +3,8 @@
 //! Keel nodes and airlock.
 //!
 //! ```text
-//! cargo run --example fleetlock -- --endpoints URLS --listen 127.0.0.1:3333 \
+//! cargo run --example fleetlock -- --endpoints URLS [--cacert CA --cert CERT --key KEY] \
+//!     --listen 127.0.0.1:3333 \
 //!     --group default=1 [--group workers=3]... [--lease-ttl SECS]
 //! ```
 //! Each slot it grants is bound to a lease of `--lease-ttl` seconds (the longest a
@@ -13,6 +14,8 @@
 #[macro_use]
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/etcd.rs"]
+mod etcd;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -22,7 +25,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use keel::fleet::fleetlock::Server;
-use keel::fleet::Etcd;
 use keel::io::Cancel;
 
 #[derive(Parser)]
@@ -31,9 +33,8 @@ use keel::io::Cancel;
     about = "A FleetLock server over etcd (keel-fleet)"
 )]
 struct Cli {
-    /// The etcd members' client URLs, comma-separated.
-    #[arg(long, default_value = "http://127.0.0.1:2379")]
-    endpoints: String,
+    #[command(flatten)]
+    etcd: etcd::EtcdArgs,
     /// Address to listen on (port 0: any free port, printed).
     #[arg(long, default_value = "127.0.0.1:3333")]
     listen: String,
@@ -61,7 +62,7 @@ fn group(s: &str) -> Result<(String, u64), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let run = || -> Result<(), Box<dyn std::error::Error>> {
-        let etcd = Arc::new(Etcd::new(&[&cli.endpoints])?);
+        let etcd = cli.etcd.connect()?;
         let groups: BTreeMap<String, u64> = cli.groups.iter().cloned().collect();
         let listener =
             TcpListener::bind(&cli.listen).map_err(|e| format!("--listen {}: {e}", cli.listen))?;

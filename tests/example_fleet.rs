@@ -436,3 +436,48 @@ fn fleetlock_example_serves_zincati_style_requests() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=SLOTS"));
 }
+
+#[test]
+fn the_fleet_example_reaches_members_that_ask_for_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cluster) = etcd::cluster_tls(dir.path(), 3) else {
+        return;
+    };
+    let pki = cluster.tls.clone().unwrap();
+    let endpoints = cluster.endpoints();
+    let (ca, cert, key) = (
+        pki.ca.to_str().unwrap(),
+        pki.client_cert.to_str().unwrap(),
+        pki.client_key.to_str().unwrap(),
+    );
+    let tls = ["--cacert", ca, "--cert", cert, "--key", key];
+    let out = fleet(
+        &endpoints,
+        &[&tls[..], &["--id", "n1", "lock", "--ttl", "30"]].concat(),
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = fleet(&endpoints, &[&tls[..], &["status"]].concat())
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&out).contains("1 of 1 slots held") && stdout(&out).contains("n1"),
+        "{}",
+        stdout(&out)
+    );
+    // Without the client certificate: a clear failure within the time limit.
+    let out = fleet(&endpoints, &["--cacert", ca, "--timeout", "2", "status"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("etcd did not answer"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -98,6 +98,92 @@ pub struct Event {
     pub kv: Kv,
 }
 
+/// TLS settings for a cluster with a private CA and client certificates.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TlsOptions {
+    /// CA certificates (PEM) trusted besides the web's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The client's certificate chain (PEM), shown to members that ask for one.
+    pub client_cert_pem: Option<Vec<u8>>,
+    /// The client certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub client_key_pem: Option<Vec<u8>>,
+}
+
+impl TlsOptions {
+    /// Trust the CA certificates in `pem`.
+    pub fn ca(mut self, pem: Vec<u8>) -> Self {
+        self.ca_pem = Some(pem);
+        self
+    }
+
+    /// Show this client certificate (chain and key, PEM).
+    pub fn client_cert(mut self, chain: Vec<u8>, key: Vec<u8>) -> Self {
+        self.client_cert_pem = Some(chain);
+        self.client_key_pem = Some(key);
+        self
+    }
+
+    /// The rustls configuration, or `None` when nothing differs from ureq's default.
+    fn client_config(&self) -> Result<Option<rustls::ClientConfig>> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        if self.ca_pem.is_none() && self.client_cert_pem.is_none() && self.client_key_pem.is_none()
+        {
+            return Ok(None);
+        }
+        let bad = |what: &str, reason: String| Error::Invalid {
+            what: what.into(),
+            reason,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(pem) = &self.ca_pem {
+            let mut added = 0;
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| bad("CA certificates", e.to_string()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| bad("CA certificates", e.to_string()))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(bad("CA certificates", "no certificate in the PEM".into()));
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("TLS", e.to_string()))?
+        .with_root_certificates(roots);
+        match (&self.client_cert_pem, &self.client_key_pem) {
+            (Some(chain), Some(key)) => {
+                let chain = CertificateDer::pem_slice_iter(chain)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| bad("client certificate", e.to_string()))?;
+                if chain.is_empty() {
+                    return Err(bad(
+                        "client certificate",
+                        "no certificate in the PEM".into(),
+                    ));
+                }
+                let key = PrivateKeyDer::from_pem_slice(key)
+                    .map_err(|e| bad("client key", e.to_string()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map(Some)
+                    .map_err(|e| bad("client certificate", e.to_string()))
+            }
+            (None, None) => Ok(Some(builder.with_no_client_auth())),
+            _ => Err(bad(
+                "client certificate",
+                "a certificate needs its key, and a key its certificate".into(),
+            )),
+        }
+    }
+}
+
 /// Where an etcd answer says the cluster is busy electing or a member is cut off: worth
 /// sending again, to another member.
 fn transient(message: &str) -> bool {
@@ -201,6 +287,12 @@ impl Etcd {
     /// (`http://host:port`, or `https://` for a member with a certificate the web's roots
     /// trust). Nothing is sent until the first call.
     pub fn new<S: AsRef<str>>(endpoints: &[S]) -> Result<Etcd> {
+        Etcd::with_tls(endpoints, &TlsOptions::default())
+    }
+
+    /// As [`Etcd::new`], for members whose certificates a private CA signed and that ask
+    /// clients for a certificate (etcd's `--client-cert-auth`).
+    pub fn with_tls<S: AsRef<str>>(endpoints: &[S], tls: &TlsOptions) -> Result<Etcd> {
         let endpoints: Vec<String> = endpoints
             .iter()
             .flat_map(|e| e.as_ref().split(','))
@@ -226,18 +318,20 @@ impl Etcd {
         // a connection it returns to its pool, so the limit is set per request (a deadline
         // for the whole call) and watches, whose streams are long, use connections of
         // their own that are never pooled.
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(2))
-            .build();
-        let watch_agent = ureq::AgentBuilder::new()
+        let mut agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2));
+        let mut watch_agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(2))
             .timeout_read(Duration::from_secs(3))
-            .max_idle_connections(0)
-            .build();
+            .max_idle_connections(0);
+        if let Some(config) = tls.client_config()? {
+            let config = std::sync::Arc::new(config);
+            agent = agent.tls_config(std::sync::Arc::clone(&config));
+            watch_agent = watch_agent.tls_config(config);
+        }
         Ok(Etcd {
             endpoints,
-            agent,
-            watch_agent,
+            agent: agent.build(),
+            watch_agent: watch_agent.build(),
             preferred: AtomicUsize::new(0),
             op_timeout: Duration::from_secs(30),
         })

@@ -37,7 +37,7 @@ mod policy;
 mod roll;
 
 pub use error::{Error, Result};
-pub use etcd::Etcd;
+pub use etcd::{Etcd, TlsOptions};
 pub use group::{query_escape, Acquire, Binding, Group, Holder, Pause, Semaphore, Status, Wait};
 pub use lease::Lease;
 pub use policy::{Window, Windows};

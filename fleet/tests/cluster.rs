@@ -393,3 +393,45 @@ fn raw_post(addr: &str, path: &str, headers: &str, body: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+#[test]
+fn members_that_ask_for_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(c) = keel_testsupport::etcd::cluster_tls(dir.path(), 3) else {
+        return;
+    };
+    let pki = c.tls.clone().unwrap();
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let tls = keel_fleet::TlsOptions::default()
+        .ca(read(&pki.ca))
+        .client_cert(read(&pki.client_cert), read(&pki.client_key));
+    let etcd = Arc::new(Etcd::with_tls(&[c.endpoints()], &tls).unwrap());
+    let g = Group::new(&etcd, "tls", 1).unwrap();
+    g.try_acquire("n1", &lease(&etcd, 30)).unwrap();
+    assert_eq!(holders(&g), ["n1"]);
+
+    // Without a client certificate the members refuse; without the CA the client does.
+    let quick = |tls: &keel_fleet::TlsOptions| {
+        let e = Etcd::with_tls(&[c.endpoints()], tls)
+            .unwrap()
+            .op_timeout(Duration::from_secs(2));
+        e.get(b"x").unwrap_err()
+    };
+    let no_cert = quick(&keel_fleet::TlsOptions::default().ca(read(&pki.ca)));
+    assert!(matches!(no_cert, Error::Unavailable { .. }), "{no_cert}");
+    let no_ca = quick(
+        &keel_fleet::TlsOptions::default()
+            .client_cert(read(&pki.client_cert), read(&pki.client_key)),
+    );
+    assert!(
+        no_ca.to_string().to_lowercase().contains("certificate"),
+        "{no_ca}"
+    );
+    // A key without its certificate is named.
+    let mut half = keel_fleet::TlsOptions::default();
+    half.client_key_pem = Some(read(&pki.client_key));
+    let e = Etcd::with_tls(&[c.endpoints()], &half)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs its key"), "{e}");
+}

@@ -133,6 +133,99 @@ pub mod loopdev {
     }
 }
 
+/// A test certificate authority made with openssl: a server certificate for 127.0.0.1
+/// and a client certificate, both signed by it.
+pub mod pki {
+    use super::tool;
+    use std::path::{Path, PathBuf};
+
+    /// The files (PEM) made in the work directory.
+    #[derive(Debug, Clone)]
+    pub struct Pki {
+        /// The CA's certificate.
+        pub ca: PathBuf,
+        /// The server's certificate (subjectAltName IP:127.0.0.1).
+        pub server_cert: PathBuf,
+        /// The server's key.
+        pub server_key: PathBuf,
+        /// A client certificate (for servers that ask for one).
+        pub client_cert: PathBuf,
+        /// Its key.
+        pub client_key: PathBuf,
+    }
+
+    /// Make the CA and both certificates in `work`. `None` (a visible skip) without openssl.
+    pub fn make(work: &Path) -> Option<Pki> {
+        let openssl = tool("openssl", "openssl")?;
+        std::fs::create_dir_all(work).unwrap();
+        let w = |p: &str| work.join(p).display().to_string();
+        let run = |args: &[&str]| {
+            super::run_ok(&openssl, args);
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=keel test CA",
+            "-keyout",
+            &w("ca.key"),
+            "-out",
+            &w("ca.pem"),
+        ]);
+        for (name, cn, ext) in [
+            (
+                "srv",
+                "127.0.0.1",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+            ),
+            ("client", "keel-node", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &w(&format!("{name}.key")),
+                "-out",
+                &w(&format!("{name}.csr")),
+            ]);
+            std::fs::write(work.join(format!("{name}.ext")), ext).unwrap();
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &w(&format!("{name}.csr")),
+                "-CA",
+                &w("ca.pem"),
+                "-CAkey",
+                &w("ca.key"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &w(&format!("{name}.ext")),
+                "-out",
+                &w(&format!("{name}.pem")),
+            ]);
+        }
+        Some(Pki {
+            ca: work.join("ca.pem"),
+            server_cert: work.join("srv.pem"),
+            server_key: work.join("srv.key"),
+            client_cert: work.join("client.pem"),
+            client_key: work.join("client.key"),
+        })
+    }
+}
+
 /// A real nginx serving a directory on 127.0.0.1, started and stopped by the test.
 pub mod nginx {
     use super::tool;
@@ -167,63 +260,9 @@ pub mod nginx {
     /// As [`serve`], over HTTPS with a certificate for 127.0.0.1 signed by a test CA made
     /// with openssl; returns the server and the CA certificate (PEM) a client must trust.
     pub fn serve_tls(root: &Path, work: &Path) -> Option<(Nginx, Vec<u8>)> {
-        let openssl = tool("openssl", "openssl")?;
-        std::fs::create_dir_all(work).unwrap();
-        let w = |p: &str| work.join(p).display().to_string();
-        let run = |args: &[&str]| {
-            super::run_ok(&openssl, args);
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=keel test CA",
-            "-keyout",
-            &w("ca.key"),
-            "-out",
-            &w("ca.pem"),
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            &w("srv.key"),
-            "-out",
-            &w("srv.csr"),
-        ]);
-        std::fs::write(work.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &w("srv.csr"),
-            "-CA",
-            &w("ca.pem"),
-            "-CAkey",
-            &w("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &w("ext"),
-            "-out",
-            &w("srv.pem"),
-        ]);
-        let server = serve_with(
-            root,
-            work,
-            Some((work.join("srv.pem"), work.join("srv.key"))),
-        )?;
-        Some((server, std::fs::read(work.join("ca.pem")).unwrap()))
+        let pki = super::pki::make(work)?;
+        let server = serve_with(root, work, Some((pki.server_cert.clone(), pki.server_key)))?;
+        Some((server, std::fs::read(&pki.ca).unwrap()))
     }
 
     fn serve_with(root: &Path, work: &Path, tls: Option<(PathBuf, PathBuf)>) -> Option<Nginx> {
@@ -409,6 +448,8 @@ pub mod etcd {
         pub members: Vec<Member>,
         etcd: PathBuf,
         initial: String,
+        /// With [`cluster_tls`]: the certificates clients use.
+        pub tls: Option<super::pki::Pki>,
     }
 
     fn free_port() -> u16 {
@@ -421,13 +462,26 @@ pub mod etcd {
     /// Start `n` members with their data under `work`; returns when every member answers
     /// its health check. `None` (a visible skip) without etcd.
     pub fn cluster(work: &Path, n: usize) -> Option<Cluster> {
+        start_cluster(work, n, None)
+    }
+
+    /// As [`cluster`], with clients served over HTTPS by a certificate of a test CA and
+    /// required to show a client certificate of that CA (etcd's `--client-cert-auth`, as
+    /// airlock's deployments run it).
+    pub fn cluster_tls(work: &Path, n: usize) -> Option<Cluster> {
+        let pki = super::pki::make(&work.join("pki"))?;
+        start_cluster(work, n, Some(pki))
+    }
+
+    fn start_cluster(work: &Path, n: usize, tls: Option<super::pki::Pki>) -> Option<Cluster> {
         let etcd = tool("etcd", "etcd-server")?;
         std::fs::create_dir_all(work).unwrap();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 child: None,
                 name: format!("m{i}"),
-                client_url: format!("http://127.0.0.1:{}", free_port()),
+                client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
                 peer_url: format!("http://127.0.0.1:{}", free_port()),
                 data_dir: work.join(format!("m{i}")),
                 log: work.join(format!("m{i}.log")),
@@ -442,6 +496,7 @@ pub mod etcd {
             members,
             etcd,
             initial,
+            tls,
         };
         for i in 0..n {
             c.start(i);
@@ -469,7 +524,17 @@ pub mod etcd {
                 .append(true)
                 .open(&m.log)
                 .unwrap();
-            let child = Command::new(&self.etcd)
+            let mut cmd = Command::new(&self.etcd);
+            if let Some(pki) = &self.tls {
+                cmd.arg("--cert-file")
+                    .arg(&pki.server_cert)
+                    .arg("--key-file")
+                    .arg(&pki.server_key)
+                    .arg("--trusted-ca-file")
+                    .arg(&pki.ca)
+                    .arg("--client-cert-auth");
+            }
+            let child = cmd
                 .args(["--name", &m.name])
                 .arg("--data-dir")
                 .arg(&m.data_dir)
@@ -530,8 +595,22 @@ pub mod etcd {
             let deadline = Instant::now() + Duration::from_secs(30);
             for m in self.members.iter().filter(|m| m.child.is_some()) {
                 loop {
-                    let healthy = ureq_free_get(&format!("{}/health", m.client_url))
-                        .is_some_and(|b| b.contains("\"health\":\"true\""));
+                    let healthy = match &self.tls {
+                        None => ureq_free_get(&format!("{}/health", m.client_url))
+                            .is_some_and(|b| b.contains("\"health\":\"true\"")),
+                        Some(pki) => {
+                            let etcdctl = tool("etcdctl", "etcd-client").unwrap();
+                            Command::new(etcdctl)
+                                .env("ETCDCTL_API", "3")
+                                .arg(format!("--endpoints={}", m.client_url))
+                                .arg(format!("--cacert={}", pki.ca.display()))
+                                .arg(format!("--cert={}", pki.client_cert.display()))
+                                .arg(format!("--key={}", pki.client_key.display()))
+                                .args(["endpoint", "health"])
+                                .output()
+                                .is_ok_and(|o| o.status.success())
+                        }
+                    };
                     if healthy {
                         break;
                     }

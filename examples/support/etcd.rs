@@ -1,0 +1,45 @@
+//! How the fleet examples reach etcd: the members' URLs and, as etcdctl takes them, the
+//! CA, client certificate and key. Included with `#[path = "support/etcd.rs"] mod etcd;`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel::fleet::{Etcd, TlsOptions};
+
+/// The etcd connection options.
+#[derive(clap::Args)]
+pub(crate) struct EtcdArgs {
+    /// The etcd members' client URLs, comma-separated (http://host:2379,...).
+    #[arg(long, global = true, default_value = "http://127.0.0.1:2379")]
+    pub(crate) endpoints: String,
+    /// CA certificates (PEM) that signed the members' certificates.
+    #[arg(long, global = true)]
+    pub(crate) cacert: Option<PathBuf>,
+    /// This client's certificate (PEM), for members run with --client-cert-auth.
+    #[arg(long, global = true, requires = "key")]
+    pub(crate) cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, requires = "cert")]
+    pub(crate) key: Option<PathBuf>,
+    /// Seconds one etcd operation keeps trying the members (through an election) before
+    /// it fails.
+    #[arg(long, global = true, default_value_t = 15)]
+    pub(crate) timeout: u64,
+}
+
+impl EtcdArgs {
+    /// A client of the cluster.
+    pub(crate) fn connect(&self) -> Result<Arc<Etcd>, Box<dyn std::error::Error>> {
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut tls = TlsOptions::default();
+        if let Some(ca) = &self.cacert {
+            tls = tls.ca(read(ca)?);
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            tls = tls.client_cert(read(cert)?, read(key)?);
+        }
+        let etcd = Etcd::with_tls(&[&self.endpoints], &tls)?;
+        Ok(Arc::new(etcd.op_timeout(Duration::from_secs(self.timeout))))
+    }
+}
