@@ -111,6 +111,9 @@ enum Cmd {
         /// Apply without comparing versions (a first install).
         #[arg(long)]
         no_version_check: bool,
+        /// Download at most this many bytes per second (`512K`, `2M`; default: no cap).
+        #[arg(long, value_parser = cli::parse_size)]
+        max_rate: Option<u64>,
     },
     /// Fetch and verify a release index, and print the release this machine would take.
     Check {
@@ -280,6 +283,7 @@ fn fetch_apply(cmd: &Cmd) -> Res<ExitCode> {
         pubkeys,
         record,
         installed_version,
+        max_rate,
         ..
     } = cmd
     else {
@@ -309,7 +313,8 @@ fn fetch_apply(cmd: &Cmd) -> Res<ExitCode> {
         .write(true)
         .open(target)
         .map_err(|e| format!("{}: {e}", target.display()))?;
-    let mut reader = keel::fetch::HttpReader::new(url, keel::fetch::FetchOptions::default())?;
+    let fetch = keel::fetch::FetchOptions::default().max_bytes_per_sec(max_rate.unwrap_or(0));
+    let mut reader = keel::fetch::HttpReader::new(url, fetch)?;
     let done = keel::payload::apply_seekable(&mut reader, src.as_ref(), &mut tgt, &opts);
     pb.finish_and_clear();
     let done = done?;

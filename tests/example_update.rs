@@ -167,6 +167,8 @@ fn fetch_apply_sign_and_check_against_nginx() {
             &p("release-key.pub"),
             "--installed-version",
             "1.0",
+            "--max-rate",
+            "64M",
         ],
     );
     assert!(out.contains("applied version 2.0"), "{out}");

@@ -132,6 +132,9 @@ pub struct FetchOptions<'a> {
     /// More certificate authorities to trust besides the web's (PEM): a private update
     /// server's CA.
     pub ca_certificates: Option<&'a [u8]>,
+    /// Deliver at most this many bytes per second (default: no cap), so an update on a
+    /// metered or shared link leaves room for the machine's own traffic.
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 impl Default for FetchOptions<'_> {
@@ -144,6 +147,7 @@ impl Default for FetchOptions<'_> {
             max_delay: Duration::from_secs(10),
             progress: None,
             ca_certificates: None,
+            max_bytes_per_sec: None,
         }
     }
 }
@@ -175,6 +179,11 @@ impl<'a> FetchOptions<'a> {
         self.ca_certificates = Some(pem);
         self
     }
+    /// Cap the rate ([`FetchOptions::max_bytes_per_sec`]; 0 is no cap).
+    pub fn max_bytes_per_sec(mut self, rate: u64) -> Self {
+        self.max_bytes_per_sec = (rate > 0).then_some(rate);
+        self
+    }
 }
 
 impl std::fmt::Debug for FetchOptions<'_> {
@@ -183,6 +192,7 @@ impl std::fmt::Debug for FetchOptions<'_> {
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("max_attempts", &self.max_attempts)
+            .field("max_bytes_per_sec", &self.max_bytes_per_sec)
             .finish_non_exhaustive()
     }
 }
@@ -217,6 +227,8 @@ pub struct HttpReader<'a> {
     body: Option<Box<dyn Read + Send + Sync>>,
     stats: Stats,
     rng: u64,
+    /// The cap's reference: bytes delivered since this instant.
+    pace: Option<(Instant, u64)>,
 }
 
 impl std::fmt::Debug for HttpReader<'_> {
@@ -260,6 +272,7 @@ impl<'a> HttpReader<'a> {
             body: None,
             stats: Stats::default(),
             rng: seed,
+            pace: None,
         })
     }
 
@@ -468,7 +481,42 @@ impl Read for HttpReader<'_> {
         if buf.is_empty() {
             return Ok(0);
         }
-        self.fill(buf).map_err(io::Error::from)
+        let Some(rate) = self.opts.max_bytes_per_sec else {
+            return self.fill(buf).map_err(io::Error::from);
+        };
+        // Reads of a tenth of a second's worth, each delivered no sooner than the cap
+        // allows: the rate holds over any second, not just on average.
+        let slice = usize::try_from((rate / 10).max(1)).unwrap_or(usize::MAX);
+        let limit = buf.len().min(slice);
+        let n = self.fill(&mut buf[..limit]).map_err(io::Error::from)?;
+        self.pace(rate, n as u64)?;
+        Ok(n)
+    }
+}
+
+impl HttpReader<'_> {
+    /// Wait until `n` more bytes are within the cap, looking at cancellation meanwhile.
+    fn pace(&mut self, rate: u64, n: u64) -> io::Result<()> {
+        let now = Instant::now();
+        let (since, sent) = match self.pace {
+            // After a pause (the caller was busy) the allowance does not pile up into a
+            // burst beyond a second's worth.
+            Some((since, sent))
+                if now.duration_since(since).as_secs_f64() <= sent as f64 / rate as f64 + 1.0 =>
+            {
+                (since, sent + n)
+            }
+            _ => (now, n),
+        };
+        self.pace = Some((since, sent));
+        let due = since + Duration::from_secs_f64(sent as f64 / rate as f64);
+        while Instant::now() < due {
+            if self.opts.progress.is_some_and(|p| p.cancelled()) {
+                return Err(Error::Cancelled.into());
+            }
+            std::thread::sleep((due - Instant::now()).min(Duration::from_millis(100)));
+        }
+        Ok(())
     }
 }
 

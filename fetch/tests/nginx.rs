@@ -190,3 +190,32 @@ fn stalled_connections_are_made_again() {
     assert!(r.stats().retries >= stalls, "{:?}", r.stats());
     assert_eq!(r.stats().bytes, body.len() as u64);
 }
+
+/// A capped download takes at least as long as the cap allows, and is whole.
+#[test]
+fn a_bandwidth_cap_holds() {
+    let Some(s) = site() else { return };
+    let body = seeded_bytes(3, 3 << 20);
+    std::fs::write(s.www.join("capped.bin"), &body).unwrap();
+    let url = format!("{}/capped.bin", s.server.base);
+    let mut r = HttpReader::new(&url, quick().max_bytes_per_sec(1 << 20)).unwrap();
+    let t = std::time::Instant::now();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    // 3 MiB at 1 MiB/s: the first tenth of a second's slice is free, the rest is paced.
+    let took = t.elapsed();
+    assert!(got == body);
+    assert!(
+        took >= Duration::from_millis(2800),
+        "3 MiB in {took:?} under a 1 MiB/s cap"
+    );
+    // Uncapped, the same download is not held back (the cap is what slowed it).
+    let mut r = HttpReader::new(&url, quick()).unwrap();
+    let t = std::time::Instant::now();
+    r.read_to_end(&mut Vec::new()).unwrap();
+    assert!(
+        t.elapsed() < took,
+        "uncapped {:?} vs capped {took:?}",
+        t.elapsed()
+    );
+}
