@@ -30,6 +30,24 @@ pub fn tool(name: &str, package: &str) -> Option<PathBuf> {
     found
 }
 
+/// A file a package installs outside PATH (firmware, boot loader binaries), or `None`
+/// after a skip notice; with `KEEL_REQUIRE_INTEROP=1` a missing file fails the test.
+pub fn file(path: &str, package: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(path);
+    if p.is_file() {
+        return Some(p);
+    }
+    assert_ne!(
+        std::env::var("KEEL_REQUIRE_INTEROP").as_deref(),
+        Ok("1"),
+        "{path} is missing and KEEL_REQUIRE_INTEROP=1: apt-get install {package}"
+    );
+    skipped(&format!(
+        "SKIPPED: {path} not installed (apt-get install {package}); interop check not run\n"
+    ));
+    None
+}
+
 /// Say that a check was skipped where a person running `cargo test` sees it: the test
 /// harness captures what a passing test prints, so the notice goes to the terminal's
 /// standard error directly (and to the captured output when that cannot be opened).
