@@ -37,15 +37,42 @@ fn semaphore_holders(value: &[u8]) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn thirty_nodes_contend_for_two_slots_and_all_finish() {
+/// A three-member cluster, its endpoints, a client and `group` with `slots` slots.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    cluster: etcd::Cluster,
+    endpoints: String,
+    client: Arc<Etcd>,
+    group: Group,
+}
+
+fn fixture(group: &str, slots: u64) -> Option<Fixture> {
     let dir = tempfile::tempdir().unwrap();
-    let Some(cluster) = etcd::cluster(dir.path(), 3) else {
-        return;
-    };
+    let cluster = etcd::cluster(dir.path(), 3)?;
     let endpoints = cluster.endpoints();
     let client = Arc::new(Etcd::new(&[&endpoints]).unwrap());
-    let group = Group::new(&client, "contend", 2).unwrap();
+    let group = Group::new(&client, group, slots).unwrap();
+    Some(Fixture {
+        _dir: dir,
+        cluster,
+        endpoints,
+        client,
+        group,
+    })
+}
+
+#[test]
+fn thirty_nodes_contend_for_two_slots_and_all_finish() {
+    let Some(Fixture {
+        _dir,
+        cluster,
+        endpoints,
+        client,
+        group,
+    }) = fixture("contend", 2)
+    else {
+        return;
+    };
     let key = group.semaphore_key().into_bytes();
     let start = client.range(b"/", false, None).unwrap().revision + 1;
 
@@ -145,13 +172,17 @@ fn thirty_nodes_contend_for_two_slots_and_all_finish() {
 
 #[test]
 fn a_killed_holder_frees_its_slot_within_its_ttl() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(cluster) = etcd::cluster(dir.path(), 3) else {
+    // Bound by name: a field left to `..` would be dropped (the cluster stopped) here.
+    let Some(Fixture {
+        _dir,
+        cluster: _cluster,
+        endpoints,
+        group,
+        ..
+    }) = fixture("kill", 1)
+    else {
         return;
     };
-    let endpoints = cluster.endpoints();
-    let client = Arc::new(Etcd::new(&[&endpoints]).unwrap());
-    let group = Group::new(&client, "kill", 1).unwrap();
     let mut holder = fleet(
         &endpoints,
         &[
