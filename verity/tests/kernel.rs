@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
@@ -20,138 +19,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{seeded_bytes, tool};
+use common::kernel::{cpio_of, kernel, populate_initramfs, Kernel};
+use common::seeded_bytes;
 use keel_verity::{
     dm_table, fec_encode, format, BuildOptions, FecGeometry, FecTable, FormatOptions,
     HashAlgorithm, HashType, TableOptions, TreeGeometry, VerityParams,
 };
 use sha2::{Digest, Sha256};
-
-struct Kernel {
-    qemu: PathBuf,
-    vmlinuz: PathBuf,
-    modules: PathBuf,
-    busybox: PathBuf,
-    dmsetup: PathBuf,
-    cpio: PathBuf,
-}
-
-fn kernel() -> Option<Kernel> {
-    let qemu = tool("qemu-system-x86_64", "qemu-system-x86")?;
-    let busybox = tool("busybox", "busybox-static")?;
-    let dmsetup = tool("dmsetup", "dmsetup")?;
-    let cpio = tool("cpio", "cpio")?;
-    let mut kernels: Vec<PathBuf> = fs::read_dir("/boot")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .collect();
-    kernels.sort();
-    let Some(vmlinuz) = kernels.pop() else {
-        // The package is what provides the kernel: report it as the missing tool.
-        tool("/boot/vmlinuz-*", "linux-image-amd64");
-        return None;
-    };
-    let version = vmlinuz
-        .file_name()?
-        .to_string_lossy()
-        .trim_start_matches("vmlinuz-")
-        .to_string();
-    let modules = PathBuf::from("/lib/modules").join(&version);
-    if !modules.join("modules.dep").exists() {
-        tool(&format!("/lib/modules/{version}"), "linux-image-amd64");
-        return None;
-    }
-    Some(Kernel {
-        qemu,
-        vmlinuz,
-        modules,
-        busybox,
-        dmsetup,
-        cpio,
-    })
-}
-
-/// Modules with their dependencies, dependencies first (modules.dep order).
-fn module_order(modules: &Path, wanted: &[&str]) -> Vec<PathBuf> {
-    let dep = fs::read_to_string(modules.join("modules.dep")).unwrap();
-    let deps: Vec<(String, Vec<String>)> = dep
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(m, d)| {
-            (
-                m.to_string(),
-                d.split_whitespace().map(str::to_string).collect(),
-            )
-        })
-        .collect();
-    let find = |name: &str| {
-        deps.iter().find(|(m, _)| {
-            Path::new(m)
-                .file_stem()
-                .is_some_and(|s| s.to_string_lossy().replace('_', "-") == name.replace('_', "-"))
-        })
-    };
-    let mut out: Vec<String> = Vec::new();
-    fn add(m: &str, deps: &[(String, Vec<String>)], out: &mut Vec<String>) {
-        if out.iter().any(|o| o == m) {
-            return;
-        }
-        if let Some((_, d)) = deps.iter().find(|(x, _)| x == m) {
-            // modules.dep lists dependencies so that the last must load first.
-            for x in d.iter().rev() {
-                add(x, deps, out);
-            }
-        }
-        out.push(m.to_string());
-    }
-    for w in wanted {
-        let (m, _) = find(w).unwrap_or_else(|| panic!("module {w} not in modules.dep"));
-        add(m, &deps, &mut out);
-    }
-    out.into_iter().map(|m| modules.join(m)).collect()
-}
-
-fn shared_libraries(bin: &Path) -> BTreeSet<PathBuf> {
-    let out = Command::new("ldd").arg(bin).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-        .map(PathBuf::from)
-        .collect()
-}
-
-fn cpio_of(k: &Kernel, root: &Path, out: &Path) {
-    let list: Vec<String> = walk(root)
-        .into_iter()
-        .map(|p| p.strip_prefix(root).unwrap().display().to_string())
-        .collect();
-    let mut child = keel_testsupport::spawn_with_input(
-        Command::new(&k.cpio)
-            .args(["-o", "-H", "newc", "--quiet"])
-            .current_dir(root)
-            .stdout(fs::File::create(out).unwrap()),
-        list.join("\n").as_bytes(),
-    );
-    assert!(child.wait().unwrap().success());
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut v = vec![dir.to_path_buf()];
-    for e in fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() && !p.is_symlink() {
-            v.extend(walk(&p));
-        } else {
-            v.push(p);
-        }
-    }
-    v
-}
 
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -179,16 +53,6 @@ fn initramfs(k: &Kernel) -> PathBuf {
     }
     let root = cache.join(format!("root-{}", std::process::id()));
     let _ = fs::remove_dir_all(&root);
-    for d in ["bin", "sbin", "proc", "sys", "dev", "lib/modules", "tmp"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::copy(&k.busybox, root.join("bin/busybox")).unwrap();
-    fs::copy(&k.dmsetup, root.join("sbin/dmsetup")).unwrap();
-    for lib in shared_libraries(&k.dmsetup) {
-        let dest = root.join(lib.strip_prefix("/").unwrap());
-        fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        fs::copy(fs::canonicalize(&lib).unwrap(), &dest).unwrap();
-    }
     let wanted = [
         "virtio_pci",
         "virtio_blk",
@@ -197,21 +61,9 @@ fn initramfs(k: &Kernel) -> PathBuf {
         "dm-verity",
         "sha512_generic",
     ];
-    let mut order = String::new();
-    for m in module_order(&k.modules, &wanted) {
-        let name = m.file_name().unwrap().to_string_lossy().to_string();
-        fs::copy(&m, root.join("lib/modules").join(&name)).unwrap();
-        writeln!(order, "{name}").unwrap();
-    }
-    fs::write(root.join("modules.order"), order).unwrap();
-    fs::write(root.join("init"), INIT).unwrap();
-    fs::set_permissions(
-        root.join("init"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    populate_initramfs(k, &root, &[], &wanted, INIT);
     let tmp = cache.join(format!("initramfs-{}.tmp", std::process::id()));
-    cpio_of(k, &root, &tmp);
+    cpio_of(&k.cpio, &root, &tmp);
     fs::rename(&tmp, &out).unwrap();
     let _ = fs::remove_dir_all(&root);
     out
@@ -584,7 +436,7 @@ fn the_kernel_maps_keel_trees() {
     fs::create_dir_all(&extra).unwrap();
     fs::write(extra.join("cases.sh"), script).unwrap();
     let extra_cpio = d.join("cases.cpio");
-    cpio_of(&k, &extra, &extra_cpio);
+    cpio_of(&k.cpio, &extra, &extra_cpio);
     let initrd = d.join("initrd.cpio");
     let mut all = fs::read(&base).unwrap();
     all.extend(fs::read(&extra_cpio).unwrap());
