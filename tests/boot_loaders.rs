@@ -22,7 +22,11 @@ use keel::bootflags::{AbControl, Slot};
 use keel::io::{ReadAt, Region, WriteAt};
 use keel::partition::{create_layout, GptDisk, Layout};
 
-const ESP_BYTES: u64 = 8 << 20;
+/// The ESP: room for a kernel and an initramfs with Keel's `update` in it.
+const ESP_BYTES: u64 = 48 << 20;
+/// Each slot: an 8 MiB ext4 image and its dm-verity tree.
+const SLOT_BYTES: u64 = 16 << 20;
+const IMAGE_BYTES: u64 = 8 << 20;
 
 /// The firmware, the boot loader builder and the FAT tools (all Debian packages).
 struct Uefi {
@@ -59,7 +63,7 @@ fn uefi() -> Option<Uefi> {
 /// RAUC's reference GRUB script (its integration documentation, the version that resets
 /// the tries only when no slot is left), reading and saving the environment on the ESP;
 /// each entry prints its slot and the kernel argument Keel stored, then powers off.
-const RAUC_GRUB_CFG: &str = r#"set timeout=0
+const RAUC_SELECT: &str = r#"set timeout=0
 set default=0
 any_ok=0
 set ORDER="A B"
@@ -97,7 +101,10 @@ if [ "$any_ok" -eq 0 ]; then
     fi
 fi
 save_env --file ($esp)/EFI/keel/grubenv A_TRY B_TRY
-menuentry "Slot A" {
+"#;
+
+/// Entries that print the slot and the kernel argument, then power off.
+const PRINT_ENTRIES: &str = r#"menuentry "Slot A" {
     echo "KEEL-BOOT slot=A args=[$KEEL_A_ARGS]"
     halt
 }
@@ -125,8 +132,9 @@ impl<'u> Machine<'u> {
             .truncate(true)
             .open(dir.join("disk.img"))
             .unwrap();
-        disk.set_len(ESP_BYTES + (16 << 20)).unwrap();
-        let mut layout = Layout::flatcar(4 << 20);
+        disk.set_len(ESP_BYTES + 2 * SLOT_BYTES + (2 << 20))
+            .unwrap();
+        let mut layout = Layout::flatcar(SLOT_BYTES);
         layout.esp_size = ESP_BYTES;
         create_layout(&mut &disk, &layout).unwrap();
         let g = GptDisk::open(&disk, None).unwrap();
@@ -155,7 +163,7 @@ impl<'u> Machine<'u> {
             "serial --unit=0 --speed=115200\nterminal_output serial\nterminfo -g 1000x25 serial\n";
         fs::write(&cfg_file, format!("{serial}{cfg}")).unwrap();
         let modules = "part_gpt fat search search_fs_file loadenv test echo halt normal \
-                       configfile memdisk tar serial terminfo";
+                       configfile memdisk tar serial terminfo linux eval";
         run_ok(
             &self.uefi.mkstandalone,
             &[
@@ -225,9 +233,9 @@ impl<'u> Machine<'u> {
         );
     }
 
-    /// Power on with the tree as the ESP; the boot loader chooses, prints and powers
-    /// off; its changes come back into the tree. Returns (slot, args).
-    fn boot(&self) -> (Slot, String) {
+    /// Power on with the tree as the ESP until the machine powers itself off; its changes
+    /// come back into the tree. Returns what the serial console printed.
+    fn power_on(&self) -> String {
         self.write_esp();
         let serial = self.dir.join("serial.log");
         let _ = fs::remove_file(&serial);
@@ -238,17 +246,8 @@ impl<'u> Machine<'u> {
             )
         };
         let out = Command::new(&self.uefi.qemu)
-            .args([
-                "-machine",
-                "q35",
-                "-m",
-                "256",
-                "-display",
-                "none",
-                "-monitor",
-                "none",
-                "-no-reboot",
-            ])
+            .args(["-machine", "q35", "-m", "512", "-display", "none"])
+            .args(["-monitor", "none", "-no-reboot"])
             .args(["-drive", &drive(self.uefi.code.to_str().unwrap(), true)])
             .args([
                 "-drive",
@@ -272,6 +271,13 @@ impl<'u> Machine<'u> {
             String::from_utf8_lossy(&out.stderr)
         );
         self.read_esp();
+        text
+    }
+
+    /// Power on; the boot loader (or the program it starts) prints `KEEL-BOOT slot=X
+    /// args=[...]` and powers off. Returns (slot, args).
+    fn boot(&self) -> (Slot, String) {
+        let text = self.power_on();
         let line = text
             .lines()
             .rev()
@@ -347,7 +353,10 @@ fn grub_follows_keels_environment_and_counts_as_keel_predicts() {
     rauc.set_var("KEEL_B_ARGS", "mount.usr=/dev/dm-0 verity.usrhash=5a17")
         .unwrap();
     let m = Machine::new(&uefi, dir.path());
-    m.grub("EFI/BOOT/BOOTX64.EFI", RAUC_GRUB_CFG);
+    m.grub(
+        "EFI/BOOT/BOOTX64.EFI",
+        &format!("{RAUC_SELECT}{PRINT_ENTRIES}"),
+    );
     fs::write(
         m.tree().join("EFI/keel/grubenv"),
         rauc.to_env().unwrap().to_bytes().unwrap(),
@@ -449,4 +458,307 @@ fn systemd_boot_counts_and_falls_back_as_keel_predicts() {
     keel(&|d| d.mark_good(Slot::B).unwrap());
     assert_eq!(names(&m.tree())[1], "keel-b.conf");
     assert_eq!(boot_and_compare("B committed"), Slot::B);
+}
+
+/// GRUB entries that start Debian's kernel with the initramfs, telling it the slot and
+/// passing the argument keel-update stored for it (last, so the initramfs finds the
+/// table at the end of the command line). `eval`, because the argument holds quotes
+/// (`dm-mod.create="..."`): expanded straight into `linux`, GRUB passes them to the
+/// kernel escaped (`\"`), which the kernel does not undo; through `eval` they are
+/// GRUB's own quoting again.
+const KERNEL_ENTRIES: &str = r#"menuentry "Slot A" {
+    eval "linux (\$esp)/vmlinuz console=ttyS0 quiet panic=-1 keel.slot=A $KEEL_A_ARGS"
+    initrd ($esp)/initrd.img
+}
+menuentry "Slot B" {
+    eval "linux (\$esp)/vmlinuz console=ttyS0 quiet panic=-1 keel.slot=B $KEEL_B_ARGS"
+    initrd ($esp)/initrd.img
+}
+"#;
+
+/// The initramfs: map the chosen slot through dm-verity from the `dm-mod.create=` on the
+/// command line (Debian builds dm-verity as a module, so the kernel cannot map it before
+/// the initramfs), mount it read-only, read its marker, and let Keel's `update commit`
+/// run the health check and mark the slot on the ESP. A slot that does not map or mount
+/// powers off without a commit: the boot loader counts it as failed.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /modules.order); do insmod /lib/modules/$m 2>/dev/null; done
+export DM_DISABLE_UDEV=1
+i=0
+while [ ! -b /dev/vda3 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+slot=$(tr -d '"' < /proc/cmdline | sed -n 's/.*keel\.slot=\([A-Z]\).*/\1/p')
+create=$(tr -d '"' < /proc/cmdline | sed -n 's/.*dm-mod\.create=//p')
+name=${create%%,*}
+table=$(echo "$create" | cut -d, -f5-)
+out() { echo "KEEL-RESULT slot=$slot $*"; sync; poweroff -f; sleep 10; }
+dmsetup create "$name" --readonly --table "$table" || out "mapped=no"
+mount -t ext4 -o ro "/dev/mapper/$name" /mnt || out "mounted=no"
+. /mnt/marker
+echo "KEEL-RESULT slot=$slot version=$version healthy=$healthy"
+mkdir -p /esp
+mount -t vfat /dev/vda1 /esp || out "esp=no"
+/bin/update --config /system.toml --root / --state /esp/keel-state --disk /dev/vda \
+    commit --check 'grep -q healthy=yes /mnt/marker' --timeout 30
+echo "KEEL-COMMIT rc=$?"
+umount /esp
+sync
+poweroff -f
+"#;
+
+/// A slot image: ext4 holding `/marker` (`version=`, `healthy=`).
+fn slot_image(dir: &Path, version: &str, healthy: bool) -> Vec<u8> {
+    let content = dir.join(format!("content-{version}"));
+    fs::create_dir_all(&content).unwrap();
+    fs::write(
+        content.join("marker"),
+        format!(
+            "version={version}\nhealthy={}\n",
+            if healthy { "yes" } else { "no" }
+        ),
+    )
+    .unwrap();
+    let img = dir.join(format!("image-{version}.ext4"));
+    let mkfs = tool("mkfs.ext4", "e2fsprogs").unwrap();
+    run_ok(
+        &mkfs,
+        &[
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-d",
+            content.to_str().unwrap(),
+            img.to_str().unwrap(),
+            &format!("{}k", IMAGE_BYTES / 1024),
+        ],
+    );
+    fs::read(img).unwrap()
+}
+
+const SALT: &str = "5a17";
+
+fn descriptor(image: &[u8]) -> keel::verity::RootDescriptor {
+    let params = keel::verity::VerityParams::builder()
+        .salt(hex::decode(SALT).unwrap())
+        .data_blocks(image.len() as u64 / 4096)
+        .build()
+        .unwrap();
+    let root = keel::verity::HashTree::build(&params, image)
+        .unwrap()
+        .root_hash()
+        .to_vec();
+    keel::verity::RootDescriptor::new(params, &root).unwrap()
+}
+
+/// The kernel's and the initramfs's results of one boot: (slot, what it printed).
+fn kernel_result(text: &str) -> (Slot, String) {
+    let line = text
+        .lines()
+        .rev()
+        .find_map(|l| l.split("KEEL-RESULT ").nth(1))
+        .unwrap_or_else(|| panic!("the initramfs printed no result:\n{text}"))
+        .to_string();
+    let slot = match line.strip_prefix("slot=").and_then(|r| r.chars().next()) {
+        Some('A') => Slot::A,
+        Some('B') => Slot::B,
+        _ => panic!("{line}"),
+    };
+    (slot, line)
+}
+
+#[test]
+fn grub_boots_the_slot_keel_installed_through_dm_verity_and_falls_back() {
+    let Some(uefi) = uefi() else { return };
+    let Some(k) = keel_testsupport::kernel::kernel() else {
+        return;
+    };
+    let strip = tool("strip", "binutils").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = Machine::new(&uefi, d);
+    let key = keel::trust::SigningKey::generate().unwrap();
+    let description = format!(
+        "version = \"1\"\ncompatible = \"keel-boot-test\"\n\n[boot]\nbackend = \"grubenv\"\n\
+         grubenv = \"/esp/EFI/keel/grubenv\"\nattempts = 1\n\n\
+         [[slot]]\nname = \"usr.a\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-A\"\n\n\
+         [[slot]]\nname = \"usr.b\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-B\"\n\n\
+         [verity]\nsalt = \"{SALT}\"\n\n[[trust.key]]\nid = \"release\"\ned25519 = \"{}\"\n",
+        hex::encode(key.public_key().to_bytes())
+    );
+
+    // The initramfs: busybox, dmsetup, the modules, Keel's `update` and the description.
+    let update = d.join("update");
+    run_ok(
+        &strip,
+        &[
+            "-o",
+            update.to_str().unwrap(),
+            example("update").to_str().unwrap(),
+        ],
+    );
+    let root = d.join("initramfs");
+    let wanted = [
+        "virtio_pci",
+        "virtio_blk",
+        "dm-mod",
+        "dm-bufio",
+        "dm-verity",
+        "ext4",
+        "crc32c_generic",
+        "vfat",
+        "nls_cp437",
+        "nls_ascii",
+    ];
+    keel_testsupport::kernel::populate_initramfs(
+        &k,
+        &root,
+        &[(&update, "bin/update")],
+        &wanted,
+        INIT,
+    );
+    fs::write(root.join("system.toml"), &description).unwrap();
+    keel_testsupport::kernel::cpio_of(&k.cpio, &root, &m.tree().join("initrd.img"));
+    fs::copy(&k.vmlinuz, m.tree().join("vmlinuz")).unwrap();
+    m.grub(
+        "EFI/BOOT/BOOTX64.EFI",
+        &format!("{RAUC_SELECT}{KERNEL_ENTRIES}"),
+    );
+
+    // The image builder: version 1 and its tree in slot A, A good, its kernel argument.
+    let disk = m.disk();
+    let gpt = GptDisk::open(&disk, None).unwrap();
+    let ss = gpt.sector_size();
+    let part = |label: &str| gpt.partition_by_label(label).unwrap();
+    let a = part("USR-A");
+    let v1 = slot_image(d, "1.0", true);
+    let mut slot_a = Region::new(&disk, a.first_lba * ss, a.sectors() * ss).unwrap();
+    slot_a.write_all_at(&v1, 0).unwrap();
+    let d1 = descriptor(&v1);
+    let data_a = Region::new(&disk, a.first_lba * ss, IMAGE_BYTES).unwrap();
+    let f1 = keel::verity::format(
+        d1.params(),
+        &data_a,
+        &mut slot_a,
+        &keel::verity::FormatOptions::default().hash_offset(IMAGE_BYTES),
+    )
+    .unwrap();
+    let dev_a = format!("PARTUUID={}", a.guid);
+    let table = keel::verity::dm_table(
+        d1.params(),
+        &f1.geometry,
+        &f1.root_hash,
+        &dev_a,
+        &dev_a,
+        &Default::default(),
+    )
+    .unwrap();
+    let mut rauc = RaucGrub::init(2, Slot::A).unwrap();
+    rauc.set_var(
+        "KEEL_A_ARGS",
+        &keel::verity::dm_mod_create("keel-a", &table).unwrap(),
+    )
+    .unwrap();
+    fs::write(
+        m.tree().join("EFI/keel/grubenv"),
+        rauc.to_env().unwrap().to_bytes().unwrap(),
+    )
+    .unwrap();
+    drop(gpt);
+    drop(disk);
+
+    // The host's view of the device for keel-update: the kernel booted `slot`.
+    fs::create_dir_all(d.join("proc")).unwrap();
+    fs::create_dir_all(d.join("etc")).unwrap();
+    fs::write(d.join("etc/os-release"), "VERSION_ID=1.0\n").unwrap();
+    let booted = |slot: Slot| {
+        let args = m
+            .grubenv()
+            .get(&format!("KEEL_{slot}_ARGS"))
+            .unwrap()
+            .to_string();
+        fs::write(d.join("proc/cmdline"), format!("keel.slot={slot} {args}\n")).unwrap();
+    };
+    let install = |version: &str, healthy: bool| -> keel::update::Installed {
+        let image = slot_image(d, version, healthy);
+        let opts = keel::payload::GenerateOptions::new("keel-boot-test", version)
+            .level(3)
+            .verity(descriptor(&image));
+        let payload = keel::payload::generate(None, &image, &key, &opts).unwrap();
+        let loaded = keel::config::load_sources(&[("system.toml".into(), description.clone())]);
+        let system = keel::update::System::from_config(
+            loaded
+                .config
+                .as_ref()
+                .unwrap_or_else(|| panic!("{:?}", loaded.findings)),
+        )
+        .unwrap();
+        let disk = m.disk();
+        let agent = keel::update::Agent::new(system, &disk)
+            .root(d)
+            .state_dir(m.tree().join("keel-state"));
+        agent.install(&payload[..], None).unwrap()
+    };
+    let boot = |what: &str| -> (Slot, String, String) {
+        let text = m.power_on();
+        let (slot, result) = kernel_result(&text);
+        eprintln!("{what}: slot {slot}: {result}");
+        if std::env::var_os("KEEL_SHOW_CONSOLE").is_some() {
+            eprintln!("{text}");
+        }
+        (slot, result, text)
+    };
+
+    // Version 2 (healthy) into B: GRUB starts B, the kernel maps it through dm-verity
+    // with the argument keel-update wrote, and `update commit` marks it good.
+    booted(Slot::A);
+    assert_eq!(install("2.0", true).slot, Slot::B);
+    let (slot, result, text) = boot("v2 armed");
+    assert_eq!(
+        (slot, result.as_str()),
+        (Slot::B, "slot=B version=2.0 healthy=yes")
+    );
+    assert!(text.contains("KEEL-COMMIT rc=0"), "{text}");
+    let env = RaucGrub::from_env(m.grubenv(), 2).unwrap();
+    assert!(env.state(Slot::B).unwrap().successful);
+    let (slot, _, text) = boot("v2 committed");
+    assert_eq!(slot, Slot::B, "a committed slot keeps booting");
+    assert!(text.contains("KEEL-COMMIT rc=0"), "{text}");
+
+    // Version 3 fails its health check: commit marks A bad, the next boot is B.
+    booted(Slot::B);
+    assert_eq!(install("3.0", false).slot, Slot::A);
+    let (slot, result, text) = boot("v3 armed");
+    assert_eq!(
+        (slot, result.as_str()),
+        (Slot::A, "slot=A version=3.0 healthy=no")
+    );
+    assert!(text.contains("KEEL-COMMIT rc=2"), "{text}");
+    let (slot, result, _) = boot("after v3 failed");
+    assert_eq!(
+        (slot, result.as_str()),
+        (Slot::B, "slot=B version=2.0 healthy=yes")
+    );
+
+    // Version 4 is installed, then its data is changed on the disk: the kernel's
+    // dm-verity refuses the blocks, nothing mounts, nothing commits; GRUB falls back.
+    assert_eq!(install("4.0", true).slot, Slot::A);
+    let disk = m.disk();
+    let off = a.first_lba * ss + 1024 + 100;
+    (&disk).write_all_at(&[0x5a; 16], off).unwrap();
+    drop(disk);
+    let (slot, result, text) = boot("v4 tampered");
+    assert_eq!((slot, result.as_str()), (Slot::A, "slot=A mounted=no"));
+    assert!(
+        text.contains("verity") && text.contains("is corrupted"),
+        "the kernel's dm-verity did not report the damage:\n{text}"
+    );
+    let (slot, result, _) = boot("after v4 failed to mount");
+    assert_eq!(
+        (slot, result.as_str()),
+        (Slot::B, "slot=B version=2.0 healthy=yes")
+    );
 }
