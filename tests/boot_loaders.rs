@@ -572,6 +572,29 @@ fn kernel_result(text: &str) -> (Slot, String) {
 
 #[test]
 fn grub_boots_the_slot_keel_installed_through_dm_verity_and_falls_back() {
+    kernel_chain(Loader::Grub);
+}
+
+#[test]
+fn systemd_boot_boots_the_slot_keel_installed_through_dm_verity_and_falls_back() {
+    kernel_chain(Loader::SystemdBoot);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Loader {
+    /// RAUC's script over the grubenv: one try per armed slot.
+    Grub,
+    /// Boot counting over the slots' entries: `TRIES` tries.
+    SystemdBoot,
+}
+
+/// systemd-boot's tries for a new slot in the kernel test.
+const TRIES: usize = 2;
+
+/// The whole chain under `loader`: keel-update installs each version into the slot not
+/// running, the boot loader starts the kernel with the argument keel-update stored, the
+/// initramfs maps the slot through dm-verity and runs keel-update's commit in the guest.
+fn kernel_chain(loader: Loader) {
     let Some(uefi) = uefi() else { return };
     let Some(k) = keel_testsupport::kernel::kernel() else {
         return;
@@ -581,15 +604,21 @@ fn grub_boots_the_slot_keel_installed_through_dm_verity_and_falls_back() {
     let d = dir.path();
     let m = Machine::new(&uefi, d);
     let key = keel::trust::SigningKey::generate().unwrap();
+    let boot_section = match loader {
+        Loader::Grub => {
+            "backend = \"grubenv\"\ngrubenv = \"/esp/EFI/keel/grubenv\"\nattempts = 1".to_string()
+        }
+        Loader::SystemdBoot => format!(
+            "backend = \"systemd-boot\"\nentries-dir = \"/esp/loader/entries\"\nattempts = {TRIES}"
+        ),
+    };
     let description = format!(
-        "version = \"1\"\ncompatible = \"keel-boot-test\"\n\n[boot]\nbackend = \"grubenv\"\n\
-         grubenv = \"/esp/EFI/keel/grubenv\"\nattempts = 1\n\n\
+        "version = \"1\"\ncompatible = \"keel-boot-test\"\n\n[boot]\n{boot_section}\n\n\
          [[slot]]\nname = \"usr.a\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-A\"\n\n\
          [[slot]]\nname = \"usr.b\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-B\"\n\n\
          [verity]\nsalt = \"{SALT}\"\n\n[[trust.key]]\nid = \"release\"\ned25519 = \"{}\"\n",
         hex::encode(key.public_key().to_bytes())
     );
-
     // The initramfs: busybox, dmsetup, the modules, Keel's `update` and the description.
     let update = d.join("update");
     run_ok(
@@ -623,10 +652,6 @@ fn grub_boots_the_slot_keel_installed_through_dm_verity_and_falls_back() {
     fs::write(root.join("system.toml"), &description).unwrap();
     keel_testsupport::kernel::cpio_of(&k.cpio, &root, &m.tree().join("initrd.img"));
     fs::copy(&k.vmlinuz, m.tree().join("vmlinuz")).unwrap();
-    m.grub(
-        "EFI/BOOT/BOOTX64.EFI",
-        &format!("{RAUC_SELECT}{KERNEL_ENTRIES}"),
-    );
 
     // The image builder: version 1 and its tree in slot A, A good, its kernel argument.
     let disk = m.disk();
@@ -656,17 +681,51 @@ fn grub_boots_the_slot_keel_installed_through_dm_verity_and_falls_back() {
         &Default::default(),
     )
     .unwrap();
-    let mut rauc = RaucGrub::init(2, Slot::A).unwrap();
-    rauc.set_var(
-        "KEEL_A_ARGS",
-        &keel::verity::dm_mod_create("keel-a", &table).unwrap(),
-    )
-    .unwrap();
-    fs::write(
-        m.tree().join("EFI/keel/grubenv"),
-        rauc.to_env().unwrap().to_bytes().unwrap(),
-    )
-    .unwrap();
+    let arg_a = keel::verity::dm_mod_create("keel-a", &table).unwrap();
+    let entries = m.tree().join("loader/entries");
+    match loader {
+        Loader::Grub => {
+            m.grub(
+                "EFI/BOOT/BOOTX64.EFI",
+                &format!("{RAUC_SELECT}{KERNEL_ENTRIES}"),
+            );
+            let mut rauc = RaucGrub::init(2, Slot::A).unwrap();
+            rauc.set_var("KEEL_A_ARGS", &arg_a).unwrap();
+            fs::write(
+                m.tree().join("EFI/keel/grubenv"),
+                rauc.to_env().unwrap().to_bytes().unwrap(),
+            )
+            .unwrap();
+        }
+        Loader::SystemdBoot => {
+            fs::copy(
+                "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+                m.tree().join("EFI/BOOT/BOOTX64.EFI"),
+            )
+            .unwrap();
+            fs::create_dir_all(&entries).unwrap();
+            fs::write(
+                m.tree().join("loader/loader.conf"),
+                "timeout 0\ndefault usr.a.conf\n",
+            )
+            .unwrap();
+            // A good (no counter), B not armed yet (no tries left); the options line
+            // ends with the argument that maps the slot (keel-update writes B's).
+            for (file, slot, arg) in [
+                ("usr.a.conf", "A", arg_a.as_str()),
+                ("usr.b+0.conf", "B", ""),
+            ] {
+                fs::write(
+                    entries.join(file),
+                    format!(
+                        "title Slot {slot}\nlinux /vmlinuz\ninitrd /initrd.img\n\
+                         options console=ttyS0 quiet panic=-1 keel.slot={slot} {arg}\n"
+                    ),
+                )
+                .unwrap();
+            }
+        }
+    }
     drop(gpt);
     drop(disk);
 
@@ -674,13 +733,46 @@ fn grub_boots_the_slot_keel_installed_through_dm_verity_and_falls_back() {
     fs::create_dir_all(d.join("proc")).unwrap();
     fs::create_dir_all(d.join("etc")).unwrap();
     fs::write(d.join("etc/os-release"), "VERSION_ID=1.0\n").unwrap();
+    // What the kernel was told when it booted `slot`: the argument where the boot loader
+    // keeps it.
     let booted = |slot: Slot| {
-        let args = m
-            .grubenv()
-            .get(&format!("KEEL_{slot}_ARGS"))
-            .unwrap()
-            .to_string();
+        let args = match loader {
+            Loader::Grub => m
+                .grubenv()
+                .get(&format!("KEEL_{slot}_ARGS"))
+                .unwrap()
+                .to_string(),
+            Loader::SystemdBoot => {
+                let id = format!("usr.{}", slot.letter().to_ascii_lowercase());
+                let bls = BlsDir::open(&m.tree(), &["usr.a", "usr.b"]).unwrap();
+                let file = bls.entry(slot).unwrap().file_name();
+                assert!(file.starts_with(&id));
+                let text = fs::read_to_string(entries.join(file)).unwrap();
+                text.lines()
+                    .find_map(|l| l.strip_prefix("options "))
+                    .unwrap()
+                    .to_string()
+            }
+        };
         fs::write(d.join("proc/cmdline"), format!("keel.slot={slot} {args}\n")).unwrap();
+    };
+    let good = |slot: Slot| -> bool {
+        match loader {
+            Loader::Grub => {
+                RaucGrub::from_env(m.grubenv(), 2)
+                    .unwrap()
+                    .state(slot)
+                    .unwrap()
+                    .successful
+            }
+            Loader::SystemdBoot => {
+                BlsDir::open(&m.tree(), &["usr.a", "usr.b"])
+                    .unwrap()
+                    .status()
+                    .unwrap()[slot.index()]
+                .successful
+            }
+        }
     };
     let install = |version: &str, healthy: bool| -> keel::update::Installed {
         let image = slot_image(d, version, healthy);
@@ -722,8 +814,7 @@ fn grub_boots_the_slot_keel_installed_through_dm_verity_and_falls_back() {
         (Slot::B, "slot=B version=2.0 healthy=yes")
     );
     assert!(text.contains("KEEL-COMMIT rc=0"), "{text}");
-    let env = RaucGrub::from_env(m.grubenv(), 2).unwrap();
-    assert!(env.state(Slot::B).unwrap().successful);
+    assert!(good(Slot::B), "B is marked good on the ESP");
     let (slot, _, text) = boot("v2 committed");
     assert_eq!(slot, Slot::B, "a committed slot keeps booting");
     assert!(text.contains("KEEL-COMMIT rc=0"), "{text}");
@@ -750,12 +841,16 @@ fn grub_boots_the_slot_keel_installed_through_dm_verity_and_falls_back() {
     let off = a.first_lba * ss + 1024 + 100;
     (&disk).write_all_at(&[0x5a; 16], off).unwrap();
     drop(disk);
-    let (slot, result, text) = boot("v4 tampered");
-    assert_eq!((slot, result.as_str()), (Slot::A, "slot=A mounted=no"));
-    assert!(
-        text.contains("verity") && text.contains("is corrupted"),
-        "the kernel's dm-verity did not report the damage:\n{text}"
-    );
+    // Each try the boot loader gives it (GRUB: one; systemd-boot: TRIES) fails the same.
+    let tries = if loader == Loader::Grub { 1 } else { TRIES };
+    for i in 0..tries {
+        let (slot, result, text) = boot(&format!("v4 tampered, try {}", i + 1));
+        assert_eq!((slot, result.as_str()), (Slot::A, "slot=A mounted=no"));
+        assert!(
+            text.contains("verity") && text.contains("is corrupted"),
+            "the kernel's dm-verity did not report the damage:\n{text}"
+        );
+    }
     let (slot, result, _) = boot("after v4 failed to mount");
     assert_eq!(
         (slot, result.as_str()),

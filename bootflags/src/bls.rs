@@ -206,8 +206,10 @@ impl AbControl for SystemdBoot {
     fn state(&self, slot: Slot) -> Result<SlotState> {
         check_slot(slot, self.entries.len())?;
         let e = &self.entries[slot.index()];
+        // The position in the menu the boot loader shows (spent entries last), so a state
+        // read back from the ESP agrees with the one that wrote it.
         let pos = self
-            .order
+            .menu()
             .iter()
             .position(|&s| s == slot)
             .unwrap_or(MAX_SLOTS);

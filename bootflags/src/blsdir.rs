@@ -2,6 +2,16 @@
 //! per slot in `loader/entries`, renamed as systemd-boot renames it before a try
 //! (`+LEFT-DONE`) and as `systemd-bless-boot` renames it after (good: no counter; bad:
 //! `+0-DONE`), and the menu's first slot as `default` in `loader/loader.conf`.
+//!
+//! How systemd-boot (252, Debian 12's; checked under OVMF by tests/boot_loaders.rs)
+//! picks the entry: it sorts the entries (those with no tries left last, then by file
+//! name, newest version first) and boots the first one whose *whole file name, counter
+//! included,* matches the `default` glob; with no match, the first in that order. So a
+//! `default` naming `ID.conf` never matches a counted entry, and one matching every
+//! counter would keep booting an entry whose tries are spent. The default written here
+//! is therefore `ID.conf` for a blessed entry and `ID+[1-9]*.conf` for an armed one: it
+//! matches while tries are left, and once they are spent nothing matches and the other
+//! slot, sorted first, boots.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -36,8 +46,9 @@ impl BlsDir {
 
     /// Open the entries of slots A, B, ... on the ESP mounted (or copied) at `esp`, by their
     /// entry ids (the file name without counter and suffix: `os-a` for
-    /// `os-a+2-1.conf`). Each id must name exactly one entry. The menu order starts with
-    /// the slot `loader.conf`'s `default` names (by id or `ID.conf`), the rest by slot.
+    /// `os-a+2-1.conf`). Each id must name exactly one entry. The menu order is
+    /// systemd-boot's: the first entry, in its sort order, whose file name matches
+    /// `loader.conf`'s `default` glob, then the others in that order.
     pub fn open(esp: &Path, ids: &[&str]) -> Result<Self> {
         let dir = Self::entries_dir(esp);
         let mut names: Vec<EntryName> = Vec::new();
@@ -68,16 +79,23 @@ impl BlsDir {
             }
         }
         let default = read_default(&esp.join("loader").join("loader.conf"))?;
-        let first = default
-            .as_deref()
-            .and_then(|d| {
-                names
-                    .iter()
-                    .position(|n| d == n.id || d == alloc::format!("{}{}", n.id, n.suffix))
-            })
-            .unwrap_or(0);
+        // systemd-boot's order: spent entries last, then by file name, newest first.
         let mut order: Vec<Slot> = Slot::all(names.len()).collect();
-        if let Some(s) = Slot::new(first) {
+        order.sort_by(|a, b| {
+            let (x, y) = (&names[a.index()], &names[b.index()]);
+            y.is_bootable()
+                .cmp(&x.is_bootable())
+                .then_with(|| version_cmp(&y.file_name(), &x.file_name()))
+        });
+        let first = default.as_deref().and_then(|d| {
+            order.iter().copied().find(|s| {
+                glob_match(
+                    &d.to_lowercase(),
+                    &names[s.index()].file_name().to_lowercase(),
+                )
+            })
+        });
+        if let Some(s) = first {
             order.retain(|&x| x != s);
             order.insert(0, s);
         }
@@ -115,11 +133,14 @@ impl BlsDir {
         if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();
         }
-        let first = |m: &SystemdBoot| m.menu_order().first().copied();
-        if first(&next) != first(&self.model) {
-            if let Some(e) = first(&next).and_then(|s| next.entry(s)) {
-                write_default(&self.loader_conf(), &alloc::format!("{}{}", e.id, e.suffix))?;
-            }
+        let pattern = |m: &SystemdBoot| {
+            m.menu_order()
+                .first()
+                .and_then(|&s| m.entry(s))
+                .map(default_pattern)
+        };
+        if let (Some(p), true) = (pattern(&next), pattern(&next) != pattern(&self.model)) {
+            write_default(&self.loader_conf(), &p)?;
         }
         self.model = next;
         Ok(())
@@ -130,6 +151,96 @@ impl BlsDir {
         f(&mut next)?;
         self.commit(next)
     }
+}
+
+/// The `default` that makes systemd-boot boot `e` while it may (see the module docs).
+fn default_pattern(e: &EntryName) -> String {
+    match e.counter {
+        Some(_) => alloc::format!("{}+[1-9]*{}", e.id, e.suffix),
+        None => alloc::format!("{}{}", e.id, e.suffix),
+    }
+}
+
+/// systemd-boot's glob (`efi_fnmatch`): `*`, `?`, `[a-z]`, `[!...]`, `\` escapes.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    fn class(p: &[char], c: char) -> Option<(bool, usize)> {
+        // Returns (matched, length of the class in the pattern).
+        let mut i = 1;
+        let negate = matches!(p.get(i), Some('!' | '^'));
+        if negate {
+            i += 1;
+        }
+        let mut hit = false;
+        let mut first = true;
+        while let Some(&x) = p.get(i) {
+            if x == ']' && !first {
+                return Some((hit != negate, i + 1));
+            }
+            first = false;
+            if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|&e| e != ']') {
+                let e = p[i + 2];
+                hit |= x <= c && c <= e;
+                i += 3;
+            } else {
+                hit |= x == c;
+                i += 1;
+            }
+        }
+        None // unterminated: '[' is literal
+    }
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => (0..=n.len()).any(|k| go(&p[1..], &n[k..])),
+            Some('?') => !n.is_empty() && go(&p[1..], &n[1..]),
+            Some('[') => match (n.first(), class(p, n.first().copied().unwrap_or('\0'))) {
+                (Some(_), Some((true, len))) => go(&p[len..], &n[1..]),
+                (Some(_), Some((false, _))) | (None, _) => false,
+                (Some(&c), None) => c == '[' && go(&p[1..], &n[1..]),
+            },
+            Some('\\') if p.len() > 1 => n.first() == Some(&p[1]) && go(&p[2..], &n[1..]),
+            Some(&c) => n.first() == Some(&c) && go(&p[1..], &n[1..]),
+        }
+    }
+    go(&p, &n)
+}
+
+/// systemd's version comparison, enough for entry names: digit runs compare as numbers.
+fn version_cmp(a: &str, b: &str) -> core::cmp::Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i].is_ascii_digit() && b[j].is_ascii_digit() {
+            let (si, sj) = (i, j);
+            while i < a.len() && a[i].is_ascii_digit() {
+                i += 1;
+            }
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            let (x, y) = (
+                core::str::from_utf8(&a[si..i])
+                    .unwrap_or("0")
+                    .trim_start_matches('0'),
+                core::str::from_utf8(&b[sj..j])
+                    .unwrap_or("0")
+                    .trim_start_matches('0'),
+            );
+            let o = x.len().cmp(&y.len()).then_with(|| x.cmp(y));
+            if o.is_ne() {
+                return o;
+            }
+        } else {
+            if a[i] != b[j] {
+                return a[i].cmp(&b[j]);
+            }
+            i += 1;
+            j += 1;
+        }
+    }
+    (a.len() - i).cmp(&(b.len() - j))
 }
 
 fn read_default(conf: &Path) -> Result<Option<String>> {
@@ -197,5 +308,32 @@ impl BootControl for BlsDir {
         let chosen = next.boot();
         self.commit(next)?;
         Ok(chosen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_as_systemd_boot_matches_them() {
+        assert!(glob_match("os-b+[1-9]*.conf", "os-b+2-0.conf"));
+        assert!(glob_match("os-b+[1-9]*.conf", "os-b+10-3.conf"));
+        assert!(!glob_match("os-b+[1-9]*.conf", "os-b+0-2.conf"));
+        assert!(!glob_match("os-b+[1-9]*.conf", "os-b.conf"));
+        assert!(glob_match("os-*", "os-a.conf"));
+        assert!(glob_match("os-?.conf", "os-a.conf"));
+        assert!(!glob_match("os-[!a].conf", "os-a.conf"));
+        assert!(glob_match("[x", "[x"));
+        assert!(!glob_match("os-a.conf", "os-a+1.conf"));
+    }
+
+    #[test]
+    fn versions_compare_digit_runs_as_numbers() {
+        use core::cmp::Ordering::*;
+        assert_eq!(version_cmp("linux-6.10.conf", "linux-6.9.conf"), Greater);
+        assert_eq!(version_cmp("os-b.conf", "os-a+3.conf"), Greater);
+        assert_eq!(version_cmp("a1", "a01"), Equal);
+        assert_eq!(version_cmp("a", "ab"), Less);
     }
 }

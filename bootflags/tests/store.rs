@@ -168,8 +168,10 @@ fn systemd_boot_entries_on_an_esp_are_renamed_as_systemd_does() {
     s.set_active(Slot::B, Some(2)).unwrap();
     assert_eq!(names(), ["os-a.conf", "os-b+2-0.conf"]);
     let conf = fs::read_to_string(esp.path().join("loader/loader.conf")).unwrap();
+    // systemd-boot matches `default` against the whole file name, counter included: the
+    // glob matches B while it has tries left, and nothing once they are spent.
     assert_eq!(
-        conf, "timeout 3\ndefault os-b.conf\n",
+        conf, "timeout 3\ndefault os-b+[1-9]*.conf\n",
         "other settings kept"
     );
     // Each try renames the entry as systemd-boot does; exhausted, it sorts last.
@@ -186,6 +188,11 @@ fn systemd_boot_entries_on_an_esp_are_renamed_as_systemd_does() {
     assert_eq!(s.boot().unwrap(), Some(Slot::B));
     s.mark_good(Slot::B).unwrap();
     assert_eq!(names(), ["os-a.conf", "os-b.conf"]);
+    let conf = fs::read_to_string(esp.path().join("loader/loader.conf")).unwrap();
+    assert_eq!(
+        conf, "timeout 3\ndefault os-b.conf\n",
+        "blessed: its plain name"
+    );
     assert_eq!(s.next_boot().unwrap(), Some(Slot::B));
     // The file's content travels with its name.
     assert!(fs::read_to_string(entries.join("os-b.conf"))
