@@ -3,7 +3,7 @@
 //! (`+LEFT-DONE`) and as `systemd-bless-boot` renames it after (good: no counter; bad:
 //! `+0-DONE`), and the menu's first slot as `default` in `loader/loader.conf`.
 //!
-//! How systemd-boot (252, Debian 12's; checked under OVMF by tests/boot_loaders.rs)
+//! How systemd-boot (252, Debian 12's; checked under OVMF by tests/bootloader.rs)
 //! picks the entry: it sorts the entries (those with no tries left last, then by file
 //! name, newest version first) and boots the first one whose *whole file name, counter
 //! included,* matches the `default` glob; with no match, the first in that order. So a

@@ -674,7 +674,7 @@ where
     /// The argument holds quotes (`dm-mod.create="..."`): a GRUB entry must expand it
     /// through `eval` (`eval "linux (\$root)/vmlinuz ... $KEEL_B_ARGS"`), since GRUB's
     /// `linux` escapes quotes that come from a variable and the kernel does not undo that
-    /// (shown by tests/boot_loaders.rs under the real GRUB).
+    /// (shown by tests/bootloader.rs under the real GRUB).
     /// GPT-flag and Android systems take the root from elsewhere (the kernel partition,
     /// vbmeta); the slot record holds the argument for them.
     fn write_boot_arguments(&self, slot: Slot, arg: &str) -> Result<()> {
