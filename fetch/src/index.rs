@@ -381,7 +381,48 @@ impl TrustedRoot {
             });
         }
         check_expiry("release index", index.expires, now)?;
+        index.check_digests()?;
         Ok(index)
+    }
+}
+
+impl Artifact {
+    /// [`Artifact::sha256`] as bytes (`None` if it is not 64 hex digits, which
+    /// [`TrustedRoot::verify_index`] refuses).
+    pub fn digest(&self) -> Option<[u8; 32]> {
+        let mut d = [0u8; 32];
+        hex::decode_to_slice(&self.sha256, &mut d).ok().map(|()| d)
+    }
+}
+
+impl Index {
+    /// Every digest is 64 hex digits: one that is not is named by its place.
+    fn check_digests(&self) -> Result<()> {
+        let bad = |field: String, value: &str| IndexError::Malformed {
+            what: "release index",
+            reason: format!("{field}: {value:?} is not a SHA-256 (64 hex digits)"),
+        };
+        let is_sha = |v: &str| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
+        for (i, r) in self.releases.iter().enumerate() {
+            if !is_sha(&r.full.sha256) {
+                return Err(bad(format!("releases[{i}].full.sha256"), &r.full.sha256));
+            }
+            for (j, d) in r.deltas.iter().enumerate() {
+                if !is_sha(&d.artifact.sha256) {
+                    return Err(bad(
+                        format!("releases[{i}].deltas[{j}].sha256"),
+                        &d.artifact.sha256,
+                    ));
+                }
+                if !is_sha(&d.source_digest) {
+                    return Err(bad(
+                        format!("releases[{i}].deltas[{j}].source_digest"),
+                        &d.source_digest,
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

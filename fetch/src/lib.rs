@@ -10,6 +10,15 @@
 //! what it applied, so nothing applied is fetched again. Retries back off exponentially
 //! with jitter up to a limit of attempts in a row; [`Stats`] counts requests and bytes.
 //!
+//! Given the size and SHA-256 the release index names ([`HttpReader::expect`]), the reader
+//! checks the server's size before the first byte and the digest of the whole file when
+//! the last byte arrives: a wrong digest is an error from that read (and every later
+//! one), so a consumer that stops at the first error (keel-payload's apply, keel-update's
+//! install) never finishes on a file the index did not name. A resumed download is checked too: the
+//! digest's running state is saved beside the applier's record
+//! ([`HttpReader::digest_state`]) and the next process continues it, fetching only what
+//! lies between the saved state and the applier's resume point.
+//!
 //! ```no_run
 //! use keel_fetch::{FetchOptions, HttpReader};
 //! let mut payload = HttpReader::new("https://updates.example.com/os/2.0.payload", FetchOptions::default())?;
@@ -19,9 +28,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod digest;
 pub mod index;
 
 use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use keel_io::Progress;
@@ -67,6 +78,35 @@ pub enum Error {
     /// Stopped through [`Progress::cancelled`].
     #[error("cancelled")]
     Cancelled,
+    /// The server's file is not the size the release index says.
+    #[error("{url}: the server has {found} bytes, the release index says {expected}")]
+    Size {
+        /// The URL.
+        url: String,
+        /// The index's size.
+        expected: u64,
+        /// What the server says (or the bytes there were).
+        found: u64,
+    },
+    /// The file's SHA-256 is not the one the release index says: nothing read from it
+    /// may be used.
+    #[error("{url}: SHA-256 {found}, the release index says {expected}")]
+    Digest {
+        /// The URL.
+        url: String,
+        /// The index's digest, hex.
+        expected: String,
+        /// The file's, hex.
+        found: String,
+    },
+    /// The saved digest state cannot be read or written.
+    #[error("{path}: {reason}")]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// TLS: the server's certificate is not trusted, or the CA given does not parse.
     #[error("{url}: TLS: {reason}")]
     Tls {
@@ -229,7 +269,26 @@ pub struct HttpReader<'a> {
     rng: u64,
     /// The cap's reference: bytes delivered since this instant.
     pace: Option<(Instant, u64)>,
+    /// The release index's size and digest, and the digest so far.
+    check: Option<Check>,
 }
+
+/// The digest check of [`HttpReader::expect`].
+struct Check {
+    size: u64,
+    expected: [u8; 32],
+    /// The digest of the file's first `state.len()` bytes (the frontier).
+    state: digest::Sha256State,
+    verified: bool,
+    /// The whole file's digest, when it was not the expected one.
+    wrong: Option<[u8; 32]>,
+    /// Where the state is saved, and when it last was.
+    save: Option<(PathBuf, Instant)>,
+}
+
+/// How often the digest state is saved: a killed process costs at most this much of
+/// download again (beyond the applier's own checkpoint interval).
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for HttpReader<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -273,7 +332,86 @@ impl<'a> HttpReader<'a> {
             stats: Stats::default(),
             rng: seed,
             pace: None,
+            check: None,
         })
+    }
+
+    /// Check the file against the release index: `size` bytes whose SHA-256 is
+    /// `sha256`. A server that says another size is an error at once ([`Error::Size`]);
+    /// the read that completes the file fails with [`Error::Digest`] if the digest
+    /// differs. Bytes are hashed in order once each, whatever the consumer re-reads; a
+    /// seek past the bytes hashed so far (a resumed apply) first fetches the gap to hash
+    /// it, which [`HttpReader::digest_state`] keeps small.
+    pub fn expect(mut self, size: u64, sha256: [u8; 32]) -> Self {
+        self.check = Some(Check {
+            size,
+            expected: sha256,
+            state: digest::Sha256State::new(),
+            verified: false,
+            wrong: None,
+            save: None,
+        });
+        self
+    }
+
+    /// Keep the digest's running state in `path` (about every second, and when the
+    /// reader is dropped), and continue from what is there: the digest of a download
+    /// resumed by another process is then checked without fetching again what the
+    /// earlier one hashed. A state saved for another file, or damaged, is not used (the
+    /// hashing starts over, costing a download of the skipped part, never a wrong
+    /// verdict); one that cannot be read at all is an error. The file is removed once
+    /// the digest is checked. Call after [`HttpReader::expect`].
+    pub fn digest_state(mut self, path: &Path) -> Result<Self, Error> {
+        let Some(c) = self.check.as_mut() else {
+            return Ok(self);
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                if let Ok(st) = digest::Sha256State::restore(&bytes, &c.expected, c.size) {
+                    c.state = st;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::State {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+        c.save = Some((path.to_path_buf(), Instant::now()));
+        Ok(self)
+    }
+
+    /// Whether the whole file was read and its digest matched [`HttpReader::expect`]'s
+    /// (`None` without an expectation).
+    pub fn verified(&self) -> Option<bool> {
+        self.check.as_ref().map(|c| c.verified)
+    }
+
+    /// Read and hash what is left of the file after the consumer stopped (bytes past the
+    /// last one it needed), so that [`HttpReader::verified`] covers the whole file.
+    /// `Ok` once the digest matched; nothing to do without an expectation.
+    pub fn finish(&mut self) -> Result<(), Error> {
+        let Some(c) = &self.check else { return Ok(()) };
+        if c.verified {
+            return Ok(());
+        }
+        let end = c.size;
+        if self.pos != end {
+            self.body = None;
+            self.pos = end;
+        }
+        self.catch_up()?;
+        self.complete()?;
+        match &self.check {
+            Some(c) if !c.verified => Err(Error::Size {
+                url: self.url.clone(),
+                expected: c.size,
+                found: c.state.len(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// What the download cost so far.
@@ -376,6 +514,15 @@ impl<'a> HttpReader<'a> {
                 }))
             }
         }
+        if let (Some(c), Some(len)) = (&self.check, self.len) {
+            if c.size != len {
+                return Err(Attempt::Fatal(Error::Size {
+                    url: self.url.clone(),
+                    expected: c.size,
+                    found: len,
+                }));
+            }
+        }
         if self.validator.is_none() {
             self.validator = validator;
         }
@@ -403,7 +550,119 @@ impl<'a> HttpReader<'a> {
         std::thread::sleep(base.mul_f64(frac));
     }
 
+    /// Read at the position, hashing what extends the digest's frontier.
     fn fill(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        self.complete()?;
+        self.catch_up()?;
+        let start = self.pos;
+        let n = self.fetch(buf)?;
+        self.hash(start, &buf[..n])?;
+        Ok(n)
+    }
+
+    /// A seek left bytes between the digest's frontier and the position unhashed: fetch
+    /// and hash them first.
+    fn catch_up(&mut self) -> Result<(), Error> {
+        let want = self.pos;
+        let frontier = match &self.check {
+            Some(c) if c.state.len() < want => c.state.len(),
+            _ => return Ok(()),
+        };
+        self.body = None;
+        self.pos = frontier;
+        let mut scratch = vec![0u8; 256 << 10];
+        while self.pos < want {
+            let start = self.pos;
+            let k = usize::try_from(want - start).map_or(scratch.len(), |w| w.min(scratch.len()));
+            let n = self.fetch(&mut scratch[..k])?;
+            if n == 0 {
+                return Err(Error::Size {
+                    url: self.url.clone(),
+                    expected: self.check.as_ref().map_or(0, |c| c.size),
+                    found: start,
+                });
+            }
+            self.hash(start, &scratch[..n])?;
+        }
+        Ok(())
+    }
+
+    /// `bytes` were read at `start`: hash the part past the frontier; check the digest
+    /// when the file is complete; save the state now and then.
+    fn hash(&mut self, start: u64, bytes: &[u8]) -> Result<(), Error> {
+        let Some(c) = self.check.as_mut() else {
+            return Ok(());
+        };
+        let frontier = c.state.len();
+        let end = start + bytes.len() as u64;
+        if bytes.is_empty() {
+            // The body ended: short of the size the index says?
+            if start < c.size && !c.verified && self.len.is_none_or(|l| start >= l) {
+                return Err(Error::Size {
+                    url: self.url.clone(),
+                    expected: c.size,
+                    found: start,
+                });
+            }
+            return Ok(());
+        }
+        if start > frontier || end <= frontier {
+            return Ok(());
+        }
+        if end > c.size {
+            return Err(Error::Size {
+                url: self.url.clone(),
+                expected: c.size,
+                found: end,
+            });
+        }
+        c.state.update(&bytes[(frontier - start) as usize..]);
+        if c.state.len() == c.size {
+            return self.complete();
+        }
+        if let Some((path, at)) = &mut c.save {
+            if at.elapsed() >= SAVE_EVERY {
+                *at = Instant::now();
+                keel_io::replace_file(path, &c.state.save(&c.expected, c.size)).map_err(|e| {
+                    Error::State {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// With the whole file hashed: the verdict, kept (a wrong digest fails every read
+    /// after it too).
+    fn complete(&mut self) -> Result<(), Error> {
+        let Some(c) = self.check.as_mut() else {
+            return Ok(());
+        };
+        if c.state.len() == c.size && !c.verified && c.wrong.is_none() {
+            let found = c.state.finish();
+            if let Some((path, _)) = c.save.take() {
+                let _ = std::fs::remove_file(path);
+            }
+            if found == c.expected {
+                c.verified = true;
+            } else {
+                c.wrong = Some(found);
+            }
+        }
+        match c.wrong {
+            Some(found) => Err(Error::Digest {
+                url: self.url.clone(),
+                expected: hex::encode(c.expected),
+                found: hex::encode(found),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Read at the position from the network, reconnecting as needed.
+    fn fetch(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         let mut failures = 0u32;
         let mut last = String::new();
         loop {
@@ -517,6 +776,19 @@ impl HttpReader<'_> {
             std::thread::sleep((due - Instant::now()).min(Duration::from_millis(100)));
         }
         Ok(())
+    }
+}
+
+impl Drop for HttpReader<'_> {
+    /// Save the digest state where a cancelled or failed download left it.
+    fn drop(&mut self) {
+        if let Some(c) = &self.check {
+            if let Some((path, _)) = &c.save {
+                if c.state.len() > 0 {
+                    let _ = keel_io::replace_file(path, &c.state.save(&c.expected, c.size));
+                }
+            }
+        }
     }
 }
 

@@ -148,6 +148,26 @@ fn a_threshold_signed_index_is_accepted_and_every_attack_refused() {
         ),
         "{e}"
     );
+    // A digest that is not one is named by its place.
+    for (field, bad) in [
+        ("full.sha256", "00".repeat(31)),
+        ("deltas[0].sha256", "zz".repeat(32)),
+        ("deltas[0].source_digest", String::new()),
+    ] {
+        let mut i: Index = serde_json::from_slice(&doc).unwrap();
+        match field {
+            "full.sha256" => i.releases[0].full.sha256 = bad,
+            "deltas[0].sha256" => i.releases[0].deltas[0].artifact.sha256 = bad,
+            _ => i.releases[0].deltas[0].source_digest = bad,
+        }
+        let env = signed(
+            &serde_json::to_vec(&i).unwrap(),
+            Context::ReleaseIndex,
+            &[&k[1], &k[2]],
+        );
+        let e = refuse(&env, None, NOW).to_string();
+        assert!(e.contains(&format!("releases[0].{field}")), "{field}: {e}");
+    }
     // Garbage is a clear error, never a panic.
     for junk in [
         &b"{}"[..],

@@ -113,6 +113,141 @@ fn a_payload_streams_into_the_applier_and_resumes_without_fetching_again() {
     assert!(second.stats().bytes <= payload.len() as u64 - skipped + header_and_manifest);
 }
 
+/// The release index's size and digest are checked: a wrong size before any byte, a
+/// wrong digest on the read that completes the file (and every read after it). A download
+/// resumed by a new process is checked too: from the digest state the first one saved,
+/// fetching nothing again beyond the applier's own bound; and, when the first process
+/// was killed before saving it, by fetching the skipped part once more, never less.
+#[test]
+fn the_index_digest_is_checked_whole_even_across_a_restart() {
+    use sha2::Digest;
+    let Some(s) = site() else { return };
+    let key = SigningKey::generate().unwrap();
+    let mut keys = Keyring::new();
+    keys.add(key.public_key().clone()).unwrap();
+    let src = seeded_bytes(2, 6 << 20);
+    let tgt = seeded_bytes(3, 6 << 20);
+    let payload = generate(
+        Some(&src),
+        &tgt,
+        &key,
+        &GenerateOptions::new("acme", "2.0").level(1),
+    )
+    .unwrap();
+    std::fs::write(s.www.join("u.payload"), &payload).unwrap();
+    let size = payload.len() as u64;
+    let sha: [u8; 32] = sha2::Sha256::digest(&payload).into();
+    let proxy = cutting_proxy(s.server.port, 5, 512 << 10);
+    let url = format!("{}/u.payload", proxy.base);
+
+    // A wrong size: refused on the first response, no byte delivered.
+    let mut r = HttpReader::new(&url, quick())
+        .unwrap()
+        .expect(size + 1, sha);
+    let e = r.read(&mut [0u8; 100]).unwrap_err();
+    let inner = e.into_inner().unwrap().downcast::<Error>().unwrap();
+    assert!(
+        matches!(*inner, Error::Size { expected, found, .. } if expected == size + 1 && found == size),
+        "{inner}"
+    );
+    assert_eq!(r.stats().requests, 1);
+
+    // A wrong digest: everything but the verdict is read; the verdict fails, and stays.
+    let mut bad = sha;
+    bad[31] ^= 1;
+    let mut r = HttpReader::new(&url, quick()).unwrap().expect(size, bad);
+    let e = r.read_to_end(&mut Vec::new()).unwrap_err();
+    assert!(
+        e.to_string().contains("SHA-256") && e.to_string().contains(&hex::encode(bad)),
+        "{e}"
+    );
+    assert!(
+        r.read(&mut [0u8; 10]).is_err(),
+        "a read after the wrong digest succeeded"
+    );
+    assert_eq!(r.verified(), Some(false));
+
+    // The right one, read whole with cuts: verified.
+    let mut r = HttpReader::new(&url, quick()).unwrap().expect(size, sha);
+    r.read_to_end(&mut Vec::new()).unwrap();
+    assert_eq!(r.verified(), Some(true));
+
+    // A consumer that stops early: finish() reads and hashes the rest for the verdict.
+    for (digest, ok) in [(sha, true), (bad, false)] {
+        let mut r = HttpReader::new(&url, quick()).unwrap().expect(size, digest);
+        r.read_exact(&mut vec![0u8; 1000]).unwrap();
+        assert_eq!(r.verified(), Some(false));
+        assert_eq!(r.finish().is_ok(), ok);
+        assert_eq!(r.verified(), Some(ok));
+    }
+
+    let work = s.www.parent().unwrap();
+    let header_and_manifest = size
+        - keel_payload::read_manifest(&mut &payload[..], &keys)
+            .unwrap()
+            .1
+            .operations
+            .iter()
+            .map(|o| o.data_length)
+            .sum::<u64>();
+    for killed in [false, true] {
+        let record = work.join(format!("resume-{killed}"));
+        let digest_state = work.join(format!("digest-{killed}"));
+        let aopts = ApplyOptions::new(&keys, VersionCheck::Unchecked)
+            .state(&record)
+            .checkpoint_bytes(256 << 10);
+        let half = keel_io::testing::StopHalfWay::default();
+        let mut target = vec![0u8; tgt.len()];
+        let mut first = HttpReader::new(&url, quick())
+            .unwrap()
+            .expect(size, sha)
+            .digest_state(&digest_state)
+            .unwrap();
+        apply_seekable(
+            &mut first,
+            Some(&src[..]),
+            &mut target,
+            &aopts.progress(&half),
+        )
+        .unwrap_err();
+        let first_bytes = first.stats().bytes;
+        if killed {
+            // No drop: the state is whatever was saved on the way (nothing, this fast).
+            std::mem::forget(first);
+            let _ = std::fs::remove_file(&digest_state);
+        } else {
+            drop(first);
+            assert!(digest_state.exists(), "the digest state was not saved");
+        }
+        let mut second = HttpReader::new(&url, quick())
+            .unwrap()
+            .expect(size, sha)
+            .digest_state(&digest_state)
+            .unwrap();
+        let done = apply_seekable(&mut second, Some(&src[..]), &mut target, &aopts).unwrap();
+        assert!(target == tgt, "the target differs");
+        assert!(done.resumed_at > 0);
+        second.finish().unwrap();
+        assert_eq!(second.verified(), Some(true), "killed: {killed}");
+        assert!(!digest_state.exists(), "the digest state was left behind");
+        let total = first_bytes + second.stats().bytes;
+        if killed {
+            // The skipped part is fetched again to hash it: the second run fetched the file
+            // once (and the header twice), no more.
+            assert!(
+                second.stats().bytes <= size + header_and_manifest,
+                "{:?}",
+                second.stats()
+            );
+        } else {
+            assert!(
+                total <= size + (256 << 10) + header_and_manifest,
+                "fetched {total} bytes for a {size} byte payload"
+            );
+        }
+    }
+}
+
 /// The file replaced on the server between two connections: the reader says so instead
 /// of splicing two files.
 #[test]
