@@ -7,6 +7,12 @@
 //!                        after a boot: run the checks, then mark the booted slot good
 //!                        (or bad, exit status 2: reboot to fall back)
 //!   status [--json]      both slots: boot state, version, root hash; the last error
+//!   fetch-apply URL ...  stream a payload over HTTP(S) into a target, with range resume
+//!   check INDEX_URL ...  verify a signed release index; print the release this machine takes
+//!   index --full FILE [--delta FROM=FILE]... --pubkey PEM -o DOC
+//!                        make a release index document from payload files
+//!   sign --kind root|index DOC --key PEM... -o ENVELOPE
+//!                        sign a trust root or index document
 //! cargo run --example update -- demo DIR [--slot-mib N]
 //!                        an image builder's output to try the others on: DIR/disk.img
 //!                        (version 1 in slot A), DIR/system.toml, DIR/update-1-to-2.payload
@@ -135,6 +141,41 @@ enum Cmd {
         #[arg(long = "serial-file")]
         serial_file: Option<PathBuf>,
     },
+    /// Make a release index document from payload files (version, system and a delta's
+    /// source image read from each payload's signed manifest; size and SHA-256 from its
+    /// bytes), or add the release to an earlier document; `sign --kind index` signs it.
+    Index {
+        /// The full payload.
+        #[arg(long)]
+        full: PathBuf,
+        /// A delta payload and the version it starts from: `FROM_VERSION=FILE`; repeatable.
+        #[arg(long = "delta", value_parser = parse_delta)]
+        deltas: Vec<(String, PathBuf)>,
+        /// A public key (PEM) the payloads are signed with; repeat for several.
+        #[arg(long = "pubkey", required = true)]
+        pubkeys: Vec<PathBuf>,
+        /// Payload URLs are this prefix and the file's name (default: the name alone, a
+        /// URL relative to the index's).
+        #[arg(long, default_value = "")]
+        url_base: String,
+        /// An earlier index document: the release is added to it (replacing the same
+        /// version), its serial raised by one.
+        #[arg(long)]
+        base: Option<PathBuf>,
+        /// The serial (default: the earlier document's plus one, else 1).
+        #[arg(long)]
+        serial: Option<u64>,
+        /// Days until devices stop trusting the index (re-sign before: a frozen index is
+        /// refused).
+        #[arg(long, default_value_t = 7)]
+        expires_days: u64,
+        /// The share of machines offered the release (0-100).
+        #[arg(long, default_value_t = 100)]
+        rollout: u8,
+        /// Where to write the document.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
     /// Sign a trust root or release index document (JSON) into an envelope.
     Sign {
         /// `root` or `index`.
@@ -158,6 +199,7 @@ fn run(cli: Cli) -> Res<ExitCode> {
         Cmd::FetchApply { .. } => return fetch_apply(&cli.cmd),
         Cmd::Check { .. } => return check(&cli.cmd, &cli.root),
         Cmd::Sign { .. } => return sign(&cli.cmd),
+        Cmd::Index { .. } => return make_index(&cli.cmd),
         _ => {}
     }
     if let Cmd::Demo { dir, slot_mib } = &cli.cmd {
@@ -270,7 +312,11 @@ fn run(cli: Cli) -> Res<ExitCode> {
                 }
             }
         }
-        Cmd::Demo { .. } | Cmd::FetchApply { .. } | Cmd::Check { .. } | Cmd::Sign { .. } => {}
+        Cmd::Demo { .. }
+        | Cmd::FetchApply { .. }
+        | Cmd::Check { .. }
+        | Cmd::Sign { .. }
+        | Cmd::Index { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -381,6 +427,65 @@ fn check(cmd: &Cmd, root_dir: &std::path::Path) -> Res<ExitCode> {
             index.serial
         ),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `FROM_VERSION=FILE`.
+fn parse_delta(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((v, f)) if !v.is_empty() && !f.is_empty() => Ok((v.to_string(), f.into())),
+        _ => Err(format!("{s:?}: expected FROM_VERSION=FILE")),
+    }
+}
+
+fn make_index(cmd: &Cmd) -> Res<ExitCode> {
+    use keel::update::publish;
+    let Cmd::Index {
+        full,
+        deltas,
+        pubkeys,
+        url_base,
+        base,
+        serial,
+        expires_days,
+        rollout,
+        output,
+    } = cmd
+    else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let ring = cli::load_keyring(pubkeys)?;
+    let url = |p: &std::path::Path| -> Res<String> {
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| format!("{}: not a file name", p.display()))?;
+        Ok(format!("{url_base}{name}"))
+    };
+    let full = publish::describe(full, &url(full)?, &ring)?;
+    let mut ds = Vec::new();
+    for (from, f) in deltas {
+        ds.push((from.clone(), publish::describe(f, &url(f)?, &ring)?));
+    }
+    let release = publish::release(full, ds, *rollout)?;
+    let base = match base {
+        Some(b) => {
+            let text = std::fs::read(b).map_err(|e| format!("{}: {e}", b.display()))?;
+            Some(serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", b.display()))?)
+        }
+        None => None,
+    };
+    let expires = keel::trust::unix_now() + expires_days.saturating_mul(86_400);
+    let index = publish::add_release(base, release, *serial, expires)?;
+    let mut doc = serde_json::to_vec_pretty(&index)?;
+    doc.push(b'\n');
+    keel::io::replace_file(output, &doc).map_err(|e| format!("{}: {e}", output.display()))?;
+    println!(
+        "index serial {} with {} release(s): {}",
+        index.serial,
+        index.releases.len(),
+        output.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use common::{copy_dir, example, ok, run, stdout};
 use keel::partition::GptDisk;
+use sha2::Digest;
 
 fn update(dir: &Path, args: &[&str]) -> std::process::Output {
     let config = dir.join("system.toml");
@@ -187,12 +188,91 @@ fn fetch_apply_sign_and_check_against_nginx() {
         format!("{{\"type\":\"keel-root\",\"version\":1,\"expires\":4102444800,\"threshold\":1,\"keys\":[\"{key_hex}\"]}}"),
     )
     .unwrap();
-    std::fs::write(
-        dir.join("index-doc.json"),
-        "{\"type\":\"keel-index\",\"serial\":3,\"expires\":4102444800,\"releases\":[{\"version\":\"2.0\",\
-         \"compatible\":\"keel-demo\",\"full\":{\"url\":\"update-1-to-2.payload\",\"size\":1,\"sha256\":\"00\"}}]}",
-    )
-    .unwrap();
+    // The index document made from the payload files by the example: a full payload
+    // (made with the payload example) and the demo's delta from 1.0.
+    ok(
+        "payload",
+        &[
+            "generate",
+            "--full",
+            "--target",
+            &p("v2.img"),
+            "--key",
+            &p("release-key.pem"),
+            "-o",
+            &p("full-2.payload"),
+            "--compatible",
+            "keel-demo",
+            "--version",
+            "2.0",
+            "--level",
+            "1",
+        ],
+    );
+    // The delta given as the full payload is refused, naming it.
+    let o = run(
+        &example("update"),
+        &[
+            "index",
+            "--full",
+            &p("update-1-to-2.payload"),
+            "--pubkey",
+            &p("release-key.pub"),
+            "-o",
+            &p("x.json"),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("update-1-to-2.payload: a delta payload"),
+        "{o:?}"
+    );
+    assert!(!dir.join("x.json").exists());
+    let out = ok(
+        "update",
+        &[
+            "index",
+            "--full",
+            &p("full-2.payload"),
+            "--delta",
+            &format!("1.0={}", p("update-1-to-2.payload")),
+            "--pubkey",
+            &p("release-key.pub"),
+            "--serial",
+            "3",
+            "-o",
+            &p("index-doc.json"),
+        ],
+    );
+    assert!(out.contains("index serial 3 with 1 release"), "{out}");
+    let doc: keel::fetch::index::Index =
+        serde_json::from_slice(&std::fs::read(dir.join("index-doc.json")).unwrap()).unwrap();
+    let delta = &doc.releases[0].deltas[0];
+    let delta_bytes = std::fs::read(dir.join("update-1-to-2.payload")).unwrap();
+    assert_eq!(
+        (
+            delta.from_version.as_str(),
+            delta.artifact.url.as_str(),
+            delta.artifact.size
+        ),
+        ("1.0", "update-1-to-2.payload", delta_bytes.len() as u64)
+    );
+    assert_eq!(
+        delta.artifact.digest().unwrap(),
+        <[u8; 32]>::from(sha2::Sha256::digest(&delta_bytes))
+    );
+    let v1 = std::fs::read(dir.join("v1.img")).unwrap();
+    assert_eq!(
+        delta.source_digest,
+        hex::encode(keel::payload::format::image_digest(&v1[..], v1.len() as u64).unwrap())
+    );
+    assert_eq!(
+        (
+            doc.releases[0].version.as_str(),
+            doc.releases[0].compatible.as_str()
+        ),
+        ("2.0", "keel-demo")
+    );
     for (kind, doc, out) in [
         ("root", "root-doc.json", "root.json"),
         ("index", "index-doc.json", "index.json"),

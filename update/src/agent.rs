@@ -427,7 +427,13 @@ where
         payload: R,
         progress: Option<&dyn Progress>,
     ) -> Result<Installed> {
-        let r = self.install_inner(SeekInput { r: payload }, progress);
+        let r = self.install_inner(
+            SeekInput {
+                r: payload,
+                check: |_| Ok(()),
+            },
+            progress,
+        );
         self.record_outcome(&r)?;
         r
     }
@@ -507,6 +513,8 @@ where
             Some(b) => payload.apply(Some(&self.region(b)?), &mut region, &opts)?,
             None => payload.apply(None, &mut region, &opts)?,
         };
+        // Before anything makes the slot bootable: the payload is the one asked for.
+        payload.check()?;
         let (root_hash, kernel_argument) = match &descriptor {
             Some(d) => {
                 let arg = self.write_tree(target, d, &mut region, progress)?;
@@ -732,7 +740,7 @@ where
         fetch: keel_fetch::FetchOptions<'_>,
         progress: Option<&dyn Progress>,
     ) -> Result<Option<Installed>> {
-        use keel_fetch::index::{resolve, MAX_ENVELOPE};
+        use keel_fetch::index::MAX_ENVELOPE;
         let mut bytes = Vec::new();
         keel_fetch::HttpReader::new(index_url, fetch)?
             .take(MAX_ENVELOPE as u64 + 1)
@@ -780,20 +788,50 @@ where
         ) else {
             return Ok(None);
         };
-        let url = resolve(index_url, &choice.artifact.url);
-        match self.install_seekable(keel_fetch::HttpReader::new(&url, fetch)?, progress) {
+        match self.install_artifact(index_url, &choice.artifact, fetch, progress) {
             Err(e) if choice.delta && e.needs_full_payload() => {
                 let full = index
                     .releases
                     .iter()
                     .find(|r| r.version == choice.version && r.compatible == self.system.compatible)
-                    .map(|r| resolve(index_url, &r.full.url))
+                    .map(|r| &r.full)
                     .ok_or(e)?;
-                self.install_seekable(keel_fetch::HttpReader::new(&full, fetch)?, progress)
+                self.install_artifact(index_url, full, fetch, progress)
                     .map(Some)
             }
             r => r.map(Some),
         }
+    }
+
+    /// Install one payload the index names, streamed, checked against the index's size
+    /// and SHA-256 before the slot is armed. The digest's running state is kept in the
+    /// state directory, so a resumed install checks the whole file without fetching
+    /// again what an earlier run applied.
+    fn install_artifact(
+        &self,
+        index_url: &str,
+        a: &keel_fetch::index::Artifact,
+        fetch: keel_fetch::FetchOptions<'_>,
+        progress: Option<&dyn Progress>,
+    ) -> Result<Installed> {
+        let url = keel_fetch::index::resolve(index_url, &a.url);
+        let digest = a.digest().ok_or_else(|| {
+            Error::Refused(format!("{}: the index's sha256 is not a SHA-256", a.url))
+        })?;
+        std::fs::create_dir_all(&self.state_dir)
+            .map_err(|e| Error::io(format!("creating {}", self.state_dir.display()), e))?;
+        let reader = keel_fetch::HttpReader::new(&url, fetch)?
+            .expect(a.size, digest)
+            .digest_state(&self.state_dir.join("download-digest"))?;
+        let r = self.install_inner(
+            SeekInput {
+                r: reader,
+                check: |r| r.finish().map_err(Error::from),
+            },
+            progress,
+        );
+        self.record_outcome(&r)?;
+        r
     }
 
     /// Commit the booted slot after a boot: if it is not yet marked good, run `checks`;
@@ -875,7 +913,11 @@ where
 /// (the booted slot as the source, the other slot as the target).
 trait PayloadInput {
     fn manifest(&mut self, keyring: &keel_trust::Keyring) -> Result<Manifest>;
-    fn apply<T: ReadAt + WriteAt>(self, src: Option<&T>, dst: &mut T, o: &Opts) -> Applied;
+    fn apply<T: ReadAt + WriteAt>(&mut self, src: Option<&T>, dst: &mut T, o: &Opts) -> Applied;
+    /// After the apply: anything the source must still confirm (a download's digest).
+    fn check(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 type Opts<'a> = ApplyOptions<'a>;
@@ -897,14 +939,17 @@ impl<R: Read> PayloadInput for Replay<R> {
         self.head = tee.seen;
         Ok(m)
     }
-    fn apply<T: ReadAt + WriteAt>(self, src: Option<&T>, dst: &mut T, o: &Opts) -> Applied {
-        keel_payload::apply(Cursor::new(self.head).chain(self.r), src, dst, o)
+    fn apply<T: ReadAt + WriteAt>(&mut self, src: Option<&T>, dst: &mut T, o: &Opts) -> Applied {
+        let head = Cursor::new(std::mem::take(&mut self.head));
+        keel_payload::apply(head.chain(&mut self.r), src, dst, o)
     }
 }
 
 /// A stream that can seek: read from the start again (a resumed apply seeks on).
 struct SeekInput<R> {
     r: R,
+    /// What [`PayloadInput::check`] asks of the stream.
+    check: fn(&mut R) -> Result<()>,
 }
 
 impl<R: Read + Seek> PayloadInput for SeekInput<R> {
@@ -915,8 +960,11 @@ impl<R: Read + Seek> PayloadInput for SeekInput<R> {
             .map_err(|e| Error::io("returning to the payload's start", e))?;
         Ok(m)
     }
-    fn apply<T: ReadAt + WriteAt>(self, src: Option<&T>, dst: &mut T, o: &Opts) -> Applied {
-        keel_payload::apply_seekable(self.r, src, dst, o)
+    fn apply<T: ReadAt + WriteAt>(&mut self, src: Option<&T>, dst: &mut T, o: &Opts) -> Applied {
+        keel_payload::apply_seekable(&mut self.r, src, dst, o)
+    }
+    fn check(&mut self) -> Result<()> {
+        (self.check)(&mut self.r)
     }
 }
 

@@ -28,7 +28,8 @@
 //! index (keel-fetch), keeps its serial against rollback, chooses the delta from the
 //! booted image or the full payload, and streams it in with range resume
 //! ([`Agent::install_seekable`]: an interrupted install does not fetch again what it
-//! applied).
+//! applied). The publisher's side, [`publish`], makes the index's entries from the payload
+//! files.
 //!
 //! The slots are partitions of one disk with a GPT, named in the description by label,
 //! unique GUID or device path. The booted slot is told from the kernel command line
@@ -39,6 +40,7 @@
 mod agent;
 mod booted;
 mod error;
+pub mod publish;
 mod record;
 mod system;
 

@@ -871,12 +871,14 @@ fn the_boot_disk_is_found_from_the_kernel_command_line() {
 
 /// Publish in `www` a full payload and a delta of `f.v2` (the delta's bytes given), an
 /// index listing them under `serial` (the delta claiming to start from `f.v1`), and a trust
-/// root of `f`'s key. Returns the root.
+/// root of `f`'s key. Returns the root. `wrong_digest`: the index names another file's
+/// SHA-256 for every payload (a server's file the publisher did not list).
 fn publish_index(
     f: &Fixture,
     www: &Path,
     delta: &[u8],
     serial: u64,
+    wrong_digest: bool,
 ) -> keel_fetch::index::TrustedRoot {
     use keel_fetch::index::{sign_envelope, Artifact, Delta, Index, Release, Root, TrustedRoot};
     use keel_trust::{Context, Signer};
@@ -886,10 +888,16 @@ fn publish_index(
     )
     .unwrap();
     fs::write(www.join("delta.payload"), delta).unwrap();
-    let art = |name: &str| Artifact {
-        url: name.into(),
-        size: fs::metadata(www.join(name)).unwrap().len(),
-        sha256: String::new(),
+    let art = |name: &str| {
+        use sha2::Digest;
+        let bytes = fs::read(www.join(name)).unwrap();
+        let mut sha: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        sha[0] ^= u8::from(wrong_digest);
+        Artifact {
+            url: name.into(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(sha),
+        }
     };
     let v1_digest = keel_payload::format::image_digest(&f.v1[..], IMAGE as u64).unwrap();
     let index = Index {
@@ -947,11 +955,28 @@ fn install_from_a_signed_index_over_http() {
     let url = format!("{}/index.json", server.base);
     let fetch = keel_fetch::FetchOptions::default();
 
-    // The delta fits: it is what is fetched and installed.
+    // The files on the server are not the ones the index names: the whole download is
+    // checked against the index's SHA-256 before the slot is armed, and it is not.
     let f = Fixture::new();
-    let root = publish_index(&f, &www, &f.payload(true, &f.v2, "2.0", "acme-os"), 1);
+    let delta = f.payload(true, &f.v2, "2.0", "acme-os");
+    let root = publish_index(&f, &www, &delta, 1, true);
     let disk = open_rw(&f.disk());
     let a = agent(&f, f.system(), &disk);
+    let e = a.install_from_index(&url, &root, fetch, None).unwrap_err();
+    // The read that completed the file failed: the applier reports it as its read error.
+    assert!(e.to_string().contains("the release index says"), "{e}");
+    let st = a.status().unwrap();
+    let next: Vec<&str> = st
+        .slots
+        .iter()
+        .filter(|s| s.next_boot)
+        .map(|s| s.slot.as_str())
+        .collect();
+    assert_eq!(next, ["A"], "{st:?}");
+    assert!(st.last_error.unwrap().contains("SHA-256"));
+
+    // The delta fits: it is what is fetched and installed.
+    let root = publish_index(&f, &www, &delta, 1, false);
     let done = a
         .install_from_index(&url, &root, fetch, None)
         .unwrap()
@@ -983,7 +1008,7 @@ fn install_from_a_signed_index_over_http() {
         .level(3)
         .verity(g.descriptor(&g.v2));
     let wrong = generate(Some(&other), &g.v2, &g.key, &opts).unwrap();
-    let root = publish_index(&g, &www, &wrong, 1);
+    let root = publish_index(&g, &www, &wrong, 1, false);
     let disk = open_rw(&g.disk());
     let done = agent(&g, g.system(), &disk)
         .install_from_index(&url, &root, fetch, None)
