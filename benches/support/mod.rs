@@ -47,6 +47,21 @@ pub(crate) fn best<F: FnMut()>(runs: u64, mut f: F) -> Duration {
         .unwrap()
 }
 
+/// The fastest of `runs` runs of each tool, the tools taking turns within each run, so
+/// that a slow spell of the machine (another tenant, a frequency change) falls on all of
+/// them rather than on whichever ran then.
+pub(crate) fn best_interleaved(runs: u64, tools: &mut [&mut dyn FnMut()]) -> Vec<Duration> {
+    let mut best = vec![Duration::MAX; tools.len()];
+    for _ in 0..runs {
+        for (b, f) in best.iter_mut().zip(tools.iter_mut()) {
+            let t = Instant::now();
+            f();
+            *b = (*b).min(t.elapsed());
+        }
+    }
+    best
+}
+
 /// veritysetup, where Debian puts it.
 pub(crate) fn veritysetup() -> Option<PathBuf> {
     [
