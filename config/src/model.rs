@@ -135,6 +135,12 @@ pub struct SlotConfig {
     /// `read-only`, boolean, default true: mounted read-only (RAUC's `readonly`).
     #[serde(default = "yes")]
     pub read_only: bool,
+    /// `hash-device`, string in `device`'s forms: where this slot's dm-verity tree lives
+    /// (systemd-repart's `usr-a-verity` partition); required on every slot with `[verity]
+    /// hash-tree = "separate"`, refused otherwise. Per slot, because installing one slot
+    /// must not overwrite the tree the running one is verified against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_device: Option<String>,
 }
 
 fn yes() -> bool {
@@ -147,7 +153,7 @@ fn yes() -> bool {
 pub enum HashTreeLocation {
     /// On the slot, after the data (`--hash-offset`).
     AfterData,
-    /// On a separate partition or file (`hash-device`).
+    /// On a separate partition, each slot's own (`[[slot]] hash-device`).
     Separate,
 }
 
@@ -173,12 +179,9 @@ pub struct Verity {
     /// `fec-roots`, 2 to 24, optional: Reed-Solomon parity (`--fec-roots`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fec_roots: Option<u8>,
-    /// `hash-tree`: `after-data` (default) or `separate`.
+    /// `hash-tree`: `after-data` (default) or `separate` (each slot's `hash-device`).
     #[serde(default = "after_data")]
     pub hash_tree: HashTreeLocation,
-    /// `hash-device`, required with `hash-tree = "separate"`, refused otherwise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hash_device: Option<String>,
 }
 
 fn sha256() -> String {

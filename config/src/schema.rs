@@ -75,6 +75,7 @@ const SLOT: &[Field] = &[
     opt("bootname", Ty::Str),
     opt("partition-type", Ty::Str),
     opt("read-only", Ty::Bool),
+    opt("hash-device", Ty::Str),
 ];
 
 const VERITY: &[Field] = &[
@@ -85,7 +86,6 @@ const VERITY: &[Field] = &[
     opt("format", U8),
     opt("fec-roots", U8),
     opt("hash-tree", Ty::OneOf(&["after-data", "separate"])),
-    opt("hash-device", Ty::Str),
 ];
 
 const KEY: &[Field] = &[

@@ -146,6 +146,7 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut classes: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut devices: HashMap<&str, (usize, &str)> = HashMap::new();
     for (i, s) in c.slots.iter().enumerate() {
         let at = |k: &str| with_index(path(&["slot"]), i, k);
         if let Some(first) = names.insert(&s.name, i) {
@@ -155,21 +156,46 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
             );
         }
         classes.entry(&s.class).or_default().push(i);
-        let dev_ok = s.device.starts_with('/')
-            || s.device
-                .strip_prefix("PARTLABEL=")
-                .is_some_and(|l| !l.is_empty())
-            || s.device
-                .strip_prefix("PARTUUID=")
-                .is_some_and(|g| guid_error(g).is_none());
-        if !dev_ok {
-            err!(
-                at("device"),
+        let dev_ok = |d: &str| {
+            d.starts_with('/')
+                || d.strip_prefix("PARTLABEL=").is_some_and(|l| !l.is_empty())
+                || d.strip_prefix("PARTUUID=")
+                    .is_some_and(|g| guid_error(g).is_none())
+        };
+        for (key, dev) in [
+            ("device", Some(&s.device)),
+            ("hash-device", s.hash_device.as_ref()),
+        ] {
+            let Some(dev) = dev else { continue };
+            if !dev_ok(dev) {
+                err!(
+                    at(key),
+                    format!("{dev:?}: expected a path, PARTLABEL=LABEL or PARTUUID=GUID")
+                );
+            }
+            // A device written by two slots (or as data and tree) would be overwritten
+            // by an install while the running slot reads it.
+            if let Some((j, other)) = devices.insert(dev.as_str(), (i, key)) {
+                err!(at(key), format!("{dev:?} is already slot[{j}].{other}"));
+            }
+        }
+        let separate = c
+            .verity
+            .as_ref()
+            .is_some_and(|v| v.hash_tree == HashTreeLocation::Separate);
+        match (separate, &s.hash_device) {
+            (true, None) => err!(
+                at("name"),
                 format!(
-                    "{:?}: expected a path, PARTLABEL=LABEL or PARTUUID=GUID",
-                    s.device
+                    "slot {:?} needs `hash-device`: [verity] hash-tree = \"separate\"",
+                    s.name
                 )
-            );
+            ),
+            (false, Some(_)) => err!(
+                at("hash-device"),
+                "only used with [verity] hash-tree = \"separate\"".to_string()
+            ),
+            _ => {}
         }
         if let Some(t) = &s.partition_type {
             if !["usr", "root-x86-64", "root-aarch64"].contains(&t.as_str())
@@ -254,17 +280,6 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
                     "FEC needs equal data and hash block sizes".into(),
                 );
             }
-        }
-        match (v.hash_tree, &v.hash_device) {
-            (HashTreeLocation::Separate, None) => err(
-                "hash-tree",
-                "a separate hash tree needs `hash-device`".into(),
-            ),
-            (HashTreeLocation::AfterData, Some(_)) => err(
-                "hash-device",
-                "only used with hash-tree = \"separate\"".into(),
-            ),
-            _ => {}
         }
     }
 

@@ -285,18 +285,44 @@ fn every_rule_has_a_failing_case() {
     expect(
         "algorithm = \"sha256\"",
         "algorithm = \"sha256\"\nhash-tree = \"separate\"",
-        "verity.hash-tree",
-        19,
-        13,
+        "slot[0].name",
+        8,
+        8,
         "needs `hash-device`",
     );
+    expect(
+        "device = \"PARTLABEL=USR-B\"",
+        "device = \"PARTLABEL=USR-B\"\nhash-device = \"PARTLABEL=H\"",
+        "slot[1].hash-device",
+        16,
+        15,
+        "only used with",
+    );
+    // One device for two slots, or as one slot's data and another's tree: refused.
+    expect(
+        "device = \"PARTLABEL=USR-B\"",
+        "device = \"PARTLABEL=USR-A\"",
+        "slot[1].device",
+        15,
+        10,
+        "already slot[0].device",
+    );
+    expect(
+        "device = \"PARTLABEL=USR-A\"",
+        "device = \"PARTLABEL=USR-A\"\nhash-device = \"PARTLABEL=USR-B\"",
+        "slot[1].device",
+        16,
+        10,
+        "already slot[0].hash-device",
+    );
+    // The old place of the setting is named as unknown.
     expect(
         "algorithm = \"sha256\"",
         "algorithm = \"sha256\"\nhash-device = \"/dev/x\"",
         "verity.hash-device",
         19,
-        15,
-        "only used with",
+        1,
+        "",
     );
     expect(
         "id = \"k1\"",

@@ -233,15 +233,7 @@ where
         let parts = self.gpt()?.partitions();
         let find = |i: usize| -> Result<Partition> {
             let spec = &self.system.slots[i];
-            let hit = parts.iter().find(|p| match &spec.device {
-                SlotDevice::PartLabel(l) => &p.name == l,
-                SlotDevice::PartUuid(g) => p.guid == *g,
-                SlotDevice::Path(dev) => self.partition_number(dev) == Some(p.number),
-            });
-            let p = hit.cloned().ok_or_else(|| Error::Device {
-                slot: spec.name.clone(),
-                reason: format!("{:?} is not a partition of the boot disk", spec.device),
-            })?;
+            let p = self.find_partition(&parts, &spec.name, &spec.device)?;
             if let Some(t) = spec.partition_type {
                 if p.type_guid != t {
                     return Err(Error::Device {
@@ -256,6 +248,71 @@ where
             Ok(p)
         };
         Ok([find(0)?, find(1)?])
+    }
+
+    /// The partition of the boot disk `device` names (for the slot `name`).
+    fn find_partition(
+        &self,
+        parts: &[Partition],
+        name: &str,
+        device: &SlotDevice,
+    ) -> Result<Partition> {
+        let hit = parts.iter().find(|p| match device {
+            SlotDevice::PartLabel(l) => &p.name == l,
+            SlotDevice::PartUuid(g) => p.guid == *g,
+            SlotDevice::Path(dev) => self.partition_number(dev) == Some(p.number),
+        });
+        hit.cloned().ok_or_else(|| Error::Device {
+            slot: name.to_string(),
+            reason: format!("{device:?} is not a partition of the boot disk"),
+        })
+    }
+
+    /// Where `slot`'s dm-verity tree goes: its own hash partition (at offset 0), or
+    /// the slot itself after `data_size` bytes of data; with the kernel's name for it.
+    fn tree_place(&self, slot: Slot, data_size: u64) -> Result<(Region<&'d D>, u64, String)> {
+        let spec = self.system.slot(slot);
+        match &spec.hash_device {
+            Some(dev) => {
+                let gpt = self.gpt()?;
+                let p = self.find_partition(&gpt.partitions(), &spec.name, dev)?;
+                let ss = gpt.sector_size();
+                let r = Region::new(self.disk, p.first_lba * ss, p.sectors() * ss)
+                    .map_err(|e| Error::io("the slot's hash partition", e))?;
+                Ok((r, 0, format!("PARTUUID={}", p.guid)))
+            }
+            None => Ok((self.region(slot)?, data_size, self.kernel_device(slot)?)),
+        }
+    }
+
+    /// The tree (and parity) of `params` fit where they go, or a refusal naming the
+    /// sizes: checked before anything is written.
+    fn check_tree_space(&self, slot: Slot, params: &keel_verity::VerityParams) -> Result<()> {
+        let (place, offset, _) = self.tree_place(slot, params.data_size())?;
+        let data_room = self.region(slot)?.len();
+        if params.data_size() > data_room {
+            return Err(Error::Refused(format!(
+                "the image is {} bytes, slot {slot} holds {data_room}",
+                params.data_size()
+            )));
+        }
+        let geometry = keel_verity::TreeGeometry::new(params, offset, false)?;
+        let mut need = geometry.tree_offset() + geometry.tree_size();
+        if let Some(roots) = self.system.verity.as_ref().and_then(|v| v.fec_roots) {
+            need += FecGeometry::on_hash_device(params, &geometry, roots, need)?.parity_size();
+        }
+        if need > place.len() {
+            return Err(Error::Refused(format!(
+                "slot {slot}'s {} holds {} bytes; the image, tree and parity there need {need}",
+                if offset == 0 {
+                    "hash partition"
+                } else {
+                    "partition"
+                },
+                place.len()
+            )));
+        }
+        Ok(())
     }
 
     fn partition_number(&self, dev: &Path) -> Option<u32> {
@@ -480,6 +537,9 @@ where
         };
         self.check_release(&manifest, installed.as_deref())?;
         let descriptor = self.check_verity(&manifest)?;
+        if let Some(d) = &descriptor {
+            self.check_tree_space(target, d.params())?;
+        }
         if manifest.source.is_some() && booted.is_none() {
             return Err(Error::Refused(
                 "a delta payload needs the booted slot as its source".into(),
@@ -601,11 +661,6 @@ where
                 p.hash_type().as_u32()
             )));
         }
-        if !v.after_data {
-            return Err(Error::Refused(
-                "hash-tree = \"separate\" is not written by this version of keel-update".into(),
-            ));
-        }
         if p.data_size() != m.target.size {
             return Err(Error::Refused(format!(
                 "the signed root covers {} bytes, the image is {}",
@@ -632,10 +687,11 @@ where
         }
         let data = Region::new(self.disk, region.start(), params.data_size())
             .map_err(|e| Error::io("the slot's data", e))?;
+        let (mut hash, hash_offset, hash_dev) = self.tree_place(target, params.data_size())?;
         let opts = FormatOptions::default()
-            .hash_offset(params.data_size())
+            .hash_offset(hash_offset)
             .build(build);
-        let formatted = keel_verity::format(params, &data, region, &opts)?;
+        let formatted = keel_verity::format(params, &data, &mut hash, &opts)?;
         if formatted.root_hash != d.root_hash() {
             return Err(Error::Verity(keel_verity::Error::RootHashMismatch {
                 expected: hex::encode(d.root_hash()),
@@ -646,11 +702,11 @@ where
         if let Some(roots) = self.system.verity.as_ref().and_then(|v| v.fec_roots) {
             let end = formatted.geometry.tree_offset() + formatted.geometry.tree_size();
             let g = FecGeometry::on_hash_device(params, &formatted.geometry, roots, end)?;
-            let mut fec = Region::new(self.disk, region.start(), region.len())
+            let mut fec = Region::new(self.disk, hash.start(), hash.len())
                 .map_err(|e| Error::io("the slot's parity", e))?;
-            keel_verity::fec_encode(&g, &data, &*region, &mut fec, &build)?;
+            keel_verity::fec_encode(&g, &data, &hash, &mut fec, &build)?;
             table_opts = table_opts.fec(keel_verity::FecTable {
-                device: self.kernel_device(target)?,
+                device: hash_dev.clone(),
                 geometry: g,
             });
         }
@@ -659,17 +715,16 @@ where
             params,
             &formatted.geometry,
             &data,
-            &*region,
+            &hash,
             d.root_hash(),
             &build,
         )?;
-        let dev = self.kernel_device(target)?;
         let table = keel_verity::dm_table(
             params,
             &formatted.geometry,
             d.root_hash(),
-            &dev,
-            &dev,
+            &self.kernel_device(target)?,
+            &hash_dev,
             &table_opts,
         )?;
         let name = format!("keel-{}", target.letter().to_ascii_lowercase());

@@ -32,7 +32,11 @@
 //! files.
 //!
 //! The slots are partitions of one disk with a GPT, named in the description by label,
-//! unique GUID or device path. The booted slot is told from the kernel command line
+//! unique GUID or device path. The dm-verity tree (and parity) follows the image in the
+//! slot, or, with `hash-tree = "separate"`, goes on each slot's own `hash-device`
+//! partition; either way the space is checked before anything is written. The description
+//! has one slot class: several classes switching together (a kernel pair and a root pair)
+//! would need a payload with an image per class, and are refused. The booted slot is told from the kernel command line
 //! (`root=`/`usr=`/`mount.usr=` by PARTUUID, PARTLABEL, device, major:minor or
 //! device-mapper name; `roothash=`, `usrhash=`, `verity.usrhash=`; `dm-mod.create=`) and
 //! /sys, under a root directory tests can point elsewhere.

@@ -77,6 +77,8 @@ pub struct SlotSpec {
     pub device: SlotDevice,
     /// The partition type it must have, checked before writing.
     pub partition_type: Option<Guid>,
+    /// Where its dm-verity tree lives, with `hash-tree = "separate"`.
+    pub hash_device: Option<SlotDevice>,
 }
 
 /// dm-verity as the description asks for it.
@@ -94,8 +96,8 @@ pub struct VeritySpec {
     pub salt: Option<Vec<u8>>,
     /// Reed-Solomon parity roots after the tree, if asked for.
     pub fec_roots: Option<u8>,
-    /// Whether the tree follows the data in the slot (else on a separate device, which
-    /// this version does not write: see the crate docs).
+    /// Whether the tree follows the data in the slot (else on each slot's
+    /// [`SlotSpec::hash_device`]).
     pub after_data: bool,
 }
 
@@ -109,7 +111,7 @@ pub struct System {
     pub backend: BootBackend,
     /// The disk whose GPT holds the slots (`boot.disk`), if given.
     pub disk: Option<PathBuf>,
-    /// The updated A/B pair: the first slot class of the description.
+    /// The updated A/B pair (the description's one slot class).
     pub slots: [SlotSpec; 2],
     /// dm-verity, if the description asks for it.
     pub verity: Option<VeritySpec>,
@@ -219,13 +221,26 @@ fn backend(c: &Config) -> Result<BootBackend> {
     })
 }
 
-/// The first slot class of the description, with its two slots.
+/// The slot class of the description, with its two slots.
 fn slot_pair(c: &Config) -> Result<[SlotSpec; 2]> {
     let class = c
         .slots
         .first()
         .map(|s| s.class.clone())
         .ok_or_else(|| Error::config("slot", "no slots"))?;
+    // Several classes switch together (a kernel pair and a root pair): installing one
+    // and arming the bootname would boot the new member beside the other class's old
+    // one. Until a payload carries an image per class, such a description is refused
+    // rather than one class updated.
+    if let Some((i, s)) = c.slots.iter().enumerate().find(|(_, s)| s.class != class) {
+        return Err(Error::config(
+            format!("slot[{i}].class"),
+            format!(
+                "{:?}: a second slot class beside {class:?}; keel-update installs one A/B pair",
+                s.class
+            ),
+        ));
+    }
     let mut specs = Vec::new();
     for (i, s) in c.slots.iter().enumerate().filter(|(_, s)| s.class == class) {
         let field = |k: &str| format!("slot[{i}].{k}");
@@ -245,11 +260,17 @@ fn slot_pair(c: &Config) -> Result<[SlotSpec; 2]> {
             .as_deref()
             .map(|t| partition_type(&field("partition-type"), t))
             .transpose()?;
+        let hash_device = s
+            .hash_device
+            .as_deref()
+            .map(|d| SlotDevice::parse(&field("hash-device"), d))
+            .transpose()?;
         specs.push(SlotSpec {
             name: s.name.clone(),
             slot,
             device: SlotDevice::parse(&field("device"), &s.device)?,
             partition_type,
+            hash_device,
         });
     }
     match <[SlotSpec; 2]>::try_from(specs) {

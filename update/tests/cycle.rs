@@ -355,6 +355,18 @@ fn refusals_come_before_any_write() {
             },
             "not trusted",
         ),
+        (
+            // An image filling the slot: its tree does not fit after it.
+            f.system(),
+            {
+                let big = seeded_bytes(9, SLOT as usize);
+                let opts = GenerateOptions::new("acme-os", "2.0")
+                    .level(3)
+                    .verity(f.descriptor(&big));
+                generate(None, &big, &f.key, &opts).unwrap()
+            },
+            "tree and parity there need",
+        ),
     ];
     for (system, payload, says) in cases {
         let e = agent(&f, system, &disk)
@@ -804,6 +816,145 @@ fn fec_roots_and_salt_take_effect() {
         .install(&p[..], None)
         .unwrap_err();
     assert!(e.to_string().contains("verity parameters"), "{e}");
+}
+
+/// `hash-tree = "separate"`: each slot's tree (and parity) on its own hash partition.
+/// An install writes the target's hash partition only (the running slot's tree is not
+/// touched, nor the target slot past its image); the kernel argument names the hash
+/// partition; veritysetup verifies the slot's data against the tree there; a hash
+/// partition the disk does not have is refused before anything is written.
+#[test]
+fn separate_hash_partitions_take_effect() {
+    use keel_partition::ExtraPartition;
+    let f = Fixture::new();
+    // The same disk with two 1 MiB hash partitions after the slots.
+    let disk_file = fs::File::create(f.disk()).unwrap();
+    disk_file.set_len(2 * SLOT + (12 << 20)).unwrap();
+    let mut layout = Layout::flatcar(SLOT);
+    layout.esp_size = 1 << 20;
+    layout.extra = ["USR-A-VERITY", "USR-B-VERITY"]
+        .map(|label| ExtraPartition {
+            label: label.into(),
+            type_guid: keel_partition::types::linux_data(),
+            size: Some(1 << 20),
+            guid: None,
+        })
+        .to_vec();
+    create_layout(&mut &disk_file, &layout).unwrap();
+    let (a_off, a_len) = f.slot_range(fs::read(f.disk()).unwrap(), "USR-A");
+    Region::new(&disk_file, a_off, a_len)
+        .unwrap()
+        .write_all_at(&f.v1, 0)
+        .unwrap();
+    // Slot A's tree, as the image builder wrote it: it must stay as it is.
+    let (ah_off, ah_len) = f.slot_range(fs::read(f.disk()).unwrap(), "USR-A-VERITY");
+    let a_tree = seeded_bytes(4, ah_len as usize);
+    (&disk_file).write_all_at(&a_tree, ah_off).unwrap();
+    drop(disk_file);
+    f.boot_from("USR-A");
+
+    let text = |b_hash: &str| {
+        f.description(&f.disk(), "", "")
+            .replace(
+                "salt = \"5a17\"",
+                "salt = \"5a17\"\nhash-tree = \"separate\"\nfec-roots = 2",
+            )
+            .replace(
+                "device = \"PARTLABEL=USR-A\"",
+                "device = \"PARTLABEL=USR-A\"\nhash-device = \"PARTLABEL=USR-A-VERITY\"",
+            )
+            .replace(
+                "name = \"usr.b\"",
+                &format!("name = \"usr.b\"\nhash-device = \"{b_hash}\""),
+            )
+    };
+    let disk = open_rw(&f.disk());
+    // A hash partition the disk does not have: refused, nothing written.
+    let before = fs::read(f.disk()).unwrap();
+    let e = agent(&f, system_from(text("PARTLABEL=NOPE")), &disk)
+        .install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
+        .unwrap_err();
+    assert!(e.to_string().contains("NOPE"), "{e}");
+    assert!(
+        fs::read(f.disk()).unwrap() == before,
+        "the disk was written"
+    );
+
+    let b_guid = f.partuuid("USR-B-VERITY");
+    let system = system_from(text(&format!("PARTUUID={b_guid}")));
+    assert!(!system.verity.as_ref().unwrap().after_data);
+    agent(&f, system, &disk)
+        .install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
+        .unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.state().join("slot-B.json")).unwrap()).unwrap();
+    let arg = record["kernel_argument"].as_str().unwrap();
+    let data_dev = format!("PARTUUID={}", f.partuuid("USR-B"));
+    let hash_dev = format!("PARTUUID={b_guid}");
+    assert!(
+        arg.contains(&format!(" {data_dev} {hash_dev} "))
+            && arg.contains(&format!("use_fec_from_device {hash_dev}")),
+        "{arg}"
+    );
+
+    let image = fs::read(f.disk()).unwrap();
+    assert!(
+        image[ah_off as usize..(ah_off + ah_len) as usize] == a_tree[..],
+        "slot A's tree was written"
+    );
+    let (b_off, b_len) = f.slot_range(image.clone(), "USR-B");
+    let slot_b = &image[b_off as usize..(b_off + b_len) as usize];
+    assert!(slot_b[..IMAGE] == f.v2[..]);
+    assert!(
+        slot_b[IMAGE..].iter().all(|&b| b == 0),
+        "the tree went into the slot"
+    );
+    let (bh_off, bh_len) = f.slot_range(image.clone(), "USR-B-VERITY");
+    let hash_b = &image[bh_off as usize..(bh_off + bh_len) as usize];
+
+    // veritysetup reads the data from the slot and the tree from its hash partition.
+    let Some(veritysetup) = keel_testsupport::tool("veritysetup", "cryptsetup-bin") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let (data_f, hash_f) = (work.path().join("data"), work.path().join("hash"));
+    fs::write(&data_f, &slot_b[..IMAGE]).unwrap();
+    fs::write(&hash_f, hash_b).unwrap();
+    let root = hex::encode(f.descriptor(&f.v2).root_hash());
+    let verify = |root: &str| {
+        std::process::Command::new(&veritysetup)
+            .args(["verify", "--no-superblock", "--salt", SALT, "--data-blocks"])
+            .arg((IMAGE / 4096).to_string())
+            .args([&data_f, &hash_f])
+            .arg(root)
+            .output()
+            .unwrap()
+    };
+    let o = verify(&root);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut wrong = f.descriptor(&f.v2).root_hash().to_vec();
+    wrong[0] ^= 1;
+    assert!(!verify(&hex::encode(wrong)).status.success());
+}
+
+/// A description with two slot classes (a kernel pair and a root pair switching
+/// together) is refused, naming the second class, rather than one class updated alone.
+#[test]
+fn a_second_slot_class_is_refused() {
+    let f = Fixture::new();
+    let text = f.description(&f.disk(), "", "").replace(
+        "[verity]",
+        "[[slot]]\nname = \"kern.a\"\nclass = \"kernel\"\ndevice = \"PARTLABEL=KERN-A\"\n\n\
+         [[slot]]\nname = \"kern.b\"\nclass = \"kernel\"\ndevice = \"PARTLABEL=KERN-B\"\n\n[verity]",
+    );
+    let config = keel_config::load_sources(&[("s.toml".into(), text)])
+        .config
+        .unwrap();
+    let e = System::from_config(&config).unwrap_err().to_string();
+    assert!(
+        e.contains("slot[2].class") && e.contains("\"kernel\""),
+        "{e}"
+    );
 }
 
 /// Without `boot.disk`, the disk is the one holding the partition the kernel booted:
