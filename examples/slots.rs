@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --example slots -- DISK show
 //! cargo run --example slots -- DISK create --slot-size BYTES [--esp-size BYTES]
-//!         [--labels A_LABEL,B_LABEL] [--type usr|root-x86-64|GUID] [--sector-size 512|4096]
+//!         [--labels A_LABEL,B_LABEL] [--type usr|root-x86-64|...|GUID] [--sector-size 512|4096]
 //! cargo run --example slots -- DISK set-active SLOT [--tries N]
 //! cargo run --example slots -- DISK mark-good SLOT | mark-bad SLOT
 //! cargo run --example slots -- DISK boot [--policy chromeos|flatcar]
@@ -29,7 +29,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use keel::bootflags::PriorityPolicy;
 use keel::partition::{
     create_layout, existing_table, open_disk, reread_partitions, types, AbDisk, CopyState, GptDisk,
-    Guid, Layout, SlotSelector,
+    Layout, SlotSelector,
 };
 
 #[derive(Parser)]
@@ -72,7 +72,8 @@ enum Cmd {
         /// `A_LABEL,B_LABEL`.
         #[arg(long, default_value = "USR-A,USR-B")]
         labels: String,
-        /// usr, root-x86-64, or a type GUID.
+        /// A type name (usr, root-x86-64, root-aarch64, usr-x86-64, chromeos-kernel,
+        /// chromeos-rootfs, linux-data) or a type GUID.
         #[arg(long = "type", default_value = "usr")]
         type_: String,
         /// Logical sector size of an image: 512 or 4096 (a block device's own is used).
@@ -225,11 +226,7 @@ fn run(cli: Cli) -> Result<(), String> {
     } = &cli.cmd
     {
         // Everything given is checked before the disk is touched or created.
-        let slot_type = match type_.as_str() {
-            "usr" => types::coreos_usr(),
-            "root-x86-64" => types::root_x86_64(),
-            g => g.parse::<Guid>().map_err(|e| e.to_string())?,
-        };
+        let slot_type = types::parse(type_).map_err(|e| format!("--type {type_:?}: {e}"))?;
         let mut layout = Layout::flatcar(*slot_size);
         layout.esp_size = *esp_size;
         layout.labels = pair("--labels", labels)?;

@@ -147,6 +147,42 @@ fn yes() -> bool {
     true
 }
 
+/// How the description names a partition (`device`, `hash-device`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceRef {
+    /// `PARTLABEL=...`.
+    PartLabel(String),
+    /// `PARTUUID=...`.
+    PartUuid(keel_partition::Guid),
+    /// A device path (`/dev/sda3`), a partition of the boot disk.
+    Path(std::path::PathBuf),
+}
+
+impl DeviceRef {
+    /// `PARTLABEL=LABEL`, `PARTUUID=GUID` or an absolute path: the one rule the
+    /// description's validation and the agent share.
+    pub fn parse(s: &str) -> Result<DeviceRef, String> {
+        if let Some(label) = s.strip_prefix("PARTLABEL=") {
+            if label.is_empty() {
+                return Err("PARTLABEL= needs a label".into());
+            }
+            return Ok(DeviceRef::PartLabel(label.to_string()));
+        }
+        if let Some(uuid) = s.strip_prefix("PARTUUID=") {
+            return uuid
+                .parse()
+                .map(DeviceRef::PartUuid)
+                .map_err(|e| format!("PARTUUID=GUID: {e}"));
+        }
+        if s.starts_with('/') {
+            return Ok(DeviceRef::Path(s.into()));
+        }
+        Err(format!(
+            "{s:?}: expected a path, PARTLABEL=LABEL or PARTUUID=GUID"
+        ))
+    }
+}
+
 /// Where the verity hash tree lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

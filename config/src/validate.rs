@@ -20,12 +20,6 @@ fn is_hex(s: &str) -> bool {
 // The values below are checked by the parsers of the crates that use them, so the
 // description accepts exactly what they accept.
 
-fn guid_error(s: &str) -> Option<String> {
-    s.parse::<keel_partition::Guid>()
-        .err()
-        .map(|e| e.to_string())
-}
-
 fn dotted(s: &str) -> Option<Vec<u64>> {
     s.split('.').map(|p| p.parse().ok()).collect()
 }
@@ -156,22 +150,13 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
             );
         }
         classes.entry(&s.class).or_default().push(i);
-        let dev_ok = |d: &str| {
-            d.starts_with('/')
-                || d.strip_prefix("PARTLABEL=").is_some_and(|l| !l.is_empty())
-                || d.strip_prefix("PARTUUID=")
-                    .is_some_and(|g| guid_error(g).is_none())
-        };
         for (key, dev) in [
             ("device", Some(&s.device)),
             ("hash-device", s.hash_device.as_ref()),
         ] {
             let Some(dev) = dev else { continue };
-            if !dev_ok(dev) {
-                err!(
-                    at(key),
-                    format!("{dev:?}: expected a path, PARTLABEL=LABEL or PARTUUID=GUID")
-                );
+            if let Err(e) = crate::DeviceRef::parse(dev) {
+                err!(at(key), e);
             }
             // A device written by two slots (or as data and tree) would be overwritten
             // by an install while the running slot reads it.
@@ -198,12 +183,14 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
             _ => {}
         }
         if let Some(t) = &s.partition_type {
-            if !["usr", "root-x86-64", "root-aarch64"].contains(&t.as_str())
-                && guid_error(t).is_some()
-            {
+            if let Err(e) = keel_partition::types::parse(t) {
+                let names: Vec<&str> = keel_partition::types::NAMES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect();
                 err!(
                     at("partition-type"),
-                    format!("{t:?}: expected usr, root-x86-64, root-aarch64 or a GUID")
+                    format!("{t:?}: expected {} or a GUID ({e})", names.join(", "))
                 );
             }
         }

@@ -117,11 +117,46 @@ pub mod types {
     pub fn linux_data() -> Guid {
         known("0fc63daf-8483-4772-8e79-3d69d8477de4")
     }
+
+    /// A type's name and the function giving its GUID.
+    pub type Named = (&'static str, fn() -> Guid);
+
+    /// The names a slot's type may be given by (systemd-sysupdate's and the Discoverable
+    /// Partitions Specification's, `usr` being CoreOS's), with their GUIDs.
+    pub const NAMES: &[Named] = &[
+        ("usr", coreos_usr),
+        ("root-x86-64", root_x86_64),
+        ("root-aarch64", root_aarch64),
+        ("usr-x86-64", usr_x86_64),
+        ("chromeos-kernel", chromeos_kernel),
+        ("chromeos-rootfs", chromeos_rootfs),
+        ("linux-data", linux_data),
+    ];
+
+    /// A partition type by one of [`NAMES`] or as a GUID: the one rule the description,
+    /// the agent and the tools share.
+    pub fn parse(s: &str) -> Result<Guid, crate::Error> {
+        match NAMES.iter().find(|(n, _)| *n == s) {
+            Some((_, g)) => Ok(g()),
+            None => s.parse(),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_names_and_guids_parse_by_one_rule() {
+        for (name, guid) in types::NAMES {
+            assert_eq!(types::parse(name).unwrap(), guid());
+            assert_eq!(types::parse(&guid().to_string()).unwrap(), guid());
+        }
+        assert_eq!(types::parse("usr").unwrap(), types::coreos_usr());
+        assert!(types::parse("root-riscv").is_err());
+        assert!(types::parse("").is_err());
+    }
 
     #[test]
     fn mixed_endian_round_trip() {

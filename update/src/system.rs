@@ -34,37 +34,8 @@ pub enum BootBackend {
     SystemdBoot(PathBuf),
 }
 
-/// How a slot's partition is named.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SlotDevice {
-    /// `PARTLABEL=...`.
-    PartLabel(String),
-    /// `PARTUUID=...`.
-    PartUuid(Guid),
-    /// A device path (`/dev/sda3`), a partition of the boot disk.
-    Path(PathBuf),
-}
-
-impl SlotDevice {
-    fn parse(field: &str, s: &str) -> Result<Self> {
-        if let Some(label) = s.strip_prefix("PARTLABEL=") {
-            return Ok(SlotDevice::PartLabel(label.to_string()));
-        }
-        if let Some(uuid) = s.strip_prefix("PARTUUID=") {
-            let g: Guid = uuid
-                .parse()
-                .map_err(|e| Error::config(field, format!("{uuid:?}: {e}")))?;
-            return Ok(SlotDevice::PartUuid(g));
-        }
-        if s.starts_with('/') {
-            return Ok(SlotDevice::Path(PathBuf::from(s)));
-        }
-        Err(Error::config(
-            field,
-            format!("{s:?}: expected a path, PARTLABEL=... or PARTUUID=..."),
-        ))
-    }
-}
+/// How a slot's partition is named: keel-config's [`keel_config::DeviceRef`].
+pub use keel_config::DeviceRef as SlotDevice;
 
 /// One slot of the updated pair.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -263,12 +234,12 @@ fn slot_pair(c: &Config) -> Result<[SlotSpec; 2]> {
         let hash_device = s
             .hash_device
             .as_deref()
-            .map(|d| SlotDevice::parse(&field("hash-device"), d))
+            .map(|d| SlotDevice::parse(d).map_err(|e| Error::config(field("hash-device"), e)))
             .transpose()?;
         specs.push(SlotSpec {
             name: s.name.clone(),
             slot,
-            device: SlotDevice::parse(&field("device"), &s.device)?,
+            device: SlotDevice::parse(&s.device).map_err(|e| Error::config(field("device"), e))?,
             partition_type,
             hash_device,
         });
@@ -289,17 +260,9 @@ fn slot_pair(c: &Config) -> Result<[SlotSpec; 2]> {
     }
 }
 
-/// A partition type: a name systemd-sysupdate knows, or a GUID.
+/// A partition type: a name keel-partition knows, or a GUID.
 fn partition_type(field: &str, t: &str) -> Result<Guid> {
-    Ok(match t {
-        "usr" => types::coreos_usr(),
-        "root-x86-64" => types::root_x86_64(),
-        "root-aarch64" => types::root_aarch64(),
-        "usr-x86-64" => types::usr_x86_64(),
-        other => other
-            .parse()
-            .map_err(|e| Error::config(field, format!("{other:?}: {e}")))?,
-    })
+    types::parse(t).map_err(|e| Error::config(field, format!("{t:?}: {e}")))
 }
 
 fn verity(v: &keel_config::Verity) -> Result<VeritySpec> {
