@@ -2,7 +2,8 @@
 //! copied, zero blocks zeroed; then the new blocks, on all cores, each operation keeping
 //! the smallest of its candidate encodings:
 //!
-//! - in ext4 images, each changed file with the part of its previous version (same path)
+//! - in ext4 and uncompressed EROFS images, each changed file with the part of its previous
+//!   version (same path)
 //!   around the change as reference (PATCH, or BSDIFF where bsdiff wins: executables),
 //!   small files grouped;
 //! - new files grouped by extension and name, each group chained to the group before it
@@ -61,8 +62,8 @@ pub struct GenerateOptions {
     pub level: i32,
     /// Worker threads (default: every core).
     pub threads: Threads,
-    /// Pair changed files with their old versions through the ext4 layout of both images
-    /// (on by default; images that are not ext4 with 4 KiB blocks are unaffected).
+    /// Pair changed files with their old versions through the ext4 or EROFS layout of both
+    /// images (on by default; other images, or other block sizes, are unaffected).
     pub file_pairing: bool,
 }
 
@@ -280,15 +281,25 @@ fn group(
 /// first target block alone for files with an old version.
 type PieceKey = (String, String, u64);
 
-/// Pair the target's changed files with the source's files of the same path (both ext4):
-/// groups of target extents, in file order, with the old versions as their reference, as
-/// update_engine does. Marks the blocks it takes as [`Kind::InFile`].
+/// The regular files of an ext4 or (uncompressed) EROFS image, with their blocks.
+fn fs_files(img: &[u8]) -> Vec<crate::ext4::File> {
+    let found = crate::ext4::files(img);
+    if found.is_empty() {
+        crate::erofs::files(img)
+    } else {
+        found
+    }
+}
+
+/// Pair the target's changed files with the source's files of the same path (ext4 or
+/// EROFS): groups of target extents, in file order, with the old versions as their
+/// reference, as update_engine does. Marks the blocks it takes as [`Kind::InFile`].
 fn plan_files(source: &[u8], target: &[u8], kinds: &mut [Kind]) -> Vec<Plan> {
-    let new_files = crate::ext4::files(target);
+    let new_files = fs_files(target);
     if new_files.is_empty() {
         return Vec::new();
     }
-    let old_files = crate::ext4::files(source);
+    let old_files = fs_files(source);
     let old: HashMap<&str, &crate::ext4::File> =
         old_files.iter().map(|f| (f.path.as_str(), f)).collect();
     let max = MAX_OP_BYTES / BLOCK_SIZE;
@@ -432,7 +443,7 @@ fn tail(ext: &[Extent], blocks: u64) -> Vec<Extent> {
 /// signed by `signer` (a key in memory, an HSM callback, openssl as a process).
 ///
 /// The phases: classify every target block (zero, copy of a source block, new); pair
-/// changed files through both images' ext4 layout; cut the blocks into runs of one kind;
+/// changed files through both images' ext4 or EROFS layout; cut the blocks into runs of one kind;
 /// merge nearby small runs of new blocks; encode each run on the worker threads, choosing
 /// the smallest of plain zstd, zstd against a reference, and bsdiff; lay the blobs out and
 /// sign the manifest.

@@ -31,6 +31,7 @@
 mod apply;
 mod bspatch;
 mod digest;
+pub mod erofs;
 mod error;
 pub mod ext4;
 pub mod format;

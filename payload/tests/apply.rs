@@ -440,7 +440,39 @@ fn mkfs(mkfs: &Path, root: &Path, img: &Path) -> Vec<u8> {
 fn ext4_pair() -> Option<(Vec<u8>, Vec<u8>)> {
     let mk = tool("mkfs.ext4", "e2fsprogs")?;
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let (a, b) = two_trees(dir.path());
+    let src = mkfs(&mk, &a, &dir.path().join("a.img"));
+    let tgt = mkfs(&mk, &b, &dir.path().join("b.img"));
+    Some((src, tgt))
+}
+
+/// The same two trees as uncompressed EROFS images (mkfs.erofs), padded to whole blocks.
+fn erofs_pair() -> Option<(Vec<u8>, Vec<u8>)> {
+    let mk = tool("mkfs.erofs", "erofs-utils")?;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_trees(dir.path());
+    let image = |root: &Path, name: &str| {
+        let img = dir.path().join(name);
+        run_ok(
+            &mk,
+            &[
+                "--quiet",
+                "-T0",
+                "--all-root",
+                img.to_str().unwrap(),
+                root.to_str().unwrap(),
+            ],
+        );
+        let mut bytes = fs::read(img).unwrap();
+        bytes.resize(bytes.len().next_multiple_of(4096), 0);
+        bytes
+    };
+    Some((image(&a, "a.img"), image(&b, "b.img")))
+}
+
+/// Version A and version B of a tree, under `dir`.
+fn two_trees(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (a, b) = (dir.join("a"), dir.join("b"));
     // Version A.
     for i in 0..60u64 {
         write(
@@ -484,10 +516,7 @@ fn ext4_pair() -> Option<(Vec<u8>, Vec<u8>)> {
             &text(4000 + i, 3 << 20),
         );
     }
-
-    let src = mkfs(&mk, &a, &dir.path().join("a.img"));
-    let tgt = mkfs(&mk, &b, &dir.path().join("b.img"));
-    Some((src, tgt))
+    (a, b)
 }
 
 #[test]
@@ -495,24 +524,39 @@ fn ext4_changed_files_are_paired_with_their_old_versions() {
     let Some((src, tgt)) = ext4_pair() else {
         return;
     };
+    pairing_case(&src, &tgt);
+}
+
+/// On EROFS as on ext4: the files found through the EROFS reader are paired.
+#[test]
+fn erofs_changed_files_are_paired_with_their_old_versions() {
+    let Some((src, tgt)) = erofs_pair() else {
+        return;
+    };
+    pairing_case(&src, &tgt);
+}
+
+/// File pairing makes groups of files and chains new files, and a smaller payload than
+/// block matching alone; both payloads apply exactly.
+fn pairing_case(src: &[u8], tgt: &[u8]) {
     let key = SigningKey::generate().unwrap();
     let mut o = GenerateOptions::new("acme-test", "2.0");
     o.level = 9;
-    let paired = generate(Some(&src), &tgt, &key, &o).unwrap();
+    let paired = generate(Some(src), tgt, &key, &o).unwrap();
     o.file_pairing = false;
-    let unpaired = generate(Some(&src), &tgt, &key, &o).unwrap();
+    let unpaired = generate(Some(src), tgt, &key, &o).unwrap();
 
     let mut ring = Keyring::new();
     ring.add(key.public_key().clone()).unwrap();
     let ao = ApplyOptions::new(&ring, VersionCheck::Unchecked);
     for p in [&paired, &unpaired] {
         let mut out = vec![0u8; tgt.len()];
-        let done = apply(&p[..], Some(&src), &mut out, &ao).unwrap();
+        let done = apply(&p[..], Some(src), &mut out, &ao).unwrap();
         assert!(out == tgt, "the target is exact");
         let _ = done;
     }
     let mut out = vec![0u8; tgt.len()];
-    let done = apply(&paired[..], Some(&src), &mut out, &ao).unwrap();
+    let done = apply(&paired[..], Some(src), &mut out, &ao).unwrap();
     // Groups of files: PATCH operations whose target and source are several extents.
     let multi = done
         .manifest
