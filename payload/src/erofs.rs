@@ -264,13 +264,80 @@ fn dirents(block: &[u8]) -> Vec<(u64, u8, &[u8])> {
 /// Regular files of an uncompressed-layout EROFS image with 4 KiB blocks; empty if `img`
 /// is not one (or is damaged where it matters).
 pub fn files(img: &[u8]) -> Vec<File> {
+    let mut out = Vec::new();
+    walk(img, |fs, path, nid, ftype| {
+        if ftype == FT_REG_FILE {
+            if out.len() >= MAX_FILES {
+                return false;
+            }
+            if let Some(f) = file(fs, nid, path) {
+                out.push(f);
+            }
+        }
+        true
+    });
+    out
+}
+
+/// Where each entry's inode lies, with what is stored beside it (inline xattrs, an inline
+/// tail, a directory's inline entries, a chunk map): (path, first byte, end byte) in the
+/// image, the root directory as "". EROFS keeps these in its metadata blocks, many entries
+/// to a block; the generator gives a changed metadata block the old blocks of the same
+/// paths as reference.
+pub fn metadata(img: &[u8]) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    let Some(fs) = Fs::open(img) else {
+        return out;
+    };
+    if let Some(root) = fs.root_nid().and_then(|n| fs.inode(n)) {
+        out.push((
+            String::new(),
+            root.at,
+            root.at + root.header + inline_len(&root),
+        ));
+    }
+    walk(img, |fs, path, nid, _| {
+        if out.len() >= MAX_FILES {
+            return false;
+        }
+        if let Some(ino) = fs.inode(nid) {
+            out.push((path, ino.at, ino.at + ino.header + inline_len(&ino)));
+        }
+        true
+    });
+    out
+}
+
+/// Bytes stored after an inode and its xattrs.
+fn inline_len(ino: &Inode) -> u64 {
+    match ino.layout {
+        FLAT_INLINE => ino.size % BS,
+        CHUNK_BASED => {
+            let format = ino.u & 0xffff;
+            let chunkbits = (12 + (format & CHUNK_FORMAT_BLKBITS_MASK)).min(40);
+            let unit: u64 = if format & CHUNK_FORMAT_INDEXES != 0 {
+                8
+            } else {
+                4
+            };
+            ino.size
+                .div_ceil(1 << chunkbits)
+                .saturating_mul(unit)
+                .min(BS)
+        }
+        _ => 0,
+    }
+}
+
+/// Every directory entry under the root, depth first: `visit(fs, path, nid, type)`
+/// returns false to stop.
+fn walk(img: &[u8], mut visit: impl FnMut(&mut Fs<'_>, String, u64, u8) -> bool) {
     let Some(mut fs) = Fs::open(img) else {
-        return Vec::new();
+        return;
     };
     let Some(root) = fs.root_nid() else {
-        return Vec::new();
+        return;
     };
-    let mut out = Vec::new();
     let mut visited = HashSet::from([root]);
     let mut stack = vec![(root, String::new(), 0usize)];
     while let Some((nid, path, depth)) = stack.pop() {
@@ -287,24 +354,19 @@ pub fn files(img: &[u8]) -> Vec<File> {
                     continue;
                 }
                 let child = format!("{path}/{}", String::from_utf8_lossy(name));
-                match ftype {
-                    FT_DIR if stack.len() < MAX_PENDING_DIRS && visited.insert(child_nid) => {
-                        stack.push((child_nid, child, depth + 1));
+                if ftype == FT_DIR {
+                    if stack.len() < MAX_PENDING_DIRS && visited.insert(child_nid) {
+                        stack.push((child_nid, child.clone(), depth + 1));
+                    } else {
+                        continue;
                     }
-                    FT_REG_FILE => {
-                        if out.len() >= MAX_FILES {
-                            return out;
-                        }
-                        if let Some(f) = file(&mut fs, child_nid, child) {
-                            out.push(f);
-                        }
-                    }
-                    _ => {}
+                }
+                if !visit(&mut fs, child, child_nid, ftype) {
+                    return;
                 }
             }
         }
     }
-    out
 }
 
 fn file(fs: &mut Fs<'_>, nid: u64, path: String) -> Option<File> {
@@ -452,7 +514,46 @@ mod tests {
                 );
                 assert!(got[..covered] == want[..covered], "{args:?} {}", f.path);
             }
+            // Every entry's inode is found; an inline tail is the last bytes after it.
+            let meta = metadata(&bytes);
+            assert_eq!(meta.len(), expect.len() + dirs(&root) + 1, "{args:?}");
+            for (path, start, end) in &meta {
+                assert!(start < end && *end <= bytes.len() as u64, "{path}");
+                let Some(want) = expect.get(path) else {
+                    continue;
+                };
+                let tail = want.len() % 4096;
+                if covered_inline(&found, path, want.len()) {
+                    let have = &bytes[(*end as usize - tail)..*end as usize];
+                    assert!(
+                        have == &want[want.len() - tail..],
+                        "{args:?} {path}: inline tail"
+                    );
+                }
+            }
         }
+    }
+
+    /// Whether the file's blocks stop short of its size (its tail is inline).
+    fn covered_inline(found: &[File], path: &str, len: usize) -> bool {
+        let f = found.iter().find(|f| f.path == path).unwrap();
+        (f.extents.iter().map(|e| e.1).sum::<u64>() * 4096) < len as u64
+    }
+
+    /// Directories under `root`.
+    fn dirs(root: &std::path::Path) -> usize {
+        let mut n = 0;
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    n += 1;
+                    stack.push(p);
+                }
+            }
+        }
+        n
     }
 
     /// Damaged images: every byte of a small image's first blocks flipped in turn gives

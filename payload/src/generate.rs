@@ -418,6 +418,67 @@ fn plan_files(source: &[u8], target: &[u8], kinds: &mut [Kind]) -> Vec<Plan> {
     plans
 }
 
+/// Changed EROFS metadata blocks (inodes with their inline tails, xattrs and directory
+/// entries, many to a block) grouped and patched against the source blocks holding the
+/// same paths' inodes, where zstd finds the old tails and entries: the blocks a delta
+/// over raw blocks would compress alone. Marks the blocks it takes as [`Kind::InFile`].
+fn plan_meta(source: &[u8], target: &[u8], kinds: &mut [Kind]) -> Vec<Plan> {
+    let new_meta = crate::erofs::metadata(target);
+    if new_meta.is_empty() {
+        return Vec::new();
+    }
+    let old_meta = crate::erofs::metadata(source);
+    let old: HashMap<&str, (u64, u64)> = old_meta
+        .iter()
+        .map(|(p, a, b)| (p.as_str(), (*a, *b)))
+        .collect();
+    let sblocks = source.len() as u64 / BLOCK_SIZE;
+    // Each changed target block, with the source blocks of the old versions of its entries.
+    let mut refs: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    for (path, a, b) in &new_meta {
+        let Some(&(oa, ob)) = old.get(path.as_str()) else {
+            continue;
+        };
+        // An inode and what follows it span at most two blocks (the tail may not cross).
+        let blocks = |a: u64, b: u64| (a / BLOCK_SIZE, (b.max(a + 1) - 1) / BLOCK_SIZE);
+        let (tf, tl) = blocks(*a, *b);
+        let (sf, sl) = blocks(oa, ob);
+        if sl >= sblocks {
+            continue;
+        }
+        for t in tf..=tl.min(tf + 1) {
+            if kinds.get(t as usize) == Some(&Kind::New) {
+                refs.entry(t).or_default().extend(sf..=sl.min(sf + 1));
+            }
+        }
+    }
+    let max = MAX_OP_BYTES / BLOCK_SIZE;
+    let mut plans = Vec::new();
+    let mut group: Option<(Vec<Extent>, std::collections::BTreeSet<u64>)> = None;
+    for (t, srcs) in refs {
+        let full = group.as_ref().is_some_and(|(tg, rs)| {
+            extents_total(tg) >= PIECE_BLOCKS || rs.len() + srcs.len() > max as usize
+        });
+        if full {
+            plans.extend(group.take().map(meta_plan));
+        }
+        let (tg, rs) = group.get_or_insert_with(Default::default);
+        push_extent(tg, t, 1);
+        rs.extend(srcs);
+        kinds[t as usize] = Kind::InFile;
+    }
+    plans.extend(group.map(meta_plan));
+    plans
+}
+
+fn meta_plan((tgt, srcs): (Vec<Extent>, std::collections::BTreeSet<u64>)) -> Plan {
+    let mut src = Vec::new();
+    for b in srcs {
+        push_extent(&mut src, b, 1);
+    }
+    (OpType::Patch, tgt, src)
+}
+
 /// The last `blocks` blocks of a list of extents.
 fn tail(ext: &[Extent], blocks: u64) -> Vec<Extent> {
     let total = extents_total(ext);
@@ -483,7 +544,11 @@ pub fn generate_observed<S: Signer + ?Sized>(
     let mut kinds = classify(source, target, threads);
     report(src_len + tgt_len)?;
     let file_groups = match source {
-        Some(src) if opts.file_pairing => plan_files(src, target, &mut kinds),
+        Some(src) if opts.file_pairing => {
+            let mut g = plan_files(src, target, &mut kinds);
+            g.extend(plan_meta(src, target, &mut kinds));
+            g
+        }
         _ => Vec::new(),
     };
     let plans = runs(&kinds);
