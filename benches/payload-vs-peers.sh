@@ -4,16 +4,23 @@
 #
 #   benches/payload-vs-peers.sh [OLD NEW]
 #
-# Without arguments it uses the ext4 pair of the measurement corpus, building it first
+# Without arguments it runs every pair of the measurement corpus, one table each: ext4,
+# squashfs (zstd), EROFS and EROFS (lz4hc), building the corpus first
 # (shared/corpus/build-corpus.sh; needs root and about 5 minutes). Needs zstd, xdelta3,
 # bsdiff and GNU time (apt-get install zstd xdelta3 bsdiff time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORPUS=${KEEL_CORPUS:-/tmp/keel-corpus}
-if [ $# -ge 2 ]; then OLD=$1 NEW=$2; else
-  OLD=$CORPUS/img_A.ext4 NEW=$CORPUS/img_B.ext4
-  [ -f "$OLD" ] || bash ../shared/corpus/build-corpus.sh "$CORPUS"
+if [ $# -lt 2 ]; then
+  [ -f "$CORPUS/img_B.lz4.erofs" ] || bash ../shared/corpus/build-corpus.sh "$CORPUS"
+  for fs in ext4 sqfs erofs lz4.erofs; do
+    echo "== $fs: $CORPUS/img_A.$fs -> img_B.$fs"
+    bash "$0" "$CORPUS/img_A.$fs" "$CORPUS/img_B.$fs"
+    echo
+  done
+  exit 0
 fi
+OLD=$1 NEW=$2
 BSDIFF_LIMIT=${BSDIFF_LIMIT:-420}
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
 cargo build -q --release --example payload
@@ -36,7 +43,7 @@ measure() {
   rows+=("$name|$(stat -c %s "$out")|${g% *}|$(( ${g#* } / 1024 ))|${a% *}|$(( ${a#* } / 1024 ))")
 }
 
-measure "keel (ext4 pairing, zstd -19)" \
+measure "keel (file pairing, zstd -19)" \
   "$PAYLOAD generate --source $OLD --target $NEW --key $W/k.pem -o $W/keel.p" \
   "$PAYLOAD apply --source $OLD --target $W/keel.out --pubkey $W/k.pub --no-version-check $W/keel.p" "$W/keel.p" "$W/keel.out"
 measure "zstd --patch-from -19 --long=31" \

@@ -156,15 +156,7 @@ mod tests {
     use sha2::Digest;
 
     fn bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        keel_testsupport::seeded_bytes(seed, n)
     }
 
     #[test]

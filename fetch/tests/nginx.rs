@@ -57,12 +57,9 @@ fn a_download_cut_two_hundred_times_is_whole() {
     assert!(st.requests > cuts, "{st:?}");
 }
 
-/// A payload streamed from nginx into the applier, the connection cut at random places;
-/// then a "process restart" (a new reader and a new apply after a power cut of the
-/// target) fetches only what the applier had not applied.
-#[test]
-fn a_payload_streams_into_the_applier_and_resumes_without_fetching_again() {
-    let Some(s) = site() else { return };
+/// A signed 6 MiB delta published on the site as `name`: the keyring that trusts it, its
+/// source and target images, its bytes.
+fn delta_on(s: &Site, name: &str) -> (Keyring, Vec<u8>, Vec<u8>, Vec<u8>) {
     let key = SigningKey::generate().unwrap();
     let mut keys = Keyring::new();
     keys.add(key.public_key().clone()).unwrap();
@@ -70,7 +67,17 @@ fn a_payload_streams_into_the_applier_and_resumes_without_fetching_again() {
     let tgt = seeded_bytes(3, 6 << 20);
     let opts = GenerateOptions::new("acme", "2.0").level(1);
     let payload = generate(Some(&src), &tgt, &key, &opts).unwrap();
-    std::fs::write(s.www.join("update.payload"), &payload).unwrap();
+    std::fs::write(s.www.join(name), &payload).unwrap();
+    (keys, src, tgt, payload)
+}
+
+/// A payload streamed from nginx into the applier, the connection cut at random places;
+/// then a "process restart" (a new reader and a new apply after a power cut of the
+/// target) fetches only what the applier had not applied.
+#[test]
+fn a_payload_streams_into_the_applier_and_resumes_without_fetching_again() {
+    let Some(s) = site() else { return };
+    let (keys, src, tgt, payload) = delta_on(&s, "update.payload");
     let proxy = cutting_proxy(s.server.port, 11, 256 << 10);
     let url = format!("{}/update.payload", proxy.base);
     let state = s.www.parent().unwrap().join("resume");
@@ -122,19 +129,7 @@ fn a_payload_streams_into_the_applier_and_resumes_without_fetching_again() {
 fn the_index_digest_is_checked_whole_even_across_a_restart() {
     use sha2::Digest;
     let Some(s) = site() else { return };
-    let key = SigningKey::generate().unwrap();
-    let mut keys = Keyring::new();
-    keys.add(key.public_key().clone()).unwrap();
-    let src = seeded_bytes(2, 6 << 20);
-    let tgt = seeded_bytes(3, 6 << 20);
-    let payload = generate(
-        Some(&src),
-        &tgt,
-        &key,
-        &GenerateOptions::new("acme", "2.0").level(1),
-    )
-    .unwrap();
-    std::fs::write(s.www.join("u.payload"), &payload).unwrap();
+    let (keys, src, tgt, payload) = delta_on(&s, "u.payload");
     let size = payload.len() as u64;
     let sha: [u8; 32] = sha2::Sha256::digest(&payload).into();
     let proxy = cutting_proxy(s.server.port, 5, 512 << 10);
