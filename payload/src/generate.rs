@@ -186,6 +186,8 @@ fn zstd_patch(data: &[u8], reference: &[u8], level: i32) -> Result<Vec<u8>> {
         .map_err(|e| Error::io("zstd window", e))?;
     enc.include_contentsize(true)
         .map_err(|e| Error::io("zstd", e))?;
+    enc.long_distance_matching(true)
+        .map_err(|e| Error::io("zstd", e))?;
     enc.set_pledged_src_size(Some(data.len() as u64))
         .map_err(|e| Error::io("zstd", e))?;
     enc.write_all(data)
@@ -556,7 +558,12 @@ pub fn generate_observed<S: Signer + ?Sized>(
     let mut merged = merge_new_runs(plans, predicted);
     // File groups: their reference is given, not predicted.
     merged.extend(file_groups.into_iter().map(|plan| (plan, None)));
-    let images = Images { source, target };
+    let index = anchor_index(source);
+    let images = Images {
+        source,
+        target,
+        anchors: &index,
+    };
     // Reported under the lock, so observers see `done` increase as the trait promises.
     let encoded_bytes = Mutex::new(src_len + tgt_len);
     let encoded = par_map(merged, threads, |(plan, pred)| {
@@ -733,6 +740,46 @@ fn lay_out(encoded: Vec<Result<(Operation, Vec<u8>)>>) -> Result<(Vec<Operation>
 struct Images<'a> {
     source: Option<&'a [u8]>,
     target: &'a [u8],
+    /// Content anchors of the source: gear hash at the anchor -> its byte offset.
+    anchors: &'a HashMap<u64, u64>,
+}
+
+/// The gear table of the content anchors: 256 fixed pseudo-random words (splitmix64).
+const GEAR: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut i = 0;
+    while i < 256 {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        t[i] = z ^ (z >> 31);
+        i += 1;
+    }
+    t
+};
+
+/// Anchors fall where the gear hash (over the last 64 bytes) has these bits clear: one
+/// every 4 KiB on average, wherever the content sits, aligned or not.
+const ANCHOR_MASK: u64 = 0xfff << 52;
+
+/// `(hash, offset)` of each content anchor of `bytes`.
+fn anchors(bytes: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let mut h = 0u64;
+    bytes.iter().enumerate().filter_map(move |(i, &b)| {
+        h = (h << 1).wrapping_add(GEAR[usize::from(b)]);
+        (i >= 64 && h & ANCHOR_MASK == 0).then_some((h, i as u64))
+    })
+}
+
+/// The source's anchors, first occurrence of each.
+fn anchor_index(source: Option<&[u8]>) -> HashMap<u64, u64> {
+    let mut index = HashMap::new();
+    for (h, at) in source.map(anchors).into_iter().flatten() {
+        index.entry(h).or_insert(at);
+    }
+    index
 }
 
 /// A reference for a delta: the operation to use and its estimated size, the reference
@@ -846,6 +893,9 @@ impl Images<'_> {
             if let Some(d) = pred {
                 centers.insert(0, i128::from(tstart) - d);
             }
+            if let Some(c) = self.anchored(tbytes) {
+                centers.push(c);
+            }
             centers.dedup();
             for c in centers {
                 let lo = (c - i128::from(margin)).clamp(0, i128::from(sblocks)) as u64;
@@ -861,6 +911,25 @@ impl Images<'_> {
             }
         }
         Ok(best)
+    }
+
+    /// Where the run's content probably came from, by content anchors found in both
+    /// images (the median of where its anchors lie in the source, in blocks, less the
+    /// run's own offset): for images whose content moves by amounts that are not whole
+    /// blocks (squashfs, compressed EROFS), where no copied block predicts anything.
+    fn anchored(&self, tbytes: &[u8]) -> Option<i128> {
+        let mut starts: Vec<i128> = anchors(tbytes)
+            .filter_map(|(h, at)| {
+                let src = self.anchors.get(&h)?;
+                Some(i128::from(*src) - i128::from(at))
+            })
+            .collect();
+        if starts.is_empty() {
+            return None;
+        }
+        let mid = starts.len() / 2;
+        let (_, median, _) = starts.select_nth_unstable(mid);
+        Some(median.div_euclid(i128::from(BLOCK_SIZE)))
     }
 
     /// The winning candidate's blob at the requested level, and its reference's digest.

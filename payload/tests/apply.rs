@@ -696,3 +696,38 @@ fn a_seekable_payload_is_not_read_again_on_resume() {
         "applied data was read again"
     );
 }
+
+/// Content that moved by an amount that is not whole blocks and far from where it was
+/// (squashfs and compressed EROFS images after a file is added): no block copies and no
+/// neighbouring copy predicts where it came from; the content anchors find it, and the
+/// payload carries only what is new.
+#[test]
+fn content_moved_by_an_odd_amount_is_found_by_its_anchors() {
+    let src = seeded_bytes(7, 8 << 20);
+    let mut tgt = seeded_bytes(8, (3 << 20) + 1234);
+    tgt.extend_from_slice(&src[..(5 << 20) - 1234]);
+    let key = SigningKey::generate().unwrap();
+    let p = generate(
+        Some(&src),
+        &tgt,
+        &key,
+        &GenerateOptions::new("acme-test", "2.0").level(3),
+    )
+    .unwrap();
+    assert!(
+        p.len() < (3 << 20) + (300 << 10),
+        "{} bytes for 3 MiB of new data",
+        p.len()
+    );
+    let mut ring = Keyring::new();
+    ring.add(key.public_key().clone()).unwrap();
+    let mut out = vec![0u8; tgt.len()];
+    apply(
+        &p[..],
+        Some(&src),
+        &mut out,
+        &ApplyOptions::new(&ring, VersionCheck::Unchecked),
+    )
+    .unwrap();
+    assert!(out == tgt);
+}
