@@ -392,15 +392,15 @@ fn check(cmd: &Cmd, root_dir: &std::path::Path) -> Res<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let now = keel::trust::unix_now();
-    let root_bytes =
-        std::fs::read(trust_root).map_err(|e| format!("{}: {e}", trust_root.display()))?;
+    let root_bytes = cli::read_small(trust_root, keel::fetch::index::MAX_ENVELOPE as u64)?;
     let root = TrustedRoot::initial(&root_bytes, now)?;
     let last = match serial_file {
-        Some(f) if f.exists() => Some(std::fs::read_to_string(f)?.trim().parse::<u64>()?),
+        Some(f) if f.exists() => Some(cli::read_small_text(f, 64)?.trim().parse::<u64>()?),
         _ => None,
     };
     let mut bytes = Vec::new();
     keel::fetch::HttpReader::new(index_url, keel::fetch::FetchOptions::default())?
+        .take(keel::fetch::index::MAX_ENVELOPE as u64 + 1)
         .read_to_end(&mut bytes)?;
     let index = root.verify_index(&bytes, last, now)?;
     if let Some(f) = serial_file {
@@ -408,7 +408,7 @@ fn check(cmd: &Cmd, root_dir: &std::path::Path) -> Res<ExitCode> {
     }
     let machine = match machine_id {
         Some(m) => m.clone(),
-        None => std::fs::read_to_string(root_dir.join("etc/machine-id"))
+        None => cli::read_small_text(&root_dir.join("etc/machine-id"), 4096)
             .unwrap_or_default()
             .trim()
             .to_string(),
@@ -470,7 +470,7 @@ fn make_index(cmd: &Cmd) -> Res<ExitCode> {
     let release = publish::release(full, ds, *rollout)?;
     let base = match base {
         Some(b) => {
-            let text = std::fs::read(b).map_err(|e| format!("{}: {e}", b.display()))?;
+            let text = cli::read_small(b, keel::fetch::index::MAX_ENVELOPE as u64)?;
             Some(serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", b.display()))?)
         }
         None => None,
@@ -499,10 +499,10 @@ fn sign(cmd: &Cmd) -> Res<ExitCode> {
     else {
         return Ok(ExitCode::FAILURE);
     };
-    let doc = std::fs::read(document).map_err(|e| format!("{}: {e}", document.display()))?;
+    let doc = cli::read_small(document, keel::fetch::index::MAX_ENVELOPE as u64)?;
     let mut signers = Vec::new();
     for k in keys {
-        let pem = std::fs::read_to_string(k).map_err(|e| format!("{}: {e}", k.display()))?;
+        let pem = cli::read_small_text(k, 64 << 10)?;
         signers.push(keel::trust::SigningKey::from_pkcs8_pem(&pem)?);
     }
     let context = match kind.as_str() {

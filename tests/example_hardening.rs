@@ -57,6 +57,65 @@ fn bad_inputs_are_clear_errors_not_panics_or_endless_reads() {
         "Verification failed",
     );
     refused("verity", &["demo", "--size-mib", "1000000"], "1 to 4096");
+    // Keys, documents and earlier indexes are small files: /dev/zero is refused after a
+    // bounded read, a directory by name.
+    for args in [
+        vec![
+            "sign",
+            "--kind",
+            "index",
+            "/dev/zero",
+            "--key",
+            &p("k.pem"),
+            "-o",
+            &p("o"),
+        ],
+        vec![
+            "sign",
+            "--kind",
+            "root",
+            &p("k.pub"),
+            "--key",
+            "/dev/zero",
+            "-o",
+            &p("o"),
+        ],
+        vec![
+            "index",
+            "--full",
+            "/dev/zero",
+            "--pubkey",
+            &p("k.pub"),
+            "-o",
+            &p("o"),
+        ],
+        vec![
+            "index",
+            "--full",
+            &p("k.pub"),
+            "--pubkey",
+            "/dev/zero",
+            "-o",
+            &p("o"),
+        ],
+    ] {
+        refused("update", &args, "/dev/zero");
+    }
+    refused(
+        "update",
+        &[
+            "sign",
+            "--kind",
+            "index",
+            dir.path().to_str().unwrap(),
+            "--key",
+            &p("k.pem"),
+            "-o",
+            &p("o"),
+        ],
+        "a directory",
+    );
+    assert!(!dir.path().join("o").exists());
     // A directory as data: no 72 PB allocation, and no empty HASH left behind.
     refused(
         "verity",

@@ -155,11 +155,34 @@ pub(crate) fn parse_size_usize(s: &str) -> Result<usize, String> {
     usize::try_from(parse_size(s)?).map_err(|_| format!("{s:?}: too large"))
 }
 
+/// A file of at most `max` bytes (a key, a document): a larger one, or an endless device
+/// such as /dev/zero, is an error naming it, read no further than `max` + 1 bytes.
+pub(crate) fn read_small(path: &std::path::Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let named = |e: std::io::Error| format!("{}: {e}", path.display());
+    let f = std::fs::File::open(path).map_err(named)?;
+    if f.metadata().map_err(named)?.is_dir() {
+        return Err(format!("{}: a directory, not a file", path.display()));
+    }
+    let mut out = Vec::new();
+    f.take(max + 1).read_to_end(&mut out).map_err(named)?;
+    if out.len() as u64 > max {
+        return Err(format!("{}: more than {max} bytes", path.display()));
+    }
+    Ok(out)
+}
+
+/// [`read_small`] as UTF-8 text.
+pub(crate) fn read_small_text(path: &std::path::Path, max: u64) -> Result<String, String> {
+    String::from_utf8(read_small(path, max)?)
+        .map_err(|_| format!("{}: not UTF-8 text", path.display()))
+}
+
 /// A keyring of the public keys (PEM) in `paths`; an error names the file.
 pub(crate) fn load_keyring(paths: &[PathBuf]) -> Result<keel::trust::Keyring, String> {
     let mut ring = keel::trust::Keyring::new();
     for p in paths {
-        let pem = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let pem = read_small_text(p, 64 << 10)?;
         let key =
             keel::trust::PublicKey::from_pem(&pem).map_err(|e| format!("{}: {e}", p.display()))?;
         ring.add(key).map_err(|e| format!("{}: {e}", p.display()))?;
