@@ -365,7 +365,14 @@ impl<'a> HttpReader<'a> {
         let Some(c) = self.check.as_mut() else {
             return Ok(self);
         };
-        match std::fs::read(path) {
+        // A state is a few hundred bytes: anything longer is not one, and is not read on.
+        let read = std::fs::File::open(path).and_then(|f| {
+            let mut bytes = Vec::new();
+            f.take(digest::SAVED_LEN as u64 + 1)
+                .read_to_end(&mut bytes)?;
+            Ok(bytes)
+        });
+        match read {
             Ok(bytes) => {
                 if let Ok(st) = digest::Sha256State::restore(&bytes, &c.expected, c.size) {
                     c.state = st;

@@ -167,6 +167,13 @@ fn the_index_digest_is_checked_whole_even_across_a_restart() {
     r.read_to_end(&mut Vec::new()).unwrap();
     assert_eq!(r.verified(), Some(true));
 
+    // A state file that is not one (here an endless device) is not used, nor read on.
+    let r = HttpReader::new(&url, quick())
+        .unwrap()
+        .expect(size, sha)
+        .digest_state(std::path::Path::new("/dev/zero"));
+    assert!(r.is_ok());
+
     // A consumer that stops early: finish() reads and hashes the rest for the verdict.
     for (digest, ok) in [(sha, true), (bad, false)] {
         let mut r = HttpReader::new(&url, quick()).unwrap().expect(size, digest);
