@@ -15,6 +15,16 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A valid description asks for what this agent does not do (several slot classes
+    /// switching together); `field` is the setting's TOML path. Unlike [`Error::Config`],
+    /// keel-config accepts the description: it is the agent that falls short.
+    #[error("{field}: {reason}")]
+    Unsupported {
+        /// The setting, as `slot[2].class`.
+        field: String,
+        /// What is not supported.
+        reason: String,
+    },
     /// The description has errors (each finding located in its file).
     #[error("the system description has errors:\n{0}")]
     Description(String),

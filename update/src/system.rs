@@ -204,13 +204,13 @@ fn slot_pair(c: &Config) -> Result<[SlotSpec; 2]> {
     // one. Until a payload carries an image per class, such a description is refused
     // rather than one class updated.
     if let Some((i, s)) = c.slots.iter().enumerate().find(|(_, s)| s.class != class) {
-        return Err(Error::config(
-            format!("slot[{i}].class"),
-            format!(
+        return Err(Error::Unsupported {
+            field: format!("slot[{i}].class"),
+            reason: format!(
                 "{:?}: a second slot class beside {class:?}; keel-update installs one A/B pair",
                 s.class
             ),
-        ));
+        });
     }
     let mut specs = Vec::new();
     for (i, s) in c.slots.iter().enumerate().filter(|(_, s)| s.class == class) {
