@@ -226,24 +226,26 @@ fn a_stopped_leader_and_a_restarted_member_lose_and_duplicate_nothing() {
         return;
     };
     let g = Group::new(&etcd, "elections", 2).unwrap();
-    let l1 = lease(&etcd, 5);
+    // TTLs above one member's request limit (3 s) plus an election on a loaded machine:
+    // a renewal that first meets the stopped leader still lands in time.
+    let l1 = lease(&etcd, 10);
     g.try_acquire("h1", &l1).unwrap();
 
     // SIGSTOP the leader: the others elect a new one; the client moves on to them.
     let leader = c.leader();
     c.signal(leader, "STOP");
-    let l2 = lease(&etcd, 5);
+    let l2 = lease(&etcd, 10);
     assert_eq!(
         g.try_acquire("h2", &l2).unwrap(),
         Acquire::Held { already: false }
     );
-    let l3 = lease(&etcd, 5);
+    let l3 = lease(&etcd, 10);
     assert!(matches!(
         g.try_acquire("h3", &l3).unwrap(),
         Acquire::Full { .. }
     ));
     // Longer than the TTL: the leases were kept alive through the election.
-    std::thread::sleep(Duration::from_secs(7));
+    std::thread::sleep(Duration::from_secs(12));
     assert!(!l1.is_lost() && !l2.is_lost());
     assert_eq!(holders(&g), ["h1", "h2"]);
     c.signal(leader, "CONT");
