@@ -71,6 +71,25 @@ struct Inode {
     header: u64,
 }
 
+impl Inode {
+    /// A chunk-based inode's map: (chunk size, bytes per map entry: a chunk index or a
+    /// block address, chunks); `None` for chunk sizes beyond reason.
+    fn chunk_map(&self) -> Option<(u64, u64, u64)> {
+        let format = self.u & 0xffff;
+        let chunkbits = 12 + (format & CHUNK_FORMAT_BLKBITS_MASK);
+        if chunkbits > 40 {
+            return None;
+        }
+        let chunk = 1u64 << chunkbits;
+        let unit = if format & CHUNK_FORMAT_INDEXES != 0 {
+            8
+        } else {
+            4
+        };
+        Some((chunk, unit, self.size.div_ceil(chunk)))
+    }
+}
+
 /// Where a run of the file's bytes lies.
 enum Piece {
     /// Whole blocks: (first block, count).
@@ -167,18 +186,7 @@ impl<'a> Fs<'a> {
                 Some(out)
             }
             CHUNK_BASED => {
-                let format = ino.u & 0xffff;
-                let chunkbits = 12 + (format & CHUNK_FORMAT_BLKBITS_MASK);
-                if chunkbits > 40 {
-                    return None;
-                }
-                let chunk = 1u64 << chunkbits;
-                let unit: u64 = if format & CHUNK_FORMAT_INDEXES != 0 {
-                    8
-                } else {
-                    4
-                };
-                let chunks = ino.size.div_ceil(chunk);
+                let (chunk, unit, chunks) = ino.chunk_map()?;
                 let base = ino.at.checked_add(ino.header)?.next_multiple_of(unit);
                 let map = self.bytes(base, chunks.checked_mul(unit)?)?;
                 let mut out = Vec::new();
@@ -312,19 +320,9 @@ pub fn metadata(img: &[u8]) -> Vec<(String, u64, u64)> {
 fn inline_len(ino: &Inode) -> u64 {
     match ino.layout {
         FLAT_INLINE => ino.size % BS,
-        CHUNK_BASED => {
-            let format = ino.u & 0xffff;
-            let chunkbits = (12 + (format & CHUNK_FORMAT_BLKBITS_MASK)).min(40);
-            let unit: u64 = if format & CHUNK_FORMAT_INDEXES != 0 {
-                8
-            } else {
-                4
-            };
-            ino.size
-                .div_ceil(1 << chunkbits)
-                .saturating_mul(unit)
-                .min(BS)
-        }
+        CHUNK_BASED => ino
+            .chunk_map()
+            .map_or(0, |(_, unit, chunks)| chunks.saturating_mul(unit).min(BS)),
         _ => 0,
     }
 }

@@ -465,15 +465,13 @@ where
         payload: R,
         progress: Option<&dyn Progress>,
     ) -> Result<Installed> {
-        let r = self.install_inner(
+        self.install_inner(
             Replay {
                 r: payload,
                 head: Vec::new(),
             },
             progress,
-        );
-        self.record_outcome(&r)?;
-        r
+        )
     }
 
     /// [`Agent::install`] from a payload that can seek (a file, keel-fetch's
@@ -484,15 +482,13 @@ where
         payload: R,
         progress: Option<&dyn Progress>,
     ) -> Result<Installed> {
-        let r = self.install_inner(
+        self.install_inner(
             SeekInput {
                 r: payload,
                 check: |_| Ok(()),
             },
             progress,
-        );
-        self.record_outcome(&r)?;
-        r
+        )
     }
 
     /// The last install's error for [`Agent::status`], or none after a success.
@@ -507,7 +503,18 @@ where
         Ok(())
     }
 
+    /// The install, its outcome kept for [`Agent::status`].
     fn install_inner<P: PayloadInput>(
+        &self,
+        payload: P,
+        progress: Option<&dyn Progress>,
+    ) -> Result<Installed> {
+        let r = self.install_steps(payload, progress);
+        self.record_outcome(&r)?;
+        r
+    }
+
+    fn install_steps<P: PayloadInput>(
         &self,
         mut payload: P,
         progress: Option<&dyn Progress>,
@@ -878,15 +885,13 @@ where
         let reader = keel_fetch::HttpReader::new(&url, fetch)?
             .expect(a.size, digest)
             .digest_state(&self.state_dir.join("download-digest"))?;
-        let r = self.install_inner(
+        self.install_inner(
             SeekInput {
                 r: reader,
                 check: |r| r.finish().map_err(Error::from),
             },
             progress,
-        );
-        self.record_outcome(&r)?;
-        r
+        )
     }
 
     /// Commit the booted slot after a boot: if it is not yet marked good, run `checks`;
