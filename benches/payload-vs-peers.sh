@@ -23,8 +23,14 @@ fi
 OLD=$1 NEW=$2
 BSDIFF_LIMIT=${BSDIFF_LIMIT:-420}
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
+# Keel re-creates squashfs's zstd blocks when it links the zstd that made them: Debian's
+# (libzstd-dev and pkg-config installed), in a target directory of its own so the default
+# build is not rebuilt each time.
+if pkg-config --exists libzstd 2>/dev/null; then
+  export ZSTD_SYS_USE_PKG_CONFIG=1 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/system-zstd}
+fi
 cargo build -q --release --example payload
-PAYLOAD=target/release/examples/payload
+PAYLOAD=${CARGO_TARGET_DIR:-target}/release/examples/payload
 openssl genpkey -algorithm ed25519 -out "$W/k.pem" 2>/dev/null
 openssl pkey -in "$W/k.pem" -pubout -out "$W/k.pub"
 
@@ -46,6 +52,8 @@ measure() {
 measure "keel (file pairing, zstd -19)" \
   "$PAYLOAD generate --source $OLD --target $NEW --key $W/k.pem -o $W/keel.p" \
   "$PAYLOAD apply --source $OLD --target $W/keel.out --pubkey $W/k.pub --no-version-check $W/keel.p" "$W/keel.p" "$W/keel.out"
+# Which compressor re-created blocks, if any did (squashfs).
+"$PAYLOAD" inspect --pubkey "$W/k.pub" "$W/keel.p" 2>/dev/null | grep '^recompress' || true
 measure "zstd --patch-from -19 --long=31" \
   "zstd -q -f -19 --long=31 --patch-from=$OLD $NEW -o $W/z.p" \
   "zstd -q -f -d --long=31 --patch-from=$OLD $W/z.p -o $W/z.out" "$W/z.p" "$W/z.out"

@@ -208,23 +208,19 @@ fn run(cli: Cli) -> Result<(), String> {
                     "none"
                 }
             );
+            if let Some(r) = &m.recompressor {
+                println!("recompress:   with {r}");
+            }
             println!(
-                "{:<8} {:>8} {:>14} {:>14} {:>8}",
+                "{:<10} {:>8} {:>14} {:>14} {:>8}",
                 "type", "ops", "target bytes", "data bytes", "ratio"
             );
-            for t in [
-                OpType::Zero,
-                OpType::Copy,
-                OpType::Replace,
-                OpType::Patch,
-                OpType::Chain,
-                OpType::Bsdiff,
-            ] {
+            for t in OpType::ALL {
                 let ops: Vec<_> = m.operations.iter().filter(|o| o.op == t).collect();
                 let tb: u64 = ops.iter().map(|o| o.target_blocks() * 4096).sum();
                 let db: u64 = ops.iter().map(|o| o.data_length).sum();
                 println!(
-                    "{:<8} {:>8} {:>14} {:>14} {:>7.2}%",
+                    "{:<10} {:>8} {:>14} {:>14} {:>7.2}%",
                     t.name(),
                     ops.len(),
                     tb,

@@ -54,10 +54,12 @@ fn patch(data: &[u8], reference: &[u8]) -> Vec<u8> {
 /// Operations from the fuzzer's records: [kind, target start, target len, source start,
 /// source len, content len, content...]; content is cycled to the operation's size and
 /// encoded correctly unless the kind byte's high bit asks for the raw bytes as the blob.
-fn build(input: &[u8], src: &[u8]) -> Vec<(Operation, Vec<u8>)> {
+/// Also whether any blob is the fuzzer's raw bytes (else every blob is well made).
+fn build(input: &[u8], src: &[u8]) -> (Vec<(Operation, Vec<u8>)>, bool) {
     let mut used = [false; BLOCKS as usize];
     let mut written: Vec<(Extent, Vec<u8>)> = Vec::new();
     let mut ops = Vec::new();
+    let mut any_raw = false;
     let mut rest = input;
     while let Some((h, tail)) = rest.split_first_chunk::<6>() {
         let n = usize::from(h[5]).min(tail.len());
@@ -83,13 +85,13 @@ fn build(input: &[u8], src: &[u8]) -> Vec<(Operation, Vec<u8>)> {
             blocks: s.blocks.min(BLOCKS - s.start),
             ..s
         };
-        let out: Vec<u8> = if content.is_empty() {
+        let mut out: Vec<u8> = if content.is_empty() {
             vec![0; len]
         } else {
             content.iter().copied().cycle().take(len).collect()
         };
         let raw = h[0] & 0x80 != 0;
-        let (kind, source, blob, reference) = match h[0] % 6 {
+        let (kind, source, blob, reference) = match h[0] % 7 {
             0 => (OpType::Zero, vec![], vec![], vec![]),
             1 => {
                 let s = Extent {
@@ -139,6 +141,18 @@ fn build(input: &[u8], src: &[u8]) -> Vec<(Operation, Vec<u8>)> {
                     r,
                 )
             }
+            6 => {
+                // RECOMPRESS: the head of the content compressed again after literal bytes,
+                // against a stored block of the source (the format as documented).
+                let r = bytes_of(src, &[s]);
+                let (blob, built) = if raw {
+                    (content.to_vec(), out.clone())
+                } else {
+                    recompress_blob(&out, &r)
+                };
+                out = built;
+                (OpType::Recompress, vec![s], blob, r)
+            }
             _ => {
                 // CHAIN on the blocks of an earlier operation.
                 let Some((e, bytes)) = written
@@ -162,7 +176,11 @@ fn build(input: &[u8], src: &[u8]) -> Vec<(Operation, Vec<u8>)> {
         if blob.is_empty()
             && matches!(
                 kind,
-                OpType::Replace | OpType::Patch | OpType::Bsdiff | OpType::Chain
+                OpType::Replace
+                    | OpType::Patch
+                    | OpType::Bsdiff
+                    | OpType::Chain
+                    | OpType::Recompress
             )
         {
             continue;
@@ -189,15 +207,47 @@ fn build(input: &[u8], src: &[u8]) -> Vec<(Operation, Vec<u8>)> {
             data_length: 0,
             data_sha256: [0; 32],
         };
+        any_raw |= raw && kind != OpType::Zero && kind != OpType::Copy;
         ops.push((o, blob));
     }
-    ops
+    (ops, any_raw)
+}
+
+/// A RECOMPRESS blob whose output is `out`'s length: literal bytes of `out`, then its
+/// first bytes (at most 1000) zstd-compressed, their delta taken against the reference's
+/// first block (stored); and what it builds.
+fn recompress_blob(out: &[u8], reference: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let c = &out[..out.len().min(1000)];
+    let compressed = zstd::bulk::compress(c, 3).expect("zstd");
+    let lit = &out[..out.len() - compressed.len()];
+    let s = &reference[..reference.len().min(BS)];
+    let mut b = vec![6u8];
+    for v in [3u32, BS as u32, 0, 1] {
+        b.extend_from_slice(&v.to_le_bytes()); // level, block size, skip, source blocks
+    }
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&(s.len() as u32 | 1 << 24).to_le_bytes());
+    b.extend_from_slice(&2u32.to_le_bytes());
+    b.push(0);
+    b.extend_from_slice(&(lit.len() as u32).to_le_bytes());
+    b.push(1);
+    b.extend_from_slice(&(c.len() as u32).to_le_bytes());
+    b.extend_from_slice(&(compressed.len() as u32).to_le_bytes());
+    for (bytes, frame) in [
+        (c, patch(c, s)),
+        (lit, zstd::bulk::compress(lit, 3).expect("zstd")),
+    ] {
+        b.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        b.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        b.extend_from_slice(&frame);
+    }
+    (b, [lit, &compressed[..]].concat())
 }
 
 fn payload(ops: &[(Operation, Vec<u8>)], digest: [u8; 32], src: &[u8]) -> Option<Vec<u8>> {
     let mut at = 0u64;
     let mut data = Vec::new();
-    let operations = ops
+    let operations: Vec<Operation> = ops
         .iter()
         .map(|(o, blob)| {
             let o = Operation {
@@ -227,6 +277,10 @@ fn payload(ops: &[(Operation, Vec<u8>)], digest: [u8; 32], src: &[u8]) -> Option
         verity: None,
         compatible: "fuzz".into(),
         version: "1".into(),
+        recompressor: operations
+            .iter()
+            .any(|o: &Operation| o.op == OpType::Recompress)
+            .then(keel_payload::recompressor),
         operations,
     };
     assemble(&m, &data, key()).ok()
@@ -278,7 +332,7 @@ fuzz_target!(|data: &[u8]| {
         return raw_manifest(rest);
     }
     let src = source();
-    let ops = build(rest, &src);
+    let (ops, any_raw) = build(rest, &src);
     if ops.is_empty() {
         return;
     }
@@ -291,7 +345,12 @@ fuzz_target!(|data: &[u8]| {
     match apply(&first[..], Some(&src), &mut target, &opts) {
         // Every operation ran; only the digest, unknown until now, differs.
         Err(Error::TargetMismatch(TargetCheck::Digest { .. })) => {}
-        Err(_) => return,
+        // Only the fuzzer's raw blobs may fail to decode.
+        Err(e) if any_raw => {
+            let _ = e;
+            return;
+        }
+        Err(e) => panic!("well-made operations failed: {e}"),
         Ok(_) => unreachable!("a zero digest matched"),
     }
     let digest = image_digest(&target[..], target.len() as u64).expect("in memory");

@@ -322,7 +322,7 @@ pub const MAX_RESUMES: u32 = 10;
 /// zstd window the decoders accept: an operation's reference (at most 8 MiB) plus its
 /// output (at most 8 MiB), all any generator needs; a frame asking for more is refused
 /// instead of allocating its window.
-const MAX_WINDOW_LOG: u32 = 24;
+pub(crate) const MAX_WINDOW_LOG: u32 = 24;
 
 fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], section: Section) -> Result<()> {
     let v = read_vec(r, buf.len() as u64, section)?;
@@ -713,6 +713,15 @@ where
     check_release(&manifest, opts)?;
     let target_size = manifest.target.size;
     check_source(&manifest, source)?;
+    if let Some(needs) = &manifest.recompressor {
+        let have = crate::recompress::recompressor();
+        if *needs != have {
+            return Err(Error::Recompressor {
+                needs: needs.clone(),
+                have,
+            });
+        }
+    }
     let have = size_target(target, target_size)?;
     if have < target_size {
         return Err(Error::TargetTooSmall {
@@ -857,6 +866,10 @@ where
     Ok(match op.op {
         OpType::Zero => None,
         OpType::Copy => Some(std::mem::take(reference)),
+        OpType::Recompress => Some(
+            crate::recompress::build(&blob, reference, len)
+                .map_err(|reason| Error::Decode { op: i, reason })?,
+        ),
         OpType::Replace | OpType::Patch | OpType::Chain | OpType::Bsdiff => Some(
             decode(op.op, &blob, reference, len).map_err(|e| Error::Decode {
                 op: i,

@@ -134,6 +134,15 @@ pub enum Error {
         /// The operation whose source blocks differ; `None` for the whole image.
         op: Option<usize>,
     },
+    /// The payload re-creates compressed blocks with a compressor version this build does
+    /// not have (another version may compress differently): apply a full payload.
+    #[error("the payload re-creates blocks with {needs}, this build has {have} (a full payload is needed)")]
+    Recompressor {
+        /// What the payload names.
+        needs: String,
+        /// What this build links.
+        have: String,
+    },
     /// A delta payload was given no source (or one smaller than its image).
     #[error("a delta payload needs its source image ({0})")]
     MissingSource(String),
@@ -217,7 +226,10 @@ impl Error {
     /// The running slot is not the image this delta was made for: fetch and apply the
     /// full payload instead (retrying the delta cannot succeed).
     pub fn needs_full_payload(&self) -> bool {
-        matches!(self, Error::SourceModified { .. } | Error::MissingSource(_))
+        matches!(
+            self,
+            Error::SourceModified { .. } | Error::MissingSource(_) | Error::Recompressor { .. }
+        )
     }
 
     /// Trying again may succeed: the stream ended early, an I/O error of a passing kind,

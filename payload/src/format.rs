@@ -26,13 +26,38 @@
 //! u32 operation count, then each operation:
 //!   u8  type: 0 ZERO, 1 COPY, 2 REPLACE (zstd), 3 PATCH (zstd with the source extents as prefix),
 //!       4 CHAIN (zstd with target blocks that earlier operations wrote as prefix),
-//!       5 BSDIFF (zstd of a bsdiff patch against the source extents, see [`bspatch`])
+//!       5 BSDIFF (zstd of a bsdiff patch against the source extents, see [`bspatch`]),
+//!       6 RECOMPRESS (compressed file system blocks re-created from decompressed
+//!         content, see below)
 //!   u32 target extent count, then (u64 first block, u64 blocks) each
 //!   u32 source extent count, then extents (in the target image for CHAIN)
 //!   u64 data offset (in the data area), u64 data length
 //!   [32] sha256 of the data (zero if none)
 //!   [32] sha256 of the source extents' bytes (zero if none)
+//! only if an operation is RECOMPRESS: u16 length (1..=64), the compressor that must
+//!     re-create the blocks, with its version ("zstd 1.5.7"): another version may compress
+//!     differently, so an applier with another one refuses the payload before writing
 //! ```
+//!
+//! A RECOMPRESS blob (squashfs data and fragment blocks: a delta of the decompressed
+//! content, the blocks compressed again on apply) holds, all integers little-endian:
+//!
+//! ```text
+//! u8  compressor (squashfs numbering: 6 zstd), i32 level, u32 block size
+//! u32 skip: bytes of the built stream before the first target block
+//! u32 source block count, then (u64 offset in the source extents' bytes, u32 size word:
+//!     length, bit 24 set if stored uncompressed) each; decompressed one after another
+//!     they are the reference S
+//! u32 segment count, then (u8 kind, u32 length) each, and for kind 1 a u32 compressed
+//!     length: 0 LITERAL (bytes from the literal stream), 1 COMPRESS (content bytes
+//!     compressed, exactly the given length), 2 STORED (content bytes as they are),
+//!     3 SPARSE (content bytes, zeros, that take no space)
+//! u64 content length, u32 frame length, a zstd frame with S as prefix: the content
+//! u64 literal length, u32 frame length, a zstd frame: the literal stream
+//! ```
+//!
+//! The segments built one after another, less the first `skip` bytes, are the operation's
+//! target blocks exactly.
 //!
 //! Every count and length is checked against the bytes present before anything is
 //! allocated; the operations' data must follow each other from offset 0 and end at D.
@@ -81,9 +106,24 @@ pub enum OpType {
     /// see [`bspatch`]), zstd-compressed: wins on executables, whose code shifts and whose
     /// addresses change by constant amounts.
     Bsdiff = 5,
+    /// Compressed blocks re-created: a delta of their decompressed content against the
+    /// decompressed source blocks, compressed again on apply with the compressor the
+    /// manifest names (squashfs), with the bytes between them given as they are.
+    Recompress = 6,
 }
 
 impl OpType {
+    /// Every type, in numbering order.
+    pub const ALL: [OpType; 7] = [
+        OpType::Zero,
+        OpType::Copy,
+        OpType::Replace,
+        OpType::Patch,
+        OpType::Chain,
+        OpType::Bsdiff,
+        OpType::Recompress,
+    ];
+
     fn from_u8(v: u8) -> Option<OpType> {
         Some(match v {
             0 => OpType::Zero,
@@ -92,6 +132,7 @@ impl OpType {
             3 => OpType::Patch,
             4 => OpType::Chain,
             5 => OpType::Bsdiff,
+            6 => OpType::Recompress,
             _ => return None,
         })
     }
@@ -105,6 +146,7 @@ impl OpType {
             OpType::Patch => "PATCH",
             OpType::Chain => "CHAIN",
             OpType::Bsdiff => "BSDIFF",
+            OpType::Recompress => "RECOMPRESS",
         }
     }
 }
@@ -183,6 +225,9 @@ pub struct Manifest {
     pub version: String,
     /// The operations, in order.
     pub operations: Vec<Operation>,
+    /// The compressor RECOMPRESS operations need, with its version (`"zstd 1.5.7"`);
+    /// present exactly when there are such operations.
+    pub recompressor: Option<String>,
 }
 
 /// The fixed header.
@@ -305,6 +350,10 @@ pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
         w.u64(op.data_length);
         w.bytes(&op.data_sha256);
         w.bytes(&op.source_sha256);
+    }
+    if let Some(r) = &m.recompressor {
+        w.u16(r.len() as u16);
+        w.bytes(r.as_bytes());
     }
     w.0
 }
@@ -523,6 +572,8 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
             OpType::Copy => (true, false),
             OpType::Replace => (false, true),
             OpType::Patch | OpType::Chain | OpType::Bsdiff => (true, true),
+            // New files have no old version to build on.
+            OpType::Recompress => (!o.source.is_empty(), true),
         };
         if needs_source == o.source.is_empty() || (needs_data != (o.data_length > 0)) {
             return Err(bad(format!(
@@ -555,6 +606,11 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
             format!("the operations use {next_data} bytes, the header says {data_len}"),
         ));
     }
+    let recompressor = if ops.iter().any(|o| o.op == OpType::Recompress) {
+        Some(r.text("recompressor", 64)?)
+    } else {
+        None
+    };
     if r.c.remaining() != 0 {
         return Err(r.err("manifest", format!("{} bytes left over", r.c.remaining())));
     }
@@ -565,6 +621,7 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
         compatible,
         version,
         operations: ops,
+        recompressor,
     })
 }
 

@@ -18,6 +18,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+mod squash;
+
 use keel_io::{Progress, Threads};
 use keel_trust::{Context, Signer};
 use keel_verity::RootDescriptor;
@@ -545,6 +547,13 @@ pub fn generate_observed<S: Signer + ?Sized>(
     report(0)?;
     let mut kinds = classify(source, target, threads);
     report(src_len + tgt_len)?;
+    let squashfs = source
+        .filter(|_| opts.file_pairing)
+        .and_then(|src| squash::pair(src, target));
+    let recompress = squashfs
+        .as_ref()
+        .map(|p| p.plan(&mut kinds, threads))
+        .unwrap_or_default();
     let file_groups = match source {
         Some(src) if opts.file_pairing => {
             let mut g = plan_files(src, target, &mut kinds);
@@ -566,17 +575,32 @@ pub fn generate_observed<S: Signer + ?Sized>(
     };
     // Reported under the lock, so observers see `done` increase as the trait promises.
     let encoded_bytes = Mutex::new(src_len + tgt_len);
-    let encoded = par_map(merged, threads, |(plan, pred)| {
-        if progress.is_some_and(|p| p.cancelled()) {
-            return Err(Error::Cancelled);
-        }
-        let bytes = extents_total(&plan.1) * BLOCK_SIZE;
-        let r = images.encode(plan, pred, opts.level);
+    let encoded_one = |bytes: u64, r: Result<(Operation, Vec<u8>)>| {
         let mut done = encoded_bytes.lock().unwrap_or_else(|e| e.into_inner());
         *done += bytes;
         r.and_then(|o| report((*done).min(total)).map(|()| o))
+    };
+    let cancelled = || progress.is_some_and(|p| p.cancelled());
+    let mut encoded = par_map(merged, threads, |(plan, pred)| {
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let bytes = extents_total(&plan.1) * BLOCK_SIZE;
+        encoded_one(bytes, images.encode(plan, pred, opts.level))
     });
+    if let Some(pair) = &squashfs {
+        encoded.extend(par_map(recompress, threads, |job| {
+            if cancelled() {
+                return Err(Error::Cancelled);
+            }
+            encoded_one(job.blocks() * BLOCK_SIZE, pair.encode(&job, opts.level))
+        }));
+    }
     let (operations, data) = lay_out(encoded)?;
+    let recompressor = operations
+        .iter()
+        .any(|o| o.op == OpType::Recompress)
+        .then(crate::recompress::recompressor);
     let manifest = Manifest {
         source: source
             .map(|s| image_id(s, "hashing the source"))
@@ -586,6 +610,7 @@ pub fn generate_observed<S: Signer + ?Sized>(
         compatible: opts.compatible.clone(),
         version: opts.version.clone(),
         operations,
+        recompressor,
     };
     assemble(&manifest, &data, signer)
 }

@@ -37,6 +37,8 @@ pub mod ext4;
 pub mod format;
 mod generate;
 mod intervals;
+mod recompress;
+pub mod squashfs;
 mod version;
 
 pub use apply::{
@@ -47,3 +49,4 @@ pub use error::{Error, Result, Section, TargetCheck};
 pub use format::{Extent, Manifest, OpType, Operation};
 pub use generate::{assemble, generate, generate_observed, GenerateOptions};
 pub use keel_io::{Cancel, Cancelled, Progress, Threads};
+pub use recompress::recompressor;

@@ -470,6 +470,52 @@ fn erofs_pair() -> Option<(Vec<u8>, Vec<u8>)> {
     Some((image(&a, "a.img"), image(&b, "b.img")))
 }
 
+/// The same two trees as squashfs images (mksquashfs, zstd), with `extra` options.
+fn squashfs_pair(extra: &[&str]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mk = tool("mksquashfs", "squashfs-tools")?;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_trees(dir.path());
+    let image = |root: &Path, name: &str| {
+        let img = dir.path().join(name);
+        let mut args = vec![
+            root.to_str().unwrap(),
+            img.to_str().unwrap(),
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+            "-all-root",
+            "-mkfs-time",
+            "0",
+            "-all-time",
+            "0",
+            "-comp",
+            "zstd",
+        ];
+        args.extend_from_slice(extra);
+        run_ok(&mk, &args);
+        fs::read(img).unwrap()
+    };
+    Some((image(&a, "a.img"), image(&b, "b.img")))
+}
+
+/// Whether this build's zstd compresses the target's first compressed data block back to
+/// its bytes (the same zstd version as mksquashfs's).
+fn zstd_reproduces(img: &[u8]) -> bool {
+    use keel_payload::squashfs;
+    let image = squashfs::open(img).unwrap();
+    let level = image.level.unwrap();
+    let (at, w) = image
+        .files
+        .iter()
+        .flat_map(|f| f.data.each())
+        .find(|&(_, w)| w != 0 && w & squashfs::STORED == 0)
+        .unwrap();
+    let raw = &img[at as usize..at as usize + (w & (squashfs::STORED - 1)) as usize];
+    let content =
+        squashfs::decompress(squashfs::Codec::Zstd, raw, image.block_size as usize).unwrap();
+    zstd::bulk::compress(&content, level).unwrap() == raw
+}
+
 /// Version A and version B of a tree, under `dir`.
 fn two_trees(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let (a, b) = (dir.join("a"), dir.join("b"));
@@ -534,6 +580,80 @@ fn erofs_changed_files_are_paired_with_their_old_versions() {
         return;
     };
     pairing_case(&src, &tgt);
+}
+
+/// On squashfs the changed files' and fragments' blocks are re-created from a delta of
+/// their content (RECOMPRESS): with stored blocks whatever the zstd version; with zstd
+/// blocks when this build's zstd compresses as mksquashfs's did (CI links Debian's), and
+/// otherwise the generator notices and uses block operations. Every payload applies
+/// exactly, and survives cuts.
+#[test]
+fn squashfs_changed_files_are_recompressed() {
+    let Some((src, tgt)) = squashfs_pair(&["-noD", "-noF", "-b", "65536"]) else {
+        return;
+    };
+    let recompressed = recompress_case(&src, &tgt);
+    assert!(recompressed > 0, "stored blocks are always re-created");
+    resume_case(&src, &tgt, 8);
+    let (src, tgt) = squashfs_pair(&["-Xcompression-level", "19"]).unwrap();
+    let recompressed = recompress_case(&src, &tgt);
+    let same_zstd = zstd_reproduces(&tgt);
+    println!(
+        "zstd {} reproduces mksquashfs's blocks: {same_zstd}",
+        zstd::zstd_safe::version_string()
+    );
+    if same_zstd {
+        assert!(
+            recompressed > tgt.len() as u64 / 4,
+            "{recompressed} bytes re-created"
+        );
+    }
+    if std::env::var_os("KEEL_REQUIRE_RECOMPRESS").is_some() {
+        assert!(
+            same_zstd,
+            "KEEL_REQUIRE_RECOMPRESS: this build's zstd differs from mksquashfs's"
+        );
+    }
+}
+
+/// Generate with and without file pairing, apply both exactly; the RECOMPRESS target
+/// bytes of the paired payload (which is the smaller when there are any).
+fn recompress_case(src: &[u8], tgt: &[u8]) -> u64 {
+    let key = SigningKey::generate().unwrap();
+    let mut o = GenerateOptions::new("acme-test", "2.0");
+    o.level = 9;
+    let paired = generate(Some(src), tgt, &key, &o).unwrap();
+    o.file_pairing = false;
+    let unpaired = generate(Some(src), tgt, &key, &o).unwrap();
+    let ring = ring(&key);
+    let ao = ApplyOptions::new(&ring, VersionCheck::Unchecked);
+    let mut recompressed = 0;
+    for p in [&paired, &unpaired] {
+        let mut out = vec![0u8; tgt.len()];
+        let done = apply(&p[..], Some(src), &mut out, &ao).unwrap();
+        assert!(out == tgt, "the target is exact");
+        let ops = &done.manifest.operations;
+        let bytes: u64 = ops
+            .iter()
+            .filter(|o| o.op == OpType::Recompress)
+            .map(|o| o.target_blocks() * 4096)
+            .sum();
+        assert_eq!(bytes > 0, done.manifest.recompressor.is_some());
+        if std::ptr::eq(p, &paired) {
+            recompressed = bytes;
+        } else {
+            assert_eq!(bytes, 0, "no pairing, no RECOMPRESS");
+        }
+    }
+    println!(
+        "squashfs: paired {} bytes ({recompressed} target bytes re-created), unpaired {} bytes",
+        paired.len(),
+        unpaired.len()
+    );
+    if recompressed > 0 {
+        assert!(paired.len() < unpaired.len());
+    }
+    recompressed
 }
 
 /// File pairing makes groups of files and chains new files, and a smaller payload than

@@ -205,8 +205,74 @@ fn versions_are_parsed_strictly_and_equal_ones_refused() {
     ));
 }
 
+/// A payload whose blocks must be re-created by a compressor version this build does not
+/// have is refused before anything is written, as one needing the full payload; the same
+/// payload naming this build's version gets as far as its operation.
+#[test]
+fn another_recompressor_version_is_refused_before_any_write() {
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    let ops = vec![(op(OpType::Recompress, &[(0, 1)], &[]), vec![1u8; 40])];
+    let p = signed_with(&key, 8192, ops.clone(), Some("zstd 0.0.1".into()));
+    let mut t = vec![0u8; 8192];
+    let e = refusal(&p, &mut t, &r);
+    assert!(
+        matches!(&e, Error::Recompressor { needs, have }
+            if needs == "zstd 0.0.1" && *have == keel_payload::recompressor()),
+        "{e}"
+    );
+    assert!(e.needs_full_payload());
+    assert!(t.iter().all(|&b| b == 0), "a refused payload wrote nothing");
+    let p = signed_with(&key, 8192, ops, Some(keel_payload::recompressor()));
+    let e = refusal(&p, &mut t, &r);
+    assert!(matches!(e, Error::Decode { op: 0, .. }), "{e}");
+    // A RECOMPRESS operation without the compressor named, or a name without one: the
+    // manifest does not parse.
+    let ops = vec![(op(OpType::Recompress, &[(0, 1)], &[]), vec![1u8; 40])];
+    let e = refusal(&signed_with(&key, 8192, ops, None), &mut t, &r);
+    assert!(
+        matches!(
+            e,
+            Error::BadField {
+                field: "recompressor",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = refusal(
+        &signed_with(
+            &key,
+            8192,
+            vec![(op(OpType::Zero, &[(0, 1)], &[]), vec![])],
+            Some("zstd 1".into()),
+        ),
+        &mut t,
+        &r,
+    );
+    assert!(
+        matches!(
+            e,
+            Error::BadField {
+                field: "manifest",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
 /// A manifest signed by a trusted key, straight from its parts.
 fn signed(key: &SigningKey, target_size: u64, ops: Vec<(Operation, Vec<u8>)>) -> Vec<u8> {
+    signed_with(key, target_size, ops, None)
+}
+
+fn signed_with(
+    key: &SigningKey,
+    target_size: u64,
+    ops: Vec<(Operation, Vec<u8>)>,
+    recompressor: Option<String>,
+) -> Vec<u8> {
     let data: Vec<u8> = ops.iter().flat_map(|(_, d)| d.clone()).collect();
     let mut at = 0u64;
     let operations = ops
@@ -233,6 +299,7 @@ fn signed(key: &SigningKey, target_size: u64, ops: Vec<(Operation, Vec<u8>)>) ->
         compatible: "acme".into(),
         version: "2.0".into(),
         operations,
+        recompressor,
     };
     assemble(&m, &data, key).unwrap()
 }

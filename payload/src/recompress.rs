@@ -1,0 +1,398 @@
+//! RECOMPRESS blobs (layout in [`crate::format`]): written by the generator from
+//! squashfs images, built back into target blocks on apply.
+//!
+//! Compressed blocks of a changed file share nothing with the old version's blocks, so a
+//! delta over them is as large as the file. On the decompressed content the delta is as
+//! small as the change; the applier compresses the content again with the same
+//! compressor and level. That reproduces the target's bytes only with the same compressor
+//! version, so the generator checks every block before it chooses this operation, the
+//! manifest names the version, and an applier with another refuses before writing.
+
+use std::io::Read;
+
+use crate::squashfs::{decompress, Codec, STORED};
+
+/// Largest decompressed reference and content of one operation (the applier's memory:
+/// both, the blob, the source extents and the output stay under 64 MiB).
+pub(crate) const MAX_CONTENT: usize = 12 << 20;
+/// Largest squashfs block.
+const MAX_BLOCK: u32 = 1 << 20;
+
+/// The compressor RECOMPRESS operations use here, with its version: what the manifest
+/// records and what an applier must have.
+pub fn recompressor() -> String {
+    format!("zstd {}", zstd::zstd_safe::version_string())
+}
+
+/// How a run of the built stream is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Segment {
+    /// Bytes from the literal stream.
+    Literal(u32),
+    /// Content bytes compressed, giving exactly this many bytes.
+    Compress(u32, u32),
+    /// Content bytes as they are.
+    Stored(u32),
+    /// Content bytes (zeros) that take no space.
+    Sparse(u32),
+}
+
+/// A RECOMPRESS operation's parameters, without its two frames.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Spec {
+    pub level: i32,
+    pub block_size: u32,
+    pub skip: u32,
+    /// (offset in the source extents' bytes, size word) of each reference block.
+    pub sources: Vec<(u64, u32)>,
+    pub segments: Vec<Segment>,
+}
+
+/// The blob: `spec`, then the content frame (`content_len` bytes once decoded against the
+/// reference) and the literal frame.
+pub(crate) fn encode(
+    spec: &Spec,
+    content_len: u64,
+    content_frame: &[u8],
+    literal_len: u64,
+    literal_frame: &[u8],
+) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.push(Codec::Zstd.id());
+    b.extend_from_slice(&spec.level.to_le_bytes());
+    b.extend_from_slice(&spec.block_size.to_le_bytes());
+    b.extend_from_slice(&spec.skip.to_le_bytes());
+    b.extend_from_slice(&(spec.sources.len() as u32).to_le_bytes());
+    for (off, w) in &spec.sources {
+        b.extend_from_slice(&off.to_le_bytes());
+        b.extend_from_slice(&w.to_le_bytes());
+    }
+    b.extend_from_slice(&(spec.segments.len() as u32).to_le_bytes());
+    for s in &spec.segments {
+        let (kind, len) = match *s {
+            Segment::Literal(n) => (0u8, n),
+            Segment::Compress(n, _) => (1, n),
+            Segment::Stored(n) => (2, n),
+            Segment::Sparse(n) => (3, n),
+        };
+        b.push(kind);
+        b.extend_from_slice(&len.to_le_bytes());
+        if let Segment::Compress(_, c) = *s {
+            b.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    for (len, frame) in [(content_len, content_frame), (literal_len, literal_frame)] {
+        b.extend_from_slice(&len.to_le_bytes());
+        b.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        b.extend_from_slice(frame);
+    }
+    b
+}
+
+/// A zstd frame decoded to exactly `len` bytes (with `prefix` as reference if not empty).
+fn unframe(frame: &[u8], prefix: &[u8], len: u64, what: &str) -> Result<Vec<u8>, String> {
+    let fail = |e: std::io::Error| format!("{what}: {e}");
+    let mut d = if prefix.is_empty() {
+        zstd::stream::read::Decoder::with_buffer(frame).map_err(fail)?
+    } else {
+        zstd::stream::read::Decoder::with_ref_prefix(frame, prefix).map_err(fail)?
+    };
+    d.window_log_max(crate::apply::MAX_WINDOW_LOG)
+        .map_err(fail)?;
+    let mut out = Vec::with_capacity(len as usize);
+    d.take(len + 1).read_to_end(&mut out).map_err(fail)?;
+    if out.len() as u64 != len {
+        return Err(format!("{what}: {} bytes, expected {len}", out.len()));
+    }
+    Ok(out)
+}
+
+/// The operation's output (`out_len` bytes: its target blocks) from its blob and its
+/// source extents' bytes; the reason when the blob is malformed or a block does not
+/// come out at its recorded length.
+pub(crate) fn build(blob: &[u8], reference: &[u8], out_len: usize) -> Result<Vec<u8>, String> {
+    let mut c = keel_io::Cursor::new(blob, 0);
+    let e = |e: keel_io::CursorError| format!("{} at blob offset {}: truncated", e.field, e.offset);
+    let codec = c.u8("compressor").map_err(e)?;
+    if codec != Codec::Zstd.id() {
+        return Err(format!("compressor {codec}: only zstd (6) is re-created"));
+    }
+    let level = c.u32("level").map_err(e)? as i32;
+    let block_size = c.u32("block size").map_err(e)?;
+    if !(1..=MAX_BLOCK).contains(&block_size) {
+        return Err(format!("block size {block_size}: at most {MAX_BLOCK}"));
+    }
+    let bs = block_size as usize;
+    let skip = c.u32("skip").map_err(e)? as usize;
+    let total = skip
+        .checked_add(out_len)
+        .filter(|_| skip <= bs + 4096)
+        .ok_or_else(|| format!("skip {skip}: more than a block"))?;
+    let sources = c.u32("source block count").map_err(e)? as usize;
+    if sources.saturating_mul(bs) > MAX_CONTENT {
+        return Err(format!(
+            "{sources} source blocks of {bs}: more than {MAX_CONTENT} bytes"
+        ));
+    }
+    // The reference: each source block decompressed.
+    let mut s = Vec::new();
+    for _ in 0..sources {
+        let off = c.u64("source block offset").map_err(e)?;
+        let w = c.u32("source block size").map_err(e)?;
+        let len = u64::from(w & (STORED - 1));
+        let raw = usize::try_from(off)
+            .ok()
+            .and_then(|o| reference.get(o..o.checked_add(len as usize)?))
+            .ok_or_else(|| format!("source block at {off} (+{len}) outside the source extents"))?;
+        if w == 0 {
+            s.resize(s.len() + bs, 0);
+        } else if w & STORED != 0 && raw.len() <= bs {
+            s.extend_from_slice(raw);
+        } else {
+            s.extend(
+                decompress(Codec::Zstd, raw, bs)
+                    .ok_or_else(|| format!("source block at {off} does not decompress"))?,
+            );
+        }
+    }
+    let n = c.u32("segment count").map_err(e)? as usize;
+    // Five bytes at least each.
+    if n > total || n > c.remaining() / 5 {
+        return Err(format!("{n} segments for {total} bytes"));
+    }
+    let mut segments = Vec::with_capacity(n);
+    for _ in 0..n {
+        let kind = c.u8("segment kind").map_err(e)?;
+        let len = c.u32("segment length").map_err(e)?;
+        let seg = match kind {
+            0 => Segment::Literal(len),
+            1 => Segment::Compress(len, c.u32("compressed length").map_err(e)?),
+            2 => Segment::Stored(len),
+            3 => Segment::Sparse(len),
+            k => return Err(format!("segment kind {k}")),
+        };
+        let content = !matches!(seg, Segment::Literal(_));
+        if content && len > block_size {
+            return Err(format!(
+                "a segment of {len} content bytes: blocks hold {block_size}"
+            ));
+        }
+        segments.push(seg);
+    }
+    let mut frame = |what: &'static str, prefix: &[u8], max: usize| -> Result<Vec<u8>, String> {
+        let len = c.u64(what).map_err(e)?;
+        if len > max as u64 {
+            return Err(format!("{what} {len}: more than {max}"));
+        }
+        let flen = c.u32(what).map_err(e)? as usize;
+        let f = c.take(flen, what).map_err(e)?;
+        unframe(f, prefix, len, what)
+    };
+    let content = frame("content", &s, MAX_CONTENT)?;
+    drop(s);
+    let literal = frame("literal", &[], total)?;
+    if c.remaining() != 0 {
+        return Err(format!("{} bytes after the literal frame", c.remaining()));
+    }
+    // Each segment's place in the output is known from its recorded length, so the
+    // blocks are compressed straight into their places, on every core.
+    let produced: usize = segments
+        .iter()
+        .map(|s| match *s {
+            Segment::Literal(n) | Segment::Stored(n) => n as usize,
+            Segment::Compress(_, c) => c as usize,
+            Segment::Sparse(_) => 0,
+        })
+        .sum();
+    let used = |pick: fn(&Segment) -> usize| -> usize { segments.iter().map(pick).sum() };
+    let content_used = used(|s| match *s {
+        Segment::Compress(n, _) | Segment::Stored(n) | Segment::Sparse(n) => n as usize,
+        Segment::Literal(_) => 0,
+    });
+    let literal_used = used(|s| match *s {
+        Segment::Literal(n) => n as usize,
+        _ => 0,
+    });
+    if produced != total || content_used != content.len() || literal_used != literal.len() {
+        return Err(format!(
+            "the segments build {produced} bytes of {total}, use {content_used} content bytes \
+             of {} and {literal_used} literal bytes of {}",
+            content.len(),
+            literal.len()
+        ));
+    }
+    let mut out = vec![0u8; total];
+    let mut jobs: Vec<(&[u8], &mut [u8])> = Vec::new();
+    let (mut rest, mut ci, mut li) = (&mut out[..], 0usize, 0usize);
+    for seg in &segments {
+        let (n, place) = match *seg {
+            Segment::Literal(n) | Segment::Stored(n) => (n as usize, n as usize),
+            Segment::Compress(n, c) => (n as usize, c as usize),
+            Segment::Sparse(n) => (n as usize, 0),
+        };
+        let (here, after) = std::mem::take(&mut rest).split_at_mut(place);
+        rest = after;
+        match *seg {
+            Segment::Literal(_) => {
+                here.copy_from_slice(&literal[li..li + n]);
+                li += n;
+            }
+            Segment::Stored(_) => here.copy_from_slice(&content[ci..ci + n]),
+            Segment::Compress(..) => jobs.push((&content[ci..ci + n], here)),
+            Segment::Sparse(_) => {}
+        }
+        if !matches!(seg, Segment::Literal(_)) {
+            ci += n;
+        }
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len().div_ceil(4))
+        .max(1);
+    let per = jobs.len().div_ceil(threads).max(1);
+    let results: Vec<Result<(), String>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = jobs
+            .chunks_mut(per)
+            .map(|chunk| sc.spawn(move || compress_all(chunk, level, bs)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a compressing thread failed".into()))
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<(), String>>()?;
+    out.drain(..skip);
+    Ok(out)
+}
+
+/// Compress each job's content into its place, which must be exactly filled.
+fn compress_all(jobs: &mut [(&[u8], &mut [u8])], level: i32, bs: usize) -> Result<(), String> {
+    let mut compressor =
+        zstd::bulk::Compressor::new(level).map_err(|e| format!("zstd level {level}: {e}"))?;
+    let mut scratch: Vec<u8> = Vec::with_capacity(zstd::zstd_safe::compress_bound(bs));
+    for (src, dst) in jobs.iter_mut() {
+        scratch.clear();
+        compressor
+            .compress_to_buffer(src, &mut scratch)
+            .map_err(|e| format!("zstd: {e}"))?;
+        if scratch.len() != dst.len() {
+            return Err(format!(
+                "a block compressed to {} bytes, the target has {}: {} does not compress as \
+                 the image's compressor did",
+                scratch.len(),
+                dst.len(),
+                recompressor()
+            ));
+        }
+        dst.copy_from_slice(&scratch);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blocks compressed here (so they reproduce whatever the zstd version), a stored
+    /// block, a sparse one, literal bytes around them and a skipped head: built back
+    /// exactly; then each kind of damage is an error, never a panic or a wrong result.
+    #[test]
+    fn blobs_build_back_and_damage_is_refused() {
+        let bs = 4096usize;
+        let old: Vec<u8> = (0..3 * bs).map(|i| (i / 7 % 251) as u8).collect();
+        let mut new = old.clone();
+        new[5000..5100].fill(9);
+        let stored: Vec<u8> = keel_testsupport::seeded_bytes(3, bs);
+        let (a, b) = (
+            zstd::bulk::compress(&new[..bs], 5).unwrap(),
+            zstd::bulk::compress(&new[bs..2 * bs], 5).unwrap(),
+        );
+        let reference_block = zstd::bulk::compress(&old[..2 * bs][bs..], 5).unwrap();
+        let reference = [vec![0xEE; 100], reference_block.clone()].concat();
+        let head = b"HEAD".to_vec();
+        let tail = vec![7u8; 30];
+        // Built stream: head (skipped 2 bytes), a, b, stored, a sparse block, tail.
+        let expect = [&head[2..], &a, &b, &stored, &tail].concat();
+        let spec = Spec {
+            level: 5,
+            block_size: bs as u32,
+            skip: 2,
+            sources: vec![(100, reference_block.len() as u32)],
+            segments: vec![
+                Segment::Literal(4),
+                Segment::Compress(bs as u32, a.len() as u32),
+                Segment::Compress(bs as u32, b.len() as u32),
+                Segment::Stored(bs as u32),
+                Segment::Sparse(bs as u32),
+                Segment::Literal(30),
+            ],
+        };
+        let content = [&new[..2 * bs], &stored, &vec![0u8; bs]].concat();
+        let s = &old[bs..2 * bs];
+        let mut enc = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, s).unwrap();
+        std::io::Write::write_all(&mut enc, &content).unwrap();
+        let frame = enc.finish().unwrap();
+        let literal = [head, tail].concat();
+        let lit = zstd::bulk::compress(&literal, 3).unwrap();
+        let blob = encode(
+            &spec,
+            content.len() as u64,
+            &frame,
+            literal.len() as u64,
+            &lit,
+        );
+        assert_eq!(build(&blob, &reference, expect.len()).unwrap(), expect);
+        // The output's length is the operation's: any other is refused.
+        assert!(build(&blob, &reference, expect.len() - 1).is_err());
+        assert!(build(&blob, &reference, expect.len() + 1).is_err());
+        // A block recorded at another compressed length (another compressor version).
+        let mut other = spec.clone();
+        other.segments[1] = Segment::Compress(bs as u32, a.len() as u32 + 1);
+        other.segments[2] = Segment::Compress(bs as u32, b.len() as u32 - 1);
+        let e = build(
+            &encode(
+                &other,
+                content.len() as u64,
+                &frame,
+                literal.len() as u64,
+                &lit,
+            ),
+            &reference,
+            expect.len(),
+        );
+        assert!(e.unwrap_err().contains("does not compress as"));
+        // A source block outside the reference; a reference that is not the one hashed.
+        let mut other = spec.clone();
+        other.sources[0].0 = 200;
+        assert!(build(
+            &encode(
+                &other,
+                content.len() as u64,
+                &frame,
+                literal.len() as u64,
+                &lit
+            ),
+            &reference,
+            expect.len()
+        )
+        .is_err());
+        assert!(build(&blob, &reference[..150], expect.len()).is_err());
+        // Every truncation and every flipped byte of the blob: an error or the same bytes.
+        for n in 0..blob.len() {
+            assert!(
+                build(&blob[..n], &reference, expect.len()).is_err(),
+                "truncated at {n}"
+            );
+        }
+        for i in 0..blob.len() {
+            let mut bad = blob.clone();
+            bad[i] ^= 0x41;
+            if let Ok(out) = build(&bad, &reference, expect.len()) {
+                assert_eq!(out.len(), expect.len());
+            }
+        }
+    }
+}
