@@ -9,6 +9,9 @@
 //! - new files grouped by extension and name, each group chained to the group before it
 //!   (CHAIN: the target blocks an earlier operation wrote as reference), which gives zstd
 //!   the long context of one stream in operations of bounded size;
+//! - in squashfs images (zstd), changed files and fragment blocks paired on their
+//!   decompressed content, their blocks re-created on apply (RECOMPRESS), where this
+//!   build's zstd reproduces every one of them;
 //! - the rest (file system metadata) in groups of nearby runs, patched against the source
 //!   around the position the neighbouring copies predict, or plain zstd.
 //!
