@@ -45,6 +45,9 @@ const MERGE_GAP_BLOCKS: u64 = 256;
 const REF_MARGIN: u64 = 2 << 20;
 /// zstd level at which candidate encodings are compared.
 const PROBE_LEVEL: i32 = 6;
+/// An encoding this many times smaller than its input at the probe level is kept at that
+/// level.
+const NEAR_COPY: usize = 64;
 
 /// What to put in the manifest and how hard to compress.
 ///
@@ -836,6 +839,14 @@ impl Images<'_> {
             _ => {
                 let tbytes = extents_bytes(self.target, &t);
                 let best = self.best_candidate(op, &t, &tbytes, src, pred, level)?;
+                // Content its reference nearly all holds (a file that only moved) gains a
+                // few bytes from the requested level at the cost of seconds: the probe's
+                // level does.
+                let level = if best.size < tbytes.len() / NEAR_COPY {
+                    level.min(PROBE_LEVEL)
+                } else {
+                    level
+                };
                 let (data, hash) = self.compress(&best, &tbytes, level)?;
                 (best.op, best.source, data, hash)
             }
