@@ -401,13 +401,7 @@ mod tests {
     /// blocks, a block and a byte, large), nested directories, one directory of many
     /// entries (several directory blocks), user xattrs on some files.
     fn tree(root: &std::path::Path, seed: u64) -> HashMap<String, Vec<u8>> {
-        let mut rng = seed | 1;
-        let mut next = move |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n
-        };
+        let mut next = tools::seeded_choice(seed);
         let mut expect = HashMap::new();
         let sizes = [0, 1, 100, 4095, 4096, 4097, 8192, 12_345, 65_536, 200_001];
         for i in 0..60u64 {

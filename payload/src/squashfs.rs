@@ -623,13 +623,7 @@ mod tests {
     /// hard links and xattrs (extended inodes), nested directories and one of many
     /// entries (several directory headers and metadata blocks).
     fn tree(root: &Path, seed: u64) -> HashMap<String, Vec<u8>> {
-        let mut rng = seed | 1;
-        let mut next = move |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n
-        };
+        let mut next = tools::seeded_choice(seed);
         let mut expect = HashMap::new();
         let mut put = |rel: String, content: Vec<u8>| {
             let p = root.join(rel.trim_start_matches('/'));

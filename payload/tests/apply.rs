@@ -616,16 +616,22 @@ fn squashfs_changed_files_are_recompressed() {
     }
 }
 
-/// Generate with and without file pairing, apply both exactly; the RECOMPRESS target
-/// bytes of the paired payload (which is the smaller when there are any).
-fn recompress_case(src: &[u8], tgt: &[u8]) -> u64 {
+/// Payloads from `src` to `tgt` at level 9 with and without file pairing, and the keyring
+/// trusting their key.
+fn with_and_without_pairing(src: &[u8], tgt: &[u8]) -> (Keyring, Vec<u8>, Vec<u8>) {
     let key = SigningKey::generate().unwrap();
     let mut o = GenerateOptions::new("acme-test", "2.0");
     o.level = 9;
     let paired = generate(Some(src), tgt, &key, &o).unwrap();
     o.file_pairing = false;
     let unpaired = generate(Some(src), tgt, &key, &o).unwrap();
-    let ring = ring(&key);
+    (ring(&key), paired, unpaired)
+}
+
+/// Generate with and without file pairing, apply both exactly; the RECOMPRESS target
+/// bytes of the paired payload (which is the smaller when there are any).
+fn recompress_case(src: &[u8], tgt: &[u8]) -> u64 {
+    let (ring, paired, unpaired) = with_and_without_pairing(src, tgt);
     let ao = ApplyOptions::new(&ring, VersionCheck::Unchecked);
     let mut recompressed = 0;
     for p in [&paired, &unpaired] {
@@ -659,15 +665,7 @@ fn recompress_case(src: &[u8], tgt: &[u8]) -> u64 {
 /// File pairing makes groups of files and chains new files, and a smaller payload than
 /// block matching alone; both payloads apply exactly.
 fn pairing_case(src: &[u8], tgt: &[u8]) {
-    let key = SigningKey::generate().unwrap();
-    let mut o = GenerateOptions::new("acme-test", "2.0");
-    o.level = 9;
-    let paired = generate(Some(src), tgt, &key, &o).unwrap();
-    o.file_pairing = false;
-    let unpaired = generate(Some(src), tgt, &key, &o).unwrap();
-
-    let mut ring = Keyring::new();
-    ring.add(key.public_key().clone()).unwrap();
+    let (ring, paired, unpaired) = with_and_without_pairing(src, tgt);
     let ao = ApplyOptions::new(&ring, VersionCheck::Unchecked);
     for p in [&paired, &unpaired] {
         let mut out = vec![0u8; tgt.len()];

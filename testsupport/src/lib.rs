@@ -103,6 +103,18 @@ pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// A seeded pseudo-random choice (xorshift64): each call gives a number below its argument
+/// (which must not be 0), for tests that build random trees from a seed.
+pub fn seeded_choice(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut rng = seed | 1;
+    move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    }
+}
+
 /// Start `cmd` with `input` as its whole standard input (written, then closed).
 pub fn spawn_with_input(cmd: &mut Command, input: &[u8]) -> Child {
     let mut child = cmd.stdin(Stdio::piped()).spawn().unwrap();
