@@ -714,7 +714,7 @@ where
     let target_size = manifest.target.size;
     check_source(&manifest, source)?;
     if let Some(needs) = &manifest.recompressor {
-        let have = crate::recompress::recompressor();
+        let have = crate::recompress::recompressor_for(crate::recompress::codec_of(needs));
         if *needs != have {
             return Err(Error::Recompressor {
                 needs: needs.clone(),
@@ -867,8 +867,13 @@ where
         OpType::Zero => None,
         OpType::Copy => Some(std::mem::take(reference)),
         OpType::Recompress => Some(
-            crate::recompress::build(&blob, reference, len)
-                .map_err(|reason| Error::Decode { op: i, reason })?,
+            crate::recompress::build(
+                &blob,
+                reference,
+                len,
+                crate::recompress::codec_of(manifest.recompressor.as_deref().unwrap_or_default()),
+            )
+            .map_err(|reason| Error::Decode { op: i, reason })?,
         ),
         OpType::Replace | OpType::Patch | OpType::Chain | OpType::Bsdiff => Some(
             decode(op.op, &blob, reference, len).map_err(|e| Error::Decode {

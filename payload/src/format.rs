@@ -35,7 +35,8 @@
 //!   [32] sha256 of the data (zero if none)
 //!   [32] sha256 of the source extents' bytes (zero if none)
 //! only if an operation is RECOMPRESS: u16 length (1..=64), the compressor that must
-//!     re-create the blocks, with its version ("zstd 1.5.7"): another version may compress
+//!     re-create the blocks, with its version ("zstd 1.5.7"; for deflate, "zlib deflate"
+//!     and what the zlib makes of a fixed probe): another version may compress
 //!     differently, so an applier with another one refuses the payload before writing
 //! ```
 //!
@@ -43,7 +44,8 @@
 //! content, the blocks compressed again on apply) holds, all integers little-endian:
 //!
 //! ```text
-//! u8  compressor (squashfs numbering: 6 zstd), i32 level, u32 block size
+//! u8  compressor (squashfs numbering: 6 zstd, 1 gzip), i32 level (gzip: the level in
+//!     the low byte, the window bits in the next), u32 block size
 //! u32 skip: bytes of the built stream before the first target block
 //! u32 source block count, then (u64 offset in the source extents' bytes, u32 size word:
 //!     length, bit 24 set if stored uncompressed) each; decompressed one after another

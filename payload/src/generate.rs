@@ -603,10 +603,10 @@ pub fn generate_observed<S: Signer + ?Sized>(
         }));
     }
     let (operations, data) = lay_out(encoded)?;
-    let recompressor = operations
-        .iter()
-        .any(|o| o.op == OpType::Recompress)
-        .then(crate::recompress::recompressor);
+    let recompressor = squashfs
+        .as_ref()
+        .filter(|_| operations.iter().any(|o| o.op == OpType::Recompress))
+        .map(|p| crate::recompress::recompressor_for(p.codec()));
     let manifest = Manifest {
         source: source
             .map(|s| image_id(s, "hashing the source"))

@@ -18,10 +18,144 @@ pub(crate) const MAX_CONTENT: usize = 12 << 20;
 /// Largest squashfs block.
 const MAX_BLOCK: u32 = 1 << 20;
 
-/// The compressor RECOMPRESS operations use here, with its version: what the manifest
-/// records and what an applier must have.
+/// The zstd RECOMPRESS operations use here, with its version: what the manifest records
+/// and what an applier must have.
 pub fn recompressor() -> String {
     format!("zstd {}", zstd::zstd_safe::version_string())
+}
+
+/// The deflate RECOMPRESS operations use here (the zlib flate2 links), named by what it
+/// makes of a fixed probe at level 9: zlib's version is not reachable through flate2, and
+/// the probe tells apart the implementations that compress differently (zlib-ng, a zlib
+/// with another match finder) better than a version number would.
+fn zlib() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut probe = Vec::with_capacity(64 << 10);
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        while probe.len() < 64 << 10 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Words from a small vocabulary, with runs: every deflate path is taken.
+            probe.extend_from_slice(format!("w{} ", x % 97).as_bytes());
+            if x.is_multiple_of(11) {
+                probe.extend(std::iter::repeat_n(b'z', (x % 300) as usize));
+            }
+        }
+        let out = deflate(&probe, 9, 15).unwrap_or_default();
+        format!(
+            "zlib deflate {}",
+            hex::encode(&crate::format::sha256(&out)[..8])
+        )
+    })
+    .clone()
+}
+
+/// What the manifest names for RECOMPRESS operations with `codec`.
+pub(crate) fn recompressor_for(codec: Codec) -> String {
+    match codec {
+        Codec::Gzip => zlib(),
+        _ => recompressor(),
+    }
+}
+
+/// The compressor a manifest's name is for.
+pub(crate) fn codec_of(needs: &str) -> Codec {
+    if needs.starts_with("zlib") {
+        Codec::Gzip
+    } else {
+        Codec::Zstd
+    }
+}
+
+/// `src` as one zlib stream, as squashfs-tools' gzip compressor makes it (deflateInit2
+/// with memory level 8 and the default strategy, deflate with Z_FINISH).
+fn deflate(src: &[u8], level: u32, window_bits: u8) -> Option<Vec<u8>> {
+    let mut c =
+        flate2::Compress::new_with_window_bits(flate2::Compression::new(level), true, window_bits);
+    let mut out = Vec::with_capacity(src.len() + src.len() / 1000 + 64);
+    match c.compress_vec(src, &mut out, flate2::FlushCompress::Finish) {
+        Ok(flate2::Status::StreamEnd) => Some(out),
+        _ => None,
+    }
+}
+
+/// One compressor for a run of blocks.
+pub(crate) enum Compressor {
+    Zstd(zstd::bulk::Compressor<'static>),
+    Gzip(flate2::Compress),
+}
+
+impl Compressor {
+    /// For `codec` at `level` (for gzip: the level in the low byte, window bits above).
+    fn new(codec: Codec, level: i32) -> Result<Compressor, String> {
+        match codec {
+            Codec::Zstd => zstd::bulk::Compressor::new(level)
+                .map(Compressor::Zstd)
+                .map_err(|e| format!("zstd level {level}: {e}")),
+            Codec::Gzip => {
+                let (l, w) = (level & 0xff, (level >> 8) & 0xff);
+                if !(1..=9).contains(&l) || !(8..=15).contains(&w) || level >> 16 != 0 {
+                    return Err(format!("gzip level {l}, window bits {w}"));
+                }
+                Ok(Compressor::Gzip(flate2::Compress::new_with_window_bits(
+                    flate2::Compression::new(l as u32),
+                    true,
+                    w as u8,
+                )))
+            }
+            c => Err(format!(
+                "compressor {}: only zstd (6) and gzip (1) are re-created",
+                c.id()
+            )),
+        }
+    }
+
+    /// `src` compressed into `out` (cleared first).
+    fn compress(&mut self, src: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        out.clear();
+        match self {
+            Compressor::Zstd(c) => c
+                .compress_to_buffer(src, out)
+                .map(|_| ())
+                .map_err(|e| format!("zstd: {e}")),
+            Compressor::Gzip(c) => {
+                c.reset();
+                match c.compress_vec(src, out, flate2::FlushCompress::Finish) {
+                    Ok(flate2::Status::StreamEnd) => Ok(()),
+                    // Larger than the room given: squashfs stores such a block as it is.
+                    Ok(_) => Err("a block does not deflate within its room".into()),
+                    Err(e) => Err(format!("deflate: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// Whether compressing `content` as the image's compressor did gives `raw`.
+pub(crate) fn reproduces(
+    c: &mut Option<Compressor>,
+    codec: Codec,
+    level: i32,
+    content: &[u8],
+    raw: &[u8],
+    scratch: &mut Vec<u8>,
+) -> bool {
+    if c.is_none() {
+        *c = Compressor::new(codec, level).ok();
+    }
+    let Some(c) = c.as_mut() else { return false };
+    scratch.reserve(raw.len() + 64);
+    c.compress(content, scratch).is_ok() && scratch[..] == *raw
+}
+
+/// The level field of a blob for `codec`.
+pub(crate) fn level_field(codec: Codec, level: i32, window_bits: u8) -> i32 {
+    match codec {
+        Codec::Gzip => level | i32::from(window_bits) << 8,
+        _ => level,
+    }
 }
 
 /// How a run of the built stream is made.
@@ -38,8 +172,10 @@ pub(crate) enum Segment {
 }
 
 /// A RECOMPRESS operation's parameters, without its two frames.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Spec {
+    pub codec: Codec,
+    /// See [`level_field`].
     pub level: i32,
     pub block_size: u32,
     pub skip: u32,
@@ -58,7 +194,7 @@ pub(crate) fn encode(
     literal_frame: &[u8],
 ) -> Vec<u8> {
     let mut b = Vec::new();
-    b.push(Codec::Zstd.id());
+    b.push(spec.codec.id());
     b.extend_from_slice(&spec.level.to_le_bytes());
     b.extend_from_slice(&spec.block_size.to_le_bytes());
     b.extend_from_slice(&spec.skip.to_le_bytes());
@@ -110,12 +246,21 @@ fn unframe(frame: &[u8], prefix: &[u8], len: u64, what: &str) -> Result<Vec<u8>,
 /// The operation's output (`out_len` bytes: its target blocks) from its blob and its
 /// source extents' bytes; the reason when the blob is malformed or a block does not
 /// come out at its recorded length.
-pub(crate) fn build(blob: &[u8], reference: &[u8], out_len: usize) -> Result<Vec<u8>, String> {
+pub(crate) fn build(
+    blob: &[u8],
+    reference: &[u8],
+    out_len: usize,
+    codec: Codec,
+) -> Result<Vec<u8>, String> {
     let mut c = keel_io::Cursor::new(blob, 0);
     let e = |e: keel_io::CursorError| format!("{} at blob offset {}: truncated", e.field, e.offset);
-    let codec = c.u8("compressor").map_err(e)?;
-    if codec != Codec::Zstd.id() {
-        return Err(format!("compressor {codec}: only zstd (6) is re-created"));
+    let id = c.u8("compressor").map_err(e)?;
+    if id != codec.id() {
+        return Err(format!(
+            "compressor {id}: the manifest names {} ({})",
+            codec.id(),
+            recompressor_for(codec)
+        ));
     }
     let level = c.u32("level").map_err(e)? as i32;
     let block_size = c.u32("block size").map_err(e)?;
@@ -150,7 +295,7 @@ pub(crate) fn build(blob: &[u8], reference: &[u8], out_len: usize) -> Result<Vec
             s.extend_from_slice(raw);
         } else {
             s.extend(
-                decompress(Codec::Zstd, raw, bs)
+                decompress(codec, raw, bs)
                     .ok_or_else(|| format!("source block at {off} does not decompress"))?,
             );
         }
@@ -253,7 +398,7 @@ pub(crate) fn build(blob: &[u8], reference: &[u8], out_len: usize) -> Result<Vec
     let results: Vec<Result<(), String>> = std::thread::scope(|sc| {
         let handles: Vec<_> = jobs
             .chunks_mut(per)
-            .map(|chunk| sc.spawn(move || compress_all(chunk, level, bs)))
+            .map(|chunk| sc.spawn(move || compress_all(chunk, codec, level, bs)))
             .collect();
         handles
             .into_iter()
@@ -269,22 +414,24 @@ pub(crate) fn build(blob: &[u8], reference: &[u8], out_len: usize) -> Result<Vec
 }
 
 /// Compress each job's content into its place, which must be exactly filled.
-fn compress_all(jobs: &mut [(&[u8], &mut [u8])], level: i32, bs: usize) -> Result<(), String> {
-    let mut compressor =
-        zstd::bulk::Compressor::new(level).map_err(|e| format!("zstd level {level}: {e}"))?;
-    let mut scratch: Vec<u8> = Vec::with_capacity(zstd::zstd_safe::compress_bound(bs));
+fn compress_all(
+    jobs: &mut [(&[u8], &mut [u8])],
+    codec: Codec,
+    level: i32,
+    bs: usize,
+) -> Result<(), String> {
+    let mut compressor = Compressor::new(codec, level)?;
+    let mut scratch: Vec<u8> =
+        Vec::with_capacity(zstd::zstd_safe::compress_bound(bs) + bs / 100 + 64);
     for (src, dst) in jobs.iter_mut() {
-        scratch.clear();
-        compressor
-            .compress_to_buffer(src, &mut scratch)
-            .map_err(|e| format!("zstd: {e}"))?;
+        compressor.compress(src, &mut scratch)?;
         if scratch.len() != dst.len() {
             return Err(format!(
                 "a block compressed to {} bytes, the target has {}: {} does not compress as \
                  the image's compressor did",
                 scratch.len(),
                 dst.len(),
-                recompressor()
+                recompressor_for(codec)
             ));
         }
         dst.copy_from_slice(&scratch);
@@ -317,6 +464,7 @@ mod tests {
         // Built stream: head (skipped 2 bytes), a, b, stored, a sparse block, tail.
         let expect = [&head[2..], &a, &b, &stored, &tail].concat();
         let spec = Spec {
+            codec: Codec::Zstd,
             level: 5,
             block_size: bs as u32,
             skip: 2,
@@ -344,10 +492,13 @@ mod tests {
             literal.len() as u64,
             &lit,
         );
-        assert_eq!(build(&blob, &reference, expect.len()).unwrap(), expect);
+        assert_eq!(
+            build(&blob, &reference, expect.len(), Codec::Zstd).unwrap(),
+            expect
+        );
         // The output's length is the operation's: any other is refused.
-        assert!(build(&blob, &reference, expect.len() - 1).is_err());
-        assert!(build(&blob, &reference, expect.len() + 1).is_err());
+        assert!(build(&blob, &reference, expect.len() - 1, Codec::Zstd).is_err());
+        assert!(build(&blob, &reference, expect.len() + 1, Codec::Zstd).is_err());
         // A block recorded at another compressed length (another compressor version).
         let mut other = spec.clone();
         other.segments[1] = Segment::Compress(bs as u32, a.len() as u32 + 1);
@@ -362,8 +513,11 @@ mod tests {
             ),
             &reference,
             expect.len(),
+            Codec::Zstd,
         );
         assert!(e.unwrap_err().contains("does not compress as"));
+        // A blob for another compressor than the manifest names.
+        assert!(build(&blob, &reference, expect.len(), Codec::Gzip).is_err());
         // A source block outside the reference; a reference that is not the one hashed.
         let mut other = spec.clone();
         other.sources[0].0 = 200;
@@ -376,21 +530,22 @@ mod tests {
                 &lit
             ),
             &reference,
-            expect.len()
+            expect.len(),
+            Codec::Zstd
         )
         .is_err());
-        assert!(build(&blob, &reference[..150], expect.len()).is_err());
+        assert!(build(&blob, &reference[..150], expect.len(), Codec::Zstd).is_err());
         // Every truncation and every flipped byte of the blob: an error or the same bytes.
         for n in 0..blob.len() {
             assert!(
-                build(&blob[..n], &reference, expect.len()).is_err(),
+                build(&blob[..n], &reference, expect.len(), Codec::Zstd).is_err(),
                 "truncated at {n}"
             );
         }
         for i in 0..blob.len() {
             let mut bad = blob.clone();
             bad[i] ^= 0x41;
-            if let Ok(out) = build(&bad, &reference, expect.len()) {
+            if let Ok(out) = build(&bad, &reference, expect.len(), Codec::Zstd) {
                 assert_eq!(out.len(), expect.len());
             }
         }

@@ -174,9 +174,12 @@ pub struct File {
 pub struct Image {
     /// Its compressor.
     pub codec: Codec,
-    /// The compression level its options record (zstd; squashfs-tools' default, 15, when
-    /// there are none); `None` for other compressors.
+    /// The compression level its options record, with squashfs-tools' defaults when there
+    /// are none (zstd 15, gzip 9); `None` for other compressors and for gzip trying
+    /// several strategies (which one won is not recorded).
     pub level: Option<i32>,
+    /// gzip's window bits (15 unless the options say otherwise).
+    pub window_bits: u8,
     /// Data block size.
     pub block_size: u32,
     /// The regular files, in directory order.
@@ -482,17 +485,25 @@ pub fn is_squashfs(img: &[u8]) -> bool {
     superblock(img).is_some()
 }
 
-/// The compression level in the compressor options (zstd only).
-fn level(img: &[u8], s: &Super) -> Option<i32> {
-    if s.codec != Codec::Zstd {
-        return None;
+/// The compression level and gzip window bits in the compressor options.
+fn level(img: &[u8], s: &Super) -> (Option<i32>, u8) {
+    let opts =
+        (s.flags & COMPRESSOR_OPTIONS != 0).then(|| meta_block(img, s.codec, 96).map(|(o, _)| o));
+    match (s.codec, opts) {
+        // squashfs-tools' defaults.
+        (Codec::Zstd, None) => (Some(15), 15),
+        (Codec::Gzip, None) => (Some(9), 15),
+        (Codec::Zstd, Some(Some(o))) => (le32(&o, 0).and_then(|l| i32::try_from(l).ok()), 15),
+        (Codec::Gzip, Some(Some(o))) => {
+            let level = le32(&o, 0).and_then(|l| i32::try_from(l).ok());
+            let window = le16(&o, 4).and_then(|w| u8::try_from(w).ok()).unwrap_or(0);
+            // Several strategies tried: the smallest won, unrecorded.
+            let single = le16(&o, 6).is_some_and(|st| st.count_ones() <= 1);
+            let ok = (8..=15).contains(&window) && single;
+            (level.filter(|l| (1..=9).contains(l) && ok), window)
+        }
+        _ => (None, 15),
     }
-    if s.flags & COMPRESSOR_OPTIONS == 0 {
-        // squashfs-tools' zstd default.
-        return Some(15);
-    }
-    let (opts, _) = meta_block(img, s.codec, 96)?;
-    i32::try_from(le32(&opts, 0)?).ok()
 }
 
 fn fragments(img: &[u8], s: &Super) -> Vec<Blocks> {
@@ -601,9 +612,11 @@ pub fn open(img: &[u8]) -> Option<Image> {
             }
         }
     }
+    let (level, window_bits) = level(img, &s);
     Some(Image {
         codec: s.codec,
-        level: level(img, &s),
+        level,
+        window_bits,
         block_size: s.block_size,
         fragments: fragments(img, &s),
         files,
@@ -737,6 +750,9 @@ mod tests {
             );
             if *comp == "zstd" && extra.contains(&"19") {
                 assert_eq!(image.level, Some(19));
+            }
+            if *comp == "gzip" {
+                assert_eq!((image.level, image.window_bits), (Some(9), 15));
             }
             let found: HashMap<&str, &File> =
                 image.files.iter().map(|f| (f.path.as_str(), f)).collect();

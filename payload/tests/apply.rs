@@ -470,8 +470,9 @@ fn erofs_pair() -> Option<(Vec<u8>, Vec<u8>)> {
     Some((image(&a, "a.img"), image(&b, "b.img")))
 }
 
-/// The same two trees as squashfs images (mksquashfs, zstd), with `extra` options.
-fn squashfs_pair(extra: &[&str]) -> Option<(Vec<u8>, Vec<u8>)> {
+/// The same two trees as squashfs images (mksquashfs), compressed with `comp`, with
+/// `extra` options.
+fn squashfs_pair(comp: &str, extra: &[&str]) -> Option<(Vec<u8>, Vec<u8>)> {
     let mk = tool("mksquashfs", "squashfs-tools")?;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = two_trees(dir.path());
@@ -489,7 +490,7 @@ fn squashfs_pair(extra: &[&str]) -> Option<(Vec<u8>, Vec<u8>)> {
             "-all-time",
             "0",
             "-comp",
-            "zstd",
+            comp,
         ];
         args.extend_from_slice(extra);
         run_ok(&mk, &args);
@@ -498,9 +499,10 @@ fn squashfs_pair(extra: &[&str]) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((image(&a, "a.img"), image(&b, "b.img")))
 }
 
-/// Whether this build's zstd compresses the target's first compressed data block back to
-/// its bytes (the same zstd version as mksquashfs's).
-fn zstd_reproduces(img: &[u8]) -> bool {
+/// Whether this build's compressor compresses the target's first compressed data block
+/// back to its bytes (the same zstd version, or a zlib that deflates alike, as
+/// mksquashfs's).
+fn compressor_reproduces(img: &[u8]) -> bool {
     use keel_payload::squashfs;
     let image = squashfs::open(img).unwrap();
     let level = image.level.unwrap();
@@ -511,8 +513,14 @@ fn zstd_reproduces(img: &[u8]) -> bool {
         .find(|&(_, w)| w != 0 && w & squashfs::STORED == 0)
         .unwrap();
     let raw = &img[at as usize..at as usize + (w & (squashfs::STORED - 1)) as usize];
-    let content =
-        squashfs::decompress(squashfs::Codec::Zstd, raw, image.block_size as usize).unwrap();
+    let content = squashfs::decompress(image.codec, raw, image.block_size as usize).unwrap();
+    if image.codec == squashfs::Codec::Gzip {
+        use std::io::Write;
+        let mut e =
+            flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(level as u32));
+        e.write_all(&content).unwrap();
+        return e.finish().unwrap() == raw;
+    }
     zstd::bulk::compress(&content, level).unwrap() == raw
 }
 
@@ -589,30 +597,32 @@ fn erofs_changed_files_are_paired_with_their_old_versions() {
 /// exactly, and survives cuts.
 #[test]
 fn squashfs_changed_files_are_recompressed() {
-    let Some((src, tgt)) = squashfs_pair(&["-noD", "-noF", "-b", "65536"]) else {
+    let Some((src, tgt)) = squashfs_pair("zstd", &["-noD", "-noF", "-b", "65536"]) else {
         return;
     };
     let recompressed = recompress_case(&src, &tgt);
     assert!(recompressed > 0, "stored blocks are always re-created");
     resume_case(&src, &tgt, 8);
-    let (src, tgt) = squashfs_pair(&["-Xcompression-level", "19"]).unwrap();
-    let recompressed = recompress_case(&src, &tgt);
-    let same_zstd = zstd_reproduces(&tgt);
-    println!(
-        "zstd {} reproduces mksquashfs's blocks: {same_zstd}",
-        zstd::zstd_safe::version_string()
-    );
-    if same_zstd {
-        assert!(
-            recompressed > tgt.len() as u64 / 4,
-            "{recompressed} bytes re-created"
-        );
-    }
-    if std::env::var_os("KEEL_REQUIRE_RECOMPRESS").is_some() {
-        assert!(
-            same_zstd,
-            "KEEL_REQUIRE_RECOMPRESS: this build's zstd differs from mksquashfs's"
-        );
+    for (comp, extra) in [
+        ("zstd", &["-Xcompression-level", "19"][..]),
+        ("gzip", &[][..]),
+    ] {
+        let (src, tgt) = squashfs_pair(comp, extra).unwrap();
+        let recompressed = recompress_case(&src, &tgt);
+        let same = compressor_reproduces(&tgt);
+        println!("{comp}: this build reproduces mksquashfs's blocks: {same}");
+        if same {
+            assert!(
+                recompressed > tgt.len() as u64 / 4,
+                "{comp}: {recompressed} bytes re-created"
+            );
+        }
+        if std::env::var_os("KEEL_REQUIRE_RECOMPRESS").is_some() {
+            assert!(
+                same,
+                "KEEL_REQUIRE_RECOMPRESS: this build's {comp} differs from mksquashfs's"
+            );
+        }
     }
 }
 

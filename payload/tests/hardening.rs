@@ -223,6 +223,19 @@ fn another_recompressor_version_is_refused_before_any_write() {
     );
     assert!(e.needs_full_payload());
     assert!(t.iter().all(|&b| b == 0), "a refused payload wrote nothing");
+    // A deflate that compresses differently from this build's zlib.
+    let p = signed_with(
+        &key,
+        8192,
+        ops.clone(),
+        Some("zlib deflate 0123456789abcdef".into()),
+    );
+    let e = refusal(&p, &mut t, &r);
+    assert!(
+        matches!(&e, Error::Recompressor { have, .. } if have.starts_with("zlib deflate ")),
+        "{e}"
+    );
+    assert!(t.iter().all(|&b| b == 0), "a refused payload wrote nothing");
     let p = signed_with(&key, 8192, ops, Some(keel_payload::recompressor()));
     let e = refusal(&p, &mut t, &r);
     assert!(matches!(e, Error::Decode { op: 0, .. }), "{e}");

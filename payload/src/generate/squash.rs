@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use super::{par_map, push_extent, scale, zstd_patch, zstd_plain, Kind, BS};
 use crate::error::{Error, Result};
 use crate::format::{sha256, Extent, OpType, Operation, BLOCK_SIZE, MAX_OP_BYTES};
-use crate::recompress::{encode, Segment, Spec};
+use crate::recompress::{encode, level_field, Segment, Spec};
 use crate::squashfs::{self, Blocks, Codec, Image, STORED};
 
 /// Content of one piece of a file (its blocks).
@@ -83,7 +83,8 @@ fn touches_new(b: &Blocks, kinds: &[Kind]) -> bool {
     (a..z).any(|i| kinds.get(i as usize) == Some(&Kind::New))
 }
 
-/// Both images as squashfs with zstd blocks of one size, or `None`.
+/// Both images as squashfs with zstd or gzip blocks of one size and one compressor, or
+/// `None`.
 pub(super) fn pair<'a>(source: &'a [u8], target: &'a [u8]) -> Option<Pair<'a>> {
     if !squashfs::is_squashfs(target) {
         return None;
@@ -91,7 +92,10 @@ pub(super) fn pair<'a>(source: &'a [u8], target: &'a [u8]) -> Option<Pair<'a>> {
     let tgt = squashfs::open(target)?;
     let src = squashfs::open(source)?;
     let level = tgt.level?;
-    (tgt.codec == Codec::Zstd && src.codec == Codec::Zstd && src.block_size == tgt.block_size)
+    let level = level_field(tgt.codec, level, tgt.window_bits);
+    (matches!(tgt.codec, Codec::Zstd | Codec::Gzip)
+        && src.codec == tgt.codec
+        && src.block_size == tgt.block_size)
         .then_some(Pair {
             source,
             target,
@@ -186,19 +190,27 @@ impl Pair<'_> {
                 sources,
             });
         }
-        // Keep the units the compressor here re-creates, block for block.
-        let checked = par_map(units, threads, |u| self.reproduces(&u.target).then_some(u));
+        // Keep the units the compressor here re-creates, block for block, with the old
+        // blocks that decompress (a damaged source costs its reference, not the run).
+        let checked = par_map(units, threads, |mut u| {
+            u.sources
+                .retain(|s| self.src.content(self.source, s).is_some());
+            self.reproduces(&u.target).then_some(u)
+        });
         let mut units: Vec<Unit> = checked.into_iter().flatten().collect();
         units.sort_by_key(|u| u.target.start);
         units
     }
 
-    /// Whether compressing each block's content again at the image's level gives the
-    /// block's bytes.
+    /// The target's compressor.
+    pub(super) fn codec(&self) -> Codec {
+        self.tgt.codec
+    }
+
+    /// Whether compressing each block's content again as the image's compressor did gives
+    /// the block's bytes.
     fn reproduces(&self, b: &Blocks) -> bool {
-        let Ok(mut c) = zstd::bulk::Compressor::new(self.level) else {
-            return false;
-        };
+        let (mut c, mut scratch) = (None, Vec::new());
         let bs = self.tgt.block_size as usize;
         b.each().all(|(at, w)| {
             if w == 0 || w & STORED != 0 {
@@ -209,9 +221,16 @@ impl Pair<'_> {
                 words: vec![w],
             };
             let raw = bytes(self.target, &one);
-            squashfs::decompress(Codec::Zstd, raw, bs)
-                .and_then(|content| c.compress(&content).ok())
-                .is_some_and(|again| again == raw)
+            squashfs::decompress(self.tgt.codec, raw, bs).is_some_and(|content| {
+                crate::recompress::reproduces(
+                    &mut c,
+                    self.tgt.codec,
+                    self.level,
+                    &content,
+                    raw,
+                    &mut scratch,
+                )
+            })
         })
     }
 
@@ -313,10 +332,12 @@ impl Pair<'_> {
             push_extent(&mut source, b, 1);
         }
         let mut spec = Spec {
+            codec: self.tgt.codec,
             level: self.level,
             block_size: self.tgt.block_size,
             skip: (job.span.start * BLOCK_SIZE - job.stream_start) as u32,
-            ..Default::default()
+            sources: Vec::new(),
+            segments: Vec::new(),
         };
         let mut s = Vec::new();
         for &(at, w) in &src_blocks {
