@@ -123,14 +123,11 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             // The time reported is the whole run's: reading, hashing, encoding, writing.
             let t = std::time::Instant::now();
-            let pem =
-                std::fs::read_to_string(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+            let pem = cli::read_small_text(&key, 64 << 10)?;
             let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
-            let tgt = std::fs::read(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+            let tgt = cli::read_image(&target)?;
             let src = match (&source, full) {
-                (Some(s), false) => {
-                    Some(std::fs::read(s).map_err(|e| format!("{}: {e}", s.display()))?)
-                }
+                (Some(s), false) => Some(cli::read_image(s)?),
                 _ => None,
             };
             let opts = GenerateOptions::new(&compatible, &version).level(level);

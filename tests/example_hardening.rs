@@ -132,6 +132,34 @@ fn bad_inputs_are_clear_errors_not_panics_or_endless_reads() {
         "not a regular file",
     );
     assert!(!Path::new(&p("h")).exists());
+    // Images to make a payload from: an endless device or a directory is refused by name
+    // (the target was read until the kernel killed the process), and no payload is left.
+    std::fs::write(p("img"), vec![7u8; 8192]).unwrap();
+    let dirname = dir.path().to_str().unwrap().to_string();
+    for (source, target, key) in [
+        (p("img"), "/dev/zero".to_string(), p("k.pem")),
+        ("/dev/zero".to_string(), p("img"), p("k.pem")),
+        (p("img"), dirname.clone(), p("k.pem")),
+        (p("img"), p("img"), "/dev/zero".to_string()),
+    ] {
+        let args = [
+            "generate",
+            "--source",
+            &source,
+            "--target",
+            &target,
+            "--key",
+            &key,
+            "-o",
+            &p("out"),
+        ];
+        let err = refused("payload", &args, "");
+        assert!(
+            err.contains("/dev/zero") || err.contains(&dirname),
+            "{args:?}: {err}"
+        );
+        assert!(!Path::new(&p("out")).exists(), "{args:?} left a payload");
+    }
 }
 
 #[test]
