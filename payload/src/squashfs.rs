@@ -709,9 +709,6 @@ mod tests {
     /// every file is found with its size and reads back its content.
     #[test]
     fn reads_every_file_mksquashfs_wrote() {
-        let Some(mk) = tools::tool("mksquashfs", "squashfs-tools") else {
-            return;
-        };
         let variants: [(&str, &[&str]); 7] = [
             ("zstd", &["-Xcompression-level", "19"]),
             ("zstd", &["-b", "4096", "-no-fragments"]),
@@ -725,19 +722,9 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let root = dir.path().join("root");
             let expect = tree(&root, seed as u64 + 1);
-            let img = dir.path().join("img");
-            let mut args = vec![
-                root.to_str().unwrap(),
-                img.to_str().unwrap(),
-                "-noappend",
-                "-quiet",
-                "-no-progress",
-                "-comp",
-                comp,
-            ];
-            args.extend_from_slice(extra);
-            tools::run_ok(&mk, &args);
-            let bytes = std::fs::read(&img).unwrap();
+            let Some(bytes) = tools::mksquashfs(&root, &dir.path().join("img"), comp, extra) else {
+                return;
+            };
             let image = open(&bytes).unwrap_or_else(|| panic!("{comp} {extra:?}: not read"));
             assert_eq!(
                 image.codec.id(),
@@ -774,9 +761,6 @@ mod tests {
     /// every block reported lies inside the image.
     #[test]
     fn damaged_images_give_fewer_files_never_a_panic() {
-        let Some(mk) = tools::tool("mksquashfs", "squashfs-tools") else {
-            return;
-        };
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         for i in 0..20u64 {
@@ -784,22 +768,10 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, tools::seeded_bytes(i, (i * 9000) as usize)).unwrap();
         }
-        let img = dir.path().join("img");
-        tools::run_ok(
-            &mk,
-            &[
-                root.to_str().unwrap(),
-                img.to_str().unwrap(),
-                "-noappend",
-                "-quiet",
-                "-no-progress",
-                "-comp",
-                "zstd",
-                "-b",
-                "4096",
-            ],
-        );
-        let good = std::fs::read(&img).unwrap();
+        let Some(good) = tools::mksquashfs(&root, &dir.path().join("img"), "zstd", &["-b", "4096"])
+        else {
+            return;
+        };
         assert_eq!(open(&good).map(|i| i.files.len()), Some(20));
         let s = superblock(&good).unwrap();
         // The superblock and everything from the inode table on (the tables and their

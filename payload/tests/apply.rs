@@ -473,30 +473,11 @@ fn erofs_pair() -> Option<(Vec<u8>, Vec<u8>)> {
 /// The same two trees as squashfs images (mksquashfs), compressed with `comp`, with
 /// `extra` options.
 fn squashfs_pair(comp: &str, extra: &[&str]) -> Option<(Vec<u8>, Vec<u8>)> {
-    let mk = tool("mksquashfs", "squashfs-tools")?;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = two_trees(dir.path());
-    let image = |root: &Path, name: &str| {
-        let img = dir.path().join(name);
-        let mut args = vec![
-            root.to_str().unwrap(),
-            img.to_str().unwrap(),
-            "-noappend",
-            "-quiet",
-            "-no-progress",
-            "-all-root",
-            "-mkfs-time",
-            "0",
-            "-all-time",
-            "0",
-            "-comp",
-            comp,
-        ];
-        args.extend_from_slice(extra);
-        run_ok(&mk, &args);
-        fs::read(img).unwrap()
-    };
-    Some((image(&a, "a.img"), image(&b, "b.img")))
+    let img =
+        |root: &Path, name: &str| tools::mksquashfs(root, &dir.path().join(name), comp, extra);
+    Some((img(&a, "a.img")?, img(&b, "b.img")?))
 }
 
 /// Whether this build's compressor compresses the target's first compressed data block

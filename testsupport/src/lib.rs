@@ -103,6 +103,29 @@ pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// `mksquashfs ROOT IMG -comp COMP EXTRA...`, quiet and reproducible (every time 0, every
+/// file root's): the image's bytes; `None` (after a skip notice) without mksquashfs.
+pub fn mksquashfs(root: &Path, img: &Path, comp: &str, extra: &[&str]) -> Option<Vec<u8>> {
+    let mk = tool("mksquashfs", "squashfs-tools")?;
+    let mut args = vec![
+        root.to_str().unwrap(),
+        img.to_str().unwrap(),
+        "-noappend",
+        "-quiet",
+        "-no-progress",
+        "-all-root",
+        "-mkfs-time",
+        "0",
+        "-all-time",
+        "0",
+        "-comp",
+        comp,
+    ];
+    args.extend_from_slice(extra);
+    run_ok(&mk, &args);
+    Some(std::fs::read(img).unwrap())
+}
+
 /// A seeded pseudo-random choice (xorshift64): each call gives a number below its argument
 /// (which must not be 0), for tests that build random trees from a seed.
 pub fn seeded_choice(seed: u64) -> impl FnMut(u64) -> u64 {
