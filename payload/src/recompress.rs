@@ -10,7 +10,7 @@
 
 use std::io::Read;
 
-use crate::squashfs::{decompress, Codec, STORED};
+use crate::squashfs::{Codec, STORED};
 
 /// Largest decompressed reference and content of one operation (the applier's memory:
 /// both, the blob, the source extents and the output stay under 64 MiB).
@@ -89,7 +89,7 @@ pub(crate) enum Compressor {
 
 impl Compressor {
     /// For `codec` at `level` (for gzip: the level in the low byte, window bits above).
-    fn new(codec: Codec, level: i32) -> Result<Compressor, String> {
+    pub(crate) fn new(codec: Codec, level: i32) -> Result<Compressor, String> {
         match codec {
             Codec::Zstd => zstd::bulk::Compressor::new(level)
                 .map(Compressor::Zstd)
@@ -112,6 +112,12 @@ impl Compressor {
         }
     }
 
+    /// Whether compressing `content` gives `raw` (`scratch` holds the attempt).
+    pub(crate) fn reproduces(&mut self, content: &[u8], raw: &[u8], scratch: &mut Vec<u8>) -> bool {
+        scratch.reserve(raw.len() + 64);
+        self.compress(content, scratch).is_ok() && scratch[..] == *raw
+    }
+
     /// `src` compressed into `out` (cleared first).
     fn compress(&mut self, src: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         out.clear();
@@ -131,23 +137,6 @@ impl Compressor {
             }
         }
     }
-}
-
-/// Whether compressing `content` as the image's compressor did gives `raw`.
-pub(crate) fn reproduces(
-    c: &mut Option<Compressor>,
-    codec: Codec,
-    level: i32,
-    content: &[u8],
-    raw: &[u8],
-    scratch: &mut Vec<u8>,
-) -> bool {
-    if c.is_none() {
-        *c = Compressor::new(codec, level).ok();
-    }
-    let Some(c) = c.as_mut() else { return false };
-    scratch.reserve(raw.len() + 64);
-    c.compress(content, scratch).is_ok() && scratch[..] == *raw
 }
 
 /// The level field of a blob for `codec`.
@@ -284,21 +273,13 @@ pub(crate) fn build(
     for _ in 0..sources {
         let off = c.u64("source block offset").map_err(e)?;
         let w = c.u32("source block size").map_err(e)?;
-        let len = u64::from(w & (STORED - 1));
-        let raw = usize::try_from(off)
-            .ok()
-            .and_then(|o| reference.get(o..o.checked_add(len as usize)?))
-            .ok_or_else(|| format!("source block at {off} (+{len}) outside the source extents"))?;
-        if w == 0 {
-            s.resize(s.len() + bs, 0);
-        } else if w & STORED != 0 && raw.len() <= bs {
-            s.extend_from_slice(raw);
-        } else {
-            s.extend(
-                decompress(codec, raw, bs)
-                    .ok_or_else(|| format!("source block at {off} does not decompress"))?,
-            );
-        }
+        crate::squashfs::block_content(codec, reference, off, w, bs, &mut s).ok_or_else(|| {
+            format!(
+                "source block at {off} (+{}) lies outside the source extents or does not \
+                 decompress",
+                w & (STORED - 1)
+            )
+        })?;
     }
     let n = c.u32("segment count").map_err(e)? as usize;
     // Five bytes at least each.

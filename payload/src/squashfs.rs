@@ -192,22 +192,9 @@ impl Image {
     /// The decompressed content of `blocks` (sparse blocks as zeros), each block at most a
     /// block size; `None` if one does not decompress.
     pub fn content(&self, img: &[u8], blocks: &Blocks) -> Option<Vec<u8>> {
-        let bs = self.block_size as usize;
         let mut out = Vec::new();
         for (at, w) in blocks.each() {
-            if w == 0 {
-                out.resize(out.len() + bs, 0);
-                continue;
-            }
-            let raw = slice(img, at, u64::from(w & (STORED - 1)))?;
-            if w & STORED != 0 {
-                if raw.len() > bs {
-                    return None;
-                }
-                out.extend_from_slice(raw);
-            } else {
-                out.extend(decompress(self.codec, raw, bs)?);
-            }
+            block_content(self.codec, img, at, w, self.block_size as usize, &mut out)?;
         }
         Some(out)
     }
@@ -225,6 +212,37 @@ impl Image {
         out.truncate(usize::try_from(f.size).ok()?);
         (out.len() as u64 == f.size).then_some(out)
     }
+}
+
+/// The bytes a block with size word `w` takes at `at` in `img`.
+pub(crate) fn stored_bytes(img: &[u8], at: u64, w: u32) -> Option<&[u8]> {
+    slice(img, at, u64::from(w & (STORED - 1)))
+}
+
+/// One block's content (at most `bs` bytes; a sparse block's `bs` zeros) appended to
+/// `out`; `None` if it lies outside `img` or does not decompress.
+pub(crate) fn block_content(
+    codec: Codec,
+    img: &[u8],
+    at: u64,
+    w: u32,
+    bs: usize,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    if w == 0 {
+        out.resize(out.len() + bs, 0);
+        return Some(());
+    }
+    let raw = stored_bytes(img, at, w)?;
+    if w & STORED != 0 {
+        if raw.len() > bs {
+            return None;
+        }
+        out.extend_from_slice(raw);
+    } else {
+        out.extend(decompress(codec, raw, bs)?);
+    }
+    Some(())
 }
 
 fn slice(img: &[u8], at: u64, len: u64) -> Option<&[u8]> {

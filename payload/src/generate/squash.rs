@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use super::{par_map, push_extent, scale, zstd_patch, zstd_plain, Kind, BS};
 use crate::error::{Error, Result};
 use crate::format::{sha256, Extent, OpType, Operation, BLOCK_SIZE, MAX_OP_BYTES};
-use crate::recompress::{encode, level_field, Segment, Spec};
+use crate::recompress::{encode, level_field, Compressor, Segment, Spec};
 use crate::squashfs::{self, Blocks, Codec, Image, STORED};
 
 /// Content of one piece of a file (its blocks).
@@ -210,27 +210,19 @@ impl Pair<'_> {
     /// Whether compressing each block's content again as the image's compressor did gives
     /// the block's bytes.
     fn reproduces(&self, b: &Blocks) -> bool {
-        let (mut c, mut scratch) = (None, Vec::new());
+        let Ok(mut c) = Compressor::new(self.tgt.codec, self.level) else {
+            return false;
+        };
         let bs = self.tgt.block_size as usize;
+        let (mut content, mut scratch) = (Vec::new(), Vec::new());
         b.each().all(|(at, w)| {
             if w == 0 || w & STORED != 0 {
                 return true;
             }
-            let one = Blocks {
-                start: at,
-                words: vec![w],
-            };
-            let raw = bytes(self.target, &one);
-            squashfs::decompress(self.tgt.codec, raw, bs).is_some_and(|content| {
-                crate::recompress::reproduces(
-                    &mut c,
-                    self.tgt.codec,
-                    self.level,
-                    &content,
-                    raw,
-                    &mut scratch,
-                )
-            })
+            content.clear();
+            let raw = squashfs::stored_bytes(self.target, at, w);
+            squashfs::block_content(self.tgt.codec, self.target, at, w, bs, &mut content).is_some()
+                && raw.is_some_and(|raw| c.reproduces(&content, raw, &mut scratch))
         })
     }
 
@@ -344,15 +336,8 @@ impl Pair<'_> {
             let offset = rank.get(&(at / BLOCK_SIZE)).copied().unwrap_or_default() * BLOCK_SIZE
                 + at % BLOCK_SIZE;
             spec.sources.push((offset, w));
-            let one = Blocks {
-                start: at,
-                words: vec![w],
-            };
-            s.extend(
-                self.src
-                    .content(self.source, &one)
-                    .ok_or_else(|| bad("a source block"))?,
-            );
+            squashfs::block_content(self.src.codec, self.source, at, w, bs, &mut s)
+                .ok_or_else(|| bad("a source block"))?;
         }
         // The stream: literal bytes between units, each unit's blocks from its content.
         let (mut content, mut literal) = (Vec::new(), Vec::new());
@@ -372,25 +357,17 @@ impl Pair<'_> {
             }
             for (at, w) in u.target.each() {
                 let len = w & (STORED - 1);
-                if w == 0 {
-                    content.resize(content.len() + bs, 0);
-                    spec.segments.push(Segment::Sparse(bs as u32));
-                    continue;
-                }
-                let one = Blocks {
-                    start: at,
-                    words: vec![w],
-                };
-                let c = self
-                    .tgt
-                    .content(self.target, &one)
+                let before = content.len();
+                squashfs::block_content(self.tgt.codec, self.target, at, w, bs, &mut content)
                     .ok_or_else(|| bad("a target block"))?;
-                spec.segments.push(if w & STORED != 0 {
-                    Segment::Stored(c.len() as u32)
+                let n = (content.len() - before) as u32;
+                spec.segments.push(if w == 0 {
+                    Segment::Sparse(n)
+                } else if w & STORED != 0 {
+                    Segment::Stored(n)
                 } else {
-                    Segment::Compress(c.len() as u32, len)
+                    Segment::Compress(n, len)
                 });
-                content.extend(c);
             }
             pos = u.end();
         }
