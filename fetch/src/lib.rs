@@ -117,27 +117,30 @@ pub enum Error {
     },
 }
 
-/// rustls with the web's roots and the CA certificates in `pem`.
-fn tls_config(pem: &[u8]) -> Result<rustls::ClientConfig, Error> {
+/// TLS trusting exactly the CA certificates in `pem` (as `curl --cacert`): an agent
+/// pointed at a private update server is pinned to its CA, not to every web CA.
+fn tls_config(pem: &[u8]) -> Result<ureq::tls::TlsConfig, Error> {
     use rustls_pki_types::pem::PemObject;
     let bad = |reason: String| Error::Tls {
         url: "CA certificates".into(),
         reason,
     };
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let mut added = 0;
+    let mut roots = Vec::new();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
         let cert = cert.map_err(|e| bad(e.to_string()))?;
-        roots.add(cert).map_err(|e| bad(e.to_string()))?;
-        added += 1;
+        // ureq skips a certificate it cannot parse; a CA that would silently trust
+        // nothing must be an error here instead.
+        rustls::RootCertStore::empty()
+            .add(cert.clone())
+            .map_err(|e| bad(e.to_string()))?;
+        roots.push(ureq::tls::Certificate::from_der(cert.as_ref()).to_owned());
     }
-    if added == 0 {
+    if roots.is_empty() {
         return Err(bad("no certificate in the PEM given".into()));
     }
-    Ok(rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)))
+        .build())
 }
 
 impl From<Error> for io::Error {
@@ -169,7 +172,7 @@ pub struct FetchOptions<'a> {
     pub max_delay: Duration,
     /// Receives bytes delivered so far (and the length once known); can cancel.
     pub progress: Option<&'a dyn Progress>,
-    /// More certificate authorities to trust besides the web's (PEM): a private update
+    /// The certificate authorities to trust instead of the web's (PEM): a private update
     /// server's CA.
     pub ca_certificates: Option<&'a [u8]>,
     /// Deliver at most this many bytes per second (default: no cap), so an update on a
@@ -214,7 +217,7 @@ impl<'a> FetchOptions<'a> {
         self.progress = Some(p);
         self
     }
-    /// Trust these CA certificates (PEM) too ([`FetchOptions::ca_certificates`]).
+    /// Trust these CA certificates (PEM) only ([`FetchOptions::ca_certificates`]).
     pub fn ca_certificates(mut self, pem: &'a [u8]) -> Self {
         self.ca_certificates = Some(pem);
         self
@@ -264,7 +267,7 @@ pub struct HttpReader<'a> {
     pos: u64,
     len: Option<u64>,
     validator: Option<(&'static str, String)>,
-    body: Option<Box<dyn Read + Send + Sync>>,
+    body: Option<ureq::BodyReader<'static>>,
     stats: Stats,
     rng: u64,
     /// The cap's reference: bytes delivered since this instant.
@@ -305,17 +308,17 @@ impl<'a> HttpReader<'a> {
     /// A reader of `url` (http or https; proxies from the environment, `HTTPS_PROXY`,
     /// `NO_PROXY`...). Nothing is fetched until the first read.
     pub fn new(url: &str, opts: FetchOptions<'a>) -> Result<Self, Error> {
-        let mut builder = ureq::AgentBuilder::new()
-            .timeout_connect(opts.connect_timeout)
-            .timeout_read(opts.read_timeout)
-            // ureq 2 drops the read timeout from a connection it returns to its pool: a
-            // request on a pooled connection to a server that stalls would wait forever.
-            .max_idle_connections(0)
-            .try_proxy_from_env(true);
+        let mut config = ureq::Agent::config_builder()
+            .timeout_connect(Some(opts.connect_timeout))
+            // A stall: no byte for this long, on a new or a pooled connection alike.
+            .timeout_per_read(Some(opts.read_timeout))
+            // Statuses are answers here (a 416 at the end, a 5xx to retry), not errors.
+            .http_status_as_error(false)
+            .user_agent(concat!("keel-fetch/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = opts.ca_certificates {
-            builder = builder.tls_config(std::sync::Arc::new(tls_config(pem)?));
+            config = config.tls_config(tls_config(pem)?);
         }
-        let agent = builder.build();
+        let agent = config.build().new_agent();
         // Jitter needs no cryptographic randomness: the clock seeds it.
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -441,25 +444,15 @@ impl<'a> HttpReader<'a> {
         self.stats.requests += 1;
         let mut req = self.agent.get(&self.url);
         if self.pos > 0 || self.validator.is_some() {
-            req = req.set("Range", &format!("bytes={}-", self.pos));
+            req = req.header("Range", &format!("bytes={}-", self.pos));
             if let Some((_, v)) = &self.validator {
-                req = req.set("If-Range", v);
+                req = req.header("If-Range", v);
             }
         }
         let resp = match req.call() {
             Ok(r) => r,
-            Err(ureq::Error::Status(416, _)) if self.len == Some(self.pos) => return Ok(false),
-            Err(ureq::Error::Status(code, _)) if code == 429 || code >= 500 => {
-                return Err(Attempt::Retry(format!("HTTP {code}")))
-            }
-            Err(ureq::Error::Status(code, _)) => {
-                return Err(Attempt::Fatal(Error::Status {
-                    url: self.url.clone(),
-                    status: code,
-                }))
-            }
             // A certificate the client does not trust will not become trusted by retrying.
-            Err(e) if e.to_string().contains("certificate") => {
+            Err(e) if untrusted_certificate(&e) => {
                 return Err(Attempt::Fatal(Error::Tls {
                     url: self.url.clone(),
                     reason: e.to_string(),
@@ -467,25 +460,30 @@ impl<'a> HttpReader<'a> {
             }
             Err(e) => return Err(Attempt::Retry(e.to_string())),
         };
-        let validator = resp
-            .header("ETag")
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        let validator = header("ETag")
             .map(|v| ("ETag", v.to_string()))
-            .or_else(|| {
-                resp.header("Last-Modified")
-                    .map(|v| ("Last-Modified", v.to_string()))
-            });
-        match resp.status() {
+            .or_else(|| header("Last-Modified").map(|v| ("Last-Modified", v.to_string())));
+        let status = resp.status().as_u16();
+        match status {
+            416 if self.len == Some(self.pos) => return Ok(false),
+            429 | 500.. => return Err(Attempt::Retry(format!("HTTP {status}"))),
+            200..=299 => {}
+            _ => {
+                return Err(Attempt::Fatal(Error::Status {
+                    url: self.url.clone(),
+                    status,
+                }))
+            }
+        }
+        match status {
             206 => {
-                let (start, total) =
-                    content_range(resp.header("Content-Range")).ok_or_else(|| {
-                        Attempt::Fatal(Error::BadRange {
-                            url: self.url.clone(),
-                            reason: format!(
-                                "206 with Content-Range {:?}",
-                                resp.header("Content-Range")
-                            ),
-                        })
-                    })?;
+                let (start, total) = content_range(header("Content-Range")).ok_or_else(|| {
+                    Attempt::Fatal(Error::BadRange {
+                        url: self.url.clone(),
+                        reason: format!("206 with Content-Range {:?}", header("Content-Range")),
+                    })
+                })?;
                 if start != self.pos || self.len.is_some_and(|l| l != total) {
                     return Err(Attempt::Fatal(Error::BadRange {
                         url: self.url.clone(),
@@ -505,7 +503,7 @@ impl<'a> HttpReader<'a> {
                 self.len = Some(total);
             }
             200 if self.pos == 0 && self.validator.is_none() => {
-                self.len = resp.header("Content-Length").and_then(|l| l.parse().ok());
+                self.len = header("Content-Length").and_then(|l| l.parse().ok());
             }
             // A full answer to a range request with If-Range: the validator no longer
             // matches, the file was replaced.
@@ -533,7 +531,7 @@ impl<'a> HttpReader<'a> {
         if self.validator.is_none() {
             self.validator = validator;
         }
-        self.body = Some(Box::new(resp.into_reader()));
+        self.body = Some(resp.into_body().into_reader());
         Ok(true)
     }
 
@@ -725,6 +723,17 @@ impl<'a> HttpReader<'a> {
             self.back_off(failures);
         }
     }
+}
+
+/// Whether the handshake failed on the server's certificate (ureq reports rustls's
+/// verdict directly, or inside the I/O error of the handshake).
+fn untrusted_certificate(e: &ureq::Error) -> bool {
+    let rustls = match e {
+        ureq::Error::Rustls(r) => Some(r),
+        ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(rustls, Some(rustls::Error::InvalidCertificate(_)))
 }
 
 enum Attempt {

@@ -299,6 +299,18 @@ fn https_with_a_private_ca() {
     let mut got = Vec::new();
     r.read_to_end(&mut got).unwrap();
     assert!(got == body);
+    // A CA that would trust nothing is refused when the reader is made, by name.
+    // The first base64 character holds the DER's outer SEQUENCE tag.
+    let mut damaged = ca.clone();
+    let first = damaged.iter().position(|&b| b == b'\n').unwrap() + 1;
+    damaged[first] = if damaged[first] == b'A' { b'B' } else { b'A' };
+    for bad in [&b"not a certificate"[..], &damaged] {
+        let e = HttpReader::new(&url, quick().ca_certificates(bad)).unwrap_err();
+        assert!(
+            matches!(&e, Error::Tls { url, .. } if url == "CA certificates"),
+            "{e}"
+        );
+    }
     let mut untrusted = HttpReader::new(&url, quick()).unwrap();
     let e = untrusted.read(&mut [0u8; 10]).unwrap_err();
     assert!(e.to_string().contains("TLS"), "{e}");
