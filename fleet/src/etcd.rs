@@ -27,12 +27,15 @@ use crate::error::{Error, Result};
 /// second here, a few in slow networks), so a healthy member is never given up on.
 const CALL_LIMIT: Duration = Duration::from_secs(3);
 
+/// How long a watch stream may stay silent before it is reopened (at the next revision,
+/// so nothing is missed): a member that died without closing the connection is noticed.
+const WATCH_IDLE: Duration = Duration::from_secs(3);
+
 /// A client of an etcd cluster.
 #[derive(Debug)]
 pub struct Etcd {
     endpoints: Vec<String>,
     agent: ureq::Agent,
-    watch_agent: ureq::Agent,
     /// The member that answered last; requests go there first.
     preferred: AtomicUsize,
     op_timeout: Duration,
@@ -102,7 +105,8 @@ pub struct Event {
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct TlsOptions {
-    /// CA certificates (PEM) trusted besides the web's roots.
+    /// CA certificates (PEM) trusted instead of the web's roots: a cluster with a private
+    /// CA is reached only through certificates that CA signed.
     pub ca_pem: Option<Vec<u8>>,
     /// The client's certificate chain (PEM), shown to members that ask for one.
     pub client_cert_pem: Option<Vec<u8>>,
@@ -124,10 +128,14 @@ impl TlsOptions {
         self
     }
 
-    /// The rustls configuration, or `None` when nothing differs from ureq's default.
-    fn client_config(&self) -> Result<Option<rustls::ClientConfig>> {
+    /// The TLS configuration, or `None` when nothing differs from ureq's default. Every
+    /// certificate and the key are checked here, by building the rustls configuration
+    /// they make: ureq skips a CA certificate it cannot parse, and stops the process on a
+    /// key that does not fit its certificate.
+    fn client_config(&self) -> Result<Option<ureq::tls::TlsConfig>> {
         use rustls_pki_types::pem::PemObject;
         use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
         if self.ca_pem.is_none() && self.client_cert_pem.is_none() && self.client_key_pem.is_none()
         {
             return Ok(None);
@@ -136,20 +144,23 @@ impl TlsOptions {
             what: what.into(),
             reason,
         };
+        let mut tls = TlsConfig::builder();
         let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(pem) = &self.ca_pem {
-            let mut added = 0;
+            let mut certs = Vec::new();
             for cert in CertificateDer::pem_slice_iter(pem) {
                 let cert = cert.map_err(|e| bad("CA certificates", e.to_string()))?;
                 roots
-                    .add(cert)
+                    .add(cert.clone())
                     .map_err(|e| bad("CA certificates", e.to_string()))?;
-                added += 1;
+                certs.push(Certificate::from_der(cert.as_ref()).to_owned());
             }
-            if added == 0 {
+            if certs.is_empty() {
                 return Err(bad("CA certificates", "no certificate in the PEM".into()));
             }
+            tls = tls.root_certs(RootCerts::Specific(std::sync::Arc::new(certs)));
+        } else {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         }
         let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -158,7 +169,7 @@ impl TlsOptions {
         .map_err(|e| bad("TLS", e.to_string()))?
         .with_root_certificates(roots);
         match (&self.client_cert_pem, &self.client_key_pem) {
-            (Some(chain), Some(key)) => {
+            (Some(chain), Some(key_pem)) => {
                 let chain = CertificateDer::pem_slice_iter(chain)
                     .collect::<std::result::Result<Vec<_>, _>>()
                     .map_err(|e| bad("client certificate", e.to_string()))?;
@@ -168,14 +179,21 @@ impl TlsOptions {
                         "no certificate in the PEM".into(),
                     ));
                 }
-                let key = PrivateKeyDer::from_pem_slice(key)
+                let key = PrivateKeyDer::from_pem_slice(key_pem)
                     .map_err(|e| bad("client key", e.to_string()))?;
+                let ureq_chain: Vec<_> = chain
+                    .iter()
+                    .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+                    .collect();
+                let ureq_key =
+                    PrivateKey::from_pem(key_pem).map_err(|e| bad("client key", e.to_string()))?;
                 builder
                     .with_client_auth_cert(chain, key)
-                    .map(Some)
-                    .map_err(|e| bad("client certificate", e.to_string()))
+                    .map_err(|e| bad("client certificate", e.to_string()))?;
+                tls = tls.client_cert(Some(ClientCert::new_with_certs(&ureq_chain, ureq_key)));
+                Ok(Some(tls.build()))
             }
-            (None, None) => Ok(Some(builder.with_no_client_auth())),
+            (None, None) => Ok(Some(tls.build())),
             _ => Err(bad(
                 "client certificate",
                 "a certificate needs its key, and a key its certificate".into(),
@@ -314,24 +332,19 @@ impl Etcd {
             }
         }
         // A member that stopped mid-request must not hold a call longer than an election
-        // takes: the request moves on to the next member. ureq 2 drops a read timeout from
-        // a connection it returns to its pool, so the limit is set per request (a deadline
-        // for the whole call) and watches, whose streams are long, use connections of
-        // their own that are never pooled.
-        let mut agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2));
-        let mut watch_agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(2))
-            .timeout_read(Duration::from_secs(3))
-            .max_idle_connections(0);
-        if let Some(config) = tls.client_config()? {
-            let config = std::sync::Arc::new(config);
-            agent = agent.tls_config(std::sync::Arc::clone(&config));
-            watch_agent = watch_agent.tls_config(config);
+        // takes: each call has a deadline (CALL_LIMIT), each watch a limit on silence
+        // (WATCH_IDLE), set per request; ureq 3 keeps them on pooled connections too.
+        let mut config = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(2)))
+            // etcd's refusals are answers to read (a message to match), not errors.
+            .http_status_as_error(false)
+            .user_agent(concat!("keel-fleet/", env!("CARGO_PKG_VERSION")));
+        if let Some(tls) = tls.client_config()? {
+            config = config.tls_config(tls);
         }
         Ok(Etcd {
             endpoints,
-            agent: agent.build(),
-            watch_agent: watch_agent.build(),
+            agent: config.build().new_agent(),
             preferred: AtomicUsize::new(0),
             op_timeout: Duration::from_secs(30),
         })
@@ -349,6 +362,64 @@ impl Etcd {
         &self.endpoints
     }
 
+    /// POST `body` as JSON to `url`, with `limit` as the call's deadline or, for a
+    /// stream, as the longest silence.
+    fn post(
+        &self,
+        url: &str,
+        body: &Value,
+        limit: Limit,
+    ) -> std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let request = self.agent.post(url).config();
+        let request = match limit {
+            Limit::Call(d) => request.timeout_per_call(Some(d)),
+            Limit::Silence(d) => request.timeout_per_read(Some(d)),
+        };
+        request
+            .build()
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+    }
+
+    /// One request to one member: its JSON answer, its refusal, or why there was none.
+    fn answer(&self, url: &str, path: &'static str, body: &Value) -> Result<Answer> {
+        let mut resp = match self.post(url, body, Limit::Call(CALL_LIMIT)) {
+            Ok(r) => r,
+            Err(e) => return Ok(Answer::Failed(format!("{url}: {e}"))),
+        };
+        let code = resp.status().as_u16();
+        let text = match resp.body_mut().read_to_vec() {
+            Ok(t) => t,
+            Err(e @ ureq::Error::BodyExceedsLimit(_)) => {
+                return Err(Error::Malformed {
+                    request: path,
+                    reason: e.to_string(),
+                })
+            }
+            // Cut or timed out mid-answer: another member may answer.
+            Err(e) => return Ok(Answer::Failed(format!("{url}: {e}"))),
+        };
+        if resp.status().is_success() {
+            return serde_json::from_slice(&text)
+                .map(Answer::Ok)
+                .map_err(|e| Error::Malformed {
+                    request: path,
+                    reason: e.to_string(),
+                });
+        }
+        let text = String::from_utf8_lossy(&text).into_owned();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| {
+                v.get("message")
+                    .or_else(|| v.get("error"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .unwrap_or(text);
+        Ok(Answer::Status(code, message))
+    }
+
     /// POST `body` to `path`, member after member, until one answers or the time limit.
     fn call(&self, path: &'static str, body: &Value) -> Result<Value> {
         let deadline = Instant::now() + self.op_timeout;
@@ -357,27 +428,12 @@ impl Etcd {
         loop {
             let index = (self.preferred.load(Ordering::Relaxed) + attempt) % n;
             let url = format!("{}{}", self.endpoints[index], path);
-            let request = self.agent.post(&url).timeout(CALL_LIMIT);
-            let failure = match request.send_json(body) {
-                Ok(resp) => {
-                    let v: Value = resp.into_json().map_err(|e| Error::Malformed {
-                        request: path,
-                        reason: e.to_string(),
-                    })?;
+            let failure = match self.answer(&url, path, body)? {
+                Answer::Ok(v) => {
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(v);
                 }
-                Err(ureq::Error::Status(code, resp)) => {
-                    let text = resp.into_string().unwrap_or_default();
-                    let message = serde_json::from_str::<Value>(&text)
-                        .ok()
-                        .and_then(|v| {
-                            v.get("message")
-                                .or_else(|| v.get("error"))
-                                .and_then(Value::as_str)
-                                .map(str::to_string)
-                        })
-                        .unwrap_or(text);
+                Answer::Status(code, message) => {
                     if !(matches!(code, 429 | 503 | 504) || code >= 500 && transient(&message)) {
                         return Err(Error::Refused {
                             request: path,
@@ -386,8 +442,7 @@ impl Etcd {
                     }
                     format!("{url}: HTTP {code}: {message}")
                 }
-                // ureq's message names the URL.
-                Err(e) => e.to_string(),
+                Answer::Failed(why) => why,
             };
             attempt += 1;
             if Instant::now() >= deadline {
@@ -510,21 +565,18 @@ impl Etcd {
     pub fn member_status(&self, endpoint: &str) -> Result<(u64, u64)> {
         const REQ: &str = "/v3/maintenance/status";
         let url = format!("{}{}", endpoint.trim_end_matches('/'), REQ);
-        let v: Value = self
-            .agent
-            .post(&url)
-            .timeout(CALL_LIMIT)
-            .send_json(json!({}))
-            .map_err(|e| Error::Unavailable {
-                endpoints: endpoint.to_string(),
-                seconds: 3,
-                last: e.to_string(),
-            })?
-            .into_json()
-            .map_err(|e| Error::Malformed {
-                request: REQ,
-                reason: e.to_string(),
-            })?;
+        let unavailable = |last: String| Error::Unavailable {
+            endpoints: endpoint.to_string(),
+            seconds: CALL_LIMIT.as_secs(),
+            last,
+        };
+        let v = match self.answer(&url, REQ, &json!({}))? {
+            Answer::Ok(v) => v,
+            Answer::Status(code, message) => {
+                return Err(unavailable(format!("{url}: HTTP {code}: {message}")))
+            }
+            Answer::Failed(why) => return Err(unavailable(why)),
+        };
         let header = v.get("header").ok_or_else(|| malformed(REQ, "header"))?;
         let id = |v: &Value, f: &str| -> Result<u64> {
             match v.get(f) {
@@ -559,12 +611,22 @@ impl Etcd {
                 create["range_end"] = Value::String(b64(&prefix_end(key)));
             }
             let url = format!("{}{REQ}", self.endpoints[member % self.endpoints.len()]);
-            let reader = match self
-                .watch_agent
-                .post(&url)
-                .send_json(json!({"create_request": create}))
-            {
-                Ok(resp) => resp.into_reader(),
+            let opened = self
+                .post(
+                    &url,
+                    &json!({"create_request": create}),
+                    Limit::Silence(WATCH_IDLE),
+                )
+                .map_err(|e| format!("{url}: {e}"))
+                .and_then(|resp| {
+                    if resp.status().is_success() {
+                        Ok(resp.into_body().into_reader())
+                    } else {
+                        Err(format!("{url}: HTTP {}", resp.status().as_u16()))
+                    }
+                });
+            let reader = match opened {
+                Ok(reader) => reader,
                 Err(e) => {
                     failures += 1;
                     member += 1;
@@ -572,7 +634,7 @@ impl Etcd {
                         return Err(Error::Unavailable {
                             endpoints: self.endpoints.join(","),
                             seconds: self.op_timeout.as_secs(),
-                            last: e.to_string(),
+                            last: e,
                         });
                     }
                     std::thread::sleep(Duration::from_millis(200));
@@ -615,6 +677,24 @@ impl Etcd {
         }
         Ok(())
     }
+}
+
+/// A request's time limit.
+enum Limit {
+    /// The whole call.
+    Call(Duration),
+    /// The longest wait for the next bytes (a stream).
+    Silence(Duration),
+}
+
+/// What one member said.
+enum Answer {
+    /// A success, and its JSON.
+    Ok(Value),
+    /// A refusal: the status and etcd's message.
+    Status(u16, String),
+    /// No answer (connection, timeout): why.
+    Failed(String),
 }
 
 #[cfg(test)]

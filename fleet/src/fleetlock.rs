@@ -48,36 +48,40 @@ impl Client {
     pub fn new(base: &str) -> Client {
         Client {
             base: base.trim_end_matches('/').to_string(),
-            agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(30))
-                .build(),
+            agent: ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(30)))
+                // The server's refusals carry a kind and a value to report.
+                .http_status_as_error(false)
+                .build()
+                .new_agent(),
         }
     }
 
     fn post(&self, path: &str, group: &str, id: &str) -> Result<()> {
         let body = json!({"client_params": {"id": id, "group": group}});
-        match self
+        let unavailable = |e: ureq::Error| Error::Unavailable {
+            endpoints: self.base.clone(),
+            seconds: 30,
+            last: e.to_string(),
+        };
+        let mut resp = self
             .agent
             .post(&format!("{}{path}", self.base))
-            .set("fleet-lock-protocol", "true")
-            .send_json(body)
-        {
-            Ok(_) => Ok(()),
-            Err(ureq::Error::Status(code, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
-                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                let field = |f: &str| v.get(f).and_then(|x| x.as_str()).map(str::to_string);
-                Err(Error::FleetLock {
-                    kind: field("kind").unwrap_or_else(|| format!("http_{code}")),
-                    value: field("value").unwrap_or(text),
-                })
-            }
-            Err(e) => Err(Error::Unavailable {
-                endpoints: self.base.clone(),
-                seconds: 30,
-                last: e.to_string(),
-            }),
+            .header("fleet-lock-protocol", "true")
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .map_err(unavailable)?;
+        if resp.status().is_success() {
+            return Ok(());
         }
+        let code = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().map_err(unavailable)?;
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let field = |f: &str| v.get(f).and_then(|x| x.as_str()).map(str::to_string);
+        Err(Error::FleetLock {
+            kind: field("kind").unwrap_or_else(|| format!("http_{code}")),
+            value: field("value").unwrap_or(text),
+        })
     }
 
     /// Ask for a reboot slot for `id` in `group`.

@@ -436,4 +436,23 @@ fn members_that_ask_for_client_certificates() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("needs its key"), "{e}");
+    // A key that is not the certificate's is named when the client is made (ureq would
+    // stop the process on it), and so is a CA file without a certificate.
+    let wrong_key = keel_fleet::TlsOptions::default()
+        .ca(read(&pki.ca))
+        .client_cert(read(&pki.client_cert), read(&pki.server_key));
+    let e = Etcd::with_tls(&[c.endpoints()], &wrong_key).unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid { what, .. } if what == "client certificate"),
+        "{e}"
+    );
+    let e = Etcd::with_tls(
+        &[c.endpoints()],
+        &keel_fleet::TlsOptions::default().ca(b"no PEM here".to_vec()),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid { what, .. } if what == "CA certificates"),
+        "{e}"
+    );
 }
