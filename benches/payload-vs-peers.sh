@@ -7,7 +7,9 @@
 # Without arguments it runs every pair of the measurement corpus, one table each: ext4,
 # squashfs (zstd), EROFS and EROFS (lz4hc), building the corpus first
 # (shared/corpus/build-corpus.sh; needs root and about 5 minutes). Needs zstd, xdelta3,
-# bsdiff and GNU time (apt-get install zstd xdelta3 bsdiff time).
+# bsdiff and GNU time (apt-get install zstd xdelta3 bsdiff time). Memory: GNU time's
+# peak resident set, the peak of anonymous memory (see anon_peak), and, as root, Keel's
+# generator run again inside a memory cgroup (KEEL_BENCH_MEMORY_MIB, default 1024).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORPUS=${KEEL_CORPUS:-/tmp/keel-corpus}
@@ -34,24 +36,73 @@ PAYLOAD=${CARGO_TARGET_DIR:-target}/release/examples/payload
 openssl genpkey -algorithm ed25519 -out "$W/k.pem" 2>/dev/null
 openssl pkey -in "$W/k.pem" -pubout -out "$W/k.pub"
 
+# anon_peak PID: the largest sum of RssAnon (KiB) over PID and its descendants, sampled
+# every 50 ms until PID ends. GNU time's peak (%M) also counts the pages of files a tool
+# maps (Keel maps both images), which are page cache the kernel reclaims; the anonymous
+# memory is what the tool itself holds.
+anon_peak() {
+  local root=$1 peak=0 sum p k v
+  while kill -0 "$root" 2>/dev/null; do
+    sum=0
+    for p in $(ps -e -o pid=,ppid= | awk -v r="$root" '
+        { parent[$1] = $2 }
+        END { for (p in parent) { q = p; while (q in parent && q != r) q = parent[q]; if (q == r) print p } }'); do
+      while read -r k v _; do
+        [ "$k" = RssAnon: ] && sum=$((sum + v))
+      done < /proc/"$p"/status 2>/dev/null || true
+    done
+    (( sum > peak )) && peak=$sum
+    sleep 0.05
+  done
+  echo "$peak"
+}
+
 # measure NAME GEN_CMD APPLY_CMD OUT RESULT: runs both under GNU time.
 rows=()
 measure() {
   local name=$1 gen=$2 app=$3 out=$4 result=$5
-  local g a
-  if ! /usr/bin/time -f "%e %M" -o "$W/t" bash -c "$gen" >/dev/null 2>"$W/err"; then
-    rows+=("$name|failed or timed out|||||"); return; fi
+  local g a anon pid
+  /usr/bin/time -f "%e %M" -o "$W/t" bash -c "$gen" >/dev/null 2>"$W/err" &
+  pid=$!
+  anon=$(anon_peak $pid)
+  if ! wait $pid; then
+    rows+=("$name|failed or timed out||||||"); return; fi
   g=$(tail -1 "$W/t")
   rm -f "$result"
   /usr/bin/time -f "%e %M" -o "$W/t" bash -c "$app" >/dev/null 2>"$W/err" || true
   a=$(tail -1 "$W/t")
-  cmp -s "$result" "$NEW" || { rows+=("$name|WRONG RESULT|||||"); return; }
-  rows+=("$name|$(stat -c %s "$out")|${g% *}|$(( ${g#* } / 1024 ))|${a% *}|$(( ${a#* } / 1024 ))")
+  cmp -s "$result" "$NEW" || { rows+=("$name|WRONG RESULT||||||"); return; }
+  rows+=("$name|$(stat -c %s "$out")|${g% *}|$(( ${g#* } / 1024 ))|$(( anon / 1024 ))|${a% *}|$(( ${a#* } / 1024 ))")
 }
 
 measure "keel (file pairing, zstd -19)" \
   "$PAYLOAD generate --source $OLD --target $NEW --key $W/k.pem -o $W/keel.p" \
   "$PAYLOAD apply --source $OLD --target $W/keel.out --pubkey $W/k.pub --no-version-check $W/keel.p" "$W/keel.p" "$W/keel.out"
+# Keel's generator in a memory cgroup of KEEL_BENCH_MEMORY_MIB (default 1024) with the page
+# cache dropped first, so every image page it reads is charged to it: GNU time's peak
+# above counts the mapped images' pages, which the kernel reclaims under a limit; this
+# shows the memory the generator needs. Root and a writable cgroup (v1 or v2) only.
+memory_limited() {
+  local mib=${KEEL_BENCH_MEMORY_MIB:-1024} cg limit procs
+  if [ -w /sys/fs/cgroup/memory ]; then
+    cg=/sys/fs/cgroup/memory/keel-bench limit=memory.limit_in_bytes
+  elif grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null && [ -w /sys/fs/cgroup ]; then
+    cg=/sys/fs/cgroup/keel-bench limit=memory.max
+  else
+    echo "keel generate in a memory cgroup: skipped (needs root and a writable cgroup)"; return
+  fi
+  mkdir -p "$cg" && echo $(( mib << 20 )) > "$cg/$limit" || { echo "memory cgroup: cannot set a limit"; return; }
+  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(page cache not dropped: cached image pages are not charged)"
+  procs="$cg/cgroup.procs"
+  if /usr/bin/time -f "%e" -o "$W/t" sh -c "echo \$\$ > $procs; exec $PAYLOAD generate --source $OLD --target $NEW --key $W/k.pem -o $W/keel-limited.p" >/dev/null 2>"$W/err" \
+     && cmp -s "$W/keel-limited.p" "$W/keel.p"; then
+    echo "keel generate in a ${mib} MiB memory cgroup (cold page cache): the same payload in $(tail -1 "$W/t") s"
+  else
+    echo "keel generate in a ${mib} MiB memory cgroup: FAILED ($(tail -1 "$W/err"))"
+  fi
+  rmdir "$cg" 2>/dev/null || true
+}
+memory_limited
 # Which compressor re-created blocks, if any did (squashfs).
 "$PAYLOAD" inspect --pubkey "$W/k.pub" "$W/keel.p" 2>/dev/null | grep '^recompress' || true
 measure "zstd --patch-from -19 --long=31" \
@@ -65,17 +116,17 @@ measure "xdelta3 -9 -S djw -B whole image" \
 measure "bsdiff (limit ${BSDIFF_LIMIT}s)" \
   "timeout $BSDIFF_LIMIT bsdiff $OLD $NEW $W/b.p" "bspatch $OLD $W/b.out $W/b.p" "$W/b.p" "$W/b.out"
 
-printf '%-34s %12s %8s %9s %8s %9s\n' method bytes "gen s" "gen MiB" "apply s" "apply MiB"
+printf '%-34s %12s %8s %9s %9s %8s %9s\n' method bytes "gen s" "gen MiB" "anon MiB" "apply s" "apply MiB"
 for r in "${rows[@]}"; do
-  IFS='|' read -r n b gs gm as am <<<"$r"
-  printf '%-34s %12s %8s %9s %8s %9s\n' "$n" "$b" "$gs" "$gm" "$as" "$am"
+  IFS='|' read -r n b gs gm ga as am <<<"$r"
+  printf '%-34s %12s %8s %9s %9s %8s %9s\n' "$n" "$b" "$gs" "$gm" "$ga" "$as" "$am"
 done
 # Keel against the best peer in each column (smaller is better; below 1 Keel wins).
 printf '%s\n' "${rows[@]}" | awk -F'|' '
-  $2 ~ /^[0-9]+$/ { for (c = 2; c <= 6; c++) {
+  $2 ~ /^[0-9]+$/ { for (c = 2; c <= 7; c++) {
       if ($1 ~ /^keel/) k[c] = $c
       else if (!(c in best) || $c + 0 < best[c] + 0) best[c] = $c } }
-  END { split("bytes gen-s gen-MiB apply-s apply-MiB", name, " ")
+  END { split("bytes gen-s gen-MiB gen-anon-MiB apply-s apply-MiB", name, " ")
         printf "keel / best peer:"
-        for (c = 2; c <= 6; c++) if (best[c] > 0) printf " %s %.3f", name[c - 1], k[c] / best[c]
+        for (c = 2; c <= 7; c++) if (best[c] > 0) printf " %s %.3f", name[c - 1], k[c] / best[c]
         printf "\n" }'

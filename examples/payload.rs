@@ -125,9 +125,12 @@ fn run(cli: Cli) -> Result<(), String> {
             let t = std::time::Instant::now();
             let pem = cli::read_small_text(&key, 64 << 10)?;
             let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
-            let tgt = cli::read_image(&target)?;
+            // Mapped, not read: the images stay page cache the kernel can drop, so the
+            // generator's own memory does not grow with them.
+            let map = |p: &std::path::Path| keel::io::Mapped::open(p).map_err(|e| e.to_string());
+            let tgt = map(&target)?;
             let src = match (&source, full) {
-                (Some(s), false) => Some(cli::read_image(s)?),
+                (Some(s), false) => Some(map(s)?),
                 _ => None,
             };
             let opts = GenerateOptions::new(&compatible, &version).level(level);

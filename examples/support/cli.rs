@@ -172,19 +172,6 @@ pub(crate) fn read_small(path: &std::path::Path, max: u64) -> Result<Vec<u8>, St
     Ok(out)
 }
 
-/// A whole image, a regular file or a block device (whose size is known before reading):
-/// a directory or an endless device such as /dev/zero is an error naming it.
-pub(crate) fn read_image(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    use keel::io::ReadAt;
-    let (f, _) = keel::io::open_device(path, false).map_err(|e| e.to_string())?;
-    let named = |e: std::io::Error| format!("{}: {e}", path.display());
-    let size = f.size().map_err(named)?;
-    let len = usize::try_from(size).map_err(|_| format!("{}: too large", path.display()))?;
-    let mut out = vec![0u8; len];
-    f.read_exact_at(&mut out, 0).map_err(named)?;
-    Ok(out)
-}
-
 /// [`read_small`] as UTF-8 text.
 pub(crate) fn read_small_text(path: &std::path::Path, max: u64) -> Result<String, String> {
     String::from_utf8(read_small(path, max)?)

@@ -13,7 +13,10 @@
 //! - [`Threads`]: how many workers a long job may use, the same type in every crate.
 //! - [`Cursor`]: a bounded little-endian reader for on-disk structures, whose errors name
 //!   the field and its byte offset.
-//! - [`sys`]: the block-device ioctls, the only `unsafe` code for I/O in Keel.
+//! - [`Mapped`]: a whole image as `&[u8]` backed by the page cache, for tools that read
+//!   images at random (a delta generator) without holding them in their own memory.
+//! - [`sys`]: the block-device ioctls; with [`Mapped`], the only `unsafe` code for I/O in
+//!   Keel.
 //!
 //! ```
 //! use keel_io::{ReadAt, Region, WriteAt};
@@ -32,6 +35,7 @@
 mod cursor;
 mod device;
 mod file;
+mod map;
 mod progress;
 mod region;
 mod shared;
@@ -44,6 +48,7 @@ mod threads;
 pub use cursor::{Cursor, CursorError};
 pub use device::{ReadAt, WriteAt};
 pub use file::{open_device, replace_file, require_size, same_file, DeviceKind};
+pub use map::Mapped;
 pub use progress::{Cancel, Cancelled, Progress};
 pub use region::Region;
 pub use shared::Shared;

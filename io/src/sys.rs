@@ -1,6 +1,6 @@
-//! The block-device ioctls: the only `unsafe` code for I/O in Keel. Each call passes a
-//! descriptor that is open for its duration and, where the kernel writes back, a pointer
-//! to a live local.
+//! The block-device ioctls (with the mapping of images, the only `unsafe` code for I/O
+//! in Keel). Each call passes a descriptor that is open for its duration and, where the
+//! kernel writes back, a pointer to a live local.
 #![allow(unsafe_code)]
 
 use std::fs::File;
