@@ -196,6 +196,11 @@ impl Default for FetchOptions<'_> {
 }
 
 impl<'a> FetchOptions<'a> {
+    /// Set [`FetchOptions::connect_timeout`].
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
     /// Set [`FetchOptions::read_timeout`].
     pub fn read_timeout(mut self, t: Duration) -> Self {
         self.read_timeout = t;

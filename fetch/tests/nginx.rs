@@ -321,6 +321,38 @@ fn https_with_a_private_ca() {
     );
 }
 
+/// A server whose connections never complete (its accept queue is full, so the kernel
+/// drops the SYNs) costs the connect timeout per attempt, then a clear error: the reader
+/// does not hang on it.
+#[test]
+fn connections_that_never_complete_time_out() {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    while let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+        held.push(s);
+        assert!(held.len() < 100_000, "the accept queue never filled");
+    }
+    let opts = quick()
+        .connect_timeout(Duration::from_millis(300))
+        .max_attempts(2);
+    let mut r = HttpReader::new(&format!("http://{addr}/p.bin"), opts).unwrap();
+    let e = r.read(&mut [0u8; 10]).unwrap_err();
+    let inner = e.into_inner().unwrap().downcast::<Error>().unwrap();
+    match *inner {
+        Error::GaveUp {
+            attempts, ref last, ..
+        } => {
+            assert_eq!(attempts, 2);
+            assert!(last.contains("timeout"), "{last}");
+        }
+        ref other => panic!("{other}"),
+    }
+    assert_eq!(r.stats().requests, 2);
+    drop(listener);
+}
+
 /// Connections that stall (open, silent) are given up after the read timeout and made
 /// again from where they stopped.
 #[test]
