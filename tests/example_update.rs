@@ -137,6 +137,70 @@ fn a_failing_check_exits_2_and_the_boot_loader_falls_back() {
     assert!(boot.contains("booting slot A"), "{boot}");
 }
 
+/// System proxies: with `http_proxy` set, the payload comes through it (tinyproxy,
+/// tunnelling with CONNECT) and applies whole; with `no_proxy` naming the server, the
+/// proxy sees nothing more.
+#[test]
+fn fetch_apply_goes_through_the_system_proxy() {
+    let (_tmp, dir) = demo();
+    let Some(server) = keel_testsupport::nginx::serve(&dir, &dir.join("nginx")) else {
+        return;
+    };
+    let Some(proxy) = keel_testsupport::tinyproxy::start(&dir.join("proxy")) else {
+        return;
+    };
+    let v2 = std::fs::read(dir.join("v2.img")).unwrap();
+    let target = dir.join("slot-b.img");
+    let url = format!("{}/update-1-to-2.payload", server.base);
+    let p = |n: &str| dir.join(n).display().to_string();
+    let fetch = |no_proxy: Option<&str>| {
+        std::fs::File::create(&target)
+            .unwrap()
+            .set_len(v2.len() as u64)
+            .unwrap();
+        let mut cmd = std::process::Command::new(example("update"));
+        cmd.args([
+            "fetch-apply",
+            &url,
+            "--source",
+            &p("v1.img"),
+            "--target",
+            &p("slot-b.img"),
+            "--pubkey",
+            &p("release-key.pub"),
+            "--installed-version",
+            "1.0",
+        ]);
+        for v in [
+            "ALL_PROXY",
+            "all_proxy",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "NO_PROXY",
+            "no_proxy",
+        ] {
+            cmd.env_remove(v);
+        }
+        cmd.env("http_proxy", &proxy.url);
+        if let Some(n) = no_proxy {
+            cmd.env("no_proxy", n);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            std::fs::read(&target).unwrap() == v2,
+            "the fetched update differs"
+        );
+    };
+    fetch(None);
+    let through = proxy.requests();
+    let connect = format!("CONNECT 127.0.0.1:{} HTTP/1.1", server.port);
+    assert!(through.contains(&connect), "{through:?}");
+    fetch(Some("127.0.0.1"));
+    assert_eq!(proxy.requests(), through, "no_proxy was not followed");
+}
+
 /// The network side through the example: a payload streamed from nginx (through a proxy
 /// that cuts connections) into a target; a root and an index signed by the example,
 /// served, verified and followed; the same index again is a rollback.
