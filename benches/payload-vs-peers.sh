@@ -49,7 +49,7 @@ anon_peak() {
         END { for (p in parent) { q = p; while (q in parent && q != r) q = parent[q]; if (q == r) print p } }'); do
       while read -r k v _; do
         [ "$k" = RssAnon: ] && sum=$((sum + v))
-      done < /proc/"$p"/status 2>/dev/null || true
+      done 2>/dev/null < /proc/"$p"/status || true
     done
     (( sum > peak )) && peak=$sum
     sleep 0.05
