@@ -137,6 +137,25 @@ fn a_failing_check_exits_2_and_the_boot_loader_falls_back() {
     assert!(boot.contains("booting slot A"), "{boot}");
 }
 
+/// `update fetch-apply URL` from the demo's v1 image into its slot-b.img.
+fn fetch_apply_args(dir: &Path, url: &str) -> Vec<String> {
+    let p = |n: &str| dir.join(n).display().to_string();
+    [
+        "fetch-apply",
+        url,
+        "--source",
+        &p("v1.img"),
+        "--target",
+        &p("slot-b.img"),
+        "--pubkey",
+        &p("release-key.pub"),
+        "--installed-version",
+        "1.0",
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
 /// System proxies: with `http_proxy` set, the payload comes through it (tinyproxy,
 /// tunnelling with CONNECT) and applies whole; with `no_proxy` naming the server, the
 /// proxy sees nothing more.
@@ -152,25 +171,13 @@ fn fetch_apply_goes_through_the_system_proxy() {
     let v2 = std::fs::read(dir.join("v2.img")).unwrap();
     let target = dir.join("slot-b.img");
     let url = format!("{}/update-1-to-2.payload", server.base);
-    let p = |n: &str| dir.join(n).display().to_string();
     let fetch = |no_proxy: Option<&str>| {
         std::fs::File::create(&target)
             .unwrap()
             .set_len(v2.len() as u64)
             .unwrap();
         let mut cmd = std::process::Command::new(example("update"));
-        cmd.args([
-            "fetch-apply",
-            &url,
-            "--source",
-            &p("v1.img"),
-            "--target",
-            &p("slot-b.img"),
-            "--pubkey",
-            &p("release-key.pub"),
-            "--installed-version",
-            "1.0",
-        ]);
+        cmd.args(fetch_apply_args(&dir, &url));
         for v in [
             "ALL_PROXY",
             "all_proxy",
@@ -219,22 +226,11 @@ fn fetch_apply_sign_and_check_against_nginx() {
         .unwrap();
     let url = format!("{}/update-1-to-2.payload", proxy.base);
     let p = |n: &str| dir.join(n).display().to_string();
+    let mut args = fetch_apply_args(&dir, &url);
+    args.extend(["--max-rate".to_string(), "64M".to_string()]);
     let out = ok(
         "update",
-        &[
-            "fetch-apply",
-            &url,
-            "--source",
-            &p("v1.img"),
-            "--target",
-            &p("slot-b.img"),
-            "--pubkey",
-            &p("release-key.pub"),
-            "--installed-version",
-            "1.0",
-            "--max-rate",
-            "64M",
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     assert!(out.contains("applied version 2.0"), "{out}");
     assert!(

@@ -279,13 +279,41 @@ pub mod pki {
     }
 }
 
+/// A port on 127.0.0.1 free a moment ago, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// Start a server (its output discarded) and wait until it accepts connections on
+/// `port`; a server that does not within 10 s fails the test, pointing at `log`.
+pub fn spawn_server(cmd: &mut Command, port: u16, log: &Path) -> Child {
+    use std::time::{Duration, Instant};
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} did not start: see {}",
+            cmd.get_program(),
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 /// A real nginx serving a directory on 127.0.0.1, started and stopped by the test.
 pub mod nginx {
-    use super::tool;
-    use std::net::{TcpListener, TcpStream};
+    use super::{free_port, spawn_server, tool};
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::process::{Child, Command};
 
     /// A running nginx; stopped when dropped.
     #[derive(Debug)]
@@ -320,10 +348,7 @@ pub mod nginx {
 
     fn serve_with(root: &Path, work: &Path, tls: Option<(PathBuf, PathBuf)>) -> Option<Nginx> {
         let nginx = tool("nginx", "nginx")?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
+        let port = free_port();
         let w = |p: &str| -> PathBuf { work.join(p) };
         std::fs::create_dir_all(w("tmp")).unwrap();
         let conf = format!(
@@ -345,24 +370,15 @@ pub mod nginx {
             )),
         );
         std::fs::write(w("nginx.conf"), conf).unwrap();
-        let child = Command::new(nginx)
-            .arg("-c")
-            .arg(w("nginx.conf"))
-            .arg("-p")
-            .arg(work)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not start: see {}",
-                w("error.log").display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_server(
+            Command::new(nginx)
+                .arg("-c")
+                .arg(w("nginx.conf"))
+                .arg("-p")
+                .arg(work),
+            port,
+            &w("error.log"),
+        );
         let scheme = if tls.is_some() { "https" } else { "http" };
         Some(Nginx {
             child,
@@ -375,11 +391,9 @@ pub mod nginx {
 /// tinyproxy (Debian's package) on 127.0.0.1: the forward proxy a machine's
 /// `http_proxy`/`https_proxy` names, tunnelling with CONNECT as clients ask.
 pub mod tinyproxy {
-    use super::tool;
-    use std::net::{TcpListener, TcpStream};
+    use super::{free_port, spawn_server, tool};
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::process::{Child, Command};
 
     /// A running tinyproxy; stopped when dropped.
     #[derive(Debug)]
@@ -414,10 +428,7 @@ pub mod tinyproxy {
     pub fn start(work: &Path) -> Option<Proxy> {
         let bin = tool("tinyproxy", "tinyproxy")?;
         std::fs::create_dir_all(work).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
+        let port = free_port();
         let log = work.join("tinyproxy.log");
         // No ConnectPort line: CONNECT is allowed to every port (Debian's default
         // configuration allows only 443 and 563).
@@ -428,23 +439,14 @@ pub mod tinyproxy {
             pid = work.join("tinyproxy.pid").display(),
         );
         std::fs::write(work.join("tinyproxy.conf"), conf).unwrap();
-        let child = Command::new(bin)
-            .arg("-d")
-            .arg("-c")
-            .arg(work.join("tinyproxy.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tinyproxy did not start: see {}",
-                log.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_server(
+            Command::new(bin)
+                .arg("-d")
+                .arg("-c")
+                .arg(work.join("tinyproxy.conf")),
+            port,
+            &log,
+        );
         Some(Proxy {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -554,8 +556,7 @@ pub mod faults {
 
 /// A real etcd cluster on loopback ports, started and stopped by the test.
 pub mod etcd {
-    use super::tool;
-    use std::net::TcpListener;
+    use super::{free_port, tool};
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
@@ -584,13 +585,6 @@ pub mod etcd {
         initial: String,
         /// With [`cluster_tls`]: the certificates clients use.
         pub tls: Option<super::pki::Pki>,
-    }
-
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap()
     }
 
     /// Start `n` members with their data under `work`; returns when every member answers
