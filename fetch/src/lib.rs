@@ -78,6 +78,14 @@ pub enum Error {
     /// Stopped through [`Progress::cancelled`].
     #[error("cancelled")]
     Cancelled,
+    /// Not an http or https URL with a host.
+    #[error("{url:?}: {reason}")]
+    Url {
+        /// The URL given.
+        url: String,
+        /// Why it cannot be fetched.
+        reason: String,
+    },
     /// The server's file is not the size the release index says.
     #[error("{url}: the server has {found} bytes, the release index says {expected}")]
     Size {
@@ -313,6 +321,20 @@ impl<'a> HttpReader<'a> {
     /// A reader of `url` (http or https; proxies from the environment, `HTTPS_PROXY`,
     /// `NO_PROXY`...). Nothing is fetched until the first read.
     pub fn new(url: &str, opts: FetchOptions<'a>) -> Result<Self, Error> {
+        // Refused here, not retried until the attempts run out.
+        let bad_url = |reason: &str| Error::Url {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let uri: ureq::http::Uri = url
+            .parse()
+            .map_err(|e: ureq::http::uri::InvalidUri| bad_url(&e.to_string()))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(bad_url("not an http:// or https:// URL"));
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(bad_url("no host"));
+        }
         let mut config = ureq::Agent::config_builder()
             .timeout_connect(Some(opts.connect_timeout))
             // A stall: no byte for this long, on a new or a pooled connection alike.

@@ -270,6 +270,25 @@ fn a_payload_replaced_on_the_server_is_noticed() {
     assert!(matches!(*inner, Error::Changed { .. }), "{inner}");
 }
 
+/// What is not an http(s) URL with a host is refused when the reader is made, naming it.
+#[test]
+fn urls_that_cannot_be_fetched_are_refused_at_once() {
+    for bad in [
+        "ftp://example.com/p",
+        "updates/p.payload",
+        "http://",
+        "http://a b/",
+    ] {
+        let e = HttpReader::new(bad, quick()).unwrap_err();
+        assert!(
+            matches!(&e, Error::Url { url, .. } if url == bad),
+            "{bad}: {e}"
+        );
+        assert!(e.to_string().contains(bad), "{e}");
+    }
+    assert!(HttpReader::new("https://updates.example.com:8443/os/2.payload", quick()).is_ok());
+}
+
 /// A missing file is a clear error at once, not a retry loop.
 #[test]
 fn not_found_is_an_error_at_once() {
