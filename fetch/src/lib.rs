@@ -152,13 +152,15 @@ fn tls_config(pem: &[u8]) -> Result<ureq::tls::TlsConfig, Error> {
 }
 
 impl From<Error> for io::Error {
+    /// Cancellation becomes keel-io's [`keel_io::Cancelled`] inside an error of kind
+    /// `Other`: not `Interrupted`, which `read_exact`, `read_to_end` and `io::copy` retry
+    /// at once, forever, on a reader that stays cancelled.
     fn from(e: Error) -> io::Error {
-        let kind = match e {
-            Error::Cancelled => io::ErrorKind::Interrupted,
-            Error::Status { status: 404, .. } => io::ErrorKind::NotFound,
-            _ => io::ErrorKind::Other,
-        };
-        io::Error::new(kind, e)
+        match e {
+            Error::Cancelled => io::Error::other(keel_io::Cancelled),
+            Error::Status { status: 404, .. } => io::Error::new(io::ErrorKind::NotFound, e),
+            _ => io::Error::other(e),
+        }
     }
 }
 

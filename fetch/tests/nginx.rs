@@ -289,6 +289,74 @@ fn urls_that_cannot_be_fetched_are_refused_at_once() {
     assert!(HttpReader::new("https://updates.example.com:8443/os/2.payload", quick()).is_ok());
 }
 
+/// The reader reports its progress (bytes delivered, with the length once a response
+/// said it) and stops with `Cancelled` when asked: between reads, and inside the cap's
+/// pacing wait, not after the whole file.
+#[test]
+fn progress_is_reported_and_cancellation_stops_the_reader() {
+    let Some(s) = site() else { return };
+    let body = seeded_bytes(21, 4 << 20);
+    let len = body.len() as u64;
+    std::fs::write(s.www.join("pc.bin"), &body).unwrap();
+    let url = format!("{}/pc.bin", s.server.base);
+
+    let seen = std::sync::Mutex::new(Vec::new());
+    let record = |done: u64, total: u64| seen.lock().unwrap().push((done, total));
+    let mut r = HttpReader::new(&url, quick().progress(&record)).unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert!(got == body);
+    drop(r);
+    let seen = seen.into_inner().unwrap();
+    assert!(seen.len() > 1, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
+    assert!(seen.iter().all(|&(_, total)| total == len), "{seen:?}");
+    assert_eq!(seen.last(), Some(&(len, len)));
+
+    // Cancelled once half is reported: the next read says so, the rest is not fetched.
+    let half = keel_io::testing::StopHalfWay::default();
+    let mut r = HttpReader::new(&url, quick().progress(&half)).unwrap();
+    let e = r.read_to_end(&mut Vec::new()).unwrap_err();
+    assert!(e.get_ref().unwrap().is::<keel_io::Cancelled>(), "{e}");
+    assert!(r.stats().bytes < len, "{:?}", r.stats());
+
+    // Under a cap of 256 KiB/s (16 s for the file), a cancel from another thread after
+    // 0.3 s is taken inside the pacing wait.
+    let stop = keel_io::Cancel::new();
+    let mut r =
+        HttpReader::new(&url, quick().max_bytes_per_sec(256 << 10).progress(&stop)).unwrap();
+    let e = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            stop.cancel();
+        });
+        r.read_to_end(&mut Vec::new()).unwrap_err()
+    });
+    assert!(e.get_ref().unwrap().is::<keel_io::Cancelled>(), "{e}");
+    assert!(r.stats().bytes < len / 2, "{:?}", r.stats());
+
+    // The applier reading a reader cancelled through its own progress stops with its
+    // Cancelled (retryable), instead of retrying the read forever as it would an
+    // interrupted one.
+    let (keys, src, tgt, _) = delta_on(&s, "cancelled.payload");
+    let half = keel_io::testing::StopHalfWay::default();
+    let mut r = HttpReader::new(
+        &format!("{}/cancelled.payload", s.server.base),
+        quick().progress(&half),
+    )
+    .unwrap();
+    let mut target = vec![0u8; tgt.len()];
+    let e = apply_seekable(
+        &mut r,
+        Some(&src[..]),
+        &mut target,
+        &ApplyOptions::new(&keys, VersionCheck::Unchecked),
+    )
+    .unwrap_err();
+    assert!(matches!(e, keel_payload::Error::Cancelled), "{e}");
+    assert!(e.is_retryable());
+}
+
 /// A missing file is a clear error at once, not a retry loop.
 #[test]
 fn not_found_is_an_error_at_once() {

@@ -217,6 +217,14 @@ impl From<keel_trust::Error> for Error {
 
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        // A reader that was cancelled (keel-fetch's, through its own progress) says so
+        // inside the error; it is the caller's cancellation, not an I/O failure.
+        if source
+            .get_ref()
+            .is_some_and(|e| e.is::<keel_io::Cancelled>())
+        {
+            return Error::Cancelled;
+        }
         Error::Io {
             context: context.into(),
             source,
