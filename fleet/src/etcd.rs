@@ -159,9 +159,9 @@ impl TlsOptions {
                 return Err(bad("CA certificates", "no certificate in the PEM".into()));
             }
             tls = tls.root_certs(RootCerts::Specific(std::sync::Arc::new(certs)));
-        } else {
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         }
+        // Built only to check the client certificate and key: the roots in it do not
+        // matter, the connections use ureq's configuration.
         let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
