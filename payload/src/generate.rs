@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+mod erofsz;
 mod squash;
 
 use keel_io::{Progress, Threads};
@@ -566,6 +567,13 @@ pub fn generate_observed<S: Signer + ?Sized>(
         .as_ref()
         .map(|p| p.plan(&mut kinds, threads))
         .unwrap_or_default();
+    let erofs = source
+        .filter(|_| opts.file_pairing && squashfs.is_none())
+        .and_then(|src| erofsz::pair(src, target));
+    let erofs_jobs = erofs
+        .as_ref()
+        .map(|p| p.plan(&mut kinds, threads))
+        .unwrap_or_default();
     let file_groups = match source {
         Some(src) if opts.file_pairing => {
             let mut g = plan_files(src, target, &mut kinds);
@@ -608,11 +616,23 @@ pub fn generate_observed<S: Signer + ?Sized>(
             encoded_one(job.blocks() * BLOCK_SIZE, pair.encode(&job, opts.level))
         }));
     }
+    if let Some(pair) = &erofs {
+        encoded.extend(par_map(erofs_jobs, threads, |job| {
+            if cancelled() {
+                return Err(Error::Cancelled);
+            }
+            encoded_one(job.blocks() * BLOCK_SIZE, pair.encode(&job, opts.level))
+        }));
+    }
     let (operations, data) = lay_out(encoded)?;
-    let recompressor = squashfs
-        .as_ref()
+    let codec = match (&squashfs, &erofs) {
+        (Some(p), _) => Some(p.codec()),
+        (None, Some(_)) => Some(crate::squashfs::Codec::ErofsLz4),
+        _ => None,
+    };
+    let recompressor = codec
         .filter(|_| operations.iter().any(|o| o.op == OpType::Recompress))
-        .map(|p| crate::recompress::recompressor_for(p.codec()));
+        .map(crate::recompress::recompressor_for);
     let manifest = Manifest {
         source: source
             .map(|s| image_id(s, "hashing the source"))

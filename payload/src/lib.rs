@@ -37,6 +37,7 @@ pub mod ext4;
 pub mod format;
 mod generate;
 mod intervals;
+mod lz4;
 mod recompress;
 pub mod squashfs;
 mod version;

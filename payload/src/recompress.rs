@@ -56,6 +56,7 @@ fn zlib() -> String {
 pub(crate) fn recompressor_for(codec: Codec) -> String {
     match codec {
         Codec::Gzip => zlib(),
+        Codec::ErofsLz4 => format!("lz4 {}", crate::lz4::version()),
         _ => recompressor(),
     }
 }
@@ -64,6 +65,8 @@ pub(crate) fn recompressor_for(codec: Codec) -> String {
 pub(crate) fn codec_of(needs: &str) -> Codec {
     if needs.starts_with("zlib") {
         Codec::Gzip
+    } else if needs.starts_with("lz4") {
+        Codec::ErofsLz4
     } else {
         Codec::Zstd
     }
@@ -85,6 +88,8 @@ fn deflate(src: &[u8], level: u32, window_bits: u8) -> Option<Vec<u8>> {
 pub(crate) enum Compressor {
     Zstd(zstd::bulk::Compressor<'static>),
     Gzip(flate2::Compress),
+    /// EROFS's lz4 with the room of one pcluster.
+    Lz4(crate::lz4::DestSize, usize),
 }
 
 impl Compressor {
@@ -105,11 +110,29 @@ impl Compressor {
                     w as u8,
                 )))
             }
+            Codec::ErofsLz4 => crate::lz4::DestSize::new(level)
+                .map(|c| Compressor::Lz4(c, 4096))
+                .ok_or_else(|| format!("lz4 level {level}: 0 (lz4) to 12 (lz4hc)")),
             c => Err(format!(
-                "compressor {}: only zstd (6) and gzip (1) are re-created",
+                "compressor {}: only zstd (6), gzip (1) and EROFS's lz4 (64) are re-created",
                 c.id()
             )),
         }
+    }
+
+    /// As much of `src` as fits into one pcluster, as mkfs.erofs compresses it, into
+    /// `out` (cleared first): the bytes of `src` taken.
+    pub(crate) fn fill(&mut self, src: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
+        let Compressor::Lz4(c, room) = self else {
+            return Err("only lz4 fills a pcluster".into());
+        };
+        out.clear();
+        out.resize(*room, 0);
+        let (taken, written) = c
+            .compress(src, out)
+            .ok_or_else(|| format!("lz4 could not compress {} bytes", src.len()))?;
+        out.truncate(written);
+        Ok(taken)
     }
 
     /// Whether compressing `content` gives `raw` (`scratch` holds the attempt).
@@ -126,6 +149,11 @@ impl Compressor {
                 .compress_to_buffer(src, out)
                 .map(|_| ())
                 .map_err(|e| format!("zstd: {e}")),
+            Compressor::Lz4(..) => self.fill(src, out).and_then(|taken| {
+                (taken == src.len())
+                    .then_some(())
+                    .ok_or_else(|| "the content does not fit one pcluster".to_string())
+            }),
             Compressor::Gzip(c) => {
                 c.reset();
                 match c.compress_vec(src, out, flate2::FlushCompress::Finish) {
@@ -158,6 +186,10 @@ pub(crate) enum Segment {
     Stored(u32),
     /// Content bytes (zeros) that take no space.
     Sparse(u32),
+    /// (taken, compressed length, offered): the content from here, `offered` bytes,
+    /// given to lz4 to fill a pcluster, as mkfs.erofs does; it must take exactly `taken`
+    /// bytes and give exactly the compressed length.
+    Fill(u32, u32, u32),
 }
 
 /// A RECOMPRESS operation's parameters, without its two frames.
@@ -199,11 +231,17 @@ pub(crate) fn encode(
             Segment::Compress(n, _) => (1, n),
             Segment::Stored(n) => (2, n),
             Segment::Sparse(n) => (3, n),
+            Segment::Fill(n, ..) => (4, n),
         };
         b.push(kind);
         b.extend_from_slice(&len.to_le_bytes());
-        if let Segment::Compress(_, c) = *s {
-            b.extend_from_slice(&c.to_le_bytes());
+        match *s {
+            Segment::Compress(_, c) => b.extend_from_slice(&c.to_le_bytes()),
+            Segment::Fill(_, c, offered) => {
+                b.extend_from_slice(&c.to_le_bytes());
+                b.extend_from_slice(&offered.to_le_bytes());
+            }
+            _ => {}
         }
     }
     for (len, frame) in [(content_len, content_frame), (literal_len, literal_frame)] {
@@ -256,6 +294,11 @@ pub(crate) fn build(
     if !(1..=MAX_BLOCK).contains(&block_size) {
         return Err(format!("block size {block_size}: at most {MAX_BLOCK}"));
     }
+    if codec == Codec::ErofsLz4 && block_size != 4096 {
+        return Err(format!(
+            "pcluster size {block_size}: only 4096 is re-created"
+        ));
+    }
     let bs = block_size as usize;
     let skip = c.u32("skip").map_err(e)? as usize;
     let total = skip
@@ -280,6 +323,12 @@ pub(crate) fn build(
                 w & (STORED - 1)
             )
         })?;
+        // An lz4 pcluster's content is larger than its block.
+        if s.len() > MAX_CONTENT {
+            return Err(format!(
+                "source blocks decompress to more than {MAX_CONTENT} bytes"
+            ));
+        }
     }
     let n = c.u32("segment count").map_err(e)? as usize;
     // Five bytes at least each.
@@ -295,10 +344,25 @@ pub(crate) fn build(
             1 => Segment::Compress(len, c.u32("compressed length").map_err(e)?),
             2 => Segment::Stored(len),
             3 => Segment::Sparse(len),
+            4 if codec == Codec::ErofsLz4 => Segment::Fill(
+                len,
+                c.u32("compressed length").map_err(e)?,
+                c.u32("offered length").map_err(e)?,
+            ),
             k => return Err(format!("segment kind {k}")),
         };
-        let content = !matches!(seg, Segment::Literal(_));
-        if content && len > block_size {
+        let content = !matches!(seg, Segment::Literal(_) | Segment::Fill(..));
+        if let Segment::Fill(n, z, offered) = seg {
+            if offered < n || offered as usize > MAX_CONTENT || z > block_size {
+                return Err(format!(
+                    "a pcluster taking {n} of {offered} content bytes into {z}: at most \
+                     {MAX_CONTENT} bytes, into a {block_size}-byte pcluster"
+                ));
+            }
+        }
+        // EROFS: content offered to a piece's last pcluster and not taken is skipped.
+        let skipped = codec == Codec::ErofsLz4 && matches!(seg, Segment::Sparse(_));
+        if skipped && len as usize > MAX_CONTENT || !skipped && content && len > block_size {
             return Err(format!(
                 "a segment of {len} content bytes: blocks hold {block_size}"
             ));
@@ -326,13 +390,16 @@ pub(crate) fn build(
         .iter()
         .map(|s| match *s {
             Segment::Literal(n) | Segment::Stored(n) => n as usize,
-            Segment::Compress(_, c) => c as usize,
+            Segment::Compress(_, c) | Segment::Fill(_, c, _) => c as usize,
             Segment::Sparse(_) => 0,
         })
         .sum();
     let used = |pick: fn(&Segment) -> usize| -> usize { segments.iter().map(pick).sum() };
     let content_used = used(|s| match *s {
-        Segment::Compress(n, _) | Segment::Stored(n) | Segment::Sparse(n) => n as usize,
+        Segment::Compress(n, _)
+        | Segment::Stored(n)
+        | Segment::Sparse(n)
+        | Segment::Fill(n, ..) => n as usize,
         Segment::Literal(_) => 0,
     });
     let literal_used = used(|s| match *s {
@@ -348,12 +415,13 @@ pub(crate) fn build(
         ));
     }
     let mut out = vec![0u8; total];
-    let mut jobs: Vec<(&[u8], &mut [u8])> = Vec::new();
+    // (what the compressor is given, what it must take of it, where its output goes).
+    let mut jobs: Vec<(&[u8], usize, &mut [u8])> = Vec::new();
     let (mut rest, mut ci, mut li) = (&mut out[..], 0usize, 0usize);
     for seg in &segments {
         let (n, place) = match *seg {
             Segment::Literal(n) | Segment::Stored(n) => (n as usize, n as usize),
-            Segment::Compress(n, c) => (n as usize, c as usize),
+            Segment::Compress(n, c) | Segment::Fill(n, c, _) => (n as usize, c as usize),
             Segment::Sparse(n) => (n as usize, 0),
         };
         let (here, after) = std::mem::take(&mut rest).split_at_mut(place);
@@ -364,7 +432,16 @@ pub(crate) fn build(
                 li += n;
             }
             Segment::Stored(_) => here.copy_from_slice(&content[ci..ci + n]),
-            Segment::Compress(..) => jobs.push((&content[ci..ci + n], here)),
+            Segment::Compress(..) => jobs.push((&content[ci..ci + n], n, here)),
+            Segment::Fill(_, _, offered) => {
+                let offered = content.get(ci..ci + offered as usize).ok_or_else(|| {
+                    format!(
+                        "a pcluster offered {offered} content bytes at {ci} of {}",
+                        content.len()
+                    )
+                })?;
+                jobs.push((offered, n, here));
+            }
             Segment::Sparse(_) => {}
         }
         if !matches!(seg, Segment::Literal(_)) {
@@ -396,7 +473,7 @@ pub(crate) fn build(
 
 /// Compress each job's content into its place, which must be exactly filled.
 fn compress_all(
-    jobs: &mut [(&[u8], &mut [u8])],
+    jobs: &mut [(&[u8], usize, &mut [u8])],
     codec: Codec,
     level: i32,
     bs: usize,
@@ -404,8 +481,19 @@ fn compress_all(
     let mut compressor = Compressor::new(codec, level)?;
     let mut scratch: Vec<u8> =
         Vec::with_capacity(zstd::zstd_safe::compress_bound(bs) + bs / 100 + 64);
-    for (src, dst) in jobs.iter_mut() {
-        compressor.compress(src, &mut scratch)?;
+    for (src, take, dst) in jobs.iter_mut() {
+        if codec == Codec::ErofsLz4 {
+            let taken = compressor.fill(src, &mut scratch)?;
+            if taken != *take {
+                return Err(format!(
+                    "lz4 took {taken} content bytes into a pcluster, the target {take}: {} \
+                     does not compress as the image's builder did",
+                    recompressor_for(codec)
+                ));
+            }
+        } else {
+            compressor.compress(src, &mut scratch)?;
+        }
         if scratch.len() != dst.len() {
             return Err(format!(
                 "a block compressed to {} bytes, the target has {}: {} does not compress as \
@@ -527,6 +615,113 @@ mod tests {
             let mut bad = blob.clone();
             bad[i] ^= 0x41;
             if let Ok(out) = build(&bad, &reference, expect.len(), Codec::Zstd) {
+                assert_eq!(out.len(), expect.len());
+            }
+        }
+    }
+
+    /// EROFS pclusters: lz4 offered the rest of the content fills each pcluster as
+    /// mkfs.erofs does, behind its zero padding, from a reference decompressed from an
+    /// old lz4 pcluster; a pcluster that takes another length, content offered past the
+    /// end, a Fill in a zstd blob and every truncation are errors.
+    #[test]
+    fn erofs_blobs_fill_pclusters_as_mkfs_erofs_does() {
+        let new = crate::erofs::tests::compressible(11, 30_000);
+        let mut old = new.clone();
+        old[1000..1100].fill(b'x');
+        let mut lz = crate::lz4::DestSize::new(9).unwrap();
+        let pcluster = |lz: &mut crate::lz4::DestSize, src: &[u8]| {
+            let mut b = vec![0u8; 4096];
+            let (taken, n) = lz.compress(src, &mut b).unwrap();
+            b.truncate(n);
+            (taken, [vec![0u8; 4096 - n], b].concat(), n)
+        };
+        let (t0, reference, _) = pcluster(&mut lz, &old);
+        // Pclusters until the content is taken, each offered all that is left.
+        let (mut at, mut expect, mut segments, mut literal) =
+            (0, Vec::new(), Vec::new(), Vec::new());
+        let mut fills = Vec::new();
+        while at < new.len() {
+            let (t, p, w) = pcluster(&mut lz, &new[at..]);
+            segments.push(Segment::Literal((4096 - w) as u32));
+            segments.push(Segment::Fill(t as u32, w as u32, (new.len() - at) as u32));
+            fills.push((segments.len() - 1, t, w, new.len() - at));
+            literal.extend_from_slice(&p[..4096 - w]);
+            expect.extend_from_slice(&p);
+            at += t;
+        }
+        assert!(fills.len() >= 3, "{} pclusters", fills.len());
+        let spec = Spec {
+            codec: Codec::ErofsLz4,
+            level: 9,
+            block_size: 4096,
+            skip: 0,
+            sources: vec![(0, t0 as u32)],
+            segments,
+        };
+        let mut enc =
+            zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, &old[..t0]).unwrap();
+        std::io::Write::write_all(&mut enc, &new).unwrap();
+        let frame = enc.finish().unwrap();
+        let lit = zstd::bulk::compress(&literal, 3).unwrap();
+        let blob_of =
+            |spec: &Spec| encode(spec, new.len() as u64, &frame, literal.len() as u64, &lit);
+        let blob = blob_of(&spec);
+        assert_eq!(
+            build(&blob, &reference, expect.len(), Codec::ErofsLz4).unwrap(),
+            expect
+        );
+        // Offered less than it took; another level than the image's (lz4 takes another
+        // length or gives another size).
+        let mut other = spec.clone();
+        let (i, t, w, _) = fills[0];
+        other.segments[i] = Segment::Fill(t as u32, w as u32, t as u32 / 2);
+        let e = build(&blob_of(&other), &reference, expect.len(), Codec::ErofsLz4);
+        assert!(
+            matches!(&e, Err(m) if m.contains("taking")),
+            "{:?}",
+            e.err()
+        );
+        let mut other = spec.clone();
+        other.level = 12;
+        let e = build(&blob_of(&other), &reference, expect.len(), Codec::ErofsLz4);
+        assert!(
+            matches!(&e, Err(m) if m.contains("does not compress as")),
+            "{:?}",
+            e.err()
+        );
+        // Offered past the content's end.
+        let mut other = spec.clone();
+        let (i, t, w, offered) = fills[fills.len() - 1];
+        other.segments[i] = Segment::Fill(t as u32, w as u32, offered as u32 + 1);
+        let e = build(&blob_of(&other), &reference, expect.len(), Codec::ErofsLz4);
+        assert!(
+            matches!(&e, Err(m) if m.contains("offered")),
+            "{:?}",
+            e.err()
+        );
+        // Offered a little more than mkfs.erofs did: it may take the same (what lz4 takes
+        // depends on a bounded look-ahead); never a wrong output.
+        let mut other = spec.clone();
+        let (i, t, w, offered) = fills[0];
+        other.segments[i] = Segment::Fill(t as u32, w as u32, offered as u32 - 4000);
+        if let Ok(out) = build(&blob_of(&other), &reference, expect.len(), Codec::ErofsLz4) {
+            assert!(out == expect);
+        }
+        // Another level; a Fill in a blob for zstd.
+        let mut other = spec.clone();
+        other.level = 13;
+        assert!(build(&blob_of(&other), &reference, expect.len(), Codec::ErofsLz4).is_err());
+        let mut zstd_blob = blob.clone();
+        zstd_blob[0] = Codec::Zstd.id();
+        assert!(build(&zstd_blob, &reference, expect.len(), Codec::Zstd).is_err());
+        for n in 0..blob.len() {
+            assert!(build(&blob[..n], &reference, expect.len(), Codec::ErofsLz4).is_err());
+        }
+        for i in 0..blob.len().min(200) {
+            let mut bad = blob.clone();
+            bad[i] ^= 0x41;
+            if let Ok(out) = build(&bad, &reference, expect.len(), Codec::ErofsLz4) {
                 assert_eq!(out.len(), expect.len());
             }
         }

@@ -48,6 +48,9 @@ pub enum Codec {
     Lz4,
     /// zstd frames.
     Zstd,
+    /// Not a squashfs compressor: EROFS's lz4 pclusters, as RECOMPRESS blobs name them
+    /// (number 0x40; the level field 0 for lz4, 1 to 12 for lz4hc).
+    ErofsLz4,
 }
 
 impl Codec {
@@ -72,6 +75,7 @@ impl Codec {
             Codec::Xz => 4,
             Codec::Lz4 => 5,
             Codec::Zstd => 6,
+            Codec::ErofsLz4 => 0x40,
         }
     }
 }
@@ -104,7 +108,7 @@ pub fn decompress(codec: Codec, src: &[u8], max: usize) -> Option<Vec<u8>> {
             let n = lz4_flex::block::decompress_into(src, &mut out).ok()?;
             out.truncate(n);
         }
-        Codec::Lzma | Codec::Lzo => return None,
+        Codec::Lzma | Codec::Lzo | Codec::ErofsLz4 => return None,
     }
     (out.len() <= max).then_some(out)
 }
@@ -229,6 +233,10 @@ pub(crate) fn block_content(
     bs: usize,
     out: &mut Vec<u8>,
 ) -> Option<()> {
+    if codec == Codec::ErofsLz4 {
+        let block = slice(img, at, 4096)?;
+        return crate::erofs::cluster_content(block, w & (STORED - 1), w & STORED != 0, out);
+    }
     if w == 0 {
         out.resize(out.len() + bs, 0);
         return Some(());

@@ -1,0 +1,123 @@
+//! liblz4's "fill the destination" compressors, as mkfs.erofs calls them for each
+//! pcluster: `LZ4_compress_HC_destSize` (lz4hc) and `LZ4_compress_destSize` (lz4). No
+//! Rust lz4 compresses as liblz4 does, and an lz4 pcluster is re-created on apply only
+//! if its bytes come out exactly as the image builder's did.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+// Keeps lz4-sys (and the liblz4 it builds) linked in.
+use lz4_sys as _;
+
+extern "C" {
+    fn LZ4_compress_HC_destSize(
+        state: *mut c_void,
+        src: *const c_char,
+        dst: *mut c_char,
+        src_size: *mut c_int,
+        dst_capacity: c_int,
+        level: c_int,
+    ) -> c_int;
+    fn LZ4_compress_destSize(
+        src: *const c_char,
+        dst: *mut c_char,
+        src_size: *mut c_int,
+        dst_capacity: c_int,
+    ) -> c_int;
+    fn LZ4_sizeofStateHC() -> c_int;
+    fn LZ4_versionString() -> *const c_char;
+}
+
+/// liblz4's version ("1.9.4").
+pub(crate) fn version() -> String {
+    // SAFETY: takes nothing, returns a pointer to a static string.
+    let p = unsafe { LZ4_versionString() };
+    // SAFETY: that string is NUL-terminated and lives as long as the program.
+    let v = unsafe { CStr::from_ptr(p) };
+    v.to_string_lossy().into_owned()
+}
+
+/// One compressor (level 0: lz4; 1 to 12: lz4hc at that level) with its state.
+pub(crate) struct DestSize {
+    level: i32,
+    /// lz4hc's state, 8-byte aligned as `LZ4_initStreamHC` requires.
+    state: Vec<u64>,
+}
+
+impl DestSize {
+    /// For `level`, if liblz4 has it.
+    pub(crate) fn new(level: i32) -> Option<DestSize> {
+        if !(0..=12).contains(&level) {
+            return None;
+        }
+        let state = if level == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: a pure function of the library's build.
+            let size = unsafe { LZ4_sizeofStateHC() };
+            vec![0u64; usize::try_from(size).ok()?.div_ceil(8)]
+        };
+        Some(DestSize { level, state })
+    }
+
+    /// As much of `src` as fits compressed into `dst` (its length is the room): the
+    /// bytes of `src` taken and of `dst` written, or `None` if liblz4 fails.
+    pub(crate) fn compress(&mut self, src: &[u8], dst: &mut [u8]) -> Option<(usize, usize)> {
+        let mut taken = c_int::try_from(src.len()).ok()?;
+        let room = c_int::try_from(dst.len()).ok()?;
+        let written = if self.level == 0 {
+            // SAFETY: `src` holds `taken` readable bytes and `dst` `room` writable ones;
+            // liblz4 reads and writes no further and sets `taken` to what it consumed.
+            unsafe {
+                LZ4_compress_destSize(
+                    src.as_ptr().cast(),
+                    dst.as_mut_ptr().cast(),
+                    &mut taken,
+                    room,
+                )
+            }
+        } else {
+            // SAFETY: as above; `state` is at least `LZ4_sizeofStateHC()` bytes, aligned
+            // to 8, and initialised by the call itself.
+            unsafe {
+                LZ4_compress_HC_destSize(
+                    self.state.as_mut_ptr().cast(),
+                    src.as_ptr().cast(),
+                    dst.as_mut_ptr().cast(),
+                    &mut taken,
+                    room,
+                    self.level,
+                )
+            }
+        };
+        let (taken, written) = (usize::try_from(taken).ok()?, usize::try_from(written).ok()?);
+        (written > 0 && written <= dst.len() && taken <= src.len()).then_some((taken, written))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    /// What is taken decompresses (lz4_flex) to exactly those bytes, within the room, at
+    /// every level; a room too small for anything is a refusal, not a write past it.
+    #[test]
+    fn takes_what_fits_and_it_decompresses() {
+        assert!(version().starts_with("1."));
+        let src = crate::erofs::tests::compressible(5, 200_000);
+        for level in [0, 1, 9, 12] {
+            let mut c = DestSize::new(level).unwrap();
+            let mut dst = vec![0u8; 4096];
+            let (taken, written) = c.compress(&src, &mut dst).unwrap();
+            assert!(
+                taken > 4096 && written <= 4096,
+                "{level}: {taken} {written}"
+            );
+            let back = lz4_flex::block::decompress(&dst[..written], taken).unwrap();
+            assert!(back == src[..taken], "{level}");
+            assert!(c.compress(&src, &mut []).is_none());
+        }
+        assert!(DestSize::new(13).is_none() && DestSize::new(-1).is_none());
+    }
+}
