@@ -36,24 +36,33 @@
 //!   [32] sha256 of the source extents' bytes (zero if none)
 //! only if an operation is RECOMPRESS: u16 length (1..=64), the compressor that must
 //!     re-create the blocks, with its version ("zstd 1.5.7"; for deflate, "zlib deflate"
-//!     and what the zlib makes of a fixed probe): another version may compress
-//!     differently, so an applier with another one refuses the payload before writing
+//!     and what the zlib makes of a fixed probe; for EROFS's pclusters, "lz4 1.9.4"):
+//!     another version may compress differently, so an applier with another one refuses
+//!     the payload before writing
 //! ```
 //!
-//! A RECOMPRESS blob (squashfs data and fragment blocks: a delta of the decompressed
-//! content, the blocks compressed again on apply) holds, all integers little-endian:
+//! A RECOMPRESS blob (squashfs data and fragment blocks, EROFS lz4 pclusters: a delta of
+//! the decompressed content, the blocks compressed again on apply) holds, all integers
+//! little-endian:
 //!
 //! ```text
-//! u8  compressor (squashfs numbering: 6 zstd, 1 gzip), i32 level (gzip: the level in
-//!     the low byte, the window bits in the next), u32 block size
+//! u8  compressor (squashfs numbering: 6 zstd, 1 gzip; 0x40 EROFS lz4), i32 level (gzip:
+//!     the level in the low byte, the window bits in the next; lz4: 0 for lz4, 1 to 12
+//!     for lz4hc), u32 block size (EROFS: the pcluster, 4096)
 //! u32 skip: bytes of the built stream before the first target block
 //! u32 source block count, then (u64 offset in the source extents' bytes, u32 size word:
-//!     length, bit 24 set if stored uncompressed) each; decompressed one after another
-//!     they are the reference S
-//! u32 segment count, then (u8 kind, u32 length) each, and for kind 1 a u32 compressed
-//!     length: 0 LITERAL (bytes from the literal stream), 1 COMPRESS (content bytes
-//!     compressed, exactly the given length), 2 STORED (content bytes as they are),
-//!     3 SPARSE (content bytes, zeros, that take no space)
+//!     length, bit 24 set if stored uncompressed; EROFS: the pcluster's block at the
+//!     offset, the word its content length) each; decompressed one after another they
+//!     are the reference S
+//! u32 segment count, then (u8 kind, u32 length) each, for kind 1 a u32 compressed
+//!     length, for kind 4 a u32 compressed length and a u32 offered length:
+//!     0 LITERAL (bytes from the literal stream), 1 COMPRESS (content bytes compressed,
+//!     exactly the given length), 2 STORED (content bytes as they are), 3 SPARSE (content
+//!     bytes, zeros, that take no space; EROFS: content offered to a pcluster and not
+//!     taken by it, skipped), 4 FILL (EROFS only: the next `offered` content bytes given
+//!     to liblz4's destSize compressor with the block size as room, as mkfs.erofs does;
+//!     it must take exactly `length` bytes, by which the content advances, and give
+//!     exactly the compressed length)
 //! u64 content length, u32 frame length, a zstd frame with S as prefix: the content
 //! u64 literal length, u32 frame length, a zstd frame: the literal stream
 //! ```
