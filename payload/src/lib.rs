@@ -41,6 +41,7 @@ mod lz4;
 mod recompress;
 pub mod squashfs;
 mod version;
+mod xz;
 
 pub use apply::{
     apply, apply_files, apply_seekable, read_manifest, read_manifest_at, same_file, Applied,
@@ -50,4 +51,4 @@ pub use error::{Error, Result, Section, TargetCheck};
 pub use format::{Extent, Manifest, OpType, Operation};
 pub use generate::{assemble, generate, generate_observed, GenerateOptions};
 pub use keel_io::{Cancel, Cancelled, Progress, Threads};
-pub use recompress::recompressor;
+pub use recompress::{recompressor, recompressors};

@@ -25,6 +25,19 @@ extern "C" {
         dst_capacity: c_int,
     ) -> c_int;
     fn LZ4_sizeofStateHC() -> c_int;
+    fn LZ4_compress_default(
+        src: *const c_char,
+        dst: *mut c_char,
+        size: c_int,
+        room: c_int,
+    ) -> c_int;
+    fn LZ4_compress_HC(
+        src: *const c_char,
+        dst: *mut c_char,
+        size: c_int,
+        room: c_int,
+        level: c_int,
+    ) -> c_int;
     fn LZ4_versionString() -> *const c_char;
 }
 
@@ -35,6 +48,35 @@ pub(crate) fn version() -> String {
     // SAFETY: that string is NUL-terminated and lives as long as the program.
     let v = unsafe { CStr::from_ptr(p) };
     v.to_string_lossy().into_owned()
+}
+
+/// `src` compressed whole as one lz4 block into `dst` (its length is the room), as
+/// mksquashfs compresses a block: `LZ4_compress_default` (level 0) or `LZ4_compress_HC`
+/// (1 to 12); the bytes written, or `None` if it does not fit or the level is not one.
+pub(crate) fn compress_block(level: i32, src: &[u8], dst: &mut [u8]) -> Option<usize> {
+    let size = c_int::try_from(src.len()).ok()?;
+    let room = c_int::try_from(dst.len()).ok()?;
+    let written = match level {
+        // SAFETY: `src` holds `size` readable bytes and `dst` `room` writable ones, which
+        // liblz4 does not exceed.
+        0 => unsafe {
+            LZ4_compress_default(src.as_ptr().cast(), dst.as_mut_ptr().cast(), size, room)
+        },
+        // SAFETY: as above; lz4hc allocates its own state.
+        1..=12 => unsafe {
+            LZ4_compress_HC(
+                src.as_ptr().cast(),
+                dst.as_mut_ptr().cast(),
+                size,
+                room,
+                level,
+            )
+        },
+        _ => return None,
+    };
+    usize::try_from(written)
+        .ok()
+        .filter(|&n| n > 0 && n <= dst.len())
 }
 
 /// One compressor (level 0: lz4; 1 to 12: lz4hc at that level) with its state.
@@ -119,5 +161,14 @@ mod tests {
             assert!(c.compress(&src, &mut []).is_none());
         }
         assert!(DestSize::new(13).is_none() && DestSize::new(-1).is_none());
+        // Whole blocks: back exactly; noise does not fit a room of its own size.
+        for level in [0, 12] {
+            let mut dst = vec![0u8; 200_000];
+            let n = compress_block(level, &src, &mut dst).unwrap();
+            assert!(lz4_flex::block::decompress(&dst[..n], src.len()).unwrap() == src);
+        }
+        let noise = keel_testsupport::seeded_bytes(9, 10_000);
+        assert!(compress_block(0, &noise, &mut vec![0u8; 10_000]).is_none());
+        assert!(compress_block(13, &src, &mut vec![0u8; 200_000]).is_none());
     }
 }

@@ -24,6 +24,15 @@ pub fn recompressor() -> String {
     format!("zstd {}", zstd::zstd_safe::version_string())
 }
 
+/// Every compressor this build re-creates blocks with, named as manifests name them: an
+/// applier refuses a payload whose RECOMPRESS operations need another.
+pub fn recompressors() -> Vec<String> {
+    [Codec::Zstd, Codec::Gzip, Codec::Xz, Codec::Lz4]
+        .into_iter()
+        .map(recompressor_for)
+        .collect()
+}
+
 /// The deflate RECOMPRESS operations use here (the zlib flate2 links), named by what it
 /// makes of a fixed probe at level 9: zlib's version is not reachable through flate2, and
 /// the probe tells apart the implementations that compress differently (zlib-ng, a zlib
@@ -56,7 +65,8 @@ fn zlib() -> String {
 pub(crate) fn recompressor_for(codec: Codec) -> String {
     match codec {
         Codec::Gzip => zlib(),
-        Codec::ErofsLz4 => format!("lz4 {}", crate::lz4::version()),
+        Codec::ErofsLz4 | Codec::Lz4 => format!("lz4 {}", crate::lz4::version()),
+        Codec::Xz => format!("xz {}", crate::xz::version()),
         _ => recompressor(),
     }
 }
@@ -67,6 +77,8 @@ pub(crate) fn codec_of(needs: &str) -> Codec {
         Codec::Gzip
     } else if needs.starts_with("lz4") {
         Codec::ErofsLz4
+    } else if needs.starts_with("xz") {
+        Codec::Xz
     } else {
         Codec::Zstd
     }
@@ -90,11 +102,16 @@ pub(crate) enum Compressor {
     Gzip(flate2::Compress),
     /// EROFS's lz4 with the room of one pcluster.
     Lz4(crate::lz4::DestSize, usize),
+    /// mksquashfs's xz with the room of one block.
+    Xz(crate::xz::Xz, usize),
+    /// mksquashfs's lz4 (level 0) or lz4hc, with the room of one block.
+    Lz4Block(i32, usize),
 }
 
 impl Compressor {
-    /// For `codec` at `level` (for gzip: the level in the low byte, window bits above).
-    pub(crate) fn new(codec: Codec, level: i32) -> Result<Compressor, String> {
+    /// For `codec` at `level` (for gzip: the level in the low byte, window bits above; for
+    /// xz: [`crate::xz::level_field`]), for blocks of `block_size` bytes.
+    pub(crate) fn new(codec: Codec, level: i32, block_size: usize) -> Result<Compressor, String> {
         match codec {
             Codec::Zstd => zstd::bulk::Compressor::new(level)
                 .map(Compressor::Zstd)
@@ -110,11 +127,16 @@ impl Compressor {
                     w as u8,
                 )))
             }
+            Codec::Lz4 if (0..=12).contains(&level) => Ok(Compressor::Lz4Block(level, block_size)),
+            Codec::Xz => crate::xz::Xz::new(level)
+                .map(|c| Compressor::Xz(c, block_size))
+                .ok_or_else(|| format!("xz settings {level:#x}")),
             Codec::ErofsLz4 => crate::lz4::DestSize::new(level)
                 .map(|c| Compressor::Lz4(c, 4096))
                 .ok_or_else(|| format!("lz4 level {level}: 0 (lz4) to 12 (lz4hc)")),
             c => Err(format!(
-                "compressor {}: only zstd (6), gzip (1) and EROFS's lz4 (64) are re-created",
+                "compressor {} at {level}: only zstd (6), gzip (1), xz (4), lz4 (5, levels 0 \
+                 to 12) and EROFS's lz4 (64) are re-created",
                 c.id()
             )),
         }
@@ -149,6 +171,18 @@ impl Compressor {
                 .compress_to_buffer(src, out)
                 .map(|_| ())
                 .map_err(|e| format!("zstd: {e}")),
+            Compressor::Lz4Block(level, room) => {
+                out.resize(*room, 0);
+                let n = crate::lz4::compress_block(*level, src, out)
+                    .ok_or_else(|| "a block does not compress within its room".to_string())?;
+                out.truncate(n);
+                Ok(())
+            }
+            Compressor::Xz(c, room) => match c.compress(src, *room, out)? {
+                true => Ok(()),
+                // Larger than the room given: squashfs stores such a block as it is.
+                false => Err("a block does not compress within its room".into()),
+            },
             Compressor::Lz4(..) => self.fill(src, out).and_then(|taken| {
                 (taken == src.len())
                     .then_some(())
@@ -282,13 +316,17 @@ pub(crate) fn build(
     let mut c = keel_io::Cursor::new(blob, 0);
     let e = |e: keel_io::CursorError| format!("{} at blob offset {}: truncated", e.field, e.offset);
     let id = c.u8("compressor").map_err(e)?;
-    if id != codec.id() {
-        return Err(format!(
-            "compressor {id}: the manifest names {} ({})",
-            codec.id(),
-            recompressor_for(codec)
-        ));
-    }
+    // The manifest names a library and its version; the blob, which of its compressors
+    // (lz4 makes both squashfs's blocks and EROFS's pclusters).
+    let codec = Codec::from_blob_id(id)
+        .filter(|&b| recompressor_for(b) == recompressor_for(codec))
+        .ok_or_else(|| {
+            format!(
+                "compressor {id}: the manifest names {} ({})",
+                codec.id(),
+                recompressor_for(codec)
+            )
+        })?;
     let level = c.u32("level").map_err(e)? as i32;
     let block_size = c.u32("block size").map_err(e)?;
     if !(1..=MAX_BLOCK).contains(&block_size) {
@@ -478,7 +516,7 @@ fn compress_all(
     level: i32,
     bs: usize,
 ) -> Result<(), String> {
-    let mut compressor = Compressor::new(codec, level)?;
+    let mut compressor = Compressor::new(codec, level, bs)?;
     let mut scratch: Vec<u8> =
         Vec::with_capacity(zstd::zstd_safe::compress_bound(bs) + bs / 100 + 64);
     for (src, take, dst) in jobs.iter_mut() {

@@ -66,6 +66,15 @@ impl Codec {
         })
     }
 
+    /// The compressor a RECOMPRESS blob's first byte names.
+    pub(crate) fn from_blob_id(id: u8) -> Option<Codec> {
+        match id {
+            0x40 => Some(Codec::ErofsLz4),
+            _ => Codec::from_id(u16::from(id))
+                .filter(|c| matches!(c, Codec::Gzip | Codec::Xz | Codec::Lz4 | Codec::Zstd)),
+        }
+    }
+
     /// The superblock's number for it.
     pub fn id(self) -> u8 {
         match self {
@@ -179,7 +188,9 @@ pub struct Image {
     /// Its compressor.
     pub codec: Codec,
     /// The compression level its options record, with squashfs-tools' defaults when there
-    /// are none (zstd 15, gzip 9); `None` for other compressors and for gzip trying
+    /// are none (zstd 15, gzip 9; for xz the dictionary size and BCJ filters, packed as
+    /// RECOMPRESS blobs hold them; lz4: 0, or 12 for lz4hc); `None` for other compressors
+    /// and for gzip trying
     /// several strategies (which one won is not recorded).
     pub level: Option<i32>,
     /// gzip's window bits (15 unless the options say otherwise).
@@ -520,6 +531,27 @@ fn level(img: &[u8], s: &Super) -> (Option<i32>, u8) {
         (Codec::Zstd, None) => (Some(15), 15),
         (Codec::Gzip, None) => (Some(9), 15),
         (Codec::Zstd, Some(Some(o))) => (le32(&o, 0).and_then(|l| i32::try_from(l).ok()), 15),
+        // mksquashfs 4.5 compresses xz at the default preset: the options hold the
+        // dictionary size and the BCJ filters tried.
+        (Codec::Xz, None) => (crate::xz::level_field(s.block_size, 0), 15),
+        (Codec::Xz, Some(Some(o))) => (
+            le32(&o, 0)
+                .zip(le32(&o, 4))
+                .and_then(|(d, f)| crate::xz::level_field(d, f)),
+            15,
+        ),
+        // lz4 always records its options: the stream version and whether -Xhc was given
+        // (lz4hc at its highest level).
+        (Codec::Lz4, Some(Some(o))) => (
+            (le32(&o, 0) == Some(1))
+                .then(|| match le32(&o, 4) {
+                    Some(0) => Some(0),
+                    Some(1) => Some(12),
+                    _ => None,
+                })
+                .flatten(),
+            15,
+        ),
         (Codec::Gzip, Some(Some(o))) => {
             let level = le32(&o, 0).and_then(|l| i32::try_from(l).ok());
             let window = le16(&o, 4).and_then(|w| u8::try_from(w).ok()).unwrap_or(0);

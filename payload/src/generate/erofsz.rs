@@ -133,7 +133,7 @@ fn level_of(img: &[u8], files: &[Compressed]) -> Option<i32> {
         })
         .collect();
     LEVELS.into_iter().find(|&level| {
-        let Ok(mut c) = Compressor::new(Codec::ErofsLz4, level) else {
+        let Ok(mut c) = Compressor::new(Codec::ErofsLz4, level, BLOCK_SIZE as usize) else {
             return false;
         };
         let mut scratch = Vec::new();
@@ -280,7 +280,7 @@ impl Pair<'_> {
         let (Some(content), Some(offered), Ok(mut c)) = (
             content_from(self.target, f, u.a, start + u.content),
             offered(f.size, &f.clusters),
-            Compressor::new(Codec::ErofsLz4, self.level),
+            Compressor::new(Codec::ErofsLz4, self.level, BLOCK_SIZE as usize),
         ) else {
             return false;
         };

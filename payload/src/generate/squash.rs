@@ -83,8 +83,8 @@ fn touches_new(b: &Blocks, kinds: &[Kind]) -> bool {
     (a..z).any(|i| kinds.get(i as usize) == Some(&Kind::New))
 }
 
-/// Both images as squashfs with zstd or gzip blocks of one size and one compressor, or
-/// `None`.
+/// Both images as squashfs with zstd, gzip, xz or lz4 blocks of one size and one
+/// compressor, or `None`.
 pub(super) fn pair<'a>(source: &'a [u8], target: &'a [u8]) -> Option<Pair<'a>> {
     if !squashfs::is_squashfs(target) {
         return None;
@@ -93,8 +93,10 @@ pub(super) fn pair<'a>(source: &'a [u8], target: &'a [u8]) -> Option<Pair<'a>> {
     let src = squashfs::open(source)?;
     let level = tgt.level?;
     let level = level_field(tgt.codec, level, tgt.window_bits);
-    (matches!(tgt.codec, Codec::Zstd | Codec::Gzip)
-        && src.codec == tgt.codec
+    (matches!(
+        tgt.codec,
+        Codec::Zstd | Codec::Gzip | Codec::Xz | Codec::Lz4
+    ) && src.codec == tgt.codec
         && src.block_size == tgt.block_size)
         .then_some(Pair {
             source,
@@ -192,10 +194,13 @@ impl Pair<'_> {
         }
         // Keep the units the compressor here re-creates, block for block, with the old
         // blocks that decompress (a damaged source costs its reference, not the run).
+        // Without an old version, content compressed again at the payload's zstd level is
+        // no smaller than xz's blocks as they are (xz compresses better than zstd -19).
+        let strong = self.tgt.codec == Codec::Xz;
         let checked = par_map(units, threads, |mut u| {
             u.sources
                 .retain(|s| self.src.content(self.source, s).is_some());
-            self.reproduces(&u.target).then_some(u)
+            (!(strong && u.sources.is_empty()) && self.reproduces(&u.target)).then_some(u)
         });
         let mut units: Vec<Unit> = checked.into_iter().flatten().collect();
         units.sort_by_key(|u| u.target.start);
@@ -210,10 +215,10 @@ impl Pair<'_> {
     /// Whether compressing each block's content again as the image's compressor did gives
     /// the block's bytes.
     fn reproduces(&self, b: &Blocks) -> bool {
-        let Ok(mut c) = Compressor::new(self.tgt.codec, self.level) else {
+        let bs = self.tgt.block_size as usize;
+        let Ok(mut c) = Compressor::new(self.tgt.codec, self.level, bs) else {
             return false;
         };
-        let bs = self.tgt.block_size as usize;
         let (mut content, mut scratch) = (Vec::new(), Vec::new());
         b.each().all(|(at, w)| {
             if w == 0 || w & STORED != 0 {
