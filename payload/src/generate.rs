@@ -179,6 +179,68 @@ fn hashes(img: &[u8], count: u64, threads: usize) -> Vec<[u8; 32]> {
     .concat()
 }
 
+/// Blocks `sb..eb` (within `kinds`) taken by a RECOMPRESS operation: marked
+/// [`Kind::InFile`], as one extent.
+fn claim(kinds: &mut [Kind], sb: u64, eb: u64) -> Extent {
+    for k in &mut kinds[sb as usize..eb as usize] {
+        *k = Kind::InFile;
+    }
+    Extent {
+        start: sb,
+        blocks: eb - sb,
+    }
+}
+
+/// What a RECOMPRESS operation builds its target blocks from.
+struct Recreated<'a> {
+    spec: &'a crate::recompress::Spec,
+    /// Decompressed content of the target blocks.
+    content: &'a [u8],
+    /// Decompressed content of the source blocks (the content's reference, if any).
+    old: &'a [u8],
+    literal: &'a [u8],
+}
+
+/// A RECOMPRESS operation writing `span`, reading `extents` of `source`, and its blob.
+fn recompress_op(
+    source: &[u8],
+    extents: Vec<Extent>,
+    span: Extent,
+    r: &Recreated<'_>,
+    level: i32,
+) -> Result<(Operation, Vec<u8>)> {
+    let frame = if r.old.is_empty() {
+        zstd_plain(r.content, level)?
+    } else {
+        zstd_patch(r.content, r.old, level)?
+    };
+    let lit = zstd_plain(r.literal, level)?;
+    let blob = crate::recompress::encode(
+        r.spec,
+        r.content.len() as u64,
+        &frame,
+        r.literal.len() as u64,
+        &lit,
+    );
+    let source_sha256 = if extents.is_empty() {
+        [0; 32]
+    } else {
+        sha256(&extents_bytes(source, &extents))
+    };
+    Ok((
+        Operation {
+            op: OpType::Recompress,
+            target: vec![span],
+            data_offset: 0,
+            data_length: blob.len() as u64,
+            data_sha256: sha256(&blob),
+            source_sha256,
+            source: extents,
+        },
+        blob,
+    ))
+}
+
 fn zstd_plain(data: &[u8], level: i32) -> Result<Vec<u8>> {
     zstd::bulk::compress(data, level).map_err(|e| Error::io("zstd compress", e))
 }
@@ -608,20 +670,21 @@ pub fn generate_observed<S: Signer + ?Sized>(
         let bytes = extents_total(&plan.1) * BLOCK_SIZE;
         encoded_one(bytes, images.encode(plan, pred, opts.level))
     });
+    // RECOMPRESS operations: squashfs's or EROFS's, whichever the target is.
+    let recreate = |blocks: u64, encode: &dyn Fn() -> Result<(Operation, Vec<u8>)>| {
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
+        encoded_one(blocks * BLOCK_SIZE, encode())
+    };
     if let Some(pair) = &squashfs {
         encoded.extend(par_map(recompress, threads, |job| {
-            if cancelled() {
-                return Err(Error::Cancelled);
-            }
-            encoded_one(job.blocks() * BLOCK_SIZE, pair.encode(&job, opts.level))
+            recreate(job.blocks(), &|| pair.encode(&job, opts.level))
         }));
     }
     if let Some(pair) = &erofs {
         encoded.extend(par_map(erofs_jobs, threads, |job| {
-            if cancelled() {
-                return Err(Error::Cancelled);
-            }
-            encoded_one(job.blocks() * BLOCK_SIZE, pair.encode(&job, opts.level))
+            recreate(job.blocks(), &|| pair.encode(&job, opts.level))
         }));
     }
     let (operations, data) = lay_out(encoded)?;

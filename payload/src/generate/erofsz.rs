@@ -10,11 +10,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{par_map, push_extent, scale, zstd_patch, zstd_plain, Kind};
+use super::{par_map, push_extent, scale, Kind};
 use crate::erofs::{self, Cluster, Compressed};
 use crate::error::{Error, Result};
-use crate::format::{sha256, Extent, OpType, Operation, BLOCK_SIZE, MAX_OP_BYTES};
-use crate::recompress::{encode, Compressor, Segment, Spec};
+use crate::format::{Extent, Operation, BLOCK_SIZE, MAX_OP_BYTES};
+use crate::recompress::{Compressor, Segment, Spec};
 use crate::squashfs::{Codec, STORED};
 
 /// mkfs.erofs's window: it reads up to twice this, and slides once a pcluster ends past it.
@@ -359,14 +359,8 @@ impl Pair<'_> {
             if eb as usize > kinds.len() {
                 continue;
             }
-            for k in &mut kinds[sb as usize..eb as usize] {
-                *k = Kind::InFile;
-            }
             jobs.push(Job {
-                span: Extent {
-                    start: sb,
-                    blocks: eb - sb,
-                },
+                span: super::claim(kinds, sb, eb),
                 units: g,
             });
         }
@@ -449,35 +443,17 @@ impl Pair<'_> {
             content.extend_from_slice(&piece);
             pos = self.span(u).1;
         }
-        let frame = if s.is_empty() {
-            zstd_plain(&content, level)?
-        } else {
-            zstd_patch(&content, &s, level)?
-        };
-        let lit = zstd_plain(&literal, level)?;
-        let blob = encode(
-            &spec,
-            content.len() as u64,
-            &frame,
-            literal.len() as u64,
-            &lit,
-        );
-        let reference = super::extents_bytes(self.source, &source);
-        Ok((
-            Operation {
-                op: OpType::Recompress,
-                target: vec![job.span],
-                data_offset: 0,
-                data_length: blob.len() as u64,
-                data_sha256: sha256(&blob),
-                source_sha256: if source.is_empty() {
-                    [0; 32]
-                } else {
-                    sha256(&reference)
-                },
-                source,
+        super::recompress_op(
+            self.source,
+            source,
+            job.span,
+            &super::Recreated {
+                spec: &spec,
+                content: &content,
+                old: &s,
+                literal: &literal,
             },
-            blob,
-        ))
+            level,
+        )
     }
 }

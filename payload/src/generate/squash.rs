@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::{par_map, push_extent, scale, zstd_patch, zstd_plain, Kind, BS};
+use super::{par_map, push_extent, scale, Kind, BS};
 use crate::error::{Error, Result};
-use crate::format::{sha256, Extent, OpType, Operation, BLOCK_SIZE, MAX_OP_BYTES};
-use crate::recompress::{encode, level_field, Compressor, Segment, Spec};
+use crate::format::{sha256, Extent, Operation, BLOCK_SIZE, MAX_OP_BYTES};
+use crate::recompress::{level_field, Compressor, Segment, Spec};
 use crate::squashfs::{self, Blocks, Codec, Image, STORED};
 
 /// Content of one piece of a file (its blocks).
@@ -285,16 +285,10 @@ impl Pair<'_> {
             if sb >= eb {
                 continue;
             }
-            for k in &mut kinds[sb as usize..eb as usize] {
-                *k = Kind::InFile;
-            }
             prev_end = eb;
             jobs.push(Job {
                 stream_start: start.min(sb * BLOCK_SIZE),
-                span: Extent {
-                    start: sb,
-                    blocks: eb - sb,
-                },
+                span: super::claim(kinds, sb, eb),
                 units: g,
             });
         }
@@ -381,36 +375,18 @@ impl Pair<'_> {
             target_bytes(pos, end, &mut literal);
             spec.segments.push(Segment::Literal((end - pos) as u32));
         }
-        let frame = if s.is_empty() {
-            zstd_plain(&content, level)?
-        } else {
-            zstd_patch(&content, &s, level)?
-        };
-        let lit = zstd_plain(&literal, level)?;
-        let blob = encode(
-            &spec,
-            content.len() as u64,
-            &frame,
-            literal.len() as u64,
-            &lit,
-        );
-        let reference = super::extents_bytes(self.source, &source);
-        Ok((
-            Operation {
-                op: OpType::Recompress,
-                target: vec![job.span],
-                data_offset: 0,
-                data_length: blob.len() as u64,
-                data_sha256: sha256(&blob),
-                source_sha256: if source.is_empty() {
-                    [0; 32]
-                } else {
-                    sha256(&reference)
-                },
-                source,
+        super::recompress_op(
+            self.source,
+            source,
+            job.span,
+            &super::Recreated {
+                spec: &spec,
+                content: &content,
+                old: &s,
+                literal: &literal,
             },
-            blob,
-        ))
+            level,
+        )
     }
 }
 
