@@ -701,6 +701,18 @@ fn erofs_lz4_changed_files_are_recompressed() {
     if require {
         assert!(after > 0 && after < before, "{after} of {before}");
     }
+    // An old version that does not decompress (a damaged source image): the file goes
+    // without a reference, the payload is still exact.
+    let mut src = src;
+    let old = erofs::compressed_files(&src);
+    let tool = old.iter().find(|f| f.path == "/usr/bin/tool").unwrap();
+    let cl = tool.clusters.iter().find(|c| !c.raw).unwrap();
+    src[cl.block as usize * 4096..][..4096].fill(0xff);
+    assert!(erofs::content(&src, tool, u64::MAX).is_none());
+    let damaged = recompress_case(&src, &tgt);
+    if require {
+        assert!(damaged > 0);
+    }
 }
 
 /// Payloads from `src` to `tgt` at level 9 with and without file pairing, and the keyring

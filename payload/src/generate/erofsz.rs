@@ -267,7 +267,15 @@ impl Pair<'_> {
             }
         }
         // Keep the pieces liblz4 here re-creates, pcluster for pcluster.
-        let checked = par_map(units, threads, |u| self.reproduces(&u).then_some(u));
+        // An old version that does not decompress costs its reference, not the run.
+        let checked = par_map(units, threads, |mut u| {
+            u.old = u.old.filter(|&(oi, from, to)| {
+                let f = &self.old[oi];
+                let end = f.clusters.get(to).map_or(f.size, |c| c.start);
+                content_from(self.source, f, from, end).is_some()
+            });
+            self.reproduces(&u).then_some(u)
+        });
         let mut units: Vec<Unit> = checked.into_iter().flatten().collect();
         units.sort_by_key(|u| self.new[u.file].clusters[u.a].block);
         units
