@@ -482,6 +482,13 @@ pub fn compressed_files(img: &[u8]) -> Vec<Compressed> {
     out
 }
 
+/// The lz4 block of a pcluster's block: 0PADDING puts it at the block's end, zeros before
+/// it (no lz4 block starts with a zero byte).
+pub fn packed(block: &[u8]) -> &[u8] {
+    let from = block.iter().position(|&b| b != 0).unwrap_or(block.len());
+    &block[from..]
+}
+
 /// A pcluster's content appended to `out`, from its block's bytes; `None` if the block
 /// does not hold that much (a damaged image).
 pub fn cluster_content(block: &[u8], len: u32, raw: bool, out: &mut Vec<u8>) -> Option<()> {
@@ -491,11 +498,13 @@ pub fn cluster_content(block: &[u8], len: u32, raw: bool, out: &mut Vec<u8>) -> 
         out.extend_from_slice(block.get(..len)?);
         return Some(());
     }
-    // 0PADDING: the lz4 block ends with the pcluster; no lz4 block starts with a zero.
-    let from = block.iter().position(|&b| b != 0)?;
+    let lz = packed(block);
+    if lz.is_empty() {
+        return None;
+    }
     let at = out.len();
     out.resize(at + len, 0);
-    match lz4_flex::block::decompress_into(&block[from..], &mut out[at..]) {
+    match lz4_flex::block::decompress_into(lz, &mut out[at..]) {
         Ok(n) if n == len => Some(()),
         _ => {
             out.truncate(at);

@@ -542,16 +542,11 @@ fn level(img: &[u8], s: &Super) -> (Option<i32>, u8) {
         ),
         // lz4 always records its options: the stream version and whether -Xhc was given
         // (lz4hc at its highest level).
-        (Codec::Lz4, Some(Some(o))) => (
-            (le32(&o, 0) == Some(1))
-                .then(|| match le32(&o, 4) {
-                    Some(0) => Some(0),
-                    Some(1) => Some(12),
-                    _ => None,
-                })
-                .flatten(),
-            15,
-        ),
+        (Codec::Lz4, Some(Some(o))) => match (le32(&o, 0), le32(&o, 4)) {
+            (Some(1), Some(0)) => (Some(0), 15),
+            (Some(1), Some(1)) => (Some(12), 15),
+            _ => (None, 15),
+        },
         (Codec::Gzip, Some(Some(o))) => {
             let level = le32(&o, 0).and_then(|l| i32::try_from(l).ok());
             let window = le16(&o, 4).and_then(|w| u8::try_from(w).ok()).unwrap_or(0);

@@ -10,8 +10,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{par_map, push_extent, scale, Kind};
-use crate::erofs::{self, Cluster, Compressed};
+use super::{block, par_map, push_extent, range, scale, Kind};
+use crate::erofs::{self, packed, Cluster, Compressed};
 use crate::error::{Error, Result};
 use crate::format::{Extent, Operation, BLOCK_SIZE, MAX_OP_BYTES};
 use crate::recompress::{Compressor, Segment, Spec};
@@ -95,42 +95,41 @@ pub(super) struct Pair<'a> {
     source: &'a [u8],
     target: &'a [u8],
     new: Vec<Compressed>,
+    /// [`offered`] for each of `new`'s pclusters.
+    offered: Vec<Vec<u64>>,
     old: Vec<Compressed>,
     level: i32,
 }
 
 /// The target as EROFS with lz4 pclusters liblz4 here reproduces at some level, or `None`.
 pub(super) fn pair<'a>(source: &'a [u8], target: &'a [u8]) -> Option<Pair<'a>> {
-    let new = erofs::compressed_files(target);
-    if new.is_empty() {
-        return None;
-    }
-    let level = level_of(target, &new)?;
+    // Files whose map does not add up to what mkfs.erofs would write are left out.
+    let (new, offered): (Vec<Compressed>, Vec<Vec<u64>>) = erofs::compressed_files(target)
+        .into_iter()
+        .filter_map(|f| {
+            let o = offered(f.size, &f.clusters)?;
+            Some((f, o))
+        })
+        .unzip();
+    let level = level_of(target, &new, &offered)?;
     Some(Pair {
         source,
         target,
         old: erofs::compressed_files(source),
         new,
+        offered,
         level,
     })
 }
 
 /// The level whose output matches the first pclusters of a few files.
-fn level_of(img: &[u8], files: &[Compressed]) -> Option<i32> {
-    let probes: Vec<&Compressed> = files
+fn level_of(img: &[u8], files: &[Compressed], offered: &[Vec<u64>]) -> Option<i32> {
+    let contents: Vec<(&Compressed, Vec<u8>, &Vec<u64>)> = files
         .iter()
-        .filter(|f| f.size <= OP_CONTENT && f.clusters.iter().any(|c| !c.raw))
+        .zip(offered)
+        .filter(|(f, _)| f.size <= OP_CONTENT && f.clusters.iter().any(|c| !c.raw))
         .take(LEVEL_PROBES)
-        .collect();
-    let contents: Vec<(&Compressed, Vec<u8>, Vec<u64>)> = probes
-        .into_iter()
-        .filter_map(|f| {
-            Some((
-                f,
-                erofs::content(img, f, OP_CONTENT)?,
-                offered(f.size, &f.clusters)?,
-            ))
-        })
+        .filter_map(|(f, o)| Some((f, erofs::content(img, f, OP_CONTENT)?, o)))
         .collect();
     LEVELS.into_iter().find(|&level| {
         let Ok(mut c) = Compressor::new(Codec::ErofsLz4, level, BLOCK_SIZE as usize) else {
@@ -141,24 +140,12 @@ fn level_of(img: &[u8], files: &[Compressed]) -> Option<i32> {
             && contents.iter().all(|(f, content, offered)| {
                 f.clusters
                     .iter()
-                    .zip(offered)
+                    .zip(offered.iter())
                     .filter(|(c, _)| !c.raw)
                     .take(2)
-                    .all(|(cl, &o)| fills(img, &mut c, cl, content, 0, o, &mut scratch))
+                    .all(|(cl, o)| fills(img, &mut c, cl, content, 0, *o, &mut scratch))
             })
     })
-}
-
-/// Block `b` of an image (empty past its end).
-fn block(img: &[u8], b: u64) -> &[u8] {
-    let at = b as usize * BLOCK_SIZE as usize;
-    img.get(at..at + BLOCK_SIZE as usize).unwrap_or_default()
-}
-
-/// The compressed bytes of an lz4 pcluster (after its zero padding).
-fn packed(b: &[u8]) -> &[u8] {
-    let from = b.iter().position(|&x| x != 0).unwrap_or(b.len());
-    &b[from..]
 }
 
 /// Whether lz4 offered `offered` bytes of `content` (which starts at file offset
@@ -176,8 +163,9 @@ fn fills(
     let Some(src) = content.get(from..from + offered as usize) else {
         return false;
     };
-    c.fill(src, scratch)
-        .is_ok_and(|taken| taken == cl.len as usize && scratch[..] == *packed(block(img, cl.block)))
+    c.fill(src, scratch).is_ok_and(|taken| {
+        taken == cl.len as usize && scratch[..] == *packed(&block(img, cl.block))
+    })
 }
 
 /// A file's content from pcluster `a` up to file offset `end`.
@@ -185,7 +173,7 @@ fn content_from(img: &[u8], f: &Compressed, a: usize, end: u64) -> Option<Vec<u8
     let start = f.clusters.get(a)?.start;
     let mut out = Vec::new();
     for cl in f.clusters[a..].iter().take_while(|c| c.start < end) {
-        erofs::cluster_content(block(img, cl.block), cl.len, cl.raw, &mut out)?;
+        erofs::cluster_content(&block(img, cl.block), cl.len, cl.raw, &mut out)?;
     }
     out.truncate((end - start) as usize);
     (out.len() as u64 == end - start).then_some(out)
@@ -209,9 +197,7 @@ impl Pair<'_> {
             if !(first..first + n).any(|b| kinds.get(b as usize) == Some(&Kind::New)) {
                 continue;
             }
-            let Some(offered) = offered(f.size, &f.clusters) else {
-                continue;
-            };
+            let offered = &self.offered[i];
             let o = old.get(f.path.as_str()).copied();
             let mut a = 0;
             while a < f.clusters.len() {
@@ -226,44 +212,42 @@ impl Pair<'_> {
                     .unwrap_or(start)
                     .min(f.size);
                 let piece_end = f.clusters.get(b).map_or(f.size, |c| c.start);
+                let (from, to) = (a, b);
+                a = b;
+                if end - start > OP_CONTENT {
+                    continue;
+                }
+                // The old version around the same place, a margin each side, bounded.
                 let old = o.and_then(|oi| {
                     let of = &self.old[oi];
                     let (lo, hi) = (
                         scale(start, of.size, f.size).saturating_sub(REF_MARGIN),
                         scale(piece_end, of.size, f.size).saturating_add(REF_MARGIN),
                     );
-                    let from = of
+                    let first = of
                         .clusters
                         .iter()
                         .position(|c| c.start + u64::from(c.len) > lo)?;
-                    let mut to = from;
-                    while to < of.clusters.len()
-                        && of.clusters[to].start < hi
-                        && of.clusters[to].start - of.clusters[from].start < OP_CONTENT / 2
+                    let mut last = first;
+                    while last < of.clusters.len()
+                        && of.clusters[last].start < hi
+                        && of.clusters[last].start - of.clusters[first].start < OP_CONTENT / 2
                     {
-                        to += 1;
+                        last += 1;
                     }
-                    (to > from).then_some((oi, from, to))
-                });
-                let old = old.filter(|&(oi, from, to)| {
-                    self.old[oi].clusters[from..to]
+                    let len: u64 = of.clusters[first..last]
                         .iter()
                         .map(|c| u64::from(c.len))
-                        .sum::<u64>()
-                        <= OP_CONTENT
+                        .sum();
+                    (last > first && len <= OP_CONTENT).then_some((oi, first, last))
                 });
-                if end - start > OP_CONTENT {
-                    a = b;
-                    continue;
-                }
                 units.push(Unit {
                     file: i,
-                    a,
-                    b,
+                    a: from,
+                    b: to,
                     content: end - start,
                     old,
                 });
-                a = b;
             }
         }
         // Keep the pieces liblz4 here re-creates, pcluster for pcluster.
@@ -285,9 +269,9 @@ impl Pair<'_> {
     fn reproduces(&self, u: &Unit) -> bool {
         let f = &self.new[u.file];
         let start = f.clusters[u.a].start;
-        let (Some(content), Some(offered), Ok(mut c)) = (
+        let offered = &self.offered[u.file];
+        let (Some(content), Ok(mut c)) = (
             content_from(self.target, f, u.a, start + u.content),
-            offered(f.size, &f.clusters),
             Compressor::new(Codec::ErofsLz4, self.level, BLOCK_SIZE as usize),
         ) else {
             return false;
@@ -414,14 +398,12 @@ impl Pair<'_> {
         for u in &job.units {
             let f = &self.new[u.file];
             let start = f.clusters[u.a].start;
-            let offered = offered(f.size, &f.clusters).ok_or_else(|| bad("a cluster map"))?;
+            let offered = &self.offered[u.file];
             let piece = content_from(self.target, f, u.a, start + u.content)
                 .ok_or_else(|| bad("a pcluster"))?;
             let (first, _) = self.span(u);
             if first > pos {
-                for b in pos..first {
-                    literal.extend_from_slice(block(self.target, b));
-                }
+                literal.extend_from_slice(&range(self.target, pos, first - pos));
                 spec.segments
                     .push(Segment::Literal(((first - pos) * BLOCK_SIZE) as u32));
             }
@@ -434,7 +416,7 @@ impl Pair<'_> {
                     spec.segments
                         .push(Segment::Literal(BLOCK_SIZE as u32 - cl.len));
                 } else {
-                    let z = packed(blk).len();
+                    let z = packed(&blk).len();
                     literal.extend_from_slice(&blk[..blk.len() - z]);
                     spec.segments
                         .push(Segment::Literal((BLOCK_SIZE as usize - z) as u32));
