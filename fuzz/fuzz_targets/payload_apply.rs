@@ -91,7 +91,28 @@ fn build(input: &[u8], src: &[u8]) -> (Vec<(Operation, Vec<u8>)>, bool) {
             content.iter().copied().cycle().take(len).collect()
         };
         let raw = h[0] & 0x80 != 0;
-        let (kind, source, blob, reference) = match h[0] % 7 {
+        // LZMA2 blobs: the filter byte, the dictionary size, a stream of stored chunks
+        // (lzma-rs writes those), or arbitrary bytes as the stream.
+        let lzma2 = |out: &[u8]| {
+            let mut b = vec![h[1] & 1, 0, 0, 1, 0];
+            if raw {
+                b.extend_from_slice(content);
+            } else {
+                lzma_rs::lzma2_compress(&mut &out[..], &mut b).expect("lzma2");
+            }
+            b
+        };
+        let (kind, source, blob, reference) = match h[0] % 9 {
+            7 => (OpType::ReplaceXz, vec![], lzma2(&out), vec![]),
+            8 => {
+                let Some((e, bytes)) = written
+                    .get(usize::from(h[3]) % written.len().max(1))
+                    .cloned()
+                else {
+                    continue;
+                };
+                (OpType::ChainXz, vec![e], lzma2(&out), bytes)
+            }
             0 => (OpType::Zero, vec![], vec![], vec![]),
             1 => {
                 let s = Extent {
@@ -181,6 +202,8 @@ fn build(input: &[u8], src: &[u8]) -> (Vec<(Operation, Vec<u8>)>, bool) {
                     | OpType::Bsdiff
                     | OpType::Chain
                     | OpType::Recompress
+                    | OpType::ReplaceXz
+                    | OpType::ChainXz
             )
         {
             continue;

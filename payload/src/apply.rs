@@ -413,6 +413,10 @@ fn zstd_decoder<'b, R: io::BufRead + 'b>(
 }
 
 fn decode(op: OpType, blob: &[u8], reference: &[u8], expected: usize) -> io::Result<Vec<u8>> {
+    if matches!(op, OpType::ReplaceXz | OpType::ChainXz) {
+        return decode_xz(blob, reference, expected)
+            .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why));
+    }
     if op == OpType::Bsdiff {
         return bspatch(reference, zstd_decoder(blob, None)?, expected);
     }
@@ -430,6 +434,27 @@ fn decode(op: OpType, blob: &[u8], reference: &[u8], expected: usize) -> io::Res
         ));
     }
     Ok(out)
+}
+
+/// A REPLACE_XZ or CHAIN_XZ blob decoded (the reference is empty for REPLACE_XZ).
+fn decode_xz(
+    blob: &[u8],
+    reference: &[u8],
+    expected: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut c = keel_io::Cursor::new(blob, 0);
+    let e = |e: keel_io::CursorError| format!("{} at blob offset {}: truncated", e.field, e.offset);
+    let x86 = match c.u8("filter").map_err(e)? {
+        0 => false,
+        1 => true,
+        f => {
+            return Err(format!(
+                "filter {f} at blob offset 0: 0 (none) or 1 (BCJ x86)"
+            ))
+        }
+    };
+    let dict = c.u32("dictionary size").map_err(e)?;
+    crate::xz::raw_decode(&blob[5..], reference, x86, dict, expected)
 }
 
 /// Chain the digest of what operation `i` left in the target: `bytes` is the operation's
@@ -875,12 +900,19 @@ where
             )
             .map_err(|reason| Error::Decode { op: i, reason })?,
         ),
-        OpType::Replace | OpType::Patch | OpType::Chain | OpType::Bsdiff => Some(
-            decode(op.op, &blob, reference, len).map_err(|e| Error::Decode {
-                op: i,
-                reason: e.to_string(),
-            })?,
-        ),
+        OpType::Replace
+        | OpType::Patch
+        | OpType::Chain
+        | OpType::Bsdiff
+        | OpType::ReplaceXz
+        | OpType::ChainXz => {
+            Some(
+                decode(op.op, &blob, reference, len).map_err(|e| Error::Decode {
+                    op: i,
+                    reason: e.to_string(),
+                })?,
+            )
+        }
     })
 }
 
@@ -898,7 +930,7 @@ fn read_reference<S: ReadAt + ?Sized, T: ReadAt + ?Sized>(
     if op.source.is_empty() {
         return Ok(());
     }
-    if op.op == OpType::Chain {
+    if op.op.is_chain() {
         // Blocks earlier operations wrote (durable before any resume point).
         read_extents(target, &op.source, manifest.target.size, out)
             .map_err(|e| Error::io("reading target blocks", e))?;

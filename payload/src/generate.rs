@@ -241,6 +241,27 @@ fn recompress_op(
     ))
 }
 
+/// Levels from which new content is encoded with LZMA2 rather than zstd.
+const XZ_FROM_LEVEL: i32 = 10;
+
+/// A REPLACE_XZ / CHAIN_XZ blob for `data` (BCJ x86 first when it holds x86 executables),
+/// or `None` when it is not smaller than `probe` bytes (zstd at the probe level: then
+/// zstd at the requested level does better) or liblzma fails.
+fn xz_blob(data: &[u8], reference: &[u8], probe: usize) -> Option<Vec<u8>> {
+    // New files start at block boundaries; an x86 ELF header at one means code.
+    let x86 = data.chunks(BS).any(|b| {
+        b.len() >= 20
+            && b[..4] == *b"\x7fELF"
+            && matches!(u16::from_le_bytes([b[18], b[19]]), 3 | 62)
+    });
+    let stream = crate::xz::raw_encode(data, reference, x86).ok()?;
+    let mut blob = Vec::with_capacity(stream.len() + 5);
+    blob.push(u8::from(x86));
+    blob.extend_from_slice(&crate::xz::dict_size(reference.len(), data.len()).to_le_bytes());
+    blob.extend_from_slice(&stream);
+    (blob.len() < probe).then_some(blob)
+}
+
 fn zstd_plain(data: &[u8], level: i32) -> Result<Vec<u8>> {
     zstd::bulk::compress(data, level).map_err(|e| Error::io("zstd compress", e))
 }
@@ -936,8 +957,8 @@ impl Images<'_> {
                 } else {
                     level
                 };
-                let (data, hash) = self.compress(&best, &tbytes, level)?;
-                (best.op, best.source, data, hash)
+                let (op, data, hash) = self.compress(&best, &tbytes, level)?;
+                (op, best.source, data, hash)
             }
         };
         let (data_length, data_sha256) = if data.is_empty() {
@@ -1060,23 +1081,39 @@ impl Images<'_> {
         Some(median.div_euclid(i128::from(BLOCK_SIZE)))
     }
 
-    /// The winning candidate's blob at the requested level, and its reference's digest.
-    fn compress(&self, c: &Candidate, tbytes: &[u8], level: i32) -> Result<(Vec<u8>, [u8; 32])> {
+    /// The winning candidate's blob at the requested level, the operation it is for, and
+    /// its reference's digest. New content (REPLACE, CHAIN) goes to LZMA2 at the higher
+    /// levels: as fast as zstd -19 and a tenth smaller on executables and text.
+    fn compress(
+        &self,
+        c: &Candidate,
+        tbytes: &[u8],
+        level: i32,
+    ) -> Result<(OpType, Vec<u8>, [u8; 32])> {
+        let xz = level >= XZ_FROM_LEVEL;
         Ok(match c.op {
             OpType::Patch => {
                 let reference = extents_bytes(self.source(), &c.source);
-                (zstd_patch(tbytes, &reference, level)?, sha256(&reference))
+                let h = sha256(&reference);
+                (c.op, zstd_patch(tbytes, &reference, level)?, h)
             }
             OpType::Chain => {
                 let reference = extents_bytes(self.target, &c.source);
-                (zstd_patch(tbytes, &reference, level)?, sha256(&reference))
+                let h = sha256(&reference);
+                match xz_blob(tbytes, &reference, c.size).filter(|_| xz) {
+                    Some(blob) => (OpType::ChainXz, blob, h),
+                    None => (c.op, zstd_patch(tbytes, &reference, level)?, h),
+                }
             }
             OpType::Bsdiff => {
                 let reference = extents_bytes(self.source(), &c.source);
                 let stream = c.bsdiff.as_deref().unwrap_or_default();
-                (zstd_plain(stream, level)?, sha256(&reference))
+                (c.op, zstd_plain(stream, level)?, sha256(&reference))
             }
-            _ => (zstd_plain(tbytes, level)?, [0u8; 32]),
+            _ => match xz_blob(tbytes, &[], c.size).filter(|_| xz) {
+                Some(blob) => (OpType::ReplaceXz, blob, [0u8; 32]),
+                None => (OpType::Replace, zstd_plain(tbytes, level)?, [0u8; 32]),
+            },
         })
     }
 }

@@ -138,6 +138,135 @@ impl Xz {
     }
 }
 
+/// Largest dictionary of a REPLACE_XZ or CHAIN_XZ operation: its reference and output
+/// (two operations' bytes), rounded up.
+pub(crate) const MAX_DICT: u32 = 32 << 20;
+
+/// The filter chain of one raw LZMA2 operation: BCJ x86 first if asked, then LZMA2 at
+/// preset 6 with `dict_size` and `preset` as its preset dictionary.
+fn raw_chain(
+    opt: &mut sys::lzma_options_lzma,
+    preset: &[u8],
+    x86: bool,
+    dict_size: u32,
+) -> Result<Vec<sys::lzma_filter>, String> {
+    // SAFETY: `opt` is a valid, writable lzma_options_lzma.
+    if unsafe { sys::lzma_lzma_preset(opt, 6) } != 0 {
+        return Err("liblzma refused preset 6".into());
+    }
+    opt.dict_size = dict_size;
+    if !preset.is_empty() {
+        opt.preset_dict = preset.as_ptr();
+        opt.preset_dict_size =
+            u32::try_from(preset.len()).map_err(|_| "reference too large".to_string())?;
+    }
+    let mut chain = Vec::with_capacity(3);
+    if x86 {
+        chain.push(sys::lzma_filter {
+            id: sys::LZMA_FILTER_X86,
+            options: std::ptr::null_mut(),
+        });
+    }
+    chain.push(sys::lzma_filter {
+        id: sys::LZMA_FILTER_LZMA2,
+        options: (opt as *mut sys::lzma_options_lzma).cast(),
+    });
+    chain.push(sys::lzma_filter {
+        id: sys::LZMA_VLI_UNKNOWN,
+        options: std::ptr::null_mut(),
+    });
+    Ok(chain)
+}
+
+/// The dictionary an operation with a `reference` and `out` bytes of output needs.
+pub(crate) fn dict_size(reference: usize, out: usize) -> u32 {
+    let n = reference.saturating_add(out).clamp(4096, MAX_DICT as usize);
+    n.next_power_of_two().min(MAX_DICT as usize) as u32
+}
+
+/// `data` as a raw LZMA2 stream (after BCJ x86 if `x86`) with `reference` as preset
+/// dictionary: what REPLACE_XZ and CHAIN_XZ carry after their header.
+pub(crate) fn raw_encode(data: &[u8], reference: &[u8], x86: bool) -> Result<Vec<u8>, String> {
+    // SAFETY: an all-zero lzma_options_lzma is valid (integers and null pointers).
+    let mut opt: sys::lzma_options_lzma = unsafe { std::mem::zeroed() };
+    let chain = raw_chain(
+        &mut opt,
+        reference,
+        x86,
+        dict_size(reference.len(), data.len()),
+    )?;
+    // SAFETY: takes a size, returns a size.
+    let room = unsafe { sys::lzma_stream_buffer_bound(data.len()) };
+    let mut out = vec![0u8; room.max(64)];
+    let mut pos = 0usize;
+    // SAFETY: `chain` ends with LZMA_VLI_UNKNOWN, its options point to `opt`, whose preset
+    // dictionary points into `reference`, all alive for the call; `data` is readable and
+    // `out` writable for their lengths; `pos` receives the length written.
+    let ret = unsafe {
+        sys::lzma_raw_buffer_encode(
+            chain.as_ptr(),
+            std::ptr::null(),
+            data.as_ptr(),
+            data.len(),
+            out.as_mut_ptr(),
+            &mut pos,
+            out.len(),
+        )
+    };
+    if ret != sys::LZMA_OK || pos > out.len() {
+        return Err(format!("liblzma raw encoder error {ret}"));
+    }
+    out.truncate(pos);
+    Ok(out)
+}
+
+/// A raw LZMA2 stream decoded to exactly `expected` bytes, with `reference` as preset
+/// dictionary and a dictionary of `dict_size` bytes (at most [`MAX_DICT`]).
+pub(crate) fn raw_decode(
+    stream: &[u8],
+    reference: &[u8],
+    x86: bool,
+    dict_size: u32,
+    expected: usize,
+) -> Result<Vec<u8>, String> {
+    if !(4096..=MAX_DICT).contains(&dict_size) {
+        return Err(format!(
+            "dictionary size {dict_size}: 4096 to {MAX_DICT} bytes"
+        ));
+    }
+    // SAFETY: as in raw_encode.
+    let mut opt: sys::lzma_options_lzma = unsafe { std::mem::zeroed() };
+    let chain = raw_chain(&mut opt, reference, x86, dict_size)?;
+    let mut out = vec![0u8; expected];
+    let (mut in_pos, mut out_pos) = (0usize, 0usize);
+    // SAFETY: `chain` as in raw_encode; `stream` is readable and `out` writable for their
+    // lengths, which liblzma does not exceed; the positions receive what it used.
+    let ret = unsafe {
+        sys::lzma_raw_buffer_decode(
+            chain.as_ptr(),
+            std::ptr::null(),
+            stream.as_ptr(),
+            &mut in_pos,
+            stream.len(),
+            out.as_mut_ptr(),
+            &mut out_pos,
+            out.len(),
+        )
+    };
+    match ret {
+        sys::LZMA_OK if out_pos == expected && in_pos == stream.len() => Ok(out),
+        sys::LZMA_OK => Err(format!(
+            "the stream gives {out_pos} bytes from {in_pos} of its {} bytes, expected \
+             {expected} from all",
+            stream.len()
+        )),
+        sys::LZMA_BUF_ERROR => Err(format!(
+            "the stream is truncated or decodes to more than {expected} bytes"
+        )),
+        r => Err(format!("liblzma raw decoder error {r} (corrupt stream)")),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
@@ -167,5 +296,41 @@ mod tests {
         assert!(!xz.compress(&noise, noise.len(), &mut out).unwrap());
         assert!(level_field(1000, 0).is_none() && level_field(4096, 64).is_none());
         assert!(Xz::new(0).is_none() && Xz::new(-1).is_none() && Xz::new(1 << 8 | 64).is_none());
+    }
+
+    /// Raw LZMA2 streams decode back with and without BCJ x86 and a preset dictionary;
+    /// the dictionary is what makes a chained stream small; a stream decoded with
+    /// another dictionary, length or filter is refused or differs, never a panic.
+    #[test]
+    fn raw_streams_round_trip_with_a_preset_dictionary() {
+        let reference = crate::erofs::tests::compressible(5, 200_000);
+        let mut data = reference[50_000..150_000].to_vec();
+        data.extend_from_slice(&crate::erofs::tests::compressible(6, 20_000));
+        for x86 in [false, true] {
+            for r in [&[][..], &reference[..]] {
+                let s = raw_encode(&data, r, x86).unwrap();
+                let dict = dict_size(r.len(), data.len());
+                assert!(dict.is_power_of_two() && dict as usize >= r.len() + data.len());
+                assert!(raw_decode(&s, r, x86, dict, data.len()).unwrap() == data);
+                assert!(raw_decode(&s, r, x86, dict, data.len() - 1).is_err());
+                assert!(raw_decode(&s, r, x86, dict, data.len() + 1).is_err());
+                assert!(raw_decode(&s[..s.len() - 3], r, x86, dict, data.len()).is_err());
+                assert!(raw_decode(&s, r, x86, MAX_DICT * 2, data.len()).is_err());
+            }
+        }
+        let chained = raw_encode(&data, &reference, false).unwrap();
+        let alone = raw_encode(&data, &[], false).unwrap();
+        assert!(
+            chained.len() * 3 < alone.len(),
+            "{} vs {}",
+            chained.len(),
+            alone.len()
+        );
+        // Decoded against zeros instead of its reference: not the data.
+        let zeros = vec![0u8; reference.len()];
+        let dict = dict_size(reference.len(), data.len());
+        assert!(raw_decode(&chained, &zeros, false, dict, data.len()).map_or(true, |d| d != data));
+        assert_eq!(dict_size(0, 10), 4096);
+        assert_eq!(dict_size(usize::MAX / 2, 10), MAX_DICT);
     }
 }

@@ -522,3 +522,102 @@ fn a_cancelled_apply_stops_at_an_operation_and_resumes() {
     assert_eq!(done.resumed_at, 2, "it continues where it was stopped");
     assert_eq!(t, f.image);
 }
+
+/// REPLACE_XZ and CHAIN_XZ blobs the generator made apply; every kind of damage to one
+/// (signed over, so only a decoder check can catch it) is a decode error of that
+/// operation, never a panic or a wrong block: an unknown filter, a dictionary past the
+/// bound, a truncated or overlong stream, flipped bytes, another reference.
+#[test]
+fn lzma2_blobs_are_checked_before_their_blocks_are_written() {
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    // Text that LZMA2 packs: a full payload of it is REPLACE_XZ.
+    let text: Vec<u8> = (0..8 * 4096u32)
+        .flat_map(|i| format!("line {} of {}\n", i % 977, i % 13).into_bytes())
+        .take(8 * 4096)
+        .collect();
+    let mut o = GenerateOptions::new("acme", "2.0");
+    o.level = 12;
+    let full = generate(None, &text, &key, &o).unwrap();
+    let (_, m, _) = keel_payload::read_manifest(&mut &full[..], &r).unwrap();
+    let xz = m
+        .operations
+        .iter()
+        .find(|o| o.op == OpType::ReplaceXz)
+        .expect("new text goes to LZMA2 from level 10");
+    let mlen = u64::from_le_bytes(full[16..24].try_into().unwrap());
+    let at = (64 + mlen + 64 + xz.data_offset) as usize;
+    let good = full[at..at + xz.data_length as usize].to_vec();
+    let t0 = xz.target[0];
+    assert!(xz.target.len() == 1 && t0.blocks >= 2);
+    let expect = &text[(t0.start * 4096) as usize..((t0.start + t0.blocks) * 4096) as usize];
+    let size = t0.blocks * 4096;
+    let target = |n| [(0u64, n)];
+    // The blob as made: its blocks come out (only the zero digest of this hand-made
+    // manifest is then refused).
+    let p = signed(
+        &key,
+        size,
+        vec![(op(OpType::ReplaceXz, &target(t0.blocks), &[]), good.clone())],
+    );
+    let mut t = vec![0u8; size as usize];
+    let e = refusal(&p, &mut t, &r);
+    assert!(!matches!(e, Error::Decode { .. }), "{e}");
+    assert!(t == expect, "the blocks are built");
+    // The same stream as CHAIN_XZ on top of block 0 (a REPLACE before it): a preset
+    // dictionary the stream did not use changes nothing it decodes.
+    let zero = zstd::bulk::compress(&[0u8; 4096], 1).unwrap();
+    let p = signed(
+        &key,
+        size + 4096,
+        vec![
+            (op(OpType::Replace, &[(0, 1)], &[]), zero),
+            (
+                Operation {
+                    source_sha256: keel_payload::format::sha256(&[0u8; 4096]),
+                    ..op(OpType::ChainXz, &[(1, t0.blocks)], &[(0, 1)])
+                },
+                good.clone(),
+            ),
+        ],
+    );
+    let mut t = vec![0u8; (size + 4096) as usize];
+    let e = refusal(&p, &mut t, &r);
+    assert!(!matches!(e, Error::Decode { .. }), "{e}");
+    assert!(t[4096..] == *expect);
+    let mut damaged: Vec<(&str, Vec<u8>, u64)> = Vec::new();
+    let mut filter = good.clone();
+    filter[0] = 7;
+    damaged.push(("filter", filter, t0.blocks));
+    for dict in [0u32, 1 << 30, 100] {
+        let mut d = good.clone();
+        d[1..5].copy_from_slice(&dict.to_le_bytes());
+        damaged.push(("dictionary", d, t0.blocks));
+    }
+    damaged.push(("truncated", good[..good.len() / 2].to_vec(), t0.blocks));
+    damaged.push(("header only", good[..3].to_vec(), t0.blocks));
+    damaged.push(("longer than its blocks", good.clone(), t0.blocks - 1));
+    damaged.push(("trailing bytes", [&good[..], &[0u8; 9]].concat(), t0.blocks));
+    for i in (5..good.len()).step_by(good.len() / 16 + 1) {
+        let mut d = good.clone();
+        d[i] ^= 0x55;
+        damaged.push(("flipped", d, t0.blocks));
+    }
+    for (what, blob, blocks) in damaged {
+        let p = signed(
+            &key,
+            blocks * 4096,
+            vec![(op(OpType::ReplaceXz, &target(blocks), &[]), blob)],
+        );
+        let mut t = vec![0u8; (blocks * 4096) as usize];
+        let e = refusal(&p, &mut t, &r);
+        // A flipped byte inside literal data may still decode, to other bytes: the image
+        // digest catches those, and nothing else is accepted.
+        if what == "flipped" && !matches!(e, Error::Decode { .. }) {
+            assert!(t != expect[..t.len()], "{what}: {e}");
+            continue;
+        }
+        assert!(matches!(e, Error::Decode { op: 0, .. }), "{what}: {e}");
+        assert!(t.iter().all(|&b| b == 0), "{what}: nothing written");
+    }
+}
