@@ -610,7 +610,11 @@ fn walk(img: &[u8], mut visit: impl FnMut(&mut Fs<'_>, String, u64, u8) -> bool)
 fn file(fs: &mut Fs<'_>, nid: u64, path: String) -> Option<File> {
     let ino = fs.inode(nid)?;
     let mut extents = Vec::new();
+    let mut inline_tail = None;
     for p in fs.pieces(&ino)? {
+        if let Piece::Inline(at, _) = p {
+            inline_tail = Some(at);
+        }
         if let Piece::Blocks(start, n) = p {
             fs.extents_seen += 1;
             if fs.extents_seen > MAX_EXTENTS {
@@ -626,6 +630,7 @@ fn file(fs: &mut Fs<'_>, nid: u64, path: String) -> Option<File> {
         path,
         size: ino.size,
         extents,
+        inline_tail,
     })
 }
 

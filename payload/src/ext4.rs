@@ -23,6 +23,9 @@ pub struct File {
     pub size: u64,
     /// (first block, count) in file order; holes are absent.
     pub extents: Vec<(u64, u64)>,
+    /// EROFS: the image offset of the file's last bytes (`size` modulo 4096 of them),
+    /// packed beside its inode rather than in a block of their own.
+    pub inline_tail: Option<u64>,
 }
 
 const MAX_FILES: usize = 1 << 20;
@@ -303,6 +306,7 @@ fn file(fs: &mut Fs<'_>, ino: u64, path: String) -> Option<File> {
         path,
         size,
         extents,
+        inline_tail: None,
     })
 }
 

@@ -44,28 +44,36 @@
 //!     the payload before writing
 //! ```
 //!
-//! A RECOMPRESS blob (squashfs data and fragment blocks, EROFS lz4 pclusters: a delta of
-//! the decompressed content, the blocks compressed again on apply) holds, all integers
-//! little-endian:
+//! A RECOMPRESS blob (squashfs data and fragment blocks, EROFS lz4 pclusters, gzip files
+//! inside ext4 and EROFS: a delta of the decompressed content, the blocks compressed again
+//! on apply) holds, all integers little-endian:
 //!
 //! ```text
-//! u8  compressor (squashfs numbering: 6 zstd, 1 gzip; 0x40 EROFS lz4), i32 level (gzip:
-//!     the level in the low byte, the window bits in the next; lz4: 0 for lz4, 1 to 12
-//!     for lz4hc), u32 block size (EROFS: the pcluster, 4096)
+//! u8  compressor (squashfs numbering: 6 zstd, 1 gzip, 4 xz, 5 lz4; 0x40 EROFS lz4; 0x41
+//!     a gzip file's raw deflate stream, built by preflate-rs), i32 level (gzip: the level
+//!     in the low byte, the window bits in the next; lz4: 0 for lz4, 1 to 12 for lz4hc;
+//!     0x41: 0), u32 block size (EROFS: the pcluster, 4096; 0x41: at least each file's
+//!     content)
 //! u32 skip: bytes of the built stream before the first target block
 //! u32 source block count, then (u64 offset in the source extents' bytes, u32 size word:
 //!     length, bit 24 set if stored uncompressed; EROFS: the pcluster's block at the
-//!     offset, the word its content length) each; decompressed one after another they
-//!     are the reference S
+//!     offset, the word its content length; 0x41: the old file's deflate stream at the
+//!     offset, the word the stream's bytes there, then a u32: the content bytes it gives,
+//!     all of them or, when an EROFS inline tail holds the stream's end, fewer) each;
+//!     decompressed one after another they are the reference S
 //! u32 segment count, then (u8 kind, u32 length) each, for kind 1 a u32 compressed
-//!     length, for kind 4 a u32 compressed length and a u32 offered length:
+//!     length, for kind 4 a u32 compressed length and a u32 offered length, for kind 5
+//!     u32 stream length, u32 correction length, u32 placed length:
 //!     0 LITERAL (bytes from the literal stream), 1 COMPRESS (content bytes compressed,
 //!     exactly the given length), 2 STORED (content bytes as they are), 3 SPARSE (content
 //!     bytes, zeros, that take no space; EROFS: content offered to a pcluster and not
 //!     taken by it, skipped), 4 FILL (EROFS only: the next `offered` content bytes given
 //!     to liblz4's destSize compressor with the block size as room, as mkfs.erofs does;
 //!     it must take exactly `length` bytes, by which the content advances, and give
-//!     exactly the compressed length)
+//!     exactly the compressed length), 5 PREFLATE (0x41 only: `length` content bytes and
+//!     the next correction-length bytes of the literal stream give a deflate stream of
+//!     exactly the stream length through preflate-rs; its first `placed` bytes are output,
+//!     the rest lies in an EROFS inline tail)
 //! u64 content length, u32 frame length, a zstd frame with S as prefix: the content
 //! u64 literal length, u32 frame length, a zstd frame: the literal stream
 //! ```

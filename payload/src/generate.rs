@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 mod erofsz;
+mod gzfile;
 mod squash;
 
 use keel_io::{Progress, Threads};
@@ -201,11 +202,11 @@ struct Recreated<'a> {
     literal: &'a [u8],
 }
 
-/// A RECOMPRESS operation writing `span`, reading `extents` of `source`, and its blob.
+/// A RECOMPRESS operation writing `target`, reading `extents` of `source`, and its blob.
 fn recompress_op(
     source: &[u8],
     extents: Vec<Extent>,
-    span: Extent,
+    target: Vec<Extent>,
     r: &Recreated<'_>,
     level: i32,
 ) -> Result<(Operation, Vec<u8>)> {
@@ -230,7 +231,7 @@ fn recompress_op(
     Ok((
         Operation {
             op: OpType::Recompress,
-            target: vec![span],
+            target,
             data_offset: 0,
             data_length: blob.len() as u64,
             data_sha256: sha256(&blob),
@@ -657,6 +658,14 @@ pub fn generate_observed<S: Signer + ?Sized>(
         .as_ref()
         .map(|p| p.plan(&mut kinds, threads))
         .unwrap_or_default();
+    // gzip files inside the file system, when no other compressor is re-created (a
+    // manifest names one).
+    let gz_jobs = match source {
+        Some(src) if opts.file_pairing && recompress.is_empty() && erofs_jobs.is_empty() => {
+            gzfile::plan(src, target, &mut kinds, threads)
+        }
+        _ => Vec::new(),
+    };
     let file_groups = match source {
         Some(src) if opts.file_pairing => {
             let mut g = plan_files(src, target, &mut kinds);
@@ -708,8 +717,17 @@ pub fn generate_observed<S: Signer + ?Sized>(
             recreate(job.blocks(), &|| pair.encode(&job, opts.level))
         }));
     }
+    let gz = !gz_jobs.is_empty();
+    if let Some(src) = source {
+        encoded.extend(par_map(gz_jobs, threads, |job| {
+            recreate(job.blocks(), &|| {
+                gzfile::encode(src, target, &job, opts.level)
+            })
+        }));
+    }
     let (operations, data) = lay_out(encoded)?;
     let codec = match (&squashfs, &erofs) {
+        _ if gz => Some(crate::squashfs::Codec::GzipFile),
         (Some(p), _) => Some(p.codec()),
         (None, Some(_)) => Some(crate::squashfs::Codec::ErofsLz4),
         _ => None,

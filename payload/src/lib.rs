@@ -36,6 +36,7 @@ mod error;
 pub mod ext4;
 pub mod format;
 mod generate;
+mod gzip;
 mod intervals;
 mod lz4;
 mod recompress;

@@ -27,10 +27,16 @@ pub fn recompressor() -> String {
 /// Every compressor this build re-creates blocks with, named as manifests name them: an
 /// applier refuses a payload whose RECOMPRESS operations need another.
 pub fn recompressors() -> Vec<String> {
-    [Codec::Zstd, Codec::Gzip, Codec::Xz, Codec::Lz4]
-        .into_iter()
-        .map(recompressor_for)
-        .collect()
+    [
+        Codec::Zstd,
+        Codec::Gzip,
+        Codec::Xz,
+        Codec::Lz4,
+        Codec::GzipFile,
+    ]
+    .into_iter()
+    .map(recompressor_for)
+    .collect()
 }
 
 /// The deflate RECOMPRESS operations use here (the zlib flate2 links), named by what it
@@ -65,6 +71,7 @@ fn zlib() -> String {
 pub(crate) fn recompressor_for(codec: Codec) -> String {
     match codec {
         Codec::Gzip => zlib(),
+        Codec::GzipFile => format!("preflate-rs {}", crate::gzip::PREFLATE_VERSION),
         Codec::ErofsLz4 | Codec::Lz4 => format!("lz4 {}", crate::lz4::version()),
         Codec::Xz => format!("xz {}", crate::xz::version()),
         _ => recompressor(),
@@ -75,6 +82,8 @@ pub(crate) fn recompressor_for(codec: Codec) -> String {
 pub(crate) fn codec_of(needs: &str) -> Codec {
     if needs.starts_with("zlib") {
         Codec::Gzip
+    } else if needs.starts_with("preflate") {
+        Codec::GzipFile
     } else if needs.starts_with("lz4") {
         Codec::ErofsLz4
     } else if needs.starts_with("xz") {
@@ -106,6 +115,8 @@ pub(crate) enum Compressor {
     Xz(crate::xz::Xz, usize),
     /// mksquashfs's lz4 (level 0) or lz4hc, with the room of one block.
     Lz4Block(i32, usize),
+    /// A gzip file's deflate stream, from its content and preflate's corrections.
+    Preflate,
 }
 
 impl Compressor {
@@ -118,7 +129,8 @@ impl Compressor {
                 .map_err(|e| format!("zstd level {level}: {e}")),
             Codec::Gzip => {
                 let (l, w) = (level & 0xff, (level >> 8) & 0xff);
-                if !(1..=9).contains(&l) || !(8..=15).contains(&w) || level >> 16 != 0 {
+                // flate2 takes window bits 9 to 15 (and panics on others).
+                if !(1..=9).contains(&l) || !(9..=15).contains(&w) || level >> 16 != 0 {
                     return Err(format!("gzip level {l}, window bits {w}"));
                 }
                 Ok(Compressor::Gzip(flate2::Compress::new_with_window_bits(
@@ -127,6 +139,7 @@ impl Compressor {
                     w as u8,
                 )))
             }
+            Codec::GzipFile if level == 0 => Ok(Compressor::Preflate),
             Codec::Lz4 if (0..=12).contains(&level) => Ok(Compressor::Lz4Block(level, block_size)),
             Codec::Xz => crate::xz::Xz::new(level)
                 .map(|c| Compressor::Xz(c, block_size))
@@ -188,6 +201,7 @@ impl Compressor {
                     .then_some(())
                     .ok_or_else(|| "the content does not fit one pcluster".to_string())
             }),
+            Compressor::Preflate => Err("preflate needs its corrections".into()),
             Compressor::Gzip(c) => {
                 c.reset();
                 match c.compress_vec(src, out, flate2::FlushCompress::Finish) {
@@ -224,6 +238,11 @@ pub(crate) enum Segment {
     /// given to lz4 to fill a pcluster, as mkfs.erofs does; it must take exactly `taken`
     /// bytes and give exactly the compressed length.
     Fill(u32, u32, u32),
+    /// (content, stream length, corrections, placed): gzip files only; the content
+    /// deflated again by preflate-rs with that many correction bytes from the literal
+    /// stream, into a stream of exactly that length, of which the first `placed` bytes
+    /// are output (EROFS keeps a file's last bytes beside its inode, not in its blocks).
+    Preflate(u32, u32, u32, u32),
 }
 
 /// A RECOMPRESS operation's parameters, without its two frames.
@@ -236,6 +255,10 @@ pub(crate) struct Spec {
     pub skip: u32,
     /// (offset in the source extents' bytes, size word) of each reference block.
     pub sources: Vec<(u64, u32)>,
+    /// gzip files only: the content bytes each source gives (its stream may be cut
+    /// short where an EROFS inline tail holds the rest; the bytes any inflater gives
+    /// from that start).
+    pub taken: Vec<u32>,
     pub segments: Vec<Segment>,
 }
 
@@ -254,9 +277,13 @@ pub(crate) fn encode(
     b.extend_from_slice(&spec.block_size.to_le_bytes());
     b.extend_from_slice(&spec.skip.to_le_bytes());
     b.extend_from_slice(&(spec.sources.len() as u32).to_le_bytes());
-    for (off, w) in &spec.sources {
+    for (i, (off, w)) in spec.sources.iter().enumerate() {
         b.extend_from_slice(&off.to_le_bytes());
         b.extend_from_slice(&w.to_le_bytes());
+        if spec.codec == Codec::GzipFile {
+            let taken = spec.taken.get(i).copied().unwrap_or_default();
+            b.extend_from_slice(&taken.to_le_bytes());
+        }
     }
     b.extend_from_slice(&(spec.segments.len() as u32).to_le_bytes());
     for s in &spec.segments {
@@ -266,6 +293,7 @@ pub(crate) fn encode(
             Segment::Stored(n) => (2, n),
             Segment::Sparse(n) => (3, n),
             Segment::Fill(n, ..) => (4, n),
+            Segment::Preflate(n, ..) => (5, n),
         };
         b.push(kind);
         b.extend_from_slice(&len.to_le_bytes());
@@ -274,6 +302,11 @@ pub(crate) fn encode(
             Segment::Fill(_, c, offered) => {
                 b.extend_from_slice(&c.to_le_bytes());
                 b.extend_from_slice(&offered.to_le_bytes());
+            }
+            Segment::Preflate(_, c, k, placed) => {
+                for v in [c, k, placed] {
+                    b.extend_from_slice(&v.to_le_bytes());
+                }
             }
             _ => {}
         }
@@ -354,6 +387,20 @@ pub(crate) fn build(
     for _ in 0..sources {
         let off = c.u64("source block offset").map_err(e)?;
         let w = c.u32("source block size").map_err(e)?;
+        if codec == Codec::GzipFile {
+            let taken = c.u32("source content length").map_err(e)? as usize;
+            if taken > bs {
+                return Err(format!("source content length {taken}: more than {bs}"));
+            }
+            crate::gzip::inflate_prefix(reference, off, w, taken, &mut s).ok_or_else(
+                || {
+                    format!(
+                        "the gzip stream at {off} (+{w}) in the source extents does not give                          {taken} bytes (at most {bs})"
+                    )
+                },
+            )?;
+            continue;
+        }
         crate::squashfs::block_content(codec, reference, off, w, bs, &mut s).ok_or_else(|| {
             format!(
                 "source block at {off} (+{}) lies outside the source extents or does not \
@@ -387,8 +434,25 @@ pub(crate) fn build(
                 c.u32("compressed length").map_err(e)?,
                 c.u32("offered length").map_err(e)?,
             ),
+            5 if codec == Codec::GzipFile => Segment::Preflate(
+                len,
+                c.u32("stream length").map_err(e)?,
+                c.u32("correction length").map_err(e)?,
+                c.u32("placed length").map_err(e)?,
+            ),
             k => return Err(format!("segment kind {k}")),
         };
+        if codec == Codec::GzipFile && matches!(seg, Segment::Compress(..)) {
+            return Err("a gzip file's stream is re-created from corrections".into());
+        }
+        if let Segment::Preflate(_, stream, _, placed) = seg {
+            if placed > stream || stream > block_size.saturating_mul(2) {
+                return Err(format!(
+                    "a gzip stream of {stream} bytes placing {placed}: at most twice the \
+                     {block_size}-byte block, and no more than its length"
+                ));
+            }
+        }
         let content = !matches!(seg, Segment::Literal(_) | Segment::Fill(..));
         if let Segment::Fill(n, z, offered) = seg {
             if offered < n || offered as usize > MAX_CONTENT || z > block_size {
@@ -428,7 +492,9 @@ pub(crate) fn build(
         .iter()
         .map(|s| match *s {
             Segment::Literal(n) | Segment::Stored(n) => n as usize,
-            Segment::Compress(_, c) | Segment::Fill(_, c, _) => c as usize,
+            Segment::Compress(_, c) | Segment::Fill(_, c, _) | Segment::Preflate(.., c) => {
+                c as usize
+            }
             Segment::Sparse(_) => 0,
         })
         .sum();
@@ -437,11 +503,12 @@ pub(crate) fn build(
         Segment::Compress(n, _)
         | Segment::Stored(n)
         | Segment::Sparse(n)
-        | Segment::Fill(n, ..) => n as usize,
+        | Segment::Fill(n, ..)
+        | Segment::Preflate(n, ..) => n as usize,
         Segment::Literal(_) => 0,
     });
     let literal_used = used(|s| match *s {
-        Segment::Literal(n) => n as usize,
+        Segment::Literal(n) | Segment::Preflate(_, _, n, _) => n as usize,
         _ => 0,
     });
     if produced != total || content_used != content.len() || literal_used != literal.len() {
@@ -453,13 +520,16 @@ pub(crate) fn build(
         ));
     }
     let mut out = vec![0u8; total];
-    // (what the compressor is given, what it must take of it, where its output goes).
-    let mut jobs: Vec<(&[u8], usize, &mut [u8])> = Vec::new();
+    // (what the compressor is given, what it must take of it, where its output goes,
+    // preflate's corrections).
+    let mut jobs: Vec<Job<'_>> = Vec::new();
     let (mut rest, mut ci, mut li) = (&mut out[..], 0usize, 0usize);
     for seg in &segments {
         let (n, place) = match *seg {
             Segment::Literal(n) | Segment::Stored(n) => (n as usize, n as usize),
-            Segment::Compress(n, c) | Segment::Fill(n, c, _) => (n as usize, c as usize),
+            Segment::Compress(n, c) | Segment::Fill(n, c, _) | Segment::Preflate(n, .., c) => {
+                (n as usize, c as usize)
+            }
             Segment::Sparse(n) => (n as usize, 0),
         };
         let (here, after) = std::mem::take(&mut rest).split_at_mut(place);
@@ -470,7 +540,18 @@ pub(crate) fn build(
                 li += n;
             }
             Segment::Stored(_) => here.copy_from_slice(&content[ci..ci + n]),
-            Segment::Compress(..) => jobs.push((&content[ci..ci + n], n, here)),
+            Segment::Compress(..) => jobs.push((&content[ci..ci + n], n, here, &[], place)),
+            Segment::Preflate(_, stream, k, _) => {
+                let k = k as usize;
+                jobs.push((
+                    &content[ci..ci + n],
+                    n,
+                    here,
+                    &literal[li..li + k],
+                    stream as usize,
+                ));
+                li += k;
+            }
             Segment::Fill(_, _, offered) => {
                 let offered = content.get(ci..ci + offered as usize).ok_or_else(|| {
                     format!(
@@ -478,7 +559,7 @@ pub(crate) fn build(
                         content.len()
                     )
                 })?;
-                jobs.push((offered, n, here));
+                jobs.push((offered, n, here, &[], place));
             }
             Segment::Sparse(_) => {}
         }
@@ -509,18 +590,21 @@ pub(crate) fn build(
     Ok(out)
 }
 
+/// What one block is built from: its content, how much of it the compressor must take,
+/// where the output goes, preflate's corrections for gzip files, and the length the
+/// compressor's output must have (the place's, or a gzip stream's whole length, of which
+/// the place takes the start).
+type Job<'a> = (&'a [u8], usize, &'a mut [u8], &'a [u8], usize);
+
 /// Compress each job's content into its place, which must be exactly filled.
-fn compress_all(
-    jobs: &mut [(&[u8], usize, &mut [u8])],
-    codec: Codec,
-    level: i32,
-    bs: usize,
-) -> Result<(), String> {
+fn compress_all(jobs: &mut [Job<'_>], codec: Codec, level: i32, bs: usize) -> Result<(), String> {
     let mut compressor = Compressor::new(codec, level, bs)?;
     let mut scratch: Vec<u8> =
         Vec::with_capacity(zstd::zstd_safe::compress_bound(bs) + bs / 100 + 64);
-    for (src, take, dst) in jobs.iter_mut() {
-        if codec == Codec::ErofsLz4 {
+    for (src, take, dst, corrections, full) in jobs.iter_mut() {
+        if codec == Codec::GzipFile {
+            scratch = crate::gzip::recreate(src, corrections)?;
+        } else if codec == Codec::ErofsLz4 {
             let taken = compressor.fill(src, &mut scratch)?;
             if taken != *take {
                 return Err(format!(
@@ -532,16 +616,15 @@ fn compress_all(
         } else {
             compressor.compress(src, &mut scratch)?;
         }
-        if scratch.len() != dst.len() {
+        if scratch.len() != *full || dst.len() > *full {
             return Err(format!(
-                "a block compressed to {} bytes, the target has {}: {} does not compress as \
-                 the image's compressor did",
+                "a block compressed to {} bytes, the target has {full}: {} does not compress \
+                 as the image's compressor did",
                 scratch.len(),
-                dst.len(),
                 recompressor_for(codec)
             ));
         }
-        dst.copy_from_slice(&scratch);
+        dst.copy_from_slice(&scratch[..dst.len()]);
     }
     Ok(())
 }
@@ -576,6 +659,7 @@ mod tests {
             block_size: bs as u32,
             skip: 2,
             sources: vec![(100, reference_block.len() as u32)],
+            taken: Vec::new(),
             segments: vec![
                 Segment::Literal(4),
                 Segment::Compress(bs as u32, a.len() as u32),
@@ -695,6 +779,7 @@ mod tests {
             block_size: 4096,
             skip: 0,
             sources: vec![(0, t0 as u32)],
+            taken: Vec::new(),
             segments,
         };
         let mut enc =

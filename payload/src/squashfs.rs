@@ -51,6 +51,9 @@ pub enum Codec {
     /// Not a squashfs compressor: EROFS's lz4 pclusters, as RECOMPRESS blobs name them
     /// (number 0x40; the level field 0 for lz4, 1 to 12 for lz4hc).
     ErofsLz4,
+    /// Not a squashfs compressor: the raw deflate stream of a gzip file inside an ext4 or
+    /// EROFS image, as RECOMPRESS blobs name it (number 0x41; the level field as gzip's).
+    GzipFile,
 }
 
 impl Codec {
@@ -70,6 +73,7 @@ impl Codec {
     pub(crate) fn from_blob_id(id: u8) -> Option<Codec> {
         match id {
             0x40 => Some(Codec::ErofsLz4),
+            0x41 => Some(Codec::GzipFile),
             _ => Codec::from_id(u16::from(id))
                 .filter(|c| matches!(c, Codec::Gzip | Codec::Xz | Codec::Lz4 | Codec::Zstd)),
         }
@@ -85,6 +89,7 @@ impl Codec {
             Codec::Lz4 => 5,
             Codec::Zstd => 6,
             Codec::ErofsLz4 => 0x40,
+            Codec::GzipFile => 0x41,
         }
     }
 }
@@ -103,6 +108,12 @@ pub fn decompress(codec: Codec, src: &[u8], max: usize) -> Option<Vec<u8>> {
         }
         Codec::Gzip => {
             flate2::read::ZlibDecoder::new(src)
+                .take(bound)
+                .read_to_end(&mut out)
+                .ok()?;
+        }
+        Codec::GzipFile => {
+            flate2::read::DeflateDecoder::new(src)
                 .take(bound)
                 .read_to_end(&mut out)
                 .ok()?;

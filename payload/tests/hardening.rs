@@ -245,6 +245,15 @@ fn another_recompressor_version_is_refused_before_any_write() {
         "{e}"
     );
     assert!(t.iter().all(|&b| b == 0), "a refused payload wrote nothing");
+    // gzip files' streams, whose corrections another preflate-rs may read otherwise.
+    let p = signed_with(&key, 8192, ops.clone(), Some("preflate-rs 0.6.0".into()));
+    let e = refusal(&p, &mut t, &r);
+    assert!(
+        matches!(&e, Error::Recompressor { have, .. } if have.starts_with("preflate-rs 0.")
+            && have != "preflate-rs 0.6.0"),
+        "{e}"
+    );
+    assert!(t.iter().all(|&b| b == 0), "a refused payload wrote nothing");
     let p = signed_with(&key, 8192, ops, Some(keel_payload::recompressor()));
     let e = refusal(&p, &mut t, &r);
     assert!(matches!(e, Error::Decode { op: 0, .. }), "{e}");

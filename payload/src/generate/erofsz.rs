@@ -383,6 +383,7 @@ impl Pair<'_> {
             block_size: BLOCK_SIZE as u32,
             skip: 0,
             sources: Vec::new(),
+            taken: Vec::new(),
             segments: Vec::new(),
         };
         let mut s = Vec::new();
@@ -436,7 +437,7 @@ impl Pair<'_> {
         super::recompress_op(
             self.source,
             source,
-            job.span,
+            vec![job.span],
             &super::Recreated {
                 spec: &spec,
                 content: &content,

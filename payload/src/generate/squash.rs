@@ -328,6 +328,7 @@ impl Pair<'_> {
             block_size: self.tgt.block_size,
             skip: (job.span.start * BLOCK_SIZE - job.stream_start) as u32,
             sources: Vec::new(),
+            taken: Vec::new(),
             segments: Vec::new(),
         };
         let mut s = Vec::new();
@@ -378,7 +379,7 @@ impl Pair<'_> {
         super::recompress_op(
             self.source,
             source,
-            job.span,
+            vec![job.span],
             &super::Recreated {
                 spec: &spec,
                 content: &content,
