@@ -63,7 +63,8 @@
 //!     decompressed one after another they are the reference S
 //! u32 segment count, then (u8 kind, u32 length) each, for kind 1 a u32 compressed
 //!     length, for kind 4 a u32 compressed length and a u32 offered length, for kind 5
-//!     u32 stream length, u32 correction length, u32 placed length:
+//!     u32 stream length, u32 correction length, u32 placed length, for kind 6 a u32
+//!     stream number:
 //!     0 LITERAL (bytes from the literal stream), 1 COMPRESS (content bytes compressed,
 //!     exactly the given length), 2 STORED (content bytes as they are), 3 SPARSE (content
 //!     bytes, zeros, that take no space; EROFS: content offered to a pcluster and not
@@ -72,10 +73,14 @@
 //!     it must take exactly `length` bytes, by which the content advances, and give
 //!     exactly the compressed length), 5 PREFLATE (0x41 only: `length` content bytes and
 //!     the next correction-length bytes of the literal stream give a deflate stream of
-//!     exactly the stream length through preflate-rs; its first `placed` bytes are output,
-//!     the rest lies in an EROFS inline tail)
+//!     exactly the stream length through preflate-rs; its first `placed` bytes are output),
+//!     6 REST (0x41 only: the next `length` bytes of the stream of the operation's PREFLATE
+//!     segment with that number, counted from 0: the end of a stream that EROFS keeps
+//!     beside the file's inode, in a metadata block the operation also writes)
 //! u64 content length, u32 frame length, a zstd frame with S as prefix: the content
-//! u64 literal length, u32 frame length, a zstd frame: the literal stream
+//! u64 literal length, u32 frame length, a zstd frame: the literal stream (for 0x41 with
+//!     the source extents' bytes as prefix: metadata blocks written beside gzip files'
+//!     tails refer to the old ones)
 //! ```
 //!
 //! The segments built one after another, less the first `skip` bytes, are the operation's

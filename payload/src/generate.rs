@@ -200,6 +200,9 @@ struct Recreated<'a> {
     /// Decompressed content of the source blocks (the content's reference, if any).
     old: &'a [u8],
     literal: &'a [u8],
+    /// Whether the literal bytes are a delta against the source extents' bytes (gzip
+    /// files' operations, which also write EROFS metadata blocks).
+    literal_patched: bool,
 }
 
 /// A RECOMPRESS operation writing `target`, reading `extents` of `source`, and its blob.
@@ -215,7 +218,12 @@ fn recompress_op(
     } else {
         zstd_patch(r.content, r.old, level)?
     };
-    let lit = zstd_plain(r.literal, level)?;
+    let source_bytes = extents_bytes(source, &extents);
+    let lit = if r.literal_patched && !source_bytes.is_empty() {
+        zstd_patch(r.literal, &source_bytes, level)?
+    } else {
+        zstd_plain(r.literal, level)?
+    };
     let blob = crate::recompress::encode(
         r.spec,
         r.content.len() as u64,
@@ -226,7 +234,7 @@ fn recompress_op(
     let source_sha256 = if extents.is_empty() {
         [0; 32]
     } else {
-        sha256(&extents_bytes(source, &extents))
+        sha256(&source_bytes)
     };
     Ok((
         Operation {

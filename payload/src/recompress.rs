@@ -243,6 +243,10 @@ pub(crate) enum Segment {
     /// stream, into a stream of exactly that length, of which the first `placed` bytes
     /// are output (EROFS keeps a file's last bytes beside its inode, not in its blocks).
     Preflate(u32, u32, u32, u32),
+    /// (length, stream): gzip files only: the next bytes of the stream of the operation's
+    /// PREFLATE segment with that number (from 0), after what it and earlier RESTs
+    /// placed (the part of a stream in an EROFS inline tail).
+    Rest(u32, u32),
 }
 
 /// A RECOMPRESS operation's parameters, without its two frames.
@@ -294,6 +298,7 @@ pub(crate) fn encode(
             Segment::Sparse(n) => (3, n),
             Segment::Fill(n, ..) => (4, n),
             Segment::Preflate(n, ..) => (5, n),
+            Segment::Rest(n, _) => (6, n),
         };
         b.push(kind);
         b.extend_from_slice(&len.to_le_bytes());
@@ -308,6 +313,7 @@ pub(crate) fn encode(
                     b.extend_from_slice(&v.to_le_bytes());
                 }
             }
+            Segment::Rest(_, stream) => b.extend_from_slice(&stream.to_le_bytes()),
             _ => {}
         }
     }
@@ -440,6 +446,7 @@ pub(crate) fn build(
                 c.u32("correction length").map_err(e)?,
                 c.u32("placed length").map_err(e)?,
             ),
+            6 if codec == Codec::GzipFile => Segment::Rest(len, c.u32("stream").map_err(e)?),
             k => return Err(format!("segment kind {k}")),
         };
         if codec == Codec::GzipFile && matches!(seg, Segment::Compress(..)) {
@@ -453,7 +460,10 @@ pub(crate) fn build(
                 ));
             }
         }
-        let content = !matches!(seg, Segment::Literal(_) | Segment::Fill(..));
+        let content = !matches!(
+            seg,
+            Segment::Literal(_) | Segment::Fill(..) | Segment::Rest(..)
+        );
         if let Segment::Fill(n, z, offered) = seg {
             if offered < n || offered as usize > MAX_CONTENT || z > block_size {
                 return Err(format!(
@@ -482,7 +492,14 @@ pub(crate) fn build(
     };
     let content = frame("content", &s, MAX_CONTENT)?;
     drop(s);
-    let literal = frame("literal", &[], total)?;
+    // A gzip file's operation also writes the EROFS metadata blocks holding its tail:
+    // their other bytes are literal, against the old blocks among the source extents.
+    let literal_prefix = if codec == Codec::GzipFile {
+        reference
+    } else {
+        &[]
+    };
+    let literal = frame("literal", literal_prefix, total)?;
     if c.remaining() != 0 {
         return Err(format!("{} bytes after the literal frame", c.remaining()));
     }
@@ -491,7 +508,7 @@ pub(crate) fn build(
     let produced: usize = segments
         .iter()
         .map(|s| match *s {
-            Segment::Literal(n) | Segment::Stored(n) => n as usize,
+            Segment::Literal(n) | Segment::Stored(n) | Segment::Rest(n, _) => n as usize,
             Segment::Compress(_, c) | Segment::Fill(_, c, _) | Segment::Preflate(.., c) => {
                 c as usize
             }
@@ -505,7 +522,7 @@ pub(crate) fn build(
         | Segment::Sparse(n)
         | Segment::Fill(n, ..)
         | Segment::Preflate(n, ..) => n as usize,
-        Segment::Literal(_) => 0,
+        Segment::Literal(_) | Segment::Rest(..) => 0,
     });
     let literal_used = used(|s| match *s {
         Segment::Literal(n) | Segment::Preflate(_, _, n, _) => n as usize,
@@ -519,6 +536,11 @@ pub(crate) fn build(
             literal.len()
         ));
     }
+    if codec == Codec::GzipFile {
+        let mut out = gzip_streams(&segments, &content, &literal, total)?;
+        out.drain(..skip);
+        return Ok(out);
+    }
     let mut out = vec![0u8; total];
     // (what the compressor is given, what it must take of it, where its output goes,
     // preflate's corrections).
@@ -531,6 +553,7 @@ pub(crate) fn build(
                 (n as usize, c as usize)
             }
             Segment::Sparse(n) => (n as usize, 0),
+            Segment::Rest(..) => return Err("REST is for gzip files".into()),
         };
         let (here, after) = std::mem::take(&mut rest).split_at_mut(place);
         rest = after;
@@ -561,7 +584,7 @@ pub(crate) fn build(
                 })?;
                 jobs.push((offered, n, here, &[], place));
             }
-            Segment::Sparse(_) => {}
+            Segment::Sparse(_) | Segment::Rest(..) => {}
         }
         if !matches!(seg, Segment::Literal(_)) {
             ci += n;
@@ -587,6 +610,58 @@ pub(crate) fn build(
     });
     results.into_iter().collect::<Result<(), String>>()?;
     out.drain(..skip);
+    Ok(out)
+}
+
+/// A gzip files' operation's output, segment by segment: each PREFLATE segment's
+/// stream is built from its content and corrections, checked against its recorded
+/// length, and placed in parts (its start, then RESTs).
+fn gzip_streams(
+    segments: &[Segment],
+    content: &[u8],
+    literal: &[u8],
+    total: usize,
+) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(total);
+    let (mut ci, mut li) = (0usize, 0usize);
+    // Each stream and how much of it is placed.
+    let mut streams: Vec<(Vec<u8>, usize)> = Vec::new();
+    for seg in segments {
+        match *seg {
+            Segment::Literal(n) => {
+                out.extend_from_slice(&literal[li..li + n as usize]);
+                li += n as usize;
+            }
+            Segment::Preflate(n, len, k, first) => {
+                let (n, k) = (n as usize, k as usize);
+                let stream = crate::gzip::recreate(&content[ci..ci + n], &literal[li..li + k])?;
+                if stream.len() != len as usize {
+                    return Err(format!(
+                        "a gzip stream came out {} bytes, the target's is {len}: the \
+                         corrections do not fit the content",
+                        stream.len()
+                    ));
+                }
+                out.extend_from_slice(&stream[..first as usize]);
+                (ci, li) = (ci + n, li + k);
+                streams.push((stream, first as usize));
+            }
+            Segment::Rest(n, i) => {
+                let (stream, placed) = streams
+                    .get_mut(i as usize)
+                    .ok_or_else(|| format!("REST of stream {i}: no such stream before it"))?;
+                let part = stream.get(*placed..*placed + n as usize).ok_or_else(|| {
+                    format!(
+                        "{n} more bytes of the {}-byte gzip stream {i}, {placed} of it placed",
+                        stream.len()
+                    )
+                })?;
+                out.extend_from_slice(part);
+                *placed += n as usize;
+            }
+            _ => return Err("a gzip file's segments are literal, PREFLATE and REST".into()),
+        }
+    }
     Ok(out)
 }
 
@@ -847,6 +922,116 @@ mod tests {
             if let Ok(out) = build(&bad, &reference, expect.len(), Codec::ErofsLz4) {
                 assert_eq!(out.len(), expect.len());
             }
+        }
+    }
+
+    /// A gzip file's blob: a stream placed in two parts around literal bytes (as an EROFS
+    /// tail puts its end in a metadata block), its literal bytes a delta against the
+    /// source extents, an old stream cut short as reference; each kind of damage refused.
+    #[test]
+    fn gzip_streams_build_back_in_parts() {
+        let text = crate::erofs::tests::compressible(11, 60_000);
+        let mut old_text = text[..40_000].to_vec();
+        old_text.extend_from_slice(&crate::erofs::tests::compressible(12, 5000));
+        let deflate = |t: &[u8]| {
+            let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+            std::io::Write::write_all(&mut e, t).unwrap();
+            e.finish().unwrap()
+        };
+        let (stream, old_stream) = (deflate(&text), deflate(&old_text));
+        let (content, corrections) = crate::gzip::analyze(&stream, 1 << 20).unwrap();
+        // The source extents: 100 bytes, then the old stream cut to two thirds.
+        let cut = old_stream.len() * 2 / 3;
+        let mut reference = vec![0xAB; 100];
+        reference.extend_from_slice(&old_stream[..cut]);
+        let taken = crate::gzip::prefix_len(&old_stream[..cut], false, 0, 1 << 20);
+        assert!(taken > 10_000);
+        let first = 1000usize;
+        let head = b"HEAD".to_vec();
+        // Bytes the source extents hold too (as an old metadata block holds a new one's).
+        let mid = old_stream[..50].to_vec();
+        let expect = [&head[..], &stream[..first], &mid, &stream[first..]].concat();
+        let spec = Spec {
+            codec: Codec::GzipFile,
+            level: 0,
+            block_size: 64 << 10,
+            skip: 0,
+            sources: vec![(100, cut as u32)],
+            taken: vec![taken as u32],
+            segments: vec![
+                Segment::Literal(4),
+                Segment::Preflate(
+                    content.len() as u32,
+                    stream.len() as u32,
+                    corrections.len() as u32,
+                    first as u32,
+                ),
+                Segment::Literal(50),
+                Segment::Rest((stream.len() - first) as u32, 0),
+            ],
+        };
+        let literal = [&head[..], &corrections, &mid].concat();
+        let blob_of = |spec: &Spec| {
+            let old = &old_text[..taken];
+            let mut e = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, old).unwrap();
+            std::io::Write::write_all(&mut e, &content).unwrap();
+            let frame = e.finish().unwrap();
+            let mut e =
+                zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, &reference[..])
+                    .unwrap();
+            std::io::Write::write_all(&mut e, &literal).unwrap();
+            let lit = e.finish().unwrap();
+            encode(
+                spec,
+                content.len() as u64,
+                &frame,
+                literal.len() as u64,
+                &lit,
+            )
+        };
+        let blob = blob_of(&spec);
+        let out = build(&blob, &reference, expect.len(), Codec::GzipFile).unwrap();
+        assert!(out == expect);
+        let mut damaged = Vec::new();
+        let mut s = spec.clone();
+        s.segments[3] = Segment::Rest((stream.len() - first) as u32, 1);
+        damaged.push(("no such stream", s));
+        let mut s = spec.clone();
+        s.segments[1] = Segment::Preflate(
+            content.len() as u32,
+            stream.len() as u32 + 1,
+            corrections.len() as u32,
+            first as u32,
+        );
+        damaged.push(("stream length", s));
+        let mut s = spec.clone();
+        s.segments[1] = Segment::Preflate(
+            content.len() as u32,
+            stream.len() as u32,
+            corrections.len() as u32,
+            stream.len() as u32 + 1,
+        );
+        damaged.push(("placed past the stream", s));
+        let mut s = spec.clone();
+        s.taken = vec![taken as u32 + 50_000];
+        damaged.push(("more than the cut stream gives", s));
+        let mut s = spec.clone();
+        s.segments[1] = Segment::Compress(content.len() as u32, stream.len() as u32);
+        damaged.push(("COMPRESS in a gzip blob", s));
+        for (what, s) in damaged {
+            assert!(
+                build(&blob_of(&s), &reference, expect.len(), Codec::GzipFile).is_err(),
+                "{what}"
+            );
+        }
+        // Other source bytes: refused or other bytes.
+        let mut other = reference.clone();
+        other[100..160].fill(0);
+        if let Ok(out) = build(&blob, &other, expect.len(), Codec::GzipFile) {
+            assert!(out != expect);
+        }
+        for n in 0..blob.len() {
+            assert!(build(&blob[..n], &reference, expect.len(), Codec::GzipFile).is_err());
         }
     }
 }

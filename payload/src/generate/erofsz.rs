@@ -443,6 +443,7 @@ impl Pair<'_> {
                 content: &content,
                 old: &s,
                 literal: &literal,
+                literal_patched: false,
             },
             level,
         )

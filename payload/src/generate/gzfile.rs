@@ -7,8 +7,13 @@
 //! first change (a changelog grows at its head), and new ones compress no further; their
 //! content does, against the old content and against each other (the changelogs of one
 //! source package's binaries are one text). Header and trailer travel as literal bytes.
+//!
+//! EROFS keeps a file's last partial block beside its inode, in a metadata block shared
+//! with other inodes: an operation writes those blocks too, the stream's end where the
+//! tail lies and the rest as literal bytes against the old metadata blocks of the same
+//! paths (among its source extents).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{claim, fs_files, par_map, push_extent, range, Kind};
 use crate::error::{Error, Result};
@@ -43,6 +48,11 @@ impl Gz {
         self.extents.iter().map(|e| e.1).sum()
     }
 
+    /// The metadata block holding its inline tail, if it has one.
+    fn tail_block(&self) -> Option<u64> {
+        self.tail.map(|at| at / BLOCK_SIZE)
+    }
+
     fn size(&self) -> u64 {
         (self.header + self.deflate + 8) as u64
     }
@@ -61,18 +71,6 @@ struct Unit {
     /// The old version and the content bytes its blocks surely give (all, unless an
     /// EROFS inline tail holds the end of its stream).
     old: Option<(Gz, usize)>,
-}
-
-/// One RECOMPRESS operation to make.
-pub(super) struct Job {
-    units: Vec<Unit>,
-}
-
-impl Job {
-    /// Target blocks it writes.
-    pub(super) fn blocks(&self) -> u64 {
-        self.units.iter().map(|u| u.new.blocks()).sum()
-    }
 }
 
 /// The bytes of a file with `extents`, `size` bytes and maybe an inline tail, if every
@@ -142,19 +140,115 @@ fn block_size(largest: usize) -> usize {
     largest.max(1).next_multiple_of(BLOCK_SIZE as usize)
 }
 
+/// gzip files whose tails share one metadata block (or one file without a tail): they go
+/// into one operation with that block.
+struct Cluster {
+    units: Vec<Unit>,
+    meta: Option<u64>,
+}
+
+impl Cluster {
+    fn content(&self) -> usize {
+        self.units.iter().map(|u| u.new.content).sum()
+    }
+    fn reference(&self) -> usize {
+        self.units
+            .iter()
+            .map(|u| u.old.as_ref().map_or(0, |o| o.1))
+            .sum()
+    }
+    fn largest(&self) -> usize {
+        self.units
+            .iter()
+            .map(|u| u.new.content.max(u.old.as_ref().map_or(0, |o| o.1)))
+            .max()
+            .unwrap_or(0)
+    }
+    fn sources(&self) -> usize {
+        self.units.iter().filter(|u| u.old.is_some()).count()
+    }
+    fn target_blocks(&self) -> u64 {
+        self.units.iter().map(|u| u.new.blocks()).sum::<u64>() + u64::from(self.meta.is_some())
+    }
+    fn source_blocks(&self, meta_refs: &BTreeMap<u64, BTreeSet<u64>>) -> u64 {
+        let data: u64 = self
+            .units
+            .iter()
+            .filter_map(|u| u.old.as_ref())
+            .map(|o| o.0.blocks())
+            .sum();
+        data + self
+            .meta
+            .and_then(|m| meta_refs.get(&m))
+            .map_or(0, |r| r.len() as u64)
+    }
+}
+
+/// One RECOMPRESS operation to make.
+pub(super) struct Job {
+    units: Vec<Unit>,
+    /// Metadata blocks it writes (holding its files' tails), with their old blocks.
+    meta: Vec<u64>,
+    meta_sources: BTreeSet<u64>,
+}
+
+impl Job {
+    /// Target blocks it writes.
+    pub(super) fn blocks(&self) -> u64 {
+        self.units.iter().map(|u| u.new.blocks()).sum::<u64>() + self.meta.len() as u64
+    }
+}
+
+/// For each EROFS metadata block of `target`, the blocks of `source` holding the inodes
+/// (and what is stored beside them) of the same paths.
+fn meta_refs(source: &[u8], target: &[u8]) -> BTreeMap<u64, BTreeSet<u64>> {
+    let mut refs: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    let new_meta = crate::erofs::metadata(target);
+    if new_meta.is_empty() {
+        return refs;
+    }
+    let old_meta = crate::erofs::metadata(source);
+    let old: HashMap<&str, (u64, u64)> = old_meta
+        .iter()
+        .map(|(p, a, b)| (p.as_str(), (*a, *b)))
+        .collect();
+    let sblocks = source.len() as u64 / BLOCK_SIZE;
+    let blocks = |a: u64, b: u64| (a / BLOCK_SIZE, (b.max(a + 1) - 1) / BLOCK_SIZE);
+    for (path, a, b) in &new_meta {
+        let Some(&(oa, ob)) = old.get(path.as_str()) else {
+            continue;
+        };
+        let (tf, tl) = blocks(*a, *b);
+        let (sf, sl) = blocks(oa, ob);
+        if sl >= sblocks {
+            continue;
+        }
+        for t in tf..=tl.min(tf + 1) {
+            refs.entry(t).or_default().extend(sf..=sl.min(sf + 1));
+        }
+    }
+    refs
+}
+
 /// The target's changed gzip files preflate re-creates, grouped into operations with
-/// their old versions (same path) as reference. Marks their blocks [`Kind::InFile`].
+/// their old versions (same path) as reference. Marks their blocks (and the metadata
+/// blocks holding their tails) [`Kind::InFile`].
 pub(super) fn plan(source: &[u8], target: &[u8], kinds: &mut [Kind], threads: usize) -> Vec<Job> {
+    let is_new = |b: u64| kinds.get(b as usize) == Some(&Kind::New);
     let changed: Vec<crate::ext4::File> = fs_files(target)
         .into_iter()
         .filter(|f| {
+            let first = f
+                .extents
+                .first()
+                .map(|e| e.0 * BLOCK_SIZE)
+                .or(f.inline_tail);
             f.size <= MAX_FILE_CONTENT as u64
-                && f.extents
-                    .iter()
-                    .any(|&(s, l)| (s..s + l).any(|b| kinds.get(b as usize) == Some(&Kind::New)))
-                && f.extents.first().is_some_and(|&(s, _)| {
+                && (f.extents.iter().any(|&(s, l)| (s..s + l).any(is_new))
+                    || f.inline_tail.is_some_and(|at| is_new(at / BLOCK_SIZE)))
+                && first.is_some_and(|at| {
                     target
-                        .get((s * BLOCK_SIZE) as usize..)
+                        .get(at as usize..)
                         .is_some_and(|b| b.starts_with(&[0x1f, 0x8b, 8]))
                 })
         })
@@ -167,22 +261,28 @@ pub(super) fn plan(source: &[u8], target: &[u8], kinds: &mut [Kind], threads: us
         old_files.iter().map(|f| (f.path.as_str(), f)).collect();
     let found: Vec<Option<Unit>> = par_map(changed, threads, |f| {
         let (new, content) = parse(target, &f)?;
-        // Its blocks must hold more than the header for the stream to write any of them.
-        if new.in_blocks() <= new.header as u64 {
+        let bytes = file_bytes(target, &f.extents, f.size, f.inline_tail)?;
+        // Unchanged, though its metadata block changed: the block diff keeps it.
+        let same = old.get(f.path.as_str()).is_some_and(|o| {
+            file_bytes(source, &o.extents, o.size, o.inline_tail).is_some_and(|b| b == bytes)
+        });
+        if same {
             return None;
         }
-        let bytes = file_bytes(target, &f.extents, f.size, f.inline_tail)?;
         let (again, corrections) = analyze(
             &bytes[new.header..new.header + new.deflate],
             MAX_FILE_CONTENT,
         )?;
         // Corrections travel with the literal bytes, which never exceed the output.
-        let placed = (new.deflate as u64).min(new.in_blocks() - new.header as u64);
-        if again != content || corrections.len() as u64 > placed {
+        if again != content || corrections.len() > new.deflate {
             return None;
         }
         let old = old.get(f.path.as_str()).and_then(|o| {
             let (g, text) = parse(source, o)?;
+            if g.blocks() == 0 {
+                // All of it beside its inode: whole, in the old metadata block.
+                return Some((g, text.len()));
+            }
             let bytes = file_bytes(source, &o.extents, o.size, o.inline_tail)?;
             let (from, to) = (g.header, g.header + g.deflate);
             let end = to.min(usize::try_from(g.in_blocks()).ok()?);
@@ -200,54 +300,150 @@ pub(super) fn plan(source: &[u8], target: &[u8], kinds: &mut [Kind], threads: us
             old,
         })
     });
-    let mut units: Vec<Unit> = found.into_iter().flatten().collect();
+    let units: Vec<Unit> = found.into_iter().flatten().collect();
+    let refs = meta_refs(source, target);
+    // Files whose tails share a metadata block go together.
+    let mut by_meta: BTreeMap<u64, Vec<Unit>> = BTreeMap::new();
+    let mut clusters: Vec<Cluster> = Vec::new();
+    for u in units {
+        match u.new.tail_block() {
+            Some(m) => by_meta.entry(m).or_default().push(u),
+            None => clusters.push(Cluster {
+                units: vec![u],
+                meta: None,
+            }),
+        }
+    }
+    clusters.extend(by_meta.into_iter().map(|(m, units)| Cluster {
+        units,
+        meta: Some(m),
+    }));
     // Paired files in target order; new ones by name, so like content follows like.
-    let name = |u: &Unit| {
-        u.new
+    let key = |c: &Cluster| {
+        let u = &c.units[0];
+        let fresh = c.units.iter().all(|u| u.old.is_none());
+        let name = u
+            .new
             .path
             .rsplit('/')
             .next()
             .unwrap_or_default()
-            .to_string()
+            .to_string();
+        let at = u.new.extents.first().map_or(c.meta.unwrap_or(0), |e| e.0);
+        (fresh, fresh.then_some(name), at)
     };
-    units.sort_by_cached_key(|u| {
-        (
-            u.old.is_none(),
-            u.old.is_none().then(|| name(u)),
-            u.new.extents.first().map_or(0, |e| e.0),
-        )
-    });
+    clusters.sort_by_cached_key(key);
     let mut jobs: Vec<Job> = Vec::new();
     let (mut content, mut reference, mut tblocks, mut sblocks) = (0usize, 0usize, 0u64, 0u64);
     let (mut sources, mut largest) = (0usize, 0usize);
-    for u in units {
-        let (c, r) = (u.new.content, u.old.as_ref().map_or(0, |o| o.1));
-        let (t, s) = (u.new.blocks(), u.old.as_ref().map_or(0, |o| o.0.blocks()));
-        let n = usize::from(u.old.is_some());
-        let fits = jobs.last().is_some_and(|j| {
-            j.units.last().map(|l| l.old.is_none()) == Some(u.old.is_none())
-                && content + c <= OP_CONTENT
-                && reference + r <= OP_CONTENT
-                && (tblocks + t) * BLOCK_SIZE <= MAX_OP_BYTES
-                && (sblocks + s) * BLOCK_SIZE <= MAX_OP_BYTES
-                // The applier bounds the reference by its sources times the block size.
-                && (sources + n) * block_size(largest.max(c).max(r)) <= MAX_CONTENT
-        });
+    for c in clusters {
+        let (cc, cr, ct, cs) = (
+            c.content(),
+            c.reference(),
+            c.target_blocks(),
+            c.source_blocks(&refs),
+        );
+        let bs = |l: usize| block_size(l.max(c.largest()));
+        if ct * BLOCK_SIZE > MAX_OP_BYTES
+            || cs * BLOCK_SIZE > MAX_OP_BYTES
+            || c.sources() * bs(0) > MAX_CONTENT
+            || cc > OP_CONTENT
+            || cr > OP_CONTENT
+        {
+            continue;
+        }
+        let fits = !jobs.is_empty()
+            && content + cc <= OP_CONTENT
+            && reference + cr <= OP_CONTENT
+            && (tblocks + ct) * BLOCK_SIZE <= MAX_OP_BYTES
+            && (sblocks + cs) * BLOCK_SIZE <= MAX_OP_BYTES
+            // The applier bounds the reference by its sources times the block size.
+            && (sources + c.sources()) * bs(largest) <= MAX_CONTENT;
         if !fits {
-            jobs.push(Job { units: Vec::new() });
+            jobs.push(Job {
+                units: Vec::new(),
+                meta: Vec::new(),
+                meta_sources: BTreeSet::new(),
+            });
             (content, reference, tblocks, sblocks, sources, largest) = (0, 0, 0, 0, 0, 0);
         }
         (content, reference, tblocks, sblocks) =
-            (content + c, reference + r, tblocks + t, sblocks + s);
-        (sources, largest) = (sources + n, largest.max(c).max(r));
-        for &(s, l) in &u.new.extents {
-            claim(kinds, s, s + l);
+            (content + cc, reference + cr, tblocks + ct, sblocks + cs);
+        (sources, largest) = (sources + c.sources(), largest.max(c.largest()));
+        let Some(j) = jobs.last_mut() else {
+            continue;
+        };
+        for u in &c.units {
+            for &(s, l) in &u.new.extents {
+                claim(kinds, s, s + l);
+            }
         }
-        if let Some(j) = jobs.last_mut() {
-            j.units.push(u);
+        if let Some(m) = c.meta {
+            claim(kinds, m, m + 1);
+            j.meta.push(m);
+            j.meta_sources
+                .extend(refs.get(&m).into_iter().flatten().copied());
         }
+        j.units.extend(c.units);
+    }
+    for j in &mut jobs {
+        j.meta.sort_unstable();
     }
     jobs
+}
+
+/// Segments and literal bytes of an operation, built in output order.
+struct Out<'a> {
+    spec: Spec,
+    content: Vec<u8>,
+    literal: Vec<u8>,
+    /// Per unit: the number of its stream's PREFLATE segment, once emitted.
+    started: Vec<Option<u32>>,
+    streams: u32,
+    units: &'a [Unit],
+}
+
+impl Out<'_> {
+    fn literal(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.literal.extend_from_slice(bytes);
+        match self.spec.segments.last_mut() {
+            Some(Segment::Literal(n)) => *n += bytes.len() as u32,
+            _ => self
+                .spec
+                .segments
+                .push(Segment::Literal(bytes.len() as u32)),
+        }
+    }
+
+    /// Bytes `at..at + here.len()` of unit `i`'s file (`here` as the target holds them;
+    /// past the file's end, padding): the stream's part is built, the rest literal.
+    fn file_part(&mut self, i: usize, at: usize, here: &[u8], text: &[u8]) {
+        let u = &self.units[i];
+        let (h, d) = (u.new.header, u.new.deflate);
+        let end = at + here.len();
+        let (sa, sb) = (at.clamp(h, h + d), end.clamp(h, h + d));
+        self.literal(&here[..sa.max(at) - at]);
+        if sb > sa {
+            if let Some(k) = self.started[i] {
+                self.spec.segments.push(Segment::Rest((sb - sa) as u32, k));
+            } else {
+                self.started[i] = Some(self.streams);
+                self.streams += 1;
+                self.spec.segments.push(Segment::Preflate(
+                    text.len() as u32,
+                    d as u32,
+                    u.corrections.len() as u32,
+                    (sb - sa) as u32,
+                ));
+                self.literal.extend_from_slice(&u.corrections);
+                self.content.extend_from_slice(text);
+            }
+        }
+        self.literal(&here[sb.max(at) - at..]);
+    }
 }
 
 /// One RECOMPRESS operation and its blob.
@@ -258,12 +454,10 @@ pub(super) fn encode(
     level: i32,
 ) -> Result<(Operation, Vec<u8>)> {
     let bad = |g: &Gz| Error::Invalid(format!("{}: the gzip file does not decompress", g.path));
-    let text = |img: &[u8], g: &Gz| -> Result<(Vec<u8>, Vec<u8>)> {
+    let text = |img: &[u8], g: &Gz| -> Result<Vec<u8>> {
         let bytes = file_bytes(img, &g.extents, g.size(), g.tail).ok_or_else(|| bad(g))?;
         let stream = &bytes[g.header..g.header + g.deflate];
-        let content =
-            decompress(Codec::GzipFile, stream, MAX_FILE_CONTENT).ok_or_else(|| bad(g))?;
-        Ok((bytes, content))
+        decompress(Codec::GzipFile, stream, MAX_FILE_CONTENT).ok_or_else(|| bad(g))
     };
     let bs = block_size(
         job.units
@@ -272,65 +466,105 @@ pub(super) fn encode(
             .max()
             .unwrap_or(1),
     );
-    let mut spec = Spec {
-        codec: Codec::GzipFile,
-        level: 0,
-        block_size: bs as u32,
-        skip: 0,
-        sources: Vec::new(),
-        taken: Vec::new(),
-        segments: Vec::new(),
-    };
-    let (mut content, mut old, mut literal) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut target_ext, mut source_ext) = (Vec::new(), Vec::new());
+    // Source extents: the old files' blocks, then the old metadata blocks.
+    let (mut source_ext, mut old) = (Vec::new(), Vec::new());
+    let mut sources = Vec::new();
     let mut source_at = 0u64;
+    let mut old_inline = Vec::new();
     for u in &job.units {
-        let g = &u.new;
-        let (_, new_text) = text(target, g)?;
-        // The file's blocks: the header, as much of the stream from content and
-        // corrections as they hold, then the trailer and the rest of the last block.
-        let mut blocks = Vec::new();
-        for &(s, l) in &g.extents {
+        let Some((o, taken)) = &u.old else {
+            continue;
+        };
+        let t = text(source, o)?;
+        old.extend_from_slice(t.get(..*taken).ok_or_else(|| bad(o))?);
+        if o.blocks() == 0 {
+            // Whole beside its inode: found in its old metadata block, below.
+            old_inline.push((sources.len(), o));
+            sources.push((0, o.deflate as u32, *taken as u32));
+            continue;
+        }
+        let w = (o.deflate as u64).min(o.in_blocks() - o.header as u64);
+        sources.push((source_at + o.header as u64, w as u32, *taken as u32));
+        for &(s, l) in &o.extents {
+            push_extent(&mut source_ext, s, l);
+            source_at += l * BLOCK_SIZE;
+        }
+    }
+    let mut meta_sources = job.meta_sources.clone();
+    meta_sources.extend(old_inline.iter().filter_map(|(_, o)| o.tail_block()));
+    let mut meta_at = HashMap::new();
+    for &b in &meta_sources {
+        meta_at.insert(b, source_at);
+        push_extent(&mut source_ext, b, 1);
+        source_at += BLOCK_SIZE;
+    }
+    for (k, o) in old_inline {
+        let (b, at) = (o.tail_block().unwrap_or(0), o.tail.unwrap_or(0));
+        sources[k].0 = meta_at[&b] + at % BLOCK_SIZE + o.header as u64;
+    }
+    let mut out = Out {
+        spec: Spec {
+            codec: Codec::GzipFile,
+            level: 0,
+            block_size: bs as u32,
+            skip: 0,
+            sources: sources.iter().map(|s| (s.0, s.1)).collect(),
+            taken: sources.iter().map(|s| s.2).collect(),
+            segments: Vec::new(),
+        },
+        content: Vec::new(),
+        literal: Vec::new(),
+        started: vec![None; job.units.len()],
+        streams: 0,
+        units: &job.units,
+    };
+    let texts: Vec<Vec<u8>> = job
+        .units
+        .iter()
+        .map(|u| text(target, &u.new))
+        .collect::<Result<_>>()?;
+    // The files' blocks, then the metadata blocks with their tails.
+    let mut target_ext = Vec::new();
+    for (i, u) in job.units.iter().enumerate() {
+        let mut at = 0usize;
+        for &(s, l) in &u.new.extents {
             push_extent(&mut target_ext, s, l);
-            blocks.extend_from_slice(&range(target, s, l));
+            let here = range(target, s, l);
+            out.file_part(i, at, &here, &texts[i]);
+            at += here.len();
         }
-        let placed = g.deflate.min(blocks.len() - g.header);
-        literal.extend_from_slice(&blocks[..g.header]);
-        spec.segments.push(Segment::Literal(g.header as u32));
-        spec.segments.push(Segment::Preflate(
-            new_text.len() as u32,
-            g.deflate as u32,
-            u.corrections.len() as u32,
-            placed as u32,
-        ));
-        literal.extend_from_slice(&u.corrections);
-        content.extend_from_slice(&new_text);
-        let rest = &blocks[g.header + placed..];
-        if !rest.is_empty() {
-            literal.extend_from_slice(rest);
-            spec.segments.push(Segment::Literal(rest.len() as u32));
+    }
+    for &m in &job.meta {
+        push_extent(&mut target_ext, m, 1);
+        let block = range(target, m, 1);
+        let mut tails: Vec<(usize, usize)> = job
+            .units
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| u.new.tail_block() == Some(m))
+            .map(|(i, u)| (u.new.tail.unwrap_or(0) as usize % BLOCK_SIZE as usize, i))
+            .collect();
+        tails.sort_unstable();
+        let mut pos = 0usize;
+        for (off, i) in tails {
+            let g = &job.units[i].new;
+            let len = (g.size() % BLOCK_SIZE) as usize;
+            out.literal(&block[pos..off]);
+            out.file_part(i, g.in_blocks() as usize, &block[off..off + len], &texts[i]);
+            pos = off + len;
         }
-        if let Some((o, taken)) = &u.old {
-            let t = text(source, o)?.1;
-            old.extend_from_slice(t.get(..*taken).ok_or_else(|| bad(o))?);
-            let w = (o.deflate as u64).min(o.in_blocks() - o.header as u64);
-            spec.sources.push((source_at + o.header as u64, w as u32));
-            spec.taken.push(*taken as u32);
-            for &(s, l) in &o.extents {
-                push_extent(&mut source_ext, s, l);
-                source_at += l * BLOCK_SIZE;
-            }
-        }
+        out.literal(&block[pos..]);
     }
     super::recompress_op(
         source,
         source_ext,
         target_ext,
         &super::Recreated {
-            spec: &spec,
-            content: &content,
+            spec: &out.spec,
+            content: &out.content,
             old: &old,
-            literal: &literal,
+            literal: &out.literal,
+            literal_patched: true,
         },
         level,
     )
