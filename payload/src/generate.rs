@@ -1021,9 +1021,10 @@ impl Images<'_> {
         level: i32,
     ) -> Result<Candidate> {
         let probe = level.min(PROBE_LEVEL);
+        let plain = zstd_plain(tbytes, probe)?.len();
         let mut best = Candidate {
             op: OpType::Replace,
-            size: zstd_plain(tbytes, probe)?.len(),
+            size: plain,
             source: Vec::new(),
             bsdiff: None,
         };
@@ -1042,6 +1043,13 @@ impl Images<'_> {
         if op == OpType::Chain {
             let reference = extents_bytes(self.target, &src);
             let patched = zstd_patch(tbytes, &reference, probe)?.len();
+            // LZMA2 finds more in the group before than zstd's probe does: a reference
+            // that does not cost it bytes is kept.
+            let patched = if level >= XZ_FROM_LEVEL {
+                patched.min(plain.saturating_sub(16 * src.len() + 1))
+            } else {
+                patched
+            };
             consider(OpType::Chain, patched, 16 * src.len(), &src, None);
         } else if op == OpType::Patch && !src.is_empty() {
             let reference = extents_bytes(self.source(), &src);
