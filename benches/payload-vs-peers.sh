@@ -75,7 +75,7 @@ measure() {
   rows+=("$name|$(stat -c %s "$out")|${g% *}|$(( ${g#* } / 1024 ))|$(( anon / 1024 ))|${a% *}|$(( ${a#* } / 1024 ))")
 }
 
-measure "keel (file pairing, zstd -19)" \
+measure "keel (file pairing, level 19)" \
   "$PAYLOAD generate --source $OLD --target $NEW --key $W/k.pem -o $W/keel.p" \
   "$PAYLOAD apply --source $OLD --target $W/keel.out --pubkey $W/k.pub --no-version-check $W/keel.p" "$W/keel.p" "$W/keel.out"
 # Keel's generator in a memory cgroup of KEEL_BENCH_MEMORY_MIB (default 1024) with the page
