@@ -18,7 +18,7 @@
 //! Memory: both images plus 40 bytes per source block and the payload itself (the peers
 //! need 1.6 to 4.6 GB for a 512 MiB pair).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 mod erofsz;
@@ -521,14 +521,13 @@ fn plan_files(source: &[u8], target: &[u8], kinds: &mut [Kind]) -> Vec<Plan> {
     plans
 }
 
-/// Changed EROFS metadata blocks (inodes with their inline tails, xattrs and directory
-/// entries, many to a block) grouped and patched against the source blocks holding the
-/// same paths' inodes, where zstd finds the old tails and entries: the blocks a delta
-/// over raw blocks would compress alone. Marks the blocks it takes as [`Kind::InFile`].
-fn plan_meta(source: &[u8], target: &[u8], kinds: &mut [Kind]) -> Vec<Plan> {
+/// For each EROFS metadata block of `target`, the blocks of `source` holding the inodes
+/// (and what is stored beside them) of the same paths.
+fn meta_refs(source: &[u8], target: &[u8]) -> BTreeMap<u64, BTreeSet<u64>> {
+    let mut refs: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
     let new_meta = crate::erofs::metadata(target);
     if new_meta.is_empty() {
-        return Vec::new();
+        return refs;
     }
     let old_meta = crate::erofs::metadata(source);
     let old: HashMap<&str, (u64, u64)> = old_meta
@@ -536,28 +535,37 @@ fn plan_meta(source: &[u8], target: &[u8], kinds: &mut [Kind]) -> Vec<Plan> {
         .map(|(p, a, b)| (p.as_str(), (*a, *b)))
         .collect();
     let sblocks = source.len() as u64 / BLOCK_SIZE;
-    // Each changed target block, with the source blocks of the old versions of its entries.
-    let mut refs: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    // An inode and what follows it span at most two blocks (the tail may not cross).
+    let blocks = |a: u64, b: u64| (a / BLOCK_SIZE, (b.max(a + 1) - 1) / BLOCK_SIZE);
     for (path, a, b) in &new_meta {
         let Some(&(oa, ob)) = old.get(path.as_str()) else {
             continue;
         };
-        // An inode and what follows it span at most two blocks (the tail may not cross).
-        let blocks = |a: u64, b: u64| (a / BLOCK_SIZE, (b.max(a + 1) - 1) / BLOCK_SIZE);
         let (tf, tl) = blocks(*a, *b);
         let (sf, sl) = blocks(oa, ob);
         if sl >= sblocks {
             continue;
         }
         for t in tf..=tl.min(tf + 1) {
-            if kinds.get(t as usize) == Some(&Kind::New) {
-                refs.entry(t).or_default().extend(sf..=sl.min(sf + 1));
-            }
+            refs.entry(t).or_default().extend(sf..=sl.min(sf + 1));
         }
     }
+    refs
+}
+
+/// Changed EROFS metadata blocks (inodes with their inline tails, xattrs and directory
+/// entries, many to a block) grouped and patched against the source blocks holding the
+/// same paths' inodes, where zstd finds the old tails and entries: the blocks a delta
+/// over raw blocks would compress alone. Marks the blocks it takes as [`Kind::InFile`].
+fn plan_meta(source: &[u8], target: &[u8], kinds: &mut [Kind]) -> Vec<Plan> {
+    // Each changed target block, with the source blocks of the old versions of its entries.
+    let refs: BTreeMap<u64, BTreeSet<u64>> = meta_refs(source, target)
+        .into_iter()
+        .filter(|(t, _)| kinds.get(*t as usize) == Some(&Kind::New))
+        .collect();
     let max = MAX_OP_BYTES / BLOCK_SIZE;
     let mut plans = Vec::new();
-    let mut group: Option<(Vec<Extent>, std::collections::BTreeSet<u64>)> = None;
+    let mut group: Option<(Vec<Extent>, BTreeSet<u64>)> = None;
     for (t, srcs) in refs {
         let full = group.as_ref().is_some_and(|(tg, rs)| {
             extents_total(tg) >= PIECE_BLOCKS || rs.len() + srcs.len() > max as usize

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::{claim, fs_files, par_map, push_extent, range, Kind};
+use super::{claim, fs_files, meta_refs, par_map, push_extent, range, Kind};
 use crate::error::{Error, Result};
 use crate::format::{Operation, BLOCK_SIZE, MAX_OP_BYTES};
 use crate::gzip::{analyze, header_len, prefix_len};
@@ -197,37 +197,6 @@ impl Job {
     pub(super) fn blocks(&self) -> u64 {
         self.units.iter().map(|u| u.new.blocks()).sum::<u64>() + self.meta.len() as u64
     }
-}
-
-/// For each EROFS metadata block of `target`, the blocks of `source` holding the inodes
-/// (and what is stored beside them) of the same paths.
-fn meta_refs(source: &[u8], target: &[u8]) -> BTreeMap<u64, BTreeSet<u64>> {
-    let mut refs: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-    let new_meta = crate::erofs::metadata(target);
-    if new_meta.is_empty() {
-        return refs;
-    }
-    let old_meta = crate::erofs::metadata(source);
-    let old: HashMap<&str, (u64, u64)> = old_meta
-        .iter()
-        .map(|(p, a, b)| (p.as_str(), (*a, *b)))
-        .collect();
-    let sblocks = source.len() as u64 / BLOCK_SIZE;
-    let blocks = |a: u64, b: u64| (a / BLOCK_SIZE, (b.max(a + 1) - 1) / BLOCK_SIZE);
-    for (path, a, b) in &new_meta {
-        let Some(&(oa, ob)) = old.get(path.as_str()) else {
-            continue;
-        };
-        let (tf, tl) = blocks(*a, *b);
-        let (sf, sl) = blocks(oa, ob);
-        if sl >= sblocks {
-            continue;
-        }
-        for t in tf..=tl.min(tf + 1) {
-            refs.entry(t).or_default().extend(sf..=sl.min(sf + 1));
-        }
-    }
-    refs
 }
 
 /// The target's changed gzip files preflate re-creates, grouped into operations with
