@@ -393,8 +393,9 @@ impl Out<'_> {
         let u = &self.units[i];
         let (h, d) = (u.new.header, u.new.deflate);
         let end = at + here.len();
-        let (sa, sb) = (at.clamp(h, h + d), end.clamp(h, h + d));
-        self.literal(&here[..sa.max(at) - at]);
+        // The stream's bytes within this part (a header may run past the part).
+        let (sa, sb) = (h.clamp(at, end), (h + d).clamp(at, end));
+        self.literal(&here[..sa - at]);
         if sb > sa {
             if let Some(k) = self.started[i] {
                 self.spec.segments.push(Segment::Rest((sb - sa) as u32, k));
@@ -411,7 +412,7 @@ impl Out<'_> {
                 self.content.extend_from_slice(text);
             }
         }
-        self.literal(&here[sb.max(at) - at..]);
+        self.literal(&here[sb - at..]);
     }
 }
 
@@ -537,4 +538,79 @@ pub(super) fn encode(
         },
         level,
     )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A file given in parts that split its header (a long name runs past the first
+    /// block) comes out as one literal header, the stream, and the trailer: never an
+    /// index past a part.
+    #[test]
+    fn parts_that_split_a_header_make_whole_segments() {
+        let text = crate::erofs::tests::compressible(3, 20_000);
+        let mut gz = flate2::GzBuilder::new()
+            .filename(vec![b'n'; 6000])
+            .write(Vec::new(), flate2::Compression::best());
+        gz.write_all(&text).unwrap();
+        let bytes = gz.finish().unwrap();
+        let header = header_len(&bytes).unwrap();
+        let deflate = bytes.len() - header - 8;
+        let (content, corrections) =
+            analyze(&bytes[header..header + deflate], MAX_FILE_CONTENT).unwrap();
+        let unit = Unit {
+            new: Gz {
+                path: "/a.gz".into(),
+                extents: vec![(0, 1), (5, 2)],
+                header,
+                deflate,
+                content: content.len(),
+                tail: None,
+            },
+            corrections: corrections.clone(),
+            old: None,
+        };
+        let units = [unit];
+        let mut out = Out {
+            spec: Spec {
+                codec: Codec::GzipFile,
+                level: 0,
+                block_size: 64 << 10,
+                skip: 0,
+                sources: Vec::new(),
+                taken: Vec::new(),
+                segments: Vec::new(),
+            },
+            content: Vec::new(),
+            literal: Vec::new(),
+            started: vec![None],
+            streams: 0,
+            units: &units,
+        };
+        let mut padded = bytes.clone();
+        padded.resize(bytes.len().next_multiple_of(4096), 0);
+        out.file_part(0, 0, &padded[..4096], &content);
+        out.file_part(0, 4096, &padded[4096..], &content);
+        let tail = padded.len() - header - deflate;
+        assert_eq!(
+            out.spec.segments,
+            vec![
+                Segment::Literal(header as u32),
+                Segment::Preflate(
+                    content.len() as u32,
+                    deflate as u32,
+                    corrections.len() as u32,
+                    deflate as u32
+                ),
+                Segment::Literal(tail as u32),
+            ]
+        );
+        assert!(
+            out.literal == [&bytes[..header], &corrections, &padded[header + deflate..]].concat()
+        );
+        assert!(out.content == content);
+    }
 }
