@@ -63,6 +63,16 @@ pub(crate) fn analyze(stream: &[u8], max: usize) -> Option<(Vec<u8>, Vec<u8>)> {
 /// decoded less a margin (a decoder may hold back the symbol the cut falls in).
 const CUT_MARGIN: usize = 4096;
 
+/// What a raw inflater gives from `stream`, at most `max` bytes, appended to `out`: all
+/// of it for a whole stream; for one cut short, its whole symbols up to the cut (the
+/// decoder then stops with an error, which is the expected end here).
+fn inflate_upto(stream: &[u8], max: usize, out: &mut Vec<u8>) {
+    use std::io::Read;
+    let _ = flate2::read::DeflateDecoder::new(stream)
+        .take(max as u64)
+        .read_to_end(out);
+}
+
 /// The first `taken` content bytes of the deflate stream in `w` bytes at `off` of
 /// `bytes`, appended to `out`; `None` if they are not there or do not give that much.
 pub(crate) fn inflate_prefix(
@@ -72,14 +82,10 @@ pub(crate) fn inflate_prefix(
     taken: usize,
     out: &mut Vec<u8>,
 ) -> Option<()> {
-    use std::io::Read;
     let a = usize::try_from(off).ok()?;
     let stream = bytes.get(a..a.checked_add(w as usize)?)?;
     let start = out.len();
-    // A stream cut short ends in an error once its last whole symbols are out.
-    let _ = flate2::read::DeflateDecoder::new(stream)
-        .take(taken as u64)
-        .read_to_end(out);
+    inflate_upto(stream, taken, out);
     (out.len() - start == taken).then_some(())
 }
 
@@ -90,10 +96,7 @@ pub(crate) fn prefix_len(stream: &[u8], complete: bool, whole: usize, max: usize
         return whole;
     }
     let mut out = Vec::new();
-    let _ = std::io::Read::read_to_end(
-        &mut std::io::Read::take(flate2::read::DeflateDecoder::new(stream), max as u64),
-        &mut out,
-    );
+    inflate_upto(stream, max, &mut out);
     out.len().saturating_sub(CUT_MARGIN)
 }
 

@@ -99,14 +99,19 @@ fn file_bytes(img: &[u8], extents: &[(u64, u64)], size: u64, tail: Option<u64>) 
     Some(out)
 }
 
-/// A file's gzip layout and its content: one member whose deflate stream ends where the
-/// 8-byte trailer begins, with the trailer's CRC and length matching the content.
-fn parse(img: &[u8], f: &crate::ext4::File) -> Option<(Gz, Vec<u8>)> {
+/// A file's bytes, if it is small enough to be a gzip file taken here.
+fn read(img: &[u8], f: &crate::ext4::File) -> Option<Vec<u8>> {
     if f.size > MAX_FILE_CONTENT as u64 {
         return None;
     }
-    let bytes = file_bytes(img, &f.extents, f.size, f.inline_tail)?;
-    let header = header_len(&bytes)?;
+    file_bytes(img, &f.extents, f.size, f.inline_tail)
+}
+
+/// The gzip layout of file `f` (its `bytes`, from [`read`]) and its content: one member
+/// whose deflate stream ends where the 8-byte trailer begins, with the trailer's CRC and
+/// length matching the content.
+fn parse(f: &crate::ext4::File, bytes: &[u8]) -> Option<(Gz, Vec<u8>)> {
+    let header = header_len(bytes)?;
     let deflate = bytes.len() - header - 8;
     let content = decompress(
         Codec::GzipFile,
@@ -229,15 +234,14 @@ pub(super) fn plan(source: &[u8], target: &[u8], kinds: &mut [Kind], threads: us
     let old: HashMap<&str, &crate::ext4::File> =
         old_files.iter().map(|f| (f.path.as_str(), f)).collect();
     let found: Vec<Option<Unit>> = par_map(changed, threads, |f| {
-        let (new, content) = parse(target, &f)?;
-        let bytes = file_bytes(target, &f.extents, f.size, f.inline_tail)?;
+        let bytes = read(target, &f)?;
+        let old_file = old.get(f.path.as_str()).copied();
+        let old_bytes = old_file.and_then(|o| read(source, o));
         // Unchanged, though its metadata block changed: the block diff keeps it.
-        let same = old.get(f.path.as_str()).is_some_and(|o| {
-            file_bytes(source, &o.extents, o.size, o.inline_tail).is_some_and(|b| b == bytes)
-        });
-        if same {
+        if old_bytes.as_ref() == Some(&bytes) {
             return None;
         }
+        let (new, content) = parse(&f, &bytes)?;
         let (again, corrections) = analyze(
             &bytes[new.header..new.header + new.deflate],
             MAX_FILE_CONTENT,
@@ -246,13 +250,12 @@ pub(super) fn plan(source: &[u8], target: &[u8], kinds: &mut [Kind], threads: us
         if again != content || corrections.len() > new.deflate {
             return None;
         }
-        let old = old.get(f.path.as_str()).and_then(|o| {
-            let (g, text) = parse(source, o)?;
+        let old = old_file.zip(old_bytes).and_then(|(o, bytes)| {
+            let (g, text) = parse(o, &bytes)?;
             if g.blocks() == 0 {
                 // All of it beside its inode: whole, in the old metadata block.
                 return Some((g, text.len()));
             }
-            let bytes = file_bytes(source, &o.extents, o.size, o.inline_tail)?;
             let (from, to) = (g.header, g.header + g.deflate);
             let end = to.min(usize::try_from(g.in_blocks()).ok()?);
             let taken = prefix_len(
