@@ -175,6 +175,23 @@ impl Cluster {
     fn target_blocks(&self) -> u64 {
         self.units.iter().map(|u| u.new.blocks()).sum::<u64>() + u64::from(self.meta.is_some())
     }
+    /// Old metadata blocks it reads: those of the paths in its metadata block, and those
+    /// holding old versions that lie whole beside their inodes.
+    fn meta_sources(&self, meta_refs: &BTreeMap<u64, BTreeSet<u64>>) -> BTreeSet<u64> {
+        let mut out: BTreeSet<u64> = self
+            .meta
+            .and_then(|m| meta_refs.get(&m))
+            .cloned()
+            .unwrap_or_default();
+        out.extend(
+            self.units
+                .iter()
+                .filter_map(|u| u.old.as_ref())
+                .filter(|o| o.0.blocks() == 0)
+                .filter_map(|o| o.0.tail_block()),
+        );
+        out
+    }
     fn source_blocks(&self, meta_refs: &BTreeMap<u64, BTreeSet<u64>>) -> u64 {
         let data: u64 = self
             .units
@@ -182,18 +199,16 @@ impl Cluster {
             .filter_map(|u| u.old.as_ref())
             .map(|o| o.0.blocks())
             .sum();
-        data + self
-            .meta
-            .and_then(|m| meta_refs.get(&m))
-            .map_or(0, |r| r.len() as u64)
+        data + self.meta_sources(meta_refs).len() as u64
     }
 }
 
 /// One RECOMPRESS operation to make.
 pub(super) struct Job {
     units: Vec<Unit>,
-    /// Metadata blocks it writes (holding its files' tails), with their old blocks.
+    /// Metadata blocks it writes (holding its files' tails).
     meta: Vec<u64>,
+    /// Old metadata blocks it reads (see [`Cluster::meta_sources`]).
     meta_sources: BTreeSet<u64>,
 }
 
@@ -353,9 +368,8 @@ pub(super) fn plan(source: &[u8], target: &[u8], kinds: &mut [Kind], threads: us
         if let Some(m) = c.meta {
             claim(kinds, m, m + 1);
             j.meta.push(m);
-            j.meta_sources
-                .extend(refs.get(&m).into_iter().flatten().copied());
         }
+        j.meta_sources.extend(c.meta_sources(&refs));
         j.units.extend(c.units);
     }
     for j in &mut jobs {
@@ -463,10 +477,8 @@ pub(super) fn encode(
             source_at += l * BLOCK_SIZE;
         }
     }
-    let mut meta_sources = job.meta_sources.clone();
-    meta_sources.extend(old_inline.iter().filter_map(|(_, o)| o.tail_block()));
     let mut meta_at = HashMap::new();
-    for &b in &meta_sources {
+    for &b in &job.meta_sources {
         meta_at.insert(b, source_at);
         push_extent(&mut source_ext, b, 1);
         source_at += BLOCK_SIZE;
