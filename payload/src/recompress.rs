@@ -115,8 +115,6 @@ pub(crate) enum Compressor {
     Xz(crate::xz::Xz, usize),
     /// mksquashfs's lz4 (level 0) or lz4hc, with the room of one block.
     Lz4Block(i32, usize),
-    /// A gzip file's deflate stream, from its content and preflate's corrections.
-    Preflate,
 }
 
 impl Compressor {
@@ -139,7 +137,6 @@ impl Compressor {
                     w as u8,
                 )))
             }
-            Codec::GzipFile if level == 0 => Ok(Compressor::Preflate),
             Codec::Lz4 if (0..=12).contains(&level) => Ok(Compressor::Lz4Block(level, block_size)),
             Codec::Xz => crate::xz::Xz::new(level)
                 .map(|c| Compressor::Xz(c, block_size))
@@ -201,7 +198,6 @@ impl Compressor {
                     .then_some(())
                     .ok_or_else(|| "the content does not fit one pcluster".to_string())
             }),
-            Compressor::Preflate => Err("preflate needs its corrections".into()),
             Compressor::Gzip(c) => {
                 c.reset();
                 match c.compress_vec(src, out, flate2::FlushCompress::Finish) {
@@ -542,18 +538,17 @@ pub(crate) fn build(
         return Ok(out);
     }
     let mut out = vec![0u8; total];
-    // (what the compressor is given, what it must take of it, where its output goes,
-    // preflate's corrections).
-    let mut jobs: Vec<Job<'_>> = Vec::new();
+    // (what the compressor is given, what it must take of it, where its output goes).
+    let mut jobs: Vec<(&[u8], usize, &mut [u8])> = Vec::new();
     let (mut rest, mut ci, mut li) = (&mut out[..], 0usize, 0usize);
     for seg in &segments {
         let (n, place) = match *seg {
             Segment::Literal(n) | Segment::Stored(n) => (n as usize, n as usize),
-            Segment::Compress(n, c) | Segment::Fill(n, c, _) | Segment::Preflate(n, .., c) => {
-                (n as usize, c as usize)
-            }
+            Segment::Compress(n, c) | Segment::Fill(n, c, _) => (n as usize, c as usize),
             Segment::Sparse(n) => (n as usize, 0),
-            Segment::Rest(..) => return Err("REST is for gzip files".into()),
+            Segment::Preflate(..) | Segment::Rest(..) => {
+                return Err("PREFLATE and REST are for gzip files".into())
+            }
         };
         let (here, after) = std::mem::take(&mut rest).split_at_mut(place);
         rest = after;
@@ -563,18 +558,7 @@ pub(crate) fn build(
                 li += n;
             }
             Segment::Stored(_) => here.copy_from_slice(&content[ci..ci + n]),
-            Segment::Compress(..) => jobs.push((&content[ci..ci + n], n, here, &[], place)),
-            Segment::Preflate(_, stream, k, _) => {
-                let k = k as usize;
-                jobs.push((
-                    &content[ci..ci + n],
-                    n,
-                    here,
-                    &literal[li..li + k],
-                    stream as usize,
-                ));
-                li += k;
-            }
+            Segment::Compress(..) => jobs.push((&content[ci..ci + n], n, here)),
             Segment::Fill(_, _, offered) => {
                 let offered = content.get(ci..ci + offered as usize).ok_or_else(|| {
                     format!(
@@ -582,9 +566,9 @@ pub(crate) fn build(
                         content.len()
                     )
                 })?;
-                jobs.push((offered, n, here, &[], place));
+                jobs.push((offered, n, here));
             }
-            Segment::Sparse(_) | Segment::Rest(..) => {}
+            Segment::Sparse(_) | Segment::Preflate(..) | Segment::Rest(..) => {}
         }
         if !matches!(seg, Segment::Literal(_)) {
             ci += n;
@@ -665,21 +649,18 @@ fn gzip_streams(
     Ok(out)
 }
 
-/// What one block is built from: its content, how much of it the compressor must take,
-/// where the output goes, preflate's corrections for gzip files, and the length the
-/// compressor's output must have (the place's, or a gzip stream's whole length, of which
-/// the place takes the start).
-type Job<'a> = (&'a [u8], usize, &'a mut [u8], &'a [u8], usize);
-
 /// Compress each job's content into its place, which must be exactly filled.
-fn compress_all(jobs: &mut [Job<'_>], codec: Codec, level: i32, bs: usize) -> Result<(), String> {
+fn compress_all(
+    jobs: &mut [(&[u8], usize, &mut [u8])],
+    codec: Codec,
+    level: i32,
+    bs: usize,
+) -> Result<(), String> {
     let mut compressor = Compressor::new(codec, level, bs)?;
     let mut scratch: Vec<u8> =
         Vec::with_capacity(zstd::zstd_safe::compress_bound(bs) + bs / 100 + 64);
-    for (src, take, dst, corrections, full) in jobs.iter_mut() {
-        if codec == Codec::GzipFile {
-            scratch = crate::gzip::recreate(src, corrections)?;
-        } else if codec == Codec::ErofsLz4 {
+    for (src, take, dst) in jobs.iter_mut() {
+        if codec == Codec::ErofsLz4 {
             let taken = compressor.fill(src, &mut scratch)?;
             if taken != *take {
                 return Err(format!(
@@ -691,15 +672,16 @@ fn compress_all(jobs: &mut [Job<'_>], codec: Codec, level: i32, bs: usize) -> Re
         } else {
             compressor.compress(src, &mut scratch)?;
         }
-        if scratch.len() != *full || dst.len() > *full {
+        if scratch.len() != dst.len() {
             return Err(format!(
-                "a block compressed to {} bytes, the target has {full}: {} does not compress \
-                 as the image's compressor did",
+                "a block compressed to {} bytes, the target has {}: {} does not compress as \
+                 the image's compressor did",
                 scratch.len(),
+                dst.len(),
                 recompressor_for(codec)
             ));
         }
-        dst.copy_from_slice(&scratch[..dst.len()]);
+        dst.copy_from_slice(&scratch);
     }
     Ok(())
 }
