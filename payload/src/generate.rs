@@ -692,7 +692,7 @@ pub fn generate_observed<S: Signer + ?Sized>(
     };
     let plans = runs(&kinds);
     let predicted = predict_offsets(&plans);
-    let mut merged = merge_new_runs(plans, predicted);
+    let mut merged = merge_runs(plans, predicted);
     // File groups: their reference is given, not predicted.
     merged.extend(file_groups.into_iter().map(|plan| (plan, None)));
     let index = anchor_index(source);
@@ -868,11 +868,29 @@ fn predict_offsets(plans: &[Plan]) -> Vec<Option<i128>> {
 }
 
 /// Small runs of new blocks close together (metadata: inode tables, directories,
-/// bitmaps) travel together: fewer operations, more context for zstd.
-fn merge_new_runs(plans: Vec<Plan>, predicted: Vec<Option<i128>>) -> Vec<(Plan, Option<i128>)> {
+/// bitmaps) travel together: fewer operations, more context for zstd. Copies go together
+/// too, up to an operation's size: each operation costs its source digest (32 bytes that
+/// do not compress) and its offsets in the manifest, and a file system that inserted files
+/// cuts its unchanged blocks into more than a thousand runs.
+fn merge_runs(plans: Vec<Plan>, predicted: Vec<Option<i128>>) -> Vec<(Plan, Option<i128>)> {
     let mut merged: Vec<(Plan, Option<i128>)> = Vec::new();
     let mut open: Option<usize> = None;
+    let mut open_copy: Option<usize> = None;
     for (plan, pred) in plans.into_iter().zip(predicted) {
+        if plan.0 == OpType::Copy {
+            if let Some(((_, gt, gs), _)) = open_copy.and_then(|g| merged.get_mut(g)) {
+                if extents_total(gt) + extents_total(&plan.1) <= MAX_OP_BYTES / BLOCK_SIZE {
+                    for e in plan.1 {
+                        push_extent(gt, e.start, e.blocks);
+                    }
+                    for e in plan.2 {
+                        push_extent(gs, e.start, e.blocks);
+                    }
+                    continue;
+                }
+            }
+            open_copy = Some(merged.len());
+        }
         if plan.0 == OpType::Replace {
             if let Some(((_, gt, _), _)) = open.and_then(|g| merged.get_mut(g)) {
                 let end = gt.last().map_or(0, |e| e.start + e.blocks);

@@ -108,6 +108,31 @@ proptest! {
     }
 }
 
+/// Unchanged blocks between many small edits are copied by as few operations as their
+/// size allows (each costs a digest in the manifest), each with many extents.
+#[test]
+fn copies_between_edits_share_operations() {
+    let src = seeded_bytes(3, 3 << 20);
+    let mut tgt = src.clone();
+    for at in (20_000..tgt.len()).step_by(60_000) {
+        tgt[at..at + 100].copy_from_slice(&seeded_bytes(at as u64, 100));
+    }
+    let key = SigningKey::generate().unwrap();
+    let p = generate(Some(&src), &tgt, &key, &opts()).unwrap();
+    let (_, m, _) = keel_payload::read_manifest(&mut &p[..], &ring(&key)).unwrap();
+    let copies: Vec<_> = m
+        .operations
+        .iter()
+        .filter(|o| o.op == OpType::Copy)
+        .collect();
+    assert_eq!(copies.len(), 1, "768 blocks fit one operation");
+    assert!(copies[0].target.len() > 40, "{:?}", copies[0].target.len());
+    assert_eq!(
+        apply_vec(&p, Some(&src), tgt.len(), &ring(&key)).unwrap(),
+        tgt
+    );
+}
+
 #[test]
 fn full_payload_and_operation_kinds() {
     let src = seeded_bytes(1, 1 << 20);
