@@ -102,8 +102,9 @@ fn build(input: &[u8], src: &[u8]) -> (Vec<(Operation, Vec<u8>)>, bool) {
             }
             b
         };
-        let (kind, source, blob, reference) = match h[0] % 9 {
+        let (kind, source, blob, reference) = match h[0] % 10 {
             7 => (OpType::ReplaceXz, vec![], lzma2(&out), vec![]),
+            9 => (OpType::PatchXz, vec![s], lzma2(&out), bytes_of(src, &[s])),
             8 => {
                 let Some((e, bytes)) = written
                     .get(usize::from(h[3]) % written.len().max(1))
@@ -204,6 +205,7 @@ fn build(input: &[u8], src: &[u8]) -> (Vec<(Operation, Vec<u8>)>, bool) {
                     | OpType::Recompress
                     | OpType::ReplaceXz
                     | OpType::ChainXz
+                    | OpType::PatchXz
             )
         {
             continue;

@@ -413,8 +413,8 @@ fn zstd_decoder<'b, R: io::BufRead + 'b>(
 }
 
 fn decode(op: OpType, blob: &[u8], reference: &[u8], expected: usize) -> io::Result<Vec<u8>> {
-    if matches!(op, OpType::ReplaceXz | OpType::ChainXz) {
-        return decode_xz(blob, reference, expected)
+    if matches!(op, OpType::ReplaceXz | OpType::ChainXz | OpType::PatchXz) {
+        return crate::xz::decode_blob(blob, reference, expected)
             .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why));
     }
     if op == OpType::Bsdiff {
@@ -434,27 +434,6 @@ fn decode(op: OpType, blob: &[u8], reference: &[u8], expected: usize) -> io::Res
         ));
     }
     Ok(out)
-}
-
-/// A REPLACE_XZ or CHAIN_XZ blob decoded (the reference is empty for REPLACE_XZ).
-fn decode_xz(
-    blob: &[u8],
-    reference: &[u8],
-    expected: usize,
-) -> std::result::Result<Vec<u8>, String> {
-    let mut c = keel_io::Cursor::new(blob, 0);
-    let e = |e: keel_io::CursorError| format!("{} at blob offset {}: truncated", e.field, e.offset);
-    let x86 = match c.u8("filter").map_err(e)? {
-        0 => false,
-        1 => true,
-        f => {
-            return Err(format!(
-                "filter {f} at blob offset 0: 0 (none) or 1 (BCJ x86)"
-            ))
-        }
-    };
-    let dict = c.u32("dictionary size").map_err(e)?;
-    crate::xz::raw_decode(&blob[5..], reference, x86, dict, expected)
 }
 
 /// Chain the digest of what operation `i` left in the target: `bytes` is the operation's
@@ -905,7 +884,8 @@ where
         | OpType::Chain
         | OpType::Bsdiff
         | OpType::ReplaceXz
-        | OpType::ChainXz => {
+        | OpType::ChainXz
+        | OpType::PatchXz => {
             Some(
                 decode(op.op, &blob, reference, len).map_err(|e| Error::Decode {
                     op: i,

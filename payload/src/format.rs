@@ -31,7 +31,9 @@
 //!         content, see below),
 //!       7 REPLACE_XZ, 8 CHAIN_XZ (REPLACE and CHAIN with LZMA2: u8 filter, 0 none or
 //!         1 BCJ x86 before LZMA2; u32 dictionary size, 4 KiB to 32 MiB; a raw LZMA2
-//!         stream, for CHAIN_XZ with the reference as its preset dictionary)
+//!         stream, for CHAIN_XZ with the reference as its preset dictionary),
+//!       9 PATCH_XZ (PATCH with LZMA2: the REPLACE_XZ blob with the source extents as the
+//!         preset dictionary)
 //!   u32 target extent count, then (u64 first block, u64 blocks) each
 //!   u32 source extent count, then extents (in the target image for CHAIN)
 //!   u64 data offset (in the data area), u64 data length
@@ -144,11 +146,15 @@ pub enum OpType {
     /// CHAIN with LZMA2: the same blob as REPLACE_XZ, with the reference (target blocks
     /// earlier operations wrote) as the preset dictionary.
     ChainXz = 8,
+    /// PATCH with LZMA2: the same blob as REPLACE_XZ, with the source extents as the
+    /// preset dictionary. LZMA2's repeated-distance matches and literals coded against the
+    /// byte the last match predicted make a delta of a changed file smaller than zstd's.
+    PatchXz = 9,
 }
 
 impl OpType {
     /// Every type, in numbering order.
-    pub const ALL: [OpType; 9] = [
+    pub const ALL: [OpType; 10] = [
         OpType::Zero,
         OpType::Copy,
         OpType::Replace,
@@ -158,6 +164,7 @@ impl OpType {
         OpType::Recompress,
         OpType::ReplaceXz,
         OpType::ChainXz,
+        OpType::PatchXz,
     ];
 
     fn from_u8(v: u8) -> Option<OpType> {
@@ -171,6 +178,7 @@ impl OpType {
             6 => OpType::Recompress,
             7 => OpType::ReplaceXz,
             8 => OpType::ChainXz,
+            9 => OpType::PatchXz,
             _ => return None,
         })
     }
@@ -192,6 +200,7 @@ impl OpType {
             OpType::Recompress => "RECOMPRESS",
             OpType::ReplaceXz => "REPLACE_XZ",
             OpType::ChainXz => "CHAIN_XZ",
+            OpType::PatchXz => "PATCH_XZ",
         }
     }
 }
@@ -616,7 +625,9 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
             OpType::Zero => (false, false),
             OpType::Copy => (true, false),
             OpType::Replace | OpType::ReplaceXz => (false, true),
-            OpType::Patch | OpType::Chain | OpType::ChainXz | OpType::Bsdiff => (true, true),
+            OpType::Patch | OpType::PatchXz | OpType::Chain | OpType::ChainXz | OpType::Bsdiff => {
+                (true, true)
+            }
             // New files have no old version to build on.
             OpType::Recompress => (!o.source.is_empty(), true),
         };

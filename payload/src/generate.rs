@@ -253,16 +253,18 @@ fn recompress_op(
 /// Levels from which new content is encoded with LZMA2 rather than zstd.
 const XZ_FROM_LEVEL: i32 = 10;
 
-/// A REPLACE_XZ / CHAIN_XZ blob for `data` (BCJ x86 first when it holds x86 executables),
-/// or `None` when it is not smaller than `probe` bytes (zstd at the probe level: then
-/// zstd at the requested level does better) or liblzma fails.
-fn xz_blob(data: &[u8], reference: &[u8], probe: usize) -> Option<Vec<u8>> {
+/// A REPLACE_XZ / CHAIN_XZ / PATCH_XZ blob for `data` (BCJ x86 first when `code` allows
+/// and it holds x86 executables), or `None` when it is not smaller than `probe` bytes
+/// (zstd at the probe level: then zstd at the requested level does better) or liblzma
+/// fails.
+fn xz_blob(data: &[u8], reference: &[u8], probe: usize, code: bool) -> Option<Vec<u8>> {
     // New files start at block boundaries; an x86 ELF header at one means code.
-    let x86 = data.chunks(BS).any(|b| {
-        b.len() >= 20
-            && b[..4] == *b"\x7fELF"
-            && matches!(u16::from_le_bytes([b[18], b[19]]), 3 | 62)
-    });
+    let x86 = code
+        && data.chunks(BS).any(|b| {
+            b.len() >= 20
+                && b[..4] == *b"\x7fELF"
+                && matches!(u16::from_le_bytes([b[18], b[19]]), 3 | 62)
+        });
     let stream = crate::xz::raw_encode(data, reference, x86).ok()?;
     let mut blob = Vec::with_capacity(stream.len() + 5);
     blob.push(u8::from(x86));
@@ -1155,12 +1157,24 @@ impl Images<'_> {
             OpType::Patch => {
                 let reference = extents_bytes(self.source(), &c.source);
                 let h = sha256(&reference);
-                (c.op, zstd_patch(tbytes, &reference, level)?, h)
+                let zstd = zstd_patch(tbytes, &reference, level)?;
+                // BCJ would turn calls that still match the old version (same relative
+                // target) into ones that do not: a patch goes without it.
+                match xz
+                    .then(|| xz_blob(tbytes, &reference, zstd.len(), false))
+                    .flatten()
+                {
+                    Some(blob) => (OpType::PatchXz, blob, h),
+                    None => (c.op, zstd, h),
+                }
             }
             OpType::Chain => {
                 let reference = extents_bytes(self.target, &c.source);
                 let h = sha256(&reference);
-                match xz_blob(tbytes, &reference, c.size).filter(|_| xz) {
+                match xz
+                    .then(|| xz_blob(tbytes, &reference, c.size, true))
+                    .flatten()
+                {
                     Some(blob) => (OpType::ChainXz, blob, h),
                     None => (c.op, zstd_patch(tbytes, &reference, level)?, h),
                 }
@@ -1170,7 +1184,7 @@ impl Images<'_> {
                 let stream = c.bsdiff.as_deref().unwrap_or_default();
                 (c.op, zstd_plain(stream, level)?, sha256(&reference))
             }
-            _ => match xz_blob(tbytes, &[], c.size).filter(|_| xz) {
+            _ => match xz.then(|| xz_blob(tbytes, &[], c.size, true)).flatten() {
                 Some(blob) => (OpType::ReplaceXz, blob, [0u8; 32]),
                 None => (OpType::Replace, zstd_plain(tbytes, level)?, [0u8; 32]),
             },

@@ -267,6 +267,28 @@ pub(crate) fn raw_decode(
     }
 }
 
+/// A REPLACE_XZ, CHAIN_XZ or PATCH_XZ blob decoded (the reference is empty for
+/// REPLACE_XZ), or a RECOMPRESS operation's content frame in that layout.
+pub(crate) fn decode_blob(
+    blob: &[u8],
+    reference: &[u8],
+    expected: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut c = keel_io::Cursor::new(blob, 0);
+    let e = |e: keel_io::CursorError| format!("{} at blob offset {}: truncated", e.field, e.offset);
+    let x86 = match c.u8("filter").map_err(e)? {
+        0 => false,
+        1 => true,
+        f => {
+            return Err(format!(
+                "filter {f} at blob offset 0: 0 (none) or 1 (BCJ x86)"
+            ))
+        }
+    };
+    let dict = c.u32("dictionary size").map_err(e)?;
+    raw_decode(&blob[5..], reference, x86, dict, expected)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {

@@ -630,3 +630,139 @@ fn lzma2_blobs_are_checked_before_their_blocks_are_written() {
         assert!(t.iter().all(|&b| b == 0), "{what}: nothing written");
     }
 }
+
+/// A changed text's delta is PATCH_XZ (LZMA2 with the old blocks as preset dictionary) and
+/// applies; damage to its blob is a decode error of that operation or a wrong block the
+/// image digest refuses, never a panic; another source is refused before decoding.
+#[test]
+fn lzma2_patches_apply_and_their_damage_is_refused() {
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    // The new version adds a line of words after every third one: new text for LZMA2's
+    // literal coder, among old lines its dictionary holds.
+    let words = [
+        "alpha", "delta", "kernel", "slot", "verity", "update", "mirror", "fleet",
+    ];
+    let lines = |edit: bool| -> Vec<u8> {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut out = Vec::new();
+        for i in 0..8000u32 {
+            out.extend(format!("entry {i:05} value {} of {}\n", i % 1013, i % 17).bytes());
+            if edit && i % 3 == 0 {
+                for _ in 0..6 {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    out.extend(words[(rng % 8) as usize].bytes());
+                    out.extend(format!(" {} ", rng % 10_000).bytes());
+                }
+                out.push(b'\n');
+            }
+        }
+        out.resize(40 * 4096, b'\n');
+        out
+    };
+    let (old, new) = (lines(false), lines(true));
+    let mut o = GenerateOptions::new("acme", "2.0");
+    o.level = 12;
+    let p = generate(Some(&old[..]), &new, &key, &o).unwrap();
+    let (_, m, _) = keel_payload::read_manifest(&mut &p[..], &r).unwrap();
+    let xz = m
+        .operations
+        .iter()
+        .find(|o| o.op == OpType::PatchXz)
+        .unwrap_or_else(|| {
+            panic!(
+                "{:?}",
+                m.operations
+                    .iter()
+                    .map(|o| (o.op, o.data_length))
+                    .collect::<Vec<_>>()
+            )
+        })
+        .clone();
+    let mut t = vec![0u8; new.len()];
+    apply(
+        &p[..],
+        Some(&old[..]),
+        &mut t,
+        &ApplyOptions::new(&r, VersionCheck::Unchecked),
+    )
+    .unwrap();
+    assert!(t == new);
+
+    let mlen = u64::from_le_bytes(p[16..24].try_into().unwrap());
+    let at = (64 + mlen + 64 + xz.data_offset) as usize;
+    let good = p[at..at + xz.data_length as usize].to_vec();
+    // The operation alone, re-signed with each blob, over a source the manifest names.
+    let t0 = xz.target[0];
+    let expect = &new[(t0.start * 4096) as usize..][..(t0.blocks * 4096) as usize];
+    let alone = |blob: Vec<u8>, source: &[u8]| {
+        let o = Operation {
+            target: vec![Extent {
+                start: 0,
+                blocks: t0.blocks,
+            }],
+            data_sha256: keel_payload::format::sha256(&blob),
+            data_length: blob.len() as u64,
+            data_offset: 0,
+            ..xz.clone()
+        };
+        let m = Manifest {
+            source: Some(ImageId {
+                size: old.len() as u64,
+                digest: image_digest(&old[..], old.len() as u64).unwrap(),
+            }),
+            target: ImageId {
+                size: t0.blocks * 4096,
+                digest: image_digest(expect, expect.len() as u64).unwrap(),
+            },
+            verity: None,
+            compatible: "acme".into(),
+            version: "2.0".into(),
+            operations: vec![o],
+            recompressor: None,
+        };
+        let p = assemble(&m, &blob, &key).unwrap();
+        let mut t = vec![0u8; expect.len()];
+        let res = apply(
+            &p[..],
+            Some(source),
+            &mut t,
+            &ApplyOptions::new(&r, VersionCheck::Unchecked),
+        );
+        (res, t)
+    };
+    let (res, t) = alone(good.clone(), &old);
+    res.unwrap();
+    assert!(t == expect, "the blob alone builds its blocks");
+    let mut changed = old.clone();
+    changed[(xz.source[0].start * 4096) as usize] ^= 1;
+    let (res, t) = alone(good.clone(), &changed);
+    let e = res.unwrap_err();
+    assert!(matches!(e, Error::SourceModified { .. }), "{e}");
+    assert!(
+        t.iter().all(|&b| b == 0),
+        "nothing written from another source"
+    );
+    let mut damaged = vec![("truncated", good[..good.len() / 2].to_vec())];
+    let mut filter = good.clone();
+    filter[0] = 2;
+    damaged.push(("filter", filter));
+    for i in (5..good.len()).step_by(good.len() / 16 + 1) {
+        let mut d = good.clone();
+        d[i] ^= 0x55;
+        damaged.push(("flipped", d));
+    }
+    for (what, blob) in damaged {
+        let (res, t) = alone(blob, &old);
+        let e = res.unwrap_err();
+        if what == "flipped" && !matches!(e, Error::Decode { .. }) {
+            assert!(matches!(e, Error::TargetMismatch(_)), "{what}: {e}");
+            assert!(t != expect, "{what}");
+            continue;
+        }
+        assert!(matches!(e, Error::Decode { op: 0, .. }), "{what}: {e}");
+        assert!(t.iter().all(|&b| b == 0), "{what}: nothing written");
+    }
+}
