@@ -79,7 +79,9 @@
 //!     6 REST (0x41 only: the next `length` bytes of the stream of the operation's PREFLATE
 //!     segment with that number, counted from 0: the end of a stream that EROFS keeps
 //!     beside the file's inode, in a metadata block the operation also writes)
-//! u64 content length, u32 frame length, a zstd frame with S as prefix: the content
+//! u64 content length, u32 frame length, a zstd frame with S as prefix: the content (when
+//!     bit 31 of the frame length is set, the frame is instead a REPLACE_XZ blob with S as
+//!     preset dictionary; gzip files' text, from level 10)
 //! u64 literal length, u32 frame length, a zstd frame: the literal stream (for 0x41 with
 //!     the source extents' bytes as prefix: metadata blocks written beside gzip files'
 //!     tails refer to the old ones)

@@ -218,16 +218,27 @@ fn recompress_op(
     } else {
         zstd_patch(r.content, r.old, level)?
     };
+    // gzip files' text gains from LZMA2 as new files do (BCJ only without an old version
+    // to match). Not squashfs's or EROFS's blocks: their content is most of the payload,
+    // and LZMA2 would double the time taken to make it for a size already well below the
+    // peers'.
+    let (frame, xz) = match (level >= XZ_FROM_LEVEL
+        && r.spec.codec == crate::squashfs::Codec::GzipFile)
+        .then(|| xz_blob(r.content, r.old, frame.len(), r.old.is_empty()))
+        .flatten()
+    {
+        Some(blob) => (blob, true),
+        None => (frame, false),
+    };
     let source_bytes = extents_bytes(source, &extents);
     let lit = if r.literal_patched && !source_bytes.is_empty() {
         zstd_patch(r.literal, &source_bytes, level)?
     } else {
         zstd_plain(r.literal, level)?
     };
-    let blob = crate::recompress::encode(
+    let blob = crate::recompress::encode_with(
         r.spec,
-        r.content.len() as u64,
-        &frame,
+        (r.content.len() as u64, &frame, xz),
         r.literal.len() as u64,
         &lit,
     );

@@ -262,12 +262,32 @@ pub(crate) struct Spec {
     pub segments: Vec<Segment>,
 }
 
+/// Bit of a frame length that marks the content frame as an LZMA2 blob (REPLACE_XZ's
+/// layout, the reference as its preset dictionary) rather than a zstd frame.
+const XZ_FRAME: u32 = 1 << 31;
+
 /// The blob: `spec`, then the content frame (`content_len` bytes once decoded against the
 /// reference) and the literal frame.
+#[cfg(test)]
 pub(crate) fn encode(
     spec: &Spec,
     content_len: u64,
     content_frame: &[u8],
+    literal_len: u64,
+    literal_frame: &[u8],
+) -> Vec<u8> {
+    encode_with(
+        spec,
+        (content_len, content_frame, false),
+        literal_len,
+        literal_frame,
+    )
+}
+
+/// [`encode`], the content frame given as (length, frame, whether it is an LZMA2 blob).
+pub(crate) fn encode_with(
+    spec: &Spec,
+    (content_len, content_frame, content_xz): (u64, &[u8], bool),
     literal_len: u64,
     literal_frame: &[u8],
 ) -> Vec<u8> {
@@ -313,9 +333,13 @@ pub(crate) fn encode(
             _ => {}
         }
     }
-    for (len, frame) in [(content_len, content_frame), (literal_len, literal_frame)] {
+    for (len, frame, xz) in [
+        (content_len, content_frame, content_xz),
+        (literal_len, literal_frame, false),
+    ] {
         b.extend_from_slice(&len.to_le_bytes());
-        b.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        let flag = if xz { XZ_FRAME } else { 0 };
+        b.extend_from_slice(&(frame.len() as u32 | flag).to_le_bytes());
         b.extend_from_slice(frame);
     }
     b
@@ -482,9 +506,14 @@ pub(crate) fn build(
         if len > max as u64 {
             return Err(format!("{what} {len}: more than {max}"));
         }
-        let flen = c.u32(what).map_err(e)? as usize;
-        let f = c.take(flen, what).map_err(e)?;
-        unframe(f, prefix, len, what)
+        let word = c.u32(what).map_err(e)?;
+        let f = c.take((word & !XZ_FRAME) as usize, what).map_err(e)?;
+        match word & XZ_FRAME {
+            0 => unframe(f, prefix, len, what),
+            _ if what == "content" => crate::xz::decode_blob(f, prefix, len as usize)
+                .map_err(|why| format!("{what}: {why}")),
+            _ => Err(format!("{what}: only the content frame may be LZMA2")),
+        }
     };
     let content = frame("content", &s, MAX_CONTENT)?;
     drop(s);
@@ -766,6 +795,35 @@ mod tests {
         assert!(e.unwrap_err().contains("does not compress as"));
         // A blob for another compressor than the manifest names.
         assert!(build(&blob, &reference, expect.len(), Codec::Gzip).is_err());
+        // The content as an LZMA2 blob with S as preset dictionary builds the same; the
+        // literal frame marked so, or a damaged one, is refused.
+        let mut xz = vec![0u8];
+        xz.extend_from_slice(&crate::xz::dict_size(s.len(), content.len()).to_le_bytes());
+        xz.extend_from_slice(&crate::xz::raw_encode(&content, s, false).unwrap());
+        let with_xz = |xz: &[u8]| {
+            encode_with(
+                &spec,
+                (content.len() as u64, xz, true),
+                literal.len() as u64,
+                &lit,
+            )
+        };
+        assert_eq!(
+            build(&with_xz(&xz), &reference, expect.len(), Codec::Zstd).unwrap(),
+            expect
+        );
+        let e = build(
+            &with_xz(&xz[..xz.len() - 3]),
+            &reference,
+            expect.len(),
+            Codec::Zstd,
+        );
+        assert!(e.unwrap_err().starts_with("content: "));
+        let mut marked = with_xz(&xz);
+        let at = marked.len() - lit.len() - 4;
+        marked[at + 3] |= 0x80;
+        let e = build(&marked, &reference, expect.len(), Codec::Zstd).unwrap_err();
+        assert!(e.contains("only the content frame"), "{e}");
         // A source block outside the reference; a reference that is not the one hashed.
         let mut other = spec.clone();
         other.sources[0].0 = 200;
