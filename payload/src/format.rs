@@ -61,7 +61,9 @@
 //!     length, bit 24 set if stored uncompressed; EROFS: the pcluster's block at the
 //!     offset, the word its content length; 0x41: the old file's deflate stream at the
 //!     offset, the word the stream's bytes there, then a u32: the content bytes it gives,
-//!     all of them or, when an EROFS inline tail holds the stream's end, fewer) each;
+//!     then a u32 tail length and, if not 0, a u64 offset in the source extents' bytes
+//!     where the stream goes on for that many bytes: the end an EROFS file keeps beside
+//!     its inode, in an old metadata block the operation reads) each;
 //!     decompressed one after another they are the reference S
 //! u32 segment count, then (u8 kind, u32 length) each, for kind 1 a u32 compressed
 //!     length, for kind 4 a u32 compressed length and a u32 offered length, for kind 5

@@ -74,18 +74,25 @@ fn inflate_upto(stream: &[u8], max: usize, out: &mut Vec<u8>) {
 }
 
 /// The first `taken` content bytes of the deflate stream in `w` bytes at `off` of
-/// `bytes`, appended to `out`; `None` if they are not there or do not give that much.
+/// `bytes`, continued by `tail` (offset, length) if given, appended to `out`; `None` if
+/// they are not there or do not give that much.
 pub(crate) fn inflate_prefix(
     bytes: &[u8],
-    off: u64,
-    w: u32,
+    (off, w): (u64, u32),
+    tail: Option<(u64, u32)>,
     taken: usize,
     out: &mut Vec<u8>,
 ) -> Option<()> {
-    let a = usize::try_from(off).ok()?;
-    let stream = bytes.get(a..a.checked_add(w as usize)?)?;
+    let piece = |off: u64, w: u32| {
+        let a = usize::try_from(off).ok()?;
+        bytes.get(a..a.checked_add(w as usize)?)
+    };
+    let head = piece(off, w)?;
     let start = out.len();
-    inflate_upto(stream, taken, out);
+    match tail {
+        None => inflate_upto(head, taken, out),
+        Some((at, len)) => inflate_upto(&[head, piece(at, len)?].concat(), taken, out),
+    }
     (out.len() - start == taken).then_some(())
 }
 

@@ -259,6 +259,10 @@ pub(crate) struct Spec {
     /// short where an EROFS inline tail holds the rest; the bytes any inflater gives
     /// from that start).
     pub taken: Vec<u32>,
+    /// gzip files only: where each source's stream goes on (offset in the source
+    /// extents' bytes, length; 0 for none): the end of an old file's stream that EROFS
+    /// keeps beside its inode, in an old metadata block among the source extents.
+    pub tails: Vec<(u64, u32)>,
     pub segments: Vec<Segment>,
 }
 
@@ -303,6 +307,11 @@ pub(crate) fn encode_with(
         if spec.codec == Codec::GzipFile {
             let taken = spec.taken.get(i).copied().unwrap_or_default();
             b.extend_from_slice(&taken.to_le_bytes());
+            let (at, len) = spec.tails.get(i).copied().unwrap_or_default();
+            b.extend_from_slice(&len.to_le_bytes());
+            if len > 0 {
+                b.extend_from_slice(&at.to_le_bytes());
+            }
         }
     }
     b.extend_from_slice(&(spec.segments.len() as u32).to_le_bytes());
@@ -418,10 +427,17 @@ pub(crate) fn build(
             if taken > bs {
                 return Err(format!("source content length {taken}: more than {bs}"));
             }
-            crate::gzip::inflate_prefix(reference, off, w, taken, &mut s).ok_or_else(
+            let tail = match c.u32("source tail length").map_err(e)? {
+                0 => None,
+                len => Some((c.u64("source tail offset").map_err(e)?, len)),
+            };
+            crate::gzip::inflate_prefix(reference, (off, w), tail, taken, &mut s).ok_or_else(
                 || {
+                    let tail =
+                        tail.map_or(String::new(), |(at, len)| format!(" and at {at} (+{len})"));
                     format!(
-                        "the gzip stream at {off} (+{w}) in the source extents does not give                          {taken} bytes (at most {bs})"
+                        "the gzip stream at {off} (+{w}){tail} in the source extents does not \
+                         give {taken} bytes (at most {bs})"
                     )
                 },
             )?;
@@ -746,6 +762,7 @@ mod tests {
             skip: 2,
             sources: vec![(100, reference_block.len() as u32)],
             taken: Vec::new(),
+            tails: Vec::new(),
             segments: vec![
                 Segment::Literal(4),
                 Segment::Compress(bs as u32, a.len() as u32),
@@ -895,6 +912,7 @@ mod tests {
             skip: 0,
             sources: vec![(0, t0 as u32)],
             taken: Vec::new(),
+            tails: Vec::new(),
             segments,
         };
         let mut enc =
@@ -965,6 +983,89 @@ mod tests {
         }
     }
 
+    /// An old gzip stream in two places (its blocks, and its end beside its inode in an
+    /// old EROFS metadata block) gives all its content as reference; a tail outside the
+    /// source extents, or one that does not continue the stream, is refused.
+    #[test]
+    fn old_gzip_streams_go_on_in_their_tails() {
+        let text = crate::erofs::tests::compressible(21, 30_000);
+        let mut old_text = text[..20_000].to_vec();
+        old_text.extend_from_slice(&crate::erofs::tests::compressible(22, 3000));
+        let deflate = |t: &[u8]| {
+            let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+            std::io::Write::write_all(&mut e, t).unwrap();
+            e.finish().unwrap()
+        };
+        let (stream, old_stream) = (deflate(&text), deflate(&old_text));
+        let (content, corrections) = crate::gzip::analyze(&stream, 1 << 20).unwrap();
+        let cut = old_stream.len() / 2;
+        let gap = vec![0xCD; 7];
+        let reference = [
+            &[0xAB; 100][..],
+            &old_stream[..cut],
+            &gap,
+            &old_stream[cut..],
+        ]
+        .concat();
+        let rest = (old_stream.len() - cut) as u32;
+        let spec = Spec {
+            codec: Codec::GzipFile,
+            level: 0,
+            block_size: 64 << 10,
+            skip: 0,
+            sources: vec![(100, cut as u32)],
+            taken: vec![old_text.len() as u32],
+            tails: vec![((100 + cut + gap.len()) as u64, rest)],
+            segments: vec![Segment::Preflate(
+                content.len() as u32,
+                stream.len() as u32,
+                corrections.len() as u32,
+                stream.len() as u32,
+            )],
+        };
+        // The content frame needs the old content whole: text's first 20,000 bytes are there.
+        let mut e =
+            zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, &old_text[..]).unwrap();
+        std::io::Write::write_all(&mut e, &content).unwrap();
+        let frame = e.finish().unwrap();
+        let lit = zstd::bulk::compress(&corrections, 3).unwrap();
+        let blob_of = |spec: &Spec| {
+            encode(
+                spec,
+                content.len() as u64,
+                &frame,
+                corrections.len() as u64,
+                &lit,
+            )
+        };
+        let out = build(&blob_of(&spec), &reference, stream.len(), Codec::GzipFile).unwrap();
+        assert!(out == stream);
+        for (what, tail) in [
+            ("outside", ((reference.len() - 3) as u64, rest)),
+            ("none", (0, 0)),
+        ] {
+            let mut s = spec.clone();
+            s.tails[0] = tail;
+            let e = build(&blob_of(&s), &reference, stream.len(), Codec::GzipFile);
+            assert!(
+                e.as_ref().is_err_and(|e| e.contains("does not give")),
+                "{what}: {:?}",
+                e.map(|o| o.len())
+            );
+        }
+        // Bytes that do not continue the stream: refused, by whichever check meets them
+        // first (the inflater, the content frame, or the rebuilt stream's length).
+        let mut s = spec.clone();
+        s.tails[0].0 = 100 + cut as u64;
+        assert!(build(&blob_of(&s), &reference, stream.len(), Codec::GzipFile).is_err());
+        // Truncated inside the tail's fields.
+        let blob = blob_of(&spec);
+        let at = 1 + 4 + 4 + 4 + 4 + 8 + 4 + 4;
+        for n in at..at + 12 {
+            assert!(build(&blob[..n], &reference, stream.len(), Codec::GzipFile).is_err());
+        }
+    }
+
     /// A gzip file's blob: a stream placed in two parts around literal bytes (as an EROFS
     /// tail puts its end in a metadata block), its literal bytes a delta against the
     /// source extents, an old stream cut short as reference; each kind of damage refused.
@@ -998,6 +1099,7 @@ mod tests {
             skip: 0,
             sources: vec![(100, cut as u32)],
             taken: vec![taken as u32],
+            tails: Vec::new(),
             segments: vec![
                 Segment::Literal(4),
                 Segment::Preflate(

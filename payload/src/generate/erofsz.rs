@@ -384,6 +384,7 @@ impl Pair<'_> {
             skip: 0,
             sources: Vec::new(),
             taken: Vec::new(),
+            tails: Vec::new(),
             segments: Vec::new(),
         };
         let mut s = Vec::new();

@@ -61,6 +61,14 @@ impl Gz {
     fn in_blocks(&self) -> u64 {
         self.blocks() * BLOCK_SIZE
     }
+
+    /// Bytes of its deflate stream beside its inode (EROFS), after those in its blocks.
+    fn stream_in_tail(&self) -> usize {
+        match self.tail {
+            Some(_) => (self.header + self.deflate).saturating_sub(self.in_blocks() as usize),
+            None => 0,
+        }
+    }
 }
 
 /// A target gzip file to re-create, with preflate's corrections and its old version.
@@ -68,8 +76,9 @@ impl Gz {
 struct Unit {
     new: Gz,
     corrections: Vec<u8>,
-    /// The old version and the content bytes its blocks surely give (all, unless an
-    /// EROFS inline tail holds the end of its stream).
+    /// The old version and the content bytes it gives: all, its stream's end beside
+    /// its inode (EROFS) read from the old metadata block, unless its stream starts
+    /// there (then what its blocks surely give).
     old: Option<(Gz, usize)>,
 }
 
@@ -176,7 +185,7 @@ impl Cluster {
         self.units.iter().map(|u| u.new.blocks()).sum::<u64>() + u64::from(self.meta.is_some())
     }
     /// Old metadata blocks it reads: those of the paths in its metadata block, and those
-    /// holding old versions that lie whole beside their inodes.
+    /// holding old versions' stream ends (or whole old versions) beside their inodes.
     fn meta_sources(&self, meta_refs: &BTreeMap<u64, BTreeSet<u64>>) -> BTreeSet<u64> {
         let mut out: BTreeSet<u64> = self
             .meta
@@ -187,7 +196,7 @@ impl Cluster {
             self.units
                 .iter()
                 .filter_map(|u| u.old.as_ref())
-                .filter(|o| o.0.blocks() == 0)
+                .filter(|o| o.0.stream_in_tail() > 0)
                 .filter_map(|o| o.0.tail_block()),
         );
         out
@@ -272,7 +281,12 @@ pub(super) fn plan(source: &[u8], target: &[u8], kinds: &mut [Kind], threads: us
                 return Some((g, text.len()));
             }
             let (from, to) = (g.header, g.header + g.deflate);
-            let end = to.min(usize::try_from(g.in_blocks()).ok()?);
+            let in_blocks = usize::try_from(g.in_blocks()).ok()?;
+            if g.tail.is_some() && from < in_blocks {
+                // The stream goes on beside the old inode: the old metadata block is read.
+                return Some((g, text.len()));
+            }
+            let end = to.min(in_blocks);
             let taken = prefix_len(
                 bytes.get(from..end)?,
                 end == to,
@@ -457,7 +471,7 @@ pub(super) fn encode(
     let (mut source_ext, mut old) = (Vec::new(), Vec::new());
     let mut sources = Vec::new();
     let mut source_at = 0u64;
-    let mut old_inline = Vec::new();
+    let (mut old_inline, mut old_tails) = (Vec::new(), Vec::new());
     for u in &job.units {
         let Some((o, taken)) = &u.old else {
             continue;
@@ -471,6 +485,9 @@ pub(super) fn encode(
             continue;
         }
         let w = (o.deflate as u64).min(o.in_blocks() - o.header as u64);
+        if o.stream_in_tail() > 0 {
+            old_tails.push((sources.len(), o));
+        }
         sources.push((source_at + o.header as u64, w as u32, *taken as u32));
         for &(s, l) in &o.extents {
             push_extent(&mut source_ext, s, l);
@@ -487,6 +504,11 @@ pub(super) fn encode(
         let (b, at) = (o.tail_block().unwrap_or(0), o.tail.unwrap_or(0));
         sources[k].0 = meta_at[&b] + at % BLOCK_SIZE + o.header as u64;
     }
+    let mut tails = vec![(0u64, 0u32); sources.len()];
+    for (k, o) in old_tails {
+        let (b, at) = (o.tail_block().unwrap_or(0), o.tail.unwrap_or(0));
+        tails[k] = (meta_at[&b] + at % BLOCK_SIZE, o.stream_in_tail() as u32);
+    }
     let mut out = Out {
         spec: Spec {
             codec: Codec::GzipFile,
@@ -495,6 +517,7 @@ pub(super) fn encode(
             skip: 0,
             sources: sources.iter().map(|s| (s.0, s.1)).collect(),
             taken: sources.iter().map(|s| s.2).collect(),
+            tails,
             segments: Vec::new(),
         },
         content: Vec::new(),
@@ -597,6 +620,7 @@ mod tests {
                 skip: 0,
                 sources: Vec::new(),
                 taken: Vec::new(),
+                tails: Vec::new(),
                 segments: Vec::new(),
             },
             content: Vec::new(),

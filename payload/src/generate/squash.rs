@@ -329,6 +329,7 @@ impl Pair<'_> {
             skip: (job.span.start * BLOCK_SIZE - job.stream_start) as u32,
             sources: Vec::new(),
             taken: Vec::new(),
+            tails: Vec::new(),
             segments: Vec::new(),
         };
         let mut s = Vec::new();
