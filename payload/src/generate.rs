@@ -1193,7 +1193,17 @@ impl Images<'_> {
             OpType::Bsdiff => {
                 let reference = extents_bytes(self.source(), &c.source);
                 let stream = c.bsdiff.as_deref().unwrap_or_default();
-                (c.op, zstd_plain(stream, level)?, sha256(&reference))
+                let zstd = zstd_plain(stream, level)?;
+                let h = sha256(&reference);
+                // bsdiff won at the probe level against zstd; against LZMA2 with the old
+                // version as dictionary it may not.
+                match xz
+                    .then(|| xz_blob(tbytes, &reference, zstd.len(), false))
+                    .flatten()
+                {
+                    Some(blob) => (OpType::PatchXz, blob, h),
+                    None => (c.op, zstd, h),
+                }
             }
             _ => match xz.then(|| xz_blob(tbytes, &[], c.size, true)).flatten() {
                 Some(blob) => (OpType::ReplaceXz, blob, [0u8; 32]),
