@@ -722,38 +722,38 @@ pub fn generate_observed<S: Signer + ?Sized>(
         r.and_then(|o| report((*done).min(total)).map(|()| o))
     };
     let cancelled = || progress.is_some_and(|p| p.cancelled());
-    let mut encoded = par_map(merged, threads, |(plan, pred)| {
-        if cancelled() {
-            return Err(Error::Cancelled);
-        }
-        let bytes = extents_total(&plan.1) * BLOCK_SIZE;
-        encoded_one(bytes, images.encode(plan, pred, opts.level))
-    });
-    // RECOMPRESS operations: squashfs's or EROFS's, whichever the target is.
-    let recreate = |blocks: u64, encode: &dyn Fn() -> Result<(Operation, Vec<u8>)>| {
-        if cancelled() {
-            return Err(Error::Cancelled);
-        }
-        encoded_one(blocks * BLOCK_SIZE, encode())
-    };
-    if let Some(pair) = &squashfs {
-        encoded.extend(par_map(recompress, threads, |job| {
-            recreate(job.blocks(), &|| pair.encode(&job, opts.level))
-        }));
-    }
-    if let Some(pair) = &erofs {
-        encoded.extend(par_map(erofs_jobs, threads, |job| {
-            recreate(job.blocks(), &|| pair.encode(&job, opts.level))
-        }));
-    }
+    // One queue for every operation, the costliest first: two workers then finish
+    // together instead of one waiting while the other encodes a last large operation
+    // (the LZMA2 groups of new files, the RECOMPRESS operations). The operations keep
+    // their order in the payload (a CHAIN follows what it refers to).
     let gz = !gz_jobs.is_empty();
-    if let Some(src) = source {
-        encoded.extend(par_map(gz_jobs, threads, |job| {
-            recreate(job.blocks(), &|| {
-                gzfile::encode(src, target, &job, opts.level)
-            })
-        }));
-    }
+    let mut work: Vec<Work> = merged.into_iter().map(|(p, d)| Work::Plan(p, d)).collect();
+    work.extend(recompress.into_iter().map(Work::Squash));
+    work.extend(erofs_jobs.into_iter().map(Work::Erofs));
+    work.extend(gz_jobs.into_iter().map(Work::Gzip));
+    let mut queue: Vec<(usize, Work)> = work.into_iter().enumerate().collect();
+    queue.sort_by_key(|(_, w)| std::cmp::Reverse(w.cost()));
+    let mut encoded = par_map(queue, threads, |(i, w)| {
+        if cancelled() {
+            return (i, Err(Error::Cancelled));
+        }
+        let bytes = w.blocks() * BLOCK_SIZE;
+        let r = match w {
+            Work::Plan(plan, pred) => images.encode(plan, pred, opts.level),
+            Work::Squash(job) => squashfs
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("no squashfs pair".into()))
+                .and_then(|pair| pair.encode(&job, opts.level)),
+            Work::Erofs(job) => erofs
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("no EROFS pair".into()))
+                .and_then(|pair| pair.encode(&job, opts.level)),
+            Work::Gzip(job) => gzfile::encode(images.source(), target, &job, opts.level),
+        };
+        (i, encoded_one(bytes, r))
+    });
+    encoded.sort_by_key(|(i, _)| *i);
+    let encoded = encoded.into_iter().map(|(_, r)| r).collect();
     let (operations, data) = lay_out(encoded)?;
     let codec = match (&squashfs, &erofs) {
         _ if gz => Some(crate::squashfs::Codec::GzipFile),
@@ -776,6 +776,34 @@ pub fn generate_observed<S: Signer + ?Sized>(
         recompressor,
     };
     assemble(&manifest, &data, signer)
+}
+
+/// One operation to encode.
+enum Work {
+    Plan(Plan, Option<i128>),
+    Squash(squash::Job),
+    Erofs(erofsz::Job),
+    Gzip(gzfile::Job),
+}
+
+impl Work {
+    fn blocks(&self) -> u64 {
+        match self {
+            Work::Plan(plan, _) => extents_total(&plan.1),
+            Work::Squash(j) => j.blocks(),
+            Work::Erofs(j) => j.blocks(),
+            Work::Gzip(j) => j.blocks(),
+        }
+    }
+
+    /// Roughly how long it takes: copies and zeros next to nothing, compression by its
+    /// bytes.
+    fn cost(&self) -> u64 {
+        match self {
+            Work::Plan((OpType::Copy | OpType::Zero, ..), _) => 0,
+            w => w.blocks(),
+        }
+    }
 }
 
 /// Size and digest of a whole image.
