@@ -983,14 +983,13 @@ mod tests {
         }
     }
 
-    /// An old gzip stream in two places (its blocks, and its end beside its inode in an
-    /// old EROFS metadata block) gives all its content as reference; a tail outside the
-    /// source extents, or one that does not continue the stream, is refused.
-    #[test]
-    fn old_gzip_streams_go_on_in_their_tails() {
-        let text = crate::erofs::tests::compressible(21, 30_000);
-        let mut old_text = text[..20_000].to_vec();
-        old_text.extend_from_slice(&crate::erofs::tests::compressible(22, 3000));
+    /// Two versions of a text as raw deflate streams: the new one (`len` bytes from
+    /// `seed`), the old one its first `kept` bytes and `own` bytes of its own. Returns the
+    /// old text, both streams, and the new stream's content and preflate corrections.
+    fn gzip_versions(seed: u64, len: usize, kept: usize, own: usize) -> Versions {
+        let text = crate::erofs::tests::compressible(seed, len);
+        let mut old_text = text[..kept].to_vec();
+        old_text.extend_from_slice(&crate::erofs::tests::compressible(seed + 1, own));
         let deflate = |t: &[u8]| {
             let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
             std::io::Write::write_all(&mut e, t).unwrap();
@@ -998,6 +997,35 @@ mod tests {
         };
         let (stream, old_stream) = (deflate(&text), deflate(&old_text));
         let (content, corrections) = crate::gzip::analyze(&stream, 1 << 20).unwrap();
+        Versions {
+            old_text,
+            stream,
+            old_stream,
+            content,
+            corrections,
+        }
+    }
+
+    struct Versions {
+        old_text: Vec<u8>,
+        stream: Vec<u8>,
+        old_stream: Vec<u8>,
+        content: Vec<u8>,
+        corrections: Vec<u8>,
+    }
+
+    /// An old gzip stream in two places (its blocks, and its end beside its inode in an
+    /// old EROFS metadata block) gives all its content as reference; a tail outside the
+    /// source extents, or one that does not continue the stream, is refused.
+    #[test]
+    fn old_gzip_streams_go_on_in_their_tails() {
+        let Versions {
+            old_text,
+            stream,
+            old_stream,
+            content,
+            corrections,
+        } = gzip_versions(21, 30_000, 20_000, 3000);
         let cut = old_stream.len() / 2;
         let gap = vec![0xCD; 7];
         let reference = [
@@ -1071,16 +1099,13 @@ mod tests {
     /// source extents, an old stream cut short as reference; each kind of damage refused.
     #[test]
     fn gzip_streams_build_back_in_parts() {
-        let text = crate::erofs::tests::compressible(11, 60_000);
-        let mut old_text = text[..40_000].to_vec();
-        old_text.extend_from_slice(&crate::erofs::tests::compressible(12, 5000));
-        let deflate = |t: &[u8]| {
-            let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-            std::io::Write::write_all(&mut e, t).unwrap();
-            e.finish().unwrap()
-        };
-        let (stream, old_stream) = (deflate(&text), deflate(&old_text));
-        let (content, corrections) = crate::gzip::analyze(&stream, 1 << 20).unwrap();
+        let Versions {
+            old_text,
+            stream,
+            old_stream,
+            content,
+            corrections,
+        } = gzip_versions(11, 60_000, 40_000, 5000);
         // The source extents: 100 bytes, then the old stream cut to two thirds.
         let cut = old_stream.len() * 2 / 3;
         let mut reference = vec![0xAB; 100];
