@@ -83,7 +83,7 @@
 //!     beside the file's inode, in a metadata block the operation also writes)
 //! u64 content length, u32 frame length, a zstd frame with S as prefix: the content (when
 //!     bit 31 of the frame length is set, the frame is instead a REPLACE_XZ blob with S as
-//!     preset dictionary; gzip files' text, from level 10)
+//!     preset dictionary, its dictionary at most 16 MiB; gzip files' text, from level 10)
 //! u64 literal length, u32 frame length, a zstd frame: the literal stream (for 0x41 with
 //!     the source extents' bytes as prefix: metadata blocks written beside gzip files'
 //!     tails refer to the old ones)

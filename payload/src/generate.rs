@@ -222,7 +222,10 @@ fn recompress_op(
     // to match). Not squashfs's or EROFS's blocks: their content is most of the payload,
     // and LZMA2 would double the time taken to make it for a size already well below the
     // peers'.
+    let small_dict =
+        crate::xz::dict_size(r.old.len(), r.content.len()) <= crate::recompress::MAX_FRAME_DICT;
     let (frame, xz) = match (level >= XZ_FROM_LEVEL
+        && small_dict
         && r.spec.codec == crate::squashfs::Codec::GzipFile)
         .then(|| xz_blob(r.content, r.old, frame.len(), r.old.is_empty()))
         .flatten()

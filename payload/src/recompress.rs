@@ -270,6 +270,10 @@ pub(crate) struct Spec {
 /// layout, the reference as its preset dictionary) rather than a zstd frame.
 const XZ_FRAME: u32 = 1 << 31;
 
+/// Largest LZMA2 dictionary of a content frame: with the reference S, the content and the
+/// source extents it keeps the applier under 64 MiB.
+pub(crate) const MAX_FRAME_DICT: u32 = 16 << 20;
+
 /// The blob: `spec`, then the content frame (`content_len` bytes once decoded against the
 /// reference) and the literal frame.
 #[cfg(test)]
@@ -526,8 +530,18 @@ pub(crate) fn build(
         let f = c.take((word & !XZ_FRAME) as usize, what).map_err(e)?;
         match word & XZ_FRAME {
             0 => unframe(f, prefix, len, what),
-            _ if what == "content" => crate::xz::decode_blob(f, prefix, len as usize)
-                .map_err(|why| format!("{what}: {why}")),
+            _ if what == "content" => {
+                let dict = f
+                    .get(1..5)
+                    .map_or(0, |d| u32::from_le_bytes([d[0], d[1], d[2], d[3]]));
+                if dict > MAX_FRAME_DICT {
+                    return Err(format!(
+                        "{what}: LZMA2 dictionary {dict}: more than {MAX_FRAME_DICT}"
+                    ));
+                }
+                crate::xz::decode_blob(f, prefix, len as usize)
+                    .map_err(|why| format!("{what}: {why}"))
+            }
             _ => Err(format!("{what}: only the content frame may be LZMA2")),
         }
     };
@@ -836,6 +850,10 @@ mod tests {
             Codec::Zstd,
         );
         assert!(e.unwrap_err().starts_with("content: "));
+        let mut big = xz.clone();
+        big[1..5].copy_from_slice(&(32u32 << 20).to_le_bytes());
+        let e = build(&with_xz(&big), &reference, expect.len(), Codec::Zstd).unwrap_err();
+        assert!(e.contains("dictionary"), "{e}");
         let mut marked = with_xz(&xz);
         let at = marked.len() - lit.len() - 4;
         marked[at + 3] |= 0x80;
