@@ -414,7 +414,7 @@ fn zstd_decoder<'b, R: io::BufRead + 'b>(
 
 fn decode(op: OpType, blob: &[u8], reference: &[u8], expected: usize) -> io::Result<Vec<u8>> {
     if matches!(op, OpType::ReplaceXz | OpType::ChainXz | OpType::PatchXz) {
-        return crate::xz::decode_blob(blob, reference, expected)
+        return crate::xz::decode_blob(blob, reference, expected, crate::xz::MAX_DICT)
             .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why));
     }
     if op == OpType::Bsdiff {

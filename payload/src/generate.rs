@@ -279,11 +279,7 @@ fn xz_blob(data: &[u8], reference: &[u8], probe: usize, code: bool) -> Option<Ve
                 && b[..4] == *b"\x7fELF"
                 && matches!(u16::from_le_bytes([b[18], b[19]]), 3 | 62)
         });
-    let stream = crate::xz::raw_encode(data, reference, x86).ok()?;
-    let mut blob = Vec::with_capacity(stream.len() + 5);
-    blob.push(u8::from(x86));
-    blob.extend_from_slice(&crate::xz::dict_size(reference.len(), data.len()).to_le_bytes());
-    blob.extend_from_slice(&stream);
+    let blob = crate::xz::encode_blob(data, reference, x86).ok()?;
     (blob.len() < probe).then_some(blob)
 }
 

@@ -531,15 +531,7 @@ pub(crate) fn build(
         match word & XZ_FRAME {
             0 => unframe(f, prefix, len, what),
             _ if what == "content" => {
-                let dict = f
-                    .get(1..5)
-                    .map_or(0, |d| u32::from_le_bytes([d[0], d[1], d[2], d[3]]));
-                if dict > MAX_FRAME_DICT {
-                    return Err(format!(
-                        "{what}: LZMA2 dictionary {dict}: more than {MAX_FRAME_DICT}"
-                    ));
-                }
-                crate::xz::decode_blob(f, prefix, len as usize)
+                crate::xz::decode_blob(f, prefix, len as usize, MAX_FRAME_DICT)
                     .map_err(|why| format!("{what}: {why}"))
             }
             _ => Err(format!("{what}: only the content frame may be LZMA2")),
@@ -828,9 +820,7 @@ mod tests {
         assert!(build(&blob, &reference, expect.len(), Codec::Gzip).is_err());
         // The content as an LZMA2 blob with S as preset dictionary builds the same; the
         // literal frame marked so, or a damaged one, is refused.
-        let mut xz = vec![0u8];
-        xz.extend_from_slice(&crate::xz::dict_size(s.len(), content.len()).to_le_bytes());
-        xz.extend_from_slice(&crate::xz::raw_encode(&content, s, false).unwrap());
+        let xz = crate::xz::encode_blob(&content, s, false).unwrap();
         let with_xz = |xz: &[u8]| {
             encode_with(
                 &spec,

@@ -285,6 +285,7 @@ pub(crate) fn decode_blob(
     blob: &[u8],
     reference: &[u8],
     expected: usize,
+    max_dict: u32,
 ) -> std::result::Result<Vec<u8>, String> {
     let mut c = keel_io::Cursor::new(blob, 0);
     let e = |e: keel_io::CursorError| format!("{} at blob offset {}: truncated", e.field, e.offset);
@@ -298,7 +299,23 @@ pub(crate) fn decode_blob(
         }
     };
     let dict = c.u32("dictionary size").map_err(e)?;
+    if dict > max_dict {
+        return Err(format!(
+            "dictionary size {dict} at blob offset 1: at most {max_dict}"
+        ));
+    }
     raw_decode(&blob[5..], reference, x86, dict, expected)
+}
+
+/// `data` as a REPLACE_XZ / CHAIN_XZ / PATCH_XZ blob (the layout [`decode_blob`] reads):
+/// the filter byte, the dictionary size, the raw LZMA2 stream.
+pub(crate) fn encode_blob(data: &[u8], reference: &[u8], x86: bool) -> Result<Vec<u8>, String> {
+    let stream = raw_encode(data, reference, x86)?;
+    let mut blob = Vec::with_capacity(stream.len() + 5);
+    blob.push(u8::from(x86));
+    blob.extend_from_slice(&dict_size(reference.len(), data.len()).to_le_bytes());
+    blob.extend_from_slice(&stream);
+    Ok(blob)
 }
 
 #[cfg(test)]

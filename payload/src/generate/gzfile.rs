@@ -500,14 +500,20 @@ pub(super) fn encode(
         push_extent(&mut source_ext, b, 1);
         source_at += BLOCK_SIZE;
     }
-    for (k, o) in old_inline {
+    // Where an old file's bytes beside its inode lie in the source extents.
+    let beside_inode = |o: &Gz| -> Result<u64> {
         let (b, at) = (o.tail_block().unwrap_or(0), o.tail.unwrap_or(0));
-        sources[k].0 = meta_at[&b] + at % BLOCK_SIZE + o.header as u64;
+        let block = meta_at.get(&b).ok_or_else(|| {
+            Error::Invalid(format!("{}: its old metadata block is not read", o.path))
+        })?;
+        Ok(block + at % BLOCK_SIZE)
+    };
+    for (k, o) in old_inline {
+        sources[k].0 = beside_inode(o)? + o.header as u64;
     }
     let mut tails = vec![(0u64, 0u32); sources.len()];
     for (k, o) in old_tails {
-        let (b, at) = (o.tail_block().unwrap_or(0), o.tail.unwrap_or(0));
-        tails[k] = (meta_at[&b] + at % BLOCK_SIZE, o.stream_in_tail() as u32);
+        tails[k] = (beside_inode(o)?, o.stream_in_tail() as u32);
     }
     let mut out = Out {
         spec: Spec {
