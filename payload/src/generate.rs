@@ -50,6 +50,9 @@ const PROBE_LEVEL: i32 = 6;
 /// An encoding this many times smaller than its input at the probe level is kept at that
 /// level.
 const NEAR_COPY: usize = 64;
+/// Content that plain zstd at the probe level shrinks by less than this fraction of its
+/// size is encoded at the probe level.
+const INCOMPRESSIBLE: usize = 16;
 
 /// What to put in the manifest and how hard to compress.
 ///
@@ -1020,6 +1023,8 @@ fn anchor_index(source: Option<&[u8]>) -> HashMap<u64, u64> {
 struct Candidate {
     op: OpType,
     size: usize,
+    /// Size of plain zstd at the probe level.
+    plain: usize,
     source: Vec<Extent>,
     bsdiff: Option<Vec<u8>>,
 }
@@ -1042,9 +1047,13 @@ impl Images<'_> {
                 let tbytes = extents_bytes(self.target, &t);
                 let best = self.best_candidate(op, &t, &tbytes, src, pred, level)?;
                 // Content its reference nearly all holds (a file that only moved) gains a
-                // few bytes from the requested level at the cost of seconds: the probe's
-                // level does.
-                let level = if best.size < tbytes.len() / NEAR_COPY {
+                // few bytes from the requested level at the cost of seconds, and so does
+                // content that does not compress by itself (blocks a file system
+                // compressed): all a reference gives it are long matches, which the probe
+                // finds as well, while the higher levels search a reference of megabytes
+                // for seconds (and LZMA2 reads all of it) in vain. The probe's level does.
+                let n = tbytes.len();
+                let level = if best.size < n / NEAR_COPY || best.plain >= n - n / INCOMPRESSIBLE {
                     level.min(PROBE_LEVEL)
                 } else {
                     level
@@ -1091,6 +1100,7 @@ impl Images<'_> {
         let mut best = Candidate {
             op: OpType::Replace,
             size: plain,
+            plain,
             source: Vec::new(),
             bsdiff: None,
         };
@@ -1101,6 +1111,7 @@ impl Images<'_> {
                 best = Candidate {
                     op,
                     size,
+                    plain,
                     source: source.to_vec(),
                     bsdiff,
                 };

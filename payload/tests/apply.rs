@@ -614,8 +614,10 @@ fn squashfs_changed_files_are_recompressed() {
     let Some((src, tgt)) = squashfs_pair("zstd", &["-noD", "-noF", "-b", "65536"]) else {
         return;
     };
-    let recompressed = recompress_case(&src, &tgt);
+    let (recompressed, blocks) = recompress_blocks(&src, &tgt);
     assert!(recompressed > 0, "stored blocks are always re-created");
+    // New files' too: zstd compresses what mksquashfs stored.
+    assert!(recreated(&tgt, &blocks, "/opt/new/part0.txt", 0));
     resume_case(&src, &tgt, 8);
     recompress_each(&[("zstd", &["-Xcompression-level", "19"]), ("gzip", &[])]);
 }
@@ -641,7 +643,7 @@ fn squashfs_xz_and_lz4_blocks_are_recompressed() {
 fn recompress_each(cases: &[(&str, &[&str])]) {
     for &(comp, extra) in cases {
         let (src, tgt) = squashfs_pair(comp, extra).unwrap();
-        let recompressed = recompress_case(&src, &tgt);
+        let (recompressed, blocks) = recompress_blocks(&src, &tgt);
         let same = match comp {
             // liblzma's and liblz4's block compressors are not reachable from here: the
             // same library version as mksquashfs links.
@@ -658,6 +660,16 @@ fn recompress_each(cases: &[(&str, &[&str])]) {
             assert!(
                 recompressed > tgt.len() as u64 / 4,
                 "{comp}: {recompressed} bytes re-created"
+            );
+            // A changed file's blocks are re-created from a delta; a new file's only when
+            // zstd compresses its content much better than the image's compressor did
+            // (not xz, not zstd from level 15).
+            assert!(recreated(&tgt, &blocks, "/usr/bin/tool", 1 << 20), "{comp}");
+            let strong = comp == "xz" || comp == "zstd";
+            assert_eq!(
+                recreated(&tgt, &blocks, "/opt/new/part0.txt", 0),
+                !strong,
+                "{comp}: a new file's blocks"
             );
         }
         if std::env::var_os("KEEL_REQUIRE_RECOMPRESS").is_some() {
@@ -755,9 +767,16 @@ fn with_and_without_pairing(src: &[u8], tgt: &[u8]) -> (Keyring, Vec<u8>, Vec<u8
 /// Generate with and without file pairing, apply both exactly; the RECOMPRESS target
 /// bytes of the paired payload (which is the smaller when there are any).
 fn recompress_case(src: &[u8], tgt: &[u8]) -> u64 {
+    recompress_blocks(src, tgt).0
+}
+
+/// [`recompress_case`], and the 4 KiB blocks the paired payload's RECOMPRESS operations
+/// write.
+fn recompress_blocks(src: &[u8], tgt: &[u8]) -> (u64, Vec<u64>) {
     let (ring, paired, unpaired) = with_and_without_pairing(src, tgt);
     let ao = ApplyOptions::new(&ring, VersionCheck::Unchecked);
     let mut recompressed = 0;
+    let mut blocks = Vec::new();
     for p in [&paired, &unpaired] {
         let mut out = vec![0u8; tgt.len()];
         let done = apply(&p[..], Some(src), &mut out, &ao).unwrap();
@@ -771,6 +790,11 @@ fn recompress_case(src: &[u8], tgt: &[u8]) -> u64 {
         assert_eq!(bytes > 0, done.manifest.recompressor.is_some());
         if std::ptr::eq(p, &paired) {
             recompressed = bytes;
+            blocks = ops
+                .iter()
+                .filter(|o| o.op == OpType::Recompress)
+                .flat_map(|o| o.target.iter().flat_map(|e| e.start..e.start + e.blocks))
+                .collect();
         } else {
             assert_eq!(bytes, 0, "no pairing, no RECOMPRESS");
         }
@@ -783,7 +807,20 @@ fn recompress_case(src: &[u8], tgt: &[u8]) -> u64 {
     if recompressed > 0 {
         assert!(paired.len() < unpaired.len());
     }
-    recompressed
+    (recompressed, blocks)
+}
+
+/// Whether the RECOMPRESS operations that wrote `blocks` of `img` re-created the data
+/// block of file `path` holding byte `at` of it.
+fn recreated(img: &[u8], blocks: &[u64], path: &str, at: u64) -> bool {
+    let image = keel_payload::squashfs::open(img).unwrap();
+    let f = image.files.iter().find(|f| f.path == path).unwrap();
+    let (offset, _) = f
+        .data
+        .each()
+        .nth((at / u64::from(image.block_size)) as usize)
+        .unwrap();
+    blocks.contains(&(offset / 4096))
 }
 
 /// File pairing makes groups of files and chains new files, and a smaller payload than
