@@ -1019,14 +1019,15 @@ fn anchor_index(source: Option<&[u8]>) -> HashMap<u64, u64> {
 }
 
 /// A reference for a delta: the operation to use and its estimated size, the reference
-/// extents, and the bsdiff stream if bsdiff won.
+/// extents, and if bsdiff won, its stream and the size of zstd against the same
+/// reference (both at the probe level).
 struct Candidate {
     op: OpType,
     size: usize,
     /// Size of plain zstd at the probe level.
     plain: usize,
     source: Vec<Extent>,
-    bsdiff: Option<Vec<u8>>,
+    bsdiff: Option<(Vec<u8>, usize)>,
 }
 
 impl Images<'_> {
@@ -1135,7 +1136,13 @@ impl Images<'_> {
             let mut stream = Vec::new();
             bsdiff::diff(&reference, tbytes, &mut stream).map_err(|e| Error::io("bsdiff", e))?;
             let diffed = zstd_plain(&stream, probe)?.len();
-            consider(OpType::Bsdiff, diffed, 48 * src.len(), &src, Some(stream));
+            consider(
+                OpType::Bsdiff,
+                diffed,
+                48 * src.len(),
+                &src,
+                Some((stream, patched)),
+            );
         } else {
             let tstart = t.first().map_or(0, |e| e.start);
             let tspan = t.last().map_or(0, |e| e.start + e.blocks) - tstart;
@@ -1206,15 +1213,17 @@ impl Images<'_> {
             OpType::Patch => {
                 let reference = extents_bytes(self.source(), &c.source);
                 let h = sha256(&reference);
-                let zstd = zstd_patch(tbytes, &reference, level)?;
+                // LZMA2 first: it beats zstd at the requested level on nearly every
+                // patch, and each of the two reads the whole reference (seconds for
+                // megabytes), so zstd goes only where LZMA2 does not beat the probe.
                 // BCJ would turn calls that still match the old version (same relative
                 // target) into ones that do not: a patch goes without it.
                 match xz
-                    .then(|| xz_blob(tbytes, &reference, zstd.len(), false))
+                    .then(|| xz_blob(tbytes, &reference, c.size, false))
                     .flatten()
                 {
                     Some(blob) => (OpType::PatchXz, blob, h),
-                    None => (c.op, zstd, h),
+                    None => (c.op, zstd_patch(tbytes, &reference, level)?, h),
                 }
             }
             OpType::Chain => {
@@ -1230,12 +1239,18 @@ impl Images<'_> {
             }
             OpType::Bsdiff => {
                 let reference = extents_bytes(self.source(), &c.source);
-                let stream = c.bsdiff.as_deref().unwrap_or_default();
+                let (stream, patched) = c
+                    .bsdiff
+                    .as_ref()
+                    .map_or((&[][..], 0), |(s, p)| (&s[..], *p));
                 let zstd = zstd_plain(stream, level)?;
                 let h = sha256(&reference);
                 // bsdiff won at the probe level against zstd; against LZMA2 with the old
-                // version as dictionary it may not.
-                match xz
+                // version as dictionary it may not, where zstd came close (on the corpus
+                // LZMA2 won each time zstd was within 1.45x of bsdiff, never beyond 1.5x,
+                // where bsdiff's moved addresses are what counts: the largest executables,
+                // seconds of LZMA2 each).
+                match (xz && patched < c.size + c.size / 2)
                     .then(|| xz_blob(tbytes, &reference, zstd.len(), false))
                     .flatten()
                 {
