@@ -3,6 +3,8 @@
 //! ```text
 //! cargo run --example update -- --config SYSTEM.toml [--root DIR] [--state DIR] COMMAND
 //!   install PAYLOAD|-   check, apply into the slot not running, verify, arm
+//!   install --index URL --trust-root ROOT
+//!                        the same for the release a signed index names (over HTTP(S))
 //!   commit [--check CMD]... [--timeout SECS]
 //!                        after a boot: run the checks, then mark the booted slot good
 //!                        (or bad, exit status 2: reboot to fall back)
@@ -64,10 +66,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install PAYLOAD (a file, or - for standard input) into the slot not running.
+    /// Install PAYLOAD (a file, or - for standard input) into the slot not running; or,
+    /// with --index, the release a signed index names for this system, over HTTP(S).
     Install {
         /// The payload file, or - for standard input.
-        payload: String,
+        #[arg(required_unless_present = "index", conflicts_with = "index")]
+        payload: Option<String>,
+        /// A release index's URL: verify it, choose the release (delta from the booted
+        /// image, else full), fetch and install it.
+        #[arg(long, requires = "trust_root")]
+        index: Option<String>,
+        /// The trusted root of the index's keys (an envelope as `sign --kind root` writes).
+        #[arg(long = "trust-root", requires = "index")]
+        trust_root: Option<PathBuf>,
         /// Checkpoint (durable, resumable) every N MiB.
         #[arg(long, default_value_t = 64)]
         checkpoint_mib: u64,
@@ -77,8 +88,8 @@ enum Cmd {
         /// A command that must exit 0 (run by sh -c); repeatable.
         #[arg(long = "check")]
         checks: Vec<String>,
-        /// Time limit of each check, in seconds.
-        #[arg(long, default_value_t = 60)]
+        /// Time limit of each check, in seconds (at most a day).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         timeout: u64,
     },
     /// Both slots and the last install error.
@@ -230,19 +241,20 @@ fn run(cli: Cli) -> Res<ExitCode> {
         .write(writable)
         .open(&disk_path)
         .map_err(|e| format!("{}: {e}", disk_path.display()))?;
-    let agent = Agent::new(system, &disk)
+    let mut agent = Agent::new(system, &disk)
         .root(&cli.root)
         .state_dir(&cli.state);
+    // A disk given here is the one whose partitions device paths must name.
+    if let Some(d) = &cli.disk {
+        agent = agent.disk_path(d);
+    }
     match cli.cmd {
         Cmd::Install {
             payload,
+            index,
+            trust_root,
             checkpoint_mib,
         } => {
-            let input: Box<dyn Read> = match payload.as_str() {
-                "-" => Box::new(std::io::stdin().lock()),
-                // A regular file or a device: a directory is an error naming it.
-                p => Box::new(keel::io::open_device(std::path::Path::new(p), false)?.0),
-            };
             let pb = ProgressBar::new(0).with_style(
                 ProgressStyle::with_template("[{bar:40}] {bytes}/{total_bytes}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -252,7 +264,32 @@ fn run(cli: Cli) -> Res<ExitCode> {
                 pb.set_position(done);
             };
             let agent = agent.checkpoint_bytes(checkpoint_mib.max(1) << 20);
-            let done = agent.install(std::io::BufReader::new(input), Some(&observer));
+            let done = match (index, trust_root, payload) {
+                (Some(url), Some(root), _) => {
+                    let now = agent.trusted_now()?;
+                    let bytes = cli::read_small(&root, keel::fetch::index::MAX_ENVELOPE as u64)?;
+                    let root = keel::fetch::index::TrustedRoot::initial(&bytes, now)?;
+                    let fetch = keel::fetch::FetchOptions::default();
+                    match agent.install_from_index(&url, &root, fetch, Some(&observer)) {
+                        Ok(Some(done)) => Ok(done),
+                        Ok(None) => {
+                            pb.finish_and_clear();
+                            println!("the index names nothing newer for this system");
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                (_, _, Some(payload)) => {
+                    let input: Box<dyn Read> = match payload.as_str() {
+                        "-" => Box::new(std::io::stdin().lock()),
+                        // A regular file or a device: a directory is an error naming it.
+                        p => Box::new(keel::io::open_device(std::path::Path::new(p), false)?.0),
+                    };
+                    agent.install(std::io::BufReader::new(input), Some(&observer))
+                }
+                _ => return Err("give a PAYLOAD, or --index URL with --trust-root ROOT".into()),
+            };
             pb.finish_and_clear();
             let done = done?;
             println!(
@@ -365,8 +402,14 @@ fn fetch_apply(cmd: &Cmd) -> Res<ExitCode> {
     pb.finish_and_clear();
     let done = done?;
     let st = reader.stats();
+    // What this run fetched per payload byte: near 1.0 unless cuts, a resume or a seek
+    // cost bytes twice.
+    let ratio = match reader.len() {
+        Some(len) if len > 0 => format!("{:.3}", st.bytes as f64 / len as f64),
+        _ => "?".into(),
+    };
     println!(
-        "applied version {} ({} operations, resumed at {}); {} bytes in {} requests ({:.1} per GiB), {} retries",
+        "applied version {} ({} operations, resumed at {}); {} bytes in {} requests ({:.1} per GiB), {} retries; fetched/payload {ratio}",
         done.manifest.version,
         done.manifest.operations.len(),
         done.resumed_at,
@@ -392,6 +435,14 @@ fn check(cmd: &Cmd, root_dir: &std::path::Path) -> Res<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let now = keel::trust::unix_now();
+    // No index is judged on a clock set back before this agent was built.
+    if now < keel::update::BUILD_TIME_FLOOR {
+        return Err(format!(
+            "the clock reads {now} (unix time), before this agent was built ({}): set the clock",
+            keel::update::BUILD_TIME_FLOOR
+        )
+        .into());
+    }
     let root_bytes = cli::read_small(trust_root, keel::fetch::index::MAX_ENVELOPE as u64)?;
     let root = TrustedRoot::initial(&root_bytes, now)?;
     let last = match serial_file {
@@ -475,7 +526,13 @@ fn make_index(cmd: &Cmd) -> Res<ExitCode> {
         }
         None => None,
     };
-    let expires = keel::trust::unix_now() + expires_days.saturating_mul(86_400);
+    // Within 100 years: a larger number would wrap the expiry into the past (or past
+    // what a device's clock can hold), and an index meant to expire would never do so.
+    const MAX_DAYS: u64 = 36_525;
+    if *expires_days > MAX_DAYS {
+        return Err(format!("--expires-days {expires_days}: at most {MAX_DAYS} (100 years)").into());
+    }
+    let expires = keel::trust::unix_now().saturating_add(expires_days * 86_400);
     let index = publish::add_release(base, release, *serial, expires)?;
     let mut doc = serde_json::to_vec_pretty(&index)?;
     doc.push(b'\n');

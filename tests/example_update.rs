@@ -390,4 +390,154 @@ fn fetch_apply_sign_and_check_against_nginx() {
         String::from_utf8_lossy(&o.stderr).contains("rollback"),
         "{o:?}"
     );
+
+    // The agent's own path, `update install --index`: an index whose release says 3.0
+    // but names the payloads signed as 2.0 (a holder of the index key alone pointing a
+    // release at another signed payload) is refused before anything is written.
+    let disk = dir.join("disk.img");
+    let before = std::fs::read(&disk).unwrap();
+    let mut forged = doc.clone();
+    forged.releases[0].version = "3.0".into();
+    // The serial the device has accepted (the same index number again is no rollback).
+    forged.serial = 3;
+    std::fs::write(
+        dir.join("forged-doc.json"),
+        serde_json::to_vec(&forged).unwrap(),
+    )
+    .unwrap();
+    ok(
+        "update",
+        &[
+            "sign",
+            "--kind",
+            "index",
+            &p("forged-doc.json"),
+            "--key",
+            &p("release-key.pem"),
+            "-o",
+            &p("forged.json"),
+        ],
+    );
+    let install = |index: &str| {
+        update(
+            &dir,
+            &[
+                "install",
+                "--index",
+                &format!("{}/{index}", server.base),
+                "--trust-root",
+                &p("root.json"),
+            ],
+        )
+    };
+    let o = install("forged.json");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("version 3.0") && err.contains("says 2.0"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(&disk).unwrap() == before,
+        "the disk was written"
+    );
+
+    // The real index: the delta from the booted 1.0 is fetched from nginx and installed.
+    let o = install("index.json");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout(&o).contains("installed version 2.0 into slot B"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("state/index-serial"))
+            .unwrap()
+            .trim(),
+        "3"
+    );
+    let status = stdout(&update(&dir, &["status"]));
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with('B') && l.contains("2.0") && l.contains("next")),
+        "{status}"
+    );
+}
+
+/// Numbers no one means, given as arguments: a clear refusal, never a panic (exit 101) or
+/// a value wrapped into its opposite. The demo's private key is the owner's alone.
+#[test]
+fn out_of_range_arguments_are_refused_and_the_demo_key_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_tmp, dir) = demo();
+    let mode = std::fs::metadata(dir.join("release-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "release-key.pem is {mode:o}");
+
+    let o = update(&dir, &["commit", "--timeout", "18446744073709551615"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--timeout"),
+        "{o:?}"
+    );
+
+    let p = |n: &str| dir.join(n).display().to_string();
+    let index = |extra: &[&str]| {
+        let mut args = vec!["index", "--full", "FULL", "--pubkey", "PUB", "-o", "OUT"];
+        args.extend_from_slice(extra);
+        let (full, key, out) = (p("full.payload"), p("release-key.pub"), p("index-doc.json"));
+        let args: Vec<&str> = args
+            .iter()
+            .map(|a| match *a {
+                "FULL" => full.as_str(),
+                "PUB" => key.as_str(),
+                "OUT" => out.as_str(),
+                a => a,
+            })
+            .collect();
+        run(&example("update"), &args)
+    };
+    ok(
+        "payload",
+        &[
+            "generate",
+            "--full",
+            "--target",
+            &p("v2.img"),
+            "--key",
+            &p("release-key.pem"),
+            "-o",
+            &p("full.payload"),
+            "--compatible",
+            "keel-demo",
+            "--version",
+            "2.0",
+            "--level",
+            "1",
+        ],
+    );
+    let o = index(&["--expires-days", "213503982334601"]);
+    assert!(!o.status.success() && o.status.code() != Some(101), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--expires-days"),
+        "{o:?}"
+    );
+    assert!(!dir.join("index-doc.json").exists());
+    // An index at the last serial cannot be extended: refused, not wrapped to 0.
+    std::fs::write(
+        dir.join("base.json"),
+        "{\"type\":\"keel-index\",\"serial\":18446744073709551615,\"expires\":1,\"releases\":[]}",
+    )
+    .unwrap();
+    let base = p("base.json");
+    let o = index(&["--base", &base]);
+    assert!(!o.status.success() && o.status.code() != Some(101), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("last serial"),
+        "{o:?}"
+    );
+    assert!(!dir.join("index-doc.json").exists());
 }

@@ -140,7 +140,10 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut classes: HashMap<&str, Vec<usize>> = HashMap::new();
-    let mut devices: HashMap<&str, (usize, &str)> = HashMap::new();
+    // Compared as what they name (a GUID in any case, a path without `//` or `/./`),
+    // not as strings; the agent also resolves them on the disk (a label and a GUID of one
+    // partition), which only the disk can tell.
+    let mut devices: Vec<(crate::DeviceRef, usize, &str)> = Vec::new();
     for (i, s) in c.slots.iter().enumerate() {
         let at = |k: &str| with_index(path(&["slot"]), i, k);
         if let Some(first) = names.insert(&s.name, i) {
@@ -155,14 +158,22 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
             ("hash-device", s.hash_device.as_ref()),
         ] {
             let Some(dev) = dev else { continue };
-            if let Err(e) = crate::DeviceRef::parse(dev) {
-                err!(at(key), e);
-            }
+            let parsed = match crate::DeviceRef::parse(dev) {
+                Ok(crate::DeviceRef::Path(p)) => {
+                    crate::DeviceRef::Path(p.components().collect::<std::path::PathBuf>())
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    err!(at(key), e);
+                    continue;
+                }
+            };
             // A device written by two slots (or as data and tree) would be overwritten
             // by an install while the running slot reads it.
-            if let Some((j, other)) = devices.insert(dev.as_str(), (i, key)) {
+            if let Some((_, j, other)) = devices.iter().find(|(d, _, _)| *d == parsed) {
                 err!(at(key), format!("{dev:?} is already slot[{j}].{other}"));
             }
+            devices.push((parsed, i, key));
         }
         let separate = c
             .verity
@@ -195,8 +206,19 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
             }
         }
         if let Some(bn) = &s.bootname {
+            let gpt = matches!(c.boot.backend, Backend::GptChromeos | Backend::GptFlatcar);
             if !["A", "B", "C", "D"].contains(&bn.as_str()) {
                 err!(at("bootname"), format!("{bn:?}: expected A, B, C or D"));
+            } else if gpt && !["A", "B"].contains(&bn.as_str()) {
+                // The GPT backends keep the state in the attribute bits of the pair's two
+                // partitions, chosen by bootname: there is no third or fourth.
+                err!(
+                    at("bootname"),
+                    format!(
+                        "{bn:?}: the {} backend has slots A and B only",
+                        c.boot.backend.name()
+                    )
+                );
             }
         }
         if !s.read_only {

@@ -315,6 +315,49 @@ fn every_rule_has_a_failing_case() {
         10,
         "already slot[0].hash-device",
     );
+    // One partition spelled twice: a GUID in another case, a path with a `//`.
+    let guid = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+    let two = BASE
+        .replacen(
+            "device = \"PARTLABEL=USR-A\"",
+            &format!("device = \"PARTUUID={guid}\""),
+            1,
+        )
+        .replacen(
+            "device = \"PARTLABEL=USR-B\"",
+            &format!("device = \"PARTUUID={}\"", guid.to_uppercase()),
+            1,
+        );
+    let l = one(&two);
+    assert!(
+        l.findings
+            .iter()
+            .any(|f| f.path == "slot[1].device" && f.message.contains("already slot[0].device")),
+        "{:?}",
+        l.findings
+    );
+    let two = BASE.replacen("PARTLABEL=USR-A", "/dev/sda3", 1).replacen(
+        "PARTLABEL=USR-B",
+        "/dev//sda3",
+        1,
+    );
+    assert!(
+        one(&two)
+            .findings
+            .iter()
+            .any(|f| f.path == "slot[1].device" && f.message.contains("already")),
+        "{:?}",
+        one(&two).findings
+    );
+    // A bootname the backend cannot express: a GPT pair has slots A and B only.
+    expect(
+        "device = \"PARTLABEL=USR-A\"",
+        "device = \"PARTLABEL=USR-A\"\nbootname = \"C\"",
+        "slot[0].bootname",
+        11,
+        12,
+        "gpt-flatcar backend has slots A and B only",
+    );
     // The old place of the setting is named as unknown.
     expect(
         "algorithm = \"sha256\"",

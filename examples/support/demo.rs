@@ -152,7 +152,8 @@ pub(crate) fn build(dir: &Path, slot_bytes: u64, backend: &str) -> Res<Demo> {
 
     let key = SigningKey::generate()?;
     // Kept with the other artifacts, so that they can be inspected and signed again.
-    fs::write(dir.join("release-key.pem"), key.to_pkcs8_pem()?.as_bytes())?;
+    // A private key: owner-only, and never written through a symlink planted in DIR.
+    keel::io::replace_file_private(&dir.join("release-key.pem"), key.to_pkcs8_pem()?.as_bytes())?;
     fs::write(
         dir.join("release-key.pub"),
         key.public_key().to_pem()?.as_bytes(),

@@ -28,7 +28,7 @@
 //! # Release index
 //!
 //! ```json
-//! { "type": "keel-index", "serial": 42, "expires": 1767225600,
+//! { "type": "keel-index", "serial": 42, "expires": 1767225600, "timestamp": 1766620800,
 //!   "releases": [ { "version": "2.1", "compatible": "acme-os",
 //!       "full": { "url": "...", "size": 123, "sha256": "<hex>" },
 //!       "deltas": [ { "from_version": "2.0", "source_digest": "<hex>", "source_size": 123,
@@ -193,6 +193,11 @@ pub struct Index {
     pub serial: u64,
     /// Unix time after which the index is not trusted.
     pub expires: u64,
+    /// Unix time the index was published. A device keeps the newest it accepted as a
+    /// floor for its clock: a clock set back before it (to 1970) is refused rather than
+    /// trusted to judge expiry dates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<u64>,
     /// The releases.
     pub releases: Vec<Release>,
 }

@@ -47,6 +47,7 @@ fn index_doc(serial: u64, expires: u64) -> Vec<u8> {
         kind: "keel-index".into(),
         serial,
         expires,
+        timestamp: None,
         releases: vec![
             Release {
                 version: "2.0".into(),

@@ -77,6 +77,18 @@ pub fn same_file(a: &File, b: &File) -> bool {
 /// synced, renamed over it, the directory synced. After a crash at any point the file
 /// holds the old or the new bytes, never a mix.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_with_mode(path, bytes, None)
+}
+
+/// [`replace_file`] for a secret (a private key): the file is created readable by its
+/// owner only (0600) and never through a symlink. A symlink at `path` is replaced, not
+/// followed, and the temporary file is created exclusively, so no other file is written.
+pub fn replace_file_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_with_mode(path, bytes, Some(0o600))
+}
+
+fn replace_with_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -93,7 +105,22 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.keel-tmp"));
     let named = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
     let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        let mut f = match mode {
+            None => File::create(&tmp)?,
+            Some(mode) => {
+                // A leftover of an earlier cut (or a planted symlink) goes first: the
+                // exclusive create below neither follows nor reuses it.
+                match std::fs::remove_file(&tmp) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&tmp)?
+            }
+        };
         f.write_all(bytes)?;
         f.sync_all()
     };
@@ -115,6 +142,24 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::ReadAt;
+
+    #[test]
+    fn private_files_are_0600_and_replace_a_symlink_without_following_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let key = dir.path().join("key.pem");
+        std::os::unix::fs::symlink(&victim, &key).unwrap();
+        // A symlink planted where the temporary file goes is not followed either.
+        std::os::unix::fs::symlink(&victim, dir.path().join(".key.pem.keel-tmp")).unwrap();
+        replace_file_private(&key, b"secret").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        let md = std::fs::symlink_metadata(&key).unwrap();
+        assert!(md.file_type().is_file());
+        assert_eq!(md.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&key).unwrap(), b"secret");
+    }
 
     #[test]
     fn only_files_and_block_devices_have_sizes() {

@@ -6,7 +6,8 @@
 //!   ranges; [`ReadAt::logical_sector_size`] reports a block device's sector size.
 //! - [`Region`]: a window of a device (a slot partition of a disk), itself a device;
 //!   [`Shared`] lets several regions and a partition table write one device.
-//! - [`open_device`], [`require_size`], [`same_file`], [`replace_file`]: opening only
+//! - [`open_device`], [`require_size`], [`same_file`], [`replace_file`],
+//!   [`replace_file_private`]: opening only
 //!   regular files and block devices, size checks, "is this the running slot", and
 //!   crash-safe replacement of small files.
 //! - [`Progress`] and [`Cancel`]: long work reports bytes done and can be stopped.
@@ -47,7 +48,9 @@ mod threads;
 
 pub use cursor::{Cursor, CursorError};
 pub use device::{ReadAt, WriteAt};
-pub use file::{open_device, replace_file, require_size, same_file, DeviceKind};
+pub use file::{
+    open_device, replace_file, replace_file_private, require_size, same_file, DeviceKind,
+};
 pub use map::Mapped;
 pub use progress::{Cancel, Cancelled, Progress};
 pub use region::Region;

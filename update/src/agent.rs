@@ -28,6 +28,7 @@ pub struct Agent<'d, D> {
     state_dir: PathBuf,
     booted: Option<Slot>,
     checkpoint_bytes: Option<u64>,
+    disk_path: Option<PathBuf>,
 }
 
 /// What [`Agent::install`] did.
@@ -101,12 +102,13 @@ impl HealthCheck {
                     .args(args)
                     .spawn()
                     .map_err(|e| format!("{prog}: {e}"))?;
-                let deadline = Instant::now() + *timeout;
+                // A limit too far to represent is no limit at all, never a panic.
+                let deadline = Instant::now().checked_add(*timeout);
                 loop {
                     match child.try_wait().map_err(|e| e.to_string())? {
                         Some(s) if s.success() => return Ok(()),
                         Some(s) => return Err(format!("{prog} exited with {s}")),
-                        None if Instant::now() >= deadline => {
+                        None if deadline.is_some_and(|d| Instant::now() >= d) => {
                             let _ = child.kill();
                             let _ = child.wait();
                             return Err(format!("{prog} ran past its {timeout:?} limit"));
@@ -189,7 +191,17 @@ where
             state_dir: PathBuf::from("/var/lib/keel"),
             booted: None,
             checkpoint_bytes: None,
+            disk_path: None,
         }
+    }
+
+    /// The path `disk` was opened from (on the running system, read under the root
+    /// directory), when it is not the description's `boot.disk`: slots named by a device
+    /// path are checked to be partitions of this disk. Without it, `boot.disk`, else the
+    /// disk the kernel booted from.
+    pub fn disk_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.disk_path = Some(path.into());
+        self
     }
 
     /// Read /proc, /sys and /etc under `root` (a test's fake tree, an image being built).
@@ -228,12 +240,16 @@ where
     }
 
     /// The partitions of the pair, in the order of [`System::slots`], each checked
-    /// against its expected type.
+    /// against its expected type. Every device reference of the description (each slot's
+    /// data and hash device, and a boot-state store on a partition) is resolved to the
+    /// partition it is before anything is compared: two references to one partition, or
+    /// to overlapping extents, are refused ([`Error::SameDevice`]) however they are
+    /// spelled, and a device path must be a partition of this disk ([`Error::OtherDisk`]).
     pub fn partitions(&self) -> Result<[Partition; 2]> {
-        let parts = self.gpt()?.partitions();
+        let refs = self.resolve()?;
         let find = |i: usize| -> Result<Partition> {
             let spec = &self.system.slots[i];
-            let p = self.find_partition(&parts, &spec.name, &spec.device)?;
+            let p = refs[i].partition.clone();
             if let Some(t) = spec.partition_type {
                 if p.type_guid != t {
                     return Err(Error::Device {
@@ -250,20 +266,102 @@ where
         Ok([find(0)?, find(1)?])
     }
 
-    /// The partition of the boot disk `device` names (for the slot `name`).
+    /// Every device reference resolved and checked: the slots' data partitions (in the
+    /// order of [`System::slots`]), then their hash partitions where they have them.
+    fn resolve(&self) -> Result<Vec<crate::devices::Resolved>> {
+        use crate::devices::{check_backend_path, check_distinct, Resolved};
+        let parts = self.gpt()?.partitions();
+        let boot_disk = self.boot_disk_name()?;
+        let mut refs = Vec::new();
+        for (i, spec) in self.system.slots.iter().enumerate() {
+            let field = format!("slot {} ({}).device", spec.slot, spec.name);
+            let partition = self.find_partition(&parts, &field, &spec.device, &boot_disk)?;
+            refs.push(Resolved { field, partition });
+            debug_assert_eq!(refs.len(), i + 1);
+        }
+        for spec in &self.system.slots {
+            if let Some(dev) = &spec.hash_device {
+                let field = format!("slot {} ({}).hash-device", spec.slot, spec.name);
+                let partition = self.find_partition(&parts, &field, dev, &boot_disk)?;
+                refs.push(Resolved { field, partition });
+            }
+        }
+        check_distinct(&refs)?;
+        let disk = boot_disk.as_ref().ok().map(String::as_str);
+        for (field, path) in self.backend_paths() {
+            check_backend_path(&self.root, field, path, disk, &refs)?;
+        }
+        Ok(refs)
+    }
+
+    /// The files the boot backend writes, with their settings.
+    fn backend_paths(&self) -> Vec<(&'static str, &Path)> {
+        match &self.system.backend {
+            BootBackend::GrubEnv(p) => vec![("boot.grubenv", p.as_path())],
+            BootBackend::Uboot { path, .. } => vec![("boot.env-file", path.as_path())],
+            BootBackend::AndroidMisc(p) => vec![("boot.misc-device", p.as_path())],
+            BootBackend::SystemdBoot(_) | BootBackend::Gpt(_) => Vec::new(),
+        }
+    }
+
+    /// The kernel name of the disk holding the slots: the disk given with
+    /// [`Agent::disk_path`], else `boot.disk`, else the disk the kernel booted from.
+    /// `Err(how it was given)` when it is not a block device the kernel knows (an image
+    /// file): then no device path can name a partition of it.
+    fn boot_disk_name(&self) -> Result<std::result::Result<String, String>> {
+        match self.disk_path.as_ref().or(self.system.disk.as_ref()) {
+            Some(p) => Ok(crate::devices::disk_name(&self.root, p)
+                .ok_or_else(|| format!("{} (not a block device)", p.display()))),
+            None => Ok(crate::booted::boot_disk(&self.root)
+                .ok()
+                .and_then(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
+                .ok_or_else(|| "the disk the kernel booted from (not found)".to_string())),
+        }
+    }
+
+    /// The partition of the boot disk `device` names (for the setting `field`).
     fn find_partition(
         &self,
         parts: &[Partition],
-        name: &str,
+        field: &str,
         device: &SlotDevice,
+        boot_disk: &std::result::Result<String, String>,
     ) -> Result<Partition> {
+        let number = match device {
+            SlotDevice::Path(dev) => {
+                let found = crate::devices::kernel_device(&self.root, dev);
+                let other = |found: String| Error::OtherDisk {
+                    field: field.to_string(),
+                    device: dev.clone(),
+                    found,
+                    boot_disk: match boot_disk {
+                        Ok(d) | Err(d) => d.clone(),
+                    },
+                };
+                match (found, boot_disk) {
+                    (Some(kd), Ok(disk)) => match kd.partition {
+                        Some((d, n)) if &d == disk => Some(n),
+                        Some((d, n)) => return Err(other(format!("partition {n} of {d}"))),
+                        None => return Err(other(format!("{}, a whole disk", kd.name))),
+                    },
+                    (Some(kd), Err(_)) => {
+                        return Err(other(match kd.partition {
+                            Some((d, n)) => format!("partition {n} of {d}"),
+                            None => kd.name,
+                        }))
+                    }
+                    (None, _) => return Err(other("not a block device the kernel knows".into())),
+                }
+            }
+            _ => None,
+        };
         let hit = parts.iter().find(|p| match device {
             SlotDevice::PartLabel(l) => &p.name == l,
             SlotDevice::PartUuid(g) => p.guid == *g,
-            SlotDevice::Path(dev) => self.partition_number(dev) == Some(p.number),
+            SlotDevice::Path(_) => number == Some(p.number),
         });
         hit.cloned().ok_or_else(|| Error::Device {
-            slot: name.to_string(),
+            slot: field.to_string(),
             reason: format!("{device:?} is not a partition of the boot disk"),
         })
     }
@@ -273,9 +371,18 @@ where
     fn tree_place(&self, slot: Slot, data_size: u64) -> Result<(Region<&'d D>, u64, String)> {
         let spec = self.system.slot(slot);
         match &spec.hash_device {
-            Some(dev) => {
+            Some(_) => {
                 let gpt = self.gpt()?;
-                let p = self.find_partition(&gpt.partitions(), &spec.name, dev)?;
+                let suffix = format!("({}).hash-device", spec.name);
+                let p = self
+                    .resolve()?
+                    .into_iter()
+                    .find(|r| r.field.ends_with(&suffix))
+                    .map(|r| r.partition)
+                    .ok_or_else(|| Error::Device {
+                        slot: spec.name.clone(),
+                        reason: "no hash device".into(),
+                    })?;
                 let ss = gpt.sector_size();
                 let r = Region::new(self.disk, p.first_lba * ss, p.sectors() * ss)
                     .map_err(|e| Error::io("the slot's hash partition", e))?;
@@ -313,16 +420,6 @@ where
             )));
         }
         Ok(())
-    }
-
-    fn partition_number(&self, dev: &Path) -> Option<u32> {
-        let name = dev.file_name()?;
-        let p = self
-            .root
-            .join("sys/class/block")
-            .join(name)
-            .join("partition");
-        std::fs::read_to_string(p).ok()?.trim().parse().ok()
     }
 
     fn partition_of(&self, slot: Slot) -> Result<Partition> {
@@ -405,6 +502,7 @@ where
             ));
         }
         let parts = self.partitions()?;
+        let boot_disk = self.boot_disk_name()?;
         let mut hits = Vec::new();
         for (i, spec) in self.system.slots.iter().enumerate() {
             let p = &parts[i];
@@ -415,7 +513,13 @@ where
             let matches = found.iter().any(|c| match c {
                 Clue::PartUuid(g) => p.guid == *g,
                 Clue::PartLabel(l) => &p.name == l,
-                Clue::Partition(n) => p.number == *n,
+                Clue::Partition { disk, number } => {
+                    p.number == *number
+                        && match (disk, &boot_disk) {
+                            (Some(d), Ok(b)) => d == b,
+                            _ => true,
+                        }
+                }
                 Clue::RootHash(h) => hash.as_deref() == Some(h.as_slice()),
             });
             if matches {
@@ -491,6 +595,49 @@ where
         )
     }
 
+    /// The clock, checked against the time floor: the newest of [`BUILD_TIME_FLOOR`] and
+    /// the timestamp of the last release index this agent accepted (kept in the state
+    /// directory). A clock more than an hour behind it is refused ([`Error::ClockBehind`]): expiry dates
+    /// and keys' not-after dates mean nothing on a clock that was set back.
+    pub fn trusted_now(&self) -> Result<u64> {
+        let floor = self.time_floor()?;
+        let now = keel_trust::unix_now();
+        // An hour's grace: a device whose clock trails the publisher's by minutes (not yet
+        // synchronised) is not a clock set back to replay an expired index.
+        if now.saturating_add(CLOCK_GRACE) < floor {
+            return Err(Error::ClockBehind { now, floor });
+        }
+        Ok(now)
+    }
+
+    fn time_floor(&self) -> Result<u64> {
+        let path = self.state_dir.join("time-floor");
+        let stored = record::read_small(&path)?
+            .map(|t| {
+                t.trim().parse::<u64>().map_err(|_| {
+                    Error::io(
+                        format!("reading {}", path.display()),
+                        std::io::Error::other("not a unix time"),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(stored.unwrap_or(0).max(BUILD_TIME_FLOOR))
+    }
+
+    /// Raise the time floor to `t` (an accepted index's signed timestamp).
+    fn raise_time_floor(&self, t: u64) -> Result<()> {
+        if t > self.time_floor()? {
+            std::fs::create_dir_all(&self.state_dir)
+                .map_err(|e| Error::io(format!("creating {}", self.state_dir.display()), e))?;
+            record::replace(
+                &self.state_dir.join("time-floor"),
+                format!("{t}\n").as_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+
     /// The last install's error for [`Agent::status`], or none after a success.
     fn record_outcome(&self, r: &Result<Installed>) -> Result<()> {
         let last = record::error_path(&self.state_dir);
@@ -509,7 +656,19 @@ where
         payload: P,
         progress: Option<&dyn Progress>,
     ) -> Result<Installed> {
-        let r = self.install_steps(payload, progress);
+        self.install_release(payload, progress, None)
+    }
+
+    /// [`Agent::install_inner`] of the payload a release index names for `release`
+    /// (its version): a payload signed for another version is refused before anything
+    /// is written.
+    fn install_release<P: PayloadInput>(
+        &self,
+        payload: P,
+        progress: Option<&dyn Progress>,
+        release: Option<&str>,
+    ) -> Result<Installed> {
+        let r = self.install_steps(payload, progress, release);
         self.record_outcome(&r)?;
         r
     }
@@ -518,7 +677,12 @@ where
         &self,
         mut payload: P,
         progress: Option<&dyn Progress>,
+        release: Option<&str>,
     ) -> Result<Installed> {
+        // Every device reference resolved and checked before anything else: two
+        // spellings of one partition never reach a write.
+        self.resolve()?;
+        let now = self.trusted_now()?;
         let booted = match self.booted_slot() {
             Ok(s) => Some(s),
             Err(e) if self.system.protect_booted_slot => {
@@ -537,7 +701,16 @@ where
                 None => self.system.slots[1].slot,
             },
         };
-        let manifest = payload.manifest(&self.system.keyring)?;
+        let manifest = payload.manifest(&self.system.keyring, now)?;
+        if let Some(v) = release.filter(|v| !same_version(v, &manifest.version)) {
+            // The index's signers chose a release; the payload's signer says what it
+            // is. A holder of the index key alone must not be able to point a release at
+            // any other validly signed payload.
+            return Err(Error::ReleaseMismatch {
+                index: v.to_string(),
+                payload: manifest.version.clone(),
+            });
+        }
         let installed = match booted {
             Some(b) => self.installed_version(b, true)?,
             None => None,
@@ -564,6 +737,7 @@ where
             None => VersionCheck::Unchecked,
         };
         let mut opts = ApplyOptions::new(&self.system.keyring, version)
+            .now(now)
             .compatible(self.system.compatible.as_str())
             .allow_downgrade(self.system.allow_downgrade)
             .allow_reinstall(true)
@@ -794,6 +968,10 @@ where
     /// this machine's rollout by `/etc/machine-id`), and install it streamed over HTTP(S):
     /// the delta from the booted image when the index has one for it, else, or when the
     /// delta turns out not to fit ([`Error::needs_full_payload`]), the full payload.
+    /// The payload's signed manifest must name the version the index gives the release
+    /// ([`Error::ReleaseMismatch`]): the index's signers choose, the payload's signer
+    /// vouches for the bytes. The index is judged at [`Agent::trusted_now`], and its
+    /// signed timestamp raises the clock floor.
     /// `Ok(None)`: nothing newer.
     pub fn install_from_index(
         &self,
@@ -819,8 +997,11 @@ where
                 })
             })
             .transpose()?;
-        let index = root.verify_index(&bytes, last, keel_trust::unix_now())?;
+        let index = root.verify_index(&bytes, last, self.trusted_now()?)?;
         record::replace(&serial_path, format!("{}\n", index.serial).as_bytes())?;
+        if let Some(t) = index.timestamp {
+            self.raise_time_floor(t)?;
+        }
 
         let booted = self.booted_slot()?;
         let installed = self.installed_version(booted, true)?.ok_or_else(|| {
@@ -850,7 +1031,13 @@ where
         ) else {
             return Ok(None);
         };
-        match self.install_artifact(index_url, &choice.artifact, fetch, progress) {
+        match self.install_artifact(
+            index_url,
+            &choice.artifact,
+            &choice.version,
+            fetch,
+            progress,
+        ) {
             Err(e) if choice.delta && e.needs_full_payload() => {
                 let full = index
                     .releases
@@ -858,7 +1045,7 @@ where
                     .find(|r| r.version == choice.version && r.compatible == self.system.compatible)
                     .map(|r| &r.full)
                     .ok_or(e)?;
-                self.install_artifact(index_url, full, fetch, progress)
+                self.install_artifact(index_url, full, &choice.version, fetch, progress)
                     .map(Some)
             }
             r => r.map(Some),
@@ -873,6 +1060,7 @@ where
         &self,
         index_url: &str,
         a: &keel_fetch::index::Artifact,
+        version: &str,
         fetch: keel_fetch::FetchOptions<'_>,
         progress: Option<&dyn Progress>,
     ) -> Result<Installed> {
@@ -885,12 +1073,56 @@ where
         let reader = keel_fetch::HttpReader::new(&url, fetch)?
             .expect(a.size, digest)
             .digest_state(&self.state_dir.join("download-digest"))?;
-        self.install_inner(
-            SeekInput {
-                r: reader,
-                check: |r| r.finish().map_err(Error::from),
+
+        /// A download checkpoints often: a restart fetches again what was applied since
+        /// the last checkpoint, and the applier's default (64 MiB of target) is the
+        /// whole of many payloads.
+        struct Network<R> {
+            input: SeekInput<R>,
+            payload_size: u64,
+            target_size: u64,
+        }
+        impl<R: Read + Seek> PayloadInput for Network<R> {
+            fn manifest(&mut self, keyring: &keel_trust::Keyring, now: u64) -> Result<Manifest> {
+                let m = self.input.manifest(keyring, now)?;
+                self.target_size = m.target.size;
+                Ok(m)
+            }
+            fn apply<T: ReadAt + WriteAt>(
+                &mut self,
+                src: Option<&T>,
+                dst: &mut T,
+                o: &Opts,
+            ) -> Applied {
+                // About a 32nd of the payload between checkpoints (4 to 16 MiB of it),
+                // counted in target bytes as the applier counts: a delta that builds
+                // many target bytes from few payload bytes checkpoints no more often in
+                // payload bytes than a full one.
+                let payload_bytes = (self.payload_size / 32).clamp(4 << 20, 16 << 20);
+                let expansion = self.target_size / self.payload_size.max(1);
+                let every = payload_bytes.saturating_mul(expansion.max(1));
+                let mut o = *o;
+                if o.checkpoint_bytes.is_none() {
+                    o = o.checkpoint_bytes(every);
+                }
+                self.input.apply(src, dst, &o)
+            }
+            fn check(&mut self) -> Result<()> {
+                self.input.check()
+            }
+        }
+
+        self.install_release(
+            Network {
+                input: SeekInput {
+                    r: reader,
+                    check: |r| r.finish().map_err(Error::from),
+                },
+                payload_size: a.size,
+                target_size: 0,
             },
             progress,
+            Some(version),
         )
     }
 
@@ -972,7 +1204,7 @@ where
 /// the checks made before anything is written), then it is applied from its first byte
 /// (the booted slot as the source, the other slot as the target).
 trait PayloadInput {
-    fn manifest(&mut self, keyring: &keel_trust::Keyring) -> Result<Manifest>;
+    fn manifest(&mut self, keyring: &keel_trust::Keyring, now: u64) -> Result<Manifest>;
     fn apply<T: ReadAt + WriteAt>(&mut self, src: Option<&T>, dst: &mut T, o: &Opts) -> Applied;
     /// After the apply: anything the source must still confirm (a download's digest).
     fn check(&mut self) -> Result<()> {
@@ -990,12 +1222,12 @@ struct Replay<R> {
 }
 
 impl<R: Read> PayloadInput for Replay<R> {
-    fn manifest(&mut self, keyring: &keel_trust::Keyring) -> Result<Manifest> {
+    fn manifest(&mut self, keyring: &keel_trust::Keyring, now: u64) -> Result<Manifest> {
         let mut tee = Tee {
             inner: &mut self.r,
             seen: Vec::new(),
         };
-        let (_, m, _) = keel_payload::read_manifest(&mut tee, keyring)?;
+        let (_, m, _) = keel_payload::read_manifest_at(&mut tee, keyring, now)?;
         self.head = tee.seen;
         Ok(m)
     }
@@ -1013,8 +1245,8 @@ struct SeekInput<R> {
 }
 
 impl<R: Read + Seek> PayloadInput for SeekInput<R> {
-    fn manifest(&mut self, keyring: &keel_trust::Keyring) -> Result<Manifest> {
-        let (_, m, _) = keel_payload::read_manifest(&mut self.r, keyring)?;
+    fn manifest(&mut self, keyring: &keel_trust::Keyring, now: u64) -> Result<Manifest> {
+        let (_, m, _) = keel_payload::read_manifest_at(&mut self.r, keyring, now)?;
         self.r
             .seek(SeekFrom::Start(0))
             .map_err(|e| Error::io("returning to the payload's start", e))?;
@@ -1041,6 +1273,20 @@ impl<R: Read> Read for Tee<'_, R> {
         Ok(n)
     }
 }
+
+/// Whether two version strings name one version (`2.0` and `2.0`; as the payload's
+/// ordering compares them where both parse).
+fn same_version(a: &str, b: &str) -> bool {
+    a == b || keel_payload::format::version_cmp(a, b).is_ok_and(|o| o.is_eq())
+}
+
+/// No clock of a device running this agent can read earlier than this (2026-12-01, when
+/// this version was written): a clock reset to 1970 would otherwise make expired indexes
+/// and keys past their not-after dates look valid.
+pub const BUILD_TIME_FLOOR: u64 = 1_796_083_200;
+
+/// How far behind the floor a clock may read and still be trusted (seconds).
+const CLOCK_GRACE: u64 = 3600;
 
 /// Kernel arguments that say where the verity-mapped root is; an entry keeps only the
 /// newest.

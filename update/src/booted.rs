@@ -16,8 +16,14 @@ pub enum Clue {
     PartUuid(Guid),
     /// The partition with this label.
     PartLabel(String),
-    /// Partition number `n` of the disk (from /sys).
-    Partition(u32),
+    /// A partition as /sys knows it: its number, and the kernel name of its disk where
+    /// /sys says (a partition of another disk is not a slot).
+    Partition {
+        /// The disk's kernel name (`vda`), if /sys shows the partition's parent.
+        disk: Option<String>,
+        /// The partition number.
+        number: u32,
+    },
     /// A dm-verity root hash (`roothash=`, `usrhash=`, `verity.usrhash=`, a table's root).
     RootHash(Vec<u8>),
 }
@@ -202,11 +208,16 @@ fn device_clue(root: &Path, dev: &str) -> Vec<Clue> {
     Vec::new()
 }
 
-/// The partition number /sys gives a block device.
+/// The partition number /sys gives a block device, with its disk.
 fn sys_partition(dir: &Path) -> Vec<Clue> {
+    let disk = std::fs::canonicalize(dir).ok().and_then(|d| {
+        let parent = d.parent()?;
+        parent.join("dev").exists().then_some(())?;
+        parent.file_name()?.to_str().map(str::to_string)
+    });
     read_trim(&dir.join("partition"))
         .and_then(|n| n.parse().ok())
-        .map(Clue::Partition)
+        .map(|number| Clue::Partition { disk, number })
         .into_iter()
         .collect()
 }

@@ -36,6 +36,55 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Two device references of the description (data, tree, boot state) are one
+    /// partition, or partitions whose extents overlap, however they are spelled: an install
+    /// into one slot would write the other, which may be the running one. Nothing is
+    /// written.
+    #[error(
+        "{first} and {second} name the same or overlapping partitions (partitions \
+         {first_partition} and {second_partition} of the boot disk): an install into one \
+         would write the other"
+    )]
+    SameDevice {
+        /// The first setting, as `slot[0].hash-device`.
+        first: String,
+        /// The second setting.
+        second: String,
+        /// The partition the first names.
+        first_partition: u32,
+        /// The partition the second names.
+        second_partition: u32,
+    },
+    /// A device path in the description is a partition of another disk than the one
+    /// holding the slots' GPT (or the kernel does not know it as a partition at all).
+    #[error("{field}: {device} is {found}, not a partition of the boot disk {boot_disk}")]
+    OtherDisk {
+        /// The setting, as `slot[1].device`.
+        field: String,
+        /// The path given.
+        device: std::path::PathBuf,
+        /// What the kernel says it is (`partition 4 of sdz`, `not a known block device`).
+        found: String,
+        /// The boot disk's kernel name, or how it was given when it has none (an image).
+        boot_disk: String,
+    },
+    /// The payload a release index names for a version is signed as another version.
+    #[error("the release index names this payload for version {index}; its signed manifest says {payload}")]
+    ReleaseMismatch {
+        /// The version the index names.
+        index: String,
+        /// The version in the payload's signed manifest.
+        payload: String,
+    },
+    /// The clock reads earlier than the time floor (the agent's build date, or the
+    /// timestamp of the last release index accepted): dates cannot be checked.
+    #[error("the clock reads {now} (unix time), before {floor}, which this agent has seen already: set the clock")]
+    ClockBehind {
+        /// The clock.
+        now: u64,
+        /// The floor.
+        floor: u64,
+    },
     /// The booted slot cannot be told from the kernel command line and /sys.
     #[error("cannot tell the booted slot: {0}")]
     BootedSlot(String),

@@ -28,11 +28,19 @@
 //! index (keel-fetch), keeps its serial against rollback, chooses the delta from the
 //! booted image or the full payload, and streams it in with range resume
 //! ([`Agent::install_seekable`]: an interrupted install does not fetch again what it
-//! applied). The publisher's side, [`publish`], makes the index's entries from the payload
+//! applied). The payload must be signed as the version the index names for it
+//! ([`Error::ReleaseMismatch`]), and dates are judged on a clock no earlier than the
+//! newest of this agent's build date and the last index accepted
+//! ([`Agent::trusted_now`]). The publisher's side, [`publish`], makes the index's entries from the payload
 //! files.
 //!
 //! The slots are partitions of one disk with a GPT, named in the description by label,
-//! unique GUID or device path. The dm-verity tree (and parity) follows the image in the
+//! unique GUID or device path. Every reference (each slot's data and hash device, a
+//! boot-state store on a partition) is resolved to the partition it is before anything is
+//! compared, so two spellings of one partition are refused ([`Error::SameDevice`]) rather
+//! than written as two; a device path is what /sys says it is (its disk and number, by
+//! device number for a node), and a partition of another disk is refused by name
+//! ([`Error::OtherDisk`]). The dm-verity tree (and parity) follows the image in the
 //! slot, or, with `hash-tree = "separate"`, goes on each slot's own `hash-device`
 //! partition; either way the space is checked before anything is written. The description
 //! has one slot class: several classes switching together (a kernel pair and a root pair)
@@ -43,12 +51,13 @@
 
 mod agent;
 mod booted;
+mod devices;
 mod error;
 pub mod publish;
 mod record;
 mod system;
 
-pub use agent::{Agent, Commit, HealthCheck, Installed, SlotStatus, Status};
+pub use agent::{Agent, Commit, HealthCheck, Installed, SlotStatus, Status, BUILD_TIME_FLOOR};
 pub use booted::{boot_disk, clues, Clue};
 pub use error::{Error, Result};
 pub use record::SlotRecord;

@@ -125,6 +125,7 @@ pub fn add_release(
         kind: "keel-index".into(),
         serial: 0,
         expires,
+        timestamp: None,
         releases: Vec::new(),
     });
     let next = match serial {
@@ -135,7 +136,14 @@ pub fn add_release(
             )))
         }
         Some(s) => s,
-        None => index.serial + 1,
+        // Devices keep the highest serial they accepted: one that wrapped to 0 would be
+        // refused by every device, for good.
+        None => index.serial.checked_add(1).ok_or_else(|| {
+            Error::Refused(format!(
+                "serial {}: the index it extends has the last serial there is",
+                index.serial
+            ))
+        })?,
     };
     index
         .releases
@@ -143,6 +151,8 @@ pub fn add_release(
     index.releases.push(release);
     index.serial = next;
     index.expires = expires;
+    // The devices' clock floor: never lowered by a republished index.
+    index.timestamp = Some(keel_trust::unix_now().max(index.timestamp.unwrap_or(0)));
     Ok(index)
 }
 
@@ -215,6 +225,16 @@ mod tests {
         assert!(describe(&dir.path().join("junk"), "junk", &ring).is_err());
         assert!(describe(dir.path(), "d", &ring).is_err());
 
+        // The last serial cannot grow: refused, not wrapped to 0.
+        let last = Index {
+            kind: "keel-index".into(),
+            serial: u64::MAX,
+            expires: 1,
+            timestamp: None,
+            releases: Vec::new(),
+        };
+        let e = add_release(Some(last), r.clone(), None, 1).unwrap_err();
+        assert!(e.to_string().contains("last serial"), "{e}");
         // The index: serial grows, the same version is replaced, an older serial refused.
         let i = add_release(None, r.clone(), None, 1000).unwrap();
         assert_eq!((i.serial, i.releases.len(), i.expires), (1, 1, 1000));

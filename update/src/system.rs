@@ -245,6 +245,22 @@ fn slot_pair(c: &Config) -> Result<[SlotSpec; 2]> {
         });
     }
     match <[SlotSpec; 2]>::try_from(specs) {
+        // The boot-state stores are opened with two slots, A and B: a pair named C and D
+        // would arm a slot the boot loader never looks at.
+        Ok(pair) if pair.iter().any(|s| s.slot.index() > 1) => {
+            let bad = c
+                .slots
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.bootname.as_deref().is_some_and(|b| b != "A" && b != "B"));
+            Err(Error::Unsupported {
+                field: bad.map_or("slot".into(), |(i, _)| format!("slot[{i}].bootname")),
+                reason: format!(
+                    "{:?}: keel-update installs the pair A/B",
+                    bad.and_then(|(_, s)| s.bootname.as_deref()).unwrap_or("?")
+                ),
+            })
+        }
         Ok(pair) if pair[0].slot != pair[1].slot => Ok(pair),
         Ok(_) => Err(Error::config(
             "slot",

@@ -1058,6 +1058,7 @@ fn publish_index(
         kind: "keel-index".into(),
         serial,
         expires: u64::MAX / 2,
+        timestamp: Some(keel_trust::unix_now() - 60),
         releases: vec![Release {
             version: "2.0".into(),
             compatible: "acme-os".into(),
@@ -1145,6 +1146,13 @@ fn install_from_a_signed_index_over_http() {
             .trim(),
         "1"
     );
+    // The index's signed timestamp is the device's clock floor from now on.
+    let floor: u64 = fs::read_to_string(f.state().join("time-floor"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(floor > keel_update::BUILD_TIME_FLOOR && floor <= keel_trust::unix_now());
     // An older index than the one accepted: refused as a rollback.
     fs::write(f.state().join("index-serial"), "2\n").unwrap();
     let e = a.install_from_index(&url, &root, fetch, None).unwrap_err();
@@ -1217,4 +1225,207 @@ fn a_resumed_seekable_install_skips_what_it_applied() {
         counted.read,
         payload.len()
     );
+}
+
+/// One partition under two spellings: slot A's tree on B's data partition (by its label,
+/// B's device being given by GUID) and slot B's tree on A's (by GUID, A's device by label),
+/// which keel-config cannot tell from the strings. Every reference is resolved to its partition first: refused, nothing written.
+#[test]
+fn a_partition_named_twice_under_two_spellings_is_refused_before_any_write() {
+    let f = Fixture::new();
+    let text = f
+        .description(&f.disk(), "", "")
+        .replace(
+            "salt = \"5a17\"",
+            "salt = \"5a17\"\nhash-tree = \"separate\"",
+        )
+        .replace(
+            "device = \"PARTLABEL=USR-A\"",
+            "device = \"PARTLABEL=USR-A\"\nhash-device = \"PARTLABEL=USR-B\"",
+        )
+        .replace(
+            "name = \"usr.b\"",
+            &format!(
+                "name = \"usr.b\"\nhash-device = \"PARTUUID={}\"",
+                f.partuuid("USR-A")
+            ),
+        );
+    // Valid as text: the description names four different strings.
+    let loaded = keel_config::load_sources(&[("s.toml".into(), text)]);
+    assert!(
+        !loaded
+            .findings
+            .iter()
+            .any(|f| f.message.contains("already")),
+        "{:?}",
+        loaded.findings
+    );
+    let system = System::from_config(&loaded.config.unwrap()).unwrap();
+    let disk = open_rw(&f.disk());
+    let before = fs::read(f.disk()).unwrap();
+    let a = agent(&f, system, &disk);
+    let e = a
+        .install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
+        .unwrap_err();
+    assert!(matches!(e, Error::SameDevice { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("slot A (usr.a).device") && msg.contains("slot B (usr.b).hash-device"),
+        "{msg}"
+    );
+    assert!(
+        fs::read(f.disk()).unwrap() == before,
+        "the disk was written"
+    );
+    // Nor does status call the slots good as if nothing were wrong.
+    assert!(matches!(a.status(), Err(Error::SameDevice { .. })));
+}
+
+/// A fake /sys with the boot disk `vda` (the test's image, partitions 1-3) and another
+/// disk `sdz` with its own partition 3; the kernel booted /dev/vda2 (slot A).
+fn two_disks(f: &Fixture) {
+    use std::os::unix::fs::symlink;
+    let r = f.root();
+    for (disk, parts) in [("vda", &[1u32, 2, 3][..]), ("sdz", &[3u32][..])] {
+        let dir = r.join("sys/devices/virtual/block").join(disk);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("dev"), "254:0\n").unwrap();
+        fs::create_dir_all(r.join("sys/class/block")).unwrap();
+        symlink(
+            format!("../../devices/virtual/block/{disk}"),
+            r.join("sys/class/block").join(disk),
+        )
+        .unwrap();
+        for n in parts {
+            let part = format!("{disk}{n}");
+            fs::create_dir_all(dir.join(&part)).unwrap();
+            fs::write(dir.join(&part).join("partition"), format!("{n}\n")).unwrap();
+            fs::write(dir.join(&part).join("dev"), format!("254:{n}\n")).unwrap();
+            symlink(
+                format!("../../devices/virtual/block/{disk}/{part}"),
+                r.join("sys/class/block").join(&part),
+            )
+            .unwrap();
+        }
+    }
+    f.cmdline("root=/dev/vda2 ro");
+}
+
+/// A slot named by the path of another disk's partition 3 is refused by name, not taken
+/// as partition 3 of the boot disk; the boot disk's own partition 3 works.
+#[test]
+fn a_device_path_on_another_disk_is_refused_by_name() {
+    let f = Fixture::new();
+    two_disks(&f);
+    let b = GptDisk::open(fs::read(f.disk()).unwrap(), None)
+        .unwrap()
+        .partition_by_label("USR-B")
+        .unwrap()
+        .number;
+    assert_eq!(b, 3, "the layout changed: USR-B is partition {b}");
+    let text = |dev: &str| {
+        f.description_for("backend = \"gpt-flatcar\"", "", "")
+            .replace(
+                &format!("device = \"PARTUUID={}\"", f.partuuid("USR-B")),
+                &format!("device = \"{dev}\""),
+            )
+    };
+    let disk = open_rw(&f.disk());
+    let before = fs::read(f.disk()).unwrap();
+    let e = agent(&f, system_from(text("/dev/sdz3")), &disk)
+        .install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
+        .unwrap_err();
+    assert!(matches!(e, Error::OtherDisk { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("/dev/sdz3") && msg.contains("partition 3 of sdz") && msg.contains("vda"),
+        "{msg}"
+    );
+    assert!(
+        fs::read(f.disk()).unwrap() == before,
+        "the disk was written"
+    );
+    // A path the kernel does not know at all, and a whole disk: refused too.
+    for (dev, says) in [
+        ("/dev/nope9", "not a block device"),
+        ("/dev/sdz", "whole disk"),
+    ] {
+        let e = agent(&f, system_from(text(dev)), &disk)
+            .install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
+            .unwrap_err();
+        assert!(e.to_string().contains(says), "{dev}: {e}");
+    }
+    // The boot disk's own partition by path: installed.
+    let a = agent(&f, system_from(text("/dev/vda3")), &disk);
+    assert_eq!(a.booted_slot().unwrap(), Slot::A);
+    let done = a
+        .install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
+        .unwrap();
+    assert_eq!(done.slot, Slot::B);
+    // The booted partition is recognised on its own disk only: /dev/sdz3 is not slot B.
+    f.cmdline("root=/dev/sdz3 ro");
+    assert!(a.booted_slot().is_err());
+
+    // A boot-state store on a slot's partition (the misc partition named as slot A's
+    // device by path): refused as the same device, nothing written.
+    f.cmdline("root=/dev/vda2 ro");
+    let before = fs::read(f.disk()).unwrap();
+    let misc = text("/dev/vda3").replace(
+        "backend = \"gpt-flatcar\"",
+        "backend = \"android-misc\"\nmisc-device = \"/dev/vda2\"",
+    );
+    let e = agent(&f, system_from(misc), &disk)
+        .install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::SameDevice { ref first, .. } if first == "boot.misc-device"),
+        "{e}"
+    );
+    assert!(fs::read(f.disk()).unwrap() == before);
+}
+
+/// Bootnames the boot-state stores cannot hold (keel-update opens them with slots A and
+/// B) are refused by name, not armed where the boot loader never looks.
+#[test]
+fn a_pair_not_named_a_and_b_is_refused() {
+    let f = Fixture::new();
+    let text = f
+        .description_for("backend = \"grubenv\"\ngrubenv = \"/grubenv\"", "", "")
+        .replace("name = \"usr.a\"", "name = \"usr.a\"\nbootname = \"A\"")
+        .replace("name = \"usr.b\"", "name = \"usr.b\"\nbootname = \"C\"")
+        .replace("tries = 2", "tries = 1");
+    let loaded = keel_config::load_sources(&[("s.toml".into(), text)]);
+    let config = loaded
+        .config
+        .unwrap_or_else(|| panic!("{:?}", loaded.findings));
+    let e = System::from_config(&config).unwrap_err();
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    assert!(e.to_string().contains("slot[1].bootname"), "{e}");
+}
+
+/// A clock set back before the time floor (the build date, or the newest release index
+/// accepted) is refused before anything is read or written: expiry dates would mean
+/// nothing on it.
+#[test]
+fn a_clock_behind_the_time_floor_is_refused() {
+    let f = Fixture::new();
+    let disk = open_rw(&f.disk());
+    let a = agent(&f, f.system(), &disk);
+    // A floor a day ahead of the clock: as if the last index accepted were from then.
+    fs::create_dir_all(f.state()).unwrap();
+    let ahead = keel_trust::unix_now() + 86_400;
+    fs::write(f.state().join("time-floor"), format!("{ahead}\n")).unwrap();
+    let before = fs::read(f.disk()).unwrap();
+    let e = a
+        .install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::ClockBehind { floor, .. } if floor == ahead),
+        "{e}"
+    );
+    assert!(fs::read(f.disk()).unwrap() == before);
+    // The build date is a floor of its own: no clock before it is trusted.
+    assert!(keel_update::BUILD_TIME_FLOOR <= keel_trust::unix_now());
+    fs::remove_file(f.state().join("time-floor")).unwrap();
+    assert!(a.trusted_now().unwrap() >= keel_update::BUILD_TIME_FLOOR);
 }
