@@ -58,3 +58,4 @@ pub use keel_payload as payload;
 pub use keel_trust as trust;
 pub use keel_update as update;
 pub use keel_verity as verity;
+pub use keel_version as version;

@@ -294,10 +294,10 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
 
     // [trust]
     if let Some(mv) = &c.trust.minimum_version {
-        if let Err(e) = keel_payload::format::parse_version(mv) {
+        if let Err(e) = keel_version::Version::parse(mv) {
             out.push(Raw::error(
                 path(&["trust", "minimum-version"]),
-                format!("{mv:?}: {e}"),
+                e.to_string(),
             ));
         }
     }

@@ -493,7 +493,7 @@ impl Index {
         machine_id: &str,
         allow_downgrade: bool,
     ) -> Option<Choice> {
-        let cmp = |a: &str, b: &str| keel_payload::format::version_cmp(a, b).ok();
+        let cmp = |a: &str, b: &str| keel_version::Version::compare(a, b).ok();
         let mut candidates: Vec<&Release> = self
             .releases
             .iter()

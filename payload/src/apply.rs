@@ -9,8 +9,8 @@ use keel_verity::{HashTree, Progress, ReadAt, RootDescriptor, WriteAt};
 
 use crate::error::{Error, Result, Section, TargetCheck};
 use crate::format::{
-    bspatch, image_digest, parse_manifest, sha256, unpack_manifest, version_cmp, Extent, Header,
-    Manifest, OpType, Operation, BLOCK_SIZE, HEADER_SIZE, SIGNATURE_SIZE,
+    bspatch, image_digest, parse_manifest, sha256, unpack_manifest, Extent, Header, Manifest,
+    OpType, Operation, Version, BLOCK_SIZE, HEADER_SIZE, SIGNATURE_SIZE,
 };
 
 /// What the payload's version is checked against before anything is written.
@@ -506,17 +506,17 @@ fn check_release(manifest: &Manifest, opts: &ApplyOptions<'_>) -> Result<()> {
     let VersionCheck::Installed(installed) = opts.version else {
         return Ok(());
     };
-    crate::format::parse_version(installed).map_err(|reason| Error::BadVersion {
+    let installed_v = Version::parse(installed).map_err(|reason| Error::BadVersion {
         what: "installed version",
         version: installed.to_string(),
         reason,
     })?;
-    let order = version_cmp(&manifest.version, installed).map_err(|reason| Error::BadVersion {
+    let payload_v = Version::parse(&manifest.version).map_err(|reason| Error::BadVersion {
         what: "payload version",
         version: manifest.version.clone(),
         reason,
     })?;
-    match order {
+    match payload_v.cmp(&installed_v) {
         std::cmp::Ordering::Less if !opts.allow_downgrade => Err(Error::Downgrade {
             installed: installed.to_string(),
             payload: manifest.version.clone(),

@@ -155,14 +155,15 @@ pub enum Error {
         system: String,
     },
     /// A version that cannot be compared.
-    #[error("{what} {version:?}: {reason}")]
+    #[error("{what}: {reason}")]
     BadVersion {
         /// Which version: "installed version" or "payload version".
         what: &'static str,
         /// The text given.
         version: String,
-        /// What is wrong with it.
-        reason: String,
+        /// What is wrong with it (the text, the part and why).
+        #[source]
+        reason: keel_version::VersionError,
     },
     /// The payload is for the version already installed.
     #[error("version {0} is already installed (reinstalling it was not asked for)")]

@@ -556,8 +556,8 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
     };
     let compatible = r.text("compatible", 256)?;
     let version = r.text("version", 64)?;
-    if let Err(why) = parse_version(&version) {
-        return Err(r.err("version", format!("{version:?}: {why}")));
+    if let Err(why) = Version::parse(&version) {
+        return Err(r.err("version", why.to_string()));
     }
     let n = r.count("operation count", 1 + 4 + 4 + 16 + 64)?;
     let target_blocks = target.size.div_ceil(BLOCK_SIZE);
@@ -688,4 +688,4 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
 pub use crate::bspatch::bspatch;
 pub use crate::digest::{image_digest, sha256, DIGEST_CHUNK};
 use crate::intervals::Written;
-pub use crate::version::{parse_version, version_cmp, MAX_VERSION_PARTS};
+pub use crate::version::{Version, VersionError, MAX_VERSION_PARTS};

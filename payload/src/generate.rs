@@ -1282,7 +1282,7 @@ pub fn assemble<S: Signer + ?Sized>(
             manifest.version
         )));
     }
-    crate::format::parse_version(&manifest.version).map_err(|reason| Error::BadVersion {
+    crate::format::Version::parse(&manifest.version).map_err(|reason| Error::BadVersion {
         what: "payload version",
         version: manifest.version.clone(),
         reason,

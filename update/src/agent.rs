@@ -795,7 +795,7 @@ where
             )));
         }
         if let Some(min) = &self.system.minimum_version {
-            let below = keel_payload::format::version_cmp(&m.version, min)
+            let below = keel_version::Version::compare(&m.version, min)
                 .map_err(|e| Error::Refused(format!("version {:?}: {e}", m.version)))?
                 .is_lt();
             if below {
@@ -1277,7 +1277,7 @@ impl<R: Read> Read for Tee<'_, R> {
 /// Whether two version strings name one version (`2.0` and `2.0`; as the payload's
 /// ordering compares them where both parse).
 fn same_version(a: &str, b: &str) -> bool {
-    a == b || keel_payload::format::version_cmp(a, b).is_ok_and(|o| o.is_eq())
+    a == b || keel_version::Version::compare(a, b).is_ok_and(|o| o.is_eq())
 }
 
 /// No clock of a device running this agent can read earlier than this (2026-12-01, when

@@ -93,7 +93,7 @@ pub fn release(
                 hex::encode(m.target.digest)
             )));
         }
-        keel_payload::format::version_cmp(&from, &m.version).map_err(|e| {
+        keel_version::Version::compare(&from, &m.version).map_err(|e| {
             Error::Refused(format!("{}: from version {from:?}: {e}", d.artifact.url))
         })?;
         out.push(Delta {

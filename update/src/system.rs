@@ -126,8 +126,8 @@ impl System {
             keyring.add_until(key, not_after)?;
         }
         if let Some(v) = &c.trust.minimum_version {
-            keel_payload::format::parse_version(v)
-                .map_err(|r| Error::config("trust.minimum-version", r))?;
+            keel_version::Version::parse(v)
+                .map_err(|r| Error::config("trust.minimum-version", r.to_string()))?;
         }
         let tries = keel_config::effective_tries(c);
         Ok(System {
