@@ -19,26 +19,31 @@ impl Guid {
         let mut b = [0u8; 16];
         getrandom::getrandom(&mut b)
             .map_err(|e| Error::io("reading the random source", e.into()))?;
-        // Version 4 and the RFC 4122 variant, in the mixed-endian layout.
-        b[7] = (b[7] & 0x0f) | 0x40;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        Ok(Guid(b))
+        // Version 4 and the RFC 4122 variant set by the uuid crate, stored mixed-endian.
+        Ok(Guid::from(uuid::Builder::from_random_bytes(b).into_uuid()))
     }
 
     /// Whether this is the nil GUID.
     pub fn is_nil(&self) -> bool {
         self.0 == [0; 16]
     }
+
+    /// As a [`uuid::Uuid`] (the text's byte order).
+    pub fn to_uuid(self) -> uuid::Uuid {
+        uuid::Uuid::from_bytes_le(self.0)
+    }
+}
+
+impl From<uuid::Uuid> for Guid {
+    /// The GPT's mixed-endian layout of `u`: its first three fields little-endian.
+    fn from(u: uuid::Uuid) -> Guid {
+        Guid(u.to_bytes_le())
+    }
 }
 
 impl fmt::Display for Guid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = &self.0;
-        write!(
-            f,
-            "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
-        )
+        fmt::Display::fmt(&self.to_uuid().hyphenated(), f)
     }
 }
 
@@ -51,28 +56,18 @@ impl fmt::Debug for Guid {
 impl FromStr for Guid {
     type Err = Error;
 
-    /// Parse `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (either case).
+    /// Parse `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (either case); the other forms the
+    /// uuid crate knows (braced, urn, without hyphens) are not what a GPT tool prints.
     fn from_str(s: &str) -> Result<Guid> {
         let bad = || {
             Error::Invalid(format!(
                 "{s:?} is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
             ))
         };
-        let parts: Vec<&str> = s.split('-').collect();
-        if parts.iter().map(|p| p.len()).collect::<Vec<_>>() != [8, 4, 4, 4, 12] {
+        if s.len() != 36 {
             return Err(bad());
         }
-        let hex: String = parts.concat();
-        let mut t = [0u8; 16];
-        for (i, byte) in t.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
-                .map_err(|_| bad())?;
-        }
-        // Text order to the mixed-endian disk order.
-        Ok(Guid([
-            t[3], t[2], t[1], t[0], t[5], t[4], t[7], t[6], t[8], t[9], t[10], t[11], t[12], t[13],
-            t[14], t[15],
-        ]))
+        uuid::Uuid::try_parse(s).map(Guid::from).map_err(|_| bad())
     }
 }
 
@@ -170,7 +165,17 @@ mod tests {
         assert!("g12a7328-f81f-11d2-ba4b-00a0c93ec93b"
             .parse::<Guid>()
             .is_err());
+        // Only the form GPT tools print: not braced, not without hyphens.
+        for other in [
+            "{c12a7328-f81f-11d2-ba4b-00a0c93ec93b}",
+            "c12a7328f81f11d2ba4b00a0c93ec93b",
+            "urn:uuid:c12a7328-f81f-11d2-ba4b-00a0c93ec93b",
+            "c12a7328f-81f-11d2-ba4b-00a0c93ec93b",
+        ] {
+            assert!(other.parse::<Guid>().is_err(), "{other}");
+        }
         let r = Guid::random().unwrap();
         assert_eq!(r.to_string().as_bytes()[14], b'4');
+        assert_eq!(Guid::from(r.to_uuid()), r);
     }
 }

@@ -103,39 +103,30 @@ impl Superblock {
 
 /// A UUID in its text form (`8-4-4-4-12` hex digits), as veritysetup's `--uuid` takes it.
 pub fn parse_uuid(text: &str) -> Result<[u8; 16]> {
-    let groups: Vec<&str> = text.split('-').collect();
-    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-    if lens != [8, 4, 4, 4, 12] {
+    // Only the hyphenated form: the braced, urn and plain forms the uuid crate also
+    // reads are not veritysetup's.
+    if text.len() != 36 {
         return Err(Error::param(
             "uuid",
             format!("{text:?} is not of the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"),
         ));
     }
-    let mut out = [0u8; 16];
-    hex::decode_to_slice(groups.concat(), &mut out)
-        .map_err(|e| Error::param("uuid", format!("{text:?}: {e}")))?;
-    Ok(out)
+    uuid::Uuid::try_parse(text)
+        .map(uuid::Uuid::into_bytes)
+        .map_err(|e| Error::param("uuid", format!("{text:?}: {e}")))
 }
 
 /// Format a binary UUID as text, lower case.
 pub fn format_uuid(uuid: &[u8; 16]) -> String {
-    let h = hex::encode(uuid);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid::Uuid::from_bytes(*uuid).hyphenated().to_string()
 }
 
 /// A random (version 4) UUID, as veritysetup makes when none is given.
 pub fn random_uuid() -> Result<[u8; 16]> {
-    let mut u = crate::params::random_bytes::<16>()?;
-    u[6] = (u[6] & 0x0f) | 0x40;
-    u[8] = (u[8] & 0x3f) | 0x80;
-    Ok(u)
+    let bytes = crate::params::random_bytes::<16>()?;
+    Ok(uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .into_bytes())
 }
 
 #[cfg(test)]
