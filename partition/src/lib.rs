@@ -26,7 +26,9 @@
 //! change writes the copy that is not in force (entries, header, sync) before the one in
 //! force (entries, header, sync): the backup first on a healthy disk, the primary first
 //! when only the backup is valid. A power cut at any write leaves a valid table with the
-//! old or the new state.
+//! old or the new state. The `gpt` crate serves as a second, independent implementation
+//! in the tests (`tests/gpt_crate.rs`): it reads what Keel lays out and updates, field for
+//! field, and Keel reads and updates a table it writes, at 512 and 4096-byte sectors.
 
 mod create;
 mod disk;
