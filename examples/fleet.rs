@@ -61,15 +61,15 @@ enum Cmd {
     /// Take a slot of the group, waiting for one; bound to a lease renewed while this runs.
     Lock {
         /// Lease TTL in seconds: how long the slot outlives this command without `unlock`.
-        #[arg(long, default_value_t = 300)]
-        ttl: u64,
+        #[arg(long, default_value = "300", value_parser = etcd::seconds)]
+        ttl: Duration,
         /// Keep the slot this many seconds (fractions allowed), renewing the lease, then
         /// free it; without it the slot stays held until `unlock` or the lease's end.
-        #[arg(long)]
-        hold: Option<f64>,
+        #[arg(long, value_parser = etcd::seconds)]
+        hold: Option<Duration>,
         /// Give up after this many seconds of waiting (default: wait as long as it takes).
-        #[arg(long)]
-        wait: Option<f64>,
+        #[arg(long, value_parser = etcd::seconds)]
+        wait: Option<Duration>,
         /// Take a slot only inside this reboot window (`Mon-Fri 02:00-04:00`, UTC);
         /// repeatable; none: any time.
         #[arg(long = "window")]
@@ -115,11 +115,11 @@ enum Cmd {
         #[arg(long = "check")]
         checks: Vec<String>,
         /// Lease TTL in seconds: the longest a reboot may take before the slot is freed.
-        #[arg(long, default_value_t = 300)]
-        ttl: u64,
+        #[arg(long, default_value = "300", value_parser = etcd::seconds)]
+        ttl: Duration,
         /// Give up after this many seconds of waiting for a slot.
-        #[arg(long)]
-        wait: Option<f64>,
+        #[arg(long, value_parser = etcd::seconds)]
+        wait: Option<Duration>,
         /// Reboot only inside this window (UTC); repeatable.
         #[arg(long = "window")]
         windows: Vec<String>,
@@ -145,15 +145,15 @@ fn node_id(id: Option<String>) -> Res<String> {
         })
 }
 
-fn seconds(what: &str, s: f64) -> Res<Duration> {
-    Duration::try_from_secs_f64(s)
-        .map_err(|_| format!("--{what}: {s} is not a number of seconds").into())
+/// The instant `wait` from now; none (wait as long as it takes) for a wait too long for
+/// the clock.
+fn wait_until(wait: Option<Duration>) -> Option<Instant> {
+    wait.and_then(|d| Instant::now().checked_add(d))
 }
 
-fn wait_until(wait: Option<f64>) -> Res<Option<Instant>> {
-    wait.map(|w| seconds("wait", w).map(|d| Instant::now() + d))
-        .transpose()
-}
+/// The exit code of a node that lost its slot while holding it (its lease ended: the
+/// process was stopped or cut off from etcd for longer than the TTL).
+const LOST: u8 = 4;
 
 fn now_unix() -> u64 {
     SystemTime::now()
@@ -173,32 +173,50 @@ fn run(cli: Cli) -> Res<ExitCode> {
         } => {
             let id = node_id(cli.id)?;
             let node = Node::new(&group, &id, Windows::parse(&windows)?);
-            let hold = hold.map(|h| seconds("hold", h)).transpose()?;
-            let lease = Lease::grant(&etcd, Duration::from_secs(ttl))?;
             let wait = Wait {
-                deadline: wait_until(wait)?,
+                deadline: wait_until(wait),
                 ..Wait::default()
             };
-            match node.pre_reboot(&lease, &wait) {
-                Ok(()) => {}
+            // Everything is checked before the lease exists: no error leaves it behind.
+            let lease = Lease::grant(&etcd, ttl)?;
+            let reboot_by = match node.pre_reboot(&lease, &wait) {
+                Ok(by) => by,
                 Err(e @ (FleetError::Paused { .. } | FleetError::Stopped { .. })) => {
                     let _ = lease.revoke();
                     println!("{id}: no slot: {e}");
                     return Ok(ExitCode::from(3));
                 }
-                Err(e) => return Err(e.into()),
-            }
+                Err(e) => {
+                    let _ = lease.revoke();
+                    return Err(e.into());
+                }
+            };
             println!(
-                "{id} holds a slot of group {:?} (lease {:x}, TTL {} s)",
+                "{id} holds a slot of group {:?} (lease {:x}, TTL {} s, {} ms left to act on it)",
                 cli.group,
                 lease.id(),
-                lease.ttl()
+                lease.ttl(),
+                reboot_by
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
             );
             match hold {
                 Some(h) => {
                     std::thread::sleep(h);
-                    if lease.is_lost() {
-                        return Err(format!("{id}: the lease ended while holding the slot").into());
+                    // Fencing: whoever holds the slot now, this node frees it only if it is
+                    // still its own, and says so when it is not.
+                    match node.holding(&lease) {
+                        Ok(_) => {}
+                        Err(e) if e.is_slot_lost() => {
+                            let _ = lease.revoke();
+                            println!("{id}: {e}; another node may hold it now");
+                            eprintln!("fleet: {id} lost its slot while holding it");
+                            return Ok(ExitCode::from(LOST));
+                        }
+                        Err(e) => {
+                            let _ = lease.revoke();
+                            return Err(e.into());
+                        }
                     }
                     group.release(&id)?;
                     lease.revoke()?;
@@ -230,6 +248,13 @@ fn run(cli: Cli) -> Res<ExitCode> {
                     st.total_slots,
                     st.revision
                 );
+                if let Some(configured) = st.configured_slots.filter(|&c| c != st.total_slots) {
+                    println!(
+                        "  slots: the semaphore document says {}, the FleetLock server is \
+                         configured with {configured} and gives out {configured}",
+                        st.total_slots
+                    );
+                }
                 if let Some(p) = &st.paused {
                     println!(
                         "  PAUSED by {:?} {} s ago: {}",
@@ -282,8 +307,8 @@ fn run(cli: Cli) -> Res<ExitCode> {
                 etcd: &etcd,
                 node: &node,
                 root: &root,
-                ttl: Duration::from_secs(ttl),
-                deadline: wait_until(wait)?,
+                ttl,
+                deadline: wait_until(wait),
             };
             return roll.run(&config, &state, &payload, &checks);
         }
@@ -363,17 +388,28 @@ impl Roll<'_> {
             deadline: self.deadline,
             ..Wait::default()
         };
-        match self.node.pre_reboot(&lease, &wait) {
-            Ok(()) => {}
+        let reboot_by = match self.node.pre_reboot(&lease, &wait) {
+            Ok(by) => by,
             Err(e @ (FleetError::Paused { .. } | FleetError::Stopped { .. })) => {
                 let _ = lease.revoke();
                 println!("{id}: not rebooting: {e}; staying on {before}");
                 summary(id, &before, 0, Duration::ZERO, "paused");
                 return Ok(ExitCode::from(3));
             }
-            Err(e) => return Err(e.into()),
-        }
+            Err(e) if e.is_slot_lost() => {
+                let _ = lease.revoke();
+                return Ok(self.lost(&e, &before));
+            }
+            Err(e) => {
+                let _ = lease.revoke();
+                return Err(e.into());
+            }
+        };
         let locked = Instant::now();
+        if locked >= reboot_by {
+            let _ = lease.revoke();
+            return Ok(self.lost(&"the lease ran out before the reboot", &before));
+        }
         println!("{id}: holds a slot; rebooting");
 
         // Reboot. The lease is not renewed while the machine is down; after the boot the
@@ -382,7 +418,12 @@ impl Roll<'_> {
         drop(lease);
         let mut reboots = 1;
         let booted = self.reboot(&agent)?;
-        let lease = Lease::resume(self.etcd, lease_id)?;
+        let lease = match Lease::resume(self.etcd, lease_id) {
+            Ok(lease) => lease,
+            // The reboot took longer than the TTL: the slot may be another node's by now.
+            Err(e) if e.is_slot_lost() => return Ok(self.lost(&e, &version(&agent)?)),
+            Err(e) => return Err(e.into()),
+        };
         println!("{id}: booted slot {booted}");
 
         let checks: Vec<HealthCheck> = checks
@@ -418,6 +459,14 @@ impl Roll<'_> {
         }
     }
 
+    /// Report a slot lost while this node held it.
+    fn lost(&self, why: &dyn std::fmt::Display, version: &str) -> ExitCode {
+        let id = self.node.id();
+        println!("{id}: lost its slot: {why}");
+        summary(id, version, 0, Duration::ZERO, "lost-slot");
+        ExitCode::from(LOST)
+    }
+
     fn node_group_paused(&self) -> Res<Option<keel::fleet::Pause>> {
         Ok(self.node_group().status()?.paused)
     }
@@ -433,7 +482,17 @@ impl Roll<'_> {
             .boot_control()?
             .boot()?
             .ok_or("the boot loader found no bootable slot")?;
-        let part = &agent.partitions()?[slot.index()];
+        // By the slot's boot name: the description may list B before A.
+        let index = agent
+            .system()
+            .slots
+            .iter()
+            .position(|s| s.slot == slot)
+            .ok_or_else(|| {
+                format!("the boot loader chose slot {slot}, which the description lacks")
+            })?;
+        let parts = agent.partitions()?;
+        let part = parts.get(index).ok_or("no partition for the booted slot")?;
         std::fs::create_dir_all(self.root.join("proc"))?;
         std::fs::write(
             self.root.join("proc/cmdline"),

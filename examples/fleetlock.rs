@@ -5,11 +5,17 @@
 //! ```text
 //! cargo run --example fleetlock -- --endpoints URLS [--cacert CA --cert CERT --key KEY] \
 //!     --listen 127.0.0.1:3333 \
-//!     --group default=1 [--group workers=3]... [--lease-ttl SECS]
+//!     --group default=1 [--group workers=3]... [--lease-ttl SECS] \
+//!     [--workers N] [--queue N] [--request-timeout SECS]
 //! ```
 //! Each slot it grants is bound to a lease of `--lease-ttl` seconds (the longest a
 //! reboot may take): a node that never comes back to call `/v1/steady-state` frees its
 //! slot when the lease ends. It prints `listening on ADDR` once it accepts requests.
+//!
+//! Anyone who can connect reaches it, so it serves `--workers` connections at once with
+//! `--queue` more waiting (beyond them: `503` at once), gives each request
+//! `--request-timeout` seconds from connecting to its last byte, and rides out running
+//! out of file descriptors (logged to standard error) instead of exiting.
 
 #[macro_use]
 #[path = "support/cli.rs"]
@@ -24,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use keel::fleet::fleetlock::Server;
+use keel::fleet::fleetlock::{Limits, Server};
 use keel::io::Cancel;
 
 #[derive(Parser)]
@@ -43,8 +49,19 @@ struct Cli {
     #[arg(long = "group", value_parser = group, required = true)]
     groups: Vec<(String, u64)>,
     /// Lease TTL in seconds of each granted slot.
-    #[arg(long, default_value_t = 3600)]
-    lease_ttl: u64,
+    #[arg(long, default_value = "3600", value_parser = etcd::seconds)]
+    lease_ttl: Duration,
+    /// Connections served at once (a fixed pool of threads).
+    #[arg(long, default_value_t = Limits::default().workers as u64,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    workers: u64,
+    /// Connections waiting for a worker; beyond them a connection is answered 503.
+    #[arg(long, default_value_t = Limits::default().queue as u64,
+          value_parser = clap::value_parser!(u64).range(0..=65536))]
+    queue: u64,
+    /// Seconds a client has from connecting to the end of its request.
+    #[arg(long, default_value = "10", value_parser = etcd::positive_seconds)]
+    request_timeout: Duration,
 }
 
 fn group(s: &str) -> Result<(String, u64), String> {
@@ -67,11 +84,11 @@ fn main() -> ExitCode {
         let listener =
             TcpListener::bind(&cli.listen).map_err(|e| format!("--listen {}: {e}", cli.listen))?;
         println!("listening on {}", listener.local_addr()?);
-        let server = Arc::new(Server::new(
-            etcd,
-            groups,
-            Duration::from_secs(cli.lease_ttl),
-        ));
+        let limits = Limits::default()
+            .workers(usize::try_from(cli.workers)?)
+            .queue(usize::try_from(cli.queue)?)
+            .request_timeout(cli.request_timeout);
+        let server = Arc::new(Server::new(etcd, groups, cli.lease_ttl).with_limits(limits));
         server.serve(&listener, &Cancel::new())?;
         Ok(())
     };

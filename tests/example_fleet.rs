@@ -512,3 +512,344 @@ fn the_fleet_example_reaches_members_that_ask_for_certificates() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Send `signal` (`STOP`, `CONT`) to a child, with kill(1).
+fn signal(child: &Child, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal}");
+}
+
+#[test]
+fn a_holder_stopped_past_its_ttl_says_it_lost_the_slot() {
+    let Some(Fixture {
+        _dir,
+        cluster: _cluster,
+        endpoints,
+        client,
+        group,
+    }) = fixture("fence", 1)
+    else {
+        return;
+    };
+    let first = fleet(
+        &endpoints,
+        &[
+            "--group", "fence", "--id", "first", "lock", "--ttl", "5", "--hold", "15",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while group.status().unwrap().holders.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first node never took its slot"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Stopped (a frozen VM, a stuck process): no renewals; its lease ends and the slot
+    // goes to the next node.
+    signal(&first, "STOP");
+    let stopped = Instant::now();
+    let second = fleet(
+        &endpoints,
+        &[
+            "--group", "fence", "--id", "second", "lock", "--ttl", "60", "--wait", "60",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        stdout(&second).contains("second holds a slot"),
+        "{}{}",
+        stdout(&second),
+        String::from_utf8_lossy(&second.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(15).saturating_sub(stopped.elapsed()));
+    signal(&first, "CONT");
+    let out = finish(first);
+    let (text, err) = (stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+    assert!(text.contains("lost its slot"), "{text}{err}");
+    assert!(!text.contains("freed its slot"), "{text}");
+    let ids: Vec<_> = group
+        .status()
+        .unwrap()
+        .holders
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids, ["second"], "the second node's slot is untouched");
+
+    // What etcd answers is not trusted to be UTF-8 or cut where the group's prefix
+    // ends: keys beside and inside the group with multi-byte and invalid characters.
+    let base = "com.coreos.airlock/groups/fence/v1/";
+    let mut straddling = base.as_bytes()[..base.len() - 1].to_vec();
+    straddling.extend_from_slice("é/semaphore".as_bytes());
+    client.put(&straddling, b"{}", 0).unwrap();
+    let mut inside = base.as_bytes().to_vec();
+    inside.extend_from_slice(b"keel/\xc3");
+    client.put(&inside, b"\xff", 0).unwrap();
+    client
+        .put(format!("{base}keel/é").as_bytes(), b"x", 0)
+        .unwrap();
+    let out = fleet(&endpoints, &["--group", "fence", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && stdout(&out).contains("second"),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn duration_arguments_out_of_range_are_named_not_a_panic() {
+    let dummy = [
+        "--config",
+        "x",
+        "--root",
+        "x",
+        "--state",
+        "x",
+        "--payload",
+        "x",
+    ];
+    let cases: Vec<(&str, &str, Vec<&str>)> = vec![
+        ("fleet", "--wait", vec!["lock", "--wait", "1e19"]),
+        ("fleet", "--hold", vec!["lock", "--hold", "NaN"]),
+        ("fleet", "--ttl", vec!["lock", "--ttl=-1"]),
+        ("fleet", "--ttl", vec!["lock", "--ttl", "1e19"]),
+        ("fleet", "--timeout", vec!["--timeout", "inf", "status"]),
+        (
+            "fleet",
+            "--wait",
+            [&["roll", "--wait", "1e19"], &dummy[..]].concat(),
+        ),
+        (
+            "fleet",
+            "--ttl",
+            [&["roll", "--ttl", "1e300"], &dummy[..]].concat(),
+        ),
+        (
+            "fleetlock",
+            "--lease-ttl",
+            vec!["--group", "g=1", "--lease-ttl", "1e19"],
+        ),
+        (
+            "fleetlock",
+            "--request-timeout",
+            vec!["--group", "g=1", "--request-timeout", "0"],
+        ),
+        (
+            "fleetlock",
+            "--workers",
+            vec!["--group", "g=1", "--workers", "0"],
+        ),
+    ];
+    for (example_name, flag, args) in cases {
+        // No etcd answers at this endpoint: the arguments are refused before any call.
+        let mut all = vec!["--endpoints", "http://127.0.0.1:9"];
+        all.extend(args.iter());
+        let out = run(&example(example_name), &all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{example_name} {args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains(flag), "the argument is named: {err}");
+    }
+    // The longest accepted wait is ten years, and says so.
+    let out = run(
+        &example("fleet"),
+        &[
+            "--endpoints",
+            "http://127.0.0.1:9",
+            "lock",
+            "--wait",
+            "1e19",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ten years"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_roll_boots_the_right_partition_when_b_is_listed_before_a() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cluster) = etcd::cluster(&dir.path().join("etcd"), 1) else {
+        return;
+    };
+    let endpoints = cluster.endpoints();
+    let node = dir.path().join("node");
+    ok(
+        "update",
+        &["demo", node.to_str().unwrap(), "--slot-mib", "24"],
+    );
+    let description = std::fs::read_to_string(node.join("system.toml")).unwrap();
+    let a = "[[slot]]\nname = \"usr.a\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-A\"\n";
+    let b = "[[slot]]\nname = \"usr.b\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-B\"\n";
+    let swapped = description
+        .replace(&format!("{a}\n{b}"), &format!("{b}\n{a}"))
+        .replace("name = \"usr.a\"\n", "name = \"usr.a\"\nbootname = \"A\"\n")
+        .replace("name = \"usr.b\"\n", "name = \"usr.b\"\nbootname = \"B\"\n");
+    assert!(
+        swapped.find("usr.b") < swapped.find("usr.a"),
+        "the demo's description changed: {description}"
+    );
+    std::fs::write(node.join("system.toml"), swapped).unwrap();
+    let out = finish(roll(&endpoints, &node, "b-first", "true"));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out);
+    assert_eq!(
+        (s["version"].as_str(), s["outcome"].as_str()),
+        (Some("2.0"), Some("committed")),
+        "{s}"
+    );
+    let p = |name: &str| node.join(name).display().to_string();
+    let status = ok(
+        "update",
+        &[
+            "--config",
+            &p("system.toml"),
+            "--root",
+            &p("root"),
+            "--state",
+            &p("state"),
+            "status",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let booted = v["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["booted"] == true)
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(booted.to_string().contains("usr.b"), "{status}");
+    assert_eq!(booted["successful"], true, "{status}");
+}
+
+#[test]
+fn the_fleetlock_example_serves_on_past_its_file_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(prlimit) = tool("prlimit", "util-linux") else {
+        return;
+    };
+    let Some(cluster) = etcd::cluster(dir.path(), 3) else {
+        return;
+    };
+    let endpoints = cluster.endpoints();
+    // 64 descriptors: fewer than the default workers and queue (16 + 64) hold, so a
+    // flood runs the server out of them.
+    let mut server = Command::new(prlimit)
+        .arg("--nofile=64:64")
+        .arg(example("fleetlock"))
+        .args([
+            "--endpoints",
+            &endpoints,
+            "--listen",
+            "127.0.0.1:0",
+            "--group",
+            "default=1",
+            "--request-timeout",
+            "3",
+            "--timeout",
+            "5",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .parse()
+        .unwrap();
+    let flood: Vec<std::net::TcpStream> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
+        .collect();
+    assert!(flood.len() > 64, "{} connections", flood.len());
+    std::thread::sleep(Duration::from_millis(500));
+
+    // A real request during the flood: an answer, granted or busy, within the deadline
+    // of the connections ahead of it and etcd's time limit.
+    let body = serde_json::json!({"client_params": {"id": "z1", "group": "default"}}).to_string();
+    let ask = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "POST /v1/pre-reboot HTTP/1.1\r\nHost: x\r\nfleet-lock-protocol: true\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .ok()?;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        Some(String::from_utf8_lossy(&out).into_owned())
+    };
+    let text = ask().unwrap_or_default();
+    assert!(
+        text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.1 503"),
+        "{text:?}"
+    );
+    assert!(server.try_wait().unwrap().is_none(), "the server exited");
+    drop(flood);
+    // Once the flood is gone, the node gets its slot.
+    let t = Instant::now();
+    loop {
+        let text = ask().unwrap_or_default();
+        if text.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{text:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A client changes the document's slots; the server's configuration still counts,
+    // and status shows both.
+    let out = fleet(&endpoints, &["--group", "default", "slots", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let client = keel::fleet::fleetlock::Client::new(&format!("http://{addr}"));
+    let e = client.pre_reboot("default", "z2").unwrap_err().to_string();
+    assert!(e.contains("failed_lock"), "{e}");
+    let out = fleet(&endpoints, &["--group", "default", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&out).contains("document says 3") && stdout(&out).contains("configured with 1"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(server.try_wait().unwrap().is_none(), "the server exited");
+    let _ = server.kill();
+    let out = server.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("accepting a connection failed"),
+        "the flood did not reach the file limit: {log}"
+    );
+}

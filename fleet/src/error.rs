@@ -42,6 +42,19 @@ pub enum Error {
     /// The lease behind a holding expired (the node was gone longer than its TTL).
     #[error("lease {0:x} has expired")]
     LeaseExpired(i64),
+    /// A slot this node held is no longer its own: the lease behind it ended or could
+    /// not be confirmed before its deadline (the process was stopped, or cut off from
+    /// the cluster, for longer than the TTL), or the holder record names another lease.
+    /// Another node may hold the slot now: the node must not reboot on it.
+    #[error("{id:?} lost its slot of group {group:?}: {reason}")]
+    SlotLost {
+        /// The group.
+        group: String,
+        /// The node's id.
+        id: String,
+        /// What showed the loss.
+        reason: String,
+    },
     /// The group is paused; nobody may take a slot until an operator resumes it.
     #[error("group {group:?} is paused by {by:?}: {reason}")]
     Paused {
@@ -86,6 +99,12 @@ impl Error {
             self,
             Error::Unavailable { .. } | Error::Paused { .. } | Error::Stopped { .. }
         )
+    }
+
+    /// Whether a slot held (or being taken) was lost with its lease: the node must not
+    /// act on it, and asks for a slot again if it still needs one.
+    pub fn is_slot_lost(&self) -> bool {
+        matches!(self, Error::SlotLost { .. } | Error::LeaseExpired(_))
     }
 }
 

@@ -422,7 +422,7 @@ impl Etcd {
 
     /// POST `body` to `path`, member after member, until one answers or the time limit.
     fn call(&self, path: &'static str, body: &Value) -> Result<Value> {
-        let deadline = Instant::now() + self.op_timeout;
+        let deadline = crate::lease::later(Instant::now(), self.op_timeout);
         let n = self.endpoints.len();
         let mut attempt = 0usize;
         loop {

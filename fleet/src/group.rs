@@ -8,6 +8,7 @@
 //! com.coreos.airlock/groups/G/v1/keel/holders/ID   {"id":..,"acquired":UNIX_SECONDS,"lease":"HEX"}
 //! com.coreos.airlock/groups/G/v1/keel/alive/ID     bound to the holder's lease
 //! com.coreos.airlock/groups/G/v1/keel/paused       {"by":..,"reason":..,"since":UNIX_SECONDS}
+//! com.coreos.airlock/groups/G/v1/keel/configured   {"total_slots":2}   (a FleetLock server's)
 //! ```
 //!
 //! The semaphore is airlock's document, unchanged, so airlock and Keel share a group.
@@ -29,7 +30,7 @@ use keel_io::Cancel;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::etcd::{Compare, Etcd, Op};
+use crate::etcd::{Compare, Etcd, Kv, Op};
 use crate::lease::Lease;
 
 /// airlock's semaphore document.
@@ -92,8 +93,12 @@ pub struct Holder {
 pub struct Status {
     /// The group.
     pub group: String,
-    /// Slots (0 before the first node set the group up).
+    /// Slots, as the semaphore document says (0 before the first node set the group up).
     pub total_slots: u64,
+    /// Slots as an operator configured them where slots are given out regardless of
+    /// the document (a FleetLock server: see [`Group::enforce_slots`]); when it differs
+    /// from `total_slots`, that server gives out this many.
+    pub configured_slots: Option<u64>,
     /// The holders.
     pub holders: Vec<Holder>,
     /// Set while the roll is stopped.
@@ -145,15 +150,75 @@ pub struct Group {
     name: String,
     base: String,
     slots: u64,
+    enforce: bool,
+}
+
+/// The slot count a server configured, kept beside the semaphore so `status` can show
+/// where it differs from the document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Configured {
+    total_slots: u64,
 }
 
 /// Everything under the group's keys, read at one revision.
+#[derive(Debug)]
 struct State {
     semaphore: Option<(Semaphore, i64)>,
     records: BTreeMap<String, Record>,
     alive: BTreeSet<String>,
     paused: Option<(Pause, i64)>,
+    configured: Option<u64>,
     revision: i64,
+}
+
+impl State {
+    /// The state the keys `kvs` of a read at `revision` make, for the group whose keys
+    /// start with `base`. The keys come from etcd, so they are not trusted to start with
+    /// `base` or to be UTF-8: a key that does not is skipped.
+    fn from_kvs(base: &str, kvs: Vec<Kv>, revision: i64) -> Result<State> {
+        let mut st = State {
+            semaphore: None,
+            records: BTreeMap::new(),
+            alive: BTreeSet::new(),
+            paused: None,
+            configured: None,
+            revision,
+        };
+        for kv in kvs {
+            let Some(rest) = kv.key.strip_prefix(base.as_bytes()) else {
+                continue;
+            };
+            let Ok(rest) = std::str::from_utf8(rest) else {
+                continue;
+            };
+            let key = format!("{base}{rest}");
+            if rest == "semaphore" {
+                let sem: Semaphore = parse(&key, &kv.value)?;
+                st.semaphore = Some((sem, kv.mod_revision));
+            } else if rest == "keel/paused" {
+                st.paused = Some((parse(&key, &kv.value)?, kv.mod_revision));
+            } else if rest == "keel/configured" {
+                st.configured = Some(parse::<Configured>(&key, &kv.value)?.total_slots);
+            } else if rest.starts_with("keel/holders/") {
+                let r: Record = parse(&key, &kv.value)?;
+                st.records.insert(r.id.clone(), r);
+            } else if let Some(id) = rest.strip_prefix("keel/alive/") {
+                // The value is the id unescaped; the key holds it escaped.
+                let id = String::from_utf8(kv.value).unwrap_or_else(|_| id.to_string());
+                st.alive.insert(id);
+            }
+        }
+        Ok(st)
+    }
+
+    /// The lease bound to `id`'s holding, when `id` holds a slot through a live lease.
+    fn live_lease(&self, id: &str) -> Option<i64> {
+        let (sem, _) = self.semaphore.as_ref()?;
+        if !sem.holders.iter().any(|h| h == id) || !self.alive.contains(id) {
+            return None;
+        }
+        i64::from_str_radix(&self.records.get(id)?.lease, 16).ok()
+    }
 }
 
 /// A group name or id as airlock puts it in a key (Go's `url.QueryEscape`).
@@ -189,6 +254,11 @@ fn parse<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T> {
     })
 }
 
+/// Check a node id as every operation does (1 to 253 bytes, no control characters).
+pub(crate) fn check_id(id: &str) -> Result<()> {
+    check_name("id", id)
+}
+
 fn check_name(what: &str, s: &str) -> Result<()> {
     if s.is_empty() || s.len() > 253 || s.chars().any(char::is_control) {
         return Err(Error::Invalid {
@@ -215,7 +285,27 @@ impl Group {
             name: name.to_string(),
             base: format!("com.coreos.airlock/groups/{}/v1/", query_escape(name)),
             slots,
+            enforce: false,
         })
+    }
+
+    /// Give out the number of slots this value was made with, whatever the semaphore
+    /// document says: the operator's configuration wins over a client that changed the
+    /// document (`fleet slots`). The count is recorded beside the document, so
+    /// [`Group::status`] shows where the two differ. A FleetLock server's groups are
+    /// enforced this way.
+    pub fn enforce_slots(mut self) -> Group {
+        self.enforce = true;
+        self
+    }
+
+    /// How many nodes may hold a slot at once by what `st` saw.
+    fn limit(&self, st: &State) -> u64 {
+        match &st.semaphore {
+            _ if self.enforce => self.slots,
+            Some((sem, _)) => sem.total_slots,
+            None => self.slots,
+        }
     }
 
     /// The group's name.
@@ -234,31 +324,7 @@ impl Group {
 
     fn read(&self) -> Result<State> {
         let range = self.etcd.range(self.base.as_bytes(), true, None)?;
-        let mut st = State {
-            semaphore: None,
-            records: BTreeMap::new(),
-            alive: BTreeSet::new(),
-            paused: None,
-            revision: range.revision,
-        };
-        for kv in range.kvs {
-            let key = String::from_utf8_lossy(&kv.key).into_owned();
-            let rest = &key[self.base.len().min(key.len())..];
-            if rest == "semaphore" {
-                let sem: Semaphore = parse(&key, &kv.value)?;
-                st.semaphore = Some((sem, kv.mod_revision));
-            } else if rest == "keel/paused" {
-                st.paused = Some((parse(&key, &kv.value)?, kv.mod_revision));
-            } else if rest.starts_with("keel/holders/") {
-                let r: Record = parse(&key, &kv.value)?;
-                st.records.insert(r.id.clone(), r);
-            } else if let Some(id) = rest.strip_prefix("keel/alive/") {
-                // The value is the id unescaped; the key holds it escaped.
-                let id = String::from_utf8(kv.value.clone()).unwrap_or_else(|_| id.to_string());
-                st.alive.insert(id);
-            }
-        }
-        Ok(st)
+        State::from_kvs(&self.base, range.kvs, range.revision)
     }
 
     /// The conditions under which what `st` saw still holds.
@@ -313,6 +379,15 @@ impl Group {
     /// is kept and bound to `lease` (a node that rebooted takes up its own slot). Refused
     /// while the group is paused.
     pub fn try_acquire(&self, id: &str, lease: &Lease) -> Result<Acquire> {
+        if lease.is_lost() {
+            return Err(Error::LeaseExpired(lease.id()));
+        }
+        self.try_acquire_bound(id, lease.id())
+    }
+
+    /// [`Group::try_acquire`] with a lease known by its id only (a FleetLock server's,
+    /// which nobody renews while the node reboots).
+    pub(crate) fn try_acquire_bound(&self, id: &str, lease_id: i64) -> Result<Acquire> {
         check_name("id", id)?;
         loop {
             let st = self.read()?;
@@ -333,10 +408,13 @@ impl Group {
             let mut ops = Vec::new();
             let reaped = self.reap(&st, &mut sem, &mut ops);
             let already = sem.holders.iter().any(|h| h == id);
-            let full = !already && sem.holders.len() as u64 >= sem.total_slots;
+            let full = !already && sem.holders.len() as u64 >= self.limit(&st);
+            if self.enforce && st.configured != Some(self.slots) {
+                ops.push(self.put_configured()?);
+            }
             if full {
                 // Still write what the reaping found, so `status` shows the truth.
-                if reaped {
+                if reaped || !ops.is_empty() {
                     ops.push(self.put_semaphore(&sem)?);
                     self.etcd.txn(&self.unchanged(&st), &ops)?;
                 }
@@ -356,7 +434,7 @@ impl Group {
             let record = Record {
                 id: id.to_string(),
                 acquired,
-                lease: format!("{:x}", lease.id()),
+                lease: format!("{lease_id:x}"),
             };
             ops.push(self.put_semaphore(&sem)?);
             ops.push(Op::Put {
@@ -370,7 +448,7 @@ impl Group {
             ops.push(Op::Put {
                 key: self.key(&format!("keel/alive/{}", query_escape(id))),
                 value: id.as_bytes().to_vec(),
-                lease: lease.id(),
+                lease: lease_id,
             });
             if self.etcd.txn(&self.unchanged(&st), &ops)?.0 {
                 return Ok(Acquire::Held { already });
@@ -404,12 +482,79 @@ impl Group {
             jitter ^= jitter >> 7;
             jitter ^= jitter << 17;
             let quarter = wait.poll.as_millis() as u64 / 4;
-            let sleep = wait.poll + Duration::from_millis(jitter % (quarter + 1));
+            let sleep = wait
+                .poll
+                .saturating_add(Duration::from_millis(jitter % (quarter + 1)));
             std::thread::sleep(match wait.deadline {
                 Some(d) => sleep.min(d.saturating_duration_since(Instant::now())),
                 None => sleep,
             });
         }
+    }
+
+    /// Check, in etcd, that `id` still holds its slot through `lease`: the semaphore
+    /// lists it, its record names this lease, the lease is alive and has time left.
+    /// Returns the instant by which whatever the slot was taken for (a reboot) must
+    /// start: the earlier of the lease's own deadline and the end etcd gives it.
+    /// Fails with [`Error::SlotLost`] when the slot is no longer this lease's.
+    pub fn holding(&self, id: &str, lease: &Lease) -> Result<Instant> {
+        check_name("id", id)?;
+        let lost = |reason: String| Error::SlotLost {
+            group: self.name.clone(),
+            id: id.to_string(),
+            reason,
+        };
+        if lease.is_lost() {
+            return Err(lost(format!(
+                "lease {:x} ended or went unconfirmed past its deadline",
+                lease.id()
+            )));
+        }
+        let st = self.read()?;
+        match st.live_lease(id) {
+            Some(l) if l == lease.id() => {}
+            Some(l) => {
+                return Err(lost(format!(
+                    "the slot is bound to lease {l:x}, not {:x}",
+                    lease.id()
+                )))
+            }
+            None => return Err(lost("the group lists no live holding of it".into())),
+        }
+        let sent = Instant::now();
+        let left = self
+            .etcd
+            .lease_time_to_live(lease.id())?
+            .filter(|&t| t > 0)
+            .ok_or_else(|| lost(format!("etcd says lease {:x} has ended", lease.id())))?;
+        // etcd counts the seconds left down to whole ones, from a moment after `sent`:
+        // the lease lives at least that long from `sent`.
+        let etcd_end = crate::lease::later(sent, Duration::from_secs(left.unsigned_abs()));
+        let deadline = lease.deadline().min(etcd_end);
+        if lease.is_lost() || Instant::now() >= deadline {
+            return Err(lost(format!("lease {:x} has no time left", lease.id())));
+        }
+        Ok(deadline)
+    }
+
+    /// The lease that binds `id`'s slot, when it holds one through a live lease.
+    pub(crate) fn held_lease(&self, id: &str) -> Result<Option<i64>> {
+        check_name("id", id)?;
+        Ok(self.read()?.live_lease(id))
+    }
+
+    fn put_configured(&self) -> Result<Op> {
+        Ok(Op::Put {
+            key: self.key("keel/configured"),
+            value: serde_json::to_vec(&Configured {
+                total_slots: self.slots,
+            })
+            .map_err(|e| Error::Invalid {
+                what: "configured slots".into(),
+                reason: e.to_string(),
+            })?,
+            lease: 0,
+        })
     }
 
     fn stopped(&self, reason: &str) -> Error {
@@ -484,6 +629,11 @@ impl Group {
         Ok(Status {
             group: self.name.clone(),
             total_slots,
+            configured_slots: if self.enforce {
+                Some(self.slots)
+            } else {
+                st.configured
+            },
             holders,
             paused: st.paused.map(|p| p.0),
             revision: st.revision,
@@ -558,6 +708,38 @@ mod tests {
         assert_eq!(query_escape("default"), "default");
         assert_eq!(query_escape("a b/c"), "a+b%2Fc");
         assert_eq!(query_escape("ü"), "%C3%BC");
+    }
+
+    #[test]
+    fn keys_outside_the_group_or_not_utf8_are_skipped() {
+        let base = "com.coreos.airlock/groups/g/v1/";
+        let kv = |key: Vec<u8>, value: &[u8]| Kv {
+            key,
+            value: value.to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            lease: 0,
+        };
+        // A two-byte character whose first byte sits where the group's prefix ends, and
+        // keys etcd should never have returned for this prefix: skipped, not a panic.
+        let mut straddling = base.as_bytes()[..base.len() - 1].to_vec();
+        straddling.extend_from_slice("é/semaphore".as_bytes());
+        let mut bad_utf8 = base.as_bytes().to_vec();
+        bad_utf8.extend_from_slice(b"keel/holders/\xff\xfe");
+        let kvs = vec![
+            kv(straddling, b"{}"),
+            kv("ünrelated".as_bytes().to_vec(), b"{}"),
+            kv(b"x".to_vec(), b"{}"),
+            kv(bad_utf8, b"not json"),
+            kv(
+                format!("{base}semaphore").into_bytes(),
+                br#"{"total_slots":2,"holders":["a"]}"#,
+            ),
+        ];
+        let st = State::from_kvs(base, kvs, 7).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(st.semaphore.map(|s| s.0.holders), Some(vec!["a".into()]));
+        assert!(st.records.is_empty());
     }
 
     #[test]

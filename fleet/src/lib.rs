@@ -22,8 +22,9 @@
 //! node.steady_state()?; // booted and committed: give back a slot held across the reboot
 //! // ... stage the update (keel-update), then:
 //! let lease = Lease::grant(&etcd, Duration::from_secs(900))?; // the longest reboot
-//! node.pre_reboot(&lease, &Wait::default())?;
-//! // ... reboot; after the boot, commit and `steady_state` again.
+//! let reboot_by = node.pre_reboot(&lease, &Wait::default())?;
+//! // ... reboot before `reboot_by` (past it the lease may have ended and the slot gone to
+//! // another node); after the boot, commit and `steady_state` again.
 //! # Ok(()) }
 //! ```
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]

@@ -164,9 +164,10 @@ impl Windows {
         if self.contains(unix) {
             return Some(unix);
         }
-        let first = unix - unix % 60 + 60;
+        // Checked: a time near the end of u64 has no next minute rather than a panic.
+        let first = (unix - unix % 60).checked_add(60)?;
         (0..8 * 1440u64)
-            .map(|m| first + m * 60)
+            .map_while(|m| first.checked_add(m * 60))
             .find(|&t| self.contains(t))
     }
 }
@@ -216,6 +217,10 @@ mod tests {
         let ws = Windows::parse(&["Tue 02:00-03:00"]).unwrap();
         assert_eq!(ws.next_open(MONDAY), Some(MONDAY + 86_400 + 7200));
         assert!(Windows::default().contains(MONDAY));
+        // Near the end of u64: an answer, not an overflow.
+        for t in [u64::MAX - 30, u64::MAX] {
+            assert!(ws.next_open(t).is_none_or(|open| open >= t));
+        }
         for bad in [
             "Mon",
             "Mon 2-3",

@@ -45,10 +45,14 @@ impl<'g> Node<'g> {
     }
 
     /// Before rebooting into a staged update: wait for a reboot window, then for a slot
-    /// (bound to `lease`, which must outlive the reboot: see [`Lease`]). Fails with
-    /// [`Error::Paused`] when the roll is stopped, [`Error::Stopped`] at the deadline or
-    /// on cancellation.
-    pub fn pre_reboot(&self, lease: &Lease, wait: &Wait<'_>) -> Result<()> {
+    /// (bound to `lease`, which must outlive the reboot: see [`Lease`]). Returns the
+    /// instant by which the reboot must start: the slot is checked in etcd just before
+    /// (the holder record names `lease`, and etcd gives the lease time left), and past
+    /// that instant the lease may have ended and the slot gone to another node. Fails
+    /// with [`Error::Paused`] when the roll is stopped, [`Error::Stopped`] at the
+    /// deadline or on cancellation, [`Error::SlotLost`] (or [`Error::LeaseExpired`])
+    /// when the lease ended while waiting or holding.
+    pub fn pre_reboot(&self, lease: &Lease, wait: &Wait<'_>) -> Result<Instant> {
         loop {
             let now = now_unix();
             if self.windows.contains(now) {
@@ -66,9 +70,10 @@ impl<'g> Node<'g> {
                 return Err(stopped("cancelled".into()));
             }
             let until_open = Duration::from_secs(open.saturating_sub(now));
+            let opens_at = Instant::now().checked_add(until_open);
             if wait
                 .deadline
-                .is_some_and(|d| Instant::now() + until_open > d)
+                .is_some_and(|d| opens_at.is_none_or(|at| at > d))
             {
                 return Err(stopped(format!(
                     "outside the reboot windows until {open} (Unix time), after the deadline"
@@ -76,7 +81,15 @@ impl<'g> Node<'g> {
             }
             std::thread::sleep(until_open.min(wait.poll.max(Duration::from_millis(100))));
         }
-        self.group.acquire(&self.id, lease, wait)
+        self.group.acquire(&self.id, lease, wait)?;
+        self.holding(lease)
+    }
+
+    /// Check that this node still holds its slot through `lease` (see
+    /// [`Group::holding`]): run it again after any pause before acting on the slot.
+    /// Returns the instant by which the reboot must start.
+    pub fn holding(&self, lease: &Lease) -> Result<Instant> {
+        self.group.holding(&self.id, lease)
     }
 
     /// The new version failed its health check and the node is back on the old one: stop
