@@ -4,7 +4,7 @@
 use keel_bootflags::gpt::GptAttributes;
 use keel_bootflags::SlotState;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, LayoutProblem, Result};
 use crate::gpt::{encode_entry, mirror_header, Header, Partition, HEADER_SIZE};
 use crate::guid::{types, Guid};
 use keel_io::{ReadAt, WriteAt};
@@ -124,9 +124,7 @@ pub fn protective_mbr(disk_sectors: u64, sector_size: u64) -> Vec<u8> {
 pub fn create_layout<D: ReadAt + WriteAt>(dev: &mut D, layout: &Layout) -> Result<Vec<Partition>> {
     let ss = layout.sector_size;
     if ss != 512 && ss != 4096 {
-        return Err(Error::Invalid(format!(
-            "sector size {ss}: 512 or 4096 supported"
-        )));
+        return Err(Error::SectorSize(ss));
     }
     let disk_bytes = dev
         .size()
@@ -138,11 +136,7 @@ pub fn create_layout<D: ReadAt + WriteAt>(dev: &mut D, layout: &Layout) -> Resul
     let last_usable = disk_sectors
         .checked_sub(2 + entry_sectors)
         .filter(|&l| l > first_usable)
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "a disk of {disk_bytes} bytes is too small for a GPT"
-            ))
-        })?;
+        .ok_or(Error::DiskTooSmall { bytes: disk_bytes })?;
     // (label, type, size, unique GUID, attributes) of each partition, in disk order.
     type Spec = (String, Guid, Option<u64>, Option<Guid>, u64);
     let mut specs: Vec<Spec> = Vec::new();
@@ -170,10 +164,10 @@ pub fn create_layout<D: ReadAt + WriteAt>(dev: &mut D, layout: &Layout) -> Resul
     ));
     for (i, x) in layout.extra.iter().enumerate() {
         if x.size.is_none() && i + 1 != layout.extra.len() {
-            return Err(Error::Invalid(format!(
-                "partition {:?} takes the rest of the disk but is not the last",
-                x.label
-            )));
+            return Err(Error::Layout {
+                label: x.label.clone(),
+                problem: LayoutProblem::RestNotLast,
+            });
         }
         specs.push((x.label.clone(), x.type_guid, x.size, x.guid, 0));
     }
@@ -183,7 +177,12 @@ pub fn create_layout<D: ReadAt + WriteAt>(dev: &mut D, layout: &Layout) -> Resul
     for (i, (label, type_guid, size, guid, attrs)) in specs.into_iter().enumerate() {
         let first = next;
         let last = match size {
-            Some(0) => return Err(Error::Invalid(format!("partition {label:?} has size 0"))),
+            Some(0) => {
+                return Err(Error::Layout {
+                    label,
+                    problem: LayoutProblem::ZeroSize,
+                })
+            }
             // Sizes round up to the alignment so every partition also ends on a boundary.
             Some(bytes) => first + align_up(bytes.div_ceil(ss), align) - 1,
             // The rest of the disk, ending on an alignment boundary too.
@@ -192,9 +191,14 @@ pub fn create_layout<D: ReadAt + WriteAt>(dev: &mut D, layout: &Layout) -> Resul
                 .max(first),
         };
         if last > last_usable {
-            return Err(Error::Invalid(format!(
-                "partition {label:?} ends at LBA {last}, beyond the last usable LBA {last_usable} of a {disk_bytes} byte disk"
-            )));
+            return Err(Error::Layout {
+                label,
+                problem: LayoutProblem::BeyondDisk {
+                    last_lba: last,
+                    last_usable,
+                    disk_bytes,
+                },
+            });
         }
         parts.push(Partition {
             number: i as u32 + 1,

@@ -88,11 +88,7 @@ impl<D: ReadAt + WriteAt> GptDisk<D> {
     pub fn open(dev: D, sector_size: Option<u64>) -> Result<Self> {
         let ss = match sector_size {
             Some(s) if s == 512 || s == 4096 => s,
-            Some(s) => {
-                return Err(Error::Invalid(format!(
-                    "sector size {s}: 512 or 4096 supported"
-                )))
-            }
+            Some(s) => return Err(Error::SectorSize(s)),
             None => probe_sector_size(&dev)?,
         };
         let size = dev
@@ -100,9 +96,7 @@ impl<D: ReadAt + WriteAt> GptDisk<D> {
             .map_err(|e| Error::io("reading the disk size", e))?;
         let disk_sectors = size / ss;
         if disk_sectors < 6 {
-            return Err(Error::Invalid(format!(
-                "a disk of {size} bytes cannot hold a GPT"
-            )));
+            return Err(Error::DiskTooSmall { bytes: size });
         }
         let primary = read_copy(&dev, GptCopy::Primary, 1, ss, disk_sectors);
         let backup_lba = match &primary {
@@ -214,10 +208,10 @@ impl<D: ReadAt + WriteAt> GptDisk<D> {
             let i = (number as usize)
                 .checked_sub(1)
                 .filter(|&i| i < self.table.header.num_entries as usize)
-                .ok_or_else(|| Error::Invalid(format!("partition {number} does not exist")))?;
+                .ok_or(Error::NoSuchPartition(number))?;
             let at = i * es + 48;
             if entries[i * es..i * es + 16] == [0u8; 16] {
-                return Err(Error::Invalid(format!("partition {number} is not in use")));
+                return Err(Error::PartitionUnused(number));
             }
             entries[at..at + 8].copy_from_slice(&attrs.to_le_bytes());
         }
@@ -251,9 +245,10 @@ impl<D: ReadAt + WriteAt> GptDisk<D> {
         for (a0, a1) in span(&current) {
             for (b0, b1) in span(&mirrored) {
                 if a0 < b1 && b0 < a1 {
-                    return Err(Error::Invalid(format!(
-                        "the primary table (LBA {a0}..{a1}) and the backup table (LBA {b0}..{b1}) would overlap"
-                    )));
+                    return Err(Error::CopiesOverlap {
+                        primary: (a0, a1),
+                        backup: (b0, b1),
+                    });
                 }
             }
         }

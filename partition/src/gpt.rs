@@ -376,10 +376,10 @@ pub fn encode_entry(p: &Partition, entry_size: usize) -> Result<Vec<u8>> {
     e[48..56].copy_from_slice(&p.attributes.to_le_bytes());
     let units: Vec<u16> = p.name.encode_utf16().collect();
     if units.len() > 36 {
-        return Err(Error::Invalid(format!(
-            "partition name {:?} is longer than 36 UTF-16 units",
-            p.name
-        )));
+        return Err(Error::NameTooLong {
+            name: p.name.clone(),
+            units: units.len(),
+        });
     }
     for (i, u) in units.iter().enumerate() {
         e[56 + 2 * i..58 + 2 * i].copy_from_slice(&u.to_le_bytes());
@@ -449,10 +449,14 @@ pub fn mirror_header(h: &Header, sector_size: u64) -> Result<Header> {
         (e, e > h.last_usable_lba)
     };
     if !fits {
-        return Err(Error::Invalid(format!(
-            "no room for the {} entry array ({entry_sectors} sectors) outside the usable area",
-            if my == 1 { "primary" } else { "backup" }
-        )));
+        return Err(Error::NoRoomForEntries {
+            copy: if my == 1 {
+                GptCopy::Primary
+            } else {
+                GptCopy::Backup
+            },
+            sectors: entry_sectors,
+        });
     }
     Ok(Header {
         my_lba: my,

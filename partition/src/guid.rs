@@ -59,11 +59,7 @@ impl FromStr for Guid {
     /// Parse `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (either case); the other forms the
     /// uuid crate knows (braced, urn, without hyphens) are not what a GPT tool prints.
     fn from_str(s: &str) -> Result<Guid> {
-        let bad = || {
-            Error::Invalid(format!(
-                "{s:?} is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
-            ))
-        };
+        let bad = || Error::BadGuid(s.to_string());
         if s.len() != 36 {
             return Err(bad());
         }

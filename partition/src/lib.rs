@@ -42,7 +42,7 @@ pub use create::{
     create_layout, existing_table, protective_mbr, ExtraPartition, Layout, ALIGN, ENTRIES,
 };
 pub use disk::{CopyState, GptDisk, Health};
-pub use error::{Error, Result};
+pub use error::{Error, LayoutProblem, Result};
 pub use file::{open_disk, reread_partitions};
 pub use guid::{types, Guid};
 pub use keel_io::{ReadAt, Region, WriteAt};

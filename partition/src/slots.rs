@@ -329,7 +329,7 @@ pub fn prioritize_partition<D: ReadAt + WriteAt>(
     let target = parts
         .iter()
         .find(|p| p.number == number)
-        .ok_or_else(|| Error::Invalid(format!("partition {number} does not exist")))?;
+        .ok_or(Error::NoSuchPartition(number))?;
     let group: Vec<&Partition> = parts
         .iter()
         .filter(|p| p.type_guid == target.type_guid)
