@@ -45,8 +45,8 @@ mod validate;
 pub use finding::{Finding, Severity};
 pub use load::{load_files, load_json, load_sources, read_source, Loaded, MAX_CONFIG_SIZE};
 pub use model::{
-    Backend, Boot, Config, DeviceRef, HashTreeLocation, SlotConfig, TrustedKey, Update, Verity,
-    SCHEMA_MAJOR,
+    Backend, Boot, Config, DeviceRef, DeviceRefError, HashTreeLocation, SlotConfig, TrustedKey,
+    Update, Verity, SCHEMA_MAJOR,
 };
 pub use validate::effective_tries;
 

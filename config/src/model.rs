@@ -161,10 +161,10 @@ pub enum DeviceRef {
 impl DeviceRef {
     /// `PARTLABEL=LABEL`, `PARTUUID=GUID` or an absolute path: the one rule the
     /// description's validation and the agent share.
-    pub fn parse(s: &str) -> Result<DeviceRef, String> {
+    pub fn parse(s: &str) -> Result<DeviceRef, DeviceRefError> {
         if let Some(label) = s.strip_prefix("PARTLABEL=") {
             if label.is_empty() {
-                return Err("PARTLABEL= needs a label".into());
+                return Err(DeviceRefError::EmptyLabel);
             }
             return Ok(DeviceRef::PartLabel(label.to_string()));
         }
@@ -172,15 +172,39 @@ impl DeviceRef {
             return uuid
                 .parse()
                 .map(DeviceRef::PartUuid)
-                .map_err(|e| format!("PARTUUID=GUID: {e}"));
+                .map_err(|source| DeviceRefError::BadGuid { source });
         }
         if s.starts_with('/') {
             return Ok(DeviceRef::Path(s.into()));
         }
-        Err(format!(
-            "{s:?}: expected a path, PARTLABEL=LABEL or PARTUUID=GUID"
-        ))
+        Err(DeviceRefError::Unknown(s.to_string()))
     }
+}
+
+impl std::str::FromStr for DeviceRef {
+    type Err = DeviceRefError;
+    fn from_str(s: &str) -> Result<DeviceRef, DeviceRefError> {
+        DeviceRef::parse(s)
+    }
+}
+
+/// Why a text is not a [`DeviceRef`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceRefError {
+    /// `PARTLABEL=` with nothing after it.
+    #[error("PARTLABEL= needs a label")]
+    EmptyLabel,
+    /// `PARTUUID=` followed by something that is not a GUID.
+    #[error("PARTUUID=GUID: {source}")]
+    BadGuid {
+        /// What keel-partition says of the GUID.
+        #[source]
+        source: keel_partition::Error,
+    },
+    /// Neither a path nor `PARTLABEL=`/`PARTUUID=`.
+    #[error("{0:?}: expected a path, PARTLABEL=LABEL or PARTUUID=GUID")]
+    Unknown(String),
 }
 
 /// Where the verity hash tree lives.

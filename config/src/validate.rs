@@ -164,7 +164,7 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
                 }
                 Ok(d) => d,
                 Err(e) => {
-                    err!(at(key), e);
+                    err!(at(key), e.to_string());
                     continue;
                 }
             };

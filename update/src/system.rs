@@ -234,12 +234,15 @@ fn slot_pair(c: &Config) -> Result<[SlotSpec; 2]> {
         let hash_device = s
             .hash_device
             .as_deref()
-            .map(|d| SlotDevice::parse(d).map_err(|e| Error::config(field("hash-device"), e)))
+            .map(|d| {
+                SlotDevice::parse(d).map_err(|e| Error::config(field("hash-device"), e.to_string()))
+            })
             .transpose()?;
         specs.push(SlotSpec {
             name: s.name.clone(),
             slot,
-            device: SlotDevice::parse(&s.device).map_err(|e| Error::config(field("device"), e))?,
+            device: SlotDevice::parse(&s.device)
+                .map_err(|e| Error::config(field("device"), e.to_string()))?,
             partition_type,
             hash_device,
         });
