@@ -231,7 +231,7 @@ pub fn sign_envelope(
         signed: hex::encode(document),
         signatures,
     };
-    serde_json::to_vec_pretty(&env).map_err(|e| keel_trust::Error::Signer(e.to_string()))
+    serde_json::to_vec_pretty(&env).map_err(|e| keel_trust::Error::Signer(Box::new(e)))
 }
 
 /// Signatures of an envelope: the key that says it signed, and the signature.

@@ -31,24 +31,30 @@ pub struct PublicKey {
 
 impl PublicKey {
     fn from_dalek(key: ed25519_dalek::VerifyingKey) -> Result<Self> {
-        let der = key
-            .to_public_key_der()
-            .map_err(|e| Error::Key(format!("encoding the public key: {e}")))?;
+        let der = key.to_public_key_der().map_err(|e| Error::Key {
+            action: "encoding the public key",
+            source: Box::new(e),
+        })?;
         let id = KeyId(sha2::Sha256::digest(der.as_bytes()).into());
         Ok(PublicKey { key, id })
     }
 
     /// From a PEM `PUBLIC KEY` (SubjectPublicKeyInfo), as `openssl pkey -pubout` writes.
     pub fn from_pem(pem: &str) -> Result<Self> {
-        let key = ed25519_dalek::VerifyingKey::from_public_key_pem(pem)
-            .map_err(|e| Error::Key(format!("reading an Ed25519 public key PEM: {e}")))?;
+        let key =
+            ed25519_dalek::VerifyingKey::from_public_key_pem(pem).map_err(|e| Error::Key {
+                action: "reading an Ed25519 public key PEM",
+                source: Box::new(e),
+            })?;
         Self::from_dalek(key)
     }
 
     /// From the 32 raw key bytes.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self> {
-        let key = ed25519_dalek::VerifyingKey::from_bytes(bytes)
-            .map_err(|e| Error::Key(format!("not an Ed25519 public key: {e}")))?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|e| Error::Key {
+            action: "not an Ed25519 public key",
+            source: Box::new(e),
+        })?;
         Self::from_dalek(key)
     }
 
@@ -61,7 +67,10 @@ impl PublicKey {
     pub fn to_pem(&self) -> Result<String> {
         self.key
             .to_public_key_pem(Default::default())
-            .map_err(|e| Error::Key(format!("encoding the public key: {e}")))
+            .map_err(|e| Error::Key {
+                action: "encoding the public key",
+                source: Box::new(e),
+            })
     }
 
     /// The key id.
@@ -112,8 +121,10 @@ impl SigningKey {
 
     /// From PEM PKCS#8 `PRIVATE KEY`, as `openssl genpkey -algorithm ed25519` writes.
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self> {
-        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
-            .map_err(|e| Error::Key(format!("reading an Ed25519 PKCS#8 private key PEM: {e}")))?;
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(|e| Error::Key {
+            action: "reading an Ed25519 PKCS#8 private key PEM",
+            source: Box::new(e),
+        })?;
         Self::from_dalek(key)
     }
 
@@ -126,7 +137,10 @@ impl SigningKey {
         };
         pair.to_pkcs8_pem(Default::default())
             .map(|s| s.to_string())
-            .map_err(|e| Error::Key(format!("encoding the private key: {e}")))
+            .map_err(|e| Error::Key {
+                action: "encoding the private key",
+                source: Box::new(e),
+            })
     }
 
     /// The public half.

@@ -33,4 +33,4 @@ mod signer;
 pub use error::{Error, Result};
 pub use key::{KeyId, PublicKey, SigningKey};
 pub use keyring::{end_of_day, unix_now, Keyring};
-pub use signer::{CallbackSigner, Context, OpensslSigner, Signer};
+pub use signer::{CallbackSigner, Context, OpensslSigner, SignError, Signer};

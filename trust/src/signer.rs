@@ -64,12 +64,9 @@ pub trait Signer {
     fn sign(&self, context: Context, bytes: &[u8]) -> Result<[u8; 64]> {
         let message = context.message(bytes);
         let sig = self.sign_message(&message)?;
-        self.public_key().verify_raw(&message, &sig).map_err(|_| {
-            Error::Signer(format!(
-                "the signature made does not verify with public key {}: wrong key or broken signer",
-                self.key_id()
-            ))
-        })?;
+        self.public_key()
+            .verify_raw(&message, &sig)
+            .map_err(|_| Error::SignerKeyMismatch(self.key_id()))?;
         Ok(sig)
     }
 }
@@ -83,9 +80,13 @@ impl<S: Signer + ?Sized> Signer for &S {
     }
 }
 
+/// What a [`CallbackSigner`]'s function gives back when it fails: any error (a string
+/// converts into it with `.into()`).
+pub type SignError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The signing function of a [`CallbackSigner`]: the message in, the 64-byte signature
-/// or a reason out.
-pub(crate) type SignFn = dyn Fn(&[u8]) -> std::result::Result<[u8; 64], String> + Send + Sync;
+/// or an error out.
+pub(crate) type SignFn = dyn Fn(&[u8]) -> std::result::Result<[u8; 64], SignError> + Send + Sync;
 
 /// A signer whose key lives elsewhere (an HSM through PKCS#11, a cloud KMS): a function
 /// gets the message and returns the signature.
@@ -106,7 +107,7 @@ impl CallbackSigner {
     /// A signer for `public`'s key that calls `sign`.
     pub fn new(
         public: PublicKey,
-        sign: impl Fn(&[u8]) -> std::result::Result<[u8; 64], String> + Send + Sync + 'static,
+        sign: impl Fn(&[u8]) -> std::result::Result<[u8; 64], SignError> + Send + Sync + 'static,
     ) -> Self {
         CallbackSigner {
             public,
@@ -197,17 +198,21 @@ impl Signer for OpensslSigner {
         let _ = std::fs::remove_file(&path);
         let out = out?;
         if !out.status.success() {
-            return Err(Error::Signer(format!(
-                "openssl pkeyutl failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(Error::SignerProcess {
+                program: self.openssl.clone(),
+                reason: format!(
+                    "pkeyutl failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
         }
-        <[u8; 64]>::try_from(out.stdout.as_slice()).map_err(|_| {
-            Error::Signer(format!(
-                "openssl pkeyutl gave {} bytes, not a 64-byte Ed25519 signature",
+        <[u8; 64]>::try_from(out.stdout.as_slice()).map_err(|_| Error::SignerProcess {
+            program: self.openssl.clone(),
+            reason: format!(
+                "pkeyutl gave {} bytes, not a 64-byte Ed25519 signature",
                 out.stdout.len()
-            ))
+            ),
         })
     }
 }

@@ -65,7 +65,7 @@ fn openssl_as_a_process_signs_with_a_key_it_made() {
     let wrong = OpensslSigner::new(&key, other).with_openssl(&openssl);
     assert!(matches!(
         wrong.sign(Context::Payload, b"x"),
-        Err(Error::Signer(_))
+        Err(Error::SignerKeyMismatch(_))
     ));
     // A key openssl cannot read is openssl's error, reported.
     let bad = OpensslSigner::new(dir.path().join("missing.pem"), public).with_openssl(&openssl);
@@ -88,7 +88,7 @@ fn a_callback_signer_stands_for_an_hsm() {
     ring.add(public.clone()).unwrap();
     ring.verify(&public.id(), Context::ReleaseIndex, b"index", &sig, NOW)
         .unwrap();
-    let failing = CallbackSigner::new(public, |_: &[u8]| Err("the HSM is offline".to_string()));
+    let failing = CallbackSigner::new(public, |_: &[u8]| Err("the HSM is offline".into()));
     let e = failing.sign(Context::ReleaseIndex, b"index").unwrap_err();
     assert!(e.to_string().contains("offline"), "{e}");
 }
