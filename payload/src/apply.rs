@@ -1004,9 +1004,7 @@ pub fn apply_files<R: Read>(
         .map_err(|e| Error::io("inspecting the target", e))?;
     let ft = meta.file_type();
     if !ft.is_file() && !std::os::unix::fs::FileTypeExt::is_block_device(&ft) {
-        return Err(Error::Invalid(
-            "the target is neither a regular file nor a block device".into(),
-        ));
+        return Err(Error::TargetKind);
     }
     let id = if ft.is_file() {
         (meta.dev(), meta.ino())
@@ -1028,9 +1026,7 @@ pub fn apply_files<R: Read>(
                 .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
                 .map_err(|e| Error::io("checking the free space for the target", e.into()))?;
             if free < need - have {
-                return Err(Error::Invalid(format!(
-                    "the target file needs {need} bytes, its file system has {free} bytes free"
-                )));
+                return Err(Error::TargetSpace { need, free });
             }
             f.set_len(need)
                 .map_err(|e| Error::io("growing the target file", e))?;

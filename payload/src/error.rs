@@ -194,9 +194,37 @@ pub enum Error {
     /// and the resume record written first, so running again continues.
     #[error("cancelled (the apply can be resumed)")]
     Cancelled,
-    /// A request that cannot be satisfied.
-    #[error("{0}")]
-    Invalid(String),
+    /// A manifest field the generator will not write (too long, empty).
+    #[error("{field}: {reason}")]
+    ManifestField {
+        /// The field (`compatible`, `version`).
+        field: &'static str,
+        /// What is wrong, with the value.
+        reason: String,
+    },
+    /// A block or file of a file-system image does not decompress as the image's own
+    /// metadata says (a damaged or foreign image given to the generator).
+    #[error("{image}: {what} does not decompress")]
+    Undecodable {
+        /// The image's format (`EROFS`, `squashfs`, `gzip file`).
+        image: &'static str,
+        /// What (a file's path, a pcluster).
+        what: String,
+    },
+    /// The generator found its own plan inconsistent: reported, never a panic.
+    #[error("generator: {0}")]
+    Internal(String),
+    /// The target is not a regular file or a block device.
+    #[error("the target is neither a regular file nor a block device")]
+    TargetKind,
+    /// The target file cannot grow to the image's size.
+    #[error("the target file needs {need} bytes, its file system has {free} bytes free")]
+    TargetSpace {
+        /// The bytes needed.
+        need: u64,
+        /// The bytes free.
+        free: u64,
+    },
     /// A verity error.
     #[error(transparent)]
     Verity(#[from] keel_verity::Error),

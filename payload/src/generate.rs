@@ -744,11 +744,13 @@ pub fn generate_observed<S: Signer + ?Sized>(
             Work::Plan(plan, pred) => images.encode(plan, pred, opts.level),
             Work::Squash(job) => squashfs
                 .as_ref()
-                .ok_or_else(|| Error::Invalid("no squashfs pair".into()))
+                .ok_or_else(|| {
+                    Error::Internal("a squashfs operation without a squashfs pair".into())
+                })
                 .and_then(|pair| pair.encode(&job, opts.level)),
             Work::Erofs(job) => erofs
                 .as_ref()
-                .ok_or_else(|| Error::Invalid("no EROFS pair".into()))
+                .ok_or_else(|| Error::Internal("an EROFS operation without an EROFS pair".into()))
                 .and_then(|pair| pair.encode(&job, opts.level)),
             Work::Gzip(job) => gzfile::encode(images.source(), target, &job, opts.level),
         };
@@ -1274,13 +1276,16 @@ pub fn assemble<S: Signer + ?Sized>(
     signer: &S,
 ) -> Result<Vec<u8>> {
     if manifest.compatible.is_empty() || manifest.compatible.len() > 256 {
-        return Err(Error::Invalid("compatible: 1 to 256 bytes".into()));
+        return Err(Error::ManifestField {
+            field: "compatible",
+            reason: format!("{} bytes: 1 to 256", manifest.compatible.len()),
+        });
     }
     if manifest.version.len() > 64 {
-        return Err(Error::Invalid(format!(
-            "version {:?}: at most 64 bytes",
-            manifest.version
-        )));
+        return Err(Error::ManifestField {
+            field: "version",
+            reason: format!("{:?}: at most 64 bytes", manifest.version),
+        });
     }
     crate::format::Version::parse(&manifest.version).map_err(|reason| Error::BadVersion {
         what: "payload version",

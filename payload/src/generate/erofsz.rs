@@ -361,7 +361,10 @@ impl Pair<'_> {
 
     /// One RECOMPRESS operation and its blob.
     pub(super) fn encode(&self, job: &Job, level: i32) -> Result<(Operation, Vec<u8>)> {
-        let bad = |what: &str| Error::Invalid(format!("EROFS: {what} does not decompress"));
+        let bad = |what: &str| Error::Undecodable {
+            image: "EROFS",
+            what: what.to_string(),
+        };
         // The reference: the old pclusters, once each, in image order.
         let mut old_blocks: BTreeSet<(u64, u32, bool)> = BTreeSet::new();
         for u in &job.units {

@@ -454,7 +454,10 @@ pub(super) fn encode(
     job: &Job,
     level: i32,
 ) -> Result<(Operation, Vec<u8>)> {
-    let bad = |g: &Gz| Error::Invalid(format!("{}: the gzip file does not decompress", g.path));
+    let bad = |g: &Gz| Error::Undecodable {
+        image: "gzip file",
+        what: g.path.clone(),
+    };
     let text = |img: &[u8], g: &Gz| -> Result<Vec<u8>> {
         let bytes = file_bytes(img, &g.extents, g.size(), g.tail).ok_or_else(|| bad(g))?;
         let stream = &bytes[g.header..g.header + g.deflate];
@@ -504,7 +507,7 @@ pub(super) fn encode(
     let beside_inode = |o: &Gz| -> Result<u64> {
         let (b, at) = (o.tail_block().unwrap_or(0), o.tail.unwrap_or(0));
         let block = meta_at.get(&b).ok_or_else(|| {
-            Error::Invalid(format!("{}: its old metadata block is not read", o.path))
+            Error::Internal(format!("{}: its old metadata block is not read", o.path))
         })?;
         Ok(block + at % BLOCK_SIZE)
     };

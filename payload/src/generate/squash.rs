@@ -323,7 +323,10 @@ impl Pair<'_> {
             level
         };
         let bs = self.tgt.block_size as usize;
-        let bad = |what: &str| Error::Invalid(format!("squashfs: {what} does not decompress"));
+        let bad = |what: &str| Error::Undecodable {
+            image: "squashfs",
+            what: what.to_string(),
+        };
         // The reference: the source blocks, once each, in image order, and the 4 KiB
         // blocks holding them.
         let mut src_blocks: BTreeSet<(u64, u32)> = BTreeSet::new();
