@@ -14,7 +14,7 @@ use keel_verity::{BuildOptions, FecGeometry, FormatOptions, RootDescriptor, Tabl
 use serde::Serialize;
 
 use crate::booted::{clues, Clue};
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::record::{self, SlotRecord};
 use crate::system::{BootBackend, SlotDevice, System};
 
@@ -398,10 +398,12 @@ where
         let (place, offset, _) = self.tree_place(slot, params.data_size())?;
         let data_room = self.region(slot)?.len();
         if params.data_size() > data_room {
-            return Err(Error::Refused(format!(
-                "the image is {} bytes, slot {slot} holds {data_room}",
-                params.data_size()
-            )));
+            return Err(Refusal::ImageTooLarge {
+                slot,
+                image: params.data_size(),
+                room: data_room,
+            }
+            .into());
         }
         let geometry = keel_verity::TreeGeometry::new(params, offset, false)?;
         let mut need = geometry.tree_offset() + geometry.tree_size();
@@ -409,15 +411,17 @@ where
             need += FecGeometry::on_hash_device(params, &geometry, roots, need)?.parity_size();
         }
         if need > place.len() {
-            return Err(Error::Refused(format!(
-                "slot {slot}'s {} holds {} bytes; the image, tree and parity there need {need}",
-                if offset == 0 {
+            return Err(Refusal::TreeTooLarge {
+                slot,
+                place: if offset == 0 {
                     "hash partition"
                 } else {
                     "partition"
                 },
-                place.len()
-            )));
+                room: place.len(),
+                need,
+            }
+            .into());
         }
         Ok(())
     }
@@ -686,9 +690,10 @@ where
         let booted = match self.booted_slot() {
             Ok(s) => Some(s),
             Err(e) if self.system.protect_booted_slot => {
-                return Err(Error::Refused(format!(
-                    "{e}; protect-booted-slot forbids writing a slot that may be the running one"
-                )))
+                return Err(Refusal::BootedSlotUnknown {
+                    source: Box::new(e),
+                }
+                .into())
             }
             Err(_) => None,
         };
@@ -721,9 +726,7 @@ where
             self.check_tree_space(target, d.params())?;
         }
         if manifest.source.is_some() && booted.is_none() {
-            return Err(Error::Refused(
-                "a delta payload needs the booted slot as its source".into(),
-            ));
+            return Err(Refusal::DeltaWithoutSource.into());
         }
 
         // From here on the target is written: first make sure it is never booted half done.
@@ -789,28 +792,29 @@ where
 
     fn check_release(&self, m: &Manifest, installed: Option<&str>) -> Result<()> {
         if m.compatible != self.system.compatible {
-            return Err(Error::Refused(format!(
-                "the payload is for {:?}, this system is {:?}",
-                m.compatible, self.system.compatible
-            )));
+            return Err(Refusal::Incompatible {
+                payload: m.compatible.clone(),
+                system: self.system.compatible.clone(),
+            }
+            .into());
         }
         if let Some(min) = &self.system.minimum_version {
             let below = keel_version::Version::compare(&m.version, min)
-                .map_err(|e| Error::Refused(format!("version {:?}: {e}", m.version)))?
+                .map_err(|source| Refusal::BadVersion {
+                    version: m.version.clone(),
+                    source,
+                })?
                 .is_lt();
             if below {
-                return Err(Error::Refused(format!(
-                    "version {} is below the minimum version {min}",
-                    m.version
-                )));
+                return Err(Refusal::BelowMinimum {
+                    version: m.version.clone(),
+                    minimum: min.clone(),
+                }
+                .into());
             }
         }
         if installed.is_none() && !self.system.allow_downgrade {
-            return Err(Error::Refused(
-                "the booted slot's version is unknown (no slot record, no VERSION_ID in \
-                 /etc/os-release), so a downgrade could not be told; allow-downgrade to install anyway"
-                    .into(),
-            ));
+            return Err(Refusal::InstalledVersionUnknown.into());
         }
         Ok(())
     }
@@ -821,11 +825,7 @@ where
         let Some(v) = &self.system.verity else {
             return Ok(None);
         };
-        let bytes = m.verity.as_deref().ok_or_else(|| {
-            Error::Refused(
-                "the system requires dm-verity; the payload carries no signed root".into(),
-            )
-        })?;
+        let bytes = m.verity.as_deref().ok_or(Refusal::NoSignedRoot)?;
         let d = RootDescriptor::parse(bytes)?;
         let p = d.params();
         let agree = p.algorithm() == v.algorithm
@@ -834,20 +834,23 @@ where
             && p.hash_type() == v.hash_type
             && v.salt.as_deref().is_none_or(|s| s == p.salt());
         if !agree {
-            return Err(Error::Refused(format!(
-                "the payload's verity parameters ({} {}/{} format {}) are not the system's",
-                p.algorithm(),
-                p.data_block_size(),
-                p.hash_block_size(),
-                p.hash_type().as_u32()
-            )));
+            return Err(Refusal::VerityParameters {
+                payload: format!(
+                    "{} {}/{} format {}",
+                    p.algorithm(),
+                    p.data_block_size(),
+                    p.hash_block_size(),
+                    p.hash_type().as_u32()
+                ),
+            }
+            .into());
         }
         if p.data_size() != m.target.size {
-            return Err(Error::Refused(format!(
-                "the signed root covers {} bytes, the image is {}",
-                p.data_size(),
-                m.target.size
-            )));
+            return Err(Refusal::RootSize {
+                signed: p.data_size(),
+                image: m.target.size,
+            }
+            .into());
         }
         Ok(Some(d))
     }
@@ -944,11 +947,11 @@ where
                 let (entries, bls) = self.bls_dir(entries)?;
                 let name = bls
                     .entry(slot)
-                    .ok_or_else(|| Error::Refused(format!("no boot entry for slot {slot}")))?
+                    .ok_or(Refusal::NoBootEntry(slot))?
                     .file_name();
                 let path = entries.join(name);
                 let text = record::read_small(&path)?
-                    .ok_or_else(|| Error::Refused(format!("{} is gone", path.display())))?;
+                    .ok_or_else(|| Refusal::BootEntryGone(path.clone()))?;
                 record::replace(&path, with_root_argument(&text, arg).as_bytes())?;
             }
             BootBackend::Gpt(_) | BootBackend::AndroidMisc(_) => {}
@@ -1004,9 +1007,9 @@ where
         }
 
         let booted = self.booted_slot()?;
-        let installed = self.installed_version(booted, true)?.ok_or_else(|| {
-            Error::Refused("the booted slot's version is unknown: no release can be chosen".into())
-        })?;
+        let installed = self
+            .installed_version(booted, true)?
+            .ok_or(Refusal::NoReleaseChoice)?;
         // The booted image's digest, over the size a delta from this version starts from.
         let source_size = index
             .releases
@@ -1065,9 +1068,9 @@ where
         progress: Option<&dyn Progress>,
     ) -> Result<Installed> {
         let url = keel_fetch::index::resolve(index_url, &a.url);
-        let digest = a.digest().ok_or_else(|| {
-            Error::Refused(format!("{}: the index's sha256 is not a SHA-256", a.url))
-        })?;
+        let digest = a
+            .digest()
+            .ok_or_else(|| Refusal::BadDigest { url: a.url.clone() })?;
         std::fs::create_dir_all(&self.state_dir)
             .map_err(|e| Error::io(format!("creating {}", self.state_dir.display()), e))?;
         let reader = keel_fetch::HttpReader::new(&url, fetch)?

@@ -90,7 +90,10 @@ pub enum Error {
     BootedSlot(String),
     /// The update is refused before anything is written.
     #[error("refused: {0}")]
-    Refused(String),
+    Refused(#[from] Refusal),
+    /// A release index entry cannot be made from the payloads given.
+    #[error(transparent)]
+    Publish(#[from] crate::publish::PublishError),
     /// A health check failed after boot; the slot was marked bad.
     #[error("health check {check:?} failed: {reason}")]
     HealthCheck {
@@ -161,6 +164,106 @@ impl Error {
     pub fn needs_full_payload(&self) -> bool {
         matches!(self, Error::Payload(e) if e.needs_full_payload())
     }
+}
+
+/// Why an install is refused before anything is written, with the values that explain it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The image is larger than the slot.
+    #[error("the image is {image} bytes, slot {slot} holds {room}")]
+    ImageTooLarge {
+        /// The slot.
+        slot: keel_bootflags::Slot,
+        /// The image's size.
+        image: u64,
+        /// The slot's size.
+        room: u64,
+    },
+    /// The image, its tree and parity do not fit where the tree goes.
+    #[error(
+        "slot {slot}'s {place} holds {room} bytes; the image, tree and parity there need {need}"
+    )]
+    TreeTooLarge {
+        /// The slot.
+        slot: keel_bootflags::Slot,
+        /// `partition` or `hash partition`.
+        place: &'static str,
+        /// Its size.
+        room: u64,
+        /// What is needed.
+        need: u64,
+    },
+    /// The booted slot cannot be told, and `protect-booted-slot` forbids guessing.
+    #[error("{source}; protect-booted-slot forbids writing a slot that may be the running one")]
+    BootedSlotUnknown {
+        /// Why the booted slot cannot be told.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A delta payload, with no booted slot to read its source from.
+    #[error("a delta payload needs the booted slot as its source")]
+    DeltaWithoutSource,
+    /// The payload is for another system.
+    #[error("the payload is for {payload:?}, this system is {system:?}")]
+    Incompatible {
+        /// The payload's compatible string.
+        payload: String,
+        /// The description's.
+        system: String,
+    },
+    /// A version that cannot be compared.
+    #[error("version {version:?}: {source}")]
+    BadVersion {
+        /// The version.
+        version: String,
+        /// Why.
+        #[source]
+        source: keel_version::VersionError,
+    },
+    /// The payload's version is below the description's minimum.
+    #[error("version {version} is below the minimum version {minimum}")]
+    BelowMinimum {
+        /// The payload's version.
+        version: String,
+        /// `trust.minimum-version`.
+        minimum: String,
+    },
+    /// The booted slot's version is unknown, so a downgrade cannot be told.
+    #[error("the booted slot's version is unknown (no slot record, no VERSION_ID in /etc/os-release), so a downgrade could not be told; allow-downgrade to install anyway")]
+    InstalledVersionUnknown,
+    /// The booted slot's version is unknown, so no release of an index can be chosen.
+    #[error("the booted slot's version is unknown: no release can be chosen")]
+    NoReleaseChoice,
+    /// The description requires dm-verity; the payload has no signed root.
+    #[error("the system requires dm-verity; the payload carries no signed root")]
+    NoSignedRoot,
+    /// The payload's dm-verity parameters are not the description's.
+    #[error("the payload's verity parameters ({payload}) are not the system's")]
+    VerityParameters {
+        /// The payload's parameters (`sha256 4096/4096 format 1`).
+        payload: String,
+    },
+    /// The signed root covers another size than the image.
+    #[error("the signed root covers {signed} bytes, the image is {image}")]
+    RootSize {
+        /// What the signed root covers.
+        signed: u64,
+        /// The image's size.
+        image: u64,
+    },
+    /// The slot has no systemd-boot entry to carry its kernel argument.
+    #[error("no boot entry for slot {0}")]
+    NoBootEntry(keel_bootflags::Slot),
+    /// A boot entry disappeared while it was being changed.
+    #[error("{} is gone", .0.display())]
+    BootEntryGone(std::path::PathBuf),
+    /// The index names a digest that is not a SHA-256.
+    #[error("{url}: the index's sha256 is not a SHA-256")]
+    BadDigest {
+        /// The payload's URL.
+        url: String,
+    },
 }
 
 /// The crate's result type.

@@ -59,6 +59,6 @@ mod system;
 
 pub use agent::{Agent, Commit, HealthCheck, Installed, SlotStatus, Status, BUILD_TIME_FLOOR};
 pub use booted::{boot_disk, clues, Clue};
-pub use error::{Error, Result};
+pub use error::{Error, Refusal, Result};
 pub use record::SlotRecord;
 pub use system::{BootBackend, SlotDevice, SlotSpec, System, VeritySpec};

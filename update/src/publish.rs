@@ -13,6 +13,60 @@ use sha2::Digest;
 
 use crate::error::{Error, Result};
 
+/// Why a release or an index cannot be made from what was given.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// A delta payload given as the full one.
+    #[error("{url}: a delta payload, given as the full one")]
+    DeltaAsFull {
+        /// The payload's URL.
+        url: String,
+    },
+    /// A full payload given as a delta.
+    #[error("{url}: a full payload, given as a delta")]
+    FullAsDelta {
+        /// The payload's URL.
+        url: String,
+    },
+    /// A rollout share above 100%.
+    #[error("rollout {0}%: at most 100")]
+    Rollout(u8),
+    /// A delta that does not make the full payload's image for the same system and
+    /// version.
+    #[error("{url}: makes {delta}, the full payload {full}")]
+    DeltaMismatch {
+        /// The delta's URL.
+        url: String,
+        /// What the delta makes (`acme-os 2.0 (image <hex>)`).
+        delta: String,
+        /// What the full payload makes.
+        full: String,
+    },
+    /// The version a delta starts from is not a version.
+    #[error("{url}: from version {from:?}: {source}")]
+    FromVersion {
+        /// The delta's URL.
+        url: String,
+        /// The version given.
+        from: String,
+        /// Why it is not one.
+        #[source]
+        source: keel_version::VersionError,
+    },
+    /// A serial that does not grow past the index it extends.
+    #[error("serial {serial}: the index it extends has {have} already (devices refuse a serial that does not grow)")]
+    SerialNotGrowing {
+        /// The serial asked for.
+        serial: u64,
+        /// The extended index's.
+        have: u64,
+    },
+    /// The extended index has the last serial there is.
+    #[error("serial {0}: the index it extends has the last serial there is")]
+    SerialExhausted(u64),
+}
+
 /// A payload file as the index will name it.
 #[derive(Clone, Debug)]
 pub struct Published {
@@ -60,42 +114,49 @@ pub fn release(
 ) -> Result<Release> {
     let m = &full.manifest;
     if m.source.is_some() {
-        return Err(Error::Refused(format!(
-            "{}: a delta payload, given as the full one",
-            full.artifact.url
-        )));
+        return Err(PublishError::DeltaAsFull {
+            url: full.artifact.url,
+        }
+        .into());
     }
     if rollout_percent > 100 {
-        return Err(Error::Refused(format!(
-            "rollout {rollout_percent}%: at most 100"
-        )));
+        return Err(PublishError::Rollout(rollout_percent).into());
     }
     let mut out = Vec::new();
     for (from, d) in deltas {
         let Some(src) = &d.manifest.source else {
-            return Err(Error::Refused(format!(
-                "{}: a full payload, given as a delta",
-                d.artifact.url
-            )));
+            return Err(PublishError::FullAsDelta {
+                url: d.artifact.url,
+            }
+            .into());
         };
         if d.manifest.version != m.version
             || d.manifest.compatible != m.compatible
             || d.manifest.target != m.target
         {
-            return Err(Error::Refused(format!(
-                "{}: makes {} {} (image {}), the full payload {} {} (image {})",
-                d.artifact.url,
-                d.manifest.compatible,
-                d.manifest.version,
-                hex::encode(d.manifest.target.digest),
-                m.compatible,
-                m.version,
-                hex::encode(m.target.digest)
-            )));
+            let makes = |m: &Manifest| {
+                format!(
+                    "{} {} (image {})",
+                    m.compatible,
+                    m.version,
+                    hex::encode(m.target.digest)
+                )
+            };
+            return Err(PublishError::DeltaMismatch {
+                url: d.artifact.url.clone(),
+                delta: makes(&d.manifest),
+                full: makes(m),
+            }
+            .into());
         }
-        keel_version::Version::compare(&from, &m.version).map_err(|e| {
-            Error::Refused(format!("{}: from version {from:?}: {e}", d.artifact.url))
-        })?;
+        if let Err(source) = keel_version::Version::parse(&from) {
+            return Err(PublishError::FromVersion {
+                url: d.artifact.url,
+                from,
+                source,
+            }
+            .into());
+        }
         out.push(Delta {
             from_version: from,
             source_digest: hex::encode(src.digest),
@@ -130,20 +191,19 @@ pub fn add_release(
     });
     let next = match serial {
         Some(s) if s <= index.serial && index.serial > 0 => {
-            return Err(Error::Refused(format!(
-                "serial {s}: the index it extends has {} already (devices refuse a serial that does not grow)",
-                index.serial
-            )))
+            return Err(PublishError::SerialNotGrowing {
+                serial: s,
+                have: index.serial,
+            }
+            .into())
         }
         Some(s) => s,
         // Devices keep the highest serial they accepted: one that wrapped to 0 would be
         // refused by every device, for good.
-        None => index.serial.checked_add(1).ok_or_else(|| {
-            Error::Refused(format!(
-                "serial {}: the index it extends has the last serial there is",
-                index.serial
-            ))
-        })?,
+        None => index
+            .serial
+            .checked_add(1)
+            .ok_or(PublishError::SerialExhausted(index.serial))?,
     };
     index
         .releases
