@@ -56,12 +56,13 @@ pub enum HealthCheck {
         /// Time limit.
         timeout: Duration,
     },
-    /// A function that returns `Err(reason)` when unhealthy.
+    /// A function that returns an error when unhealthy (its message is the reason
+    /// reported; a string converts with `.into()`).
     Func {
         /// Shown in reports.
         name: String,
         /// The check.
-        check: Box<dyn Fn() -> std::result::Result<(), String>>,
+        check: Box<dyn Fn() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>>,
     },
 }
 
@@ -95,7 +96,7 @@ impl HealthCheck {
 
     fn run(&self) -> std::result::Result<(), String> {
         match self {
-            HealthCheck::Func { check, .. } => check(),
+            HealthCheck::Func { check, .. } => check().map_err(|e| e.to_string()),
             HealthCheck::Command { argv, timeout, .. } => {
                 let (prog, args) = argv.split_first().ok_or("no command")?;
                 let mut child = Command::new(prog)
