@@ -64,6 +64,12 @@ impl BootloaderControl {
             return Err(Error::Invalid(format!("nb_slot {nb_slot}: 1 to 4 allowed")));
         }
         check_slot(good, usize::from(nb_slot))?;
+        Ok(BootloaderControl::fresh(nb_slot, good))
+    }
+
+    /// [`new`](Self::new) without the checks (`nb_slot` 1 to 4, `good` below it), for
+    /// the allocation-free path.
+    pub(crate) fn fresh(nb_slot: u8, good: Slot) -> Self {
         let mut b = [0u8; SIZE];
         b[4..8].copy_from_slice(&MAGIC.to_le_bytes());
         b[8] = VERSION;
@@ -80,7 +86,7 @@ impl BootloaderControl {
                 },
             );
         }
-        Ok(c)
+        c
     }
 
     /// Decode 32 bytes, checking size, magic, version, CRC and slot count.
@@ -262,6 +268,41 @@ impl AbControl for BootloaderControl {
                 "tries {tries}: 1 to {MAX_TRIES} allowed"
             )));
         }
+        self.activate(slot, tries);
+        Ok(())
+    }
+
+    /// HAL `markBootSuccessful`: successful, and one try so a slot that succeeded on its
+    /// last attempt stays bootable.
+    fn mark_good(&mut self, slot: Slot) -> Result<()> {
+        check_slot(slot, self.slot_count())?;
+        self.hal_mark_good(slot);
+        Ok(())
+    }
+
+    /// HAL `setSlotAsUnbootable`: not successful, no tries.
+    fn mark_bad(&mut self, slot: Slot) -> Result<()> {
+        check_slot(slot, self.slot_count())?;
+        self.hal_mark_bad(slot);
+        Ok(())
+    }
+}
+
+// The rules without the checks, shared with the allocation-free path of `crate::fixed`
+// (whose callers check the slot and tries first, and must not reach an error that
+// allocates its message).
+impl BootloaderControl {
+    /// Wrap 32 bytes whose magic, version, CRC and slot count were checked.
+    pub(crate) fn from_checked(bytes: [u8; SIZE]) -> Self {
+        BootloaderControl { bytes }
+    }
+
+    /// The bytes as they are (the CRC as read or last written).
+    pub(crate) fn raw(&self) -> [u8; SIZE] {
+        self.bytes
+    }
+
+    pub(crate) fn activate(&mut self, slot: Slot, tries: u8) {
         for s in Slot::all(self.slot_count()) {
             let mut st = self.slot_state(s);
             if s != slot && st.priority >= ACTIVE_PRIORITY {
@@ -276,13 +317,9 @@ impl AbControl for BootloaderControl {
         if self.suffix_slot() != Some(slot) {
             self.set_verity_corrupted(slot, false);
         }
-        Ok(())
     }
 
-    /// HAL `markBootSuccessful`: successful, and one try so a slot that succeeded on its
-    /// last attempt stays bootable.
-    fn mark_good(&mut self, slot: Slot) -> Result<()> {
-        check_slot(slot, self.slot_count())?;
+    pub(crate) fn hal_mark_good(&mut self, slot: Slot) {
         let mut st = self.slot_state(slot);
         st.successful = true;
         st.tries = 1;
@@ -290,17 +327,13 @@ impl AbControl for BootloaderControl {
             st.priority = 1;
         }
         self.set_slot_state(slot, st);
-        Ok(())
     }
 
-    /// HAL `setSlotAsUnbootable`: not successful, no tries.
-    fn mark_bad(&mut self, slot: Slot) -> Result<()> {
-        check_slot(slot, self.slot_count())?;
+    pub(crate) fn hal_mark_bad(&mut self, slot: Slot) {
         let mut st = self.slot_state(slot);
         st.successful = false;
         st.tries = 0;
         self.set_slot_state(slot, st);
-        Ok(())
     }
 }
 

@@ -13,6 +13,9 @@
 //! | U-Boot environment | [`ubootenv::UbootEnv`] | [`rauc::RaucUboot`] |
 //! | systemd-boot entries | [`bls::EntryName`] | [`bls::SystemdBoot`] |
 //!
+//! For firmware, [`fixed`] has allocation-free, panic-free entry points over the Android,
+//! U-Boot and GRUB stores (what keel-bootflags-ffi gives C boot loaders).
+//!
 //! Pure logic, `no_std` with `alloc`; the `std` feature (on by default) adds file I/O
 //! that writes each change in one crash-safe step ([`store`]).
 //!
@@ -40,6 +43,7 @@ pub mod bls;
 #[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub mod blsdir;
 mod error;
+pub mod fixed;
 pub mod gpt;
 pub mod grubenv;
 mod model;

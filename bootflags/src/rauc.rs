@@ -5,6 +5,10 @@
 //! Both keep every other variable of their environment untouched, and every agent
 //! operation changes all the variables it concerns in one write of the environment
 //! (RAUC's own U-Boot backend makes two writes for set-primary).
+//!
+//! The rules themselves live in two small allocation-free values (`GrubRules`,
+//! `UbootRules`), shared with the firmware entry points of [`crate::fixed`], so a boot
+//! loader calling Keel from C applies exactly the rules the Rust model does.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -15,8 +19,8 @@ use crate::grubenv::GrubEnv;
 use crate::model::{check_slot, AbControl, Slot, SlotState, MAX_SLOTS};
 use crate::ubootenv::UbootEnv;
 
-fn parse_order(name: &str, text: &str, count: usize) -> Result<Vec<Slot>> {
-    let mut order = Vec::new();
+fn parse_order(name: &str, text: &str, count: usize) -> Result<Order> {
+    let mut order = Order::new();
     for word in text.split_whitespace() {
         let slot = (word.len() == 1)
             .then(|| word.chars().next().and_then(Slot::from_letter))
@@ -29,7 +33,7 @@ fn parse_order(name: &str, text: &str, count: usize) -> Result<Vec<Slot>> {
                     Slot::all(count).last().map_or('A', |s| s.letter())
                 ),
             })?;
-        if order.contains(&slot) {
+        if order.contains(slot) {
             return Err(Error::BadVariable {
                 name: name.to_string(),
                 reason: format!("slot {slot} appears twice in {text:?}"),
@@ -79,9 +83,149 @@ fn order_priority(order: &[Slot], slot: Slot) -> u8 {
         .map_or(0, |i| (MAX_SLOTS - i) as u8)
 }
 
-fn put_first(order: &mut Vec<Slot>, slot: Slot) {
-    order.retain(|&s| s != slot);
-    order.insert(0, slot);
+/// A boot order without allocation: at most [`MAX_SLOTS`] distinct slots, first preferred.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Order {
+    slots: [Slot; MAX_SLOTS],
+    len: usize,
+}
+
+impl PartialEq for Order {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Order {}
+
+impl Order {
+    pub(crate) const fn new() -> Self {
+        Order {
+            slots: [Slot::A; MAX_SLOTS],
+            len: 0,
+        }
+    }
+
+    /// The first `min(count, 2)` slots: the scripts' default order ("A B").
+    pub(crate) fn default_for(count: usize) -> Self {
+        let mut o = Order::new();
+        for s in Slot::all(count.min(2)) {
+            o.push(s);
+        }
+        o
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Slot] {
+        // `get` rather than indexing: `len` never exceeds the array, and the firmware
+        // build must contain no bounds-check panic.
+        self.slots.get(..self.len).unwrap_or(&[])
+    }
+
+    pub(crate) fn contains(&self, slot: Slot) -> bool {
+        self.as_slice().contains(&slot)
+    }
+
+    /// Append `slot` unless it is there already (or the order is full, which distinct
+    /// slots cannot make it).
+    pub(crate) fn push(&mut self, slot: Slot) {
+        if self.contains(slot) {
+            return;
+        }
+        if let Some(s) = self.slots.get_mut(self.len) {
+            *s = slot;
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn remove(&mut self, slot: Slot) {
+        let mut kept = Order::new();
+        for &s in self.as_slice() {
+            if s != slot {
+                kept.push(s);
+            }
+        }
+        *self = kept;
+    }
+
+    pub(crate) fn put_first(&mut self, slot: Slot) {
+        let mut next = Order::new();
+        next.push(slot);
+        for &s in self.as_slice() {
+            next.push(s);
+        }
+        *self = next;
+    }
+}
+
+/// RAUC's GRUB script over its variables, without the environment: what both
+/// [`RaucGrub`] and the allocation-free path of [`crate::fixed`] run. Slots are checked
+/// against `count` by the callers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GrubRules {
+    pub(crate) count: usize,
+    pub(crate) order: Order,
+    pub(crate) ok: [bool; MAX_SLOTS],
+    pub(crate) tried: [bool; MAX_SLOTS],
+}
+
+fn get(a: &[bool; MAX_SLOTS], slot: Slot) -> bool {
+    a.get(slot.index()).copied().unwrap_or(false)
+}
+
+fn put<T>(a: &mut [T; MAX_SLOTS], slot: Slot, value: T) {
+    if let Some(x) = a.get_mut(slot.index()) {
+        *x = value;
+    }
+}
+
+impl GrubRules {
+    pub(crate) fn state(&self, slot: Slot) -> SlotState {
+        let ok = get(&self.ok, slot);
+        SlotState {
+            priority: order_priority(self.order.as_slice(), slot),
+            tries: u8::from(ok && !get(&self.tried, slot)),
+            successful: ok,
+        }
+    }
+
+    pub(crate) fn is_bootable(&self, slot: Slot) -> bool {
+        get(&self.ok, slot) && self.order.contains(slot)
+    }
+
+    /// The script: the first slot of ORDER that was OK and not tried boots, and every
+    /// slot looked at is marked tried; with none, every OK slot's TRY is reset and menu
+    /// entry 0 (slot A) boots. The flag says whether the reset happened.
+    pub(crate) fn boot(&mut self) -> (Slot, bool) {
+        let order = self.order;
+        for &s in order.as_slice() {
+            let was_tried = get(&self.tried, s);
+            put(&mut self.tried, s, true);
+            if get(&self.ok, s) && !was_tried {
+                return (s, false);
+            }
+        }
+        for (ok, tried) in self.ok.iter().zip(self.tried.iter_mut()).take(self.count) {
+            if *ok && *tried {
+                *tried = false;
+            }
+        }
+        (Slot::A, true)
+    }
+
+    pub(crate) fn activate(&mut self, slot: Slot) {
+        self.order.put_first(slot);
+        self.good(slot);
+    }
+
+    pub(crate) fn good(&mut self, slot: Slot) {
+        put(&mut self.ok, slot, true);
+        put(&mut self.tried, slot, false);
+    }
+
+    pub(crate) fn bad(&mut self, slot: Slot) {
+        put(&mut self.ok, slot, false);
+        put(&mut self.tried, slot, false);
+    }
 }
 
 /// RAUC with GRUB: `ORDER="A B"`, `A_OK`, `A_TRY`, `B_OK`, `B_TRY` (0 or 1).
@@ -97,10 +241,7 @@ fn put_first(order: &mut Vec<Slot>, slot: Slot) {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RaucGrub {
     env: GrubEnv,
-    count: usize,
-    order: Vec<Slot>,
-    ok: [bool; MAX_SLOTS],
-    tried: [bool; MAX_SLOTS],
+    rules: GrubRules,
 }
 
 impl RaucGrub {
@@ -109,7 +250,7 @@ impl RaucGrub {
         check_count(count)?;
         let order = match env.get("ORDER") {
             Some(o) => parse_order("ORDER", o, count)?,
-            None => Slot::all(count.min(2)).collect(),
+            None => Order::default_for(count),
         };
         let mut ok = [false; MAX_SLOTS];
         let mut tried = [false; MAX_SLOTS];
@@ -120,10 +261,12 @@ impl RaucGrub {
         }
         Ok(RaucGrub {
             env,
-            count,
-            order,
-            ok,
-            tried,
+            rules: GrubRules {
+                count,
+                order,
+                ok,
+                tried,
+            },
         })
     }
 
@@ -131,16 +274,21 @@ impl RaucGrub {
     pub fn init(count: usize, good: Slot) -> Result<Self> {
         check_count(count)?;
         check_slot(good, count)?;
-        let mut order: Vec<Slot> = Slot::all(count).collect();
-        put_first(&mut order, good);
+        let mut order = Order::new();
+        order.push(good);
+        for s in Slot::all(count) {
+            order.push(s);
+        }
         let mut ok = [false; MAX_SLOTS];
         ok[good.index()] = true;
         Ok(RaucGrub {
             env: GrubEnv::new(),
-            count,
-            order,
-            ok,
-            tried: [false; MAX_SLOTS],
+            rules: GrubRules {
+                count,
+                order,
+                ok,
+                tried: [false; MAX_SLOTS],
+            },
         })
     }
 
@@ -161,13 +309,12 @@ impl RaucGrub {
     /// The environment with RAUC's variables written, every one in the same block.
     pub fn to_env(&self) -> Result<GrubEnv> {
         let mut env = self.env.clone();
-        let mut vars: Vec<(String, String)> = vec![("ORDER".to_string(), order_text(&self.order))];
-        for s in Slot::all(self.count) {
-            vars.push((format!("{s}_OK"), u8::from(self.ok[s.index()]).to_string()));
-            vars.push((
-                format!("{s}_TRY"),
-                u8::from(self.tried[s.index()]).to_string(),
-            ));
+        let r = &self.rules;
+        let mut vars: Vec<(String, String)> =
+            vec![("ORDER".to_string(), order_text(r.order.as_slice()))];
+        for s in Slot::all(r.count) {
+            vars.push((format!("{s}_OK"), u8::from(get(&r.ok, s)).to_string()));
+            vars.push((format!("{s}_TRY"), u8::from(get(&r.tried, s)).to_string()));
         }
         env.set_all(vars.iter().map(|(n, v)| (n.as_str(), v.as_str())))?;
         Ok(env)
@@ -175,82 +322,120 @@ impl RaucGrub {
 
     /// The boot order.
     pub fn order(&self) -> &[Slot] {
-        &self.order
+        self.rules.order.as_slice()
     }
 }
 
 impl AbControl for RaucGrub {
     fn slot_count(&self) -> usize {
-        self.count
+        self.rules.count
     }
 
     fn state(&self, slot: Slot) -> Result<SlotState> {
-        check_slot(slot, self.count)?;
-        let i = slot.index();
-        Ok(SlotState {
-            priority: order_priority(&self.order, slot),
-            tries: u8::from(self.ok[i] && !self.tried[i]),
-            successful: self.ok[i],
-        })
+        check_slot(slot, self.rules.count)?;
+        Ok(self.rules.state(slot))
     }
 
     /// OK and in ORDER: the script's reset brings a tried OK slot back.
     fn is_bootable(&self, slot: Slot) -> Result<bool> {
-        check_slot(slot, self.count)?;
-        Ok(self.ok[slot.index()] && self.order.contains(&slot))
+        check_slot(slot, self.rules.count)?;
+        Ok(self.rules.is_bootable(slot))
     }
 
     fn boot(&mut self) -> Option<Slot> {
-        for &s in &self.order {
-            let i = s.index();
-            let was_tried = self.tried[i];
-            self.tried[i] = true;
-            if self.ok[i] && !was_tried {
-                return Some(s);
-            }
-        }
-        for i in 0..self.count {
-            if self.ok[i] && self.tried[i] {
-                self.tried[i] = false;
-            }
-        }
-        Some(Slot::A)
+        Some(self.rules.boot().0)
     }
 
     /// RAUC `set-primary`: first in ORDER, OK=1, TRY=0. GRUB gives one try; `tries` must
     /// be unset or 1.
     fn set_active(&mut self, slot: Slot, tries: Option<u8>) -> Result<()> {
-        check_slot(slot, self.count)?;
+        check_slot(slot, self.rules.count)?;
         if tries.is_some_and(|t| t != 1) {
             return Err(Error::Invalid(
                 "RAUC's GRUB script gives exactly one try".to_string(),
             ));
         }
-        put_first(&mut self.order, slot);
-        self.ok[slot.index()] = true;
-        self.tried[slot.index()] = false;
+        self.rules.activate(slot);
         Ok(())
     }
 
     /// RAUC `mark-good`: OK=1, TRY=0.
     fn mark_good(&mut self, slot: Slot) -> Result<()> {
-        check_slot(slot, self.count)?;
-        self.ok[slot.index()] = true;
-        self.tried[slot.index()] = false;
+        check_slot(slot, self.rules.count)?;
+        self.rules.good(slot);
         Ok(())
     }
 
     /// RAUC `mark-bad`: OK=0, TRY=0.
     fn mark_bad(&mut self, slot: Slot) -> Result<()> {
-        check_slot(slot, self.count)?;
-        self.ok[slot.index()] = false;
-        self.tried[slot.index()] = false;
+        check_slot(slot, self.rules.count)?;
+        self.rules.bad(slot);
         Ok(())
     }
 }
 
 /// RAUC's default boot attempts for U-Boot.
 pub const UBOOT_DEFAULT_ATTEMPTS: u32 = 3;
+
+/// RAUC's U-Boot script over its variables, without the environment: what both
+/// [`RaucUboot`] and the allocation-free path of [`crate::fixed`] run. Slots are checked
+/// against `count` by the callers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct UbootRules {
+    pub(crate) count: usize,
+    pub(crate) order: Order,
+    pub(crate) left: [u32; MAX_SLOTS],
+}
+
+impl UbootRules {
+    pub(crate) fn left(&self, slot: Slot) -> u32 {
+        self.left.get(slot.index()).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn state(&self, slot: Slot) -> SlotState {
+        SlotState {
+            priority: order_priority(self.order.as_slice(), slot),
+            tries: self.left(slot).min(255) as u8,
+            successful: false,
+        }
+    }
+
+    fn select(&mut self) -> Option<Slot> {
+        let slot = *self.order.as_slice().iter().find(|&&s| self.left(s) > 0)?;
+        let left = self.left(slot).saturating_sub(1);
+        put(&mut self.left, slot, left);
+        Some(slot)
+    }
+
+    /// The script: the first slot of BOOT_ORDER with attempts left loses one and boots;
+    /// with none, every counter is refilled (the script's reset) and the choice is made
+    /// again. The flag says whether the refill happened.
+    pub(crate) fn boot(&mut self) -> (Option<Slot>, bool) {
+        if let Some(s) = self.select() {
+            return (Some(s), false);
+        }
+        // "No valid RAUC slot found. Resetting tries to 3", saveenv, reset.
+        for l in self.left.iter_mut().take(self.count) {
+            *l = UBOOT_DEFAULT_ATTEMPTS;
+        }
+        (self.select(), true)
+    }
+
+    pub(crate) fn activate(&mut self, slot: Slot, tries: u32) {
+        self.order.put_first(slot);
+        put(&mut self.left, slot, tries);
+    }
+
+    pub(crate) fn good(&mut self, slot: Slot) {
+        put(&mut self.left, slot, UBOOT_DEFAULT_ATTEMPTS);
+        self.order.push(slot);
+    }
+
+    pub(crate) fn bad(&mut self, slot: Slot) {
+        self.order.remove(slot);
+        put(&mut self.left, slot, 0);
+    }
+}
 
 /// RAUC with U-Boot: `BOOT_ORDER="A B"`, `BOOT_A_LEFT`, `BOOT_B_LEFT` (hexadecimal, as
 /// `setexpr` writes them).
@@ -265,9 +450,7 @@ pub const UBOOT_DEFAULT_ATTEMPTS: u32 = 3;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RaucUboot {
     env: UbootEnv,
-    count: usize,
-    order: Vec<Slot>,
-    left: [u32; MAX_SLOTS],
+    rules: UbootRules,
 }
 
 /// `PREFIX` + a slot letter + one of `suffixes`: a per-slot variable of RAUC's scripts.
@@ -303,7 +486,7 @@ impl RaucUboot {
         check_count(count)?;
         let order = match env.get("BOOT_ORDER") {
             Some(o) => parse_order("BOOT_ORDER", o, count)?,
-            None => Slot::all(count.min(2)).collect(),
+            None => Order::default_for(count),
         };
         let mut left = [UBOOT_DEFAULT_ATTEMPTS; MAX_SLOTS];
         for s in Slot::all(count) {
@@ -314,9 +497,7 @@ impl RaucUboot {
         }
         Ok(RaucUboot {
             env,
-            count,
-            order,
-            left,
+            rules: UbootRules { count, order, left },
         })
     }
 
@@ -327,11 +508,11 @@ impl RaucUboot {
         check_slot(good, count)?;
         let mut left = [0; MAX_SLOTS];
         left[good.index()] = UBOOT_DEFAULT_ATTEMPTS;
+        let mut order = Order::new();
+        order.push(good);
         Ok(RaucUboot {
             env: UbootEnv::new(),
-            count,
-            order: vec![good],
-            left,
+            rules: UbootRules { count, order, left },
         })
     }
 
@@ -352,11 +533,11 @@ impl RaucUboot {
     /// The environment with RAUC's variables written.
     pub fn to_env(&self) -> Result<UbootEnv> {
         let mut env = self.env.clone();
-        env.set("BOOT_ORDER", &order_text(&self.order))?;
-        for s in Slot::all(self.count) {
+        env.set("BOOT_ORDER", &order_text(self.rules.order.as_slice()))?;
+        for s in Slot::all(self.rules.count) {
             env.set(
                 &format!("BOOT_{s}_LEFT"),
-                &format!("{:x}", self.left[s.index()]),
+                &format!("{:x}", self.rules.left(s)),
             )?;
         }
         Ok(env)
@@ -364,80 +545,58 @@ impl RaucUboot {
 
     /// The boot order.
     pub fn order(&self) -> &[Slot] {
-        &self.order
+        self.rules.order.as_slice()
     }
 
     /// Boot attempts left for `slot`.
     pub fn left(&self, slot: Slot) -> u32 {
-        self.left.get(slot.index()).copied().unwrap_or(0)
-    }
-
-    fn select(&mut self) -> Option<Slot> {
-        let slot = *self.order.iter().find(|s| self.left[s.index()] > 0)?;
-        self.left[slot.index()] -= 1;
-        Some(slot)
+        self.rules.left(slot)
     }
 }
 
 impl AbControl for RaucUboot {
     fn slot_count(&self) -> usize {
-        self.count
+        self.rules.count
     }
 
     fn state(&self, slot: Slot) -> Result<SlotState> {
-        check_slot(slot, self.count)?;
-        Ok(SlotState {
-            priority: order_priority(&self.order, slot),
-            tries: self.left[slot.index()].min(255) as u8,
-            successful: false,
-        })
+        check_slot(slot, self.rules.count)?;
+        Ok(self.rules.state(slot))
     }
 
     /// In BOOT_ORDER: the script's reset refills an exhausted slot.
     fn is_bootable(&self, slot: Slot) -> Result<bool> {
-        check_slot(slot, self.count)?;
-        Ok(self.order.contains(&slot))
+        check_slot(slot, self.rules.count)?;
+        Ok(self.rules.order.contains(slot))
     }
 
     fn boot(&mut self) -> Option<Slot> {
-        if let Some(s) = self.select() {
-            return Some(s);
-        }
-        // "No valid RAUC slot found. Resetting tries to 3", saveenv, reset.
-        for l in self.left.iter_mut().take(self.count) {
-            *l = UBOOT_DEFAULT_ATTEMPTS;
-        }
-        self.select()
+        self.rules.boot().0
     }
 
     /// RAUC `set-primary` in one write: first in BOOT_ORDER with `tries` attempts
     /// (default 3).
     fn set_active(&mut self, slot: Slot, tries: Option<u8>) -> Result<()> {
-        check_slot(slot, self.count)?;
+        check_slot(slot, self.rules.count)?;
         let tries = u32::from(tries.unwrap_or(UBOOT_DEFAULT_ATTEMPTS as u8));
         if tries == 0 {
             return Err(Error::Invalid("tries 0: at least 1 needed".to_string()));
         }
-        put_first(&mut self.order, slot);
-        self.left[slot.index()] = tries;
+        self.rules.activate(slot, tries);
         Ok(())
     }
 
     /// RAUC `mark-good`: attempts back to 3; the slot joins BOOT_ORDER if it had left it.
     fn mark_good(&mut self, slot: Slot) -> Result<()> {
-        check_slot(slot, self.count)?;
-        self.left[slot.index()] = UBOOT_DEFAULT_ATTEMPTS;
-        if !self.order.contains(&slot) {
-            self.order.push(slot);
-        }
+        check_slot(slot, self.rules.count)?;
+        self.rules.good(slot);
         Ok(())
     }
 
     /// RAUC `mark-bad`: out of BOOT_ORDER, no attempts.
     fn mark_bad(&mut self, slot: Slot) -> Result<()> {
-        check_slot(slot, self.count)?;
-        self.order.retain(|&s| s != slot);
-        self.left[slot.index()] = 0;
+        check_slot(slot, self.rules.count)?;
+        self.rules.bad(slot);
         Ok(())
     }
 }
