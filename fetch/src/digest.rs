@@ -30,13 +30,6 @@ pub(crate) struct Sha256State {
     partial: [u8; 64],
 }
 
-/// What a saved state file holds, in this order: the magic, the expected digest and size
-/// of the file being hashed (a state saved for another file is not used), the length
-/// hashed, the chaining words (big-endian), the partial block, and the SHA-256 of all
-/// that (a torn or damaged file is not used either).
-const MAGIC: &[u8; 8] = b"KEELSHA1";
-pub(crate) const SAVED_LEN: usize = 8 + 32 + 8 + 8 + 32 + 64 + 32;
-
 impl Sha256State {
     pub(crate) fn new() -> Self {
         Sha256State {
@@ -98,19 +91,134 @@ impl Sha256State {
         }
         out
     }
+}
+
+/// The span of one chunk digest: bytes fetched a second time are checked a chunk at a
+/// time against what was hashed the first time (32 bytes of memory and state per MiB).
+pub(crate) const CHUNK: u64 = 1 << 20;
+/// The first chunk is checked in smaller pieces: a payload's header and manifest, read
+/// again by every run that resumes, are a few KiB, not a MiB.
+pub(crate) const PIECE: u64 = 64 << 10;
+const PIECES: u64 = CHUNK / PIECE;
+
+/// Everything hashed so far: the whole file's running SHA-256, and the SHA-256 of each
+/// whole [`CHUNK`] of it (of each [`PIECE`] of the first) plus the running one of the
+/// chunk (and piece) under way, so that a byte delivered again (after a seek back) can
+/// be checked against the first delivery.
+#[derive(Clone)]
+pub(crate) struct Digests {
+    file: Sha256State,
+    chunks: Vec<[u8; 32]>,
+    /// The chunk under way: bytes `chunks.len() * CHUNK .. file.len()`.
+    chunk: Sha256State,
+    /// The first chunk's whole pieces, and the piece under way while it is.
+    pieces: Vec<[u8; 32]>,
+    piece: Sha256State,
+}
+
+/// What a saved state file holds, in this order: the magic, the expected digest and size
+/// of the file being hashed (a state saved for another file is not used), the length
+/// hashed, the whole file's chaining words (big-endian), the partial block, the chunk
+/// under way's chaining words (its partial block is the file's: chunks are whole blocks),
+/// the piece under way's, the number of whole chunks and their digests, the number of
+/// the first chunk's whole pieces and theirs, and the SHA-256 of all that (a torn or
+/// damaged file is not used either).
+const MAGIC: &[u8; 8] = b"KEELSHA2";
+const FIXED_LEN: usize = 8 + 32 + 8 + 8 + 32 + 64 + 32 + 32;
+
+impl Digests {
+    pub(crate) fn new() -> Self {
+        Digests {
+            file: Sha256State::new(),
+            chunks: Vec::new(),
+            chunk: Sha256State::new(),
+            pieces: Vec::new(),
+            piece: Sha256State::new(),
+        }
+    }
+
+    /// Bytes hashed so far (the frontier).
+    pub(crate) fn len(&self) -> u64 {
+        self.file.len()
+    }
+
+    pub(crate) fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let at = self.file.len();
+            let span = if at < CHUNK { PIECE } else { CHUNK };
+            let room = span - at % span;
+            let take = usize::try_from(room).map_or(data.len(), |r| r.min(data.len()));
+            let (now, rest) = data.split_at(take);
+            self.file.update(now);
+            self.chunk.update(now);
+            if at < CHUNK {
+                self.piece.update(now);
+            }
+            let at = self.file.len();
+            if at <= CHUNK && at.is_multiple_of(PIECE) {
+                self.pieces.push(self.piece.finish());
+                self.piece = Sha256State::new();
+            }
+            if at.is_multiple_of(CHUNK) {
+                self.chunks.push(self.chunk.finish());
+                self.chunk = Sha256State::new();
+            }
+            data = rest;
+        }
+    }
+
+    /// The whole file's digest (of what was hashed).
+    pub(crate) fn finish(&self) -> [u8; 32] {
+        self.file.finish()
+    }
+
+    /// Where the chunk (or piece) holding `offset` (below the frontier) starts and ends
+    /// as far as it was hashed, and the digest of those bytes.
+    pub(crate) fn chunk_at(&self, offset: u64) -> Option<(u64, u64, [u8; 32])> {
+        if offset >= self.len() {
+            return None;
+        }
+        let (span, done, running) = if offset < CHUNK {
+            (PIECE, &self.pieces, &self.piece)
+        } else {
+            (CHUNK, &self.chunks, &self.chunk)
+        };
+        let k = offset / span;
+        let start = k * span;
+        match done.get(usize::try_from(k).ok()?) {
+            Some(d) => Some((start, start + span, *d)),
+            None => Some((start, self.len(), running.finish())),
+        }
+    }
+
+    /// The longest state file saved for a file of `size` bytes.
+    pub(crate) fn max_saved_len(size: u64) -> u64 {
+        FIXED_LEN as u64 + 8 + size / CHUNK * 32 + 8 + PIECES * 32 + 32
+    }
 
     /// The state as a file's bytes, bound to the file being hashed.
     pub(crate) fn save(&self, expected: &[u8; 32], size: u64) -> Vec<u8> {
         use sha2::Digest;
-        let mut out = Vec::with_capacity(SAVED_LEN);
+        let mut out = Vec::with_capacity(FIXED_LEN + 16 + (self.chunks.len() + 17) * 32);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(expected);
         out.extend_from_slice(&size.to_be_bytes());
-        out.extend_from_slice(&self.len.to_be_bytes());
-        for w in self.h {
-            out.extend_from_slice(&w.to_be_bytes());
+        out.extend_from_slice(&self.file.len.to_be_bytes());
+        let words = |out: &mut Vec<u8>, h: &[u32; 8]| {
+            for w in h {
+                out.extend_from_slice(&w.to_be_bytes());
+            }
+        };
+        words(&mut out, &self.file.h);
+        out.extend_from_slice(&self.file.partial);
+        words(&mut out, &self.chunk.h);
+        words(&mut out, &self.piece.h);
+        for list in [&self.chunks, &self.pieces] {
+            out.extend_from_slice(&(list.len() as u64).to_be_bytes());
+            for c in list {
+                out.extend_from_slice(c);
+            }
         }
-        out.extend_from_slice(&self.partial);
         let sum = sha2::Sha256::digest(&out);
         out.extend_from_slice(&sum);
         out
@@ -123,30 +231,77 @@ impl Sha256State {
         size: u64,
     ) -> Result<Self, &'static str> {
         use sha2::Digest;
-        if bytes.len() != SAVED_LEN {
+        if bytes.len() < FIXED_LEN + 16 + 32 || bytes.len() as u64 > Self::max_saved_len(size) {
             return Err("wrong length");
         }
-        let (body, sum) = bytes.split_at(SAVED_LEN - 32);
+        let (body, sum) = bytes.split_at(bytes.len() - 32);
         if sha2::Sha256::digest(body).as_slice() != sum {
             return Err("its checksum does not match (torn or damaged)");
         }
-        if &body[..8] != MAGIC {
+        let (head, mut rest) = body.split_at(FIXED_LEN);
+        if &head[..8] != MAGIC {
             return Err("not a saved digest state");
         }
-        if &body[8..40] != expected || body[40..48] != size.to_be_bytes() {
+        if &head[8..40] != expected || head[40..48] != size.to_be_bytes() {
             return Err("saved for another file");
         }
-        let len = u64::from_be_bytes(body[48..56].try_into().map_err(|_| "length")?);
+        let word = |b: &[u8]| -> Result<u64, &'static str> {
+            Ok(u64::from_be_bytes(
+                b.get(..8).and_then(|b| b.try_into().ok()).ok_or("length")?,
+            ))
+        };
+        let len = word(&head[48..])?;
         if len > size {
             return Err("hashed past the file's size");
         }
-        let mut h = [0u32; 8];
-        for (w, b) in h.iter_mut().zip(body[56..88].chunks_exact(4)) {
-            *w = u32::from_be_bytes(b.try_into().map_err(|_| "state")?);
-        }
+        let words = |at: usize| -> Result<[u32; 8], &'static str> {
+            let mut h = [0u32; 8];
+            let b = head.get(at..at + 32).ok_or("state")?;
+            for (w, b) in h.iter_mut().zip(b.chunks_exact(4)) {
+                *w = u32::from_be_bytes(b.try_into().map_err(|_| "state")?);
+            }
+            Ok(h)
+        };
         let mut partial = [0u8; 64];
-        partial.copy_from_slice(&body[88..152]);
-        Ok(Sha256State { h, len, partial })
+        partial.copy_from_slice(&head[88..152]);
+        let mut list = |want: u64| -> Result<Vec<[u8; 32]>, &'static str> {
+            if word(rest)? != want {
+                return Err("the digests listed do not match the length hashed");
+            }
+            let n = usize::try_from(want).map_err(|_| "length")?;
+            let digests = rest
+                .get(8..8 + n * 32)
+                .ok_or("the digests listed are cut short")?;
+            rest = &rest[8 + n * 32..];
+            digests
+                .chunks_exact(32)
+                .map(|c| c.try_into().map_err(|_| "digest"))
+                .collect()
+        };
+        let chunks = list(len / CHUNK)?;
+        let pieces = list(len.min(CHUNK) / PIECE)?;
+        if !rest.is_empty() {
+            return Err("bytes after the digests");
+        }
+        Ok(Digests {
+            file: Sha256State {
+                h: words(56)?,
+                len,
+                partial,
+            },
+            chunks,
+            chunk: Sha256State {
+                h: words(152)?,
+                len: len % CHUNK,
+                partial,
+            },
+            pieces,
+            piece: Sha256State {
+                h: words(184)?,
+                len: if len < CHUNK { len % PIECE } else { 0 },
+                partial,
+            },
+        })
     }
 }
 
@@ -161,6 +316,7 @@ mod tests {
 
     #[test]
     fn equals_sha256_for_any_split_and_after_a_save_and_restore() {
+        let mib = CHUNK as usize;
         for (len, seed) in [
             (0, 1),
             (1, 2),
@@ -170,21 +326,37 @@ mod tests {
             (64, 6),
             (65, 7),
             (200_003, 8),
+            (2 * mib + 77, 9),
         ] {
             let data = bytes(len, seed);
             let want: [u8; 32] = sha2::Sha256::digest(&data).into();
-            for cut in [0, 1, 63, 64, 100, len / 2, len] {
+            for cut in [0, 1, 63, 64, 100, 70_000, len / 2, mib, mib + 1, len] {
                 let cut = cut.min(len);
-                let mut s = Sha256State::new();
+                let mut s = Digests::new();
                 s.update(&data[..cut]);
                 let saved = s.save(&want, len as u64);
-                let mut r = Sha256State::restore(&saved, &want, len as u64).unwrap();
+                assert!(saved.len() as u64 <= Digests::max_saved_len(len as u64));
+                let mut r = Digests::restore(&saved, &want, len as u64).unwrap();
                 assert_eq!(r.len(), cut as u64);
                 // Pieces of odd sizes after the restore.
-                for piece in data[cut..].chunks(97) {
+                for piece in data[cut..].chunks(97_001) {
                     r.update(piece);
                 }
                 assert_eq!(r.finish(), want, "len {len} cut {cut}");
+                // Every chunk's (piece's) digest is the SHA-256 of its bytes, whole or
+                // partial.
+                for at in (0..len)
+                    .step_by(mib / 2)
+                    .chain((0..len.min(mib)).step_by(40_000))
+                {
+                    let (a, e, d) = r.chunk_at(at as u64).unwrap();
+                    let span = if (at as u64) < CHUNK { PIECE } else { CHUNK };
+                    assert_eq!(a, at as u64 / span * span);
+                    assert_eq!(e, (a + span).min(len as u64));
+                    let sum: [u8; 32] = sha2::Sha256::digest(&data[a as usize..e as usize]).into();
+                    assert_eq!(d, sum, "len {len} cut {cut} at {at}");
+                }
+                assert!(r.chunk_at(len as u64).is_none());
             }
         }
     }
@@ -192,20 +364,27 @@ mod tests {
     #[test]
     fn a_damaged_or_foreign_state_is_not_used() {
         let want = [7u8; 32];
-        let mut s = Sha256State::new();
-        s.update(&bytes(1000, 9));
-        let saved = s.save(&want, 5000);
-        assert!(Sha256State::restore(&saved, &want, 5000).is_ok());
-        for i in [0, 10, 50, 100, SAVED_LEN - 1] {
+        let mut s = Digests::new();
+        s.update(&bytes((CHUNK + 1000) as usize, 9));
+        let size = 3 * CHUNK;
+        let saved = s.save(&want, size);
+        assert!(Digests::restore(&saved, &want, size).is_ok());
+        for i in [0, 10, 50, 100, 190, 200, 240, saved.len() - 1] {
             let mut bad = saved.clone();
             bad[i] ^= 1;
-            assert!(Sha256State::restore(&bad, &want, 5000).is_err(), "byte {i}");
+            assert!(Digests::restore(&bad, &want, size).is_err(), "byte {i}");
         }
-        assert!(Sha256State::restore(&saved[..100], &want, 5000).is_err());
+        assert!(Digests::restore(&saved[..100], &want, size).is_err());
         assert_eq!(
-            Sha256State::restore(&saved, &[8u8; 32], 5000).err(),
+            Digests::restore(&saved, &[8u8; 32], size).err(),
             Some("saved for another file")
         );
-        assert!(Sha256State::restore(&saved, &want, 999).is_err());
+        assert!(Digests::restore(&saved, &want, 999).is_err());
+        // The bound follows the expected size: a state with more chunks than the file has
+        // is refused before its checksum is even computed.
+        assert_eq!(
+            Digests::restore(&saved, &want, 1000).err(),
+            Some("wrong length")
+        );
     }
 }

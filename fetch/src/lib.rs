@@ -17,7 +17,20 @@
 //! install) never finishes on a file the index did not name. A resumed download is checked too: the
 //! digest's running state is saved beside the applier's record
 //! ([`HttpReader::digest_state`]) and the next process continues it, fetching only what
-//! lies between the saved state and the applier's resume point.
+//! lies between the saved state and the applier's resume point. Bytes delivered a
+//! second time (a seek back behind what was hashed) are fetched again a chunk (1 MiB)
+//! at a time and checked against the digest of the chunk the first time, so a server
+//! cannot serve other bytes the second time.
+//!
+//! A thread reads the socket ahead of the consumer into a bounded buffer
+//! ([`READ_AHEAD`]), with requests for no more than the buffer has room for: what
+//! arrived is kept when a connection is reset, and the reconnect asks only for what
+//! follows it. Against a server that drips ([TUF]'s slow retrieval attack) a deadline
+//! ([`FetchOptions::deadline`], for metadata) and a floor on the average rate
+//! ([`FetchOptions::min_bytes_per_sec`]) end the download; against endless data, a body
+//! longer than the length the server or the release index gave is cut off or refused.
+//!
+//! [TUF]: https://theupdateframework.github.io/specification/latest/
 //!
 //! ```no_run
 //! use keel_fetch::{FetchOptions, HttpReader};
@@ -30,12 +43,18 @@
 
 mod digest;
 pub mod index;
+mod stream;
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use keel_io::Progress;
+
+/// The most bytes [`HttpReader`] reads ahead of its consumer by default
+/// ([`FetchOptions::read_ahead`]), with what one socket read brings: what a consumer
+/// that stops may have cost without using.
+pub const READ_AHEAD: usize = stream::BUFFER + stream::READ;
 
 /// What can go wrong fetching.
 #[derive(Debug, thiserror::Error)]
@@ -96,16 +115,46 @@ pub enum Error {
         /// What the server says (or the bytes there were).
         found: u64,
     },
-    /// The file's SHA-256 is not the one the release index says: nothing read from it
-    /// may be used.
-    #[error("{url}: SHA-256 {found}, the release index says {expected}")]
+    /// The file's SHA-256 is not the one the release index says, or bytes fetched a
+    /// second time differ from the first time's: nothing read from it may be used.
+    #[error("{url}: {}SHA-256 {found}, {}", refetched(.range), expected_from(.range, .expected))]
     Digest {
         /// The URL.
         url: String,
-        /// The index's digest, hex.
+        /// The index's digest (or the first delivery's, for bytes fetched again), hex.
         expected: String,
-        /// The file's, hex.
+        /// The file's (or the bytes fetched again), hex.
         found: String,
+        /// `None`: the whole file. Else the bytes fetched again, `start..end`: the server
+        /// served other bytes there the second time.
+        range: Option<std::ops::Range<u64>>,
+    },
+    /// The download ran past its deadline ([`FetchOptions::deadline`]): a server that
+    /// drips the bytes (TUF's slow retrieval attack) cannot hold the reader for good.
+    #[error("{url}: not done within {deadline:?} ({received} bytes received)")]
+    Deadline {
+        /// The URL.
+        url: String,
+        /// Body bytes received by then.
+        received: u64,
+        /// The deadline.
+        deadline: Duration,
+    },
+    /// The server sent fewer bytes over `window` than
+    /// [`FetchOptions::min_bytes_per_sec`] asks (TUF's slow retrieval attack, or a link
+    /// too poor to finish).
+    #[error(
+        "{url}: {received} bytes in {window:?}, below the floor of {min_bytes_per_sec} bytes/s"
+    )]
+    TooSlow {
+        /// The URL.
+        url: String,
+        /// Body bytes received over the window.
+        received: u64,
+        /// The span measured (time spent waiting for the server, not for the consumer).
+        window: Duration,
+        /// The floor.
+        min_bytes_per_sec: u64,
     },
     /// The saved digest state cannot be read or written.
     #[error("{path}: {reason}")]
@@ -123,6 +172,43 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+}
+
+fn refetched(range: &Option<std::ops::Range<u64>>) -> String {
+    match range {
+        Some(r) => format!("bytes {}..{} fetched again have ", r.start, r.end),
+        None => String::new(),
+    }
+}
+
+fn expected_from(range: &Option<std::ops::Range<u64>>, expected: &str) -> String {
+    match range {
+        Some(_) => format!("the first time they had {expected}"),
+        None => format!("the release index says {expected}"),
+    }
+}
+
+impl Error {
+    /// Whether the same download may succeed later (another attempt, another mirror,
+    /// a better link): a stall, a drip, a cancellation, a file replaced mid-way (fetch
+    /// the new index). A wrong file (size, digest), a refused URL, status or certificate
+    /// will not change by trying again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+            Error::GaveUp { .. }
+            | Error::Cancelled
+            | Error::Changed { .. }
+            | Error::Deadline { .. }
+            | Error::TooSlow { .. } => true,
+            Error::BadRange { .. }
+            | Error::Url { .. }
+            | Error::Size { .. }
+            | Error::Digest { .. }
+            | Error::State { .. }
+            | Error::Tls { .. } => false,
+        }
+    }
 }
 
 /// TLS trusting exactly the CA certificates in `pem` (as `curl --cacert`): an agent
@@ -188,6 +274,28 @@ pub struct FetchOptions<'a> {
     /// Deliver at most this many bytes per second (default: no cap), so an update on a
     /// metered or shared link leaves room for the machine's own traffic.
     pub max_bytes_per_sec: Option<u64>,
+    /// The whole download must be done within this long of the first read (default: no
+    /// deadline). For metadata such as the release index, whose size is small and known
+    /// only as a bound: TUF's slow retrieval attack drips it a byte at a time, each read
+    /// well within `read_timeout`.
+    pub deadline: Option<Duration>,
+    /// The slowest average the server may send at, over each [`FetchOptions::rate_window`]
+    /// of time spent waiting for it (time waiting for the consumer, or for
+    /// [`FetchOptions::max_bytes_per_sec`], does not count). A transient stall passes, a
+    /// sustained drip fails with [`Error::TooSlow`] (TUF's slow retrieval attack). The
+    /// default, 1 KiB/s, is far below any link an update runs over and only ends a drip
+    /// that would otherwise hold the reader for good; set it from the link's real speed
+    /// to bound a payload's download.
+    pub min_bytes_per_sec: Option<u64>,
+    /// The span [`FetchOptions::min_bytes_per_sec`] is averaged over (default 30 s).
+    pub rate_window: Duration,
+    /// The most bytes read ahead of the consumer (default 2 MiB). Each request asks for
+    /// a quarter of it at most, so that what the server sends is read from the socket
+    /// as it comes, and kept when the connection is reset. The round trip between two
+    /// requests costs a share of the throughput: about 20% at 20 Mbit/s and 50 ms with
+    /// the default. On a link with much in flight (bandwidth x round trip: 100 Mbit/s at
+    /// 100 ms is 1.25 MB) raise it to several times that.
+    pub read_ahead: usize,
 }
 
 impl Default for FetchOptions<'_> {
@@ -201,6 +309,10 @@ impl Default for FetchOptions<'_> {
             progress: None,
             ca_certificates: None,
             max_bytes_per_sec: None,
+            deadline: None,
+            min_bytes_per_sec: Some(1024),
+            rate_window: Duration::from_secs(30),
+            read_ahead: stream::BUFFER,
         }
     }
 }
@@ -242,6 +354,23 @@ impl<'a> FetchOptions<'a> {
         self.max_bytes_per_sec = (rate > 0).then_some(rate);
         self
     }
+    /// Set [`FetchOptions::deadline`].
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.deadline = Some(d);
+        self
+    }
+    /// Set [`FetchOptions::read_ahead`] (at least 128 KiB).
+    pub fn read_ahead(mut self, bytes: usize) -> Self {
+        self.read_ahead = bytes.max(128 << 10);
+        self
+    }
+    /// Set the floor [`FetchOptions::min_bytes_per_sec`] (0 is none) averaged over
+    /// `window` ([`FetchOptions::rate_window`]).
+    pub fn min_bytes_per_sec(mut self, rate: u64, window: Duration) -> Self {
+        self.min_bytes_per_sec = (rate > 0).then_some(rate);
+        self.rate_window = window;
+        self
+    }
 }
 
 impl std::fmt::Debug for FetchOptions<'_> {
@@ -251,6 +380,10 @@ impl std::fmt::Debug for FetchOptions<'_> {
             .field("read_timeout", &self.read_timeout)
             .field("max_attempts", &self.max_attempts)
             .field("max_bytes_per_sec", &self.max_bytes_per_sec)
+            .field("deadline", &self.deadline)
+            .field("min_bytes_per_sec", &self.min_bytes_per_sec)
+            .field("rate_window", &self.rate_window)
+            .field("read_ahead", &self.read_ahead)
             .finish_non_exhaustive()
     }
 }
@@ -281,32 +414,41 @@ pub struct HttpReader<'a> {
     opts: FetchOptions<'a>,
     pos: u64,
     len: Option<u64>,
-    validator: Option<(&'static str, String)>,
-    body: Option<ureq::BodyReader<'static>>,
-    stats: Stats,
+    validator: stream::Validator,
+    /// The response stream read ahead, when there is one.
+    ahead: Option<stream::Stream>,
+    counters: std::sync::Arc<stream::Counters>,
     rng: u64,
-    /// The cap's reference: bytes delivered since this instant.
-    pace: Option<(Instant, u64)>,
-    /// The release index's size and digest, and the digest so far.
+    /// When the first read was made ([`FetchOptions::deadline`] counts from it).
+    started: Option<Instant>,
+    /// The release index's size and digest, and the digests so far.
     check: Option<Check>,
+    /// Bytes fetched again and checked against their first delivery, at an offset.
+    again: Option<(u64, Vec<u8>)>,
 }
 
 /// The digest check of [`HttpReader::expect`].
 struct Check {
     size: u64,
     expected: [u8; 32],
-    /// The digest of the file's first `state.len()` bytes (the frontier).
-    state: digest::Sha256State,
+    /// The digests of the file's first `digests.len()` bytes (the frontier).
+    digests: digest::Digests,
     verified: bool,
     /// The whole file's digest, when it was not the expected one.
     wrong: Option<[u8; 32]>,
-    /// Where the state is saved, and when it last was.
-    save: Option<(PathBuf, Instant)>,
+    /// Where the state is saved, and when it last was, at which frontier.
+    save: Option<(PathBuf, (Instant, u64))>,
 }
 
 /// How often the digest state is saved: a killed process costs at most this much of
-/// download again (beyond the applier's own checkpoint interval).
+/// download again (beyond the applier's own checkpoint interval), once a 1024th of the
+/// file was hashed since the last save (the state grows with the file: a slow link does
+/// not rewrite it every second)...
 const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// ...and at the latest each time this share of the file (at least a MiB) was hashed:
+/// on a fast link a second is many MiB, and a kill before the first save would cost a
+/// download of everything applied so far, to hash it again.
+const SAVE_SHARE: u64 = 64;
 
 impl std::fmt::Debug for HttpReader<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -314,7 +456,7 @@ impl std::fmt::Debug for HttpReader<'_> {
             .field("url", &self.url)
             .field("pos", &self.pos)
             .field("len", &self.len)
-            .field("stats", &self.stats)
+            .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
 }
@@ -360,25 +502,30 @@ impl<'a> HttpReader<'a> {
             pos: 0,
             len: None,
             validator: None,
-            body: None,
-            stats: Stats::default(),
+            ahead: None,
+            counters: Default::default(),
             rng: seed,
-            pace: None,
+            started: None,
             check: None,
+            again: None,
         })
     }
 
     /// Check the file against the release index: `size` bytes whose SHA-256 is
-    /// `sha256`. A server that says another size is an error at once ([`Error::Size`]);
-    /// the read that completes the file fails with [`Error::Digest`] if the digest
-    /// differs. Bytes are hashed in order once each, whatever the consumer re-reads; a
-    /// seek past the bytes hashed so far (a resumed apply) first fetches the gap to hash
-    /// it, which [`HttpReader::digest_state`] keeps small.
+    /// `sha256`. A server that says another size is an error at once ([`Error::Size`]),
+    /// and so is a body longer than `size` (endless data); the read that completes the
+    /// file fails with [`Error::Digest`] if the digest differs. Bytes are hashed in order
+    /// once each; a seek past the bytes hashed so far (a resumed apply) first fetches the
+    /// gap to hash it, which [`HttpReader::digest_state`] keeps small. Bytes read again
+    /// behind that frontier are fetched again a chunk (1 MiB; 64 KiB in the first MiB,
+    /// where a resumed apply reads the header again) at a time and checked against the
+    /// first delivery's digest of the chunk before any is delivered, so a server cannot
+    /// serve other bytes the second time.
     pub fn expect(mut self, size: u64, sha256: [u8; 32]) -> Self {
         self.check = Some(Check {
             size,
             expected: sha256,
-            state: digest::Sha256State::new(),
+            digests: digest::Digests::new(),
             verified: false,
             wrong: None,
             save: None,
@@ -386,28 +533,30 @@ impl<'a> HttpReader<'a> {
         self
     }
 
-    /// Keep the digest's running state in `path` (about every second, and when the
+    /// Keep the digests' running state in `path` (about every second, and when the
     /// reader is dropped), and continue from what is there: the digest of a download
     /// resumed by another process is then checked without fetching again what the
-    /// earlier one hashed. A state saved for another file, or damaged, is not used (the
-    /// hashing starts over, costing a download of the skipped part, never a wrong
-    /// verdict); one that cannot be read at all is an error. The file is removed once
-    /// the digest is checked. Call after [`HttpReader::expect`].
+    /// earlier one hashed, and what it fetches again is checked against what the earlier
+    /// one hashed. The file holds 32 bytes per MiB of the payload besides under a KiB,
+    /// so its size is bounded by the expected size. A state saved for another file, or
+    /// damaged, is not used (the hashing starts over, costing a download of the skipped
+    /// part, never a wrong verdict); one that cannot be read at all is an error. The
+    /// file is removed once the digest is checked. Call after [`HttpReader::expect`].
     pub fn digest_state(mut self, path: &Path) -> Result<Self, Error> {
         let Some(c) = self.check.as_mut() else {
             return Ok(self);
         };
-        // A state is a few hundred bytes: anything longer is not one, and is not read on.
+        // Anything longer than a state for this size is not one, and is not read on.
+        let bound = digest::Digests::max_saved_len(c.size);
         let read = std::fs::File::open(path).and_then(|f| {
             let mut bytes = Vec::new();
-            f.take(digest::SAVED_LEN as u64 + 1)
-                .read_to_end(&mut bytes)?;
+            f.take(bound + 1).read_to_end(&mut bytes)?;
             Ok(bytes)
         });
         match read {
             Ok(bytes) => {
-                if let Ok(st) = digest::Sha256State::restore(&bytes, &c.expected, c.size) {
-                    c.state = st;
+                if let Ok(st) = digest::Digests::restore(&bytes, &c.expected, c.size) {
+                    c.digests = st;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -418,7 +567,8 @@ impl<'a> HttpReader<'a> {
                 })
             }
         }
-        c.save = Some((path.to_path_buf(), Instant::now()));
+        let hashed = c.digests.len();
+        c.save = Some((path.to_path_buf(), (Instant::now(), hashed)));
         Ok(self)
     }
 
@@ -436,26 +586,29 @@ impl<'a> HttpReader<'a> {
         if c.verified {
             return Ok(());
         }
-        let end = c.size;
-        if self.pos != end {
-            self.body = None;
-            self.pos = end;
-        }
+        self.pos = c.size;
+        self.start_clock()?;
         self.catch_up()?;
         self.complete()?;
         match &self.check {
             Some(c) if !c.verified => Err(Error::Size {
                 url: self.url.clone(),
                 expected: c.size,
-                found: c.state.len(),
+                found: c.digests.len(),
             }),
             _ => Ok(()),
         }
     }
 
-    /// What the download cost so far.
+    /// What the download cost so far: bytes received include those read ahead and
+    /// not delivered (the consumer stopped or moved).
     pub fn stats(&self) -> Stats {
-        self.stats
+        use std::sync::atomic::Ordering::Relaxed;
+        Stats {
+            requests: self.counters.requests.load(Relaxed),
+            bytes: self.counters.bytes.load(Relaxed),
+            retries: self.counters.retries.load(Relaxed),
+        }
     }
 
     /// The payload's length, once a response said it.
@@ -468,155 +621,182 @@ impl<'a> HttpReader<'a> {
         self.len == Some(0)
     }
 
-    /// One request from the current position. `Ok(false)`: the position is the end.
-    fn connect(&mut self) -> Result<bool, Attempt> {
-        self.stats.requests += 1;
-        let mut req = self.agent.get(&self.url);
-        if self.pos > 0 || self.validator.is_some() {
-            req = req.header("Range", &format!("bytes={}-", self.pos));
-            if let Some((_, v)) = &self.validator {
-                req = req.header("If-Range", v);
-            }
+    fn plan(&mut self) -> stream::Plan {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        stream::Plan {
+            agent: self.agent.clone(),
+            url: self.url.clone(),
+            max_attempts: self.opts.max_attempts,
+            initial_delay: self.opts.initial_delay,
+            max_delay: self.opts.max_delay,
+            max_rate: self.opts.max_bytes_per_sec,
+            min_rate: self.opts.min_bytes_per_sec,
+            rate_window: self.opts.rate_window,
+            buffer: self.opts.read_ahead.max(128 << 10),
+            size: self.check.as_ref().map(|c| c.size),
+            len: self.len,
+            validator: self.validator.clone(),
+            counters: self.counters.clone(),
+            seed: self.rng | 1,
         }
-        let resp = match req.call() {
-            Ok(r) => r,
-            // A certificate the client does not trust will not become trusted by retrying.
-            Err(e) if untrusted_certificate(&e) => {
-                return Err(Attempt::Fatal(Error::Tls {
-                    url: self.url.clone(),
-                    reason: e.to_string(),
-                }))
-            }
-            Err(e) => return Err(Attempt::Retry(e.to_string())),
+    }
+
+    /// The deadline counts from the first read.
+    fn start_clock(&mut self) -> Result<(), Error> {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        limits(&self.url, &self.opts, started, &self.counters)
+    }
+
+    /// Read at the position: bytes behind the digest's frontier fetched again and
+    /// checked, else from the read-ahead, hashing what extends the frontier.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        self.start_clock()?;
+        self.complete()?;
+        let frontier = self.check.as_ref().map(|c| c.digests.len());
+        if frontier.is_some_and(|f| self.pos < f) {
+            let n = self.fill_again(buf)?;
+            self.pos += n as u64;
+            self.report();
+            return Ok(n);
+        }
+        self.catch_up()?;
+        let start = self.pos;
+        let n = self.read_ahead(start, buf)?;
+        self.pos += n as u64;
+        self.hash(start, &buf[..n])?;
+        self.report();
+        Ok(n)
+    }
+
+    fn report(&self) {
+        if let Some(p) = self.opts.progress {
+            p.progress(self.pos, self.len.unwrap_or(self.pos));
+        }
+    }
+
+    /// Bytes at `at` from the read-ahead, started there when it is elsewhere.
+    fn read_ahead(&mut self, at: u64, buf: &mut [u8]) -> Result<usize, Error> {
+        if self.len.is_some_and(|l| at >= l) {
+            return Ok(0);
+        }
+        if !self.ahead.as_ref().is_some_and(|s| s.covers(at)) {
+            // Dropping the old stream stops its thread.
+            self.ahead = None;
+            let plan = self.plan();
+            self.ahead = Some(stream::Stream::start(plan, at, None));
+        }
+        let Some(ahead) = self.ahead.as_ref() else {
+            return Ok(0);
         };
-        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
-        let validator = header("ETag")
-            .map(|v| ("ETag", v.to_string()))
-            .or_else(|| header("Last-Modified").map(|v| ("Last-Modified", v.to_string())));
-        let status = resp.status().as_u16();
-        match status {
-            416 if self.len == Some(self.pos) => return Ok(false),
-            429 | 500.. => return Err(Attempt::Retry(format!("HTTP {status}"))),
-            200..=299 => {}
-            _ => {
-                return Err(Attempt::Fatal(Error::Status {
-                    url: self.url.clone(),
-                    status,
-                }))
-            }
-        }
-        match status {
-            206 => {
-                let (start, total) = content_range(header("Content-Range")).ok_or_else(|| {
-                    Attempt::Fatal(Error::BadRange {
-                        url: self.url.clone(),
-                        reason: format!("206 with Content-Range {:?}", header("Content-Range")),
-                    })
-                })?;
-                if start != self.pos || self.len.is_some_and(|l| l != total) {
-                    return Err(Attempt::Fatal(Error::BadRange {
-                        url: self.url.clone(),
-                        reason: format!(
-                            "asked from byte {}, got bytes from {start} of {total}",
-                            self.pos
-                        ),
-                    }));
-                }
-                if let (Some((_, old)), Some((_, new))) = (&self.validator, &validator) {
-                    if old != new {
-                        return Err(Attempt::Fatal(Error::Changed {
-                            url: self.url.clone(),
-                        }));
-                    }
-                }
-                self.len = Some(total);
-            }
-            200 if self.pos == 0 && self.validator.is_none() => {
-                self.len = header("Content-Length").and_then(|l| l.parse().ok());
-            }
-            // A full answer to a range request with If-Range: the validator no longer
-            // matches, the file was replaced.
-            200 if self.validator.is_some() => {
-                return Err(Attempt::Fatal(Error::Changed {
-                    url: self.url.clone(),
-                }))
-            }
-            status => {
-                return Err(Attempt::Fatal(Error::BadRange {
-                    url: self.url.clone(),
-                    reason: format!("HTTP {status} to a range request (ranges not supported?)"),
-                }))
-            }
-        }
-        if let (Some(c), Some(len)) = (&self.check, self.len) {
-            if c.size != len {
-                return Err(Attempt::Fatal(Error::Size {
-                    url: self.url.clone(),
-                    expected: c.size,
-                    found: len,
-                }));
-            }
+        let started = self.started.unwrap_or_else(Instant::now);
+        let (url, opts, counters) = (&self.url, &self.opts, &self.counters);
+        let r = ahead.read(at, buf, &mut || limits(url, opts, started, counters));
+        let (len, validator) = ahead.known();
+        if len.is_some() {
+            self.len = len;
         }
         if self.validator.is_none() {
             self.validator = validator;
         }
-        self.body = Some(resp.into_body().into_reader());
-        Ok(true)
-    }
-
-    /// Wait before the next attempt: none before the first (a connection that was
-    /// delivering and dropped is made again at once), then exponential backoff with
-    /// jitter.
-    fn back_off(&mut self, attempt: u32) {
-        if attempt <= 1 {
-            return;
+        if r.is_err() {
+            // Failed, cancelled or out of time: the thread stops; a later read starts over.
+            self.ahead = None;
         }
-        let base = self
-            .opts
-            .initial_delay
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.opts.max_delay);
-        // xorshift: a jitter of 50-100% of the delay spreads a fleet's retries.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let frac = 0.5 + (self.rng % 1000) as f64 / 2000.0;
-        std::thread::sleep(base.mul_f64(frac));
+        r
     }
 
-    /// Read at the position, hashing what extends the digest's frontier.
-    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
-        self.complete()?;
-        self.catch_up()?;
-        let start = self.pos;
-        let n = self.fetch(buf)?;
-        self.hash(start, &buf[..n])?;
+    /// Bytes at the position, behind the digest's frontier: from the chunk fetched again
+    /// and checked, fetching (and checking) it first if need be.
+    fn fill_again(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        let pos = self.pos;
+        let cached = |a: &Option<(u64, Vec<u8>)>| {
+            a.as_ref()
+                .is_some_and(|(at, b)| *at <= pos && pos < at + b.len() as u64)
+        };
+        if !cached(&self.again) {
+            self.again = None;
+            let Some((start, end, want)) =
+                self.check.as_ref().and_then(|c| c.digests.chunk_at(pos))
+            else {
+                return Ok(0);
+            };
+            let bytes = self.fetch_range(start, end)?;
+            let found: [u8; 32] = {
+                use sha2::Digest;
+                sha2::Sha256::digest(&bytes).into()
+            };
+            if found != want {
+                return Err(Error::Digest {
+                    url: self.url.clone(),
+                    expected: hex::encode(want),
+                    found: hex::encode(found),
+                    range: Some(start..end),
+                });
+            }
+            self.again = Some((start, bytes));
+        }
+        let Some((at, bytes)) = &self.again else {
+            return Ok(0);
+        };
+        let from = usize::try_from(pos - at).unwrap_or(usize::MAX);
+        let have = bytes.get(from..).unwrap_or_default();
+        let n = have.len().min(buf.len());
+        buf[..n].copy_from_slice(&have[..n]);
         Ok(n)
     }
 
+    /// Exactly the bytes `start..end`, with a bounded range request (the read-ahead, a
+    /// stream of its own, goes on meanwhile).
+    fn fetch_range(&mut self, start: u64, end: u64) -> Result<Vec<u8>, Error> {
+        let plan = self.plan();
+        let s = stream::Stream::start(plan, start, Some(end));
+        let mut out = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+        let mut got = 0;
+        let started = self.started.unwrap_or_else(Instant::now);
+        let (url, opts, counters) = (&self.url, &self.opts, &self.counters);
+        while got < out.len() {
+            let at = start + got as u64;
+            let n = s.read(at, &mut out[got..], &mut || {
+                limits(url, opts, started, counters)
+            })?;
+            if n == 0 {
+                return Err(Error::Size {
+                    url: self.url.clone(),
+                    expected: self.check.as_ref().map_or(end, |c| c.size),
+                    found: at,
+                });
+            }
+            got += n;
+        }
+        Ok(out)
+    }
+
     /// A seek left bytes between the digest's frontier and the position unhashed: fetch
-    /// and hash them first.
+    /// and hash them first (from the read-ahead, which goes on past them).
     fn catch_up(&mut self) -> Result<(), Error> {
         let want = self.pos;
-        let frontier = match &self.check {
-            Some(c) if c.state.len() < want => c.state.len(),
+        let mut at = match &self.check {
+            Some(c) if c.digests.len() < want => c.digests.len(),
             _ => return Ok(()),
         };
-        self.body = None;
-        self.pos = frontier;
         let mut scratch = vec![0u8; 256 << 10];
-        while self.pos < want {
-            let start = self.pos;
-            let k = usize::try_from(want - start).map_or(scratch.len(), |w| w.min(scratch.len()));
-            let n = self.fetch(&mut scratch[..k])?;
+        while at < want {
+            let k = usize::try_from(want - at).map_or(scratch.len(), |w| w.min(scratch.len()));
+            let n = self.read_ahead(at, &mut scratch[..k])?;
             if n == 0 {
                 return Err(Error::Size {
                     url: self.url.clone(),
                     expected: self.check.as_ref().map_or(0, |c| c.size),
-                    found: start,
+                    found: at,
                 });
             }
-            self.hash(start, &scratch[..n])?;
+            self.hash(at, &scratch[..n])?;
+            at += n as u64;
+            if let Some(p) = self.opts.progress {
+                p.progress(at, self.len.unwrap_or(at));
+            }
         }
         Ok(())
     }
@@ -627,7 +807,7 @@ impl<'a> HttpReader<'a> {
         let Some(c) = self.check.as_mut() else {
             return Ok(());
         };
-        let frontier = c.state.len();
+        let frontier = c.digests.len();
         let end = start + bytes.len() as u64;
         if bytes.is_empty() {
             // The body ended: short of the size the index says?
@@ -644,20 +824,29 @@ impl<'a> HttpReader<'a> {
             return Ok(());
         }
         if end > c.size {
+            // Endless data: more than the index says, however the server framed it.
+            self.ahead = None;
             return Err(Error::Size {
                 url: self.url.clone(),
                 expected: c.size,
                 found: end,
             });
         }
-        c.state.update(&bytes[(frontier - start) as usize..]);
-        if c.state.len() == c.size {
+        c.digests
+            .update(bytes.get((frontier - start) as usize..).unwrap_or_default());
+        if c.digests.len() == c.size {
             return self.complete();
         }
-        if let Some((path, at)) = &mut c.save {
-            if at.elapsed() >= SAVE_EVERY {
+        let by_bytes = (c.size / SAVE_SHARE).max(digest::CHUNK);
+        let by_time = (c.size / 1024).max(digest::CHUNK);
+        let hashed = c.digests.len();
+        if let Some((path, (at, saved))) = &mut c.save {
+            if (at.elapsed() >= SAVE_EVERY && hashed - *saved >= by_time)
+                || hashed - *saved >= by_bytes
+            {
                 *at = Instant::now();
-                keel_io::replace_file(path, &c.state.save(&c.expected, c.size)).map_err(|e| {
+                *saved = hashed;
+                keel_io::replace_file(path, &c.digests.save(&c.expected, c.size)).map_err(|e| {
                     Error::State {
                         path: path.clone(),
                         reason: e.to_string(),
@@ -674,8 +863,8 @@ impl<'a> HttpReader<'a> {
         let Some(c) = self.check.as_mut() else {
             return Ok(());
         };
-        if c.state.len() == c.size && !c.verified && c.wrong.is_none() {
-            let found = c.state.finish();
+        if c.digests.len() == c.size && !c.verified && c.wrong.is_none() {
+            let found = c.digests.finish();
             if let Some((path, _)) = c.save.take() {
                 let _ = std::fs::remove_file(path);
             }
@@ -690,68 +879,33 @@ impl<'a> HttpReader<'a> {
                 url: self.url.clone(),
                 expected: hex::encode(c.expected),
                 found: hex::encode(found),
+                range: None,
             }),
             None => Ok(()),
         }
     }
+}
 
-    /// Read at the position from the network, reconnecting as needed.
-    fn fetch(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
-        let mut failures = 0u32;
-        let mut last = String::new();
-        loop {
-            if self.opts.progress.is_some_and(|p| p.cancelled()) {
-                return Err(Error::Cancelled);
-            }
-            if failures >= self.opts.max_attempts {
-                return Err(Error::GaveUp {
-                    url: self.url.clone(),
-                    attempts: failures,
-                    last,
-                });
-            }
-            if self.len.is_some_and(|l| self.pos >= l) {
-                return Ok(0);
-            }
-            if self.body.is_none() {
-                match self.connect() {
-                    Ok(true) => {}
-                    Ok(false) => return Ok(0),
-                    Err(Attempt::Fatal(e)) => return Err(e),
-                    Err(Attempt::Retry(why)) => {
-                        failures += 1;
-                        self.stats.retries += 1;
-                        last = why;
-                        self.back_off(failures);
-                        continue;
-                    }
-                }
-            }
-            let started = Instant::now();
-            let r = match self.body.as_mut() {
-                Some(b) => b.read(buf),
-                None => continue,
-            };
-            match r {
-                Ok(n) if n > 0 => {
-                    self.pos += n as u64;
-                    self.stats.bytes += n as u64;
-                    if let Some(p) = self.opts.progress {
-                        p.progress(self.pos, self.len.unwrap_or(self.pos));
-                    }
-                    return Ok(n);
-                }
-                // The body ended: the end of the payload, or a connection cut short.
-                Ok(_) if self.len.is_none_or(|l| self.pos >= l) => return Ok(0),
-                Ok(_) => last = format!("connection closed at byte {}", self.pos),
-                Err(e) => last = format!("{e} after {:?} at byte {}", started.elapsed(), self.pos),
-            }
-            self.body = None;
-            failures += 1;
-            self.stats.retries += 1;
-            self.back_off(failures);
+/// Cancellation and the deadline, looked at before each read and while one waits.
+fn limits(
+    url: &str,
+    opts: &FetchOptions<'_>,
+    started: Instant,
+    counters: &stream::Counters,
+) -> Result<(), Error> {
+    if opts.progress.is_some_and(|p| p.cancelled()) {
+        return Err(Error::Cancelled);
+    }
+    if let Some(d) = opts.deadline {
+        if started.elapsed() >= d {
+            return Err(Error::Deadline {
+                url: url.to_string(),
+                received: counters.bytes.load(std::sync::atomic::Ordering::Relaxed),
+                deadline: d,
+            });
         }
     }
+    Ok(())
 }
 
 /// Whether the handshake failed on the server's certificate (ureq reports rustls's
@@ -763,11 +917,6 @@ fn untrusted_certificate(e: &ureq::Error) -> bool {
         _ => None,
     };
     matches!(rustls, Some(rustls::Error::InvalidCertificate(_)))
-}
-
-enum Attempt {
-    Retry(String),
-    Fatal(Error),
 }
 
 /// `bytes START-END/TOTAL` → (START, TOTAL).
@@ -785,52 +934,19 @@ impl Read for HttpReader<'_> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let Some(rate) = self.opts.max_bytes_per_sec else {
-            return self.fill(buf).map_err(io::Error::from);
-        };
-        // Reads of a tenth of a second's worth, each delivered no sooner than the cap
-        // allows: the rate holds over any second, not just on average.
-        let slice = usize::try_from((rate / 10).max(1)).unwrap_or(usize::MAX);
-        let limit = buf.len().min(slice);
-        let n = self.fill(&mut buf[..limit]).map_err(io::Error::from)?;
-        self.pace(rate, n as u64)?;
-        Ok(n)
-    }
-}
-
-impl HttpReader<'_> {
-    /// Wait until `n` more bytes are within the cap, looking at cancellation meanwhile.
-    fn pace(&mut self, rate: u64, n: u64) -> io::Result<()> {
-        let now = Instant::now();
-        let (since, sent) = match self.pace {
-            // After a pause (the caller was busy) the allowance does not pile up into a
-            // burst beyond a second's worth.
-            Some((since, sent))
-                if now.duration_since(since).as_secs_f64() <= sent as f64 / rate as f64 + 1.0 =>
-            {
-                (since, sent + n)
-            }
-            _ => (now, n),
-        };
-        self.pace = Some((since, sent));
-        let due = since + Duration::from_secs_f64(sent as f64 / rate as f64);
-        while Instant::now() < due {
-            if self.opts.progress.is_some_and(|p| p.cancelled()) {
-                return Err(Error::Cancelled.into());
-            }
-            std::thread::sleep((due - Instant::now()).min(Duration::from_millis(100)));
-        }
-        Ok(())
+        self.fill(buf).map_err(io::Error::from)
     }
 }
 
 impl Drop for HttpReader<'_> {
-    /// Save the digest state where a cancelled or failed download left it.
+    /// Stop the read-ahead; save the digest state where a cancelled or failed download
+    /// left it.
     fn drop(&mut self) {
+        self.ahead = None;
         if let Some(c) = &self.check {
             if let Some((path, _)) = &c.save {
-                if c.state.len() > 0 {
-                    let _ = keel_io::replace_file(path, &c.state.save(&c.expected, c.size));
+                if c.digests.len() > 0 {
+                    let _ = keel_io::replace_file(path, &c.digests.save(&c.expected, c.size));
                 }
             }
         }
@@ -838,7 +954,9 @@ impl Drop for HttpReader<'_> {
 }
 
 impl Seek for HttpReader<'_> {
-    /// Moving drops the connection; the next read asks for the range from there.
+    /// Moving keeps the read-ahead when the target is among the bytes it holds (or
+    /// behind the digest's frontier, which is fetched apart); else the next read asks for
+    /// the range from there.
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         let target = match to {
             SeekFrom::Start(n) => Some(n),
@@ -846,10 +964,19 @@ impl Seek for HttpReader<'_> {
             SeekFrom::End(d) => self.len.and_then(|l| l.checked_add_signed(d)),
         }
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek outside the payload"))?;
-        if target != self.pos {
-            self.body = None;
-            self.pos = target;
+        // Where the next read from the read-ahead will be: the digest's frontier when the
+        // target is past it (the gap is hashed first), none when it is behind it (those
+        // bytes are fetched apart).
+        let next = match &self.check {
+            Some(c) if target < c.digests.len() => None,
+            Some(c) => Some(c.digests.len()),
+            None => Some(target),
+        };
+        if next.is_some_and(|n| !self.ahead.as_ref().is_some_and(|s| s.covers(n))) {
+            // Stops the read-ahead's thread now, not at the next read.
+            self.ahead = None;
         }
+        self.pos = target;
         Ok(self.pos)
     }
 }
