@@ -309,6 +309,35 @@ impl BootControl for BlsDir {
         self.commit(next)?;
         Ok(chosen)
     }
+    fn carries_boot_arguments(&self) -> bool {
+        true
+    }
+    /// The slot's entry gets the argument on its `options` line, in place of an earlier
+    /// root argument (one entry file replaced atomically).
+    fn set_boot_arguments(&mut self, slot: Slot, args: &str) -> Result<()> {
+        let name = self
+            .entry(slot)
+            .ok_or(Error::NoSuchSlot {
+                slot: slot.letter(),
+                count: self.model.slot_count(),
+            })?
+            .file_name();
+        let path = Self::entries_dir(&self.esp).join(name);
+        // An entry is a few lines; anything much larger is not one.
+        let mut text = alloc::string::String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(
+                std::fs::File::open(&path)
+                    .map_err(|e| io(alloc::format!("opening {}", path.display()), e))?,
+                64 << 10,
+            ),
+            &mut text,
+        )
+        .map_err(|e| io(alloc::format!("reading {}", path.display()), e))?;
+        let new = crate::spec::with_root_argument(&text, args);
+        keel_io::replace_file(&path, new.as_bytes())
+            .map_err(|e| io(alloc::format!("replacing {}", path.display()), e))
+    }
 }
 
 #[cfg(test)]

@@ -50,6 +50,9 @@ mod model;
 pub mod rauc;
 #[cfg(feature = "std")]
 #[cfg_attr(docsrs, doc(cfg(feature = "std")))]
+pub mod spec;
+#[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub mod store;
 pub mod ubootenv;
 
@@ -58,3 +61,5 @@ pub use model::{
     prioritize, AbControl, BootControl, PriorityPolicy, PrioritySlots, Slot, SlotState,
     MAX_PRIORITY, MAX_SLOTS, MAX_TRIES,
 };
+#[cfg(feature = "std")]
+pub use spec::{BackendKind, BackendSpec};

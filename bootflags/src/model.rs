@@ -108,10 +108,35 @@ pub trait BootControl {
     /// Act as the boot loader: choose the slot to boot and store the counter change it
     /// makes before booting it (for simulations and tests; a real boot loader does this).
     fn boot(&mut self) -> Result<Option<Slot>>;
+    /// Whether this store carries each slot's kernel arguments (see
+    /// [`BootControl::set_boot_arguments`]).
+    fn carries_boot_arguments(&self) -> bool {
+        false
+    }
+    /// Put `args` (the argument that maps the slot's verity root, `dm-mod.create="..."`)
+    /// where the boot loader passes it to the kernel when it boots `slot`, crash-safely:
+    /// a GRUB or U-Boot environment's `KEEL_<SLOT>_ARGS` (a GRUB menu entry expands it
+    /// through `eval`, since GRUB's `linux` escapes quotes from a variable), a
+    /// systemd-boot entry's `options` line (replacing an earlier root argument). A store
+    /// that cannot carry them (GPT bits, Android misc: the root comes from the kernel
+    /// partition or vbmeta) says so with an error.
+    fn set_boot_arguments(&mut self, slot: Slot, args: &str) -> Result<()> {
+        let _ = (slot, args);
+        Err(Error::Invalid(alloc::format!(
+            "{} cannot carry kernel arguments",
+            self.rules()
+        )))
+    }
 }
 
 /// The operations on an A/B store: what an update agent does, and what the boot loader
 /// does at each boot, with the exact rules of one boot loader.
+///
+/// This is the pure model over one encoding's decoded value (no I/O): the
+/// [`BootControl`] implementations (a file store, the ESP's entries, keel-partition's GPT
+/// slots) run it on the value they read and write the result back in one crash-safe
+/// step. An agent uses [`BootControl`]; a boot loader, a simulator or firmware tooling
+/// uses this.
 ///
 /// Every mutating operation changes the value in memory only; the store's encoding then
 /// writes it back in one write (see each encoding).

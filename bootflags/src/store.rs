@@ -509,6 +509,18 @@ impl crate::BootControl for FileStore {
     fn boot(&mut self) -> Result<Option<Slot>> {
         self.transact(|c| Ok(c.boot()))
     }
+    fn carries_boot_arguments(&self) -> bool {
+        !matches!(self.backend, Backend::AndroidMisc)
+    }
+    fn set_boot_arguments(&mut self, slot: Slot, args: &str) -> Result<()> {
+        if !self.carries_boot_arguments() {
+            return Err(Error::Invalid(alloc::format!(
+                "{} cannot carry kernel arguments",
+                crate::BootControl::rules(self)
+            )));
+        }
+        self.set_variable(&alloc::format!("KEEL_{}_ARGS", slot.letter()), args)
+    }
 }
 
 fn size_of_misc(path: &Path) -> Result<u64> {

@@ -35,44 +35,28 @@ pub struct Config {
     pub update: Update,
 }
 
-/// Boot-state backends (keel-bootflags encodings and rules).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Backend {
-    /// GPT attribute bits with ChromeOS firmware's rules.
-    GptChromeos,
-    /// GPT attribute bits with Flatcar GRUB's `gptprio` rules.
-    GptFlatcar,
-    /// A GRUB environment block with RAUC's variables.
-    Grubenv,
-    /// A U-Boot environment with RAUC's variables.
-    Uboot,
-    /// Android's `bootloader_control` in the misc partition.
-    AndroidMisc,
-    /// systemd-boot entries with boot counting.
-    SystemdBoot,
-}
+/// Boot-state backends: keel-bootflags' own list (the description's `backend` names
+/// one), so the description, the agent and the boot-state crate share one enum.
+pub use keel_bootflags::BackendKind as Backend;
 
-impl Backend {
-    /// The name as written in the file.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::GptChromeos => "gpt-chromeos",
-            Backend::GptFlatcar => "gpt-flatcar",
-            Backend::Grubenv => "grubenv",
-            Backend::Uboot => "uboot",
-            Backend::AndroidMisc => "android-misc",
-            Backend::SystemdBoot => "systemd-boot",
-        }
+/// `backend` read and written by its name.
+mod backend_name {
+    use super::Backend;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(b: &Backend, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(b.name())
     }
 
-    /// The boot loader's default attempts for a new slot.
-    pub fn default_attempts(self) -> u8 {
-        match self {
-            Backend::GptChromeos | Backend::AndroidMisc => 6,
-            Backend::GptFlatcar | Backend::Grubenv => 1,
-            Backend::Uboot | Backend::SystemdBoot => 3,
-        }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Backend, D::Error> {
+        let name = String::deserialize(d)?;
+        Backend::from_name(&name).ok_or_else(|| {
+            let names: Vec<&str> = Backend::ALL.iter().map(|b| b.name()).collect();
+            serde::de::Error::custom(format!(
+                "unknown backend {name:?}, expected one of {}",
+                names.join(", ")
+            ))
+        })
     }
 }
 
@@ -80,8 +64,9 @@ impl Backend {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Boot {
-    /// `backend`, required: `gpt-chromeos`, `gpt-flatcar`, `grubenv`, `uboot`,
+    /// `backend`, required: `gpt-chromeos`, `gpt-flatcar`, `grubenv`, `uboot`, `fw-env`,
     /// `android-misc` or `systemd-boot`.
+    #[serde(with = "backend_name")]
     pub backend: Backend,
     /// `disk`, string, gpt-* only, default: the disk holding the booted slot: the disk whose
     /// GPT holds the slots.
@@ -100,6 +85,10 @@ pub struct Boot {
     /// `redundant`, boolean, uboot only, default false: two copies, the second after the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redundant: Option<bool>,
+    /// `fw-env-config`, path, fw-env only, default `/etc/fw_env.config`: where U-Boot's
+    /// environment copies are (libubootenv's and u-boot-tools' configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fw_env_config: Option<String>,
     /// `misc-device`, string, android-misc only, required for it: the misc partition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub misc_device: Option<String>,
@@ -111,6 +100,37 @@ pub struct Boot {
     /// `boot-attempts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u8>,
+}
+
+impl Boot {
+    /// keel-bootflags' specification of this backend, with the defaults filled in: what
+    /// an agent opens (`keel_bootflags::spec::open`, or keel-partition for the GPT
+    /// backends). `None` when a setting the backend requires is missing (validation
+    /// reports it).
+    pub fn spec(&self) -> Option<keel_bootflags::BackendSpec> {
+        use keel_bootflags::{BackendSpec, PriorityPolicy};
+        use std::path::PathBuf;
+        let path =
+            |v: &Option<String>, default: &str| PathBuf::from(v.as_deref().unwrap_or(default));
+        Some(match self.backend {
+            Backend::GptChromeos => BackendSpec::Gpt(PriorityPolicy::ChromeOs),
+            Backend::GptFlatcar => BackendSpec::Gpt(PriorityPolicy::Flatcar),
+            Backend::Grubenv => BackendSpec::GrubEnv(path(&self.grubenv, "/boot/grub/grubenv")),
+            Backend::Uboot => BackendSpec::Uboot {
+                path: PathBuf::from(self.env_file.as_deref()?),
+                size: usize::try_from(self.env_size.unwrap_or(0x4000)).ok()?,
+                redundant: self.redundant.unwrap_or(false),
+            },
+            Backend::FwEnv => BackendSpec::FwEnv(path(&self.fw_env_config, "/etc/fw_env.config")),
+            Backend::AndroidMisc => {
+                BackendSpec::AndroidMisc(PathBuf::from(self.misc_device.as_deref()?))
+            }
+            Backend::SystemdBoot => {
+                BackendSpec::SystemdBoot(path(&self.entries_dir, "/boot/loader/entries"))
+            }
+            _ => return None,
+        })
+    }
 }
 
 /// `[[slot]]`.

@@ -54,6 +54,7 @@ const BOOT: &[Field] = &[
             "gpt-flatcar",
             "grubenv",
             "uboot",
+            "fw-env",
             "android-misc",
             "systemd-boot",
         ]),
@@ -64,6 +65,7 @@ const BOOT: &[Field] = &[
     opt("env-size", U64),
     opt("redundant", Ty::Bool),
     opt("misc-device", Ty::Str),
+    opt("fw-env-config", Ty::Str),
     opt("entries-dir", Ty::Str),
     opt("attempts", U8),
 ];

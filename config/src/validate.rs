@@ -10,7 +10,7 @@ pub fn effective_tries(c: &Config) -> u8 {
     c.update
         .tries
         .or(c.boot.attempts)
-        .unwrap_or(c.boot.backend.default_attempts())
+        .unwrap_or(c.boot.backend.default_tries())
 }
 
 fn is_hex(s: &str) -> bool {
@@ -31,6 +31,7 @@ fn owner(key: &str) -> &'static [Backend] {
         "grubenv" => &[Backend::Grubenv],
         "env-file" | "env-size" | "redundant" => &[Backend::Uboot],
         "misc-device" => &[Backend::AndroidMisc],
+        "fw-env-config" => &[Backend::FwEnv],
         "entries-dir" => &[Backend::SystemdBoot],
         _ => &[],
     }
@@ -67,13 +68,14 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
 
     // [boot]
     let b = &c.boot;
-    let set: [(&str, bool); 7] = [
+    let set: [(&str, bool); 8] = [
         ("disk", b.disk.is_some()),
         ("grubenv", b.grubenv.is_some()),
         ("env-file", b.env_file.is_some()),
         ("env-size", b.env_size.is_some()),
         ("redundant", b.redundant.is_some()),
         ("misc-device", b.misc_device.is_some()),
+        ("fw-env-config", b.fw_env_config.is_some()),
         ("entries-dir", b.entries_dir.is_some()),
     ];
     for (key, present) in set {

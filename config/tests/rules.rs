@@ -49,7 +49,7 @@ fn example_configurations_pass() {
         assert_eq!(from_json, c);
         n += 1;
     }
-    assert_eq!(n, 6, "one example per boot backend");
+    assert_eq!(n, 7, "one example per boot backend");
     assert!(one(BASE).findings.is_empty(), "{:?}", one(BASE).findings);
 }
 
@@ -348,6 +348,15 @@ fn every_rule_has_a_failing_case() {
             .any(|f| f.path == "slot[1].device" && f.message.contains("already")),
         "{:?}",
         one(&two).findings
+    );
+    // U-Boot through fw_env.config: its setting belongs to that backend only.
+    expect(
+        "backend = \"gpt-flatcar\"",
+        "backend = \"gpt-flatcar\"\nfw-env-config = \"/etc/fw_env.config\"",
+        "boot.fw-env-config",
+        6,
+        17,
+        "belongs to the fw-env backend",
     );
     // A bootname the backend cannot express: a GPT pair has slots A and B only.
     expect(

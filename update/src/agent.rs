@@ -1,7 +1,7 @@
 //! The agent: install into the other slot, arm it, commit it after a healthy boot.
 
 use std::io::{Cursor, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,8 @@ use serde::Serialize;
 use crate::booted::{clues, Clue};
 use crate::error::{Error, Refusal, Result};
 use crate::record::{self, SlotRecord};
-use crate::system::{BootBackend, SlotDevice, System};
+use crate::system::{SlotDevice, System};
+use keel_bootflags::BackendSpec;
 
 /// An update agent for one system on one disk. `disk` is the disk whose GPT holds the
 /// slots: `&File` of an image or a block device, or `&Shared<_>` of anything else.
@@ -289,20 +290,28 @@ where
         }
         check_distinct(&refs)?;
         let disk = boot_disk.as_ref().ok().map(String::as_str);
-        for (field, path) in self.backend_paths() {
-            check_backend_path(&self.root, field, path, disk, &refs)?;
+        for (field, path) in self.backend_paths()? {
+            check_backend_path(&self.root, field, &path, disk, &refs)?;
         }
         Ok(refs)
     }
 
-    /// The files the boot backend writes, with their settings.
-    fn backend_paths(&self) -> Vec<(&'static str, &Path)> {
-        match &self.system.backend {
-            BootBackend::GrubEnv(p) => vec![("boot.grubenv", p.as_path())],
-            BootBackend::Uboot { path, .. } => vec![("boot.env-file", path.as_path())],
-            BootBackend::AndroidMisc(p) => vec![("boot.misc-device", p.as_path())],
-            BootBackend::SystemdBoot(_) | BootBackend::Gpt(_) => Vec::new(),
-        }
+    /// The files the boot backend writes, with the setting that names them.
+    fn backend_paths(&self) -> Result<Vec<(&'static str, PathBuf)>> {
+        let field = match &self.system.backend {
+            BackendSpec::GrubEnv(_) => "boot.grubenv",
+            BackendSpec::Uboot { .. } => "boot.env-file",
+            BackendSpec::FwEnv(_) => "boot.fw-env-config",
+            BackendSpec::AndroidMisc(_) => "boot.misc-device",
+            _ => "boot",
+        };
+        Ok(self
+            .system
+            .backend
+            .files(&self.root)?
+            .into_iter()
+            .map(|p| (field, p))
+            .collect())
     }
 
     /// The kernel name of the disk holding the slots: the disk given with
@@ -441,57 +450,31 @@ where
             .map_err(|e| Error::io("the slot's region", e))
     }
 
-    /// `p` (absolute, on the running system) under the root directory.
-    fn under_root(&self, p: &Path) -> PathBuf {
-        self.root.join(p.strip_prefix("/").unwrap_or(p))
-    }
-
-    /// The systemd-boot entries of the slots: the ESP is two levels above
-    /// `loader/entries`, and the entry ids are the slots' names.
-    fn bls_dir(&self, entries: &Path) -> Result<(PathBuf, keel_bootflags::blsdir::BlsDir)> {
-        let entries = self.under_root(entries);
-        let esp = entries
-            .parent()
-            .and_then(Path::parent)
-            .ok_or_else(|| Error::config("boot.entries-dir", "expected ESP/loader/entries"))?;
-        let ids: Vec<&str> = self.system.slots.iter().map(|s| s.name.as_str()).collect();
-        let bls = keel_bootflags::blsdir::BlsDir::open(esp, &ids)?;
-        Ok((entries, bls))
-    }
-
-    /// The boot-state backend of the description, opened.
+    /// The boot-state backend of the description, opened: the GPT slots on the disk,
+    /// or keel-bootflags' store of the spec (files read under the root directory; the
+    /// systemd-boot entry ids are the slots' names).
     pub fn boot_control(&self) -> Result<Box<dyn BootControl + 'd>> {
-        let root = |p: &Path| self.under_root(p);
-        use keel_bootflags::store::{Backend, FileStore};
-        Ok(match &self.system.backend {
-            BootBackend::Gpt(policy) => {
-                let [a, b] = self.partitions()?;
-                let (a, b) = if self.system.slots[0].slot == Slot::A {
-                    (a, b)
-                } else {
-                    (b, a)
-                };
-                let sel = SlotSelector::Numbers(a.number, b.number);
-                Box::new(AbDisk::new(self.gpt()?, &sel, *policy)?)
+        if let BackendSpec::Gpt(policy) = &self.system.backend {
+            let [a, b] = self.partitions()?;
+            let (a, b) = if self.system.slots[0].slot == Slot::A {
+                (a, b)
+            } else {
+                (b, a)
+            };
+            let sel = SlotSelector::Numbers(a.number, b.number);
+            return Ok(Box::new(AbDisk::new(self.gpt()?, &sel, *policy)?));
+        }
+        let mut ids = [""; 2];
+        for s in &self.system.slots {
+            if let Some(id) = ids.get_mut(s.slot.index()) {
+                *id = s.name.as_str();
             }
-            BootBackend::GrubEnv(p) => Box::new(FileStore::open(Backend::GrubEnv, &root(p), 2)?),
-            BootBackend::Uboot {
-                path,
-                size,
-                redundant,
-            } => Box::new(FileStore::open(
-                Backend::Uboot {
-                    size: *size,
-                    redundant: *redundant,
-                },
-                &root(path),
-                2,
-            )?),
-            BootBackend::AndroidMisc(p) => {
-                Box::new(FileStore::open(Backend::AndroidMisc, &root(p), 2)?)
-            }
-            BootBackend::SystemdBoot(entries) => Box::new(self.bls_dir(entries)?.1),
-        })
+        }
+        Ok(keel_bootflags::spec::open(
+            &self.system.backend,
+            &self.root,
+            &ids,
+        )?)
     }
 
     /// The slot the running system booted from: as set with [`Agent::booted`], else
@@ -522,7 +505,10 @@ where
                     p.number == *number
                         && match (disk, &boot_disk) {
                             (Some(d), Ok(b)) => d == b,
-                            _ => true,
+                            // A partition of a disk the kernel names is not one of an
+                            // image file's: the same number proves nothing.
+                            (Some(_), Err(_)) => false,
+                            (None, _) => true,
                         }
                 }
                 Clue::RootHash(h) => hash.as_deref() == Some(h.as_slice()),
@@ -916,46 +902,14 @@ where
         Ok(keel_verity::dm_mod_create(&name, &table)?)
     }
 
-    /// Put the argument that maps `slot` where its boot loader passes it to the kernel,
-    /// crash-safely: the slot's systemd-boot entry's `options` line, or the variable
-    /// `KEEL_<SLOT>_ARGS` of a GRUB or U-Boot environment (for the menu entry to expand).
-    /// The argument holds quotes (`dm-mod.create="..."`): a GRUB entry must expand it
-    /// through `eval` (`eval "linux (\$root)/vmlinuz ... $KEEL_B_ARGS"`), since GRUB's
-    /// `linux` escapes quotes that come from a variable and the kernel does not undo that
-    /// (shown by tests/bootloader.rs under the real GRUB).
-    /// GPT-flag and Android systems take the root from elsewhere (the kernel partition,
-    /// vbmeta); the slot record holds the argument for them.
+    /// Put the argument that maps `slot` where its boot loader passes it to the kernel
+    /// ([`BootControl::set_boot_arguments`]: a GRUB or U-Boot variable, a systemd-boot
+    /// entry's `options` line). GPT-flag and Android systems take the root from elsewhere
+    /// (the kernel partition, vbmeta); the slot record holds the argument for them.
     fn write_boot_arguments(&self, slot: Slot, arg: &str) -> Result<()> {
-        use keel_bootflags::store::{Backend, FileStore};
-        let root = |p: &Path| self.under_root(p);
-        let var = format!("KEEL_{}_ARGS", slot.letter());
-        match &self.system.backend {
-            BootBackend::GrubEnv(p) => {
-                FileStore::open(Backend::GrubEnv, &root(p), 2)?.set_variable(&var, arg)?
-            }
-            BootBackend::Uboot {
-                path,
-                size,
-                redundant,
-            } => {
-                let backend = Backend::Uboot {
-                    size: *size,
-                    redundant: *redundant,
-                };
-                FileStore::open(backend, &root(path), 2)?.set_variable(&var, arg)?
-            }
-            BootBackend::SystemdBoot(entries) => {
-                let (entries, bls) = self.bls_dir(entries)?;
-                let name = bls
-                    .entry(slot)
-                    .ok_or(Refusal::NoBootEntry(slot))?
-                    .file_name();
-                let path = entries.join(name);
-                let text = record::read_small(&path)?
-                    .ok_or_else(|| Refusal::BootEntryGone(path.clone()))?;
-                record::replace(&path, with_root_argument(&text, arg).as_bytes())?;
-            }
-            BootBackend::Gpt(_) | BootBackend::AndroidMisc(_) => {}
+        let mut boot = self.boot_control()?;
+        if boot.carries_boot_arguments() {
+            boot.set_boot_arguments(slot, arg)?;
         }
         Ok(())
     }
@@ -986,7 +940,13 @@ where
     ) -> Result<Option<Installed>> {
         use keel_fetch::index::MAX_ENVELOPE;
         let mut bytes = Vec::new();
-        keel_fetch::HttpReader::new(index_url, fetch)?
+        // Metadata has a deadline of its own (TUF's slow-retrieval attack: a server that
+        // drips the index would otherwise hold the check, and its expiry, off for good).
+        let index_fetch = match fetch.deadline {
+            Some(_) => fetch,
+            None => fetch.deadline(INDEX_DEADLINE),
+        };
+        keel_fetch::HttpReader::new(index_url, index_fetch)?
             .take(MAX_ENVELOPE as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| Error::io(format!("fetching {index_url}"), e))?;
@@ -1003,8 +963,10 @@ where
             .transpose()?;
         let index = root.verify_index(&bytes, last, self.trusted_now()?)?;
         record::replace(&serial_path, format!("{}\n", index.serial).as_bytes())?;
+        // Never past the clock: an index stamped in the future (a publisher's wrong
+        // clock, or a key holder's mischief) must not lock every later install out.
         if let Some(t) = index.timestamp {
-            self.raise_time_floor(t)?;
+            self.raise_time_floor(t.min(keel_trust::unix_now()))?;
         }
 
         let booted = self.booted_slot()?;
@@ -1146,7 +1108,7 @@ where
         // tried (RAUC marks good on every boot): there the checks always run.
         let rauc = matches!(
             self.system.backend,
-            BootBackend::GrubEnv(_) | BootBackend::Uboot { .. }
+            BackendSpec::GrubEnv(_) | BackendSpec::Uboot { .. } | BackendSpec::FwEnv(_)
         );
         if state.successful && !rauc {
             return Ok(Commit::AlreadyGood(booted));
@@ -1289,69 +1251,9 @@ fn same_version(a: &str, b: &str) -> bool {
 /// and keys past their not-after dates look valid.
 pub const BUILD_TIME_FLOOR: u64 = 1_796_083_200;
 
+/// How long fetching a release index may take, unless the caller's options set a
+/// deadline.
+pub const INDEX_DEADLINE: Duration = Duration::from_secs(60);
+
 /// How far behind the floor a clock may read and still be trusted (seconds).
 const CLOCK_GRACE: u64 = 3600;
-
-/// Kernel arguments that say where the verity-mapped root is; an entry keeps only the
-/// newest.
-const ROOT_ARGUMENTS: [&str; 6] = [
-    "dm-mod.create",
-    "verity.usrhash",
-    "roothash",
-    "usrhash",
-    "systemd.verity_root_hash",
-    "systemd.verity_usr_hash",
-];
-
-/// A BLS entry with `arg` in place of any earlier root argument on its `options` line
-/// (one is added if it has none); every other line and argument is kept.
-pub(crate) fn with_root_argument(entry: &str, arg: &str) -> String {
-    let mut out = String::new();
-    let mut done = false;
-    for line in entry.lines() {
-        let Some(rest) = line.trim_start().strip_prefix("options").filter(|_| !done) else {
-            out.push_str(line);
-            out.push('\n');
-            continue;
-        };
-        let mut args: Vec<String> = crate::booted::split_cmdline(rest)
-            .into_iter()
-            .filter(|a| !ROOT_ARGUMENTS.contains(&a.split_once('=').map_or(a.as_str(), |(k, _)| k)))
-            .map(|a| match a.split_once('=') {
-                // Quoting was dropped by the split; values with spaces need it back.
-                Some((k, v)) if v.contains(' ') => format!("{k}=\"{v}\""),
-                _ => a,
-            })
-            .collect();
-        args.push(arg.to_string());
-        out.push_str("options ");
-        out.push_str(&args.join(" "));
-        out.push('\n');
-        done = true;
-    }
-    if !done {
-        out.push_str("options ");
-        out.push_str(arg);
-        out.push('\n');
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_root_argument_replaces_the_old_one_and_keeps_the_rest() {
-        let entry = "title Keel B\nlinux /vmlinuz\noptions quiet dm-mod.create=\"old,,,ro,0 8 verity 1\" rw\n";
-        let new = with_root_argument(entry, "dm-mod.create=\"keel-b,,,ro,0 16 verity 1\"");
-        assert_eq!(
-            new,
-            "title Keel B\nlinux /vmlinuz\noptions quiet rw dm-mod.create=\"keel-b,,,ro,0 16 verity 1\"\n"
-        );
-        assert_eq!(
-            with_root_argument("title x\n", "roothash=ab"),
-            "title x\noptions roothash=ab\n"
-        );
-    }
-}

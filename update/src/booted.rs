@@ -151,27 +151,7 @@ fn disk_of(root: &Path, part: &str) -> Option<String> {
     parent.file_name()?.to_str().map(str::to_string)
 }
 
-/// Split as the kernel does: on spaces, except inside double quotes (which are dropped).
-pub(crate) fn split_cmdline(text: &str) -> Vec<String> {
-    let mut args = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in text.trim().chars() {
-        match c {
-            '"' => quoted = !quoted,
-            c if c.is_whitespace() && !quoted => {
-                if !cur.is_empty() {
-                    args.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        args.push(cur);
-    }
-    args
-}
+use keel_bootflags::spec::split_cmdline;
 
 /// What a device named on the command line is.
 fn device_clue(root: &Path, dev: &str) -> Vec<Clue> {
@@ -267,17 +247,4 @@ fn read_trim(p: &Path) -> Option<String> {
     std::fs::read_to_string(p)
         .ok()
         .map(|s| s.trim().to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quotes_group_and_vanish() {
-        assert_eq!(
-            split_cmdline("a=1  dm-mod.create=\"x,,,ro,0 8 verity 1\" b\n"),
-            vec!["a=1", "dm-mod.create=x,,,ro,0 8 verity 1", "b"]
-        );
-    }
 }

@@ -252,12 +252,6 @@ pub enum Refusal {
         /// The image's size.
         image: u64,
     },
-    /// The slot has no systemd-boot entry to carry its kernel argument.
-    #[error("no boot entry for slot {0}")]
-    NoBootEntry(keel_bootflags::Slot),
-    /// A boot entry disappeared while it was being changed.
-    #[error("{} is gone", .0.display())]
-    BootEntryGone(std::path::PathBuf),
     /// The index names a digest that is not a SHA-256.
     #[error("{url}: the index's sha256 is not a SHA-256")]
     BadDigest {

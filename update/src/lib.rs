@@ -57,8 +57,12 @@ pub mod publish;
 mod record;
 mod system;
 
-pub use agent::{Agent, Commit, HealthCheck, Installed, SlotStatus, Status, BUILD_TIME_FLOOR};
+pub use agent::{
+    Agent, Commit, HealthCheck, Installed, SlotStatus, Status, BUILD_TIME_FLOOR, INDEX_DEADLINE,
+};
 pub use booted::{boot_disk, clues, Clue};
 pub use error::{Error, Refusal, Result};
+/// The boot-state backend of a [`System`]: keel-bootflags' one specification.
+pub use keel_bootflags::BackendSpec;
 pub use record::SlotRecord;
-pub use system::{BootBackend, SlotDevice, SlotSpec, System, VeritySpec};
+pub use system::{SlotDevice, SlotSpec, System, VeritySpec};

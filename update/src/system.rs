@@ -3,36 +3,13 @@
 
 use std::path::PathBuf;
 
-use keel_bootflags::{PriorityPolicy, Slot};
+use keel_bootflags::{BackendSpec, Slot};
 use keel_config::{Backend, Config, HashTreeLocation};
 use keel_partition::{types, Guid};
 use keel_trust::{Keyring, PublicKey};
 use keel_verity::{HashAlgorithm, HashType};
 
 use crate::error::{Error, Result};
-
-/// Where the A/B boot state lives, with everything needed to open it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum BootBackend {
-    /// GPT attribute bits of the slots, with these rules.
-    Gpt(PriorityPolicy),
-    /// A GRUB environment block (RAUC's variables).
-    GrubEnv(PathBuf),
-    /// A U-Boot environment (RAUC's variables).
-    Uboot {
-        /// The environment file or device.
-        path: PathBuf,
-        /// Its size.
-        size: usize,
-        /// Two copies.
-        redundant: bool,
-    },
-    /// Android's misc partition.
-    AndroidMisc(PathBuf),
-    /// systemd-boot entries in this directory (the ESP's `loader/entries`).
-    SystemdBoot(PathBuf),
-}
 
 /// How a slot's partition is named: keel-config's [`keel_config::DeviceRef`].
 pub use keel_config::DeviceRef as SlotDevice;
@@ -79,7 +56,7 @@ pub struct System {
     /// Updates for another compatible string are refused.
     pub compatible: String,
     /// The boot-state backend.
-    pub backend: BootBackend,
+    pub backend: BackendSpec,
     /// The disk whose GPT holds the slots (`boot.disk`), if given.
     pub disk: Option<PathBuf>,
     /// The updated A/B pair (the description's one slot class).
@@ -164,31 +141,12 @@ impl System {
     }
 }
 
-fn backend(c: &Config) -> Result<BootBackend> {
-    let b = &c.boot;
-    let path = |v: &Option<String>, default: &str| PathBuf::from(v.as_deref().unwrap_or(default));
-    Ok(match b.backend {
-        Backend::GptChromeos => BootBackend::Gpt(PriorityPolicy::ChromeOs),
-        Backend::GptFlatcar => BootBackend::Gpt(PriorityPolicy::Flatcar),
-        Backend::Grubenv => BootBackend::GrubEnv(path(&b.grubenv, "/boot/grub/grubenv")),
-        Backend::Uboot => BootBackend::Uboot {
-            path: PathBuf::from(
-                b.env_file
-                    .as_deref()
-                    .ok_or_else(|| Error::config("boot.env-file", "required for uboot"))?,
-            ),
-            size: usize::try_from(b.env_size.unwrap_or(0x4000))
-                .map_err(|_| Error::config("boot.env-size", "too large"))?,
-            redundant: b.redundant.unwrap_or(false),
-        },
-        Backend::AndroidMisc => BootBackend::AndroidMisc(PathBuf::from(
-            b.misc_device
-                .as_deref()
-                .ok_or_else(|| Error::config("boot.misc-device", "required for android-misc"))?,
-        )),
-        Backend::SystemdBoot => {
-            BootBackend::SystemdBoot(path(&b.entries_dir, "/boot/loader/entries"))
-        }
+/// keel-bootflags' spec of the description's backend, with its defaults.
+fn backend(c: &Config) -> Result<BackendSpec> {
+    c.boot.spec().ok_or_else(|| match c.boot.backend {
+        Backend::Uboot => Error::config("boot.env-file", "required for uboot"),
+        Backend::AndroidMisc => Error::config("boot.misc-device", "required for android-misc"),
+        other => Error::config("boot.backend", format!("{other}: not usable")),
     })
 }
 

@@ -1034,6 +1034,25 @@ fn publish_index(
     serial: u64,
     wrong_digest: bool,
 ) -> keel_fetch::index::TrustedRoot {
+    publish_index_at(
+        f,
+        www,
+        delta,
+        serial,
+        wrong_digest,
+        keel_trust::unix_now() - 60,
+    )
+}
+
+/// [`publish_index`] with the index's signed timestamp.
+fn publish_index_at(
+    f: &Fixture,
+    www: &Path,
+    delta: &[u8],
+    serial: u64,
+    wrong_digest: bool,
+    timestamp: u64,
+) -> keel_fetch::index::TrustedRoot {
     use keel_fetch::index::{sign_envelope, Artifact, Delta, Index, Release, Root, TrustedRoot};
     use keel_trust::{Context, Signer};
     fs::write(
@@ -1058,7 +1077,7 @@ fn publish_index(
         kind: "keel-index".into(),
         serial,
         expires: u64::MAX / 2,
-        timestamp: Some(keel_trust::unix_now() - 60),
+        timestamp: Some(timestamp),
         releases: vec![Release {
             version: "2.0".into(),
             compatible: "acme-os".into(),
@@ -1153,6 +1172,19 @@ fn install_from_a_signed_index_over_http() {
         .parse()
         .unwrap();
     assert!(floor > keel_update::BUILD_TIME_FLOOR && floor <= keel_trust::unix_now());
+    // An index stamped a century ahead (a publisher's wrong clock) raises the floor to
+    // the clock at most: the next install still runs.
+    fs::write(f.state().join("index-serial"), "0\n").unwrap();
+    let century = keel_trust::unix_now() + 100 * 365 * 86_400;
+    let root = publish_index_at(&f, &www, &delta, 1, false, century);
+    a.install_from_index(&url, &root, fetch, None).unwrap();
+    let floor: u64 = fs::read_to_string(f.state().join("time-floor"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(floor <= keel_trust::unix_now(), "the floor went to {floor}");
+    assert!(a.trusted_now().is_ok());
     // An older index than the one accepted: refused as a rollback.
     fs::write(f.state().join("index-serial"), "2\n").unwrap();
     let e = a.install_from_index(&url, &root, fetch, None).unwrap_err();
@@ -1365,6 +1397,10 @@ fn a_device_path_on_another_disk_is_refused_by_name() {
     // The booted partition is recognised on its own disk only: /dev/sdz3 is not slot B.
     f.cmdline("root=/dev/sdz3 ro");
     assert!(a.booted_slot().is_err());
+    // Nor is it when the description's boot.disk is an image file: a partition of a disk
+    // the kernel names proves nothing about an image's partition of the same number.
+    let on_image = agent(&f, f.system(), &disk);
+    assert!(on_image.booted_slot().is_err());
 
     // A boot-state store on a slot's partition (the misc partition named as slot A's
     // device by path): refused as the same device, nothing written.
@@ -1428,4 +1464,65 @@ fn a_clock_behind_the_time_floor_is_refused() {
     assert!(keel_update::BUILD_TIME_FLOOR <= keel_trust::unix_now());
     fs::remove_file(f.state().join("time-floor")).unwrap();
     assert!(a.trusted_now().unwrap() >= keel_update::BUILD_TIME_FLOOR);
+}
+
+/// U-Boot through fw_env.config (the `fw-env` backend: libubootenv's and u-boot-tools'
+/// configuration names the two copies): the install arms B and puts the kernel argument
+/// in the environment, and the real fw_printenv, given the same copies, reads both.
+#[test]
+fn fw_env_systems_are_reached_from_the_description() {
+    let Some(printenv) = keel_testsupport::tool("fw_printenv", "libubootenv-tool") else {
+        return;
+    };
+    let f = Fixture::new();
+    let env = f.root().join("env.bin");
+    fs::create_dir_all(f.root().join("etc")).unwrap();
+    // The agent reads the configuration under its root; fw_printenv, the host's paths.
+    fs::write(
+        f.root().join("etc/fw_env.config"),
+        "# two copies of 16 KiB\n/env.bin 0x0 0x4000\n/env.bin 0x4000 0x4000\n",
+    )
+    .unwrap();
+    let host_config = f.p("fw_env.config");
+    fs::write(
+        &host_config,
+        format!("{0} 0x0 0x4000\n{0} 0x4000 0x4000\n", env.display()),
+    )
+    .unwrap();
+    // An fw_env.config names copies on a device (or file) that exists already.
+    fs::File::create(&env).unwrap().set_len(0x8000).unwrap();
+    let layout = keel_bootflags::store::FwEnvConfig {
+        copies: vec![(env.clone(), 0), (env.clone(), 0x4000)],
+        size: 0x4000,
+    };
+    keel_bootflags::store::FileStore::init(
+        keel_bootflags::store::Backend::FwEnv(layout),
+        &env,
+        2,
+        Slot::A,
+    )
+    .unwrap();
+    let text = f.description_for(
+        "backend = \"fw-env\"\nfw-env-config = \"/etc/fw_env.config\"",
+        "",
+        "",
+    );
+    let system = system_from(text);
+    assert!(matches!(system.backend, keel_update::BackendSpec::FwEnv(_)));
+    let disk = open_rw(&f.disk());
+    let a = agent(&f, system, &disk);
+    a.install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
+        .unwrap();
+    let listed = keel_testsupport::run_ok(&printenv, &["-c", host_config.to_str().unwrap()]);
+    let root = hex::encode(f.descriptor(&f.v2).root_hash());
+    assert!(listed.contains("BOOT_ORDER=B A"), "{listed}");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("KEEL_B_ARGS=dm-mod.create=") && l.contains(&root)),
+        "{listed}"
+    );
+    assert_eq!(a.boot_control().unwrap().boot().unwrap(), Some(Slot::B));
+    f.boot_from("USR-B");
+    assert_eq!(a.commit(&[]).unwrap(), Commit::Committed(Slot::B));
 }
