@@ -42,8 +42,8 @@ struct Cli {
     /// Cut the power half way through the install and install again.
     #[arg(long)]
     interrupt: bool,
-    /// Slot size in MiB.
-    #[arg(long, default_value_t = 96)]
+    /// Slot size in MiB (1 to 65536).
+    #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     slot_mib: u64,
 }
 

@@ -27,12 +27,12 @@ mod etcd;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use keel::bootflags::Slot;
-use keel::fleet::{Binding, Error as FleetError, Etcd, Group, Lease, Node, Wait, Windows};
+use keel::fleet::{
+    Binding, Error as FleetError, Event, Group, Host, Lease, Node, Outcome, Roll, Wait, Windows,
+};
 use keel::update::{Agent, Commit, HealthCheck, System};
 
 #[derive(Parser)]
@@ -50,7 +50,7 @@ struct Cli {
     #[arg(long, global = true)]
     id: Option<String>,
     /// Slots of a group this node creates (an existing group keeps its own number).
-    #[arg(long, global = true, default_value_t = 1)]
+    #[arg(long, global = true, default_value_t = 1, value_parser = etcd::slot_count)]
     slots: u64,
     #[command(subcommand)]
     cmd: Cmd,
@@ -61,7 +61,7 @@ enum Cmd {
     /// Take a slot of the group, waiting for one; bound to a lease renewed while this runs.
     Lock {
         /// Lease TTL in seconds: how long the slot outlives this command without `unlock`.
-        #[arg(long, default_value = "300", value_parser = etcd::seconds)]
+        #[arg(long, default_value = "300", value_parser = etcd::lease_seconds)]
         ttl: Duration,
         /// Keep the slot this many seconds (fractions allowed), renewing the lease, then
         /// free it; without it the slot stays held until `unlock` or the lease's end.
@@ -93,7 +93,8 @@ enum Cmd {
     Resume,
     /// Set the group's number of slots.
     Slots {
-        /// How many nodes may reboot at once.
+        /// How many nodes may reboot at once (1 to 10000).
+        #[arg(value_parser = etcd::slot_count)]
         count: u64,
     },
     /// One node's rolling update with keel-update (see the module documentation).
@@ -115,7 +116,7 @@ enum Cmd {
         #[arg(long = "check")]
         checks: Vec<String>,
         /// Lease TTL in seconds: the longest a reboot may take before the slot is freed.
-        #[arg(long, default_value = "300", value_parser = etcd::seconds)]
+        #[arg(long, default_value = "300", value_parser = etcd::reboot_lease_seconds)]
         ttl: Duration,
         /// Give up after this many seconds of waiting for a slot.
         #[arg(long, value_parser = etcd::seconds)]
@@ -303,25 +304,16 @@ fn run(cli: Cli) -> Res<ExitCode> {
         } => {
             let id = node_id(cli.id)?;
             let node = Node::new(&group, &id, Windows::parse(&windows)?);
-            let roll = Roll {
+            let r = Roll {
                 etcd: &etcd,
                 node: &node,
-                root: &root,
                 ttl,
                 deadline: wait_until(wait),
             };
-            return roll.run(&config, &state, &payload, &checks);
+            return roll(&r, &root, &config, &state, &payload, &checks);
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-struct Roll<'a> {
-    etcd: &'a Arc<Etcd>,
-    node: &'a Node<'a>,
-    root: &'a Path,
-    ttl: Duration,
-    deadline: Option<Instant>,
 }
 
 /// The line a rolling test reads: what happened to this node.
@@ -333,100 +325,71 @@ fn summary(id: &str, version: &str, reboots: u32, held: Duration, outcome: &str)
     );
 }
 
-impl Roll<'_> {
-    fn run(&self, config: &Path, state: &Path, payload: &Path, checks: &[String]) -> Res<ExitCode> {
-        let id = self.node.id();
-        let loaded = keel::config::load_files(config, &[])?;
-        let system =
-            System::from_config(loaded.config.as_ref().ok_or("the description has errors")?)?;
-        let disk_path = system
-            .disk
-            .clone()
-            .ok_or("the description names no boot.disk")?;
-        let disk = File::options()
-            .read(true)
-            .write(true)
-            .open(&disk_path)
-            .map_err(|e| format!("{}: {e}", disk_path.display()))?;
-        let agent = Agent::new(system, &disk).root(self.root).state_dir(state);
-        let version = |agent: &Agent<'_, File>| -> Res<String> {
-            let st = agent.status()?;
-            Ok(st
-                .slots
-                .iter()
-                .find(|s| s.booted)
-                .and_then(|s| s.version.clone())
-                .unwrap_or_else(|| "?".into()))
-        };
+/// keel-update's agent as the roll's host, on a disk image, with a simulated reboot: the
+/// boot loader's own rules choose the slot (counting a try), and the kernel command line
+/// under the root names it, as the real one would.
+struct AgentHost<'a> {
+    agent: Agent<'a, File>,
+    root: &'a Path,
+    payload: &'a Path,
+    checks: &'a [String],
+}
 
-        // Booted and steady: a slot held from before the last boot goes back first.
-        if self.node.steady_state()? {
-            println!("{id}: freed the slot held from before the last boot");
-        }
-        let before = version(&agent)?;
-        if let Some(p) = self.node_group_paused()? {
-            println!(
-                "{id}: the roll is paused by {:?} ({}); staying on {before}",
-                p.by, p.reason
-            );
-            summary(id, &before, 0, Duration::ZERO, "paused");
-            return Ok(ExitCode::from(3));
-        }
+impl Host for AgentHost<'_> {
+    type Error = keel::update::Error;
 
-        // Stage: keel-update installs into the slot not running and arms it.
+    fn version(&mut self) -> Result<String, Self::Error> {
+        let st = self.agent.status()?;
+        Ok(st
+            .slots
+            .iter()
+            .find(|s| s.booted)
+            .and_then(|s| s.version.clone())
+            .unwrap_or_else(|| "?".into()))
+    }
+
+    fn stage(&mut self) -> Result<String, Self::Error> {
         // A regular file or a device: a directory is an error naming it.
-        let input = std::io::BufReader::new(keel::io::open_device(payload, false)?.0);
-        let done = agent.install(input, None)?;
-        println!(
-            "{id}: staged version {} in slot {}",
-            done.version, done.slot
-        );
+        let (file, _) =
+            keel::io::open_device(self.payload, false).map_err(|e| keel::update::Error::Io {
+                context: format!("opening {}", self.payload.display()),
+                source: e,
+            })?;
+        Ok(self
+            .agent
+            .install(std::io::BufReader::new(file), None)?
+            .version)
+    }
 
-        // Lock: a reboot window, an unpaused group, a free slot.
-        let lease = Lease::grant(self.etcd, self.ttl)?;
-        let wait = Wait {
-            deadline: self.deadline,
-            ..Wait::default()
+    fn reboot(&mut self) -> Result<(), Self::Error> {
+        let io = |e: std::io::Error| keel::update::Error::Io {
+            context: "writing the simulated kernel command line".into(),
+            source: e,
         };
-        let reboot_by = match self.node.pre_reboot(&lease, &wait) {
-            Ok(by) => by,
-            Err(e @ (FleetError::Paused { .. } | FleetError::Stopped { .. })) => {
-                let _ = lease.revoke();
-                println!("{id}: not rebooting: {e}; staying on {before}");
-                summary(id, &before, 0, Duration::ZERO, "paused");
-                return Ok(ExitCode::from(3));
-            }
-            Err(e) if e.is_slot_lost() => {
-                let _ = lease.revoke();
-                return Ok(self.lost(&e, &before));
-            }
-            Err(e) => {
-                let _ = lease.revoke();
-                return Err(e.into());
-            }
-        };
-        let locked = Instant::now();
-        if locked >= reboot_by {
-            let _ = lease.revoke();
-            return Ok(self.lost(&"the lease ran out before the reboot", &before));
-        }
-        println!("{id}: holds a slot; rebooting");
+        let slot = self.agent.boot_control()?.boot()?.ok_or_else(|| {
+            keel::update::Error::BootedSlot("the boot loader found no bootable slot".into())
+        })?;
+        // By the slot's boot name: the description may list B before A.
+        let index = self
+            .agent
+            .system()
+            .slots
+            .iter()
+            .position(|s| s.slot == slot)
+            .unwrap_or(0);
+        let parts = self.agent.partitions()?;
+        let guid = parts.get(index).map(|p| p.guid).unwrap_or_default();
+        std::fs::create_dir_all(self.root.join("proc")).map_err(io)?;
+        std::fs::write(
+            self.root.join("proc/cmdline"),
+            format!("ro mount.usr=PARTUUID={guid}\n"),
+        )
+        .map_err(io)
+    }
 
-        // Reboot. The lease is not renewed while the machine is down; after the boot the
-        // agent takes it up again by id, as a real agent does from its state directory.
-        let lease_id = lease.id();
-        drop(lease);
-        let mut reboots = 1;
-        let booted = self.reboot(&agent)?;
-        let lease = match Lease::resume(self.etcd, lease_id) {
-            Ok(lease) => lease,
-            // The reboot took longer than the TTL: the slot may be another node's by now.
-            Err(e) if e.is_slot_lost() => return Ok(self.lost(&e, &version(&agent)?)),
-            Err(e) => return Err(e.into()),
-        };
-        println!("{id}: booted slot {booted}");
-
-        let checks: Vec<HealthCheck> = checks
+    fn commit(&mut self) -> Result<Option<String>, Self::Error> {
+        let checks: Vec<HealthCheck> = self
+            .checks
             .iter()
             .map(|c| HealthCheck::Command {
                 name: c.clone(),
@@ -434,72 +397,81 @@ impl Roll<'_> {
                 timeout: Duration::from_secs(60),
             })
             .collect();
-        match agent.commit(&checks)? {
-            Commit::Committed(_) | Commit::AlreadyGood(_) => {
-                self.node.steady_state()?;
-                lease.revoke()?;
-                let now = version(&agent)?;
-                println!("{id}: committed {now}, freed the slot");
-                summary(id, &now, reboots, locked.elapsed(), "committed");
-                Ok(ExitCode::SUCCESS)
-            }
-            Commit::RebootNeeded { reason, check, .. } => {
-                // The boot loader falls back; this node then stops the roll for everyone.
-                reboots += 1;
-                let back = self.reboot(&agent)?;
-                let why = format!("{id}: check {check:?} failed on the new version: {reason}");
-                self.node.report_failure(&why)?;
-                lease.revoke()?;
-                let now = version(&agent)?;
-                println!("{id}: fell back to slot {back} ({now}) and paused the roll: {why}");
-                summary(id, &now, reboots, locked.elapsed(), "fell-back");
-                Ok(ExitCode::from(2))
-            }
-            other => Err(format!("{id}: unexpected commit result {other:?}").into()),
+        Ok(match self.agent.commit(&checks)? {
+            Commit::RebootNeeded { check, reason, .. } => Some(format!(
+                "check {check:?} failed on the new version: {reason}"
+            )),
+            _ => None,
+        })
+    }
+}
+
+/// `fleet roll`: keel-fleet's [`Roll`] with keel-update's agent as its host.
+fn roll(
+    roll: &Roll<'_>,
+    root: &Path,
+    config: &Path,
+    state: &Path,
+    payload: &Path,
+    checks: &[String],
+) -> Res<ExitCode> {
+    let id = roll.node.id();
+    let loaded = keel::config::load_files(config, &[])?;
+    let system = System::from_config(loaded.config.as_ref().ok_or("the description has errors")?)?;
+    let disk_path = system
+        .disk
+        .clone()
+        .ok_or("the description names no boot.disk")?;
+    let disk = File::options()
+        .read(true)
+        .write(true)
+        .open(&disk_path)
+        .map_err(|e| format!("{}: {e}", disk_path.display()))?;
+    let mut host = AgentHost {
+        agent: Agent::new(system, &disk).root(root).state_dir(state),
+        root,
+        payload,
+        checks,
+    };
+    let mut say = |e: &Event| match e {
+        Event::FreedHeldSlot => println!("{id}: freed the slot held from before the last boot"),
+        Event::Staged { version } => println!("{id}: staged version {version}"),
+        Event::Rebooting => println!("{id}: holds a slot; rebooting"),
+        Event::Booted => println!("{id}: booted"),
+        other => println!("{id}: {other:?}"),
+    };
+    Ok(match roll.run(&mut host, &mut say)? {
+        Outcome::Committed {
+            version,
+            reboots,
+            held,
+        } => {
+            println!("{id}: committed {version}, freed the slot");
+            summary(id, &version, reboots, held, "committed");
+            ExitCode::SUCCESS
         }
-    }
-
-    /// Report a slot lost while this node held it.
-    fn lost(&self, why: &dyn std::fmt::Display, version: &str) -> ExitCode {
-        let id = self.node.id();
-        println!("{id}: lost its slot: {why}");
-        summary(id, version, 0, Duration::ZERO, "lost-slot");
-        ExitCode::from(LOST)
-    }
-
-    fn node_group_paused(&self) -> Res<Option<keel::fleet::Pause>> {
-        Ok(self.node_group().status()?.paused)
-    }
-
-    fn node_group(&self) -> &Group {
-        self.node.group()
-    }
-
-    /// A simulated reboot: the boot loader's own rules choose the slot (counting a try),
-    /// and the kernel command line under the root names it, as the real one would.
-    fn reboot(&self, agent: &Agent<'_, File>) -> Res<Slot> {
-        let slot = agent
-            .boot_control()?
-            .boot()?
-            .ok_or("the boot loader found no bootable slot")?;
-        // By the slot's boot name: the description may list B before A.
-        let index = agent
-            .system()
-            .slots
-            .iter()
-            .position(|s| s.slot == slot)
-            .ok_or_else(|| {
-                format!("the boot loader chose slot {slot}, which the description lacks")
-            })?;
-        let parts = agent.partitions()?;
-        let part = parts.get(index).ok_or("no partition for the booted slot")?;
-        std::fs::create_dir_all(self.root.join("proc"))?;
-        std::fs::write(
-            self.root.join("proc/cmdline"),
-            format!("ro mount.usr=PARTUUID={}\n", part.guid),
-        )?;
-        Ok(slot)
-    }
+        Outcome::FellBack {
+            version,
+            reboots,
+            held,
+            reason,
+        } => {
+            println!("{id}: fell back to {version} and paused the roll: {reason}");
+            summary(id, &version, reboots, held, "fell-back");
+            ExitCode::from(2)
+        }
+        Outcome::NotRebooted { version, reason } => {
+            println!("{id}: not rebooting: {reason}; staying on {version}");
+            summary(id, &version, 0, Duration::ZERO, "paused");
+            ExitCode::from(3)
+        }
+        Outcome::Lost { version, reason } => {
+            println!("{id}: lost its slot: {reason}");
+            summary(id, &version, 0, Duration::ZERO, "lost-slot");
+            ExitCode::from(LOST)
+        }
+        other => return Err(format!("{id}: {other:?}").into()),
+    })
 }
 
 fn main() -> ExitCode {

@@ -49,7 +49,7 @@ struct Cli {
     #[arg(long = "group", value_parser = group, required = true)]
     groups: Vec<(String, u64)>,
     /// Lease TTL in seconds of each granted slot.
-    #[arg(long, default_value = "3600", value_parser = etcd::seconds)]
+    #[arg(long, default_value = "3600", value_parser = etcd::reboot_lease_seconds)]
     lease_ttl: Duration,
     /// Connections served at once (a fixed pool of threads).
     #[arg(long, default_value_t = Limits::default().workers as u64,
@@ -68,10 +68,10 @@ fn group(s: &str) -> Result<(String, u64), String> {
     let (name, slots) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?}: expected NAME=SLOTS, as default=1"))?;
-    match slots.parse::<u64>() {
-        Ok(n) if n > 0 && !name.is_empty() => Ok((name.to_string(), n)),
+    match etcd::slot_count(slots) {
+        Ok(n) if !name.is_empty() => Ok((name.to_string(), n)),
         _ => Err(format!(
-            "{s:?}: SLOTS is a whole number from 1 up, NAME is not empty"
+            "{s:?}: SLOTS is a whole number from 1 to 10000, NAME is not empty"
         )),
     }
 }

@@ -79,8 +79,8 @@ enum Cmd {
         /// The trusted root of the index's keys (an envelope as `sign --kind root` writes).
         #[arg(long = "trust-root", requires = "index")]
         trust_root: Option<PathBuf>,
-        /// Checkpoint (durable, resumable) every N MiB.
-        #[arg(long, default_value_t = 64)]
+        /// Checkpoint (durable, resumable) every N MiB (1 to 65536).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
         checkpoint_mib: u64,
     },
     /// After a boot: run the health checks; mark the booted slot good, or bad.
@@ -102,8 +102,8 @@ enum Cmd {
     Demo {
         /// The directory to make (the disk, description and payload go in it).
         dir: PathBuf,
-        /// Slot size in MiB.
-        #[arg(long, default_value_t = 64)]
+        /// Slot size in MiB (1 to 65536).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
         slot_mib: u64,
     },
     /// Stream a payload from URL into TARGET with range resume (keel-fetch).
@@ -450,7 +450,8 @@ fn check(cmd: &Cmd, root_dir: &std::path::Path) -> Res<ExitCode> {
         _ => None,
     };
     let mut bytes = Vec::new();
-    keel::fetch::HttpReader::new(index_url, keel::fetch::FetchOptions::default())?
+    let fetch = keel::fetch::FetchOptions::default().deadline(keel::update::INDEX_DEADLINE);
+    keel::fetch::HttpReader::new(index_url, fetch)?
         .take(keel::fetch::index::MAX_ENVELOPE as u64 + 1)
         .read_to_end(&mut bytes)?;
     let index = root.verify_index(&bytes, last, now)?;
@@ -530,7 +531,9 @@ fn make_index(cmd: &Cmd) -> Res<ExitCode> {
     // what a device's clock can hold), and an index meant to expire would never do so.
     const MAX_DAYS: u64 = 36_525;
     if *expires_days > MAX_DAYS {
-        return Err(format!("--expires-days {expires_days}: at most {MAX_DAYS} (100 years)").into());
+        return Err(
+            format!("--expires-days {expires_days}: at most {MAX_DAYS} (100 years)").into(),
+        );
     }
     let expires = keel::trust::unix_now().saturating_add(expires_days * 86_400);
     let index = publish::add_release(base, release, *serial, expires)?;

@@ -652,6 +652,21 @@ fn duration_arguments_out_of_range_are_named_not_a_panic() {
             "--workers",
             vec!["--group", "g=1", "--workers", "0"],
         ),
+        // A lease shorter than a reboot, or than etcd's own minimum; slot counts no
+        // group can mean.
+        (
+            "fleetlock",
+            "--lease-ttl",
+            vec!["--group", "g=1", "--lease-ttl", "0"],
+        ),
+        ("fleet", "--ttl", vec!["lock", "--ttl", "1e-300"]),
+        (
+            "fleetlock",
+            "--group",
+            vec!["--group", "g=18446744073709551615"],
+        ),
+        ("fleet", "<COUNT>", vec!["slots", "18446744073709551615"]),
+        ("fleet", "--slots", vec!["--slots", "0", "status"]),
     ];
     for (example_name, flag, args) in cases {
         // No etcd answers at this endpoint: the arguments are refused before any call.

@@ -477,6 +477,42 @@ fn out_of_range_arguments_are_refused_and_the_demo_key_is_private() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "release-key.pem is {mode:o}");
 
+    // Sizes that would wrap when turned into bytes.
+    for args in [
+        &[
+            "demo",
+            "/nonexistent-demo",
+            "--slot-mib",
+            "18446744073709551615",
+        ][..],
+        &[
+            "install",
+            "x.payload",
+            "--checkpoint-mib",
+            "18446744073709551615",
+        ][..],
+    ] {
+        let o = update(&dir, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {o:?}");
+    }
+    // A demo into a directory that holds anything (a symlink planted to another file)
+    // writes nothing through it.
+    let planted = dir.parent().unwrap().join("planted");
+    std::fs::create_dir_all(&planted).unwrap();
+    let victim = dir.parent().unwrap().join("victim");
+    std::fs::write(&victim, "keep").unwrap();
+    std::os::unix::fs::symlink(&victim, planted.join("system.toml")).unwrap();
+    let o = run(
+        &example("update"),
+        &["demo", planted.to_str().unwrap(), "--slot-mib", "24"],
+    );
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not empty"),
+        "{o:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+
     let o = update(&dir, &["commit", "--timeout", "18446744073709551615"]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert!(

@@ -125,6 +125,19 @@ pub(crate) struct Demo {
 /// version 1 and its dm-verity tree in A, its signed root, version 2's signed root, the
 /// signed delta payload 1 -> 2, and the description for `backend`. Each step narrated.
 pub(crate) fn build(dir: &Path, slot_bytes: u64, backend: &str) -> Res<Demo> {
+    // A fresh directory only: whatever stands there (a file, a symlink planted to
+    // another file or directory) would be written through.
+    if std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .next()
+        .is_some()
+    {
+        return Err(format!(
+            "{}: not empty; the demo writes a disk, a description, keys and a payload into a new or empty directory",
+            dir.display()
+        )
+        .into());
+    }
     // The filesystem takes 7/8 of the slot; its dm-verity tree follows it in the slot.
     let image_bytes = (slot_bytes / 8 * 7) / 4096 * 4096;
     let disk = dir.join("disk.img");

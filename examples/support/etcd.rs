@@ -57,6 +57,37 @@ pub(crate) fn positive_seconds(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A lease's TTL, renewed while its holder runs: at least 2 s (etcd would silently raise
+/// anything shorter to its own minimum), at most ten years.
+#[allow(dead_code)] // used by both examples that include this file, not by every one
+pub(crate) fn lease_seconds(s: &str) -> Result<Duration, String> {
+    at_least(s, 2, "etcd's shortest lease")
+}
+
+/// A lease nobody renews while its node reboots: the longest a reboot may take. At least
+/// 10 s (a slot held more briefly frees itself in the middle of any reboot), at most ten
+/// years.
+#[allow(dead_code)] // used by both examples that include this file, not by every one
+pub(crate) fn reboot_lease_seconds(s: &str) -> Result<Duration, String> {
+    at_least(s, 10, "no reboot is shorter")
+}
+
+fn at_least(s: &str, min: u64, why: &str) -> Result<Duration, String> {
+    match seconds(s)? {
+        d if d < Duration::from_secs(min) => Err(format!("{s:?}: at least {min} seconds ({why})")),
+        d => Ok(d),
+    }
+}
+
+/// How many nodes may reboot at once: 1 to 10,000.
+#[allow(dead_code)] // used by both examples that include this file, not by every one
+pub(crate) fn slot_count(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: a number of slots from 1 to 10000")),
+    }
+}
+
 impl EtcdArgs {
     /// A client of the cluster.
     pub(crate) fn connect(&self) -> Result<Arc<Etcd>, Box<dyn std::error::Error>> {

@@ -299,13 +299,18 @@ impl Group {
         self
     }
 
-    /// How many nodes may hold a slot at once by what `st` saw.
+    /// How many nodes may hold a slot at once by what `st` saw: the operator's count where
+    /// a FleetLock server recorded one, even for clients that go to etcd directly (a
+    /// document raised by `fleet slots` does not let them past it).
     fn limit(&self, st: &State) -> u64 {
-        match &st.semaphore {
-            _ if self.enforce => self.slots,
-            Some((sem, _)) => sem.total_slots,
-            None => self.slots,
+        if self.enforce {
+            return self.slots;
         }
+        let document = st
+            .semaphore
+            .as_ref()
+            .map_or(self.slots, |(sem, _)| sem.total_slots);
+        st.configured.map_or(document, |c| document.min(c))
     }
 
     /// The group's name.
@@ -451,6 +456,18 @@ impl Group {
                 lease: lease_id,
             });
             if self.etcd.txn(&self.unchanged(&st), &ops)?.0 {
+                // The holding moved to `lease_id`: a lease it was bound to before (another
+                // FleetLock server's, granted for the same node in a race) ends now
+                // rather than living out its TTL bound to nothing.
+                let previous = st
+                    .records
+                    .get(id)
+                    .filter(|_| already)
+                    .and_then(|r| i64::from_str_radix(&r.lease, 16).ok())
+                    .filter(|&old| old != lease_id);
+                if let Some(old) = previous {
+                    let _ = self.etcd.lease_revoke(old);
+                }
                 return Ok(Acquire::Held { already });
             }
             // Someone else changed the group between the read and the write: look again.

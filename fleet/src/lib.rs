@@ -42,4 +42,4 @@ pub use etcd::{Etcd, TlsOptions};
 pub use group::{query_escape, Acquire, Binding, Group, Holder, Pause, Semaphore, Status, Wait};
 pub use lease::Lease;
 pub use policy::{Window, Windows};
-pub use roll::Node;
+pub use roll::{Event, Host, Node, Outcome, Roll, RollError};

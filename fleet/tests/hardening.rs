@@ -251,6 +251,47 @@ fn a_node_asking_again_and_again_holds_one_lease() {
     assert_eq!(leases(&c), 1);
 }
 
+/// Two FleetLock servers on one cluster (a fleet runs several behind a balancer): one
+/// node's requests through both move its holding from one server's lease to the other's,
+/// and the lease left behind ends at once instead of living out its TTL bound to nothing.
+#[test]
+fn a_holding_moved_to_another_lease_ends_the_old_one() {
+    let Some((_dir, c, etcd)) = start() else {
+        return;
+    };
+    let one = serve(&etcd, &[("default", 1)], Limits::default());
+    let two = serve(&etcd, &[("default", 1)], Limits::default());
+    let clients = [one.addr, two.addr].map(|a| Client::new(&format!("http://{a}")));
+    // Concurrent requests for one id, through both servers, round after round.
+    for _ in 0..5 {
+        std::thread::scope(|s| {
+            for i in 0..4 {
+                let client = &clients[i % 2];
+                s.spawn(move || {
+                    let _ = client.pre_reboot("default", "racer");
+                });
+            }
+        });
+        assert!(leases(&c) <= 1, "{} leases for one holding", leases(&c));
+    }
+    // The same with the group API: a holding rebound to a second lease ends the first.
+    let g = Group::new(&etcd, "direct", 1).unwrap();
+    let (a, b) = (
+        Lease::grant(&etcd, Duration::from_secs(60)).unwrap(),
+        Lease::grant(&etcd, Duration::from_secs(60)).unwrap(),
+    );
+    g.try_acquire("n", &a).unwrap();
+    g.try_acquire("n", &b).unwrap();
+    assert!(
+        etcd.lease_keepalive(a.id()).unwrap().is_none(),
+        "the first lease outlived its holding"
+    );
+    clients[0].steady_state("default", "racer").unwrap();
+    b.revoke().unwrap();
+    drop(a);
+    assert_eq!(leases(&c), 0);
+}
+
 #[test]
 fn the_operators_slot_count_wins_and_bad_ids_are_bad_requests() {
     let Some((_dir, _c, etcd)) = start() else {
@@ -280,6 +321,17 @@ fn the_operators_slot_count_wins_and_bad_ids_are_bad_requests() {
         "{st:?}"
     );
     assert_eq!(st.holders.len(), 2);
+    // A Keel node that goes to etcd directly is held to the operator's count too: the
+    // document's six do not let a third node past the two configured.
+    let lease = Lease::grant(&etcd, Duration::from_secs(30)).unwrap();
+    assert!(
+        matches!(
+            g.try_acquire("direct", &lease).unwrap(),
+            Acquire::Full { .. }
+        ),
+        "a direct client took a third slot of two"
+    );
+    lease.revoke().unwrap();
 
     // An id the group refuses, or a body that is not the protocol's: 400, not 500.
     let long = "x".repeat(300);
