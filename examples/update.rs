@@ -267,8 +267,8 @@ fn run(cli: Cli) -> Res<ExitCode> {
             let done = match (index, trust_root, payload) {
                 (Some(url), Some(root), _) => {
                     let now = agent.trusted_now()?;
-                    let bytes = cli::read_small(&root, keel::fetch::index::MAX_ENVELOPE as u64)?;
-                    let root = keel::fetch::index::TrustedRoot::initial(&bytes, now)?;
+                    let bytes = cli::read_small(&root, keel::release::MAX_ENVELOPE as u64)?;
+                    let root = keel::release::TrustedRoot::initial(&bytes, now)?;
                     let fetch = keel::fetch::FetchOptions::default();
                     match agent.install_from_index(&url, &root, fetch, Some(&observer)) {
                         Ok(Some(done)) => Ok(done),
@@ -422,7 +422,7 @@ fn fetch_apply(cmd: &Cmd) -> Res<ExitCode> {
 }
 
 fn check(cmd: &Cmd, root_dir: &std::path::Path) -> Res<ExitCode> {
-    use keel::fetch::index::TrustedRoot;
+    use keel::release::TrustedRoot;
     let Cmd::Check {
         index_url,
         trust_root,
@@ -443,7 +443,7 @@ fn check(cmd: &Cmd, root_dir: &std::path::Path) -> Res<ExitCode> {
         )
         .into());
     }
-    let root_bytes = cli::read_small(trust_root, keel::fetch::index::MAX_ENVELOPE as u64)?;
+    let root_bytes = cli::read_small(trust_root, keel::release::MAX_ENVELOPE as u64)?;
     let root = TrustedRoot::initial(&root_bytes, now)?;
     let last = match serial_file {
         Some(f) if f.exists() => Some(cli::read_small_text(f, 64)?.trim().parse::<u64>()?),
@@ -452,7 +452,7 @@ fn check(cmd: &Cmd, root_dir: &std::path::Path) -> Res<ExitCode> {
     let mut bytes = Vec::new();
     let fetch = keel::fetch::FetchOptions::default().deadline(keel::update::INDEX_DEADLINE);
     keel::fetch::HttpReader::new(index_url, fetch)?
-        .take(keel::fetch::index::MAX_ENVELOPE as u64 + 1)
+        .take(keel::release::MAX_ENVELOPE as u64 + 1)
         .read_to_end(&mut bytes)?;
     let index = root.verify_index(&bytes, last, now)?;
     if let Some(f) = serial_file {
@@ -522,7 +522,7 @@ fn make_index(cmd: &Cmd) -> Res<ExitCode> {
     let release = publish::release(full, ds, *rollout)?;
     let base = match base {
         Some(b) => {
-            let text = cli::read_small(b, keel::fetch::index::MAX_ENVELOPE as u64)?;
+            let text = cli::read_small(b, keel::release::MAX_ENVELOPE as u64)?;
             Some(serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", b.display()))?)
         }
         None => None,
@@ -559,7 +559,7 @@ fn sign(cmd: &Cmd) -> Res<ExitCode> {
     else {
         return Ok(ExitCode::FAILURE);
     };
-    let doc = cli::read_small(document, keel::fetch::index::MAX_ENVELOPE as u64)?;
+    let doc = cli::read_small(document, keel::release::MAX_ENVELOPE as u64)?;
     let mut signers = Vec::new();
     for k in keys {
         let pem = cli::read_small_text(k, 64 << 10)?;
@@ -573,7 +573,7 @@ fn sign(cmd: &Cmd) -> Res<ExitCode> {
         .iter()
         .map(|s| s as &dyn keel::trust::Signer)
         .collect();
-    let env = keel::fetch::index::sign_envelope(&doc, context, &refs)?;
+    let env = keel::release::sign_envelope(&doc, context, &refs)?;
     std::fs::write(output, env).map_err(|e| format!("{}: {e}", output.display()))?;
     println!(
         "signed {} by {} key(s): {}",

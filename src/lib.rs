@@ -54,6 +54,7 @@ pub use keel_fetch as fetch;
 pub use keel_fleet as fleet;
 pub use keel_io as io;
 pub use keel_partition as partition;
+pub use keel_release as release;
 pub use keel_payload as payload;
 pub use keel_trust as trust;
 pub use keel_update as update;

@@ -305,7 +305,7 @@ fn fetch_apply_sign_and_check_against_nginx() {
         ],
     );
     assert!(out.contains("index serial 3 with 1 release"), "{out}");
-    let doc: keel::fetch::index::Index =
+    let doc: keel::release::Index =
         serde_json::from_slice(&std::fs::read(dir.join("index-doc.json")).unwrap()).unwrap();
     let delta = &doc.releases[0].deltas[0];
     let delta_bytes = std::fs::read(dir.join("update-1-to-2.payload")).unwrap();

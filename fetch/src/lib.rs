@@ -42,7 +42,6 @@
 //! ```
 
 mod digest;
-pub mod index;
 mod stream;
 
 use std::io::{self, Read, Seek, SeekFrom};

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use keel_fetch::index::{sign_envelope, TrustedRoot};
+use keel_release::{sign_envelope, TrustedRoot};
 use keel_trust::{Context, Signer, SigningKey};
 use libfuzzer_sys::fuzz_target;
 

@@ -934,11 +934,11 @@ where
     pub fn install_from_index(
         &self,
         index_url: &str,
-        root: &keel_fetch::index::TrustedRoot,
+        root: &keel_release::TrustedRoot,
         fetch: keel_fetch::FetchOptions<'_>,
         progress: Option<&dyn Progress>,
     ) -> Result<Option<Installed>> {
-        use keel_fetch::index::MAX_ENVELOPE;
+        use keel_release::MAX_ENVELOPE;
         let mut bytes = Vec::new();
         // Metadata has a deadline of its own (TUF's slow-retrieval attack: a server that
         // drips the index would otherwise hold the check, and its expiry, off for good).
@@ -1025,12 +1025,12 @@ where
     fn install_artifact(
         &self,
         index_url: &str,
-        a: &keel_fetch::index::Artifact,
+        a: &keel_release::Artifact,
         version: &str,
         fetch: keel_fetch::FetchOptions<'_>,
         progress: Option<&dyn Progress>,
     ) -> Result<Installed> {
-        let url = keel_fetch::index::resolve(index_url, &a.url);
+        let url = keel_release::resolve(index_url, &a.url);
         let digest = a
             .digest()
             .ok_or_else(|| Refusal::BadDigest { url: a.url.clone() })?;

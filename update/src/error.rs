@@ -119,7 +119,7 @@ pub enum Error {
     Trust(#[from] keel_trust::Error),
     /// The release index (below threshold, rollback, freeze...).
     #[error(transparent)]
-    Index(#[from] keel_fetch::index::IndexError),
+    Index(#[from] keel_release::IndexError),
     /// Fetching.
     #[error(transparent)]
     Fetch(#[from] keel_fetch::Error),

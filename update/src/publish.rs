@@ -1,79 +1,32 @@
-//! The publisher's side of the release index: index entries made from the payload files
-//! themselves, so that what the index says of a payload (its version, system, the image a
-//! delta starts from, its size and SHA-256) is read from the payload's signed manifest
-//! and its bytes, never typed by hand.
+//! The publisher's side of the release index (keel-release's `publish`), with the payload
+//! files read here: what the index says of a payload (its version, system, the image a
+//! delta starts from, its size and SHA-256) comes from the payload's signed manifest and
+//! its bytes, never typed by hand.
 
 use std::io::Read;
 use std::path::Path;
 
-use keel_fetch::index::{Artifact, Delta, Index, Release};
 use keel_payload::Manifest;
 use keel_trust::Keyring;
 use sha2::Digest;
 
+pub use keel_release::publish::{add_release, release, Image, Payload, PublishError, Published};
+use keel_release::Artifact;
+
 use crate::error::{Error, Result};
 
-/// Why a release or an index cannot be made from what was given.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PublishError {
-    /// A delta payload given as the full one.
-    #[error("{url}: a delta payload, given as the full one")]
-    DeltaAsFull {
-        /// The payload's URL.
-        url: String,
-    },
-    /// A full payload given as a delta.
-    #[error("{url}: a full payload, given as a delta")]
-    FullAsDelta {
-        /// The payload's URL.
-        url: String,
-    },
-    /// A rollout share above 100%.
-    #[error("rollout {0}%: at most 100")]
-    Rollout(u8),
-    /// A delta that does not make the full payload's image for the same system and
-    /// version.
-    #[error("{url}: makes {delta}, the full payload {full}")]
-    DeltaMismatch {
-        /// The delta's URL.
-        url: String,
-        /// What the delta makes (`acme-os 2.0 (image <hex>)`).
-        delta: String,
-        /// What the full payload makes.
-        full: String,
-    },
-    /// The version a delta starts from is not a version.
-    #[error("{url}: from version {from:?}: {source}")]
-    FromVersion {
-        /// The delta's URL.
-        url: String,
-        /// The version given.
-        from: String,
-        /// Why it is not one.
-        #[source]
-        source: keel_version::VersionError,
-    },
-    /// A serial that does not grow past the index it extends.
-    #[error("serial {serial}: the index it extends has {have} already (devices refuse a serial that does not grow)")]
-    SerialNotGrowing {
-        /// The serial asked for.
-        serial: u64,
-        /// The extended index's.
-        have: u64,
-    },
-    /// The extended index has the last serial there is.
-    #[error("serial {0}: the index it extends has the last serial there is")]
-    SerialExhausted(u64),
-}
-
-/// A payload file as the index will name it.
-#[derive(Clone, Debug)]
-pub struct Published {
-    /// Its signed manifest (checked under the keyring given).
-    pub manifest: Manifest,
-    /// Its URL, size and SHA-256.
-    pub artifact: Artifact,
+/// What `m` says of its payload.
+pub fn payload_of(m: &Manifest) -> Payload {
+    let image = |i: &keel_payload::format::ImageId| Image {
+        size: i.size,
+        digest: i.digest,
+    };
+    Payload {
+        compatible: m.compatible.clone(),
+        version: m.version.clone(),
+        target: image(&m.target),
+        source: m.source.as_ref().map(image),
+    }
 }
 
 /// Read the payload at `path` (its signature checked under `keyring`) and hash it whole,
@@ -95,7 +48,7 @@ pub fn describe(path: &Path, url: &str, keyring: &Keyring) -> Result<Published> 
         size += n as u64;
     }
     Ok(Published {
-        manifest,
+        payload: payload_of(&manifest),
         artifact: Artifact {
             url: url.to_string(),
             size,
@@ -104,123 +57,12 @@ pub fn describe(path: &Path, url: &str, keyring: &Keyring) -> Result<Published> 
     })
 }
 
-/// The release of a full payload and the deltas to the same image, each delta with the
-/// version it starts from: every payload must be for the same system and version, the
-/// full one start from nothing, each delta from an image.
-pub fn release(
-    full: Published,
-    deltas: Vec<(String, Published)>,
-    rollout_percent: u8,
-) -> Result<Release> {
-    let m = &full.manifest;
-    if m.source.is_some() {
-        return Err(PublishError::DeltaAsFull {
-            url: full.artifact.url,
-        }
-        .into());
-    }
-    if rollout_percent > 100 {
-        return Err(PublishError::Rollout(rollout_percent).into());
-    }
-    let mut out = Vec::new();
-    for (from, d) in deltas {
-        let Some(src) = &d.manifest.source else {
-            return Err(PublishError::FullAsDelta {
-                url: d.artifact.url,
-            }
-            .into());
-        };
-        if d.manifest.version != m.version
-            || d.manifest.compatible != m.compatible
-            || d.manifest.target != m.target
-        {
-            let makes = |m: &Manifest| {
-                format!(
-                    "{} {} (image {})",
-                    m.compatible,
-                    m.version,
-                    hex::encode(m.target.digest)
-                )
-            };
-            return Err(PublishError::DeltaMismatch {
-                url: d.artifact.url.clone(),
-                delta: makes(&d.manifest),
-                full: makes(m),
-            }
-            .into());
-        }
-        if let Err(source) = keel_version::Version::parse(&from) {
-            return Err(PublishError::FromVersion {
-                url: d.artifact.url,
-                from,
-                source,
-            }
-            .into());
-        }
-        out.push(Delta {
-            from_version: from,
-            source_digest: hex::encode(src.digest),
-            source_size: src.size,
-            artifact: d.artifact,
-        });
-    }
-    Ok(Release {
-        version: m.version.clone(),
-        compatible: m.compatible.clone(),
-        full: full.artifact,
-        deltas: out,
-        rollout_percent,
-    })
-}
-
-/// `base` (an earlier index document, or a new one) with `release` added in place of any
-/// release of the same version for the same system, the serial raised (to `serial`, or
-/// by one) and the expiry set. The document is what `sign_envelope` signs.
-pub fn add_release(
-    base: Option<Index>,
-    release: Release,
-    serial: Option<u64>,
-    expires: u64,
-) -> Result<Index> {
-    let mut index = base.unwrap_or(Index {
-        kind: "keel-index".into(),
-        serial: 0,
-        expires,
-        timestamp: None,
-        releases: Vec::new(),
-    });
-    let next = match serial {
-        Some(s) if s <= index.serial && index.serial > 0 => {
-            return Err(PublishError::SerialNotGrowing {
-                serial: s,
-                have: index.serial,
-            }
-            .into())
-        }
-        Some(s) => s,
-        // Devices keep the highest serial they accepted: one that wrapped to 0 would be
-        // refused by every device, for good.
-        None => index
-            .serial
-            .checked_add(1)
-            .ok_or(PublishError::SerialExhausted(index.serial))?,
-    };
-    index
-        .releases
-        .retain(|r| !(r.version == release.version && r.compatible == release.compatible));
-    index.releases.push(release);
-    index.serial = next;
-    index.expires = expires;
-    // The devices' clock floor: never lowered by a republished index.
-    index.timestamp = Some(keel_trust::unix_now().max(index.timestamp.unwrap_or(0)));
-    Ok(index)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use keel_payload::{generate, GenerateOptions};
+    use keel_release::Index;
     use keel_trust::SigningKey;
 
     fn image(seed: u8) -> Vec<u8> {

@@ -1033,7 +1033,7 @@ fn publish_index(
     delta: &[u8],
     serial: u64,
     wrong_digest: bool,
-) -> keel_fetch::index::TrustedRoot {
+) -> keel_release::TrustedRoot {
     publish_index_at(
         f,
         www,
@@ -1052,8 +1052,8 @@ fn publish_index_at(
     serial: u64,
     wrong_digest: bool,
     timestamp: u64,
-) -> keel_fetch::index::TrustedRoot {
-    use keel_fetch::index::{sign_envelope, Artifact, Delta, Index, Release, Root, TrustedRoot};
+) -> keel_release::TrustedRoot {
+    use keel_release::{sign_envelope, Artifact, Delta, Index, Release, Root, TrustedRoot};
     use keel_trust::{Context, Signer};
     fs::write(
         www.join("full.payload"),

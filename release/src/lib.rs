@@ -1,4 +1,4 @@
-//! The signed release index and the trust root that signs it.
+//! keel-release: the signed release index and the trust root that signs it.
 //!
 //! # Envelope
 //!
@@ -42,6 +42,10 @@
 //! (freeze). [`Index::choose`] picks the newest release for the system: the delta from
 //! the booted slot's image when there is one, else the full payload; a downgrade only
 //! when allowed; a staged release only on the machines its rollout includes.
+
+#![doc = include_str!("../README.md")]
+
+pub mod publish;
 
 use std::collections::HashSet;
 

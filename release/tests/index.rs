@@ -3,7 +3,7 @@
 //! payload, downgrades and staged rollouts; and an index served by nginx.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
 
-use keel_fetch::index::{
+use keel_release::{
     in_rollout, sign_envelope, Artifact, Delta, Index, IndexError, Release, Root, TrustedRoot,
 };
 use keel_trust::{Context, Signer, SigningKey};
@@ -291,7 +291,7 @@ fn the_choice_is_the_delta_from_the_booted_image_else_the_full_payload() {
 
 #[test]
 fn artifact_urls_resolve_against_the_index() {
-    use keel_fetch::index::resolve;
+    use keel_release::resolve;
     assert_eq!(
         resolve("https://h/os/index.json", "p/x.payload"),
         "https://h/os/p/x.payload"
