@@ -643,21 +643,9 @@ fn grubenv_systems_get_the_kernel_argument_in_the_environment() {
     );
     let system = system_from(text.replace("tries = 2", "tries = 1"));
     let disk = open_rw(&f.disk());
-    let a = agent(&f, system, &disk);
-    a.install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
-        .unwrap();
-    let listed = keel_testsupport::run_ok(&ge, &[env.to_str().unwrap(), "list"]);
-    let root = hex::encode(f.descriptor(&f.v2).root_hash());
-    assert!(listed.contains("ORDER=B A"), "{listed}");
-    assert!(
-        listed
-            .lines()
-            .any(|l| l.starts_with("KEEL_B_ARGS=dm-mod.create=") && l.contains(&root)),
-        "{listed}"
-    );
-    assert_eq!(a.boot_control().unwrap().boot().unwrap(), Some(Slot::B));
-    f.boot_from("USR-B");
-    assert_eq!(a.commit(&[]).unwrap(), Commit::Committed(Slot::B));
+    install_boot_and_commit_b(&f, system, &disk, "ORDER=B A", &|| {
+        keel_testsupport::run_ok(&ge, &[env.to_str().unwrap(), "list"])
+    });
     let listed = keel_testsupport::run_ok(&ge, &[env.to_str().unwrap(), "list"]);
     assert!(
         listed.contains("B_OK=1") && listed.contains("KEEL_B_ARGS="),
@@ -1510,12 +1498,27 @@ fn fw_env_systems_are_reached_from_the_description() {
     let system = system_from(text);
     assert!(matches!(system.backend, keel_update::BackendSpec::FwEnv(_)));
     let disk = open_rw(&f.disk());
-    let a = agent(&f, system, &disk);
+    install_boot_and_commit_b(&f, system, &disk, "BOOT_ORDER=B A", &|| {
+        keel_testsupport::run_ok(&printenv, &["-c", host_config.to_str().unwrap()])
+    });
+}
+
+/// Install version 2 into B with `system` (a RAUC-style environment), check with the
+/// real tool's listing (`list`) that B is first (`order`) and carries the kernel argument
+/// that maps v2's root, then boot B and commit it.
+fn install_boot_and_commit_b(
+    f: &Fixture,
+    system: System,
+    disk: &fs::File,
+    order: &str,
+    list: &dyn Fn() -> String,
+) {
+    let a = agent(f, system, disk);
     a.install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
         .unwrap();
-    let listed = keel_testsupport::run_ok(&printenv, &["-c", host_config.to_str().unwrap()]);
+    let listed = list();
     let root = hex::encode(f.descriptor(&f.v2).root_hash());
-    assert!(listed.contains("BOOT_ORDER=B A"), "{listed}");
+    assert!(listed.lines().any(|l| l == order), "{listed}");
     assert!(
         listed
             .lines()
