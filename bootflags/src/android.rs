@@ -61,7 +61,10 @@ impl BootloaderControl {
     /// `good` successful and named by the suffix.
     pub fn new(nb_slot: u8, good: Slot) -> Result<Self> {
         if !(1..=4).contains(&nb_slot) {
-            return Err(Error::Invalid(format!("nb_slot {nb_slot}: 1 to 4 allowed")));
+            return Err(Error::SlotCount {
+                count: usize::from(nb_slot),
+                max: 4,
+            });
         }
         check_slot(good, usize::from(nb_slot))?;
         Ok(BootloaderControl::fresh(nb_slot, good))
@@ -264,9 +267,11 @@ impl AbControl for BootloaderControl {
         check_slot(slot, self.slot_count())?;
         let tries = tries.unwrap_or(ACTIVE_TRIES);
         if tries == 0 || tries > MAX_TRIES {
-            return Err(Error::Invalid(format!(
-                "tries {tries}: 1 to {MAX_TRIES} allowed"
-            )));
+            return Err(Error::Tries {
+                tries,
+                min: 1,
+                max: MAX_TRIES,
+            });
         }
         self.activate(slot, tries);
         Ok(())

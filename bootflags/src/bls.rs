@@ -162,17 +162,15 @@ impl SystemdBoot {
     /// Entries for slots A, B, ... with `order` the menu order (every slot once).
     pub fn new(entries: Vec<EntryName>, order: Vec<Slot>) -> Result<Self> {
         if !(1..=MAX_SLOTS).contains(&entries.len()) {
-            return Err(Error::Invalid(format!(
-                "{} entries: 1 to {MAX_SLOTS} supported",
-                entries.len()
-            )));
+            return Err(Error::SlotCount {
+                count: entries.len(),
+                max: MAX_SLOTS,
+            });
         }
         let mut sorted = order.clone();
         sorted.sort();
         if sorted != Slot::all(entries.len()).collect::<Vec<_>>() {
-            return Err(Error::Invalid(
-                "the order must name every slot once".to_string(),
-            ));
+            return Err(Error::Order);
         }
         Ok(SystemdBoot { entries, order })
     }
@@ -242,7 +240,11 @@ impl AbControl for SystemdBoot {
         check_slot(slot, self.entries.len())?;
         let tries = u32::from(tries.unwrap_or(DEFAULT_TRIES as u8));
         if tries == 0 {
-            return Err(Error::Invalid("tries 0: at least 1 needed".to_string()));
+            return Err(Error::Tries {
+                tries: 0,
+                min: 1,
+                max: u8::MAX,
+            });
         }
         let e = &mut self.entries[slot.index()];
         if e.counter.is_some() {

@@ -70,11 +70,11 @@ impl BlsDir {
             match <[EntryName; 1]>::try_from(f) {
                 Ok([n]) => names.push(n),
                 Err(f) => {
-                    return Err(Error::Invalid(alloc::format!(
-                        "{}: entry id {id:?} names {} entry files, expected one",
-                        dir.display(),
-                        f.len()
-                    )))
+                    return Err(Error::EntryFiles {
+                        dir: dir.display().to_string(),
+                        id: (*id).to_string(),
+                        found: f.len(),
+                    })
                 }
             }
         }

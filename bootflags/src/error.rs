@@ -75,9 +75,82 @@ pub enum Error {
         /// How many slots there are.
         count: usize,
     },
-    /// An operation that is not valid in the current state.
-    #[error("{0}")]
-    Invalid(String),
+    /// A store of this many slots (the model and every encoding hold 1 to
+    /// [`MAX_SLOTS`](crate::MAX_SLOTS)).
+    #[error("{count} slots: 1 to {max} supported")]
+    SlotCount {
+        /// The count asked for.
+        count: usize,
+        /// The most there may be.
+        max: usize,
+    },
+    /// A number of tries the boot loader's rules do not allow.
+    #[error("tries {tries}: {min} to {max} allowed by these rules")]
+    Tries {
+        /// The tries asked for.
+        tries: u8,
+        /// The fewest allowed.
+        min: u8,
+        /// The most allowed.
+        max: u8,
+    },
+    /// A slot state out of the model's ranges.
+    #[error("slot {slot}: priority {priority} / tries {tries} out of range 0..15")]
+    StateRange {
+        /// The slot.
+        slot: char,
+        /// Its priority.
+        priority: u8,
+        /// Its tries.
+        tries: u8,
+    },
+    /// A menu order that does not name every slot once.
+    #[error("the order must name every slot once")]
+    Order,
+    /// A variable the boot loader's script owns (`ORDER`, `BOOT_A_LEFT`...).
+    #[error("{0} is one of RAUC's variables")]
+    ReservedVariable(String),
+    /// A store that holds no variables besides its boot state (Android misc), or cannot
+    /// carry kernel arguments.
+    #[error("{store} holds no {what}")]
+    NotCarried {
+        /// The store.
+        store: &'static str,
+        /// What it cannot hold (`variables`, `kernel arguments`).
+        what: &'static str,
+    },
+    /// An environment size outside what U-Boot's tools handle.
+    #[error("environment size {size}: expected {min} to {max} bytes")]
+    EnvSize {
+        /// The size given.
+        size: usize,
+        /// The least.
+        min: usize,
+        /// The most.
+        max: usize,
+    },
+    /// Neither copy of a redundant environment is valid.
+    #[error("no valid environment copy")]
+    NoValidCopy,
+    /// An entry id that names no entry file, or several.
+    #[error("{dir}: entry id {id:?} names {found} entry files, expected one")]
+    EntryFiles {
+        /// The entries directory.
+        dir: String,
+        /// The id.
+        id: String,
+        /// How many files it names.
+        found: usize,
+    },
+    /// A backend kept in the slots' GPT entries, opened without the disk.
+    #[error("the {0} backend keeps its state in the GPT: open it on the disk (keel-partition)")]
+    NeedsDisk(&'static str),
+    /// An entries directory that is not `ESP/loader/entries`.
+    #[error("{0}: expected ESP/loader/entries")]
+    EntriesDir(String),
+    /// The store's state and its backend disagree (a bug, reported rather than a panic).
+    #[error("internal: {0}")]
+    Internal(&'static str),
     /// An I/O error (with the `std` feature), its kind and source kept.
     #[cfg(feature = "std")]
     #[cfg_attr(docsrs, doc(cfg(feature = "std")))]

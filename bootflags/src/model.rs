@@ -122,10 +122,10 @@ pub trait BootControl {
     /// partition or vbmeta) says so with an error.
     fn set_boot_arguments(&mut self, slot: Slot, args: &str) -> Result<()> {
         let _ = (slot, args);
-        Err(Error::Invalid(alloc::format!(
-            "{} cannot carry kernel arguments",
-            self.rules()
-        )))
+        Err(Error::NotCarried {
+            store: self.rules(),
+            what: "kernel arguments",
+        })
     }
 }
 
@@ -297,19 +297,18 @@ impl PrioritySlots {
     /// A store over `slots` with the rules of `policy`.
     pub fn new(slots: Vec<SlotState>, policy: PriorityPolicy) -> Result<Self> {
         if !(1..=MAX_SLOTS).contains(&slots.len()) {
-            return Err(Error::Invalid(alloc::format!(
-                "{} slots: 1 to {MAX_SLOTS} are supported",
-                slots.len()
-            )));
+            return Err(Error::SlotCount {
+                count: slots.len(),
+                max: MAX_SLOTS,
+            });
         }
         for (i, s) in slots.iter().enumerate() {
             if s.priority > MAX_PRIORITY || s.tries > MAX_TRIES {
-                return Err(Error::Invalid(alloc::format!(
-                    "slot {}: priority {} / tries {} out of range 0..15",
-                    Slot(i as u8),
-                    s.priority,
-                    s.tries
-                )));
+                return Err(Error::StateRange {
+                    slot: Slot(i as u8).letter(),
+                    priority: s.priority,
+                    tries: s.tries,
+                });
             }
         }
         Ok(PrioritySlots { slots, policy })
@@ -338,9 +337,11 @@ impl AbControl for PrioritySlots {
         check_slot(slot, self.slots.len())?;
         let tries = tries.unwrap_or(self.policy.default_tries());
         if tries == 0 || tries > MAX_TRIES {
-            return Err(Error::Invalid(alloc::format!(
-                "tries {tries}: 1 to {MAX_TRIES} allowed"
-            )));
+            return Err(Error::Tries {
+                tries,
+                min: 1,
+                max: MAX_TRIES,
+            });
         }
         let s = &mut self.slots[slot.index()];
         if !s.successful {

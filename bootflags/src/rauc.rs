@@ -57,9 +57,10 @@ fn order_text(order: &[Slot]) -> String {
 
 fn check_count(count: usize) -> Result<()> {
     if !(1..=MAX_SLOTS).contains(&count) {
-        return Err(Error::Invalid(format!(
-            "{count} slots: 1 to {MAX_SLOTS} supported"
-        )));
+        return Err(Error::SlotCount {
+            count,
+            max: MAX_SLOTS,
+        });
     }
     Ok(())
 }
@@ -296,7 +297,7 @@ impl RaucGrub {
     /// menu entry); it is written with the next block. RAUC's own names are refused.
     pub fn set_var(&mut self, name: &str, value: &str) -> Result<()> {
         if name == "ORDER" || rauc_slot_var(name, "", &["_OK", "_TRY"]) {
-            return Err(Error::Invalid(format!("{name} is one of RAUC's variables")));
+            return Err(Error::ReservedVariable(name.into()));
         }
         self.env.set(name, value)
     }
@@ -351,9 +352,11 @@ impl AbControl for RaucGrub {
     fn set_active(&mut self, slot: Slot, tries: Option<u8>) -> Result<()> {
         check_slot(slot, self.rules.count)?;
         if tries.is_some_and(|t| t != 1) {
-            return Err(Error::Invalid(
-                "RAUC's GRUB script gives exactly one try".to_string(),
-            ));
+            return Err(Error::Tries {
+                tries: tries.unwrap_or(0),
+                min: 1,
+                max: 1,
+            });
         }
         self.rules.activate(slot);
         Ok(())
@@ -520,7 +523,7 @@ impl RaucUboot {
     /// it is written with the next environment. RAUC's own names are refused.
     pub fn set_var(&mut self, name: &str, value: &str) -> Result<()> {
         if name == "BOOT_ORDER" || rauc_slot_var(name, "BOOT_", &["_LEFT"]) {
-            return Err(Error::Invalid(format!("{name} is one of RAUC's variables")));
+            return Err(Error::ReservedVariable(name.into()));
         }
         self.env.set(name, value)
     }
@@ -580,7 +583,11 @@ impl AbControl for RaucUboot {
         check_slot(slot, self.rules.count)?;
         let tries = u32::from(tries.unwrap_or(UBOOT_DEFAULT_ATTEMPTS as u8));
         if tries == 0 {
-            return Err(Error::Invalid("tries 0: at least 1 needed".to_string()));
+            return Err(Error::Tries {
+                tries: 0,
+                min: 1,
+                max: u8::MAX,
+            });
         }
         self.rules.activate(slot, tries);
         Ok(())

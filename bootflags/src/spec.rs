@@ -8,7 +8,7 @@
 //! other store is a file or a device opened here.
 
 use alloc::boxed::Box;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use std::path::{Path, PathBuf};
 
@@ -193,12 +193,7 @@ fn fw_env(root: &Path, config: &Path) -> Result<FwEnvConfig> {
 pub fn open(spec: &BackendSpec, root: &Path, ids: &[&str]) -> Result<Box<dyn BootControl>> {
     let slots = ids.len();
     Ok(match spec {
-        BackendSpec::Gpt(_) => {
-            return Err(Error::Invalid(alloc::format!(
-                "the {} backend keeps its state in the GPT: open it on the disk (keel-partition)",
-                spec.kind()
-            )))
-        }
+        BackendSpec::Gpt(_) => return Err(Error::NeedsDisk(spec.kind().name())),
         BackendSpec::GrubEnv(p) => Box::new(FileStore::open(
             Backend::GrubEnv,
             &under_root(root, p),
@@ -235,12 +230,10 @@ pub fn open(spec: &BackendSpec, root: &Path, ids: &[&str]) -> Result<Box<dyn Boo
         BackendSpec::SystemdBoot(entries) => {
             let entries = under_root(root, entries);
             // The ESP is two levels above loader/entries.
-            let esp = entries.parent().and_then(Path::parent).ok_or_else(|| {
-                Error::Invalid(alloc::format!(
-                    "{}: expected ESP/loader/entries",
-                    entries.display()
-                ))
-            })?;
+            let esp = entries
+                .parent()
+                .and_then(Path::parent)
+                .ok_or_else(|| Error::EntriesDir(entries.display().to_string()))?;
             Box::new(crate::blsdir::BlsDir::open(esp, ids)?)
         }
     })

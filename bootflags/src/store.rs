@@ -234,8 +234,10 @@ impl FileStore {
                 State::Uboot(RaucUboot::init(slots, good)?, r)
             }
             Backend::AndroidMisc => {
-                let n = u8::try_from(slots)
-                    .map_err(|_| Error::Invalid("too many slots".to_string()))?;
+                let n = u8::try_from(slots).map_err(|_| Error::SlotCount {
+                    count: slots,
+                    max: 4,
+                })?;
                 let _ = size_of_misc(path)?;
                 State::Android(BootloaderControl::new(n, good)?)
             }
@@ -390,9 +392,9 @@ impl FileStore {
             (Backend::FwEnv(c), State::Uboot(u, Some(r))) => {
                 let env = u.to_env()?;
                 let (copy, bytes) = r.next_write(&env, c.size)?;
-                let (p, off) = c.copies.get(copy).ok_or_else(|| {
-                    Error::Invalid("the redundant environment has no such copy".to_string())
-                })?;
+                let (p, off) = c.copies.get(copy).ok_or(Error::Internal(
+                    "the redundant environment has no such copy",
+                ))?;
                 write_at(p, *off, &bytes)?;
                 r.committed(env);
                 Ok(())
@@ -400,9 +402,7 @@ impl FileStore {
             (Backend::AndroidMisc, State::Android(c)) => {
                 write_at(&self.path, android::MISC_OFFSET, &c.to_bytes())
             }
-            _ => Err(Error::Invalid(
-                "store state does not match its backend".to_string(),
-            )),
+            _ => Err(Error::Internal("store state does not match its backend")),
         }
     }
 
@@ -415,9 +415,10 @@ impl FileStore {
             State::Grub(g) => g.set_var(name, value)?,
             State::Uboot(u, _) => u.set_var(name, value)?,
             State::Android(_) => {
-                return Err(Error::Invalid(
-                    "an Android misc partition holds no variables".to_string(),
-                ))
+                return Err(Error::NotCarried {
+                    store: "an Android misc partition",
+                    what: "variables",
+                })
             }
         }
         let r = self.save();
@@ -514,10 +515,10 @@ impl crate::BootControl for FileStore {
     }
     fn set_boot_arguments(&mut self, slot: Slot, args: &str) -> Result<()> {
         if !self.carries_boot_arguments() {
-            return Err(Error::Invalid(alloc::format!(
-                "{} cannot carry kernel arguments",
-                crate::BootControl::rules(self)
-            )));
+            return Err(Error::NotCarried {
+                store: crate::BootControl::rules(self),
+                what: "kernel arguments",
+            });
         }
         self.set_variable(&alloc::format!("KEEL_{}_ARGS", slot.letter()), args)
     }

@@ -47,11 +47,11 @@ impl Layout {
     /// keeps a mistyped size from becoming an allocation.
     pub fn check(self) -> Result<()> {
         if self.size < self.header() + 2 || self.size > MAX_ENV_SIZE {
-            return Err(Error::Invalid(alloc::format!(
-                "environment size {}: expected {} to {MAX_ENV_SIZE} bytes",
-                self.size,
-                self.header() + 2
-            )));
+            return Err(Error::EnvSize {
+                size: self.size,
+                min: self.header() + 2,
+                max: MAX_ENV_SIZE,
+            });
         }
         Ok(())
     }
@@ -261,7 +261,7 @@ impl Redundant {
             (_, Err(e), _) => Err(e),
             (_, _, Err(e)) => Err(e),
             // Unreachable: a pick always names a valid copy.
-            _ => Err(Error::Invalid("no valid environment copy".to_string())),
+            _ => Err(Error::NoValidCopy),
         }
     }
 
