@@ -27,29 +27,54 @@
 //! string and version before it writes, each blob's hash before decoding it and each
 //! operation's source blocks before using them ([`Error::SourceModified`] tells the caller to
 //! fetch a full payload), and the whole target at the end.
+//!
+//! # Layout
+//!
+//! The crate is the format and four rooms; each uses only those listed before it, and no
+//! module uses one that uses it back:
+//!
+//! - [`format`](mod@format) (with the errors, image digests, the version type and the
+//!   applier's bounded bspatch): the payload's bytes.
+//! - `codec/`: every compression payloads and images use: liblzma (`codec/xz.rs`: squashfs
+//!   xz blocks decoded and compressed again as mksquashfs does, the raw LZMA2 streams of
+//!   the `_XZ` operations), liblz4 (`codec/lz4.rs`: squashfs lz4 blocks and EROFS
+//!   pclusters decoded and compressed again as mksquashfs and mkfs.erofs do), gzip files'
+//!   streams re-created with preflate-rs, the zstd decoders' window limit, and the
+//!   compressors RECOMPRESS operations use ([`recompressor`], [`recompressors`]).
+//! - `fs/`: the read-only readers [`ext4`], [`erofs`] and [`squashfs`] (published at the
+//!   crate root), bounds-checked and never trusted; they use `codec/` to decompress.
+//! - `recompress.rs`: the RECOMPRESS blob's parameters and writer, which both sides share.
+//! - `generate/`: [`generate()`] and [`assemble`], with their file, squashfs, EROFS and gzip
+//!   file planners.
+//! - `apply/`: [`apply()`] and [`read_manifest`], and the building of RECOMPRESS operations'
+//!   blocks.
+//!
+//! `unsafe` lives only in `codec/xz.rs` and `codec/lz4.rs`, the FFI to liblzma and liblz4,
+//! each block with a `// SAFETY:` comment. The crate links one LZMA (liblzma) and one lz4
+//! (liblz4); the pure-Rust lz4_flex is only a dev-dependency, because a test needs a second
+//! lz4 encoder whose pclusters liblz4 does not reproduce byte for byte.
 
 mod apply;
 mod bspatch;
+mod codec;
 mod digest;
-pub mod erofs;
 mod error;
-pub mod ext4;
 pub mod format;
+mod fs;
 mod generate;
-mod gzip;
 mod intervals;
-mod lz4;
 mod recompress;
-pub mod squashfs;
+#[cfg(test)]
+mod testdata;
 mod version;
-mod xz;
 
 pub use apply::{
     apply, apply_files, apply_seekable, read_manifest, read_manifest_at, same_file, Applied,
     ApplyOptions, RecordDiscarded, VersionCheck, MAX_RESUMES,
 };
+pub use codec::recompress::{recompressor, recompressors};
 pub use error::{Error, Result, Section, TargetCheck};
 pub use format::{Extent, Manifest, OpType, Operation};
+pub use fs::{erofs, ext4, squashfs};
 pub use generate::{assemble, generate, generate_observed, GenerateOptions};
 pub use keel_io::{Cancel, Cancelled, Progress, Threads};
-pub use recompress::{recompressor, recompressors};

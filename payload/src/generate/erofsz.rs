@@ -10,12 +10,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{block, par_map, push_extent, range, scale, Kind};
-use crate::erofs::{self, packed, Cluster, Compressed};
+use super::blocks::{block, claim, par_map, push_extent, range, scale, Kind};
+use super::encode::{recompress_op, Recreated};
+use crate::codec::recompress::Compressor;
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::format::{Extent, Operation, BLOCK_SIZE, MAX_OP_BYTES};
-use crate::recompress::{Compressor, Segment, Spec};
-use crate::squashfs::{Codec, STORED};
+use crate::fs::erofs::{self, packed, Cluster, Compressed};
+use crate::fs::squashfs::STORED;
+use crate::recompress::{Segment, Spec};
 
 /// mkfs.erofs's window: it reads up to twice this, and slides once a pcluster ends past it.
 const WINDOW: u64 = 900 * 1024;
@@ -352,7 +355,7 @@ impl Pair<'_> {
                 continue;
             }
             jobs.push(Job {
-                span: super::claim(kinds, sb, eb),
+                span: claim(kinds, sb, eb),
                 units: g,
             });
         }
@@ -438,11 +441,11 @@ impl Pair<'_> {
             content.extend_from_slice(&piece);
             pos = self.span(u).1;
         }
-        super::recompress_op(
+        recompress_op(
             self.source,
             source,
             vec![job.span],
-            &super::Recreated {
+            &Recreated {
                 spec: &spec,
                 content: &content,
                 old: &s,

@@ -1,7 +1,7 @@
 //! gzip files inside ext4 and uncompressed EROFS images (Debian's changelogs and manual
 //! pages, compressed data files): RECOMPRESS operations that carry a delta of the
 //! decompressed content and build the deflate stream again on apply with preflate-rs's
-//! corrections ([`crate::gzip`]), as update_engine's puffin does with its own encoding.
+//! corrections ([`crate::codec::gzip`]), as update_engine's puffin does with its own encoding.
 //!
 //! A changed `.gz` file shares nothing with its old version's deflate stream past the
 //! first change (a changelog grows at its head), and new ones compress no further; their
@@ -15,12 +15,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::{claim, fs_files, meta_refs, par_map, push_extent, range, Kind};
+use super::blocks::{claim, fs_files, meta_refs, par_map, push_extent, range, Kind};
+use super::encode::{recompress_op, Recreated};
+use crate::codec::gzip::{analyze, header_len, prefix_len};
+use crate::codec::{decompress, Codec};
 use crate::error::{Error, Result};
 use crate::format::{Operation, BLOCK_SIZE, MAX_OP_BYTES};
-use crate::gzip::{analyze, header_len, prefix_len};
 use crate::recompress::{Segment, Spec, MAX_CONTENT};
-use crate::squashfs::{decompress, Codec};
 
 /// Largest decompressed content of one file (a RECOMPRESS block).
 const MAX_FILE_CONTENT: usize = 1 << 20;
@@ -109,7 +110,7 @@ fn file_bytes(img: &[u8], extents: &[(u64, u64)], size: u64, tail: Option<u64>) 
 }
 
 /// A file's bytes, if it is small enough to be a gzip file taken here.
-fn read(img: &[u8], f: &crate::ext4::File) -> Option<Vec<u8>> {
+fn read(img: &[u8], f: &crate::fs::ext4::File) -> Option<Vec<u8>> {
     if f.size > MAX_FILE_CONTENT as u64 {
         return None;
     }
@@ -119,7 +120,7 @@ fn read(img: &[u8], f: &crate::ext4::File) -> Option<Vec<u8>> {
 /// The gzip layout of file `f` (its `bytes`, from [`read`]) and its content: one member
 /// whose deflate stream ends where the 8-byte trailer begins, with the trailer's CRC and
 /// length matching the content.
-fn parse(f: &crate::ext4::File, bytes: &[u8]) -> Option<(Gz, Vec<u8>)> {
+fn parse(f: &crate::fs::ext4::File, bytes: &[u8]) -> Option<(Gz, Vec<u8>)> {
     let header = header_len(bytes)?;
     let deflate = bytes.len() - header - 8;
     let content = decompress(
@@ -233,7 +234,7 @@ impl Job {
 /// blocks holding their tails) [`Kind::InFile`].
 pub(super) fn plan(source: &[u8], target: &[u8], kinds: &mut [Kind], threads: usize) -> Vec<Job> {
     let is_new = |b: u64| kinds.get(b as usize) == Some(&Kind::New);
-    let changed: Vec<crate::ext4::File> = fs_files(target)
+    let changed: Vec<crate::fs::ext4::File> = fs_files(target)
         .into_iter()
         .filter(|f| {
             let first = f
@@ -255,7 +256,7 @@ pub(super) fn plan(source: &[u8], target: &[u8], kinds: &mut [Kind], threads: us
         return Vec::new();
     }
     let old_files = fs_files(source);
-    let old: HashMap<&str, &crate::ext4::File> =
+    let old: HashMap<&str, &crate::fs::ext4::File> =
         old_files.iter().map(|f| (f.path.as_str(), f)).collect();
     let found: Vec<Option<Unit>> = par_map(changed, threads, |f| {
         let bytes = read(target, &f)?;
@@ -572,11 +573,11 @@ pub(super) fn encode(
         }
         out.literal(&block[pos..]);
     }
-    super::recompress_op(
+    recompress_op(
         source,
         source_ext,
         target_ext,
-        &super::Recreated {
+        &Recreated {
             spec: &out.spec,
             content: &out.content,
             old: &old,
@@ -598,7 +599,7 @@ mod tests {
     /// index past a part.
     #[test]
     fn parts_that_split_a_header_make_whole_segments() {
-        let text = crate::erofs::tests::compressible(3, 20_000);
+        let text = crate::testdata::compressible(3, 20_000);
         let mut gz = flate2::GzBuilder::new()
             .filename(vec![b'n'; 6000])
             .write(Vec::new(), flate2::Compression::best());

@@ -4,11 +4,14 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::{par_map, push_extent, scale, Kind, BS};
+use super::blocks::{claim, par_map, push_extent, scale, Kind, BS};
+use super::encode::{recompress_op, Recreated};
+use crate::codec::recompress::{level_field, Compressor};
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::format::{sha256, Extent, Operation, BLOCK_SIZE, MAX_OP_BYTES};
-use crate::recompress::{level_field, Compressor, Segment, Spec};
-use crate::squashfs::{self, Blocks, Codec, Image, STORED};
+use crate::fs::squashfs::{self, Blocks, Image, STORED};
+use crate::recompress::{Segment, Spec};
 
 /// Content of one piece of a file (its blocks).
 const PIECE_CONTENT: u64 = 2 << 20;
@@ -305,7 +308,7 @@ impl Pair<'_> {
             prev_end = eb;
             jobs.push(Job {
                 stream_start: start.min(sb * BLOCK_SIZE),
-                span: super::claim(kinds, sb, eb),
+                span: claim(kinds, sb, eb),
                 units: g,
             });
         }
@@ -405,11 +408,11 @@ impl Pair<'_> {
             target_bytes(pos, end, &mut literal);
             spec.segments.push(Segment::Literal((end - pos) as u32));
         }
-        super::recompress_op(
+        recompress_op(
             self.source,
             source,
             vec![job.span],
-            &super::Recreated {
+            &Recreated {
                 spec: &spec,
                 content: &content,
                 old: &s,

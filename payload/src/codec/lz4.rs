@@ -1,7 +1,9 @@
-//! liblz4's "fill the destination" compressors, as mkfs.erofs calls them for each
-//! pcluster: `LZ4_compress_HC_destSize` (lz4hc) and `LZ4_compress_destSize` (lz4). No
-//! Rust lz4 compresses as liblz4 does, and an lz4 pcluster is re-created on apply only
-//! if its bytes come out exactly as the image builder's did.
+//! liblz4, the crate's one lz4: the block decoder (`LZ4_decompress_safe`, as the kernel
+//! reads squashfs's lz4 blocks and EROFS's pclusters), and the "fill the destination"
+//! compressors as mkfs.erofs calls them for each pcluster: `LZ4_compress_HC_destSize`
+//! (lz4hc) and `LZ4_compress_destSize` (lz4). No Rust lz4 compresses as liblz4 does, and
+//! an lz4 pcluster is re-created on apply only if its bytes come out exactly as the image
+//! builder's did.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -39,6 +41,25 @@ extern "C" {
         level: c_int,
     ) -> c_int;
     fn LZ4_versionString() -> *const c_char;
+    fn LZ4_decompress_safe(
+        src: *const c_char,
+        dst: *mut c_char,
+        compressed_size: c_int,
+        dst_capacity: c_int,
+    ) -> c_int;
+}
+
+/// One lz4 block (`src`, whole) decoded into `dst`: the bytes written, or `None` if it is
+/// malformed or decodes to more than `dst` holds.
+pub(crate) fn decompress(src: &[u8], dst: &mut [u8]) -> Option<usize> {
+    let size = c_int::try_from(src.len()).ok()?;
+    let room = c_int::try_from(dst.len()).ok()?;
+    // SAFETY: `src` holds `size` readable bytes and `dst` `room` writable ones; the safe
+    // decoder reads and writes within them whatever the input, and returns a negative
+    // value for input that would take it further.
+    let n =
+        unsafe { LZ4_decompress_safe(src.as_ptr().cast(), dst.as_mut_ptr().cast(), size, room) };
+    usize::try_from(n).ok().filter(|&n| n <= dst.len())
 }
 
 /// liblz4's version ("1.9.4").
@@ -142,12 +163,12 @@ impl DestSize {
 mod tests {
     use super::*;
 
-    /// What is taken decompresses (lz4_flex) to exactly those bytes, within the room, at
+    /// What is taken decompresses to exactly those bytes, within the room, at
     /// every level; a room too small for anything is a refusal, not a write past it.
     #[test]
     fn takes_what_fits_and_it_decompresses() {
         assert!(version().starts_with("1."));
-        let src = crate::erofs::tests::compressible(5, 200_000);
+        let src = crate::testdata::compressible(5, 200_000);
         for level in [0, 1, 9, 12] {
             let mut c = DestSize::new(level).unwrap();
             let mut dst = vec![0u8; 4096];
@@ -156,7 +177,8 @@ mod tests {
                 taken > 4096 && written <= 4096,
                 "{level}: {taken} {written}"
             );
-            let back = lz4_flex::block::decompress(&dst[..written], taken).unwrap();
+            let mut back = vec![0u8; taken];
+            assert_eq!(decompress(&dst[..written], &mut back), Some(taken));
             assert!(back == src[..taken], "{level}");
             assert!(c.compress(&src, &mut []).is_none());
         }
@@ -165,7 +187,9 @@ mod tests {
         for level in [0, 12] {
             let mut dst = vec![0u8; 200_000];
             let n = compress_block(level, &src, &mut dst).unwrap();
-            assert!(lz4_flex::block::decompress(&dst[..n], src.len()).unwrap() == src);
+            let mut back = vec![0u8; src.len()];
+            assert_eq!(decompress(&dst[..n], &mut back), Some(src.len()));
+            assert!(back == src);
         }
         let noise = keel_testsupport::seeded_bytes(9, 10_000);
         assert!(compress_block(0, &noise, &mut vec![0u8; 10_000]).is_none());

@@ -1,4 +1,6 @@
-//! liblzma's one-call encoder as mksquashfs (squashfs-tools 4.5) calls it for each data
+//! liblzma, the crate's one LZMA: squashfs's xz blocks decoded ([`decompress`]); the raw
+//! LZMA2 streams of REPLACE_XZ, CHAIN_XZ and PATCH_XZ, and RECOMPRESS content frames,
+//! encoded and decoded with a preset dictionary; and the one-call encoder as mksquashfs (squashfs-tools 4.5) calls it for each data
 //! and fragment block: `lzma_stream_buffer_encode` with LZMA2 at the default preset, the
 //! image's dictionary size, a CRC32 check, and room for one block; with BCJ filters
 //! selected, each chain is tried and the smallest output kept (the first of equals).
@@ -27,6 +29,41 @@ pub(crate) fn version() -> String {
     // SAFETY: that string is NUL-terminated and lives as long as the program.
     let v = unsafe { CStr::from_ptr(p) };
     v.to_string_lossy().into_owned()
+}
+
+/// Most memory the decoder of a squashfs xz block may take: its dictionary is at most the
+/// largest block (1 MiB; mksquashfs refuses a larger one), with room to spare; a stream
+/// asking for more is refused rather than allocated.
+const BLOCK_MEMLIMIT: u64 = 16 << 20;
+
+/// One .xz stream (a squashfs data, fragment or metadata block) decoded: at most `max`
+/// bytes; `None` when it is malformed, needs more than [`BLOCK_MEMLIMIT`], or decodes
+/// longer.
+pub(crate) fn decompress(src: &[u8], max: usize) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; max];
+    let mut memlimit = BLOCK_MEMLIMIT;
+    let (mut in_pos, mut out_pos) = (0usize, 0usize);
+    // SAFETY: `memlimit` and the positions are valid for writes; `src` is readable and
+    // `out` writable for their lengths, which liblzma does not exceed (a stream that
+    // decodes longer is LZMA_BUF_ERROR); no allocator (liblzma's default).
+    let ret = unsafe {
+        sys::lzma_stream_buffer_decode(
+            &mut memlimit,
+            0,
+            std::ptr::null(),
+            src.as_ptr(),
+            &mut in_pos,
+            src.len(),
+            out.as_mut_ptr(),
+            &mut out_pos,
+            out.len(),
+        )
+    };
+    if ret != sys::LZMA_OK || out_pos > max {
+        return None;
+    }
+    out.truncate(out_pos);
+    Some(out)
 }
 
 /// mksquashfs's xz settings, packed into a RECOMPRESS blob's level field: the BCJ filter
@@ -323,19 +360,18 @@ pub(crate) fn encode_blob(data: &[u8], reference: &[u8], x86: bool) -> Result<Ve
 mod tests {
     use super::*;
 
-    /// Blocks decompress back (lzma-rs reading liblzma's streams); BCJ chains are tried
+    /// Blocks decompress back; BCJ chains are tried
     /// and the smallest kept; random data that does not fit is refused; bad fields too.
     #[test]
     fn compresses_as_one_xz_stream_and_refuses_what_does_not_fit() {
         assert!(version().starts_with('5'));
-        let src = crate::erofs::tests::compressible(3, 100_000);
+        let src = crate::testdata::compressible(3, 100_000);
         for filters in [0, 1, 1 | 8] {
             let mut xz = Xz::new(level_field(128 << 10, filters).unwrap()).unwrap();
             assert_eq!(xz.chains.len(), 1 + filters.count_ones() as usize);
             let mut out = Vec::new();
             assert!(xz.compress(&src, 128 << 10, &mut out).unwrap());
-            let mut back = Vec::new();
-            lzma_rs::xz_decompress(&mut &out[..], &mut back).unwrap();
+            let back = decompress(&out, src.len()).unwrap();
             assert!(back == src);
             let mut again = Vec::new();
             xz.compress(&src, 128 << 10, &mut again).unwrap();
@@ -354,9 +390,9 @@ mod tests {
     /// another dictionary, length or filter is refused or differs, never a panic.
     #[test]
     fn raw_streams_round_trip_with_a_preset_dictionary() {
-        let reference = crate::erofs::tests::compressible(5, 200_000);
+        let reference = crate::testdata::compressible(5, 200_000);
         let mut data = reference[50_000..150_000].to_vec();
-        data.extend_from_slice(&crate::erofs::tests::compressible(6, 20_000));
+        data.extend_from_slice(&crate::testdata::compressible(6, 20_000));
         for x86 in [false, true] {
             for r in [&[][..], &reference[..]] {
                 let s = raw_encode(&data, r, x86).unwrap();

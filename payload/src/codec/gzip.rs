@@ -136,7 +136,7 @@ mod tests {
     /// headers with every optional field are measured; damage is refused.
     #[test]
     fn deflate_streams_come_apart_and_back_exactly() {
-        let text = crate::erofs::tests::compressible(7, 300_000);
+        let text = crate::testdata::compressible(7, 300_000);
         for level in [1, 6, 9] {
             let mut e =
                 flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(level));

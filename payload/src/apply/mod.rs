@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use keel_trust::{Context, KeyId, Keyring};
 use keel_verity::{HashTree, Progress, ReadAt, RootDescriptor, WriteAt};
 
+mod recompress;
+
+use crate::codec::recompress::{codec_of, recompressor_for};
+use crate::codec::{xz, zstd};
 use crate::error::{Error, Result, Section, TargetCheck};
 use crate::format::{
     bspatch, image_digest, parse_manifest, sha256, unpack_manifest, Extent, Header, Manifest,
@@ -319,11 +323,6 @@ fn sync_parent(path: &Path) {
 /// Most resumes of one payload before the applier starts over.
 pub const MAX_RESUMES: u32 = 10;
 
-/// zstd window the decoders accept: an operation's reference (at most 8 MiB) plus its
-/// output (at most 8 MiB), all any generator needs; a frame asking for more is refused
-/// instead of allocating its window.
-pub(crate) const MAX_WINDOW_LOG: u32 = 24;
-
 fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], section: Section) -> Result<()> {
     let v = read_vec(r, buf.len() as u64, section)?;
     buf.copy_from_slice(&v);
@@ -400,30 +399,18 @@ fn read_extents<S: ReadAt + ?Sized>(
     Ok(())
 }
 
-fn zstd_decoder<'b, R: io::BufRead + 'b>(
-    blob: R,
-    reference: Option<&'b [u8]>,
-) -> io::Result<zstd::stream::read::Decoder<'b, R>> {
-    let mut d = match reference {
-        Some(r) => zstd::stream::read::Decoder::with_ref_prefix(blob, r)?,
-        None => zstd::stream::read::Decoder::with_buffer(blob)?,
-    };
-    d.window_log_max(MAX_WINDOW_LOG)?;
-    Ok(d)
-}
-
 fn decode(op: OpType, blob: &[u8], reference: &[u8], expected: usize) -> io::Result<Vec<u8>> {
     if matches!(op, OpType::ReplaceXz | OpType::ChainXz | OpType::PatchXz) {
-        return crate::xz::decode_blob(blob, reference, expected, crate::xz::MAX_DICT)
+        return xz::decode_blob(blob, reference, expected, xz::MAX_DICT)
             .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why));
     }
     if op == OpType::Bsdiff {
-        return bspatch(reference, zstd_decoder(blob, None)?, expected);
+        return bspatch(reference, zstd::decoder(blob, None)?, expected);
     }
     let mut out = Vec::with_capacity(expected);
     let mut dec = match op {
-        OpType::Replace => zstd_decoder(blob, None)?,
-        _ => zstd_decoder(blob, Some(reference))?,
+        OpType::Replace => zstd::decoder(blob, None)?,
+        _ => zstd::decoder(blob, Some(reference))?,
     };
     // One byte more than expected exposes a blob that decodes too long.
     (&mut dec).take(expected as u64 + 1).read_to_end(&mut out)?;
@@ -718,7 +705,7 @@ where
     let target_size = manifest.target.size;
     check_source(&manifest, source)?;
     if let Some(needs) = &manifest.recompressor {
-        let have = crate::recompress::recompressor_for(crate::recompress::codec_of(needs));
+        let have = recompressor_for(codec_of(needs));
         if *needs != have {
             return Err(Error::Recompressor {
                 needs: needs.clone(),
@@ -871,11 +858,11 @@ where
         OpType::Zero => None,
         OpType::Copy => Some(std::mem::take(reference)),
         OpType::Recompress => Some(
-            crate::recompress::build(
+            recompress::build(
                 &blob,
                 reference,
                 len,
-                crate::recompress::codec_of(manifest.recompressor.as_deref().unwrap_or_default()),
+                codec_of(manifest.recompressor.as_deref().unwrap_or_default()),
             )
             .map_err(|reason| Error::Decode { op: i, reason })?,
         ),

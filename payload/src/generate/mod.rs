@@ -21,6 +21,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
+mod blocks;
+mod encode;
 mod erofsz;
 mod gzfile;
 mod squash;
@@ -34,8 +36,9 @@ use crate::format::{
     encode_manifest, image_digest, pack_manifest, sha256, Extent, Header, ImageId, Manifest,
     OpType, Operation, BLOCK_SIZE, MAX_OP_BYTES,
 };
+use blocks::{block, extents_bytes, fs_files, meta_refs, par_map, push_extent, scale, Kind, BS};
+use encode::{xz_blob, zstd_patch, zstd_plain, XZ_FROM_LEVEL};
 
-const BS: usize = BLOCK_SIZE as usize;
 /// Blocks of new data encoded together.
 const NEW_CHUNK_BLOCKS: u64 = 512;
 /// An operation to encode: type, target extents, source extents.
@@ -118,59 +121,6 @@ impl GenerateOptions {
     }
 }
 
-fn block(img: &[u8], i: u64) -> std::borrow::Cow<'_, [u8]> {
-    let start = (i * BLOCK_SIZE) as usize;
-    let end = (start + BS).min(img.len());
-    let b = img.get(start..end).unwrap_or_default();
-    if b.len() == BS {
-        std::borrow::Cow::Borrowed(b)
-    } else {
-        let mut v = b.to_vec();
-        v.resize(BS, 0);
-        std::borrow::Cow::Owned(v)
-    }
-}
-
-fn range(img: &[u8], start_block: u64, blocks: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity((blocks * BLOCK_SIZE) as usize);
-    for i in start_block..start_block + blocks {
-        out.extend_from_slice(&block(img, i));
-    }
-    out
-}
-
-fn extents_bytes(img: &[u8], e: &[Extent]) -> Vec<u8> {
-    let mut v = Vec::new();
-    for x in e {
-        v.extend(range(img, x.start, x.blocks));
-    }
-    v
-}
-
-fn par_map<T: Send, R: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let n = items.len();
-    let queue = Mutex::new(items.into_iter().enumerate());
-    let results = Mutex::new((0..n).map(|_| None).collect::<Vec<Option<R>>>());
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
-            s.spawn(|| loop {
-                let next = queue.lock().ok().and_then(|mut q| q.next());
-                let Some((i, item)) = next else { break };
-                let r = f(item);
-                if let Ok(mut res) = results.lock() {
-                    res[i] = Some(r);
-                }
-            });
-        }
-    });
-    results
-        .into_inner()
-        .unwrap_or_default()
-        .into_iter()
-        .flatten()
-        .collect()
-}
-
 fn hashes(img: &[u8], count: u64, threads: usize) -> Vec<[u8; 32]> {
     let per = count.div_ceil(threads.max(1) as u64).max(1);
     let parts: Vec<(u64, u64)> = (0..count)
@@ -181,149 +131,6 @@ fn hashes(img: &[u8], count: u64, threads: usize) -> Vec<[u8; 32]> {
         (a..b).map(|i| sha256(&block(img, i))).collect::<Vec<_>>()
     })
     .concat()
-}
-
-/// Blocks `sb..eb` (within `kinds`) taken by a RECOMPRESS operation: marked
-/// [`Kind::InFile`], as one extent.
-fn claim(kinds: &mut [Kind], sb: u64, eb: u64) -> Extent {
-    for k in &mut kinds[sb as usize..eb as usize] {
-        *k = Kind::InFile;
-    }
-    Extent {
-        start: sb,
-        blocks: eb - sb,
-    }
-}
-
-/// What a RECOMPRESS operation builds its target blocks from.
-struct Recreated<'a> {
-    spec: &'a crate::recompress::Spec,
-    /// Decompressed content of the target blocks.
-    content: &'a [u8],
-    /// Decompressed content of the source blocks (the content's reference, if any).
-    old: &'a [u8],
-    literal: &'a [u8],
-    /// Whether the literal bytes are a delta against the source extents' bytes (gzip
-    /// files' operations, which also write EROFS metadata blocks).
-    literal_patched: bool,
-}
-
-/// A RECOMPRESS operation writing `target`, reading `extents` of `source`, and its blob.
-fn recompress_op(
-    source: &[u8],
-    extents: Vec<Extent>,
-    target: Vec<Extent>,
-    r: &Recreated<'_>,
-    level: i32,
-) -> Result<(Operation, Vec<u8>)> {
-    let frame = if r.old.is_empty() {
-        zstd_plain(r.content, level)?
-    } else {
-        zstd_patch(r.content, r.old, level)?
-    };
-    // gzip files' text gains from LZMA2 as new files do (BCJ only without an old version
-    // to match). Not squashfs's or EROFS's blocks: their content is most of the payload,
-    // and LZMA2 would double the time taken to make it for a size already well below the
-    // peers'.
-    let small_dict =
-        crate::xz::dict_size(r.old.len(), r.content.len()) <= crate::recompress::MAX_FRAME_DICT;
-    let (frame, xz) = match (level >= XZ_FROM_LEVEL
-        && small_dict
-        && r.spec.codec == crate::squashfs::Codec::GzipFile)
-        .then(|| xz_blob(r.content, r.old, frame.len(), r.old.is_empty()))
-        .flatten()
-    {
-        Some(blob) => (blob, true),
-        None => (frame, false),
-    };
-    let source_bytes = extents_bytes(source, &extents);
-    let lit = if r.literal_patched && !source_bytes.is_empty() {
-        zstd_patch(r.literal, &source_bytes, level)?
-    } else {
-        zstd_plain(r.literal, level)?
-    };
-    let blob = crate::recompress::encode_with(
-        r.spec,
-        (r.content.len() as u64, &frame, xz),
-        r.literal.len() as u64,
-        &lit,
-    );
-    let source_sha256 = if extents.is_empty() {
-        [0; 32]
-    } else {
-        sha256(&source_bytes)
-    };
-    Ok((
-        Operation {
-            op: OpType::Recompress,
-            target,
-            data_offset: 0,
-            data_length: blob.len() as u64,
-            data_sha256: sha256(&blob),
-            source_sha256,
-            source: extents,
-        },
-        blob,
-    ))
-}
-
-/// Levels from which new content is encoded with LZMA2 rather than zstd.
-const XZ_FROM_LEVEL: i32 = 10;
-
-/// A REPLACE_XZ / CHAIN_XZ / PATCH_XZ blob for `data` (BCJ x86 first when `code` allows
-/// and it holds x86 executables), or `None` when it is not smaller than `probe` bytes
-/// (zstd at the probe level: then zstd at the requested level does better) or liblzma
-/// fails.
-fn xz_blob(data: &[u8], reference: &[u8], probe: usize, code: bool) -> Option<Vec<u8>> {
-    // New files start at block boundaries; an x86 ELF header at one means code.
-    let x86 = code
-        && data.chunks(BS).any(|b| {
-            b.len() >= 20
-                && b[..4] == *b"\x7fELF"
-                && matches!(u16::from_le_bytes([b[18], b[19]]), 3 | 62)
-        });
-    let blob = crate::xz::encode_blob(data, reference, x86).ok()?;
-    (blob.len() < probe).then_some(blob)
-}
-
-fn zstd_plain(data: &[u8], level: i32) -> Result<Vec<u8>> {
-    zstd::bulk::compress(data, level).map_err(|e| Error::io("zstd compress", e))
-}
-
-fn zstd_patch(data: &[u8], reference: &[u8], level: i32) -> Result<Vec<u8>> {
-    use std::io::Write;
-    let mut enc = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, reference)
-        .map_err(|e| Error::io("zstd patch encoder", e))?;
-    let window = (reference.len() + data.len())
-        .next_power_of_two()
-        .trailing_zeros()
-        .clamp(10, 27);
-    enc.window_log(window)
-        .map_err(|e| Error::io("zstd window", e))?;
-    enc.include_contentsize(true)
-        .map_err(|e| Error::io("zstd", e))?;
-    enc.long_distance_matching(true)
-        .map_err(|e| Error::io("zstd", e))?;
-    enc.set_pledged_src_size(Some(data.len() as u64))
-        .map_err(|e| Error::io("zstd", e))?;
-    enc.write_all(data)
-        .map_err(|e| Error::io("zstd patch", e))?;
-    enc.finish().map_err(|e| Error::io("zstd patch", e))
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Zero,
-    Copy(u64),
-    New,
-    /// New, and encoded with its file (see [`plan_files`]).
-    InFile,
-}
-
-/// `x * num / den` without overflow (sizes come from untrusted images), saturating.
-fn scale(x: u64, num: u64, den: u64) -> u64 {
-    let v = u128::from(x) * u128::from(num) / u128::from(den.max(1));
-    u64::try_from(v).unwrap_or(u64::MAX)
 }
 
 /// Target blocks of one group of files with old versions (the reference gives context).
@@ -338,13 +145,6 @@ const PIECE_BLOCKS: u64 = 1024;
 const RUN_GAP_BLOCKS: u64 = 32;
 /// Old-version blocks on each side of a piece's expected place, besides the size change.
 const REF_MARGIN_BLOCKS: u64 = 64;
-
-fn push_extent(v: &mut Vec<Extent>, start: u64, blocks: u64) {
-    match v.last_mut() {
-        Some(e) if e.start + e.blocks == start => e.blocks += blocks,
-        _ => v.push(Extent { start, blocks }),
-    }
-}
 
 fn extents_total(v: &[Extent]) -> u64 {
     v.iter().map(|e| e.blocks).sum()
@@ -399,16 +199,6 @@ fn group(
 /// first target block alone for files with an old version.
 type PieceKey = (String, String, u64);
 
-/// The regular files of an ext4 or (uncompressed) EROFS image, with their blocks.
-fn fs_files(img: &[u8]) -> Vec<crate::ext4::File> {
-    let found = crate::ext4::files(img);
-    if found.is_empty() {
-        crate::erofs::files(img)
-    } else {
-        found
-    }
-}
-
 /// Pair the target's changed files with the source's files of the same path (ext4 or
 /// EROFS): groups of target extents, in file order, with the old versions as their
 /// reference, as update_engine does. Marks the blocks it takes as [`Kind::InFile`].
@@ -418,7 +208,7 @@ fn plan_files(source: &[u8], target: &[u8], kinds: &mut [Kind]) -> Vec<Plan> {
         return Vec::new();
     }
     let old_files = fs_files(source);
-    let old: HashMap<&str, &crate::ext4::File> =
+    let old: HashMap<&str, &crate::fs::ext4::File> =
         old_files.iter().map(|f| (f.path.as_str(), f)).collect();
     let max = MAX_OP_BYTES / BLOCK_SIZE;
     // Each file's changed blocks in file order, keyed by where the first one lies.
@@ -534,38 +324,6 @@ fn plan_files(source: &[u8], target: &[u8], kinds: &mut [Kind]) -> Vec<Plan> {
         before = tail(&before, CHAIN_BLOCKS);
     }
     plans
-}
-
-/// For each EROFS metadata block of `target`, the blocks of `source` holding the inodes
-/// (and what is stored beside them) of the same paths.
-fn meta_refs(source: &[u8], target: &[u8]) -> BTreeMap<u64, BTreeSet<u64>> {
-    let mut refs: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-    let new_meta = crate::erofs::metadata(target);
-    if new_meta.is_empty() {
-        return refs;
-    }
-    let old_meta = crate::erofs::metadata(source);
-    let old: HashMap<&str, (u64, u64)> = old_meta
-        .iter()
-        .map(|(p, a, b)| (p.as_str(), (*a, *b)))
-        .collect();
-    let sblocks = source.len() as u64 / BLOCK_SIZE;
-    // An inode and what follows it span at most two blocks (the tail may not cross).
-    let blocks = |a: u64, b: u64| (a / BLOCK_SIZE, (b.max(a + 1) - 1) / BLOCK_SIZE);
-    for (path, a, b) in &new_meta {
-        let Some(&(oa, ob)) = old.get(path.as_str()) else {
-            continue;
-        };
-        let (tf, tl) = blocks(*a, *b);
-        let (sf, sl) = blocks(oa, ob);
-        if sl >= sblocks {
-            continue;
-        }
-        for t in tf..=tl.min(tf + 1) {
-            refs.entry(t).or_default().extend(sf..=sl.min(sf + 1));
-        }
-    }
-    refs
 }
 
 /// Changed EROFS metadata blocks (inodes with their inline tails, xattrs and directory
@@ -760,14 +518,14 @@ pub fn generate_observed<S: Signer + ?Sized>(
     let encoded = encoded.into_iter().map(|(_, r)| r).collect();
     let (operations, data) = lay_out(encoded)?;
     let codec = match (&squashfs, &erofs) {
-        _ if gz => Some(crate::squashfs::Codec::GzipFile),
+        _ if gz => Some(crate::codec::Codec::GzipFile),
         (Some(p), _) => Some(p.codec()),
-        (None, Some(_)) => Some(crate::squashfs::Codec::ErofsLz4),
+        (None, Some(_)) => Some(crate::codec::Codec::ErofsLz4),
         _ => None,
     };
     let recompressor = codec
         .filter(|_| operations.iter().any(|o| o.op == OpType::Recompress))
-        .map(crate::recompress::recompressor_for);
+        .map(crate::codec::recompress::recompressor_for);
     let manifest = Manifest {
         source: source
             .map(|s| image_id(s, "hashing the source"))
@@ -1311,7 +1069,7 @@ pub fn assemble<S: Signer + ?Sized>(
 
 #[cfg(test)]
 mod tests {
-    use super::scale;
+    use super::blocks::scale;
 
     #[test]
     fn reference_positions_scale_without_overflow() {

@@ -1,5 +1,5 @@
 //! Just enough EROFS to find where each regular file's data lies in an image: paths and
-//! their data blocks, in file order, as [`crate::ext4`] finds them on ext4, so the
+//! their data blocks, in file order, as [`crate::fs::ext4`] finds them on ext4, so the
 //! generator pairs a changed file with its old version on EROFS too.
 //!
 //! Read: the superblock (4 KiB blocks only, the payload's block), compact and extended
@@ -22,7 +22,10 @@ use std::collections::HashSet;
 
 use keel_io::Cursor;
 
-pub use crate::ext4::File;
+use crate::codec::lz4;
+
+#[doc(no_inline)]
+pub use super::ext4::File;
 
 const MAGIC: u64 = 0xE0F5_E1E2;
 const MAX_FILES: usize = 1 << 20;
@@ -504,8 +507,8 @@ pub fn cluster_content(block: &[u8], len: u32, raw: bool, out: &mut Vec<u8>) -> 
     }
     let at = out.len();
     out.resize(at + len, 0);
-    match lz4_flex::block::decompress_into(lz, &mut out[at..]) {
-        Ok(n) if n == len => Some(()),
+    match lz4::decompress(lz, &mut out[at..]) {
+        Some(n) if n == len => Some(()),
         _ => {
             out.truncate(at);
             None
@@ -636,10 +639,11 @@ fn file(fs: &mut Fs<'_>, nid: u64, path: String) -> Option<File> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    use crate::testdata::compressible;
     use keel_testsupport as tools;
 
     /// A random tree from `seed`: files of every size class (empty, under a block, whole
@@ -769,26 +773,6 @@ pub(crate) mod tests {
                 }
             }
         }
-    }
-
-    /// Compressible content from `seed`: words from a small vocabulary, runs of one byte,
-    /// stretches of noise (raw pclusters), of `len` bytes.
-    pub(crate) fn compressible(seed: u64, len: usize) -> Vec<u8> {
-        let mut next = tools::seeded_choice(seed);
-        let mut out = Vec::with_capacity(len + 4096);
-        while out.len() < len {
-            match next(10) {
-                0 => out.extend(std::iter::repeat_n(next(256) as u8, next(3000) as usize)),
-                1 => out.extend(tools::seeded_bytes(next(1 << 30), next(6000) as usize)),
-                _ => {
-                    for _ in 0..next(200) {
-                        out.extend_from_slice(format!("w{} ", next(500)).as_bytes());
-                    }
-                }
-            }
-        }
-        out.truncate(len);
-        out
     }
 
     /// Random compressible trees built by mkfs.erofs with lz4 and lz4hc, compacted and

@@ -13,10 +13,10 @@
 //! the size a block may have, and totals are capped, so a damaged or hostile image gives
 //! fewer files (or none), never a panic or an unbounded allocation.
 
-use std::collections::{HashMap, HashSet};
-use std::io::Read;
-
 use keel_io::Cursor;
+use std::collections::{HashMap, HashSet};
+
+pub use crate::codec::{decompress, Codec};
 
 const MAGIC: u32 = 0x7371_7368;
 const MAX_FILES: usize = 1 << 20;
@@ -31,126 +31,6 @@ const NO_FRAGMENT: u32 = 0xFFFF_FFFF;
 /// Bit of a data block's size word: stored uncompressed.
 pub const STORED: u32 = 1 << 24;
 const COMPRESSOR_OPTIONS: u16 = 0x0400;
-
-/// A squashfs compressor (the superblock's numbering).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Codec {
-    /// zlib-wrapped deflate.
-    Gzip,
-    /// Legacy lzma (not read).
-    Lzma,
-    /// lzo (not read).
-    Lzo,
-    /// xz.
-    Xz,
-    /// lz4 blocks.
-    Lz4,
-    /// zstd frames.
-    Zstd,
-    /// Not a squashfs compressor: EROFS's lz4 pclusters, as RECOMPRESS blobs name them
-    /// (number 0x40; the level field 0 for lz4, 1 to 12 for lz4hc).
-    ErofsLz4,
-    /// Not a squashfs compressor: the raw deflate stream of a gzip file inside an ext4 or
-    /// EROFS image, as RECOMPRESS blobs name it (number 0x41; the level field as gzip's).
-    GzipFile,
-}
-
-impl Codec {
-    fn from_id(id: u16) -> Option<Codec> {
-        Some(match id {
-            1 => Codec::Gzip,
-            2 => Codec::Lzma,
-            3 => Codec::Lzo,
-            4 => Codec::Xz,
-            5 => Codec::Lz4,
-            6 => Codec::Zstd,
-            _ => return None,
-        })
-    }
-
-    /// The compressor a RECOMPRESS blob's first byte names.
-    pub(crate) fn from_blob_id(id: u8) -> Option<Codec> {
-        match id {
-            0x40 => Some(Codec::ErofsLz4),
-            0x41 => Some(Codec::GzipFile),
-            _ => Codec::from_id(u16::from(id))
-                .filter(|c| matches!(c, Codec::Gzip | Codec::Xz | Codec::Lz4 | Codec::Zstd)),
-        }
-    }
-
-    /// The superblock's number for it.
-    pub fn id(self) -> u8 {
-        match self {
-            Codec::Gzip => 1,
-            Codec::Lzma => 2,
-            Codec::Lzo => 3,
-            Codec::Xz => 4,
-            Codec::Lz4 => 5,
-            Codec::Zstd => 6,
-            Codec::ErofsLz4 => 0x40,
-            Codec::GzipFile => 0x41,
-        }
-    }
-}
-
-/// `src` decompressed with `codec`, at most `max` bytes; `None` when it does not
-/// decompress or is longer (a damaged block).
-pub fn decompress(codec: Codec, src: &[u8], max: usize) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let bound = max as u64 + 1;
-    match codec {
-        Codec::Zstd => {
-            let mut d = zstd::stream::read::Decoder::with_buffer(src).ok()?;
-            // A block is at most 1 MiB: a window beyond that is a hostile frame.
-            d.window_log_max(21).ok()?;
-            d.take(bound).read_to_end(&mut out).ok()?;
-        }
-        Codec::Gzip => {
-            flate2::read::ZlibDecoder::new(src)
-                .take(bound)
-                .read_to_end(&mut out)
-                .ok()?;
-        }
-        Codec::GzipFile => {
-            flate2::read::DeflateDecoder::new(src)
-                .take(bound)
-                .read_to_end(&mut out)
-                .ok()?;
-        }
-        Codec::Xz => {
-            // The decoder's window grows with what it writes, which stops at `max`.
-            let mut w = LimitedWriter { out: &mut out, max };
-            lzma_rs::xz_decompress(&mut &src[..], &mut w).ok()?;
-        }
-        Codec::Lz4 => {
-            out = vec![0u8; max];
-            let n = lz4_flex::block::decompress_into(src, &mut out).ok()?;
-            out.truncate(n);
-        }
-        Codec::Lzma | Codec::Lzo | Codec::ErofsLz4 => return None,
-    }
-    (out.len() <= max).then_some(out)
-}
-
-/// A writer refusing to grow past `max` (xz output is written, not read).
-struct LimitedWriter<'a> {
-    out: &'a mut Vec<u8>,
-    max: usize,
-}
-
-impl std::io::Write for LimitedWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.out.len() + buf.len() > self.max {
-            return Err(std::io::Error::other("block decompresses too long"));
-        }
-        self.out.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Compressed blocks lying one after another from `start` (a file's data, or one
 /// fragment block).
@@ -257,7 +137,7 @@ pub(crate) fn block_content(
 ) -> Option<()> {
     if codec == Codec::ErofsLz4 {
         let block = slice(img, at, 4096)?;
-        return crate::erofs::cluster_content(block, w & (STORED - 1), w & STORED != 0, out);
+        return super::erofs::cluster_content(block, w & (STORED - 1), w & STORED != 0, out);
     }
     if w == 0 {
         out.resize(out.len() + bs, 0);
@@ -544,11 +424,11 @@ fn level(img: &[u8], s: &Super) -> (Option<i32>, u8) {
         (Codec::Zstd, Some(Some(o))) => (le32(&o, 0).and_then(|l| i32::try_from(l).ok()), 15),
         // mksquashfs 4.5 compresses xz at the default preset: the options hold the
         // dictionary size and the BCJ filters tried.
-        (Codec::Xz, None) => (crate::xz::level_field(s.block_size, 0), 15),
+        (Codec::Xz, None) => (crate::codec::xz::level_field(s.block_size, 0), 15),
         (Codec::Xz, Some(Some(o))) => (
             le32(&o, 0)
                 .zip(le32(&o, 4))
-                .and_then(|(d, f)| crate::xz::level_field(d, f)),
+                .and_then(|(d, f)| crate::codec::xz::level_field(d, f)),
             15,
         ),
         // lz4 always records its options: the stream version and whether -Xhc was given
