@@ -18,7 +18,7 @@ where
     D: ReadAt,
     &'d D: WriteAt,
 {
-    /// The partitions of the pair, in the order of [`System::slots`], each checked
+    /// The partitions of the pair, in the order of [`System::slots`](crate::System::slots), each checked
     /// against its expected type. Every device reference of the description (each slot's
     /// data and hash device, and a boot-state store on a partition) is resolved to the
     /// partition it is before anything is compared: two references to one partition, or
@@ -46,7 +46,7 @@ where
     }
 
     /// Every device reference resolved and checked: the slots' data partitions (in the
-    /// order of [`System::slots`]), then their hash partitions where they have them.
+    /// order of [`System::slots`](crate::System::slots)), then their hash partitions where they have them.
     pub(super) fn resolve(&self) -> Result<Vec<crate::devices::Resolved>> {
         use crate::devices::{check_backend_path, check_distinct, Resolved};
         let parts = self.gpt()?.partitions();
