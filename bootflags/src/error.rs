@@ -94,6 +94,9 @@ pub enum Error {
         /// The most allowed.
         max: u8,
     },
+    /// RAUC's GRUB script tries a slot exactly once.
+    #[error("tries {0}: RAUC's GRUB script gives exactly one try")]
+    OneTry(u8),
     /// A slot state out of the model's ranges.
     #[error("slot {slot}: priority {priority} / tries {tries} out of range 0..15")]
     StateRange {

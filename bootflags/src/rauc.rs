@@ -352,11 +352,7 @@ impl AbControl for RaucGrub {
     fn set_active(&mut self, slot: Slot, tries: Option<u8>) -> Result<()> {
         check_slot(slot, self.rules.count)?;
         if tries.is_some_and(|t| t != 1) {
-            return Err(Error::Tries {
-                tries: tries.unwrap_or(0),
-                min: 1,
-                max: 1,
-            });
+            return Err(Error::OneTry(tries.unwrap_or(0)));
         }
         self.rules.activate(slot);
         Ok(())
