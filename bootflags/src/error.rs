@@ -148,6 +148,9 @@ pub enum Error {
     /// A backend kept in the slots' GPT entries, opened without the disk.
     #[error("the {0} backend keeps its state in the GPT: open it on the disk (keel-partition)")]
     NeedsDisk(&'static str),
+    /// A path read from a configuration that climbs out of the root (`..`).
+    #[error("{0}: a path with `..` could name a file outside the root")]
+    PathEscapes(String),
     /// An entries directory that is not `ESP/loader/entries`.
     #[error("{0}: expected ESP/loader/entries")]
     EntriesDir(String),

@@ -144,18 +144,37 @@ impl BackendSpec {
         }
     }
 
-    /// The files or devices the store writes, as on the running system (for an agent to
-    /// check that none of them is a slot). An fw_env.config's copies are read from it.
-    pub fn files(&self, root: &Path) -> Result<Vec<PathBuf>> {
+    /// What the store writes: each file or device under `root` (as [`open`] opens it),
+    /// with the byte range in it (offset, length), for an agent to check that none of
+    /// them is a slot. An fw_env.config's copies are read from it.
+    pub fn writes(&self, root: &Path) -> Result<Vec<(PathBuf, u64, u64)>> {
         Ok(match self {
             BackendSpec::Gpt(_) | BackendSpec::SystemdBoot(_) => Vec::new(),
-            BackendSpec::GrubEnv(p) | BackendSpec::AndroidMisc(p) => alloc::vec![p.clone()],
-            BackendSpec::Uboot { path, .. } => alloc::vec![path.clone()],
-            BackendSpec::FwEnv(config) => fw_env(root, config)?
-                .copies
-                .into_iter()
-                .map(|(p, _)| p)
-                .collect(),
+            BackendSpec::GrubEnv(p) => {
+                alloc::vec![(under_root(root, p), 0, crate::store::MAX_GRUBENV as u64)]
+            }
+            BackendSpec::AndroidMisc(p) => alloc::vec![(
+                under_root(root, p),
+                crate::android::MISC_OFFSET,
+                crate::android::SIZE as u64
+            )],
+            BackendSpec::Uboot {
+                path,
+                size,
+                redundant,
+            } => alloc::vec![(
+                under_root(root, path),
+                0,
+                (*size as u64).saturating_mul(if *redundant { 2 } else { 1 })
+            )],
+            BackendSpec::FwEnv(config) => {
+                let c = fw_env(root, config)?;
+                let mut out = Vec::new();
+                for (p, off) in c.copies {
+                    out.push((contained(root, &p)?, off, c.size as u64));
+                }
+                out
+            }
         })
     }
 }
@@ -163,6 +182,17 @@ impl BackendSpec {
 /// `p` (absolute, on the running system) under `root`.
 pub fn under_root(root: &Path, p: &Path) -> PathBuf {
     root.join(p.strip_prefix("/").unwrap_or(p))
+}
+
+/// [`under_root`] for a path read from a file (an fw_env.config): one with `..` could name
+/// something outside the root, and is refused.
+fn contained(root: &Path, p: &Path) -> Result<PathBuf> {
+    if p.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(Error::PathEscapes(p.display().to_string()));
+    }
+    Ok(under_root(root, p))
 }
 
 /// An fw_env.config read under `root`, its copies' paths as it names them.
@@ -214,7 +244,7 @@ pub fn open(spec: &BackendSpec, root: &Path, ids: &[&str]) -> Result<Box<dyn Boo
         BackendSpec::FwEnv(config) => {
             let mut c = fw_env(root, config)?;
             for (p, _) in &mut c.copies {
-                *p = under_root(root, p);
+                *p = contained(root, p)?;
             }
             Box::new(FileStore::open(
                 Backend::FwEnv(c),

@@ -123,6 +123,33 @@ impl FwEnvConfig {
         })?;
         let cfg = FwEnvConfig { copies, size };
         cfg.layout().check()?;
+        // A copy that ends past the last byte there can be, or two copies sharing bytes:
+        // the second would overwrite the first and the redundancy would be gone.
+        let end = |off: u64| off.checked_add(size as u64);
+        for (i, (path, off)) in cfg.copies.iter().enumerate() {
+            if end(*off).is_none() {
+                return Err(Error::Syntax {
+                    what: "fw_env.config",
+                    offset: i + 1,
+                    reason: alloc::format!(
+                        "copy {}: offset {off:#x} plus {size} bytes overflows",
+                        i + 1
+                    ),
+                });
+            }
+            for (other, off2) in &cfg.copies[i + 1..] {
+                if other == path && off.max(off2) < &end(*off.min(off2)).unwrap_or(u64::MAX) {
+                    return Err(Error::Syntax {
+                        what: "fw_env.config",
+                        offset: i + 2,
+                        reason: alloc::format!(
+                            "the two copies overlap in {} ({off:#x} and {off2:#x}, {size} bytes each)",
+                            path.display()
+                        ),
+                    });
+                }
+            }
+        }
         Ok(cfg)
     }
 

@@ -396,12 +396,8 @@ impl Server {
     }
 
     fn steady_state(&self, group: &Group, id: &str) -> Answer {
-        let lease = match group.held_lease(id) {
-            Ok(l) => l,
-            Err(e) => return failure("failed_unlock", &e),
-        };
-        match group.release(id) {
-            Ok(_) => {
+        match group.release_bound(id) {
+            Ok((_, lease)) => {
                 // The lease was granted for this holding alone.
                 if let Some(l) = lease {
                     let _ = self.etcd.lease_revoke(l);

@@ -584,19 +584,30 @@ impl Group {
     /// Free `id`'s slot (and drop holders whose lease ended). Returns whether `id` held
     /// one. Allowed while paused: a node that is back on a good version gives its slot up.
     pub fn release(&self, id: &str) -> Result<bool> {
+        self.release_bound(id).map(|(held, _)| held)
+    }
+
+    /// [`Group::release`], with the lease the deleted holding was bound to, as read in
+    /// the same transaction: a FleetLock server revokes exactly that one (reading it
+    /// before the release races with another server rebinding the holding).
+    pub(crate) fn release_bound(&self, id: &str) -> Result<(bool, Option<i64>)> {
         check_name("id", id)?;
         loop {
             let st = self.read()?;
             let Some((mut sem, _)) = st.semaphore.clone() else {
-                return Ok(false);
+                return Ok((false, None));
             };
             let mut ops = Vec::new();
             self.reap(&st, &mut sem, &mut ops);
             let held = sem.holders.iter().any(|h| h == id);
             sem.holders.retain(|h| h != id);
             if !held && ops.is_empty() && !st.records.contains_key(id) {
-                return Ok(false);
+                return Ok((false, None));
             }
+            let lease = st
+                .records
+                .get(id)
+                .and_then(|r| i64::from_str_radix(&r.lease, 16).ok());
             ops.push(self.put_semaphore(&sem)?);
             ops.push(Op::Delete(
                 self.key(&format!("keel/holders/{}", query_escape(id))),
@@ -605,7 +616,7 @@ impl Group {
                 self.key(&format!("keel/alive/{}", query_escape(id))),
             ));
             if self.etcd.txn(&self.unchanged(&st), &ops)?.0 {
-                return Ok(held);
+                return Ok((held, lease));
             }
         }
     }

@@ -27,7 +27,12 @@ pub(crate) struct KernelDevice {
 /// `None` when /sys knows no such device.
 pub(crate) fn kernel_device(root: &Path, dev: &Path) -> Option<KernelDevice> {
     let node = root.join(dev.strip_prefix("/").unwrap_or(dev));
-    let sys = match std::fs::metadata(&node) {
+    kernel_device_at(root, &node, dev)
+}
+
+/// [`kernel_device`] of `node`, a path already under `root` (`dev`: how it was named).
+fn kernel_device_at(root: &Path, node: &Path, dev: &Path) -> Option<KernelDevice> {
+    let sys = match std::fs::metadata(node) {
         Ok(md) if md.file_type().is_block_device() => {
             let rdev = md.rdev();
             // glibc's gnu_dev_major/minor: 12 bits of major and 20 of minor, split.
@@ -43,7 +48,7 @@ pub(crate) fn kernel_device(root: &Path, dev: &Path) -> Option<KernelDevice> {
                 return None;
             }
             // A symlink (/dev/disk/by-partlabel/X, /dev/block/by-name/X) names its target.
-            let name = std::fs::canonicalize(&node)
+            let name = std::fs::canonicalize(node)
                 .ok()
                 .and_then(|p| p.file_name().map(|n| n.to_os_string()))
                 .or_else(|| dev.file_name().map(|n| n.to_os_string()))?;
@@ -109,33 +114,123 @@ pub(crate) fn check_distinct(refs: &[Resolved]) -> Result<()> {
     Ok(())
 }
 
-/// A file the boot backend writes (an environment, a misc partition) must not be a
-/// partition the slots use: resolved through the kernel when it is a device of the boot
-/// disk.
-pub(crate) fn check_backend_path(
+/// What a file or device is: a regular file by its file system and inode, a block device
+/// by its device number. Two paths to one thing (a hard link, a symlink, `/dev/disk/...`)
+/// have one identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Identity {
+    File(u64, u64),
+    Device(u64),
+}
+
+/// The identity of `p`, if it is a regular file or a block device.
+pub(crate) fn identity(p: &Path) -> Option<Identity> {
+    let md = std::fs::metadata(p).ok()?;
+    if md.file_type().is_block_device() {
+        Some(Identity::Device(md.rdev()))
+    } else if md.is_file() {
+        Some(Identity::File(md.dev(), md.ino()))
+    } else {
+        None
+    }
+}
+
+/// Bytes a boot-state store writes: a file or device (under the root), a range in it, and
+/// the setting that names it.
+#[derive(Clone, Debug)]
+pub(crate) struct StoreWrite {
+    pub(crate) field: &'static str,
+    pub(crate) path: PathBuf,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+}
+
+fn overlap(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1)
+}
+
+/// The boot-state store's writes must touch no slot: not a slot's partition (by the
+/// kernel's description of the device), not a slot's bytes on the disk itself (the store
+/// is the disk image or device, by identity, at an offset inside a slot), and not each
+/// other (two copies of a redundant environment sharing bytes). A block device the
+/// kernel does not describe under the root cannot be told apart from a slot: refused.
+pub(crate) fn check_store_writes(
     root: &Path,
-    field: &str,
-    path: &Path,
+    writes: &[StoreWrite],
+    disks: &[Identity],
     boot_disk: Option<&str>,
     refs: &[Resolved],
+    sector_size: u64,
 ) -> Result<()> {
-    let Some(KernelDevice {
-        partition: Some((disk, number)),
-        ..
-    }) = kernel_device(root, path)
-    else {
-        return Ok(());
-    };
-    if boot_disk.is_some_and(|d| d != disk) {
-        return Ok(());
+    let ids: Vec<Option<Identity>> = writes.iter().map(|w| identity(&w.path)).collect();
+    for (i, a) in writes.iter().enumerate() {
+        for (j, b) in writes.iter().enumerate().skip(i + 1) {
+            if ids[i].is_some() && ids[i] == ids[j] && overlap((a.offset, a.len), (b.offset, b.len))
+            {
+                return Err(Error::StoreOverlap {
+                    field: a.field.to_string(),
+                    path: b.path.clone(),
+                });
+            }
+        }
     }
-    if let Some(r) = refs.iter().find(|r| r.partition.number == number) {
-        return Err(Error::SameDevice {
-            first: field.to_string(),
-            second: r.field.clone(),
-            first_partition: number,
-            second_partition: r.partition.number,
-        });
+    for (w, id) in writes.iter().zip(&ids) {
+        // A path under /dev that is not there (yet) is still told by its name in /sys.
+        let in_dev = w.path.starts_with(root.join("dev"));
+        let on_disk = match id {
+            Some(id) if disks.contains(id) => true,
+            Some(Identity::Device(_)) | None if id.is_some() || in_dev => {
+                // How the running system names it (for the /sys lookup by name).
+                let named = w
+                    .path
+                    .strip_prefix(root)
+                    .map_or_else(|_| w.path.clone(), |p| Path::new("/").join(p));
+                match kernel_device_at(root, &w.path, &named) {
+                    None if id.is_none() => false,
+                    None => {
+                        return Err(Error::UnknownDevice {
+                            field: w.field.to_string(),
+                            path: w.path.clone(),
+                        })
+                    }
+                    Some(KernelDevice {
+                        partition: Some((disk, number)),
+                        ..
+                    }) => {
+                        if boot_disk.is_none_or(|d| d == disk) {
+                            if let Some(r) = refs.iter().find(|r| r.partition.number == number) {
+                                return Err(Error::SameDevice {
+                                    first: w.field.to_string(),
+                                    second: r.field.clone(),
+                                    first_partition: number,
+                                    second_partition: r.partition.number,
+                                });
+                            }
+                        }
+                        false
+                    }
+                    Some(KernelDevice { name, .. }) => boot_disk == Some(name.as_str()),
+                }
+            }
+            _ => false,
+        };
+        if !on_disk {
+            continue;
+        }
+        for r in refs {
+            let p = &r.partition;
+            let slot = (
+                p.first_lba.saturating_mul(sector_size),
+                p.sectors().saturating_mul(sector_size),
+            );
+            if overlap((w.offset, w.len), slot) {
+                return Err(Error::StoreOnSlot {
+                    field: w.field.to_string(),
+                    slot: r.field.clone(),
+                    offset: w.offset,
+                });
+            }
+        }
     }
     Ok(())
 }

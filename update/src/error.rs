@@ -55,6 +55,34 @@ pub enum Error {
         /// The partition the second names.
         second_partition: u32,
     },
+    /// The boot-state store writes bytes of a slot: it is the disk itself (by identity) at
+    /// an offset inside a slot's partition. Nothing is written.
+    #[error("{field}: the store at byte {offset} of the boot disk lies in {slot}")]
+    StoreOnSlot {
+        /// The setting that names the store.
+        field: String,
+        /// The slot's setting.
+        slot: String,
+        /// Where the store is.
+        offset: u64,
+    },
+    /// Two copies of the boot-state store share bytes: the redundancy would be lost.
+    #[error("{field}: two copies of the store share bytes of {}", path.display())]
+    StoreOverlap {
+        /// The setting that names the store.
+        field: String,
+        /// The file or device.
+        path: std::path::PathBuf,
+    },
+    /// A block device the kernel (its /sys under the root) does not describe: it cannot be
+    /// told apart from a slot, so it is not written.
+    #[error("{field}: {} is a block device /sys does not describe", path.display())]
+    UnknownDevice {
+        /// The setting that names it.
+        field: String,
+        /// The device.
+        path: std::path::PathBuf,
+    },
     /// A device path in the description is a partition of another disk than the one
     /// holding the slots' GPT (or the kernel does not know it as a partition at all).
     #[error("{field}: {device} is {found}, not a partition of the boot disk {boot_disk}")]

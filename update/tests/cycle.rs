@@ -1529,3 +1529,62 @@ fn install_boot_and_commit_b(
     f.boot_from("USR-B");
     assert_eq!(a.commit(&[]).unwrap(), Commit::Committed(Slot::B));
 }
+
+/// An fw_env.config whose copies are the boot disk itself (a hard link to the image under
+/// the root), at an offset inside slot A or B, is refused before anything is written; so
+/// are copies that share bytes, a path climbing out of the root, and a block device /sys
+/// does not describe.
+#[test]
+fn a_boot_state_store_on_a_slot_is_refused_before_any_write() {
+    let f = Fixture::new();
+    fs::create_dir_all(f.root().join("etc")).unwrap();
+    // The image, seen from the root by another name.
+    fs::hard_link(f.disk(), f.root().join("disk.img")).unwrap();
+    let (a_off, _) = f.slot_range(fs::read(f.disk()).unwrap(), "USR-A");
+    let (b_off, _) = f.slot_range(fs::read(f.disk()).unwrap(), "USR-B");
+    let env = f.root().join("env.bin");
+    fs::File::create(&env).unwrap().set_len(0x8000).unwrap();
+    let system = || {
+        system_from(f.description_for(
+            "backend = \"fw-env\"\nfw-env-config = \"/etc/fw_env.config\"",
+            "",
+            "",
+        ))
+    };
+    let disk = open_rw(&f.disk());
+    let before = fs::read(f.disk()).unwrap();
+    let try_config = |config: &str| -> Error {
+        fs::write(f.root().join("etc/fw_env.config"), config).unwrap();
+        agent(&f, system(), &disk)
+            .disk_path(f.disk())
+            .install(&f.payload(true, &f.v2, "2.0", "acme-os")[..], None)
+            .unwrap_err()
+    };
+    for off in [a_off + 0x10000, b_off] {
+        let e = try_config(&format!(
+            "/disk.img {off:#x} 0x4000\n/disk.img {:#x} 0x4000\n",
+            off + 0x4000
+        ));
+        assert!(matches!(e, Error::StoreOnSlot { .. }), "{off:#x}: {e}");
+    }
+    // Two copies sharing bytes: in one file by its name, and by two names of one file.
+    let e = try_config("/env.bin 0x0 0x4000\n/env.bin 0x2000 0x4000\n");
+    assert!(e.to_string().contains("overlap"), "{e}");
+    fs::hard_link(&env, f.root().join("env2.bin")).unwrap();
+    let e = try_config("/env.bin 0x0 0x4000\n/env2.bin 0x0 0x4000\n");
+    assert!(matches!(e, Error::StoreOverlap { .. }), "{e}");
+    // A path that climbs out of the root.
+    let e = try_config("/../../env.bin 0x0 0x4000\n/env.bin 0x4000 0x4000\n");
+    assert!(e.to_string().contains(".."), "{e}");
+    // A block device this root's /sys does not describe cannot be told from a slot.
+    if std::path::Path::new("/dev/loop0").exists() {
+        fs::create_dir_all(f.root().join("dev")).unwrap();
+        std::os::unix::fs::symlink("/dev/loop0", f.root().join("dev/env")).unwrap();
+        let e = try_config("/dev/env 0x0 0x4000\n/dev/env 0x4000 0x4000\n");
+        assert!(matches!(e, Error::UnknownDevice { .. }), "{e}");
+    }
+    assert!(
+        fs::read(f.disk()).unwrap() == before,
+        "the disk was written"
+    );
+}

@@ -1,6 +1,5 @@
 //! Where the slots are: every device reference resolved to its partition, the booted slot, the versions installed.
 
-use std::path::PathBuf;
 
 use keel_bootflags::Slot;
 use keel_io::{ReadAt, Region, WriteAt};
@@ -48,7 +47,7 @@ where
     /// Every device reference resolved and checked: the slots' data partitions (in the
     /// order of [`System::slots`](crate::System::slots)), then their hash partitions where they have them.
     pub(super) fn resolve(&self) -> Result<Vec<crate::devices::Resolved>> {
-        use crate::devices::{check_backend_path, check_distinct, Resolved};
+        use crate::devices::{check_distinct, check_store_writes, Resolved};
         let parts = self.gpt()?.partitions();
         let boot_disk = self.boot_disk_name()?;
         let mut refs = Vec::new();
@@ -67,14 +66,20 @@ where
         }
         check_distinct(&refs)?;
         let disk = boot_disk.as_ref().ok().map(String::as_str);
-        for (field, path) in self.backend_paths()? {
-            check_backend_path(&self.root, field, &path, disk, &refs)?;
-        }
+        let sector_size = self.gpt()?.sector_size();
+        check_store_writes(
+            &self.root,
+            &self.store_writes()?,
+            &self.disk_identities(),
+            disk,
+            &refs,
+            sector_size,
+        )?;
         Ok(refs)
     }
 
-    /// The files the boot backend writes, with the setting that names them.
-    pub(super) fn backend_paths(&self) -> Result<Vec<(&'static str, PathBuf)>> {
+    /// What the boot backend writes, with the setting that names it.
+    pub(super) fn store_writes(&self) -> Result<Vec<crate::devices::StoreWrite>> {
         let field = match &self.system.backend {
             BackendSpec::GrubEnv(_) => "boot.grubenv",
             BackendSpec::Uboot { .. } => "boot.env-file",
@@ -85,10 +90,33 @@ where
         Ok(self
             .system
             .backend
-            .files(&self.root)?
+            .writes(&self.root)?
             .into_iter()
-            .map(|p| (field, p))
+            .map(|(path, offset, len)| crate::devices::StoreWrite {
+                field,
+                path,
+                offset,
+                len,
+            })
             .collect())
+    }
+
+    /// Every identity the disk holding the slots may have: the path given with
+    /// [`Agent::disk_path`] and `boot.disk` (as opened, and under the root), and the disk
+    /// the kernel booted from.
+    pub(super) fn disk_identities(&self) -> Vec<crate::devices::Identity> {
+        let mut paths = Vec::new();
+        for p in self.disk_path.iter().chain(self.system.disk.iter()) {
+            paths.push(p.clone());
+            paths.push(keel_bootflags::spec::under_root(&self.root, p));
+        }
+        if let Ok(p) = crate::booted::boot_disk(&self.root) {
+            paths.push(p);
+        }
+        paths
+            .iter()
+            .filter_map(|p| crate::devices::identity(p))
+            .collect()
     }
 
     /// The kernel name of the disk holding the slots: the disk given with
