@@ -221,7 +221,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let temp = std::env::temp_dir().join(format!("keel-ab-update-{}", std::process::id()));
     let dir = cli.keep.clone().unwrap_or_else(|| temp.clone());
-    let r = match fs::create_dir_all(&dir) {
+    // Made for this user alone: nobody else can plant files in it while it is written.
+    let made = std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&dir);
+    let r = match made {
         Ok(()) => run(&cli, &dir),
         Err(err) => Err(format!("{}: {err}", dir.display()).into()),
     };

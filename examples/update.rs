@@ -128,8 +128,9 @@ enum Cmd {
         /// Apply without comparing versions (a first install).
         #[arg(long)]
         no_version_check: bool,
-        /// Download at most this many bytes per second (`512K`, `2M`; default: no cap).
-        #[arg(long, value_parser = cli::parse_size)]
+        /// Download at most this many bytes per second (`512K`, `2M`; at least 4K; default:
+        /// no cap).
+        #[arg(long, value_parser = rate)]
         max_rate: Option<u64>,
     },
     /// Fetch and verify a release index, and print the release this machine would take.
@@ -214,7 +215,10 @@ fn run(cli: Cli) -> Res<ExitCode> {
         _ => {}
     }
     if let Cmd::Demo { dir, slot_mib } = &cli.cmd {
-        std::fs::create_dir_all(dir)?;
+        // Made for this user alone: nobody else can plant files in it while it is written.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
         let d = demo::build(dir, slot_mib << 20, "gpt-flatcar")?;
         demo::boot_from(&dir.join("root"), &d.slots[0])?;
         println!(
@@ -480,6 +484,15 @@ fn check(cmd: &Cmd, root_dir: &std::path::Path) -> Res<ExitCode> {
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A download rate cap: at least 4 KiB/s, above keel-fetch's slow-retrieval floor, so a
+/// capped download is never taken for a stalled one (nor runs for ever at 1 B/s).
+fn rate(s: &str) -> Result<u64, String> {
+    match cli::parse_size(s)? {
+        n if n < 4096 => Err(format!("{s:?}: at least 4K bytes per second")),
+        n => Ok(n),
+    }
 }
 
 /// `FROM_VERSION=FILE`.

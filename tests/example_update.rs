@@ -512,6 +512,36 @@ fn out_of_range_arguments_are_refused_and_the_demo_key_is_private() {
         "{o:?}"
     );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    // An empty directory others can write to: they could plant links while it is
+    // written, so the demo does not write there.
+    let open_dir = dir.parent().unwrap().join("open");
+    std::fs::create_dir_all(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = run(
+        &example("update"),
+        &["demo", open_dir.to_str().unwrap(), "--slot-mib", "24"],
+    );
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("writable by others"),
+        "{o:?}"
+    );
+    assert_eq!(std::fs::read_dir(&open_dir).unwrap().count(), 0);
+    // A rate cap below the slow-retrieval floor would run for ever.
+    let o = update(
+        &dir,
+        &[
+            "fetch-apply",
+            "http://127.0.0.1:9/x",
+            "--target",
+            "t",
+            "--pubkey",
+            "k",
+            "--no-version-check",
+            "--max-rate",
+            "1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
 
     let o = update(&dir, &["commit", "--timeout", "18446744073709551615"]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");

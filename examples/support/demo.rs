@@ -125,6 +125,21 @@ pub(crate) struct Demo {
 /// version 1 and its dm-verity tree in A, its signed root, version 2's signed root, the
 /// signed delta payload 1 -> 2, and the description for `backend`. Each step narrated.
 pub(crate) fn build(dir: &Path, slot_bytes: u64, backend: &str) -> Res<Demo> {
+    // A directory others can write to: they could plant a symlink after the check
+    // below and have the demo write through it.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .permissions(),
+    );
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{}: writable by others (mode {:o}); the demo writes into a directory only its user can write",
+            dir.display(),
+            mode & 0o777
+        )
+        .into());
+    }
     // A fresh directory only: whatever stands there (a file, a symlink planted to
     // another file or directory) would be written through.
     if std::fs::read_dir(dir)
