@@ -375,21 +375,7 @@ fn a_rolling_update_stops_at_the_first_node_whose_new_version_fails() {
     // Each disk agrees: the committed nodes boot B (good), the failed one A, the paused
     // ones never left A.
     for (i, n) in nodes.iter().enumerate() {
-        let p = |name: &str| n.join(name).display().to_string();
-        let status = ok(
-            "update",
-            &[
-                "--config",
-                &p("system.toml"),
-                "--root",
-                &p("root"),
-                "--state",
-                &p("state"),
-                "status",
-                "--json",
-            ],
-        );
-        let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let (status, v) = node_status(n);
         let booted = v["slots"]
             .as_array()
             .unwrap()
@@ -734,21 +720,7 @@ fn a_roll_boots_the_right_partition_when_b_is_listed_before_a() {
         (Some("2.0"), Some("committed")),
         "{s}"
     );
-    let p = |name: &str| node.join(name).display().to_string();
-    let status = ok(
-        "update",
-        &[
-            "--config",
-            &p("system.toml"),
-            "--root",
-            &p("root"),
-            "--state",
-            &p("state"),
-            "status",
-            "--json",
-        ],
-    );
-    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let (status, v) = node_status(&node);
     let booted = v["slots"]
         .as_array()
         .unwrap()
@@ -867,4 +839,24 @@ fn the_fleetlock_example_serves_on_past_its_file_limit() {
         log.contains("accepting a connection failed"),
         "the flood did not reach the file limit: {log}"
     );
+}
+
+/// `update status --json` of a node made by `update demo`: the text and its value.
+fn node_status(node: &std::path::Path) -> (String, serde_json::Value) {
+    let p = |name: &str| node.join(name).display().to_string();
+    let status = ok(
+        "update",
+        &[
+            "--config",
+            &p("system.toml"),
+            "--root",
+            &p("root"),
+            "--state",
+            &p("state"),
+            "status",
+            "--json",
+        ],
+    );
+    let v = serde_json::from_str(&status).unwrap();
+    (status, v)
 }

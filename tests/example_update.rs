@@ -250,25 +250,7 @@ fn fetch_apply_sign_and_check_against_nginx() {
     .unwrap();
     // The index document made from the payload files by the example: a full payload
     // (made with the payload example) and the demo's delta from 1.0.
-    ok(
-        "payload",
-        &[
-            "generate",
-            "--full",
-            "--target",
-            &p("v2.img"),
-            "--key",
-            &p("release-key.pem"),
-            "-o",
-            &p("full-2.payload"),
-            "--compatible",
-            "keel-demo",
-            "--version",
-            "2.0",
-            "--level",
-            "1",
-        ],
-    );
+    full_payload(&dir, "full-2.payload");
     // The delta given as the full payload is refused, naming it.
     let o = run(
         &example("update"),
@@ -566,25 +548,7 @@ fn out_of_range_arguments_are_refused_and_the_demo_key_is_private() {
             .collect();
         run(&example("update"), &args)
     };
-    ok(
-        "payload",
-        &[
-            "generate",
-            "--full",
-            "--target",
-            &p("v2.img"),
-            "--key",
-            &p("release-key.pem"),
-            "-o",
-            &p("full.payload"),
-            "--compatible",
-            "keel-demo",
-            "--version",
-            "2.0",
-            "--level",
-            "1",
-        ],
-    );
+    full_payload(&dir, "full.payload");
     let o = index(&["--expires-days", "213503982334601"]);
     assert!(!o.status.success() && o.status.code() != Some(101), "{o:?}");
     assert!(
@@ -606,4 +570,28 @@ fn out_of_range_arguments_are_refused_and_the_demo_key_is_private() {
         "{o:?}"
     );
     assert!(!dir.join("index-doc.json").exists());
+}
+
+/// A full payload of the demo's version 2 (made with the payload example) as DIR/NAME.
+fn full_payload(dir: &Path, name: &str) {
+    let p = |n: &str| dir.join(n).display().to_string();
+    ok(
+        "payload",
+        &[
+            "generate",
+            "--full",
+            "--target",
+            &p("v2.img"),
+            "--key",
+            &p("release-key.pem"),
+            "-o",
+            &p(name),
+            "--compatible",
+            "keel-demo",
+            "--version",
+            "2.0",
+            "--level",
+            "1",
+        ],
+    );
 }
