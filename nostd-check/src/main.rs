@@ -84,7 +84,7 @@ fn checks() -> Result<(), keel_bootflags::Error> {
     )?;
     gpt.set_active(Slot::B, Some(1))?;
     if gpt.boot() != Some(Slot::B) || gpt.boot() != Some(Slot::A) {
-        return Err(keel_bootflags::Error::Invalid("gptprio fallback".into()));
+        return Err(keel_bootflags::Error::Internal("gptprio fallback"));
     }
     // RAUC's GRUB variables through a GRUB environment block and back.
     let mut rauc = RaucGrub::init(2, Slot::A)?;
@@ -92,14 +92,14 @@ fn checks() -> Result<(), keel_bootflags::Error> {
     let block = rauc.to_env()?.to_bytes()?;
     let again = RaucGrub::from_env(GrubEnv::parse(&block)?, 2)?;
     if again.next_boot() != Some(Slot::B) {
-        return Err(keel_bootflags::Error::Invalid("grubenv round trip".into()));
+        return Err(keel_bootflags::Error::Internal("grubenv round trip"));
     }
     // Android's bootloader_control, encoded and parsed.
     let mut misc = BootloaderControl::new(2, Slot::A)?;
     misc.set_active(Slot::B, None)?;
     let parsed = BootloaderControl::parse(&misc.to_bytes())?;
     if parsed.next_boot() != Some(Slot::B) {
-        return Err(keel_bootflags::Error::Invalid("misc round trip".into()));
+        return Err(keel_bootflags::Error::Internal("misc round trip"));
     }
     Ok(())
 }
