@@ -1,6 +1,5 @@
 //! Where the slots are: every device reference resolved to its partition, the booted slot, the versions installed.
 
-
 use keel_bootflags::Slot;
 use keel_io::{ReadAt, Region, WriteAt};
 use keel_partition::gpt::Partition;
