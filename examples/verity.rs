@@ -759,24 +759,11 @@ fn cmd_verify_signature(
         if let Some((data, hash)) = device {
             let data_f = open_read(data).map_err(|e| (1, e))?;
             let hash_f = open_read(hash).map_err(|e| (1, e))?;
-            if !no_superblock {
-                let (sb, _) =
-                    open_hash_device(&hash_f, hash_offset).map_err(|e| (1, e.to_string()))?;
-                if sb.params != *p {
-                    return Err((
-                        1,
-                        "the superblock's parameters differ from the signed ones".into(),
-                    ));
-                }
-            }
-            let g = TreeGeometry::new(p, hash_offset, !no_superblock)
-                .map_err(|e| (1, e.to_string()))?;
-            verify(
-                p,
-                &g,
+            v.verify_device(
                 &data_f,
                 &hash_f,
-                d.root_hash(),
+                hash_offset,
+                !no_superblock,
                 &BuildOptions::default(),
             )
             .map_err(|e| match e {

@@ -268,6 +268,38 @@ pub struct VerifiedRoot {
     pub key_id: KeyId,
 }
 
+impl VerifiedRoot {
+    /// Verify a device against this signed root, as a device mapping it would: with
+    /// `superblock`, the hash device's superblock at `hash_offset` must name exactly the
+    /// signed parameters; then the tree on `hash` must give the signed root hash and every
+    /// data block its leaf ([`crate::verify`]: the error names the first corrupt block).
+    pub fn verify_device<D, H>(
+        &self,
+        data: &D,
+        hash: &H,
+        hash_offset: u64,
+        superblock: bool,
+        opts: &crate::BuildOptions<'_>,
+    ) -> Result<()>
+    where
+        D: crate::ReadAt + ?Sized,
+        H: crate::ReadAt + ?Sized,
+    {
+        let p = self.descriptor.params();
+        if superblock {
+            let (sb, _) = crate::open_hash_device(hash, hash_offset)?;
+            if sb.params != *p {
+                return Err(Error::param(
+                    "superblock",
+                    "the superblock's parameters differ from the signed ones",
+                ));
+            }
+        }
+        let g = crate::TreeGeometry::new(p, hash_offset, superblock)?;
+        crate::verify(p, &g, data, hash, self.descriptor.root_hash(), opts)
+    }
+}
+
 /// Signing root descriptors, for every [`Signer`] (a key in memory, an HSM callback,
 /// openssl as a process).
 pub trait SignRoot {
@@ -329,6 +361,54 @@ mod tests {
             .build()
             .unwrap();
         RootDescriptor::new(p, &[9u8; 32]).unwrap()
+    }
+
+    /// A device checked against a signed root: good; a flipped data byte names its
+    /// block; a superblock naming other parameters than the signed ones is refused.
+    #[test]
+    fn a_device_verifies_against_its_signed_root() {
+        let key = keel_trust::SigningKey::generate().unwrap();
+        let mut ring = Keyring::new();
+        ring.add(key.public_key().clone()).unwrap();
+        let mut data = vec![0u8; 8 * 4096];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (i * 7 % 251) as u8;
+        }
+        let params = VerityParams::builder()
+            .data_blocks(8)
+            .salt(vec![5; 4])
+            .build()
+            .unwrap();
+        let mut hash = Vec::new();
+        let opts = crate::FormatOptions::default().superblock([3u8; 16]);
+        let formatted = crate::format(&params, &data, &mut hash, &opts).unwrap();
+        let root = RootDescriptor::new(params, &formatted.root_hash).unwrap();
+        let v = ring
+            .verify_root(&key.sign_root(&root).unwrap().to_bytes())
+            .unwrap();
+        let build = crate::BuildOptions::default();
+        v.verify_device(&data, &hash, 0, true, &build).unwrap();
+        let mut bad = data.clone();
+        bad[3 * 4096 + 1] ^= 1;
+        assert!(matches!(
+            v.verify_device(&bad, &hash, 0, true, &build),
+            Err(Error::DataBlockCorrupt { block: 3, .. })
+        ));
+        // Signed for a salt the superblock does not name.
+        let other = VerityParams::builder()
+            .data_blocks(8)
+            .salt(vec![6; 4])
+            .build()
+            .unwrap();
+        let v2 = ring
+            .verify_root(
+                &key.sign_root(&RootDescriptor::new(other, &formatted.root_hash).unwrap())
+                    .unwrap()
+                    .to_bytes(),
+            )
+            .unwrap();
+        let e = v2.verify_device(&data, &hash, 0, true, &build).unwrap_err();
+        assert!(e.to_string().contains("differ from the signed"), "{e}");
     }
 
     #[test]
