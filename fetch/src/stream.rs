@@ -472,6 +472,19 @@ impl Worker {
     /// while the consumer still has three quarters of a buffer to read. `None`: told to
     /// stop.
     fn ask(&mut self) -> Option<Option<u64>> {
+        let room = self.wait_for_room(|window| window / 4)?;
+        Some(Some(self.pos + room.min(self.plan.buffer / 4) as u64))
+    }
+
+    /// Wait for room in the buffer (time that does not count against the server's
+    /// rate); `None`: told to stop.
+    fn room(&mut self) -> Option<usize> {
+        self.wait_for_room(|_| 1)
+    }
+
+    /// Wait until the buffer has at least `enough(window)` bytes of room (time that does
+    /// not count against the server's rate), and say how much; `None`: told to stop.
+    fn wait_for_room(&mut self, enough: impl Fn(usize) -> usize) -> Option<usize> {
         let t = Instant::now();
         let mut g = self.shared.lock();
         let room = loop {
@@ -480,28 +493,8 @@ impl Worker {
             }
             let window = g.window();
             let room = window.saturating_sub(g.buf.len());
-            if room >= window / 4 {
+            if room > 0 && room >= enough(window) {
                 break room;
-            }
-            g = self.shared.wait(g, POLL);
-        };
-        drop(g);
-        self.clock.idle += t.elapsed();
-        Some(Some(self.pos + room.min(self.plan.buffer / 4) as u64))
-    }
-
-    /// Wait for room in the buffer (time that does not count against the server's
-    /// rate); `None`: told to stop.
-    fn room(&mut self) -> Option<usize> {
-        let t = Instant::now();
-        let mut g = self.shared.lock();
-        let room = loop {
-            if g.stop {
-                return None;
-            }
-            let window = g.window();
-            if g.buf.len() < window {
-                break window - g.buf.len();
             }
             g = self.shared.wait(g, POLL);
         };
