@@ -70,7 +70,7 @@ mod version;
 
 pub use apply::{
     apply, apply_files, apply_seekable, read_manifest, read_manifest_at, same_file, Applied,
-    ApplyOptions, RecordDiscarded, VersionCheck, MAX_RESUMES,
+    ApplyOptions, Payload, RecordDiscarded, VersionCheck, MAX_RESUMES,
 };
 pub use codec::recompress::{recompressor, recompressors};
 pub use error::{Error, Result, Section, TargetCheck};

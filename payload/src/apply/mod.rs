@@ -2,12 +2,16 @@
 //! operation; resumable from a small state record.
 
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use keel_trust::{Context, KeyId, Keyring};
 use keel_verity::{HashTree, Progress, ReadAt, RootDescriptor, WriteAt};
 
 mod recompress;
+mod resume;
+
+use resume::{chain_digest, resume_point, State, TargetId};
+pub use resume::{RecordDiscarded, MAX_RESUMES};
 
 use crate::codec::recompress::{codec_of, recompressor_for};
 use crate::codec::{xz, zstd};
@@ -67,6 +71,9 @@ pub struct ApplyOptions<'a> {
     /// The time the keys' not-after dates are checked against, seconds since the epoch
     /// (default: the clock now).
     pub now: Option<u64>,
+    /// The source image's size and digest (keel-payload's image digest), as the caller
+    /// already knows them: a delta's source is then not hashed again.
+    pub source_digest: Option<(u64, [u8; 32])>,
 }
 
 impl<'a> ApplyOptions<'a> {
@@ -83,7 +90,22 @@ impl<'a> ApplyOptions<'a> {
             progress: None,
             checkpoint_bytes: None,
             now: None,
+            source_digest: None,
         }
+    }
+
+    /// The time keys are judged at.
+    fn clock(&self) -> u64 {
+        self.now.unwrap_or_else(keel_trust::unix_now)
+    }
+
+    /// The caller hashed the source image (`size` bytes, keel-payload's image digest) to
+    /// choose the payload: a delta for another source is refused by [`Payload::check`]
+    /// without reading anything, and the source is not hashed a second time. Each
+    /// operation still checks the source blocks it reads against the signed manifest.
+    pub fn source_digest(mut self, size: u64, digest: [u8; 32]) -> Self {
+        self.source_digest = Some((size, digest));
+        self
     }
 
     /// Check the payload is for this system ([`ApplyOptions::compatible`]).
@@ -145,42 +167,6 @@ impl std::fmt::Debug for ApplyOptions<'_> {
     }
 }
 
-/// Why a resume record was not used and the apply started from the first operation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RecordDiscarded {
-    /// The record does not parse or its checksum fails.
-    Unreadable,
-    /// It belongs to another payload.
-    OtherPayload,
-    /// It belongs to another target (device and inode, or size).
-    OtherTarget,
-    /// The payload was resumed this many times already.
-    ResumesSpent(u32),
-    /// The blocks the record says were written are not on the target any more.
-    TargetChanged,
-}
-
-impl std::fmt::Display for RecordDiscarded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RecordDiscarded::Unreadable => f.write_str("the resume record is damaged"),
-            RecordDiscarded::OtherPayload => {
-                f.write_str("the resume record belongs to another payload")
-            }
-            RecordDiscarded::OtherTarget => {
-                f.write_str("the resume record belongs to another target")
-            }
-            RecordDiscarded::ResumesSpent(n) => {
-                write!(f, "the payload was resumed {n} times already")
-            }
-            RecordDiscarded::TargetChanged => f.write_str(
-                "the target no longer holds what the operations before the resume point wrote",
-            ),
-        }
-    }
-}
-
 /// What an apply did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
@@ -191,137 +177,6 @@ pub struct Applied {
     /// A resume record that was there but not used, and why: the apply started over.
     pub discarded: Option<RecordDiscarded>,
 }
-
-const STATE_MAGIC: &[u8; 8] = b"KEELRSM2";
-const STATE_SIZE: usize = 8 + 32 + 8 + 8 + 8 + 8 + 4 + 32;
-
-/// The resume record (little-endian, then a sha256 of those bytes):
-///
-/// ```text
-/// 0   8  magic "KEELRSM2"
-/// 8   32 payload id (sha256 of the signed header and manifest)
-/// 40  8  target device, 48 8 target inode (0 when the target is not a file)
-/// 56  8  target size
-/// 64  8  next operation
-/// 72  4  resumes so far
-/// 76  32 written digest: what operations 0..next wrote (see `chain_digest`)
-/// ```
-///
-/// The payload offset is not stored: it follows from the operation index and the
-/// signed manifest, so a damaged or forged record cannot make the applier skip data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct State {
-    payload_id: [u8; 32],
-    target: TargetId,
-    next_op: u64,
-    resumes: u32,
-    written: [u8; 32],
-}
-
-/// The target a record belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-struct TargetId {
-    dev: u64,
-    ino: u64,
-    size: u64,
-}
-
-impl State {
-    fn to_bytes(self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(STATE_SIZE + 32);
-        b.extend_from_slice(STATE_MAGIC);
-        b.extend_from_slice(&self.payload_id);
-        b.extend_from_slice(&self.target.dev.to_le_bytes());
-        b.extend_from_slice(&self.target.ino.to_le_bytes());
-        b.extend_from_slice(&self.target.size.to_le_bytes());
-        b.extend_from_slice(&self.next_op.to_le_bytes());
-        b.extend_from_slice(&self.resumes.to_le_bytes());
-        b.extend_from_slice(&self.written);
-        let h = sha256(&b);
-        b.extend_from_slice(&h);
-        b
-    }
-
-    /// The record at `path`: `Ok(None)` when there is none, `Err` when one is there but
-    /// does not parse (it is then ignored, never trusted). At most one record's bytes
-    /// are read, whatever the file is.
-    pub(crate) fn read(path: &Path) -> std::result::Result<Option<State>, ()> {
-        let f = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(_) => return Err(()),
-        };
-        let mut b = Vec::new();
-        f.take(STATE_SIZE as u64 + 33)
-            .read_to_end(&mut b)
-            .map_err(|_| ())?;
-        State::parse(&b).map(Some).ok_or(())
-    }
-
-    /// Decode a record's bytes; `None` unless they are exactly one record that checks.
-    pub(crate) fn parse(b: &[u8]) -> Option<State> {
-        if b.len() != STATE_SIZE + 32
-            || &b[..8] != STATE_MAGIC
-            || sha256(&b[..STATE_SIZE])[..] != b[STATE_SIZE..]
-        {
-            return None;
-        }
-        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
-        let mut id = [0u8; 32];
-        id.copy_from_slice(&b[8..40]);
-        let mut written = [0u8; 32];
-        written.copy_from_slice(&b[76..108]);
-        Some(State {
-            payload_id: id,
-            target: TargetId {
-                dev: u64_at(40),
-                ino: u64_at(48),
-                size: u64_at(56),
-            },
-            next_op: u64_at(64),
-            resumes: u32::from_le_bytes(b[72..76].try_into().unwrap_or_default()),
-            written,
-        })
-    }
-
-    fn write(self, path: &Path) -> Result<()> {
-        let tmp: PathBuf = path.with_extension("keel-tmp");
-        let mut f = std::fs::File::create(&tmp)
-            .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-        io::Write::write_all(&mut f, &self.to_bytes())
-            .map_err(|e| Error::io("writing the resume record", e))?;
-        f.sync_all()
-            .map_err(|e| Error::io("syncing the resume record", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("replacing the resume record", e))?;
-        sync_parent(path);
-        Ok(())
-    }
-
-    fn remove(path: &Path) -> Result<()> {
-        match std::fs::remove_file(path) {
-            Ok(()) => {
-                sync_parent(path);
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(
-                format!("removing the resume record {}", path.display()),
-                e,
-            )),
-        }
-    }
-}
-
-fn sync_parent(path: &Path) {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-}
-
-/// Most resumes of one payload before the applier starts over.
-pub const MAX_RESUMES: u32 = 10;
 
 fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], section: Section) -> Result<()> {
     let v = read_vec(r, buf.len() as u64, section)?;
@@ -423,63 +278,6 @@ fn decode(op: OpType, blob: &[u8], reference: &[u8], expected: usize) -> io::Res
     Ok(out)
 }
 
-/// Chain the digest of what operation `i` left in the target: `bytes` is the operation's
-/// output laid out over its target extents (full blocks; nothing past the image's end
-/// counts), `None` for a ZERO operation.
-fn chain_digest(
-    prev: &[u8; 32],
-    i: usize,
-    op: &Operation,
-    bytes: Option<&[u8]>,
-    size: u64,
-) -> [u8; 32] {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(prev);
-    h.update((i as u64).to_le_bytes());
-    if let Some(bytes) = bytes {
-        let mut at = 0usize;
-        for e in &op.target {
-            let n = (e.blocks * BLOCK_SIZE) as usize;
-            let keep = (size.saturating_sub(e.start * BLOCK_SIZE)).min(n as u64) as usize;
-            h.update(&bytes[at..at + keep]);
-            at += n;
-        }
-    } else {
-        h.update(b"zero");
-    }
-    h.finalize().into()
-}
-
-/// Whether the target still holds what operations `0..next` wrote, as chained in
-/// `expected`. Reads each operation's target blocks once (one operation's bytes at a time).
-fn check_written<T: ReadAt + ?Sized>(
-    target: &T,
-    ops: &[Operation],
-    size: u64,
-    expected: &[u8; 32],
-) -> Result<bool> {
-    let mut d = [0u8; 32];
-    let mut buf = Vec::new();
-    for (i, op) in ops.iter().enumerate() {
-        if let Err(e) = read_extents(target, &op.target, size, &mut buf) {
-            return match e.kind() {
-                io::ErrorKind::UnexpectedEof => Ok(false),
-                _ => Err(Error::io("reading the target to check a resume", e)),
-            };
-        }
-        d = if op.op == OpType::Zero {
-            if buf.iter().any(|&b| b != 0) {
-                return Ok(false);
-            }
-            chain_digest(&d, i, op, None, size)
-        } else {
-            chain_digest(&d, i, op, Some(&buf), size)
-        };
-    }
-    Ok(d == *expected)
-}
-
 /// Check compatible string and version, before anything is written.
 fn check_release(manifest: &Manifest, opts: &ApplyOptions<'_>) -> Result<()> {
     if let Some(system) = opts.compatible {
@@ -515,8 +313,13 @@ fn check_release(manifest: &Manifest, opts: &ApplyOptions<'_>) -> Result<()> {
     }
 }
 
-/// Check the source is the image the payload was made for.
-fn check_source<S: ReadAt + ?Sized>(manifest: &Manifest, source: Option<&S>) -> Result<()> {
+/// Check the source is the image the payload was made for: by the digest the caller
+/// vouches for ([`ApplyOptions::source_digest`]), else by hashing it.
+fn check_source<S: ReadAt + ?Sized>(
+    manifest: &Manifest,
+    source: Option<&S>,
+    known: Option<(u64, [u8; 32])>,
+) -> Result<()> {
     let Some(id) = manifest.source else {
         return Ok(());
     };
@@ -528,77 +331,307 @@ fn check_source<S: ReadAt + ?Sized>(manifest: &Manifest, source: Option<&S>) -> 
             id.size
         )));
     }
-    // An I/O error stays an I/O error: only a digest that differs means another source.
-    let h = image_digest(src, id.size).map_err(|e| Error::io("reading the source", e))?;
+    let h = match known {
+        Some((size, digest)) if size == id.size => digest,
+        // An I/O error stays an I/O error: only a digest that differs means another source.
+        _ => image_digest(src, id.size).map_err(|e| Error::io("reading the source", e))?,
+    };
     if h != id.digest {
         return Err(Error::SourceModified { op: None });
     }
     Ok(())
 }
 
-/// Decide where to start: a record of this payload and target whose promised blocks are
-/// still on the target, or operation 0. The raised resume count is made durable before
-/// anything else happens, so a resume that keeps failing runs out.
-fn resume_point<T: ReadAt + ?Sized>(
-    path: &Path,
-    fresh: State,
-    manifest: &Manifest,
-    target: &T,
-    max_resumes: u32,
-) -> Result<(State, Option<RecordDiscarded>)> {
-    let s = match State::read(path) {
-        Ok(None) => return Ok((fresh, None)),
-        Err(()) => return Ok((fresh, Some(RecordDiscarded::Unreadable))),
-        Ok(Some(s)) => s,
-    };
-    let discard = |why| -> Result<(State, Option<RecordDiscarded>)> {
-        State::remove(path)?;
-        Ok((fresh, Some(why)))
-    };
-    if s.payload_id != fresh.payload_id {
-        return discard(RecordDiscarded::OtherPayload);
-    }
-    if s.target != fresh.target {
-        return discard(RecordDiscarded::OtherTarget);
-    }
-    let next = s.next_op as usize;
-    if next > manifest.operations.len() {
-        return discard(RecordDiscarded::Unreadable);
-    }
-    if s.resumes >= max_resumes {
-        return discard(RecordDiscarded::ResumesSpent(s.resumes));
-    }
-    let s = State {
-        resumes: s.resumes + 1,
-        ..s
-    };
-    s.write(path)?;
-    if check_written(
-        target,
-        &manifest.operations[..next],
-        manifest.target.size,
-        &s.written,
-    )? {
-        Ok((s, None))
-    } else {
-        discard(RecordDiscarded::TargetChanged)
+/// A payload opened for one pass: its signature checked and its manifest parsed, the reader
+/// left at its first data byte. [`Payload::check`] judges it against the system with no
+/// further reads; [`Payload::apply`] goes on from where the open stopped, so a payload
+/// streamed over a network is read once, front to back (a resumed apply moves forward past
+/// what it applied, never back).
+///
+/// ```
+/// use keel_payload::{ApplyOptions, Payload, VersionCheck};
+/// # use keel_payload::{generate, GenerateOptions};
+/// # use keel_trust::{Keyring, SigningKey};
+/// # let key = SigningKey::generate()?;
+/// # let mut keys = Keyring::new();
+/// # keys.add(key.public_key().clone())?;
+/// # let image = vec![7u8; 3 * 4096];
+/// # let bytes = generate(None, &image, &key, &GenerateOptions::new("acme-os", "2.0"))?;
+/// # let reader = &bytes[..];
+/// let payload = Payload::open(reader, &keys)?;
+/// assert_eq!(payload.manifest().version, "2.0");
+/// let opts = ApplyOptions::new(&keys, VersionCheck::Installed("1.0")).compatible("acme-os");
+/// payload.check(&opts)?; // nothing more read, nothing written
+/// let mut target = vec![0u8; payload.manifest().target.size as usize];
+/// payload.apply(None::<&[u8]>, &mut target, &opts)?;
+/// # assert_eq!(target, image);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Payload<R> {
+    reader: R,
+    /// How to move forward past applied data: read and drop, or seek.
+    skip: fn(&mut R, u64) -> io::Result<u64>,
+    header: Header,
+    manifest: Manifest,
+    id: [u8; 32],
+}
+
+impl<R> std::fmt::Debug for Payload<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payload")
+            .field("compatible", &self.manifest.compatible)
+            .field("version", &self.manifest.version)
+            .field("id", &hex::encode(self.id))
+            .finish_non_exhaustive()
     }
 }
 
-/// Apply `payload` (read once, front to back) to `target`, reading `source` (required for a
-/// delta payload). On success the target holds exactly the target image, checked by its
-/// digest (and its dm-verity root when the manifest has one).
-///
-/// The target must already be at least as large as the image (a slot, or a file the
-/// caller sized; [`apply_files`] sizes a regular file after checking the free space).
-///
-/// With [`ApplyOptions::state`], a record of the progress is kept after each checkpoint
-/// (the target synced first). A later run of the same payload on the same target resumes
-/// after the last checkpoint if the target still holds every block the record says was
-/// written; otherwise, after [`ApplyOptions::max_resumes`] resumes, or for a record of
-/// another payload or target, it starts over from the first operation in the same run
-/// and says why in [`Applied::discarded`]. A failed final check removes the record, so
-/// the next run starts over.
+fn read_and_drop<R: Read>(r: &mut R, n: u64) -> io::Result<u64> {
+    io::copy(&mut r.take(n), &mut io::sink())
+}
+
+fn seek_forward<R: io::Seek>(r: &mut R, n: u64) -> io::Result<u64> {
+    let delta = i64::try_from(n)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "skip too large"))?;
+    r.seek(io::SeekFrom::Current(delta))?;
+    Ok(n)
+}
+
+impl<R: Read> Payload<R> {
+    /// Read the header, check the signer against `keyring` (and its not-after date against
+    /// the clock), read the manifest and the signature, verify it over the exact bytes, and
+    /// only then parse the manifest. A resumed apply reads (and drops) the data it skips.
+    pub fn open(reader: R, keyring: &Keyring) -> Result<Self> {
+        Self::open_at(reader, keyring, keel_trust::unix_now())
+    }
+
+    /// [`Payload::open`] with the keys' dates checked against `now` (seconds since the
+    /// epoch).
+    pub fn open_at(mut reader: R, keyring: &Keyring, now: u64) -> Result<Self> {
+        let (header, manifest, id) = read_manifest_at(&mut reader, keyring, now)?;
+        Ok(Payload {
+            reader,
+            skip: read_and_drop::<R>,
+            header,
+            manifest,
+            id,
+        })
+    }
+
+    /// The signed manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The payload's identity: the SHA-256 of its signed header and manifest, which bind
+    /// every byte of its data. A release index pins a payload by it; the resume record is
+    /// tied to it.
+    pub fn id(&self) -> &[u8; 32] {
+        &self.id
+    }
+
+    /// The payload's whole length in bytes, as its signed header says.
+    pub fn len(&self) -> u64 {
+        (HEADER_SIZE + SIGNATURE_SIZE) as u64 + self.header.manifest_len + self.header.data_len
+    }
+
+    /// Whether the payload has no data (never: a header is there).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Judge the payload against the system, before anything is written and with no
+    /// further reads of the payload: compatible string, version (downgrade, reinstall),
+    /// the recompressor it needs, and for a delta the source image's digest when the caller
+    /// gives it ([`ApplyOptions::source_digest`]; otherwise [`Payload::apply`] hashes the
+    /// source first). [`Payload::apply`] makes these checks again.
+    pub fn check(&self, opts: &ApplyOptions<'_>) -> Result<()> {
+        let m = &self.manifest;
+        check_release(m, opts)?;
+        if let Some(needs) = &m.recompressor {
+            let have = recompressor_for(codec_of(needs));
+            if *needs != have {
+                return Err(Error::Recompressor {
+                    needs: needs.clone(),
+                    have,
+                });
+            }
+        }
+        if let (Some(id), Some((size, digest))) = (m.source, opts.source_digest) {
+            if size == id.size && digest != id.digest {
+                return Err(Error::SourceModified { op: None });
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply the payload to `target`, reading `source` (required for a delta), going on
+    /// from where [`Payload::open`] stopped. On success the target holds exactly the target
+    /// image, checked by its digest (and its dm-verity root when the manifest has one).
+    ///
+    /// The target must already be at least as large as the image (a slot, or a file the
+    /// caller sized; [`apply_files`] sizes a regular file after checking the free space).
+    ///
+    /// With [`ApplyOptions::state`], a record of the progress is kept after each checkpoint
+    /// (the target synced first). A later run of the same payload on the same target
+    /// resumes after the last checkpoint if the target still holds every block the record
+    /// says was written; otherwise, after [`ApplyOptions::max_resumes`] resumes, or for a
+    /// record of another payload or target, it starts over from the first operation in the
+    /// same run and says why in [`Applied::discarded`]. A failed final check removes the
+    /// record, so the next run starts over. The record is the only state: where the data of
+    /// the resume point lies follows from the signed manifest.
+    pub fn apply<S, T>(
+        self,
+        source: Option<&S>,
+        target: &mut T,
+        opts: &ApplyOptions<'_>,
+    ) -> Result<Applied>
+    where
+        S: ReadAt + ?Sized,
+        T: ReadAt + WriteAt,
+    {
+        self.apply_to(source, target, opts, (0, 0), |t: &mut T, _| {
+            t.size().map_err(|e| Error::io("target size", e))
+        })
+    }
+
+    /// [`Payload::apply`], with the target's identity for the resume record and a step that
+    /// returns the target's size once the image's is known (and may grow a file to it).
+    fn apply_to<S, T>(
+        self,
+        source: Option<&S>,
+        target: &mut T,
+        opts: &ApplyOptions<'_>,
+        target_inode: (u64, u64),
+        size_target: impl FnOnce(&mut T, u64) -> Result<u64>,
+    ) -> Result<Applied>
+    where
+        S: ReadAt + ?Sized,
+        T: ReadAt + WriteAt,
+    {
+        self.check(opts)?;
+        let Payload {
+            reader: mut payload,
+            skip,
+            manifest,
+            id: payload_id,
+            ..
+        } = self;
+        let target_size = manifest.target.size;
+        check_source(&manifest, source, opts.source_digest)?;
+        let have = size_target(target, target_size)?;
+        if have < target_size {
+            return Err(Error::TargetTooSmall {
+                have,
+                need: target_size,
+            });
+        }
+
+        let fresh = State {
+            payload_id,
+            target: TargetId {
+                dev: target_inode.0,
+                ino: target_inode.1,
+                size: have,
+            },
+            next_op: 0,
+            resumes: 0,
+            written: [0u8; 32],
+        };
+        let (mut state, discarded) = match opts.state {
+            Some(path) => resume_point(path, fresh, &manifest, &*target, opts.max_resumes)?,
+            None => (fresh, None),
+        };
+        let resumed_at = state.next_op as usize;
+        skip_applied_data(&mut payload, skip, &manifest, resumed_at)?;
+        let total: u64 = manifest
+            .operations
+            .iter()
+            .map(|o| o.target_blocks() * BLOCK_SIZE)
+            .sum();
+        let mut done: u64 = manifest.operations[..resumed_at]
+            .iter()
+            .map(|o| o.target_blocks() * BLOCK_SIZE)
+            .sum();
+        let checkpoint = opts.checkpoint_bytes.unwrap_or(64 << 20).max(1);
+        let mut since_checkpoint = 0u64;
+        let mut reference = Vec::new();
+
+        for (i, op) in manifest.operations.iter().enumerate().skip(resumed_at) {
+            if opts.progress.is_some_and(|p| p.cancelled()) {
+                // Stop at an operation boundary with everything so far durable and recorded,
+                // so the next run resumes here.
+                target
+                    .sync()
+                    .map_err(|e| Error::io("syncing the target", e))?;
+                if let Some(path) = opts.state {
+                    state.write(path)?;
+                }
+                return Err(Error::Cancelled);
+            }
+            let out = build_op(&mut payload, i, &manifest, source, &*target, &mut reference)?;
+            let len = (op.target_blocks() * BLOCK_SIZE) as usize;
+            write_op(i, op, out.as_deref(), target, target_size)?;
+            if opts.state.is_some() {
+                state.written = chain_digest(&state.written, i, op, out.as_deref(), target_size);
+            }
+            done += len as u64;
+            since_checkpoint += len as u64;
+            state.next_op = i as u64 + 1;
+            if let Some(p) = opts.progress {
+                p.progress(done, total);
+            }
+            if since_checkpoint >= checkpoint {
+                if let Some(path) = opts.state {
+                    // Write-ahead: the target is durable before the record says so.
+                    target
+                        .sync()
+                        .map_err(|e| Error::io("syncing the target", e))?;
+                    state.write(path)?;
+                }
+                since_checkpoint = 0;
+            }
+        }
+        target
+            .sync()
+            .map_err(|e| Error::io("syncing the target", e))?;
+        if let Err(e) = check_target(&manifest, &*target) {
+            // What was written cannot be trusted as a resume point: the next run starts over.
+            if let Some(path) = opts.state {
+                State::remove(path)?;
+            }
+            return Err(e);
+        }
+        if let Some(path) = opts.state {
+            State::remove(path)?;
+        }
+        Ok(Applied {
+            manifest,
+            resumed_at,
+            discarded,
+        })
+    }
+}
+
+impl<R: Read + io::Seek> Payload<R> {
+    /// [`Payload::open`] of a payload that can move forward without reading (a file, an
+    /// HTTP client that makes a range request): a resumed apply jumps over the data of the
+    /// operations it already applied instead of reading it, so nothing applied is fetched
+    /// again. Reads start at the payload's first byte (the stream's position when called).
+    pub fn open_seekable(reader: R, keyring: &Keyring) -> Result<Self> {
+        Self::open_seekable_at(reader, keyring, keel_trust::unix_now())
+    }
+
+    /// [`Payload::open_seekable`] with the keys' dates checked against `now`.
+    pub fn open_seekable_at(reader: R, keyring: &Keyring, now: u64) -> Result<Self> {
+        let mut p = Self::open_at(reader, keyring, now)?;
+        p.skip = seek_forward::<R>;
+        Ok(p)
+    }
+}
+
+/// Open `payload` and apply it ([`Payload::open_at`] at [`ApplyOptions::now`], then
+/// [`Payload::apply`]).
 pub fn apply<R, S, T>(
     payload: R,
     source: Option<&S>,
@@ -610,20 +643,10 @@ where
     S: ReadAt + ?Sized,
     T: ReadAt + WriteAt,
 {
-    apply_to(
-        Stream(payload),
-        source,
-        target,
-        opts,
-        (0, 0),
-        |t: &mut T, _| t.size().map_err(|e| Error::io("target size", e)),
-    )
+    Payload::open_at(payload, opts.keyring, opts.clock())?.apply(source, target, opts)
 }
 
-/// [`apply`] from a payload that can move forward without reading (a file, an HTTP
-/// client that makes a range request): a resumed apply jumps over the data of the
-/// operations it already applied instead of reading it, so nothing applied is fetched
-/// again. Reads start at the payload's first byte (the stream's position when called).
+/// [`apply`] of a payload that can seek ([`Payload::open_seekable`]).
 pub fn apply_seekable<R, S, T>(
     payload: R,
     source: Option<&S>,
@@ -635,181 +658,14 @@ where
     S: ReadAt + ?Sized,
     T: ReadAt + WriteAt,
 {
-    apply_to(
-        Seekable(payload),
-        source,
-        target,
-        opts,
-        (0, 0),
-        |t: &mut T, _| t.size().map_err(|e| Error::io("target size", e)),
-    )
-}
-
-/// A payload stream that can be moved forward past applied data.
-trait PayloadSource: Read {
-    /// Move `n` bytes forward; the bytes moved (fewer only at the end of the payload).
-    fn skip(&mut self, n: u64) -> io::Result<u64>;
-}
-
-/// A stream read front to back: skipping reads and drops.
-struct Stream<R>(R);
-
-impl<R: Read> Read for Stream<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl<R: Read> PayloadSource for Stream<R> {
-    fn skip(&mut self, n: u64) -> io::Result<u64> {
-        io::copy(&mut (&mut self.0).take(n), &mut io::sink())
-    }
-}
-
-/// A stream that seeks: skipping moves the position (the end is found by the next read).
-struct Seekable<R>(R);
-
-impl<R: Read> Read for Seekable<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl<R: Read + io::Seek> PayloadSource for Seekable<R> {
-    fn skip(&mut self, n: u64) -> io::Result<u64> {
-        let delta = i64::try_from(n)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "skip too large"))?;
-        self.0.seek(io::SeekFrom::Current(delta))?;
-        Ok(n)
-    }
-}
-
-/// [`apply`], with the target's identity for the resume record and a step that returns
-/// the target's size once the image's is known (and may grow a file to it).
-fn apply_to<R, S, T>(
-    mut payload: R,
-    source: Option<&S>,
-    target: &mut T,
-    opts: &ApplyOptions<'_>,
-    target_inode: (u64, u64),
-    size_target: impl FnOnce(&mut T, u64) -> Result<u64>,
-) -> Result<Applied>
-where
-    R: PayloadSource,
-    S: ReadAt + ?Sized,
-    T: ReadAt + WriteAt,
-{
-    let now = opts.now.unwrap_or_else(keel_trust::unix_now);
-    let (_header, manifest, payload_id) = read_manifest_at(&mut payload, opts.keyring, now)?;
-    check_release(&manifest, opts)?;
-    let target_size = manifest.target.size;
-    check_source(&manifest, source)?;
-    if let Some(needs) = &manifest.recompressor {
-        let have = recompressor_for(codec_of(needs));
-        if *needs != have {
-            return Err(Error::Recompressor {
-                needs: needs.clone(),
-                have,
-            });
-        }
-    }
-    let have = size_target(target, target_size)?;
-    if have < target_size {
-        return Err(Error::TargetTooSmall {
-            have,
-            need: target_size,
-        });
-    }
-
-    let fresh = State {
-        payload_id,
-        target: TargetId {
-            dev: target_inode.0,
-            ino: target_inode.1,
-            size: have,
-        },
-        next_op: 0,
-        resumes: 0,
-        written: [0u8; 32],
-    };
-    let (mut state, discarded) = match opts.state {
-        Some(path) => resume_point(path, fresh, &manifest, &*target, opts.max_resumes)?,
-        None => (fresh, None),
-    };
-    let resumed_at = state.next_op as usize;
-    skip_applied_data(&mut payload, &manifest, resumed_at)?;
-    let total: u64 = manifest
-        .operations
-        .iter()
-        .map(|o| o.target_blocks() * BLOCK_SIZE)
-        .sum();
-    let mut done: u64 = manifest.operations[..resumed_at]
-        .iter()
-        .map(|o| o.target_blocks() * BLOCK_SIZE)
-        .sum();
-    let checkpoint = opts.checkpoint_bytes.unwrap_or(64 << 20).max(1);
-    let mut since_checkpoint = 0u64;
-    let mut reference = Vec::new();
-
-    for (i, op) in manifest.operations.iter().enumerate().skip(resumed_at) {
-        if opts.progress.is_some_and(|p| p.cancelled()) {
-            // Stop at an operation boundary with everything so far durable and recorded,
-            // so the next run resumes here.
-            target
-                .sync()
-                .map_err(|e| Error::io("syncing the target", e))?;
-            if let Some(path) = opts.state {
-                state.write(path)?;
-            }
-            return Err(Error::Cancelled);
-        }
-        let out = build_op(&mut payload, i, &manifest, source, &*target, &mut reference)?;
-        let len = (op.target_blocks() * BLOCK_SIZE) as usize;
-        write_op(i, op, out.as_deref(), target, target_size)?;
-        if opts.state.is_some() {
-            state.written = chain_digest(&state.written, i, op, out.as_deref(), target_size);
-        }
-        done += len as u64;
-        since_checkpoint += len as u64;
-        state.next_op = i as u64 + 1;
-        if let Some(p) = opts.progress {
-            p.progress(done, total);
-        }
-        if since_checkpoint >= checkpoint {
-            if let Some(path) = opts.state {
-                // Write-ahead: the target is durable before the record says so.
-                target
-                    .sync()
-                    .map_err(|e| Error::io("syncing the target", e))?;
-                state.write(path)?;
-            }
-            since_checkpoint = 0;
-        }
-    }
-    target
-        .sync()
-        .map_err(|e| Error::io("syncing the target", e))?;
-    if let Err(e) = check_target(&manifest, &*target) {
-        // What was written cannot be trusted as a resume point: the next run starts over.
-        if let Some(path) = opts.state {
-            State::remove(path)?;
-        }
-        return Err(e);
-    }
-    if let Some(path) = opts.state {
-        State::remove(path)?;
-    }
-    Ok(Applied {
-        manifest,
-        resumed_at,
-        discarded,
-    })
+    Payload::open_seekable_at(payload, opts.keyring, opts.clock())?.apply(source, target, opts)
 }
 
 /// Read past the data of the operations a resumed run does not repeat. Where the resume
 /// point's data starts follows from the signed manifest, not from the record.
-fn skip_applied_data<R: PayloadSource>(
+fn skip_applied_data<R>(
     payload: &mut R,
+    skip_fn: fn(&mut R, u64) -> io::Result<u64>,
     manifest: &Manifest,
     resumed_at: usize,
 ) -> Result<()> {
@@ -818,9 +674,7 @@ fn skip_applied_data<R: PayloadSource>(
         .map(|o| o.data_length)
         .sum();
     if skip > 0 {
-        let skipped = payload
-            .skip(skip)
-            .map_err(|e| Error::io("skipping applied data", e))?;
+        let skipped = skip_fn(payload, skip).map_err(|e| Error::io("skipping applied data", e))?;
         if skipped < skip {
             return Err(Error::Truncated {
                 section: Section::ResumePoint,
@@ -980,31 +834,36 @@ pub fn apply_files<R: Read>(
     target: &mut std::fs::File,
     opts: &ApplyOptions<'_>,
 ) -> Result<Applied> {
-    use std::os::unix::fs::MetadataExt;
-    if let Some(s) = source {
-        if same_file(s, target) {
-            return Err(Error::TargetIsSource);
+    Payload::open_at(payload, opts.keyring, opts.clock())?.apply_file(source, target, opts)
+}
+
+impl<R: Read> Payload<R> {
+    /// [`Payload::apply`] between files, as [`apply_files`].
+    pub fn apply_file(
+        self,
+        source: Option<&std::fs::File>,
+        target: &mut std::fs::File,
+        opts: &ApplyOptions<'_>,
+    ) -> Result<Applied> {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(s) = source {
+            if same_file(s, target) {
+                return Err(Error::TargetIsSource);
+            }
         }
-    }
-    let meta = target
-        .metadata()
-        .map_err(|e| Error::io("inspecting the target", e))?;
-    let ft = meta.file_type();
-    if !ft.is_file() && !std::os::unix::fs::FileTypeExt::is_block_device(&ft) {
-        return Err(Error::TargetKind);
-    }
-    let id = if ft.is_file() {
-        (meta.dev(), meta.ino())
-    } else {
-        (meta.rdev(), 0)
-    };
-    apply_to(
-        Stream(payload),
-        source,
-        target,
-        opts,
-        id,
-        |f: &mut std::fs::File, need| {
+        let meta = target
+            .metadata()
+            .map_err(|e| Error::io("inspecting the target", e))?;
+        let ft = meta.file_type();
+        if !ft.is_file() && !std::os::unix::fs::FileTypeExt::is_block_device(&ft) {
+            return Err(Error::TargetKind);
+        }
+        let id = if ft.is_file() {
+            (meta.dev(), meta.ino())
+        } else {
+            (meta.rdev(), 0)
+        };
+        self.apply_to(source, target, opts, id, |f: &mut std::fs::File, need| {
             let have = ReadAt::size(f).map_err(|e| Error::io("target size", e))?;
             if have >= need || !ft.is_file() {
                 return Ok(have);
@@ -1018,6 +877,6 @@ pub fn apply_files<R: Read>(
             f.set_len(need)
                 .map_err(|e| Error::io("growing the target file", e))?;
             Ok(need)
-        },
-    )
+        })
+    }
 }
