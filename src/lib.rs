@@ -10,7 +10,7 @@
 //! use keel::bootflags::{BootControl, PriorityPolicy, Slot};
 //! use keel::io::{Region, WriteAt};
 //! use keel::partition::{create_layout, AbDisk, GptDisk, Layout, SlotSelector};
-//! use keel::payload::{apply, generate, ApplyOptions, GenerateOptions, VersionCheck};
+//! use keel::payload::{generate, ApplyOptions, GenerateOptions, Payload, VersionCheck};
 //! use keel::trust::{Keyring, SigningKey};
 //!
 //! // A 16 MiB disk with two 4 MiB slots; slot A runs version 1.
@@ -30,16 +30,21 @@
 //! let key = SigningKey::generate()?;
 //! let payload = generate(Some(&v1), &v2, &key, &GenerateOptions::new("acme", "2.0"))?;
 //!
-//! // The agent on the device: B is written from A and the payload, checked, then armed,
-//! // through one BootControl whatever the boot loader is.
+//! // The agent on the device, in one pass over the payload: its signature checked and
+//! // its manifest judged before anything is written; then B is written from A and the
+//! // rest of the same stream, checked, and armed, through one BootControl whatever the
+//! // boot loader is.
 //! let mut keys = Keyring::new();
 //! keys.add(key.public_key().clone())?;
+//! let opts = ApplyOptions::new(&keys, VersionCheck::Installed("1.0")).compatible("acme");
+//! let stream = std::io::Cursor::new(payload); // an HTTP body, a file, a pipe
+//! let payload = Payload::open(stream, &keys)?;
+//! payload.check(&opts)?; // compatible, newer: nothing read past the manifest
 //! let mut boot: Box<dyn BootControl + '_> = Box::new(ab);
 //! boot.mark_bad(Slot::B)?; // new content goes to B: never boot it half-written
 //! let source = Region::new(&disk, a.0, a.1)?;
 //! let mut target = Region::new(&disk, b.0, b.1)?;
-//! let opts = ApplyOptions::new(&keys, VersionCheck::Installed("1.0")).compatible("acme");
-//! match apply(&payload[..], Some(&source), &mut target, &opts) {
+//! match payload.apply(Some(&source), &mut target, &opts) {
 //!     Err(e) if e.needs_full_payload() => unreachable!("A is intact: {e}"),
 //!     r => r?,
 //! };
@@ -60,3 +65,8 @@ pub use keel_trust as trust;
 pub use keel_update as update;
 pub use keel_verity as verity;
 pub use keel_version as version;
+
+/// The README's Rust snippets, compiled as doctests so they keep up with the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

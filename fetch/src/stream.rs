@@ -597,7 +597,7 @@ impl Worker {
         let resp = match req.call() {
             Ok(r) => r,
             // A certificate the client does not trust will not become trusted by retrying.
-            Err(e) if crate::untrusted_certificate(&e) => {
+            Err(e) if untrusted_certificate(&e) => {
                 return Err(Attempt::Fatal(Error::Tls {
                     url: url.clone(),
                     reason: e.to_string(),
@@ -625,7 +625,7 @@ impl Worker {
         }
         let len = match status {
             206 => {
-                let Some((start, total)) = crate::content_range(header("Content-Range")) else {
+                let Some((start, total)) = content_range(header("Content-Range")) else {
                     return fatal(Error::BadRange {
                         url: url.clone(),
                         reason: format!("206 with Content-Range {:?}", header("Content-Range")),
@@ -688,4 +688,25 @@ impl Worker {
         let ask = if open { self.to } else { ask };
         Ok(Some((resp.into_body().into_reader(), ask)))
     }
+}
+
+/// Whether the handshake failed on the server's certificate (ureq reports rustls's
+/// verdict directly, or inside the I/O error of the handshake).
+fn untrusted_certificate(e: &ureq::Error) -> bool {
+    let rustls = match e {
+        ureq::Error::Rustls(r) => Some(r),
+        ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(rustls, Some(rustls::Error::InvalidCertificate(_)))
+}
+
+/// `bytes START-END/TOTAL` → (START, TOTAL).
+pub(crate) fn content_range(h: Option<&str>) -> Option<(u64, u64)> {
+    let rest = h?.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let (start, end, total): (u64, u64, u64) =
+        (start.parse().ok()?, end.parse().ok()?, total.parse().ok()?);
+    (start <= end && end < total).then_some((start, total))
 }

@@ -3,7 +3,7 @@
 //! attacker's server does, not what nginx does), each bounded in time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -245,12 +245,10 @@ fn endless_data_is_bounded() {
 
     // More than the release index says: an error, not a longer payload, even though
     // the first `size` bytes are the ones the index names.
-    use sha2::Digest;
     let size = 1 << 20;
-    let sha: [u8; 32] = sha2::Sha256::digest(vec![0x5au8; size as usize]).into();
     let mut r = HttpReader::new(&format!("{base}/endless"), quick())
         .unwrap()
-        .expect(size, sha);
+        .expect_len(size);
     let e = r.read_to_end(&mut Vec::new()).unwrap_err();
     match inner(e) {
         Error::Size {
@@ -309,80 +307,69 @@ fn two_faced(first: Vec<u8>, later: Vec<u8>) -> (String, Arc<AtomicBool>, Arc<At
     (base, turned, requests)
 }
 
-/// Bytes fetched a second time (a seek back below what was hashed, as a resumed apply
-/// makes) are checked against the first delivery before they are delivered: a server
-/// that serves other bytes the second time is caught, in the same process and in the
-/// next one (from the saved state). An honest server's bytes come back the same.
+/// A server that serves other bytes the second time (a resumed download, the ETag the
+/// same): the transport cannot tell, the signed manifest does. Bytes changed in the data a
+/// resumed apply reads are refused by their operation's digest; bytes changed in the
+/// header or manifest by the signature, before anything is written.
 #[test]
-fn bytes_fetched_again_are_checked_against_the_first_time() {
-    use sha2::Digest;
-    let good = seeded_bytes(3, 3 << 20);
-    let mut evil = good.clone();
-    evil[1000] ^= 1;
-    evil[(1 << 20) + 1000] ^= 1;
-    let size = good.len() as u64;
-    let sha: [u8; 32] = sha2::Sha256::digest(&good).into();
+fn bytes_served_differently_the_second_time_are_refused_by_the_manifest() {
+    use keel_payload::{ApplyOptions, GenerateOptions, Payload, VersionCheck};
+    let key = keel_trust::SigningKey::generate().unwrap();
+    let mut keys = keel_trust::Keyring::new();
+    keys.add(key.public_key().clone()).unwrap();
+    let image = seeded_bytes(3, 3 << 20);
+    let opts = GenerateOptions::new("acme", "2.0").level(1);
+    let good = keel_payload::generate(None, &image, &key, &opts).unwrap();
+    let data_start = good.len() as u64
+        - Payload::open(&good[..], &keys)
+            .unwrap()
+            .manifest()
+            .operations
+            .iter()
+            .map(|o| o.data_length)
+            .sum::<u64>();
     let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("resume");
+    let aopts = ApplyOptions::new(&keys, VersionCheck::Unchecked)
+        .state(&state)
+        .checkpoint_bytes(256 << 10);
 
-    // The same process: 1.5 MiB read (the first chunk whole), back to the start.
-    let (base, turned, _) = two_faced(good.clone(), evil.clone());
-    let mut r = HttpReader::new(&format!("{base}/p"), quick())
-        .unwrap()
-        .expect(size, sha);
-    let mut head = vec![0u8; 3 << 19];
-    r.read_exact(&mut head).unwrap();
-    assert!(head[..] == good[..3 << 19]);
-    turned.store(true, Ordering::Relaxed);
-    // The first MiB is checked in 64 KiB pieces (a header read again costs little).
-    r.seek(SeekFrom::Start(0)).unwrap();
-    let e = r.read(&mut [0u8; 4096]).unwrap_err();
-    match inner(e) {
-        Error::Digest { range, .. } => assert_eq!(range, Some(0..64 << 10)),
-        other => panic!("{other}"),
+    for (what, at) in [
+        ("data", good.len() - 100),
+        ("manifest", data_start as usize - 80),
+    ] {
+        let mut evil = good.clone();
+        evil[at] ^= 1;
+        let (base, turned, _) = two_faced(good.clone(), evil);
+        let url = format!("{base}/p");
+        let mut target = vec![0u8; image.len()];
+        let half = keel_io::testing::StopHalfWay::default();
+        let mut first = HttpReader::new(&url, quick()).unwrap();
+        let e = Payload::open_seekable(&mut first, &keys)
+            .unwrap()
+            .apply(None::<&[u8]>, &mut target, &aopts.progress(&half))
+            .unwrap_err();
+        assert!(e.is_retryable(), "{e}");
+        turned.store(true, Ordering::Relaxed);
+        let before = target.clone();
+        let mut second = HttpReader::new(&url, quick()).unwrap();
+        let e = Payload::open_seekable(&mut second, &keys)
+            .and_then(|p| p.apply(None::<&[u8]>, &mut target, &aopts))
+            .unwrap_err();
+        match what {
+            "data" => assert!(
+                matches!(e, keel_payload::Error::BlobMismatch { .. }),
+                "{what}: {e}"
+            ),
+            _ => {
+                assert!(
+                    matches!(e, keel_payload::Error::BadSignature),
+                    "{what}: {e}"
+                );
+                assert!(target == before, "written before the signature was checked");
+            }
+        }
+        assert!(target != image, "{what}: the target was completed");
+        let _ = std::fs::remove_file(&state);
     }
-    // Past it, in 1 MiB chunks, the last one as far as it was hashed.
-    r.seek(SeekFrom::Start((1 << 20) + 500)).unwrap();
-    let e = r.read(&mut [0u8; 4096]).unwrap_err();
-    match inner(e) {
-        Error::Digest { range, .. } => assert_eq!(range, Some(1 << 20..3 << 19)),
-        other => panic!("{other}"),
-    }
-
-    // The next process, from the digest state the first saved when dropped.
-    let state = dir.path().join("digest");
-    let (base, turned, _) = two_faced(good.clone(), evil.clone());
-    let url = format!("{base}/p");
-    let mut r = HttpReader::new(&url, quick())
-        .unwrap()
-        .expect(size, sha)
-        .digest_state(&state)
-        .unwrap();
-    r.read_exact(&mut head).unwrap();
-    drop(r);
-    turned.store(true, Ordering::Relaxed);
-    assert!(state.exists());
-    let mut r = HttpReader::new(&url, quick())
-        .unwrap()
-        .expect(size, sha)
-        .digest_state(&state)
-        .unwrap();
-    let e = r.read_exact(&mut [0u8; 4096]).unwrap_err();
-    assert!(
-        matches!(inner(e), Error::Digest { range: Some(ref r), .. } if *r == (0..64 << 10)),
-        "the changed bytes were not caught"
-    );
-
-    // An honest server: the re-read is checked and delivered, then the file verified.
-    let (base, _, requests) = two_faced(good.clone(), good.clone());
-    let mut r = HttpReader::new(&format!("{base}/p"), quick())
-        .unwrap()
-        .expect(size, sha);
-    r.read_exact(&mut head).unwrap();
-    r.seek(SeekFrom::Start(100)).unwrap();
-    let mut again = vec![0u8; 2 << 20];
-    r.read_exact(&mut again).unwrap();
-    assert!(again[..] == good[100..100 + (2 << 20)]);
-    r.finish().unwrap();
-    assert_eq!(r.verified(), Some(true));
-    assert!(requests.load(Ordering::Relaxed) >= 2);
 }

@@ -30,9 +30,10 @@
 //! ```json
 //! { "type": "keel-index", "serial": 42, "expires": 1767225600, "timestamp": 1766620800,
 //!   "releases": [ { "version": "2.1", "compatible": "acme-os",
-//!       "full": { "url": "...", "size": 123, "sha256": "<hex>" },
+//!       "full": { "url": "...", "size": 123, "sha256": "<hex>", "manifest_sha256": "<hex>" },
 //!       "deltas": [ { "from_version": "2.0", "source_digest": "<hex>", "source_size": 123,
-//!                     "url": "...", "size": 45, "sha256": "<hex>" } ],
+//!                     "url": "...", "size": 45, "sha256": "<hex>",
+//!                     "manifest_sha256": "<hex>" } ],
 //!       "rollout_percent": 100 } ] }
 //! ```
 //!
@@ -145,8 +146,15 @@ pub struct Artifact {
     pub url: String,
     /// Its size in bytes.
     pub size: u64,
-    /// Its SHA-256, hex.
+    /// Its SHA-256, hex (for mirrors and tools that check whole files; a Keel agent
+    /// checks [`Artifact::manifest_sha256`] instead).
     pub sha256: String,
+    /// The SHA-256 of its signed header and manifest (keel-payload's payload id), hex.
+    /// The manifest binds every data byte by its digest, so this pins the whole payload:
+    /// an agent checks it as soon as the manifest is read and streams the rest once,
+    /// without a whole-file digest to keep across a resumed download.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_sha256: Option<String>,
 }
 
 /// A delta payload and the image it applies to.
@@ -402,33 +410,45 @@ impl Artifact {
         let mut d = [0u8; 32];
         hex::decode_to_slice(&self.sha256, &mut d).ok().map(|()| d)
     }
+
+    /// [`Artifact::manifest_sha256`] as bytes (`None` when the index names none; one that
+    /// is not 64 hex digits is refused by [`TrustedRoot::verify_index`]).
+    pub fn manifest_digest(&self) -> Option<[u8; 32]> {
+        let mut d = [0u8; 32];
+        let h = self.manifest_sha256.as_deref()?;
+        hex::decode_to_slice(h, &mut d).ok().map(|()| d)
+    }
+
+    /// Each digest is 64 hex digits, or the field named in `at` is.
+    fn check_digests(&self, at: &str) -> Result<()> {
+        check_sha(&format!("{at}.sha256"), &self.sha256)?;
+        match &self.manifest_sha256 {
+            Some(m) => check_sha(&format!("{at}.manifest_sha256"), m),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `value` is 64 hex digits, or an error naming `field`.
+fn check_sha(field: &str, value: &str) -> Result<()> {
+    if value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
+    }
+    Err(IndexError::Malformed {
+        what: "release index",
+        reason: format!("{field}: {value:?} is not a SHA-256 (64 hex digits)"),
+    })
 }
 
 impl Index {
     /// Every digest is 64 hex digits: one that is not is named by its place.
     fn check_digests(&self) -> Result<()> {
-        let bad = |field: String, value: &str| IndexError::Malformed {
-            what: "release index",
-            reason: format!("{field}: {value:?} is not a SHA-256 (64 hex digits)"),
-        };
-        let is_sha = |v: &str| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
         for (i, r) in self.releases.iter().enumerate() {
-            if !is_sha(&r.full.sha256) {
-                return Err(bad(format!("releases[{i}].full.sha256"), &r.full.sha256));
-            }
+            r.full.check_digests(&format!("releases[{i}].full"))?;
             for (j, d) in r.deltas.iter().enumerate() {
-                if !is_sha(&d.artifact.sha256) {
-                    return Err(bad(
-                        format!("releases[{i}].deltas[{j}].sha256"),
-                        &d.artifact.sha256,
-                    ));
-                }
-                if !is_sha(&d.source_digest) {
-                    return Err(bad(
-                        format!("releases[{i}].deltas[{j}].source_digest"),
-                        &d.source_digest,
-                    ));
-                }
+                let at = format!("releases[{i}].deltas[{j}]");
+                d.artifact.check_digests(&at)?;
+                check_sha(&format!("{at}.source_digest"), &d.source_digest)?;
             }
         }
         Ok(())

@@ -39,6 +39,7 @@ fn artifact(name: &str) -> Artifact {
         url: format!("payloads/{name}"),
         size: 1000,
         sha256: "00".repeat(32),
+        manifest_sha256: Some("11".repeat(32)),
     }
 }
 

@@ -8,10 +8,51 @@ use std::process::{Child, Command};
 #[derive(Debug)]
 pub struct Nginx {
     child: Child,
+    log: PathBuf,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     /// The port.
     pub port: u16,
+}
+
+/// One request as nginx logged it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Logged {
+    /// The path asked for.
+    pub path: String,
+    /// The status answered.
+    pub status: u16,
+    /// Body bytes sent (what reached the socket, for a request the client dropped).
+    pub bytes: u64,
+    /// The Range header, `-` without one.
+    pub range: String,
+}
+
+impl Nginx {
+    /// Every request served so far, in order (nginx logs a request when it ends: one the
+    /// client is still reading is not there yet).
+    pub fn requests(&self) -> Vec<Logged> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                Some(Logged {
+                    path: f.next()?.to_string(),
+                    status: f.next()?.parse().ok()?,
+                    bytes: f.next()?.parse().ok()?,
+                    range: f.next()?.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// The requests for `path` so far.
+    pub fn requests_for(&self, path: &str) -> Vec<Logged> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
 }
 
 impl Drop for Nginx {
@@ -43,12 +84,14 @@ fn serve_with(root: &Path, work: &Path, tls: Option<(PathBuf, PathBuf)>) -> Opti
     let conf = format!(
         "daemon off;\nmaster_process off;\npid {pid};\nerror_log {err} info;\n\
          events {{ worker_connections 64; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
+         http {{\n  log_format keel '$uri $status $body_bytes_sent $http_range';\n\
+           access_log {log} keel;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
            fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
            default_type application/octet-stream;\n\
            server {{ listen 127.0.0.1:{port}{ssl}; root {root}; {certs} }}\n}}\n",
         pid = w("nginx.pid").display(),
         err = w("error.log").display(),
+        log = w("access.log").display(),
         tmp = w("tmp").display(),
         root = root.display(),
         ssl = if tls.is_some() { " ssl" } else { "" },
@@ -71,6 +114,7 @@ fn serve_with(root: &Path, work: &Path, tls: Option<(PathBuf, PathBuf)>) -> Opti
     let scheme = if tls.is_some() { "https" } else { "http" };
     Some(Nginx {
         child,
+        log: w("access.log"),
         base: format!("{scheme}://127.0.0.1:{port}"),
         port,
     })

@@ -104,6 +104,17 @@ pub enum Error {
         /// The version in the payload's signed manifest.
         payload: String,
     },
+    /// The payload at a URL the release index names is not the one it pins (its size, or
+    /// the digest of its signed header and manifest): found before any of its data is read.
+    #[error("{url}: the release index names {index}; the server's payload is {payload}")]
+    PayloadMismatch {
+        /// The payload's URL as the index gives it.
+        url: String,
+        /// What the index says (size and manifest digest).
+        index: String,
+        /// What the payload says.
+        payload: String,
+    },
     /// The clock reads earlier than the time floor (the agent's build date, or the
     /// timestamp of the last release index accepted): dates cannot be checked.
     #[error("the clock reads {now} (unix time), before {floor}, which this agent has seen already: set the clock")]
@@ -280,9 +291,10 @@ pub enum Refusal {
         /// The image's size.
         image: u64,
     },
-    /// The index names a digest that is not a SHA-256.
-    #[error("{url}: the index's sha256 is not a SHA-256")]
-    BadDigest {
+    /// The index names no digest of the payload's signed manifest (`manifest_sha256`, which
+    /// Keel's publisher writes): the payload cannot be pinned before its data is read.
+    #[error("{url}: the release index gives no manifest_sha256 for it (publish the index with Keel's publisher)")]
+    Unpinned {
         /// The payload's URL.
         url: String,
     },

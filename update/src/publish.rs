@@ -1,6 +1,6 @@
 //! The publisher's side of the release index (keel-release's `publish`), with the payload
 //! files read here: what the index says of a payload (its version, system, the image a
-//! delta starts from, its size and SHA-256) comes from the payload's signed manifest and
+//! delta starts from, its size, SHA-256 and the digest of its signed manifest) comes from the payload's signed manifest and
 //! its bytes, never typed by hand.
 
 use std::io::Read;
@@ -34,7 +34,7 @@ pub fn payload_of(m: &Manifest) -> Payload {
 pub fn describe(path: &Path, url: &str, keyring: &Keyring) -> Result<Published> {
     let named = |e: std::io::Error| Error::io(format!("reading {}", path.display()), e);
     let (mut file, _) = keel_io::open_device(path, false).map_err(named)?;
-    let (_, manifest, _) = keel_payload::read_manifest(&mut file, keyring)?;
+    let (_, manifest, id) = keel_payload::read_manifest(&mut file, keyring)?;
     let (mut file, _) = keel_io::open_device(path, false).map_err(named)?;
     let mut sha = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -53,6 +53,7 @@ pub fn describe(path: &Path, url: &str, keyring: &Keyring) -> Result<Published> 
             url: url.to_string(),
             size,
             sha256: hex::encode(sha.finalize()),
+            manifest_sha256: Some(hex::encode(id)),
         },
     })
 }

@@ -1013,8 +1013,8 @@ fn the_boot_disk_is_found_from_the_kernel_command_line() {
 
 /// Publish in `www` a full payload and a delta of `f.v2` (the delta's bytes given), an
 /// index listing them under `serial` (the delta claiming to start from `f.v1`), and a trust
-/// root of `f`'s key. Returns the root. `wrong_digest`: the index names another file's
-/// SHA-256 for every payload (a server's file the publisher did not list).
+/// root of `f`'s key. Returns the root. `wrong_digest`: the index pins another manifest
+/// digest for every payload (a server's file the publisher did not list).
 fn publish_index(
     f: &Fixture,
     www: &Path,
@@ -1052,12 +1052,18 @@ fn publish_index_at(
     let art = |name: &str| {
         use sha2::Digest;
         let bytes = fs::read(www.join(name)).unwrap();
-        let mut sha: [u8; 32] = sha2::Sha256::digest(&bytes).into();
-        sha[0] ^= u8::from(wrong_digest);
+        let header: &[u8; 64] = bytes[..64].try_into().unwrap();
+        let signed = 64
+            + keel_payload::format::Header::parse(header)
+                .unwrap()
+                .manifest_len;
+        let mut pin: [u8; 32] = sha2::Sha256::digest(&bytes[..signed as usize]).into();
+        pin[0] ^= u8::from(wrong_digest);
         Artifact {
             url: name.into(),
             size: bytes.len() as u64,
-            sha256: hex::encode(sha),
+            sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+            manifest_sha256: Some(hex::encode(pin)),
         }
     };
     let v1_digest = keel_payload::format::image_digest(&f.v1[..], IMAGE as u64).unwrap();
@@ -1117,16 +1123,21 @@ fn install_from_a_signed_index_over_http() {
     let url = format!("{}/index.json", server.base);
     let fetch = keel_fetch::FetchOptions::default();
 
-    // The files on the server are not the ones the index names: the whole download is
-    // checked against the index's SHA-256 before the slot is armed, and it is not.
+    // The files on the server are not the ones the index names: the signed header and
+    // manifest are checked against the index's pin before any data is read or anything
+    // written, and the slot is not armed.
     let f = Fixture::new();
     let delta = f.payload(true, &f.v2, "2.0", "acme-os");
     let root = publish_index(&f, &www, &delta, 1, true);
     let disk = open_rw(&f.disk());
     let a = agent(&f, f.system(), &disk);
+    let before = fs::read(f.disk()).unwrap();
     let e = a.install_from_index(&url, &root, fetch, None).unwrap_err();
-    // The read that completed the file failed: the applier reports it as its read error.
-    assert!(e.to_string().contains("the release index says"), "{e}");
+    assert!(matches!(e, Error::PayloadMismatch { .. }), "{e}");
+    assert!(
+        fs::read(f.disk()).unwrap() == before,
+        "the disk was written"
+    );
     let st = a.status().unwrap();
     let next: Vec<&str> = st
         .slots
@@ -1135,7 +1146,7 @@ fn install_from_a_signed_index_over_http() {
         .map(|s| s.slot.as_str())
         .collect();
     assert_eq!(next, ["A"], "{st:?}");
-    assert!(st.last_error.unwrap().contains("SHA-256"));
+    assert!(st.last_error.unwrap().contains("the release index names"));
 
     // The delta fits: it is what is fetched and installed.
     let root = publish_index(&f, &www, &delta, 1, false);
@@ -1201,6 +1212,130 @@ fn install_from_a_signed_index_over_http() {
     let mut got = vec![0u8; IMAGE];
     disk.read_exact_at(&mut got, b_off).unwrap();
     assert!(got == g.v2, "the full payload was not installed");
+}
+
+/// What nginx logged for `path` once the requests in flight ended (a request is logged
+/// when its connection is done with it).
+fn settled(
+    server: &keel_testsupport::nginx::Nginx,
+    path: &str,
+) -> Vec<keel_testsupport::nginx::Logged> {
+    let mut last = server.requests_for(path);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = server.requests_for(path);
+        if now == last && !now.is_empty() {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// The first byte of a logged range request (0 without a Range header).
+fn range_start(r: &keel_testsupport::nginx::Logged) -> u64 {
+    r.range
+        .strip_prefix("bytes=")
+        .and_then(|v| v.split('-').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The data path from an HTTP URL to an armed slot reads each payload byte once, counted by
+/// nginx: the signed header and manifest are read, checked against the index's pin and
+/// judged, and the apply goes on from there (no return to the start, no whole-file digest
+/// to finish). A resumed install fetches what it had not applied, and at most a checkpoint
+/// interval and the read-ahead again.
+#[test]
+fn an_install_over_http_fetches_each_payload_byte_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    fs::create_dir_all(&www).unwrap();
+    let Some(server) = keel_testsupport::nginx::serve(&www, &dir.path().join("nginx")) else {
+        return;
+    };
+    let url = format!("{}/index.json", server.base);
+    let fetch = keel_fetch::FetchOptions::default();
+
+    // The common case: every byte once, in order.
+    let f = Fixture::new();
+    let delta = f.payload(true, &f.v2, "2.0", "acme-os");
+    let root = publish_index(&f, &www, &delta, 1, false);
+    let disk = open_rw(&f.disk());
+    let done = agent(&f, f.system(), &disk)
+        .install_from_index(&url, &root, fetch, None)
+        .unwrap()
+        .unwrap();
+    assert_eq!((done.slot, done.resumed_at), (Slot::B, 0));
+    let got = settled(&server, "/delta.payload");
+    let mut next = 0;
+    for r in &got {
+        assert_eq!(
+            range_start(r),
+            next,
+            "a byte fetched twice or skipped: {got:?}"
+        );
+        next += r.bytes;
+    }
+    assert_eq!(next, delta.len() as u64, "{got:?}");
+    assert!(server.requests_for("/full.payload").is_empty());
+
+    // Stopped half way, then resumed: the second run reads the header and manifest, then
+    // moves on to the resume point with a range request.
+    let g = Fixture::new();
+    let full = g.payload(false, &g.v2, "2.0", "acme-os");
+    fs::remove_file(www.join("delta.payload")).unwrap();
+    let root = publish_index(&g, &www, &full, 2, false);
+    let disk = open_rw(&g.disk());
+    let checkpoint = 256 << 10;
+    let a = agent(&g, g.system(), &disk).checkpoint_bytes(checkpoint);
+    let before = server.requests_for("/delta.payload").len();
+    let half = keel_io::testing::StopHalfWay::default();
+    let e = a
+        .install_from_index(&url, &root, fetch, Some(&half))
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    let first: u64 = settled(&server, "/delta.payload")[before..]
+        .iter()
+        .map(|r| r.bytes)
+        .sum();
+    let before = server.requests_for("/delta.payload").len();
+    let done = a
+        .install_from_index(&url, &root, fetch, None)
+        .unwrap()
+        .unwrap();
+    assert!(done.resumed_at > 0, "{done:?}");
+    let second = settled(&server, "/delta.payload")[before..].to_vec();
+    let mut keys = keel_trust::Keyring::new();
+    keys.add(g.key.public_key().clone()).unwrap();
+    let payload = keel_payload::Payload::open(&full[..], &keys).unwrap();
+    let ops = &payload.manifest().operations;
+    let skipped: u64 = ops[..done.resumed_at].iter().map(|o| o.data_length).sum();
+    let data: u64 = ops.iter().map(|o| o.data_length).sum();
+    let head = full.len() as u64 - data;
+    let ahead = keel_fetch::READ_AHEAD as u64;
+    let second_bytes: u64 = second.iter().map(|r| r.bytes).sum();
+    eprintln!(
+        "payload {} bytes: first run {first}, second {second_bytes} in {} requests, resumed at op {} ({skipped} data bytes skipped)",
+        full.len(),
+        second.len(),
+        done.resumed_at
+    );
+    // The second run: the head (and what was read ahead of it), then from the resume
+    // point on, each byte once.
+    assert!(
+        second.iter().any(|r| range_start(r) == head + skipped),
+        "{second:?}"
+    );
+    assert!(
+        second_bytes <= full.len() as u64 - skipped + ahead,
+        "{second_bytes} bytes, {second:?}"
+    );
+    assert!(
+        first + second_bytes <= full.len() as u64 + checkpoint + 2 * ahead,
+        "{first} + {second_bytes} bytes for a {} byte payload",
+        full.len()
+    );
 }
 
 /// `install_seekable`: an install resumed after a stop does not read again the data it

@@ -1,12 +1,12 @@
 //! Updates from a signed release index over HTTP(S).
 
-use std::io::{Read, Seek};
+use std::io::Read;
 use std::time::Duration;
 
 use keel_io::{Progress, ReadAt, WriteAt};
-use keel_payload::Manifest;
+use keel_payload::Payload;
 
-use super::install::{Applied, Installed, Opts, PayloadInput, SeekInput};
+use super::install::{Installed, Known};
 use super::Agent;
 use crate::error::{Error, Refusal, Result};
 use crate::record;
@@ -98,10 +98,12 @@ where
         ) else {
             return Ok(None);
         };
+        let source = source_size.zip(digest);
         match self.install_artifact(
             index_url,
             &choice.artifact,
             &choice.version,
+            source,
             fetch,
             progress,
         ) {
@@ -112,84 +114,47 @@ where
                     .find(|r| r.version == choice.version && r.compatible == self.system.compatible)
                     .map(|r| &r.full)
                     .ok_or(e)?;
-                self.install_artifact(index_url, full, &choice.version, fetch, progress)
+                self.install_artifact(index_url, full, &choice.version, None, fetch, progress)
                     .map(Some)
             }
             r => r.map(Some),
         }
     }
 
-    /// Install one payload the index names, streamed, checked against the index's size
-    /// and SHA-256 before the slot is armed. The digest's running state is kept in the
-    /// state directory, so a resumed install checks the whole file without fetching
-    /// again what an earlier run applied.
+    /// Install one payload the index names, streamed once, front to back: its signed header
+    /// and manifest are checked against the digest the index pins (they bind every data
+    /// byte by its digest) before anything is written, and a resumed install moves forward
+    /// past what the applier's record says was applied, with a range request. The
+    /// applier's record is the only state a download keeps.
     pub(super) fn install_artifact(
         &self,
         index_url: &str,
         a: &keel_release::Artifact,
         version: &str,
+        source: Option<(u64, [u8; 32])>,
         fetch: keel_fetch::FetchOptions<'_>,
         progress: Option<&dyn Progress>,
     ) -> Result<Installed> {
         let url = keel_release::resolve(index_url, &a.url);
-        let digest = a
-            .digest()
-            .ok_or_else(|| Refusal::BadDigest { url: a.url.clone() })?;
-        std::fs::create_dir_all(&self.state_dir)
-            .map_err(|e| Error::io(format!("creating {}", self.state_dir.display()), e))?;
-        let reader = keel_fetch::HttpReader::new(&url, fetch)?
-            .expect(a.size, digest)
-            .digest_state(&self.state_dir.join("download-digest"))?;
-
-        /// A download checkpoints often: a restart fetches again what was applied since
-        /// the last checkpoint, and the applier's default (64 MiB of target) is the
-        /// whole of many payloads.
-        struct Network<R> {
-            input: SeekInput<R>,
-            payload_size: u64,
-            target_size: u64,
-        }
-        impl<R: Read + Seek> PayloadInput for Network<R> {
-            fn manifest(&mut self, keyring: &keel_trust::Keyring, now: u64) -> Result<Manifest> {
-                let m = self.input.manifest(keyring, now)?;
-                self.target_size = m.target.size;
-                Ok(m)
-            }
-            fn apply<T: ReadAt + WriteAt>(
-                &mut self,
-                src: Option<&T>,
-                dst: &mut T,
-                o: &Opts,
-            ) -> Applied {
-                // About a 32nd of the payload between checkpoints (4 to 16 MiB of it),
-                // counted in target bytes as the applier counts: a delta that builds
-                // many target bytes from few payload bytes checkpoints no more often in
-                // payload bytes than a full one.
-                let payload_bytes = (self.payload_size / 32).clamp(4 << 20, 16 << 20);
-                let expansion = self.target_size / self.payload_size.max(1);
-                let every = payload_bytes.saturating_mul(expansion.max(1));
-                let mut o = *o;
-                if o.checkpoint_bytes.is_none() {
-                    o = o.checkpoint_bytes(every);
-                }
-                self.input.apply(src, dst, &o)
-            }
-            fn check(&mut self) -> Result<()> {
-                self.input.check()
-            }
-        }
-
+        let pin = a
+            .manifest_digest()
+            .ok_or_else(|| Refusal::Unpinned { url: a.url.clone() })?;
+        // Never more than the index says: a server's endless body is cut off there.
+        let reader = keel_fetch::HttpReader::new(&url, fetch)?.expect_len(a.size);
         self.install_release(
-            Network {
-                input: SeekInput {
-                    r: reader,
-                    check: |r| r.finish().map_err(Error::from),
-                },
-                payload_size: a.size,
-                target_size: 0,
+            |now| {
+                Ok(Payload::open_seekable_at(
+                    reader,
+                    &self.system.keyring,
+                    now,
+                )?)
             },
             progress,
-            Some(version),
+            Known {
+                release: Some(version),
+                pin: Some((&a.url, a.size, pin)),
+                source,
+            },
         )
     }
 }

@@ -1,10 +1,10 @@
 //! Install: check, apply into the slot not running, write and verify its dm-verity tree, arm.
 
-use std::io::{Cursor, Read, Seek, SeekFrom};
+use std::io::{Read, Seek};
 
 use keel_bootflags::Slot;
 use keel_io::{Progress, ReadAt, Region, WriteAt};
-use keel_payload::{ApplyOptions, Manifest, VersionCheck};
+use keel_payload::{ApplyOptions, Manifest, Payload, VersionCheck};
 use keel_verity::{BuildOptions, FecGeometry, FormatOptions, RootDescriptor, TableOptions};
 
 use super::Agent;
@@ -25,79 +25,18 @@ pub struct Installed {
     pub root_hash: Option<Vec<u8>>,
 }
 
-/// How the payload reaches the agent: its signed header and manifest are read first (for
-/// the checks made before anything is written), then it is applied from its first byte
-/// (the booted slot as the source, the other slot as the target).
-pub(super) trait PayloadInput {
-    fn manifest(&mut self, keyring: &keel_trust::Keyring, now: u64) -> Result<Manifest>;
-    fn apply<T: ReadAt + WriteAt>(&mut self, src: Option<&T>, dst: &mut T, o: &Opts) -> Applied;
-    /// After the apply: anything the source must still confirm (a download's digest).
-    fn check(&mut self) -> Result<()> {
-        Ok(())
-    }
-}
-
-pub(super) type Opts<'a> = ApplyOptions<'a>;
-
-pub(super) type Applied = keel_payload::Result<keel_payload::Applied>;
-
-/// A stream: what the manifest read took is kept and replayed into the applier.
-pub(super) struct Replay<R> {
-    r: R,
-    head: Vec<u8>,
-}
-
-impl<R: Read> PayloadInput for Replay<R> {
-    fn manifest(&mut self, keyring: &keel_trust::Keyring, now: u64) -> Result<Manifest> {
-        let mut tee = Tee {
-            inner: &mut self.r,
-            seen: Vec::new(),
-        };
-        let (_, m, _) = keel_payload::read_manifest_at(&mut tee, keyring, now)?;
-        self.head = tee.seen;
-        Ok(m)
-    }
-    fn apply<T: ReadAt + WriteAt>(&mut self, src: Option<&T>, dst: &mut T, o: &Opts) -> Applied {
-        let head = Cursor::new(std::mem::take(&mut self.head));
-        keel_payload::apply(head.chain(&mut self.r), src, dst, o)
-    }
-}
-
-/// A stream that can seek: read from the start again (a resumed apply seeks on).
-pub(super) struct SeekInput<R> {
-    pub(super) r: R,
-    /// What [`PayloadInput::check`] asks of the stream.
-    pub(super) check: fn(&mut R) -> Result<()>,
-}
-
-impl<R: Read + Seek> PayloadInput for SeekInput<R> {
-    fn manifest(&mut self, keyring: &keel_trust::Keyring, now: u64) -> Result<Manifest> {
-        let (_, m, _) = keel_payload::read_manifest_at(&mut self.r, keyring, now)?;
-        self.r
-            .seek(SeekFrom::Start(0))
-            .map_err(|e| Error::io("returning to the payload's start", e))?;
-        Ok(m)
-    }
-    fn apply<T: ReadAt + WriteAt>(&mut self, src: Option<&T>, dst: &mut T, o: &Opts) -> Applied {
-        keel_payload::apply_seekable(&mut self.r, src, dst, o)
-    }
-    fn check(&mut self) -> Result<()> {
-        (self.check)(&mut self.r)
-    }
-}
-
-/// A reader that keeps what it read.
-struct Tee<'a, R> {
-    inner: &'a mut R,
-    seen: Vec<u8>,
-}
-
-impl<R: Read> Read for Tee<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.seen.extend_from_slice(&buf[..n]);
-        Ok(n)
-    }
+/// What the caller knows of a payload besides its bytes: the release an index chose it
+/// for, the pin and size the index gives, the booted image's digest it already computed,
+/// and whether it comes over a network (checkpoints more often).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Known<'a> {
+    /// The version the index names.
+    pub(super) release: Option<&'a str>,
+    /// The index's URL of the payload, its size and the digest of its signed header and
+    /// manifest.
+    pub(super) pin: Option<(&'a str, u64, [u8; 32])>,
+    /// The booted image's size and digest.
+    pub(super) source: Option<(u64, [u8; 32])>,
 }
 
 /// Whether two version strings name one version (`2.0` and `2.0`; as the payload's
@@ -126,29 +65,32 @@ where
         payload: R,
         progress: Option<&dyn Progress>,
     ) -> Result<Installed> {
-        self.install_inner(
-            Replay {
-                r: payload,
-                head: Vec::new(),
-            },
+        self.install_release(
+            |now| Ok(Payload::open_at(payload, &self.system.keyring, now)?),
             progress,
+            Known::default(),
         )
     }
 
     /// [`Agent::install`] from a payload that can seek (a file, keel-fetch's
-    /// `HttpReader`): an install resumed after an interruption moves past the data it
-    /// already applied instead of reading (or downloading) it again.
+    /// `HttpReader`): an install resumed after an interruption moves forward past the data
+    /// it already applied instead of reading (or downloading) it again. The payload is
+    /// read from its current position, front to back, never back.
     pub fn install_seekable<R: Read + Seek>(
         &self,
         payload: R,
         progress: Option<&dyn Progress>,
     ) -> Result<Installed> {
-        self.install_inner(
-            SeekInput {
-                r: payload,
-                check: |_| Ok(()),
+        self.install_release(
+            |now| {
+                Ok(Payload::open_seekable_at(
+                    payload,
+                    &self.system.keyring,
+                    now,
+                )?)
             },
             progress,
+            Known::default(),
         )
     }
 
@@ -164,34 +106,25 @@ where
         Ok(())
     }
 
-    /// The install, its outcome kept for [`Agent::status`].
-    pub(super) fn install_inner<P: PayloadInput>(
+    /// The install of the payload `open` opens (at the trusted time), its outcome kept for
+    /// [`Agent::status`]. With [`Known::release`], a payload signed for another version
+    /// is refused before anything is written.
+    pub(super) fn install_release<R: Read>(
         &self,
-        payload: P,
+        open: impl FnOnce(u64) -> Result<Payload<R>>,
         progress: Option<&dyn Progress>,
+        known: Known<'_>,
     ) -> Result<Installed> {
-        self.install_release(payload, progress, None)
-    }
-
-    /// [`Agent::install_inner`] of the payload a release index names for `release`
-    /// (its version): a payload signed for another version is refused before anything
-    /// is written.
-    pub(super) fn install_release<P: PayloadInput>(
-        &self,
-        payload: P,
-        progress: Option<&dyn Progress>,
-        release: Option<&str>,
-    ) -> Result<Installed> {
-        let r = self.install_steps(payload, progress, release);
+        let r = self.install_steps(open, progress, known);
         self.record_outcome(&r)?;
         r
     }
 
-    pub(super) fn install_steps<P: PayloadInput>(
+    pub(super) fn install_steps<R: Read>(
         &self,
-        mut payload: P,
+        open: impl FnOnce(u64) -> Result<Payload<R>>,
         progress: Option<&dyn Progress>,
-        release: Option<&str>,
+        known: Known<'_>,
     ) -> Result<Installed> {
         // Every device reference resolved and checked before anything else: two
         // spellings of one partition never reach a write.
@@ -216,8 +149,29 @@ where
                 None => self.system.slots[1].slot,
             },
         };
-        let manifest = payload.manifest(&self.system.keyring, now)?;
-        if let Some(v) = release.filter(|v| !same_version(v, &manifest.version)) {
+        // Read once: the signature checked over the header and manifest, which are then
+        // parsed; everything below judges the manifest without reading the payload again.
+        let payload = open(now)?;
+        if let Some((url, size, pin)) = known.pin {
+            // The index pins the signed header and manifest, which bind every data byte:
+            // the payload is the one the index's signers named, checked before any data.
+            if payload.id() != &pin || payload.len() != size {
+                return Err(Error::PayloadMismatch {
+                    url: url.to_string(),
+                    index: format!("{} bytes, manifest {}", size, hex::encode(pin)),
+                    payload: format!(
+                        "{} bytes, manifest {}",
+                        payload.len(),
+                        hex::encode(payload.id())
+                    ),
+                });
+            }
+        }
+        let manifest = payload.manifest().clone();
+        if let Some(v) = known
+            .release
+            .filter(|v| !same_version(v, &manifest.version))
+        {
             // The index's signers chose a release; the payload's signer says what it
             // is. A holder of the index key alone must not be able to point a release at
             // any other validly signed payload.
@@ -239,12 +193,7 @@ where
             return Err(Refusal::DeltaWithoutSource.into());
         }
 
-        // From here on the target is written: first make sure it is never booted half done.
-        boot.mark_bad(target)?;
-        record::remove(&record::path(&self.state_dir, target))?;
         let resume = record::resume_path(&self.state_dir, target);
-        std::fs::create_dir_all(&self.state_dir)
-            .map_err(|e| Error::io(format!("creating {}", self.state_dir.display()), e))?;
         let version = match &installed {
             Some(v) => VersionCheck::Installed(v),
             None => VersionCheck::Unchecked,
@@ -256,19 +205,42 @@ where
             .allow_reinstall(true)
             .max_resumes(self.system.max_resumes)
             .state(&resume);
+        if let Some((size, digest)) = known.source {
+            opts = opts.source_digest(size, digest);
+        }
         if let Some(p) = progress {
             opts = opts.progress(p);
         }
-        if let Some(n) = self.checkpoint_bytes {
-            opts = opts.checkpoint_bytes(n);
+        match self.checkpoint_bytes {
+            Some(n) => opts = opts.checkpoint_bytes(n),
+            // A download checkpoints often: a restart fetches again what was applied
+            // since the last checkpoint, and the applier's default (64 MiB of target) is
+            // the whole of many payloads. About a 32nd of the payload (4 to 16 MiB of it),
+            // counted in target bytes as the applier counts: a delta that builds many
+            // target bytes from few payload bytes checkpoints no more often in payload
+            // bytes than a full one.
+            None if known.pin.is_some() => {
+                let len = payload.len().max(1);
+                let payload_bytes = (len / 32).clamp(4 << 20, 16 << 20);
+                let expansion = (manifest.target.size / len).max(1);
+                opts = opts.checkpoint_bytes(payload_bytes.saturating_mul(expansion));
+            }
+            None => {}
         }
+        // Everything the payload's own checks can say (version, a delta's source by the
+        // digest already known) is said before the first write.
+        payload.check(&opts)?;
+
+        // From here on the target is written: first make sure it is never booted half done.
+        boot.mark_bad(target)?;
+        record::remove(&record::path(&self.state_dir, target))?;
+        std::fs::create_dir_all(&self.state_dir)
+            .map_err(|e| Error::io(format!("creating {}", self.state_dir.display()), e))?;
         let mut region = self.region(target)?;
         let applied = match booted.filter(|_| manifest.source.is_some()) {
             Some(b) => payload.apply(Some(&self.region(b)?), &mut region, &opts)?,
-            None => payload.apply(None, &mut region, &opts)?,
+            None => payload.apply(None::<&Region<&'d D>>, &mut region, &opts)?,
         };
-        // Before anything makes the slot bootable: the payload is the one asked for.
-        payload.check()?;
         let (root_hash, kernel_argument) = match &descriptor {
             Some(d) => {
                 let arg = self.write_tree(target, d, &mut region, progress)?;
