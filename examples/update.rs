@@ -11,10 +11,6 @@
 //!   status [--json]      both slots: boot state, version, root hash; the last error
 //!   fetch-apply URL ...  stream a payload over HTTP(S) into a target, with range resume
 //!   check INDEX_URL ...  verify a signed release index; print the release this machine takes
-//!   index --full FILE [--delta FROM=FILE]... --pubkey PEM -o DOC
-//!                        make a release index document from payload files
-//!   sign --kind root|index DOC --key PEM... -o ENVELOPE
-//!                        sign a trust root or index document
 //! cargo run --example update -- demo DIR [--slot-mib N]
 //!                        an image builder's output to try the others on: DIR/disk.img
 //!                        (version 1 in slot A), DIR/system.toml, DIR/update-1-to-2.payload
@@ -76,7 +72,7 @@ enum Cmd {
         /// image, else full), fetch and install it.
         #[arg(long, requires = "trust_root")]
         index: Option<String>,
-        /// The trusted root of the index's keys (an envelope as `sign --kind root` writes).
+        /// The trusted root of the index's keys (an envelope as `publish sign --kind root` writes).
         #[arg(long = "trust-root", requires = "index")]
         trust_root: Option<PathBuf>,
         /// Checkpoint (durable, resumable) every N MiB (1 to 65536).
@@ -137,7 +133,7 @@ enum Cmd {
     Check {
         /// The index's URL.
         index_url: String,
-        /// The trusted root (an envelope as `sign --kind root` writes it).
+        /// The trusted root (an envelope as `publish sign --kind root` writes it).
         #[arg(long = "trust-root")]
         trust_root: PathBuf,
         /// This system's compatible string.
@@ -153,55 +149,6 @@ enum Cmd {
         #[arg(long = "serial-file")]
         serial_file: Option<PathBuf>,
     },
-    /// Make a release index document from payload files (version, system and a delta's
-    /// source image read from each payload's signed manifest; size and SHA-256 from its
-    /// bytes), or add the release to an earlier document; `sign --kind index` signs it.
-    Index {
-        /// The full payload.
-        #[arg(long)]
-        full: PathBuf,
-        /// A delta payload and the version it starts from: `FROM_VERSION=FILE`; repeatable.
-        #[arg(long = "delta", value_parser = parse_delta)]
-        deltas: Vec<(String, PathBuf)>,
-        /// A public key (PEM) the payloads are signed with; repeat for several.
-        #[arg(long = "pubkey", required = true)]
-        pubkeys: Vec<PathBuf>,
-        /// Payload URLs are this prefix and the file's name (default: the name alone, a
-        /// URL relative to the index's).
-        #[arg(long, default_value = "")]
-        url_base: String,
-        /// An earlier index document: the release is added to it (replacing the same
-        /// version), its serial raised by one.
-        #[arg(long)]
-        base: Option<PathBuf>,
-        /// The serial (default: the earlier document's plus one, else 1).
-        #[arg(long)]
-        serial: Option<u64>,
-        /// Days until devices stop trusting the index (re-sign before: a frozen index is
-        /// refused).
-        #[arg(long, default_value_t = 7)]
-        expires_days: u64,
-        /// The share of machines offered the release (0-100).
-        #[arg(long, default_value_t = 100)]
-        rollout: u8,
-        /// Where to write the document.
-        #[arg(short = 'o', long)]
-        output: PathBuf,
-    },
-    /// Sign a trust root or release index document (JSON) into an envelope.
-    Sign {
-        /// `root` or `index`.
-        #[arg(long, value_parser = ["root", "index"])]
-        kind: String,
-        /// The document (JSON).
-        document: PathBuf,
-        /// A private key (PKCS#8 PEM); repeat for a threshold.
-        #[arg(long = "key", required = true)]
-        keys: Vec<PathBuf>,
-        /// Where to write the envelope.
-        #[arg(short = 'o', long)]
-        output: PathBuf,
-    },
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -210,8 +157,6 @@ fn run(cli: Cli) -> Res<ExitCode> {
     match &cli.cmd {
         Cmd::FetchApply { .. } => return fetch_apply(&cli.cmd),
         Cmd::Check { .. } => return check(&cli.cmd, &cli.root),
-        Cmd::Sign { .. } => return sign(&cli.cmd),
-        Cmd::Index { .. } => return make_index(&cli.cmd),
         _ => {}
     }
     if let Cmd::Demo { dir, slot_mib } = &cli.cmd {
@@ -353,11 +298,7 @@ fn run(cli: Cli) -> Res<ExitCode> {
                 }
             }
         }
-        Cmd::Demo { .. }
-        | Cmd::FetchApply { .. }
-        | Cmd::Check { .. }
-        | Cmd::Sign { .. }
-        | Cmd::Index { .. } => {}
+        Cmd::Demo { .. } | Cmd::FetchApply { .. } | Cmd::Check { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -439,26 +380,14 @@ fn check(cmd: &Cmd, root_dir: &std::path::Path) -> Res<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let now = keel::trust::unix_now();
-    // No index is judged on a clock set back before this agent was built.
-    if now < keel::update::BUILD_TIME_FLOOR {
-        return Err(format!(
-            "the clock reads {now} (unix time), before this agent was built ({}): set the clock",
-            keel::update::BUILD_TIME_FLOOR
-        )
-        .into());
-    }
     let root_bytes = cli::read_small(trust_root, keel::release::MAX_ENVELOPE as u64)?;
     let root = TrustedRoot::initial(&root_bytes, now)?;
     let last = match serial_file {
         Some(f) if f.exists() => Some(cli::read_small_text(f, 64)?.trim().parse::<u64>()?),
         _ => None,
     };
-    let mut bytes = Vec::new();
-    let fetch = keel::fetch::FetchOptions::default().deadline(keel::update::INDEX_DEADLINE);
-    keel::fetch::HttpReader::new(index_url, fetch)?
-        .take(keel::release::MAX_ENVELOPE as u64 + 1)
-        .read_to_end(&mut bytes)?;
-    let index = root.verify_index(&bytes, last, now)?;
+    let fetch = keel::fetch::FetchOptions::default();
+    let index = keel::update::fetch_index(index_url, &root, fetch, last, now)?;
     if let Some(f) = serial_file {
         keel::io::replace_file(f, format!("{}\n", index.serial).as_bytes())?;
     }
@@ -493,108 +422,6 @@ fn rate(s: &str) -> Result<u64, String> {
         n if n < 4096 => Err(format!("{s:?}: at least 4K bytes per second")),
         n => Ok(n),
     }
-}
-
-/// `FROM_VERSION=FILE`.
-fn parse_delta(s: &str) -> Result<(String, PathBuf), String> {
-    match s.split_once('=') {
-        Some((v, f)) if !v.is_empty() && !f.is_empty() => Ok((v.to_string(), f.into())),
-        _ => Err(format!("{s:?}: expected FROM_VERSION=FILE")),
-    }
-}
-
-fn make_index(cmd: &Cmd) -> Res<ExitCode> {
-    use keel::update::publish;
-    let Cmd::Index {
-        full,
-        deltas,
-        pubkeys,
-        url_base,
-        base,
-        serial,
-        expires_days,
-        rollout,
-        output,
-    } = cmd
-    else {
-        return Ok(ExitCode::FAILURE);
-    };
-    let ring = cli::load_keyring(pubkeys)?;
-    let url = |p: &std::path::Path| -> Res<String> {
-        let name = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| format!("{}: not a file name", p.display()))?;
-        Ok(format!("{url_base}{name}"))
-    };
-    let full = publish::describe(full, &url(full)?, &ring)?;
-    let mut ds = Vec::new();
-    for (from, f) in deltas {
-        ds.push((from.clone(), publish::describe(f, &url(f)?, &ring)?));
-    }
-    let release = publish::release(full, ds, *rollout)?;
-    let base = match base {
-        Some(b) => {
-            let text = cli::read_small(b, keel::release::MAX_ENVELOPE as u64)?;
-            Some(serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", b.display()))?)
-        }
-        None => None,
-    };
-    // Within 100 years: a larger number would wrap the expiry into the past (or past
-    // what a device's clock can hold), and an index meant to expire would never do so.
-    const MAX_DAYS: u64 = 36_525;
-    if *expires_days > MAX_DAYS {
-        return Err(
-            format!("--expires-days {expires_days}: at most {MAX_DAYS} (100 years)").into(),
-        );
-    }
-    let expires = keel::trust::unix_now().saturating_add(expires_days * 86_400);
-    let index = publish::add_release(base, release, *serial, expires)?;
-    let mut doc = serde_json::to_vec_pretty(&index)?;
-    doc.push(b'\n');
-    keel::io::replace_file(output, &doc).map_err(|e| format!("{}: {e}", output.display()))?;
-    println!(
-        "index serial {} with {} release(s): {}",
-        index.serial,
-        index.releases.len(),
-        output.display()
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-fn sign(cmd: &Cmd) -> Res<ExitCode> {
-    let Cmd::Sign {
-        kind,
-        document,
-        keys,
-        output,
-    } = cmd
-    else {
-        return Ok(ExitCode::FAILURE);
-    };
-    let doc = cli::read_small(document, keel::release::MAX_ENVELOPE as u64)?;
-    let mut signers = Vec::new();
-    for k in keys {
-        let pem = cli::read_small_text(k, 64 << 10)?;
-        signers.push(keel::trust::SigningKey::from_pkcs8_pem(&pem)?);
-    }
-    let context = match kind.as_str() {
-        "root" => keel::trust::Context::TrustRoot,
-        _ => keel::trust::Context::ReleaseIndex,
-    };
-    let refs: Vec<&dyn keel::trust::Signer> = signers
-        .iter()
-        .map(|s| s as &dyn keel::trust::Signer)
-        .collect();
-    let env = keel::release::sign_envelope(&doc, context, &refs)?;
-    std::fs::write(output, env).map_err(|e| format!("{}: {e}", output.display()))?;
-    println!(
-        "signed {} by {} key(s): {}",
-        document.display(),
-        refs.len(),
-        output.display()
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

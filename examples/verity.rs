@@ -1,4 +1,5 @@
-//! `verity`: a veritysetup-like tool on keel-verity, plus signed root hashes.
+//! `verity`: a veritysetup-like tool on keel-verity (signed roots: `verity-sign`; fs-verity
+//! digests: `fsverity`).
 //!
 //! ```text
 //! cargo run --release --example verity -- format DATA HASH [options]
@@ -6,11 +7,6 @@
 //! cargo run --release --example verity -- repair DATA HASH ROOT_HEX --fec-device FEC [--output-dir DIR] [options]
 //! cargo run --release --example verity -- dump HASH [--hash-offset N]
 //! cargo run --release --example verity -- table HASH ROOT_HEX --data-device DEV [--hash-device DEV]
-//! cargo run --release --example verity -- keygen KEY.pem [--public PUB.pem]
-//! cargo run --release --example verity -- sign HASH ROOT_HEX --key KEY.pem --out ROOT.sig
-//! cargo run --release --example verity -- verify-signature ROOT.sig --pubkey PUB.pem [--data-device DATA --hash-device HASH]
-//! cargo run --release --example verity -- fsverity-digest FILE [--hash-alg sha256|sha512] [--block-size N] [--salt HEX]
-//! cargo run --release --example verity -- demo      # the whole cycle in a temporary directory
 //! ```
 //!
 //! Options and output follow veritysetup: `--hash`, `--data-block-size`,
@@ -27,22 +23,20 @@
 #[macro_use]
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/verity.rs"]
+mod verity;
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use keel::io::same_file;
 use keel::verity::{
-    android_fec_header, check_root, existing_tree, fec_encode, fec_repair, fec_verify, format,
-    format_uuid, open_hash_device, parse_uuid, random_uuid, verify, BuildOptions, Error,
-    FecGeometry, FormatOptions, HashAlgorithm, HashType, Keyring, PublicKey, ReadAt, RepairTarget,
-    RootDescriptor, SignRoot, SigningKey, Threads, TreeGeometry, VerifyRoot, VerityParams, WriteAt,
+    android_fec_header, fec_encode, fec_repair, fec_verify, format, open_hash_device, parse_uuid,
+    random_uuid, verify, Error, FormatOptions, ReadAt, RepairTarget, WriteAt,
 };
+use verity::{checked_root, open_read, open_rw, print_header, progress_bar, FecOpts, TreeOpts};
 
 #[derive(Parser)]
 #[command(
@@ -131,20 +125,6 @@ enum Cmd {
         #[arg(long)]
         unchecked: bool,
     },
-    /// Print the fs-verity digest of FILE, as `fsverity digest` does.
-    FsverityDigest {
-        /// The file to digest.
-        file: PathBuf,
-        /// sha256 or sha512.
-        #[arg(long = "hash-alg", default_value = "sha256")]
-        hash_alg: String,
-        /// Merkle tree block size, a power of two (fsverity's --block-size).
-        #[arg(long, default_value_t = 4096)]
-        block_size: u32,
-        /// Salt in hex (fs-verity's salt, prepended to every block; default: none).
-        #[arg(long)]
-        salt: Option<String>,
-    },
     /// Print the superblock of HASH.
     Dump {
         /// The hash device or file.
@@ -153,218 +133,6 @@ enum Cmd {
         #[arg(long, default_value = "0", value_parser = cli::parse_size)]
         hash_offset: u64,
     },
-    /// Create an Ed25519 signing key (PKCS#8 PEM, as openssl genpkey writes).
-    Keygen {
-        /// Where to write the private key (PKCS#8 PEM); an existing file is never replaced.
-        key: PathBuf,
-        /// Also write the public key (PEM) here.
-        #[arg(long)]
-        public: Option<PathBuf>,
-    },
-    /// Sign ROOT_HEX together with the tree parameters of HASH.
-    Sign {
-        /// The hash device or file whose tree the root belongs to.
-        hash: PathBuf,
-        /// The root hash, hex.
-        root_hex: String,
-        /// Private key, PKCS#8 PEM.
-        #[arg(long)]
-        key: PathBuf,
-        /// Where to write the signed root.
-        #[arg(long)]
-        out: PathBuf,
-        /// Sign ROOT_HEX without checking it against the tree on HASH (offline signing of
-        /// a root computed elsewhere).
-        #[arg(long)]
-        unchecked: bool,
-        #[command(flatten)]
-        opts: TreeOpts,
-    },
-    /// Check a signed root against trusted keys; with --data-device and --hash-device,
-    /// verify the devices against it too.
-    VerifySignature {
-        /// The signed root (as `sign` writes it).
-        signed_root: PathBuf,
-        /// A trusted public key (PEM); repeat for several.
-        #[arg(long = "pubkey", required = true)]
-        keys: Vec<PathBuf>,
-        /// The data device or image to verify.
-        #[arg(long, requires = "hash_device")]
-        data_device: Option<PathBuf>,
-        /// Its hash device or file.
-        #[arg(long, requires = "data_device")]
-        hash_device: Option<PathBuf>,
-        /// Byte offset of the hash area on the hash device (size suffixes: 4K, 1M).
-        #[arg(long, default_value = "0", value_parser = cli::parse_size)]
-        hash_offset: u64,
-        /// Do not write or read a superblock.
-        #[arg(long)]
-        no_superblock: bool,
-    },
-    /// Run the whole cycle on a generated image in a temporary directory, narrating.
-    Demo {
-        /// Image size in MiB (1 to 4096; the image is generated in memory).
-        #[arg(long, default_value_t = 256)]
-        size_mib: u64,
-    },
-}
-
-/// The tree's parameters, with veritysetup's names. Where HASH has a superblock (verify,
-/// repair, table, sign without --no-superblock), the superblock's values are used and
-/// these are ignored.
-#[derive(Args)]
-struct TreeOpts {
-    /// Hash algorithm (a superblock's overrides it).
-    #[arg(long = "hash", default_value = "sha256")]
-    algorithm: String,
-    /// Data block size, a power of two from 512 to 512K (a superblock's overrides it).
-    #[arg(long, default_value = "4096", value_parser = cli::parse_size_u32)]
-    data_block_size: u32,
-    /// Hash block size, a power of two from 512 to 512K (a superblock's overrides it).
-    #[arg(long, default_value = "4096", value_parser = cli::parse_size_u32)]
-    hash_block_size: u32,
-    /// Salt in hex, or - for none; format's default is 32 random bytes, the others need it
-    /// with --no-superblock (a superblock's overrides it).
-    #[arg(long, allow_hyphen_values = true)]
-    salt: Option<String>,
-    /// Hash format: 1 (normal) or 0 (Chrome OS) (a superblock's overrides it).
-    #[arg(long, default_value_t = 1)]
-    format: u32,
-    /// Do not write or read a superblock.
-    #[arg(long)]
-    no_superblock: bool,
-    /// Byte offset of the hash area on the hash device (size suffixes: 4K, 1M).
-    #[arg(long, default_value = "0", value_parser = cli::parse_size)]
-    hash_offset: u64,
-    /// Number of data blocks (default: all whole blocks of DATA; a superblock's overrides
-    /// it).
-    #[arg(long)]
-    data_blocks: Option<u64>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<std::num::NonZeroUsize>,
-}
-
-#[derive(Args)]
-struct FecOpts {
-    /// Reed-Solomon parity file or device (may be HASH, with --fec-offset past the tree).
-    #[arg(long)]
-    fec_device: Option<PathBuf>,
-    /// Parity bytes per 255-byte codeword, 2 to 24.
-    #[arg(long, default_value_t = keel::verity::FEC_DEFAULT_ROOTS)]
-    fec_roots: u8,
-    /// Byte offset of the parity on the FEC device (size suffixes: 4K, 1M).
-    #[arg(long, default_value = "0", value_parser = cli::parse_size)]
-    fec_offset: u64,
-}
-
-impl FecOpts {
-    /// The parity geometry for a tree whose hash device is `hash` (veritysetup's rule: the
-    /// hash area runs to the end of the hash device, or to the FEC offset when the parity is
-    /// on the hash device).
-    fn geometry(
-        &self,
-        hash: &File,
-        fec: &File,
-        params: &VerityParams,
-        tree: &TreeGeometry,
-    ) -> Result<FecGeometry, String> {
-        FecGeometry::for_files(params, tree, self.fec_roots, hash, fec, self.fec_offset)
-            .map_err(|e| e.to_string())
-    }
-}
-
-impl TreeOpts {
-    fn params(&self, data_size: u64) -> Result<VerityParams, String> {
-        let hash_type = HashType::from_u32(self.format)
-            .ok_or_else(|| format!("--format {}: must be 0 or 1", self.format))?;
-        let mut b = VerityParams::builder()
-            .algorithm(HashAlgorithm::from_name(&self.algorithm).map_err(|e| e.to_string())?)
-            .hash_type(hash_type)
-            .data_block_size(self.data_block_size)
-            .hash_block_size(self.hash_block_size)
-            .data_blocks_for(data_size);
-        if let Some(n) = self.data_blocks {
-            b = b.data_blocks(n);
-        }
-        match self.salt.as_deref() {
-            None => {}
-            Some("-") => b = b.salt(Vec::new()),
-            Some(h) => b = b.salt(hex::decode(h).map_err(|e| format!("--salt: {e}"))?),
-        }
-        b.build().map_err(|e| e.to_string())
-    }
-
-    /// The parameters and layout of an existing tree: from its superblock, or from the
-    /// options with --no-superblock.
-    fn existing(
-        &self,
-        hash: &File,
-        data_size: Option<u64>,
-    ) -> Result<(VerityParams, TreeGeometry), String> {
-        let explicit = if self.no_superblock {
-            if self.salt.is_none() {
-                return Err("--no-superblock needs --salt (HEX or -)".into());
-            }
-            let size = match (self.data_blocks, data_size) {
-                (Some(_), _) => 0,
-                (None, Some(s)) => s,
-                (None, None) => return Err("--no-superblock needs --data-blocks".into()),
-            };
-            Some(self.params(size)?)
-        } else {
-            None
-        };
-        existing_tree(hash, self.hash_offset, explicit).map_err(|e| e.to_string())
-    }
-
-    fn build_options<'a>(
-        &self,
-        progress: Option<&'a dyn keel::verity::Progress>,
-    ) -> BuildOptions<'a> {
-        let build =
-            BuildOptions::default().threads(self.threads.map_or(Threads::AllCores, Threads::from));
-        match progress {
-            Some(p) => build.progress(p),
-            None => build,
-        }
-    }
-}
-
-fn open_read(p: &Path) -> Result<File, String> {
-    File::open(p).map_err(|e| format!("{}: {e}", p.display()))
-}
-
-fn progress_bar(total: u64) -> ProgressBar {
-    let pb = ProgressBar::new(total);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    pb
-}
-
-fn print_header(hash: &Path, uuid: Option<[u8; 16]>, p: &VerityParams, g: &TreeGeometry) {
-    println!("VERITY header information for {}", hash.display());
-    println!(
-        "UUID:            \t{}",
-        uuid.map(|u| format_uuid(&u)).unwrap_or_default()
-    );
-    println!("Hash type:       \t{}", p.hash_type().as_u32());
-    println!("Data blocks:     \t{}", p.data_blocks());
-    println!("Data block size: \t{}", p.data_block_size());
-    println!("Hash blocks:     \t{}", g.tree_blocks());
-    println!("Hash block size: \t{}", p.hash_block_size());
-    println!("Hash algorithm:  \t{}", p.algorithm());
-    let salt = if p.salt().is_empty() {
-        "-".to_string()
-    } else {
-        hex::encode(p.salt())
-    };
-    println!("Salt:            \t{salt}");
 }
 
 fn cmd_format(
@@ -466,15 +234,6 @@ fn check_fec_not_data(
         ));
     }
     Ok(())
-}
-
-fn open_rw(p: &Path) -> Result<File, String> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .open(p)
-        .map_err(|e| format!("{}: {e}", p.display()))
 }
 
 fn print_fec_report(r: &keel::verity::FecReport) {
@@ -670,226 +429,6 @@ fn cmd_dump(hash: &Path, hash_offset: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn write_new(path: &Path, content: &str, mode: u32) -> Result<(), String> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(content.as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn cmd_keygen(key: &Path, public: Option<&Path>) -> Result<(), String> {
-    let k = SigningKey::generate().map_err(|e| e.to_string())?;
-    write_new(key, &k.to_pkcs8_pem().map_err(|e| e.to_string())?, 0o600)?;
-    if let Some(p) = public {
-        write_new(
-            p,
-            &k.public_key().to_pem().map_err(|e| e.to_string())?,
-            0o644,
-        )?;
-    }
-    println!("Key id: {}", k.public_key().id());
-    Ok(())
-}
-
-fn cmd_sign(
-    hash: &Path,
-    root_hex: &str,
-    key: &Path,
-    out: &Path,
-    unchecked: bool,
-    opts: &TreeOpts,
-) -> Result<(), String> {
-    let (_, params, _, root) = checked_root(hash, root_hex, opts, unchecked, "sign")?;
-    let desc = RootDescriptor::new(params, &root).map_err(|e| e.to_string())?;
-    let pem = std::fs::read_to_string(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let k = SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
-    let signed = k.sign_root(&desc).map_err(|e| e.to_string())?;
-    std::fs::write(out, signed.to_bytes()).map_err(|e| format!("{}: {e}", out.display()))?;
-    println!(
-        "Signed root hash {root_hex} with key {}",
-        k.public_key().id()
-    );
-    Ok(())
-}
-
-fn cmd_verify_signature(
-    signed: &Path,
-    keys: &[PathBuf],
-    device: Option<(&Path, &Path)>,
-    hash_offset: u64,
-    no_superblock: bool,
-) -> ExitCode {
-    let run = || -> Result<(), (u8, String)> {
-        let mut ring = Keyring::new();
-        for k in keys {
-            let pem =
-                std::fs::read_to_string(k).map_err(|e| (1, format!("{}: {e}", k.display())))?;
-            ring.add(PublicKey::from_pem(&pem).map_err(|e| (1, e.to_string()))?)
-                .map_err(|e| (1, e.to_string()))?;
-        }
-        // A signed root has a fixed size: read no more than one byte past it.
-        let mut bytes = Vec::new();
-        open_read(signed)
-            .map_err(|e| (1, e))?
-            .take(keel::verity::sign::SIGNED_ROOT_SIZE as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| (1, format!("{}: {e}", signed.display())))?;
-        let v = ring.verify_root(&bytes).map_err(|e| (1, e.to_string()))?;
-        let d = &v.descriptor;
-        let p = d.params();
-        println!("Signature:       \tgood, key {}", v.key_id);
-        println!("Root hash:      \t{}", hex::encode(d.root_hash()));
-        println!("Hash type:       \t{}", p.hash_type().as_u32());
-        println!("Hash algorithm:  \t{}", p.algorithm());
-        println!("Data blocks:     \t{}", p.data_blocks());
-        println!("Data block size: \t{}", p.data_block_size());
-        println!("Hash block size: \t{}", p.hash_block_size());
-        println!(
-            "Salt:            \t{}",
-            if p.salt().is_empty() {
-                "-".into()
-            } else {
-                hex::encode(p.salt())
-            }
-        );
-        if let Some((data, hash)) = device {
-            let data_f = open_read(data).map_err(|e| (1, e))?;
-            let hash_f = open_read(hash).map_err(|e| (1, e))?;
-            v.verify_device(
-                &data_f,
-                &hash_f,
-                hash_offset,
-                !no_superblock,
-                &BuildOptions::default(),
-            )
-            .map_err(|e| match e {
-                Error::HashBlockCorrupt { .. } | Error::DataBlockCorrupt { .. } => {
-                    (2, e.to_string())
-                }
-                e => (1, e.to_string()),
-            })?;
-            println!("Device:          \tverified against the signed root hash");
-        }
-        Ok(())
-    };
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err((code, msg)) => {
-            eprintln!("Verification failed: {msg}");
-            ExitCode::from(code)
-        }
-    }
-}
-
-/// format -> verify -> corrupt -> detect -> sign -> verify the signature, on a generated image.
-fn cmd_demo(size_mib: u64) -> Result<(), String> {
-    if !(1..=4096).contains(&size_mib) {
-        return Err(format!(
-            "--size-mib {size_mib}: the demo image is made in memory, 1 to 4096 MiB"
-        ));
-    }
-    let dir = std::env::temp_dir().join(format!("keel-verity-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let result = demo_in(&dir, size_mib);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-fn demo_in(dir: &Path, size_mib: u64) -> Result<(), String> {
-    let err = |e: Error| e.to_string();
-    let data_path = dir.join("rootfs.img");
-    let hash_path = dir.join("rootfs.verity");
-    println!(
-        "1. Writing a {size_mib} MiB root filesystem image (generated content) to {}",
-        data_path.display()
-    );
-    let mut image = vec![0u8; (size_mib << 20) as usize];
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    for w in image.chunks_exact_mut(8) {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        w.copy_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    std::fs::write(&data_path, &image).map_err(|e| e.to_string())?;
-    drop(image);
-
-    println!("2. Building its dm-verity tree (veritysetup defaults: sha256, 4096-byte blocks, random salt and UUID)");
-    let data_f = open_read(&data_path)?;
-    let params = VerityParams::builder()
-        .data_blocks_for(data_f.size().map_err(|e| e.to_string())?)
-        .build()
-        .map_err(err)?;
-    let hash_f = File::create(&hash_path).map_err(|e| e.to_string())?;
-    let uuid = random_uuid().map_err(err)?;
-    let start = std::time::Instant::now();
-    let opts = FormatOptions::default().superblock(uuid);
-    let formatted = format(&params, &data_f, &mut &hash_f, &opts).map_err(err)?;
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "   Root hash: {}  ({} hash blocks, {:.2} s, {:.2} GB/s)",
-        hex::encode(&formatted.root_hash),
-        formatted.geometry.tree_blocks(),
-        secs,
-        params.data_size() as f64 / secs / 1e9
-    );
-
-    println!("3. Verifying the image against the root hash, parameters read from the superblock");
-    let hash_r = open_read(&hash_path)?;
-    let (sb, geometry) = open_hash_device(&hash_r, 0).map_err(err)?;
-    verify(
-        &sb.params,
-        &geometry,
-        &data_f,
-        &hash_r,
-        &formatted.root_hash,
-        &BuildOptions::default(),
-    )
-    .map_err(err)?;
-    println!("   OK");
-
-    println!("4. Signing the root hash, bound to every tree parameter, with a new Ed25519 key");
-    let key = SigningKey::generate().map_err(|e| e.to_string())?;
-    let signed = key
-        .sign_root(&RootDescriptor::new(sb.params.clone(), &formatted.root_hash).map_err(err)?)
-        .map_err(err)?;
-    let mut ring = Keyring::new();
-    ring.add(key.public_key().clone())
-        .map_err(|e| e.to_string())?;
-    let verified = ring.verify_root(&signed.to_bytes()).map_err(err)?;
-    println!("   Signature good, key {}", verified.key_id);
-
-    println!("5. Flipping one bit in data block 12345 and verifying again");
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&data_path)
-        .map_err(|e| e.to_string())?;
-    let mut byte = [0u8; 1];
-    let at = 12345 * 4096 + 100;
-    std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, at).map_err(|e| e.to_string())?;
-    byte[0] ^= 0x20;
-    std::os::unix::fs::FileExt::write_all_at(&f, &byte, at).map_err(|e| e.to_string())?;
-    match verify(
-        &sb.params,
-        &geometry,
-        &data_f,
-        &hash_r,
-        verified.descriptor.root_hash(),
-        &BuildOptions::default(),
-    ) {
-        Err(e @ Error::DataBlockCorrupt { block: 12345, .. }) => println!("   Detected: {e}"),
-        Err(e) => return Err(format!("unexpected result: {e}")),
-        Ok(()) => return Err("the corruption was not detected".into()),
-    }
-    println!("Done: the image, its tree and the signed root hash behave as dm-verity expects.");
-    Ok(())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match &cli.cmd {
@@ -925,26 +464,6 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Dump { hash, hash_offset } => cmd_dump(hash, *hash_offset),
-        Cmd::FsverityDigest {
-            file,
-            hash_alg,
-            block_size,
-            salt,
-        } => (|| {
-            let alg = HashAlgorithm::from_name(hash_alg).map_err(|e| e.to_string())?;
-            let salt =
-                hex::decode(salt.as_deref().unwrap_or("")).map_err(|e| format!("--salt: {e}"))?;
-            let f = open_read(file)?;
-            let d = keel::verity::fsverity_digest(&f, alg, *block_size, &salt)
-                .map_err(|e| e.to_string())?;
-            println!(
-                "{}:{} {}",
-                alg.name(),
-                hex::encode(&d.digest),
-                file.display()
-            );
-            Ok(())
-        })(),
         Cmd::Table {
             hash,
             root_hex,
@@ -968,27 +487,6 @@ fn main() -> ExitCode {
             fec_kernel_device.as_deref(),
             *unchecked,
         ),
-        Cmd::Keygen { key, public } => cmd_keygen(key, public.as_deref()),
-        Cmd::Sign {
-            hash,
-            root_hex,
-            key,
-            out,
-            unchecked,
-            opts,
-        } => cmd_sign(hash, root_hex, key, out, *unchecked, opts),
-        Cmd::VerifySignature {
-            signed_root,
-            keys,
-            data_device,
-            hash_device,
-            hash_offset,
-            no_superblock,
-        } => {
-            let device = data_device.as_deref().zip(hash_device.as_deref());
-            return cmd_verify_signature(signed_root, keys, device, *hash_offset, *no_superblock);
-        }
-        Cmd::Demo { size_mib } => cmd_demo(*size_mib),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -997,28 +495,4 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// The hash device, its tree's parameters and geometry, and `root_hex` decoded, after
-/// checking that the tree gives that root (unless `unchecked`; `verb` is what the user
-/// asked to do with it, for the hint).
-fn checked_root(
-    hash: &Path,
-    root_hex: &str,
-    opts: &TreeOpts,
-    unchecked: bool,
-    verb: &str,
-) -> Result<(File, VerityParams, TreeGeometry, Vec<u8>), String> {
-    let hash_f = open_read(hash)?;
-    let (params, geometry) = opts.existing(&hash_f, None)?;
-    let root = hex::decode(root_hex).map_err(|e| format!("root hash: {e}"))?;
-    if !unchecked {
-        check_root(&params, &geometry, &hash_f, &root).map_err(|e| {
-            format!(
-                "{e} (the tree on {} does not give this root; --unchecked to {verb} it anyway)",
-                hash.display()
-            )
-        })?;
-    }
-    Ok((hash_f, params, geometry, root))
 }

@@ -50,13 +50,20 @@ fn bad_inputs_are_clear_errors_not_panics_or_endless_reads() {
         "GRUB environment",
     );
     refused("config", &["check", "/dev/zero"], "/dev/zero");
-    ok("verity", &["keygen", &p("k.pem"), "--public", &p("k.pub")]);
+    ok(
+        "verity-sign",
+        &["keygen", &p("k.pem"), "--public", &p("k.pub")],
+    );
     refused(
-        "verity",
+        "verity-sign",
         &["verify-signature", "/dev/zero", "--pubkey", &p("k.pub")],
         "Verification failed",
     );
-    refused("verity", &["demo", "--size-mib", "1000000"], "1 to 4096");
+    refused(
+        "verity-sign",
+        &["demo", "--size-mib", "1000000"],
+        "1 to 4096",
+    );
     // Keys, documents and earlier indexes are small files: /dev/zero is refused after a
     // bounded read, a directory by name.
     for args in [
@@ -99,10 +106,10 @@ fn bad_inputs_are_clear_errors_not_panics_or_endless_reads() {
             &p("o"),
         ],
     ] {
-        refused("update", &args, "/dev/zero");
+        refused("publish", &args, "/dev/zero");
     }
     refused(
-        "update",
+        "publish",
         &[
             "sign",
             "--kind",
@@ -183,7 +190,10 @@ fn verity_refuses_fec_over_data_and_roots_the_tree_does_not_give() {
         .unwrap()
         .trim()
         .to_string();
-    ok("verity", &["keygen", &p("k.pem"), "--public", &p("k.pub")]);
+    ok(
+        "verity-sign",
+        &["keygen", &p("k.pem"), "--public", &p("k.pub")],
+    );
     let wrong = "ab".repeat(32);
     let (h, key) = (p("h"), p("k.pem"));
     let sign = |root: &str, out: &str, extra: &[&str]| -> Vec<String> {
@@ -195,13 +205,16 @@ fn verity_refuses_fec_over_data_and_roots_the_tree_does_not_give() {
         a
     };
     refused(
-        "verity",
+        "verity-sign",
         &strs(&sign(&wrong, &p("s"), &[])),
         "does not give this root",
     );
     assert!(!Path::new(&p("s")).exists());
-    ok("verity", &strs(&sign(&root, &p("s"), &[])));
-    ok("verity", &strs(&sign(&wrong, &p("s2"), &["--unchecked"])));
+    ok("verity-sign", &strs(&sign(&root, &p("s"), &[])));
+    ok(
+        "verity-sign",
+        &strs(&sign(&wrong, &p("s2"), &["--unchecked"])),
+    );
     refused(
         "verity",
         &["table", &p("h"), &wrong, "--data-device", "/dev/vda"],
@@ -275,7 +288,10 @@ fn slots_create_refuses_an_existing_table_and_leaves_no_image_when_it_fails() {
 fn payload_inspect_refuses_a_truncated_payload() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).display().to_string();
-    ok("verity", &["keygen", &p("k.pem"), "--public", &p("k.pub")]);
+    ok(
+        "verity-sign",
+        &["keygen", &p("k.pem"), "--public", &p("k.pub")],
+    );
     std::fs::write(p("img"), seeded_bytes(4, 400_000)).unwrap();
     ok(
         "payload",

@@ -8,13 +8,16 @@ use std::collections::HashMap;
 
 use common::{example, run, stdout};
 
-const EXAMPLES: [&str; 9] = [
+const EXAMPLES: [&str; 12] = [
     "verity",
+    "verity-sign",
+    "fsverity",
     "slots",
     "bootstate",
     "payload",
     "config",
     "update",
+    "publish",
     "ab-update",
     "fleet",
     "fleetlock",
@@ -130,7 +133,7 @@ fn the_readme_documents_the_examples_and_points_only_inside_the_repository() {
     }
     for named in [
         "verity -- repair",
-        "verity -- demo",
+        "verity-sign -- demo",
         "--fec-device",
         "--root-hash-file",
         "--slot-mib",

@@ -253,7 +253,7 @@ fn fetch_apply_sign_and_check_against_nginx() {
     full_payload(&dir, "full-2.payload");
     // The delta given as the full payload is refused, naming it.
     let o = run(
-        &example("update"),
+        &example("publish"),
         &[
             "index",
             "--full",
@@ -271,7 +271,7 @@ fn fetch_apply_sign_and_check_against_nginx() {
     );
     assert!(!dir.join("x.json").exists());
     let out = ok(
-        "update",
+        "publish",
         &[
             "index",
             "--full",
@@ -320,7 +320,7 @@ fn fetch_apply_sign_and_check_against_nginx() {
         ("index", "index-doc.json", "index.json"),
     ] {
         ok(
-            "update",
+            "publish",
             &[
                 "sign",
                 "--kind",
@@ -388,7 +388,7 @@ fn fetch_apply_sign_and_check_against_nginx() {
     )
     .unwrap();
     ok(
-        "update",
+        "publish",
         &[
             "sign",
             "--kind",
@@ -546,7 +546,7 @@ fn out_of_range_arguments_are_refused_and_the_demo_key_is_private() {
                 a => a,
             })
             .collect();
-        run(&example("update"), &args)
+        run(&example("publish"), &args)
     };
     full_payload(&dir, "full.payload");
     let o = index(&["--expires-days", "213503982334601"]);

@@ -14,6 +14,10 @@ fn example() -> PathBuf {
     common::example("verity")
 }
 
+fn sign_example() -> PathBuf {
+    common::example("verity-sign")
+}
+
 fn veritysetup() -> Option<PathBuf> {
     common::tool("veritysetup", "cryptsetup-bin")
 }
@@ -159,11 +163,11 @@ fn no_superblock_offset_and_empty_salt() {
 
 #[test]
 fn keygen_sign_verify_signature() {
-    let ex = example();
+    let ex = sign_example();
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     fs::write(p("data"), data(4096 * 40)).unwrap();
-    let root = root_of(&run(&ex, &["format", &p("data"), &p("hash")]));
+    let root = root_of(&run(&example(), &["format", &p("data"), &p("hash")]));
     for k in ["a", "b"] {
         let o = run(
             &ex,
@@ -245,7 +249,7 @@ fn keygen_sign_verify_signature() {
 
 #[test]
 fn demo_runs_the_whole_cycle() {
-    let o = run(&example(), &["demo", "--size-mib", "64"]);
+    let o = run(&sign_example(), &["demo", "--size-mib", "64"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = stdout(&o);
     assert!(

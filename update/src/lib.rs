@@ -58,7 +58,8 @@ mod record;
 mod system;
 
 pub use agent::{
-    Agent, Commit, HealthCheck, Installed, SlotStatus, Status, BUILD_TIME_FLOOR, INDEX_DEADLINE,
+    fetch_index, Agent, Commit, HealthCheck, Installed, SlotStatus, Status, BUILD_TIME_FLOOR,
+    INDEX_DEADLINE,
 };
 pub use booted::{boot_disk, clues, Clue};
 pub use error::{Error, Refusal, Result};

@@ -15,6 +15,37 @@ use crate::record;
 /// deadline.
 pub const INDEX_DEADLINE: Duration = Duration::from_secs(60);
 
+/// Fetch the signed release index at `index_url` and verify it under `root` at the time
+/// `now`: at most [`keel_release::MAX_ENVELOPE`] bytes, within `fetch`'s deadline or else
+/// [`INDEX_DEADLINE`] (TUF's slow-retrieval attack: a server that drips the index would
+/// otherwise hold the check, and its expiry, off for good); signed to the root's
+/// threshold, its serial not below `last` (rollback), not expired. A clock before
+/// [`crate::BUILD_TIME_FLOOR`] is refused ([`Error::ClockBehind`]).
+pub fn fetch_index(
+    index_url: &str,
+    root: &keel_release::TrustedRoot,
+    fetch: keel_fetch::FetchOptions<'_>,
+    last: Option<u64>,
+    now: u64,
+) -> Result<keel_release::Index> {
+    if now < crate::BUILD_TIME_FLOOR {
+        return Err(Error::ClockBehind {
+            now,
+            floor: crate::BUILD_TIME_FLOOR,
+        });
+    }
+    let fetch = match fetch.deadline {
+        Some(_) => fetch,
+        None => fetch.deadline(INDEX_DEADLINE),
+    };
+    let mut bytes = Vec::new();
+    keel_fetch::HttpReader::new(index_url, fetch)?
+        .take(keel_release::MAX_ENVELOPE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(format!("fetching {index_url}"), e))?;
+    Ok(root.verify_index(&bytes, last, now)?)
+}
+
 impl<'d, D> Agent<'d, D>
 where
     D: ReadAt,
@@ -39,18 +70,6 @@ where
         fetch: keel_fetch::FetchOptions<'_>,
         progress: Option<&dyn Progress>,
     ) -> Result<Option<Installed>> {
-        use keel_release::MAX_ENVELOPE;
-        let mut bytes = Vec::new();
-        // Metadata has a deadline of its own (TUF's slow-retrieval attack: a server that
-        // drips the index would otherwise hold the check, and its expiry, off for good).
-        let index_fetch = match fetch.deadline {
-            Some(_) => fetch,
-            None => fetch.deadline(INDEX_DEADLINE),
-        };
-        keel_fetch::HttpReader::new(index_url, index_fetch)?
-            .take(MAX_ENVELOPE as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io(format!("fetching {index_url}"), e))?;
         let serial_path = self.state_dir.join("index-serial");
         let last = record::read_small(&serial_path)?
             .map(|t| {
@@ -62,7 +81,7 @@ where
                 })
             })
             .transpose()?;
-        let index = root.verify_index(&bytes, last, self.trusted_now()?)?;
+        let index = fetch_index(index_url, root, fetch, last, self.trusted_now()?)?;
         record::replace(&serial_path, format!("{}\n", index.serial).as_bytes())?;
         // Never past the clock: an index stamped in the future (a publisher's wrong
         // clock, or a key holder's mischief) must not lock every later install out.

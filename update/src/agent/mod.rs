@@ -13,7 +13,7 @@ mod status;
 
 pub use clock::BUILD_TIME_FLOOR;
 pub use commit::{Commit, HealthCheck};
-pub use index::INDEX_DEADLINE;
+pub use index::{fetch_index, INDEX_DEADLINE};
 pub use install::Installed;
 pub use status::{SlotStatus, Status};
 
