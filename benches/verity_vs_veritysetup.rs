@@ -91,16 +91,11 @@ fn main() {
     let mut vs_root = String::new();
     let vs_time = best(runs, || {
         let _ = fs::remove_file(&vs_hash);
-        let out = Command::new(&vs)
-            .args(["format", data.to_str().unwrap(), vs_hash.to_str().unwrap()])
-            .arg(format!("--salt={SALT}"))
-            .arg(format!("--uuid={UUID}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = keel_testsupport::output_ok(
+            Command::new(&vs)
+                .args(["format", data.to_str().unwrap(), vs_hash.to_str().unwrap()])
+                .arg(format!("--salt={SALT}"))
+                .arg(format!("--uuid={UUID}")),
         );
         vs_root = root_line(&out.stdout);
     });

@@ -23,7 +23,6 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel::payload::{
     apply_files, generate_observed, read_manifest, ApplyOptions, GenerateOptions, OpType,
-    VersionCheck,
 };
 use keel::verity::SigningKey;
 
@@ -73,28 +72,14 @@ enum Cmd {
     },
     /// Apply PAYLOAD (or - for stdin) to TARGET.
     Apply {
-        /// The running image the delta reads from (not needed for a full payload).
-        #[arg(long)]
-        source: Option<PathBuf>,
-        /// The slot or file to write the new image into.
-        #[arg(long)]
-        target: PathBuf,
-        /// A trusted public key (PEM); repeat for several.
-        #[arg(long = "pubkey", required = true)]
-        pubkeys: Vec<PathBuf>,
+        #[command(flatten)]
+        to: cli::ApplyTo,
         /// Resume record.
         #[arg(long)]
         state: Option<PathBuf>,
         /// This system's compatible string (default: not checked).
         #[arg(long)]
         compatible: Option<String>,
-        /// The installed version: an older payload is refused, and the same version unless
-        /// --allow-reinstall. Required unless --no-version-check.
-        #[arg(long, required_unless_present = "no_version_check")]
-        installed_version: Option<String>,
-        /// Apply without comparing versions (a first install).
-        #[arg(long, conflicts_with = "installed_version")]
-        no_version_check: bool,
         /// Accept a payload older than the installed version.
         #[arg(long)]
         allow_downgrade: bool,
@@ -234,23 +219,16 @@ fn run(cli: Cli) -> Result<(), String> {
             );
         }
         Cmd::Apply {
-            source,
-            target,
-            pubkeys,
+            to,
             state,
             compatible,
-            installed_version,
-            no_version_check: _,
             allow_downgrade,
             allow_reinstall,
             checkpoint_mib,
             payload,
         } => {
-            let ring = cli::load_keyring(&pubkeys)?;
-            let src = source
-                .as_ref()
-                .map(|s| File::open(s).map_err(|e| format!("{}: {e}", s.display())))
-                .transpose()?;
+            let ring = cli::load_keyring(&to.pubkeys)?;
+            let src = to.open_source()?;
             let reader: Box<dyn Read> = if payload == "-" {
                 Box::new(std::io::stdin().lock())
             } else {
@@ -260,7 +238,7 @@ fn run(cli: Cli) -> Result<(), String> {
             // resume record needs it); one that was there (a slot, a half-written image to
             // resume) is left as it is.
             let mut created = cli::Created::unless(state.clone());
-            let mut tgt = cli::open_or_create(&target, 0o644, &mut created)?;
+            let mut tgt = cli::open_or_create(&to.target, 0o644, &mut created)?;
             let pb = ProgressBar::new(0);
             pb.set_style(
                 ProgressStyle::with_template(
@@ -273,11 +251,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 pb.set_length(total);
                 pb.set_position(done);
             };
-            let version = match &installed_version {
-                Some(v) => VersionCheck::Installed(v),
-                None => VersionCheck::Unchecked,
-            };
-            let mut opts = ApplyOptions::new(&ring, version)
+            let mut opts = ApplyOptions::new(&ring, to.version())
                 .allow_downgrade(allow_downgrade)
                 .allow_reinstall(allow_reinstall)
                 .progress(&observer)
@@ -301,7 +275,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             println!(
                 "applied: {} ({} bytes, digest verified)",
-                target.display(),
+                to.target.display(),
                 done.manifest.target.size
             );
         }

@@ -106,24 +106,11 @@ enum Cmd {
     FetchApply {
         /// The payload's http:// or https:// URL.
         url: String,
-        /// The running image the delta reads from (not needed for a full payload).
-        #[arg(long)]
-        source: Option<PathBuf>,
-        /// The slot or file to write the new image into.
-        #[arg(long)]
-        target: PathBuf,
-        /// A trusted public key (PEM); repeat for several.
-        #[arg(long = "pubkey", required = true)]
-        pubkeys: Vec<PathBuf>,
+        #[command(flatten)]
+        to: cli::ApplyTo,
         /// Resume record: a rerun after a stop fetches only what was not applied.
         #[arg(long = "record")]
         record: Option<PathBuf>,
-        /// The installed version (required unless --no-version-check).
-        #[arg(long, required_unless_present = "no_version_check")]
-        installed_version: Option<String>,
-        /// Apply without comparing versions (a first install).
-        #[arg(long)]
-        no_version_check: bool,
         /// Download at most this many bytes per second (`512K`, `2M`; at least 4K; default:
         /// no cap).
         #[arg(long, value_parser = rate)]
@@ -306,22 +293,14 @@ fn run(cli: Cli) -> Res<ExitCode> {
 fn fetch_apply(cmd: &Cmd) -> Res<ExitCode> {
     let Cmd::FetchApply {
         url,
-        source,
-        target,
-        pubkeys,
+        to,
         record,
-        installed_version,
         max_rate,
-        ..
     } = cmd
     else {
         return Ok(ExitCode::FAILURE);
     };
-    let ring = cli::load_keyring(pubkeys)?;
-    let version = match installed_version {
-        Some(v) => keel::payload::VersionCheck::Installed(v),
-        None => keel::payload::VersionCheck::Unchecked,
-    };
+    let ring = cli::load_keyring(&to.pubkeys)?;
     let pb = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("[{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -330,20 +309,18 @@ fn fetch_apply(cmd: &Cmd) -> Res<ExitCode> {
         pb.set_length(total);
         pb.set_position(done);
     };
-    let mut opts = keel::payload::ApplyOptions::new(&ring, version).progress(&observer);
+    let mut opts = keel::payload::ApplyOptions::new(&ring, to.version()).progress(&observer);
     opts.state = record.as_deref();
-    let src = source
-        .as_deref()
-        .map(|p| File::open(p).map_err(|e| format!("{}: {e}", p.display())))
-        .transpose()?;
+    let src = to.open_source()?;
     let mut tgt = File::options()
         .read(true)
         .write(true)
-        .open(target)
-        .map_err(|e| format!("{}: {e}", target.display()))?;
+        .open(&to.target)
+        .map_err(|e| format!("{}: {e}", to.target.display()))?;
     let fetch = keel::fetch::FetchOptions::default().max_bytes_per_sec(max_rate.unwrap_or(0));
     let mut reader = keel::fetch::HttpReader::new(url, fetch)?;
-    let done = keel::payload::apply_seekable(&mut reader, src.as_ref(), &mut tgt, &opts);
+    let done = keel::payload::Payload::open_seekable(&mut reader, &ring)
+        .and_then(|p| p.apply(src.as_ref(), &mut tgt, &opts));
     pb.finish_and_clear();
     let done = done?;
     let st = reader.stats();

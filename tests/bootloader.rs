@@ -630,18 +630,8 @@ fn kernel_chain(loader: Loader) {
         ],
     );
     let root = d.join("initramfs");
-    let wanted = [
-        "virtio_pci",
-        "virtio_blk",
-        "dm-mod",
-        "dm-bufio",
-        "dm-verity",
-        "ext4",
-        "crc32c_generic",
-        "vfat",
-        "nls_cp437",
-        "nls_ascii",
-    ];
+    let extra = ["ext4", "crc32c_generic", "vfat", "nls_cp437", "nls_ascii"];
+    let wanted = [&keel_testsupport::kernel::VERITY_MODULES[..], &extra].concat();
     keel_testsupport::kernel::populate_initramfs(
         &k,
         &root,

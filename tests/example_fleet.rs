@@ -23,6 +23,32 @@ fn fleet(endpoints: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// `fleet ARGS` (a lock held on) spawned, once `group` shows its holder.
+fn holding(endpoints: &str, group: &Group, args: &[&str]) -> Child {
+    let child = fleet(endpoints, args).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while group.status().unwrap().holders.is_empty() {
+        assert!(Instant::now() < deadline, "{args:?} never took its slot");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+/// The address a fleetlock server says it listens on (its first line of output).
+fn listening(server: &mut Child) -> std::net::SocketAddr {
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .parse()
+        .unwrap()
+}
+
 fn finish(child: Child) -> Output {
     child.wait_with_output().unwrap()
 }
@@ -183,19 +209,13 @@ fn a_killed_holder_frees_its_slot_within_its_ttl() {
     else {
         return;
     };
-    let mut holder = fleet(
+    let mut holder = holding(
         &endpoints,
+        &group,
         &[
             "--group", "kill", "--id", "holder", "lock", "--ttl", "3", "--hold", "600",
         ],
-    )
-    .spawn()
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while group.status().unwrap().holders.is_empty() {
-        assert!(Instant::now() < deadline, "the holder never took its slot");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    );
     let waiter = fleet(
         &endpoints,
         &[
@@ -415,17 +435,7 @@ fn fleetlock_example_serves_zincati_style_requests() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let addr = listening(&mut server);
     let client = keel::fleet::fleetlock::Client::new(&format!("http://{addr}"));
     client.pre_reboot("default", "zincati-a").unwrap();
     let e = client
@@ -468,17 +478,10 @@ fn the_fleet_example_reaches_members_that_ask_for_certificates() {
         pki.client_key.to_str().unwrap(),
     );
     let tls = ["--cacert", ca, "--cert", cert, "--key", key];
-    let out = fleet(
+    keel_testsupport::output_ok(&mut fleet(
         &endpoints,
         &[&tls[..], &["--id", "n1", "lock", "--ttl", "30"]].concat(),
-    )
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ));
     let out = fleet(&endpoints, &[&tls[..], &["status"]].concat())
         .output()
         .unwrap();
@@ -521,22 +524,13 @@ fn a_holder_stopped_past_its_ttl_says_it_lost_the_slot() {
     else {
         return;
     };
-    let first = fleet(
+    let first = holding(
         &endpoints,
+        &group,
         &[
             "--group", "fence", "--id", "first", "lock", "--ttl", "5", "--hold", "15",
         ],
-    )
-    .spawn()
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while group.status().unwrap().holders.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the first node never took its slot"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    );
     // Stopped (a frozen VM, a stuck process): no renewals; its lease ends and the slot
     // goes to the next node.
     signal(&first, "STOP");
@@ -762,18 +756,7 @@ fn the_fleetlock_example_serves_on_past_its_file_limit() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let addr: std::net::SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .parse()
-        .unwrap();
+    let addr = listening(&mut server);
     let flood: Vec<std::net::TcpStream> = (0..100)
         .filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
         .collect();

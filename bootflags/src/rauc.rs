@@ -218,11 +218,13 @@ impl GrubRules {
         self.good(slot);
     }
 
+    /// RAUC `mark-good`: OK=1, TRY=0.
     pub(crate) fn good(&mut self, slot: Slot) {
         put(&mut self.ok, slot, true);
         put(&mut self.tried, slot, false);
     }
 
+    /// RAUC `mark-bad`: OK=0, TRY=0.
     pub(crate) fn bad(&mut self, slot: Slot) {
         put(&mut self.ok, slot, false);
         put(&mut self.tried, slot, false);
@@ -327,15 +329,35 @@ impl RaucGrub {
     }
 }
 
-impl AbControl for RaucGrub {
-    fn slot_count(&self) -> usize {
-        self.rules.count
-    }
+/// What both RAUC layouts answer from their rules alone: the count, a slot's state, and
+/// RAUC's `mark-good` and `mark-bad` (each layout's rules say what those set).
+macro_rules! from_rules {
+    () => {
+        fn slot_count(&self) -> usize {
+            self.rules.count
+        }
 
-    fn state(&self, slot: Slot) -> Result<SlotState> {
-        check_slot(slot, self.rules.count)?;
-        Ok(self.rules.state(slot))
-    }
+        fn state(&self, slot: Slot) -> Result<SlotState> {
+            check_slot(slot, self.rules.count)?;
+            Ok(self.rules.state(slot))
+        }
+
+        fn mark_good(&mut self, slot: Slot) -> Result<()> {
+            check_slot(slot, self.rules.count)?;
+            self.rules.good(slot);
+            Ok(())
+        }
+
+        fn mark_bad(&mut self, slot: Slot) -> Result<()> {
+            check_slot(slot, self.rules.count)?;
+            self.rules.bad(slot);
+            Ok(())
+        }
+    };
+}
+
+impl AbControl for RaucGrub {
+    from_rules!();
 
     /// OK and in ORDER: the script's reset brings a tried OK slot back.
     fn is_bootable(&self, slot: Slot) -> Result<bool> {
@@ -355,20 +377,6 @@ impl AbControl for RaucGrub {
             return Err(Error::OneTry(tries.unwrap_or(0)));
         }
         self.rules.activate(slot);
-        Ok(())
-    }
-
-    /// RAUC `mark-good`: OK=1, TRY=0.
-    fn mark_good(&mut self, slot: Slot) -> Result<()> {
-        check_slot(slot, self.rules.count)?;
-        self.rules.good(slot);
-        Ok(())
-    }
-
-    /// RAUC `mark-bad`: OK=0, TRY=0.
-    fn mark_bad(&mut self, slot: Slot) -> Result<()> {
-        check_slot(slot, self.rules.count)?;
-        self.rules.bad(slot);
         Ok(())
     }
 }
@@ -425,11 +433,13 @@ impl UbootRules {
         put(&mut self.left, slot, tries);
     }
 
+    /// RAUC `mark-good`: attempts back to 3; the slot joins BOOT_ORDER if it had left it.
     pub(crate) fn good(&mut self, slot: Slot) {
         put(&mut self.left, slot, UBOOT_DEFAULT_ATTEMPTS);
         self.order.push(slot);
     }
 
+    /// RAUC `mark-bad`: out of BOOT_ORDER, no attempts.
     pub(crate) fn bad(&mut self, slot: Slot) {
         self.order.remove(slot);
         put(&mut self.left, slot, 0);
@@ -554,14 +564,7 @@ impl RaucUboot {
 }
 
 impl AbControl for RaucUboot {
-    fn slot_count(&self) -> usize {
-        self.rules.count
-    }
-
-    fn state(&self, slot: Slot) -> Result<SlotState> {
-        check_slot(slot, self.rules.count)?;
-        Ok(self.rules.state(slot))
-    }
+    from_rules!();
 
     /// In BOOT_ORDER: the script's reset refills an exhausted slot.
     fn is_bootable(&self, slot: Slot) -> Result<bool> {
@@ -586,20 +589,6 @@ impl AbControl for RaucUboot {
             });
         }
         self.rules.activate(slot, tries);
-        Ok(())
-    }
-
-    /// RAUC `mark-good`: attempts back to 3; the slot joins BOOT_ORDER if it had left it.
-    fn mark_good(&mut self, slot: Slot) -> Result<()> {
-        check_slot(slot, self.rules.count)?;
-        self.rules.good(slot);
-        Ok(())
-    }
-
-    /// RAUC `mark-bad`: out of BOOT_ORDER, no attempts.
-    fn mark_bad(&mut self, slot: Slot) -> Result<()> {
-        check_slot(slot, self.rules.count)?;
-        self.rules.bad(slot);
         Ok(())
     }
 }

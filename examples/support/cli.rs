@@ -189,3 +189,47 @@ pub(crate) fn load_keyring(paths: &[PathBuf]) -> Result<keel::trust::Keyring, St
     }
     Ok(ring)
 }
+
+/// What an apply reads, writes and trusts, and the version it checks against (payload
+/// apply, update fetch-apply).
+#[derive(clap::Args)]
+pub(crate) struct ApplyTo {
+    /// The running image the delta reads from (not needed for a full payload).
+    #[arg(long)]
+    pub(crate) source: Option<PathBuf>,
+    /// The slot or file to write the new image into.
+    #[arg(long)]
+    pub(crate) target: PathBuf,
+    /// A trusted public key (PEM); repeat for several.
+    #[arg(long = "pubkey", required = true)]
+    pub(crate) pubkeys: Vec<PathBuf>,
+    /// The installed version: an older payload is refused, and the same version unless
+    /// --allow-reinstall. Required unless --no-version-check.
+    #[arg(
+        long,
+        required_unless_present = "no_version_check",
+        conflicts_with = "no_version_check"
+    )]
+    pub(crate) installed_version: Option<String>,
+    /// Apply without comparing versions (a first install).
+    #[arg(long)]
+    pub(crate) no_version_check: bool,
+}
+
+impl ApplyTo {
+    /// The version check asked for.
+    pub(crate) fn version(&self) -> keel::payload::VersionCheck<'_> {
+        match &self.installed_version {
+            Some(v) => keel::payload::VersionCheck::Installed(v),
+            None => keel::payload::VersionCheck::Unchecked,
+        }
+    }
+
+    /// The source image opened, if one was given.
+    pub(crate) fn open_source(&self) -> Result<Option<std::fs::File>, String> {
+        self.source
+            .as_deref()
+            .map(|p| std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display())))
+            .transpose()
+    }
+}

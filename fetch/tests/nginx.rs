@@ -8,9 +8,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use keel_fetch::{Error, FetchOptions, HttpReader, READ_AHEAD};
-use keel_payload::{
-    apply_seekable, generate, ApplyOptions, GenerateOptions, Payload, VersionCheck,
-};
+use keel_payload::{generate, ApplyOptions, GenerateOptions, Payload, VersionCheck};
 use keel_testsupport::{faults::cutting_proxy, nginx, seeded_bytes};
 use keel_trust::{Keyring, SigningKey};
 
@@ -59,6 +57,16 @@ fn a_download_cut_two_hundred_times_is_whole() {
     assert!(st.requests > cuts, "{st:?}");
 }
 
+/// Open `r` as a payload that seeks and apply it from `src` to `target`.
+fn seekable(
+    r: &mut HttpReader<'_>,
+    src: &[u8],
+    target: &mut Vec<u8>,
+    opts: &ApplyOptions<'_>,
+) -> keel_payload::Result<keel_payload::Applied> {
+    Payload::open_seekable(r, opts.keyring)?.apply(Some(src), target, opts)
+}
+
 /// A signed 6 MiB delta published on the site as `name`: the keyring that trusts it, its
 /// source and target images, its bytes.
 fn delta_on(s: &Site, name: &str) -> (Keyring, Vec<u8>, Vec<u8>, Vec<u8>) {
@@ -92,12 +100,12 @@ fn a_payload_streams_into_the_applier_and_resumes_without_fetching_again() {
     let stopping = aopts.progress(&half);
     let mut target = vec![0u8; tgt.len()];
     let mut first = HttpReader::new(&url, quick()).unwrap();
-    let e = apply_seekable(&mut first, Some(&src[..]), &mut target, &stopping).unwrap_err();
+    let e = seekable(&mut first, &src, &mut target, &stopping).unwrap_err();
     assert!(e.is_retryable(), "{e}");
 
     // The next run resumes from the record and asks only for the rest.
     let mut second = HttpReader::new(&url, quick()).unwrap();
-    let done = apply_seekable(&mut second, Some(&src[..]), &mut target, &aopts).unwrap();
+    let done = seekable(&mut second, &src, &mut target, &aopts).unwrap();
     assert!(target == tgt, "the target differs");
     assert!(done.resumed_at > 0);
     let skipped: u64 = done.manifest.operations[..done.resumed_at]
@@ -254,13 +262,8 @@ fn progress_is_reported_and_cancellation_stops_the_reader() {
     )
     .unwrap();
     let mut target = vec![0u8; tgt.len()];
-    let e = apply_seekable(
-        &mut r,
-        Some(&src[..]),
-        &mut target,
-        &ApplyOptions::new(&keys, VersionCheck::Unchecked),
-    )
-    .unwrap_err();
+    let opts = ApplyOptions::new(&keys, VersionCheck::Unchecked);
+    let e = seekable(&mut r, &src, &mut target, &opts).unwrap_err();
     assert!(matches!(e, keel_payload::Error::Cancelled), "{e}");
     assert!(e.is_retryable());
 }

@@ -3,23 +3,19 @@
 //! stopped leader and a restarted member, the FleetLock server and client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::start;
 use keel_fleet::fleetlock::{Client, Server};
 use keel_fleet::{Acquire, Binding, Error, Etcd, Group, Lease, Node, Wait, Windows};
 use keel_io::Cancel;
-use keel_testsupport::etcd::{cluster, Cluster};
+use keel_testsupport::etcd::Cluster;
 use keel_testsupport::tool;
-
-fn start() -> Option<(tempfile::TempDir, Cluster, Arc<Etcd>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cluster(dir.path(), 3)?;
-    let etcd = Arc::new(Etcd::new(&[c.endpoints()]).unwrap());
-    Some((dir, c, etcd))
-}
 
 fn lease(etcd: &Arc<Etcd>, secs: u64) -> Lease {
     Lease::grant(etcd, Duration::from_secs(secs)).unwrap()

@@ -5,6 +5,8 @@
 //! 127.0.0.1, bounded in count and time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -12,18 +14,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::start;
 use keel_fleet::fleetlock::{Client, Limits, Server};
 use keel_fleet::{Acquire, Error, Etcd, Group, Lease, Node, Wait, Windows};
 use keel_io::Cancel;
-use keel_testsupport::etcd::{cluster, Cluster};
+use keel_testsupport::etcd::Cluster;
 use keel_testsupport::tool;
-
-fn start() -> Option<(tempfile::TempDir, Cluster, Arc<Etcd>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cluster(dir.path(), 3)?;
-    let etcd = Arc::new(Etcd::new(&[c.endpoints()]).unwrap());
-    Some((dir, c, etcd))
-}
 
 /// A server on a free port, serving until the returned switch is cancelled.
 struct Serving {
@@ -197,16 +193,11 @@ fn a_slow_sender_is_cut_at_the_request_deadline() {
 /// How many leases etcd has, as etcdctl lists them.
 fn leases(c: &Cluster) -> usize {
     let etcdctl = tool("etcdctl", "etcd-client").unwrap();
-    let out = std::process::Command::new(etcdctl)
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", c.endpoints()))
-        .args(["lease", "list"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = keel_testsupport::output_ok(
+        std::process::Command::new(etcdctl)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", c.endpoints()))
+            .args(["lease", "list"]),
     );
     let text = String::from_utf8_lossy(&out.stdout);
     // "found N leases" and one id a line.

@@ -69,8 +69,8 @@ mod testdata;
 mod version;
 
 pub use apply::{
-    apply, apply_files, apply_seekable, read_manifest, read_manifest_at, same_file, Applied,
-    ApplyOptions, Payload, RecordDiscarded, VersionCheck, MAX_RESUMES,
+    apply, apply_files, read_manifest, read_manifest_at, same_file, Applied, ApplyOptions, Payload,
+    RecordDiscarded, VersionCheck, MAX_RESUMES,
 };
 pub use codec::recompress::{recompressor, recompressors};
 pub use error::{Error, Result, Section, TargetCheck};

@@ -961,7 +961,9 @@ fn a_seekable_payload_is_not_read_again_on_resume() {
         inner: io::Cursor::new(p.clone()),
         read: 0,
     };
-    let done = keel_payload::apply_seekable(&mut payload, Some(&src[..]), &mut again, &o).unwrap();
+    let done = keel_payload::Payload::open_seekable(&mut payload, o.keyring)
+        .and_then(|p| p.apply(Some(&src[..]), &mut again, &o))
+        .unwrap();
     assert!(done.resumed_at > 0);
     assert_eq!(again.disk, tgt);
     let skipped: u64 = done.manifest.operations[..done.resumed_at]

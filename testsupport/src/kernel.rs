@@ -66,6 +66,16 @@ pub fn kernel() -> Option<Kernel> {
     })
 }
 
+/// The modules a guest needs to map a dm-verity device on a virtio disk (Debian builds them
+/// as modules); a test adds what its root needs.
+pub const VERITY_MODULES: [&str; 5] = [
+    "virtio_pci",
+    "virtio_blk",
+    "dm-mod",
+    "dm-bufio",
+    "dm-verity",
+];
+
 /// Modules with their dependencies, dependencies first (modules.dep order).
 pub fn module_order(modules: &Path, wanted: &[&str]) -> Vec<PathBuf> {
     let dep = fs::read_to_string(modules.join("modules.dep")).unwrap();

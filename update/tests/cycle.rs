@@ -1109,18 +1109,37 @@ fn publish_index_at(
     TrustedRoot::initial(&env, keel_trust::unix_now()).unwrap()
 }
 
+/// An nginx serving `www`, where the tests publish, and the index's URL on it.
+struct Site {
+    _dir: tempfile::TempDir,
+    www: PathBuf,
+    server: keel_testsupport::nginx::Nginx,
+    url: String,
+}
+
+fn site() -> Option<Site> {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    fs::create_dir_all(&www).unwrap();
+    let server = keel_testsupport::nginx::serve(&www, &dir.path().join("nginx"))?;
+    let url = format!("{}/index.json", server.base);
+    Some(Site {
+        _dir: dir,
+        www,
+        server,
+        url,
+    })
+}
+
 /// The agent checks a signed index served by nginx and installs what it chooses: the
 /// delta from the booted image; when a delta does not fit the booted image after all, the
 /// full payload; an index it has seen is not taken again (rollback).
 #[test]
 fn install_from_a_signed_index_over_http() {
-    let dir = tempfile::tempdir().unwrap();
-    let www = dir.path().join("www");
-    fs::create_dir_all(&www).unwrap();
-    let Some(server) = keel_testsupport::nginx::serve(&www, &dir.path().join("nginx")) else {
+    let Some(site) = site() else {
         return;
     };
-    let url = format!("{}/index.json", server.base);
+    let (www, url) = (&site.www, &site.url);
     let fetch = keel_fetch::FetchOptions::default();
 
     // The files on the server are not the ones the index names: the signed header and
@@ -1128,11 +1147,11 @@ fn install_from_a_signed_index_over_http() {
     // written, and the slot is not armed.
     let f = Fixture::new();
     let delta = f.payload(true, &f.v2, "2.0", "acme-os");
-    let root = publish_index(&f, &www, &delta, 1, true);
+    let root = publish_index(&f, www, &delta, 1, true);
     let disk = open_rw(&f.disk());
     let a = agent(&f, f.system(), &disk);
     let before = fs::read(f.disk()).unwrap();
-    let e = a.install_from_index(&url, &root, fetch, None).unwrap_err();
+    let e = a.install_from_index(url, &root, fetch, None).unwrap_err();
     assert!(matches!(e, Error::PayloadMismatch { .. }), "{e}");
     assert!(
         fs::read(f.disk()).unwrap() == before,
@@ -1149,9 +1168,9 @@ fn install_from_a_signed_index_over_http() {
     assert!(st.last_error.unwrap().contains("the release index names"));
 
     // The delta fits: it is what is fetched and installed.
-    let root = publish_index(&f, &www, &delta, 1, false);
+    let root = publish_index(&f, www, &delta, 1, false);
     let done = a
-        .install_from_index(&url, &root, fetch, None)
+        .install_from_index(url, &root, fetch, None)
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -1175,8 +1194,8 @@ fn install_from_a_signed_index_over_http() {
     // the clock at most: the next install still runs.
     fs::write(f.state().join("index-serial"), "0\n").unwrap();
     let century = keel_trust::unix_now() + 100 * 365 * 86_400;
-    let root = publish_index_at(&f, &www, &delta, 1, false, century);
-    a.install_from_index(&url, &root, fetch, None).unwrap();
+    let root = publish_index_at(&f, www, &delta, 1, false, century);
+    a.install_from_index(url, &root, fetch, None).unwrap();
     let floor: u64 = fs::read_to_string(f.state().join("time-floor"))
         .unwrap()
         .trim()
@@ -1186,7 +1205,7 @@ fn install_from_a_signed_index_over_http() {
     assert!(a.trusted_now().is_ok());
     // An older index than the one accepted: refused as a rollback.
     fs::write(f.state().join("index-serial"), "2\n").unwrap();
-    let e = a.install_from_index(&url, &root, fetch, None).unwrap_err();
+    let e = a.install_from_index(url, &root, fetch, None).unwrap_err();
     assert!(
         matches!(e, Error::Index(_)) && e.to_string().contains("rollback"),
         "{e}"
@@ -1201,10 +1220,10 @@ fn install_from_a_signed_index_over_http() {
         .level(3)
         .verity(g.descriptor(&g.v2));
     let wrong = generate(Some(&other), &g.v2, &g.key, &opts).unwrap();
-    let root = publish_index(&g, &www, &wrong, 1, false);
+    let root = publish_index(&g, www, &wrong, 1, false);
     let disk = open_rw(&g.disk());
     let done = agent(&g, g.system(), &disk)
-        .install_from_index(&url, &root, fetch, None)
+        .install_from_index(url, &root, fetch, None)
         .unwrap()
         .unwrap();
     assert_eq!(done.slot, Slot::B);
@@ -1248,26 +1267,23 @@ fn range_start(r: &keel_testsupport::nginx::Logged) -> u64 {
 /// interval and the read-ahead again.
 #[test]
 fn an_install_over_http_fetches_each_payload_byte_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let www = dir.path().join("www");
-    fs::create_dir_all(&www).unwrap();
-    let Some(server) = keel_testsupport::nginx::serve(&www, &dir.path().join("nginx")) else {
+    let Some(site) = site() else {
         return;
     };
-    let url = format!("{}/index.json", server.base);
+    let (www, url) = (&site.www, &site.url);
     let fetch = keel_fetch::FetchOptions::default();
 
     // The common case: every byte once, in order.
     let f = Fixture::new();
     let delta = f.payload(true, &f.v2, "2.0", "acme-os");
-    let root = publish_index(&f, &www, &delta, 1, false);
+    let root = publish_index(&f, www, &delta, 1, false);
     let disk = open_rw(&f.disk());
     let done = agent(&f, f.system(), &disk)
-        .install_from_index(&url, &root, fetch, None)
+        .install_from_index(url, &root, fetch, None)
         .unwrap()
         .unwrap();
     assert_eq!((done.slot, done.resumed_at), (Slot::B, 0));
-    let got = settled(&server, "/delta.payload");
+    let got = settled(&site.server, "/delta.payload");
     let mut next = 0;
     for r in &got {
         assert_eq!(
@@ -1278,34 +1294,34 @@ fn an_install_over_http_fetches_each_payload_byte_once() {
         next += r.bytes;
     }
     assert_eq!(next, delta.len() as u64, "{got:?}");
-    assert!(server.requests_for("/full.payload").is_empty());
+    assert!(site.server.requests_for("/full.payload").is_empty());
 
     // Stopped half way, then resumed: the second run reads the header and manifest, then
     // moves on to the resume point with a range request.
     let g = Fixture::new();
     let full = g.payload(false, &g.v2, "2.0", "acme-os");
     fs::remove_file(www.join("delta.payload")).unwrap();
-    let root = publish_index(&g, &www, &full, 2, false);
+    let root = publish_index(&g, www, &full, 2, false);
     let disk = open_rw(&g.disk());
     let checkpoint = 256 << 10;
     let a = agent(&g, g.system(), &disk).checkpoint_bytes(checkpoint);
-    let before = server.requests_for("/delta.payload").len();
+    let before = site.server.requests_for("/delta.payload").len();
     let half = keel_io::testing::StopHalfWay::default();
     let e = a
         .install_from_index(&url, &root, fetch, Some(&half))
         .unwrap_err();
     assert!(e.is_retryable(), "{e}");
-    let first: u64 = settled(&server, "/delta.payload")[before..]
+    let first: u64 = settled(&site.server, "/delta.payload")[before..]
         .iter()
         .map(|r| r.bytes)
         .sum();
-    let before = server.requests_for("/delta.payload").len();
+    let before = site.server.requests_for("/delta.payload").len();
     let done = a
-        .install_from_index(&url, &root, fetch, None)
+        .install_from_index(url, &root, fetch, None)
         .unwrap()
         .unwrap();
     assert!(done.resumed_at > 0, "{done:?}");
-    let second = settled(&server, "/delta.payload")[before..].to_vec();
+    let second = settled(&site.server, "/delta.payload")[before..].to_vec();
     let mut keys = keel_trust::Keyring::new();
     keys.add(g.key.public_key().clone()).unwrap();
     let payload = keel_payload::Payload::open(&full[..], &keys).unwrap();

@@ -54,13 +54,10 @@ fn initramfs(k: &Kernel) -> PathBuf {
     let root = cache.join(format!("root-{}", std::process::id()));
     let _ = fs::remove_dir_all(&root);
     let wanted = [
-        "virtio_pci",
-        "virtio_blk",
-        "dm-mod",
-        "dm-bufio",
-        "dm-verity",
-        "sha512_generic",
-    ];
+        &keel_testsupport::kernel::VERITY_MODULES[..],
+        &["sha512_generic"],
+    ]
+    .concat();
     populate_initramfs(k, &root, &[], &wanted, INIT);
     let tmp = cache.join(format!("initramfs-{}.tmp", std::process::id()));
     cpio_of(&k.cpio, &root, &tmp);

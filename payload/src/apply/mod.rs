@@ -646,21 +646,6 @@ where
     Payload::open_at(payload, opts.keyring, opts.clock())?.apply(source, target, opts)
 }
 
-/// [`apply`] of a payload that can seek ([`Payload::open_seekable`]).
-pub fn apply_seekable<R, S, T>(
-    payload: R,
-    source: Option<&S>,
-    target: &mut T,
-    opts: &ApplyOptions<'_>,
-) -> Result<Applied>
-where
-    R: Read + io::Seek,
-    S: ReadAt + ?Sized,
-    T: ReadAt + WriteAt,
-{
-    Payload::open_seekable_at(payload, opts.keyring, opts.clock())?.apply(source, target, opts)
-}
-
 /// Read past the data of the operations a resumed run does not repeat. Where the resume
 /// point's data starts follows from the signed manifest, not from the record.
 fn skip_applied_data<R>(
