@@ -20,28 +20,7 @@ use super::*;
 
 const DIR: &str = env!("CARGO_MANIFEST_DIR");
 
-fn required() -> bool {
-    std::env::var("KEEL_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
-}
-
-/// A tool on PATH (or in /usr/sbin), or a visible skip; a failure with
-/// `KEEL_REQUIRE_INTEROP=1`.
-fn tool(name: &str, package: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            !required(),
-            "{name} (Debian package {package}) is missing and KEEL_REQUIRE_INTEROP=1"
-        );
-        eprintln!("SKIPPED: {name} not found (apt-get install {package})");
-    }
-    found
-}
+use keel_testsupport::tool;
 
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -544,16 +523,6 @@ impl Sim {
     }
 }
 
-fn fw_config(dir: &Path, file: &Path, size: usize, redundant: bool) -> PathBuf {
-    let cfg = dir.join("fw_env.config");
-    let mut text = format!("{} 0x0 {size:#x}\n", file.display());
-    if redundant {
-        text.push_str(&format!("{} {size:#x} {size:#x}\n", file.display()));
-    }
-    fs::write(&cfg, text).unwrap();
-    cfg
-}
-
 /// RAUC's view of a U-Boot environment as fw_printenv prints it, in the common model.
 fn uboot_view(vars: &BTreeMap<String, String>, slots: usize) -> Vec<SlotState> {
     let order: Vec<&str> = vars
@@ -785,7 +754,7 @@ fn c_boot_loader_on_uboot_env_agrees_with_the_model_and_fw_printenv() {
         let size = 0x4000;
         let backend = Backend::Uboot { size, redundant };
         let s = sim("uboot", dir.path(), size, redundant, 2, backend);
-        let cfg = fw_config(dir.path(), &s.file, size, redundant);
+        let cfg = keel_testsupport::fw_env_config(dir.path(), &s.file, size, redundant);
         if redundant {
             // Written by the bootstate example, then changed by fw_setenv.
             s.agent(&["init"]);
@@ -907,7 +876,7 @@ fn c_boot_loader_through_env_get_and_env_set_agrees_with_the_model() {
         redundant: false,
     };
     let s = sim("uboot", dir.path(), size, false, 2, backend.clone());
-    let cfg = fw_config(dir.path(), &s.file, size, false);
+    let cfg = keel_testsupport::fw_env_config(dir.path(), &s.file, size, false);
     let txt = dir.path().join("env.txt");
     fs::write(
         &txt,

@@ -101,16 +101,6 @@ fn rauc_grub_store_through_grub_editenv() {
     assert_eq!(listed, "ORDER=B A\nA_OK=1\nA_TRY=0\nB_OK=1\nB_TRY=0\n");
 }
 
-fn fw_config(dir: &Path, file: &Path, size: usize, redundant: bool) -> PathBuf {
-    let cfg = dir.join("fw_env.config");
-    let mut text = format!("{} 0x0 {size:#x}\n", file.display());
-    if redundant {
-        text.push_str(&format!("{} {size:#x} {size:#x}\n", file.display()));
-    }
-    fs::write(&cfg, text).unwrap();
-    cfg
-}
-
 /// fw_printenv and fw_setenv, or a visible skip when they are missing.
 fn fw_tools() -> Option<(PathBuf, PathBuf)> {
     Some((
@@ -145,7 +135,7 @@ fn uboot_single_copy_both_directions() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("uboot.env");
     let size = 0x2000;
-    let cfg = fw_config(dir.path(), &f, size, false);
+    let cfg = keel_testsupport::fw_env_config(dir.path(), &f, size, false);
     let backend = Backend::Uboot {
         size,
         redundant: false,
@@ -192,7 +182,7 @@ fn uboot_redundant_both_directions_and_writes_to_the_older_copy() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("uboot.env");
     let size = 0x4000;
-    let cfg = fw_config(dir.path(), &f, size, true);
+    let cfg = keel_testsupport::fw_env_config(dir.path(), &f, size, true);
     let backend = Backend::Uboot {
         size,
         redundant: true,

@@ -30,6 +30,18 @@ pub fn tool(name: &str, package: &str) -> Option<PathBuf> {
     found
 }
 
+/// An `fw_env.config` in `dir` naming `file` as U-Boot's environment of `size` bytes at
+/// offset 0 (and its redundant copy right after it), as fw_printenv and libubootenv read.
+pub fn fw_env_config(dir: &Path, file: &Path, size: usize, redundant: bool) -> PathBuf {
+    let cfg = dir.join("fw_env.config");
+    let mut text = format!("{} 0x0 {size:#x}\n", file.display());
+    if redundant {
+        text.push_str(&format!("{} {size:#x} {size:#x}\n", file.display()));
+    }
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 /// A file a package installs outside PATH (firmware, boot loader binaries), or `None`
 /// after a skip notice; with `KEEL_REQUIRE_INTEROP=1` a missing file fails the test.
 pub fn file(path: &str, package: &str) -> Option<PathBuf> {

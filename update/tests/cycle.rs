@@ -1109,6 +1109,15 @@ fn publish_index_at(
     TrustedRoot::initial(&env, keel_trust::unix_now()).unwrap()
 }
 
+/// A new fixture's delta from v1 to v2, published in `www` with its full payload and an
+/// index ([`publish_index`]; `wrong`: pinning other manifests).
+fn published_delta(www: &Path, wrong: bool) -> (Fixture, Vec<u8>, keel_release::TrustedRoot) {
+    let f = Fixture::new();
+    let delta = f.payload(true, &f.v2, "2.0", "acme-os");
+    let root = publish_index(&f, www, &delta, 1, wrong);
+    (f, delta, root)
+}
+
 /// An nginx serving `www`, where the tests publish, and the index's URL on it.
 struct Site {
     _dir: tempfile::TempDir,
@@ -1145,9 +1154,7 @@ fn install_from_a_signed_index_over_http() {
     // The files on the server are not the ones the index names: the signed header and
     // manifest are checked against the index's pin before any data is read or anything
     // written, and the slot is not armed.
-    let f = Fixture::new();
-    let delta = f.payload(true, &f.v2, "2.0", "acme-os");
-    let root = publish_index(&f, www, &delta, 1, true);
+    let (f, delta, root) = published_delta(www, true);
     let disk = open_rw(&f.disk());
     let a = agent(&f, f.system(), &disk);
     let before = fs::read(f.disk()).unwrap();
@@ -1274,9 +1281,7 @@ fn an_install_over_http_fetches_each_payload_byte_once() {
     let fetch = keel_fetch::FetchOptions::default();
 
     // The common case: every byte once, in order.
-    let f = Fixture::new();
-    let delta = f.payload(true, &f.v2, "2.0", "acme-os");
-    let root = publish_index(&f, www, &delta, 1, false);
+    let (f, delta, root) = published_delta(www, false);
     let disk = open_rw(&f.disk());
     let done = agent(&f, f.system(), &disk)
         .install_from_index(url, &root, fetch, None)

@@ -31,6 +31,20 @@ fn check_inputs(params: &VerityParams, geometry: &TreeGeometry, root: &[u8]) -> 
     Ok(())
 }
 
+/// The inputs of a whole-device check checked against each other; its hasher, digest size
+/// and tree levels.
+fn prepare<'g, D: ReadAt + ?Sized>(
+    params: &VerityParams,
+    geometry: &'g TreeGeometry,
+    data: &D,
+    root: &[u8],
+) -> Result<(SaltedHasher, usize, &'g [crate::geometry::Level])> {
+    check_inputs(params, geometry, root)?;
+    check_data_size(params, data)?;
+    let hasher = SaltedHasher::new(params.algorithm(), params.hash_type(), params.salt());
+    Ok((hasher, geometry.digest_size(), geometry.levels()))
+}
+
 fn check_hash_size<H: ReadAt + ?Sized>(geometry: &TreeGeometry, hash: &H) -> Result<()> {
     let size = hash
         .size()
@@ -126,11 +140,7 @@ where
     D: ReadAt + ?Sized,
     H: ReadAt + ?Sized,
 {
-    check_inputs(params, geometry, root)?;
-    check_data_size(params, data)?;
-    let hasher = SaltedHasher::new(params.algorithm(), params.hash_type(), params.salt());
-    let ds = geometry.digest_size();
-    let levels = geometry.levels();
+    let (hasher, ds, levels) = prepare(params, geometry, data, root)?;
     if levels.is_empty() {
         let found = single_block_root(params, data, &hasher, ds)?;
         if found.as_bytes() != root {
@@ -479,11 +489,7 @@ where
     D: ReadAt + ?Sized,
     H: ReadAt + ?Sized,
 {
-    check_inputs(params, geometry, root)?;
-    check_data_size(params, data)?;
-    let hasher = SaltedHasher::new(params.algorithm(), params.hash_type(), params.salt());
-    let ds = geometry.digest_size();
-    let levels = geometry.levels();
+    let (hasher, ds, levels) = prepare(params, geometry, data, root)?;
     let mut damage = Damage::default();
     if levels.is_empty() {
         if single_block_root(params, data, &hasher, ds)?.as_bytes() != root {
