@@ -269,21 +269,22 @@ pub fn load_sources(sources: &[(String, String)]) -> Loaded {
 
     // The shape first, all of it: unknown keys, missing fields, wrong types.
     let mut raws = crate::schema::check(&merged);
-    let missing = raws.iter().any(|r| r.message.starts_with("missing `"));
-    // Then the rules, on the description without the keys and values already reported
-    // (optional ones fall back to their defaults), unless a required field is missing.
     let mut known = merged.clone();
     for r in &raws {
         remove_path(&mut known, &r.path);
     }
+    // Every finding at once: what is missing is stood in for, so the value rules run on
+    // everything that is there; findings about the stand-ins are the shape's already.
+    let mut filled = Vec::new();
+    let fillable = crate::schema::fill_required(&mut known, &mut filled);
     let mut config = None;
-    if !missing {
+    if fillable {
         match serde_path_to_error::deserialize::<_, Config>(Value::Table(known)) {
             Ok(c) => {
-                raws.extend(validate(&c));
+                let stand_in = |r: &Raw| filled.iter().any(|p| r.path.starts_with(p));
+                raws.extend(validate(&c).into_iter().filter(|r| !stand_in(r)));
                 config = Some(c);
             }
-            // The schema check let it through; report what serde says rather than lose it.
             Err(e) if raws.is_empty() => {
                 let p = parse_serde_path(&e.path().to_string());
                 raws.push(Raw::error(p, e.inner().message().trim().to_string()));

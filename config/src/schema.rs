@@ -132,11 +132,22 @@ fn table(t: &Table, fields: &[Field], at: &[Seg], out: &mut Vec<Raw>) {
     for k in t.keys() {
         if !fields.iter().any(|f| f.key == k) {
             let allowed: Vec<&str> = fields.iter().map(|f| f.key).collect();
+            // As cargo does: the allowed key nearest a misspelling, if one is near.
+            let hint = fields
+                .iter()
+                .filter(|f| !t.contains_key(f.key))
+                .map(|f| (distance(k, f.key), f.key))
+                .filter(|&(d, key)| d <= (key.len().max(k.len()) / 3).max(1))
+                .min()
+                .map_or(String::new(), |(_, key)| format!("; did you mean `{key}`?"));
             out.push(Raw {
                 at_key: true,
                 ..Raw::error(
                     here(k),
-                    format!("unknown key `{k}` (allowed here: {})", allowed.join(", ")),
+                    format!(
+                        "unknown key `{k}` (allowed here: {}){hint}",
+                        allowed.join(", ")
+                    ),
                 )
             });
         }
@@ -151,6 +162,59 @@ fn table(t: &Table, fields: &[Field], at: &[Seg], out: &mut Vec<Raw>) {
             Some(v) => value(v, f.ty, &here(f.key), out),
         }
     }
+}
+
+/// Levenshtein distance, in characters.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Put a stand-in for every required text setting that is missing (or was removed for a
+/// wrong type), so that the rest of the description can be deserialised and its value
+/// rules run in the same pass; returns the paths filled, whose own findings are the
+/// shape's. A missing table or choice (`boot`, `backend`) cannot be stood in for: `false`.
+pub(crate) fn fill_required(t: &mut Table, filled: &mut Vec<Vec<Seg>>) -> bool {
+    fill(t, TOP, &[], filled)
+}
+
+fn fill(t: &mut Table, fields: &[Field], at: &[Seg], filled: &mut Vec<Vec<Seg>>) -> bool {
+    let mut ok = true;
+    for f in fields {
+        let mut here = at.to_vec();
+        here.push(Seg::Key(f.key.to_string()));
+        match (t.get_mut(f.key), f.ty) {
+            (None, Ty::Str) if f.required => {
+                // Unique, so that stand-ins are never "the same device" or name.
+                let stand_in = format!("PARTLABEL=keel-missing-{}", filled.len());
+                t.insert(f.key.to_string(), Value::String(stand_in));
+                filled.push(here);
+            }
+            (None, _) if f.required => ok = false,
+            (Some(Value::Table(sub)), Ty::Table(inner)) => ok &= fill(sub, inner, &here, filled),
+            (Some(Value::Array(items)), Ty::Tables(inner)) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    let mut p = here.clone();
+                    p.push(Seg::Index(i));
+                    if let Value::Table(sub) = item {
+                        ok &= fill(sub, inner, &p, filled);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    ok
 }
 
 fn value(v: &Value, ty: Ty, at: &[Seg], out: &mut Vec<Raw>) {

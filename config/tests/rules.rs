@@ -743,3 +743,103 @@ allow-downgrade = "no"
     }
     assert!(l.config.is_none());
 }
+
+/// The first hour's description with thirteen mistakes of every kind (a misspelled and an
+/// unknown key, a setting of another backend, numbers out of range, a duplicate name, a
+/// device without its form, an unpaired class, a bad algorithm, block size, salt, key and
+/// date, no tries): every one is found in the same run, beside the missing key, and a
+/// misspelling gets the nearest allowed key.
+#[test]
+fn every_value_rule_runs_beside_missing_and_unknown_keys() {
+    let text = r#"version = "1"
+compatable = "acme-os"
+
+[boot]
+backend = "gpt-chromeos"
+grubenv = "/boot/grub/grubenv"
+attempts = 20
+
+[[slot]]
+name = "root.a"
+class = "root"
+device = "PARTLABEL=ROOT-A"
+readonly = true
+
+[[slot]]
+name = "root.a"
+class = "root"
+device = "ROOT-B"
+
+[[slot]]
+name = "kernel.a"
+class = "kernel"
+device = "PARTLABEL=KERN-A"
+
+[verity]
+algorithm = "sha257"
+data-block-size = 3000
+salt = "xyz"
+
+[[trust.key]]
+id = "release"
+ed25519 = "abcd"
+not-after = "2025-02-30"
+
+[update]
+tries = 0
+"#;
+    let l = one(text);
+    assert!(l.config.is_none());
+    let paths: Vec<&str> = l.findings.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "",
+            "compatable",
+            "boot.grubenv",
+            "boot.attempts",
+            "slot[0].readonly",
+            "slot[1].name",
+            "slot[1].device",
+            "slot[2].class",
+            "verity.algorithm",
+            "verity.data-block-size",
+            "verity.salt",
+            "trust.key[0].ed25519",
+            "trust.key[0].not-after",
+            "update.tries",
+        ],
+        "{:#?}",
+        l.findings
+    );
+    let said = |path: &str| {
+        l.findings
+            .iter()
+            .find(|f| f.path == path)
+            .map(|f| f.message.clone())
+            .unwrap_or_default()
+    };
+    assert!(said("compatable").ends_with("did you mean `compatible`?"));
+    assert!(said("slot[0].readonly").ends_with("did you mean `read-only`?"));
+    // A key far from every allowed one gets no guess.
+    let l = one("version = \"1\"\ncompatible = \"x\"\nzzzzzz = 1\n[boot]\nbackend = \"grubenv\"\n");
+    let f = l.findings.iter().find(|f| f.path == "zzzzzz").unwrap();
+    assert!(!f.message.contains("did you mean"), "{}", f.message);
+    // A missing slot device is stood in for: the slots' other rules still run, and the
+    // stand-in itself is never reported as a value.
+    let l = one(
+        "version = \"1\"\ncompatible = \"x\"\n[boot]\nbackend = \"gpt-flatcar\"\n\
+         [[slot]]\nname = \"a\"\nclass = \"usr\"\n[[slot]]\nname = \"a\"\nclass = \"usr\"\n\
+         device = \"PARTLABEL=B\"\n",
+    );
+    let got: Vec<(&str, &str)> = l
+        .findings
+        .iter()
+        .map(|f| (f.path.as_str(), f.message.as_str()))
+        .collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0], ("slot[0]", "missing `device`: a string"));
+    assert_eq!(got[1].0, "slot[1].name");
+    assert_eq!(got[2].0, "trust");
+    assert!(!format!("{got:?}").contains("keel-missing"));
+}
