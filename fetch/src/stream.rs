@@ -612,6 +612,7 @@ impl Worker {
         let status = resp.status().as_u16();
         let fatal = |e: Error| Err(Attempt::Fatal(e));
         let mut open = false;
+        let mut skip = 0u64;
         match status {
             416 if self.plan.len == Some(self.pos) => return Ok(None),
             429 | 500.. => return Err(Attempt::Retry(format!("HTTP {status}"))),
@@ -653,6 +654,14 @@ impl Worker {
                 open = true;
                 header("Content-Length").and_then(|l| l.parse().ok())
             }
+            // The whole file again, the same by its validator: a server (or a proxy) that
+            // ignores Range. The bytes before the position are read past below; what
+            // they are is the consumer's to check, as every byte is.
+            200 if self.plan.validator.is_some() && self.plan.validator == validator => {
+                open = true;
+                skip = self.pos;
+                header("Content-Length").and_then(|l| l.parse().ok())
+            }
             // A full answer to a range request with If-Range: the validator no longer
             // matches, the file was replaced.
             200 if self.plan.validator.is_some() => {
@@ -686,7 +695,19 @@ impl Worker {
             g.validator = self.plan.validator.clone();
         }
         let ask = if open { self.to } else { ask };
-        Ok(Some((resp.into_body().into_reader(), ask)))
+        let mut body = resp.into_body().into_reader();
+        if skip > 0 {
+            // Each read within the read timeout, as any read of the body.
+            let got = std::io::copy(&mut (&mut body).take(skip), &mut std::io::sink())
+                .map_err(|e| Attempt::Retry(e.to_string()))?;
+            self.plan.counters.bytes.fetch_add(got, Ordering::Relaxed);
+            if got < skip {
+                return Err(Attempt::Retry(format!(
+                    "the body ended at byte {got}, before the position {skip}"
+                )));
+            }
+        }
+        Ok(Some((body, ask)))
     }
 }
 

@@ -373,3 +373,57 @@ fn bytes_served_differently_the_second_time_are_refused_by_the_manifest() {
         let _ = std::fs::remove_file(&state);
     }
 }
+
+/// A server (or a proxy) that ignores Range and answers every request with the whole file
+/// and the same ETag: a move forward (a resumed apply) reads past the bytes before the
+/// position on that answer instead of taking the file for a replaced one; a server whose
+/// ETag changed is still "changed".
+#[test]
+fn a_server_without_ranges_is_read_past_not_taken_for_a_changed_file() {
+    use std::io::{Seek, SeekFrom};
+    let body = seeded_bytes(5, 3 << 20);
+    let etag = Arc::new(std::sync::Mutex::new("\"same\"".to_string()));
+    let requests = Arc::new(AtomicU64::new(0));
+    let (b, e, n) = (body.clone(), etag.clone(), requests.clone());
+    let base = serve(move |mut c, _head| {
+        n.fetch_add(1, Ordering::Relaxed);
+        let tag = e.lock().unwrap().clone();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nETag: {tag}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            b.len()
+        );
+        let _ = c.write_all(head.as_bytes());
+        let _ = c.write_all(&b);
+    });
+    let url = format!("{base}/p");
+    let opts = quick().read_ahead(128 << 10);
+    let mut r = HttpReader::new(&url, opts)
+        .unwrap()
+        .expect_len(body.len() as u64);
+    let mut head = vec![0u8; 1000];
+    r.read_exact(&mut head).unwrap();
+    assert!(head[..] == body[..1000]);
+    // Read on to 2.5 MiB, then back to 1 MiB, which the read-ahead no longer holds: a
+    // new request from there, answered with the whole file.
+    let mut skip = vec![0u8; (5 << 19) - 1000];
+    r.read_exact(&mut skip).unwrap();
+    let at = 1 << 20;
+    r.seek(SeekFrom::Start(at)).unwrap();
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest[..] == body[at as usize..],
+        "the bytes after the move differ"
+    );
+    assert_eq!(requests.load(Ordering::Relaxed), 2);
+    // The bytes read past are counted: what the network carried.
+    assert!(r.stats().bytes >= body.len() as u64 + at, "{:?}", r.stats());
+
+    // The same server with another ETag for the next request: the file was replaced.
+    let mut r = HttpReader::new(&url, opts).unwrap();
+    r.read_exact(&mut skip).unwrap();
+    *etag.lock().unwrap() = "\"other\"".into();
+    r.seek(SeekFrom::Start(at)).unwrap();
+    let e = r.read(&mut [0u8; 100]).unwrap_err();
+    assert!(matches!(inner(e), Error::Changed { .. }));
+}

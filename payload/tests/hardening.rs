@@ -143,10 +143,20 @@ fn a_huge_record_is_ignored_and_a_directory_in_its_place_is_a_clear_error() {
     let done = apply(&f.full[..], NO_SOURCE, &mut t, &f.opts()).unwrap();
     assert_eq!(done.discarded, Some(RecordDiscarded::Unreadable));
     assert_eq!(t, f.image);
+    // A directory where the record goes, or a record in a directory that is not there:
+    // an error before anything is written, not after the whole image.
     std::fs::create_dir(&f.state).unwrap();
+    let mut t = vec![0u8; f.image.len()];
     let e = apply(&f.full[..], NO_SOURCE, &mut t, &f.opts()).unwrap_err();
     assert!(matches!(e, Error::Io { .. }), "{e}");
+    assert!(e.to_string().contains("not a regular file"), "{e}");
     assert!(f.state.is_dir(), "the directory is left as it was");
+    assert!(t.iter().all(|&b| b == 0), "the target was written");
+    let nowhere = f.state.join("no/such/record");
+    let opts = f.opts().state(&nowhere);
+    let e = apply(&f.full[..], NO_SOURCE, &mut t, &opts).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    assert!(t.iter().all(|&b| b == 0), "the target was written");
 }
 
 #[test]

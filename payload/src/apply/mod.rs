@@ -185,19 +185,30 @@ fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], section: Section) -> Result<()
 }
 
 fn read_vec<R: Read>(r: &mut R, len: u64, section: Section) -> Result<Vec<u8>> {
-    // Grows only as bytes arrive: a lying length cannot make a large allocation.
     let mut v = Vec::new();
+    read_append(r, len, &mut v, section)?;
+    Ok(v)
+}
+
+/// Append exactly `len` bytes to `v`. Every caller's length is bounded by the format
+/// (the header checks the manifest's, the manifest each blob's), so the room is reserved
+/// once: pages are touched only as bytes arrive, and the buffer never doubles and copies
+/// (a lying header costs at most the bound, not twice or three times it).
+fn read_append<R: Read>(r: &mut R, len: u64, v: &mut Vec<u8>, section: Section) -> Result<()> {
+    let start = v.len();
+    v.reserve_exact(usize::try_from(len).unwrap_or(0));
     r.take(len)
-        .read_to_end(&mut v)
+        .read_to_end(v)
         .map_err(|e| Error::io(format!("reading the {section}"), e))?;
-    if (v.len() as u64) < len {
+    let got = (v.len() - start) as u64;
+    if got < len {
         return Err(Error::Truncated {
             section,
-            got: v.len() as u64,
+            got,
             expected: len,
         });
     }
-    Ok(v)
+    Ok(())
 }
 
 /// Read, check the signature of, and parse a payload's header and manifest, with the
@@ -223,13 +234,13 @@ pub fn read_manifest_at<R: Read>(
     let header = Header::parse(&hb)?;
     let key_id = KeyId(header.key_id);
     keyring.trusted(&key_id, now)?;
-    let m = read_vec(r, header.manifest_len, Section::Manifest)?;
+    // The header and the manifest in one buffer: the bytes signed, never copied.
+    let mut signed = hb.to_vec();
+    read_append(r, header.manifest_len, &mut signed, Section::Manifest)?;
     let mut sig = [0u8; SIGNATURE_SIZE];
     read_exact(r, &mut sig, Section::Signature)?;
-    let mut signed = hb.to_vec();
-    signed.extend_from_slice(&m);
     keyring.verify(&key_id, Context::Payload, &signed, &sig, now)?;
-    let manifest = parse_manifest(&unpack_manifest(&m)?, header.data_len)?;
+    let manifest = parse_manifest(&unpack_manifest(&signed[HEADER_SIZE..])?, header.data_len)?;
     Ok((header, manifest, sha256(&signed)))
 }
 
@@ -519,6 +530,9 @@ impl<R: Read> Payload<R> {
         } = self;
         let target_size = manifest.target.size;
         check_source(&manifest, source, opts.source_digest)?;
+        if let Some(path) = opts.state {
+            resume::check_place(path)?;
+        }
         let have = size_target(target, target_size)?;
         if have < target_size {
             return Err(Error::TargetTooSmall {

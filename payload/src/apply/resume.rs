@@ -174,6 +174,38 @@ fn sync_parent(path: &Path) {
     }
 }
 
+/// The resume record can live at `path`: a regular file or nothing there yet, in a
+/// directory that exists. Checked before anything is written, so a wrong `state` is an
+/// error at once, not after the whole image at the first checkpoint.
+pub(super) fn check_place(path: &Path) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::io(
+            format!("the resume record {}", path.display()),
+            io::Error::other(why.to_string()),
+        ))
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.is_file() => return bad("is there and is not a regular file"),
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Error::io(
+                format!("the resume record {}", path.display()),
+                e,
+            ))
+        }
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    match parent.map(std::fs::metadata) {
+        Some(Ok(m)) if !m.is_dir() => bad("its directory is not a directory"),
+        Some(Err(e)) => Err(Error::io(
+            format!("the directory of the resume record {}", path.display()),
+            e,
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Most resumes of one payload before the applier starts over.
 pub const MAX_RESUMES: u32 = 10;
 

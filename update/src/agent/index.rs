@@ -70,6 +70,22 @@ where
         fetch: keel_fetch::FetchOptions<'_>,
         progress: Option<&dyn Progress>,
     ) -> Result<Option<Installed>> {
+        let r = self.index_steps(index_url, root, fetch, progress);
+        // An index that could not be had, or a payload the index does not pin, is the last
+        // error too (the install itself keeps its own outcome).
+        if let Err(e) = &r {
+            self.record_error(e);
+        }
+        r
+    }
+
+    fn index_steps(
+        &self,
+        index_url: &str,
+        root: &keel_release::TrustedRoot,
+        fetch: keel_fetch::FetchOptions<'_>,
+        progress: Option<&dyn Progress>,
+    ) -> Result<Option<Installed>> {
         let serial_path = self.state_dir.join("index-serial");
         let last = record::read_small(&serial_path)?
             .map(|t| {

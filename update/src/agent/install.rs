@@ -96,14 +96,20 @@ where
 
     /// The last install's error for [`Agent::status`], or none after a success.
     pub(super) fn record_outcome(&self, r: &Result<Installed>) -> Result<()> {
-        let last = record::error_path(&self.state_dir);
         match r {
-            Ok(_) => record::remove(&last)?,
-            Err(e) => {
-                let _ = record::replace(&last, e.to_string().as_bytes());
-            }
+            Ok(_) => record::remove(&record::error_path(&self.state_dir))?,
+            Err(e) => self.record_error(e),
         }
         Ok(())
+    }
+
+    /// `e` as the last error [`Agent::status`] shows (best effort: the error itself is
+    /// what the caller gets).
+    pub(super) fn record_error(&self, e: &Error) {
+        let _ = record::replace(
+            &record::error_path(&self.state_dir),
+            e.to_string().as_bytes(),
+        );
     }
 
     /// The install of the payload `open` opens (at the trusted time), its outcome kept for
