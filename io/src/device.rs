@@ -23,6 +23,11 @@ pub trait ReadAt: Sync {
     fn logical_sector_size(&self) -> Option<u32> {
         None
     }
+    /// What file or block device this reads, when it reads one ([`crate::FileId`]):
+    /// lets a caller check a handle against the path a description names.
+    fn file_id(&self) -> Option<crate::FileId> {
+        None
+    }
 }
 
 /// A device or buffer written by offset.
@@ -89,6 +94,9 @@ impl ReadAt for File {
             .filter(|k| *k == crate::DeviceKind::BlockDevice)
             .and_then(|_| crate::sys::logical_sector_size(self).ok())
     }
+    fn file_id(&self) -> Option<crate::FileId> {
+        crate::FileId::of_file(self)
+    }
 }
 
 impl ReadAt for [u8] {
@@ -138,6 +146,9 @@ macro_rules! read_through {
             fn logical_sector_size(&self) -> Option<u32> {
                 (**self).logical_sector_size()
             }
+            fn file_id(&self) -> Option<crate::FileId> {
+                (**self).file_id()
+            }
         }
     )*};
 }
@@ -180,6 +191,24 @@ impl WriteAt for Vec<u8> {
         }
         self[start..end].copy_from_slice(buf);
         Ok(())
+    }
+}
+
+/// A reference to a shared file writes through it: `&&File` is what a disk opened on
+/// `&File` hands out (`AbDisk::slot_region`). Concrete, not a blanket over `&&T`: a
+/// blanket would send the compiler's inference into an endless `&&&...` for a generic `D`.
+impl WriteAt for &&File {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut w: &File = self;
+        WriteAt::write_all_at(&mut w, buf, offset)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        let mut w: &File = self;
+        WriteAt::sync(&mut w)
+    }
+    fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        let mut w: &File = self;
+        WriteAt::write_zeros(&mut w, offset, len)
     }
 }
 

@@ -65,6 +65,41 @@ pub fn require_size<D: crate::ReadAt + ?Sized>(dev: &D, need: u64, what: &str) -
     Ok(())
 }
 
+/// What a file or device is, however it was named or opened: a block device by its device
+/// number (`/dev/sda` and `/dev/disk/by-id/...` are one), anything else by its file system
+/// and inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileId {
+    /// A block device: its device number.
+    Device(u64),
+    /// A regular file: the device of its file system, and its inode.
+    Inode(u64, u64),
+}
+
+impl FileId {
+    fn of(md: &std::fs::Metadata) -> Option<FileId> {
+        use std::os::unix::fs::FileTypeExt;
+        if md.file_type().is_block_device() {
+            Some(FileId::Device(md.rdev()))
+        } else if md.is_file() {
+            Some(FileId::Inode(md.dev(), md.ino()))
+        } else {
+            None
+        }
+    }
+
+    /// The identity of the file or block device at `path` (symlinks followed); `None` for
+    /// anything else or nothing.
+    pub fn of_path(path: &Path) -> Option<FileId> {
+        FileId::of(&std::fs::metadata(path).ok()?)
+    }
+
+    /// The identity of an open file or block device.
+    pub fn of_file(f: &File) -> Option<FileId> {
+        FileId::of(&f.metadata().ok()?)
+    }
+}
+
 /// Whether two open files are the same file or device (the running slot as a target).
 pub fn same_file(a: &File, b: &File) -> bool {
     match (a.metadata(), b.metadata()) {

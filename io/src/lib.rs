@@ -49,7 +49,7 @@ mod threads;
 pub use cursor::{Cursor, CursorError};
 pub use device::{ReadAt, WriteAt};
 pub use file::{
-    open_device, replace_file, replace_file_private, require_size, same_file, DeviceKind,
+    open_device, replace_file, replace_file_private, require_size, same_file, DeviceKind, FileId,
 };
 pub use map::Mapped;
 pub use progress::{Cancel, Cancelled, Progress};

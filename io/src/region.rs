@@ -74,6 +74,9 @@ impl<D: ReadAt> ReadAt for Region<D> {
     fn logical_sector_size(&self) -> Option<u32> {
         self.inner.logical_sector_size()
     }
+    fn file_id(&self) -> Option<crate::FileId> {
+        self.inner.file_id()
+    }
 }
 
 impl<D: WriteAt> WriteAt for Region<D> {

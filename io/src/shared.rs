@@ -41,6 +41,9 @@ impl<D: ReadAt + Send> ReadAt for Shared<D> {
     fn logical_sector_size(&self) -> Option<u32> {
         self.lock().logical_sector_size()
     }
+    fn file_id(&self) -> Option<crate::FileId> {
+        self.lock().file_id()
+    }
 }
 
 impl<D: WriteAt + Send> WriteAt for &Shared<D> {

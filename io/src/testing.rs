@@ -42,6 +42,9 @@ impl<D: ReadAt> ReadAt for PowerCut<D> {
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }
+    fn file_id(&self) -> Option<crate::FileId> {
+        self.inner.file_id()
+    }
 }
 
 impl<D: WriteAt> WriteAt for PowerCut<D> {

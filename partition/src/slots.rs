@@ -183,7 +183,26 @@ impl<D: ReadAt + WriteAt> AbDisk<D> {
     }
 
     /// `slot` as a device of its own: reads and writes stay inside its partition. Payload
-    /// apply and verity format and verify take it directly.
+    /// apply and verity format and verify take it directly, over a disk opened on a `File`
+    /// or on `&File` alike.
+    ///
+    /// ```
+    /// use keel_bootflags::{PriorityPolicy, Slot};
+    /// use keel_partition::{create_layout, AbDisk, GptDisk, Layout, ReadAt, SlotSelector, WriteAt};
+    /// let file = tempfile::tempfile()?;
+    /// file.set_len(16 << 20)?;
+    /// let mut layout = Layout::flatcar(4 << 20);
+    /// layout.esp_size = 1 << 20;
+    /// create_layout(&mut &file, &layout)?;
+    /// let ab = AbDisk::new(GptDisk::open(&file, None)?, &SlotSelector::Auto, PriorityPolicy::Flatcar)?;
+    /// let mut b = ab.slot_region(Slot::B)?; // a Region<&&File>, which writes
+    /// b.write_all_at(b"new image", 0)?;
+    /// let mut back = [0u8; 9];
+    /// b.read_exact_at(&mut back, 0)?;
+    /// assert_eq!(&back, b"new image");
+    /// assert_eq!(b.len(), 4 << 20);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn slot_region(&self, slot: Slot) -> Result<Region<&D>> {
         let (start, len) = self.slot_range(slot)?;
         Region::new(self.disk.device(), start, len)

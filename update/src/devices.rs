@@ -114,25 +114,12 @@ pub(crate) fn check_distinct(refs: &[Resolved]) -> Result<()> {
     Ok(())
 }
 
-/// What a file or device is: a regular file by its file system and inode, a block device
-/// by its device number. Two paths to one thing (a hard link, a symlink, `/dev/disk/...`)
-/// have one identity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Identity {
-    File(u64, u64),
-    Device(u64),
-}
+/// What a file or device is, however named (keel-io's [`keel_io::FileId`]).
+pub(crate) use keel_io::FileId as Identity;
 
 /// The identity of `p`, if it is a regular file or a block device.
 pub(crate) fn identity(p: &Path) -> Option<Identity> {
-    let md = std::fs::metadata(p).ok()?;
-    if md.file_type().is_block_device() {
-        Some(Identity::Device(md.rdev()))
-    } else if md.is_file() {
-        Some(Identity::File(md.dev(), md.ino()))
-    } else {
-        None
-    }
+    Identity::of_path(p)
 }
 
 /// Bytes a boot-state store writes: a file or device (under the root), a range in it, and

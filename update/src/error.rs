@@ -115,6 +115,15 @@ pub enum Error {
         /// What the payload says.
         payload: String,
     },
+    /// The disk handle the agent was given is not the disk the description names (by
+    /// identity, not by spelling): an install would write another disk. Nothing is written.
+    #[error("the disk given to the agent is not {} ({field}): an install would write another disk than the description's", path.display())]
+    WrongDisk {
+        /// Which setting names the disk.
+        field: &'static str,
+        /// The path it gives.
+        path: std::path::PathBuf,
+    },
     /// The clock reads earlier than the time floor (the agent's build date, or the
     /// timestamp of the last release index accepted): dates cannot be checked.
     #[error("the clock reads {now} (unix time), before {floor}, which this agent has seen already: set the clock")]

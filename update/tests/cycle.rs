@@ -1217,6 +1217,8 @@ fn install_from_a_signed_index_over_http() {
         matches!(e, Error::Index(_)) && e.to_string().contains("rollback"),
         "{e}"
     );
+    // An index refused is the last error too, not the previous install's outcome.
+    assert!(a.status().unwrap().last_error.unwrap().contains("rollback"));
 
     // A delta made from another image, listed as if it started from the booted one: the
     // applier says it does not fit, and the full payload is installed instead.
@@ -1313,7 +1315,7 @@ fn an_install_over_http_fetches_each_payload_byte_once() {
     let before = site.server.requests_for("/delta.payload").len();
     let half = keel_io::testing::StopHalfWay::default();
     let e = a
-        .install_from_index(&url, &root, fetch, Some(&half))
+        .install_from_index(url, &root, fetch, Some(&half))
         .unwrap_err();
     assert!(e.is_retryable(), "{e}");
     let first: u64 = settled(&site.server, "/delta.payload")[before..]
@@ -1485,6 +1487,40 @@ fn two_disks(f: &Fixture) {
         }
     }
     f.cmdline("root=/dev/vda2 ro");
+}
+
+/// The agent given a handle on another disk than the description's `boot.disk` (a copy
+/// of it: the same partitions, the same labels) refuses before anything is written, naming
+/// the setting; the right handle installs.
+#[test]
+fn a_handle_on_another_disk_than_the_descriptions_is_refused() {
+    let f = Fixture::new();
+    let copy = f.dir.path().join("copy.img");
+    fs::copy(f.disk(), &copy).unwrap();
+    let before = fs::read(&copy).unwrap();
+    let other = open_rw(&copy);
+    let payload = f.payload(true, &f.v2, "2.0", "acme-os");
+    let e = agent(&f, f.system(), &other)
+        .install(&payload[..], None)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::WrongDisk {
+                field: "boot.disk",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        fs::read(&copy).unwrap() == before,
+        "the other disk was written"
+    );
+    let disk = open_rw(&f.disk());
+    agent(&f, f.system(), &disk)
+        .install(&payload[..], None)
+        .unwrap();
 }
 
 /// A slot named by the path of another disk's partition 3 is refused by name, not taken

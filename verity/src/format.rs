@@ -7,7 +7,11 @@ use crate::params::VerityParams;
 use crate::superblock::{Superblock, SUPERBLOCK_SIZE};
 use crate::tree::{BuildOptions, HashTree};
 
-/// Where and how the tree is written on its hash device.
+/// Where and how the tree is written on its hash device. The default writes the bare tree
+/// at offset 0 with no superblock (`--no-superblock`): the same bytes every time, for a
+/// tree whose parameters travel elsewhere (a signed root descriptor, a kernel table).
+/// [`FormatOptions::veritysetup`] writes what `veritysetup format DATA HASH` writes: a
+/// superblock with a random UUID, which `veritysetup verify DATA HASH ROOT` then reads.
 ///
 /// ```
 /// use keel_verity::{random_uuid, FormatOptions};
@@ -28,6 +32,11 @@ pub struct FormatOptions<'a> {
 }
 
 impl<'a> FormatOptions<'a> {
+    /// veritysetup's own defaults: a superblock with a random UUID at offset 0.
+    pub fn veritysetup() -> Result<Self> {
+        Ok(FormatOptions::default().superblock(crate::random_uuid()?))
+    }
+
     /// Set [`FormatOptions::hash_offset`].
     pub fn hash_offset(mut self, offset: u64) -> Self {
         self.hash_offset = offset;

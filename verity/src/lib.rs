@@ -68,3 +68,8 @@ pub use superblock::{
 pub use table::{dm_mod_create, dm_table, FecTable, TableOptions};
 pub use tree::{BuildOptions, HashTree};
 pub use verify::{check_root, verify, BlockVerifier, DEFAULT_CACHE_BLOCKS};
+
+/// The README's snippets, compiled and run as doctests so they keep up with the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

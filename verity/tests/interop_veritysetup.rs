@@ -512,3 +512,45 @@ fn avb_hashtree_matches_veritysetup_on_the_padded_image() {
         assert!(avb.image_size >= size as u64 && avb.image_size < size as u64 + u64::from(bs));
     }
 }
+
+/// `FormatOptions::veritysetup()` writes what `veritysetup format DATA HASH` writes with
+/// no options: `veritysetup verify DATA HASH ROOT`, given nothing else, reads its
+/// superblock and accepts it; the default options write the bare tree, which veritysetup
+/// reads only when told `--no-superblock` and the salt.
+#[test]
+fn the_veritysetup_options_write_what_veritysetup_verify_reads_without_options() {
+    let Some(vs) = veritysetup() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fs::write(&data, seeded_bytes(9, 4096 * 50)).unwrap();
+    let params = VerityParams::builder()
+        .data_blocks_for(4096 * 50)
+        .build()
+        .unwrap();
+    let f = File::open(&data).unwrap();
+    for (name, opts, extra) in [
+        ("vs", FormatOptions::veritysetup().unwrap(), vec![]),
+        (
+            "bare",
+            FormatOptions::default(),
+            vec![
+                "--no-superblock".to_string(),
+                format!("--salt={}", hex::encode(params.salt())),
+            ],
+        ),
+    ] {
+        let hash = dir.path().join(name);
+        let out = format(&params, &f, &mut open_rw(&hash), &opts).unwrap();
+        assert_eq!(out.superblock.is_some(), name == "vs");
+        let root = hex::encode(&out.root_hash);
+        let mut args = vec![
+            "verify".to_string(),
+            data.display().to_string(),
+            hash.display().to_string(),
+            root,
+        ];
+        args.extend(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_ok(&vs, &args);
+    }
+}

@@ -47,6 +47,7 @@ where
     /// order of [`System::slots`](crate::System::slots)), then their hash partitions where they have them.
     pub(super) fn resolve(&self) -> Result<Vec<crate::devices::Resolved>> {
         use crate::devices::{check_distinct, check_store_writes, Resolved};
+        self.check_disk_handle()?;
         let parts = self.gpt()?.partitions();
         let boot_disk = self.boot_disk_name()?;
         let mut refs = Vec::new();
@@ -103,6 +104,35 @@ where
     /// Every identity the disk holding the slots may have: the path given with
     /// [`Agent::disk_path`] and `boot.disk` (as opened, and under the root), and the disk
     /// the kernel booted from.
+    /// The handle the agent writes is the disk the description names: the path given with
+    /// [`Agent::disk_path`], else `boot.disk`, else the disk the kernel booted from,
+    /// compared by identity (a handle that is not a file, memory in a test, is taken as
+    /// given; so is a disk whose path does not exist here).
+    fn check_disk_handle(&self) -> Result<()> {
+        let Some(given) = self.disk.file_id() else {
+            return Ok(());
+        };
+        let (field, path) = match (&self.disk_path, &self.system.disk) {
+            (Some(p), _) => ("the disk path given to the agent", p.clone()),
+            (None, Some(p)) => ("boot.disk", p.clone()),
+            (None, None) => match crate::booted::boot_disk(&self.root) {
+                Ok(p) => ("the disk the kernel booted from", p),
+                Err(_) => return Ok(()),
+            },
+        };
+        let named: Vec<_> = [
+            path.clone(),
+            keel_bootflags::spec::under_root(&self.root, &path),
+        ]
+        .iter()
+        .filter_map(|p| crate::devices::identity(p))
+        .collect();
+        if named.is_empty() || named.contains(&given) {
+            return Ok(());
+        }
+        Err(Error::WrongDisk { field, path })
+    }
+
     pub(super) fn disk_identities(&self) -> Vec<crate::devices::Identity> {
         let mut paths = Vec::new();
         for p in self.disk_path.iter().chain(self.system.disk.iter()) {

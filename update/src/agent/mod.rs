@@ -44,8 +44,21 @@ where
     D: ReadAt,
     &'d D: WriteAt,
 {
-    /// An agent for `system` on `disk`, reading /proc and /sys under `/` and keeping its
-    /// records in `/var/lib/keel`.
+    /// An agent for `system` on `disk`, reading the running system under `/` and keeping
+    /// its records in `/var/lib/keel`.
+    ///
+    /// `disk` must be the disk the description names: the path given with
+    /// [`Agent::disk_path`], else `boot.disk`, else the disk the kernel booted from. A
+    /// handle that is another file or device (by identity) is refused before anything is
+    /// read or written ([`Error::WrongDisk`](crate::Error::WrongDisk)).
+    ///
+    /// Under the root directory ([`Agent::root`]) the agent reads `/proc/cmdline` (the
+    /// booted slot: `root=`, `usr=`, `mount.usr=`, `systemd.verity_*`, `roothash=`,
+    /// `usrhash=`, `dm-mod.create=`), `/dev/disk/by-partuuid` and `by-partlabel`,
+    /// `/sys/dev/block` and `/sys/class/block` (which partition of which disk a device is),
+    /// `/etc/os-release` (`VERSION_ID`: the booted version when no record says it) and
+    /// `/etc/machine-id` (a staged rollout's share); and the boot-state stores the
+    /// description names (a grubenv, U-Boot's environment, `/boot/loader/entries`).
     pub fn new(system: System, disk: &'d D) -> Self {
         Agent {
             system,
