@@ -22,7 +22,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel::payload::{
-    apply_files, generate_observed, read_manifest, ApplyOptions, GenerateOptions, OpType,
+    generate_bundle, generate_observed, read_images_at, ApplyOptions, BundlePart, GenerateOptions,
+    ImageKind, OpType,
 };
 use keel::verity::SigningKey;
 
@@ -35,14 +36,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Make a payload that turns SOURCE into TARGET.
+    /// Make a payload that turns SOURCE into TARGET; or, with --image and --file, a bundle
+    /// of several images switched together (a new root and its kernel).
     Generate {
         /// The image the device runs now (the delta's base).
-        #[arg(long, required_unless_present = "full")]
+        #[arg(long, required_unless_present_any = ["full", "images", "files"])]
         source: Option<PathBuf>,
         /// The new image.
-        #[arg(long)]
-        target: PathBuf,
+        #[arg(long, required_unless_present_any = ["images", "files"], conflicts_with_all = ["images", "files"])]
+        target: Option<PathBuf>,
+        /// A bundle's partition image: NAME=[OLD:]NEW, NAME the slot class it installs
+        /// into (`usr`); without OLD, full. Repeatable.
+        #[arg(long = "image", value_name = "NAME=[OLD:]NEW", value_parser = bundle_part)]
+        images: Vec<(String, Option<PathBuf>, PathBuf)>,
+        /// A bundle's file image: NAME=[OLD:]NEW, NAME the description's file (`kernel`):
+        /// a kernel, an initrd, a UKI. Repeatable.
+        #[arg(long = "file", value_name = "NAME=[OLD:]NEW", value_parser = bundle_part)]
+        files: Vec<(String, Option<PathBuf>, PathBuf)>,
         /// Ed25519 private key, PKCS#8 PEM.
         #[arg(long)]
         key: PathBuf,
@@ -89,6 +99,9 @@ enum Cmd {
         /// Checkpoint the resume record after this many MiB written.
         #[arg(long, default_value_t = 64)]
         checkpoint_mib: u64,
+        /// A bundle's image to apply (its name, as `inspect` lists them).
+        #[arg(long = "bundle-image", value_name = "NAME")]
+        image: Option<String>,
         /// The payload file, or - for standard input.
         payload: String,
     },
@@ -99,6 +112,8 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Generate {
             source,
             target,
+            images,
+            files,
             key,
             output,
             full,
@@ -113,11 +128,6 @@ fn run(cli: Cli) -> Result<(), String> {
             // Mapped, not read: the images stay page cache the kernel can drop, so the
             // generator's own memory does not grow with them.
             let map = |p: &std::path::Path| keel::io::Mapped::open(p).map_err(|e| e.to_string());
-            let tgt = map(&target)?;
-            let src = match (&source, full) {
-                (Some(s), false) => Some(map(s)?),
-                _ => None,
-            };
             let opts = GenerateOptions::new(&compatible, &version).level(level);
             let pb = ProgressBar::new(0).with_style(
                 ProgressStyle::with_template(
@@ -129,7 +139,38 @@ fn run(cli: Cli) -> Result<(), String> {
                 pb.set_length(total);
                 pb.set_position(done);
             };
-            let p = generate_observed(src.as_deref(), &tgt, &key, &opts, Some(&observer));
+            let (p, size) = match &target {
+                Some(target) => {
+                    let tgt = map(target)?;
+                    let src = match (&source, full) {
+                        (Some(s), false) => Some(map(s)?),
+                        _ => None,
+                    };
+                    let p = generate_observed(src.as_deref(), &tgt, &key, &opts, Some(&observer));
+                    (p, tgt.len())
+                }
+                None => {
+                    let kinds = images.iter().map(|i| (ImageKind::Slot, i));
+                    let kinds = kinds.chain(files.iter().map(|f| (ImageKind::File, f)));
+                    let mut maps = Vec::new();
+                    for (kind, (name, old, new)) in kinds {
+                        let old = old.as_deref().map(map).transpose()?;
+                        maps.push((kind, name.as_str(), old, map(new)?));
+                    }
+                    let parts: Vec<BundlePart> = maps
+                        .iter()
+                        .map(|(kind, name, old, new)| BundlePart {
+                            name,
+                            kind: *kind,
+                            source: old.as_deref(),
+                            target: new,
+                            verity: None,
+                        })
+                        .collect();
+                    let size = maps.iter().map(|m| m.3.len()).sum();
+                    (generate_bundle(&parts, &key, &opts, Some(&observer)), size)
+                }
+            };
             pb.finish_and_clear();
             let p = p.map_err(|e| e.to_string())?;
             std::fs::write(&output, &p).map_err(|e| {
@@ -137,18 +178,19 @@ fn run(cli: Cli) -> Result<(), String> {
                 format!("{}: {e}", output.display())
             })?;
             println!(
-                "{}: {} bytes for a {} byte target ({:.2}%), {:.1} s",
+                "{}: {} bytes for {} bytes of images ({:.2}%), {:.1} s",
                 output.display(),
                 p.len(),
-                tgt.len(),
-                100.0 * p.len() as f64 / tgt.len().max(1) as f64,
+                size,
+                100.0 * p.len() as f64 / size.max(1) as f64,
                 t.elapsed().as_secs_f64()
             );
         }
         Cmd::Inspect { payload, pubkeys } => {
             let ring = cli::load_keyring(&pubkeys)?;
             let mut f = File::open(&payload).map_err(|e| format!("{}: {e}", payload.display()))?;
-            let (h, m, id) = read_manifest(&mut f, &ring).map_err(|e| e.to_string())?;
+            let now = keel::trust::unix_now();
+            let (h, images, id) = read_images_at(&mut f, &ring, now).map_err(|e| e.to_string())?;
             // The data area must be there, whole and alone, before its size is reported.
             let present = std::io::copy(
                 &mut (&mut f).take(h.data_len.saturating_add(1)),
@@ -170,48 +212,21 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             println!("payload id:   {}", hex::encode(id));
             println!("signed by:    {}", hex::encode(h.key_id));
-            println!("compatible:   {}", m.compatible);
-            println!("version:      {}", m.version);
-            match m.source {
-                Some(s) => println!(
-                    "source:       {} bytes, digest {}",
-                    s.size,
-                    hex::encode(s.digest)
-                ),
-                None => println!("source:       none (full payload)"),
+            println!("compatible:   {}", images[0].manifest.compatible);
+            println!("version:      {}", images[0].manifest.version);
+            if h.version == keel::payload::format::BUNDLE_VERSION {
+                println!("bundle:       {} images", images.len());
             }
-            println!(
-                "target:       {} bytes, digest {}",
-                m.target.size,
-                hex::encode(m.target.digest)
-            );
-            println!(
-                "verity:       {}",
-                if m.verity.is_some() {
-                    "signed root descriptor included"
-                } else {
-                    "none"
+            for image in &images {
+                if !image.name.is_empty() {
+                    println!(
+                        "image {:?} ({}), {} data bytes:",
+                        image.name,
+                        image.kind.name(),
+                        image.data_len
+                    );
                 }
-            );
-            if let Some(r) = &m.recompressor {
-                println!("recompress:   with {r}");
-            }
-            println!(
-                "{:<10} {:>8} {:>14} {:>14} {:>8}",
-                "type", "ops", "target bytes", "data bytes", "ratio"
-            );
-            for t in OpType::ALL {
-                let ops: Vec<_> = m.operations.iter().filter(|o| o.op == t).collect();
-                let tb: u64 = ops.iter().map(|o| o.target_blocks() * 4096).sum();
-                let db: u64 = ops.iter().map(|o| o.data_length).sum();
-                println!(
-                    "{:<10} {:>8} {:>14} {:>14} {:>7.2}%",
-                    t.name(),
-                    ops.len(),
-                    tb,
-                    db,
-                    100.0 * db as f64 / tb.max(1) as f64
-                );
+                print_image(&image.manifest);
             }
             println!(
                 "manifest:     {} bytes, data {} bytes",
@@ -225,6 +240,7 @@ fn run(cli: Cli) -> Result<(), String> {
             allow_downgrade,
             allow_reinstall,
             checkpoint_mib,
+            image,
             payload,
         } => {
             let ring = cli::load_keyring(&to.pubkeys)?;
@@ -258,12 +274,27 @@ fn run(cli: Cli) -> Result<(), String> {
                 .checkpoint_bytes(checkpoint_mib.max(1) << 20)
                 .compatible(compatible.as_deref());
             opts.state = state.as_deref();
-            let done = apply_files(
+            let mut p = keel::payload::Payload::open_at(
                 std::io::BufReader::new(reader),
-                src.as_ref(),
-                &mut tgt,
-                &opts,
+                &ring,
+                keel::trust::unix_now(),
             )
+            .map_err(|e| e.to_string())?;
+            // A bundle's image by name: the ones before it are read past.
+            if let Some(name) = &image {
+                while p.next_image().is_some_and(|i| &i.name != name) {
+                    p.skip_next().map_err(|e| e.to_string())?;
+                }
+                if p.next_image().is_none() {
+                    let names: Vec<&str> = p.images().iter().map(|i| i.name.as_str()).collect();
+                    return Err(format!("no image {name:?} (the payload has {names:?})"));
+                }
+            }
+            let done = if image.is_some() {
+                p.apply_next_file(src.as_ref(), &mut tgt, &opts)
+            } else {
+                p.apply_file(src.as_ref(), &mut tgt, &opts)
+            }
             .map_err(|e| e.to_string())?;
             pb.finish_and_clear();
             created.keep();
@@ -281,6 +312,71 @@ fn run(cli: Cli) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// An image's source, target, dm-verity root and operations by type.
+fn print_image(m: &keel::payload::Manifest) {
+    match m.source {
+        Some(s) => println!(
+            "source:       {} bytes, digest {}",
+            s.size,
+            hex::encode(s.digest)
+        ),
+        None => println!("source:       none (full)"),
+    }
+    println!(
+        "target:       {} bytes, digest {}",
+        m.target.size,
+        hex::encode(m.target.digest)
+    );
+    println!(
+        "verity:       {}",
+        if m.verity.is_some() {
+            "signed root descriptor included"
+        } else {
+            "none"
+        }
+    );
+    if let Some(r) = &m.recompressor {
+        println!("recompress:   with {r}");
+    }
+    println!(
+        "{:<10} {:>8} {:>14} {:>14} {:>8}",
+        "type", "ops", "target bytes", "data bytes", "ratio"
+    );
+    for t in OpType::ALL {
+        let ops: Vec<_> = m.operations.iter().filter(|o| o.op == t).collect();
+        let tb: u64 = ops.iter().map(|o| o.target_blocks() * 4096).sum();
+        let db: u64 = ops.iter().map(|o| o.data_length).sum();
+        println!(
+            "{:<10} {:>8} {:>14} {:>14} {:>7.2}%",
+            t.name(),
+            ops.len(),
+            tb,
+            db,
+            100.0 * db as f64 / tb.max(1) as f64
+        );
+    }
+}
+
+/// `NAME=[OLD:]NEW`.
+fn bundle_part(s: &str) -> Result<(String, Option<PathBuf>, PathBuf), String> {
+    let (name, paths) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=[OLD:]NEW"))?;
+    if !keel::payload::format::valid_image_name(name) {
+        return Err(format!(
+            "{name:?}: an image name is 1 to 64 letters, digits, '.', '_' or '-'"
+        ));
+    }
+    let (old, new) = match paths.split_once(':') {
+        Some((o, n)) => (Some(PathBuf::from(o)), n),
+        None => (None, paths),
+    };
+    if new.is_empty() || old.as_ref().is_some_and(|o| o.as_os_str().is_empty()) {
+        return Err(format!("{s:?}: expected NAME=[OLD:]NEW"));
+    }
+    Ok((name.to_string(), old, PathBuf::from(new)))
 }
 
 fn main() -> ExitCode {

@@ -54,7 +54,7 @@ fn generate_inspect_apply_and_resume_after_sigkill() {
         "--version",
         "2.0",
     ]);
-    assert!(out.contains("bytes for a 25165824 byte target"), "{out}");
+    assert!(out.contains("bytes for 25165824 bytes of images"), "{out}");
     let shown = ok(&["inspect", &p("payload"), "--pubkey", &p("pub.pem")]);
     assert!(
         shown.contains("compatible:   acme") && shown.contains("COPY") && shown.contains("ZERO"),
@@ -242,5 +242,77 @@ fn a_resume_over_a_changed_target_starts_over_and_completes() {
         );
         // The next run finds no record, and the same version refused as a reinstall.
         std::fs::remove_file(p("slot-b")).unwrap();
+    }
+}
+
+/// A bundle of a root (a delta) and a kernel file (full) made with `--image` and `--file`,
+/// listed image by image, and applied image by image by name; a bundle applied as one
+/// image, or an image it does not have, is refused.
+#[test]
+fn a_bundle_of_a_root_and_a_kernel_is_made_listed_and_applied_by_image() {
+    let dir = keyed_dir();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let old = seeded_bytes(1, 4 << 20);
+    let mut new = old.clone();
+    new[1 << 20..2 << 20].copy_from_slice(&seeded_bytes(2, 1 << 20));
+    let kernel = seeded_bytes(3, (1 << 20) + 123);
+    std::fs::write(p("old"), &old).unwrap();
+    std::fs::write(p("new"), &new).unwrap();
+    std::fs::write(p("vmlinuz"), &kernel).unwrap();
+    let out = ok(&[
+        "generate",
+        "--image",
+        &format!("usr={}:{}", p("old"), p("new")),
+        "--file",
+        &format!("kernel={}", p("vmlinuz")),
+        "--key",
+        &p("key.pem"),
+        "-o",
+        &p("bundle"),
+        "--level",
+        "3",
+        "--compatible",
+        "acme",
+        "--version",
+        "2.0",
+    ]);
+    assert!(
+        out.contains(&format!(
+            "bytes for {} bytes of images",
+            new.len() + kernel.len()
+        )),
+        "{out}"
+    );
+    let shown = ok(&["inspect", &p("bundle"), "--pubkey", &p("pub.pem")]);
+    for line in [
+        "bundle:       2 images",
+        "image \"usr\" (slot)",
+        "image \"kernel\" (file)",
+    ] {
+        assert!(shown.contains(line), "{line}: {shown}");
+    }
+    let apply = |target: &str, extra: &[&str]| {
+        let mut a = from_old(&p, target, &["--no-version-check"]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push(p("bundle"));
+        run(&example("payload"), &strs(&a))
+    };
+    let o = apply("usr.out", &["--bundle-image", "usr"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(std::fs::read(p("usr.out")).unwrap() == new);
+    let o = apply("kernel.out", &["--bundle-image", "kernel"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(std::fs::read(p("kernel.out")).unwrap() == kernel);
+    for (extra, says) in [
+        (&[][..], "a bundle of 2 images"),
+        (&["--bundle-image", "initrd"][..], "no image \"initrd\""),
+    ] {
+        let o = apply("x.out", extra);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains(says), "{o:?}");
+        assert!(
+            !std::path::Path::new(&p("x.out")).exists(),
+            "{extra:?} left its target"
+        );
     }
 }

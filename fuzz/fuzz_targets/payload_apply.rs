@@ -322,6 +322,7 @@ fn raw_manifest(rest: &[u8]) {
     }
     let manifest = &keel_payload::format::pack_manifest(raw).expect("zstd")[..];
     let header = Header {
+        version: keel_payload::format::FORMAT_VERSION,
         manifest_len: manifest.len() as u64,
         data_len: blobs.len() as u64,
         key_id: key().public_key().id().0,

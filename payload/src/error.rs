@@ -225,6 +225,26 @@ pub enum Error {
         /// The bytes free.
         free: u64,
     },
+    /// A bundle given to a call for one image ([`crate::Payload::apply`]): each of its
+    /// images goes to its own target ([`crate::Payload::apply_next`]).
+    #[error("a bundle of {images} images: apply each into its own target")]
+    Bundle {
+        /// How many images it has.
+        images: usize,
+    },
+    /// Every image of the payload was applied or skipped already, or an earlier one
+    /// failed part way (the stream is not at an image's start).
+    #[error("no image of the payload is left to apply")]
+    NoImageLeft,
+    /// A bundle's images do not answer the description: an image it needs is missing,
+    /// or the bundle has one it does not know.
+    #[error("bundle image {image:?}: {reason}")]
+    BundleImages {
+        /// The image.
+        image: String,
+        /// Missing, or not in the description.
+        reason: &'static str,
+    },
     /// A verity error.
     #[error(transparent)]
     Verity(#[from] keel_verity::Error),

@@ -1,9 +1,10 @@
-//! The payload format, version 2. All integers little-endian.
+//! The payload format, versions 2 (one image) and 3 (a bundle of images). All integers
+//! little-endian.
 //!
 //! ```text
 //! header     64 bytes
 //!   0   8  magic "KEELPAYL"
-//!   8   4  format version, 2
+//!   8   4  format version: 2 (the manifest below), or 3 (a bundle manifest, further down)
 //!   12  4  reserved, 0
 //!   16  8  manifest length M (at most 64 MiB)
 //!   24  8  data length D (the blobs)
@@ -95,6 +96,25 @@
 //! Every count and length is checked against the bytes present before anything is
 //! allocated; the operations' data must follow each other from offset 0 and end at D.
 //!
+//! A bundle (format version 3) carries several images under one signature: a new kernel
+//! and a new root switched together. Its manifest (compressed and signed as above) is:
+//!
+//! ```text
+//! u16 image count (1..=16), then each image:
+//!   u16 name length (1..=64), name: what the image installs into, named as the system
+//!       description names it (`usr`, `kernel`); ASCII letters, digits, `.`, `_`, `-`
+//!   u8  kind: 0 a partition of each slot of the class, 1 a file of each slot on a shared
+//!       file system (the ESP)
+//!   u64 the image's data length
+//!   u32 body length, then the body: the image's manifest in the version 2 form above
+//!       (its data offsets from the image's first data byte; every image's compatible
+//!       string and version the same)
+//! ```
+//!
+//! The images' data follow each other in the data area in image order, each as the
+//! version 2 layout; the data lengths add up to the header's. Names are unique. An
+//! applier installs the images one after another from the one stream.
+//!
 //! The manifest is compressed because its extents and counts are mostly small numbers:
 //! on a 512 MiB root filesystem pair it shrinks from 186 to 68 KB. The signature covers
 //! the compressed bytes, so nothing is decompressed before it is verified, and
@@ -104,8 +124,12 @@ use crate::error::{Error, Result};
 
 /// The magic.
 pub const MAGIC: [u8; 8] = *b"KEELPAYL";
-/// The format version this crate writes and reads.
+/// The format version of a payload of one image, which this crate writes and reads.
 pub const FORMAT_VERSION: u32 = 2;
+/// The format version of a bundle of images.
+pub const BUNDLE_VERSION: u32 = 3;
+/// Most images in a bundle.
+pub const MAX_IMAGES: usize = 16;
 /// Header size.
 pub const HEADER_SIZE: usize = 64;
 /// Signature size.
@@ -291,6 +315,8 @@ pub struct Manifest {
 /// The fixed header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// [`FORMAT_VERSION`], or [`BUNDLE_VERSION`] for a bundle.
+    pub version: u32,
     /// Manifest length.
     pub manifest_len: u64,
     /// Data length.
@@ -304,7 +330,7 @@ impl Header {
     pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
         b[..8].copy_from_slice(&MAGIC);
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[16..24].copy_from_slice(&self.manifest_len.to_le_bytes());
         b[24..32].copy_from_slice(&self.data_len.to_le_bytes());
         b[32..64].copy_from_slice(&self.key_id);
@@ -322,11 +348,11 @@ impl Header {
             return Err(bad("magic", 0, "expected \"KEELPAYL\"".into()));
         }
         let v = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-        if v != FORMAT_VERSION {
+        if v != FORMAT_VERSION && v != BUNDLE_VERSION {
             return Err(bad(
                 "format version",
                 8,
-                format!("expected {FORMAT_VERSION}, found {v}"),
+                format!("expected {FORMAT_VERSION} or {BUNDLE_VERSION}, found {v}"),
             ));
         }
         if b[12..16] != [0; 4] {
@@ -344,6 +370,7 @@ impl Header {
         let mut key_id = [0u8; 32];
         key_id.copy_from_slice(&b[32..64]);
         Ok(Header {
+            version: v,
             manifest_len,
             data_len,
             key_id,
@@ -524,8 +551,14 @@ pub fn unpack_manifest(packed: &[u8]) -> Result<Vec<u8>> {
 /// length: every field, every extent inside its image, every blob inside the data area
 /// and in order.
 pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
+    parse_manifest_at(b, data_len, HEADER_SIZE as u64)
+}
+
+/// [`parse_manifest`] of bytes that start at `base` in the (unpacked) manifest, for the
+/// offsets errors name.
+fn parse_manifest_at(b: &[u8], data_len: u64, base: u64) -> Result<Manifest> {
     let mut r = Reader {
-        c: keel_io::Cursor::new(b, HEADER_SIZE as u64),
+        c: keel_io::Cursor::new(b, base),
     };
     let bs = r.u32("block size")?;
     if u64::from(bs) != BLOCK_SIZE {
@@ -683,6 +716,137 @@ pub fn parse_manifest(b: &[u8], data_len: u64) -> Result<Manifest> {
         operations: ops,
         recompressor,
     })
+}
+
+/// What a bundle's image installs into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ImageKind {
+    /// A partition of each slot of a class (`usr`, `root`, ChromeOS's `kernel`).
+    Slot,
+    /// A file of each slot on a file system the slots share (a kernel, an initrd, a UKI
+    /// on the ESP).
+    File,
+}
+
+impl ImageKind {
+    /// Its name in listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageKind::Slot => "slot",
+            ImageKind::File => "file",
+        }
+    }
+}
+
+/// One image of a payload: a bundle's, or a version 2 payload's only one (named `""`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleImage {
+    /// What it installs into, as the system description names it.
+    pub name: String,
+    /// A partition per slot, or a file per slot.
+    pub kind: ImageKind,
+    /// Its bytes in the data area (they follow the earlier images').
+    pub data_len: u64,
+    /// Its manifest, data offsets from its first data byte.
+    pub manifest: Manifest,
+}
+
+/// Whether `name` may name a bundle's image.
+pub fn valid_image_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Encode a bundle's manifest (before [`pack_manifest`]).
+pub fn encode_bundle(images: &[BundleImage]) -> Vec<u8> {
+    let mut w = Writer(Vec::new());
+    w.u16(images.len() as u16);
+    for i in images {
+        w.u16(i.name.len() as u16);
+        w.bytes(i.name.as_bytes());
+        w.u8(match i.kind {
+            ImageKind::Slot => 0,
+            ImageKind::File => 1,
+        });
+        w.u64(i.data_len);
+        let body = encode_manifest(&i.manifest);
+        w.u32(body.len() as u32);
+        w.bytes(&body);
+    }
+    w.0
+}
+
+/// Parse a bundle's manifest bytes (whose signature has been checked) against the
+/// header's data length: each image's name, kind and body (checked as a version 2
+/// manifest against the image's own data length), the names unique, one compatible
+/// string and version, the data lengths adding up.
+pub fn parse_bundle(b: &[u8], data_len: u64) -> Result<Vec<BundleImage>> {
+    let mut r = Reader {
+        c: keel_io::Cursor::new(b, HEADER_SIZE as u64),
+    };
+    let n = r.u16("image count")? as usize;
+    if n == 0 || n > MAX_IMAGES {
+        return Err(r.err("image count", format!("{n}: expected 1 to {MAX_IMAGES}")));
+    }
+    let mut images: Vec<BundleImage> = Vec::with_capacity(n);
+    let mut total = 0u64;
+    for i in 0..n {
+        let name = r.text("image name", 64)?;
+        if !valid_image_name(&name) {
+            return Err(r.err(
+                "image name",
+                format!("image {i}: {name:?}: letters, digits, '.', '_' and '-' only"),
+            ));
+        }
+        if images.iter().any(|o| o.name == name) {
+            return Err(r.err("image name", format!("image {i}: {name:?} twice")));
+        }
+        let kind = match r.u8("image kind")? {
+            0 => ImageKind::Slot,
+            1 => ImageKind::File,
+            k => return Err(r.err("image kind", format!("image {i}: {k}: expected 0 or 1"))),
+        };
+        let len = r.u64("image data length")?;
+        total = total
+            .checked_add(len)
+            .ok_or_else(|| r.err("image data length", "the lengths overflow"))?;
+        let body_len = r.u32("image body length")? as usize;
+        let base = r.c.offset();
+        let body = r.take(body_len, "image body")?;
+        let manifest = parse_manifest_at(body, len, base)?;
+        if let Some(first) = images.first() {
+            let m = &first.manifest;
+            if (&manifest.compatible, &manifest.version) != (&m.compatible, &m.version) {
+                return Err(Error::BadField {
+                    field: "image body",
+                    offset: base,
+                    reason: format!(
+                        "image {i} ({name}) is for {} {}, image 0 for {} {}",
+                        manifest.compatible, manifest.version, m.compatible, m.version
+                    ),
+                });
+            }
+        }
+        images.push(BundleImage {
+            name,
+            kind,
+            data_len: len,
+            manifest,
+        });
+    }
+    if total != data_len {
+        return Err(r.err(
+            "data length",
+            format!("the images use {total} bytes, the header says {data_len}"),
+        ));
+    }
+    if r.c.remaining() != 0 {
+        return Err(r.err("manifest", format!("{} bytes left over", r.c.remaining())));
+    }
+    Ok(images)
 }
 
 pub use crate::bspatch::bspatch;

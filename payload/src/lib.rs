@@ -69,12 +69,14 @@ mod testdata;
 mod version;
 
 pub use apply::{
-    apply, apply_files, read_manifest, read_manifest_at, same_file, Applied, ApplyOptions, Payload,
-    RecordDiscarded, VersionCheck, MAX_RESUMES,
+    apply, apply_files, read_images_at, read_manifest, read_manifest_at, same_file, Applied,
+    ApplyOptions, Payload, RecordDiscarded, VersionCheck, MAX_RESUMES,
 };
 pub use codec::recompress::{recompressor, recompressors};
 pub use error::{Error, Result, Section, TargetCheck};
-pub use format::{Extent, Manifest, OpType, Operation};
+pub use format::{BundleImage, Extent, ImageKind, Manifest, OpType, Operation};
 pub use fs::{erofs, ext4, squashfs};
-pub use generate::{assemble, generate, generate_observed, GenerateOptions};
+pub use generate::{
+    assemble, generate, generate_bundle, generate_observed, BundlePart, GenerateOptions,
+};
 pub use keel_io::{Cancel, Cancelled, Progress, Threads};

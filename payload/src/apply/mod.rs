@@ -17,8 +17,9 @@ use crate::codec::recompress::{codec_of, recompressor_for};
 use crate::codec::{xz, zstd};
 use crate::error::{Error, Result, Section, TargetCheck};
 use crate::format::{
-    bspatch, image_digest, parse_manifest, sha256, unpack_manifest, Extent, Header, Manifest,
-    OpType, Operation, Version, BLOCK_SIZE, HEADER_SIZE, SIGNATURE_SIZE,
+    bspatch, image_digest, parse_bundle, parse_manifest, sha256, unpack_manifest, BundleImage,
+    Extent, Header, ImageKind, Manifest, OpType, Operation, Version, BLOCK_SIZE, BUNDLE_VERSION,
+    HEADER_SIZE, SIGNATURE_SIZE,
 };
 
 /// What the payload's version is checked against before anything is written.
@@ -229,6 +230,17 @@ pub fn read_manifest_at<R: Read>(
     keyring: &Keyring,
     now: u64,
 ) -> Result<(Header, Manifest, [u8; 32])> {
+    let (header, mut images, id) = read_images_at(r, keyring, now)?;
+    Ok((header, images.swap_remove(0).manifest, id))
+}
+
+/// [`read_manifest_at`] giving every image: a bundle's, or a version 2 payload's one
+/// (named `""`, a slot image). A bundle's first image is what [`read_manifest_at`] gives.
+pub fn read_images_at<R: Read>(
+    r: &mut R,
+    keyring: &Keyring,
+    now: u64,
+) -> Result<(Header, Vec<BundleImage>, [u8; 32])> {
     let mut hb = [0u8; HEADER_SIZE];
     read_exact(r, &mut hb, Section::Header)?;
     let header = Header::parse(&hb)?;
@@ -240,8 +252,18 @@ pub fn read_manifest_at<R: Read>(
     let mut sig = [0u8; SIGNATURE_SIZE];
     read_exact(r, &mut sig, Section::Signature)?;
     keyring.verify(&key_id, Context::Payload, &signed, &sig, now)?;
-    let manifest = parse_manifest(&unpack_manifest(&signed[HEADER_SIZE..])?, header.data_len)?;
-    Ok((header, manifest, sha256(&signed)))
+    let raw = unpack_manifest(&signed[HEADER_SIZE..])?;
+    let images = if header.version == BUNDLE_VERSION {
+        parse_bundle(&raw, header.data_len)?
+    } else {
+        vec![BundleImage {
+            name: String::new(),
+            kind: ImageKind::Slot,
+            data_len: header.data_len,
+            manifest: parse_manifest(&raw, header.data_len)?,
+        }]
+    };
+    Ok((header, images, sha256(&signed)))
 }
 
 fn read_extents<S: ReadAt + ?Sized>(
@@ -383,18 +405,34 @@ pub struct Payload<R> {
     /// How to move forward past applied data: read and drop, or seek.
     skip: fn(&mut R, u64) -> io::Result<u64>,
     header: Header,
-    manifest: Manifest,
+    /// Its images (one for a version 2 payload).
+    images: Vec<BundleImage>,
     id: [u8; 32],
+    /// The image the stream is at: the next one to apply or skip.
+    next: usize,
 }
 
 impl<R> std::fmt::Debug for Payload<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Payload")
-            .field("compatible", &self.manifest.compatible)
-            .field("version", &self.manifest.version)
+            .field("compatible", &self.images[0].manifest.compatible)
+            .field("version", &self.images[0].manifest.version)
+            .field("images", &self.images.len())
             .field("id", &hex::encode(self.id))
             .finish_non_exhaustive()
     }
+}
+
+/// What image `index`'s resume record is tied to: the payload's identity for its first
+/// image (a version 2 payload's record as before), bound to the index for the others.
+fn record_id(id: &[u8; 32], index: usize) -> [u8; 32] {
+    if index == 0 {
+        return *id;
+    }
+    let mut b = id.to_vec();
+    b.extend_from_slice(b"image");
+    b.extend_from_slice(&(index as u64).to_le_bytes());
+    sha256(&b)
 }
 
 fn read_and_drop<R: Read>(r: &mut R, n: u64) -> io::Result<u64> {
@@ -419,19 +457,33 @@ impl<R: Read> Payload<R> {
     /// [`Payload::open`] with the keys' dates checked against `now` (seconds since the
     /// epoch).
     pub fn open_at(mut reader: R, keyring: &Keyring, now: u64) -> Result<Self> {
-        let (header, manifest, id) = read_manifest_at(&mut reader, keyring, now)?;
+        let (header, images, id) = read_images_at(&mut reader, keyring, now)?;
         Ok(Payload {
             reader,
             skip: read_and_drop::<R>,
             header,
-            manifest,
+            images,
             id,
+            next: 0,
         })
     }
 
-    /// The signed manifest.
+    /// The signed manifest: a bundle's first image's (every image has the bundle's
+    /// compatible string and version; [`Payload::images`] has them all).
     pub fn manifest(&self) -> &Manifest {
-        &self.manifest
+        &self.images[0].manifest
+    }
+
+    /// The images, in the order they come: one for a version 2 payload (named `""`),
+    /// several for a bundle.
+    pub fn images(&self) -> &[BundleImage] {
+        &self.images
+    }
+
+    /// The image the next [`Payload::apply_next`] or [`Payload::skip_next`] reads, if
+    /// any is left.
+    pub fn next_image(&self) -> Option<&BundleImage> {
+        self.images.get(self.next)
     }
 
     /// The payload's identity: the SHA-256 of its signed header and manifest, which bind
@@ -457,18 +509,21 @@ impl<R: Read> Payload<R> {
     /// gives it ([`ApplyOptions::source_digest`]; otherwise [`Payload::apply`] hashes the
     /// source first). [`Payload::apply`] makes these checks again.
     pub fn check(&self, opts: &ApplyOptions<'_>) -> Result<()> {
-        let m = &self.manifest;
-        check_release(m, opts)?;
-        if let Some(needs) = &m.recompressor {
-            let have = recompressor_for(codec_of(needs));
-            if *needs != have {
-                return Err(Error::Recompressor {
-                    needs: needs.clone(),
-                    have,
-                });
+        check_release(self.manifest(), opts)?;
+        for image in &self.images {
+            if let Some(needs) = &image.manifest.recompressor {
+                let have = recompressor_for(codec_of(needs));
+                if *needs != have {
+                    return Err(Error::Recompressor {
+                        needs: needs.clone(),
+                        have,
+                    });
+                }
             }
         }
-        if let (Some(id), Some((size, digest))) = (m.source, opts.source_digest) {
+        // The source the caller vouches for is the next image's.
+        let next = self.images.get(self.next).and_then(|i| i.manifest.source);
+        if let (Some(id), Some((size, digest))) = (next, opts.source_digest) {
             if size == id.size && digest != id.digest {
                 return Err(Error::SourceModified { op: None });
             }
@@ -492,7 +547,29 @@ impl<R: Read> Payload<R> {
     /// record, so the next run starts over. The record is the only state: where the data of
     /// the resume point lies follows from the signed manifest.
     pub fn apply<S, T>(
-        self,
+        mut self,
+        source: Option<&S>,
+        target: &mut T,
+        opts: &ApplyOptions<'_>,
+    ) -> Result<Applied>
+    where
+        S: ReadAt + ?Sized,
+        T: ReadAt + WriteAt,
+    {
+        if self.images.len() > 1 {
+            return Err(Error::Bundle {
+                images: self.images.len(),
+            });
+        }
+        self.apply_next(source, target, opts)
+    }
+
+    /// Apply the next image of the payload (a bundle's images one after another, from the
+    /// one stream) as [`Payload::apply`] applies a payload of one image, into its own
+    /// target and with its own resume record ([`ApplyOptions::state`]: one per image).
+    /// After an error the payload has no image left: open it again to go on.
+    pub fn apply_next<S, T>(
+        &mut self,
         source: Option<&S>,
         target: &mut T,
         opts: &ApplyOptions<'_>,
@@ -506,10 +583,33 @@ impl<R: Read> Payload<R> {
         })
     }
 
-    /// [`Payload::apply`], with the target's identity for the resume record and a step that
-    /// returns the target's size once the image's is known (and may grow a file to it).
+    /// Move past the next image without applying it (one a resumed install found in
+    /// place already): its data are skipped as a resumed apply skips what it applied.
+    pub fn skip_next(&mut self) -> Result<()> {
+        let index = self.next;
+        let Some(image) = self.images.get(index) else {
+            return Err(Error::NoImageLeft);
+        };
+        let len = image.data_len;
+        self.next = self.images.len();
+        let skipped =
+            (self.skip)(&mut self.reader, len).map_err(|e| Error::io("skipping an image", e))?;
+        if skipped < len {
+            return Err(Error::Truncated {
+                section: Section::Data,
+                got: skipped,
+                expected: len,
+            });
+        }
+        self.next = index + 1;
+        Ok(())
+    }
+
+    /// [`Payload::apply_next`], with the target's identity for the resume record and a
+    /// step that returns the target's size once the image's is known (and may grow a file
+    /// to it).
     fn apply_to<S, T>(
-        self,
+        &mut self,
         source: Option<&S>,
         target: &mut T,
         opts: &ApplyOptions<'_>,
@@ -520,14 +620,17 @@ impl<R: Read> Payload<R> {
         S: ReadAt + ?Sized,
         T: ReadAt + WriteAt,
     {
+        let index = self.next;
+        let Some(image) = self.images.get(index) else {
+            return Err(Error::NoImageLeft);
+        };
+        let manifest = image.manifest.clone();
         self.check(opts)?;
-        let Payload {
-            reader: mut payload,
-            skip,
-            manifest,
-            id: payload_id,
-            ..
-        } = self;
+        // Part way through an image the stream is nowhere a later call could start from.
+        self.next = self.images.len();
+        let payload_id = record_id(&self.id, index);
+        let skip = self.skip;
+        let payload = &mut self.reader;
         let target_size = manifest.target.size;
         check_source(&manifest, source, opts.source_digest)?;
         if let Some(path) = opts.state {
@@ -557,7 +660,7 @@ impl<R: Read> Payload<R> {
             None => (fresh, None),
         };
         let resumed_at = state.next_op as usize;
-        skip_applied_data(&mut payload, skip, &manifest, resumed_at)?;
+        skip_applied_data(payload, skip, &manifest, resumed_at)?;
         let total: u64 = manifest
             .operations
             .iter()
@@ -583,7 +686,7 @@ impl<R: Read> Payload<R> {
                 }
                 return Err(Error::Cancelled);
             }
-            let out = build_op(&mut payload, i, &manifest, source, &*target, &mut reference)?;
+            let out = build_op(payload, i, &manifest, source, &*target, &mut reference)?;
             let len = (op.target_blocks() * BLOCK_SIZE) as usize;
             write_op(i, op, out.as_deref(), target, target_size)?;
             if opts.state.is_some() {
@@ -619,6 +722,7 @@ impl<R: Read> Payload<R> {
         if let Some(path) = opts.state {
             State::remove(path)?;
         }
+        self.next = index + 1;
         Ok(Applied {
             manifest,
             resumed_at,
@@ -839,7 +943,23 @@ pub fn apply_files<R: Read>(
 impl<R: Read> Payload<R> {
     /// [`Payload::apply`] between files, as [`apply_files`].
     pub fn apply_file(
-        self,
+        mut self,
+        source: Option<&std::fs::File>,
+        target: &mut std::fs::File,
+        opts: &ApplyOptions<'_>,
+    ) -> Result<Applied> {
+        if self.images.len() > 1 {
+            return Err(Error::Bundle {
+                images: self.images.len(),
+            });
+        }
+        self.apply_next_file(source, target, opts)
+    }
+
+    /// [`Payload::apply_next`] between files, as [`apply_files`]: a bundle's images one
+    /// after another, each into its own file or device.
+    pub fn apply_next_file(
+        &mut self,
         source: Option<&std::fs::File>,
         target: &mut std::fs::File,
         opts: &ApplyOptions<'_>,

@@ -417,6 +417,77 @@ pub fn generate_observed<S: Signer + ?Sized>(
     opts: &GenerateOptions,
     progress: Option<&dyn Progress>,
 ) -> Result<Vec<u8>> {
+    let (manifest, data) = build(source, target, opts, progress)?;
+    assemble(&manifest, &data, signer)
+}
+
+/// One image of a bundle to generate ([`generate_bundle`]).
+#[derive(Clone, Copy, Debug)]
+pub struct BundlePart<'a> {
+    /// What it installs into, as the system description names it (`usr`, `kernel`).
+    pub name: &'a str,
+    /// A partition per slot, or a file per slot.
+    pub kind: crate::format::ImageKind,
+    /// The image it is a delta from (`None`: full).
+    pub source: Option<&'a [u8]>,
+    /// The new image.
+    pub target: &'a [u8],
+    /// Its signed dm-verity root, where it is a verity slot.
+    pub verity: Option<&'a RootDescriptor>,
+}
+
+/// A signed bundle (format version 3): each part's image encoded as [`generate`] encodes
+/// one (a delta where it has a source, else full; its own dm-verity root), under one
+/// signature, with `opts`'s compatible string, version, level and threads for all. Each
+/// part's progress is reported in turn.
+pub fn generate_bundle<S: Signer + ?Sized>(
+    parts: &[BundlePart<'_>],
+    signer: &S,
+    opts: &GenerateOptions,
+    progress: Option<&dyn Progress>,
+) -> Result<Vec<u8>> {
+    use crate::format::{valid_image_name, BundleImage, MAX_IMAGES};
+    if parts.is_empty() || parts.len() > MAX_IMAGES {
+        return Err(Error::ManifestField {
+            field: "images",
+            reason: format!("{}: 1 to {MAX_IMAGES}", parts.len()),
+        });
+    }
+    let mut images: Vec<BundleImage> = Vec::new();
+    let mut data = Vec::new();
+    for p in parts {
+        if !valid_image_name(p.name) || images.iter().any(|i| i.name == p.name) {
+            return Err(Error::ManifestField {
+                field: "image name",
+                reason: format!(
+                    "{:?}: 1 to 64 letters, digits, '.', '_' or '-', each name once",
+                    p.name
+                ),
+            });
+        }
+        let mut o = opts.clone();
+        o.verity = p.verity.cloned();
+        let (manifest, bytes) = build(p.source, p.target, &o, progress)?;
+        check_texts(&manifest)?;
+        images.push(BundleImage {
+            name: p.name.to_string(),
+            kind: p.kind,
+            data_len: bytes.len() as u64,
+            manifest,
+        });
+        data.extend_from_slice(&bytes);
+    }
+    let m = pack_manifest(&crate::format::encode_bundle(&images))?;
+    sign_and_join(crate::format::BUNDLE_VERSION, &m, &data, signer)
+}
+
+/// The manifest and data of one image.
+fn build(
+    source: Option<&[u8]>,
+    target: &[u8],
+    opts: &GenerateOptions,
+    progress: Option<&dyn Progress>,
+) -> Result<(Manifest, Vec<u8>)> {
     let threads = opts.threads.count();
     let (src_len, tgt_len) = (source.map_or(0, <[u8]>::len) as u64, target.len() as u64);
     let total = src_len + 2 * tgt_len;
@@ -537,7 +608,7 @@ pub fn generate_observed<S: Signer + ?Sized>(
         operations,
         recompressor,
     };
-    assemble(&manifest, &data, signer)
+    Ok((manifest, data))
 }
 
 /// One operation to encode.
@@ -1033,6 +1104,13 @@ pub fn assemble<S: Signer + ?Sized>(
     data: &[u8],
     signer: &S,
 ) -> Result<Vec<u8>> {
+    check_texts(manifest)?;
+    let m = pack_manifest(&encode_manifest(manifest))?;
+    sign_and_join(crate::format::FORMAT_VERSION, &m, data, signer)
+}
+
+/// The compatible string and version a manifest may carry.
+fn check_texts(manifest: &Manifest) -> Result<()> {
     if manifest.compatible.is_empty() || manifest.compatible.len() > 256 {
         return Err(Error::ManifestField {
             field: "compatible",
@@ -1050,8 +1128,18 @@ pub fn assemble<S: Signer + ?Sized>(
         version: manifest.version.clone(),
         reason,
     })?;
-    let m = pack_manifest(&encode_manifest(manifest))?;
+    Ok(())
+}
+
+/// Header, packed manifest `m`, their signature, data.
+fn sign_and_join<S: Signer + ?Sized>(
+    version: u32,
+    m: &[u8],
+    data: &[u8],
+    signer: &S,
+) -> Result<Vec<u8>> {
     let header = Header {
+        version,
         manifest_len: m.len() as u64,
         data_len: data.len() as u64,
         key_id: signer.key_id().0,
@@ -1059,7 +1147,7 @@ pub fn assemble<S: Signer + ?Sized>(
     let h = header.to_bytes();
     let mut signed = Vec::with_capacity(h.len() + m.len());
     signed.extend_from_slice(&h);
-    signed.extend_from_slice(&m);
+    signed.extend_from_slice(m);
     let sig = signer.sign(Context::Payload, &signed)?;
     let mut out = signed;
     out.extend_from_slice(&sig);
