@@ -112,7 +112,16 @@ pub(crate) fn path_text(p: &[Seg]) -> String {
                 if !s.is_empty() {
                     s.push('.');
                 }
-                s.push_str(k);
+                // As TOML writes it: a key that is not bare is quoted, so `"a.b"` and
+                // `a.b` are two paths.
+                let bare = !k.is_empty()
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if bare {
+                    s.push_str(k);
+                } else {
+                    s.push_str(&format!("{k:?}"));
+                }
             }
             Seg::Index(i) => s.push_str(&format!("[{i}]")),
         }

@@ -120,13 +120,25 @@ fn merge(into: &mut Table, from: &Table, at: &[Seg], file: usize, origins: &mut 
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    line_col_in(text, &line_starts(text), offset)
+}
+
+/// Where each line of `text` starts: made once per file, so that locating many findings
+/// costs each one a search, not a scan of the text before it.
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
+fn line_col_in(text: &str, starts: &[usize], offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;
     }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let line = starts.partition_point(|&s| s <= offset).max(1);
+    let start = starts[line - 1];
+    let col = text[start..offset].chars().count() + 1;
     (line, col)
 }
 
@@ -270,28 +282,27 @@ pub fn load_sources(sources: &[(String, String)]) -> Loaded {
     // The shape first, all of it: unknown keys, missing fields, wrong types.
     let mut raws = crate::schema::check(&merged);
     let mut known = merged.clone();
-    for r in &raws {
+    // What has the wrong type goes (a missing key's finding is at its table: that stays).
+    for r in raws.iter().filter(|r| !r.message.starts_with("missing `")) {
         remove_path(&mut known, &r.path);
     }
     // Every finding at once: what is missing is stood in for, so the value rules run on
     // everything that is there; findings about the stand-ins are the shape's already.
-    let mut filled = Vec::new();
-    let fillable = crate::schema::fill_required(&mut known, &mut filled);
+    let filled = crate::schema::fill_required(&mut known);
     let mut config = None;
-    if fillable {
-        match serde_path_to_error::deserialize::<_, Config>(Value::Table(known)) {
-            Ok(c) => {
-                let stand_in = |r: &Raw| filled.iter().any(|p| r.path.starts_with(p));
-                raws.extend(validate(&c).into_iter().filter(|r| !stand_in(r)));
-                config = Some(c);
-            }
-            Err(e) if raws.is_empty() => {
-                let p = parse_serde_path(&e.path().to_string());
-                raws.push(Raw::error(p, e.inner().message().trim().to_string()));
-            }
-            Err(_) => {}
+    match serde_path_to_error::deserialize::<_, Config>(Value::Table(known)) {
+        Ok(c) => {
+            let stand_in = |r: &Raw| filled.iter().any(|p| r.path.starts_with(p));
+            raws.extend(validate(&c, &filled).into_iter().filter(|r| !stand_in(r)));
+            config = Some(c);
         }
+        Err(e) if raws.is_empty() => {
+            let p = parse_serde_path(&e.path().to_string());
+            raws.push(Raw::error(p, e.inner().message().trim().to_string()));
+        }
+        Err(_) => {}
     }
+    let starts: Vec<Vec<usize>> = srcs.iter().map(|s| line_starts(&s.text)).collect();
     let mut findings: Vec<Finding> = raws
         .into_iter()
         .map(|r| {
@@ -312,7 +323,9 @@ pub fn load_sources(sources: &[(String, String)]) -> Loaded {
                 .doc
                 .as_ref()
                 .and_then(|d| span_of(d, &local, r.at_key))
-                .map_or((1, 1), |s| line_col(&src.text, s.start));
+                .map_or((1, 1), |s| {
+                    line_col_in(&src.text, &starts[file.min(starts.len() - 1)], s.start)
+                });
             Finding {
                 severity: r.severity,
                 file: src.name.clone(),
@@ -339,6 +352,13 @@ fn remove_path(t: &mut Table, p: &[Seg]) {
         }
         [Seg::Key(k), rest @ ..] => match (t.get_mut(k), rest) {
             (Some(Value::Table(sub)), _) => remove_path(sub, rest),
+            // An item of the wrong type becomes an empty table (its fields are then
+            // stood in for): removing it would renumber the items after it.
+            (Some(Value::Array(a)), [Seg::Index(i)]) => {
+                if let Some(item) = a.get_mut(*i) {
+                    *item = Value::Table(Table::new());
+                }
+            }
             (Some(Value::Array(a)), [Seg::Index(i), tail @ ..]) => {
                 if let Some(Value::Table(sub)) = a.get_mut(*i) {
                     remove_path(sub, tail);
@@ -421,7 +441,7 @@ pub fn load_json(name: &str, text: &str) -> Loaded {
     let de = &mut serde_json::Deserializer::from_str(text);
     match serde_path_to_error::deserialize::<_, Config>(de) {
         Ok(c) => {
-            let mut findings: Vec<Finding> = validate(&c)
+            let mut findings: Vec<Finding> = validate(&c, &[])
                 .into_iter()
                 .map(|r| Finding {
                     severity: r.severity,

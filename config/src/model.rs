@@ -168,7 +168,7 @@ fn yes() -> bool {
 }
 
 /// How the description names a partition (`device`, `hash-device`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum DeviceRef {
     /// `PARTLABEL=...`.
     PartLabel(String),

@@ -137,7 +137,7 @@ fn table(t: &Table, fields: &[Field], at: &[Seg], out: &mut Vec<Raw>) {
                 .iter()
                 .filter(|f| !t.contains_key(f.key))
                 .map(|f| (distance(k, f.key), f.key))
-                .filter(|&(d, key)| d <= (key.len().max(k.len()) / 3).max(1))
+                .filter(|&(d, key)| d <= (key.len().max(k.chars().count()) / 3).max(1))
                 .min()
                 .map_or(String::new(), |(_, key)| format!("; did you mean `{key}`?"));
             out.push(Raw {
@@ -180,41 +180,47 @@ fn distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// Put a stand-in for every required text setting that is missing (or was removed for a
+/// Put a stand-in for every required setting that is missing (or was removed for a
 /// wrong type), so that the rest of the description can be deserialised and its value
 /// rules run in the same pass; returns the paths filled, whose own findings are the
-/// shape's. A missing table or choice (`boot`, `backend`) cannot be stood in for: `false`.
-pub(crate) fn fill_required(t: &mut Table, filled: &mut Vec<Vec<Seg>>) -> bool {
-    fill(t, TOP, &[], filled)
+/// shape's, and which the value rules leave out of their comparisons.
+pub(crate) fn fill_required(t: &mut Table) -> Vec<Vec<Seg>> {
+    let mut filled = Vec::new();
+    fill(t, TOP, &[], &mut filled);
+    filled
 }
 
-fn fill(t: &mut Table, fields: &[Field], at: &[Seg], filled: &mut Vec<Vec<Seg>>) -> bool {
-    let mut ok = true;
+fn fill(t: &mut Table, fields: &[Field], at: &[Seg], filled: &mut Vec<Vec<Seg>>) {
     for f in fields {
         let mut here = at.to_vec();
         here.push(Seg::Key(f.key.to_string()));
+        if t.get(f.key).is_none() && f.required {
+            let stand_in = match f.ty {
+                // No one types a NUL into a description: never a value of its own.
+                Ty::Str => Value::String(format!("\u{0}missing-{}", filled.len())),
+                Ty::OneOf(names) => Value::String(names[0].to_string()),
+                Ty::Table(_) => Value::Table(Table::new()),
+                Ty::Bool => Value::Boolean(false),
+                Ty::Int(min, _) => Value::Integer(min),
+                Ty::Tables(_) => Value::Array(Vec::new()),
+            };
+            t.insert(f.key.to_string(), stand_in);
+            filled.push(here.clone());
+        }
         match (t.get_mut(f.key), f.ty) {
-            (None, Ty::Str) if f.required => {
-                // Unique, so that stand-ins are never "the same device" or name.
-                let stand_in = format!("PARTLABEL=keel-missing-{}", filled.len());
-                t.insert(f.key.to_string(), Value::String(stand_in));
-                filled.push(here);
-            }
-            (None, _) if f.required => ok = false,
-            (Some(Value::Table(sub)), Ty::Table(inner)) => ok &= fill(sub, inner, &here, filled),
+            (Some(Value::Table(sub)), Ty::Table(inner)) => fill(sub, inner, &here, filled),
             (Some(Value::Array(items)), Ty::Tables(inner)) => {
                 for (i, item) in items.iter_mut().enumerate() {
                     let mut p = here.clone();
                     p.push(Seg::Index(i));
                     if let Value::Table(sub) = item {
-                        ok &= fill(sub, inner, &p, filled);
+                        fill(sub, inner, &p, filled);
                     }
                 }
             }
             _ => {}
         }
     }
-    ok
 }
 
 fn value(v: &Value, ty: Ty, at: &[Seg], out: &mut Vec<Raw>) {

@@ -37,8 +37,13 @@ fn owner(key: &str) -> &'static [Backend] {
     }
 }
 
-/// Every cross-field finding.
-pub(crate) fn validate(c: &Config) -> Vec<Raw> {
+/// Every cross-field finding. `stand_ins` are the settings the description lacks and
+/// the loader stood in for: they take part in no comparison (a missing class is not
+/// unpaired, a missing device is no other slot's), and rules that hang on them (the
+/// backend's) are left until they are there.
+pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Vec<Raw> {
+    let stood = |p: &Vec<crate::finding::Seg>| stand_ins.contains(p);
+    let backend_known = !stood(&path(&["boot", "backend"]));
     let mut out = Vec::new();
     macro_rules! err {
         ($p:expr, $m:expr $(,)?) => {
@@ -79,7 +84,7 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
         ("entries-dir", b.entries_dir.is_some()),
     ];
     for (key, present) in set {
-        if present && !owner(key).contains(&b.backend) {
+        if present && backend_known && !owner(key).contains(&b.backend) {
             let names: Vec<&str> = owner(key).iter().map(|b| b.name()).collect();
             err!(
                 path(&["boot", key]),
@@ -91,13 +96,13 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
             );
         }
     }
-    if b.backend == Backend::Uboot && b.env_file.is_none() {
+    if backend_known && b.backend == Backend::Uboot && b.env_file.is_none() {
         err!(
             path(&["boot", "backend"]),
             "the uboot backend needs `env-file`"
         );
     }
-    if b.backend == Backend::AndroidMisc && b.misc_device.is_none() {
+    if backend_known && b.backend == Backend::AndroidMisc && b.misc_device.is_none() {
         err!(
             path(&["boot", "backend"]),
             "the android-misc backend needs `misc-device`"
@@ -120,7 +125,7 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
         (path(&["boot", "attempts"]), b.attempts),
         (path(&["update", "tries"]), c.update.tries),
     ] {
-        if let Some(t) = t {
+        if let Some(t) = t.filter(|_| backend_known) {
             if t == 0 || t > max_tries {
                 err!(
                     p,
@@ -133,6 +138,23 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
         }
     }
 
+    // Paths the agent opens from wherever it runs: relative ones would depend on its
+    // working directory.
+    for (key, value) in [
+        ("disk", &b.disk),
+        ("grubenv", &b.grubenv),
+        ("env-file", &b.env_file),
+        ("fw-env-config", &b.fw_env_config),
+        ("entries-dir", &b.entries_dir),
+    ] {
+        if let Some(v) = value.as_deref().filter(|v| !v.starts_with('/')) {
+            err!(
+                path(&["boot", key]),
+                format!("{v:?}: an absolute path is needed (the agent runs from any directory)")
+            );
+        }
+    }
+
     // [[slot]]
     if c.slots.len() < 2 {
         err!(
@@ -142,24 +164,34 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut classes: HashMap<&str, Vec<usize>> = HashMap::new();
+    // A class missing somewhere: which slots pair cannot be told.
+    let mut classes_known = true;
     // Compared as what they name (a GUID in any case, a path without `//` or `/./`),
     // not as strings; the agent also resolves them on the disk (a label and a GUID of one
     // partition), which only the disk can tell.
-    let mut devices: Vec<(crate::DeviceRef, usize, &str)> = Vec::new();
+    let mut devices: HashMap<crate::DeviceRef, (usize, &str)> = HashMap::new();
     for (i, s) in c.slots.iter().enumerate() {
         let at = |k: &str| with_index(path(&["slot"]), i, k);
-        if let Some(first) = names.insert(&s.name, i) {
-            err!(
-                at("name"),
-                format!("slot name {:?} is already used by slot[{first}]", s.name)
-            );
+        if !stood(&at("name")) {
+            if let Some(first) = names.insert(&s.name, i) {
+                err!(
+                    at("name"),
+                    format!("slot name {:?} is already used by slot[{first}]", s.name)
+                );
+            }
         }
-        classes.entry(&s.class).or_default().push(i);
+        if stood(&at("class")) {
+            classes_known = false;
+        } else {
+            classes.entry(&s.class).or_default().push(i);
+        }
         for (key, dev) in [
             ("device", Some(&s.device)),
             ("hash-device", s.hash_device.as_ref()),
         ] {
-            let Some(dev) = dev else { continue };
+            let Some(dev) = dev.filter(|_| !stood(&at(key))) else {
+                continue;
+            };
             let parsed = match crate::DeviceRef::parse(dev) {
                 Ok(crate::DeviceRef::Path(p)) => {
                     crate::DeviceRef::Path(p.components().collect::<std::path::PathBuf>())
@@ -172,22 +204,22 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
             };
             // A device written by two slots (or as data and tree) would be overwritten
             // by an install while the running slot reads it.
-            if let Some((_, j, other)) = devices.iter().find(|(d, _, _)| *d == parsed) {
-                err!(at(key), format!("{dev:?} is already slot[{j}].{other}"));
+            match devices.get(&parsed) {
+                Some((j, other)) => err!(at(key), format!("{dev:?} is already slot[{j}].{other}")),
+                None => {
+                    devices.insert(parsed, (i, key));
+                }
             }
-            devices.push((parsed, i, key));
         }
         let separate = c
             .verity
             .as_ref()
             .is_some_and(|v| v.hash_tree == HashTreeLocation::Separate);
         match (separate, &s.hash_device) {
+            // At the slot's table, the key being missing (and its name maybe too).
             (true, None) => err!(
-                at("name"),
-                format!(
-                    "slot {:?} needs `hash-device`: [verity] hash-tree = \"separate\"",
-                    s.name
-                )
+                at(""),
+                "needs `hash-device`: [verity] hash-tree = \"separate\"".to_string()
             ),
             (false, Some(_)) => err!(
                 at("hash-device"),
@@ -208,7 +240,8 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
             }
         }
         if let Some(bn) = &s.bootname {
-            let gpt = matches!(c.boot.backend, Backend::GptChromeos | Backend::GptFlatcar);
+            let gpt = backend_known
+                && matches!(c.boot.backend, Backend::GptChromeos | Backend::GptFlatcar);
             if !["A", "B", "C", "D"].contains(&bn.as_str()) {
                 err!(at("bootname"), format!("{bn:?}: expected A, B, C or D"));
             } else if gpt && !["A", "B"].contains(&bn.as_str()) {
@@ -232,7 +265,7 @@ pub(crate) fn validate(c: &Config) -> Vec<Raw> {
     }
     let mut classes: Vec<(&str, Vec<usize>)> = classes.into_iter().collect();
     classes.sort_by_key(|(_, v)| v[0]);
-    for (class, members) in &classes {
+    for (class, members) in classes.iter().filter(|_| classes_known) {
         if members.len() != 2 {
             out.push(Raw::error(
                 with_index(path(&["slot"]), members[0], "class"),

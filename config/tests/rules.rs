@@ -74,6 +74,23 @@ fn expect(from: &str, to: &str, path: &str, line: usize, col: usize, msg: &str) 
 
 #[test]
 fn every_rule_has_a_failing_case() {
+    // A path relative to whatever directory the agent runs in; an empty one.
+    expect(
+        "backend = \"gpt-flatcar\"",
+        "backend = \"gpt-flatcar\"\ndisk = \"images/disk.img\"",
+        "boot.disk",
+        6,
+        8,
+        "an absolute path is needed",
+    );
+    expect(
+        "backend = \"gpt-flatcar\"",
+        "backend = \"gpt-flatcar\"\ndisk = \"\"",
+        "boot.disk",
+        6,
+        8,
+        "an absolute path is needed",
+    );
     expect(
         "version = \"1\"",
         "version = \"2.0\"",
@@ -285,9 +302,9 @@ fn every_rule_has_a_failing_case() {
     expect(
         "algorithm = \"sha256\"",
         "algorithm = \"sha256\"\nhash-tree = \"separate\"",
-        "slot[0].name",
-        8,
-        8,
+        "slot[0]",
+        7,
+        1,
         "needs `hash-device`",
     );
     expect(
@@ -842,4 +859,92 @@ tries = 0
     assert_eq!(got[1].0, "slot[1].name");
     assert_eq!(got[2].0, "trust");
     assert!(!format!("{got:?}").contains("keel-missing"));
+}
+
+/// What an outside attack on "every finding at once" found: settings stood in for take
+/// part in no comparison and hide no other rule, items and tables of the wrong type stand
+/// in too, a backend that is not one leaves its own rules only, paths are unambiguous, and
+/// many findings cost each a search.
+#[test]
+fn stand_ins_neither_hide_nor_invent_findings() {
+    let head = "version = \"2\"\ncompatible = \"x\"\n[boot]\nbackend = \"gpt-flatcar\"\n";
+    let paths = |text: &str| -> Vec<String> {
+        one(text)
+            .findings
+            .iter()
+            .map(|f| format!("{}: {}", f.path, f.message))
+            .collect()
+    };
+    // A slot without a name still needs its hash device; one without a class leaves the
+    // other's pairing untold, not wrong; one without a device is no other's device.
+    let got = paths(&format!(
+        "{head}[verity]\nhash-tree = \"separate\"\n\
+         [[slot]]\nname = \"a\"\nclass = \"usr\"\ndevice = \"PARTLABEL=A\"\nhash-device = \"PARTLABEL=HA\"\n\
+         [[slot]]\nclass = \"usr\"\ndevice = \"PARTLABEL=B\"\n\
+         [[slot]]\nname = \"c\"\ndevice = \"PARTLABEL=C\"\nhash-device = \"PARTLABEL=HC\"\n\
+         [[slot]]\nname = \"d\"\nclass = \"k\"\nhash-device = \"PARTLABEL=HD\"\n"
+    ));
+    let has = |p: &str| got.iter().any(|g| g.starts_with(p));
+    assert!(has("version: schema version 2"), "{got:#?}");
+    assert!(has("slot[1]: missing `name`"), "{got:#?}");
+    assert!(has("slot[1]: needs `hash-device`"), "{got:#?}");
+    assert!(!got.iter().any(|g| g.contains("missing-")), "{got:#?}");
+    assert!(has("slot[2]: missing `class`"), "{got:#?}");
+    assert!(has("slot[3]: missing `device`"), "{got:#?}");
+    assert!(!got.iter().any(|g| g.contains("come in pairs")), "{got:#?}");
+    assert!(!got.iter().any(|g| g.contains("is already")), "{got:#?}");
+    // Items and tables of the wrong type, a backend that is not one: their own findings,
+    // and the value rules still run on the rest.
+    for broken in [
+        "[[slot]]\nname = \"a\"\nclass = \"usr\"\ndevice = \"PARTLABEL=A\"\n[[slot]]\nname = \"b\"\nclass = \"usr\"\ndevice = \"PARTLABEL=A\"\n[trust]\nkey = [\"k\"]\n",
+        "slot = [1, \"a\"]\n",
+    ] {
+        let got = paths(&format!("{head}{broken}"));
+        assert!(got.iter().any(|g| g.starts_with("version: schema version 2")), "{got:#?}");
+    }
+    let got = paths(
+        "version = \"2\"\ncompatible = \"x\"\n[boot]\nbackend = \"gpt-flatcr\"\ngrubenv = \"/g\"\n",
+    );
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("boot.backend: expected one of")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("version: schema version 2")),
+        "{got:#?}"
+    );
+    assert!(!got.iter().any(|g| g.contains("belongs to")), "{got:#?}");
+    // Quoted keys stay quoted; a key in another script gets no guess.
+    let got = paths(&format!(
+        "{head}[update]\n\"a.b\" = 1\n\"\" = 2\n\"日本語字\" = 3\n"
+    ));
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("update.\"a.b\": unknown key")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("update.\"\": unknown key")),
+        "{got:#?}"
+    );
+    assert!(!got.iter().any(|g| g.contains("did you mean")), "{got:#?}");
+    // Twenty thousand unknown keys: twenty thousand findings, each at its own line.
+    let mut text = String::new();
+    for i in 0..20_000 {
+        text.push_str(&format!("unknown{i} = {i}\n"));
+    }
+    text.push_str(head);
+    let l = one(&text);
+    let unknown: Vec<_> = l
+        .findings
+        .iter()
+        .filter(|f| f.path.starts_with("unknown"))
+        .collect();
+    assert_eq!(unknown.len(), 20_000);
+    assert!(unknown
+        .iter()
+        .all(|f| f.line == 1 + f.path[7..].parse::<usize>().unwrap()));
 }

@@ -155,6 +155,8 @@ pub(crate) fn build(dir: &Path, slot_bytes: u64, backend: &str) -> Res<Demo> {
     }
     // The filesystem takes 7/8 of the slot; its dm-verity tree follows it in the slot.
     let image_bytes = (slot_bytes / 8 * 7) / 4096 * 4096;
+    // Absolute: the description is read by an agent running from any directory.
+    let dir = &std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let disk = dir.join("disk.img");
     let disk_f = File::options()
         .read(true)

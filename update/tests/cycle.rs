@@ -1517,6 +1517,25 @@ fn a_handle_on_another_disk_than_the_descriptions_is_refused() {
         fs::read(&copy).unwrap() == before,
         "the other disk was written"
     );
+    // Named as the disk path it was opened from, it is still not `boot.disk`.
+    let e = agent(&f, f.system(), &other)
+        .disk_path(&copy)
+        .install(&payload[..], None)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::WrongDisk {
+                field: "boot.disk",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        fs::read(&copy).unwrap() == before,
+        "the other disk was written"
+    );
     let disk = open_rw(&f.disk());
     agent(&f, f.system(), &disk)
         .install(&payload[..], None)

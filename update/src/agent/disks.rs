@@ -112,25 +112,34 @@ where
         let Some(given) = self.disk.file_id() else {
             return Ok(());
         };
-        let (field, path) = match (&self.disk_path, &self.system.disk) {
-            (Some(p), _) => ("the disk path given to the agent", p.clone()),
-            (None, Some(p)) => ("boot.disk", p.clone()),
-            (None, None) => match crate::booted::boot_disk(&self.root) {
-                Ok(p) => ("the disk the kernel booted from", p),
-                Err(_) => return Ok(()),
-            },
-        };
-        let named: Vec<_> = [
-            path.clone(),
-            keel_bootflags::spec::under_root(&self.root, &path),
-        ]
-        .iter()
-        .filter_map(|p| crate::devices::identity(p))
-        .collect();
-        if named.is_empty() || named.contains(&given) {
-            return Ok(());
+        // Every name the disk has must be the handle: the description's `boot.disk`
+        // (which a disk path given to the agent cannot override), the path given, else
+        // the disk the kernel booted from.
+        let mut named: Vec<(&'static str, std::path::PathBuf)> = Vec::new();
+        if let Some(p) = &self.system.disk {
+            named.push(("boot.disk", p.clone()));
         }
-        Err(Error::WrongDisk { field, path })
+        if let Some(p) = &self.disk_path {
+            named.push(("the disk path given to the agent", p.clone()));
+        }
+        if named.is_empty() {
+            if let Ok(p) = crate::booted::boot_disk(&self.root) {
+                named.push(("the disk the kernel booted from", p));
+            }
+        }
+        for (field, path) in named {
+            let ids: Vec<_> = [
+                path.clone(),
+                keel_bootflags::spec::under_root(&self.root, &path),
+            ]
+            .iter()
+            .filter_map(|p| crate::devices::identity(p))
+            .collect();
+            if !ids.is_empty() && !ids.contains(&given) {
+                return Err(Error::WrongDisk { field, path });
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn disk_identities(&self) -> Vec<crate::devices::Identity> {

@@ -47,10 +47,11 @@ where
     /// An agent for `system` on `disk`, reading the running system under `/` and keeping
     /// its records in `/var/lib/keel`.
     ///
-    /// `disk` must be the disk the description names: the path given with
-    /// [`Agent::disk_path`], else `boot.disk`, else the disk the kernel booted from. A
-    /// handle that is another file or device (by identity) is refused before anything is
-    /// read or written ([`Error::WrongDisk`](crate::Error::WrongDisk)).
+    /// `disk` must be the disk the description names: `boot.disk` when it is given (and the
+    /// path given with [`Agent::disk_path`], which must then be the same disk), else the
+    /// path given, else the disk the kernel booted from. A handle that is another file or
+    /// device (by identity, however it is spelled) is refused before anything is read or
+    /// written ([`Error::WrongDisk`](crate::Error::WrongDisk)).
     ///
     /// Under the root directory ([`Agent::root`]) the agent reads `/proc/cmdline` (the
     /// booted slot: `root=`, `usr=`, `mount.usr=`, `systemd.verity_*`, `roothash=`,
@@ -72,9 +73,9 @@ where
     }
 
     /// The path `disk` was opened from (on the running system, read under the root
-    /// directory), when it is not the description's `boot.disk`: slots named by a device
-    /// path are checked to be partitions of this disk. Without it, `boot.disk`, else the
-    /// disk the kernel booted from.
+    /// directory), for a description without `boot.disk`: slots named by a device path are
+    /// checked to be partitions of this disk. With `boot.disk` it must name the same disk.
+    /// Without it, `boot.disk`, else the disk the kernel booted from.
     pub fn disk_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.disk_path = Some(path.into());
         self
