@@ -248,6 +248,24 @@ fn writable<T>(p: *mut T) -> bool {
     !p.is_null() && p.is_aligned()
 }
 
+/// `f` on the state behind `ab` and the slot `slot_index`, as a status.
+///
+/// # Safety
+///
+/// As [`state_mut`].
+unsafe fn on_slot(
+    ab: *mut KeelAb,
+    slot_index: c_uint,
+    f: fn(&mut AbState, Slot) -> Result<(), FixedError>,
+) -> c_int {
+    let r = slot(slot_index).and_then(|s| {
+        // SAFETY: the caller's promise, passed on.
+        let st = unsafe { state_mut(ab) }?;
+        f(st, s).map_err(err)
+    });
+    done(r)
+}
+
 fn done(r: Result<(), c_int>) -> c_int {
     match r {
         Ok(()) => KEEL_OK,
@@ -744,12 +762,8 @@ pub unsafe extern "C" fn keel_ab_set_active(
 /// `ab` is NULL or readable and writable for a `struct keel_ab`.
 #[no_mangle]
 pub unsafe extern "C" fn keel_ab_mark_good(ab: *mut KeelAb, slot_index: c_uint) -> c_int {
-    let r = slot(slot_index).and_then(|s| {
-        // SAFETY: the caller's promise for `ab`, passed on.
-        let st = unsafe { state_mut(ab) }?;
-        st.mark_good(s).map_err(err)
-    });
-    done(r)
+    // SAFETY: the caller's promise for `ab`, passed on.
+    unsafe { on_slot(ab, slot_index, AbState::mark_good) }
 }
 
 /// Never boot `slot` again until it is armed anew.
@@ -759,12 +773,8 @@ pub unsafe extern "C" fn keel_ab_mark_good(ab: *mut KeelAb, slot_index: c_uint) 
 /// `ab` is NULL or readable and writable for a `struct keel_ab`.
 #[no_mangle]
 pub unsafe extern "C" fn keel_ab_mark_bad(ab: *mut KeelAb, slot_index: c_uint) -> c_int {
-    let r = slot(slot_index).and_then(|s| {
-        // SAFETY: the caller's promise for `ab`, passed on.
-        let st = unsafe { state_mut(ab) }?;
-        st.mark_bad(s).map_err(err)
-    });
-    done(r)
+    // SAFETY: the caller's promise for `ab`, passed on.
+    unsafe { on_slot(ab, slot_index, AbState::mark_bad) }
 }
 
 /// The state of `slot` in the common model into `*out`.

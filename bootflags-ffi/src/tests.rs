@@ -737,16 +737,21 @@ fn c_boot_loader_on_android_misc_agrees_with_the_model() {
     assert_eq!(st.next_boot(), Some(Slot::A));
 }
 
+/// The C toolchain and U-Boot's fw_printenv, fw_setenv and mkenvimage, or a visible skip.
+fn uboot_tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
+    if !c_tools() {
+        return None;
+    }
+    Some((
+        tool("fw_printenv", "libubootenv-tool")?,
+        tool("fw_setenv", "libubootenv-tool")?,
+        tool("mkenvimage", "u-boot-tools")?,
+    ))
+}
+
 #[test]
 fn c_boot_loader_on_uboot_env_agrees_with_the_model_and_fw_printenv() {
-    if !c_tools() {
-        return;
-    }
-    let (Some(pr), Some(set), Some(mk)) = (
-        tool("fw_printenv", "libubootenv-tool"),
-        tool("fw_setenv", "libubootenv-tool"),
-        tool("mkenvimage", "u-boot-tools"),
-    ) else {
+    let Some((pr, set, mk)) = uboot_tools() else {
         return;
     };
     for redundant in [false, true] {
@@ -859,14 +864,7 @@ fn c_boot_loader_on_grubenv_agrees_with_the_model_and_grub_editenv() {
 /// agrees with the model's after every boot.
 #[test]
 fn c_boot_loader_through_env_get_and_env_set_agrees_with_the_model() {
-    if !c_tools() {
-        return;
-    }
-    let (Some(pr), Some(set), Some(mk)) = (
-        tool("fw_printenv", "libubootenv-tool"),
-        tool("fw_setenv", "libubootenv-tool"),
-        tool("mkenvimage", "u-boot-tools"),
-    ) else {
+    let Some((pr, set, mk)) = uboot_tools() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -1500,42 +1500,26 @@ fn a_handle_on_another_disk_than_the_descriptions_is_refused() {
     let before = fs::read(&copy).unwrap();
     let other = open_rw(&copy);
     let payload = f.payload(true, &f.v2, "2.0", "acme-os");
-    let e = agent(&f, f.system(), &other)
-        .install(&payload[..], None)
-        .unwrap_err();
-    assert!(
-        matches!(
+    // Given alone, or named as the disk path it was opened from: it is not `boot.disk`.
+    for named in [None, Some(&copy)] {
+        let mut a = agent(&f, f.system(), &other);
+        if let Some(p) = named {
+            a = a.disk_path(p);
+        }
+        let e = a.install(&payload[..], None).unwrap_err();
+        let wrong = matches!(
             e,
             Error::WrongDisk {
                 field: "boot.disk",
                 ..
             }
-        ),
-        "{e}"
-    );
-    assert!(
-        fs::read(&copy).unwrap() == before,
-        "the other disk was written"
-    );
-    // Named as the disk path it was opened from, it is still not `boot.disk`.
-    let e = agent(&f, f.system(), &other)
-        .disk_path(&copy)
-        .install(&payload[..], None)
-        .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::WrongDisk {
-                field: "boot.disk",
-                ..
-            }
-        ),
-        "{e}"
-    );
-    assert!(
-        fs::read(&copy).unwrap() == before,
-        "the other disk was written"
-    );
+        );
+        assert!(wrong, "{e}");
+        assert!(
+            fs::read(&copy).unwrap() == before,
+            "the other disk was written"
+        );
+    }
     let disk = open_rw(&f.disk());
     agent(&f, f.system(), &disk)
         .install(&payload[..], None)

@@ -70,90 +70,86 @@ where
         fetch: keel_fetch::FetchOptions<'_>,
         progress: Option<&dyn Progress>,
     ) -> Result<Option<Installed>> {
-        let r = self.index_steps(index_url, root, fetch, progress);
+        let steps = || -> Result<Option<Installed>> {
+            let serial_path = self.state_dir.join("index-serial");
+            let last = record::read_small(&serial_path)?
+                .map(|t| {
+                    t.trim().parse::<u64>().map_err(|_| {
+                        Error::io(
+                            format!("reading {}", serial_path.display()),
+                            std::io::Error::other("not a serial"),
+                        )
+                    })
+                })
+                .transpose()?;
+            let index = fetch_index(index_url, root, fetch, last, self.trusted_now()?)?;
+            record::replace(&serial_path, format!("{}\n", index.serial).as_bytes())?;
+            // Never past the clock: an index stamped in the future (a publisher's wrong
+            // clock, or a key holder's mischief) must not lock every later install out.
+            if let Some(t) = index.timestamp {
+                self.raise_time_floor(t.min(keel_trust::unix_now()))?;
+            }
+
+            let booted = self.booted_slot()?;
+            let installed = self
+                .installed_version(booted, true)?
+                .ok_or(Refusal::NoReleaseChoice)?;
+            // The booted image's digest, over the size a delta from this version starts from.
+            let source_size = index
+                .releases
+                .iter()
+                .flat_map(|r| &r.deltas)
+                .find(|d| d.from_version == installed)
+                .map(|d| d.source_size);
+            let digest = match source_size {
+                Some(size) => Some(
+                    keel_payload::format::image_digest(&self.region(booted)?, size)
+                        .map_err(|e| Error::io("hashing the booted slot", e))?,
+                ),
+                None => None,
+            };
+            let machine =
+                record::read_small(&self.root.join("etc/machine-id"))?.unwrap_or_default();
+            let Some(choice) = index.choose(
+                &self.system.compatible,
+                &installed,
+                digest.as_ref(),
+                machine.trim(),
+                self.system.allow_downgrade,
+            ) else {
+                return Ok(None);
+            };
+            let source = source_size.zip(digest);
+            match self.install_artifact(
+                index_url,
+                &choice.artifact,
+                &choice.version,
+                source,
+                fetch,
+                progress,
+            ) {
+                Err(e) if choice.delta && e.needs_full_payload() => {
+                    let full = index
+                        .releases
+                        .iter()
+                        .find(|r| {
+                            r.version == choice.version && r.compatible == self.system.compatible
+                        })
+                        .map(|r| &r.full)
+                        .ok_or(e)?;
+                    self.install_artifact(index_url, full, &choice.version, None, fetch, progress)
+                        .map(Some)
+                }
+                r => r.map(Some),
+            }
+        };
+        let r = steps();
         // An index that could not be had, or a payload the index does not pin, is the last
         // error too (the install itself keeps its own outcome).
         if let Err(e) = &r {
             self.record_error(e);
         }
         r
-    }
-
-    fn index_steps(
-        &self,
-        index_url: &str,
-        root: &keel_release::TrustedRoot,
-        fetch: keel_fetch::FetchOptions<'_>,
-        progress: Option<&dyn Progress>,
-    ) -> Result<Option<Installed>> {
-        let serial_path = self.state_dir.join("index-serial");
-        let last = record::read_small(&serial_path)?
-            .map(|t| {
-                t.trim().parse::<u64>().map_err(|_| {
-                    Error::io(
-                        format!("reading {}", serial_path.display()),
-                        std::io::Error::other("not a serial"),
-                    )
-                })
-            })
-            .transpose()?;
-        let index = fetch_index(index_url, root, fetch, last, self.trusted_now()?)?;
-        record::replace(&serial_path, format!("{}\n", index.serial).as_bytes())?;
-        // Never past the clock: an index stamped in the future (a publisher's wrong
-        // clock, or a key holder's mischief) must not lock every later install out.
-        if let Some(t) = index.timestamp {
-            self.raise_time_floor(t.min(keel_trust::unix_now()))?;
-        }
-
-        let booted = self.booted_slot()?;
-        let installed = self
-            .installed_version(booted, true)?
-            .ok_or(Refusal::NoReleaseChoice)?;
-        // The booted image's digest, over the size a delta from this version starts from.
-        let source_size = index
-            .releases
-            .iter()
-            .flat_map(|r| &r.deltas)
-            .find(|d| d.from_version == installed)
-            .map(|d| d.source_size);
-        let digest = match source_size {
-            Some(size) => Some(
-                keel_payload::format::image_digest(&self.region(booted)?, size)
-                    .map_err(|e| Error::io("hashing the booted slot", e))?,
-            ),
-            None => None,
-        };
-        let machine = record::read_small(&self.root.join("etc/machine-id"))?.unwrap_or_default();
-        let Some(choice) = index.choose(
-            &self.system.compatible,
-            &installed,
-            digest.as_ref(),
-            machine.trim(),
-            self.system.allow_downgrade,
-        ) else {
-            return Ok(None);
-        };
-        let source = source_size.zip(digest);
-        match self.install_artifact(
-            index_url,
-            &choice.artifact,
-            &choice.version,
-            source,
-            fetch,
-            progress,
-        ) {
-            Err(e) if choice.delta && e.needs_full_payload() => {
-                let full = index
-                    .releases
-                    .iter()
-                    .find(|r| r.version == choice.version && r.compatible == self.system.compatible)
-                    .map(|r| &r.full)
-                    .ok_or(e)?;
-                self.install_artifact(index_url, full, &choice.version, None, fetch, progress)
-                    .map(Some)
-            }
-            r => r.map(Some),
-        }
     }
 
     /// Install one payload the index names, streamed once, front to back: its signed header
