@@ -40,14 +40,16 @@ mod finding;
 mod load;
 mod model;
 mod schema;
+mod typed;
 mod validate;
 
 pub use finding::{Finding, Severity};
 pub use load::{load_files, load_json, load_sources, read_source, Loaded, MAX_CONFIG_SIZE};
 pub use model::{
-    Backend, Boot, Config, DeviceRef, DeviceRefError, HashTreeLocation, SlotConfig, TrustedKey,
-    Update, Verity, SCHEMA_MAJOR,
+    Backend, Boot, Config, DeviceRef, DeviceRefError, HashTreeLocation, SlotConfig, Trust,
+    TrustedKey, Update, Verity, SCHEMA_MAJOR,
 };
+pub use typed::ValueError;
 pub use validate::effective_tries;
 
 /// The configuration as TOML.

@@ -13,10 +13,6 @@ pub fn effective_tries(c: &Config) -> u8 {
         .unwrap_or(c.boot.backend.default_tries())
 }
 
-fn is_hex(s: &str) -> bool {
-    !s.is_empty() && s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 // The values below are checked by the parsers of the crates that use them, so the
 // description accepts exactly what they accept.
 
@@ -192,6 +188,7 @@ pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Ve
             let Some(dev) = dev.filter(|_| !stood(&at(key))) else {
                 continue;
             };
+            // One rule: the accessors' (`SlotConfig::device_ref`).
             let parsed = match crate::DeviceRef::parse(dev) {
                 Ok(crate::DeviceRef::Path(p)) => {
                     crate::DeviceRef::Path(p.components().collect::<std::path::PathBuf>())
@@ -227,17 +224,8 @@ pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Ve
             ),
             _ => {}
         }
-        if let Some(t) = &s.partition_type {
-            if let Err(e) = keel_partition::types::parse(t) {
-                let names: Vec<&str> = keel_partition::types::NAMES
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect();
-                err!(
-                    at("partition-type"),
-                    format!("{t:?}: expected {} or a GUID ({e})", names.join(", "))
-                );
-            }
+        if let Err(e) = s.partition_type_guid() {
+            err!(at("partition-type"), e.to_string());
         }
         if let Some(bn) = &s.bootname {
             let gpt = backend_known
@@ -294,7 +282,7 @@ pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Ve
     // [verity]
     if let Some(v) = &c.verity {
         let mut err = |k: &str, m: String| out.push(Raw::error(path(&["verity", k]), m));
-        if let Err(e) = keel_verity::HashAlgorithm::from_name(&v.algorithm) {
+        if let Err(e) = v.hash_algorithm() {
             err("algorithm", e.to_string());
         }
         for (k, size) in [
@@ -305,15 +293,11 @@ pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Ve
                 err(k, e.to_string());
             }
         }
-        if let Some(salt) = &v.salt {
-            if !salt.is_empty() && !is_hex(salt) {
-                err("salt", "expected an even number of hex digits".into());
-            } else if salt.len() / 2 > 256 {
-                err("salt", format!("{} bytes: at most 256", salt.len() / 2));
-            }
+        if let Err(e) = v.salt_bytes() {
+            err("salt", e.to_string());
         }
-        if v.format > 1 {
-            err("format", format!("{}: expected 0 or 1", v.format));
+        if let Err(e) = v.hash_type() {
+            err("format", e.to_string());
         }
         if let Some(r) = v.fec_roots {
             if !(2..=24).contains(&r) {
@@ -328,13 +312,11 @@ pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Ve
     }
 
     // [trust]
-    if let Some(mv) = &c.trust.minimum_version {
-        if let Err(e) = keel_version::Version::parse(mv) {
-            out.push(Raw::error(
-                path(&["trust", "minimum-version"]),
-                e.to_string(),
-            ));
-        }
+    if let Err(e) = c.trust.minimum() {
+        out.push(Raw::error(
+            path(&["trust", "minimum-version"]),
+            e.to_string(),
+        ));
     }
     if c.trust.keys.is_empty() {
         out.push(Raw::warning(
@@ -352,13 +334,7 @@ pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Ve
                 format!("key id {:?} is already used by trust.key[{j}]", k.id),
             ));
         }
-        let mut raw = [0u8; 32];
-        if hex::decode_to_slice(&k.ed25519, &mut raw).is_err() {
-            out.push(Raw::error(
-                at("ed25519"),
-                "expected 64 hex digits (a raw Ed25519 public key)".to_string(),
-            ));
-        } else if let Err(e) = keel_trust::PublicKey::from_bytes(&raw) {
+        if let Err(e) = k.public_key() {
             out.push(Raw::error(at("ed25519"), e.to_string()));
         } else if let Some(j) = material.insert(k.ed25519.to_ascii_lowercase(), i) {
             // A keyring holds a key once: two ids for one key is a rotation mistake.
@@ -367,10 +343,8 @@ pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Ve
                 format!("the same key as trust.key[{j}]"),
             ));
         }
-        if let Some(d) = &k.not_after {
-            if let Err(e) = keel_trust::end_of_day(d) {
-                out.push(Raw::error(at("not-after"), e.to_string()));
-            }
+        if let Err(e) = k.not_after_time() {
+            out.push(Raw::error(at("not-after"), e.to_string()));
         }
     }
     out

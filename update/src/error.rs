@@ -273,9 +273,9 @@ pub enum Refusal {
     #[error("version {version} is below the minimum version {minimum}")]
     BelowMinimum {
         /// The payload's version.
-        version: String,
+        version: keel_version::Version,
         /// `trust.minimum-version`.
-        minimum: String,
+        minimum: keel_version::Version,
     },
     /// The booted slot's version is unknown, so a downgrade cannot be told.
     #[error("the booted slot's version is unknown (no slot record, no VERSION_ID in /etc/os-release), so a downgrade could not be told; allow-downgrade to install anyway")]

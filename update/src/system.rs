@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use keel_bootflags::{BackendSpec, Slot};
 use keel_config::{Backend, Config, HashTreeLocation};
-use keel_partition::{types, Guid};
-use keel_trust::{Keyring, PublicKey};
+use keel_partition::Guid;
+use keel_trust::Keyring;
 use keel_verity::{HashAlgorithm, HashType};
 
 use crate::error::{Error, Result};
@@ -66,7 +66,7 @@ pub struct System {
     /// The keys that may sign updates, with their not-after dates.
     pub keyring: Keyring,
     /// Updates below this version are refused.
-    pub minimum_version: Option<String>,
+    pub minimum_version: Option<keel_version::Version>,
     /// Boots a new slot gets.
     pub tries: u8,
     /// Never write the booted slot.
@@ -86,26 +86,19 @@ impl System {
         let verity = c.verity.as_ref().map(verity).transpose()?;
         let mut keyring = Keyring::new();
         for (i, k) in c.trust.keys.iter().enumerate() {
-            let field = format!("trust.key[{i}]");
-            let mut raw = [0u8; 32];
-            hex::decode_to_slice(&k.ed25519, &mut raw)
-                .map_err(|e| Error::config(format!("{field}.ed25519"), e.to_string()))?;
-            let key = PublicKey::from_bytes(&raw)
-                .map_err(|e| Error::config(format!("{field}.ed25519"), e.to_string()))?;
+            let field = |f: &str| format!("trust.key[{i}].{f}");
+            let key = k
+                .public_key()
+                .map_err(|e| Error::config(field("ed25519"), e.to_string()))?;
             let not_after = k
-                .not_after
-                .as_deref()
-                .map(|d| {
-                    keel_trust::end_of_day(d)
-                        .map_err(|e| Error::config(format!("{field}.not-after"), e.to_string()))
-                })
-                .transpose()?;
+                .not_after_time()
+                .map_err(|e| Error::config(field("not-after"), e.to_string()))?;
             keyring.add_until(key, not_after)?;
         }
-        if let Some(v) = &c.trust.minimum_version {
-            keel_version::Version::parse(v)
-                .map_err(|r| Error::config("trust.minimum-version", r.to_string()))?;
-        }
+        let minimum_version = c
+            .trust
+            .minimum()
+            .map_err(|e| Error::config("trust.minimum-version", e.to_string()))?;
         let tries = keel_config::effective_tries(c);
         Ok(System {
             compatible: c.compatible.clone(),
@@ -114,7 +107,7 @@ impl System {
             slots,
             verity,
             keyring,
-            minimum_version: c.trust.minimum_version.clone(),
+            minimum_version,
             tries,
             protect_booted_slot: c.update.protect_booted_slot,
             max_resumes: c.update.max_resumes,
@@ -184,25 +177,15 @@ fn slot_pair(c: &Config) -> Result<[SlotSpec; 2]> {
             None => Slot::new(specs.len())
                 .ok_or_else(|| Error::config(field("class"), "more than two slots"))?,
         };
-        let partition_type = s
-            .partition_type
-            .as_deref()
-            .map(|t| partition_type(&field("partition-type"), t))
-            .transpose()?;
-        let hash_device = s
-            .hash_device
-            .as_deref()
-            .map(|d| {
-                SlotDevice::parse(d).map_err(|e| Error::config(field("hash-device"), e.to_string()))
-            })
-            .transpose()?;
+        let value = |k: &str, e: keel_config::ValueError| Error::config(field(k), e.to_string());
         specs.push(SlotSpec {
             name: s.name.clone(),
             slot,
-            device: SlotDevice::parse(&s.device)
-                .map_err(|e| Error::config(field("device"), e.to_string()))?,
-            partition_type,
-            hash_device,
+            device: s.device_ref().map_err(|e| value("device", e))?,
+            partition_type: s
+                .partition_type_guid()
+                .map_err(|e| value("partition-type", e))?,
+            hash_device: s.hash_device_ref().map_err(|e| value("hash-device", e))?,
         });
     }
     match <[SlotSpec; 2]>::try_from(specs) {
@@ -237,14 +220,10 @@ fn slot_pair(c: &Config) -> Result<[SlotSpec; 2]> {
     }
 }
 
-/// A partition type: a name keel-partition knows, or a GUID.
-fn partition_type(field: &str, t: &str) -> Result<Guid> {
-    types::parse(t).map_err(|e| Error::config(field, format!("{t:?}: {e}")))
-}
-
 fn verity(v: &keel_config::Verity) -> Result<VeritySpec> {
-    let algorithm = HashAlgorithm::from_name(&v.algorithm)
-        .map_err(|e| Error::config("verity.algorithm", e.to_string()))?;
+    let value =
+        |k: &str, e: keel_config::ValueError| Error::config(format!("verity.{k}"), e.to_string());
+    let algorithm = v.hash_algorithm().map_err(|e| value("algorithm", e))?;
     // The block sizes through keel-verity's own rule.
     let builder = keel_verity::VerityParams::builder()
         .algorithm(algorithm)
@@ -255,14 +234,8 @@ fn verity(v: &keel_config::Verity) -> Result<VeritySpec> {
     builder
         .build()
         .map_err(|e| Error::config("verity", e.to_string()))?;
-    let hash_type = HashType::from_u32(u32::from(v.format))
-        .ok_or_else(|| Error::config("verity.format", format!("{}: 0 or 1", v.format)))?;
-    let salt = v
-        .salt
-        .as_deref()
-        .filter(|s| *s != "-")
-        .map(|s| hex::decode(s).map_err(|e| Error::config("verity.salt", e.to_string())))
-        .transpose()?;
+    let hash_type = v.hash_type().map_err(|e| value("format", e))?;
+    let salt = v.salt_bytes().map_err(|e| value("salt", e))?;
     Ok(VeritySpec {
         algorithm,
         data_block_size: v.data_block_size,

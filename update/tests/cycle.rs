@@ -413,7 +413,10 @@ fn description_settings_take_effect() {
     );
     assert_eq!((s.tries, s.max_resumes, s.allow_downgrade), (2, 3, true));
     assert!(!s.protect_booted_slot);
-    assert_eq!(s.minimum_version.as_deref(), Some("0.5"));
+    assert_eq!(
+        s.minimum_version.as_ref().map(|v| v.to_string()).as_deref(),
+        Some("0.5")
+    );
     assert_eq!(s.compatible, "acme-os");
     let v = s.verity.clone().unwrap();
     assert_eq!((v.salt, v.data_block_size), (Some(vec![0x5a, 0x17]), 4096));

@@ -287,15 +287,14 @@ where
             .into());
         }
         if let Some(min) = &self.system.minimum_version {
-            let below = keel_version::Version::compare(&m.version, min)
-                .map_err(|source| Refusal::BadVersion {
+            let version =
+                keel_version::Version::parse(&m.version).map_err(|source| Refusal::BadVersion {
                     version: m.version.clone(),
                     source,
-                })?
-                .is_lt();
-            if below {
+                })?;
+            if version < *min {
                 return Err(Refusal::BelowMinimum {
-                    version: m.version.clone(),
+                    version,
                     minimum: min.clone(),
                 }
                 .into());
