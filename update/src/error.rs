@@ -300,6 +300,13 @@ pub enum Refusal {
         /// The image's size.
         image: u64,
     },
+    /// A bundle of several images (a root and its kernel): this agent installs one slot
+    /// class's image, and none of a bundle's images is written alone.
+    #[error("a bundle of images {images:?}: this agent installs one image per update")]
+    Bundle {
+        /// The bundle's images, by name.
+        images: Vec<String>,
+    },
     /// The index names no digest of the payload's signed manifest (`manifest_sha256`, which
     /// Keel's publisher writes): the payload cannot be pinned before its data is read.
     #[error("{url}: the release index gives no manifest_sha256 for it (publish the index with Keel's publisher)")]

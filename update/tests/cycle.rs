@@ -1529,6 +1529,45 @@ fn a_handle_on_another_disk_than_the_descriptions_is_refused() {
         .unwrap();
 }
 
+/// A bundle (a root and its kernel) is refused before anything is written: its images
+/// switch together or not at all, and this agent installs one image per update.
+#[test]
+fn a_bundle_is_refused_before_any_write() {
+    let f = Fixture::new();
+    let kernel = seeded_bytes(9, 100_000);
+    let parts = [
+        keel_payload::BundlePart {
+            name: "usr",
+            kind: keel_payload::ImageKind::Slot,
+            source: Some(&f.v1),
+            target: &f.v2,
+            verity: None,
+        },
+        keel_payload::BundlePart {
+            name: "kernel",
+            kind: keel_payload::ImageKind::File,
+            source: None,
+            target: &kernel,
+            verity: None,
+        },
+    ];
+    let opts = GenerateOptions::new("acme-os", "2.0").level(1);
+    let bundle = keel_payload::generate_bundle(&parts, &f.key, &opts, None).unwrap();
+    let before = fs::read(f.disk()).unwrap();
+    let disk = open_rw(&f.disk());
+    let e = agent(&f, f.system(), &disk)
+        .install(&bundle[..], None)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Refused(keel_update::Refusal::Bundle { images }) if images == &["usr", "kernel"]),
+        "{e}"
+    );
+    assert!(
+        fs::read(f.disk()).unwrap() == before,
+        "the disk was written"
+    );
+}
+
 /// A slot named by the path of another disk's partition 3 is refused by name, not taken
 /// as partition 3 of the boot disk; the boot disk's own partition 3 works.
 #[test]

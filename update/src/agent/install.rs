@@ -173,6 +173,14 @@ where
                 });
             }
         }
+        if payload.images().len() > 1 {
+            // Several images switch together or not at all: none is written until the
+            // agent installs a whole slot set.
+            return Err(Refusal::Bundle {
+                images: payload.images().iter().map(|i| i.name.clone()).collect(),
+            }
+            .into());
+        }
         let manifest = payload.manifest().clone();
         if let Some(v) = known
             .release
