@@ -56,7 +56,7 @@ fn main() -> ExitCode {
                 hex::decode(salt.as_deref().unwrap_or("")).map_err(|e| format!("--salt: {e}"))?;
             let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
             let d = keel::verity::fsverity_digest(&f, alg, *block_size, &salt)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("{}: {e}", file.display()))?;
             println!(
                 "{}:{} {}",
                 alg.name(),

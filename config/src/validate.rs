@@ -188,7 +188,7 @@ pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Ve
             let Some(dev) = dev.filter(|_| !stood(&at(key))) else {
                 continue;
             };
-            // One rule: the accessors' (`SlotConfig::device_ref`).
+            // The rule `SlotConfig::device_ref` applies, then the path's spelling normalised.
             let parsed = match crate::DeviceRef::parse(dev) {
                 Ok(crate::DeviceRef::Path(p)) => {
                     crate::DeviceRef::Path(p.components().collect::<std::path::PathBuf>())

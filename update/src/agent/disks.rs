@@ -101,20 +101,14 @@ where
             .collect())
     }
 
-    /// Every identity the disk holding the slots may have: the path given with
-    /// [`Agent::disk_path`] and `boot.disk` (as opened, and under the root), and the disk
-    /// the kernel booted from.
-    /// The handle the agent writes is the disk the description names: the path given with
-    /// [`Agent::disk_path`], else `boot.disk`, else the disk the kernel booted from,
-    /// compared by identity (a handle that is not a file, memory in a test, is taken as
-    /// given; so is a disk whose path does not exist here).
+    /// The handle the agent writes is the disk the description names, compared by
+    /// identity: `boot.disk` (which a disk path given to the agent cannot override) and the
+    /// path given, else the disk the kernel booted from. A handle that is not a file
+    /// (memory in a test) is taken as given; so is a name with no file here.
     fn check_disk_handle(&self) -> Result<()> {
         let Some(given) = self.disk.file_id() else {
             return Ok(());
         };
-        // Every name the disk has must be the handle: the description's `boot.disk`
-        // (which a disk path given to the agent cannot override), the path given, else
-        // the disk the kernel booted from.
         let mut named: Vec<(&'static str, std::path::PathBuf)> = Vec::new();
         if let Some(p) = &self.system.disk {
             named.push(("boot.disk", p.clone()));
@@ -128,13 +122,7 @@ where
             }
         }
         for (field, path) in named {
-            let ids: Vec<_> = [
-                path.clone(),
-                keel_bootflags::spec::under_root(&self.root, &path),
-            ]
-            .iter()
-            .filter_map(|p| crate::devices::identity(p))
-            .collect();
+            let ids = self.identities_of(&path);
             if !ids.is_empty() && !ids.contains(&given) {
                 return Err(Error::WrongDisk { field, path });
             }
@@ -142,19 +130,31 @@ where
         Ok(())
     }
 
+    /// What `path` is, as opened and under the root directory.
+    fn identities_of(&self, path: &std::path::Path) -> Vec<crate::devices::Identity> {
+        [
+            path.to_path_buf(),
+            keel_bootflags::spec::under_root(&self.root, path),
+        ]
+        .iter()
+        .filter_map(|p| crate::devices::identity(p))
+        .collect()
+    }
+
+    /// Every identity the disk holding the slots may have: the path given with
+    /// [`Agent::disk_path`] and `boot.disk` (as opened, and under the root), and the disk
+    /// the kernel booted from.
     pub(super) fn disk_identities(&self) -> Vec<crate::devices::Identity> {
-        let mut paths = Vec::new();
-        for p in self.disk_path.iter().chain(self.system.disk.iter()) {
-            paths.push(p.clone());
-            paths.push(keel_bootflags::spec::under_root(&self.root, p));
-        }
-        if let Ok(p) = crate::booted::boot_disk(&self.root) {
-            paths.push(p);
-        }
-        paths
+        let mut ids: Vec<_> = self
+            .disk_path
             .iter()
-            .filter_map(|p| crate::devices::identity(p))
-            .collect()
+            .chain(self.system.disk.iter())
+            .flat_map(|p| self.identities_of(p))
+            .collect();
+        if let Ok(p) = crate::booted::boot_disk(&self.root) {
+            ids.extend(crate::devices::identity(&p));
+        }
+        ids
     }
 
     /// The kernel name of the disk holding the slots: the disk given with
