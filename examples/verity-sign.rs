@@ -293,7 +293,8 @@ fn demo_in(dir: &Path, size_mib: u64) -> Result<(), String> {
     println!("   Signature good, key {}", verified.key_id);
 
     // A block well inside the image, whatever its size.
-    let block = 12345.min(sb.params.data_blocks() / 2);
+    let blocks = sb.params.data_blocks();
+    let block = if blocks > 12345 { 12345 } else { blocks / 2 };
     println!("5. Flipping one bit in data block {block} and verifying again");
     let f = OpenOptions::new()
         .read(true)
