@@ -32,7 +32,7 @@
 //! Strictness follows the anchors' good parts: unknown keys are errors (RAUC), every finding
 //! carries its file, line, column and path and all are reported at once (Ignition), and
 //! nothing broken passes silently (unlike cloud-init). Drop-ins are merged in lexical order
-//! (zincati, systemd): tables merge key by key, `[[slot]]` entries by `name` and
+//! (zincati, systemd): tables merge key by key, `[[slot]]` entries by `name`, `[[file]]` entries by `class` and
 //! `[[trust.key]]` entries by `id`, anything else is replaced; each finding points at the
 //! file its setting came from. The same model reads and writes JSON (serde_json).
 
@@ -46,8 +46,8 @@ mod validate;
 pub use finding::{Finding, Severity};
 pub use load::{load_files, load_json, load_sources, read_source, Loaded, MAX_CONFIG_SIZE};
 pub use model::{
-    Backend, Boot, Config, DeviceRef, DeviceRefError, HashTreeLocation, SlotConfig, Trust,
-    TrustedKey, Update, Verity, SCHEMA_MAJOR,
+    valid_class_name, Backend, Boot, Config, DeviceRef, DeviceRefError, FileConfig,
+    HashTreeLocation, SlotConfig, Trust, TrustedKey, Update, Verity, SCHEMA_MAJOR,
 };
 pub use typed::ValueError;
 pub use validate::effective_tries;

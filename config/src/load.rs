@@ -38,6 +38,7 @@ impl Loaded {
 fn identity_key(parent: &[Seg]) -> Option<&'static str> {
     match parent {
         [Seg::Key(k)] if k == "slot" => Some("name"),
+        [Seg::Key(k)] if k == "file" => Some("class"),
         [Seg::Key(t), Seg::Key(k)] if t == "trust" && k == "key" => Some("id"),
         _ => None,
     }

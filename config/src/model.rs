@@ -24,6 +24,10 @@ pub struct Config {
     /// `[[slot]]`: the slots, at least one A/B pair (RAUC's `[slot.CLASS.N]`).
     #[serde(default, rename = "slot")]
     pub slots: Vec<SlotConfig>,
+    /// `[[file]]`: images kept as a file per slot on a filesystem both slots share (the
+    /// ESP: a kernel, an initramfs, a UKI), installed with the slots as one set.
+    #[serde(default, rename = "file", skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileConfig>,
     /// `[verity]`, optional: dm-verity parameters of the slots' images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verity: Option<Verity>,
@@ -167,6 +171,40 @@ fn yes() -> bool {
     true
 }
 
+/// `[[file]]`: one image kept as a file per slot, under the slot's own name, on a
+/// filesystem both slots share (Flatcar's `vmlinuz-a`/`vmlinuz-b` on the ESP, a UKI per
+/// slot). Installing the inactive slot writes its file and never the running slot's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    /// `class`, string, required, unique among slot and file classes: the name of the
+    /// bundle image installed into it (`kernel`, `initrd`, `uki`).
+    pub class: String,
+    /// `path`, absolute path with `{slot}` once, required: where the file is on the running
+    /// system; `{slot}` is the slot's bootname in lower case (`/efi/keel/{slot}/vmlinuz`:
+    /// `/efi/keel/a/vmlinuz` for slot A).
+    pub path: String,
+}
+
+impl FileConfig {
+    /// The file of the slot with bootname `letter` (`'A'`): the path with `{slot}` replaced
+    /// by the letter in lower case.
+    pub fn path_for(&self, letter: char) -> std::path::PathBuf {
+        self.path
+            .replace("{slot}", &letter.to_ascii_lowercase().to_string())
+            .into()
+    }
+}
+
+/// Whether `class` can name a bundle image (and so a slot or file class): 1 to 64 ASCII
+/// letters, digits, `.`, `_` or `-` (keel-payload's rule for image names).
+pub fn valid_class_name(class: &str) -> bool {
+    (1..=64).contains(&class.len())
+        && class
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// How the description names a partition (`device`, `hash-device`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum DeviceRef {
@@ -262,6 +300,11 @@ pub struct Verity {
     /// `hash-tree`: `after-data` (default) or `separate` (each slot's `hash-device`).
     #[serde(default = "after_data")]
     pub hash_tree: HashTreeLocation,
+    /// `class`, a slot class: the class whose images carry a dm-verity tree and a signed
+    /// root (ChromeOS's `root`, beside its `kernel`). Default: the description's only slot
+    /// class; required when it has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 fn sha256() -> String {

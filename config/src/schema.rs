@@ -88,7 +88,10 @@ const VERITY: &[Field] = &[
     opt("format", U8),
     opt("fec-roots", U8),
     opt("hash-tree", Ty::OneOf(&["after-data", "separate"])),
+    opt("class", Ty::Str),
 ];
+
+const FILE: &[Field] = &[req("class", Ty::Str), req("path", Ty::Str)];
 
 const KEY: &[Field] = &[
     req("id", Ty::Str),
@@ -110,6 +113,7 @@ const TOP: &[Field] = &[
     req("compatible", Ty::Str),
     req("boot", Ty::Table(BOOT)),
     opt("slot", Ty::Tables(SLOT)),
+    opt("file", Ty::Tables(FILE)),
     opt("verity", Ty::Table(VERITY)),
     opt("trust", Ty::Table(TRUST)),
     opt("update", Ty::Table(UPDATE)),

@@ -33,6 +33,9 @@ fn owner(key: &str) -> &'static [Backend] {
     }
 }
 
+/// What a class name may be (it names a bundle's image).
+const CLASS_RULE: &str = "1 to 64 letters, digits, `.`, `_` or `-` (it names a bundle's image)";
+
 /// Every cross-field finding. `stand_ins` are the settings the description lacks and
 /// the loader stood in for: they take part in no comparison (a missing class is not
 /// unpaired, a missing device is no other slot's), and rules that hang on them (the
@@ -279,8 +282,97 @@ pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Ve
         }
     }
 
+    for (class, members) in &classes {
+        if !crate::valid_class_name(class) {
+            out.push(Raw::error(
+                with_index(path(&["slot"]), members[0], "class"),
+                format!("{class:?}: {CLASS_RULE}"),
+            ));
+        }
+    }
+
+    // [[file]]
+    let mut file_classes: HashMap<&str, usize> = HashMap::new();
+    let mut file_paths: HashMap<String, usize> = HashMap::new();
+    for (i, f) in c.files.iter().enumerate() {
+        let at = |k: &str| with_index(path(&["file"]), i, k);
+        if !stood(&at("class")) {
+            if !crate::valid_class_name(&f.class) {
+                err!(at("class"), format!("{:?}: {CLASS_RULE}", f.class));
+            } else if let Some(j) = file_classes.insert(&f.class, i) {
+                err!(
+                    at("class"),
+                    format!("class {:?} is already file[{j}]'s", f.class)
+                );
+            } else if let Some((_, m)) = classes.iter().find(|(k, _)| *k == f.class) {
+                err!(
+                    at("class"),
+                    format!("class {:?} is already slot[{}]'s", f.class, m[0])
+                );
+            }
+        }
+        if stood(&at("path")) {
+            continue;
+        }
+        let p = std::path::Path::new(&f.path);
+        if !f.path.starts_with('/') {
+            err!(
+                at("path"),
+                format!(
+                    "{:?}: an absolute path is needed (the agent runs from any directory)",
+                    f.path
+                )
+            );
+        } else if f.path.matches("{slot}").count() != 1 {
+            err!(
+                at("path"),
+                format!(
+                    "{:?}: `{{slot}}` must appear once (each slot's file has its own name)",
+                    f.path
+                )
+            );
+        } else if p
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            err!(at("path"), format!("{:?}: no `..` in the path", f.path));
+        } else if f.path.ends_with('/') {
+            err!(at("path"), format!("{:?}: names a directory", f.path));
+        } else {
+            // Spelled alike after normalising: two classes would write one file.
+            let norm: std::path::PathBuf = p.components().collect();
+            let key = norm.to_string_lossy().into_owned();
+            if let Some(j) = file_paths.insert(key, i) {
+                err!(at("path"), format!("the same file as file[{j}].path"));
+            }
+        }
+    }
+
     // [verity]
     if let Some(v) = &c.verity {
+        match &v.class {
+            Some(class) if classes_known && !classes.iter().any(|(k, _)| k == class) => {
+                let names: Vec<String> = classes.iter().map(|(k, _)| format!("{k:?}")).collect();
+                out.push(Raw::error(
+                    path(&["verity", "class"]),
+                    format!(
+                        "{class:?} is not a slot class (the slot classes: {})",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            None if classes_known && classes.len() > 1 => {
+                let names: Vec<String> = classes.iter().map(|(k, _)| format!("{k:?}")).collect();
+                out.push(Raw::error(
+                    path(&["verity"]),
+                    format!(
+                        "needs `class`: which of the slot classes {} carries the dm-verity tree",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            _ => {}
+        }
         let mut err = |k: &str, m: String| out.push(Raw::error(path(&["verity", k]), m));
         if let Err(e) = v.hash_algorithm() {
             err("algorithm", e.to_string());

@@ -819,6 +819,8 @@ tries = 0
             "slot[1].name",
             "slot[1].device",
             "slot[2].class",
+            // Two slot classes: which has the tree must be said.
+            "verity",
             "verity.algorithm",
             "verity.data-block-size",
             "verity.salt",
@@ -947,4 +949,161 @@ fn stand_ins_neither_hide_nor_invent_findings() {
     assert!(unknown
         .iter()
         .all(|f| f.line == 1 + f.path[7..].parse::<usize>().unwrap()));
+}
+
+/// `[[file]]` images and several slot classes: each rule fails where it should, and a
+/// description of a kernel file beside two partition classes passes.
+#[test]
+fn file_images_and_slot_classes_have_their_rules() {
+    let file = |class: &str, path: &str| {
+        format!("[[file]]\nclass = \"{class}\"\npath = \"{path}\"\n\n[[trust.key]]")
+    };
+    let k = "[[trust.key]]";
+    expect(
+        k,
+        &file("kernel", "efi/{slot}/vmlinuz"),
+        "file[0].path",
+        22,
+        8,
+        "an absolute path is needed",
+    );
+    expect(
+        k,
+        &file("kernel", "/efi/vmlinuz"),
+        "file[0].path",
+        22,
+        8,
+        "`{slot}` must appear once",
+    );
+    expect(
+        k,
+        &file("kernel", "/efi/{slot}/{slot}"),
+        "file[0].path",
+        22,
+        8,
+        "`{slot}` must appear once",
+    );
+    expect(
+        k,
+        &file("kernel", "/efi/../{slot}/vmlinuz"),
+        "file[0].path",
+        22,
+        8,
+        "no `..`",
+    );
+    expect(
+        k,
+        &file("kernel", "/efi/{slot}/"),
+        "file[0].path",
+        22,
+        8,
+        "names a directory",
+    );
+    expect(
+        k,
+        &file("usr", "/efi/{slot}.efi"),
+        "file[0].class",
+        21,
+        9,
+        "already slot[0]'s",
+    );
+    expect(
+        k,
+        &file("ker nel", "/efi/{slot}.efi"),
+        "file[0].class",
+        21,
+        9,
+        "1 to 64 letters",
+    );
+    expect(
+        k,
+        &format!(
+            "{}{}",
+            file("kernel", "/efi/{slot}/vmlinuz").replace(k, ""),
+            file("initrd", "/efi//{slot}/./vmlinuz")
+        ),
+        "file[1].path",
+        26,
+        8,
+        "the same file as file[0].path",
+    );
+    expect(
+        k,
+        &format!(
+            "{}{}",
+            file("kernel", "/efi/{slot}/vmlinuz").replace(k, ""),
+            file("kernel", "/efi/{slot}/initrd")
+        ),
+        "file[1].class",
+        25,
+        9,
+        "already file[0]'s",
+    );
+    expect(
+        "algorithm = \"sha256\"",
+        "algorithm = \"sha256\"\nclass = \"root\"",
+        "verity.class",
+        19,
+        9,
+        "is not a slot class",
+    );
+    let l = one(&BASE.replace("class = \"usr\"", "class = \"usr!\""));
+    let f = l
+        .findings
+        .iter()
+        .find(|f| f.path == "slot[0].class")
+        .unwrap_or_else(|| panic!("{:?}", l.findings));
+    assert!(f.message.contains("1 to 64 letters"), "{f}");
+    assert_eq!((f.line, f.column), (9, 9));
+
+    // A kernel partition pair beside the usr pair: which class has the tree must be said.
+    let kernels = "[[slot]]\nname = \"kernel.a\"\nclass = \"kernel\"\ndevice = \"PARTLABEL=KERN-A\"\n\n\
+                   [[slot]]\nname = \"kernel.b\"\nclass = \"kernel\"\ndevice = \"PARTLABEL=KERN-B\"\n\n[verity]";
+    let two = BASE.replacen("[verity]", kernels, 1);
+    let l = one(&two);
+    let f = l
+        .findings
+        .iter()
+        .find(|f| f.path == "verity")
+        .unwrap_or_else(|| panic!("{:?}", l.findings));
+    assert!(
+        f.message.contains("needs `class`") && f.message.contains("\"kernel\""),
+        "{f}"
+    );
+    let named = two.replacen(
+        "algorithm = \"sha256\"",
+        "algorithm = \"sha256\"\nclass = \"usr\"",
+        1,
+    );
+    let with_files = named.replacen(
+        "[[trust.key]]",
+        &format!(
+            "{}{}",
+            file("vmlinuz", "/efi/keel/{slot}/vmlinuz").replace(k, ""),
+            file("initrd", "/efi/keel/{slot}/initrd.img")
+        ),
+        1,
+    );
+    let l = one(&with_files);
+    assert!(l.findings.is_empty(), "{:?}", l.findings);
+    let c = l.config.unwrap();
+    assert_eq!(c.files.len(), 2);
+    assert_eq!(
+        c.files[0].path_for('B'),
+        std::path::Path::new("/efi/keel/b/vmlinuz")
+    );
+    assert_eq!(c.verity.as_ref().unwrap().class.as_deref(), Some("usr"));
+    // Round trips keep the files.
+    assert_eq!(one(&to_toml(&c).unwrap()).config.unwrap(), c);
+    // A drop-in replaces a file entry by its class.
+    let l = load_sources(&[
+        ("a.toml".into(), with_files.clone()),
+        (
+            "b.toml".into(),
+            "[[file]]\nclass = \"initrd\"\npath = \"/boot/{slot}/initrd\"\n".into(),
+        ),
+    ]);
+    let c = l.config.unwrap_or_else(|| panic!("{:?}", l.findings));
+    assert_eq!(c.files.len(), 2);
+    assert_eq!(c.files[1].path, "/boot/{slot}/initrd");
 }
