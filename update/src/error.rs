@@ -55,6 +55,17 @@ pub enum Error {
         /// The partition the second names.
         second_partition: u32,
     },
+    /// A file class's file of the slot being written is the running slot's file (by
+    /// identity or by where it is, however the path is spelled). Nothing is written.
+    #[error("file[{class}]: {} is the running slot's file {}", path.display(), booted.display())]
+    SameFile {
+        /// The file class.
+        class: String,
+        /// The inactive slot's file.
+        path: std::path::PathBuf,
+        /// The running slot's file.
+        booted: std::path::PathBuf,
+    },
     /// The boot-state store writes bytes of a slot: it is the disk itself (by identity) at
     /// an offset inside a slot's partition. Nothing is written.
     #[error("{field}: the store at byte {offset} of the boot disk lies in {slot}")]
@@ -300,12 +311,45 @@ pub enum Refusal {
         /// The image's size.
         image: u64,
     },
-    /// A bundle of several images (a root and its kernel): this agent installs one slot
-    /// class's image, and none of a bundle's images is written alone.
-    #[error("a bundle of images {images:?}: this agent installs one image per update")]
-    Bundle {
-        /// The bundle's images, by name.
-        images: Vec<String>,
+    /// The payload's images are not the description's slot and file classes: an image
+    /// the description has no class for, or a class the payload has no image for. A slot
+    /// set switches whole or not at all, so nothing is written.
+    #[error("the payload's images {payload:?} are not the description's classes {system:?} (missing: {missing:?}; unknown: {unknown:?})")]
+    Images {
+        /// The payload's images, by name (`""`: a payload of one unnamed image).
+        payload: Vec<String>,
+        /// The description's slot and file classes.
+        system: Vec<String>,
+        /// Classes with no image.
+        missing: Vec<String>,
+        /// Images with no class.
+        unknown: Vec<String>,
+    },
+    /// An image for a partition named like a file class, or a file image named like a
+    /// slot class.
+    #[error(
+        "image {image:?} is a {payload} image; the description's {image:?} is a {system} class"
+    )]
+    ImageKind {
+        /// The image.
+        image: String,
+        /// `partition` or `file`.
+        payload: &'static str,
+        /// `slot` or `file`.
+        system: &'static str,
+    },
+    /// The inactive slot's files do not fit on their filesystem, counting the space its
+    /// old files free.
+    #[error("{}: the files of slot {slot} need {need} bytes; {room} are free (with the slot's old files removed)", dir.display())]
+    FileSpace {
+        /// The slot written.
+        slot: keel_bootflags::Slot,
+        /// A directory of the filesystem.
+        dir: std::path::PathBuf,
+        /// What the new files need.
+        need: u64,
+        /// What is free.
+        room: u64,
     },
     /// The index names no digest of the payload's signed manifest (`manifest_sha256`, which
     /// Keel's publisher writes): the payload cannot be pinned before its data is read.

@@ -34,6 +34,41 @@ pub(crate) fn resume_path(dir: &Path, slot: Slot) -> PathBuf {
     dir.join(format!("resume-{}", slot.letter()))
 }
 
+/// Which images of a slot set an install wrote and verified, for the payload it names: a
+/// run after an interruption skips them.
+pub(crate) fn set_path(dir: &Path, slot: Slot) -> PathBuf {
+    dir.join(format!("set-{}.json", slot.letter()))
+}
+
+/// The images of a slot set in place.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SetRecord {
+    /// The payload's identity, hex.
+    pub(crate) payload: String,
+    /// The images written and verified, by name.
+    pub(crate) done: Vec<String>,
+}
+
+/// The images of `slot`'s set already in place from the payload `id` (none for another
+/// payload, or with no record).
+pub(crate) fn read_set(dir: &Path, slot: Slot, id: &[u8; 32]) -> Result<Vec<String>> {
+    let rec: Option<SetRecord> = read_json(&set_path(dir, slot))?;
+    Ok(rec
+        .filter(|r| r.payload == hex::encode(id))
+        .map(|r| r.done)
+        .unwrap_or_default())
+}
+
+pub(crate) fn write_set(dir: &Path, slot: Slot, id: &[u8; 32], done: &[String]) -> Result<()> {
+    let r = SetRecord {
+        payload: hex::encode(id),
+        done: done.to_vec(),
+    };
+    let text = serde_json::to_vec(&r)
+        .map_err(|e| Error::io("encoding a set record", std::io::Error::other(e)))?;
+    replace(&set_path(dir, slot), &text)
+}
+
 pub(crate) fn error_path(dir: &Path) -> PathBuf {
     dir.join("last-error")
 }

@@ -47,6 +47,37 @@ pub struct VeritySpec {
     /// Whether the tree follows the data in the slot (else on each slot's
     /// [`SlotSpec::hash_device`]).
     pub after_data: bool,
+    /// The class whose images carry the tree (an index into [`System::classes`]).
+    pub class: usize,
+}
+
+/// One slot class: a partition per slot, switched with the others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotClass {
+    /// Its name, the name of the bundle image installed into it.
+    pub class: String,
+    /// Its two slots, A and B.
+    pub slots: [SlotSpec; 2],
+}
+
+/// One file class: a file per slot on a filesystem both slots share (the ESP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileSpec {
+    /// Its name, the name of the bundle image installed into it.
+    pub class: String,
+    /// The path with `{slot}` (as keel-config's [`keel_config::FileConfig`]).
+    pub path: String,
+}
+
+impl FileSpec {
+    /// The file of `slot` on the running system (`/efi/keel/b/vmlinuz`).
+    pub fn path_for(&self, slot: Slot) -> PathBuf {
+        keel_config::FileConfig {
+            class: self.class.clone(),
+            path: self.path.clone(),
+        }
+        .path_for(slot.letter())
+    }
 }
 
 /// The description, parsed: what an agent needs to install, arm and commit.
@@ -59,8 +90,13 @@ pub struct System {
     pub backend: BackendSpec,
     /// The disk whose GPT holds the slots (`boot.disk`), if given.
     pub disk: Option<PathBuf>,
-    /// The updated A/B pair (the description's one slot class).
-    pub slots: [SlotSpec; 2],
+    /// The slot classes in the description's order, at least one. An install writes every
+    /// class's inactive slot (and every file) before it arms the slot set. The first class
+    /// is the boot class: the GPT backends keep the A/B state in its partitions' attribute
+    /// bits (ChromeOS's kernel pair), and systemd-boot's entries are its slots' names.
+    pub classes: Vec<SlotClass>,
+    /// The file classes.
+    pub files: Vec<FileSpec>,
     /// dm-verity, if the description asks for it.
     pub verity: Option<VeritySpec>,
     /// The keys that may sign updates, with their not-after dates.
@@ -82,8 +118,8 @@ impl System {
     /// anything this crate cannot act on is an error, not silently ignored.
     pub fn from_config(c: &Config) -> Result<System> {
         let backend = backend(c)?;
-        let slots = slot_pair(c)?;
-        let verity = c.verity.as_ref().map(verity).transpose()?;
+        let classes = slot_classes(c)?;
+        let verity = c.verity.as_ref().map(|v| verity(v, &classes)).transpose()?;
         let mut keyring = Keyring::new();
         for (i, k) in c.trust.keys.iter().enumerate() {
             let field = |f: &str| format!("trust.key[{i}].{f}");
@@ -100,11 +136,34 @@ impl System {
             .minimum()
             .map_err(|e| Error::config("trust.minimum-version", e.to_string()))?;
         let tries = keel_config::effective_tries(c);
+        let mut files = Vec::new();
+        for (i, f) in c.files.iter().enumerate() {
+            if !keel_config::valid_class_name(&f.class)
+                || classes.iter().any(|k| k.class == f.class)
+                || files.iter().any(|g: &FileSpec| g.class == f.class)
+            {
+                return Err(Error::config(
+                    format!("file[{i}].class"),
+                    format!("{:?}: not a class name of its own", f.class),
+                ));
+            }
+            if !f.path.starts_with('/') || f.path.matches("{slot}").count() != 1 {
+                return Err(Error::config(
+                    format!("file[{i}].path"),
+                    format!("{:?}: an absolute path with {{slot}} once", f.path),
+                ));
+            }
+            files.push(FileSpec {
+                class: f.class.clone(),
+                path: f.path.clone(),
+            });
+        }
         Ok(System {
             compatible: c.compatible.clone(),
             backend,
             disk: c.boot.disk.as_ref().map(PathBuf::from),
-            slots,
+            classes,
+            files,
             verity,
             keyring,
             minimum_version,
@@ -115,22 +174,39 @@ impl System {
         })
     }
 
-    /// The spec of `slot`.
+    /// The boot class's slots (the first class): the pair the boot state is kept for.
+    pub fn slots(&self) -> &[SlotSpec; 2] {
+        &self.classes[0].slots
+    }
+
+    /// The spec of `slot` in the boot class.
     pub fn slot(&self, slot: Slot) -> &SlotSpec {
-        if self.slots[0].slot == slot {
-            &self.slots[0]
+        self.slot_of(0, slot)
+    }
+
+    /// The spec of `slot` in class `class` (an index into [`System::classes`]).
+    pub fn slot_of(&self, class: usize, slot: Slot) -> &SlotSpec {
+        let pair = &self.classes[class].slots;
+        if pair[0].slot == slot {
+            &pair[0]
         } else {
-            &self.slots[1]
+            &pair[1]
         }
     }
 
     /// The other slot of the pair.
     pub fn other(&self, slot: Slot) -> Slot {
-        if self.slots[0].slot == slot {
-            self.slots[1].slot
+        let pair = self.slots();
+        if pair[0].slot == slot {
+            pair[1].slot
         } else {
-            self.slots[0].slot
+            pair[0].slot
         }
+    }
+
+    /// The class whose images carry the dm-verity tree, if the description asks for one.
+    pub fn verity_class(&self) -> Option<usize> {
+        self.verity.as_ref().map(|v| v.class)
     }
 }
 
@@ -143,25 +219,53 @@ fn backend(c: &Config) -> Result<BackendSpec> {
     })
 }
 
-/// The slot class of the description, with its two slots.
-fn slot_pair(c: &Config) -> Result<[SlotSpec; 2]> {
-    let class = c
-        .slots
-        .first()
-        .map(|s| s.class.clone())
-        .ok_or_else(|| Error::config("slot", "no slots"))?;
-    // Several classes switch together (a kernel pair and a root pair): installing one
-    // and arming the bootname would boot the new member beside the other class's old
-    // one. Until a payload carries an image per class, such a description is refused
-    // rather than one class updated.
-    if let Some((i, s)) = c.slots.iter().enumerate().find(|(_, s)| s.class != class) {
-        return Err(Error::Unsupported {
-            field: format!("slot[{i}].class"),
-            reason: format!(
-                "{:?}: a second slot class beside {class:?}; keel-update installs one A/B pair",
-                s.class
-            ),
+/// The slot classes of the description, in the order they first appear, each an A/B
+/// pair with the same two bootnames.
+fn slot_classes(c: &Config) -> Result<Vec<SlotClass>> {
+    let mut names: Vec<&str> = Vec::new();
+    for s in &c.slots {
+        if !names.contains(&s.class.as_str()) {
+            names.push(&s.class);
+        }
+    }
+    if names.is_empty() {
+        return Err(Error::config("slot", "no slots"));
+    }
+    let mut classes = Vec::new();
+    for class in names {
+        let pair = slot_pair(c, class)?;
+        if let Some(first) = classes.first() {
+            let first: &SlotClass = first;
+            let letters = |p: &[SlotSpec; 2]| {
+                let mut l = [p[0].slot, p[1].slot];
+                l.sort();
+                l
+            };
+            if letters(&first.slots) != letters(&pair) {
+                return Err(Error::config(
+                    "slot",
+                    format!(
+                        "class {class:?}: the bootnames of class {:?} are needed (the classes switch together)",
+                        first.class
+                    ),
+                ));
+            }
+        }
+        classes.push(SlotClass {
+            class: class.to_string(),
+            slots: pair,
         });
+    }
+    Ok(classes)
+}
+
+/// The slots of `class`.
+fn slot_pair(c: &Config, class: &str) -> Result<[SlotSpec; 2]> {
+    if !keel_config::valid_class_name(class) {
+        return Err(Error::config(
+            "slot",
+            format!("class {class:?}: not a class name (it names a bundle image)"),
+        ));
     }
     let mut specs = Vec::new();
     for (i, s) in c.slots.iter().enumerate().filter(|(_, s)| s.class == class) {
@@ -196,6 +300,7 @@ fn slot_pair(c: &Config) -> Result<[SlotSpec; 2]> {
                 .slots
                 .iter()
                 .enumerate()
+                .filter(|(_, s)| s.class == class)
                 .find(|(_, s)| s.bootname.as_deref().is_some_and(|b| b != "A" && b != "B"));
             Err(Error::Unsupported {
                 field: bad.map_or("slot".into(), |(i, _)| format!("slot[{i}].bootname")),
@@ -220,7 +325,23 @@ fn slot_pair(c: &Config) -> Result<[SlotSpec; 2]> {
     }
 }
 
-fn verity(v: &keel_config::Verity) -> Result<VeritySpec> {
+/// `[verity]`, for the class it names (else the only class).
+fn verity(v: &keel_config::Verity, classes: &[SlotClass]) -> Result<VeritySpec> {
+    let class = match &v.class {
+        Some(name) => classes
+            .iter()
+            .position(|c| &c.class == name)
+            .ok_or_else(|| {
+                Error::config("verity.class", format!("{name:?}: no such slot class"))
+            })?,
+        None if classes.len() == 1 => 0,
+        None => {
+            return Err(Error::config(
+                "verity.class",
+                "required with several slot classes",
+            ))
+        }
+    };
     let value =
         |k: &str, e: keel_config::ValueError| Error::config(format!("verity.{k}"), e.to_string());
     let algorithm = v.hash_algorithm().map_err(|e| value("algorithm", e))?;
@@ -244,5 +365,6 @@ fn verity(v: &keel_config::Verity) -> Result<VeritySpec> {
         salt,
         fec_roots: v.fec_roots,
         after_data: v.hash_tree == HashTreeLocation::AfterData,
+        class,
     })
 }

@@ -928,29 +928,6 @@ fn separate_hash_partitions_take_effect() {
     assert!(!verify(&hex::encode(wrong)).status.success());
 }
 
-/// A description with two slot classes (a kernel pair and a root pair switching
-/// together) is refused, naming the second class, rather than one class updated alone.
-#[test]
-fn a_second_slot_class_is_refused() {
-    let f = Fixture::new();
-    let text = f.description(&f.disk(), "", "").replace(
-        "[verity]",
-        "[[slot]]\nname = \"kern.a\"\nclass = \"kernel\"\ndevice = \"PARTLABEL=KERN-A\"\n\n\
-         [[slot]]\nname = \"kern.b\"\nclass = \"kernel\"\ndevice = \"PARTLABEL=KERN-B\"\n\n[verity]",
-    );
-    let config = keel_config::load_sources(&[("s.toml".into(), text)])
-        .config
-        .unwrap();
-    let e = System::from_config(&config).unwrap_err();
-    // Valid for keel-config: the agent, not the description, falls short.
-    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
-    let e = e.to_string();
-    assert!(
-        e.contains("slot[2].class") && e.contains("\"kernel\""),
-        "{e}"
-    );
-}
-
 /// Without `boot.disk`, the disk is the one holding the partition the kernel booted:
 /// found through /dev/disk/by-partuuid and /sys, then used like any other.
 #[test]
@@ -1527,45 +1504,6 @@ fn a_handle_on_another_disk_than_the_descriptions_is_refused() {
     agent(&f, f.system(), &disk)
         .install(&payload[..], None)
         .unwrap();
-}
-
-/// A bundle (a root and its kernel) is refused before anything is written: its images
-/// switch together or not at all, and this agent installs one image per update.
-#[test]
-fn a_bundle_is_refused_before_any_write() {
-    let f = Fixture::new();
-    let kernel = seeded_bytes(9, 100_000);
-    let parts = [
-        keel_payload::BundlePart {
-            name: "usr",
-            kind: keel_payload::ImageKind::Slot,
-            source: Some(&f.v1),
-            target: &f.v2,
-            verity: None,
-        },
-        keel_payload::BundlePart {
-            name: "kernel",
-            kind: keel_payload::ImageKind::File,
-            source: None,
-            target: &kernel,
-            verity: None,
-        },
-    ];
-    let opts = GenerateOptions::new("acme-os", "2.0").level(1);
-    let bundle = keel_payload::generate_bundle(&parts, &f.key, &opts, None).unwrap();
-    let before = fs::read(f.disk()).unwrap();
-    let disk = open_rw(&f.disk());
-    let e = agent(&f, f.system(), &disk)
-        .install(&bundle[..], None)
-        .unwrap_err();
-    assert!(
-        matches!(&e, Error::Refused(keel_update::Refusal::Bundle { images }) if images == &["usr", "kernel"]),
-        "{e}"
-    );
-    assert!(
-        fs::read(f.disk()).unwrap() == before,
-        "the disk was written"
-    );
 }
 
 /// A slot named by the path of another disk's partition 3 is refused by name, not taken

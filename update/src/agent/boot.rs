@@ -19,7 +19,7 @@ where
     pub fn boot_control(&self) -> Result<Box<dyn BootControl + 'd>> {
         if let BackendSpec::Gpt(policy) = &self.system.backend {
             let [a, b] = self.partitions()?;
-            let (a, b) = if self.system.slots[0].slot == Slot::A {
+            let (a, b) = if self.system.slots()[0].slot == Slot::A {
                 (a, b)
             } else {
                 (b, a)
@@ -28,7 +28,7 @@ where
             return Ok(Box::new(AbDisk::new(self.gpt()?, &sel, *policy)?));
         }
         let mut ids = [""; 2];
-        for s in &self.system.slots {
+        for s in self.system.slots() {
             if let Some(id) = ids.get_mut(s.slot.index()) {
                 *id = s.name.as_str();
             }

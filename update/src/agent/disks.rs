@@ -16,17 +16,24 @@ where
     D: ReadAt,
     &'d D: WriteAt,
 {
-    /// The partitions of the pair, in the order of [`System::slots`](crate::System::slots), each checked
-    /// against its expected type. Every device reference of the description (each slot's
-    /// data and hash device, and a boot-state store on a partition) is resolved to the
-    /// partition it is before anything is compared: two references to one partition, or
-    /// to overlapping extents, are refused ([`Error::SameDevice`]) however they are
-    /// spelled, and a device path must be a partition of this disk ([`Error::OtherDisk`]).
+    /// The partitions of the boot class's pair, in the order of
+    /// [`System::slots`](crate::System::slots), each checked against its expected type.
+    /// Every device reference of the description (each slot's data and hash device, and a
+    /// boot-state store on a partition) is resolved to the partition it is before anything
+    /// is compared: two references to one partition, or to overlapping extents, are refused
+    /// ([`Error::SameDevice`]) however they are spelled, and a device path must be a
+    /// partition of this disk ([`Error::OtherDisk`]).
     pub fn partitions(&self) -> Result<[Partition; 2]> {
+        self.class_partitions(0)
+    }
+
+    /// [`Agent::partitions`] of class `class` (an index into
+    /// [`System::classes`](crate::System::classes)).
+    pub fn class_partitions(&self, class: usize) -> Result<[Partition; 2]> {
         let refs = self.resolve()?;
         let find = |i: usize| -> Result<Partition> {
-            let spec = &self.system.slots[i];
-            let p = refs[i].partition.clone();
+            let spec = &self.system.classes[class].slots[i];
+            let p = refs[2 * class + i].partition.clone();
             if let Some(t) = spec.partition_type {
                 if p.type_guid != t {
                     return Err(Error::Device {
@@ -43,21 +50,22 @@ where
         Ok([find(0)?, find(1)?])
     }
 
-    /// Every device reference resolved and checked: the slots' data partitions (in the
-    /// order of [`System::slots`](crate::System::slots)), then their hash partitions where they have them.
+    /// Every device reference resolved and checked: the slots' data partitions (class by
+    /// class, each in the order of its pair), then their hash partitions where they have
+    /// them.
     pub(super) fn resolve(&self) -> Result<Vec<crate::devices::Resolved>> {
         use crate::devices::{check_distinct, check_store_writes, Resolved};
         self.check_disk_handle()?;
         let parts = self.gpt()?.partitions();
         let boot_disk = self.boot_disk_name()?;
         let mut refs = Vec::new();
-        for (i, spec) in self.system.slots.iter().enumerate() {
+        let specs = || self.system.classes.iter().flat_map(|c| c.slots.iter());
+        for spec in specs() {
             let field = format!("slot {} ({}).device", spec.slot, spec.name);
             let partition = self.find_partition(&parts, &field, &spec.device, &boot_disk)?;
             refs.push(Resolved { field, partition });
-            debug_assert_eq!(refs.len(), i + 1);
         }
-        for spec in &self.system.slots {
+        for spec in specs() {
             if let Some(dev) = &spec.hash_device {
                 let field = format!("slot {} ({}).hash-device", spec.slot, spec.name);
                 let partition = self.find_partition(&parts, &field, dev, &boot_disk)?;
@@ -219,23 +227,33 @@ where
         })
     }
 
-    pub(super) fn partition_of(&self, slot: Slot) -> Result<Partition> {
-        let parts = self.partitions()?;
-        let i = usize::from(self.system.slots[1].slot == slot);
+    /// `slot`'s partition of class `class`.
+    pub(super) fn partition_in(&self, class: usize, slot: Slot) -> Result<Partition> {
+        let parts = self.class_partitions(class)?;
+        let i = usize::from(self.system.classes[class].slots[1].slot == slot);
         Ok(parts[i].clone())
     }
 
-    /// The slot's partition as a device of its own.
-    pub(super) fn region(&self, slot: Slot) -> Result<Region<&'d D>> {
-        let p = self.partition_of(slot)?;
+    /// `slot`'s partition of class `class` as a device of its own.
+    pub(super) fn region_in(&self, class: usize, slot: Slot) -> Result<Region<&'d D>> {
+        let p = self.partition_in(class, slot)?;
         let ss = self.gpt()?.sector_size();
         Region::new(self.disk, p.first_lba * ss, p.sectors() * ss)
             .map_err(|e| Error::io("the slot's region", e))
     }
 
-    /// How the kernel names the slot's partition.
+    /// The class with the dm-verity tree, else the boot class.
+    pub(super) fn data_class(&self) -> usize {
+        self.system.verity_class().unwrap_or(0)
+    }
+
+    /// How the kernel names the slot's partition of the class with the dm-verity tree
+    /// (the device its table maps).
     pub(super) fn kernel_device(&self, slot: Slot) -> Result<String> {
-        Ok(format!("PARTUUID={}", self.partition_of(slot)?.guid))
+        Ok(format!(
+            "PARTUUID={}",
+            self.partition_in(self.data_class(), slot)?.guid
+        ))
     }
 
     /// The slot the running system booted from: as set with [`Agent::booted`], else
@@ -250,11 +268,16 @@ where
                 "the kernel command line names no root, usr or verity root hash".into(),
             ));
         }
-        let parts = self.partitions()?;
         let boot_disk = self.boot_disk_name()?;
         let mut hits = Vec::new();
-        for (i, spec) in self.system.slots.iter().enumerate() {
-            let p = &parts[i];
+        // A clue may name any class's partition (ChromeOS's `root=` names the root, not
+        // the kernel partition that holds the boot state).
+        let mut pairs = Vec::new();
+        for (k, class) in self.system.classes.iter().enumerate() {
+            let parts = self.class_partitions(k)?;
+            pairs.extend(class.slots.iter().zip(parts));
+        }
+        for (spec, p) in &pairs {
             let rec = record::read(&self.state_dir, spec.slot)?;
             let hash = rec
                 .and_then(|r| r.root_hash)
@@ -274,7 +297,7 @@ where
                 }
                 Clue::RootHash(h) => hash.as_deref() == Some(h.as_slice()),
             });
-            if matches {
+            if matches && !hits.contains(&spec.slot) {
                 hits.push(spec.slot);
             }
         }

@@ -103,7 +103,7 @@ where
                 .map(|d| d.source_size);
             let digest = match source_size {
                 Some(size) => Some(
-                    keel_payload::format::image_digest(&self.region(booted)?, size)
+                    keel_payload::format::image_digest(&self.region_in(0, booted)?, size)
                         .map_err(|e| Error::io("hashing the booted slot", e))?,
                 ),
                 None => None,

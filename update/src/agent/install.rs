@@ -7,6 +7,7 @@ use keel_io::{Progress, ReadAt, Region, WriteAt};
 use keel_payload::{ApplyOptions, Manifest, Payload, VersionCheck};
 use keel_verity::{BuildOptions, FecGeometry, FormatOptions, RootDescriptor, TableOptions};
 
+use super::images::{Dest, FilePlace, Target};
 use super::Agent;
 use crate::error::{Error, Refusal, Result};
 use crate::record::{self, SlotRecord};
@@ -23,6 +24,11 @@ pub struct Installed {
     pub resumed_at: usize,
     /// The slot's verified dm-verity root hash, if it has a tree.
     pub root_hash: Option<Vec<u8>>,
+    /// The payload's images, in the order they were installed (`""`: a payload of one
+    /// unnamed image).
+    pub images: Vec<String>,
+    /// The images an interrupted run had already written and verified, not written again.
+    pub skipped: Vec<String>,
 }
 
 /// What the caller knows of a payload besides its bytes: the release an index chose it
@@ -152,7 +158,7 @@ where
             // Unprotected and unknown: the slot the boot loader would not choose.
             None => match boot.next_boot()? {
                 Some(n) => self.system.other(n),
-                None => self.system.slots[1].slot,
+                None => self.system.slots()[1].slot,
             },
         };
         // Read once: the signature checked over the header and manifest, which are then
@@ -173,14 +179,7 @@ where
                 });
             }
         }
-        if payload.images().len() > 1 {
-            // Several images switch together or not at all: none is written until the
-            // agent installs a whole slot set.
-            return Err(Refusal::Bundle {
-                images: payload.images().iter().map(|i| i.name.clone()).collect(),
-            }
-            .into());
-        }
+        let plan = self.plan(payload.images())?;
         let manifest = payload.manifest().clone();
         if let Some(v) = known
             .release
@@ -199,13 +198,51 @@ where
             None => None,
         };
         self.check_release(&manifest, installed.as_deref())?;
-        let descriptor = self.check_verity(&manifest)?;
-        if let Some(d) = &descriptor {
-            self.check_tree_space(target, d.params())?;
+        // Every image judged before the first write: the tree's, the sizes, a delta's
+        // source, the files' room.
+        let images = payload.images().to_vec();
+        let data_class = self.system.verity_class();
+        let mut descriptor = None;
+        let mut places: Vec<Target> = Vec::new();
+        for (image, dest) in images.iter().zip(&plan) {
+            let m = &image.manifest;
+            if m.source.is_some() && booted.is_none() {
+                return Err(Refusal::DeltaWithoutSource.into());
+            }
+            match *dest {
+                Dest::Class(k) => {
+                    if Some(k) == data_class {
+                        let d = self.check_verity(m)?;
+                        if let Some(d) = &d {
+                            self.check_tree_space(target, d.params())?;
+                        }
+                        descriptor = d;
+                    }
+                    places.push(Target::Slot(k));
+                    let room = self.region_in(k, target)?.len();
+                    if m.target.size > room {
+                        return Err(Refusal::ImageTooLarge {
+                            slot: target,
+                            image: m.target.size,
+                            room,
+                        }
+                        .into());
+                    }
+                }
+                Dest::File(f) => places.push(Target::File(self.file_place(f, target, booted)?)),
+            }
         }
-        if manifest.source.is_some() && booted.is_none() {
-            return Err(Refusal::DeltaWithoutSource.into());
-        }
+        let done = record::read_set(&self.state_dir, target, payload.id())?;
+        let to_write: Vec<(&FilePlace, u64)> = images
+            .iter()
+            .zip(&places)
+            .filter(|(i, _)| !done.contains(&i.name))
+            .filter_map(|(i, p)| match p {
+                Target::File(p) => Some((p, i.manifest.target.size)),
+                Target::Slot(_) => None,
+            })
+            .collect();
+        self.check_file_space(target, &to_write)?;
 
         let resume = record::resume_path(&self.state_dir, target);
         let version = match &installed {
@@ -219,9 +256,6 @@ where
             .allow_reinstall(true)
             .max_resumes(self.system.max_resumes)
             .state(&resume);
-        if let Some((size, digest)) = known.source {
-            opts = opts.source_digest(size, digest);
-        }
         if let Some(p) = progress {
             opts = opts.progress(p);
         }
@@ -236,31 +270,65 @@ where
             None if known.pin.is_some() => {
                 let len = payload.len().max(1);
                 let payload_bytes = (len / 32).clamp(4 << 20, 16 << 20);
-                let expansion = (manifest.target.size / len).max(1);
+                let target_bytes: u64 = images.iter().map(|i| i.manifest.target.size).sum();
+                let expansion = (target_bytes / len).max(1);
                 opts = opts.checkpoint_bytes(payload_bytes.saturating_mul(expansion));
             }
             None => {}
         }
+        // The index's digest of the booted image is the first image's source (the one a
+        // publisher's index describes); the others' sources are hashed by the applier.
+        let first_opts = match known.source {
+            Some((size, digest)) => opts.source_digest(size, digest),
+            None => opts,
+        };
         // Everything the payload's own checks can say (version, a delta's source by the
         // digest already known) is said before the first write.
-        payload.check(&opts)?;
+        payload.check(&first_opts)?;
 
         // From here on the target is written: first make sure it is never booted half done.
         boot.mark_bad(target)?;
         record::remove(&record::path(&self.state_dir, target))?;
         std::fs::create_dir_all(&self.state_dir)
             .map_err(|e| Error::io(format!("creating {}", self.state_dir.display()), e))?;
-        let mut region = self.region(target)?;
-        let applied = match booted.filter(|_| manifest.source.is_some()) {
-            Some(b) => payload.apply(Some(&self.region(b)?), &mut region, &opts)?,
-            None => payload.apply(None::<&Region<&'d D>>, &mut region, &opts)?,
-        };
-        let (root_hash, kernel_argument) = match &descriptor {
-            Some(d) => {
+        let mut payload = payload;
+        let mut done = done;
+        let mut resumed_at = None;
+        let mut skipped = Vec::new();
+        for (i, (image, place)) in images.iter().zip(&places).enumerate() {
+            if done.contains(&image.name) {
+                payload.skip_next()?;
+                skipped.push(image.name.clone());
+                continue;
+            }
+            let o = if i == 0 { &first_opts } else { &opts };
+            let applied = match place {
+                Target::File(place) => self.install_file(&mut payload, place, o)?,
+                &Target::Slot(k) => {
+                    let mut region = self.region_in(k, target)?;
+                    match booted.filter(|_| image.manifest.source.is_some()) {
+                        Some(b) => {
+                            payload.apply_next(Some(&self.region_in(k, b)?), &mut region, o)?
+                        }
+                        None => payload.apply_next(None::<&Region<&'d D>>, &mut region, o)?,
+                    }
+                }
+            };
+            resumed_at.get_or_insert(applied.resumed_at);
+            done.push(image.name.clone());
+            if images.len() > 1 {
+                record::write_set(&self.state_dir, target, payload.id(), &done)?;
+            }
+        }
+        // The tree after every image: a run that finds the data in place (a resumed set)
+        // still writes it, and checks it against the signed root.
+        let (root_hash, kernel_argument) = match (&descriptor, data_class) {
+            (Some(d), Some(k)) => {
+                let mut region = self.region_in(k, target)?;
                 let arg = self.write_tree(target, d, &mut region, progress)?;
                 (Some(d.root_hash().to_vec()), Some(arg))
             }
-            None => (None, None),
+            _ => (None, None),
         };
         if let Some(arg) = &kernel_argument {
             self.write_boot_arguments(target, arg)?;
@@ -274,6 +342,7 @@ where
                 kernel_argument,
             },
         )?;
+        record::remove(&record::set_path(&self.state_dir, target))?;
         // Opened afresh: the boot arguments may have been written to the same store.
         drop(boot);
         self.boot_control()?
@@ -281,8 +350,10 @@ where
         Ok(Installed {
             slot: target,
             version: manifest.version,
-            resumed_at: applied.resumed_at,
+            resumed_at: resumed_at.unwrap_or(0),
             root_hash,
+            images: images.iter().map(|i| i.name.clone()).collect(),
+            skipped,
         })
     }
 
@@ -357,7 +428,7 @@ where
         slot: Slot,
         data_size: u64,
     ) -> Result<(Region<&'d D>, u64, String)> {
-        let spec = self.system.slot(slot);
+        let spec = self.system.slot_of(self.data_class(), slot);
         match &spec.hash_device {
             Some(_) => {
                 let gpt = self.gpt()?;
@@ -376,7 +447,11 @@ where
                     .map_err(|e| Error::io("the slot's hash partition", e))?;
                 Ok((r, 0, format!("PARTUUID={}", p.guid)))
             }
-            None => Ok((self.region(slot)?, data_size, self.kernel_device(slot)?)),
+            None => Ok((
+                self.region_in(self.data_class(), slot)?,
+                data_size,
+                self.kernel_device(slot)?,
+            )),
         }
     }
 
@@ -388,7 +463,7 @@ where
         params: &keel_verity::VerityParams,
     ) -> Result<()> {
         let (place, offset, _) = self.tree_place(slot, params.data_size())?;
-        let data_room = self.region(slot)?.len();
+        let data_room = self.region_in(self.data_class(), slot)?.len();
         if params.data_size() > data_room {
             return Err(Refusal::ImageTooLarge {
                 slot,

@@ -1,12 +1,13 @@
 //! The agent: install into the other slot, arm it, commit it after a healthy boot. Each
 //! concern has a room: where the slots are (`disks`), the boot loader (`boot`), install
-//! (`install`, from an index: `index`), the clock floor (`clock`), commit after health
+//! (`install`, a slot set's images: `images`, from an index: `index`), the clock floor (`clock`), commit after health
 //! checks (`commit`), status (`status`).
 
 mod boot;
 mod clock;
 mod commit;
 mod disks;
+mod images;
 mod index;
 mod install;
 mod status;

@@ -57,7 +57,7 @@ where
         let next = boot.next_boot()?;
         let booted = self.booted_slot().ok();
         let mut slots = Vec::new();
-        for spec in &self.system.slots {
+        for spec in self.system.slots() {
             let st = states.get(spec.slot.index()).copied().unwrap_or(SlotState {
                 priority: 0,
                 tries: 0,
