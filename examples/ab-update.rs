@@ -5,10 +5,12 @@
 //!     [--interrupt] [--slot-mib N]
 //! ```
 //! The image builder's side: a GPT disk with an ESP and two slots (keel-partition), version
-//! 1 in slot A with its dm-verity tree and signed root (keel-verity), version 2 and a signed
-//! delta payload 1 -> 2 (keel-payload). The device's side is keel-update: from the system
-//! description (keel-config) it installs the payload into slot B (verified against the
-//! signed root, armed), and commits B after it boots. Boots are simulated with the boot
+//! 1 in slot A with its dm-verity tree and signed root (keel-verity) and slot A's kernel on
+//! the ESP, version 2 with a new kernel and a signed bundle 1 -> 2 of both (keel-payload).
+//! The device's side is keel-update: from the system description (keel-config) it installs
+//! the bundle into slot B's partition and B's kernel file (verified against the signed
+//! root, armed only once both are in place; A's kernel untouched), and commits B after it
+//! boots. Boots are simulated with the boot
 //! loader's own rules: B fails until its tries run out and the boot loader falls back to
 //! A; re-armed, B comes up and is committed. Every step is checked; a failed check exits 1.
 
@@ -64,7 +66,7 @@ fn check(cond: bool, what: &str) -> Res<()> {
 }
 
 fn run(cli: &Cli, dir: &Path) -> Res<()> {
-    println!("1-4. The image builder: disk, description, version 1 in slot A, payload to 2");
+    println!("1-4. The image builder: disk, description, version 1 in slot A, bundle to 2");
     let backend = ["gpt-chromeos", "gpt-flatcar"][cli.policy as usize];
     let demo = demo::build(dir, cli.slot_mib << 20, backend)?;
     let disk_f = File::options().read(true).write(true).open(&demo.disk)?;
@@ -75,8 +77,8 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
     loaded.findings.iter().for_each(|f| println!("   {f}"));
     let cfg = loaded.config.ok_or("the system description has errors")?;
     check(
-        cfg.slots.len() == 2,
-        "system description valid: two slots, one class",
+        cfg.slots.len() == 2 && cfg.files.len() == 1,
+        "system description valid: two slots of one class, a kernel file per slot",
     )?;
     let system = System::from_config(&cfg)?;
     let d1 = system.keyring.verify_root(&demo.signed1)?;
@@ -103,9 +105,12 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
     let payload = &demo.payload;
     let root2 = &demo.root2;
 
-    println!("5. The device installs it (keel-update): running A, it writes, verifies and arms B");
+    println!(
+        "5. The device installs it (keel-update): running A, it writes B's usr partition and \
+         B's kernel, verifies them and arms B"
+    );
     // The device's view: the kernel booted /usr from slot A, running version 1.0.
-    let root = dir.join("device-root");
+    let root = dir.join("root");
     demo::boot_from(&root, a)?;
     let state = dir.join("state");
     if cli.interrupt {
@@ -152,6 +157,21 @@ fn run(cli: &Cli, dir: &Path) -> Res<()> {
     check(
         done.slot == Slot::B && done.root_hash.as_deref() == Some(&root2[..]),
         "slot B verifies against the signed root hash of version 2",
+    )?;
+    check(
+        done.images == ["usr", "vmlinuz"],
+        "both images of the bundle installed: usr and vmlinuz",
+    )?;
+    check(
+        fs::read(demo::kernel_file(&root, 'B'))? == demo.kernels[1],
+        &format!(
+            "slot B's kernel ({}) is version 2's",
+            demo::KERNEL_PATH.replace("{slot}", "b")
+        ),
+    )?;
+    check(
+        fs::read(demo::kernel_file(&root, 'A'))? == demo.kernels[0],
+        "slot A's kernel, the running one, is untouched: the fallback boots version 1's kernel",
     )?;
     let mut boot = agent.boot_control()?;
     println!("   the simulated boot loader follows {}", boot.rules());

@@ -373,7 +373,7 @@ impl Host for AgentHost<'_> {
         let index = self
             .agent
             .system()
-            .slots
+            .slots()
             .iter()
             .position(|s| s.slot == slot)
             .unwrap_or(0);

@@ -99,9 +99,6 @@ enum Cmd {
         /// Checkpoint the resume record after this many MiB written.
         #[arg(long, default_value_t = 64)]
         checkpoint_mib: u64,
-        /// A bundle's image to apply (its name, as `inspect` lists them).
-        #[arg(long = "bundle-image", value_name = "NAME")]
-        image: Option<String>,
         /// The payload file, or - for standard input.
         payload: String,
     },
@@ -240,7 +237,6 @@ fn run(cli: Cli) -> Result<(), String> {
             allow_downgrade,
             allow_reinstall,
             checkpoint_mib,
-            image,
             payload,
         } => {
             let ring = cli::load_keyring(&to.pubkeys)?;
@@ -274,28 +270,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 .checkpoint_bytes(checkpoint_mib.max(1) << 20)
                 .compatible(compatible.as_deref());
             opts.state = state.as_deref();
-            let mut p = keel::payload::Payload::open_at(
+            let p = keel::payload::Payload::open_at(
                 std::io::BufReader::new(reader),
                 &ring,
                 keel::trust::unix_now(),
             )
             .map_err(|e| e.to_string())?;
-            // A bundle's image by name: the ones before it are read past.
-            if let Some(name) = &image {
-                while p.next_image().is_some_and(|i| &i.name != name) {
-                    p.skip_next().map_err(|e| e.to_string())?;
-                }
-                if p.next_image().is_none() {
-                    let names: Vec<&str> = p.images().iter().map(|i| i.name.as_str()).collect();
-                    return Err(format!("no image {name:?} (the payload has {names:?})"));
-                }
-            }
-            let done = if image.is_some() {
-                p.apply_next_file(src.as_ref(), &mut tgt, &opts)
-            } else {
-                p.apply_file(src.as_ref(), &mut tgt, &opts)
-            }
-            .map_err(|e| e.to_string())?;
+            let done = to.apply(p, src.as_ref(), &mut tgt, &opts)?;
             pb.finish_and_clear();
             created.keep();
             if let Some(why) = &done.discarded {

@@ -320,7 +320,8 @@ fn fetch_apply(cmd: &Cmd) -> Res<ExitCode> {
     let fetch = keel::fetch::FetchOptions::default().max_bytes_per_sec(max_rate.unwrap_or(0));
     let mut reader = keel::fetch::HttpReader::new(url, fetch)?;
     let done = keel::payload::Payload::open_seekable(&mut reader, &ring)
-        .and_then(|p| p.apply(src.as_ref(), &mut tgt, &opts));
+        .map_err(|e| e.to_string())
+        .and_then(|p| to.apply(p, src.as_ref(), &mut tgt, &opts));
     pb.finish_and_clear();
     let done = done?;
     let st = reader.stats();

@@ -151,6 +151,8 @@ fn fetch_apply_args(dir: &Path, url: &str) -> Vec<String> {
         &p("release-key.pub"),
         "--installed-version",
         "1.0",
+        "--bundle-image",
+        "usr",
     ]
     .map(str::to_string)
     .to_vec()

@@ -214,6 +214,10 @@ pub(crate) struct ApplyTo {
     /// Apply without comparing versions (a first install).
     #[arg(long)]
     pub(crate) no_version_check: bool,
+    /// A bundle's image to apply (its name, as `payload inspect` lists them); the images
+    /// before it are read past.
+    #[arg(long = "bundle-image", value_name = "NAME")]
+    pub(crate) image: Option<String>,
 }
 
 impl ApplyTo {
@@ -223,6 +227,27 @@ impl ApplyTo {
             Some(v) => keel::payload::VersionCheck::Installed(v),
             None => keel::payload::VersionCheck::Unchecked,
         }
+    }
+
+    /// Apply the payload (or the bundle image asked for) from `src` into `tgt`.
+    pub(crate) fn apply<R: std::io::Read>(
+        &self,
+        mut p: keel::payload::Payload<R>,
+        src: Option<&std::fs::File>,
+        tgt: &mut std::fs::File,
+        opts: &keel::payload::ApplyOptions<'_>,
+    ) -> Result<keel::payload::Applied, String> {
+        let Some(name) = &self.image else {
+            return p.apply_file(src, tgt, opts).map_err(|e| e.to_string());
+        };
+        while p.next_image().is_some_and(|i| &i.name != name) {
+            p.skip_next().map_err(|e| e.to_string())?;
+        }
+        if p.next_image().is_none() {
+            let names: Vec<&str> = p.images().iter().map(|i| i.name.as_str()).collect();
+            return Err(format!("no image {name:?} (the payload has {names:?})"));
+        }
+        p.apply_next_file(src, tgt, opts).map_err(|e| e.to_string())
     }
 
     /// The source image opened, if one was given.

@@ -12,7 +12,7 @@ use keel::bootflags::{BootControl, Slot};
 use keel::io::{Region, WriteAt};
 use keel::partition::gpt::Partition;
 use keel::partition::{create_layout, GptDisk, Layout};
-use keel::payload::{generate, GenerateOptions};
+use keel::payload::{generate_bundle, BundlePart, GenerateOptions, ImageKind};
 use keel::verity::{format, FormatOptions, RootDescriptor, SignRoot, SigningKey, VerityParams};
 
 pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -84,6 +84,29 @@ pub(crate) fn make_image(dir: &Path, v: u64, size: u64) -> Res<Vec<u8>> {
     Ok(fs::read(out)?)
 }
 
+/// Version `v` of the kernel the slots boot (a stand-in of 3 MiB: the demo boots nothing):
+/// version 2 changes a tenth of it, as a kernel update with a few changed drivers does.
+pub(crate) fn make_kernel(v: u64) -> Vec<u8> {
+    let mut k = keel_testsupport::seeded_bytes(77, 3 << 20);
+    if v >= 2 {
+        let at = 1 << 20;
+        k[at..at + (300 << 10)].copy_from_slice(&keel_testsupport::seeded_bytes(78 + v, 300 << 10));
+    }
+    k
+}
+
+/// Where the description puts each slot's kernel on the running system (the ESP), and
+/// where slot `letter`'s is under the device root `root`.
+pub(crate) const KERNEL_PATH: &str = "/efi/keel/{slot}/vmlinuz";
+
+pub(crate) fn kernel_file(root: &Path, letter: char) -> PathBuf {
+    root.join(
+        KERNEL_PATH
+            .trim_start_matches('/')
+            .replace("{slot}", &letter.to_ascii_lowercase().to_string()),
+    )
+}
+
 pub(crate) fn show(boot: &dyn BootControl, parts: &[(u32, String)], title: &str) -> Res<()> {
     println!("   slot table ({title}):");
     for (i, (st, (number, label))) in boot.status()?.iter().zip(parts).enumerate() {
@@ -113,8 +136,11 @@ pub(crate) struct Demo {
     pub(crate) key: SigningKey,
     /// The system description (also written to `system.toml`).
     pub(crate) description: String,
-    /// The delta payload 1 -> 2 (also written to `update-1-to-2.payload`).
+    /// The bundle 1 -> 2 (also written to `update-1-to-2.payload`): the usr image and
+    /// the kernel, both deltas.
     pub(crate) payload: Vec<u8>,
+    /// The kernels of versions 1 and 2 (slot A's is on the device root's ESP).
+    pub(crate) kernels: [Vec<u8>; 2],
     /// Version 2's dm-verity root hash.
     pub(crate) root2: Vec<u8>,
     /// Version 1's signed root (also in `v1.root.sig`).
@@ -122,8 +148,9 @@ pub(crate) struct Demo {
 }
 
 /// In `dir`: a GPT disk with an ESP and two slots of `slot_bytes` (USR-A, USR-B) with
-/// version 1 and its dm-verity tree in A, its signed root, version 2's signed root, the
-/// signed delta payload 1 -> 2, and the description for `backend`. Each step narrated.
+/// version 1 and its dm-verity tree in A, slot A's kernel on the device root's ESP
+/// (`dir/root/efi/keel/a/vmlinuz`), its signed root, version 2's signed root, the signed
+/// bundle 1 -> 2 (usr and kernel), and the description for `backend`. Each step narrated.
 pub(crate) fn build(dir: &Path, slot_bytes: u64, backend: &str) -> Res<Demo> {
     // A directory others can write to: they could plant a symlink after the check
     // below and have the demo write through it.
@@ -192,6 +219,7 @@ pub(crate) fn build(dir: &Path, slot_bytes: u64, backend: &str) -> Res<Demo> {
         "version = \"1\"\ncompatible = \"keel-demo\"\n\n[boot]\nbackend = \"{backend}\"\ndisk = \"{}\"\n\n\
          [[slot]]\nname = \"usr.a\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-A\"\n\n\
          [[slot]]\nname = \"usr.b\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-B\"\n\n\
+         [[file]]\nclass = \"vmlinuz\"\npath = \"{KERNEL_PATH}\"\n\n\
          [verity]\nalgorithm = \"sha256\"\n\n[[trust.key]]\nid = \"release\"\ned25519 = \"{}\"\n\n[update]\ntries = 2\n",
         disk.display(),
         hex::encode(key.public_key().to_bytes())
@@ -229,16 +257,43 @@ pub(crate) fn build(dir: &Path, slot_bytes: u64, backend: &str) -> Res<Demo> {
         .to_vec();
     let desc2 = RootDescriptor::new(params, &root2)?;
     fs::write(dir.join("v2.root.sig"), key.sign_root(&desc2)?.to_bytes())?;
-    let gopts = GenerateOptions::new("keel-demo", "2.0")
-        .verity(desc2)
-        .level(9);
-    let payload = generate(Some(&v1), &v2, &key, &gopts)?;
-    fs::write(dir.join("update-1-to-2.payload"), &payload)?;
-    let pct = 100.0 * payload.len() as f64 / image_bytes as f64;
+    // The kernels: slot A's on the ESP as the image builder ships it.
+    let kernels = [make_kernel(1), make_kernel(2)];
+    let a_kernel = kernel_file(&dir.join("root"), 'A');
+    fs::create_dir_all(a_kernel.parent().ok_or("no parent")?)?;
+    fs::write(&a_kernel, &kernels[0])?;
+    fs::write(dir.join("vmlinuz-1"), &kernels[0])?;
+    fs::write(dir.join("vmlinuz-2"), &kernels[1])?;
     println!(
-        "   payload: {} bytes for a {} MiB image ({pct:.2}%)",
+        "   ESP: slot A's kernel at {}; slot B's goes to {}",
+        KERNEL_PATH.replace("{slot}", "a"),
+        KERNEL_PATH.replace("{slot}", "b")
+    );
+    let gopts = GenerateOptions::new("keel-demo", "2.0").level(9);
+    let parts = [
+        BundlePart {
+            name: "usr",
+            kind: ImageKind::Slot,
+            source: Some(&v1),
+            target: &v2,
+            verity: Some(&desc2),
+        },
+        BundlePart {
+            name: "vmlinuz",
+            kind: ImageKind::File,
+            source: Some(&kernels[0]),
+            target: &kernels[1],
+            verity: None,
+        },
+    ];
+    let payload = generate_bundle(&parts, &key, &gopts, None)?;
+    fs::write(dir.join("update-1-to-2.payload"), &payload)?;
+    let pct = 100.0 * payload.len() as f64 / (image_bytes as f64 + kernels[1].len() as f64);
+    println!(
+        "   bundle: usr and vmlinuz, {} bytes for a {} MiB image and a {} MiB kernel ({pct:.2}%)",
         payload.len(),
-        image_bytes >> 20
+        image_bytes >> 20,
+        kernels[1].len() >> 20
     );
     Ok(Demo {
         disk,
@@ -246,6 +301,7 @@ pub(crate) fn build(dir: &Path, slot_bytes: u64, backend: &str) -> Res<Demo> {
         key,
         description,
         payload,
+        kernels,
         root2,
         signed1,
     })
