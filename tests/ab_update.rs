@@ -30,10 +30,13 @@ fn flatcar_cycle_with_a_power_cut() {
     let out = cycle(&["--policy", "flatcar", "--interrupt"]);
     for line in [
         "check: both GPT copies valid",
-        "check: system description valid: two slots, one class",
+        "check: system description valid: two slots of one class, a kernel file per slot",
         "check: slot A verifies against its signed root hash",
         "check: the resume record survived the cut",
         "check: slot B verifies against the signed root hash of version 2",
+        "check: both images of the bundle installed: usr and vmlinuz",
+        "check: slot B's kernel (/efi/keel/b/vmlinuz) is version 2's",
+        "check: slot A's kernel, the running one, is untouched: the fallback boots version 1's kernel",
         "B  partition 3  USR-B  priority  2  tries  2  successful no",
         "check: B was tried exactly 2 times",
         "check: the boot loader fell back to A and stays there",
