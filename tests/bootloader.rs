@@ -22,8 +22,8 @@ use keel::bootflags::{AbControl, Slot};
 use keel::io::{ReadAt, Region, WriteAt};
 use keel::partition::{create_layout, GptDisk, Layout};
 
-/// The ESP: room for a kernel and an initramfs with Keel's `update` in it.
-const ESP_BYTES: u64 = 48 << 20;
+/// The ESP: room for two slots' kernels and initramfs images (Keel's `update` in them).
+const ESP_BYTES: u64 = 112 << 20;
 /// Each slot: an 8 MiB ext4 image and its dm-verity tree.
 const SLOT_BYTES: u64 = 16 << 20;
 const IMAGE_BYTES: u64 = 8 << 20;
@@ -460,23 +460,25 @@ fn systemd_boot_counts_and_falls_back_as_keel_predicts() {
     assert_eq!(boot_and_compare("B committed"), Slot::B);
 }
 
-/// GRUB entries that start Debian's kernel with the initramfs, telling it the slot and
+/// GRUB entries that start each slot's own kernel and initramfs (the files keel-update
+/// installs with the slot, Flatcar's `vmlinuz-a`/`vmlinuz-b` way), telling it the slot and
 /// passing the argument keel-update stored for it (last, so the initramfs finds the
 /// table at the end of the command line). `eval`, because the argument holds quotes
 /// (`dm-mod.create="..."`): expanded straight into `linux`, GRUB passes them to the
 /// kernel escaped (`\"`), which the kernel does not undo; through `eval` they are
 /// GRUB's own quoting again.
 const KERNEL_ENTRIES: &str = r#"menuentry "Slot A" {
-    eval "linux (\$esp)/vmlinuz console=ttyS0 quiet panic=-1 keel.slot=A $KEEL_A_ARGS"
-    initrd ($esp)/initrd.img
+    eval "linux (\$esp)/keel/a/vmlinuz console=ttyS0 quiet panic=-1 keel.slot=A $KEEL_A_ARGS"
+    initrd ($esp)/keel/a/initrd.img
 }
 menuentry "Slot B" {
-    eval "linux (\$esp)/vmlinuz console=ttyS0 quiet panic=-1 keel.slot=B $KEEL_B_ARGS"
-    initrd ($esp)/initrd.img
+    eval "linux (\$esp)/keel/b/vmlinuz console=ttyS0 quiet panic=-1 keel.slot=B $KEEL_B_ARGS"
+    initrd ($esp)/keel/b/initrd.img
 }
 "#;
 
-/// The initramfs: map the chosen slot through dm-verity from the `dm-mod.create=` on the
+/// The initramfs (each version's own, saying its version in `/initrd-version`): map the
+/// chosen slot through dm-verity from the `dm-mod.create=` on the
 /// command line (Debian builds dm-verity as a module, so the kernel cannot map it before
 /// the initramfs), mount it read-only, read its marker, and let Keel's `update commit`
 /// run the health check and mark the slot on the ESP. A slot that does not map or mount
@@ -491,6 +493,7 @@ export DM_DISABLE_UDEV=1
 i=0
 while [ ! -b /dev/vda3 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 slot=$(tr -d '"' < /proc/cmdline | sed -n 's/.*keel\.slot=\([A-Z]\).*/\1/p')
+slot="$slot initrd=$(cat /initrd-version)"
 create=$(tr -d '"' < /proc/cmdline | sed -n 's/.*dm-mod\.create=//p')
 name=${create%%,*}
 table=$(echo "$create" | cut -d, -f5-)
@@ -616,6 +619,8 @@ fn kernel_chain(loader: Loader) {
         "version = \"1\"\ncompatible = \"keel-boot-test\"\n\n[boot]\n{boot_section}\n\n\
          [[slot]]\nname = \"usr.a\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-A\"\n\n\
          [[slot]]\nname = \"usr.b\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-B\"\n\n\
+         [[file]]\nclass = \"vmlinuz\"\npath = \"/esp/keel/{{slot}}/vmlinuz\"\n\n\
+         [[file]]\nclass = \"initrd\"\npath = \"/esp/keel/{{slot}}/initrd.img\"\n\n\
          [verity]\nsalt = \"{SALT}\"\n\n[[trust.key]]\nid = \"release\"\ned25519 = \"{}\"\n",
         hex::encode(key.public_key().to_bytes())
     );
@@ -640,8 +645,18 @@ fn kernel_chain(loader: Loader) {
         INIT,
     );
     fs::write(root.join("system.toml"), &description).unwrap();
-    keel_testsupport::kernel::cpio_of(&k.cpio, &root, &m.tree().join("initrd.img"));
-    fs::copy(&k.vmlinuz, m.tree().join("vmlinuz")).unwrap();
+    // Each version's initramfs, told apart from inside the guest by its /initrd-version.
+    let initrd = |version: &str| -> Vec<u8> {
+        fs::write(root.join("initrd-version"), version).unwrap();
+        let out = d.join(format!("initrd-{version}"));
+        keel_testsupport::kernel::cpio_of(&k.cpio, &root, &out);
+        fs::read(out).unwrap()
+    };
+    let kernel = fs::read(&k.vmlinuz).unwrap();
+    // Slot A's kernel and initramfs on the ESP, as the image builder ships them.
+    fs::create_dir_all(m.tree().join("keel/a")).unwrap();
+    fs::write(m.tree().join("keel/a/vmlinuz"), &kernel).unwrap();
+    fs::write(m.tree().join("keel/a/initrd.img"), initrd("1.0")).unwrap();
 
     // The image builder: version 1 and its tree in slot A, A good, its kernel argument.
     let disk = m.disk();
@@ -708,8 +723,9 @@ fn kernel_chain(loader: Loader) {
                 fs::write(
                     entries.join(file),
                     format!(
-                        "title Slot {slot}\nlinux /vmlinuz\ninitrd /initrd.img\n\
-                         options console=ttyS0 quiet panic=-1 keel.slot={slot} {arg}\n"
+                        "title Slot {slot}\nlinux /keel/{0}/vmlinuz\ninitrd /keel/{0}/initrd.img\n\
+                         options console=ttyS0 quiet panic=-1 keel.slot={slot} {arg}\n",
+                        slot.to_ascii_lowercase()
                     ),
                 )
                 .unwrap();
@@ -765,11 +781,36 @@ fn kernel_chain(loader: Loader) {
         }
     };
     let install = |version: &str, healthy: bool| -> keel::update::Installed {
+        // The slot set: the usr image, the kernel (a delta from the running slot's, the
+        // same kernel here) and this version's initramfs.
         let image = slot_image(d, version, healthy);
-        let opts = keel::payload::GenerateOptions::new("keel-boot-test", version)
-            .level(3)
-            .verity(descriptor(&image));
-        let payload = keel::payload::generate(None, &image, &key, &opts).unwrap();
+        let root = descriptor(&image);
+        let initrd = initrd(version);
+        let parts = [
+            keel::payload::BundlePart {
+                name: "usr",
+                kind: keel::payload::ImageKind::Slot,
+                source: None,
+                target: &image,
+                verity: Some(&root),
+            },
+            keel::payload::BundlePart {
+                name: "vmlinuz",
+                kind: keel::payload::ImageKind::File,
+                source: Some(&kernel),
+                target: &kernel,
+                verity: None,
+            },
+            keel::payload::BundlePart {
+                name: "initrd",
+                kind: keel::payload::ImageKind::File,
+                source: None,
+                target: &initrd,
+                verity: None,
+            },
+        ];
+        let opts = keel::payload::GenerateOptions::new("keel-boot-test", version).level(3);
+        let payload = keel::payload::generate_bundle(&parts, &key, &opts, None).unwrap();
         let loaded = keel::config::load_sources(&[("system.toml".into(), description.clone())]);
         let system = keel::update::System::from_config(
             loaded
@@ -801,7 +842,7 @@ fn kernel_chain(loader: Loader) {
     let (slot, result, text) = boot("v2 armed");
     assert_eq!(
         (slot, result.as_str()),
-        (Slot::B, "slot=B version=2.0 healthy=yes")
+        (Slot::B, "slot=B initrd=2.0 version=2.0 healthy=yes")
     );
     assert!(text.contains("KEEL-COMMIT rc=0"), "{text}");
     assert!(good(Slot::B), "B is marked good on the ESP");
@@ -811,17 +852,23 @@ fn kernel_chain(loader: Loader) {
 
     // Version 3 fails its health check: commit marks A bad, the next boot is B.
     booted(Slot::B);
+    let running = |f: &str| fs::read(m.tree().join("keel/b").join(f)).unwrap();
+    let (b_kernel, b_initrd) = (running("vmlinuz"), running("initrd.img"));
     assert_eq!(install("3.0", false).slot, Slot::A);
+    assert!(
+        running("vmlinuz") == b_kernel && running("initrd.img") == b_initrd,
+        "the running slot's kernel and initramfs were touched"
+    );
     let (slot, result, text) = boot("v3 armed");
     assert_eq!(
         (slot, result.as_str()),
-        (Slot::A, "slot=A version=3.0 healthy=no")
+        (Slot::A, "slot=A initrd=3.0 version=3.0 healthy=no")
     );
     assert!(text.contains("KEEL-COMMIT rc=2"), "{text}");
     let (slot, result, _) = boot("after v3 failed");
     assert_eq!(
         (slot, result.as_str()),
-        (Slot::B, "slot=B version=2.0 healthy=yes")
+        (Slot::B, "slot=B initrd=2.0 version=2.0 healthy=yes")
     );
 
     // Version 4 is installed, then its data is changed on the disk: the kernel's
@@ -835,7 +882,10 @@ fn kernel_chain(loader: Loader) {
     let tries = if loader == Loader::Grub { 1 } else { TRIES };
     for i in 0..tries {
         let (slot, result, text) = boot(&format!("v4 tampered, try {}", i + 1));
-        assert_eq!((slot, result.as_str()), (Slot::A, "slot=A mounted=no"));
+        assert_eq!(
+            (slot, result.as_str()),
+            (Slot::A, "slot=A initrd=4.0 mounted=no")
+        );
         assert!(
             text.contains("verity") && text.contains("is corrupted"),
             "the kernel's dm-verity did not report the damage:\n{text}"
@@ -844,6 +894,6 @@ fn kernel_chain(loader: Loader) {
     let (slot, result, _) = boot("after v4 failed to mount");
     assert_eq!(
         (slot, result.as_str()),
-        (Slot::B, "slot=B version=2.0 healthy=yes")
+        (Slot::B, "slot=B initrd=2.0 version=2.0 healthy=yes")
     );
 }

@@ -42,9 +42,15 @@
 //! device number for a node), and a partition of another disk is refused by name
 //! ([`Error::OtherDisk`]). The dm-verity tree (and parity) follows the image in the
 //! slot, or, with `hash-tree = "separate"`, goes on each slot's own `hash-device`
-//! partition; either way the space is checked before anything is written. The description
-//! has one slot class: several classes switching together (a kernel pair and a root pair)
-//! would need a payload with an image per class, and are refused. The booted slot is told from the kernel command line
+//! partition; either way the space is checked before anything is written. A description
+//! may have several slot classes switching together (ChromeOS's kernel and root pairs; the
+//! first carries the boot state) and `[[file]]` classes, a file per slot on a filesystem
+//! both share (a kernel and an initramfs on the ESP, `/efi/keel/{slot}/vmlinuz`). An
+//! install writes a bundle's images into the inactive slot set, one image per class (a
+//! payload of one image fits a description of one slot class), never a running slot's
+//! file, and arms the set only once every image and the dm-verity tree (of `[verity]
+//! class`) are in place and verified; a set record lets a run after an interruption skip
+//! the images already done ([`Installed::skipped`]). The booted slot is told from the kernel command line
 //! (`root=`/`usr=`/`mount.usr=` by PARTUUID, PARTLABEL, device, major:minor or
 //! device-mapper name; `roothash=`, `usrhash=`, `verity.usrhash=`; `dm-mod.create=`) and
 //! /sys, under a root directory tests can point elsewhere.
@@ -66,4 +72,4 @@ pub use error::{Error, Refusal, Result};
 /// The boot-state backend of a [`System`]: keel-bootflags' one specification.
 pub use keel_bootflags::BackendSpec;
 pub use record::SlotRecord;
-pub use system::{SlotDevice, SlotSpec, System, VeritySpec};
+pub use system::{FileSpec, SlotClass, SlotDevice, SlotSpec, System, VeritySpec};
