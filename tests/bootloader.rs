@@ -787,27 +787,9 @@ fn kernel_chain(loader: Loader) {
         let root = descriptor(&image);
         let initrd = initrd(version);
         let parts = [
-            keel::payload::BundlePart {
-                name: "usr",
-                kind: keel::payload::ImageKind::Slot,
-                source: None,
-                target: &image,
-                verity: Some(&root),
-            },
-            keel::payload::BundlePart {
-                name: "vmlinuz",
-                kind: keel::payload::ImageKind::File,
-                source: Some(&kernel),
-                target: &kernel,
-                verity: None,
-            },
-            keel::payload::BundlePart {
-                name: "initrd",
-                kind: keel::payload::ImageKind::File,
-                source: None,
-                target: &initrd,
-                verity: None,
-            },
+            keel::payload::BundlePart::slot("usr", None, &image).verity(&root),
+            keel::payload::BundlePart::file("vmlinuz", Some(&kernel), &kernel),
+            keel::payload::BundlePart::file("initrd", None, &initrd),
         ];
         let opts = keel::payload::GenerateOptions::new("keel-boot-test", version).level(3);
         let payload = keel::payload::generate_bundle(&parts, &key, &opts, None).unwrap();

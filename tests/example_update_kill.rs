@@ -16,7 +16,7 @@ use std::process::Command;
 use common::{copy_dir, example, seeded_bytes, tool};
 use keel::io::{Region, WriteAt};
 use keel::partition::{create_layout, GptDisk, Layout};
-use keel::payload::{generate_bundle, BundlePart, GenerateOptions, ImageKind};
+use keel::payload::{generate_bundle, BundlePart, GenerateOptions};
 
 const SLOT: u64 = 2 << 20;
 const IMAGE: usize = 1 << 20;
@@ -169,27 +169,9 @@ fn build(dir: &Path) -> (Node, [Vec<u8>; 2]) {
         .to_vec();
     let descriptor = keel::verity::RootDescriptor::new(params, &root).unwrap();
     let parts = [
-        BundlePart {
-            name: "usr",
-            kind: ImageKind::Slot,
-            source: Some(&v1),
-            target: &v2,
-            verity: Some(&descriptor),
-        },
-        BundlePart {
-            name: "vmlinuz",
-            kind: ImageKind::File,
-            source: Some(&k1),
-            target: &k2,
-            verity: None,
-        },
-        BundlePart {
-            name: "initrd",
-            kind: ImageKind::File,
-            source: None,
-            target: &i2,
-            verity: None,
-        },
+        BundlePart::slot("usr", Some(&v1), &v2).verity(&descriptor),
+        BundlePart::file("vmlinuz", Some(&k1), &k2),
+        BundlePart::file("initrd", None, &i2),
     ];
     let bundle = generate_bundle(
         &parts,

@@ -959,62 +959,40 @@ fn file_images_and_slot_classes_have_their_rules() {
         format!("[[file]]\nclass = \"{class}\"\npath = \"{path}\"\n\n[[trust.key]]")
     };
     let k = "[[trust.key]]";
-    expect(
-        k,
-        &file("kernel", "efi/{slot}/vmlinuz"),
-        "file[0].path",
-        22,
-        8,
-        "an absolute path is needed",
-    );
-    expect(
-        k,
-        &file("kernel", "/efi/vmlinuz"),
-        "file[0].path",
-        22,
-        8,
-        "`{slot}` must appear once",
-    );
-    expect(
-        k,
-        &file("kernel", "/efi/{slot}/{slot}"),
-        "file[0].path",
-        22,
-        8,
-        "`{slot}` must appear once",
-    );
-    expect(
-        k,
-        &file("kernel", "/efi/../{slot}/vmlinuz"),
-        "file[0].path",
-        22,
-        8,
-        "no `..`",
-    );
-    expect(
-        k,
-        &file("kernel", "/efi/{slot}/"),
-        "file[0].path",
-        22,
-        8,
-        "names a directory",
-    );
-    expect(
-        k,
-        &file("usr", "/efi/{slot}.efi"),
-        "file[0].class",
-        21,
-        9,
-        "already slot[0]'s",
-    );
-    expect(
-        k,
-        &file("ker nel", "/efi/{slot}.efi"),
-        "file[0].class",
-        21,
-        9,
-        "1 to 64 letters",
-    );
+    for (class, path, at, msg) in [
+        (
+            "kernel",
+            "efi/{slot}/vmlinuz",
+            "path",
+            "an absolute path is needed",
+        ),
+        (
+            "kernel",
+            "/efi/vmlinuz",
+            "path",
+            "`{slot}` must appear once",
+        ),
+        (
+            "kernel",
+            "/efi/{slot}/{slot}",
+            "path",
+            "`{slot}` must appear once",
+        ),
+        ("kernel", "/efi/../{slot}/vmlinuz", "path", "no `..`"),
+        ("kernel", "/efi/{slot}/", "path", "names a directory"),
+        ("usr", "/efi/{slot}.efi", "class", "already slot[0]'s"),
+        ("ker nel", "/efi/{slot}.efi", "class", "1 to 64 letters"),
+    ] {
+        let (line, col) = if at == "path" { (22, 8) } else { (21, 9) };
+        expect(
+            k,
+            &file(class, path),
+            &format!("file[0].{at}"),
+            line,
+            col,
+            msg,
+        );
+    }
     expect(
         k,
         &format!(

@@ -12,7 +12,7 @@ use keel::bootflags::{BootControl, Slot};
 use keel::io::{Region, WriteAt};
 use keel::partition::gpt::Partition;
 use keel::partition::{create_layout, GptDisk, Layout};
-use keel::payload::{generate_bundle, BundlePart, GenerateOptions, ImageKind};
+use keel::payload::{generate_bundle, BundlePart, GenerateOptions};
 use keel::verity::{format, FormatOptions, RootDescriptor, SignRoot, SigningKey, VerityParams};
 
 pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -271,20 +271,8 @@ pub(crate) fn build(dir: &Path, slot_bytes: u64, backend: &str) -> Res<Demo> {
     );
     let gopts = GenerateOptions::new("keel-demo", "2.0").level(9);
     let parts = [
-        BundlePart {
-            name: "usr",
-            kind: ImageKind::Slot,
-            source: Some(&v1),
-            target: &v2,
-            verity: Some(&desc2),
-        },
-        BundlePart {
-            name: "vmlinuz",
-            kind: ImageKind::File,
-            source: Some(&kernels[0]),
-            target: &kernels[1],
-            verity: None,
-        },
+        BundlePart::slot("usr", Some(&v1), &v2).verity(&desc2),
+        BundlePart::file("vmlinuz", Some(&kernels[0]), &kernels[1]),
     ];
     let payload = generate_bundle(&parts, &key, &gopts, None)?;
     fs::write(dir.join("update-1-to-2.payload"), &payload)?;

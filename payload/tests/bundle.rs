@@ -52,20 +52,8 @@ impl Fixture {
     /// A bundle: `usr` a delta from usr1, `kernel` a full file image.
     fn bundle(&self) -> Vec<u8> {
         let parts = [
-            BundlePart {
-                name: "usr",
-                kind: ImageKind::Slot,
-                source: Some(&self.usr1),
-                target: &self.usr2,
-                verity: None,
-            },
-            BundlePart {
-                name: "kernel",
-                kind: ImageKind::File,
-                source: None,
-                target: &self.kernel2,
-                verity: None,
-            },
+            BundlePart::slot("usr", Some(&self.usr1), &self.usr2),
+            BundlePart::file("kernel", None, &self.kernel2),
         ];
         let opts = GenerateOptions::new("acme-os", "2.0").level(1);
         generate_bundle(&parts, &self.key, &opts, None).unwrap()

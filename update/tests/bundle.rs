@@ -11,11 +11,13 @@ use keel_bootflags::Slot;
 use keel_io::testing::PowerCut;
 use keel_io::{ReadAt, Region, Shared, WriteAt};
 use keel_partition::{create_layout, types, ExtraPartition, GptDisk, Layout};
-use keel_payload::{generate_bundle, BundlePart, GenerateOptions, ImageKind};
+use keel_payload::{generate_bundle, BundlePart, GenerateOptions};
 use keel_testsupport::seeded_bytes;
 use keel_trust::SigningKey;
 use keel_update::{Agent, Error, Refusal, System};
-use keel_verity::{HashTree, RootDescriptor, VerityParams};
+
+mod common;
+use common::{open_rw, range, Dirs};
 
 const SLOT: u64 = 2 << 20;
 const IMAGE: usize = 1 << 20;
@@ -44,6 +46,16 @@ fn version(n: u64) -> Version {
     }
 }
 
+impl Dirs for Fixture {
+    fn base(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn descriptor(image: &[u8]) -> keel_verity::RootDescriptor {
+    common::descriptor(image, SALT)
+}
+
 /// A Flatcar-style disk (USR-A with version 1, USR-B), a root directory whose `/efi`
 /// holds slot A's kernel and initramfs, the description with both files.
 struct Fixture {
@@ -59,9 +71,7 @@ impl Fixture {
             key: SigningKey::generate().unwrap(),
             v1: version(1),
         };
-        fs::create_dir_all(f.root().join("proc")).unwrap();
-        fs::create_dir_all(f.root().join("etc")).unwrap();
-        fs::write(f.root().join("etc/os-release"), "VERSION_ID=1\n").unwrap();
+        f.make_root("1");
         let disk = fs::File::create(f.disk()).unwrap();
         disk.set_len(2 * SLOT + (2 << 20)).unwrap();
         let mut layout = Layout::flatcar(SLOT);
@@ -75,19 +85,6 @@ impl Fixture {
         f.put_files(Slot::A, &f.v1);
         f.boot_from("USR-A");
         f
-    }
-
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn disk(&self) -> PathBuf {
-        self.p("disk.img")
-    }
-    fn root(&self) -> PathBuf {
-        self.p("root")
-    }
-    fn state(&self) -> PathBuf {
-        self.p("state")
     }
 
     /// Slot `slot`'s file of `class` under the root.
@@ -150,27 +147,9 @@ impl Fixture {
     fn bundle(&self, from: Option<&Version>, to: &Version, v: &str, skip: &str) -> Vec<u8> {
         let usr_root = descriptor(&to.usr);
         let mut parts = vec![
-            BundlePart {
-                name: "usr",
-                kind: ImageKind::Slot,
-                source: from.map(|f| &f.usr[..]),
-                target: &to.usr,
-                verity: Some(&usr_root),
-            },
-            BundlePart {
-                name: "vmlinuz",
-                kind: ImageKind::File,
-                source: from.map(|f| &f.kernel[..]),
-                target: &to.kernel,
-                verity: None,
-            },
-            BundlePart {
-                name: "initrd",
-                kind: ImageKind::File,
-                source: None,
-                target: &to.initrd,
-                verity: None,
-            },
+            BundlePart::slot("usr", from.map(|f| &f.usr[..]), &to.usr).verity(&usr_root),
+            BundlePart::file("vmlinuz", from.map(|f| &f.kernel[..]), &to.kernel),
+            BundlePart::file("initrd", None, &to.initrd),
         ];
         parts.retain(|p| p.name != skip);
         let opts = GenerateOptions::new("acme-os", v).level(1);
@@ -187,34 +166,6 @@ fn system_of(text: &str) -> System {
         .config
         .unwrap_or_else(|| panic!("{:?}", loaded.findings));
     System::from_config(&config).unwrap()
-}
-
-fn range(disk: &[u8], label: &str) -> (u64, u64) {
-    let g = GptDisk::open(disk.to_vec(), None).unwrap();
-    let ss = g.sector_size();
-    let p = g.partition_by_label(label).unwrap();
-    (p.first_lba * ss, p.sectors() * ss)
-}
-
-fn descriptor(image: &[u8]) -> RootDescriptor {
-    let params = VerityParams::builder()
-        .salt(hex::decode(SALT).unwrap())
-        .data_blocks(image.len() as u64 / 4096)
-        .build()
-        .unwrap();
-    let root = HashTree::build(&params, image)
-        .unwrap()
-        .root_hash()
-        .to_vec();
-    RootDescriptor::new(params, &root).unwrap()
-}
-
-fn open_rw(path: &Path) -> fs::File {
-    fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap()
 }
 
 /// The slot's first `len` bytes.
@@ -326,27 +277,9 @@ fn a_bundle_that_does_not_match_the_description_is_refused_before_any_write() {
     // The kernel as a partition image.
     let usr_root = descriptor(&v2.usr);
     let parts = [
-        BundlePart {
-            name: "usr",
-            kind: ImageKind::Slot,
-            source: None,
-            target: &v2.usr,
-            verity: Some(&usr_root),
-        },
-        BundlePart {
-            name: "vmlinuz",
-            kind: ImageKind::Slot,
-            source: None,
-            target: &v2.kernel,
-            verity: None,
-        },
-        BundlePart {
-            name: "initrd",
-            kind: ImageKind::File,
-            source: None,
-            target: &v2.initrd,
-            verity: None,
-        },
+        BundlePart::slot("usr", None, &v2.usr).verity(&usr_root),
+        BundlePart::slot("vmlinuz", None, &v2.kernel),
+        BundlePart::file("initrd", None, &v2.initrd),
     ];
     let opts = GenerateOptions::new("acme-os", "2").level(1);
     let wrong_kind = generate_bundle(&parts, &f.key, &opts, None).unwrap();
@@ -503,47 +436,30 @@ fn a_bundle_install_cut_at_every_disk_write_converges() {
             .state_dir(state)
             .install(&bundle[..], None)
     };
-    let clean = Shared::new(PowerCut::new(initial.clone(), usize::MAX, 0));
-    run(&clean, &f.p("clean-state")).unwrap();
-    let clean = clean.into_inner();
-    let writes = clean.writes;
-    let (b_off, b_len) = range(&clean.inner, "USR-B");
-    let slot = (b_off as usize)..((b_off + b_len) as usize);
-    let reference = clean.inner[slot.clone()].to_vec();
     let mut skipped_some = false;
-    for cut in 0..writes {
-        fs::remove_file(f.file(Slot::B, "vmlinuz")).ok();
-        fs::remove_file(f.file(Slot::B, "initrd.img")).ok();
-        let state = f.p(&format!("state-{cut}"));
-        let disk = Shared::new(PowerCut::new(initial.clone(), cut, 100));
-        assert!(run(&disk, &state).is_err(), "cut {cut}: not noticed");
-        let disk = Shared::new(PowerCut::new(disk.into_inner().inner, usize::MAX, 0));
-        let done = run(&disk, &state).unwrap_or_else(|e| panic!("cut {cut}: rerun: {e}"));
-        skipped_some |= !done.skipped.is_empty();
-        let end = disk.into_inner().inner;
-        assert!(
-            end[slot.clone()] == reference[..],
-            "cut {cut}: slot B differs"
-        );
-        assert_eq!(
-            f.files_of(Slot::B),
-            (v2.kernel.clone(), v2.initrd.clone()),
-            "cut {cut}"
-        );
-        assert_eq!(
-            f.files_of(Slot::A),
-            (f.v1.kernel.clone(), f.v1.initrd.clone())
-        );
-        let st = Agent::new(f.system(), &Shared::new(end))
-            .root(f.root())
-            .state_dir(&state)
-            .status()
-            .unwrap();
-        assert!(
-            st.slots[1].next_boot && st.slots[1].tries == 2,
-            "cut {cut}: {st:?}"
-        );
-    }
+    common::cut_at_every_write(
+        &f,
+        || f.system(),
+        &initial,
+        run,
+        2,
+        || {
+            fs::remove_file(f.file(Slot::B, "vmlinuz")).ok();
+            fs::remove_file(f.file(Slot::B, "initrd.img")).ok();
+        },
+        |cut, done| {
+            skipped_some |= !done.skipped.is_empty();
+            assert_eq!(
+                f.files_of(Slot::B),
+                (v2.kernel.clone(), v2.initrd.clone()),
+                "cut {cut}"
+            );
+            assert_eq!(
+                f.files_of(Slot::A),
+                (f.v1.kernel.clone(), f.v1.initrd.clone())
+            );
+        },
+    );
     assert!(
         skipped_some,
         "no rerun found an image in place: the set record was never used"
@@ -621,20 +537,8 @@ fn a_chromeos_kernel_and_root_pair_switch_together() {
     let v2 = version(2);
     let root_root = descriptor(&v2.usr);
     let parts = [
-        BundlePart {
-            name: "kernel",
-            kind: ImageKind::Slot,
-            source: None,
-            target: &v2.kernel,
-            verity: None,
-        },
-        BundlePart {
-            name: "root",
-            kind: ImageKind::Slot,
-            source: Some(&v1.usr),
-            target: &v2.usr,
-            verity: Some(&root_root),
-        },
+        BundlePart::slot("kernel", None, &v2.kernel),
+        BundlePart::slot("root", Some(&v1.usr), &v2.usr).verity(&root_root),
     ];
     let bundle = generate_bundle(
         &parts,

@@ -17,6 +17,9 @@ use keel_trust::SigningKey;
 use keel_update::{Agent, Commit, Error, HealthCheck, System};
 use keel_verity::{HashTree, RootDescriptor, VerityParams};
 
+mod common;
+use common::{open_rw, Dirs};
+
 const SLOT: u64 = 4 << 20;
 const IMAGE: usize = 3 << 20;
 const SALT: &str = "5a17";
@@ -28,6 +31,12 @@ struct Fixture {
     key: SigningKey,
     v1: Vec<u8>,
     v2: Vec<u8>,
+}
+
+impl Dirs for Fixture {
+    fn base(&self) -> &Path {
+        self.dir.path()
+    }
 }
 
 impl Fixture {
@@ -42,13 +51,7 @@ impl Fixture {
             v1,
             v2,
         };
-        fs::create_dir_all(f.root().join("proc")).unwrap();
-        fs::create_dir_all(f.root().join("etc")).unwrap();
-        fs::write(
-            f.root().join("etc/os-release"),
-            "ID=keel\nVERSION_ID=\"1.0\"\n",
-        )
-        .unwrap();
+        f.make_root("1.0");
         f.lay_out(512);
         f
     }
@@ -67,19 +70,6 @@ impl Fixture {
             .write_all_at(&self.v1, 0)
             .unwrap();
         self.boot_from("USR-A");
-    }
-
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn disk(&self) -> PathBuf {
-        self.p("disk.img")
-    }
-    fn root(&self) -> PathBuf {
-        self.p("root")
-    }
-    fn state(&self) -> PathBuf {
-        self.p("state")
     }
 
     /// (offset, length) of the partition labelled `label` on a disk read into memory.
@@ -139,16 +129,7 @@ impl Fixture {
     }
 
     fn descriptor(&self, image: &[u8]) -> RootDescriptor {
-        let params = VerityParams::builder()
-            .salt(hex::decode(SALT).unwrap())
-            .data_blocks(image.len() as u64 / 4096)
-            .build()
-            .unwrap();
-        let root = HashTree::build(&params, image)
-            .unwrap()
-            .root_hash()
-            .to_vec();
-        RootDescriptor::new(params, &root).unwrap()
+        common::descriptor(image, SALT)
     }
 
     /// A signed payload to `target` at `version`, a delta from v1 when `delta`.
@@ -159,14 +140,6 @@ impl Fixture {
         let source = delta.then_some(&self.v1[..]);
         generate(source, target, &self.key, &opts).unwrap()
     }
-}
-
-fn open_rw(path: &Path) -> fs::File {
-    fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap()
 }
 
 fn agent<'d, D: ReadAt>(f: &Fixture, system: System, disk: &'d D) -> Agent<'d, D>
@@ -533,41 +506,8 @@ fn an_install_cut_at_every_write_converges_when_run_again() {
             .state_dir(state)
             .install(&payload[..], None)
     };
-    // The uninterrupted install: the reference, and the number of writes it makes.
-    let clean = Shared::new(PowerCut::new(initial.clone(), usize::MAX, 0));
-    run(&clean, &f.p("clean-state")).unwrap();
-    let clean = clean.into_inner();
-    let writes = clean.writes;
+    let writes = common::cut_at_every_write(&f, || f.system(), &initial, run, 2, || {}, |_, _| {});
     assert!(writes >= 6, "{writes} writes");
-    let (b_off, b_len) = f.slot_range(clean.inner.clone(), "USR-B");
-    let reference = clean.inner;
-    for cut in 0..writes {
-        let state = f.p(&format!("state-{cut}"));
-        let disk = Shared::new(PowerCut::new(initial.clone(), cut, 100));
-        assert!(
-            run(&disk, &state).is_err(),
-            "cut {cut}: the install did not notice"
-        );
-        let after_cut = disk.into_inner().inner;
-        let disk = Shared::new(PowerCut::new(after_cut, usize::MAX, 0));
-        let done = run(&disk, &state).unwrap_or_else(|e| panic!("cut {cut}: rerun failed: {e}"));
-        assert_eq!(done.slot, Slot::B);
-        let end = disk.into_inner().inner;
-        let slot = (b_off as usize)..((b_off + b_len) as usize);
-        assert!(
-            end[slot.clone()] == reference[slot],
-            "cut {cut}: slot B differs"
-        );
-        let st = Agent::new(f.system(), &Shared::new(end))
-            .root(f.root())
-            .state_dir(&state)
-            .status()
-            .unwrap();
-        assert!(
-            st.slots[1].next_boot && st.slots[1].tries == 2,
-            "cut {cut}: {st:?}"
-        );
-    }
 }
 
 /// The whole cycle on real block devices with 512 and 4096-byte sectors.

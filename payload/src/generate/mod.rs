@@ -436,6 +436,33 @@ pub struct BundlePart<'a> {
     pub verity: Option<&'a RootDescriptor>,
 }
 
+impl<'a> BundlePart<'a> {
+    /// An image for a partition per slot (a slot class): a delta from `source`, or full.
+    pub fn slot(name: &'a str, source: Option<&'a [u8]>, target: &'a [u8]) -> Self {
+        BundlePart {
+            name,
+            kind: crate::format::ImageKind::Slot,
+            source,
+            target,
+            verity: None,
+        }
+    }
+
+    /// An image for a file per slot (a kernel, an initramfs on the ESP).
+    pub fn file(name: &'a str, source: Option<&'a [u8]>, target: &'a [u8]) -> Self {
+        BundlePart {
+            kind: crate::format::ImageKind::File,
+            ..Self::slot(name, source, target)
+        }
+    }
+
+    /// With the image's signed dm-verity root.
+    pub fn verity(mut self, root: &'a RootDescriptor) -> Self {
+        self.verity = Some(root);
+        self
+    }
+}
+
 /// A signed bundle (format version 3): each part's image encoded as [`generate`] encodes
 /// one (a delta where it has a source, else full; its own dm-verity root), under one
 /// signature, with `opts`'s compatible string, version, level and threads for all. Each
