@@ -35,6 +35,7 @@
 
 mod cursor;
 mod device;
+mod error;
 mod file;
 mod map;
 mod progress;
@@ -48,6 +49,7 @@ mod threads;
 
 pub use cursor::{Cursor, CursorError};
 pub use device::{ReadAt, WriteAt};
+pub use error::IoError;
 pub use file::{
     open_device, replace_file, replace_file_private, require_size, same_file, DeviceKind, FileId,
 };

@@ -8,14 +8,8 @@ use std::io;
 #[non_exhaustive]
 pub enum Error {
     /// An I/O error, with what was being done.
-    #[error("{context}: {source}")]
-    Io {
-        /// What Keel was doing.
-        context: String,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(keel_io::IoError),
     /// A field of a GPT structure holds a value that is not allowed.
     #[error("{what}: field {field} at byte {offset}: {reason}")]
     BadField {
@@ -121,10 +115,7 @@ pub enum LayoutProblem {
 
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        Error::Io(keel_io::IoError::new(context, source))
     }
 }
 

@@ -77,14 +77,8 @@ impl std::fmt::Display for TargetCheck {
 #[non_exhaustive]
 pub enum Error {
     /// An I/O error, with what was being done (never reported as a modified source).
-    #[error("{context}: {source}")]
-    Io {
-        /// What Keel was doing.
-        context: String,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(keel_io::IoError),
     /// A header or manifest field is not allowed.
     #[error("field {field} at byte {offset} of the payload: {reason}")]
     BadField {
@@ -274,10 +268,7 @@ impl Error {
         {
             return Error::Cancelled;
         }
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        Error::Io(keel_io::IoError::new(context, source))
     }
 
     /// The running slot is not the image this delta was made for: fetch and apply the
@@ -294,8 +285,8 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Truncated { .. } | Error::Cancelled => true,
-            Error::Io { source, .. } => matches!(
-                source.kind(),
+            Error::Io(e) => matches!(
+                e.source.kind(),
                 io::ErrorKind::Interrupted
                     | io::ErrorKind::TimedOut
                     | io::ErrorKind::WouldBlock

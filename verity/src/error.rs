@@ -11,14 +11,8 @@ use std::io;
 #[non_exhaustive]
 pub enum Error {
     /// An I/O error, with what was being done.
-    #[error("{context}: {source}")]
-    Io {
-        /// What Keel was doing ("reading data block 17", "writing hash tree").
-        context: String,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(keel_io::IoError),
 
     /// A parameter is out of range or inconsistent.
     #[error("invalid {field}: {reason}")]
@@ -109,10 +103,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        Error::Io(keel_io::IoError::new(context, source))
     }
 
     pub(crate) fn param(field: &'static str, reason: impl Into<String>) -> Self {
