@@ -778,17 +778,12 @@ fn c_boot_loader_on_uboot_env_agrees_with_the_model_and_fw_printenv() {
             );
         } else {
             // Made by mkenvimage (0xff fill), as an image builder does.
-            let txt = dir.path().join("env.txt");
-            fs::write(
-                &txt,
+            mkenvimage(
+                &mk,
+                dir.path(),
+                size,
+                &s.file,
                 "bootcmd=run distro_bootcmd\nBOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\n",
-            )
-            .unwrap();
-            run_ok(
-                Command::new(&mk)
-                    .args(["-s", &size.to_string(), "-o"])
-                    .arg(&s.file)
-                    .arg(&txt),
             );
         }
         let printenv = || vars(&run_ok(Command::new(&pr).arg("-c").arg(&cfg)));
@@ -875,17 +870,12 @@ fn c_boot_loader_through_env_get_and_env_set_agrees_with_the_model() {
     };
     let s = sim("uboot", dir.path(), size, false, 2, backend.clone());
     let cfg = keel_testsupport::fw_env_config(dir.path(), &s.file, size, false);
-    let txt = dir.path().join("env.txt");
-    fs::write(
-        &txt,
+    mkenvimage(
+        &mk,
+        dir.path(),
+        size,
+        &s.file,
         "bootcmd=run distro_bootcmd\nBOOT_ORDER=B A\nBOOT_A_LEFT=3\nBOOT_B_LEFT=1\n",
-    )
-    .unwrap();
-    run_ok(
-        Command::new(&mk)
-            .args(["-s", &size.to_string(), "-o"])
-            .arg(&s.file)
-            .arg(&txt),
     );
     let names: Vec<String> = (0..=2)
         .map(|i| {
@@ -1019,4 +1009,16 @@ fn variables_api_checks_its_arguments() {
         );
         assert!(keel_uboot_var_name(5).is_null());
     }
+}
+
+/// U-Boot's environment image holding `text`, made by mkenvimage at `out`.
+fn mkenvimage(mk: &Path, dir: &Path, size: usize, out: &Path, text: &str) {
+    let txt = dir.join("env.txt");
+    fs::write(&txt, text).unwrap();
+    run_ok(
+        Command::new(mk)
+            .args(["-s", &size.to_string(), "-o"])
+            .arg(out)
+            .arg(&txt),
+    );
 }

@@ -238,14 +238,7 @@ impl AbControl for SystemdBoot {
     /// Sort the entry first; an unblessed entry gets `tries` (default 3) and DONE 0.
     fn set_active(&mut self, slot: Slot, tries: Option<u8>) -> Result<()> {
         check_slot(slot, self.entries.len())?;
-        let tries = u32::from(tries.unwrap_or(DEFAULT_TRIES as u8));
-        if tries == 0 {
-            return Err(Error::Tries {
-                tries: 0,
-                min: 1,
-                max: u8::MAX,
-            });
-        }
+        let tries = crate::model::arming_tries(tries, DEFAULT_TRIES)?;
         let e = &mut self.entries[slot.index()];
         if e.counter.is_some() {
             e.counter = Some(Counter {

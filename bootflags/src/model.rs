@@ -184,6 +184,19 @@ pub trait AbControl {
     }
 }
 
+/// The tries a slot armed with `tries` gets (`default` when none are given): at least one,
+/// or the slot would be armed and never tried.
+pub(crate) fn arming_tries(tries: Option<u8>, default: u32) -> Result<u32> {
+    match tries.map_or(default, u32::from) {
+        0 => Err(Error::Tries {
+            tries: 0,
+            min: 1,
+            max: u8::MAX,
+        }),
+        t => Ok(t),
+    }
+}
+
 pub(crate) fn check_slot(slot: Slot, count: usize) -> Result<()> {
     if slot.index() < count {
         Ok(())

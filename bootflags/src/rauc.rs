@@ -580,14 +580,7 @@ impl AbControl for RaucUboot {
     /// (default 3).
     fn set_active(&mut self, slot: Slot, tries: Option<u8>) -> Result<()> {
         check_slot(slot, self.rules.count)?;
-        let tries = u32::from(tries.unwrap_or(UBOOT_DEFAULT_ATTEMPTS as u8));
-        if tries == 0 {
-            return Err(Error::Tries {
-                tries: 0,
-                min: 1,
-                max: u8::MAX,
-            });
-        }
+        let tries = crate::model::arming_tries(tries, UBOOT_DEFAULT_ATTEMPTS)?;
         self.rules.activate(slot, tries);
         Ok(())
     }

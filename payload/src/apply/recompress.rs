@@ -580,35 +580,24 @@ mod tests {
             build(&blob, &reference, expect.len(), Codec::ErofsLz4).unwrap(),
             expect
         );
+        // Each change of the spec refused, naming what went wrong.
+        let refused = |other: &Spec, says: &str| {
+            let e = build(&blob_of(other), &reference, expect.len(), Codec::ErofsLz4);
+            assert!(matches!(&e, Err(m) if m.contains(says)), "{:?}", e.err());
+        };
         // Offered less than it took; another level than the image's (lz4 takes another
-        // length or gives another size).
+        // length or gives another size); offered past the content's end.
         let mut other = spec.clone();
         let (i, t, w, _) = fills[0];
         other.segments[i] = Segment::Fill(t as u32, w as u32, t as u32 / 2);
-        let e = build(&blob_of(&other), &reference, expect.len(), Codec::ErofsLz4);
-        assert!(
-            matches!(&e, Err(m) if m.contains("taking")),
-            "{:?}",
-            e.err()
-        );
+        refused(&other, "taking");
         let mut other = spec.clone();
         other.level = 12;
-        let e = build(&blob_of(&other), &reference, expect.len(), Codec::ErofsLz4);
-        assert!(
-            matches!(&e, Err(m) if m.contains("does not compress as")),
-            "{:?}",
-            e.err()
-        );
-        // Offered past the content's end.
+        refused(&other, "does not compress as");
         let mut other = spec.clone();
         let (i, t, w, offered) = fills[fills.len() - 1];
         other.segments[i] = Segment::Fill(t as u32, w as u32, offered as u32 + 1);
-        let e = build(&blob_of(&other), &reference, expect.len(), Codec::ErofsLz4);
-        assert!(
-            matches!(&e, Err(m) if m.contains("offered")),
-            "{:?}",
-            e.err()
-        );
+        refused(&other, "offered");
         // Offered a little more than mkfs.erofs did: it may take the same (what lz4 takes
         // depends on a bounded look-ahead); never a wrong output.
         let mut other = spec.clone();
