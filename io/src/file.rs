@@ -140,22 +140,18 @@ fn replace_with_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result
     let tmp = dir.join(format!(".{name}.keel-tmp"));
     let named = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
     let write = || -> io::Result<()> {
-        let mut f = match mode {
-            None => File::create(&tmp)?,
-            Some(mode) => {
-                // A leftover of an earlier cut (or a planted symlink) goes first: the
-                // exclusive create below neither follows nor reuses it.
-                match std::fs::remove_file(&tmp) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
-                }
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode)
-                    .open(&tmp)?
-            }
-        };
+        // A leftover of an earlier cut (or a planted symlink or hard link) goes first:
+        // the exclusive create below neither follows nor reuses it, so no other file is
+        // ever written.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode.unwrap_or(0o666))
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()
     };
@@ -194,6 +190,22 @@ mod tests {
         assert!(md.file_type().is_file());
         assert_eq!(md.permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read(&key).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn a_link_planted_where_the_temporary_file_goes_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let record = dir.path().join("slot-B.json");
+        std::os::unix::fs::symlink(&victim, dir.path().join(".slot-B.json.keel-tmp")).unwrap();
+        replace_file(&record, b"{}").unwrap();
+        std::fs::remove_file(&record).unwrap();
+        std::fs::hard_link(&victim, dir.path().join(".slot-B.json.keel-tmp")).unwrap();
+        replace_file(&record, b"{}").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert!(std::fs::symlink_metadata(&record).unwrap().file_type().is_file());
+        assert_eq!(std::fs::read(&record).unwrap(), b"{}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! check that the target still holds what the record says was written.
 
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use keel_verity::ReadAt;
 
@@ -139,16 +139,9 @@ impl State {
     }
 
     pub(super) fn write(self, path: &Path) -> Result<()> {
-        let tmp: PathBuf = path.with_extension("keel-tmp");
-        let mut f = std::fs::File::create(&tmp)
-            .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-        io::Write::write_all(&mut f, &self.to_bytes())
-            .map_err(|e| Error::io("writing the resume record", e))?;
-        f.sync_all()
-            .map_err(|e| Error::io("syncing the resume record", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("replacing the resume record", e))?;
-        sync_parent(path);
-        Ok(())
+        // Written beside it and renamed over it, never through a link planted there.
+        keel_io::replace_file(path, &self.to_bytes())
+            .map_err(|e| Error::io("replacing the resume record", e))
     }
 
     pub(super) fn remove(path: &Path) -> Result<()> {
