@@ -293,7 +293,20 @@ pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Ve
 
     // [[file]]
     let mut file_classes: HashMap<&str, usize> = HashMap::new();
-    let mut file_paths: HashMap<String, usize> = HashMap::new();
+    let mut file_paths: HashMap<String, (usize, char)> = HashMap::new();
+    // The description's other files: a slot's file must be none of them.
+    let other_paths: Vec<(String, String)> = [
+        ("boot.disk", &b.disk),
+        ("boot.grubenv", &b.grubenv),
+        ("boot.env-file", &b.env_file),
+        ("boot.fw-env-config", &b.fw_env_config),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| {
+        let v: std::path::PathBuf = std::path::Path::new(v.as_deref()?).components().collect();
+        Some((format!("`{k}`"), v.to_string_lossy().into_owned()))
+    })
+    .collect();
     for (i, f) in c.files.iter().enumerate() {
         let at = |k: &str| with_index(path(&["file"]), i, k);
         if !stood(&at("class")) {
@@ -336,14 +349,43 @@ pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Ve
             .any(|c| matches!(c, std::path::Component::ParentDir))
         {
             err!(at("path"), format!("{:?}: no `..` in the path", f.path));
-        } else if f.path.ends_with('/') {
+        } else if matches!(f.path.rsplit('/').next(), Some("" | "." | "..")) {
             err!(at("path"), format!("{:?}: names a directory", f.path));
+        } else if f.path.chars().any(|c| c.is_control()) {
+            err!(
+                at("path"),
+                format!("{:?}: a control character in the path", f.path)
+            );
+        } else if ["/proc", "/sys", "/dev"].iter().any(|d| p.starts_with(d)) {
+            err!(
+                at("path"),
+                format!("{:?}: not a place for a slot's file", f.path)
+            );
         } else {
-            // Spelled alike after normalising: two classes would write one file.
-            let norm: std::path::PathBuf = p.components().collect();
-            let key = norm.to_string_lossy().into_owned();
-            if let Some(j) = file_paths.insert(key, i) {
-                err!(at("path"), format!("the same file as file[{j}].path"));
+            // Each slot's file and its temporary name, spelled alike after normalising
+            // and compared without case (FAT, the ESP, ignores it): two classes, or one
+            // class's two slots, would write one file.
+            for letter in ['a', 'b'] {
+                let file: std::path::PathBuf = crate::FileConfig::path_for(f, letter)
+                    .components()
+                    .collect();
+                let mut temp = file.clone().into_os_string();
+                temp.push(".keel-new");
+                for (what, key) in [("file", file.into_os_string()), ("temporary file", temp)] {
+                    let key = key.to_string_lossy().to_lowercase();
+                    let taken = other_paths.iter().find(|(_, v)| v.to_lowercase() == key);
+                    if let Some((setting, _)) = taken {
+                        err!(
+                            at("path"),
+                            format!("slot {letter}'s {what} {key:?} is {setting}")
+                        );
+                    } else if let Some((j, l)) = file_paths.insert(key.clone(), (i, letter)) {
+                        err!(
+                            at("path"),
+                            format!("slot {letter}'s {what} {key:?} is file[{j}]'s for slot {l}")
+                        );
+                    }
+                }
             }
         }
     }

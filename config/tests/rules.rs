@@ -1003,7 +1003,65 @@ fn file_images_and_slot_classes_have_their_rules() {
         "file[1].path",
         26,
         8,
-        "the same file as file[0].path",
+        "is file[0]'s for slot a",
+    );
+    // After `{slot}` is put in: another class's file of the other slot, a temporary name,
+    // a name that differs in case only (one file on FAT).
+    for (first, second, says) in [
+        (
+            "/efi/{slot}a",
+            "/efi/b{slot}",
+            "slot a's file \"/efi/ba\" is file[0]'s for slot b",
+        ),
+        (
+            "/efi/{slot}/k",
+            "/efi/{slot}/k.keel-new",
+            "slot a's file \"/efi/a/k.keel-new\" is file[0]'s for slot a",
+        ),
+        (
+            "/efi/k/{slot}/vmlinuz",
+            "/EFI/K/{slot}/VMLINUZ",
+            "is file[0]'s for slot a",
+        ),
+    ] {
+        expect(
+            k,
+            &format!(
+                "{}{}",
+                file("kernel", first).replace(k, ""),
+                file("initrd", second)
+            ),
+            "file[1].path",
+            26,
+            8,
+            says,
+        );
+    }
+    for (path, says) in [
+        ("/efi/{slot}/.", "names a directory"),
+        ("/efi/{slot}/vm\tlinuz", "a control character"),
+        ("/proc/{slot}/x", "not a place for a slot's file"),
+    ] {
+        expect(k, &file("kernel", path), "file[0].path", 22, 8, says);
+    }
+    // A slot's file that is the disk.
+    let text = BASE
+        .replacen(
+            "backend = \"gpt-flatcar\"",
+            "backend = \"gpt-flatcar\"\ndisk = \"/img/diskb\"",
+            1,
+        )
+        .replacen(k, &file("kernel", "/img/disk{slot}"), 1);
+    let l = one(&text);
+    let f = l
+        .findings
+        .iter()
+        .find(|f| f.path == "file[0].path")
+        .unwrap_or_else(|| panic!("{:?}", l.findings));
+    assert!(
+        f.message
+            .contains("slot b's file \"/img/diskb\" is `boot.disk`"),
+        "{f}"
     );
     expect(
         k,

@@ -204,7 +204,10 @@ mod tests {
         std::fs::hard_link(&victim, dir.path().join(".slot-B.json.keel-tmp")).unwrap();
         replace_file(&record, b"{}").unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
-        assert!(std::fs::symlink_metadata(&record).unwrap().file_type().is_file());
+        assert!(std::fs::symlink_metadata(&record)
+            .unwrap()
+            .file_type()
+            .is_file());
         assert_eq!(std::fs::read(&record).unwrap(), b"{}");
     }
 

@@ -66,6 +66,24 @@ pub enum Error {
         /// The running slot's file.
         booted: std::path::PathBuf,
     },
+    /// A file class's file of the slot being written is another class's file of that slot,
+    /// the disk, a boot-state store or a file of the agent's state directory. Nothing is
+    /// written.
+    #[error("file[{class}]: {} is {}", path.display(), other.display())]
+    FileTaken {
+        /// The file class.
+        class: String,
+        /// The inactive slot's file (or its temporary name).
+        path: std::path::PathBuf,
+        /// What it is besides.
+        other: std::path::PathBuf,
+    },
+    /// Another install holds the agent's lock in its state directory.
+    #[error("{}: another install is running (its lock is held)", path.display())]
+    Busy {
+        /// The lock file.
+        path: std::path::PathBuf,
+    },
     /// The boot-state store writes bytes of a slot: it is the disk itself (by identity) at
     /// an offset inside a slot's partition. Nothing is written.
     #[error("{field}: the store at byte {offset} of the boot disk lies in {slot}")]

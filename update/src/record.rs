@@ -49,14 +49,14 @@ pub(crate) struct SetRecord {
     pub(crate) done: Vec<String>,
 }
 
-/// The images of `slot`'s set already in place from the payload `id` (none for another
-/// payload, or with no record).
-pub(crate) fn read_set(dir: &Path, slot: Slot, id: &[u8; 32]) -> Result<Vec<String>> {
-    let rec: Option<SetRecord> = read_json(&set_path(dir, slot))?;
-    Ok(rec
-        .filter(|r| r.payload == hex::encode(id))
+/// The images of `slot`'s set the record says are in place from the payload `id` (none for
+/// another payload, with no record, or with one that cannot be read: the record only
+/// saves work, and each image it names is checked again before it is skipped).
+pub(crate) fn read_set(dir: &Path, slot: Slot, id: &[u8; 32]) -> Vec<String> {
+    let rec: Option<SetRecord> = read_json(&set_path(dir, slot)).ok().flatten();
+    rec.filter(|r| r.payload == hex::encode(id))
         .map(|r| r.done)
-        .unwrap_or_default())
+        .unwrap_or_default()
 }
 
 pub(crate) fn write_set(dir: &Path, slot: Slot, id: &[u8; 32], done: &[String]) -> Result<()> {
@@ -88,13 +88,30 @@ fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>> {
         .map_err(|e| Error::io(format!("reading {}", p.display()), std::io::Error::other(e)))
 }
 
+/// A small text file, if it is there; anything but a regular file (a FIFO, which would
+/// block, a device) is an error, not a read.
 pub(crate) fn read_small(p: &Path) -> Result<Option<String>> {
     use std::io::Read;
-    let f = match std::fs::File::open(p) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(p)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("opening {}", p.display()), e)),
     };
+    let is_file = f
+        .metadata()
+        .map_err(|e| Error::io(format!("inspecting {}", p.display()), e))?
+        .is_file();
+    if !is_file {
+        return Err(Error::io(
+            format!("reading {}", p.display()),
+            std::io::Error::other("not a regular file"),
+        ));
+    }
     let mut s = String::new();
     f.take(MAX_RECORD)
         .read_to_string(&mut s)

@@ -593,3 +593,112 @@ fn a_chromeos_kernel_and_root_pair_switch_together() {
         "{st:?}"
     );
 }
+
+/// What an outside attack on slot sets found, each now refused or survived: a set record
+/// naming images that are not in place (they are checked before they are skipped), another
+/// payload's interrupted set, a second install while one runs, B's file reached through a
+/// directory that is A's (another class's running file) or the disk's.
+#[test]
+fn set_records_locks_and_aliases_cannot_arm_a_wrong_set() {
+    let f = Fixture::new();
+    let v2 = version(2);
+    let disk = open_rw(&f.disk());
+    let p2 = f.bundle(Some(&f.v1), &v2, "2", "");
+    let id2 = *keel_payload::Payload::open(&p2[..], &f.system().keyring)
+        .unwrap()
+        .id();
+
+    // A record saying B's kernel is in place when it is not: the kernel is written anyway.
+    fs::create_dir_all(f.state()).unwrap();
+    fs::write(
+        f.state().join("set-B.json"),
+        format!(
+            "{{\"payload\":\"{}\",\"done\":[\"vmlinuz\",\"initrd\"]}}",
+            hex::encode(id2)
+        ),
+    )
+    .unwrap();
+    fs::create_dir_all(f.file(Slot::B, "x").parent().unwrap()).unwrap();
+    fs::write(f.file(Slot::B, "initrd.img"), b"not the initramfs").unwrap();
+    let done = f.agent(&disk).install(&p2[..], None).unwrap();
+    assert!(done.skipped.is_empty(), "{done:?}");
+    assert_eq!(f.files_of(Slot::B), (v2.kernel.clone(), v2.initrd.clone()));
+    // A record that is not JSON, or a FIFO where it belongs: the install goes on without it.
+    for junk in ["fifo", "text"] {
+        let rec = f.state().join("set-B.json");
+        let _ = fs::remove_file(&rec);
+        if junk == "fifo" {
+            nix::unistd::mkfifo(&rec, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        } else {
+            fs::write(&rec, b"{\0").unwrap();
+        }
+        f.agent(&disk).install(&p2[..], None).unwrap();
+    }
+
+    // Version 2 interrupted when its images were in place (the cut at arming), then
+    // version 3 interrupted while writing B's usr: version 2 again writes it all again.
+    let v3 = version(3);
+    let p3 = f.bundle(Some(&f.v1), &v3, "3", "");
+    let state = f.p("state-interleaved");
+    let run = |disk: &Shared<PowerCut<Vec<u8>>>, payload: &[u8]| {
+        Agent::new(f.system(), disk)
+            .root(f.root())
+            .state_dir(&state)
+            .install(payload, None)
+    };
+    let initial = fs::read(f.disk()).unwrap();
+    let d = Shared::new(PowerCut::new(initial.clone(), 4, 0));
+    assert!(run(&d, &p2).is_err());
+    let d = Shared::new(PowerCut::new(d.into_inner().inner, 1, 0));
+    assert!(run(&d, &p3).is_err());
+    let d = Shared::new(PowerCut::new(d.into_inner().inner, usize::MAX, 0));
+    let done = run(&d, &p2).unwrap();
+    assert!(done.skipped.is_empty(), "{done:?}");
+    let end = d.into_inner().inner;
+    let (off, _) = range(&end, "USR-B");
+    assert!(end[off as usize..off as usize + IMAGE] == v2.usr[..]);
+
+    // One install at a time: while the lock is held, another is refused, not queued.
+    let lock = fs::File::create(f.state().join("lock")).unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let e = f.agent(&disk).install(&p2[..], None).unwrap_err();
+    assert!(matches!(e, Error::Busy { .. }), "{e}");
+    drop(held);
+
+    // Another class's file of the running slot, reached through a directory link: B's
+    // initramfs would be A's kernel.
+    let crossed = f.description(
+        "[[file]]\nclass = \"vmlinuz\"\npath = \"/efi/keel/{slot}/vmlinuz\"\n\n\
+         [[file]]\nclass = \"initrd\"\npath = \"/efi/initrd/{slot}/vmlinuz\"\n\n",
+    );
+    fs::create_dir_all(f.root().join("efi/initrd")).unwrap();
+    std::os::unix::fs::symlink("../keel/b", f.root().join("efi/initrd/a")).unwrap();
+    std::os::unix::fs::symlink("../keel/a", f.root().join("efi/initrd/b")).unwrap();
+    let before = fs::read(f.file(Slot::A, "vmlinuz")).unwrap();
+    let e = Agent::new(system_of(&crossed), &disk)
+        .root(f.root())
+        .state_dir(f.state())
+        .install(&p2[..], None)
+        .unwrap_err();
+    assert!(matches!(&e, Error::SameFile { .. }), "{e}");
+    assert_eq!(fs::read(f.file(Slot::A, "vmlinuz")).unwrap(), before);
+
+    // B's file reached through a link to the disk's directory is the disk.
+    let onto_disk = f.description(
+        "[[file]]\nclass = \"vmlinuz\"\npath = \"/efi/disk/{slot}/disk.img\"\n\n\
+         [[file]]\nclass = \"initrd\"\npath = \"/efi/keel/{slot}/initrd.img\"\n\n",
+    );
+    fs::create_dir_all(f.root().join("efi/disk/a")).unwrap();
+    std::os::unix::fs::symlink(f.dir.path(), f.root().join("efi/disk/b")).unwrap();
+    let disk_before = fs::read(f.disk()).unwrap();
+    let e = Agent::new(system_of(&onto_disk), &disk)
+        .root(f.root())
+        .state_dir(f.state())
+        .install(&p2[..], None)
+        .unwrap_err();
+    assert!(matches!(&e, Error::FileTaken { .. }), "{e}");
+    assert!(
+        fs::read(f.disk()).unwrap() == disk_before,
+        "the disk was written"
+    );
+}

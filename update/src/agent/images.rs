@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -30,8 +31,8 @@ pub(super) enum Dest {
 pub(super) enum Target {
     /// The inactive slot of this class.
     Slot(usize),
-    /// The inactive slot's file.
-    File(FilePlace),
+    /// The inactive slot's file of file class `.0`.
+    File(usize, FilePlace),
 }
 
 /// The files one file image involves, on the running system.
@@ -45,18 +46,44 @@ pub(super) struct FilePlace {
     pub(super) booted: Option<PathBuf>,
 }
 
-/// Same file: the same inode, or the same name in the same directory however the path is
-/// spelled (`..`, symlinked directories).
-fn same_place(a: &Path, b: &Path) -> bool {
-    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
-        if (x.dev(), x.ino()) == (y.dev(), y.ino()) {
-            return true;
+/// Where a file is: its directory (by identity where it exists, else by its normalised
+/// path) and its name. Names are compared without regard to ASCII case, as FAT (the ESP)
+/// compares them.
+#[derive(Clone, Debug)]
+struct Spot {
+    dir: DirKey,
+    name: std::ffi::OsString,
+    /// The file's own identity, where it exists (a hard link elsewhere is the same file).
+    id: Option<(u64, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum DirKey {
+    Id(u64, u64),
+    Path(PathBuf),
+}
+
+impl Spot {
+    fn of(p: &Path) -> Spot {
+        let parent = p.parent().unwrap_or(Path::new("/"));
+        let dir = match std::fs::metadata(parent) {
+            Ok(m) => DirKey::Id(m.dev(), m.ino()),
+            Err(_) => DirKey::Path(parent.components().collect()),
+        };
+        Spot {
+            dir,
+            name: p.file_name().unwrap_or_default().to_os_string(),
+            id: std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino())),
         }
     }
-    let dir = |p: &Path| p.parent().and_then(|d| std::fs::canonicalize(d).ok());
-    match (dir(a), dir(b)) {
-        (Some(x), Some(y)) => x == y && a.file_name() == b.file_name(),
-        _ => false,
+
+    fn same(&self, other: &Spot) -> bool {
+        let named = self.dir == other.dir
+            && self
+                .name
+                .as_encoded_bytes()
+                .eq_ignore_ascii_case(other.name.as_encoded_bytes());
+        named || (self.id.is_some() && self.id == other.id)
     }
 }
 
@@ -72,12 +99,22 @@ fn existing_dir(p: &Path) -> PathBuf {
     d
 }
 
-/// Bytes a file occupies (what removing it frees).
+/// Bytes removing a file frees: none for a file with other links.
 fn allocated(p: &Path) -> u64 {
     std::fs::symlink_metadata(p)
         .ok()
-        .filter(|m| m.is_file())
+        .filter(|m| m.is_file() && m.nlink() == 1)
         .map_or(0, |m| m.blocks().saturating_mul(512))
+}
+
+/// The suffix of a file's temporary name.
+const TEMP: &str = ".keel-new";
+
+/// `path` with the temporary suffix.
+fn temp_of(path: &Path) -> PathBuf {
+    let mut t = path.as_os_str().to_os_string();
+    t.push(TEMP);
+    PathBuf::from(t)
 }
 
 impl<'d, D> Agent<'d, D>
@@ -140,33 +177,131 @@ where
         Ok(plan)
     }
 
-    /// The files of file class `f` for an install into `target`, checked: the inactive
-    /// slot's file (and its temporary name) is never the running slot's, however spelled.
+    /// The files of file class `f` for an install into `target`, checked before anything
+    /// is written: the inactive slot's file (and its temporary name) is none of the running
+    /// slot's files, no other class's file, not the disk, a boot-state store or a record of
+    /// the agent, however spelled (by directory identity and name, and by the file's own
+    /// identity); what stands there is a file or nothing; a delta's source is there.
     pub(super) fn file_place(
         &self,
         f: usize,
         target: Slot,
         booted: Option<Slot>,
+        delta: bool,
     ) -> Result<FilePlace> {
         let spec = &self.system.files[f];
-        let under = |slot: Slot| keel_bootflags::spec::under_root(&self.root, &spec.path_for(slot));
-        let path = under(target);
-        let mut temp = path.clone().into_os_string();
-        temp.push(".keel-new");
-        let temp = PathBuf::from(temp);
-        let booted = booted.map(under);
-        if let Some(b) = &booted {
-            for p in [&path, &temp] {
-                if same_place(p, b) {
-                    return Err(Error::SameFile {
-                        class: spec.class.clone(),
-                        path: p.clone(),
-                        booted: b.clone(),
-                    });
+        let under = |spec: &crate::system::FileSpec, slot: Slot| {
+            keel_bootflags::spec::under_root(&self.root, &spec.path_for(slot))
+        };
+        let path = under(spec, target);
+        let temp = temp_of(&path);
+        let booted_path = booted.map(|b| under(spec, b));
+        self.check_place(f, &path, &temp, target, booted)?;
+        let io = |what: &str, p: &Path, e| Error::io(format!("{what} {}", p.display()), e);
+        for p in [&path, &temp] {
+            match std::fs::symlink_metadata(p) {
+                Ok(m) if m.is_dir() => {
+                    return Err(io(
+                        "a directory stands at",
+                        p,
+                        std::io::Error::from(std::io::ErrorKind::IsADirectory),
+                    ))
                 }
+                _ => {}
+            }
+            if p.file_name().map_or(0, |n| n.len()) > 255 {
+                return Err(io(
+                    "naming",
+                    p,
+                    std::io::Error::other("a file name longer than 255 bytes"),
+                ));
             }
         }
-        Ok(FilePlace { path, temp, booted })
+        if let (true, Some(b)) = (delta, &booted_path) {
+            File::open(b).map_err(|e| io("opening the running slot's file", b, e))?;
+        }
+        Ok(FilePlace {
+            path,
+            temp,
+            booted: booted_path,
+        })
+    }
+
+    /// Every place the inactive slot's file of class `f` (or its temporary name) must not
+    /// be, compared with it.
+    fn check_place(
+        &self,
+        f: usize,
+        path: &Path,
+        temp: &Path,
+        target: Slot,
+        booted: Option<Slot>,
+    ) -> Result<()> {
+        let under = |spec: &crate::system::FileSpec, slot: Slot| {
+            keel_bootflags::spec::under_root(&self.root, &spec.path_for(slot))
+        };
+        let class = &self.system.files[f].class;
+        let mut running: Vec<PathBuf> = Vec::new();
+        let mut others: Vec<PathBuf> = Vec::new();
+        for (g, spec) in self.system.files.iter().enumerate() {
+            if let Some(b) = booted {
+                running.push(under(spec, b));
+                running.push(temp_of(&under(spec, b)));
+            }
+            if g != f {
+                others.push(under(spec, target));
+                others.push(temp_of(&under(spec, target)));
+            }
+        }
+        let mut agents: Vec<PathBuf> = self
+            .system
+            .disk
+            .iter()
+            .chain(self.disk_path.iter())
+            .flat_map(|p| [p.clone(), keel_bootflags::spec::under_root(&self.root, p)])
+            .collect();
+        agents.extend(self.store_writes()?.into_iter().map(|w| w.path));
+        let state = std::fs::metadata(&self.state_dir)
+            .ok()
+            .map(|m| DirKey::Id(m.dev(), m.ino()));
+        for p in [path, temp] {
+            let here = Spot::of(p);
+            if let Some(b) = running.iter().find(|b| here.same(&Spot::of(b))) {
+                return Err(Error::SameFile {
+                    class: class.clone(),
+                    path: p.to_path_buf(),
+                    booted: b.clone(),
+                });
+            }
+            if let Some(o) = others.iter().find(|o| here.same(&Spot::of(o))) {
+                return Err(Error::FileTaken {
+                    class: class.clone(),
+                    path: p.to_path_buf(),
+                    other: o.clone(),
+                });
+            }
+            let disk = self
+                .disk
+                .file_id()
+                .is_some_and(|d| keel_io::FileId::of_path(p) == Some(d));
+            if let Some(o) = agents
+                .iter()
+                .find(|o| here.same(&Spot::of(o)))
+                .cloned()
+                .or_else(|| disk.then(|| p.to_path_buf()))
+                .or_else(|| {
+                    (state.is_some() && state == Some(here.dir.clone()))
+                        .then(|| self.state_dir.clone())
+                })
+            {
+                return Err(Error::FileTaken {
+                    class: class.clone(),
+                    path: p.to_path_buf(),
+                    other: o,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The files still to write fit on their filesystems, counting what the inactive
@@ -211,20 +346,38 @@ where
         Ok(())
     }
 
-    /// Apply the payload's next image into the inactive slot's file: the old file removed
-    /// (the slot is already marked unbootable), the image written under the temporary name
-    /// (resumable: the temporary file is the applier's target), cut to the image's size,
-    /// synced, renamed into place and the directory synced. A cut leaves the temporary file
-    /// (resumed or started over next time) and never touches the running slot's file.
+    /// Apply the payload's next image into the inactive slot's file: its directory opened
+    /// once and checked again (what it is, not how it is spelled), then every step through
+    /// that handle, so a directory swapped for a link meanwhile is never followed: the old
+    /// file removed (the slot is already marked unbootable), the image written under the
+    /// temporary name (resumable: the temporary file is the applier's target), cut to the
+    /// image's size, synced, renamed into place and the directory synced. A cut leaves the
+    /// temporary file (resumed or started over next time) and never touches the running
+    /// slot's file.
     pub(super) fn install_file<R: Read>(
         &self,
         payload: &mut Payload<R>,
+        f: usize,
+        target: Slot,
+        booted: Option<Slot>,
         place: &FilePlace,
         opts: &ApplyOptions<'_>,
     ) -> Result<Applied> {
         let io = |what: &str, p: &Path, e| Error::io(format!("{what} {}", p.display()), e);
-        let dir = place.path.parent().unwrap_or(Path::new("/"));
-        std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+        let dir_path = place.path.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(dir_path).map_err(|e| io("creating", dir_path, e))?;
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECTORY)
+            .open(dir_path)
+            .map_err(|e| io("opening", dir_path, e))?;
+        // From here on every name is looked up in the directory opened above.
+        let held = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        let name = place.path.file_name().unwrap_or_default();
+        let mut temp_name = name.to_os_string();
+        temp_name.push(TEMP);
+        let (path, temp) = (held.join(name), held.join(&temp_name));
+        self.check_place(f, &path, &temp, target, booted)?;
         let source = match &place.booted {
             Some(b)
                 if payload
@@ -235,24 +388,26 @@ where
             }
             _ => None,
         };
-        let booted_id = place
-            .booted
+        let booted_id = source
             .as_ref()
-            .and_then(|b| std::fs::metadata(b).ok())
+            .and_then(|f| f.metadata().ok())
             .map(|m| (m.dev(), m.ino()));
-        crate::record::remove(&place.path)?;
-        let mut temp = open_temp(&place.temp, booted_id)?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("removing", &place.path, e))
+            }
+            _ => {}
+        }
+        let mut file = open_temp(&temp, booted_id).map_err(|e| io("creating", &place.temp, e))?;
         let size = payload.next_image().map_or(0, |i| i.manifest.target.size);
-        let applied = payload.apply_next_file(source.as_ref(), &mut temp, opts)?;
+        let applied = payload.apply_next_file(source.as_ref(), &mut file, opts)?;
         // A temporary file from a larger image keeps its tail: the file is the image.
-        temp.set_len(size)
+        file.set_len(size)
             .map_err(|e| io("cutting", &place.temp, e))?;
-        temp.sync_all().map_err(|e| io("syncing", &place.temp, e))?;
-        drop(temp);
-        std::fs::rename(&place.temp, &place.path).map_err(|e| io("renaming", &place.temp, e))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("syncing", dir, e))?;
+        file.sync_all().map_err(|e| io("syncing", &place.temp, e))?;
+        drop(file);
+        std::fs::rename(&temp, &path).map_err(|e| io("renaming", &place.temp, e))?;
+        dir.sync_all().map_err(|e| io("syncing", dir_path, e))?;
         Ok(applied)
     }
 }
@@ -260,25 +415,24 @@ where
 /// The temporary file, reused when it is a plain file of its own (an interrupted run's,
 /// which the applier resumes into), else made anew: never a link through which the write
 /// would reach another file.
-fn open_temp(temp: &Path, booted: Option<(u64, u64)>) -> Result<File> {
-    let io = |what: &str, e| Error::io(format!("{what} {}", temp.display()), e);
+fn open_temp(temp: &Path, booted: Option<(u64, u64)>) -> std::io::Result<File> {
     let opened = OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(temp);
     match opened {
         Ok(f) => {
-            let m = f.metadata().map_err(|e| io("inspecting", e))?;
+            let m = f.metadata()?;
             if m.is_file() && m.nlink() == 1 && Some((m.dev(), m.ino())) != booted {
                 return Ok(f);
             }
             drop(f);
-            crate::record::remove(temp)?;
+            std::fs::remove_file(temp)?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         // A symlink (ELOOP) or anything else in the way: removed, never followed.
-        Err(_) => crate::record::remove(temp)?,
+        Err(_) => std::fs::remove_file(temp)?,
     }
     OpenOptions::new()
         .read(true)
@@ -287,5 +441,4 @@ fn open_temp(temp: &Path, booted: Option<(u64, u64)>) -> Result<File> {
         .mode(0o644)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(temp)
-        .map_err(|e| io("creating", e))
 }

@@ -1,6 +1,9 @@
 //! Install: check, apply into the slot not running, write and verify its dm-verity tree, arm.
 
+use std::fs::File;
 use std::io::{Read, Seek};
+
+use std::os::unix::fs::OpenOptionsExt;
 
 use keel_bootflags::Slot;
 use keel_io::{Progress, ReadAt, Region, WriteAt};
@@ -100,6 +103,28 @@ where
         )
     }
 
+    /// The agent's lock in its state directory, held until dropped; another holder is
+    /// [`Error::Busy`], never a wait.
+    pub(super) fn lock(&self) -> Result<nix::fcntl::Flock<File>> {
+        std::fs::create_dir_all(&self.state_dir)
+            .map_err(|e| Error::io(format!("creating {}", self.state_dir.display()), e))?;
+        let path = self.state_dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+            |(_, errno)| match errno {
+                nix::errno::Errno::EWOULDBLOCK => Error::Busy { path: path.clone() },
+                e => Error::io(format!("locking {}", path.display()), e.into()),
+            },
+        )
+    }
+
     /// The last install's error for [`Agent::status`], or none after a success.
     pub(super) fn record_outcome(&self, r: &Result<Installed>) -> Result<()> {
         match r {
@@ -127,6 +152,8 @@ where
         progress: Option<&dyn Progress>,
         known: Known<'_>,
     ) -> Result<Installed> {
+        // One install at a time: two would write one slot set with two payloads.
+        let _lock = self.lock()?;
         let r = self.install_steps(open, progress, known);
         self.record_outcome(&r)?;
         r
@@ -229,16 +256,46 @@ where
                         .into());
                     }
                 }
-                Dest::File(f) => places.push(Target::File(self.file_place(f, target, booted)?)),
+                Dest::File(f) => places.push(Target::File(
+                    f,
+                    self.file_place(f, target, booted, m.source.is_some())?,
+                )),
             }
         }
-        let done = record::read_set(&self.state_dir, target, payload.id())?;
+        // The images an interrupted run of this payload finished, each checked again
+        // before it is skipped (the tree's own image is checked with the tree, below).
+        let mut done = Vec::new();
+        for name in record::read_set(&self.state_dir, target, payload.id()) {
+            let Some((image, place)) = images.iter().zip(&places).find(|(i, _)| i.name == name)
+            else {
+                continue;
+            };
+            let size = image.manifest.target.size;
+            let digest = match place {
+                &Target::Slot(k) if Some(k) == data_class && descriptor.is_some() => None,
+                &Target::Slot(k) => Some(keel_payload::format::image_digest(
+                    &self.region_in(k, target)?,
+                    size,
+                )),
+                Target::File(_, p) => {
+                    Some(
+                        File::open(&p.path).and_then(|f| match f.metadata()?.len() == size {
+                            true => keel_payload::format::image_digest(&f, size),
+                            false => Ok([0; 32]),
+                        }),
+                    )
+                }
+            };
+            if digest.is_none_or(|d| d.is_ok_and(|d| d == image.manifest.target.digest)) {
+                done.push(name);
+            }
+        }
         let to_write: Vec<(&FilePlace, u64)> = images
             .iter()
             .zip(&places)
             .filter(|(i, _)| !done.contains(&i.name))
             .filter_map(|(i, p)| match p {
-                Target::File(p) => Some((p, i.manifest.target.size)),
+                Target::File(_, p) => Some((p, i.manifest.target.size)),
                 Target::Slot(_) => None,
             })
             .collect();
@@ -291,8 +348,11 @@ where
         record::remove(&record::path(&self.state_dir, target))?;
         std::fs::create_dir_all(&self.state_dir)
             .map_err(|e| Error::io(format!("creating {}", self.state_dir.display()), e))?;
+        if images.len() > 1 {
+            // Another payload's record goes before anything of this one is written.
+            record::write_set(&self.state_dir, target, payload.id(), &done)?;
+        }
         let mut payload = payload;
-        let mut done = done;
         let mut resumed_at = None;
         let mut skipped = Vec::new();
         for (i, (image, place)) in images.iter().zip(&places).enumerate() {
@@ -303,7 +363,9 @@ where
             }
             let o = if i == 0 { &first_opts } else { &opts };
             let applied = match place {
-                Target::File(place) => self.install_file(&mut payload, place, o)?,
+                Target::File(f, place) => {
+                    self.install_file(&mut payload, *f, target, booted, place, o)?
+                }
                 &Target::Slot(k) => {
                     let mut region = self.region_in(k, target)?;
                     match booted.filter(|_| image.manifest.source.is_some()) {
@@ -325,7 +387,17 @@ where
         let (root_hash, kernel_argument) = match (&descriptor, data_class) {
             (Some(d), Some(k)) => {
                 let mut region = self.region_in(k, target)?;
-                let arg = self.write_tree(target, d, &mut region, progress)?;
+                let arg = match self.write_tree(target, d, &mut region, progress) {
+                    Ok(arg) => arg,
+                    Err(e) => {
+                        // The data does not give the signed root: nothing of the set is
+                        // taken as done, the next run writes it all again.
+                        if matches!(&e, Error::Verity(v) if v.is_corruption()) {
+                            record::remove(&record::set_path(&self.state_dir, target))?;
+                        }
+                        return Err(e);
+                    }
+                };
                 (Some(d.root_hash().to_vec()), Some(arg))
             }
             _ => (None, None),
@@ -342,11 +414,11 @@ where
                 kernel_argument,
             },
         )?;
-        record::remove(&record::set_path(&self.state_dir, target))?;
         // Opened afresh: the boot arguments may have been written to the same store.
         drop(boot);
         self.boot_control()?
             .set_active(target, Some(self.system.tries))?;
+        record::remove(&record::set_path(&self.state_dir, target))?;
         Ok(Installed {
             slot: target,
             version: manifest.version,
