@@ -46,8 +46,9 @@ mod validate;
 pub use finding::{Finding, Severity};
 pub use load::{load_files, load_json, load_sources, read_source, Loaded, MAX_CONFIG_SIZE};
 pub use model::{
-    valid_class_name, Backend, Boot, Config, DeviceRef, DeviceRefError, FileConfig,
-    HashTreeLocation, SlotConfig, Trust, TrustedKey, Update, Verity, SCHEMA_MAJOR,
+    valid_class_name, AgentConfig, Backend, Boot, CheckConfig, Config, DeviceRef, DeviceRefError,
+    FileConfig, HashTreeLocation, SlotConfig, Strategy, Trust, TrustedKey, Update, Verity,
+    SCHEMA_MAJOR,
 };
 pub use typed::ValueError;
 pub use validate::effective_tries;

@@ -37,6 +37,10 @@ pub struct Config {
     /// `[update]`: update policy.
     #[serde(default)]
     pub update: Update,
+    /// `[agent]`, optional: keel-agent's loop (where updates come from, how the fleet
+    /// takes turns, when and how the node reboots, what proves it healthy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentConfig>,
 }
 
 /// Boot-state backends: keel-bootflags' own list (the description's `backend` names
@@ -379,4 +383,118 @@ impl Default for Update {
             allow_downgrade: false,
         }
     }
+}
+
+/// How nodes take turns to reboot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Reboot as soon as an update is installed (inside the windows).
+    #[default]
+    Immediate,
+    /// Take a slot of the group's semaphore in etcd (airlock's keys), bound to a lease.
+    Etcd,
+    /// Ask a FleetLock server (Zincati's protocol) for the reboot slot.
+    Fleetlock,
+}
+
+/// `[agent]`: keel-agent's settings, in zincati's and RAUC's terms where they have them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AgentConfig {
+    /// `index`, `http://` or `https://` URL, required: the signed release index.
+    pub index: String,
+    /// `trust-root`, absolute path, required: the trusted root of the index's keys (an
+    /// envelope as keel-release signs it).
+    pub trust_root: String,
+    /// `interval`, seconds, 1 to 604800, default 3600: between two checks for an update.
+    #[serde(default = "hour")]
+    pub interval: u64,
+    /// `jitter`, seconds, at most `interval`, default 0: a random part added to each wait,
+    /// so a fleet does not ask at one instant.
+    #[serde(default)]
+    pub jitter: u64,
+    /// `strategy`: `immediate` (default), `etcd` or `fleetlock`.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// `group`, default `default`: the fleet group this node rolls with.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// `etcd`, URLs, etcd only, required for it: the cluster's endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd: Vec<String>,
+    /// `etcd-ca`, `etcd-cert`, `etcd-key`, absolute paths, etcd only: TLS files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_ca: Option<String>,
+    /// See `etcd-ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_cert: Option<String>,
+    /// See `etcd-ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_key: Option<String>,
+    /// `slots`, 1 to 1000, etcd only, default 1: nodes of the group rebooting at once.
+    #[serde(default = "one_u64")]
+    pub slots: u64,
+    /// `lease-ttl`, seconds, 10 to 86400, etcd only, default 900: the longest a reboot
+    /// may take; a node that does not come back frees its slot after it.
+    #[serde(default = "fifteen_minutes")]
+    pub lease_ttl: u64,
+    /// `fleetlock`, URL, fleetlock only, required for it: the FleetLock server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleetlock: Option<String>,
+    /// `windows`, default none (always): when a reboot may start, as keel-fleet's
+    /// `Windows` reads them (`"Mon-Fri 02:00-05:00"`, UTC).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<String>,
+    /// `reboot-command`, program and arguments, default `["systemctl", "reboot"]`.
+    #[serde(default = "reboot_command")]
+    pub reboot_command: Vec<String>,
+    /// `max-rate`, bytes per second, default 0 (no cap): the download's bandwidth cap.
+    #[serde(default)]
+    pub max_rate: u64,
+    /// `socket`, absolute path, default `/run/keel/agent.sock`: the local API.
+    #[serde(default = "agent_socket")]
+    pub socket: String,
+    /// `[[agent.check]]`: what must hold after a boot for the new slot to be committed.
+    #[serde(default, rename = "check", skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckConfig>,
+}
+
+/// `[[agent.check]]`: a command that must exit 0, or a systemd unit that must be active.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CheckConfig {
+    /// `name`, required: shown in reports and in the pause reason.
+    pub name: String,
+    /// `command`, program and arguments: must exit 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// `unit`: a systemd unit that must be active (`systemctl is-active`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// `timeout`, seconds, 1 to 86400, default 60.
+    #[serde(default = "sixty")]
+    pub timeout: u64,
+}
+
+fn hour() -> u64 {
+    3600
+}
+fn default_group() -> String {
+    "default".into()
+}
+fn one_u64() -> u64 {
+    1
+}
+fn fifteen_minutes() -> u64 {
+    900
+}
+fn sixty() -> u64 {
+    60
+}
+fn reboot_command() -> Vec<String> {
+    vec!["systemctl".into(), "reboot".into()]
+}
+fn agent_socket() -> String {
+    "/run/keel/agent.sock".into()
 }

@@ -18,6 +18,8 @@ enum Ty {
     Table(&'static [Field]),
     /// An array of tables (`[[name]]`).
     Tables(&'static [Field]),
+    /// An array of strings.
+    Strs,
 }
 
 struct Field {
@@ -108,6 +110,34 @@ const UPDATE: &[Field] = &[
     opt("allow-downgrade", Ty::Bool),
 ];
 
+const CHECK: &[Field] = &[
+    req("name", Ty::Str),
+    opt("command", Ty::Strs),
+    opt("unit", Ty::Str),
+    opt("timeout", Ty::Int(1, 86_400)),
+];
+
+const AGENT: &[Field] = &[
+    req("index", Ty::Str),
+    req("trust-root", Ty::Str),
+    opt("interval", Ty::Int(1, 604_800)),
+    opt("jitter", Ty::Int(0, 604_800)),
+    opt("strategy", Ty::OneOf(&["immediate", "etcd", "fleetlock"])),
+    opt("group", Ty::Str),
+    opt("etcd", Ty::Strs),
+    opt("etcd-ca", Ty::Str),
+    opt("etcd-cert", Ty::Str),
+    opt("etcd-key", Ty::Str),
+    opt("slots", Ty::Int(1, 1000)),
+    opt("lease-ttl", Ty::Int(10, 86_400)),
+    opt("fleetlock", Ty::Str),
+    opt("windows", Ty::Strs),
+    opt("reboot-command", Ty::Strs),
+    opt("max-rate", U64),
+    opt("socket", Ty::Str),
+    opt("check", Ty::Tables(CHECK)),
+];
+
 const TOP: &[Field] = &[
     req("version", Ty::Str),
     req("compatible", Ty::Str),
@@ -117,6 +147,7 @@ const TOP: &[Field] = &[
     opt("verity", Ty::Table(VERITY)),
     opt("trust", Ty::Table(TRUST)),
     opt("update", Ty::Table(UPDATE)),
+    opt("agent", Ty::Table(AGENT)),
 ];
 
 /// Every shape error of the merged description at once: unknown keys, missing fields,
@@ -206,7 +237,7 @@ fn fill(t: &mut Table, fields: &[Field], at: &[Seg], filled: &mut Vec<Vec<Seg>>)
                 Ty::Table(_) => Value::Table(Table::new()),
                 Ty::Bool => Value::Boolean(false),
                 Ty::Int(min, _) => Value::Integer(min),
-                Ty::Tables(_) => Value::Array(Vec::new()),
+                Ty::Tables(_) | Ty::Strs => Value::Array(Vec::new()),
             };
             t.insert(f.key.to_string(), stand_in);
             filled.push(here.clone());
@@ -230,6 +261,7 @@ fn fill(t: &mut Table, fields: &[Field], at: &[Seg], filled: &mut Vec<Vec<Seg>>)
 fn value(v: &Value, ty: Ty, at: &[Seg], out: &mut Vec<Raw>) {
     let ok = match (ty, v) {
         (Ty::Str, Value::String(_)) | (Ty::Bool, Value::Boolean(_)) => true,
+        (Ty::Strs, Value::Array(items)) => items.iter().all(|i| matches!(i, Value::String(_))),
         (Ty::Int(min, max), Value::Integer(i)) => (min..=max).contains(i),
         (Ty::OneOf(names), Value::String(s)) => names.contains(&s.as_str()),
         (Ty::Table(fields), Value::Table(t)) => {
@@ -263,6 +295,7 @@ fn describe(ty: Ty) -> String {
         Ty::OneOf(names) => format!("one of {}", names.join(", ")),
         Ty::Table(_) => "a table".into(),
         Ty::Tables(_) => "an array of tables ([[...]])".into(),
+        Ty::Strs => "an array of strings".into(),
     }
 }
 

@@ -445,6 +445,11 @@ pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Ve
         }
     }
 
+    // [agent]
+    if let Some(a) = &c.agent {
+        agent(a, &stood, &mut out);
+    }
+
     // [trust]
     if let Err(e) = c.trust.minimum() {
         out.push(Raw::error(
@@ -482,4 +487,140 @@ pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Ve
         }
     }
     out
+}
+
+/// `[agent]`'s rules: URLs and paths of the right form, the strategy's own settings (and
+/// no other's), checks that say what they check.
+fn agent(
+    a: &crate::AgentConfig,
+    stood: &dyn Fn(&Vec<crate::finding::Seg>) -> bool,
+    out: &mut Vec<Raw>,
+) {
+    use crate::Strategy;
+    let at = |k: &str| path(&["agent", k]);
+    let mut err = |p: Vec<crate::finding::Seg>, m: String| out.push(Raw::error(p, m));
+    let url = |u: &str| {
+        (u.starts_with("http://") || u.starts_with("https://"))
+            && u.split("://").nth(1).is_some_and(|rest| !rest.is_empty())
+            && !u.chars().any(|c| c.is_control() || c == ' ')
+    };
+    if !stood(&at("index")) && !url(&a.index) {
+        err(
+            at("index"),
+            format!("{:?}: an http:// or https:// URL", a.index),
+        );
+    }
+    let absolute = |v: &str| v.starts_with('/') && !v.chars().any(char::is_control);
+    for (key, v) in [
+        ("trust-root", Some(&a.trust_root)),
+        ("socket", Some(&a.socket)),
+        ("etcd-ca", a.etcd_ca.as_ref()),
+        ("etcd-cert", a.etcd_cert.as_ref()),
+        ("etcd-key", a.etcd_key.as_ref()),
+    ] {
+        if let Some(v) = v.filter(|v| !stood(&at(key)) && !absolute(v)) {
+            err(at(key), format!("{v:?}: an absolute path is needed"));
+        }
+    }
+    if a.jitter > a.interval {
+        err(
+            at("jitter"),
+            format!("{} s: at most the interval ({} s)", a.jitter, a.interval),
+        );
+    }
+    if a.group.is_empty()
+        || a.group.len() > 128
+        || !a
+            .group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        err(
+            at("group"),
+            format!("{:?}: 1 to 128 letters, digits, '.', '_' or '-'", a.group),
+        );
+    }
+    let etcd_only: [(&str, bool); 6] = [
+        ("etcd", !a.etcd.is_empty()),
+        ("etcd-ca", a.etcd_ca.is_some()),
+        ("etcd-cert", a.etcd_cert.is_some()),
+        ("etcd-key", a.etcd_key.is_some()),
+        ("slots", a.slots != 1),
+        ("lease-ttl", a.lease_ttl != 900),
+    ];
+    if a.strategy != Strategy::Etcd {
+        for (key, set) in etcd_only {
+            if set {
+                err(at(key), format!("`{key}` belongs to strategy = \"etcd\""));
+            }
+        }
+    }
+    if a.strategy != Strategy::Fleetlock && a.fleetlock.is_some() {
+        err(
+            at("fleetlock"),
+            "`fleetlock` belongs to strategy = \"fleetlock\"".into(),
+        );
+    }
+    match a.strategy {
+        Strategy::Etcd if a.etcd.is_empty() => err(
+            at("strategy"),
+            "strategy = \"etcd\" needs `etcd`, the cluster's endpoints".into(),
+        ),
+        Strategy::Fleetlock if a.fleetlock.is_none() => err(
+            at("strategy"),
+            "strategy = \"fleetlock\" needs `fleetlock`, the server's URL".into(),
+        ),
+        _ => {}
+    }
+    for (i, e) in a.etcd.iter().enumerate() {
+        if !url(e) {
+            err(
+                with_index(path(&["agent", "etcd"]), i, ""),
+                format!("{e:?}: an http:// or https:// URL"),
+            );
+        }
+    }
+    if let Some(f) = a.fleetlock.as_deref().filter(|f| !url(f)) {
+        err(
+            at("fleetlock"),
+            format!("{f:?}: an http:// or https:// URL"),
+        );
+    }
+    if a.etcd_cert.is_some() != a.etcd_key.is_some() {
+        err(
+            at("etcd-cert"),
+            "`etcd-cert` and `etcd-key` go together".into(),
+        );
+    }
+    if a.reboot_command.first().is_none_or(|p| p.is_empty()) {
+        err(at("reboot-command"), "a program is needed".into());
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, c) in a.checks.iter().enumerate() {
+        let at = |k: &str| with_index(path(&["agent", "check"]), i, k);
+        if !stood(&at("name")) {
+            if let Some(j) = names.insert(&c.name, i) {
+                err(
+                    at("name"),
+                    format!("check name {:?} is already agent.check[{j}]'s", c.name),
+                );
+            }
+        }
+        match (c.command.first(), &c.unit) {
+            (Some(_), Some(_)) => err(
+                at("unit"),
+                "a check is a `command` or a `unit`, not both".into(),
+            ),
+            (None, None) => err(at(""), "needs `command` or `unit`".into()),
+            (Some(p), None) if p.is_empty() => err(at("command"), "a program is needed".into()),
+            (None, Some(u))
+                if u.is_empty()
+                    || u.starts_with('-')
+                    || u.chars().any(|c| c.is_control() || c == '/') =>
+            {
+                err(at("unit"), format!("{u:?}: not a unit name"))
+            }
+            _ => {}
+        }
+    }
 }

@@ -1143,3 +1143,134 @@ fn file_images_and_slot_classes_have_their_rules() {
     assert_eq!(c.files.len(), 2);
     assert_eq!(c.files[1].path, "/boot/{slot}/initrd");
 }
+
+/// `[agent]`: each rule fails where it should, and a whole table passes.
+#[test]
+fn agent_settings_have_their_rules() {
+    let good = "[agent]\nindex = \"https://updates.example/index.json\"\n\
+                trust-root = \"/etc/keel/root.json\"\ninterval = 600\njitter = 60\n\
+                strategy = \"etcd\"\netcd = [\"https://10.0.0.1:2379\"]\ngroup = \"workers\"\n\
+                windows = [\"Mon-Fri 02:00-05:00\"]\n\n\
+                [[agent.check]]\nname = \"api\"\ncommand = [\"/usr/bin/curl\", \"-f\", \"http://localhost/\"]\n\n\
+                [[agent.check]]\nname = \"kubelet\"\nunit = \"kubelet.service\"\n\n";
+    let with = |agent: &str| BASE.replacen("[[trust.key]]", &format!("{agent}[[trust.key]]"), 1);
+    let l = one(&with(good));
+    assert!(l.findings.is_empty(), "{:?}", l.findings);
+    let a = l.config.unwrap().agent.unwrap();
+    assert_eq!((a.interval, a.checks.len()), (600, 2));
+    assert_eq!(a.reboot_command, ["systemctl", "reboot"]);
+    for (from, to, at, says) in [
+        (
+            "index = \"https://updates.example/index.json\"",
+            "index = \"ftp://x/i\"",
+            "agent.index",
+            "an http:// or https:// URL",
+        ),
+        (
+            "trust-root = \"/etc/keel/root.json\"",
+            "trust-root = \"root.json\"",
+            "agent.trust-root",
+            "an absolute path",
+        ),
+        (
+            "jitter = 60",
+            "jitter = 601",
+            "agent.jitter",
+            "at most the interval",
+        ),
+        (
+            "group = \"workers\"",
+            "group = \"work ers\"",
+            "agent.group",
+            "letters, digits",
+        ),
+        (
+            "etcd = [\"https://10.0.0.1:2379\"]\n",
+            "",
+            "agent.strategy",
+            "needs `etcd`",
+        ),
+        (
+            "etcd = [\"https://10.0.0.1:2379\"]",
+            "etcd = [\"10.0.0.1:2379\"]",
+            "agent.etcd[0]",
+            "an http:// or https:// URL",
+        ),
+        (
+            "strategy = \"etcd\"",
+            "strategy = \"fleetlock\"",
+            "agent.etcd",
+            "belongs to strategy = \"etcd\"",
+        ),
+        (
+            "strategy = \"etcd\"",
+            "strategy = \"etcd\"\nfleetlock = \"http://x\"",
+            "agent.fleetlock",
+            "belongs to strategy = \"fleetlock\"",
+        ),
+        (
+            "strategy = \"etcd\"",
+            "strategy = \"etcd\"\netcd-cert = \"/c.pem\"",
+            "agent.etcd-cert",
+            "go together",
+        ),
+        (
+            "interval = 600",
+            "interval = 0",
+            "agent.interval",
+            "from 1 to 604800",
+        ),
+        (
+            "interval = 600",
+            "interval = 600\nreboot-command = []",
+            "agent.reboot-command",
+            "a program is needed",
+        ),
+        (
+            "unit = \"kubelet.service\"",
+            "unit = \"kubelet.service\"\ncommand = [\"x\"]",
+            "agent.check[1].unit",
+            "not both",
+        ),
+        (
+            "unit = \"kubelet.service\"",
+            "unit = \"../x\"",
+            "agent.check[1].unit",
+            "not a unit name",
+        ),
+        (
+            "name = \"kubelet\"",
+            "name = \"api\"",
+            "agent.check[1].name",
+            "already agent.check[0]'s",
+        ),
+        (
+            "unit = \"kubelet.service\"\n",
+            "",
+            "agent.check[1]",
+            "needs `command` or `unit`",
+        ),
+        (
+            "interval = 600",
+            "interval = 600\nsocket = \"agent.sock\"",
+            "agent.socket",
+            "an absolute path",
+        ),
+        (
+            "interval = 600",
+            "interval = 600\nmax_rate = 1",
+            "agent.max_rate",
+            "did you mean `max-rate`?",
+        ),
+    ] {
+        assert!(good.contains(from), "{from}");
+        let l = one(&with(&good.replacen(from, to, 1)));
+        let f = l
+            .findings
+            .iter()
+            .find(|f| f.path == at)
+            .unwrap_or_else(|| panic!("no finding at {at} for {to:?}: {:?}", l.findings));
+        assert!(f.message.contains(says), "{f}");
+        assert!(l.config.is_none(), "{to:?}");
+    }
+}

@@ -1,0 +1,163 @@
+//! `keel-agent`: the node's update loop (`run`), and its local API's client (`status`,
+//! `events`, `check-now`, `pause`, `resume`, `metrics`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "keel-agent", about = "The node's A/B update loop (keel-agent)")]
+struct Cli {
+    /// The system description (its `[agent]` table is the loop's settings).
+    #[arg(long, global = true, default_value = "/etc/keel/system.toml")]
+    config: PathBuf,
+    /// Read /proc, /sys and /etc under this directory.
+    #[arg(long, global = true, default_value = "/")]
+    root: PathBuf,
+    /// Keep the records here.
+    #[arg(long, global = true, default_value = "/var/lib/keel")]
+    state: PathBuf,
+    /// The local API's socket (default: the description's `agent.socket`).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the loop: finish what the last boot left, then check every interval.
+    Run {
+        /// The disk holding the slots (default: `boot.disk`, else the booted disk).
+        #[arg(long)]
+        disk: Option<PathBuf>,
+        /// One pass (the boot step and one check), then exit: 0 done, 1 failed.
+        #[arg(long)]
+        once: bool,
+    },
+    /// What the agent does now.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The last events.
+    Events,
+    /// Check for an update now.
+    CheckNow,
+    /// Stop checking and installing until resumed (kept across restarts).
+    Pause,
+    /// Go on after a pause.
+    Resume,
+    /// The status in the Prometheus text format.
+    Metrics,
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn load(cli: &Cli) -> Res<keel_config::Config> {
+    let loaded = keel_config::load_files(&cli.config, &[])?;
+    for f in &loaded.findings {
+        eprintln!("{f}");
+    }
+    Ok(loaded.config.ok_or("the description has errors")?)
+}
+
+fn socket(cli: &Cli) -> Res<PathBuf> {
+    if let Some(s) = &cli.socket {
+        return Ok(s.clone());
+    }
+    let config = load(cli)?;
+    let a = config.agent.ok_or("the description has no [agent] table")?;
+    Ok(PathBuf::from(a.socket))
+}
+
+fn run(cli: &Cli) -> Res<ExitCode> {
+    let op = match &cli.cmd {
+        Cmd::Run { disk, once } => {
+            let config = load(cli)?;
+            let mut daemon = keel_agent::Daemon::new(&config, &cli.root, &cli.state)?;
+            if let Some(d) = disk {
+                daemon = daemon.disk(d);
+            }
+            if *once {
+                let boot = daemon.boot()?;
+                println!("boot: {boot:?}");
+                let check = daemon.check()?;
+                println!("check: {check:?}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let path = cli
+                .socket
+                .clone()
+                .unwrap_or_else(|| daemon.settings().socket.clone());
+            let listener = keel_agent::api::bind(&path)?;
+            let shared = daemon.shared();
+            std::thread::Builder::new()
+                .name("keel-agent-api".into())
+                .spawn(move || keel_agent::api::serve(listener, shared))?;
+            keel_agent::watchdog(daemon.shared());
+            eprintln!(
+                "keel-agent: node {} checks {} every {:?}; API on {}",
+                daemon.node_id(),
+                daemon.settings().index,
+                daemon.settings().interval,
+                path.display()
+            );
+            daemon.run(&keel_io::Cancel::new());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Status { .. } => "status",
+        Cmd::Events => "events",
+        Cmd::CheckNow => "check-now",
+        Cmd::Pause => "pause",
+        Cmd::Resume => "resume",
+        Cmd::Metrics => "metrics",
+    };
+    let answer = keel_agent::api::request(&socket(cli)?, op)?;
+    if let Some(e) = answer.get("error").and_then(|e| e.as_str()) {
+        return Err(e.into());
+    }
+    match &cli.cmd {
+        Cmd::Status { json: false } => {
+            let s: keel_agent::Status = serde_json::from_value(answer)?;
+            println!("state:      {}", s.state);
+            println!("version:    {}", s.version.as_deref().unwrap_or("?"));
+            if let Some(v) = &s.staged {
+                println!("staged:     {v}");
+            }
+            if let Some((done, total)) = s.progress {
+                println!("progress:   {done}/{total} bytes");
+            }
+            if s.paused {
+                println!("paused:     through the API");
+            }
+            if let Some(p) = &s.group_paused {
+                println!("group:      paused by {p}");
+            }
+            if let Some(e) = &s.last_error {
+                println!("last error: {e}");
+            }
+        }
+        Cmd::Events => {
+            for e in answer["events"].as_array().into_iter().flatten() {
+                println!("{} {}", e["at"], e["what"].as_str().unwrap_or(""));
+            }
+        }
+        Cmd::Metrics => print!("{}", answer["metrics"].as_str().unwrap_or("")),
+        _ => println!("{answer}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keel-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! The loop: at start, finish what the last boot left (commit the new slot after its
+//! checks, or fall back and stop the roll; give back the fleet's slot); then, every
+//! interval, check the signed index, install what it names, wait for the reboot window
+//! and the fleet's slot, and reboot.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_fleet::{Etcd, Group, Lease, Node, TlsOptions, Wait};
+use keel_io::Cancel;
+use keel_update::{Agent, Commit, System};
+
+use crate::error::{Error, Result};
+use crate::settings::{Coordination, Settings};
+use crate::state::{self, now, Pending, Shared};
+
+/// What a step of the loop ended in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Nothing newer than what runs.
+    UpToDate,
+    /// Paused through the API.
+    Paused,
+    /// The group's roll is paused (by a node whose new version failed, or an operator).
+    GroupPaused(String),
+    /// Installed and armed; waiting for the reboot window or the fleet's slot.
+    Staged(String),
+    /// The reboot command was run: the node is going down into `version`.
+    Rebooting(String),
+    /// After a boot: the new version passed its checks and is committed.
+    Committed(String),
+    /// After a boot: the new version failed a check; the node reboots back.
+    FallingBack(String),
+    /// Back on the old version after a failed one; the roll is paused.
+    FellBack(String),
+    /// Booted and committed already: nothing to finish.
+    Steady,
+}
+
+/// keel-agent's loop for one node.
+#[derive(Debug)]
+pub struct Daemon {
+    system: System,
+    settings: Settings,
+    root: PathBuf,
+    state_dir: PathBuf,
+    disk_path: Option<PathBuf>,
+    node_id: String,
+    shared: Arc<Shared>,
+}
+
+/// How the fleet takes turns, connected.
+enum Turns {
+    Immediate,
+    Etcd {
+        etcd: Arc<Etcd>,
+        group: Group,
+        ttl: Duration,
+    },
+    FleetLock(keel_fleet::fleetlock::Client),
+}
+
+impl Daemon {
+    /// The loop for the system `config` describes (it must have `[agent]`), reading the
+    /// running system under `root` and keeping its records in `state_dir`.
+    pub fn new(config: &keel_config::Config, root: &Path, state_dir: &Path) -> Result<Daemon> {
+        let agent = config.agent.as_ref().ok_or_else(|| Error::Setting {
+            field: "agent".into(),
+            reason: "the description has no [agent] table".into(),
+        })?;
+        let settings = Settings::from_config(agent)?;
+        let system = System::from_config(config)?;
+        // The node's name in the fleet: the machine id, as Zincati names nodes.
+        let id = std::fs::read_to_string(root.join("etc/machine-id"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let node_id = if id.is_empty() {
+            std::fs::read_to_string(root.join("etc/hostname"))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "node".into())
+        } else {
+            id
+        };
+        Ok(Daemon {
+            system,
+            settings,
+            root: root.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            disk_path: None,
+            node_id,
+            shared: Arc::new(Shared::new(state_dir)),
+        })
+    }
+
+    /// The disk holding the slots, when neither `boot.disk` nor the booted disk says.
+    pub fn disk(mut self, path: impl Into<PathBuf>) -> Self {
+        self.disk_path = Some(path.into());
+        self
+    }
+
+    /// What the loop and the local API share.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// This node's name in the fleet.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn disk_file(&self) -> Result<(File, PathBuf)> {
+        let path = match self.disk_path.clone().or_else(|| self.system.disk.clone()) {
+            Some(p) => p,
+            None => keel_update::boot_disk(&self.root)?,
+        };
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        Ok((file, path))
+    }
+
+    fn with_agent<T>(&self, f: impl FnOnce(&Agent<'_, File>) -> Result<T>) -> Result<T> {
+        let (disk, path) = self.disk_file()?;
+        let agent = Agent::new(self.system.clone(), &disk)
+            .root(&self.root)
+            .state_dir(&self.state_dir)
+            .disk_path(path);
+        f(&agent)
+    }
+
+    fn turns(&self) -> Result<Turns> {
+        Ok(match &self.settings.coordination {
+            Coordination::Immediate => Turns::Immediate,
+            Coordination::Etcd {
+                endpoints,
+                ca,
+                cert,
+                key,
+                slots,
+                ttl,
+            } => {
+                let read = |p: &Option<PathBuf>| -> Result<Option<Vec<u8>>> {
+                    p.as_ref()
+                        .map(|p| {
+                            std::fs::read(keel_bootflags::spec::under_root(&self.root, p))
+                                .map_err(|e| Error::io(format!("reading {}", p.display()), e))
+                        })
+                        .transpose()
+                };
+                let mut tls = TlsOptions::default();
+                if let Some(pem) = read(ca)? {
+                    tls = tls.ca(pem);
+                }
+                if let (Some(chain), Some(key)) = (read(cert)?, read(key)?) {
+                    tls = tls.client_cert(chain, key);
+                }
+                let etcd = Arc::new(Etcd::with_tls(endpoints, &tls)?);
+                let group = Group::new(&etcd, &self.settings.group, *slots)?;
+                Turns::Etcd {
+                    etcd,
+                    group,
+                    ttl: *ttl,
+                }
+            }
+            Coordination::FleetLock { url } => {
+                Turns::FleetLock(keel_fleet::fleetlock::Client::new(url))
+            }
+        })
+    }
+
+    /// Give back the fleet's slot this node holds (and end its lease).
+    fn release(&self, turns: &Turns, lease: Option<i64>) -> Result<()> {
+        match turns {
+            Turns::Immediate => {}
+            Turns::Etcd { etcd, group, .. } => {
+                let node = Node::new(group, &self.node_id, self.settings.windows.clone());
+                if node.steady_state()? {
+                    self.shared.event("gave back the reboot slot");
+                }
+                if let Some(id) = lease {
+                    // Ended already if the reboot took longer than its TTL.
+                    if let Ok(l) = Lease::resume(etcd, id) {
+                        let _ = l.revoke();
+                    }
+                }
+            }
+            Turns::FleetLock(c) => c.steady_state(&self.settings.group, &self.node_id)?,
+        }
+        Ok(())
+    }
+
+    /// Stop the group's roll, naming this node and `reason` (etcd; FleetLock has no
+    /// pause, the node's own status says it).
+    fn report(&self, turns: &Turns, reason: &str) -> Result<()> {
+        if let Turns::Etcd { group, .. } = turns {
+            Node::new(group, &self.node_id, self.settings.windows.clone())
+                .report_failure(&format!("{}: {reason}", self.node_id))?;
+        }
+        Ok(())
+    }
+
+    /// At start, before any check: finish what the last boot left. A new slot not yet
+    /// committed runs the health checks: committed (and the fleet's slot given back), or
+    /// marked bad, the roll paused for the group with the reason, and the node rebooted
+    /// into the old slot. Back on the old slot after that, the slot is given back.
+    pub fn boot(&self) -> Result<Outcome> {
+        self.shared.update(|s| s.state = "committing".into());
+        let pending = state::load(&self.state_dir);
+        let turns = self.turns()?;
+        let (booted, committed, version) = self.with_agent(|a| {
+            let booted = a.booted_slot()?;
+            let st = a.status()?;
+            let mine = st.slots.iter().find(|s| s.booted);
+            Ok((
+                booted,
+                mine.is_some_and(|s| s.successful),
+                mine.and_then(|s| s.version.clone()),
+            ))
+        })?;
+        self.shared.update(|s| s.version = version.clone());
+        let version = version.unwrap_or_default();
+        match pending {
+            Some(Pending::FallingBack {
+                version: bad,
+                reason,
+                lease,
+            }) => {
+                // Back on the old slot (the boot loader chose it, the bad one marked).
+                self.release(&turns, lease)?;
+                state::save(&self.state_dir, None)?;
+                self.shared.event(format!(
+                    "fell back from {bad} to {version} (slot {booted}): {reason}"
+                ));
+                self.shared.update(|s| {
+                    s.last_error = Some(format!("{bad} failed: {reason}"));
+                    s.failures += 1;
+                });
+                return Ok(Outcome::FellBack(version));
+            }
+            Some(Pending::Rebooting {
+                version: new,
+                lease,
+            }) if committed => {
+                if new != version {
+                    // The new version never came up (the boot loader spent its tries and
+                    // went back): as bad as a failed check, the roll stops.
+                    let reason = format!("{new} did not boot; the boot loader chose {version}");
+                    self.report(&turns, &reason)?;
+                    self.shared.event(format!("fell back: {reason}"));
+                    self.shared.update(|s| {
+                        s.last_error = Some(reason.clone());
+                        s.failures += 1;
+                    });
+                }
+                self.release(&turns, lease)?;
+                state::save(&self.state_dir, None)?;
+                return Ok(if new == version {
+                    Outcome::Steady
+                } else {
+                    Outcome::FellBack(version)
+                });
+            }
+            _ if committed => {
+                // A slot held from before (a crash between boot and release) goes back.
+                self.release(&turns, None)?;
+                if matches!(pending, Some(Pending::Staged { .. })) {
+                    // Still booted from the old slot, the new one armed: its turn to
+                    // reboot comes with the next check.
+                    return Ok(Outcome::Staged(version));
+                }
+                return Ok(Outcome::Steady);
+            }
+            _ => {}
+        }
+        let lease = match &pending {
+            Some(Pending::Rebooting { lease, .. }) => *lease,
+            _ => None,
+        };
+        let checks: Vec<_> = self
+            .settings
+            .checks
+            .iter()
+            .map(|c| c.health_check())
+            .collect();
+        match self.with_agent(|a| Ok(a.commit(&checks)?))? {
+            Commit::Committed(_) | Commit::AlreadyGood(_) => {
+                self.release(&turns, lease)?;
+                state::save(&self.state_dir, None)?;
+                self.shared
+                    .event(format!("committed {version} (slot {booted})"));
+                self.shared.update(|s| s.last_error = None);
+                Ok(Outcome::Committed(version))
+            }
+            Commit::RebootNeeded { check, reason, .. } => {
+                let why = format!("check {check:?}: {reason}");
+                self.shared
+                    .event(format!("{version} failed {why}: marked bad, falling back"));
+                // The roll stops for the whole group, naming this node and the check.
+                self.report(&turns, &format!("{version}: {why}"))?;
+                state::save(
+                    &self.state_dir,
+                    Some(&Pending::FallingBack {
+                        version: version.clone(),
+                        reason: why,
+                        lease,
+                    }),
+                )?;
+                self.reboot(&version)?;
+                Ok(Outcome::FallingBack(version))
+            }
+            other => Err(Error::Setting {
+                field: "commit".into(),
+                reason: format!("{other:?}: not known to this agent"),
+            }),
+        }
+    }
+
+    /// One check: the signed index, the install of what it names (unless a version is
+    /// already staged), then the reboot when the window and the fleet allow.
+    pub fn check(&self) -> Result<Outcome> {
+        if self.shared.paused() {
+            self.shared.update(|s| s.state = "paused".into());
+            return Ok(Outcome::Paused);
+        }
+        let turns = self.turns()?;
+        if let Turns::Etcd { group, .. } = &turns {
+            if let Some(p) = group.status()?.paused {
+                let why = format!("{} ({})", p.by, p.reason);
+                self.shared.update(|s| {
+                    s.state = "group-paused".into();
+                    s.group_paused = Some(why.clone());
+                });
+                return Ok(Outcome::GroupPaused(why));
+            }
+            self.shared.update(|s| s.group_paused = None);
+        }
+        let staged = match state::load(&self.state_dir) {
+            Some(Pending::Staged { version }) => version,
+            _ => match self.install()? {
+                Some(v) => v,
+                None => return Ok(Outcome::UpToDate),
+            },
+        };
+        self.take_turn(&turns, &staged)
+    }
+
+    /// Fetch the index and install the release it names, if newer.
+    fn install(&self) -> Result<Option<String>> {
+        self.shared.update(|s| {
+            s.state = "checking".into();
+            s.checks += 1;
+            s.last_check = Some(now());
+        });
+        let root_file = keel_bootflags::spec::under_root(&self.root, &self.settings.trust_root);
+        let bad_root = |reason: String| Error::TrustRoot {
+            path: self.settings.trust_root.display().to_string(),
+            reason,
+        };
+        let bytes = std::fs::read(&root_file).map_err(|e| bad_root(e.to_string()))?;
+        let shared = self.shared.clone();
+        let progress = move |done: u64, total: u64| {
+            shared.update(|s| {
+                s.state = "installing".into();
+                s.progress = Some((done, total));
+            });
+        };
+        let started = Instant::now();
+        let installed = self.with_agent(|a| {
+            let root = keel_release::TrustedRoot::initial(&bytes, a.trusted_now()?)
+                .map_err(|e| bad_root(e.to_string()))?;
+            let fetch =
+                keel_fetch::FetchOptions::default().max_bytes_per_sec(self.settings.max_rate);
+            Ok(a.install_from_index(&self.settings.index, &root, fetch, Some(&progress))?)
+        })?;
+        self.shared.update(|s| s.progress = None);
+        let Some(installed) = installed else {
+            self.shared.update(|s| {
+                s.state = "idle".into();
+                s.last_error = None;
+            });
+            return Ok(None);
+        };
+        let version = installed.version.clone();
+        state::save(
+            &self.state_dir,
+            Some(&Pending::Staged {
+                version: version.clone(),
+            }),
+        )?;
+        self.shared.event(format!(
+            "installed {version} into slot {} ({} images)",
+            installed.slot,
+            installed.images.len()
+        ));
+        self.shared.update(|s| {
+            s.state = "staged".into();
+            s.staged = Some(version.clone());
+            s.installs += 1;
+            s.install_seconds = Some(started.elapsed().as_secs());
+            s.last_error = None;
+        });
+        Ok(Some(version))
+    }
+
+    /// Inside a reboot window, with the fleet's slot: reboot into `version`.
+    fn take_turn(&self, turns: &Turns, version: &str) -> Result<Outcome> {
+        if !self.settings.windows.contains(now()) {
+            self.shared.update(|s| s.state = "staged".into());
+            return Ok(Outcome::Staged(version.to_string()));
+        }
+        self.shared.update(|s| s.state = "waiting-for-slot".into());
+        let lease = match turns {
+            Turns::Immediate => None,
+            Turns::FleetLock(c) => {
+                // Refused: asked again at the next check, as Zincati does.
+                if let Err(e) = c.pre_reboot(&self.settings.group, &self.node_id) {
+                    self.shared.event(format!("no reboot slot yet: {e}"));
+                    return Ok(Outcome::Staged(version.to_string()));
+                }
+                None
+            }
+            Turns::Etcd { etcd, group, ttl } => {
+                let node = Node::new(group, &self.node_id, self.settings.windows.clone());
+                let lease = Lease::grant(etcd, *ttl)?;
+                // Waiting for a slot no longer than an interval: the next check waits on.
+                let wait = Wait {
+                    deadline: Some(Instant::now() + self.settings.interval),
+                    ..Wait::default()
+                };
+                match node.pre_reboot(&lease, &wait) {
+                    Ok(by) if Instant::now() < by => {}
+                    Ok(_) => {
+                        let _ = lease.revoke();
+                        return Ok(Outcome::Staged(version.to_string()));
+                    }
+                    Err(e) => {
+                        let _ = lease.revoke();
+                        return match e {
+                            keel_fleet::Error::Paused { .. }
+                            | keel_fleet::Error::Stopped { .. } => {
+                                Ok(Outcome::Staged(version.to_string()))
+                            }
+                            e => Err(e.into()),
+                        };
+                    }
+                }
+                // Not renewed while the machine is down: a node that does not come back
+                // frees the slot when the lease ends.
+                let id = lease.id();
+                drop(lease);
+                Some(id)
+            }
+        };
+        state::save(
+            &self.state_dir,
+            Some(&Pending::Rebooting {
+                version: version.to_string(),
+                lease,
+            }),
+        )?;
+        self.shared.event(format!("rebooting into {version}"));
+        self.reboot(version)?;
+        Ok(Outcome::Rebooting(version.to_string()))
+    }
+
+    fn reboot(&self, version: &str) -> Result<()> {
+        self.shared.update(|s| s.state = "rebooting".into());
+        let cmd = &self.settings.reboot_command;
+        let fail = |reason: String| Error::Reboot {
+            command: cmd.clone(),
+            reason,
+        };
+        let (prog, args) = cmd.split_first().ok_or_else(|| fail("empty".into()))?;
+        let status = std::process::Command::new(prog)
+            .args(args)
+            .env("KEEL_VERSION", version)
+            .status()
+            .map_err(|e| fail(e.to_string()))?;
+        if !status.success() {
+            return Err(fail(format!("exited with {status}")));
+        }
+        Ok(())
+    }
+
+    /// Forever (until `stop`): [`Daemon::boot`], then [`Daemon::check`] every interval
+    /// (plus up to the jitter), sooner when the API asks. A failed step is the status's
+    /// last error and the next interval tries again: the loop never ends on one.
+    pub fn run(&self, stop: &Cancel) {
+        let mut booted = false;
+        while !stop.is_cancelled() {
+            let step = if booted { self.check() } else { self.boot() };
+            match step {
+                Ok(o) => {
+                    booted = true;
+                    crate::notify::status(&format!("{o:?}"));
+                    if matches!(o, Outcome::Rebooting(_) | Outcome::FallingBack(_)) {
+                        // Going down: nothing more to do but wait for it.
+                        self.shared.sleep(Duration::from_secs(3600), stop);
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    self.shared.event(format!("failed: {e}"));
+                    self.shared.update(|s| {
+                        s.state = "failed".into();
+                        s.last_error = Some(e.to_string());
+                        s.failures += 1;
+                    });
+                    crate::notify::status(&format!("failed: {e}"));
+                }
+            }
+            crate::notify::ready();
+            self.shared.sleep(self.wait(), stop);
+        }
+    }
+
+    /// The interval plus a random part of the jitter.
+    fn wait(&self) -> Duration {
+        let jitter = self.settings.jitter.as_millis() as u64;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64)
+            ^ u64::from(std::process::id()).rotate_left(32);
+        let extra = if jitter == 0 { 0 } else { seed % (jitter + 1) };
+        self.settings.interval + Duration::from_millis(extra)
+    }
+}

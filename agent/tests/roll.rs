@@ -1,0 +1,476 @@
+//! keel-agent's loop on three nodes of one group, against a real three-member etcd cluster
+//! and nginx serving the signed index: version 2 rolls one node at a time (the others wait
+//! for the slot), each commits after its health check and gives the slot back; version 3
+//! fails its check on the first node, which falls back, stops the roll for the group and
+//! frees its slot, and the other nodes stay on version 2. A reboot is the reboot command
+//! (it leaves a mark), then the boot loader's own rules (keel-bootflags' model of
+//! Flatcar's GRUB) and a new agent process: each node's state goes through its files.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use keel_agent::{Daemon, Outcome};
+use keel_bootflags::Slot;
+use keel_io::{Region, WriteAt};
+use keel_partition::{create_layout, GptDisk, Layout};
+use keel_testsupport::seeded_bytes;
+use keel_trust::{Context, Signer, SigningKey};
+
+const SLOT: u64 = 2 << 20;
+const IMAGE: usize = 1 << 20;
+
+struct Node {
+    dir: PathBuf,
+    name: String,
+}
+
+impl Node {
+    fn p(&self, n: &str) -> PathBuf {
+        self.dir.join(n)
+    }
+    fn root(&self) -> PathBuf {
+        self.p("root")
+    }
+
+    fn daemon(&self) -> Daemon {
+        let loaded = keel_config::load_files(&self.p("system.toml"), &[]).unwrap();
+        let config = loaded
+            .config
+            .unwrap_or_else(|| panic!("{:?}", loaded.findings));
+        Daemon::new(&config, &self.root(), &self.p("state")).unwrap()
+    }
+
+    fn partuuid(&self, label: &str) -> String {
+        let g = GptDisk::open(fs::read(self.p("disk.img")).unwrap(), None).unwrap();
+        g.partition_by_label(label).unwrap().guid.to_string()
+    }
+
+    /// The machine comes up: the boot loader (keel-bootflags' model of Flatcar's GRUB on
+    /// the disk's flags) chooses the slot, the kernel is told it, the running version
+    /// answers its health check as `healthy`.
+    fn power_on(&self, healthy: bool) -> Slot {
+        assert!(
+            self.p("rebooted").exists(),
+            "{}: never asked to reboot",
+            self.name
+        );
+        fs::remove_file(self.p("rebooted")).unwrap();
+        let disk = fs::File::options()
+            .read(true)
+            .write(true)
+            .open(self.p("disk.img"))
+            .unwrap();
+        let slot = {
+            let gpt = GptDisk::open(&disk, None).unwrap();
+            let sel = keel_partition::SlotSelector::Labels("USR-A".into(), "USR-B".into());
+            let mut ab =
+                keel_partition::AbDisk::new(gpt, &sel, keel_bootflags::PriorityPolicy::Flatcar)
+                    .unwrap();
+            keel_bootflags::BootControl::boot(&mut ab).unwrap().unwrap()
+        };
+        let label = format!("USR-{}", slot.letter());
+        fs::write(
+            self.root().join("proc/cmdline"),
+            format!("ro mount.usr=PARTUUID={}\n", self.partuuid(&label)),
+        )
+        .unwrap();
+        fs::write(
+            self.root().join("etc/health"),
+            if healthy { "good\n" } else { "bad\n" },
+        )
+        .unwrap();
+        slot
+    }
+}
+
+/// The publisher: full payloads of each version, an index of them signed under a root.
+struct Site {
+    www: PathBuf,
+    key: SigningKey,
+}
+
+impl Site {
+    fn image(v: u64) -> Vec<u8> {
+        let mut img = seeded_bytes(1, IMAGE);
+        img[4096..4096 + 100_000].copy_from_slice(&seeded_bytes(10 + v, 100_000));
+        img
+    }
+
+    fn publish(&self, versions: &[u64], serial: u64) {
+        use keel_release::{sign_envelope, Index, Release};
+        let mut releases = Vec::new();
+        for &v in versions {
+            let name = format!("full-{v}.payload");
+            let image = Site::image(v);
+            let params = keel_verity::VerityParams::builder()
+                .salt(vec![0x5a, 0x17])
+                .data_blocks(IMAGE as u64 / 4096)
+                .build()
+                .unwrap();
+            let root = keel_verity::HashTree::build(&params, &image)
+                .unwrap()
+                .root_hash()
+                .to_vec();
+            let opts = keel_payload::GenerateOptions::new("acme-os", &format!("{v}.0"))
+                .level(1)
+                .verity(keel_verity::RootDescriptor::new(params, &root).unwrap());
+            let payload = keel_payload::generate(None, &image, &self.key, &opts).unwrap();
+            fs::write(self.www.join(&name), payload).unwrap();
+            let mut keys = keel_trust::Keyring::new();
+            keys.add(self.key.public_key().clone()).unwrap();
+            let published =
+                keel_update::publish::describe(&self.www.join(&name), &name, &keys).unwrap();
+            releases.push(Release {
+                version: format!("{v}.0"),
+                compatible: "acme-os".into(),
+                full: published.artifact,
+                deltas: Vec::new(),
+                rollout_percent: 100,
+            });
+        }
+        let index = Index {
+            kind: "keel-index".into(),
+            serial,
+            expires: u64::MAX / 2,
+            timestamp: Some(keel_trust::unix_now() - 60),
+            releases,
+        };
+        let signers: [&dyn Signer; 1] = [&self.key];
+        let env = sign_envelope(
+            &serde_json::to_vec(&index).unwrap(),
+            Context::ReleaseIndex,
+            &signers,
+        )
+        .unwrap();
+        fs::write(self.www.join("index.json"), env).unwrap();
+    }
+
+    fn root_envelope(&self) -> Vec<u8> {
+        let root = keel_release::Root {
+            kind: "keel-root".into(),
+            version: 1,
+            expires: u64::MAX / 2,
+            threshold: 1,
+            keys: vec![hex::encode(self.key.public_key().to_bytes())],
+        };
+        let signers: [&dyn Signer; 1] = [&self.key];
+        keel_release::sign_envelope(
+            &serde_json::to_vec(&root).unwrap(),
+            Context::TrustRoot,
+            &signers,
+        )
+        .unwrap()
+    }
+}
+
+/// A node with version 1.0 in slot A, booted from it, its description naming the index
+/// and the group in etcd.
+fn node(dir: &Path, name: &str, site: &Site, index: &str, endpoints: &str) -> Node {
+    let n = Node {
+        dir: dir.join(name),
+        name: name.into(),
+    };
+    fs::create_dir_all(n.root().join("proc")).unwrap();
+    fs::create_dir_all(n.root().join("etc/keel")).unwrap();
+    fs::write(n.root().join("etc/os-release"), "VERSION_ID=1.0\n").unwrap();
+    fs::write(n.root().join("etc/machine-id"), format!("{name}\n")).unwrap();
+    fs::write(n.root().join("etc/health"), "good\n").unwrap();
+    fs::write(n.root().join("etc/keel/root.json"), site.root_envelope()).unwrap();
+    let disk = fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(n.p("disk.img"))
+        .unwrap();
+    disk.set_len(2 * SLOT + (2 << 20)).unwrap();
+    let mut layout = Layout::flatcar(SLOT);
+    layout.esp_size = 0;
+    create_layout(&mut &disk, &layout).unwrap();
+    let a = GptDisk::open(&disk, None)
+        .unwrap()
+        .partition_by_label("USR-A")
+        .unwrap();
+    Region::new(&disk, a.first_lba * 512, a.sectors() * 512)
+        .unwrap()
+        .write_all_at(&Site::image(1), 0)
+        .unwrap();
+    fs::write(
+        n.root().join("proc/cmdline"),
+        format!("ro mount.usr=PARTUUID={}\n", a.guid),
+    )
+    .unwrap();
+    let key = hex::encode(site.key.public_key().to_bytes());
+    fs::write(
+        n.p("system.toml"),
+        format!(
+            "version = \"1\"\ncompatible = \"acme-os\"\n\n[boot]\nbackend = \"gpt-flatcar\"\ndisk = \"{disk}\"\n\n\
+             [[slot]]\nname = \"usr.a\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-A\"\n\n\
+             [[slot]]\nname = \"usr.b\"\nclass = \"usr\"\ndevice = \"PARTLABEL=USR-B\"\n\n\
+             [verity]\nsalt = \"5a17\"\n\n[[trust.key]]\nid = \"release\"\ned25519 = \"{key}\"\n\n\
+             [agent]\nindex = \"{index}\"\ntrust-root = \"/etc/keel/root.json\"\ninterval = 1\n\
+             strategy = \"etcd\"\netcd = [\"{endpoints}\"]\ngroup = \"roll\"\nlease-ttl = 30\n\
+             reboot-command = [\"touch\", \"{mark}\"]\nsocket = \"{sock}\"\n\n\
+             [[agent.check]]\nname = \"health\"\ncommand = [\"grep\", \"-q\", \"good\", \"{health}\"]\ntimeout = 10\n",
+            disk = n.p("disk.img").display(),
+            mark = n.p("rebooted").display(),
+            sock = n.p("agent.sock").display(),
+            health = n.root().join("etc/health").display(),
+        ),
+    )
+    .unwrap();
+    n
+}
+
+#[test]
+fn a_group_rolls_one_node_at_a_time_and_a_failed_version_stops_the_roll() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let Some(cluster) = keel_testsupport::etcd::cluster(&d.join("etcd"), 3) else {
+        return;
+    };
+    let site = Site {
+        www: d.join("www"),
+        key: SigningKey::generate().unwrap(),
+    };
+    fs::create_dir_all(&site.www).unwrap();
+    let Some(server) = keel_testsupport::nginx::serve(&site.www, &d.join("nginx")) else {
+        return;
+    };
+    site.publish(&[2], 1);
+    let index = format!("{}/index.json", server.base);
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| node(d, &format!("node-{i}"), &site, &index, &cluster.endpoints()))
+        .collect();
+
+    // At start every node is steady: booted, committed, holding nothing.
+    for n in &nodes {
+        assert_eq!(n.daemon().boot().unwrap(), Outcome::Steady, "{}", n.name);
+    }
+    // Version 2, one node at a time: the first takes the slot and reboots; while it is
+    // down the others install, find the slot taken and wait (an interval), staged.
+    assert_eq!(
+        nodes[0].daemon().check().unwrap(),
+        Outcome::Rebooting("2.0".into())
+    );
+    for n in &nodes[1..] {
+        assert_eq!(
+            n.daemon().check().unwrap(),
+            Outcome::Staged("2.0".into()),
+            "{}: rebooted beside node-0",
+            n.name
+        );
+        assert!(!n.p("rebooted").exists());
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        if i > 0 {
+            // Its turn: the slot is free again.
+            assert_eq!(
+                n.daemon().check().unwrap(),
+                Outcome::Rebooting("2.0".into())
+            );
+        }
+        assert_eq!(n.power_on(true), Slot::B);
+        let daemon = n.daemon();
+        assert_eq!(daemon.boot().unwrap(), Outcome::Committed("2.0".into()));
+        assert_eq!(daemon.shared().status().version.as_deref(), Some("2.0"));
+        // Nothing newer: the next check installs nothing.
+        assert_eq!(daemon.check().unwrap(), Outcome::UpToDate);
+    }
+
+    // Version 3 fails its health check on the first node: it falls back to 2.0 and the
+    // roll stops for the group, naming the node and the check.
+    site.publish(&[2, 3], 2);
+    assert_eq!(
+        nodes[0].daemon().check().unwrap(),
+        Outcome::Rebooting("3.0".into())
+    );
+    assert_eq!(nodes[0].power_on(false), Slot::A);
+    assert_eq!(
+        nodes[0].daemon().boot().unwrap(),
+        Outcome::FallingBack("3.0".into())
+    );
+    assert_eq!(
+        nodes[0].power_on(true),
+        Slot::B,
+        "the boot loader falls back"
+    );
+    let daemon = nodes[0].daemon();
+    assert_eq!(daemon.boot().unwrap(), Outcome::FellBack("2.0".into()));
+    assert!(daemon
+        .shared()
+        .status()
+        .last_error
+        .is_some_and(|e| e.contains("3.0") && e.contains("health")));
+    for n in &nodes {
+        match n.daemon().check().unwrap() {
+            Outcome::GroupPaused(why) => {
+                assert!(why.contains("node-0") && why.contains("health"), "{why}")
+            }
+            o => panic!("{}: {o:?}", n.name),
+        }
+        assert!(!n.p("rebooted").exists(), "{} rebooted", n.name);
+    }
+}
+
+/// The local API: status, pause (the loop then installs nothing, across a restart),
+/// resume, metrics; a client that sends nothing is cut off and the others still answered.
+#[test]
+fn the_local_api_answers_and_pauses_the_loop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let site = Site {
+        www: d.join("www"),
+        key: SigningKey::generate().unwrap(),
+    };
+    fs::create_dir_all(&site.www).unwrap();
+    let Some(server) = keel_testsupport::nginx::serve(&site.www, &d.join("nginx")) else {
+        return;
+    };
+    site.publish(&[2], 1);
+    let n = node(
+        d,
+        "node",
+        &site,
+        &format!("{}/index.json", server.base),
+        "http://127.0.0.1:1",
+    );
+    let text = fs::read_to_string(n.p("system.toml")).unwrap();
+    let immediate = text
+        .replace("strategy = \"etcd\"\n", "")
+        .replace("etcd = [\"http://127.0.0.1:1\"]\n", "")
+        .replace("lease-ttl = 30\n", "");
+    fs::write(n.p("system.toml"), immediate).unwrap();
+    let daemon = n.daemon();
+    let sock = n.p("agent.sock");
+    let listener = keel_agent::api::bind(&sock).unwrap();
+    let shared = daemon.shared();
+    std::thread::spawn(move || keel_agent::api::serve(listener, shared));
+    // Idle clients hold nothing: 20 connections that never send.
+    let idle: Vec<_> = (0..20)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap())
+        .collect();
+    let status = keel_agent::api::request(&sock, "status").unwrap();
+    assert_eq!(status["state"], "starting");
+    drop(idle);
+    let paused = keel_agent::api::request(&sock, "pause").unwrap();
+    assert_eq!(paused["ok"], true, "{paused}");
+    assert_eq!(daemon.check().unwrap(), Outcome::Paused);
+    // Kept across a restart.
+    assert_eq!(n.daemon().check().unwrap(), Outcome::Paused);
+    assert_eq!(
+        keel_agent::api::request(&sock, "resume").unwrap()["ok"],
+        true
+    );
+    assert_eq!(daemon.check().unwrap(), Outcome::Rebooting("2.0".into()));
+    let metrics = keel_agent::api::request(&sock, "metrics").unwrap();
+    let text = metrics["metrics"].as_str().unwrap();
+    assert!(text.contains("keel_agent_installs_total 1"), "{text}");
+    let events = keel_agent::api::request(&sock, "events").unwrap();
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["what"].as_str().unwrap().contains("installed 2.0")),
+        "{events}"
+    );
+    let e = keel_agent::api::request(&sock, "reboot-everything").unwrap();
+    assert!(e["error"].as_str().unwrap().contains("unknown op"));
+}
+
+/// The `keel-agent` program as systemd runs it: it says READY and STATUS on
+/// `NOTIFY_SOCKET` and pings the watchdog, installs the release the index names and runs
+/// the reboot command by itself; `keel-agent status` reads it through the socket.
+#[test]
+fn the_program_runs_the_loop_and_talks_to_systemd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let site = Site {
+        www: d.join("www"),
+        key: SigningKey::generate().unwrap(),
+    };
+    fs::create_dir_all(&site.www).unwrap();
+    let Some(server) = keel_testsupport::nginx::serve(&site.www, &d.join("nginx")) else {
+        return;
+    };
+    site.publish(&[2], 1);
+    let n = node(
+        d,
+        "node",
+        &site,
+        &format!("{}/index.json", server.base),
+        "http://127.0.0.1:1",
+    );
+    let text = fs::read_to_string(n.p("system.toml")).unwrap();
+    fs::write(
+        n.p("system.toml"),
+        text.replace("strategy = \"etcd\"\n", "")
+            .replace("etcd = [\"http://127.0.0.1:1\"]\n", "")
+            .replace("lease-ttl = 30\n", ""),
+    )
+    .unwrap();
+    let notify = std::os::unix::net::UnixDatagram::bind(d.join("notify.sock")).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let exe = env!("CARGO_BIN_EXE_keel-agent");
+    let args = |more: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--config",
+            n.p("system.toml").to_str().unwrap(),
+            "--root",
+            n.root().to_str().unwrap(),
+            "--state",
+            n.p("state").to_str().unwrap(),
+        ]
+        .map(str::to_string)
+        .to_vec();
+        a.extend(more.iter().map(|s| s.to_string()));
+        a
+    };
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = Kill(
+        std::process::Command::new(exe)
+            .args(args(&["run"]))
+            .env("NOTIFY_SOCKET", d.join("notify.sock"))
+            .env("WATCHDOG_USEC", "1000000")
+            .spawn()
+            .unwrap(),
+    );
+    let mut said = Vec::new();
+    let mut buf = [0u8; 512];
+    while !(said.iter().any(|m: &String| m == "READY=1")
+        && said.iter().any(|m| m == "WATCHDOG=1")
+        && n.p("rebooted").exists())
+    {
+        let len = notify
+            .recv(&mut buf)
+            .expect("no word from keel-agent in a minute");
+        said.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+    }
+    assert!(said.iter().any(|m| m.starts_with("STATUS=")), "{said:?}");
+    let o = std::process::Command::new(exe)
+        .args(args(&["status", "--json"]))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (st["state"].as_str(), st["staged"].as_str()),
+        (Some("rebooting"), Some("2.0")),
+        "{st}"
+    );
+    let o = std::process::Command::new(exe)
+        .args(args(&["metrics"]))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("keel_agent_installs_total 1"));
+}
