@@ -10,310 +10,24 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
+use common::machine::{
+    descriptor, slot_image, uefi, Machine, KERNEL_ENTRIES, PRINT_ENTRIES, RAUC_SELECT, SALT,
+};
 use common::*;
 use keel::bootflags::blsdir::BlsDir;
-use keel::bootflags::grubenv::GrubEnv;
 use keel::bootflags::rauc::RaucGrub;
 use keel::bootflags::BootControl;
 use keel::bootflags::{AbControl, Slot};
-use keel::io::{ReadAt, Region, WriteAt};
-use keel::partition::{create_layout, GptDisk, Layout};
+use keel::io::{Region, WriteAt};
+use keel::partition::GptDisk;
 
 /// The ESP: room for two slots' kernels and initramfs images (Keel's `update` in them).
 const ESP_BYTES: u64 = 112 << 20;
 /// Each slot: an 8 MiB ext4 image and its dm-verity tree.
 const SLOT_BYTES: u64 = 16 << 20;
 const IMAGE_BYTES: u64 = 8 << 20;
-
-/// The firmware, the boot loader builder and the FAT tools (all Debian packages).
-struct Uefi {
-    qemu: PathBuf,
-    code: PathBuf,
-    vars: PathBuf,
-    mkstandalone: PathBuf,
-    mkfs: PathBuf,
-    mcopy: PathBuf,
-}
-
-fn uefi() -> Option<Uefi> {
-    let qemu = tool("qemu-system-x86_64", "qemu-system-x86")?;
-    let code = file("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf")?;
-    let vars = file("/usr/share/OVMF/OVMF_VARS_4M.fd", "ovmf")?;
-    let mkstandalone = tool("grub-mkstandalone", "grub-common")?;
-    file("/usr/lib/grub/x86_64-efi/modinfo.sh", "grub-efi-amd64-bin")?;
-    let mkfs = tool("mkfs.vfat", "dosfstools")?;
-    let mcopy = tool("mcopy", "mtools")?;
-    file(
-        "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-        "systemd-boot-efi",
-    )?;
-    Some(Uefi {
-        qemu,
-        code,
-        vars,
-        mkstandalone,
-        mkfs,
-        mcopy,
-    })
-}
-
-/// RAUC's reference GRUB script (its integration documentation, the version that resets
-/// the tries only when no slot is left), reading and saving the environment on the ESP;
-/// each entry prints its slot and the kernel argument Keel stored, then powers off.
-const RAUC_SELECT: &str = r#"set timeout=0
-set default=0
-any_ok=0
-set ORDER="A B"
-set A_OK=0
-set B_OK=0
-set A_TRY=0
-set B_TRY=0
-search --no-floppy --file --set=esp /EFI/keel/grubenv
-load_env --file ($esp)/EFI/keel/grubenv
-for SLOT in $ORDER; do
-    if [ "$SLOT" == "A" ]; then
-        INDEX=0
-        OK=$A_OK
-        TRY=$A_TRY
-        A_TRY=1
-    fi
-    if [ "$SLOT" == "B" ]; then
-        INDEX=1
-        OK=$B_OK
-        TRY=$B_TRY
-        B_TRY=1
-    fi
-    if [ "$OK" -eq 1 -a "$TRY" -eq 0 ]; then
-        default=$INDEX
-        any_ok=1
-        break
-    fi
-done
-if [ "$any_ok" -eq 0 ]; then
-    if [ "$A_OK" -eq 1 -a "$A_TRY" -eq 1 ]; then
-        A_TRY=0
-    fi
-    if [ "$B_OK" -eq 1 -a "$B_TRY" -eq 1 ]; then
-        B_TRY=0
-    fi
-fi
-save_env --file ($esp)/EFI/keel/grubenv A_TRY B_TRY
-"#;
-
-/// Entries that print the slot and the kernel argument, then power off.
-const PRINT_ENTRIES: &str = r#"menuentry "Slot A" {
-    echo "KEEL-BOOT slot=A args=[$KEEL_A_ARGS]"
-    halt
-}
-menuentry "Slot B" {
-    echo "KEEL-BOOT slot=B args=[$KEEL_B_ARGS]"
-    halt
-}
-"#;
-
-/// A GPT disk laid out by keel-partition whose ESP is a FAT filesystem made from a local
-/// tree before each boot and read back into it after: Keel changes the tree between
-/// boots, the boot loader changes the filesystem during them.
-struct Machine<'u> {
-    uefi: &'u Uefi,
-    dir: PathBuf,
-    esp: (u64, u64),
-}
-
-impl<'u> Machine<'u> {
-    fn new(uefi: &'u Uefi, dir: &Path) -> Machine<'u> {
-        let disk = fs::File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.join("disk.img"))
-            .unwrap();
-        disk.set_len(ESP_BYTES + 2 * SLOT_BYTES + (2 << 20))
-            .unwrap();
-        let mut layout = Layout::flatcar(SLOT_BYTES);
-        layout.esp_size = ESP_BYTES;
-        create_layout(&mut &disk, &layout).unwrap();
-        let g = GptDisk::open(&disk, None).unwrap();
-        let p = g.partition_by_label("ESP").unwrap();
-        let esp = (p.first_lba * g.sector_size(), p.sectors() * g.sector_size());
-        fs::copy(&uefi.vars, dir.join("vars.fd")).unwrap();
-        fs::create_dir_all(dir.join("esp/EFI/BOOT")).unwrap();
-        fs::create_dir_all(dir.join("esp/EFI/keel")).unwrap();
-        Machine {
-            uefi,
-            dir: dir.to_path_buf(),
-            esp,
-        }
-    }
-
-    /// The ESP's tree on this side.
-    fn tree(&self) -> PathBuf {
-        self.dir.join("esp")
-    }
-
-    /// A standalone GRUB at `to` (in the ESP tree) running `cfg`, printing on the serial
-    /// port with a terminal wide enough that a long kernel argument stays on one line.
-    fn grub(&self, to: &str, cfg: &str) {
-        let cfg_file = self.dir.join("grub.cfg");
-        let serial =
-            "serial --unit=0 --speed=115200\nterminal_output serial\nterminfo -g 1000x25 serial\n";
-        fs::write(&cfg_file, format!("{serial}{cfg}")).unwrap();
-        let modules = "part_gpt fat search search_fs_file loadenv test echo halt normal \
-                       configfile memdisk tar serial terminfo linux eval";
-        run_ok(
-            &self.uefi.mkstandalone,
-            &[
-                "-O",
-                "x86_64-efi",
-                "-o",
-                self.tree().join(to).to_str().unwrap(),
-                &format!("--install-modules={modules}"),
-                "--modules=part_gpt fat",
-                "--locales=",
-                "--themes=",
-                "--fonts=",
-                &format!("boot/grub/grub.cfg={}", cfg_file.display()),
-            ],
-        );
-    }
-
-    fn disk(&self) -> fs::File {
-        fs::File::options()
-            .read(true)
-            .write(true)
-            .open(self.dir.join("disk.img"))
-            .unwrap()
-    }
-
-    /// The tree as a new FAT filesystem on the ESP.
-    fn write_esp(&self) {
-        let fat = self.dir.join("esp.img");
-        let _ = fs::remove_file(&fat);
-        run_ok(
-            &self.uefi.mkfs,
-            &["-C", fat.to_str().unwrap(), &(ESP_BYTES / 1024).to_string()],
-        );
-        let img = format!("-i{}", fat.display());
-        let mut args = vec![img.clone(), "-s".into()];
-        for e in fs::read_dir(self.tree()).unwrap() {
-            args.push(e.unwrap().path().display().to_string());
-        }
-        args.push("::/".into());
-        run_ok(
-            &self.uefi.mcopy,
-            &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-        let disk = self.disk();
-        Region::new(&disk, self.esp.0, self.esp.1)
-            .unwrap()
-            .write_all_at(&fs::read(&fat).unwrap(), 0)
-            .unwrap();
-    }
-
-    /// The ESP's filesystem, as the boot loader left it, back into the tree.
-    fn read_esp(&self) {
-        let disk = self.disk();
-        let mut bytes = vec![0u8; self.esp.1 as usize];
-        Region::new(&disk, self.esp.0, self.esp.1)
-            .unwrap()
-            .read_exact_at(&mut bytes, 0)
-            .unwrap();
-        let fat = self.dir.join("esp.img");
-        fs::write(&fat, &bytes).unwrap();
-        fs::remove_dir_all(self.tree()).unwrap();
-        fs::create_dir_all(self.tree()).unwrap();
-        let img = format!("-i{}", fat.display());
-        run_ok(
-            &self.uefi.mcopy,
-            &[&img, "-s", "-n", "::/*", self.tree().to_str().unwrap()],
-        );
-    }
-
-    /// Power on with the tree as the ESP until the machine powers itself off; its changes
-    /// come back into the tree. Returns what the serial console printed.
-    fn power_on(&self) -> String {
-        self.write_esp();
-        let serial = self.dir.join("serial.log");
-        let _ = fs::remove_file(&serial);
-        let drive = |f: &str, ro: bool| {
-            format!(
-                "if=pflash,format=raw,{}file={f}",
-                if ro { "readonly=on," } else { "" }
-            )
-        };
-        let out = Command::new(&self.uefi.qemu)
-            .args(["-machine", "q35", "-m", "512", "-display", "none"])
-            .args(["-monitor", "none", "-no-reboot"])
-            .args(["-drive", &drive(self.uefi.code.to_str().unwrap(), true)])
-            .args([
-                "-drive",
-                &drive(self.dir.join("vars.fd").to_str().unwrap(), false),
-            ])
-            .args([
-                "-drive",
-                &format!(
-                    "file={},format=raw,if=virtio",
-                    self.dir.join("disk.img").display()
-                ),
-            ])
-            .args(["-serial", &format!("file:{}", serial.display())])
-            .output()
-            .unwrap();
-        let text =
-            String::from_utf8_lossy(&fs::read(&serial).unwrap_or_default()).replace('\r', "");
-        assert!(
-            out.status.success(),
-            "qemu: {}\n{text}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.read_esp();
-        text
-    }
-
-    /// Power on; the boot loader (or the program it starts) prints `KEEL-BOOT slot=X
-    /// args=[...]` and powers off. Returns (slot, args).
-    fn boot(&self) -> (Slot, String) {
-        let text = self.power_on();
-        let line = text
-            .lines()
-            .rev()
-            .find_map(|l| l.split("KEEL-BOOT ").nth(1))
-            .unwrap_or_else(|| panic!("the boot loader printed no choice:\n{text}"))
-            .to_string();
-        let slot = match line.strip_prefix("slot=").and_then(|r| r.chars().next()) {
-            Some('A') => Slot::A,
-            Some('B') => Slot::B,
-            _ => panic!("{line}"),
-        };
-        let args = line
-            .split_once("args=[")
-            .unwrap()
-            .1
-            .trim_end()
-            .trim_end_matches(']')
-            .to_string();
-        (slot, args)
-    }
-
-    fn grubenv(&self) -> GrubEnv {
-        GrubEnv::parse(&fs::read(self.tree().join("EFI/keel/grubenv")).unwrap()).unwrap()
-    }
-
-    /// Keel changes the GRUB boot state (as the agent does through its BootControl).
-    fn keel(&self, change: impl FnOnce(&mut RaucGrub)) {
-        let mut rauc = RaucGrub::from_env(self.grubenv(), 2).unwrap();
-        change(&mut rauc);
-        fs::write(
-            self.tree().join("EFI/keel/grubenv"),
-            rauc.to_env().unwrap().to_bytes().unwrap(),
-        )
-        .unwrap();
-    }
-}
 
 /// The boot loader's choice and the state it left agree with keel-bootflags' model.
 fn boot_and_compare(m: &Machine<'_>, what: &str) -> Slot {
@@ -352,7 +66,7 @@ fn grub_follows_keels_environment_and_counts_as_keel_predicts() {
     rauc.set_var("KEEL_A_ARGS", r#"dm-mod.create="usr,,,ro,0 8 verity 1 PARTUUID=aa 4096 4096 8 9 sha256 0f salt" mount.usr=/dev/dm-0"#).unwrap();
     rauc.set_var("KEEL_B_ARGS", "mount.usr=/dev/dm-0 verity.usrhash=5a17")
         .unwrap();
-    let m = Machine::new(&uefi, dir.path());
+    let m = Machine::new(&uefi, dir.path(), ESP_BYTES, SLOT_BYTES);
     m.grub(
         "EFI/BOOT/BOOTX64.EFI",
         &format!("{RAUC_SELECT}{PRINT_ENTRIES}"),
@@ -384,7 +98,7 @@ fn grub_follows_keels_environment_and_counts_as_keel_predicts() {
 fn systemd_boot_counts_and_falls_back_as_keel_predicts() {
     let Some(uefi) = uefi() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let m = Machine::new(&uefi, dir.path());
+    let m = Machine::new(&uefi, dir.path(), ESP_BYTES, SLOT_BYTES);
     fs::copy(
         "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
         m.tree().join("EFI/BOOT/BOOTX64.EFI"),
@@ -460,23 +174,6 @@ fn systemd_boot_counts_and_falls_back_as_keel_predicts() {
     assert_eq!(boot_and_compare("B committed"), Slot::B);
 }
 
-/// GRUB entries that start each slot's own kernel and initramfs (the files keel-update
-/// installs with the slot, Flatcar's `vmlinuz-a`/`vmlinuz-b` way), telling it the slot and
-/// passing the argument keel-update stored for it (last, so the initramfs finds the
-/// table at the end of the command line). `eval`, because the argument holds quotes
-/// (`dm-mod.create="..."`): expanded straight into `linux`, GRUB passes them to the
-/// kernel escaped (`\"`), which the kernel does not undo; through `eval` they are
-/// GRUB's own quoting again.
-const KERNEL_ENTRIES: &str = r#"menuentry "Slot A" {
-    eval "linux (\$esp)/keel/a/vmlinuz console=ttyS0 quiet panic=-1 keel.slot=A $KEEL_A_ARGS"
-    initrd ($esp)/keel/a/initrd.img
-}
-menuentry "Slot B" {
-    eval "linux (\$esp)/keel/b/vmlinuz console=ttyS0 quiet panic=-1 keel.slot=B $KEEL_B_ARGS"
-    initrd ($esp)/keel/b/initrd.img
-}
-"#;
-
 /// The initramfs (each version's own, saying its version in `/initrd-version`): map the
 /// chosen slot through dm-verity from the `dm-mod.create=` on the
 /// command line (Debian builds dm-verity as a module, so the kernel cannot map it before
@@ -511,51 +208,6 @@ umount /esp
 sync
 poweroff -f
 "#;
-
-/// A slot image: ext4 holding `/marker` (`version=`, `healthy=`).
-fn slot_image(dir: &Path, version: &str, healthy: bool) -> Vec<u8> {
-    let content = dir.join(format!("content-{version}"));
-    fs::create_dir_all(&content).unwrap();
-    fs::write(
-        content.join("marker"),
-        format!(
-            "version={version}\nhealthy={}\n",
-            if healthy { "yes" } else { "no" }
-        ),
-    )
-    .unwrap();
-    let img = dir.join(format!("image-{version}.ext4"));
-    let mkfs = tool("mkfs.ext4", "e2fsprogs").unwrap();
-    run_ok(
-        &mkfs,
-        &[
-            "-q",
-            "-F",
-            "-b",
-            "4096",
-            "-d",
-            content.to_str().unwrap(),
-            img.to_str().unwrap(),
-            &format!("{}k", IMAGE_BYTES / 1024),
-        ],
-    );
-    fs::read(img).unwrap()
-}
-
-const SALT: &str = "5a17";
-
-fn descriptor(image: &[u8]) -> keel::verity::RootDescriptor {
-    let params = keel::verity::VerityParams::builder()
-        .salt(hex::decode(SALT).unwrap())
-        .data_blocks(image.len() as u64 / 4096)
-        .build()
-        .unwrap();
-    let root = keel::verity::HashTree::build(&params, image)
-        .unwrap()
-        .root_hash()
-        .to_vec();
-    keel::verity::RootDescriptor::new(params, &root).unwrap()
-}
 
 /// The kernel's and the initramfs's results of one boot: (slot, what it printed).
 fn kernel_result(text: &str) -> (Slot, String) {
@@ -605,7 +257,7 @@ fn kernel_chain(loader: Loader) {
     let strip = tool("strip", "binutils").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let m = Machine::new(&uefi, d);
+    let m = Machine::new(&uefi, d, ESP_BYTES, SLOT_BYTES);
     let key = keel::trust::SigningKey::generate().unwrap();
     let boot_section = match loader {
         Loader::Grub => {
@@ -664,7 +316,7 @@ fn kernel_chain(loader: Loader) {
     let ss = gpt.sector_size();
     let part = |label: &str| gpt.partition_by_label(label).unwrap();
     let a = part("USR-A");
-    let v1 = slot_image(d, "1.0", true);
+    let v1 = slot_image(d, "1.0", true, IMAGE_BYTES);
     let mut slot_a = Region::new(&disk, a.first_lba * ss, a.sectors() * ss).unwrap();
     slot_a.write_all_at(&v1, 0).unwrap();
     let d1 = descriptor(&v1);
@@ -783,7 +435,7 @@ fn kernel_chain(loader: Loader) {
     let install = |version: &str, healthy: bool| -> keel::update::Installed {
         // The slot set: the usr image, the kernel (a delta from the running slot's, the
         // same kernel here) and this version's initramfs.
-        let image = slot_image(d, version, healthy);
+        let image = slot_image(d, version, healthy, IMAGE_BYTES);
         let root = descriptor(&image);
         let initrd = initrd(version);
         let parts = [

@@ -84,6 +84,10 @@ fn run(cli: &Cli) -> Res<ExitCode> {
             if *once {
                 let boot = daemon.boot()?;
                 println!("boot: {boot:?}");
+                if matches!(boot, keel_agent::Outcome::FallingBack(_)) {
+                    // The reboot command ran: nothing more this boot.
+                    return Ok(ExitCode::SUCCESS);
+                }
                 let check = daemon.check()?;
                 println!("check: {check:?}");
                 return Ok(ExitCode::SUCCESS);

@@ -209,23 +209,26 @@ impl Daemon {
         Ok(())
     }
 
-    /// At start, before any check: finish what the last boot left. A new slot not yet
-    /// committed runs the health checks: committed (and the fleet's slot given back), or
-    /// marked bad, the roll paused for the group with the reason, and the node rebooted
-    /// into the old slot. Back on the old slot after that, the slot is given back.
+    /// At start, before any check: finish what the last boot left. The booted slot's health
+    /// checks run wherever keel-update's commit runs them (a slot not yet committed, and
+    /// always where the boot state cannot tell a committed slot from one being tried:
+    /// GRUB and U-Boot under RAUC's rules): committed (and the fleet's slot given back),
+    /// or marked bad, the roll paused for the group with the reason, and the node rebooted
+    /// into the old slot. Back on the old slot after that, or when the new version never
+    /// came up, the roll is paused and the slot given back.
     pub fn boot(&self) -> Result<Outcome> {
         self.shared.update(|s| s.state = "committing".into());
         let pending = state::load(&self.state_dir);
         let turns = self.turns()?;
-        let (booted, committed, version) = self.with_agent(|a| {
+        let (booted, version) = self.with_agent(|a| {
             let booted = a.booted_slot()?;
             let st = a.status()?;
-            let mine = st.slots.iter().find(|s| s.booted);
-            Ok((
-                booted,
-                mine.is_some_and(|s| s.successful),
-                mine.and_then(|s| s.version.clone()),
-            ))
+            let version = st
+                .slots
+                .iter()
+                .find(|s| s.booted)
+                .and_then(|s| s.version.clone());
+            Ok((booted, version))
         })?;
         self.shared.update(|s| s.version = version.clone());
         let version = version.unwrap_or_default();
@@ -250,35 +253,19 @@ impl Daemon {
             Some(Pending::Rebooting {
                 version: new,
                 lease,
-            }) if committed => {
-                if new != version {
-                    // The new version never came up (the boot loader spent its tries and
-                    // went back): as bad as a failed check, the roll stops.
-                    let reason = format!("{new} did not boot; the boot loader chose {version}");
-                    self.report(&turns, &reason)?;
-                    self.shared.event(format!("fell back: {reason}"));
-                    self.shared.update(|s| {
-                        s.last_error = Some(reason.clone());
-                        s.failures += 1;
-                    });
-                }
+            }) if new != version => {
+                // The new version never came up (the boot loader spent its tries and went
+                // back): as bad as a failed check, the roll stops.
+                let reason = format!("{new} did not boot; the boot loader chose {version}");
+                self.report(&turns, &reason)?;
+                self.shared.event(format!("fell back: {reason}"));
+                self.shared.update(|s| {
+                    s.last_error = Some(reason.clone());
+                    s.failures += 1;
+                });
                 self.release(&turns, lease)?;
                 state::save(&self.state_dir, None)?;
-                return Ok(if new == version {
-                    Outcome::Steady
-                } else {
-                    Outcome::FellBack(version)
-                });
-            }
-            _ if committed => {
-                // A slot held from before (a crash between boot and release) goes back.
-                self.release(&turns, None)?;
-                if matches!(pending, Some(Pending::Staged { .. })) {
-                    // Still booted from the old slot, the new one armed: its turn to
-                    // reboot comes with the next check.
-                    return Ok(Outcome::Staged(version));
-                }
-                return Ok(Outcome::Steady);
+                return Ok(Outcome::FellBack(version));
             }
             _ => {}
         }
@@ -294,7 +281,17 @@ impl Daemon {
             .collect();
         match self.with_agent(|a| Ok(a.commit(&checks)?))? {
             Commit::Committed(_) | Commit::AlreadyGood(_) => {
+                // A slot held from before (a crash between boot and release) goes back too.
                 self.release(&turns, lease)?;
+                match pending {
+                    Some(Pending::Staged { .. }) => {
+                        // Still on the old slot, the new one armed: its turn to reboot
+                        // comes with the next check.
+                        return Ok(Outcome::Staged(version));
+                    }
+                    Some(Pending::Rebooting { .. }) => {}
+                    _ => return Ok(Outcome::Steady),
+                }
                 state::save(&self.state_dir, None)?;
                 self.shared
                     .event(format!("committed {version} (slot {booted})"));

@@ -4,6 +4,8 @@
 
 pub(crate) use keel_testsupport::*;
 
+pub(crate) mod machine;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
