@@ -3,8 +3,9 @@
 //! `resume`, `metrics` (the Prometheus text format, as a string). The socket is the
 //! owner's alone (0600); a client gets a second to send its request (4 KiB at most) and
 //! at most 128 are served at once (more are closed at once), each on a thread of its own:
-//! idle clients hold the API a second at most, and the loop, which never waits on the API,
-//! not at all.
+//! idle clients hold the API about a second at most, and the loop, which never waits on the
+//! API, not at all. The socket's directory must be the agent's user's alone, and a second
+//! agent does not take over the socket of one that answers on it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -30,6 +31,12 @@ const CLIENT_TIME: Duration = Duration::from_secs(1);
 /// error, never removed).
 pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Ok(md) = std::fs::symlink_metadata(path) {
+        if md.file_type().is_socket() && UnixStream::connect(path).is_ok() {
+            return Err(Error::io(
+                format!("{}: another keel-agent answers on it", path.display()),
+                std::io::Error::from(std::io::ErrorKind::AddrInUse),
+            ));
+        }
         if !md.file_type().is_socket() {
             return Err(Error::io(
                 format!("{}: not a socket", path.display()),
@@ -42,6 +49,22 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        // Another user who can write the directory could put a socket of theirs in the
+        // API's place: the directory must be this user's alone.
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(dir)
+            .map_err(|e| Error::io(format!("inspecting {}", dir.display()), e))?;
+        let me = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
+        if md.uid() != me || md.mode() & 0o022 != 0 {
+            return Err(Error::io(
+                format!("{}: the socket's directory", dir.display()),
+                std::io::Error::other(format!(
+                    "owned by uid {} with mode {:o}; it must be this user's ({me}) and writable by no one else",
+                    md.uid(),
+                    md.mode() & 0o7777
+                )),
+            ));
+        }
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
@@ -65,17 +88,29 @@ pub fn serve(listener: UnixListener, shared: Arc<Shared>) {
             drop(conn);
             continue;
         }
-        let (shared, busy) = (shared.clone(), busy.clone());
+        // Given back when the connection's work ends, or with the closure when no thread
+        // could run it.
+        let seat = Seat(busy.clone());
+        let shared = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("keel-agent-api".into())
             .spawn(move || {
+                let _seat = seat;
                 let _ = answer(conn, &shared);
-                busy.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
             // No thread: the connection was dropped with the closure.
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// One of the [`MAX_CLIENTS`] seats, given back when dropped.
+struct Seat(Arc<AtomicUsize>);
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -179,8 +214,24 @@ pub fn metrics(shared: &Shared) -> String {
     out
 }
 
-/// Ask the agent listening on `path`: the answer object.
+/// Ask the agent listening on `path`: the answer object, within ten seconds in all (a
+/// server that does not answer, or drips its answer, is given up on).
 pub fn request(path: &Path, op: &str) -> Result<Value> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (path, op) = (path.to_path_buf(), op.to_string());
+    std::thread::spawn(move || {
+        let _ = tx.send(ask(&path, &op));
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| {
+            Err(Error::io(
+                "asking keel-agent",
+                std::io::Error::from(std::io::ErrorKind::TimedOut),
+            ))
+        })
+}
+
+fn ask(path: &Path, op: &str) -> Result<Value> {
     let mut conn = UnixStream::connect(path)
         .map_err(|e| Error::io(format!("connecting to {}", path.display()), e))?;
     let named = |e| Error::io(format!("talking to {}", path.display()), e);

@@ -81,6 +81,7 @@ fn run(cli: &Cli) -> Res<ExitCode> {
             if let Some(d) = disk {
                 daemon = daemon.disk(d);
             }
+            let _lock = daemon.lock()?;
             if *once {
                 let boot = daemon.boot()?;
                 println!("boot: {boot:?}");
@@ -123,13 +124,15 @@ fn run(cli: &Cli) -> Res<ExitCode> {
     if let Some(e) = answer.get("error").and_then(|e| e.as_str()) {
         return Err(e.into());
     }
+    // What the agent says goes to a terminal: no control sequences of its choosing.
+    let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).collect() };
     match &cli.cmd {
         Cmd::Status { json: false } => {
             let s: keel_agent::Status = serde_json::from_value(answer)?;
-            println!("state:      {}", s.state);
-            println!("version:    {}", s.version.as_deref().unwrap_or("?"));
+            println!("state:      {}", clean(&s.state));
+            println!("version:    {}", clean(s.version.as_deref().unwrap_or("?")));
             if let Some(v) = &s.staged {
-                println!("staged:     {v}");
+                println!("staged:     {}", clean(v));
             }
             if let Some((done, total)) = s.progress {
                 println!("progress:   {done}/{total} bytes");
@@ -138,15 +141,15 @@ fn run(cli: &Cli) -> Res<ExitCode> {
                 println!("paused:     through the API");
             }
             if let Some(p) = &s.group_paused {
-                println!("group:      paused by {p}");
+                println!("group:      paused by {}", clean(p));
             }
             if let Some(e) = &s.last_error {
-                println!("last error: {e}");
+                println!("last error: {}", clean(e));
             }
         }
         Cmd::Events => {
             for e in answer["events"].as_array().into_iter().flatten() {
-                println!("{} {}", e["at"], e["what"].as_str().unwrap_or(""));
+                println!("{} {}", e["at"], clean(e["what"].as_str().unwrap_or("")));
             }
         }
         Cmd::Metrics => print!("{}", answer["metrics"].as_str().unwrap_or("")),

@@ -40,6 +40,25 @@ pub enum Outcome {
     Steady,
 }
 
+/// How long the reboot command may run.
+const REBOOT_COMMAND_TIME: Duration = Duration::from_secs(300);
+
+/// The install's progress into the status; a pause through the API stops it at the next
+/// checkpoint (it resumes there after the pause).
+struct Installing<'a>(&'a Shared);
+
+impl keel_io::Progress for Installing<'_> {
+    fn progress(&self, done: u64, total: u64) {
+        self.0.update(|s| {
+            s.state = "installing".into();
+            s.progress = Some((done, total));
+        });
+    }
+    fn cancelled(&self) -> bool {
+        self.0.paused()
+    }
+}
+
 /// keel-agent's loop for one node.
 #[derive(Debug)]
 pub struct Daemon {
@@ -74,16 +93,18 @@ impl Daemon {
         let settings = Settings::from_config(agent)?;
         let system = System::from_config(config)?;
         // The node's name in the fleet: the machine id, as Zincati names nodes.
-        let id = std::fs::read_to_string(root.join("etc/machine-id"))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
-        let node_id = if id.is_empty() {
-            std::fs::read_to_string(root.join("etc/hostname"))
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "node".into())
-        } else {
-            id
+        let name = |file: &str| -> Option<String> {
+            let bytes = state::read_bounded(&root.join(file), 256).ok()?;
+            let name: String = String::from_utf8_lossy(&bytes)
+                .trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                .collect();
+            (!name.is_empty()).then_some(name)
         };
+        let node_id = name("etc/machine-id")
+            .or_else(|| name("etc/hostname"))
+            .unwrap_or_else(|| "node".into());
         Ok(Daemon {
             system,
             settings,
@@ -232,6 +253,29 @@ impl Daemon {
         })?;
         self.shared.update(|s| s.version = version.clone());
         let version = version.unwrap_or_default();
+        if let Some(Pending::Rebooting {
+            version: new,
+            lease,
+            boot_id,
+            ..
+        }) = &pending
+        {
+            if !boot_id.is_empty() && *boot_id == self.boot_id() {
+                // The reboot command ran but the machine never went down: the new version
+                // is still armed; its turn (and the slot) comes again with the next check.
+                self.release(&turns, *lease)?;
+                state::save(
+                    &self.state_dir,
+                    Some(&Pending::Staged {
+                        version: new.clone(),
+                    }),
+                )?;
+                self.shared.event(format!(
+                    "the reboot into {new} did not happen; it is tried again"
+                ));
+                return Ok(Outcome::Staged(new.clone()));
+            }
+        }
         match pending {
             Some(Pending::FallingBack {
                 version: bad,
@@ -253,6 +297,7 @@ impl Daemon {
             Some(Pending::Rebooting {
                 version: new,
                 lease,
+                ..
             }) if new != version => {
                 // The new version never came up (the boot loader spent its tries and went
                 // back): as bad as a failed check, the roll stops.
@@ -273,6 +318,7 @@ impl Daemon {
             Some(Pending::Rebooting { lease, .. }) => *lease,
             _ => None,
         };
+        self.shared.update(|s| s.state = "committing".into());
         let checks: Vec<_> = self
             .settings
             .checks
@@ -343,11 +389,31 @@ impl Daemon {
         }
         let staged = match state::load(&self.state_dir) {
             Some(Pending::Staged { version }) => version,
-            _ => match self.install()? {
+            Some(Pending::Rebooting { version, at, .. }) => {
+                // Going down: nothing is installed over the armed slot. A reboot that has
+                // not come in ten minutes is asked for again (the slot taken again).
+                if now().saturating_sub(at) < 600 {
+                    return Ok(Outcome::Rebooting(version));
+                }
+                version
+            }
+            Some(Pending::FallingBack { version, .. }) => {
+                return Ok(Outcome::FallingBack(version));
+            }
+            None => match self.install()? {
                 Some(v) => v,
+                None if self.shared.paused() => {
+                    self.shared.update(|s| s.state = "paused".into());
+                    return Ok(Outcome::Paused);
+                }
                 None => return Ok(Outcome::UpToDate),
             },
         };
+        if self.shared.paused() {
+            // Paused while installing: staged, no reboot.
+            self.shared.update(|s| s.state = "paused".into());
+            return Ok(Outcome::Paused);
+        }
         self.take_turn(&turns, &staged)
     }
 
@@ -363,21 +429,20 @@ impl Daemon {
             path: self.settings.trust_root.display().to_string(),
             reason,
         };
-        let bytes = std::fs::read(&root_file).map_err(|e| bad_root(e.to_string()))?;
-        let shared = self.shared.clone();
-        let progress = move |done: u64, total: u64| {
-            shared.update(|s| {
-                s.state = "installing".into();
-                s.progress = Some((done, total));
-            });
-        };
+        let bytes = state::read_bounded(&root_file, keel_release::MAX_ENVELOPE as u64)
+            .map_err(|e| bad_root(e.to_string()))?;
+        let progress = Installing(&self.shared);
         let started = Instant::now();
         let installed = self.with_agent(|a| {
             let root = keel_release::TrustedRoot::initial(&bytes, a.trusted_now()?)
                 .map_err(|e| bad_root(e.to_string()))?;
             let fetch =
                 keel_fetch::FetchOptions::default().max_bytes_per_sec(self.settings.max_rate);
-            Ok(a.install_from_index(&self.settings.index, &root, fetch, Some(&progress))?)
+            match a.install_from_index(&self.settings.index, &root, fetch, Some(&progress)) {
+                // Paused: stopped at a checkpoint, resumed after the pause.
+                Err(_) if keel_io::Progress::cancelled(&progress) => Ok(None),
+                r => Ok(r?),
+            }
         })?;
         self.shared.update(|s| s.progress = None);
         let Some(installed) = installed else {
@@ -458,16 +523,62 @@ impl Daemon {
                 Some(id)
             }
         };
+        if self.shared.paused() {
+            self.release(turns, lease)?;
+            return Ok(Outcome::Paused);
+        }
         state::save(
             &self.state_dir,
             Some(&Pending::Rebooting {
                 version: version.to_string(),
                 lease,
+                boot_id: self.boot_id(),
+                at: now(),
             }),
         )?;
         self.shared.event(format!("rebooting into {version}"));
-        self.reboot(version)?;
+        if let Err(e) = self.reboot(version) {
+            // Not going down: still staged, and the slot is another node's turn.
+            state::save(
+                &self.state_dir,
+                Some(&Pending::Staged {
+                    version: version.to_string(),
+                }),
+            )?;
+            self.release(turns, lease)?;
+            return Err(e);
+        }
         Ok(Outcome::Rebooting(version.to_string()))
+    }
+
+    /// The kernel's id of this boot (empty where there is none to read).
+    fn boot_id(&self) -> String {
+        state::read_bounded(&self.root.join("proc/sys/kernel/random/boot_id"), 64)
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Hold the agent's lock in the state directory while the returned file is open: one
+    /// agent per state directory.
+    pub fn lock(&self) -> Result<nix::fcntl::Flock<File>> {
+        std::fs::create_dir_all(&self.state_dir)
+            .map_err(|e| Error::io(format!("creating {}", self.state_dir.display()), e))?;
+        let path = self.state_dir.join("agent.lock");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+            |(_, errno)| {
+                Error::io(
+                    format!("{}: another keel-agent runs on this state", path.display()),
+                    errno.into(),
+                )
+            },
+        )
     }
 
     fn reboot(&self, version: &str) -> Result<()> {
@@ -478,15 +589,25 @@ impl Daemon {
             reason,
         };
         let (prog, args) = cmd.split_first().ok_or_else(|| fail("empty".into()))?;
-        let status = std::process::Command::new(prog)
+        let mut child = std::process::Command::new(prog)
             .args(args)
             .env("KEEL_VERSION", version)
-            .status()
+            .spawn()
             .map_err(|e| fail(e.to_string()))?;
-        if !status.success() {
-            return Err(fail(format!("exited with {status}")));
+        // `systemctl reboot` returns at once; a command that hangs is not a reboot.
+        let deadline = Instant::now() + REBOOT_COMMAND_TIME;
+        loop {
+            match child.try_wait().map_err(|e| fail(e.to_string()))? {
+                Some(st) if st.success() => return Ok(()),
+                Some(st) => return Err(fail(format!("exited with {st}"))),
+                None if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(fail(format!("still running after {REBOOT_COMMAND_TIME:?}")));
+                }
+                None => std::thread::sleep(Duration::from_millis(100)),
+            }
         }
-        Ok(())
     }
 
     /// Forever (until `stop`): [`Daemon::boot`], then [`Daemon::check`] every interval
@@ -499,6 +620,12 @@ impl Daemon {
             match step {
                 Ok(o) => {
                     booted = true;
+                    if matches!(
+                        o,
+                        Outcome::Steady | Outcome::Committed(_) | Outcome::UpToDate
+                    ) {
+                        self.shared.update(|s| s.state = "idle".into());
+                    }
                     crate::notify::status(&format!("{o:?}"));
                     if matches!(o, Outcome::Rebooting(_) | Outcome::FallingBack(_)) {
                         // Going down: nothing more to do but wait for it.

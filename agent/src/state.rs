@@ -25,6 +25,13 @@ pub enum Pending {
         version: String,
         /// The etcd lease the slot is bound to.
         lease: Option<i64>,
+        /// The kernel's boot id when the reboot command ran: the same id at the next
+        /// start means the machine never went down.
+        #[serde(default)]
+        boot_id: String,
+        /// When the reboot command ran (seconds since the epoch).
+        #[serde(default)]
+        at: u64,
     },
     /// `version` failed its checks; the node rebooted back to the old slot.
     FallingBack {
@@ -44,8 +51,28 @@ fn pending_path(dir: &Path) -> PathBuf {
 /// The step kept in `dir`, if any (a record that cannot be read is no step: the boot
 /// state on the disk is the truth, the record only says what to finish).
 pub(crate) fn load(dir: &Path) -> Option<Pending> {
-    let text = std::fs::read(pending_path(dir)).ok()?;
+    let text = read_bounded(&pending_path(dir), 64 << 10).ok()?;
     serde_json::from_slice(&text).ok()
+}
+
+/// A small regular file, at most `max` bytes (a FIFO, a device or /dev/zero where the file
+/// belongs is an error, never a wait or an endless read).
+pub(crate) fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    f.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
+    Ok(bytes)
 }
 
 pub(crate) fn save(dir: &Path, p: Option<&Pending>) -> Result<()> {
@@ -119,6 +146,8 @@ struct Inner {
 /// What the loop and the API share: the status, the events, and the wake-up.
 pub struct Shared {
     inner: Mutex<Inner>,
+    /// One pause or resume at a time: the file and the status agree.
+    pausing: Mutex<()>,
     cond: Condvar,
     paused_file: PathBuf,
     beat: Mutex<std::time::Instant>,
@@ -145,6 +174,7 @@ impl Shared {
             ..Status::default()
         };
         Shared {
+            pausing: Mutex::new(()),
             inner: Mutex::new(Inner {
                 status,
                 events: VecDeque::new(),
@@ -191,7 +221,11 @@ impl Shared {
     /// Tell an event (also to the log: standard error, for the journal).
     pub(crate) fn event(&self, what: impl Into<String>) {
         let what = what.into();
-        eprintln!("keel-agent: {what}");
+        // A log reader that went away is no reason to stop.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("keel-agent: {what}\n").as_bytes(),
+        );
         let mut g = self.lock();
         if g.events.len() == EVENTS {
             g.events.pop_front();
@@ -207,6 +241,7 @@ impl Shared {
 
     /// Pause or resume the loop (kept across restarts).
     pub fn set_paused(&self, paused: bool) -> Result<()> {
+        let _one = self.pausing.lock().unwrap_or_else(|e| e.into_inner());
         let r = if paused {
             self.paused_file
                 .parent()

@@ -378,6 +378,15 @@ fn the_local_api_answers_and_pauses_the_loop() {
     );
     let e = keel_agent::api::request(&sock, "reboot-everything").unwrap();
     assert!(e["error"].as_str().unwrap().contains("unknown op"));
+    // A second agent does not take over the socket of one that answers on it.
+    let e = keel_agent::api::bind(&sock).unwrap_err();
+    assert!(e.to_string().contains("another keel-agent"), "{e}");
+    // Nor does anyone bind in a directory others can write (they could swap the socket).
+    let open = d.join("open");
+    fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let e = keel_agent::api::bind(&open.join("agent.sock")).unwrap_err();
+    assert!(e.to_string().contains("writable by no one else"), "{e}");
 }
 
 /// The `keel-agent` program as systemd runs it: it says READY and STATUS on
@@ -473,4 +482,68 @@ fn the_program_runs_the_loop_and_talks_to_systemd() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("keel_agent_installs_total 1"));
+}
+
+/// What an outside attack found, each now survived: a reboot command that fails leaves the
+/// release staged (the next turn reboots it without installing it again); a wake-up while
+/// the machine goes down installs nothing over the armed slot; a restart in the same boot
+/// (the reboot never happened) is not taken for a version that did not boot.
+#[test]
+fn a_failed_or_missing_reboot_neither_reinstalls_nor_counts_as_a_bad_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let site = Site {
+        www: d.join("www"),
+        key: SigningKey::generate().unwrap(),
+    };
+    fs::create_dir_all(&site.www).unwrap();
+    let Some(server) = keel_testsupport::nginx::serve(&site.www, &d.join("nginx")) else {
+        return;
+    };
+    site.publish(&[2], 1);
+    let n = node(
+        d,
+        "node",
+        &site,
+        &format!("{}/index.json", server.base),
+        "http://127.0.0.1:1",
+    );
+    let text = fs::read_to_string(n.p("system.toml"))
+        .unwrap()
+        .replace("strategy = \"etcd\"\n", "")
+        .replace("etcd = [\"http://127.0.0.1:1\"]\n", "")
+        .replace("lease-ttl = 30\n", "");
+    let mark = n.p("rebooted").display().to_string();
+    fs::write(
+        n.p("system.toml"),
+        text.replace(&format!("[\"touch\", \"{mark}\"]"), "[\"false\"]"),
+    )
+    .unwrap();
+    fs::create_dir_all(n.root().join("proc/sys/kernel/random")).unwrap();
+    fs::write(n.root().join("proc/sys/kernel/random/boot_id"), "boot-1\n").unwrap();
+    let fetched = || server.requests_for("/full-2.payload").len();
+
+    let e = n.daemon().check().unwrap_err();
+    assert!(e.to_string().contains("reboot command"), "{e}");
+    let once = fetched();
+    assert!(once >= 1);
+    // The reboot command works again: the staged release reboots, nothing fetched again.
+    fs::write(n.p("system.toml"), &text).unwrap();
+    let daemon = n.daemon();
+    assert_eq!(daemon.check().unwrap(), Outcome::Rebooting("2.0".into()));
+    assert_eq!(fetched(), once, "installed again");
+    // Woken while going down: nothing installed over the armed slot.
+    assert_eq!(daemon.check().unwrap(), Outcome::Rebooting("2.0".into()));
+    assert_eq!(fetched(), once, "installed while rebooting");
+    // Restarted in the same boot: the reboot did not happen; still staged, no failure.
+    assert_eq!(n.daemon().boot().unwrap(), Outcome::Staged("2.0".into()));
+    assert_eq!(
+        n.daemon().check().unwrap(),
+        Outcome::Rebooting("2.0".into())
+    );
+    assert_eq!(fetched(), once);
+    // The machine comes up on 2.0 (another boot id): committed.
+    fs::write(n.root().join("proc/sys/kernel/random/boot_id"), "boot-2\n").unwrap();
+    assert_eq!(n.power_on(true), Slot::B);
+    assert_eq!(n.daemon().boot().unwrap(), Outcome::Committed("2.0".into()));
 }

@@ -88,9 +88,29 @@ fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>> {
         .map_err(|e| Error::io(format!("reading {}", p.display()), std::io::Error::other(e)))
 }
 
+/// [`read_small`], with bytes that are not UTF-8 replaced rather than refused (a machine id
+/// is what it is; the rollout hashes it).
+pub(crate) fn read_small_lossy(p: &Path) -> Result<Option<String>> {
+    read_small_bytes(p).map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
 /// A small text file, if it is there; anything but a regular file (a FIFO, which would
 /// block, a device) is an error, not a read.
 pub(crate) fn read_small(p: &Path) -> Result<Option<String>> {
+    read_small_bytes(p)?
+        .map(|b| {
+            String::from_utf8(b).map_err(|e| {
+                Error::io(
+                    format!("reading {}", p.display()),
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// [`read_small`]'s bytes.
+fn read_small_bytes(p: &Path) -> Result<Option<Vec<u8>>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let f = match std::fs::OpenOptions::new()
@@ -102,21 +122,21 @@ pub(crate) fn read_small(p: &Path) -> Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("opening {}", p.display()), e)),
     };
-    let is_file = f
+    if !f
         .metadata()
         .map_err(|e| Error::io(format!("inspecting {}", p.display()), e))?
-        .is_file();
-    if !is_file {
+        .is_file()
+    {
         return Err(Error::io(
             format!("reading {}", p.display()),
             std::io::Error::other("not a regular file"),
         ));
     }
-    let mut s = String::new();
+    let mut b = Vec::new();
     f.take(MAX_RECORD)
-        .read_to_string(&mut s)
+        .read_to_end(&mut b)
         .map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
-    Ok(Some(s))
+    Ok(Some(b))
 }
 
 pub(crate) fn write(dir: &Path, slot: Slot, r: &SlotRecord) -> Result<()> {

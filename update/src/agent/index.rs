@@ -109,7 +109,7 @@ where
                 None => None,
             };
             let machine =
-                record::read_small(&self.root.join("etc/machine-id"))?.unwrap_or_default();
+                record::read_small_lossy(&self.root.join("etc/machine-id"))?.unwrap_or_default();
             let Some(choice) = index.choose(
                 &self.system.compatible,
                 &installed,
