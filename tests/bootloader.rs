@@ -13,14 +13,15 @@ use std::fs;
 use std::path::Path;
 
 use common::machine::{
-    descriptor, slot_image, uefi, Machine, KERNEL_ENTRIES, PRINT_ENTRIES, RAUC_SELECT, SALT,
+    descriptor, init_script, slot_image, uefi, Machine, KERNEL_ENTRIES, PRINT_ENTRIES, RAUC_SELECT,
+    SALT,
 };
 use common::*;
 use keel::bootflags::blsdir::BlsDir;
 use keel::bootflags::rauc::RaucGrub;
 use keel::bootflags::BootControl;
 use keel::bootflags::{AbControl, Slot};
-use keel::io::{Region, WriteAt};
+use keel::io::WriteAt;
 use keel::partition::GptDisk;
 
 /// The ESP: room for two slots' kernels and initramfs images (Keel's `update` in them).
@@ -174,34 +175,10 @@ fn systemd_boot_counts_and_falls_back_as_keel_predicts() {
     assert_eq!(boot_and_compare("B committed"), Slot::B);
 }
 
-/// The initramfs (each version's own, saying its version in `/initrd-version`): map the
-/// chosen slot through dm-verity from the `dm-mod.create=` on the
-/// command line (Debian builds dm-verity as a module, so the kernel cannot map it before
-/// the initramfs), mount it read-only, read its marker, and let Keel's `update commit`
-/// run the health check and mark the slot on the ESP. A slot that does not map or mount
-/// powers off without a commit: the boot loader counts it as failed.
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-for m in $(cat /modules.order); do insmod /lib/modules/$m 2>/dev/null; done
-export DM_DISABLE_UDEV=1
-i=0
-while [ ! -b /dev/vda3 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-slot=$(tr -d '"' < /proc/cmdline | sed -n 's/.*keel\.slot=\([A-Z]\).*/\1/p')
-slot="$slot initrd=$(cat /initrd-version)"
-create=$(tr -d '"' < /proc/cmdline | sed -n 's/.*dm-mod\.create=//p')
-name=${create%%,*}
-table=$(echo "$create" | cut -d, -f5-)
-out() { echo "KEEL-RESULT slot=$slot $*"; sync; poweroff -f; sleep 10; }
-dmsetup create "$name" --readonly --table "$table" || out "mapped=no"
-mount -t ext4 -o ro "/dev/mapper/$name" /mnt || out "mounted=no"
-. /mnt/marker
-echo "KEEL-RESULT slot=$slot version=$version healthy=$healthy"
-mkdir -p /esp
-mount -t vfat /dev/vda1 /esp || out "esp=no"
-/bin/update --config /system.toml --root / --state /esp/keel-state --disk /dev/vda \
+/// The initramfs (each version's own, saying its version in `/initrd-version`), after
+/// mapping the slot ([`init_script`]): Keel's `update commit` runs the health check and
+/// marks the slot on the ESP.
+const INIT_REST: &str = r#"/bin/update --config /system.toml --root / --state /esp/keel-state --disk /dev/vda \
     commit --check 'grep -q healthy=yes /mnt/marker' --timeout 30
 echo "KEEL-COMMIT rc=$?"
 umount /esp
@@ -294,7 +271,7 @@ fn kernel_chain(loader: Loader) {
         &root,
         &[(&update, "bin/update")],
         &wanted,
-        INIT,
+        &init_script("KEEL-RESULT", INIT_REST),
     );
     fs::write(root.join("system.toml"), &description).unwrap();
     // Each version's initramfs, told apart from inside the guest by its /initrd-version.
@@ -317,28 +294,7 @@ fn kernel_chain(loader: Loader) {
     let part = |label: &str| gpt.partition_by_label(label).unwrap();
     let a = part("USR-A");
     let v1 = slot_image(d, "1.0", true, IMAGE_BYTES);
-    let mut slot_a = Region::new(&disk, a.first_lba * ss, a.sectors() * ss).unwrap();
-    slot_a.write_all_at(&v1, 0).unwrap();
-    let d1 = descriptor(&v1);
-    let data_a = Region::new(&disk, a.first_lba * ss, IMAGE_BYTES).unwrap();
-    let f1 = keel::verity::format(
-        d1.params(),
-        &data_a,
-        &mut slot_a,
-        &keel::verity::FormatOptions::default().hash_offset(IMAGE_BYTES),
-    )
-    .unwrap();
-    let dev_a = format!("PARTUUID={}", a.guid);
-    let table = keel::verity::dm_table(
-        d1.params(),
-        &f1.geometry,
-        &f1.root_hash,
-        &dev_a,
-        &dev_a,
-        &Default::default(),
-    )
-    .unwrap();
-    let arg_a = keel::verity::dm_mod_create("keel-a", &table).unwrap();
+    let arg_a = m.image_slot_a(&v1, &descriptor(&v1));
     let entries = m.tree().join("loader/entries");
     match loader {
         Loader::Grub => {

@@ -20,40 +20,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::machine::{descriptor, slot_image, uefi, Machine, KERNEL_ENTRIES, RAUC_SELECT, SALT};
+use common::machine::{
+    descriptor, init_script, slot_image, uefi, Machine, KERNEL_ENTRIES, RAUC_SELECT, SALT,
+};
 use common::*;
 use keel::bootflags::rauc::RaucGrub;
-use keel::io::{Region, WriteAt};
-use keel::partition::GptDisk;
 use keel::trust::{Context, Signer, SigningKey};
 
 const ESP_BYTES: u64 = 112 << 20;
 const SLOT_BYTES: u64 = 16 << 20;
 const IMAGE_BYTES: u64 = 8 << 20;
 
-/// The initramfs: map the slot GRUB chose, report what runs, bring the network up, run
-/// the agent once, power off.
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-for m in $(cat /modules.order); do insmod /lib/modules/$m 2>/dev/null; done
-export DM_DISABLE_UDEV=1
-i=0
-while [ ! -b /dev/vda3 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-slot=$(tr -d '"' < /proc/cmdline | sed -n 's/.*keel\.slot=\([A-Z]\).*/\1/p')
-create=$(tr -d '"' < /proc/cmdline | sed -n 's/.*dm-mod\.create=//p')
-name=${create%%,*}
-table=$(echo "$create" | cut -d, -f5-)
-off() { echo "KEEL-NODE slot=$slot $*"; sync; poweroff -f; sleep 10; }
-dmsetup create "$name" --readonly --table "$table" || off "mapped=no"
-mount -t ext4 -o ro "/dev/mapper/$name" /mnt || off "mounted=no"
-. /mnt/marker
-echo "KEEL-NODE slot=$slot initrd=$(cat /initrd-version) version=$version healthy=$healthy"
-mkdir -p /esp /run /etc
-mount -t vfat /dev/vda1 /esp || off "esp=no"
-cp /esp/machine-id /etc/machine-id
+/// The initramfs, after mapping the slot ([`init_script`]): this node's id from the ESP,
+/// the network up, keel-agent run.
+const INIT_REST: &str = r#"cp /esp/machine-id /etc/machine-id
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
@@ -67,29 +47,19 @@ struct Publisher {
 }
 
 impl Publisher {
-    /// Sign `bundles` (file names in www and their versions) into the index.
-    fn index(&self, bundles: &[(&str, &str)], serial: u64) {
+    /// Add the bundle `file` (in www) to the index and sign it, as the publisher does
+    /// (keel-update's `describe`, keel-release's `release` and `add_release`).
+    fn publish(&self, file: &str) {
         let mut keys = keel::trust::Keyring::new();
         keys.add(self.key.public_key().clone()).unwrap();
-        let releases = bundles
-            .iter()
-            .map(|(file, version)| keel::release::Release {
-                version: version.to_string(),
-                compatible: "keel-fleet-test".into(),
-                full: keel::update::publish::describe(&self.www.join(file), file, &keys)
-                    .unwrap()
-                    .artifact,
-                deltas: Vec::new(),
-                rollout_percent: 100,
-            })
-            .collect();
-        let index = keel::release::Index {
-            kind: "keel-index".into(),
-            serial,
-            expires: u64::MAX / 2,
-            timestamp: Some(keel::trust::unix_now() - 60),
-            releases,
-        };
+        let index_file = self.www.with_file_name("index-doc.json");
+        let base = fs::read(&index_file)
+            .ok()
+            .map(|b| serde_json::from_slice(&b).unwrap());
+        let full = keel::update::publish::describe(&self.www.join(file), file, &keys).unwrap();
+        let release = keel::update::publish::release(full, Vec::new(), 100).unwrap();
+        let index = keel::update::publish::add_release(base, release, None, u64::MAX / 2).unwrap();
+        fs::write(&index_file, serde_json::to_vec(&index).unwrap()).unwrap();
         let signers: [&dyn Signer; 1] = [&self.key];
         let env = keel::release::sign_envelope(
             &serde_json::to_vec(&index).unwrap(),
@@ -193,7 +163,7 @@ fn a_fleet_of_vms_rolls_a_new_kernel_and_root_one_at_a_time_and_stops_at_a_bad_o
         &root,
         &[(&agent, "bin/keel-agent")],
         &wanted,
-        INIT,
+        &init_script("KEEL-NODE", INIT_REST),
     );
     fs::write(root.join("system.toml"), &description).unwrap();
     fs::create_dir_all(root.join("etc/keel")).unwrap();
@@ -221,31 +191,7 @@ fn a_fleet_of_vms_rolls_a_new_kernel_and_root_one_at_a_time_and_stops_at_a_bad_o
             let dir = d.join(format!("node-{i}"));
             fs::create_dir_all(&dir).unwrap();
             let m = Machine::new(&uefi, &dir, ESP_BYTES, SLOT_BYTES);
-            let disk = m.disk();
-            let gpt = GptDisk::open(&disk, None).unwrap();
-            let a = gpt.partition_by_label("USR-A").unwrap();
-            let ss = gpt.sector_size();
-            let mut slot_a = Region::new(&disk, a.first_lba * ss, a.sectors() * ss).unwrap();
-            slot_a.write_all_at(&v1, 0).unwrap();
-            let data = Region::new(&disk, a.first_lba * ss, IMAGE_BYTES).unwrap();
-            let f = keel::verity::format(
-                d1.params(),
-                &data,
-                &mut slot_a,
-                &keel::verity::FormatOptions::default().hash_offset(IMAGE_BYTES),
-            )
-            .unwrap();
-            let dev = format!("PARTUUID={}", a.guid);
-            let table = keel::verity::dm_table(
-                d1.params(),
-                &f.geometry,
-                &f.root_hash,
-                &dev,
-                &dev,
-                &Default::default(),
-            )
-            .unwrap();
-            let arg = keel::verity::dm_mod_create("keel-a", &table).unwrap();
+            let arg = m.image_slot_a(&v1, &d1);
             m.grub(
                 "EFI/BOOT/BOOTX64.EFI",
                 &format!("{RAUC_SELECT}{KERNEL_ENTRIES}"),
@@ -282,7 +228,7 @@ fn a_fleet_of_vms_rolls_a_new_kernel_and_root_one_at_a_time_and_stops_at_a_bad_o
         name
     };
     let b2 = bundle("2.0", true);
-    publisher.index(&[(&b2, "2.0")], 1);
+    publisher.publish(&b2);
 
     // The machines run; each restarts whenever it powers off (a reboot).
     let stop = AtomicBool::new(false);
@@ -349,7 +295,7 @@ fn a_fleet_of_vms_rolls_a_new_kernel_and_root_one_at_a_time_and_stops_at_a_bad_o
         // Version 3 fails its check on the first node to take it: it falls back to 2.0,
         // the group is paused, and no other node reboots into 3.0.
         let b3 = bundle("3.0", false);
-        publisher.index(&[(&b2, "2.0"), (&b3, "3.0")], 2);
+        publisher.publish(&b3);
         wait_for("a node fell back from 3.0 and paused the group", &|| {
             (0..3).any(|i| said(i, "fell back from 3.0"))
                 && group.status().is_ok_and(|st| st.paused.is_some())

@@ -98,8 +98,8 @@ impl Site {
     }
 
     fn publish(&self, versions: &[u64], serial: u64) {
-        use keel_release::{sign_envelope, Index, Release};
-        let mut releases = Vec::new();
+        use keel_release::sign_envelope;
+        let mut index = None;
         for &v in versions {
             let name = format!("full-{v}.payload");
             let image = Site::image(v);
@@ -119,23 +119,14 @@ impl Site {
             fs::write(self.www.join(&name), payload).unwrap();
             let mut keys = keel_trust::Keyring::new();
             keys.add(self.key.public_key().clone()).unwrap();
-            let published =
-                keel_update::publish::describe(&self.www.join(&name), &name, &keys).unwrap();
-            releases.push(Release {
-                version: format!("{v}.0"),
-                compatible: "acme-os".into(),
-                full: published.artifact,
-                deltas: Vec::new(),
-                rollout_percent: 100,
-            });
+            let full = keel_update::publish::describe(&self.www.join(&name), &name, &keys).unwrap();
+            let release = keel_update::publish::release(full, Vec::new(), 100).unwrap();
+            index = Some(
+                keel_update::publish::add_release(index, release, None, u64::MAX / 2).unwrap(),
+            );
         }
-        let index = Index {
-            kind: "keel-index".into(),
-            serial,
-            expires: u64::MAX / 2,
-            timestamp: Some(keel_trust::unix_now() - 60),
-            releases,
-        };
+        let mut index = index.unwrap();
+        index.serial = serial;
         let signers: [&dyn Signer; 1] = [&self.key];
         let env = sign_envelope(
             &serde_json::to_vec(&index).unwrap(),
@@ -314,10 +305,9 @@ fn a_group_rolls_one_node_at_a_time_and_a_failed_version_stops_the_roll() {
     }
 }
 
-/// The local API: status, pause (the loop then installs nothing, across a restart),
-/// resume, metrics; a client that sends nothing is cut off and the others still answered.
-#[test]
-fn the_local_api_answers_and_pauses_the_loop() {
+/// A node that reboots as soon as it has installed (no fleet), with 2.0 published on a
+/// server of its own: (the node, the server, the directory's guard).
+fn lone_node() -> Option<(Node, keel_testsupport::nginx::Nginx, tempfile::TempDir)> {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let site = Site {
@@ -325,9 +315,7 @@ fn the_local_api_answers_and_pauses_the_loop() {
         key: SigningKey::generate().unwrap(),
     };
     fs::create_dir_all(&site.www).unwrap();
-    let Some(server) = keel_testsupport::nginx::serve(&site.www, &d.join("nginx")) else {
-        return;
-    };
+    let server = keel_testsupport::nginx::serve(&site.www, &d.join("nginx"))?;
     site.publish(&[2], 1);
     let n = node(
         d,
@@ -336,12 +324,23 @@ fn the_local_api_answers_and_pauses_the_loop() {
         &format!("{}/index.json", server.base),
         "http://127.0.0.1:1",
     );
-    let text = fs::read_to_string(n.p("system.toml")).unwrap();
-    let immediate = text
+    let text = fs::read_to_string(n.p("system.toml"))
+        .unwrap()
         .replace("strategy = \"etcd\"\n", "")
         .replace("etcd = [\"http://127.0.0.1:1\"]\n", "")
         .replace("lease-ttl = 30\n", "");
-    fs::write(n.p("system.toml"), immediate).unwrap();
+    fs::write(n.p("system.toml"), text).unwrap();
+    Some((n, server, tmp))
+}
+
+/// The local API: status, pause (the loop then installs nothing, across a restart),
+/// resume, metrics; a client that sends nothing is cut off and the others still answered.
+#[test]
+fn the_local_api_answers_and_pauses_the_loop() {
+    let Some((n, _server, tmp)) = lone_node() else {
+        return;
+    };
+    let d = tmp.path();
     let daemon = n.daemon();
     let sock = n.p("agent.sock");
     let listener = keel_agent::api::bind(&sock).unwrap();
@@ -394,32 +393,10 @@ fn the_local_api_answers_and_pauses_the_loop() {
 /// the reboot command by itself; `keel-agent status` reads it through the socket.
 #[test]
 fn the_program_runs_the_loop_and_talks_to_systemd() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    let site = Site {
-        www: d.join("www"),
-        key: SigningKey::generate().unwrap(),
-    };
-    fs::create_dir_all(&site.www).unwrap();
-    let Some(server) = keel_testsupport::nginx::serve(&site.www, &d.join("nginx")) else {
+    let Some((n, _server, tmp)) = lone_node() else {
         return;
     };
-    site.publish(&[2], 1);
-    let n = node(
-        d,
-        "node",
-        &site,
-        &format!("{}/index.json", server.base),
-        "http://127.0.0.1:1",
-    );
-    let text = fs::read_to_string(n.p("system.toml")).unwrap();
-    fs::write(
-        n.p("system.toml"),
-        text.replace("strategy = \"etcd\"\n", "")
-            .replace("etcd = [\"http://127.0.0.1:1\"]\n", "")
-            .replace("lease-ttl = 30\n", ""),
-    )
-    .unwrap();
+    let d = tmp.path();
     let notify = std::os::unix::net::UnixDatagram::bind(d.join("notify.sock")).unwrap();
     notify
         .set_read_timeout(Some(std::time::Duration::from_secs(60)))
@@ -490,29 +467,10 @@ fn the_program_runs_the_loop_and_talks_to_systemd() {
 /// (the reboot never happened) is not taken for a version that did not boot.
 #[test]
 fn a_failed_or_missing_reboot_neither_reinstalls_nor_counts_as_a_bad_version() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    let site = Site {
-        www: d.join("www"),
-        key: SigningKey::generate().unwrap(),
-    };
-    fs::create_dir_all(&site.www).unwrap();
-    let Some(server) = keel_testsupport::nginx::serve(&site.www, &d.join("nginx")) else {
+    let Some((n, server, _tmp)) = lone_node() else {
         return;
     };
-    site.publish(&[2], 1);
-    let n = node(
-        d,
-        "node",
-        &site,
-        &format!("{}/index.json", server.base),
-        "http://127.0.0.1:1",
-    );
-    let text = fs::read_to_string(n.p("system.toml"))
-        .unwrap()
-        .replace("strategy = \"etcd\"\n", "")
-        .replace("etcd = [\"http://127.0.0.1:1\"]\n", "")
-        .replace("lease-ttl = 30\n", "");
+    let text = fs::read_to_string(n.p("system.toml")).unwrap();
     let mark = n.p("rebooted").display().to_string();
     fs::write(
         n.p("system.toml"),

@@ -256,6 +256,7 @@ pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Ve
     }
     let mut classes: Vec<(&str, Vec<usize>)> = classes.into_iter().collect();
     classes.sort_by_key(|(_, v)| v[0]);
+    let mut first_names: Option<(String, Vec<String>)> = None;
     for (class, members) in classes.iter().filter(|_| classes_known) {
         if members.len() != 2 {
             out.push(Raw::error(
@@ -279,6 +280,23 @@ pub(crate) fn validate(c: &Config, stand_ins: &[Vec<crate::finding::Seg>]) -> Ve
                     format!("bootname {bn} is already used by slot[{j}] of class {class:?}"),
                 ));
             }
+        }
+        // The classes switch together: each has the first class's bootnames.
+        let mut names: Vec<String> = seen.into_keys().collect();
+        names.sort();
+        match &first_names {
+            None => first_names = Some((class.to_string(), names)),
+            Some((first, want)) if *want != names && members.len() == 2 => {
+                out.push(Raw::error(
+                    with_index(path(&["slot"]), members[0], "bootname"),
+                    format!(
+                        "class {class:?} has bootnames {}; the classes switch together, so it needs class {first:?}'s {}",
+                        names.join(", "),
+                        want.join(", ")
+                    ),
+                ));
+            }
+            _ => {}
         }
     }
 

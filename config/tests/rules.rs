@@ -1274,3 +1274,23 @@ fn agent_settings_have_their_rules() {
         assert!(l.config.is_none(), "{to:?}");
     }
 }
+
+/// Slot classes switch together: a second class with other bootnames is refused.
+#[test]
+fn every_slot_class_has_the_first_classs_bootnames() {
+    let text = BASE.replacen(
+        "[verity]",
+        "[[slot]]\nname = \"kernel.c\"\nclass = \"kernel\"\ndevice = \"PARTLABEL=KERN-C\"\nbootname = \"C\"\n\n\
+         [[slot]]\nname = \"kernel.d\"\nclass = \"kernel\"\ndevice = \"PARTLABEL=KERN-D\"\nbootname = \"D\"\n\n\
+         [verity]\nclass = \"usr\"",
+        1,
+    )
+    .replace("gpt-flatcar", "grubenv");
+    let l = one(&text);
+    let f = l
+        .findings
+        .iter()
+        .find(|f| f.path == "slot[2].bootname")
+        .unwrap_or_else(|| panic!("{:?}", l.findings));
+    assert!(f.message.contains("needs class \"usr\"'s A, B"), "{f}");
+}

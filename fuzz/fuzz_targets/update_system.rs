@@ -1,7 +1,7 @@
 //! keel-update's two readers of outside text: a description that keel-config accepts is
 //! one keel-update can act on (the rules live once, so they cannot disagree; the agent
-//! may only say it does not support what a valid description asks, as several slot
-//! classes), and any kernel command line gives clues without a panic.
+//! may only say it does not support what a valid description asks, as a pair named C and
+//! D), and any kernel command line gives clues without a panic.
 #![no_main]
 
 use keel_config::load_sources;

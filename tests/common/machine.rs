@@ -138,6 +138,39 @@ impl<'u> Machine<'u> {
         }
     }
 
+    /// The image builder's slot A: `image` with its dm-verity tree after it (the tree of
+    /// `d`, checked to give its root); returns the kernel argument that maps it
+    /// (`dm-mod.create=` for `keel-a`).
+    pub(crate) fn image_slot_a(&self, image: &[u8], d: &keel::verity::RootDescriptor) -> String {
+        let disk = self.disk();
+        let gpt = GptDisk::open(&disk, None).unwrap();
+        let a = gpt.partition_by_label("USR-A").unwrap();
+        let ss = gpt.sector_size();
+        let mut slot = Region::new(&disk, a.first_lba * ss, a.sectors() * ss).unwrap();
+        slot.write_all_at(image, 0).unwrap();
+        let size = image.len() as u64;
+        let data = Region::new(&disk, a.first_lba * ss, size).unwrap();
+        let f = keel::verity::format(
+            d.params(),
+            &data,
+            &mut slot,
+            &keel::verity::FormatOptions::default().hash_offset(size),
+        )
+        .unwrap();
+        assert_eq!(f.root_hash, d.root_hash());
+        let dev = format!("PARTUUID={}", a.guid);
+        let table = keel::verity::dm_table(
+            d.params(),
+            &f.geometry,
+            &f.root_hash,
+            &dev,
+            &dev,
+            &Default::default(),
+        )
+        .unwrap();
+        keel::verity::dm_mod_create("keel-a", &table).unwrap()
+    }
+
     /// The ESP's tree on this side.
     pub(crate) fn tree(&self) -> PathBuf {
         self.dir.join("esp")
@@ -414,4 +447,36 @@ pub(crate) fn descriptor(image: &[u8]) -> keel::verity::RootDescriptor {
         .root_hash()
         .to_vec();
     keel::verity::RootDescriptor::new(params, &root).unwrap()
+}
+
+/// An initramfs's `/init`: map the slot the boot loader chose (`keel.slot=`) through
+/// dm-verity from the `dm-mod.create=` on the command line (Debian builds dm-verity as a
+/// module, so the kernel cannot map it before the initramfs), mount it read-only, print
+/// `TAG slot=X initrd=V version=V healthy=yes|no` (the initramfs's `/initrd-version`, the
+/// root's `/mnt/marker`), mount the ESP at /esp, then run `rest`. A slot that does not map
+/// or mount prints why and powers off: the boot loader counts it as failed.
+pub(crate) fn init_script(tag: &str, rest: &str) -> String {
+    const PRELUDE: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /modules.order); do insmod /lib/modules/$m 2>/dev/null; done
+export DM_DISABLE_UDEV=1
+i=0
+while [ ! -b /dev/vda3 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+slot=$(tr -d '"' < /proc/cmdline | sed -n 's/.*keel\.slot=\([A-Z]\).*/\1/p')
+slot="$slot initrd=$(cat /initrd-version)"
+create=$(tr -d '"' < /proc/cmdline | sed -n 's/.*dm-mod\.create=//p')
+name=${create%%,*}
+table=$(echo "$create" | cut -d, -f5-)
+out() { echo "@TAG@ slot=$slot $*"; sync; poweroff -f; sleep 10; }
+dmsetup create "$name" --readonly --table "$table" || out "mapped=no"
+mount -t ext4 -o ro "/dev/mapper/$name" /mnt || out "mounted=no"
+. /mnt/marker
+echo "@TAG@ slot=$slot version=$version healthy=$healthy"
+mkdir -p /esp /run /etc
+mount -t vfat /dev/vda1 /esp || out "esp=no"
+"#;
+    format!("{}{rest}", PRELUDE.replace("@TAG@", tag))
 }
