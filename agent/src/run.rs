@@ -94,7 +94,7 @@ impl Daemon {
         let system = System::from_config(config)?;
         // The node's name in the fleet: the machine id, as Zincati names nodes.
         let name = |file: &str| -> Option<String> {
-            let bytes = state::read_bounded(&root.join(file), 256).ok()?;
+            let bytes = keel_io::read_bounded(&root.join(file), 256).ok()?;
             let name: String = String::from_utf8_lossy(&bytes)
                 .trim()
                 .chars()
@@ -429,7 +429,7 @@ impl Daemon {
             path: self.settings.trust_root.display().to_string(),
             reason,
         };
-        let bytes = state::read_bounded(&root_file, keel_release::MAX_ENVELOPE as u64)
+        let bytes = keel_io::read_bounded(&root_file, keel_release::MAX_ENVELOPE as u64)
             .map_err(|e| bad_root(e.to_string()))?;
         let progress = Installing(&self.shared);
         let started = Instant::now();
@@ -553,32 +553,24 @@ impl Daemon {
 
     /// The kernel's id of this boot (empty where there is none to read).
     fn boot_id(&self) -> String {
-        state::read_bounded(&self.root.join("proc/sys/kernel/random/boot_id"), 64)
+        keel_io::read_bounded(&self.root.join("proc/sys/kernel/random/boot_id"), 64)
             .map(|b| String::from_utf8_lossy(&b).trim().to_string())
             .unwrap_or_default()
     }
 
     /// Hold the agent's lock in the state directory while the returned file is open: one
     /// agent per state directory.
-    pub fn lock(&self) -> Result<nix::fcntl::Flock<File>> {
+    pub fn lock(&self) -> Result<keel_io::FileLock> {
         std::fs::create_dir_all(&self.state_dir)
             .map_err(|e| Error::io(format!("creating {}", self.state_dir.display()), e))?;
         let path = self.state_dir.join("agent.lock");
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-            |(_, errno)| {
-                Error::io(
-                    format!("{}: another keel-agent runs on this state", path.display()),
-                    errno.into(),
-                )
-            },
-        )
+        keel_io::FileLock::try_exclusive(&path).map_err(|e| {
+            let what = match e.kind() {
+                std::io::ErrorKind::WouldBlock => "another keel-agent runs on this state",
+                _ => "locking",
+            };
+            Error::io(format!("{}: {what}", path.display()), e)
+        })
     }
 
     fn reboot(&self, version: &str) -> Result<()> {

@@ -51,28 +51,8 @@ fn pending_path(dir: &Path) -> PathBuf {
 /// The step kept in `dir`, if any (a record that cannot be read is no step: the boot
 /// state on the disk is the truth, the record only says what to finish).
 pub(crate) fn load(dir: &Path) -> Option<Pending> {
-    let text = read_bounded(&pending_path(dir), 64 << 10).ok()?;
+    let text = keel_io::read_bounded(&pending_path(dir), 64 << 10).ok()?;
     serde_json::from_slice(&text).ok()
-}
-
-/// A small regular file, at most `max` bytes (a FIFO, a device or /dev/zero where the file
-/// belongs is an error, never a wait or an endless read).
-pub(crate) fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut bytes = Vec::new();
-    f.take(max + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(std::io::Error::other(format!("larger than {max} bytes")));
-    }
-    Ok(bytes)
 }
 
 pub(crate) fn save(dir: &Path, p: Option<&Pending>) -> Result<()> {

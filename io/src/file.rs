@@ -108,6 +108,56 @@ pub fn same_file(a: &File, b: &File) -> bool {
     }
 }
 
+/// A small regular file's bytes, at most `max` of them: a FIFO (which would block), a
+/// device (`/dev/zero`, endless) or a directory where the file belongs is an error, never
+/// a wait or an endless read, and so is a file larger than `max` (never a partial read).
+pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other(format!(
+            "{}: not a regular file",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    f.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::other(format!(
+            "{}: larger than {max} bytes",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// An exclusive lock on a file (created if missing), held until dropped: one holder at a
+/// time, for a directory of state that two processes must not write together.
+#[derive(Debug)]
+pub struct FileLock(#[allow(dead_code)] nix::fcntl::Flock<File>);
+
+impl FileLock {
+    /// Take the lock on `path` without waiting: `ErrorKind::WouldBlock` while another
+    /// holds it. A symlink at `path` is not followed.
+    pub fn try_exclusive(path: &Path) -> io::Result<FileLock> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map(FileLock)
+            .map_err(|(_, errno)| io::Error::from(errno))
+    }
+}
+
 /// Replace `path` with `bytes` atomically: a temporary file beside it, written and
 /// synced, renamed over it, the directory synced. After a crash at any point the file
 /// holds the old or the new bytes, never a mix.

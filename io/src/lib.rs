@@ -51,7 +51,8 @@ pub use cursor::{Cursor, CursorError};
 pub use device::{ReadAt, WriteAt};
 pub use error::IoError;
 pub use file::{
-    open_device, replace_file, replace_file_private, require_size, same_file, DeviceKind, FileId,
+    open_device, read_bounded, replace_file, replace_file_private, require_size, same_file,
+    DeviceKind, FileId, FileLock,
 };
 pub use map::Mapped;
 pub use progress::{Cancel, Cancelled, Progress};

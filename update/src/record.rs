@@ -109,34 +109,13 @@ pub(crate) fn read_small(p: &Path) -> Result<Option<String>> {
         .transpose()
 }
 
-/// [`read_small`]'s bytes.
+/// [`read_small`]'s bytes: a regular file of at most [`MAX_RECORD`] bytes.
 fn read_small_bytes(p: &Path) -> Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(p)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("opening {}", p.display()), e)),
-    };
-    if !f
-        .metadata()
-        .map_err(|e| Error::io(format!("inspecting {}", p.display()), e))?
-        .is_file()
-    {
-        return Err(Error::io(
-            format!("reading {}", p.display()),
-            std::io::Error::other("not a regular file"),
-        ));
+    match keel_io::read_bounded(p, MAX_RECORD) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("reading {}", p.display()), e)),
     }
-    let mut b = Vec::new();
-    f.take(MAX_RECORD)
-        .read_to_end(&mut b)
-        .map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
-    Ok(Some(b))
 }
 
 pub(crate) fn write(dir: &Path, slot: Slot, r: &SlotRecord) -> Result<()> {

@@ -136,28 +136,15 @@ impl System {
             .minimum()
             .map_err(|e| Error::config("trust.minimum-version", e.to_string()))?;
         let tries = keel_config::effective_tries(c);
-        let mut files = Vec::new();
-        for (i, f) in c.files.iter().enumerate() {
-            if !keel_config::valid_class_name(&f.class)
-                || classes.iter().any(|k| k.class == f.class)
-                || files.iter().any(|g: &FileSpec| g.class == f.class)
-            {
-                return Err(Error::config(
-                    format!("file[{i}].class"),
-                    format!("{:?}: not a class name of its own", f.class),
-                ));
-            }
-            if !f.path.starts_with('/') || f.path.matches("{slot}").count() != 1 {
-                return Err(Error::config(
-                    format!("file[{i}].path"),
-                    format!("{:?}: an absolute path with {{slot}} once", f.path),
-                ));
-            }
-            files.push(FileSpec {
+        // keel-config's validation has judged the classes and paths (one rule, there).
+        let files = c
+            .files
+            .iter()
+            .map(|f| FileSpec {
                 class: f.class.clone(),
                 path: f.path.clone(),
-            });
-        }
+            })
+            .collect();
         Ok(System {
             compatible: c.compatible.clone(),
             backend,

@@ -3,8 +3,6 @@
 use std::fs::File;
 use std::io::{Read, Seek};
 
-use std::os::unix::fs::OpenOptionsExt;
-
 use keel_bootflags::Slot;
 use keel_io::{Progress, ReadAt, Region, WriteAt};
 use keel_payload::{ApplyOptions, Manifest, Payload, VersionCheck};
@@ -105,24 +103,14 @@ where
 
     /// The agent's lock in its state directory, held until dropped; another holder is
     /// [`Error::Busy`], never a wait.
-    pub(super) fn lock(&self) -> Result<nix::fcntl::Flock<File>> {
+    pub(super) fn lock(&self) -> Result<keel_io::FileLock> {
         std::fs::create_dir_all(&self.state_dir)
             .map_err(|e| Error::io(format!("creating {}", self.state_dir.display()), e))?;
         let path = self.state_dir.join("lock");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-            |(_, errno)| match errno {
-                nix::errno::Errno::EWOULDBLOCK => Error::Busy { path: path.clone() },
-                e => Error::io(format!("locking {}", path.display()), e.into()),
-            },
-        )
+        keel_io::FileLock::try_exclusive(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => Error::Busy { path: path.clone() },
+            _ => Error::io(format!("locking {}", path.display()), e),
+        })
     }
 
     /// The last install's error for [`Agent::status`], or none after a success.
