@@ -14,7 +14,7 @@ use std::path::Path;
 
 use common::machine::{
     descriptor, init_script, slot_image, uefi, Machine, KERNEL_ENTRIES, PRINT_ENTRIES, RAUC_SELECT,
-    SALT,
+    SALT, SYSTEMD_BOOT,
 };
 use common::*;
 use keel::bootflags::blsdir::BlsDir;
@@ -100,11 +100,7 @@ fn systemd_boot_counts_and_falls_back_as_keel_predicts() {
     let Some(uefi) = uefi() else { return };
     let dir = tempfile::tempdir().unwrap();
     let m = Machine::new(&uefi, dir.path(), ESP_BYTES, SLOT_BYTES);
-    fs::copy(
-        "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-        m.tree().join("EFI/BOOT/BOOTX64.EFI"),
-    )
-    .unwrap();
+    fs::copy(SYSTEMD_BOOT, m.tree().join("EFI/BOOT/BOOTX64.EFI")).unwrap();
     // Each slot's "kernel" is an EFI program that prints the slot and powers off.
     for s in ["A", "B"] {
         m.grub(
@@ -310,35 +306,7 @@ fn kernel_chain(loader: Loader) {
             )
             .unwrap();
         }
-        Loader::SystemdBoot => {
-            fs::copy(
-                "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-                m.tree().join("EFI/BOOT/BOOTX64.EFI"),
-            )
-            .unwrap();
-            fs::create_dir_all(&entries).unwrap();
-            fs::write(
-                m.tree().join("loader/loader.conf"),
-                "timeout 0\ndefault usr.a.conf\n",
-            )
-            .unwrap();
-            // A good (no counter), B not armed yet (no tries left); the options line
-            // ends with the argument that maps the slot (keel-update writes B's).
-            for (file, slot, arg) in [
-                ("usr.a.conf", "A", arg_a.as_str()),
-                ("usr.b+0.conf", "B", ""),
-            ] {
-                fs::write(
-                    entries.join(file),
-                    format!(
-                        "title Slot {slot}\nlinux /keel/{0}/vmlinuz\ninitrd /keel/{0}/initrd.img\n\
-                         options console=ttyS0 quiet panic=-1 keel.slot={slot} {arg}\n",
-                        slot.to_ascii_lowercase()
-                    ),
-                )
-                .unwrap();
-            }
-        }
+        Loader::SystemdBoot => m.systemd_boot("console=ttyS0 quiet panic=-1", &arg_a),
     }
     drop(gpt);
     drop(disk);

@@ -35,6 +35,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The node's identity could not be taken from the URL on the kernel command line
+    /// (first boot; [`crate::identity`]).
+    #[error("the identity at {url}: {problem}")]
+    Identity {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        problem: crate::identity::IdentityProblem,
+    },
     /// A file of the agent's state or its API.
     #[error("{context}: {source}")]
     Io {

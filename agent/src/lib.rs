@@ -20,13 +20,14 @@
 
 pub mod api;
 mod error;
+pub mod identity;
 mod notify;
 mod run;
 mod settings;
 mod state;
 
 pub use error::{Error, Result};
-pub use run::{Daemon, Outcome};
+pub use run::{user_agent, Daemon, Outcome};
 pub use settings::{Check, Coordination, Settings};
 pub use state::{Event, Pending, Shared, Status};
 

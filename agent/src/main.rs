@@ -56,19 +56,35 @@ enum Cmd {
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn load(cli: &Cli) -> Res<keel_config::Config> {
-    let loaded = keel_config::load_files(&cli.config, &[])?;
+fn load(cli: &Cli, dropins: &[PathBuf]) -> Res<keel_config::Config> {
+    let loaded = keel_config::load_files(&cli.config, dropins)?;
     for f in &loaded.findings {
         eprintln!("{f}");
     }
     Ok(loaded.config.ok_or("the description has errors")?)
 }
 
+/// The node's identity drop-in, if it has one: at first boot fetched from the URL the
+/// kernel command line names, asked again every ten seconds until it comes (a node must
+/// not roll with a group it does not belong to).
+fn identity(cli: &Cli) -> Vec<PathBuf> {
+    let ua = concat!("keel-agent/", env!("CARGO_PKG_VERSION"), " (first boot)");
+    loop {
+        match keel_agent::identity::drop_in(&cli.config, &cli.root, &cli.state, ua) {
+            Ok(p) => return p.into_iter().collect(),
+            Err(e) => {
+                eprintln!("keel-agent: {e}; asking again in 10 s");
+                std::thread::sleep(std::time::Duration::from_secs(10));
+            }
+        }
+    }
+}
+
 fn socket(cli: &Cli) -> Res<PathBuf> {
     if let Some(s) = &cli.socket {
         return Ok(s.clone());
     }
-    let config = load(cli)?;
+    let config = load(cli, &[])?;
     let a = config.agent.ok_or("the description has no [agent] table")?;
     Ok(PathBuf::from(a.socket))
 }
@@ -76,7 +92,7 @@ fn socket(cli: &Cli) -> Res<PathBuf> {
 fn run(cli: &Cli) -> Res<ExitCode> {
     let op = match &cli.cmd {
         Cmd::Run { disk, once } => {
-            let config = load(cli)?;
+            let config = load(cli, &identity(cli))?;
             let mut daemon = keel_agent::Daemon::new(&config, &cli.root, &cli.state)?;
             if let Some(d) = disk {
                 daemon = daemon.disk(d);

@@ -40,6 +40,14 @@ pub enum Outcome {
     Steady,
 }
 
+/// The `User-Agent` of a node's requests ([`Daemon::user_agent`]).
+pub fn user_agent(node: &str, group: &str) -> String {
+    format!(
+        "keel-agent/{} (node={node}; group={group})",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
 /// How long the reboot command may run.
 const REBOOT_COMMAND_TIME: Duration = Duration::from_secs(300);
 
@@ -102,7 +110,10 @@ impl Daemon {
                 .collect();
             (!name.is_empty()).then_some(name)
         };
-        let node_id = name("etc/machine-id")
+        let node_id = agent
+            .node_id
+            .clone()
+            .or_else(|| name("etc/machine-id"))
             .or_else(|| name("etc/hostname"))
             .unwrap_or_else(|| "node".into());
         Ok(Daemon {
@@ -135,6 +146,13 @@ impl Daemon {
     /// This node's name in the fleet.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// How the agent names itself to the update server: its version, the node and its
+    /// group (as update_engine and Zincati tell the server which machine asks), so the
+    /// server's log tells one node's downloads from another's.
+    pub fn user_agent(&self) -> String {
+        user_agent(&self.node_id, &self.settings.group)
     }
 
     fn disk_file(&self) -> Result<(File, PathBuf)> {
@@ -436,8 +454,10 @@ impl Daemon {
         let installed = self.with_agent(|a| {
             let root = keel_release::TrustedRoot::initial(&bytes, a.trusted_now()?)
                 .map_err(|e| bad_root(e.to_string()))?;
-            let fetch =
-                keel_fetch::FetchOptions::default().max_bytes_per_sec(self.settings.max_rate);
+            let user_agent = self.user_agent();
+            let fetch = keel_fetch::FetchOptions::default()
+                .max_bytes_per_sec(self.settings.max_rate)
+                .user_agent(&user_agent);
             match a.install_from_index(&self.settings.index, &root, fetch, Some(&progress)) {
                 // Paused: stopped at a checkpoint, resumed after the pause.
                 Err(_) if keel_io::Progress::cancelled(&progress) => Ok(None),

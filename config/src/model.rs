@@ -420,6 +420,11 @@ pub struct AgentConfig {
     /// `group`, default `default`: the fleet group this node rolls with.
     #[serde(default = "default_group")]
     pub group: String,
+    /// `node-id`, default the machine id: this node's name in the fleet (the holder in
+    /// the group's semaphore, the FleetLock id, the name in a pause). Usually set by a
+    /// drop-in made at first boot (keel-agent's `keel.config-url=`), as cloud-config did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
     /// `etcd`, URLs, etcd only, required for it: the cluster's endpoints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub etcd: Vec<String>,

@@ -124,6 +124,7 @@ const AGENT: &[Field] = &[
     opt("jitter", Ty::Int(0, 604_800)),
     opt("strategy", Ty::OneOf(&["immediate", "etcd", "fleetlock"])),
     opt("group", Ty::Str),
+    opt("node-id", Ty::Str),
     opt("etcd", Ty::Strs),
     opt("etcd-ca", Ty::Str),
     opt("etcd-cert", Ty::Str),

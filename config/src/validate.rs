@@ -546,17 +546,20 @@ fn agent(
             format!("{} s: at most the interval ({} s)", a.jitter, a.interval),
         );
     }
-    if a.group.is_empty()
-        || a.group.len() > 128
-        || !a
-            .group
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        err(
-            at("group"),
-            format!("{:?}: 1 to 128 letters, digits, '.', '_' or '-'", a.group),
-        );
+    // Names that go into etcd keys, URLs and the pause reason as they are.
+    let name = |v: &str| {
+        !v.is_empty()
+            && v.len() <= 128
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    for (key, v) in [("group", Some(&a.group)), ("node-id", a.node_id.as_ref())] {
+        if let Some(v) = v.filter(|v| !name(v)) {
+            err(
+                at(key),
+                format!("{v:?}: 1 to 128 letters, digits, '.', '_' or '-'"),
+            );
+        }
     }
     let etcd_only: [(&str, bool); 6] = [
         ("etcd", !a.etcd.is_empty()),

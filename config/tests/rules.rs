@@ -1185,6 +1185,12 @@ fn agent_settings_have_their_rules() {
             "letters, digits",
         ),
         (
+            "group = \"workers\"",
+            "group = \"workers\"\nnode-id = \"node/1\"",
+            "agent.node-id",
+            "letters, digits",
+        ),
+        (
             "etcd = [\"https://10.0.0.1:2379\"]\n",
             "",
             "agent.strategy",

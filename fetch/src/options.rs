@@ -54,6 +54,10 @@ pub struct FetchOptions<'a> {
     /// the default. On a link with much in flight (bandwidth x round trip: 100 Mbit/s at
     /// 100 ms is 1.25 MB) raise it to several times that.
     pub read_ahead: usize,
+    /// The `User-Agent` header (default `keel-fetch/VERSION`): an agent names itself and
+    /// the node, as update_engine and Zincati identify their clients to the server, so
+    /// the server's log tells one node's downloads from another's.
+    pub user_agent: Option<&'a str>,
 }
 
 impl Default for FetchOptions<'_> {
@@ -71,6 +75,7 @@ impl Default for FetchOptions<'_> {
             min_bytes_per_sec: Some(1024),
             rate_window: Duration::from_secs(30),
             read_ahead: stream::BUFFER,
+            user_agent: None,
         }
     }
 }
@@ -122,6 +127,11 @@ impl<'a> FetchOptions<'a> {
         self.read_ahead = bytes.max(128 << 10);
         self
     }
+    /// Set [`FetchOptions::user_agent`].
+    pub fn user_agent(mut self, agent: &'a str) -> Self {
+        self.user_agent = Some(agent);
+        self
+    }
     /// Set the floor [`FetchOptions::min_bytes_per_sec`] (0 is none) averaged over
     /// `window` ([`FetchOptions::rate_window`]).
     pub fn min_bytes_per_sec(mut self, rate: u64, window: Duration) -> Self {
@@ -142,6 +152,7 @@ impl std::fmt::Debug for FetchOptions<'_> {
             .field("min_bytes_per_sec", &self.min_bytes_per_sec)
             .field("rate_window", &self.rate_window)
             .field("read_ahead", &self.read_ahead)
+            .field("user_agent", &self.user_agent)
             .finish_non_exhaustive()
     }
 }

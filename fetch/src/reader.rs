@@ -59,7 +59,10 @@ impl<'a> HttpReader<'a> {
             .timeout_per_read(Some(opts.read_timeout))
             // Statuses are answers here (a 416 at the end, a 5xx to retry), not errors.
             .http_status_as_error(false)
-            .user_agent(concat!("keel-fetch/", env!("CARGO_PKG_VERSION")));
+            .user_agent(
+                opts.user_agent
+                    .unwrap_or(concat!("keel-fetch/", env!("CARGO_PKG_VERSION"))),
+            );
         if let Some(pem) = opts.ca_certificates {
             config = config.tls_config(tls_config(pem)?);
         }

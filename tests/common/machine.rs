@@ -23,6 +23,9 @@ pub(crate) struct Uefi {
     mcopy: PathBuf,
 }
 
+/// Debian's systemd-boot for x86-64 UEFI.
+pub(crate) const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+
 pub(crate) fn uefi() -> Option<Uefi> {
     let qemu = tool("qemu-system-x86_64", "qemu-system-x86")?;
     let code = file("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf")?;
@@ -31,10 +34,7 @@ pub(crate) fn uefi() -> Option<Uefi> {
     file("/usr/lib/grub/x86_64-efi/modinfo.sh", "grub-efi-amd64-bin")?;
     let mkfs = tool("mkfs.vfat", "dosfstools")?;
     let mcopy = tool("mcopy", "mtools")?;
-    file(
-        "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-        "systemd-boot-efi",
-    )?;
+    file(SYSTEMD_BOOT, "systemd-boot-efi")?;
     Some(Uefi {
         qemu,
         code,
@@ -202,6 +202,32 @@ impl<'u> Machine<'u> {
         );
     }
 
+    /// systemd-boot as an image builder installs it: the loader, `loader.conf` (no menu),
+    /// slot A's entry (good: no counter) ending with `arg_a`, and slot B's (no tries
+    /// left: not armed; keel-update writes its root argument); both with `options` (the
+    /// kernel arguments before the root's) and each slot's kernel and initramfs.
+    pub(crate) fn systemd_boot(&self, options: &str, arg_a: &str) {
+        fs::copy(SYSTEMD_BOOT, self.tree().join("EFI/BOOT/BOOTX64.EFI")).unwrap();
+        let entries = self.tree().join("loader/entries");
+        fs::create_dir_all(&entries).unwrap();
+        fs::write(
+            self.tree().join("loader/loader.conf"),
+            "timeout 0\ndefault usr.a.conf\n",
+        )
+        .unwrap();
+        for (file, slot, arg) in [("usr.a.conf", "A", arg_a), ("usr.b+0.conf", "B", "")] {
+            fs::write(
+                entries.join(file),
+                format!(
+                    "title Slot {slot}\nlinux /keel/{0}/vmlinuz\ninitrd /keel/{0}/initrd.img\n\
+                     options {options} keel.slot={slot} {arg}\n",
+                    slot.to_ascii_lowercase()
+                ),
+            )
+            .unwrap();
+        }
+    }
+
     pub(crate) fn disk(&self) -> fs::File {
         fs::File::options()
             .read(true)
@@ -237,6 +263,31 @@ impl<'u> Machine<'u> {
             .unwrap()
             .write_all_at(&fs::read(&fat).unwrap(), 0)
             .unwrap();
+    }
+
+    /// [`Machine::read_esp`] after a power cut: a filesystem mtools cannot read leaves
+    /// the tree as it was.
+    fn try_read_esp(&self) {
+        let scratch = self.dir.join("esp-cut");
+        let _ = fs::remove_dir_all(&scratch);
+        fs::create_dir_all(&scratch).unwrap();
+        let disk = self.disk();
+        let mut bytes = vec![0u8; self.esp.1 as usize];
+        Region::new(&disk, self.esp.0, self.esp.1)
+            .unwrap()
+            .read_exact_at(&mut bytes, 0)
+            .unwrap();
+        let fat = self.dir.join("esp.img");
+        fs::write(&fat, &bytes).unwrap();
+        let img = format!("-i{}", fat.display());
+        let ok = Command::new(&self.uefi.mcopy)
+            .args([&img, "-s", "-n", "::/*", scratch.to_str().unwrap()])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            fs::remove_dir_all(self.tree()).unwrap();
+            fs::rename(&scratch, self.tree()).unwrap();
+        }
     }
 
     /// The ESP's filesystem, as the boot loader left it, back into the tree.
@@ -336,7 +387,9 @@ impl<'u> Machine<'u> {
         let out = (status, err);
         let text = self.console();
         let Some(status) = out.0 else {
-            // Cut off mid-run: the ESP may be half written, and stays as it is.
+            // Cut off mid-run, as a power cut: the ESP as the guest left it on the disk
+            // (what it had not written back is lost).
+            self.try_read_esp();
             return Err(text);
         };
         assert!(status.success(), "qemu ({status}): {}\n{text}", out.1);

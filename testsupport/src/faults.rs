@@ -218,3 +218,92 @@ fn relay(
     let _ = client.shutdown(Shutdown::Both);
     let _ = server.shutdown(Shutdown::Both);
 }
+
+/// A proxy that passes everything, except that the first response to a request whose
+/// line contains `pattern` (say, a bundle's name) is cut `after` bytes into it: one
+/// dropped connection in the middle of one download, for a client to resume.
+pub fn cut_first(upstream_port: u16, pattern: &str, after: u64) -> CuttingProxy {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cuts = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (counted, carried) = (cuts.clone(), sent.clone());
+    let pattern = pattern.as_bytes().to_vec();
+    let taken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
+                continue;
+            };
+            let (counted, carried) = (counted.clone(), carried.clone());
+            let (pattern, taken) = (pattern.clone(), taken.clone());
+            std::thread::spawn(move || {
+                cut_when_asked(client, server, &pattern, after, taken, &counted, &carried);
+            });
+        }
+    });
+    CuttingProxy {
+        base: format!("http://127.0.0.1:{port}"),
+        cuts,
+        sent,
+    }
+}
+
+fn cut_when_asked(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    pattern: &[u8],
+    after: u64,
+    taken: Arc<std::sync::atomic::AtomicBool>,
+    cuts: &AtomicU64,
+    sent_total: &AtomicU64,
+) {
+    let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    // The response's bytes so far, and where this connection is to be cut.
+    let sent = Arc::new(AtomicU64::new(0));
+    let limit = Arc::new(AtomicU64::new(u64::MAX));
+    let (sent2, limit2) = (sent.clone(), limit.clone());
+    let pattern = pattern.to_vec();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            let n = match c2.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let asked = buf[..n].windows(pattern.len()).any(|w| w == pattern);
+            if asked && !taken.swap(true, Ordering::SeqCst) {
+                limit2.store(sent2.load(Ordering::SeqCst) + after, Ordering::SeqCst);
+            }
+            if s2.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = s2.shutdown(Shutdown::Write);
+    });
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let n = match server.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let done = sent.load(Ordering::SeqCst);
+        let room = limit
+            .load(Ordering::SeqCst)
+            .saturating_sub(done)
+            .min(n as u64) as usize;
+        if client.write_all(&buf[..room]).is_err() {
+            break;
+        }
+        sent.fetch_add(room as u64, Ordering::SeqCst);
+        sent_total.fetch_add(room as u64, Ordering::Relaxed);
+        if room < n {
+            cuts.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+    }
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = server.shutdown(Shutdown::Both);
+}

@@ -26,6 +26,8 @@ pub struct Logged {
     pub bytes: u64,
     /// The Range header, `-` without one.
     pub range: String,
+    /// The User-Agent header, `-` without one.
+    pub agent: String,
 }
 
 impl Nginx {
@@ -35,12 +37,14 @@ impl Nginx {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         text.lines()
             .filter_map(|l| {
-                let mut f = l.split(' ');
+                // The agent last: it may hold spaces.
+                let mut f = l.splitn(5, ' ');
                 Some(Logged {
                     path: f.next()?.to_string(),
                     status: f.next()?.parse().ok()?,
                     bytes: f.next()?.parse().ok()?,
                     range: f.next()?.to_string(),
+                    agent: f.next().unwrap_or("-").to_string(),
                 })
             })
             .collect()
@@ -84,7 +88,7 @@ fn serve_with(root: &Path, work: &Path, tls: Option<(PathBuf, PathBuf)>) -> Opti
     let conf = format!(
         "daemon off;\nmaster_process off;\npid {pid};\nerror_log {err} info;\n\
          events {{ worker_connections 64; }}\n\
-         http {{\n  log_format keel '$uri $status $body_bytes_sent $http_range';\n\
+         http {{\n  log_format keel '$uri $status $body_bytes_sent $http_range $http_user_agent';\n\
            access_log {log} keel;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
            fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
            default_type application/octet-stream;\n\
