@@ -7,7 +7,10 @@
 //! bandwidth-capped), wait for a reboot window and the fleet's slot (an etcd semaphore
 //! bound to a lease, a FleetLock server, or none), and reboot with the configured command.
 //!
-//! Its settings are the system description's `[agent]` table (keel-config); its state
+//! Its settings are the system description's `[agent]` table (keel-config), with the
+//! node's name and group given at first boot by a URL on the kernel command line
+//! ([`identity`]); its policies can be replaced by an embedder ([`policy`]: how the fleet
+//! takes turns, how the node reboots, functions among the health checks). Its state
 //! lives in the state directory (`/var/lib/keel`) beside keel-update's records, so a
 //! restart or a reboot goes on where it stopped. [`Daemon`] is the loop, for an OS builder
 //! who embeds it; the `keel-agent` program runs it with the local API ([`api`]: status,
@@ -22,6 +25,7 @@ pub mod api;
 mod error;
 pub mod identity;
 mod notify;
+pub mod policy;
 mod run;
 mod settings;
 mod state;

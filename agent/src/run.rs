@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_fleet::{Etcd, Group, Lease, Node, TlsOptions, Wait};
+use keel_fleet::{Etcd, Group, TlsOptions};
 use keel_io::Cancel;
-use keel_update::{Agent, Commit, System};
+use keel_update::{Agent, Commit, HealthCheck, System};
 
 use crate::error::{Error, Result};
+use crate::policy::{EtcdTurns, FleetLockTurns, Immediate, Reboot, RebootCommand, Turn, Turns};
 use crate::settings::{Coordination, Settings};
 use crate::state::{self, now, Pending, Shared};
 
@@ -48,9 +49,6 @@ pub fn user_agent(node: &str, group: &str) -> String {
     )
 }
 
-/// How long the reboot command may run.
-const REBOOT_COMMAND_TIME: Duration = Duration::from_secs(300);
-
 /// The install's progress into the status; a pause through the API stops it at the next
 /// checkpoint (it resumes there after the pause).
 struct Installing<'a>(&'a Shared);
@@ -68,7 +66,6 @@ impl keel_io::Progress for Installing<'_> {
 }
 
 /// keel-agent's loop for one node.
-#[derive(Debug)]
 pub struct Daemon {
     system: System,
     settings: Settings,
@@ -77,17 +74,22 @@ pub struct Daemon {
     disk_path: Option<PathBuf>,
     node_id: String,
     shared: Arc<Shared>,
+    turns: Option<Arc<dyn Turns>>,
+    reboot: Arc<dyn Reboot>,
+    health: Vec<HealthCheck>,
+    not_now: std::sync::Mutex<Option<String>>,
 }
 
-/// How the fleet takes turns, connected.
-enum Turns {
-    Immediate,
-    Etcd {
-        etcd: Arc<Etcd>,
-        group: Group,
-        ttl: Duration,
-    },
-    FleetLock(keel_fleet::fleetlock::Client),
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("node_id", &self.node_id)
+            .field("settings", &self.settings)
+            .field("state_dir", &self.state_dir)
+            .field("own_turns", &self.turns.is_some())
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Daemon {
@@ -99,6 +101,8 @@ impl Daemon {
             reason: "the description has no [agent] table".into(),
         })?;
         let settings = Settings::from_config(agent)?;
+        let settings_reboot = settings.reboot_command.clone();
+        let health = settings.checks.iter().map(|c| c.health_check()).collect();
         let system = System::from_config(config)?;
         // The node's name in the fleet: the machine id, as Zincati names nodes.
         let name = |file: &str| -> Option<String> {
@@ -124,7 +128,30 @@ impl Daemon {
             disk_path: None,
             node_id,
             shared: Arc::new(Shared::new(state_dir)),
+            turns: None,
+            reboot: Arc::new(RebootCommand(settings_reboot)),
+            health,
+            not_now: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Take turns with the fleet this way instead of the description's strategy.
+    pub fn turns_with(mut self, turns: Arc<dyn Turns>) -> Self {
+        self.turns = Some(turns);
+        self
+    }
+
+    /// Reboot this way instead of running the description's reboot command.
+    pub fn reboot_with(mut self, reboot: Arc<dyn Reboot>) -> Self {
+        self.reboot = reboot;
+        self
+    }
+
+    /// One more thing that must hold after a boot, after the description's checks (a
+    /// function: [`HealthCheck::Func`]).
+    pub fn health_check(mut self, check: HealthCheck) -> Self {
+        self.health.push(check);
+        self
     }
 
     /// The disk holding the slots, when neither `boot.disk` nor the booted disk says.
@@ -177,9 +204,13 @@ impl Daemon {
         f(&agent)
     }
 
-    fn turns(&self) -> Result<Turns> {
+    /// The fleet's turns: the embedder's, else the description's strategy, connected.
+    fn turns(&self) -> Result<Arc<dyn Turns>> {
+        if let Some(t) = &self.turns {
+            return Ok(t.clone());
+        }
         Ok(match &self.settings.coordination {
-            Coordination::Immediate => Turns::Immediate,
+            Coordination::Immediate => Arc::new(Immediate),
             Coordination::Etcd {
                 endpoints,
                 ca,
@@ -205,47 +236,33 @@ impl Daemon {
                 }
                 let etcd = Arc::new(Etcd::with_tls(endpoints, &tls)?);
                 let group = Group::new(&etcd, &self.settings.group, *slots)?;
-                Turns::Etcd {
+                // Waiting for a slot no longer than an interval: the next check waits on.
+                Arc::new(EtcdTurns::new(
                     etcd,
                     group,
-                    ttl: *ttl,
-                }
+                    &self.node_id,
+                    self.settings.windows.clone(),
+                    *ttl,
+                    self.settings.interval,
+                ))
             }
-            Coordination::FleetLock { url } => {
-                Turns::FleetLock(keel_fleet::fleetlock::Client::new(url))
-            }
+            Coordination::FleetLock { url } => Arc::new(FleetLockTurns::new(
+                url,
+                &self.settings.group,
+                &self.node_id,
+            )),
         })
     }
 
-    /// Give back the fleet's slot this node holds (and end its lease).
-    fn release(&self, turns: &Turns, lease: Option<i64>) -> Result<()> {
-        match turns {
-            Turns::Immediate => {}
-            Turns::Etcd { etcd, group, .. } => {
-                let node = Node::new(group, &self.node_id, self.settings.windows.clone());
-                if node.steady_state()? {
-                    self.shared.event("gave back the reboot slot");
-                }
-                if let Some(id) = lease {
-                    // Ended already if the reboot took longer than its TTL.
-                    if let Ok(l) = Lease::resume(etcd, id) {
-                        let _ = l.revoke();
-                    }
-                }
-            }
-            Turns::FleetLock(c) => c.steady_state(&self.settings.group, &self.node_id)?,
-        }
+    /// Give back the fleet's turn this node holds.
+    fn release(&self, turns: &Arc<dyn Turns>, token: Option<i64>) -> Result<()> {
+        turns.give_back(token)?;
         Ok(())
     }
 
-    /// Stop the group's roll, naming this node and `reason` (etcd; FleetLock has no
-    /// pause, the node's own status says it).
-    fn report(&self, turns: &Turns, reason: &str) -> Result<()> {
-        if let Turns::Etcd { group, .. } = turns {
-            Node::new(group, &self.node_id, self.settings.windows.clone())
-                .report_failure(&format!("{}: {reason}", self.node_id))?;
-        }
-        Ok(())
+    /// Stop the group's roll, naming this node and `reason`.
+    fn report(&self, turns: &Arc<dyn Turns>, reason: &str) -> Result<()> {
+        turns.report_failure(&format!("{}: {reason}", self.node_id))
     }
 
     /// At start, before any check: finish what the last boot left. The booted slot's health
@@ -337,13 +354,7 @@ impl Daemon {
             _ => None,
         };
         self.shared.update(|s| s.state = "committing".into());
-        let checks: Vec<_> = self
-            .settings
-            .checks
-            .iter()
-            .map(|c| c.health_check())
-            .collect();
-        match self.with_agent(|a| Ok(a.commit(&checks)?))? {
+        match self.with_agent(|a| Ok(a.commit(&self.health)?))? {
             Commit::Committed(_) | Commit::AlreadyGood(_) => {
                 // A slot held from before (a crash between boot and release) goes back too.
                 self.release(&turns, lease)?;
@@ -394,17 +405,14 @@ impl Daemon {
             return Ok(Outcome::Paused);
         }
         let turns = self.turns()?;
-        if let Turns::Etcd { group, .. } = &turns {
-            if let Some(p) = group.status()?.paused {
-                let why = format!("{} ({})", p.by, p.reason);
-                self.shared.update(|s| {
-                    s.state = "group-paused".into();
-                    s.group_paused = Some(why.clone());
-                });
-                return Ok(Outcome::GroupPaused(why));
-            }
-            self.shared.update(|s| s.group_paused = None);
+        if let Some(why) = turns.paused()? {
+            self.shared.update(|s| {
+                s.state = "group-paused".into();
+                s.group_paused = Some(why.clone());
+            });
+            return Ok(Outcome::GroupPaused(why));
         }
+        self.shared.update(|s| s.group_paused = None);
         let staged = match state::load(&self.state_dir) {
             Some(Pending::Staged { version }) => version,
             Some(Pending::Rebooting { version, at, .. }) => {
@@ -495,52 +503,22 @@ impl Daemon {
     }
 
     /// Inside a reboot window, with the fleet's slot: reboot into `version`.
-    fn take_turn(&self, turns: &Turns, version: &str) -> Result<Outcome> {
+    fn take_turn(&self, turns: &Arc<dyn Turns>, version: &str) -> Result<Outcome> {
         if !self.settings.windows.contains(now()) {
             self.shared.update(|s| s.state = "staged".into());
             return Ok(Outcome::Staged(version.to_string()));
         }
         self.shared.update(|s| s.state = "waiting-for-slot".into());
-        let lease = match turns {
-            Turns::Immediate => None,
-            Turns::FleetLock(c) => {
-                // Refused: asked again at the next check, as Zincati does.
-                if let Err(e) = c.pre_reboot(&self.settings.group, &self.node_id) {
-                    self.shared.event(format!("no reboot slot yet: {e}"));
-                    return Ok(Outcome::Staged(version.to_string()));
+        let lease = match turns.take(version)? {
+            Turn::Taken(token) => token,
+            Turn::NotNow(why) => {
+                // Said once, not at every check while the wait goes on.
+                let mut last = self.not_now.lock().unwrap_or_else(|e| e.into_inner());
+                if last.as_deref() != Some(why.as_str()) {
+                    self.shared.event(format!("no reboot slot yet: {why}"));
+                    *last = Some(why);
                 }
-                None
-            }
-            Turns::Etcd { etcd, group, ttl } => {
-                let node = Node::new(group, &self.node_id, self.settings.windows.clone());
-                let lease = Lease::grant(etcd, *ttl)?;
-                // Waiting for a slot no longer than an interval: the next check waits on.
-                let wait = Wait {
-                    deadline: Some(Instant::now() + self.settings.interval),
-                    ..Wait::default()
-                };
-                match node.pre_reboot(&lease, &wait) {
-                    Ok(by) if Instant::now() < by => {}
-                    Ok(_) => {
-                        let _ = lease.revoke();
-                        return Ok(Outcome::Staged(version.to_string()));
-                    }
-                    Err(e) => {
-                        let _ = lease.revoke();
-                        return match e {
-                            keel_fleet::Error::Paused { .. }
-                            | keel_fleet::Error::Stopped { .. } => {
-                                Ok(Outcome::Staged(version.to_string()))
-                            }
-                            e => Err(e.into()),
-                        };
-                    }
-                }
-                // Not renewed while the machine is down: a node that does not come back
-                // frees the slot when the lease ends.
-                let id = lease.id();
-                drop(lease);
-                Some(id)
+                return Ok(Outcome::Staged(version.to_string()));
             }
         };
         if self.shared.paused() {
@@ -595,31 +573,7 @@ impl Daemon {
 
     fn reboot(&self, version: &str) -> Result<()> {
         self.shared.update(|s| s.state = "rebooting".into());
-        let cmd = &self.settings.reboot_command;
-        let fail = |reason: String| Error::Reboot {
-            command: cmd.clone(),
-            reason,
-        };
-        let (prog, args) = cmd.split_first().ok_or_else(|| fail("empty".into()))?;
-        let mut child = std::process::Command::new(prog)
-            .args(args)
-            .env("KEEL_VERSION", version)
-            .spawn()
-            .map_err(|e| fail(e.to_string()))?;
-        // `systemctl reboot` returns at once; a command that hangs is not a reboot.
-        let deadline = Instant::now() + REBOOT_COMMAND_TIME;
-        loop {
-            match child.try_wait().map_err(|e| fail(e.to_string()))? {
-                Some(st) if st.success() => return Ok(()),
-                Some(st) => return Err(fail(format!("exited with {st}"))),
-                None if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(fail(format!("still running after {REBOOT_COMMAND_TIME:?}")));
-                }
-                None => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        self.reboot.reboot(version)
     }
 
     /// Forever (until `stop`): [`Daemon::boot`], then [`Daemon::check`] every interval

@@ -505,3 +505,231 @@ fn a_failed_or_missing_reboot_neither_reinstalls_nor_counts_as_a_bad_version() {
     assert_eq!(n.power_on(true), Slot::B);
     assert_eq!(n.daemon().boot().unwrap(), Outcome::Committed("2.0".into()));
 }
+
+/// An OS builder's own policies in place of the description's: turns from its own
+/// service (refused once, then given with a token), its own reboot, and a function among
+/// the health checks. The function fails on the new version: the node reports through
+/// the builder's turns, reboots through the builder's reboot, comes back and gives the
+/// turn back with its token; the builder's pause then stops the next check.
+#[test]
+fn an_embedder_swaps_the_turns_the_reboot_and_the_health_checks() {
+    use keel_agent::policy::{Reboot, Turn, Turns};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let Some((n, _server, _tmp)) = lone_node() else {
+        return;
+    };
+    #[derive(Default)]
+    struct Service {
+        asks: Mutex<u32>,
+        log: Mutex<Vec<String>>,
+    }
+    impl Turns for Service {
+        fn paused(&self) -> keel_agent::Result<Option<String>> {
+            let log = self.log.lock().unwrap();
+            Ok(log.iter().find(|l| l.starts_with("failure")).cloned())
+        }
+        fn take(&self, version: &str) -> keel_agent::Result<Turn> {
+            let mut asks = self.asks.lock().unwrap();
+            *asks += 1;
+            self.log.lock().unwrap().push(format!("take {version}"));
+            Ok(if *asks == 1 {
+                Turn::NotNow("the cluster is draining another node".into())
+            } else {
+                Turn::Taken(Some(7))
+            })
+        }
+        fn give_back(&self, token: Option<i64>) -> keel_agent::Result<()> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("give back {token:?}"));
+            Ok(())
+        }
+        fn report_failure(&self, reason: &str) -> keel_agent::Result<()> {
+            self.log.lock().unwrap().push(format!("failure: {reason}"));
+            Ok(())
+        }
+    }
+    struct Rebooter(PathBuf, Mutex<Vec<String>>);
+    impl Reboot for Rebooter {
+        fn reboot(&self, version: &str) -> keel_agent::Result<()> {
+            self.1.lock().unwrap().push(version.to_string());
+            fs::write(&self.0, version).unwrap();
+            Ok(())
+        }
+    }
+    let service = Arc::new(Service::default());
+    let rebooter = Arc::new(Rebooter(n.p("rebooted"), Mutex::new(Vec::new())));
+    let healthy = Arc::new(AtomicBool::new(true));
+    let daemon = || {
+        let healthy = healthy.clone();
+        n.daemon()
+            .turns_with(service.clone())
+            .reboot_with(rebooter.clone())
+            .health_check(keel_update::HealthCheck::Func {
+                name: "probe".into(),
+                check: Box::new(move || {
+                    if healthy.load(Ordering::SeqCst) {
+                        Ok(())
+                    } else {
+                        Err("the probe found no answer".into())
+                    }
+                }),
+            })
+    };
+
+    assert_eq!(daemon().boot().unwrap(), Outcome::Steady);
+    assert_eq!(daemon().check().unwrap(), Outcome::Staged("2.0".into()));
+    assert!(!n.p("rebooted").exists(), "rebooted without the turn");
+    assert_eq!(daemon().check().unwrap(), Outcome::Rebooting("2.0".into()));
+    assert_eq!(*rebooter.1.lock().unwrap(), ["2.0"]);
+
+    // 2.0 comes up; the description's check passes, the builder's function fails.
+    healthy.store(false, Ordering::SeqCst);
+    assert_eq!(n.power_on(true), Slot::B);
+    assert_eq!(daemon().boot().unwrap(), Outcome::FallingBack("2.0".into()));
+    assert_eq!(*rebooter.1.lock().unwrap(), ["2.0", "2.0"]);
+    assert_eq!(n.power_on(true), Slot::A);
+    assert_eq!(daemon().boot().unwrap(), Outcome::FellBack("1.0".into()));
+    let log = service.log.lock().unwrap().clone();
+    // The first boot gives back whatever was held from before, as Zincati's steady state.
+    assert_eq!(log.len(), 5, "{log:?}");
+    assert_eq!(log[..3], ["give back None", "take 2.0", "take 2.0"]);
+    assert!(
+        log[3].starts_with("failure: node: 2.0: check \"probe\"")
+            && log[3].contains("the probe found no answer"),
+        "{log:?}"
+    );
+    assert_eq!(log[4], "give back Some(7)");
+    // The builder's service says the roll is stopped: the next check installs nothing.
+    assert!(
+        matches!(daemon().check().unwrap(), Outcome::GroupPaused(why) if why.contains("probe"))
+    );
+}
+
+/// The description's other ways of taking turns: etcd over TLS with a client certificate
+/// (the files read under the node's root), and a FleetLock server (keel-fleet's, on that
+/// cluster). Either way, of two nodes one reboots and the other waits, staged, until
+/// the first commits and gives its turn back.
+#[test]
+fn nodes_take_turns_through_etcd_over_tls_and_through_fleetlock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let Some(cluster) = keel_testsupport::etcd::cluster_tls(&d.join("etcd"), 3) else {
+        return;
+    };
+    let pki = cluster.tls.clone().unwrap();
+    let site = Site {
+        www: d.join("www"),
+        key: SigningKey::generate().unwrap(),
+    };
+    fs::create_dir_all(&site.www).unwrap();
+    let Some(server) = keel_testsupport::nginx::serve(&site.www, &d.join("nginx")) else {
+        return;
+    };
+    site.publish(&[2], 1);
+    let index = format!("{}/index.json", server.base);
+
+    // keel-fleet's FleetLock server, on the same cluster.
+    let tls = keel_fleet::TlsOptions::default()
+        .ca(fs::read(&pki.ca).unwrap())
+        .client_cert(
+            fs::read(&pki.client_cert).unwrap(),
+            fs::read(&pki.client_key).unwrap(),
+        );
+    let etcd =
+        std::sync::Arc::new(keel_fleet::Etcd::with_tls(&[cluster.endpoints()], &tls).unwrap());
+    let fleetlock = std::sync::Arc::new(keel_fleet::fleetlock::Server::new(
+        etcd,
+        [("locked".to_string(), 1u64)].into_iter().collect(),
+        std::time::Duration::from_secs(60),
+    ));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = keel_io::Cancel::new();
+    std::thread::scope(|s| {
+        s.spawn(|| fleetlock.serve(&listener, &stop).unwrap());
+        for (way, setting) in [
+            (
+                "etcd over TLS",
+                "etcd-ca = \"/etc/keel/ca.pem\"\netcd-cert = \"/etc/keel/client.pem\"\n\
+                 etcd-key = \"/etc/keel/client.key\"\n"
+                    .to_string(),
+            ),
+            (
+                "FleetLock",
+                format!("strategy = \"fleetlock\"\nfleetlock = \"{url}\"\ngroup = \"locked\"\n"),
+            ),
+        ] {
+            let nodes: Vec<Node> = (0..2)
+                .map(|i| {
+                    let n = node(
+                        &d.join(way.replace(' ', "-")),
+                        &format!("node-{i}"),
+                        &site,
+                        &index,
+                        &cluster.endpoints(),
+                    );
+                    for (from, to) in [
+                        (&pki.ca, "ca.pem"),
+                        (&pki.client_cert, "client.pem"),
+                        (&pki.client_key, "client.key"),
+                    ] {
+                        fs::copy(from, n.root().join("etc/keel").join(to)).unwrap();
+                    }
+                    let mut text = fs::read_to_string(n.p("system.toml")).unwrap();
+                    if way == "FleetLock" {
+                        for line in [
+                            "strategy = \"etcd\"\n".to_string(),
+                            format!("etcd = [\"{}\"]\n", cluster.endpoints()),
+                            "group = \"roll\"\n".into(),
+                            "lease-ttl = 30\n".into(),
+                        ] {
+                            text = text.replace(&line, "");
+                        }
+                    }
+                    text = text.replace("[agent]\n", &format!("[agent]\n{setting}"));
+                    fs::write(n.p("system.toml"), text).unwrap();
+                    n
+                })
+                .collect();
+            for n in &nodes {
+                assert_eq!(n.daemon().boot().unwrap(), Outcome::Steady, "{way}");
+            }
+            assert_eq!(
+                nodes[0].daemon().check().unwrap(),
+                Outcome::Rebooting("2.0".into()),
+                "{way}"
+            );
+            let waiting = nodes[1].daemon();
+            assert_eq!(
+                waiting.check().unwrap(),
+                Outcome::Staged("2.0".into()),
+                "{way}: rebooted beside node-0"
+            );
+            assert!(
+                waiting
+                    .shared()
+                    .events()
+                    .iter()
+                    .any(|e| e.what.starts_with("no reboot slot yet")),
+                "{way}: {:?}",
+                waiting.shared().events()
+            );
+            assert_eq!(nodes[0].power_on(true), Slot::B);
+            assert_eq!(
+                nodes[0].daemon().boot().unwrap(),
+                Outcome::Committed("2.0".into()),
+                "{way}"
+            );
+            assert_eq!(
+                nodes[1].daemon().check().unwrap(),
+                Outcome::Rebooting("2.0".into()),
+                "{way}: the turn given back"
+            );
+        }
+        stop.cancel();
+    });
+}
