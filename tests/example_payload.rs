@@ -26,34 +26,50 @@ fn keyed_dir() -> tempfile::TempDir {
     dir
 }
 
-#[test]
-fn generate_inspect_apply_and_resume_after_sigkill() {
-    let dir = keyed_dir();
+/// `payload generate` of what `what` names into `out` in `dir`, signed with its key, for
+/// acme 2.0 at level 3; what it printed.
+fn generate(dir: &tempfile::TempDir, out: &str, what: &[&str]) -> String {
     let p = |n: &str| dir.path().join(n).display().to_string();
-    // 24 MiB: half unchanged, a quarter zeroed, a quarter new (incompressible) data.
-    let old = seeded_bytes(1, 24 << 20);
-    let mut new = old.clone();
-    new[6 << 20..12 << 20].fill(0);
-    new[12 << 20..18 << 20].copy_from_slice(&seeded_bytes(2, 6 << 20));
-    std::fs::write(p("old"), &old).unwrap();
-    std::fs::write(p("new"), &new).unwrap();
-    let out = ok(&[
-        "generate",
-        "--source",
-        &p("old"),
-        "--target",
-        &p("new"),
+    let (key, out) = (p("key.pem"), p(out));
+    let rest = [
         "--key",
-        &p("key.pem"),
+        &key,
         "-o",
-        &p("payload"),
+        &out,
         "--level",
         "3",
         "--compatible",
         "acme",
         "--version",
         "2.0",
-    ]);
+    ];
+    ok(&[&["generate"], what, &rest].concat())
+}
+
+/// An old image of `size` seeded bytes and a new one with `changed` other (incompressible)
+/// data.
+fn versions(size: usize, changed: std::ops::Range<usize>) -> (Vec<u8>, Vec<u8>) {
+    let old = seeded_bytes(1, size);
+    let mut new = old.clone();
+    let len = changed.len();
+    new[changed].copy_from_slice(&seeded_bytes(2, len));
+    (old, new)
+}
+
+#[test]
+fn generate_inspect_apply_and_resume_after_sigkill() {
+    let dir = keyed_dir();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    // 24 MiB: half unchanged, a quarter zeroed, a quarter new (incompressible) data.
+    let (old, mut new) = versions(24 << 20, 12 << 20..18 << 20);
+    new[6 << 20..12 << 20].fill(0);
+    std::fs::write(p("old"), &old).unwrap();
+    std::fs::write(p("new"), &new).unwrap();
+    let out = generate(
+        &dir,
+        "payload",
+        &["--source", &p("old"), "--target", &p("new")],
+    );
     assert!(out.contains("bytes for 25165824 bytes of images"), "{out}");
     let shown = ok(&["inspect", &p("payload"), "--pubkey", &p("pub.pem")]);
     assert!(
@@ -252,30 +268,21 @@ fn a_resume_over_a_changed_target_starts_over_and_completes() {
 fn a_bundle_of_a_root_and_a_kernel_is_made_listed_and_applied_by_image() {
     let dir = keyed_dir();
     let p = |n: &str| dir.path().join(n).display().to_string();
-    let old = seeded_bytes(1, 4 << 20);
-    let mut new = old.clone();
-    new[1 << 20..2 << 20].copy_from_slice(&seeded_bytes(2, 1 << 20));
+    let (old, new) = versions(4 << 20, 1 << 20..2 << 20);
     let kernel = seeded_bytes(3, (1 << 20) + 123);
     std::fs::write(p("old"), &old).unwrap();
     std::fs::write(p("new"), &new).unwrap();
     std::fs::write(p("vmlinuz"), &kernel).unwrap();
-    let out = ok(&[
-        "generate",
-        "--image",
-        &format!("usr={}:{}", p("old"), p("new")),
-        "--file",
-        &format!("kernel={}", p("vmlinuz")),
-        "--key",
-        &p("key.pem"),
-        "-o",
-        &p("bundle"),
-        "--level",
-        "3",
-        "--compatible",
-        "acme",
-        "--version",
-        "2.0",
-    ]);
+    let out = generate(
+        &dir,
+        "bundle",
+        &[
+            "--image",
+            &format!("usr={}:{}", p("old"), p("new")),
+            "--file",
+            &format!("kernel={}", p("vmlinuz")),
+        ],
+    );
     assert!(
         out.contains(&format!(
             "bytes for {} bytes of images",

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use common::machine::{descriptor, init_script, slot_image, uefi, Machine, SALT};
 use common::*;
-use keel::trust::{Context, Signer, SigningKey};
+use keel::trust::SigningKey;
 
 const ESP_BYTES: u64 = 112 << 20;
 const SLOT_BYTES: u64 = 16 << 20;
@@ -65,31 +65,14 @@ impl Publisher {
         let release = keel::update::publish::release(full, Vec::new(), 100).unwrap();
         let index = keel::update::publish::add_release(base, release, None, u64::MAX / 2).unwrap();
         fs::write(&index_file, serde_json::to_vec(&index).unwrap()).unwrap();
-        let signers: [&dyn Signer; 1] = [&self.key];
-        let env = keel::release::sign_envelope(
-            &serde_json::to_vec(&index).unwrap(),
-            Context::ReleaseIndex,
-            &signers,
-        )
-        .unwrap();
+        let env = index.sign(&[&self.key]).unwrap();
         fs::write(self.www.join("index.json"), env).unwrap();
     }
 
     fn root(&self) -> Vec<u8> {
-        let root = keel::release::Root {
-            kind: "keel-root".into(),
-            version: 1,
-            expires: u64::MAX / 2,
-            threshold: 1,
-            keys: vec![hex::encode(self.key.public_key().to_bytes())],
-        };
-        let signers: [&dyn Signer; 1] = [&self.key];
-        keel::release::sign_envelope(
-            &serde_json::to_vec(&root).unwrap(),
-            Context::TrustRoot,
-            &signers,
-        )
-        .unwrap()
+        keel::release::Root::first(&[self.key.public_key()], 1, u64::MAX / 2)
+            .sign(&[&self.key])
+            .unwrap()
     }
 }
 

@@ -15,7 +15,7 @@ use keel_bootflags::Slot;
 use keel_io::{Region, WriteAt};
 use keel_partition::{create_layout, GptDisk, Layout};
 use keel_testsupport::seeded_bytes;
-use keel_trust::{Context, Signer, SigningKey};
+use keel_trust::SigningKey;
 
 const SLOT: u64 = 2 << 20;
 const IMAGE: usize = 1 << 20;
@@ -98,7 +98,6 @@ impl Site {
     }
 
     fn publish(&self, versions: &[u64], serial: u64) {
-        use keel_release::sign_envelope;
         let mut index = None;
         for &v in versions {
             let name = format!("full-{v}.payload");
@@ -127,31 +126,14 @@ impl Site {
         }
         let mut index = index.unwrap();
         index.serial = serial;
-        let signers: [&dyn Signer; 1] = [&self.key];
-        let env = sign_envelope(
-            &serde_json::to_vec(&index).unwrap(),
-            Context::ReleaseIndex,
-            &signers,
-        )
-        .unwrap();
+        let env = index.sign(&[&self.key]).unwrap();
         fs::write(self.www.join("index.json"), env).unwrap();
     }
 
     fn root_envelope(&self) -> Vec<u8> {
-        let root = keel_release::Root {
-            kind: "keel-root".into(),
-            version: 1,
-            expires: u64::MAX / 2,
-            threshold: 1,
-            keys: vec![hex::encode(self.key.public_key().to_bytes())],
-        };
-        let signers: [&dyn Signer; 1] = [&self.key];
-        keel_release::sign_envelope(
-            &serde_json::to_vec(&root).unwrap(),
-            Context::TrustRoot,
-            &signers,
-        )
-        .unwrap()
+        keel_release::Root::first(&[self.key.public_key()], 1, u64::MAX / 2)
+            .sign(&[&self.key])
+            .unwrap()
     }
 }
 
@@ -221,16 +203,9 @@ fn a_group_rolls_one_node_at_a_time_and_a_failed_version_stops_the_roll() {
     let Some(cluster) = keel_testsupport::etcd::cluster(&d.join("etcd"), 3) else {
         return;
     };
-    let site = Site {
-        www: d.join("www"),
-        key: SigningKey::generate().unwrap(),
-    };
-    fs::create_dir_all(&site.www).unwrap();
-    let Some(server) = keel_testsupport::nginx::serve(&site.www, &d.join("nginx")) else {
+    let Some((site, _server, index)) = site(d) else {
         return;
     };
-    site.publish(&[2], 1);
-    let index = format!("{}/index.json", server.base);
     let nodes: Vec<Node> = (0..3)
         .map(|i| node(d, &format!("node-{i}"), &site, &index, &cluster.endpoints()))
         .collect();
@@ -305,11 +280,8 @@ fn a_group_rolls_one_node_at_a_time_and_a_failed_version_stops_the_roll() {
     }
 }
 
-/// A node that reboots as soon as it has installed (no fleet), with 2.0 published on a
-/// server of its own: (the node, the server, the directory's guard).
-fn lone_node() -> Option<(Node, keel_testsupport::nginx::Nginx, tempfile::TempDir)> {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
+/// The publisher with 2.0 published, its server, and the index's URL.
+fn site(d: &Path) -> Option<(Site, keel_testsupport::nginx::Nginx, String)> {
     let site = Site {
         www: d.join("www"),
         key: SigningKey::generate().unwrap(),
@@ -317,13 +289,17 @@ fn lone_node() -> Option<(Node, keel_testsupport::nginx::Nginx, tempfile::TempDi
     fs::create_dir_all(&site.www).unwrap();
     let server = keel_testsupport::nginx::serve(&site.www, &d.join("nginx"))?;
     site.publish(&[2], 1);
-    let n = node(
-        d,
-        "node",
-        &site,
-        &format!("{}/index.json", server.base),
-        "http://127.0.0.1:1",
-    );
+    let index = format!("{}/index.json", server.base);
+    Some((site, server, index))
+}
+
+/// A node that reboots as soon as it has installed (no fleet), with 2.0 published on a
+/// server of its own: (the node, the server, the directory's guard).
+fn lone_node() -> Option<(Node, keel_testsupport::nginx::Nginx, tempfile::TempDir)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (site, server, index) = site(d)?;
+    let n = node(d, "node", &site, &index, "http://127.0.0.1:1");
     let text = fs::read_to_string(n.p("system.toml"))
         .unwrap()
         .replace("strategy = \"etcd\"\n", "")
@@ -621,16 +597,9 @@ fn nodes_take_turns_through_etcd_over_tls_and_through_fleetlock() {
         return;
     };
     let pki = cluster.tls.clone().unwrap();
-    let site = Site {
-        www: d.join("www"),
-        key: SigningKey::generate().unwrap(),
-    };
-    fs::create_dir_all(&site.www).unwrap();
-    let Some(server) = keel_testsupport::nginx::serve(&site.www, &d.join("nginx")) else {
+    let Some((site, _server, index)) = site(d) else {
         return;
     };
-    site.publish(&[2], 1);
-    let index = format!("{}/index.json", server.base);
 
     // keel-fleet's FleetLock server, on the same cluster.
     let tls = keel_fleet::TlsOptions::default()

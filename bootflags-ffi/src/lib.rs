@@ -248,6 +248,21 @@ fn writable<T>(p: *mut T) -> bool {
     !p.is_null() && p.is_aligned()
 }
 
+/// `ab` filled with the state `make` gives, as a status. `ab` is checked before any
+/// work, so a bad output pointer is reported as such whatever the input holds.
+///
+/// # Safety
+///
+/// `ab` is NULL or writable for a `struct keel_ab`.
+unsafe fn fill(ab: *mut KeelAb, make: impl FnOnce() -> Result<AbState, c_int>) -> c_int {
+    if !writable(ab) {
+        return KEEL_ERR_NULL;
+    }
+    let r = make();
+    // SAFETY: the caller's promise for `ab`, passed on.
+    done(r.and_then(|st| unsafe { put(ab.cast::<AbState>(), st) }))
+}
+
 /// `f` on the state behind `ab` and the slot `slot_index`, as a status.
 ///
 /// # Safety
@@ -339,13 +354,10 @@ pub extern "C" fn keel_policy_name(policy: c_int) -> *const c_char {
 /// `len` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn keel_android_read(ab: *mut KeelAb, block: *const u8, len: usize) -> c_int {
-    if !writable(ab) {
-        return KEEL_ERR_NULL;
-    }
     // SAFETY: the caller's promise for `block`, passed on.
-    let r = unsafe { input(block, len) }.and_then(|b| AbState::read_android(b).map_err(err));
+    let make = || unsafe { input(block, len) }.and_then(|b| AbState::read_android(b).map_err(err));
     // SAFETY: the caller's promise for `ab`, passed on.
-    done(r.and_then(|st| unsafe { put(ab.cast::<AbState>(), st) }))
+    unsafe { fill(ab, make) }
 }
 
 /// A fresh state for `nb_slot` slots (1 to 4) with `good` (0 = A) booted and
@@ -360,15 +372,14 @@ pub unsafe extern "C" fn keel_android_init(
     nb_slot: c_uint,
     good: c_uint,
 ) -> c_int {
-    if !writable(ab) {
-        return KEEL_ERR_NULL;
-    }
-    let r = count(nb_slot).and_then(|n| {
-        let good = slot(good)?;
-        AbState::init_android(n, good).map_err(err)
-    });
+    let make = || {
+        count(nb_slot).and_then(|n| {
+            let good = slot(good)?;
+            AbState::init_android(n, good).map_err(err)
+        })
+    };
     // SAFETY: the caller's promise for `ab`, passed on.
-    done(r.and_then(|st| unsafe { put(ab.cast::<AbState>(), st) }))
+    unsafe { fill(ab, make) }
 }
 
 /// Write `bootloader_control` with a fresh CRC into `out` (`len` = 32 bytes), every bit
@@ -412,10 +423,7 @@ pub unsafe extern "C" fn keel_uboot_read(
     size: usize,
     slots: c_uint,
 ) -> c_int {
-    if !writable(ab) {
-        return KEEL_ERR_NULL;
-    }
-    let r = (|| {
+    let make = || {
         let n = count(slots)?;
         // SAFETY: the caller's promise for `copy0`, passed on.
         let c0 = unsafe { input(copy0, size) }?;
@@ -426,9 +434,9 @@ pub unsafe extern "C" fn keel_uboot_read(
             Some(unsafe { input(copy1, size) }?)
         };
         AbState::read_uboot(c0, c1, n).map_err(err)
-    })();
+    };
     // SAFETY: the caller's promise for `ab`, passed on.
-    done(r.and_then(|st| unsafe { put(ab.cast::<AbState>(), st) }))
+    unsafe { fill(ab, make) }
 }
 
 /// Encode the environment with RAUC's variables changed into `out`, from `src`, the copy
@@ -531,10 +539,7 @@ pub unsafe extern "C" fn keel_uboot_from_vars(
     left: *const *const c_char,
     slots: c_uint,
 ) -> c_int {
-    if !writable(ab) {
-        return KEEL_ERR_NULL;
-    }
-    let r = (|| {
+    let make = || {
         let n = count(slots)?;
         if !(1..=keel_bootflags::MAX_SLOTS).contains(&n) {
             return Err(err(FixedError::SlotCount));
@@ -555,9 +560,9 @@ pub unsafe extern "C" fn keel_uboot_from_vars(
             }
         }
         AbState::from_uboot_vars(order, &counts, n).map_err(err)
-    })();
+    };
     // SAFETY: the caller's promise for `ab`, passed on.
-    done(r.and_then(|st| unsafe { put(ab.cast::<AbState>(), st) }))
+    unsafe { fill(ab, make) }
 }
 
 /// The name of RAUC's U-Boot variable `index`: 0 is "BOOT_ORDER", 1 "BOOT_A_LEFT", 2
@@ -633,16 +638,15 @@ pub unsafe extern "C" fn keel_grubenv_read(
     len: usize,
     slots: c_uint,
 ) -> c_int {
-    if !writable(ab) {
-        return KEEL_ERR_NULL;
-    }
-    let r = count(slots).and_then(|n| {
-        // SAFETY: the caller's promise for `block`, passed on.
-        let b = unsafe { input(block, len) }?;
-        AbState::read_grubenv(b, n).map_err(err)
-    });
+    let make = || {
+        count(slots).and_then(|n| {
+            // SAFETY: the caller's promise for `block`, passed on.
+            let b = unsafe { input(block, len) }?;
+            AbState::read_grubenv(b, n).map_err(err)
+        })
+    };
     // SAFETY: the caller's promise for `ab`, passed on.
-    done(r.and_then(|st| unsafe { put(ab.cast::<AbState>(), st) }))
+    unsafe { fill(ab, make) }
 }
 
 /// Encode the block with RAUC's variables changed into `out` (`len` = 1024 bytes), from

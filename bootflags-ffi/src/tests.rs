@@ -525,21 +525,14 @@ impl Sim {
 
 /// RAUC's view of a U-Boot environment as fw_printenv prints it, in the common model.
 fn uboot_view(vars: &BTreeMap<String, String>, slots: usize) -> Vec<SlotState> {
-    let order: Vec<&str> = vars
-        .get("BOOT_ORDER")
-        .map_or("A B", String::as_str)
-        .split_whitespace()
-        .collect();
+    let priority = rauc_priority(vars, "BOOT_ORDER");
     Slot::all(slots)
         .map(|s| {
             let left = vars
                 .get(&format!("BOOT_{s}_LEFT"))
                 .map_or(3, |v| u32::from_str_radix(v, 16).unwrap());
             SlotState {
-                priority: order
-                    .iter()
-                    .position(|o| *o == s.to_string())
-                    .map_or(0, |i| 4 - i as u8),
+                priority: priority(s),
                 tries: left.min(255) as u8,
                 successful: false,
             }
@@ -547,21 +540,30 @@ fn uboot_view(vars: &BTreeMap<String, String>, slots: usize) -> Vec<SlotState> {
         .collect()
 }
 
-/// RAUC's view of a GRUB environment as grub-editenv lists it, in the common model.
-fn grub_view(vars: &BTreeMap<String, String>, slots: usize) -> Vec<SlotState> {
+/// A slot's priority in the common model from RAUC's order variable `key`: the first
+/// slot named 4, the next 3, one not named 0.
+fn rauc_priority<'a>(vars: &'a BTreeMap<String, String>, key: &str) -> impl Fn(Slot) -> u8 + 'a {
     let order: Vec<&str> = vars
-        .get("ORDER")
+        .get(key)
         .map_or("A B", String::as_str)
         .split_whitespace()
         .collect();
+    move |s| {
+        order
+            .iter()
+            .position(|o| *o == s.to_string())
+            .map_or(0, |i| 4 - i as u8)
+    }
+}
+
+/// RAUC's view of a GRUB environment as grub-editenv lists it, in the common model.
+fn grub_view(vars: &BTreeMap<String, String>, slots: usize) -> Vec<SlotState> {
+    let priority = rauc_priority(vars, "ORDER");
     Slot::all(slots)
         .map(|s| {
             let flag = |k: &str| vars.get(&format!("{s}_{k}")).is_some_and(|v| v == "1");
             SlotState {
-                priority: order
-                    .iter()
-                    .position(|o| *o == s.to_string())
-                    .map_or(0, |i| 4 - i as u8),
+                priority: priority(s),
                 tries: u8::from(flag("OK") && !flag("TRY")),
                 successful: flag("OK"),
             }
@@ -749,6 +751,17 @@ fn uboot_tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
     ))
 }
 
+/// RAUC's mark-good from Linux: `fw_setenv BOOT_<slot>_LEFT 3`.
+fn rauc_mark_good(fw_setenv: &Path, cfg: &Path, b: Slot) {
+    run_ok(
+        Command::new(fw_setenv)
+            .arg("-c")
+            .arg(cfg)
+            .arg(format!("BOOT_{b}_LEFT"))
+            .arg("3"),
+    );
+}
+
 #[test]
 fn c_boot_loader_on_uboot_env_agrees_with_the_model_and_fw_printenv() {
     let Some((pr, set, mk)) = uboot_tools() else {
@@ -788,16 +801,7 @@ fn c_boot_loader_on_uboot_env_agrees_with_the_model_and_fw_printenv() {
         }
         let printenv = || vars(&run_ok(Command::new(&pr).arg("-c").arg(&cfg)));
         let view = || Some(uboot_view(&printenv(), 2));
-        // RAUC's mark-good from Linux: fw_setenv BOOT_<slot>_LEFT 3.
-        let good = |b: Slot| {
-            run_ok(
-                Command::new(&set)
-                    .arg("-c")
-                    .arg(&cfg)
-                    .arg(format!("BOOT_{b}_LEFT"))
-                    .arg("3"),
-            );
-        };
+        let good = |b: Slot| rauc_mark_good(&set, &cfg, b);
         play(&s, 0x5eed_0002 + u64::from(redundant), 40, &view, &good);
         // Every other variable is kept.
         let v = printenv();
@@ -938,15 +942,7 @@ fn c_boot_loader_through_env_get_and_env_set_agrees_with_the_model() {
         }
         // The OS: healthy and says so, or an update arms the other slot, or nothing.
         match (rng.next(4), booted) {
-            (0, Some(b)) => {
-                run_ok(
-                    Command::new(&set)
-                        .arg("-c")
-                        .arg(&cfg)
-                        .arg(format!("BOOT_{b}_LEFT"))
-                        .arg("3"),
-                );
-            }
+            (0, Some(b)) => rauc_mark_good(&set, &cfg, b),
             (1, Some(b)) => {
                 let other = if b == Slot::A { "B" } else { "A" };
                 s.agent(&["set-active", other]);

@@ -6,6 +6,8 @@
 use keel_payload::erofs::{compressed_files, content, files};
 use libfuzzer_sys::fuzz_target;
 
+mod damage;
+
 const BS: usize = 4096;
 
 /// A minimal EROFS: superblock (4 KiB blocks, metadata from block 1, lz4 0PADDING), a
@@ -64,36 +66,23 @@ fuzz_target!(|data: &[u8]| {
     let mut img = base();
     if data.is_empty() {
         // The undamaged base is read right, or the fuzzing would prove little.
-        let f = files(&img);
-        assert_eq!(f.len(), 1);
-        assert_eq!(
-            (f[0].path.as_str(), f[0].size, f[0].extents.clone()),
-            ("/file", 8192, vec![(3, 2)])
-        );
+        damage::base_reads(&files(&img), &[(3, 2)]);
         let z = compressed_files(&img);
         assert_eq!(z.len(), 1);
         assert_eq!((z[0].path.as_str(), z[0].blocks()), ("/z", Some((5, 1))));
         assert!(content(&img, &z[0], 1 << 20).unwrap() == vec![b'a'; 6000]);
     }
-    // Pairs of (offset, byte) patches, so damage lands in the structures.
-    for p in data.chunks_exact(3) {
-        // The superblock, the metadata block and the pcluster's block.
-        let mut at = (usize::from(p[0]) << 8 | usize::from(p[1])) % (3 * BS);
+    // The superblock, the metadata block and the pcluster's block.
+    damage::patch(&mut img, data, |at| {
+        let at = at % (3 * BS);
         if at >= 2 * BS {
-            at += 3 * BS;
+            at + 3 * BS
+        } else {
+            at
         }
-        img[at] = p[2];
-    }
+    });
     let blocks = (img.len() / BS) as u64;
-    for f in files(&img) {
-        for &(start, len) in &f.extents {
-            assert!(
-                start + len <= blocks,
-                "{} extent {start}+{len} outside",
-                f.path
-            );
-        }
-    }
+    damage::extents_inside(&files(&img), blocks);
     for f in compressed_files(&img) {
         for c in &f.clusters {
             assert!(c.block < blocks, "{} pcluster {} outside", f.path, c.block);

@@ -6,6 +6,8 @@
 use keel_payload::squashfs::{open, STORED};
 use libfuzzer_sys::fuzz_target;
 
+mod damage;
+
 const BS: u32 = 4096;
 const DATA: usize = 96;
 
@@ -87,18 +89,16 @@ fuzz_target!(|data: &[u8]| {
             Some(&img[DATA..DATA + 2 * BS as usize])
         );
     }
-    // Pairs of (offset, byte) patches, so damage lands in the structures.
+    // Most damage goes to the superblock and tables, not the data.
     let len = img.len();
-    for p in data.chunks_exact(3) {
-        let at = (usize::from(p[0]) << 8 | usize::from(p[1])) % len;
-        // Most damage goes to the superblock and tables, not the data.
-        let at = if at >= DATA && at < DATA + 2 * BS as usize {
+    damage::patch(&mut img, data, |at| {
+        let at = at % len;
+        if at >= DATA && at < DATA + 2 * BS as usize {
             len - 1 - at % 128
         } else {
             at
-        };
-        img[at] = p[2];
-    }
+        }
+    });
     if let Some(image) = open(&img) {
         for f in &image.files {
             assert!(

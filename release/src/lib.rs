@@ -214,6 +214,43 @@ pub struct Index {
     pub releases: Vec<Release>,
 }
 
+impl Root {
+    /// The first root (version 1) of `keys`, `threshold` of them needed to sign, trusted
+    /// until `expires` (Unix time).
+    pub fn first(keys: &[&PublicKey], threshold: usize, expires: u64) -> Root {
+        Root {
+            kind: "keel-root".into(),
+            version: 1,
+            expires,
+            threshold,
+            keys: keys.iter().map(|k| hex::encode(k.to_bytes())).collect(),
+        }
+    }
+
+    /// The document signed by `signers` into an envelope ([`TrustedRoot::initial`]
+    /// accepts it when its own threshold of its keys are among them).
+    pub fn sign(&self, signers: &[&dyn Signer]) -> std::result::Result<Vec<u8>, keel_trust::Error> {
+        sign_document(self, Context::TrustRoot, signers)
+    }
+}
+
+impl Index {
+    /// The document signed by `signers` into an envelope, as a device checks it against
+    /// its trusted root ([`TrustedRoot::verify_index`]).
+    pub fn sign(&self, signers: &[&dyn Signer]) -> std::result::Result<Vec<u8>, keel_trust::Error> {
+        sign_document(self, Context::ReleaseIndex, signers)
+    }
+}
+
+fn sign_document<T: Serialize>(
+    doc: &T,
+    context: Context,
+    signers: &[&dyn Signer],
+) -> std::result::Result<Vec<u8>, keel_trust::Error> {
+    let bytes = serde_json::to_vec(doc).map_err(|e| keel_trust::Error::Signer(Box::new(e)))?;
+    sign_envelope(&bytes, context, signers)
+}
+
 /// What the device should fetch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Choice {

@@ -265,12 +265,8 @@ impl<'u> Machine<'u> {
             .unwrap();
     }
 
-    /// [`Machine::read_esp`] after a power cut: a filesystem mtools cannot read leaves
-    /// the tree as it was.
-    fn try_read_esp(&self) {
-        let scratch = self.dir.join("esp-cut");
-        let _ = fs::remove_dir_all(&scratch);
-        fs::create_dir_all(&scratch).unwrap();
+    /// The ESP's partition copied to a file, as mtools' `-i` argument.
+    fn esp_image(&self) -> String {
         let disk = self.disk();
         let mut bytes = vec![0u8; self.esp.1 as usize];
         Region::new(&disk, self.esp.0, self.esp.1)
@@ -279,7 +275,16 @@ impl<'u> Machine<'u> {
             .unwrap();
         let fat = self.dir.join("esp.img");
         fs::write(&fat, &bytes).unwrap();
-        let img = format!("-i{}", fat.display());
+        format!("-i{}", fat.display())
+    }
+
+    /// [`Machine::read_esp`] after a power cut: a filesystem mtools cannot read leaves
+    /// the tree as it was.
+    fn try_read_esp(&self) {
+        let scratch = self.dir.join("esp-cut");
+        let _ = fs::remove_dir_all(&scratch);
+        fs::create_dir_all(&scratch).unwrap();
+        let img = self.esp_image();
         let ok = Command::new(&self.uefi.mcopy)
             .args([&img, "-s", "-n", "::/*", scratch.to_str().unwrap()])
             .output()
@@ -292,17 +297,9 @@ impl<'u> Machine<'u> {
 
     /// The ESP's filesystem, as the boot loader left it, back into the tree.
     pub(crate) fn read_esp(&self) {
-        let disk = self.disk();
-        let mut bytes = vec![0u8; self.esp.1 as usize];
-        Region::new(&disk, self.esp.0, self.esp.1)
-            .unwrap()
-            .read_exact_at(&mut bytes, 0)
-            .unwrap();
-        let fat = self.dir.join("esp.img");
-        fs::write(&fat, &bytes).unwrap();
+        let img = self.esp_image();
         fs::remove_dir_all(self.tree()).unwrap();
         fs::create_dir_all(self.tree()).unwrap();
-        let img = format!("-i{}", fat.display());
         run_ok(
             &self.uefi.mcopy,
             &[&img, "-s", "-n", "::/*", self.tree().to_str().unwrap()],

@@ -961,8 +961,7 @@ fn publish_index_at(
     wrong_digest: bool,
     timestamp: u64,
 ) -> keel_release::TrustedRoot {
-    use keel_release::{sign_envelope, Artifact, Delta, Index, Release, Root, TrustedRoot};
-    use keel_trust::{Context, Signer};
+    use keel_release::{Artifact, Delta, Index, Release, Root, TrustedRoot};
     fs::write(
         www.join("full.payload"),
         f.payload(false, &f.v2, "2.0", "acme-os"),
@@ -1005,27 +1004,10 @@ fn publish_index_at(
             rollout_percent: 100,
         }],
     };
-    let signers: [&dyn Signer; 1] = [&f.key];
-    let env = sign_envelope(
-        &serde_json::to_vec(&index).unwrap(),
-        Context::ReleaseIndex,
-        &signers,
-    )
-    .unwrap();
-    fs::write(www.join("index.json"), env).unwrap();
-    let root = Root {
-        kind: "keel-root".into(),
-        version: 1,
-        expires: u64::MAX / 2,
-        threshold: 1,
-        keys: vec![hex::encode(f.key.public_key().to_bytes())],
-    };
-    let env = sign_envelope(
-        &serde_json::to_vec(&root).unwrap(),
-        Context::TrustRoot,
-        &signers,
-    )
-    .unwrap();
+    fs::write(www.join("index.json"), index.sign(&[&f.key]).unwrap()).unwrap();
+    let env = Root::first(&[f.key.public_key()], 1, u64::MAX / 2)
+        .sign(&[&f.key])
+        .unwrap();
     TrustedRoot::initial(&env, keel_trust::unix_now()).unwrap()
 }
 

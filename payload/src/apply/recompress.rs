@@ -656,67 +656,80 @@ mod tests {
         corrections: Vec<u8>,
     }
 
-    /// An old gzip stream in two places (its blocks, and its end beside its inode in an
-    /// old EROFS metadata block) gives all its content as reference; a tail outside the
-    /// source extents, or one that does not continue the stream, is refused.
-    #[test]
-    fn old_gzip_streams_go_on_in_their_tails() {
-        let Versions {
-            old_text,
-            stream,
-            old_stream,
-            content,
-            corrections,
-        } = gzip_versions(21, 30_000, 20_000, 3000);
-        let cut = old_stream.len() / 2;
-        let gap = vec![0xCD; 7];
-        let reference = [
-            &[0xAB; 100][..],
-            &old_stream[..cut],
-            &gap,
-            &old_stream[cut..],
-        ]
-        .concat();
-        let rest = (old_stream.len() - cut) as u32;
-        let spec = Spec {
+    /// A gzip file's blob whose source extents are 100 bytes, then `cut` bytes of the old
+    /// stream.
+    fn gzip_spec(cut: usize) -> Spec {
+        Spec {
             codec: Codec::GzipFile,
             level: 0,
             block_size: 64 << 10,
             skip: 0,
             sources: vec![(100, cut as u32)],
-            taken: vec![old_text.len() as u32],
+            taken: Vec::new(),
+            tails: Vec::new(),
+            segments: Vec::new(),
+        }
+    }
+
+    impl Versions {
+        /// The new stream rebuilt from its content and corrections, its first `placed`
+        /// bytes where the segment stands.
+        fn preflate(&self, placed: u32) -> Segment {
+            Segment::Preflate(
+                self.content.len() as u32,
+                self.stream.len() as u32,
+                self.corrections.len() as u32,
+                placed,
+            )
+        }
+    }
+
+    /// An old gzip stream in two places (its blocks, and its end beside its inode in an
+    /// old EROFS metadata block) gives all its content as reference; a tail outside the
+    /// source extents, or one that does not continue the stream, is refused.
+    #[test]
+    fn old_gzip_streams_go_on_in_their_tails() {
+        let v = gzip_versions(21, 30_000, 20_000, 3000);
+        let cut = v.old_stream.len() / 2;
+        let gap = vec![0xCD; 7];
+        let reference = [
+            &[0xAB; 100][..],
+            &v.old_stream[..cut],
+            &gap,
+            &v.old_stream[cut..],
+        ]
+        .concat();
+        let rest = (v.old_stream.len() - cut) as u32;
+        let spec = Spec {
+            taken: vec![v.old_text.len() as u32],
             tails: vec![((100 + cut + gap.len()) as u64, rest)],
-            segments: vec![Segment::Preflate(
-                content.len() as u32,
-                stream.len() as u32,
-                corrections.len() as u32,
-                stream.len() as u32,
-            )],
+            segments: vec![v.preflate(v.stream.len() as u32)],
+            ..gzip_spec(cut)
         };
         // The content frame needs the old content whole: text's first 20,000 bytes are there.
         let mut e =
-            zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, &old_text[..]).unwrap();
-        std::io::Write::write_all(&mut e, &content).unwrap();
+            zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, &v.old_text[..]).unwrap();
+        std::io::Write::write_all(&mut e, &v.content).unwrap();
         let frame = e.finish().unwrap();
-        let lit = zstd::bulk::compress(&corrections, 3).unwrap();
+        let lit = zstd::bulk::compress(&v.corrections, 3).unwrap();
         let blob_of = |spec: &Spec| {
             encode(
                 spec,
-                content.len() as u64,
+                v.content.len() as u64,
                 &frame,
-                corrections.len() as u64,
+                v.corrections.len() as u64,
                 &lit,
             )
         };
-        let out = build(&blob_of(&spec), &reference, stream.len(), Codec::GzipFile).unwrap();
-        assert!(out == stream);
+        let out = build(&blob_of(&spec), &reference, v.stream.len(), Codec::GzipFile).unwrap();
+        assert!(out == v.stream);
         for (what, tail) in [
             ("outside", ((reference.len() - 3) as u64, rest)),
             ("none", (0, 0)),
         ] {
             let mut s = spec.clone();
             s.tails[0] = tail;
-            let e = build(&blob_of(&s), &reference, stream.len(), Codec::GzipFile);
+            let e = build(&blob_of(&s), &reference, v.stream.len(), Codec::GzipFile);
             assert!(
                 e.as_ref().is_err_and(|e| e.contains("does not give")),
                 "{what}: {:?}",
@@ -727,12 +740,12 @@ mod tests {
         // first (the inflater, the content frame, or the rebuilt stream's length).
         let mut s = spec.clone();
         s.tails[0].0 = 100 + cut as u64;
-        assert!(build(&blob_of(&s), &reference, stream.len(), Codec::GzipFile).is_err());
+        assert!(build(&blob_of(&s), &reference, v.stream.len(), Codec::GzipFile).is_err());
         // Truncated inside the tail's fields.
         let blob = blob_of(&spec);
         let at = 1 + 4 + 4 + 4 + 4 + 8 + 4 + 4;
         for n in at..at + 12 {
-            assert!(build(&blob[..n], &reference, stream.len(), Codec::GzipFile).is_err());
+            assert!(build(&blob[..n], &reference, v.stream.len(), Codec::GzipFile).is_err());
         }
     }
 
@@ -741,49 +754,33 @@ mod tests {
     /// source extents, an old stream cut short as reference; each kind of damage refused.
     #[test]
     fn gzip_streams_build_back_in_parts() {
-        let Versions {
-            old_text,
-            stream,
-            old_stream,
-            content,
-            corrections,
-        } = gzip_versions(11, 60_000, 40_000, 5000);
+        let v = gzip_versions(11, 60_000, 40_000, 5000);
         // The source extents: 100 bytes, then the old stream cut to two thirds.
-        let cut = old_stream.len() * 2 / 3;
+        let cut = v.old_stream.len() * 2 / 3;
         let mut reference = vec![0xAB; 100];
-        reference.extend_from_slice(&old_stream[..cut]);
-        let taken = crate::codec::gzip::prefix_len(&old_stream[..cut], false, 0, 1 << 20);
+        reference.extend_from_slice(&v.old_stream[..cut]);
+        let taken = crate::codec::gzip::prefix_len(&v.old_stream[..cut], false, 0, 1 << 20);
         assert!(taken > 10_000);
         let first = 1000usize;
         let head = b"HEAD".to_vec();
         // Bytes the source extents hold too (as an old metadata block holds a new one's).
-        let mid = old_stream[..50].to_vec();
-        let expect = [&head[..], &stream[..first], &mid, &stream[first..]].concat();
+        let mid = v.old_stream[..50].to_vec();
+        let expect = [&head[..], &v.stream[..first], &mid, &v.stream[first..]].concat();
         let spec = Spec {
-            codec: Codec::GzipFile,
-            level: 0,
-            block_size: 64 << 10,
-            skip: 0,
-            sources: vec![(100, cut as u32)],
             taken: vec![taken as u32],
-            tails: Vec::new(),
             segments: vec![
                 Segment::Literal(4),
-                Segment::Preflate(
-                    content.len() as u32,
-                    stream.len() as u32,
-                    corrections.len() as u32,
-                    first as u32,
-                ),
+                v.preflate(first as u32),
                 Segment::Literal(50),
-                Segment::Rest((stream.len() - first) as u32, 0),
+                Segment::Rest((v.stream.len() - first) as u32, 0),
             ],
+            ..gzip_spec(cut)
         };
-        let literal = [&head[..], &corrections, &mid].concat();
+        let literal = [&head[..], &v.corrections, &mid].concat();
         let blob_of = |spec: &Spec| {
-            let old = &old_text[..taken];
+            let old = &v.old_text[..taken];
             let mut e = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, old).unwrap();
-            std::io::Write::write_all(&mut e, &content).unwrap();
+            std::io::Write::write_all(&mut e, &v.content).unwrap();
             let frame = e.finish().unwrap();
             let mut e =
                 zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, &reference[..])
@@ -792,7 +789,7 @@ mod tests {
             let lit = e.finish().unwrap();
             encode(
                 spec,
-                content.len() as u64,
+                v.content.len() as u64,
                 &frame,
                 literal.len() as u64,
                 &lit,
@@ -803,29 +800,24 @@ mod tests {
         assert!(out == expect);
         let mut damaged = Vec::new();
         let mut s = spec.clone();
-        s.segments[3] = Segment::Rest((stream.len() - first) as u32, 1);
+        s.segments[3] = Segment::Rest((v.stream.len() - first) as u32, 1);
         damaged.push(("no such stream", s));
         let mut s = spec.clone();
         s.segments[1] = Segment::Preflate(
-            content.len() as u32,
-            stream.len() as u32 + 1,
-            corrections.len() as u32,
+            v.content.len() as u32,
+            v.stream.len() as u32 + 1,
+            v.corrections.len() as u32,
             first as u32,
         );
         damaged.push(("stream length", s));
         let mut s = spec.clone();
-        s.segments[1] = Segment::Preflate(
-            content.len() as u32,
-            stream.len() as u32,
-            corrections.len() as u32,
-            stream.len() as u32 + 1,
-        );
+        s.segments[1] = v.preflate(v.stream.len() as u32 + 1);
         damaged.push(("placed past the stream", s));
         let mut s = spec.clone();
         s.taken = vec![taken as u32 + 50_000];
         damaged.push(("more than the cut stream gives", s));
         let mut s = spec.clone();
-        s.segments[1] = Segment::Compress(content.len() as u32, stream.len() as u32);
+        s.segments[1] = Segment::Compress(v.content.len() as u32, v.stream.len() as u32);
         damaged.push(("COMPRESS in a gzip blob", s));
         for (what, s) in damaged {
             assert!(
