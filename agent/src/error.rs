@@ -45,6 +45,16 @@ pub enum Error {
         #[source]
         problem: crate::identity::IdentityProblem,
     },
+    /// The identity kept in the state directory breaks the rules it was kept under (it
+    /// was edited): refused, not fetched again.
+    #[error("{path}: {problem}")]
+    KeptIdentity {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        problem: crate::identity::IdentityProblem,
+    },
     /// A file of the agent's state or its API.
     #[error("{context}: {source}")]
     Io {

@@ -51,15 +51,24 @@ pub enum IdentityProblem {
     /// With the description, a value is refused (the first finding).
     #[error("{0}")]
     Invalid(keel_config::Finding),
+    /// Neither the node's name nor its group: an answer that says nothing is not kept
+    /// (a server caught writing the file would fix the node's identity for good).
+    #[error("names neither agent.node-id nor agent.group")]
+    Empty,
 }
 
-/// The URL the kernel command line names, if any.
+/// The URL the kernel command line names, if any: split as the kernel splits it (quotes
+/// kept together), the last one before `--` (what follows is init's), none with control
+/// characters.
 pub fn url_on_cmdline(cmdline: &str) -> Option<String> {
-    cmdline.split_whitespace().find_map(|w| {
-        let v = w.strip_prefix(CMDLINE_KEY)?.strip_prefix('=')?;
-        let v = v.trim_matches('"');
-        (!v.is_empty()).then(|| v.to_string())
-    })
+    keel_bootflags::spec::split_cmdline(cmdline)
+        .into_iter()
+        .take_while(|w| w != "--")
+        .filter_map(|w| {
+            let v = w.strip_prefix(CMDLINE_KEY)?.strip_prefix('=')?;
+            (!v.is_empty() && !v.chars().any(char::is_control)).then(|| v.to_string())
+        })
+        .last()
 }
 
 /// The identity drop-in for the description at `description`: the one kept in
@@ -72,9 +81,32 @@ pub fn drop_in(
     state_dir: &Path,
     user_agent: &str,
 ) -> Result<Option<PathBuf>> {
+    // A broken description is its own error, not the identity's: nothing is fetched.
+    let base = keel_config::read_source(description)
+        .map_err(|e| Error::io(format!("reading {}", description.display()), e))?;
+    let named = description.display().to_string();
+    if let Some(f) = first_error(&[(named.clone(), base.clone())]) {
+        return Err(Error::Setting {
+            field: "description".into(),
+            reason: f.to_string(),
+        });
+    }
     let kept = state_dir.join(DROP_IN);
     match std::fs::symlink_metadata(&kept) {
-        Ok(m) if m.is_file() => return Ok(Some(kept)),
+        Ok(m) if m.is_file() => {
+            // Kept from the network, kept to the network's rules: an edit of the state
+            // directory does not reach the index, the keys or the checks.
+            let bytes = keel_io::read_bounded(&kept, MAX_BYTES)
+                .map_err(|e| Error::io(format!("reading {}", kept.display()), e))?;
+            let refused = |problem| Error::KeptIdentity {
+                path: kept.display().to_string(),
+                problem,
+            };
+            let text = String::from_utf8(bytes)
+                .map_err(|e| refused(IdentityProblem::Syntax(e.to_string())))?;
+            check(&named, &base, &kept.display().to_string(), &text).map_err(refused)?;
+            return Ok(Some(kept));
+        }
         Ok(_) => {
             return Err(Error::io(
                 format!("{}", kept.display()),
@@ -96,7 +128,7 @@ pub fn drop_in(
         problem,
     };
     let text = fetch(&url, user_agent).map_err(fail)?;
-    check(description, &url, &text).map_err(fail)?;
+    check(&named, &base, &url, &text).map_err(fail)?;
     std::fs::create_dir_all(state_dir)
         .map_err(|e| Error::io(format!("creating {}", state_dir.display()), e))?;
     keel_io::replace_file(&kept, text.as_bytes())
@@ -129,10 +161,12 @@ fn fetch(url: &str, user_agent: &str) -> Result<String, IdentityProblem> {
     String::from_utf8(bytes).map_err(|e| IdentityProblem::Syntax(e.to_string()))
 }
 
-/// Only the identity's keys, and the description with it valid.
-fn check(description: &Path, url: &str, text: &str) -> Result<(), IdentityProblem> {
+/// Only the identity's keys, at least one of them, and the description `base` with it
+/// valid.
+fn check(name: &str, base: &str, url: &str, text: &str) -> Result<(), IdentityProblem> {
     let table: toml::Table =
         toml::from_str(text).map_err(|e| IdentityProblem::Syntax(e.message().to_string()))?;
+    let mut said = 0;
     for (key, value) in &table {
         let toml::Value::Table(agent) = value else {
             return Err(IdentityProblem::Forbidden { key: key.clone() });
@@ -145,29 +179,25 @@ fn check(description: &Path, url: &str, text: &str) -> Result<(), IdentityProble
                 key: format!("agent.{k}"),
             });
         }
+        said += agent.len();
     }
-    let base = keel_config::read_source(description).map_err(|e| {
-        IdentityProblem::Invalid(keel_config::Finding {
-            severity: keel_config::Severity::Error,
-            file: description.display().to_string(),
-            line: 1,
-            column: 1,
-            path: String::new(),
-            message: e.to_string(),
-        })
-    })?;
-    let loaded = keel_config::load_sources(&[
-        (description.display().to_string(), base),
+    if said == 0 {
+        return Err(IdentityProblem::Empty);
+    }
+    match first_error(&[
+        (name.to_string(), base.to_string()),
         (url.to_string(), text.to_string()),
-    ]);
-    match loaded
-        .findings
-        .into_iter()
-        .find(|f| f.severity == keel_config::Severity::Error)
-    {
+    ]) {
         Some(f) => Err(IdentityProblem::Invalid(f)),
         None => Ok(()),
     }
+}
+
+fn first_error(sources: &[(String, String)]) -> Option<keel_config::Finding> {
+    keel_config::load_sources(sources)
+        .findings
+        .into_iter()
+        .find(|f| f.severity == keel_config::Severity::Error)
 }
 
 #[cfg(test)]
@@ -183,5 +213,12 @@ mod tests {
         );
         assert_eq!(url_on_cmdline("keel.config-urlx=1 keel.config-url="), None);
         assert_eq!(url_on_cmdline("root=/dev/vda"), None);
+        // The last before `--`; quoted as the kernel quotes; none with control characters.
+        assert_eq!(
+            url_on_cmdline("keel.config-url=http://a/1 \"keel.config-url=http://b/2\" -- keel.config-url=http://c/3")
+                .as_deref(),
+            Some("http://b/2")
+        );
+        assert_eq!(url_on_cmdline("keel.config-url=http://a/\x1b[2J"), None);
     }
 }

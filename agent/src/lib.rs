@@ -31,9 +31,16 @@ mod settings;
 mod state;
 
 pub use error::{Error, Result};
-pub use run::{user_agent, Daemon, Outcome};
+pub use run::{lock, user_agent, Daemon, Outcome};
 pub use settings::{Check, Coordination, Settings};
 pub use state::{Event, Pending, Shared, Status};
+
+/// Tell systemd the service is up (`READY=1`, where it asked): the program does once its
+/// API listens, before the first step, whose health checks may take longer than systemd
+/// waits for a start.
+pub fn ready() {
+    notify::ready();
+}
 
 /// Ping systemd's watchdog every half of its interval while the loop is alive (its
 /// heartbeat no older than the interval), if systemd asked for one.

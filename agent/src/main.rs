@@ -67,15 +67,18 @@ fn load(cli: &Cli, dropins: &[PathBuf]) -> Res<keel_config::Config> {
 /// The node's identity drop-in, if it has one: at first boot fetched from the URL the
 /// kernel command line names, asked again every ten seconds until it comes (a node must
 /// not roll with a group it does not belong to).
-fn identity(cli: &Cli) -> Vec<PathBuf> {
+fn identity(cli: &Cli) -> Res<Vec<PathBuf>> {
     let ua = concat!("keel-agent/", env!("CARGO_PKG_VERSION"), " (first boot)");
     loop {
         match keel_agent::identity::drop_in(&cli.config, &cli.root, &cli.state, ua) {
-            Ok(p) => return p.into_iter().collect(),
-            Err(e) => {
+            Ok(p) => return Ok(p.into_iter().collect()),
+            // The server's answer, or the way to it: asked again. A local failure (the
+            // description, the state directory, a kept identity edited) is not.
+            Err(e @ keel_agent::Error::Identity { .. }) => {
                 eprintln!("keel-agent: {e}; asking again in 10 s");
                 std::thread::sleep(std::time::Duration::from_secs(10));
             }
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -92,12 +95,12 @@ fn socket(cli: &Cli) -> Res<PathBuf> {
 fn run(cli: &Cli) -> Res<ExitCode> {
     let op = match &cli.cmd {
         Cmd::Run { disk, once } => {
-            let config = load(cli, &identity(cli))?;
+            let _lock = keel_agent::lock(&cli.state)?;
+            let config = load(cli, &identity(cli)?)?;
             let mut daemon = keel_agent::Daemon::new(&config, &cli.root, &cli.state)?;
             if let Some(d) = disk {
                 daemon = daemon.disk(d);
             }
-            let _lock = daemon.lock()?;
             if *once {
                 let boot = daemon.boot()?;
                 println!("boot: {boot:?}");
@@ -118,6 +121,7 @@ fn run(cli: &Cli) -> Res<ExitCode> {
             std::thread::Builder::new()
                 .name("keel-agent-api".into())
                 .spawn(move || keel_agent::api::serve(listener, shared))?;
+            keel_agent::ready();
             keel_agent::watchdog(daemon.shared());
             eprintln!(
                 "keel-agent: node {} checks {} every {:?}; API on {}",

@@ -1,4 +1,4 @@
-//! systemd's notification protocol (sd_notify): `READY=1` once the first step is done,
+//! systemd's notification protocol (sd_notify): `READY=1` once the API listens,
 //! `STATUS=` after each, `WATCHDOG=1` from the loop's side while it runs. Without
 //! `NOTIFY_SOCKET` (not started by systemd) nothing is sent.
 

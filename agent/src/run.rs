@@ -41,6 +41,21 @@ pub enum Outcome {
     Steady,
 }
 
+/// Hold the agent's lock in `state_dir` while the returned file is open: one agent per
+/// state directory (taken before anything is fetched or written there).
+pub fn lock(state_dir: &Path) -> Result<keel_io::FileLock> {
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| Error::io(format!("creating {}", state_dir.display()), e))?;
+    let path = state_dir.join("agent.lock");
+    keel_io::FileLock::try_exclusive(&path).map_err(|e| {
+        let what = match e.kind() {
+            std::io::ErrorKind::WouldBlock => "another keel-agent runs on this state",
+            _ => "locking",
+        };
+        Error::io(format!("{}: {what}", path.display()), e)
+    })
+}
+
 /// The `User-Agent` of a node's requests ([`Daemon::user_agent`]).
 pub fn user_agent(node: &str, group: &str) -> String {
     format!(
@@ -559,16 +574,7 @@ impl Daemon {
     /// Hold the agent's lock in the state directory while the returned file is open: one
     /// agent per state directory.
     pub fn lock(&self) -> Result<keel_io::FileLock> {
-        std::fs::create_dir_all(&self.state_dir)
-            .map_err(|e| Error::io(format!("creating {}", self.state_dir.display()), e))?;
-        let path = self.state_dir.join("agent.lock");
-        keel_io::FileLock::try_exclusive(&path).map_err(|e| {
-            let what = match e.kind() {
-                std::io::ErrorKind::WouldBlock => "another keel-agent runs on this state",
-                _ => "locking",
-            };
-            Error::io(format!("{}: {what}", path.display()), e)
-        })
+        lock(&self.state_dir)
     }
 
     fn reboot(&self, version: &str) -> Result<()> {

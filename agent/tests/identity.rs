@@ -130,7 +130,12 @@ fn a_bad_identity_is_refused_with_its_reason_and_nothing_is_kept() {
         "x".repeat(MAX_BYTES as usize)
     );
     type Expect = fn(&IdentityProblem) -> bool;
-    let cases: [(&str, &[u8], Expect); 7] = [
+    let cases: [(&str, &[u8], Expect); 9] = [
+        // An answer that names nothing (a server caught writing the file) is not kept.
+        ("empty", b"", |p| matches!(p, IdentityProblem::Empty)),
+        ("bare", b"[agent]\n# soon\n", |p| {
+            matches!(p, IdentityProblem::Empty)
+        }),
         // What the network must not set: where updates come from, the keys, the checks.
         (
             "index",
@@ -206,6 +211,48 @@ fn a_bad_identity_is_refused_with_its_reason_and_nothing_is_kept() {
         })
     ));
     assert!(!state.join(DROP_IN).exists());
+
+    // A kept identity edited to say more than the network may: refused at the next
+    // start, not fetched again, nothing of it used.
+    let (root, state) = site.node("edited", "edited.toml");
+    fs::write(
+        site.d.join("www/nodes/edited.toml"),
+        "[agent]\nnode-id = \"n7\"\n",
+    )
+    .unwrap();
+    let kept = drop_in(&desc, &root, &state, "x").unwrap().unwrap();
+    fs::write(
+        &kept,
+        "[agent]\nnode-id = \"n7\"\nindex = \"http://evil.example/index.json\"\n",
+    )
+    .unwrap();
+    match drop_in(&desc, &root, &state, "x") {
+        Err(Error::KeptIdentity {
+            problem: IdentityProblem::Forbidden { key },
+            ..
+        }) => assert_eq!(key, "agent.index"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(site.nginx.requests_for("/nodes/edited.toml").len(), 1);
+
+    // A description with errors is its own failure: nothing is fetched for it.
+    let broken = site.d.join("broken.toml");
+    fs::write(
+        &broken,
+        fs::read_to_string(&desc)
+            .unwrap()
+            .replace("index = \"https://updates.example/index.json\"\n", ""),
+    )
+    .unwrap();
+    let (root, state) = site.node("broken", "broken.toml");
+    match drop_in(&broken, &root, &state, "x") {
+        Err(Error::Setting { field, reason }) => {
+            assert_eq!(field, "description");
+            assert!(reason.contains("index"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(site.nginx.requests_for("/nodes/broken.toml").is_empty());
 
     // A directory where the drop-in belongs: an error naming it, not a fetch.
     fs::create_dir_all(state.join(DROP_IN)).unwrap();

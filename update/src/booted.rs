@@ -28,11 +28,18 @@ pub enum Clue {
     RootHash(Vec<u8>),
 }
 
+/// The kernel command line under `root`: a regular file of at most 64 KiB (the largest
+/// any architecture allows), never a FIFO's wait or /dev/zero's endless read.
+fn cmdline(root: &Path) -> Result<String> {
+    let path = root.join("proc/cmdline");
+    let bytes = keel_io::read_bounded(&path, 64 << 10)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// Every clue in `root`/proc/cmdline, in order.
 pub fn clues(root: &Path) -> Result<Vec<Clue>> {
-    let path = root.join("proc/cmdline");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let text = cmdline(root)?;
     let mut out = Vec::new();
     for arg in split_cmdline(&text) {
         let Some((key, value)) = arg.split_once('=') else {
@@ -63,9 +70,7 @@ pub fn clues(root: &Path) -> Result<Vec<Clue>> {
 /// `/dev/disk/by-partuuid`, `/dev/disk/by-partlabel`, device-mapper slaves and /sys. For
 /// descriptions without `boot.disk`.
 pub fn boot_disk(root: &Path) -> Result<PathBuf> {
-    let path = root.join("proc/cmdline");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let text = cmdline(root)?;
     let mut devices = Vec::new();
     for arg in split_cmdline(&text) {
         match arg.split_once('=') {

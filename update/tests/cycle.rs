@@ -929,6 +929,17 @@ fn the_boot_disk_is_found_from_the_kernel_command_line() {
     f.cmdline("quiet");
     let e = keel_update::boot_disk(&r).unwrap_err();
     assert!(e.to_string().contains("set boot.disk"), "{e}");
+    // A command line that is /dev/zero or a FIFO: an error naming it, never an endless
+    // read or a wait.
+    let cmdline = r.join("proc/cmdline");
+    std::fs::remove_file(&cmdline).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &cmdline).unwrap();
+    let e = keel_update::boot_disk(&r).unwrap_err();
+    assert!(e.to_string().contains("proc/cmdline"), "{e}");
+    assert!(keel_update::clues(&r).is_err());
+    std::fs::remove_file(&cmdline).unwrap();
+    nix::unistd::mkfifo(&cmdline, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    assert!(keel_update::boot_disk(&r).is_err());
 }
 
 /// Publish in `www` a full payload and a delta of `f.v2` (the delta's bytes given), an
