@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel::payload::{
-    generate_bundle, generate_observed, read_images_at, ApplyOptions, BundlePart, GenerateOptions,
+    generate_bundle_file, generate_file, read_images_at, ApplyOptions, BundlePart, GenerateOptions,
     ImageKind, OpType,
 };
 use keel::verity::SigningKey;
@@ -143,7 +143,8 @@ fn run(cli: Cli) -> Result<(), String> {
                         (Some(s), false) => Some(map(s)?),
                         _ => None,
                     };
-                    let p = generate_observed(src.as_deref(), &tgt, &key, &opts, Some(&observer));
+                    let p =
+                        generate_file(src.as_deref(), &tgt, &key, &opts, Some(&observer), &output);
                     (p, tgt.len())
                 }
                 None => {
@@ -165,21 +166,18 @@ fn run(cli: Cli) -> Result<(), String> {
                         })
                         .collect();
                     let size = maps.iter().map(|m| m.3.len()).sum();
-                    (generate_bundle(&parts, &key, &opts, Some(&observer)), size)
+                    let p = generate_bundle_file(&parts, &key, &opts, Some(&observer), &output);
+                    (p, size)
                 }
             };
             pb.finish_and_clear();
-            let p = p.map_err(|e| e.to_string())?;
-            std::fs::write(&output, &p).map_err(|e| {
-                let _ = std::fs::remove_file(&output);
-                format!("{}: {e}", output.display())
-            })?;
+            let len = p.map_err(|e| format!("{}: {e}", output.display()))?;
             println!(
                 "{}: {} bytes for {} bytes of images ({:.2}%), {:.1} s",
                 output.display(),
-                p.len(),
+                len,
                 size,
-                100.0 * p.len() as f64 / size.max(1) as f64,
+                100.0 * len as f64 / size.max(1) as f64,
                 t.elapsed().as_secs_f64()
             );
         }

@@ -323,3 +323,104 @@ fn a_bundle_of_a_root_and_a_kernel_is_made_listed_and_applied_by_image() {
         );
     }
 }
+
+/// The generator's own memory (anonymous pages: the images are mapped, their pages are
+/// the kernel's cache) at its peak while `payload generate --full` runs on an image of
+/// `mib` MiB of incompressible data, as a squashfs or EROFS image largely is; checks the
+/// payload and that nothing is left beside it.
+fn full_payload_peak(dir: &tempfile::TempDir, mib: usize) -> u64 {
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let image = p(&format!("image-{mib}"));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&image).unwrap());
+    for i in 0..mib / 8 {
+        f.write_all(&seeded_bytes(100 + i as u64, 8 << 20)).unwrap();
+    }
+    f.into_inner().unwrap().sync_all().unwrap();
+    let out = p(&format!("payload-{mib}"));
+    let mut child = Command::new(example("payload"))
+        .args(["generate", "--full", "--target", &image, "--key"])
+        .args([
+            &p("key.pem"),
+            "-o",
+            &out,
+            "--level",
+            "1",
+            "--version",
+            "2.0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    let finished = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        let anon = std::fs::read_to_string(&status)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+            .unwrap_or(0);
+        peak = peak.max(anon << 10);
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let o = child.wait_with_output().unwrap();
+    assert!(finished.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let shown = ok(&["inspect", &out, "--pubkey", &p("pub.pem")]);
+    assert!(shown.contains("version:      2.0"), "{shown}");
+    std::fs::remove_file(&image).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("keel-"))
+        .collect();
+    assert!(left.is_empty(), "left beside the payload: {left:?}");
+    peak
+}
+
+/// At OS-image scale the payload is written as it is encoded: the generator's own memory
+/// stays the same for an image ten times larger, and within 256 MiB (it was three times
+/// the image when the payload was built in memory).
+#[test]
+fn the_generators_memory_does_not_grow_with_the_image() {
+    let dir = keyed_dir();
+    let small = full_payload_peak(&dir, 64);
+    let large = full_payload_peak(&dir, 640);
+    eprintln!("peak anonymous memory: {small} bytes for 64 MiB, {large} for 640 MiB");
+    assert!(large > 0, "the peak was not seen");
+    assert!(
+        large <= small + (64 << 20) && large <= 256 << 20,
+        "{large} bytes for 640 MiB against {small} for 64 MiB"
+    );
+
+    // Where the payload cannot go: a directory, a device; a clear error, nothing left.
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    std::fs::write(p("img"), seeded_bytes(5, 1 << 20)).unwrap();
+    std::fs::create_dir(p("adir")).unwrap();
+    for out in [p("adir"), "/dev/null".to_string(), p("no/such/dir/x")] {
+        let o = run(
+            &example("payload"),
+            &[
+                "generate",
+                "--full",
+                "--target",
+                &p("img"),
+                "--key",
+                &p("key.pem"),
+                "-o",
+                &out,
+                "--version",
+                "2.0",
+            ],
+        );
+        assert!(!o.status.success(), "{out}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(&out), "{out}: {err}");
+    }
+    let left = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(left, 4, "key.pem, pub.pem, img, adir and nothing else");
+}

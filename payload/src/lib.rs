@@ -77,6 +77,7 @@ pub use error::{Error, Result, Section, TargetCheck};
 pub use format::{BundleImage, Extent, ImageKind, Manifest, OpType, Operation};
 pub use fs::{erofs, ext4, squashfs};
 pub use generate::{
-    assemble, generate, generate_bundle, generate_observed, BundlePart, GenerateOptions,
+    assemble, generate, generate_bundle, generate_bundle_file, generate_file, generate_observed,
+    BundlePart, GenerateOptions,
 };
 pub use keel_io::{Cancel, Cancelled, Progress, Threads};

@@ -9,8 +9,8 @@ use keel_payload::format::{
     encode_bundle, pack_manifest, BundleImage, Header, ImageKind, BUNDLE_VERSION, HEADER_SIZE,
 };
 use keel_payload::{
-    generate, generate_bundle, read_manifest_at, ApplyOptions, BundlePart, Error, GenerateOptions,
-    Payload, VersionCheck,
+    generate, generate_bundle, generate_bundle_file, generate_file, read_manifest_at, ApplyOptions,
+    BundlePart, Error, GenerateOptions, Payload, VersionCheck,
 };
 use keel_testsupport::seeded_bytes;
 use keel_trust::{Context, Keyring, Signer, SigningKey};
@@ -247,4 +247,58 @@ fn a_malformed_bundle_is_refused_by_field() {
             other => panic!("{field}: {other:?}"),
         }
     }
+}
+
+/// Written to a file as it is encoded (memory bounded whatever the image): the very bytes
+/// made in memory, for a payload of one image and for a bundle, an older file replaced
+/// whole. An output that cannot be written, or a generation cancelled, is an error that
+/// leaves the older file as it was and nothing beside it.
+#[test]
+fn a_payload_written_to_a_file_is_the_one_made_in_memory() {
+    use std::fs;
+    let f = Fixture::new();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("payload");
+    fs::write(&out, b"an older payload").unwrap();
+    let opts = GenerateOptions::new("acme-os", "2.0").level(1);
+    let len = generate_file(Some(&f.usr1), &f.usr2, &f.key, &opts, None, &out).unwrap();
+    let made = generate(Some(&f.usr1), &f.usr2, &f.key, &opts).unwrap();
+    assert_eq!(len, made.len() as u64);
+    assert!(fs::read(&out).unwrap() == made);
+    let bundle = dir.path().join("bundle");
+    let parts = [
+        BundlePart::slot("usr", Some(&f.usr1), &f.usr2),
+        BundlePart::file("kernel", None, &f.kernel2),
+    ];
+    generate_bundle_file(&parts, &f.key, &opts, None, &bundle).unwrap();
+    assert!(fs::read(&bundle).unwrap() == f.bundle());
+
+    struct Stop;
+    impl keel_payload::Progress for Stop {
+        fn progress(&self, _: u64, _: u64) {}
+        fn cancelled(&self) -> bool {
+            true
+        }
+    }
+    let e = generate_file(Some(&f.usr1), &f.usr2, &f.key, &opts, Some(&Stop), &out).unwrap_err();
+    assert!(matches!(e, Error::Cancelled), "{e}");
+    assert!(
+        fs::read(&out).unwrap() == made,
+        "the older payload was touched"
+    );
+    fs::create_dir(dir.path().join("adir")).unwrap();
+    for bad in [
+        dir.path().join("adir"),
+        std::path::PathBuf::from("/dev/null"),
+        dir.path().join("no/such/dir/p"),
+    ] {
+        let e = generate_file(None, &f.usr2, &f.key, &opts, None, &bad).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{}: {e}", bad.display());
+    }
+    let mut names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["adir", "bundle", "payload"]);
 }

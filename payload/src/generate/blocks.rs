@@ -31,6 +31,23 @@ pub(super) fn range(img: &[u8], start_block: u64, blocks: u64) -> Vec<u8> {
     out
 }
 
+/// The bytes of `e` in `img`: borrowed where they lie in one piece inside the image (a
+/// full payload's runs), else gathered.
+pub(super) fn extents_cow<'a>(img: &'a [u8], e: &[Extent]) -> std::borrow::Cow<'a, [u8]> {
+    if let [x] = e {
+        let start = x.start.saturating_mul(BLOCK_SIZE);
+        let end = x.start.saturating_add(x.blocks).saturating_mul(BLOCK_SIZE);
+        if let Some(b) = usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(end).ok())
+            .and_then(|(s, e)| img.get(s..e))
+        {
+            return std::borrow::Cow::Borrowed(b);
+        }
+    }
+    std::borrow::Cow::Owned(extents_bytes(img, e))
+}
+
 pub(super) fn extents_bytes(img: &[u8], e: &[Extent]) -> Vec<u8> {
     let mut v = Vec::new();
     for x in e {
@@ -141,4 +158,180 @@ pub(super) fn meta_refs(source: &[u8], target: &[u8]) -> BTreeMap<u64, BTreeSet<
         }
     }
     refs
+}
+
+/// `f` over `items` on `threads` workers, each result handed to `write` in the items'
+/// order (their indices, 0 to n - 1), with bounded memory: `items` come in the order they
+/// should start (the costliest first, so that workers finish together), but while the
+/// results done and not yet written weigh `budget` bytes or more (by `weight`), a worker
+/// takes only the item `write` waits for, or waits for the writer. What is held is then
+/// at most the budget plus one result per worker. The first error of `write` stops the
+/// workers and is returned.
+pub(super) fn par_ordered<T: Send, R: Send, E: Send>(
+    items: Vec<(usize, T)>,
+    threads: usize,
+    budget: usize,
+    weight: impl Fn(&R) -> usize + Sync,
+    f: impl Fn(T) -> R + Sync,
+    mut write: impl FnMut(R) -> Result<(), E>,
+) -> Result<(), E> {
+    use std::collections::VecDeque;
+    use std::sync::Condvar;
+    struct State<T, R> {
+        left: BTreeMap<usize, T>,
+        order: VecDeque<usize>,
+        done: BTreeMap<usize, R>,
+        held: usize,
+        /// The index `write` waits for.
+        next: usize,
+        stop: bool,
+    }
+    let n = items.len();
+    let order = items.iter().map(|(i, _)| *i).collect();
+    let state = Mutex::new(State {
+        left: items.into_iter().collect(),
+        order,
+        done: BTreeMap::new(),
+        held: 0,
+        next: 0,
+        stop: false,
+    });
+    let (ready, room) = (Condvar::new(), Condvar::new());
+    let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let (i, item) = {
+                    let mut st = lock();
+                    let i = loop {
+                        if st.stop || st.left.is_empty() {
+                            break None;
+                        }
+                        if st.held < budget {
+                            // The next in cost order (skipping those taken out of it).
+                            match st.order.pop_front() {
+                                Some(i) if st.left.contains_key(&i) => break Some(i),
+                                Some(_) => continue,
+                                None => break st.left.keys().next().copied(),
+                            }
+                        }
+                        if st.left.contains_key(&st.next) {
+                            break Some(st.next);
+                        }
+                        st = room.wait(st).unwrap_or_else(|e| e.into_inner());
+                    };
+                    let Some(item) = i.and_then(|i| st.left.remove(&i).map(|t| (i, t))) else {
+                        break;
+                    };
+                    item
+                };
+                let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item))) {
+                    Ok(r) => r,
+                    Err(panic) => {
+                        // The writer must not wait for it: stop, then let the scope
+                        // carry the panic on.
+                        lock().stop = true;
+                        ready.notify_all();
+                        room.notify_all();
+                        std::panic::resume_unwind(panic);
+                    }
+                };
+                let w = weight(&r);
+                let mut st = lock();
+                st.held += w;
+                st.done.insert(i, r);
+                ready.notify_one();
+            });
+        }
+        let mut result = Ok(());
+        for next in 0..n {
+            let r = {
+                let mut st = lock();
+                st.next = next;
+                room.notify_all();
+                loop {
+                    if let Some(r) = st.done.remove(&next) {
+                        st.held -= weight(&r);
+                        room.notify_all();
+                        break Some(r);
+                    }
+                    if st.stop {
+                        break None;
+                    }
+                    st = ready.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let Some(r) = r else { break };
+            if let Err(e) = write(r) {
+                result = Err(e);
+                break;
+            }
+        }
+        let mut st = lock();
+        st.stop = true;
+        st.done.clear();
+        room.notify_all();
+        drop(st);
+        result
+    })
+}
+
+#[cfg(test)]
+mod ordered_tests {
+    use super::par_ordered;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Results reach the writer in the items' order whatever order they start in, and
+    /// what waits for the writer stays within the budget plus one per worker.
+    #[test]
+    fn results_come_in_order_within_the_budget() {
+        for (threads, budget) in [(1, 0), (2, 0), (2, 10), (4, 1000), (3, usize::MAX)] {
+            // The costliest (largest index here) first, as the generator orders them.
+            let items: Vec<(usize, usize)> = (0..200).rev().map(|i| (i, i)).collect();
+            let (held, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            let mut seen = Vec::new();
+            par_ordered(
+                items,
+                threads,
+                budget,
+                |_: &usize| 1,
+                |i| {
+                    let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    i
+                },
+                |i| {
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    seen.push(i);
+                    Ok::<(), ()>(())
+                },
+            )
+            .unwrap();
+            assert_eq!(seen, (0..200).collect::<Vec<_>>(), "{threads} {budget}");
+            if budget < 200 {
+                let most = most.load(Ordering::SeqCst);
+                assert!(most <= budget + threads + 1, "{threads} {budget}: {most}");
+            }
+        }
+    }
+
+    /// The writer's first error stops the work and is the result.
+    #[test]
+    fn a_write_error_stops_the_workers() {
+        let done = AtomicUsize::new(0);
+        let items: Vec<(usize, usize)> = (0..10_000).map(|i| (i, i)).collect();
+        let r = par_ordered(
+            items,
+            2,
+            4,
+            |_: &usize| 1,
+            |i| {
+                done.fetch_add(1, Ordering::SeqCst);
+                i
+            },
+            |i| if i == 5 { Err(i) } else { Ok(()) },
+        );
+        assert_eq!(r, Err(5));
+        assert!(done.load(Ordering::SeqCst) < 100);
+    }
 }

@@ -36,7 +36,9 @@ use crate::format::{
     encode_manifest, image_digest, pack_manifest, sha256, Extent, Header, ImageId, Manifest,
     OpType, Operation, BLOCK_SIZE, MAX_OP_BYTES,
 };
-use blocks::{block, extents_bytes, fs_files, meta_refs, par_map, push_extent, scale, Kind, BS};
+use blocks::{
+    block, extents_bytes, fs_files, meta_refs, par_map, par_ordered, push_extent, scale, Kind, BS,
+};
 use encode::{xz_blob, zstd_patch, zstd_plain, XZ_FROM_LEVEL};
 
 /// Blocks of new data encoded together.
@@ -396,8 +398,11 @@ fn tail(ext: &[Extent], blocks: u64) -> Vec<Extent> {
 /// Memory: give images mapped ([`keel_io::Mapped`]) rather than read, and they stay page
 /// cache the kernel can reclaim; the generator's own memory is then its workers' (zstd
 /// windows, bsdiff's suffix arrays: about 150 MiB each), the block-hash index (32 bytes a
-/// block) and the payload, whatever the images' size. Two 768 MiB ext4 images make their
-/// delta in a 384 MiB memory cgroup on two threads (benches/payload-vs-peers.sh).
+/// block) and the payload it returns: [`generate_file`] writes the payload as it is made
+/// instead, so that nothing grows with the images (a full payload of 640 MiB of random
+/// data in 24 MiB of its own memory, `tests/example_payload.rs`). Two 768 MiB ext4 images
+/// make their delta in a 384 MiB memory cgroup on two threads
+/// (benches/payload-vs-peers.sh).
 pub fn generate<S: Signer + ?Sized>(
     source: Option<&[u8]>,
     target: &[u8],
@@ -473,6 +478,19 @@ pub fn generate_bundle<S: Signer + ?Sized>(
     opts: &GenerateOptions,
     progress: Option<&dyn Progress>,
 ) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    let images = bundle_images(parts, opts, progress, &mut data)?;
+    let m = pack_manifest(&crate::format::encode_bundle(&images))?;
+    sign_and_join(crate::format::BUNDLE_VERSION, &m, &data, signer)
+}
+
+/// Each part's image encoded into `sink` in turn; their manifests.
+fn bundle_images(
+    parts: &[BundlePart<'_>],
+    opts: &GenerateOptions,
+    progress: Option<&dyn Progress>,
+    sink: &mut dyn std::io::Write,
+) -> Result<Vec<crate::format::BundleImage>> {
     use crate::format::{valid_image_name, BundleImage, MAX_IMAGES};
     if parts.is_empty() || parts.len() > MAX_IMAGES {
         return Err(Error::ManifestField {
@@ -481,7 +499,6 @@ pub fn generate_bundle<S: Signer + ?Sized>(
         });
     }
     let mut images: Vec<BundleImage> = Vec::new();
-    let mut data = Vec::new();
     for p in parts {
         if !valid_image_name(p.name) || images.iter().any(|i| i.name == p.name) {
             return Err(Error::ManifestField {
@@ -494,18 +511,16 @@ pub fn generate_bundle<S: Signer + ?Sized>(
         }
         let mut o = opts.clone();
         o.verity = p.verity.cloned();
-        let (manifest, bytes) = build(p.source, p.target, &o, progress)?;
+        let (manifest, data_len) = build_into(p.source, p.target, &o, progress, sink)?;
         check_texts(&manifest)?;
         images.push(BundleImage {
             name: p.name.to_string(),
             kind: p.kind,
-            data_len: bytes.len() as u64,
+            data_len,
             manifest,
         });
-        data.extend_from_slice(&bytes);
     }
-    let m = pack_manifest(&crate::format::encode_bundle(&images))?;
-    sign_and_join(crate::format::BUNDLE_VERSION, &m, &data, signer)
+    Ok(images)
 }
 
 /// The manifest and data of one image.
@@ -515,6 +530,24 @@ fn build(
     opts: &GenerateOptions,
     progress: Option<&dyn Progress>,
 ) -> Result<(Manifest, Vec<u8>)> {
+    let mut data = Vec::new();
+    let (manifest, _) = build_into(source, target, opts, progress, &mut data)?;
+    Ok((manifest, data))
+}
+
+/// The data blobs finished and not yet written that the encoders may hold, beyond one
+/// per worker: the generator's memory does not grow with the image.
+const HELD_BLOBS: usize = 64 << 20;
+
+/// The manifest of one image, its data written to `sink` as it is encoded, in order;
+/// returns the manifest and the data's length.
+fn build_into(
+    source: Option<&[u8]>,
+    target: &[u8],
+    opts: &GenerateOptions,
+    progress: Option<&dyn Progress>,
+    sink: &mut dyn std::io::Write,
+) -> Result<(Manifest, u64)> {
     let threads = opts.threads.count();
     let (src_len, tgt_len) = (source.map_or(0, <[u8]>::len) as u64, target.len() as u64);
     let total = src_len + 2 * tgt_len;
@@ -591,9 +624,12 @@ fn build(
     work.extend(gz_jobs.into_iter().map(Work::Gzip));
     let mut queue: Vec<(usize, Work)> = work.into_iter().enumerate().collect();
     queue.sort_by_key(|(_, w)| std::cmp::Reverse(w.cost()));
-    let mut encoded = par_map(queue, threads, |(i, w)| {
+    let mut operations = Vec::with_capacity(queue.len());
+    let mut written = 0u64;
+    let weight = |r: &Result<(Operation, Vec<u8>)>| r.as_ref().map_or(0, |(_, b)| b.len());
+    let encode = |w: Work| {
         if cancelled() {
-            return (i, Err(Error::Cancelled));
+            return Err(Error::Cancelled);
         }
         let bytes = w.blocks() * BLOCK_SIZE;
         let r = match w {
@@ -610,11 +646,19 @@ fn build(
                 .and_then(|pair| pair.encode(&job, opts.level)),
             Work::Gzip(job) => gzfile::encode(images.source(), target, &job, opts.level),
         };
-        (i, encoded_one(bytes, r))
-    });
-    encoded.sort_by_key(|(i, _)| *i);
-    let encoded = encoded.into_iter().map(|(_, r)| r).collect();
-    let (operations, data) = lay_out(encoded)?;
+        encoded_one(bytes, r)
+    };
+    // Laid out in the operations' order as each is done: its blob's offset is where the
+    // data has come to (an operation without data has offset 0).
+    par_ordered(queue, threads, HELD_BLOBS, weight, encode, |r| {
+        let (mut o, blob) = r?;
+        o.data_offset = if blob.is_empty() { 0 } else { written };
+        sink.write_all(&blob)
+            .map_err(|e| Error::io("writing the payload's data", e))?;
+        written += blob.len() as u64;
+        operations.push(o);
+        Ok::<(), Error>(())
+    })?;
     let codec = match (&squashfs, &erofs) {
         _ if gz => Some(crate::codec::Codec::GzipFile),
         (Some(p), _) => Some(p.codec()),
@@ -635,7 +679,7 @@ fn build(
         operations,
         recompressor,
     };
-    Ok((manifest, data))
+    Ok((manifest, written))
 }
 
 /// One operation to encode.
@@ -677,6 +721,28 @@ fn image_id(img: &[u8], doing: &'static str) -> Result<ImageId> {
 /// What each target block is: zeros, a copy of some source block, or new.
 fn classify(source: Option<&[u8]>, target: &[u8], threads: usize) -> Vec<Kind> {
     let tblocks = (target.len() as u64).div_ceil(BLOCK_SIZE);
+    if source.is_none() {
+        // A full payload: only zeros to find, no hashes to match (a pass of SHA-256 over
+        // the image saved; memcmp against a zero block runs at memory speed).
+        static ZERO: [u8; BS] = [0; BS];
+        let per = tblocks.div_ceil(threads.max(1) as u64).max(1);
+        let parts: Vec<(u64, u64)> = (0..tblocks)
+            .step_by(per as usize)
+            .map(|s| (s, (s + per).min(tblocks)))
+            .collect();
+        return par_map(parts, threads, |(a, b)| {
+            (a..b)
+                .map(|i| {
+                    if *block(target, i) == ZERO[..] {
+                        Kind::Zero
+                    } else {
+                        Kind::New
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .concat();
+    }
     let zero_hash = sha256(&[0u8; BS]);
     let mut index: HashMap<[u8; 32], u64> = HashMap::new();
     if let Some(src) = source {
@@ -812,23 +878,6 @@ fn merge_runs(plans: Vec<Plan>, predicted: Vec<Option<i128>>) -> Vec<(Plan, Opti
     merged
 }
 
-/// The operations with their blobs placed one after another in the data section.
-fn lay_out(encoded: Vec<Result<(Operation, Vec<u8>)>>) -> Result<(Vec<Operation>, Vec<u8>)> {
-    let mut operations = Vec::with_capacity(encoded.len());
-    let mut data = Vec::new();
-    for r in encoded {
-        let (mut o, blob) = r?;
-        o.data_offset = if blob.is_empty() {
-            0
-        } else {
-            data.len() as u64
-        };
-        data.extend_from_slice(&blob);
-        operations.push(o);
-    }
-    Ok((operations, data))
-}
-
 /// The two images an operation is encoded from.
 #[derive(Clone, Copy)]
 struct Images<'a> {
@@ -884,6 +933,9 @@ struct Candidate {
     size: usize,
     /// Size of plain zstd at the probe level.
     plain: usize,
+    /// Plain zstd at the probe level, and that level: the blob itself where the
+    /// operation stays a plain REPLACE at it (a full payload's).
+    probe: (Vec<u8>, i32),
     source: Vec<Extent>,
     bsdiff: Option<(Vec<u8>, usize)>,
 }
@@ -903,7 +955,7 @@ impl Images<'_> {
                 (op, src, Vec::new(), hash)
             }
             _ => {
-                let tbytes = extents_bytes(self.target, &t);
+                let tbytes = blocks::extents_cow(self.target, &t);
                 let best = self.best_candidate(op, &t, &tbytes, src, pred, level)?;
                 // Content its reference nearly all holds (a file that only moved) gains a
                 // few bytes from the requested level at the cost of seconds, and so does
@@ -955,11 +1007,13 @@ impl Images<'_> {
         level: i32,
     ) -> Result<Candidate> {
         let probe = level.min(PROBE_LEVEL);
-        let plain = zstd_plain(tbytes, probe)?.len();
+        let probed = zstd_plain(tbytes, probe)?;
+        let plain = probed.len();
         let mut best = Candidate {
             op: OpType::Replace,
             size: plain,
             plain,
+            probe: (probed, probe),
             source: Vec::new(),
             bsdiff: None,
         };
@@ -967,13 +1021,10 @@ impl Images<'_> {
         // (source extents and hashes) is below the best size so far.
         let mut consider = |op, size, overhead: usize, source: &[Extent], bsdiff| {
             if size + overhead < best.size {
-                best = Candidate {
-                    op,
-                    size,
-                    plain,
-                    source: source.to_vec(),
-                    bsdiff,
-                };
+                best.op = op;
+                best.size = size;
+                best.source = source.to_vec();
+                best.bsdiff = bsdiff;
             }
         };
         if op == OpType::Chain {
@@ -1118,6 +1169,8 @@ impl Images<'_> {
             }
             _ => match xz.then(|| xz_blob(tbytes, &[], c.size, true)).flatten() {
                 Some(blob) => (OpType::ReplaceXz, blob, [0u8; 32]),
+                // Compressed once already at this level: not again.
+                None if c.probe.1 == level => (OpType::Replace, c.probe.0.clone(), [0u8; 32]),
                 None => (OpType::Replace, zstd_plain(tbytes, level)?, [0u8; 32]),
             },
         })
@@ -1165,10 +1218,23 @@ fn sign_and_join<S: Signer + ?Sized>(
     data: &[u8],
     signer: &S,
 ) -> Result<Vec<u8>> {
+    let mut out = signed_front(version, m, data.len() as u64, signer)?;
+    out.extend_from_slice(data);
+    Ok(out)
+}
+
+/// What goes before `data_len` bytes of data: header, packed manifest `m`, their
+/// signature.
+fn signed_front<S: Signer + ?Sized>(
+    version: u32,
+    m: &[u8],
+    data_len: u64,
+    signer: &S,
+) -> Result<Vec<u8>> {
     let header = Header {
         version,
         manifest_len: m.len() as u64,
-        data_len: data.len() as u64,
+        data_len,
         key_id: signer.key_id().0,
     };
     let h = header.to_bytes();
@@ -1176,10 +1242,155 @@ fn sign_and_join<S: Signer + ?Sized>(
     signed.extend_from_slice(&h);
     signed.extend_from_slice(m);
     let sig = signer.sign(Context::Payload, &signed)?;
-    let mut out = signed;
-    out.extend_from_slice(&sig);
-    out.extend_from_slice(data);
-    Ok(out)
+    signed.extend_from_slice(&sig);
+    Ok(signed)
+}
+
+/// A file of the generator's beside the output, removed unless kept.
+struct Beside {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    keep: bool,
+}
+
+impl Beside {
+    /// `.NAME.keel-WHAT-PID` in `out`'s directory, new (never an existing file).
+    fn new(out: &std::path::Path, what: &str) -> Result<Beside> {
+        // Renamed over at the end: a device, a directory or a link there is not replaced.
+        match std::fs::symlink_metadata(out) {
+            Ok(m) if !m.is_file() => {
+                return Err(Error::io(
+                    "writing the payload",
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("{}: not a regular file", out.display()),
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        let name = out.file_name().ok_or_else(|| {
+            Error::io(
+                "naming the payload file",
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
+            )
+        })?;
+        let mut tmp = std::ffi::OsString::from(".");
+        tmp.push(name);
+        tmp.push(format!(".keel-{what}-{}", std::process::id()));
+        let path = out.with_file_name(tmp);
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("creating a file beside the payload", e))?;
+        Ok(Beside {
+            path,
+            file,
+            keep: false,
+        })
+    }
+}
+
+impl Drop for Beside {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The payload of `version` with packed manifest `m` into `out`: the signed front to a
+/// new file beside it, the data copied from `spool` after it (the kernel copies file to
+/// file where it can), synced, and renamed over `out`.
+fn finish_file<S: Signer + ?Sized>(
+    out: &std::path::Path,
+    version: u32,
+    m: &[u8],
+    mut spool: Beside,
+    data_len: u64,
+    signer: &S,
+) -> Result<u64> {
+    use std::io::{Seek, Write};
+    let front = signed_front(version, m, data_len, signer)?;
+    let mut file = Beside::new(out, "new")?;
+    let io = |doing: &'static str| move |e| Error::io(doing, e);
+    file.file
+        .write_all(&front)
+        .map_err(io("writing the payload"))?;
+    spool
+        .file
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(io("reading the payload's data back"))?;
+    let copied =
+        std::io::copy(&mut spool.file, &mut file.file).map_err(io("copying the payload's data"))?;
+    if copied != data_len {
+        return Err(Error::io(
+            "copying the payload's data",
+            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the spool file changed"),
+        ));
+    }
+    file.file.sync_all().map_err(io("syncing the payload"))?;
+    std::fs::rename(&file.path, out).map_err(io("renaming the payload into place"))?;
+    file.keep = true;
+    Ok(front.len() as u64 + data_len)
+}
+
+/// [`generate_observed`] into the file `out`, in memory bounded whatever the images' size:
+/// each blob goes to a spool file beside `out` as it is encoded (the encoders hold at most
+/// a few blobs ahead of the writer, and only the manifest is kept), then the signed header
+/// and manifest are written to a new file, the data copied after them, and the file
+/// renamed over `out`. On an error nothing is left beside `out`, and `out` is as it was.
+/// Returns the payload's length.
+pub fn generate_file<S: Signer + ?Sized>(
+    source: Option<&[u8]>,
+    target: &[u8],
+    signer: &S,
+    opts: &GenerateOptions,
+    progress: Option<&dyn Progress>,
+    out: &std::path::Path,
+) -> Result<u64> {
+    let spool = Beside::new(out, "data")?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, &spool.file);
+    let (manifest, data_len) = build_into(source, target, opts, progress, &mut w)?;
+    std::io::Write::flush(&mut w).map_err(|e| Error::io("writing the payload's data", e))?;
+    drop(w);
+    check_texts(&manifest)?;
+    let m = pack_manifest(&encode_manifest(&manifest))?;
+    finish_file(
+        out,
+        crate::format::FORMAT_VERSION,
+        &m,
+        spool,
+        data_len,
+        signer,
+    )
+}
+
+/// [`generate_bundle`] into the file `out`, in bounded memory as [`generate_file`].
+pub fn generate_bundle_file<S: Signer + ?Sized>(
+    parts: &[BundlePart<'_>],
+    signer: &S,
+    opts: &GenerateOptions,
+    progress: Option<&dyn Progress>,
+    out: &std::path::Path,
+) -> Result<u64> {
+    let spool = Beside::new(out, "data")?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, &spool.file);
+    let images = bundle_images(parts, opts, progress, &mut w)?;
+    std::io::Write::flush(&mut w).map_err(|e| Error::io("writing the payload's data", e))?;
+    drop(w);
+    let data_len = images.iter().map(|i| i.data_len).sum();
+    let m = pack_manifest(&crate::format::encode_bundle(&images))?;
+    finish_file(
+        out,
+        crate::format::BUNDLE_VERSION,
+        &m,
+        spool,
+        data_len,
+        signer,
+    )
 }
 
 #[cfg(test)]
