@@ -423,4 +423,39 @@ fn the_generators_memory_does_not_grow_with_the_image() {
     }
     let left = std::fs::read_dir(dir.path()).unwrap().count();
     assert_eq!(left, 4, "key.pem, pub.pem, img, adir and nothing else");
+
+    // Killed half way (SIGKILL: no clean-up runs): the older payload is as it was, and
+    // nothing of the new one is left (its files have no names until the end).
+    let big = p("big");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
+    for i in 0..32 {
+        f.write_all(&seeded_bytes(200 + i, 8 << 20)).unwrap();
+    }
+    drop(f);
+    std::fs::write(p("old.p"), b"the older payload").unwrap();
+    let mut child = Command::new(example("payload"))
+        .args([
+            "generate",
+            "--full",
+            "--target",
+            &big,
+            "--key",
+            &p("key.pem"),
+        ])
+        .args(["-o", &p("old.p"), "--version", "2.0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(child.try_wait().unwrap().is_none(), "done before the kill");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(std::fs::read(p("old.p")).unwrap(), b"the older payload");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["adir", "big", "img", "key.pem", "old.p", "pub.pem"]);
 }

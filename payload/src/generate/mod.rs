@@ -1246,57 +1246,109 @@ fn signed_front<S: Signer + ?Sized>(
     Ok(signed)
 }
 
-/// A file of the generator's beside the output, removed unless kept.
+/// A file of the generator's in the output's directory: unnamed (`O_TMPFILE`) where the
+/// file system allows, so that even a killed generator leaves nothing behind; else named
+/// `.NAME.keel-WHAT-PID` and removed when dropped.
 struct Beside {
-    path: std::path::PathBuf,
+    /// The name of a named one.
+    path: Option<std::path::PathBuf>,
     file: std::fs::File,
-    keep: bool,
 }
 
 impl Beside {
-    /// `.NAME.keel-WHAT-PID` in `out`'s directory, new (never an existing file).
+    /// A new file beside `out` (never an existing one).
     fn new(out: &std::path::Path, what: &str) -> Result<Beside> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let bad = |reason: String| {
+            Error::io(
+                "writing the payload",
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, reason),
+            )
+        };
         // Renamed over at the end: a device, a directory or a link there is not replaced.
         match std::fs::symlink_metadata(out) {
             Ok(m) if !m.is_file() => {
-                return Err(Error::io(
-                    "writing the payload",
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        format!("{}: not a regular file", out.display()),
-                    ),
-                ))
+                return Err(bad(format!("{}: not a regular file", out.display())))
             }
             _ => {}
         }
-        let name = out.file_name().ok_or_else(|| {
-            Error::io(
-                "naming the payload file",
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
-            )
-        })?;
-        let mut tmp = std::ffi::OsString::from(".");
-        tmp.push(name);
-        tmp.push(format!(".keel-{what}-{}", std::process::id()));
-        let path = out.with_file_name(tmp);
+        if out.file_name().is_none() {
+            return Err(bad(format!("{}: not a file name", out.display())));
+        }
+        let dir = match out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        let created = |e| Error::io("creating a file beside the payload", e);
+        match std::fs::File::options()
+            .read(true)
+            .write(true)
+            .mode(0o666)
+            .custom_flags(nix::libc::O_TMPFILE)
+            .open(dir)
+        {
+            Ok(file) => return Ok(Beside { path: None, file }),
+            // A file system without unnamed files: a named one.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(nix::libc::EOPNOTSUPP | nix::libc::EISDIR | nix::libc::EINVAL)
+                ) => {}
+            Err(e) => return Err(created(e)),
+        }
+        let path = Self::name(out, what);
         let file = std::fs::File::options()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(|e| Error::io("creating a file beside the payload", e))?;
+            .map_err(created)?;
         Ok(Beside {
-            path,
+            path: Some(path),
             file,
-            keep: false,
+        })
+    }
+
+    /// `.NAME.keel-WHAT-PID` beside `out`.
+    fn name(out: &std::path::Path, what: &str) -> std::path::PathBuf {
+        let mut tmp = std::ffi::OsString::from(".");
+        tmp.push(out.file_name().unwrap_or_default());
+        tmp.push(format!(".keel-{what}-{}", std::process::id()));
+        out.with_file_name(tmp)
+    }
+
+    /// Make the file `out` (replacing what was there at once): an unnamed one is linked
+    /// under a temporary name first (a rename is what replaces a file atomically).
+    fn place(mut self, out: &std::path::Path) -> Result<()> {
+        let placing = |e| Error::io("renaming the payload into place", e);
+        let named = match self.path.take() {
+            Some(p) => p,
+            None => {
+                use std::os::fd::AsRawFd;
+                let p = Self::name(out, "new");
+                let fd = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+                nix::unistd::linkat(
+                    None,
+                    std::path::Path::new(&fd),
+                    None,
+                    p.as_path(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+                )
+                .map_err(|e| placing(std::io::Error::from(e)))?;
+                p
+            }
+        };
+        std::fs::rename(&named, out).map_err(|e| {
+            let _ = std::fs::remove_file(&named);
+            placing(e)
         })
     }
 }
 
 impl Drop for Beside {
     fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_file(&self.path);
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
@@ -1332,8 +1384,7 @@ fn finish_file<S: Signer + ?Sized>(
         ));
     }
     file.file.sync_all().map_err(io("syncing the payload"))?;
-    std::fs::rename(&file.path, out).map_err(io("renaming the payload into place"))?;
-    file.keep = true;
+    file.place(out)?;
     Ok(front.len() as u64 + data_len)
 }
 
