@@ -104,6 +104,25 @@ enum Cmd {
     },
 }
 
+/// The payload is renamed over `output` at the end: never over one of its own inputs
+/// (compared by what the files are, not how they are spelled).
+fn not_an_input(output: &std::path::Path, inputs: &[&std::path::Path]) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(o) = std::fs::metadata(output) else {
+        return Ok(());
+    };
+    for i in inputs {
+        if std::fs::metadata(i).is_ok_and(|m| (m.dev(), m.ino()) == (o.dev(), o.ino())) {
+            return Err(format!(
+                "{}: is the input {}; the payload goes to a file of its own",
+                output.display(),
+                i.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Generate {
@@ -120,6 +139,13 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             // The time reported is the whole run's: reading, hashing, encoding, writing.
             let t = std::time::Instant::now();
+            let mut inputs: Vec<&std::path::Path> = vec![&key];
+            inputs.extend(source.iter().chain(&target).map(|p| p.as_path()));
+            for (_, old, new) in images.iter().chain(&files) {
+                inputs.extend(old.iter().map(|p| p.as_path()));
+                inputs.push(new);
+            }
+            not_an_input(&output, &inputs)?;
             let pem = cli::read_small_text(&key, 64 << 10)?;
             let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
             // Mapped, not read: the images stay page cache the kernel can drop, so the

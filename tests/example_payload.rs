@@ -401,7 +401,15 @@ fn the_generators_memory_does_not_grow_with_the_image() {
     let p = |n: &str| dir.path().join(n).display().to_string();
     std::fs::write(p("img"), seeded_bytes(5, 1 << 20)).unwrap();
     std::fs::create_dir(p("adir")).unwrap();
-    for out in [p("adir"), "/dev/null".to_string(), p("no/such/dir/x")] {
+    std::os::unix::fs::symlink(p("img"), p("img-link")).unwrap();
+    for out in [
+        p("adir"),
+        "/dev/null".to_string(),
+        p("no/such/dir/x"),
+        p("img"),
+        p("img-link"),
+        p("key.pem"),
+    ] {
         let o = run(
             &example("payload"),
             &[
@@ -421,8 +429,12 @@ fn the_generators_memory_does_not_grow_with_the_image() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(&out), "{out}: {err}");
     }
+    assert!(std::fs::read(p("img")).unwrap() == seeded_bytes(5, 1 << 20));
     let left = std::fs::read_dir(dir.path()).unwrap().count();
-    assert_eq!(left, 4, "key.pem, pub.pem, img, adir and nothing else");
+    assert_eq!(
+        left, 5,
+        "key.pem, pub.pem, img, img-link, adir and nothing else"
+    );
 
     // Killed half way (SIGKILL: no clean-up runs): the older payload is as it was, and
     // nothing of the new one is left (its files have no names until the end).
@@ -457,5 +469,8 @@ fn the_generators_memory_does_not_grow_with_the_image() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["adir", "big", "img", "key.pem", "old.p", "pub.pem"]);
+    assert_eq!(
+        names,
+        ["adir", "big", "img", "img-link", "key.pem", "old.p", "pub.pem"]
+    );
 }

@@ -1280,6 +1280,8 @@ impl Beside {
             _ => std::path::Path::new("."),
         };
         let created = |e| Error::io("creating a file beside the payload", e);
+        // An unnamed file gets its name through /proc/self/fd: without /proc, a named one.
+        let unnamed = std::path::Path::new("/proc/self/fd").is_dir();
         match std::fs::File::options()
             .read(true)
             .write(true)
@@ -1287,7 +1289,8 @@ impl Beside {
             .custom_flags(nix::libc::O_TMPFILE)
             .open(dir)
         {
-            Ok(file) => return Ok(Beside { path: None, file }),
+            Ok(file) if unnamed => return Ok(Beside { path: None, file }),
+            Ok(_) => {}
             // A file system without unnamed files: a named one.
             Err(e)
                 if matches!(
