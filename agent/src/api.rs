@@ -168,9 +168,15 @@ fn handle(op: &str, shared: &Shared) -> Value {
 pub fn metrics(shared: &Shared) -> String {
     let s = shared.status();
     let mut out = String::new();
+    // Counters end in `_total`, as Prometheus names them; the rest are gauges.
     let mut gauge = |name: &str, help: &str, value: u64| {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
         out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         ));
     };
     gauge(
@@ -188,6 +194,11 @@ pub fn metrics(shared: &Shared) -> String {
         "keel_agent_failures_total",
         "Steps that failed.",
         s.failures,
+    );
+    gauge(
+        "keel_agent_fetched_bytes_total",
+        "Bytes received for the installs.",
+        s.fetched_bytes,
     );
     gauge(
         "keel_agent_install_seconds",

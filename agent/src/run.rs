@@ -503,14 +503,16 @@ impl Daemon {
             }),
         )?;
         self.shared.event(format!(
-            "installed {version} into slot {} ({} images)",
+            "installed {version} into slot {} ({} images, {} bytes fetched)",
             installed.slot,
-            installed.images.len()
+            installed.images.len(),
+            installed.fetched
         ));
         self.shared.update(|s| {
             s.state = "staged".into();
             s.staged = Some(version.clone());
             s.installs += 1;
+            s.fetched_bytes += installed.fetched;
             s.install_seconds = Some(started.elapsed().as_secs());
             s.last_error = None;
         });

@@ -103,6 +103,9 @@ pub struct Status {
     pub failures: u64,
     /// Seconds the last install took.
     pub install_seconds: Option<u64>,
+    /// Bytes received for the installs since the agent started.
+    #[serde(default)]
+    pub fetched_bytes: u64,
 }
 
 /// One thing that happened.

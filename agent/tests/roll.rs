@@ -313,7 +313,7 @@ fn lone_node() -> Option<(Node, keel_testsupport::nginx::Nginx, tempfile::TempDi
 /// resume, metrics; a client that sends nothing is cut off and the others still answered.
 #[test]
 fn the_local_api_answers_and_pauses_the_loop() {
-    let Some((n, _server, tmp)) = lone_node() else {
+    let Some((n, server, tmp)) = lone_node() else {
         return;
     };
     let d = tmp.path();
@@ -342,6 +342,21 @@ fn the_local_api_answers_and_pauses_the_loop() {
     let metrics = keel_agent::api::request(&sock, "metrics").unwrap();
     let text = metrics["metrics"].as_str().unwrap();
     assert!(text.contains("keel_agent_installs_total 1"), "{text}");
+    assert!(
+        text.contains("# TYPE keel_agent_installs_total counter"),
+        "{text}"
+    );
+    // The payload's bytes, as nginx sent them.
+    let sent: u64 = server
+        .requests_for("/full-2.payload")
+        .iter()
+        .map(|r| r.bytes)
+        .sum();
+    assert!(sent > 0);
+    assert!(
+        text.contains(&format!("keel_agent_fetched_bytes_total {sent}\n")),
+        "{sent}: {text}"
+    );
     let events = keel_agent::api::request(&sock, "events").unwrap();
     assert!(
         events["events"]

@@ -99,12 +99,13 @@ impl<'a> HttpReader<'a> {
     /// What the download cost so far: bytes received include those read ahead and
     /// not delivered (the consumer stopped or moved).
     pub fn stats(&self) -> Stats {
-        use std::sync::atomic::Ordering::Relaxed;
-        Stats {
-            requests: self.counters.requests.load(Relaxed),
-            bytes: self.counters.bytes.load(Relaxed),
-            retries: self.counters.retries.load(Relaxed),
-        }
+        self.meter().stats()
+    }
+
+    /// A handle on [`HttpReader::stats`] that outlives the reader's move into its
+    /// consumer (a payload that takes the reader).
+    pub fn meter(&self) -> Meter {
+        Meter(self.counters.clone())
     }
 
     /// The payload's length, once a response said it.
@@ -233,6 +234,22 @@ fn limits(
         }
     }
     Ok(())
+}
+
+/// The counters of one [`HttpReader`], read while another owns the reader.
+#[derive(Clone, Debug)]
+pub struct Meter(std::sync::Arc<stream::Counters>);
+
+impl Meter {
+    /// What the download cost so far.
+    pub fn stats(&self) -> Stats {
+        use std::sync::atomic::Ordering::Relaxed;
+        Stats {
+            requests: self.0.requests.load(Relaxed),
+            bytes: self.0.bytes.load(Relaxed),
+            retries: self.0.retries.load(Relaxed),
+        }
+    }
 }
 
 impl Read for HttpReader<'_> {

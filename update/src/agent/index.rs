@@ -172,7 +172,8 @@ where
             .ok_or_else(|| Refusal::Unpinned { url: a.url.clone() })?;
         // Never more than the index says: a server's endless body is cut off there.
         let reader = keel_fetch::HttpReader::new(&url, fetch)?.expect_len(a.size);
-        self.install_release(
+        let meter = reader.meter();
+        let mut installed = self.install_release(
             |now| {
                 Ok(Payload::open_seekable_at(
                     reader,
@@ -186,6 +187,8 @@ where
                 pin: Some((&a.url, a.size, pin)),
                 source,
             },
-        )
+        )?;
+        installed.fetched = meter.stats().bytes;
+        Ok(installed)
     }
 }

@@ -30,6 +30,8 @@ pub struct Installed {
     pub images: Vec<String>,
     /// The images an interrupted run had already written and verified, not written again.
     pub skipped: Vec<String>,
+    /// Bytes received over the network for it (0 for a payload read from elsewhere).
+    pub fetched: u64,
 }
 
 /// What the caller knows of a payload besides its bytes: the release an index chose it
@@ -414,6 +416,7 @@ where
             root_hash,
             images: images.iter().map(|i| i.name.clone()).collect(),
             skipped,
+            fetched: 0,
         })
     }
 
