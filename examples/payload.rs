@@ -146,8 +146,23 @@ fn run(cli: Cli) -> Result<(), String> {
                 inputs.push(new);
             }
             not_an_input(&output, &inputs)?;
+            // The images are mapped: one changed while the payload is made would give a
+            // payload that does not apply. Their size and change times before and after.
+            let stamp = |paths: &[&std::path::Path]| -> Vec<Option<(u64, i64, i64, i64)>> {
+                use std::os::unix::fs::MetadataExt;
+                paths
+                    .iter()
+                    .map(|p| {
+                        std::fs::metadata(p)
+                            .ok()
+                            .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ctime_nsec()))
+                    })
+                    .collect()
+            };
+            let images_before = stamp(&inputs[1..]);
             let pem = cli::read_small_text(&key, 64 << 10)?;
-            let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
+            let key = SigningKey::from_pkcs8_pem(&pem)
+                .map_err(|e| format!("{}: not a PKCS#8 Ed25519 key: {e}", key.display()))?;
             // Mapped, not read: the images stay page cache the kernel can drop, so the
             // generator's own memory does not grow with them.
             let map = |p: &std::path::Path| keel::io::Mapped::open(p).map_err(|e| e.to_string());
@@ -198,6 +213,13 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             pb.finish_and_clear();
             let len = p.map_err(|e| format!("{}: {e}", output.display()))?;
+            if stamp(&inputs[1..]) != images_before {
+                let _ = std::fs::remove_file(&output);
+                return Err(format!(
+                    "{}: an image changed while the payload was made; the payload is removed",
+                    output.display()
+                ));
+            }
             println!(
                 "{}: {} bytes for {} bytes of images ({:.2}%), {:.1} s",
                 output.display(),

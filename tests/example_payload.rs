@@ -430,6 +430,43 @@ fn the_generators_memory_does_not_grow_with_the_image() {
         assert!(err.contains(&out), "{out}: {err}");
     }
     assert!(std::fs::read(p("img")).unwrap() == seeded_bytes(5, 1 << 20));
+    // A FIFO for the image: refused by name, not waited on.
+    assert!(Command::new("mkfifo")
+        .arg(p("fifo"))
+        .status()
+        .unwrap()
+        .success());
+    let o = run(
+        &example("payload"),
+        &[
+            "generate",
+            "--full",
+            "--target",
+            &p("fifo"),
+            "--key",
+            &p("key.pem"),
+            "-o",
+            &p("x"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("fifo"), "{err}");
+    std::fs::remove_file(p("fifo")).unwrap();
+    // An output name as long as a name may be: the files beside it have short names.
+    let long = p(&"n".repeat(255));
+    ok(&[
+        "generate",
+        "--full",
+        "--target",
+        &p("img"),
+        "--key",
+        &p("key.pem"),
+        "-o",
+        &long,
+        "--version",
+        "2.0",
+    ]);
+    std::fs::remove_file(&long).unwrap();
     let left = std::fs::read_dir(dir.path()).unwrap().count();
     assert_eq!(
         left, 5,

@@ -43,13 +43,23 @@ pub(crate) fn size_of(f: &File) -> io::Result<u64> {
 /// Open a regular file or block device, read-only or writable, and say which it is. Any
 /// other kind of file is refused with an error naming `path`.
 pub fn open_device(path: &Path, writable: bool) -> io::Result<(File, DeviceKind)> {
+    use std::os::unix::fs::OpenOptionsExt;
     let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    // Opened without waiting: a FIFO would block the open until a writer came, before its
+    // kind could be refused.
     let f = OpenOptions::new()
         .read(true)
         .write(writable)
+        .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)
         .map_err(named)?;
     let k = kind(&f).map_err(named)?;
+    // A regular file or a block device: back to ordinary blocking I/O.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    let flags =
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| named(e.into()))?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(|e| named(e.into()))?;
     Ok((f, k))
 }
 

@@ -1191,21 +1191,27 @@ pub fn assemble<S: Signer + ?Sized>(
 
 /// The compatible string and version a manifest may carry.
 fn check_texts(manifest: &Manifest) -> Result<()> {
-    if manifest.compatible.is_empty() || manifest.compatible.len() > 256 {
+    check_labels(&manifest.compatible, &manifest.version)
+}
+
+/// [`check_texts`] on the options, before any encoding: a bad label is found at once, not
+/// after minutes of work.
+fn check_labels(compatible: &str, version: &str) -> Result<()> {
+    if compatible.is_empty() || compatible.len() > 256 {
         return Err(Error::ManifestField {
             field: "compatible",
-            reason: format!("{} bytes: 1 to 256", manifest.compatible.len()),
+            reason: format!("{} bytes: 1 to 256", compatible.len()),
         });
     }
-    if manifest.version.len() > 64 {
+    if version.len() > 64 {
         return Err(Error::ManifestField {
             field: "version",
-            reason: format!("{:?}: at most 64 bytes", manifest.version),
+            reason: format!("{version:?}: at most 64 bytes"),
         });
     }
-    crate::format::Version::parse(&manifest.version).map_err(|reason| Error::BadVersion {
+    crate::format::Version::parse(version).map_err(|reason| Error::BadVersion {
         what: "payload version",
-        version: manifest.version.clone(),
+        version: version.to_string(),
         reason,
     })?;
     Ok(())
@@ -1267,12 +1273,18 @@ impl Beside {
         };
         // Renamed over at the end: a device, a directory or a link there is not replaced.
         match std::fs::symlink_metadata(out) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(bad(format!(
+                    "{}: a symbolic link, not replaced",
+                    out.display()
+                )))
+            }
             Ok(m) if !m.is_file() => {
                 return Err(bad(format!("{}: not a regular file", out.display())))
             }
             _ => {}
         }
-        if out.file_name().is_none() {
+        if out.file_name().is_none() || out.as_os_str().as_encoded_bytes().ends_with(b"/") {
             return Err(bad(format!("{}: not a file name", out.display())));
         }
         let dir = match out.parent() {
@@ -1299,25 +1311,43 @@ impl Beside {
                 ) => {}
             Err(e) => return Err(created(e)),
         }
-        let path = Self::name(out, what);
-        let file = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(created)?;
-        Ok(Beside {
-            path: Some(path),
-            file,
-        })
+        let mut tries = 0;
+        loop {
+            let path = Self::name(out, what);
+            match std::fs::File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => {
+                    return Ok(Beside {
+                        path: Some(path),
+                        file,
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+                Err(e) => return Err(created(e)),
+            }
+        }
     }
 
-    /// `.NAME.keel-WHAT-PID` beside `out`.
+    /// `.keel-WHAT-PID-RANDOM` beside `out`: short whatever `out`'s name (never past
+    /// NAME_MAX), and another one each time (a process id comes back; a file a killed
+    /// run left under it does not block the next).
     fn name(out: &std::path::Path, what: &str) -> std::path::PathBuf {
-        let mut tmp = std::ffi::OsString::from(".");
-        tmp.push(out.file_name().unwrap_or_default());
-        tmp.push(format!(".keel-{what}-{}", std::process::id()));
-        out.with_file_name(tmp)
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        out.with_file_name(format!(
+            ".keel-{what}-{}-{:016x}",
+            std::process::id(),
+            h.finish()
+        ))
     }
 
     /// Make the file `out` (replacing what was there at once): an unnamed one is linked
@@ -1328,23 +1358,39 @@ impl Beside {
             Some(p) => p,
             None => {
                 use std::os::fd::AsRawFd;
-                let p = Self::name(out, "new");
                 let fd = format!("/proc/self/fd/{}", self.file.as_raw_fd());
-                nix::unistd::linkat(
-                    None,
-                    std::path::Path::new(&fd),
-                    None,
-                    p.as_path(),
-                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
-                )
-                .map_err(|e| placing(std::io::Error::from(e)))?;
-                p
+                let mut tries = 0;
+                loop {
+                    let p = Self::name(out, "new");
+                    match nix::unistd::linkat(
+                        None,
+                        std::path::Path::new(&fd),
+                        None,
+                        p.as_path(),
+                        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+                    ) {
+                        Ok(()) => break p,
+                        Err(nix::errno::Errno::EEXIST) if tries < 8 => tries += 1,
+                        Err(e) => return Err(placing(std::io::Error::from(e))),
+                    }
+                }
             }
         };
+        // A kill between the link and the rename leaves the whole payload under `named`
+        // (microseconds; nothing else does).
         std::fs::rename(&named, out).map_err(|e| {
             let _ = std::fs::remove_file(&named);
             placing(e)
-        })
+        })?;
+        // The rename itself on the disk, not only in the cache: a crash after a reported
+        // success must not bring the older payload back.
+        let dir = match out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("syncing the payload's directory", e))
     }
 }
 
@@ -1405,6 +1451,7 @@ pub fn generate_file<S: Signer + ?Sized>(
     progress: Option<&dyn Progress>,
     out: &std::path::Path,
 ) -> Result<u64> {
+    check_labels(&opts.compatible, &opts.version)?;
     let spool = Beside::new(out, "data")?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, &spool.file);
     let (manifest, data_len) = build_into(source, target, opts, progress, &mut w)?;
@@ -1430,6 +1477,7 @@ pub fn generate_bundle_file<S: Signer + ?Sized>(
     progress: Option<&dyn Progress>,
     out: &std::path::Path,
 ) -> Result<u64> {
+    check_labels(&opts.compatible, &opts.version)?;
     let spool = Beside::new(out, "data")?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, &spool.file);
     let images = bundle_images(parts, opts, progress, &mut w)?;
