@@ -15,12 +15,7 @@ cd "$(dirname "$0")/.."
 SIZES=${*:-1 2 4}
 CORPUS=${KEEL_CORPUS:-/tmp/keel-corpus}
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
-if pkg-config --exists libzstd 2>/dev/null; then
-  export ZSTD_SYS_USE_PKG_CONFIG=1 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/system-zstd}
-fi
-cargo build -q --release --example payload
-PAYLOAD=${CARGO_TARGET_DIR:-target}/release/examples/payload
-openssl genpkey -algorithm ed25519 -out "$W/k.pem" 2>/dev/null
+. benches/support/payload.sh
 . benches/support/anon_peak.sh
 
 # run NAME OUT CMD: one row (time, size, GNU time's peak RSS, peak anonymous memory).

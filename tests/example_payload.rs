@@ -373,9 +373,8 @@ fn full_payload_peak(dir: &tempfile::TempDir, mib: usize) -> u64 {
     assert!(shown.contains("version:      2.0"), "{shown}");
     std::fs::remove_file(&image).unwrap();
     std::fs::remove_file(&out).unwrap();
-    let left: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    let left: Vec<_> = common::names_in(dir.path())
+        .into_iter()
         .filter(|n| n.contains("keel-"))
         .collect();
     assert!(left.is_empty(), "left beside the payload: {left:?}");
@@ -501,13 +500,8 @@ fn the_generators_memory_does_not_grow_with_the_image() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(std::fs::read(p("old.p")).unwrap(), b"the older payload");
-    let mut names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
     assert_eq!(
-        names,
+        common::names_in(dir.path()),
         ["adir", "big", "img", "img-link", "key.pem", "old.p", "pub.pem"]
     );
 }

@@ -299,13 +299,8 @@ fn the_agent_killed_at_every_write_of_a_bundle_install_converges() {
             assert!(node.outcome() == reference, "{what}: a different slot set");
             assert_eq!(fs::read(node.file('a', "vmlinuz")).unwrap(), k1, "{what}");
             assert!(node.b_armed(), "{what}: {}", node.status());
-            let mut names: Vec<String> = fs::read_dir(node.file('b', "x").parent().unwrap())
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
             assert_eq!(
-                names,
+                common::names_in(node.file('b', "x").parent().unwrap()),
                 ["initrd.img", "vmlinuz"],
                 "{what}: files left behind"
             );

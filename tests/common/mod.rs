@@ -45,6 +45,17 @@ pub(crate) fn ok(name: &str, args: &[&str]) -> String {
 }
 
 /// Copy a directory tree.
+/// The names in `dir`, sorted: what a test expects to be left there.
+#[allow(dead_code)] // not every test binary lists a directory
+pub(crate) fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 pub(crate) fn copy_dir(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();

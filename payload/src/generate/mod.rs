@@ -1451,22 +1451,11 @@ pub fn generate_file<S: Signer + ?Sized>(
     progress: Option<&dyn Progress>,
     out: &std::path::Path,
 ) -> Result<u64> {
-    check_labels(&opts.compatible, &opts.version)?;
-    let spool = Beside::new(out, "data")?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, &spool.file);
-    let (manifest, data_len) = build_into(source, target, opts, progress, &mut w)?;
-    std::io::Write::flush(&mut w).map_err(|e| Error::io("writing the payload's data", e))?;
-    drop(w);
-    check_texts(&manifest)?;
-    let m = pack_manifest(&encode_manifest(&manifest))?;
-    finish_file(
-        out,
-        crate::format::FORMAT_VERSION,
-        &m,
-        spool,
-        data_len,
-        signer,
-    )
+    to_file(out, crate::format::FORMAT_VERSION, signer, opts, |w| {
+        let (manifest, data_len) = build_into(source, target, opts, progress, w)?;
+        check_texts(&manifest)?;
+        Ok((pack_manifest(&encode_manifest(&manifest))?, data_len))
+    })
 }
 
 /// [`generate_bundle`] into the file `out`, in bounded memory as [`generate_file`].
@@ -1477,22 +1466,33 @@ pub fn generate_bundle_file<S: Signer + ?Sized>(
     progress: Option<&dyn Progress>,
     out: &std::path::Path,
 ) -> Result<u64> {
+    to_file(out, crate::format::BUNDLE_VERSION, signer, opts, |w| {
+        let images = bundle_images(parts, opts, progress, w)?;
+        let data_len = images.iter().map(|i| i.data_len).sum();
+        Ok((
+            pack_manifest(&crate::format::encode_bundle(&images))?,
+            data_len,
+        ))
+    })
+}
+
+/// The payload `encode` makes (its data written to the sink it is given; its packed
+/// manifest and data length returned) into the file `out`: the labels checked first, the
+/// data spooled beside `out`, then [`finish_file`].
+fn to_file<S: Signer + ?Sized>(
+    out: &std::path::Path,
+    version: u32,
+    signer: &S,
+    opts: &GenerateOptions,
+    encode: impl FnOnce(&mut dyn std::io::Write) -> Result<(Vec<u8>, u64)>,
+) -> Result<u64> {
     check_labels(&opts.compatible, &opts.version)?;
     let spool = Beside::new(out, "data")?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, &spool.file);
-    let images = bundle_images(parts, opts, progress, &mut w)?;
+    let (m, data_len) = encode(&mut w)?;
     std::io::Write::flush(&mut w).map_err(|e| Error::io("writing the payload's data", e))?;
     drop(w);
-    let data_len = images.iter().map(|i| i.data_len).sum();
-    let m = pack_manifest(&crate::format::encode_bundle(&images))?;
-    finish_file(
-        out,
-        crate::format::BUNDLE_VERSION,
-        &m,
-        spool,
-        data_len,
-        signer,
-    )
+    finish_file(out, version, &m, spool, data_len, signer)
 }
 
 #[cfg(test)]
