@@ -495,8 +495,21 @@ fn the_generators_memory_does_not_grow_with_the_image() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
-    assert!(child.try_wait().unwrap().is_none(), "done before the kill");
+    // Killed once it has written 16 MiB of the payload's data (by the kernel's count of
+    // its writes), well before the end.
+    let io = format!("/proc/{}/io", child.id());
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "done before the kill");
+        let written = std::fs::read_to_string(&io)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("wchar: ")?.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if written > 16 << 20 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(std::fs::read(p("old.p")).unwrap(), b"the older payload");

@@ -327,7 +327,11 @@ fn a_fleet_of_vms_rolls_a_new_kernel_and_root_one_at_a_time_and_stops_at_a_bad_o
         kill[x].store(true, Ordering::SeqCst);
         let killed = Instant::now();
         let holder = format!("node-{x}");
-        assert_eq!(live_holders(), [holder.clone()], "the slot's holder");
+        assert_eq!(
+            live_holders(),
+            std::slice::from_ref(&holder),
+            "the slot's holder"
+        );
         // Freed: no longer held through a live lease (the next node may take it at once).
         wait_for("the killed node's slot freed itself", &|| {
             !live_holders().contains(&holder)
