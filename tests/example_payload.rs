@@ -324,6 +324,22 @@ fn a_bundle_of_a_root_and_a_kernel_is_made_listed_and_applied_by_image() {
     }
 }
 
+/// `payload generate --full` of `image` into `out` with the directory's key, version 2.0.
+fn full<'a>(key: &'a str, image: &'a str, out: &'a str) -> [&'a str; 10] {
+    [
+        "generate",
+        "--full",
+        "--target",
+        image,
+        "--key",
+        key,
+        "-o",
+        out,
+        "--version",
+        "2.0",
+    ]
+}
+
 /// The generator's own memory (anonymous pages: the images are mapped, their pages are
 /// the kernel's cache) at its peak while `payload generate --full` runs on an image of
 /// `mib` MiB of incompressible data, as a squashfs or EROFS image largely is; checks the
@@ -337,17 +353,10 @@ fn full_payload_peak(dir: &tempfile::TempDir, mib: usize) -> u64 {
     }
     f.into_inner().unwrap().sync_all().unwrap();
     let out = p(&format!("payload-{mib}"));
+    let key = p("key.pem");
     let mut child = Command::new(example("payload"))
-        .args(["generate", "--full", "--target", &image, "--key"])
-        .args([
-            &p("key.pem"),
-            "-o",
-            &out,
-            "--level",
-            "1",
-            "--version",
-            "2.0",
-        ])
+        .args(full(&key, &image, &out))
+        .args(["--level", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -398,6 +407,7 @@ fn the_generators_memory_does_not_grow_with_the_image() {
 
     // Where the payload cannot go: a directory, a device; a clear error, nothing left.
     let p = |n: &str| dir.path().join(n).display().to_string();
+    let key = p("key.pem");
     std::fs::write(p("img"), seeded_bytes(5, 1 << 20)).unwrap();
     std::fs::create_dir(p("adir")).unwrap();
     std::os::unix::fs::symlink(p("img"), p("img-link")).unwrap();
@@ -409,21 +419,7 @@ fn the_generators_memory_does_not_grow_with_the_image() {
         p("img-link"),
         p("key.pem"),
     ] {
-        let o = run(
-            &example("payload"),
-            &[
-                "generate",
-                "--full",
-                "--target",
-                &p("img"),
-                "--key",
-                &p("key.pem"),
-                "-o",
-                &out,
-                "--version",
-                "2.0",
-            ],
-        );
+        let o = run(&example("payload"), &full(&key, &p("img"), &out));
         assert!(!o.status.success(), "{out}");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(&out), "{out}: {err}");
@@ -435,36 +431,13 @@ fn the_generators_memory_does_not_grow_with_the_image() {
         .status()
         .unwrap()
         .success());
-    let o = run(
-        &example("payload"),
-        &[
-            "generate",
-            "--full",
-            "--target",
-            &p("fifo"),
-            "--key",
-            &p("key.pem"),
-            "-o",
-            &p("x"),
-        ],
-    );
+    let o = run(&example("payload"), &full(&key, &p("fifo"), &p("x")));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("fifo"), "{err}");
     std::fs::remove_file(p("fifo")).unwrap();
     // An output name as long as a name may be: the files beside it have short names.
     let long = p(&"n".repeat(255));
-    ok(&[
-        "generate",
-        "--full",
-        "--target",
-        &p("img"),
-        "--key",
-        &p("key.pem"),
-        "-o",
-        &long,
-        "--version",
-        "2.0",
-    ]);
+    ok(&full(&key, &p("img"), &long));
     std::fs::remove_file(&long).unwrap();
     let left = std::fs::read_dir(dir.path()).unwrap().count();
     assert_eq!(
@@ -482,15 +455,7 @@ fn the_generators_memory_does_not_grow_with_the_image() {
     drop(f);
     std::fs::write(p("old.p"), b"the older payload").unwrap();
     let mut child = Command::new(example("payload"))
-        .args([
-            "generate",
-            "--full",
-            "--target",
-            &big,
-            "--key",
-            &p("key.pem"),
-        ])
-        .args(["-o", &p("old.p"), "--version", "2.0"])
+        .args(full(&key, &big, &p("old.p")))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
