@@ -32,9 +32,9 @@ pub trait Turns {
     /// Ask for the turn to reboot into `version`.
     fn take(&self, version: &str) -> Result<Turn>;
     /// Give back the turn this node holds (after the commit, or when the reboot did not
-    /// happen); `token` is what [`Turn::Taken`] carried. Giving back what is not held
-    /// is no error.
-    fn give_back(&self, token: Option<i64>) -> Result<()>;
+    /// happen); `token` is what [`Turn::Taken`] carried. Whether one was held (giving
+    /// back what is not held is no error).
+    fn give_back(&self, token: Option<i64>) -> Result<bool>;
     /// This node's new version failed (`reason` names the node and the check): stop the
     /// roll for the group, where the policy can.
     fn report_failure(&self, reason: &str) -> Result<()> {
@@ -51,8 +51,8 @@ impl Turns for Immediate {
     fn take(&self, _version: &str) -> Result<Turn> {
         Ok(Turn::Taken(None))
     }
-    fn give_back(&self, _token: Option<i64>) -> Result<()> {
-        Ok(())
+    fn give_back(&self, _token: Option<i64>) -> Result<bool> {
+        Ok(false)
     }
 }
 
@@ -142,15 +142,15 @@ impl Turns for EtcdTurns {
         }
     }
 
-    fn give_back(&self, token: Option<i64>) -> Result<()> {
-        self.node().steady_state()?;
+    fn give_back(&self, token: Option<i64>) -> Result<bool> {
+        let held = self.node().steady_state()?;
         if let Some(id) = token {
             // Ended already if the reboot took longer than its TTL.
             if let Ok(l) = Lease::resume(&self.etcd, id) {
                 let _ = l.revoke();
             }
         }
-        Ok(())
+        Ok(held)
     }
 
     fn report_failure(&self, reason: &str) -> Result<()> {
@@ -195,8 +195,10 @@ impl Turns for FleetLockTurns {
             Err(e) => Turn::NotNow(e.to_string()),
         })
     }
-    fn give_back(&self, _token: Option<i64>) -> Result<()> {
-        Ok(self.client.steady_state(&self.group, &self.node)?)
+    fn give_back(&self, _token: Option<i64>) -> Result<bool> {
+        // FleetLock's release says nothing of what was held.
+        self.client.steady_state(&self.group, &self.node)?;
+        Ok(false)
     }
 }
 

@@ -271,7 +271,9 @@ impl Daemon {
 
     /// Give back the fleet's turn this node holds.
     fn release(&self, turns: &Arc<dyn Turns>, token: Option<i64>) -> Result<()> {
-        turns.give_back(token)?;
+        if turns.give_back(token)? {
+            self.shared.event("gave back the reboot slot");
+        }
         Ok(())
     }
 

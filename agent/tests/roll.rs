@@ -531,12 +531,12 @@ fn an_embedder_swaps_the_turns_the_reboot_and_the_health_checks() {
                 Turn::Taken(Some(7))
             })
         }
-        fn give_back(&self, token: Option<i64>) -> keel_agent::Result<()> {
+        fn give_back(&self, token: Option<i64>) -> keel_agent::Result<bool> {
             self.log
                 .lock()
                 .unwrap()
                 .push(format!("give back {token:?}"));
-            Ok(())
+            Ok(token.is_some())
         }
         fn report_failure(&self, reason: &str) -> keel_agent::Result<()> {
             self.log.lock().unwrap().push(format!("failure: {reason}"));

@@ -124,15 +124,20 @@ impl GenerateOptions {
 }
 
 fn hashes(img: &[u8], count: u64, threads: usize) -> Vec<[u8; 32]> {
+    per_block(count, threads, |i| sha256(&block(img, i)))
+}
+
+/// `f` of blocks 0 to `count`, in order, the blocks split evenly between the threads.
+fn per_block<T: Send>(count: u64, threads: usize, f: impl Fn(u64) -> T + Sync) -> Vec<T> {
     let per = count.div_ceil(threads.max(1) as u64).max(1);
     let parts: Vec<(u64, u64)> = (0..count)
         .step_by(per as usize)
         .map(|s| (s, (s + per).min(count)))
         .collect();
-    par_map(parts, threads, |(a, b)| {
-        (a..b).map(|i| sha256(&block(img, i))).collect::<Vec<_>>()
-    })
-    .concat()
+    par_map(parts, threads, |(a, b)| (a..b).map(&f).collect::<Vec<_>>())
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Target blocks of one group of files with old versions (the reference gives context).
@@ -725,23 +730,13 @@ fn classify(source: Option<&[u8]>, target: &[u8], threads: usize) -> Vec<Kind> {
         // A full payload: only zeros to find, no hashes to match (a pass of SHA-256 over
         // the image saved; memcmp against a zero block runs at memory speed).
         static ZERO: [u8; BS] = [0; BS];
-        let per = tblocks.div_ceil(threads.max(1) as u64).max(1);
-        let parts: Vec<(u64, u64)> = (0..tblocks)
-            .step_by(per as usize)
-            .map(|s| (s, (s + per).min(tblocks)))
-            .collect();
-        return par_map(parts, threads, |(a, b)| {
-            (a..b)
-                .map(|i| {
-                    if *block(target, i) == ZERO[..] {
-                        Kind::Zero
-                    } else {
-                        Kind::New
-                    }
-                })
-                .collect::<Vec<_>>()
-        })
-        .concat();
+        return per_block(tblocks, threads, |i| {
+            if *block(target, i) == ZERO[..] {
+                Kind::Zero
+            } else {
+                Kind::New
+            }
+        });
     }
     let zero_hash = sha256(&[0u8; BS]);
     let mut index: HashMap<[u8; 32], u64> = HashMap::new();
@@ -956,7 +951,7 @@ impl Images<'_> {
             }
             _ => {
                 let tbytes = blocks::extents_cow(self.target, &t);
-                let best = self.best_candidate(op, &t, &tbytes, src, pred, level)?;
+                let mut best = self.best_candidate(op, &t, &tbytes, src, pred, level)?;
                 // Content its reference nearly all holds (a file that only moved) gains a
                 // few bytes from the requested level at the cost of seconds, and so does
                 // content that does not compress by itself (blocks a file system
@@ -969,7 +964,7 @@ impl Images<'_> {
                 } else {
                     level
                 };
-                let (op, data, hash) = self.compress(&best, &tbytes, level)?;
+                let (op, data, hash) = self.compress(&mut best, &tbytes, level)?;
                 (op, best.source, data, hash)
             }
         };
@@ -1113,7 +1108,7 @@ impl Images<'_> {
     /// levels: as fast as zstd -19 and a tenth smaller on executables and text.
     fn compress(
         &self,
-        c: &Candidate,
+        c: &mut Candidate,
         tbytes: &[u8],
         level: i32,
     ) -> Result<(OpType, Vec<u8>, [u8; 32])> {
@@ -1170,7 +1165,9 @@ impl Images<'_> {
             _ => match xz.then(|| xz_blob(tbytes, &[], c.size, true)).flatten() {
                 Some(blob) => (OpType::ReplaceXz, blob, [0u8; 32]),
                 // Compressed once already at this level: not again.
-                None if c.probe.1 == level => (OpType::Replace, c.probe.0.clone(), [0u8; 32]),
+                None if c.probe.1 == level => {
+                    (OpType::Replace, std::mem::take(&mut c.probe.0), [0u8; 32])
+                }
                 None => (OpType::Replace, zstd_plain(tbytes, level)?, [0u8; 32]),
             },
         })
@@ -1453,7 +1450,6 @@ pub fn generate_file<S: Signer + ?Sized>(
 ) -> Result<u64> {
     to_file(out, crate::format::FORMAT_VERSION, signer, opts, |w| {
         let (manifest, data_len) = build_into(source, target, opts, progress, w)?;
-        check_texts(&manifest)?;
         Ok((pack_manifest(&encode_manifest(&manifest))?, data_len))
     })
 }
