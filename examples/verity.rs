@@ -33,8 +33,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use keel::io::same_file;
 use keel::verity::{
-    android_fec_header, fec_encode, fec_repair, fec_verify, format, open_hash_device, parse_uuid,
-    random_uuid, verify, Error, FormatOptions, ReadAt, RepairTarget, WriteAt,
+    android_fec_header, fec_repair, fec_verify, format, format_with_fec, open_hash_device,
+    parse_uuid, random_uuid, verify, Error, FecGeometry, FormatOptions, ReadAt, RepairTarget,
+    WriteAt,
 };
 use verity::{checked_root, open_read, open_rw, print_header, progress_bar, FecOpts, TreeOpts};
 
@@ -179,7 +180,37 @@ fn cmd_format(
         .hash_offset(opts.hash_offset)
         .superblock(superblock)
         .build(opts.build_options(Some(&observer)));
-    let out = format(&params, &data_f, &mut &hash_f, &fopts).map_err(|e| e.to_string())?;
+    // With parity: the tree and the parity from one read of the data.
+    let (out, fec_out) = match &fec.fec_device {
+        None => (
+            format(&params, &data_f, &mut &hash_f, &fopts).map_err(|e| e.to_string())?,
+            None,
+        ),
+        Some(fec_path) => {
+            let fec_f = cli::open_or_create(fec_path, 0o600, &mut created)?;
+            let hash_size = hash_f
+                .size()
+                .map_err(|e| format!("{}: {e}", hash.display()))?;
+            let (out, g) = format_with_fec(
+                &params,
+                &data_f,
+                &mut &hash_f,
+                &mut &fec_f,
+                &fopts,
+                |tree| {
+                    // The hash device as it will be once the tree is written.
+                    let end = hash_size.max(tree.hash_device_size());
+                    if same_file(&hash_f, &fec_f) {
+                        FecGeometry::on_hash_device(&params, tree, fec.fec_roots, fec.fec_offset)
+                    } else {
+                        FecGeometry::separate(&params, tree, fec.fec_roots, end, fec.fec_offset)
+                    }
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            (out, Some((fec_path, fec_f, g)))
+        }
+    };
     pb.finish_and_clear();
     print_header(hash, superblock, &params, &out.geometry);
     let root = hex::encode(&out.root_hash);
@@ -188,20 +219,7 @@ fn cmd_format(
         "Hash device size: \t{} [bytes]",
         out.geometry.hash_device_size()
     );
-    if let Some(fec_path) = &fec.fec_device {
-        let fec_f = cli::open_or_create(fec_path, 0o600, &mut created)?;
-        let g = fec.geometry(&hash_f, &fec_f, &params, &out.geometry)?;
-        let pb = progress_bar(g.rounds() * g.rs_n() * g.block_size());
-        let observer = |done: u64, _total: u64| pb.set_position(done);
-        fec_encode(
-            &g,
-            &data_f,
-            &hash_f,
-            &mut &fec_f,
-            &opts.build_options(Some(&observer)),
-        )
-        .map_err(|e| e.to_string())?;
-        pb.finish_and_clear();
+    if let Some((fec_path, fec_f, g)) = fec_out {
         let mut end = g.fec_device_size();
         if android_header {
             let header = android_fec_header(&g, &fec_f).map_err(|e| e.to_string())?;

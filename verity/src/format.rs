@@ -1,9 +1,11 @@
 //! `veritysetup format` and reading an existing hash device's superblock.
 
 use crate::error::{Error, Result};
+use crate::fec::{fec_encode, FecGeometry};
 use crate::geometry::TreeGeometry;
 use crate::io::{ReadAt, WriteAt};
 use crate::params::VerityParams;
+use crate::stream::StreamTree;
 use crate::superblock::{Superblock, SUPERBLOCK_SIZE};
 use crate::tree::{BuildOptions, HashTree};
 
@@ -82,8 +84,60 @@ where
     D: ReadAt + ?Sized,
     H: WriteAt + ?Sized,
 {
-    let geometry = TreeGeometry::new(params, opts.hash_offset, opts.superblock.is_some())?;
     let tree = HashTree::build_with(params, data, &opts.build)?;
+    write_tree(params, &tree, hash, opts)
+}
+
+/// [`format`] and [`fec_encode`] with one read of the data: the tree and the parity are
+/// computed from the same pass ([`StreamTree`]), then the tree, and the parity at the
+/// place `fec_geometry` gives for the tree's layout, are written (and synced). The bytes
+/// are those of `veritysetup format --fec-device`. Where the parity cannot be made in that
+/// pass (a hash area larger than the tree, a parity past [`crate::STREAM_PARITY_BUDGET`]),
+/// it is computed after the tree by [`fec_encode`], as before.
+pub fn format_with_fec<D, H, F>(
+    params: &VerityParams,
+    data: &D,
+    hash: &mut H,
+    fec: &mut F,
+    opts: &FormatOptions<'_>,
+    fec_geometry: impl FnOnce(&TreeGeometry) -> Result<FecGeometry>,
+) -> Result<(Formatted, FecGeometry)>
+where
+    D: ReadAt + ?Sized,
+    H: ReadAt + WriteAt + ?Sized,
+    F: WriteAt + ?Sized,
+{
+    let geometry = TreeGeometry::new(params, opts.hash_offset, opts.superblock.is_some())?;
+    let g = fec_geometry(&geometry)?;
+    let stream = match StreamTree::new(params)?
+        .threads(opts.build.threads)
+        .parity(&g)
+    {
+        Ok(s) if s.has_parity() => s,
+        // The parity is made after the tree, reading the data again.
+        _ => {
+            let formatted = format(params, data, hash, opts)?;
+            fec_encode(&g, data, &*hash, fec, &opts.build)?;
+            return Ok((formatted, g));
+        }
+    };
+    let streamed = stream.finish(data, &opts.build)?;
+    let formatted = write_tree(params, &streamed.tree, hash, opts)?;
+    match &streamed.parity {
+        Some(parity) => parity.write_to(fec)?,
+        None => fec_encode(&g, data, &*hash, fec, &opts.build)?,
+    }
+    Ok((formatted, g))
+}
+
+/// Write `tree` (built of `params`'s data) as `opts` lays it out, with its superblock.
+fn write_tree<H: WriteAt + ?Sized>(
+    params: &VerityParams,
+    tree: &HashTree,
+    hash: &mut H,
+    opts: &FormatOptions<'_>,
+) -> Result<Formatted> {
+    let geometry = TreeGeometry::new(params, opts.hash_offset, opts.superblock.is_some())?;
     let superblock = opts.superblock.map(|uuid| Superblock {
         params: params.clone(),
         uuid,

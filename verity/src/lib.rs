@@ -39,6 +39,7 @@ mod params;
 mod sha256x16;
 mod sha256x2;
 pub mod sign;
+mod stream;
 mod superblock;
 mod table;
 mod tree;
@@ -51,7 +52,9 @@ pub use fec::{
     android_fec_header, fec_encode, fec_repair, fec_verify, AndroidFecHeader, FecGeometry,
     FecReport, RepairReport, RepairTarget, FEC_DEFAULT_ROOTS, FEC_MAX_ROOTS, FEC_MIN_ROOTS,
 };
-pub use format::{existing_tree, format, open_hash_device, FormatOptions, Formatted};
+pub use format::{
+    existing_tree, format, format_with_fec, open_hash_device, FormatOptions, Formatted,
+};
 pub use fsverity::{fsverity_digest, FsVerity, FSVERITY_DESCRIPTOR_SIZE};
 pub use geometry::{Level, TreeGeometry, MAX_LEVELS};
 pub use io::{Progress, ReadAt, WriteAt};
@@ -62,6 +65,7 @@ pub use params::{
     MAX_SALT_SIZE, MIN_BLOCK_SIZE,
 };
 pub use sign::{RootDescriptor, SignRoot, SignedRoot, VerifiedRoot, VerifyRoot};
+pub use stream::{Parity, StreamTree, Streamed, STREAM_PARITY_BUDGET};
 pub use superblock::{
     format_uuid, parse_uuid, random_uuid, Superblock, SUPERBLOCK_MAGIC, SUPERBLOCK_SIZE,
 };

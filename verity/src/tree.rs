@@ -63,7 +63,7 @@ impl<'a> BuildOptions<'a> {
 
 /// A complete hash tree held in memory in on-disk order (top level first, leaves last),
 /// with its root hash.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HashTree {
     params: VerityParams,
     geometry: TreeGeometry,
@@ -114,12 +114,25 @@ impl HashTree {
             opts,
             true,
         )?;
+        Self::from_leaves(params, geometry, tree, &hasher, opts)
+    }
+
+    /// The tree whose leaf level is already in `tree` (laid out as
+    /// [`HashTree::as_bytes`]): the levels above and the root. `geometry` has levels.
+    pub(crate) fn from_leaves(
+        params: &VerityParams,
+        geometry: TreeGeometry,
+        mut tree: Vec<u8>,
+        hasher: &SaltedHasher,
+        opts: &BuildOptions<'_>,
+    ) -> Result<Self> {
+        let levels = geometry.levels().len();
         for level in 1..levels {
             let (upper, lower) = tree.split_at_mut(geometry.level_offset_in_tree(level - 1));
             let out = &mut upper[geometry.level_offset_in_tree(level)..];
             let below = geometry.levels()[level - 1].blocks;
             hash_level(
-                &hasher,
+                hasher,
                 &geometry,
                 &*lower,
                 geometry.hash_block_size() as usize,
@@ -130,13 +143,23 @@ impl HashTree {
             )?;
         }
         let hbs = geometry.hash_block_size() as usize;
-        let root = hasher.hash(&tree[..hbs], digest_size);
+        let root = hasher.hash(&tree[..hbs], geometry.digest_size());
         Ok(HashTree {
             params: params.clone(),
             geometry,
             tree,
             root,
         })
+    }
+
+    /// A tree of a single data block: no levels, the root is the block's digest.
+    pub(crate) fn single(params: &VerityParams, geometry: TreeGeometry, root: Digest64) -> Self {
+        HashTree {
+            params: params.clone(),
+            geometry,
+            tree: Vec::new(),
+            root,
+        }
     }
 
     /// Bring the tree up to date after the bytes in `changed` (byte ranges of the data

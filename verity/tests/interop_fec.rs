@@ -8,11 +8,13 @@ mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::{run, run_ok, seeded_bytes, tool};
 use keel_verity::{
-    android_fec_header, fec_encode, fec_repair, fec_verify, format, verify, AndroidFecHeader,
-    BuildOptions, Error, FecGeometry, FormatOptions, RepairTarget, TreeGeometry, VerityParams,
+    android_fec_header, fec_encode, fec_repair, fec_verify, format, format_with_fec, verify,
+    AndroidFecHeader, BuildOptions, Error, FecGeometry, FormatOptions, ReadAt, RepairTarget,
+    TreeGeometry, VerityParams,
 };
 
 fn salt() -> Vec<u8> {
@@ -66,6 +68,27 @@ fn keel_setup(bs: u32, blocks: u64, roots: u8, superblock: bool, seed: u64) -> S
     let mut parity = Vec::new();
     fec_encode(&fec, &data, &hash, &mut parity, &BuildOptions::default()).unwrap();
     assert_eq!(parity.len() as u64, fec.parity_size());
+    // The same bytes from one read of the data (tree and parity in the same pass).
+    let counted = Counted(&data, AtomicU64::new(0));
+    let (mut hash2, mut parity2) = (Vec::new(), Vec::new());
+    let (f2, g2) = format_with_fec(&params, &counted, &mut hash2, &mut parity2, &opts, |t| {
+        FecGeometry::separate(&params, t, roots, t.hash_device_size(), 0)
+    })
+    .unwrap();
+    assert_eq!((&f2.root_hash, &g2), (&formatted.root_hash, &fec));
+    assert!(
+        hash2 == hash,
+        "one pass: other tree, {bs} {blocks} {roots} {superblock}"
+    );
+    assert!(
+        parity2 == parity,
+        "one pass: other parity, {bs} {blocks} {roots} {superblock}"
+    );
+    assert_eq!(
+        counted.1.into_inner(),
+        data.len() as u64,
+        "one read of the data"
+    );
     fs::write(dir.path().join("fec"), &parity).unwrap();
     Setup {
         dir,
@@ -73,6 +96,19 @@ fn keel_setup(bs: u32, blocks: u64, roots: u8, superblock: bool, seed: u64) -> S
         tree: formatted.geometry,
         fec,
         root: formatted.root_hash,
+    }
+}
+
+/// Data that counts the bytes read from it.
+struct Counted<'a>(&'a [u8], AtomicU64);
+
+impl ReadAt for Counted<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.1.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.0.read_exact_at(buf, offset)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.0.len() as u64)
     }
 }
 

@@ -19,18 +19,36 @@ pub(crate) struct Batch<'a> {
     /// k runs of batch_rounds blocks: run i holds covered blocks i * rounds + r0 ...
     pub(crate) input: Vec<u8>,
     pub(crate) planes: Vec<u8>,
+    /// Rounds a batch holds at most.
+    pub(crate) per: u64,
 }
 
 impl<'a> Batch<'a> {
     pub(crate) fn new(g: &'a FecGeometry, coeffs: &'a Coeffs, kernel: Kernel) -> Self {
+        Self::with_rounds(g, coeffs, kernel, g.batch_rounds())
+    }
+
+    /// A batch of up to `per` rounds.
+    pub(crate) fn with_rounds(
+        g: &'a FecGeometry,
+        coeffs: &'a Coeffs,
+        kernel: Kernel,
+        per: u64,
+    ) -> Self {
         let bs = g.block_size as usize;
         Batch {
             g,
             coeffs,
             kernel,
-            input: vec![0u8; g.k() * g.batch_rounds() as usize * bs],
+            input: vec![0u8; g.k() * per as usize * bs],
             planes: vec![0u8; g.roots as usize * bs],
+            per,
         }
+    }
+
+    /// Bytes between the runs of consecutive symbols in `input`.
+    pub(crate) fn stride(&self) -> usize {
+        self.per as usize * self.g.block_size as usize
     }
 
     pub(crate) fn load<D: ReadAt + ?Sized, H: ReadAt + ?Sized>(
@@ -40,7 +58,7 @@ impl<'a> Batch<'a> {
         nr: u64,
     ) -> Result<()> {
         let run = (nr * self.g.block_size) as usize;
-        let stride = self.g.batch_rounds() as usize * self.g.block_size as usize;
+        let stride = self.stride();
         for i in 0..self.g.k() {
             let first = i as u64 * self.g.rounds + r0;
             input.read(first, &mut self.input[i * stride..i * stride + run])?;
@@ -51,28 +69,38 @@ impl<'a> Batch<'a> {
     /// Byte `b` of symbol `i` in round `r` (relative to the batch).
     pub(crate) fn symbol(&self, i: usize, r: usize, b: usize) -> u8 {
         let bs = self.g.block_size as usize;
-        let stride = self.g.batch_rounds() as usize * bs;
+        let stride = self.stride();
         self.input[i * stride + r * bs + b]
+    }
+
+    /// Parity of round `r` of the loaded batch into `out` as `roots` planes of a block
+    /// each, side by side.
+    pub(crate) fn encode_planes(&self, r: usize, out: &mut [u8]) -> Result<()> {
+        let bs = self.g.block_size as usize;
+        let stride = self.stride();
+        let inputs: Vec<&[u8]> = (0..self.g.k())
+            .map(|i| &self.input[i * stride + r * bs..i * stride + (r + 1) * bs])
+            .collect();
+        if !self.coeffs.dot(self.kernel, &inputs, bs, out) {
+            return Err(Error::param("fec", "internal buffer shapes disagree"));
+        }
+        Ok(())
     }
 
     /// Parity of round `r` of the loaded batch into `out` (block * roots bytes, interleaved
     /// as on disk).
     pub(crate) fn encode_round(&mut self, r: usize, out: &mut [u8]) -> Result<()> {
         let bs = self.g.block_size as usize;
-        let stride = self.g.batch_rounds() as usize * bs;
-        let inputs: Vec<&[u8]> = (0..self.g.k())
-            .map(|i| &self.input[i * stride + r * bs..i * stride + (r + 1) * bs])
-            .collect();
-        if !self.coeffs.dot(self.kernel, &inputs, bs, &mut self.planes) {
-            return Err(Error::param("fec", "internal buffer shapes disagree"));
-        }
+        let mut planes = std::mem::take(&mut self.planes);
+        let done = self.encode_planes(r, &mut planes);
         let roots = self.g.roots as usize;
-        for (j, plane) in self.planes.chunks_exact(bs).enumerate() {
+        for (j, plane) in planes.chunks_exact(bs).enumerate() {
             for (b, &p) in plane.iter().enumerate() {
                 out[b * roots + j] = p;
             }
         }
-        Ok(())
+        self.planes = planes;
+        done
     }
 }
 
@@ -90,6 +118,22 @@ pub(crate) fn for_each_batch<T, W, S>(
     g: &FecGeometry,
     opts: &BuildOptions<'_>,
     work: W,
+    sink: S,
+) -> Result<()>
+where
+    T: Send,
+    W: Fn(&mut Batch<'_>, u64, u64) -> Result<T> + Sync,
+    S: FnMut(u64, u64, T) -> Result<()>,
+{
+    for_each_batch_of(g, g.batch_rounds(), opts, work, sink)
+}
+
+/// [`for_each_batch`] with batches of up to `per` rounds.
+pub(crate) fn for_each_batch_of<T, W, S>(
+    g: &FecGeometry,
+    per: u64,
+    opts: &BuildOptions<'_>,
+    work: W,
     mut sink: S,
 ) -> Result<()>
 where
@@ -99,7 +143,7 @@ where
 {
     let (_, coeffs) = code_and_coeffs(g.roots);
     let kernel = Kernel::best();
-    let per = g.batch_rounds();
+    let per = per.clamp(1, g.rounds.max(1));
     let batches = g.rounds.div_ceil(per);
     let threads = opts.thread_count().clamp(1, batches.max(1) as usize);
     let next = AtomicU64::new(0);
@@ -111,7 +155,7 @@ where
             let tx = tx.clone();
             let (coeffs, next, stop, work) = (&coeffs, &next, &stop, &work);
             s.spawn(move || {
-                let mut batch = Batch::new(g, coeffs, kernel);
+                let mut batch = Batch::with_rounds(g, coeffs, kernel, per);
                 loop {
                     if opts.progress.is_some_and(|p| p.cancelled()) {
                         let _ = tx.send(Err(Error::Cancelled));

@@ -140,6 +140,28 @@ impl Coeffs {
         len: usize,
         planes: &mut [u8],
     ) -> bool {
+        self.dot_into::<false>(kernel, inputs, len, planes)
+    }
+
+    /// As [`Coeffs::dot`], but the products are added to what `planes` holds (a parity
+    /// built from its inputs one at a time, in any order).
+    pub(crate) fn dot_add(
+        &self,
+        kernel: Kernel,
+        inputs: &[&[u8]],
+        len: usize,
+        planes: &mut [u8],
+    ) -> bool {
+        self.dot_into::<true>(kernel, inputs, len, planes)
+    }
+
+    fn dot_into<const ACC: bool>(
+        &self,
+        kernel: Kernel,
+        inputs: &[&[u8]],
+        len: usize,
+        planes: &mut [u8],
+    ) -> bool {
         if inputs.len() != self.k
             || inputs.iter().any(|s| s.len() < len)
             || planes.len() < self.roots * len
@@ -153,29 +175,38 @@ impl Coeffs {
                 // SAFETY: the CPU has AVX-512F/BW and GFNI (checked just above); every input
                 // holds at least `len` bytes and `planes` at least roots * len (checked at
                 // the top), and the kernel touches only bytes below vec_len <= len.
-                unsafe { dot_gfni(&self.affine, self.roots, inputs, vec_len, len, planes) };
+                unsafe { dot_gfni::<ACC>(&self.affine, self.roots, inputs, vec_len, len, planes) };
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 if std::is_x86_feature_detected!("avx2") => {
                 // SAFETY: as above, with AVX2 checked just above.
-                unsafe { dot_avx2(&self.nibbles, self.roots, inputs, vec_len, len, planes) };
+                unsafe { dot_avx2::<ACC>(&self.nibbles, self.roots, inputs, vec_len, len, planes) };
             }
             _ => {
-                self.dot_scalar(inputs, 0, len, len, planes);
+                self.dot_scalar::<ACC>(inputs, 0, len, len, planes);
                 return true;
             }
         }
-        self.dot_scalar(inputs, vec_len, len, len, planes);
+        self.dot_scalar::<ACC>(inputs, vec_len, len, len, planes);
         true
     }
 
-    fn dot_scalar(&self, inputs: &[&[u8]], from: usize, to: usize, len: usize, planes: &mut [u8]) {
+    fn dot_scalar<const ACC: bool>(
+        &self,
+        inputs: &[&[u8]],
+        from: usize,
+        to: usize,
+        len: usize,
+        planes: &mut [u8],
+    ) {
         if from >= to {
             return;
         }
         let table = product_table();
-        for j in 0..self.roots {
-            planes[j * len + from..j * len + to].fill(0);
+        if !ACC {
+            for j in 0..self.roots {
+                planes[j * len + from..j * len + to].fill(0);
+            }
         }
         for (i, input) in inputs.iter().enumerate() {
             for j in 0..self.roots {
@@ -193,16 +224,16 @@ impl Coeffs {
 /// Run `$body::<G>` for the group size `$g` (1 to 8) known at compile time, so the
 /// accumulators of one group live in registers.
 macro_rules! by_group {
-    ($g:expr, $f:ident, $($arg:expr),*) => {
+    ($g:expr, $f:ident, $acc:ident, $($arg:expr),*) => {
         match $g {
-            1 => $f::<1>($($arg),*),
-            2 => $f::<2>($($arg),*),
-            3 => $f::<3>($($arg),*),
-            4 => $f::<4>($($arg),*),
-            5 => $f::<5>($($arg),*),
-            6 => $f::<6>($($arg),*),
-            7 => $f::<7>($($arg),*),
-            _ => $f::<8>($($arg),*),
+            1 => $f::<1, $acc>($($arg),*),
+            2 => $f::<2, $acc>($($arg),*),
+            3 => $f::<3, $acc>($($arg),*),
+            4 => $f::<4, $acc>($($arg),*),
+            5 => $f::<5, $acc>($($arg),*),
+            6 => $f::<6, $acc>($($arg),*),
+            7 => $f::<7, $acc>($($arg),*),
+            _ => $f::<8, $acc>($($arg),*),
         }
     };
 }
@@ -215,7 +246,7 @@ macro_rules! by_group {
 /// (a multiple of 64) and `planes` `roots * len` bytes with `vec_len <= len`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,gfni")]
-unsafe fn dot_gfni(
+unsafe fn dot_gfni<const ACC: bool>(
     m: &[u64],
     roots: usize,
     inputs: &[&[u8]],
@@ -230,7 +261,7 @@ unsafe fn dot_gfni(
         while off < vec_len {
             // SAFETY: off + 64 <= vec_len <= every input's length; the planes written are
             // j0..j0 + g < roots, each len long, at off + 64 <= len.
-            unsafe { by_group!(g, group_gfni, m, roots, inputs, off, j0, len, planes) };
+            unsafe { by_group!(g, group_gfni, ACC, m, roots, inputs, off, j0, len, planes) };
             off += 64;
         }
         j0 += g;
@@ -245,7 +276,7 @@ unsafe fn dot_gfni(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,gfni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn group_gfni<const G: usize>(
+unsafe fn group_gfni<const G: usize, const ACC: bool>(
     m: &[u64],
     roots: usize,
     inputs: &[&[u8]],
@@ -255,6 +286,13 @@ unsafe fn group_gfni<const G: usize>(
     planes: &mut [u8],
 ) {
     let mut acc = [_mm512_setzero_si512(); G];
+    if ACC {
+        for (g, a) in acc.iter_mut().enumerate() {
+            let at = (j0 + g) * len + off;
+            // SAFETY: the caller guarantees (j0 + g) * len + off + 64 <= planes.len().
+            *a = unsafe { _mm512_loadu_si512(planes.as_ptr().wrapping_add(at).cast()) };
+        }
+    }
     for (i, input) in inputs.iter().enumerate() {
         // SAFETY: the caller guarantees off + 64 <= input.len().
         let x = unsafe { _mm512_loadu_si512(input.as_ptr().wrapping_add(off).cast()) };
@@ -278,7 +316,7 @@ unsafe fn group_gfni<const G: usize>(
 /// The CPU must have AVX2; the lengths as for [`dot_gfni`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(
+unsafe fn dot_avx2<const ACC: bool>(
     t: &[[u8; 32]],
     roots: usize,
     inputs: &[&[u8]],
@@ -292,9 +330,22 @@ unsafe fn dot_avx2(
         let mut off = 0;
         while off < vec_len {
             // SAFETY: as in dot_gfni, for the first 32-byte half of the 64-byte step.
-            unsafe { by_group!(g, group_avx2, t, roots, inputs, off, j0, len, planes) };
+            unsafe { by_group!(g, group_avx2, ACC, t, roots, inputs, off, j0, len, planes) };
             // SAFETY: as in dot_gfni, for the second half (off + 64 <= vec_len).
-            unsafe { by_group!(g, group_avx2, t, roots, inputs, off + 32, j0, len, planes) };
+            unsafe {
+                by_group!(
+                    g,
+                    group_avx2,
+                    ACC,
+                    t,
+                    roots,
+                    inputs,
+                    off + 32,
+                    j0,
+                    len,
+                    planes
+                )
+            };
             off += 64;
         }
         j0 += g;
@@ -309,7 +360,7 @@ unsafe fn dot_avx2(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn group_avx2<const G: usize>(
+unsafe fn group_avx2<const G: usize, const ACC: bool>(
     t: &[[u8; 32]],
     roots: usize,
     inputs: &[&[u8]],
@@ -319,6 +370,13 @@ unsafe fn group_avx2<const G: usize>(
     planes: &mut [u8],
 ) {
     let mut acc = [_mm256_setzero_si256(); G];
+    if ACC {
+        for (g, a) in acc.iter_mut().enumerate() {
+            let at = (j0 + g) * len + off;
+            // SAFETY: the caller guarantees (j0 + g) * len + off + 32 <= planes.len().
+            *a = unsafe { _mm256_loadu_si256(planes.as_ptr().wrapping_add(at).cast()) };
+        }
+    }
     let low = _mm256_set1_epi8(0x0f);
     for (i, input) in inputs.iter().enumerate() {
         // SAFETY: the caller guarantees off + 32 <= input.len().
@@ -388,6 +446,14 @@ mod tests {
                 let mut planes = vec![0xaau8; roots * len];
                 assert!(coeffs.dot(kernel, &inputs, len, &mut planes));
                 assert!(planes == expect, "{kernel:?} with {roots} roots");
+                // The same parity added up one input at a time, in reverse order.
+                let raw = code.parity_matrix();
+                let mut sum = vec![0u8; roots * len];
+                for i in (0..k).rev() {
+                    let one = Coeffs::new(raw[i * roots..(i + 1) * roots].to_vec(), roots);
+                    assert!(one.dot_add(kernel, &[inputs[i]], len, &mut sum));
+                }
+                assert!(sum == expect, "{kernel:?} adding with {roots} roots");
             }
         }
     }

@@ -1,0 +1,703 @@
+//! The tree (and the FEC parity) of data as it is written, in any order, so that a writer
+//! that already holds every block on its way to the disk need not read the device again.
+//!
+//! A [`StreamTree`] is told of every write to the data device ([`StreamTree::write`],
+//! [`StreamTree::zeros`]). Each whole data block it sees is hashed into the leaf level at
+//! once, and, when parity was asked for, multiplied into the Reed-Solomon parity of its
+//! round (the parity is linear in its input, so blocks may arrive in any order).
+//! [`StreamTree::finish`] reads back only what it did not see whole (blocks written in part,
+//! blocks an earlier, interrupted run wrote, blocks never written), builds the levels above
+//! the leaves, and adds the hash area's share of the parity from the finished tree.
+//!
+//! What is trusted: that the device keeps what was written to it. The data is not read back
+//! to be checked; a block the disk loses or alters after the write is caught where
+//! dm-verity always catches it, when the kernel reads it (and, with parity, repaired
+//! there). A block written twice or in part still gives the right tree (its last whole
+//! write counts, a partial one is read back), but its first contribution to the parity
+//! cannot be taken back: the parity is then dropped and [`Streamed::parity`] is `None`,
+//! as it is when the parity would need more than [`STREAM_PARITY_BUDGET`] bytes of memory;
+//! the caller computes it with [`crate::fec_encode`] instead.
+
+use crate::algorithm::{Digest64, SaltedHasher};
+use crate::error::{Error, Result};
+use crate::fec::gfmul::{Coeffs, Kernel};
+use crate::fec::rs::Code;
+use crate::fec::{for_each_batch_of, FecGeometry, Input};
+use crate::geometry::TreeGeometry;
+use crate::io::{ReadAt, WriteAt};
+use crate::params::VerityParams;
+use crate::tree::{BuildOptions, HashTree};
+use keel_io::Threads;
+
+/// Most memory the parity of a [`StreamTree`] may take (beside the tree itself): the
+/// parity of about 8 GiB of data with two roots.
+pub const STREAM_PARITY_BUDGET: u64 = 64 << 20;
+
+/// Input each thread loads per batch of rounds when the whole device is read.
+const STREAM_BATCH_BYTES: u64 = 16 << 20;
+/// Below this many blocks in one write, one thread hashes them: spawning costs more.
+const SPLIT_MIN_BLOCKS: usize = 64;
+/// What [`StreamTree::finish`] reads back at a time.
+const READ_BACK_BYTES: usize = 8 << 20;
+
+/// The tree, and the parity if it was asked for, of what a [`StreamTree`] saw.
+#[derive(Debug)]
+pub struct Streamed {
+    /// The whole tree, with its root.
+    pub tree: HashTree,
+    /// The parity, in the layout `veritysetup format --fec-device` writes; `None` if none
+    /// was asked for or it could not be computed on the way (see the module's text).
+    pub parity: Option<Parity>,
+    /// Bytes of the data device [`StreamTree::finish`] had to read.
+    pub read_back: u64,
+}
+
+/// The parity of a data device and its tree, held in memory until written.
+#[derive(Debug)]
+pub struct Parity {
+    g: FecGeometry,
+    /// Planes in the first group.
+    split: usize,
+    /// Two groups of planes (the first `split`, then the rest), each `rounds` runs of its
+    /// planes side by side (`block` bytes each): see [`Parity::plane`].
+    planes: Vec<u8>,
+}
+
+impl Parity {
+    /// Where it goes and what it covers.
+    pub fn geometry(&self) -> &FecGeometry {
+        &self.g
+    }
+
+    /// Write it at [`FecGeometry::fec_offset`] of `fec` (the bytes [`crate::fec_encode`]
+    /// writes) and sync `fec`.
+    pub fn write_to<F: WriteAt + ?Sized>(&self, fec: &mut F) -> Result<()> {
+        let bs = self.g.block_size as usize;
+        let roots = self.g.roots as usize;
+        let rounds = self.g.rounds as usize;
+        let per_write = (READ_BACK_BYTES / (bs * roots)).max(1);
+        let mut out = vec![0u8; per_write.min(rounds) * bs * roots];
+        let mut r0 = 0usize;
+        while r0 < rounds {
+            let n = per_write.min(rounds - r0);
+            let buf = &mut out[..n * bs * roots];
+            for r in 0..n {
+                let round = &mut buf[r * bs * roots..(r + 1) * bs * roots];
+                for j in 0..roots {
+                    let plane = self.plane(r0 + r, j);
+                    for (b, &p) in plane.iter().enumerate() {
+                        round[b * roots + j] = p;
+                    }
+                }
+            }
+            let off = self.g.fec_offset + (r0 * bs * roots) as u64;
+            fec.write_all_at(buf, off)
+                .map_err(|e| Error::io(format!("writing parity at FEC device byte {off}"), e))?;
+            r0 += n;
+        }
+        fec.sync()
+            .map_err(|e| Error::io("syncing the FEC device", e))
+    }
+}
+
+impl Parity {
+    /// Round `r`'s parity byte plane `j` (byte b of the block is symbol j of codeword b).
+    fn plane(&self, r: usize, j: usize) -> &[u8] {
+        let bs = self.g.block_size as usize;
+        let rounds = self.g.rounds as usize;
+        let (base, pg, jj) = match j < self.split {
+            true => (0, self.split, j),
+            false => {
+                let pg = self.g.roots as usize - self.split;
+                (self.split * rounds * bs, pg, j - self.split)
+            }
+        };
+        &self.planes[base + (r * pg + jj) * bs..][..bs]
+    }
+}
+
+/// The parity as it accumulates: the planes split in two groups, one per thread.
+struct Accumulator {
+    g: FecGeometry,
+    kernel: Kernel,
+    /// Planes in the first group (the second holds the rest).
+    split: usize,
+    /// For each symbol position i, the coefficients of each group (one input, k = 1).
+    rows: Vec<[Coeffs; 2]>,
+    planes: Vec<u8>,
+}
+
+impl Accumulator {
+    fn new(g: &FecGeometry) -> Accumulator {
+        let roots = g.roots as usize;
+        let raw = Code::new(roots).parity_matrix();
+        let split = roots / 2;
+        let rows = (0..g.k())
+            .map(|i| {
+                let row = &raw[i * roots..(i + 1) * roots];
+                [
+                    Coeffs::new(row[..split].to_vec(), split),
+                    Coeffs::new(row[split..].to_vec(), roots - split),
+                ]
+            })
+            .collect();
+        Accumulator {
+            g: g.clone(),
+            kernel: Kernel::best(),
+            split,
+            rows,
+            planes: vec![0u8; g.parity_size() as usize],
+        }
+    }
+}
+
+/// One thread's share of the parity: one group of planes for every block of a write.
+struct Share<'a> {
+    g: &'a FecGeometry,
+    kernel: Kernel,
+    group: usize,
+    planes_in_group: usize,
+    rows: &'a [[Coeffs; 2]],
+    planes: &'a mut [u8],
+}
+
+impl Share<'_> {
+    /// Add covered blocks `first..` (`input`, whole blocks) to this group's planes.
+    fn add(&mut self, first: u64, input: &[u8]) {
+        if self.planes_in_group == 0 {
+            return;
+        }
+        let bs = self.g.block_size as usize;
+        let rounds = self.g.rounds;
+        let pg = self.planes_in_group;
+        for (n, block) in input.chunks_exact(bs).enumerate() {
+            let c = first + n as u64;
+            let (i, r) = ((c / rounds) as usize, (c % rounds) as usize);
+            let Some(row) = self.rows.get(i) else {
+                return; // past the covered blocks: padding, which is zero
+            };
+            // The shapes are fixed by construction (one input of `bs` bytes, the round's
+            // planes of this group side by side).
+            row[self.group].dot_add(
+                self.kernel,
+                &[block],
+                bs,
+                &mut self.planes[r * pg * bs..][..pg * bs],
+            );
+        }
+    }
+}
+
+/// The tree (and parity) of a data device built from the writes to it; see the module.
+pub struct StreamTree {
+    params: VerityParams,
+    geometry: TreeGeometry,
+    hasher: SaltedHasher,
+    tree: Vec<u8>,
+    /// The digest of block 0 when the data is a single block (the tree has no levels).
+    single: Option<Digest64>,
+    zero_digest: Digest64,
+    /// Data blocks hashed from a whole write, one bit each.
+    seen: Vec<u64>,
+    parity: Option<Accumulator>,
+    threads: usize,
+}
+
+impl std::fmt::Debug for StreamTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamTree")
+            .field("params", &self.params)
+            .field("parity", &self.parity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamTree {
+    /// A tree of `params`'s data, nothing seen yet. Memory: the tree (a 128th of the data
+    /// with SHA-256 and 4 KiB blocks) and a bit per data block.
+    pub fn new(params: &VerityParams) -> Result<Self> {
+        let geometry = TreeGeometry::new(params, 0, false)?;
+        let tree = crate::io::zeroed(geometry.tree_size(), "hash tree")?;
+        let hasher = SaltedHasher::new(params.algorithm(), params.hash_type(), params.salt());
+        let zero = vec![0u8; params.data_block_size() as usize];
+        let zero_digest = hasher.hash(&zero, geometry.digest_size());
+        let words = usize::try_from(params.data_blocks().div_ceil(64))
+            .map_err(|_| Error::param("data blocks", "too many for this machine"))?;
+        Ok(StreamTree {
+            params: params.clone(),
+            geometry,
+            hasher,
+            tree,
+            single: None,
+            zero_digest,
+            seen: vec![0; words],
+            parity: None,
+            threads: Threads::default().count(),
+        })
+    }
+
+    /// Also compute the parity `g` describes (for `params`'s data and its tree). Refused
+    /// when `g` is not of this data or its hash area is not exactly the tree (anything else
+    /// in the hash area is not written through here); left out, with [`Streamed::parity`]
+    /// `None`, when it needs more than [`STREAM_PARITY_BUDGET`] bytes.
+    pub fn parity(mut self, g: &FecGeometry) -> Result<Self> {
+        if g.block_size != u64::from(self.params.data_block_size())
+            || g.data_blocks != self.params.data_blocks()
+            || g.hash_blocks != self.geometry.tree_blocks()
+        {
+            return Err(Error::param(
+                "fec",
+                "the parity's geometry is not that of this data and tree alone",
+            ));
+        }
+        if g.parity_size() <= STREAM_PARITY_BUDGET {
+            self.parity = Some(Accumulator::new(g));
+        }
+        Ok(self)
+    }
+
+    /// Use `threads` (at most two split a write; default: every core).
+    pub fn threads(mut self, threads: Threads) -> Self {
+        self.threads = threads.count();
+        self
+    }
+
+    /// Whether the parity is still being computed on the way.
+    pub fn has_parity(&self) -> bool {
+        self.parity.is_some()
+    }
+
+    /// `bytes` were written at byte `offset` of the data device. Bytes past the data are
+    /// ignored; blocks written only in part are read back by [`StreamTree::finish`].
+    pub fn write(&mut self, offset: u64, bytes: &[u8]) {
+        let Some((first, last)) = self.whole_blocks(offset, bytes.len() as u64) else {
+            return;
+        };
+        if first >= last {
+            return;
+        }
+        let bs = u64::from(self.params.data_block_size());
+        let from = (first * bs - offset) as usize;
+        let to = (last * bs - offset) as usize;
+        self.mark(first, last);
+        self.hash_blocks(first, &bytes[from..to]);
+    }
+
+    /// `len` bytes of zeros were written at byte `offset` (without their bytes passing
+    /// through here).
+    pub fn zeros(&mut self, offset: u64, len: u64) {
+        let Some((first, last)) = self.whole_blocks(offset, len) else {
+            return;
+        };
+        if first >= last {
+            return;
+        }
+        self.mark(first, last);
+        // Zero blocks add nothing to the parity.
+        if self.geometry.levels().is_empty() {
+            self.single = Some(self.zero_digest);
+            return;
+        }
+        let ds = self.geometry.digest_size();
+        let z = self.zero_digest;
+        for b in first..last {
+            let at = self.leaf_at(b);
+            self.tree[at..at + ds].copy_from_slice(z.as_bytes());
+        }
+    }
+
+    /// Read back what was not seen whole from `data`, and finish the tree and the parity.
+    /// Stops with [`Error::Cancelled`] between reads when `opts.progress` asks.
+    pub fn finish<D: ReadAt + ?Sized>(
+        mut self,
+        data: &D,
+        opts: &BuildOptions<'_>,
+    ) -> Result<Streamed> {
+        crate::tree::check_data_size(&self.params, data)?;
+        let bs = u64::from(self.params.data_block_size());
+        let n = self.params.data_blocks();
+        let mut read_back = 0u64;
+        if self.parity.is_some()
+            && self.seen.iter().all(|&w| w == 0)
+            && !self.geometry.levels().is_empty()
+        {
+            read_back = self.read_by_rounds(data, opts)?;
+        }
+        let per_read = (READ_BACK_BYTES as u64 / bs).max(1);
+        // The runs to read, from a copy of what was seen (the hashing marks blocks).
+        let seen = self.seen.clone();
+        let is_seen = |b: u64| seen[(b / 64) as usize] >> (b % 64) & 1 == 1;
+        let runs = std::iter::successors(Some((0u64, 0u64)), |&(_, end)| {
+            let mut b = end;
+            while b < n && is_seen(b) {
+                b += 1;
+            }
+            if b >= n {
+                return None;
+            }
+            let mut e = b + 1;
+            while e < n && e - b < per_read && !is_seen(e) {
+                e += 1;
+            }
+            Some((b, e))
+        })
+        .skip(1);
+        let mut buf = Vec::new();
+        for (b, e) in runs {
+            if opts.progress.is_some_and(|p| p.cancelled()) {
+                return Err(Error::Cancelled);
+            }
+            buf.resize(((e - b) * bs) as usize, 0);
+            // Both halves at once: on a device two reads in flight, in the page cache two
+            // copies.
+            let half = (((e - b) / 2) * bs) as usize;
+            let (x, y) = buf.split_at_mut(half);
+            let read = |part: &mut [u8], off: u64| {
+                data.read_exact_at(part, off)
+                    .map_err(|e| Error::io(format!("reading data device byte {off}"), e))
+            };
+            let off = b * bs;
+            if self.threads >= 2 && !x.is_empty() {
+                let (ra, rb) = std::thread::scope(|scope| {
+                    let other = scope.spawn(|| read(y, off + half as u64));
+                    (read(x, off), other.join())
+                });
+                ra?;
+                rb.map_err(|_| Error::io("reading", std::io::Error::other("a thread panicked")))??;
+            } else {
+                read(&mut buf, off)?;
+            }
+            read_back += buf.len() as u64;
+            self.write(off, &buf);
+            if let Some(p) = opts.progress {
+                p.progress(read_back, n * bs);
+            }
+        }
+        let tree = match self.single {
+            _ if !self.geometry.levels().is_empty() => HashTree::from_leaves(
+                &self.params,
+                self.geometry.clone(),
+                std::mem::take(&mut self.tree),
+                &self.hasher,
+                opts,
+            )?,
+            Some(d) => HashTree::single(&self.params, self.geometry.clone(), d),
+            None => return Err(Error::param("data", "block 0 was never hashed")),
+        };
+        let parity = self
+            .parity
+            .take()
+            .map(|acc| Self::add_hash_area(acc, &tree));
+        Ok(Streamed {
+            tree,
+            parity,
+            read_back,
+        })
+    }
+
+    /// Nothing seen yet: read the data round by round as the parity encoder does (the
+    /// blocks of a batch of rounds lie in `k` runs across the device), so that each batch's
+    /// parity is computed at once from all its inputs, and hash the same runs into the
+    /// leaves, on every core. The hash area counts as zeros here; its share is added by
+    /// [`StreamTree::add_hash_area`]. Returns the bytes read.
+    fn read_by_rounds<D: ReadAt + ?Sized>(
+        &mut self,
+        data: &D,
+        opts: &BuildOptions<'_>,
+    ) -> Result<u64> {
+        let Some(acc) = self.parity.as_mut() else {
+            return Ok(0);
+        };
+        let g = acc.g.clone();
+        let bs = g.block_size as usize;
+        let roots = g.roots as usize;
+        let rounds = g.rounds as usize;
+        let input = Input {
+            g: &g,
+            data,
+            hash: &Zeros,
+        };
+        let (hasher, geometry) = (&self.hasher, &self.geometry);
+        let slot = geometry.slot_size();
+        let leaf_at = |b: u64| {
+            geometry.level_offset_in_tree(0)
+                + (b >> geometry.per_block_bits()) as usize * geometry.hash_block_size() as usize
+                + geometry.entry_offset(b)
+        };
+        let build = opts.threads(Threads::exactly(self.threads));
+        let (tree, seen, planes, split) =
+            (&mut self.tree, &mut self.seen, &mut acc.planes, acc.split);
+        let mut read = 0u64;
+        // Runs of 16 rounds (64 KiB with 4 KiB blocks): a disk reads them nearly as fast as
+        // one sequential stream.
+        let per = (STREAM_BATCH_BYTES / (g.k() as u64 * g.block_size)).max(1);
+        for_each_batch_of(
+            &g,
+            per,
+            &build,
+            |batch, r0, nr| {
+                batch.load(&input, r0, nr)?;
+                let stride = batch.stride();
+                // The digests of every data block loaded, in the batch's order, in one call
+                // (runs of a few blocks would leave the 16-lane SHA-256 idle); the runs are
+                // side by side in the buffer unless this is the last, shorter batch.
+                let mut runs = Vec::new();
+                let mut digests = Vec::new();
+                for i in 0..g.k() {
+                    let first = i as u64 * g.rounds + r0;
+                    let count = nr.min(g.data_blocks.saturating_sub(first));
+                    if count > 0 {
+                        runs.push((i, first, count));
+                    }
+                }
+                let total: u64 = runs.iter().map(|r| r.2).sum();
+                digests.resize(total as usize * slot, 0);
+                let whole = runs.iter().take_while(|r| r.2 == nr).count();
+                let mut at = 0usize;
+                if nr as usize * bs == stride && whole > 0 {
+                    let n = whole * nr as usize;
+                    hasher.hash_many(&batch.input[..n * bs], bs, &mut digests[..n * slot], slot);
+                    at = n;
+                }
+                for &(i, _, count) in runs.iter().skip(if at > 0 { whole } else { 0 }) {
+                    let run = &batch.input[i * stride..i * stride + count as usize * bs];
+                    let n = count as usize;
+                    hasher.hash_many(run, bs, &mut digests[at * slot..(at + n) * slot], slot);
+                    at += n;
+                }
+                let leaves: Vec<(u64, u64)> = runs.iter().map(|&(_, f, c)| (f, c)).collect();
+                let mut out = vec![0u8; nr as usize * bs * roots];
+                for (r, o) in out.chunks_exact_mut(bs * roots).enumerate() {
+                    batch.encode_planes(r, o)?;
+                }
+                Ok((leaves, digests, out))
+            },
+            |r0, _, (leaves, digests, out)| {
+                let mut d = digests.chunks_exact(slot);
+                for (first, count) in leaves {
+                    for (b, digest) in (first..first + count).zip(d.by_ref()) {
+                        let at = leaf_at(b);
+                        tree[at..at + slot].copy_from_slice(digest);
+                        seen[(b / 64) as usize] |= 1 << (b % 64);
+                    }
+                    read += count * bs as u64;
+                }
+                // `out` holds each round's planes side by side; the accumulator keeps the
+                // two groups apart.
+                let second = split * rounds * bs;
+                for (r, o) in out.chunks_exact(bs * roots).enumerate() {
+                    let round = r0 as usize + r;
+                    let pg = roots - split;
+                    planes[round * split * bs..][..split * bs].copy_from_slice(&o[..split * bs]);
+                    planes[second + round * pg * bs..][..pg * bs].copy_from_slice(&o[split * bs..]);
+                }
+                Ok(())
+            },
+        )?;
+        Ok(read)
+    }
+
+    /// The tree's blocks are the hash area: their share of the parity.
+    fn add_hash_area(mut acc: Accumulator, tree: &HashTree) -> Parity {
+        let first = acc.g.data_blocks;
+        let bytes = tree.as_bytes();
+        let (a, b) = acc
+            .planes
+            .split_at_mut(acc.split * acc.g.rounds as usize * acc.g.block_size as usize);
+        let roots = acc.g.roots as usize;
+        let mut shares = [
+            Share {
+                g: &acc.g,
+                kernel: acc.kernel,
+                group: 0,
+                planes_in_group: acc.split,
+                rows: &acc.rows,
+                planes: a,
+            },
+            Share {
+                g: &acc.g,
+                kernel: acc.kernel,
+                group: 1,
+                planes_in_group: roots - acc.split,
+                rows: &acc.rows,
+                planes: b,
+            },
+        ];
+        for share in shares.iter_mut() {
+            share.add(first, bytes);
+        }
+        Parity {
+            g: acc.g,
+            split: acc.split,
+            planes: acc.planes,
+        }
+    }
+
+    /// The whole data blocks `first..last` a write of `len` bytes at `offset` covers; the
+    /// blocks it covers in part are forgotten (read back at the end).
+    fn whole_blocks(&mut self, offset: u64, len: u64) -> Option<(u64, u64)> {
+        let bs = u64::from(self.params.data_block_size());
+        let size = self.params.data_blocks() * bs;
+        let end = offset.checked_add(len)?.min(size);
+        if offset >= end {
+            return None;
+        }
+        if !offset.is_multiple_of(bs) {
+            self.forget(offset / bs);
+        }
+        if !end.is_multiple_of(bs) {
+            self.forget(end / bs);
+        }
+        Some((offset.div_ceil(bs), end / bs))
+    }
+
+    fn is_seen(&self, b: u64) -> bool {
+        self.seen[(b / 64) as usize] >> (b % 64) & 1 == 1
+    }
+
+    /// Block `b` was seen whole before and is now written in part: read it back later; a
+    /// parity that already holds its old contents is lost.
+    fn forget(&mut self, b: u64) {
+        if self.is_seen(b) {
+            self.seen[(b / 64) as usize] &= !(1 << (b % 64));
+            self.parity = None;
+        }
+    }
+
+    /// Blocks `first..last` are seen whole; one seen before loses the parity.
+    fn mark(&mut self, first: u64, last: u64) {
+        for b in first..last {
+            let (w, bit) = ((b / 64) as usize, 1u64 << (b % 64));
+            if self.seen[w] & bit != 0 {
+                self.parity = None;
+            }
+            self.seen[w] |= bit;
+        }
+    }
+
+    /// Byte offset in the tree of data block `b`'s leaf digest.
+    fn leaf_at(&self, b: u64) -> usize {
+        let hbs = self.geometry.hash_block_size() as usize;
+        self.geometry.level_offset_in_tree(0)
+            + (b >> self.geometry.per_block_bits()) as usize * hbs
+            + self.geometry.entry_offset(b)
+    }
+
+    /// Hash whole blocks `first..` (`input`) into the leaves and add them to the parity:
+    /// split in two (leaves by halves, parity by planes) when the write is large.
+    fn hash_blocks(&mut self, first: u64, input: &[u8]) {
+        let bs = self.params.data_block_size() as usize;
+        let n = input.len() / bs;
+        let no_levels = self.geometry.levels().is_empty();
+        if no_levels {
+            self.single = Some(self.hasher.hash(&input[..bs], self.geometry.digest_size()));
+        }
+        let mid = if no_levels {
+            0
+        } else if self.threads >= 2 && n >= SPLIT_MIN_BLOCKS {
+            n / 2
+        } else {
+            n
+        };
+        let (base, cut) = match no_levels {
+            true => (0, 0),
+            false => (self.leaf_at(first), self.leaf_at(first + mid as u64)),
+        };
+        let (hasher, geometry) = (&self.hasher, &self.geometry);
+        let (left, right) = self.tree.split_at_mut(cut);
+        let left = &mut left[base..];
+        let (mut share_a, mut share_b) = match &mut self.parity {
+            Some(acc) => {
+                let plane_len = acc.g.rounds as usize * acc.g.block_size as usize;
+                let (a, b) = acc.planes.split_at_mut(acc.split * plane_len);
+                let roots = acc.g.roots as usize;
+                (
+                    Some(Share {
+                        g: &acc.g,
+                        kernel: acc.kernel,
+                        group: 0,
+                        planes_in_group: acc.split,
+                        rows: &acc.rows,
+                        planes: a,
+                    }),
+                    Some(Share {
+                        g: &acc.g,
+                        kernel: acc.kernel,
+                        group: 1,
+                        planes_in_group: roots - acc.split,
+                        rows: &acc.rows,
+                        planes: b,
+                    }),
+                )
+            }
+            None => (None, None),
+        };
+        let (head, tail) = input.split_at(mid * bs);
+        if mid == n || no_levels {
+            if !no_levels {
+                hash_leaves(hasher, geometry, bs, first, head, left);
+            }
+            for s in [share_a.as_mut(), share_b.as_mut()].into_iter().flatten() {
+                s.add(first, input);
+            }
+            return;
+        }
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                hash_leaves(hasher, geometry, bs, first + mid as u64, tail, right);
+                if let Some(s) = share_b.as_mut() {
+                    s.add(first, input);
+                }
+            });
+            hash_leaves(hasher, geometry, bs, first, head, left);
+            if let Some(s) = share_a.as_mut() {
+                s.add(first, input);
+            }
+        });
+    }
+}
+
+/// Hash whole data blocks `first..` (`input`) into `out`, which starts at block `first`'s
+/// leaf digest: runs that share a hash block at a time.
+fn hash_leaves(
+    hasher: &SaltedHasher,
+    geometry: &TreeGeometry,
+    bs: usize,
+    first: u64,
+    input: &[u8],
+    out: &mut [u8],
+) {
+    let per_block = geometry.digests_per_block() as usize;
+    let hbs = geometry.hash_block_size() as usize;
+    let slot = geometry.slot_size();
+    let n = input.len() / bs;
+    let start_in_block = (first % per_block as u64) as usize;
+    let mut i = 0usize;
+    while i < n {
+        let pos = start_in_block + i;
+        let in_block = pos % per_block;
+        let run = (per_block - in_block).min(n - i);
+        // Relative to `out`, which starts at entry `start_in_block` of its hash block.
+        let at = (pos / per_block) * hbs + in_block * slot - start_in_block * slot;
+        hasher.hash_many(
+            &input[i * bs..(i + run) * bs],
+            bs,
+            &mut out[at..at + run * slot],
+            slot,
+        );
+        i += run;
+    }
+}
+
+/// A hash device of zeros: the hash area's share of the parity comes later.
+struct Zeros;
+
+impl ReadAt for Zeros {
+    fn read_exact_at(&self, buf: &mut [u8], _offset: u64) -> std::io::Result<()> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(u64::MAX)
+    }
+}
