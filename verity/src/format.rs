@@ -130,8 +130,9 @@ where
     Ok((formatted, g))
 }
 
-/// Write `tree` (built of `params`'s data) as `opts` lays it out, with its superblock.
-fn write_tree<H: WriteAt + ?Sized>(
+/// Write `tree` (built of `params`'s data, e.g. by a [`StreamTree`]) as `opts` lays it out,
+/// with its superblock, and sync `hash`: what [`format`] writes, without reading the data.
+pub fn write_tree<H: WriteAt + ?Sized>(
     params: &VerityParams,
     tree: &HashTree,
     hash: &mut H,

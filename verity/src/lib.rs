@@ -53,7 +53,7 @@ pub use fec::{
     FecReport, RepairReport, RepairTarget, FEC_DEFAULT_ROOTS, FEC_MAX_ROOTS, FEC_MIN_ROOTS,
 };
 pub use format::{
-    existing_tree, format, format_with_fec, open_hash_device, FormatOptions, Formatted,
+    existing_tree, format, format_with_fec, open_hash_device, write_tree, FormatOptions, Formatted,
 };
 pub use fsverity::{fsverity_digest, FsVerity, FSVERITY_DESCRIPTOR_SIZE};
 pub use geometry::{Level, TreeGeometry, MAX_LEVELS};

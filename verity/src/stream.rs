@@ -41,7 +41,7 @@ const SPLIT_MIN_BLOCKS: usize = 64;
 const READ_BACK_BYTES: usize = 8 << 20;
 
 /// The tree, and the parity if it was asked for, of what a [`StreamTree`] saw.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Streamed {
     /// The whole tree, with its root.
     pub tree: HashTree,
@@ -53,7 +53,7 @@ pub struct Streamed {
 }
 
 /// The parity of a data device and its tree, held in memory until written.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Parity {
     g: FecGeometry,
     /// Planes in the first group.

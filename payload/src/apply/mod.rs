@@ -5,7 +5,10 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use keel_trust::{Context, KeyId, Keyring};
-use keel_verity::{HashTree, Progress, ReadAt, RootDescriptor, WriteAt};
+use keel_verity::{
+    BuildOptions, FecGeometry, HashTree, Progress, ReadAt, RootDescriptor, StreamTree, Streamed,
+    WriteAt,
+};
 
 mod recompress;
 mod resume;
@@ -75,6 +78,9 @@ pub struct ApplyOptions<'a> {
     /// The source image's size and digest (keel-payload's image digest), as the caller
     /// already knows them: a delta's source is then not hashed again.
     pub source_digest: Option<(u64, [u8; 32])>,
+    /// With a signed dm-verity root, also compute this FEC parity of the image and its tree
+    /// from the blocks as they are written ([`Applied::verity`]).
+    pub parity: Option<&'a FecGeometry>,
 }
 
 impl<'a> ApplyOptions<'a> {
@@ -92,6 +98,7 @@ impl<'a> ApplyOptions<'a> {
             checkpoint_bytes: None,
             now: None,
             source_digest: None,
+            parity: None,
         }
     }
 
@@ -151,6 +158,12 @@ impl<'a> ApplyOptions<'a> {
         self
     }
 
+    /// Set [`ApplyOptions::parity`].
+    pub fn parity(mut self, g: &'a FecGeometry) -> Self {
+        self.parity = Some(g);
+        self
+    }
+
     /// Check key dates against this time ([`ApplyOptions::now`]).
     pub fn now(mut self, unix_seconds: u64) -> Self {
         self.now = Some(unix_seconds);
@@ -169,7 +182,7 @@ impl std::fmt::Debug for ApplyOptions<'_> {
 }
 
 /// What an apply did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Applied {
     /// The manifest.
     pub manifest: Manifest,
@@ -177,6 +190,12 @@ pub struct Applied {
     pub resumed_at: usize,
     /// A resume record that was there but not used, and why: the apply started over.
     pub discarded: Option<RecordDiscarded>,
+    /// With a signed dm-verity root over the whole image: its hash tree (checked against
+    /// the signed root) and the parity [`ApplyOptions::parity`] asked for, computed from
+    /// the blocks as they were written; only what this run did not write whole (an
+    /// earlier run's blocks after a resume) was read back from the target
+    /// ([`keel_verity::StreamTree`]).
+    pub verity: Option<Streamed>,
 }
 
 fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], section: Section) -> Result<()> {
@@ -655,10 +674,24 @@ impl<R: Read> Payload<R> {
             resumes: 0,
             written: [0u8; 32],
         };
+        // The tree (and parity) of the image from the blocks as they pass: a resume's check
+        // of what the earlier run wrote shows it those blocks.
+        let mut stream = stream_tree(&manifest, opts.parity)?;
         let (mut state, discarded) = match opts.state {
-            Some(path) => resume_point(path, fresh, &manifest, &*target, opts.max_resumes)?,
+            Some(path) => resume_point(
+                path,
+                fresh,
+                &manifest,
+                &*target,
+                opts.max_resumes,
+                stream.as_mut(),
+            )?,
             None => (fresh, None),
         };
+        if discarded.is_some() {
+            // It saw blocks that will be written again.
+            stream = stream_tree(&manifest, opts.parity)?;
+        }
         let resumed_at = state.next_op as usize;
         skip_applied_data(payload, skip, &manifest, resumed_at)?;
         let total: u64 = manifest
@@ -689,6 +722,9 @@ impl<R: Read> Payload<R> {
             let out = build_op(payload, i, &manifest, source, &*target, &mut reference)?;
             let len = (op.target_blocks() * BLOCK_SIZE) as usize;
             write_op(i, op, out.as_deref(), target, target_size)?;
+            if let Some(s) = stream.as_mut() {
+                feed(s, op, out.as_deref(), target_size);
+            }
             if opts.state.is_some() {
                 state.written = chain_digest(&state.written, i, op, out.as_deref(), target_size);
             }
@@ -712,13 +748,29 @@ impl<R: Read> Payload<R> {
         target
             .sync()
             .map_err(|e| Error::io("syncing the target", e))?;
-        if let Err(e) = check_target(&manifest, &*target) {
-            // What was written cannot be trusted as a resume point: the next run starts over.
-            if let Some(path) = opts.state {
-                State::remove(path)?;
+        let checked = match stream {
+            Some(stream) => check_streamed(&manifest, stream, &*target, opts).map(Some),
+            None => check_target(&manifest, &*target).map(|()| None),
+        };
+        let verity = match checked {
+            Ok(v) => v,
+            Err(Error::Cancelled) => {
+                // Everything is written and durable: the next run starts past the last
+                // operation and only reads the image back.
+                if let Some(path) = opts.state {
+                    state.write(path)?;
+                }
+                return Err(Error::Cancelled);
             }
-            return Err(e);
-        }
+            Err(e) => {
+                // What was written cannot be trusted as a resume point: the next run
+                // starts over.
+                if let Some(path) = opts.state {
+                    State::remove(path)?;
+                }
+                return Err(e);
+            }
+        };
         if let Some(path) = opts.state {
             State::remove(path)?;
         }
@@ -727,6 +779,7 @@ impl<R: Read> Payload<R> {
             manifest,
             resumed_at,
             discarded,
+            verity,
         })
     }
 }
@@ -902,6 +955,72 @@ fn write_op<T: WriteAt + ?Sized>(
         at += n;
     }
     Ok(())
+}
+
+/// Tell `stream` what operation `op` wrote (`None`: zeros), as [`write_op`] lays it out.
+pub(super) fn feed(stream: &mut StreamTree, op: &Operation, out: Option<&[u8]>, size: u64) {
+    let mut at = 0usize;
+    for e in &op.target {
+        let off = e.start * BLOCK_SIZE;
+        let n = (e.blocks * BLOCK_SIZE) as usize;
+        let keep = (size.saturating_sub(off)).min(n as u64);
+        match out {
+            None => stream.zeros(off, keep),
+            Some(out) => stream.write(off, &out[at..at + keep as usize]),
+        }
+        at += n;
+    }
+}
+
+/// The tree (and parity) to build from the writes: when the manifest signs a dm-verity
+/// root over exactly the image, whose tree then binds every byte the digest binds.
+fn stream_tree(manifest: &Manifest, parity: Option<&FecGeometry>) -> Result<Option<StreamTree>> {
+    let Some(v) = &manifest.verity else {
+        return Ok(None);
+    };
+    let d = RootDescriptor::parse(v)?;
+    if d.params().data_size() != manifest.target.size {
+        return Ok(None);
+    }
+    let s = StreamTree::new(d.params())?;
+    Ok(Some(match parity {
+        Some(g) => s.parity(g)?,
+        None => s,
+    }))
+}
+
+/// The target against the signed dm-verity root, from the tree built as it was written
+/// (what was not seen whole is read back). The image digest is not computed: the tree
+/// covers the same bytes.
+fn check_streamed<T: ReadAt + ?Sized>(
+    manifest: &Manifest,
+    stream: StreamTree,
+    target: &T,
+    opts: &ApplyOptions<'_>,
+) -> Result<Streamed> {
+    // Reading back is not writing: the apply's observer keeps its count (at the total),
+    // only its cancel switch is consulted.
+    struct CancelOnly<'a>(&'a dyn Progress);
+    impl Progress for CancelOnly<'_> {
+        fn progress(&self, _: u64, _: u64) {}
+        fn cancelled(&self) -> bool {
+            self.0.cancelled()
+        }
+    }
+    let cancel = opts.progress.map(CancelOnly);
+    let mut build = BuildOptions::default();
+    if let Some(c) = &cancel {
+        build = build.progress(c);
+    }
+    let streamed = stream.finish(target, &build).map_err(|e| match e {
+        keel_verity::Error::Cancelled => Error::Cancelled,
+        e => Error::from(e),
+    })?;
+    let d = RootDescriptor::parse(manifest.verity.as_deref().unwrap_or_default())?;
+    if streamed.tree.root_hash() != d.root_hash() {
+        return Err(Error::TargetMismatch(TargetCheck::VerityRoot));
+    }
+    Ok(streamed)
 }
 
 /// The whole written target against the manifest: digest, and dm-verity root if signed.

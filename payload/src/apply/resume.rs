@@ -4,7 +4,7 @@
 use std::io::{self, Read};
 use std::path::Path;
 
-use keel_verity::ReadAt;
+use keel_verity::{ReadAt, StreamTree};
 
 use super::read_extents;
 use crate::error::{Error, Result};
@@ -237,6 +237,7 @@ pub(super) fn check_written<T: ReadAt + ?Sized>(
     ops: &[Operation],
     size: u64,
     expected: &[u8; 32],
+    mut stream: Option<&mut StreamTree>,
 ) -> Result<bool> {
     let mut d = [0u8; 32];
     let mut buf = Vec::new();
@@ -247,14 +248,15 @@ pub(super) fn check_written<T: ReadAt + ?Sized>(
                 _ => Err(Error::io("reading the target to check a resume", e)),
             };
         }
-        d = if op.op == OpType::Zero {
-            if buf.iter().any(|&b| b != 0) {
-                return Ok(false);
-            }
-            chain_digest(&d, i, op, None, size)
-        } else {
-            chain_digest(&d, i, op, Some(&buf), size)
+        let out = match op.op {
+            OpType::Zero if buf.iter().any(|&b| b != 0) => return Ok(false),
+            OpType::Zero => None,
+            _ => Some(&buf[..]),
         };
+        d = chain_digest(&d, i, op, out, size);
+        if let Some(s) = stream.as_deref_mut() {
+            super::feed(s, op, out, size);
+        }
     }
     Ok(d == *expected)
 }
@@ -268,6 +270,7 @@ pub(super) fn resume_point<T: ReadAt + ?Sized>(
     manifest: &Manifest,
     target: &T,
     max_resumes: u32,
+    stream: Option<&mut StreamTree>,
 ) -> Result<(State, Option<RecordDiscarded>)> {
     let s = match State::read(path) {
         Ok(None) => return Ok((fresh, None)),
@@ -301,6 +304,7 @@ pub(super) fn resume_point<T: ReadAt + ?Sized>(
         &manifest.operations[..next],
         manifest.target.size,
         &s.written,
+        stream,
     )? {
         Ok((s, None))
     } else {

@@ -342,6 +342,13 @@ where
             // Another payload's record goes before anything of this one is written.
             record::write_set(&self.state_dir, target, payload.id(), &done)?;
         }
+        // The data slot's tree and parity are built from its blocks as the apply writes
+        // them (no pass over the slot afterwards).
+        let parity = match (&descriptor, data_class) {
+            (Some(d), Some(_)) => self.fec_geometry(target, d.params())?,
+            _ => None,
+        };
+        let mut streamed = None;
         let mut payload = payload;
         let mut resumed_at = None;
         let mut skipped = Vec::new();
@@ -358,12 +365,20 @@ where
                 }
                 &Target::Slot(k) => {
                     let mut region = self.region_in(k, target)?;
-                    match booted.filter(|_| image.manifest.source.is_some()) {
+                    let o = match (&parity, Some(k) == data_class) {
+                        (Some(g), true) => o.parity(g),
+                        _ => *o,
+                    };
+                    let mut applied = match booted.filter(|_| image.manifest.source.is_some()) {
                         Some(b) => {
-                            payload.apply_next(Some(&self.region_in(k, b)?), &mut region, o)?
+                            payload.apply_next(Some(&self.region_in(k, b)?), &mut region, &o)?
                         }
-                        None => payload.apply_next(None::<&Region<&'d D>>, &mut region, o)?,
+                        None => payload.apply_next(None::<&Region<&'d D>>, &mut region, &o)?,
+                    };
+                    if Some(k) == data_class {
+                        streamed = applied.verity.take();
                     }
+                    applied
                 }
             };
             resumed_at.get_or_insert(applied.resumed_at);
@@ -377,7 +392,7 @@ where
         let (root_hash, kernel_argument) = match (&descriptor, data_class) {
             (Some(d), Some(k)) => {
                 let mut region = self.region_in(k, target)?;
-                let arg = match self.write_tree(target, d, &mut region, progress) {
+                let arg = match self.write_tree(target, d, &mut region, progress, streamed) {
                     Ok(arg) => arg,
                     Err(e) => {
                         // The data does not give the signed root: nothing of the set is
@@ -556,14 +571,39 @@ where
         Ok(())
     }
 
-    /// Write the tree (and parity) after the data in the slot, check it gives the signed
-    /// root, and return the kernel argument that maps the slot.
+    /// The parity the description asks for, after `slot`'s tree of `params`.
+    pub(super) fn fec_geometry(
+        &self,
+        slot: Slot,
+        params: &keel_verity::VerityParams,
+    ) -> Result<Option<FecGeometry>> {
+        let Some(roots) = self.system.verity.as_ref().and_then(|v| v.fec_roots) else {
+            return Ok(None);
+        };
+        let (_, offset, _) = self.tree_place(slot, params.data_size())?;
+        let geometry = keel_verity::TreeGeometry::new(params, offset, false)?;
+        let end = geometry.tree_offset() + geometry.tree_size();
+        Ok(Some(FecGeometry::on_hash_device(
+            params, &geometry, roots, end,
+        )?))
+    }
+
+    /// Write the tree (and parity) after the data in the slot, and return the kernel
+    /// argument that maps the slot.
+    ///
+    /// The tree and parity are `streamed`'s, built from the blocks as the apply wrote them
+    /// and already checked against the signed root; without them (an image a resumed run
+    /// had finished) they are built here from one read of the slot. The data is not read
+    /// back: the disk is trusted to keep what was written, and what it loses is caught by
+    /// the kernel, block by block, when it reads them against this tree. The tree is read
+    /// back after it is written, since a wrong tree would fail every block.
     pub(super) fn write_tree(
         &self,
         target: Slot,
         d: &RootDescriptor,
         region: &mut Region<&'d D>,
         progress: Option<&dyn Progress>,
+        streamed: Option<keel_verity::Streamed>,
     ) -> Result<String> {
         let params = d.params();
         let mut build = BuildOptions::default();
@@ -573,36 +613,43 @@ where
         let data = Region::new(self.disk, region.start(), params.data_size())
             .map_err(|e| Error::io("the slot's data", e))?;
         let (mut hash, hash_offset, hash_dev) = self.tree_place(target, params.data_size())?;
-        let opts = FormatOptions::default()
-            .hash_offset(hash_offset)
-            .build(build);
-        let formatted = keel_verity::format(params, &data, &mut hash, &opts)?;
-        if formatted.root_hash != d.root_hash() {
+        let fec = self.fec_geometry(target, params)?;
+        let streamed = match streamed {
+            Some(s) => s,
+            None => {
+                let mut s = keel_verity::StreamTree::new(params)?;
+                if let Some(g) = &fec {
+                    s = s.parity(g)?;
+                }
+                s.finish(&data, &build)?
+            }
+        };
+        if streamed.tree.root_hash() != d.root_hash() {
             return Err(Error::Verity(keel_verity::Error::RootHashMismatch {
                 expected: hex::encode(d.root_hash()),
-                found: hex::encode(&formatted.root_hash),
+                found: hex::encode(streamed.tree.root_hash()),
             }));
         }
+        let opts = FormatOptions::default().hash_offset(hash_offset);
+        let formatted = keel_verity::write_tree(params, &streamed.tree, &mut hash, &opts)?;
         let mut table_opts = TableOptions::default();
-        if let Some(roots) = self.system.verity.as_ref().and_then(|v| v.fec_roots) {
-            let end = formatted.geometry.tree_offset() + formatted.geometry.tree_size();
-            let g = FecGeometry::on_hash_device(params, &formatted.geometry, roots, end)?;
-            let mut fec = Region::new(self.disk, hash.start(), hash.len())
+        if let Some(g) = fec {
+            let mut fec_dev = Region::new(self.disk, hash.start(), hash.len())
                 .map_err(|e| Error::io("the slot's parity", e))?;
-            keel_verity::fec_encode(&g, &data, &hash, &mut fec, &build)?;
+            match streamed.parity.as_ref().filter(|p| *p.geometry() == g) {
+                Some(p) => p.write_to(&mut fec_dev)?,
+                // The apply saw a block twice: the parity from one read of the slot.
+                None => keel_verity::fec_encode(&g, &data, &hash, &mut fec_dev, &build)?,
+            }
             table_opts = table_opts.fec(keel_verity::FecTable {
                 device: hash_dev.clone(),
                 geometry: g,
             });
         }
-        // Read back: what the kernel will map must verify against the signed root.
-        keel_verity::verify(
-            params,
-            &formatted.geometry,
-            &data,
+        read_back_tree(
             &hash,
-            d.root_hash(),
-            &build,
+            formatted.geometry.tree_offset(),
+            streamed.tree.as_bytes(),
         )?;
         let table = keel_verity::dm_table(
             params,
@@ -615,4 +662,24 @@ where
         let name = format!("keel-{}", target.letter().to_ascii_lowercase());
         Ok(keel_verity::dm_mod_create(&name, &table)?)
     }
+}
+
+/// The tree as the disk now holds it must be the tree written: compared a MiB at a time.
+fn read_back_tree<H: ReadAt + ?Sized>(hash: &H, offset: u64, tree: &[u8]) -> Result<()> {
+    let mut buf = vec![0u8; tree.len().min(1 << 20)];
+    for (n, want) in tree.chunks(1 << 20).enumerate() {
+        let at = offset + (n << 20) as u64;
+        let got = &mut buf[..want.len()];
+        hash.read_exact_at(got, at)
+            .map_err(|e| Error::io("reading the hash tree back", e))?;
+        if got != want {
+            return Err(Error::io(
+                "reading the hash tree back",
+                std::io::Error::other(format!(
+                    "the tree read back at byte {at} is not the tree written"
+                )),
+            ));
+        }
+    }
+    Ok(())
 }
