@@ -5,10 +5,13 @@
 //!         [--compatible STR] [--version V]
 //! cargo run --release --example payload -- inspect PAYLOAD --pubkey PUBLIC.pem
 //! cargo run --release --example payload -- apply --source OLD --target OUT --pubkey PUBLIC.pem
-//!         (--installed-version V | --no-version-check) [--state FILE] PAYLOAD|-
+//!         (--installed-version V | --no-version-check) [--state FILE]
+//!         [--hash-out HASH [--fec-out FEC --fec-roots N]] PAYLOAD|-
 //! ```
 //! `apply` draws a progress bar, reads the payload from stdin with `-`, and with `--state`
-//! resumes an interrupted apply where it stopped.
+//! resumes an interrupted apply where it stopped. `generate --verity-salt HEX` binds the new
+//! image's dm-verity root; `apply --hash-out` then writes the image's tree (and with
+//! `--fec-out` its parity), built from the blocks as they are written, in the same pass.
 
 #[macro_use]
 #[path = "support/cli.rs"]
@@ -71,6 +74,11 @@ enum Cmd {
         /// zstd level.
         #[arg(long, default_value_t = 19)]
         level: i32,
+        /// Bind the new image's dm-verity root (SHA-256, 4 KiB blocks, format 1, this
+        /// salt in hex; `-` for none): the device builds the tree as it writes and checks
+        /// it against this root (`apply --hash-out`).
+        #[arg(long, value_name = "HEX", conflicts_with_all = ["images", "files"])]
+        verity_salt: Option<String>,
     },
     /// Print the manifest: images, and operations by type with their bytes.
     Inspect {
@@ -99,6 +107,19 @@ enum Cmd {
         /// Checkpoint the resume record after this many MiB written.
         #[arg(long, default_value_t = 64)]
         checkpoint_mib: u64,
+        /// Write the image's dm-verity tree here (no superblock, at byte 0), built from the
+        /// blocks as they are written and checked against the payload's signed root:
+        /// `veritysetup format --no-superblock`'s hash device, without reading the image
+        /// again.
+        #[arg(long, value_name = "FILE")]
+        hash_out: Option<PathBuf>,
+        /// With --hash-out: the FEC parity of the image and tree, computed in the same pass
+        /// (`veritysetup format --fec-device=FILE`).
+        #[arg(long, value_name = "FILE", requires = "hash_out")]
+        fec_out: Option<PathBuf>,
+        /// Parity bytes per codeword for --fec-out (2 to 24).
+        #[arg(long, default_value_t = 2, requires = "fec_out")]
+        fec_roots: u8,
         /// The payload file, or - for standard input.
         payload: String,
     },
@@ -136,6 +157,7 @@ fn run(cli: Cli) -> Result<(), String> {
             compatible,
             version,
             level,
+            verity_salt,
         } => {
             // The time reported is the whole run's: reading, hashing, encoding, writing.
             let t = std::time::Instant::now();
@@ -166,7 +188,10 @@ fn run(cli: Cli) -> Result<(), String> {
             // Mapped, not read: the images stay page cache the kernel can drop, so the
             // generator's own memory does not grow with them.
             let map = |p: &std::path::Path| keel::io::Mapped::open(p).map_err(|e| e.to_string());
-            let opts = GenerateOptions::new(&compatible, &version).level(level);
+            let mut opts = GenerateOptions::new(&compatible, &version).level(level);
+            if let (Some(salt), Some(target)) = (&verity_salt, &target) {
+                opts = opts.verity(verity_root(target, salt)?);
+            }
             let pb = ProgressBar::new(0).with_style(
                 ProgressStyle::with_template(
                     "hashing and encoding [{bar:40}] {bytes}/{total_bytes}",
@@ -283,9 +308,22 @@ fn run(cli: Cli) -> Result<(), String> {
             allow_downgrade,
             allow_reinstall,
             checkpoint_mib,
+            hash_out,
+            fec_out,
+            fec_roots,
             payload,
         } => {
             let ring = cli::load_keyring(&to.pubkeys)?;
+            // The tree and parity files are written over: none may be an input or the
+            // image, nor each other.
+            for (out, other) in [(&hash_out, &fec_out), (&fec_out, &hash_out)] {
+                if let Some(out) = out {
+                    let mut inputs = vec![to.target.as_path(), std::path::Path::new(&payload)];
+                    inputs.extend(to.source.as_deref());
+                    inputs.extend(other.as_deref());
+                    not_an_input(out, &inputs)?;
+                }
+            }
             let src = to.open_source()?;
             let reader: Box<dyn Read> = if payload == "-" {
                 Box::new(std::io::stdin().lock())
@@ -322,8 +360,72 @@ fn run(cli: Cli) -> Result<(), String> {
                 keel::trust::unix_now(),
             )
             .map_err(|e| e.to_string())?;
-            let done = to.apply(p, src.as_ref(), &mut tgt, &opts)?;
+            // The tree (and parity) from the writes: the payload's image must carry a signed
+            // root, which the tree is checked against.
+            let image = match &to.image {
+                Some(name) => p.images().iter().find(|i| &i.name == name),
+                None => p.next_image(),
+            };
+            let params = match (&hash_out, image.and_then(|i| i.manifest.verity.as_deref())) {
+                (None, _) => None,
+                (Some(_), Some(v)) => Some(
+                    keel::verity::RootDescriptor::parse(v)
+                        .map_err(|e| e.to_string())?
+                        .params()
+                        .clone(),
+                ),
+                (Some(h), None) => {
+                    return Err(format!(
+                        "--hash-out {}: the payload's image has no signed dm-verity root \
+                         (generate it with --verity-salt)",
+                        h.display()
+                    ))
+                }
+            };
+            let fec = match (&params, &fec_out) {
+                (Some(params), Some(_)) => {
+                    let tree = keel::verity::TreeGeometry::new(params, 0, false)
+                        .map_err(|e| e.to_string())?;
+                    Some(
+                        keel::verity::FecGeometry::separate(
+                            params,
+                            &tree,
+                            fec_roots,
+                            tree.hash_device_size(),
+                            0,
+                        )
+                        .map_err(|e| format!("--fec-roots: {e}"))?,
+                    )
+                }
+                _ => None,
+            };
+            if let Some(g) = &fec {
+                opts = opts.parity(g);
+            }
+            let mut done = to.apply(p, src.as_ref(), &mut tgt, &opts)?;
             pb.finish_and_clear();
+            if let (Some(path), Some(params)) = (&hash_out, &params) {
+                let v = done
+                    .verity
+                    .take()
+                    .ok_or("the image's root does not cover the whole image")?;
+                let mut hash = cli::open_or_create(path, 0o644, &mut created)?;
+                truncate(&hash, path)?;
+                keel::verity::write_tree(params, &v.tree, &mut hash, &Default::default())
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if let (Some(path), Some(g)) = (&fec_out, &fec) {
+                    let mut f = cli::open_or_create(path, 0o644, &mut created)?;
+                    truncate(&f, path)?;
+                    match &v.parity {
+                        Some(parity) => parity.write_to(&mut f),
+                        None => {
+                            keel::verity::fec_encode(g, &tgt, &hash, &mut f, &Default::default())
+                        }
+                    }
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+                println!("Root hash:      \t{}", hex::encode(v.tree.root_hash()));
+            }
             created.keep();
             if let Some(why) = &done.discarded {
                 println!("started over from the first operation: {why}");
@@ -332,13 +434,54 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("resumed at operation {}", done.resumed_at);
             }
             println!(
-                "applied: {} ({} bytes, digest verified)",
+                "applied: {} ({} bytes, {} verified)",
                 to.target.display(),
-                done.manifest.target.size
+                done.manifest.target.size,
+                if done.manifest.verity.is_some() {
+                    "dm-verity root"
+                } else {
+                    "digest"
+                }
             );
         }
     }
     Ok(())
+}
+
+/// A regular file is emptied before it is written (a device keeps its size).
+fn truncate(f: &File, path: &std::path::Path) -> Result<(), String> {
+    match f.metadata() {
+        Ok(m) if m.is_file() => f.set_len(0),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The dm-verity root of `image` (SHA-256, 4 KiB blocks, format 1, `salt` in hex or `-`).
+fn verity_root(
+    image: &std::path::Path,
+    salt: &str,
+) -> Result<keel::verity::RootDescriptor, String> {
+    let salt = match salt {
+        "-" => Vec::new(),
+        h => hex::decode(h).map_err(|e| format!("--verity-salt: {e}"))?,
+    };
+    let data = keel::io::Mapped::open(image).map_err(|e| e.to_string())?;
+    let params = keel::verity::VerityParams::builder()
+        .salt(salt)
+        .data_blocks_for(data.len() as u64)
+        .build()
+        .map_err(|e| format!("--verity-salt: {e}"))?;
+    if params.data_size() != data.len() as u64 {
+        return Err(format!(
+            "{}: {} bytes, not a whole number of 4 KiB blocks: no dm-verity root",
+            image.display(),
+            data.len()
+        ));
+    }
+    let tree = keel::verity::HashTree::build(&params, &data[..]).map_err(|e| e.to_string())?;
+    keel::verity::RootDescriptor::new(params, tree.root_hash()).map_err(|e| e.to_string())
 }
 
 /// An image's source, target, dm-verity root and operations by type.

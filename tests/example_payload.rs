@@ -483,3 +483,116 @@ fn the_generators_memory_does_not_grow_with_the_image() {
         ["adir", "big", "img", "img-link", "key.pem", "old.p", "pub.pem"]
     );
 }
+
+/// `generate --verity-salt` binds the new image's dm-verity root; `apply --hash-out
+/// --fec-out` writes the tree and parity built from the blocks as they are written: the
+/// very bytes of `veritysetup format --no-superblock --fec-device`. A tree file that is the
+/// image, and a payload without a root, are refused before anything is written.
+#[test]
+fn apply_writes_the_tree_and_parity_veritysetup_writes() {
+    let dir = keyed_dir();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let (old, new) = versions(8 << 20, (3 << 20)..(5 << 20));
+    std::fs::write(p("old"), &old).unwrap();
+    std::fs::write(p("new"), &new).unwrap();
+    generate(
+        &dir,
+        "rooted.p",
+        &[
+            "--source",
+            &p("old"),
+            "--target",
+            &p("new"),
+            "--verity-salt",
+            "5a17",
+        ],
+    );
+    let out = ok(&strs(&from_old(
+        &p,
+        "out",
+        &[
+            "--no-version-check",
+            "--hash-out",
+            &p("hash"),
+            "--fec-out",
+            &p("fec"),
+            "--fec-roots",
+            "3",
+            &p("rooted.p"),
+        ],
+    )));
+    assert!(out.contains("dm-verity root verified"), "{out}");
+    assert!(std::fs::read(p("out")).unwrap() == new);
+    let root = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Root hash:"))
+        .map(|r| r.trim().to_string())
+        .expect("root hash line");
+
+    if let Some(vs) = keel_testsupport::tool("veritysetup", "cryptsetup-bin") {
+        let fec = format!("--fec-device={}", p("vfec"));
+        let said = run(
+            &vs,
+            &[
+                "format",
+                "--no-superblock",
+                "--salt=5a17",
+                &fec,
+                "--fec-roots=3",
+                &p("new"),
+                &p("vhash"),
+            ],
+        );
+        assert!(said.status.success());
+        assert!(String::from_utf8_lossy(&said.stdout).contains(&root));
+        assert!(std::fs::read(p("hash")).unwrap() == std::fs::read(p("vhash")).unwrap());
+        assert!(std::fs::read(p("fec")).unwrap() == std::fs::read(p("vfec")).unwrap());
+    }
+
+    // The image as the tree file: refused, the image untouched.
+    let before = std::fs::read(p("out")).unwrap();
+    let r = run(
+        &example("payload"),
+        &strs(&from_old(
+            &p,
+            "out",
+            &[
+                "--no-version-check",
+                "--hash-out",
+                &p("out"),
+                &p("rooted.p"),
+            ],
+        )),
+    );
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("is the input"),
+        "{r:?}"
+    );
+    assert!(std::fs::read(p("out")).unwrap() == before);
+    // No signed root in the payload: refused, nothing written.
+    generate(
+        &dir,
+        "plain.p",
+        &["--source", &p("old"), "--target", &p("new")],
+    );
+    let r = run(
+        &example("payload"),
+        &strs(&from_old(
+            &p,
+            "out2",
+            &[
+                "--no-version-check",
+                "--hash-out",
+                &p("hash2"),
+                &p("plain.p"),
+            ],
+        )),
+    );
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("no signed dm-verity root"),
+        "{r:?}"
+    );
+    assert!(!dir.path().join("out2").exists() && !dir.path().join("hash2").exists());
+}
