@@ -1,14 +1,19 @@
 //! Applying a payload: read once, front to back, from any reader; memory bounded by one
 //! operation; resumable from a small state record.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::{mpsc, Mutex};
 
 use keel_trust::{Context, KeyId, Keyring};
 use keel_verity::{
     BuildOptions, FecGeometry, HashTree, Progress, ReadAt, RootDescriptor, StreamTree, Streamed,
     WriteAt,
 };
+
+/// Most bytes of operations (blobs, references and outputs) decoding at once.
+const DECODE_BUDGET: u64 = 16 << 20;
 
 mod recompress;
 mod resume;
@@ -705,46 +710,132 @@ impl<R: Read> Payload<R> {
             .sum();
         let checkpoint = opts.checkpoint_bytes.unwrap_or(64 << 20).max(1);
         let mut since_checkpoint = 0u64;
-        let mut reference = Vec::new();
 
-        for (i, op) in manifest.operations.iter().enumerate().skip(resumed_at) {
-            if opts.progress.is_some_and(|p| p.cancelled()) {
-                // Stop at an operation boundary with everything so far durable and recorded,
-                // so the next run resumes here.
-                target
-                    .sync()
-                    .map_err(|e| Error::io("syncing the target", e))?;
-                if let Some(path) = opts.state {
-                    state.write(path)?;
+        // Operations decode on every core while this thread reads the stream in order and
+        // writes their outputs in order (and so checkpoints exactly as one thread would).
+        // What is in flight (blobs, references, outputs) stays within DECODE_BUDGET bytes,
+        // and an operation that reads the target (CHAIN) starts only once everything
+        // before it is written.
+        let ops = &manifest.operations;
+        let threads = keel_io::Threads::default().count();
+        let cost = |op: &Operation| {
+            op.data_length + op.source_blocks() * BLOCK_SIZE + op.target_blocks() * BLOCK_SIZE
+        };
+        let m = &manifest;
+        let (job_tx, job_rx) = mpsc::channel::<(usize, Vec<u8>, Vec<u8>)>();
+        let job_rx = Mutex::new(job_rx);
+        let (res_tx, res_rx) = mpsc::channel::<(usize, Result<Option<Vec<u8>>>)>();
+        // The scope's closure owns the job sender: however it returns, the workers see the
+        // channel close and stop, and the scope can end.
+        std::thread::scope(|scope| -> Result<()> {
+            let job_tx = job_tx;
+            for _ in 0..threads {
+                let (job_rx, res_tx) = (&job_rx, res_tx.clone());
+                scope.spawn(move || loop {
+                    let job = job_rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok((i, blob, reference))) = job else {
+                        return;
+                    };
+                    // A decoder that panics must not leave the writer waiting for it.
+                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        decode_op(m, i, &blob, reference)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(Error::Decode {
+                            op: i,
+                            reason: "the decoder panicked".into(),
+                        })
+                    });
+                    if res_tx.send((i, out)).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(res_tx);
+            let mut ready: BTreeMap<usize, Result<Option<Vec<u8>>>> = BTreeMap::new();
+            let (mut submitted, mut in_flight) = (resumed_at, 0u64);
+            let mut read_error = None;
+            for (i, op) in ops.iter().enumerate().skip(resumed_at) {
+                // Start what may start: in order, within the budget (at least the next).
+                while read_error.is_none()
+                    && submitted < ops.len()
+                    && (submitted == i
+                        || (submitted - i <= 2 * threads
+                            && in_flight + cost(&ops[submitted]) <= DECODE_BUDGET
+                            && !ops[submitted].op.is_chain()))
+                {
+                    let mut reference = Vec::new();
+                    match read_op(payload, submitted, m, source, &*target, &mut reference) {
+                        Ok(blob) => {
+                            in_flight += cost(&ops[submitted]);
+                            // The workers outlive the loop; a send fails only if all died.
+                            let _ = job_tx.send((submitted, blob, reference));
+                            submitted += 1;
+                        }
+                        Err(e) => read_error = Some(e),
+                    }
                 }
-                return Err(Error::Cancelled);
-            }
-            let out = build_op(payload, i, &manifest, source, &*target, &mut reference)?;
-            let len = (op.target_blocks() * BLOCK_SIZE) as usize;
-            write_op(i, op, out.as_deref(), target, target_size)?;
-            if let Some(s) = stream.as_mut() {
-                feed(s, op, out.as_deref(), target_size);
-            }
-            if opts.state.is_some() {
-                state.written = chain_digest(&state.written, i, op, out.as_deref(), target_size);
-            }
-            done += len as u64;
-            since_checkpoint += len as u64;
-            state.next_op = i as u64 + 1;
-            if let Some(p) = opts.progress {
-                p.progress(done, total);
-            }
-            if since_checkpoint >= checkpoint {
-                if let Some(path) = opts.state {
-                    // Write-ahead: the target is durable before the record says so.
+                if submitted == i {
+                    // Nothing more could be read: what was before it is written.
+                    return Err(read_error.unwrap_or(Error::NoImageLeft));
+                }
+                if opts.progress.is_some_and(|p| p.cancelled()) {
+                    // Stop at an operation boundary with everything so far durable and
+                    // recorded, so the next run resumes here.
                     target
                         .sync()
                         .map_err(|e| Error::io("syncing the target", e))?;
-                    state.write(path)?;
+                    if let Some(path) = opts.state {
+                        state.write(path)?;
+                    }
+                    return Err(Error::Cancelled);
                 }
-                since_checkpoint = 0;
+                let out = loop {
+                    if let Some(r) = ready.remove(&i) {
+                        break r;
+                    }
+                    match res_rx.recv() {
+                        Ok((j, r)) => {
+                            ready.insert(j, r);
+                        }
+                        Err(_) => {
+                            return Err(Error::Decode {
+                                op: i,
+                                reason: "a decoding thread stopped".into(),
+                            })
+                        }
+                    }
+                }?;
+                in_flight -= cost(op);
+                let len = (op.target_blocks() * BLOCK_SIZE) as usize;
+                write_op(i, op, out.as_deref(), target, target_size)?;
+                if let Some(s) = stream.as_mut() {
+                    feed(s, op, out.as_deref(), target_size);
+                }
+                if opts.state.is_some() {
+                    state.written =
+                        chain_digest(&state.written, i, op, out.as_deref(), target_size);
+                }
+                done += len as u64;
+                since_checkpoint += len as u64;
+                state.next_op = i as u64 + 1;
+                if let Some(p) = opts.progress {
+                    p.progress(done, total);
+                }
+                if since_checkpoint >= checkpoint {
+                    if let Some(path) = opts.state {
+                        // Write-ahead: the target is durable before the record says so.
+                        target
+                            .sync()
+                            .map_err(|e| Error::io("syncing the target", e))?;
+                        state.write(path)?;
+                    }
+                    since_checkpoint = 0;
+                }
             }
-        }
+            drop(job_tx);
+            Ok(())
+        })?;
         target
             .sync()
             .map_err(|e| Error::io("syncing the target", e))?;
@@ -842,16 +933,16 @@ fn skip_applied_data<R>(
     Ok(())
 }
 
-/// What operation `i` writes (`None` for zeros): its blob read from the stream and
-/// checked against the signed hash, its reference read and checked, then decoded.
-fn build_op<R, S, T>(
+/// Operation `i`'s blob, read from the stream and checked against the signed hash, and
+/// its reference (into `reference`), read and checked.
+fn read_op<R, S, T>(
     payload: &mut R,
     i: usize,
     manifest: &Manifest,
     source: Option<&S>,
     target: &T,
     reference: &mut Vec<u8>,
-) -> Result<Option<Vec<u8>>>
+) -> Result<Vec<u8>>
 where
     R: Read,
     S: ReadAt + ?Sized,
@@ -863,14 +954,26 @@ where
         return Err(Error::BlobMismatch { op: i });
     }
     read_reference(i, op, manifest, source, target, reference)?;
+    Ok(blob)
+}
+
+/// What operation `i` writes (`None` for zeros), decoded from its checked blob and
+/// reference.
+fn decode_op(
+    manifest: &Manifest,
+    i: usize,
+    blob: &[u8],
+    reference: Vec<u8>,
+) -> Result<Option<Vec<u8>>> {
+    let op = &manifest.operations[i];
     let len = (op.target_blocks() * BLOCK_SIZE) as usize;
     Ok(match op.op {
         OpType::Zero => None,
-        OpType::Copy => Some(std::mem::take(reference)),
+        OpType::Copy => Some(reference),
         OpType::Recompress => Some(
             recompress::build(
-                &blob,
-                reference,
+                blob,
+                &reference,
                 len,
                 codec_of(manifest.recompressor.as_deref().unwrap_or_default()),
             )
@@ -884,7 +987,7 @@ where
         | OpType::ChainXz
         | OpType::PatchXz => {
             Some(
-                decode(op.op, &blob, reference, len).map_err(|e| Error::Decode {
+                decode(op.op, blob, &reference, len).map_err(|e| Error::Decode {
                     op: i,
                     reason: e.to_string(),
                 })?,
