@@ -314,16 +314,6 @@ fn run(cli: Cli) -> Result<(), String> {
             payload,
         } => {
             let ring = cli::load_keyring(&to.pubkeys)?;
-            // The tree and parity files are written over: none may be an input or the
-            // image, nor each other.
-            for (out, other) in [(&hash_out, &fec_out), (&fec_out, &hash_out)] {
-                if let Some(out) = out {
-                    let mut inputs = vec![to.target.as_path(), std::path::Path::new(&payload)];
-                    inputs.extend(to.source.as_deref());
-                    inputs.extend(other.as_deref());
-                    not_an_input(out, &inputs)?;
-                }
-            }
             let src = to.open_source()?;
             let reader: Box<dyn Read> = if payload == "-" {
                 Box::new(std::io::stdin().lock())
@@ -335,6 +325,35 @@ fn run(cli: Cli) -> Result<(), String> {
             // resume) is left as it is.
             let mut created = cli::Created::unless(state.clone());
             let mut tgt = cli::open_or_create(&to.target, 0o644, &mut created)?;
+            // Every file this run writes is there before anything is written (the ones it
+            // creates are removed again on failure), so each is compared by what it is with
+            // every input and with the others: a tree written over the image, a resume
+            // record over the key, whatever their spelling.
+            let mut hash_f = hash_out
+                .as_deref()
+                .map(|p| cli::open_or_create(p, 0o644, &mut created))
+                .transpose()?;
+            let mut fec_f = fec_out
+                .as_deref()
+                .map(|p| cli::open_or_create(p, 0o644, &mut created))
+                .transpose()?;
+            let mut outputs = vec![("--target", to.target.as_path())];
+            outputs.extend(hash_out.as_deref().map(|p| ("--hash-out", p)));
+            outputs.extend(fec_out.as_deref().map(|p| ("--fec-out", p)));
+            outputs.extend(state.as_deref().map(|p| ("--state", p)));
+            let mut inputs: Vec<(&str, &std::path::Path)> = to
+                .pubkeys
+                .iter()
+                .map(|p| ("--pubkey", p.as_path()))
+                .collect();
+            inputs.extend(to.source.as_deref().map(|p| ("--source", p)));
+            if payload != "-" {
+                inputs.push(("the payload", std::path::Path::new(&payload)));
+            }
+            if let Err(e) = all_distinct(&outputs, &inputs) {
+                created.no_resume_yet();
+                return Err(e);
+            }
             let pb = ProgressBar::new(0);
             pb.set_style(
                 ProgressStyle::with_template(
@@ -394,7 +413,11 @@ fn run(cli: Cli) -> Result<(), String> {
                             tree.hash_device_size(),
                             0,
                         )
-                        .map_err(|e| format!("--fec-roots: {e}"))?,
+                        .map_err(|e| {
+                            format!(
+                                "the parity of the payload's image (--fec-roots {fec_roots}): {e}"
+                            )
+                        })?,
                     )
                 }
                 _ => None,
@@ -409,18 +432,15 @@ fn run(cli: Cli) -> Result<(), String> {
                     .verity
                     .take()
                     .ok_or("the image's root does not cover the whole image")?;
-                let mut hash = cli::open_or_create(path, 0o644, &mut created)?;
-                truncate(&hash, path)?;
-                keel::verity::write_tree(params, &v.tree, &mut hash, &Default::default())
+                let hash = hash_f.as_mut().ok_or("--hash-out: not open")?;
+                truncate(hash, path)?;
+                keel::verity::write_tree(params, &v.tree, hash, &Default::default())
                     .map_err(|e| format!("{}: {e}", path.display()))?;
-                if let (Some(path), Some(g)) = (&fec_out, &fec) {
-                    let mut f = cli::open_or_create(path, 0o644, &mut created)?;
-                    truncate(&f, path)?;
+                if let (Some(path), Some(g), Some(f)) = (&fec_out, &fec, fec_f.as_mut()) {
+                    truncate(f, path)?;
                     match &v.parity {
-                        Some(parity) => parity.write_to(&mut f),
-                        None => {
-                            keel::verity::fec_encode(g, &tgt, &hash, &mut f, &Default::default())
-                        }
+                        Some(parity) => parity.write_to(f),
+                        None => keel::verity::fec_encode(g, &tgt, &*hash, f, &Default::default()),
                     }
                     .map_err(|e| format!("{}: {e}", path.display()))?;
                 }
@@ -443,6 +463,34 @@ fn run(cli: Cli) -> Result<(), String> {
                     "digest"
                 }
             );
+        }
+    }
+    Ok(())
+}
+
+/// No two of the files a run writes are one file, nor is any of them an input: compared by
+/// device and inode (so through links and other spellings); each exists by now, except a
+/// resume record not yet written, which is then none of the others.
+fn all_distinct(
+    outputs: &[(&str, &std::path::Path)],
+    inputs: &[(&str, &std::path::Path)],
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    for (n, (what, path)) in outputs.iter().enumerate() {
+        let Some(mine) = id(path) else { continue };
+        for (other, other_path) in outputs[..n].iter().chain(inputs) {
+            // The applier refuses the running slot as its target itself, by that name.
+            if (*what, *other) == ("--target", "--source") {
+                continue;
+            }
+            if id(other_path) == Some(mine) {
+                return Err(format!(
+                    "{what} {}: is the same file as {other} {}; each needs a file of its own",
+                    path.display(),
+                    other_path.display()
+                ));
+            }
         }
     }
     Ok(())

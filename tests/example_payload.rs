@@ -391,8 +391,9 @@ fn full_payload_peak(dir: &tempfile::TempDir, mib: usize) -> u64 {
 }
 
 /// At OS-image scale the payload is written as it is encoded: the generator's own memory
-/// stays the same for an image ten times larger, and within 256 MiB (it was three times
-/// the image when the payload was built in memory).
+/// for an image ten times larger grows by at most what it may hold for the writer (64 MiB
+/// of finished blobs, and one blob per worker: a slow disk fills that), and stays within
+/// 256 MiB (it was three times the image when the payload was built in memory).
 #[test]
 fn the_generators_memory_does_not_grow_with_the_image() {
     let dir = keyed_dir();
@@ -401,7 +402,7 @@ fn the_generators_memory_does_not_grow_with_the_image() {
     eprintln!("peak anonymous memory: {small} bytes for 64 MiB, {large} for 640 MiB");
     assert!(large > 0, "the peak was not seen");
     assert!(
-        large <= small + (64 << 20) && large <= 256 << 20,
+        large <= small + (80 << 20) && large <= 256 << 20,
         "{large} bytes for 640 MiB against {small} for 64 MiB"
     );
 
@@ -486,8 +487,8 @@ fn the_generators_memory_does_not_grow_with_the_image() {
 
 /// `generate --verity-salt` binds the new image's dm-verity root; `apply --hash-out
 /// --fec-out` writes the tree and parity built from the blocks as they are written: the
-/// very bytes of `veritysetup format --no-superblock --fec-device`. A tree file that is the
-/// image, and a payload without a root, are refused before anything is written.
+/// very bytes of `veritysetup format --no-superblock --fec-device`. Outputs that are inputs
+/// or each other, and a payload without a root, are refused before anything is written.
 #[test]
 fn apply_writes_the_tree_and_parity_veritysetup_writes() {
     let dir = keyed_dir();
@@ -549,27 +550,48 @@ fn apply_writes_the_tree_and_parity_veritysetup_writes() {
         assert!(std::fs::read(p("fec")).unwrap() == std::fs::read(p("vfec")).unwrap());
     }
 
-    // The image as the tree file: refused, the image untouched.
-    let before = std::fs::read(p("out")).unwrap();
-    let r = run(
-        &example("payload"),
-        &strs(&from_old(
-            &p,
-            "out",
-            &[
-                "--no-version-check",
-                "--hash-out",
-                &p("out"),
-                &p("rooted.p"),
-            ],
-        )),
-    );
-    assert!(!r.status.success());
-    assert!(
-        String::from_utf8_lossy(&r.stderr).contains("is the input"),
-        "{r:?}"
-    );
-    assert!(std::fs::read(p("out")).unwrap() == before);
+    // Files written over each other or over an input, however spelled and whether or not
+    // they exist yet: refused before anything is written, every input as it was.
+    let other = keel::verity::SigningKey::generate().unwrap();
+    std::fs::write(p("pub2.pem"), other.public_key().to_pem().unwrap()).unwrap();
+    std::os::unix::fs::symlink(p("fresh"), p("dangling")).unwrap();
+    let inputs = ["old", "out", "pub.pem", "pub2.pem", "rooted.p"];
+    let before: Vec<Vec<u8>> = inputs
+        .iter()
+        .map(|n| std::fs::read(p(n)).unwrap())
+        .collect();
+    let (out, fresh, dangling, h1, h2) = (p("out"), p("fresh"), p("dangling"), p("h1"), p("h2"));
+    let (old_p, rooted, pub2, st) = (p("old"), p("rooted.p"), p("pub2.pem"), p("st"));
+    let cases: [(&str, Vec<&str>); 10] = [
+        ("out", vec!["--hash-out", &out]),
+        ("fresh", vec!["--hash-out", &dangling]),
+        ("fresh", vec!["--fec-out", &fresh, "--hash-out", &h1]),
+        ("out", vec!["--hash-out", &h2, "--fec-out", &h2]),
+        ("out", vec!["--hash-out", &pub2]),
+        ("out", vec!["--state", &old_p]),
+        ("out", vec!["--state", &rooted]),
+        ("out", vec!["--state", &pub2]),
+        ("fresh", vec!["--state", &fresh]),
+        ("out", vec!["--state", &st, "--hash-out", &st]),
+    ];
+    for (target, extra) in cases {
+        let mut args = vec!["--no-version-check", "--pubkey", &pub2];
+        args.extend(extra.iter().copied());
+        args.push(&rooted);
+        let r = run(&example("payload"), &strs(&from_old(&p, target, &args)));
+        assert!(!r.status.success(), "{target} {extra:?}");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.contains("is the same file as"), "{extra:?}: {err}");
+        for (n, b) in inputs.iter().zip(&before) {
+            assert!(
+                std::fs::read(p(n)).unwrap() == *b,
+                "{n} changed by {extra:?}"
+            );
+        }
+        for gone in ["fresh", "h1", "h2", "st"] {
+            assert!(!dir.path().join(gone).exists(), "{gone} left by {extra:?}");
+        }
+    }
     // No signed root in the payload: refused, nothing written.
     generate(
         &dir,

@@ -73,6 +73,12 @@ impl Created {
         self.paths.push(path.into());
     }
 
+    /// Nothing was written yet: on failure remove what was created even if a resume record
+    /// is there.
+    pub(crate) fn no_resume_yet(&mut self) {
+        self.unless = None;
+    }
+
     /// The run succeeded: keep everything.
     pub(crate) fn keep(mut self) {
         self.paths.clear();

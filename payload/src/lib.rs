@@ -70,7 +70,7 @@ mod version;
 
 pub use apply::{
     apply, apply_files, read_images_at, read_manifest, read_manifest_at, same_file, Applied,
-    ApplyOptions, Payload, RecordDiscarded, VersionCheck, MAX_RESUMES,
+    ApplyOptions, Payload, RecordDiscarded, VersionCheck, APPLY_READ_AHEAD, MAX_RESUMES,
 };
 pub use codec::recompress::{recompressor, recompressors};
 pub use error::{Error, Result, Section, TargetCheck};

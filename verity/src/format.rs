@@ -88,7 +88,7 @@ where
     write_tree(params, &tree, hash, opts)
 }
 
-/// [`format`] and [`fec_encode`] with one read of the data: the tree and the parity are
+/// [`format()`] and [`fec_encode`] with one read of the data: the tree and the parity are
 /// computed from the same pass ([`StreamTree`]), then the tree, and the parity at the
 /// place `fec_geometry` gives for the tree's layout, are written (and synced). The bytes
 /// are those of `veritysetup format --fec-device`. Where the parity cannot be made in that
@@ -131,7 +131,7 @@ where
 }
 
 /// Write `tree` (built of `params`'s data, e.g. by a [`StreamTree`]) as `opts` lays it out,
-/// with its superblock, and sync `hash`: what [`format`] writes, without reading the data.
+/// with its superblock, and sync `hash`: what [`format()`] writes, without reading the data.
 pub fn write_tree<H: WriteAt + ?Sized>(
     params: &VerityParams,
     tree: &HashTree,

@@ -12,8 +12,11 @@ use keel_verity::{
     WriteAt,
 };
 
-/// Most bytes of operations (blobs, references and outputs) decoding at once.
-const DECODE_BUDGET: u64 = 16 << 20;
+/// Most bytes of operations (blobs, references and outputs) decoding ahead of the one being
+/// written, so also the most payload bytes an apply has read beyond what it has written
+/// (besides that operation's own): what a killed apply may have fetched in vain beyond its
+/// last checkpoint.
+pub const APPLY_READ_AHEAD: u64 = 8 << 20;
 
 mod recompress;
 mod resume;
@@ -713,7 +716,7 @@ impl<R: Read> Payload<R> {
 
         // Operations decode on every core while this thread reads the stream in order and
         // writes their outputs in order (and so checkpoints exactly as one thread would).
-        // What is in flight (blobs, references, outputs) stays within DECODE_BUDGET bytes,
+        // What is in flight (blobs, references, outputs) stays within APPLY_READ_AHEAD bytes,
         // and an operation that reads the target (CHAIN) starts only once everything
         // before it is written.
         let ops = &manifest.operations;
@@ -761,7 +764,7 @@ impl<R: Read> Payload<R> {
                     && submitted < ops.len()
                     && (submitted == i
                         || (submitted - i <= 2 * threads
-                            && in_flight + cost(&ops[submitted]) <= DECODE_BUDGET
+                            && in_flight + cost(&ops[submitted]) <= APPLY_READ_AHEAD
                             && !ops[submitted].op.is_chain()))
                 {
                     let mut reference = Vec::new();
