@@ -26,7 +26,7 @@ use crate::fec::{for_each_batch_of, FecGeometry, Input};
 use crate::geometry::TreeGeometry;
 use crate::io::{ReadAt, WriteAt};
 use crate::params::VerityParams;
-use crate::tree::{BuildOptions, HashTree};
+use crate::tree::{hash_leaves, BuildOptions, HashTree};
 use keel_io::Threads;
 
 /// Most memory the parity of a [`StreamTree`] may take (beside the tree itself): the
@@ -148,6 +148,24 @@ impl Accumulator {
             rows,
             planes: vec![0u8; g.parity_size() as usize],
         }
+    }
+}
+
+impl Accumulator {
+    /// The two groups of planes, each for one thread.
+    fn shares(&mut self) -> [Share<'_>; 2] {
+        let plane_len = self.g.rounds as usize * self.g.block_size as usize;
+        let (a, b) = self.planes.split_at_mut(self.split * plane_len);
+        let roots = self.g.roots as usize;
+        let share = |group, planes_in_group, planes| Share {
+            g: &self.g,
+            kernel: self.kernel,
+            group,
+            planes_in_group,
+            rows: &self.rows,
+            planes,
+        };
+        [share(0, self.split, a), share(1, roots - self.split, b)]
     }
 }
 
@@ -419,11 +437,7 @@ impl StreamTree {
         };
         let (hasher, geometry) = (&self.hasher, &self.geometry);
         let slot = geometry.slot_size();
-        let leaf_at = |b: u64| {
-            geometry.level_offset_in_tree(0)
-                + (b >> geometry.per_block_bits()) as usize * geometry.hash_block_size() as usize
-                + geometry.entry_offset(b)
-        };
+        let leaf_at = |b: u64| leaf_at(geometry, b);
         let build = opts.threads(Threads::exactly(self.threads));
         let (tree, seen, planes, split) =
             (&mut self.tree, &mut self.seen, &mut acc.planes, acc.split);
@@ -500,31 +514,8 @@ impl StreamTree {
     /// The tree's blocks are the hash area: their share of the parity.
     fn add_hash_area(mut acc: Accumulator, tree: &HashTree) -> Parity {
         let first = acc.g.data_blocks;
-        let bytes = tree.as_bytes();
-        let (a, b) = acc
-            .planes
-            .split_at_mut(acc.split * acc.g.rounds as usize * acc.g.block_size as usize);
-        let roots = acc.g.roots as usize;
-        let mut shares = [
-            Share {
-                g: &acc.g,
-                kernel: acc.kernel,
-                group: 0,
-                planes_in_group: acc.split,
-                rows: &acc.rows,
-                planes: a,
-            },
-            Share {
-                g: &acc.g,
-                kernel: acc.kernel,
-                group: 1,
-                planes_in_group: roots - acc.split,
-                rows: &acc.rows,
-                planes: b,
-            },
-        ];
-        for share in shares.iter_mut() {
-            share.add(first, bytes);
+        for share in acc.shares().iter_mut() {
+            share.add(first, tree.as_bytes());
         }
         Parity {
             g: acc.g,
@@ -577,10 +568,7 @@ impl StreamTree {
 
     /// Byte offset in the tree of data block `b`'s leaf digest.
     fn leaf_at(&self, b: u64) -> usize {
-        let hbs = self.geometry.hash_block_size() as usize;
-        self.geometry.level_offset_in_tree(0)
-            + (b >> self.geometry.per_block_bits()) as usize * hbs
-            + self.geometry.entry_offset(b)
+        leaf_at(&self.geometry, b)
     }
 
     /// Hash whole blocks `first..` (`input`) into the leaves and add them to the parity:
@@ -606,31 +594,9 @@ impl StreamTree {
         let (hasher, geometry) = (&self.hasher, &self.geometry);
         let (left, right) = self.tree.split_at_mut(cut);
         let left = &mut left[base..];
-        let (mut share_a, mut share_b) = match &mut self.parity {
-            Some(acc) => {
-                let plane_len = acc.g.rounds as usize * acc.g.block_size as usize;
-                let (a, b) = acc.planes.split_at_mut(acc.split * plane_len);
-                let roots = acc.g.roots as usize;
-                (
-                    Some(Share {
-                        g: &acc.g,
-                        kernel: acc.kernel,
-                        group: 0,
-                        planes_in_group: acc.split,
-                        rows: &acc.rows,
-                        planes: a,
-                    }),
-                    Some(Share {
-                        g: &acc.g,
-                        kernel: acc.kernel,
-                        group: 1,
-                        planes_in_group: roots - acc.split,
-                        rows: &acc.rows,
-                        planes: b,
-                    }),
-                )
-            }
-            None => (None, None),
+        let [mut share_a, mut share_b] = match &mut self.parity {
+            Some(acc) => acc.shares().map(Some),
+            None => [None, None],
         };
         let (head, tail) = input.split_at(mid * bs);
         if mid == n || no_levels {
@@ -657,36 +623,12 @@ impl StreamTree {
     }
 }
 
-/// Hash whole data blocks `first..` (`input`) into `out`, which starts at block `first`'s
-/// leaf digest: runs that share a hash block at a time.
-fn hash_leaves(
-    hasher: &SaltedHasher,
-    geometry: &TreeGeometry,
-    bs: usize,
-    first: u64,
-    input: &[u8],
-    out: &mut [u8],
-) {
-    let per_block = geometry.digests_per_block() as usize;
-    let hbs = geometry.hash_block_size() as usize;
-    let slot = geometry.slot_size();
-    let n = input.len() / bs;
-    let start_in_block = (first % per_block as u64) as usize;
-    let mut i = 0usize;
-    while i < n {
-        let pos = start_in_block + i;
-        let in_block = pos % per_block;
-        let run = (per_block - in_block).min(n - i);
-        // Relative to `out`, which starts at entry `start_in_block` of its hash block.
-        let at = (pos / per_block) * hbs + in_block * slot - start_in_block * slot;
-        hasher.hash_many(
-            &input[i * bs..(i + run) * bs],
-            bs,
-            &mut out[at..at + run * slot],
-            slot,
-        );
-        i += run;
-    }
+/// Byte offset in the tree (as [`HashTree::as_bytes`] lays it out) of data block `b`'s
+/// leaf digest.
+fn leaf_at(geometry: &TreeGeometry, b: u64) -> usize {
+    geometry.level_offset_in_tree(0)
+        + (b >> geometry.per_block_bits()) as usize * geometry.hash_block_size() as usize
+        + geometry.entry_offset(b)
 }
 
 /// A hash device of zeros: the hash area's share of the parity comes later.

@@ -401,22 +401,43 @@ fn hash_unit<S: ReadAt + ?Sized>(
                 buf
             }
         };
-        // Runs of items whose digests share a hash block.
-        let mut i = 0usize;
-        while i < n {
-            let rel = (done as usize) + i;
-            let in_block = rel % per_block;
-            let run = (per_block - in_block).min(n - i);
-            let at = (rel / per_block) * hbs + in_block * slot;
-            hasher.hash_many(
-                &input[i * item_size..(i + run) * item_size],
-                item_size,
-                &mut out[at..at + run * slot],
-                slot,
-            );
-            i += run;
-        }
+        // `out` starts at item 0's hash block, so item `done` sits where a tree's leaf would.
+        let at = (done as usize / per_block) * hbs + (done as usize % per_block) * slot;
+        hash_leaves(hasher, geometry, item_size, done, input, &mut out[at..]);
         done += n as u64;
     }
     Ok(())
+}
+
+/// Hash whole items `first..` (`input`, `item_size` bytes each) into `out`, which starts at
+/// item `first`'s digest in a level laid out in hash blocks: runs that share a hash block
+/// at a time, in one call each.
+pub(crate) fn hash_leaves(
+    hasher: &SaltedHasher,
+    geometry: &TreeGeometry,
+    item_size: usize,
+    first: u64,
+    input: &[u8],
+    out: &mut [u8],
+) {
+    let per_block = geometry.digests_per_block() as usize;
+    let hbs = geometry.hash_block_size() as usize;
+    let slot = geometry.slot_size();
+    let n = input.len() / item_size;
+    let start_in_block = (first % per_block as u64) as usize;
+    let mut i = 0usize;
+    while i < n {
+        let pos = start_in_block + i;
+        let in_block = pos % per_block;
+        let run = (per_block - in_block).min(n - i);
+        // Relative to `out`, which starts at entry `start_in_block` of its hash block.
+        let at = (pos / per_block) * hbs + in_block * slot - start_in_block * slot;
+        hasher.hash_many(
+            &input[i * item_size..(i + run) * item_size],
+            item_size,
+            &mut out[at..at + run * slot],
+            slot,
+        );
+        i += run;
+    }
 }

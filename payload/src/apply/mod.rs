@@ -1044,37 +1044,41 @@ fn write_op<T: WriteAt + ?Sized>(
     target: &mut T,
     target_size: u64,
 ) -> Result<()> {
-    let mut at = 0usize;
-    for e in &op.target {
-        let off = e.start * BLOCK_SIZE;
-        let n = (e.blocks * BLOCK_SIZE) as usize;
-        let keep = (target_size.saturating_sub(off)).min(n as u64);
+    for (off, at, keep) in placed(op, target_size) {
         match out {
             // The kernel zeroes the range (no copying zeros in) where it can.
             None => target
-                .write_zeros(off, keep)
+                .write_zeros(off, keep as u64)
                 .map_err(|e| Error::io(format!("operation {i}: zeroing the target"), e))?,
             Some(out) => target
-                .write_all_at(&out[at..at + keep as usize], off)
+                .write_all_at(&out[at..at + keep], off)
                 .map_err(|e| Error::io(format!("operation {i}: writing the target"), e))?,
         }
-        at += n;
     }
     Ok(())
 }
 
-/// Tell `stream` what operation `op` wrote (`None`: zeros), as [`write_op`] lays it out.
-pub(super) fn feed(stream: &mut StreamTree, op: &Operation, out: Option<&[u8]>, size: u64) {
-    let mut at = 0usize;
-    for e in &op.target {
+/// Where operation `op`'s output lands: for each target extent, its byte offset in the
+/// image, where its bytes start in the output (extents laid end to end in whole blocks),
+/// and how many of them fall inside an image of `size` bytes.
+pub(super) fn placed(op: &Operation, size: u64) -> impl Iterator<Item = (u64, usize, usize)> + '_ {
+    op.target.iter().scan(0usize, move |at, e| {
         let off = e.start * BLOCK_SIZE;
         let n = (e.blocks * BLOCK_SIZE) as usize;
-        let keep = (size.saturating_sub(off)).min(n as u64);
+        let keep = size.saturating_sub(off).min(n as u64) as usize;
+        let here = *at;
+        *at += n;
+        Some((off, here, keep))
+    })
+}
+
+/// Tell `stream` what operation `op` wrote (`None`: zeros), as [`write_op`] lays it out.
+pub(super) fn feed(stream: &mut StreamTree, op: &Operation, out: Option<&[u8]>, size: u64) {
+    for (off, at, keep) in placed(op, size) {
         match out {
-            None => stream.zeros(off, keep),
-            Some(out) => stream.write(off, &out[at..at + keep as usize]),
+            None => stream.zeros(off, keep as u64),
+            Some(out) => stream.write(off, &out[at..at + keep]),
         }
-        at += n;
     }
 }
 

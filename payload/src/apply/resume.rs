@@ -8,7 +8,7 @@ use keel_verity::{ReadAt, StreamTree};
 
 use super::read_extents;
 use crate::error::{Error, Result};
-use crate::format::{sha256, Manifest, OpType, Operation, BLOCK_SIZE};
+use crate::format::{sha256, Manifest, OpType, Operation};
 
 /// Why a resume record was not used and the apply started from the first operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -217,12 +217,8 @@ pub(super) fn chain_digest(
     h.update(prev);
     h.update((i as u64).to_le_bytes());
     if let Some(bytes) = bytes {
-        let mut at = 0usize;
-        for e in &op.target {
-            let n = (e.blocks * BLOCK_SIZE) as usize;
-            let keep = (size.saturating_sub(e.start * BLOCK_SIZE)).min(n as u64) as usize;
+        for (_, at, keep) in super::placed(op, size) {
             h.update(&bytes[at..at + keep]);
-            at += n;
         }
     } else {
         h.update(b"zero");
