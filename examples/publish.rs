@@ -2,7 +2,7 @@
 //! index document made from the payload files, and the signed envelopes devices verify.
 //!
 //! ```text
-//! cargo run --example publish -- index --full FILE [--delta FROM=FILE]... --pubkey PEM -o DOC
+//! cargo run --example publish -- index --full FILE [--delta FROM=FILE]... [--store FILE] --pubkey PEM -o DOC
 //!                        make a release index document from payload files
 //! cargo run --example publish -- sign --kind root|index DOC --key PEM... -o ENVELOPE
 //!                        sign a trust root or index document
@@ -39,6 +39,10 @@ enum Cmd {
         /// A delta payload and the version it starts from: `FROM_VERSION=FILE`; repeatable.
         #[arg(long = "delta", value_parser = parse_delta)]
         deltas: Vec<(String, PathBuf)>,
+        /// The image's block store (`store publish`): devices with no delta for their
+        /// image fetch only the blocks they lack from it.
+        #[arg(long)]
+        store: Option<PathBuf>,
         /// A public key (PEM) the payloads are signed with; repeat for several.
         #[arg(long = "pubkey", required = true)]
         pubkeys: Vec<PathBuf>,
@@ -95,6 +99,7 @@ fn make_index(cmd: &Cmd) -> Res<ExitCode> {
     let Cmd::Index {
         full,
         deltas,
+        store,
         pubkeys,
         url_base,
         base,
@@ -119,7 +124,11 @@ fn make_index(cmd: &Cmd) -> Res<ExitCode> {
     for (from, f) in deltas {
         ds.push((from.clone(), publish::describe(f, &url(f)?, &ring)?));
     }
-    let release = publish::release(full, ds, *rollout)?;
+    let store = match store {
+        Some(st) => Some(publish::describe(st, &url(st)?, &ring)?),
+        None => None,
+    };
+    let release = publish::release_with_store(full, ds, store, *rollout)?;
     let base = match base {
         Some(b) => {
             let text = cli::read_small(b, keel::release::MAX_ENVELOPE as u64)?;

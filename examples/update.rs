@@ -11,6 +11,8 @@
 //!   status [--json]      both slots: boot state, version, root hash; the last error
 //!   fetch-apply URL ...  stream a payload over HTTP(S) into a target, with range resume
 //!   check INDEX_URL ...  verify a signed release index; print the release this machine takes
+//!                        (delta, block store or full payload) and, given the installed
+//!                        image (--seed) and the key (--pubkey), what a block store costs
 //! cargo run --example update -- demo DIR [--slot-mib N]
 //!                        an image builder's output to try the others on: DIR/disk.img
 //!                        (version 1 in slot A), DIR/system.toml, DIR/update-1-to-2.payload
@@ -135,6 +137,13 @@ enum Cmd {
         /// Where the last accepted serial is kept (an older index is refused).
         #[arg(long = "serial-file")]
         serial_file: Option<PathBuf>,
+        /// The installed image (the booted slot): a delta from it is found by its digest,
+        /// and a block store's plan says what would be fetched (with --pubkey).
+        #[arg(long)]
+        seed: Option<PathBuf>,
+        /// The key payloads and stores are signed with (PEM), for a block store's plan.
+        #[arg(long = "pubkey", requires = "seed")]
+        pubkeys: Vec<PathBuf>,
     },
 }
 
@@ -353,6 +362,8 @@ fn check(cmd: &Cmd, root_dir: &std::path::Path) -> Res<ExitCode> {
         installed,
         machine_id,
         serial_file,
+        seed,
+        pubkeys,
     } = cmd
     else {
         return Ok(ExitCode::FAILURE);
@@ -376,20 +387,84 @@ fn check(cmd: &Cmd, root_dir: &std::path::Path) -> Res<ExitCode> {
             .trim()
             .to_string(),
     };
-    match index.choose(compatible, installed, None, &machine, false) {
-        Some(c) => println!(
-            "index serial {}: take {} {} ({} bytes) from {}",
-            index.serial,
-            c.version,
-            if c.delta { "delta" } else { "full payload" },
-            c.artifact.size,
-            c.artifact.url
-        ),
-        None => println!(
+    let seed_file = match seed {
+        Some(p) => Some(std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => None,
+    };
+    // The seed's digest over the size a delta from the installed version starts from.
+    let source_size = index
+        .releases
+        .iter()
+        .flat_map(|r| &r.deltas)
+        .find(|d| d.from_version == *installed)
+        .map(|d| d.source_size);
+    let digest = match (&seed_file, source_size) {
+        (Some(f), Some(size)) => Some(keel::payload::format::image_digest(f, size)?),
+        _ => None,
+    };
+    let Some(c) = index.choose(compatible, installed, digest.as_ref(), &machine, false) else {
+        println!(
             "index serial {}: nothing newer for {compatible} {installed}",
             index.serial
-        ),
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    let kind = match (c.delta, &c.store) {
+        (true, _) => "delta",
+        (false, Some(_)) => "block store",
+        (false, None) => "full payload",
+    };
+    let Some(store) = c.store.as_ref().filter(|_| !c.delta) else {
+        println!(
+            "index serial {}: take {} {kind}: {} bytes from {}",
+            index.serial, c.version, c.artifact.size, c.artifact.url
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    let (Some(seed), false) = (&seed_file, pubkeys.is_empty()) else {
+        println!(
+            "index serial {}: take {} {kind}: at most {} bytes from {} (the full payload: {} bytes; \
+             --seed and --pubkey say how much)",
+            index.serial, c.version, store.size, store.url, c.artifact.size
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    let ring = cli::load_keyring(pubkeys)?;
+    let url = keel::release::resolve(index_url, &store.url);
+    let ranges = keel::fetch::HttpRanges::new(
+        keel::fetch::HttpReader::new(&url, fetch)?.expect_len(store.size),
+    );
+    let opts = keel::payload::store::StoreOptions::new(
+        keel::payload::ApplyOptions::new(&ring, keel::payload::VersionCheck::Installed(installed))
+            .compatible(compatible.as_str()),
+    );
+    let s = keel::payload::store::StoreSession::open(&ranges, &opts)?;
+    let pin = store
+        .manifest_digest()
+        .ok_or("the index does not pin the store")?;
+    if s.id() != pin {
+        return Err(format!("{url}: not the store the index names").into());
     }
+    let seeds = [keel::payload::store::Seed {
+        image: seed,
+        tree: None,
+    }];
+    let p = s.plan(&seeds, &opts)?;
+    println!(
+        "index serial {}: take {} {kind}: {} bytes in {} requests ({} of the store's {} \
+         bytes; the full payload: {} bytes)",
+        index.serial,
+        c.version,
+        p.fetched_so_far + p.fetch_bytes,
+        p.requests_so_far + p.ranges.len() as u64,
+        p.fetch_bytes,
+        store.size,
+        c.artifact.size
+    );
+    println!(
+        "blocks: {} zero, {} from the installed image, {} duplicates, {} fetched",
+        p.zero, p.from_seed, p.duplicate, p.fetched_blocks
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -42,7 +42,7 @@ mod stream;
 
 pub use error::Error;
 pub use options::{FetchOptions, Stats};
-pub use reader::{HttpReader, Meter};
+pub use reader::{HttpRanges, HttpReader, Meter};
 
 /// The most bytes [`HttpReader`] reads ahead of its consumer by default
 /// ([`FetchOptions::read_ahead`]), with what one socket read brings: what a consumer

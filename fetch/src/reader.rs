@@ -108,6 +108,67 @@ impl<'a> HttpReader<'a> {
         Meter(self.counters.clone())
     }
 
+    /// Exactly `buf.len()` bytes at `offset`, asked for as one bounded range (`Range:
+    /// bytes=offset-end`), retried from where a cut left it, with the validator of the
+    /// earlier responses (a file replaced between two ranges is [`Error::Changed`]):
+    /// for a consumer that picks pieces of a file (a block store's runs), nothing is read
+    /// past the range. The read-ahead of [`Read`] is dropped.
+    pub fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+        self.start_clock()?;
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| Error::BadRange {
+                url: self.url.clone(),
+                reason: format!("a range of {} bytes at {offset}", buf.len()),
+            })?;
+        if let Some(size) = self.expected.or(self.len) {
+            if end > size {
+                return Err(Error::Size {
+                    url: self.url.clone(),
+                    expected: size,
+                    found: end,
+                });
+            }
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.ahead = None;
+        let mut plan = self.plan();
+        // Room for the whole range: it is asked for in one request.
+        plan.buffer = plan.buffer.max(buf.len());
+        let ranged = stream::Stream::start(plan, offset, Some(end));
+        let started = self.started.unwrap_or_else(Instant::now);
+        let mut done = 0usize;
+        let r = loop {
+            if done == buf.len() {
+                break Ok(());
+            }
+            let (url, opts, counters) = (&self.url, &self.opts, &self.counters);
+            match ranged.read(offset + done as u64, &mut buf[done..], &mut || {
+                limits(url, opts, started, counters)
+            }) {
+                Ok(0) => {
+                    break Err(Error::Size {
+                        url: self.url.clone(),
+                        expected: end,
+                        found: offset + done as u64,
+                    })
+                }
+                Ok(n) => done += n,
+                Err(e) => break Err(e),
+            }
+        };
+        let (len, validator) = ranged.known();
+        if len.is_some() {
+            self.len = len;
+        }
+        if self.validator.is_none() {
+            self.validator = validator;
+        }
+        r
+    }
+
     /// The payload's length, once a response said it.
     pub fn len(&self) -> Option<u64> {
         self.len
@@ -234,6 +295,73 @@ fn limits(
         }
     }
     Ok(())
+}
+
+/// An [`HttpReader`] as a [`keel_io::ReadAt`]: every read is one bounded range request
+/// ([`HttpReader::read_exact_at`]), so a consumer that reads pieces of a file by offset (a
+/// block store's installer) fetches exactly those pieces. Reads are served one at a time.
+pub struct HttpRanges<'a> {
+    reader: std::sync::Mutex<HttpReader<'a>>,
+    size: Option<u64>,
+}
+
+impl std::fmt::Debug for HttpRanges<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpRanges")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> HttpRanges<'a> {
+    /// Ranges of `reader`'s URL; give the reader the size the release index names
+    /// ([`HttpReader::expect_len`]): it is then [`keel_io::ReadAt::size`], and a range past
+    /// it is refused before it is asked for.
+    pub fn new(reader: HttpReader<'a>) -> Self {
+        let size = reader.expected;
+        HttpRanges {
+            reader: std::sync::Mutex::new(reader),
+            size,
+        }
+    }
+
+    /// What the ranges cost so far.
+    pub fn stats(&self) -> Stats {
+        self.meter().stats()
+    }
+
+    /// A handle on the counters.
+    pub fn meter(&self) -> Meter {
+        self.reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .meter()
+    }
+}
+
+impl keel_io::ReadAt for HttpRanges<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .read_exact_at(buf, offset)
+            .map_err(io::Error::from)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        let known = self.size.or_else(|| {
+            self.reader
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .len()
+        });
+        known.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the file's size is not known before a response (give the reader expect_len)",
+            )
+        })
+    }
 }
 
 /// The counters of one [`HttpReader`], read while another owns the reader.

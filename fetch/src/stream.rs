@@ -473,6 +473,13 @@ impl Worker {
     /// stop.
     fn ask(&mut self) -> Option<Option<u64>> {
         let room = self.wait_for_room(|window| window / 4)?;
+        // A bounded stream whose rest fits in the room is asked for whole: one request
+        // per range a consumer picks, not one per quarter buffer.
+        if let Some(to) = self.to {
+            if to.saturating_sub(self.pos) <= room as u64 {
+                return Some(Some(to));
+            }
+        }
         Some(Some(self.pos + room.min(self.plan.buffer / 4) as u64))
     }
 

@@ -48,6 +48,9 @@
 //!   file planners.
 //! - `apply/`: [`apply()`] and [`read_manifest`], and the building of RECOMPRESS operations'
 //!   blocks.
+//! - [`store`](mod@store): block stores for adaptive updates: one published image that
+//!   any older image installs from, fetching only the blocks it lacks (its own format, the
+//!   verity leaves as the index of what a device has).
 //!
 //! `unsafe` lives only in `codec/xz.rs` and `codec/lz4.rs`, the FFI to liblzma and liblz4,
 //! each block with a `// SAFETY:` comment. The crate links one LZMA (liblzma) and one lz4
@@ -64,6 +67,7 @@ mod fs;
 mod generate;
 mod intervals;
 mod recompress;
+pub mod store;
 #[cfg(test)]
 mod testdata;
 mod version;

@@ -34,6 +34,7 @@
 //!       "deltas": [ { "from_version": "2.0", "source_digest": "<hex>", "source_size": 123,
 //!                     "url": "...", "size": 45, "sha256": "<hex>",
 //!                     "manifest_sha256": "<hex>" } ],
+//!       "store": { "url": "...", "size": 67, "sha256": "<hex>", "manifest_sha256": "<hex>" },
 //!       "rollout_percent": 100 } ] }
 //! ```
 //!
@@ -41,7 +42,8 @@
 //! whose serial is below the last accepted (rollback; the same index again is fine, so a
 //! failed install can be retried), and one past its expiry
 //! (freeze). [`Index::choose`] picks the newest release for the system: the delta from
-//! the booted slot's image when there is one, else the full payload; a downgrade only
+//! the booted slot's image when there is one, else the full payload (and the block store,
+//! when the release has one, for a device that fetches only the blocks it lacks); a downgrade only
 //! when allowed; a staged release only on the machines its rollout includes.
 
 #![doc = include_str!("../README.md")]
@@ -185,6 +187,11 @@ pub struct Release {
     /// Delta payloads from earlier images.
     #[serde(default)]
     pub deltas: Vec<Delta>,
+    /// The image's block store (keel-payload's `store`): a device whose image has no delta
+    /// fetches only the blocks it lacks from it. Its `manifest_sha256` pins the store's
+    /// signed header and index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<Artifact>,
     /// The share of machines offered it, 0 to 100 (default 100).
     #[serde(default = "all")]
     pub rollout_percent: u8,
@@ -260,6 +267,10 @@ pub struct Choice {
     pub artifact: Artifact,
     /// Whether it is a delta from the booted image.
     pub delta: bool,
+    /// When no delta fits: the release's block store, if the index names one. A device
+    /// that can install a single image from it fetches only the blocks it lacks instead
+    /// of `artifact` (the full payload), which stays the fallback.
+    pub store: Option<Artifact>,
 }
 
 /// Sign `document` with each of `signers` in `context` into an envelope.
@@ -579,11 +590,13 @@ impl Index {
                 version: r.version.clone(),
                 artifact: d.artifact.clone(),
                 delta: true,
+                store: None,
             },
             None => Choice {
                 version: r.version.clone(),
                 artifact: r.full.clone(),
                 delta: false,
+                store: r.store.clone(),
             },
         })
     }

@@ -56,8 +56,8 @@ pub enum PublishError {
     /// A rollout share above 100%.
     #[error("rollout {0}%: at most 100")]
     Rollout(u8),
-    /// A delta that does not make the full payload's image for the same system and
-    /// version.
+    /// A delta (or a block store) that does not make the full payload's image for the
+    /// same system and version.
     #[error("{url}: makes {delta}, the full payload {full}")]
     DeltaMismatch {
         /// The delta's URL.
@@ -91,12 +91,33 @@ pub enum PublishError {
     SerialExhausted(u64),
 }
 
+/// What a payload makes, for messages: `acme-os 2.0 (image <hex>)`.
+fn makes(m: &Payload) -> String {
+    format!(
+        "{} {} (image {})",
+        m.compatible,
+        m.version,
+        hex::encode(m.target.digest)
+    )
+}
+
 /// The release of a full payload and the deltas to the same image, each delta with the
 /// version it starts from: every payload must be for the same system and version, the
 /// full one start from nothing, each delta from an image.
 pub fn release(
     full: Published,
     deltas: Vec<(String, Published)>,
+    rollout_percent: u8,
+) -> Result<Release, PublishError> {
+    release_with_store(full, deltas, None, rollout_percent)
+}
+
+/// [`release`] with the image's block store, which must make the full payload's image
+/// for the same system and version.
+pub fn release_with_store(
+    full: Published,
+    deltas: Vec<(String, Published)>,
+    store: Option<Published>,
     rollout_percent: u8,
 ) -> Result<Release, PublishError> {
     let m = &full.payload;
@@ -119,14 +140,6 @@ pub fn release(
             || d.payload.compatible != m.compatible
             || d.payload.target != m.target
         {
-            let makes = |m: &Payload| {
-                format!(
-                    "{} {} (image {})",
-                    m.compatible,
-                    m.version,
-                    hex::encode(m.target.digest)
-                )
-            };
             return Err(PublishError::DeltaMismatch {
                 url: d.artifact.url.clone(),
                 delta: makes(&d.payload),
@@ -147,11 +160,29 @@ pub fn release(
             artifact: d.artifact,
         });
     }
+    let store = match store {
+        None => None,
+        Some(st) => {
+            if st.payload.version != m.version
+                || st.payload.compatible != m.compatible
+                || st.payload.target != m.target
+                || st.payload.source.is_some()
+            {
+                return Err(PublishError::DeltaMismatch {
+                    url: st.artifact.url.clone(),
+                    delta: makes(&st.payload),
+                    full: makes(m),
+                });
+            }
+            Some(st.artifact)
+        }
+    };
     Ok(Release {
         version: m.version.clone(),
         compatible: m.compatible.clone(),
         full: full.artifact,
         deltas: out,
+        store,
         rollout_percent,
     })
 }

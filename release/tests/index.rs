@@ -54,6 +54,7 @@ fn index_doc(serial: u64, expires: u64) -> Vec<u8> {
                 version: "2.0".into(),
                 compatible: "acme-os".into(),
                 full: artifact("2.0.full"),
+                store: None,
                 deltas: vec![Delta {
                     from_version: "1.0".into(),
                     source_digest: "ab".repeat(32),
@@ -66,6 +67,7 @@ fn index_doc(serial: u64, expires: u64) -> Vec<u8> {
                 version: "3.0".into(),
                 compatible: "acme-os".into(),
                 full: artifact("3.0.full"),
+                store: None,
                 deltas: vec![],
                 rollout_percent: 0,
             },
@@ -73,6 +75,7 @@ fn index_doc(serial: u64, expires: u64) -> Vec<u8> {
                 version: "9.0".into(),
                 compatible: "other-os".into(),
                 full: artifact("other"),
+                store: None,
                 deltas: vec![],
                 rollout_percent: 100,
             },

@@ -10,7 +10,9 @@ use keel_payload::Manifest;
 use keel_trust::Keyring;
 use sha2::Digest;
 
-pub use keel_release::publish::{add_release, release, Image, Payload, PublishError, Published};
+pub use keel_release::publish::{
+    add_release, release, release_with_store, Image, Payload, PublishError, Published,
+};
 use keel_release::Artifact;
 
 use crate::error::{Error, Result};
@@ -29,12 +31,37 @@ pub fn payload_of(m: &Manifest) -> Payload {
     }
 }
 
-/// Read the payload at `path` (its signature checked under `keyring`) and hash it whole,
-/// streamed: the index entry for it published at `url`.
+/// Read the payload (or block store) at `path` (its signature checked under `keyring`)
+/// and hash it whole, streamed: the index entry for it published at `url`. A block store
+/// is told by its magic; its leaves are checked against its signed root too.
 pub fn describe(path: &Path, url: &str, keyring: &Keyring) -> Result<Published> {
     let named = |e: std::io::Error| Error::io(format!("reading {}", path.display()), e);
     let (mut file, _) = keel_io::open_device(path, false).map_err(named)?;
-    let (_, manifest, id) = keel_payload::read_manifest(&mut file, keyring)?;
+    let mut magic = [0u8; 8];
+    let is_store = std::io::Read::read_exact(&mut file, &mut magic).is_ok()
+        && magic == keel_payload::store::STORE_MAGIC;
+    let (payload, id) = if is_store {
+        let opts = keel_payload::store::StoreOptions::new(keel_payload::ApplyOptions::new(
+            keyring,
+            keel_payload::VersionCheck::Unchecked,
+        ));
+        let s = keel_payload::store::StoreSession::open(&file, &opts)?;
+        let i = s.index();
+        let p = Payload {
+            compatible: i.compatible.clone(),
+            version: i.version.clone(),
+            target: Image {
+                size: i.image.size,
+                digest: i.image.digest,
+            },
+            source: None,
+        };
+        (p, s.id())
+    } else {
+        let (mut file, _) = keel_io::open_device(path, false).map_err(named)?;
+        let (_, manifest, id) = keel_payload::read_manifest(&mut file, keyring)?;
+        (payload_of(&manifest), id)
+    };
     let (mut file, _) = keel_io::open_device(path, false).map_err(named)?;
     let mut sha = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -48,7 +75,7 @@ pub fn describe(path: &Path, url: &str, keyring: &Keyring) -> Result<Published> 
         size += n as u64;
     }
     Ok(Published {
-        payload: payload_of(&manifest),
+        payload,
         artifact: Artifact {
             url: url.to_string(),
             size,

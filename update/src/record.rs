@@ -21,6 +21,10 @@ pub struct SlotRecord {
     /// The `dm-mod.create=` argument that maps the slot, if it has a tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_argument: Option<String>,
+    /// The bytes of data the tree covers, if the slot has a tree: with the root, what
+    /// reads the slot's own tree back as the index of its blocks (a block store install).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<u64>,
 }
 
 /// Records are small; anything larger is not one of ours.

@@ -1105,6 +1105,7 @@ fn publish_index_at(
                 source_size: IMAGE as u64,
                 artifact: art("delta.payload"),
             }],
+            store: None,
             rollout_percent: 100,
         }],
     };
@@ -1788,4 +1789,156 @@ fn a_boot_state_store_on_a_slot_is_refused_before_any_write() {
         fs::read(f.disk()).unwrap() == before,
         "the disk was written"
     );
+}
+
+/// A release with no delta for the booted image but a block store: the agent installs from
+/// the store, fetching from it only the runs the booted slot lacks (nginx's log: ranges of
+/// the store, nothing of the full payload), and the slot boots with the signed tree. The
+/// next version then indexes the booted slot by its own tree, read back from the slot.
+#[test]
+fn an_install_from_a_block_store_fetches_only_what_the_booted_slot_lacks() {
+    use keel_payload::store::{publish_store, PublishOptions};
+    use keel_release::{Artifact, Index, Release, Root, TrustedRoot};
+    use sha2::Digest;
+    let Some(site) = site() else {
+        return;
+    };
+    let (www, url) = (&site.www, &site.url);
+    let f = Fixture::new();
+    let store_of = |image: &[u8], version: &str, name: &str| -> Artifact {
+        let params = f.descriptor(image).params().clone();
+        let mut out = std::io::Cursor::new(Vec::new());
+        let p = publish_store(
+            image,
+            &mut out,
+            &f.key,
+            &PublishOptions::new("acme-os", version, params),
+        )
+        .unwrap();
+        let bytes = out.into_inner();
+        fs::write(www.join(name), &bytes).unwrap();
+        Artifact {
+            url: name.into(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+            manifest_sha256: Some(hex::encode(p.index_sha256)),
+        }
+    };
+    let full = |image: &[u8], version: &str, name: &str| -> Artifact {
+        let bytes = f.payload(false, image, version, "acme-os");
+        fs::write(www.join(name), &bytes).unwrap();
+        Artifact {
+            url: name.into(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+            manifest_sha256: Some(hex::encode(
+                keel_payload::Payload::open(&bytes[..], &{
+                    let mut r = keel_trust::Keyring::new();
+                    r.add(f.key.public_key().clone()).unwrap();
+                    r
+                })
+                .unwrap()
+                .id(),
+            )),
+        }
+    };
+    let publish = |release: Release, serial: u64| {
+        let index = Index {
+            kind: "keel-index".into(),
+            serial,
+            expires: u64::MAX / 2,
+            timestamp: Some(keel_trust::unix_now() - 60),
+            releases: vec![release],
+        };
+        fs::write(www.join("index.json"), index.sign(&[&f.key]).unwrap()).unwrap();
+    };
+    let env = Root::first(&[f.key.public_key()], 1, u64::MAX / 2)
+        .sign(&[&f.key])
+        .unwrap();
+    let root = TrustedRoot::initial(&env, keel_trust::unix_now()).unwrap();
+    publish(
+        Release {
+            version: "2.0".into(),
+            compatible: "acme-os".into(),
+            full: full(&f.v2, "2.0", "2.0.full"),
+            deltas: vec![],
+            store: Some(store_of(&f.v2, "2.0", "2.0.store")),
+            rollout_percent: 100,
+        },
+        1,
+    );
+    let disk = open_rw(&f.disk());
+    let a = agent(&f, f.system(), &disk);
+    let fetch = keel_fetch::FetchOptions::default();
+    // Slot A came from the factory: no record says what its tree covers, it is hashed.
+    let plan = a
+        .plan_store(&fs::File::open(www.join("2.0.store")).unwrap())
+        .unwrap();
+    assert_eq!(plan.seed_bytes_hashed, SLOT, "{plan:?}");
+    let done = a
+        .install_from_index(url, &root, fetch, None)
+        .unwrap()
+        .unwrap();
+    assert_eq!((done.slot, done.version.as_str()), (Slot::B, "2.0"));
+    let (b_off, _) = f.slot_range(fs::read(f.disk()).unwrap(), "USR-B");
+    let mut got = vec![0u8; IMAGE];
+    disk.read_exact_at(&mut got, b_off).unwrap();
+    assert!(got == f.v2, "slot B does not hold 2.0");
+    assert!(
+        site.server.requests_for("/2.0.full").is_empty(),
+        "the full payload was fetched"
+    );
+    let ranges = settled(&site.server, "/2.0.store");
+    let bytes: u64 = ranges.iter().map(|r| r.bytes).sum();
+    assert_eq!(bytes, done.fetched);
+    let store_size = fs::metadata(www.join("2.0.store")).unwrap().len();
+    // 200 KB changed of 3 MiB: the runs holding them, the index and leaves.
+    assert!(
+        done.fetched < store_size / 4,
+        "{} of {store_size}",
+        done.fetched
+    );
+    assert!(ranges.iter().all(|r| r.status == 206), "{ranges:?}");
+    // The slot's tree was written and checks against the signed root.
+    let st = a.status().unwrap();
+    let b = st.slots.iter().find(|s| s.slot == "B").unwrap();
+    assert!(b.next_boot, "{st:?}");
+    let d = f.descriptor(&f.v2);
+    assert_eq!(done.root_hash.as_deref(), Some(d.root_hash()));
+
+    // 3.0 from 2.0, booted from B: the booted slot's own tree is its index (the record
+    // says what it covers), and the plan takes most blocks from it.
+    let mut v3 = f.v2.clone();
+    v3[2_000_000..2_100_000].copy_from_slice(&seeded_bytes(9, 100_000));
+    f.boot_from("USR-B");
+    let a = agent(&f, f.system(), &disk);
+    a.commit(&[]).unwrap();
+    publish(
+        Release {
+            version: "3.0".into(),
+            compatible: "acme-os".into(),
+            full: full(&v3, "3.0", "3.0.full"),
+            deltas: vec![],
+            store: Some(store_of(&v3, "3.0", "3.0.store")),
+            rollout_percent: 100,
+        },
+        2,
+    );
+    let plan = a
+        .plan_store(&fs::File::open(www.join("3.0.store")).unwrap())
+        .unwrap();
+    assert!(plan.from_seed > 600, "{plan:?}");
+    assert_eq!(
+        plan.seed_bytes_hashed, 0,
+        "the booted slot was hashed: {plan:?}"
+    );
+    let done = a
+        .install_from_index(url, &root, fetch, None)
+        .unwrap()
+        .unwrap();
+    assert_eq!((done.slot, done.version.as_str()), (Slot::A, "3.0"));
+    let (a_off, _) = f.slot_range(fs::read(f.disk()).unwrap(), "USR-A");
+    disk.read_exact_at(&mut got, a_off).unwrap();
+    assert!(got == v3, "slot A does not hold 3.0");
+    assert!(done.fetched < 400_000, "{}", done.fetched);
 }

@@ -147,7 +147,7 @@ pub struct Digest64 {
 }
 
 impl Digest64 {
-    fn new(len: usize) -> Self {
+    pub(crate) fn new(len: usize) -> Self {
         Digest64 {
             bytes: [0; MAX_DIGEST_SIZE],
             len,
@@ -283,6 +283,50 @@ impl SaltedHasher {
             return pairs.hash_many(one, input, block_size, out, stride);
         }
         dispatch!(self, s => s.hash_many(input, block_size, out, stride))
+    }
+}
+
+/// The digests a tree's leaves hold: each data block hashed with the tree's algorithm,
+/// salt and format, as the kernel hashes it when it reads the block. For checking single
+/// blocks against a [`HashTree`](crate::HashTree)'s leaves (blocks fetched or copied one
+/// by one) and for the leaves of data that has no tree on disk.
+#[derive(Clone, Debug)]
+pub struct BlockHasher {
+    inner: SaltedHasher,
+    block_size: usize,
+    digest_size: usize,
+}
+
+impl BlockHasher {
+    /// The hasher of the tree `params` describe.
+    pub fn new(params: &crate::VerityParams) -> Self {
+        BlockHasher {
+            inner: SaltedHasher::new(params.algorithm(), params.hash_type(), params.salt()),
+            block_size: params.data_block_size() as usize,
+            digest_size: params.algorithm().digest_size(),
+        }
+    }
+
+    /// The digest of one data block (`block` is the data block size).
+    pub fn hash(&self, block: &[u8]) -> Digest64 {
+        self.inner.hash(block, self.digest_size)
+    }
+
+    /// The digests of `input.len() / block size` whole blocks, packed one after another
+    /// in `out` (digest size each), several blocks at a time where the CPU allows.
+    pub fn hash_many(&self, input: &[u8], out: &mut [u8]) {
+        let n = (input.len() / self.block_size).min(out.len() / self.digest_size);
+        self.inner.hash_many(
+            &input[..n * self.block_size],
+            self.block_size,
+            &mut out[..n * self.digest_size],
+            self.digest_size,
+        );
+    }
+
+    /// The digest size in bytes.
+    pub fn digest_size(&self) -> usize {
+        self.digest_size
     }
 }
 

@@ -45,7 +45,7 @@ mod table;
 mod tree;
 mod verify;
 
-pub use algorithm::{Digest64, HashAlgorithm, HashType, MAX_DIGEST_SIZE};
+pub use algorithm::{BlockHasher, Digest64, HashAlgorithm, HashType, MAX_DIGEST_SIZE};
 pub use avb::{avb_hashtree, AvbHashtree, AVB_HASHTREE_DESCRIPTOR_SIZE};
 pub use error::{Error, Result};
 pub use fec::{

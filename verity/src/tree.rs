@@ -229,6 +229,74 @@ impl HashTree {
         Ok(())
     }
 
+    /// The tree whose leaf level (the data blocks' digests, laid out in hash blocks as on
+    /// the hash device: [`HashTree::leaf_level`]) came from somewhere untrusted (a server),
+    /// checked against the trusted `root`: the levels above are hashed again from the
+    /// leaves (1/128 of their size with SHA-256 and 4 KiB blocks), so a tree that does not
+    /// lead to `root` is an error ([`Error::RootHashMismatch`]) and every leaf of one that does
+    /// is the digest of the block the signer hashed.
+    pub fn from_leaf_level(params: &VerityParams, leaves: &[u8], root: &[u8]) -> Result<Self> {
+        let geometry = TreeGeometry::new(params, 0, false)?;
+        let hasher = SaltedHasher::new(params.algorithm(), params.hash_type(), params.salt());
+        let ds = geometry.digest_size();
+        let tree = if geometry.levels().is_empty() {
+            // One data block: its digest is the root, and the "leaf level" is that digest.
+            if leaves.len() != ds {
+                return Err(Error::param(
+                    "leaf level",
+                    format!(
+                        "{} bytes, expected the one block's {ds}-byte digest",
+                        leaves.len()
+                    ),
+                ));
+            }
+            let d = Digest64::from_slice(leaves).unwrap_or(Digest64::new(ds));
+            HashTree::single(params, geometry, d)
+        } else {
+            let off = geometry.level_offset_in_tree(0);
+            let want = geometry.tree_size() as usize - off;
+            if leaves.len() != want {
+                return Err(Error::param(
+                    "leaf level",
+                    format!(
+                        "{} bytes, expected {want} for {} data blocks",
+                        leaves.len(),
+                        params.data_blocks()
+                    ),
+                ));
+            }
+            let mut tree = crate::io::zeroed(geometry.tree_size(), "hash tree")?;
+            tree[off..].copy_from_slice(leaves);
+            HashTree::from_leaves(params, geometry, tree, &hasher, &BuildOptions::default())?
+        };
+        if tree.root_hash() != root {
+            return Err(crate::verify::root_mismatch(root, tree.root_hash()));
+        }
+        Ok(tree)
+    }
+
+    /// The leaf level: every data block's digest, in hash blocks (each holding
+    /// [`TreeGeometry::digests_per_block`] slots of [`TreeGeometry::slot_size`] bytes, the
+    /// rest zero), the tail of [`HashTree::as_bytes`]; for a single data block, its digest.
+    pub fn leaf_level(&self) -> &[u8] {
+        if self.geometry.levels().is_empty() {
+            return self.root.as_bytes();
+        }
+        &self.tree[self.geometry.level_offset_in_tree(0)..]
+    }
+
+    /// The digest of data block `block`, `None` past the data.
+    pub fn leaf(&self, block: u64) -> Option<&[u8]> {
+        if block >= self.params.data_blocks() {
+            return None;
+        }
+        let g = &self.geometry;
+        let per = g.digests_per_block();
+        let at =
+            ((block / per) * g.hash_block_size()) as usize + (block % per) as usize * g.slot_size();
+        Some(&self.leaf_level()[at..at + g.digest_size()])
+    }
+
     /// The root hash.
     pub fn root_hash(&self) -> &[u8] {
         self.root.as_bytes()

@@ -82,7 +82,7 @@ fn read_tree<H: ReadAt + ?Sized>(geometry: &TreeGeometry, hash: &H) -> Result<Ve
     Ok(tree)
 }
 
-fn root_mismatch(expected: &[u8], found: &[u8]) -> Error {
+pub(crate) fn root_mismatch(expected: &[u8], found: &[u8]) -> Error {
     Error::RootHashMismatch {
         expected: hex::encode(expected),
         found: hex::encode(found),

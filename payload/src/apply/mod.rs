@@ -111,7 +111,7 @@ impl<'a> ApplyOptions<'a> {
     }
 
     /// The time keys are judged at.
-    fn clock(&self) -> u64 {
+    pub(crate) fn clock(&self) -> u64 {
         self.now.unwrap_or_else(keel_trust::unix_now)
     }
 
@@ -340,10 +340,20 @@ fn decode(op: OpType, blob: &[u8], reference: &[u8], expected: usize) -> io::Res
 
 /// Check compatible string and version, before anything is written.
 fn check_release(manifest: &Manifest, opts: &ApplyOptions<'_>) -> Result<()> {
+    check_release_of(&manifest.compatible, &manifest.version, opts)
+}
+
+/// Check a compatible string and version (a payload's or a block store's) against the
+/// options.
+pub(crate) fn check_release_of(
+    compatible: &str,
+    version: &str,
+    opts: &ApplyOptions<'_>,
+) -> Result<()> {
     if let Some(system) = opts.compatible {
-        if system != manifest.compatible {
+        if system != compatible {
             return Err(Error::Incompatible {
-                payload: manifest.compatible.clone(),
+                payload: compatible.to_string(),
                 system: system.to_string(),
             });
         }
@@ -356,15 +366,15 @@ fn check_release(manifest: &Manifest, opts: &ApplyOptions<'_>) -> Result<()> {
         version: installed.to_string(),
         reason,
     })?;
-    let payload_v = Version::parse(&manifest.version).map_err(|reason| Error::BadVersion {
+    let payload_v = Version::parse(version).map_err(|reason| Error::BadVersion {
         what: "payload version",
-        version: manifest.version.clone(),
+        version: version.to_string(),
         reason,
     })?;
     match payload_v.cmp(&installed_v) {
         std::cmp::Ordering::Less if !opts.allow_downgrade => Err(Error::Downgrade {
             installed: installed.to_string(),
-            payload: manifest.version.clone(),
+            payload: version.to_string(),
         }),
         std::cmp::Ordering::Equal if !opts.allow_reinstall => {
             Err(Error::SameVersion(installed.to_string()))

@@ -57,7 +57,9 @@ where
     /// for this system (the description's compatible string, the booted slot's version,
     /// this machine's rollout by `/etc/machine-id`), and install it streamed over HTTP(S):
     /// the delta from the booted image when the index has one for it, else, or when the
-    /// delta turns out not to fit ([`Error::needs_full_payload`]), the full payload.
+    /// delta turns out not to fit ([`Error::needs_full_payload`]), the release's block
+    /// store when it has one and the system is one image ([`Agent::install_store`]: only
+    /// the blocks the booted slot lacks are fetched), else the full payload.
     /// The payload's signed manifest must name the version the index gives the release
     /// ([`Error::ReleaseMismatch`]): the index's signers choose, the payload's signer
     /// vouches for the bytes. The index is judged at [`Agent::trusted_now`], and its
@@ -119,6 +121,14 @@ where
             ) else {
                 return Ok(None);
             };
+            // No delta for this image: the block store, where the release has one and
+            // the system is one image, fetches only the blocks the booted slot lacks.
+            let store = choice.store.as_ref().filter(|_| self.takes_store());
+            if let (false, Some(st)) = (choice.delta, store) {
+                return self
+                    .install_store_artifact(index_url, st, &choice.version, fetch, progress)
+                    .map(Some);
+            }
             let source = source_size.zip(digest);
             match self.install_artifact(
                 index_url,
@@ -129,16 +139,31 @@ where
                 progress,
             ) {
                 Err(e) if choice.delta && e.needs_full_payload() => {
-                    let full = index
+                    let release = index
                         .releases
                         .iter()
                         .find(|r| {
                             r.version == choice.version && r.compatible == self.system.compatible
                         })
-                        .map(|r| &r.full)
                         .ok_or(e)?;
-                    self.install_artifact(index_url, full, &choice.version, None, fetch, progress)
-                        .map(Some)
+                    match release.store.as_ref().filter(|_| self.takes_store()) {
+                        Some(st) => self.install_store_artifact(
+                            index_url,
+                            st,
+                            &choice.version,
+                            fetch,
+                            progress,
+                        ),
+                        None => self.install_artifact(
+                            index_url,
+                            &release.full,
+                            &choice.version,
+                            None,
+                            fetch,
+                            progress,
+                        ),
+                    }
+                    .map(Some)
                 }
                 r => r.map(Some),
             }

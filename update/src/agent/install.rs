@@ -416,6 +416,7 @@ where
             &SlotRecord {
                 version: manifest.version.clone(),
                 root_hash: root_hash.as_deref().map(hex::encode),
+                image_size: descriptor.as_ref().map(|d| d.params().data_size()),
                 kernel_argument,
             },
         )?;

@@ -1,6 +1,7 @@
 //! The agent: install into the other slot, arm it, commit it after a healthy boot. Each
 //! concern has a room: where the slots are (`disks`), the boot loader (`boot`), install
-//! (`install`, a slot set's images: `images`, from an index: `index`), the clock floor (`clock`), commit after health
+//! (`install`, a slot set's images: `images`, from an index: `index`, from a block store:
+//! `store`), the clock floor (`clock`), commit after health
 //! checks (`commit`), status (`status`).
 
 mod boot;
@@ -11,6 +12,7 @@ mod images;
 mod index;
 mod install;
 mod status;
+mod store;
 
 pub use clock::BUILD_TIME_FLOOR;
 pub use commit::{Commit, HealthCheck};

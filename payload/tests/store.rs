@@ -1,0 +1,436 @@
+//! Block stores: an image published once; a device with any older image installs it by
+//! fetching only the runs holding blocks it lacks, every block checked against the signed
+//! dm-verity leaves; seeds hashed or read from their tree; the target's own blocks kept in
+//! place; a changed seed, a tampered store, a cut and a resume.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed unwrap is a failed test
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use keel_payload::store::{publish_store, PublishOptions, Seed, StoreOptions, StoreSession};
+use keel_payload::{ApplyOptions, Error, VersionCheck};
+use keel_testsupport::seeded_bytes;
+use keel_verity::{HashTree, Keyring, Progress, ReadAt, SigningKey, VerityParams};
+
+const BS: usize = 4096;
+
+/// A store in memory that counts range requests and bytes.
+struct Counted {
+    bytes: Vec<u8>,
+    requests: AtomicU64,
+    read: AtomicU64,
+}
+
+impl Counted {
+    fn new(bytes: Vec<u8>) -> Self {
+        Counted {
+            bytes,
+            requests: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ReadAt for Counted {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.bytes.read_exact_at(buf, offset)
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.bytes.len() as u64)
+    }
+}
+
+fn params(size: usize, salt: &[u8]) -> VerityParams {
+    VerityParams::builder()
+        .data_blocks_for(size as u64)
+        .salt(salt.to_vec())
+        .build()
+        .unwrap()
+}
+
+/// An "old" image: seeded blocks, a zero stretch, some repeated blocks.
+fn old_image(blocks: usize) -> Vec<u8> {
+    let mut img = seeded_bytes(7, blocks * BS);
+    img[10 * BS..40 * BS].fill(0);
+    let (a, b) = img.split_at_mut(60 * BS);
+    b[..BS].copy_from_slice(&a[50 * BS..51 * BS]);
+    img
+}
+
+/// The next version: blocks changed in two places, a file's blocks moved, zeros written,
+/// new data where there were zeros.
+fn new_image(old: &[u8], seed: u64) -> Vec<u8> {
+    let mut img = old.to_vec();
+    let n = old.len() / BS;
+    img[100 * BS..108 * BS].copy_from_slice(&seeded_bytes(seed, 8 * BS));
+    img[(n - 20) * BS..(n - 19) * BS].copy_from_slice(&seeded_bytes(seed + 1, BS));
+    // Blocks 200..230 moved to 300..330 (a rewritten file placed elsewhere).
+    let moved = old[200 * BS..230 * BS].to_vec();
+    img[300 * BS..330 * BS].copy_from_slice(&moved);
+    img[200 * BS..230 * BS].fill(0);
+    img[20 * BS..24 * BS].copy_from_slice(&seeded_bytes(seed + 2, 4 * BS));
+    img
+}
+
+fn publish(image: &[u8], key: &SigningKey, version: &str, salt: &[u8]) -> Vec<u8> {
+    let mut out = io::Cursor::new(Vec::new());
+    let opts = PublishOptions::new("acme", version, params(image.len(), salt));
+    let p = publish_store(image, &mut out, key, &opts).unwrap();
+    let bytes = out.into_inner();
+    assert_eq!(p.size, bytes.len() as u64);
+    bytes
+}
+
+fn ring(key: &SigningKey) -> Keyring {
+    let mut r = Keyring::new();
+    r.add(key.public_key().clone()).unwrap();
+    r
+}
+
+#[test]
+fn an_older_image_fetches_only_the_runs_it_lacks() {
+    let key = SigningKey::generate().unwrap();
+    let old = old_image(1024);
+    let new = new_image(&old, 11);
+    let store = Counted::new(publish(&new, &key, "2.0", b"salt"));
+    let keys = ring(&key);
+    let opts = StoreOptions::new(
+        ApplyOptions::new(&keys, VersionCheck::Installed("1.0")).compatible("acme"),
+    );
+    let s = StoreSession::open(&store, &opts).unwrap();
+    assert_eq!(
+        store.requests.load(Ordering::Relaxed),
+        3,
+        "header, index, leaves"
+    );
+    let seeds = [Seed {
+        image: &old,
+        tree: None,
+    }];
+    let plan = s.plan(&seeds, &opts).unwrap();
+    // 8 + 1 + 4 changed blocks in runs of 4 (the moved file and the zeros are local);
+    // the two runs of the 8 blocks side by side are one range.
+    assert_eq!(plan.fetched_blocks, 16, "{plan:?}");
+    assert_eq!(plan.ranges.len(), 3, "{plan:?}");
+    let mut target = vec![0xa5u8; new.len()];
+    let before = store.read.load(Ordering::Relaxed);
+    let done = s.install(&seeds, &mut target, &opts).unwrap();
+    assert!(target == new, "the installed image differs");
+    let fetched = store.read.load(Ordering::Relaxed) - before;
+    assert_eq!(fetched, plan.fetch_bytes);
+    assert_eq!(done.requests, 6);
+    assert_eq!(
+        done.tree.root_hash(),
+        HashTree::build(&params(new.len(), b"salt"), &new)
+            .unwrap()
+            .root_hash()
+    );
+    // Far less than the store: only the changed runs' frames.
+    assert!(
+        fetched * 20 < store.bytes.len() as u64,
+        "{fetched} of {}",
+        store.bytes.len()
+    );
+}
+
+#[test]
+fn a_seed_with_its_tree_is_not_read_to_be_indexed() {
+    struct Reads<'a>(&'a [u8], AtomicU64);
+    impl ReadAt for Reads<'_> {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.1.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            self.0.read_exact_at(buf, offset)
+        }
+        fn size(&self) -> io::Result<u64> {
+            Ok(self.0.len() as u64)
+        }
+    }
+    let key = SigningKey::generate().unwrap();
+    let old = old_image(512);
+    let new = new_image(&old, 5);
+    let store = Counted::new(publish(&new, &key, "2.0", b"salt"));
+    let keys = ring(&key);
+    let opts = StoreOptions::new(ApplyOptions::new(&keys, VersionCheck::Unchecked));
+    let s = StoreSession::open(&store, &opts).unwrap();
+    let old_tree = HashTree::build(&params(old.len(), b"salt"), &old).unwrap();
+    let seed = Reads(&old, AtomicU64::new(0));
+    let seeds = [Seed {
+        image: &seed,
+        tree: Some(&old_tree),
+    }];
+    let mut target = vec![0u8; new.len()];
+    let done = s.install(&seeds, &mut target, &opts).unwrap();
+    assert!(target == new);
+    // Only the blocks copied were read, each once.
+    assert_eq!(
+        seed.1.load(Ordering::Relaxed),
+        done.plan.from_seed * BS as u64
+    );
+    // A tree with another salt is no index of this image's leaves: the seed is hashed.
+    let other = HashTree::build(&params(old.len(), b"other"), &old).unwrap();
+    let seed = Reads(&old, AtomicU64::new(0));
+    let seeds = [Seed {
+        image: &seed,
+        tree: Some(&other),
+    }];
+    let mut again = vec![0u8; new.len()];
+    let d2 = s.install(&seeds, &mut again, &opts).unwrap();
+    assert!(again == new);
+    assert_eq!(d2.plan.from_seed, done.plan.from_seed);
+    assert_eq!(
+        seed.1.load(Ordering::Relaxed),
+        (old.len() + BS * done.plan.from_seed as usize) as u64
+    );
+}
+
+#[test]
+fn the_targets_own_blocks_stay_in_place_and_duplicates_are_copied() {
+    let key = SigningKey::generate().unwrap();
+    let v1 = old_image(512);
+    let v2 = new_image(&v1, 21);
+    let v3 = new_image(&v2, 31);
+    let store = Counted::new(publish(&v3, &key, "3.0", b"s"));
+    let keys = ring(&key);
+    // The booted slot holds v2; the target slot still holds v1 with its tree.
+    let v1_tree = HashTree::build(&params(v1.len(), b"s"), &v1).unwrap();
+    let opts = StoreOptions::new(ApplyOptions::new(&keys, VersionCheck::Installed("2.0")))
+        .target_tree(&v1_tree);
+    let s = StoreSession::open(&store, &opts).unwrap();
+    let seeds = [Seed {
+        image: &v2,
+        tree: None,
+    }];
+    let mut target = v1.clone();
+    let done = s.install(&seeds, &mut target, &opts).unwrap();
+    assert!(target == v3);
+    assert!(done.plan.in_place > 400, "{:?}", done.plan);
+    // Written: only what differs from v1.
+    let differ = (0..v3.len() / BS)
+        .filter(|b| v1[b * BS..(b + 1) * BS] != v3[b * BS..(b + 1) * BS])
+        .count() as u64;
+    assert_eq!(done.written_blocks, differ, "{:?}", done.plan);
+    // Block 60 repeats block 50 in every version: where neither seed has it, it is
+    // copied from the target once block 50 is there (a store of an image with repeats).
+    let mut img = seeded_bytes(3, 64 * BS);
+    let first = img[5 * BS..6 * BS].to_vec();
+    img[40 * BS..41 * BS].copy_from_slice(&first);
+    let store = Counted::new(publish(&img, &key, "3.0", b"s"));
+    let s = StoreSession::open(
+        &store,
+        &StoreOptions::new(ApplyOptions::new(&keys, VersionCheck::Unchecked)),
+    )
+    .unwrap();
+    let mut t = vec![0u8; img.len()];
+    let d = s
+        .install(
+            &[],
+            &mut t,
+            &StoreOptions::new(ApplyOptions::new(&keys, VersionCheck::Unchecked)),
+        )
+        .unwrap();
+    assert!(t == img);
+    assert_eq!(d.plan.duplicate, 0, "block 40's run is fetched anyway");
+    assert_eq!(d.plan.fetched_blocks, 64);
+    // A seed holding everything but blocks 5 and 40 (equal): block 5's run is fetched,
+    // block 40 is copied from it on the target.
+    let opts = StoreOptions::new(ApplyOptions::new(&keys, VersionCheck::Unchecked));
+    let mut seed = img.clone();
+    seed[5 * BS..6 * BS].fill(0xee);
+    seed[40 * BS..41 * BS].fill(0xdd);
+    let mut t = vec![0u8; img.len()];
+    let d = s
+        .install(
+            &[Seed {
+                image: &seed,
+                tree: None,
+            }],
+            &mut t,
+            &opts,
+        )
+        .unwrap();
+    assert!(t == img);
+    assert_eq!(
+        (d.plan.from_seed, d.plan.duplicate, d.plan.fetched_blocks),
+        (59, 1, 4),
+        "{:?}",
+        d.plan
+    );
+}
+
+#[test]
+fn a_seed_that_changed_after_the_plan_costs_a_fetch_not_a_wrong_block() {
+    struct Flaky<'a>(&'a [u8], AtomicBool);
+    impl ReadAt for Flaky<'_> {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.0.read_exact_at(buf, offset)?;
+            if self.1.load(Ordering::Relaxed) && offset == 200 * BS as u64 {
+                buf[0] ^= 1;
+            }
+            Ok(())
+        }
+        fn size(&self) -> io::Result<u64> {
+            Ok(self.0.len() as u64)
+        }
+    }
+    let key = SigningKey::generate().unwrap();
+    let old = old_image(512);
+    let new = new_image(&old, 9);
+    let store = Counted::new(publish(&new, &key, "2.0", b"x"));
+    let keys = ring(&key);
+    let opts = StoreOptions::new(ApplyOptions::new(&keys, VersionCheck::Unchecked));
+    let s = StoreSession::open(&store, &opts).unwrap();
+    let old_tree = HashTree::build(&params(old.len(), b"x"), &old).unwrap();
+    let seed = Flaky(&old, AtomicBool::new(true));
+    let seeds = [Seed {
+        image: &seed,
+        tree: Some(&old_tree),
+    }];
+    let plan = s.plan(&seeds, &opts).unwrap();
+    assert!(
+        plan.from_seed >= 30,
+        "new blocks 300..330 are the seed's 200..230: {plan:?}"
+    );
+    let mut target = vec![0u8; new.len()];
+    let done = s.install(&seeds, &mut target, &opts).unwrap();
+    assert!(target == new);
+    assert_eq!(
+        done.requests,
+        plan.requests_so_far + plan.ranges.len() as u64 + 1,
+        "one more range for the run whose seed block changed"
+    );
+}
+
+#[test]
+fn a_tampered_store_is_refused_before_a_wrong_block_is_written() {
+    let key = SigningKey::generate().unwrap();
+    let new = old_image(256);
+    let good = publish(&new, &key, "2.0", b"t");
+    let keys = ring(&key);
+    let opts = StoreOptions::new(ApplyOptions::new(&keys, VersionCheck::Unchecked));
+    let open = |bytes: Vec<u8>| -> Result<(), Error> {
+        let store = Counted::new(bytes);
+        let s = StoreSession::open(&store, &opts)?;
+        let mut t = vec![0u8; new.len()];
+        s.install(&[], &mut t, &opts)?;
+        assert!(t == new);
+        Ok(())
+    };
+    open(good.clone()).unwrap();
+    let index_len = u64::from_le_bytes(good[16..24].try_into().unwrap()) as usize;
+    // A byte of the index: the signature fails.
+    let mut b = good.clone();
+    b[64 + 20] ^= 1;
+    assert!(matches!(open(b), Err(Error::BadSignature)));
+    // Another key.
+    let other = SigningKey::generate().unwrap();
+    assert!(matches!(
+        open(publish(&new, &other, "2.0", b"t")),
+        Err(Error::UntrustedKey { .. })
+    ));
+    // A byte of the leaves' frame or of a run's frame: refused, named.
+    let data = 64 + index_len + 64;
+    for at in [data + 10, good.len() - 5] {
+        let mut b = good.clone();
+        b[at] ^= 0x40;
+        let e = open(b).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("leaf level") || msg.contains("run") || msg.contains("root"),
+            "{msg}"
+        );
+    }
+    // Truncated anywhere: an error, never a panic.
+    for cut in [0, 10, 64, 100, data, good.len() - 1] {
+        assert!(open(good[..cut].to_vec()).is_err(), "cut at {cut}");
+    }
+    // Garbage of every kind in the header: named fields.
+    let mut b = good.clone();
+    b[..8].copy_from_slice(b"KEELPAYL");
+    assert!(open(b).unwrap_err().to_string().contains("magic"));
+    let mut b = good.clone();
+    b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(open(b).unwrap_err().to_string().contains("index length"));
+}
+
+#[test]
+fn versions_and_systems_are_checked_before_anything_is_fetched_past_the_index() {
+    let key = SigningKey::generate().unwrap();
+    let img = old_image(128);
+    let store = Counted::new(publish(&img, &key, "2.0", b""));
+    let keys = ring(&key);
+    let down = StoreOptions::new(ApplyOptions::new(&keys, VersionCheck::Installed("3.0")));
+    assert!(matches!(
+        StoreSession::open(&store, &down),
+        Err(Error::Downgrade { .. })
+    ));
+    let other =
+        StoreOptions::new(ApplyOptions::new(&keys, VersionCheck::Unchecked).compatible("other"));
+    assert!(matches!(
+        StoreSession::open(&store, &other),
+        Err(Error::Incompatible { .. })
+    ));
+    assert_eq!(
+        store.requests.load(Ordering::Relaxed),
+        4,
+        "header and index, twice"
+    );
+}
+
+#[test]
+fn a_cut_install_resumes_where_its_record_says_and_checks_those_blocks() {
+    struct CancelAt(u64, AtomicBool);
+    impl Progress for CancelAt {
+        fn progress(&self, done: u64, _: u64) {
+            if done >= self.0 {
+                self.1.store(true, Ordering::Relaxed);
+            }
+        }
+        fn cancelled(&self) -> bool {
+            self.1.load(Ordering::Relaxed)
+        }
+    }
+    let key = SigningKey::generate().unwrap();
+    let img = seeded_bytes(77, 2048 * BS);
+    let store = Counted::new(publish(&img, &key, "2.0", b"r"));
+    let keys = ring(&key);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("store.resume");
+    let cancel = CancelAt(5 << 20, AtomicBool::new(false));
+    let opts = StoreOptions::new(
+        ApplyOptions::new(&keys, VersionCheck::Unchecked)
+            .state(&state)
+            .checkpoint_bytes(1 << 20)
+            .progress(&cancel),
+    );
+    let s = StoreSession::open(&store, &opts).unwrap();
+    let mut target = vec![0u8; img.len()];
+    assert!(matches!(
+        s.install(&[], &mut target, &opts),
+        Err(Error::Cancelled)
+    ));
+    assert!(state.exists());
+    let opts = StoreOptions::new(ApplyOptions::new(&keys, VersionCheck::Unchecked).state(&state));
+    let plan = s.plan(&[], &opts).unwrap();
+    assert_eq!(
+        plan.in_place, 1280,
+        "the record vouches for the first 5 MiB: {plan:?}"
+    );
+    let done = s.install(&[], &mut target, &opts).unwrap();
+    assert!(target == img);
+    assert!(
+        !state.exists(),
+        "the record is removed once the install is done"
+    );
+    assert_eq!(done.plan.in_place, 1280);
+    // A record whose blocks are not on the target any more: they are fetched again.
+    let mut damaged = target.clone();
+    damaged[100 * BS] ^= 1;
+    std::fs::write(&state, b"not a record").unwrap();
+    let plan = s.plan(&[], &opts).unwrap();
+    assert_eq!(plan.in_place, 0, "a damaged record vouches for nothing");
+    let done = s.install(&[], &mut damaged, &opts).unwrap();
+    assert!(damaged == img);
+    assert_eq!(done.plan.fetched_blocks, 2048);
+}
