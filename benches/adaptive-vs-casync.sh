@@ -12,7 +12,7 @@
 # Columns: what the publisher stores, the bytes and requests a device fetches, the
 # install's time. Both installs must leave the new image bit for bit.
 #
-#   benches/adaptive-vs-casync.sh [OLD NEW]   # default: the corpus's ext4, EROFS, squashfs pairs
+#   benches/adaptive-vs-casync.sh [OLD NEW]   # default: the corpus's ext4, EROFS (plain and lz4), squashfs pairs
 #
 # Needs casync, nginx, GNU time (apt-get install casync nginx time).
 set -euo pipefail
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 CORPUS=${KEEL_CORPUS:-/tmp/keel-corpus}
 if [ $# -lt 2 ]; then
   [ -f "$CORPUS/img_B.lz4.erofs" ] || bash ../shared/corpus/build-corpus.sh "$CORPUS"
-  for fs in ext4 erofs sqfs; do
+  for fs in ext4 erofs lz4.erofs sqfs; do
     echo "== $fs: $CORPUS/img_A.$fs -> img_B.$fs"
     bash "$0" "$CORPUS/img_A.$fs" "$CORPUS/img_B.$fs"
     echo

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example store -- publish --image NEW --key SECRET.pem --verity-salt HEX|-
-//!         -o STORE [--compatible STR] [--version V] [--run-kib 16] [--level 19]
+//!         -o STORE [--compatible STR] [--version V] [--run-kib 16] [--level 19] [--runs auto|blocks|content]
 //! cargo run --release --example store -- install --store FILE|URL --target OUT --pubkey PUBLIC.pem
 //!         (--installed-version V | --no-version-check) [--seed IMAGE]... [--state FILE]
 //!         [--hash-out HASH] [--plan] [--gap-kib 16]
@@ -64,6 +64,10 @@ enum Cmd {
         /// zstd level of the runs.
         #[arg(long, default_value_t = 19)]
         level: i32,
+        /// How runs are cut: `blocks` (whole blocks: ext4, EROFS), `content` (by content,
+        /// at any byte: squashfs), or `auto` (content for squashfs, else blocks).
+        #[arg(long, default_value = "auto", value_parser = ["auto", "blocks", "content"])]
+        runs: String,
     },
     /// Install the store's image into TARGET.
     Install {
@@ -118,6 +122,7 @@ fn run(cli: Cli) -> Result<(), String> {
             version,
             run_kib,
             level,
+            runs,
         } => {
             if run_kib == 0 || run_kib % 4 != 0 || run_kib > 4096 {
                 return Err(format!(
@@ -153,9 +158,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 .open(&output)
                 .map_err(|e| format!("{}: {e} (the store goes to a new file)", output.display()))?;
             created.add(&output);
-            let opts = PublishOptions::new(&compatible, &version, params)
+            let mut opts = PublishOptions::new(&compatible, &version, params)
                 .run_blocks(run_kib / 4)
                 .level(level);
+            match runs.as_str() {
+                "blocks" => opts = opts.chunking(None),
+                "content" => opts = opts.chunking(Some(keel::payload::store::Cdc::DEFAULT)),
+                _ => {}
+            }
             let t = std::time::Instant::now();
             let p =
                 publish_store(&data[..], &mut out, &signer, &opts).map_err(|e| e.to_string())?;
@@ -250,8 +260,8 @@ fn run(cli: Cli) -> Result<(), String> {
             created.keep();
             let p = &done.plan;
             println!(
-                "blocks:       {} in place, {} zero, {} from seeds, {} duplicates, {} fetched; {} written",
-                p.in_place, p.zero, p.from_seed, p.duplicate, p.fetched_blocks, done.written_blocks
+                "blocks:       {} in place, {} zero, {} from seeds, {} duplicates, {} from seeds' runs, {} fetched; {} written",
+                p.in_place, p.zero, p.from_seed, p.duplicate, p.from_seed_runs, p.fetched_blocks, done.written_blocks
             );
             println!("fetched:      {bytes} bytes in {requests} requests");
             println!("root hash:    {}", hex::encode(done.tree.root_hash()));
@@ -276,8 +286,8 @@ fn install<S: keel::io::ReadAt + ?Sized>(
         let p = s.plan(seeds, opts).map_err(|e| e.to_string())?;
         println!("version:      {} ({} bytes)", s.index().version, size);
         println!(
-            "plan:         {} in place, {} zero, {} from seeds, {} duplicates, {} to fetch",
-            p.in_place, p.zero, p.from_seed, p.duplicate, p.fetched_blocks
+            "plan:         {} in place, {} zero, {} from seeds, {} duplicates, {} from seeds' runs, {} to fetch",
+            p.in_place, p.zero, p.from_seed, p.duplicate, p.from_seed_runs, p.fetched_blocks
         );
         println!(
             "to fetch:     {} bytes in {} ranges (and {} bytes of header, index and leaves)",

@@ -462,8 +462,8 @@ fn check(cmd: &Cmd, root_dir: &std::path::Path) -> Res<ExitCode> {
         c.artifact.size
     );
     println!(
-        "blocks: {} zero, {} from the installed image, {} duplicates, {} fetched",
-        p.zero, p.from_seed, p.duplicate, p.fetched_blocks
+        "blocks: {} zero, {} from the installed image, {} duplicates, {} from its runs, {} fetched",
+        p.zero, p.from_seed, p.duplicate, p.from_seed_runs, p.fetched_blocks
     );
     Ok(ExitCode::SUCCESS)
 }

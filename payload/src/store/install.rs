@@ -108,12 +108,14 @@ pub struct Plan {
     pub in_place: u64,
     /// Zero blocks.
     pub zero: u64,
-    /// Blocks copied from a seed.
+    /// Blocks copied from a seed, found by their leaf.
     pub from_seed: u64,
     /// Blocks copied from a block written earlier in the install.
     pub duplicate: u64,
-    /// Blocks taken from the runs fetched (all their blocks not in place: a run is
-    /// fetched whole for the blocks only the store has).
+    /// Blocks built from runs of a content-cut store that a seed holds, shifted.
+    pub from_seed_runs: u64,
+    /// Blocks built from fetched runs (a run is fetched whole for the blocks only the store
+    /// has, and gives all its blocks not found otherwise).
     pub fetched_blocks: u64,
     /// The ranges to fetch (file offset, length), in order.
     pub ranges: Vec<(u64, u64)>,
@@ -123,12 +125,21 @@ pub struct Plan {
     pub fetched_so_far: u64,
     /// Requests made so far.
     pub requests_so_far: u64,
-    /// Bytes of seeds read and hashed to index them (0 where each seed's tree served).
+    /// Bytes of seeds read and hashed to index them (0 where each seed's tree served and
+    /// the store's runs are whole blocks).
     pub seed_bytes_hashed: u64,
-    /// The runs to fetch, by index.
-    needed: Vec<bool>,
+    /// Where each run's bytes come from, for the runs needed.
+    runs: Vec<Option<RunSource>>,
     /// The resume record's first block not known written.
     resume_from: u64,
+}
+
+/// Where a needed run's bytes come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunSource {
+    Fetch,
+    /// A seed's bytes at this offset (a content-cut run whose hint it has).
+    Seed(usize, u64),
 }
 
 /// What an install did.
@@ -176,15 +187,6 @@ fn key(d: &[u8]) -> u64 {
     let mut k = [0u8; 8];
     k.copy_from_slice(&d[..8]);
     u64::from_le_bytes(k)
-}
-
-/// Where a block not in place comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Source {
-    Zero,
-    Seed(usize, u64),
-    Earlier(u64),
-    Fetch,
 }
 
 impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
@@ -254,46 +256,99 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
     }
 
     /// Where each block will come from and which ranges will be fetched. Seeds without a
-    /// usable tree are read and hashed here, once.
+    /// usable tree are read and hashed here, once; so is every seed for a store cut by
+    /// content when some run is still needed (its runs are looked up among the seed's).
     pub fn plan(&self, seeds: &[Seed<'_>], opts: &StoreOptions<'_>) -> Result<Plan> {
-        let maps = self.seed_maps(seeds, opts)?;
         let resume_from = self.resume_point(opts);
-        let (plan, _) = self.plan_with(&maps, resume_from, opts);
-        Ok(plan)
+        let maps = self.maps(seeds, resume_from, opts)?;
+        Ok(self.plan_with(&maps, resume_from, opts))
     }
 
-    fn plan_with(&self, maps: &Maps, resume_from: u64, opts: &StoreOptions<'_>) -> (Plan, ()) {
+    fn plan_with(&self, maps: &Maps, resume_from: u64, opts: &StoreOptions<'_>) -> Plan {
+        let bs = u64::from(self.index.block_size);
         let mut plan = Plan {
             seed_bytes_hashed: maps.hashed,
-            needed: vec![false; self.index.runs.len()],
+            runs: vec![None; self.index.runs.len()],
             resume_from,
             fetched_so_far: self.fetched,
             requests_so_far: self.requests,
             ..Plan::default()
         };
-        for (r, run) in self.index.runs.iter().enumerate() {
-            let blocks = run.first_block..run.first_block + u64::from(run.blocks);
-            let local: Vec<Option<Source>> = blocks
-                .map(|b| (!self.in_place(b, resume_from, opts)).then(|| self.source(b, maps)))
-                .collect();
-            // A run with one block only the store has is fetched whole, and all its blocks
-            // not in place come from it.
-            let fetch = local.contains(&Some(Source::Fetch));
-            plan.needed[r] = fetch;
-            for s in local {
-                match s {
-                    None => plan.in_place += 1,
-                    Some(_) if fetch => plan.fetched_blocks += 1,
-                    Some(Source::Zero) => plan.zero += 1,
-                    Some(Source::Seed(..)) => plan.from_seed += 1,
-                    Some(Source::Earlier(_)) => plan.duplicate += 1,
-                    Some(Source::Fetch) => {}
+        let runs = &self.index.runs;
+        // Each block counted once: locally, or by the runs that give it.
+        let mut by_runs: Vec<u64> = Vec::new();
+        for (r, run) in runs.iter().enumerate() {
+            let blocks = blocks_of(run, bs);
+            let mut need = false;
+            for b in blocks.clone() {
+                let first = run.start <= b * bs;
+                match self.local(b, resume_from, maps, opts) {
+                    Some(kind) if first => match kind {
+                        Local::InPlace => plan.in_place += 1,
+                        Local::Zero => plan.zero += 1,
+                        Local::Seed(..) => plan.from_seed += 1,
+                        Local::Earlier(_) => plan.duplicate += 1,
+                    },
+                    Some(_) => {}
+                    None => need = true,
+                }
+            }
+            if need {
+                plan.runs[r] = Some(match maps.runs.get(&run.hint) {
+                    Some(&(k, at)) if run.hint != 0 => RunSource::Seed(k, at),
+                    _ => RunSource::Fetch,
+                });
+                by_runs.push(r as u64);
+            }
+        }
+        // Blocks from runs: fetched if any of their runs is fetched.
+        let mut last = None;
+        for &r in &by_runs {
+            let run = &runs[r as usize];
+            for b in blocks_of(run, bs) {
+                if last == Some(b) || self.local(b, resume_from, maps, opts).is_some() {
+                    continue;
+                }
+                last = Some(b);
+                let fetched = runs_of(runs, b, bs).any(|q| plan.runs[q] == Some(RunSource::Fetch));
+                if fetched {
+                    plan.fetched_blocks += 1;
+                } else {
+                    plan.from_seed_runs += 1;
                 }
             }
         }
-        plan.ranges = ranges(&self.index.runs, &plan.needed, opts);
+        plan.ranges = ranges(runs, |r| plan.runs[r] == Some(RunSource::Fetch), opts);
         plan.fetch_bytes = plan.ranges.iter().map(|r| r.1).sum();
-        (plan, ())
+        plan
+    }
+
+    /// Where block `b` comes from without the store's runs, if anywhere: the target's own
+    /// (by its tree's hint or the resume record), zeros, a seed, an earlier block.
+    fn local(
+        &self,
+        b: u64,
+        resume_from: u64,
+        maps: &Maps,
+        opts: &StoreOptions<'_>,
+    ) -> Option<Local> {
+        if self.in_place(b, resume_from, opts) {
+            return Some(Local::InPlace);
+        }
+        let d = self.tree.leaf(b)?;
+        if d == maps.zero.as_bytes() {
+            return Some(Local::Zero);
+        }
+        let k = key(d);
+        for (i, m) in maps.seeds.iter().enumerate() {
+            if let Some(&at) = m.get(&k) {
+                return Some(Local::Seed(i, u64::from(at)));
+            }
+        }
+        match maps.first.get(&k) {
+            Some(&j) if u64::from(j) < b => Some(Local::Earlier(u64::from(j))),
+            _ => None,
+        }
     }
 
     /// Whether block `b` is taken to be on the target already (checked when installing).
@@ -307,42 +362,32 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
             .is_some_and(|d| Some(d) == self.tree.leaf(b))
     }
 
-    fn source(&self, b: u64, maps: &Maps) -> Source {
-        let Some(d) = self.tree.leaf(b) else {
-            return Source::Fetch;
-        };
-        if d == maps.zero.as_bytes() {
-            return Source::Zero;
-        }
-        let k = key(d);
-        for (i, m) in maps.seeds.iter().enumerate() {
-            if let Some(&at) = m.get(&k) {
-                return Source::Seed(i, u64::from(at));
-            }
-        }
-        match maps.first.get(&k) {
-            Some(&j) if u64::from(j) < b => Source::Earlier(u64::from(j)),
-            _ => Source::Fetch,
-        }
-    }
-
-    /// The lookup maps: each seed's blocks by digest (from its tree, or hashed), and the
-    /// new image's first block of each digest.
-    fn seed_maps(&self, seeds: &[Seed<'_>], opts: &StoreOptions<'_>) -> Result<Maps> {
+    /// The lookup maps: each seed's blocks by digest (from its tree, or hashed), the new
+    /// image's first block of each digest, and for a store cut by content, the seeds' own
+    /// runs by hint when some run is still needed.
+    fn maps(&self, seeds: &[Seed<'_>], resume_from: u64, opts: &StoreOptions<'_>) -> Result<Maps> {
         let params = self.tree.params();
         let hasher = BlockHasher::new(params);
         let bs = params.data_block_size() as usize;
         let ds = hasher.digest_size();
-        let mut out = Vec::with_capacity(seeds.len());
-        let mut hashed = 0u64;
+        let cancelled = || opts.apply.progress.is_some_and(|p| p.cancelled());
+        let mut maps = Maps {
+            hashed: 0,
+            seeds: Vec::with_capacity(seeds.len()),
+            first: HashMap::new(),
+            runs: HashMap::new(),
+            zero: hasher.hash(&vec![0u8; bs]),
+        };
         for seed in seeds {
             let mut m: HashMap<u64, u32> = HashMap::new();
-            match seed.tree.filter(|t| {
-                t.params().salt() == params.salt()
-                    && t.params().algorithm() == params.algorithm()
-                    && t.params().hash_type() == params.hash_type()
-                    && t.params().data_block_size() == params.data_block_size()
-            }) {
+            let tree = seed.tree.filter(|t| {
+                let p = t.params();
+                p.salt() == params.salt()
+                    && p.algorithm() == params.algorithm()
+                    && p.hash_type() == params.hash_type()
+                    && p.data_block_size() == params.data_block_size()
+            });
+            match tree {
                 Some(t) => {
                     for b in 0..t.params().data_blocks() {
                         if let Some(d) = t.leaf(b) {
@@ -358,7 +403,7 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
                     let mut digests = vec![0u8; chunk * ds];
                     let mut b = 0u64;
                     while b < blocks {
-                        if opts.apply.progress.is_some_and(|p| p.cancelled()) {
+                        if cancelled() {
                             return Err(Error::Cancelled);
                         }
                         let n = (blocks - b).min(chunk as u64) as usize;
@@ -370,24 +415,49 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
                             m.entry(key(d)).or_insert((b + i as u64) as u32);
                         }
                         b += n as u64;
-                        hashed += (n * bs) as u64;
+                        maps.hashed += (n * bs) as u64;
                     }
                 }
             }
-            out.push(m);
+            maps.seeds.push(m);
         }
-        let mut first = HashMap::new();
         for b in 0..params.data_blocks() {
             if let Some(d) = self.tree.leaf(b) {
-                first.entry(key(d)).or_insert(b as u32);
+                maps.first.entry(key(d)).or_insert(b as u32);
             }
         }
-        Ok(Maps {
-            hashed,
-            seeds: out,
-            first,
-            zero: hasher.hash(&vec![0u8; bs]),
-        })
+        // Content-cut runs are looked up among the seeds' own chunks, which costs a read
+        // of each seed: only when the blocks alone leave runs to fetch.
+        if let Some(cdc) = self.index.chunking {
+            let plan = self.plan_with(&maps, resume_from, opts);
+            if plan.runs.iter().any(Option::is_some) {
+                let wanted: std::collections::HashSet<u64> = self
+                    .index
+                    .runs
+                    .iter()
+                    .zip(&plan.runs)
+                    .filter(|(r, n)| n.is_some() && r.hint != 0)
+                    .map(|(r, _)| r.hint)
+                    .collect();
+                for (k, seed) in seeds.iter().enumerate() {
+                    let size = seed.image.size().map_err(|e| Error::io("seed size", e))?;
+                    let mut hashed = 0u64;
+                    cdc.chunks(seed.image, size, |at, bytes| {
+                        if cancelled() {
+                            return Err(Error::Cancelled);
+                        }
+                        hashed += bytes.len() as u64;
+                        let h = super::cdc::hint(bytes);
+                        if wanted.contains(&h) {
+                            maps.runs.entry(h).or_insert((k, at));
+                        }
+                        Ok(())
+                    })?;
+                    maps.hashed += hashed;
+                }
+            }
+        }
+        Ok(maps)
     }
 
     /// The first block the resume record does not vouch for (0 without one).
@@ -418,9 +488,9 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
         if have < size {
             return Err(Error::TargetTooSmall { have, need: size });
         }
-        let maps = self.seed_maps(seeds, opts)?;
         let resume_from = self.resume_point(opts);
-        let (mut plan, ()) = self.plan_with(&maps, resume_from, opts);
+        let maps = self.maps(seeds, resume_from, opts)?;
+        let mut plan = self.plan_with(&maps, resume_from, opts);
         let hasher = BlockHasher::new(self.tree.params());
         let bs = u64::from(self.index.block_size);
         let mut job = Job {
@@ -430,11 +500,16 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
             hasher: &hasher,
             opts,
             resume_from,
-            written: 0,
+            out: Out::default(),
+            asm: vec![0u8; bs as usize],
+            asm_block: None,
+            asm_ok: false,
+            asm_fetched: false,
+            scratch: vec![0u8; bs as usize],
+            failed: Vec::new(),
             fetched: 0,
             requests: 0,
-            retry: Vec::new(),
-            done: PlanCounts::default(),
+            done: Plan::default(),
         };
         let checkpoint = opts.apply.checkpoint_bytes.unwrap_or(64 << 20).max(bs);
         let mut since = 0u64;
@@ -463,65 +538,88 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
                 if opts.apply.progress.is_some_and(|p| p.cancelled()) {
                     return Err(Error::Cancelled);
                 }
-                let data = if plan.needed[r] {
-                    while !range.as_ref().is_some_and(|(at, b)| {
-                        *at <= run.offset
-                            && run.offset + u64::from(run.stored) <= at + b.len() as u64
-                    }) {
-                        let next = rx.recv().map_err(|_| {
-                            Error::Internal("the store's ranges ended before its runs".into())
-                        })??;
-                        job.fetched += next.1.len() as u64;
-                        job.requests += 1;
-                        range = Some(next);
+                let data = match plan.runs[r] {
+                    None => None,
+                    Some(RunSource::Fetch) => {
+                        while !range.as_ref().is_some_and(|(at, b)| {
+                            *at <= run.offset
+                                && run.offset + u64::from(run.stored) <= at + b.len() as u64
+                        }) {
+                            let next = rx.recv().map_err(|_| {
+                                Error::Internal("the store's ranges ended before its runs".into())
+                            })??;
+                            job.fetched += next.1.len() as u64;
+                            job.requests += 1;
+                            range = Some(next);
+                        }
+                        let (at, b) = range
+                            .as_ref()
+                            .map(|(a, b)| (*a, &b[..]))
+                            .unwrap_or((0, &[]));
+                        let off = (run.offset - at) as usize;
+                        Some((decode(run, &b[off..off + run.stored as usize])?, true))
                     }
-                    let (at, b) = range
-                        .as_ref()
-                        .map(|(a, b)| (*a, &b[..]))
-                        .unwrap_or((0, &[]));
-                    let off = (run.offset - at) as usize;
-                    Some(decode(run, &b[off..off + run.stored as usize], bs)?)
-                } else {
-                    None
+                    Some(RunSource::Seed(k, at)) => {
+                        let mut b = vec![0u8; run.len as usize];
+                        // A seed that cannot give the bytes any more: its blocks fail and
+                        // are fetched.
+                        match seeds[k].image.read_exact_at(&mut b, at) {
+                            Ok(()) => Some((b, false)),
+                            Err(_) => Some((Vec::new(), false)),
+                        }
+                    }
                 };
-                job.run(r, run, data.as_deref(), target)?;
-                since += u64::from(run.blocks) * bs;
-                let end = run.first_block + u64::from(run.blocks);
-                if since >= checkpoint && job.retry.is_empty() {
+                job.run(run, data.as_ref().map(|(d, f)| (&d[..], *f)), target, None)?;
+                since += u64::from(run.len);
+                let end = run.start + u64::from(run.len);
+                if since >= checkpoint && job.failed.is_empty() {
                     since = 0;
-                    job.checkpoint(target, end)?;
+                    job.checkpoint(target, end / bs)?;
                 }
                 if let Some(p) = opts.apply.progress {
-                    p.progress(end * bs, size);
+                    p.progress(end, size);
                 }
             }
             Ok(())
         })?;
-        // Runs whose local blocks did not match their leaves: fetched now, whole.
-        let retry = std::mem::take(&mut job.retry);
-        if !retry.is_empty() {
-            let mut needed = vec![false; runs.len()];
-            for &r in &retry {
-                needed[r] = true;
+        job.out.flush(target)?;
+        // Blocks whose local bytes did not match their leaves: built again from fetched
+        // runs alone.
+        let failed = std::mem::take(&mut job.failed);
+        job.asm_block = None;
+        if !failed.is_empty() {
+            let only: std::collections::HashSet<u64> = failed.iter().copied().collect();
+            let mut wanted = vec![false; runs.len()];
+            for &b in &failed {
+                for q in runs_of(runs, b, bs) {
+                    wanted[q] = true;
+                }
             }
-            for (at, len) in ranges(runs, &needed, opts) {
+            for (at, len) in ranges(runs, |r| wanted[r], opts) {
                 let mut buf = vec![0u8; len as usize];
                 self.store.read_exact_at(&mut buf, at).map_err(|e| {
                     Error::io(format!("fetching store bytes {at}..{}", at + len), e)
                 })?;
                 job.fetched += len;
                 job.requests += 1;
-                for &r in retry.iter().filter(|&&r| {
-                    runs[r].offset >= at && runs[r].offset + u64::from(runs[r].stored) <= at + len
+                for (r, run) in runs.iter().enumerate().filter(|(r, run)| {
+                    wanted[*r] && run.offset >= at && run.offset + u64::from(run.stored) <= at + len
                 }) {
-                    let run = &runs[r];
+                    let _ = r;
                     let off = (run.offset - at) as usize;
-                    let data = decode(run, &buf[off..off + run.stored as usize], bs)?;
-                    job.run(r, run, Some(&data), target)?;
+                    let data = decode(run, &buf[off..off + run.stored as usize])?;
+                    job.run(run, Some((&data, true)), target, Some(&only))?;
                 }
             }
-            if !job.retry.is_empty() {
-                return Err(Error::Internal("a fetched run did not verify".into()));
+            job.out.flush(target)?;
+            if let Some(&b) = job.failed.first() {
+                return Err(Error::BadField {
+                    field: "run",
+                    offset: runs_of(runs, b, bs).next().map_or(0, |r| runs[r].offset),
+                    reason: format!(
+                        "block {b} built from the store's runs does not match its dm-verity leaf"
+                    ),
+                });
             }
         }
         target
@@ -530,35 +628,103 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
         if let Some(path) = opts.apply.state {
             let _ = std::fs::remove_file(path);
         }
+        let written = job.out.written;
         plan.in_place = job.done.in_place;
         plan.zero = job.done.zero;
         plan.from_seed = job.done.from_seed;
         plan.duplicate = job.done.duplicate;
-        plan.fetched_blocks = job.done.fetched;
+        plan.from_seed_runs = job.done.from_seed_runs;
+        plan.fetched_blocks = job.done.fetched_blocks;
         Ok(Installed {
             tree: self.tree.clone(),
             plan,
             fetched: self.fetched + job.fetched,
             requests: self.requests + job.requests,
-            written_blocks: job.written,
+            written_blocks: written / bs,
         })
     }
+}
+
+/// The blocks run `run` touches.
+fn blocks_of(run: &Run, bs: u64) -> std::ops::Range<u64> {
+    run.start / bs..(run.start + u64::from(run.len)).div_ceil(bs)
+}
+
+/// The runs that hold bytes of block `b` (runs are in image order).
+fn runs_of(runs: &[Run], b: u64, bs: u64) -> impl Iterator<Item = usize> + '_ {
+    let (lo, hi) = (b * bs, (b + 1) * bs);
+    let first = runs.partition_point(|r| r.start + u64::from(r.len) <= lo);
+    (first..runs.len()).take_while(move |&r| runs[r].start < hi)
+}
+
+/// Where a block comes from without the store's runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Local {
+    InPlace,
+    Zero,
+    Seed(usize, u64),
+    Earlier(u64),
 }
 
 struct Maps {
     hashed: u64,
     seeds: Vec<HashMap<u64, u32>>,
     first: HashMap<u64, u32>,
+    /// Content-cut runs a seed holds: hint to (seed, byte offset).
+    runs: HashMap<u64, (usize, u64)>,
     zero: keel_verity::Digest64,
 }
 
+/// Writes gathered into runs of contiguous blocks (or of zeros).
 #[derive(Default)]
-struct PlanCounts {
-    in_place: u64,
-    zero: u64,
-    from_seed: u64,
-    duplicate: u64,
-    fetched: u64,
+struct Out {
+    at: u64,
+    buf: Vec<u8>,
+    zeros: u64,
+    written: u64,
+}
+
+impl Out {
+    const FLUSH: usize = 1 << 20;
+
+    fn end(&self) -> u64 {
+        self.at + self.buf.len() as u64 + self.zeros
+    }
+
+    fn block<T: WriteAt + ?Sized>(&mut self, t: &mut T, at: u64, bytes: &[u8]) -> Result<()> {
+        if self.zeros > 0 || at != self.end() || self.buf.len() >= Self::FLUSH {
+            self.flush(t)?;
+            self.at = at;
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn zero<T: WriteAt + ?Sized>(&mut self, t: &mut T, at: u64, len: u64) -> Result<()> {
+        if !self.buf.is_empty() || at != self.end() {
+            self.flush(t)?;
+            self.at = at;
+        }
+        self.zeros += len;
+        Ok(())
+    }
+
+    fn flush<T: WriteAt + ?Sized>(&mut self, t: &mut T) -> Result<()> {
+        if !self.buf.is_empty() {
+            t.write_all_at(&self.buf, self.at)
+                .map_err(|e| Error::io(format!("writing target bytes at {}", self.at), e))?;
+            self.written += self.buf.len() as u64;
+        }
+        if self.zeros > 0 {
+            t.write_zeros(self.at, self.zeros)
+                .map_err(|e| Error::io(format!("writing zeros at {}", self.at), e))?;
+            self.written += self.zeros;
+        }
+        self.at = self.end();
+        self.buf.clear();
+        self.zeros = 0;
+        Ok(())
+    }
 }
 
 struct Job<'j, 's, S: ReadAt + ?Sized> {
@@ -568,123 +734,146 @@ struct Job<'j, 's, S: ReadAt + ?Sized> {
     hasher: &'j BlockHasher,
     opts: &'j StoreOptions<'j>,
     resume_from: u64,
-    written: u64,
+    out: Out,
+    /// The block being built from runs, and whether every byte came and whether any came
+    /// from a fetched run.
+    asm: Vec<u8>,
+    asm_block: Option<u64>,
+    asm_ok: bool,
+    asm_fetched: bool,
+    /// A block read from where it is found locally.
+    scratch: Vec<u8>,
+    /// Blocks whose bytes did not match their leaf, to build from fetched runs.
+    failed: Vec<u64>,
     fetched: u64,
     requests: u64,
-    retry: Vec<usize>,
-    done: PlanCounts,
+    done: Plan,
 }
 
 impl<'j, S: ReadAt + ?Sized> Job<'j, '_, S> {
-    /// Put run `r` on the target: its blocks from `data` (fetched) or from where the plan
-    /// says; a run whose local blocks do not all verify is left for the retry.
+    /// The blocks run `run` touches: a block found locally when the run holds its first
+    /// byte; else its bytes from the run's `data` (and whether they were fetched), the
+    /// block checked and written once whole. With `only`, just those blocks, from runs.
     fn run<T: ReadAt + WriteAt + ?Sized>(
         &mut self,
-        r: usize,
         run: &Run,
-        data: Option<&[u8]>,
+        data: Option<(&[u8], bool)>,
+        target: &mut T,
+        only: Option<&std::collections::HashSet<u64>>,
+    ) -> Result<()> {
+        let s = self.session;
+        let bs = u64::from(s.index.block_size);
+        let end = run.start + u64::from(run.len);
+        for b in blocks_of(run, bs) {
+            let lo = b * bs;
+            if let Some(only) = only {
+                if !only.contains(&b) {
+                    continue;
+                }
+            } else if let Some(kind) = s.local(b, self.resume_from, self.maps, self.opts) {
+                if run.start <= lo {
+                    self.local(b, kind, target)?;
+                }
+                continue;
+            }
+            if self.asm_block != Some(b) {
+                self.asm_block = Some(b);
+                self.asm_ok = true;
+                self.asm_fetched = false;
+            }
+            let (from, to) = (lo.max(run.start), (lo + bs).min(end));
+            match data {
+                Some((d, fetched)) if d.len() == run.len as usize => {
+                    let src = &d[(from - run.start) as usize..(to - run.start) as usize];
+                    self.asm[(from - lo) as usize..(to - lo) as usize].copy_from_slice(src);
+                    self.asm_fetched |= fetched;
+                }
+                _ => self.asm_ok = false,
+            }
+            if to == lo + bs {
+                self.asm_block = None;
+                let leaf = s.tree.leaf(b).unwrap_or_default();
+                if self.asm_ok && self.hasher.hash(&self.asm).as_bytes() == leaf {
+                    let asm = std::mem::take(&mut self.asm);
+                    self.out.block(target, lo, &asm)?;
+                    self.asm = asm;
+                    if self.asm_fetched {
+                        self.done.fetched_blocks += 1;
+                    } else {
+                        self.done.from_seed_runs += 1;
+                    }
+                } else {
+                    self.failed.push(b);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Block `b` from where it is found locally, checked against its leaf; a block that
+    /// does not check is left for the runs.
+    fn local<T: ReadAt + WriteAt + ?Sized>(
+        &mut self,
+        b: u64,
+        kind: Local,
         target: &mut T,
     ) -> Result<()> {
         let s = self.session;
         let bs = u64::from(s.index.block_size);
-        let n = run.blocks as usize;
-        let b0 = run.first_block;
-        // A zero run not already in place: one write of zeros (a hole in a file).
-        if run.kind == RunKind::Zero
-            && data.is_none()
-            && !(b0..b0 + n as u64).any(|b| s.in_place(b, self.resume_from, self.opts))
-        {
-            target
-                .write_zeros(b0 * bs, n as u64 * bs)
-                .map_err(|e| Error::io(format!("writing zeros at block {b0}"), e))?;
-            self.written += n as u64;
-            self.done.zero += n as u64;
-            return Ok(());
-        }
-        let mut buf = vec![0u8; n * bs as usize];
-        let mut write = vec![true; n];
-        let mut counts = PlanCounts::default();
-        for i in 0..n {
-            let b = b0 + i as u64;
-            let out = &mut buf[i * bs as usize..(i + 1) * bs as usize];
-            let leaf = s.tree.leaf(b).unwrap_or_default();
-            if s.in_place(b, self.resume_from, self.opts) {
-                target
-                    .read_exact_at(out, b * bs)
-                    .map_err(|e| Error::io(format!("reading target block {b}"), e))?;
-                if self.hasher.hash(out).as_bytes() == leaf {
-                    write[i] = false;
-                    counts.in_place += 1;
-                    continue;
-                }
-            }
-            if let Some(d) = data {
-                out.copy_from_slice(&d[i * bs as usize..(i + 1) * bs as usize]);
-                if self.hasher.hash(out).as_bytes() != leaf {
-                    return Err(Error::BadField {
-                        field: "run",
-                        offset: run.offset,
-                        reason: format!("block {b} of the store does not match its dm-verity leaf"),
-                    });
-                }
-                counts.fetched += 1;
-                continue;
-            }
-            let src = s.source(b, self.maps);
-            let read = match src {
-                Source::Zero => {
-                    out.fill(0);
-                    counts.zero += 1;
-                    continue;
-                }
-                Source::Seed(k, at) => self.seed(k).read_exact_at(out, at * bs),
-                Source::Earlier(j) => target.read_exact_at(out, j * bs),
-                Source::Fetch => {
-                    self.retry.push(r);
-                    return Ok(());
-                }
-            };
-            if read.is_err() || self.hasher.hash(out).as_bytes() != leaf {
-                self.retry.push(r);
+        let leaf = s.tree.leaf(b).unwrap_or_default();
+        let mut block = std::mem::take(&mut self.scratch);
+        let mut kind = kind;
+        if kind == Local::InPlace {
+            self.out.flush(target)?;
+            let ok = target.read_exact_at(&mut block, b * bs).is_ok()
+                && self.hasher.hash(&block).as_bytes() == leaf;
+            if ok {
+                self.done.in_place += 1;
+                self.scratch = block;
                 return Ok(());
             }
-            match src {
-                Source::Earlier(_) => counts.duplicate += 1,
-                _ => counts.from_seed += 1,
+            // Not what the hint said: where it would come from otherwise.
+            let none = StoreOptions {
+                target_tree: None,
+                ..*self.opts
+            };
+            match s.local(b, 0, self.maps, &none) {
+                Some(k) => kind = k,
+                None => {
+                    self.failed.push(b);
+                    self.scratch = block;
+                    return Ok(());
+                }
             }
         }
-        let mut i = 0;
-        while i < n {
-            if !write[i] {
-                i += 1;
-                continue;
+        let ok = match kind {
+            Local::Zero => {
+                self.out.zero(target, b * bs, bs)?;
+                self.done.zero += 1;
+                self.scratch = block;
+                return Ok(());
             }
-            let mut j = i;
-            while j < n && write[j] {
-                j += 1;
+            Local::Seed(k, at) => self.seeds[k]
+                .image
+                .read_exact_at(&mut block, at * bs)
+                .is_ok(),
+            Local::Earlier(j) => {
+                self.out.flush(target)?;
+                target.read_exact_at(&mut block, j * bs).is_ok()
             }
-            let at = (b0 + i as u64) * bs;
-            target
-                .write_all_at(&buf[i * bs as usize..j * bs as usize], at)
-                .map_err(|e| {
-                    Error::io(
-                        format!("writing target blocks {}..{}", b0 + i as u64, b0 + j as u64),
-                        e,
-                    )
-                })?;
-            self.written += (j - i) as u64;
-            i = j;
+            Local::InPlace => false,
+        } && self.hasher.hash(&block).as_bytes() == leaf;
+        if ok {
+            self.out.block(target, b * bs, &block)?;
+            match kind {
+                Local::Earlier(_) => self.done.duplicate += 1,
+                _ => self.done.from_seed += 1,
+            }
+        } else {
+            self.failed.push(b);
         }
-        self.done.in_place += counts.in_place;
-        self.done.zero += counts.zero;
-        self.done.from_seed += counts.from_seed;
-        self.done.duplicate += counts.duplicate;
-        self.done.fetched += counts.fetched;
+        self.scratch = block;
         Ok(())
-    }
-
-    fn seed(&self, k: usize) -> &'j dyn ReadAt {
-        self.seeds[k].image
     }
 
     /// The target synced, then the record: blocks before `next` are written.
@@ -692,6 +881,7 @@ impl<'j, S: ReadAt + ?Sized> Job<'j, '_, S> {
         let Some(path) = self.opts.apply.state else {
             return Ok(());
         };
+        self.out.flush(target)?;
         target
             .sync()
             .map_err(|e| Error::io("syncing the target", e))?;
@@ -699,24 +889,31 @@ impl<'j, S: ReadAt + ?Sized> Job<'j, '_, S> {
     }
 }
 
-/// A fetched run's blocks, exactly.
-fn decode(run: &Run, stored: &[u8], bs: u64) -> Result<Vec<u8>> {
-    let len = u64::from(run.blocks) * bs;
+/// A fetched run's bytes, exactly.
+fn decode(run: &Run, stored: &[u8]) -> Result<Vec<u8>> {
+    let len = u64::from(run.len);
     match run.kind {
         RunKind::Zero => Ok(vec![0u8; len as usize]),
         RunKind::Zstd => unframe(stored, &[], len, "run").map_err(|reason| Error::BadField {
             field: "run",
             offset: run.offset,
-            reason: format!("blocks {}..: {reason}", run.first_block),
+            reason: format!("bytes {}..: {reason}", run.start),
         }),
     }
 }
 
-/// The needed runs' data as ranges: neighbours joined across at most `gap` bytes of runs
-/// not needed, each at most `max_range` (a run larger is asked for alone).
-fn ranges(runs: &[Run], needed: &[bool], opts: &StoreOptions<'_>) -> Vec<(u64, u64)> {
+/// The data of the runs `wanted` says as ranges: neighbours joined across at most `gap`
+/// bytes of runs not wanted, each at most `max_range` (a run larger is asked for alone).
+fn ranges(
+    runs: &[Run],
+    wanted: impl Fn(usize) -> bool,
+    opts: &StoreOptions<'_>,
+) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
-    for (run, _) in runs.iter().zip(needed).filter(|(r, n)| **n && r.stored > 0) {
+    for (r, run) in runs.iter().enumerate() {
+        if !wanted(r) || run.stored == 0 {
+            continue;
+        }
         let (a, b) = (run.offset, run.offset + u64::from(run.stored));
         if let Some(last) = out.last_mut() {
             let end = last.0 + last.1;

@@ -38,25 +38,40 @@
 //! u16 version length (1..=64), version (dotted numbers)
 //! u64 leaf level length L (the tree's level 0 as on the hash device: hash blocks of
 //!     digests), u32 stored length: one zstd frame of those L bytes, at data offset 0
-//! u32 run count, then each run (the runs cover the image from block 0, in order):
-//!   u32 blocks (1..=1024)
-//!   u8  kind: 0 ZERO (every block zero; no data), 1 ZSTD (one zstd frame of the blocks)
+//! u8  chunking: 0 BLOCKS (runs of whole blocks, cut at multiples of a run size), or
+//!     1 CONTENT (runs cut by content, at any byte: see `Cdc`), then u32 min, u32 bits,
+//!     u32 max: the chunker's parameters (min 64 to 1 MiB, bits 6 to 24, max above min
+//!     and at most 4 MiB)
+//! u32 run count, then each run (the runs cover the image from byte 0, in order):
+//!   u32 length in bytes (a ZSTD run 1 to 4 MiB, a ZERO run 1 to 1 GiB; with BLOCKS, a
+//!       multiple of the block size)
+//!   u8  kind: 0 ZERO (all zero bytes; no data), 1 ZSTD (one zstd frame of the bytes)
 //!   u32 stored length (0 for ZERO; 1 to 8 MiB for ZSTD)
+//!   with CONTENT, for a ZSTD run: u64 hint, the first 8 bytes of the sha256 of its
+//!       bytes, little-endian: what a device looks up among its own image's chunks
 //! ```
 //!
 //! The runs' data follow the leaf level in run order; their lengths add up to D. The
 //! index is not compressed: the publisher writes it in front of data it sizes only at the
-//! end, and a run costs 9 bytes of it (a 512 MiB image in 64 KiB runs: 80 KB, against
-//! the 4 MiB of leaves).
+//! end, and a run costs 9 bytes of it, 17 with a hint (a 512 MiB root file system in
+//! 16 KiB runs: 200 to 300 KB, against 1.3 MB of compressed leaves).
+//!
+//! Block runs suit images that keep file content on block boundaries (ext4, EROFS): a
+//! device finds its blocks by their dm-verity leaves wherever they moved. Content runs
+//! suit images that pack content at any byte (squashfs): a device chunks its own image the
+//! same way and finds the runs whose hint it has, shifted by any amount. Either way the
+//! leaves decide: a block is written only once its bytes hash to its leaf.
 //!
 //! The signature covers the index, so nothing in it is parsed before it verifies; the
 //! leaves are checked against the root the signed descriptor names before any is used,
 //! and every block a device writes is checked against its leaf. A store is as trusted as
 //! a payload signed by the same key: the release index pins its signed part by digest.
 
+mod cdc;
 mod install;
 mod publish;
 
+pub use cdc::Cdc;
 pub use install::{Installed, Plan, Seed, StoreOptions, StoreSession, DEFAULT_GAP, MAX_RANGE};
 pub use publish::{publish_store, PublishOptions, Published, DEFAULT_RUN_BLOCKS};
 
@@ -67,8 +82,12 @@ use crate::format::{ImageId, HEADER_SIZE, MAX_MANIFEST, SIGNATURE_SIZE};
 pub const STORE_MAGIC: [u8; 8] = *b"KEELSTOR";
 /// The store format version this crate writes and reads.
 pub const STORE_VERSION: u32 = 1;
-/// The most blocks in one run.
+/// The most blocks in one run of whole blocks.
 pub const MAX_RUN_BLOCKS: u32 = 1024;
+/// The most bytes in a run with data.
+pub const MAX_RUN_LEN: u32 = 4 << 20;
+/// The most bytes in a zero run.
+pub const MAX_ZERO_RUN: u32 = 1 << 30;
 /// The most stored bytes of one run (a run's blocks that do not compress, with room).
 pub const MAX_RUN_STORED: u32 = 8 << 20;
 /// The most stored bytes of the leaf level's frame.
@@ -83,13 +102,15 @@ pub enum RunKind {
     Zstd,
 }
 
-/// A run of the image's blocks and where its data lies in the store.
+/// A run of the image's bytes and where its data lies in the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Run {
-    /// The image block it starts at.
-    pub first_block: u64,
-    /// Its blocks.
-    pub blocks: u32,
+    /// The image byte it starts at.
+    pub start: u64,
+    /// Its bytes.
+    pub len: u32,
+    /// With content-defined runs: the first 8 bytes of its bytes' sha256 (0 otherwise).
+    pub hint: u64,
     /// Its data's kind.
     pub kind: RunKind,
     /// Where its data starts, from the start of the store file.
@@ -115,6 +136,8 @@ pub struct StoreIndex {
     pub leaves_len: u64,
     /// Where the leaf level's frame starts in the store file, and its length.
     pub leaves_at: (u64, u32),
+    /// How the runs are cut: `None`, whole blocks; else by content, with these parameters.
+    pub chunking: Option<Cdc>,
     /// The runs, in image order.
     pub runs: Vec<Run>,
 }
@@ -204,14 +227,26 @@ pub(crate) fn encode_index(index: &StoreIndex) -> Vec<u8> {
     }
     w.extend_from_slice(&index.leaves_len.to_le_bytes());
     w.extend_from_slice(&index.leaves_at.1.to_le_bytes());
+    match index.chunking {
+        None => w.push(0),
+        Some(c) => {
+            w.push(1);
+            for v in [c.min, c.bits, c.max] {
+                w.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
     w.extend_from_slice(&(index.runs.len() as u32).to_le_bytes());
     for r in &index.runs {
-        w.extend_from_slice(&r.blocks.to_le_bytes());
+        w.extend_from_slice(&r.len.to_le_bytes());
         w.push(match r.kind {
             RunKind::Zero => 0,
             RunKind::Zstd => 1,
         });
         w.extend_from_slice(&r.stored.to_le_bytes());
+        if index.chunking.is_some() && r.kind == RunKind::Zstd {
+            w.extend_from_slice(&r.hint.to_le_bytes());
+        }
     }
     w
 }
@@ -293,6 +328,26 @@ pub(crate) fn parse_index(b: &[u8], header: &StoreHeader) -> Result<StoreIndex> 
             format!("{leaves_stored}: expected 1 to {MAX_LEAVES_STORED}"),
         ));
     }
+    let at = c.offset();
+    let chunking = match c.u8("chunking").map_err(short)? {
+        0 => None,
+        1 => {
+            let cdc = Cdc {
+                min: c.u32("chunking min").map_err(short)?,
+                bits: c.u32("chunking bits").map_err(short)?,
+                max: c.u32("chunking max").map_err(short)?,
+            };
+            cdc.check().map_err(|e| bad("chunking", at + 1, e))?;
+            Some(cdc)
+        }
+        k => {
+            return Err(bad(
+                "chunking",
+                at,
+                format!("{k}, expected 0 BLOCKS or 1 CONTENT"),
+            ))
+        }
+    };
     let count_at = c.offset();
     let count = c.u32("run count").map_err(short)? as usize;
     // Each run takes 9 bytes: a count the bytes cannot hold is refused before allocating.
@@ -303,49 +358,60 @@ pub(crate) fn parse_index(b: &[u8], header: &StoreHeader) -> Result<StoreIndex> 
             format!("{count} runs in {} bytes of index left", c.remaining()),
         ));
     }
-    let image_blocks = size / u64::from(block_size);
     let data_start = header.data_start();
     let mut offset = u64::from(leaves_stored);
-    let mut block = 0u64;
+    let mut pos = 0u64;
     let mut runs = Vec::with_capacity(count);
     for i in 0..count {
         let at = c.offset();
-        let blocks = c.u32("run blocks").map_err(short)?;
+        let len = c.u32("run length").map_err(short)?;
         let kind = c.u8("run kind").map_err(short)?;
         let stored = c.u32("run stored length").map_err(short)?;
         let what = |reason: String| bad("run", at, format!("run {i}: {reason}"));
-        if blocks == 0 || blocks > MAX_RUN_BLOCKS {
-            return Err(what(format!(
-                "{blocks} blocks, expected 1 to {MAX_RUN_BLOCKS}"
-            )));
-        }
         let kind = match (kind, stored) {
             (0, 0) => RunKind::Zero,
             (1, 1..=MAX_RUN_STORED) => RunKind::Zstd,
             (0 | 1, _) => return Err(what(format!("kind {kind} with {stored} stored bytes"))),
             (k, _) => return Err(what(format!("kind {k}, expected 0 ZERO or 1 ZSTD"))),
         };
-        if block + u64::from(blocks) > image_blocks {
+        let max = match kind {
+            RunKind::Zero => MAX_ZERO_RUN,
+            RunKind::Zstd => MAX_RUN_LEN,
+        };
+        if len == 0 || len > max {
+            return Err(what(format!("{len} bytes, expected 1 to {max}")));
+        }
+        if chunking.is_none() && len % block_size != 0 {
             return Err(what(format!(
-                "blocks {block}..{} run past the image's {image_blocks}",
-                block + u64::from(blocks)
+                "{len} bytes, not whole {block_size}-byte blocks"
+            )));
+        }
+        let hint = match (chunking, kind) {
+            (Some(_), RunKind::Zstd) => c.u64("run hint").map_err(short)?,
+            _ => 0,
+        };
+        if pos + u64::from(len) > size {
+            return Err(what(format!(
+                "bytes {pos}..{} run past the image's {size}",
+                pos + u64::from(len)
             )));
         }
         runs.push(Run {
-            first_block: block,
-            blocks,
+            start: pos,
+            len,
+            hint,
             kind,
             offset: data_start + offset,
             stored,
         });
-        block += u64::from(blocks);
+        pos += u64::from(len);
         offset += u64::from(stored);
     }
-    if block != image_blocks {
+    if pos != size {
         return Err(bad(
             "run count",
             count_at,
-            format!("the runs cover {block} of the image's {image_blocks} blocks"),
+            format!("the runs cover {pos} of the image's {size} bytes"),
         ));
     }
     if c.remaining() != 0 {
@@ -370,6 +436,7 @@ pub(crate) fn parse_index(b: &[u8], header: &StoreHeader) -> Result<StoreIndex> 
         version,
         leaves_len,
         leaves_at: (data_start, leaves_stored),
+        chunking,
         runs,
     })
 }

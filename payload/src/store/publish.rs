@@ -6,7 +6,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use keel_trust::{Context, Signer};
 use keel_verity::{BlockHasher, HashTree, ReadAt, RootDescriptor, VerityParams};
 
-use super::{encode_index, Run, RunKind, StoreHeader, StoreIndex, MAX_RUN_BLOCKS};
+use super::{
+    encode_index, Cdc, Run, RunKind, StoreHeader, StoreIndex, MAX_RUN_BLOCKS, MAX_ZERO_RUN,
+};
 use crate::error::{Error, Result};
 use crate::format::{image_digest, sha256, ImageId, Version, HEADER_SIZE, SIGNATURE_SIZE};
 
@@ -32,8 +34,13 @@ pub struct PublishOptions {
     /// slot's own tree as the index of what it has when the salt is the same, so keep one
     /// salt across a product's versions.
     pub verity: VerityParams,
-    /// Blocks per run (1 to 1024, default [`DEFAULT_RUN_BLOCKS`]).
+    /// Blocks per run (1 to 1024, default [`DEFAULT_RUN_BLOCKS`]), when the runs are
+    /// whole blocks.
     pub run_blocks: u32,
+    /// `Some(None)`: runs of whole blocks; `Some(Some(c))`: runs cut by content with `c`;
+    /// `None` (the default) looks at the image: content for squashfs (it packs content
+    /// at any byte), whole blocks for everything else.
+    pub chunking: Option<Option<Cdc>>,
     /// The zstd level of every run (default 19).
     pub level: i32,
     /// Threads compressing (default: every core).
@@ -48,6 +55,7 @@ impl PublishOptions {
             version: version.to_string(),
             verity,
             run_blocks: DEFAULT_RUN_BLOCKS,
+            chunking: None,
             level: 19,
             threads: keel_io::Threads::default(),
         }
@@ -56,6 +64,12 @@ impl PublishOptions {
     /// Blocks per run.
     pub fn run_blocks(mut self, n: u32) -> Self {
         self.run_blocks = n;
+        self
+    }
+
+    /// Runs of whole blocks (`None`) or cut by content, whatever the image is.
+    pub fn chunking(mut self, chunking: Option<Cdc>) -> Self {
+        self.chunking = Some(chunking);
         self
     }
 
@@ -138,7 +152,22 @@ where
         .to_bytes()
         .to_vec();
     let digest = image_digest(image, size).map_err(|e| Error::io("reading the image", e))?;
-    let runs = plan_runs(&tree, opts.run_blocks);
+    let chunking = match opts.chunking {
+        Some(c) => c,
+        None => {
+            let mut magic = [0u8; 4];
+            let squashfs = image.read_exact_at(&mut magic, 0).is_ok() && &magic == b"hsqs";
+            squashfs.then_some(Cdc::DEFAULT)
+        }
+    };
+    let runs = match chunking {
+        None => block_runs(&tree, opts.run_blocks),
+        Some(c) => {
+            c.check()
+                .map_err(|e| Error::Internal(format!("chunking: {e}")))?;
+            content_runs(image, size, &c)?
+        }
+    };
     let leaves = zstd::bulk::compress(tree.leaf_level(), opts.level)
         .map_err(|e| Error::io("compressing the leaf level", e))?;
     let mut index = StoreIndex {
@@ -149,6 +178,7 @@ where
         version: opts.version.clone(),
         leaves_len: tree.leaf_level().len() as u64,
         leaves_at: (0, leaves.len() as u32),
+        chunking,
         runs,
     };
     // The index's length does not depend on the stored lengths: room for the front now,
@@ -215,12 +245,13 @@ where
 
 use sha2::Digest as _;
 
-/// The image cut into runs: at multiples of `run_blocks`, and wherever zero blocks (known
-/// from their leaf: the digest of a zero block) start or end; zero runs up to the limit.
-fn plan_runs(tree: &HashTree, run_blocks: u32) -> Vec<Run> {
+/// The image cut into runs of whole blocks: at multiples of `run_blocks`, and wherever
+/// zero blocks (known from their leaf: the digest of a zero block) start or end; zero runs
+/// up to the limit.
+fn block_runs(tree: &HashTree, run_blocks: u32) -> Vec<Run> {
     let blocks = tree.params().data_blocks();
-    let zero =
-        BlockHasher::new(tree.params()).hash(&vec![0u8; tree.params().data_block_size() as usize]);
+    let bs = tree.params().data_block_size();
+    let zero = BlockHasher::new(tree.params()).hash(&vec![0u8; bs as usize]);
     let is_zero = |b: u64| tree.leaf(b) == Some(zero.as_bytes());
     let mut runs = Vec::new();
     let mut b = 0u64;
@@ -237,8 +268,9 @@ fn plan_runs(tree: &HashTree, run_blocks: u32) -> Vec<Run> {
             n += 1;
         }
         runs.push(Run {
-            first_block: b,
-            blocks: n as u32,
+            start: b * u64::from(bs),
+            len: (n * u64::from(bs)) as u32,
+            hint: 0,
             kind: if z { RunKind::Zero } else { RunKind::Zstd },
             offset: 0,
             stored: 0,
@@ -248,13 +280,39 @@ fn plan_runs(tree: &HashTree, run_blocks: u32) -> Vec<Run> {
     runs
 }
 
+/// The image cut by content; chunks of zeros merged into zero runs.
+fn content_runs<I: ReadAt + ?Sized>(image: &I, size: u64, c: &Cdc) -> Result<Vec<Run>> {
+    let mut runs: Vec<Run> = Vec::new();
+    c.chunks(image, size, |start, bytes| {
+        let zero = bytes.iter().all(|&b| b == 0);
+        if let Some(last) = runs.last_mut() {
+            if zero
+                && last.kind == RunKind::Zero
+                && u64::from(last.len) + bytes.len() as u64 <= u64::from(MAX_ZERO_RUN)
+            {
+                last.len += bytes.len() as u32;
+                return Ok(());
+            }
+        }
+        runs.push(Run {
+            start,
+            len: bytes.len() as u32,
+            hint: if zero { 0 } else { super::cdc::hint(bytes) },
+            kind: if zero { RunKind::Zero } else { RunKind::Zstd },
+            offset: 0,
+            stored: 0,
+        });
+        Ok(())
+    })?;
+    Ok(runs)
+}
+
 /// The frames of a batch's data runs (`None` for zero runs), compressed on every core.
 fn compress_batch<I: ReadAt + ?Sized>(
     image: &I,
     batch: &[Run],
     opts: &PublishOptions,
 ) -> Result<Vec<Option<Vec<u8>>>> {
-    let bs = u64::from(opts.verity.data_block_size());
     let threads = opts.threads.count().max(1).min(batch.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut out: Vec<Option<Vec<u8>>> = vec![None; batch.len()];
@@ -274,12 +332,10 @@ fn compress_batch<I: ReadAt + ?Sized>(
                         if run.kind == RunKind::Zero {
                             continue;
                         }
-                        buf.resize((u64::from(run.blocks) * bs) as usize, 0);
-                        image
-                            .read_exact_at(&mut buf, run.first_block * bs)
-                            .map_err(|e| {
-                                Error::io(format!("reading image block {}", run.first_block), e)
-                            })?;
+                        buf.resize(run.len as usize, 0);
+                        image.read_exact_at(&mut buf, run.start).map_err(|e| {
+                            Error::io(format!("reading image bytes at {}", run.start), e)
+                        })?;
                         let f = c
                             .compress(&buf)
                             .map_err(|e| Error::io("compressing a run", e))?;
