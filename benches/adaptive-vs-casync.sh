@@ -12,7 +12,9 @@
 # Columns: what the publisher stores, the bytes and requests a device fetches, the
 # install's time. Both installs must leave the new image bit for bit.
 #
-#   benches/adaptive-vs-casync.sh [OLD NEW]   # default: the corpus's ext4, EROFS (plain and lz4), squashfs pairs
+#   benches/adaptive-vs-casync.sh [OLD NEW]   # default: the corpus's ext4, EROFS (plain and lz4),
+#                                             # squashfs pairs, and ext4 and squashfs from A
+#                                             # to a C two steps on (made from B's tree)
 #
 # Needs casync, nginx, GNU time (apt-get install casync nginx time).
 set -euo pipefail
@@ -23,6 +25,34 @@ if [ $# -lt 2 ]; then
   for fs in ext4 erofs lz4.erofs sqfs; do
     echo "== $fs: $CORPUS/img_A.$fs -> img_B.$fs"
     bash "$0" "$CORPUS/img_A.$fs" "$CORPUS/img_B.$fs"
+    echo
+  done
+  # Two steps at once (A to C, skipping B): C is B with more packages installed, made
+  # here once from the corpus's B tree as the corpus makes its images.
+  if [ ! -f "$CORPUS/img_C.sqfs" ] && [ -d "$CORPUS/rootfs_B" ]; then
+    (
+      cd "$CORPUS"
+      rm -rf rootfs_C; cp -a rootfs_B rootfs_C
+      cp /etc/resolv.conf rootfs_C/etc/resolv.conf 2>/dev/null || true
+      mount -t proc proc rootfs_C/proc 2>/dev/null || true
+      chroot rootfs_C /bin/sh -c 'export DEBIAN_FRONTEND=noninteractive; apt-get update -q &&
+        apt-get install -y -q --no-install-recommends less openssh-client python3 xz-utils' > chroot_C.log 2>&1
+      umount rootfs_C/proc 2>/dev/null || true
+      rm -rf rootfs_C/var/cache/apt/archives/*.deb rootfs_C/var/cache/apt/*.bin rootfs_C/var/lib/apt/lists/* \
+        rootfs_C/var/log/* rootfs_C/tmp/* rootfs_C/etc/resolv.conf
+      export SOURCE_DATE_EPOCH=1700000000 E2FSPROGS_FAKE_TIME=1700000000
+      truncate -s 512M img_C.ext4
+      mkfs.ext4 -q -F -b 4096 -U 4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6 \
+        -E root_owner=0:0,hash_seed=0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0,lazy_itable_init=0,nodiscard \
+        -L rootfs -d rootfs_C img_C.ext4
+      mksquashfs rootfs_C img_C.sqfs -noappend -comp zstd -Xcompression-level 19 -b 131072 \
+        -all-root -quiet -no-progress > /dev/null
+    ) || echo "(could not make img_C: $CORPUS/chroot_C.log)"
+  fi
+  for fs in ext4 sqfs; do
+    [ -f "$CORPUS/img_C.$fs" ] || continue
+    echo "== $fs, two steps: $CORPUS/img_A.$fs -> img_C.$fs"
+    bash "$0" "$CORPUS/img_A.$fs" "$CORPUS/img_C.$fs"
     echo
   done
   exit 0

@@ -350,7 +350,7 @@ fn run(cli: Cli) -> Result<(), String> {
             if payload != "-" {
                 inputs.push(("the payload", std::path::Path::new(&payload)));
             }
-            if let Err(e) = all_distinct(&outputs, &inputs) {
+            if let Err(e) = cli::all_distinct(&outputs, &inputs, &[("--target", "--source")]) {
                 created.no_resume_yet();
                 return Err(e);
             }
@@ -433,11 +433,11 @@ fn run(cli: Cli) -> Result<(), String> {
                     .take()
                     .ok_or("the image's root does not cover the whole image")?;
                 let hash = hash_f.as_mut().ok_or("--hash-out: not open")?;
-                truncate(hash, path)?;
+                cli::truncate(hash, path)?;
                 keel::verity::write_tree(params, &v.tree, hash, &Default::default())
                     .map_err(|e| format!("{}: {e}", path.display()))?;
                 if let (Some(path), Some(g), Some(f)) = (&fec_out, &fec, fec_f.as_mut()) {
-                    truncate(f, path)?;
+                    cli::truncate(f, path)?;
                     match &v.parity {
                         Some(parity) => parity.write_to(f),
                         None => keel::verity::fec_encode(g, &tgt, &*hash, f, &Default::default()),
@@ -466,44 +466,6 @@ fn run(cli: Cli) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// No two of the files a run writes are one file, nor is any of them an input: compared by
-/// device and inode (so through links and other spellings); each exists by now, except a
-/// resume record not yet written, which is then none of the others.
-fn all_distinct(
-    outputs: &[(&str, &std::path::Path)],
-    inputs: &[(&str, &std::path::Path)],
-) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let id = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    for (n, (what, path)) in outputs.iter().enumerate() {
-        let Some(mine) = id(path) else { continue };
-        for (other, other_path) in outputs[..n].iter().chain(inputs) {
-            // The applier refuses the running slot as its target itself, by that name.
-            if (*what, *other) == ("--target", "--source") {
-                continue;
-            }
-            if id(other_path) == Some(mine) {
-                return Err(format!(
-                    "{what} {}: is the same file as {other} {}; each needs a file of its own",
-                    path.display(),
-                    other_path.display()
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A regular file is emptied before it is written (a device keeps its size).
-fn truncate(f: &File, path: &std::path::Path) -> Result<(), String> {
-    match f.metadata() {
-        Ok(m) if m.is_file() => f.set_len(0),
-        Ok(_) => Ok(()),
-        Err(e) => Err(e),
-    }
-    .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The dm-verity root of `image` (SHA-256, 4 KiB blocks, format 1, `salt` in hex or `-`).

@@ -134,6 +134,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("{}: not a PKCS#8 Ed25519 key: {e}", key.display()))?;
             let data =
                 keel::io::Mapped::open(&image).map_err(|e| format!("{}: {e}", image.display()))?;
+            if data.is_empty() || data.len() % 4096 != 0 {
+                return Err(format!(
+                    "{}: {} bytes, not a whole number of 4 KiB blocks",
+                    image.display(),
+                    data.len()
+                ));
+            }
             let salt = match verity_salt.as_str() {
                 "-" => Vec::new(),
                 h => hex::decode(h).map_err(|e| format!("--verity-salt: {e}"))?,
@@ -207,19 +214,8 @@ fn run(cli: Cli) -> Result<(), String> {
             let opts = StoreOptions::new(apply).gap(gap_kib << 10);
             let seed_files = seeds
                 .iter()
-                .map(|p| std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display())))
+                .map(|p| std::fs::File::open(p).map_err(|e| format!("--seed {}: {e}", p.display())))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut created = cli::Created::unless(state.clone());
-            let mut tgt = cli::open_or_create(&target, 0o644, &mut created)?;
-            for (f, p) in seed_files.iter().zip(&seeds) {
-                if keel::payload::same_file(f, &tgt) {
-                    return Err(format!(
-                        "{}: is the seed {}; the target must be another slot",
-                        target.display(),
-                        p.display()
-                    ));
-                }
-            }
             let seed_list: Vec<Seed<'_>> = seed_files
                 .iter()
                 .map(|f| Seed {
@@ -227,35 +223,61 @@ fn run(cli: Cli) -> Result<(), String> {
                     tree: None,
                 })
                 .collect();
+            let remote = store.starts_with("http://") || store.starts_with("https://");
+            // Every file written opened (or created) first, then all compared by what they
+            // are with each other and with every input: a tree, a record or the image can
+            // never land on the running slot, the store or a key through another spelling.
+            // Until the checks pass, a failure removes whatever was created.
+            let mut created = cli::Created::unless(None);
+            let mut outputs: Vec<(&str, &std::path::Path)> = Vec::new();
+            let mut tgt = None;
+            let mut hash = None;
+            if !plan {
+                tgt = Some(cli::open_or_create(&target, 0o644, &mut created)?);
+                outputs.push(("--target", &target));
+                if let Some(h) = &hash_out {
+                    hash = Some(cli::open_or_create(h, 0o644, &mut created)?);
+                    outputs.push(("--hash-out", h));
+                }
+                if let Some(s) = &state {
+                    outputs.push(("--state", s));
+                }
+            }
+            let mut inputs: Vec<(&str, &std::path::Path)> = Vec::new();
+            if !remote {
+                inputs.push(("--store", std::path::Path::new(&store)));
+            }
+            inputs.extend(seeds.iter().map(|p| ("--seed", p.as_path())));
+            inputs.extend(pubkeys.iter().map(|p| ("--pubkey", p.as_path())));
+            cli::all_distinct(&outputs, &inputs, &[])?;
+            created.resume_record(state.clone());
             let t = std::time::Instant::now();
-            let (done, requests, bytes) =
-                if store.starts_with("http://") || store.starts_with("https://") {
-                    let reader =
-                        keel::fetch::HttpReader::new(&store, keel::fetch::FetchOptions::default())
-                            .map_err(|e| e.to_string())?;
-                    let ranges = keel::fetch::HttpRanges::new(reader);
-                    let r = install(&ranges, &seed_list, &mut tgt, &opts, plan, &target)?;
-                    let s = ranges.stats();
-                    (r, s.requests, s.bytes)
-                } else {
-                    let f = std::fs::File::open(&store).map_err(|e| format!("{store}: {e}"))?;
-                    let r = install(&f, &seed_list, &mut tgt, &opts, plan, &target)?;
-                    let (q, b) = r.as_ref().map_or((0, 0), |d| (d.requests, d.fetched));
-                    (r, q, b)
-                };
+            let (done, requests, bytes) = if remote {
+                let reader =
+                    keel::fetch::HttpReader::new(&store, keel::fetch::FetchOptions::default())
+                        .map_err(|e| e.to_string())?;
+                let ranges = keel::fetch::HttpRanges::new(reader);
+                let r = install(&ranges, &seed_list, tgt.as_mut(), &opts, &target)?;
+                let s = ranges.stats();
+                (r, s.requests, s.bytes)
+            } else {
+                let f = std::fs::File::open(&store).map_err(|e| format!("--store {store}: {e}"))?;
+                let r = install(&f, &seed_list, tgt.as_mut(), &opts, &target)?;
+                let (q, b) = r.as_ref().map_or((0, 0), |d| (d.requests, d.fetched));
+                (r, q, b)
+            };
             let Some(done) = done else {
-                created.keep();
                 return Ok(());
             };
-            if let Some(h) = &hash_out {
-                let mut f = cli::open_or_create(h, 0o644, &mut created)?;
+            if let (Some(h), Some(f)) = (&hash_out, &mut hash) {
+                cli::truncate(f, h)?;
                 keel::verity::write_tree(
                     done.tree.params(),
                     &done.tree,
-                    &mut f,
+                    f,
                     &keel::verity::FormatOptions::default(),
                 )
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("--hash-out {}: {e}", h.display()))?;
             }
             created.keep();
             let p = &done.plan;
@@ -271,18 +293,17 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-/// Open the store and install (or only plan).
+/// Open the store and install into `target` (or, without one, only plan).
 fn install<S: keel::io::ReadAt + ?Sized>(
     store: &S,
     seeds: &[Seed<'_>],
-    target: &mut std::fs::File,
+    target: Option<&mut std::fs::File>,
     opts: &StoreOptions<'_>,
-    plan_only: bool,
     path: &std::path::Path,
 ) -> Result<Option<keel::payload::store::Installed>, String> {
     let s = StoreSession::open(store, opts).map_err(|e| e.to_string())?;
     let size = s.index().image.size;
-    if plan_only {
+    let Some(target) = target else {
         let p = s.plan(seeds, opts).map_err(|e| e.to_string())?;
         println!("version:      {} ({} bytes)", s.index().version, size);
         println!(
@@ -296,7 +317,7 @@ fn install<S: keel::io::ReadAt + ?Sized>(
             p.fetched_so_far
         );
         return Ok(None);
-    }
+    };
     let meta = target
         .metadata()
         .map_err(|e| format!("{}: {e}", path.display()))?;

@@ -145,14 +145,63 @@ fn publish_install_check_and_refusals() {
         );
     }
 
-    // The seed as the target, spelled another way: refused, the seed untouched.
-    let o = install(&p("v2.store"), "./../demo/v1.img", &[]);
-    assert!(!o.status.success());
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("is the seed"),
-        "{o:?}"
-    );
+    // The seed as the target, the tree or the record, the store as the target: each
+    // spelled another way, refused before anything is written; the inputs untouched.
+    let store_bytes = std::fs::read(dir.join("v2.store")).unwrap();
+    for (extra, target, names) in [
+        (vec![], "./../demo/v1.img", "same file as --seed"),
+        (
+            vec!["--hash-out", "./../demo/v1.img"],
+            "d.img",
+            "same file as --seed",
+        ),
+        (
+            vec!["--state", "./../demo/v1.img"],
+            "e.img",
+            "same file as --seed",
+        ),
+        (vec![], "./../demo/v2.store", "same file as --store"),
+        (
+            vec!["--hash-out", "./../demo/release-key.pub"],
+            "f.img",
+            "same file as --pubkey",
+        ),
+    ] {
+        let extra: Vec<String> = extra
+            .iter()
+            .map(|a| {
+                if a.starts_with("./") {
+                    p(a)
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let o = install(&p("v2.store"), target, &extra);
+        assert!(!o.status.success(), "{target} {extra:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(names), "{o:?}");
+        assert!(
+            !dir.join("d.img").exists()
+                && !dir.join("e.img").exists()
+                && !dir.join("f.img").exists()
+        );
+    }
     assert!(std::fs::read(dir.join("v1.img")).unwrap() == v1);
+    assert!(std::fs::read(dir.join("v2.store")).unwrap() == store_bytes);
+    // --plan writes nothing, not even an empty target.
+    let o = install(&p("v2.store"), "g.img", &["--plan"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).contains("to fetch:"), "{}", stdout(&o));
+    assert!(!dir.join("g.img").exists());
+    // A longer file as --hash-out ends as the tree alone.
+    std::fs::write(dir.join("long.hash"), vec![0xeeu8; 1 << 20]).unwrap();
+    let o = install(&p("v2.store"), "h.img", &["--hash-out", &p("long.hash")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(dir.join("long.hash")).unwrap(),
+        std::fs::read(dir.join("b.hash")).unwrap()
+    );
 
     // From nginx through a proxy that cuts every few hundred KiB: the same image, the
     // same bytes fetched as from the file.
@@ -203,6 +252,31 @@ fn publish_install_check_and_refusals() {
     let doc: keel::release::Index =
         serde_json::from_slice(&std::fs::read(dir.join("index-doc.json")).unwrap()).unwrap();
     assert_eq!(doc.releases[0].store.as_ref().unwrap().url, "v2.store");
+    // A store cut short is not pinned as it is.
+    std::fs::write(
+        dir.join("cut.store"),
+        &store_bytes[..store_bytes.len() - 100],
+    )
+    .unwrap();
+    let o = run(
+        &example("publish"),
+        &[
+            "index",
+            "--full",
+            &p("full-2.payload"),
+            "--store",
+            &p("cut.store"),
+            "--pubkey",
+            &p("release-key.pub"),
+            "-o",
+            &p("cut-doc.json"),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("its header says"),
+        "{o:?}"
+    );
     let key_hex = {
         let pem = std::fs::read_to_string(dir.join("release-key.pub")).unwrap();
         hex::encode(keel::trust::PublicKey::from_pem(&pem).unwrap().to_bytes())

@@ -73,6 +73,12 @@ impl Created {
         self.paths.push(path.into());
     }
 
+    /// From now on a run that fails keeps what it created if `path` (its resume record)
+    /// exists: the checks are done and the record, if any, is this run's.
+    pub(crate) fn resume_record(&mut self, path: Option<PathBuf>) {
+        self.unless = path;
+    }
+
     /// Nothing was written yet: on failure remove what was created even if a resume record
     /// is there.
     pub(crate) fn no_resume_yet(&mut self) {
@@ -263,4 +269,43 @@ impl ApplyTo {
             .map(|p| std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display())))
             .transpose()
     }
+}
+
+/// No two of the files a run writes are one file, nor is any of them an input: compared by
+/// device and inode (so through links and other spellings); each exists by now, except a
+/// resume record not yet written, which is then none of the others.
+pub(crate) fn all_distinct(
+    outputs: &[(&str, &std::path::Path)],
+    inputs: &[(&str, &std::path::Path)],
+    allowed: &[(&str, &str)],
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    for (n, (what, path)) in outputs.iter().enumerate() {
+        let Some(mine) = id(path) else { continue };
+        for (other, other_path) in outputs[..n].iter().chain(inputs) {
+            // Pairs the library refuses itself, by their own names.
+            if allowed.contains(&(*what, *other)) {
+                continue;
+            }
+            if id(other_path) == Some(mine) {
+                return Err(format!(
+                    "{what} {}: is the same file as {other} {}; each needs a file of its own",
+                    path.display(),
+                    other_path.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A regular file is emptied before it is written (a device keeps its size).
+pub(crate) fn truncate(f: &std::fs::File, path: &std::path::Path) -> Result<(), String> {
+    match f.metadata() {
+        Ok(m) if m.is_file() => f.set_len(0),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -15,7 +15,8 @@ pub struct FetchOptions<'a> {
     /// Time to connect (default 10 s).
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes before the connection counts as stalled and is
-    /// made again (default 30 s).
+    /// made again (default 30 s); also the most a response's headers may take in all (a
+    /// server that drips them a byte at a time is a stall).
     pub read_timeout: Duration,
     /// Failed attempts in a row before giving up (default 10); a success resets it.
     pub max_attempts: u32,

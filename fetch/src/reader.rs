@@ -57,6 +57,9 @@ impl<'a> HttpReader<'a> {
             .timeout_connect(Some(opts.connect_timeout))
             // A stall: no byte for this long, on a new or a pooled connection alike.
             .timeout_per_read(Some(opts.read_timeout))
+            // Headers dripped a byte at a time: each byte would be in time for the read
+            // timeout, the response never; the headers as a whole have that long.
+            .timeout_recv_response(Some(opts.read_timeout))
             // Statuses are answers here (a 416 at the end, a 5xx to retry), not errors.
             .http_status_as_error(false)
             .user_agent(

@@ -427,3 +427,31 @@ fn a_server_without_ranges_is_read_past_not_taken_for_a_changed_file() {
     let e = r.read(&mut [0u8; 100]).unwrap_err();
     assert!(matches!(inner(e), Error::Changed { .. }));
 }
+
+/// Response headers dripped a byte at a time (each byte within the read timeout): the
+/// headers as a whole have the read timeout, each attempt ends there, and the reader
+/// gives up after its attempts instead of waiting for ever; a range read the same.
+#[test]
+fn response_headers_dripped_a_byte_at_a_time_time_out() {
+    let base = serve(|c, _| {
+        drip(
+            c,
+            "HTTP/1.1 206 Partial Content\r\nX-Slow: ",
+            Duration::from_millis(100),
+        )
+    });
+    let opts = FetchOptions::default()
+        .delays(Duration::from_millis(1), Duration::from_millis(5))
+        .read_timeout(Duration::from_secs(1))
+        .max_attempts(2);
+    let t = Instant::now();
+    let mut r = HttpReader::new(&format!("{base}/slow"), opts).unwrap();
+    let mut buf = [0u8; 16];
+    let e = inner(r.read(&mut buf).unwrap_err());
+    assert!(matches!(e, Error::GaveUp { .. }), "{e}");
+    let ranges =
+        keel_fetch::HttpRanges::new(HttpReader::new(&format!("{base}/slow"), opts).unwrap());
+    let e = keel_io::ReadAt::read_exact_at(&ranges, &mut buf, 100).unwrap_err();
+    assert!(matches!(inner(e), Error::GaveUp { .. }));
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+}

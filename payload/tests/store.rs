@@ -521,3 +521,96 @@ fn a_squashfs_image_is_cut_by_content_by_default() {
     s.install(&[], &mut t, &opts).unwrap();
     assert!(t == img);
 }
+
+/// `store` with its index changed by `edit` (header, index bytes, data) and signed again
+/// with `key`: a hostile or buggy publisher's store.
+fn resigned(
+    store: &[u8],
+    key: &SigningKey,
+    edit: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>, &mut Vec<u8>),
+) -> Vec<u8> {
+    use keel_verity::{Context, Signer};
+    let m = u64::from_le_bytes(store[16..24].try_into().unwrap()) as usize;
+    let mut header = store[..64].to_vec();
+    let mut index = store[64..64 + m].to_vec();
+    let mut data = store[64 + m + 64..].to_vec();
+    edit(&mut header, &mut index, &mut data);
+    header[16..24].copy_from_slice(&(index.len() as u64).to_le_bytes());
+    header[24..32].copy_from_slice(&(data.len() as u64).to_le_bytes());
+    let mut signed = [header, index].concat();
+    let sig = key.sign(Context::Payload, &signed).unwrap();
+    signed.extend_from_slice(&sig);
+    signed.extend_from_slice(&data);
+    signed
+}
+
+/// A signed store that lies (a run of data said to be zeros, an image of 8 TiB) is
+/// refused, never installed as if it were right; a store by a key not trusted costs one
+/// request (its index is not fetched); a resume record's path holding something else is
+/// never replaced or removed.
+#[test]
+fn lies_in_a_signed_store_and_paths_that_are_not_records_are_refused() {
+    let key = SigningKey::generate().unwrap();
+    let img = seeded_bytes(61, 256 * BS);
+    let good = publish(&img, &key, "2.0", b"z");
+    let keys = ring(&key);
+    let opts = StoreOptions::new(ApplyOptions::new(&keys, VersionCheck::Unchecked));
+    // The last run (block runs: 9 bytes at the index's end) said to be ZERO, its data cut.
+    let lie = resigned(&good, &key, |_, index, data| {
+        let n = index.len();
+        let stored = u32::from_le_bytes(index[n - 4..].try_into().unwrap()) as usize;
+        index[n - 5] = 0;
+        index[n - 4..].fill(0);
+        data.truncate(data.len() - stored);
+    });
+    let store = Counted::new(lie);
+    let s = StoreSession::open(&store, &opts).unwrap();
+    let mut t = vec![0xa5u8; img.len()];
+    let e = s.install(&[], &mut t, &opts).unwrap_err();
+    assert!(
+        e.to_string().contains("does not match its dm-verity leaf"),
+        "{e}"
+    );
+    assert!(
+        t[252 * BS..].iter().all(|&b| b == 0xa5),
+        "a block the leaves refuse was written"
+    );
+    assert!(t[..252 * BS] == img[..252 * BS]);
+    // An image of 8 TiB: refused by its size, before anything is allocated for it.
+    let huge = resigned(&good, &key, |_, index, _| {
+        index[4..12].copy_from_slice(&(8u64 << 40).to_le_bytes());
+    });
+    let e = StoreSession::open(&Counted::new(huge), &opts).unwrap_err();
+    assert!(e.to_string().contains("image size"), "{e}");
+    // Another key's store: refused after its 64-byte header.
+    let other = SigningKey::generate().unwrap();
+    let store = Counted::new(publish(&img, &other, "2.0", b"z"));
+    assert!(matches!(
+        StoreSession::open(&store, &opts),
+        Err(Error::UntrustedKey { .. })
+    ));
+    assert_eq!(store.requests.load(Ordering::Relaxed), 1);
+
+    // The resume record's path holds an image: the install refuses to replace it at its
+    // first checkpoint and leaves it as it was.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("not-a-record");
+    std::fs::write(&state, &img[..BS * 2]).unwrap();
+    let opts = StoreOptions::new(
+        ApplyOptions::new(&keys, VersionCheck::Unchecked)
+            .state(&state)
+            .checkpoint_bytes(BS as u64 * 16),
+    );
+    let store = Counted::new(good);
+    let s = StoreSession::open(&store, &opts).unwrap();
+    let mut t = vec![0u8; img.len()];
+    let e = s.install(&[], &mut t, &opts).unwrap_err();
+    assert!(e.to_string().contains("not a resume record"), "{e}");
+    assert!(std::fs::read(&state).unwrap() == img[..BS * 2]);
+    // A record-sized file that is not ours: replaced by the checkpoints, and the finished
+    // install removes only its own record.
+    std::fs::write(&state, [7u8; 88]).unwrap();
+    s.install(&[], &mut t, &opts).unwrap();
+    assert!(t == img);
+    assert!(!state.exists());
+}

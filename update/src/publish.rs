@@ -40,6 +40,7 @@ pub fn describe(path: &Path, url: &str, keyring: &Keyring) -> Result<Published> 
     let mut magic = [0u8; 8];
     let is_store = std::io::Read::read_exact(&mut file, &mut magic).is_ok()
         && magic == keel_payload::store::STORE_MAGIC;
+    let expected;
     let (payload, id) = if is_store {
         let opts = keel_payload::store::StoreOptions::new(keel_payload::ApplyOptions::new(
             keyring,
@@ -47,6 +48,7 @@ pub fn describe(path: &Path, url: &str, keyring: &Keyring) -> Result<Published> 
         ));
         let s = keel_payload::store::StoreSession::open(&file, &opts)?;
         let i = s.index();
+        expected = i.file_size();
         let p = Payload {
             compatible: i.compatible.clone(),
             version: i.version.clone(),
@@ -59,7 +61,11 @@ pub fn describe(path: &Path, url: &str, keyring: &Keyring) -> Result<Published> 
         (p, s.id())
     } else {
         let (mut file, _) = keel_io::open_device(path, false).map_err(named)?;
-        let (_, manifest, id) = keel_payload::read_manifest(&mut file, keyring)?;
+        let (header, manifest, id) = keel_payload::read_manifest(&mut file, keyring)?;
+        expected = (keel_payload::format::HEADER_SIZE + keel_payload::format::SIGNATURE_SIZE)
+            as u64
+            + header.manifest_len
+            + header.data_len;
         (payload_of(&manifest), id)
     };
     let (mut file, _) = keel_io::open_device(path, false).map_err(named)?;
@@ -73,6 +79,16 @@ pub fn describe(path: &Path, url: &str, keyring: &Keyring) -> Result<Published> 
         }
         sha.update(&buf[..n]);
         size += n as u64;
+    }
+    // A file cut short (or with bytes after its data) would be pinned as it is and fail
+    // on every device that needs its end.
+    if size != expected {
+        return Err(Error::io(
+            format!("reading {}", path.display()),
+            std::io::Error::other(format!(
+                "{size} bytes, its header says {expected}: not a whole payload or store"
+            )),
+        ));
     }
     Ok(Published {
         payload,

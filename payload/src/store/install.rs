@@ -202,13 +202,15 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
         let mut h = [0u8; HEADER_SIZE];
         read(&mut h, 0, "header")?;
         let header = StoreHeader::parse(&h)?;
+        let key_id = keel_trust::KeyId(header.key_id);
+        // An untrusted signer is refused before its index (up to 64 MiB) is fetched.
+        opts.apply.keyring.trusted(&key_id, opts.apply.clock())?;
         let mut signed = vec![0u8; HEADER_SIZE + header.index_len as usize + SIGNATURE_SIZE];
         signed[..HEADER_SIZE].copy_from_slice(&h);
         read(&mut signed[HEADER_SIZE..], HEADER_SIZE as u64, "index")?;
         let mut sig = [0u8; SIGNATURE_SIZE];
         sig.copy_from_slice(&signed[signed.len() - SIGNATURE_SIZE..]);
         signed.truncate(signed.len() - SIGNATURE_SIZE);
-        let key_id = keel_trust::KeyId(header.key_id);
         opts.apply
             .keyring
             .verify(&key_id, Context::Payload, &signed, &sig, opts.apply.clock())?;
@@ -540,6 +542,10 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
                 }
                 let data = match plan.runs[r] {
                     None => None,
+                    // Zeros need no range (a block straddling a zero run and another).
+                    Some(_) if run.kind == RunKind::Zero => {
+                        Some((vec![0u8; run.len as usize], true))
+                    }
                     Some(RunSource::Fetch) => {
                         while !range.as_ref().is_some_and(|(at, b)| {
                             *at <= run.offset
@@ -595,21 +601,38 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
                     wanted[q] = true;
                 }
             }
-            for (at, len) in ranges(runs, |r| wanted[r], opts) {
-                let mut buf = vec![0u8; len as usize];
-                self.store.read_exact_at(&mut buf, at).map_err(|e| {
-                    Error::io(format!("fetching store bytes {at}..{}", at + len), e)
-                })?;
-                job.fetched += len;
-                job.requests += 1;
-                for (r, run) in runs.iter().enumerate().filter(|(r, run)| {
-                    wanted[*r] && run.offset >= at && run.offset + u64::from(run.stored) <= at + len
-                }) {
-                    let _ = r;
+            let rs = ranges(runs, |r| wanted[r], opts);
+            let mut next = rs.iter();
+            let mut cur: Option<(u64, Vec<u8>)> = None;
+            for run in runs
+                .iter()
+                .enumerate()
+                .filter(|(r, _)| wanted[*r])
+                .map(|(_, run)| run)
+            {
+                let data = if run.stored == 0 {
+                    decode(run, &[])?
+                } else {
+                    while !cur.as_ref().is_some_and(|(at, b)| {
+                        *at <= run.offset
+                            && run.offset + u64::from(run.stored) <= at + b.len() as u64
+                    }) {
+                        let &(at, len) = next.next().ok_or_else(|| {
+                            Error::Internal("the store's ranges ended before its runs".into())
+                        })?;
+                        let mut buf = vec![0u8; len as usize];
+                        self.store.read_exact_at(&mut buf, at).map_err(|e| {
+                            Error::io(format!("fetching store bytes {at}..{}", at + len), e)
+                        })?;
+                        job.fetched += len;
+                        job.requests += 1;
+                        cur = Some((at, buf));
+                    }
+                    let (at, b) = cur.as_ref().map(|(a, b)| (*a, &b[..])).unwrap_or((0, &[]));
                     let off = (run.offset - at) as usize;
-                    let data = decode(run, &buf[off..off + run.stored as usize])?;
-                    job.run(run, Some((&data, true)), target, Some(&only))?;
-                }
+                    decode(run, &b[off..off + run.stored as usize])?
+                };
+                job.run(run, Some((&data, true)), target, Some(&only))?;
             }
             job.out.flush(target)?;
             if let Some(&b) = job.failed.first() {
@@ -626,7 +649,10 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
             .sync()
             .map_err(|e| Error::io("syncing the target", e))?;
         if let Some(path) = opts.apply.state {
-            let _ = std::fs::remove_file(path);
+            // Only this store's own record goes.
+            if read_record(path).is_some_and(|(id, ..)| id == self.id) {
+                let _ = std::fs::remove_file(path);
+            }
         }
         let written = job.out.written;
         plan.in_place = job.done.in_place;
@@ -930,9 +956,19 @@ fn ranges(
 const RECORD_MAGIC: &[u8; 8] = b"KEELSRS1";
 
 /// The store resume record: magic, store id, image size, next block, then the sha256 of
-/// those 56 bytes.
+/// those 56 bytes. A path that holds anything but a regular file of a record's size is
+/// refused, never replaced: it is not a record of ours.
 fn write_record(path: &Path, id: &[u8; 32], size: u64, next: u64) -> Result<()> {
-    let mut b = Vec::with_capacity(88);
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() || m.len() != RECORD_SIZE as u64 => {
+            return Err(Error::io(
+                format!("writing the resume record {}", path.display()),
+                std::io::Error::other("the path holds something that is not a resume record"),
+            ))
+        }
+        _ => {}
+    }
+    let mut b = Vec::with_capacity(RECORD_SIZE);
     b.extend_from_slice(RECORD_MAGIC);
     b.extend_from_slice(id);
     b.extend_from_slice(&size.to_le_bytes());
@@ -943,9 +979,22 @@ fn write_record(path: &Path, id: &[u8; 32], size: u64, next: u64) -> Result<()> 
         .map_err(|e| Error::io(format!("writing the resume record {}", path.display()), e))
 }
 
+const RECORD_SIZE: usize = 88;
+
+/// The record at `path`: only a regular file of a record's size is read.
 fn read_record(path: &Path) -> Option<([u8; 32], u64, u64)> {
-    let b = std::fs::read(path).ok()?;
-    if b.len() != 88 || &b[..8] != RECORD_MAGIC || sha256(&b[..56])[..] != b[56..] {
+    use std::io::Read;
+    let m = std::fs::metadata(path).ok()?;
+    if !m.is_file() || m.len() != RECORD_SIZE as u64 {
+        return None;
+    }
+    let mut b = Vec::with_capacity(RECORD_SIZE + 1);
+    std::fs::File::open(path)
+        .ok()?
+        .take(RECORD_SIZE as u64 + 1)
+        .read_to_end(&mut b)
+        .ok()?;
+    if b.len() != RECORD_SIZE || &b[..8] != RECORD_MAGIC || sha256(&b[..56])[..] != b[56..] {
         return None;
     }
     let id: [u8; 32] = b[8..40].try_into().ok()?;

@@ -88,6 +88,9 @@ pub const MAX_RUN_BLOCKS: u32 = 1024;
 pub const MAX_RUN_LEN: u32 = 4 << 20;
 /// The most bytes in a zero run.
 pub const MAX_ZERO_RUN: u32 = 1 << 30;
+/// The largest image a store holds: 64 GiB, whose leaves (512 MiB with SHA-256) and
+/// block index a device holds in memory while it installs.
+pub const MAX_STORE_IMAGE: u64 = 64 << 30;
 /// The most stored bytes of one run (a run's blocks that do not compress, with room).
 pub const MAX_RUN_STORED: u32 = 8 << 20;
 /// The most stored bytes of the leaf level's frame.
@@ -140,6 +143,17 @@ pub struct StoreIndex {
     pub chunking: Option<Cdc>,
     /// The runs, in image order.
     pub runs: Vec<Run>,
+}
+
+impl StoreIndex {
+    /// The store file's size: header, index, signature and data.
+    pub fn file_size(&self) -> u64 {
+        let leaves_end = self.leaves_at.0 + u64::from(self.leaves_at.1);
+        self.runs
+            .iter()
+            .map(|r| r.offset + u64::from(r.stored))
+            .fold(leaves_end, u64::max)
+    }
 }
 
 /// The store's fixed header.
@@ -267,11 +281,13 @@ pub(crate) fn parse_index(b: &[u8], header: &StoreHeader) -> Result<StoreIndex> 
     }
     let at = c.offset();
     let size = c.u64("image size").map_err(short)?;
-    if size == 0 || size % u64::from(block_size) != 0 {
+    if size == 0 || size % u64::from(block_size) != 0 || size > MAX_STORE_IMAGE {
         return Err(bad(
             "image size",
             at,
-            format!("{size}: expected a positive multiple of {block_size}"),
+            format!(
+                "{size}: expected a positive multiple of {block_size}, at most {MAX_STORE_IMAGE}"
+            ),
         ));
     }
     let digest: [u8; 32] = c.array("image digest").map_err(short)?;
