@@ -214,8 +214,14 @@ fn run(cli: Cli) -> Result<(), String> {
             let opts = StoreOptions::new(apply).gap(gap_kib << 10);
             let seed_files = seeds
                 .iter()
-                .map(|p| std::fs::File::open(p).map_err(|e| format!("--seed {}: {e}", p.display())))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|p| {
+                    let f = std::fs::File::open(p)
+                        .map_err(|e| format!("--seed {}: {e}", p.display()))?;
+                    keel::io::ReadAt::size(&f)
+                        .map_err(|e| format!("--seed {}: {e}", p.display()))?;
+                    Ok(f)
+                })
+                .collect::<Result<Vec<_>, String>>()?;
             let seed_list: Vec<Seed<'_>> = seed_files
                 .iter()
                 .map(|f| Seed {

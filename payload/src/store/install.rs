@@ -380,7 +380,7 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
             runs: HashMap::new(),
             zero: hasher.hash(&vec![0u8; bs]),
         };
-        for seed in seeds {
+        for (k, seed) in seeds.iter().enumerate() {
             let mut m: HashMap<u64, u32> = HashMap::new();
             let tree = seed.tree.filter(|t| {
                 let p = t.params();
@@ -398,7 +398,10 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
                     }
                 }
                 None => {
-                    let size = seed.image.size().map_err(|e| Error::io("seed size", e))?;
+                    let size = seed
+                        .image
+                        .size()
+                        .map_err(|e| Error::io(format!("the size of seed {k}"), e))?;
                     let blocks = size / bs as u64;
                     let chunk = 1024usize;
                     let mut buf = vec![0u8; chunk * bs];
@@ -442,7 +445,10 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
                     .map(|(r, _)| r.hint)
                     .collect();
                 for (k, seed) in seeds.iter().enumerate() {
-                    let size = seed.image.size().map_err(|e| Error::io("seed size", e))?;
+                    let size = seed
+                        .image
+                        .size()
+                        .map_err(|e| Error::io(format!("the size of seed {k}"), e))?;
                     let mut hashed = 0u64;
                     cdc.chunks(seed.image, size, |at, bytes| {
                         if cancelled() {
