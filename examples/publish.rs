@@ -119,13 +119,17 @@ fn make_index(cmd: &Cmd) -> Res<ExitCode> {
             .ok_or_else(|| format!("{}: not a file name", p.display()))?;
         Ok(format!("{url_base}{name}"))
     };
-    let full = publish::describe(full, &url(full)?, &ring)?;
+    use publish::Kind;
+    let full = publish::describe_as(full, &url(full)?, &ring, Kind::Payload)?;
     let mut ds = Vec::new();
     for (from, f) in deltas {
-        ds.push((from.clone(), publish::describe(f, &url(f)?, &ring)?));
+        ds.push((
+            from.clone(),
+            publish::describe_as(f, &url(f)?, &ring, Kind::Payload)?,
+        ));
     }
     let store = match store {
-        Some(st) => Some(publish::describe(st, &url(st)?, &ring)?),
+        Some(st) => Some(publish::describe_as(st, &url(st)?, &ring, Kind::Store)?),
         None => None,
     };
     let release = publish::release_with_store(full, ds, store, *rollout)?;

@@ -215,10 +215,9 @@ fn run(cli: Cli) -> Result<(), String> {
             let seed_files = seeds
                 .iter()
                 .map(|p| {
-                    let f = std::fs::File::open(p)
-                        .map_err(|e| format!("--seed {}: {e}", p.display()))?;
-                    keel::io::ReadAt::size(&f)
-                        .map_err(|e| format!("--seed {}: {e}", p.display()))?;
+                    // Opened without waiting: a FIFO is refused, not waited on.
+                    let (f, _) =
+                        keel::io::open_device(p, false).map_err(|e| format!("--seed {e}"))?;
                     Ok(f)
                 })
                 .collect::<Result<Vec<_>, String>>()?;
@@ -267,7 +266,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 let s = ranges.stats();
                 (r, s.requests, s.bytes)
             } else {
-                let f = std::fs::File::open(&store).map_err(|e| format!("--store {store}: {e}"))?;
+                let (f, _) = keel::io::open_device(std::path::Path::new(&store), false)
+                    .map_err(|e| format!("--store {e}"))?;
                 let r = install(&f, &seed_list, tgt.as_mut(), &opts, &target)?;
                 let (q, b) = r.as_ref().map_or((0, 0), |d| (d.requests, d.fetched));
                 (r, q, b)

@@ -189,6 +189,33 @@ fn publish_install_check_and_refusals() {
     }
     assert!(std::fs::read(dir.join("v1.img")).unwrap() == v1);
     assert!(std::fs::read(dir.join("v2.store")).unwrap() == store_bytes);
+    // A FIFO as the seed is refused at once, not waited on.
+    let fifo = dir.join("seed.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let o = run(
+        &example("store"),
+        &[
+            "install",
+            "--store",
+            &p("v2.store"),
+            "--seed",
+            &p("seed.fifo"),
+            "--target",
+            &p("i.img"),
+            "--pubkey",
+            &p("release-key.pub"),
+            "--no-version-check",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("seed.fifo"),
+        "{o:?}"
+    );
     // --plan writes nothing, not even an empty target.
     let o = install(&p("v2.store"), "g.img", &["--plan"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -277,6 +304,32 @@ fn publish_install_check_and_refusals() {
         String::from_utf8_lossy(&o.stderr).contains("its header says"),
         "{o:?}"
     );
+    // A store where the full payload goes, a payload where the store goes: refused.
+    for (full, store, says) in [
+        ("v2.store", "v2.store", "a block store, given as a payload"),
+        (
+            "full-2.payload",
+            "full-2.payload",
+            "a payload, given as a block store",
+        ),
+    ] {
+        let o = run(
+            &example("publish"),
+            &[
+                "index",
+                "--full",
+                &p(full),
+                "--store",
+                &p(store),
+                "--pubkey",
+                &p("release-key.pub"),
+                "-o",
+                &p("kind-doc.json"),
+            ],
+        );
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains(says), "{o:?}");
+    }
     let key_hex = {
         let pem = std::fs::read_to_string(dir.join("release-key.pub")).unwrap();
         hex::encode(keel::trust::PublicKey::from_pem(&pem).unwrap().to_bytes())

@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What an opened device is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,25 +197,41 @@ fn replace_with_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result
                 format!("{}: not a file name", path.display()),
             )
         })?;
-    let tmp = dir.join(format!(".{name}.keel-tmp"));
+    // A name of this call's own, created exclusively: nothing that is there already (a
+    // leftover of a killed run, a planted link, another file that happens to bear the
+    // name) is followed, reused or removed.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let named = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
-    let write = || -> io::Result<()> {
-        // A leftover of an earlier cut (or a planted symlink or hard link) goes first:
-        // the exclusive create below neither follows nor reuses it, so no other file is
-        // ever written.
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let mut f = std::fs::OpenOptions::new()
+    let mut tmp = PathBuf::new();
+    let mut file = None;
+    for n in 0..100u32 {
+        tmp = dir.join(format!(
+            ".{name}.keel-tmp.{}.{stamp}.{n}",
+            std::process::id()
+        ));
+        match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode.unwrap_or(0o666))
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
+            .open(&tmp)
+        {
+            Ok(f) => {
+                file = Some(f);
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(named(&tmp, e)),
+        }
+    }
+    let Some(mut f) = file else {
+        return Err(named(
+            &tmp,
+            io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary name"),
+        ));
     };
-    if let Err(e) = write() {
+    if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
         let _ = std::fs::remove_file(&tmp);
         return Err(named(&tmp, e));
     }
@@ -261,9 +277,20 @@ mod tests {
         std::os::unix::fs::symlink(&victim, dir.path().join(".slot-B.json.keel-tmp")).unwrap();
         replace_file(&record, b"{}").unwrap();
         std::fs::remove_file(&record).unwrap();
+        // (The symlink is still there: the replace neither used nor removed it.)
+        std::fs::remove_file(dir.path().join(".slot-B.json.keel-tmp")).unwrap();
         std::fs::hard_link(&victim, dir.path().join(".slot-B.json.keel-tmp")).unwrap();
         replace_file(&record, b"{}").unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        // A file that bears the old fixed temporary name (another input of the caller's)
+        // is not removed either, and no temporary file is left.
+        assert!(dir.path().join(".slot-B.json.keel-tmp").exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("keel-tmp."))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
         assert!(std::fs::symlink_metadata(&record)
             .unwrap()
             .file_type()

@@ -582,6 +582,13 @@ fn lies_in_a_signed_store_and_paths_that_are_not_records_are_refused() {
     });
     let e = StoreSession::open(&Counted::new(huge), &opts).unwrap_err();
     assert!(e.to_string().contains("image size"), "{e}");
+    // A leaf level's frame said to be far longer than its level could compress to.
+    let padded = resigned(&good, &key, |_, index, _| {
+        let at = 4 + 8 + 32 + 2 + 396 + 2 + 4 + 2 + 3 + 8;
+        index[at..at + 4].copy_from_slice(&(512u32 << 20).to_le_bytes());
+    });
+    let e = StoreSession::open(&Counted::new(padded), &opts).unwrap_err();
+    assert!(e.to_string().contains("leaf level stored length"), "{e}");
     // Another key's store: refused after its 64-byte header.
     let other = SigningKey::generate().unwrap();
     let store = Counted::new(publish(&img, &other, "2.0", b"z"));
@@ -605,12 +612,72 @@ fn lies_in_a_signed_store_and_paths_that_are_not_records_are_refused() {
     let s = StoreSession::open(&store, &opts).unwrap();
     let mut t = vec![0u8; img.len()];
     let e = s.install(&[], &mut t, &opts).unwrap_err();
-    assert!(e.to_string().contains("not a resume record"), "{e}");
+    assert!(e.to_string().contains("not a store resume record"), "{e}");
     assert!(std::fs::read(&state).unwrap() == img[..BS * 2]);
-    // A record-sized file that is not ours: replaced by the checkpoints, and the finished
-    // install removes only its own record.
+    // Nor a file of a record's size that is not a record.
     std::fs::write(&state, [7u8; 88]).unwrap();
+    let e = s.install(&[], &mut t, &opts).unwrap_err();
+    assert!(e.to_string().contains("not a store resume record"), "{e}");
+    assert_eq!(std::fs::read(&state).unwrap(), [7u8; 88]);
+    // Without it, the checkpoints write the record and the finished install removes it.
+    std::fs::remove_file(&state).unwrap();
     s.install(&[], &mut t, &opts).unwrap();
     assert!(t == img);
     assert!(!state.exists());
+}
+
+/// The FEC parity asked for is computed from the blocks as they are written or found in
+/// place, and is what `fec_encode` gives from the finished image and tree, with the
+/// target never read for it (in place blocks are read once, to be checked).
+#[test]
+fn the_parity_comes_from_the_blocks_as_they_are_written() {
+    use keel_verity::{fec_encode, BuildOptions, FecGeometry, TreeGeometry};
+    struct Reads(Vec<u8>, AtomicU64);
+    impl ReadAt for Reads {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.1.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            self.0.read_exact_at(buf, offset)
+        }
+        fn size(&self) -> io::Result<u64> {
+            Ok(self.0.len() as u64)
+        }
+    }
+    impl keel_verity::WriteAt for Reads {
+        fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+            self.0.write_all_at(buf, offset)
+        }
+    }
+    let key = SigningKey::generate().unwrap();
+    let old = old_image(512);
+    let new = new_image(&old, 44);
+    let p = params(new.len(), b"f");
+    let tree = TreeGeometry::new(&p, 0, false).unwrap();
+    let g = FecGeometry::separate(&p, &tree, 2, tree.hash_device_size(), 0).unwrap();
+    let hash = HashTree::build(&p, &new).unwrap().as_bytes().to_vec();
+    let mut want = Vec::new();
+    fec_encode(&g, &new, &hash, &mut want, &BuildOptions::default()).unwrap();
+    let store = Counted::new(publish(&new, &key, "2.0", b"f"));
+    let keys = ring(&key);
+    // The target holds the old version, its tree the hint: most blocks stay in place.
+    let old_tree = HashTree::build(&params(old.len(), b"f"), &old).unwrap();
+    let opts = StoreOptions::new(ApplyOptions::new(&keys, VersionCheck::Unchecked))
+        .target_tree(&old_tree)
+        .parity(&g);
+    let s = StoreSession::open(&store, &opts).unwrap();
+    let seeds = [Seed {
+        image: &old,
+        tree: None,
+    }];
+    let mut target = Reads(old.clone(), AtomicU64::new(0));
+    let done = s.install(&seeds, &mut target, &opts).unwrap();
+    assert!(target.0 == new);
+    let mut got = Vec::new();
+    done.parity.unwrap().write_to(&mut got).unwrap();
+    assert!(got == want, "the parity differs from fec_encode's");
+    assert_eq!(
+        target.1.load(Ordering::Relaxed),
+        done.plan.in_place * BS as u64,
+        "the target was read for more than the in-place check: {:?}",
+        done.plan
+    );
 }

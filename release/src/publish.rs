@@ -86,6 +86,16 @@ pub enum PublishError {
         /// The extended index's.
         have: u64,
     },
+    /// A block store given where a payload goes, or a payload where a store goes.
+    #[error("{url}: a {found}, given as a {expected}")]
+    Kind {
+        /// The file's URL.
+        url: String,
+        /// What it is: "payload" or "block store".
+        found: &'static str,
+        /// What was asked for.
+        expected: &'static str,
+    },
     /// The extended index has the last serial there is.
     #[error("serial {0}: the index it extends has the last serial there is")]
     SerialExhausted(u64),

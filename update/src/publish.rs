@@ -31,10 +31,42 @@ pub fn payload_of(m: &Manifest) -> Payload {
     }
 }
 
+/// What a published file is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A payload (full, delta or bundle).
+    Payload,
+    /// A block store.
+    Store,
+}
+
+/// [`describe`] of a file that must be of `kind`: a store given as a payload (or the
+/// reverse) is refused, naming it.
+pub fn describe_as(path: &Path, url: &str, keyring: &Keyring, kind: Kind) -> Result<Published> {
+    let (found, p) = describe_kind(path, url, keyring)?;
+    if found != kind {
+        let name = |k| match k {
+            Kind::Payload => "payload",
+            Kind::Store => "block store",
+        };
+        return Err(PublishError::Kind {
+            url: url.to_string(),
+            found: name(found),
+            expected: name(kind),
+        }
+        .into());
+    }
+    Ok(p)
+}
+
 /// Read the payload (or block store) at `path` (its signature checked under `keyring`)
 /// and hash it whole, streamed: the index entry for it published at `url`. A block store
 /// is told by its magic; its leaves are checked against its signed root too.
 pub fn describe(path: &Path, url: &str, keyring: &Keyring) -> Result<Published> {
+    describe_kind(path, url, keyring).map(|(_, p)| p)
+}
+
+fn describe_kind(path: &Path, url: &str, keyring: &Keyring) -> Result<(Kind, Published)> {
     let named = |e: std::io::Error| Error::io(format!("reading {}", path.display()), e);
     let (mut file, _) = keel_io::open_device(path, false).map_err(named)?;
     let mut magic = [0u8; 8];
@@ -90,15 +122,19 @@ pub fn describe(path: &Path, url: &str, keyring: &Keyring) -> Result<Published> 
             )),
         ));
     }
-    Ok(Published {
-        payload,
-        artifact: Artifact {
-            url: url.to_string(),
-            size,
-            sha256: hex::encode(sha.finalize()),
-            manifest_sha256: Some(hex::encode(id)),
+    let kind = if is_store { Kind::Store } else { Kind::Payload };
+    Ok((
+        kind,
+        Published {
+            payload,
+            artifact: Artifact {
+                url: url.to_string(),
+                size,
+                sha256: hex::encode(sha.finalize()),
+                manifest_sha256: Some(hex::encode(id)),
+            },
         },
-    })
+    ))
 }
 
 #[cfg(test)]

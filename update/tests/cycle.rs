@@ -1911,7 +1911,11 @@ fn an_install_from_a_block_store_fetches_only_what_the_booted_slot_lacks() {
     let mut v3 = f.v2.clone();
     v3[2_000_000..2_100_000].copy_from_slice(&seeded_bytes(9, 100_000));
     f.boot_from("USR-B");
-    let a = agent(&f, f.system(), &disk);
+    // This time with FEC parity (2 roots), computed from the blocks on the way.
+    let text = f
+        .description(&f.disk(), "", "")
+        .replace("salt = \"5a17\"", "salt = \"5a17\"\nfec-roots = 2");
+    let a = agent(&f, system_from(text), &disk);
     a.commit(&[]).unwrap();
     publish(
         Release {
@@ -1941,4 +1945,19 @@ fn an_install_from_a_block_store_fetches_only_what_the_booted_slot_lacks() {
     disk.read_exact_at(&mut got, a_off).unwrap();
     assert!(got == v3, "slot A does not hold 3.0");
     assert!(done.fetched < 400_000, "{}", done.fetched);
+    // The parity after the tree is fec_encode's of the data and tree as they are now.
+    let params = f.descriptor(&v3).params().clone();
+    let geometry = keel_verity::TreeGeometry::new(&params, params.data_size(), false).unwrap();
+    let end = geometry.tree_offset() + geometry.tree_size();
+    let g = keel_verity::FecGeometry::on_hash_device(&params, &geometry, 2, end).unwrap();
+    let (_, a_len) = f.slot_range(fs::read(f.disk()).unwrap(), "USR-A");
+    let mut slot = vec![0u8; a_len as usize];
+    disk.read_exact_at(&mut slot, a_off).unwrap();
+    let mut want = Vec::new();
+    keel_verity::fec_encode(&g, &slot[..IMAGE], &slot, &mut want, &Default::default()).unwrap();
+    let n = g.parity_size() as usize;
+    assert!(
+        want[end as usize..] == slot[end as usize..end as usize + n],
+        "the parity differs"
+    );
 }

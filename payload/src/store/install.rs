@@ -58,6 +58,9 @@ pub struct StoreOptions<'a> {
     /// with the store's parameters: blocks it already holds are checked in place instead
     /// of written (a hint: each is read and hashed).
     pub target_tree: Option<&'a HashTree>,
+    /// Also compute this FEC parity of the image and its tree from the blocks as they are
+    /// written or checked in place ([`Installed::parity`]): no pass over the slot after.
+    pub parity: Option<&'a keel_verity::FecGeometry>,
 }
 
 impl std::fmt::Debug for StoreOptions<'_> {
@@ -78,6 +81,7 @@ impl<'a> StoreOptions<'a> {
             gap: DEFAULT_GAP,
             max_range: MAX_RANGE,
             target_tree: None,
+            parity: None,
         }
     }
 
@@ -96,6 +100,12 @@ impl<'a> StoreOptions<'a> {
     /// The target's tree before the install.
     pub fn target_tree(mut self, tree: &'a HashTree) -> Self {
         self.target_tree = Some(tree);
+        self
+    }
+
+    /// The FEC parity to compute on the way ([`StoreOptions::parity`]).
+    pub fn parity(mut self, g: &'a keel_verity::FecGeometry) -> Self {
+        self.parity = Some(g);
         self
     }
 }
@@ -143,7 +153,7 @@ enum RunSource {
 }
 
 /// What an install did.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub struct Installed {
     /// The image's tree (checked against the signed root): what to write to the hash
@@ -158,6 +168,9 @@ pub struct Installed {
     pub requests: u64,
     /// Blocks written to the target.
     pub written_blocks: u64,
+    /// The parity asked for ([`StoreOptions::parity`]), of the blocks as they were
+    /// written or found in place; `None` if none was asked for or a block was seen twice.
+    pub parity: Option<keel_verity::Parity>,
 }
 
 /// A store opened: its signed index verified and parsed, its leaves fetched and checked
@@ -518,6 +531,10 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
             fetched: 0,
             requests: 0,
             done: Plan::default(),
+            stream: match opts.parity {
+                Some(g) => Some(keel_verity::StreamTree::new(self.tree.params())?.parity(g)?),
+                None => None,
+            },
         };
         let checkpoint = opts.apply.checkpoint_bytes.unwrap_or(64 << 20).max(bs);
         let mut since = 0u64;
@@ -661,6 +678,17 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
             }
         }
         let written = job.out.written;
+        // Every block was fed: nothing is read back; the tree it gives is the signed one.
+        let parity = match job.stream.take() {
+            Some(st) => {
+                let streamed = st.finish(&*target, &keel_verity::BuildOptions::default())?;
+                if streamed.tree.root_hash() != self.tree.root_hash() {
+                    return Err(Error::TargetMismatch(crate::error::TargetCheck::VerityRoot));
+                }
+                streamed.parity
+            }
+            None => None,
+        };
         plan.in_place = job.done.in_place;
         plan.zero = job.done.zero;
         plan.from_seed = job.done.from_seed;
@@ -673,6 +701,7 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
             fetched: self.fetched + job.fetched,
             requests: self.requests + job.requests,
             written_blocks: written / bs,
+            parity,
         })
     }
 }
@@ -780,6 +809,8 @@ struct Job<'j, 's, S: ReadAt + ?Sized> {
     fetched: u64,
     requests: u64,
     done: Plan,
+    /// The parity's accumulator, fed every block as it is written or checked in place.
+    stream: Option<keel_verity::StreamTree>,
 }
 
 impl<'j, S: ReadAt + ?Sized> Job<'j, '_, S> {
@@ -828,6 +859,9 @@ impl<'j, S: ReadAt + ?Sized> Job<'j, '_, S> {
                 if self.asm_ok && self.hasher.hash(&self.asm).as_bytes() == leaf {
                     let asm = std::mem::take(&mut self.asm);
                     self.out.block(target, lo, &asm)?;
+                    if let Some(st) = &mut self.stream {
+                        st.write(lo, &asm);
+                    }
                     self.asm = asm;
                     if self.asm_fetched {
                         self.done.fetched_blocks += 1;
@@ -861,6 +895,9 @@ impl<'j, S: ReadAt + ?Sized> Job<'j, '_, S> {
                 && self.hasher.hash(&block).as_bytes() == leaf;
             if ok {
                 self.done.in_place += 1;
+                if let Some(st) = &mut self.stream {
+                    st.write(b * bs, &block);
+                }
                 self.scratch = block;
                 return Ok(());
             }
@@ -881,6 +918,9 @@ impl<'j, S: ReadAt + ?Sized> Job<'j, '_, S> {
         let ok = match kind {
             Local::Zero => {
                 self.out.zero(target, b * bs, bs)?;
+                if let Some(st) = &mut self.stream {
+                    st.zeros(b * bs, bs);
+                }
                 self.done.zero += 1;
                 self.scratch = block;
                 return Ok(());
@@ -897,6 +937,9 @@ impl<'j, S: ReadAt + ?Sized> Job<'j, '_, S> {
         } && self.hasher.hash(&block).as_bytes() == leaf;
         if ok {
             self.out.block(target, b * bs, &block)?;
+            if let Some(st) = &mut self.stream {
+                st.write(b * bs, &block);
+            }
             match kind {
                 Local::Earlier(_) => self.done.duplicate += 1,
                 _ => self.done.from_seed += 1,
@@ -962,17 +1005,14 @@ fn ranges(
 const RECORD_MAGIC: &[u8; 8] = b"KEELSRS1";
 
 /// The store resume record: magic, store id, image size, next block, then the sha256 of
-/// those 56 bytes. A path that holds anything but a regular file of a record's size is
-/// refused, never replaced: it is not a record of ours.
+/// those 56 bytes. A path that holds anything but such a record (of any store) is refused,
+/// never replaced: it is not a record of ours.
 fn write_record(path: &Path, id: &[u8; 32], size: u64, next: u64) -> Result<()> {
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() || m.len() != RECORD_SIZE as u64 => {
-            return Err(Error::io(
-                format!("writing the resume record {}", path.display()),
-                std::io::Error::other("the path holds something that is not a resume record"),
-            ))
-        }
-        _ => {}
+    if std::fs::symlink_metadata(path).is_ok() && read_record(path).is_none() {
+        return Err(Error::io(
+            format!("writing the resume record {}", path.display()),
+            std::io::Error::other("the path holds something that is not a store resume record"),
+        ));
     }
     let mut b = Vec::with_capacity(RECORD_SIZE);
     b.extend_from_slice(RECORD_MAGIC);

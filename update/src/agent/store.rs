@@ -216,6 +216,14 @@ where
         if let Some(t) = &target_tree {
             opts = opts.target_tree(t);
         }
+        // The parity from the blocks as they are written, as for a payload.
+        let parity = match with_tree {
+            true => self.fec_geometry(target, &params)?,
+            false => None,
+        };
+        if let Some(g) = &parity {
+            opts = opts.parity(g);
+        }
         let seeds = [Seed {
             image: &booted_region,
             tree: booted_tree.as_ref(),
@@ -225,7 +233,7 @@ where
         let (root_hash, kernel_argument) = if with_tree {
             let streamed = keel_verity::Streamed {
                 tree: done.tree,
-                parity: None,
+                parity: done.parity,
                 read_back: 0,
             };
             let arg =
