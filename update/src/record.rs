@@ -38,6 +38,12 @@ pub(crate) fn resume_path(dir: &Path, slot: Slot) -> PathBuf {
     dir.join(format!("resume-{}", slot.letter()))
 }
 
+/// A block store install's resume record: a file of its own, since a store install
+/// replaces only a store record (a payload's record left by an earlier install is not one).
+pub(crate) fn store_resume_path(dir: &Path, slot: Slot) -> PathBuf {
+    dir.join(format!("store-resume-{}", slot.letter()))
+}
+
 /// Which images of a slot set an install wrote and verified, for the payload it names: a
 /// run after an interruption skips them.
 pub(crate) fn set_path(dir: &Path, slot: Slot) -> PathBuf {

@@ -107,7 +107,7 @@ where
             .compatible(self.system.compatible.as_str())
             .allow_downgrade(self.system.allow_downgrade)
             .allow_reinstall(true);
-        let resume = record::resume_path(&self.state_dir, target);
+        let resume = record::store_resume_path(&self.state_dir, target);
         let apply = apply.state(&resume);
         let s = StoreSession::open(store, &StoreOptions::new(apply))?;
         let params = RootDescriptor::parse(&s.index().verity)?.params().clone();
@@ -144,7 +144,7 @@ where
             Some(v) => VersionCheck::Installed(v),
             None => VersionCheck::Unchecked,
         };
-        let resume = record::resume_path(&self.state_dir, target);
+        let resume = record::store_resume_path(&self.state_dir, target);
         let mut apply = ApplyOptions::new(&self.system.keyring, version)
             .now(now)
             .compatible(self.system.compatible.as_str())
