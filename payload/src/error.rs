@@ -89,6 +89,17 @@ pub enum Error {
         /// What was expected and what was found.
         reason: String,
     },
+    /// A block store's header, index or data is not allowed (as [`Error::BadField`], for
+    /// a store).
+    #[error("field {field} at byte {offset} of the block store: {reason}")]
+    StoreField {
+        /// The field.
+        field: &'static str,
+        /// Byte offset in the store.
+        offset: u64,
+        /// What was expected and what was found.
+        reason: String,
+    },
     /// The payload ends early.
     #[error("payload truncated: it ends inside the {section} ({got} of {expected} bytes)")]
     Truncated {
@@ -305,6 +316,7 @@ impl Error {
         matches!(
             self,
             Error::BadField { .. }
+                | Error::StoreField { .. }
                 | Error::BadSignature
                 | Error::BlobMismatch { .. }
                 | Error::Decode { .. }

@@ -349,7 +349,10 @@ fn a_tampered_store_is_refused_before_a_wrong_block_is_written() {
     // Garbage of every kind in the header: named fields.
     let mut b = good.clone();
     b[..8].copy_from_slice(b"KEELPAYL");
-    assert!(open(b).unwrap_err().to_string().contains("magic"));
+    assert!(open(b)
+        .unwrap_err()
+        .to_string()
+        .contains("field magic at byte 0 of the block store"));
     let mut b = good.clone();
     b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(open(b).unwrap_err().to_string().contains("index length"));

@@ -235,7 +235,7 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
         read(&mut frame, at, "leaf level")?;
         let leaves =
             unframe(&frame, &[], index.leaves_len, "the leaf level").map_err(|reason| {
-                Error::BadField {
+                Error::StoreField {
                     field: "leaf level",
                     offset: at,
                     reason,
@@ -659,7 +659,7 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
             }
             job.out.flush(target)?;
             if let Some(&b) = job.failed.first() {
-                return Err(Error::BadField {
+                return Err(Error::StoreField {
                     field: "run",
                     offset: runs_of(runs, b, bs).next().map_or(0, |r| runs[r].offset),
                     reason: format!(
@@ -969,7 +969,7 @@ fn decode(run: &Run, stored: &[u8]) -> Result<Vec<u8>> {
     let len = u64::from(run.len);
     match run.kind {
         RunKind::Zero => Ok(vec![0u8; len as usize]),
-        RunKind::Zstd => unframe(stored, &[], len, "run").map_err(|reason| Error::BadField {
+        RunKind::Zstd => unframe(stored, &[], len, "run").map_err(|reason| Error::StoreField {
             field: "run",
             offset: run.offset,
             reason: format!("bytes {}..: {reason}", run.start),

@@ -165,7 +165,7 @@ pub(crate) struct StoreHeader {
 }
 
 fn bad(field: &'static str, offset: u64, reason: impl Into<String>) -> Error {
-    Error::BadField {
+    Error::StoreField {
         field,
         offset,
         reason: reason.into(),
