@@ -545,13 +545,7 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
             let ranges = plan.ranges.clone();
             s.spawn(move || {
                 for (at, len) in ranges {
-                    let mut buf = vec![0u8; len as usize];
-                    let r = store
-                        .read_exact_at(&mut buf, at)
-                        .map(|()| (at, buf))
-                        .map_err(|e| {
-                            Error::io(format!("fetching store bytes {at}..{}", at + len), e)
-                        });
+                    let r = fetch_range(store, at, len);
                     let stop = r.is_err();
                     if tx.send(r).is_err() || stop {
                         return;
@@ -565,28 +559,13 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
                 }
                 let data = match plan.runs[r] {
                     None => None,
-                    // Zeros need no range (a block straddling a zero run and another).
-                    Some(_) if run.kind == RunKind::Zero => {
-                        Some((vec![0u8; run.len as usize], true))
-                    }
                     Some(RunSource::Fetch) => {
-                        while !range.as_ref().is_some_and(|(at, b)| {
-                            *at <= run.offset
-                                && run.offset + u64::from(run.stored) <= at + b.len() as u64
-                        }) {
-                            let next = rx.recv().map_err(|_| {
+                        let next = || {
+                            rx.recv().map_err(|_| {
                                 Error::Internal("the store's ranges ended before its runs".into())
-                            })??;
-                            job.fetched += next.1.len() as u64;
-                            job.requests += 1;
-                            range = Some(next);
-                        }
-                        let (at, b) = range
-                            .as_ref()
-                            .map(|(a, b)| (*a, &b[..]))
-                            .unwrap_or((0, &[]));
-                        let off = (run.offset - at) as usize;
-                        Some((decode(run, &b[off..off + run.stored as usize])?, true))
+                            })?
+                        };
+                        Some((from_ranges(run, &mut range, next, &mut job)?, true))
                     }
                     Some(RunSource::Seed(k, at)) => {
                         let mut b = vec![0u8; run.len as usize];
@@ -633,28 +612,13 @@ impl<'s, S: ReadAt + ?Sized> StoreSession<'s, S> {
                 .filter(|(r, _)| wanted[*r])
                 .map(|(_, run)| run)
             {
-                let data = if run.stored == 0 {
-                    decode(run, &[])?
-                } else {
-                    while !cur.as_ref().is_some_and(|(at, b)| {
-                        *at <= run.offset
-                            && run.offset + u64::from(run.stored) <= at + b.len() as u64
-                    }) {
-                        let &(at, len) = next.next().ok_or_else(|| {
-                            Error::Internal("the store's ranges ended before its runs".into())
-                        })?;
-                        let mut buf = vec![0u8; len as usize];
-                        self.store.read_exact_at(&mut buf, at).map_err(|e| {
-                            Error::io(format!("fetching store bytes {at}..{}", at + len), e)
-                        })?;
-                        job.fetched += len;
-                        job.requests += 1;
-                        cur = Some((at, buf));
-                    }
-                    let (at, b) = cur.as_ref().map(|(a, b)| (*a, &b[..])).unwrap_or((0, &[]));
-                    let off = (run.offset - at) as usize;
-                    decode(run, &b[off..off + run.stored as usize])?
+                let fetch = || match next.next() {
+                    Some(&(at, len)) => fetch_range(self.store, at, len),
+                    None => Err(Error::Internal(
+                        "the store's ranges ended before its runs".into(),
+                    )),
                 };
+                let data = from_ranges(run, &mut cur, fetch, &mut job)?;
                 job.run(run, Some((&data, true)), target, Some(&only))?;
             }
             job.out.flush(target)?;
@@ -961,6 +925,43 @@ impl<'j, S: ReadAt + ?Sized> Job<'j, '_, S> {
             .sync()
             .map_err(|e| Error::io("syncing the target", e))?;
         write_record(path, &self.session.id, self.session.index.image.size, next)
+    }
+}
+
+/// `len` bytes of the store at `at`, in one range request.
+fn fetch_range<S: ReadAt + ?Sized>(store: &S, at: u64, len: u64) -> Result<(u64, Vec<u8>)> {
+    let mut buf = vec![0u8; len as usize];
+    store
+        .read_exact_at(&mut buf, at)
+        .map_err(|e| Error::io(format!("fetching store bytes {at}..{}", at + len), e))?;
+    Ok((at, buf))
+}
+
+/// Run `run`'s bytes from the fetched range `cur`, moved on to the ranges `next` gives
+/// (counted in `job`) until one holds its data; a zero run needs none (a block straddling
+/// it and another run).
+fn from_ranges<S: ReadAt + ?Sized>(
+    run: &Run,
+    cur: &mut Option<(u64, Vec<u8>)>,
+    mut next: impl FnMut() -> Result<(u64, Vec<u8>)>,
+    job: &mut Job<'_, '_, S>,
+) -> Result<Vec<u8>> {
+    if run.kind == RunKind::Zero {
+        return decode(run, &[]);
+    }
+    let end = run.offset + u64::from(run.stored);
+    loop {
+        if let Some((at, b)) = cur
+            .as_ref()
+            .filter(|(at, b)| *at <= run.offset && end <= at + b.len() as u64)
+        {
+            let off = (run.offset - at) as usize;
+            return decode(run, &b[off..off + run.stored as usize]);
+        }
+        let r = next()?;
+        job.fetched += r.1.len() as u64;
+        job.requests += 1;
+        *cur = Some(r);
     }
 }
 

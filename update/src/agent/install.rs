@@ -292,20 +292,7 @@ where
         self.check_file_space(target, &to_write)?;
 
         let resume = record::resume_path(&self.state_dir, target);
-        let version = match &installed {
-            Some(v) => VersionCheck::Installed(v),
-            None => VersionCheck::Unchecked,
-        };
-        let mut opts = ApplyOptions::new(&self.system.keyring, version)
-            .now(now)
-            .compatible(self.system.compatible.as_str())
-            .allow_downgrade(self.system.allow_downgrade)
-            .allow_reinstall(true)
-            .max_resumes(self.system.max_resumes)
-            .state(&resume);
-        if let Some(p) = progress {
-            opts = opts.progress(p);
-        }
+        let mut opts = self.apply_options(installed.as_deref(), now, &resume, progress);
         match self.checkpoint_bytes {
             Some(n) => opts = opts.checkpoint_bytes(n),
             // A download checkpoints often: a restart fetches again what was applied
@@ -407,23 +394,16 @@ where
             }
             _ => (None, None),
         };
-        if let Some(arg) = &kernel_argument {
-            self.write_boot_arguments(target, arg)?;
-        }
-        record::write(
-            &self.state_dir,
+        self.arm(
+            boot,
             target,
-            &SlotRecord {
+            SlotRecord {
                 version: manifest.version.clone(),
                 root_hash: root_hash.as_deref().map(hex::encode),
                 image_size: descriptor.as_ref().map(|d| d.params().data_size()),
                 kernel_argument,
             },
         )?;
-        // Opened afresh: the boot arguments may have been written to the same store.
-        drop(boot);
-        self.boot_control()?
-            .set_active(target, Some(self.system.tries))?;
         record::remove(&record::set_path(&self.state_dir, target))?;
         Ok(Installed {
             slot: target,
@@ -434,6 +414,52 @@ where
             skipped,
             fetched: 0,
         })
+    }
+
+    /// The applier's options for an install into a slot whose resume record is `state`:
+    /// the system's keys, compatible string and downgrade policy, the installed version
+    /// (a reinstall of it allowed: an interrupted set is finished), the trusted time.
+    pub(super) fn apply_options<'a>(
+        &'a self,
+        installed: Option<&'a str>,
+        now: u64,
+        state: &'a std::path::Path,
+        progress: Option<&'a dyn Progress>,
+    ) -> ApplyOptions<'a> {
+        let version = match installed {
+            Some(v) => VersionCheck::Installed(v),
+            None => VersionCheck::Unchecked,
+        };
+        let opts = ApplyOptions::new(&self.system.keyring, version)
+            .now(now)
+            .compatible(self.system.compatible.as_str())
+            .allow_downgrade(self.system.allow_downgrade)
+            .allow_reinstall(true)
+            .max_resumes(self.system.max_resumes)
+            .state(state);
+        match progress {
+            Some(p) => opts.progress(p),
+            None => opts,
+        }
+    }
+
+    /// The slot written and checked: its boot arguments, then its record, then armed with
+    /// the configured tries.
+    pub(super) fn arm(
+        &self,
+        boot: Box<dyn keel_bootflags::BootControl + 'd>,
+        target: Slot,
+        rec: SlotRecord,
+    ) -> Result<()> {
+        if let Some(arg) = &rec.kernel_argument {
+            self.write_boot_arguments(target, arg)?;
+        }
+        record::write(&self.state_dir, target, &rec)?;
+        // Opened afresh: the boot arguments may have been written to the same store.
+        drop(boot);
+        self.boot_control()?
+            .set_active(target, Some(self.system.tries))?;
+        Ok(())
     }
 
     pub(super) fn check_release(&self, m: &Manifest, installed: Option<&str>) -> Result<()> {

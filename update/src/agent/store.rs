@@ -7,7 +7,7 @@ use keel_bootflags::Slot;
 use keel_io::{Progress, ReadAt, WriteAt};
 use keel_payload::format::ImageId;
 use keel_payload::store::{Plan, Seed, StoreOptions, StoreSession};
-use keel_payload::{ApplyOptions, BundleImage, ImageKind, Manifest, VersionCheck};
+use keel_payload::{BundleImage, ImageKind, Manifest};
 use keel_verity::{HashTree, RootDescriptor, TreeGeometry, VerityParams};
 
 use super::install::{same_version, Installed};
@@ -97,18 +97,8 @@ where
         let booted = self.booted_slot()?;
         let target = self.system.other(booted);
         let installed = self.installed_version(booted, true)?;
-        let ring = &self.system.keyring;
-        let version = match &installed {
-            Some(v) => VersionCheck::Installed(v),
-            None => VersionCheck::Unchecked,
-        };
-        let apply = ApplyOptions::new(ring, version)
-            .now(now)
-            .compatible(self.system.compatible.as_str())
-            .allow_downgrade(self.system.allow_downgrade)
-            .allow_reinstall(true);
         let resume = record::store_resume_path(&self.state_dir, target);
-        let apply = apply.state(&resume);
+        let apply = self.apply_options(installed.as_deref(), now, &resume, None);
         let s = StoreSession::open(store, &StoreOptions::new(apply))?;
         let params = RootDescriptor::parse(&s.index().verity)?.params().clone();
         let class = self.data_class();
@@ -140,21 +130,10 @@ where
         })?;
         let target = self.system.other(booted);
         let installed = self.installed_version(booted, true)?;
-        let version = match &installed {
-            Some(v) => VersionCheck::Installed(v),
-            None => VersionCheck::Unchecked,
-        };
         let resume = record::store_resume_path(&self.state_dir, target);
-        let mut apply = ApplyOptions::new(&self.system.keyring, version)
-            .now(now)
-            .compatible(self.system.compatible.as_str())
-            .allow_downgrade(self.system.allow_downgrade)
-            .allow_reinstall(true)
-            .state(&resume)
+        let apply = self
+            .apply_options(installed.as_deref(), now, &resume, progress)
             .checkpoint_bytes(self.checkpoint_bytes.unwrap_or(16 << 20));
-        if let Some(p) = progress {
-            apply = apply.progress(p);
-        }
         let session = StoreSession::open(store, &StoreOptions::new(apply))?;
         let m = manifest_of(&session);
         if let Some((url, id, release)) = pin {
@@ -242,22 +221,16 @@ where
         } else {
             (None, None)
         };
-        if let Some(arg) = &kernel_argument {
-            self.write_boot_arguments(target, arg)?;
-        }
-        record::write(
-            &self.state_dir,
+        self.arm(
+            boot,
             target,
-            &SlotRecord {
+            SlotRecord {
                 version: m.version.clone(),
                 root_hash: root_hash.as_deref().map(hex::encode),
                 image_size: root_hash.as_ref().map(|_| m.target.size),
                 kernel_argument,
             },
         )?;
-        drop(boot);
-        self.boot_control()?
-            .set_active(target, Some(self.system.tries))?;
         Ok(Installed {
             slot: target,
             version: m.version,
