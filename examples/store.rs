@@ -132,8 +132,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let pem = cli::read_small_text(&key, 64 << 10)?;
             let signer = SigningKey::from_pkcs8_pem(&pem)
                 .map_err(|e| format!("{}: not a PKCS#8 Ed25519 key: {e}", key.display()))?;
-            let data =
-                keel::io::Mapped::open(&image).map_err(|e| format!("{}: {e}", image.display()))?;
+            let data = keel::io::Mapped::open(&image).map_err(|e| e.to_string())?;
             if data.is_empty() || data.len() % 4096 != 0 {
                 return Err(format!(
                     "{}: {} bytes, not a whole number of 4 KiB blocks",
