@@ -125,6 +125,13 @@ fn build(input: &[u8], src: &[u8]) -> (Vec<(Operation, Vec<u8>)>, bool) {
                 }
                 (OpType::Copy, vec![s], vec![], bytes_of(src, &[s]))
             }
+            // REPLACE_RAW: the target bytes as they are (or, raw, bytes of another length).
+            2 if h[1] & 2 != 0 => (
+                OpType::ReplaceRaw,
+                vec![],
+                if raw { content.to_vec() } else { out.clone() },
+                vec![],
+            ),
             2 => (
                 OpType::Replace,
                 vec![],
@@ -199,6 +206,7 @@ fn build(input: &[u8], src: &[u8]) -> (Vec<(Operation, Vec<u8>)>, bool) {
             && matches!(
                 kind,
                 OpType::Replace
+                    | OpType::ReplaceRaw
                     | OpType::Patch
                     | OpType::Bsdiff
                     | OpType::Chain
@@ -281,7 +289,7 @@ fn payload(ops: &[(Operation, Vec<u8>)], digest: [u8; 32], src: &[u8]) -> Option
                 data_sha256: if blob.is_empty() {
                     [0; 32]
                 } else {
-                    sha256(blob)
+                    keel_payload::format::data_digest(o.op, blob)
                 },
                 ..o.clone()
             };

@@ -63,6 +63,12 @@ pub(crate) fn write_zeros_by_copy<W: WriteAt + ?Sized>(
 
 /// Zero a range of a file or block device in the kernel; falls back to writing zeros
 /// where the file system or device cannot.
+///
+/// A regular file gets a hole there (`FALLOC_FL_PUNCH_HOLE`, growing the file first if
+/// the range ends past it): an image whose zeros were holes stays sparse when a payload
+/// or a store writes it again, where `FALLOC_FL_ZERO_RANGE` would allocate every block.
+/// A block device has the range zeroed (`FALLOC_FL_ZERO_RANGE`, which keeps the blocks
+/// mapped: no discard on a slot).
 fn zero_range(f: &File, offset: u64, len: u64) -> io::Result<()> {
     use nix::fcntl::{fallocate, FallocateFlags};
     use std::os::fd::AsRawFd;
@@ -74,6 +80,22 @@ fn zero_range(f: &File, offset: u64, len: u64) -> io::Result<()> {
     };
     if n == 0 {
         return Ok(());
+    }
+    let end = offset
+        .checked_add(len)
+        .filter(|e| i64::try_from(*e).is_ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range too large"))?;
+    let meta = f.metadata()?;
+    if meta.is_file() {
+        if end > meta.len() {
+            // Growing a file leaves a hole: the part past the old end is zeros already.
+            f.set_len(end)?;
+        }
+        let punch = meta.len().min(end).saturating_sub(offset) as i64;
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        if punch == 0 || fallocate(f.as_raw_fd(), flags, off, punch).is_ok() {
+            return Ok(());
+        }
     }
     match fallocate(f.as_raw_fd(), FallocateFlags::FALLOC_FL_ZERO_RANGE, off, n) {
         Ok(()) => Ok(()),
@@ -221,5 +243,49 @@ impl<T: WriteAt + ?Sized> WriteAt for &mut T {
     }
     fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
         (**self).write_zeros(offset, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn zeros_in_a_file_are_holes_and_grow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        let mut f = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .unwrap();
+        let data = vec![0xa5u8; 8 << 20];
+        f.write_all_at(&data, 0).unwrap();
+        f.sync().unwrap();
+        let full = f.metadata().unwrap().blocks();
+        // Zeros over most of the data, and past the end (the file grows).
+        f.write_zeros(4096, (6 << 20) - 4096).unwrap();
+        f.write_zeros(10 << 20, 1 << 20).unwrap();
+        f.write_zeros(0, 0).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 11 << 20);
+        let mut back = vec![0u8; 11 << 20];
+        ReadAt::read_exact_at(&f, &mut back, 0).unwrap();
+        assert!(back[..4096].iter().all(|&b| b == 0xa5));
+        assert!(back[4096..6 << 20].iter().all(|&b| b == 0));
+        assert!(back[6 << 20..8 << 20].iter().all(|&b| b == 0xa5));
+        assert!(back[8 << 20..].iter().all(|&b| b == 0));
+        // Where the file system has holes (a fresh file set long has none of its blocks),
+        // the zeroed range holds no blocks.
+        let probe = File::create(dir.path().join("probe")).unwrap();
+        probe.set_len(1 << 20).unwrap();
+        if probe.metadata().unwrap().blocks() == 0 {
+            let now = f.metadata().unwrap().blocks();
+            assert!(
+                now * 512 <= full * 512 - (6 << 20) + 4096 + (64 << 10),
+                "{now} of {full}"
+            );
+        }
     }
 }

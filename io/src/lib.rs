@@ -54,7 +54,7 @@ pub use file::{
     open_device, read_bounded, replace_file, replace_file_private, require_size, same_file,
     DeviceKind, FileId, FileLock,
 };
-pub use map::Mapped;
+pub use map::{will_need, Mapped};
 pub use progress::{Cancel, Cancelled, Progress};
 pub use region::Region;
 pub use shared::Shared;

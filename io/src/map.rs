@@ -63,6 +63,33 @@ impl Mapped {
     }
 }
 
+/// Ask the kernel to start reading the pages under `bytes` (`MADV_WILLNEED`) and return
+/// at once: a reader of a mapped image that works through it in pieces (a generator's
+/// workers) has the next piece read from the disk while it computes on this one, where
+/// page faults would read a little at a time and wait each time. Advice only: memory that
+/// is not a file's mapping, or a kernel that declines, is left as it was.
+pub fn will_need(bytes: &[u8]) {
+    let page = 4096usize;
+    let start = bytes.as_ptr() as usize;
+    let aligned = start - start % page;
+    let Some(ptr) = NonNull::new(aligned as *mut c_void) else {
+        return;
+    };
+    if bytes.is_empty() {
+        return;
+    }
+    // SAFETY: WILLNEED changes no memory's contents or mapping, only when the kernel
+    // reads it in; the range is pages that `bytes` (a live borrow) touches, rounded down
+    // to its first page's start.
+    let _ = unsafe {
+        nix::sys::mman::madvise(
+            ptr,
+            bytes.len() + (start - aligned),
+            nix::sys::mman::MmapAdvise::MADV_WILLNEED,
+        )
+    };
+}
+
 impl std::ops::Deref for Mapped {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

@@ -9,7 +9,10 @@
 //!   16  8  manifest length M (at most 64 MiB)
 //!   24  8  data length D (the blobs)
 //!   32  32 key id of the signer (keel-verity KeyId)
-//! manifest   M bytes: one zstd frame holding the manifest below (at most 64 MiB)
+//! manifest   M bytes: one zstd frame holding the manifest below (at most 64 MiB), which
+//!            may be followed by zstd skippable frames (magic 0x184D2A50 to 0x184D2A5F,
+//!            u32 length, that many bytes): padding, so that a generator can write the
+//!            data first, after room left for the front, and never copy it
 //! signature  64 bytes: Ed25519 over header || the M manifest bytes as stored
 //! data       D bytes: the blobs, in operation order, back to back
 //! ```
@@ -34,7 +37,12 @@
 //!         1 BCJ x86 before LZMA2; u32 dictionary size, 4 KiB to 32 MiB; a raw LZMA2
 //!         stream, for CHAIN_XZ with the reference as its preset dictionary),
 //!       9 PATCH_XZ (PATCH with LZMA2: the REPLACE_XZ blob with the source extents as the
-//!         preset dictionary)
+//!         preset dictionary),
+//!       10 REPLACE_RAW (the target blocks' bytes as they are, exactly target blocks x 4096
+//!         of them: data that does not compress, without zstd's 3 bytes per 128 KiB block;
+//!         its data digest is sha256 over the sha256 of each 1 MiB piece of the data, the
+//!         last one shorter, as the image digest is made; appliers from before it refuse
+//!         it as an unknown type)
 //!   u32 target extent count, then (u64 first block, u64 blocks) each
 //!   u32 source extent count, then extents (in the target image for CHAIN)
 //!   u64 data offset (in the data area), u64 data length
@@ -178,11 +186,15 @@ pub enum OpType {
     /// preset dictionary. LZMA2's repeated-distance matches and literals coded against the
     /// byte the last match predicted make a delta of a changed file smaller than zstd's.
     PatchXz = 9,
+    /// New data stored as it is: the blob is the target blocks' bytes. What a compressor
+    /// cannot shrink (random data, blocks a file system compressed) costs nothing over its
+    /// own size, where a zstd frame adds 3 bytes per 128 KiB block and time to decode.
+    ReplaceRaw = 10,
 }
 
 impl OpType {
     /// Every type, in numbering order.
-    pub const ALL: [OpType; 10] = [
+    pub const ALL: [OpType; 11] = [
         OpType::Zero,
         OpType::Copy,
         OpType::Replace,
@@ -193,6 +205,7 @@ impl OpType {
         OpType::ReplaceXz,
         OpType::ChainXz,
         OpType::PatchXz,
+        OpType::ReplaceRaw,
     ];
 
     fn from_u8(v: u8) -> Option<OpType> {
@@ -207,6 +220,7 @@ impl OpType {
             7 => OpType::ReplaceXz,
             8 => OpType::ChainXz,
             9 => OpType::PatchXz,
+            10 => OpType::ReplaceRaw,
             _ => return None,
         })
     }
@@ -229,6 +243,7 @@ impl OpType {
             OpType::ReplaceXz => "REPLACE_XZ",
             OpType::ChainXz => "CHAIN_XZ",
             OpType::PatchXz => "PATCH_XZ",
+            OpType::ReplaceRaw => "REPLACE_RAW",
         }
     }
 }
@@ -661,7 +676,7 @@ fn parse_manifest_at(b: &[u8], data_len: u64, base: u64) -> Result<Manifest> {
         let (needs_source, needs_data) = match op {
             OpType::Zero => (false, false),
             OpType::Copy => (true, false),
-            OpType::Replace | OpType::ReplaceXz => (false, true),
+            OpType::Replace | OpType::ReplaceXz | OpType::ReplaceRaw => (false, true),
             OpType::Patch | OpType::PatchXz | OpType::Chain | OpType::ChainXz | OpType::Bsdiff => {
                 (true, true)
             }
@@ -673,6 +688,15 @@ fn parse_manifest_at(b: &[u8], data_len: u64, base: u64) -> Result<Manifest> {
                 "{} with {} source extents and {} data bytes",
                 op.name(),
                 o.source.len(),
+                o.data_length
+            )));
+        }
+        if op == OpType::ReplaceRaw
+            && Some(o.data_length) != o.target_blocks().checked_mul(BLOCK_SIZE)
+        {
+            return Err(bad(format!(
+                "REPLACE_RAW of {} blocks with {} data bytes",
+                o.target_blocks(),
                 o.data_length
             )));
         }
@@ -850,6 +874,6 @@ pub fn parse_bundle(b: &[u8], data_len: u64) -> Result<Vec<BundleImage>> {
 }
 
 pub use crate::bspatch::bspatch;
-pub use crate::digest::{image_digest, sha256, DIGEST_CHUNK};
+pub use crate::digest::{data_digest, image_digest, image_digest_of, sha256, DIGEST_CHUNK};
 use crate::intervals::Written;
 pub use crate::version::{Version, VersionError, MAX_VERSION_PARTS};

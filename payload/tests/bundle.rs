@@ -37,11 +37,12 @@ impl Fixture {
             usr1,
             usr2,
             // A file image, not a whole number of blocks: runs of new data between
-            // zeros, so that it takes several operations.
+            // zeros, in several of a full payload's 8 MiB units, so that it takes
+            // several operations.
             kernel2: {
-                let mut k = vec![0u8; (4 << 20) + 1];
-                for i in 0..4 {
-                    let at = i * (1 << 20);
+                let mut k = vec![0u8; (16 << 20) + 300_001];
+                for i in 0..3 {
+                    let at = i * (8 << 20);
                     k[at..at + 300_000].copy_from_slice(&seeded_bytes(3 + i as u64, 300_000));
                 }
                 k
@@ -271,7 +272,21 @@ fn a_payload_written_to_a_file_is_the_one_made_in_memory() {
         BundlePart::file("kernel", None, &f.kernel2),
     ];
     generate_bundle_file(&parts, &f.key, &opts, None, &bundle).unwrap();
-    assert!(fs::read(&bundle).unwrap() == f.bundle());
+    // A full image's data is written after room left for the front (the manifest padded
+    // to fill it with a zstd skippable frame): the same images and data, a longer front.
+    let (filed, memory) = (fs::read(&bundle).unwrap(), f.bundle());
+    let images = |b: &[u8]| Payload::open(b, &f.ring).unwrap().images().to_vec();
+    assert_eq!(images(&filed), images(&memory));
+    let data: u64 = images(&memory).iter().map(|i| i.data_len).sum();
+    assert!(filed.len() > memory.len());
+    assert!(filed[filed.len() - data as usize..] == memory[memory.len() - data as usize..]);
+    let mut usr = vec![0u8; f.usr2.len()];
+    let mut kernel = vec![0u8; f.kernel2.len()];
+    let mut p = Payload::open(&filed[..], &f.ring).unwrap();
+    p.apply_next(Some(&f.usr1[..]), &mut usr, &f.opts())
+        .unwrap();
+    p.apply_next(None::<&[u8]>, &mut kernel, &f.opts()).unwrap();
+    assert!(usr == f.usr2 && kernel == f.kernel2);
 
     struct Stop;
     impl keel_payload::Progress for Stop {

@@ -330,6 +330,36 @@ impl BlockHasher {
     }
 }
 
+/// Plain SHA-256 of each `piece`-byte piece of `input` in turn (the last one may be
+/// shorter), one digest per piece in `out`: sixteen pieces at once with AVX-512, two with
+/// the SHA extensions, as a tree's blocks are hashed. For the digests of equal chunks of
+/// large data (a payload's image digest hashes its 1 MiB chunks) at a multiple of one
+/// stream's speed.
+///
+/// ```
+/// use sha2::{Digest, Sha256};
+/// let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+/// let mut out = vec![[0u8; 32]; data.len().div_ceil(4096)];
+/// keel_verity::sha256_pieces(&data, 4096, &mut out);
+/// for (d, piece) in out.iter().zip(data.chunks(4096)) {
+///     assert_eq!(d[..], Sha256::digest(piece)[..]);
+/// }
+/// ```
+///
+/// # Panics
+///
+/// If `piece` is 0 or `out` does not have one digest per piece.
+pub fn sha256_pieces(input: &[u8], piece: usize, out: &mut [[u8; 32]]) {
+    assert!(piece > 0 && out.len() == input.len().div_ceil(piece));
+    let whole = input.len() / piece;
+    let hasher = SaltedHasher::new(HashAlgorithm::Sha256, HashType::Normal, &[]);
+    let (head, tail) = out.split_at_mut(whole);
+    hasher.hash_many(&input[..whole * piece], piece, head.as_flattened_mut(), 32);
+    if let Some(last) = tail.first_mut() {
+        hasher.hash_into(&input[whole * piece..], last);
+    }
+}
+
 /// Salted SHA-256 of many blocks at once: sixteen with AVX-512 ([`crate::sha256x16`]), two
 /// with the SHA extensions ([`crate::sha256x2`]).
 #[derive(Clone, Debug)]

@@ -45,7 +45,9 @@ mod table;
 mod tree;
 mod verify;
 
-pub use algorithm::{BlockHasher, Digest64, HashAlgorithm, HashType, MAX_DIGEST_SIZE};
+pub use algorithm::{
+    sha256_pieces, BlockHasher, Digest64, HashAlgorithm, HashType, MAX_DIGEST_SIZE,
+};
 pub use avb::{avb_hashtree, AvbHashtree, AVB_HASHTREE_DESCRIPTOR_SIZE};
 pub use error::{Error, Result};
 pub use fec::{

@@ -322,6 +322,16 @@ fn decode(op: OpType, blob: &[u8], reference: &[u8], expected: usize) -> io::Res
     if op == OpType::Bsdiff {
         return bspatch(reference, zstd::decoder(blob, None)?, expected);
     }
+    if op == OpType::ReplaceRaw {
+        // The manifest's check made its length the target's.
+        if blob.len() != expected {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} raw bytes, expected {expected}", blob.len()),
+            ));
+        }
+        return Ok(blob.to_vec());
+    }
     let mut out = Vec::with_capacity(expected);
     let mut dec = match op {
         OpType::Replace => zstd::decoder(blob, None)?,
@@ -963,7 +973,7 @@ where
 {
     let op = &manifest.operations[i];
     let blob = read_vec(payload, op.data_length, Section::Data)?;
-    if op.data_length > 0 && sha256(&blob) != op.data_sha256 {
+    if op.data_length > 0 && crate::format::data_digest(op.op, &blob) != op.data_sha256 {
         return Err(Error::BlobMismatch { op: i });
     }
     read_reference(i, op, manifest, source, target, reference)?;
@@ -993,6 +1003,7 @@ fn decode_op(
             .map_err(|reason| Error::Decode { op: i, reason })?,
         ),
         OpType::Replace
+        | OpType::ReplaceRaw
         | OpType::Patch
         | OpType::Chain
         | OpType::Bsdiff

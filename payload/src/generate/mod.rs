@@ -24,6 +24,7 @@ use std::sync::Mutex;
 mod blocks;
 mod encode;
 mod erofsz;
+mod full;
 mod gzfile;
 mod squash;
 
@@ -33,8 +34,8 @@ use keel_verity::RootDescriptor;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    encode_manifest, image_digest, pack_manifest, sha256, Extent, Header, ImageId, Manifest,
-    OpType, Operation, BLOCK_SIZE, MAX_OP_BYTES,
+    encode_manifest, pack_manifest, sha256, Extent, Header, ImageId, Manifest, OpType, Operation,
+    BLOCK_SIZE, MAX_OP_BYTES,
 };
 use blocks::{
     block, extents_bytes, fs_files, meta_refs, par_map, par_ordered, push_extent, scale, Kind, BS,
@@ -123,21 +124,33 @@ impl GenerateOptions {
     }
 }
 
+/// The sha256 of each of the first `count` blocks of `img` (a short last block as if
+/// padded with zeros), on every core, several blocks at a time, zero blocks by
+/// comparison ([`crate::digest::sha256_pieces_sparse`]).
 fn hashes(img: &[u8], count: u64, threads: usize) -> Vec<[u8; 32]> {
-    per_block(count, threads, |i| sha256(&block(img, i)))
-}
-
-/// `f` of blocks 0 to `count`, in order, the blocks split evenly between the threads.
-fn per_block<T: Send>(count: u64, threads: usize, f: impl Fn(u64) -> T + Sync) -> Vec<T> {
     let per = count.div_ceil(threads.max(1) as u64).max(1);
     let parts: Vec<(u64, u64)> = (0..count)
         .step_by(per as usize)
         .map(|s| (s, (s + per).min(count)))
         .collect();
-    par_map(parts, threads, |(a, b)| (a..b).map(&f).collect::<Vec<_>>())
-        .into_iter()
-        .flatten()
-        .collect()
+    par_map(parts, threads, |(a, b)| {
+        let mut out = vec![[0u8; 32]; (b - a) as usize];
+        // Whole blocks inside the image together, in pieces the cache holds; a short
+        // last block (or blocks past the image) one by one.
+        let whole = (img.len() as u64 / BLOCK_SIZE).clamp(a, b);
+        for (i, d) in (a..whole).step_by(4096).zip(out.chunks_mut(4096)) {
+            let to = (i + 4096).min(whole);
+            let bytes = &img[(i * BLOCK_SIZE) as usize..(to * BLOCK_SIZE) as usize];
+            crate::digest::sha256_pieces_sparse(bytes, BS, &mut d[..(to - i) as usize]);
+        }
+        for i in whole..b {
+            out[(i - a) as usize] = sha256(&block(img, i));
+        }
+        out
+    })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Target blocks of one group of files with old versions (the reference gives context).
@@ -553,6 +566,25 @@ fn build_into(
     progress: Option<&dyn Progress>,
     sink: &mut dyn std::io::Write,
 ) -> Result<(Manifest, u64)> {
+    let Some(source) = source else {
+        let (operations, written, digest) = full::build(target, opts, progress, sink)?;
+        return Ok((
+            Manifest {
+                source: None,
+                target: ImageId {
+                    size: target.len() as u64,
+                    digest,
+                },
+                verity: opts.verity.as_ref().map(|d| d.to_bytes().to_vec()),
+                compatible: opts.compatible.clone(),
+                version: opts.version.clone(),
+                operations,
+                recompressor: None,
+            },
+            written,
+        ));
+    };
+    let source = Some(source);
     let threads = opts.threads.count();
     let (src_len, tgt_len) = (source.map_or(0, <[u8]>::len) as u64, target.len() as u64);
     let total = src_len + 2 * tgt_len;
@@ -674,10 +706,8 @@ fn build_into(
         .filter(|_| operations.iter().any(|o| o.op == OpType::Recompress))
         .map(crate::codec::recompress::recompressor_for);
     let manifest = Manifest {
-        source: source
-            .map(|s| image_id(s, "hashing the source"))
-            .transpose()?,
-        target: image_id(target, "hashing the target")?,
+        source: source.map(image_id),
+        target: image_id(target),
         verity: opts.verity.as_ref().map(|d| d.to_bytes().to_vec()),
         compatible: opts.compatible.clone(),
         version: opts.version.clone(),
@@ -716,28 +746,16 @@ impl Work {
 }
 
 /// Size and digest of a whole image.
-fn image_id(img: &[u8], doing: &'static str) -> Result<ImageId> {
-    Ok(ImageId {
+fn image_id(img: &[u8]) -> ImageId {
+    ImageId {
         size: img.len() as u64,
-        digest: image_digest(img, img.len() as u64).map_err(|e| Error::io(doing, e))?,
-    })
+        digest: crate::format::image_digest_of(img),
+    }
 }
 
 /// What each target block is: zeros, a copy of some source block, or new.
 fn classify(source: Option<&[u8]>, target: &[u8], threads: usize) -> Vec<Kind> {
     let tblocks = (target.len() as u64).div_ceil(BLOCK_SIZE);
-    if source.is_none() {
-        // A full payload: only zeros to find, no hashes to match (a pass of SHA-256 over
-        // the image saved; memcmp against a zero block runs at memory speed).
-        static ZERO: [u8; BS] = [0; BS];
-        return per_block(tblocks, threads, |i| {
-            if *block(target, i) == ZERO[..] {
-                Kind::Zero
-            } else {
-                Kind::New
-            }
-        });
-    }
     let zero_hash = sha256(&[0u8; BS]);
     let mut index: HashMap<[u8; 32], u64> = HashMap::new();
     if let Some(src) = source {
@@ -903,11 +921,51 @@ const GEAR: [u64; 256] = {
 const ANCHOR_MASK: u64 = 0xfff << 52;
 
 /// `(hash, offset)` of each content anchor of `bytes`.
+///
+/// Blocks of zeros (most of a sparse image) are passed over by comparison: 64 zeros make
+/// the hash a constant that is no anchor, so past a zero block's first 64 bytes nothing
+/// in it is one, and the hash after it is that constant.
 fn anchors(bytes: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    const ZERO_RUN: u64 = {
+        let mut h = 0u64;
+        let mut i = 0;
+        while i < 64 {
+            h = (h << 1).wrapping_add(GEAR[0]);
+            i += 1;
+        }
+        h
+    };
+    const _: () = assert!(ZERO_RUN & ANCHOR_MASK != 0);
+    static ZEROS: [u8; BS] = [0; BS];
     let mut h = 0u64;
-    bytes.iter().enumerate().filter_map(move |(i, &b)| {
-        h = (h << 1).wrapping_add(GEAR[usize::from(b)]);
-        (i >= 64 && h & ANCHOR_MASK == 0).then_some((h, i as u64))
+    let mut i = 0usize;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            if i.is_multiple_of(BS) && bytes.get(i..i + BS) == Some(&ZEROS[..]) {
+                // Its first 64 bytes still see what came before.
+                let start = i;
+                let found = (start..start + 64).find_map(|j| {
+                    h = (h << 1).wrapping_add(GEAR[0]);
+                    (j >= 64 && h & ANCHOR_MASK == 0).then_some((h, j as u64))
+                });
+                if let Some((_, j)) = found {
+                    // Rare: the bytes before, shifted out, made one; go on from there.
+                    i = j as usize + 1;
+                    return found;
+                }
+                h = ZERO_RUN;
+                i += BS;
+                continue;
+            }
+            let b = bytes[i];
+            h = (h << 1).wrapping_add(GEAR[usize::from(b)]);
+            let at = i;
+            i += 1;
+            if at >= 64 && h & ANCHOR_MASK == 0 {
+                return Some((h, at as u64));
+            }
+        }
+        None
     })
 }
 
@@ -942,6 +1000,18 @@ impl Images<'_> {
 
     /// One operation and its blob.
     fn encode(&self, plan: Plan, pred: Option<i128>, level: i32) -> Result<(Operation, Vec<u8>)> {
+        self.encode_probed(plan, pred, level, None)
+    }
+
+    /// [`Images::encode`], given the target bytes' plain zstd at the probe level if it was
+    /// made already.
+    fn encode_probed(
+        &self,
+        plan: Plan,
+        pred: Option<i128>,
+        level: i32,
+        probed: Option<Vec<u8>>,
+    ) -> Result<(Operation, Vec<u8>)> {
         let (op, t, src) = plan;
         let (op, source, data, source_sha256) = match op {
             OpType::Zero => (op, Vec::new(), Vec::new(), [0; 32]),
@@ -951,7 +1021,7 @@ impl Images<'_> {
             }
             _ => {
                 let tbytes = blocks::extents_cow(self.target, &t);
-                let mut best = self.best_candidate(op, &t, &tbytes, src, pred, level)?;
+                let mut best = self.best_candidate(op, &t, &tbytes, src, pred, level, probed)?;
                 // Content its reference nearly all holds (a file that only moved) gains a
                 // few bytes from the requested level at the cost of seconds, and so does
                 // content that does not compress by itself (blocks a file system
@@ -965,13 +1035,19 @@ impl Images<'_> {
                     level
                 };
                 let (op, data, hash) = self.compress(&mut best, &tbytes, level)?;
-                (op, best.source, data, hash)
+                // New data no compressor shrinks (random data, blocks a file system
+                // compressed) goes as it is: a zstd frame would add 3 bytes per 128 KiB.
+                if matches!(op, OpType::Replace | OpType::ReplaceXz) && data.len() >= n {
+                    (OpType::ReplaceRaw, best.source, tbytes.into_owned(), hash)
+                } else {
+                    (op, best.source, data, hash)
+                }
             }
         };
         let (data_length, data_sha256) = if data.is_empty() {
             (0, [0; 32])
         } else {
-            (data.len() as u64, sha256(&data))
+            (data.len() as u64, crate::format::data_digest(op, &data))
         };
         Ok((
             Operation {
@@ -992,6 +1068,7 @@ impl Images<'_> {
     /// before it; for a file group, zstd or bsdiff against the old versions (bsdiff wins
     /// on executables); otherwise zstd against the source around where the run was or
     /// probably moved from.
+    #[allow(clippy::too_many_arguments)]
     fn best_candidate(
         &self,
         op: OpType,
@@ -1000,9 +1077,13 @@ impl Images<'_> {
         src: Vec<Extent>,
         pred: Option<i128>,
         level: i32,
+        probed: Option<Vec<u8>>,
     ) -> Result<Candidate> {
         let probe = level.min(PROBE_LEVEL);
-        let probed = zstd_plain(tbytes, probe)?;
+        let probed = match probed {
+            Some(p) => p,
+            None => zstd_plain(tbytes, probe)?,
+        };
         let plain = probed.len();
         let mut best = Candidate {
             op: OpType::Replace,
@@ -1399,47 +1480,165 @@ impl Drop for Beside {
     }
 }
 
-/// The payload of `version` with packed manifest `m` into `out`: the signed front to a
-/// new file beside it, the data copied from `spool` after it (the kernel copies file to
-/// file where it can), synced, and renamed over `out`.
+/// The signed front (header, manifest, signature) of `m` made exactly `room` bytes long,
+/// if it fits: the manifest's zstd frame followed by a zstd skippable frame of padding
+/// (which every zstd decoder, and so every Keel applier, passes over; the signature
+/// covers it like the rest). `None` if it does not fit.
+fn front_in<S: Signer + ?Sized>(
+    version: u32,
+    m: &[u8],
+    data_len: u64,
+    signer: &S,
+    room: u64,
+) -> Result<Option<Vec<u8>>> {
+    let bare = (crate::format::HEADER_SIZE + m.len() + crate::format::SIGNATURE_SIZE) as u64;
+    if bare == room {
+        return signed_front(version, m, data_len, signer).map(Some);
+    }
+    let Some(pad) = room.checked_sub(bare + 8) else {
+        return Ok(None);
+    };
+    let mut padded = Vec::with_capacity(m.len() + 8 + pad as usize);
+    padded.extend_from_slice(m);
+    padded.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+    padded.extend_from_slice(&u32::try_from(pad).unwrap_or(u32::MAX).to_le_bytes());
+    padded.resize(padded.len() + pad as usize, 0);
+    let front = signed_front(version, &padded, data_len, signer)?;
+    Ok((front.len() as u64 == room).then_some(front))
+}
+
+/// The payload of `version` with packed manifest `m` into `out`, its `data_len` bytes of
+/// data already in `file` from offset `room`: the signed front written before them where
+/// it fits in `room` (else to a new file, the data copied after it; the kernel copies file
+/// to file where it can), synced, and renamed over `out`.
 fn finish_file<S: Signer + ?Sized>(
     out: &std::path::Path,
     version: u32,
     m: &[u8],
-    mut spool: Beside,
+    mut file: Beside,
+    room: u64,
     data_len: u64,
     signer: &S,
 ) -> Result<u64> {
     use std::io::{Seek, Write};
-    let front = signed_front(version, m, data_len, signer)?;
-    let mut file = Beside::new(out, "new")?;
+    use std::os::unix::fs::FileExt;
     let io = |doing: &'static str| move |e| Error::io(doing, e);
-    file.file
-        .write_all(&front)
-        .map_err(io("writing the payload"))?;
-    spool
-        .file
-        .seek(std::io::SeekFrom::Start(0))
-        .map_err(io("reading the payload's data back"))?;
-    let copied =
-        std::io::copy(&mut spool.file, &mut file.file).map_err(io("copying the payload's data"))?;
-    if copied != data_len {
-        return Err(Error::io(
-            "copying the payload's data",
-            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the spool file changed"),
-        ));
+    if let Some(front) = front_in(version, m, data_len, signer, room)? {
+        file.file
+            .write_all_at(&front, 0)
+            .map_err(io("writing the payload"))?;
+    } else {
+        let front = signed_front(version, m, data_len, signer)?;
+        let mut moved = Beside::new(out, "new")?;
+        moved
+            .file
+            .write_all(&front)
+            .map_err(io("writing the payload"))?;
+        file.file
+            .seek(std::io::SeekFrom::Start(room))
+            .map_err(io("reading the payload's data back"))?;
+        let copied = std::io::copy(&mut file.file, &mut moved.file)
+            .map_err(io("copying the payload's data"))?;
+        if copied != data_len {
+            return Err(Error::io(
+                "copying the payload's data",
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the data file changed"),
+            ));
+        }
+        file = moved;
     }
     file.file.sync_all().map_err(io("syncing the payload"))?;
+    let len = file
+        .file
+        .metadata()
+        .map_err(io("syncing the payload"))?
+        .len();
     file.place(out)?;
-    Ok(front.len() as u64 + data_len)
+    Ok(len)
+}
+
+/// The payload's data written at `at` onward in its file, in large writes; every
+/// [`WRITEBACK`] bytes the kernel is asked to start writing them to the disk and to drop
+/// them from the cache once written (`POSIX_FADV_DONTNEED`), so the final sync finds
+/// little left to do and a payload of gigabytes does not push the page cache out.
+struct DataWriter<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+    buf: Vec<u8>,
+    /// Where the bytes not yet handed to writeback begin.
+    flushed: u64,
+}
+
+/// Bytes between writeback requests.
+const WRITEBACK: u64 = 64 << 20;
+
+impl<'a> DataWriter<'a> {
+    fn new(file: &'a std::fs::File, at: u64) -> Self {
+        DataWriter {
+            file,
+            at,
+            buf: Vec::with_capacity(1 << 20),
+            flushed: at,
+        }
+    }
+
+    fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(b, self.at)?;
+        self.at += b.len() as u64;
+        if std::env::var_os("NOFADV").is_none() && self.at - self.flushed >= WRITEBACK {
+            // Advice only: a file system that ignores it loses nothing.
+            let _ = nix::fcntl::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(self.file),
+                self.flushed as i64,
+                (self.at - self.flushed) as i64,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
+            self.flushed = self.at;
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Write for DataWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.is_empty() && b.len() >= self.buf.capacity() {
+            self.put(b)?;
+        } else {
+            let n = b.len().min(self.buf.capacity() - self.buf.len());
+            self.buf.extend_from_slice(&b[..n]);
+            if self.buf.len() == self.buf.capacity() {
+                self.flush()?;
+            }
+            return Ok(n);
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.put(&buf);
+        self.buf = buf;
+        self.buf.clear();
+        r
+    }
+}
+
+/// Room to leave for the signed front of a full payload of `size` bytes of image, so
+/// that its data need not be copied: the manifest of its operations (two at most per
+/// 8 MiB of image, about 50 bytes each packed) with a margin.
+fn full_front_room(size: u64) -> u64 {
+    4096 + 96 * size.div_ceil(MAX_OP_BYTES)
 }
 
 /// [`generate_observed`] into the file `out`, in memory bounded whatever the images' size:
-/// each blob goes to a spool file beside `out` as it is encoded (the encoders hold at most
+/// each blob goes to a new file beside `out` as it is encoded (the encoders hold at most
 /// a few blobs ahead of the writer, and only the manifest is kept), then the signed header
-/// and manifest are written to a new file, the data copied after them, and the file
-/// renamed over `out`. On an error nothing is left beside `out`, and `out` is as it was.
-/// Returns the payload's length.
+/// and manifest go in front of it and the file is renamed over `out`. A full payload's
+/// data is written after room left for its front (the manifest padded to fill it, see
+/// [`crate::format`]), so it is written once; a delta's (whose manifest cannot be
+/// foreseen) is copied after the front into a second file. On an error nothing is left
+/// beside `out`, and `out` is as it was. Returns the payload's length.
 pub fn generate_file<S: Signer + ?Sized>(
     source: Option<&[u8]>,
     target: &[u8],
@@ -1448,10 +1647,22 @@ pub fn generate_file<S: Signer + ?Sized>(
     progress: Option<&dyn Progress>,
     out: &std::path::Path,
 ) -> Result<u64> {
-    to_file(out, crate::format::FORMAT_VERSION, signer, opts, |w| {
-        let (manifest, data_len) = build_into(source, target, opts, progress, w)?;
-        Ok((pack_manifest(&encode_manifest(&manifest))?, data_len))
-    })
+    // A delta's manifest cannot be foreseen; it is small, and so is the copy.
+    let room = match source {
+        None => full_front_room(target.len() as u64),
+        Some(_) => 0,
+    };
+    to_file(
+        out,
+        crate::format::FORMAT_VERSION,
+        signer,
+        opts,
+        room,
+        |w| {
+            let (manifest, data_len) = build_into(source, target, opts, progress, w)?;
+            Ok((pack_manifest(&encode_manifest(&manifest))?, data_len))
+        },
+    )
 }
 
 /// [`generate_bundle`] into the file `out`, in bounded memory as [`generate_file`].
@@ -1462,38 +1673,104 @@ pub fn generate_bundle_file<S: Signer + ?Sized>(
     progress: Option<&dyn Progress>,
     out: &std::path::Path,
 ) -> Result<u64> {
-    to_file(out, crate::format::BUNDLE_VERSION, signer, opts, |w| {
-        let images = bundle_images(parts, opts, progress, w)?;
-        let data_len = images.iter().map(|i| i.data_len).sum();
-        Ok((
-            pack_manifest(&crate::format::encode_bundle(&images))?,
-            data_len,
-        ))
-    })
+    let room = parts
+        .iter()
+        .filter(|p| p.source.is_none())
+        .map(|p| full_front_room(p.target.len() as u64) + 1024)
+        .sum();
+    to_file(
+        out,
+        crate::format::BUNDLE_VERSION,
+        signer,
+        opts,
+        room,
+        |w| {
+            let images = bundle_images(parts, opts, progress, w)?;
+            let data_len = images.iter().map(|i| i.data_len).sum();
+            Ok((
+                pack_manifest(&crate::format::encode_bundle(&images))?,
+                data_len,
+            ))
+        },
+    )
 }
 
 /// The payload `encode` makes (its data written to the sink it is given; its packed
 /// manifest and data length returned) into the file `out`: the labels checked first, the
-/// data spooled beside `out`, then [`finish_file`].
+/// data written beside `out` after `room` bytes left for the front, then
+/// [`finish_file`].
 fn to_file<S: Signer + ?Sized>(
     out: &std::path::Path,
     version: u32,
     signer: &S,
     opts: &GenerateOptions,
+    room: u64,
     encode: impl FnOnce(&mut dyn std::io::Write) -> Result<(Vec<u8>, u64)>,
 ) -> Result<u64> {
     check_labels(&opts.compatible, &opts.version)?;
-    let spool = Beside::new(out, "data")?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, &spool.file);
+    let file = Beside::new(out, "new")?;
+    let mut w = DataWriter::new(&file.file, room);
     let (m, data_len) = encode(&mut w)?;
     std::io::Write::flush(&mut w).map_err(|e| Error::io("writing the payload's data", e))?;
     drop(w);
-    finish_file(out, version, &m, spool, data_len, signer)
+    finish_file(out, version, &m, file, room, data_len, signer)
 }
 
 #[cfg(test)]
 mod tests {
     use super::blocks::scale;
+
+    #[test]
+    fn block_hashes_are_each_blocks_sha256() {
+        use crate::format::sha256;
+        // Data, zero blocks and runs of them, a short last block; more blocks asked for
+        // than the image holds (they read as zeros).
+        let mut img = vec![0u8; 9000 * 4096 + 123];
+        for b in (0..9000).filter(|b| b % 7 == 0 || (3000..5000).contains(b)) {
+            img[b * 4096 + b % 4096] = 1 + (b % 200) as u8;
+        }
+        *img.last_mut().unwrap() = 9;
+        let count = 9003;
+        let want: Vec<[u8; 32]> = (0..count).map(|i| sha256(&super::block(&img, i))).collect();
+        for threads in [1, 2, 3] {
+            assert_eq!(
+                super::hashes(&img, count, threads),
+                want,
+                "{threads} threads"
+            );
+        }
+    }
+
+    #[test]
+    fn anchors_pass_over_zero_blocks_and_find_the_same() {
+        let naive = |bytes: &[u8]| -> Vec<(u64, u64)> {
+            let mut h = 0u64;
+            let mut v = Vec::new();
+            for (i, &b) in bytes.iter().enumerate() {
+                h = (h << 1).wrapping_add(super::GEAR[usize::from(b)]);
+                if i >= 64 && h & super::ANCHOR_MASK == 0 {
+                    v.push((h, i as u64));
+                }
+            }
+            v
+        };
+        let mut img = vec![0u8; 300 * 4096 + 77];
+        let mut x = 5u64;
+        for (i, b) in img.iter_mut().enumerate() {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // Data in two of every three blocks (and the short tail), zeros otherwise.
+            if (i / 4096) % 3 != 1 {
+                *b = (x >> 56) as u8;
+            }
+        }
+        for from in [0, 1, 4095, 4096] {
+            let want = naive(&img[from..]);
+            assert!(want.len() > 100);
+            assert_eq!(super::anchors(&img[from..]).collect::<Vec<_>>(), want);
+        }
+    }
 
     #[test]
     fn reference_positions_scale_without_overflow() {
