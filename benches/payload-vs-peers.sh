@@ -51,31 +51,8 @@ measure() {
 measure "keel (file pairing, level 19)" \
   "$PAYLOAD generate --source $OLD --target $NEW --key $W/k.pem -o $W/keel.p" \
   "$PAYLOAD apply --source $OLD --target $W/keel.out --pubkey $W/k.pub --no-version-check $W/keel.p" "$W/keel.p" "$W/keel.out"
-# Keel's generator in a memory cgroup of KEEL_BENCH_MEMORY_MIB (default 1024) with the page
-# cache dropped first, so every image page it reads is charged to it: GNU time's peak
-# above counts the mapped images' pages, which the kernel reclaims under a limit; this
-# shows the memory the generator needs. Root and a writable cgroup (v1 or v2) only.
-memory_limited() {
-  local mib=${KEEL_BENCH_MEMORY_MIB:-1024} cg limit procs
-  if [ -w /sys/fs/cgroup/memory ]; then
-    cg=/sys/fs/cgroup/memory/keel-bench limit=memory.limit_in_bytes
-  elif grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null && [ -w /sys/fs/cgroup ]; then
-    cg=/sys/fs/cgroup/keel-bench limit=memory.max
-  else
-    echo "keel generate in a memory cgroup: skipped (needs root and a writable cgroup)"; return
-  fi
-  mkdir -p "$cg" && echo $(( mib << 20 )) > "$cg/$limit" || { echo "memory cgroup: cannot set a limit"; return; }
-  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(page cache not dropped: cached image pages are not charged)"
-  procs="$cg/cgroup.procs"
-  if /usr/bin/time -f "%e" -o "$W/t" sh -c "echo \$\$ > $procs; exec $PAYLOAD generate --source $OLD --target $NEW --key $W/k.pem -o $W/keel-limited.p" >/dev/null 2>"$W/err" \
-     && cmp -s "$W/keel-limited.p" "$W/keel.p"; then
-    echo "keel generate in a ${mib} MiB memory cgroup (cold page cache): the same payload in $(tail -1 "$W/t") s"
-  else
-    echo "keel generate in a ${mib} MiB memory cgroup: FAILED ($(tail -1 "$W/err"))"
-  fi
-  rmdir "$cg" 2>/dev/null || true
-}
-memory_limited
+. benches/support/memory_limited.sh
+memory_limited "$OLD" "$NEW" "$W/keel.p"
 # Which compressor re-created blocks, if any did (squashfs).
 "$PAYLOAD" inspect --pubkey "$W/k.pub" "$W/keel.p" 2>/dev/null | grep '^recompress' || true
 measure "zstd --patch-from -19 --long=31" \

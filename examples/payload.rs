@@ -159,6 +159,11 @@ fn run(cli: Cli) -> Result<(), String> {
             level,
             verity_salt,
         } => {
+            // `-` means standard input to `apply`; a payload is written to a file (its
+            // signed front goes before the data, at the end), never to standard output.
+            if output.as_os_str() == "-" {
+                return Err("-o -: a payload is written to a file; give its path".into());
+            }
             // The time reported is the whole run's: reading, hashing, encoding, writing.
             let t = std::time::Instant::now();
             let mut inputs: Vec<&std::path::Path> = vec![&key];
@@ -315,10 +320,15 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             let ring = cli::load_keyring(&to.pubkeys)?;
             let src = to.open_source()?;
+            // A payload file's length is known: it must be the signed one, as `inspect`
+            // checks (bytes after the data are no part of the payload).
+            let mut file_len = None;
             let reader: Box<dyn Read> = if payload == "-" {
                 Box::new(std::io::stdin().lock())
             } else {
-                Box::new(File::open(&payload).map_err(|e| format!("{payload}: {e}"))?)
+                let f = File::open(&payload).map_err(|e| format!("{payload}: {e}"))?;
+                file_len = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+                Box::new(f)
             };
             // A target this run creates is removed again if the apply fails (unless a
             // resume record needs it); one that was there (a slot, a half-written image to
@@ -347,9 +357,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map(|p| ("--pubkey", p.as_path()))
                 .collect();
             inputs.extend(to.source.as_deref().map(|p| ("--source", p)));
-            if payload != "-" {
-                inputs.push(("the payload", std::path::Path::new(&payload)));
-            }
+            // Standard input by what it is too: a payload redirected from the target
+            // itself would be overwritten as it is read.
+            inputs.push((
+                "the payload",
+                std::path::Path::new(if payload == "-" {
+                    "/dev/stdin"
+                } else {
+                    &payload
+                }),
+            ));
             if let Err(e) = cli::all_distinct(&outputs, &inputs, &[("--target", "--source")]) {
                 created.no_resume_yet();
                 return Err(e);
@@ -379,6 +396,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 keel::trust::unix_now(),
             )
             .map_err(|e| e.to_string())?;
+            if let Some(len) = file_len.filter(|l| *l > p.len()) {
+                return Err(format!(
+                    "{payload}: {len} bytes, the signed header and manifest account for {}: \
+                     bytes after the data",
+                    p.len()
+                ));
+            }
             // The tree (and parity) from the writes: the payload's image must carry a signed
             // root, which the tree is checked against.
             let image = match &to.image {

@@ -618,3 +618,60 @@ fn apply_writes_the_tree_and_parity_veritysetup_writes() {
     );
     assert!(!dir.path().join("out2").exists() && !dir.path().join("hash2").exists());
 }
+
+/// A payload read from standard input that is the target itself is refused before a byte
+/// is written (an outside review found it overwritten as it was read), as the same file
+/// given by name is.
+#[test]
+fn a_payload_on_stdin_that_is_the_target_is_refused() {
+    let dir = keyed_dir();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    std::fs::write(p("new"), seeded_bytes(3, 3 << 20)).unwrap();
+    generate(&dir, "payload", &["--full", "--target", &p("new")]);
+    let before = std::fs::read(p("payload")).unwrap();
+    let out = Command::new(example("payload"))
+        .args([
+            "apply",
+            "--target",
+            &p("payload"),
+            "--pubkey",
+            &p("pub.pem"),
+            "--no-version-check",
+            "-",
+        ])
+        .stdin(std::fs::File::open(p("payload")).unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is the same file as the payload"), "{err}");
+    assert!(std::fs::read(p("payload")).unwrap() == before);
+    // Bytes after the data are no part of the payload: refused by apply as by inspect.
+    let mut longer = before.clone();
+    longer.extend_from_slice(b"unsigned");
+    std::fs::write(p("longer"), &longer).unwrap();
+    for args in [
+        vec!["inspect", "--pubkey", &p("pub.pem"), &p("longer")]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>(),
+        vec![
+            "apply".into(),
+            "--target".into(),
+            p("image"),
+            "--pubkey".into(),
+            p("pub.pem"),
+            "--no-version-check".into(),
+            p("longer"),
+        ],
+    ] {
+        let out = Command::new(example("payload"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains("after"), "{args:?}: {err}");
+    }
+    assert!(!std::path::Path::new(&p("image")).exists());
+}

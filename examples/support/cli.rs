@@ -121,6 +121,13 @@ pub(crate) fn open_or_create(
     match open(false) {
         Ok(f) => Ok(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // create_new does not follow a link: one that points nowhere says so.
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(format!(
+                    "{}: a symbolic link to nothing; give the file itself",
+                    path.display()
+                ));
+            }
             let f = open(true).map_err(|e| format!("{}: {e}", path.display()))?;
             created.add(path);
             Ok(f)

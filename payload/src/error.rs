@@ -223,9 +223,9 @@ pub enum Error {
     #[error("the target is neither a regular file nor a block device")]
     TargetKind,
     /// The target file cannot grow to the image's size.
-    #[error("the target file needs {need} bytes, its file system has {free} bytes free")]
+    #[error("the target file needs {need} more bytes of space (the image's data past the file's end), its file system has {free} bytes free")]
     TargetSpace {
-        /// The bytes needed.
+        /// The bytes the file grows by that are not zeros (holes take no space).
         need: u64,
         /// The bytes free.
         free: u64,

@@ -536,6 +536,13 @@ impl<'a> Reader<'a> {
 
 /// The manifest as stored: `raw` (from [`encode_manifest`]) in one zstd frame.
 pub fn pack_manifest(raw: &[u8]) -> Result<Vec<u8>> {
+    // What no applier would take is not made (an image of terabytes in 8 MiB operations).
+    if raw.len() as u64 > MAX_MANIFEST {
+        return Err(Error::ManifestField {
+            field: "manifest",
+            reason: format!("{} bytes: at most {MAX_MANIFEST}", raw.len()),
+        });
+    }
     zstd::bulk::compress(raw, 19).map_err(|e| Error::io("compressing the manifest", e))
 }
 
@@ -548,10 +555,44 @@ pub fn unpack_manifest(packed: &[u8]) -> Result<Vec<u8>> {
         offset: HEADER_SIZE as u64,
         reason,
     };
+    // One zstd frame, then nothing but skippable frames (padding): a manifest split over
+    // frames, or anything else after it, is not one another reader would take the same.
+    if packed.get(..4) != Some(&0xFD2F_B528u32.to_le_bytes()[..]) {
+        return Err(bad("does not start with a zstd frame".into()));
+    }
+    let first = zstd::zstd_safe::find_frame_compressed_size(packed).map_err(|e| {
+        bad(format!(
+            "not a whole zstd frame: {}",
+            zstd::zstd_safe::get_error_name(e)
+        ))
+    })?;
+    let mut rest = &packed[first..];
+    while !rest.is_empty() {
+        let at = HEADER_SIZE + packed.len() - rest.len();
+        let skippable = rest
+            .get(..8)
+            .map(|h| {
+                let magic = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+                (magic & !0xF == 0x184D_2A50)
+                    .then(|| 8 + u64::from(u32::from_le_bytes([h[4], h[5], h[6], h[7]])))
+            })
+            .flatten()
+            .filter(|len| *len <= rest.len() as u64);
+        let Some(len) = skippable else {
+            return Err(Error::BadField {
+                field: "manifest",
+                offset: at as u64,
+                reason: "bytes after the manifest's frame that are not a zstd skippable frame"
+                    .into(),
+            });
+        };
+        rest = &rest[len as usize..];
+    }
     let mut out = Vec::new();
-    zstd::stream::read::Decoder::new(packed)
-        .map_err(|e| bad(format!("not a zstd frame: {e}")))?
-        .take(MAX_MANIFEST + 1)
+    let mut dec = zstd::stream::read::Decoder::new(&packed[..first])
+        .map_err(|e| bad(format!("not a zstd frame: {e}")))?;
+    dec = dec.single_frame();
+    dec.take(MAX_MANIFEST + 1)
         .read_to_end(&mut out)
         .map_err(|e| bad(format!("does not decompress: {e}")))?;
     if out.len() as u64 > MAX_MANIFEST {
@@ -877,3 +918,64 @@ pub use crate::bspatch::bspatch;
 pub use crate::digest::{data_digest, image_digest, image_digest_of, sha256, DIGEST_CHUNK};
 use crate::intervals::Written;
 pub use crate::version::{Version, VersionError, MAX_VERSION_PARTS};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stored manifest is one zstd frame, then only skippable frames: the padding a
+    /// generator leaves is passed over, a manifest split over frames or followed by
+    /// anything else is refused (an outside review found both taken).
+    #[test]
+    fn a_manifest_is_one_frame_and_padding() {
+        let raw = b"a manifest's bytes".repeat(40);
+        let frame = pack_manifest(&raw).unwrap();
+        let skip = |n: u32| {
+            let mut v = 0x184D_2A53u32.to_le_bytes().to_vec();
+            v.extend_from_slice(&n.to_le_bytes());
+            v.resize(8 + n as usize, 0);
+            v
+        };
+        let join = |parts: &[&[u8]]| parts.concat();
+        assert_eq!(unpack_manifest(&frame).unwrap(), raw);
+        assert_eq!(
+            unpack_manifest(&join(&[&frame, &skip(0), &skip(100)])).unwrap(),
+            raw
+        );
+        let half = zstd::bulk::compress(&raw[..300], 3).unwrap();
+        let other = zstd::bulk::compress(&raw[300..], 3).unwrap();
+        let empty = zstd::bulk::compress(b"", 3).unwrap();
+        let mut long = skip(100);
+        long.truncate(50);
+        for (what, bad) in [
+            ("padding first", join(&[&skip(4), &frame])),
+            ("split over two frames", join(&[&half, &other])),
+            ("an empty frame after", join(&[&frame, &empty])),
+            ("padding longer than the rest", join(&[&frame, &long])),
+            ("garbage after", join(&[&frame, b"xyz"])),
+            ("half a frame", frame[..frame.len() / 2].to_vec()),
+            ("nothing", Vec::new()),
+        ] {
+            let e = unpack_manifest(&bad).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::BadField {
+                        field: "manifest",
+                        ..
+                    }
+                ),
+                "{what}: {e}"
+            );
+        }
+        // What no applier takes is not packed.
+        let huge = vec![0u8; MAX_MANIFEST as usize + 1];
+        assert!(matches!(
+            pack_manifest(&huge),
+            Err(Error::ManifestField {
+                field: "manifest",
+                ..
+            })
+        ));
+    }
+}

@@ -776,3 +776,72 @@ fn lzma2_patches_apply_and_their_damage_is_refused() {
         assert!(t.iter().all(|&b| b == 0), "{what}: nothing written");
     }
 }
+
+/// A file target grows by what the image holds, not by its size: its zeros are holes (an
+/// outside review found a 32 MiB image of zeros refused on a 20 MiB file system). An image
+/// whose data does not fit is refused with the numbers, before anything is written.
+#[test]
+fn a_file_target_needs_room_only_for_the_images_data() {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1)
+        != 0
+    {
+        assert!(
+            std::env::var_os("KEEL_REQUIRE_INTEROP").is_none(),
+            "mounting a tmpfs needs root"
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let key = SigningKey::generate().unwrap();
+    let ring = ring(&key);
+    let opts = ApplyOptions::new(&ring, VersionCheck::Installed("1.0"));
+    // 32 MiB, 1 MiB of it data: fits in 4 MiB.
+    let mut sparse = vec![0u8; 32 << 20];
+    sparse[20 << 20..21 << 20].copy_from_slice(&seeded_bytes(41, 1 << 20));
+    let p = full_payload(&key, &sparse, "2.0");
+    let path = small.join("sparse.img");
+    let mut t = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    keel_payload::apply_files(&p[..], None, &mut t, &opts).unwrap();
+    assert!(std::fs::read(&path).unwrap() == sparse);
+    assert!(t.metadata().unwrap().blocks() * 512 <= 2 << 20);
+    // 8 MiB of data does not fit: refused before a byte is written.
+    let dense = seeded_bytes(42, 8 << 20);
+    let p = full_payload(&key, &dense, "2.0");
+    let path = small.join("dense.img");
+    let mut t = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    let e = keel_payload::apply_files(&p[..], None, &mut t, &opts).unwrap_err();
+    assert!(
+        matches!(e, Error::TargetSpace { need, .. } if need == 8 << 20),
+        "{e}"
+    );
+    assert_eq!(t.metadata().unwrap().len(), 0);
+}

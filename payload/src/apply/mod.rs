@@ -625,7 +625,7 @@ impl<R: Read> Payload<R> {
         S: ReadAt + ?Sized,
         T: ReadAt + WriteAt,
     {
-        self.apply_to(source, target, opts, (0, 0), |t: &mut T, _| {
+        self.apply_to(source, target, opts, (0, 0), |t: &mut T, _, _| {
             t.size().map_err(|e| Error::io("target size", e))
         })
     }
@@ -654,14 +654,15 @@ impl<R: Read> Payload<R> {
 
     /// [`Payload::apply_next`], with the target's identity for the resume record and a
     /// step that returns the target's size once the image's is known (and may grow a file
-    /// to it).
+    /// to it); it is given the image's size and the bytes of it that are not zeros (a
+    /// file's zeros are holes, which take no space).
     fn apply_to<S, T>(
         &mut self,
         source: Option<&S>,
         target: &mut T,
         opts: &ApplyOptions<'_>,
         target_inode: (u64, u64),
-        size_target: impl FnOnce(&mut T, u64) -> Result<u64>,
+        size_target: impl FnOnce(&mut T, u64, u64) -> Result<u64>,
     ) -> Result<Applied>
     where
         S: ReadAt + ?Sized,
@@ -683,7 +684,14 @@ impl<R: Read> Payload<R> {
         if let Some(path) = opts.state {
             resume::check_place(path)?;
         }
-        let have = size_target(target, target_size)?;
+        let data_bytes = manifest
+            .operations
+            .iter()
+            .filter(|o| o.op != OpType::Zero)
+            .map(|o| o.target_blocks().saturating_mul(BLOCK_SIZE))
+            .fold(0u64, u64::saturating_add)
+            .min(target_size);
+        let have = size_target(target, target_size, data_bytes)?;
         if have < target_size {
             return Err(Error::TargetTooSmall {
                 have,
@@ -1232,20 +1240,29 @@ impl<R: Read> Payload<R> {
         } else {
             (meta.rdev(), 0)
         };
-        self.apply_to(source, target, opts, id, |f: &mut std::fs::File, need| {
-            let have = ReadAt::size(f).map_err(|e| Error::io("target size", e))?;
-            if have >= need || !ft.is_file() {
-                return Ok(have);
-            }
-            let free = nix::sys::statvfs::fstatvfs(&*f)
-                .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
-                .map_err(|e| Error::io("checking the free space for the target", e.into()))?;
-            if free < need - have {
-                return Err(Error::TargetSpace { need, free });
-            }
-            f.set_len(need)
-                .map_err(|e| Error::io("growing the target file", e))?;
-            Ok(need)
-        })
+        self.apply_to(
+            source,
+            target,
+            opts,
+            id,
+            |f: &mut std::fs::File, need, data| {
+                let have = ReadAt::size(f).map_err(|e| Error::io("target size", e))?;
+                if have >= need || !ft.is_file() {
+                    return Ok(have);
+                }
+                let free = nix::sys::statvfs::fstatvfs(&*f)
+                    .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
+                    .map_err(|e| Error::io("checking the free space for the target", e.into()))?;
+                // What the file grows by takes space only where the image has data (its zeros
+                // are holes); a file system short of that fails the write itself, by name.
+                let grows = (need - have).min(data);
+                if free < grows {
+                    return Err(Error::TargetSpace { need: grows, free });
+                }
+                f.set_len(need)
+                    .map_err(|e| Error::io("growing the target file", e))?;
+                Ok(need)
+            },
+        )
     }
 }

@@ -1315,6 +1315,16 @@ fn signed_front<S: Signer + ?Sized>(
     data_len: u64,
     signer: &S,
 ) -> Result<Vec<u8>> {
+    if m.len() as u64 > crate::format::MAX_MANIFEST {
+        return Err(Error::ManifestField {
+            field: "manifest",
+            reason: format!(
+                "{} bytes packed: at most {}",
+                m.len(),
+                crate::format::MAX_MANIFEST
+            ),
+        });
+    }
     let header = Header {
         version,
         manifest_len: m.len() as u64,
