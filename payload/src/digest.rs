@@ -11,7 +11,7 @@ pub const DIGEST_CHUNK: u64 = 1 << 20;
 /// A plain sha256 of the whole image runs on one core at the speed of the SHA extensions
 /// (about 1.1 GB/s here); the chunk digests split over every core, two chunks hashed at
 /// once by each, and chunks of zeros (most of a sparse image) are found by comparison and
-/// not hashed ([`sha256_pieces_sparse`]). Memory: 4 MiB per core and 32 bytes per MiB.
+/// not hashed. Memory: 4 MiB per core and 32 bytes per MiB.
 pub fn image_digest<R: keel_verity::ReadAt + ?Sized>(
     dev: &R,
     size: u64,

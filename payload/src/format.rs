@@ -571,12 +571,11 @@ pub fn unpack_manifest(packed: &[u8]) -> Result<Vec<u8>> {
         let at = HEADER_SIZE + packed.len() - rest.len();
         let skippable = rest
             .get(..8)
-            .map(|h| {
+            .and_then(|h| {
                 let magic = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
                 (magic & !0xF == 0x184D_2A50)
                     .then(|| 8 + u64::from(u32::from_le_bytes([h[4], h[5], h[6], h[7]])))
             })
-            .flatten()
             .filter(|len| *len <= rest.len() as u64);
         let Some(len) = skippable else {
             return Err(Error::BadField {
