@@ -18,6 +18,11 @@ use keel_verity::{
 /// last checkpoint.
 pub const APPLY_READ_AHEAD: u64 = 8 << 20;
 
+/// Most bytes the operations in flight hold (their blobs, references and outputs) beyond
+/// the one being written and the one after it if that reads no source (they decode
+/// together whatever their size: a full payload's operations of 8 MiB each use two cores).
+const APPLY_HELD: u64 = 8 << 20;
+
 mod recompress;
 mod resume;
 
@@ -744,14 +749,17 @@ impl<R: Read> Payload<R> {
 
         // Operations decode on every core while this thread reads the stream in order and
         // writes their outputs in order (and so checkpoints exactly as one thread would).
-        // What is in flight (blobs, references, outputs) stays within APPLY_READ_AHEAD bytes,
-        // and an operation that reads the target (CHAIN) starts only once everything
-        // before it is written.
+        // The payload read ahead of the operation being written stays within
+        // APPLY_READ_AHEAD bytes; the next operation, if it reads no source, decodes beside
+        // it whatever its size (a full payload's are 8 MiB), others while what is in flight
+        // (blobs, references, outputs) stays within APPLY_HELD; an operation that reads the target (CHAIN) starts only once
+        // everything before it is written.
         let ops = &manifest.operations;
         let threads = keel_io::Threads::default().count();
-        let cost = |op: &Operation| {
+        let held = |op: &Operation| {
             op.data_length + op.source_blocks() * BLOCK_SIZE + op.target_blocks() * BLOCK_SIZE
         };
+        let mut ahead = 0u64;
         let m = &manifest;
         let (job_tx, job_rx) = mpsc::channel::<(usize, Vec<u8>, Vec<u8>)>();
         let job_rx = Mutex::new(job_rx);
@@ -791,14 +799,19 @@ impl<R: Read> Payload<R> {
                 while read_error.is_none()
                     && submitted < ops.len()
                     && (submitted == i
-                        || (submitted - i <= 2 * threads
-                            && in_flight + cost(&ops[submitted]) <= APPLY_READ_AHEAD
-                            && !ops[submitted].op.is_chain()))
+                        || (!ops[submitted].op.is_chain()
+                            // Beyond operation i's own data (in `ahead` once it is read).
+                            && ahead - ops[i].data_length + ops[submitted].data_length
+                                <= APPLY_READ_AHEAD
+                            && ((submitted == i + 1 && ops[submitted].source.is_empty())
+                                || (submitted - i <= 2 * threads
+                                    && in_flight + held(&ops[submitted]) <= APPLY_HELD))))
                 {
                     let mut reference = Vec::new();
                     match read_op(payload, submitted, m, source, &*target, &mut reference) {
                         Ok(blob) => {
-                            in_flight += cost(&ops[submitted]);
+                            in_flight += held(&ops[submitted]);
+                            ahead += ops[submitted].data_length;
                             // The workers outlive the loop; a send fails only if all died.
                             let _ = job_tx.send((submitted, blob, reference));
                             submitted += 1;
@@ -837,7 +850,8 @@ impl<R: Read> Payload<R> {
                         }
                     }
                 }?;
-                in_flight -= cost(op);
+                in_flight -= held(op);
+                ahead -= op.data_length;
                 let len = (op.target_blocks() * BLOCK_SIZE) as usize;
                 write_op(i, op, out.as_deref(), target, target_size)?;
                 if let Some(s) = stream.as_mut() {
