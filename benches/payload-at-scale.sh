@@ -19,7 +19,10 @@
 # ext4 images of KEEL_SPARSE_GIB (default 8) GiB, sparse files as mkfs.ext4 -d makes them;
 # Keel's delta between them beside its delta between the corpus's 512 MiB images of the
 # same trees (time, size, memory; as root also in a memory cgroup of KEEL_BENCH_MEMORY_MIB,
-# default 1024), and the applied image: byte-identical and still sparse. Needs zstd, xz,
+# default 1024), and the applied image: byte-identical and still sparse. Then a dense pair
+# as large (incompressible data, 64 MiB of it changed), whose every block is hashed and
+# indexed: the generator's memory at that size. KEEL_SCALE_PARTS picks the sections
+# (default "full sparse dense"). Needs zstd, xz,
 # GNU time and e2fsprogs (apt-get install zstd xz-utils time e2fsprogs) and about 3x the
 # largest image free in TMPDIR.
 set -euo pipefail
@@ -77,7 +80,11 @@ rootfs() {
   echo "$n"
 }
 
+PARTS=${KEEL_SCALE_PARTS:-full sparse dense}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+
 for g in $SIZES; do
+  part full || break
   img=$W/random-$g
   # A stream cipher's output, cut: openssl ends on the closed pipe.
   { openssl enc -aes-128-ctr -nosalt -pass pass:keel-$g -in /dev/zero 2>/dev/null || true; } \
@@ -95,26 +102,14 @@ for g in $SIZES; do
     echo
   fi
 done
-if [ -f "$CORPUS/img_B.ext4" ]; then
+if part full && [ -f "$CORPUS/img_B.ext4" ]; then
   echo "== the corpus's ext4 root filesystem ($(stat -c %s "$CORPUS/img_B.ext4") bytes)"
   table "$CORPUS/img_B.ext4"
   echo
 fi
 
-[ -d "$CORPUS/rootfs_A" ] && [ -d "$CORPUS/rootfs_B" ] && [ -f "$CORPUS/img_A.ext4" ] || exit 0
-GIB=${KEEL_SPARSE_GIB:-8}
-# As the corpus script makes its ext4 images, larger.
-for d in A B; do
-  truncate -s ${GIB}G "$W/sparse_$d.ext4"
-  SOURCE_DATE_EPOCH=1700000000 E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -b 4096 \
-    -U 4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6 \
-    -E root_owner=0:0,hash_seed=0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0,lazy_itable_init=0,nodiscard \
-    -L rootfs -d "$CORPUS/rootfs_$d" "$W/sparse_$d.ext4"
-done
-openssl pkey -in "$W/k.pem" -pubout -out "$W/k.pub"
-echo "== delta between sparse ext4 images of the corpus's trees: ${GIB} GiB each," \
-  "$(( $(stat -c %b "$W/sparse_B.ext4") * 512 >> 20 )) MiB of it allocated"
-printf '%-34s %9s %14s %12s %12s\n' images "time (s)" "size (bytes)" "RSS (MiB)" "anon (MiB)"
+printf -v ROW '%-34s %9s %14s %12s %12s' images "time (s)" "size (bytes)" "RSS (MiB)" "anon (MiB)"
+# delta_row NAME OLD NEW OUT: Keel's delta, one row.
 delta_row() {
   local name=$1 old=$2 new=$3 out=$4 t anon pid
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
@@ -127,10 +122,25 @@ delta_row() {
   printf '%-34s %9s %14s %12s %12s\n' "$name" "${t% *}" "$(stat -c %s "$out")" \
     "$(( ${t#* } / 1024 ))" "$(( anon / 1024 ))"
 }
+. benches/support/memory_limited.sh
+openssl pkey -in "$W/k.pem" -pubout -out "$W/k.pub"
+GIB=${KEEL_SPARSE_GIB:-8}
+
+if part sparse && [ -d "$CORPUS/rootfs_A" ] && [ -d "$CORPUS/rootfs_B" ] && [ -f "$CORPUS/img_A.ext4" ]; then
+# As the corpus script makes its ext4 images, larger.
+for d in A B; do
+  truncate -s ${GIB}G "$W/sparse_$d.ext4"
+  SOURCE_DATE_EPOCH=1700000000 E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -b 4096 \
+    -U 4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6 \
+    -E root_owner=0:0,hash_seed=0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0,lazy_itable_init=0,nodiscard \
+    -L rootfs -d "$CORPUS/rootfs_$d" "$W/sparse_$d.ext4"
+done
+echo "== delta between sparse ext4 images of the corpus's trees: ${GIB} GiB each," \
+  "$(( $(stat -c %b "$W/sparse_B.ext4") * 512 >> 20 )) MiB of it allocated"
+echo "$ROW"
 delta_row "512 MiB images (the corpus's)" "$CORPUS/img_A.ext4" "$CORPUS/img_B.ext4" "$W/small.p"
 rm -f "$W/small.p"
 delta_row "${GIB} GiB sparse images" "$W/sparse_A.ext4" "$W/sparse_B.ext4" "$W/sparse.p"
-. benches/support/memory_limited.sh
 memory_limited "$W/sparse_A.ext4" "$W/sparse_B.ext4" "$W/sparse.p"
 # Applied to a new file: the image bit for bit, its zeros holes.
 /usr/bin/time -f "%e %M" -o "$W/t" $PAYLOAD apply --source "$W/sparse_A.ext4" \
@@ -141,4 +151,23 @@ if cmp -s "$W/applied" "$W/sparse_B.ext4"; then
     "$(( $(stat -c %s "$W/applied") >> 20 )) MiB allocated"
 else
   echo "applied: WRONG RESULT"
+fi
+rm -f "$W"/sparse_* "$W/applied" "$W/sparse.p"
+echo
+fi
+
+# A dense pair as large: GIB GiB of incompressible data and a copy with 64 MiB of it
+# changed in eight places, so that every block is hashed and indexed.
+if part dense; then
+{ openssl enc -aes-128-ctr -nosalt -pass pass:keel-dense -in /dev/zero 2>/dev/null || true; } \
+  | head -c $(( GIB << 30 )) > "$W/dense_A"
+cp "$W/dense_A" "$W/dense_B"
+for k in 0 1 2 3 4 5 6 7; do
+  { openssl enc -aes-128-ctr -nosalt -pass pass:keel-change-$k -in /dev/zero 2>/dev/null || true; } \
+    | head -c $(( 8 << 20 )) | dd of="$W/dense_B" bs=1M seek=$(( (GIB << 10) * k / 8 + 3 )) conv=notrunc status=none
+done
+echo "== delta between dense ${GIB} GiB images (64 MiB changed)"
+echo "$ROW"
+delta_row "${GIB} GiB dense images" "$W/dense_A" "$W/dense_B" "$W/dense.p"
+memory_limited "$W/dense_A" "$W/dense_B" "$W/dense.p"
 fi
