@@ -69,15 +69,16 @@ impl Mapped {
 /// page faults would read a little at a time and wait each time. Advice only: memory that
 /// is not a file's mapping, or a kernel that declines, is left as it was.
 pub fn will_need(bytes: &[u8]) {
-    let page = 4096usize;
+    // SAFETY: sysconf reads a constant of the system; it takes and returns plain values.
+    let page = usize::try_from(unsafe { nix::libc::sysconf(nix::libc::_SC_PAGESIZE) })
+        .ok()
+        .filter(|p| p.is_power_of_two())
+        .unwrap_or(4096);
     let start = bytes.as_ptr() as usize;
     let aligned = start - start % page;
-    let Some(ptr) = NonNull::new(aligned as *mut c_void) else {
+    let Some(ptr) = NonNull::new(aligned as *mut c_void).filter(|_| !bytes.is_empty()) else {
         return;
     };
-    if bytes.is_empty() {
-        return;
-    }
     // SAFETY: WILLNEED changes no memory's contents or mapping, only when the kernel
     // reads it in; the range is pages that `bytes` (a live borrow) touches, rounded down
     // to its first page's start.

@@ -26,16 +26,13 @@ pub fn image_digest<R: keel_verity::ReadAt + ?Sized>(
 }
 
 /// [`image_digest`] of an image in memory (mapped): nothing copied, sixteen chunks hashed
-/// at once where the CPU allows.
-pub fn image_digest_of(image: &[u8]) -> [u8; 32] {
+/// at once where the CPU allows. Nothing is read, so the only error is a worker's panic.
+pub fn image_digest_of(image: &[u8]) -> std::io::Result<[u8; 32]> {
     const GROUP: u64 = 16 * DIGEST_CHUNK;
-    let r: std::io::Result<_> = chunk_digests(image.len() as u64, GROUP, |off, n, _, out| {
+    chunk_digests(image.len() as u64, GROUP, |off, n, _, out| {
         sha256_pieces_sparse(&image[off as usize..][..n], DIGEST_CHUNK as usize, out);
         Ok(())
-    });
-    // Nothing is read: the only error would be a worker's panic, which `chunk_digests`
-    // turns into an error and which cannot happen here.
-    r.unwrap_or_default()
+    })
 }
 
 /// The image digest of `size` bytes whose chunks `hash(offset, length, buffer, out)`
@@ -46,7 +43,6 @@ fn chunk_digests(
     hash: impl Fn(u64, usize, &mut Vec<u8>, &mut [[u8; 32]]) -> std::io::Result<()> + Sync,
 ) -> std::io::Result<[u8; 32]> {
     use std::sync::atomic::{AtomicU64, Ordering};
-    let per_group = (group / DIGEST_CHUNK) as usize;
     let groups = size.div_ceil(group);
     let threads = keel_io::Threads::AllCores
         .count()
@@ -87,7 +83,6 @@ fn chunk_digests(
         all.extend(d?);
     }
     all.sort_unstable_by_key(|d| d.0);
-    debug_assert!(all.iter().all(|(_, d)| d.len() <= per_group));
     let mut h = Sha256::new();
     for (_, d) in &all {
         for c in d {
@@ -116,23 +111,16 @@ pub fn data_digest(op: crate::format::OpType, blob: &[u8]) -> [u8; 32] {
 /// [`keel_verity::sha256_pieces`] (sixteen or two at once), except that a whole piece of
 /// zeros is found by comparing (memory speed) and given the digest of zeros without
 /// hashing: an image mostly empty costs what its data costs. `piece` is at most
-/// [`DIGEST_CHUNK`].
+/// [`DIGEST_CHUNK`] and a power of two.
 pub(crate) fn sha256_pieces_sparse(bytes: &[u8], piece: usize, out: &mut [[u8; 32]]) {
-    static ZEROS: [u8; DIGEST_CHUNK as usize] = [0; DIGEST_CHUNK as usize];
-    static ZERO_DIGESTS: std::sync::Mutex<Vec<(usize, [u8; 32])>> =
-        std::sync::Mutex::new(Vec::new());
-    assert!(piece > 0 && piece <= ZEROS.len() && out.len() == bytes.len().div_ceil(piece));
-    let zero_digest = || {
-        let mut known = ZERO_DIGESTS.lock().unwrap_or_else(|e| e.into_inner());
-        match known.iter().find(|(p, _)| *p == piece) {
-            Some((_, d)) => *d,
-            None => {
-                let d = sha256(&ZEROS[..piece]);
-                known.push((piece, d));
-                d
-            }
-        }
-    };
+    // The digest of a zero piece, once per piece size.
+    static ZERO_DIGESTS: [std::sync::OnceLock<[u8; 32]>; 21] =
+        [const { std::sync::OnceLock::new() }; 21];
+    assert!(
+        piece.is_power_of_two() && piece <= ZEROS.len() && out.len() == bytes.len().div_ceil(piece)
+    );
+    let zero_digest =
+        || *ZERO_DIGESTS[piece.trailing_zeros() as usize].get_or_init(|| sha256(&ZEROS[..piece]));
     let is_zero = |i: usize| {
         bytes[i * piece..].len() >= piece && bytes[i * piece..][..piece] == ZEROS[..piece]
     };
@@ -162,6 +150,9 @@ pub(crate) fn of_pieces(pieces: &[[u8; 32]]) -> [u8; 32] {
     }
     h.finalize().into()
 }
+
+/// Zeros to compare with: a digest chunk of them (blocks compare with its start).
+pub(crate) static ZEROS: [u8; DIGEST_CHUNK as usize] = [0; DIGEST_CHUNK as usize];
 
 /// sha256 of some bytes.
 pub fn sha256(b: &[u8]) -> [u8; 32] {
@@ -194,7 +185,10 @@ mod tests {
                 sha256(&list),
                 "size {size}"
             );
-            assert_eq!(image_digest_of(&img[..size as usize]), sha256(&list));
+            assert_eq!(
+                image_digest_of(&img[..size as usize]).unwrap(),
+                sha256(&list)
+            );
         }
         // A short device is an error, not a digest of less.
         assert!(image_digest(&img[..10], 11).is_err());

@@ -814,30 +814,26 @@ fn a_file_target_needs_room_only_for_the_images_data() {
     let key = SigningKey::generate().unwrap();
     let ring = ring(&key);
     let opts = ApplyOptions::new(&ring, VersionCheck::Installed("1.0"));
+    let create = |name: &str| {
+        std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(small.join(name))
+            .unwrap()
+    };
     // 32 MiB, 1 MiB of it data: fits in 4 MiB.
     let mut sparse = vec![0u8; 32 << 20];
     sparse[20 << 20..21 << 20].copy_from_slice(&seeded_bytes(41, 1 << 20));
     let p = full_payload(&key, &sparse, "2.0");
-    let path = small.join("sparse.img");
-    let mut t = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .unwrap();
+    let mut t = create("sparse.img");
     keel_payload::apply_files(&p[..], None, &mut t, &opts).unwrap();
-    assert!(std::fs::read(&path).unwrap() == sparse);
+    assert!(std::fs::read(small.join("sparse.img")).unwrap() == sparse);
     assert!(t.metadata().unwrap().blocks() * 512 <= 2 << 20);
     // 8 MiB of data does not fit: refused before a byte is written.
     let dense = seeded_bytes(42, 8 << 20);
     let p = full_payload(&key, &dense, "2.0");
-    let path = small.join("dense.img");
-    let mut t = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .unwrap();
+    let mut t = create("dense.img");
     let e = keel_payload::apply_files(&p[..], None, &mut t, &opts).unwrap_err();
     assert!(
         matches!(e, Error::TargetSpace { need, .. } if need == 8 << 20),

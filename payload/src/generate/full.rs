@@ -1,11 +1,12 @@
 //! A full payload in one pass over the target image.
 //!
-//! A full payload needs no block index: each 8 MiB unit of the target is read once by a
+//! A full payload needs no block index: each unit of the target (16 MiB) is read once by a
 //! worker, which finds its zero blocks, hashes its 1 MiB digest chunks (the image digest
 //! the manifest carries, without a second pass over the image), and encodes its other
-//! blocks as one operation while they are in the cache. The units are written in order as
+//! blocks, at most 8 MiB to an operation, while they are in the cache. The units are written in order as
 //! they are done, so both cores compress and hash while the writer streams the blobs out.
 
+use crate::digest::ZEROS;
 use crate::error::{Error, Result};
 use crate::format::{OpType, Operation, BLOCK_SIZE, DIGEST_CHUNK, MAX_OP_BYTES};
 
@@ -93,11 +94,10 @@ fn build_in_units(
         for at in (start..end).step_by(SPAN as usize) {
             // Zero blocks go in one ZERO operation, the others in one REPLACE: the target
             // may hold anything before (a slot's old contents), so zeros are written too.
-            static ZERO: [u8; super::BS] = [0; super::BS];
             let (mut zeros, mut new) = (Vec::new(), Vec::new());
             let to = (at + SPAN).min(end);
             for b in at / BLOCK_SIZE..to.div_ceil(BLOCK_SIZE) {
-                let into = if *block(target, b) == ZERO[..] {
+                let into = if *block(target, b) == ZEROS[..super::BS] {
                     &mut zeros
                 } else {
                     &mut new
@@ -115,11 +115,10 @@ fn build_in_units(
         let mut digests = vec![[0u8; 32]; bytes.len().div_ceil(DIGEST_CHUNK as usize)];
         crate::digest::sha256_pieces_sparse(bytes, DIGEST_CHUNK as usize, &mut digests);
         report(end - start)?;
-        let ops = plans
+        let mut ops = plans
             .into_iter()
             .map(|p| encode(&images, p, opts.level, (start, &digests)))
             .collect::<Result<Vec<_>>>()?;
-        let mut ops = ops;
         // In the target's order: a stopped install resumes after what it wrote first.
         ops.sort_by_key(|(o, _)| o.target.first().map(|e| e.start));
         report(end - start)?;
@@ -133,27 +132,20 @@ fn build_in_units(
     let mut operations = Vec::with_capacity(units as usize * 2);
     let mut chunk_digests = sha2::Sha256::default();
     let mut written = 0u64;
-    par_ordered(
-        items,
-        threads + usize::from(std::env::var_os("EXTRA").is_some()),
-        HELD_BLOBS,
-        weight,
-        unit,
-        |r| {
-            let (ops, digests) = r?;
-            for (mut o, blob) in ops {
-                o.data_offset = if blob.is_empty() { 0 } else { written };
-                sink.write_all(&blob)
-                    .map_err(|e| Error::io("writing the payload's data", e))?;
-                written += blob.len() as u64;
-                operations.push(o);
-            }
-            for d in digests {
-                sha2::Digest::update(&mut chunk_digests, d);
-            }
-            Ok::<(), Error>(())
-        },
-    )?;
+    par_ordered(items, threads, HELD_BLOBS, weight, unit, |r| {
+        let (ops, digests) = r?;
+        for (mut o, blob) in ops {
+            o.data_offset = if blob.is_empty() { 0 } else { written };
+            sink.write_all(&blob)
+                .map_err(|e| Error::io("writing the payload's data", e))?;
+            written += blob.len() as u64;
+            operations.push(o);
+        }
+        for d in digests {
+            sha2::Digest::update(&mut chunk_digests, d);
+        }
+        Ok::<(), Error>(())
+    })?;
     Ok((
         operations,
         written,

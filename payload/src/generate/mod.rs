@@ -706,8 +706,10 @@ fn build_into(
         .filter(|_| operations.iter().any(|o| o.op == OpType::Recompress))
         .map(crate::codec::recompress::recompressor_for);
     let manifest = Manifest {
-        source: source.map(image_id),
-        target: image_id(target),
+        source: source
+            .map(|s| image_id(s, "hashing the source"))
+            .transpose()?,
+        target: image_id(target, "hashing the target")?,
         verity: opts.verity.as_ref().map(|d| d.to_bytes().to_vec()),
         compatible: opts.compatible.clone(),
         version: opts.version.clone(),
@@ -746,11 +748,11 @@ impl Work {
 }
 
 /// Size and digest of a whole image.
-fn image_id(img: &[u8]) -> ImageId {
-    ImageId {
+fn image_id(img: &[u8], doing: &'static str) -> Result<ImageId> {
+    Ok(ImageId {
         size: img.len() as u64,
-        digest: crate::format::image_digest_of(img),
-    }
+        digest: crate::format::image_digest_of(img).map_err(|e| Error::io(doing, e))?,
+    })
 }
 
 /// What each target block is: zeros, a copy of some source block, or new.
@@ -936,12 +938,12 @@ fn anchors(bytes: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
         h
     };
     const _: () = assert!(ZERO_RUN & ANCHOR_MASK != 0);
-    static ZEROS: [u8; BS] = [0; BS];
+    let zeros = &crate::digest::ZEROS[..BS];
     let mut h = 0u64;
     let mut i = 0usize;
     std::iter::from_fn(move || {
         while i < bytes.len() {
-            if i.is_multiple_of(BS) && bytes.get(i..i + BS) == Some(&ZEROS[..]) {
+            if i.is_multiple_of(BS) && bytes.get(i..i + BS) == Some(zeros) {
                 // Its first 64 bytes still see what came before.
                 let start = i;
                 let found = (start..start + 64).find_map(|j| {
@@ -1505,13 +1507,16 @@ fn front_in<S: Signer + ?Sized>(
     if bare == room {
         return signed_front(version, m, data_len, signer).map(Some);
     }
-    let Some(pad) = room.checked_sub(bare + 8) else {
+    let Some(pad) = room
+        .checked_sub(bare + 8)
+        .and_then(|p| u32::try_from(p).ok())
+    else {
         return Ok(None);
     };
     let mut padded = Vec::with_capacity(m.len() + 8 + pad as usize);
     padded.extend_from_slice(m);
     padded.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
-    padded.extend_from_slice(&u32::try_from(pad).unwrap_or(u32::MAX).to_le_bytes());
+    padded.extend_from_slice(&pad.to_le_bytes());
     padded.resize(padded.len() + pad as usize, 0);
     let front = signed_front(version, &padded, data_len, signer)?;
     Ok((front.len() as u64 == room).then_some(front))
@@ -1596,7 +1601,7 @@ impl<'a> DataWriter<'a> {
         use std::os::unix::fs::FileExt;
         self.file.write_all_at(b, self.at)?;
         self.at += b.len() as u64;
-        if std::env::var_os("NOFADV").is_none() && self.at - self.flushed >= WRITEBACK {
+        if self.at - self.flushed >= WRITEBACK {
             // Advice only: a file system that ignores it loses nothing.
             let _ = nix::fcntl::posix_fadvise(
                 std::os::fd::AsRawFd::as_raw_fd(self.file),
