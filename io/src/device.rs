@@ -28,6 +28,56 @@ pub trait ReadAt: Sync {
     fn file_id(&self) -> Option<crate::FileId> {
         None
     }
+    /// The parts of `offset..offset + len` known to read as zeros without being read:
+    /// a sparse file's holes (`SEEK_HOLE`/`SEEK_DATA`), sorted and disjoint, as offsets
+    /// of this device. None where it cannot tell (a block device, memory, a wrapper that
+    /// changes what it reads): a reader that skips them (an image digest of a mostly empty
+    /// image) reads what it would have read otherwise.
+    fn known_zeros(&self, offset: u64, len: u64) -> Vec<std::ops::Range<u64>> {
+        let _ = (offset, len);
+        Vec::new()
+    }
+}
+
+/// The holes of the regular file `f` within `offset..offset + len`, in order, at most
+/// `max` of them (the rest of the range is then reported as data); none for anything
+/// else (a block device has no holes), or where the file system cannot tell.
+pub(crate) fn file_holes(f: &File, offset: u64, len: u64, max: usize) -> Vec<std::ops::Range<u64>> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    // Only within the file: what lies past its end is not zeros but missing (a short
+    // image is an error for its reader, never a run of zeros). A block device's
+    // metadata gives no length, and it has no holes.
+    let Ok(meta) = f.metadata() else {
+        return out;
+    };
+    if !meta.is_file() {
+        return out;
+    }
+    let (Ok(mut pos), Ok(end)) = (
+        i64::try_from(offset),
+        i64::try_from(offset.saturating_add(len).min(meta.len())),
+    ) else {
+        return out;
+    };
+    while pos < end && out.len() < max {
+        let Ok(hole) = lseek(fd, pos, Whence::SeekHole) else {
+            break;
+        };
+        if hole >= end {
+            break;
+        }
+        // No data after the hole (ENXIO): it runs to the end of the file.
+        let data = lseek(fd, hole, Whence::SeekData).map_or(end, |d| d.min(end));
+        if data <= hole {
+            break;
+        }
+        out.push(hole as u64..data as u64);
+        pos = data;
+    }
+    out
 }
 
 /// A device or buffer written by offset.
@@ -119,6 +169,11 @@ impl ReadAt for File {
     fn file_id(&self) -> Option<crate::FileId> {
         crate::FileId::of_file(self)
     }
+    fn known_zeros(&self, offset: u64, len: u64) -> Vec<std::ops::Range<u64>> {
+        // A range's holes: one per 16 KiB asked about at most, so that what is kept stays
+        // a fraction of what a reader holds for the range itself.
+        file_holes(self, offset, len, (len >> 14).max(1) as usize)
+    }
 }
 
 impl ReadAt for [u8] {
@@ -170,6 +225,9 @@ macro_rules! read_through {
             }
             fn file_id(&self) -> Option<crate::FileId> {
                 (**self).file_id()
+            }
+            fn known_zeros(&self, offset: u64, len: u64) -> Vec<std::ops::Range<u64>> {
+                (**self).known_zeros(offset, len)
             }
         }
     )*};
@@ -250,6 +308,64 @@ impl<T: WriteAt + ?Sized> WriteAt for &mut T {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    /// A file's holes as the file, a region of it and a reference report them; memory and
+    /// a block device report none.
+    #[test]
+    fn a_files_holes_are_known_zeros_through_regions() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        let f = File::create_new(&p).unwrap();
+        f.set_len(8 << 20).unwrap();
+        f.write_all_at(&[1u8; 4096], 2 << 20).unwrap();
+        f.write_all_at(&[2u8; 4096], 5 << 20).unwrap();
+        let f = File::open(&p).unwrap();
+        let holes = ReadAt::known_zeros(&f, 0, 8 << 20);
+        assert!(holes.len() >= 2, "{holes:?}");
+        let mut content = vec![0u8; 8 << 20];
+        ReadAt::read_exact_at(&f, &mut content, 0).unwrap();
+        for h in &holes {
+            assert!(content[h.start as usize..h.end as usize]
+                .iter()
+                .all(|&b| b == 0));
+        }
+        for at in [2u64 << 20, 5 << 20] {
+            assert!(
+                !holes.iter().any(|h| h.start < at + 4096 && at < h.end),
+                "{holes:?}"
+            );
+        }
+        // Only what was asked about, and the data at its start stays data.
+        let part = ReadAt::known_zeros(&&f, (2 << 20) + 100, 1 << 20);
+        assert!(part
+            .iter()
+            .all(|h| h.start >= (2 << 20) + 4096 && h.end <= (3 << 20) + 100));
+        assert!(!part.is_empty());
+        // A region from 1 MiB: its offsets, clipped to it.
+        let r = crate::Region::new(&f, 1 << 20, 3 << 20).unwrap();
+        let rh = r.known_zeros(0, 8 << 20);
+        assert!(
+            !rh.is_empty() && rh.iter().all(|h| h.end <= 3 << 20),
+            "{rh:?}"
+        );
+        assert!(!rh
+            .iter()
+            .any(|h| h.start < (1 << 20) + 4096 && (1 << 20) < h.end));
+        assert!(rh.iter().any(|h| h.start == 0));
+        assert!(r.known_zeros(3 << 20, 10).is_empty());
+        assert!(content.known_zeros(0, 8 << 20).is_empty());
+        // Nothing past the end of the file is a hole: it is missing.
+        let tail = ReadAt::known_zeros(&f, 6 << 20, 4 << 20);
+        assert!(
+            tail.iter().all(|h| h.end <= 8 << 20) && !tail.is_empty(),
+            "{tail:?}"
+        );
+        assert!(ReadAt::known_zeros(&f, 8 << 20, 1 << 20).is_empty());
+        assert!(File::open("/dev/null")
+            .map(|n| ReadAt::known_zeros(&n, 0, 1 << 20))
+            .unwrap()
+            .is_empty());
+    }
 
     #[test]
     fn zeros_in_a_file_are_holes_and_grow_it() {

@@ -15,7 +15,8 @@
 //! - [`Cursor`]: a bounded little-endian reader for on-disk structures, whose errors name
 //!   the field and its byte offset.
 //! - [`Mapped`]: a whole image as `&[u8]` backed by the page cache, for tools that read
-//!   images at random (a delta generator) without holding them in their own memory.
+//!   images at random (a delta generator) without holding them in their own memory;
+//!   [`known_zeros`] tells a slice of it where a sparse file's holes are.
 //! - [`sys`]: the block-device ioctls; with [`Mapped`], the only `unsafe` code for I/O in
 //!   Keel.
 //!
@@ -54,7 +55,7 @@ pub use file::{
     open_device, read_bounded, replace_file, replace_file_private, require_size, same_file,
     DeviceKind, FileId, FileLock,
 };
-pub use map::{will_need, Mapped};
+pub use map::{known_zeros, will_need, Mapped};
 pub use progress::{Cancel, Cancelled, Progress};
 pub use region::Region;
 pub use shared::Shared;

@@ -5,8 +5,10 @@ use std::ffi::c_void;
 use std::fs::File;
 use std::io;
 use std::num::NonZeroUsize;
+use std::ops::Range;
 use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
 
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
@@ -21,8 +23,59 @@ use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 /// process show through, and a file truncated meanwhile ends the process with `SIGBUS`
 /// on the next touch past its new end (as with every mapped reader: zstd, git, ripgrep).
 /// Build pipelines map images they made and no longer write.
+///
+/// A sparse file's holes are found when it is mapped (`SEEK_HOLE`/`SEEK_DATA`) and told
+/// to whoever holds a slice of it ([`known_zeros`]): an 8 GiB image holding 1 GiB of
+/// files is then hashed and scanned for what it holds, not read through its holes (each
+/// of which the kernel would otherwise fill with pages of zeros on first touch).
 pub struct Mapped {
     map: Option<(NonNull<c_void>, NonZeroUsize)>,
+    holes: Arc<[Range<u64>]>,
+}
+
+/// The holes of the sparse files mapped now, by the address of their mapping: what
+/// [`known_zeros`] answers from. Entries are added and removed with their `Mapped`.
+static MAPPED_HOLES: Mutex<Vec<MappedHoles>> = Mutex::new(Vec::new());
+
+/// A mapping's address and length, and its file's holes.
+type MappedHoles = (usize, usize, Arc<[Range<u64>]>);
+
+/// Most holes of one file remembered: 1 MiB of ranges. A file cut finer than that (a
+/// hole every other block of a large image) is still mapped whole; the holes past the
+/// last one remembered are read as any data is.
+const MAX_HOLES: usize = 1 << 16;
+
+fn registry() -> std::sync::MutexGuard<'static, Vec<MappedHoles>> {
+    MAPPED_HOLES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The parts of `bytes` known to read as zeros without being read: where `bytes` lies in
+/// a [`Mapped`] sparse file, its holes, as sorted disjoint ranges of offsets into `bytes`;
+/// for any other memory, none. Finding them is a lock and a search (no system call), so
+/// a reader may ask for each piece of an image it works through.
+///
+/// The answer is the file's holes when it was mapped: as [`Mapped`] says, an image must
+/// not be written while it is mapped.
+pub fn known_zeros(bytes: &[u8]) -> Vec<Range<usize>> {
+    let (start, len) = (bytes.as_ptr() as usize, bytes.len());
+    let mut out = Vec::new();
+    if len == 0 {
+        return out;
+    }
+    let maps = registry();
+    let Some((base, _, holes)) = maps
+        .iter()
+        .find(|(base, size, _)| start >= *base && start + len <= base + size)
+    else {
+        return out;
+    };
+    let (from, to) = ((start - base) as u64, (start - base + len) as u64);
+    let first = holes.partition_point(|h| h.end <= from);
+    for h in holes[first..].iter().take_while(|h| h.start < to) {
+        let (a, b) = (h.start.max(from), h.end.min(to));
+        out.push((a - from) as usize..(b - from) as usize);
+    }
+    out
 }
 
 // SAFETY: the mapping is read-only and private to this value; sharing `&[u8]` of it
@@ -36,7 +89,7 @@ impl Mapped {
     /// /dev/zero, a pipe) is refused by name, as [`crate::open_device`] does; an image
     /// larger than the address space is an error, not a truncated map.
     pub fn open(path: &Path) -> io::Result<Mapped> {
-        let (f, _) = crate::open_device(path, false)?;
+        let (f, kind) = crate::open_device(path, false)?;
         let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
         let size = crate::file::size_of(&f).map_err(named)?;
         let len = usize::try_from(size).map_err(|_| {
@@ -45,20 +98,38 @@ impl Mapped {
                 format!("{size} bytes do not fit this machine's address space"),
             ))
         })?;
-        Self::map(&f, len).map_err(named)
+        let holes = if kind == crate::DeviceKind::RegularFile {
+            crate::device::file_holes(&f, 0, size, MAX_HOLES)
+        } else {
+            Vec::new()
+        };
+        Self::map(&f, len, holes.into()).map_err(named)
     }
 
-    fn map(f: &File, len: usize) -> io::Result<Mapped> {
+    /// The file's holes when it was mapped (byte ranges that read as zeros), in order;
+    /// empty for a block device or a file without holes.
+    pub fn holes(&self) -> &[Range<u64>] {
+        &self.holes
+    }
+
+    fn map(f: &File, len: usize, holes: Arc<[Range<u64>]>) -> io::Result<Mapped> {
         let Some(len) = NonZeroUsize::new(len) else {
-            return Ok(Mapped { map: None });
+            return Ok(Mapped {
+                map: None,
+                holes: Vec::new().into(),
+            });
         };
         // SAFETY: a fresh read-only shared mapping of an open descriptor at offset 0;
         // the kernel picks the address, so no existing memory is replaced. The file
         // may be closed afterwards: the mapping keeps its own reference.
         let ptr = unsafe { mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, f, 0) }
             .map_err(io::Error::from)?;
+        if !holes.is_empty() {
+            registry().push((ptr.as_ptr() as usize, len.get(), Arc::clone(&holes)));
+        }
         Ok(Mapped {
             map: Some((ptr, len)),
+            holes,
         })
     }
 }
@@ -114,6 +185,8 @@ impl AsRef<[u8]> for Mapped {
 impl Drop for Mapped {
     fn drop(&mut self) {
         if let Some((ptr, len)) = self.map.take() {
+            // Forgotten before the address can be mapped again by anyone.
+            registry().retain(|(base, _, _)| *base != ptr.as_ptr() as usize);
             // SAFETY: the mapping made in `map`, unmapped once; no slice of it is alive
             // (they borrow `self`).
             let _ = unsafe { munmap(ptr, len.get()) };
@@ -123,7 +196,10 @@ impl Drop for Mapped {
 
 impl std::fmt::Debug for Mapped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mapped").field("len", &self.len()).finish()
+        f.debug_struct("Mapped")
+            .field("len", &self.len())
+            .field("holes", &self.holes.len())
+            .finish()
     }
 }
 
@@ -151,5 +227,58 @@ mod tests {
             let e = Mapped::open(bad).unwrap_err();
             assert!(e.to_string().contains(&bad.display().to_string()), "{e}");
         }
+    }
+
+    #[test]
+    fn a_sparse_files_holes_are_known_to_its_slices_only() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse");
+        let f = File::create(&p).unwrap();
+        // Data at 1 MiB and 3 MiB (one page each), a hole before, between and after.
+        let size = 5u64 << 20;
+        f.set_len(size).unwrap();
+        f.write_all_at(&[7u8; 4096], 1 << 20).unwrap();
+        f.write_all_at(&[9u8; 4096], 3 << 20).unwrap();
+        f.sync_all().unwrap();
+        let m = Mapped::open(&p).unwrap();
+        let holes = m.holes().to_vec();
+        // Every file system a test runs on (ext4, tmpfs, btrfs, xfs) reports holes.
+        assert!(!holes.is_empty(), "no holes found in {}", p.display());
+        // What is reported a hole reads as zeros, every data byte lies outside the holes.
+        for h in &holes {
+            assert!(m[h.start as usize..h.end as usize].iter().all(|&b| b == 0));
+        }
+        for at in [1u64 << 20, 3 << 20] {
+            assert!(!holes.iter().any(|h| h.start < at + 4096 && at < h.end));
+        }
+        // The holes cover at least the 4 MiB that were never written, within 64 KiB each.
+        let covered: u64 = holes.iter().map(|h| h.end - h.start).sum();
+        assert!(covered >= (4 << 20) - 4 * (64 << 10), "{holes:?}");
+        // Through a slice: offsets relative to it, clipped to it.
+        let whole = known_zeros(&m);
+        assert_eq!(
+            whole,
+            holes
+                .iter()
+                .map(|h| h.start as usize..h.end as usize)
+                .collect::<Vec<_>>()
+        );
+        let part = &m[(1 << 20) + 100..(3 << 20) + 8192];
+        let inner = known_zeros(part);
+        assert!(!inner.is_empty());
+        for r in &inner {
+            assert!(r.end <= part.len() && part[r.clone()].iter().all(|&b| b == 0));
+        }
+        // A copy of the same bytes in the process's own memory knows nothing.
+        let copy: Vec<u8> = m.to_vec();
+        assert!(known_zeros(&copy).is_empty());
+        let mine = Arc::clone(&m.holes);
+        drop(m);
+        // Forgotten with the mapping.
+        assert!(!registry().iter().any(|(_, _, h)| Arc::ptr_eq(h, &mine)));
+        // A dense file has no holes.
+        std::fs::write(&p, vec![1u8; 1 << 20]).unwrap();
+        assert!(Mapped::open(&p).unwrap().holes().is_empty());
     }
 }

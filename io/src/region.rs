@@ -77,6 +77,24 @@ impl<D: ReadAt> ReadAt for Region<D> {
     fn file_id(&self) -> Option<crate::FileId> {
         self.inner.file_id()
     }
+    fn known_zeros(&self, offset: u64, len: u64) -> Vec<std::ops::Range<u64>> {
+        // Clipped to the region, and back to its offsets.
+        let end = offset.saturating_add(len).min(self.len);
+        if offset >= end {
+            return Vec::new();
+        }
+        self.inner
+            .known_zeros(self.start + offset, end - offset)
+            .into_iter()
+            .filter_map(|h| {
+                let (a, b) = (
+                    h.start.max(self.start + offset),
+                    h.end.min(self.start + end),
+                );
+                (a < b).then(|| a - self.start..b - self.start)
+            })
+            .collect()
+    }
 }
 
 impl<D: WriteAt> WriteAt for Region<D> {

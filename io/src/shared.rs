@@ -44,6 +44,9 @@ impl<D: ReadAt + Send> ReadAt for Shared<D> {
     fn file_id(&self) -> Option<crate::FileId> {
         self.lock().file_id()
     }
+    fn known_zeros(&self, offset: u64, len: u64) -> Vec<std::ops::Range<u64>> {
+        self.lock().known_zeros(offset, len)
+    }
 }
 
 impl<D: WriteAt + Send> WriteAt for &Shared<D> {

@@ -23,16 +23,23 @@ pub(super) fn block(img: &[u8], i: u64) -> std::borrow::Cow<'_, [u8]> {
     }
 }
 
+/// Blocks `start_block..start_block + blocks` of `img` (past its end, zeros). The holes
+/// of a mapped sparse image are zeros unread: a reference reaching into one must not
+/// fill it, and the readahead around it, with pages of zeros.
 pub(super) fn range(img: &[u8], start_block: u64, blocks: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity((blocks * BLOCK_SIZE) as usize);
-    for i in start_block..start_block + blocks {
-        out.extend_from_slice(&block(img, i));
+    let mut out = vec![0u8; (blocks * BLOCK_SIZE) as usize];
+    let start = usize::try_from(start_block.saturating_mul(BLOCK_SIZE))
+        .unwrap_or(usize::MAX)
+        .min(img.len());
+    let part = &img[start..start.saturating_add(out.len()).min(img.len())];
+    for d in crate::digest::Holes::of(part).data_in(0..part.len()) {
+        out[d.clone()].copy_from_slice(&part[d]);
     }
     out
 }
 
 /// The bytes of `e` in `img`: borrowed where they lie in one piece inside the image (a
-/// full payload's runs), else gathered.
+/// full payload's runs) and in no hole of it, else gathered.
 pub(super) fn extents_cow<'a>(img: &'a [u8], e: &[Extent]) -> std::borrow::Cow<'a, [u8]> {
     if let [x] = e {
         let start = x.start.saturating_mul(BLOCK_SIZE);
@@ -41,6 +48,7 @@ pub(super) fn extents_cow<'a>(img: &'a [u8], e: &[Extent]) -> std::borrow::Cow<'
             .ok()
             .zip(usize::try_from(end).ok())
             .and_then(|(s, e)| img.get(s..e))
+            .filter(|b| !crate::digest::Holes::of(b).meets(0..b.len()))
         {
             return std::borrow::Cow::Borrowed(b);
         }

@@ -79,6 +79,8 @@ fn build_in_units(
     };
     report(0)?;
     let threads = opts.threads.count();
+    // A sparse image's holes are zeros known without reading them.
+    let holes = crate::digest::Holes::of(target);
     let unit = |u: u64| -> Result<Unit<'_>> {
         let start = u * unit_len;
         let end = (start + unit_len).min(size);
@@ -86,7 +88,9 @@ fn build_in_units(
         // they are encoded (page faults alone would read a little at a time, waiting).
         let ahead = (u + threads as u64) * unit_len;
         if ahead < size {
-            keel_io::will_need(&target[ahead as usize..(ahead + unit_len).min(size) as usize]);
+            for r in holes.data_in(ahead as usize..(ahead + unit_len).min(size) as usize) {
+                keel_io::will_need(&target[r]);
+            }
         }
         // Blocks first, in order: a mapped image's pages come in by sequential readahead
         // (the digests read sixteen places at once, and the encoder part of it).
@@ -97,11 +101,12 @@ fn build_in_units(
             let (mut zeros, mut new) = (Vec::new(), Vec::new());
             let to = (at + SPAN).min(end);
             for b in at / BLOCK_SIZE..to.div_ceil(BLOCK_SIZE) {
-                let into = if *block(target, b) == ZEROS[..super::BS] {
-                    &mut zeros
-                } else {
-                    &mut new
+                let at = (b * BLOCK_SIZE) as usize;
+                let zero = match target.get(at..at + super::BS) {
+                    Some(_) => holes.is_zero(target, at..at + super::BS),
+                    None => *block(target, b) == ZEROS[..super::BS],
                 };
+                let into = if zero { &mut zeros } else { &mut new };
                 push_extent(into, b, 1);
             }
             if !zeros.is_empty() {

@@ -924,9 +924,10 @@ const ANCHOR_MASK: u64 = 0xfff << 52;
 
 /// `(hash, offset)` of each content anchor of `bytes`.
 ///
-/// Blocks of zeros (most of a sparse image) are passed over by comparison: 64 zeros make
-/// the hash a constant that is no anchor, so past a zero block's first 64 bytes nothing
-/// in it is one, and the hash after it is that constant.
+/// Zeros (most of a sparse image) are passed over: 64 zeros make the hash a constant that
+/// is no anchor, so past the first 64 bytes of a run of zeros nothing in it is one, and
+/// the hash after it is that constant. Runs are whole blocks of zeros, found by
+/// comparison, and the holes of a mapped sparse image, known without reading them.
 fn anchors(bytes: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
     const ZERO_RUN: u64 = {
         let mut h = 0u64;
@@ -938,25 +939,46 @@ fn anchors(bytes: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
         h
     };
     const _: () = assert!(ZERO_RUN & ANCHOR_MASK != 0);
-    let zeros = &crate::digest::ZEROS[..BS];
+    let known = crate::digest::Holes::of(bytes);
+    // The first hole not behind `i`.
+    let mut hole = 0usize;
     let mut h = 0u64;
     let mut i = 0usize;
+    // Zeros from `i` to `end`: the first 64 shifted in (they may still make an anchor
+    // from what came before), the rest passed over. Some(anchor) to return first.
+    let zeros = |h: &mut u64, i: &mut usize, end: usize| {
+        let upto = (*i + 64).min(end);
+        while *i < upto {
+            *h = (*h << 1).wrapping_add(GEAR[0]);
+            let at = *i;
+            *i += 1;
+            if at >= 64 && *h & ANCHOR_MASK == 0 {
+                return Some((*h, at as u64));
+            }
+        }
+        if *i < end {
+            *h = ZERO_RUN;
+            *i = end;
+        }
+        None
+    };
     std::iter::from_fn(move || {
         while i < bytes.len() {
-            if i.is_multiple_of(BS) && bytes.get(i..i + BS) == Some(zeros) {
-                // Its first 64 bytes still see what came before.
-                let start = i;
-                let found = (start..start + 64).find_map(|j| {
-                    h = (h << 1).wrapping_add(GEAR[0]);
-                    (j >= 64 && h & ANCHOR_MASK == 0).then_some((h, j as u64))
-                });
-                if let Some((_, j)) = found {
-                    // Rare: the bytes before, shifted out, made one; go on from there.
-                    i = j as usize + 1;
-                    return found;
+            let holes = known.ranges();
+            while holes.get(hole).is_some_and(|r| r.end <= i) {
+                hole += 1;
+            }
+            if let Some(r) = holes.get(hole).filter(|r| r.start <= i) {
+                if let Some(found) = zeros(&mut h, &mut i, r.end) {
+                    return Some(found);
                 }
-                h = ZERO_RUN;
-                i += BS;
+                continue;
+            }
+            if i.is_multiple_of(BS) && i + BS <= bytes.len() && known.is_zero(bytes, i..i + BS) {
+                let end = i + BS;
+                if let Some(found) = zeros(&mut h, &mut i, end) {
+                    return Some(found);
+                }
                 continue;
             }
             let b = bytes[i];
@@ -1785,6 +1807,94 @@ mod tests {
             assert!(want.len() > 100);
             assert_eq!(super::anchors(&img[from..]).collect::<Vec<_>>(), want);
         }
+    }
+
+    /// A sparse image mapped whole: its holes are known, passed over unread by the block
+    /// hashes, the content anchors, the image digest and the full payload's zero scan, and
+    /// the delta and full payload are those of the same bytes with nothing known.
+    #[test]
+    fn a_sparse_images_holes_are_not_read_and_change_nothing() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let size = 48u64 << 20;
+        let make = |name: &str, seed: u64| {
+            let p = dir.path().join(name);
+            let f = std::fs::File::create(&p).unwrap();
+            f.set_len(size).unwrap();
+            let mut x = seed;
+            let mut bytes = |n: usize| -> Vec<u8> {
+                (0..n)
+                    .map(|i| {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        // Text-like: compresses, and has anchors.
+                        if i % 97 < 60 {
+                            b'a' + (x >> 60) as u8
+                        } else {
+                            (x >> 56) as u8
+                        }
+                    })
+                    .collect()
+            };
+            // Data at the start (as a file system's metadata), single blocks, a written
+            // run of zeros (data to the file system), data not block-aligned, a few MiB
+            // in the middle (the same in both images but for a little), and near the end.
+            let common = bytes(3 << 20);
+            for (at, data) in [
+                (0u64, bytes(40 * 4096)),
+                (5000 * 4096, bytes(4096)),
+                (6000 * 4096, vec![0u8; 8 * 4096]),
+                (7000 * 4096 + 123, bytes(10_000)),
+                (16 << 20, common.clone()),
+                ((16 << 20) + 4096 * (seed % 7), bytes(4096)),
+                (size - 3 * 4096 - 5, bytes(3 * 4096)),
+            ] {
+                f.write_all_at(&data, at).unwrap();
+            }
+            f.sync_all().unwrap();
+            p
+        };
+        // The same common run in both: the second writes over it a little elsewhere.
+        let (sp, tp) = (make("source", 1), make("target", 2));
+        let (src, tgt) = (
+            keel_io::Mapped::open(&sp).unwrap(),
+            keel_io::Mapped::open(&tp).unwrap(),
+        );
+        assert!(!src.holes().is_empty() && !tgt.holes().is_empty());
+        let count = size / 4096;
+        let opts = super::GenerateOptions::new("t", "1").level(3);
+        // Pages of each file in the page cache: what was written, at first.
+        let resident = crate::digest::tests::resident;
+        let before = [resident(&sp), resident(&tp)];
+        let sparse = (
+            super::hashes(&tgt, count, 2),
+            super::anchors(&src[1..]).collect::<Vec<_>>(),
+            crate::format::image_digest_of(&tgt).unwrap(),
+            super::build(None, &tgt, &opts, None).unwrap(),
+            super::build(Some(&src), &tgt, &opts, None).unwrap(),
+        );
+        // Neither image's holes came into the page cache (a hole's page is filled with
+        // zeros on its first read, and the kernel's readahead fills megabytes around it).
+        for (p, was) in [&sp, &tp].into_iter().zip(before) {
+            let now = resident(p);
+            assert!(
+                now <= was + (64 << 10),
+                "{}: {now} bytes resident, {was} before",
+                p.display()
+            );
+        }
+        let (sc, tc) = (src.to_vec(), tgt.to_vec());
+        assert!(keel_io::known_zeros(&tc).is_empty());
+        let dense = (
+            super::hashes(&tc, count, 2),
+            super::anchors(&sc[1..]).collect::<Vec<_>>(),
+            crate::format::image_digest_of(&tc).unwrap(),
+            super::build(None, &tc, &opts, None).unwrap(),
+            super::build(Some(&sc), &tc, &opts, None).unwrap(),
+        );
+        assert!(sparse.1.len() > 100 && sparse.4 .0.operations.len() > 2);
+        assert!(sparse == dense);
     }
 
     #[test]
