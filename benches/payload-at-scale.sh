@@ -22,7 +22,8 @@
 # default 1024), and the applied image: byte-identical and still sparse. Then a dense pair
 # as large (incompressible data, 64 MiB of it changed), whose every block is hashed and
 # indexed: the generator's memory at that size. KEEL_SCALE_PARTS picks the sections
-# (default "full sparse dense"). Needs zstd, xz,
+# (default "full memory sparse dense"; memory: a random image of KEEL_SCALE_MEMORY_GIB,
+# default 1, on a tmpfs, where neither tool waits for a disk). Needs zstd, xz,
 # GNU time and e2fsprogs (apt-get install zstd xz-utils time e2fsprogs) and about 3x the
 # largest image free in TMPDIR.
 set -euo pipefail
@@ -80,7 +81,7 @@ rootfs() {
   echo "$n"
 }
 
-PARTS=${KEEL_SCALE_PARTS:-full sparse dense}
+PARTS=${KEEL_SCALE_PARTS:-full memory sparse dense}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 for g in $SIZES; do
@@ -102,6 +103,31 @@ for g in $SIZES; do
     echo
   fi
 done
+# In memory: the image and the output on a tmpfs, where no disk is read or written and
+# Keel's sync returns at once: what each tool's own work costs. Runs vary a lot on a tmpfs
+# (its pages are allocated as they are written), so each tool runs five times in turn and
+# the median is shown.
+if part memory && [ -d /dev/shm ]; then
+  g=${KEEL_SCALE_MEMORY_GIB:-1}
+  M=$(mktemp -d /dev/shm/keel-scale.XXXXXX); trap 'rm -rf "$W" "$M"' EXIT
+  { openssl enc -aes-128-ctr -nosalt -pass pass:keel-$g -in /dev/zero 2>/dev/null || true; } \
+    | head -c $(( g << 30 )) > "$M/img"
+  for i in 1 2 3 4 5; do
+    /usr/bin/time -f %e -a -o "$M/keel.t" $PAYLOAD generate --full --target "$M/img" \
+      --key "$W/k.pem" -o "$M/keel.p" --level 3 >/dev/null
+    ksize=$(stat -c %s "$M/keel.p"); rm -f "$M/keel.p"
+    /usr/bin/time -f %e -a -o "$M/zstd.t" bash -c "zstd -q -T0 -3 -c $M/img > $M/z"
+    zsize=$(stat -c %s "$M/z"); rm -f "$M/z"
+  done
+  echo "== $g GiB of incompressible data in memory (tmpfs), median of 5 runs (all runs)"
+  printf '%-34s %9s %14s   %s\n' tool "time (s)" "size (bytes)" "runs (s)"
+  printf '%-34s %9s %14s   %s\n' "keel generate --full (level 3)" \
+    "$(sort -n "$M/keel.t" | sed -n 3p)" "$ksize" "$(tr '\n' ' ' < "$M/keel.t")"
+  printf '%-34s %9s %14s   %s\n' "zstd -T0 -3" \
+    "$(sort -n "$M/zstd.t" | sed -n 3p)" "$zsize" "$(tr '\n' ' ' < "$M/zstd.t")"
+  rm -rf "$M"
+  echo
+fi
 if part full && [ -f "$CORPUS/img_B.ext4" ]; then
   echo "== the corpus's ext4 root filesystem ($(stat -c %s "$CORPUS/img_B.ext4") bytes)"
   table "$CORPUS/img_B.ext4"
