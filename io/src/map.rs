@@ -98,6 +98,14 @@ impl Mapped {
                 format!("{size} bytes do not fit this machine's address space"),
             ))
         })?;
+        if size == 0 && std::io::Read::read(&mut &f, &mut [0u8; 1]).map_err(named)? > 0 {
+            // A file of /proc or /sys: its size says nothing of what it reads, and a map of
+            // it is empty. Mapping it would make an image of nothing out of it.
+            return Err(named(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "reports a size of 0 but has content (a /proc or /sys file?): not an image",
+            )));
+        }
         let holes = if kind == crate::DeviceKind::RegularFile {
             crate::device::file_holes(&f, 0, size, MAX_HOLES)
         } else {
@@ -223,7 +231,12 @@ mod tests {
         assert_eq!(sum, bytes.iter().map(|&b| u64::from(b)).sum::<u64>());
         std::fs::write(&p, b"").unwrap();
         assert!(Mapped::open(&p).unwrap().is_empty());
-        for bad in [dir.path(), Path::new("/dev/zero"), &dir.path().join("none")] {
+        for bad in [
+            dir.path(),
+            Path::new("/dev/zero"),
+            &dir.path().join("none"),
+            Path::new("/proc/self/status"),
+        ] {
             let e = Mapped::open(bad).unwrap_err();
             assert!(e.to_string().contains(&bad.display().to_string()), "{e}");
         }
