@@ -39,9 +39,15 @@ pub trait ReadAt: Sync {
     }
 }
 
+/// Most holes a walk over a file visits (two system calls each): a file cut finer than
+/// that (a hole every other block of a terabyte) has the rest of it reported as data.
+const MAX_VISITED_HOLES: usize = 1 << 22;
+
 /// The holes of the regular file `f` within `offset..offset + len`, in order, at most
-/// `max` of them (the rest of the range is then reported as data); none for anything
-/// else (a block device has no holes), or where the file system cannot tell.
+/// `max` of them: where there are more, the largest (the shortest are dropped, the
+/// threshold doubling until `max` remain), so that a file with many small holes before a
+/// large one still has the large one skipped. None for anything else (a block device has
+/// no holes), or where the file system cannot tell.
 pub(crate) fn file_holes(f: &File, offset: u64, len: u64, max: usize) -> Vec<std::ops::Range<u64>> {
     use nix::unistd::{lseek, Whence};
     use std::os::fd::AsRawFd;
@@ -62,7 +68,11 @@ pub(crate) fn file_holes(f: &File, offset: u64, len: u64, max: usize) -> Vec<std
     ) else {
         return out;
     };
-    while pos < end && out.len() < max {
+    // Holes shorter than this are not kept.
+    let mut shortest = 0u64;
+    let mut visited = 0usize;
+    while pos < end && visited < MAX_VISITED_HOLES && max > 0 {
+        visited += 1;
         let Ok(hole) = lseek(fd, pos, Whence::SeekHole) else {
             break;
         };
@@ -74,7 +84,14 @@ pub(crate) fn file_holes(f: &File, offset: u64, len: u64, max: usize) -> Vec<std
         if data <= hole {
             break;
         }
-        out.push(hole as u64..data as u64);
+        if (data - hole) as u64 >= shortest {
+            out.push(hole as u64..data as u64);
+        }
+        while out.len() > max {
+            let least = out.iter().map(|h| h.end - h.start).min().unwrap_or(0);
+            shortest = shortest.saturating_mul(2).max(least + 1);
+            out.retain(|h| h.end - h.start >= shortest);
+        }
         pos = data;
     }
     out
@@ -365,6 +382,36 @@ mod tests {
             .map(|n| ReadAt::known_zeros(&n, 0, 1 << 20))
             .unwrap()
             .is_empty());
+    }
+
+    /// Over the limit, the largest holes are kept wherever they lie.
+    #[test]
+    fn many_small_holes_leave_room_for_the_large_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::create_new(dir.path().join("img")).unwrap();
+        let size = 32u64 << 20;
+        f.set_len(size).unwrap();
+        // Twenty one-block holes between data blocks, then a large hole, then data, then
+        // a two-block hole, then a large hole to the end.
+        for b in (0..41u64).step_by(2) {
+            f.write_all_at(&[1u8; 4096], b * 4096).unwrap();
+        }
+        f.write_all_at(&[1u8; 4096], 16 << 20).unwrap();
+        f.write_all_at(&[1u8; 4096], (16 << 20) + 3 * 4096).unwrap();
+        let all = file_holes(&f, 0, size, 1000);
+        assert_eq!(all.len(), 23, "{all:?}");
+        let kept = file_holes(&f, 0, size, 3);
+        assert_eq!(
+            kept,
+            vec![
+                41 * 4096..16 << 20,
+                (16 << 20) + 4096..(16 << 20) + 3 * 4096,
+                (16 << 20) + 4 * 4096..size
+            ]
+        );
+        let two = file_holes(&f, 0, size, 2);
+        assert_eq!(two, vec![41 * 4096..16 << 20, (16 << 20) + 4 * 4096..size]);
+        assert!(file_holes(&f, 0, size, 0).is_empty());
     }
 
     #[test]

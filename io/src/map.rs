@@ -40,9 +40,9 @@ static MAPPED_HOLES: Mutex<Vec<MappedHoles>> = Mutex::new(Vec::new());
 /// A mapping's address and length, and its file's holes.
 type MappedHoles = (usize, usize, Arc<[Range<u64>]>);
 
-/// Most holes of one file remembered: 1 MiB of ranges. A file cut finer than that (a
-/// hole every other block of a large image) is still mapped whole; the holes past the
-/// last one remembered are read as any data is.
+/// Most holes of one file remembered: 1 MiB of ranges. Of a file cut finer than that (a
+/// hole every other block of a large image), the largest holes are remembered and the
+/// others read as any data is.
 const MAX_HOLES: usize = 1 << 16;
 
 fn registry() -> std::sync::MutexGuard<'static, Vec<MappedHoles>> {
