@@ -433,13 +433,15 @@ fn a_fleet_of_vms_rolls_a_new_kernel_and_root_one_at_a_time_and_stops_at_a_bad_o
     let log = server.requests();
     let mut over = Vec::new();
     for i in 0..3 {
-        let identity = log
+        let identity: Vec<_> = log
             .iter()
             .filter(|r| r.path == format!("/nodes/node-{i}.toml"))
-            .count();
+            .collect();
         assert_eq!(
-            identity, 1,
-            "node-{i} fetched its identity {identity} times"
+            identity.len(),
+            1,
+            "node-{i} fetched its identity {} times: {identity:?}",
+            identity.len()
         );
         let mine: Vec<_> = log
             .iter()
