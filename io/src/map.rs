@@ -89,7 +89,7 @@ impl Mapped {
     /// /dev/zero, a pipe) is refused by name, as [`crate::open_device`] does; an image
     /// larger than the address space is an error, not a truncated map.
     pub fn open(path: &Path) -> io::Result<Mapped> {
-        let (f, kind) = crate::open_device(path, false)?;
+        let (f, _) = crate::open_device(path, false)?;
         let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
         let size = crate::file::size_of(&f).map_err(named)?;
         let len = usize::try_from(size).map_err(|_| {
@@ -106,11 +106,8 @@ impl Mapped {
                 "reports a size of 0 but has content (a /proc or /sys file?): not an image",
             )));
         }
-        let holes = if kind == crate::DeviceKind::RegularFile {
-            crate::device::file_holes(&f, 0, size, MAX_HOLES)
-        } else {
-            Vec::new()
-        };
+        // A block device has none.
+        let holes = crate::device::file_holes(&f, 0, size, MAX_HOLES);
         Self::map(&f, len, holes.into()).map_err(named)
     }
 

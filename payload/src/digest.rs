@@ -151,7 +151,7 @@ pub(crate) fn sha256_pieces_sparse(bytes: &[u8], piece: usize, out: &mut [[u8; 3
             i += 1;
             continue;
         }
-        if !plain(i) {
+        if holes.meets(piece_at(i)) {
             out[i] = holes.sha256(bytes, piece_at(i));
             i += 1;
             continue;
