@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example store -- publish --image NEW --key SECRET.pem --verity-salt HEX|-
-//!         -o STORE [--compatible STR] [--version V] [--run-kib 16] [--level 19] [--runs auto|blocks|content]
+//!         -o STORE [--compatible STR] [--version V] [--run-kib 16] [--level 19] [--runs auto|blocks|files|content] [--no-xz]
 //! cargo run --release --example store -- install --store FILE|URL --target OUT --pubkey PUBLIC.pem
 //!         (--installed-version V | --no-version-check) [--seed IMAGE]... [--state FILE]
 //!         [--hash-out HASH] [--plan] [--gap-kib 16]
@@ -64,10 +64,14 @@ enum Cmd {
         /// zstd level of the runs.
         #[arg(long, default_value_t = 19)]
         level: i32,
-        /// How runs are cut: `blocks` (whole blocks: ext4, EROFS), `content` (by content,
-        /// at any byte: squashfs), or `auto` (content for squashfs, else blocks).
-        #[arg(long, default_value = "auto", value_parser = ["auto", "blocks", "content"])]
+        /// How runs are cut: `blocks` (whole blocks at multiples of --run-kib), `files`
+        /// (whole blocks, each ext4 or EROFS file's in runs of its own), `content` (by
+        /// content, at any byte: squashfs), or `auto` (content for squashfs, else files).
+        #[arg(long, default_value = "auto", value_parser = ["auto", "blocks", "files", "content"])]
         runs: String,
+        /// zstd only: no LZMA2 runs, a store that installers before format version 2 read.
+        #[arg(long)]
+        no_xz: bool,
     },
     /// Install the store's image into TARGET.
     Install {
@@ -123,6 +127,7 @@ fn run(cli: Cli) -> Result<(), String> {
             run_kib,
             level,
             runs,
+            no_xz,
         } => {
             if run_kib == 0 || run_kib % 4 != 0 || run_kib > 4096 {
                 return Err(format!(
@@ -166,9 +171,12 @@ fn run(cli: Cli) -> Result<(), String> {
             created.add(&output);
             let mut opts = PublishOptions::new(&compatible, &version, params)
                 .run_blocks(run_kib / 4)
-                .level(level);
+                .level(level)
+                .xz(!no_xz);
             match runs.as_str() {
                 "blocks" => opts = opts.chunking(None),
+                "files" => opts = opts.chunking(None).files_of(&data),
+                "auto" => opts = opts.files_of(&data),
                 "content" => opts = opts.chunking(Some(keel::payload::store::Cdc::DEFAULT)),
                 _ => {}
             }

@@ -23,13 +23,16 @@ fuzz_target!(|data: &[u8]| {
     let Some((len, rest)) = data.split_first_chunk::<2>() else {
         return;
     };
-    let ilen = (u16::from_le_bytes(*len) as usize).min(rest.len());
+    // The top bit picks the format version (2 allows XZ runs), the rest the index length.
+    let len = u16::from_le_bytes(*len);
+    let version = 1 + u32::from(len >> 15);
+    let ilen = ((len & 0x7fff) as usize).min(rest.len());
     let (index, body) = rest.split_at(ilen);
     if index.is_empty() {
         return;
     }
     let mut store = b"KEELSTOR".to_vec();
-    store.extend_from_slice(&1u32.to_le_bytes());
+    store.extend_from_slice(&version.to_le_bytes());
     store.extend_from_slice(&0u32.to_le_bytes());
     store.extend_from_slice(&(index.len() as u64).to_le_bytes());
     store.extend_from_slice(&(body.len() as u64).to_le_bytes());

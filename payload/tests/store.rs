@@ -559,6 +559,10 @@ fn lies_in_a_signed_store_and_paths_that_are_not_records_are_refused() {
     let keys = ring(&key);
     let opts = StoreOptions::new(ApplyOptions::new(&keys, VersionCheck::Unchecked));
     // The last run (block runs: 9 bytes at the index's end) said to be ZERO, its data cut.
+    let m = u64::from_le_bytes(good[16..24].try_into().unwrap()) as usize;
+    let last_len = u32::from_le_bytes(good[64 + m - 9..64 + m - 5].try_into().unwrap()) as usize;
+    let last = 256 - last_len / BS;
+    assert!(last < 256);
     let lie = resigned(&good, &key, |_, index, data| {
         let n = index.len();
         let stored = u32::from_le_bytes(index[n - 4..].try_into().unwrap()) as usize;
@@ -575,10 +579,10 @@ fn lies_in_a_signed_store_and_paths_that_are_not_records_are_refused() {
         "{e}"
     );
     assert!(
-        t[252 * BS..].iter().all(|&b| b == 0xa5),
+        t[last * BS..].iter().all(|&b| b == 0xa5),
         "a block the leaves refuse was written"
     );
-    assert!(t[..252 * BS] == img[..252 * BS]);
+    assert!(t[..last * BS] == img[..last * BS]);
     // An image of 8 TiB: refused by its size, before anything is allocated for it.
     let huge = resigned(&good, &key, |_, index, _| {
         index[4..12].copy_from_slice(&(8u64 << 40).to_le_bytes());
@@ -683,4 +687,201 @@ fn the_parity_comes_from_the_blocks_as_they_are_written() {
         "the target was read for more than the in-place check: {:?}",
         done.plan
     );
+}
+
+/// Words from a seeded vocabulary: compressible, as a file's text is.
+fn words(seed: u64, len: usize) -> Vec<u8> {
+    let vocab: Vec<Vec<u8>> = (0..400u64)
+        .map(|i| seeded_bytes(seed * 1000 + i, 3 + (i % 9) as usize))
+        .map(|w| w.iter().map(|b| b'a' + b % 26).collect())
+        .collect();
+    let pick = seeded_bytes(seed, len);
+    let mut out = Vec::with_capacity(len + 16);
+    for p in pick.chunks(2) {
+        if out.len() >= len {
+            break;
+        }
+        out.extend_from_slice(&vocab[(usize::from(p[0]) * 7 + usize::from(p[1])) % vocab.len()]);
+        out.push(if p[0] % 13 == 0 { b'\n' } else { b' ' });
+    }
+    out.truncate(len);
+    out
+}
+
+/// Machine code, as far as a compressor sees it: a few instruction patterns and calls
+/// (`e8` and a displacement) to a few functions, whose displacements all differ where
+/// their targets repeat (what the x86 branch filter undoes).
+fn code(seed: u64, len: usize) -> Vec<u8> {
+    let patterns: Vec<Vec<u8>> = (0..24u64)
+        .map(|i| seeded_bytes(seed * 100 + i, 2 + (i % 6) as usize))
+        .map(|mut p| {
+            p[0] = [0x48, 0x89, 0x8b, 0x0f, 0x41, 0xc3][p[0] as usize % 6];
+            p
+        })
+        .collect();
+    let targets: Vec<u32> = seeded_bytes(seed + 7, 64)
+        .chunks(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()) % (len as u32).max(1))
+        .collect();
+    let pick = seeded_bytes(seed, len);
+    let mut out = Vec::with_capacity(len + 16);
+    let mut i = 0;
+    while out.len() < len {
+        let r = pick[i % pick.len()] as usize;
+        i += 1;
+        if r.is_multiple_of(4) {
+            let at = out.len() as u32 + 5;
+            out.push(0xe8);
+            out.extend_from_slice(
+                &targets[r / 4 % targets.len()]
+                    .wrapping_sub(at)
+                    .to_le_bytes(),
+            );
+        } else {
+            out.extend_from_slice(&patterns[r % patterns.len()]);
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// A file system image's runs follow its files: each file longer than a run has runs of
+/// its own (a changed file is fetched as its runs, whole, with the file's context to
+/// compress in), the other blocks are cut as before; runs where LZMA2 beats zstd are XZ,
+/// which makes a format version 2 store. A device installs it bit for bit, fetching
+/// fewer bytes than from the same image's store cut at fixed runs; a store without XZ
+/// stays version 1 (older installers read it); a version 1 header over an XZ run is
+/// refused.
+#[test]
+fn runs_follow_files_and_are_lzma2_where_that_is_smaller() {
+    use keel_payload::store::{file_extents, FILE_RUN_BLOCKS};
+    let dir = tempfile::tempdir().unwrap();
+    let tree = |name: &str, big_seed: u64, small_seed: u64| {
+        let root = dir.path().join(name);
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        // Two large files, one of them changed in the new tree; small files around them.
+        std::fs::write(root.join("usr/lib/libbig.so"), code(big_seed, 1_500_000)).unwrap();
+        std::fs::write(root.join("usr/lib/libsame.so"), words(5, 700_000)).unwrap();
+        for i in 0..40u64 {
+            let seed = if i == 7 { small_seed } else { 100 + i };
+            std::fs::write(root.join(format!("usr/lib/f{i}")), words(seed, 3000)).unwrap();
+        }
+        root
+    };
+    let (a, b) = (tree("a", 1, 2), tree("b", 3, 4));
+    let mut images = Vec::new();
+    if let Some(mk) = keel_testsupport::tool("mkfs.ext4", "e2fsprogs") {
+        let img = |root: &std::path::Path, name: &str| {
+            let out = dir.path().join(name);
+            keel_testsupport::run_ok(
+                &mk,
+                &[
+                    "-q",
+                    "-F",
+                    "-b",
+                    "4096",
+                    "-O",
+                    "^has_journal",
+                    "-E",
+                    "root_owner=0:0,lazy_itable_init=0",
+                    "-U",
+                    "4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6",
+                    "-d",
+                    root.to_str().unwrap(),
+                    out.to_str().unwrap(),
+                    "16M",
+                ],
+            );
+            std::fs::read(out).unwrap()
+        };
+        images.push(("ext4", img(&a, "a.ext4"), img(&b, "b.ext4")));
+    }
+    if let Some(mk) = keel_testsupport::tool("mkfs.erofs", "erofs-utils") {
+        let img = |root: &std::path::Path, name: &str| {
+            let out = dir.path().join(name);
+            keel_testsupport::run_ok(
+                &mk,
+                &[
+                    "--quiet",
+                    "-T0",
+                    "--all-root",
+                    out.to_str().unwrap(),
+                    root.to_str().unwrap(),
+                ],
+            );
+            let mut bytes = std::fs::read(out).unwrap();
+            bytes.resize(bytes.len().next_multiple_of(BS), 0);
+            bytes
+        };
+        images.push(("erofs", img(&a, "a.erofs"), img(&b, "b.erofs")));
+    }
+    let key = SigningKey::generate().unwrap();
+    let keys = ring(&key);
+    let opts = StoreOptions::new(ApplyOptions::new(&keys, VersionCheck::Unchecked));
+    for (fs, old, new) in images {
+        let files = file_extents(&new);
+        let big = files.iter().filter(|&&(_, n)| n > 100).count();
+        assert_eq!(big, 2, "{fs}: the two large files' extents: {files:?}");
+        let make = |o: PublishOptions| {
+            let mut out = io::Cursor::new(Vec::new());
+            publish_store(&new[..], &mut out, &key, &o).unwrap();
+            out.into_inner()
+        };
+        let base = PublishOptions::new("acme", "2.0", params(new.len(), b"f"));
+        let following = make(base.clone().files_of(&new));
+        let fixed = make(base.clone());
+        let zstd_only = make(base.clone().files_of(&new).xz(false));
+        assert_eq!(following[8], 2, "{fs}: XZ runs make a version 2 store");
+        assert_eq!(zstd_only[8], 1, "{fs}: without XZ runs, version 1");
+        let mut fetched = Vec::new();
+        for (what, bytes) in [
+            ("files", &following),
+            ("fixed", &fixed),
+            ("zstd", &zstd_only),
+        ] {
+            let store = Counted::new(bytes.clone());
+            let s = StoreSession::open(&store, &opts).unwrap();
+            // Every followed file's blocks lie in runs of their own, of at most
+            // FILE_RUN_BLOCKS, and no run crosses into or out of one.
+            if what != "fixed" {
+                for &(start, n) in files.iter().filter(|&&(_, n)| n > 2) {
+                    let (s0, e0) = (start * BS as u64, (start + n) * BS as u64);
+                    for r in &s.index().runs {
+                        let (rs, re) = (r.start, r.start + u64::from(r.len));
+                        if re <= s0 || rs >= e0 || r.kind == keel_payload::store::RunKind::Zero {
+                            continue;
+                        }
+                        assert!(
+                            rs >= s0 && re <= e0 && u64::from(r.len) <= FILE_RUN_BLOCKS * BS as u64,
+                            "{fs} {what}: run {rs}..{re} crosses file blocks {s0}..{e0}"
+                        );
+                    }
+                }
+            }
+            let xz = s
+                .index()
+                .runs
+                .iter()
+                .filter(|r| r.kind == keel_payload::store::RunKind::Xz)
+                .count();
+            assert_eq!(xz > 0, what == "files", "{fs} {what}: {xz} XZ runs");
+            let before = store.read.load(Ordering::Relaxed);
+            let mut t = vec![0u8; new.len()];
+            let seeds = [Seed {
+                image: &old,
+                tree: None,
+            }];
+            s.install(&seeds, &mut t, &opts).unwrap();
+            assert!(t == new, "{fs} {what}: the image bit for bit");
+            fetched.push(store.read.load(Ordering::Relaxed) - before);
+        }
+        assert!(
+            fetched[0] < fetched[1] && fetched[0] < fetched[2],
+            "{fs}: following files with LZMA2 fetches less: {fetched:?} (files, fixed, zstd only)"
+        );
+        // A version 1 header over the same index: its XZ runs are not read as anything.
+        let v1 = resigned(&following, &key, |header, _, _| header[8] = 1);
+        let e = StoreSession::open(&Counted::new(v1), &opts).unwrap_err();
+        assert!(e.to_string().contains("in format version 1"), "{fs}: {e}");
+    }
 }

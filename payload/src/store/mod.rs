@@ -11,12 +11,13 @@
 //! leaf before it is written or counted. Nothing is made per source version at publish
 //! time. [`publish_store`] makes a store, [`StoreSession`] installs from one.
 //!
-//! # Format (version 1; integers little-endian)
+//! # Format (version 2; integers little-endian)
 //!
 //! ```text
 //! header     64 bytes
 //!   0   8  magic "KEELSTOR"
-//!   8   4  format version 1
+//!   8   4  format version: 1, or 2 when a run is XZ (an installer that knows only 1
+//!          refuses what it could not decode, by the version)
 //!   12  4  reserved, 0
 //!   16  8  index length M (at most 64 MiB)
 //!   24  8  data length D
@@ -45,19 +46,26 @@
 //! u32 run count, then each run (the runs cover the image from byte 0, in order):
 //!   u32 length in bytes (a ZSTD run 1 to 4 MiB, a ZERO run 1 to 1 GiB; with BLOCKS, a
 //!       multiple of the block size)
-//!   u8  kind: 0 ZERO (all zero bytes; no data), 1 ZSTD (one zstd frame of the bytes)
-//!   u32 stored length (0 for ZERO; 1 to 8 MiB for ZSTD)
+//!   u8  kind: 0 ZERO (all zero bytes; no data), 1 ZSTD (one zstd frame of the bytes),
+//!       2 XZ (version 2: u8 filter, 0 none or 1 BCJ x86, u32 LZMA2 dictionary size, at
+//!       most the run's length rounded up to a power of two and 4096 at least, then a raw
+//!       LZMA2 stream of the bytes: keel-payload's REPLACE_XZ blob)
+//!   u32 stored length (0 for ZERO; 1 to 8 MiB for ZSTD and XZ)
 //!   with CONTENT, for a ZSTD run: u64 hint, the first 8 bytes of the sha256 of its
 //!       bytes, little-endian: what a device looks up among its own image's chunks
 //! ```
 //!
 //! The runs' data follow the leaf level in run order; their lengths add up to D. The
 //! index is not compressed: the publisher writes it in front of data it sizes only at the
-//! end, and a run costs 9 bytes of it, 17 with a hint (a 512 MiB root file system in
-//! 16 KiB runs: 200 to 300 KB, against 1.3 MB of compressed leaves).
+//! end, and a run costs 9 bytes of it, 17 with a hint (a 512 MiB root file system, its
+//! files followed and the rest in 8 KiB runs: about 100 KB, against 1.3 MB of compressed
+//! leaves).
 //!
 //! Block runs suit images that keep file content on block boundaries (ext4, EROFS): a
-//! device finds its blocks by their dm-verity leaves wherever they moved. Content runs
+//! device finds its blocks by their dm-verity leaves wherever they moved. The publisher
+//! may cut them along the image's files (see `PublishOptions::files`): a file that changed
+//! is new in nearly every block, so its runs are fetched whole and compress with the
+//! file's context (and, as XZ, with the x86 branch filter where that is smaller). Content runs
 //! suit images that pack content at any byte (squashfs): a device chunks its own image the
 //! same way and finds the runs whose hint it has, shifted by any amount. Either way the
 //! leaves decide: a block is written only once its bytes hash to its leaf.
@@ -73,15 +81,19 @@ mod publish;
 
 pub use cdc::Cdc;
 pub use install::{Installed, Plan, Seed, StoreOptions, StoreSession, DEFAULT_GAP, MAX_RANGE};
-pub use publish::{publish_store, PublishOptions, Published, DEFAULT_RUN_BLOCKS};
+pub use publish::{
+    file_extents, publish_store, PublishOptions, Published, DEFAULT_RUN_BLOCKS, FILE_RUN_BLOCKS,
+    XZ_MIN_RUN,
+};
 
 use crate::error::{Error, Result};
 use crate::format::{ImageId, HEADER_SIZE, MAX_MANIFEST, SIGNATURE_SIZE};
 
 /// The store's magic.
 pub const STORE_MAGIC: [u8; 8] = *b"KEELSTOR";
-/// The store format version this crate writes and reads.
-pub const STORE_VERSION: u32 = 1;
+/// The newest store format version this crate writes and reads (it writes version 1 when
+/// no run is XZ, so that older installers read what they can decode).
+pub const STORE_VERSION: u32 = 2;
 /// The most blocks in one run of whole blocks.
 pub const MAX_RUN_BLOCKS: u32 = 1024;
 /// The most bytes in a run with data.
@@ -103,6 +115,9 @@ pub enum RunKind {
     Zero,
     /// One zstd frame of the run's blocks.
     Zstd,
+    /// One LZMA2 blob (format version 2): where it is smaller than zstd's frame, as for a
+    /// whole file's executable code.
+    Xz,
 }
 
 /// A run of the image's bytes and where its data lies in the store.
@@ -159,6 +174,8 @@ impl StoreIndex {
 /// The store's fixed header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StoreHeader {
+    /// 1, or 2 where a run is XZ.
+    pub(crate) version: u32,
     pub(crate) index_len: u64,
     pub(crate) data_len: u64,
     pub(crate) key_id: [u8; 32],
@@ -176,7 +193,7 @@ impl StoreHeader {
     pub(crate) fn to_bytes(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
         b[..8].copy_from_slice(&STORE_MAGIC);
-        b[8..12].copy_from_slice(&STORE_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[16..24].copy_from_slice(&self.index_len.to_le_bytes());
         b[24..32].copy_from_slice(&self.data_len.to_le_bytes());
         b[32..64].copy_from_slice(&self.key_id);
@@ -192,11 +209,11 @@ impl StoreHeader {
             ));
         }
         let v = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-        if v != STORE_VERSION {
+        if !(1..=STORE_VERSION).contains(&v) {
             return Err(bad(
                 "format version",
                 8,
-                format!("expected {STORE_VERSION}, found {v}"),
+                format!("expected 1 to {STORE_VERSION}, found {v}"),
             ));
         }
         if b[12..16] != [0; 4] {
@@ -214,6 +231,7 @@ impl StoreHeader {
         let mut key_id = [0u8; 32];
         key_id.copy_from_slice(&b[32..64]);
         Ok(StoreHeader {
+            version: v,
             index_len,
             data_len,
             key_id,
@@ -256,9 +274,10 @@ pub(crate) fn encode_index(index: &StoreIndex) -> Vec<u8> {
         w.push(match r.kind {
             RunKind::Zero => 0,
             RunKind::Zstd => 1,
+            RunKind::Xz => 2,
         });
         w.extend_from_slice(&r.stored.to_le_bytes());
-        if index.chunking.is_some() && r.kind == RunKind::Zstd {
+        if index.chunking.is_some() && r.kind != RunKind::Zero {
             w.extend_from_slice(&r.hint.to_le_bytes());
         }
     }
@@ -390,12 +409,24 @@ pub(crate) fn parse_index(b: &[u8], header: &StoreHeader) -> Result<StoreIndex> 
         let kind = match (kind, stored) {
             (0, 0) => RunKind::Zero,
             (1, 1..=MAX_RUN_STORED) => RunKind::Zstd,
-            (0 | 1, _) => return Err(what(format!("kind {kind} with {stored} stored bytes"))),
-            (k, _) => return Err(what(format!("kind {k}, expected 0 ZERO or 1 ZSTD"))),
+            (2, 1..=MAX_RUN_STORED) if header.version >= 2 => RunKind::Xz,
+            (0..=2, _) if kind < 2 || header.version >= 2 => {
+                return Err(what(format!("kind {kind} with {stored} stored bytes")))
+            }
+            (k, _) => {
+                return Err(what(format!(
+                    "kind {k}, expected 0 ZERO or 1 ZSTD{}",
+                    if header.version >= 2 {
+                        " or 2 XZ"
+                    } else {
+                        " in format version 1"
+                    }
+                )))
+            }
         };
         let max = match kind {
             RunKind::Zero => MAX_ZERO_RUN,
-            RunKind::Zstd => MAX_RUN_LEN,
+            RunKind::Zstd | RunKind::Xz => MAX_RUN_LEN,
         };
         if len == 0 || len > max {
             return Err(what(format!("{len} bytes, expected 1 to {max}")));
@@ -406,7 +437,7 @@ pub(crate) fn parse_index(b: &[u8], header: &StoreHeader) -> Result<StoreIndex> 
             )));
         }
         let hint = match (chunking, kind) {
-            (Some(_), RunKind::Zstd) => c.u64("run hint").map_err(short)?,
+            (Some(_), RunKind::Zstd | RunKind::Xz) => c.u64("run hint").map_err(short)?,
             _ => 0,
         };
         if pos + u64::from(len) > size {
