@@ -384,3 +384,75 @@ fn publish_install_check_and_refusals() {
     assert!(out.contains("take 2.0 block store:"), "{out}");
     assert_eq!(number_after(&out, "block store:"), from_file, "{out}");
 }
+
+/// A content-cut store of an image padded with zeros (a squashfs made to fill its slot):
+/// the block where the data ends and a long zero run begins is built from both runs, and
+/// the installer holds no zero run in memory to build it. Under an address-space limit
+/// far below the 200 MiB zero run it installs the image bit for bit (it aborted on the
+/// allocation before: outside review).
+#[test]
+fn a_long_zero_run_is_not_held_in_memory() {
+    let Some(prlimit) = common::tool("prlimit", "util-linux") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n).display().to_string();
+    // Data ending where the content chunker cuts it, inside a block, then zeros to
+    // 200 MiB: the next chunk, all zeros, starts a zero run in the middle of that block.
+    let data = keel_testsupport::seeded_bytes(41, 2_000_000);
+    let cdc = keel::payload::store::Cdc::DEFAULT;
+    let mut end = 0;
+    while end < 1_000_000 || end % 4096 == 0 {
+        end += cdc.cut(&data[end..]);
+    }
+    let mut img = data[..end].to_vec();
+    img.resize(200 << 20, 0);
+    std::fs::write(tmp.path().join("img"), &img).unwrap();
+    let o = run(
+        &std::path::PathBuf::from("openssl"),
+        &["genpkey", "-algorithm", "ed25519", "-out", &p("k.pem")],
+    );
+    assert!(o.status.success());
+    let o = run(
+        &std::path::PathBuf::from("openssl"),
+        &["pkey", "-in", &p("k.pem"), "-pubout", "-out", &p("k.pub")],
+    );
+    assert!(o.status.success());
+    let o = run(
+        &example("store"),
+        &[
+            "publish",
+            "--image",
+            &p("img"),
+            "--key",
+            &p("k.pem"),
+            "--verity-salt",
+            "-",
+            "-o",
+            &p("s"),
+            "--runs",
+            "content",
+            "--level",
+            "3",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let store = example("store");
+    let o = run(
+        &prlimit,
+        &[
+            "--as=209715200", // 200 MiB of address space: the zero run alone would not fit
+            store.to_str().unwrap(),
+            "install",
+            "--store",
+            &p("s"),
+            "--target",
+            &p("t"),
+            "--pubkey",
+            &p("k.pub"),
+            "--no-version-check",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(tmp.path().join("t")).unwrap() == img);
+}

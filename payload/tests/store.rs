@@ -596,6 +596,26 @@ fn lies_in_a_signed_store_and_paths_that_are_not_records_are_refused() {
     });
     let e = StoreSession::open(&Counted::new(padded), &opts).unwrap_err();
     assert!(e.to_string().contains("leaf level stored length"), "{e}");
+    // A content-cut store whose runs are shorter than its chunking's minimum (which would
+    // let an index hold millions of one-byte runs): refused by the index.
+    let mut out = io::Cursor::new(Vec::new());
+    let copts = PublishOptions::new("acme", "2.0", params(img.len(), b"z"))
+        .chunking(Some(keel_payload::store::Cdc::DEFAULT));
+    publish_store(&img[..], &mut out, &key, &copts).unwrap();
+    let content = out.into_inner();
+    StoreSession::open(&Counted::new(content.clone()), &opts).unwrap();
+    let short = resigned(&content, &key, |_, index, _| {
+        let at = 4 + 8 + 32 + 2 + 396 + 2 + 4 + 2 + 3 + 8 + 4;
+        assert_eq!(index[at], 1, "content chunking");
+        index[at + 1..at + 5].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        index[at + 9..at + 13].copy_from_slice(&(4u32 << 20).to_le_bytes());
+    });
+    let e = StoreSession::open(&Counted::new(short), &opts).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("shorter than the chunking's minimum"),
+        "{e}"
+    );
     // Another key's store: refused after its 64-byte header.
     let other = SigningKey::generate().unwrap();
     let store = Counted::new(publish(&img, &other, "2.0", b"z"));

@@ -811,6 +811,10 @@ impl<'j, S: ReadAt + ?Sized> Job<'j, '_, S> {
             }
             let (from, to) = (lo.max(run.start), (lo + bs).min(end));
             match data {
+                Some((_, fetched)) if run.kind == RunKind::Zero => {
+                    self.asm[(from - lo) as usize..(to - lo) as usize].fill(0);
+                    self.asm_fetched |= fetched;
+                }
                 Some((d, fetched)) if d.len() == run.len as usize => {
                     let src = &d[(from - run.start) as usize..(to - run.start) as usize];
                     self.asm[(from - lo) as usize..(to - lo) as usize].copy_from_slice(src);
@@ -948,7 +952,7 @@ fn from_ranges<S: ReadAt + ?Sized>(
     job: &mut Job<'_, '_, S>,
 ) -> Result<Vec<u8>> {
     if run.kind == RunKind::Zero {
-        return decode(run, &[]);
+        return Ok(Vec::new());
     }
     let end = run.offset + u64::from(run.stored);
     loop {
@@ -966,11 +970,12 @@ fn from_ranges<S: ReadAt + ?Sized>(
     }
 }
 
-/// A fetched run's bytes, exactly.
+/// A fetched run's bytes, exactly; none for a zero run (up to 1 GiB), whose zeros
+/// [`Job::run`] writes where a block needs them.
 fn decode(run: &Run, stored: &[u8]) -> Result<Vec<u8>> {
     let len = u64::from(run.len);
     match run.kind {
-        RunKind::Zero => Ok(vec![0u8; len as usize]),
+        RunKind::Zero => Ok(Vec::new()),
         RunKind::Zstd => unframe(stored, &[], len, "run").map_err(|reason| Error::StoreField {
             field: "run",
             offset: run.offset,

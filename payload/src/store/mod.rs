@@ -431,6 +431,15 @@ pub(crate) fn parse_index(b: &[u8], header: &StoreHeader) -> Result<StoreIndex> 
         if len == 0 || len > max {
             return Err(what(format!("{len} bytes, expected 1 to {max}")));
         }
+        // A content cut is never shorter than its minimum but at the image's end: more
+        // runs than the image holds minimums are not a store this crate makes (and would
+        // cost the installer memory for each).
+        if let Some(cdc) = chunking.filter(|c| len < c.min && pos + u64::from(len) != size) {
+            return Err(what(format!(
+                "{len} bytes, shorter than the chunking's minimum {} (only the last run may be)",
+                cdc.min
+            )));
+        }
         if chunking.is_none() && len % block_size != 0 {
             return Err(what(format!(
                 "{len} bytes, not whole {block_size}-byte blocks"
