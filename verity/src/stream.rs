@@ -22,19 +22,21 @@ use crate::algorithm::{Digest64, SaltedHasher};
 use crate::error::{Error, Result};
 use crate::fec::gfmul::{Coeffs, Kernel};
 use crate::fec::rs::Code;
-use crate::fec::{for_each_batch_of, FecGeometry, Input};
+use crate::fec::FecGeometry;
 use crate::geometry::TreeGeometry;
 use crate::io::{ReadAt, WriteAt};
 use crate::params::VerityParams;
 use crate::tree::{hash_leaves, BuildOptions, HashTree};
 use keel_io::Threads;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Most memory the parity of a [`StreamTree`] may take (beside the tree itself): the
 /// parity of about 8 GiB of data with two roots.
 pub const STREAM_PARITY_BUDGET: u64 = 64 << 20;
 
-/// Input each thread loads per batch of rounds when the whole device is read.
-const STREAM_BATCH_BYTES: u64 = 16 << 20;
+/// What each thread reads at a time when the whole device is read: hashed and added to the
+/// parity while it is still in the core's cache (1 MiB of L2 on a common core).
+const WHOLE_PIECE_BYTES: usize = 512 << 10;
 /// Below this many blocks in one write, one thread hashes them: spawning costs more.
 const SPLIT_MIN_BLOCKS: usize = 64;
 /// What [`StreamTree::finish`] reads back at a time.
@@ -166,6 +168,79 @@ impl Accumulator {
             planes,
         };
         [share(0, self.split, a), share(1, roots - self.split, b)]
+    }
+}
+
+impl Accumulator {
+    /// Add `whole`'s parity to this one's (the layouts differ: all planes of a round side
+    /// by side there, two groups here).
+    fn add_whole(&mut self, whole: &Whole) {
+        let bs = self.g.block_size as usize;
+        let roots = self.g.roots as usize;
+        let rounds = self.g.rounds as usize;
+        let second = self.split * rounds * bs;
+        let pg = roots - self.split;
+        for r in 0..rounds {
+            for j in 0..roots {
+                let at = match j < self.split {
+                    true => (r * self.split + j) * bs,
+                    false => second + (r * pg + j - self.split) * bs,
+                };
+                let src = &whole.planes[(r * roots + j) * bs..][..bs];
+                for (x, y) in self.planes[at..at + bs].iter_mut().zip(src) {
+                    *x ^= y;
+                }
+            }
+        }
+    }
+}
+
+/// The parity of part of the device, all planes of a round side by side, so that one pass
+/// over a block adds it to every plane (one thread's, when the whole device is read).
+struct Whole {
+    rounds: u64,
+    bs: usize,
+    roots: usize,
+    kernel: Kernel,
+    /// For each symbol position i, the coefficients of every plane (one input).
+    rows: Vec<Coeffs>,
+    planes: Vec<u8>,
+}
+
+impl Whole {
+    fn new(g: &FecGeometry) -> Whole {
+        let roots = g.roots as usize;
+        let raw = Code::new(roots).parity_matrix();
+        Whole {
+            rounds: g.rounds,
+            bs: g.block_size as usize,
+            roots,
+            kernel: Kernel::best(),
+            rows: raw
+                .chunks_exact(roots)
+                .take(g.k())
+                .map(|row| Coeffs::new(row.to_vec(), roots))
+                .collect(),
+            planes: vec![0u8; g.parity_size() as usize],
+        }
+    }
+
+    /// Add covered blocks `first..` (`input`, whole blocks).
+    fn add(&mut self, first: u64, input: &[u8]) {
+        let (bs, roots) = (self.bs, self.roots);
+        for (n, block) in input.chunks_exact(bs).enumerate() {
+            let c = first + n as u64;
+            let (i, r) = ((c / self.rounds) as usize, (c % self.rounds) as usize);
+            let Some(row) = self.rows.get(i) else {
+                return; // past the covered blocks: padding, which is zero
+            };
+            row.dot_add(
+                self.kernel,
+                &[block],
+                bs,
+                &mut self.planes[r * roots * bs..][..roots * bs],
+            );
+        }
     }
 }
 
@@ -339,7 +414,7 @@ impl StreamTree {
             && self.seen.iter().all(|&w| w == 0)
             && !self.geometry.levels().is_empty()
         {
-            read_back = self.read_by_rounds(data, opts)?;
+            read_back = self.read_whole(data, opts)?;
         }
         let per_read = (READ_BACK_BYTES as u64 / bs).max(1);
         // The runs to read, from a copy of what was seen (the hashing marks blocks).
@@ -413,102 +488,95 @@ impl StreamTree {
         })
     }
 
-    /// Nothing seen yet: read the data round by round as the parity encoder does (the
-    /// blocks of a batch of rounds lie in `k` runs across the device), so that each batch's
-    /// parity is computed at once from all its inputs, and hash the same runs into the
-    /// leaves, on every core. The hash area counts as zeros here; its share is added by
-    /// [`StreamTree::add_hash_area`]. Returns the bytes read.
-    fn read_by_rounds<D: ReadAt + ?Sized>(
-        &mut self,
-        data: &D,
-        opts: &BuildOptions<'_>,
-    ) -> Result<u64> {
+    /// Nothing seen yet: read the whole device once, in order, each of two threads one
+    /// half in pieces of [`WHOLE_PIECE_BYTES`], hashing each piece into the leaves and
+    /// adding it to the parity while it is in the core's cache. Each thread adds to a
+    /// parity of its own (the parity is linear in its input: the second is added to the
+    /// first at the end), so no round's planes are shared and each block is read from
+    /// memory once; each parity holds a round's planes side by side, so that one pass over
+    /// a block adds it to all of them. Runs only where two more parities fit within one and
+    /// a half times [`STREAM_PARITY_BUDGET`] and two
+    /// threads are allowed; returns the bytes read (0 when it did not run: the caller's
+    /// read-back then reads everything). The hash area counts as zeros here; its share is
+    /// added by [`StreamTree::add_hash_area`].
+    fn read_whole<D: ReadAt + ?Sized>(&mut self, data: &D, opts: &BuildOptions<'_>) -> Result<u64> {
         let Some(acc) = self.parity.as_mut() else {
             return Ok(0);
         };
-        let g = acc.g.clone();
-        let bs = g.block_size as usize;
-        let roots = g.roots as usize;
-        let rounds = g.rounds as usize;
-        let input = Input {
-            g: &g,
-            data,
-            hash: &Zeros,
-        };
+        let n = self.params.data_blocks();
+        if self.threads < 2
+            || self.geometry.levels().is_empty()
+            || n < 2 * SPLIT_MIN_BLOCKS as u64
+            || acc.planes.len() as u64 > STREAM_PARITY_BUDGET / 2
+        {
+            return Ok(0);
+        }
+        let bs = self.params.data_block_size() as usize;
+        let total = n * bs as u64;
+        let mid = n / 2;
+        let (mut first, mut second) = (Whole::new(&acc.g), Whole::new(&acc.g));
         let (hasher, geometry) = (&self.hasher, &self.geometry);
-        let slot = geometry.slot_size();
-        let leaf_at = |b: u64| leaf_at(geometry, b);
-        let build = opts.threads(Threads::exactly(self.threads));
-        let (tree, seen, planes, split) =
-            (&mut self.tree, &mut self.seen, &mut acc.planes, acc.split);
-        let mut read = 0u64;
-        // Runs of 16 rounds (64 KiB with 4 KiB blocks): a disk reads them nearly as fast as
-        // one sequential stream.
-        let per = (STREAM_BATCH_BYTES / (g.k() as u64 * g.block_size)).max(1);
-        for_each_batch_of(
-            &g,
-            per,
-            &build,
-            |batch, r0, nr| {
-                batch.load(&input, r0, nr)?;
-                let stride = batch.stride();
-                // The digests of every data block loaded, in the batch's order, in one call
-                // (runs of a few blocks would leave the 16-lane SHA-256 idle); the runs are
-                // side by side in the buffer unless this is the last, shorter batch.
-                let mut runs = Vec::new();
-                let mut digests = Vec::new();
-                for i in 0..g.k() {
-                    let first = i as u64 * g.rounds + r0;
-                    let count = nr.min(g.data_blocks.saturating_sub(first));
-                    if count > 0 {
-                        runs.push((i, first, count));
-                    }
+        let (left, right) = self.tree.split_at_mut(leaf_at(geometry, mid));
+        let left = &mut left[leaf_at(geometry, 0)..];
+        let done = AtomicU64::new(0);
+        let failed = AtomicBool::new(false);
+        // Blocks `from..to` into `acc` and `leaves` (which starts at block `from`'s leaf);
+        // `report`: this thread tells `opts.progress` (one thread does, so that the count
+        // it sees only grows).
+        let half = |acc: &mut Whole, leaves: &mut [u8], from: u64, to: u64, report: bool| {
+            let per = (WHOLE_PIECE_BYTES / bs).max(1) as u64;
+            let mut buf = vec![0u8; (per.min(to - from) as usize) * bs];
+            let base = leaf_at(geometry, from);
+            let mut b = from;
+            while b < to {
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(());
                 }
-                let total: u64 = runs.iter().map(|r| r.2).sum();
-                digests.resize(total as usize * slot, 0);
-                let whole = runs.iter().take_while(|r| r.2 == nr).count();
-                let mut at = 0usize;
-                if nr as usize * bs == stride && whole > 0 {
-                    let n = whole * nr as usize;
-                    hasher.hash_many(&batch.input[..n * bs], bs, &mut digests[..n * slot], slot);
-                    at = n;
+                if opts.progress.is_some_and(|p| p.cancelled()) {
+                    return Err(Error::Cancelled);
                 }
-                for &(i, _, count) in runs.iter().skip(if at > 0 { whole } else { 0 }) {
-                    let run = &batch.input[i * stride..i * stride + count as usize * bs];
-                    let n = count as usize;
-                    hasher.hash_many(run, bs, &mut digests[at * slot..(at + n) * slot], slot);
-                    at += n;
+                let k = per.min(to - b);
+                let piece = &mut buf[..k as usize * bs];
+                let off = b * bs as u64;
+                data.read_exact_at(piece, off)
+                    .map_err(|e| Error::io(format!("reading data device byte {off}"), e))?;
+                hash_leaves(
+                    hasher,
+                    geometry,
+                    bs,
+                    b,
+                    piece,
+                    &mut leaves[leaf_at(geometry, b) - base..],
+                );
+                acc.add(b, piece);
+                let now = done.fetch_add(piece.len() as u64, Ordering::Relaxed);
+                if let Some(p) = opts.progress.filter(|_| report) {
+                    p.progress(now + piece.len() as u64, total);
                 }
-                let leaves: Vec<(u64, u64)> = runs.iter().map(|&(_, f, c)| (f, c)).collect();
-                let mut out = vec![0u8; nr as usize * bs * roots];
-                for (r, o) in out.chunks_exact_mut(bs * roots).enumerate() {
-                    batch.encode_planes(r, o)?;
+                b += k;
+            }
+            Ok(())
+        };
+        let (a, b) = std::thread::scope(|scope| {
+            let other = scope.spawn(|| {
+                let r = half(&mut second, right, mid, n, false);
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
                 }
-                Ok((leaves, digests, out))
-            },
-            |r0, _, (leaves, digests, out)| {
-                let mut d = digests.chunks_exact(slot);
-                for (first, count) in leaves {
-                    for (b, digest) in (first..first + count).zip(d.by_ref()) {
-                        let at = leaf_at(b);
-                        tree[at..at + slot].copy_from_slice(digest);
-                        seen[(b / 64) as usize] |= 1 << (b % 64);
-                    }
-                    read += count * bs as u64;
-                }
-                // `out` holds each round's planes side by side; the accumulator keeps the
-                // two groups apart.
-                let second = split * rounds * bs;
-                for (r, o) in out.chunks_exact(bs * roots).enumerate() {
-                    let round = r0 as usize + r;
-                    let pg = roots - split;
-                    planes[round * split * bs..][..split * bs].copy_from_slice(&o[..split * bs]);
-                    planes[second + round * pg * bs..][..pg * bs].copy_from_slice(&o[split * bs..]);
-                }
-                Ok(())
-            },
-        )?;
-        Ok(read)
+                r
+            });
+            let a = half(&mut first, left, 0, mid, true);
+            if a.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            (a, other.join())
+        });
+        a?;
+        b.map_err(|_| Error::io("reading", std::io::Error::other("a thread panicked")))??;
+        acc.add_whole(&first);
+        acc.add_whole(&second);
+        self.seen.fill(u64::MAX);
+        Ok(total)
     }
 
     /// The tree's blocks are the hash area: their share of the parity.
@@ -629,17 +697,4 @@ fn leaf_at(geometry: &TreeGeometry, b: u64) -> usize {
     geometry.level_offset_in_tree(0)
         + (b >> geometry.per_block_bits()) as usize * geometry.hash_block_size() as usize
         + geometry.entry_offset(b)
-}
-
-/// A hash device of zeros: the hash area's share of the parity comes later.
-struct Zeros;
-
-impl ReadAt for Zeros {
-    fn read_exact_at(&self, buf: &mut [u8], _offset: u64) -> std::io::Result<()> {
-        buf.fill(0);
-        Ok(())
-    }
-    fn size(&self) -> std::io::Result<u64> {
-        Ok(u64::MAX)
-    }
 }

@@ -130,14 +130,52 @@ fn what_was_not_seen_whole_is_read_back_and_counted() {
     let (tree, g, parity) = expected(&p, &data, roots);
     let bsu = u64::from(bs);
 
-    // Nothing seen (a writer that resumed after everything was written): one read of it all.
-    let s = StreamTree::new(&p).unwrap().parity(&g).unwrap();
-    let out = s.finish(&data[..], &BuildOptions::default()).unwrap();
-    assert_eq!(out.read_back, blocks * bsu);
-    assert_eq!(out.tree, tree);
-    let mut got = Vec::new();
-    out.parity.unwrap().write_to(&mut got).unwrap();
-    assert!(got == parity);
+    // Nothing seen (a writer that resumed after everything was written, or `format_with_fec`):
+    // one read of it all, in order, on one thread or two (each half into a parity of its
+    // own), whatever the block size and count and the roots.
+    for (bs, blocks, roots) in [(4096u32, 2000u64, 2u8), (4096, 2001, 24), (512, 777, 3)] {
+        let p = params(bs, blocks);
+        let data = seeded_bytes(blocks, (blocks * u64::from(bs)) as usize);
+        let (tree, g, parity) = expected(&p, &data, roots);
+        for threads in [1, 2] {
+            let s = StreamTree::new(&p)
+                .unwrap()
+                .threads(Threads::exactly(threads))
+                .parity(&g)
+                .unwrap();
+            let out = s.finish(&data[..], &BuildOptions::default()).unwrap();
+            let what = format!("{bs} x {blocks}, roots {roots}, {threads} threads");
+            assert_eq!(out.read_back, blocks * u64::from(bs), "{what}");
+            assert_eq!(out.tree, tree, "{what}");
+            let mut got = Vec::new();
+            out.parity.unwrap().write_to(&mut got).unwrap();
+            assert!(got == parity, "{what}: parity");
+        }
+    }
+    // Cancelled on the way: stops with Cancelled, after reporting progress.
+    struct StopAfterFirst(std::sync::atomic::AtomicU64);
+    impl keel_verity::Progress for StopAfterFirst {
+        fn progress(&self, done: u64, _total: u64) {
+            self.0.store(done, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn cancelled(&self) -> bool {
+            self.0.load(std::sync::atomic::Ordering::Relaxed) > 0
+        }
+    }
+    let big = params(4096, 4096);
+    let data4 = seeded_bytes(9, 4096 * 4096);
+    let (_, g4, _) = expected(&big, &data4, 2);
+    let stop = StopAfterFirst(Default::default());
+    let e = StreamTree::new(&big)
+        .unwrap()
+        .threads(Threads::exactly(2))
+        .parity(&g4)
+        .unwrap()
+        .finish(&data4[..], &BuildOptions::default().progress(&stop))
+        .unwrap_err();
+    assert!(matches!(e, keel_verity::Error::Cancelled), "{e}");
+    let seen = stop.0.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(seen > 0 && seen < 4096 * 4096, "stopped part way: {seen}");
 
     // Blocks 10 and 11 written in unaligned pieces, the rest whole: only those two are read.
     let mut s = StreamTree::new(&p).unwrap().parity(&g).unwrap();
