@@ -106,16 +106,31 @@ impl Parity {
     /// Round `r`'s parity byte plane `j` (byte b of the block is symbol j of codeword b).
     fn plane(&self, r: usize, j: usize) -> &[u8] {
         let bs = self.g.block_size as usize;
-        let rounds = self.g.rounds as usize;
-        let (base, pg, jj) = match j < self.split {
-            true => (0, self.split, j),
-            false => {
-                let pg = self.g.roots as usize - self.split;
-                (self.split * rounds * bs, pg, j - self.split)
-            }
-        };
-        &self.planes[base + (r * pg + jj) * bs..][..bs]
+        &self.planes[plane_at(&self.g, self.split, r, j)..][..bs]
     }
+}
+
+/// Where round `r`'s plane `j` starts in planes split in two groups at `split` (each group
+/// `rounds` runs of its planes side by side).
+fn plane_at(g: &FecGeometry, split: usize, r: usize, j: usize) -> usize {
+    let bs = g.block_size as usize;
+    match j < split {
+        true => (r * split + j) * bs,
+        false => {
+            let pg = g.roots as usize - split;
+            split * g.rounds as usize * bs + (r * pg + j - split) * bs
+        }
+    }
+}
+
+/// For each symbol position i, the coefficients of planes `from..to` (one input, k = 1).
+fn rows_of(g: &FecGeometry, from: usize, to: usize) -> Vec<Coeffs> {
+    let roots = g.roots as usize;
+    let raw = Code::new(roots).parity_matrix();
+    raw.chunks_exact(roots)
+        .take(g.k())
+        .map(|row| Coeffs::new(row[from..to].to_vec(), to - from))
+        .collect()
 }
 
 /// The parity as it accumulates: the planes split in two groups, one per thread.
@@ -124,68 +139,42 @@ struct Accumulator {
     kernel: Kernel,
     /// Planes in the first group (the second holds the rest).
     split: usize,
-    /// For each symbol position i, the coefficients of each group (one input, k = 1).
-    rows: Vec<[Coeffs; 2]>,
+    /// Each group's coefficients.
+    rows: [Vec<Coeffs>; 2],
     planes: Vec<u8>,
 }
 
 impl Accumulator {
     fn new(g: &FecGeometry) -> Accumulator {
         let roots = g.roots as usize;
-        let raw = Code::new(roots).parity_matrix();
         let split = roots / 2;
-        let rows = (0..g.k())
-            .map(|i| {
-                let row = &raw[i * roots..(i + 1) * roots];
-                [
-                    Coeffs::new(row[..split].to_vec(), split),
-                    Coeffs::new(row[split..].to_vec(), roots - split),
-                ]
-            })
-            .collect();
         Accumulator {
             g: g.clone(),
             kernel: Kernel::best(),
             split,
-            rows,
+            rows: [rows_of(g, 0, split), rows_of(g, split, roots)],
             planes: vec![0u8; g.parity_size() as usize],
         }
     }
-}
 
-impl Accumulator {
     /// The two groups of planes, each for one thread.
     fn shares(&mut self) -> [Share<'_>; 2] {
         let plane_len = self.g.rounds as usize * self.g.block_size as usize;
         let (a, b) = self.planes.split_at_mut(self.split * plane_len);
-        let roots = self.g.roots as usize;
-        let share = |group, planes_in_group, planes| Share {
-            g: &self.g,
-            kernel: self.kernel,
-            group,
-            planes_in_group,
-            rows: &self.rows,
-            planes,
-        };
-        [share(0, self.split, a), share(1, roots - self.split, b)]
+        let [ra, rb] = &self.rows;
+        [
+            Share::new(&self.g, self.kernel, ra, a),
+            Share::new(&self.g, self.kernel, rb, b),
+        ]
     }
-}
 
-impl Accumulator {
-    /// Add `whole`'s parity to this one's (the layouts differ: all planes of a round side
-    /// by side there, two groups here).
+    /// Add `whole`'s parity (a round's planes side by side there) to this one's.
     fn add_whole(&mut self, whole: &Whole) {
         let bs = self.g.block_size as usize;
         let roots = self.g.roots as usize;
-        let rounds = self.g.rounds as usize;
-        let second = self.split * rounds * bs;
-        let pg = roots - self.split;
-        for r in 0..rounds {
+        for r in 0..self.g.rounds as usize {
             for j in 0..roots {
-                let at = match j < self.split {
-                    true => (r * self.split + j) * bs,
-                    false => second + (r * pg + j - self.split) * bs,
-                };
+                let at = plane_at(&self.g, self.split, r, j);
                 let src = &whole.planes[(r * roots + j) * bs..][..bs];
                 for (x, y) in self.planes[at..at + bs].iter_mut().zip(src) {
                     *x ^= y;
@@ -198,49 +187,23 @@ impl Accumulator {
 /// The parity of part of the device, all planes of a round side by side, so that one pass
 /// over a block adds it to every plane (one thread's, when the whole device is read).
 struct Whole {
-    rounds: u64,
-    bs: usize,
-    roots: usize,
     kernel: Kernel,
-    /// For each symbol position i, the coefficients of every plane (one input).
     rows: Vec<Coeffs>,
     planes: Vec<u8>,
 }
 
 impl Whole {
     fn new(g: &FecGeometry) -> Whole {
-        let roots = g.roots as usize;
-        let raw = Code::new(roots).parity_matrix();
         Whole {
-            rounds: g.rounds,
-            bs: g.block_size as usize,
-            roots,
             kernel: Kernel::best(),
-            rows: raw
-                .chunks_exact(roots)
-                .take(g.k())
-                .map(|row| Coeffs::new(row.to_vec(), roots))
-                .collect(),
+            rows: rows_of(g, 0, g.roots as usize),
             planes: vec![0u8; g.parity_size() as usize],
         }
     }
 
-    /// Add covered blocks `first..` (`input`, whole blocks).
-    fn add(&mut self, first: u64, input: &[u8]) {
-        let (bs, roots) = (self.bs, self.roots);
-        for (n, block) in input.chunks_exact(bs).enumerate() {
-            let c = first + n as u64;
-            let (i, r) = ((c / self.rounds) as usize, (c % self.rounds) as usize);
-            let Some(row) = self.rows.get(i) else {
-                return; // past the covered blocks: padding, which is zero
-            };
-            row.dot_add(
-                self.kernel,
-                &[block],
-                bs,
-                &mut self.planes[r * roots * bs..][..roots * bs],
-            );
-        }
+    /// All its planes, as one share.
+    fn share<'a>(&'a mut self, g: &'a FecGeometry) -> Share<'a> {
+        Share::new(g, self.kernel, &self.rows, &mut self.planes)
     }
 }
 
@@ -248,13 +211,25 @@ impl Whole {
 struct Share<'a> {
     g: &'a FecGeometry,
     kernel: Kernel,
-    group: usize,
     planes_in_group: usize,
-    rows: &'a [[Coeffs; 2]],
+    /// The group's coefficients for each symbol position.
+    rows: &'a [Coeffs],
     planes: &'a mut [u8],
 }
 
-impl Share<'_> {
+impl<'a> Share<'a> {
+    /// `planes` holds `rounds` runs of the group's planes side by side.
+    fn new(g: &'a FecGeometry, kernel: Kernel, rows: &'a [Coeffs], planes: &'a mut [u8]) -> Self {
+        let planes_in_group = planes.len() / (g.rounds as usize * g.block_size as usize);
+        Share {
+            g,
+            kernel,
+            planes_in_group,
+            rows,
+            planes,
+        }
+    }
+
     /// Add covered blocks `first..` (`input`, whole blocks) to this group's planes.
     fn add(&mut self, first: u64, input: &[u8]) {
         if self.planes_in_group == 0 {
@@ -271,7 +246,7 @@ impl Share<'_> {
             };
             // The shapes are fixed by construction (one input of `bs` bytes, the round's
             // planes of this group side by side).
-            row[self.group].dot_add(
+            row.dot_add(
                 self.kernel,
                 &[block],
                 bs,
@@ -523,7 +498,9 @@ impl StreamTree {
         // Blocks `from..to` into `acc` and `leaves` (which starts at block `from`'s leaf);
         // `report`: this thread tells `opts.progress` (one thread does, so that the count
         // it sees only grows).
+        let g = acc.g.clone();
         let half = |acc: &mut Whole, leaves: &mut [u8], from: u64, to: u64, report: bool| {
+            let mut share = acc.share(&g);
             let per = (WHOLE_PIECE_BYTES / bs).max(1) as u64;
             let mut buf = vec![0u8; (per.min(to - from) as usize) * bs];
             let base = leaf_at(geometry, from);
@@ -548,7 +525,7 @@ impl StreamTree {
                     piece,
                     &mut leaves[leaf_at(geometry, b) - base..],
                 );
-                acc.add(b, piece);
+                share.add(b, piece);
                 let now = done.fetch_add(piece.len() as u64, Ordering::Relaxed);
                 if let Some(p) = opts.progress.filter(|_| report) {
                     p.progress(now + piece.len() as u64, total);
