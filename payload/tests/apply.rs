@@ -16,7 +16,7 @@ use keel_payload::{
 use keel_verity::{Keyring, ReadAt, SigningKey};
 use proptest::prelude::*;
 use support::Cut;
-use tools::{run_ok, seeded_bytes, tool};
+use tools::{seeded_bytes, tool};
 
 fn opts() -> GenerateOptions {
     let mut o = GenerateOptions::new("acme-test", "2.0");
@@ -435,59 +435,22 @@ fn write(root: &Path, rel: &str, content: &[u8]) {
     fs::write(p, content).unwrap();
 }
 
-fn mkfs(mkfs: &Path, root: &Path, img: &Path) -> Vec<u8> {
-    run_ok(
-        mkfs,
-        &[
-            "-q",
-            "-F",
-            "-b",
-            "4096",
-            "-T",
-            "default",
-            "-O",
-            "^has_journal",
-            "-E",
-            "root_owner=0:0,lazy_itable_init=0",
-            "-U",
-            "4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6",
-            "-d",
-            root.to_str().unwrap(),
-            img.to_str().unwrap(),
-            "48M",
-        ],
-    );
-    fs::read(img).unwrap()
-}
-
 /// Two ext4 images (mkfs.ext4 -d) of a tree whose files change, move on disk, appear and
 /// disappear; None (after a skip notice) without mkfs.ext4.
 fn ext4_pair() -> Option<(Vec<u8>, Vec<u8>)> {
-    let mk = tool("mkfs.ext4", "e2fsprogs")?;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = two_trees(dir.path());
-    let src = mkfs(&mk, &a, &dir.path().join("a.img"));
-    let tgt = mkfs(&mk, &b, &dir.path().join("b.img"));
-    Some((src, tgt))
+    let img = |root: &Path, name: &str| tools::mkfs_ext4(root, &dir.path().join(name), "48M");
+    Some((img(&a, "a.img")?, img(&b, "b.img")?))
 }
 
 /// The same two trees as EROFS images (mkfs.erofs with `extra` options: none for
 /// uncompressed ones), padded to whole blocks.
 fn erofs_pair(extra: &[&str]) -> Option<(Vec<u8>, Vec<u8>)> {
-    let mk = tool("mkfs.erofs", "erofs-utils")?;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = two_trees(dir.path());
-    let image = |root: &Path, name: &str| {
-        let img = dir.path().join(name);
-        let mut args = vec!["--quiet", "-T0", "--all-root"];
-        args.extend_from_slice(extra);
-        args.extend([img.to_str().unwrap(), root.to_str().unwrap()]);
-        run_ok(&mk, &args);
-        let mut bytes = fs::read(img).unwrap();
-        bytes.resize(bytes.len().next_multiple_of(4096), 0);
-        bytes
-    };
-    Some((image(&a, "a.img"), image(&b, "b.img")))
+    let img = |root: &Path, name: &str| tools::mkfs_erofs(root, &dir.path().join(name), extra);
+    Some((img(&a, "a.img")?, img(&b, "b.img")?))
 }
 
 /// The same two trees as squashfs images (mksquashfs), compressed with `comp`, with

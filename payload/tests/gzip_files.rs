@@ -179,44 +179,11 @@ fn trees(dir: &Path) -> (PathBuf, PathBuf, Vec<u64>) {
 }
 
 fn ext4(root: &Path, img: &Path) -> Vec<u8> {
-    let mk = tool("mkfs.ext4", "e2fsprogs").unwrap();
-    run_ok(
-        &mk,
-        &[
-            "-q",
-            "-F",
-            "-b",
-            "4096",
-            "-O",
-            "^has_journal",
-            "-E",
-            "root_owner=0:0",
-            "-U",
-            "4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6",
-            "-d",
-            root.to_str().unwrap(),
-            img.to_str().unwrap(),
-            "32M",
-        ],
-    );
-    fs::read(img).unwrap()
+    tools::mkfs_ext4(root, img, "32M").unwrap()
 }
 
 fn erofs(root: &Path, img: &Path) -> Vec<u8> {
-    let mk = tool("mkfs.erofs", "erofs-utils").unwrap();
-    run_ok(
-        &mk,
-        &[
-            "--quiet",
-            "-T0",
-            "--all-root",
-            img.to_str().unwrap(),
-            root.to_str().unwrap(),
-        ],
-    );
-    let mut bytes = fs::read(img).unwrap();
-    bytes.resize(bytes.len().next_multiple_of(4096), 0);
-    bytes
+    tools::mkfs_erofs(root, img, &[]).unwrap()
 }
 
 fn ring(key: &SigningKey) -> Keyring {

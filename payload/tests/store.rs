@@ -790,50 +790,14 @@ fn runs_follow_files_and_are_lzma2_where_that_is_smaller() {
     };
     let (a, b) = (tree("a", 1, 2), tree("b", 3, 4));
     let mut images = Vec::new();
-    if let Some(mk) = keel_testsupport::tool("mkfs.ext4", "e2fsprogs") {
-        let img = |root: &std::path::Path, name: &str| {
-            let out = dir.path().join(name);
-            keel_testsupport::run_ok(
-                &mk,
-                &[
-                    "-q",
-                    "-F",
-                    "-b",
-                    "4096",
-                    "-O",
-                    "^has_journal",
-                    "-E",
-                    "root_owner=0:0,lazy_itable_init=0",
-                    "-U",
-                    "4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6",
-                    "-d",
-                    root.to_str().unwrap(),
-                    out.to_str().unwrap(),
-                    "16M",
-                ],
-            );
-            std::fs::read(out).unwrap()
-        };
-        images.push(("ext4", img(&a, "a.ext4"), img(&b, "b.ext4")));
+    let at = |name: &str| dir.path().join(name);
+    if let Some(old) = keel_testsupport::mkfs_ext4(&a, &at("a.ext4"), "16M") {
+        let new = keel_testsupport::mkfs_ext4(&b, &at("b.ext4"), "16M").unwrap();
+        images.push(("ext4", old, new));
     }
-    if let Some(mk) = keel_testsupport::tool("mkfs.erofs", "erofs-utils") {
-        let img = |root: &std::path::Path, name: &str| {
-            let out = dir.path().join(name);
-            keel_testsupport::run_ok(
-                &mk,
-                &[
-                    "--quiet",
-                    "-T0",
-                    "--all-root",
-                    out.to_str().unwrap(),
-                    root.to_str().unwrap(),
-                ],
-            );
-            let mut bytes = std::fs::read(out).unwrap();
-            bytes.resize(bytes.len().next_multiple_of(BS), 0);
-            bytes
-        };
-        images.push(("erofs", img(&a, "a.erofs"), img(&b, "b.erofs")));
+    if let Some(old) = keel_testsupport::mkfs_erofs(&a, &at("a.erofs"), &[]) {
+        let new = keel_testsupport::mkfs_erofs(&b, &at("b.erofs"), &[]).unwrap();
+        images.push(("erofs", old, new));
     }
     let key = SigningKey::generate().unwrap();
     let keys = ring(&key);

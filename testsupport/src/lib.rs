@@ -151,6 +151,48 @@ pub fn mksquashfs(root: &Path, img: &Path, comp: &str, extra: &[&str]) -> Option
     Some(std::fs::read(img).unwrap())
 }
 
+/// `mkfs.ext4 -d ROOT IMG SIZE` with 4 KiB blocks and no journal, reproducible (a fixed
+/// UUID, the inode tables written at once, every file root's): the image's bytes; `None`
+/// (after a skip notice) without mkfs.ext4.
+pub fn mkfs_ext4(root: &Path, img: &Path, size: &str) -> Option<Vec<u8>> {
+    let mk = tool("mkfs.ext4", "e2fsprogs")?;
+    run_ok(
+        &mk,
+        &[
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-T",
+            "default",
+            "-O",
+            "^has_journal",
+            "-E",
+            "root_owner=0:0,lazy_itable_init=0",
+            "-U",
+            "4d1c0e7a-2b3c-4d5e-8f90-a1b2c3d4e5f6",
+            "-d",
+            root.to_str().unwrap(),
+            img.to_str().unwrap(),
+            size,
+        ],
+    );
+    Some(std::fs::read(img).unwrap())
+}
+
+/// `mkfs.erofs EXTRA IMG ROOT`, quiet and reproducible (time 0, every file root's), padded
+/// to whole 4 KiB blocks: the image's bytes; `None` (after a skip notice) without mkfs.erofs.
+pub fn mkfs_erofs(root: &Path, img: &Path, extra: &[&str]) -> Option<Vec<u8>> {
+    let mk = tool("mkfs.erofs", "erofs-utils")?;
+    let mut args = vec!["--quiet", "-T0", "--all-root"];
+    args.extend_from_slice(extra);
+    args.extend([img.to_str().unwrap(), root.to_str().unwrap()]);
+    run_ok(&mk, &args);
+    let mut bytes = std::fs::read(img).unwrap();
+    bytes.resize(bytes.len().next_multiple_of(4096), 0);
+    Some(bytes)
+}
+
 /// A seeded pseudo-random choice (xorshift64): each call gives a number below its argument
 /// (which must not be 0), for tests that build random trees from a seed.
 pub fn seeded_choice(seed: u64) -> impl FnMut(u64) -> u64 {
