@@ -18,15 +18,15 @@ use keel_verity::{
 /// last checkpoint.
 pub const APPLY_READ_AHEAD: u64 = 8 << 20;
 
-/// Most bytes the operations in flight hold (their blobs, references and outputs) beyond
-/// the one being written and the one after it if that reads no source (they decode
-/// together whatever their size: a full payload's operations of 8 MiB each use two cores).
-const APPLY_HELD: u64 = 8 << 20;
+/// Most bytes the operations started beyond the one being written hold (blobs, references,
+/// LZMA2 dictionaries, outputs not yet written): room for a full payload's 8 MiB
+/// operations, or a delta's chain of new files, to decode beside the one being written.
+const APPLY_HELD: u64 = 24 << 20;
 
 mod recompress;
 mod resume;
 
-use resume::{chain_digest, resume_point, State, TargetId};
+use resume::{chain_digest, resume_point, ChainDigest, State, TargetId};
 pub use resume::{RecordDiscarded, MAX_RESUMES};
 
 use crate::codec::recompress::{codec_of, recompressor_for};
@@ -319,13 +319,13 @@ fn read_extents<S: ReadAt + ?Sized>(
     Ok(())
 }
 
-fn decode(op: OpType, blob: &[u8], reference: &[u8], expected: usize) -> io::Result<Vec<u8>> {
+fn decode(op: OpType, blob: Vec<u8>, reference: Vec<u8>, expected: usize) -> io::Result<Vec<u8>> {
     if matches!(op, OpType::ReplaceXz | OpType::ChainXz | OpType::PatchXz) {
-        return xz::decode_blob(blob, reference, expected, xz::MAX_DICT)
+        return xz::decode_blob(&blob, reference.into(), expected, xz::MAX_DICT)
             .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why));
     }
     if op == OpType::Bsdiff {
-        return bspatch(reference, zstd::decoder(blob, None)?, expected);
+        return bspatch(&reference, zstd::decoder(&blob[..], None)?, expected);
     }
     if op == OpType::ReplaceRaw {
         // The manifest's check made its length the target's.
@@ -335,12 +335,12 @@ fn decode(op: OpType, blob: &[u8], reference: &[u8], expected: usize) -> io::Res
                 format!("{} raw bytes, expected {expected}", blob.len()),
             ));
         }
-        return Ok(blob.to_vec());
+        return Ok(blob);
     }
     let mut out = Vec::with_capacity(expected);
     let mut dec = match op {
-        OpType::Replace => zstd::decoder(blob, None)?,
-        _ => zstd::decoder(blob, Some(reference))?,
+        OpType::Replace => zstd::decoder(&blob[..], None)?,
+        _ => zstd::decoder(&blob[..], Some(&reference[..]))?,
     };
     // One byte more than expected exposes a blob that decodes too long.
     (&mut dec).take(expected as u64 + 1).read_to_end(&mut out)?;
@@ -749,25 +749,22 @@ impl<R: Read> Payload<R> {
 
         // Operations decode on every core while this thread reads the stream in order and
         // writes their outputs in order (and so checkpoints exactly as one thread would).
-        // The payload read ahead of the operation being written stays within
-        // APPLY_READ_AHEAD bytes; the next operation, if it reads no source, decodes beside
-        // it whatever its size (a full payload's are 8 MiB), others while what is in flight
-        // (blobs, references, outputs) stays within APPLY_HELD; an operation that reads the target (CHAIN) starts only once
-        // everything before it is written.
+        // The workers read their source blocks themselves. The payload read ahead of the
+        // operation being written stays within APPLY_READ_AHEAD bytes; beyond the one being
+        // written, what operations started hold (blobs, references, decoders' dictionaries,
+        // outputs not yet written) stays within APPLY_HELD. An operation that builds on
+        // target blocks (CHAIN) starts once the operations that wrote them are written;
+        // those after it start meanwhile, so a long chain of them decodes beside the rest.
         let ops = &manifest.operations;
         let threads = keel_io::Threads::default().count();
-        let held = |op: &Operation| {
-            op.data_length + op.source_blocks() * BLOCK_SIZE + op.target_blocks() * BLOCK_SIZE
-        };
-        let mut ahead = 0u64;
         let m = &manifest;
-        let (job_tx, job_rx) = mpsc::channel::<(usize, Vec<u8>, Vec<u8>)>();
+        let (job_tx, job_rx) = mpsc::channel::<Job>();
         let job_rx = Mutex::new(job_rx);
         let (res_tx, res_rx) = mpsc::channel::<(usize, Result<Option<Vec<u8>>>)>();
         // The scope's closure owns the job sender: however it returns, the workers see the
         // channel close and stop, and the scope can end.
         std::thread::scope(|scope| -> Result<()> {
-            let job_tx = job_tx;
+            let mut plan = Schedule::new(ops, resumed_at, job_tx);
             for _ in 0..threads {
                 let (job_rx, res_tx) = (&job_rx, res_tx.clone());
                 scope.spawn(move || loop {
@@ -777,7 +774,11 @@ impl<R: Read> Payload<R> {
                     };
                     // A decoder that panics must not leave the writer waiting for it.
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        decode_op(m, i, &blob, reference)
+                        let reference = match reference {
+                            Some(r) => r,
+                            None => read_source_reference(i, &m.operations[i], m, source)?,
+                        };
+                        decode_op(m, i, blob, reference)
                     }))
                     .unwrap_or_else(|_| {
                         Err(Error::Decode {
@@ -792,37 +793,9 @@ impl<R: Read> Payload<R> {
             }
             drop(res_tx);
             let mut ready: BTreeMap<usize, Result<Option<Vec<u8>>>> = BTreeMap::new();
-            let (mut submitted, mut in_flight) = (resumed_at, 0u64);
-            let mut read_error = None;
+            let mut copy_buf = Vec::new();
             for (i, op) in ops.iter().enumerate().skip(resumed_at) {
-                // Start what may start: in order, within the budget (at least the next).
-                while read_error.is_none()
-                    && submitted < ops.len()
-                    && (submitted == i
-                        || (!ops[submitted].op.is_chain()
-                            // Beyond operation i's own data (in `ahead` once it is read).
-                            && ahead - ops[i].data_length + ops[submitted].data_length
-                                <= APPLY_READ_AHEAD
-                            && ((submitted == i + 1 && ops[submitted].source.is_empty())
-                                || (submitted - i <= 2 * threads
-                                    && in_flight + held(&ops[submitted]) <= APPLY_HELD))))
-                {
-                    let mut reference = Vec::new();
-                    match read_op(payload, submitted, m, source, &*target, &mut reference) {
-                        Ok(blob) => {
-                            in_flight += held(&ops[submitted]);
-                            ahead += ops[submitted].data_length;
-                            // The workers outlive the loop; a send fails only if all died.
-                            let _ = job_tx.send((submitted, blob, reference));
-                            submitted += 1;
-                        }
-                        Err(e) => read_error = Some(e),
-                    }
-                }
-                if submitted == i {
-                    // Nothing more could be read: what was before it is written.
-                    return Err(read_error.unwrap_or(Error::NoImageLeft));
-                }
+                plan.fill(i, payload, m, &*target)?;
                 if opts.progress.is_some_and(|p| p.cancelled()) {
                     // Stop at an operation boundary with everything so far durable and
                     // recorded, so the next run resumes here.
@@ -834,32 +807,61 @@ impl<R: Read> Payload<R> {
                     }
                     return Err(Error::Cancelled);
                 }
-                let out = loop {
-                    if let Some(r) = ready.remove(&i) {
-                        break r;
-                    }
-                    match res_rx.recv() {
-                        Ok((j, r)) => {
-                            ready.insert(j, r);
-                        }
-                        Err(_) => {
-                            return Err(Error::Decode {
-                                op: i,
-                                reason: "a decoding thread stopped".into(),
-                            })
-                        }
-                    }
-                }?;
-                in_flight -= held(op);
-                ahead -= op.data_length;
                 let len = (op.target_blocks() * BLOCK_SIZE) as usize;
-                write_op(i, op, out.as_deref(), target, target_size)?;
-                if let Some(s) = stream.as_mut() {
-                    feed(s, op, out.as_deref(), target_size);
-                }
-                if opts.state.is_some() {
-                    state.written =
-                        chain_digest(&state.written, i, op, out.as_deref(), target_size);
+                if Schedule::inline(op) {
+                    // No decoding: this thread moves the bytes while the others decode.
+                    let mut digest = opts
+                        .state
+                        .is_some()
+                        .then(|| ChainDigest::new(&state.written, i));
+                    if op.op == OpType::Copy {
+                        let to = Placing {
+                            target: &mut *target,
+                            size: target_size,
+                            stream: stream.as_mut(),
+                            digest: digest.as_mut(),
+                        };
+                        copy_op(i, op, m, source, to, &mut copy_buf)?;
+                    } else {
+                        write_op(i, op, None, target, target_size)?;
+                        if let Some(s) = stream.as_mut() {
+                            feed(s, op, None, target_size);
+                        }
+                    }
+                    state.written = match digest {
+                        Some(d) if op.op == OpType::Copy => d.finish(),
+                        _ => chain_digest(&state.written, i, op, None, target_size),
+                    };
+                    plan.written(i);
+                } else {
+                    let out = loop {
+                        if let Some(r) = ready.remove(&i) {
+                            break r;
+                        }
+                        match res_rx.recv() {
+                            Ok((j, r)) => {
+                                plan.decoded(j, &r);
+                                ready.insert(j, r);
+                                // What it no longer holds may let another start.
+                                plan.fill(i, payload, m, &*target)?;
+                            }
+                            Err(_) => {
+                                return Err(Error::Decode {
+                                    op: i,
+                                    reason: "a decoding thread stopped".into(),
+                                })
+                            }
+                        }
+                    }?;
+                    write_op(i, op, out.as_deref(), target, target_size)?;
+                    plan.written(i);
+                    if let Some(s) = stream.as_mut() {
+                        feed(s, op, out.as_deref(), target_size);
+                    }
+                    if opts.state.is_some() {
+                        state.written =
+                            chain_digest(&state.written, i, op, out.as_deref(), target_size);
+                    }
                 }
                 done += len as u64;
                 since_checkpoint += len as u64;
@@ -878,7 +880,7 @@ impl<R: Read> Payload<R> {
                     since_checkpoint = 0;
                 }
             }
-            drop(job_tx);
+            drop(plan);
             Ok(())
         })?;
         target
@@ -980,25 +982,211 @@ fn skip_applied_data<R>(
 
 /// Operation `i`'s blob, read from the stream and checked against the signed hash, and
 /// its reference (into `reference`), read and checked.
-fn read_op<R, S, T>(
-    payload: &mut R,
-    i: usize,
-    manifest: &Manifest,
-    source: Option<&S>,
-    target: &T,
-    reference: &mut Vec<u8>,
-) -> Result<Vec<u8>>
-where
-    R: Read,
-    S: ReadAt + ?Sized,
-    T: ReadAt + ?Sized,
-{
+/// An operation for a decoding thread: its index, its checked blob, and for a CHAIN its
+/// checked reference (the thread reads any other's source blocks itself).
+type Job = (usize, Vec<u8>, Option<Vec<u8>>);
+
+/// Operations looked ahead of the one being written, at most.
+const LOOK_AHEAD_OPS: usize = 4096;
+
+/// Which operations start when, on the writing thread: the payload's blobs read in order,
+/// each operation handed to the decoding threads once what it builds on is written and
+/// what it would hold fits.
+struct Schedule<'m> {
+    ops: &'m [Operation],
+    /// For each operation, how many must be written before it starts.
+    after: Vec<usize>,
+    /// Whether a CHAIN waits for the operation to be written (it wrote the last of the
+    /// CHAIN's reference).
+    key: Vec<bool>,
+    /// Read, not started: index and blob, in order.
+    parked: std::collections::VecDeque<(usize, Vec<u8>)>,
+    /// The next operation whose blob to read.
+    next_read: usize,
+    /// Blob bytes read of operations not yet written.
+    ahead: u64,
+    /// What each started, unwritten operation holds, and their sum.
+    charged: BTreeMap<usize, u64>,
+    held: u64,
+    jobs: mpsc::Sender<Job>,
+    /// A read that failed: returned once the operations before it are written.
+    failed: Option<Error>,
+}
+
+impl<'m> Schedule<'m> {
+    fn new(ops: &'m [Operation], first: usize, jobs: mpsc::Sender<Job>) -> Self {
+        let after = ready_after(ops);
+        let mut key = vec![false; ops.len()];
+        for &a in &after {
+            if let Some(k) = a.checked_sub(1).and_then(|w| key.get_mut(w)) {
+                *k = true;
+            }
+        }
+        Schedule {
+            ops,
+            after,
+            key,
+            parked: Default::default(),
+            next_read: first,
+            ahead: 0,
+            charged: BTreeMap::new(),
+            held: 0,
+            jobs,
+            failed: None,
+        }
+    }
+
+    /// Operations the writing thread does itself, with nothing to decode: ZERO, and COPY
+    /// piece by piece ([`copy_op`]).
+    fn inline(op: &Operation) -> bool {
+        matches!(op.op, OpType::Zero | OpType::Copy)
+    }
+
+    /// What an operation holds while it decodes: blob, reference, output, and LZMA2's
+    /// dictionary (which holds the reference and the output again).
+    fn cost(op: &Operation) -> u64 {
+        let (r, o) = (
+            op.source_blocks() * BLOCK_SIZE,
+            op.target_blocks() * BLOCK_SIZE,
+        );
+        let extra = match op.op {
+            OpType::ReplaceXz | OpType::ChainXz | OpType::PatchXz => 2 * r + o,
+            _ => r,
+        };
+        op.data_length + o + extra
+    }
+
+    /// With operations before `i` written: read ahead and start what may start. Operation
+    /// `i` itself always starts (whatever it holds), or its read's error is returned.
+    fn fill<R, T>(&mut self, i: usize, payload: &mut R, m: &Manifest, target: &T) -> Result<()>
+    where
+        R: Read,
+        T: ReadAt + ?Sized,
+    {
+        let ops = self.ops;
+        while self.failed.is_none()
+            && self.next_read < ops.len()
+            && (self.next_read == i
+                || (self.next_read - i <= LOOK_AHEAD_OPS
+                    && self.ahead + ops[self.next_read].data_length <= APPLY_READ_AHEAD))
+        {
+            let j = self.next_read;
+            match read_blob(payload, j, m) {
+                Ok(blob) => {
+                    self.ahead += ops[j].data_length;
+                    self.parked.push_back((j, blob));
+                    self.next_read += 1;
+                }
+                Err(e) => self.failed = Some(e),
+            }
+        }
+        // Beyond the one being written (charged here once started).
+        let limit = APPLY_HELD + self.charged.get(&i).copied().unwrap_or(0);
+        // Those a CHAIN waits for first (the head of a chain of them is the longest road),
+        // then the rest in order.
+        for keyed in [true, false] {
+            let mut k = 0;
+            while k < self.parked.len() {
+                let j = self.parked[k].0;
+                let cost = Self::cost(&ops[j]);
+                if (keyed && !self.key[j])
+                    || (j != i && (self.after[j] > i || self.held + cost > limit))
+                {
+                    k += 1;
+                    continue;
+                }
+                let Some((j, blob)) = self.parked.remove(k) else {
+                    break;
+                };
+                if Self::inline(&ops[j]) {
+                    // The writing thread does it when it comes to it; it holds nothing before.
+                    self.charged.insert(j, 0);
+                    continue;
+                }
+                let reference = if ops[j].op.is_chain() {
+                    Some(read_chain_reference(j, &ops[j], m, target)?)
+                } else {
+                    None
+                };
+                self.held += cost;
+                self.charged.insert(j, cost);
+                // The workers outlive the schedule; a send fails only if all died, which the
+                // wait for the result reports.
+                let _ = self.jobs.send((j, blob, reference));
+            }
+        }
+        if self.charged.contains_key(&i) {
+            return Ok(());
+        }
+        Err(self.failed.take().unwrap_or(Error::NoImageLeft))
+    }
+
+    /// Operation `j` decoded: from now on it holds its output only.
+    fn decoded(&mut self, j: usize, out: &Result<Option<Vec<u8>>>) {
+        let now = match out {
+            Ok(Some(v)) => v.len() as u64,
+            _ => 0,
+        };
+        if let Some(c) = self.charged.get_mut(&j) {
+            self.held -= *c - now.min(*c);
+            *c = now.min(*c);
+        }
+    }
+
+    /// Operation `i` written: it holds nothing.
+    fn written(&mut self, i: usize) {
+        if let Some(c) = self.charged.remove(&i) {
+            self.held -= c;
+        }
+        self.ahead -= self.ops[i].data_length;
+    }
+}
+
+/// For each operation, how many operations must be written before it may start: for a
+/// CHAIN, up to the last one that writes a block of its reference; 0 for the others. The
+/// manifest's check made every target block written once and a CHAIN's reference written
+/// before it, so the target extents are disjoint and sorting them finds the writers.
+fn ready_after(ops: &[Operation]) -> Vec<usize> {
+    if !ops.iter().any(|o| o.op.is_chain()) {
+        return vec![0; ops.len()];
+    }
+    let mut writes: Vec<(u64, u64, usize)> = ops
+        .iter()
+        .enumerate()
+        .flat_map(|(i, o)| {
+            o.target
+                .iter()
+                .map(move |e| (e.start, e.start + e.blocks, i))
+        })
+        .collect();
+    writes.sort_unstable();
+    ops.iter()
+        .enumerate()
+        .map(|(i, o)| {
+            if !o.op.is_chain() {
+                return 0;
+            }
+            let mut after = 0;
+            for e in &o.source {
+                let end = e.start.saturating_add(e.blocks);
+                let mut k = writes.partition_point(|w| w.1 <= e.start);
+                while k < writes.len() && writes[k].0 < end {
+                    after = after.max(writes[k].2 + 1);
+                    k += 1;
+                }
+            }
+            after.min(i)
+        })
+        .collect()
+}
+
+/// Operation `i`'s blob, read from the stream and checked against its signed hash.
+fn read_blob<R: Read>(payload: &mut R, i: usize, manifest: &Manifest) -> Result<Vec<u8>> {
     let op = &manifest.operations[i];
     let blob = read_vec(payload, op.data_length, Section::Data)?;
     if op.data_length > 0 && crate::format::data_digest(op.op, &blob) != op.data_sha256 {
         return Err(Error::BlobMismatch { op: i });
     }
-    read_reference(i, op, manifest, source, target, reference)?;
     Ok(blob)
 }
 
@@ -1007,7 +1195,7 @@ where
 fn decode_op(
     manifest: &Manifest,
     i: usize,
-    blob: &[u8],
+    blob: Vec<u8>,
     reference: Vec<u8>,
 ) -> Result<Option<Vec<u8>>> {
     let op = &manifest.operations[i];
@@ -1017,7 +1205,7 @@ fn decode_op(
         OpType::Copy => Some(reference),
         OpType::Recompress => Some(
             recompress::build(
-                blob,
+                &blob,
                 &reference,
                 len,
                 codec_of(manifest.recompressor.as_deref().unwrap_or_default()),
@@ -1033,7 +1221,7 @@ fn decode_op(
         | OpType::ChainXz
         | OpType::PatchXz => {
             Some(
-                decode(op.op, blob, &reference, len).map_err(|e| Error::Decode {
+                decode(op.op, blob, reference, len).map_err(|e| Error::Decode {
                     op: i,
                     reason: e.to_string(),
                 })?,
@@ -1042,37 +1230,139 @@ fn decode_op(
     })
 }
 
-/// The bytes operation `i` builds on, into `out`: source blocks, or for CHAIN target
-/// blocks earlier operations wrote, each checked against the signed hash.
-fn read_reference<S: ReadAt + ?Sized, T: ReadAt + ?Sized>(
+/// The target blocks CHAIN operation `i` builds on, which earlier operations wrote (durable
+/// before any resume point), checked against the signed hash.
+fn read_chain_reference<T: ReadAt + ?Sized>(
+    i: usize,
+    op: &Operation,
+    manifest: &Manifest,
+    target: &T,
+) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    read_extents(target, &op.source, manifest.target.size, &mut out)
+        .map_err(|e| Error::io("reading target blocks", e))?;
+    if sha256(&out) != op.source_sha256 {
+        return Err(Error::TargetMismatch(TargetCheck::ChainReference { op: i }));
+    }
+    Ok(out)
+}
+
+/// The source blocks operation `i` builds on (none for most), checked against the signed
+/// hash.
+fn read_source_reference<S: ReadAt + ?Sized>(
     i: usize,
     op: &Operation,
     manifest: &Manifest,
     source: Option<&S>,
-    target: &T,
-    out: &mut Vec<u8>,
-) -> Result<()> {
-    out.clear();
+) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
     if op.source.is_empty() {
-        return Ok(());
-    }
-    if op.op.is_chain() {
-        // Blocks earlier operations wrote (durable before any resume point).
-        read_extents(target, &op.source, manifest.target.size, out)
-            .map_err(|e| Error::io("reading target blocks", e))?;
-        if sha256(out) != op.source_sha256 {
-            return Err(Error::TargetMismatch(TargetCheck::ChainReference { op: i }));
-        }
-        return Ok(());
+        return Ok(out);
     }
     let (Some(src), Some(id)) = (source, manifest.source) else {
         return Err(Error::MissingSource(format!(
             "operation {i} reads a source that is not there"
         )));
     };
-    read_extents(src, &op.source, id.size, out)
+    read_extents(src, &op.source, id.size, &mut out)
         .map_err(|e| Error::io("reading source blocks", e))?;
-    if sha256(out) != op.source_sha256 {
+    if sha256(&out) != op.source_sha256 {
+        return Err(Error::SourceModified { op: Some(i) });
+    }
+    Ok(out)
+}
+
+/// Bytes of a COPY the writing thread moves at a time.
+const COPY_PIECE: usize = 1 << 20;
+
+/// Where an operation's bytes go as they are made: the target (an image of `size` bytes),
+/// and the tree and the resume record's digest, if kept.
+struct Placing<'a, T: ?Sized> {
+    target: &'a mut T,
+    size: u64,
+    stream: Option<&'a mut StreamTree>,
+    digest: Option<&'a mut ChainDigest>,
+}
+
+/// COPY operation `i` done by the writing thread piece by piece: its source blocks read and
+/// hashed, and written over its target extents, in one buffer of [`COPY_PIECE`] bytes
+/// instead of the operation's megabytes. Its source's hash is known at the end only, so
+/// blocks of a source that changed under the apply are on the target when it fails; the
+/// resume record never counts them.
+fn copy_op<S, T>(
+    i: usize,
+    op: &Operation,
+    manifest: &Manifest,
+    source: Option<&S>,
+    mut to: Placing<'_, T>,
+    buf: &mut Vec<u8>,
+) -> Result<()>
+where
+    S: ReadAt + ?Sized,
+    T: WriteAt + ?Sized,
+{
+    use sha2::Digest;
+    let (Some(src), Some(id)) = (source, manifest.source) else {
+        return Err(Error::MissingSource(format!(
+            "operation {i} reads a source that is not there"
+        )));
+    };
+    buf.resize(COPY_PIECE, 0);
+    let placed: Vec<(u64, usize, usize)> = placed(op, to.size).collect();
+    let total = (op.source_blocks() * BLOCK_SIZE) as usize;
+    let mut hash = sha2::Sha256::new();
+    let (mut si, mut used) = (0usize, 0u64);
+    let (mut at, mut pk) = (0usize, 0usize);
+    while at < total {
+        let n = (total - at).min(COPY_PIECE);
+        // The output's bytes at..at + n, from as many source extents as they span.
+        let mut filled = 0usize;
+        while filled < n {
+            let Some(e) = op.source.get(si) else {
+                break;
+            };
+            let off = e.start * BLOCK_SIZE + used;
+            let m = (e.blocks * BLOCK_SIZE - used).min((n - filled) as u64) as usize;
+            // The image's last block may be partial and reads as zeros.
+            let have = id.size.saturating_sub(off).min(m as u64) as usize;
+            src.read_exact_at(&mut buf[filled..filled + have], off)
+                .map_err(|e| Error::io("reading source blocks", e))?;
+            buf[filled + have..filled + m].fill(0);
+            filled += m;
+            used += m as u64;
+            if used == e.blocks * BLOCK_SIZE {
+                (si, used) = (si + 1, 0);
+            }
+        }
+        let piece = &buf[..filled];
+        hash.update(piece);
+        // The parts of the target extents (in output order) these bytes cover.
+        while pk < placed.len() && placed[pk].1 + placed[pk].2 <= at {
+            pk += 1;
+        }
+        for &(off, start, keep) in placed[pk..].iter().take_while(|p| p.1 < at + filled) {
+            let (lo, hi) = (start.max(at), (start + keep).min(at + filled));
+            if lo >= hi {
+                continue;
+            }
+            let bytes = &piece[lo - at..hi - at];
+            let dst = off + (lo - start) as u64;
+            to.target
+                .write_all_at(bytes, dst)
+                .map_err(|e| Error::io(format!("operation {i}: writing the target"), e))?;
+            if let Some(s) = to.stream.as_deref_mut() {
+                s.write(dst, bytes);
+            }
+            if let Some(d) = to.digest.as_deref_mut() {
+                d.update(bytes);
+            }
+        }
+        if filled < n {
+            break;
+        }
+        at += n;
+    }
+    if at < total || <[u8; 32]>::from(hash.finalize()) != op.source_sha256 {
         return Err(Error::SourceModified { op: Some(i) });
     }
     Ok(())
@@ -1278,5 +1568,132 @@ impl<R: Read> Payload<R> {
                 Ok(need)
             },
         )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    fn ext(list: &[(u64, u64)]) -> Vec<Extent> {
+        list.iter()
+            .map(|&(start, blocks)| Extent { start, blocks })
+            .collect()
+    }
+
+    fn op(op: OpType, target: &[(u64, u64)], source: &[(u64, u64)]) -> Operation {
+        Operation {
+            op,
+            target: ext(target),
+            source: ext(source),
+            data_offset: 0,
+            data_length: 0,
+            data_sha256: [0; 32],
+            source_sha256: [0; 32],
+        }
+    }
+
+    /// Bytes from a seed (xorshift), so that every block differs.
+    fn seeded(len: usize, mut x: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_chain_waits_for_the_last_operation_that_wrote_its_reference_only() {
+        let ops = [
+            op(OpType::ReplaceXz, &[(0, 2)], &[]),
+            op(OpType::Zero, &[(2, 1)], &[]),
+            op(OpType::Copy, &[(3, 1)], &[(9, 1)]),
+            op(OpType::ChainXz, &[(10, 4)], &[(1, 2)]),
+            op(OpType::PatchXz, &[(4, 1)], &[(0, 1)]),
+            op(OpType::Chain, &[(5, 1)], &[(3, 1)]),
+            op(OpType::ChainXz, &[(6, 1)], &[(0, 1), (11, 1)]),
+        ];
+        // Op 3 reads blocks 1 and 2 (ops 0 and 1 wrote them): once two are written. Op 5
+        // reads op 2's block, op 6 op 0's and op 3's.
+        assert_eq!(ready_after(&ops), vec![0, 0, 0, 2, 0, 3, 4]);
+        // Without a CHAIN nothing waits.
+        assert_eq!(ready_after(&ops[..3]), vec![0, 0, 0]);
+    }
+
+    /// A COPY done piece by piece on the writing thread writes, and chains into the resume
+    /// record, what the whole output decoded at once would have: source and target extents
+    /// cut differently, more than one piece long, the source's last block partial and the
+    /// target image ending inside the last block written.
+    #[test]
+    fn a_copy_in_pieces_writes_what_the_whole_output_would() {
+        let source_size = (3 << 20) + 1000;
+        let source = seeded(source_size, 7);
+        let last = (source_size as u64).div_ceil(BLOCK_SIZE) - 1;
+        let src = [
+            (5, 300),
+            (400, 1),
+            (310, 50),
+            (600, 168),
+            (last, 1),
+            (0, 32),
+        ];
+        let tgt = [(0, 100), (200, 1), (150, 20), (1000, 431)];
+        let target_size = 1430 * BLOCK_SIZE + 123;
+        let mut copy = op(OpType::Copy, &tgt, &src);
+        assert_eq!(copy.source_blocks(), copy.target_blocks());
+        assert!(copy.source_blocks() * BLOCK_SIZE > 2 * COPY_PIECE as u64);
+        let mut whole = Vec::new();
+        read_extents(&source[..], &copy.source, source_size as u64, &mut whole).unwrap();
+        copy.source_sha256 = sha256(&whole);
+        let manifest = Manifest {
+            source: Some(crate::format::ImageId {
+                size: source_size as u64,
+                digest: [0; 32],
+            }),
+            target: crate::format::ImageId {
+                size: target_size,
+                digest: [0; 32],
+            },
+            verity: None,
+            compatible: "test".into(),
+            version: "1".into(),
+            operations: vec![copy.clone()],
+            recompressor: None,
+        };
+        let before = seeded(target_size as usize, 9);
+        let mut expected = before.clone();
+        write_op(0, &copy, Some(&whole), &mut expected, target_size).unwrap();
+        let prev = [3u8; 32];
+        let expected_digest = chain_digest(&prev, 0, &copy, Some(&whole), target_size);
+
+        let mut target = before.clone();
+        let mut digest = ChainDigest::new(&prev, 0);
+        let to = Placing {
+            target: &mut target,
+            size: target_size,
+            stream: None,
+            digest: Some(&mut digest),
+        };
+        let mut buf = Vec::new();
+        copy_op(0, &copy, &manifest, Some(&source[..]), to, &mut buf).unwrap();
+        assert!(target == expected, "the pieces wrote other bytes");
+        assert_eq!(target.len() as u64, target_size);
+        assert_eq!(digest.finish(), expected_digest);
+
+        // A source that is not the one hashed: refused, naming the operation.
+        let mut other = source.clone();
+        other[5 * BLOCK_SIZE as usize + 17] ^= 1;
+        let to = Placing {
+            target: &mut target,
+            size: target_size,
+            stream: None,
+            digest: None,
+        };
+        let e = copy_op(0, &copy, &manifest, Some(&other[..]), to, &mut buf).unwrap_err();
+        assert!(matches!(e, Error::SourceModified { op: Some(0) }), "{e}");
     }
 }

@@ -174,7 +174,7 @@ pub(crate) fn build(
         match word & XZ_FRAME {
             0 => unframe(f, prefix, len, what),
             _ if what == "content" => {
-                crate::codec::xz::decode_blob(f, prefix, len as usize, MAX_FRAME_DICT)
+                crate::codec::xz::decode_blob(f, prefix.into(), len as usize, MAX_FRAME_DICT)
                     .map_err(|why| format!("{what}: {why}"))
             }
             _ => Err(format!("{what}: only the content frame may be LZMA2")),

@@ -212,18 +212,42 @@ pub(super) fn chain_digest(
     bytes: Option<&[u8]>,
     size: u64,
 ) -> [u8; 32] {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(prev);
-    h.update((i as u64).to_le_bytes());
-    if let Some(bytes) = bytes {
-        for (_, at, keep) in super::placed(op, size) {
-            h.update(&bytes[at..at + keep]);
+    let mut h = ChainDigest::new(prev, i);
+    match bytes {
+        Some(bytes) => {
+            for (_, at, keep) in super::placed(op, size) {
+                h.update(&bytes[at..at + keep]);
+            }
         }
-    } else {
-        h.update(b"zero");
+        None => h.zero(),
     }
-    h.finalize().into()
+    h.finish()
+}
+
+/// [`chain_digest`] given the bytes an operation left in the target piece by piece, in
+/// their order in its output.
+pub(super) struct ChainDigest(sha2::Sha256);
+
+impl ChainDigest {
+    pub(super) fn new(prev: &[u8; 32], i: usize) -> Self {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(prev);
+        h.update((i as u64).to_le_bytes());
+        ChainDigest(h)
+    }
+
+    pub(super) fn update(&mut self, kept: &[u8]) {
+        sha2::Digest::update(&mut self.0, kept);
+    }
+
+    fn zero(&mut self) {
+        sha2::Digest::update(&mut self.0, b"zero");
+    }
+
+    pub(super) fn finish(self) -> [u8; 32] {
+        sha2::Digest::finalize(self.0).into()
+    }
 }
 
 /// Whether the target still holds what operations `0..next` wrote, as chained in

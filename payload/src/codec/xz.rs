@@ -8,6 +8,7 @@
 //! the system's where pkg-config finds it, as mksquashfs does.
 #![allow(unsafe_code)]
 
+use std::borrow::Cow;
 use std::ffi::CStr;
 
 use lzma_sys as sys;
@@ -270,10 +271,12 @@ pub(crate) fn raw_encode(data: &[u8], reference: &[u8], x86: bool) -> Result<Vec
 }
 
 /// A raw LZMA2 stream decoded to exactly `expected` bytes, with `reference` as preset
-/// dictionary and a dictionary of `dict_size` bytes (at most [`MAX_DICT`]).
+/// dictionary and a dictionary of `dict_size` bytes (at most [`MAX_DICT`]). The decoder
+/// copies the reference into its dictionary when it starts: an owned one is freed then,
+/// before the output is made (a CHAIN's 8 MiB).
 pub(crate) fn raw_decode(
     stream: &[u8],
-    reference: &[u8],
+    reference: Cow<'_, [u8]>,
     x86: bool,
     dict_size: u32,
     expected: usize,
@@ -283,28 +286,45 @@ pub(crate) fn raw_decode(
             "dictionary size {dict_size}: 4096 to {MAX_DICT} bytes"
         ));
     }
+    /// Ends the decoder (frees its dictionary) however the decode returns.
+    struct Decoder(sys::lzma_stream);
+    impl Drop for Decoder {
+        fn drop(&mut self) {
+            // SAFETY: a stream that lzma_raw_decoder set up, or all zeros (LZMA_STREAM_INIT),
+            // which lzma_end accepts.
+            unsafe { sys::lzma_end(&mut self.0) }
+        }
+    }
     // SAFETY: as in raw_encode.
     let mut opt: sys::lzma_options_lzma = unsafe { std::mem::zeroed() };
-    let chain = raw_chain(&mut opt, reference, x86, dict_size, false)?;
+    // SAFETY: an all-zero lzma_stream is LZMA_STREAM_INIT (null pointers and zeros).
+    let mut dec = Decoder(unsafe { std::mem::zeroed() });
+    let chain = raw_chain(&mut opt, &reference, x86, dict_size, false)?;
+    // SAFETY: `chain` ends with LZMA_VLI_UNKNOWN and its options point to `opt`, whose
+    // preset dictionary points into `reference`, alive for the call (liblzma copies it).
+    let ret = unsafe { sys::lzma_raw_decoder(&mut dec.0, chain.as_ptr()) };
+    if ret != sys::LZMA_OK {
+        return Err(format!("liblzma raw decoder error {ret} at start"));
+    }
+    drop(reference);
     let mut out = vec![0u8; expected];
-    let (mut in_pos, mut out_pos) = (0usize, 0usize);
-    // SAFETY: `chain` as in raw_encode; `stream` is readable and `out` writable for their
-    // lengths, which liblzma does not exceed; the positions receive what it used.
-    let ret = unsafe {
-        sys::lzma_raw_buffer_decode(
-            chain.as_ptr(),
-            std::ptr::null(),
-            stream.as_ptr(),
-            &mut in_pos,
-            stream.len(),
-            out.as_mut_ptr(),
-            &mut out_pos,
-            out.len(),
-        )
+    dec.0.next_in = stream.as_ptr();
+    dec.0.avail_in = stream.len();
+    dec.0.next_out = out.as_mut_ptr();
+    dec.0.avail_out = out.len();
+    let ret = loop {
+        // SAFETY: the stream's pointers and counts describe `stream` (readable) and `out`
+        // (writable), both alive across the calls; liblzma moves them forward within.
+        let ret = unsafe { sys::lzma_code(&mut dec.0, sys::LZMA_FINISH) };
+        // LZMA_OK means progress; a call that can make none says LZMA_BUF_ERROR.
+        if ret != sys::LZMA_OK {
+            break ret;
+        }
     };
+    let (in_pos, out_pos) = (stream.len() - dec.0.avail_in, expected - dec.0.avail_out);
     match ret {
-        sys::LZMA_OK if out_pos == expected && in_pos == stream.len() => Ok(out),
-        sys::LZMA_OK => Err(format!(
+        sys::LZMA_STREAM_END if out_pos == expected && in_pos == stream.len() => Ok(out),
+        sys::LZMA_STREAM_END => Err(format!(
             "the stream gives {out_pos} bytes from {in_pos} of its {} bytes, expected \
              {expected} from all",
             stream.len()
@@ -320,7 +340,7 @@ pub(crate) fn raw_decode(
 /// REPLACE_XZ), or a RECOMPRESS operation's content frame in that layout.
 pub(crate) fn decode_blob(
     blob: &[u8],
-    reference: &[u8],
+    reference: Cow<'_, [u8]>,
     expected: usize,
     max_dict: u32,
 ) -> std::result::Result<Vec<u8>, String> {
@@ -398,11 +418,11 @@ mod tests {
                 let s = raw_encode(&data, r, x86).unwrap();
                 let dict = dict_size(r.len(), data.len());
                 assert!(dict.is_power_of_two() && dict as usize >= r.len() + data.len());
-                assert!(raw_decode(&s, r, x86, dict, data.len()).unwrap() == data);
-                assert!(raw_decode(&s, r, x86, dict, data.len() - 1).is_err());
-                assert!(raw_decode(&s, r, x86, dict, data.len() + 1).is_err());
-                assert!(raw_decode(&s[..s.len() - 3], r, x86, dict, data.len()).is_err());
-                assert!(raw_decode(&s, r, x86, MAX_DICT * 2, data.len()).is_err());
+                assert!(raw_decode(&s, r.into(), x86, dict, data.len()).unwrap() == data);
+                assert!(raw_decode(&s, r.into(), x86, dict, data.len() - 1).is_err());
+                assert!(raw_decode(&s, r.into(), x86, dict, data.len() + 1).is_err());
+                assert!(raw_decode(&s[..s.len() - 3], r.into(), x86, dict, data.len()).is_err());
+                assert!(raw_decode(&s, r.into(), x86, MAX_DICT * 2, data.len()).is_err());
             }
         }
         let chained = raw_encode(&data, &reference, false).unwrap();
@@ -416,7 +436,10 @@ mod tests {
         // Decoded against zeros instead of its reference: not the data.
         let zeros = vec![0u8; reference.len()];
         let dict = dict_size(reference.len(), data.len());
-        assert!(raw_decode(&chained, &zeros, false, dict, data.len()).map_or(true, |d| d != data));
+        assert!(
+            raw_decode(&chained, zeros[..].into(), false, dict, data.len())
+                .map_or(true, |d| d != data)
+        );
         assert_eq!(dict_size(0, 10), 4096);
         assert_eq!(dict_size(usize::MAX / 2, 10), MAX_DICT);
     }

@@ -985,7 +985,7 @@ fn decode(run: &Run, stored: &[u8]) -> Result<Vec<u8>> {
         // ask for more memory than its output.
         RunKind::Xz => crate::codec::xz::decode_blob(
             stored,
-            &[],
+            Default::default(),
             len as usize,
             crate::codec::xz::dict_size(0, len as usize),
         )
