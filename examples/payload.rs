@@ -87,6 +87,9 @@ enum Cmd {
         /// A trusted public key (PEM); repeat for several.
         #[arg(long = "pubkey", required = true)]
         pubkeys: Vec<PathBuf>,
+        /// Also list every operation in order: type, target and source blocks, blob bytes.
+        #[arg(long)]
+        operations: bool,
     },
     /// Apply PAYLOAD (or - for stdin) to TARGET.
     Apply {
@@ -259,7 +262,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 t.elapsed().as_secs_f64()
             );
         }
-        Cmd::Inspect { payload, pubkeys } => {
+        Cmd::Inspect {
+            payload,
+            pubkeys,
+            operations,
+        } => {
             let ring = cli::load_keyring(&pubkeys)?;
             let mut f = File::open(&payload).map_err(|e| format!("{}: {e}", payload.display()))?;
             let now = keel::trust::unix_now();
@@ -300,6 +307,9 @@ fn run(cli: Cli) -> Result<(), String> {
                     );
                 }
                 print_image(&image.manifest);
+                if operations {
+                    print_operations(&image.manifest);
+                }
             }
             println!(
                 "manifest:     {} bytes, data {} bytes",
@@ -519,6 +529,38 @@ fn verity_root(
 }
 
 /// An image's source, target, dm-verity root and operations by type.
+fn print_operations(m: &keel::payload::Manifest) {
+    let extents = |e: &[keel::payload::Extent]| {
+        let list: Vec<String> = e
+            .iter()
+            .take(4)
+            .map(|x| format!("{}+{}", x.start, x.blocks))
+            .collect();
+        let more = if e.len() > 4 {
+            format!(" (+{} more)", e.len() - 4)
+        } else {
+            String::new()
+        };
+        format!("{}{more}", list.join(","))
+    };
+    println!(
+        "{:>5} {:<11} {:>9} {:>9} {:>10}  target / source extents",
+        "op", "type", "blocks", "src blks", "blob bytes"
+    );
+    for (i, o) in m.operations.iter().enumerate() {
+        println!(
+            "{:>5} {:<11} {:>9} {:>9} {:>10}  {} / {}",
+            i,
+            o.op.name(),
+            o.target_blocks(),
+            o.source_blocks(),
+            o.data_length,
+            extents(&o.target),
+            extents(&o.source)
+        );
+    }
+}
+
 fn print_image(m: &keel::payload::Manifest) {
     match m.source {
         Some(s) => println!(
@@ -584,6 +626,7 @@ fn bundle_part(s: &str) -> Result<(String, Option<PathBuf>, PathBuf), String> {
 }
 
 fn main() -> ExitCode {
+    keel::io::sys::lean_malloc();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -179,6 +179,7 @@ fn run(cli: &Cli) -> Res<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    keel_io::sys::lean_malloc();
     let cli = Cli::parse();
     match run(&cli) {
         Ok(code) => code,

@@ -42,3 +42,23 @@ pub fn logical_sector_size(f: &File) -> io::Result<u32> {
     u32::try_from(size)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("sector size {size}")))
 }
+
+/// Tune glibc's allocator for a program that applies payloads, for it to call first
+/// thing: one pool (arena) for all threads, and buffers of 4 MiB or more mapped on their
+/// own, so they go back to the system when freed. Keel's appliers decode on every core into
+/// buffers of megabytes that one thread allocates and another frees; with an arena per
+/// thread, and large buffers kept in the arenas, the process holds the sum of the threads'
+/// high-water marks and what fragmentation strands. The delta apply of the corpus's EROFS
+/// pair peaks at 47 MiB of heap: 61 to 68 MiB resident with glibc's defaults, 50 to 54
+/// MiB with this (and 5 to 10% slower: the large buffers' pages are faulted in again).
+/// Does nothing on other C libraries.
+pub fn lean_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    for (param, value) in [
+        (nix::libc::M_ARENA_MAX, 1),
+        (nix::libc::M_MMAP_THRESHOLD, 4 << 20),
+    ] {
+        // SAFETY: mallopt only sets a tunable; it is safe to call at any time.
+        unsafe { nix::libc::mallopt(param, value) };
+    }
+}
