@@ -988,6 +988,9 @@ type Job = (usize, Vec<u8>, Option<Vec<u8>>);
 
 /// Operations looked ahead of the one being written, at most.
 const LOOK_AHEAD_OPS: usize = 4096;
+/// Operations read and waiting to start, at most: each start looks through them, and a
+/// payload of a million operations must not cost a million times this.
+const PARKED_OPS: usize = 64;
 
 /// Which operations start when, on the writing thread: the payload's blobs read in order,
 /// each operation handed to the decoding threads once what it builds on is written and
@@ -1068,13 +1071,20 @@ impl<'m> Schedule<'m> {
             && self.next_read < ops.len()
             && (self.next_read == i
                 || (self.next_read - i <= LOOK_AHEAD_OPS
+                    && self.parked.len() < PARKED_OPS
                     && self.ahead + ops[self.next_read].data_length <= APPLY_READ_AHEAD))
         {
             let j = self.next_read;
             match read_blob(payload, j, m) {
                 Ok(blob) => {
                     self.ahead += ops[j].data_length;
-                    self.parked.push_back((j, blob));
+                    if Self::inline(&ops[j]) {
+                        // The writing thread does it when it comes to it; it holds nothing
+                        // before.
+                        self.charged.insert(j, 0);
+                    } else {
+                        self.parked.push_back((j, blob));
+                    }
                     self.next_read += 1;
                 }
                 Err(e) => self.failed = Some(e),
@@ -1098,11 +1108,6 @@ impl<'m> Schedule<'m> {
                 let Some((j, blob)) = self.parked.remove(k) else {
                     break;
                 };
-                if Self::inline(&ops[j]) {
-                    // The writing thread does it when it comes to it; it holds nothing before.
-                    self.charged.insert(j, 0);
-                    continue;
-                }
                 let reference = if ops[j].op.is_chain() {
                     Some(read_chain_reference(j, &ops[j], m, target)?)
                 } else {
