@@ -148,6 +148,13 @@ pub const BLOCK_SIZE: u64 = 4096;
 pub const MAX_MANIFEST: u64 = 64 << 20;
 /// Largest target (or source) range of one operation: bounds the applier's memory.
 pub const MAX_OP_BYTES: u64 = 8 << 20;
+/// Reference blocks (source blocks, or a CHAIN's target blocks) the operations other than
+/// COPY may read together, per target block, beyond [`MAX_REFERENCED_SLACK`]: Keel's
+/// generator reads about one for every three on the corpus.
+pub const MAX_REFERENCED_PER_BLOCK: u64 = 2;
+/// Reference blocks any payload may read beyond [`MAX_REFERENCED_PER_BLOCK`] per target
+/// block (64 MiB).
+pub const MAX_REFERENCED_SLACK: u64 = 16384;
 /// Largest blob of one operation.
 pub const MAX_BLOB: u64 = 12 << 20;
 
@@ -653,6 +660,7 @@ fn parse_manifest_at(b: &[u8], data_len: u64, base: u64) -> Result<Manifest> {
     let mut ops = Vec::with_capacity(n);
     let mut next_data = 0u64;
     let mut written = Written::default();
+    let mut referenced = 0u64;
     for i in 0..n {
         let t = r.u8("operation type")?;
         let op = OpType::from_u8(t)
@@ -752,6 +760,18 @@ fn parse_manifest_at(b: &[u8], data_len: u64, base: u64) -> Result<Manifest> {
             )));
         }
         next_data = next_data.saturating_add(o.data_length);
+        // Each operation's reference is read and hashed whole: many small operations on
+        // the same megabytes would make an applier read them again and again.
+        if op != OpType::Copy {
+            referenced = referenced.saturating_add(o.source_blocks());
+            if referenced > MAX_REFERENCED_PER_BLOCK * target_blocks + MAX_REFERENCED_SLACK {
+                return Err(bad(format!(
+                    "the operations so far read {referenced} reference blocks for a target \
+                     of {target_blocks}: at most {MAX_REFERENCED_PER_BLOCK} per block and \
+                     {MAX_REFERENCED_SLACK} more"
+                )));
+            }
+        }
         for e in &o.target {
             written.insert(e.range());
         }

@@ -425,6 +425,37 @@ fn a_block_written_twice_is_refused() {
     }
 }
 
+/// Many small CHAINs on the same 8 MiB made an applier read and hash it for each (8,000 of
+/// them: a minute for a 243 KB payload): the references operations read together are
+/// bounded by the target's size.
+#[test]
+fn operations_reading_the_same_reference_again_and_again_are_refused() {
+    let key = SigningKey::generate().unwrap();
+    let r = ring(&key);
+    let blob = zstd::bulk::compress(&[7u8; 4096], 1).unwrap();
+    let chain = zstd::bulk::compress(&[7u8; 4096], 1).unwrap();
+    // 2 per target block and 16384 more: 64 one-block CHAINs on 512 blocks go beyond that
+    // in a 576-block image, 32 stay within.
+    for (chains, refused) in [(32u64, false), (64, true)] {
+        let mut ops = vec![(op(OpType::Zero, &[(0, 511)], &[]), vec![])];
+        ops.push((op(OpType::Replace, &[(511, 1)], &[]), blob.clone()));
+        for c in 0..chains {
+            ops.push((
+                op(OpType::Chain, &[(512 + c, 1)], &[(0, 512)]),
+                chain.clone(),
+            ));
+        }
+        let p = signed(&key, 576 * 4096, ops);
+        let mut t = vec![0u8; 576 * 4096];
+        // Within the bound it goes as far as the first CHAIN's reference (whose hash this
+        // test does not make): no refusal of the manifest.
+        let e = refusal(&p, &mut t, &r);
+        let bound =
+            matches!(&e, Error::BadField { .. }) && e.to_string().contains("reference blocks");
+        assert_eq!(bound, refused, "{chains} CHAINs: {e}");
+    }
+}
+
 #[test]
 fn a_zstd_frame_asking_for_a_large_window_is_refused() {
     use std::io::Write;

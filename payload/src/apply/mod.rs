@@ -763,15 +763,27 @@ impl<R: Read> Payload<R> {
         let (res_tx, res_rx) = mpsc::channel::<(usize, Result<Option<Vec<u8>>>)>();
         // The scope's closure owns the job sender: however it returns, the workers see the
         // channel close and stop, and the scope can end.
+        // Once this thread stops (an error), the workers drop what was queued undecoded.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         std::thread::scope(|scope| -> Result<()> {
+            let _stop = Stop(&stop);
             let mut plan = Schedule::new(ops, resumed_at, job_tx);
             for _ in 0..threads {
-                let (job_rx, res_tx) = (&job_rx, res_tx.clone());
+                let (job_rx, res_tx, stop) = (&job_rx, res_tx.clone(), &stop);
                 scope.spawn(move || loop {
                     let job = job_rx.lock().map(|rx| rx.recv());
                     let Ok(Ok((i, blob, reference))) = job else {
                         return;
                     };
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
                     // A decoder that panics must not leave the writer waiting for it.
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let reference = match reference {
@@ -795,7 +807,10 @@ impl<R: Read> Payload<R> {
             let mut ready: BTreeMap<usize, Result<Option<Vec<u8>>>> = BTreeMap::new();
             let mut copy_buf = Vec::new();
             for (i, op) in ops.iter().enumerate().skip(resumed_at) {
-                plan.fill(i, payload, m, &*target)?;
+                // Reading ahead may wait on the payload's source (a stalled download): only
+                // while this thread would wait anyway, not before writing what is ready.
+                let wait = !(Schedule::inline(op) || ready.contains_key(&i));
+                plan.fill(i, wait, payload, m, &*target)?;
                 if opts.progress.is_some_and(|p| p.cancelled()) {
                     // Stop at an operation boundary with everything so far durable and
                     // recorded, so the next run resumes here.
@@ -843,7 +858,9 @@ impl<R: Read> Payload<R> {
                                 plan.decoded(j, &r);
                                 ready.insert(j, r);
                                 // What it no longer holds may let another start.
-                                plan.fill(i, payload, m, &*target)?;
+                                if j != i {
+                                    plan.fill(i, true, payload, m, &*target)?;
+                                }
                             }
                             Err(_) => {
                                 return Err(Error::Decode {
@@ -1014,6 +1031,9 @@ struct Schedule<'m> {
     jobs: mpsc::Sender<Job>,
     /// A read that failed: returned once the operations before it are written.
     failed: Option<Error>,
+    /// The RECOMPRESS operation decoding, if one is: one at a time (each compresses on
+    /// every core, and holds what its cost does not tell exactly).
+    recompressing: Option<usize>,
 }
 
 impl<'m> Schedule<'m> {
@@ -1036,6 +1056,7 @@ impl<'m> Schedule<'m> {
             held: 0,
             jobs,
             failed: None,
+            recompressing: None,
         }
     }
 
@@ -1045,23 +1066,39 @@ impl<'m> Schedule<'m> {
         matches!(op.op, OpType::Zero | OpType::Copy)
     }
 
-    /// What an operation holds while it decodes: blob, reference, output, and LZMA2's
-    /// dictionary (which holds the reference and the output again).
+    /// What an operation holds while it decodes: blob, reference, output, and the
+    /// decoder's window (LZMA2's dictionary and zstd's window hold the reference and the
+    /// output again); a RECOMPRESS operation also the content it decompresses and its
+    /// compressors' state, counted as twice its output again.
     fn cost(op: &Operation) -> u64 {
         let (r, o) = (
             op.source_blocks() * BLOCK_SIZE,
             op.target_blocks() * BLOCK_SIZE,
         );
         let extra = match op.op {
-            OpType::ReplaceXz | OpType::ChainXz | OpType::PatchXz => 2 * r + o,
+            OpType::Recompress => r + 2 * o,
+            OpType::Replace
+            | OpType::Patch
+            | OpType::Chain
+            | OpType::ReplaceXz
+            | OpType::ChainXz
+            | OpType::PatchXz => 2 * r + o,
             _ => r,
         };
         op.data_length + o + extra
     }
 
-    /// With operations before `i` written: read ahead and start what may start. Operation
-    /// `i` itself always starts (whatever it holds), or its read's error is returned.
-    fn fill<R, T>(&mut self, i: usize, payload: &mut R, m: &Manifest, target: &T) -> Result<()>
+    /// With operations before `i` written: read ahead (if `ahead`) and start what may start.
+    /// Operation `i` itself is always read and started (whatever it holds), or its read's
+    /// error is returned.
+    fn fill<R, T>(
+        &mut self,
+        i: usize,
+        ahead: bool,
+        payload: &mut R,
+        m: &Manifest,
+        target: &T,
+    ) -> Result<()>
     where
         R: Read,
         T: ReadAt + ?Sized,
@@ -1070,7 +1107,8 @@ impl<'m> Schedule<'m> {
         while self.failed.is_none()
             && self.next_read < ops.len()
             && (self.next_read == i
-                || (self.next_read - i <= LOOK_AHEAD_OPS
+                || (ahead
+                    && self.next_read - i <= LOOK_AHEAD_OPS
                     && self.parked.len() < PARKED_OPS
                     && self.ahead + ops[self.next_read].data_length <= APPLY_READ_AHEAD))
         {
@@ -1099,8 +1137,9 @@ impl<'m> Schedule<'m> {
             while k < self.parked.len() {
                 let j = self.parked[k].0;
                 let cost = Self::cost(&ops[j]);
+                let busy = ops[j].op == OpType::Recompress && self.recompressing.is_some();
                 if (keyed && !self.key[j])
-                    || (j != i && (self.after[j] > i || self.held + cost > limit))
+                    || (j != i && (busy || self.after[j] > i || self.held + cost > limit))
                 {
                     k += 1;
                     continue;
@@ -1115,6 +1154,9 @@ impl<'m> Schedule<'m> {
                 };
                 self.held += cost;
                 self.charged.insert(j, cost);
+                if ops[j].op == OpType::Recompress {
+                    self.recompressing = Some(j);
+                }
                 // The workers outlive the schedule; a send fails only if all died, which the
                 // wait for the result reports.
                 let _ = self.jobs.send((j, blob, reference));
@@ -1128,6 +1170,9 @@ impl<'m> Schedule<'m> {
 
     /// Operation `j` decoded: from now on it holds its output only.
     fn decoded(&mut self, j: usize, out: &Result<Option<Vec<u8>>>) {
+        if self.recompressing == Some(j) {
+            self.recompressing = None;
+        }
         let now = match out {
             Ok(Some(v)) => v.len() as u64,
             _ => 0,

@@ -127,7 +127,12 @@ impl Compressor {
             Codec::Lz4 if (0..=12).contains(&level) => Ok(Compressor::Lz4Block(level, block_size)),
             Codec::Xz => super::xz::Xz::new(level)
                 .map(|c| Compressor::Xz(c, block_size))
-                .ok_or_else(|| format!("xz settings {level:#x}")),
+                .ok_or_else(|| {
+                    format!(
+                        "xz settings {level:#x}: a dictionary of 4 KiB units up to 1 MiB (bits \
+                         8 and up), BCJ filter bits below 64 (bits 0 to 7)"
+                    )
+                }),
             Codec::ErofsLz4 => super::lz4::DestSize::new(level)
                 .map(|c| Compressor::Lz4(c, 4096))
                 .ok_or_else(|| format!("lz4 level {level}: 0 (lz4) to 12 (lz4hc)")),

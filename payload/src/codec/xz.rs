@@ -75,6 +75,9 @@ pub(crate) fn level_field(dict_size: u32, filters: u32) -> Option<i32> {
         .then_some((units << 8 | filters) as i32)
 }
 
+/// The largest dictionary of a squashfs image's xz blocks: its largest block.
+const MAX_BLOCK_DICT: u32 = 1 << 20;
+
 /// One compressor with mksquashfs's settings.
 pub(crate) struct Xz {
     dict_size: u32,
@@ -84,11 +87,13 @@ pub(crate) struct Xz {
 }
 
 impl Xz {
-    /// From a level field ([`level_field`]).
+    /// From a level field ([`level_field`]). The dictionary is at most a squashfs block
+    /// (1 MiB; mksquashfs refuses a larger one): the encoder takes about ten times its
+    /// dictionary, and a payload's field may not make an applier take gigabytes.
     pub(crate) fn new(field: i32) -> Option<Xz> {
         let field = u32::try_from(field).ok()?;
         let (units, filters) = (field >> 8, field & 0xff);
-        if units == 0 || filters >= 64 {
+        if units == 0 || units > MAX_BLOCK_DICT / 4096 || filters >= 64 {
             return None;
         }
         let mut chains = vec![None];
@@ -397,6 +402,10 @@ mod tests {
             xz.compress(&src, 128 << 10, &mut again).unwrap();
             assert!(again == out, "deterministic");
         }
+        // A dictionary larger than a squashfs block is refused, not allocated.
+        assert!(Xz::new(level_field(1 << 20, 1).unwrap()).is_some());
+        assert!(Xz::new(level_field((1 << 20) + 4096, 1).unwrap()).is_none());
+        assert!(Xz::new(level_field(1536 << 20, 0).unwrap()).is_none());
         let noise = keel_testsupport::seeded_bytes(4, 50_000);
         let mut xz = Xz::new(level_field(64 << 10, 0).unwrap()).unwrap();
         let mut out = Vec::new();
