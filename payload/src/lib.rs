@@ -1,6 +1,7 @@
 //! keel-payload: signed delta update payloads that turn the running slot's image into the
-//! next one on the other slot: generate, inspect, apply (read once from any reader, memory
-//! bounded by one operation, resumable after power loss), verify.
+//! next one on the other slot: generate, inspect, apply (read once from any reader, on
+//! every core, memory bounded by one operation and a fixed budget, resumable after power
+//! loss), verify.
 //!
 //! ```
 //! use keel_payload::{apply, generate, ApplyOptions, GenerateOptions, VersionCheck};
@@ -74,7 +75,8 @@ mod version;
 
 pub use apply::{
     apply, apply_files, read_images_at, read_manifest, read_manifest_at, same_file, Applied,
-    ApplyOptions, Payload, RecordDiscarded, VersionCheck, APPLY_READ_AHEAD, MAX_RESUMES,
+    ApplyOptions, Payload, RecordDiscarded, VersionCheck, APPLY_HELD, APPLY_READ_AHEAD,
+    MAX_RESUMES,
 };
 pub use codec::recompress::{recompressor, recompressors};
 pub use error::{Error, Result, Section, TargetCheck};

@@ -1,5 +1,7 @@
-//! Applying a payload: read once, front to back, from any reader; memory bounded by one
-//! operation; resumable from a small state record.
+//! Applying a payload: read once, front to back, from any reader; operations decoded on
+//! every core, in the order what they build on allows, and written in order; memory
+//! bounded by the operation being written and [`APPLY_HELD`] bytes beyond it; resumable
+//! from a small state record.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -21,7 +23,7 @@ pub const APPLY_READ_AHEAD: u64 = 8 << 20;
 /// Most bytes the operations started beyond the one being written hold (blobs, references,
 /// LZMA2 dictionaries, outputs not yet written): room for a full payload's 8 MiB
 /// operations, or a delta's chain of new files, to decode beside the one being written.
-const APPLY_HELD: u64 = 24 << 20;
+pub const APPLY_HELD: u64 = 24 << 20;
 
 mod recompress;
 mod resume;
@@ -1005,6 +1007,9 @@ type Job = (usize, Vec<u8>, Option<Vec<u8>>);
 
 /// Operations looked ahead of the one being written, at most.
 const LOOK_AHEAD_OPS: usize = 4096;
+/// RECOMPRESS operations decoding at once, at most: two keep both cores of a squashfs
+/// delta busy (each compresses its blocks on every core, between serial steps).
+const RECOMPRESSING: usize = 2;
 /// Operations read and waiting to start, at most: each start looks through them, and a
 /// payload of a million operations must not cost a million times this.
 const PARKED_OPS: usize = 64;
@@ -1031,9 +1036,10 @@ struct Schedule<'m> {
     jobs: mpsc::Sender<Job>,
     /// A read that failed: returned once the operations before it are written.
     failed: Option<Error>,
-    /// The RECOMPRESS operation decoding, if one is: one at a time (each compresses on
-    /// every core, and holds what its cost does not tell exactly).
-    recompressing: Option<usize>,
+    /// The RECOMPRESS operations decoding: at most [`RECOMPRESSING`] (each may hold tens
+    /// of megabytes its cost does not tell: content decompressed from a small blob, the
+    /// compressors' state).
+    recompressing: std::collections::BTreeSet<usize>,
 }
 
 impl<'m> Schedule<'m> {
@@ -1056,7 +1062,7 @@ impl<'m> Schedule<'m> {
             held: 0,
             jobs,
             failed: None,
-            recompressing: None,
+            recompressing: Default::default(),
         }
     }
 
@@ -1137,7 +1143,8 @@ impl<'m> Schedule<'m> {
             while k < self.parked.len() {
                 let j = self.parked[k].0;
                 let cost = Self::cost(&ops[j]);
-                let busy = ops[j].op == OpType::Recompress && self.recompressing.is_some();
+                let busy =
+                    ops[j].op == OpType::Recompress && self.recompressing.len() >= RECOMPRESSING;
                 if (keyed && !self.key[j])
                     || (j != i && (busy || self.after[j] > i || self.held + cost > limit))
                 {
@@ -1155,7 +1162,7 @@ impl<'m> Schedule<'m> {
                 self.held += cost;
                 self.charged.insert(j, cost);
                 if ops[j].op == OpType::Recompress {
-                    self.recompressing = Some(j);
+                    self.recompressing.insert(j);
                 }
                 // The workers outlive the schedule; a send fails only if all died, which the
                 // wait for the result reports.
@@ -1170,9 +1177,7 @@ impl<'m> Schedule<'m> {
 
     /// Operation `j` decoded: from now on it holds its output only.
     fn decoded(&mut self, j: usize, out: &Result<Option<Vec<u8>>>) {
-        if self.recompressing == Some(j) {
-            self.recompressing = None;
-        }
+        self.recompressing.remove(&j);
         let now = match out {
             Ok(Some(v)) => v.len() as u64,
             _ => 0,
