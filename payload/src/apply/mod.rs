@@ -825,55 +825,48 @@ impl<R: Read> Payload<R> {
                     return Err(Error::Cancelled);
                 }
                 let len = (op.target_blocks() * BLOCK_SIZE) as usize;
-                if Schedule::inline(op) {
+                if op.op == OpType::Copy {
                     // No decoding: this thread moves the bytes while the others decode.
                     let mut digest = opts
                         .state
                         .is_some()
                         .then(|| ChainDigest::new(&state.written, i));
-                    if op.op == OpType::Copy {
-                        let to = Placing {
-                            target: &mut *target,
-                            size: target_size,
-                            stream: stream.as_mut(),
-                            digest: digest.as_mut(),
-                        };
-                        copy_op(i, op, m, source, to, &mut copy_buf)?;
-                    } else {
-                        write_op(i, op, None, target, target_size)?;
-                        if let Some(s) = stream.as_mut() {
-                            feed(s, op, None, target_size);
-                        }
-                    }
-                    state.written = match digest {
-                        Some(d) if op.op == OpType::Copy => d.finish(),
-                        _ => chain_digest(&state.written, i, op, None, target_size),
+                    let to = Placing {
+                        target: &mut *target,
+                        size: target_size,
+                        stream: stream.as_mut(),
+                        digest: digest.as_mut(),
                     };
-                    plan.written(i);
+                    copy_op(i, op, m, source, to, &mut copy_buf)?;
+                    if let Some(d) = digest {
+                        state.written = d.finish();
+                    }
                 } else {
-                    let out = loop {
-                        if let Some(r) = ready.remove(&i) {
-                            break r;
-                        }
-                        match res_rx.recv() {
-                            Ok((j, r)) => {
-                                plan.decoded(j, &r);
-                                ready.insert(j, r);
-                                // What it no longer holds may let another start.
-                                if j != i {
-                                    plan.fill(i, true, payload, m, &*target)?;
+                    let out = match op.op {
+                        OpType::Zero => None,
+                        _ => loop {
+                            if let Some(r) = ready.remove(&i) {
+                                break r;
+                            }
+                            match res_rx.recv() {
+                                Ok((j, r)) => {
+                                    plan.decoded(j, &r);
+                                    ready.insert(j, r);
+                                    // What it no longer holds may let another start.
+                                    if j != i {
+                                        plan.fill(i, true, payload, m, &*target)?;
+                                    }
+                                }
+                                Err(_) => {
+                                    return Err(Error::Decode {
+                                        op: i,
+                                        reason: "a decoding thread stopped".into(),
+                                    })
                                 }
                             }
-                            Err(_) => {
-                                return Err(Error::Decode {
-                                    op: i,
-                                    reason: "a decoding thread stopped".into(),
-                                })
-                            }
-                        }
-                    }?;
+                        }?,
+                    };
                     write_op(i, op, out.as_deref(), target, target_size)?;
-                    plan.written(i);
                     if let Some(s) = stream.as_mut() {
                         feed(s, op, out.as_deref(), target_size);
                     }
@@ -882,6 +875,7 @@ impl<R: Read> Payload<R> {
                             chain_digest(&state.written, i, op, out.as_deref(), target_size);
                     }
                 }
+                plan.written(i);
                 done += len as u64;
                 since_checkpoint += len as u64;
                 state.next_op = i as u64 + 1;
@@ -999,8 +993,6 @@ fn skip_applied_data<R>(
     Ok(())
 }
 
-/// Operation `i`'s blob, read from the stream and checked against the signed hash, and
-/// its reference (into `reference`), read and checked.
 /// An operation for a decoding thread: its index, its checked blob, and for a CHAIN its
 /// checked reference (the thread reads any other's source blocks itself).
 type Job = (usize, Vec<u8>, Option<Vec<u8>>);
@@ -1314,17 +1306,28 @@ fn read_source_reference<S: ReadAt + ?Sized>(
     if op.source.is_empty() {
         return Ok(out);
     }
-    let (Some(src), Some(id)) = (source, manifest.source) else {
-        return Err(Error::MissingSource(format!(
-            "operation {i} reads a source that is not there"
-        )));
-    };
-    read_extents(src, &op.source, id.size, &mut out)
+    let (src, size) = source_of(i, manifest, source)?;
+    read_extents(src, &op.source, size, &mut out)
         .map_err(|e| Error::io("reading source blocks", e))?;
     if sha256(&out) != op.source_sha256 {
         return Err(Error::SourceModified { op: Some(i) });
     }
     Ok(out)
+}
+
+/// The source operation `i` reads, and its size: an error if the payload has none or the
+/// caller gave none.
+fn source_of<'s, S: ?Sized>(
+    i: usize,
+    manifest: &Manifest,
+    source: Option<&'s S>,
+) -> Result<(&'s S, u64)> {
+    match (source, manifest.source) {
+        (Some(src), Some(id)) => Ok((src, id.size)),
+        _ => Err(Error::MissingSource(format!(
+            "operation {i} reads a source that is not there"
+        ))),
+    }
 }
 
 /// Bytes of a COPY the writing thread moves at a time.
@@ -1357,11 +1360,7 @@ where
     T: WriteAt + ?Sized,
 {
     use sha2::Digest;
-    let (Some(src), Some(id)) = (source, manifest.source) else {
-        return Err(Error::MissingSource(format!(
-            "operation {i} reads a source that is not there"
-        )));
-    };
+    let (src, size) = source_of(i, manifest, source)?;
     buf.resize(COPY_PIECE, 0);
     let placed: Vec<(u64, usize, usize)> = placed(op, to.size).collect();
     let total = (op.source_blocks() * BLOCK_SIZE) as usize;
@@ -1379,7 +1378,7 @@ where
             let off = e.start * BLOCK_SIZE + used;
             let m = (e.blocks * BLOCK_SIZE - used).min((n - filled) as u64) as usize;
             // The image's last block may be partial and reads as zeros.
-            let have = id.size.saturating_sub(off).min(m as u64) as usize;
+            let have = size.saturating_sub(off).min(m as u64) as usize;
             src.read_exact_at(&mut buf[filled..filled + have], off)
                 .map_err(|e| Error::io("reading source blocks", e))?;
             buf[filled + have..filled + m].fill(0);
@@ -1649,18 +1648,6 @@ mod tests {
         }
     }
 
-    /// Bytes from a seed (xorshift), so that every block differs.
-    fn seeded(len: usize, mut x: u64) -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
     #[test]
     fn a_chain_waits_for_the_last_operation_that_wrote_its_reference_only() {
         let ops = [
@@ -1686,7 +1673,7 @@ mod tests {
     #[test]
     fn a_copy_in_pieces_writes_what_the_whole_output_would() {
         let source_size = (3 << 20) + 1000;
-        let source = seeded(source_size, 7);
+        let source = keel_testsupport::seeded_bytes(7, source_size);
         let last = (source_size as u64).div_ceil(BLOCK_SIZE) - 1;
         let src = [
             (5, 300),
@@ -1719,7 +1706,7 @@ mod tests {
             operations: vec![copy.clone()],
             recompressor: None,
         };
-        let before = seeded(target_size as usize, 9);
+        let before = keel_testsupport::seeded_bytes(9, target_size as usize);
         let mut expected = before.clone();
         write_op(0, &copy, Some(&whole), &mut expected, target_size).unwrap();
         let prev = [3u8; 32];
