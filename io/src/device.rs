@@ -37,6 +37,14 @@ pub trait ReadAt: Sync {
         let _ = (offset, len);
         Vec::new()
     }
+    /// A hint that `offset..offset + len` will be read soon: a file or block device starts
+    /// reading it into the page cache in the background (`POSIX_FADV_WILLNEED`), so that a
+    /// reader going through many places of a device at once (the FEC parity's order) keeps
+    /// the disk busy while it computes. Nothing happens where there is no such cache, and
+    /// no error is reported: it is only a hint.
+    fn will_need(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
 }
 
 /// Most holes a walk over a file visits (two system calls each): a file cut finer than
@@ -191,6 +199,19 @@ impl ReadAt for File {
         // a fraction of what a reader holds for the range itself.
         file_holes(self, offset, len, (len >> 14).max(1) as usize)
     }
+    fn will_need(&self, offset: u64, len: u64) {
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // Only a hint: a file system without a page cache (or a kernel that declines)
+        // reads the range when it is asked for, as without it.
+        let _ = nix::fcntl::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(self),
+            offset,
+            len,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
+    }
 }
 
 impl ReadAt for [u8] {
@@ -245,6 +266,9 @@ macro_rules! read_through {
             }
             fn known_zeros(&self, offset: u64, len: u64) -> Vec<std::ops::Range<u64>> {
                 (**self).known_zeros(offset, len)
+            }
+            fn will_need(&self, offset: u64, len: u64) {
+                (**self).will_need(offset, len)
             }
         }
     )*};

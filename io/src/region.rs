@@ -95,6 +95,12 @@ impl<D: ReadAt> ReadAt for Region<D> {
             })
             .collect()
     }
+    fn will_need(&self, offset: u64, len: u64) {
+        let end = offset.saturating_add(len).min(self.len);
+        if offset < end {
+            self.inner.will_need(self.start + offset, end - offset);
+        }
+    }
 }
 
 impl<D: WriteAt> WriteAt for Region<D> {
@@ -140,5 +146,29 @@ mod tests {
         assert_eq!(&disk[..10], &[7; 10]);
         assert_eq!(&disk[30..], &[7; 70]);
         assert!(Region::new(&disk, u64::MAX, 2).is_err());
+    }
+
+    /// A read-ahead hint reaches the device at the region's place, cut to the region.
+    #[test]
+    fn hints_are_placed_and_cut_to_the_window() {
+        struct Hints(std::sync::Mutex<Vec<(u64, u64)>>);
+        impl ReadAt for Hints {
+            fn read_exact_at(&self, _: &mut [u8], _: u64) -> io::Result<()> {
+                Ok(())
+            }
+            fn size(&self) -> io::Result<u64> {
+                Ok(1 << 20)
+            }
+            fn will_need(&self, offset: u64, len: u64) {
+                self.0.lock().unwrap().push((offset, len));
+            }
+        }
+        let r = Region::new(Hints(Default::default()), 4096, 8192).unwrap();
+        r.will_need(100, 50);
+        r.will_need(4096, 1 << 30);
+        r.will_need(8192, 1);
+        r.will_need(u64::MAX, u64::MAX);
+        let got = r.inner.0.lock().unwrap().clone();
+        assert_eq!(got, vec![(4196, 50), (8192, 4096)]);
     }
 }

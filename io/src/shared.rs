@@ -47,6 +47,9 @@ impl<D: ReadAt + Send> ReadAt for Shared<D> {
     fn known_zeros(&self, offset: u64, len: u64) -> Vec<std::ops::Range<u64>> {
         self.lock().known_zeros(offset, len)
     }
+    fn will_need(&self, offset: u64, len: u64) {
+        self.lock().will_need(offset, len)
+    }
 }
 
 impl<D: WriteAt + Send> WriteAt for &Shared<D> {

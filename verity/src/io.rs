@@ -40,4 +40,10 @@ impl<D: ReadAt + ?Sized> ReadAt for ZeroPadded<'_, D> {
     fn size(&self) -> io::Result<u64> {
         Ok(self.padded)
     }
+    fn will_need(&self, offset: u64, len: u64) {
+        let end = offset.saturating_add(len).min(self.size);
+        if offset < end {
+            self.inner.will_need(offset, end - offset);
+        }
+    }
 }

@@ -34,11 +34,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// parity of about 8 GiB of data with two roots.
 pub const STREAM_PARITY_BUDGET: u64 = 64 << 20;
 
-/// What each thread reads at a time when the whole device is read: hashed and added to the
-/// parity while it is still in the core's cache (1 MiB of L2 on a common core).
-const WHOLE_PIECE_BYTES: usize = 512 << 10;
+/// When the whole device is read (see [`StreamTree::read_whole`]): the codeword positions
+/// read together, whose blocks of a round are added to its planes in one multiply-add.
+const TILE_POSITIONS: usize = 8;
+/// When the whole device is read: what a tile's blocks and its planes may take, so that
+/// they stay in a core's L2 cache (512 KiB on a common core) while they are read, hashed
+/// and multiplied.
+const TILE_BYTES: usize = 320 << 10;
 /// Below this many blocks in one write, one thread hashes them: spawning costs more.
 const SPLIT_MIN_BLOCKS: usize = 64;
+/// When the whole device is read: what is read at each position at a time, and asked for
+/// ahead of its use ([`ReadAt::will_need`]), so that a disk is read in runs this long.
+const READ_RUN_BYTES: usize = 256 << 10;
 /// What [`StreamTree::finish`] reads back at a time.
 const READ_BACK_BYTES: usize = 8 << 20;
 
@@ -85,6 +92,15 @@ impl Parity {
             let buf = &mut out[..n * bs * roots];
             for r in 0..n {
                 let round = &mut buf[r * bs * roots..(r + 1) * bs * roots];
+                if roots == 2 {
+                    // The common case, in a form the compiler vectorizes (byte unpacking).
+                    let (p0, p1) = (self.plane(r0 + r, 0), self.plane(r0 + r, 1));
+                    for (out, (&x, &y)) in round.chunks_exact_mut(2).zip(p0.iter().zip(p1)) {
+                        out[0] = x;
+                        out[1] = y;
+                    }
+                    continue;
+                }
                 for j in 0..roots {
                     let plane = self.plane(r0 + r, j);
                     for (b, &p) in plane.iter().enumerate() {
@@ -133,6 +149,17 @@ fn rows_of(g: &FecGeometry, from: usize, to: usize) -> Vec<Coeffs> {
         .collect()
 }
 
+/// For each tile of [`TILE_POSITIONS`] symbol positions, the coefficients of every plane
+/// (one input per position).
+fn tiles_of(g: &FecGeometry) -> Vec<Coeffs> {
+    let roots = g.roots as usize;
+    let raw = Code::new(roots).parity_matrix();
+    raw[..g.k() * roots]
+        .chunks(TILE_POSITIONS * roots)
+        .map(|tile| Coeffs::new(tile.to_vec(), roots))
+        .collect()
+}
+
 /// The parity as it accumulates: the planes split in two groups, one per thread.
 struct Accumulator {
     g: FecGeometry,
@@ -168,42 +195,12 @@ impl Accumulator {
         ]
     }
 
-    /// Add `whole`'s parity (a round's planes side by side there) to this one's.
-    fn add_whole(&mut self, whole: &Whole) {
-        let bs = self.g.block_size as usize;
+    /// Lay the planes out as one group (each round's planes side by side), the second
+    /// empty: for a parity to which nothing was added yet.
+    fn one_group(&mut self) {
         let roots = self.g.roots as usize;
-        for r in 0..self.g.rounds as usize {
-            for j in 0..roots {
-                let at = plane_at(&self.g, self.split, r, j);
-                let src = &whole.planes[(r * roots + j) * bs..][..bs];
-                for (x, y) in self.planes[at..at + bs].iter_mut().zip(src) {
-                    *x ^= y;
-                }
-            }
-        }
-    }
-}
-
-/// The parity of part of the device, all planes of a round side by side, so that one pass
-/// over a block adds it to every plane (one thread's, when the whole device is read).
-struct Whole {
-    kernel: Kernel,
-    rows: Vec<Coeffs>,
-    planes: Vec<u8>,
-}
-
-impl Whole {
-    fn new(g: &FecGeometry) -> Whole {
-        Whole {
-            kernel: Kernel::best(),
-            rows: rows_of(g, 0, g.roots as usize),
-            planes: vec![0u8; g.parity_size() as usize],
-        }
-    }
-
-    /// All its planes, as one share.
-    fn share<'a>(&'a mut self, g: &'a FecGeometry) -> Share<'a> {
-        Share::new(g, self.kernel, &self.rows, &mut self.planes)
+        self.split = roots;
+        self.rows = [rows_of(&self.g, 0, roots), Vec::new()];
     }
 }
 
@@ -269,6 +266,10 @@ pub struct StreamTree {
     seen: Vec<u64>,
     parity: Option<Accumulator>,
     threads: usize,
+    /// [`READ_RUN_BYTES`] and [`TILE_BYTES`] (smaller in tests, to see many bands and
+    /// tiles on a small device).
+    run_bytes: usize,
+    tile_bytes: usize,
 }
 
 impl std::fmt::Debug for StreamTree {
@@ -301,6 +302,8 @@ impl StreamTree {
             seen: vec![0; words],
             parity: None,
             threads: Threads::default().count(),
+            run_bytes: READ_RUN_BYTES,
+            tile_bytes: TILE_BYTES,
         })
     }
 
@@ -463,86 +466,185 @@ impl StreamTree {
         })
     }
 
-    /// Nothing seen yet: read the whole device once, in order, each of two threads one
-    /// half in pieces of [`WHOLE_PIECE_BYTES`], hashing each piece into the leaves and
-    /// adding it to the parity while it is in the core's cache. Each thread adds to a
-    /// parity of its own (the parity is linear in its input: the second is added to the
-    /// first at the end), so no round's planes are shared and each block is read from
-    /// memory once; each parity holds a round's planes side by side, so that one pass over
-    /// a block adds it to all of them. Runs only where two more parities fit within one and
-    /// a half times [`STREAM_PARITY_BUDGET`] and two
-    /// threads are allowed; returns the bytes read (0 when it did not run: the caller's
-    /// read-back then reads everything). The hash area counts as zeros here; its share is
-    /// added by [`StreamTree::add_hash_area`].
+    /// Nothing seen yet: read the whole device once, hashing each block into the leaves
+    /// and adding it to the parity while it is in the core's cache, the rounds split
+    /// between two threads (each adds to planes nobody else writes).
+    ///
+    /// The parity is what costs here. Each block is added to its round's planes, and a
+    /// device's planes (a 128th of it with two roots) do not stay in a core's cache: added
+    /// a block at a time in the device's order, every block would read and write its
+    /// round's planes from memory, four times its own bytes with two roots (that was 1.5
+    /// times the tree's time; the multiply-adds themselves are a fraction of it). So a
+    /// thread goes through its rounds in bands of [`READ_RUN_BYTES`] blocks: for each band
+    /// it reads, at [`TILE_POSITIONS`] consecutive codeword positions at a time (a round's
+    /// blocks lie a round count apart on the device), the band's run of blocks, and
+    /// multiplies the blocks of a round in one multiply-add (its planes loaded and stored
+    /// once for all of them), a few rounds at a time so that they are hashed and multiplied
+    /// while in the L2 cache ([`TILE_BYTES`]). The band's planes stay in the cache while
+    /// all positions pass. The disk is read in runs of [`READ_RUN_BYTES`], each asked for
+    /// a band ahead ([`ReadAt::will_need`]) so that a cold device is read while the last
+    /// band is computed. Memory: the buffers of [`TILE_POSITIONS`] runs per thread.
+    ///
+    /// Runs only where two threads are allowed and there are two rounds to split; returns
+    /// the bytes read (0 when it did not run: the caller's read-back then reads
+    /// everything). The hash area counts as zeros here; its share is added by
+    /// [`StreamTree::add_hash_area`].
     fn read_whole<D: ReadAt + ?Sized>(&mut self, data: &D, opts: &BuildOptions<'_>) -> Result<u64> {
         let Some(acc) = self.parity.as_mut() else {
             return Ok(0);
         };
         let n = self.params.data_blocks();
+        let rounds = acc.g.rounds;
         if self.threads < 2
             || self.geometry.levels().is_empty()
             || n < 2 * SPLIT_MIN_BLOCKS as u64
-            || acc.planes.len() as u64 > STREAM_PARITY_BUDGET / 2
+            || rounds < 2
         {
             return Ok(0);
         }
         let bs = self.params.data_block_size() as usize;
         let total = n * bs as u64;
-        let mid = n / 2;
-        let (mut first, mut second) = (Whole::new(&acc.g), Whole::new(&acc.g));
+        let mid = rounds / 2;
+        // Codeword positions that hold data blocks (the rest are the hash area, added
+        // later, or padding).
+        let positions = n.div_ceil(rounds) as usize;
         let (hasher, geometry) = (&self.hasher, &self.geometry);
-        let (left, right) = self.tree.split_at_mut(leaf_at(geometry, mid));
-        let left = &mut left[leaf_at(geometry, 0)..];
+        // Each thread's leaves, one run per position: blocks `i * rounds + (0..mid)` for
+        // the first thread, `i * rounds + (mid..rounds)` for the second, cut at the data's
+        // end.
+        let mut leaves: [Vec<&mut [u8]>; 2] = [Vec::new(), Vec::new()];
+        {
+            let start = leaf_at(geometry, 0);
+            let mut rest = &mut self.tree[start..];
+            let mut at = start;
+            for i in 0..positions as u64 {
+                for (h, end) in [(0, i * rounds + mid), (1, (i + 1) * rounds)] {
+                    let cut = leaf_at(geometry, end.min(n)) - at;
+                    let (run, tail) = std::mem::take(&mut rest).split_at_mut(cut);
+                    leaves[h].push(run);
+                    rest = tail;
+                    at += cut;
+                }
+            }
+        }
+        let [mut leaves_a, mut leaves_b] = leaves;
+        let roots = acc.g.roots as usize;
+        let tiles = tiles_of(&acc.g);
+        let kernel = acc.kernel;
+        let (run_bytes, tile_bytes) = (self.run_bytes, self.tile_bytes);
+        // Nothing was added yet: the planes are laid out as one group, a round's planes
+        // side by side, so that a round's share of a tile is one multiply-add.
+        acc.one_group();
+        let (planes_a, planes_b) = acc.planes.split_at_mut(mid as usize * roots * bs);
         let done = AtomicU64::new(0);
         let failed = AtomicBool::new(false);
-        // Blocks `from..to` into `acc` and `leaves` (which starts at block `from`'s leaf);
+        // Rounds `from..to` of every position: hashed into `leaves` (one run per position,
+        // from round `from`), added to `planes` (those rounds' planes, side by side);
         // `report`: this thread tells `opts.progress` (one thread does, so that the count
         // it sees only grows).
-        let g = acc.g.clone();
-        let half = |acc: &mut Whole, leaves: &mut [u8], from: u64, to: u64, report: bool| {
-            let mut share = acc.share(&g);
-            let per = (WHOLE_PIECE_BYTES / bs).max(1) as u64;
-            let mut buf = vec![0u8; (per.min(to - from) as usize) * bs];
-            let base = leaf_at(geometry, from);
-            let mut b = from;
-            while b < to {
-                if failed.load(Ordering::Relaxed) {
-                    return Ok(());
+        let half = |planes: &mut [u8],
+                    leaves: &mut [&mut [u8]],
+                    from: u64,
+                    to: u64,
+                    report: bool|
+         -> Result<()> {
+            // Rounds read at each position at a time, and rounds hashed and multiplied
+            // together (a tile).
+            let run_rounds = (run_bytes / bs).max(1);
+            let sub = (tile_bytes / ((TILE_POSITIONS + roots) * bs)).clamp(1, run_rounds);
+            let mut buf = vec![0u8; TILE_POSITIONS * run_rounds * bs];
+            // Rounds `a..b` of every position will be read soon.
+            let hint = |a: u64, b: u64| {
+                for i in 0..positions as u64 {
+                    let (s, e) = ((i * rounds + a).min(n), (i * rounds + b.min(to)).min(n));
+                    if s < e {
+                        data.will_need(s * bs as u64, (e - s) * bs as u64);
+                    }
                 }
-                if opts.progress.is_some_and(|p| p.cancelled()) {
-                    return Err(Error::Cancelled);
+            };
+            hint(from, from + run_rounds as u64);
+            let mut r0 = from;
+            while r0 < to {
+                let width = (run_rounds as u64).min(to - r0) as usize;
+                hint(r0 + width as u64, r0 + 2 * width as u64);
+                for (q, coeffs) in tiles.iter().enumerate() {
+                    let i0 = q * TILE_POSITIONS;
+                    if i0 >= positions {
+                        break;
+                    }
+                    if failed.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    if opts.progress.is_some_and(|p| p.cancelled()) {
+                        return Err(Error::Cancelled);
+                    }
+                    // Each position's run: blocks `i * rounds + r0..`, as many as are data.
+                    let mut have = [0usize; TILE_POSITIONS];
+                    for (t, have) in have.iter_mut().enumerate().take(coeffs.inputs()) {
+                        let run = &mut buf[t * run_rounds * bs..][..width * bs];
+                        let b = (i0 + t) as u64 * rounds + r0;
+                        *have = n.saturating_sub(b).min(width as u64) as usize;
+                        // Past the data: zeros, which add nothing.
+                        run[*have * bs..].fill(0);
+                        if *have == 0 {
+                            continue;
+                        }
+                        let off = b * bs as u64;
+                        data.read_exact_at(&mut run[..*have * bs], off)
+                            .map_err(|e| Error::io(format!("reading data device byte {off}"), e))?;
+                    }
+                    for s0 in (0..width).step_by(sub) {
+                        let s1 = (s0 + sub).min(width);
+                        for (t, &have) in have.iter().enumerate().take(coeffs.inputs()) {
+                            let (a, e) = (s0.min(have), s1.min(have));
+                            if a == e {
+                                continue;
+                            }
+                            let b = (i0 + t) as u64 * rounds + r0 + a as u64;
+                            let row = leaf_at(geometry, (i0 + t) as u64 * rounds + from);
+                            hash_leaves(
+                                hasher,
+                                geometry,
+                                bs,
+                                b,
+                                &buf[(t * run_rounds + a) * bs..(t * run_rounds + e) * bs],
+                                &mut leaves[i0 + t][leaf_at(geometry, b) - row..],
+                            );
+                        }
+                        for r in s0..s1 {
+                            let inputs: [&[u8]; TILE_POSITIONS] =
+                                std::array::from_fn(|t| &buf[(t * run_rounds + r) * bs..][..bs]);
+                            let round = (r0 - from) as usize + r;
+                            // The shapes are fixed by construction: an input of `bs` bytes
+                            // for each of the tile's positions, the round's planes side by
+                            // side.
+                            coeffs.dot_add(
+                                kernel,
+                                &inputs[..coeffs.inputs()],
+                                bs,
+                                &mut planes[round * roots * bs..][..roots * bs],
+                            );
+                        }
+                    }
+                    let read = have.iter().sum::<usize>() as u64 * bs as u64;
+                    let now = done.fetch_add(read, Ordering::Relaxed) + read;
+                    if let Some(p) = opts.progress.filter(|_| report) {
+                        p.progress(now, total);
+                    }
                 }
-                let k = per.min(to - b);
-                let piece = &mut buf[..k as usize * bs];
-                let off = b * bs as u64;
-                data.read_exact_at(piece, off)
-                    .map_err(|e| Error::io(format!("reading data device byte {off}"), e))?;
-                hash_leaves(
-                    hasher,
-                    geometry,
-                    bs,
-                    b,
-                    piece,
-                    &mut leaves[leaf_at(geometry, b) - base..],
-                );
-                share.add(b, piece);
-                let now = done.fetch_add(piece.len() as u64, Ordering::Relaxed);
-                if let Some(p) = opts.progress.filter(|_| report) {
-                    p.progress(now + piece.len() as u64, total);
-                }
-                b += k;
+                r0 += width as u64;
             }
             Ok(())
         };
         let (a, b) = std::thread::scope(|scope| {
             let other = scope.spawn(|| {
-                let r = half(&mut second, right, mid, n, false);
+                let r = half(planes_b, &mut leaves_b, mid, rounds, false);
                 if r.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
                 r
             });
-            let a = half(&mut first, left, 0, mid, true);
+            let a = half(planes_a, &mut leaves_a, 0, mid, true);
             if a.is_err() {
                 failed.store(true, Ordering::Relaxed);
             }
@@ -550,8 +652,6 @@ impl StreamTree {
         });
         a?;
         b.map_err(|_| Error::io("reading", std::io::Error::other("a thread panicked")))??;
-        acc.add_whole(&first);
-        acc.add_whole(&second);
         self.seen.fill(u64::MAX);
         Ok(total)
     }
@@ -674,4 +774,78 @@ fn leaf_at(geometry: &TreeGeometry, b: u64) -> usize {
     geometry.level_offset_in_tree(0)
         + (b >> geometry.per_block_bits()) as usize * geometry.hash_block_size() as usize
         + geometry.entry_offset(b)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+    use super::*;
+    use crate::{fec_encode, format, FormatOptions};
+
+    /// One read of a device too small for the real bands still meets every case of one:
+    /// bands and tiles that end before the rounds do, positions past the data, rounds
+    /// split unevenly, digests narrower than their slots.
+    #[test]
+    fn one_read_in_small_bands_gives_the_parity_of_the_device() {
+        let seed = |n: usize, s: u64| {
+            let mut x = s | 1;
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect::<Vec<u8>>()
+        };
+        for (case, (bs, blocks, roots, alg, run, tile)) in [
+            (
+                4096u32,
+                3000u64,
+                2u8,
+                crate::HashAlgorithm::Sha256,
+                3usize,
+                1usize,
+            ),
+            (4096, 2777, 5, crate::HashAlgorithm::Sha1, 7, 2),
+            (1024, 9001, 2, crate::HashAlgorithm::Sha512, 16, 5),
+            (512, 4000, 24, crate::HashAlgorithm::Sha256, 2, 9),
+            (4096, 600, 3, crate::HashAlgorithm::Sha256, 64, 64),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let p = VerityParams::builder()
+                .algorithm(alg)
+                .data_block_size(bs)
+                .hash_block_size(bs)
+                .salt(seed(32, case as u64))
+                .data_blocks(blocks)
+                .build()
+                .unwrap();
+            let data = seed((blocks * u64::from(bs)) as usize, 7 + case as u64);
+            let mut hash = Vec::new();
+            let f = format(&p, &data[..], &mut hash, &FormatOptions::default()).unwrap();
+            let g = FecGeometry::separate(&p, &f.geometry, roots, hash.len() as u64, 0).unwrap();
+            let mut expect = Vec::new();
+            fec_encode(&g, &data[..], &hash, &mut expect, &BuildOptions::default()).unwrap();
+            let mut s = StreamTree::new(&p)
+                .unwrap()
+                .threads(Threads::exactly(2))
+                .parity(&g)
+                .unwrap();
+            s.run_bytes = run * bs as usize;
+            s.tile_bytes = tile * (TILE_POSITIONS + roots as usize) * bs as usize;
+            let out = s.finish(&data[..], &BuildOptions::default()).unwrap();
+            assert_eq!(out.read_back, blocks * u64::from(bs), "case {case}");
+            assert_eq!(
+                out.tree.root_hash(),
+                f.root_hash.as_slice(),
+                "case {case}: root"
+            );
+            let mut got = Vec::new();
+            out.parity.unwrap().write_to(&mut got).unwrap();
+            assert!(got == expect, "case {case}: parity");
+        }
+    }
 }

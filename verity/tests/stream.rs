@@ -131,8 +131,8 @@ fn what_was_not_seen_whole_is_read_back_and_counted() {
     let bsu = u64::from(bs);
 
     // Nothing seen (a writer that resumed after everything was written, or `format_with_fec`):
-    // one read of it all, in order, on one thread or two (each half into a parity of its
-    // own), whatever the block size and count and the roots.
+    // one read of it all, on one thread or two (each its half of the rounds), whatever
+    // the block size and count and the roots.
     for (bs, blocks, roots) in [(4096u32, 2000u64, 2u8), (4096, 2001, 24), (512, 777, 3)] {
         let p = params(bs, blocks);
         let data = seeded_bytes(blocks, (blocks * u64::from(bs)) as usize);

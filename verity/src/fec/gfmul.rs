@@ -130,6 +130,11 @@ impl Coeffs {
         }
     }
 
+    /// Its inputs (the matrix's rows).
+    pub(crate) fn inputs(&self) -> usize {
+        self.k
+    }
+
     /// `planes[j * len..(j + 1) * len] = XOR_i coef(i, j) * inputs[i][..len]` for every j.
     ///
     /// Returns false (and does nothing) if the shapes do not match.
@@ -328,6 +333,20 @@ unsafe fn dot_avx2<const ACC: bool>(
     while j0 < roots {
         let g = (roots - j0).min(8);
         let mut off = 0;
+        if g <= 2 {
+            // Few planes: a whole 64-byte step at once, each input's tables loaded once.
+            while off < vec_len {
+                match g {
+                    // SAFETY: as in dot_gfni (off + 64 <= vec_len, j0 + 1 <= roots).
+                    1 => unsafe { pair_avx2::<1, ACC>(t, roots, inputs, off, j0, len, planes) },
+                    // SAFETY: as in dot_gfni (off + 64 <= vec_len, j0 + 2 <= roots).
+                    _ => unsafe { pair_avx2::<2, ACC>(t, roots, inputs, off, j0, len, planes) },
+                }
+                off += 64;
+            }
+            j0 += g;
+            continue;
+        }
         while off < vec_len {
             // SAFETY: as in dot_gfni, for the first 32-byte half of the 64-byte step.
             unsafe { by_group!(g, group_avx2, ACC, t, roots, inputs, off, j0, len, planes) };
@@ -400,6 +419,68 @@ unsafe fn group_avx2<const G: usize, const ACC: bool>(
         let at = (j0 + g) * len + off;
         // SAFETY: the caller guarantees (j0 + g) * len + off + 32 <= planes.len().
         unsafe { _mm256_storeu_si256(planes.as_mut_ptr().wrapping_add(at).cast(), *a) };
+    }
+}
+
+/// Planes `j0..j0 + G` of one 64-byte step at `off`, two vectors at a time (for G <= 2,
+/// where the accumulators and tables fit in the registers).
+///
+/// # Safety
+///
+/// As [`dot_avx2`], with `off + 64 <= vec_len` and `j0 + G <= roots`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pair_avx2<const G: usize, const ACC: bool>(
+    t: &[[u8; 32]],
+    roots: usize,
+    inputs: &[&[u8]],
+    off: usize,
+    j0: usize,
+    len: usize,
+    planes: &mut [u8],
+) {
+    let mut acc = [[_mm256_setzero_si256(); 2]; G];
+    if ACC {
+        for (g, a) in acc.iter_mut().enumerate() {
+            let at = (j0 + g) * len + off;
+            // SAFETY: the caller guarantees (j0 + g) * len + off + 64 <= planes.len().
+            a[0] = unsafe { _mm256_loadu_si256(planes.as_ptr().wrapping_add(at).cast()) };
+            // SAFETY: as above, for the second 32 bytes.
+            a[1] = unsafe { _mm256_loadu_si256(planes.as_ptr().wrapping_add(at + 32).cast()) };
+        }
+    }
+    let low = _mm256_set1_epi8(0x0f);
+    for (i, input) in inputs.iter().enumerate() {
+        let p = input.as_ptr().wrapping_add(off);
+        // SAFETY: the caller guarantees off + 64 <= input.len().
+        let x0 = unsafe { _mm256_loadu_si256(p.cast()) };
+        // SAFETY: as above, for the second 32 bytes.
+        let x1 = unsafe { _mm256_loadu_si256(p.wrapping_add(32).cast()) };
+        let (lo0, lo1) = (_mm256_and_si256(x0, low), _mm256_and_si256(x1, low));
+        let hi0 = _mm256_and_si256(_mm256_srli_epi64::<4>(x0), low);
+        let hi1 = _mm256_and_si256(_mm256_srli_epi64::<4>(x1), low);
+        let row = &t[i * roots + j0..i * roots + j0 + G];
+        for (a, tab) in acc.iter_mut().zip(row) {
+            let (lo_half, hi_half) = tab.split_at(16);
+            // SAFETY: each half of the 32-byte table is 16 bytes, what the load reads.
+            let tl =
+                _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(lo_half.as_ptr().cast()) });
+            // SAFETY: as above, for the high half.
+            let th =
+                _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(hi_half.as_ptr().cast()) });
+            let p0 = _mm256_xor_si256(_mm256_shuffle_epi8(tl, lo0), _mm256_shuffle_epi8(th, hi0));
+            let p1 = _mm256_xor_si256(_mm256_shuffle_epi8(tl, lo1), _mm256_shuffle_epi8(th, hi1));
+            a[0] = _mm256_xor_si256(a[0], p0);
+            a[1] = _mm256_xor_si256(a[1], p1);
+        }
+    }
+    for (g, a) in acc.iter().enumerate() {
+        let at = (j0 + g) * len + off;
+        // SAFETY: the caller guarantees (j0 + g) * len + off + 64 <= planes.len().
+        unsafe { _mm256_storeu_si256(planes.as_mut_ptr().wrapping_add(at).cast(), a[0]) };
+        // SAFETY: as above, for the second 32 bytes.
+        unsafe { _mm256_storeu_si256(planes.as_mut_ptr().wrapping_add(at + 32).cast(), a[1]) };
     }
 }
 
