@@ -105,7 +105,7 @@ pub fn format_with_fec<D, H, F>(
 where
     D: ReadAt + ?Sized,
     H: ReadAt + WriteAt + ?Sized,
-    F: WriteAt + ?Sized,
+    F: WriteAt + Send + ?Sized,
 {
     let geometry = TreeGeometry::new(params, opts.hash_offset, opts.superblock.is_some())?;
     let g = fec_geometry(&geometry)?;
@@ -122,11 +122,28 @@ where
         }
     };
     let streamed = stream.finish(data, &opts.build)?;
-    let formatted = write_tree(params, &streamed.tree, hash, opts)?;
-    match &streamed.parity {
-        Some(parity) => parity.write_to(fec)?,
-        None => fec_encode(&g, data, &*hash, fec, &opts.build)?,
-    }
+    let Some(parity) = &streamed.parity else {
+        let formatted = write_tree(params, &streamed.tree, hash, opts)?;
+        fec_encode(&g, data, &*hash, fec, &opts.build)?;
+        return Ok((formatted, g));
+    };
+    // The tree and the parity go to their devices side by side: each is laid out, written
+    // and synced while the other is (a tenth of the whole job for 1 GiB, done one after
+    // the other).
+    let (formatted, written) = std::thread::scope(|scope| {
+        let parity_job = scope.spawn(|| parity.write_to(fec));
+        (
+            write_tree(params, &streamed.tree, hash, opts),
+            parity_job.join(),
+        )
+    });
+    let formatted = formatted?;
+    written.map_err(|_| {
+        Error::io(
+            "writing the parity",
+            std::io::Error::other("a thread panicked"),
+        )
+    })??;
     Ok((formatted, g))
 }
 

@@ -46,6 +46,9 @@ const SPLIT_MIN_BLOCKS: usize = 64;
 /// When the whole device is read: what is read at each position at a time, and asked for
 /// ahead of its use ([`ReadAt::will_need`]), so that a disk is read in runs this long.
 const READ_RUN_BYTES: usize = 256 << 10;
+/// What [`Parity::write_to`] lays out and writes at a time (a buffer that stays in the
+/// cache, its pages faulted in once).
+const PARITY_WRITE_BYTES: usize = 1 << 20;
 /// What [`StreamTree::finish`] reads back at a time.
 const READ_BACK_BYTES: usize = 8 << 20;
 
@@ -84,7 +87,7 @@ impl Parity {
         let bs = self.g.block_size as usize;
         let roots = self.g.roots as usize;
         let rounds = self.g.rounds as usize;
-        let per_write = (READ_BACK_BYTES / (bs * roots)).max(1);
+        let per_write = (PARITY_WRITE_BYTES / (bs * roots)).max(1);
         let mut out = vec![0u8; per_write.min(rounds) * bs * roots];
         let mut r0 = 0usize;
         while r0 < rounds {
