@@ -62,3 +62,57 @@ pub fn lean_malloc() {
         unsafe { nix::libc::mallopt(param, value) };
     }
 }
+
+/// Whether the page holding byte `offset` of `f` is in the page cache: a one-byte read
+/// that may not wait for the disk (`preadv2` with `RWF_NOWAIT`). False where the kernel or
+/// the file system cannot tell (it then reads as it would have).
+pub fn is_cached(f: &File, offset: u64) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(at) = nix::libc::off_t::try_from(offset) else {
+            return false;
+        };
+        let mut byte = 0u8;
+        let iov = nix::libc::iovec {
+            iov_base: std::ptr::addr_of_mut!(byte).cast(),
+            iov_len: 1,
+        };
+        // SAFETY: `f` is open for the call; the one iovec points to a live local byte.
+        let n = unsafe { nix::libc::preadv2(f.as_raw_fd(), &iov, 1, at, nix::libc::RWF_NOWAIT) };
+        n == 1
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (f, offset);
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// What a read brought in is cached; what was dropped from the cache is not.
+    #[test]
+    fn the_page_cache_is_told_apart_from_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut f = File::create(&path).unwrap();
+        f.write_all(&[7u8; 16384]).unwrap();
+        f.sync_all().unwrap();
+        let f = File::open(&path).unwrap();
+        let mut buf = [0u8; 4096];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 0).unwrap();
+        assert!(is_cached(&f, 100), "a page just read");
+        nix::fcntl::posix_fadvise(
+            f.as_raw_fd(),
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .unwrap();
+        assert!(!is_cached(&f, 100), "a page dropped from the cache");
+        assert!(!is_cached(&f, u64::MAX), "past any file");
+    }
+}
