@@ -16,9 +16,12 @@
 //! exits 0 when all is well, 1 on a root hash mismatch (or any other error), 2 on
 //! corrupted data or hash blocks. With `--fec-device`, verify also reports what the parity
 //! can repair ("Found N repairable errors", as veritysetup words it) but, unlike
-//! veritysetup, still exits 2 while the data is damaged: `repair` fixes it, in place or in
-//! copies under `--output-dir`, writing only blocks that then match the tree, and exits 2
-//! if anything stays damaged.
+//! veritysetup, still exits 2 while the data is damaged, and also when the parity is (a
+//! parity that disagrees almost everywhere is named as one made with other `--fec-roots`
+//! or `--fec-offset`): `repair` fixes it, in place or in copies under `--output-dir`,
+//! writing only blocks that then match the tree, and exits 2 if anything stays damaged; it
+//! refuses (exit 1, nothing written) a parity that disagrees in more than half of its
+//! codewords, rather than re-encode a good parity in the wrong shape.
 
 #[macro_use]
 #[path = "support/cli.rs"]
@@ -188,9 +191,20 @@ fn cmd_format(
         ),
         Some(fec_path) => {
             let fec_f = cli::open_or_create(fec_path, 0o600, &mut created)?;
-            let hash_size = hash_f
+            let mut hash_size = hash_f
                 .size()
                 .map_err(|e| format!("{}: {e}", hash.display()))?;
+            // The parity on the hash file past its end: the gap before it is part of what
+            // the parity covers, as zeros (what veritysetup reads there when it can).
+            if same_file(&hash_f, &fec_f)
+                && hash_size < fec.fec_offset
+                && hash_f.metadata().is_ok_and(|m| m.is_file())
+            {
+                hash_f
+                    .set_len(fec.fec_offset)
+                    .map_err(|e| format!("{}: {e}", hash.display()))?;
+                hash_size = fec.fec_offset;
+            }
             let (out, g) = format_with_fec(
                 &params,
                 &data_f,
@@ -350,8 +364,16 @@ fn cmd_repair(c: &Checked, output_dir: Option<&Path>) -> Result<bool, String> {
     Ok(r.is_complete())
 }
 
+/// veritysetup's verify exit status for `e`: 2 for corrupted blocks, 1 for anything else.
+fn corrupt_code(e: &Error) -> (u8, String) {
+    match e {
+        Error::HashBlockCorrupt { .. } | Error::DataBlockCorrupt { .. } => (2, e.to_string()),
+        e => (1, e.to_string()),
+    }
+}
+
 /// veritysetup's verify exit status: 1 for a root mismatch or any other error, 2 for
-/// corrupted blocks.
+/// corrupted blocks (and, with `--fec-device`, a damaged parity).
 fn cmd_verify(c: &Checked) -> ExitCode {
     let (data, hash, root_hex, opts, fec) = (&c.data, &c.hash, &c.root_hex, &c.opts, &c.fec);
     let run = || -> Result<(), (u8, String)> {
@@ -382,11 +404,21 @@ fn cmd_verify(c: &Checked) -> ExitCode {
             let report = fec_verify(&g, &data_f, &hash_f, &fec_f, &opts.build_options(None))
                 .map_err(|e| (1, e.to_string()))?;
             print_fec_report(&report);
+            r.as_ref().map_err(corrupt_code)?;
+            if !report.is_clean() {
+                // Data and tree check out: the damage is in the parity, which can no
+                // longer repair what it should.
+                let wide = report.damaged_codewords.saturating_mul(2) > report.codewords;
+                return Err((
+                    2,
+                    match wide {
+                        true => "the parity disagrees with the data almost everywhere: was it made with other --fec-roots or --fec-offset?".into(),
+                        false => "the parity is damaged (repair rewrites it from the data)".into(),
+                    },
+                ));
+            }
         }
-        r.map_err(|e| match e {
-            Error::HashBlockCorrupt { .. } | Error::DataBlockCorrupt { .. } => (2, e.to_string()),
-            e => (1, e.to_string()),
-        })
+        r.map_err(|e| corrupt_code(&e))
     };
     match run() {
         Ok(()) => ExitCode::SUCCESS,

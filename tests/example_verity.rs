@@ -9,6 +9,11 @@ use std::process::Output;
 mod common;
 
 use common::{run, stdout};
+use std::path::Path;
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
 
 fn example() -> PathBuf {
     common::example("verity")
@@ -325,6 +330,67 @@ fn fec_format_verify_repair_and_table() {
     assert_eq!(run(&ex, &r).status.code(), Some(0));
     assert!(fs::read(&d).unwrap() == original);
     assert!(run(&vs, &["verify", &d, &h, &root]).status.success());
+
+    // The parity asked for with other roots (the default 2) disagrees nearly everywhere:
+    // verify says so (exit 2), repair refuses (exit 1) and leaves the parity as it was.
+    let o = run(&ex, &["verify", &d, &h, &root, "--fec-device", &f]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("other --fec-roots"), "{}", stderr(&o));
+    let o = run(&ex, &["repair", &d, &h, &root, "--fec-device", &f]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("nothing was written"), "{}", stderr(&o));
+    assert!(fs::read(&f).unwrap() == fs::read(&vf).unwrap());
+    // A damaged parity with whole data: verify exits 2, repair rewrites it exactly.
+    let mut parity = fs::read(&f).unwrap();
+    parity[5000..5044].fill(b'X');
+    fs::write(&f, &parity).unwrap();
+    let o = run(&ex, &v);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("the parity is damaged"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(run(&ex, &r).status.code(), Some(0));
+    assert!(fs::read(&f).unwrap() == fs::read(&vf).unwrap());
+    assert_eq!(run(&ex, &v).status.code(), Some(0));
+
+    // Tree and parity in one new file, a gap before the parity: the gap counts as zeros,
+    // as veritysetup has it when it can read it (here, given a file that long already:
+    // from a new one it fails, "Failed to read RS block 0").
+    let (one, vone) = (p("one"), p("vone"));
+    let mut a = vec![
+        "format",
+        &d,
+        &one,
+        "--fec-device",
+        &one,
+        "--fec-offset",
+        "176128",
+    ];
+    a.extend(common);
+    assert_eq!(root_of(&run(&ex, &a)), root);
+    fs::File::create(&vone).unwrap().set_len(176128).unwrap();
+    let mut va = vec!["format", &d, &vone];
+    let (vfd, vfo) = (
+        format!("--fec-device={vone}"),
+        "--fec-offset=176128".to_string(),
+    );
+    va.extend([vfd.as_str(), vfo.as_str()]);
+    va.extend(common);
+    assert_eq!(root_of(&run(&vs, &va)), root);
+    assert!(fs::read(&one).unwrap() == fs::read(&vone).unwrap());
+    // A parity device that keeps nothing is refused before any work, and the tree file
+    // this run created is gone.
+    let nh = p("never");
+    let o = run(&ex, &["format", &d, &nh, "--fec-device", "/dev/null"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not a regular file or block device"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!Path::new(&nh).exists());
 
     // Too much damage in one round: exit 2, nothing written wrong.
     let g_rounds = (3000u64 + 25).div_ceil(255 - 6);

@@ -118,8 +118,14 @@ pub(crate) fn open_or_create(
             .mode(mode)
             .open(path)
     };
+    // Only what has a size and keeps what is written: /dev/null, a FIFO or a terminal would
+    // take every byte and fail at the end (or never).
+    let device = |f: std::fs::File| match keel::io::ReadAt::size(&f) {
+        Ok(_) => Ok(f),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    };
     match open(false) {
-        Ok(f) => Ok(f),
+        Ok(f) => device(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // create_new does not follow a link: one that points nowhere says so.
             if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {

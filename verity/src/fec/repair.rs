@@ -125,6 +125,20 @@ where
 {
     check_target(g, target)?;
     let (scan_report, fixes, failed_rounds) = scan(g, &*data, &*hash, &*fec, opts)?;
+    if scan_report.damaged_codewords.saturating_mul(2) > scan_report.codewords {
+        // Damage this wide is a parity made with other roots or at another offset more
+        // often than a lost one; re-encoding "damaged" rounds would overwrite a good
+        // parity with one of the wrong shape. Nothing is written.
+        return Err(Error::param(
+            "fec",
+            format!(
+                "the parity disagrees with the data and the tree in {} of {} codewords: \
+                 it was made with other roots or at another offset (nothing was written; \
+                 if the parity is lost, format it anew)",
+                scan_report.damaged_codewords, scan_report.codewords
+            ),
+        ));
+    }
     let mut report = RepairReport {
         scan: scan_report,
         ..Default::default()
