@@ -85,6 +85,7 @@ fuzz_target!(|input: &[u8]| {
     }
     let damaged = d.clone();
     let damaged_gap = h[tree_end..].to_vec();
+    let (damaged_h, damaged_p) = (h.clone(), parity.clone());
     let target = RepairTarget {
         params: &params,
         tree: &f.geometry,
@@ -101,15 +102,22 @@ fuzz_target!(|input: &[u8]| {
             &mut Shared(&dev),
             &mut Shared(&dev),
             &opts,
-        )
-        .unwrap();
+        );
         let all = dev.into_inner().unwrap();
         let (h, p) = all.split_at(clean_h.len());
         (h.to_vec(), p.to_vec(), r)
     } else {
         let mut h = h;
-        let r = fec_repair(&g, &target, &mut d, &mut h, &mut parity, &opts).unwrap();
+        let r = fec_repair(&g, &target, &mut d, &mut h, &mut parity, &opts);
         (h, parity, r)
+    };
+    // Refused (damage in more than half of the codewords): nothing was written.
+    let Ok(r) = r else {
+        assert!(
+            d == damaged && h == damaged_h && p == damaged_p,
+            "a refused repair wrote"
+        );
+        return;
     };
     // Blocks outside the tree are never written, whatever the parity says.
     assert_eq!(
