@@ -108,6 +108,9 @@ where
     F: WriteAt + Send + ?Sized,
 {
     let geometry = TreeGeometry::new(params, opts.hash_offset, opts.superblock.is_some())?;
+    // Before the tree's memory is asked for: a device far smaller than the parameters say
+    // is that, not a tree too large for memory.
+    crate::tree::check_data_size(params, data)?;
     let g = fec_geometry(&geometry)?;
     let stream = match StreamTree::new(params)?
         .threads(opts.build.threads)

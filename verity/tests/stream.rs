@@ -243,3 +243,33 @@ fn parity_of_another_geometry_is_refused_and_a_large_one_left_to_a_second_pass()
     let s = StreamTree::new(&big).unwrap().parity(&g).unwrap();
     assert!(!s.has_parity());
 }
+
+/// Parameters far larger than the device: the device is named too small, before the tree
+/// (128 GiB here) is asked of memory.
+#[test]
+fn a_device_smaller_than_its_parameters_is_named() {
+    let p = params(4096, 1 << 32);
+    let data = seeded_bytes(3, 300 * 4096);
+    let mut hash = Vec::new();
+    let mut fec = Vec::new();
+    let err = keel_verity::format_with_fec(
+        &p,
+        &data[..],
+        &mut hash,
+        &mut fec,
+        &FormatOptions::default(),
+        |t| FecGeometry::separate(&p, t, 2, t.hash_device_size(), 0),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            keel_verity::Error::TooSmall {
+                what: "data device",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(hash.is_empty() && fec.is_empty());
+}
