@@ -568,7 +568,12 @@ impl StreamTree {
             // together (a tile).
             let run_rounds = (run_bytes / bs).max(1);
             let sub = (tile_bytes / ((TILE_POSITIONS + roots) * bs)).clamp(1, run_rounds);
-            let mut buf = vec![0u8; TILE_POSITIONS * run_rounds * bs];
+            // Each position's run a cache line further than a power of two from the last:
+            // at 256 KiB apart the 8 blocks a multiply-add reads side by side fell in the
+            // same cache sets and evicted each other (half of its time went to waiting
+            // for them).
+            let stride = run_rounds * bs + 64;
+            let mut buf = vec![0u8; TILE_POSITIONS * stride];
             // Rounds `a..b` of every position will be read soon.
             let hint = |a: u64, b: u64| {
                 for i in 0..positions as u64 {
@@ -597,7 +602,7 @@ impl StreamTree {
                     // Each position's run: blocks `i * rounds + r0..`, as many as are data.
                     let mut have = [0usize; TILE_POSITIONS];
                     for (t, have) in have.iter_mut().enumerate().take(coeffs.inputs()) {
-                        let run = &mut buf[t * run_rounds * bs..][..width * bs];
+                        let run = &mut buf[t * stride..][..width * bs];
                         let b = (i0 + t) as u64 * rounds + r0;
                         *have = n.saturating_sub(b).min(width as u64) as usize;
                         // Past the data: zeros, which add nothing.
@@ -623,13 +628,13 @@ impl StreamTree {
                                 geometry,
                                 bs,
                                 b,
-                                &buf[(t * run_rounds + a) * bs..(t * run_rounds + e) * bs],
+                                &buf[t * stride + a * bs..t * stride + e * bs],
                                 &mut leaves[i0 + t][leaf_at(geometry, b) - row..],
                             );
                         }
                         for r in s0..s1 {
                             let inputs: [&[u8]; TILE_POSITIONS] =
-                                std::array::from_fn(|t| &buf[(t * run_rounds + r) * bs..][..bs]);
+                                std::array::from_fn(|t| &buf[t * stride + r * bs..][..bs]);
                             let round = (r0 - from) as usize + r;
                             // The shapes are fixed by construction: an input of `bs` bytes
                             // for each of the tile's positions, the round's planes side by
