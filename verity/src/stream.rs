@@ -571,9 +571,11 @@ impl StreamTree {
             // Each position's run a cache line further than a power of two from the last:
             // at 256 KiB apart the 8 blocks a multiply-add reads side by side fell in the
             // same cache sets and evicted each other (half of its time went to waiting
-            // for them).
+            // for them). The first starts on a page boundary, the others 64 bytes or more
+            // past one: see [`crate::tree::page_aligned`].
             let stride = run_rounds * bs + 64;
-            let mut buf = vec![0u8; TILE_POSITIONS * stride];
+            let mut whole = Vec::new();
+            let buf = crate::tree::page_aligned(&mut whole, TILE_POSITIONS * stride);
             // Rounds `a..b` of every position will be read soon.
             let hint = |a: u64, b: u64| {
                 for i in 0..positions as u64 {
