@@ -408,10 +408,9 @@ fn cmd_verify(c: &Checked) -> ExitCode {
             if !report.is_clean() {
                 // Data and tree check out: the damage is in the parity, which can no
                 // longer repair what it should.
-                let wide = report.damaged_codewords.saturating_mul(2) > report.codewords;
                 return Err((
                     2,
-                    match wide {
+                    match report.mostly_damaged() {
                         true => "the parity disagrees with the data almost everywhere: was it made with other --fec-roots or --fec-offset?".into(),
                         false => "the parity is damaged (repair rewrites it from the data)".into(),
                     },

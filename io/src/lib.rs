@@ -49,7 +49,7 @@ pub mod testing;
 mod threads;
 
 pub use cursor::{Cursor, CursorError};
-pub use device::{ReadAt, WriteAt};
+pub use device::{page_aligned, ReadAt, WriteAt};
 pub use error::IoError;
 pub use file::{
     open_device, read_bounded, replace_file, replace_file_private, require_size, same_file,

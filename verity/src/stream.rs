@@ -142,24 +142,18 @@ fn plane_at(g: &FecGeometry, split: usize, r: usize, j: usize) -> usize {
     }
 }
 
-/// For each symbol position i, the coefficients of planes `from..to` (one input, k = 1).
-fn rows_of(g: &FecGeometry, from: usize, to: usize) -> Vec<Coeffs> {
-    let roots = g.roots as usize;
-    let raw = Code::new(roots).parity_matrix();
-    raw.chunks_exact(roots)
-        .take(g.k())
-        .map(|row| Coeffs::new(row[from..to].to_vec(), to - from))
-        .collect()
-}
-
-/// For each tile of [`TILE_POSITIONS`] symbol positions, the coefficients of every plane
-/// (one input per position).
-fn tiles_of(g: &FecGeometry) -> Vec<Coeffs> {
+/// The coefficients of planes `from..to` for each group of `per` consecutive symbol
+/// positions (one input per position): `per` 1 for blocks added one at a time,
+/// [`TILE_POSITIONS`] for the tiles of [`StreamTree::read_whole`].
+fn coeffs_of(g: &FecGeometry, per: usize, from: usize, to: usize) -> Vec<Coeffs> {
     let roots = g.roots as usize;
     let raw = Code::new(roots).parity_matrix();
     raw[..g.k() * roots]
-        .chunks(TILE_POSITIONS * roots)
-        .map(|tile| Coeffs::new(tile.to_vec(), roots))
+        .chunks(per * roots)
+        .map(|rows| {
+            let cut = rows.chunks_exact(roots).flat_map(|row| &row[from..to]);
+            Coeffs::new(cut.copied().collect(), to - from)
+        })
         .collect()
 }
 
@@ -195,7 +189,7 @@ impl Accumulator {
             g: g.clone(),
             kernel: Kernel::best(),
             split,
-            rows: [rows_of(g, 0, split), rows_of(g, split, roots)],
+            rows: [coeffs_of(g, 1, 0, split), coeffs_of(g, 1, split, roots)],
             planes: written_zeros(g.parity_size() as usize),
         }
     }
@@ -216,7 +210,7 @@ impl Accumulator {
     fn one_group(&mut self) {
         let roots = self.g.roots as usize;
         self.split = roots;
-        self.rows = [rows_of(&self.g, 0, roots), Vec::new()];
+        self.rows = [coeffs_of(&self.g, 1, 0, roots), Vec::new()];
     }
 }
 
@@ -545,7 +539,7 @@ impl StreamTree {
         }
         let [mut leaves_a, mut leaves_b] = leaves;
         let roots = acc.g.roots as usize;
-        let tiles = tiles_of(&acc.g);
+        let tiles = coeffs_of(&acc.g, TILE_POSITIONS, 0, roots);
         let kernel = acc.kernel;
         let (run_bytes, tile_bytes) = (self.run_bytes, self.tile_bytes);
         // Nothing was added yet: the planes are laid out as one group, a round's planes
@@ -572,10 +566,10 @@ impl StreamTree {
             // at 256 KiB apart the 8 blocks a multiply-add reads side by side fell in the
             // same cache sets and evicted each other (half of its time went to waiting
             // for them). The first starts on a page boundary, the others 64 bytes or more
-            // past one: see [`crate::tree::page_aligned`].
+            // past one: see [`keel_io::page_aligned`].
             let stride = run_rounds * bs + 64;
             let mut whole = Vec::new();
-            let buf = crate::tree::page_aligned(&mut whole, TILE_POSITIONS * stride);
+            let buf = keel_io::page_aligned(&mut whole, TILE_POSITIONS * stride);
             // Rounds `a..b` of every position will be read soon.
             let hint = |a: u64, b: u64| {
                 for i in 0..positions as u64 {

@@ -431,18 +431,6 @@ pub(crate) fn hash_level<S: ReadAt + ?Sized>(
     }
 }
 
-/// `len` bytes of `buf` that start on a page boundary. The kernel copies a read from the
-/// page cache, whose pages start on a boundary, with `rep movsb`; on AMD's recent cores that
-/// runs at a fraction of its speed when the destination lies a few bytes past a boundary
-/// (4 KiB aliasing), as the allocator's large buffers do (16 bytes past): the copy of a
-/// 1 GiB tree's data took as long as its hashing.
-pub(crate) fn page_aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
-    const PAGE: usize = 4096;
-    buf.resize(len + PAGE, 0);
-    let skip = buf.as_ptr().align_offset(PAGE).min(PAGE);
-    &mut buf[skip..skip + len]
-}
-
 /// Hash items `first..first + count` into `out`, which starts at the hash block holding
 /// the digest of item `first`.
 #[allow(clippy::too_many_arguments)]
@@ -474,7 +462,7 @@ fn hash_unit<S: ReadAt + ?Sized>(
                     found: all.len() as u64,
                 })?,
             None => {
-                let part = page_aligned(buf, n * item_size);
+                let part = keel_io::page_aligned(buf, n * item_size);
                 src.read_exact_at(part, offset).map_err(|e| {
                     Error::io(format!("reading block {item} at byte offset {offset}"), e)
                 })?;

@@ -404,13 +404,7 @@ unsafe fn group_avx2<const G: usize, const ACC: bool>(
         let hi = _mm256_and_si256(_mm256_srli_epi64::<4>(x), low);
         let row = &t[i * roots + j0..i * roots + j0 + G];
         for (a, tab) in acc.iter_mut().zip(row) {
-            let (lo_half, hi_half) = tab.split_at(16);
-            // SAFETY: each half of the 32-byte table is 16 bytes, what the load reads.
-            let tl =
-                _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(lo_half.as_ptr().cast()) });
-            // SAFETY: as above, for the high half.
-            let th =
-                _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(hi_half.as_ptr().cast()) });
+            let (tl, th) = nibble_lanes(tab);
             let p = _mm256_xor_si256(_mm256_shuffle_epi8(tl, lo), _mm256_shuffle_epi8(th, hi));
             *a = _mm256_xor_si256(*a, p);
         }
@@ -420,6 +414,21 @@ unsafe fn group_avx2<const G: usize, const ACC: bool>(
         // SAFETY: the caller guarantees (j0 + g) * len + off + 32 <= planes.len().
         unsafe { _mm256_storeu_si256(planes.as_mut_ptr().wrapping_add(at).cast(), *a) };
     }
+}
+
+/// A coefficient's low- and high-nibble product tables, each in both 128-bit lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn nibble_lanes(tab: &[u8; 32]) -> (__m256i, __m256i) {
+    let (lo_half, hi_half) = tab.split_at(16);
+    // SAFETY: each half of the 32-byte table is 16 bytes, what the load reads.
+    let lo = unsafe { _mm_loadu_si128(lo_half.as_ptr().cast()) };
+    // SAFETY: as above, for the high half.
+    let hi = unsafe { _mm_loadu_si128(hi_half.as_ptr().cast()) };
+    (
+        _mm256_broadcastsi128_si256(lo),
+        _mm256_broadcastsi128_si256(hi),
+    )
 }
 
 /// Planes `j0..j0 + G` of one 64-byte step at `off`, two vectors at a time (for G <= 2,
@@ -462,13 +471,7 @@ unsafe fn pair_avx2<const G: usize, const ACC: bool>(
         let hi1 = _mm256_and_si256(_mm256_srli_epi64::<4>(x1), low);
         let row = &t[i * roots + j0..i * roots + j0 + G];
         for (a, tab) in acc.iter_mut().zip(row) {
-            let (lo_half, hi_half) = tab.split_at(16);
-            // SAFETY: each half of the 32-byte table is 16 bytes, what the load reads.
-            let tl =
-                _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(lo_half.as_ptr().cast()) });
-            // SAFETY: as above, for the high half.
-            let th =
-                _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(hi_half.as_ptr().cast()) });
+            let (tl, th) = nibble_lanes(tab);
             let p0 = _mm256_xor_si256(_mm256_shuffle_epi8(tl, lo0), _mm256_shuffle_epi8(th, hi0));
             let p1 = _mm256_xor_si256(_mm256_shuffle_epi8(tl, lo1), _mm256_shuffle_epi8(th, hi1));
             a[0] = _mm256_xor_si256(a[0], p0);

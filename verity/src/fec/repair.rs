@@ -125,7 +125,7 @@ where
 {
     check_target(g, target)?;
     let (scan_report, fixes, failed_rounds) = scan(g, &*data, &*hash, &*fec, opts)?;
-    if scan_report.damaged_codewords.saturating_mul(2) > scan_report.codewords {
+    if scan_report.mostly_damaged() {
         // Damage this wide is a parity made with other roots or at another offset more
         // often than a lost one; re-encoding "damaged" rounds would overwrite a good
         // parity with one of the wrong shape. Nothing is written.

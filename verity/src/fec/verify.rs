@@ -34,6 +34,13 @@ impl FecReport {
     pub fn is_clean(&self) -> bool {
         self.damaged_codewords == 0
     }
+
+    /// True when more than half of the codewords are damaged: more often a parity made
+    /// with other roots or at another offset than a damaged one ([`crate::fec_repair`]
+    /// refuses it).
+    pub fn mostly_damaged(&self) -> bool {
+        self.damaged_codewords.saturating_mul(2) > self.codewords
+    }
 }
 
 /// One correction found by a scan.
