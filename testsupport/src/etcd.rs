@@ -188,9 +188,10 @@ impl Cluster {
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "etcd member {} did not become healthy: see {}",
+                    "etcd member {} did not become healthy; the end of {}:\n{}",
                     m.name,
-                    m.log.display()
+                    m.log.display(),
+                    log_tail(&m.log)
                 );
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -221,6 +222,13 @@ impl Drop for Cluster {
             self.kill(i);
         }
     }
+}
+
+/// The last lines of a member's log, for a failure's message (CI keeps no files).
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// `(member_id, leader)` from a member's status, `None` when it does not answer.

@@ -219,11 +219,31 @@ pub mod loopdev;
 pub mod pki;
 
 /// A port on 127.0.0.1 free a moment ago, for a server a test starts.
+///
+/// Taken below the kernel's ephemeral range (32768 and up by default), from a counter
+/// this process walks: a port the kernel handed out with `bind(0)` and then got back
+/// can be given again to any client's outgoing connection before the server binds it
+/// (a CI run lost an etcd member to that). Ports here are never handed out by the
+/// kernel, no two calls in one process return the same one, and processes start at
+/// places set by their pid.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() % 1_000) * 22,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {LOW} and {}", LOW + SPAN)
 }
 
 /// Start a server (its output discarded) and wait until it accepts connections on
