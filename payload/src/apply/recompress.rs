@@ -300,8 +300,38 @@ fn gzip_streams(
     literal: &[u8],
     total: usize,
 ) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(total);
+    // The streams are independent: each is re-created from its own content and
+    // corrections, on every core (an operation holds the changed files of a whole
+    // directory, and one such operation alone would keep one core busy for a third of a
+    // second), then placed in order.
+    let mut inputs = Vec::new();
     let (mut ci, mut li) = (0usize, 0usize);
+    for seg in segments {
+        match *seg {
+            Segment::Literal(n) => li += n as usize,
+            Segment::Preflate(n, len, k, _) => {
+                let (n, k) = (n as usize, k as usize);
+                inputs.push((&content[ci..ci + n], &literal[li..li + k], len as usize));
+                (ci, li) = (ci + n, li + k);
+            }
+            _ => {}
+        }
+    }
+    let mut made = keel_io::Threads::AllCores
+        .map(inputs, |(content, corrections, len)| {
+            let stream = crate::codec::gzip::recreate(content, corrections)?;
+            if stream.len() != len {
+                return Err(format!(
+                    "a gzip stream came out {} bytes, the target's is {len}: the \
+                     corrections do not fit the content",
+                    stream.len()
+                ));
+            }
+            Ok(stream)
+        })
+        .into_iter();
+    let mut out = Vec::with_capacity(total);
+    let mut li = 0usize;
     // Each stream and how much of it is placed.
     let mut streams: Vec<(Vec<u8>, usize)> = Vec::new();
     for seg in segments {
@@ -310,19 +340,10 @@ fn gzip_streams(
                 out.extend_from_slice(&literal[li..li + n as usize]);
                 li += n as usize;
             }
-            Segment::Preflate(n, len, k, first) => {
-                let (n, k) = (n as usize, k as usize);
-                let stream =
-                    crate::codec::gzip::recreate(&content[ci..ci + n], &literal[li..li + k])?;
-                if stream.len() != len as usize {
-                    return Err(format!(
-                        "a gzip stream came out {} bytes, the target's is {len}: the \
-                         corrections do not fit the content",
-                        stream.len()
-                    ));
-                }
+            Segment::Preflate(_, _, k, first) => {
+                let stream = made.next().ok_or("a gzip stream was not re-created")??;
                 out.extend_from_slice(&stream[..first as usize]);
-                (ci, li) = (ci + n, li + k);
+                li += k as usize;
                 streams.push((stream, first as usize));
             }
             Segment::Rest(n, i) => {

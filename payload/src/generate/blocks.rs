@@ -64,34 +64,6 @@ pub(super) fn extents_bytes(img: &[u8], e: &[Extent]) -> Vec<u8> {
     v
 }
 
-pub(super) fn par_map<T: Send, R: Send>(
-    items: Vec<T>,
-    threads: usize,
-    f: impl Fn(T) -> R + Sync,
-) -> Vec<R> {
-    let n = items.len();
-    let queue = Mutex::new(items.into_iter().enumerate());
-    let results = Mutex::new((0..n).map(|_| None).collect::<Vec<Option<R>>>());
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
-            s.spawn(|| loop {
-                let next = queue.lock().ok().and_then(|mut q| q.next());
-                let Some((i, item)) = next else { break };
-                let r = f(item);
-                if let Ok(mut res) = results.lock() {
-                    res[i] = Some(r);
-                }
-            });
-        }
-    });
-    results
-        .into_inner()
-        .unwrap_or_default()
-        .into_iter()
-        .flatten()
-        .collect()
-}
-
 /// Blocks `sb..eb` (within `kinds`) taken by a RECOMPRESS operation: marked
 /// [`Kind::InFile`], as one extent.
 pub(super) fn claim(kinds: &mut [Kind], sb: u64, eb: u64) -> Extent {

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::blocks::{block, claim, par_map, push_extent, range, scale, Kind};
+use super::blocks::{block, claim, push_extent, range, scale, Kind};
 use super::encode::{recompress_op, Recreated};
 use crate::codec::recompress::Compressor;
 use crate::codec::Codec;
@@ -255,7 +255,7 @@ impl Pair<'_> {
         }
         // Keep the pieces liblz4 here re-creates, pcluster for pcluster.
         // An old version that does not decompress costs its reference, not the run.
-        let checked = par_map(units, threads, |mut u| {
+        let checked = keel_io::Threads::exactly(threads).map(units, |mut u| {
             u.old = u.old.filter(|&(oi, from, to)| {
                 let f = &self.old[oi];
                 let end = f.clusters.get(to).map_or(f.size, |c| c.start);

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::blocks::{claim, fs_files, meta_refs, par_map, push_extent, range, Kind};
+use super::blocks::{claim, fs_files, meta_refs, push_extent, range, Kind};
 use super::encode::{recompress_op, Recreated};
 use crate::codec::gzip::{analyze, header_len, prefix_len};
 use crate::codec::{decompress, Codec};
@@ -258,7 +258,7 @@ pub(super) fn plan(source: &[u8], target: &[u8], kinds: &mut [Kind], threads: us
     let old_files = fs_files(source);
     let old: HashMap<&str, &crate::fs::ext4::File> =
         old_files.iter().map(|f| (f.path.as_str(), f)).collect();
-    let found: Vec<Option<Unit>> = par_map(changed, threads, |f| {
+    let found: Vec<Option<Unit>> = keel_io::Threads::exactly(threads).map(changed, |f| {
         let bytes = read(target, &f)?;
         let old_file = old.get(f.path.as_str()).copied();
         let old_bytes = old_file.and_then(|o| read(source, o));

@@ -38,7 +38,7 @@ use crate::format::{
     BLOCK_SIZE, MAX_OP_BYTES,
 };
 use blocks::{
-    block, extents_bytes, fs_files, meta_refs, par_map, par_ordered, push_extent, scale, Kind, BS,
+    block, extents_bytes, fs_files, meta_refs, par_ordered, push_extent, scale, Kind, BS,
 };
 use encode::{xz_blob, zstd_patch, zstd_plain, XZ_FROM_LEVEL};
 
@@ -133,24 +133,25 @@ fn hashes(img: &[u8], count: u64, threads: usize) -> Vec<[u8; 32]> {
         .step_by(per as usize)
         .map(|s| (s, (s + per).min(count)))
         .collect();
-    par_map(parts, threads, |(a, b)| {
-        let mut out = vec![[0u8; 32]; (b - a) as usize];
-        // Whole blocks inside the image together, in pieces the cache holds; a short
-        // last block (or blocks past the image) one by one.
-        let whole = (img.len() as u64 / BLOCK_SIZE).clamp(a, b);
-        for (i, d) in (a..whole).step_by(4096).zip(out.chunks_mut(4096)) {
-            let to = (i + 4096).min(whole);
-            let bytes = &img[(i * BLOCK_SIZE) as usize..(to * BLOCK_SIZE) as usize];
-            crate::digest::sha256_pieces_sparse(bytes, BS, &mut d[..(to - i) as usize]);
-        }
-        for i in whole..b {
-            out[(i - a) as usize] = sha256(&block(img, i));
-        }
-        out
-    })
-    .into_iter()
-    .flatten()
-    .collect()
+    Threads::exactly(threads)
+        .map(parts, |(a, b)| {
+            let mut out = vec![[0u8; 32]; (b - a) as usize];
+            // Whole blocks inside the image together, in pieces the cache holds; a short
+            // last block (or blocks past the image) one by one.
+            let whole = (img.len() as u64 / BLOCK_SIZE).clamp(a, b);
+            for (i, d) in (a..whole).step_by(4096).zip(out.chunks_mut(4096)) {
+                let to = (i + 4096).min(whole);
+                let bytes = &img[(i * BLOCK_SIZE) as usize..(to * BLOCK_SIZE) as usize];
+                crate::digest::sha256_pieces_sparse(bytes, BS, &mut d[..(to - i) as usize]);
+            }
+            for i in whole..b {
+                out[(i - a) as usize] = sha256(&block(img, i));
+            }
+            out
+        })
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Target blocks of one group of files with old versions (the reference gives context).

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::blocks::{claim, par_map, push_extent, scale, Kind, BS};
+use super::blocks::{claim, push_extent, scale, Kind, BS};
 use super::encode::{recompress_op, Recreated};
 use crate::codec::recompress::{level_field, Compressor};
 use crate::codec::Codec;
@@ -205,7 +205,7 @@ impl Pair<'_> {
         // pair: 0.85 MB of 12.5), for twice the generator's time (checking that the
         // blocks come out again is compressing them as mksquashfs did).
         let strong = self.strong();
-        let checked = par_map(units, threads, |mut u| {
+        let checked = keel_io::Threads::exactly(threads).map(units, |mut u| {
             u.sources
                 .retain(|s| self.src.content(self.source, s).is_some());
             let compressed = u.target.words.iter().any(|&w| w != 0 && w & STORED == 0);
