@@ -79,6 +79,13 @@ enum Cmd {
         /// it against this root (`apply --hash-out`).
         #[arg(long, value_name = "HEX", conflicts_with_all = ["images", "files"])]
         verity_salt: Option<String>,
+        /// Treat the images as blocks only: no pairing of changed files through the
+        /// ext4/EROFS layout, no re-created squashfs blocks, EROFS clusters or gzip files.
+        /// The payload is larger; on squashfs and compressed EROFS the device then
+        /// compresses nothing again (the corpus's squashfs pair: 17.2 MB instead of 12.7,
+        /// applied in 0.6 s instead of 6.4).
+        #[arg(long)]
+        no_file_pairing: bool,
     },
     /// Print the manifest: images, and operations by type with their bytes.
     Inspect {
@@ -161,6 +168,7 @@ fn run(cli: Cli) -> Result<(), String> {
             version,
             level,
             verity_salt,
+            no_file_pairing,
         } => {
             // `-` means standard input to `apply`; a payload is written to a file (its
             // signed front goes before the data, at the end), never to standard output.
@@ -196,7 +204,9 @@ fn run(cli: Cli) -> Result<(), String> {
             // Mapped, not read: the images stay page cache the kernel can drop, so the
             // generator's own memory does not grow with them.
             let map = |p: &std::path::Path| keel::io::Mapped::open(p).map_err(|e| e.to_string());
-            let mut opts = GenerateOptions::new(&compatible, &version).level(level);
+            let mut opts = GenerateOptions::new(&compatible, &version)
+                .level(level)
+                .file_pairing(!no_file_pairing);
             if let (Some(salt), Some(target)) = (&verity_salt, &target) {
                 opts = opts.verity(verity_root(target, salt)?);
             }

@@ -675,3 +675,88 @@ fn a_payload_on_stdin_that_is_the_target_is_refused() {
     }
     assert!(!std::path::Path::new(&p("image")).exists());
 }
+
+/// `generate --no-file-pairing`: the images as blocks only. On squashfs no block is
+/// compressed again on the device (no RECOMPRESS), the trade a device short of CPU makes
+/// for a larger payload; both payloads apply to the exact image.
+#[test]
+fn no_file_pairing_makes_a_payload_without_recompression() {
+    let dir = keyed_dir();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let text = |seed: u64, len: usize| -> Vec<u8> {
+        // Compressible: lines of seeded numbers.
+        let mut out = Vec::with_capacity(len + 32);
+        let mut x = seed;
+        while out.len() < len {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            out.extend_from_slice(format!("line {}\n", (x >> 40) % 5000).as_bytes());
+        }
+        out.truncate(len);
+        out
+    };
+    for (tree, change) in [("a", false), ("b", true)] {
+        for i in 0..6u64 {
+            let mut c = text(i, 20_000 + 5000 * i as usize);
+            if change && i % 2 == 0 {
+                c.splice(1000..1000, *b"changed in version b");
+            }
+            let f = dir.path().join(tree).join(format!("usr/lib/f{i:02}"));
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, c).unwrap();
+        }
+    }
+    // Stored blocks (-noD -noF): re-created by any zstd version.
+    let extra = ["-noD", "-noF", "-b", "65536"];
+    let mk = |tree: &str, img: &str| {
+        keel_testsupport::mksquashfs(
+            &dir.path().join(tree),
+            &dir.path().join(img),
+            "zstd",
+            &extra,
+        )
+    };
+    let (Some(_), Some(new)) = (mk("a", "a.img"), mk("b", "b.img")) else {
+        return;
+    };
+    let (a, b) = (p("a.img"), p("b.img"));
+    let recompress_ops = |payload: &str| -> u64 {
+        let out = ok(&["inspect", "--pubkey", &p("pub.pem"), payload]);
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("RECOMPRESS"))
+            .unwrap_or_else(|| panic!("no RECOMPRESS line in {out}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    generate(&dir, "paired.p", &["--source", &a, "--target", &b]);
+    generate(
+        &dir,
+        "blocks.p",
+        &["--source", &a, "--target", &b, "--no-file-pairing"],
+    );
+    assert!(
+        recompress_ops(&p("paired.p")) > 0,
+        "paired: files re-created"
+    );
+    assert_eq!(recompress_ops(&p("blocks.p")), 0, "blocks only");
+    for payload in ["paired.p", "blocks.p"] {
+        let out = p(&format!("{payload}.img"));
+        ok(&[
+            "apply",
+            "--source",
+            &a,
+            "--target",
+            &out,
+            "--pubkey",
+            &p("pub.pem"),
+            "--installed-version",
+            "1.0",
+            &p(payload),
+        ]);
+        assert!(
+            std::fs::read(&out).unwrap() == new,
+            "{payload}: not the image"
+        );
+    }
+}
