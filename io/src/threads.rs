@@ -33,9 +33,7 @@ impl Threads {
             Threads::AllCores => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
         }
     }
-}
 
-impl Threads {
     /// `f` of each item, on this many threads (no more than there are items), in the
     /// items' order. The threads take the next item as they finish one: items of very
     /// different costs keep every thread busy. A panic in `f` is resumed here.
