@@ -10,10 +10,7 @@ pub use keel_io::{Progress, ReadAt, WriteAt};
 pub(crate) fn zeroed(len: u64, what: &'static str) -> crate::Result<Vec<u8>> {
     let too_big = || crate::Error::param(what, format!("{len} bytes do not fit in memory"));
     let n = usize::try_from(len).map_err(|_| too_big())?;
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| too_big())?;
-    v.resize(n, 0);
-    Ok(v)
+    keel_io::sys::try_zeroed(n).ok_or_else(too_big)
 }
 
 /// A device read as if zero-padded from its size up to `padded` bytes (fs-verity and AVB

@@ -20,7 +20,7 @@
 
 use crate::algorithm::{Digest64, SaltedHasher};
 use crate::error::{Error, Result};
-use crate::fec::gfmul::{Coeffs, Kernel};
+use crate::fec::gfmul::{Coeffs, Kernel, Syndromes};
 use crate::fec::rs::Code;
 use crate::fec::FecGeometry;
 use crate::geometry::TreeGeometry;
@@ -142,14 +142,12 @@ fn plane_at(g: &FecGeometry, split: usize, r: usize, j: usize) -> usize {
     }
 }
 
-/// The coefficients of planes `from..to` for each group of `per` consecutive symbol
-/// positions (one input per position): `per` 1 for blocks added one at a time,
-/// [`TILE_POSITIONS`] for the tiles of [`StreamTree::read_whole`].
-fn coeffs_of(g: &FecGeometry, per: usize, from: usize, to: usize) -> Vec<Coeffs> {
+/// The coefficients of planes `from..to` for each symbol position, from the code's parity
+/// matrix `raw` (for blocks added one at a time).
+fn coeffs_of(g: &FecGeometry, raw: &[u8], from: usize, to: usize) -> Vec<Coeffs> {
     let roots = g.roots as usize;
-    let raw = Code::new(roots).parity_matrix();
     raw[..g.k() * roots]
-        .chunks(per * roots)
+        .chunks(roots)
         .map(|rows| {
             let cut = rows.chunks_exact(roots).flat_map(|row| &row[from..to]);
             Coeffs::new(cut.copied().collect(), to - from)
@@ -157,17 +155,15 @@ fn coeffs_of(g: &FecGeometry, per: usize, from: usize, to: usize) -> Vec<Coeffs>
         .collect()
 }
 
-/// `len` zeros, each page written once now. Zeroed memory from the allocator maps its
-/// pages to the shared zero page when first read: the multiply-adds read each plane before
-/// they write it, and each such write then faults and makes every other core flush its
-/// TLB (1% of a format's time, in the threads that compute).
-fn written_zeros(len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
+/// Write each page of `v` (zeros) once. Zeroed memory from the allocator maps its pages to
+/// the shared zero page when first read: the multiply-adds read each plane before they
+/// write it, and each such write then faults and makes every other core flush its TLB (1%
+/// of a format's time, in the threads that compute).
+fn write_pages(v: &mut [u8]) {
     for page in v.chunks_mut(4096) {
         // Opaque to the compiler, which would drop a zero written to zeroed memory.
         std::hint::black_box(page)[0] = 0;
     }
-    v
 }
 
 /// The parity as it accumulates: the planes split in two groups, one per thread.
@@ -178,24 +174,40 @@ struct Accumulator {
     split: usize,
     /// Each group's coefficients.
     rows: [Vec<Coeffs>; 2],
+    /// The code's parity matrix, which `rows` are cut from.
+    raw: Vec<u8>,
     planes: Vec<u8>,
+    /// Whether every page of `planes` was written: not yet when allocated, so that
+    /// [`StreamTree::read_whole`]'s threads fault in their own (a 128th of the data, which
+    /// one thread took 10 to 20 ms to write before they started).
+    written: bool,
 }
 
 impl Accumulator {
     fn new(g: &FecGeometry) -> Accumulator {
         let roots = g.roots as usize;
         let split = roots / 2;
+        let raw = Code::new(roots).parity_matrix();
         Accumulator {
             g: g.clone(),
             kernel: Kernel::best(),
             split,
-            rows: [coeffs_of(g, 1, 0, split), coeffs_of(g, 1, split, roots)],
-            planes: written_zeros(g.parity_size() as usize),
+            rows: [
+                coeffs_of(g, &raw, 0, split),
+                coeffs_of(g, &raw, split, roots),
+            ],
+            raw,
+            planes: vec![0u8; g.parity_size() as usize],
+            written: false,
         }
     }
 
     /// The two groups of planes, each for one thread.
     fn shares(&mut self) -> [Share<'_>; 2] {
+        if !self.written {
+            write_pages(&mut self.planes);
+            self.written = true;
+        }
         let plane_len = self.g.rounds as usize * self.g.block_size as usize;
         let (a, b) = self.planes.split_at_mut(self.split * plane_len);
         let [ra, rb] = &self.rows;
@@ -210,7 +222,7 @@ impl Accumulator {
     fn one_group(&mut self) {
         let roots = self.g.roots as usize;
         self.split = roots;
-        self.rows = [coeffs_of(&self.g, 1, 0, roots), Vec::new()];
+        self.rows = [coeffs_of(&self.g, &self.raw, 0, roots), Vec::new()];
     }
 }
 
@@ -488,10 +500,10 @@ impl StreamTree {
     /// thread goes through its rounds in bands of [`READ_RUN_BYTES`] blocks: for each band
     /// it reads, at [`TILE_POSITIONS`] consecutive codeword positions at a time (a round's
     /// blocks lie a round count apart on the device), the band's run of blocks, and
-    /// multiplies the blocks of a round in one multiply-add (its planes loaded and stored
-    /// once for all of them), a few rounds at a time so that they are hashed and multiplied
-    /// while in the L2 cache ([`TILE_BYTES`]). The band's planes stay in the cache while
-    /// all positions pass. The disk is read in runs of [`READ_RUN_BYTES`], each asked for
+    /// adds the blocks of a round to its syndromes in one pass (its planes loaded and
+    /// stored once for all of them; see [`Syndromes`]), a few rounds at a time so that they
+    /// are hashed and added while in the L2 cache ([`TILE_BYTES`]). The band's planes stay
+    /// in the cache while all positions pass, and become its parity when the last has. The disk is read in runs of [`READ_RUN_BYTES`], each asked for
     /// a band ahead ([`ReadAt::will_need`]) so that a cold device is read while the last
     /// band is computed. Memory: the buffers of [`TILE_POSITIONS`] runs per thread.
     ///
@@ -539,12 +551,17 @@ impl StreamTree {
         }
         let [mut leaves_a, mut leaves_b] = leaves;
         let roots = acc.g.roots as usize;
-        let tiles = coeffs_of(&acc.g, TILE_POSITIONS, 0, roots);
+        // The planes gather each round's syndromes while the positions pass (cheaper than
+        // its parity: see `Syndromes`), turned into the parity once a band is through.
+        let tiles = positions.div_ceil(TILE_POSITIONS);
+        let syn = Syndromes::new(&Code::new(roots), TILE_POSITIONS, tiles);
         let kernel = acc.kernel;
         let (run_bytes, tile_bytes) = (self.run_bytes, self.tile_bytes);
         // Nothing was added yet: the planes are laid out as one group, a round's planes
         // side by side, so that a round's share of a tile is one multiply-add.
         acc.one_group();
+        // Each thread writes its planes' pages itself, a band at a time (below).
+        acc.written = true;
         let (planes_a, planes_b) = acc.planes.split_at_mut(mid as usize * roots * bs);
         let done = AtomicU64::new(0);
         let failed = AtomicBool::new(false);
@@ -570,6 +587,7 @@ impl StreamTree {
             let stride = run_rounds * bs + 64;
             let mut whole = Vec::new();
             let buf = keel_io::page_aligned(&mut whole, TILE_POSITIONS * stride);
+            let mut parity = vec![0u8; roots * bs];
             // Rounds `a..b` of every position will be read soon.
             let hint = |a: u64, b: u64| {
                 for i in 0..positions as u64 {
@@ -583,12 +601,12 @@ impl StreamTree {
             let mut r0 = from;
             while r0 < to {
                 let width = (run_rounds as u64).min(to - r0) as usize;
+                let band = (r0 - from) as usize * roots * bs;
+                planes[band..band + width * roots * bs].fill(0);
                 hint(r0 + width as u64, r0 + 2 * width as u64);
-                for (q, coeffs) in tiles.iter().enumerate() {
+                for q in 0..tiles {
                     let i0 = q * TILE_POSITIONS;
-                    if i0 >= positions {
-                        break;
-                    }
+                    let inputs_here = syn.tile_len(q);
                     if failed.load(Ordering::Relaxed) {
                         return Ok(());
                     }
@@ -597,7 +615,7 @@ impl StreamTree {
                     }
                     // Each position's run: blocks `i * rounds + r0..`, as many as are data.
                     let mut have = [0usize; TILE_POSITIONS];
-                    for (t, have) in have.iter_mut().enumerate().take(coeffs.inputs()) {
+                    for (t, have) in have.iter_mut().enumerate().take(inputs_here) {
                         let run = &mut buf[t * stride..][..width * bs];
                         let b = (i0 + t) as u64 * rounds + r0;
                         *have = n.saturating_sub(b).min(width as u64) as usize;
@@ -612,7 +630,7 @@ impl StreamTree {
                     }
                     for s0 in (0..width).step_by(sub) {
                         let s1 = (s0 + sub).min(width);
-                        for (t, &have) in have.iter().enumerate().take(coeffs.inputs()) {
+                        for (t, &have) in have.iter().enumerate().take(inputs_here) {
                             let (a, e) = (s0.min(have), s1.min(have));
                             if a == e {
                                 continue;
@@ -635,9 +653,10 @@ impl StreamTree {
                             // The shapes are fixed by construction: an input of `bs` bytes
                             // for each of the tile's positions, the round's planes side by
                             // side.
-                            coeffs.dot_add(
+                            syn.add(
                                 kernel,
-                                &inputs[..coeffs.inputs()],
+                                q,
+                                &inputs[..inputs_here],
                                 bs,
                                 &mut planes[round * roots * bs..][..roots * bs],
                             );
@@ -648,6 +667,13 @@ impl StreamTree {
                     if let Some(p) = opts.progress.filter(|_| report) {
                         p.progress(now, total);
                     }
+                }
+                // Every position has passed: the band's syndromes become its parity.
+                for r in 0..width {
+                    let round = (r0 - from) as usize + r;
+                    let at = &mut planes[round * roots * bs..][..roots * bs];
+                    syn.parity(kernel, at, bs, &mut parity);
+                    at.copy_from_slice(&parity);
                 }
                 r0 += width as u64;
             }

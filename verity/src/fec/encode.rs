@@ -7,41 +7,44 @@ use crate::error::{Error, Result};
 use crate::io::{ReadAt, WriteAt};
 use crate::tree::BuildOptions;
 
-use super::gfmul::{Coeffs, Kernel};
+use super::gfmul::{Kernel, Syndromes};
 use super::rs::Code;
 use super::*;
 
 /// One worker's buffers and code, for a batch of consecutive rounds.
 pub(crate) struct Batch<'a> {
     pub(crate) g: &'a FecGeometry,
-    pub(crate) coeffs: &'a Coeffs,
+    pub(crate) syn: &'a Syndromes,
     pub(crate) kernel: Kernel,
     /// k runs of batch_rounds blocks: run i holds covered blocks i * rounds + r0 ...
     pub(crate) input: Vec<u8>,
     pub(crate) planes: Vec<u8>,
+    /// A round's syndromes, on their way to its parity.
+    syndromes: Vec<u8>,
     /// Rounds a batch holds at most.
     pub(crate) per: u64,
 }
 
 impl<'a> Batch<'a> {
-    pub(crate) fn new(g: &'a FecGeometry, coeffs: &'a Coeffs, kernel: Kernel) -> Self {
-        Self::with_rounds(g, coeffs, kernel, g.batch_rounds())
+    pub(crate) fn new(g: &'a FecGeometry, syn: &'a Syndromes, kernel: Kernel) -> Self {
+        Self::with_rounds(g, syn, kernel, g.batch_rounds())
     }
 
     /// A batch of up to `per` rounds.
     pub(crate) fn with_rounds(
         g: &'a FecGeometry,
-        coeffs: &'a Coeffs,
+        syn: &'a Syndromes,
         kernel: Kernel,
         per: u64,
     ) -> Self {
         let bs = g.block_size as usize;
         Batch {
             g,
-            coeffs,
+            syn,
             kernel,
             input: vec![0u8; g.k() * per as usize * bs],
             planes: vec![0u8; g.roots as usize * bs],
+            syndromes: vec![0u8; g.roots as usize * bs],
             per,
         }
     }
@@ -75,13 +78,18 @@ impl<'a> Batch<'a> {
 
     /// Parity of round `r` of the loaded batch into `out` as `roots` planes of a block
     /// each, side by side.
-    pub(crate) fn encode_planes(&self, r: usize, out: &mut [u8]) -> Result<()> {
+    pub(crate) fn encode_planes(&mut self, r: usize, out: &mut [u8]) -> Result<()> {
         let bs = self.g.block_size as usize;
         let stride = self.stride();
         let inputs: Vec<&[u8]> = (0..self.g.k())
             .map(|i| &self.input[i * stride + r * bs..i * stride + (r + 1) * bs])
             .collect();
-        if !self.coeffs.dot(self.kernel, &inputs, bs, out) {
+        self.syndromes.fill(0);
+        if !self
+            .syn
+            .add(self.kernel, 0, &inputs, bs, &mut self.syndromes)
+            || !self.syn.parity(self.kernel, &self.syndromes, bs, out)
+        {
             return Err(Error::param("fec", "internal buffer shapes disagree"));
         }
         Ok(())
@@ -104,10 +112,11 @@ impl<'a> Batch<'a> {
     }
 }
 
-pub(crate) fn code_and_coeffs(roots: u8) -> (Code, Coeffs) {
+/// The code, and its parity by way of the syndromes of a whole round at once.
+pub(crate) fn code_and_syndromes(roots: u8) -> (Code, Syndromes) {
     let code = Code::new(roots as usize);
-    let coeffs = Coeffs::new(code.parity_matrix(), roots as usize);
-    (code, coeffs)
+    let syn = Syndromes::new(&code, code.data_len(), 1);
+    (code, syn)
 }
 
 /// Run `work` over every batch of rounds on the worker threads, handing each result to
@@ -141,7 +150,7 @@ where
     W: Fn(&mut Batch<'_>, u64, u64) -> Result<T> + Sync,
     S: FnMut(u64, u64, T) -> Result<()>,
 {
-    let (_, coeffs) = code_and_coeffs(g.roots);
+    let (_, syn) = code_and_syndromes(g.roots);
     let kernel = Kernel::best();
     let per = per.clamp(1, g.rounds.max(1));
     let batches = g.rounds.div_ceil(per);
@@ -153,9 +162,9 @@ where
         let (tx, rx) = mpsc::sync_channel::<Result<(u64, u64, T)>>(threads);
         for _ in 0..threads {
             let tx = tx.clone();
-            let (coeffs, next, stop, work) = (&coeffs, &next, &stop, &work);
+            let (syn, next, stop, work) = (&syn, &next, &stop, &work);
             s.spawn(move || {
-                let mut batch = Batch::with_rounds(g, coeffs, kernel, per);
+                let mut batch = Batch::with_rounds(g, syn, kernel, per);
                 loop {
                     if opts.progress.is_some_and(|p| p.cancelled()) {
                         let _ = tx.send(Err(Error::Cancelled));

@@ -47,7 +47,7 @@ mod verify;
 
 pub use android::{android_fec_header, AndroidFecHeader};
 pub use encode::fec_encode;
-pub(crate) use encode::{code_and_coeffs, for_each_batch, Batch};
+pub(crate) use encode::{code_and_syndromes, for_each_batch, Batch};
 pub use geometry::FecGeometry;
 pub(crate) use geometry::{check_fec_size, Input, Place};
 pub use repair::{fec_repair, RepairReport, RepairTarget};

@@ -360,8 +360,8 @@ where
     H: ReadAt + ?Sized,
     F: ReadAt + ?Sized,
 {
-    let (_, coeffs) = code_and_coeffs(g.roots);
-    let mut batch = Batch::new(g, &coeffs, Kernel::best());
+    let (_, syn) = code_and_syndromes(g.roots);
+    let mut batch = Batch::new(g, &syn, Kernel::best());
     let len = g.block_size as usize * g.roots as usize;
     let mut fresh = vec![0u8; len];
     let mut stored = vec![0u8; len];

@@ -4,8 +4,9 @@
 //! 0x11d, 0, 1, roots, 0)`, which cryptsetup, Android's libfec and the kernel all use.
 //!
 //! Symbol 0 of a codeword is the coefficient of the highest power, x^254; the parity follows
-//! the data. The scalar encoder here is the reference; the fast encoder in
-//! [`crate::fec::gfmul`] multiplies whole blocks by the columns of [`Code::parity_matrix`].
+//! the data. The scalar encoder here is the reference; the fast encoders in
+//! [`crate::fec::gfmul`] multiply whole blocks by the columns of [`Code::parity_matrix`], or
+//! gather their syndromes and multiply those by [`Code::parity_of_syndromes`].
 
 /// Symbols per codeword.
 pub(crate) const NN: usize = 255;
@@ -103,6 +104,10 @@ impl Code {
         Code { roots, genpoly: g }
     }
 
+    pub(crate) fn roots(&self) -> usize {
+        self.roots
+    }
+
     pub(crate) fn data_len(&self) -> usize {
         NN - self.roots
     }
@@ -136,6 +141,50 @@ impl Code {
             unit[i] = 0;
         }
         rows
+    }
+
+    /// The matrix that turns the syndromes of the data alone into the parity:
+    /// `raw[j * roots + m]` is the coefficient of syndrome j in parity symbol m, where
+    /// syndrome j of data d is `XOR_i d[i] * alpha^(j * (data_len - 1 - i))` (Horner over
+    /// the data at alpha^j). The parity is linear in the data and so in its syndromes: the
+    /// codeword's value at a root is zero, which ties the two by a Vandermonde system. It
+    /// is solved here from the last `roots` rows of the parity matrix, whose syndromes are
+    /// alpha^(j * e) for e < roots.
+    pub(crate) fn parity_of_syndromes(&self) -> Vec<u8> {
+        let r = self.roots;
+        let k = self.data_len();
+        let p = self.parity_matrix();
+        // Rows [W | B]: W[e][j] = alpha^(j * e), B[e] = the parity row of position k-1-e.
+        let mut rows: Vec<Vec<u8>> = (0..r)
+            .map(|e| {
+                let mut row: Vec<u8> = (0..r).map(|j| GF.pow_alpha(j * e)).collect();
+                row.extend_from_slice(&p[(k - 1 - e) * r..(k - e) * r]);
+                row
+            })
+            .collect();
+        // Gauss-Jordan; a Vandermonde matrix of distinct points always has a pivot.
+        for col in 0..r {
+            let Some(pivot) = (col..r).find(|&e| rows[e][col] != 0) else {
+                continue;
+            };
+            rows.swap(col, pivot);
+            let inv = GF.inv(rows[col][col]);
+            for x in rows[col].iter_mut() {
+                *x = GF.mul(*x, inv);
+            }
+            let lead = rows[col].clone();
+            for (e, row) in rows.iter_mut().enumerate() {
+                let f = row[col];
+                if e != col && f != 0 {
+                    for (x, &l) in row.iter_mut().zip(&lead) {
+                        *x ^= GF.mul(f, l);
+                    }
+                }
+            }
+        }
+        rows.iter()
+            .flat_map(|row| row[r..].iter().copied())
+            .collect()
     }
 
     fn syndromes(&self, cw: &[u8], s: &mut [u8]) -> bool {
@@ -315,6 +364,32 @@ mod tests {
                 let x = GF.pow_alpha(i);
                 let v = code.genpoly.iter().fold(0u8, |acc, &c| GF.mul(acc, x) ^ c);
                 assert_eq!(v, 0, "alpha^{i} is a root for {roots} roots");
+            }
+        }
+    }
+
+    #[test]
+    fn parity_from_syndromes_equals_the_lfsr() {
+        let mut seed = 0x0bad_cafe_f00d_1234u64;
+        for roots in [1, 2, 3, 7, 24] {
+            let code = Code::new(roots);
+            let m = code.parity_of_syndromes();
+            let k = code.data_len();
+            for _ in 0..20 {
+                let cw = codeword(&code, &mut seed);
+                let data = &cw[..k];
+                let mut expect = vec![0u8; roots];
+                code.encode(data, &mut expect);
+                let s: Vec<u8> = (0..roots)
+                    .map(|j| {
+                        let x = GF.pow_alpha(j);
+                        data.iter().fold(0u8, |acc, &d| GF.mul(acc, x) ^ d)
+                    })
+                    .collect();
+                let got: Vec<u8> = (0..roots)
+                    .map(|mm| (0..roots).fold(0u8, |acc, j| acc ^ GF.mul(s[j], m[j * roots + mm])))
+                    .collect();
+                assert_eq!(got, expect, "{roots} roots");
             }
         }
     }
