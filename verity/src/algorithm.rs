@@ -276,6 +276,27 @@ impl SaltedHasher {
         d
     }
 
+    /// Salted digests of two blocks of one size, two lanes at once where the CPU has
+    /// SHA-256 instructions; each `out` exactly the digest size.
+    pub(crate) fn hash_pair(&self, a: &[u8], b: &[u8], out_a: &mut [u8], out_b: &mut [u8]) {
+        if let SaltedHasher::Sha256(_, Some(pairs)) = self {
+            if pairs.shani && a.len() == b.len() {
+                return crate::sha256x2::hash2(
+                    &pairs.state,
+                    pairs.absorbed,
+                    &pairs.prefix,
+                    &pairs.suffix,
+                    a,
+                    b,
+                    out_a,
+                    out_b,
+                );
+            }
+        }
+        self.hash_into(a, out_a);
+        self.hash_into(b, out_b);
+    }
+
     /// Hash `input.len() / block_size` blocks into slots of `stride` bytes in `out`;
     /// the algorithm is dispatched once for the whole run.
     pub(crate) fn hash_many(&self, input: &[u8], block_size: usize, out: &mut [u8], stride: usize) {

@@ -37,10 +37,6 @@ pub const STREAM_PARITY_BUDGET: u64 = 64 << 20;
 /// When the whole device is read (see [`StreamTree::read_whole`]): the codeword positions
 /// read together, whose blocks of a round are added to its planes in one multiply-add.
 const TILE_POSITIONS: usize = 8;
-/// When the whole device is read: what a tile's blocks and its planes may take, so that
-/// they stay in a core's L2 cache (512 KiB on a common core) while they are read, hashed
-/// and multiplied.
-const TILE_BYTES: usize = 320 << 10;
 /// Below this many blocks in one write, one thread hashes them: spawning costs more.
 const SPLIT_MIN_BLOCKS: usize = 64;
 /// When the whole device is read: what is read at each position at a time, and asked for
@@ -288,10 +284,8 @@ pub struct StreamTree {
     seen: Vec<u64>,
     parity: Option<Accumulator>,
     threads: usize,
-    /// [`READ_RUN_BYTES`] and [`TILE_BYTES`] (smaller in tests, to see many bands and
-    /// tiles on a small device).
+    /// [`READ_RUN_BYTES`] (smaller in tests, to see many bands on a small device).
     run_bytes: usize,
-    tile_bytes: usize,
 }
 
 impl std::fmt::Debug for StreamTree {
@@ -325,7 +319,6 @@ impl StreamTree {
             parity: None,
             threads: Threads::default().count(),
             run_bytes: READ_RUN_BYTES,
-            tile_bytes: TILE_BYTES,
         })
     }
 
@@ -500,11 +493,11 @@ impl StreamTree {
     /// thread goes through its rounds in bands of [`READ_RUN_BYTES`] blocks: for each band
     /// it reads, at [`TILE_POSITIONS`] consecutive codeword positions at a time (a round's
     /// blocks lie a round count apart on the device), the band's run of blocks, and
-    /// adds the blocks of a round to its syndromes in one pass (its planes loaded and
-    /// stored once for all of them; see [`Syndromes`]), a few rounds at a time so that they
-    /// are hashed and added while in the L2 cache ([`TILE_BYTES`]). The band's planes stay
-    /// in the cache while all positions pass, and become its parity when the last has. The disk is read in runs of [`READ_RUN_BYTES`], each asked for
-    /// a band ahead ([`ReadAt::will_need`]) so that a cold device is read while the last
+    /// then, round by round, hashes the round's blocks of the tile and adds them to its
+    /// syndromes in one pass while they are in the L1 cache (the round's planes loaded and
+    /// stored once for all of them; see [`Syndromes`]). The band's planes stay in the cache
+    /// while all positions pass, and become its parity when the last has. The disk is read
+    /// in runs of [`READ_RUN_BYTES`], each asked for a band ahead ([`ReadAt::will_need`]) so that a cold device is read while the last
     /// band is computed. Memory: the buffers of [`TILE_POSITIONS`] runs per thread.
     ///
     /// Runs only where two threads are allowed and there are two rounds to split; returns
@@ -556,7 +549,7 @@ impl StreamTree {
         let tiles = positions.div_ceil(TILE_POSITIONS);
         let syn = Syndromes::new(&Code::new(roots), TILE_POSITIONS, tiles);
         let kernel = acc.kernel;
-        let (run_bytes, tile_bytes) = (self.run_bytes, self.tile_bytes);
+        let run_bytes = self.run_bytes;
         // Nothing was added yet: the planes are laid out as one group, a round's planes
         // side by side, so that a round's share of a tile is one multiply-add.
         acc.one_group();
@@ -575,10 +568,9 @@ impl StreamTree {
                     to: u64,
                     report: bool|
          -> Result<()> {
-            // Rounds read at each position at a time, and rounds hashed and multiplied
-            // together (a tile).
+            // Rounds read at each position at a time.
             let run_rounds = (run_bytes / bs).max(1);
-            let sub = (tile_bytes / ((TILE_POSITIONS + roots) * bs)).clamp(1, run_rounds);
+            let ds = geometry.digest_size();
             // Each position's run a cache line further than a power of two from the last:
             // at 256 KiB apart the 8 blocks a multiply-add reads side by side fell in the
             // same cache sets and evicted each other (half of its time went to waiting
@@ -628,39 +620,51 @@ impl StreamTree {
                         data.read_exact_at(&mut run[..*have * bs], off)
                             .map_err(|e| Error::io(format!("reading data device byte {off}"), e))?;
                     }
-                    for s0 in (0..width).step_by(sub) {
-                        let s1 = (s0 + sub).min(width);
+                    for r in 0..width {
+                        // The round's blocks, hashed into their leaves two at a time (two
+                        // lanes of SHA-256 at once) and added to its syndromes while they
+                        // are in the L1 cache: hashing a position's run of rounds first
+                        // left the blocks in L2 for the adds, which then waited on them.
+                        let block = |t: usize| (i0 + t) as u64 * rounds + r0 + r as u64;
+                        let leaf = |t: usize| {
+                            leaf_at(geometry, block(t))
+                                - leaf_at(geometry, (i0 + t) as u64 * rounds + from)
+                        };
+                        let input = |t: usize| &buf[t * stride + r * bs..][..bs];
+                        let mut held: Option<usize> = None;
                         for (t, &have) in have.iter().enumerate().take(inputs_here) {
-                            let (a, e) = (s0.min(have), s1.min(have));
-                            if a == e {
+                            if r >= have {
                                 continue;
                             }
-                            let b = (i0 + t) as u64 * rounds + r0 + a as u64;
-                            let row = leaf_at(geometry, (i0 + t) as u64 * rounds + from);
-                            hash_leaves(
-                                hasher,
-                                geometry,
-                                bs,
-                                b,
-                                &buf[t * stride + a * bs..t * stride + e * bs],
-                                &mut leaves[i0 + t][leaf_at(geometry, b) - row..],
+                            let Some(u) = held.take() else {
+                                held = Some(t);
+                                continue;
+                            };
+                            // u < t: their leaves are in two runs.
+                            let (left, right) = leaves.split_at_mut(i0 + t);
+                            let (lu, lt) = (leaf(u), leaf(t));
+                            hasher.hash_pair(
+                                input(u),
+                                input(t),
+                                &mut left[i0 + u][lu..lu + ds],
+                                &mut right[0][lt..lt + ds],
                             );
                         }
-                        for r in s0..s1 {
-                            let inputs: [&[u8]; TILE_POSITIONS] =
-                                std::array::from_fn(|t| &buf[t * stride + r * bs..][..bs]);
-                            let round = (r0 - from) as usize + r;
-                            // The shapes are fixed by construction: an input of `bs` bytes
-                            // for each of the tile's positions, the round's planes side by
-                            // side.
-                            syn.add(
-                                kernel,
-                                q,
-                                &inputs[..inputs_here],
-                                bs,
-                                &mut planes[round * roots * bs..][..roots * bs],
-                            );
+                        if let Some(u) = held {
+                            let lu = leaf(u);
+                            hasher.hash_into(input(u), &mut leaves[i0 + u][lu..lu + ds]);
                         }
+                        let inputs: [&[u8]; TILE_POSITIONS] = std::array::from_fn(input);
+                        let round = (r0 - from) as usize + r;
+                        // The shapes are fixed by construction: an input of `bs` bytes for
+                        // each of the tile's positions, the round's planes side by side.
+                        syn.add(
+                            kernel,
+                            q,
+                            &inputs[..inputs_here],
+                            bs,
+                            &mut planes[round * roots * bs..][..roots * bs],
+                        );
                     }
                     let read = have.iter().sum::<usize>() as u64 * bs as u64;
                     let now = done.fetch_add(read, Ordering::Relaxed) + read;
@@ -841,19 +845,13 @@ mod tests {
                 })
                 .collect::<Vec<u8>>()
         };
-        for (case, (bs, blocks, roots, alg, run, tile)) in [
-            (
-                4096u32,
-                3000u64,
-                2u8,
-                crate::HashAlgorithm::Sha256,
-                3usize,
-                1usize,
-            ),
-            (4096, 2777, 5, crate::HashAlgorithm::Sha1, 7, 2),
-            (1024, 9001, 2, crate::HashAlgorithm::Sha512, 16, 5),
-            (512, 4000, 24, crate::HashAlgorithm::Sha256, 2, 9),
-            (4096, 600, 3, crate::HashAlgorithm::Sha256, 64, 64),
+        for (case, (bs, blocks, roots, alg, run)) in [
+            (4096u32, 3000u64, 2u8, crate::HashAlgorithm::Sha256, 3usize),
+            (4096, 2777, 5, crate::HashAlgorithm::Sha1, 7),
+            (1024, 9001, 2, crate::HashAlgorithm::Sha512, 16),
+            (512, 4000, 24, crate::HashAlgorithm::Sha256, 2),
+            (4096, 600, 3, crate::HashAlgorithm::Sha256, 64),
+            (4096, 1001, 2, crate::HashAlgorithm::Sha256, 5),
         ]
         .into_iter()
         .enumerate()
@@ -878,7 +876,6 @@ mod tests {
                 .parity(&g)
                 .unwrap();
             s.run_bytes = run * bs as usize;
-            s.tile_bytes = tile * (TILE_POSITIONS + roots as usize) * bs as usize;
             let out = s.finish(&data[..], &BuildOptions::default()).unwrap();
             assert_eq!(out.read_back, blocks * u64::from(bs), "case {case}");
             assert_eq!(

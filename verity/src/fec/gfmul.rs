@@ -329,9 +329,9 @@ impl Syndromes {
 /// `len` bytes; every input at least `len` bytes (checked by the caller).
 fn xor_and_double(kernel: Kernel, inputs: &[&[u8]], len: usize, planes: &mut [u8]) {
     let two = planes.len() >= 2 * len;
-    let vec_len = len - len % 64;
     #[cfg(target_arch = "x86_64")]
     if kernel != Kernel::Scalar && std::is_x86_feature_detected!("avx2") {
+        let vec_len = len - len % XD_STEP;
         match two {
             // SAFETY: AVX2 is checked just above; every input holds at least len >= vec_len
             // bytes and planes two planes of len, and the kernel touches bytes below
@@ -361,12 +361,17 @@ fn xor_and_double_scalar(inputs: &[&[u8]], from: usize, len: usize, two: bool, p
     }
 }
 
-/// [`xor_and_double`] for G planes, 64 bytes a step.
+/// Bytes [`xor_and_double_avx2`] takes a step: four vectors, so that four of Horner's
+/// chains run side by side (each step of one waits on the last).
+const XD_STEP: usize = 128;
+const XD_VECS: usize = XD_STEP / 32;
+
+/// [`xor_and_double`] for G planes, [`XD_STEP`] bytes a step.
 ///
 /// # Safety
 ///
-/// The CPU must have AVX2; every input must hold `vec_len` bytes (a multiple of 64) and
-/// `planes` `G * len` bytes with `vec_len <= len`.
+/// The CPU must have AVX2; every input must hold `vec_len` bytes (a multiple of
+/// [`XD_STEP`]) and `planes` `G * len` bytes with `vec_len <= len`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn xor_and_double_avx2<const G: usize>(
@@ -379,40 +384,41 @@ unsafe fn xor_and_double_avx2<const G: usize>(
     let zero = _mm256_setzero_si256();
     let mut off = 0;
     while off < vec_len {
-        let mut acc = [[zero; 2]; G];
+        let mut acc = [[zero; XD_VECS]; G];
         for (g, a) in acc.iter_mut().enumerate() {
-            let p = planes.as_ptr().wrapping_add(g * len + off);
-            // SAFETY: g * len + off + 64 <= G * len <= planes.len() (the caller's bounds).
-            a[0] = unsafe { _mm256_loadu_si256(p.cast()) };
-            // SAFETY: as above, for the second 32 bytes.
-            a[1] = unsafe { _mm256_loadu_si256(p.wrapping_add(32).cast()) };
+            for (h, v) in a.iter_mut().enumerate() {
+                let p = planes.as_ptr().wrapping_add(g * len + off + 32 * h);
+                // SAFETY: g * len + off + XD_STEP <= G * len <= planes.len() (the caller's
+                // bounds), and 32 * h + 32 <= XD_STEP.
+                *v = unsafe { _mm256_loadu_si256(p.cast()) };
+            }
         }
+        let (first, rest) = acc.split_at_mut(1);
+        let first = &mut first[0];
         for input in inputs {
-            let p = input.as_ptr().wrapping_add(off);
-            // SAFETY: off + 64 <= vec_len <= input.len().
-            let x0 = unsafe { _mm256_loadu_si256(p.cast()) };
-            // SAFETY: as above, for the second 32 bytes.
-            let x1 = unsafe { _mm256_loadu_si256(p.wrapping_add(32).cast()) };
-            let x = [x0, x1];
-            for h in 0..2 {
-                acc[0][h] = _mm256_xor_si256(acc[0][h], x[h]);
-                if G == 2 {
-                    // 2s: each byte shifted left, the polynomial folded in where its top
-                    // bit was set (blendv picks by that bit).
-                    let s = acc[G - 1][h];
-                    let fold = _mm256_xor_si256(_mm256_blendv_epi8(zero, poly, s), x[h]);
-                    acc[G - 1][h] = _mm256_xor_si256(_mm256_add_epi8(s, s), fold);
+            let mut second = rest.iter_mut().flatten();
+            for (h, a) in first.iter_mut().enumerate() {
+                let p = input.as_ptr().wrapping_add(off + 32 * h);
+                // SAFETY: off + XD_STEP <= vec_len <= input.len(), 32 * h + 32 <= XD_STEP.
+                let x = unsafe { _mm256_loadu_si256(p.cast()) };
+                *a = _mm256_xor_si256(*a, x);
+                if let Some(s) = second.next() {
+                    // 2s ^ x: each byte shifted left, the polynomial folded in where its top
+                    // bit was set.
+                    let fold = _mm256_and_si256(_mm256_cmpgt_epi8(zero, *s), poly);
+                    let shifted = _mm256_xor_si256(_mm256_add_epi8(*s, *s), x);
+                    *s = _mm256_xor_si256(shifted, fold);
                 }
             }
         }
         for (g, a) in acc.iter().enumerate() {
-            let p = planes.as_mut_ptr().wrapping_add(g * len + off);
-            // SAFETY: as for the loads.
-            unsafe { _mm256_storeu_si256(p.cast(), a[0]) };
-            // SAFETY: as above, for the second 32 bytes.
-            unsafe { _mm256_storeu_si256(p.wrapping_add(32).cast(), a[1]) };
+            for (h, v) in a.iter().enumerate() {
+                let p = planes.as_mut_ptr().wrapping_add(g * len + off + 32 * h);
+                // SAFETY: as for the loads.
+                unsafe { _mm256_storeu_si256(p.cast(), *v) };
+            }
         }
-        off += 64;
+        off += XD_STEP;
     }
 }
 
