@@ -21,7 +21,8 @@
 //! or `--fec-offset`): `repair` fixes it, in place or in copies under `--output-dir`,
 //! writing only blocks that then match the tree, and exits 2 if anything stays damaged; it
 //! refuses (exit 1, nothing written) a parity that disagrees in more than half of its
-//! codewords, rather than re-encode a good parity in the wrong shape.
+//! codewords where the tree does not confirm that damage, rather than re-encode a good
+//! parity in the wrong shape.
 
 #[macro_use]
 #[path = "support/cli.rs"]
@@ -196,6 +197,7 @@ fn cmd_format(
                 .map_err(|e| format!("{}: {e}", hash.display()))?;
             // The parity on the hash file past its end: the gap before it is part of what
             // the parity covers, as zeros (what veritysetup reads there when it can).
+            let mut grown_from = None;
             if same_file(&hash_f, &fec_f)
                 && hash_size < fec.fec_offset
                 && hash_f.metadata().is_ok_and(|m| m.is_file())
@@ -203,9 +205,10 @@ fn cmd_format(
                 hash_f
                     .set_len(fec.fec_offset)
                     .map_err(|e| format!("{}: {e}", hash.display()))?;
+                grown_from = Some(hash_size);
                 hash_size = fec.fec_offset;
             }
-            let (out, g) = format_with_fec(
+            let formatted = format_with_fec(
                 &params,
                 &data_f,
                 &mut &hash_f,
@@ -220,8 +223,14 @@ fn cmd_format(
                         FecGeometry::separate(&params, tree, fec.fec_roots, end, fec.fec_offset)
                     }
                 },
-            )
-            .map_err(|e| e.to_string())?;
+            );
+            let (out, g) = formatted.map_err(|e| {
+                // A refused layout leaves an existing file as long as it was.
+                if let Some(len) = grown_from {
+                    let _ = hash_f.set_len(len);
+                }
+                e.to_string()
+            })?;
             (out, Some((fec_path, fec_f, g)))
         }
     };

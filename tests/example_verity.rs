@@ -442,3 +442,34 @@ fn fec_format_verify_repair_and_table() {
     assert_eq!(header.roots, 6);
     assert_eq!(header.fec_size as usize, bytes.len() - 4096);
 }
+
+/// A layout refused after the one file that holds data, tree and parity was lengthened to
+/// reach the parity's offset: the file is left as long as it was.
+#[test]
+fn a_refused_layout_leaves_a_shared_file_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("all");
+    let original = data(4096 * 3001);
+    fs::write(&d, &original).unwrap();
+    let ds = d.to_str().unwrap();
+    let (hash_offset, fec_offset) = ((4096 * 3001).to_string(), (4096 * 3010).to_string());
+    let o = run(
+        &example(),
+        &[
+            "format",
+            ds,
+            ds,
+            "--hash-offset",
+            &hash_offset,
+            "--data-blocks",
+            "3001",
+            "--fec-device",
+            ds,
+            "--fec-offset",
+            &fec_offset,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("hash area"), "{}", stderr(&o));
+    assert!(fs::read(&d).unwrap() == original, "the file changed");
+}

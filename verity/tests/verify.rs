@@ -595,3 +595,57 @@ impl keel_verity::Progress for LateCancel {
         self.0.load(Ordering::SeqCst) > 0
     }
 }
+
+/// Damage in most rounds that the tree confirms block by block is repaired, however many
+/// codewords it touches; a parity of another shape over whole data is still refused with
+/// nothing written.
+#[test]
+fn damage_in_most_rounds_is_repaired_and_a_parity_of_other_roots_refused() {
+    use keel_verity::{fec_encode, fec_repair, fec_verify, FecGeometry, RepairTarget};
+    let p = params(
+        1000,
+        4096,
+        4096,
+        HashAlgorithm::Sha256,
+        HashType::Normal,
+        32,
+    );
+    let (geometry, original, mut hash, root) = formatted(&p, false, 21);
+    let g = FecGeometry::separate(&p, &geometry, 24, hash.len() as u64, 0).unwrap();
+    let mut parity = Vec::new();
+    fec_encode(&g, &original, &hash, &mut parity, &opts()).unwrap();
+    let rounds = g.rounds();
+    let target = RepairTarget {
+        params: &p,
+        tree: &geometry,
+        root: &root,
+    };
+    // A run of bad blocks as long as the rounds less one: one bad block in each of those
+    // rounds' codewords, within what the parity corrects, in nearly every codeword.
+    let mut data = original.clone();
+    let run = rounds - 1;
+    for b in 100..100 + run {
+        let at = (b * 4096) as usize;
+        data[at..at + 4096].copy_from_slice(&seeded_bytes(b, 4096));
+    }
+    let report = fec_verify(&g, &data, &hash, &parity, &opts()).unwrap();
+    assert!(report.mostly_damaged(), "{report:?}");
+    assert_eq!(report.unrepairable_codewords, 0);
+    let r = fec_repair(&g, &target, &mut data, &mut hash, &mut parity, &opts()).unwrap();
+    assert_eq!(r.repaired_data_blocks, (100..100 + run).collect::<Vec<_>>());
+    assert!(r.is_complete());
+    assert!(data == original);
+
+    // The same data with a parity made with 2 roots, read as one of 24: refused.
+    let g2 = FecGeometry::separate(&p, &geometry, 2, hash.len() as u64, 0).unwrap();
+    let mut other = Vec::new();
+    fec_encode(&g2, &original, &hash, &mut other, &opts()).unwrap();
+    other.resize(parity.len(), 0);
+    let before = other.clone();
+    let e = fec_repair(&g, &target, &mut data, &mut hash, &mut other, &opts()).unwrap_err();
+    assert!(e.to_string().contains("other roots"), "{e}");
+    assert!(
+        other == before && data == original,
+        "a refused repair wrote"
+    );
+}

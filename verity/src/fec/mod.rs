@@ -63,7 +63,8 @@ pub const FEC_DEFAULT_ROOTS: u8 = 2;
 
 /// Covered input each worker reads per unit of work.
 const BATCH_INPUT_BYTES: u64 = 8 << 20;
-/// Most single-byte corrections kept in memory by a scan (16 bytes each).
-const MAX_FIXES: usize = 4 << 20;
+/// Most single-byte corrections kept in memory by a scan (16 bytes each); a few blocks'
+/// worth in unit tests, to reach the limit on a small device.
+const MAX_FIXES: usize = if cfg!(test) { 3 << 12 } else { 4 << 20 };
 /// Most repaired blocks held in memory before they are checked and written.
 const MAX_REPAIR_BYTES: u64 = 64 << 20;

@@ -124,32 +124,40 @@ where
     F: ReadAt + WriteAt + ?Sized,
 {
     check_target(g, target)?;
-    let (scan_report, fixes, failed_rounds) = scan(g, &*data, &*hash, &*fec, opts)?;
-    if scan_report.mostly_damaged() {
-        // Damage this wide is a parity made with other roots or at another offset more
-        // often than a lost one; re-encoding "damaged" rounds would overwrite a good
-        // parity with one of the wrong shape. Nothing is written.
-        return Err(Error::param(
+    let (scan_report, fixes, failed_rounds) = scan(g, &*data, &*hash, &*fec, opts, true)?;
+    // Damage this wide is a parity made with other roots or at another offset more often
+    // than a lost one, unless the tree confirms it: re-encoding "damaged" rounds would
+    // overwrite a good parity with one of the wrong shape. Nothing is written then.
+    let wrong_shape = |found: Error| {
+        if !scan_report.mostly_damaged() {
+            return found;
+        }
+        Error::param(
             "fec",
             format!(
-                "the parity disagrees with the data and the tree in {} of {} codewords: \
-                 it was made with other roots or at another offset (nothing was written; \
-                 if the parity is lost, format it anew)",
+                "the parity disagrees with the data and the tree in {} of {} codewords, \
+                 where the tree finds far less damage: it was made with other roots or at \
+                 another offset (nothing was written; if the parity is lost, format it \
+                 anew)",
                 scan_report.damaged_codewords, scan_report.codewords
             ),
-        ));
-    }
-    let mut report = RepairReport {
-        scan: scan_report,
-        ..Default::default()
+        )
     };
     let input = Input {
         g,
         data: &*data,
         hash: &*hash,
     };
-    let (mut blocks, mut parity) = collect_fixes(g, &input, &fixes)?;
-    let damage = settle(g, target, &input, &*fec, &mut blocks, &mut parity, opts)?;
+    let (mut blocks, mut parity) = collect_fixes(g, &input, &fixes).map_err(wrong_shape)?;
+    let damage =
+        settle(g, target, &input, &*fec, &mut blocks, &mut parity, opts).map_err(wrong_shape)?;
+    if scan_report.mostly_damaged() && !tree_confirms(g, &input, &blocks, &damage, &scan_report)? {
+        return Err(wrong_shape(Error::param("fec", "")));
+    }
+    let mut report = RepairReport {
+        scan: scan_report,
+        ..Default::default()
+    };
     if opts.progress.is_some_and(|p| p.cancelled()) {
         return Err(Error::Cancelled);
     }
@@ -182,6 +190,64 @@ where
     report.unrepairable_data_blocks = damage.bad_data;
     report.unrepairable_hash_blocks = damage.bad_hash;
     Ok(report)
+}
+
+/// Whether the damage the tree confirms covers the codewords the parity disagrees with, all
+/// but half of them at most: rounds holding a block repaired to new content the tree
+/// accepts, a block it rejects, or one it cannot check. A parity made with other roots or
+/// at another offset disagrees almost everywhere while the tree finds the data whole;
+/// a device damaged in most rounds (a long run of bad blocks touches every round) is
+/// confirmed block by block.
+fn tree_confirms<D, H>(
+    g: &FecGeometry,
+    input: &Input<'_, D, H>,
+    blocks: &BTreeMap<u64, Vec<u8>>,
+    damage: &crate::verify::Damage,
+    scan: &FecReport,
+) -> Result<bool>
+where
+    D: ReadAt + ?Sized,
+    H: ReadAt + ?Sized,
+{
+    let bs = g.block_size;
+    let first_hash = g.hash_area_offset / bs;
+    let mut rounds = BTreeSet::new();
+    let mut add_run = |covered: std::ops::Range<u64>| {
+        if covered.end - covered.start >= g.rounds {
+            rounds.extend(0..g.rounds);
+        } else {
+            rounds.extend(covered.map(|c| c % g.rounds));
+        }
+    };
+    let mut stored = vec![0u8; bs as usize];
+    for (&c, content) in blocks {
+        input.read(c, &mut stored)?;
+        if stored != *content {
+            add_run(c..c + 1);
+        }
+    }
+    for &d in &damage.bad_data {
+        add_run(d..d + 1);
+    }
+    for &h in &damage.bad_hash {
+        let c = h.saturating_sub(first_hash) + g.data_blocks;
+        add_run(c..c + 1);
+    }
+    for r in &damage.unknown_data {
+        add_run(r.clone());
+    }
+    for r in &damage.unknown_hash {
+        add_run(
+            r.start.saturating_sub(first_hash) + g.data_blocks
+                ..r.end.saturating_sub(first_hash) + g.data_blocks,
+        );
+    }
+    let confirmed = rounds.len() as u64 * bs;
+    Ok(scan
+        .damaged_codewords
+        .saturating_sub(confirmed)
+        .saturating_mul(2)
+        <= scan.codewords)
 }
 
 /// The geometry must be the one made for the target's tree.

@@ -37,7 +37,7 @@ impl FecReport {
 
     /// True when more than half of the codewords are damaged: more often a parity made
     /// with other roots or at another offset than a damaged one ([`crate::fec_repair`]
-    /// refuses it).
+    /// refuses it unless the hash tree confirms the damage, block by block).
     pub fn mostly_damaged(&self) -> bool {
         self.damaged_codewords.saturating_mul(2) > self.codewords
     }
@@ -59,15 +59,23 @@ pub(crate) struct ScanPart {
     pub(crate) failed: u64,
     pub(crate) failed_rounds: Vec<u64>,
     pub(crate) fixes: Vec<Fix>,
+    /// Covered blocks holding correctable bytes.
+    pub(crate) blocks: BTreeSet<u64>,
+    pub(crate) parity_bytes: u64,
+    /// More fixes than [`MAX_FIXES`] were found (and not all kept).
+    pub(crate) overflow: bool,
 }
 
-/// Decode every codeword that does not match its parity, errors only.
+/// Decode every codeword that does not match its parity, errors only. With `keep_fixes`
+/// (for a repair) the corrections themselves are returned too, at most [`MAX_FIXES`] of
+/// them (more is an error); without, only where they lie is counted, whatever the damage.
 pub(crate) fn scan<D, H, F>(
     g: &FecGeometry,
     data: &D,
     hash: &H,
     fec: &F,
     opts: &BuildOptions<'_>,
+    keep_fixes: bool,
 ) -> Result<(FecReport, Vec<Fix>, Vec<u64>)>
 where
     D: ReadAt + ?Sized,
@@ -86,6 +94,7 @@ where
     };
     let mut fixes = Vec::new();
     let mut failed_rounds = Vec::new();
+    let mut blocks = BTreeSet::new();
     for_each_batch(
         g,
         opts,
@@ -148,8 +157,20 @@ where
                     };
                     if ok {
                         part.corrected += new_fixes.len() as u64;
-                        if part.fixes.len() + new_fixes.len() <= MAX_FIXES {
-                            part.fixes.extend(new_fixes);
+                        for f in &new_fixes {
+                            match f {
+                                Fix::Input { block, .. } => {
+                                    part.blocks.insert(*block);
+                                }
+                                Fix::Parity { .. } => part.parity_bytes += 1,
+                            }
+                        }
+                        if keep_fixes {
+                            if part.fixes.len() + new_fixes.len() <= MAX_FIXES {
+                                part.fixes.extend(new_fixes);
+                            } else {
+                                part.overflow = true;
+                            }
                         }
                     } else {
                         part.failed += 1;
@@ -161,12 +182,17 @@ where
             }
             Ok(part)
         },
-        |_, _, part| {
+        |_, _, mut part| {
             report.damaged_codewords += part.damaged;
             report.corrected_symbols += part.corrected;
             report.unrepairable_codewords += part.failed;
+            report.parity_bytes += part.parity_bytes;
             failed_rounds.extend(part.failed_rounds);
-            if fixes.len() + part.fixes.len() > MAX_FIXES {
+            blocks.append(&mut part.blocks);
+            if !keep_fixes {
+                return Ok(());
+            }
+            if part.overflow || fixes.len() + part.fixes.len() > MAX_FIXES {
                 return Err(Error::param(
                     "fec",
                     format!("more than {MAX_FIXES} damaged bytes; too much damage to hold"),
@@ -176,24 +202,13 @@ where
             Ok(())
         },
     )?;
-    let mut data_blocks = BTreeSet::new();
-    let mut hash_blocks = BTreeSet::new();
-    for f in &fixes {
-        match f {
-            Fix::Input { block, .. } => match g.locate(*block) {
-                Place::Data(d) => {
-                    data_blocks.insert(d);
-                }
-                Place::Hash(h) => {
-                    hash_blocks.insert(h);
-                }
-                Place::Padding => {}
-            },
-            Fix::Parity { .. } => report.parity_bytes += 1,
+    for block in blocks {
+        match g.locate(block) {
+            Place::Data(d) => report.data_blocks.push(d),
+            Place::Hash(h) => report.hash_blocks.push(h),
+            Place::Padding => {}
         }
     }
-    report.data_blocks = data_blocks.into_iter().collect();
-    report.hash_blocks = hash_blocks.into_iter().collect();
     Ok((report, fixes, failed_rounds))
 }
 
@@ -216,5 +231,56 @@ where
     H: ReadAt + ?Sized,
     F: ReadAt + ?Sized,
 {
-    scan(g, data, hash, fec, opts).map(|(r, _, _)| r)
+    scan(g, data, hash, fec, opts, false).map(|(r, _, _)| r)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+    use super::*;
+    use crate::{fec_encode, format, FormatOptions, VerityParams};
+
+    /// More correctable bytes than a repair may hold: verify still counts them all and
+    /// names every block; the scan for a repair refuses.
+    #[test]
+    fn verify_counts_more_damage_than_a_repair_holds() {
+        let p = VerityParams::builder()
+            .data_blocks(2000)
+            .salt(vec![7; 32])
+            .build()
+            .unwrap();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<u8> = (0..p.data_size())
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut hash = Vec::new();
+        let f = format(&p, &data[..], &mut hash, &FormatOptions::default()).unwrap();
+        let g = FecGeometry::separate(&p, &f.geometry, 8, hash.len() as u64, 0).unwrap();
+        let mut parity = Vec::new();
+        fec_encode(&g, &data[..], &hash, &mut parity, &BuildOptions::default()).unwrap();
+        // Four whole blocks in four rounds: 4 x 4096 corrections, past MAX_FIXES here.
+        let mut bad = data.clone();
+        let blocks: Vec<u64> = (0..4).map(|i| 10 + i * (g.rounds + 1)).collect();
+        for &b in &blocks {
+            for byte in &mut bad[(b * 4096) as usize..((b + 1) * 4096) as usize] {
+                *byte = !*byte;
+            }
+        }
+        const { assert!(4 * 4096 > MAX_FIXES) };
+        let r = fec_verify(&g, &bad[..], &hash, &parity, &BuildOptions::default()).unwrap();
+        assert_eq!(r.data_blocks, blocks);
+        assert_eq!(r.corrected_symbols, 4 * 4096);
+        assert_eq!(r.unrepairable_codewords, 0);
+        // One batch holds them all here: its own overflow is an error too, not fixes
+        // silently left out.
+        match scan(&g, &bad[..], &hash, &parity, &BuildOptions::default(), true) {
+            Err(e) => assert!(e.to_string().contains("too much damage"), "{e}"),
+            Ok((_, fixes, _)) => panic!("{} fixes kept, no error", fixes.len()),
+        }
+    }
 }
