@@ -128,7 +128,9 @@ enum Cmd {
         #[arg(long, value_name = "FILE", requires = "hash_out")]
         fec_out: Option<PathBuf>,
         /// Parity bytes per codeword for --fec-out (2 to 24).
-        #[arg(long, default_value_t = 2, requires = "fec_out")]
+        #[arg(long, default_value_t = 2, requires = "fec_out", value_parser = clap::value_parser!(u8).range(
+            i64::from(keel::verity::FEC_MIN_ROOTS)..=i64::from(keel::verity::FEC_MAX_ROOTS),
+        ))]
         fec_roots: u8,
         /// The payload file, or - for standard input.
         payload: String,

@@ -281,6 +281,17 @@ fn fec_format_verify_repair_and_table() {
         "--fec-roots",
         "6",
     ];
+    // Roots dm-verity does not take are refused at the command line, the range named;
+    // nothing is created.
+    for bad in ["1", "25", "256"] {
+        let o = run(
+            &ex,
+            &["format", &d, &h, "--fec-device", &f, "--fec-roots", bad],
+        );
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stderr(&o));
+        assert!(stderr(&o).contains("2..=24"), "{bad}: {}", stderr(&o));
+        assert!(!Path::new(&h).exists() && !Path::new(&f).exists());
+    }
     let mut args = vec!["format", &d, &h, "--fec-device", &f];
     args.extend(common);
     let out = run(&ex, &args);

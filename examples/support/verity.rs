@@ -51,13 +51,19 @@ pub(crate) struct TreeOpts {
     pub(crate) threads: Option<std::num::NonZeroUsize>,
 }
 
+/// `--fec-roots`: what dm-verity's FEC allows, told at the command line (2..=24).
+pub(crate) fn fec_roots() -> clap::builder::RangedI64ValueParser<u8> {
+    clap::value_parser!(u8)
+        .range(i64::from(keel::verity::FEC_MIN_ROOTS)..=i64::from(keel::verity::FEC_MAX_ROOTS))
+}
+
 #[derive(Args)]
 pub(crate) struct FecOpts {
     /// Reed-Solomon parity file or device (may be HASH, with --fec-offset past the tree).
     #[arg(long)]
     pub(crate) fec_device: Option<PathBuf>,
     /// Parity bytes per 255-byte codeword, 2 to 24.
-    #[arg(long, default_value_t = keel::verity::FEC_DEFAULT_ROOTS)]
+    #[arg(long, default_value_t = keel::verity::FEC_DEFAULT_ROOTS, value_parser = fec_roots())]
     pub(crate) fec_roots: u8,
     /// Byte offset of the parity on the FEC device (size suffixes: 4K, 1M).
     #[arg(long, default_value = "0", value_parser = cli::parse_size)]
