@@ -44,3 +44,17 @@ impl<D: ReadAt + ?Sized> ReadAt for ZeroPadded<'_, D> {
         }
     }
 }
+
+/// `n` bytes of a xorshift stream from `seed`: test data that any seed makes varied.
+#[cfg(test)]
+pub(crate) fn seeded(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

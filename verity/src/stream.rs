@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub const STREAM_PARITY_BUDGET: u64 = 64 << 20;
 
 /// When the whole device is read (see [`StreamTree::read_whole`]): the codeword positions
-/// read together, whose blocks of a round are added to its planes in one multiply-add.
+/// read together, whose blocks of a round are added to its syndromes in one pass.
 const TILE_POSITIONS: usize = 8;
 /// Below this many blocks in one write, one thread hashes them: spawning costs more.
 const SPLIT_MIN_BLOCKS: usize = 64;
@@ -497,8 +497,9 @@ impl StreamTree {
     /// syndromes in one pass while they are in the L1 cache (the round's planes loaded and
     /// stored once for all of them; see [`Syndromes`]). The band's planes stay in the cache
     /// while all positions pass, and become its parity when the last has. The disk is read
-    /// in runs of [`READ_RUN_BYTES`], each asked for a band ahead ([`ReadAt::will_need`]) so that a cold device is read while the last
-    /// band is computed. Memory: the buffers of [`TILE_POSITIONS`] runs per thread.
+    /// in runs of [`READ_RUN_BYTES`], each asked for a band ahead ([`ReadAt::will_need`])
+    /// so that a cold device is read while the last band is computed. Memory: the buffers
+    /// of [`TILE_POSITIONS`] runs per thread.
     ///
     /// Runs only where two threads are allowed and there are two rounds to split; returns
     /// the bytes read (0 when it did not run: the caller's read-back then reads
@@ -551,7 +552,7 @@ impl StreamTree {
         let kernel = acc.kernel;
         let run_bytes = self.run_bytes;
         // Nothing was added yet: the planes are laid out as one group, a round's planes
-        // side by side, so that a round's share of a tile is one multiply-add.
+        // side by side, so that a round's share of a tile is one pass of adds.
         acc.one_group();
         // Each thread writes its planes' pages itself, a band at a time (below).
         acc.written = true;
@@ -834,17 +835,7 @@ mod tests {
     /// split unevenly, digests narrower than their slots.
     #[test]
     fn one_read_in_small_bands_gives_the_parity_of_the_device() {
-        let seed = |n: usize, s: u64| {
-            let mut x = s | 1;
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect::<Vec<u8>>()
-        };
+        let seed = crate::io::seeded;
         for (case, (bs, blocks, roots, alg, run)) in [
             (4096u32, 3000u64, 2u8, crate::HashAlgorithm::Sha256, 3usize),
             (4096, 2777, 5, crate::HashAlgorithm::Sha1, 7),

@@ -128,10 +128,7 @@ where
     // Damage this wide is a parity made with other roots or at another offset more often
     // than a lost one, unless the tree confirms it: re-encoding "damaged" rounds would
     // overwrite a good parity with one of the wrong shape. Nothing is written then.
-    let wrong_shape = |found: Error| {
-        if !scan_report.mostly_damaged() {
-            return found;
-        }
+    let wrong_shape = || {
         Error::param(
             "fec",
             format!(
@@ -143,16 +140,21 @@ where
             ),
         )
     };
+    // Wide damage that is too much to hold is more likely that too.
+    let or_wrong_shape = |found: Error| match scan_report.mostly_damaged() {
+        true => wrong_shape(),
+        false => found,
+    };
     let input = Input {
         g,
         data: &*data,
         hash: &*hash,
     };
-    let (mut blocks, mut parity) = collect_fixes(g, &input, &fixes).map_err(wrong_shape)?;
+    let (mut blocks, mut parity) = collect_fixes(g, &input, &fixes).map_err(or_wrong_shape)?;
     let damage =
-        settle(g, target, &input, &*fec, &mut blocks, &mut parity, opts).map_err(wrong_shape)?;
+        settle(g, target, &input, &*fec, &mut blocks, &mut parity, opts).map_err(or_wrong_shape)?;
     if scan_report.mostly_damaged() && !tree_confirms(g, &input, &blocks, &damage, &scan_report)? {
-        return Err(wrong_shape(Error::param("fec", "")));
+        return Err(wrong_shape());
     }
     let mut report = RepairReport {
         scan: scan_report,

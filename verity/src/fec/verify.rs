@@ -249,15 +249,7 @@ mod tests {
             .salt(vec![7; 32])
             .build()
             .unwrap();
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let data: Vec<u8> = (0..p.data_size())
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = crate::io::seeded(p.data_size() as usize, 0x2545_f491_4f6c_dd1d);
         let mut hash = Vec::new();
         let f = format(&p, &data[..], &mut hash, &FormatOptions::default()).unwrap();
         let g = FecGeometry::separate(&p, &f.geometry, 8, hash.len() as u64, 0).unwrap();
