@@ -235,7 +235,8 @@ fn cmd_format(
         }
     };
     pb.finish_and_clear();
-    print_header(hash, superblock, &params, &out.geometry);
+    let fec_geometry = fec_out.as_ref().map(|(_, _, g)| g);
+    print_header(hash, superblock, &params, &out.geometry, fec_geometry);
     let root = hex::encode(&out.root_hash);
     println!("Root hash:      \t{root}");
     println!(
@@ -482,7 +483,7 @@ fn cmd_table(
 fn cmd_dump(hash: &Path, hash_offset: u64) -> Result<(), String> {
     let f = open_read(hash)?;
     let (sb, g) = open_hash_device(&f, hash_offset).map_err(|e| e.to_string())?;
-    print_header(hash, Some(sb.uuid), &sb.params, &g);
+    print_header(hash, Some(sb.uuid), &sb.params, &g, None);
     println!("Hash device size: \t{} [bytes]", g.hash_device_size());
     Ok(())
 }

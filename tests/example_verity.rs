@@ -303,8 +303,19 @@ fn fec_format_verify_repair_and_table() {
     let vfec = format!("--fec-device={vf}");
     vargs.push(&vfec);
     vargs.extend(common);
-    assert_eq!(root_of(&run(&vs, &vargs)), root);
+    let vout = run(&vs, &vargs);
+    assert_eq!(root_of(&vout), root);
     assert!(fs::read(&vf).unwrap() == fs::read(&f).unwrap());
+    // The parity's lines as veritysetup prints them.
+    let fec_lines = |o: &Output| -> Vec<String> {
+        stdout(o)
+            .lines()
+            .filter(|l| l.starts_with("FEC"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(fec_lines(&out).len(), 3, "{}", stdout(&out));
+    assert_eq!(fec_lines(&out), fec_lines(&vout));
 
     // Damage three bytes of two blocks: verify reports them (exit 2), repair into a copy
     // leaves the original alone and restores the copy exactly.
@@ -415,6 +426,20 @@ fn fec_format_verify_repair_and_table() {
     assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
     assert!(stdout(&o).contains("Unrepairable"), "{}", stdout(&o));
     assert!(fs::read(&d).unwrap() == wrecked);
+
+    // Data that shrank: named with the size it needs, by verify and repair alike.
+    fs::write(&d, &original[..4096 * 2000]).unwrap();
+    for cmd in [&v, &r] {
+        let o = run(&ex, cmd);
+        assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+        let said = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(
+            said.contains("data device too small: need 12288000 bytes, found 8192000"),
+            "{said}"
+        );
+    }
+    assert_eq!(fs::read(&d).unwrap().len(), 4096 * 2000);
+    fs::write(&d, &wrecked).unwrap();
 
     // The kernel table names the parity.
     let t = run(

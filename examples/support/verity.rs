@@ -173,6 +173,7 @@ pub(crate) fn print_header(
     uuid: Option<[u8; 16]>,
     p: &VerityParams,
     g: &TreeGeometry,
+    fec: Option<&FecGeometry>,
 ) {
     println!("VERITY header information for {}", hash.display());
     println!(
@@ -185,6 +186,11 @@ pub(crate) fn print_header(
     println!("Hash blocks:     \t{}", g.tree_blocks());
     println!("Hash block size: \t{}", p.hash_block_size());
     println!("Hash algorithm:  \t{}", p.algorithm());
+    if let Some(f) = fec {
+        // As veritysetup prints them: the roots, and the parity's length in blocks.
+        println!("FEC RS roots:   \t{}", f.roots());
+        println!("FEC blocks:     \t{}", f.parity_size() / f.block_size());
+    }
     let salt = if p.salt().is_empty() {
         "-".to_string()
     } else {

@@ -649,3 +649,53 @@ fn damage_in_most_rounds_is_repaired_and_a_parity_of_other_roots_refused() {
         "a refused repair wrote"
     );
 }
+
+/// A data or hash device shorter than the parity covers is named with the size it needs,
+/// before anything is read or written (a read past its end only said that it ended).
+#[test]
+fn fec_work_on_a_shrunk_device_names_it_and_its_size() {
+    use keel_verity::{fec_encode, fec_repair, fec_verify, FecGeometry, RepairTarget};
+    let p = params(300, 4096, 4096, HashAlgorithm::Sha256, HashType::Normal, 32);
+    let (geometry, data, mut hash, root) = formatted(&p, false, 5);
+    let g = FecGeometry::separate(&p, &geometry, 2, hash.len() as u64, 0).unwrap();
+    let mut parity = Vec::new();
+    fec_encode(&g, &data, &hash, &mut parity, &opts()).unwrap();
+    let target = RepairTarget {
+        params: &p,
+        tree: &geometry,
+        root: &root,
+    };
+    let too_small = |e: Error, device: &str, needed: u64, found: u64| match e {
+        Error::TooSmall {
+            what,
+            needed: n,
+            found: f,
+        } => assert!(
+            what == device && n == needed && f == found,
+            "{what} {n} {f}"
+        ),
+        e => panic!("{e}"),
+    };
+    let need = p.data_size();
+    let mut short = data[..data.len() - 4096 - 100].to_vec();
+    let found = short.len() as u64;
+    let e = fec_verify(&g, &short, &hash, &parity, &opts()).unwrap_err();
+    too_small(e, "data device", need, found);
+    let before = parity.clone();
+    let e = fec_repair(&g, &target, &mut short, &mut hash, &mut parity, &opts()).unwrap_err();
+    too_small(e, "data device", need, found);
+    assert!(
+        parity == before && short.len() as u64 == found,
+        "a refused repair wrote"
+    );
+    let mut fresh = Vec::new();
+    let e = fec_encode(&g, &short, &hash, &mut fresh, &opts()).unwrap_err();
+    too_small(e, "data device", need, found);
+    assert!(fresh.is_empty(), "a refused encode wrote");
+
+    let hash_need = hash.len() as u64;
+    let cut = hash[..hash.len() - 1].to_vec();
+    let e = fec_verify(&g, &data, &cut, &parity, &opts()).unwrap_err();
+    too_small(e, "hash device", hash_need, hash_need - 1);
+    fec_verify(&g, &data, &hash, &parity, &opts()).unwrap();
+}

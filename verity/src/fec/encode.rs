@@ -225,6 +225,7 @@ where
     F: WriteAt + ?Sized,
 {
     let input = Input { g, data, hash };
+    input.check_sizes()?;
     let bs = g.block_size as usize;
     let roots = g.roots as usize;
     for_each_batch(

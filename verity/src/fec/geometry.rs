@@ -223,6 +223,28 @@ pub(crate) struct Input<'a, D: ?Sized, H: ?Sized> {
 }
 
 impl<D: ReadAt + ?Sized, H: ReadAt + ?Sized> Input<'_, D, H> {
+    /// Whether the data and hash devices hold every covered block: a device that shrank
+    /// is named with the size it needs before anything is read (a read past its end
+    /// would only say that it ended).
+    pub(crate) fn check_sizes(&self) -> Result<()> {
+        let bs = self.g.block_size;
+        let hash_end = self.g.hash_area_offset + self.g.hash_blocks * bs;
+        for (what, dev, needed) in [
+            ("data device", self.data.size(), self.g.data_blocks * bs),
+            ("hash device", self.hash.size(), hash_end),
+        ] {
+            let found = dev.map_err(|e| Error::io(format!("reading the {what} size"), e))?;
+            if found < needed {
+                return Err(Error::TooSmall {
+                    what,
+                    needed,
+                    found,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Fill `buf` (whole blocks) with covered blocks from `first` on.
     pub(crate) fn read(&self, first: u64, buf: &mut [u8]) -> Result<()> {
         let bs = self.g.block_size;

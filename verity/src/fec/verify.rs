@@ -84,6 +84,7 @@ where
 {
     check_fec_size(g, fec)?;
     let input = Input { g, data, hash };
+    input.check_sizes()?;
     let bs = g.block_size as usize;
     let roots = g.roots as usize;
     let k = g.k();
