@@ -75,6 +75,8 @@ pub(crate) struct Code {
     roots: usize,
     /// Generator polynomial, highest power first, monic: genpoly[0] = 1.
     genpoly: Vec<u8>,
+    /// `times[j][x]` = x * alpha^j for j < roots: a syndrome's Horner step is one lookup.
+    times: Vec<[u8; 256]>,
 }
 
 /// Outcome of decoding one codeword.
@@ -101,7 +103,17 @@ impl Code {
             }
             g = next;
         }
-        Code { roots, genpoly: g }
+        let times = (0..roots)
+            .map(|j| {
+                let a = GF.pow_alpha(j);
+                std::array::from_fn(|x| GF.mul(x as u8, a))
+            })
+            .collect();
+        Code {
+            roots,
+            genpoly: g,
+            times,
+        }
     }
 
     pub(crate) fn roots(&self) -> usize {
@@ -187,28 +199,42 @@ impl Code {
             .collect()
     }
 
-    fn syndromes(&self, cw: &[u8], s: &mut [u8]) -> bool {
-        let mut clean = true;
-        for (j, sj) in s.iter_mut().enumerate().take(self.roots) {
-            // Horner at alpha^j: symbol 0 is the highest power.
-            let x = GF.pow_alpha(j);
-            let mut acc = 0u8;
-            for &c in cw {
-                acc = GF.mul(acc, x) ^ c;
+    /// The syndromes of `cw` (Horner at each root, all roots side by side: independent
+    /// chains of lookups).
+    fn syndromes(&self, cw: &[u8], s: &mut [u8; 32]) {
+        let r = self.roots;
+        let mut acc = [0u8; 32];
+        for &c in cw {
+            for (a, t) in acc[..r].iter_mut().zip(&self.times) {
+                *a = t[*a as usize] ^ c;
             }
-            *sj = acc;
-            clean &= acc == 0;
         }
-        clean
+        *s = acc;
+    }
+
+    /// The syndromes of a received word whose last `roots` symbols differ by `delta` from
+    /// the parity of its first `data_len()`: the word less that codeword is zero but for
+    /// `delta`, so only `roots` symbols are summed (a scan that has encoded the data
+    /// knows the difference; its full syndromes would take 255 symbols).
+    pub(crate) fn syndromes_of_parity_delta(&self, delta: &[u8]) -> [u8; 32] {
+        let mut s = [0u8; 32];
+        self.syndromes(&delta[..self.roots], &mut s);
+        s
     }
 
     /// Correct `cw` (255 symbols) in place, treating the symbols at `erasures` as unknown.
     /// Corrects e errors and s erasures when 2e + s <= roots. The result is checked to be a
     /// codeword before anything is changed, so a failure leaves `cw` as it was.
     pub(crate) fn decode(&self, cw: &mut [u8], erasures: &[usize]) -> Decoded {
-        let r = self.roots;
         let mut s = [0u8; 32];
-        if self.syndromes(cw, &mut s) {
+        self.syndromes(&cw[..NN], &mut s);
+        self.decode_with(cw, &s, erasures)
+    }
+
+    /// [`Code::decode`] given the syndromes of `cw`.
+    pub(crate) fn decode_with(&self, cw: &mut [u8], s: &[u8; 32], erasures: &[usize]) -> Decoded {
+        let r = self.roots;
+        if s[..r].iter().all(|&x| x == 0) {
             return Decoded::Clean;
         }
         if erasures.len() > r || erasures.iter().any(|&p| p >= NN) {
@@ -311,19 +337,25 @@ impl Code {
         if found != deg {
             return Decoded::Failed;
         }
-        let mut fixed = [0u8; NN];
-        fixed.copy_from_slice(&cw[..NN]);
+        // The corrected word must be a codeword: the error pattern's syndromes are the
+        // received word's (the code is linear), which takes a product per fix and root
+        // rather than the whole word's syndromes again.
+        for (j, &sj) in s[..r].iter().enumerate() {
+            let mut acc = sj;
+            for &(p, y) in &fixes[..found] {
+                acc ^= GF.mul(y, GF.pow_alpha(j * (NN - 1 - p)));
+            }
+            if acc != 0 {
+                return Decoded::Failed;
+            }
+        }
         let mut changed = 0;
         for &(p, y) in &fixes[..found] {
             if y != 0 {
-                fixed[p] ^= y;
+                cw[p] ^= y;
                 changed += 1;
             }
         }
-        if !self.syndromes(&fixed, &mut s) {
-            return Decoded::Failed;
-        }
-        cw[..NN].copy_from_slice(&fixed);
         Decoded::Corrected(changed)
     }
 }
@@ -492,10 +524,50 @@ mod tests {
                 }
                 _ => {
                     let mut s = [0u8; 32];
-                    assert!(code.syndromes(&bad, &mut s));
+                    code.syndromes(&bad, &mut s);
+                    assert_eq!(s, [0; 32]);
                 }
             }
         }
         assert!(failed > 150, "only {failed} of 200 detected");
+    }
+
+    /// What a scan does: the syndromes from the difference between the stored parity and
+    /// the data's own are the word's, and decoding with them ends as decoding the word
+    /// does, within the capacity and past it (where only a codeword or nothing may come
+    /// out).
+    #[test]
+    fn syndromes_of_the_parity_difference_decode_as_the_word() {
+        let mut seed = 0x05ee_d0fd_e17a_u64;
+        for roots in 2..=24usize {
+            let code = Code::new(roots);
+            let k = code.data_len();
+            for trial in 0..60 {
+                let good = codeword(&code, &mut seed);
+                let mut bad = good.clone();
+                // Up to twice the capacity, in data and parity alike.
+                for _ in 0..trial % (roots + 2) {
+                    let p = (rng(&mut seed) % NN as u64) as usize;
+                    bad[p] ^= 1 + (rng(&mut seed) % 255) as u8;
+                }
+                let mut own = vec![0u8; roots];
+                code.encode(&bad[..k], &mut own);
+                let delta: Vec<u8> = own.iter().zip(&bad[k..]).map(|(a, b)| a ^ b).collect();
+                let s = code.syndromes_of_parity_delta(&delta);
+                let mut full = [0u8; 32];
+                code.syndromes(&bad, &mut full);
+                assert_eq!(s, full, "roots {roots}");
+                let (mut a, mut b) = (bad.clone(), bad.clone());
+                let out = code.decode_with(&mut a, &s, &[]);
+                assert_eq!(out, code.decode(&mut b, &[]), "roots {roots}");
+                assert_eq!(a, b);
+                if out != Decoded::Failed {
+                    code.syndromes(&a, &mut full);
+                    assert_eq!(full, [0; 32], "roots {roots}: not a codeword");
+                } else {
+                    assert_eq!(a, bad, "a failure changed the word");
+                }
+            }
+        }
     }
 }

@@ -117,17 +117,23 @@ where
                 let round = r0 + r as u64;
                 for b in 0..bs {
                     let p = &have[b * roots..(b + 1) * roots];
-                    if fresh[b * roots..(b + 1) * roots] == *p {
+                    let f = &fresh[b * roots..(b + 1) * roots];
+                    if f == p {
                         continue;
                     }
                     part.damaged += 1;
+                    let mut delta = [0u8; 32];
+                    for (d, (&x, &y)) in delta.iter_mut().zip(f.iter().zip(p)) {
+                        *d = x ^ y;
+                    }
+                    let syndromes = code.syndromes_of_parity_delta(&delta);
                     for (i, s) in cw[..k].iter_mut().enumerate() {
                         *s = batch.symbol(i, r, b);
                     }
                     cw[k..].copy_from_slice(p);
                     let before = cw;
                     let mut new_fixes = Vec::new();
-                    let ok = match code.decode(&mut cw, &[]) {
+                    let ok = match code.decode_with(&mut cw, &syndromes, &[]) {
                         Decoded::Corrected(_) => {
                             let mut ok = true;
                             for (pos, (&a, &bb)) in cw.iter().zip(&before).enumerate() {
