@@ -46,6 +46,18 @@ impl Field {
         }
     }
 
+    /// The e with alpha^e = a; a must not be zero.
+    #[inline]
+    fn log(&self, a: u8) -> usize {
+        self.log[a as usize] as usize
+    }
+
+    /// alpha^e for e < 510.
+    #[inline]
+    fn exp(&self, e: usize) -> u8 {
+        self.exp[e]
+    }
+
     /// alpha^e for any e (taken mod 255).
     #[inline]
     pub(crate) fn pow_alpha(&self, e: usize) -> u8 {
@@ -293,21 +305,32 @@ impl Code {
             }
             omega[i] = acc;
         }
-        // Chien search over all 255 positions, Forney for the values.
+        // Chien search over all 255 positions, Forney for the values. In the log domain:
+        // term i of lambda(X^-1) at position p is alpha^(log lambda_i + i * (p + 1)), so
+        // the next position adds i to its exponent (an addition and a lookup per term,
+        // where products took most of a decode).
+        let mut exps = [0usize; 33];
+        for (i, x) in exps.iter_mut().enumerate().take(deg + 1).skip(1) {
+            if lambda[i] != 0 {
+                *x = (GF.log(lambda[i]) + i) % 255;
+            }
+        }
         let mut fixes: [(usize, u8); 32] = [(0, 0); 32];
         let mut found = 0;
         for p in 0..NN {
             let e = NN - 1 - p; // X = alpha^e, X^-1 = alpha^(255 - e)
-            let xinv = GF.pow_alpha(255 - e);
-            let mut v = 0u8;
-            let mut xp = 1u8;
-            for &l in lambda.iter().take(deg + 1) {
-                v ^= GF.mul(l, xp);
-                xp = GF.mul(xp, xinv);
+            let mut v = lambda[0];
+            for (i, x) in exps.iter_mut().enumerate().take(deg + 1).skip(1) {
+                if lambda[i] != 0 {
+                    v ^= GF.exp(*x);
+                    let next = *x + i;
+                    *x = if next >= 255 { next - 255 } else { next };
+                }
             }
             if v != 0 {
                 continue;
             }
+            let xinv = GF.pow_alpha(255 - e);
             if found == deg {
                 return Decoded::Failed;
             }
