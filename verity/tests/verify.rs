@@ -699,3 +699,37 @@ fn fec_work_on_a_shrunk_device_names_it_and_its_size() {
     too_small(e, "hash device", hash_need, hash_need - 1);
     fec_verify(&g, &data, &hash, &parity, &opts()).unwrap();
 }
+
+/// Two bad bytes in one codeword, past what 3 roots correct without knowing where, but
+/// not once the tree names their blocks; a parity byte of another codeword of the same
+/// round is bad too. The erasure decoding of that round fails for the other codeword
+/// (its error and the two erasures are more than 3 roots hold); it is corrected on its
+/// own and the round still repaired (once the whole round was given up).
+#[test]
+fn a_round_with_a_codeword_past_the_erasures_is_still_repaired() {
+    use keel_verity::{fec_encode, fec_repair, FecGeometry, RepairTarget};
+    let p = params(300, 4096, 4096, HashAlgorithm::Sha256, HashType::Normal, 32);
+    let (geometry, original, mut hash, root) = formatted(&p, false, 8);
+    let g = FecGeometry::separate(&p, &geometry, 3, hash.len() as u64, 0).unwrap();
+    let mut parity = Vec::new();
+    fec_encode(&g, &original, &hash, &mut parity, &opts()).unwrap();
+    let good_parity = parity.clone();
+    let rounds = g.rounds();
+    let mut data = original.clone();
+    let (a, b) = (44 * rounds, 81 * rounds);
+    for blk in [a, b] {
+        data[(blk * 4096 + 3091) as usize] ^= 0x5a;
+    }
+    // Codeword 204 of round 0: its second parity byte.
+    parity[204 * 3 + 1] ^= 0x33;
+    let target = RepairTarget {
+        params: &p,
+        tree: &geometry,
+        root: &root,
+    };
+    let r = fec_repair(&g, &target, &mut data, &mut hash, &mut parity, &opts()).unwrap();
+    assert!(r.is_complete(), "{r:?}");
+    assert_eq!(r.repaired_data_blocks, vec![a, b]);
+    assert!(data == original);
+    assert!(parity == good_parity);
+}

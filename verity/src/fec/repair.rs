@@ -493,7 +493,11 @@ where
 }
 
 /// Decode, with the known-bad covered blocks as erasures, every round that holds at most
-/// `roots` of them. Returns whether anything changed.
+/// `roots` of them. A codeword the erasures leave past the parity (another error beside
+/// them: a damaged parity byte, a block the tree could not judge) is decoded for errors
+/// only, or else left as it is, and the rest of its round still decoded: the tree judges
+/// every block this changes, so a wrong guess is never written. Returns whether anything
+/// changed.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn erasure_pass<D, H, F>(
     g: &FecGeometry,
@@ -547,28 +551,22 @@ where
         // same decoder that went astray in this round.
         round_parity.copy_from_slice(&stored);
         let mut cw = [0u8; NN];
-        let mut decoded_all = true;
         for b in 0..bs {
             for i in 0..k {
                 cw[i] = round_blocks[i * bs + b];
             }
             cw[k..].copy_from_slice(&round_parity[b * roots..(b + 1) * roots]);
-            match code.decode(&mut cw, &erasures) {
-                Decoded::Clean => {}
-                Decoded::Corrected(_) => {
-                    for i in 0..k {
-                        round_blocks[i * bs + b] = cw[i];
-                    }
-                    round_parity[b * roots..(b + 1) * roots].copy_from_slice(&cw[k..]);
+            let corrected = match code.decode(&mut cw, &erasures) {
+                Decoded::Clean => false,
+                Decoded::Corrected(_) => true,
+                Decoded::Failed => matches!(code.decode(&mut cw, &[]), Decoded::Corrected(_)),
+            };
+            if corrected {
+                for i in 0..k {
+                    round_blocks[i * bs + b] = cw[i];
                 }
-                Decoded::Failed => {
-                    decoded_all = false;
-                    break;
-                }
+                round_parity[b * roots..(b + 1) * roots].copy_from_slice(&cw[k..]);
             }
-        }
-        if !decoded_all {
-            continue;
         }
         // A decoding that changes the unstored zeros past the end is not a real repair.
         let padding_changed = (0..k).any(|i| {

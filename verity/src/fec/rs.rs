@@ -293,7 +293,10 @@ impl Code {
             lambda = t;
         }
         let deg = (0..=r).rev().find(|&i| lambda[i] != 0).unwrap_or(0);
-        if deg == 0 || deg > r {
+        // deg = erasures + errors; only 2 * errors + erasures <= roots is sure to be the
+        // nearest codeword. Past that the decoder may still find one (another codeword
+        // than the one sent), which a caller would take for a repair.
+        if deg == 0 || deg > r || 2 * deg > r + ne {
             return Decoded::Failed;
         }
         // omega = s(x) * lambda(x) mod x^r
@@ -523,6 +526,59 @@ mod tests {
                 assert_ne!(out, Decoded::Failed);
             }
         }
+    }
+
+    /// Past the capacity (2 * errors + erasures > roots) the decoder either fails or lands
+    /// on a codeword within the capacity of what it was given: never more corrections
+    /// outside the erasures than the roots left by them allow. (A repair's erasures are
+    /// whole blocks the tree rejects; a codeword with another error beside them was once
+    /// "corrected" to a third codeword, and its round lost.)
+    #[test]
+    fn past_the_capacity_no_correction_exceeds_it() {
+        let mut seed = 0x00c0_ffee_0000_0003u64;
+        let mut failed = 0;
+        for roots in [2usize, 3, 4, 8, 24] {
+            let code = Code::new(roots);
+            for trial in 0..200 {
+                let good = codeword(&code, &mut seed);
+                let mut bad = good.clone();
+                let s = trial % (roots + 1);
+                // One error more than the erasures leave room for.
+                let e = (roots - s) / 2 + 1;
+                let mut pos: Vec<usize> = Vec::new();
+                while pos.len() < s + e {
+                    let p = (rng(&mut seed) % NN as u64) as usize;
+                    if !pos.contains(&p) {
+                        pos.push(p);
+                    }
+                }
+                // The erased symbols keep their values half the time (a bad block's
+                // bytes are not all bad).
+                for (n, &p) in pos.iter().enumerate() {
+                    if n >= s || trial % 2 == 0 {
+                        bad[p] ^= 1 + (rng(&mut seed) % 255) as u8;
+                    }
+                }
+                let erasures = &pos[..s];
+                let before = bad.clone();
+                match code.decode(&mut bad, erasures) {
+                    Decoded::Failed => {
+                        failed += 1;
+                        assert_eq!(bad, before);
+                    }
+                    _ => {
+                        let outside = (0..NN)
+                            .filter(|p| bad[*p] != before[*p] && !erasures.contains(p))
+                            .count();
+                        assert!(
+                            2 * outside + s <= roots,
+                            "roots {roots}, {s} erasures: {outside} corrections outside them"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(failed > 500, "only {failed} of 1000 failed");
     }
 
     #[test]
