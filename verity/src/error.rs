@@ -91,6 +91,13 @@ pub enum Error {
         count: u64,
     },
 
+    /// A repair found more damage than it holds in memory at once; nothing was written.
+    #[error("too much damage to repair at once: {what}; nothing was written")]
+    TooMuchDamage {
+        /// What went past the limit, with the limit.
+        what: String,
+    },
+
     /// The caller stopped the work through its progress observer.
     #[error("cancelled")]
     Cancelled,

@@ -450,13 +450,9 @@ where
 }
 
 pub(crate) fn too_much_damage() -> Error {
-    Error::param(
-        "fec",
-        format!(
-            "more than {} MiB of damaged blocks; too much damage to repair in memory",
-            MAX_REPAIR_BYTES >> 20
-        ),
-    )
+    Error::TooMuchDamage {
+        what: format!("more than {} MiB of damaged blocks", MAX_REPAIR_BYTES >> 20),
+    }
 }
 
 /// Check the devices with the repairs applied against the tree.

@@ -200,10 +200,9 @@ where
                 return Ok(());
             }
             if part.overflow || fixes.len() + part.fixes.len() > MAX_FIXES {
-                return Err(Error::param(
-                    "fec",
-                    format!("more than {MAX_FIXES} damaged bytes; too much damage to hold"),
-                ));
+                return Err(Error::TooMuchDamage {
+                    what: format!("more than {MAX_FIXES} damaged bytes"),
+                });
             }
             fixes.extend(part.fixes);
             Ok(())
