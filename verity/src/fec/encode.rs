@@ -76,6 +76,12 @@ impl<'a> Batch<'a> {
         self.input[i * stride + r * bs + b]
     }
 
+    /// Symbol `i`'s block in round `r` (relative to the batch): one covered block.
+    pub(crate) fn block(&self, i: usize, r: usize) -> &[u8] {
+        let bs = self.g.block_size as usize;
+        &self.input[i * self.stride() + r * bs..][..bs]
+    }
+
     /// Parity of round `r` of the loaded batch into `out` as `roots` planes of a block
     /// each, side by side.
     pub(crate) fn encode_planes(&mut self, r: usize, out: &mut [u8]) -> Result<()> {

@@ -51,8 +51,8 @@ pub(crate) use encode::{code_and_syndromes, for_each_batch, Batch};
 pub use geometry::FecGeometry;
 pub(crate) use geometry::{check_fec_size, Input, Place};
 pub use repair::{fec_repair, RepairReport, RepairTarget};
+pub(crate) use verify::scan;
 pub use verify::{fec_verify, FecReport};
-pub(crate) use verify::{scan, Fix};
 
 /// Fewest parity bytes per codeword veritysetup accepts (RS(255, 253)).
 pub const FEC_MIN_ROOTS: u8 = 2;
@@ -63,8 +63,8 @@ pub const FEC_DEFAULT_ROOTS: u8 = 2;
 
 /// Covered input each worker reads per unit of work.
 const BATCH_INPUT_BYTES: u64 = 8 << 20;
-/// Most single-byte corrections kept in memory by a scan (16 bytes each); a few blocks'
-/// worth in unit tests, to reach the limit on a small device.
-const MAX_FIXES: usize = if cfg!(test) { 3 << 12 } else { 4 << 20 };
-/// Most repaired blocks held in memory before they are checked and written.
+/// Most corrected parity bytes a repair's scan holds in memory.
+const MAX_FIXES: usize = 4 << 20;
+/// Most repaired blocks held in memory (by a repair's scan, and after it) before they are
+/// checked and written.
 const MAX_REPAIR_BYTES: u64 = 64 << 20;

@@ -124,7 +124,8 @@ where
     F: ReadAt + WriteAt + ?Sized,
 {
     check_target(g, target)?;
-    let (scan_report, fixes, failed_rounds) = scan(g, &*data, &*hash, &*fec, opts, true)?;
+    let limit = (MAX_REPAIR_BYTES / g.block_size) as usize;
+    let (scan_report, fixes, failed_rounds) = scan(g, &*data, &*hash, &*fec, opts, Some(limit))?;
     // Damage this wide is a parity made with other roots or at another offset more often
     // than a lost one, unless the tree confirms it: re-encoding "damaged" rounds would
     // overwrite a good parity with one of the wrong shape. Nothing is written then.
@@ -150,7 +151,10 @@ where
         data: &*data,
         hash: &*hash,
     };
-    let (mut blocks, mut parity) = collect_fixes(g, &input, &fixes).map_err(or_wrong_shape)?;
+    if fixes.overflow {
+        return Err(or_wrong_shape(too_much_damage()));
+    }
+    let (mut blocks, mut parity) = (fixes.blocks, fixes.parity);
     let damage =
         settle(g, target, &input, &*fec, &mut blocks, &mut parity, opts).map_err(or_wrong_shape)?;
     if scan_report.mostly_damaged() && !tree_confirms(g, &input, &blocks, &damage, &scan_report)? {
@@ -265,46 +269,6 @@ fn check_target(g: &FecGeometry, target: &RepairTarget<'_>) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Repaired block contents by covered block, and parity bytes by FEC-device offset, from
-/// the byte fixes the errors-only decoder found (bounded by [`MAX_REPAIR_BYTES`]).
-type Repairs = (BTreeMap<u64, Vec<u8>>, BTreeMap<u64, u8>);
-
-fn collect_fixes<D, H>(g: &FecGeometry, input: &Input<'_, D, H>, fixes: &[Fix]) -> Result<Repairs>
-where
-    D: ReadAt + ?Sized,
-    H: ReadAt + ?Sized,
-{
-    let bs = g.block_size;
-    let limit = (MAX_REPAIR_BYTES / bs) as usize;
-    let mut blocks: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-    let mut parity: BTreeMap<u64, u8> = BTreeMap::new();
-    for f in fixes {
-        match *f {
-            Fix::Input {
-                block,
-                offset,
-                value,
-            } => {
-                if !blocks.contains_key(&block) {
-                    if blocks.len() >= limit {
-                        return Err(too_much_damage());
-                    }
-                    let mut content = vec![0u8; bs as usize];
-                    input.read(block, &mut content)?;
-                    blocks.insert(block, content);
-                }
-                if let Some(c) = blocks.get_mut(&block) {
-                    c[offset as usize] = value;
-                }
-            }
-            Fix::Parity { offset, value } => {
-                parity.insert(offset, value);
-            }
-        }
-    }
-    Ok((blocks, parity))
 }
 
 /// Judge the repairs against the tree until nothing changes: each pass reverts the

@@ -1,6 +1,7 @@
 //! Checking the data and hash areas against their parity.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
 use crate::io::ReadAt;
@@ -52,31 +53,42 @@ pub(crate) enum Fix {
     Parity { offset: u64, value: u8 },
 }
 
+/// A repair's corrections from a scan: every covered block with a corrected byte, whole
+/// and corrected (so the memory is a block per damaged block, however many of its bytes
+/// are bad), and the corrected parity bytes by offset from the start of the parity area.
+#[derive(Default)]
+pub(crate) struct Fixes {
+    pub(crate) blocks: BTreeMap<u64, Vec<u8>>,
+    pub(crate) parity: BTreeMap<u64, u8>,
+    /// More blocks than the scan was allowed to hold, or more than [`MAX_FIXES`] parity
+    /// bytes: not all were kept (the report still counts everything).
+    pub(crate) overflow: bool,
+}
+
 #[derive(Default)]
 pub(crate) struct ScanPart {
     pub(crate) damaged: u64,
     pub(crate) corrected: u64,
     pub(crate) failed: u64,
     pub(crate) failed_rounds: Vec<u64>,
-    pub(crate) fixes: Vec<Fix>,
+    pub(crate) fixes: Fixes,
     /// Covered blocks holding correctable bytes.
     pub(crate) blocks: BTreeSet<u64>,
     pub(crate) parity_bytes: u64,
-    /// More fixes than [`MAX_FIXES`] were found (and not all kept).
-    pub(crate) overflow: bool,
 }
 
-/// Decode every codeword that does not match its parity, errors only. With `keep_fixes`
-/// (for a repair) the corrections themselves are returned too, at most [`MAX_FIXES`] of
-/// them (more is an error); without, only where they lie is counted, whatever the damage.
+/// Decode every codeword that does not match its parity, errors only. With `keep_blocks`
+/// (for a repair) the corrections themselves are returned too, in at most that many
+/// blocks held at once across the threads (past it [`Fixes::overflow`] is set and no more
+/// are kept); without, only where they lie is counted, whatever the damage.
 pub(crate) fn scan<D, H, F>(
     g: &FecGeometry,
     data: &D,
     hash: &H,
     fec: &F,
     opts: &BuildOptions<'_>,
-    keep_fixes: bool,
-) -> Result<(FecReport, Vec<Fix>, Vec<u64>)>
+    keep_blocks: Option<usize>,
+) -> Result<(FecReport, Fixes, Vec<u64>)>
 where
     D: ReadAt + ?Sized,
     H: ReadAt + ?Sized,
@@ -93,7 +105,8 @@ where
         codewords: g.rounds * g.block_size,
         ..Default::default()
     };
-    let mut fixes = Vec::new();
+    let mut fixes = Fixes::default();
+    let held = AtomicUsize::new(0);
     let mut failed_rounds = Vec::new();
     let mut blocks = BTreeSet::new();
     for_each_batch(
@@ -172,12 +185,13 @@ where
                                 Fix::Parity { .. } => part.parity_bytes += 1,
                             }
                         }
-                        if keep_fixes {
-                            if part.fixes.len() + new_fixes.len() <= MAX_FIXES {
-                                part.fixes.extend(new_fixes);
-                            } else {
-                                part.overflow = true;
-                            }
+                        if let Some(limit) = keep_blocks {
+                            keep(&mut part.fixes, &new_fixes, |block| {
+                                let i = (block / g.rounds) as usize;
+                                // Past the limit nothing more is held, in any thread.
+                                (held.fetch_add(1, Ordering::Relaxed) < limit)
+                                    .then(|| batch.block(i, r).to_vec())
+                            });
                         }
                     } else {
                         part.failed += 1;
@@ -196,15 +210,11 @@ where
             report.parity_bytes += part.parity_bytes;
             failed_rounds.extend(part.failed_rounds);
             blocks.append(&mut part.blocks);
-            if !keep_fixes {
-                return Ok(());
-            }
-            if part.overflow || fixes.len() + part.fixes.len() > MAX_FIXES {
-                return Err(Error::TooMuchDamage {
-                    what: format!("more than {MAX_FIXES} damaged bytes"),
-                });
-            }
-            fixes.extend(part.fixes);
+            // Each round is in one part: blocks and parity offsets never meet.
+            fixes.overflow |= part.fixes.overflow;
+            fixes.blocks.append(&mut part.fixes.blocks);
+            fixes.parity.append(&mut part.fixes.parity);
+            fixes.overflow |= fixes.parity.len() > MAX_FIXES;
             Ok(())
         },
     )?;
@@ -237,7 +247,40 @@ where
     H: ReadAt + ?Sized,
     F: ReadAt + ?Sized,
 {
-    scan(g, data, hash, fec, opts, false).map(|(r, _, _)| r)
+    scan(g, data, hash, fec, opts, None).map(|(r, _, _)| r)
+}
+
+/// Add a codeword's corrections to `fixes`: a block's first one brings the block's
+/// content (`content(block)`, `None` when no more may be held).
+fn keep(fixes: &mut Fixes, new: &[Fix], mut content: impl FnMut(u64) -> Option<Vec<u8>>) {
+    for f in new {
+        match *f {
+            Fix::Input {
+                block,
+                offset,
+                value,
+            } => {
+                let c = match fixes.blocks.entry(block) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => match content(block) {
+                        Some(c) => e.insert(c),
+                        None => {
+                            fixes.overflow = true;
+                            continue;
+                        }
+                    },
+                };
+                c[offset as usize] = value;
+            }
+            Fix::Parity { offset, value } => {
+                if fixes.parity.len() < MAX_FIXES {
+                    fixes.parity.insert(offset, value);
+                } else {
+                    fixes.overflow = true;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -246,8 +289,9 @@ mod tests {
     use super::*;
     use crate::{fec_encode, format, FormatOptions, VerityParams};
 
-    /// More correctable bytes than a repair may hold: verify still counts them all and
-    /// names every block; the scan for a repair refuses.
+    /// More damaged blocks than a repair may hold: verify still counts them all and names
+    /// every block; the scan for a repair holds no more than its limit, across its
+    /// threads, and says so; within the limit it holds every block, corrected.
     #[test]
     fn verify_counts_more_damage_than_a_repair_holds() {
         let p = VerityParams::builder()
@@ -261,7 +305,7 @@ mod tests {
         let g = FecGeometry::separate(&p, &f.geometry, 8, hash.len() as u64, 0).unwrap();
         let mut parity = Vec::new();
         fec_encode(&g, &data[..], &hash, &mut parity, &BuildOptions::default()).unwrap();
-        // Four whole blocks in four rounds: 4 x 4096 corrections, past MAX_FIXES here.
+        // Four whole blocks in four rounds, and one parity byte.
         let mut bad = data.clone();
         let blocks: Vec<u64> = (0..4).map(|i| 10 + i * (g.rounds + 1)).collect();
         for &b in &blocks {
@@ -269,16 +313,27 @@ mod tests {
                 *byte = !*byte;
             }
         }
-        const { assert!(4 * 4096 > MAX_FIXES) };
+        parity[100] ^= 1;
         let r = fec_verify(&g, &bad[..], &hash, &parity, &BuildOptions::default()).unwrap();
         assert_eq!(r.data_blocks, blocks);
-        assert_eq!(r.corrected_symbols, 4 * 4096);
+        assert_eq!(r.corrected_symbols, 4 * 4096 + 1);
         assert_eq!(r.unrepairable_codewords, 0);
-        // One batch holds them all here: its own overflow is an error too, not fixes
-        // silently left out.
-        match scan(&g, &bad[..], &hash, &parity, &BuildOptions::default(), true) {
-            Err(e) => assert!(e.to_string().contains("too much damage"), "{e}"),
-            Ok((_, fixes, _)) => panic!("{} fixes kept, no error", fixes.len()),
+        for threads in [1usize, 2, 3] {
+            let n = std::num::NonZeroUsize::new(threads).unwrap();
+            let opts = BuildOptions::default().threads(crate::Threads::Exactly(n));
+            let (report, fixes, _) = scan(&g, &bad[..], &hash, &parity, &opts, Some(3)).unwrap();
+            assert_eq!(report, r);
+            assert!(
+                fixes.overflow && fixes.blocks.len() <= 3,
+                "{threads} threads"
+            );
+            let (_, fixes, _) = scan(&g, &bad[..], &hash, &parity, &opts, Some(4)).unwrap();
+            assert!(!fixes.overflow);
+            assert_eq!(fixes.blocks.keys().copied().collect::<Vec<_>>(), blocks);
+            for (b, content) in &fixes.blocks {
+                assert!(content[..] == data[(b * 4096) as usize..((b + 1) * 4096) as usize]);
+            }
+            assert_eq!(fixes.parity.len(), 1);
         }
     }
 }
