@@ -239,21 +239,31 @@ fn cmd_format(
     print_header(hash, superblock, &params, &out.geometry, fec_geometry);
     let root = hex::encode(&out.root_hash);
     println!("Root hash:      \t{root}");
-    println!(
-        "Hash device size: \t{} [bytes]",
-        out.geometry.hash_device_size()
-    );
-    if let Some((fec_path, fec_f, g)) = fec_out {
-        let mut end = g.fec_device_size();
-        if android_header {
-            let header = android_fec_header(&g, &fec_f).map_err(|e| e.to_string())?;
-            (&fec_f)
-                .write_all_at(&header.to_block(), end)
-                .and_then(|()| (&fec_f).sync())
-                .map_err(|e| format!("{}: {e}", fec_path.display()))?;
-            end += header.to_block().len() as u64;
+    // The parity's length on its device (with Android's header block after it).
+    let fec_len = match fec_out {
+        Some((fec_path, fec_f, g)) => {
+            let mut end = g.fec_device_size();
+            if android_header {
+                let header = android_fec_header(&g, &fec_f).map_err(|e| e.to_string())?;
+                (&fec_f)
+                    .write_all_at(&header.to_block(), end)
+                    .and_then(|()| (&fec_f).sync())
+                    .map_err(|e| format!("{}: {e}", fec_path.display()))?;
+                end += header.to_block().len() as u64;
+            }
+            Some((end - g.fec_offset(), same_file(&hash_f, &fec_f)))
         }
-        println!("FEC device size: \t{} [bytes]", end - g.fec_offset());
+        None => None,
+    };
+    // As veritysetup prints them: a parity on the hash device counts in its size.
+    let tree_len = out.geometry.hash_device_size();
+    match fec_len {
+        Some((len, true)) => println!("Hash device size: \t{} [bytes]", tree_len + len),
+        Some((len, false)) => {
+            println!("Hash device size: \t{tree_len} [bytes]");
+            println!("FEC device size: \t{len} [bytes]");
+        }
+        None => println!("Hash device size: \t{tree_len} [bytes]"),
     }
     if let Some(f) = root_file {
         std::fs::write(f, format!("{root}\n")).map_err(|e| format!("{}: {e}", f.display()))?;

@@ -391,7 +391,8 @@ fn fec_format_verify_repair_and_table() {
         "176128",
     ];
     a.extend(common);
-    assert_eq!(root_of(&run(&ex, &a)), root);
+    let ours = run(&ex, &a);
+    assert_eq!(root_of(&ours), root);
     fs::File::create(&vone).unwrap().set_len(176128).unwrap();
     let mut va = vec!["format", &d, &vone];
     let (vfd, vfo) = (
@@ -400,8 +401,19 @@ fn fec_format_verify_repair_and_table() {
     );
     va.extend([vfd.as_str(), vfo.as_str()]);
     va.extend(common);
-    assert_eq!(root_of(&run(&vs, &va)), root);
+    let theirs = run(&vs, &va);
+    assert_eq!(root_of(&theirs), root);
     assert!(fs::read(&one).unwrap() == fs::read(&vone).unwrap());
+    // The sizes as veritysetup prints them: the parity counts in the hash device's.
+    let sizes = |o: &Output| -> Vec<String> {
+        stdout(o)
+            .lines()
+            .filter(|l| l.starts_with("FEC") || l.starts_with("Hash device size"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(sizes(&ours).len(), 3, "{}", stdout(&ours));
+    assert_eq!(sizes(&ours), sizes(&theirs));
     // A parity device that keeps nothing is refused before any work, and the tree file
     // this run created is gone.
     let nh = p("never");
