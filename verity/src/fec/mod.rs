@@ -51,8 +51,8 @@ pub(crate) use encode::{code_and_syndromes, for_each_batch, Batch};
 pub use geometry::FecGeometry;
 pub(crate) use geometry::{check_fec_size, Input, Place};
 pub use repair::{fec_repair, RepairReport, RepairTarget};
-pub(crate) use verify::scan;
 pub use verify::{fec_verify, FecReport};
+pub(crate) use verify::{scan, Keep};
 
 /// Fewest parity bytes per codeword veritysetup accepts (RS(255, 253)).
 pub const FEC_MIN_ROOTS: u8 = 2;

@@ -124,8 +124,29 @@ where
     F: ReadAt + WriteAt + ?Sized,
 {
     check_target(g, target)?;
-    let limit = (MAX_REPAIR_BYTES / g.block_size) as usize;
-    let (scan_report, fixes, failed_rounds) = scan(g, &*data, &*hash, &*fec, opts, Some(limit))?;
+    // The blocks to repair: those the tree rejects or cannot vouch for, and hash-area
+    // blocks outside the tree (never written, but reported).
+    let before = judge(g, target, &*data, &*hash, &BTreeMap::new(), opts)?;
+    let mut bad_data = before.bad_data.clone();
+    bad_data.sort_unstable();
+    let mut bad_hash = before.bad_hash.clone();
+    bad_hash.sort_unstable();
+    let tree_blocks =
+        target.tree.hash_start_block()..target.tree.hash_start_block() + target.tree.tree_blocks();
+    let wanted = |c: u64| match g.locate(c) {
+        Place::Data(d) => bad_data.binary_search(&d).is_ok() || in_runs(&before.unknown_data, d),
+        Place::Hash(h) => {
+            !tree_blocks.contains(&h)
+                || bad_hash.binary_search(&h).is_ok()
+                || in_runs(&before.unknown_hash, h)
+        }
+        Place::Padding => false,
+    };
+    let keep = Keep {
+        limit: (MAX_REPAIR_BYTES / g.block_size) as usize,
+        wanted: &wanted,
+    };
+    let (scan_report, fixes, failed_rounds) = scan(g, &*data, &*hash, &*fec, opts, Some(keep))?;
     // Damage this wide is a parity made with other roots or at another offset more often
     // than a lost one, unless the tree confirms it: re-encoding "damaged" rounds would
     // overwrite a good parity with one of the wrong shape. Nothing is written then.

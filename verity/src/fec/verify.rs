@@ -77,17 +77,26 @@ pub(crate) struct ScanPart {
     pub(crate) parity_bytes: u64,
 }
 
-/// Decode every codeword that does not match its parity, errors only. With `keep_blocks`
-/// (for a repair) the corrections themselves are returned too, in at most that many
-/// blocks held at once across the threads (past it [`Fixes::overflow`] is set and no more
-/// are kept); without, only where they lie is counted, whatever the damage.
+/// What a repair's scan keeps: at most `limit` blocks, held at once across the threads
+/// (past it [`Fixes::overflow`] is set and no more are kept), and only the covered blocks
+/// `wanted` names: the tree tells which blocks are right, and a correction to one of
+/// those is the decoder gone astray (with few roots, a codeword with one error too many
+/// is "corrected" in a random good block, nearly always).
+pub(crate) struct Keep<'a> {
+    pub(crate) limit: usize,
+    pub(crate) wanted: &'a (dyn Fn(u64) -> bool + Sync),
+}
+
+/// Decode every codeword that does not match its parity, errors only. With `keep` (for a
+/// repair) the corrections themselves are returned too; without, only where they lie is
+/// counted, whatever the damage.
 pub(crate) fn scan<D, H, F>(
     g: &FecGeometry,
     data: &D,
     hash: &H,
     fec: &F,
     opts: &BuildOptions<'_>,
-    keep_blocks: Option<usize>,
+    keep: Option<Keep<'_>>,
 ) -> Result<(FecReport, Fixes, Vec<u64>)>
 where
     D: ReadAt + ?Sized,
@@ -185,12 +194,16 @@ where
                                 Fix::Parity { .. } => part.parity_bytes += 1,
                             }
                         }
-                        if let Some(limit) = keep_blocks {
-                            keep(&mut part.fixes, &new_fixes, |block| {
-                                let i = (block / g.rounds) as usize;
+                        if let Some(k) = &keep {
+                            hold(&mut part.fixes, &new_fixes, |block| {
+                                if !(k.wanted)(block) {
+                                    return Held::Not;
+                                }
                                 // Past the limit nothing more is held, in any thread.
-                                (held.fetch_add(1, Ordering::Relaxed) < limit)
-                                    .then(|| batch.block(i, r).to_vec())
+                                if held.fetch_add(1, Ordering::Relaxed) >= k.limit {
+                                    return Held::Full;
+                                }
+                                Held::Block(batch.block((block / g.rounds) as usize, r).to_vec())
                             });
                         }
                     } else {
@@ -250,9 +263,19 @@ where
     scan(g, data, hash, fec, opts, None).map(|(r, _, _)| r)
 }
 
-/// Add a codeword's corrections to `fixes`: a block's first one brings the block's
-/// content (`content(block)`, `None` when no more may be held).
-fn keep(fixes: &mut Fixes, new: &[Fix], mut content: impl FnMut(u64) -> Option<Vec<u8>>) {
+/// What a block's first correction brings.
+enum Held {
+    /// The block's content, to correct.
+    Block(Vec<u8>),
+    /// Nothing: the block is not to be repaired.
+    Not,
+    /// Nothing: no more blocks may be held.
+    Full,
+}
+
+/// Add a codeword's corrections to `fixes`: a block's first one brings the block
+/// (`content(block)`).
+fn hold(fixes: &mut Fixes, new: &[Fix], mut content: impl FnMut(u64) -> Held) {
     for f in new {
         match *f {
             Fix::Input {
@@ -263,8 +286,9 @@ fn keep(fixes: &mut Fixes, new: &[Fix], mut content: impl FnMut(u64) -> Option<V
                 let c = match fixes.blocks.entry(block) {
                     std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::btree_map::Entry::Vacant(e) => match content(block) {
-                        Some(c) => e.insert(c),
-                        None => {
+                        Held::Block(c) => e.insert(c),
+                        Held::Not => continue,
+                        Held::Full => {
                             fixes.overflow = true;
                             continue;
                         }
@@ -321,13 +345,20 @@ mod tests {
         for threads in [1usize, 2, 3] {
             let n = std::num::NonZeroUsize::new(threads).unwrap();
             let opts = BuildOptions::default().threads(crate::Threads::Exactly(n));
-            let (report, fixes, _) = scan(&g, &bad[..], &hash, &parity, &opts, Some(3)).unwrap();
+            let all = |_: u64| true;
+            let keep = |limit| {
+                Some(Keep {
+                    limit,
+                    wanted: &all,
+                })
+            };
+            let (report, fixes, _) = scan(&g, &bad[..], &hash, &parity, &opts, keep(3)).unwrap();
             assert_eq!(report, r);
             assert!(
                 fixes.overflow && fixes.blocks.len() <= 3,
                 "{threads} threads"
             );
-            let (_, fixes, _) = scan(&g, &bad[..], &hash, &parity, &opts, Some(4)).unwrap();
+            let (_, fixes, _) = scan(&g, &bad[..], &hash, &parity, &opts, keep(4)).unwrap();
             assert!(!fixes.overflow);
             assert_eq!(fixes.blocks.keys().copied().collect::<Vec<_>>(), blocks);
             for (b, content) in &fixes.blocks {
@@ -335,5 +366,72 @@ mod tests {
             }
             assert_eq!(fixes.parity.len(), 1);
         }
+    }
+    /// Two whole bad blocks in each round with 2 roots: one error per codeword past what
+    /// errors-only decoding corrects, which it "corrects" in some good block in nearly
+    /// every codeword. Held as they come, those guesses fill a repair's room many times
+    /// over; the blocks the tree rejects are all a repair keeps.
+    #[test]
+    fn a_repairs_scan_keeps_only_the_blocks_the_tree_rejects() {
+        let p = VerityParams::builder()
+            .data_blocks(1500)
+            .salt(vec![9; 32])
+            .build()
+            .unwrap();
+        let data = crate::io::seeded(p.data_size() as usize, 0x9e37_79b9_7f4a_7c15);
+        let mut hash = Vec::new();
+        let f = format(&p, &data[..], &mut hash, &FormatOptions::default()).unwrap();
+        let g = FecGeometry::separate(&p, &f.geometry, 2, hash.len() as u64, 0).unwrap();
+        let mut parity = Vec::new();
+        fec_encode(&g, &data[..], &hash, &mut parity, &BuildOptions::default()).unwrap();
+        let mut bad = data.clone();
+        let mut damaged = Vec::new();
+        for r in 0..g.rounds {
+            for i in [3, 100] {
+                let b = i * g.rounds + r;
+                damaged.push(b);
+                let at = (b * 4096) as usize;
+                bad[at..at + 4096].copy_from_slice(&crate::io::seeded(4096, b + 1));
+            }
+        }
+        damaged.sort_unstable();
+        let opts = BuildOptions::default();
+        let all = |_: u64| true;
+        let limit = damaged.len();
+        let (_, fixes, _) = scan(
+            &g,
+            &bad[..],
+            &hash,
+            &parity,
+            &opts,
+            Some(Keep {
+                limit,
+                wanted: &all,
+            }),
+        )
+        .unwrap();
+        assert!(
+            fixes.overflow,
+            "the guesses fit: {} blocks",
+            fixes.blocks.len()
+        );
+        let tree_rejects = |c: u64| damaged.binary_search(&c).is_ok();
+        let (_, fixes, _) = scan(
+            &g,
+            &bad[..],
+            &hash,
+            &parity,
+            &opts,
+            Some(Keep {
+                limit,
+                wanted: &tree_rejects,
+            }),
+        )
+        .unwrap();
+        assert!(!fixes.overflow);
+        assert!(fixes
+            .blocks
+            .keys()
+            .all(|b| damaged.binary_search(b).is_ok()));
     }
 }
