@@ -733,3 +733,40 @@ fn a_round_with_a_codeword_past_the_erasures_is_still_repaired() {
     assert!(data == original);
     assert!(parity == good_parity);
 }
+
+/// As many bad blocks in a round as there are roots, damaged in part, and a bad parity
+/// byte in a codeword where those blocks are whole: decoding with the stored parity gives
+/// the erased bytes of that codeword wrong (nothing is left to find the bad byte), and the
+/// tree would reject every block. The scan's errors-only fix of that byte, which with 8
+/// roots no other error pattern explains, is what the erasure decoding starts from.
+#[test]
+fn as_many_bad_blocks_as_roots_and_a_bad_parity_byte_are_repaired() {
+    use keel_verity::{fec_encode, fec_repair, FecGeometry, RepairTarget};
+    let roots = 8u8;
+    let p = params(900, 4096, 4096, HashAlgorithm::Sha256, HashType::Normal, 32);
+    let (geometry, original, mut hash, root) = formatted(&p, false, 11);
+    let g = FecGeometry::separate(&p, &geometry, roots, hash.len() as u64, 0).unwrap();
+    let mut parity = Vec::new();
+    fec_encode(&g, &original, &hash, &mut parity, &opts()).unwrap();
+    let good_parity = parity.clone();
+    let rounds = g.rounds();
+    let mut data = original.clone();
+    let bad: Vec<u64> = (0..u64::from(roots))
+        .map(|i| (3 + 7 * i) * rounds)
+        .collect();
+    for &b in &bad {
+        let at = (b * 4096) as usize;
+        data[at..at + 512].copy_from_slice(&seeded_bytes(b, 512));
+    }
+    // Round 0, codeword (byte) 3000: its first parity byte.
+    parity[3000 * usize::from(roots)] ^= 0x77;
+    let target = RepairTarget {
+        params: &p,
+        tree: &geometry,
+        root: &root,
+    };
+    let r = fec_repair(&g, &target, &mut data, &mut hash, &mut parity, &opts()).unwrap();
+    assert!(r.is_complete(), "{r:?}");
+    assert_eq!(r.repaired_data_blocks, bad);
+    assert!(data == original && parity == good_parity);
+}

@@ -176,8 +176,18 @@ where
         return Err(or_wrong_shape(too_much_damage()));
     }
     let (mut blocks, mut parity) = (fixes.blocks, fixes.parity);
-    let damage =
-        settle(g, target, &input, &*fec, &mut blocks, &mut parity, opts).map_err(or_wrong_shape)?;
+    let sure = fixes.sure_parity;
+    let damage = settle(
+        g,
+        target,
+        &input,
+        &*fec,
+        &mut blocks,
+        &mut parity,
+        &sure,
+        opts,
+    )
+    .map_err(or_wrong_shape)?;
     if scan_report.mostly_damaged() && !tree_confirms(g, &input, &blocks, &damage, &scan_report)? {
         return Err(wrong_shape());
     }
@@ -297,6 +307,7 @@ fn check_target(g: &FecGeometry, target: &RepairTarget<'_>) -> Result<()> {
 /// again with every rejected block as an erasure; repaired hash blocks make the blocks
 /// below them checkable in the next pass. Decoding passes are bounded; reverting only
 /// shrinks the set, so the loop ends. Returns the damage that remains.
+#[allow(clippy::too_many_arguments)]
 fn settle<D, H, F>(
     g: &FecGeometry,
     target: &RepairTarget<'_>,
@@ -304,6 +315,7 @@ fn settle<D, H, F>(
     fec: &F,
     blocks: &mut BTreeMap<u64, Vec<u8>>,
     parity: &mut BTreeMap<u64, u8>,
+    sure: &BTreeMap<u64, u8>,
     opts: &BuildOptions<'_>,
 ) -> Result<crate::verify::Damage>
 where
@@ -333,7 +345,7 @@ where
         }
         if budget > 0 {
             budget -= 1;
-            changed |= erasure_pass(g, &code, input, fec, &bad, blocks, parity, limit)?;
+            changed |= erasure_pass(g, &code, input, fec, &bad, blocks, parity, sure, limit)?;
         }
         if !changed {
             return Ok(damage);
@@ -488,6 +500,7 @@ pub(crate) fn erasure_pass<D, H, F>(
     bad: &[u64],
     blocks: &mut BTreeMap<u64, Vec<u8>>,
     parity: &mut BTreeMap<u64, u8>,
+    sure: &BTreeMap<u64, u8>,
     limit: usize,
 ) -> Result<bool>
 where
@@ -529,8 +542,14 @@ where
         fec.read_exact_at(&mut stored, off)
             .map_err(|e| Error::io(format!("reading parity at FEC device byte {off}"), e))?;
         // The stored parity, not earlier errors-only fixes of it: those may come from the
-        // same decoder that went astray in this round.
+        // same decoder that went astray in this round. Only the fixes the scan is sure of
+        // are taken: with as many erasures as roots nothing is left to find a bad parity
+        // byte, and every erased byte of its codeword would come out wrong.
         round_parity.copy_from_slice(&stored);
+        let base = round * (bs * roots) as u64;
+        for (&o, &v) in sure.range(base..base + (bs * roots) as u64) {
+            round_parity[(o - base) as usize] = v;
+        }
         let mut cw = [0u8; NN];
         for b in 0..bs {
             for i in 0..k {
@@ -571,7 +590,6 @@ where
                 changed = true;
             }
         }
-        let base = round * (bs * roots) as u64;
         let stale: Vec<u64> = parity
             .range(base..base + (bs * roots) as u64)
             .map(|(&o, _)| o)

@@ -60,6 +60,11 @@ pub(crate) enum Fix {
 pub(crate) struct Fixes {
     pub(crate) blocks: BTreeMap<u64, Vec<u8>>,
     pub(crate) parity: BTreeMap<u64, u8>,
+    /// The parity fixes of codewords whose data was whole and whose few bad parity
+    /// bytes no other error pattern explains but by a chance under 256^-4 (2 x bad
+    /// bytes <= roots - 4): what erasure decoding may start from, where the stored
+    /// parity would give every erased byte of the codeword wrong.
+    pub(crate) sure_parity: BTreeMap<u64, u8>,
     /// More blocks than the scan was allowed to hold, or more than [`MAX_FIXES`] parity
     /// bytes: not all were kept (the report still counts everything).
     pub(crate) overflow: bool,
@@ -194,6 +199,14 @@ where
                                 Fix::Parity { .. } => part.parity_bytes += 1,
                             }
                         }
+                        let only_parity = new_fixes.iter().all(|f| matches!(f, Fix::Parity { .. }));
+                        if keep.is_some() && only_parity && 2 * new_fixes.len() + 4 <= roots {
+                            for f in &new_fixes {
+                                if let Fix::Parity { offset, value } = *f {
+                                    part.fixes.sure_parity.insert(offset, value);
+                                }
+                            }
+                        }
                         if let Some(k) = &keep {
                             hold(&mut part.fixes, &new_fixes, |block| {
                                 if !(k.wanted)(block) {
@@ -227,6 +240,7 @@ where
             fixes.overflow |= part.fixes.overflow;
             fixes.blocks.append(&mut part.fixes.blocks);
             fixes.parity.append(&mut part.fixes.parity);
+            fixes.sure_parity.append(&mut part.fixes.sure_parity);
             fixes.overflow |= fixes.parity.len() > MAX_FIXES;
             Ok(())
         },
