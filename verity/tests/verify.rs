@@ -47,6 +47,42 @@ fn opts() -> BuildOptions<'static> {
     BuildOptions::default()
 }
 
+/// A formatted device in memory (4 KiB blocks, SHA-256, no superblock) with its FEC
+/// parity on a device of its own.
+struct WithParity {
+    p: VerityParams,
+    geometry: TreeGeometry,
+    data: Vec<u8>,
+    hash: Vec<u8>,
+    root: Vec<u8>,
+    g: keel_verity::FecGeometry,
+    parity: Vec<u8>,
+}
+
+fn with_parity(blocks: u64, seed: u64, roots: u8) -> WithParity {
+    let p = params(
+        blocks,
+        4096,
+        4096,
+        HashAlgorithm::Sha256,
+        HashType::Normal,
+        32,
+    );
+    let (geometry, data, hash, root) = formatted(&p, false, seed);
+    let g = keel_verity::FecGeometry::separate(&p, &geometry, roots, hash.len() as u64, 0).unwrap();
+    let mut parity = Vec::new();
+    keel_verity::fec_encode(&g, &data, &hash, &mut parity, &opts()).unwrap();
+    WithParity {
+        p,
+        geometry,
+        data,
+        hash,
+        root,
+        g,
+        parity,
+    }
+}
+
 #[test]
 fn thread_count_does_not_change_the_tree() {
     // 40 MiB: large enough that the leaf level is split between workers.
@@ -602,18 +638,15 @@ impl keel_verity::Progress for LateCancel {
 #[test]
 fn damage_in_most_rounds_is_repaired_and_a_parity_of_other_roots_refused() {
     use keel_verity::{fec_encode, fec_repair, fec_verify, FecGeometry, RepairTarget};
-    let p = params(
-        1000,
-        4096,
-        4096,
-        HashAlgorithm::Sha256,
-        HashType::Normal,
-        32,
-    );
-    let (geometry, original, mut hash, root) = formatted(&p, false, 21);
-    let g = FecGeometry::separate(&p, &geometry, 24, hash.len() as u64, 0).unwrap();
-    let mut parity = Vec::new();
-    fec_encode(&g, &original, &hash, &mut parity, &opts()).unwrap();
+    let WithParity {
+        p,
+        geometry,
+        data: original,
+        mut hash,
+        root,
+        g,
+        mut parity,
+    } = with_parity(1000, 21, 24);
     let rounds = g.rounds();
     let target = RepairTarget {
         params: &p,
@@ -654,12 +687,16 @@ fn damage_in_most_rounds_is_repaired_and_a_parity_of_other_roots_refused() {
 /// before anything is read or written (a read past its end only said that it ended).
 #[test]
 fn fec_work_on_a_shrunk_device_names_it_and_its_size() {
-    use keel_verity::{fec_encode, fec_repair, fec_verify, FecGeometry, RepairTarget};
-    let p = params(300, 4096, 4096, HashAlgorithm::Sha256, HashType::Normal, 32);
-    let (geometry, data, mut hash, root) = formatted(&p, false, 5);
-    let g = FecGeometry::separate(&p, &geometry, 2, hash.len() as u64, 0).unwrap();
-    let mut parity = Vec::new();
-    fec_encode(&g, &data, &hash, &mut parity, &opts()).unwrap();
+    use keel_verity::{fec_encode, fec_repair, fec_verify, RepairTarget};
+    let WithParity {
+        p,
+        geometry,
+        data,
+        mut hash,
+        root,
+        g,
+        mut parity,
+    } = with_parity(300, 5, 2);
     let target = RepairTarget {
         params: &p,
         tree: &geometry,
@@ -707,12 +744,16 @@ fn fec_work_on_a_shrunk_device_names_it_and_its_size() {
 /// own and the round still repaired (once the whole round was given up).
 #[test]
 fn a_round_with_a_codeword_past_the_erasures_is_still_repaired() {
-    use keel_verity::{fec_encode, fec_repair, FecGeometry, RepairTarget};
-    let p = params(300, 4096, 4096, HashAlgorithm::Sha256, HashType::Normal, 32);
-    let (geometry, original, mut hash, root) = formatted(&p, false, 8);
-    let g = FecGeometry::separate(&p, &geometry, 3, hash.len() as u64, 0).unwrap();
-    let mut parity = Vec::new();
-    fec_encode(&g, &original, &hash, &mut parity, &opts()).unwrap();
+    use keel_verity::{fec_repair, RepairTarget};
+    let WithParity {
+        p,
+        geometry,
+        data: original,
+        mut hash,
+        root,
+        g,
+        mut parity,
+    } = with_parity(300, 8, 3);
     let good_parity = parity.clone();
     let rounds = g.rounds();
     let mut data = original.clone();
@@ -741,13 +782,17 @@ fn a_round_with_a_codeword_past_the_erasures_is_still_repaired() {
 /// roots no other error pattern explains, is what the erasure decoding starts from.
 #[test]
 fn as_many_bad_blocks_as_roots_and_a_bad_parity_byte_are_repaired() {
-    use keel_verity::{fec_encode, fec_repair, FecGeometry, RepairTarget};
+    use keel_verity::{fec_repair, RepairTarget};
     let roots = 8u8;
-    let p = params(900, 4096, 4096, HashAlgorithm::Sha256, HashType::Normal, 32);
-    let (geometry, original, mut hash, root) = formatted(&p, false, 11);
-    let g = FecGeometry::separate(&p, &geometry, roots, hash.len() as u64, 0).unwrap();
-    let mut parity = Vec::new();
-    fec_encode(&g, &original, &hash, &mut parity, &opts()).unwrap();
+    let WithParity {
+        p,
+        geometry,
+        data: original,
+        mut hash,
+        root,
+        g,
+        mut parity,
+    } = with_parity(900, 11, roots);
     let good_parity = parity.clone();
     let rounds = g.rounds();
     let mut data = original.clone();

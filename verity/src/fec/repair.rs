@@ -127,19 +127,10 @@ where
     // The blocks to repair: those the tree rejects or cannot vouch for, and hash-area
     // blocks outside the tree (never written, but reported).
     let before = judge(g, target, &*data, &*hash, &BTreeMap::new(), opts)?;
-    let mut bad_data = before.bad_data.clone();
-    bad_data.sort_unstable();
-    let mut bad_hash = before.bad_hash.clone();
-    bad_hash.sort_unstable();
-    let tree_blocks =
-        target.tree.hash_start_block()..target.tree.hash_start_block() + target.tree.tree_blocks();
+    let verdict = Verdict::new(&before, target);
     let wanted = |c: u64| match g.locate(c) {
-        Place::Data(d) => bad_data.binary_search(&d).is_ok() || in_runs(&before.unknown_data, d),
-        Place::Hash(h) => {
-            !tree_blocks.contains(&h)
-                || bad_hash.binary_search(&h).is_ok()
-                || in_runs(&before.unknown_hash, h)
-        }
+        Place::Data(d) => verdict.data_unsure(d),
+        Place::Hash(h) => verdict.outside_tree(h) || verdict.hash_unsure(h),
         Place::Padding => false,
     };
     let keep = Keep {
@@ -373,18 +364,13 @@ where
     H: WriteAt + ?Sized,
 {
     let bs = g.block_size;
-    let mut bad_data = damage.bad_data.clone();
-    bad_data.sort_unstable();
-    let mut bad_hash = damage.bad_hash.clone();
-    bad_hash.sort_unstable();
-    let tree_blocks =
-        target.tree.hash_start_block()..target.tree.hash_start_block() + target.tree.tree_blocks();
+    let verdict = Verdict::new(damage, target);
     let mut unchecked_any =
-        !bad_data.is_empty() || !bad_hash.is_empty() || damage.unknown_count() > 0;
+        !damage.bad_data.is_empty() || !damage.bad_hash.is_empty() || damage.unknown_count() > 0;
     for (&block, content) in blocks {
         match g.locate(block) {
             Place::Data(d) => {
-                if bad_data.binary_search(&d).is_ok() || in_runs(&damage.unknown_data, d) {
+                if verdict.data_unsure(d) {
                     continue;
                 }
                 let off = d * bs;
@@ -393,12 +379,12 @@ where
                 report.repaired_data_blocks.push(d);
             }
             Place::Hash(h) => {
-                if !tree_blocks.contains(&h) {
+                if verdict.outside_tree(h) {
                     report.unchecked_hash_blocks.push(h);
                     unchecked_any = true;
                     continue;
                 }
-                if bad_hash.binary_search(&h).is_ok() || in_runs(&damage.unknown_hash, h) {
+                if verdict.hash_unsure(h) {
                     continue;
                 }
                 let off = h * bs;
@@ -410,6 +396,46 @@ where
         }
     }
     Ok(!unchecked_any)
+}
+
+/// What the tree found, for lookups block by block (sorted lists and runs: the memory
+/// of the damage, not of the device).
+struct Verdict<'a> {
+    damage: &'a crate::verify::Damage,
+    bad_data: Vec<u64>,
+    bad_hash: Vec<u64>,
+    tree_blocks: std::ops::Range<u64>,
+}
+
+impl<'a> Verdict<'a> {
+    fn new(damage: &'a crate::verify::Damage, target: &RepairTarget<'_>) -> Self {
+        let mut bad_data = damage.bad_data.clone();
+        bad_data.sort_unstable();
+        let mut bad_hash = damage.bad_hash.clone();
+        bad_hash.sort_unstable();
+        let first = target.tree.hash_start_block();
+        Verdict {
+            damage,
+            bad_data,
+            bad_hash,
+            tree_blocks: first..first + target.tree.tree_blocks(),
+        }
+    }
+
+    /// Whether the tree rejects data block `d` or cannot vouch for it.
+    fn data_unsure(&self, d: u64) -> bool {
+        self.bad_data.binary_search(&d).is_ok() || in_runs(&self.damage.unknown_data, d)
+    }
+
+    /// Whether the tree rejects hash-device block `h` or cannot vouch for it.
+    fn hash_unsure(&self, h: u64) -> bool {
+        self.bad_hash.binary_search(&h).is_ok() || in_runs(&self.damage.unknown_hash, h)
+    }
+
+    /// Whether hash-device block `h` is outside the tree (nothing checks it).
+    fn outside_tree(&self, h: u64) -> bool {
+        !self.tree_blocks.contains(&h)
+    }
 }
 
 /// FEC-device offsets and values of the parity bytes of `rounds` that differ from what the

@@ -199,16 +199,12 @@ where
                                 Fix::Parity { .. } => part.parity_bytes += 1,
                             }
                         }
-                        let only_parity = new_fixes.iter().all(|f| matches!(f, Fix::Parity { .. }));
-                        if keep.is_some() && only_parity && 2 * new_fixes.len() + 4 <= roots {
-                            for f in &new_fixes {
-                                if let Fix::Parity { offset, value } = *f {
-                                    part.fixes.sure_parity.insert(offset, value);
-                                }
-                            }
-                        }
                         if let Some(k) = &keep {
-                            hold(&mut part.fixes, &new_fixes, |block| {
+                            // Data whole and few bad parity bytes: nothing else explains
+                            // them but by a chance under 256^-4.
+                            let sure = new_fixes.iter().all(|f| matches!(f, Fix::Parity { .. }))
+                                && 2 * new_fixes.len() + 4 <= roots;
+                            hold(&mut part.fixes, &new_fixes, sure, |block| {
                                 if !(k.wanted)(block) {
                                     return Held::Not;
                                 }
@@ -287,9 +283,9 @@ enum Held {
     Full,
 }
 
-/// Add a codeword's corrections to `fixes`: a block's first one brings the block
-/// (`content(block)`).
-fn hold(fixes: &mut Fixes, new: &[Fix], mut content: impl FnMut(u64) -> Held) {
+/// Add a codeword's corrections to `fixes` (its parity fixes to the sure ones too, if
+/// `sure`): a block's first one brings the block (`content(block)`).
+fn hold(fixes: &mut Fixes, new: &[Fix], sure: bool, mut content: impl FnMut(u64) -> Held) {
     for f in new {
         match *f {
             Fix::Input {
@@ -313,6 +309,9 @@ fn hold(fixes: &mut Fixes, new: &[Fix], mut content: impl FnMut(u64) -> Held) {
             Fix::Parity { offset, value } => {
                 if fixes.parity.len() < MAX_FIXES {
                     fixes.parity.insert(offset, value);
+                    if sure {
+                        fixes.sure_parity.insert(offset, value);
+                    }
                 } else {
                     fixes.overflow = true;
                 }
@@ -327,22 +326,34 @@ mod tests {
     use super::*;
     use crate::{fec_encode, format, FormatOptions, VerityParams};
 
+    /// `blocks` of seeded data, its tree (salt of 32 `salt` bytes) and its parity with
+    /// `roots`: (data, hash device, geometry, parity).
+    fn encoded(
+        blocks: u64,
+        salt: u8,
+        seed: u64,
+        roots: u8,
+    ) -> (Vec<u8>, Vec<u8>, FecGeometry, Vec<u8>) {
+        let p = VerityParams::builder()
+            .data_blocks(blocks)
+            .salt(vec![salt; 32])
+            .build()
+            .unwrap();
+        let data = crate::io::seeded(p.data_size() as usize, seed);
+        let mut hash = Vec::new();
+        let f = format(&p, &data[..], &mut hash, &FormatOptions::default()).unwrap();
+        let g = FecGeometry::separate(&p, &f.geometry, roots, hash.len() as u64, 0).unwrap();
+        let mut parity = Vec::new();
+        fec_encode(&g, &data[..], &hash, &mut parity, &BuildOptions::default()).unwrap();
+        (data, hash, g, parity)
+    }
+
     /// More damaged blocks than a repair may hold: verify still counts them all and names
     /// every block; the scan for a repair holds no more than its limit, across its
     /// threads, and says so; within the limit it holds every block, corrected.
     #[test]
     fn verify_counts_more_damage_than_a_repair_holds() {
-        let p = VerityParams::builder()
-            .data_blocks(2000)
-            .salt(vec![7; 32])
-            .build()
-            .unwrap();
-        let data = crate::io::seeded(p.data_size() as usize, 0x2545_f491_4f6c_dd1d);
-        let mut hash = Vec::new();
-        let f = format(&p, &data[..], &mut hash, &FormatOptions::default()).unwrap();
-        let g = FecGeometry::separate(&p, &f.geometry, 8, hash.len() as u64, 0).unwrap();
-        let mut parity = Vec::new();
-        fec_encode(&g, &data[..], &hash, &mut parity, &BuildOptions::default()).unwrap();
+        let (data, hash, g, mut parity) = encoded(2000, 7, 0x2545_f491_4f6c_dd1d, 8);
         // Four whole blocks in four rounds, and one parity byte.
         let mut bad = data.clone();
         let blocks: Vec<u64> = (0..4).map(|i| 10 + i * (g.rounds + 1)).collect();
@@ -381,23 +392,14 @@ mod tests {
             assert_eq!(fixes.parity.len(), 1);
         }
     }
+
     /// Two whole bad blocks in each round with 2 roots: one error per codeword past what
     /// errors-only decoding corrects, which it "corrects" in some good block in nearly
     /// every codeword. Held as they come, those guesses fill a repair's room many times
     /// over; the blocks the tree rejects are all a repair keeps.
     #[test]
     fn a_repairs_scan_keeps_only_the_blocks_the_tree_rejects() {
-        let p = VerityParams::builder()
-            .data_blocks(1500)
-            .salt(vec![9; 32])
-            .build()
-            .unwrap();
-        let data = crate::io::seeded(p.data_size() as usize, 0x9e37_79b9_7f4a_7c15);
-        let mut hash = Vec::new();
-        let f = format(&p, &data[..], &mut hash, &FormatOptions::default()).unwrap();
-        let g = FecGeometry::separate(&p, &f.geometry, 2, hash.len() as u64, 0).unwrap();
-        let mut parity = Vec::new();
-        fec_encode(&g, &data[..], &hash, &mut parity, &BuildOptions::default()).unwrap();
+        let (data, hash, g, parity) = encoded(1500, 9, 0x9e37_79b9_7f4a_7c15, 2);
         let mut bad = data.clone();
         let mut damaged = Vec::new();
         for r in 0..g.rounds {
