@@ -1,7 +1,7 @@
 //! Compression: each codec a payload or an image uses, and the only `unsafe` of the
 //! crate.
 //!
-//! - [`xz`]: liblzma (through lzma-sys's bindings): squashfs's xz blocks decoded and
+//! - [`xz`]: liblzma 5.8 (built by liblzma-sys): squashfs's xz blocks decoded and
 //!   compressed again as mksquashfs does, and the raw LZMA2 streams of REPLACE_XZ,
 //!   CHAIN_XZ and PATCH_XZ.
 //! - [`lz4`]: liblz4 (built by lz4-sys): squashfs's lz4 blocks and EROFS's pclusters

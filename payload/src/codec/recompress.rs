@@ -60,7 +60,7 @@ pub(crate) fn recompressor_for(codec: Codec) -> String {
         Codec::Gzip => zlib(),
         Codec::GzipFile => format!("preflate-rs {}", super::gzip::PREFLATE_VERSION),
         Codec::ErofsLz4 | Codec::Lz4 => format!("lz4 {}", super::lz4::version()),
-        Codec::Xz => format!("xz {}", super::xz::version()),
+        Codec::Xz => super::xz::name(),
         _ => recompressor(),
     }
 }

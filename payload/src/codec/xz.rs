@@ -4,14 +4,15 @@
 //! and fragment block: `lzma_stream_buffer_encode` with LZMA2 at the default preset, the
 //! image's dictionary size, a CRC32 check, and room for one block; with BCJ filters
 //! selected, each chain is tried and the smallest output kept (the first of equals).
-//! A block comes out as mksquashfs made it only with the same liblzma, so lzma-sys links
-//! the system's where pkg-config finds it, as mksquashfs does.
+//! A block comes out as mksquashfs made it only with an encoder that makes the same bytes:
+//! the liblzma built in here (5.8) does what Debian 12's 5.4.1 does, and RECOMPRESS
+//! operations name the encoder by what it makes of a probe ([`name`]), not by its version.
 #![allow(unsafe_code)]
 
 use std::borrow::Cow;
 use std::ffi::CStr;
 
-use lzma_sys as sys;
+use liblzma_sys as sys;
 
 /// squashfs's BCJ filter bits, in the order mksquashfs tries them.
 const BCJ: [(u32, u64); 6] = [
@@ -23,13 +24,53 @@ const BCJ: [(u32, u64); 6] = [
     (32, sys::LZMA_FILTER_SPARC),
 ];
 
-/// liblzma's version ("5.4.1").
+/// liblzma's version ("5.8.4").
 pub(crate) fn version() -> String {
     // SAFETY: takes nothing, returns a pointer to a static string.
     let p = unsafe { sys::lzma_version_string() };
     // SAFETY: that string is NUL-terminated and lives as long as the program.
     let v = unsafe { CStr::from_ptr(p) };
     v.to_string_lossy().into_owned()
+}
+
+/// The name RECOMPRESS operations give this encoder: what it makes of a fixed probe with
+/// mksquashfs's settings (no filter, BCJ x86 and ARM, two dictionary sizes). liblzma's
+/// encoder made the same bytes from 5.4 to 5.8 while its decoder got faster; a version
+/// number would make an applier with another build refuse blocks it re-creates exactly.
+pub(crate) fn name() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut probe = Vec::with_capacity(96 << 10);
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        while probe.len() < 64 << 10 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Words from a small vocabulary, and x86 calls (the BCJ filter's matter).
+            probe.extend_from_slice(format!("v{} ", x % 89).as_bytes());
+            if x.is_multiple_of(5) {
+                probe.push(0xE8);
+                probe.extend_from_slice(&((x >> 20) as u32 % 4096).to_le_bytes());
+            }
+        }
+        let mut all = Vec::new();
+        for (dict, filters) in [(128 << 10, 0), (128 << 10, 1 | 8), (1 << 20, 1)] {
+            let mut out = Vec::new();
+            let made = level_field(dict, filters)
+                .and_then(Xz::new)
+                .map(|mut xz| xz.compress(&probe, probe.len(), &mut out));
+            match made {
+                Some(Ok(true)) => all.extend_from_slice(&out),
+                // Never with these settings; a name no payload has then.
+                _ => return format!("xz lzma2 unusable ({})", version()),
+            }
+        }
+        format!(
+            "xz lzma2 {}",
+            hex::encode(&crate::digest::sha256(&all)[..8])
+        )
+    })
+    .clone()
 }
 
 /// Most memory the decoder of a squashfs xz block may take: its dictionary is at most the
