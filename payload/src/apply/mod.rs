@@ -21,8 +21,9 @@ use keel_verity::{
 pub const APPLY_READ_AHEAD: u64 = 8 << 20;
 
 /// Most bytes the operations started beyond the one being written hold (blobs, references,
-/// LZMA2 dictionaries, outputs not yet written): room for a full payload's 8 MiB
-/// operations, or a delta's chain of new files, to decode beside the one being written.
+/// LZMA2 dictionaries, outputs not yet written, outputs kept for a CHAIN's reference): room
+/// for a full payload's 8 MiB operations, or a delta's chain of new files, to decode beside
+/// the one being written.
 pub const APPLY_HELD: u64 = 24 << 20;
 
 mod recompress;
@@ -755,37 +756,27 @@ impl<R: Read> Payload<R> {
         // operation being written stays within APPLY_READ_AHEAD bytes; beyond the one being
         // written, what operations started hold (blobs, references, decoders' dictionaries,
         // outputs not yet written) stays within APPLY_HELD. An operation that builds on
-        // target blocks (CHAIN) starts once the operations that wrote them are written;
-        // those after it start meanwhile, so a long chain of them decodes beside the rest.
+        // target blocks (CHAIN) starts once the operations that wrote them are written,
+        // its reference taken from their outputs, kept in memory for it (within
+        // APPLY_HELD), rather than read back; those after it start meanwhile, so a long
+        // chain of them decodes beside the rest, and one thread is kept free for the next
+        // link while one is to come.
         let ops = &manifest.operations;
         let threads = keel_io::Threads::default().count();
         let m = &manifest;
-        let (job_tx, job_rx) = mpsc::channel::<Job>();
-        let job_rx = Mutex::new(job_rx);
+        let jobs = Jobs::new(threads);
         let (res_tx, res_rx) = mpsc::channel::<(usize, Result<Option<Vec<u8>>>)>();
-        // The scope's closure owns the job sender: however it returns, the workers see the
-        // channel close and stop, and the scope can end.
-        // Once this thread stops (an error), the workers drop what was queued undecoded.
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for Stop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
         std::thread::scope(|scope| -> Result<()> {
-            let _stop = Stop(&stop);
-            let mut plan = Schedule::new(ops, resumed_at, job_tx);
+            // However the closure returns, the queue closes: the workers stop, and the
+            // scope can end. After an error the workers drop what was queued undecoded.
+            let _close = CloseOnDrop(&jobs);
+            let mut plan = Schedule::new(ops, resumed_at, &jobs);
             for _ in 0..threads {
-                let (job_rx, res_tx, stop) = (&job_rx, res_tx.clone(), &stop);
+                let (jobs, res_tx) = (&jobs, res_tx.clone());
                 scope.spawn(move || loop {
-                    let job = job_rx.lock().map(|rx| rx.recv());
-                    let Ok(Ok((i, blob, reference))) = job else {
+                    let Some(((i, blob, reference), other)) = jobs.take() else {
                         return;
                     };
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        return;
-                    }
                     // A decoder that panics must not leave the writer waiting for it.
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let reference = match reference {
@@ -800,6 +791,7 @@ impl<R: Read> Payload<R> {
                             reason: "the decoder panicked".into(),
                         })
                     });
+                    jobs.done(other);
                     if res_tx.send((i, out)).is_err() {
                         return;
                     }
@@ -825,6 +817,7 @@ impl<R: Read> Payload<R> {
                     return Err(Error::Cancelled);
                 }
                 let len = (op.target_blocks() * BLOCK_SIZE) as usize;
+                let mut kept = None;
                 if op.op == OpType::Copy {
                     // No decoding: this thread moves the bytes while the others decode.
                     let mut digest = opts
@@ -874,8 +867,9 @@ impl<R: Read> Payload<R> {
                         state.written =
                             chain_digest(&state.written, i, op, out.as_deref(), target_size);
                     }
+                    kept = out;
                 }
-                plan.written(i);
+                plan.written(i, kept);
                 done += len as u64;
                 since_checkpoint += len as u64;
                 state.next_op = i as u64 + 1;
@@ -997,6 +991,106 @@ fn skip_applied_data<R>(
 /// checked reference (the thread reads any other's source blocks itself).
 type Job = (usize, Vec<u8>, Option<Vec<u8>>);
 
+/// The decoding threads' queue. Operations on a CHAIN's road (the CHAINs and what they
+/// build on) go first. A chain of them decodes one after another, each once the one before
+/// is written, and is often the longest road through a payload: while one of them is to
+/// come (what it builds on has started), the other operations may keep all threads but one
+/// busy, so the next link starts as soon as it may instead of after a long decode.
+struct Jobs {
+    queue: Mutex<Queue>,
+    wake: std::sync::Condvar,
+    threads: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    road: std::collections::VecDeque<Job>,
+    other: std::collections::VecDeque<Job>,
+    /// CHAINs to come whose reference's last writer has started.
+    soon: usize,
+    /// Threads decoding an operation off the road.
+    busy_other: usize,
+    closed: bool,
+}
+
+impl Jobs {
+    fn new(threads: usize) -> Self {
+        Jobs {
+            queue: Mutex::new(Queue::default()),
+            wake: std::sync::Condvar::new(),
+            threads,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // A worker that panicked did so outside the lock (decoders run unlocked).
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue `job` (on a CHAIN's road or not); `soon` CHAINs now wait for it, and it is
+    /// itself a CHAIN that was waited for if `last`.
+    fn push(&self, job: Job, road: bool, soon: usize, last: bool) {
+        let mut q = self.lock();
+        if road {
+            q.road.push_back(job);
+        } else {
+            q.other.push_back(job);
+        }
+        q.soon = (q.soon + soon).saturating_sub(usize::from(last));
+        drop(q);
+        self.wake.notify_all();
+    }
+
+    /// The next job for a thread, and whether it is off the road; `None` once closed.
+    fn take(&self) -> Option<(Job, bool)> {
+        let mut q = self.lock();
+        loop {
+            if q.closed {
+                return None;
+            }
+            if let Some(next) = q.next(self.threads) {
+                return Some(next);
+            }
+            q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// A thread finished a job (off the road if `other`).
+    fn done(&self, other: bool) {
+        if other {
+            self.lock().busy_other -= 1;
+            self.wake.notify_all();
+        }
+    }
+}
+
+impl Queue {
+    /// What a thread of `threads` may take now: the road first; off it, only while that
+    /// leaves a thread for a CHAIN to come. A lone thread takes everything in turn (the
+    /// writer may need what is off the road before it can write what the CHAIN reads).
+    fn next(&mut self, threads: usize) -> Option<(Job, bool)> {
+        if let Some(job) = self.road.pop_front() {
+            return Some((job, false));
+        }
+        if self.soon > 0 && threads > 1 && self.busy_other + 1 >= threads {
+            return None;
+        }
+        let job = self.other.pop_front()?;
+        self.busy_other += 1;
+        Some((job, true))
+    }
+}
+
+/// Closes the queue when dropped: the threads stop and drop what was queued.
+struct CloseOnDrop<'a>(&'a Jobs);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.wake.notify_all();
+    }
+}
+
 /// Operations looked ahead of the one being written, at most.
 const LOOK_AHEAD_OPS: usize = 4096;
 /// RECOMPRESS operations decoding at once, at most: two keep both cores of a squashfs
@@ -1025,7 +1119,20 @@ struct Schedule<'m> {
     /// What each started, unwritten operation holds, and their sum.
     charged: BTreeMap<usize, u64>,
     held: u64,
-    jobs: mpsc::Sender<Job>,
+    jobs: &'m Jobs,
+    /// For each operation, how many CHAINs wait for it to be written (it wrote the last
+    /// of their reference), counting only those this run applies.
+    waiting: Vec<usize>,
+    /// Every target extent an operation writes, sorted: (first block, end, operation,
+    /// where the extent starts in the operation's output); empty without CHAINs.
+    writes: Vec<(u64, u64, usize, u64)>,
+    /// For each CHAIN this run applies, the operations that write its reference.
+    writers: BTreeMap<usize, Vec<usize>>,
+    /// For each operation, how many CHAINs not yet started read blocks it writes.
+    needed: Vec<usize>,
+    /// Outputs of written operations a CHAIN not yet started reads (counted in `held`):
+    /// its reference comes from memory, not read back and hashed.
+    kept: BTreeMap<usize, Vec<u8>>,
     /// A read that failed: returned once the operations before it are written.
     failed: Option<Error>,
     /// The RECOMPRESS operations decoding: at most [`RECOMPRESSING`] (each may hold tens
@@ -1035,12 +1142,36 @@ struct Schedule<'m> {
 }
 
 impl<'m> Schedule<'m> {
-    fn new(ops: &'m [Operation], first: usize, jobs: mpsc::Sender<Job>) -> Self {
-        let after = ready_after(ops);
+    fn new(ops: &'m [Operation], first: usize, jobs: &'m Jobs) -> Self {
+        let writes = target_writes(ops);
+        let after = ready_after(ops, &writes);
+        let mut writers = BTreeMap::new();
+        let mut needed = vec![0usize; ops.len()];
+        for (j, o) in ops.iter().enumerate().skip(first) {
+            if !o.op.is_chain() {
+                continue;
+            }
+            let mut w: Vec<usize> = o
+                .source
+                .iter()
+                .flat_map(|e| covering(&writes, e.start, e.start.saturating_add(e.blocks)))
+                .map(|(_, _, op, _)| op)
+                .collect();
+            w.sort_unstable();
+            w.dedup();
+            for &k in &w {
+                needed[k] += 1;
+            }
+            writers.insert(j, w);
+        }
         let mut key = vec![false; ops.len()];
-        for &a in &after {
-            if let Some(k) = a.checked_sub(1).and_then(|w| key.get_mut(w)) {
-                *k = true;
+        let mut waiting = vec![0usize; ops.len()];
+        for (j, &a) in after.iter().enumerate() {
+            if let Some(w) = a.checked_sub(1) {
+                key[w] = true;
+                if j >= first && w >= first {
+                    waiting[w] += 1;
+                }
             }
         }
         Schedule {
@@ -1053,6 +1184,11 @@ impl<'m> Schedule<'m> {
             charged: BTreeMap::new(),
             held: 0,
             jobs,
+            waiting,
+            writes,
+            writers,
+            needed,
+            kept: BTreeMap::new(),
             failed: None,
             recompressing: Default::default(),
         }
@@ -1147,7 +1283,16 @@ impl<'m> Schedule<'m> {
                     break;
                 };
                 let reference = if ops[j].op.is_chain() {
-                    Some(read_chain_reference(j, &ops[j], m, target)?)
+                    let r = self.chain_reference(j, m, target)?;
+                    for w in self.writers.remove(&j).unwrap_or_default() {
+                        self.needed[w] -= 1;
+                        if self.needed[w] == 0 {
+                            if let Some(out) = self.kept.remove(&w) {
+                                self.held -= out.len() as u64;
+                            }
+                        }
+                    }
+                    Some(r)
                 } else {
                     None
                 };
@@ -1156,9 +1301,18 @@ impl<'m> Schedule<'m> {
                 if ops[j].op == OpType::Recompress {
                     self.recompressing.insert(j);
                 }
-                // The workers outlive the schedule; a send fails only if all died, which the
-                // wait for the result reports.
-                let _ = self.jobs.send((j, blob, reference));
+                // A CHAIN whose reference the writer has yet to write comes next on its road:
+                // a thread is kept for it (see Jobs).
+                let soon = self.waiting[j];
+                let last = self.after[j]
+                    .checked_sub(1)
+                    .is_some_and(|w| self.waiting[w] > 0 && !Self::inline(&ops[w]));
+                self.jobs.push(
+                    (j, blob, reference),
+                    self.key[j] || ops[j].op.is_chain(),
+                    soon,
+                    last,
+                );
             }
         }
         if self.charged.contains_key(&i) {
@@ -1180,12 +1334,77 @@ impl<'m> Schedule<'m> {
         }
     }
 
-    /// Operation `i` written: it holds nothing.
-    fn written(&mut self, i: usize) {
+    /// Operation `i` written (from `out`, if decoded): it holds nothing, but its output
+    /// while a CHAIN to start reads it, if that fits within [`APPLY_HELD`] (CHAINs far
+    /// ahead, or many, read their references back instead).
+    fn written(&mut self, i: usize, out: Option<Vec<u8>>) {
         if let Some(c) = self.charged.remove(&i) {
             self.held -= c;
         }
         self.ahead -= self.ops[i].data_length;
+        let room = APPLY_HELD.saturating_sub(self.held);
+        if let Some(out) = out.filter(|o| self.needed[i] > 0 && o.len() as u64 <= room) {
+            self.held += out.len() as u64;
+            self.kept.insert(i, out);
+        }
+    }
+
+    /// CHAIN `j`'s reference: from the outputs kept in memory where they hold it, else
+    /// read from the target (what COPY and ZERO wrote, what an earlier run wrote). What is
+    /// read back is checked against the signed hash; what comes from memory is what this
+    /// run's checked blobs decoded to (the final check covers it with the whole image).
+    fn chain_reference<T: ReadAt + ?Sized>(
+        &self,
+        j: usize,
+        m: &Manifest,
+        target: &T,
+    ) -> Result<Vec<u8>> {
+        let op = &self.ops[j];
+        let size = m.target.size;
+        let mut out = vec![0u8; (op.source_blocks() * BLOCK_SIZE) as usize];
+        let mut read_back = false;
+        // Blocks lo..hi of the image into the reference at byte `at`; the image's last
+        // block may be partial and reads as zeros past its end.
+        let mut read = |out: &mut [u8], lo: u64, hi: u64| -> Result<()> {
+            read_back = true;
+            let off = lo * BLOCK_SIZE;
+            let have = size.saturating_sub(off).min((hi - lo) * BLOCK_SIZE) as usize;
+            target
+                .read_exact_at(&mut out[..have], off)
+                .map_err(|e| Error::io("reading target blocks", e))
+        };
+        let mut at = 0usize;
+        for e in &op.source {
+            let (start, end) = (e.start, e.start.saturating_add(e.blocks));
+            let place = |b: u64| at + ((b - start) * BLOCK_SIZE) as usize;
+            let mut b = start;
+            for (s, t, w, from) in covering(&self.writes, start, end) {
+                let (lo, hi) = (s.max(b), t.min(end));
+                if b < lo {
+                    // Written by no operation (the manifest's check rules it out).
+                    read(&mut out[place(b)..], b, lo)?;
+                }
+                match self.kept.get(&w) {
+                    Some(v) => {
+                        let n = ((hi - lo) * BLOCK_SIZE) as usize;
+                        let from = (from + (lo - s) * BLOCK_SIZE) as usize;
+                        // Past the image's end, zeros, as a read gives.
+                        let keep = size.saturating_sub(lo * BLOCK_SIZE).min(n as u64) as usize;
+                        out[place(lo)..place(lo) + keep].copy_from_slice(&v[from..from + keep]);
+                    }
+                    None => read(&mut out[place(lo)..], lo, hi)?,
+                }
+                b = hi;
+            }
+            if b < end {
+                read(&mut out[place(b)..], b, end)?;
+            }
+            at += (e.blocks * BLOCK_SIZE) as usize;
+        }
+        if read_back && sha256(&out) != op.source_sha256 {
+            return Err(Error::TargetMismatch(TargetCheck::ChainReference { op: j }));
+        }
+        Ok(out)
     }
 }
 
@@ -1193,38 +1412,58 @@ impl<'m> Schedule<'m> {
 /// CHAIN, up to the last one that writes a block of its reference; 0 for the others. The
 /// manifest's check made every target block written once and a CHAIN's reference written
 /// before it, so the target extents are disjoint and sorting them finds the writers.
-fn ready_after(ops: &[Operation]) -> Vec<usize> {
+fn ready_after(ops: &[Operation], writes: &[(u64, u64, usize, u64)]) -> Vec<usize> {
     if !ops.iter().any(|o| o.op.is_chain()) {
         return vec![0; ops.len()];
     }
-    let mut writes: Vec<(u64, u64, usize)> = ops
-        .iter()
-        .enumerate()
-        .flat_map(|(i, o)| {
-            o.target
-                .iter()
-                .map(move |e| (e.start, e.start + e.blocks, i))
-        })
-        .collect();
-    writes.sort_unstable();
     ops.iter()
         .enumerate()
         .map(|(i, o)| {
             if !o.op.is_chain() {
                 return 0;
             }
-            let mut after = 0;
-            for e in &o.source {
-                let end = e.start.saturating_add(e.blocks);
-                let mut k = writes.partition_point(|w| w.1 <= e.start);
-                while k < writes.len() && writes[k].0 < end {
-                    after = after.max(writes[k].2 + 1);
-                    k += 1;
-                }
-            }
+            let after = o
+                .source
+                .iter()
+                .flat_map(|e| covering(writes, e.start, e.start.saturating_add(e.blocks)))
+                .map(|w| w.2 + 1)
+                .max()
+                .unwrap_or(0);
             after.min(i)
         })
         .collect()
+}
+
+/// Every target extent the operations write, sorted by block: (first block, end,
+/// operation, where the extent's bytes start in the operation's output). Only CHAINs look
+/// blocks up: empty without them.
+fn target_writes(ops: &[Operation]) -> Vec<(u64, u64, usize, u64)> {
+    if !ops.iter().any(|o| o.op.is_chain()) {
+        return Vec::new();
+    }
+    let mut writes: Vec<(u64, u64, usize, u64)> = ops
+        .iter()
+        .enumerate()
+        .flat_map(|(i, o)| {
+            o.target.iter().scan(0u64, move |at, e| {
+                let here = *at;
+                *at += e.blocks * BLOCK_SIZE;
+                Some((e.start, e.start.saturating_add(e.blocks), i, here))
+            })
+        })
+        .collect();
+    writes.sort_unstable();
+    writes
+}
+
+/// The extents of `writes` ([`target_writes`]) that hold blocks `start..end`, in order.
+fn covering(
+    writes: &[(u64, u64, usize, u64)],
+    start: u64,
+    end: u64,
+) -> impl Iterator<Item = (u64, u64, usize, u64)> + '_ {
+    let k = writes.partition_point(|w| w.1 <= start);
+    writes[k..].iter().copied().take_while(move |w| w.0 < end)
 }
 
 /// Operation `i`'s blob, read from the stream and checked against its signed hash.
@@ -1275,23 +1514,6 @@ fn decode_op(
             )
         }
     })
-}
-
-/// The target blocks CHAIN operation `i` builds on, which earlier operations wrote (durable
-/// before any resume point), checked against the signed hash.
-fn read_chain_reference<T: ReadAt + ?Sized>(
-    i: usize,
-    op: &Operation,
-    manifest: &Manifest,
-    target: &T,
-) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    read_extents(target, &op.source, manifest.target.size, &mut out)
-        .map_err(|e| Error::io("reading target blocks", e))?;
-    if sha256(&out) != op.source_sha256 {
-        return Err(Error::TargetMismatch(TargetCheck::ChainReference { op: i }));
-    }
-    Ok(out)
 }
 
 /// The source blocks operation `i` builds on (none for most), checked against the signed
@@ -1650,6 +1872,23 @@ mod tests {
         }
     }
 
+    /// A manifest of `ops` from a source of `source` bytes (if any) to `size` bytes.
+    fn manifest(source: Option<u64>, size: u64, operations: Vec<Operation>) -> Manifest {
+        let id = |size| crate::format::ImageId {
+            size,
+            digest: [0; 32],
+        };
+        Manifest {
+            source: source.map(id),
+            target: id(size),
+            verity: None,
+            compatible: "test".into(),
+            version: "1".into(),
+            operations,
+            recompressor: None,
+        }
+    }
+
     #[test]
     fn a_chain_waits_for_the_last_operation_that_wrote_its_reference_only() {
         let ops = [
@@ -1663,9 +1902,136 @@ mod tests {
         ];
         // Op 3 reads blocks 1 and 2 (ops 0 and 1 wrote them): once two are written. Op 5
         // reads op 2's block, op 6 op 0's and op 3's.
-        assert_eq!(ready_after(&ops), vec![0, 0, 0, 2, 0, 3, 4]);
+        assert_eq!(
+            ready_after(&ops, &target_writes(&ops)),
+            vec![0, 0, 0, 2, 0, 3, 4]
+        );
         // Without a CHAIN nothing waits.
-        assert_eq!(ready_after(&ops[..3]), vec![0, 0, 0]);
+        assert_eq!(
+            ready_after(&ops[..3], &target_writes(&ops[..3])),
+            vec![0, 0, 0]
+        );
+    }
+
+    /// A CHAIN's reference comes from the outputs kept in memory where they hold it: the
+    /// target is not read, whatever it holds. Blocks a COPY wrote, or an output too large
+    /// to keep, are read back and the whole reference checked against its signed hash;
+    /// past the image's end it is zeros either way.
+    #[test]
+    fn a_chains_reference_comes_from_memory_or_is_read_back_and_checked() {
+        struct Reads<'a>(&'a [u8], std::sync::atomic::AtomicU64);
+        impl ReadAt for Reads<'_> {
+            fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+                self.1
+                    .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                self.0.read_exact_at(buf, offset)
+            }
+            fn size(&self) -> io::Result<u64> {
+                Ok(self.0.len() as u64)
+            }
+        }
+        let b = BLOCK_SIZE as usize;
+        // The image ends 100 bytes into block 4.
+        let size = (4 * b + 100) as u64;
+        let decoded = keel_testsupport::seeded_bytes(3, 3 * b);
+        let mut ops = vec![
+            op(OpType::ReplaceXz, &[(0, 1), (3, 2)], &[]),
+            op(OpType::Copy, &[(1, 1)], &[(0, 1)]),
+            op(OpType::ChainXz, &[(5, 1)], &[(4, 1), (0, 1)]),
+            op(OpType::ChainXz, &[(6, 1)], &[(1, 1), (3, 1)]),
+        ];
+        // What the target holds: op 0's output, except in block 4 (a device that returns
+        // other bytes than were written there), and the COPY's block.
+        let mut image = vec![0u8; 7 * b];
+        image[..b].copy_from_slice(&decoded[..b]);
+        image[3 * b..5 * b].copy_from_slice(&decoded[b..]);
+        image[4 * b + 7] ^= 1;
+        image[b..2 * b].fill(0x5a);
+        let mut want2 = decoded[2 * b..2 * b + 100].to_vec();
+        want2.resize(b, 0);
+        want2.extend_from_slice(&decoded[..b]);
+        let mut want3 = vec![0x5a; b];
+        want3.extend_from_slice(&decoded[b..2 * b]);
+        ops[2].source_sha256 = sha256(&want2);
+        ops[3].source_sha256 = sha256(&want3);
+        let m = manifest(None, size, ops.clone());
+        let jobs = Jobs::new(1);
+        let mut plan = Schedule::new(&ops, 0, &jobs);
+        plan.written(0, Some(decoded.clone()));
+        plan.written(1, None);
+        let target = Reads(&image, Default::default());
+        // All of op 2's reference is op 0's output: nothing read, zeros past the end.
+        assert_eq!(plan.chain_reference(2, &m, &target).unwrap(), want2);
+        assert_eq!(target.1.load(std::sync::atomic::Ordering::Relaxed), 0);
+        // Op 3's first block is the COPY's: read back, and then the whole is checked.
+        assert_eq!(plan.chain_reference(3, &m, &target).unwrap(), want3);
+        assert_eq!(
+            target.1.load(std::sync::atomic::Ordering::Relaxed),
+            BLOCK_SIZE
+        );
+        let mut bad = image.clone();
+        bad[b + 9] ^= 1;
+        let e = plan
+            .chain_reference(3, &m, &&bad[..])
+            .map(|r| r.len())
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::TargetMismatch(TargetCheck::ChainReference { op: 3 })
+            ),
+            "{e}"
+        );
+        // An output that does not fit beside what is held is not kept: read back, and
+        // the bytes the device returned at block 4 are caught.
+        let mut plan = Schedule::new(&ops, 0, &jobs);
+        plan.held = APPLY_HELD - 1;
+        plan.written(0, Some(decoded));
+        assert!(plan.kept.is_empty());
+        let e = plan
+            .chain_reference(2, &m, &target)
+            .map(|r| r.len())
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::TargetMismatch(TargetCheck::ChainReference { op: 2 })
+            ),
+            "{e}"
+        );
+    }
+
+    /// While a CHAIN is to come (what it builds on has started), operations off its road
+    /// leave one thread free for it; once it has started, or with one thread only, they
+    /// take every thread. The road goes first.
+    #[test]
+    fn a_thread_waits_for_the_next_link_of_a_chain() {
+        let job = |i| (i, Vec::new(), None);
+        let mut q = Queue::default();
+        q.other.push_back(job(1));
+        q.other.push_back(job(2));
+        q.other.push_back(job(3));
+        q.road.push_back(job(0));
+        assert_eq!(q.next(2).map(|(j, other)| (j.0, other)), Some((0, false)));
+        // Op 0 has started and a CHAIN reads what it writes.
+        q.soon = 1;
+        assert_eq!(q.next(2).map(|(j, other)| (j.0, other)), Some((1, true)));
+        assert!(
+            q.next(2).is_none(),
+            "the second thread is kept for the CHAIN"
+        );
+        assert_eq!(q.next(3).map(|(j, other)| (j.0, other)), Some((2, true)));
+        q.road.push_back(job(9));
+        q.soon = 0;
+        assert_eq!(q.next(3).map(|(j, other)| (j.0, other)), Some((9, false)));
+        assert_eq!(q.next(3).map(|(j, other)| (j.0, other)), Some((3, true)));
+        assert_eq!(q.busy_other, 3);
+        // A lone thread keeps nothing back: the writer may be waiting for what is off
+        // the road before it writes what the CHAIN reads.
+        let mut q = Queue::default();
+        q.other.push_back(job(1));
+        q.soon = 1;
+        assert_eq!(q.next(1).map(|(j, other)| (j.0, other)), Some((1, true)));
     }
 
     /// A COPY done piece by piece on the writing thread writes, and chains into the resume
@@ -1693,21 +2059,7 @@ mod tests {
         let mut whole = Vec::new();
         read_extents(&source[..], &copy.source, source_size as u64, &mut whole).unwrap();
         copy.source_sha256 = sha256(&whole);
-        let manifest = Manifest {
-            source: Some(crate::format::ImageId {
-                size: source_size as u64,
-                digest: [0; 32],
-            }),
-            target: crate::format::ImageId {
-                size: target_size,
-                digest: [0; 32],
-            },
-            verity: None,
-            compatible: "test".into(),
-            version: "1".into(),
-            operations: vec![copy.clone()],
-            recompressor: None,
-        };
+        let manifest = manifest(Some(source_size as u64), target_size, vec![copy.clone()]);
         let before = keel_testsupport::seeded_bytes(9, target_size as usize);
         let mut expected = before.clone();
         write_op(0, &copy, Some(&whole), &mut expected, target_size).unwrap();
