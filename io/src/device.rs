@@ -114,6 +114,12 @@ pub trait WriteAt {
     fn sync(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// Start writing back what was written, without waiting ([`crate::sys::start_writeback`]
+    /// for files and block devices; nothing for memory): reads before the next
+    /// [`sync`](Self::sync) overlap the disk's work. Not a durability point.
+    fn start_sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     /// Write `len` zero bytes at `offset`. Files and block devices let the kernel zero the
     /// range (`fallocate` with `FALLOC_FL_ZERO_RANGE`) instead of copying zeros in.
     fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
@@ -301,6 +307,9 @@ impl WriteAt for &File {
     fn sync(&mut self) -> io::Result<()> {
         self.sync_data()
     }
+    fn start_sync(&mut self) -> io::Result<()> {
+        crate::sys::start_writeback(self)
+    }
     fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
         zero_range(self, offset, len)
     }
@@ -312,6 +321,9 @@ impl WriteAt for File {
     }
     fn sync(&mut self) -> io::Result<()> {
         self.sync_data()
+    }
+    fn start_sync(&mut self) -> io::Result<()> {
+        crate::sys::start_writeback(self)
     }
     fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
         zero_range(self, offset, len)
@@ -345,6 +357,9 @@ impl WriteAt for &&File {
         let mut w: &File = self;
         WriteAt::sync(&mut w)
     }
+    fn start_sync(&mut self) -> io::Result<()> {
+        crate::sys::start_writeback(self)
+    }
     fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
         let mut w: &File = self;
         WriteAt::write_zeros(&mut w, offset, len)
@@ -358,6 +373,9 @@ impl<T: WriteAt + ?Sized> WriteAt for &mut T {
     fn sync(&mut self) -> io::Result<()> {
         (**self).sync()
     }
+    fn start_sync(&mut self) -> io::Result<()> {
+        (**self).start_sync()
+    }
     fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
         (**self).write_zeros(offset, len)
     }
@@ -370,6 +388,27 @@ mod tests {
 
     /// A file's holes as the file, a region of it and a reference report them; memory and
     /// a block device report none.
+    /// Writeback started through a region of a file leaves what was written in place and
+    /// nothing dirty for the sync after; a handle the kernel cannot write back says so.
+    #[test]
+    fn writeback_starts_through_a_region_and_the_sync_follows() {
+        use nix::libc;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        let f = File::create_new(&p).unwrap();
+        let mut r = crate::Region::new(&f, 4096, 1 << 20).unwrap();
+        let data = vec![0xa5u8; 300_000];
+        r.write_all_at(&data, 10).unwrap();
+        r.start_sync().unwrap();
+        r.sync().unwrap();
+        let back = std::fs::read(&p).unwrap();
+        assert_eq!(&back[4096 + 10..4096 + 10 + data.len()], &data[..]);
+        // A pipe has no pages to write back: ESPIPE, not a silent success.
+        let (rd, _wr) = nix::unistd::pipe().unwrap();
+        let e = crate::sys::start_writeback(&File::from(rd)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ESPIPE), "{e}");
+    }
+
     #[test]
     fn a_files_holes_are_known_zeros_through_regions() {
         let dir = tempfile::tempdir().unwrap();

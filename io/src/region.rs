@@ -111,6 +111,9 @@ impl<D: WriteAt> WriteAt for Region<D> {
     fn sync(&mut self) -> io::Result<()> {
         self.inner.sync()
     }
+    fn start_sync(&mut self) -> io::Result<()> {
+        self.inner.start_sync()
+    }
     fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
         let at = self.at(offset, len, io::ErrorKind::WriteZero)?;
         self.inner.write_zeros(at, len)

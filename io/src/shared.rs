@@ -59,6 +59,9 @@ impl<D: WriteAt + Send> WriteAt for &Shared<D> {
     fn sync(&mut self) -> io::Result<()> {
         self.lock().sync()
     }
+    fn start_sync(&mut self) -> io::Result<()> {
+        self.lock().start_sync()
+    }
     fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
         self.lock().write_zeros(offset, len)
     }

@@ -88,6 +88,26 @@ pub fn is_cached(f: &File, offset: u64) -> bool {
     }
 }
 
+/// Start writing `f`'s dirty pages back without waiting for them (`sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE`; nothing where there is no such call): what the caller reads
+/// meanwhile overlaps the disk's work, and the `fdatasync` after waits for less. Not a
+/// durability point.
+pub fn start_writeback(f: &File) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `f` is open for the call; the call takes integers only.
+        let r = unsafe {
+            nix::libc::sync_file_range(f.as_raw_fd(), 0, 0, nix::libc::SYNC_FILE_RANGE_WRITE)
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = f;
+    Ok(())
+}
+
 /// `len` zero bytes, or `None` when the allocator cannot give them (sizes that come from
 /// devices and headers must not abort the process). The pages are the allocator's zeroed
 /// ones, not written here: a large buffer's pages are then faulted in by whichever thread

@@ -890,13 +890,18 @@ impl<R: Read> Payload<R> {
             drop(plan);
             Ok(())
         })?;
+        // The disk writes the image back while the check reads it from memory; the check
+        // judges the bytes the sync then makes durable.
         target
-            .sync()
+            .start_sync()
             .map_err(|e| Error::io("syncing the target", e))?;
         let checked = match stream {
             Some(stream) => check_streamed(&manifest, stream, &*target, opts).map(Some),
             None => check_target(&manifest, &*target).map(|()| None),
         };
+        target
+            .sync()
+            .map_err(|e| Error::io("syncing the target", e))?;
         let verity = match checked {
             Ok(v) => v,
             Err(Error::Cancelled) => {
