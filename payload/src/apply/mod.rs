@@ -780,7 +780,10 @@ impl<R: Read> Payload<R> {
                     // A decoder that panics must not leave the writer waiting for it.
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let reference = match reference {
-                            Some(r) => r,
+                            Some(r) => {
+                                check_chain_reference(i, &m.operations[i], &r)?;
+                                r
+                            }
                             None => read_source_reference(i, &m.operations[i], m, source)?,
                         };
                         decode_op(m, i, blob, reference)
@@ -1011,7 +1014,7 @@ struct Jobs {
 struct Queue {
     road: std::collections::VecDeque<Job>,
     other: std::collections::VecDeque<Job>,
-    /// CHAINs to come whose reference's last writer has started.
+    /// CHAINs read and not started whose reference's last writer has started.
     soon: usize,
     /// Threads decoding an operation off the road.
     busy_other: usize,
@@ -1032,18 +1035,26 @@ impl Jobs {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queue `job` (on a CHAIN's road or not); `soon` CHAINs now wait for it, and it is
-    /// itself a CHAIN that was waited for if `last`.
-    fn push(&self, job: Job, road: bool, soon: usize, last: bool) {
+    /// Queue `job` (on a CHAIN's road or not).
+    fn push(&self, job: Job, road: bool) {
         let mut q = self.lock();
         if road {
             q.road.push_back(job);
         } else {
             q.other.push_back(job);
         }
-        q.soon = (q.soon + soon).saturating_sub(usize::from(last));
         drop(q);
         self.wake.notify_all();
+    }
+
+    /// How many CHAINs are to come soon: read, not started, what they build on started.
+    fn set_soon(&self, soon: usize) {
+        let mut q = self.lock();
+        if q.soon != soon {
+            q.soon = soon;
+            drop(q);
+            self.wake.notify_all();
+        }
     }
 
     /// The next job for a thread, and whether it is off the road; `None` once closed.
@@ -1125,18 +1136,17 @@ struct Schedule<'m> {
     charged: BTreeMap<usize, u64>,
     held: u64,
     jobs: &'m Jobs,
-    /// For each operation, how many CHAINs wait for it to be written (it wrote the last
-    /// of their reference), counting only those this run applies.
-    waiting: Vec<usize>,
     /// Every target extent an operation writes, sorted: (first block, end, operation,
     /// where the extent starts in the operation's output); empty without CHAINs.
     writes: Vec<(u64, u64, usize, u64)>,
     /// For each CHAIN this run applies, the operations that write its reference.
     writers: BTreeMap<usize, Vec<usize>>,
-    /// For each operation, how many CHAINs not yet started read blocks it writes.
-    needed: Vec<usize>,
-    /// Outputs of written operations a CHAIN not yet started reads (counted in `held`):
-    /// its reference comes from memory, not read back and hashed.
+    /// For each operation that writes a CHAIN's reference, the CHAINs not yet started
+    /// that read it, in order.
+    readers: BTreeMap<usize, std::collections::VecDeque<usize>>,
+    /// Outputs of written operations a CHAIN already read from the payload (not one far
+    /// ahead) is to read, counted in `held`: its reference comes from memory, not read
+    /// back.
     kept: BTreeMap<usize, Vec<u8>>,
     /// A read that failed: returned once the operations before it are written.
     failed: Option<Error>,
@@ -1151,7 +1161,7 @@ impl<'m> Schedule<'m> {
         let writes = target_writes(ops);
         let after = ready_after(ops, &writes);
         let mut writers = BTreeMap::new();
-        let mut needed = vec![0usize; ops.len()];
+        let mut readers: BTreeMap<usize, std::collections::VecDeque<usize>> = BTreeMap::new();
         for (j, o) in ops.iter().enumerate().skip(first) {
             if !o.op.is_chain() {
                 continue;
@@ -1165,18 +1175,14 @@ impl<'m> Schedule<'m> {
             w.sort_unstable();
             w.dedup();
             for &k in &w {
-                needed[k] += 1;
+                readers.entry(k).or_default().push_back(j);
             }
             writers.insert(j, w);
         }
         let mut key = vec![false; ops.len()];
-        let mut waiting = vec![0usize; ops.len()];
-        for (j, &a) in after.iter().enumerate() {
+        for &a in &after {
             if let Some(w) = a.checked_sub(1) {
                 key[w] = true;
-                if j >= first && w >= first {
-                    waiting[w] += 1;
-                }
             }
         }
         Schedule {
@@ -1189,10 +1195,9 @@ impl<'m> Schedule<'m> {
             charged: BTreeMap::new(),
             held: 0,
             jobs,
-            waiting,
             writes,
             writers,
-            needed,
+            readers,
             kept: BTreeMap::new(),
             failed: None,
             recompressing: Default::default(),
@@ -1290,8 +1295,12 @@ impl<'m> Schedule<'m> {
                 let reference = if ops[j].op.is_chain() {
                     let r = self.chain_reference(j, m, target)?;
                     for w in self.writers.remove(&j).unwrap_or_default() {
-                        self.needed[w] -= 1;
-                        if self.needed[w] == 0 {
+                        let next = self.readers.get_mut(&w).and_then(|r| {
+                            r.retain(|&c| c != j);
+                            r.front().copied()
+                        });
+                        // Kept no longer than a CHAIN already read needs it.
+                        if next.is_none_or(|c| c >= self.next_read) {
                             if let Some(out) = self.kept.remove(&w) {
                                 self.held -= out.len() as u64;
                             }
@@ -1306,20 +1315,22 @@ impl<'m> Schedule<'m> {
                 if ops[j].op == OpType::Recompress {
                     self.recompressing.insert(j);
                 }
-                // A CHAIN whose reference the writer has yet to write comes next on its road:
-                // a thread is kept for it (see Jobs).
-                let soon = self.waiting[j];
-                let last = self.after[j]
-                    .checked_sub(1)
-                    .is_some_and(|w| self.waiting[w] > 0 && !Self::inline(&ops[w]));
-                self.jobs.push(
-                    (j, blob, reference),
-                    self.key[j] || ops[j].op.is_chain(),
-                    soon,
-                    last,
-                );
+                self.jobs
+                    .push((j, blob, reference), self.key[j] || ops[j].op.is_chain());
             }
         }
+        // A CHAIN read from the payload whose reference's last writer has started comes
+        // next on its road: a thread is kept for it (see Jobs). One far ahead, not yet
+        // read, keeps nothing back.
+        let soon = self
+            .parked
+            .iter()
+            .filter(|&&(j, _)| {
+                let w = self.after[j].checked_sub(1);
+                ops[j].op.is_chain() && w.is_some_and(|w| w < i || self.charged.contains_key(&w))
+            })
+            .count();
+        self.jobs.set_soon(soon);
         if self.charged.contains_key(&i) {
             return Ok(());
         }
@@ -1340,24 +1351,30 @@ impl<'m> Schedule<'m> {
     }
 
     /// Operation `i` written (from `out`, if decoded): it holds nothing, but its output
-    /// while a CHAIN to start reads it, if that fits within [`APPLY_HELD`] (CHAINs far
-    /// ahead, or many, read their references back instead).
+    /// while a CHAIN already read from the payload is to read it, if that fits within
+    /// [`APPLY_HELD`] (CHAINs far ahead, or outputs too large, read their references back
+    /// instead).
     fn written(&mut self, i: usize, out: Option<Vec<u8>>) {
         if let Some(c) = self.charged.remove(&i) {
             self.held -= c;
         }
         self.ahead -= self.ops[i].data_length;
         let room = APPLY_HELD.saturating_sub(self.held);
-        if let Some(out) = out.filter(|o| self.needed[i] > 0 && o.len() as u64 <= room) {
+        let near = self
+            .readers
+            .get(&i)
+            .and_then(|r| r.front())
+            .is_some_and(|&c| c < self.next_read);
+        if let Some(out) = out.filter(|o| near && o.len() as u64 <= room) {
             self.held += out.len() as u64;
             self.kept.insert(i, out);
         }
     }
 
     /// CHAIN `j`'s reference: from the outputs kept in memory where they hold it, else
-    /// read from the target (what COPY and ZERO wrote, what an earlier run wrote). What is
-    /// read back is checked against the signed hash; what comes from memory is what this
-    /// run's checked blobs decoded to (the final check covers it with the whole image).
+    /// read from the target (what COPY and ZERO wrote, what an earlier run wrote, outputs
+    /// not kept). The decoding thread checks it against the signed hash
+    /// ([`check_chain_reference`]) wherever it came from.
     fn chain_reference<T: ReadAt + ?Sized>(
         &self,
         j: usize,
@@ -1367,11 +1384,9 @@ impl<'m> Schedule<'m> {
         let op = &self.ops[j];
         let size = m.target.size;
         let mut out = vec![0u8; (op.source_blocks() * BLOCK_SIZE) as usize];
-        let mut read_back = false;
         // Blocks lo..hi of the image into the reference at byte `at`; the image's last
         // block may be partial and reads as zeros past its end.
-        let mut read = |out: &mut [u8], lo: u64, hi: u64| -> Result<()> {
-            read_back = true;
+        let read = |out: &mut [u8], lo: u64, hi: u64| -> Result<()> {
             let off = lo * BLOCK_SIZE;
             let have = size.saturating_sub(off).min((hi - lo) * BLOCK_SIZE) as usize;
             target
@@ -1406,11 +1421,18 @@ impl<'m> Schedule<'m> {
             }
             at += (e.blocks * BLOCK_SIZE) as usize;
         }
-        if read_back && sha256(&out) != op.source_sha256 {
-            return Err(Error::TargetMismatch(TargetCheck::ChainReference { op: j }));
-        }
         Ok(out)
     }
+}
+
+/// CHAIN `i`'s reference against its signed hash, on the decoding thread (the writer goes
+/// on meanwhile): every run refuses a reference that differs, whether it was read back or
+/// assembled from outputs in memory.
+fn check_chain_reference(i: usize, op: &Operation, reference: &[u8]) -> Result<()> {
+    if sha256(reference) != op.source_sha256 {
+        return Err(Error::TargetMismatch(TargetCheck::ChainReference { op: i }));
+    }
+    Ok(())
 }
 
 /// For each operation, how many operations must be written before it may start: for a
@@ -1962,48 +1984,47 @@ mod tests {
         let m = manifest(None, size, ops.clone());
         let jobs = Jobs::new(1);
         let mut plan = Schedule::new(&ops, 0, &jobs);
+        // The CHAINs were read from the payload: op 0's output is kept for them.
+        plan.next_read = ops.len();
         plan.written(0, Some(decoded.clone()));
         plan.written(1, None);
+        assert!(plan.kept.contains_key(&0));
         let target = Reads(&image, Default::default());
+        let refused = |j: usize, r: &[u8]| match check_chain_reference(j, &ops[j], r) {
+            Err(Error::TargetMismatch(TargetCheck::ChainReference { op })) => op == j,
+            _ => false,
+        };
         // All of op 2's reference is op 0's output: nothing read, zeros past the end.
-        assert_eq!(plan.chain_reference(2, &m, &target).unwrap(), want2);
+        let r2 = plan.chain_reference(2, &m, &target).unwrap();
+        assert_eq!(r2, want2);
+        assert!(!refused(2, &r2));
         assert_eq!(target.1.load(std::sync::atomic::Ordering::Relaxed), 0);
-        // Op 3's first block is the COPY's: read back, and then the whole is checked.
-        assert_eq!(plan.chain_reference(3, &m, &target).unwrap(), want3);
+        // Op 3's first block is the COPY's: read back.
+        let r3 = plan.chain_reference(3, &m, &target).unwrap();
+        assert_eq!(r3, want3);
+        assert!(!refused(3, &r3));
         assert_eq!(
             target.1.load(std::sync::atomic::Ordering::Relaxed),
             BLOCK_SIZE
         );
         let mut bad = image.clone();
         bad[b + 9] ^= 1;
-        let e = plan
-            .chain_reference(3, &m, &&bad[..])
-            .map(|r| r.len())
-            .unwrap_err();
-        assert!(
-            matches!(
-                e,
-                Error::TargetMismatch(TargetCheck::ChainReference { op: 3 })
-            ),
-            "{e}"
-        );
-        // An output that does not fit beside what is held is not kept: read back, and
-        // the bytes the device returned at block 4 are caught.
-        let mut plan = Schedule::new(&ops, 0, &jobs);
-        plan.held = APPLY_HELD - 1;
-        plan.written(0, Some(decoded));
-        assert!(plan.kept.is_empty());
-        let e = plan
-            .chain_reference(2, &m, &target)
-            .map(|r| r.len())
-            .unwrap_err();
-        assert!(
-            matches!(
-                e,
-                Error::TargetMismatch(TargetCheck::ChainReference { op: 2 })
-            ),
-            "{e}"
-        );
+        assert!(refused(3, &plan.chain_reference(3, &m, &&bad[..]).unwrap()));
+        // A signed hash that does not match is refused from memory too.
+        let mut wrong = ops[2].clone();
+        wrong.source_sha256[0] ^= 1;
+        assert!(check_chain_reference(2, &wrong, &r2).is_err());
+        // An output that does not fit beside what is held, or one for CHAINs not yet read
+        // (far ahead), is not kept: read back, and the bytes the device returned at
+        // block 4 are caught.
+        for (held, next_read) in [(APPLY_HELD - 1, ops.len()), (0, 2)] {
+            let mut plan = Schedule::new(&ops, 0, &jobs);
+            (plan.held, plan.next_read) = (held, next_read);
+            plan.written(0, Some(decoded.clone()));
+            assert!(plan.kept.is_empty());
+            plan.next_read = ops.len();
+            assert!(refused(2, &plan.chain_reference(2, &m, &target).unwrap()));
+        }
     }
 
     /// While a CHAIN is to come (what it builds on has started), operations off its road
