@@ -1014,7 +1014,7 @@ struct Jobs {
 struct Queue {
     road: std::collections::VecDeque<Job>,
     other: std::collections::VecDeque<Job>,
-    /// CHAINs read and not started whose reference's last writer has started.
+    /// CHAINs read and not started whose reference's last writer is being written.
     soon: usize,
     /// Threads decoding an operation off the road.
     busy_other: usize,
@@ -1047,7 +1047,8 @@ impl Jobs {
         self.wake.notify_all();
     }
 
-    /// How many CHAINs are to come soon: read, not started, what they build on started.
+    /// How many CHAINs are to come soon: read, not started, the last of what they build
+    /// on being written.
     fn set_soon(&self, soon: usize) {
         let mut q = self.lock();
         if q.soon != soon {
@@ -1319,16 +1320,13 @@ impl<'m> Schedule<'m> {
                     .push((j, blob, reference), self.key[j] || ops[j].op.is_chain());
             }
         }
-        // A CHAIN read from the payload whose reference's last writer has started comes
-        // next on its road: a thread is kept for it (see Jobs). One far ahead, not yet
-        // read, keeps nothing back.
+        // A CHAIN read from the payload whose reference's last writer is being written
+        // (or was) comes next on its road: a thread is kept for it (see Jobs). One the
+        // writer is still far from keeps nothing back.
         let soon = self
             .parked
             .iter()
-            .filter(|&&(j, _)| {
-                let w = self.after[j].checked_sub(1);
-                ops[j].op.is_chain() && w.is_some_and(|w| w < i || self.charged.contains_key(&w))
-            })
+            .filter(|&&(j, _)| ops[j].op.is_chain() && self.after[j] <= i + 1)
             .count();
         self.jobs.set_soon(soon);
         if self.charged.contains_key(&i) {
