@@ -1002,8 +1002,9 @@ type Job = (usize, Vec<u8>, Option<Vec<u8>>);
 /// The decoding threads' queue. Operations on a CHAIN's road (the CHAINs and what they
 /// build on) go first. A chain of them decodes one after another, each once the one before
 /// is written, and is often the longest road through a payload: while one of them is to
-/// come (what it builds on has started), the other operations may keep all threads but one
-/// busy, so the next link starts as soon as it may instead of after a long decode.
+/// come (read from the payload, the writer at the last operation it builds on), the other
+/// operations may keep all threads but one busy, so the next link starts as soon as it
+/// may instead of after a long decode.
 struct Jobs {
     queue: Mutex<Queue>,
     wake: std::sync::Condvar,
@@ -2025,7 +2026,7 @@ mod tests {
         }
     }
 
-    /// While a CHAIN is to come (what it builds on has started), operations off its road
+    /// While a CHAIN is to come (the writer at what it builds on), operations off its road
     /// leave one thread free for it; once it has started, or with one thread only, they
     /// take every thread. The road goes first.
     #[test]
@@ -2037,7 +2038,7 @@ mod tests {
         q.other.push_back(job(3));
         q.road.push_back(job(0));
         assert_eq!(q.next(2).map(|(j, other)| (j.0, other)), Some((0, false)));
-        // Op 0 has started and a CHAIN reads what it writes.
+        // A CHAIN is read and the writer is at the operation it builds on.
         q.soon = 1;
         assert_eq!(q.next(2).map(|(j, other)| (j.0, other)), Some((1, true)));
         assert!(
